@@ -1,0 +1,294 @@
+//! Sparse, memory-mapped indexes of a segment: `.index` maps a relative
+//! offset to a file position, `.timeindex` a timestamp to a relative offset.
+//!
+//! Both are preallocated to `segment.index.bytes`, filled in order and trimmed
+//! to their used length when the segment closes, as Kafka does.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use memmap2::MmapMut;
+
+use crate::error::{LogError, Result};
+
+/// A fixed-width, append-only table of (key, value) pairs in a mapped file.
+struct MappedTable<const W: usize> {
+    path: PathBuf,
+    file: File,
+    map: Option<MmapMut>,
+    entries: usize,
+    capacity: usize,
+}
+
+impl<const W: usize> MappedTable<W> {
+    fn open(path: &Path, entries: usize, max_bytes: usize) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let capacity = (max_bytes / W).max(entries + 1);
+        file.set_len((capacity * W) as u64)?;
+        // SAFETY: the index file is private to this process (one broker owns
+        // a data dir) and only this table writes it, so the mapping is not
+        // changed underneath us.
+        let map = unsafe { MmapMut::map_mut(&file)? };
+        Ok(MappedTable {
+            path: path.to_path_buf(),
+            file,
+            map: Some(map),
+            entries,
+            capacity,
+        })
+    }
+
+    fn entry(&self, i: usize) -> &[u8] {
+        match &self.map {
+            Some(m) => &m[i * W..(i + 1) * W],
+            None => &[],
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.entries >= self.capacity
+    }
+
+    fn push(&mut self, bytes: [u8; W]) {
+        if self.is_full() {
+            return;
+        }
+        if let Some(m) = &mut self.map {
+            m[self.entries * W..(self.entries + 1) * W].copy_from_slice(&bytes);
+            self.entries += 1;
+        }
+    }
+
+    fn truncate_entries(&mut self, n: usize) {
+        self.entries = self.entries.min(n);
+    }
+
+    /// Shrinks the file to the used entries; the table stays readable.
+    fn trim(&mut self) -> Result<()> {
+        if let Some(m) = &self.map {
+            m.flush()?;
+        }
+        self.map = None;
+        self.file.set_len((self.entries * W) as u64)?;
+        self.capacity = self.entries;
+        if self.entries > 0 {
+            // SAFETY: as in `open`; the file now holds exactly `entries` rows.
+            self.map = Some(unsafe { MmapMut::map_mut(&self.file)? });
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        if let Some(m) = &self.map {
+            m.flush()?;
+        }
+        Ok(())
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Offset index: (offset - base, position) pairs, 8 bytes each.
+pub struct OffsetIndex {
+    base_offset: i64,
+    table: MappedTable<8>,
+}
+
+impl OffsetIndex {
+    /// Opens an index with no entries, ready to be filled.
+    pub fn create(path: &Path, base_offset: i64, max_bytes: usize) -> Result<Self> {
+        let _ = std::fs::remove_file(path);
+        Ok(OffsetIndex {
+            base_offset,
+            table: MappedTable::open(path, 0, max_bytes)?,
+        })
+    }
+
+    /// Opens an existing index of a closed segment, checking it is sane for a
+    /// log of `log_size` bytes; a broken one is reported so it can be rebuilt.
+    pub fn load(path: &Path, base_offset: i64, log_size: u64) -> Result<Self> {
+        let len = std::fs::metadata(path)?.len() as usize;
+        if len % 8 != 0 {
+            return Err(LogError::Corrupt(format!(
+                "{} has a partial entry",
+                path.display()
+            )));
+        }
+        let idx = OffsetIndex {
+            base_offset,
+            table: MappedTable::open(path, len / 8, len)?,
+        };
+        let mut last = (-1i64, -1i64);
+        for i in 0..idx.table.entries {
+            let (o, p) = idx.get(i);
+            if o <= last.0 || p <= last.1 || p as u64 >= log_size || o < base_offset {
+                return Err(LogError::Corrupt(format!(
+                    "{} entry {i} out of order",
+                    path.display()
+                )));
+            }
+            last = (o, p);
+        }
+        Ok(idx)
+    }
+
+    fn get(&self, i: usize) -> (i64, i64) {
+        let e = self.table.entry(i);
+        (self.base_offset + u32_at(e, 0) as i64, u32_at(e, 4) as i64)
+    }
+
+    pub fn append(&mut self, offset: i64, position: u64) {
+        let rel = (offset - self.base_offset) as u32;
+        let mut e = [0u8; 8];
+        e[..4].copy_from_slice(&rel.to_be_bytes());
+        e[4..].copy_from_slice(&(position as u32).to_be_bytes());
+        self.table.push(e);
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.table.is_full()
+    }
+
+    /// Position of the last indexed batch starting at or before `offset`.
+    pub fn lookup(&self, offset: i64) -> u64 {
+        let (mut lo, mut hi) = (0usize, self.table.entries);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.get(mid).0 <= offset {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        if lo == 0 {
+            0
+        } else {
+            self.get(lo - 1).1 as u64
+        }
+    }
+
+    /// Drops entries pointing at or beyond `position`.
+    pub fn truncate_to_position(&mut self, position: u64) {
+        let keep = (0..self.table.entries)
+            .take_while(|&i| (self.get(i).1 as u64) < position)
+            .count();
+        self.table.truncate_entries(keep);
+    }
+
+    pub fn trim(&mut self) -> Result<()> {
+        self.table.trim()
+    }
+    pub fn flush(&self) -> Result<()> {
+        self.table.flush()
+    }
+    pub fn path(&self) -> &Path {
+        &self.table.path
+    }
+}
+
+/// Time index: (max timestamp so far, offset - base) pairs, 12 bytes each.
+pub struct TimeIndex {
+    base_offset: i64,
+    table: MappedTable<12>,
+}
+
+impl TimeIndex {
+    pub fn create(path: &Path, base_offset: i64, max_bytes: usize) -> Result<Self> {
+        let _ = std::fs::remove_file(path);
+        Ok(TimeIndex {
+            base_offset,
+            table: MappedTable::open(path, 0, max_bytes)?,
+        })
+    }
+
+    pub fn load(path: &Path, base_offset: i64) -> Result<Self> {
+        let len = std::fs::metadata(path)?.len() as usize;
+        if len % 12 != 0 {
+            return Err(LogError::Corrupt(format!(
+                "{} has a partial entry",
+                path.display()
+            )));
+        }
+        let idx = TimeIndex {
+            base_offset,
+            table: MappedTable::open(path, len / 12, len)?,
+        };
+        let mut last = i64::MIN;
+        for i in 0..idx.table.entries {
+            let (ts, o) = idx.get(i);
+            if ts < last || o < base_offset {
+                return Err(LogError::Corrupt(format!(
+                    "{} entry {i} out of order",
+                    path.display()
+                )));
+            }
+            last = ts;
+        }
+        Ok(idx)
+    }
+
+    fn get(&self, i: usize) -> (i64, i64) {
+        let e = self.table.entry(i);
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&e[..8]);
+        (
+            i64::from_be_bytes(ts),
+            self.base_offset + u32_at(e, 8) as i64,
+        )
+    }
+
+    /// The newest entry: the segment's max timestamp and where it occurs.
+    pub fn last(&self) -> Option<(i64, i64)> {
+        self.table.entries.checked_sub(1).map(|i| self.get(i))
+    }
+
+    pub fn append(&mut self, timestamp: i64, offset: i64) {
+        if let Some((ts, o)) = self.last() {
+            if timestamp <= ts || offset <= o {
+                return;
+            }
+        }
+        let mut e = [0u8; 12];
+        e[..8].copy_from_slice(&timestamp.to_be_bytes());
+        e[8..].copy_from_slice(&((offset - self.base_offset) as u32).to_be_bytes());
+        self.table.push(e);
+    }
+
+    /// Offset from which to scan for the first timestamp >= `ts`: the entry
+    /// just before the first one reaching `ts`.
+    pub fn lookup(&self, ts: i64) -> i64 {
+        let mut start = self.base_offset;
+        for i in 0..self.table.entries {
+            let (t, o) = self.get(i);
+            if t >= ts {
+                break;
+            }
+            start = o;
+        }
+        start
+    }
+
+    pub fn truncate_to_offset(&mut self, offset: i64) {
+        let keep = (0..self.table.entries)
+            .take_while(|&i| self.get(i).1 < offset)
+            .count();
+        self.table.truncate_entries(keep);
+    }
+
+    pub fn trim(&mut self) -> Result<()> {
+        self.table.trim()
+    }
+    pub fn flush(&self) -> Result<()> {
+        self.table.flush()
+    }
+    pub fn path(&self) -> &Path {
+        &self.table.path
+    }
+}

@@ -1,0 +1,13 @@
+//! Fjord's storage engine: one `PartitionLog` per partition, a directory of
+//! segments holding Kafka v2 record batches exactly as producers sent them.
+
+pub mod batch;
+pub mod epoch;
+pub mod error;
+pub mod index;
+pub mod log;
+pub mod segment;
+
+pub use batch::{BatchHeader, TimestampType};
+pub use error::{LogError, Result};
+pub use log::{AppendInfo, LogConfig, PartitionLog, ReadResult};

@@ -1,0 +1,589 @@
+//! `PartitionLog`: the ordered segments of one partition, offset assignment,
+//! reads by offset and time, retention, truncation and group-committed fsync.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::batch::{self, BatchHeader, TimestampType};
+use crate::epoch::EpochCache;
+use crate::error::{LogError, Result};
+use crate::segment::Segment;
+
+/// Per-partition settings, named after Kafka's topic configs.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// `segment.bytes`
+    pub segment_bytes: u64,
+    /// `segment.ms`
+    pub segment_ms: i64,
+    /// `retention.ms`; negative keeps forever.
+    pub retention_ms: i64,
+    /// `retention.bytes`; negative keeps forever.
+    pub retention_bytes: i64,
+    /// `max.message.bytes`: the largest batch accepted.
+    pub max_message_bytes: usize,
+    /// `index.interval.bytes`
+    pub index_interval_bytes: u64,
+    /// `segment.index.bytes`
+    pub segment_index_bytes: usize,
+    /// `message.timestamp.type`
+    pub timestamp_type: TimestampType,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            max_message_bytes: 1_048_588,
+            index_interval_bytes: 4096,
+            segment_index_bytes: 10 * 1024 * 1024,
+            timestamp_type: TimestampType::CreateTime,
+        }
+    }
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// The broker's timestamp with LogAppendTime, else -1.
+    pub log_append_time: i64,
+    pub log_start_offset: i64,
+}
+
+/// A read: whole batches, possibly starting before the asked offset.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    pub records: Bytes,
+    pub log_start_offset: i64,
+    pub high_watermark: i64,
+}
+
+struct Inner {
+    config: LogConfig,
+    segments: BTreeMap<i64, Segment>,
+    log_start: i64,
+    epochs: EpochCache,
+}
+
+impl Inner {
+    fn active(&self) -> &Segment {
+        // Invariant: a log always has at least one segment.
+        self.segments
+            .values()
+            .next_back()
+            .expect("log has an active segment")
+    }
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("log has an active segment")
+    }
+    fn log_end(&self) -> i64 {
+        self.active().next_offset
+    }
+    fn size(&self) -> u64 {
+        self.segments.values().map(|s| s.size()).sum()
+    }
+}
+
+pub struct PartitionLog {
+    dir: PathBuf,
+    inner: RwLock<Inner>,
+    appended: Notify,
+    flushed: AtomicI64,
+    sync_lock: tokio::sync::Mutex<()>,
+    deleted: AtomicBool,
+}
+
+/// Writes a small file so a crash leaves either the old or the new content.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn parse_base_offset(name: &str) -> Option<i64> {
+    let stem = name.strip_suffix(".log")?;
+    if stem.len() != 20 {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`, recovering the active segment.
+    pub fn open(dir: &Path, config: LogConfig) -> Result<PartitionLog> {
+        std::fs::create_dir_all(dir)?;
+        let mut bases: Vec<i64> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| parse_base_offset(&e.file_name().to_string_lossy()))
+            .collect();
+        bases.sort_unstable();
+        let mut log_start = std::fs::read_to_string(dir.join("log-start-offset"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        let mut segments = BTreeMap::new();
+        let n = bases.len();
+        for (i, base) in bases.into_iter().enumerate() {
+            let active = i + 1 == n;
+            let seg = Segment::open(
+                dir,
+                base,
+                active,
+                config.segment_bytes,
+                config.segment_index_bytes,
+            )?;
+            segments.insert(base, seg);
+        }
+        // A closed segment that recovery emptied entirely carries nothing.
+        if segments.is_empty() {
+            let seg = Segment::create(
+                dir,
+                log_start,
+                config.segment_bytes,
+                config.segment_index_bytes,
+            )?;
+            segments.insert(log_start, seg);
+        }
+        if let Some(first) = segments.keys().next() {
+            log_start = log_start.max(*first);
+        }
+        let mut epochs = EpochCache::load(dir)?;
+        let end = segments
+            .values()
+            .next_back()
+            .map(|s| s.next_offset)
+            .unwrap_or(0);
+        log_start = log_start.min(end);
+        epochs.truncate_from(end)?;
+        let log = PartitionLog {
+            dir: dir.to_path_buf(),
+            inner: RwLock::new(Inner {
+                config,
+                segments,
+                log_start,
+                epochs,
+            }),
+            appended: Notify::new(),
+            flushed: AtomicI64::new(end),
+            sync_lock: tokio::sync::Mutex::new(()),
+            deleted: AtomicBool::new(false),
+        };
+        Ok(log)
+    }
+
+    fn read_inner(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+    fn write_inner(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.read_inner().config.clone()
+    }
+
+    pub fn set_config(&self, config: LogConfig) {
+        self.write_inner().config = config;
+    }
+
+    /// Validates, assigns offsets to and appends a produce payload of one or
+    /// more batches. Nothing is written unless every batch is valid.
+    pub fn append(&self, payload: &mut [u8], leader_epoch: i32, now_ms: i64) -> Result<AppendInfo> {
+        let max = self.read_inner().config.max_message_bytes;
+        let mut batches = batch::split_and_validate(payload, max)?;
+        let mut inner = self.write_inner();
+        let append_time = match inner.config.timestamp_type {
+            TimestampType::LogAppendTime => Some(now_ms),
+            TimestampType::CreateTime => None,
+        };
+        let base_offset = inner.log_end();
+        let mut next = base_offset;
+        for (pos, h) in batches.iter_mut() {
+            let end = *pos + h.total_size();
+            batch::patch(&mut payload[*pos..end], next, leader_epoch, append_time);
+            h.base_offset = next;
+            h.partition_leader_epoch = leader_epoch;
+            if let Some(ts) = append_time {
+                h.base_timestamp = ts;
+                h.max_timestamp = ts;
+            }
+            next = h.last_offset() + 1;
+        }
+        self.maybe_roll(&mut inner, payload.len() as u64, now_ms)?;
+        let interval = inner.config.index_interval_bytes;
+        inner
+            .active_mut()
+            .append(payload, &batches, interval, now_ms)?;
+        inner.epochs.assign(leader_epoch, base_offset)?;
+        let log_start = inner.log_start;
+        drop(inner);
+        self.appended.notify_waiters();
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: next - 1,
+            log_append_time: append_time.unwrap_or(-1),
+            log_start_offset: log_start,
+        })
+    }
+
+    fn maybe_roll(&self, inner: &mut Inner, incoming: u64, now_ms: i64) -> Result<()> {
+        let cfg = inner.config.clone();
+        let active = inner.active();
+        let by_time = active
+            .created_ms
+            .is_some_and(|c| now_ms - c >= cfg.segment_ms);
+        let by_size = active.remaining() < incoming || active.size() + incoming > cfg.segment_bytes;
+        if active.is_empty() && active.remaining() >= incoming {
+            return Ok(());
+        }
+        if by_time || by_size || active.index_full() {
+            self.roll(inner, incoming)?;
+        }
+        Ok(())
+    }
+
+    fn roll(&self, inner: &mut Inner, incoming: u64) -> Result<()> {
+        let base = inner.log_end();
+        let cap = inner.config.segment_bytes.max(incoming);
+        if inner.active().is_empty() {
+            // An empty active segment is replaced rather than left behind.
+            let old_base = inner.active().base_offset;
+            if let Some(old) = inner.segments.remove(&old_base) {
+                old.delete()?;
+            }
+        } else {
+            inner.active_mut().close()?;
+        }
+        let seg = Segment::create(&self.dir, base, cap, inner.config.segment_index_bytes)?;
+        inner.segments.insert(base, seg);
+        Ok(())
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.read_inner().log_start
+    }
+    pub fn log_end_offset(&self) -> i64 {
+        self.read_inner().log_end()
+    }
+    /// Single-replica logs commit on append; replication will move this.
+    pub fn high_watermark(&self) -> i64 {
+        self.log_end_offset()
+    }
+    pub fn size_bytes(&self) -> u64 {
+        self.read_inner().size()
+    }
+    pub fn segment_count(&self) -> usize {
+        self.read_inner().segments.len()
+    }
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.read_inner().epochs.latest_epoch()
+    }
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
+        let inner = self.read_inner();
+        inner.epochs.end_offset_for(epoch, inner.log_end())
+    }
+
+    /// Notified after every append; long polls wait on it.
+    pub fn appended(&self) -> &Notify {
+        &self.appended
+    }
+
+    /// Reads whole batches from `offset` up to `max_bytes` (at least one
+    /// batch, so a consumer can always make progress) and below `max_offset`.
+    pub fn read(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Result<ReadResult> {
+        let inner = self.read_inner();
+        let end = inner.log_end();
+        let hw = end;
+        if offset < inner.log_start || offset > end {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                start: inner.log_start,
+                end,
+            });
+        }
+        let empty = ReadResult {
+            records: Bytes::new(),
+            log_start_offset: inner.log_start,
+            high_watermark: hw,
+        };
+        let limit = max_offset.min(end);
+        if offset >= limit {
+            return Ok(empty);
+        }
+        for (_, seg) in inner
+            .segments
+            .range(..=offset)
+            .next_back()
+            .into_iter()
+            .chain(inner.segments.range(offset + 1..))
+        {
+            if seg.next_offset <= offset {
+                continue;
+            }
+            let Some(first) = seg.find_batch(offset) else {
+                continue;
+            };
+            if first.header.base_offset >= limit {
+                return Ok(empty);
+            }
+            let start = first.position;
+            let mut stop = start + first.header.total_size() as u64;
+            while let Some(b) = seg.batch_at(stop) {
+                if b.header.base_offset >= limit
+                    || (stop - start) + b.header.total_size() as u64 > max_bytes as u64
+                {
+                    break;
+                }
+                stop += b.header.total_size() as u64;
+            }
+            return Ok(ReadResult {
+                records: seg.bytes(start, stop),
+                ..empty
+            });
+        }
+        Ok(empty)
+    }
+
+    /// The first batch (below `max_offset`) holding a timestamp >= `ts`.
+    pub fn batch_by_timestamp(&self, ts: i64, max_offset: i64) -> Option<Bytes> {
+        let inner = self.read_inner();
+        for seg in inner.segments.values() {
+            if seg.max_timestamp < ts {
+                continue;
+            }
+            let b = seg.find_batch_by_time(ts)?;
+            if b.header.base_offset >= max_offset {
+                return None;
+            }
+            return Some(seg.bytes(b.position, b.position + b.header.total_size() as u64));
+        }
+        None
+    }
+
+    /// The batch holding the largest timestamp in the log.
+    pub fn batch_with_max_timestamp(&self) -> Option<Bytes> {
+        let inner = self.read_inner();
+        let seg = inner
+            .segments
+            .values()
+            .filter(|s| s.max_timestamp >= 0)
+            .max_by_key(|s| (s.max_timestamp, std::cmp::Reverse(s.base_offset)))?;
+        let b = seg.find_batch(seg.offset_of_max_timestamp)?;
+        Some(seg.bytes(b.position, b.position + b.header.total_size() as u64))
+    }
+
+    /// All batch headers, oldest first (for tools and tests).
+    pub fn batch_headers(&self) -> Vec<BatchHeader> {
+        let inner = self.read_inner();
+        inner
+            .segments
+            .values()
+            .flat_map(|s| s.batches().map(|b| b.header).collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Advances the log start offset (DeleteRecords). `offset` may be the
+    /// high watermark at most; returns the new low watermark.
+    pub fn delete_records(&self, offset: i64) -> Result<i64> {
+        let mut inner = self.write_inner();
+        let end = inner.log_end();
+        let offset = if offset == -1 { end } else { offset };
+        if offset < 0 || offset > end {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                start: inner.log_start,
+                end,
+            });
+        }
+        if offset > inner.log_start {
+            inner.log_start = offset;
+            write_atomic(
+                &self.dir.join("log-start-offset"),
+                offset.to_string().as_bytes(),
+            )?;
+        }
+        self.drop_segments_below_start(&mut inner)?;
+        Ok(inner.log_start)
+    }
+
+    fn drop_segments_below_start(&self, inner: &mut Inner) -> Result<usize> {
+        let mut dropped = 0;
+        loop {
+            let Some((&base, first)) = inner.segments.iter().next() else {
+                break;
+            };
+            if first.next_offset > inner.log_start || first.base_offset == first.next_offset {
+                break;
+            }
+            if inner.segments.len() == 1 {
+                self.roll(inner, 0)?;
+            }
+            if let Some(seg) = inner.segments.remove(&base) {
+                seg.delete()?;
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Deletes whole segments past `retention.ms` or beyond
+    /// `retention.bytes`, oldest first. Returns how many went.
+    pub fn apply_retention(&self, now_ms: i64) -> Result<usize> {
+        let mut inner = self.write_inner();
+        let cfg = inner.config.clone();
+        let mut new_start = inner.log_start;
+        let mut size = inner.size() as i64;
+        let mut expired_active = false;
+        let n = inner.segments.len();
+        for (i, seg) in inner.segments.values().enumerate() {
+            if seg.is_empty() {
+                break;
+            }
+            let by_time = cfg.retention_ms >= 0
+                && seg.max_timestamp >= 0
+                && now_ms - seg.max_timestamp > cfg.retention_ms;
+            let by_size =
+                cfg.retention_bytes >= 0 && size - seg.size() as i64 >= cfg.retention_bytes;
+            if !(by_time || by_size) {
+                break;
+            }
+            // The active segment only goes when its data has expired by time.
+            if i + 1 == n && !by_time {
+                break;
+            }
+            expired_active = i + 1 == n;
+            size -= seg.size() as i64;
+            new_start = seg.next_offset;
+        }
+        if new_start == inner.log_start {
+            return Ok(0);
+        }
+        if expired_active {
+            self.roll(&mut inner, 0)?;
+        }
+        inner.log_start = new_start;
+        write_atomic(
+            &self.dir.join("log-start-offset"),
+            new_start.to_string().as_bytes(),
+        )?;
+        let dropped = self.drop_segments_below_start(&mut inner)?;
+        if dropped > 0 {
+            tracing::info!(log = %self.dir.display(), dropped, log_start = new_start, "retention deleted segments");
+        }
+        Ok(dropped)
+    }
+
+    /// Removes everything at and after `offset` (replica divergence).
+    pub fn truncate_to(&self, offset: i64) -> Result<()> {
+        let mut inner = self.write_inner();
+        if offset >= inner.log_end() {
+            return Ok(());
+        }
+        let offset = offset.max(inner.log_start);
+        let doomed: Vec<i64> = inner
+            .segments
+            .range(offset + 1..)
+            .map(|(b, _)| *b)
+            .collect();
+        for b in doomed {
+            if inner.segments.len() == 1 {
+                break;
+            }
+            if let Some(seg) = inner.segments.remove(&b) {
+                seg.delete()?;
+            }
+        }
+        let active = inner.active_mut();
+        if active.base_offset <= offset {
+            active.truncate_to(offset)?;
+        }
+        inner.epochs.truncate_from(offset)?;
+        let end = inner.log_end();
+        if inner.active().closed {
+            // The remaining tail segment was sealed; open a fresh one after it.
+            let seg = Segment::create(
+                &self.dir,
+                end,
+                inner.config.segment_bytes,
+                inner.config.segment_index_bytes,
+            )?;
+            inner.segments.insert(end, seg);
+        }
+        self.flushed.fetch_min(end, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Makes everything up to `upto` durable. Concurrent callers share one
+    /// fsync: whoever holds the lock syncs all that has been written so far.
+    pub async fn sync(&self, upto: i64) -> Result<()> {
+        if self.flushed.load(Ordering::Acquire) >= upto {
+            return Ok(());
+        }
+        let _guard = self.sync_lock.lock().await;
+        if self.flushed.load(Ordering::Acquire) >= upto {
+            return Ok(());
+        }
+        let (file, end) = {
+            let inner = self.read_inner();
+            (inner.active().file(), inner.log_end())
+        };
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(|e| LogError::Io(std::io::Error::other(e)))??;
+        self.flushed.fetch_max(end, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Blocking variant of `sync` for shutdown paths.
+    pub fn sync_now(&self) -> Result<()> {
+        let inner = self.read_inner();
+        inner.active().file().sync_data()?;
+        inner.active().flush_indexes()?;
+        self.flushed.fetch_max(inner.log_end(), Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Marks the log gone and removes its directory; open slices stay valid.
+    pub fn delete(&self) -> Result<()> {
+        self.deleted.store(true, Ordering::SeqCst);
+        // Segments stay in memory so a concurrent reader still finds a log.
+        let inner = self.read_inner();
+        for seg in inner.segments.values() {
+            seg.delete()?;
+        }
+        drop(inner);
+        std::fs::remove_dir_all(&self.dir)?;
+        self.appended.notify_waiters();
+        Ok(())
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::SeqCst)
+    }
+}

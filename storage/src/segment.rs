@@ -1,0 +1,476 @@
+//! One log segment: a `.log` file of verbatim record batches plus its two
+//! indexes. The active segment's file is preallocated and mapped once; reads
+//! hand out `Bytes` that borrow the mapping, so a fetch copies nothing.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use memmap2::Mmap;
+
+use crate::batch::{self, BatchHeader, HEADER_SIZE, LOG_OVERHEAD};
+use crate::error::Result;
+use crate::index::{OffsetIndex, TimeIndex};
+
+pub fn file_name(base_offset: i64, ext: &str) -> String {
+    format!("{base_offset:020}.{ext}")
+}
+
+/// Owner of a byte range of a mapping, so `Bytes` keeps the map alive.
+struct MapSlice {
+    map: Arc<Mmap>,
+    start: usize,
+    end: usize,
+}
+
+impl AsRef<[u8]> for MapSlice {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.start..self.end]
+    }
+}
+
+pub struct Segment {
+    pub base_offset: i64,
+    log_path: PathBuf,
+    file: Arc<File>,
+    map: Option<Arc<Mmap>>,
+    /// Bytes of whole, valid batches.
+    size: u64,
+    /// Length of the mapping (the preallocated length while active).
+    mapped_len: u64,
+    /// Offset after the last batch.
+    pub next_offset: i64,
+    index: OffsetIndex,
+    time_index: TimeIndex,
+    bytes_since_index: u64,
+    pub max_timestamp: i64,
+    pub offset_of_max_timestamp: i64,
+    /// Wall clock when the first batch landed (for `segment.ms`).
+    pub created_ms: Option<i64>,
+    pub closed: bool,
+}
+
+/// Where a batch sits in a segment.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPos {
+    pub position: u64,
+    pub header: BatchHeader,
+}
+
+impl Segment {
+    /// Creates a fresh active segment preallocated to `capacity` bytes.
+    pub fn create(
+        dir: &Path,
+        base_offset: i64,
+        capacity: u64,
+        index_bytes: usize,
+    ) -> Result<Segment> {
+        let log_path = dir.join(file_name(base_offset, "log"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&log_path)?;
+        file.set_len(capacity)?;
+        let index = OffsetIndex::create(
+            &dir.join(file_name(base_offset, "index")),
+            base_offset,
+            index_bytes,
+        )?;
+        let time_index = TimeIndex::create(
+            &dir.join(file_name(base_offset, "timeindex")),
+            base_offset,
+            index_bytes,
+        )?;
+        let mut seg = Segment {
+            base_offset,
+            log_path,
+            file: Arc::new(file),
+            map: None,
+            size: 0,
+            mapped_len: 0,
+            next_offset: base_offset,
+            index,
+            time_index,
+            bytes_since_index: 0,
+            max_timestamp: -1,
+            offset_of_max_timestamp: -1,
+            created_ms: None,
+            closed: false,
+        };
+        seg.remap(capacity)?;
+        Ok(seg)
+    }
+
+    fn remap(&mut self, len: u64) -> Result<()> {
+        self.map = None;
+        self.mapped_len = 0;
+        if len > 0 {
+            // SAFETY: this process owns the data dir. Bytes of the file are
+            // only written past `size` and readers only get slices below it;
+            // the file is never shrunk below a length a reader was given.
+            let map = unsafe { Mmap::map(&*self.file)? };
+            self.mapped_len = map.len() as u64;
+            self.map = Some(Arc::new(map));
+        }
+        Ok(())
+    }
+
+    /// Opens a segment found on disk. `active` segments are scanned batch by
+    /// batch: anything after the last valid batch (a torn write, the
+    /// preallocated zeros) is cut and both indexes are rebuilt. Closed
+    /// segments trust their indexes unless those fail their sanity checks.
+    pub fn open(
+        dir: &Path,
+        base_offset: i64,
+        active: bool,
+        capacity: u64,
+        index_bytes: usize,
+    ) -> Result<Segment> {
+        let log_path = dir.join(file_name(base_offset, "log"));
+        let file = OpenOptions::new().read(true).write(true).open(&log_path)?;
+        let file_len = file.metadata()?.len();
+        let mut seg = Segment {
+            base_offset,
+            log_path,
+            file: Arc::new(file),
+            map: None,
+            size: file_len,
+            mapped_len: 0,
+            next_offset: base_offset,
+            index: OffsetIndex::create(
+                &dir.join(file_name(base_offset, "index.tmp")),
+                base_offset,
+                8,
+            )?,
+            time_index: TimeIndex::create(
+                &dir.join(file_name(base_offset, "timeindex.tmp")),
+                base_offset,
+                12,
+            )?,
+            bytes_since_index: 0,
+            max_timestamp: -1,
+            offset_of_max_timestamp: -1,
+            created_ms: None,
+            closed: !active,
+        };
+        let _ = std::fs::remove_file(dir.join(file_name(base_offset, "index.tmp")));
+        let _ = std::fs::remove_file(dir.join(file_name(base_offset, "timeindex.tmp")));
+        seg.remap(file_len)?;
+        let idx_path = dir.join(file_name(base_offset, "index"));
+        let tidx_path = dir.join(file_name(base_offset, "timeindex"));
+        if !active {
+            let loaded = OffsetIndex::load(&idx_path, base_offset, file_len)
+                .and_then(|i| TimeIndex::load(&tidx_path, base_offset).map(|t| (i, t)));
+            match loaded {
+                Ok((i, t)) => {
+                    seg.index = i;
+                    seg.time_index = t;
+                    let last = seg.last_batch()?;
+                    seg.next_offset = last
+                        .map(|b| b.header.last_offset() + 1)
+                        .unwrap_or(base_offset);
+                    if let Some((ts, o)) = seg.time_index.last() {
+                        seg.max_timestamp = ts;
+                        seg.offset_of_max_timestamp = o;
+                    }
+                    return Ok(seg);
+                }
+                Err(e) => {
+                    tracing::warn!(segment = %seg.log_path.display(), error = %e, "rebuilding index")
+                }
+            }
+        }
+        seg.recover(dir, capacity, index_bytes, active)?;
+        Ok(seg)
+    }
+
+    /// Scans every batch, keeps the valid prefix and rebuilds the indexes.
+    fn recover(
+        &mut self,
+        dir: &Path,
+        capacity: u64,
+        index_bytes: usize,
+        active: bool,
+    ) -> Result<u64> {
+        let index_interval = 4096;
+        self.index = OffsetIndex::create(
+            &dir.join(file_name(self.base_offset, "index")),
+            self.base_offset,
+            index_bytes,
+        )?;
+        self.time_index = TimeIndex::create(
+            &dir.join(file_name(self.base_offset, "timeindex")),
+            self.base_offset,
+            index_bytes,
+        )?;
+        let map = self.map.clone();
+        let data: &[u8] = match &map {
+            Some(m) => &m[..(self.size as usize).min(m.len())],
+            None => &[],
+        };
+        let mut pos = 0usize;
+        let mut scan_end = self.base_offset;
+        let mut batches = Vec::new();
+        while pos + HEADER_SIZE <= data.len() {
+            let Ok(h) = BatchHeader::parse(&data[pos..]) else {
+                break;
+            };
+            if h.batch_length <= 0 || pos + h.total_size() > data.len() {
+                break;
+            }
+            if batch::validate(&data[pos..pos + h.total_size()]).is_err() {
+                break;
+            }
+            if h.base_offset < scan_end && !batches.is_empty() {
+                break;
+            }
+            batches.push((pos as u64, h));
+            scan_end = h.last_offset() + 1;
+            pos += h.total_size();
+        }
+        let valid = pos as u64;
+        let cut = self.size - valid;
+        if cut > 0 {
+            tracing::warn!(segment = %self.log_path.display(), valid_bytes = valid, cut_bytes = cut, "recovery truncated log tail");
+        }
+        self.size = 0;
+        self.next_offset = self.base_offset;
+        for (p, h) in batches {
+            self.size = p;
+            self.track_appended(p, &h, index_interval);
+            self.size = p + h.total_size() as u64;
+            self.next_offset = h.last_offset() + 1;
+        }
+        // Nobody holds a slice yet at open time, so changing the length here
+        // cannot pull a page out from under a reader.
+        // Shrinking first zeroes whatever a torn write left past `valid`.
+        self.map = None;
+        self.file.set_len(valid)?;
+        if active {
+            self.file.set_len(capacity.max(valid))?;
+        }
+        self.file.sync_all()?;
+        let len = self.file.metadata()?.len();
+        self.remap(len)?;
+        if !active {
+            self.close()?;
+        }
+        Ok(cut)
+    }
+
+    fn slice_raw(&self, start: usize, end: usize) -> &[u8] {
+        match &self.map {
+            Some(m) if end <= m.len() => &m[start..end],
+            _ => &[],
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Free bytes left in the preallocated file.
+    pub fn remaining(&self) -> u64 {
+        self.mapped_len.saturating_sub(self.size)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    fn track_appended(&mut self, position: u64, h: &BatchHeader, index_interval: u64) {
+        if h.max_timestamp > self.max_timestamp {
+            self.max_timestamp = h.max_timestamp;
+            self.offset_of_max_timestamp = h.base_offset;
+        }
+        if self.bytes_since_index >= index_interval || position == 0 {
+            self.index.append(h.base_offset, position);
+            self.time_index
+                .append(self.max_timestamp, self.offset_of_max_timestamp);
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += h.total_size() as u64;
+    }
+
+    /// Writes already-patched batches at the end. The caller has checked the
+    /// data fits (`remaining`).
+    pub fn append(
+        &mut self,
+        data: &[u8],
+        headers: &[(usize, BatchHeader)],
+        index_interval: u64,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.file.write_all_at(data, self.size)?;
+        for (off, h) in headers {
+            self.track_appended(self.size + *off as u64, h, index_interval);
+        }
+        if let Some((_, last)) = headers.last() {
+            self.next_offset = last.last_offset() + 1;
+        }
+        self.size += data.len() as u64;
+        if self.created_ms.is_none() {
+            self.created_ms = Some(now_ms);
+        }
+        Ok(())
+    }
+
+    pub fn index_full(&self) -> bool {
+        self.index.is_full()
+    }
+
+    /// Zero-copy view of `[start, end)` of the file.
+    pub fn bytes(&self, start: u64, end: u64) -> Bytes {
+        match &self.map {
+            Some(m) if end <= self.size && start <= end => Bytes::from_owner(MapSlice {
+                map: m.clone(),
+                start: start as usize,
+                end: end as usize,
+            }),
+            _ => Bytes::new(),
+        }
+    }
+
+    /// Header of the batch at `position`, if a whole one is there.
+    pub fn batch_at(&self, position: u64) -> Option<BatchPos> {
+        if position + HEADER_SIZE as u64 > self.size {
+            return None;
+        }
+        let raw = self.slice_raw(position as usize, position as usize + HEADER_SIZE);
+        let header = BatchHeader::parse(raw).ok()?;
+        if header.batch_length <= 0 || position + header.total_size() as u64 > self.size {
+            return None;
+        }
+        Some(BatchPos { position, header })
+    }
+
+    /// The batch holding `offset`, or the first one after it.
+    pub fn find_batch(&self, offset: i64) -> Option<BatchPos> {
+        let mut pos = self.index.lookup(offset);
+        while let Some(b) = self.batch_at(pos) {
+            if b.header.last_offset() >= offset {
+                return Some(b);
+            }
+            pos += b.header.total_size() as u64;
+        }
+        None
+    }
+
+    /// The first batch whose max timestamp reaches `ts`.
+    pub fn find_batch_by_time(&self, ts: i64) -> Option<BatchPos> {
+        let start = self.time_index.lookup(ts);
+        let mut pos = self.find_batch(start)?.position;
+        while let Some(b) = self.batch_at(pos) {
+            if b.header.max_timestamp >= ts {
+                return Some(b);
+            }
+            pos += b.header.total_size() as u64;
+        }
+        None
+    }
+
+    pub fn last_batch(&self) -> Result<Option<BatchPos>> {
+        let mut pos = match self.index.lookup(i64::MAX) {
+            p if p < self.size => p,
+            _ => 0,
+        };
+        let mut last = None;
+        while let Some(b) = self.batch_at(pos) {
+            pos += b.header.total_size() as u64;
+            last = Some(b);
+        }
+        Ok(last)
+    }
+
+    /// Iterates batch headers from the start.
+    pub fn batches(&self) -> impl Iterator<Item = BatchPos> + '_ {
+        let mut pos = 0u64;
+        std::iter::from_fn(move || {
+            let b = self.batch_at(pos)?;
+            pos += b.header.total_size() as u64;
+            Some(b)
+        })
+    }
+
+    /// Cuts the segment back to the batch boundary before `offset`. The cut
+    /// bytes are zeroed rather than the file shrunk: a reader may still hold
+    /// a slice of the mapping, and a shrink would turn that into SIGBUS.
+    pub fn truncate_to(&mut self, offset: i64) -> Result<()> {
+        let Some(b) = self.find_batch(offset) else {
+            return Ok(());
+        };
+        // Like Kafka: the batch holding `offset` goes whole.
+        let cut_at = b.position;
+        if cut_at >= self.size {
+            return Ok(());
+        }
+        let zeros = vec![0u8; (self.size - cut_at) as usize];
+        self.file.write_all_at(&zeros, cut_at)?;
+        self.size = cut_at;
+        self.index.truncate_to_position(cut_at);
+        self.time_index.truncate_to_offset(offset);
+        self.next_offset = self
+            .last_batch()?
+            .map(|b| b.header.last_offset() + 1)
+            .unwrap_or(self.base_offset);
+        self.max_timestamp = -1;
+        self.offset_of_max_timestamp = -1;
+        let headers: Vec<BatchHeader> = self.batches().map(|b| b.header).collect();
+        for h in headers {
+            if h.max_timestamp > self.max_timestamp {
+                self.max_timestamp = h.max_timestamp;
+                self.offset_of_max_timestamp = h.base_offset;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn file(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
+    /// Seals the segment: syncs it, trims the file and indexes to what is
+    /// used. Only space past `size` is cut, which no reader was ever given.
+    pub fn close(&mut self) -> Result<()> {
+        if self.max_timestamp >= 0 {
+            self.time_index
+                .append(self.max_timestamp, self.offset_of_max_timestamp);
+        }
+        self.file.set_len(self.size)?;
+        self.file.sync_data()?;
+        self.index.trim()?;
+        self.time_index.trim()?;
+        self.index.flush()?;
+        self.time_index.flush()?;
+        self.closed = true;
+        Ok(())
+    }
+
+    pub fn flush_indexes(&self) -> Result<()> {
+        self.index.flush()?;
+        self.time_index.flush()
+    }
+
+    /// Unlinks the files; live slices keep the mapping until they drop.
+    pub fn delete(&self) -> Result<()> {
+        for p in [
+            self.log_path.clone(),
+            self.index.path().to_path_buf(),
+            self.time_index.path().to_path_buf(),
+        ] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Smallest valid batch size, for callers sizing reads.
+pub const MIN_BATCH: usize = LOG_OVERHEAD + (HEADER_SIZE - LOG_OVERHEAD);
