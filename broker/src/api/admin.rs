@@ -1,0 +1,321 @@
+//! Topic administration: CreateTopics, DeleteTopics, CreatePartitions and
+//! DeleteRecords. Topic changes touch the disk, so they run off the runtime.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::*;
+
+use super::metadata::{str, topic_name};
+use super::storage_code;
+use crate::server::Broker;
+use crate::topic_config;
+use crate::topics::TopicError;
+
+/// Runs blocking registry work on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+fn create_one(
+    broker: &Broker,
+    t: &CreatableTopic,
+    validate_only: bool,
+) -> Result<(uuid::Uuid, i32), TopicError> {
+    let name = t.name.0.to_string();
+    let rf = t.replication_factor;
+    if rf != -1 && rf != 1 {
+        let msg = if rf < 1 {
+            "Replication factor must be larger than 0, or -1 to use the default value.".to_string()
+        } else {
+            format!("Unable to replicate the partition {rf} time(s): The target replication factor of {rf} cannot be reached because only 1 broker(s) are registered.")
+        };
+        return Err(TopicError::new(
+            ResponseError::InvalidReplicationFactor,
+            msg,
+        ));
+    }
+    let partitions = if !t.assignments.is_empty() {
+        if t.num_partitions != -1 || rf != -1 {
+            return Err(TopicError::new(
+                ResponseError::InvalidRequest,
+                "Both numPartitions or replicationFactor and replicasAssignments were set. Both cannot be used at the same time.",
+            ));
+        }
+        let mut idx: Vec<i32> = t.assignments.iter().map(|a| a.partition_index).collect();
+        idx.sort_unstable();
+        if idx.iter().enumerate().any(|(i, p)| *p != i as i32) {
+            return Err(TopicError::new(
+                ResponseError::InvalidReplicaAssignment,
+                "Partitions must be numbered 0..n without gaps.",
+            ));
+        }
+        if t.assignments
+            .iter()
+            .any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != broker.node_id)
+        {
+            return Err(TopicError::new(
+                ResponseError::InvalidReplicaAssignment,
+                format!(
+                    "Every partition must be assigned to broker {} alone.",
+                    broker.node_id
+                ),
+            ));
+        }
+        idx.len() as i32
+    } else if t.num_partitions == -1 {
+        broker.config.num_partitions
+    } else {
+        t.num_partitions
+    };
+    let mut configs = BTreeMap::new();
+    for c in &t.configs {
+        if let Some(v) = &c.value {
+            configs.insert(c.name.to_string(), v.to_string());
+        }
+    }
+    let meta = broker
+        .topics
+        .create(&name, partitions, configs, validate_only)?;
+    Ok((meta.id, meta.partitions))
+}
+
+/// Effective configs of a topic as CreateTopics v5+ reports them.
+pub fn described_configs(
+    broker: &Broker,
+    overrides: &BTreeMap<String, String>,
+) -> Vec<CreatableTopicConfigs> {
+    let defaults = broker.topics.defaults();
+    topic_config::TOPIC_CONFIGS
+        .iter()
+        .map(|d| {
+            let (value, overridden) = topic_config::effective(d.name, overrides, &defaults);
+            mk!(CreatableTopicConfigs {
+                name: str(d.name),
+                value: Some(str(&value)),
+                read_only: false,
+                config_source: if overridden { 1 } else { 5 },
+                is_sensitive: false
+            })
+        })
+        .collect()
+}
+
+pub async fn create_topics(
+    broker: Arc<Broker>,
+    h: &RequestHeader,
+    req: CreateTopicsRequest,
+) -> Option<CreateTopicsResponse> {
+    let version = h.request_api_version;
+    let b = broker.clone();
+    let topics = blocking(move || {
+        let mut seen = std::collections::HashSet::new();
+        let dupes: std::collections::HashSet<String> = req
+            .topics
+            .iter()
+            .map(|t| t.name.0.to_string())
+            .filter(|n| !seen.insert(n.clone()))
+            .collect();
+        req.topics
+            .iter()
+            .map(|t| {
+                let name = t.name.0.to_string();
+                let mut r = mk!(CreatableTopicResult {
+                    name: t.name.clone(),
+                    num_partitions: -1,
+                    replication_factor: -1
+                });
+                let outcome = if dupes.contains(&name) {
+                    Err(TopicError::new(
+                        ResponseError::InvalidRequest,
+                        format!("Duplicate topic name {name} in request"),
+                    ))
+                } else {
+                    create_one(&b, t, req.validate_only)
+                };
+                match outcome {
+                    Ok((id, partitions)) => {
+                        r.topic_id = id;
+                        r.num_partitions = partitions;
+                        r.replication_factor = 1;
+                        if version >= 5 {
+                            let mut overrides = BTreeMap::new();
+                            for c in &t.configs {
+                                if let Some(v) = &c.value {
+                                    overrides.insert(c.name.to_string(), v.to_string());
+                                }
+                            }
+                            r.configs = Some(described_configs(&b, &overrides));
+                        }
+                    }
+                    Err(e) => {
+                        r.error_code = e.code.code();
+                        r.error_message = Some(str(&e.message));
+                    }
+                }
+                r
+            })
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    Some(mk!(CreateTopicsResponse { topics: topics }))
+}
+
+pub async fn delete_topics(
+    broker: Arc<Broker>,
+    h: &RequestHeader,
+    req: DeleteTopicsRequest,
+) -> Option<DeleteTopicsResponse> {
+    let version = h.request_api_version;
+    let b = broker.clone();
+    let responses = blocking(move || {
+        // v6 names topics by name or id; older versions by name only.
+        let wanted: Vec<(Option<String>, uuid::Uuid)> = if version >= 6 {
+            req.topics
+                .iter()
+                .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id))
+                .collect()
+        } else {
+            req.topic_names
+                .iter()
+                .map(|n| (Some(n.0.to_string()), uuid::Uuid::nil()))
+                .collect()
+        };
+        wanted
+            .into_iter()
+            .map(|(name, id)| {
+                let resolved = match (&name, id.is_nil()) {
+                    (Some(n), _) => Ok(n.clone()),
+                    (None, false) => b.topics.name_by_id(id).ok_or_else(|| {
+                        TopicError::new(
+                            ResponseError::UnknownTopicId,
+                            format!("Topic id {id} does not exist"),
+                        )
+                    }),
+                    (None, true) => Err(TopicError::new(
+                        ResponseError::InvalidRequest,
+                        "Neither topic name nor id given",
+                    )),
+                };
+                let mut r = mk!(DeletableTopicResult {
+                    name: name.as_deref().map(topic_name),
+                    topic_id: id
+                });
+                match resolved.and_then(|n| b.topics.delete(&n).map(|m| (n, m))) {
+                    Ok((n, meta)) => {
+                        r.name = Some(topic_name(&n));
+                        r.topic_id = meta.id;
+                    }
+                    Err(e) => {
+                        r.error_code = e.code.code();
+                        r.error_message = Some(str(&e.message));
+                    }
+                }
+                r
+            })
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    Some(mk!(DeleteTopicsResponse {
+        responses: responses
+    }))
+}
+
+pub async fn create_partitions(
+    broker: Arc<Broker>,
+    _h: &RequestHeader,
+    req: CreatePartitionsRequest,
+) -> Option<CreatePartitionsResponse> {
+    let b = broker.clone();
+    let results = blocking(move || {
+        req.topics
+            .iter()
+            .map(|t| {
+                let name = t.name.0.to_string();
+                let mut r = mk!(CreatePartitionsTopicResult {
+                    name: t.name.clone()
+                });
+                let assignment_ok = t.assignments.as_ref().is_none_or(|a| {
+                    a.iter()
+                        .all(|x| x.broker_ids.len() == 1 && x.broker_ids[0].0 == b.node_id)
+                });
+                let outcome = if !assignment_ok {
+                    Err(TopicError::new(
+                        ResponseError::InvalidReplicaAssignment,
+                        format!(
+                            "New partitions must be assigned to broker {} alone.",
+                            b.node_id
+                        ),
+                    ))
+                } else {
+                    b.topics.add_partitions(&name, t.count, req.validate_only)
+                };
+                if let Err(e) = outcome {
+                    r.error_code = e.code.code();
+                    r.error_message = Some(str(&e.message));
+                }
+                r
+            })
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    Some(mk!(CreatePartitionsResponse { results: results }))
+}
+
+pub async fn delete_records(
+    broker: Arc<Broker>,
+    _h: &RequestHeader,
+    req: DeleteRecordsRequest,
+) -> Option<DeleteRecordsResponse> {
+    let b = broker.clone();
+    let topics = blocking(move || {
+        req.topics
+            .iter()
+            .map(|t| {
+                let name = t.name.0.to_string();
+                let partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let mut r = mk!(DeleteRecordsPartitionResult {
+                            partition_index: p.partition_index,
+                            low_watermark: -1
+                        });
+                        match b.topics.log(&name, p.partition_index) {
+                            None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                            Some(log) => {
+                                // -1 means "up to the high watermark".
+                                let offset = if p.offset == -1 {
+                                    log.high_watermark()
+                                } else {
+                                    p.offset
+                                };
+                                match log.delete_records(offset) {
+                                    Ok(lw) => r.low_watermark = lw,
+                                    Err(e) => r.error_code = storage_code(&e).code(),
+                                }
+                            }
+                        }
+                        r
+                    })
+                    .collect();
+                mk!(DeleteRecordsTopicResult {
+                    name: t.name.clone(),
+                    partitions: partitions
+                })
+            })
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    Some(mk!(DeleteRecordsResponse { topics: topics }))
+}

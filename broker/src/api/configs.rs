@@ -1,0 +1,496 @@
+//! DescribeConfigs, AlterConfigs and IncrementalAlterConfigs for topics and
+//! for this broker (whose dynamic configs are the topic defaults).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
+};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+
+use super::metadata::str;
+use crate::server::Broker;
+use crate::topic_config::{self, TOPIC_CONFIGS};
+use crate::topics::TopicError;
+
+const TOPIC: i8 = 2;
+const BROKER: i8 = 4;
+
+// ConfigSource values of DescribeConfigs.
+const DYNAMIC_TOPIC: i8 = 1;
+const DYNAMIC_DEFAULT_BROKER: i8 = 3;
+const STATIC_BROKER: i8 = 4;
+const DEFAULT: i8 = 5;
+
+fn err(code: ResponseError, msg: impl Into<String>) -> TopicError {
+    TopicError::new(code, msg)
+}
+
+struct Described {
+    name: String,
+    value: String,
+    source: i8,
+    read_only: bool,
+    kind: i8,
+    doc: &'static str,
+    synonyms: Vec<(String, String, i8)>,
+}
+
+fn describe_topic(broker: &Broker, name: &str) -> Result<Vec<Described>, TopicError> {
+    let meta = broker.topics.topic(name).ok_or_else(|| {
+        err(
+            ResponseError::UnknownTopicOrPartition,
+            format!("Topic '{name}' does not exist"),
+        )
+    })?;
+    let dynamic = broker.topics.dynamic_broker_configs();
+    let statics = broker.topics.static_defaults();
+    Ok(TOPIC_CONFIGS
+        .iter()
+        .map(|d| {
+            let mut synonyms = Vec::new();
+            if let Some(v) = meta.configs.get(d.name) {
+                synonyms.push((d.name.to_string(), v.clone(), DYNAMIC_TOPIC));
+            }
+            if let Some(v) = dynamic.get(d.name) {
+                synonyms.push((d.broker_name.to_string(), v.clone(), DYNAMIC_DEFAULT_BROKER));
+            }
+            if let Some(v) = statics.get(d.name) {
+                synonyms.push((d.broker_name.to_string(), v.clone(), STATIC_BROKER));
+            }
+            let (value, source) = synonyms
+                .first()
+                .map(|(_, v, s)| (v.clone(), *s))
+                .unwrap_or_default();
+            // Values equal to the built-in default read as defaults.
+            let source = if source == STATIC_BROKER {
+                DEFAULT
+            } else {
+                source
+            };
+            Described {
+                name: d.name.into(),
+                value,
+                source,
+                read_only: false,
+                kind: d.kind as i8,
+                doc: d.doc,
+                synonyms,
+            }
+        })
+        .collect())
+}
+
+fn check_broker_name(broker: &Broker, resource: &str) -> Result<(), TopicError> {
+    if resource.is_empty() || resource == broker.node_id.to_string() {
+        Ok(())
+    } else {
+        Err(err(
+            ResponseError::InvalidRequest,
+            format!("Broker {resource} is not this broker ({})", broker.node_id),
+        ))
+    }
+}
+
+fn describe_broker(broker: &Broker, resource: &str) -> Result<Vec<Described>, TopicError> {
+    check_broker_name(broker, resource)?;
+    let c = &broker.config;
+    let dynamic = broker.topics.dynamic_broker_configs();
+    let statics = broker.topics.static_defaults();
+    let mut out = Vec::new();
+    let ro = |name: &str, value: String, kind: i8, doc: &'static str| Described {
+        name: name.into(),
+        value: value.clone(),
+        source: STATIC_BROKER,
+        read_only: true,
+        kind,
+        doc,
+        synonyms: vec![(name.to_string(), value, STATIC_BROKER)],
+    };
+    out.push(ro("node.id", c.node_id.to_string(), 3, "This broker's id."));
+    out.push(ro(
+        "listeners",
+        format!("PLAINTEXT://{}", c.listen),
+        7,
+        "Address the broker listens on.",
+    ));
+    out.push(ro(
+        "advertised.listeners",
+        format!(
+            "PLAINTEXT://{}:{}",
+            broker.advertised_host, broker.advertised_port
+        ),
+        7,
+        "Address clients are told to connect to.",
+    ));
+    out.push(ro(
+        "log.dirs",
+        c.data_dir.display().to_string(),
+        2,
+        "Directory holding partition logs.",
+    ));
+    out.push(ro(
+        "auto.create.topics.enable",
+        c.auto_create_topics.to_string(),
+        1,
+        "Create unknown topics on metadata requests.",
+    ));
+    out.push(ro(
+        "num.partitions",
+        c.num_partitions.to_string(),
+        3,
+        "Partitions of auto-created topics.",
+    ));
+    out.push(ro(
+        "socket.request.max.bytes",
+        c.max_request_bytes.to_string(),
+        3,
+        "Largest request accepted.",
+    ));
+    out.push(ro(
+        "log.retention.check.interval.ms",
+        c.log_retention_check_interval_ms.to_string(),
+        5,
+        "How often retention runs.",
+    ));
+    for d in TOPIC_CONFIGS {
+        let mut synonyms = Vec::new();
+        if let Some(v) = dynamic.get(d.name) {
+            synonyms.push((d.broker_name.to_string(), v.clone(), DYNAMIC_DEFAULT_BROKER));
+        }
+        if let Some(v) = statics.get(d.name) {
+            synonyms.push((d.broker_name.to_string(), v.clone(), STATIC_BROKER));
+        }
+        let (value, source) = synonyms
+            .first()
+            .map(|(_, v, s)| (v.clone(), *s))
+            .unwrap_or_default();
+        out.push(Described {
+            name: d.broker_name.into(),
+            value,
+            source,
+            read_only: false,
+            kind: d.kind as i8,
+            doc: d.doc,
+            synonyms,
+        });
+    }
+    Ok(out)
+}
+
+pub async fn describe(
+    broker: Arc<Broker>,
+    h: &RequestHeader,
+    req: DescribeConfigsRequest,
+) -> Option<DescribeConfigsResponse> {
+    let version = h.request_api_version;
+    let mut results = Vec::new();
+    for r in req.resources {
+        let name = r.resource_name.to_string();
+        let described = match r.resource_type {
+            TOPIC => describe_topic(&broker, &name),
+            BROKER => describe_broker(&broker, &name),
+            t => Err(err(
+                ResponseError::InvalidRequest,
+                format!("Resource type {t} is not supported"),
+            )),
+        };
+        let mut res = mk!(DescribeConfigsResult {
+            resource_type: r.resource_type,
+            resource_name: r.resource_name.clone()
+        });
+        match described {
+            Ok(list) => {
+                let keys: Option<Vec<String>> = r
+                    .configuration_keys
+                    .map(|k| k.iter().map(|s| s.to_string()).collect());
+                res.configs = list
+                    .into_iter()
+                    .filter(|d| keys.as_ref().is_none_or(|k| k.contains(&d.name)))
+                    .map(|d| {
+                        mk!(DescribeConfigsResourceResult {
+                            name: str(&d.name),
+                            value: Some(str(&d.value)),
+                            read_only: d.read_only,
+                            config_source: d.source,
+                            is_sensitive: false,
+                            synonyms: if req.include_synonyms {
+                                d.synonyms
+                                    .iter()
+                                    .map(|(n, v, s)| {
+                                        mk!(DescribeConfigsSynonym {
+                                            name: str(n),
+                                            value: Some(str(v)),
+                                            source: *s
+                                        })
+                                    })
+                                    .collect()
+                            } else {
+                                vec![]
+                            },
+                            config_type: if version >= 3 { d.kind } else { 0 },
+                            documentation: if req.include_documentation {
+                                Some(StrBytes::from_static_str(d.doc))
+                            } else {
+                                None
+                            }
+                        })
+                    })
+                    .collect();
+            }
+            Err(e) => {
+                res.error_code = e.code.code();
+                res.error_message = Some(str(&e.message));
+            }
+        }
+        results.push(res);
+    }
+    Some(mk!(DescribeConfigsResponse { results: results }))
+}
+
+/// One requested change: name, operation (0 set, 1 delete, 2 append,
+/// 3 subtract) and value.
+type Change = (String, i8, Option<String>);
+
+/// Applies changes to a set of overrides, checking every value.
+fn apply(
+    current: &BTreeMap<String, String>,
+    changes: &[Change],
+    replace_all: bool,
+) -> Result<BTreeMap<String, String>, TopicError> {
+    let mut next = if replace_all {
+        BTreeMap::new()
+    } else {
+        current.clone()
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (name, op, value) in changes {
+        if !seen.insert(name.clone()) {
+            return Err(err(
+                ResponseError::InvalidRequest,
+                format!("Config {name} appears more than once"),
+            ));
+        }
+        let def = topic_config::def(name).ok_or_else(|| {
+            err(
+                ResponseError::InvalidConfig,
+                format!("Unknown config name: {name}"),
+            )
+        })?;
+        let is_list = matches!(def.kind, topic_config::Kind::List);
+        match (op, value) {
+            (0, Some(v)) => {
+                next.insert(name.clone(), v.clone());
+            }
+            (0, None) if replace_all => {}
+            (1, _) => {
+                next.remove(name);
+            }
+            (2 | 3, Some(v)) if is_list => {
+                let mut items: Vec<String> = next
+                    .get(name)
+                    .map(|s| {
+                        s.split(',')
+                            .map(|x| x.trim().to_string())
+                            .filter(|x| !x.is_empty())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for item in v
+                    .split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                {
+                    if *op == 2 && !items.contains(&item) {
+                        items.push(item);
+                    } else if *op == 3 {
+                        items.retain(|x| *x != item);
+                    }
+                }
+                next.insert(name.clone(), items.join(","));
+            }
+            (2 | 3, _) => {
+                return Err(err(
+                    ResponseError::InvalidConfig,
+                    format!("Config value append/subtract is not allowed for config key {name}"),
+                ));
+            }
+            (0, None) => {
+                return Err(err(
+                    ResponseError::InvalidConfig,
+                    format!("Null value not supported for: {name}"),
+                ))
+            }
+            (op, _) => {
+                return Err(err(
+                    ResponseError::InvalidConfig,
+                    format!("Unknown config operation {op}"),
+                ))
+            }
+        }
+    }
+    for (k, v) in &next {
+        topic_config::validate(k, v).map_err(|m| err(ResponseError::InvalidConfig, m))?;
+    }
+    Ok(next)
+}
+
+/// Maps a broker config name (log.retention.ms) to its topic name.
+fn broker_to_topic_name(name: &str) -> Result<&'static str, TopicError> {
+    TOPIC_CONFIGS
+        .iter()
+        .find(|d| d.broker_name == name)
+        .map(|d| d.name)
+        .ok_or_else(|| {
+            err(
+                ResponseError::InvalidRequest,
+                format!("Cannot update these configs dynamically: {name}"),
+            )
+        })
+}
+
+fn alter_resource(
+    broker: &Broker,
+    rtype: i8,
+    rname: &str,
+    changes: Vec<Change>,
+    replace_all: bool,
+    validate_only: bool,
+) -> Result<(), TopicError> {
+    match rtype {
+        TOPIC => {
+            let meta = broker.topics.topic(rname).ok_or_else(|| {
+                err(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("Topic '{rname}' does not exist"),
+                )
+            })?;
+            let next = apply(&meta.configs, &changes, replace_all)?;
+            if !validate_only {
+                broker.topics.set_topic_configs(rname, next)?;
+            }
+            Ok(())
+        }
+        BROKER => {
+            check_broker_name(broker, rname)?;
+            let mut translated = Vec::new();
+            for (n, op, v) in changes {
+                translated.push((broker_to_topic_name(&n)?.to_string(), op, v));
+            }
+            let next = apply(
+                &broker.topics.dynamic_broker_configs(),
+                &translated,
+                replace_all,
+            )?;
+            if !validate_only {
+                broker.topics.set_broker_configs(next)?;
+            }
+            Ok(())
+        }
+        t => Err(err(
+            ResponseError::InvalidRequest,
+            format!("Resource type {t} is not supported"),
+        )),
+    }
+}
+
+pub async fn alter(
+    broker: Arc<Broker>,
+    _h: &RequestHeader,
+    req: AlterConfigsRequest,
+) -> Option<AlterConfigsResponse> {
+    let b = broker.clone();
+    let responses = tokio::task::spawn_blocking(move || {
+        req.resources
+            .into_iter()
+            .map(|r| {
+                let changes = r
+                    .configs
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.name.to_string(),
+                            0i8,
+                            c.value.as_ref().map(|v| v.to_string()),
+                        )
+                    })
+                    .collect();
+                let out = alter_resource(
+                    &b,
+                    r.resource_type,
+                    &r.resource_name,
+                    changes,
+                    true,
+                    req.validate_only,
+                );
+                let mut resp = mk!(alter_configs_response::AlterConfigsResourceResponse {
+                    resource_type: r.resource_type,
+                    resource_name: r.resource_name
+                });
+                if let Err(e) = out {
+                    resp.error_code = e.code.code();
+                    resp.error_message = Some(str(&e.message));
+                }
+                resp
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .ok()?;
+    Some(mk!(AlterConfigsResponse {
+        responses: responses
+    }))
+}
+
+pub async fn incremental_alter(
+    broker: Arc<Broker>,
+    _h: &RequestHeader,
+    req: IncrementalAlterConfigsRequest,
+) -> Option<IncrementalAlterConfigsResponse> {
+    let b = broker.clone();
+    let responses = tokio::task::spawn_blocking(move || {
+        req.resources
+            .into_iter()
+            .map(|r| {
+                let changes = r
+                    .configs
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.name.to_string(),
+                            c.config_operation,
+                            c.value.as_ref().map(|v| v.to_string()),
+                        )
+                    })
+                    .collect();
+                let out = alter_resource(
+                    &b,
+                    r.resource_type,
+                    &r.resource_name,
+                    changes,
+                    false,
+                    req.validate_only,
+                );
+                let mut resp = mk!(
+                    incremental_alter_configs_response::AlterConfigsResourceResponse {
+                        resource_type: r.resource_type,
+                        resource_name: r.resource_name
+                    }
+                );
+                if let Err(e) = out {
+                    resp.error_code = e.code.code();
+                    resp.error_message = Some(str(&e.message));
+                }
+                resp
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .ok()?;
+    Some(mk!(IncrementalAlterConfigsResponse {
+        responses: responses
+    }))
+}

@@ -1,0 +1,289 @@
+//! Fetch: byte ranges of the log (zero-copy slices of the mapped segments)
+//! up to the high watermark, with long polls woken by appends, response and
+//! per-partition size limits, and incremental fetch sessions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fjord_storage::{LogError, PartitionLog};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_request::FetchTopic;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::*;
+use uuid::Uuid;
+
+use super::fetch_session::{CachedPartition, SessionError};
+use super::metadata::topic_name;
+use crate::server::Broker;
+
+const INITIAL_EPOCH: i32 = 0;
+const FINAL_EPOCH: i32 = -1;
+
+struct Target {
+    part: CachedPartition,
+    /// None when the topic (or its id) is unknown.
+    log: Option<Arc<PartitionLog>>,
+    unknown_error: ResponseError,
+}
+
+struct Outcome {
+    error: Option<ResponseError>,
+    records: Bytes,
+    hw: i64,
+    log_start: i64,
+}
+
+fn resolve(broker: &Broker, topic: &FetchTopic, version: i16) -> (String, Uuid, ResponseError) {
+    if version >= 13 {
+        match broker.topics.name_by_id(topic.topic_id) {
+            Some(n) => (n, topic.topic_id, ResponseError::UnknownTopicOrPartition),
+            None => (String::new(), topic.topic_id, ResponseError::UnknownTopicId),
+        }
+    } else {
+        let name = topic.topic.0.to_string();
+        let id = broker.topics.topic(&name).map(|m| m.id).unwrap_or_default();
+        (name, id, ResponseError::UnknownTopicOrPartition)
+    }
+}
+
+fn error_response(code: ResponseError, session_id: i32) -> FetchResponse {
+    mk!(FetchResponse {
+        error_code: code.code(),
+        session_id: session_id
+    })
+}
+
+fn read_all(targets: &[Target], max_bytes: i32) -> (Vec<Outcome>, usize) {
+    let mut budget = max_bytes.max(0) as usize;
+    let mut total = 0usize;
+    let mut out = Vec::with_capacity(targets.len());
+    for t in targets {
+        let Some(log) = &t.log else {
+            out.push(Outcome {
+                error: Some(t.unknown_error),
+                records: Bytes::new(),
+                hw: -1,
+                log_start: -1,
+            });
+            continue;
+        };
+        let hw = log.high_watermark();
+        let limit = (t.part.max_bytes.max(0) as usize).min(budget);
+        match log.read(t.part.fetch_offset, limit, hw) {
+            Ok(r) => {
+                let mut records = r.records;
+                // KIP-74: only the first non-empty partition may exceed the
+                // limits (so a big batch can always be consumed); later ones
+                // wait for the next fetch.
+                if records.len() > limit && total > 0 {
+                    records = Bytes::new();
+                }
+                total += records.len();
+                budget = budget.saturating_sub(records.len());
+                out.push(Outcome {
+                    error: None,
+                    records,
+                    hw: r.high_watermark,
+                    log_start: r.log_start_offset,
+                });
+            }
+            Err(e) => {
+                let code = match e {
+                    LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+                    _ => ResponseError::KafkaStorageError,
+                };
+                out.push(Outcome {
+                    error: Some(code),
+                    records: Bytes::new(),
+                    hw,
+                    log_start: log.log_start_offset(),
+                });
+            }
+        }
+    }
+    (out, total)
+}
+
+pub async fn handle(
+    broker: Arc<Broker>,
+    h: &RequestHeader,
+    req: FetchRequest,
+) -> Option<FetchResponse> {
+    let version = h.request_api_version;
+    let mut requested = Vec::new();
+    for topic in &req.topics {
+        let (name, id, unknown) = resolve(&broker, topic, version);
+        for p in &topic.partitions {
+            requested.push((
+                CachedPartition {
+                    topic: name.clone(),
+                    topic_id: id,
+                    partition: p.partition,
+                    fetch_offset: p.fetch_offset,
+                    max_bytes: p.partition_max_bytes,
+                    last_hw: -1,
+                    last_log_start: -1,
+                },
+                unknown,
+            ));
+        }
+    }
+    let mut forgotten = Vec::new();
+    for f in &req.forgotten_topics_data {
+        let name = if version >= 13 {
+            broker.topics.name_by_id(f.topic_id).unwrap_or_default()
+        } else {
+            f.topic.0.to_string()
+        };
+        for p in &f.partitions {
+            forgotten.push((name.clone(), *p));
+        }
+    }
+
+    // Work out which partitions this fetch covers and whether it is incremental.
+    let (session_id, incremental, parts) = if version < 7
+        || req.session_epoch == FINAL_EPOCH
+        || req.session_epoch == INITIAL_EPOCH
+    {
+        if version >= 7 && req.session_id != 0 {
+            broker.fetch_sessions.remove(req.session_id);
+        }
+        let parts: Vec<CachedPartition> = requested.iter().map(|(p, _)| p.clone()).collect();
+        let id = if version >= 7 && req.session_epoch == INITIAL_EPOCH && !parts.is_empty() {
+            broker.fetch_sessions.create(parts.clone())
+        } else {
+            0
+        };
+        (id, false, parts)
+    } else {
+        let update: Vec<CachedPartition> = requested.iter().map(|(p, _)| p.clone()).collect();
+        match broker
+            .fetch_sessions
+            .update(req.session_id, req.session_epoch, update, &forgotten)
+        {
+            Ok(parts) => (req.session_id, true, parts),
+            Err(SessionError::NotFound) => {
+                return Some(error_response(ResponseError::FetchSessionIdNotFound, 0))
+            }
+            Err(SessionError::InvalidEpoch) => {
+                return Some(error_response(
+                    ResponseError::InvalidFetchSessionEpoch,
+                    req.session_id,
+                ))
+            }
+        }
+    };
+
+    let targets: Vec<Target> = parts
+        .into_iter()
+        .map(|p| {
+            let unknown = if version >= 13 && p.topic.is_empty() {
+                ResponseError::UnknownTopicId
+            } else {
+                ResponseError::UnknownTopicOrPartition
+            };
+            let log = if p.topic.is_empty() {
+                None
+            } else {
+                broker.topics.log(&p.topic, p.partition)
+            };
+            Target {
+                part: p,
+                log,
+                unknown_error: unknown,
+            }
+        })
+        .collect();
+
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
+    let min_bytes = req.min_bytes.max(0) as usize;
+    let outcomes = loop {
+        // Register for wake-ups before reading, so an append between the read
+        // and the wait is not missed.
+        let logs: Vec<Arc<PartitionLog>> = targets.iter().filter_map(|t| t.log.clone()).collect();
+        let mut waits: Vec<_> = logs
+            .iter()
+            .map(|l| Box::pin(l.appended().notified()))
+            .collect();
+        for w in waits.iter_mut() {
+            w.as_mut().enable();
+        }
+        let (outcomes, total) = read_all(&targets, req.max_bytes);
+        let has_error = outcomes.iter().any(|o| o.error.is_some());
+        if total >= min_bytes.max(1)
+            || has_error
+            || waits.is_empty()
+            || tokio::time::Instant::now() >= deadline
+            || min_bytes == 0
+        {
+            break outcomes;
+        }
+        tokio::select! {
+            _ = futures::future::select_all(waits) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = broker.shutting_down() => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break read_all(&targets, req.max_bytes).0;
+        }
+    };
+
+    let mut responses: Vec<FetchableTopicResponse> = Vec::new();
+    let mut sent = Vec::new();
+    for (t, o) in targets.iter().zip(outcomes) {
+        let changed = o.error.is_some()
+            || !o.records.is_empty()
+            || o.hw != t.part.last_hw
+            || o.log_start != t.part.last_log_start;
+        if incremental && !changed {
+            continue;
+        }
+        sent.push((t.part.topic.clone(), t.part.partition, o.hw, o.log_start));
+        let pd = mk!(PartitionData {
+            partition_index: t.part.partition,
+            error_code: o.error.map(|e| e.code()).unwrap_or(0),
+            high_watermark: o.hw,
+            last_stable_offset: o.hw,
+            log_start_offset: o.log_start,
+            aborted_transactions: if req.isolation_level == 1 {
+                Some(vec![])
+            } else {
+                None
+            },
+            records: Some(o.records)
+        });
+        let same_topic = responses.last().is_some_and(|r: &FetchableTopicResponse| {
+            if version >= 13 {
+                r.topic_id == t.part.topic_id
+            } else {
+                r.topic.0.as_str() == t.part.topic
+            }
+        });
+        if same_topic {
+            if let Some(r) = responses.last_mut() {
+                r.partitions.push(pd);
+            }
+        } else {
+            responses.push(mk!(FetchableTopicResponse {
+                topic: topic_name(&t.part.topic),
+                topic_id: t.part.topic_id,
+                partitions: vec![pd]
+            }));
+        }
+    }
+    if session_id != 0 {
+        broker.fetch_sessions.remember(session_id, &sent);
+    }
+    let bytes: usize = responses
+        .iter()
+        .flat_map(|r| r.partitions.iter())
+        .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
+        .sum();
+    metrics::counter!("fjord_fetched_bytes_total").increment(bytes as u64);
+    Some(mk!(FetchResponse {
+        session_id: session_id,
+        responses: responses
+    }))
+}

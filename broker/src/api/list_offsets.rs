@@ -1,0 +1,114 @@
+//! ListOffsets: earliest, latest, max timestamp, and the first offset at or
+//! after a timestamp (found through the time index, then inside the batch).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fjord_storage::batch::BatchHeader;
+use fjord_storage::PartitionLog;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::*;
+use kafka_protocol::records::RecordBatchDecoder;
+
+use crate::server::Broker;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+
+/// Offset and timestamp of the first record in `batch` matching `pick`.
+fn find_in_batch(
+    batch: Bytes,
+    log_start: i64,
+    pick: impl Fn(i64) -> bool,
+) -> Result<Option<(i64, i64)>, ResponseError> {
+    let h = BatchHeader::parse(&batch).map_err(|_| ResponseError::KafkaStorageError)?;
+    if h.is_log_append_time() {
+        return Ok(Some((h.base_offset.max(log_start), h.max_timestamp)));
+    }
+    let mut buf = batch;
+    let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| {
+        tracing::warn!(error = %e, "cannot decode stored batch for a timestamp lookup");
+        ResponseError::KafkaStorageError
+    })?;
+    Ok(set
+        .records
+        .iter()
+        .find(|r| r.offset >= log_start && pick(r.timestamp))
+        .map(|r| (r.offset, r.timestamp)))
+}
+
+fn lookup(log: &PartitionLog, ts: i64) -> Result<(i64, i64), ResponseError> {
+    let hw = log.high_watermark();
+    let start = log.log_start_offset();
+    match ts {
+        LATEST => Ok((hw, -1)),
+        EARLIEST | EARLIEST_LOCAL => Ok((start, -1)),
+        MAX_TIMESTAMP => {
+            let Some(batch) = log.batch_with_max_timestamp() else {
+                return Ok((-1, -1));
+            };
+            let max = BatchHeader::parse(&batch)
+                .map_err(|_| ResponseError::KafkaStorageError)?
+                .max_timestamp;
+            Ok(find_in_batch(batch, start, |t| t == max)?.unwrap_or((-1, -1)))
+        }
+        t if t >= 0 => {
+            let Some(batch) = log.batch_by_timestamp(t, hw) else {
+                return Ok((-1, -1));
+            };
+            Ok(find_in_batch(batch, start, |rt| rt >= t)?.unwrap_or((-1, -1)))
+        }
+        // Other special values (e.g. latest tiered, -5) have nothing to
+        // point at on a broker without remote storage.
+        _ => Ok((-1, -1)),
+    }
+}
+
+pub async fn handle(
+    broker: Arc<Broker>,
+    h: &RequestHeader,
+    req: ListOffsetsRequest,
+) -> Option<ListOffsetsResponse> {
+    let mut topics = Vec::new();
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let mut partitions = Vec::new();
+        for p in t.partitions {
+            let mut r = mk!(ListOffsetsPartitionResponse {
+                partition_index: p.partition_index,
+                timestamp: -1,
+                offset: -1,
+                leader_epoch: -1
+            });
+            match broker.topics.log(&name, p.partition_index) {
+                None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                Some(log) => {
+                    let ts = p.timestamp;
+                    match tokio::task::spawn_blocking(move || lookup(&log, ts)).await {
+                        Ok(Ok((offset, timestamp))) => {
+                            r.offset = offset;
+                            r.timestamp = timestamp;
+                            // leader_epoch exists from v4 on; setting it earlier is an encode error.
+                            if h.request_api_version >= 4 && offset >= 0 {
+                                r.leader_epoch = 0;
+                            }
+                        }
+                        Ok(Err(e)) => r.error_code = e.code(),
+                        Err(_) => r.error_code = ResponseError::UnknownServerError.code(),
+                    }
+                }
+            }
+            partitions.push(r);
+        }
+        topics.push(mk!(ListOffsetsTopicResponse {
+            name: t.name,
+            partitions: partitions
+        }));
+    }
+    Some(mk!(ListOffsetsResponse { topics: topics }))
+}

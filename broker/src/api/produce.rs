@@ -1,0 +1,147 @@
+//! Produce: validate each partition's batches, append them verbatim with
+//! offsets assigned, and (per the fsync policy) wait for the group-committed
+//! fsync before answering. acks=0 gets no response at all.
+
+use std::sync::Arc;
+
+use fjord_storage::batch::BatchHeader;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::*;
+
+use super::metadata::str;
+use super::storage_code;
+use crate::config::FsyncPolicy;
+use crate::server::{now_ms, Broker};
+
+fn failed(index: i32, e: ResponseError, msg: Option<String>) -> PartitionProduceResponse {
+    mk!(PartitionProduceResponse {
+        index: index,
+        error_code: e.code(),
+        base_offset: -1,
+        error_message: msg.map(|m| str(&m))
+    })
+}
+
+/// Batches from idempotent or transactional producers carry a producer id;
+/// until InitProducerId is served, no such id can be valid here.
+fn has_producer_id(payload: &[u8]) -> bool {
+    let mut pos = 0;
+    while let Ok(h) = BatchHeader::parse(&payload[pos..]) {
+        if h.producer_id >= 0 {
+            return true;
+        }
+        pos += h.total_size();
+        if h.batch_length <= 0 || pos >= payload.len() {
+            break;
+        }
+    }
+    false
+}
+
+pub async fn handle(
+    broker: Arc<Broker>,
+    _h: &RequestHeader,
+    req: ProduceRequest,
+) -> Option<ProduceResponse> {
+    let acks = req.acks;
+    let durable = match broker.config.fsync {
+        FsyncPolicy::Always => true,
+        FsyncPolicy::AcksAll => acks == -1,
+        FsyncPolicy::Never => false,
+    };
+    let mut responses = Vec::with_capacity(req.topic_data.len());
+    let mut syncs = Vec::new();
+    for topic in req.topic_data {
+        let name = topic.name.0.to_string();
+        let meta = broker.topics.topic(&name);
+        let mut parts = Vec::with_capacity(topic.partition_data.len());
+        for pd in topic.partition_data {
+            let idx = pd.index;
+            if !matches!(acks, -1..=1) {
+                parts.push(failed(idx, ResponseError::InvalidRequiredAcks, None));
+                continue;
+            }
+            let Some(log) = broker.topics.log(&name, idx) else {
+                parts.push(failed(idx, ResponseError::UnknownTopicOrPartition, None));
+                continue;
+            };
+            let min_isr: i32 = meta
+                .as_ref()
+                .and_then(|m| {
+                    m.configs
+                        .get("min.insync.replicas")
+                        .and_then(|v| v.parse().ok())
+                })
+                .unwrap_or(1);
+            if acks == -1 && min_isr > 1 {
+                let msg = format!(
+                    "min.insync.replicas is {min_isr} but the partition has 1 in-sync replica"
+                );
+                parts.push(failed(idx, ResponseError::NotEnoughReplicas, Some(msg)));
+                continue;
+            }
+            let Some(records) = pd.records else {
+                parts.push(failed(
+                    idx,
+                    ResponseError::CorruptMessage,
+                    Some("no record batch".into()),
+                ));
+                continue;
+            };
+            if has_producer_id(&records) {
+                let msg = "idempotent and transactional produce need InitProducerId, which this broker does not serve yet";
+                parts.push(failed(
+                    idx,
+                    ResponseError::UnknownProducerId,
+                    Some(msg.into()),
+                ));
+                continue;
+            }
+            let mut payload = records.to_vec();
+            let size = payload.len();
+            match log.append(&mut payload, 0, now_ms()) {
+                Ok(info) => {
+                    metrics::counter!("fjord_produced_bytes_total").increment(size as u64);
+                    if durable {
+                        let log = log.clone();
+                        syncs.push(async move { log.sync(info.last_offset + 1).await });
+                    }
+                    parts.push(mk!(PartitionProduceResponse {
+                        index: idx,
+                        base_offset: info.base_offset,
+                        log_append_time_ms: info.log_append_time,
+                        log_start_offset: info.log_start_offset
+                    }));
+                }
+                Err(e) => {
+                    tracing::debug!(topic = %name, partition = idx, error = %e, "produce rejected");
+                    parts.push(failed(idx, storage_code(&e), Some(e.to_string())));
+                }
+            }
+        }
+        responses.push(mk!(TopicProduceResponse {
+            name: topic.name,
+            partition_responses: parts
+        }));
+    }
+    let results = futures::future::join_all(syncs).await;
+    if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+        // The data is in the log but not known to be durable: say so
+        // rather than acknowledge it.
+        tracing::error!(error = %e, "fsync failed");
+        for t in &mut responses {
+            for p in &mut t.partition_responses {
+                if p.error_code == 0 {
+                    p.error_code = ResponseError::KafkaStorageError.code();
+                }
+            }
+        }
+    }
+    if acks == 0 {
+        return None;
+    }
+    Some(mk!(ProduceResponse {
+        responses: responses
+    }))
+}

@@ -1,0 +1,283 @@
+//! Broker configuration: one typed struct read from a TOML file, with command
+//! line flags on top. Defaults give a single-node broker on 127.0.0.1:9092.
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+/// When appended data is forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsyncPolicy {
+    /// fsync before answering acks=all produces (group commit); acks=0/1 are
+    /// left to the page cache, as Kafka does.
+    AcksAll,
+    /// fsync before answering every produce, whatever its acks.
+    Always,
+    /// Never fsync on the produce path; segments are synced when they roll.
+    Never,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Address to listen on for Kafka clients.
+    pub listen: String,
+    /// host:port clients are told to connect to; defaults to the bound address.
+    pub advertised_listener: Option<String>,
+    /// Directory for partition logs and metadata (`log.dirs`).
+    pub data_dir: PathBuf,
+    /// `node.id`
+    pub node_id: i32,
+    /// Largest request frame accepted (`socket.request.max.bytes`).
+    pub max_request_bytes: usize,
+    /// `auto.create.topics.enable`
+    pub auto_create_topics: bool,
+    /// `num.partitions`: partitions of auto-created topics.
+    pub num_partitions: i32,
+    /// `log.segment.bytes`
+    pub log_segment_bytes: u64,
+    /// `log.roll.ms`
+    pub log_roll_ms: i64,
+    /// `log.retention.ms`
+    pub log_retention_ms: i64,
+    /// `log.retention.bytes`
+    pub log_retention_bytes: i64,
+    /// `message.max.bytes`
+    pub message_max_bytes: usize,
+    /// `log.index.interval.bytes`
+    pub log_index_interval_bytes: u64,
+    /// `log.index.size.max.bytes`
+    pub log_index_size_max_bytes: usize,
+    /// `log.message.timestamp.type`: CreateTime or LogAppendTime.
+    pub log_message_timestamp_type: String,
+    /// `log.retention.check.interval.ms`
+    pub log_retention_check_interval_ms: u64,
+    /// When produced data is fsync'd.
+    pub fsync: FsyncPolicy,
+    /// Prometheus metrics endpoint (host:port); off when unset.
+    pub metrics_listen: Option<String>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: "127.0.0.1:9092".into(),
+            advertised_listener: None,
+            data_dir: PathBuf::from("./data"),
+            node_id: 0,
+            max_request_bytes: 100 * 1024 * 1024,
+            auto_create_topics: true,
+            num_partitions: 1,
+            log_segment_bytes: 1 << 30,
+            log_roll_ms: 7 * 24 * 3600 * 1000,
+            log_retention_ms: 7 * 24 * 3600 * 1000,
+            log_retention_bytes: -1,
+            message_max_bytes: 1_048_588,
+            log_index_interval_bytes: 4096,
+            log_index_size_max_bytes: 10 * 1024 * 1024,
+            log_message_timestamp_type: "CreateTime".into(),
+            log_retention_check_interval_ms: 300_000,
+            fsync: FsyncPolicy::AcksAll,
+            metrics_listen: None,
+        }
+    }
+}
+
+/// Command line of `fjord`. Every flag overrides the same key of the file.
+#[derive(Debug, Parser)]
+#[command(
+    name = "fjord",
+    version,
+    about = "Fjord: a Kafka-compatible streaming broker"
+)]
+pub struct Args {
+    /// TOML config file (keys as in BrokerConfig: listen, data_dir, ...).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub listen: Option<String>,
+    #[arg(long)]
+    pub advertised_listener: Option<String>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub node_id: Option<i32>,
+    #[arg(long)]
+    pub max_request_bytes: Option<usize>,
+    #[arg(long)]
+    pub auto_create_topics: Option<bool>,
+    #[arg(long)]
+    pub num_partitions: Option<i32>,
+    #[arg(long)]
+    pub log_segment_bytes: Option<u64>,
+    #[arg(long)]
+    pub log_retention_ms: Option<i64>,
+    #[arg(long)]
+    pub log_retention_bytes: Option<i64>,
+    #[arg(long)]
+    pub message_max_bytes: Option<usize>,
+    #[arg(long)]
+    pub log_retention_check_interval_ms: Option<u64>,
+    #[arg(long, value_enum)]
+    pub fsync: Option<FsyncPolicy>,
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl BrokerConfig {
+    pub fn from_file(path: &Path) -> Result<BrokerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            source: Box::new(e),
+        })
+    }
+
+    pub fn from_args(args: Args) -> Result<BrokerConfig, ConfigError> {
+        let mut c = match &args.config {
+            Some(p) => BrokerConfig::from_file(p)?,
+            None => BrokerConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = args.$f { c.$f = v; } )* };
+        }
+        set!(
+            listen,
+            data_dir,
+            node_id,
+            max_request_bytes,
+            auto_create_topics,
+            num_partitions,
+            log_segment_bytes,
+            log_retention_ms,
+            log_retention_bytes,
+            message_max_bytes,
+            log_retention_check_interval_ms,
+            fsync
+        );
+        if args.advertised_listener.is_some() {
+            c.advertised_listener = args.advertised_listener;
+        }
+        if args.metrics_listen.is_some() {
+            c.metrics_listen = args.metrics_listen;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.num_partitions < 1 {
+            return bad(format!(
+                "num_partitions must be >= 1, got {}",
+                self.num_partitions
+            ));
+        }
+        if self.max_request_bytes < 1024 {
+            return bad(format!(
+                "max_request_bytes must be >= 1024, got {}",
+                self.max_request_bytes
+            ));
+        }
+        // Broker defaults go through the same checks as topic overrides.
+        for (name, value) in self.log_defaults() {
+            if let Err(e) = crate::topic_config::validate(name, &value) {
+                return bad(format!("{e}"));
+            }
+        }
+        if let Some(a) = &self.advertised_listener {
+            if crate::server::split_host_port(a).is_none() {
+                return bad(format!("advertised_listener must be host:port, got {a:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The broker-level defaults of topic configs, by their topic config name.
+    pub fn log_defaults(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("cleanup.policy", "delete".into()),
+            ("segment.bytes", self.log_segment_bytes.to_string()),
+            ("segment.ms", self.log_roll_ms.to_string()),
+            ("retention.ms", self.log_retention_ms.to_string()),
+            ("retention.bytes", self.log_retention_bytes.to_string()),
+            ("max.message.bytes", self.message_max_bytes.to_string()),
+            (
+                "index.interval.bytes",
+                self.log_index_interval_bytes.to_string(),
+            ),
+            (
+                "segment.index.bytes",
+                self.log_index_size_max_bytes.to_string(),
+            ),
+            (
+                "message.timestamp.type",
+                self.log_message_timestamp_type.clone(),
+            ),
+            ("min.insync.replicas", "1".into()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fjord.toml");
+        std::fs::write(
+            &p,
+            "listen = \"127.0.0.1:1\"\nnum_partitions = 3\nfsync = \"never\"\n",
+        )
+        .unwrap();
+        let args = Args::parse_from([
+            "fjord",
+            "--config",
+            p.to_str().unwrap(),
+            "--num-partitions",
+            "5",
+        ]);
+        let c = BrokerConfig::from_args(args).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:1");
+        assert_eq!(c.num_partitions, 5);
+        assert_eq!(c.fsync, FsyncPolicy::Never);
+    }
+
+    #[test]
+    fn bad_values_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fjord.toml");
+        std::fs::write(&p, "listen = 5\n").unwrap();
+        let e = BrokerConfig::from_file(&p).unwrap_err();
+        assert!(e.to_string().contains("invalid config file"), "{e}");
+        std::fs::write(&p, "no_such_key = 1\n").unwrap();
+        assert!(BrokerConfig::from_file(&p).is_err());
+        let args = Args::parse_from(["fjord", "--num-partitions", "0"]);
+        assert!(BrokerConfig::from_args(args).is_err());
+        let args = Args::parse_from(["fjord", "--log-segment-bytes", "10"]);
+        assert!(BrokerConfig::from_args(args).is_err());
+    }
+}

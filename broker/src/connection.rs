@@ -1,0 +1,125 @@
+//! One client connection: size-prefixed frames in, responses out in request
+//! order. Requests run concurrently (a long poll does not hold up the
+//! pipeline behind it); this loop knows nothing of what they mean.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::dispatch::{self, HandlerResult};
+use crate::server::Broker;
+
+/// Requests a connection may have in flight before we stop reading.
+const MAX_IN_FLIGHT: usize = 256;
+
+enum Pending {
+    Response(JoinHandle<HandlerResult>),
+    Close,
+}
+
+pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    metrics::gauge!("fjord_connections").increment(1.0);
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(write_loop(wr, rx, peer));
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    let max = broker.config.max_request_bytes;
+    loop {
+        let frame = tokio::select! {
+            f = read_frame(&mut rd, max) => f,
+            _ = tx.closed() => break,
+        };
+        let frame = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(reason) => {
+                tracing::warn!(%peer, %reason, "closing connection");
+                break;
+            }
+        };
+        metrics::counter!("fjord_requests_total").increment(1);
+        let pending = match dispatch::prepare(&broker, frame) {
+            Ok(fut) => Pending::Response(tokio::spawn(fut)),
+            Err(reason) => {
+                tracing::warn!(%peer, %reason, "closing connection");
+                let _ = tx.send(Pending::Close).await;
+                break;
+            }
+        };
+        if tx.send(pending).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+    metrics::gauge!("fjord_connections").decrement(1.0);
+}
+
+/// Reads one frame; `Ok(None)` on a clean end of stream.
+async fn read_frame<R: AsyncReadExt + Unpin>(
+    rd: &mut R,
+    max: usize,
+) -> Result<Option<Bytes>, String> {
+    let size = match rd.read_i32().await {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(format!("read error: {e}")),
+    };
+    if size < 8 {
+        return Err(format!(
+            "frame size {size} is too small for a request header"
+        ));
+    }
+    if size as usize > max {
+        return Err(format!(
+            "frame of {size} bytes exceeds the {max}-byte limit (max_request_bytes)"
+        ));
+    }
+    let mut buf = BytesMut::zeroed(size as usize);
+    rd.read_exact(&mut buf)
+        .await
+        .map_err(|e| format!("truncated frame: {e}"))?;
+    Ok(Some(buf.freeze()))
+}
+
+async fn write_loop(
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Pending>,
+    peer: SocketAddr,
+) {
+    let mut out = BufWriter::with_capacity(64 * 1024, wr);
+    while let Some(p) = rx.recv().await {
+        let handle = match p {
+            Pending::Close => break,
+            Pending::Response(h) => h,
+        };
+        match handle.await {
+            Ok(Ok(Some(bytes))) => {
+                if out.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "closing connection after a bad request");
+                break;
+            }
+            Err(e) => {
+                tracing::error!(%peer, error = %e, "request handler failed");
+                break;
+            }
+        }
+        // Responses that are ready go out together in one write.
+        if rx.is_empty() && out.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = out.flush().await;
+    let _ = out.shutdown().await;
+}

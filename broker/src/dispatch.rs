@@ -1,0 +1,204 @@
+//! The API table: for each API key, the versions we serve and the handler.
+//! Handlers are small async functions from a typed request to a typed
+//! response; this module decodes, calls, and frames the answer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use crate::api;
+use crate::server::Broker;
+
+pub type HandlerResult = anyhow::Result<Option<Bytes>>;
+pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
+type HandlerFn = fn(Arc<Broker>, RequestHeader, Bytes) -> HandlerFuture;
+
+pub struct ApiEntry {
+    pub key: ApiKey,
+    pub min: i16,
+    pub max: i16,
+    handler: HandlerFn,
+}
+
+/// Frames a response: size, header (at the version the API demands), body.
+pub fn encode_response<R: Encodable>(
+    key: ApiKey,
+    header_version: i16,
+    correlation_id: i32,
+    version: i16,
+    resp: &R,
+) -> anyhow::Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0);
+    ResponseHeader::default()
+        .with_correlation_id(correlation_id)
+        .encode(&mut buf, header_version)?;
+    resp.encode(&mut buf, version)?;
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    let _ = key;
+    Ok(buf.freeze())
+}
+
+/// Declares a table entry whose handler returns `Option<Response>` (None
+/// means no response at all, as for acks=0 produce).
+macro_rules! api {
+    ($key:ident, $min:expr, $max:expr, $req:ty, $handler:path) => {
+        ApiEntry {
+            key: ApiKey::$key,
+            min: $min,
+            max: $max,
+            handler: |broker, header, mut body| {
+                Box::pin(async move {
+                    let version = header.request_api_version;
+                    let req = <$req as Decodable>::decode(&mut body, version).map_err(|e| {
+                        anyhow::anyhow!("malformed {:?} v{} request: {e}", ApiKey::$key, version)
+                    })?;
+                    match $handler(broker, &header, req).await {
+                        Some(resp) => {
+                            let hv = ApiKey::$key.response_header_version(version);
+                            Ok(Some(encode_response(
+                                ApiKey::$key,
+                                hv,
+                                header.correlation_id,
+                                version,
+                                &resp,
+                            )?))
+                        }
+                        None => Ok(None),
+                    }
+                })
+            },
+        }
+    };
+}
+
+pub fn table() -> &'static [ApiEntry] {
+    static TABLE: OnceLock<Vec<ApiEntry>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        vec![
+            api!(Produce, 3, 12, ProduceRequest, api::produce::handle),
+            api!(Fetch, 4, 17, FetchRequest, api::fetch::handle),
+            api!(
+                ListOffsets,
+                1,
+                10,
+                ListOffsetsRequest,
+                api::list_offsets::handle
+            ),
+            api!(Metadata, 0, 12, MetadataRequest, api::metadata::handle),
+            api!(
+                ApiVersions,
+                0,
+                4,
+                ApiVersionsRequest,
+                api::api_versions::handle
+            ),
+            api!(
+                CreateTopics,
+                2,
+                7,
+                CreateTopicsRequest,
+                api::admin::create_topics
+            ),
+            api!(
+                DeleteTopics,
+                1,
+                6,
+                DeleteTopicsRequest,
+                api::admin::delete_topics
+            ),
+            api!(
+                DeleteRecords,
+                0,
+                2,
+                DeleteRecordsRequest,
+                api::admin::delete_records
+            ),
+            api!(
+                DescribeConfigs,
+                1,
+                4,
+                DescribeConfigsRequest,
+                api::configs::describe
+            ),
+            api!(AlterConfigs, 0, 2, AlterConfigsRequest, api::configs::alter),
+            api!(
+                CreatePartitions,
+                0,
+                3,
+                CreatePartitionsRequest,
+                api::admin::create_partitions
+            ),
+            api!(
+                IncrementalAlterConfigs,
+                0,
+                1,
+                IncrementalAlterConfigsRequest,
+                api::configs::incremental_alter
+            ),
+            api!(
+                DescribeCluster,
+                0,
+                2,
+                DescribeClusterRequest,
+                api::metadata::describe_cluster
+            ),
+        ]
+    })
+}
+
+/// The versions advertised by ApiVersions: exactly what the table serves.
+pub fn supported_versions() -> Vec<ApiVersion> {
+    let mut v: Vec<ApiVersion> = table()
+        .iter()
+        .map(|e| {
+            ApiVersion::default()
+                .with_api_key(e.key as i16)
+                .with_min_version(e.min)
+                .with_max_version(e.max)
+        })
+        .collect();
+    v.sort_by_key(|a| a.api_key);
+    v
+}
+
+/// Reads the request header and picks the handler. An error means the
+/// connection should be closed (unknown API, unsupported version, garbage),
+/// as Kafka does; ApiVersions alone answers a bad version with the list.
+pub fn prepare(broker: &Arc<Broker>, frame: Bytes) -> Result<HandlerFuture, String> {
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let Some(entry) = table().iter().find(|e| e.key as i16 == key) else {
+        return Err(format!(
+            "unsupported API key {key} (v{version}, correlation id {correlation_id})"
+        ));
+    };
+    if version < entry.min || version > entry.max {
+        if entry.key == ApiKey::ApiVersions {
+            // KIP-511: answer in v0 with UNSUPPORTED_VERSION and our ranges, so
+            // the client can retry with a version we speak.
+            let resp = ApiVersionsResponse::default()
+                .with_error_code(kafka_protocol::error::ResponseError::UnsupportedVersion.code())
+                .with_api_keys(supported_versions());
+            let bytes = encode_response(ApiKey::ApiVersions, 0, correlation_id, 0, &resp)
+                .map_err(|e| e.to_string())?;
+            return Ok(Box::pin(async move { Ok(Some(bytes)) }));
+        }
+        return Err(format!(
+            "unsupported version {version} of {:?} (serving {}..={})",
+            entry.key, entry.min, entry.max
+        ));
+    }
+    let mut body = frame;
+    let hv = entry.key.request_header_version(version);
+    let header = RequestHeader::decode(&mut body, hv)
+        .map_err(|e| format!("malformed request header: {e}"))?;
+    Ok((entry.handler)(broker.clone(), header, body))
+}

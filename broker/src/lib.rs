@@ -1,0 +1,16 @@
+//! Fjord's Kafka protocol server: connection handling, the API table and
+//! one handler module per API family.
+
+#[macro_use]
+mod macros;
+
+pub mod api;
+pub mod config;
+pub mod connection;
+pub mod dispatch;
+pub mod server;
+pub mod topic_config;
+pub mod topics;
+
+pub use config::BrokerConfig;
+pub use server::{start, RunningBroker};

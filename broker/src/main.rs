@@ -1,0 +1,32 @@
+//! `fjord`: runs a broker until SIGTERM or Ctrl-C, then shuts down cleanly.
+
+use clap::Parser;
+use fjord_broker::config::{Args, BrokerConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = match BrokerConfig::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fjord: {e}");
+            std::process::exit(2);
+        }
+    };
+    let running = fjord_broker::start(config).await?;
+    // Tests and scripts read the bound address (port 0 picks a free one).
+    println!("fjord listening on {}", running.local_addr);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
+    }
+    running.shutdown().await;
+    Ok(())
+}

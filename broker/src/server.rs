@@ -1,0 +1,179 @@
+//! The broker process: shared state, the TCP listener, background tasks
+//! (retention) and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::fetch_session::FetchSessions;
+use crate::config::BrokerConfig;
+use crate::connection;
+use crate::topics::Topics;
+
+/// Everything request handlers share.
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub topics: Topics,
+    pub node_id: i32,
+    /// host and port clients are told to use.
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub fetch_sessions: FetchSessions,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Broker {
+    /// Resolves when the broker begins shutting down (ends long polls).
+    pub async fn shutting_down(&self) {
+        stopped(&mut self.shutdown.clone()).await
+    }
+}
+
+/// Resolves once shutdown has been signalled.
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+pub fn split_host_port(s: &str) -> Option<(String, i32)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    if host.is_empty() {
+        return None;
+    }
+    Some((
+        host.trim_matches(|c| c == '[' || c == ']').to_string(),
+        port as i32,
+    ))
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A broker that is serving; dropping it does not stop it, `shutdown` does.
+pub struct RunningBroker {
+    pub local_addr: SocketAddr,
+    pub broker: Arc<Broker>,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
+    config.validate()?;
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let local_addr = listener.local_addr()?;
+    let (advertised_host, advertised_port) = match &config.advertised_listener {
+        Some(a) => {
+            split_host_port(a).ok_or_else(|| anyhow::anyhow!("bad advertised_listener {a}"))?
+        }
+        None => (local_addr.ip().to_string(), local_addr.port() as i32),
+    };
+    let topics = tokio::task::block_in_place(|| Topics::open(&config))?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let broker = Arc::new(Broker {
+        node_id: config.node_id,
+        advertised_host,
+        advertised_port,
+        topics,
+        fetch_sessions: FetchSessions::new(1000),
+        shutdown: shutdown_rx.clone(),
+        config,
+    });
+    if let Some(addr) = &broker.config.metrics_listen {
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|e| anyhow::anyhow!("bad metrics_listen {addr}: {e}"))?;
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| anyhow::anyhow!("cannot start metrics endpoint: {e}"))?;
+    }
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(accept_loop(
+        broker.clone(),
+        listener,
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(retention_loop(broker.clone(), shutdown_rx)));
+    tracing::info!(%local_addr, data_dir = %broker.config.data_dir.display(), "fjord listening");
+    Ok(RunningBroker {
+        local_addr,
+        broker,
+        shutdown_tx,
+        tasks,
+    })
+}
+
+async fn accept_loop(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    tokio::spawn(connection::serve(broker.clone(), stream, peer));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+async fn retention_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let every = Duration::from_millis(broker.config.log_retention_check_interval_ms.max(10));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        let logs = broker.topics.all_logs();
+        let now = now_ms();
+        let _ = tokio::task::spawn_blocking(move || {
+            for log in logs {
+                if log.is_deleted() {
+                    continue;
+                }
+                if let Err(e) = log.apply_retention(now) {
+                    tracing::warn!(log = %log.dir().display(), error = %e, "retention failed");
+                }
+            }
+        })
+        .await;
+    }
+}
+
+impl RunningBroker {
+    /// Stops accepting, ends long polls, and syncs every log to disk.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown_tx.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let logs = self.broker.topics.all_logs();
+        let _ = tokio::task::spawn_blocking(move || {
+            for log in logs {
+                if let Err(e) = log.sync_now() {
+                    tracing::warn!(log = %log.dir().display(), error = %e, "flush at shutdown failed");
+                }
+            }
+        })
+        .await;
+        tracing::info!("fjord stopped");
+    }
+}

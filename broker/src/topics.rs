@@ -1,0 +1,374 @@
+//! The topic registry: names, ids, partition counts and config overrides,
+//! kept in `metadata.json` in the data dir (replaced atomically on every
+//! change), and the open `PartitionLog` of every partition.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use fjord_storage::log::write_atomic;
+use fjord_storage::PartitionLog;
+use kafka_protocol::error::ResponseError;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::BrokerConfig;
+use crate::topic_config;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopicMeta {
+    pub id: Uuid,
+    pub partitions: i32,
+    #[serde(default)]
+    pub configs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct MetadataFile {
+    cluster_id: String,
+    #[serde(default)]
+    topics: BTreeMap<String, TopicMeta>,
+    /// Dynamic broker-wide defaults (by topic config name) set through
+    /// AlterConfigs on the broker resource.
+    #[serde(default)]
+    broker_configs: BTreeMap<String, String>,
+}
+
+/// A failed topic operation, carrying the Kafka error and a message.
+#[derive(Debug, Clone)]
+pub struct TopicError {
+    pub code: ResponseError,
+    pub message: String,
+}
+
+impl TopicError {
+    pub fn new(code: ResponseError, message: impl Into<String>) -> Self {
+        TopicError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+struct State {
+    file: MetadataFile,
+    logs: HashMap<(String, i32), Arc<PartitionLog>>,
+}
+
+pub struct Topics {
+    data_dir: PathBuf,
+    static_defaults: BTreeMap<String, String>,
+    state: RwLock<State>,
+}
+
+/// Kafka's rule: 1-249 characters of [a-zA-Z0-9._-], not "." or "..".
+pub fn validate_name(name: &str) -> Result<(), TopicError> {
+    let bad = |m: String| Err(TopicError::new(ResponseError::InvalidTopicException, m));
+    if name.is_empty() || name == "." || name == ".." {
+        return bad(format!("Topic name {name:?} is illegal"));
+    }
+    if name.len() > 249 {
+        return bad(format!("Topic name is longer than 249 characters: {name}"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return bad(format!("Topic name {name:?} contains characters other than ASCII alphanumerics, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+fn storage_error(e: impl std::fmt::Display) -> TopicError {
+    TopicError::new(ResponseError::KafkaStorageError, e.to_string())
+}
+
+impl Topics {
+    pub fn open(config: &BrokerConfig) -> anyhow::Result<Topics> {
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir)?;
+        let path = data_dir.join("metadata.json");
+        let file: MetadataFile = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                anyhow::anyhow!("metadata file {} is unreadable: {e}", path.display())
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => MetadataFile {
+                cluster_id: Uuid::new_v4().simple().to_string()[..22].to_string(),
+                ..MetadataFile::default()
+            },
+            Err(e) => return Err(e.into()),
+        };
+        let static_defaults = config
+            .log_defaults()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let topics = Topics {
+            data_dir,
+            static_defaults,
+            state: RwLock::new(State {
+                file,
+                logs: HashMap::new(),
+            }),
+        };
+        {
+            let mut st = topics.write();
+            let defaults = topics.defaults_of(&st.file);
+            let metas: Vec<(String, TopicMeta)> = st
+                .file
+                .topics
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for (name, meta) in metas {
+                let cfg = topic_config::log_config(&meta.configs, &defaults);
+                for p in 0..meta.partitions {
+                    let log = PartitionLog::open(&topics.partition_dir(&name, p), cfg.clone())?;
+                    st.logs.insert((name.clone(), p), Arc::new(log));
+                }
+            }
+            topics.persist(&st.file)?;
+        }
+        Ok(topics)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn partition_dir(&self, topic: &str, p: i32) -> PathBuf {
+        self.data_dir.join(format!("{topic}-{p}"))
+    }
+
+    fn persist(&self, file: &MetadataFile) -> anyhow::Result<()> {
+        let json = serde_json::to_vec_pretty(file)?;
+        write_atomic(&self.data_dir.join("metadata.json"), &json)?;
+        Ok(())
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn cluster_id(&self) -> String {
+        self.read().file.cluster_id.clone()
+    }
+
+    fn defaults_of(&self, file: &MetadataFile) -> BTreeMap<String, String> {
+        let mut d = self.static_defaults.clone();
+        d.extend(file.broker_configs.clone());
+        d
+    }
+
+    /// Broker-wide defaults of every topic config, dynamic ones applied.
+    pub fn defaults(&self) -> BTreeMap<String, String> {
+        self.defaults_of(&self.read().file)
+    }
+
+    pub fn static_defaults(&self) -> &BTreeMap<String, String> {
+        &self.static_defaults
+    }
+
+    pub fn dynamic_broker_configs(&self) -> BTreeMap<String, String> {
+        self.read().file.broker_configs.clone()
+    }
+
+    pub fn log(&self, topic: &str, partition: i32) -> Option<Arc<PartitionLog>> {
+        self.read()
+            .logs
+            .get(&(topic.to_string(), partition))
+            .cloned()
+    }
+
+    pub fn topic(&self, name: &str) -> Option<TopicMeta> {
+        self.read().file.topics.get(name).cloned()
+    }
+
+    pub fn name_by_id(&self, id: Uuid) -> Option<String> {
+        self.read()
+            .file
+            .topics
+            .iter()
+            .find(|(_, m)| m.id == id)
+            .map(|(n, _)| n.clone())
+    }
+
+    pub fn list(&self) -> Vec<(String, TopicMeta)> {
+        self.read()
+            .file
+            .topics
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    pub fn all_logs(&self) -> Vec<Arc<PartitionLog>> {
+        self.read().logs.values().cloned().collect()
+    }
+
+    /// Creates a topic after checking name, partitions and configs.
+    pub fn create(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<TopicMeta, TopicError> {
+        validate_name(name)?;
+        if partitions < 1 {
+            return Err(TopicError::new(
+                ResponseError::InvalidPartitions,
+                "Number of partitions must be larger than 0.",
+            ));
+        }
+        if partitions > 100_000 {
+            return Err(TopicError::new(
+                ResponseError::InvalidPartitions,
+                format!("{partitions} partitions is more than this broker serves"),
+            ));
+        }
+        for (k, v) in &configs {
+            topic_config::validate(k, v)
+                .map_err(|m| TopicError::new(ResponseError::InvalidConfig, m))?;
+        }
+        let mut st = self.write();
+        if st.file.topics.contains_key(name) {
+            return Err(TopicError::new(
+                ResponseError::TopicAlreadyExists,
+                format!("Topic '{name}' already exists."),
+            ));
+        }
+        let meta = TopicMeta {
+            id: Uuid::new_v4(),
+            partitions,
+            configs,
+        };
+        if validate_only {
+            return Ok(meta);
+        }
+        let cfg = topic_config::log_config(&meta.configs, &self.defaults_of(&st.file));
+        let mut opened = Vec::new();
+        for p in 0..partitions {
+            let dir = self.partition_dir(name, p);
+            // A leftover dir of an earlier topic of this name must not leak in.
+            let _ = std::fs::remove_dir_all(&dir);
+            let log = PartitionLog::open(&dir, cfg.clone()).map_err(storage_error)?;
+            opened.push((p, Arc::new(log)));
+        }
+        for (p, log) in opened {
+            st.logs.insert((name.to_string(), p), log);
+        }
+        st.file.topics.insert(name.to_string(), meta.clone());
+        self.persist(&st.file).map_err(storage_error)?;
+        tracing::info!(topic = name, partitions, "created topic");
+        Ok(meta)
+    }
+
+    pub fn delete(&self, name: &str) -> Result<TopicMeta, TopicError> {
+        let mut st = self.write();
+        let Some(meta) = st.file.topics.remove(name) else {
+            return Err(TopicError::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("Topic '{name}' does not exist"),
+            ));
+        };
+        self.persist(&st.file).map_err(storage_error)?;
+        for p in 0..meta.partitions {
+            if let Some(log) = st.logs.remove(&(name.to_string(), p)) {
+                if let Err(e) = log.delete() {
+                    tracing::warn!(topic = name, partition = p, error = %e, "could not remove partition files");
+                }
+            }
+        }
+        tracing::info!(topic = name, "deleted topic");
+        Ok(meta)
+    }
+
+    pub fn add_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        validate_only: bool,
+    ) -> Result<(), TopicError> {
+        let mut st = self.write();
+        let defaults = self.defaults_of(&st.file);
+        let Some(meta) = st.file.topics.get(name).cloned() else {
+            return Err(TopicError::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("Topic '{name}' does not exist"),
+            ));
+        };
+        if count <= meta.partitions {
+            let msg = if count == meta.partitions {
+                format!("Topic already has {count} partitions.")
+            } else {
+                format!("Topic currently has {} partitions, which is higher than the requested {count}.", meta.partitions)
+            };
+            return Err(TopicError::new(ResponseError::InvalidPartitions, msg));
+        }
+        if count > 100_000 {
+            return Err(TopicError::new(
+                ResponseError::InvalidPartitions,
+                format!("{count} partitions is more than this broker serves"),
+            ));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let cfg = topic_config::log_config(&meta.configs, &defaults);
+        for p in meta.partitions..count {
+            let dir = self.partition_dir(name, p);
+            let _ = std::fs::remove_dir_all(&dir);
+            let log = PartitionLog::open(&dir, cfg.clone()).map_err(storage_error)?;
+            st.logs.insert((name.to_string(), p), Arc::new(log));
+        }
+        if let Some(m) = st.file.topics.get_mut(name) {
+            m.partitions = count;
+        }
+        self.persist(&st.file).map_err(storage_error)?;
+        Ok(())
+    }
+
+    /// Replaces a topic's overrides (already validated) and applies them.
+    pub fn set_topic_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+    ) -> Result<(), TopicError> {
+        let mut st = self.write();
+        let defaults = self.defaults_of(&st.file);
+        let Some(meta) = st.file.topics.get_mut(name) else {
+            return Err(TopicError::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("Topic '{name}' does not exist"),
+            ));
+        };
+        meta.configs = configs;
+        let cfg = topic_config::log_config(&meta.configs, &defaults);
+        let parts = meta.partitions;
+        self.persist(&st.file).map_err(storage_error)?;
+        for p in 0..parts {
+            if let Some(log) = st.logs.get(&(name.to_string(), p)) {
+                log.set_config(cfg.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the dynamic broker defaults and re-applies every topic's config.
+    pub fn set_broker_configs(&self, configs: BTreeMap<String, String>) -> Result<(), TopicError> {
+        let mut st = self.write();
+        st.file.broker_configs = configs;
+        self.persist(&st.file).map_err(storage_error)?;
+        let defaults = self.defaults_of(&st.file);
+        for ((name, _), log) in &st.logs {
+            if let Some(meta) = st.file.topics.get(name) {
+                log.set_config(topic_config::log_config(&meta.configs, &defaults));
+            }
+        }
+        Ok(())
+    }
+}
