@@ -203,7 +203,7 @@ impl BrokerConfig {
         // Broker defaults go through the same checks as topic overrides.
         for (name, value) in self.log_defaults() {
             if let Err(e) = crate::topic_config::validate(name, &value) {
-                return bad(format!("{e}"));
+                return bad(e);
             }
         }
         if let Some(a) = &self.advertised_listener {

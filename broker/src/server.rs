@@ -97,13 +97,10 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
             .install()
             .map_err(|e| anyhow::anyhow!("cannot start metrics endpoint: {e}"))?;
     }
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(accept_loop(
-        broker.clone(),
-        listener,
-        shutdown_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(retention_loop(broker.clone(), shutdown_rx)));
+    let tasks = vec![
+        tokio::spawn(accept_loop(broker.clone(), listener, shutdown_rx.clone())),
+        tokio::spawn(retention_loop(broker.clone(), shutdown_rx)),
+    ];
     tracing::info!(%local_addr, data_dir = %broker.config.data_dir.display(), "fjord listening");
     Ok(RunningBroker {
         local_addr,

@@ -221,13 +221,12 @@ pub fn patch(batch: &mut [u8], base_offset: i64, leader_epoch: i32, append_time:
     }
 }
 
+/// A record's optional key and value.
+pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
 /// Builds an uncompressed v2 batch. Used by tests and internal writers; the
 /// produce path never re-encodes client batches.
-pub fn build_batch(
-    base_offset: i64,
-    timestamp: i64,
-    records: &[(Option<&[u8]>, Option<&[u8]>)],
-) -> Vec<u8> {
+pub fn build_batch(base_offset: i64, timestamp: i64, records: &[KeyValue<'_>]) -> Vec<u8> {
     let mut body = Vec::new();
     for (i, (key, value)) in records.iter().enumerate() {
         let mut rec = Vec::new();

@@ -115,7 +115,7 @@ impl OffsetIndex {
     /// log of `log_size` bytes; a broken one is reported so it can be rebuilt.
     pub fn load(path: &Path, base_offset: i64, log_size: u64) -> Result<Self> {
         let len = std::fs::metadata(path)?.len() as usize;
-        if len % 8 != 0 {
+        if !len.is_multiple_of(8) {
             return Err(LogError::Corrupt(format!(
                 "{} has a partial entry",
                 path.display()
@@ -210,7 +210,7 @@ impl TimeIndex {
 
     pub fn load(path: &Path, base_offset: i64) -> Result<Self> {
         let len = std::fs::metadata(path)?.len() as usize;
-        if len % 12 != 0 {
+        if !len.is_multiple_of(12) {
             return Err(LogError::Corrupt(format!(
                 "{} has a partial entry",
                 path.display()

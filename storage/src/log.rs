@@ -434,10 +434,7 @@ impl PartitionLog {
 
     fn drop_segments_below_start(&self, inner: &mut Inner) -> Result<usize> {
         let mut dropped = 0;
-        loop {
-            let Some((&base, first)) = inner.segments.iter().next() else {
-                break;
-            };
+        while let Some((&base, first)) = inner.segments.iter().next() {
             if first.next_offset > inner.log_start || first.base_offset == first.next_offset {
                 break;
             }

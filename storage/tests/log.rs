@@ -1,7 +1,7 @@
 //! Integration tests of `PartitionLog`: append/read, rolling, reopening,
 //! crash recovery at every byte of the last batch, retention and truncation.
 
-use fjord_storage::batch::{build_batch, validate, BatchHeader};
+use fjord_storage::batch::{build_batch, validate, BatchHeader, KeyValue};
 use fjord_storage::{LogConfig, LogError, PartitionLog, TimestampType};
 use proptest::prelude::*;
 
@@ -18,7 +18,7 @@ fn batch(n: usize, ts: i64, tag: u8) -> Vec<u8> {
     let vals: Vec<Vec<u8>> = (0..n)
         .map(|i| vec![tag.wrapping_add(i as u8); 20 + i])
         .collect();
-    let recs: Vec<(Option<&[u8]>, Option<&[u8]>)> = vals
+    let recs: Vec<KeyValue<'_>> = vals
         .iter()
         .map(|v| (Some(&b"key"[..]), Some(&v[..])))
         .collect();

@@ -204,8 +204,10 @@ pub async fn describe(
         });
         match described {
             Ok(list) => {
+                // Kafka treats a null or empty key list as "all configs".
                 let keys: Option<Vec<String>> = r
                     .configuration_keys
+                    .filter(|k| !k.is_empty())
                     .map(|k| k.iter().map(|s| s.to_string()).collect());
                 res.configs = list
                     .into_iter()

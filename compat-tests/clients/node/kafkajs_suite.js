@@ -1,0 +1,93 @@
+// kafkajs against Fjord: admin, produce under every codec, offsets,
+// configs, partitions, delete records, delete topic. Writes what it
+// produced as JSON lines to argv[3] so the harness can read it back with
+// another client (kafkajs can only consume through a consumer group).
+
+const fs = require('fs');
+const { Kafka, CompressionTypes, CompressionCodecs, logLevel, ConfigResourceTypes } = require('kafkajs');
+const SnappyCodec = require('kafkajs-snappy');
+const lz4 = require('lz4js');
+const { ZstdCodec } = require('zstd-codec');
+
+const [bootstrap, outFile] = process.argv.slice(2);
+
+// Pure-JS codecs: the native ones need a compiler toolchain and downloads.
+CompressionCodecs[CompressionTypes.Snappy] = SnappyCodec;
+CompressionCodecs[CompressionTypes.LZ4] = () => ({
+  async compress(encoder) { return Buffer.from(lz4.compress(encoder.buffer)); },
+  async decompress(buffer) { return Buffer.from(lz4.decompress(buffer)); },
+});
+const zstd = new Promise((resolve) => ZstdCodec.run((z) => resolve(new z.Simple())));
+CompressionCodecs[CompressionTypes.ZSTD] = () => ({
+  async compress(encoder) { return Buffer.from((await zstd).compress(encoder.buffer)); },
+  async decompress(buffer) { return Buffer.from((await zstd).decompress(buffer)); },
+});
+
+function check(cond, what) {
+  if (!cond) { console.error(`CHECK FAILED: ${what}`); process.exit(1); }
+}
+function eq(what, got, want) {
+  const g = JSON.stringify(got), w = JSON.stringify(want);
+  if (g !== w) { console.error(`MISMATCH in ${what}:\n  got:  ${g}\n  want: ${w}`); process.exit(1); }
+}
+
+async function main() {
+  const kafka = new Kafka({ clientId: 'fjord-compat', brokers: [bootstrap], logLevel: logLevel.WARN, retry: { retries: 3 } });
+  const admin = kafka.admin();
+  await admin.connect();
+  const topic = `kafkajs-${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
+  eq('create', await admin.createTopics({ topics: [{ topic, numPartitions: 3, replicationFactor: 1 }], waitForLeaders: true }), true);
+  eq('create again', await admin.createTopics({ topics: [{ topic, numPartitions: 3 }] }), false);
+
+  const producer = kafka.producer({ allowAutoTopicCreation: false });
+  await producer.connect();
+  const codecs = { none: CompressionTypes.None, gzip: CompressionTypes.GZIP, snappy: CompressionTypes.Snappy, lz4: CompressionTypes.LZ4, zstd: CompressionTypes.ZSTD };
+  const produced = [];
+  const counts = [0, 0, 0];
+  const before = Date.now();
+  for (const [name, type] of Object.entries(codecs)) {
+    const messages = [];
+    for (let i = 0; i < 60; i++) {
+      const partition = i % 3;
+      const key = `${name}-key-${i}`;
+      const value = `${name}-value-${i}-`.repeat(1 + (i % 9));
+      messages.push({ partition, key, value, headers: { codec: name, index: String(i) } });
+      produced.push({ partition, offset: counts[partition]++, key, value, headers: { codec: name, index: String(i) } });
+    }
+    const res = await producer.send({ topic, compression: type, acks: -1, messages });
+    check(res.every((r) => r.errorCode === 0), `produce ${name}: ${JSON.stringify(res)}`);
+  }
+  await producer.disconnect();
+  fs.writeFileSync(outFile, produced.map((r) => JSON.stringify(r)).join('\n') + '\n');
+
+  const offsets = (await admin.fetchTopicOffsets(topic)).sort((a, b) => a.partition - b.partition);
+  eq('high offsets', offsets.map((o) => Number(o.high)), counts);
+  eq('low offsets', offsets.map((o) => Number(o.low)), [0, 0, 0]);
+  const byTime = (await admin.fetchTopicOffsetsByTimestamp(topic, before - 60000)).sort((a, b) => a.partition - b.partition);
+  eq('offsets by old timestamp', byTime.map((o) => Number(o.offset)), [0, 0, 0]);
+
+  const described = await admin.describeConfigs({ resources: [{ type: ConfigResourceTypes.TOPIC, name: topic, configNames: ['retention.ms'] }] });
+  eq('retention.ms default', described.resources[0].configEntries.map((e) => [e.configName, e.configValue]), [['retention.ms', '604800000']]);
+  await admin.alterConfigs({ resources: [{ type: ConfigResourceTypes.TOPIC, name: topic, configEntries: [{ name: 'retention.ms', value: '86400000' }] }] });
+  const altered = await admin.describeConfigs({ resources: [{ type: ConfigResourceTypes.TOPIC, name: topic, configNames: ['retention.ms'] }] });
+  eq('retention.ms altered', altered.resources[0].configEntries[0].configValue, '86400000');
+  let rejected = false;
+  try {
+    await admin.alterConfigs({ resources: [{ type: ConfigResourceTypes.TOPIC, name: topic, configEntries: [{ name: 'no.such.config', value: '1' }] }] });
+  } catch (e) { rejected = e.type === 'INVALID_CONFIG' || /INVALID_CONFIG|config/i.test(String(e.message)); }
+  check(rejected, 'unknown config rejected');
+
+  await admin.createPartitions({ topicPartitions: [{ topic, count: 4 }] });
+  const meta = await admin.fetchTopicMetadata({ topics: [topic] });
+  eq('partitions after grow', meta.topics[0].partitions.length, 4);
+
+  await admin.deleteTopicRecords({ topic, partitions: [{ partition: 1, offset: '3' }] });
+  const after = (await admin.fetchTopicOffsets(topic)).find((o) => o.partition === 1);
+  eq('low offset after delete records', Number(after.low), 3);
+
+  // Leave the topic for the harness to read back, then it deletes it.
+  await admin.disconnect();
+  console.log(`kafkajs suite passed: ${topic}`);
+}
+
+main().catch((e) => { console.error(e); process.exit(1); });

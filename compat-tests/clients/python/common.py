@@ -1,0 +1,48 @@
+"""Shared helpers of the Python client suites: the records every client
+produces, and the checks made on what comes back."""
+
+import sys
+import uuid
+
+CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
+PARTITIONS = 3
+PER_CODEC = 60
+
+
+def topic_name(prefix):
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def records():
+    """(partition, key, value, headers) for every codec, in produce order."""
+    out = []
+    for codec in CODECS:
+        for i in range(PER_CODEC):
+            part = i % PARTITIONS
+            key = f"{codec}-key-{i}".encode()
+            # Values vary in size and repeat, so every codec really compresses.
+            value = (f"{codec}-value-{i}-" * (1 + i % 9)).encode()
+            headers = [("codec", codec.encode()), ("index", str(i).encode())]
+            if i % 5 == 0:
+                headers.append(("empty", b""))
+            out.append((codec, part, key, value, headers))
+    return out
+
+
+def expect_equal(what, got, want):
+    if got != want:
+        print(f"MISMATCH in {what}:\n  got:  {got!r}\n  want: {want!r}", file=sys.stderr)
+        sys.exit(1)
+
+
+def check(cond, what):
+    if not cond:
+        print(f"CHECK FAILED: {what}", file=sys.stderr)
+        sys.exit(1)
+
+
+def by_partition(recs):
+    want = {p: [] for p in range(PARTITIONS)}
+    for _codec, part, key, value, headers in recs:
+        want[part].append((key, value, headers))
+    return want

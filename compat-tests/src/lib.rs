@@ -1,0 +1,323 @@
+//! Test harness: starts the real `fjord` binary on a free port with a temp
+//! data dir, runs unmodified Kafka clients against it, and speaks raw Kafka
+//! frames for the bad-input tests.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub mod wire;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("compat-tests sits in the workspace")
+        .to_path_buf()
+}
+
+/// The broker binary, built by the test command before the suite runs.
+pub fn broker_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("FJORD_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"));
+    let bin = target.join("debug").join("fjord");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p fjord-broker` first (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Python of the project's venv (made by scripts/setup-test-deps.sh).
+pub fn python() -> PathBuf {
+    let p = repo_root().join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup-test-deps.sh",
+        p.display()
+    );
+    p
+}
+
+pub fn clients_dir() -> PathBuf {
+    repo_root().join("compat-tests/clients")
+}
+
+/// A broker process with its own data dir.
+pub struct BrokerProcess {
+    child: Option<Child>,
+    pub port: u16,
+    pub data_dir: tempfile::TempDir,
+    extra: Vec<String>,
+    log_path: PathBuf,
+}
+
+impl BrokerProcess {
+    pub fn start(extra: &[&str]) -> BrokerProcess {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let log_path = data_dir.path().with_extension("log");
+        let mut b = BrokerProcess {
+            child: None,
+            port: 0,
+            data_dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log_path,
+        };
+        b.spawn();
+        b
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("broker log");
+        let mut child = Command::new(broker_bin())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start fjord");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read broker stdout");
+        let addr = line
+            .trim()
+            .strip_prefix("fjord listening on ")
+            .unwrap_or_else(|| {
+                panic!("broker did not start: {line:?}\n{}", self.log_tail());
+            });
+        self.port = addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no flush, no clean shutdown.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("broker running");
+        // SAFETY: plain kill(2) on a child we own.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        c.wait().expect("wait for broker")
+    }
+
+    /// Starts again on the same port and data dir.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the broker before restarting it");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            // The port may linger for a moment after a kill.
+            self.spawn_checked();
+            if self.child.is_some() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            self.child.is_some(),
+            "broker did not restart:\n{}",
+            self.log_tail()
+        );
+    }
+
+    fn spawn_checked(&mut self) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.spawn()));
+        if r.is_err() {
+            self.child = None;
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => c.try_wait().ok().flatten().is_none(),
+            None => false,
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_file(&self.log_path);
+    }
+}
+
+/// Runs a client program to completion and fails the test, with its output,
+/// if it does not succeed within `timeout`.
+pub fn run_client(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = t_out.join().unwrap_or_default();
+    let stderr = t_err.join().unwrap_or_default();
+    let shown = format!(
+        "--- stdout ---\n{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&stdout),
+        String::from_utf8_lossy(&stderr)
+    );
+    match status {
+        Some(s) if s.success() => {
+            println!("{shown}");
+            Output {
+                status: s,
+                stdout,
+                stderr,
+            }
+        }
+        Some(s) => panic!("{cmd:?} failed with {s}\n{shown}"),
+        None => panic!("{cmd:?} timed out after {timeout:?}\n{shown}"),
+    }
+}
+
+/// Polls `cond` until it holds or the deadline passes.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A bare Kafka connection for speaking frames directly.
+pub struct RawConn {
+    pub stream: TcpStream,
+    next_id: i32,
+}
+
+impl RawConn {
+    pub fn connect(addr: &str) -> RawConn {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        RawConn { stream, next_id: 1 }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Encodes and sends a request; returns its correlation id.
+    pub fn send<R: Encodable>(&mut self, key: ApiKey, version: i16, req: &R) -> i32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut header = RequestHeader::default();
+        header.request_api_key = key as i16;
+        header.request_api_version = version;
+        header.correlation_id = id;
+        header.client_id = Some(StrBytes::from_static_str("fjord-compat"));
+        let mut buf = BytesMut::new();
+        buf.put_i32(0);
+        header
+            .encode(&mut buf, key.request_header_version(version))
+            .expect("encode header");
+        req.encode(&mut buf, version).expect("encode request");
+        let len = (buf.len() - 4) as i32;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        self.stream.write_all(&buf).expect("send");
+        id
+    }
+
+    /// Reads one response frame; None if the broker closed the connection.
+    pub fn recv_frame(&mut self) -> Option<Bytes> {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len).ok()?;
+        let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+        self.stream.read_exact(&mut body).ok()?;
+        Some(Bytes::from(body))
+    }
+
+    pub fn recv<R: Decodable>(&mut self, key: ApiKey, version: i16, correlation_id: i32) -> R {
+        let mut frame = self.recv_frame().expect("broker closed the connection");
+        let header = ResponseHeader::decode(&mut frame, key.response_header_version(version))
+            .expect("response header");
+        assert_eq!(
+            header.correlation_id, correlation_id,
+            "responses must come back in request order"
+        );
+        R::decode(&mut frame, version).expect("decode response")
+    }
+
+    pub fn call<Q: Encodable, R: Decodable>(&mut self, key: ApiKey, version: i16, req: &Q) -> R {
+        let id = self.send(key, version, req);
+        self.recv(key, version, id)
+    }
+
+    /// True once the peer has closed the connection.
+    pub fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.stream.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+/// Reads a big-endian i16 error code at the front of a buffer (helper for
+/// hand-parsed responses).
+pub fn peek_i16(b: &Bytes) -> i16 {
+    let mut c = b.clone();
+    c.get_i16()
+}

@@ -1,0 +1,326 @@
+//! Protocol behaviour that clients rely on but rarely show directly:
+//! incremental fetch sessions, long polls woken by appends, persistence of
+//! topics and configs across restarts, retention, and admin edge cases.
+
+use std::time::{Duration, Instant};
+
+use fjord_compat_tests::wire::{
+    batch_of as batch, create_topic as create, describe_config, s, set_config, topic_metadata,
+};
+use fjord_compat_tests::{wire, BrokerProcess, RawConn};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
+use kafka_protocol::messages::*;
+
+fn produce(conn: &mut RawConn, topic: &str, partition: i32, records: bytes::Bytes) -> i64 {
+    let (code, base) = wire::produce(conn, topic, partition, records);
+    assert_eq!(code, 0);
+    base
+}
+
+fn list_offset(conn: &mut RawConn, topic: &str, timestamp: i64) -> i64 {
+    wire::list_offset(conn, topic, 0, timestamp)
+}
+
+fn fetch_req(
+    session_id: i32,
+    epoch: i32,
+    parts: &[(&str, i32, i64)],
+    forget: &[(&str, i32)],
+    max_wait: i32,
+    min_bytes: i32,
+) -> FetchRequest {
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.max_wait_ms = max_wait;
+    req.min_bytes = min_bytes;
+    req.max_bytes = 1 << 20;
+    req.session_id = session_id;
+    req.session_epoch = epoch;
+    for (topic, p, off) in parts {
+        let mut fp = FetchPartition::default();
+        fp.partition = *p;
+        fp.fetch_offset = *off;
+        fp.partition_max_bytes = 1 << 20;
+        match req.topics.iter_mut().find(|t| t.topic.0.as_str() == *topic) {
+            Some(t) => t.partitions.push(fp),
+            None => {
+                let mut ft = FetchTopic::default();
+                ft.topic = TopicName(s(topic));
+                ft.partitions = vec![fp];
+                req.topics.push(ft);
+            }
+        }
+    }
+    for (topic, p) in forget {
+        let mut f = ForgottenTopic::default();
+        f.topic = TopicName(s(topic));
+        f.partitions = vec![*p];
+        req.forgotten_topics_data.push(f);
+    }
+    req
+}
+
+fn partitions_in(resp: &FetchResponse) -> Vec<(String, i32, usize)> {
+    resp.responses
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(move |p| {
+                (
+                    t.topic.0.to_string(),
+                    p.partition_index,
+                    p.records.as_ref().map_or(0, |r| r.len()),
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn incremental_fetch_sessions() {
+    let broker = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    assert_eq!(create(&mut conn, "sess", 3, &[]).topics[0].error_code, 0);
+    for p in 0..3 {
+        produce(&mut conn, "sess", p, batch(2, 1000));
+    }
+    // Full fetch with epoch 0 opens a session and returns every partition.
+    let all = [("sess", 0, 0), ("sess", 1, 0), ("sess", 2, 0)];
+    let r: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_req(0, 0, &all, &[], 0, 0));
+    assert_eq!(r.error_code, 0);
+    let id = r.session_id;
+    assert!(id > 0, "a session was created");
+    assert_eq!(partitions_in(&r).len(), 3);
+    // Incremental fetch at the new offsets: nothing changed, nothing listed.
+    let moved = [("sess", 0, 2), ("sess", 1, 2), ("sess", 2, 2)];
+    let r: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_req(id, 1, &moved, &[], 0, 0));
+    assert_eq!((r.error_code, r.session_id), (0, id));
+    let parts = partitions_in(&r);
+    assert!(
+        parts.iter().all(|(_, _, n)| *n == 0),
+        "no data at the end: {parts:?}"
+    );
+    // New data on partition 1 only: an empty incremental request lists only it.
+    produce(&mut conn, "sess", 1, batch(1, 1000));
+    let r: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_req(id, 2, &[], &[], 0, 0));
+    let parts = partitions_in(&r);
+    assert_eq!(parts.len(), 1, "{parts:?}");
+    assert_eq!((parts[0].1, parts[0].2 > 0), (1, true));
+    // Forgetting partition 1 drops it from the session.
+    produce(&mut conn, "sess", 1, batch(1, 1000));
+    let r: FetchResponse = conn.call(
+        ApiKey::Fetch,
+        12,
+        &fetch_req(id, 3, &[], &[("sess", 1)], 0, 0),
+    );
+    assert!(partitions_in(&r).iter().all(|(_, p, _)| *p != 1));
+    // A stale epoch and an unknown session get Kafka's errors.
+    let r: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_req(id, 3, &[], &[], 0, 0));
+    assert_eq!(r.error_code, 71, "INVALID_FETCH_SESSION_EPOCH");
+    let r: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_req(id + 1000, 1, &[], &[], 0, 0));
+    assert_eq!(r.error_code, 70, "FETCH_SESSION_ID_NOT_FOUND");
+    // Offset out of range is a partition error, with the log bounds.
+    let r: FetchResponse = conn.call(
+        ApiKey::Fetch,
+        12,
+        &fetch_req(0, -1, &[("sess", 0, 99)], &[], 0, 0),
+    );
+    assert_eq!(r.responses[0].partitions[0].error_code, 1);
+    assert_eq!(r.responses[0].partitions[0].high_watermark, 2);
+}
+
+#[test]
+fn long_poll_wakes_on_append_and_times_out_otherwise() {
+    let broker = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    create(&mut conn, "poll", 1, &[]);
+    // With no data the poll waits out max_wait_ms.
+    let t = Instant::now();
+    let r: FetchResponse = conn.call(
+        ApiKey::Fetch,
+        12,
+        &fetch_req(0, -1, &[("poll", 0, 0)], &[], 300, 1),
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(290),
+        "returned after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(partitions_in(&r)[0].2, 0);
+    // A poll with a long max_wait returns as soon as data is appended from
+    // another connection, with that data.
+    let id = conn.send(
+        ApiKey::Fetch,
+        12,
+        &fetch_req(0, -1, &[("poll", 0, 0)], &[], 30_000, 1),
+    );
+    let mut other = RawConn::connect(&broker.bootstrap());
+    produce(&mut other, "poll", 0, batch(3, 1000));
+    let t = Instant::now();
+    let r: FetchResponse = conn.recv(ApiKey::Fetch, 12, id);
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "woken by the append, not the timeout"
+    );
+    assert!(partitions_in(&r)[0].2 > 0);
+    // Pipelined requests come back in order even when the first one waits.
+    let first = conn.send(
+        ApiKey::Fetch,
+        12,
+        &fetch_req(0, -1, &[("poll", 0, 3)], &[], 500, 1),
+    );
+    let second = conn.send(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let _: FetchResponse = conn.recv(ApiKey::Fetch, 12, first);
+    let _: ApiVersionsResponse = conn.recv(ApiKey::ApiVersions, 3, second);
+}
+
+#[test]
+fn topics_configs_and_records_survive_restart() {
+    let mut broker = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    let created = create(&mut conn, "durable", 2, &[("retention.ms", "123456789")]);
+    assert_eq!(created.topics[0].error_code, 0);
+    let id = created.topics[0].topic_id;
+    for _ in 0..5 {
+        produce(&mut conn, "durable", 1, batch(4, 5000));
+    }
+    drop(conn);
+    assert!(broker.terminate().success());
+    broker.restart();
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    let md = topic_metadata(&mut conn, "durable", false);
+    assert_eq!(md.error_code, 0);
+    assert_eq!(md.topic_id, id, "topic id is stable");
+    assert_eq!(md.partitions.len(), 2);
+    assert_eq!(list_offset(&mut conn, "durable", -1), 0);
+    assert_eq!(wire::list_offset(&mut conn, "durable", 1, -1), 20);
+    let (value, source, _) = describe_config(&mut conn, "durable", "retention.ms");
+    assert_eq!(value.as_deref(), Some("123456789"));
+    assert_eq!(source, 1, "DYNAMIC_TOPIC_CONFIG");
+}
+
+#[test]
+fn retention_deletes_old_segments_and_moves_log_start() {
+    let broker = BrokerProcess::start(&["--log-retention-check-interval-ms", "50"]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    // Data goes in while retention is off, so one retention pass after the
+    // change decides everything and later passes find nothing more to do.
+    create(
+        &mut conn,
+        "ret",
+        1,
+        &[("segment.bytes", "2048"), ("retention.ms", "-1")],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    for _ in 0..30 {
+        produce(&mut conn, "ret", 0, batch(5, now - 86_400_000));
+    }
+    produce(&mut conn, "ret", 0, batch(5, now));
+    assert_eq!(list_offset(&mut conn, "ret", -1), 155);
+    assert_eq!(list_offset(&mut conn, "ret", -2), 0);
+    assert_eq!(set_config(&mut conn, 2, "ret", "retention.ms", "60000"), 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut start = 0;
+    while start == 0 && Instant::now() < deadline {
+        start = list_offset(&mut conn, "ret", -2);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(start > 0, "retention advanced the log start");
+    // Only closed, expired segments go: the fresh records stay readable.
+    assert!(
+        start <= 150,
+        "the active segment with fresh data stays (start {start})"
+    );
+    assert_eq!(list_offset(&mut conn, "ret", now - 86_400_001), start);
+    assert_eq!(list_offset(&mut conn, "ret", now), 150);
+    assert_eq!(list_offset(&mut conn, "ret", -1), 155);
+    assert_eq!(
+        list_offset(&mut conn, "ret", -2),
+        start,
+        "a later pass deletes nothing more"
+    );
+}
+
+#[test]
+fn admin_edge_cases() {
+    let broker = BrokerProcess::start(&["--auto-create-topics", "false"]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    // Replication factor beyond the cluster, bad names, bad configs.
+    let mut t = create_topics_request::CreatableTopic::default();
+    t.name = TopicName(s("rf3"));
+    t.num_partitions = 1;
+    t.replication_factor = 3;
+    let mut req = CreateTopicsRequest::default();
+    req.topics = vec![t];
+    let r: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 7, &req);
+    assert_eq!(r.topics[0].error_code, 38, "INVALID_REPLICATION_FACTOR");
+    assert_eq!(
+        create(&mut conn, "bad/name", 1, &[]).topics[0].error_code,
+        17,
+        "INVALID_TOPIC_EXCEPTION"
+    );
+    assert_eq!(
+        create(&mut conn, "badcfg", 1, &[("retention.ms", "soon")]).topics[0].error_code,
+        40,
+        "INVALID_CONFIG"
+    );
+    assert_eq!(
+        create(&mut conn, "zero", 0, &[]).topics[0].error_code,
+        37,
+        "INVALID_PARTITIONS"
+    );
+    // validate_only creates nothing.
+    let mut t = create_topics_request::CreatableTopic::default();
+    t.name = TopicName(s("dry"));
+    t.num_partitions = 2;
+    t.replication_factor = 1;
+    let mut req = CreateTopicsRequest::default();
+    req.topics = vec![t];
+    req.validate_only = true;
+    let r: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 7, &req);
+    assert_eq!(r.topics[0].error_code, 0);
+    // With auto-creation off, Metadata for an unknown topic is an error.
+    assert_eq!(topic_metadata(&mut conn, "dry", true).error_code, 3);
+    // CreatePartitions validate_only leaves the count alone.
+    create(&mut conn, "grow", 1, &[]);
+    let mut ct = create_partitions_request::CreatePartitionsTopic::default();
+    ct.name = TopicName(s("grow"));
+    ct.count = 4;
+    let mut creq = CreatePartitionsRequest::default();
+    creq.topics = vec![ct];
+    creq.validate_only = true;
+    let cr: CreatePartitionsResponse = conn.call(ApiKey::CreatePartitions, 3, &creq);
+    assert_eq!(cr.results[0].error_code, 0);
+    let md = topic_metadata(&mut conn, "grow", false);
+    assert_eq!(md.partitions.len(), 1);
+    // DeleteTopics by id (v6), then the id is unknown.
+    let id = md.topic_id;
+    let mut dreq = DeleteTopicsRequest::default();
+    let mut st = delete_topics_request::DeleteTopicState::default();
+    st.topic_id = id;
+    dreq.topics = vec![st.clone()];
+    let dr: DeleteTopicsResponse = conn.call(ApiKey::DeleteTopics, 6, &dreq);
+    assert_eq!(dr.responses[0].error_code, 0);
+    assert_eq!(
+        dr.responses[0].name.as_ref().map(|n| n.0.to_string()),
+        Some("grow".to_string())
+    );
+    let dr: DeleteTopicsResponse = conn.call(ApiKey::DeleteTopics, 6, &dreq);
+    assert_eq!(dr.responses[0].error_code, 100, "UNKNOWN_TOPIC_ID");
+    // Broker-level dynamic default: new topics pick it up.
+    assert_eq!(set_config(&mut conn, 4, "0", "log.retention.ms", "7777"), 0);
+    create(&mut conn, "inherits", 1, &[]);
+    let (value, source, synonyms) = describe_config(&mut conn, "inherits", "retention.ms");
+    assert_eq!(value.as_deref(), Some("7777"));
+    assert_eq!(source, 3, "DYNAMIC_DEFAULT_BROKER_CONFIG");
+    assert_eq!(synonyms[0], "log.retention.ms");
+    // DescribeCluster names this broker.
+    let mut req = DescribeClusterRequest::default();
+    req.endpoint_type = 1;
+    let dc: DescribeClusterResponse = conn.call(ApiKey::DescribeCluster, 1, &req);
+    assert_eq!(dc.error_code, 0);
+    assert_eq!(dc.brokers.len(), 1);
+    assert_eq!(dc.brokers[0].port as u16, broker.port);
+}

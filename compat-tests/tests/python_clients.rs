@@ -1,0 +1,27 @@
+//! confluent-kafka (librdkafka) and kafka-python suites against a live broker.
+
+use std::process::Command;
+use std::time::Duration;
+
+use fjord_compat_tests::{clients_dir, python, run_client, BrokerProcess};
+
+fn run_suite(script: &str) {
+    let broker = BrokerProcess::start(&[]);
+    let out = run_client(
+        Command::new(python())
+            .arg(clients_dir().join("python").join(script))
+            .arg(broker.bootstrap()),
+        Duration::from_secs(240),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("suite passed"));
+}
+
+#[test]
+fn confluent_kafka_suite() {
+    run_suite("confluent_suite.py");
+}
+
+#[test]
+fn kafka_python_suite() {
+    run_suite("kafka_python_suite.py");
+}
