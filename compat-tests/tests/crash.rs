@@ -65,23 +65,9 @@ fn acknowledged_records_survive_sigkill() {
     let status = producer.wait().expect("producer exits");
     assert!(status.success(), "producer failed");
 
-    run_client(
-        Command::new(python())
-            .arg(clients_dir().join("python/crash_verify.py"))
-            .arg(broker.bootstrap())
-            .arg(topic)
-            .arg(&acked_path),
-        Duration::from_secs(180),
-    );
+    verify(&broker, topic, &acked_path);
     // And the same after a clean restart (SIGTERM).
     assert!(broker.terminate().success(), "clean shutdown");
     broker.restart();
-    run_client(
-        Command::new(python())
-            .arg(clients_dir().join("python/crash_verify.py"))
-            .arg(broker.bootstrap())
-            .arg(topic)
-            .arg(&acked_path),
-        Duration::from_secs(180),
-    );
+    verify(&broker, topic, &acked_path);
 }
