@@ -87,11 +87,7 @@ impl Default for BrokerConfig {
 
 /// Command line of `fjord`. Every flag overrides the same key of the file.
 #[derive(Debug, Parser)]
-#[command(
-    name = "fjord",
-    version,
-    about = "Fjord: a Kafka-compatible streaming broker"
-)]
+#[command(name = "fjord", version, about = "Fjord: a Kafka-compatible streaming broker")]
 pub struct Args {
     /// TOML config file (keys as in BrokerConfig: listen, data_dir, ...).
     #[arg(long, short)]
@@ -129,29 +125,17 @@ pub struct Args {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
     #[error("invalid config: {0}")]
     Invalid(String),
 }
 
 impl BrokerConfig {
     pub fn from_file(path: &Path) -> Result<BrokerConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            source: Box::new(e),
-        })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), source: Box::new(e) })
     }
 
     pub fn from_args(args: Args) -> Result<BrokerConfig, ConfigError> {
@@ -189,16 +173,10 @@ impl BrokerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.num_partitions < 1 {
-            return bad(format!(
-                "num_partitions must be >= 1, got {}",
-                self.num_partitions
-            ));
+            return bad(format!("num_partitions must be >= 1, got {}", self.num_partitions));
         }
         if self.max_request_bytes < 1024 {
-            return bad(format!(
-                "max_request_bytes must be >= 1024, got {}",
-                self.max_request_bytes
-            ));
+            return bad(format!("max_request_bytes must be >= 1024, got {}", self.max_request_bytes));
         }
         // Broker defaults go through the same checks as topic overrides.
         for (name, value) in self.log_defaults() {
@@ -223,18 +201,9 @@ impl BrokerConfig {
             ("retention.ms", self.log_retention_ms.to_string()),
             ("retention.bytes", self.log_retention_bytes.to_string()),
             ("max.message.bytes", self.message_max_bytes.to_string()),
-            (
-                "index.interval.bytes",
-                self.log_index_interval_bytes.to_string(),
-            ),
-            (
-                "segment.index.bytes",
-                self.log_index_size_max_bytes.to_string(),
-            ),
-            (
-                "message.timestamp.type",
-                self.log_message_timestamp_type.clone(),
-            ),
+            ("index.interval.bytes", self.log_index_interval_bytes.to_string()),
+            ("segment.index.bytes", self.log_index_size_max_bytes.to_string()),
+            ("message.timestamp.type", self.log_message_timestamp_type.clone()),
             ("min.insync.replicas", "1".into()),
         ]
     }
@@ -248,18 +217,8 @@ mod tests {
     fn file_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("fjord.toml");
-        std::fs::write(
-            &p,
-            "listen = \"127.0.0.1:1\"\nnum_partitions = 3\nfsync = \"never\"\n",
-        )
-        .unwrap();
-        let args = Args::parse_from([
-            "fjord",
-            "--config",
-            p.to_str().unwrap(),
-            "--num-partitions",
-            "5",
-        ]);
+        std::fs::write(&p, "listen = \"127.0.0.1:1\"\nnum_partitions = 3\nfsync = \"never\"\n").unwrap();
+        let args = Args::parse_from(["fjord", "--config", p.to_str().unwrap(), "--num-partitions", "5"]);
         let c = BrokerConfig::from_args(args).unwrap();
         assert_eq!(c.listen, "127.0.0.1:1");
         assert_eq!(c.num_partitions, 5);

@@ -62,37 +62,24 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
 }
 
 /// Reads one frame; `Ok(None)` on a clean end of stream.
-async fn read_frame<R: AsyncReadExt + Unpin>(
-    rd: &mut R,
-    max: usize,
-) -> Result<Option<Bytes>, String> {
+async fn read_frame<R: AsyncReadExt + Unpin>(rd: &mut R, max: usize) -> Result<Option<Bytes>, String> {
     let size = match rd.read_i32().await {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(format!("read error: {e}")),
     };
     if size < 8 {
-        return Err(format!(
-            "frame size {size} is too small for a request header"
-        ));
+        return Err(format!("frame size {size} is too small for a request header"));
     }
     if size as usize > max {
-        return Err(format!(
-            "frame of {size} bytes exceeds the {max}-byte limit (max_request_bytes)"
-        ));
+        return Err(format!("frame of {size} bytes exceeds the {max}-byte limit (max_request_bytes)"));
     }
     let mut buf = BytesMut::zeroed(size as usize);
-    rd.read_exact(&mut buf)
-        .await
-        .map_err(|e| format!("truncated frame: {e}"))?;
+    rd.read_exact(&mut buf).await.map_err(|e| format!("truncated frame: {e}"))?;
     Ok(Some(buf.freeze()))
 }
 
-async fn write_loop(
-    wr: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Pending>,
-    peer: SocketAddr,
-) {
+async fn write_loop(wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>, peer: SocketAddr) {
     let mut out = BufWriter::with_capacity(64 * 1024, wr);
     while let Some(p) = rx.recv().await {
         let handle = match p {

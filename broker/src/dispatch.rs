@@ -22,6 +22,8 @@ pub struct ApiEntry {
     pub key: ApiKey,
     pub min: i16,
     pub max: i16,
+    /// Listed in ApiVersions. Unadvertised entries only answer errors.
+    pub advertised: bool,
     handler: HandlerFn,
 }
 
@@ -35,9 +37,7 @@ pub fn encode_response<R: Encodable>(
 ) -> anyhow::Result<Bytes> {
     let mut buf = BytesMut::with_capacity(256);
     buf.put_i32(0);
-    ResponseHeader::default()
-        .with_correlation_id(correlation_id)
-        .encode(&mut buf, header_version)?;
+    ResponseHeader::default().with_correlation_id(correlation_id).encode(&mut buf, header_version)?;
     resp.encode(&mut buf, version)?;
     let len = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&len.to_be_bytes());
@@ -53,25 +53,45 @@ macro_rules! api {
             key: ApiKey::$key,
             min: $min,
             max: $max,
+            advertised: true,
             handler: |broker, header, mut body| {
                 Box::pin(async move {
                     let version = header.request_api_version;
-                    let req = <$req as Decodable>::decode(&mut body, version).map_err(|e| {
-                        anyhow::anyhow!("malformed {:?} v{} request: {e}", ApiKey::$key, version)
-                    })?;
+                    let req = <$req as Decodable>::decode(&mut body, version)
+                        .map_err(|e| anyhow::anyhow!("malformed {:?} v{} request: {e}", ApiKey::$key, version))?;
                     match $handler(broker, &header, req).await {
                         Some(resp) => {
                             let hv = ApiKey::$key.response_header_version(version);
-                            Ok(Some(encode_response(
-                                ApiKey::$key,
-                                hv,
-                                header.correlation_id,
-                                version,
-                                &resp,
-                            )?))
+                            Ok(Some(encode_response(ApiKey::$key, hv, header.correlation_id, version, &resp)?))
                         }
                         None => Ok(None),
                     }
+                })
+            },
+        }
+    };
+}
+
+/// Declares an API we do not serve yet whose response has a top-level
+/// error code: a well-formed request gets UNSUPPORTED_VERSION back instead
+/// of a closed connection. Not advertised, so clients never pick it.
+macro_rules! unsupported {
+    ($key:ident, $req:ty, $resp:ty) => {
+        ApiEntry {
+            key: ApiKey::$key,
+            min: <$req as kafka_protocol::protocol::Message>::VERSIONS.min,
+            max: <$req as kafka_protocol::protocol::Message>::VERSIONS.max,
+            advertised: false,
+            handler: |_broker, header, mut body| {
+                Box::pin(async move {
+                    let version = header.request_api_version;
+                    <$req as Decodable>::decode(&mut body, version)
+                        .map_err(|e| anyhow::anyhow!("malformed {:?} v{} request: {e}", ApiKey::$key, version))?;
+                    tracing::debug!(api = ?ApiKey::$key, version, "request for an API this broker does not serve");
+                    let mut resp = <$resp>::default();
+                    resp.error_code = kafka_protocol::error::ResponseError::UnsupportedVersion.code();
+                    let hv = ApiKey::$key.response_header_version(version);
+                    Ok(Some(encode_response(ApiKey::$key, hv, header.correlation_id, version, &resp)?))
                 })
             },
         }
@@ -84,71 +104,50 @@ pub fn table() -> &'static [ApiEntry] {
         vec![
             api!(Produce, 3, 12, ProduceRequest, api::produce::handle),
             api!(Fetch, 4, 17, FetchRequest, api::fetch::handle),
-            api!(
-                ListOffsets,
-                1,
-                10,
-                ListOffsetsRequest,
-                api::list_offsets::handle
-            ),
+            api!(ListOffsets, 1, 10, ListOffsetsRequest, api::list_offsets::handle),
             api!(Metadata, 0, 12, MetadataRequest, api::metadata::handle),
-            api!(
-                ApiVersions,
-                0,
-                4,
-                ApiVersionsRequest,
-                api::api_versions::handle
-            ),
-            api!(
-                CreateTopics,
-                2,
-                7,
-                CreateTopicsRequest,
-                api::admin::create_topics
-            ),
-            api!(
-                DeleteTopics,
-                1,
-                6,
-                DeleteTopicsRequest,
-                api::admin::delete_topics
-            ),
-            api!(
-                DeleteRecords,
-                0,
-                2,
-                DeleteRecordsRequest,
-                api::admin::delete_records
-            ),
-            api!(
-                DescribeConfigs,
-                1,
-                4,
-                DescribeConfigsRequest,
-                api::configs::describe
-            ),
+            api!(ApiVersions, 0, 4, ApiVersionsRequest, api::api_versions::handle),
+            api!(CreateTopics, 2, 7, CreateTopicsRequest, api::admin::create_topics),
+            api!(DeleteTopics, 1, 6, DeleteTopicsRequest, api::admin::delete_topics),
+            api!(DeleteRecords, 0, 2, DeleteRecordsRequest, api::admin::delete_records),
+            api!(DescribeConfigs, 1, 4, DescribeConfigsRequest, api::configs::describe),
             api!(AlterConfigs, 0, 2, AlterConfigsRequest, api::configs::alter),
-            api!(
-                CreatePartitions,
-                0,
-                3,
-                CreatePartitionsRequest,
-                api::admin::create_partitions
+            api!(CreatePartitions, 0, 3, CreatePartitionsRequest, api::admin::create_partitions),
+            api!(IncrementalAlterConfigs, 0, 1, IncrementalAlterConfigsRequest, api::configs::incremental_alter),
+            api!(DescribeCluster, 0, 2, DescribeClusterRequest, api::metadata::describe_cluster),
+            unsupported!(FindCoordinator, FindCoordinatorRequest, FindCoordinatorResponse),
+            unsupported!(JoinGroup, JoinGroupRequest, JoinGroupResponse),
+            unsupported!(SyncGroup, SyncGroupRequest, SyncGroupResponse),
+            unsupported!(Heartbeat, HeartbeatRequest, HeartbeatResponse),
+            unsupported!(LeaveGroup, LeaveGroupRequest, LeaveGroupResponse),
+            unsupported!(ListGroups, ListGroupsRequest, ListGroupsResponse),
+            unsupported!(OffsetDelete, OffsetDeleteRequest, OffsetDeleteResponse),
+            unsupported!(ConsumerGroupHeartbeat, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse),
+            unsupported!(InitProducerId, InitProducerIdRequest, InitProducerIdResponse),
+            unsupported!(AddOffsetsToTxn, AddOffsetsToTxnRequest, AddOffsetsToTxnResponse),
+            unsupported!(EndTxn, EndTxnRequest, EndTxnResponse),
+            unsupported!(ListTransactions, ListTransactionsRequest, ListTransactionsResponse),
+            unsupported!(SaslHandshake, SaslHandshakeRequest, SaslHandshakeResponse),
+            unsupported!(SaslAuthenticate, SaslAuthenticateRequest, SaslAuthenticateResponse),
+            unsupported!(DescribeAcls, DescribeAclsRequest, DescribeAclsResponse),
+            unsupported!(DescribeClientQuotas, DescribeClientQuotasRequest, DescribeClientQuotasResponse),
+            unsupported!(
+                DescribeUserScramCredentials,
+                DescribeUserScramCredentialsRequest,
+                DescribeUserScramCredentialsResponse
             ),
-            api!(
-                IncrementalAlterConfigs,
-                0,
-                1,
-                IncrementalAlterConfigsRequest,
-                api::configs::incremental_alter
+            unsupported!(ElectLeaders, ElectLeadersRequest, ElectLeadersResponse),
+            unsupported!(
+                ListPartitionReassignments,
+                ListPartitionReassignmentsRequest,
+                ListPartitionReassignmentsResponse
             ),
-            api!(
-                DescribeCluster,
-                0,
-                2,
-                DescribeClusterRequest,
-                api::metadata::describe_cluster
+            unsupported!(
+                GetTelemetrySubscriptions,
+                GetTelemetrySubscriptionsRequest,
+                GetTelemetrySubscriptionsResponse
             ),
+            unsupported!(UpdateFeatures, UpdateFeaturesRequest, UpdateFeaturesResponse),
         ]
     })
 }
@@ -157,12 +156,8 @@ pub fn table() -> &'static [ApiEntry] {
 pub fn supported_versions() -> Vec<ApiVersion> {
     let mut v: Vec<ApiVersion> = table()
         .iter()
-        .map(|e| {
-            ApiVersion::default()
-                .with_api_key(e.key as i16)
-                .with_min_version(e.min)
-                .with_max_version(e.max)
-        })
+        .filter(|e| e.advertised)
+        .map(|e| ApiVersion::default().with_api_key(e.key as i16).with_min_version(e.min).with_max_version(e.max))
         .collect();
     v.sort_by_key(|a| a.api_key);
     v
@@ -176,9 +171,7 @@ pub fn prepare(broker: &Arc<Broker>, frame: Bytes) -> Result<HandlerFuture, Stri
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
     let Some(entry) = table().iter().find(|e| e.key as i16 == key) else {
-        return Err(format!(
-            "unsupported API key {key} (v{version}, correlation id {correlation_id})"
-        ));
+        return Err(format!("unsupported API key {key} (v{version}, correlation id {correlation_id})"));
     };
     if version < entry.min || version > entry.max {
         if entry.key == ApiKey::ApiVersions {
@@ -187,8 +180,7 @@ pub fn prepare(broker: &Arc<Broker>, frame: Bytes) -> Result<HandlerFuture, Stri
             let resp = ApiVersionsResponse::default()
                 .with_error_code(kafka_protocol::error::ResponseError::UnsupportedVersion.code())
                 .with_api_keys(supported_versions());
-            let bytes = encode_response(ApiKey::ApiVersions, 0, correlation_id, 0, &resp)
-                .map_err(|e| e.to_string())?;
+            let bytes = encode_response(ApiKey::ApiVersions, 0, correlation_id, 0, &resp).map_err(|e| e.to_string())?;
             return Ok(Box::pin(async move { Ok(Some(bytes)) }));
         }
         return Err(format!(
@@ -198,7 +190,6 @@ pub fn prepare(broker: &Arc<Broker>, frame: Bytes) -> Result<HandlerFuture, Stri
     }
     let mut body = frame;
     let hv = entry.key.request_header_version(version);
-    let header = RequestHeader::decode(&mut body, hv)
-        .map_err(|e| format!("malformed request header: {e}"))?;
+    let header = RequestHeader::decode(&mut body, hv).map_err(|e| format!("malformed request header: {e}"))?;
     Ok((entry.handler)(broker.clone(), header, body))
 }

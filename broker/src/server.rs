@@ -44,17 +44,11 @@ pub fn split_host_port(s: &str) -> Option<(String, i32)> {
     if host.is_empty() {
         return None;
     }
-    Some((
-        host.trim_matches(|c| c == '[' || c == ']').to_string(),
-        port as i32,
-    ))
+    Some((host.trim_matches(|c| c == '[' || c == ']').to_string(), port as i32))
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// A broker that is serving; dropping it does not stop it, `shutdown` does.
@@ -72,9 +66,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let local_addr = listener.local_addr()?;
     let (advertised_host, advertised_port) = match &config.advertised_listener {
-        Some(a) => {
-            split_host_port(a).ok_or_else(|| anyhow::anyhow!("bad advertised_listener {a}"))?
-        }
+        Some(a) => split_host_port(a).ok_or_else(|| anyhow::anyhow!("bad advertised_listener {a}"))?,
         None => (local_addr.ip().to_string(), local_addr.port() as i32),
     };
     let topics = tokio::task::block_in_place(|| Topics::open(&config))?;
@@ -89,9 +81,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         config,
     });
     if let Some(addr) = &broker.config.metrics_listen {
-        let addr: SocketAddr = addr
-            .parse()
-            .map_err(|e| anyhow::anyhow!("bad metrics_listen {addr}: {e}"))?;
+        let addr: SocketAddr = addr.parse().map_err(|e| anyhow::anyhow!("bad metrics_listen {addr}: {e}"))?;
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
             .install()
@@ -102,19 +92,10 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         tokio::spawn(retention_loop(broker.clone(), shutdown_rx)),
     ];
     tracing::info!(%local_addr, data_dir = %broker.config.data_dir.display(), "fjord listening");
-    Ok(RunningBroker {
-        local_addr,
-        broker,
-        shutdown_tx,
-        tasks,
-    })
+    Ok(RunningBroker { local_addr, broker, shutdown_tx, tasks })
 }
 
-async fn accept_loop(
-    broker: Arc<Broker>,
-    listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn accept_loop(broker: Arc<Broker>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             r = listener.accept() => match r {

@@ -117,13 +117,12 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
     let d = def(name).ok_or_else(|| format!("Unknown topic config name: {name}"))?;
     match d.kind {
         Kind::Int | Kind::Long => {
-            let v: i64 = value.trim().parse().map_err(|_| {
-                format!("Invalid value {value} for configuration {name}: not a number")
-            })?;
+            let v: i64 = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("Invalid value {value} for configuration {name}: not a number"))?;
             if matches!(d.kind, Kind::Int) && (v > i32::MAX as i64) {
-                return Err(format!(
-                    "Invalid value {value} for configuration {name}: out of range"
-                ));
+                return Err(format!("Invalid value {value} for configuration {name}: out of range"));
             }
             if v < d.min {
                 return Err(format!(
@@ -156,10 +155,7 @@ pub fn effective(
     }
 }
 
-pub fn log_config(
-    overrides: &BTreeMap<String, String>,
-    defaults: &BTreeMap<String, String>,
-) -> LogConfig {
+pub fn log_config(overrides: &BTreeMap<String, String>, defaults: &BTreeMap<String, String>) -> LogConfig {
     let get = |n: &str| effective(n, overrides, defaults).0;
     let num = |n: &str, fallback: i64| get(n).trim().parse::<i64>().unwrap_or(fallback);
     let base = LogConfig::default();
@@ -170,8 +166,7 @@ pub fn log_config(
         retention_bytes: num("retention.bytes", base.retention_bytes),
         max_message_bytes: num("max.message.bytes", base.max_message_bytes as i64).max(0) as usize,
         index_interval_bytes: num("index.interval.bytes", 4096).max(0) as u64,
-        segment_index_bytes: num("segment.index.bytes", base.segment_index_bytes as i64).max(4096)
-            as usize,
+        segment_index_bytes: num("segment.index.bytes", base.segment_index_bytes as i64).max(4096) as usize,
         timestamp_type: if get("message.timestamp.type") == "LogAppendTime" {
             TimestampType::LogAppendTime
         } else {

@@ -43,10 +43,7 @@ pub struct TopicError {
 
 impl TopicError {
     pub fn new(code: ResponseError, message: impl Into<String>) -> Self {
-        TopicError {
-            code,
-            message: message.into(),
-        }
+        TopicError { code, message: message.into() }
     }
 }
 
@@ -70,11 +67,10 @@ pub fn validate_name(name: &str) -> Result<(), TopicError> {
     if name.len() > 249 {
         return bad(format!("Topic name is longer than 249 characters: {name}"));
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-    {
-        return bad(format!("Topic name {name:?} contains characters other than ASCII alphanumerics, '.', '_' and '-'"));
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+        return bad(format!(
+            "Topic name {name:?} contains characters other than ASCII alphanumerics, '.', '_' and '-'"
+        ));
     }
     Ok(())
 }
@@ -89,37 +85,20 @@ impl Topics {
         std::fs::create_dir_all(&data_dir)?;
         let path = data_dir.join("metadata.json");
         let file: MetadataFile = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                anyhow::anyhow!("metadata file {} is unreadable: {e}", path.display())
-            })?,
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| anyhow::anyhow!("metadata file {} is unreadable: {e}", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => MetadataFile {
                 cluster_id: Uuid::new_v4().simple().to_string()[..22].to_string(),
                 ..MetadataFile::default()
             },
             Err(e) => return Err(e.into()),
         };
-        let static_defaults = config
-            .log_defaults()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-        let topics = Topics {
-            data_dir,
-            static_defaults,
-            state: RwLock::new(State {
-                file,
-                logs: HashMap::new(),
-            }),
-        };
+        let static_defaults = config.log_defaults().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let topics = Topics { data_dir, static_defaults, state: RwLock::new(State { file, logs: HashMap::new() }) };
         {
             let mut st = topics.write();
             let defaults = topics.defaults_of(&st.file);
-            let metas: Vec<(String, TopicMeta)> = st
-                .file
-                .topics
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            let metas: Vec<(String, TopicMeta)> = st.file.topics.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             for (name, meta) in metas {
                 let cfg = topic_config::log_config(&meta.configs, &defaults);
                 for p in 0..meta.partitions {
@@ -177,10 +156,7 @@ impl Topics {
     }
 
     pub fn log(&self, topic: &str, partition: i32) -> Option<Arc<PartitionLog>> {
-        self.read()
-            .logs
-            .get(&(topic.to_string(), partition))
-            .cloned()
+        self.read().logs.get(&(topic.to_string(), partition)).cloned()
     }
 
     pub fn topic(&self, name: &str) -> Option<TopicMeta> {
@@ -188,21 +164,11 @@ impl Topics {
     }
 
     pub fn name_by_id(&self, id: Uuid) -> Option<String> {
-        self.read()
-            .file
-            .topics
-            .iter()
-            .find(|(_, m)| m.id == id)
-            .map(|(n, _)| n.clone())
+        self.read().file.topics.iter().find(|(_, m)| m.id == id).map(|(n, _)| n.clone())
     }
 
     pub fn list(&self) -> Vec<(String, TopicMeta)> {
-        self.read()
-            .file
-            .topics
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        self.read().file.topics.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     pub fn all_logs(&self) -> Vec<Arc<PartitionLog>> {
@@ -231,21 +197,13 @@ impl Topics {
             ));
         }
         for (k, v) in &configs {
-            topic_config::validate(k, v)
-                .map_err(|m| TopicError::new(ResponseError::InvalidConfig, m))?;
+            topic_config::validate(k, v).map_err(|m| TopicError::new(ResponseError::InvalidConfig, m))?;
         }
         let mut st = self.write();
         if st.file.topics.contains_key(name) {
-            return Err(TopicError::new(
-                ResponseError::TopicAlreadyExists,
-                format!("Topic '{name}' already exists."),
-            ));
+            return Err(TopicError::new(ResponseError::TopicAlreadyExists, format!("Topic '{name}' already exists.")));
         }
-        let meta = TopicMeta {
-            id: Uuid::new_v4(),
-            partitions,
-            configs,
-        };
+        let meta = TopicMeta { id: Uuid::new_v4(), partitions, configs };
         if validate_only {
             return Ok(meta);
         }
@@ -287,12 +245,7 @@ impl Topics {
         Ok(meta)
     }
 
-    pub fn add_partitions(
-        &self,
-        name: &str,
-        count: i32,
-        validate_only: bool,
-    ) -> Result<(), TopicError> {
+    pub fn add_partitions(&self, name: &str, count: i32, validate_only: bool) -> Result<(), TopicError> {
         let mut st = self.write();
         let defaults = self.defaults_of(&st.file);
         let Some(meta) = st.file.topics.get(name).cloned() else {
@@ -305,7 +258,10 @@ impl Topics {
             let msg = if count == meta.partitions {
                 format!("Topic already has {count} partitions.")
             } else {
-                format!("Topic currently has {} partitions, which is higher than the requested {count}.", meta.partitions)
+                format!(
+                    "Topic currently has {} partitions, which is higher than the requested {count}.",
+                    meta.partitions
+                )
             };
             return Err(TopicError::new(ResponseError::InvalidPartitions, msg));
         }
@@ -333,11 +289,7 @@ impl Topics {
     }
 
     /// Replaces a topic's overrides (already validated) and applies them.
-    pub fn set_topic_configs(
-        &self,
-        name: &str,
-        configs: BTreeMap<String, String>,
-    ) -> Result<(), TopicError> {
+    pub fn set_topic_configs(&self, name: &str, configs: BTreeMap<String, String>) -> Result<(), TopicError> {
         let mut st = self.write();
         let defaults = self.defaults_of(&st.file);
         let Some(meta) = st.file.topics.get_mut(name) else {

@@ -15,10 +15,7 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("compat-tests sits in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("compat-tests sits in the workspace").to_path_buf()
 }
 
 /// The broker binary, built by the test command before the suite runs.
@@ -26,9 +23,7 @@ pub fn broker_bin() -> PathBuf {
     if let Ok(p) = std::env::var("FJORD_BIN") {
         return PathBuf::from(p);
     }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target"));
     let bin = target.join("debug").join("fjord");
     assert!(
         bin.exists(),
@@ -41,11 +36,7 @@ pub fn broker_bin() -> PathBuf {
 /// Python of the project's venv (made by scripts/setup-test-deps.sh).
 pub fn python() -> PathBuf {
     let p = repo_root().join(".venv/bin/python");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/setup-test-deps.sh",
-        p.display()
-    );
+    assert!(p.exists(), "{} is missing: run scripts/setup-test-deps.sh", p.display());
     p
 }
 
@@ -82,11 +73,7 @@ impl BrokerProcess {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .expect("broker log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("broker log");
         let mut child = Command::new(broker_bin())
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
@@ -99,20 +86,11 @@ impl BrokerProcess {
             .expect("start fjord");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read broker stdout");
-        let addr = line
-            .trim()
-            .strip_prefix("fjord listening on ")
-            .unwrap_or_else(|| {
-                panic!("broker did not start: {line:?}\n{}", self.log_tail());
-            });
-        self.port = addr
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port");
+        BufReader::new(stdout).read_line(&mut line).expect("read broker stdout");
+        let addr = line.trim().strip_prefix("fjord listening on ").unwrap_or_else(|| {
+            panic!("broker did not start: {line:?}\n{}", self.log_tail());
+        });
+        self.port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
         self.child = Some(child);
     }
 
@@ -146,11 +124,7 @@ impl BrokerProcess {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(
-            self.child.is_some(),
-            "broker did not restart:\n{}",
-            self.log_tail()
-        );
+        assert!(self.child.is_some(), "broker did not restart:\n{}", self.log_tail());
     }
 
     fn spawn_checked(&mut self) {
@@ -223,11 +197,7 @@ pub fn run_client(cmd: &mut Command, timeout: Duration) -> Output {
     match status {
         Some(s) if s.success() => {
             println!("{shown}");
-            Output {
-                status: s,
-                stdout,
-                stderr,
-            }
+            Output { status: s, stdout, stderr }
         }
         Some(s) => panic!("{cmd:?} failed with {s}\n{shown}"),
         None => panic!("{cmd:?} timed out after {timeout:?}\n{shown}"),
@@ -252,9 +222,7 @@ pub struct RawConn {
 impl RawConn {
     pub fn connect(addr: &str) -> RawConn {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
         RawConn { stream, next_id: 1 }
     }
 
@@ -273,9 +241,7 @@ impl RawConn {
         header.client_id = Some(StrBytes::from_static_str("fjord-compat"));
         let mut buf = BytesMut::new();
         buf.put_i32(0);
-        header
-            .encode(&mut buf, key.request_header_version(version))
-            .expect("encode header");
+        header.encode(&mut buf, key.request_header_version(version)).expect("encode header");
         req.encode(&mut buf, version).expect("encode request");
         let len = (buf.len() - 4) as i32;
         buf[..4].copy_from_slice(&len.to_be_bytes());
@@ -294,12 +260,8 @@ impl RawConn {
 
     pub fn recv<R: Decodable>(&mut self, key: ApiKey, version: i16, correlation_id: i32) -> R {
         let mut frame = self.recv_frame().expect("broker closed the connection");
-        let header = ResponseHeader::decode(&mut frame, key.response_header_version(version))
-            .expect("response header");
-        assert_eq!(
-            header.correlation_id, correlation_id,
-            "responses must come back in request order"
-        );
+        let header = ResponseHeader::decode(&mut frame, key.response_header_version(version)).expect("response header");
+        assert_eq!(header.correlation_id, correlation_id, "responses must come back in request order");
         R::decode(&mut frame, version).expect("decode response")
     }
 

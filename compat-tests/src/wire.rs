@@ -4,9 +4,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
 use crate::RawConn;
 
@@ -36,15 +34,8 @@ pub fn batch(values: &[&[u8]], timestamp: i64) -> Bytes {
         })
         .collect();
     let mut buf = bytes::BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("encode batch");
+    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: Compression::None })
+        .expect("encode batch");
     buf.freeze()
 }
 
@@ -115,13 +106,7 @@ pub fn create_topic(
 }
 
 /// IncrementalAlterConfigs SET of one config on a resource (2 topic, 4 broker).
-pub fn set_config(
-    conn: &mut RawConn,
-    resource_type: i8,
-    resource: &str,
-    name: &str,
-    value: &str,
-) -> i16 {
+pub fn set_config(conn: &mut RawConn, resource_type: i8, resource: &str, name: &str, value: &str) -> i16 {
     let mut req = IncrementalAlterConfigsRequest::default();
     let mut res = incremental_alter_configs_request::AlterConfigsResource::default();
     res.resource_type = resource_type;
@@ -137,11 +122,7 @@ pub fn set_config(
 }
 
 /// DescribeConfigs of one key: (value, source, synonym names).
-pub fn describe_config(
-    conn: &mut RawConn,
-    topic: &str,
-    key: &str,
-) -> (Option<String>, i8, Vec<String>) {
+pub fn describe_config(conn: &mut RawConn, topic: &str, key: &str) -> (Option<String>, i8, Vec<String>) {
     let mut req = DescribeConfigsRequest::default();
     let mut r = describe_configs_request::DescribeConfigsResource::default();
     r.resource_type = 2;
@@ -151,19 +132,11 @@ pub fn describe_config(
     req.include_synonyms = true;
     let resp: DescribeConfigsResponse = conn.call(ApiKey::DescribeConfigs, 4, &req);
     let e = &resp.results[0].configs[0];
-    (
-        e.value.as_ref().map(|v| v.to_string()),
-        e.config_source,
-        e.synonyms.iter().map(|x| x.name.to_string()).collect(),
-    )
+    (e.value.as_ref().map(|v| v.to_string()), e.config_source, e.synonyms.iter().map(|x| x.name.to_string()).collect())
 }
 
 /// Metadata for one topic by name.
-pub fn topic_metadata(
-    conn: &mut RawConn,
-    topic: &str,
-    allow_auto: bool,
-) -> metadata_response::MetadataResponseTopic {
+pub fn topic_metadata(conn: &mut RawConn, topic: &str, allow_auto: bool) -> metadata_response::MetadataResponseTopic {
     let mut req = MetadataRequest::default();
     let mut t = metadata_request::MetadataRequestTopic::default();
     t.name = Some(TopicName(s(topic)));

@@ -22,13 +22,9 @@ fn latest_offset(conn: &mut RawConn, topic: &str) -> i64 {
 /// The broker still answers a fresh connection.
 fn assert_serving(broker: &BrokerProcess) {
     let mut conn = RawConn::connect(&broker.bootstrap());
-    let resp: ApiVersionsResponse =
-        conn.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let resp: ApiVersionsResponse = conn.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
     assert_eq!(resp.error_code, 0);
-    assert!(resp
-        .api_keys
-        .iter()
-        .any(|k| k.api_key == ApiKey::Produce as i16));
+    assert!(resp.api_keys.iter().any(|k| k.api_key == ApiKey::Produce as i16));
 }
 
 #[test]
@@ -36,8 +32,7 @@ fn garbage_and_oversize_frames_close_only_that_connection() {
     let mut broker = BrokerProcess::start(&["--max-request-bytes", "1048576"]);
     // A healthy connection opened before the bad ones keeps working.
     let mut healthy = RawConn::connect(&broker.bootstrap());
-    let _: ApiVersionsResponse =
-        healthy.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let _: ApiVersionsResponse = healthy.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
 
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("garbage header", {
@@ -51,10 +46,7 @@ fn garbage_and_oversize_frames_close_only_that_connection() {
             v.extend_from_slice(&[0, 1]);
             v
         }),
-        (
-            "over the size limit",
-            (64 * 1024 * 1024i32).to_be_bytes().to_vec(),
-        ),
+        ("over the size limit", (64 * 1024 * 1024i32).to_be_bytes().to_vec()),
         ("metadata with a truncated body", {
             let mut v = 9i32.to_be_bytes().to_vec();
             v.extend_from_slice(&[0, 3, 0, 12, 0, 0, 0, 1, 0xff]);
@@ -68,8 +60,7 @@ fn garbage_and_oversize_frames_close_only_that_connection() {
         assert!(broker.is_running(), "{what}: broker must survive");
         assert_serving(&broker);
     }
-    let resp: ApiVersionsResponse =
-        healthy.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let resp: ApiVersionsResponse = healthy.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
     assert_eq!(resp.error_code, 0, "the earlier connection is untouched");
 }
 
@@ -88,19 +79,26 @@ fn unknown_api_and_versions() {
     let len = (raw.len() - 4) as i32;
     raw[..4].copy_from_slice(&len.to_be_bytes());
     conn.send_raw(&raw).expect("send");
-    let mut frame = conn
-        .recv_frame()
-        .expect("an answer, not a closed connection");
-    let header = <ResponseHeader as kafka_protocol::protocol::Decodable>::decode(&mut frame, 0)
-        .expect("header");
+    let mut frame = conn.recv_frame().expect("an answer, not a closed connection");
+    let header = <ResponseHeader as kafka_protocol::protocol::Decodable>::decode(&mut frame, 0).expect("header");
     assert_eq!(header.correlation_id, 77);
-    let resp = <ApiVersionsResponse as kafka_protocol::protocol::Decodable>::decode(&mut frame, 0)
-        .expect("v0 body");
+    let resp = <ApiVersionsResponse as kafka_protocol::protocol::Decodable>::decode(&mut frame, 0).expect("v0 body");
     assert_eq!(resp.error_code, 35);
-    assert!(resp
-        .api_keys
-        .iter()
-        .any(|k| k.api_key == 0 && k.max_version >= 9));
+    assert!(resp.api_keys.iter().any(|k| k.api_key == 0 && k.max_version >= 9));
+
+    // A well-formed request for an API that exists in Kafka but is not
+    // served here (and not advertised) gets UNSUPPORTED_VERSION back.
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    let versions: ApiVersionsResponse = conn.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    assert!(versions.api_keys.iter().all(|k| k.api_key != ApiKey::SaslHandshake as i16));
+    let mut sasl = SaslHandshakeRequest::default();
+    sasl.mechanism = kafka_protocol::protocol::StrBytes::from_static_str("PLAIN");
+    let resp: SaslHandshakeResponse = conn.call(ApiKey::SaslHandshake, 1, &sasl);
+    assert_eq!(resp.error_code, 35);
+    let resp: InitProducerIdResponse = conn.call(ApiKey::InitProducerId, 4, &InitProducerIdRequest::default());
+    assert_eq!(resp.error_code, 35);
+    let resp: ApiVersionsResponse = conn.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    assert_eq!(resp.error_code, 0, "the connection stays usable");
 
     // An unknown API key and an unsupported version of a known API close
     // that connection (as Kafka does), and the broker carries on.
@@ -113,10 +111,7 @@ fn unknown_api_and_versions() {
         raw.extend_from_slice(&5i32.to_be_bytes());
         raw.extend_from_slice(&(-1i16).to_be_bytes());
         conn.send_raw(&raw).expect("send");
-        assert!(
-            conn.is_closed(),
-            "api {key} v{version} must close the connection"
-        );
+        assert!(conn.is_closed(), "api {key} v{version} must close the connection");
         assert!(broker.is_running());
         assert_serving(&broker);
     }
@@ -126,18 +121,10 @@ fn unknown_api_and_versions() {
 fn corrupt_and_oversize_batches_are_rejected_and_not_stored() {
     let mut broker = BrokerProcess::start(&[]);
     let mut conn = RawConn::connect(&broker.bootstrap());
-    let created = create_topic(
-        &mut conn,
-        "bad-batches",
-        1,
-        &[("max.message.bytes", "2000")],
-    );
+    let created = create_topic(&mut conn, "bad-batches", 1, &[("max.message.bytes", "2000")]);
     assert_eq!(created.topics[0].error_code, 0);
 
-    assert_eq!(
-        produce(&mut conn, "bad-batches", batch(&[b"one", b"two"])),
-        0
-    );
+    assert_eq!(produce(&mut conn, "bad-batches", batch(&[b"one", b"two"])), 0);
     assert_eq!(latest_offset(&mut conn, "bad-batches"), 2);
 
     // One flipped bit in a record: CRC-32C mismatch, CORRUPT_MESSAGE (2).

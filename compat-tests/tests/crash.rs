@@ -8,9 +8,7 @@ use std::time::Duration;
 use fjord_compat_tests::{clients_dir, python, run_client, wait_until, BrokerProcess};
 
 fn acked(path: &std::path::Path) -> usize {
-    std::fs::read_to_string(path)
-        .map(|s| s.lines().count())
-        .unwrap_or(0)
+    std::fs::read_to_string(path).map(|s| s.lines().count()).unwrap_or(0)
 }
 
 /// Every acknowledged record is in the log, in acknowledgement order.
@@ -45,22 +43,14 @@ fn acknowledged_records_survive_sigkill() {
 
     let mut target = 2000;
     for round in 0..2 {
-        wait_until(
-            Duration::from_secs(120),
-            "acknowledgements before the kill",
-            || acked(&acked_path) >= target,
-        );
+        wait_until(Duration::from_secs(120), "acknowledgements before the kill", || acked(&acked_path) >= target);
         broker.kill9();
         let at_kill = acked(&acked_path);
         println!("round {round}: killed broker with {at_kill} records acknowledged");
         broker.restart();
         target = at_kill + 2000;
     }
-    wait_until(
-        Duration::from_secs(120),
-        "acknowledgements after the last restart",
-        || acked(&acked_path) >= target,
-    );
+    wait_until(Duration::from_secs(120), "acknowledgements after the last restart", || acked(&acked_path) >= target);
     std::fs::write(&stop_path, b"stop").expect("stop file");
     let status = producer.wait().expect("producer exits");
     assert!(status.success(), "producer failed");

@@ -11,16 +11,9 @@ fn kafkajs_suite_and_cross_client_read_back() {
     let broker = BrokerProcess::start(&[]);
     let produced = broker.data_dir.path().with_extension("kafkajs.jsonl");
     let node_dir = clients_dir().join("node");
-    assert!(
-        node_dir.join("node_modules/kafkajs").exists(),
-        "run scripts/setup-test-deps.sh to install kafkajs"
-    );
+    assert!(node_dir.join("node_modules/kafkajs").exists(), "run scripts/setup-test-deps.sh to install kafkajs");
     let out = run_client(
-        Command::new("node")
-            .current_dir(&node_dir)
-            .arg("kafkajs_suite.js")
-            .arg(broker.bootstrap())
-            .arg(&produced),
+        Command::new("node").current_dir(&node_dir).arg("kafkajs_suite.js").arg(broker.bootstrap()).arg(&produced),
         Duration::from_secs(180),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -64,13 +64,9 @@ fn partitions_in(resp: &FetchResponse) -> Vec<(String, i32, usize)> {
     resp.responses
         .iter()
         .flat_map(|t| {
-            t.partitions.iter().map(move |p| {
-                (
-                    t.topic.0.to_string(),
-                    p.partition_index,
-                    p.records.as_ref().map_or(0, |r| r.len()),
-                )
-            })
+            t.partitions
+                .iter()
+                .map(move |p| (t.topic.0.to_string(), p.partition_index, p.records.as_ref().map_or(0, |r| r.len())))
         })
         .collect()
 }
@@ -95,10 +91,7 @@ fn incremental_fetch_sessions() {
     let r: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_req(id, 1, &moved, &[], 0, 0));
     assert_eq!((r.error_code, r.session_id), (0, id));
     let parts = partitions_in(&r);
-    assert!(
-        parts.iter().all(|(_, _, n)| *n == 0),
-        "no data at the end: {parts:?}"
-    );
+    assert!(parts.iter().all(|(_, _, n)| *n == 0), "no data at the end: {parts:?}");
     // New data on partition 1 only: an empty incremental request lists only it.
     produce(&mut conn, "sess", 1, batch(1, 1000));
     let r: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_req(id, 2, &[], &[], 0, 0));
@@ -107,11 +100,7 @@ fn incremental_fetch_sessions() {
     assert_eq!((parts[0].1, parts[0].2 > 0), (1, true));
     // Forgetting partition 1 drops it from the session.
     produce(&mut conn, "sess", 1, batch(1, 1000));
-    let r: FetchResponse = conn.call(
-        ApiKey::Fetch,
-        12,
-        &fetch_req(id, 3, &[], &[("sess", 1)], 0, 0),
-    );
+    let r: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_req(id, 3, &[], &[("sess", 1)], 0, 0));
     assert!(partitions_in(&r).iter().all(|(_, p, _)| *p != 1));
     // A stale epoch and an unknown session get Kafka's errors.
     let r: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_req(id, 3, &[], &[], 0, 0));
@@ -119,11 +108,7 @@ fn incremental_fetch_sessions() {
     let r: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_req(id + 1000, 1, &[], &[], 0, 0));
     assert_eq!(r.error_code, 70, "FETCH_SESSION_ID_NOT_FOUND");
     // Offset out of range is a partition error, with the log bounds.
-    let r: FetchResponse = conn.call(
-        ApiKey::Fetch,
-        12,
-        &fetch_req(0, -1, &[("sess", 0, 99)], &[], 0, 0),
-    );
+    let r: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_req(0, -1, &[("sess", 0, 99)], &[], 0, 0));
     assert_eq!(r.responses[0].partitions[0].error_code, 1);
     assert_eq!(r.responses[0].partitions[0].high_watermark, 2);
 }
@@ -135,39 +120,20 @@ fn long_poll_wakes_on_append_and_times_out_otherwise() {
     create(&mut conn, "poll", 1, &[]);
     // With no data the poll waits out max_wait_ms.
     let t = Instant::now();
-    let r: FetchResponse = conn.call(
-        ApiKey::Fetch,
-        12,
-        &fetch_req(0, -1, &[("poll", 0, 0)], &[], 300, 1),
-    );
-    assert!(
-        t.elapsed() >= Duration::from_millis(290),
-        "returned after {:?}",
-        t.elapsed()
-    );
+    let r: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_req(0, -1, &[("poll", 0, 0)], &[], 300, 1));
+    assert!(t.elapsed() >= Duration::from_millis(290), "returned after {:?}", t.elapsed());
     assert_eq!(partitions_in(&r)[0].2, 0);
     // A poll with a long max_wait returns as soon as data is appended from
     // another connection, with that data.
-    let id = conn.send(
-        ApiKey::Fetch,
-        12,
-        &fetch_req(0, -1, &[("poll", 0, 0)], &[], 30_000, 1),
-    );
+    let id = conn.send(ApiKey::Fetch, 12, &fetch_req(0, -1, &[("poll", 0, 0)], &[], 30_000, 1));
     let mut other = RawConn::connect(&broker.bootstrap());
     produce(&mut other, "poll", 0, batch(3, 1000));
     let t = Instant::now();
     let r: FetchResponse = conn.recv(ApiKey::Fetch, 12, id);
-    assert!(
-        t.elapsed() < Duration::from_secs(20),
-        "woken by the append, not the timeout"
-    );
+    assert!(t.elapsed() < Duration::from_secs(20), "woken by the append, not the timeout");
     assert!(partitions_in(&r)[0].2 > 0);
     // Pipelined requests come back in order even when the first one waits.
-    let first = conn.send(
-        ApiKey::Fetch,
-        12,
-        &fetch_req(0, -1, &[("poll", 0, 3)], &[], 500, 1),
-    );
+    let first = conn.send(ApiKey::Fetch, 12, &fetch_req(0, -1, &[("poll", 0, 3)], &[], 500, 1));
     let second = conn.send(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
     let _: FetchResponse = conn.recv(ApiKey::Fetch, 12, first);
     let _: ApiVersionsResponse = conn.recv(ApiKey::ApiVersions, 3, second);
@@ -204,16 +170,8 @@ fn retention_deletes_old_segments_and_moves_log_start() {
     let mut conn = RawConn::connect(&broker.bootstrap());
     // Data goes in while retention is off, so one retention pass after the
     // change decides everything and later passes find nothing more to do.
-    create(
-        &mut conn,
-        "ret",
-        1,
-        &[("segment.bytes", "2048"), ("retention.ms", "-1")],
-    );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
+    create(&mut conn, "ret", 1, &[("segment.bytes", "2048"), ("retention.ms", "-1")]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
     for _ in 0..30 {
         produce(&mut conn, "ret", 0, batch(5, now - 86_400_000));
     }
@@ -229,18 +187,11 @@ fn retention_deletes_old_segments_and_moves_log_start() {
     }
     assert!(start > 0, "retention advanced the log start");
     // Only closed, expired segments go: the fresh records stay readable.
-    assert!(
-        start <= 150,
-        "the active segment with fresh data stays (start {start})"
-    );
+    assert!(start <= 150, "the active segment with fresh data stays (start {start})");
     assert_eq!(list_offset(&mut conn, "ret", now - 86_400_001), start);
     assert_eq!(list_offset(&mut conn, "ret", now), 150);
     assert_eq!(list_offset(&mut conn, "ret", -1), 155);
-    assert_eq!(
-        list_offset(&mut conn, "ret", -2),
-        start,
-        "a later pass deletes nothing more"
-    );
+    assert_eq!(list_offset(&mut conn, "ret", -2), start, "a later pass deletes nothing more");
 }
 
 #[test]
@@ -256,21 +207,9 @@ fn admin_edge_cases() {
     req.topics = vec![t];
     let r: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 7, &req);
     assert_eq!(r.topics[0].error_code, 38, "INVALID_REPLICATION_FACTOR");
-    assert_eq!(
-        create(&mut conn, "bad/name", 1, &[]).topics[0].error_code,
-        17,
-        "INVALID_TOPIC_EXCEPTION"
-    );
-    assert_eq!(
-        create(&mut conn, "badcfg", 1, &[("retention.ms", "soon")]).topics[0].error_code,
-        40,
-        "INVALID_CONFIG"
-    );
-    assert_eq!(
-        create(&mut conn, "zero", 0, &[]).topics[0].error_code,
-        37,
-        "INVALID_PARTITIONS"
-    );
+    assert_eq!(create(&mut conn, "bad/name", 1, &[]).topics[0].error_code, 17, "INVALID_TOPIC_EXCEPTION");
+    assert_eq!(create(&mut conn, "badcfg", 1, &[("retention.ms", "soon")]).topics[0].error_code, 40, "INVALID_CONFIG");
+    assert_eq!(create(&mut conn, "zero", 0, &[]).topics[0].error_code, 37, "INVALID_PARTITIONS");
     // validate_only creates nothing.
     let mut t = create_topics_request::CreatableTopic::default();
     t.name = TopicName(s("dry"));
@@ -303,10 +242,7 @@ fn admin_edge_cases() {
     dreq.topics = vec![st.clone()];
     let dr: DeleteTopicsResponse = conn.call(ApiKey::DeleteTopics, 6, &dreq);
     assert_eq!(dr.responses[0].error_code, 0);
-    assert_eq!(
-        dr.responses[0].name.as_ref().map(|n| n.0.to_string()),
-        Some("grow".to_string())
-    );
+    assert_eq!(dr.responses[0].name.as_ref().map(|n| n.0.to_string()), Some("grow".to_string()));
     let dr: DeleteTopicsResponse = conn.call(ApiKey::DeleteTopics, 6, &dreq);
     assert_eq!(dr.responses[0].error_code, 100, "UNKNOWN_TOPIC_ID");
     // Broker-level dynamic default: new topics pick it up.

@@ -8,9 +8,7 @@ use fjord_compat_tests::{clients_dir, python, run_client, BrokerProcess};
 fn run_suite(script: &str) {
     let broker = BrokerProcess::start(&[]);
     let out = run_client(
-        Command::new(python())
-            .arg(clients_dir().join("python").join(script))
-            .arg(broker.bootstrap()),
+        Command::new(python()).arg(clients_dir().join("python").join(script)).arg(broker.bootstrap()),
         Duration::from_secs(240),
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("suite passed"));

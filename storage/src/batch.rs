@@ -64,10 +64,7 @@ impl BatchHeader {
     /// Reads the header at the start of `buf`; `buf` must hold `HEADER_SIZE` bytes.
     pub fn parse(buf: &[u8]) -> Result<BatchHeader> {
         if buf.len() < HEADER_SIZE {
-            return Err(LogError::Corrupt(format!(
-                "batch header needs {HEADER_SIZE} bytes, have {}",
-                buf.len()
-            )));
+            return Err(LogError::Corrupt(format!("batch header needs {HEADER_SIZE} bytes, have {}", buf.len())));
         }
         Ok(BatchHeader {
             base_offset: i64_at(buf, BASE_OFFSET),
@@ -124,14 +121,9 @@ pub fn compute_crc(batch: &[u8]) -> u32 {
 pub fn validate(batch: &[u8]) -> Result<BatchHeader> {
     let h = BatchHeader::parse(batch)?;
     if h.magic != 2 {
-        return Err(LogError::Corrupt(format!(
-            "unsupported record batch magic {} (only v2 is accepted)",
-            h.magic
-        )));
+        return Err(LogError::Corrupt(format!("unsupported record batch magic {} (only v2 is accepted)", h.magic)));
     }
-    if (h.batch_length as i64) < (HEADER_SIZE - LOG_OVERHEAD) as i64
-        || h.total_size() != batch.len()
-    {
+    if (h.batch_length as i64) < (HEADER_SIZE - LOG_OVERHEAD) as i64 || h.total_size() != batch.len() {
         return Err(LogError::Corrupt(format!(
             "batch length {} does not match {} bytes present",
             h.batch_length,
@@ -164,18 +156,13 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader> {
 
 /// Splits a produce payload into batches, validating each one. Rejects the
 /// whole payload if any batch is bad so a request never half-applies.
-pub fn split_and_validate(
-    payload: &[u8],
-    max_batch_bytes: usize,
-) -> Result<Vec<(usize, BatchHeader)>> {
+pub fn split_and_validate(payload: &[u8], max_batch_bytes: usize) -> Result<Vec<(usize, BatchHeader)>> {
     let mut out = Vec::new();
     let mut pos = 0usize;
     while pos < payload.len() {
         let rest = &payload[pos..];
         if rest.len() < LOG_OVERHEAD {
-            return Err(LogError::Corrupt(
-                "truncated batch at end of payload".into(),
-            ));
+            return Err(LogError::Corrupt("truncated batch at end of payload".into()));
         }
         let len = i32_at(rest, BATCH_LENGTH);
         if len < 0 {
@@ -183,25 +170,17 @@ pub fn split_and_validate(
         }
         let total = LOG_OVERHEAD + len as usize;
         if total > max_batch_bytes {
-            return Err(LogError::RecordTooLarge {
-                size: total,
-                max: max_batch_bytes,
-            });
+            return Err(LogError::RecordTooLarge { size: total, max: max_batch_bytes });
         }
         if total > rest.len() {
-            return Err(LogError::Corrupt(format!(
-                "batch of {total} bytes but only {} remain",
-                rest.len()
-            )));
+            return Err(LogError::Corrupt(format!("batch of {total} bytes but only {} remain", rest.len())));
         }
         let h = validate(&rest[..total])?;
         out.push((pos, h));
         pos += total;
     }
     if out.is_empty() {
-        return Err(LogError::Corrupt(
-            "produce payload holds no record batch".into(),
-        ));
+        return Err(LogError::Corrupt("produce payload holds no record batch".into()));
     }
     Ok(out)
 }
@@ -323,10 +302,7 @@ mod tests {
     #[test]
     fn split_rejects_oversize_and_truncation() {
         let b = build_batch(0, 1, &[(None, Some(&[7u8; 100]))]);
-        assert!(matches!(
-            split_and_validate(&b, 50),
-            Err(LogError::RecordTooLarge { .. })
-        ));
+        assert!(matches!(split_and_validate(&b, 50), Err(LogError::RecordTooLarge { .. })));
         assert!(split_and_validate(&b[..b.len() - 1], 1 << 20).is_err());
         let mut two = b.clone();
         two.extend_from_slice(&b);

@@ -29,11 +29,7 @@ impl EpochCache {
     }
 
     fn persist(&self) -> Result<()> {
-        let text: String = self
-            .entries
-            .iter()
-            .map(|(e, o)| format!("{e} {o}\n"))
-            .collect();
+        let text: String = self.entries.iter().map(|(e, o)| format!("{e} {o}\n")).collect();
         crate::log::write_atomic(&self.path, text.as_bytes())
     }
 

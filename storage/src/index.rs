@@ -22,25 +22,14 @@ struct MappedTable<const W: usize> {
 
 impl<const W: usize> MappedTable<W> {
     fn open(path: &Path, entries: usize, max_bytes: usize) -> Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         let capacity = (max_bytes / W).max(entries + 1);
         file.set_len((capacity * W) as u64)?;
         // SAFETY: the index file is private to this process (one broker owns
         // a data dir) and only this table writes it, so the mapping is not
         // changed underneath us.
         let map = unsafe { MmapMut::map_mut(&file)? };
-        Ok(MappedTable {
-            path: path.to_path_buf(),
-            file,
-            map: Some(map),
-            entries,
-            capacity,
-        })
+        Ok(MappedTable { path: path.to_path_buf(), file, map: Some(map), entries, capacity })
     }
 
     fn entry(&self, i: usize) -> &[u8] {
@@ -105,10 +94,7 @@ impl OffsetIndex {
     /// Opens an index with no entries, ready to be filled.
     pub fn create(path: &Path, base_offset: i64, max_bytes: usize) -> Result<Self> {
         let _ = std::fs::remove_file(path);
-        Ok(OffsetIndex {
-            base_offset,
-            table: MappedTable::open(path, 0, max_bytes)?,
-        })
+        Ok(OffsetIndex { base_offset, table: MappedTable::open(path, 0, max_bytes)? })
     }
 
     /// Opens an existing index of a closed segment, checking it is sane for a
@@ -116,23 +102,14 @@ impl OffsetIndex {
     pub fn load(path: &Path, base_offset: i64, log_size: u64) -> Result<Self> {
         let len = std::fs::metadata(path)?.len() as usize;
         if !len.is_multiple_of(8) {
-            return Err(LogError::Corrupt(format!(
-                "{} has a partial entry",
-                path.display()
-            )));
+            return Err(LogError::Corrupt(format!("{} has a partial entry", path.display())));
         }
-        let idx = OffsetIndex {
-            base_offset,
-            table: MappedTable::open(path, len / 8, len)?,
-        };
+        let idx = OffsetIndex { base_offset, table: MappedTable::open(path, len / 8, len)? };
         let mut last = (-1i64, -1i64);
         for i in 0..idx.table.entries {
             let (o, p) = idx.get(i);
             if o <= last.0 || p <= last.1 || p as u64 >= log_size || o < base_offset {
-                return Err(LogError::Corrupt(format!(
-                    "{} entry {i} out of order",
-                    path.display()
-                )));
+                return Err(LogError::Corrupt(format!("{} entry {i} out of order", path.display())));
             }
             last = (o, p);
         }
@@ -176,9 +153,7 @@ impl OffsetIndex {
 
     /// Drops entries pointing at or beyond `position`.
     pub fn truncate_to_position(&mut self, position: u64) {
-        let keep = (0..self.table.entries)
-            .take_while(|&i| (self.get(i).1 as u64) < position)
-            .count();
+        let keep = (0..self.table.entries).take_while(|&i| (self.get(i).1 as u64) < position).count();
         self.table.truncate_entries(keep);
     }
 
@@ -202,32 +177,20 @@ pub struct TimeIndex {
 impl TimeIndex {
     pub fn create(path: &Path, base_offset: i64, max_bytes: usize) -> Result<Self> {
         let _ = std::fs::remove_file(path);
-        Ok(TimeIndex {
-            base_offset,
-            table: MappedTable::open(path, 0, max_bytes)?,
-        })
+        Ok(TimeIndex { base_offset, table: MappedTable::open(path, 0, max_bytes)? })
     }
 
     pub fn load(path: &Path, base_offset: i64) -> Result<Self> {
         let len = std::fs::metadata(path)?.len() as usize;
         if !len.is_multiple_of(12) {
-            return Err(LogError::Corrupt(format!(
-                "{} has a partial entry",
-                path.display()
-            )));
+            return Err(LogError::Corrupt(format!("{} has a partial entry", path.display())));
         }
-        let idx = TimeIndex {
-            base_offset,
-            table: MappedTable::open(path, len / 12, len)?,
-        };
+        let idx = TimeIndex { base_offset, table: MappedTable::open(path, len / 12, len)? };
         let mut last = i64::MIN;
         for i in 0..idx.table.entries {
             let (ts, o) = idx.get(i);
             if ts < last || o < base_offset {
-                return Err(LogError::Corrupt(format!(
-                    "{} entry {i} out of order",
-                    path.display()
-                )));
+                return Err(LogError::Corrupt(format!("{} entry {i} out of order", path.display())));
             }
             last = ts;
         }
@@ -238,10 +201,7 @@ impl TimeIndex {
         let e = self.table.entry(i);
         let mut ts = [0u8; 8];
         ts.copy_from_slice(&e[..8]);
-        (
-            i64::from_be_bytes(ts),
-            self.base_offset + u32_at(e, 8) as i64,
-        )
+        (i64::from_be_bytes(ts), self.base_offset + u32_at(e, 8) as i64)
     }
 
     /// The newest entry: the segment's max timestamp and where it occurs.
@@ -276,9 +236,7 @@ impl TimeIndex {
     }
 
     pub fn truncate_to_offset(&mut self, offset: i64) {
-        let keep = (0..self.table.entries)
-            .take_while(|&i| self.get(i).1 < offset)
-            .count();
+        let keep = (0..self.table.entries).take_while(|&i| self.get(i).1 < offset).count();
         self.table.truncate_entries(keep);
     }
 

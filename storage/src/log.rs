@@ -79,16 +79,10 @@ struct Inner {
 impl Inner {
     fn active(&self) -> &Segment {
         // Invariant: a log always has at least one segment.
-        self.segments
-            .values()
-            .next_back()
-            .expect("log has an active segment")
+        self.segments.values().next_back().expect("log has an active segment")
     }
     fn active_mut(&mut self) -> &mut Segment {
-        self.segments
-            .values_mut()
-            .next_back()
-            .expect("log has an active segment")
+        self.segments.values_mut().next_back().expect("log has an active segment")
     }
     fn log_end(&self) -> i64 {
         self.active().next_offset
@@ -147,44 +141,24 @@ impl PartitionLog {
         let n = bases.len();
         for (i, base) in bases.into_iter().enumerate() {
             let active = i + 1 == n;
-            let seg = Segment::open(
-                dir,
-                base,
-                active,
-                config.segment_bytes,
-                config.segment_index_bytes,
-            )?;
+            let seg = Segment::open(dir, base, active, config.segment_bytes, config.segment_index_bytes)?;
             segments.insert(base, seg);
         }
         // A closed segment that recovery emptied entirely carries nothing.
         if segments.is_empty() {
-            let seg = Segment::create(
-                dir,
-                log_start,
-                config.segment_bytes,
-                config.segment_index_bytes,
-            )?;
+            let seg = Segment::create(dir, log_start, config.segment_bytes, config.segment_index_bytes)?;
             segments.insert(log_start, seg);
         }
         if let Some(first) = segments.keys().next() {
             log_start = log_start.max(*first);
         }
         let mut epochs = EpochCache::load(dir)?;
-        let end = segments
-            .values()
-            .next_back()
-            .map(|s| s.next_offset)
-            .unwrap_or(0);
+        let end = segments.values().next_back().map(|s| s.next_offset).unwrap_or(0);
         log_start = log_start.min(end);
         epochs.truncate_from(end)?;
         let log = PartitionLog {
             dir: dir.to_path_buf(),
-            inner: RwLock::new(Inner {
-                config,
-                segments,
-                log_start,
-                epochs,
-            }),
+            inner: RwLock::new(Inner { config, segments, log_start, epochs }),
             appended: Notify::new(),
             flushed: AtomicI64::new(end),
             sync_lock: tokio::sync::Mutex::new(()),
@@ -237,9 +211,7 @@ impl PartitionLog {
         }
         self.maybe_roll(&mut inner, payload.len() as u64, now_ms)?;
         let interval = inner.config.index_interval_bytes;
-        inner
-            .active_mut()
-            .append(payload, &batches, interval, now_ms)?;
+        inner.active_mut().append(payload, &batches, interval, now_ms)?;
         inner.epochs.assign(leader_epoch, base_offset)?;
         let log_start = inner.log_start;
         drop(inner);
@@ -255,9 +227,7 @@ impl PartitionLog {
     fn maybe_roll(&self, inner: &mut Inner, incoming: u64, now_ms: i64) -> Result<()> {
         let cfg = inner.config.clone();
         let active = inner.active();
-        let by_time = active
-            .created_ms
-            .is_some_and(|c| now_ms - c >= cfg.segment_ms);
+        let by_time = active.created_ms.is_some_and(|c| now_ms - c >= cfg.segment_ms);
         let by_size = active.remaining() < incoming || active.size() + incoming > cfg.segment_bytes;
         if active.is_empty() && active.remaining() >= incoming {
             return Ok(());
@@ -321,27 +291,15 @@ impl PartitionLog {
         let end = inner.log_end();
         let hw = end;
         if offset < inner.log_start || offset > end {
-            return Err(LogError::OffsetOutOfRange {
-                offset,
-                start: inner.log_start,
-                end,
-            });
+            return Err(LogError::OffsetOutOfRange { offset, start: inner.log_start, end });
         }
-        let empty = ReadResult {
-            records: Bytes::new(),
-            log_start_offset: inner.log_start,
-            high_watermark: hw,
-        };
+        let empty = ReadResult { records: Bytes::new(), log_start_offset: inner.log_start, high_watermark: hw };
         let limit = max_offset.min(end);
         if offset >= limit {
             return Ok(empty);
         }
-        for (_, seg) in inner
-            .segments
-            .range(..=offset)
-            .next_back()
-            .into_iter()
-            .chain(inner.segments.range(offset + 1..))
+        for (_, seg) in
+            inner.segments.range(..=offset).next_back().into_iter().chain(inner.segments.range(offset + 1..))
         {
             if seg.next_offset <= offset {
                 continue;
@@ -355,17 +313,12 @@ impl PartitionLog {
             let start = first.position;
             let mut stop = start + first.header.total_size() as u64;
             while let Some(b) = seg.batch_at(stop) {
-                if b.header.base_offset >= limit
-                    || (stop - start) + b.header.total_size() as u64 > max_bytes as u64
-                {
+                if b.header.base_offset >= limit || (stop - start) + b.header.total_size() as u64 > max_bytes as u64 {
                     break;
                 }
                 stop += b.header.total_size() as u64;
             }
-            return Ok(ReadResult {
-                records: seg.bytes(start, stop),
-                ..empty
-            });
+            return Ok(ReadResult { records: seg.bytes(start, stop), ..empty });
         }
         Ok(empty)
     }
@@ -401,11 +354,7 @@ impl PartitionLog {
     /// All batch headers, oldest first (for tools and tests).
     pub fn batch_headers(&self) -> Vec<BatchHeader> {
         let inner = self.read_inner();
-        inner
-            .segments
-            .values()
-            .flat_map(|s| s.batches().map(|b| b.header).collect::<Vec<_>>())
-            .collect()
+        inner.segments.values().flat_map(|s| s.batches().map(|b| b.header).collect::<Vec<_>>()).collect()
     }
 
     /// Advances the log start offset (DeleteRecords). `offset` may be the
@@ -415,18 +364,11 @@ impl PartitionLog {
         let end = inner.log_end();
         let offset = if offset == -1 { end } else { offset };
         if offset < 0 || offset > end {
-            return Err(LogError::OffsetOutOfRange {
-                offset,
-                start: inner.log_start,
-                end,
-            });
+            return Err(LogError::OffsetOutOfRange { offset, start: inner.log_start, end });
         }
         if offset > inner.log_start {
             inner.log_start = offset;
-            write_atomic(
-                &self.dir.join("log-start-offset"),
-                offset.to_string().as_bytes(),
-            )?;
+            write_atomic(&self.dir.join("log-start-offset"), offset.to_string().as_bytes())?;
         }
         self.drop_segments_below_start(&mut inner)?;
         Ok(inner.log_start)
@@ -462,11 +404,9 @@ impl PartitionLog {
             if seg.is_empty() {
                 break;
             }
-            let by_time = cfg.retention_ms >= 0
-                && seg.max_timestamp >= 0
-                && now_ms - seg.max_timestamp > cfg.retention_ms;
-            let by_size =
-                cfg.retention_bytes >= 0 && size - seg.size() as i64 >= cfg.retention_bytes;
+            let by_time =
+                cfg.retention_ms >= 0 && seg.max_timestamp >= 0 && now_ms - seg.max_timestamp > cfg.retention_ms;
+            let by_size = cfg.retention_bytes >= 0 && size - seg.size() as i64 >= cfg.retention_bytes;
             if !(by_time || by_size) {
                 break;
             }
@@ -485,10 +425,7 @@ impl PartitionLog {
             self.roll(&mut inner, 0)?;
         }
         inner.log_start = new_start;
-        write_atomic(
-            &self.dir.join("log-start-offset"),
-            new_start.to_string().as_bytes(),
-        )?;
+        write_atomic(&self.dir.join("log-start-offset"), new_start.to_string().as_bytes())?;
         let dropped = self.drop_segments_below_start(&mut inner)?;
         if dropped > 0 {
             tracing::info!(log = %self.dir.display(), dropped, log_start = new_start, "retention deleted segments");
@@ -503,11 +440,7 @@ impl PartitionLog {
             return Ok(());
         }
         let offset = offset.max(inner.log_start);
-        let doomed: Vec<i64> = inner
-            .segments
-            .range(offset + 1..)
-            .map(|(b, _)| *b)
-            .collect();
+        let doomed: Vec<i64> = inner.segments.range(offset + 1..).map(|(b, _)| *b).collect();
         for b in doomed {
             if inner.segments.len() == 1 {
                 break;
@@ -524,12 +457,7 @@ impl PartitionLog {
         let end = inner.log_end();
         if inner.active().closed {
             // The remaining tail segment was sealed; open a fresh one after it.
-            let seg = Segment::create(
-                &self.dir,
-                end,
-                inner.config.segment_bytes,
-                inner.config.segment_index_bytes,
-            )?;
+            let seg = Segment::create(&self.dir, end, inner.config.segment_bytes, inner.config.segment_index_bytes)?;
             inner.segments.insert(end, seg);
         }
         self.flushed.fetch_min(end, Ordering::SeqCst);

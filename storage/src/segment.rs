@@ -61,30 +61,12 @@ pub struct BatchPos {
 
 impl Segment {
     /// Creates a fresh active segment preallocated to `capacity` bytes.
-    pub fn create(
-        dir: &Path,
-        base_offset: i64,
-        capacity: u64,
-        index_bytes: usize,
-    ) -> Result<Segment> {
+    pub fn create(dir: &Path, base_offset: i64, capacity: u64, index_bytes: usize) -> Result<Segment> {
         let log_path = dir.join(file_name(base_offset, "log"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&log_path)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&log_path)?;
         file.set_len(capacity)?;
-        let index = OffsetIndex::create(
-            &dir.join(file_name(base_offset, "index")),
-            base_offset,
-            index_bytes,
-        )?;
-        let time_index = TimeIndex::create(
-            &dir.join(file_name(base_offset, "timeindex")),
-            base_offset,
-            index_bytes,
-        )?;
+        let index = OffsetIndex::create(&dir.join(file_name(base_offset, "index")), base_offset, index_bytes)?;
+        let time_index = TimeIndex::create(&dir.join(file_name(base_offset, "timeindex")), base_offset, index_bytes)?;
         let mut seg = Segment {
             base_offset,
             log_path,
@@ -123,13 +105,7 @@ impl Segment {
     /// batch: anything after the last valid batch (a torn write, the
     /// preallocated zeros) is cut and both indexes are rebuilt. Closed
     /// segments trust their indexes unless those fail their sanity checks.
-    pub fn open(
-        dir: &Path,
-        base_offset: i64,
-        active: bool,
-        capacity: u64,
-        index_bytes: usize,
-    ) -> Result<Segment> {
+    pub fn open(dir: &Path, base_offset: i64, active: bool, capacity: u64, index_bytes: usize) -> Result<Segment> {
         let log_path = dir.join(file_name(base_offset, "log"));
         let file = OpenOptions::new().read(true).write(true).open(&log_path)?;
         let file_len = file.metadata()?.len();
@@ -141,16 +117,8 @@ impl Segment {
             size: file_len,
             mapped_len: 0,
             next_offset: base_offset,
-            index: OffsetIndex::create(
-                &dir.join(file_name(base_offset, "index.tmp")),
-                base_offset,
-                8,
-            )?,
-            time_index: TimeIndex::create(
-                &dir.join(file_name(base_offset, "timeindex.tmp")),
-                base_offset,
-                12,
-            )?,
+            index: OffsetIndex::create(&dir.join(file_name(base_offset, "index.tmp")), base_offset, 8)?,
+            time_index: TimeIndex::create(&dir.join(file_name(base_offset, "timeindex.tmp")), base_offset, 12)?,
             bytes_since_index: 0,
             max_timestamp: -1,
             offset_of_max_timestamp: -1,
@@ -170,9 +138,7 @@ impl Segment {
                     seg.index = i;
                     seg.time_index = t;
                     let last = seg.last_batch()?;
-                    seg.next_offset = last
-                        .map(|b| b.header.last_offset() + 1)
-                        .unwrap_or(base_offset);
+                    seg.next_offset = last.map(|b| b.header.last_offset() + 1).unwrap_or(base_offset);
                     if let Some((ts, o)) = seg.time_index.last() {
                         seg.max_timestamp = ts;
                         seg.offset_of_max_timestamp = o;
@@ -189,24 +155,12 @@ impl Segment {
     }
 
     /// Scans every batch, keeps the valid prefix and rebuilds the indexes.
-    fn recover(
-        &mut self,
-        dir: &Path,
-        capacity: u64,
-        index_bytes: usize,
-        active: bool,
-    ) -> Result<u64> {
+    fn recover(&mut self, dir: &Path, capacity: u64, index_bytes: usize, active: bool) -> Result<u64> {
         let index_interval = 4096;
-        self.index = OffsetIndex::create(
-            &dir.join(file_name(self.base_offset, "index")),
-            self.base_offset,
-            index_bytes,
-        )?;
-        self.time_index = TimeIndex::create(
-            &dir.join(file_name(self.base_offset, "timeindex")),
-            self.base_offset,
-            index_bytes,
-        )?;
+        self.index =
+            OffsetIndex::create(&dir.join(file_name(self.base_offset, "index")), self.base_offset, index_bytes)?;
+        self.time_index =
+            TimeIndex::create(&dir.join(file_name(self.base_offset, "timeindex")), self.base_offset, index_bytes)?;
         let map = self.map.clone();
         let data: &[u8] = match &map {
             Some(m) => &m[..(self.size as usize).min(m.len())],
@@ -289,8 +243,7 @@ impl Segment {
         }
         if self.bytes_since_index >= index_interval || position == 0 {
             self.index.append(h.base_offset, position);
-            self.time_index
-                .append(self.max_timestamp, self.offset_of_max_timestamp);
+            self.time_index.append(self.max_timestamp, self.offset_of_max_timestamp);
             self.bytes_since_index = 0;
         }
         self.bytes_since_index += h.total_size() as u64;
@@ -326,11 +279,9 @@ impl Segment {
     /// Zero-copy view of `[start, end)` of the file.
     pub fn bytes(&self, start: u64, end: u64) -> Bytes {
         match &self.map {
-            Some(m) if end <= self.size && start <= end => Bytes::from_owner(MapSlice {
-                map: m.clone(),
-                start: start as usize,
-                end: end as usize,
-            }),
+            Some(m) if end <= self.size && start <= end => {
+                Bytes::from_owner(MapSlice { map: m.clone(), start: start as usize, end: end as usize })
+            }
             _ => Bytes::new(),
         }
     }
@@ -413,10 +364,7 @@ impl Segment {
         self.size = cut_at;
         self.index.truncate_to_position(cut_at);
         self.time_index.truncate_to_offset(offset);
-        self.next_offset = self
-            .last_batch()?
-            .map(|b| b.header.last_offset() + 1)
-            .unwrap_or(self.base_offset);
+        self.next_offset = self.last_batch()?.map(|b| b.header.last_offset() + 1).unwrap_or(self.base_offset);
         self.max_timestamp = -1;
         self.offset_of_max_timestamp = -1;
         let headers: Vec<BatchHeader> = self.batches().map(|b| b.header).collect();
@@ -437,8 +385,7 @@ impl Segment {
     /// used. Only space past `size` is cut, which no reader was ever given.
     pub fn close(&mut self) -> Result<()> {
         if self.max_timestamp >= 0 {
-            self.time_index
-                .append(self.max_timestamp, self.offset_of_max_timestamp);
+            self.time_index.append(self.max_timestamp, self.offset_of_max_timestamp);
         }
         self.file.set_len(self.size)?;
         self.file.sync_data()?;
@@ -457,11 +404,7 @@ impl Segment {
 
     /// Unlinks the files; live slices keep the mapping until they drop.
     pub fn delete(&self) -> Result<()> {
-        for p in [
-            self.log_path.clone(),
-            self.index.path().to_path_buf(),
-            self.time_index.path().to_path_buf(),
-        ] {
+        for p in [self.log_path.clone(), self.index.path().to_path_buf(), self.time_index.path().to_path_buf()] {
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

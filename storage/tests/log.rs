@@ -6,22 +6,12 @@ use fjord_storage::{LogConfig, LogError, PartitionLog, TimestampType};
 use proptest::prelude::*;
 
 fn small_config() -> LogConfig {
-    LogConfig {
-        segment_bytes: 4096,
-        index_interval_bytes: 256,
-        segment_index_bytes: 4096,
-        ..LogConfig::default()
-    }
+    LogConfig { segment_bytes: 4096, index_interval_bytes: 256, segment_index_bytes: 4096, ..LogConfig::default() }
 }
 
 fn batch(n: usize, ts: i64, tag: u8) -> Vec<u8> {
-    let vals: Vec<Vec<u8>> = (0..n)
-        .map(|i| vec![tag.wrapping_add(i as u8); 20 + i])
-        .collect();
-    let recs: Vec<KeyValue<'_>> = vals
-        .iter()
-        .map(|v| (Some(&b"key"[..]), Some(&v[..])))
-        .collect();
+    let vals: Vec<Vec<u8>> = (0..n).map(|i| vec![tag.wrapping_add(i as u8); 20 + i]).collect();
+    let recs: Vec<KeyValue<'_>> = vals.iter().map(|v| (Some(&b"key"[..]), Some(&v[..]))).collect();
     build_batch(0, ts, &recs)
 }
 
@@ -65,10 +55,7 @@ fn append_assigns_consecutive_offsets_and_reads_back() {
     assert_eq!(h.base_offset, 0);
     assert_eq!(h.partition_leader_epoch, 5);
     assert_eq!(&r.records[..h.total_size()], &b[..]);
-    assert!(matches!(
-        log.read(6, 100, i64::MAX),
-        Err(LogError::OffsetOutOfRange { .. })
-    ));
+    assert!(matches!(log.read(6, 100, i64::MAX), Err(LogError::OffsetOutOfRange { .. })));
     assert!(log.read(5, 100, i64::MAX).unwrap().records.is_empty());
     // max_offset bounds what a reader sees (the high watermark in Fetch).
     let r = log.read(0, 1 << 20, 3).unwrap();
@@ -85,23 +72,14 @@ fn corrupt_batch_is_rejected_and_nothing_is_stored() {
     bad[n - 3] ^= 0x40;
     let mut both = good.clone();
     both.extend_from_slice(&bad);
-    assert!(matches!(
-        log.append(&mut both, 0, 0),
-        Err(LogError::Corrupt(_))
-    ));
+    assert!(matches!(log.append(&mut both, 0, 0), Err(LogError::Corrupt(_))));
     assert_eq!(log.log_end_offset(), 0);
     log.append(&mut good, 0, 0).unwrap();
     assert_eq!(log.log_end_offset(), 2);
-    let cfg = LogConfig {
-        max_message_bytes: 64,
-        ..small_config()
-    };
+    let cfg = LogConfig { max_message_bytes: 64, ..small_config() };
     log.set_config(cfg);
     let mut big = batch(3, 1, 3);
-    assert!(matches!(
-        log.append(&mut big, 0, 0),
-        Err(LogError::RecordTooLarge { .. })
-    ));
+    assert!(matches!(log.append(&mut big, 0, 0), Err(LogError::RecordTooLarge { .. })));
 }
 
 #[test]
@@ -164,14 +142,8 @@ fn missing_or_corrupt_index_is_rebuilt() {
 fn recovery_cuts_a_torn_last_batch_at_every_byte() {
     let src = tempfile::tempdir().unwrap();
     let (last_pos, last_len, active_name) = {
-        let log = PartitionLog::open(
-            src.path(),
-            LogConfig {
-                segment_bytes: 64 * 1024,
-                ..LogConfig::default()
-            },
-        )
-        .unwrap();
+        let log =
+            PartitionLog::open(src.path(), LogConfig { segment_bytes: 64 * 1024, ..LogConfig::default() }).unwrap();
         for i in 0..5 {
             log.append(&mut batch(2, i, i as u8), 0, 0).unwrap();
         }
@@ -203,35 +175,19 @@ fn recovery_cuts_a_torn_last_batch_at_every_byte() {
                 data.truncate(from);
             }
             std::fs::write(dir.path().join(active_name), &data).unwrap();
-            let log = PartitionLog::open(
-                dir.path(),
-                LogConfig {
-                    segment_bytes: 64 * 1024,
-                    ..LogConfig::default()
-                },
-            )
-            .unwrap();
+            let log =
+                PartitionLog::open(dir.path(), LogConfig { segment_bytes: 64 * 1024, ..LogConfig::default() }).unwrap();
             let whole = cut == last_len;
             let want_end = if whole { 14 } else { 10 };
-            assert_eq!(
-                log.log_end_offset(),
-                want_end,
-                "cut at {cut}, garbage {garbage}"
-            );
+            assert_eq!(log.log_end_offset(), want_end, "cut at {cut}, garbage {garbage}");
             let got = read_all(&log, 0);
             assert_eq!(got.len(), if whole { 6 } else { 5 });
             // The log accepts appends right after the recovered end.
             let info = log.append(&mut batch(1, 1, 1), 0, 0).unwrap();
             assert_eq!(info.base_offset, want_end);
             drop(log);
-            let log = PartitionLog::open(
-                dir.path(),
-                LogConfig {
-                    segment_bytes: 64 * 1024,
-                    ..LogConfig::default()
-                },
-            )
-            .unwrap();
+            let log =
+                PartitionLog::open(dir.path(), LogConfig { segment_bytes: 64 * 1024, ..LogConfig::default() }).unwrap();
             assert_eq!(log.log_end_offset(), want_end + 1);
         }
     }
@@ -240,10 +196,7 @@ fn recovery_cuts_a_torn_last_batch_at_every_byte() {
 #[test]
 fn retention_by_time_and_bytes_and_delete_records() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = LogConfig {
-        retention_ms: 10_000,
-        ..small_config()
-    };
+    let cfg = LogConfig { retention_ms: 10_000, ..small_config() };
     let log = PartitionLog::open(dir.path(), cfg.clone()).unwrap();
     for i in 0..200 {
         // Old records first, then recent ones.
@@ -255,18 +208,11 @@ fn retention_by_time_and_bytes_and_delete_records() {
     assert!(dropped > 0 && log.segment_count() < segs);
     let start = log.log_start_offset();
     assert!(start > 0 && start <= 200, "start {start}");
-    assert!(matches!(
-        log.read(0, 10, i64::MAX),
-        Err(LogError::OffsetOutOfRange { .. })
-    ));
+    assert!(matches!(log.read(0, 10, i64::MAX), Err(LogError::OffsetOutOfRange { .. })));
     assert_eq!(read_all(&log, start).last().unwrap().last_offset(), 399);
 
     // Size-based: keep at most ~2 segments' worth.
-    log.set_config(LogConfig {
-        retention_ms: -1,
-        retention_bytes: 8192,
-        ..small_config()
-    });
+    log.set_config(LogConfig { retention_ms: -1, retention_bytes: 8192, ..small_config() });
     log.apply_retention(100_500).unwrap();
     assert!(log.size_bytes() <= 8192 + 4096);
     assert_eq!(log.log_end_offset(), 400);
@@ -283,17 +229,11 @@ fn retention_by_time_and_bytes_and_delete_records() {
     assert_eq!(log.log_start_offset(), 375, "log start survives restart");
 
     // Everything expired: even the active segment goes.
-    log.set_config(LogConfig {
-        retention_ms: 1,
-        ..small_config()
-    });
+    log.set_config(LogConfig { retention_ms: 1, ..small_config() });
     log.apply_retention(10_000_000).unwrap();
     assert_eq!(log.log_start_offset(), 400);
     assert_eq!(log.log_end_offset(), 400);
-    assert_eq!(
-        log.append(&mut batch(1, 1, 1), 0, 0).unwrap().base_offset,
-        400
-    );
+    assert_eq!(log.append(&mut batch(1, 1, 1), 0, 0).unwrap().base_offset, 400);
 }
 
 #[test]
@@ -318,10 +258,7 @@ fn truncate_and_epoch_cache() {
     assert_eq!(log.log_end_offset(), 32);
     assert_eq!(log.latest_epoch(), Some(2));
     assert_eq!(read_all(&log, 0).len(), 16);
-    assert_eq!(
-        log.append(&mut batch(1, 1, 1), 5, 0).unwrap().base_offset,
-        32
-    );
+    assert_eq!(log.append(&mut batch(1, 1, 1), 5, 0).unwrap().base_offset, 32);
     drop(log);
     let log = PartitionLog::open(dir.path(), small_config()).unwrap();
     assert_eq!(log.log_end_offset(), 33);
@@ -333,8 +270,7 @@ fn timestamps_lookup_and_log_append_time() {
     let dir = tempfile::tempdir().unwrap();
     let log = PartitionLog::open(dir.path(), small_config()).unwrap();
     for i in 0..50 {
-        log.append(&mut batch(1, 1000 + i * 10, i as u8), 0, 0)
-            .unwrap();
+        log.append(&mut batch(1, 1000 + i * 10, i as u8), 0, 0).unwrap();
     }
     let b = log.batch_by_timestamp(1255, i64::MAX).unwrap();
     let h = BatchHeader::parse(&b).unwrap();
@@ -343,10 +279,7 @@ fn timestamps_lookup_and_log_append_time() {
     let m = BatchHeader::parse(&log.batch_with_max_timestamp().unwrap()).unwrap();
     assert_eq!(m.base_offset, 49);
 
-    log.set_config(LogConfig {
-        timestamp_type: TimestampType::LogAppendTime,
-        ..small_config()
-    });
+    log.set_config(LogConfig { timestamp_type: TimestampType::LogAppendTime, ..small_config() });
     let info = log.append(&mut batch(2, 7, 1), 0, 777_777).unwrap();
     assert_eq!(info.log_append_time, 777_777);
     let r = log.read(info.base_offset, 1 << 20, i64::MAX).unwrap();

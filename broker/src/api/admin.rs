@@ -7,12 +7,8 @@ use std::sync::Arc;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
-use kafka_protocol::messages::create_topics_response::{
-    CreatableTopicConfigs, CreatableTopicResult,
-};
-use kafka_protocol::messages::delete_records_response::{
-    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
-};
+use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::*;
 
@@ -27,11 +23,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.ok()
 }
 
-fn create_one(
-    broker: &Broker,
-    t: &CreatableTopic,
-    validate_only: bool,
-) -> Result<(uuid::Uuid, i32), TopicError> {
+fn create_one(broker: &Broker, t: &CreatableTopic, validate_only: bool) -> Result<(uuid::Uuid, i32), TopicError> {
     let name = t.name.0.to_string();
     let rf = t.replication_factor;
     if rf != -1 && rf != 1 {
@@ -40,10 +32,7 @@ fn create_one(
         } else {
             format!("Unable to replicate the partition {rf} time(s): The target replication factor of {rf} cannot be reached because only 1 broker(s) are registered.")
         };
-        return Err(TopicError::new(
-            ResponseError::InvalidReplicationFactor,
-            msg,
-        ));
+        return Err(TopicError::new(ResponseError::InvalidReplicationFactor, msg));
     }
     let partitions = if !t.assignments.is_empty() {
         if t.num_partitions != -1 || rf != -1 {
@@ -60,16 +49,10 @@ fn create_one(
                 "Partitions must be numbered 0..n without gaps.",
             ));
         }
-        if t.assignments
-            .iter()
-            .any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != broker.node_id)
-        {
+        if t.assignments.iter().any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != broker.node_id) {
             return Err(TopicError::new(
                 ResponseError::InvalidReplicaAssignment,
-                format!(
-                    "Every partition must be assigned to broker {} alone.",
-                    broker.node_id
-                ),
+                format!("Every partition must be assigned to broker {} alone.", broker.node_id),
             ));
         }
         idx.len() as i32
@@ -84,17 +67,12 @@ fn create_one(
             configs.insert(c.name.to_string(), v.to_string());
         }
     }
-    let meta = broker
-        .topics
-        .create(&name, partitions, configs, validate_only)?;
+    let meta = broker.topics.create(&name, partitions, configs, validate_only)?;
     Ok((meta.id, meta.partitions))
 }
 
 /// Effective configs of a topic as CreateTopics v5+ reports them.
-pub fn described_configs(
-    broker: &Broker,
-    overrides: &BTreeMap<String, String>,
-) -> Vec<CreatableTopicConfigs> {
+pub fn described_configs(broker: &Broker, overrides: &BTreeMap<String, String>) -> Vec<CreatableTopicConfigs> {
     let defaults = broker.topics.defaults();
     topic_config::TOPIC_CONFIGS
         .iter()
@@ -120,21 +98,14 @@ pub async fn create_topics(
     let b = broker.clone();
     let topics = blocking(move || {
         let mut seen = std::collections::HashSet::new();
-        let dupes: std::collections::HashSet<String> = req
-            .topics
-            .iter()
-            .map(|t| t.name.0.to_string())
-            .filter(|n| !seen.insert(n.clone()))
-            .collect();
+        let dupes: std::collections::HashSet<String> =
+            req.topics.iter().map(|t| t.name.0.to_string()).filter(|n| !seen.insert(n.clone())).collect();
         req.topics
             .iter()
             .map(|t| {
                 let name = t.name.0.to_string();
-                let mut r = mk!(CreatableTopicResult {
-                    name: t.name.clone(),
-                    num_partitions: -1,
-                    replication_factor: -1
-                });
+                let mut r =
+                    mk!(CreatableTopicResult { name: t.name.clone(), num_partitions: -1, replication_factor: -1 });
                 let outcome = if dupes.contains(&name) {
                     Err(TopicError::new(
                         ResponseError::InvalidRequest,
@@ -181,15 +152,9 @@ pub async fn delete_topics(
     let responses = blocking(move || {
         // v6 names topics by name or id; older versions by name only.
         let wanted: Vec<(Option<String>, uuid::Uuid)> = if version >= 6 {
-            req.topics
-                .iter()
-                .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id))
-                .collect()
+            req.topics.iter().map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)).collect()
         } else {
-            req.topic_names
-                .iter()
-                .map(|n| (Some(n.0.to_string()), uuid::Uuid::nil()))
-                .collect()
+            req.topic_names.iter().map(|n| (Some(n.0.to_string()), uuid::Uuid::nil())).collect()
         };
         wanted
             .into_iter()
@@ -197,20 +162,13 @@ pub async fn delete_topics(
                 let resolved = match (&name, id.is_nil()) {
                     (Some(n), _) => Ok(n.clone()),
                     (None, false) => b.topics.name_by_id(id).ok_or_else(|| {
-                        TopicError::new(
-                            ResponseError::UnknownTopicId,
-                            format!("Topic id {id} does not exist"),
-                        )
+                        TopicError::new(ResponseError::UnknownTopicId, format!("Topic id {id} does not exist"))
                     }),
-                    (None, true) => Err(TopicError::new(
-                        ResponseError::InvalidRequest,
-                        "Neither topic name nor id given",
-                    )),
+                    (None, true) => {
+                        Err(TopicError::new(ResponseError::InvalidRequest, "Neither topic name nor id given"))
+                    }
                 };
-                let mut r = mk!(DeletableTopicResult {
-                    name: name.as_deref().map(topic_name),
-                    topic_id: id
-                });
+                let mut r = mk!(DeletableTopicResult { name: name.as_deref().map(topic_name), topic_id: id });
                 match resolved.and_then(|n| b.topics.delete(&n).map(|m| (n, m))) {
                     Ok((n, meta)) => {
                         r.name = Some(topic_name(&n));
@@ -226,9 +184,7 @@ pub async fn delete_topics(
             .collect::<Vec<_>>()
     })
     .await?;
-    Some(mk!(DeleteTopicsResponse {
-        responses: responses
-    }))
+    Some(mk!(DeleteTopicsResponse { responses: responses }))
 }
 
 pub async fn create_partitions(
@@ -242,20 +198,15 @@ pub async fn create_partitions(
             .iter()
             .map(|t| {
                 let name = t.name.0.to_string();
-                let mut r = mk!(CreatePartitionsTopicResult {
-                    name: t.name.clone()
-                });
-                let assignment_ok = t.assignments.as_ref().is_none_or(|a| {
-                    a.iter()
-                        .all(|x| x.broker_ids.len() == 1 && x.broker_ids[0].0 == b.node_id)
-                });
+                let mut r = mk!(CreatePartitionsTopicResult { name: t.name.clone() });
+                let assignment_ok = t
+                    .assignments
+                    .as_ref()
+                    .is_none_or(|a| a.iter().all(|x| x.broker_ids.len() == 1 && x.broker_ids[0].0 == b.node_id));
                 let outcome = if !assignment_ok {
                     Err(TopicError::new(
                         ResponseError::InvalidReplicaAssignment,
-                        format!(
-                            "New partitions must be assigned to broker {} alone.",
-                            b.node_id
-                        ),
+                        format!("New partitions must be assigned to broker {} alone.", b.node_id),
                     ))
                 } else {
                     b.topics.add_partitions(&name, t.count, req.validate_only)
@@ -287,19 +238,13 @@ pub async fn delete_records(
                     .partitions
                     .iter()
                     .map(|p| {
-                        let mut r = mk!(DeleteRecordsPartitionResult {
-                            partition_index: p.partition_index,
-                            low_watermark: -1
-                        });
+                        let mut r =
+                            mk!(DeleteRecordsPartitionResult { partition_index: p.partition_index, low_watermark: -1 });
                         match b.topics.log(&name, p.partition_index) {
                             None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
                             Some(log) => {
                                 // -1 means "up to the high watermark".
-                                let offset = if p.offset == -1 {
-                                    log.high_watermark()
-                                } else {
-                                    p.offset
-                                };
+                                let offset = if p.offset == -1 { log.high_watermark() } else { p.offset };
                                 match log.delete_records(offset) {
                                     Ok(lw) => r.low_watermark = lw,
                                     Err(e) => r.error_code = storage_code(&e).code(),
@@ -309,10 +254,7 @@ pub async fn delete_records(
                         r
                     })
                     .collect();
-                mk!(DeleteRecordsTopicResult {
-                    name: t.name.clone(),
-                    partitions: partitions
-                })
+                mk!(DeleteRecordsTopicResult { name: t.name.clone(), partitions: partitions })
             })
             .collect::<Vec<_>>()
     })

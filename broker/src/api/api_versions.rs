@@ -7,10 +7,6 @@ use kafka_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse, RequestH
 use crate::dispatch::supported_versions;
 use crate::server::Broker;
 
-pub async fn handle(
-    _broker: Arc<Broker>,
-    _h: &RequestHeader,
-    _req: ApiVersionsRequest,
-) -> Option<ApiVersionsResponse> {
+pub async fn handle(_broker: Arc<Broker>, _h: &RequestHeader, _req: ApiVersionsRequest) -> Option<ApiVersionsResponse> {
     Some(ApiVersionsResponse::default().with_api_keys(supported_versions()))
 }

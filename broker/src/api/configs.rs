@@ -40,12 +40,10 @@ struct Described {
 }
 
 fn describe_topic(broker: &Broker, name: &str) -> Result<Vec<Described>, TopicError> {
-    let meta = broker.topics.topic(name).ok_or_else(|| {
-        err(
-            ResponseError::UnknownTopicOrPartition,
-            format!("Topic '{name}' does not exist"),
-        )
-    })?;
+    let meta = broker
+        .topics
+        .topic(name)
+        .ok_or_else(|| err(ResponseError::UnknownTopicOrPartition, format!("Topic '{name}' does not exist")))?;
     let dynamic = broker.topics.dynamic_broker_configs();
     let statics = broker.topics.static_defaults();
     Ok(TOPIC_CONFIGS
@@ -61,25 +59,10 @@ fn describe_topic(broker: &Broker, name: &str) -> Result<Vec<Described>, TopicEr
             if let Some(v) = statics.get(d.name) {
                 synonyms.push((d.broker_name.to_string(), v.clone(), STATIC_BROKER));
             }
-            let (value, source) = synonyms
-                .first()
-                .map(|(_, v, s)| (v.clone(), *s))
-                .unwrap_or_default();
+            let (value, source) = synonyms.first().map(|(_, v, s)| (v.clone(), *s)).unwrap_or_default();
             // Values equal to the built-in default read as defaults.
-            let source = if source == STATIC_BROKER {
-                DEFAULT
-            } else {
-                source
-            };
-            Described {
-                name: d.name.into(),
-                value,
-                source,
-                read_only: false,
-                kind: d.kind as i8,
-                doc: d.doc,
-                synonyms,
-            }
+            let source = if source == STATIC_BROKER { DEFAULT } else { source };
+            Described { name: d.name.into(), value, source, read_only: false, kind: d.kind as i8, doc: d.doc, synonyms }
         })
         .collect())
 }
@@ -88,10 +71,7 @@ fn check_broker_name(broker: &Broker, resource: &str) -> Result<(), TopicError> 
     if resource.is_empty() || resource == broker.node_id.to_string() {
         Ok(())
     } else {
-        Err(err(
-            ResponseError::InvalidRequest,
-            format!("Broker {resource} is not this broker ({})", broker.node_id),
-        ))
+        Err(err(ResponseError::InvalidRequest, format!("Broker {resource} is not this broker ({})", broker.node_id)))
     }
 }
 
@@ -111,45 +91,22 @@ fn describe_broker(broker: &Broker, resource: &str) -> Result<Vec<Described>, To
         synonyms: vec![(name.to_string(), value, STATIC_BROKER)],
     };
     out.push(ro("node.id", c.node_id.to_string(), 3, "This broker's id."));
-    out.push(ro(
-        "listeners",
-        format!("PLAINTEXT://{}", c.listen),
-        7,
-        "Address the broker listens on.",
-    ));
+    out.push(ro("listeners", format!("PLAINTEXT://{}", c.listen), 7, "Address the broker listens on."));
     out.push(ro(
         "advertised.listeners",
-        format!(
-            "PLAINTEXT://{}:{}",
-            broker.advertised_host, broker.advertised_port
-        ),
+        format!("PLAINTEXT://{}:{}", broker.advertised_host, broker.advertised_port),
         7,
         "Address clients are told to connect to.",
     ));
-    out.push(ro(
-        "log.dirs",
-        c.data_dir.display().to_string(),
-        2,
-        "Directory holding partition logs.",
-    ));
+    out.push(ro("log.dirs", c.data_dir.display().to_string(), 2, "Directory holding partition logs."));
     out.push(ro(
         "auto.create.topics.enable",
         c.auto_create_topics.to_string(),
         1,
         "Create unknown topics on metadata requests.",
     ));
-    out.push(ro(
-        "num.partitions",
-        c.num_partitions.to_string(),
-        3,
-        "Partitions of auto-created topics.",
-    ));
-    out.push(ro(
-        "socket.request.max.bytes",
-        c.max_request_bytes.to_string(),
-        3,
-        "Largest request accepted.",
-    ));
+    out.push(ro("num.partitions", c.num_partitions.to_string(), 3, "Partitions of auto-created topics."));
+    out.push(ro("socket.request.max.bytes", c.max_request_bytes.to_string(), 3, "Largest request accepted."));
     out.push(ro(
         "log.retention.check.interval.ms",
         c.log_retention_check_interval_ms.to_string(),
@@ -164,10 +121,7 @@ fn describe_broker(broker: &Broker, resource: &str) -> Result<Vec<Described>, To
         if let Some(v) = statics.get(d.name) {
             synonyms.push((d.broker_name.to_string(), v.clone(), STATIC_BROKER));
         }
-        let (value, source) = synonyms
-            .first()
-            .map(|(_, v, s)| (v.clone(), *s))
-            .unwrap_or_default();
+        let (value, source) = synonyms.first().map(|(_, v, s)| (v.clone(), *s)).unwrap_or_default();
         out.push(Described {
             name: d.broker_name.into(),
             value,
@@ -193,22 +147,15 @@ pub async fn describe(
         let described = match r.resource_type {
             TOPIC => describe_topic(&broker, &name),
             BROKER => describe_broker(&broker, &name),
-            t => Err(err(
-                ResponseError::InvalidRequest,
-                format!("Resource type {t} is not supported"),
-            )),
+            t => Err(err(ResponseError::InvalidRequest, format!("Resource type {t} is not supported"))),
         };
-        let mut res = mk!(DescribeConfigsResult {
-            resource_type: r.resource_type,
-            resource_name: r.resource_name.clone()
-        });
+        let mut res =
+            mk!(DescribeConfigsResult { resource_type: r.resource_type, resource_name: r.resource_name.clone() });
         match described {
             Ok(list) => {
                 // Kafka treats a null or empty key list as "all configs".
-                let keys: Option<Vec<String>> = r
-                    .configuration_keys
-                    .filter(|k| !k.is_empty())
-                    .map(|k| k.iter().map(|s| s.to_string()).collect());
+                let keys: Option<Vec<String>> =
+                    r.configuration_keys.filter(|k| !k.is_empty()).map(|k| k.iter().map(|s| s.to_string()).collect());
                 res.configs = list
                     .into_iter()
                     .filter(|d| keys.as_ref().is_none_or(|k| k.contains(&d.name)))
@@ -223,11 +170,7 @@ pub async fn describe(
                                 d.synonyms
                                     .iter()
                                     .map(|(n, v, s)| {
-                                        mk!(DescribeConfigsSynonym {
-                                            name: str(n),
-                                            value: Some(str(v)),
-                                            source: *s
-                                        })
+                                        mk!(DescribeConfigsSynonym { name: str(n), value: Some(str(v)), source: *s })
                                     })
                                     .collect()
                             } else {
@@ -263,25 +206,14 @@ fn apply(
     changes: &[Change],
     replace_all: bool,
 ) -> Result<BTreeMap<String, String>, TopicError> {
-    let mut next = if replace_all {
-        BTreeMap::new()
-    } else {
-        current.clone()
-    };
+    let mut next = if replace_all { BTreeMap::new() } else { current.clone() };
     let mut seen = std::collections::HashSet::new();
     for (name, op, value) in changes {
         if !seen.insert(name.clone()) {
-            return Err(err(
-                ResponseError::InvalidRequest,
-                format!("Config {name} appears more than once"),
-            ));
+            return Err(err(ResponseError::InvalidRequest, format!("Config {name} appears more than once")));
         }
-        let def = topic_config::def(name).ok_or_else(|| {
-            err(
-                ResponseError::InvalidConfig,
-                format!("Unknown config name: {name}"),
-            )
-        })?;
+        let def = topic_config::def(name)
+            .ok_or_else(|| err(ResponseError::InvalidConfig, format!("Unknown config name: {name}")))?;
         let is_list = matches!(def.kind, topic_config::Kind::List);
         match (op, value) {
             (0, Some(v)) => {
@@ -294,18 +226,9 @@ fn apply(
             (2 | 3, Some(v)) if is_list => {
                 let mut items: Vec<String> = next
                     .get(name)
-                    .map(|s| {
-                        s.split(',')
-                            .map(|x| x.trim().to_string())
-                            .filter(|x| !x.is_empty())
-                            .collect()
-                    })
+                    .map(|s| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect())
                     .unwrap_or_default();
-                for item in v
-                    .split(',')
-                    .map(|x| x.trim().to_string())
-                    .filter(|x| !x.is_empty())
-                {
+                for item in v.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()) {
                     if *op == 2 && !items.contains(&item) {
                         items.push(item);
                     } else if *op == 3 {
@@ -321,17 +244,9 @@ fn apply(
                 ));
             }
             (0, None) => {
-                return Err(err(
-                    ResponseError::InvalidConfig,
-                    format!("Null value not supported for: {name}"),
-                ))
+                return Err(err(ResponseError::InvalidConfig, format!("Null value not supported for: {name}")))
             }
-            (op, _) => {
-                return Err(err(
-                    ResponseError::InvalidConfig,
-                    format!("Unknown config operation {op}"),
-                ))
-            }
+            (op, _) => return Err(err(ResponseError::InvalidConfig, format!("Unknown config operation {op}"))),
         }
     }
     for (k, v) in &next {
@@ -346,12 +261,7 @@ fn broker_to_topic_name(name: &str) -> Result<&'static str, TopicError> {
         .iter()
         .find(|d| d.broker_name == name)
         .map(|d| d.name)
-        .ok_or_else(|| {
-            err(
-                ResponseError::InvalidRequest,
-                format!("Cannot update these configs dynamically: {name}"),
-            )
-        })
+        .ok_or_else(|| err(ResponseError::InvalidRequest, format!("Cannot update these configs dynamically: {name}")))
 }
 
 fn alter_resource(
@@ -365,10 +275,7 @@ fn alter_resource(
     match rtype {
         TOPIC => {
             let meta = broker.topics.topic(rname).ok_or_else(|| {
-                err(
-                    ResponseError::UnknownTopicOrPartition,
-                    format!("Topic '{rname}' does not exist"),
-                )
+                err(ResponseError::UnknownTopicOrPartition, format!("Topic '{rname}' does not exist"))
             })?;
             let next = apply(&meta.configs, &changes, replace_all)?;
             if !validate_only {
@@ -382,28 +289,17 @@ fn alter_resource(
             for (n, op, v) in changes {
                 translated.push((broker_to_topic_name(&n)?.to_string(), op, v));
             }
-            let next = apply(
-                &broker.topics.dynamic_broker_configs(),
-                &translated,
-                replace_all,
-            )?;
+            let next = apply(&broker.topics.dynamic_broker_configs(), &translated, replace_all)?;
             if !validate_only {
                 broker.topics.set_broker_configs(next)?;
             }
             Ok(())
         }
-        t => Err(err(
-            ResponseError::InvalidRequest,
-            format!("Resource type {t} is not supported"),
-        )),
+        t => Err(err(ResponseError::InvalidRequest, format!("Resource type {t} is not supported"))),
     }
 }
 
-pub async fn alter(
-    broker: Arc<Broker>,
-    _h: &RequestHeader,
-    req: AlterConfigsRequest,
-) -> Option<AlterConfigsResponse> {
+pub async fn alter(broker: Arc<Broker>, _h: &RequestHeader, req: AlterConfigsRequest) -> Option<AlterConfigsResponse> {
     let b = broker.clone();
     let responses = tokio::task::spawn_blocking(move || {
         req.resources
@@ -412,22 +308,9 @@ pub async fn alter(
                 let changes = r
                     .configs
                     .iter()
-                    .map(|c| {
-                        (
-                            c.name.to_string(),
-                            0i8,
-                            c.value.as_ref().map(|v| v.to_string()),
-                        )
-                    })
+                    .map(|c| (c.name.to_string(), 0i8, c.value.as_ref().map(|v| v.to_string())))
                     .collect();
-                let out = alter_resource(
-                    &b,
-                    r.resource_type,
-                    &r.resource_name,
-                    changes,
-                    true,
-                    req.validate_only,
-                );
+                let out = alter_resource(&b, r.resource_type, &r.resource_name, changes, true, req.validate_only);
                 let mut resp = mk!(alter_configs_response::AlterConfigsResourceResponse {
                     resource_type: r.resource_type,
                     resource_name: r.resource_name
@@ -442,9 +325,7 @@ pub async fn alter(
     })
     .await
     .ok()?;
-    Some(mk!(AlterConfigsResponse {
-        responses: responses
-    }))
+    Some(mk!(AlterConfigsResponse { responses: responses }))
 }
 
 pub async fn incremental_alter(
@@ -460,28 +341,13 @@ pub async fn incremental_alter(
                 let changes = r
                     .configs
                     .iter()
-                    .map(|c| {
-                        (
-                            c.name.to_string(),
-                            c.config_operation,
-                            c.value.as_ref().map(|v| v.to_string()),
-                        )
-                    })
+                    .map(|c| (c.name.to_string(), c.config_operation, c.value.as_ref().map(|v| v.to_string())))
                     .collect();
-                let out = alter_resource(
-                    &b,
-                    r.resource_type,
-                    &r.resource_name,
-                    changes,
-                    false,
-                    req.validate_only,
-                );
-                let mut resp = mk!(
-                    incremental_alter_configs_response::AlterConfigsResourceResponse {
-                        resource_type: r.resource_type,
-                        resource_name: r.resource_name
-                    }
-                );
+                let out = alter_resource(&b, r.resource_type, &r.resource_name, changes, false, req.validate_only);
+                let mut resp = mk!(incremental_alter_configs_response::AlterConfigsResourceResponse {
+                    resource_type: r.resource_type,
+                    resource_name: r.resource_name
+                });
                 if let Err(e) = out {
                     resp.error_code = e.code.code();
                     resp.error_message = Some(str(&e.message));
@@ -492,7 +358,5 @@ pub async fn incremental_alter(
     })
     .await
     .ok()?;
-    Some(mk!(IncrementalAlterConfigsResponse {
-        responses: responses
-    }))
+    Some(mk!(IncrementalAlterConfigsResponse { responses: responses }))
 }

@@ -48,10 +48,7 @@ fn resolve(broker: &Broker, topic: &FetchTopic, version: i16) -> (String, Uuid, 
 }
 
 fn error_response(code: ResponseError, session_id: i32) -> FetchResponse {
-    mk!(FetchResponse {
-        error_code: code.code(),
-        session_id: session_id
-    })
+    mk!(FetchResponse { error_code: code.code(), session_id: session_id })
 }
 
 fn read_all(targets: &[Target], max_bytes: i32) -> (Vec<Outcome>, usize) {
@@ -60,12 +57,7 @@ fn read_all(targets: &[Target], max_bytes: i32) -> (Vec<Outcome>, usize) {
     let mut out = Vec::with_capacity(targets.len());
     for t in targets {
         let Some(log) = &t.log else {
-            out.push(Outcome {
-                error: Some(t.unknown_error),
-                records: Bytes::new(),
-                hw: -1,
-                log_start: -1,
-            });
+            out.push(Outcome { error: Some(t.unknown_error), records: Bytes::new(), hw: -1, log_start: -1 });
             continue;
         };
         let hw = log.high_watermark();
@@ -81,35 +73,21 @@ fn read_all(targets: &[Target], max_bytes: i32) -> (Vec<Outcome>, usize) {
                 }
                 total += records.len();
                 budget = budget.saturating_sub(records.len());
-                out.push(Outcome {
-                    error: None,
-                    records,
-                    hw: r.high_watermark,
-                    log_start: r.log_start_offset,
-                });
+                out.push(Outcome { error: None, records, hw: r.high_watermark, log_start: r.log_start_offset });
             }
             Err(e) => {
                 let code = match e {
                     LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
                     _ => ResponseError::KafkaStorageError,
                 };
-                out.push(Outcome {
-                    error: Some(code),
-                    records: Bytes::new(),
-                    hw,
-                    log_start: log.log_start_offset(),
-                });
+                out.push(Outcome { error: Some(code), records: Bytes::new(), hw, log_start: log.log_start_offset() });
             }
         }
     }
     (out, total)
 }
 
-pub async fn handle(
-    broker: Arc<Broker>,
-    h: &RequestHeader,
-    req: FetchRequest,
-) -> Option<FetchResponse> {
+pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -> Option<FetchResponse> {
     let version = h.request_api_version;
     let mut requested = Vec::new();
     for topic in &req.topics {
@@ -142,38 +120,28 @@ pub async fn handle(
     }
 
     // Work out which partitions this fetch covers and whether it is incremental.
-    let (session_id, incremental, parts) = if version < 7
-        || req.session_epoch == FINAL_EPOCH
-        || req.session_epoch == INITIAL_EPOCH
-    {
-        if version >= 7 && req.session_id != 0 {
-            broker.fetch_sessions.remove(req.session_id);
-        }
-        let parts: Vec<CachedPartition> = requested.iter().map(|(p, _)| p.clone()).collect();
-        let id = if version >= 7 && req.session_epoch == INITIAL_EPOCH && !parts.is_empty() {
-            broker.fetch_sessions.create(parts.clone())
+    let (session_id, incremental, parts) =
+        if version < 7 || req.session_epoch == FINAL_EPOCH || req.session_epoch == INITIAL_EPOCH {
+            if version >= 7 && req.session_id != 0 {
+                broker.fetch_sessions.remove(req.session_id);
+            }
+            let parts: Vec<CachedPartition> = requested.iter().map(|(p, _)| p.clone()).collect();
+            let id = if version >= 7 && req.session_epoch == INITIAL_EPOCH && !parts.is_empty() {
+                broker.fetch_sessions.create(parts.clone())
+            } else {
+                0
+            };
+            (id, false, parts)
         } else {
-            0
+            let update: Vec<CachedPartition> = requested.iter().map(|(p, _)| p.clone()).collect();
+            match broker.fetch_sessions.update(req.session_id, req.session_epoch, update, &forgotten) {
+                Ok(parts) => (req.session_id, true, parts),
+                Err(SessionError::NotFound) => return Some(error_response(ResponseError::FetchSessionIdNotFound, 0)),
+                Err(SessionError::InvalidEpoch) => {
+                    return Some(error_response(ResponseError::InvalidFetchSessionEpoch, req.session_id))
+                }
+            }
         };
-        (id, false, parts)
-    } else {
-        let update: Vec<CachedPartition> = requested.iter().map(|(p, _)| p.clone()).collect();
-        match broker
-            .fetch_sessions
-            .update(req.session_id, req.session_epoch, update, &forgotten)
-        {
-            Ok(parts) => (req.session_id, true, parts),
-            Err(SessionError::NotFound) => {
-                return Some(error_response(ResponseError::FetchSessionIdNotFound, 0))
-            }
-            Err(SessionError::InvalidEpoch) => {
-                return Some(error_response(
-                    ResponseError::InvalidFetchSessionEpoch,
-                    req.session_id,
-                ))
-            }
-        }
-    };
 
     let targets: Vec<Target> = parts
         .into_iter()
@@ -183,30 +151,18 @@ pub async fn handle(
             } else {
                 ResponseError::UnknownTopicOrPartition
             };
-            let log = if p.topic.is_empty() {
-                None
-            } else {
-                broker.topics.log(&p.topic, p.partition)
-            };
-            Target {
-                part: p,
-                log,
-                unknown_error: unknown,
-            }
+            let log = if p.topic.is_empty() { None } else { broker.topics.log(&p.topic, p.partition) };
+            Target { part: p, log, unknown_error: unknown }
         })
         .collect();
 
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let min_bytes = req.min_bytes.max(0) as usize;
     let outcomes = loop {
         // Register for wake-ups before reading, so an append between the read
         // and the wait is not missed.
         let logs: Vec<Arc<PartitionLog>> = targets.iter().filter_map(|t| t.log.clone()).collect();
-        let mut waits: Vec<_> = logs
-            .iter()
-            .map(|l| Box::pin(l.appended().notified()))
-            .collect();
+        let mut waits: Vec<_> = logs.iter().map(|l| Box::pin(l.appended().notified())).collect();
         for w in waits.iter_mut() {
             w.as_mut().enable();
         }
@@ -247,11 +203,7 @@ pub async fn handle(
             high_watermark: o.hw,
             last_stable_offset: o.hw,
             log_start_offset: o.log_start,
-            aborted_transactions: if req.isolation_level == 1 {
-                Some(vec![])
-            } else {
-                None
-            },
+            aborted_transactions: if req.isolation_level == 1 { Some(vec![]) } else { None },
             records: Some(o.records)
         });
         let same_topic = responses.last().is_some_and(|r: &FetchableTopicResponse| {
@@ -276,14 +228,8 @@ pub async fn handle(
     if session_id != 0 {
         broker.fetch_sessions.remember(session_id, &sent);
     }
-    let bytes: usize = responses
-        .iter()
-        .flat_map(|r| r.partitions.iter())
-        .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
-        .sum();
+    let bytes: usize =
+        responses.iter().flat_map(|r| r.partitions.iter()).map(|p| p.records.as_ref().map_or(0, |r| r.len())).sum();
     metrics::counter!("fjord_fetched_bytes_total").increment(bytes as u64);
-    Some(mk!(FetchResponse {
-        session_id: session_id,
-        responses: responses
-    }))
+    Some(mk!(FetchResponse { session_id: session_id, responses: responses }))
 }

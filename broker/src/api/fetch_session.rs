@@ -42,10 +42,7 @@ pub struct FetchSessions {
 
 impl FetchSessions {
     pub fn new(max: usize) -> Self {
-        FetchSessions {
-            max,
-            inner: Mutex::new((0, HashMap::new())),
-        }
+        FetchSessions { max, inner: Mutex::new((0, HashMap::new())) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (i32, HashMap<i32, Session>)> {
@@ -65,11 +62,7 @@ impl FetchSessions {
         if g.1.len() >= self.max {
             // Evict the least recently used session; its client falls back
             // to a full fetch when told the id is gone.
-            if let Some(oldest) =
-                g.1.iter()
-                    .min_by_key(|(_, s)| s.last_used)
-                    .map(|(id, _)| *id)
-            {
+            if let Some(oldest) = g.1.iter().min_by_key(|(_, s)| s.last_used).map(|(id, _)| *id) {
                 g.1.remove(&oldest);
             }
         }
@@ -81,14 +74,7 @@ impl FetchSessions {
             }
         }
         g.0 = id;
-        g.1.insert(
-            id,
-            Session {
-                next_epoch: 1,
-                partitions,
-                last_used: Instant::now(),
-            },
-        );
+        g.1.insert(id, Session { next_epoch: 1, partitions, last_used: Instant::now() });
         id
     }
 
@@ -109,17 +95,9 @@ impl FetchSessions {
         }
         s.next_epoch = if epoch == i32::MAX { 1 } else { epoch + 1 };
         s.last_used = Instant::now();
-        s.partitions.retain(|p| {
-            !forget
-                .iter()
-                .any(|(t, i)| *t == p.topic && *i == p.partition)
-        });
+        s.partitions.retain(|p| !forget.iter().any(|(t, i)| *t == p.topic && *i == p.partition));
         for u in update {
-            match s
-                .partitions
-                .iter_mut()
-                .find(|p| p.topic == u.topic && p.partition == u.partition)
-            {
+            match s.partitions.iter_mut().find(|p| p.topic == u.topic && p.partition == u.partition) {
                 Some(p) => {
                     p.fetch_offset = u.fetch_offset;
                     p.max_bytes = u.max_bytes;
@@ -135,11 +113,7 @@ impl FetchSessions {
         let mut g = self.lock();
         if let Some(s) = g.1.get_mut(&id) {
             for (t, i, hw, ls) in sent {
-                if let Some(p) = s
-                    .partitions
-                    .iter_mut()
-                    .find(|p| p.topic == *t && p.partition == *i)
-                {
+                if let Some(p) = s.partitions.iter_mut().find(|p| p.topic == *t && p.partition == *i) {
                     p.last_hw = *hw;
                     p.last_log_start = *ls;
                 }
@@ -169,34 +143,15 @@ mod tests {
         let s = FetchSessions::new(2);
         let id = s.create(vec![part("a", 0, 0), part("a", 1, 0)]);
         assert!(id > 0);
-        assert_eq!(
-            s.update(id, 2, vec![], &[]).unwrap_err(),
-            SessionError::InvalidEpoch
-        );
-        let ps = s
-            .update(
-                id,
-                1,
-                vec![part("a", 0, 7), part("b", 0, 3)],
-                &[("a".into(), 1)],
-            )
-            .unwrap();
-        let got: Vec<_> = ps
-            .iter()
-            .map(|p| (p.topic.as_str(), p.partition, p.fetch_offset))
-            .collect();
+        assert_eq!(s.update(id, 2, vec![], &[]).unwrap_err(), SessionError::InvalidEpoch);
+        let ps = s.update(id, 1, vec![part("a", 0, 7), part("b", 0, 3)], &[("a".into(), 1)]).unwrap();
+        let got: Vec<_> = ps.iter().map(|p| (p.topic.as_str(), p.partition, p.fetch_offset)).collect();
         assert_eq!(got, vec![("a", 0, 7), ("b", 0, 3)]);
-        assert_eq!(
-            s.update(999, 1, vec![], &[]).unwrap_err(),
-            SessionError::NotFound
-        );
+        assert_eq!(s.update(999, 1, vec![], &[]).unwrap_err(), SessionError::NotFound);
         // A full cache evicts the least recently used session.
         let id2 = s.create(vec![]);
         let id3 = s.create(vec![]);
         assert!(id2 != id3);
-        assert_eq!(
-            s.update(id, 2, vec![], &[]).unwrap_err(),
-            SessionError::NotFound
-        );
+        assert_eq!(s.update(id, 2, vec![], &[]).unwrap_err(), SessionError::NotFound);
     }
 }

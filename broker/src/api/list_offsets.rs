@@ -7,9 +7,7 @@ use bytes::Bytes;
 use fjord_storage::batch::BatchHeader;
 use fjord_storage::PartitionLog;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::list_offsets_response::{
-    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
-};
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
 use kafka_protocol::messages::*;
 use kafka_protocol::records::RecordBatchDecoder;
 
@@ -35,11 +33,7 @@ fn find_in_batch(
         tracing::warn!(error = %e, "cannot decode stored batch for a timestamp lookup");
         ResponseError::KafkaStorageError
     })?;
-    Ok(set
-        .records
-        .iter()
-        .find(|r| r.offset >= log_start && pick(r.timestamp))
-        .map(|r| (r.offset, r.timestamp)))
+    Ok(set.records.iter().find(|r| r.offset >= log_start && pick(r.timestamp)).map(|r| (r.offset, r.timestamp)))
 }
 
 fn lookup(log: &PartitionLog, ts: i64) -> Result<(i64, i64), ResponseError> {
@@ -52,9 +46,7 @@ fn lookup(log: &PartitionLog, ts: i64) -> Result<(i64, i64), ResponseError> {
             let Some(batch) = log.batch_with_max_timestamp() else {
                 return Ok((-1, -1));
             };
-            let max = BatchHeader::parse(&batch)
-                .map_err(|_| ResponseError::KafkaStorageError)?
-                .max_timestamp;
+            let max = BatchHeader::parse(&batch).map_err(|_| ResponseError::KafkaStorageError)?.max_timestamp;
             Ok(find_in_batch(batch, start, |t| t == max)?.unwrap_or((-1, -1)))
         }
         t if t >= 0 => {
@@ -69,11 +61,7 @@ fn lookup(log: &PartitionLog, ts: i64) -> Result<(i64, i64), ResponseError> {
     }
 }
 
-pub async fn handle(
-    broker: Arc<Broker>,
-    h: &RequestHeader,
-    req: ListOffsetsRequest,
-) -> Option<ListOffsetsResponse> {
+pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: ListOffsetsRequest) -> Option<ListOffsetsResponse> {
     let mut topics = Vec::new();
     for t in req.topics {
         let name = t.name.0.to_string();
@@ -105,10 +93,7 @@ pub async fn handle(
             }
             partitions.push(r);
         }
-        topics.push(mk!(ListOffsetsTopicResponse {
-            name: t.name,
-            partitions: partitions
-        }));
+        topics.push(mk!(ListOffsetsTopicResponse { name: t.name, partitions: partitions }));
     }
     Some(mk!(ListOffsetsResponse { topics: topics }))
 }

@@ -30,25 +30,15 @@ pub fn auto_create(broker: &Broker, name: &str) -> Result<TopicMeta, ResponseErr
     if !broker.config.auto_create_topics {
         return Err(ResponseError::UnknownTopicOrPartition);
     }
-    match broker
-        .topics
-        .create(name, broker.config.num_partitions, BTreeMap::new(), false)
-    {
+    match broker.topics.create(name, broker.config.num_partitions, BTreeMap::new(), false) {
         Ok(m) => Ok(m),
         // Lost a race with another creator: fine, it exists now.
-        Err(e) if e.code == ResponseError::TopicAlreadyExists => {
-            broker.topics.topic(name).ok_or(e.code)
-        }
+        Err(e) if e.code == ResponseError::TopicAlreadyExists => broker.topics.topic(name).ok_or(e.code),
         Err(e) => Err(e.code),
     }
 }
 
-fn topic_entry(
-    broker: &Broker,
-    name: &str,
-    meta: &TopicMeta,
-    version: i16,
-) -> MetadataResponseTopic {
+fn topic_entry(broker: &Broker, name: &str, meta: &TopicMeta, version: i16) -> MetadataResponseTopic {
     let node = BrokerId(broker.node_id);
     let partitions = (0..meta.partitions)
         .map(|p| {
@@ -70,11 +60,7 @@ fn topic_entry(
     })
 }
 
-pub async fn handle(
-    broker: Arc<Broker>,
-    h: &RequestHeader,
-    req: MetadataRequest,
-) -> Option<MetadataResponse> {
+pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: MetadataRequest) -> Option<MetadataResponse> {
     let version = h.request_api_version;
     // v0 asks for all topics with an empty list; later versions with null.
     let wanted: Option<Vec<MetadataRequestTopic>> = match req.topics {

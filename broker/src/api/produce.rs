@@ -39,11 +39,7 @@ fn has_producer_id(payload: &[u8]) -> bool {
     false
 }
 
-pub async fn handle(
-    broker: Arc<Broker>,
-    _h: &RequestHeader,
-    req: ProduceRequest,
-) -> Option<ProduceResponse> {
+pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest) -> Option<ProduceResponse> {
     let acks = req.acks;
     let durable = match broker.config.fsync {
         FsyncPolicy::Always => true,
@@ -68,34 +64,21 @@ pub async fn handle(
             };
             let min_isr: i32 = meta
                 .as_ref()
-                .and_then(|m| {
-                    m.configs
-                        .get("min.insync.replicas")
-                        .and_then(|v| v.parse().ok())
-                })
+                .and_then(|m| m.configs.get("min.insync.replicas").and_then(|v| v.parse().ok()))
                 .unwrap_or(1);
             if acks == -1 && min_isr > 1 {
-                let msg = format!(
-                    "min.insync.replicas is {min_isr} but the partition has 1 in-sync replica"
-                );
+                let msg = format!("min.insync.replicas is {min_isr} but the partition has 1 in-sync replica");
                 parts.push(failed(idx, ResponseError::NotEnoughReplicas, Some(msg)));
                 continue;
             }
             let Some(records) = pd.records else {
-                parts.push(failed(
-                    idx,
-                    ResponseError::CorruptMessage,
-                    Some("no record batch".into()),
-                ));
+                parts.push(failed(idx, ResponseError::CorruptMessage, Some("no record batch".into())));
                 continue;
             };
             if has_producer_id(&records) {
-                let msg = "idempotent and transactional produce need InitProducerId, which this broker does not serve yet";
-                parts.push(failed(
-                    idx,
-                    ResponseError::UnknownProducerId,
-                    Some(msg.into()),
-                ));
+                let msg =
+                    "idempotent and transactional produce need InitProducerId, which this broker does not serve yet";
+                parts.push(failed(idx, ResponseError::UnknownProducerId, Some(msg.into())));
                 continue;
             }
             let mut payload = records.to_vec();
@@ -120,10 +103,7 @@ pub async fn handle(
                 }
             }
         }
-        responses.push(mk!(TopicProduceResponse {
-            name: topic.name,
-            partition_responses: parts
-        }));
+        responses.push(mk!(TopicProduceResponse { name: topic.name, partition_responses: parts }));
     }
     let results = futures::future::join_all(syncs).await;
     if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
@@ -141,7 +121,5 @@ pub async fn handle(
     if acks == 0 {
         return None;
     }
-    Some(mk!(ProduceResponse {
-        responses: responses
-    }))
+    Some(mk!(ProduceResponse { responses: responses }))
 }
