@@ -58,6 +58,9 @@ pub struct BrokerConfig {
     pub fsync: FsyncPolicy,
     /// Prometheus metrics endpoint (host:port); off when unset.
     pub metrics_listen: Option<String>,
+    /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets`,
+    /// fixed when the topic is first created.
+    pub offsets_topic_num_partitions: i32,
 }
 
 impl Default for BrokerConfig {
@@ -81,6 +84,7 @@ impl Default for BrokerConfig {
             log_retention_check_interval_ms: 300_000,
             fsync: FsyncPolicy::AcksAll,
             metrics_listen: None,
+            offsets_topic_num_partitions: 50,
         }
     }
 }
@@ -174,6 +178,12 @@ impl BrokerConfig {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.num_partitions < 1 {
             return bad(format!("num_partitions must be >= 1, got {}", self.num_partitions));
+        }
+        if !(1..=1000).contains(&self.offsets_topic_num_partitions) {
+            return bad(format!(
+                "offsets_topic_num_partitions must be 1..=1000, got {}",
+                self.offsets_topic_num_partitions
+            ));
         }
         if self.max_request_bytes < 1024 {
             return bad(format!("max_request_bytes must be >= 1024, got {}", self.max_request_bytes));

@@ -14,6 +14,11 @@ use tokio::task::JoinHandle;
 use crate::dispatch::{self, HandlerResult};
 use crate::server::Broker;
 
+tokio::task_local! {
+    /// The client address of the request being handled (DescribeGroups shows it).
+    pub static PEER: SocketAddr;
+}
+
 /// Requests a connection may have in flight before we stop reading.
 const MAX_IN_FLIGHT: usize = 256;
 
@@ -45,7 +50,7 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
         };
         metrics::counter!("fjord_requests_total").increment(1);
         let pending = match dispatch::prepare(&broker, frame) {
-            Ok(fut) => Pending::Response(tokio::spawn(fut)),
+            Ok(fut) => Pending::Response(tokio::spawn(PEER.scope(peer, fut))),
             Err(reason) => {
                 tracing::warn!(%peer, %reason, "closing connection");
                 let _ = tx.send(Pending::Close).await;

@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod connection;
 pub mod dispatch;
+pub mod groups;
 pub mod server;
 pub mod topic_config;
 pub mod topics;

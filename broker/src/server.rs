@@ -12,12 +12,14 @@ use tokio::task::JoinHandle;
 use crate::api::fetch_session::FetchSessions;
 use crate::config::BrokerConfig;
 use crate::connection;
+use crate::groups::GroupCoordinator;
 use crate::topics::Topics;
 
 /// Everything request handlers share.
 pub struct Broker {
     pub config: BrokerConfig,
-    pub topics: Topics,
+    pub topics: Arc<Topics>,
+    pub groups: Arc<GroupCoordinator>,
     pub node_id: i32,
     /// host and port clients are told to use.
     pub advertised_host: String,
@@ -69,13 +71,16 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         Some(a) => split_host_port(a).ok_or_else(|| anyhow::anyhow!("bad advertised_listener {a}"))?,
         None => (local_addr.ip().to_string(), local_addr.port() as i32),
     };
-    let topics = tokio::task::block_in_place(|| Topics::open(&config))?;
+    let topics = Arc::new(tokio::task::block_in_place(|| Topics::open(&config))?);
+    let groups =
+        Arc::new(tokio::task::block_in_place(|| GroupCoordinator::open(&topics, config.offsets_topic_num_partitions))?);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let broker = Arc::new(Broker {
         node_id: config.node_id,
         advertised_host,
         advertised_port,
         topics,
+        groups,
         fetch_sessions: FetchSessions::new(1000),
         shutdown: shutdown_rx.clone(),
         config,
@@ -89,7 +94,8 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
     }
     let tasks = vec![
         tokio::spawn(accept_loop(broker.clone(), listener, shutdown_rx.clone())),
-        tokio::spawn(retention_loop(broker.clone(), shutdown_rx)),
+        tokio::spawn(retention_loop(broker.clone(), shutdown_rx.clone())),
+        tokio::spawn(session_expiry_loop(broker.clone(), shutdown_rx)),
     ];
     tracing::info!(%local_addr, data_dir = %broker.config.data_dir.display(), "fjord listening");
     Ok(RunningBroker { local_addr, broker, shutdown_tx, tasks })
@@ -110,6 +116,17 @@ async fn accept_loop(broker: Arc<Broker>, listener: TcpListener, mut shutdown: w
             },
             _ = stopped(&mut shutdown) => return,
         }
+    }
+}
+
+/// Removes group members whose session timed out.
+async fn session_expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        broker.groups.expire_sessions();
     }
 }
 

@@ -21,6 +21,9 @@ pub struct TopicMeta {
     pub partitions: i32,
     #[serde(default)]
     pub configs: BTreeMap<String, String>,
+    /// Broker-owned topics such as `__consumer_offsets`.
+    #[serde(default)]
+    pub internal: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -183,6 +186,27 @@ impl Topics {
         configs: BTreeMap<String, String>,
         validate_only: bool,
     ) -> Result<TopicMeta, TopicError> {
+        self.create_topic(name, partitions, configs, validate_only, false)
+    }
+
+    /// Creates a broker-owned topic (hidden from deletion by clients).
+    pub fn create_internal(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<TopicMeta, TopicError> {
+        self.create_topic(name, partitions, configs, false, true)
+    }
+
+    fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+        internal: bool,
+    ) -> Result<TopicMeta, TopicError> {
         validate_name(name)?;
         if partitions < 1 {
             return Err(TopicError::new(
@@ -203,7 +227,7 @@ impl Topics {
         if st.file.topics.contains_key(name) {
             return Err(TopicError::new(ResponseError::TopicAlreadyExists, format!("Topic '{name}' already exists.")));
         }
-        let meta = TopicMeta { id: Uuid::new_v4(), partitions, configs };
+        let meta = TopicMeta { id: Uuid::new_v4(), partitions, configs, internal };
         if validate_only {
             return Ok(meta);
         }
@@ -227,6 +251,12 @@ impl Topics {
 
     pub fn delete(&self, name: &str) -> Result<TopicMeta, TopicError> {
         let mut st = self.write();
+        if st.file.topics.get(name).is_some_and(|m| m.internal) {
+            return Err(TopicError::new(
+                ResponseError::InvalidRequest,
+                format!("Internal topic '{name}' cannot be deleted"),
+            ));
+        }
         let Some(meta) = st.file.topics.remove(name) else {
             return Err(TopicError::new(
                 ResponseError::UnknownTopicOrPartition,

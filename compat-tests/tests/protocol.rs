@@ -260,3 +260,55 @@ fn admin_edge_cases() {
     assert_eq!(dc.brokers.len(), 1);
     assert_eq!(dc.brokers[0].port as u16, broker.port);
 }
+
+#[test]
+fn committed_offsets_survive_restart_and_bad_commits_are_fenced() {
+    use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    let mut broker = BrokerProcess::start(&["--auto-create-topics", "false"]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    create(&mut conn, "committed", 2, &[]);
+    let commit = |conn: &mut RawConn, generation: i32, member: &str, offset: i64| -> i16 {
+        let mut p = OffsetCommitRequestPartition::default();
+        p.partition_index = 1;
+        p.committed_offset = offset;
+        p.committed_metadata = Some(s("meta"));
+        let mut t = OffsetCommitRequestTopic::default();
+        t.name = TopicName(s("committed"));
+        t.partitions = vec![p];
+        let mut req = OffsetCommitRequest::default();
+        req.group_id = GroupId(s("standalone"));
+        req.generation_id_or_member_epoch = generation;
+        req.member_id = s(member);
+        req.topics = vec![t];
+        let resp: OffsetCommitResponse = conn.call(ApiKey::OffsetCommit, 8, &req);
+        resp.topics[0].partitions[0].error_code
+    };
+    // A standalone consumer (generation -1, no member) may commit.
+    assert_eq!(commit(&mut conn, -1, "", 42), 0);
+    // A made-up member or generation of a group with no members is fenced.
+    assert_eq!(commit(&mut conn, 3, "ghost", 43), 25, "UNKNOWN_MEMBER_ID");
+    let fetch = |conn: &mut RawConn| -> (i64, Option<String>) {
+        let mut t = OffsetFetchRequestTopic::default();
+        t.name = TopicName(s("committed"));
+        t.partition_indexes = vec![0, 1];
+        let mut req = OffsetFetchRequest::default();
+        req.group_id = GroupId(s("standalone"));
+        req.topics = Some(vec![t]);
+        let resp: OffsetFetchResponse = conn.call(ApiKey::OffsetFetch, 7, &req);
+        let parts = &resp.topics[0].partitions;
+        assert_eq!(parts[0].committed_offset, -1, "nothing committed for partition 0");
+        (parts[1].committed_offset, parts[1].metadata.as_ref().map(|m| m.to_string()))
+    };
+    assert_eq!(fetch(&mut conn), (42, Some("meta".to_string())));
+    drop(conn);
+    broker.kill9();
+    broker.restart();
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    assert_eq!(fetch(&mut conn), (42, Some("meta".to_string())), "the commit survived a SIGKILL");
+    // The internal topic is listed as internal and cannot be written by clients.
+    let md = topic_metadata(&mut conn, "__consumer_offsets", false);
+    assert!(md.is_internal);
+    let (code, _) = wire::produce(&mut conn, "__consumer_offsets", 0, batch(1, 1));
+    assert_eq!(code, 17, "INVALID_TOPIC_EXCEPTION");
+}

@@ -55,6 +55,7 @@ fn topic_entry(broker: &Broker, name: &str, meta: &TopicMeta, version: i16) -> M
     mk!(MetadataResponseTopic {
         name: Some(topic_name(name)),
         topic_id: meta.id,
+        is_internal: meta.internal,
         partitions: partitions,
         topic_authorized_operations: NO_OPS
     })

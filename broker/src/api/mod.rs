@@ -6,6 +6,7 @@ pub mod api_versions;
 pub mod configs;
 pub mod fetch;
 pub mod fetch_session;
+pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;

@@ -71,6 +71,11 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
                 parts.push(failed(idx, ResponseError::NotEnoughReplicas, Some(msg)));
                 continue;
             }
+            if meta.as_ref().is_some_and(|m| m.internal) {
+                let msg = format!("{name} is an internal topic written only by the broker");
+                parts.push(failed(idx, ResponseError::InvalidTopicException, Some(msg)));
+                continue;
+            }
             let Some(records) = pd.records else {
                 parts.push(failed(idx, ResponseError::CorruptMessage, Some("no record batch".into())));
                 continue;

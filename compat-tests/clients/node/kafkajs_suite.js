@@ -1,7 +1,7 @@
-// kafkajs against Fjord: admin, produce under every codec, offsets,
-// configs, partitions, delete records, delete topic. Writes what it
-// produced as JSON lines to argv[3] so the harness can read it back with
-// another client (kafkajs can only consume through a consumer group).
+// kafkajs against Fjord: admin, produce under every codec, consume back
+// exactly through a consumer group, offsets, configs, partitions, delete
+// records. Writes what it produced as JSON lines to argv[3] so the harness
+// also reads it back with another client.
 
 const fs = require('fs');
 const { Kafka, CompressionTypes, CompressionCodecs, logLevel, ConfigResourceTypes } = require('kafkajs');
@@ -60,14 +60,43 @@ async function main() {
   await producer.disconnect();
   fs.writeFileSync(outFile, produced.map((r) => JSON.stringify(r)).join('\n') + '\n');
 
+  // Consume everything back through a consumer group, exactly.
+  const groupId = `group-${topic}`;
+  const consumer = kafka.consumer({ groupId, sessionTimeout: 10000, heartbeatInterval: 500 });
+  await consumer.connect();
+  await consumer.subscribe({ topic, fromBeginning: true });
+  const consumed = [];
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`consumed only ${consumed.length}`)), 60000);
+    consumer.run({
+      eachMessage: async ({ partition, message }) => {
+        const headers = {};
+        for (const [k, v] of Object.entries(message.headers || {})) headers[k] = v.toString();
+        consumed.push({ partition, offset: Number(message.offset), key: message.key.toString(), value: message.value.toString(), headers });
+        if (consumed.length === produced.length) { clearTimeout(timer); resolve(); }
+      },
+    }).catch(reject);
+  });
+  await consumer.disconnect();
+  const sortKey = (r) => r.partition * 1e6 + r.offset;
+  eq('consumed records', consumed.sort((a, b) => sortKey(a) - sortKey(b)), [...produced].sort((a, b) => sortKey(a) - sortKey(b)));
+  const committed = (await admin.fetchOffsets({ groupId, topics: [topic] }))[0].partitions.sort((a, b) => a.partition - b.partition);
+  eq('committed offsets', committed.map((p) => Number(p.offset)), counts);
+  const groups = (await admin.listGroups()).groups.map((g) => g.groupId);
+  check(groups.includes(groupId), 'group is listed');
+  const described = (await admin.describeGroups([groupId])).groups[0];
+  eq('group state after the consumer left', [described.state, described.members.length], ['Empty', 0]);
+  await admin.deleteGroups([groupId]);
+  check(!(await admin.listGroups()).groups.some((g) => g.groupId === groupId), 'deleted group is gone');
+
   const offsets = (await admin.fetchTopicOffsets(topic)).sort((a, b) => a.partition - b.partition);
   eq('high offsets', offsets.map((o) => Number(o.high)), counts);
   eq('low offsets', offsets.map((o) => Number(o.low)), [0, 0, 0]);
   const byTime = (await admin.fetchTopicOffsetsByTimestamp(topic, before - 60000)).sort((a, b) => a.partition - b.partition);
   eq('offsets by old timestamp', byTime.map((o) => Number(o.offset)), [0, 0, 0]);
 
-  const described = await admin.describeConfigs({ resources: [{ type: ConfigResourceTypes.TOPIC, name: topic, configNames: ['retention.ms'] }] });
-  eq('retention.ms default', described.resources[0].configEntries.map((e) => [e.configName, e.configValue]), [['retention.ms', '604800000']]);
+  const describedCfg = await admin.describeConfigs({ resources: [{ type: ConfigResourceTypes.TOPIC, name: topic, configNames: ['retention.ms'] }] });
+  eq('retention.ms default', describedCfg.resources[0].configEntries.map((e) => [e.configName, e.configValue]), [['retention.ms', '604800000']]);
   await admin.alterConfigs({ resources: [{ type: ConfigResourceTypes.TOPIC, name: topic, configEntries: [{ name: 'retention.ms', value: '86400000' }] }] });
   const altered = await admin.describeConfigs({ resources: [{ type: ConfigResourceTypes.TOPIC, name: topic, configNames: ['retention.ms'] }] });
   eq('retention.ms altered', altered.resources[0].configEntries[0].configValue, '86400000');

@@ -1,0 +1,834 @@
+//! The classic consumer group coordinator: membership, the rebalance state
+//! machine (Empty → PreparingRebalance → CompletingRebalance → Stable),
+//! session expiry, and committed offsets. Offsets and group generations are
+//! records in the internal `__consumer_offsets` topic, replayed on start.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fjord_storage::batch::build_batch;
+use fjord_storage::PartitionLog;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::records::RecordBatchDecoder;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::server::now_ms;
+use crate::topics::Topics;
+
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Kafka's group.min.session.timeout.ms and group.max.session.timeout.ms.
+const MIN_SESSION_MS: i32 = 6_000;
+const MAX_SESSION_MS: i32 = 1_800_000;
+/// Kafka's offset.metadata.max.bytes.
+const MAX_METADATA_BYTES: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupState {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+}
+
+impl GroupState {
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupState::Empty => "Empty",
+            GroupState::PreparingRebalance => "PreparingRebalance",
+            GroupState::CompletingRebalance => "CompletingRebalance",
+            GroupState::Stable => "Stable",
+        }
+    }
+}
+
+/// What a JoinGroup call gets back.
+#[derive(Debug, Clone, Default)]
+pub struct JoinResult {
+    pub error: Option<ResponseError>,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub leader: String,
+    pub member_id: String,
+    /// Filled for the leader only: (member id, instance id, metadata).
+    pub members: Vec<(String, Option<String>, Bytes)>,
+}
+
+impl JoinResult {
+    fn error(e: ResponseError, member_id: &str) -> Self {
+        JoinResult { error: Some(e), generation: -1, member_id: member_id.to_string(), ..Default::default() }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SyncResult {
+    pub error: Option<ResponseError>,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub assignment: Bytes,
+}
+
+impl SyncResult {
+    fn error(e: ResponseError) -> Self {
+        SyncResult { error: Some(e), ..Default::default() }
+    }
+}
+
+pub struct Member {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    pub protocols: Vec<(String, Bytes)>,
+    pub assignment: Bytes,
+    last_seen: Instant,
+    join_tx: Option<oneshot::Sender<JoinResult>>,
+    sync_tx: Option<oneshot::Sender<SyncResult>>,
+}
+
+impl Member {
+    pub fn metadata_for(&self, protocol: &str) -> Bytes {
+        self.protocols.iter().find(|(n, _)| n == protocol).map(|(_, m)| m.clone()).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+    pub commit_ms: i64,
+}
+
+pub struct Group {
+    pub state: GroupState,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub generation: i32,
+    pub leader: Option<String>,
+    pub members: BTreeMap<String, Member>,
+    /// Member ids handed out with MEMBER_ID_REQUIRED, awaiting their join.
+    pending: HashMap<String, Instant>,
+    pub offsets: BTreeMap<(String, i32), CommittedOffset>,
+    /// Bumped whenever a rebalance starts or ends, so stale timers do nothing.
+    rebalance_seq: u64,
+}
+
+impl Group {
+    fn new() -> Self {
+        Group {
+            state: GroupState::Empty,
+            protocol_type: None,
+            protocol: None,
+            generation: 0,
+            leader: None,
+            members: BTreeMap::new(),
+            pending: HashMap::new(),
+            offsets: BTreeMap::new(),
+            rebalance_seq: 0,
+        }
+    }
+}
+
+/// A record of `__consumer_offsets`. Keys and values are JSON so the topic
+/// stays readable with any consumer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum RecordKey {
+    Offset { group: String, topic: String, partition: i32 },
+    Group { group: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct GroupValue {
+    protocol_type: Option<String>,
+    generation: i32,
+}
+
+/// An answer now, or a channel on which it will come (when a rebalance
+/// phase completes).
+pub enum Reply<T> {
+    Now(T),
+    Later(oneshot::Receiver<T>),
+}
+
+pub struct JoinRequest {
+    pub group_id: String,
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    /// v4+: a first join without a member id is answered MEMBER_ID_REQUIRED.
+    pub require_known_member_id: bool,
+}
+
+pub struct GroupCoordinator {
+    groups: Mutex<HashMap<String, Group>>,
+    partitions: i32,
+}
+
+/// Java's String.hashCode, so groups land on the partition Kafka would pick.
+fn java_hash(s: &str) -> i32 {
+    s.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32))
+}
+
+impl GroupCoordinator {
+    /// Creates `__consumer_offsets` if needed and replays it.
+    pub fn open(topics: &Topics, partitions: i32) -> anyhow::Result<GroupCoordinator> {
+        let partitions = match topics.topic(OFFSETS_TOPIC) {
+            Some(meta) => meta.partitions,
+            None => {
+                let mut configs = BTreeMap::new();
+                // Until compaction lands, nothing may age out of this topic.
+                configs.insert("retention.ms".to_string(), "-1".to_string());
+                configs.insert("segment.bytes".to_string(), (100 * 1024 * 1024).to_string());
+                topics
+                    .create_internal(OFFSETS_TOPIC, partitions, configs)
+                    .map_err(|e| anyhow::anyhow!("cannot create {OFFSETS_TOPIC}: {}", e.message))?;
+                partitions
+            }
+        };
+        let coord = GroupCoordinator { groups: Mutex::new(HashMap::new()), partitions };
+        for p in 0..partitions {
+            if let Some(log) = topics.log(OFFSETS_TOPIC, p) {
+                coord.replay(&log)?;
+            }
+        }
+        Ok(coord)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Group>> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn partition_for(&self, group: &str) -> i32 {
+        (java_hash(group) & 0x7fff_ffff) % self.partitions.max(1)
+    }
+
+    fn replay(&self, log: &PartitionLog) -> anyhow::Result<()> {
+        let mut offset = log.log_start_offset();
+        let end = log.log_end_offset();
+        let mut groups = self.lock();
+        while offset < end {
+            let read = log.read(offset, 1 << 20, end)?;
+            if read.records.is_empty() {
+                break;
+            }
+            let mut buf = read.records;
+            for set in RecordBatchDecoder::decode_all(&mut buf)? {
+                for r in set.records {
+                    offset = offset.max(r.offset + 1);
+                    let Some(key) = r.key.as_ref().and_then(|k| serde_json::from_slice::<RecordKey>(k).ok()) else {
+                        continue;
+                    };
+                    apply_record(&mut groups, key, r.value.as_deref());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends records for `group` to its partition of `__consumer_offsets`
+    /// and returns the log and offset to sync to.
+    fn persist(
+        &self,
+        topics: &Topics,
+        group: &str,
+        records: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> Result<(Arc<PartitionLog>, i64), ResponseError> {
+        let log = topics.log(OFFSETS_TOPIC, self.partition_for(group)).ok_or(ResponseError::CoordinatorNotAvailable)?;
+        let kv: Vec<fjord_storage::batch::KeyValue<'_>> =
+            records.iter().map(|(k, v)| (Some(k.as_slice()), v.as_deref())).collect();
+        let mut batch = build_batch(0, now_ms(), &kv);
+        let info = log.append(&mut batch, 0, now_ms()).map_err(|e| {
+            tracing::error!(group, error = %e, "cannot write to {OFFSETS_TOPIC}");
+            ResponseError::KafkaStorageError
+        })?;
+        Ok((log, info.last_offset + 1))
+    }
+
+    fn group_record(group_id: &str, g: &Group) -> (Vec<u8>, Option<Vec<u8>>) {
+        let key = serde_json::to_vec(&RecordKey::Group { group: group_id.to_string() }).unwrap_or_default();
+        let value =
+            serde_json::to_vec(&GroupValue { protocol_type: g.protocol_type.clone(), generation: g.generation })
+                .unwrap_or_default();
+        (key, Some(value))
+    }
+
+    pub fn join(self: &Arc<Self>, req: JoinRequest) -> Reply<JoinResult> {
+        if req.group_id.is_empty() {
+            return Reply::Now(JoinResult::error(ResponseError::InvalidGroupId, &req.member_id));
+        }
+        if !(MIN_SESSION_MS..=MAX_SESSION_MS).contains(&req.session_timeout_ms) {
+            return Reply::Now(JoinResult::error(ResponseError::InvalidSessionTimeout, &req.member_id));
+        }
+        if req.protocol_type.is_empty() || req.protocols.is_empty() {
+            return Reply::Now(JoinResult::error(ResponseError::InconsistentGroupProtocol, &req.member_id));
+        }
+        let mut groups = self.lock();
+        if !req.member_id.is_empty() && !groups.contains_key(&req.group_id) {
+            return Reply::Now(JoinResult::error(ResponseError::UnknownMemberId, &req.member_id));
+        }
+        let group = groups.entry(req.group_id.clone()).or_insert_with(Group::new);
+        if group.state != GroupState::Empty || !group.members.is_empty() {
+            if group.protocol_type.as_deref().is_some_and(|t| t != req.protocol_type) {
+                return Reply::Now(JoinResult::error(ResponseError::InconsistentGroupProtocol, &req.member_id));
+            }
+            // Every member must share at least one protocol with the group.
+            let shared = group
+                .members
+                .values()
+                .all(|m| m.protocols.iter().any(|(n, _)| req.protocols.iter().any(|(r, _)| r == n)));
+            if !shared {
+                return Reply::Now(JoinResult::error(ResponseError::InconsistentGroupProtocol, &req.member_id));
+            }
+        }
+        let now = Instant::now();
+        let member_id = if req.member_id.is_empty() {
+            let id = format!("{}-{}", req.client_id, uuid::Uuid::new_v4());
+            if req.require_known_member_id {
+                group.pending.insert(id.clone(), now);
+                return Reply::Now(JoinResult::error(ResponseError::MemberIdRequired, &id));
+            }
+            id
+        } else {
+            req.member_id.clone()
+        };
+        let known = group.members.contains_key(&member_id);
+        if !known && group.pending.remove(&member_id).is_none() && !req.member_id.is_empty() {
+            return Reply::Now(JoinResult::error(ResponseError::UnknownMemberId, &member_id));
+        }
+        let (tx, rx) = oneshot::channel();
+        if let Some(m) = group.members.get_mut(&member_id) {
+            let unchanged = m.protocols == req.protocols;
+            m.last_seen = now;
+            // A follower re-joining a stable group with nothing new gets the
+            // current generation back without disturbing anyone.
+            if unchanged && group.state == GroupState::Stable && group.leader.as_deref() != Some(member_id.as_str()) {
+                return Reply::Now(JoinResult {
+                    error: None,
+                    generation: group.generation,
+                    protocol_type: group.protocol_type.clone(),
+                    protocol_name: group.protocol.clone(),
+                    leader: group.leader.clone().unwrap_or_default(),
+                    member_id,
+                    members: vec![],
+                });
+            }
+            m.protocols = req.protocols;
+            m.session_timeout = Duration::from_millis(req.session_timeout_ms as u64);
+            m.rebalance_timeout = Duration::from_millis(req.rebalance_timeout_ms.max(0) as u64);
+            m.join_tx = Some(tx);
+        } else {
+            group.members.insert(
+                member_id.clone(),
+                Member {
+                    member_id: member_id.clone(),
+                    instance_id: req.instance_id,
+                    client_id: req.client_id,
+                    client_host: req.client_host,
+                    session_timeout: Duration::from_millis(req.session_timeout_ms as u64),
+                    rebalance_timeout: Duration::from_millis(req.rebalance_timeout_ms.max(0) as u64),
+                    protocols: req.protocols,
+                    assignment: Bytes::new(),
+                    last_seen: now,
+                    join_tx: Some(tx),
+                    sync_tx: None,
+                },
+            );
+        }
+        group.protocol_type = Some(req.protocol_type);
+        if group.state != GroupState::PreparingRebalance {
+            self.prepare_rebalance(&req.group_id, group);
+        }
+        self.maybe_complete_join(&req.group_id, group);
+        Reply::Later(rx)
+    }
+
+    fn prepare_rebalance(self: &Arc<Self>, group_id: &str, group: &mut Group) {
+        group.state = GroupState::PreparingRebalance;
+        group.rebalance_seq += 1;
+        // Members waiting in SyncGroup learn that a new round has started.
+        for m in group.members.values_mut() {
+            if let Some(tx) = m.sync_tx.take() {
+                let _ = tx.send(SyncResult::error(ResponseError::RebalanceInProgress));
+            }
+        }
+        let timeout = group.members.values().map(|m| m.rebalance_timeout).max().unwrap_or(Duration::from_secs(60));
+        let seq = group.rebalance_seq;
+        let coord = self.clone();
+        let gid = group_id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            coord.rebalance_timed_out(&gid, seq);
+        });
+    }
+
+    fn rebalance_timed_out(self: &Arc<Self>, group_id: &str, seq: u64) {
+        let mut groups = self.lock();
+        if let Some(g) = groups.get_mut(group_id) {
+            if g.rebalance_seq == seq && g.state == GroupState::PreparingRebalance {
+                self.complete_join(group_id, g);
+            }
+        }
+    }
+
+    fn maybe_complete_join(self: &Arc<Self>, group_id: &str, group: &mut Group) {
+        if group.state == GroupState::PreparingRebalance && group.members.values().all(|m| m.join_tx.is_some()) {
+            self.complete_join(group_id, group);
+        }
+    }
+
+    /// Ends the join phase: members that did not rejoin are dropped, a new
+    /// generation starts, and every waiting member gets its answer.
+    fn complete_join(self: &Arc<Self>, group_id: &str, group: &mut Group) {
+        group.members.retain(|_, m| m.join_tx.is_some());
+        group.generation += 1;
+        group.rebalance_seq += 1;
+        if group.members.is_empty() {
+            group.state = GroupState::Empty;
+            group.protocol = None;
+            group.leader = None;
+            tracing::info!(group = group_id, generation = group.generation, "group is empty");
+            return;
+        }
+        // Each member votes for its most preferred protocol that all support.
+        let candidates: HashSet<String> = group
+            .members
+            .values()
+            .map(|m| m.protocols.iter().map(|(n, _)| n.clone()).collect::<HashSet<_>>())
+            .reduce(|a, b| a.intersection(&b).cloned().collect())
+            .unwrap_or_default();
+        let mut votes: BTreeMap<String, usize> = BTreeMap::new();
+        for m in group.members.values() {
+            if let Some((n, _)) = m.protocols.iter().find(|(n, _)| candidates.contains(n)) {
+                *votes.entry(n.clone()).or_default() += 1;
+            }
+        }
+        let protocol = votes.iter().max_by_key(|(_, v)| **v).map(|(n, _)| n.clone());
+        group.protocol = protocol.clone();
+        if group.leader.as_ref().is_none_or(|l| !group.members.contains_key(l)) {
+            group.leader = group.members.keys().next().cloned();
+        }
+        let leader = group.leader.clone().unwrap_or_default();
+        let proto = protocol.unwrap_or_default();
+        let all: Vec<(String, Option<String>, Bytes)> = group
+            .members
+            .values()
+            .map(|m| (m.member_id.clone(), m.instance_id.clone(), m.metadata_for(&proto)))
+            .collect();
+        group.state = GroupState::CompletingRebalance;
+        let now = Instant::now();
+        for m in group.members.values_mut() {
+            m.last_seen = now;
+            m.assignment = Bytes::new();
+            if let Some(tx) = m.join_tx.take() {
+                let _ = tx.send(JoinResult {
+                    error: None,
+                    generation: group.generation,
+                    protocol_type: group.protocol_type.clone(),
+                    protocol_name: group.protocol.clone(),
+                    leader: leader.clone(),
+                    member_id: m.member_id.clone(),
+                    members: if m.member_id == leader { all.clone() } else { vec![] },
+                });
+            }
+        }
+        tracing::info!(
+            group = group_id,
+            generation = group.generation,
+            members = group.members.len(),
+            "rebalance: join complete"
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn sync(
+        self: &Arc<Self>,
+        topics: &Arc<Topics>,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        protocol_type: Option<&str>,
+        protocol_name: Option<&str>,
+        assignments: Vec<(String, Bytes)>,
+    ) -> Reply<SyncResult> {
+        let mut groups = self.lock();
+        let Some(group) = groups.get_mut(group_id) else {
+            return Reply::Now(SyncResult::error(ResponseError::UnknownMemberId));
+        };
+        if !group.members.contains_key(member_id) {
+            return Reply::Now(SyncResult::error(ResponseError::UnknownMemberId));
+        }
+        if generation != group.generation {
+            return Reply::Now(SyncResult::error(ResponseError::IllegalGeneration));
+        }
+        if protocol_type.is_some_and(|t| Some(t) != group.protocol_type.as_deref())
+            || protocol_name.is_some_and(|n| Some(n) != group.protocol.as_deref())
+        {
+            return Reply::Now(SyncResult::error(ResponseError::InconsistentGroupProtocol));
+        }
+        let now = Instant::now();
+        match group.state {
+            GroupState::PreparingRebalance => Reply::Now(SyncResult::error(ResponseError::RebalanceInProgress)),
+            GroupState::Empty => Reply::Now(SyncResult::error(ResponseError::UnknownMemberId)),
+            GroupState::Stable => {
+                let Some(m) = group.members.get_mut(member_id) else {
+                    return Reply::Now(SyncResult::error(ResponseError::UnknownMemberId));
+                };
+                m.last_seen = now;
+                Reply::Now(SyncResult {
+                    error: None,
+                    protocol_type: group.protocol_type.clone(),
+                    protocol_name: group.protocol.clone(),
+                    assignment: m.assignment.clone(),
+                })
+            }
+            GroupState::CompletingRebalance => {
+                let (tx, rx) = oneshot::channel();
+                if let Some(m) = group.members.get_mut(member_id) {
+                    m.last_seen = now;
+                    m.sync_tx = Some(tx);
+                }
+                if group.leader.as_deref() == Some(member_id) {
+                    let given: HashMap<String, Bytes> = assignments.into_iter().collect();
+                    for m in group.members.values_mut() {
+                        m.assignment = given.get(&m.member_id).cloned().unwrap_or_default();
+                    }
+                    group.state = GroupState::Stable;
+                    let record = Self::group_record(group_id, group);
+                    for m in group.members.values_mut() {
+                        if let Some(tx) = m.sync_tx.take() {
+                            let _ = tx.send(SyncResult {
+                                error: None,
+                                protocol_type: group.protocol_type.clone(),
+                                protocol_name: group.protocol.clone(),
+                                assignment: m.assignment.clone(),
+                            });
+                        }
+                    }
+                    tracing::info!(group = group_id, generation = group.generation, "rebalance: group is stable");
+                    drop(groups);
+                    // The generation is recorded so it keeps rising across restarts.
+                    if let Err(e) = self.persist(topics, group_id, &[record]) {
+                        tracing::warn!(group = group_id, error = ?e, "could not record group generation");
+                    }
+                }
+                Reply::Later(rx)
+            }
+        }
+    }
+
+    pub fn heartbeat(&self, group_id: &str, generation: i32, member_id: &str) -> Option<ResponseError> {
+        let mut groups = self.lock();
+        let Some(group) = groups.get_mut(group_id) else { return Some(ResponseError::UnknownMemberId) };
+        let state = group.state;
+        let gen = group.generation;
+        let Some(m) = group.members.get_mut(member_id) else { return Some(ResponseError::UnknownMemberId) };
+        m.last_seen = Instant::now();
+        if generation != gen {
+            return Some(ResponseError::IllegalGeneration);
+        }
+        match state {
+            GroupState::PreparingRebalance => Some(ResponseError::RebalanceInProgress),
+            GroupState::Empty => Some(ResponseError::UnknownMemberId),
+            _ => None,
+        }
+    }
+
+    /// Removes members; each gets its own error (UNKNOWN_MEMBER_ID if absent).
+    pub fn leave(
+        self: &Arc<Self>,
+        group_id: &str,
+        members: &[String],
+    ) -> (Option<ResponseError>, Vec<Option<ResponseError>>) {
+        let mut groups = self.lock();
+        let Some(group) = groups.get_mut(group_id) else {
+            return (
+                Some(ResponseError::UnknownMemberId),
+                members.iter().map(|_| Some(ResponseError::UnknownMemberId)).collect(),
+            );
+        };
+        let mut results = Vec::new();
+        let mut removed = false;
+        for id in members {
+            match group.members.remove(id) {
+                Some(m) => {
+                    if let Some(tx) = m.join_tx {
+                        let _ = tx.send(JoinResult::error(ResponseError::UnknownMemberId, id));
+                    }
+                    if let Some(tx) = m.sync_tx {
+                        let _ = tx.send(SyncResult::error(ResponseError::UnknownMemberId));
+                    }
+                    removed = true;
+                    results.push(None);
+                }
+                None => results.push(Some(ResponseError::UnknownMemberId)),
+            }
+        }
+        if removed {
+            tracing::info!(group = group_id, "member left");
+            self.after_member_removed(group_id, group);
+        }
+        let top = if members.len() == 1 { results[0] } else { None };
+        (top, results)
+    }
+
+    fn after_member_removed(self: &Arc<Self>, group_id: &str, group: &mut Group) {
+        match group.state {
+            GroupState::Stable | GroupState::CompletingRebalance => {
+                if group.members.is_empty() {
+                    group.state = GroupState::Empty;
+                    group.generation += 1;
+                    group.protocol = None;
+                    group.leader = None;
+                } else {
+                    self.prepare_rebalance(group_id, group);
+                }
+            }
+            GroupState::PreparingRebalance => {
+                if group.members.is_empty() || group.members.values().all(|m| m.join_tx.is_some()) {
+                    self.complete_join(group_id, group);
+                }
+            }
+            GroupState::Empty => {}
+        }
+    }
+
+    /// Drops members whose session timed out (not those parked in a join).
+    pub fn expire_sessions(self: &Arc<Self>) {
+        let now = Instant::now();
+        let mut groups = self.lock();
+        let ids: Vec<String> = groups.keys().cloned().collect();
+        for gid in ids {
+            let Some(group) = groups.get_mut(&gid) else { continue };
+            group.pending.retain(|_, at| now.duration_since(*at) < Duration::from_secs(300));
+            let expired: Vec<String> = group
+                .members
+                .values()
+                .filter(|m| m.join_tx.is_none() && now.duration_since(m.last_seen) > m.session_timeout)
+                .map(|m| m.member_id.clone())
+                .collect();
+            if expired.is_empty() {
+                continue;
+            }
+            for id in &expired {
+                if let Some(m) = group.members.remove(id) {
+                    if let Some(tx) = m.sync_tx {
+                        let _ = tx.send(SyncResult::error(ResponseError::UnknownMemberId));
+                    }
+                }
+                tracing::info!(group = %gid, member = %id, "member session expired");
+            }
+            self.after_member_removed(&gid, group);
+        }
+    }
+
+    /// Validates a commit against the group's membership; None means allowed.
+    pub fn check_commit(&self, group_id: &str, generation: i32, member_id: &str) -> Option<ResponseError> {
+        let groups = self.lock();
+        let Some(group) = groups.get(group_id) else {
+            return if generation < 0 { None } else { Some(ResponseError::IllegalGeneration) };
+        };
+        if generation < 0 && member_id.is_empty() {
+            // A standalone consumer may commit only while no one is a member.
+            return if group.members.is_empty() { None } else { Some(ResponseError::UnknownMemberId) };
+        }
+        if !group.members.contains_key(member_id) {
+            return Some(ResponseError::UnknownMemberId);
+        }
+        if generation != group.generation {
+            return Some(ResponseError::IllegalGeneration);
+        }
+        match group.state {
+            GroupState::PreparingRebalance | GroupState::CompletingRebalance => {
+                Some(ResponseError::RebalanceInProgress)
+            }
+            _ => None,
+        }
+    }
+
+    /// Writes committed offsets and applies them once they are in the log.
+    pub async fn commit(
+        self: &Arc<Self>,
+        topics: &Arc<Topics>,
+        group_id: &str,
+        offsets: Vec<(String, i32, CommittedOffset)>,
+        durable: bool,
+    ) -> Vec<Option<ResponseError>> {
+        let mut results = Vec::with_capacity(offsets.len());
+        let mut records = Vec::new();
+        let mut accepted = Vec::new();
+        for (topic, partition, c) in offsets {
+            if c.metadata.as_ref().is_some_and(|m| m.len() > MAX_METADATA_BYTES) {
+                results.push(Some(ResponseError::OffsetMetadataTooLarge));
+                continue;
+            }
+            if topics.log(&topic, partition).is_none() {
+                results.push(Some(ResponseError::UnknownTopicOrPartition));
+                continue;
+            }
+            let key =
+                serde_json::to_vec(&RecordKey::Offset { group: group_id.to_string(), topic: topic.clone(), partition })
+                    .unwrap_or_default();
+            records.push((key, Some(serde_json::to_vec(&c).unwrap_or_default())));
+            accepted.push((results.len(), topic, partition, c));
+            results.push(None);
+        }
+        if records.is_empty() {
+            return results;
+        }
+        let written = self.persist(topics, group_id, &records);
+        let outcome = match written {
+            Ok((log, upto)) => {
+                if durable {
+                    log.sync(upto).await.map_err(|_| ResponseError::KafkaStorageError)
+                } else {
+                    Ok(())
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => {
+                let mut groups = self.lock();
+                let group = groups.entry(group_id.to_string()).or_insert_with(Group::new);
+                for (_, topic, partition, c) in accepted {
+                    group.offsets.insert((topic, partition), c);
+                }
+            }
+            Err(e) => {
+                for (i, ..) in accepted {
+                    results[i] = Some(e);
+                }
+            }
+        }
+        results
+    }
+
+    pub fn fetch_offsets(&self, group_id: &str) -> BTreeMap<(String, i32), CommittedOffset> {
+        self.lock().get(group_id).map(|g| g.offsets.clone()).unwrap_or_default()
+    }
+
+    /// Runs `f` on a group (None if unknown), under the coordinator lock.
+    pub fn with_group<T>(&self, group_id: &str, f: impl FnOnce(Option<&Group>) -> T) -> T {
+        f(self.lock().get(group_id))
+    }
+
+    pub fn list(&self) -> Vec<(String, Option<String>, GroupState)> {
+        self.lock().iter().map(|(id, g)| (id.clone(), g.protocol_type.clone(), g.state)).collect()
+    }
+
+    /// Deletes an empty group and its offsets (GROUP_ID_NOT_FOUND,
+    /// NON_EMPTY_GROUP otherwise).
+    pub fn delete_group(&self, topics: &Topics, group_id: &str) -> Option<ResponseError> {
+        let mut groups = self.lock();
+        let Some(group) = groups.get(group_id) else { return Some(ResponseError::GroupIdNotFound) };
+        if !group.members.is_empty() {
+            return Some(ResponseError::NonEmptyGroup);
+        }
+        let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = group
+            .offsets
+            .keys()
+            .map(|(t, p)| {
+                let key = RecordKey::Offset { group: group_id.to_string(), topic: t.clone(), partition: *p };
+                (serde_json::to_vec(&key).unwrap_or_default(), None)
+            })
+            .collect();
+        records.push((serde_json::to_vec(&RecordKey::Group { group: group_id.to_string() }).unwrap_or_default(), None));
+        if let Err(e) = self.persist(topics, group_id, &records) {
+            return Some(e);
+        }
+        groups.remove(group_id);
+        None
+    }
+
+    /// Deletes committed offsets of partitions the group does not consume.
+    pub fn delete_offsets(
+        &self,
+        topics: &Topics,
+        group_id: &str,
+        parts: &[(String, i32)],
+        subscribed: &HashSet<String>,
+    ) -> Result<Vec<Option<ResponseError>>, ResponseError> {
+        let mut groups = self.lock();
+        let Some(group) = groups.get_mut(group_id) else { return Err(ResponseError::GroupIdNotFound) };
+        let mut results = Vec::new();
+        let mut records = Vec::new();
+        for (t, p) in parts {
+            if subscribed.contains(t) {
+                results.push(Some(ResponseError::GroupSubscribedToTopic));
+                continue;
+            }
+            let key = RecordKey::Offset { group: group_id.to_string(), topic: t.clone(), partition: *p };
+            records.push((serde_json::to_vec(&key).unwrap_or_default(), None));
+            results.push(None);
+        }
+        if !records.is_empty() {
+            self.persist(topics, group_id, &records)?;
+            for ((t, p), r) in parts.iter().zip(&results) {
+                if r.is_none() {
+                    group.offsets.remove(&(t.clone(), *p));
+                }
+            }
+        }
+        Ok(results)
+    }
+}
+
+fn apply_record(groups: &mut HashMap<String, Group>, key: RecordKey, value: Option<&[u8]>) {
+    match key {
+        RecordKey::Offset { group, topic, partition } => {
+            let parsed = value.and_then(|v| serde_json::from_slice::<CommittedOffset>(v).ok());
+            match parsed {
+                Some(c) => {
+                    groups.entry(group).or_insert_with(Group::new).offsets.insert((topic, partition), c);
+                }
+                None => {
+                    if let Some(g) = groups.get_mut(&group) {
+                        g.offsets.remove(&(topic, partition));
+                    }
+                }
+            }
+        }
+        RecordKey::Group { group } => match value.and_then(|v| serde_json::from_slice::<GroupValue>(v).ok()) {
+            Some(v) => {
+                let g = groups.entry(group).or_insert_with(Group::new);
+                g.protocol_type = v.protocol_type;
+                g.generation = g.generation.max(v.generation);
+            }
+            None => {
+                groups.remove(&group);
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_matches_java_string_hash_code() {
+        assert_eq!(java_hash(""), 0);
+        assert_eq!(java_hash("a"), 97);
+        assert_eq!(java_hash("hello"), 99_162_322);
+        // Overflow wraps as in Java.
+        assert_eq!(java_hash("consumer-group-with-a-long-name"), {
+            let mut h: i32 = 0;
+            for c in "consumer-group-with-a-long-name".chars() {
+                h = h.wrapping_mul(31).wrapping_add(c as i32);
+            }
+            h
+        });
+    }
+}
