@@ -35,6 +35,9 @@ struct MetadataFile {
     /// AlterConfigs on the broker resource.
     #[serde(default)]
     broker_configs: BTreeMap<String, String>,
+    /// The next idempotent producer id to hand out.
+    #[serde(default)]
+    next_producer_id: i64,
 }
 
 /// A failed topic operation, carrying the Kafka error and a message.
@@ -156,6 +159,16 @@ impl Topics {
 
     pub fn dynamic_broker_configs(&self) -> BTreeMap<String, String> {
         self.read().file.broker_configs.clone()
+    }
+
+    /// Hands out a producer id that was never given before, even across
+    /// restarts: the counter is persisted before the id is returned.
+    pub fn allocate_producer_id(&self) -> Result<i64, TopicError> {
+        let mut st = self.write();
+        let id = st.file.next_producer_id;
+        st.file.next_producer_id = id + 1;
+        self.persist(&st.file).map_err(storage_error)?;
+        Ok(id)
     }
 
     pub fn log(&self, topic: &str, partition: i32) -> Option<Arc<PartitionLog>> {

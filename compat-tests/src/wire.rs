@@ -14,6 +14,11 @@ pub fn s(x: &str) -> StrBytes {
 
 /// An uncompressed v2 batch of the given values, all at `timestamp`.
 pub fn batch(values: &[&[u8]], timestamp: i64) -> Bytes {
+    idempotent_batch(values, timestamp, -1, -1, -1)
+}
+
+/// A batch from an idempotent producer: id, epoch, first sequence.
+pub fn idempotent_batch(values: &[&[u8]], timestamp: i64, producer_id: i64, epoch: i16, sequence: i32) -> Bytes {
     let records: Vec<Record> = values
         .iter()
         .enumerate()
@@ -22,11 +27,11 @@ pub fn batch(values: &[&[u8]], timestamp: i64) -> Bytes {
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch: epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            sequence: if sequence < 0 { -1 } else { sequence + i as i32 },
             timestamp,
             key: Some(Bytes::from(format!("k{i}"))),
             value: Some(Bytes::copy_from_slice(v)),

@@ -312,3 +312,45 @@ fn committed_offsets_survive_restart_and_bad_commits_are_fenced() {
     let (code, _) = wire::produce(&mut conn, "__consumer_offsets", 0, batch(1, 1));
     assert_eq!(code, 17, "INVALID_TOPIC_EXCEPTION");
 }
+
+#[test]
+fn idempotent_producer_dedups_retries_across_restart() {
+    let idempotent = || {
+        let mut r = InitProducerIdRequest::default();
+        r.transactional_id = None;
+        r.transaction_timeout_ms = 60_000;
+        r
+    };
+    let mut broker = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    create(&mut conn, "idem", 1, &[]);
+    let init: InitProducerIdResponse = conn.call(ApiKey::InitProducerId, 4, &idempotent());
+    assert_eq!(init.error_code, 0);
+    let pid = init.producer_id.0;
+    let again: InitProducerIdResponse = conn.call(ApiKey::InitProducerId, 4, &idempotent());
+    assert_ne!(again.producer_id.0, pid, "every producer gets its own id");
+    let b = |seq: i32, epoch: i16| wire::idempotent_batch(&[b"a", b"b"], 1000, pid, epoch, seq);
+    assert_eq!(wire::produce(&mut conn, "idem", 0, b(0, 0)), (0, 0));
+    assert_eq!(wire::produce(&mut conn, "idem", 0, b(2, 0)), (0, 2));
+    // A retry of an acknowledged batch gets its original offset and no copy.
+    assert_eq!(wire::produce(&mut conn, "idem", 0, b(0, 0)), (0, 0));
+    assert_eq!(list_offset(&mut conn, "idem", -1), 4);
+    // A gap in sequences: OUT_OF_ORDER_SEQUENCE_NUMBER (45).
+    assert_eq!(wire::produce(&mut conn, "idem", 0, b(9, 0)).0, 45);
+    // A producer id with no state must start at 0: UNKNOWN_PRODUCER_ID (59).
+    assert_eq!(wire::produce(&mut conn, "idem", 0, wire::idempotent_batch(&[b"x"], 1, pid + 100, 0, 5)).0, 59);
+    drop(conn);
+    broker.kill9();
+    broker.restart();
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    // State is rebuilt from the log: the retry is still recognised.
+    assert_eq!(wire::produce(&mut conn, "idem", 0, b(2, 0)), (0, 2));
+    assert_eq!(wire::produce(&mut conn, "idem", 0, b(4, 0)), (0, 4));
+    // A newer epoch restarts at 0 and fences the old one: INVALID_PRODUCER_EPOCH (47).
+    assert_eq!(wire::produce(&mut conn, "idem", 0, b(0, 1)), (0, 6));
+    assert_eq!(wire::produce(&mut conn, "idem", 0, b(6, 0)).0, 47);
+    assert_eq!(list_offset(&mut conn, "idem", -1), 8);
+    // Producer ids are never reused after a restart.
+    let later: InitProducerIdResponse = conn.call(ApiKey::InitProducerId, 4, &idempotent());
+    assert!(later.producer_id.0 > again.producer_id.0);
+}

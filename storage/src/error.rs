@@ -13,6 +13,19 @@ pub enum LogError {
     /// A read or delete outside [log start, log end] (OFFSET_OUT_OF_RANGE).
     #[error("offset {offset} is outside [{start}, {end}]")]
     OffsetOutOfRange { offset: i64, start: i64, end: i64 },
+    /// A batch's sequence does not follow the producer's last one
+    /// (OUT_OF_ORDER_SEQUENCE_NUMBER).
+    #[error("producer {producer_id}: expected sequence {expected}, got {got}")]
+    OutOfOrderSequence { producer_id: i64, expected: i32, got: i32 },
+    /// A batch from a fenced producer epoch (INVALID_PRODUCER_EPOCH).
+    #[error("producer {producer_id}: epoch {epoch} is older than the current {current}")]
+    InvalidProducerEpoch { producer_id: i64, epoch: i16, current: i16 },
+    /// A non-zero sequence from a producer with no state (UNKNOWN_PRODUCER_ID).
+    #[error("producer {0} has no state on this partition")]
+    UnknownProducerId(i64),
+    /// A well-formed batch this log cannot take as it is (INVALID_RECORD).
+    #[error("invalid record: {0}")]
+    InvalidRecord(String),
     #[error("storage I/O error: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -6,6 +6,7 @@ pub mod epoch;
 pub mod error;
 pub mod index;
 pub mod log;
+pub mod producer;
 pub mod segment;
 
 pub use batch::{BatchHeader, TimestampType};

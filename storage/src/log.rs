@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use crate::batch::{self, BatchHeader, TimestampType};
 use crate::epoch::EpochCache;
 use crate::error::{LogError, Result};
+use crate::producer::{ProducerStates, SequenceCheck};
 use crate::segment::Segment;
 
 /// Per-partition settings, named after Kafka's topic configs.
@@ -59,6 +60,8 @@ pub struct AppendInfo {
     /// The broker's timestamp with LogAppendTime, else -1.
     pub log_append_time: i64,
     pub log_start_offset: i64,
+    /// True when this was a retried idempotent batch already in the log.
+    pub duplicate: bool,
 }
 
 /// A read: whole batches, possibly starting before the asked offset.
@@ -74,9 +77,21 @@ struct Inner {
     segments: BTreeMap<i64, Segment>,
     log_start: i64,
     epochs: EpochCache,
+    producers: ProducerStates,
 }
 
 impl Inner {
+    /// Rebuilds idempotent producer state from every batch header in the log.
+    fn rebuild_producers(&mut self) {
+        let mut states = ProducerStates::default();
+        for seg in self.segments.values() {
+            for b in seg.batches() {
+                states.update(&b.header);
+            }
+        }
+        self.producers = states;
+    }
+
     fn active(&self) -> &Segment {
         // Invariant: a log always has at least one segment.
         self.segments.values().next_back().expect("log has an active segment")
@@ -158,7 +173,11 @@ impl PartitionLog {
         epochs.truncate_from(end)?;
         let log = PartitionLog {
             dir: dir.to_path_buf(),
-            inner: RwLock::new(Inner { config, segments, log_start, epochs }),
+            inner: RwLock::new({
+                let mut inner = Inner { config, segments, log_start, epochs, producers: ProducerStates::default() };
+                inner.rebuild_producers();
+                inner
+            }),
             appended: Notify::new(),
             flushed: AtomicI64::new(end),
             sync_lock: tokio::sync::Mutex::new(()),
@@ -191,7 +210,24 @@ impl PartitionLog {
     pub fn append(&self, payload: &mut [u8], leader_epoch: i32, now_ms: i64) -> Result<AppendInfo> {
         let max = self.read_inner().config.max_message_bytes;
         let mut batches = batch::split_and_validate(payload, max)?;
+        let idempotent = batches.iter().any(|(_, h)| h.producer_id >= 0);
+        if idempotent && batches.len() != 1 {
+            return Err(LogError::InvalidRecord(
+                "an idempotent produce carries exactly one batch per partition".into(),
+            ));
+        }
         let mut inner = self.write_inner();
+        if idempotent {
+            if let SequenceCheck::Duplicate { base_offset, last_offset } = inner.producers.check(&batches[0].1)? {
+                return Ok(AppendInfo {
+                    base_offset,
+                    last_offset,
+                    log_append_time: -1,
+                    log_start_offset: inner.log_start,
+                    duplicate: true,
+                });
+            }
+        }
         let append_time = match inner.config.timestamp_type {
             TimestampType::LogAppendTime => Some(now_ms),
             TimestampType::CreateTime => None,
@@ -213,6 +249,9 @@ impl PartitionLog {
         let interval = inner.config.index_interval_bytes;
         inner.active_mut().append(payload, &batches, interval, now_ms)?;
         inner.epochs.assign(leader_epoch, base_offset)?;
+        for (_, h) in &batches {
+            inner.producers.update(h);
+        }
         let log_start = inner.log_start;
         drop(inner);
         self.appended.notify_waiters();
@@ -221,6 +260,7 @@ impl PartitionLog {
             last_offset: next - 1,
             log_append_time: append_time.unwrap_or(-1),
             log_start_offset: log_start,
+            duplicate: false,
         })
     }
 
@@ -454,6 +494,7 @@ impl PartitionLog {
             active.truncate_to(offset)?;
         }
         inner.epochs.truncate_from(offset)?;
+        inner.rebuild_producers();
         let end = inner.log_end();
         if inner.active().closed {
             // The remaining tail segment was sealed; open a fresh one after it.

@@ -7,6 +7,7 @@ pub mod configs;
 pub mod fetch;
 pub mod fetch_session;
 pub mod groups;
+pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
@@ -25,5 +26,9 @@ pub fn storage_code(e: &fjord_storage::LogError) -> ResponseError {
         RecordTooLarge { .. } => ResponseError::MessageTooLarge,
         OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         Io(_) => ResponseError::KafkaStorageError,
+        OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+        InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        UnknownProducerId(_) => ResponseError::UnknownProducerId,
+        InvalidRecord(_) => ResponseError::InvalidRecord,
     }
 }

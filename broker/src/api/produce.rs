@@ -23,12 +23,12 @@ fn failed(index: i32, e: ResponseError, msg: Option<String>) -> PartitionProduce
     })
 }
 
-/// Batches from idempotent or transactional producers carry a producer id;
-/// until InitProducerId is served, no such id can be valid here.
-fn has_producer_id(payload: &[u8]) -> bool {
+/// Transactional batches need the transaction coordinator, which this
+/// broker does not run yet; idempotent ones are fine.
+fn is_transactional(payload: &[u8]) -> bool {
     let mut pos = 0;
     while let Ok(h) = BatchHeader::parse(&payload[pos..]) {
-        if h.producer_id >= 0 {
+        if h.is_transactional() {
             return true;
         }
         pos += h.total_size();
@@ -80,10 +80,9 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
                 parts.push(failed(idx, ResponseError::CorruptMessage, Some("no record batch".into())));
                 continue;
             };
-            if has_producer_id(&records) {
-                let msg =
-                    "idempotent and transactional produce need InitProducerId, which this broker does not serve yet";
-                parts.push(failed(idx, ResponseError::UnknownProducerId, Some(msg.into())));
+            if is_transactional(&records) {
+                let msg = "transactional produce needs a transaction coordinator, which this broker does not run yet";
+                parts.push(failed(idx, ResponseError::InvalidTxnState, Some(msg.into())));
                 continue;
             }
             let mut payload = records.to_vec();

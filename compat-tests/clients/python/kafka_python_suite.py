@@ -25,9 +25,8 @@ except TopicAlreadyExistsError:
 recs = records()
 before = int(time.time() * 1000)
 for codec in CODECS:
-    # kafka-python 3 turns idempotence on by default; Fjord does not serve
-    # InitProducerId until the idempotent producer lands (issue 4).
-    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, enable_idempotence=False,
+    # kafka-python 3 turns idempotence on by default: this exercises it.
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
                       compression_type=None if codec == "none" else codec)
     futures = []
     for c, part, key, value, headers in recs:

@@ -1,0 +1,187 @@
+//! Idempotent producer state of a partition: per producer id, its epoch and
+//! the last five batches (sequence range → offsets), so a retried batch is
+//! answered with its original offsets instead of being written twice.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::batch::BatchHeader;
+use crate::error::{LogError, Result};
+
+/// How many recent batches per producer are remembered (Kafka keeps five,
+/// matching max.in.flight.requests.per.connection for idempotence).
+const CACHED_BATCHES: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CachedBatch {
+    first_seq: i32,
+    last_seq: i32,
+    first_offset: i64,
+    last_offset: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ProducerEntry {
+    epoch: i16,
+    batches: VecDeque<CachedBatch>,
+}
+
+/// What to do with an incoming batch from an idempotent producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceCheck {
+    /// New and in order: write it.
+    Append,
+    /// Already written (a retry): answer with these offsets.
+    Duplicate { base_offset: i64, last_offset: i64 },
+}
+
+/// The sequence of the last record: base + delta, wrapping past i32::MAX
+/// to 0 as Kafka's producers do.
+pub fn last_sequence(base: i32, delta: i32) -> i32 {
+    if base > i32::MAX - delta {
+        delta - (i32::MAX - base) - 1
+    } else {
+        base + delta
+    }
+}
+
+fn next_sequence(seq: i32) -> i32 {
+    if seq == i32::MAX {
+        0
+    } else {
+        seq + 1
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ProducerStates {
+    producers: HashMap<i64, ProducerEntry>,
+}
+
+impl ProducerStates {
+    /// Checks a batch (with its producer id set) against the producer's state.
+    pub fn check(&self, h: &BatchHeader) -> Result<SequenceCheck> {
+        let last_seq = last_sequence(h.base_sequence, h.last_offset_delta);
+        let Some(entry) = self.producers.get(&h.producer_id) else {
+            // A producer we have no state for must start at sequence 0;
+            // anything else means its state is gone (e.g. its batches aged out).
+            return if h.base_sequence == 0 {
+                Ok(SequenceCheck::Append)
+            } else {
+                Err(LogError::UnknownProducerId(h.producer_id))
+            };
+        };
+        if h.producer_epoch < entry.epoch {
+            return Err(LogError::InvalidProducerEpoch {
+                producer_id: h.producer_id,
+                epoch: h.producer_epoch,
+                current: entry.epoch,
+            });
+        }
+        if h.producer_epoch > entry.epoch {
+            return if h.base_sequence == 0 {
+                Ok(SequenceCheck::Append)
+            } else {
+                Err(LogError::OutOfOrderSequence { producer_id: h.producer_id, expected: 0, got: h.base_sequence })
+            };
+        }
+        if let Some(b) = entry.batches.iter().find(|b| b.first_seq == h.base_sequence && b.last_seq == last_seq) {
+            return Ok(SequenceCheck::Duplicate { base_offset: b.first_offset, last_offset: b.last_offset });
+        }
+        let expected = entry.batches.back().map(|b| next_sequence(b.last_seq)).unwrap_or(0);
+        if h.base_sequence != expected {
+            return Err(LogError::OutOfOrderSequence { producer_id: h.producer_id, expected, got: h.base_sequence });
+        }
+        Ok(SequenceCheck::Append)
+    }
+
+    /// Records a batch that is now in the log (offsets assigned).
+    pub fn update(&mut self, h: &BatchHeader) {
+        if h.producer_id < 0 || h.is_control() {
+            return;
+        }
+        let entry = self.producers.entry(h.producer_id).or_default();
+        if h.producer_epoch != entry.epoch {
+            entry.epoch = h.producer_epoch;
+            entry.batches.clear();
+        }
+        entry.batches.push_back(CachedBatch {
+            first_seq: h.base_sequence,
+            last_seq: last_sequence(h.base_sequence, h.last_offset_delta),
+            first_offset: h.base_offset,
+            last_offset: h.last_offset(),
+        });
+        while entry.batches.len() > CACHED_BATCHES {
+            entry.batches.pop_front();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.producers.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(pid: i64, epoch: i16, seq: i32, n: i32, base_offset: i64) -> BatchHeader {
+        BatchHeader {
+            base_offset,
+            batch_length: 100,
+            partition_leader_epoch: 0,
+            magic: 2,
+            crc: 0,
+            attributes: 0,
+            last_offset_delta: n - 1,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            producer_id: pid,
+            producer_epoch: epoch,
+            base_sequence: seq,
+            records_count: n,
+        }
+    }
+
+    #[test]
+    fn in_order_duplicates_gaps_and_epochs() {
+        let mut s = ProducerStates::default();
+        assert_eq!(s.check(&header(7, 0, 0, 3, 0)).unwrap(), SequenceCheck::Append);
+        s.update(&header(7, 0, 0, 3, 0));
+        assert_eq!(s.check(&header(7, 0, 3, 2, 99)).unwrap(), SequenceCheck::Append);
+        s.update(&header(7, 0, 3, 2, 3));
+        // A retry of the first batch gets its original offsets.
+        assert_eq!(
+            s.check(&header(7, 0, 0, 3, 99)).unwrap(),
+            SequenceCheck::Duplicate { base_offset: 0, last_offset: 2 }
+        );
+        // A gap is out of order.
+        assert!(matches!(s.check(&header(7, 0, 9, 1, 99)), Err(LogError::OutOfOrderSequence { expected: 5, .. })));
+        // An older epoch is fenced; a newer one must restart at 0.
+        assert!(matches!(s.check(&header(7, -1, 5, 1, 99)), Err(LogError::InvalidProducerEpoch { .. })));
+        assert!(s.check(&header(7, 1, 5, 1, 99)).is_err());
+        assert_eq!(s.check(&header(7, 1, 0, 1, 99)).unwrap(), SequenceCheck::Append);
+        // Unknown producers must start at 0.
+        assert!(matches!(s.check(&header(8, 0, 4, 1, 99)), Err(LogError::UnknownProducerId(8))));
+    }
+
+    #[test]
+    fn only_five_batches_are_remembered_and_sequences_wrap() {
+        let mut s = ProducerStates::default();
+        for i in 0..7 {
+            s.update(&header(1, 0, i, 1, i as i64));
+        }
+        assert!(s.check(&header(1, 0, 1, 1, 0)).is_err(), "too old to recognise");
+        assert_eq!(
+            s.check(&header(1, 0, 6, 1, 0)).unwrap(),
+            SequenceCheck::Duplicate { base_offset: 6, last_offset: 6 }
+        );
+        assert_eq!(last_sequence(i32::MAX - 1, 3), 1);
+        let mut w = ProducerStates::default();
+        w.update(&header(2, 0, i32::MAX - 1, 2, 0));
+        assert_eq!(w.check(&header(2, 0, 0, 1, 0)).unwrap(), SequenceCheck::Append);
+    }
+}
