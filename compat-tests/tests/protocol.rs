@@ -354,3 +354,37 @@ fn idempotent_producer_dedups_retries_across_restart() {
     let later: InitProducerIdResponse = conn.call(ApiKey::InitProducerId, 4, &idempotent());
     assert!(later.producer_id.0 > again.producer_id.0);
 }
+
+#[test]
+fn acks_zero_gets_no_response_and_acks_one_does() {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    let broker = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    create(&mut conn, "acks", 1, &[]);
+    let request = |acks: i16| {
+        let mut pd = PartitionProduceData::default();
+        pd.records = Some(batch(3, 1000));
+        let mut td = TopicProduceData::default();
+        td.name = TopicName(s("acks"));
+        td.partition_data = vec![pd];
+        let mut req = ProduceRequest::default();
+        req.acks = acks;
+        req.timeout_ms = 5000;
+        req.topic_data = vec![td];
+        req
+    };
+    // acks=0: nothing comes back, so the next response on the wire must be
+    // the ApiVersions answer sent after it.
+    conn.send(ApiKey::Produce, 9, &request(0));
+    let id = conn.send(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let v: ApiVersionsResponse = conn.recv(ApiKey::ApiVersions, 3, id);
+    assert_eq!(v.error_code, 0);
+    assert_eq!(list_offset(&mut conn, "acks", -1), 3, "the acks=0 records were written");
+    let r: ProduceResponse = conn.call(ApiKey::Produce, 9, &request(1));
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    assert_eq!(r.responses[0].partition_responses[0].base_offset, 3);
+    // An acks value Kafka does not know: INVALID_REQUIRED_ACKS (21).
+    let r: ProduceResponse = conn.call(ApiKey::Produce, 9, &request(2));
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 21);
+    assert_eq!(list_offset(&mut conn, "acks", -1), 6);
+}

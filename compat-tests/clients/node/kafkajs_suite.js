@@ -114,6 +114,12 @@ async function main() {
   const after = (await admin.fetchTopicOffsets(topic)).find((o) => o.partition === 1);
   eq('low offset after delete records', Number(after.low), 3);
 
+  // Delete a scratch topic; the main one stays for the harness to read back.
+  const scratch = `${topic}-scratch`;
+  await admin.createTopics({ topics: [{ topic: scratch, numPartitions: 1 }], waitForLeaders: true });
+  check((await admin.listTopics()).includes(scratch), 'scratch topic listed');
+  await admin.deleteTopics({ topics: [scratch] });
+  check(!(await admin.listTopics()).includes(scratch), 'deleted topic is gone');
   // Leave the topic for the harness to read back, then it deletes it.
   await admin.disconnect();
   console.log(`kafkajs suite passed: ${topic}`);
