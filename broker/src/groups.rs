@@ -604,7 +604,9 @@ impl GroupCoordinator {
         }
     }
 
-    /// Drops members whose session timed out (not those parked in a join).
+    /// Drops members whose session timed out. Members parked in a join or a
+    /// sync are waiting on us, not silent: a leader that never syncs expires
+    /// and the new round releases them.
     pub fn expire_sessions(self: &Arc<Self>) {
         let now = Instant::now();
         let mut groups = self.lock();
@@ -615,7 +617,9 @@ impl GroupCoordinator {
             let expired: Vec<String> = group
                 .members
                 .values()
-                .filter(|m| m.join_tx.is_none() && now.duration_since(m.last_seen) > m.session_timeout)
+                .filter(|m| {
+                    m.join_tx.is_none() && m.sync_tx.is_none() && now.duration_since(m.last_seen) > m.session_timeout
+                })
                 .map(|m| m.member_id.clone())
                 .collect();
             if expired.is_empty() {

@@ -31,7 +31,9 @@ pub fn idempotent_batch(values: &[&[u8]], timestamp: i64, producer_id: i64, epoc
             producer_epoch: epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: if sequence < 0 { -1 } else { sequence + i as i32 },
+            // The encoder starts a new batch whenever offset - sequence
+            // changes; without a producer the batch's base sequence is -1.
+            sequence: if sequence < 0 { i as i32 - 1 } else { sequence + i as i32 },
             timestamp,
             key: Some(Bytes::from(format!("k{i}"))),
             value: Some(Bytes::copy_from_slice(v)),

@@ -388,3 +388,51 @@ fn acks_zero_gets_no_response_and_acks_one_does() {
     assert_eq!(r.responses[0].partition_responses[0].error_code, 21);
     assert_eq!(list_offset(&mut conn, "acks", -1), 6);
 }
+
+#[test]
+fn log_append_time_and_fetch_size_limits() {
+    let broker = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    create(&mut conn, "lat", 2, &[("message.timestamp.type", "LogAppendTime")]);
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let mut pd = kafka_protocol::messages::produce_request::PartitionProduceData::default();
+    pd.records = Some(batch(2, 5));
+    let mut td = kafka_protocol::messages::produce_request::TopicProduceData::default();
+    td.name = TopicName(s("lat"));
+    td.partition_data = vec![pd];
+    let mut req = ProduceRequest::default();
+    req.acks = 1;
+    req.topic_data = vec![td];
+    let r: ProduceResponse = conn.call(ApiKey::Produce, 9, &req);
+    let append_time = r.responses[0].partition_responses[0].log_append_time_ms;
+    assert!(append_time >= before, "the broker's clock, not the producer's timestamp 5");
+    let f: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_req(0, -1, &[("lat", 0, 0)], &[], 0, 0));
+    let mut records = f.responses[0].partitions[0].records.clone().expect("records");
+    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut records).expect("valid batch, CRC recomputed");
+    assert!(set.records.iter().all(|r| r.timestamp == append_time));
+
+    // Size limits: fill both partitions, then fetch with small limits.
+    for p in 0..2 {
+        for _ in 0..10 {
+            produce(&mut conn, "lat", p, batch(20, 1));
+        }
+    }
+    let one_batch = batch(20, 1).len();
+    let mut small = fetch_req(0, -1, &[("lat", 0, 2), ("lat", 1, 0)], &[], 0, 0);
+    small.max_bytes = (one_batch * 3) as i32;
+    for t in &mut small.topics {
+        for p in &mut t.partitions {
+            p.partition_max_bytes = (one_batch * 2) as i32;
+        }
+    }
+    let f: FetchResponse = conn.call(ApiKey::Fetch, 12, &small);
+    let sizes: Vec<usize> = partitions_in(&f).iter().map(|(_, _, n)| *n).collect();
+    assert!(sizes[0] > 0 && sizes[0] <= one_batch * 2, "partition limit: {sizes:?}");
+    assert!(sizes.iter().sum::<usize>() <= one_batch * 3, "response limit: {sizes:?}");
+    // A single batch larger than every limit still comes back whole (KIP-74).
+    let mut tiny = fetch_req(0, -1, &[("lat", 1, 0)], &[], 0, 0);
+    tiny.max_bytes = 10;
+    tiny.topics[0].partitions[0].partition_max_bytes = 10;
+    let f: FetchResponse = conn.call(ApiKey::Fetch, 12, &tiny);
+    assert_eq!(partitions_in(&f)[0].2, one_batch);
+}

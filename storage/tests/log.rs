@@ -340,3 +340,16 @@ proptest! {
         prop_assert_eq!(log.log_end_offset(), next);
     }
 }
+
+#[test]
+fn segments_roll_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig { segment_ms: 1000, ..small_config() };
+    let log = PartitionLog::open(dir.path(), cfg).unwrap();
+    log.append(&mut batch(1, 1, 1), 0, 10_000).unwrap();
+    log.append(&mut batch(1, 1, 2), 0, 10_500).unwrap();
+    assert_eq!(log.segment_count(), 1, "younger than segment.ms");
+    log.append(&mut batch(1, 1, 3), 0, 11_001).unwrap();
+    assert_eq!(log.segment_count(), 2, "rolled once the segment was a second old");
+    assert_eq!(read_all(&log, 0).len(), 3);
+}
