@@ -1,0 +1,134 @@
+//! The classic group protocol at the wire: the join handshake and Kafka's
+//! fencing errors for stale generations, unknown members and mismatched
+//! protocols, none of which disturbs a stable group.
+
+use bytes::Bytes;
+use fjord_compat_tests::wire::s;
+use fjord_compat_tests::{BrokerProcess, RawConn};
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+use kafka_protocol::messages::*;
+
+fn join(conn: &mut RawConn, member: &str, protocol_type: &str, session_ms: i32) -> JoinGroupResponse {
+    let mut p = JoinGroupRequestProtocol::default();
+    p.name = s("range");
+    p.metadata = Bytes::from_static(b"meta");
+    let mut req = JoinGroupRequest::default();
+    req.group_id = GroupId(s("fenced"));
+    req.session_timeout_ms = session_ms;
+    req.rebalance_timeout_ms = 10_000;
+    req.member_id = s(member);
+    req.protocol_type = s(protocol_type);
+    req.protocols = vec![p];
+    conn.call(ApiKey::JoinGroup, 7, &req)
+}
+
+fn sync(conn: &mut RawConn, member: &str, generation: i32, assign: bool) -> SyncGroupResponse {
+    let mut req = SyncGroupRequest::default();
+    req.group_id = GroupId(s("fenced"));
+    req.generation_id = generation;
+    req.member_id = s(member);
+    if assign {
+        let mut a = SyncGroupRequestAssignment::default();
+        a.member_id = s(member);
+        a.assignment = Bytes::from_static(b"all-yours");
+        req.assignments = vec![a];
+    }
+    conn.call(ApiKey::SyncGroup, 5, &req)
+}
+
+fn heartbeat(conn: &mut RawConn, member: &str, generation: i32) -> i16 {
+    let mut req = HeartbeatRequest::default();
+    req.group_id = GroupId(s("fenced"));
+    req.generation_id = generation;
+    req.member_id = s(member);
+    let r: HeartbeatResponse = conn.call(ApiKey::Heartbeat, 4, &req);
+    r.error_code
+}
+
+fn state(conn: &mut RawConn) -> (String, usize) {
+    let mut req = DescribeGroupsRequest::default();
+    req.groups = vec![GroupId(s("fenced"))];
+    let r: DescribeGroupsResponse = conn.call(ApiKey::DescribeGroups, 5, &req);
+    (r.groups[0].group_state.to_string(), r.groups[0].members.len())
+}
+
+#[test]
+fn join_handshake_and_fencing_errors() {
+    let broker = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    // Session timeouts outside Kafka's bounds: INVALID_SESSION_TIMEOUT (26).
+    assert_eq!(join(&mut conn, "", "consumer", 100).error_code, 26);
+    // First join without a member id: MEMBER_ID_REQUIRED (79) with an id.
+    let first = join(&mut conn, "", "consumer", 10_000);
+    assert_eq!(first.error_code, 79);
+    let me = first.member_id.to_string();
+    assert!(!me.is_empty());
+    let joined = join(&mut conn, &me, "consumer", 10_000);
+    assert_eq!(joined.error_code, 0);
+    assert_eq!(joined.leader.as_str(), me, "the only member leads");
+    assert_eq!(joined.members.len(), 1, "the leader sees the members");
+    let generation = joined.generation_id;
+    let synced = sync(&mut conn, &me, generation, true);
+    assert_eq!(synced.error_code, 0);
+    assert_eq!(&synced.assignment[..], b"all-yours");
+    assert_eq!(state(&mut conn), ("Stable".to_string(), 1));
+    assert_eq!(heartbeat(&mut conn, &me, generation), 0);
+
+    // Fencing: each wrong request gets its error and changes nothing.
+    assert_eq!(heartbeat(&mut conn, &me, generation - 1), 22, "ILLEGAL_GENERATION");
+    assert_eq!(heartbeat(&mut conn, "intruder", generation), 25, "UNKNOWN_MEMBER_ID");
+    assert_eq!(sync(&mut conn, &me, generation + 5, false).error_code, 22);
+    assert_eq!(join(&mut conn, "intruder", "consumer", 10_000).error_code, 25);
+    assert_eq!(join(&mut conn, "", "connect", 10_000).error_code, 23, "INCONSISTENT_GROUP_PROTOCOL");
+    let mut commit = OffsetCommitRequest::default();
+    commit.group_id = GroupId(s("fenced"));
+    commit.generation_id_or_member_epoch = generation - 1;
+    commit.member_id = s(&me);
+    let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
+    t.name = TopicName(s("no-matter"));
+    let mut p = offset_commit_request::OffsetCommitRequestPartition::default();
+    p.committed_offset = 5;
+    t.partitions = vec![p];
+    commit.topics = vec![t];
+    let r: OffsetCommitResponse = conn.call(ApiKey::OffsetCommit, 8, &commit);
+    assert_eq!(r.topics[0].partitions[0].error_code, 22, "stale generation cannot commit");
+    assert_eq!(state(&mut conn), ("Stable".to_string(), 1), "the group is undisturbed");
+    assert_eq!(heartbeat(&mut conn, &me, generation), 0);
+
+    // A non-empty group cannot be deleted; after the member leaves it can.
+    let mut del = DeleteGroupsRequest::default();
+    del.groups_names = vec![GroupId(s("fenced"))];
+    let r: DeleteGroupsResponse = conn.call(ApiKey::DeleteGroups, 2, &del);
+    assert_eq!(r.results[0].error_code, 68, "NON_EMPTY_GROUP");
+    let mut leave = LeaveGroupRequest::default();
+    leave.group_id = GroupId(s("fenced"));
+    let mut who = leave_group_request::MemberIdentity::default();
+    who.member_id = s(&me);
+    leave.members = vec![who];
+    let r: LeaveGroupResponse = conn.call(ApiKey::LeaveGroup, 4, &leave);
+    assert_eq!((r.error_code, r.members[0].error_code), (0, 0));
+    assert_eq!(state(&mut conn), ("Empty".to_string(), 0));
+    let r: DeleteGroupsResponse = conn.call(ApiKey::DeleteGroups, 2, &del);
+    assert_eq!(r.results[0].error_code, 0);
+    let r: DeleteGroupsResponse = conn.call(ApiKey::DeleteGroups, 2, &del);
+    assert_eq!(r.results[0].error_code, 69, "GROUP_ID_NOT_FOUND");
+}
+
+#[test]
+fn silent_member_is_expired_after_its_session() {
+    let broker = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    let me = join(&mut conn, "", "consumer", 6_000).member_id.to_string();
+    let joined = join(&mut conn, &me, "consumer", 6_000);
+    assert_eq!(sync(&mut conn, &me, joined.generation_id, true).error_code, 0);
+    assert_eq!(state(&mut conn).0, "Stable");
+    // No heartbeats: after the 6 s session the member is gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while state(&mut conn).1 != 0 {
+        assert!(std::time::Instant::now() < deadline, "member was never expired");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(state(&mut conn).0, "Empty");
+    assert_eq!(heartbeat(&mut conn, &me, joined.generation_id), 25);
+}
