@@ -54,6 +54,8 @@ pub struct BrokerConfig {
     pub log_message_timestamp_type: String,
     /// `log.retention.check.interval.ms`
     pub log_retention_check_interval_ms: u64,
+    /// `log.cleaner.backoff.ms`: pause between compaction passes.
+    pub log_cleaner_backoff_ms: u64,
     /// When produced data is fsync'd.
     pub fsync: FsyncPolicy,
     /// Prometheus metrics endpoint (host:port); off when unset.
@@ -82,6 +84,7 @@ impl Default for BrokerConfig {
             log_index_size_max_bytes: 10 * 1024 * 1024,
             log_message_timestamp_type: "CreateTime".into(),
             log_retention_check_interval_ms: 300_000,
+            log_cleaner_backoff_ms: 15_000,
             fsync: FsyncPolicy::AcksAll,
             metrics_listen: None,
             offsets_topic_num_partitions: 50,
@@ -120,6 +123,8 @@ pub struct Args {
     pub message_max_bytes: Option<usize>,
     #[arg(long)]
     pub log_retention_check_interval_ms: Option<u64>,
+    #[arg(long)]
+    pub log_cleaner_backoff_ms: Option<u64>,
     #[arg(long, value_enum)]
     pub fsync: Option<FsyncPolicy>,
     #[arg(long)]
@@ -162,6 +167,7 @@ impl BrokerConfig {
             log_retention_bytes,
             message_max_bytes,
             log_retention_check_interval_ms,
+            log_cleaner_backoff_ms,
             fsync
         );
         if args.advertised_listener.is_some() {
@@ -215,6 +221,7 @@ impl BrokerConfig {
             ("segment.index.bytes", self.log_index_size_max_bytes.to_string()),
             ("message.timestamp.type", self.log_message_timestamp_type.clone()),
             ("min.insync.replicas", "1".into()),
+            ("delete.retention.ms", "86400000".into()),
         ]
     }
 }

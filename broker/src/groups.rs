@@ -188,8 +188,8 @@ impl GroupCoordinator {
             Some(meta) => meta.partitions,
             None => {
                 let mut configs = BTreeMap::new();
-                // Until compaction lands, nothing may age out of this topic.
-                configs.insert("retention.ms".to_string(), "-1".to_string());
+                // Only the newest offset of each partition and group matters.
+                configs.insert("cleanup.policy".to_string(), "compact".to_string());
                 configs.insert("segment.bytes".to_string(), (100 * 1024 * 1024).to_string());
                 topics
                     .create_internal(OFFSETS_TOPIC, partitions, configs)

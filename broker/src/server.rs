@@ -95,6 +95,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
     let tasks = vec![
         tokio::spawn(accept_loop(broker.clone(), listener, shutdown_rx.clone())),
         tokio::spawn(retention_loop(broker.clone(), shutdown_rx.clone())),
+        tokio::spawn(cleaner_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(session_expiry_loop(broker.clone(), shutdown_rx)),
     ];
     tracing::info!(%local_addr, data_dir = %broker.config.data_dir.display(), "fjord listening");
@@ -127,6 +128,30 @@ async fn session_expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<
             _ = stopped(&mut shutdown) => return,
         }
         broker.groups.expire_sessions();
+    }
+}
+
+/// Compacts logs whose cleanup.policy includes compact.
+async fn cleaner_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let every = Duration::from_millis(broker.config.log_cleaner_backoff_ms.max(10));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        let logs: Vec<_> = broker.topics.all_logs().into_iter().filter(|l| l.config().compact).collect();
+        let now = now_ms();
+        let _ = tokio::task::spawn_blocking(move || {
+            for log in logs {
+                if log.is_deleted() {
+                    continue;
+                }
+                if let Err(e) = log.compact(now) {
+                    tracing::warn!(log = %log.dir().display(), error = %e, "compaction failed");
+                }
+            }
+        })
+        .await;
     }
 }
 

@@ -31,8 +31,9 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         broker_name: "log.cleanup.policy",
         kind: Kind::List,
         min: 0,
-        allowed: &["delete"],
-        doc: "Retention policy for old segments. Only delete is served until compaction lands.",
+        allowed: &["delete", "compact"],
+        doc:
+            "delete: old segments go by retention.ms/retention.bytes; compact: only the newest record per key is kept.",
     },
     ConfigDef {
         name: "segment.bytes",
@@ -99,6 +100,14 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         doc: "Whether record timestamps are the producer's or the broker's append time.",
     },
     ConfigDef {
+        name: "delete.retention.ms",
+        broker_name: "log.cleaner.delete.retention.ms",
+        kind: Kind::Long,
+        min: 0,
+        allowed: &[],
+        doc: "How long compaction keeps tombstones (records with a null value).",
+    },
+    ConfigDef {
         name: "min.insync.replicas",
         broker_name: "min.insync.replicas",
         kind: Kind::Int,
@@ -131,7 +140,16 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
                 ));
             }
         }
-        Kind::String | Kind::List => {
+        Kind::List => {
+            let items: Vec<&str> = value.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+            if items.is_empty() || items.iter().any(|i| !d.allowed.is_empty() && !d.allowed.contains(i)) {
+                return Err(format!(
+                    "Invalid value {value} for configuration {name}: items must be from: {}",
+                    d.allowed.join(", ")
+                ));
+            }
+        }
+        Kind::String => {
             if !d.allowed.is_empty() && !d.allowed.contains(&value.trim()) {
                 return Err(format!(
                     "Invalid value {value} for configuration {name}: String must be one of: {}",
@@ -167,6 +185,9 @@ pub fn log_config(overrides: &BTreeMap<String, String>, defaults: &BTreeMap<Stri
         max_message_bytes: num("max.message.bytes", base.max_message_bytes as i64).max(0) as usize,
         index_interval_bytes: num("index.interval.bytes", 4096).max(0) as u64,
         segment_index_bytes: num("segment.index.bytes", base.segment_index_bytes as i64).max(4096) as usize,
+        compact: get("cleanup.policy").split(',').any(|p| p.trim() == "compact"),
+        delete: get("cleanup.policy").split(',').any(|p| p.trim() == "delete"),
+        delete_retention_ms: num("delete.retention.ms", base.delete_retention_ms),
         timestamp_type: if get("message.timestamp.type") == "LogAppendTime" {
             TimestampType::LogAppendTime
         } else {
@@ -188,7 +209,10 @@ mod tests {
         assert!(validate("message.timestamp.type", "LogAppendTime").is_ok());
         assert!(validate("message.timestamp.type", "Whenever").is_err());
         assert!(validate("no.such.config", "1").is_err());
-        assert!(validate("cleanup.policy", "compact").is_err());
+        assert!(validate("cleanup.policy", "compact").is_ok());
+        assert!(validate("cleanup.policy", "compact,delete").is_ok());
+        assert!(validate("cleanup.policy", "shred").is_err());
+        assert!(validate("cleanup.policy", "").is_err());
     }
 
     #[test]

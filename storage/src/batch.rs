@@ -143,8 +143,20 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader> {
             h.last_offset_delta, h.records_count
         )));
     }
-    // Control batches and compacted batches may have fewer records than the
-    // offset span; a producer's fresh batch always has count == delta + 1.
+    // Compaction leaves batches with fewer records than their offset span.
+    if h.records_count as i64 > h.last_offset_delta as i64 + 1 {
+        return Err(LogError::Corrupt(format!(
+            "record count {} exceeds the offset span of lastOffsetDelta {}",
+            h.records_count, h.last_offset_delta
+        )));
+    }
+    Ok(h)
+}
+
+/// `validate`, plus what holds for a batch fresh from a producer: every
+/// offset of its span has a record.
+pub fn validate_produced(batch: &[u8]) -> Result<BatchHeader> {
+    let h = validate(batch)?;
     if h.records_count == 0 || h.records_count as i64 != h.last_offset_delta as i64 + 1 {
         return Err(LogError::Corrupt(format!(
             "record count {} does not match lastOffsetDelta {}",
@@ -175,7 +187,7 @@ pub fn split_and_validate(payload: &[u8], max_batch_bytes: usize) -> Result<Vec<
         if total > rest.len() {
             return Err(LogError::Corrupt(format!("batch of {total} bytes but only {} remain", rest.len())));
         }
-        let h = validate(&rest[..total])?;
+        let h = validate_produced(&rest[..total])?;
         out.push((pos, h));
         pos += total;
     }
@@ -296,7 +308,12 @@ mod tests {
         b[RECORDS_COUNT..RECORDS_COUNT + 4].copy_from_slice(&3i32.to_be_bytes());
         let crc = compute_crc(&b);
         b[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
-        assert!(validate(&b).is_err());
+        assert!(validate(&b).is_err(), "more records than offsets");
+        b[RECORDS_COUNT..RECORDS_COUNT + 4].copy_from_slice(&1i32.to_be_bytes());
+        let crc = compute_crc(&b);
+        b[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        assert!(validate(&b).is_ok(), "a compacted batch may have gaps");
+        assert!(validate_produced(&b).is_err(), "a producer's batch may not");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! segments holding Kafka v2 record batches exactly as producers sent them.
 
 pub mod batch;
+pub mod compact;
 pub mod epoch;
 pub mod error;
 pub mod index;
