@@ -9,6 +9,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use fjord_storage::PartitionLog;
+
 use crate::api::fetch_session::FetchSessions;
 use crate::config::BrokerConfig;
 use crate::connection;
@@ -94,8 +96,20 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
     }
     let tasks = vec![
         tokio::spawn(accept_loop(broker.clone(), listener, shutdown_rx.clone())),
-        tokio::spawn(retention_loop(broker.clone(), shutdown_rx.clone())),
-        tokio::spawn(cleaner_loop(broker.clone(), shutdown_rx.clone())),
+        tokio::spawn(log_pass_loop(
+            broker.clone(),
+            shutdown_rx.clone(),
+            Duration::from_millis(broker.config.log_retention_check_interval_ms.max(10)),
+            "retention",
+            retention_pass,
+        )),
+        tokio::spawn(log_pass_loop(
+            broker.clone(),
+            shutdown_rx.clone(),
+            Duration::from_millis(broker.config.log_cleaner_backoff_ms.max(10)),
+            "compaction",
+            compaction_pass,
+        )),
         tokio::spawn(session_expiry_loop(broker.clone(), shutdown_rx)),
     ];
     tracing::info!(%local_addr, data_dir = %broker.config.data_dir.display(), "fjord listening");
@@ -131,32 +145,15 @@ async fn session_expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<
     }
 }
 
-/// Compacts logs whose cleanup.policy includes compact.
-async fn cleaner_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
-    let every = Duration::from_millis(broker.config.log_cleaner_backoff_ms.max(10));
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stopped(&mut shutdown) => return,
-        }
-        let logs: Vec<_> = broker.topics.all_logs().into_iter().filter(|l| l.config().compact).collect();
-        let now = now_ms();
-        let _ = tokio::task::spawn_blocking(move || {
-            for log in logs {
-                if log.is_deleted() {
-                    continue;
-                }
-                if let Err(e) = log.compact(now) {
-                    tracing::warn!(log = %log.dir().display(), error = %e, "compaction failed");
-                }
-            }
-        })
-        .await;
-    }
-}
-
-async fn retention_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
-    let every = Duration::from_millis(broker.config.log_retention_check_interval_ms.max(10));
+/// Runs `work` on every live log, off the runtime, every `every`, until
+/// shutdown. Retention and compaction are both such passes.
+async fn log_pass_loop(
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+    every: Duration,
+    what: &'static str,
+    work: fn(&PartitionLog, i64) -> fjord_storage::Result<()>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -165,17 +162,23 @@ async fn retention_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>
         let logs = broker.topics.all_logs();
         let now = now_ms();
         let _ = tokio::task::spawn_blocking(move || {
-            for log in logs {
-                if log.is_deleted() {
-                    continue;
-                }
-                if let Err(e) = log.apply_retention(now) {
-                    tracing::warn!(log = %log.dir().display(), error = %e, "retention failed");
+            for log in logs.iter().filter(|l| !l.is_deleted()) {
+                if let Err(e) = work(log, now) {
+                    tracing::warn!(log = %log.dir().display(), error = %e, "{what} failed");
                 }
             }
         })
         .await;
     }
+}
+
+fn retention_pass(log: &PartitionLog, now: i64) -> fjord_storage::Result<()> {
+    log.apply_retention(now).map(|_| ())
+}
+
+fn compaction_pass(log: &PartitionLog, now: i64) -> fjord_storage::Result<()> {
+    // compact() itself returns at once for logs that are not compacted.
+    log.compact(now).map(|_| ())
 }
 
 impl RunningBroker {
