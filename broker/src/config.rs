@@ -56,6 +56,11 @@ pub struct BrokerConfig {
     pub log_retention_check_interval_ms: u64,
     /// `log.cleaner.backoff.ms`: pause between compaction passes.
     pub log_cleaner_backoff_ms: u64,
+    /// Kafka's `offsets.retention.minutes`, in ms: committed offsets of a
+    /// group without members are kept this long.
+    pub offsets_retention_ms: i64,
+    /// `offsets.retention.check.interval.ms`
+    pub offsets_retention_check_interval_ms: u64,
     /// When produced data is fsync'd.
     pub fsync: FsyncPolicy,
     /// Prometheus metrics endpoint (host:port); off when unset.
@@ -85,6 +90,8 @@ impl Default for BrokerConfig {
             log_message_timestamp_type: "CreateTime".into(),
             log_retention_check_interval_ms: 300_000,
             log_cleaner_backoff_ms: 15_000,
+            offsets_retention_ms: 7 * 24 * 3600 * 1000,
+            offsets_retention_check_interval_ms: 600_000,
             fsync: FsyncPolicy::AcksAll,
             metrics_listen: None,
             offsets_topic_num_partitions: 50,
@@ -125,6 +132,10 @@ pub struct Args {
     pub log_retention_check_interval_ms: Option<u64>,
     #[arg(long)]
     pub log_cleaner_backoff_ms: Option<u64>,
+    #[arg(long)]
+    pub offsets_retention_ms: Option<i64>,
+    #[arg(long)]
+    pub offsets_retention_check_interval_ms: Option<u64>,
     #[arg(long, value_enum)]
     pub fsync: Option<FsyncPolicy>,
     #[arg(long)]
@@ -168,6 +179,8 @@ impl BrokerConfig {
             message_max_bytes,
             log_retention_check_interval_ms,
             log_cleaner_backoff_ms,
+            offsets_retention_ms,
+            offsets_retention_check_interval_ms,
             fsync
         );
         if args.advertised_listener.is_some() {

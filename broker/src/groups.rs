@@ -117,6 +117,10 @@ pub struct Group {
     pub offsets: BTreeMap<(String, i32), CommittedOffset>,
     /// Bumped whenever a rebalance starts or ends, so stale timers do nothing.
     rebalance_seq: u64,
+    /// Wall clock when the group last became empty (offsets expire from it).
+    empty_since_ms: i64,
+    /// Static members (KIP-345): group.instance.id → member id.
+    pub instances: HashMap<String, String>,
 }
 
 impl Group {
@@ -131,6 +135,8 @@ impl Group {
             pending: HashMap::new(),
             offsets: BTreeMap::new(),
             rebalance_seq: 0,
+            empty_since_ms: now_ms(),
+            instances: HashMap::new(),
         }
     }
 }
@@ -398,6 +404,7 @@ impl GroupCoordinator {
             group.state = GroupState::Empty;
             group.protocol = None;
             group.leader = None;
+            group.empty_since_ms = now_ms();
             tracing::info!(group = group_id, generation = group.generation, "group is empty");
             return;
         }
@@ -588,6 +595,7 @@ impl GroupCoordinator {
             GroupState::Stable | GroupState::CompletingRebalance => {
                 if group.members.is_empty() {
                     group.state = GroupState::Empty;
+                    group.empty_since_ms = now_ms();
                     group.generation += 1;
                     group.protocol = None;
                     group.leader = None;
@@ -634,6 +642,53 @@ impl GroupCoordinator {
                 tracing::info!(group = %gid, member = %id, "member session expired");
             }
             self.after_member_removed(&gid, group);
+        }
+    }
+
+    /// Kafka's offsets.retention: offsets of a group that has had no members
+    /// for `retention_ms` go (for standalone consumers, counted from the
+    /// commit). A group left with nothing is forgotten.
+    pub fn expire_offsets(&self, topics: &Topics, retention_ms: i64) {
+        let now = now_ms();
+        let mut groups = self.lock();
+        let ids: Vec<String> = groups.keys().cloned().collect();
+        for gid in ids {
+            let Some(group) = groups.get_mut(&gid) else { continue };
+            if !group.members.is_empty() {
+                continue;
+            }
+            let since = group.empty_since_ms;
+            let expired: Vec<(String, i32)> = group
+                .offsets
+                .iter()
+                .filter(|(_, c)| now - c.commit_ms.max(since) >= retention_ms)
+                .map(|(k, _)| k.clone())
+                .collect();
+            let forget = group.offsets.len() == expired.len() && now - since >= retention_ms;
+            if expired.is_empty() && !forget {
+                continue;
+            }
+            let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = expired
+                .iter()
+                .map(|(t, p)| {
+                    let key = RecordKey::Offset { group: gid.clone(), topic: t.clone(), partition: *p };
+                    (serde_json::to_vec(&key).unwrap_or_default(), None)
+                })
+                .collect();
+            if forget {
+                records.push((serde_json::to_vec(&RecordKey::Group { group: gid.clone() }).unwrap_or_default(), None));
+            }
+            if let Err(e) = self.persist(topics, &gid, &records) {
+                tracing::warn!(group = %gid, error = ?e, "could not expire offsets");
+                continue;
+            }
+            for k in &expired {
+                group.offsets.remove(k);
+            }
+            tracing::info!(group = %gid, expired = expired.len(), "expired committed offsets");
+            if forget {
+                groups.remove(&gid);
+            }
         }
     }
 

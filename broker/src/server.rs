@@ -134,14 +134,24 @@ async fn accept_loop(broker: Arc<Broker>, listener: TcpListener, mut shutdown: w
     }
 }
 
-/// Removes group members whose session timed out.
+/// Removes group members whose session timed out and, less often, expired
+/// committed offsets.
 async fn session_expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let offsets_every = Duration::from_millis(broker.config.offsets_retention_check_interval_ms.max(10));
+    let mut last_offsets_check = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = stopped(&mut shutdown) => return,
         }
         broker.groups.expire_sessions();
+        if last_offsets_check.elapsed() >= offsets_every {
+            last_offsets_check = tokio::time::Instant::now();
+            let b = broker.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || b.groups.expire_offsets(&b.topics, b.config.offsets_retention_ms))
+                    .await;
+        }
     }
 }
 

@@ -132,3 +132,53 @@ fn silent_member_is_expired_after_its_session() {
     assert_eq!(state(&mut conn).0, "Empty");
     assert_eq!(heartbeat(&mut conn, &me, joined.generation_id), 25);
 }
+
+fn commit(conn: &mut RawConn, group: &str, generation: i32, member: &str, topic: &str, offset: i64) -> i16 {
+    let mut req = OffsetCommitRequest::default();
+    req.group_id = GroupId(s(group));
+    req.generation_id_or_member_epoch = generation;
+    req.member_id = s(member);
+    let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
+    t.name = TopicName(s(topic));
+    let mut p = offset_commit_request::OffsetCommitRequestPartition::default();
+    p.committed_offset = offset;
+    t.partitions = vec![p];
+    req.topics = vec![t];
+    let r: OffsetCommitResponse = conn.call(ApiKey::OffsetCommit, 8, &req);
+    r.topics[0].partitions[0].error_code
+}
+
+fn committed(conn: &mut RawConn, group: &str, topic: &str) -> i64 {
+    let mut t = offset_fetch_request::OffsetFetchRequestTopic::default();
+    t.name = TopicName(s(topic));
+    t.partition_indexes = vec![0];
+    let mut req = OffsetFetchRequest::default();
+    req.group_id = GroupId(s(group));
+    req.topics = Some(vec![t]);
+    let r: OffsetFetchResponse = conn.call(ApiKey::OffsetFetch, 7, &req);
+    r.topics[0].partitions[0].committed_offset
+}
+
+#[test]
+fn offsets_expire_only_once_a_group_is_empty() {
+    let broker =
+        BrokerProcess::start(&["--offsets-retention-ms", "800", "--offsets-retention-check-interval-ms", "50"]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    fjord_compat_tests::wire::create_topic(&mut conn, "kept", 1, &[]);
+    // The "fenced" group has a live member that commits and keeps heartbeating.
+    let me = join(&mut conn, "", "consumer", 6_000).member_id.to_string();
+    let joined = join(&mut conn, &me, "consumer", 6_000);
+    assert_eq!(sync(&mut conn, &me, joined.generation_id, true).error_code, 0);
+    assert_eq!(commit(&mut conn, "fenced", joined.generation_id, &me, "kept", 11), 0);
+    // A standalone consumer's commit, in a group nobody is a member of.
+    assert_eq!(commit(&mut conn, "standalone", -1, "", "kept", 22), 0);
+    let start = std::time::Instant::now();
+    let deadline = start + std::time::Duration::from_secs(30);
+    while committed(&mut conn, "standalone", "kept") != -1 {
+        assert!(std::time::Instant::now() < deadline, "standalone offsets never expired");
+        assert_eq!(heartbeat(&mut conn, &me, joined.generation_id), 0);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(start.elapsed() >= std::time::Duration::from_millis(700), "not before the retention");
+    assert_eq!(committed(&mut conn, "fenced", "kept"), 11, "a group with members keeps its offsets");
+}
