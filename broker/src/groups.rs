@@ -299,7 +299,43 @@ impl GroupCoordinator {
             }
         }
         let now = Instant::now();
-        let member_id = if req.member_id.is_empty() {
+        // Static members (group.instance.id) are known by their instance id:
+        // a restart rejoins with no member id and takes its old place.
+        let mut static_rejoin = false;
+        let member_id = if let Some(iid) = &req.instance_id {
+            match group.instances.get(iid).cloned() {
+                Some(current) if !req.member_id.is_empty() && req.member_id != current => {
+                    return Reply::Now(JoinResult::error(ResponseError::FencedInstanceId, &req.member_id));
+                }
+                Some(current) if req.member_id.is_empty() => {
+                    let id = format!("{iid}-{}", uuid::Uuid::new_v4());
+                    if let Some(mut m) = group.members.remove(&current) {
+                        // Whoever still runs under the old id is fenced.
+                        if let Some(tx) = m.join_tx.take() {
+                            let _ = tx.send(JoinResult::error(ResponseError::FencedInstanceId, &current));
+                        }
+                        if let Some(tx) = m.sync_tx.take() {
+                            let _ = tx.send(SyncResult::error(ResponseError::FencedInstanceId));
+                        }
+                        m.member_id = id.clone();
+                        group.members.insert(id.clone(), m);
+                    }
+                    if group.leader.as_deref() == Some(current.as_str()) {
+                        group.leader = Some(id.clone());
+                    }
+                    group.instances.insert(iid.clone(), id.clone());
+                    static_rejoin = true;
+                    id
+                }
+                Some(current) => current,
+                None if req.member_id.is_empty() => {
+                    let id = format!("{iid}-{}", uuid::Uuid::new_v4());
+                    group.instances.insert(iid.clone(), id.clone());
+                    id
+                }
+                None => return Reply::Now(JoinResult::error(ResponseError::UnknownMemberId, &req.member_id)),
+            }
+        } else if req.member_id.is_empty() {
             let id = format!("{}-{}", req.client_id, uuid::Uuid::new_v4());
             if req.require_known_member_id {
                 group.pending.insert(id.clone(), now);
@@ -310,16 +346,30 @@ impl GroupCoordinator {
             req.member_id.clone()
         };
         let known = group.members.contains_key(&member_id);
-        if !known && group.pending.remove(&member_id).is_none() && !req.member_id.is_empty() {
+        if !known
+            && group.pending.remove(&member_id).is_none()
+            && !req.member_id.is_empty()
+            && req.instance_id.is_none()
+        {
             return Reply::Now(JoinResult::error(ResponseError::UnknownMemberId, &member_id));
         }
         let (tx, rx) = oneshot::channel();
         if let Some(m) = group.members.get_mut(&member_id) {
             let unchanged = m.protocols == req.protocols;
             m.last_seen = now;
-            // A follower re-joining a stable group with nothing new gets the
-            // current generation back without disturbing anyone.
-            if unchanged && group.state == GroupState::Stable && group.leader.as_deref() != Some(member_id.as_str()) {
+            // A follower re-joining a stable group with nothing new (or a
+            // restarted static member) gets the current generation back
+            // without disturbing anyone. A leader rejoin rebalances, so it
+            // sees the members it must assign.
+            // A restarted static member's metadata differs (it owns nothing
+            // yet); like Kafka, only a protocol it cannot speak forces a round.
+            let speaks_current = group.protocol.as_ref().is_some_and(|p| req.protocols.iter().any(|(n, _)| n == p));
+            let quiet = unchanged || (static_rejoin && speaks_current);
+            if quiet && group.state == GroupState::Stable && group.leader.as_deref() != Some(member_id.as_str()) {
+                if static_rejoin {
+                    m.protocols = req.protocols;
+                    m.session_timeout = Duration::from_millis(req.session_timeout_ms as u64);
+                }
                 return Reply::Now(JoinResult {
                     error: None,
                     generation: group.generation,
@@ -398,6 +448,7 @@ impl GroupCoordinator {
     /// generation starts, and every waiting member gets its answer.
     fn complete_join(self: &Arc<Self>, group_id: &str, group: &mut Group) {
         group.members.retain(|_, m| m.join_tx.is_some());
+        prune_instances(group);
         group.generation += 1;
         group.rebalance_seq += 1;
         if group.members.is_empty() {
@@ -464,15 +515,19 @@ impl GroupCoordinator {
         topics: &Arc<Topics>,
         group_id: &str,
         generation: i32,
-        member_id: &str,
+        member: (&str, Option<&str>),
         protocol_type: Option<&str>,
         protocol_name: Option<&str>,
         assignments: Vec<(String, Bytes)>,
     ) -> Reply<SyncResult> {
+        let (member_id, instance_id) = member;
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(group_id) else {
             return Reply::Now(SyncResult::error(ResponseError::UnknownMemberId));
         };
+        if Self::fenced(group, member_id, instance_id) {
+            return Reply::Now(SyncResult::error(ResponseError::FencedInstanceId));
+        }
         if !group.members.contains_key(member_id) {
             return Reply::Now(SyncResult::error(ResponseError::UnknownMemberId));
         }
@@ -535,9 +590,24 @@ impl GroupCoordinator {
         }
     }
 
-    pub fn heartbeat(&self, group_id: &str, generation: i32, member_id: &str) -> Option<ResponseError> {
+    /// FENCED_INSTANCE_ID when a static member's instance now belongs to
+    /// another member id (a newer process took its place).
+    fn fenced(group: &Group, member_id: &str, instance_id: Option<&str>) -> bool {
+        instance_id.is_some_and(|iid| group.instances.get(iid).is_some_and(|m| m != member_id))
+    }
+
+    pub fn heartbeat(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> Option<ResponseError> {
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(group_id) else { return Some(ResponseError::UnknownMemberId) };
+        if Self::fenced(group, member_id, instance_id) {
+            return Some(ResponseError::FencedInstanceId);
+        }
         let state = group.state;
         let gen = group.generation;
         let Some(m) = group.members.get_mut(member_id) else { return Some(ResponseError::UnknownMemberId) };
@@ -552,11 +622,12 @@ impl GroupCoordinator {
         }
     }
 
-    /// Removes members; each gets its own error (UNKNOWN_MEMBER_ID if absent).
+    /// Removes members named by member id and/or instance id; each gets its
+    /// own error (UNKNOWN_MEMBER_ID if absent, FENCED_INSTANCE_ID if stale).
     pub fn leave(
         self: &Arc<Self>,
         group_id: &str,
-        members: &[String],
+        members: &[(String, Option<String>)],
     ) -> (Option<ResponseError>, Vec<Option<ResponseError>>) {
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(group_id) else {
@@ -567,11 +638,19 @@ impl GroupCoordinator {
         };
         let mut results = Vec::new();
         let mut removed = false;
-        for id in members {
-            match group.members.remove(id) {
+        for (given, instance) in members {
+            let id = match instance.as_ref().and_then(|iid| group.instances.get(iid)) {
+                Some(current) if !given.is_empty() && given != current => {
+                    results.push(Some(ResponseError::FencedInstanceId));
+                    continue;
+                }
+                Some(current) => current.clone(),
+                None => given.clone(),
+            };
+            match group.members.remove(&id) {
                 Some(m) => {
                     if let Some(tx) = m.join_tx {
-                        let _ = tx.send(JoinResult::error(ResponseError::UnknownMemberId, id));
+                        let _ = tx.send(JoinResult::error(ResponseError::UnknownMemberId, &id));
                     }
                     if let Some(tx) = m.sync_tx {
                         let _ = tx.send(SyncResult::error(ResponseError::UnknownMemberId));
@@ -591,6 +670,7 @@ impl GroupCoordinator {
     }
 
     fn after_member_removed(self: &Arc<Self>, group_id: &str, group: &mut Group) {
+        prune_instances(group);
         match group.state {
             GroupState::Stable | GroupState::CompletingRebalance => {
                 if group.members.is_empty() {
@@ -693,11 +773,20 @@ impl GroupCoordinator {
     }
 
     /// Validates a commit against the group's membership; None means allowed.
-    pub fn check_commit(&self, group_id: &str, generation: i32, member_id: &str) -> Option<ResponseError> {
+    pub fn check_commit(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> Option<ResponseError> {
         let groups = self.lock();
         let Some(group) = groups.get(group_id) else {
             return if generation < 0 { None } else { Some(ResponseError::IllegalGeneration) };
         };
+        if Self::fenced(group, member_id, instance_id) {
+            return Some(ResponseError::FencedInstanceId);
+        }
         if generation < 0 && member_id.is_empty() {
             // A standalone consumer may commit only while no one is a member.
             return if group.members.is_empty() { None } else { Some(ResponseError::UnknownMemberId) };
@@ -842,6 +931,12 @@ impl GroupCoordinator {
         }
         Ok(results)
     }
+}
+
+/// Forgets instance ids whose member is gone.
+fn prune_instances(group: &mut Group) {
+    let members = &group.members;
+    group.instances.retain(|_, m| members.contains_key(m));
 }
 
 fn apply_record(groups: &mut HashMap<String, Group>, key: RecordKey, value: Option<&[u8]>) {

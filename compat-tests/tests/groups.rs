@@ -30,3 +30,73 @@ fn roundrobin_assignor() {
 fn cooperative_sticky_assignor() {
     run("cooperative-sticky");
 }
+
+#[test]
+fn static_membership() {
+    let broker = BrokerProcess::start(&[]);
+    let out = run_client(
+        Command::new(python()).arg(clients_dir().join("python/static_suite.py")).arg(broker.bootstrap()),
+        Duration::from_secs(240),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("passed"));
+}
+
+#[test]
+fn kafka_python_group_resumes_from_committed_offsets() {
+    let broker = BrokerProcess::start(&[]);
+    let out = run_client(
+        Command::new(python()).arg(clients_dir().join("python/kafka_python_groups.py")).arg(broker.bootstrap()),
+        Duration::from_secs(240),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("passed"));
+}
+
+/// kcat -G: a balanced consumer commits, and the next one in the group
+/// starts exactly where it stopped.
+#[test]
+fn kcat_group_resumes_from_committed_offsets() {
+    use std::io::Write;
+    let broker = BrokerProcess::start(&["--num-partitions", "4"]);
+    let b = broker.bootstrap();
+    let produce = |from: usize, to: usize| {
+        let mut child = Command::new("kcat")
+            .args(["-b", &b, "-t", "kcat-group", "-P", "-K", ":"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("kcat");
+        let lines: String = (from..to).map(|i| format!("k{i}:v{i}\n")).collect();
+        child.stdin.take().expect("stdin").write_all(lines.as_bytes()).expect("write");
+        assert!(child.wait().expect("kcat").success());
+    };
+    let consume = |count: usize| -> Vec<String> {
+        let out = run_client(
+            Command::new("kcat").args([
+                "-b",
+                &b,
+                "-G",
+                "kcat-group-g",
+                "kcat-group",
+                "-c",
+                &count.to_string(),
+                "-f",
+                "%k\\n",
+                "-X",
+                "auto.offset.reset=earliest",
+                "-X",
+                "auto.commit.interval.ms=100",
+            ]),
+            Duration::from_secs(90),
+        );
+        let mut keys: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(|l| l.to_string()).collect();
+        keys.sort();
+        keys
+    };
+    produce(0, 100);
+    let mut want: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+    want.sort();
+    assert_eq!(consume(100), want);
+    produce(100, 150);
+    let mut want: Vec<String> = (100..150).map(|i| format!("k{i}")).collect();
+    want.sort();
+    assert_eq!(consume(50), want, "the second consumer starts at the committed offsets");
+}

@@ -130,7 +130,7 @@ pub async fn sync_group(broker: Arc<Broker>, h: &RequestHeader, req: SyncGroupRe
         &broker.topics,
         &req.group_id.0,
         req.generation_id,
-        &req.member_id,
+        (&req.member_id, req.group_instance_id.as_deref()),
         req.protocol_type.as_deref(),
         req.protocol_name.as_deref(),
         assignments,
@@ -150,16 +150,20 @@ pub async fn sync_group(broker: Arc<Broker>, h: &RequestHeader, req: SyncGroupRe
 }
 
 pub async fn heartbeat(broker: Arc<Broker>, _h: &RequestHeader, req: HeartbeatRequest) -> Option<HeartbeatResponse> {
-    let err = broker.groups.heartbeat(&req.group_id.0, req.generation_id, &req.member_id);
+    let err =
+        broker.groups.heartbeat(&req.group_id.0, req.generation_id, &req.member_id, req.group_instance_id.as_deref());
     Some(mk!(HeartbeatResponse { error_code: code(err) }))
 }
 
 pub async fn leave_group(broker: Arc<Broker>, h: &RequestHeader, req: LeaveGroupRequest) -> Option<LeaveGroupResponse> {
     let version = h.request_api_version;
-    let ids: Vec<String> = if version >= 3 {
-        req.members.iter().map(|m| m.member_id.to_string()).collect()
+    let ids: Vec<(String, Option<String>)> = if version >= 3 {
+        req.members
+            .iter()
+            .map(|m| (m.member_id.to_string(), m.group_instance_id.as_ref().map(|i| i.to_string())))
+            .collect()
     } else {
-        vec![req.member_id.to_string()]
+        vec![(req.member_id.to_string(), None)]
     };
     let (top, each) = broker.groups.leave(&req.group_id.0, &ids);
     if version >= 3 {
@@ -189,7 +193,12 @@ pub async fn offset_commit(
     let denied = if group.is_empty() {
         Some(ResponseError::InvalidGroupId)
     } else {
-        broker.groups.check_commit(&group, req.generation_id_or_member_epoch, &req.member_id)
+        broker.groups.check_commit(
+            &group,
+            req.generation_id_or_member_epoch,
+            &req.member_id,
+            req.group_instance_id.as_deref(),
+        )
     };
     let mut wanted = Vec::new();
     for t in &req.topics {
