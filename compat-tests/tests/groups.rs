@@ -7,13 +7,18 @@ use std::time::Duration;
 
 use fjord_compat_tests::{clients_dir, python, run_client, BrokerProcess};
 
-fn run(strategy: &str) {
+/// Runs a Python suite against a fresh broker; it prints "passed" on success.
+fn suite(script: &str, args: &[&str]) {
     let broker = BrokerProcess::start(&[]);
     let out = run_client(
-        Command::new(python()).arg(clients_dir().join("python/groups_suite.py")).arg(broker.bootstrap()).arg(strategy),
+        Command::new(python()).arg(clients_dir().join("python").join(script)).arg(broker.bootstrap()).args(args),
         Duration::from_secs(240),
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("passed"));
+}
+
+fn run(strategy: &str) {
+    suite("groups_suite.py", &[strategy]);
 }
 
 #[test]
@@ -33,22 +38,12 @@ fn cooperative_sticky_assignor() {
 
 #[test]
 fn static_membership() {
-    let broker = BrokerProcess::start(&[]);
-    let out = run_client(
-        Command::new(python()).arg(clients_dir().join("python/static_suite.py")).arg(broker.bootstrap()),
-        Duration::from_secs(240),
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("passed"));
+    suite("static_suite.py", &[]);
 }
 
 #[test]
 fn kafka_python_group_resumes_from_committed_offsets() {
-    let broker = BrokerProcess::start(&[]);
-    let out = run_client(
-        Command::new(python()).arg(clients_dir().join("python/kafka_python_groups.py")).arg(broker.bootstrap()),
-        Duration::from_secs(240),
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("passed"));
+    suite("kafka_python_groups.py", &[]);
 }
 
 /// kcat -G: a balanced consumer commits, and the next one in the group

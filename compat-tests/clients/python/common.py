@@ -2,6 +2,7 @@
 produces, and the checks made on what comes back."""
 
 import sys
+import time
 import uuid
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
@@ -46,3 +47,17 @@ def by_partition(recs):
     for _codec, part, key, value, headers in recs:
         want[part].append((key, value, headers))
     return want
+
+
+def wait_for(what, cond, timeout=60):
+    """Polls `cond` until it holds, failing the suite after `timeout` s."""
+    deadline = time.time() + timeout
+    while not cond():
+        check(time.time() < deadline, f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def covered_exactly_once(members, partitions):
+    """Every partition is assigned to exactly one member, and each member has some."""
+    seen = sorted(p for m in members for p in m.parts())
+    return seen == list(range(partitions)) and all(m.parts() for m in members)

@@ -5,12 +5,11 @@ record is lost."""
 
 import sys
 import threading
-import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from common import check, expect_equal, topic_name
+from common import check, covered_exactly_once, expect_equal, topic_name, wait_for
 
 bootstrap, strategy = sys.argv[1], sys.argv[2]
 PARTITIONS = 6
@@ -88,18 +87,6 @@ class Member:
         self.thread.join(30)
 
 
-def wait_for(what, cond, timeout=60):
-    deadline = time.time() + timeout
-    while not cond():
-        check(time.time() < deadline, f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def covered_exactly_once(members):
-    seen = []
-    for m in members:
-        seen.extend(m.parts())
-    return sorted(seen) == list(range(PARTITIONS)) and all(m.parts() for m in members)
 
 
 def all_consumed(members):
@@ -112,7 +99,7 @@ def all_consumed(members):
 gone = []
 produce(300, "first")
 members = [Member(f"m{i}") for i in range(3)]
-wait_for("three members sharing six partitions", lambda: covered_exactly_once(members))
+wait_for("three members sharing six partitions", lambda: covered_exactly_once(members, PARTITIONS))
 print("assignment:", {m.name: sorted(m.parts()) for m in members})
 wait_for("first records consumed", lambda: all_consumed(members))
 
@@ -121,7 +108,7 @@ before = {m.name: m.parts() for m in members}
 leaver = members.pop(0)
 leaver.leave()
 gone.append(leaver)
-wait_for("two members covering six partitions", lambda: covered_exactly_once(members))
+wait_for("two members covering six partitions", lambda: covered_exactly_once(members, PARTITIONS))
 if strategy == "cooperative-sticky":
     for m in members:
         check(before[m.name] <= m.parts(), f"{m.name} kept its partitions in a cooperative rebalance")
@@ -130,7 +117,7 @@ wait_for("records after the leave consumed", lambda: all_consumed(members))
 
 # A new member joins and gets a share.
 members.append(Member("m3"))
-wait_for("three members again", lambda: covered_exactly_once(members))
+wait_for("three members again", lambda: covered_exactly_once(members, PARTITIONS))
 produce(300, "third")
 wait_for("records after the join consumed", lambda: all_consumed(members))
 

@@ -4,12 +4,11 @@ rebalance, and a second process with the same instance id fences the first."""
 
 import sys
 import threading
-import time
 
 from confluent_kafka import Consumer, KafkaError
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from common import check, expect_equal, topic_name
+from common import covered_exactly_once, expect_equal, topic_name, wait_for
 
 bootstrap = sys.argv[1]
 PARTITIONS = 6
@@ -65,20 +64,10 @@ class Member:
         self.thread.join(30)
 
 
-def wait_for(what, cond, timeout=60):
-    deadline = time.time() + timeout
-    while not cond():
-        check(time.time() < deadline, f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def covered(members):
-    seen = sorted(p for m in members for p in m.parts())
-    return seen == list(range(PARTITIONS)) and all(m.parts() for m in members)
 
 
 members = [Member(f"static-{i}") for i in range(3)]
-wait_for("three static members sharing six partitions", lambda: covered(members))
+wait_for("three static members sharing six partitions", lambda: covered_exactly_once(members, PARTITIONS))
 before = {m.instance: m.parts() for m in members}
 revoked = {m.instance: m.revocations for m in members}
 
