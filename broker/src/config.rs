@@ -61,6 +61,10 @@ pub struct BrokerConfig {
     pub offsets_retention_ms: i64,
     /// `offsets.retention.check.interval.ms`
     pub offsets_retention_check_interval_ms: u64,
+    /// `group.consumer.session.timeout.ms` (KIP-848 groups).
+    pub group_consumer_session_timeout_ms: u64,
+    /// `group.consumer.heartbeat.interval.ms` (KIP-848 groups).
+    pub group_consumer_heartbeat_interval_ms: i32,
     /// When produced data is fsync'd.
     pub fsync: FsyncPolicy,
     /// Prometheus metrics endpoint (host:port); off when unset.
@@ -92,6 +96,8 @@ impl Default for BrokerConfig {
             log_cleaner_backoff_ms: 15_000,
             offsets_retention_ms: 7 * 24 * 3600 * 1000,
             offsets_retention_check_interval_ms: 600_000,
+            group_consumer_session_timeout_ms: 45_000,
+            group_consumer_heartbeat_interval_ms: 5_000,
             fsync: FsyncPolicy::AcksAll,
             metrics_listen: None,
             offsets_topic_num_partitions: 50,
@@ -136,6 +142,10 @@ pub struct Args {
     pub offsets_retention_ms: Option<i64>,
     #[arg(long)]
     pub offsets_retention_check_interval_ms: Option<u64>,
+    #[arg(long)]
+    pub group_consumer_session_timeout_ms: Option<u64>,
+    #[arg(long)]
+    pub group_consumer_heartbeat_interval_ms: Option<i32>,
     #[arg(long, value_enum)]
     pub fsync: Option<FsyncPolicy>,
     #[arg(long)]
@@ -181,6 +191,8 @@ impl BrokerConfig {
             log_cleaner_backoff_ms,
             offsets_retention_ms,
             offsets_retention_check_interval_ms,
+            group_consumer_session_timeout_ms,
+            group_consumer_heartbeat_interval_ms,
             fsync
         );
         if args.advertised_listener.is_some() {

@@ -7,6 +7,7 @@ mod macros;
 pub mod api;
 pub mod config;
 pub mod connection;
+pub mod consumer_groups;
 pub mod dispatch;
 pub mod groups;
 pub mod server;

@@ -14,6 +14,7 @@ use fjord_storage::PartitionLog;
 use crate::api::fetch_session::FetchSessions;
 use crate::config::BrokerConfig;
 use crate::connection;
+use crate::consumer_groups::ConsumerGroups;
 use crate::groups::GroupCoordinator;
 use crate::topics::Topics;
 
@@ -22,6 +23,7 @@ pub struct Broker {
     pub config: BrokerConfig,
     pub topics: Arc<Topics>,
     pub groups: Arc<GroupCoordinator>,
+    pub consumer_groups: ConsumerGroups,
     pub node_id: i32,
     /// host and port clients are told to use.
     pub advertised_host: String,
@@ -83,6 +85,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         advertised_port,
         topics,
         groups,
+        consumer_groups: ConsumerGroups::new(Duration::from_millis(config.group_consumer_session_timeout_ms)),
         fetch_sessions: FetchSessions::new(1000),
         shutdown: shutdown_rx.clone(),
         config,
@@ -145,6 +148,7 @@ async fn session_expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<
             _ = stopped(&mut shutdown) => return,
         }
         broker.groups.expire_sessions();
+        broker.consumer_groups.expire();
         if last_offsets_check.elapsed() >= offsets_every {
             last_offsets_check = tokio::time::Instant::now();
             let b = broker.clone();

@@ -1,6 +1,8 @@
-//! Consumer groups with librdkafka (confluent-kafka): three members on six
-//! partitions under each client-side assignor, a leave and a join, with
-//! committed offsets and no record lost.
+//! Consumer groups with real clients: three librdkafka members on six
+//! partitions under each client-side assignor and under the KIP-848
+//! protocol's server-side assignors, a leave, a join and a SIGKILL, with
+//! committed offsets and no record lost; static membership; kafka-python
+//! and kcat resuming from committed offsets.
 
 use std::process::Command;
 use std::time::Duration;
@@ -8,8 +10,14 @@ use std::time::Duration;
 use fjord_compat_tests::{clients_dir, python, run_client, BrokerProcess};
 
 /// Runs a Python suite against a fresh broker; it prints "passed" on success.
+/// KIP-848 timings are shortened so rebalances take a second, not a minute.
 fn suite(script: &str, args: &[&str]) {
-    let broker = BrokerProcess::start(&[]);
+    let broker = BrokerProcess::start(&[
+        "--group-consumer-heartbeat-interval-ms",
+        "300",
+        "--group-consumer-session-timeout-ms",
+        "6000",
+    ]);
     let out = run_client(
         Command::new(python()).arg(clients_dir().join("python").join(script)).arg(broker.bootstrap()).args(args),
         Duration::from_secs(240),
@@ -34,6 +42,26 @@ fn roundrobin_assignor() {
 #[test]
 fn cooperative_sticky_assignor() {
     run("cooperative-sticky");
+}
+
+#[test]
+fn consumer_protocol_uniform_assignor() {
+    run("consumer-uniform");
+}
+
+#[test]
+fn consumer_protocol_range_assignor() {
+    run("consumer-range");
+}
+
+#[test]
+fn classic_member_killed_with_sigkill() {
+    suite("kill_suite.py", &["range"]);
+}
+
+#[test]
+fn consumer_protocol_member_killed_with_sigkill() {
+    suite("kill_suite.py", &["consumer"]);
 }
 
 #[test]

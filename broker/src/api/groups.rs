@@ -89,6 +89,12 @@ pub async fn join_group(broker: Arc<Broker>, h: &RequestHeader, req: JoinGroupRe
         protocols: req.protocols.iter().map(|p| (p.name.to_string(), p.metadata.clone())).collect(),
         require_known_member_id: version >= 4,
     };
+    if broker.consumer_groups.with_group(&join.group_id, |g| g.is_some_and(|g| !g.members.is_empty())) {
+        let mut resp =
+            mk!(JoinGroupResponse { error_code: ResponseError::InconsistentGroupProtocol.code(), generation_id: -1 });
+        resp.member_id = str(&join.member_id);
+        return Some(resp);
+    }
     let result = match broker.groups.join(join) {
         Reply::Now(immediate) => immediate,
         Reply::Later(rx) => tokio::select! {
@@ -192,6 +198,8 @@ pub async fn offset_commit(
     let group = req.group_id.0.to_string();
     let denied = if group.is_empty() {
         Some(ResponseError::InvalidGroupId)
+    } else if broker.consumer_groups.exists(&group) {
+        broker.consumer_groups.check_commit(&group, &req.member_id, req.generation_id_or_member_epoch)
     } else {
         broker.groups.check_commit(
             &group,
@@ -345,6 +353,8 @@ pub async fn list_groups(broker: Arc<Broker>, h: &RequestHeader, req: ListGroups
         .groups
         .list()
         .into_iter()
+        // Offsets of a KIP-848 group live in a classic entry: list it once.
+        .filter(|(id, _, _)| !broker.consumer_groups.exists(id))
         .filter(|(_, _, st)| states.is_empty() || states.contains(&st.name().to_lowercase()))
         .filter(|_| types.is_empty() || types.iter().any(|t| t == "classic"))
         .map(|(id, ptype, st)| {
@@ -358,6 +368,20 @@ pub async fn list_groups(broker: Arc<Broker>, h: &RequestHeader, req: ListGroups
             }
             g
         })
+        .chain(broker.consumer_groups.list().into_iter().filter_map(|(id, state)| {
+            let state_ok = states.is_empty() || states.contains(&state.to_lowercase());
+            let type_ok = types.is_empty() || types.iter().any(|t| t == "consumer");
+            (state_ok && type_ok).then(|| {
+                let mut g = mk!(ListedGroup { group_id: group_id(&id), protocol_type: str("consumer") });
+                if version >= 4 {
+                    g.group_state = str(state);
+                }
+                if version >= 5 {
+                    g.group_type = str("consumer");
+                }
+                g
+            })
+        }))
         .collect();
     Some(mk!(ListGroupsResponse { groups: groups }))
 }
@@ -413,7 +437,14 @@ pub async fn delete_groups(
         .groups_names
         .iter()
         .map(|g| {
-            let err = broker.groups.delete_group(&broker.topics, &g.0);
+            let err = match broker.consumer_groups.delete_if_empty(&g.0) {
+                Some(Err(e)) => Some(e),
+                // A KIP-848 group may have no committed offsets to delete.
+                Some(Ok(())) => {
+                    broker.groups.delete_group(&broker.topics, &g.0).filter(|e| *e != ResponseError::GroupIdNotFound)
+                }
+                None => broker.groups.delete_group(&broker.topics, &g.0),
+            };
             mk!(delete_groups_response::DeletableGroupResult { group_id: g.clone(), error_code: code(err) })
         })
         .collect();

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api_versions;
 pub mod configs;
+pub mod consumer_groups;
 pub mod fetch;
 pub mod fetch_session;
 pub mod groups;

@@ -61,3 +61,27 @@ def covered_exactly_once(members, partitions):
     """Every partition is assigned to exactly one member, and each member has some."""
     seen = sorted(p for m in members for p in m.parts())
     return seen == list(range(partitions)) and all(m.parts() for m in members)
+
+
+class GroupTopic:
+    """A fresh topic for a group test, and the keys produced to it."""
+
+    def __init__(self, bootstrap, prefix, partitions):
+        from confluent_kafka import Producer
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        self.name = topic_name(prefix)
+        self.group = f"group-{self.name}"
+        self.partitions = partitions
+        self.admin = AdminClient({"bootstrap.servers": bootstrap})
+        self.admin.create_topics([NewTopic(self.name, num_partitions=partitions, replication_factor=1)])[self.name].result(30)
+        self.producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+        self.produced = set()
+
+    def produce(self, tag, n):
+        """n keyed records spread over every partition, acknowledged."""
+        for i in range(n):
+            key = f"{tag}-{i}"
+            self.producer.produce(self.name, key=key.encode(), value=b"x" * 50, partition=i % self.partitions)
+            self.produced.add(key)
+        expect_equal("unflushed", self.producer.flush(30), 0)

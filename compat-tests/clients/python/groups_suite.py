@@ -6,29 +6,17 @@ record is lost."""
 import sys
 import threading
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, KafkaError, KafkaException
 
-from common import check, covered_exactly_once, expect_equal, topic_name, wait_for
+from common import GroupTopic, check, covered_exactly_once, expect_equal, wait_for
 
 bootstrap, strategy = sys.argv[1], sys.argv[2]
 PARTITIONS = 6
 RETRIABLE_COMMIT = (KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
                     KafkaError._STATE, KafkaError._ASSIGNMENT_LOST, KafkaError._NO_OFFSET)
-topic = topic_name(f"groups-{strategy}")
-group = f"group-{topic}"
-admin = AdminClient({"bootstrap.servers": bootstrap})
-admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])[topic].result(30)
-producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
-produced = set()
+gt = GroupTopic(bootstrap, f"groups-{strategy}", PARTITIONS)
+topic, group, admin, produced = gt.name, gt.group, gt.admin, gt.produced
 
-
-def produce(n, tag):
-    for i in range(n):
-        key = f"{tag}-{i}"
-        producer.produce(topic, key=key.encode(), value=b"x" * 50, partition=i % PARTITIONS)
-        produced.add(key)
-    expect_equal("unflushed", producer.flush(30), 0)
 
 
 class Member:
@@ -37,16 +25,20 @@ class Member:
         self.assignment = set()
         self.consumed = []
         self.stop = threading.Event()
-        self.c = Consumer({
+        conf = {
             "bootstrap.servers": bootstrap,
             "group.id": group,
             "client.id": name,
-            "partition.assignment.strategy": strategy,
-            "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 300,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
-        })
+        }
+        if strategy.startswith("consumer-"):
+            # KIP-848: the broker assigns; timeouts are the broker's too.
+            conf.update({"group.protocol": "consumer", "group.remote.assignor": strategy.split("-", 1)[1]})
+        else:
+            conf.update({"partition.assignment.strategy": strategy, "session.timeout.ms": 6000,
+                         "heartbeat.interval.ms": 300})
+        self.c = Consumer(conf)
         self.lock = threading.Lock()
         self.c.subscribe([topic], on_assign=self.on_assign, on_revoke=self.on_revoke)
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -97,7 +89,7 @@ def all_consumed(members):
 
 
 gone = []
-produce(300, "first")
+gt.produce("first", 300)
 members = [Member(f"m{i}") for i in range(3)]
 wait_for("three members sharing six partitions", lambda: covered_exactly_once(members, PARTITIONS))
 print("assignment:", {m.name: sorted(m.parts()) for m in members})
@@ -109,20 +101,21 @@ leaver = members.pop(0)
 leaver.leave()
 gone.append(leaver)
 wait_for("two members covering six partitions", lambda: covered_exactly_once(members, PARTITIONS))
-if strategy == "cooperative-sticky":
+if strategy in ("cooperative-sticky", "consumer-uniform"):
     for m in members:
         check(before[m.name] <= m.parts(), f"{m.name} kept its partitions in a cooperative rebalance")
-produce(300, "second")
+gt.produce("second", 300)
 wait_for("records after the leave consumed", lambda: all_consumed(members))
 
 # A new member joins and gets a share.
 members.append(Member("m3"))
 wait_for("three members again", lambda: covered_exactly_once(members, PARTITIONS))
-produce(300, "third")
+gt.produce("third", 300)
 wait_for("records after the join consumed", lambda: all_consumed(members))
 
 desc = admin.describe_consumer_groups([group])[group].result(30)
-expect_equal("group state", str(desc.state).split(".")[-1].upper(), "STABLE")
+wait_for("a stable group", lambda: str(admin.describe_consumer_groups([group])[group].result(30).state).split(".")[-1].upper() == "STABLE")
+desc = admin.describe_consumer_groups([group])[group].result(30)
 expect_equal("group members", len(desc.members), 3)
 for m in members:
     m.leave()
