@@ -182,3 +182,56 @@ fn offsets_expire_only_once_a_group_is_empty() {
     assert!(start.elapsed() >= std::time::Duration::from_millis(700), "not before the retention");
     assert_eq!(committed(&mut conn, "fenced", "kept"), 11, "a group with members keeps its offsets");
 }
+
+#[test]
+fn offset_delete_refuses_subscribed_topics() {
+    use kafka_protocol::messages::offset_delete_request::{OffsetDeleteRequestPartition, OffsetDeleteRequestTopic};
+    let broker = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    fjord_compat_tests::wire::create_topic(&mut conn, "od", 1, &[]);
+    assert_eq!(commit(&mut conn, "od-group", -1, "", "od", 5), 0);
+    let delete = |conn: &mut RawConn, group: &str| -> (i16, i16) {
+        let mut p = OffsetDeleteRequestPartition::default();
+        p.partition_index = 0;
+        let mut t = OffsetDeleteRequestTopic::default();
+        t.name = TopicName(s("od"));
+        t.partitions = vec![p];
+        let mut req = OffsetDeleteRequest::default();
+        req.group_id = GroupId(s(group));
+        req.topics = vec![t];
+        let r: OffsetDeleteResponse = conn.call(ApiKey::OffsetDelete, 0, &req);
+        (r.error_code, r.topics.first().map_or(-1, |t| t.partitions[0].error_code))
+    };
+    assert_eq!(delete(&mut conn, "no-such-group").0, 69, "GROUP_ID_NOT_FOUND");
+    assert_eq!(delete(&mut conn, "od-group"), (0, 0));
+    assert_eq!(committed(&mut conn, "od-group", "od"), -1);
+
+    // A live member subscribed to "od" protects that topic's offsets.
+    let mut sub = kafka_protocol::messages::ConsumerProtocolSubscription::default();
+    sub.topics = vec![s("od")];
+    let mut meta = bytes::BytesMut::new();
+    meta.extend_from_slice(&0i16.to_be_bytes());
+    kafka_protocol::protocol::Encodable::encode(&sub, &mut meta, 0).expect("subscription");
+    let mut p = JoinGroupRequestProtocol::default();
+    p.name = s("range");
+    p.metadata = meta.freeze();
+    let mut join_req = JoinGroupRequest::default();
+    join_req.group_id = GroupId(s("od-live"));
+    join_req.session_timeout_ms = 10_000;
+    join_req.rebalance_timeout_ms = 10_000;
+    join_req.protocol_type = s("consumer");
+    join_req.protocols = vec![p];
+    let first: JoinGroupResponse = conn.call(ApiKey::JoinGroup, 7, &join_req);
+    join_req.member_id = first.member_id.clone();
+    let joined: JoinGroupResponse = conn.call(ApiKey::JoinGroup, 7, &join_req);
+    assert_eq!(joined.error_code, 0);
+    let mut sync_req = SyncGroupRequest::default();
+    sync_req.group_id = GroupId(s("od-live"));
+    sync_req.generation_id = joined.generation_id;
+    sync_req.member_id = joined.member_id.clone();
+    let synced: SyncGroupResponse = conn.call(ApiKey::SyncGroup, 5, &sync_req);
+    assert_eq!(synced.error_code, 0);
+    assert_eq!(commit(&mut conn, "od-live", joined.generation_id, &joined.member_id, "od", 4), 0);
+    assert_eq!(delete(&mut conn, "od-live"), (0, 86), "GROUP_SUBSCRIBED_TO_TOPIC");
+    assert_eq!(committed(&mut conn, "od-live", "od"), 4);
+}

@@ -123,3 +123,17 @@ fn kcat_group_resumes_from_committed_offsets() {
     want.sort();
     assert_eq!(consume(50), want, "the second consumer starts at the committed offsets");
 }
+
+/// AdminClient on groups, across a broker restart (SIGTERM, then SIGKILL).
+#[test]
+fn group_admin_and_state_survive_restart() {
+    let mut broker = BrokerProcess::start(&[]);
+    let script = clients_dir().join("python/group_admin_suite.py");
+    let run = |broker: &BrokerProcess, phase: &str| {
+        run_client(Command::new(python()).arg(&script).arg(broker.bootstrap()).arg(phase), Duration::from_secs(120))
+    };
+    run(&broker, "before-restart");
+    broker.kill9();
+    broker.restart();
+    run(&broker, "after-restart");
+}
