@@ -302,6 +302,10 @@ impl GroupCoordinator {
         // Static members (group.instance.id) are known by their instance id:
         // a restart rejoins with no member id and takes its old place.
         let mut static_rejoin = false;
+        // The leader as members know it; a restarted static leader is told
+        // the old id, so it does not run an assignment a stable group would
+        // never hand out (what Kafka does too).
+        let announced_leader = group.leader.clone().unwrap_or_default();
         let member_id = if let Some(iid) = &req.instance_id {
             match group.instances.get(iid).cloned() {
                 Some(current) if !req.member_id.is_empty() && req.member_id != current => {
@@ -357,15 +361,15 @@ impl GroupCoordinator {
         if let Some(m) = group.members.get_mut(&member_id) {
             let unchanged = m.protocols == req.protocols;
             m.last_seen = now;
-            // A follower re-joining a stable group with nothing new (or a
-            // restarted static member) gets the current generation back
-            // without disturbing anyone. A leader rejoin rebalances, so it
-            // sees the members it must assign.
-            // A restarted static member's metadata differs (it owns nothing
+            // A follower re-joining a stable group with nothing new gets the
+            // current generation back without disturbing anyone (a leader
+            // rejoin rebalances, so it sees the members it must assign). A
+            // restarted static member's metadata differs (it owns nothing
             // yet); like Kafka, only a protocol it cannot speak forces a round.
             let speaks_current = group.protocol.as_ref().is_some_and(|p| req.protocols.iter().any(|(n, _)| n == p));
-            let quiet = unchanged || (static_rejoin && speaks_current);
-            if quiet && group.state == GroupState::Stable && group.leader.as_deref() != Some(member_id.as_str()) {
+            let is_leader = group.leader.as_deref() == Some(member_id.as_str());
+            let quiet = (unchanged && !is_leader) || (static_rejoin && speaks_current);
+            if quiet && group.state == GroupState::Stable {
                 if static_rejoin {
                     m.protocols = req.protocols;
                     m.session_timeout = Duration::from_millis(req.session_timeout_ms as u64);
@@ -375,7 +379,7 @@ impl GroupCoordinator {
                     generation: group.generation,
                     protocol_type: group.protocol_type.clone(),
                     protocol_name: group.protocol.clone(),
-                    leader: group.leader.clone().unwrap_or_default(),
+                    leader: announced_leader,
                     member_id,
                     members: vec![],
                 });

@@ -54,14 +54,31 @@ fn consumer_protocol_range_assignor() {
     run("consumer-range");
 }
 
+// Membership changes (SIGKILL, clean leave, join) with every client.
+
 #[test]
-fn classic_member_killed_with_sigkill() {
-    suite("kill_suite.py", &["range"]);
+fn membership_changes_librdkafka_classic() {
+    suite("membership_suite.py", &["range"]);
 }
 
 #[test]
-fn consumer_protocol_member_killed_with_sigkill() {
-    suite("kill_suite.py", &["consumer"]);
+fn membership_changes_librdkafka_consumer_protocol() {
+    suite("membership_suite.py", &["consumer"]);
+}
+
+#[test]
+fn membership_changes_kafka_python() {
+    suite("membership_suite.py", &["kafka-python"]);
+}
+
+#[test]
+fn membership_changes_kafkajs() {
+    suite("membership_suite.py", &["kafkajs"]);
+}
+
+#[test]
+fn membership_changes_kcat() {
+    suite("membership_suite.py", &["kcat"]);
 }
 
 #[test]
