@@ -1,6 +1,7 @@
 """Shared helpers of the Python client suites: the records every client
 produces, and the checks made on what comes back."""
 
+import os
 import sys
 import time
 import uuid
@@ -85,3 +86,10 @@ class GroupTopic:
             self.producer.produce(self.name, key=key.encode(), value=b"x" * 50, partition=i % self.partitions)
             self.produced.add(key)
         expect_equal("unflushed", self.producer.flush(30), 0)
+
+
+def publish_assignment(out, partitions):
+    """Atomically writes a member's current partitions for the suite to read."""
+    with open(out + ".assign.tmp", "w") as f:
+        f.write(" ".join(str(p) for p in sorted(partitions)))
+    os.replace(out + ".assign.tmp", out + ".assign")

@@ -1,10 +1,11 @@
 """One consumer group member in its own process (so a test can SIGKILL it):
 records each consumed key and its current assignment in files."""
 
-import os
 import sys
 
 from confluent_kafka import Consumer, KafkaException
+
+from common import publish_assignment
 
 bootstrap, topic, group, protocol, out = sys.argv[1:6]
 conf = {"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False}
@@ -17,10 +18,7 @@ assignment = set()
 
 
 def publish():
-    tmp = out + ".assign.tmp"
-    with open(tmp, "w") as f:
-        f.write(" ".join(str(p) for p in sorted(assignment)))
-    os.replace(tmp, out + ".assign")
+    publish_assignment(out, assignment)
 
 
 def on_assign(_c, parts):

@@ -2,12 +2,13 @@
 consumed-keys and assignment files the membership suite reads. Start it
 in its own session: a SIGKILL of the group kills kcat too."""
 
-import os
 import re
 import signal
 import subprocess
 import sys
 import threading
+
+from common import publish_assignment
 
 bootstrap, topic, group, out = sys.argv[1:5]
 consumed = open(out, "a", buffering=1)
@@ -20,9 +21,7 @@ signal.signal(signal.SIGTERM, lambda *_: kcat.terminate())
 
 
 def publish():
-    with open(out + ".assign.tmp", "w") as f:
-        f.write(" ".join(str(p) for p in sorted(assignment)))
-    os.replace(out + ".assign.tmp", out + ".assign")
+    publish_assignment(out, assignment)
 
 
 def read_rebalances():

@@ -1,11 +1,12 @@
 """One kafka-python group member in its own process: records consumed keys
 and its assignment in files; SIGTERM closes it (leaving the group)."""
 
-import os
 import signal
 import sys
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer
+
+from common import publish_assignment
 
 bootstrap, topic, group, out = sys.argv[1:5]
 consumed = open(out, "a", buffering=1)
@@ -15,9 +16,7 @@ signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
 
 
 def publish():
-    with open(out + ".assign.tmp", "w") as f:
-        f.write(" ".join(str(p) for p in sorted(assignment)))
-    os.replace(out + ".assign.tmp", out + ".assign")
+    publish_assignment(out, assignment)
 
 
 class Listener(ConsumerRebalanceListener):
