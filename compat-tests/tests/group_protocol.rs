@@ -235,3 +235,99 @@ fn offset_delete_refuses_subscribed_topics() {
     assert_eq!(delete(&mut conn, "od-live"), (0, 86), "GROUP_SUBSCRIBED_TO_TOPIC");
     assert_eq!(committed(&mut conn, "od-live", "od"), 4);
 }
+
+/// A JoinGroup for the "timeouts" group with a 1.5 s rebalance timeout.
+fn timeouts_join(member: &str, metadata: &'static [u8]) -> JoinGroupRequest {
+    let mut p = JoinGroupRequestProtocol::default();
+    p.name = s("range");
+    p.metadata = Bytes::from_static(metadata);
+    let mut req = JoinGroupRequest::default();
+    req.group_id = GroupId(s("timeouts"));
+    req.session_timeout_ms = 30_000;
+    req.rebalance_timeout_ms = 1_500;
+    req.member_id = s(member);
+    req.protocol_type = s("consumer");
+    req.protocols = vec![p];
+    req
+}
+
+/// A member that does not rejoin within the rebalance timeout is dropped,
+/// and the round completes for those that did.
+#[test]
+fn rebalance_timeout_drops_a_member_that_does_not_rejoin() {
+    let broker = BrokerProcess::start(&[]);
+    let mut a = RawConn::connect(&broker.bootstrap());
+    let mut b = RawConn::connect(&broker.bootstrap());
+    let first: JoinGroupResponse = a.call(ApiKey::JoinGroup, 7, &timeouts_join("", b"meta"));
+    let a_id = first.member_id.to_string();
+    let first: JoinGroupResponse = a.call(ApiKey::JoinGroup, 7, &timeouts_join(&a_id, b"meta"));
+    assert_eq!(first.error_code, 0);
+    // B joins: A must rejoin; both do, and the new generation has both.
+    let b_first: JoinGroupResponse = b.call(ApiKey::JoinGroup, 7, &timeouts_join("", b"meta"));
+    let b_id = b_first.member_id.to_string();
+    let id = b.send(ApiKey::JoinGroup, 7, &timeouts_join(&b_id, b"meta"));
+    let a_round: JoinGroupResponse = a.call(ApiKey::JoinGroup, 7, &timeouts_join(&a_id, b"meta"));
+    let b_round: JoinGroupResponse = b.recv(ApiKey::JoinGroup, 7, id);
+    assert_eq!((a_round.error_code, b_round.error_code), (0, 0));
+    assert_eq!(a_round.generation_id, b_round.generation_id);
+    let leader_sees = if a_round.leader.as_str() == a_id { &a_round.members } else { &b_round.members };
+    assert_eq!(leader_sees.len(), 2);
+    // A rejoins with new metadata and B stays silent: after B's 1.5 s
+    // rebalance timeout the round completes with A alone.
+    let started = std::time::Instant::now();
+    let alone: JoinGroupResponse = a.call(ApiKey::JoinGroup, 7, &timeouts_join(&a_id, b"new-meta"));
+    assert_eq!(alone.error_code, 0);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1_400), "waited for B's rebalance timeout");
+    assert_eq!(alone.members.len(), 1, "B was dropped");
+    assert_eq!(alone.leader.as_str(), a_id);
+    assert!(alone.generation_id > a_round.generation_id);
+    // B's heartbeat now says it is unknown.
+    let mut hb = HeartbeatRequest::default();
+    hb.group_id = GroupId(s("timeouts"));
+    hb.generation_id = b_round.generation_id;
+    hb.member_id = s(&b_id);
+    let r: HeartbeatResponse = b.call(ApiKey::Heartbeat, 4, &hb);
+    assert_eq!(r.error_code, 25);
+}
+
+#[test]
+fn offset_fetch_for_several_groups_and_list_groups_by_state() {
+    use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopics};
+    let broker = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    fjord_compat_tests::wire::create_topic(&mut conn, "multi", 1, &[]);
+    assert_eq!(commit(&mut conn, "g-one", -1, "", "multi", 1), 0);
+    assert_eq!(commit(&mut conn, "g-two", -1, "", "multi", 2), 0);
+    let mut req = OffsetFetchRequest::default();
+    req.groups = ["g-one", "g-two", "g-none"]
+        .iter()
+        .map(|g| {
+            let mut t = OffsetFetchRequestTopics::default();
+            t.name = TopicName(s("multi"));
+            t.partition_indexes = vec![0];
+            let mut grp = OffsetFetchRequestGroup::default();
+            grp.group_id = GroupId(s(g));
+            grp.topics = Some(vec![t]);
+            grp
+        })
+        .collect();
+    let r: OffsetFetchResponse = conn.call(ApiKey::OffsetFetch, 8, &req);
+    let got: Vec<(String, i64)> =
+        r.groups.iter().map(|g| (g.group_id.0.to_string(), g.topics[0].partitions[0].committed_offset)).collect();
+    assert_eq!(got, vec![("g-one".into(), 1), ("g-two".into(), 2), ("g-none".into(), -1)]);
+    // "fenced" becomes Stable; the standalone groups are Empty.
+    let me = join(&mut conn, "", "consumer", 10_000).member_id.to_string();
+    let joined = join(&mut conn, &me, "consumer", 10_000);
+    assert_eq!(sync(&mut conn, &me, joined.generation_id, true).error_code, 0);
+    let list = |conn: &mut RawConn, states: &[&str]| -> Vec<String> {
+        let mut req = ListGroupsRequest::default();
+        req.states_filter = states.iter().map(|x| s(x)).collect();
+        let r: ListGroupsResponse = conn.call(ApiKey::ListGroups, 4, &req);
+        let mut ids: Vec<String> = r.groups.iter().map(|g| g.group_id.0.to_string()).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(list(&mut conn, &["Stable"]), vec!["fenced".to_string()]);
+    assert_eq!(list(&mut conn, &["Empty"]), vec!["g-one".to_string(), "g-two".to_string()]);
+    assert_eq!(list(&mut conn, &[]).len(), 3);
+}

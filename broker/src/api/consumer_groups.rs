@@ -34,6 +34,14 @@ pub async fn heartbeat(
     req: ConsumerGroupHeartbeatRequest,
 ) -> Option<ConsumerGroupHeartbeatResponse> {
     let group_id = req.group_id.0.to_string();
+    if req.subscribed_topic_regex.as_ref().is_some_and(|r| !r.is_empty()) {
+        // Better a clear error than a member that silently gets nothing.
+        return Some(mk!(ConsumerGroupHeartbeatResponse {
+            error_code: ResponseError::InvalidRequest.code(),
+            error_message: Some(str("regular expression subscriptions are not supported yet")),
+            member_epoch: -1
+        }));
+    }
     let classic_in_use = broker.groups.with_group(&group_id, |g| g.is_some_and(|g| !g.members.is_empty()));
     let result = if classic_in_use {
         None
