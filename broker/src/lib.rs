@@ -4,6 +4,7 @@
 #[macro_use]
 mod macros;
 
+pub mod alloc;
 pub mod api;
 pub mod config;
 pub mod connection;

@@ -1,6 +1,10 @@
 //! `fjord`: runs a broker until SIGTERM or Ctrl-C, then shuts down cleanly.
 
 use clap::Parser;
+use fjord_broker::alloc::BrokerAllocator;
+
+#[global_allocator]
+static ALLOCATOR: BrokerAllocator = BrokerAllocator;
 use fjord_broker::config::{Args, BrokerConfig};
 
 #[tokio::main]
