@@ -175,7 +175,7 @@ fn random_request_bodies_never_take_the_broker_down() {
         seed
     };
     let mut answered = 0;
-    for round in 0..600 {
+    for round in 0..600i32 {
         let api = &versions.api_keys[(next() % versions.api_keys.len() as u64) as usize];
         let span = (api.max_version - api.min_version + 1) as u64;
         let version = api.min_version + (next() % span) as i16;
@@ -183,7 +183,7 @@ fn random_request_bodies_never_take_the_broker_down() {
         let mut frame = Vec::new();
         frame.extend_from_slice(&api.api_key.to_be_bytes());
         frame.extend_from_slice(&version.to_be_bytes());
-        frame.extend_from_slice(&(round as i32).to_be_bytes());
+        frame.extend_from_slice(&round.to_be_bytes());
         frame.extend_from_slice(&(-1i16).to_be_bytes()); // null client id
         if key.request_header_version(version) >= 2 {
             frame.push(0); // no tagged fields
