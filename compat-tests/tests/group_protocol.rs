@@ -266,6 +266,19 @@ fn rebalance_timeout_drops_a_member_that_does_not_rejoin() {
     let b_first: JoinGroupResponse = b.call(ApiKey::JoinGroup, 7, &timeouts_join("", b"meta"));
     let b_id = b_first.member_id.to_string();
     let id = b.send(ApiKey::JoinGroup, 7, &timeouts_join(&b_id, b"meta"));
+    // Only once B's join is in (the group waits for A) may A rejoin, or A
+    // would complete a round alone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut req = DescribeGroupsRequest::default();
+        req.groups = vec![GroupId(s("timeouts"))];
+        let r: DescribeGroupsResponse = a.call(ApiKey::DescribeGroups, 5, &req);
+        if r.groups[0].group_state.as_str() == "PreparingRebalance" && r.groups[0].members.len() == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "B's join never arrived");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let a_round: JoinGroupResponse = a.call(ApiKey::JoinGroup, 7, &timeouts_join(&a_id, b"meta"));
     let b_round: JoinGroupResponse = b.recv(ApiKey::JoinGroup, 7, id);
     assert_eq!((a_round.error_code, b_round.error_code), (0, 0));
