@@ -12,7 +12,10 @@ conf = {"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": 
 if protocol == "consumer":
     conf["group.protocol"] = "consumer"
 else:
-    conf.update({"partition.assignment.strategy": protocol, "session.timeout.ms": 6000, "heartbeat.interval.ms": 300})
+    # A short rebalance timeout (max.poll.interval.ms) bounds how long a
+    # round waits for a member that will never rejoin.
+    conf.update({"partition.assignment.strategy": protocol, "session.timeout.ms": 6000, "heartbeat.interval.ms": 300,
+                 "max.poll.interval.ms": 10000})
 consumed = open(out, "a", buffering=1)
 assignment = set()
 

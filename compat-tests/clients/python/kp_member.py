@@ -30,7 +30,7 @@ class Listener(ConsumerRebalanceListener):
 
 
 c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False,
-                  session_timeout_ms=6000, heartbeat_interval_ms=300)
+                  session_timeout_ms=6000, heartbeat_interval_ms=300, max_poll_interval_ms=10000)
 c.subscribe([topic], listener=Listener())
 while not stop:
     batch = c.poll(timeout_ms=100)
