@@ -59,7 +59,11 @@ macro_rules! api {
                     let version = header.request_api_version;
                     let req = <$req as Decodable>::decode(&mut body, version)
                         .map_err(|e| anyhow::anyhow!("malformed {:?} v{} request: {e}", ApiKey::$key, version))?;
-                    match $handler(broker, &header, req).await {
+                    let started = std::time::Instant::now();
+                    let outcome = $handler(broker, &header, req).await;
+                    metrics::histogram!("fjord_request_duration_seconds", "api" => stringify!($key))
+                        .record(started.elapsed().as_secs_f64());
+                    match outcome {
                         Some(resp) => {
                             let hv = ApiKey::$key.response_header_version(version);
                             Ok(Some(encode_response(ApiKey::$key, hv, header.correlation_id, version, &resp)?))

@@ -516,3 +516,34 @@ fn compacted_topic_keeps_latest_value_per_key() {
     assert!(got.windows(2).all(|w| w[0].0 < w[1].0));
     assert_eq!(list_offset(&mut conn, "table", -1), 120);
 }
+
+/// The Prometheus endpoint serves the broker's counters and per-API
+/// request latencies.
+#[test]
+fn prometheus_metrics_endpoint() {
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let addr = format!("127.0.0.1:{port}");
+    let broker = BrokerProcess::start(&["--metrics-listen", &addr]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    create(&mut conn, "metered", 1, &[]);
+    produce(&mut conn, "metered", 0, batch(3, 1));
+    let scrape = || -> Option<String> {
+        let mut s = std::net::TcpStream::connect(&addr).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        if let Some(b) = scrape().filter(|b| b.contains("fjord_produced_bytes_total")) {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "no metrics served on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(body.contains("fjord_request_duration_seconds"), "{body}");
+    assert!(body.contains("api=\"Produce\""), "{body}");
+    assert!(body.contains("fjord_log_fsyncs_total"), "{body}");
+}

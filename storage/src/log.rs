@@ -123,6 +123,7 @@ pub struct PartitionLog {
     flushed: AtomicI64,
     sync_lock: tokio::sync::Mutex<()>,
     deleted: AtomicBool,
+    fsyncs: std::sync::atomic::AtomicU64,
 }
 
 /// Writes a small file so a crash leaves either the old or the new content.
@@ -198,6 +199,7 @@ impl PartitionLog {
             flushed: AtomicI64::new(end),
             sync_lock: tokio::sync::Mutex::new(()),
             deleted: AtomicBool::new(false),
+            fsyncs: std::sync::atomic::AtomicU64::new(0),
         };
         Ok(log)
     }
@@ -547,8 +549,15 @@ impl PartitionLog {
         tokio::task::spawn_blocking(move || file.sync_data())
             .await
             .map_err(|e| LogError::Io(std::io::Error::other(e)))??;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("fjord_log_fsyncs_total").increment(1);
         self.flushed.fetch_max(end, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// How many group-commit fsyncs this log has done.
+    pub fn fsync_count(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
     }
 
     /// Blocking variant of `sync` for shutdown paths.

@@ -304,6 +304,12 @@ async fn concurrent_syncs_share_fsyncs() {
         t.await.unwrap();
     }
     assert_eq!(log.log_end_offset(), 16);
+    // Sixteen durable appends, far fewer fsyncs: waiters share one.
+    let fsyncs = log.fsync_count();
+    assert!((1..16).contains(&fsyncs), "{fsyncs} fsyncs for 16 appends");
+    // Already-durable offsets cost nothing more.
+    log.sync(16).await.unwrap();
+    assert_eq!(log.fsync_count(), fsyncs);
 }
 
 proptest! {
