@@ -776,6 +776,35 @@ impl GroupCoordinator {
         }
     }
 
+    /// Forgets every group's committed offsets of a deleted topic, as Kafka
+    /// does, so a new topic of the same name starts clean.
+    pub fn forget_topic(&self, topics: &Topics, topic: &str) {
+        let mut groups = self.lock();
+        for (gid, group) in groups.iter_mut() {
+            let doomed: Vec<(String, i32)> = group.offsets.keys().filter(|(t, _)| t == topic).cloned().collect();
+            if doomed.is_empty() {
+                continue;
+            }
+            let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = doomed
+                .iter()
+                .map(|(t, p)| {
+                    let key = RecordKey::Offset { group: gid.clone(), topic: t.clone(), partition: *p };
+                    (serde_json::to_vec(&key).unwrap_or_default(), None)
+                })
+                .collect();
+            match self.persist(topics, gid, &records) {
+                Ok(_) => {
+                    for k in &doomed {
+                        group.offsets.remove(k);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(group = %gid, topic, error = ?e, "could not forget offsets of a deleted topic")
+                }
+            }
+        }
+    }
+
     /// Validates a commit against the group's membership; None means allowed.
     pub fn check_commit(
         &self,

@@ -344,3 +344,18 @@ fn offset_fetch_for_several_groups_and_list_groups_by_state() {
     assert_eq!(list(&mut conn, &["Empty"]), vec!["g-one".to_string(), "g-two".to_string()]);
     assert_eq!(list(&mut conn, &[]).len(), 3);
 }
+
+#[test]
+fn deleting_a_topic_forgets_its_committed_offsets() {
+    let broker = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    fjord_compat_tests::wire::create_topic(&mut conn, "doomed", 1, &[]);
+    assert_eq!(commit(&mut conn, "keeper", -1, "", "doomed", 9), 0);
+    assert_eq!(committed(&mut conn, "keeper", "doomed"), 9);
+    let mut del = DeleteTopicsRequest::default();
+    del.topic_names = vec![TopicName(s("doomed"))];
+    let r: DeleteTopicsResponse = conn.call(ApiKey::DeleteTopics, 5, &del);
+    assert_eq!(r.responses[0].error_code, 0);
+    fjord_compat_tests::wire::create_topic(&mut conn, "doomed", 1, &[]);
+    assert_eq!(committed(&mut conn, "keeper", "doomed"), -1, "the new topic starts without the old offsets");
+}
