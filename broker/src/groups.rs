@@ -752,13 +752,8 @@ impl GroupCoordinator {
             if expired.is_empty() && !forget {
                 continue;
             }
-            let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = expired
-                .iter()
-                .map(|(t, p)| {
-                    let key = RecordKey::Offset { group: gid.clone(), topic: t.clone(), partition: *p };
-                    (serde_json::to_vec(&key).unwrap_or_default(), None)
-                })
-                .collect();
+            let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+                expired.iter().map(|(t, p)| offset_tombstone(&gid, t, *p)).collect();
             if forget {
                 records.push((serde_json::to_vec(&RecordKey::Group { group: gid.clone() }).unwrap_or_default(), None));
             }
@@ -785,13 +780,8 @@ impl GroupCoordinator {
             if doomed.is_empty() {
                 continue;
             }
-            let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = doomed
-                .iter()
-                .map(|(t, p)| {
-                    let key = RecordKey::Offset { group: gid.clone(), topic: t.clone(), partition: *p };
-                    (serde_json::to_vec(&key).unwrap_or_default(), None)
-                })
-                .collect();
+            let records: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+                doomed.iter().map(|(t, p)| offset_tombstone(gid, t, *p)).collect();
             match self.persist(topics, gid, &records) {
                 Ok(_) => {
                     for k in &doomed {
@@ -917,14 +907,8 @@ impl GroupCoordinator {
         if !group.members.is_empty() {
             return Some(ResponseError::NonEmptyGroup);
         }
-        let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = group
-            .offsets
-            .keys()
-            .map(|(t, p)| {
-                let key = RecordKey::Offset { group: group_id.to_string(), topic: t.clone(), partition: *p };
-                (serde_json::to_vec(&key).unwrap_or_default(), None)
-            })
-            .collect();
+        let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            group.offsets.keys().map(|(t, p)| offset_tombstone(group_id, t, *p)).collect();
         records.push((serde_json::to_vec(&RecordKey::Group { group: group_id.to_string() }).unwrap_or_default(), None));
         if let Err(e) = self.persist(topics, group_id, &records) {
             return Some(e);
@@ -950,8 +934,7 @@ impl GroupCoordinator {
                 results.push(Some(ResponseError::GroupSubscribedToTopic));
                 continue;
             }
-            let key = RecordKey::Offset { group: group_id.to_string(), topic: t.clone(), partition: *p };
-            records.push((serde_json::to_vec(&key).unwrap_or_default(), None));
+            records.push(offset_tombstone(group_id, t, *p));
             results.push(None);
         }
         if !records.is_empty() {
@@ -964,6 +947,12 @@ impl GroupCoordinator {
         }
         Ok(results)
     }
+}
+
+/// The record that deletes a committed offset from `__consumer_offsets`.
+fn offset_tombstone(group: &str, topic: &str, partition: i32) -> (Vec<u8>, Option<Vec<u8>>) {
+    let key = RecordKey::Offset { group: group.to_string(), topic: topic.to_string(), partition };
+    (serde_json::to_vec(&key).unwrap_or_default(), None)
 }
 
 /// Forgets instance ids whose member is gone.
