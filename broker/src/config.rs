@@ -61,6 +61,8 @@ pub struct BrokerConfig {
     pub offsets_retention_ms: i64,
     /// `offsets.retention.check.interval.ms`
     pub offsets_retention_check_interval_ms: u64,
+    /// `producer.id.expiration.ms`
+    pub producer_id_expiration_ms: i64,
     /// `group.consumer.session.timeout.ms` (KIP-848 groups).
     pub group_consumer_session_timeout_ms: u64,
     /// `group.consumer.heartbeat.interval.ms` (KIP-848 groups).
@@ -96,6 +98,7 @@ impl Default for BrokerConfig {
             log_cleaner_backoff_ms: 15_000,
             offsets_retention_ms: 7 * 24 * 3600 * 1000,
             offsets_retention_check_interval_ms: 600_000,
+            producer_id_expiration_ms: 24 * 3600 * 1000,
             group_consumer_session_timeout_ms: 45_000,
             group_consumer_heartbeat_interval_ms: 5_000,
             fsync: FsyncPolicy::AcksAll,
@@ -142,6 +145,8 @@ pub struct Args {
     pub offsets_retention_ms: Option<i64>,
     #[arg(long)]
     pub offsets_retention_check_interval_ms: Option<u64>,
+    #[arg(long)]
+    pub producer_id_expiration_ms: Option<i64>,
     #[arg(long)]
     pub group_consumer_session_timeout_ms: Option<u64>,
     #[arg(long)]
@@ -191,6 +196,7 @@ impl BrokerConfig {
             log_cleaner_backoff_ms,
             offsets_retention_ms,
             offsets_retention_check_interval_ms,
+            producer_id_expiration_ms,
             group_consumer_session_timeout_ms,
             group_consumer_heartbeat_interval_ms,
             fsync
@@ -220,7 +226,13 @@ impl BrokerConfig {
             return bad(format!("max_request_bytes must be >= 1024, got {}", self.max_request_bytes));
         }
         // Broker defaults go through the same checks as topic overrides.
+        if self.producer_id_expiration_ms < 1 {
+            return bad(format!("producer_id_expiration_ms must be >= 1, got {}", self.producer_id_expiration_ms));
+        }
         for (name, value) in self.log_defaults() {
+            if crate::topic_config::def(name).is_none() {
+                continue;
+            }
             if let Err(e) = crate::topic_config::validate(name, &value) {
                 return bad(e);
             }
@@ -247,6 +259,8 @@ impl BrokerConfig {
             ("message.timestamp.type", self.log_message_timestamp_type.clone()),
             ("min.insync.replicas", "1".into()),
             ("delete.retention.ms", "86400000".into()),
+            // Broker-wide only: not a topic config, but the log applies it.
+            ("producer.id.expiration.ms", self.producer_id_expiration_ms.to_string()),
         ]
     }
 }

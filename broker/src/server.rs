@@ -187,6 +187,7 @@ async fn log_pass_loop(
 }
 
 fn retention_pass(log: &PartitionLog, now: i64) -> fjord_storage::Result<()> {
+    log.expire_producers(now);
     log.apply_retention(now).map(|_| ())
 }
 

@@ -188,6 +188,10 @@ pub fn log_config(overrides: &BTreeMap<String, String>, defaults: &BTreeMap<Stri
         compact: get("cleanup.policy").split(',').any(|p| p.trim() == "compact"),
         delete: get("cleanup.policy").split(',').any(|p| p.trim() == "delete"),
         delete_retention_ms: num("delete.retention.ms", base.delete_retention_ms),
+        producer_id_expiration_ms: defaults
+            .get("producer.id.expiration.ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(base.producer_id_expiration_ms),
         timestamp_type: if get("message.timestamp.type") == "LogAppendTime" {
             TimestampType::LogAppendTime
         } else {

@@ -547,3 +547,28 @@ fn prometheus_metrics_endpoint() {
     assert!(body.contains("api=\"Produce\""), "{body}");
     assert!(body.contains("fjord_log_fsyncs_total"), "{body}");
 }
+
+#[test]
+fn silent_producers_expire() {
+    let broker =
+        BrokerProcess::start(&["--producer-id-expiration-ms", "60000", "--log-retention-check-interval-ms", "50"]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    create(&mut conn, "expiring", 1, &[]);
+    let mut init = InitProducerIdRequest::default();
+    init.transactional_id = None;
+    let pid = conn.call::<_, InitProducerIdResponse>(ApiKey::InitProducerId, 4, &init).producer_id.0;
+    // Batches stamped in 1970 make the producer look silent for decades.
+    let mut seq = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, _) = wire::produce(&mut conn, "expiring", 0, wire::idempotent_batch(&[b"a"], 1000, pid, 0, seq));
+        if code == 59 {
+            break; // UNKNOWN_PRODUCER_ID: its state was dropped
+        }
+        assert_eq!(code, 0);
+        seq += 1;
+        assert!(Instant::now() < deadline, "producer state never expired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(seq >= 1, "the first batch was accepted before expiry");
+}

@@ -41,6 +41,9 @@ pub struct LogConfig {
     pub delete: bool,
     /// `delete.retention.ms`: how long tombstones survive compaction.
     pub delete_retention_ms: i64,
+    /// `producer.id.expiration.ms`: idempotent producer state is dropped
+    /// after this long without a batch.
+    pub producer_id_expiration_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -57,6 +60,7 @@ impl Default for LogConfig {
             compact: false,
             delete: true,
             delete_retention_ms: 24 * 3600 * 1000,
+            producer_id_expiration_ms: 24 * 3600 * 1000,
         }
     }
 }
@@ -453,6 +457,13 @@ impl PartitionLog {
             }
         }
         Ok(dropped)
+    }
+
+    /// Drops the state of producers silent past producer.id.expiration.ms.
+    pub fn expire_producers(&self, now_ms: i64) -> usize {
+        let mut inner = self.write_inner();
+        let ms = inner.config.producer_id_expiration_ms;
+        inner.producers.expire(now_ms, ms)
     }
 
     /// Deletes whole segments past `retention.ms` or beyond

@@ -23,6 +23,8 @@ struct CachedBatch {
 struct ProducerEntry {
     epoch: i16,
     batches: VecDeque<CachedBatch>,
+    /// Max timestamp of the producer's newest batch (for expiration).
+    last_timestamp: i64,
 }
 
 /// What to do with an incoming batch from an idempotent producer.
@@ -104,6 +106,7 @@ impl ProducerStates {
             entry.epoch = h.producer_epoch;
             entry.batches.clear();
         }
+        entry.last_timestamp = entry.last_timestamp.max(h.max_timestamp);
         entry.batches.push_back(CachedBatch {
             first_seq: h.base_sequence,
             last_seq: last_sequence(h.base_sequence, h.last_offset_delta),
@@ -113,6 +116,14 @@ impl ProducerStates {
         while entry.batches.len() > CACHED_BATCHES {
             entry.batches.pop_front();
         }
+    }
+
+    /// Forgets producers silent for `expiration_ms` (Kafka's
+    /// producer.id.expiration.ms); returns how many went.
+    pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
+        let before = self.producers.len();
+        self.producers.retain(|_, e| now_ms - e.last_timestamp < expiration_ms);
+        before - self.producers.len()
     }
 
     pub fn len(&self) -> usize {
@@ -166,6 +177,20 @@ mod tests {
         assert_eq!(s.check(&header(7, 1, 0, 1, 99)).unwrap(), SequenceCheck::Append);
         // Unknown producers must start at 0.
         assert!(matches!(s.check(&header(8, 0, 4, 1, 99)), Err(LogError::UnknownProducerId(8))));
+    }
+
+    #[test]
+    fn silent_producers_expire() {
+        let mut s = ProducerStates::default();
+        let mut old = header(1, 0, 0, 1, 0);
+        old.max_timestamp = 1_000;
+        let mut recent = header(2, 0, 0, 1, 1);
+        recent.max_timestamp = 90_000;
+        s.update(&old);
+        s.update(&recent);
+        assert_eq!(s.expire(100_000, 50_000), 1);
+        assert!(matches!(s.check(&header(1, 0, 1, 1, 2)), Err(LogError::UnknownProducerId(1))));
+        assert_eq!(s.check(&header(2, 0, 1, 1, 2)).unwrap(), SequenceCheck::Append);
     }
 
     #[test]
