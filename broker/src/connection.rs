@@ -24,6 +24,7 @@ const MAX_IN_FLIGHT: usize = 256;
 
 enum Pending {
     Response(JoinHandle<HandlerResult>),
+    Ready(HandlerResult),
     Close,
 }
 
@@ -50,7 +51,19 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
         };
         metrics::counter!("fjord_requests_total").increment(1);
         let pending = match dispatch::prepare(&broker, frame) {
-            Ok(fut) => Pending::Response(tokio::spawn(PEER.scope(peer, fut))),
+            // Each request runs here, in arrival order, up to its first wait;
+            // only then does it go on as its own task. Appends and commits
+            // happen before a handler's first await, so two pipelined
+            // produces to a partition land in the order they were sent (as
+            // Kafka's one-request-at-a-time connections guarantee), while a
+            // long poll or an fsync wait holds up nothing behind it.
+            Ok(fut) => {
+                let mut fut = Box::pin(PEER.scope(peer, fut));
+                match futures::poll!(fut.as_mut()) {
+                    std::task::Poll::Ready(result) => Pending::Ready(result),
+                    std::task::Poll::Pending => Pending::Response(tokio::spawn(fut)),
+                }
+            }
             Err(reason) => {
                 tracing::warn!(%peer, %reason, "closing connection");
                 let _ = tx.send(Pending::Close).await;
@@ -87,11 +100,12 @@ async fn read_frame<R: AsyncReadExt + Unpin>(rd: &mut R, max: usize) -> Result<O
 async fn write_loop(wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>, peer: SocketAddr) {
     let mut out = BufWriter::with_capacity(64 * 1024, wr);
     while let Some(p) = rx.recv().await {
-        let handle = match p {
+        let outcome = match p {
             Pending::Close => break,
-            Pending::Response(h) => h,
+            Pending::Ready(result) => Ok(result),
+            Pending::Response(h) => h.await,
         };
-        match handle.await {
+        match outcome {
             Ok(Ok(Some(bytes))) => {
                 if out.write_all(&bytes).await.is_err() {
                     break;

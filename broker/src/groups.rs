@@ -858,29 +858,24 @@ impl GroupCoordinator {
         if records.is_empty() {
             return results;
         }
+        // Write and apply in one step, before any wait: commits pipelined on
+        // a connection are applied in the order they were sent.
         let written = self.persist(topics, group_id, &records);
-        let outcome = match written {
-            Ok((log, upto)) => {
-                if durable {
-                    log.sync(upto).await.map_err(|_| ResponseError::KafkaStorageError)
-                } else {
-                    Ok(())
-                }
+        if written.is_ok() {
+            let mut groups = self.lock();
+            let group = groups.entry(group_id.to_string()).or_insert_with(Group::new);
+            for (_, topic, partition, c) in &accepted {
+                group.offsets.insert((topic.clone(), *partition), c.clone());
             }
+        }
+        let outcome = match written {
+            Ok((log, upto)) if durable => log.sync(upto).await.map_err(|_| ResponseError::KafkaStorageError),
+            Ok(_) => Ok(()),
             Err(e) => Err(e),
         };
-        match outcome {
-            Ok(()) => {
-                let mut groups = self.lock();
-                let group = groups.entry(group_id.to_string()).or_insert_with(Group::new);
-                for (_, topic, partition, c) in accepted {
-                    group.offsets.insert((topic, partition), c);
-                }
-            }
-            Err(e) => {
-                for (i, ..) in accepted {
-                    results[i] = Some(e);
-                }
+        if let Err(e) = outcome {
+            for (i, ..) in accepted {
+                results[i] = Some(e);
             }
         }
         results

@@ -572,3 +572,49 @@ fn silent_producers_expire() {
     }
     assert!(seq >= 1, "the first batch was accepted before expiry");
 }
+
+/// Produce requests pipelined on one connection land in the order they
+/// were sent, whatever their acks (librdkafka keeps many in flight).
+#[test]
+fn pipelined_produces_keep_their_order() {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    let broker = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    create(&mut conn, "ordered", 1, &[]);
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        let value = format!("{i:05}");
+        let mut pd = PartitionProduceData::default();
+        pd.records = Some(wire::batch(&[value.as_bytes()], 1));
+        let mut td = TopicProduceData::default();
+        td.name = TopicName(s("ordered"));
+        td.partition_data = vec![pd];
+        let mut req = ProduceRequest::default();
+        // A mix: fsync'd acks=all requests wait while acks=1 ones do not.
+        req.acks = if i % 3 == 0 { -1 } else { 1 };
+        req.timeout_ms = 5000;
+        req.topic_data = vec![td];
+        ids.push(conn.send(ApiKey::Produce, 9, &req));
+    }
+    for (i, id) in ids.into_iter().enumerate() {
+        let r: ProduceResponse = conn.recv(ApiKey::Produce, 9, id);
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!((p.error_code, p.base_offset), (0, i as i64), "request {i} got offset {}", p.base_offset);
+    }
+    let mut values = Vec::new();
+    let mut next = 0;
+    while next < 300 {
+        let f: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_req(0, -1, &[("ordered", 0, next)], &[], 0, 0));
+        let mut records = f.responses[0].partitions[0].records.clone().unwrap_or_default();
+        for set in kafka_protocol::records::RecordBatchDecoder::decode_all(&mut records).expect("batches") {
+            for r in set.records {
+                if r.offset >= next {
+                    values.push(String::from_utf8_lossy(&r.value.unwrap_or_default()).to_string());
+                    next = r.offset + 1;
+                }
+            }
+        }
+    }
+    let want: Vec<String> = (0..300).map(|i| format!("{i:05}")).collect();
+    assert_eq!(values, want);
+}
