@@ -29,7 +29,6 @@ pub struct ApiEntry {
 
 /// Frames a response: size, header (at the version the API demands), body.
 pub fn encode_response<R: Encodable>(
-    key: ApiKey,
     header_version: i16,
     correlation_id: i32,
     version: i16,
@@ -41,7 +40,6 @@ pub fn encode_response<R: Encodable>(
     resp.encode(&mut buf, version)?;
     let len = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&len.to_be_bytes());
-    let _ = key;
     Ok(buf.freeze())
 }
 
@@ -66,7 +64,7 @@ macro_rules! api {
                     match outcome {
                         Some(resp) => {
                             let hv = ApiKey::$key.response_header_version(version);
-                            Ok(Some(encode_response(ApiKey::$key, hv, header.correlation_id, version, &resp)?))
+                            Ok(Some(encode_response(hv, header.correlation_id, version, &resp)?))
                         }
                         None => Ok(None),
                     }
@@ -95,7 +93,7 @@ macro_rules! unsupported {
                     let mut resp = <$resp>::default();
                     resp.error_code = kafka_protocol::error::ResponseError::UnsupportedVersion.code();
                     let hv = ApiKey::$key.response_header_version(version);
-                    Ok(Some(encode_response(ApiKey::$key, hv, header.correlation_id, version, &resp)?))
+                    Ok(Some(encode_response(hv, header.correlation_id, version, &resp)?))
                 })
             },
         }
@@ -189,7 +187,7 @@ pub fn prepare(broker: &Arc<Broker>, frame: Bytes) -> Result<HandlerFuture, Stri
             let resp = ApiVersionsResponse::default()
                 .with_error_code(kafka_protocol::error::ResponseError::UnsupportedVersion.code())
                 .with_api_keys(supported_versions());
-            let bytes = encode_response(ApiKey::ApiVersions, 0, correlation_id, 0, &resp).map_err(|e| e.to_string())?;
+            let bytes = encode_response(0, correlation_id, 0, &resp).map_err(|e| e.to_string())?;
             return Ok(Box::pin(async move { Ok(Some(bytes)) }));
         }
         return Err(format!(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod wire;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -275,11 +275,4 @@ impl RawConn {
         let mut b = [0u8; 1];
         matches!(self.stream.read(&mut b), Ok(0) | Err(_))
     }
-}
-
-/// Reads a big-endian i16 error code at the front of a buffer (helper for
-/// hand-parsed responses).
-pub fn peek_i16(b: &Bytes) -> i16 {
-    let mut c = b.clone();
-    c.get_i16()
 }

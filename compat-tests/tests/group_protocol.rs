@@ -359,3 +359,24 @@ fn deleting_a_topic_forgets_its_committed_offsets() {
     fjord_compat_tests::wire::create_topic(&mut conn, "doomed", 1, &[]);
     assert_eq!(committed(&mut conn, "keeper", "doomed"), -1, "the new topic starts without the old offsets");
 }
+
+#[test]
+fn find_coordinator_single_and_batched() {
+    let broker = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    let mut one = FindCoordinatorRequest::default();
+    one.key = s("a-group");
+    let r: FindCoordinatorResponse = conn.call(ApiKey::FindCoordinator, 3, &one);
+    assert_eq!((r.error_code, r.port as u16), (0, broker.port));
+    // v4+ batches keys; each gets its own answer.
+    let mut many = FindCoordinatorRequest::default();
+    many.coordinator_keys = vec![s("g1"), s("g2")];
+    let r: FindCoordinatorResponse = conn.call(ApiKey::FindCoordinator, 4, &many);
+    let got: Vec<(String, i16, u16)> =
+        r.coordinators.iter().map(|c| (c.key.to_string(), c.error_code, c.port as u16)).collect();
+    assert_eq!(got, vec![("g1".into(), 0, broker.port), ("g2".into(), 0, broker.port)]);
+    // Transaction coordinators are not served yet: a clear error, not a hang.
+    many.key_type = 1;
+    let r: FindCoordinatorResponse = conn.call(ApiKey::FindCoordinator, 4, &many);
+    assert!(r.coordinators.iter().all(|c| c.error_code == 42));
+}

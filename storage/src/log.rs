@@ -10,7 +10,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::batch::{self, BatchHeader, TimestampType};
+use crate::batch::{self, TimestampType};
 use crate::epoch::EpochCache;
 use crate::error::{LogError, Result};
 use crate::producer::{ProducerStates, SequenceCheck};
@@ -417,12 +417,6 @@ impl PartitionLog {
             .max_by_key(|s| (s.max_timestamp, std::cmp::Reverse(s.base_offset)))?;
         let b = seg.find_batch(seg.offset_of_max_timestamp)?;
         Some(seg.bytes(b.position, b.position + b.header.total_size() as u64))
-    }
-
-    /// All batch headers, oldest first (for tools and tests).
-    pub fn batch_headers(&self) -> Vec<BatchHeader> {
-        let inner = self.read_inner();
-        inner.segments.values().flat_map(|s| s.batches().map(|b| b.header).collect::<Vec<_>>()).collect()
     }
 
     /// Advances the log start offset (DeleteRecords). `offset` may be the

@@ -125,14 +125,6 @@ impl ProducerStates {
         self.producers.retain(|_, e| now_ms - e.last_timestamp < expiration_ms);
         before - self.producers.len()
     }
-
-    pub fn len(&self) -> usize {
-        self.producers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.producers.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use memmap2::Mmap;
 
-use crate::batch::{self, BatchHeader, HEADER_SIZE, LOG_OVERHEAD};
+use crate::batch::{self, BatchHeader, HEADER_SIZE};
 use crate::error::Result;
 use crate::index::{OffsetIndex, TimeIndex};
 
@@ -414,6 +414,3 @@ impl Segment {
         Ok(())
     }
 }
-
-/// Smallest valid batch size, for callers sizing reads.
-pub const MIN_BATCH: usize = LOG_OVERHEAD + (HEADER_SIZE - LOG_OVERHEAD);

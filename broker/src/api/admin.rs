@@ -13,15 +13,10 @@ use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::*;
 
 use super::metadata::{str, topic_name};
-use super::storage_code;
+use super::{blocking, storage_code};
 use crate::server::Broker;
 use crate::topic_config;
 use crate::topics::TopicError;
-
-/// Runs blocking registry work on the blocking pool.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    tokio::task::spawn_blocking(f).await.ok()
-}
 
 fn create_one(broker: &Broker, t: &CreatableTopic, validate_only: bool) -> Result<(uuid::Uuid, i32), TopicError> {
     let name = t.name.0.to_string();
@@ -138,7 +133,7 @@ pub async fn create_topics(
             })
             .collect::<Vec<_>>()
     })
-    .await?;
+    .await;
     Some(mk!(CreateTopicsResponse { topics: topics }))
 }
 
@@ -184,7 +179,7 @@ pub async fn delete_topics(
             })
             .collect::<Vec<_>>()
     })
-    .await?;
+    .await;
     Some(mk!(DeleteTopicsResponse { responses: responses }))
 }
 
@@ -220,7 +215,7 @@ pub async fn create_partitions(
             })
             .collect::<Vec<_>>()
     })
-    .await?;
+    .await;
     Some(mk!(CreatePartitionsResponse { results: results }))
 }
 
@@ -259,6 +254,6 @@ pub async fn delete_records(
             })
             .collect::<Vec<_>>()
     })
-    .await?;
+    .await;
     Some(mk!(DeleteRecordsResponse { topics: topics }))
 }

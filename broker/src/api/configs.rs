@@ -299,32 +299,48 @@ fn alter_resource(
     }
 }
 
-pub async fn alter(broker: Arc<Broker>, _h: &RequestHeader, req: AlterConfigsRequest) -> Option<AlterConfigsResponse> {
-    let b = broker.clone();
-    let responses = tokio::task::spawn_blocking(move || {
-        req.resources
+/// Applies each resource's changes off the runtime; the result per
+/// resource is its error, if any.
+async fn alter_all(
+    broker: Arc<Broker>,
+    resources: Vec<(i8, StrBytes, Vec<Change>)>,
+    replace_all: bool,
+    validate_only: bool,
+) -> Vec<(i8, StrBytes, Option<TopicError>)> {
+    super::blocking(move || {
+        resources
             .into_iter()
-            .map(|r| {
-                let changes = r
-                    .configs
-                    .iter()
-                    .map(|c| (c.name.to_string(), 0i8, c.value.as_ref().map(|v| v.to_string())))
-                    .collect();
-                let out = alter_resource(&b, r.resource_type, &r.resource_name, changes, true, req.validate_only);
-                let mut resp = mk!(alter_configs_response::AlterConfigsResourceResponse {
-                    resource_type: r.resource_type,
-                    resource_name: r.resource_name
-                });
-                if let Err(e) = out {
-                    resp.error_code = e.code.code();
-                    resp.error_message = Some(str(&e.message));
-                }
-                resp
+            .map(|(rtype, name, changes)| {
+                let out = alter_resource(&broker, rtype, &name, changes, replace_all, validate_only);
+                (rtype, name, out.err())
             })
-            .collect::<Vec<_>>()
+            .collect()
     })
     .await
-    .ok()?;
+}
+
+pub async fn alter(broker: Arc<Broker>, _h: &RequestHeader, req: AlterConfigsRequest) -> Option<AlterConfigsResponse> {
+    let resources = req
+        .resources
+        .into_iter()
+        .map(|r| {
+            let changes =
+                r.configs.iter().map(|c| (c.name.to_string(), 0i8, c.value.as_ref().map(|v| v.to_string()))).collect();
+            (r.resource_type, r.resource_name, changes)
+        })
+        .collect();
+    let responses = alter_all(broker, resources, true, req.validate_only)
+        .await
+        .into_iter()
+        .map(|(resource_type, resource_name, err)| {
+            mk!(alter_configs_response::AlterConfigsResourceResponse {
+                resource_type: resource_type,
+                resource_name: resource_name,
+                error_code: err.as_ref().map_or(0, |e| e.code.code()),
+                error_message: err.map(|e| str(&e.message))
+            })
+        })
+        .collect();
     Some(mk!(AlterConfigsResponse { responses: responses }))
 }
 
@@ -333,30 +349,29 @@ pub async fn incremental_alter(
     _h: &RequestHeader,
     req: IncrementalAlterConfigsRequest,
 ) -> Option<IncrementalAlterConfigsResponse> {
-    let b = broker.clone();
-    let responses = tokio::task::spawn_blocking(move || {
-        req.resources
-            .into_iter()
-            .map(|r| {
-                let changes = r
-                    .configs
-                    .iter()
-                    .map(|c| (c.name.to_string(), c.config_operation, c.value.as_ref().map(|v| v.to_string())))
-                    .collect();
-                let out = alter_resource(&b, r.resource_type, &r.resource_name, changes, false, req.validate_only);
-                let mut resp = mk!(incremental_alter_configs_response::AlterConfigsResourceResponse {
-                    resource_type: r.resource_type,
-                    resource_name: r.resource_name
-                });
-                if let Err(e) = out {
-                    resp.error_code = e.code.code();
-                    resp.error_message = Some(str(&e.message));
-                }
-                resp
+    let resources = req
+        .resources
+        .into_iter()
+        .map(|r| {
+            let changes = r
+                .configs
+                .iter()
+                .map(|c| (c.name.to_string(), c.config_operation, c.value.as_ref().map(|v| v.to_string())))
+                .collect();
+            (r.resource_type, r.resource_name, changes)
+        })
+        .collect();
+    let responses = alter_all(broker, resources, false, req.validate_only)
+        .await
+        .into_iter()
+        .map(|(resource_type, resource_name, err)| {
+            mk!(incremental_alter_configs_response::AlterConfigsResourceResponse {
+                resource_type: resource_type,
+                resource_name: resource_name,
+                error_code: err.as_ref().map_or(0, |e| e.code.code()),
+                error_message: err.map(|e| str(&e.message))
             })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .ok()?;
+        })
+        .collect();
     Some(mk!(IncrementalAlterConfigsResponse { responses: responses }))
 }

@@ -34,16 +34,15 @@ struct Outcome {
     log_start: i64,
 }
 
-fn resolve(broker: &Broker, topic: &FetchTopic, version: i16) -> (String, Uuid, ResponseError) {
+/// Name and id of a fetched topic; v13+ names topics by id, and an
+/// unknown id resolves to an empty name.
+fn resolve(broker: &Broker, topic: &FetchTopic, version: i16) -> (String, Uuid) {
     if version >= 13 {
-        match broker.topics.name_by_id(topic.topic_id) {
-            Some(n) => (n, topic.topic_id, ResponseError::UnknownTopicOrPartition),
-            None => (String::new(), topic.topic_id, ResponseError::UnknownTopicId),
-        }
+        (broker.topics.name_by_id(topic.topic_id).unwrap_or_default(), topic.topic_id)
     } else {
         let name = topic.topic.0.to_string();
         let id = broker.topics.topic(&name).map(|m| m.id).unwrap_or_default();
-        (name, id, ResponseError::UnknownTopicOrPartition)
+        (name, id)
     }
 }
 
@@ -91,20 +90,17 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
     let version = h.request_api_version;
     let mut requested = Vec::new();
     for topic in &req.topics {
-        let (name, id, unknown) = resolve(&broker, topic, version);
+        let (name, id) = resolve(&broker, topic, version);
         for p in &topic.partitions {
-            requested.push((
-                CachedPartition {
-                    topic: name.clone(),
-                    topic_id: id,
-                    partition: p.partition,
-                    fetch_offset: p.fetch_offset,
-                    max_bytes: p.partition_max_bytes,
-                    last_hw: -1,
-                    last_log_start: -1,
-                },
-                unknown,
-            ));
+            requested.push(CachedPartition {
+                topic: name.clone(),
+                topic_id: id,
+                partition: p.partition,
+                fetch_offset: p.fetch_offset,
+                max_bytes: p.partition_max_bytes,
+                last_hw: -1,
+                last_log_start: -1,
+            });
         }
     }
     let mut forgotten = Vec::new();
@@ -125,16 +121,14 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
             if version >= 7 && req.session_id != 0 {
                 broker.fetch_sessions.remove(req.session_id);
             }
-            let parts: Vec<CachedPartition> = requested.iter().map(|(p, _)| p.clone()).collect();
-            let id = if version >= 7 && req.session_epoch == INITIAL_EPOCH && !parts.is_empty() {
-                broker.fetch_sessions.create(parts.clone())
+            let id = if version >= 7 && req.session_epoch == INITIAL_EPOCH && !requested.is_empty() {
+                broker.fetch_sessions.create(requested.clone())
             } else {
                 0
             };
-            (id, false, parts)
+            (id, false, requested)
         } else {
-            let update: Vec<CachedPartition> = requested.iter().map(|(p, _)| p.clone()).collect();
-            match broker.fetch_sessions.update(req.session_id, req.session_epoch, update, &forgotten) {
+            match broker.fetch_sessions.update(req.session_id, req.session_epoch, requested, &forgotten) {
                 Ok(parts) => (req.session_id, true, parts),
                 Err(SessionError::NotFound) => return Some(error_response(ResponseError::FetchSessionIdNotFound, 0)),
                 Err(SessionError::InvalidEpoch) => {

@@ -38,7 +38,7 @@ pub fn auto_create(broker: &Broker, name: &str) -> Result<TopicMeta, ResponseErr
     }
 }
 
-fn topic_entry(broker: &Broker, name: &str, meta: &TopicMeta, version: i16) -> MetadataResponseTopic {
+fn topic_entry(broker: &Broker, name: &str, meta: &TopicMeta) -> MetadataResponseTopic {
     let node = BrokerId(broker.node_id);
     let partitions = (0..meta.partitions)
         .map(|p| {
@@ -51,7 +51,6 @@ fn topic_entry(broker: &Broker, name: &str, meta: &TopicMeta, version: i16) -> M
             })
         })
         .collect();
-    let _ = version;
     mk!(MetadataResponseTopic {
         name: Some(topic_name(name)),
         topic_id: meta.id,
@@ -73,7 +72,7 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: MetadataRequest
     match wanted {
         None => {
             for (name, meta) in broker.topics.list() {
-                topics.push(topic_entry(&broker, &name, &meta, version));
+                topics.push(topic_entry(&broker, &name, &meta));
             }
         }
         Some(list) => {
@@ -111,7 +110,7 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: MetadataRequest
                     None => Err(ResponseError::UnknownTopicOrPartition),
                 };
                 match meta {
-                    Ok(meta) => topics.push(topic_entry(&broker, &name, &meta, version)),
+                    Ok(meta) => topics.push(topic_entry(&broker, &name, &meta)),
                     Err(code) => topics.push(mk!(MetadataResponseTopic {
                         error_code: code.code(),
                         name: Some(topic_name(&name)),

@@ -15,6 +15,17 @@ pub mod produce;
 
 use kafka_protocol::error::ResponseError;
 
+/// Runs registry or disk work on the blocking pool. A panic there is a bug:
+/// it is carried on to this request's task, which closes the connection
+/// (never a request left without an answer).
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("blocking task did not finish: {e}"),
+    }
+}
+
 /// The wire code of an optional error (0 for none).
 pub fn code(e: Option<ResponseError>) -> i16 {
     e.map(|e| e.code()).unwrap_or(0)
