@@ -215,9 +215,84 @@ pub fn patch(batch: &mut [u8], base_offset: i64, leader_epoch: i32, append_time:
 /// A record's optional key and value.
 pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 
+/// Who wrote a batch and how: the producer fields of the header.
+#[derive(Debug, Clone, Copy)]
+pub struct Producer {
+    pub id: i64,
+    pub epoch: i16,
+    pub base_sequence: i32,
+    pub transactional: bool,
+}
+
 /// Builds an uncompressed v2 batch. Used by tests and internal writers; the
 /// produce path never re-encodes client batches.
 pub fn build_batch(base_offset: i64, timestamp: i64, records: &[KeyValue<'_>]) -> Vec<u8> {
+    build_batch_as(base_offset, timestamp, records, None)
+}
+
+/// `build_batch` with the producer fields set (transactional offset commits).
+pub fn build_batch_as(
+    base_offset: i64,
+    timestamp: i64,
+    records: &[KeyValue<'_>],
+    producer: Option<Producer>,
+) -> Vec<u8> {
+    let attributes = if producer.is_some_and(|p| p.transactional) { TRANSACTIONAL_BIT } else { 0 };
+    encode_batch(base_offset, timestamp, records, producer, attributes)
+}
+
+/// A transaction marker: the control batch a coordinator writes to every
+/// partition of a transaction when it commits or aborts. Its one record has
+/// key (version 0, type 0 = abort / 1 = commit) and value (version 0,
+/// coordinator epoch).
+pub fn build_marker(producer_id: i64, epoch: i16, coordinator_epoch: i32, commit: bool, timestamp: i64) -> Vec<u8> {
+    let mut key = [0u8; 4];
+    key[2..].copy_from_slice(&(commit as i16).to_be_bytes());
+    let mut value = [0u8; 6];
+    value[2..].copy_from_slice(&coordinator_epoch.to_be_bytes());
+    let producer = Producer { id: producer_id, epoch, base_sequence: -1, transactional: true };
+    encode_batch(0, timestamp, &[(Some(&key), Some(&value))], Some(producer), TRANSACTIONAL_BIT | CONTROL_BIT)
+}
+
+/// Whether a control batch is a commit (Some(true)) or abort (Some(false))
+/// marker; None for other control records or anything unreadable.
+pub fn marker_kind(batch: &[u8]) -> Option<bool> {
+    let mut pos = HEADER_SIZE;
+    let _len = get_varlong(batch, &mut pos)?;
+    pos += 1; // record attributes
+    get_varlong(batch, &mut pos)?; // timestamp delta
+    get_varlong(batch, &mut pos)?; // offset delta
+    let key_len = get_varlong(batch, &mut pos)?;
+    if key_len < 4 || pos + 4 > batch.len() {
+        return None;
+    }
+    match i16_at(batch, pos + 2) {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    }
+}
+
+fn get_varlong(b: &[u8], pos: &mut usize) -> Option<i64> {
+    let mut z: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*pos)?;
+        *pos += 1;
+        z |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return Some(((z >> 1) as i64) ^ -((z & 1) as i64));
+        }
+    }
+    None
+}
+
+fn encode_batch(
+    base_offset: i64,
+    timestamp: i64,
+    records: &[KeyValue<'_>],
+    producer: Option<Producer>,
+    attributes: i16,
+) -> Vec<u8> {
     let mut body = Vec::new();
     for (i, (key, value)) in records.iter().enumerate() {
         let mut rec = Vec::new();
@@ -243,19 +318,20 @@ pub fn build_batch(base_offset: i64, timestamp: i64, records: &[KeyValue<'_>]) -
         body.extend_from_slice(&rec);
     }
     let n = records.len() as i32;
+    let (pid, epoch, seq) = producer.map(|p| (p.id, p.epoch, p.base_sequence)).unwrap_or((-1, -1, -1));
     let mut b = Vec::with_capacity(HEADER_SIZE + body.len());
     b.extend_from_slice(&base_offset.to_be_bytes());
     b.extend_from_slice(&((HEADER_SIZE - LOG_OVERHEAD + body.len()) as i32).to_be_bytes());
     b.extend_from_slice(&(-1i32).to_be_bytes());
     b.push(2);
     b.extend_from_slice(&[0; 4]);
-    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&attributes.to_be_bytes());
     b.extend_from_slice(&(n - 1).to_be_bytes());
     b.extend_from_slice(&timestamp.to_be_bytes());
     b.extend_from_slice(&timestamp.to_be_bytes());
-    b.extend_from_slice(&(-1i64).to_be_bytes());
-    b.extend_from_slice(&(-1i16).to_be_bytes());
-    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.extend_from_slice(&pid.to_be_bytes());
+    b.extend_from_slice(&epoch.to_be_bytes());
+    b.extend_from_slice(&seq.to_be_bytes());
     b.extend_from_slice(&n.to_be_bytes());
     b.extend_from_slice(&body);
     let crc = compute_crc(&b);
@@ -292,6 +368,18 @@ mod tests {
         let h = validate(&b).unwrap();
         assert!(h.is_log_append_time());
         assert_eq!(h.max_timestamp, 5555);
+    }
+
+    #[test]
+    fn markers_say_what_they_are() {
+        for commit in [true, false] {
+            let m = build_marker(7, 3, 0, commit, 10);
+            let h = validate(&m).unwrap();
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!((h.producer_id, h.producer_epoch), (7, 3));
+            assert_eq!(marker_kind(&m), Some(commit));
+        }
+        assert_eq!(marker_kind(&build_batch(0, 1, &[(Some(b"k"), None)])[..HEADER_SIZE + 2]), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! original (`.cleaned`) and swapped in with a rename, so readers holding the
 //! old mapping keep reading it and a crash leaves one whole version.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 
 use bytes::{Bytes, BytesMut};
@@ -98,7 +98,12 @@ impl PartitionLog {
             return Ok(CompactionStats::default());
         }
         // The newest offset of every key in the closed part of the log.
+        // Transactional batches are kept whole and never supersede anything:
+        // whether they count depends on a marker that may come later, and
+        // readers resolve that themselves. Tombstones of keys written
+        // transactionally stay too, or an older committed value would return.
         let mut latest: HashMap<Bytes, i64> = HashMap::new();
+        let mut txn_keys: HashSet<Bytes> = HashSet::new();
         for (_, _, _, data) in &closed {
             for (h, raw) in batches(data) {
                 if h.is_control() {
@@ -106,7 +111,11 @@ impl PartitionLog {
                 }
                 for r in decode(raw)? {
                     if let Some(k) = r.key {
-                        latest.insert(k, r.offset);
+                        if h.is_transactional() {
+                            txn_keys.insert(k);
+                        } else {
+                            latest.insert(k, r.offset);
+                        }
                     }
                 }
             }
@@ -118,7 +127,7 @@ impl PartitionLog {
             let mut out = BytesMut::with_capacity(data.len());
             let mut changed = false;
             for (h, raw) in batches(data) {
-                if h.is_control() {
+                if h.is_control() || h.is_transactional() {
                     out.extend_from_slice(raw);
                     continue;
                 }
@@ -127,7 +136,10 @@ impl PartitionLog {
                 let kept: Vec<Record> = records
                     .into_iter()
                     .filter(|r| match &r.key {
-                        Some(k) => latest.get(k) == Some(&r.offset) && !(r.value.is_none() && tombstones_expired),
+                        Some(k) => {
+                            latest.get(k) == Some(&r.offset)
+                                && !(r.value.is_none() && tombstones_expired && !txn_keys.contains(k))
+                        }
                         None => true,
                     })
                     .collect();

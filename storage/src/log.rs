@@ -1,5 +1,8 @@
 //! `PartitionLog`: the ordered segments of one partition, offset assignment,
-//! reads by offset and time, retention, truncation and group-committed fsync.
+//! reads by offset and time, retention, truncation and group-committed fsync,
+//! and the transactional state on top: producer state snapshotted at every
+//! segment roll, the last stable offset, and the aborted transactions index
+//! (`.txnindex`, one per segment, holding the aborts whose marker is in it).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -13,8 +16,15 @@ use tokio::sync::Notify;
 use crate::batch::{self, TimestampType};
 use crate::epoch::EpochCache;
 use crate::error::{LogError, Result};
-use crate::producer::{ProducerStates, SequenceCheck};
-use crate::segment::Segment;
+use crate::producer::{AbortedTxn, ProducerStates, SequenceCheck};
+use crate::segment::{file_name, Segment};
+
+/// Snapshots kept beside the log: the newest, and one before it in case the
+/// newest is ahead of what survived a crash.
+const SNAPSHOTS_KEPT: usize = 2;
+/// Bytes per `.txnindex` entry: version, producer id, first, last and last
+/// stable offsets (Kafka's layout).
+const TXN_ENTRY: usize = 34;
 
 /// Per-partition settings, named after Kafka's topic configs.
 #[derive(Debug, Clone)]
@@ -91,18 +101,115 @@ pub(crate) struct Inner {
     pub(crate) log_start: i64,
     epochs: EpochCache,
     producers: ProducerStates,
+    /// Aborted transactions in marker order, from every segment's txnindex.
+    aborted: Vec<AbortedTxn>,
+}
+
+fn snapshot_offsets(dir: &Path) -> Vec<i64> {
+    let mut v: Vec<i64> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".snapshot").and_then(|s| s.parse().ok()))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn encode_txn_entry(a: &AbortedTxn) -> [u8; TXN_ENTRY] {
+    let mut b = [0u8; TXN_ENTRY];
+    b[2..10].copy_from_slice(&a.producer_id.to_be_bytes());
+    b[10..18].copy_from_slice(&a.first_offset.to_be_bytes());
+    b[18..26].copy_from_slice(&a.last_offset.to_be_bytes());
+    b[26..34].copy_from_slice(&a.last_stable_offset.to_be_bytes());
+    b
+}
+
+fn read_txn_index(path: &Path) -> Vec<AbortedTxn> {
+    let Ok(data) = std::fs::read(path) else { return Vec::new() };
+    let at = |c: &[u8], i: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&c[i..i + 8]);
+        i64::from_be_bytes(a)
+    };
+    // A torn last entry (crash mid-write) is dropped; recovery rewrites
+    // the index of every segment it scans anyway.
+    data.chunks_exact(TXN_ENTRY)
+        .map(|c| AbortedTxn {
+            producer_id: at(c, 2),
+            first_offset: at(c, 10),
+            last_offset: at(c, 18),
+            last_stable_offset: at(c, 26),
+        })
+        .collect()
 }
 
 impl Inner {
-    /// Rebuilds idempotent producer state from every batch header in the log.
-    fn rebuild_producers(&mut self) {
+    /// Rebuilds producer state, open transactions and aborted transactions:
+    /// from the newest usable snapshot, then by reading the batch headers
+    /// (and markers) of the segments after it. Without a snapshot that is
+    /// the whole log.
+    fn recover_state(&mut self, dir: &Path) -> Result<()> {
+        let end = self.log_end();
+        let mut from = i64::MIN;
         let mut states = ProducerStates::default();
-        for seg in self.segments.values() {
-            for b in seg.batches() {
-                states.update(&b.header);
+        for off in snapshot_offsets(dir).into_iter().rev() {
+            let path = dir.join(file_name(off, "snapshot"));
+            if off > end {
+                // Ahead of the log (its tail was lost or truncated).
+                remove_if_present(&path)?;
+                continue;
             }
+            if let Some(st) = std::fs::read(&path).ok().and_then(|b| ProducerStates::from_json(&b)) {
+                states = st;
+                from = off;
+                break;
+            }
+            tracing::warn!(snapshot = %path.display(), "unreadable producer snapshot skipped");
         }
+        let mut aborted = Vec::new();
+        for seg in self.segments.values() {
+            let index = dir.join(file_name(seg.base_offset, "txnindex"));
+            if seg.next_offset <= from {
+                aborted.extend(read_txn_index(&index));
+                continue;
+            }
+            // Entries of a segment that straddles the snapshot stay for the part before it.
+            let mut rebuilt: Vec<AbortedTxn> =
+                read_txn_index(&index).into_iter().filter(|a| a.last_offset < from).collect();
+            for b in seg.batches() {
+                if b.header.base_offset < from {
+                    continue;
+                }
+                let marker = if b.header.is_control() {
+                    batch::marker_kind(&seg.bytes(b.position, b.position + b.header.total_size() as u64))
+                } else {
+                    None
+                };
+                if let Some(a) = states.update(&b.header, marker) {
+                    rebuilt.push(a);
+                }
+            }
+            if rebuilt.is_empty() {
+                remove_if_present(&index)?;
+            } else {
+                let bytes: Vec<u8> = rebuilt.iter().flat_map(encode_txn_entry).collect();
+                std::fs::write(&index, bytes)?;
+            }
+            aborted.extend(rebuilt);
+        }
+        aborted.retain(|a| a.last_offset >= self.log_start);
         self.producers = states;
+        self.aborted = aborted;
+        Ok(())
     }
 
     fn active(&self) -> &Segment {
@@ -195,8 +302,15 @@ impl PartitionLog {
         let log = PartitionLog {
             dir: dir.to_path_buf(),
             inner: RwLock::new({
-                let mut inner = Inner { config, segments, log_start, epochs, producers: ProducerStates::default() };
-                inner.rebuild_producers();
+                let mut inner = Inner {
+                    config,
+                    segments,
+                    log_start,
+                    epochs,
+                    producers: ProducerStates::default(),
+                    aborted: Vec::new(),
+                };
+                inner.recover_state(dir)?;
                 inner
             }),
             appended: Notify::new(),
@@ -230,6 +344,31 @@ impl PartitionLog {
     /// Validates, assigns offsets to and appends a produce payload of one or
     /// more batches. Nothing is written unless every batch is valid.
     pub fn append(&self, payload: &mut [u8], leader_epoch: i32, now_ms: i64) -> Result<AppendInfo> {
+        self.append_from(payload, leader_epoch, now_ms, false)
+    }
+
+    /// Appends a batch the broker itself wrote for a producer (a
+    /// transactional offset commit): its epoch is checked, it carries no
+    /// sequence to deduplicate.
+    pub fn append_from_coordinator(&self, payload: &mut [u8], leader_epoch: i32, now_ms: i64) -> Result<AppendInfo> {
+        self.append_from(payload, leader_epoch, now_ms, true)
+    }
+
+    /// Writes a commit or abort marker for `producer_id`'s open transaction.
+    /// Returns the marker's offset.
+    pub fn append_marker(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        coordinator_epoch: i32,
+        commit: bool,
+        now_ms: i64,
+    ) -> Result<i64> {
+        let mut marker = batch::build_marker(producer_id, epoch, coordinator_epoch, commit, now_ms);
+        Ok(self.append_from(&mut marker, 0, now_ms, true)?.base_offset)
+    }
+
+    fn append_from(&self, payload: &mut [u8], leader_epoch: i32, now_ms: i64, coordinator: bool) -> Result<AppendInfo> {
         let (max, compact) = {
             let inner = self.read_inner();
             (inner.config.max_message_bytes, inner.config.compact)
@@ -238,14 +377,23 @@ impl PartitionLog {
         if compact {
             crate::compact::require_keys(payload, &batches)?;
         }
+        if !coordinator && batches.iter().any(|(_, h)| h.is_control()) {
+            return Err(LogError::InvalidRecord("clients may not write control records".into()));
+        }
         let idempotent = batches.iter().any(|(_, h)| h.producer_id >= 0);
         if idempotent && batches.len() != 1 {
             return Err(LogError::InvalidRecord(
                 "an idempotent produce carries exactly one batch per partition".into(),
             ));
         }
+        if batches.iter().any(|(_, h)| h.is_transactional() && h.producer_id < 0) {
+            return Err(LogError::InvalidRecord("a transactional batch needs a producer id".into()));
+        }
         let mut inner = self.write_inner();
-        if idempotent {
+        if coordinator {
+            let h = &batches[0].1;
+            inner.producers.check_epoch(h.producer_id, h.producer_epoch)?;
+        } else if idempotent {
             if let SequenceCheck::Duplicate { base_offset, last_offset } = inner.producers.check(&batches[0].1)? {
                 return Ok(AppendInfo {
                     base_offset,
@@ -277,8 +425,11 @@ impl PartitionLog {
         let interval = inner.config.index_interval_bytes;
         inner.active_mut().append(payload, &batches, interval, now_ms)?;
         inner.epochs.assign(leader_epoch, base_offset)?;
-        for (_, h) in &batches {
-            inner.producers.update(h);
+        for (pos, h) in &batches {
+            let marker = if h.is_control() { batch::marker_kind(&payload[*pos..*pos + h.total_size()]) } else { None };
+            if let Some(aborted) = inner.producers.update(h, marker) {
+                self.record_abort(&mut inner, aborted)?;
+            }
         }
         let log_start = inner.log_start;
         drop(inner);
@@ -290,6 +441,28 @@ impl PartitionLog {
             log_start_offset: log_start,
             duplicate: false,
         })
+    }
+
+    /// Notes an aborted transaction in memory and in the active segment's
+    /// txnindex. The index is made durable when the segment closes; a crash
+    /// before that is repaired by recovery, which rescans the active segment.
+    fn record_abort(&self, inner: &mut Inner, aborted: AbortedTxn) -> Result<()> {
+        let path = self.dir.join(file_name(inner.active().base_offset, "txnindex"));
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        f.write_all(&encode_txn_entry(&aborted))?;
+        inner.aborted.push(aborted);
+        Ok(())
+    }
+
+    /// Saves producer state as of `offset` (the base of the new active
+    /// segment), so recovery reads only the segments after it.
+    fn snapshot_producers(&self, inner: &Inner, offset: i64) -> Result<()> {
+        write_atomic(&self.dir.join(file_name(offset, "snapshot")), &inner.producers.to_json())?;
+        let offsets = snapshot_offsets(&self.dir);
+        for old in offsets.iter().rev().skip(SNAPSHOTS_KEPT) {
+            remove_if_present(&self.dir.join(file_name(*old, "snapshot")))?;
+        }
+        Ok(())
     }
 
     fn maybe_roll(&self, inner: &mut Inner, incoming: u64, now_ms: i64) -> Result<()> {
@@ -316,7 +489,12 @@ impl PartitionLog {
                 old.delete()?;
             }
         } else {
+            let old_base = inner.active().base_offset;
             inner.active_mut().close()?;
+            if let Ok(f) = std::fs::File::open(self.dir.join(file_name(old_base, "txnindex"))) {
+                f.sync_all()?;
+            }
+            self.snapshot_producers(inner, base)?;
         }
         let seg = Segment::create(&self.dir, base, cap, inner.config.segment_index_bytes)?;
         inner.segments.insert(base, seg);
@@ -332,6 +510,24 @@ impl PartitionLog {
     /// Single-replica logs commit on append; replication will move this.
     pub fn high_watermark(&self) -> i64 {
         self.log_end_offset()
+    }
+    /// The last stable offset: below it every transaction has ended, so
+    /// read_committed consumers may read up to here.
+    pub fn last_stable_offset(&self) -> i64 {
+        let inner = self.read_inner();
+        let hw = inner.log_end();
+        inner.producers.first_unstable_offset().map_or(hw, |f| f.min(hw))
+    }
+    /// Aborted transactions a reader of [from, upto) must know about.
+    pub fn aborted_transactions(&self, from: i64, upto: i64) -> Vec<AbortedTxn> {
+        let inner = self.read_inner();
+        // Markers are in offset order; entries ending before `from` are skipped.
+        let start = inner.aborted.partition_point(|a| a.last_offset < from);
+        inner.aborted[start..].iter().filter(|a| a.first_offset < upto).copied().collect()
+    }
+    /// Producers with an open transaction here, and its first offset.
+    pub fn open_transactions(&self) -> Vec<(i64, i64)> {
+        self.read_inner().producers.open_transactions()
     }
     pub fn size_bytes(&self) -> u64 {
         self.read_inner().size()
@@ -447,9 +643,12 @@ impl PartitionLog {
             }
             if let Some(seg) = inner.segments.remove(&base) {
                 seg.delete()?;
+                remove_if_present(&self.dir.join(file_name(base, "txnindex")))?;
                 dropped += 1;
             }
         }
+        let start = inner.log_start;
+        inner.aborted.retain(|a| a.last_offset >= start);
         Ok(dropped)
     }
 
@@ -519,6 +718,7 @@ impl PartitionLog {
             }
             if let Some(seg) = inner.segments.remove(&b) {
                 seg.delete()?;
+                remove_if_present(&self.dir.join(file_name(b, "txnindex")))?;
             }
         }
         let active = inner.active_mut();
@@ -526,7 +726,7 @@ impl PartitionLog {
             active.truncate_to(offset)?;
         }
         inner.epochs.truncate_from(offset)?;
-        inner.rebuild_producers();
+        inner.recover_state(&self.dir)?;
         let end = inner.log_end();
         if inner.active().closed {
             // The remaining tail segment was sealed; open a fresh one after it.

@@ -1,8 +1,11 @@
-//! Idempotent producer state of a partition: per producer id, its epoch and
-//! the last five batches (sequence range → offsets), so a retried batch is
-//! answered with its original offsets instead of being written twice.
+//! Producer state of a partition: per producer id, its epoch, the last five
+//! batches (sequence range → offsets), so a retried batch is answered with
+//! its original offsets instead of being written twice, and the first offset
+//! of its open transaction, which bounds the last stable offset.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
 
 use crate::batch::BatchHeader;
 use crate::error::{LogError, Result};
@@ -11,7 +14,7 @@ use crate::error::{LogError, Result};
 /// matching max.in.flight.requests.per.connection for idempotence).
 const CACHED_BATCHES: usize = 5;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct CachedBatch {
     first_seq: i32,
     last_seq: i32,
@@ -19,12 +22,27 @@ struct CachedBatch {
     last_offset: i64,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct ProducerEntry {
     epoch: i16,
     batches: VecDeque<CachedBatch>,
     /// Max timestamp of the producer's newest batch (for expiration).
     last_timestamp: i64,
+    /// First offset of the producer's open transaction on this partition.
+    #[serde(default)]
+    txn_first_offset: Option<i64>,
+}
+
+/// A transaction that ended in an abort: consumers reading committed data
+/// drop the producer's records from `first_offset` up to the marker at
+/// `last_offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    /// The last stable offset once this abort was written.
+    pub last_stable_offset: i64,
 }
 
 /// What to do with an incoming batch from an idempotent producer.
@@ -54,15 +72,21 @@ fn next_sequence(seq: i32) -> i32 {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ProducerStates {
     producers: HashMap<i64, ProducerEntry>,
+    /// Open transactions by first offset (→ producer id).
+    #[serde(skip)]
+    ongoing: BTreeMap<i64, i64>,
 }
 
 impl ProducerStates {
     /// Checks a batch (with its producer id set) against the producer's state.
     pub fn check(&self, h: &BatchHeader) -> Result<SequenceCheck> {
         let last_seq = last_sequence(h.base_sequence, h.last_offset_delta);
+        if h.is_transactional() && h.base_sequence < 0 {
+            return Err(LogError::InvalidRecord("a transactional batch needs a sequence number".into()));
+        }
         let Some(entry) = self.producers.get(&h.producer_id) else {
             // A producer we have no state for must start at sequence 0;
             // anything else means its state is gone (e.g. its batches aged out).
@@ -96,10 +120,21 @@ impl ProducerStates {
         Ok(SequenceCheck::Append)
     }
 
-    /// Records a batch that is now in the log (offsets assigned).
-    pub fn update(&mut self, h: &BatchHeader) {
-        if h.producer_id < 0 || h.is_control() {
-            return;
+    /// Checks that a coordinator-written batch (a marker or a transactional
+    /// offset commit) does not come from an epoch older than the producer's.
+    pub fn check_epoch(&self, producer_id: i64, epoch: i16) -> Result<()> {
+        match self.producers.get(&producer_id) {
+            Some(e) if epoch < e.epoch => Err(LogError::InvalidProducerEpoch { producer_id, epoch, current: e.epoch }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a batch that is now in the log (offsets assigned). For a
+    /// commit or abort marker (`marker` = Some(commit)), returns the
+    /// transaction it ended when that was an abort.
+    pub fn update(&mut self, h: &BatchHeader, marker: Option<bool>) -> Option<AbortedTxn> {
+        if h.producer_id < 0 || (h.is_control() && marker.is_none()) {
+            return None;
         }
         let entry = self.producers.entry(h.producer_id).or_default();
         if h.producer_epoch != entry.epoch {
@@ -107,6 +142,25 @@ impl ProducerStates {
             entry.batches.clear();
         }
         entry.last_timestamp = entry.last_timestamp.max(h.max_timestamp);
+        if let Some(commit) = marker {
+            let first = entry.txn_first_offset.take()?;
+            self.ongoing.remove(&first);
+            let lso = self.ongoing.keys().next().copied().unwrap_or(h.base_offset + 1);
+            return (!commit).then_some(AbortedTxn {
+                producer_id: h.producer_id,
+                first_offset: first,
+                last_offset: h.base_offset,
+                last_stable_offset: lso,
+            });
+        }
+        if h.is_transactional() && entry.txn_first_offset.is_none() {
+            entry.txn_first_offset = Some(h.base_offset);
+            self.ongoing.insert(h.base_offset, h.producer_id);
+        }
+        if h.base_sequence < 0 {
+            // Coordinator-written batches carry no sequence to dedup.
+            return None;
+        }
         entry.batches.push_back(CachedBatch {
             first_seq: h.base_sequence,
             last_seq: last_sequence(h.base_sequence, h.last_offset_delta),
@@ -116,14 +170,38 @@ impl ProducerStates {
         while entry.batches.len() > CACHED_BATCHES {
             entry.batches.pop_front();
         }
+        None
+    }
+
+    /// The first offset of the oldest open transaction: the log is stable
+    /// below it.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.ongoing.keys().next().copied()
+    }
+
+    /// Producer ids with an open transaction, with its first offset.
+    pub fn open_transactions(&self) -> Vec<(i64, i64)> {
+        self.ongoing.iter().map(|(first, pid)| (*pid, *first)).collect()
     }
 
     /// Forgets producers silent for `expiration_ms` (Kafka's
-    /// producer.id.expiration.ms); returns how many went.
+    /// producer.id.expiration.ms); returns how many went. A producer with
+    /// an open transaction stays until the transaction ends.
     pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
         let before = self.producers.len();
-        self.producers.retain(|_, e| now_ms - e.last_timestamp < expiration_ms);
+        self.producers.retain(|_, e| e.txn_first_offset.is_some() || now_ms - e.last_timestamp < expiration_ms);
         before - self.producers.len()
+    }
+
+    /// Serialized form for a snapshot file.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Option<ProducerStates> {
+        let mut s: ProducerStates = serde_json::from_slice(bytes).ok()?;
+        s.ongoing = s.producers.iter().filter_map(|(pid, e)| e.txn_first_offset.map(|f| (f, *pid))).collect();
+        Some(s)
     }
 }
 
@@ -149,13 +227,50 @@ mod tests {
         }
     }
 
+    impl ProducerStates {
+        fn update_data(&mut self, h: &BatchHeader) {
+            self.update(h, None);
+        }
+    }
+
+    #[test]
+    fn transactions_bound_the_stable_offset_and_aborts_are_reported() {
+        let mut s = ProducerStates::default();
+        let mut t1 = header(1, 0, 0, 2, 10);
+        t1.attributes = 0x10;
+        s.update_data(&t1);
+        let mut t2 = header(2, 0, 0, 1, 12);
+        t2.attributes = 0x10;
+        s.update_data(&t2);
+        let mut t1b = header(1, 0, 2, 1, 13);
+        t1b.attributes = 0x10;
+        s.update_data(&t1b);
+        assert_eq!(s.first_unstable_offset(), Some(10));
+        let mut marker = header(1, 0, -1, 1, 14);
+        marker.attributes = 0x30;
+        assert_eq!(s.update(&marker, Some(true)), None, "a commit is not an abort");
+        assert_eq!(s.first_unstable_offset(), Some(12));
+        let mut abort = header(2, 0, -1, 1, 15);
+        abort.attributes = 0x30;
+        assert_eq!(
+            s.update(&abort, Some(false)),
+            Some(AbortedTxn { producer_id: 2, first_offset: 12, last_offset: 15, last_stable_offset: 16 })
+        );
+        assert_eq!(s.first_unstable_offset(), None);
+        // A snapshot round trip keeps open transactions.
+        s.update_data(&t1);
+        let back = ProducerStates::from_json(&s.to_json()).unwrap();
+        assert_eq!(back.first_unstable_offset(), Some(10));
+        assert!(back.check_epoch(1, -1).is_err());
+    }
+
     #[test]
     fn in_order_duplicates_gaps_and_epochs() {
         let mut s = ProducerStates::default();
         assert_eq!(s.check(&header(7, 0, 0, 3, 0)).unwrap(), SequenceCheck::Append);
-        s.update(&header(7, 0, 0, 3, 0));
+        s.update_data(&header(7, 0, 0, 3, 0));
         assert_eq!(s.check(&header(7, 0, 3, 2, 99)).unwrap(), SequenceCheck::Append);
-        s.update(&header(7, 0, 3, 2, 3));
+        s.update_data(&header(7, 0, 3, 2, 3));
         // A retry of the first batch gets its original offsets.
         assert_eq!(
             s.check(&header(7, 0, 0, 3, 99)).unwrap(),
@@ -178,8 +293,8 @@ mod tests {
         old.max_timestamp = 1_000;
         let mut recent = header(2, 0, 0, 1, 1);
         recent.max_timestamp = 90_000;
-        s.update(&old);
-        s.update(&recent);
+        s.update_data(&old);
+        s.update_data(&recent);
         assert_eq!(s.expire(100_000, 50_000), 1);
         assert!(matches!(s.check(&header(1, 0, 1, 1, 2)), Err(LogError::UnknownProducerId(1))));
         assert_eq!(s.check(&header(2, 0, 1, 1, 2)).unwrap(), SequenceCheck::Append);
@@ -189,7 +304,7 @@ mod tests {
     fn only_five_batches_are_remembered_and_sequences_wrap() {
         let mut s = ProducerStates::default();
         for i in 0..7 {
-            s.update(&header(1, 0, i, 1, i as i64));
+            s.update_data(&header(1, 0, i, 1, i as i64));
         }
         assert!(s.check(&header(1, 0, 1, 1, 0)).is_err(), "too old to recognise");
         assert_eq!(
@@ -198,7 +313,7 @@ mod tests {
         );
         assert_eq!(last_sequence(i32::MAX - 1, 3), 1);
         let mut w = ProducerStates::default();
-        w.update(&header(2, 0, i32::MAX - 1, 2, 0));
+        w.update_data(&header(2, 0, i32::MAX - 1, 2, 0));
         assert_eq!(w.check(&header(2, 0, 0, 1, 0)).unwrap(), SequenceCheck::Append);
     }
 }
