@@ -74,6 +74,17 @@ pub struct BrokerConfig {
     /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets`,
     /// fixed when the topic is first created.
     pub offsets_topic_num_partitions: i32,
+    /// `transaction.state.log.num.partitions`: partitions of
+    /// `__transaction_state`, fixed when the topic is first created.
+    pub transaction_state_log_num_partitions: i32,
+    /// `transaction.max.timeout.ms`: the longest transaction timeout a
+    /// producer may ask for.
+    pub transaction_max_timeout_ms: i32,
+    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`
+    pub transaction_abort_timed_out_transaction_cleanup_interval_ms: u64,
+    /// `transactional.id.expiration.ms`: an idle transactional id is
+    /// forgotten after this long.
+    pub transactional_id_expiration_ms: i64,
 }
 
 impl Default for BrokerConfig {
@@ -104,6 +115,10 @@ impl Default for BrokerConfig {
             fsync: FsyncPolicy::AcksAll,
             metrics_listen: None,
             offsets_topic_num_partitions: 50,
+            transaction_state_log_num_partitions: 50,
+            transaction_max_timeout_ms: 900_000,
+            transaction_abort_timed_out_transaction_cleanup_interval_ms: 10_000,
+            transactional_id_expiration_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }
@@ -155,6 +170,12 @@ pub struct Args {
     pub fsync: Option<FsyncPolicy>,
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    #[arg(long)]
+    pub transaction_max_timeout_ms: Option<i32>,
+    #[arg(long)]
+    pub transaction_abort_timed_out_transaction_cleanup_interval_ms: Option<u64>,
+    #[arg(long)]
+    pub transactional_id_expiration_ms: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,7 +220,10 @@ impl BrokerConfig {
             producer_id_expiration_ms,
             group_consumer_session_timeout_ms,
             group_consumer_heartbeat_interval_ms,
-            fsync
+            fsync,
+            transaction_max_timeout_ms,
+            transaction_abort_timed_out_transaction_cleanup_interval_ms,
+            transactional_id_expiration_ms
         );
         if args.advertised_listener.is_some() {
             c.advertised_listener = args.advertised_listener;
@@ -220,6 +244,21 @@ impl BrokerConfig {
             return bad(format!(
                 "offsets_topic_num_partitions must be 1..=1000, got {}",
                 self.offsets_topic_num_partitions
+            ));
+        }
+        if !(1..=1000).contains(&self.transaction_state_log_num_partitions) {
+            return bad(format!(
+                "transaction_state_log_num_partitions must be 1..=1000, got {}",
+                self.transaction_state_log_num_partitions
+            ));
+        }
+        if self.transaction_max_timeout_ms < 1 {
+            return bad(format!("transaction_max_timeout_ms must be >= 1, got {}", self.transaction_max_timeout_ms));
+        }
+        if self.transactional_id_expiration_ms < 1 {
+            return bad(format!(
+                "transactional_id_expiration_ms must be >= 1, got {}",
+                self.transactional_id_expiration_ms
             ));
         }
         if self.max_request_bytes < 1024 {

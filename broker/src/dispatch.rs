@@ -131,9 +131,14 @@ pub fn table() -> &'static [ApiEntry] {
             api!(OffsetDelete, 0, 0, OffsetDeleteRequest, api::groups::offset_delete),
             api!(ConsumerGroupHeartbeat, 0, 1, ConsumerGroupHeartbeatRequest, api::consumer_groups::heartbeat),
             api!(ConsumerGroupDescribe, 0, 1, ConsumerGroupDescribeRequest, api::consumer_groups::describe),
-            unsupported!(AddOffsetsToTxn, AddOffsetsToTxnRequest, AddOffsetsToTxnResponse),
-            unsupported!(EndTxn, EndTxnRequest, EndTxnResponse),
-            unsupported!(ListTransactions, ListTransactionsRequest, ListTransactionsResponse),
+            // Transactions as Kafka 3.x serves them; the KIP-890 part 2
+            // versions (per-transaction epoch bumps) are not advertised.
+            api!(AddPartitionsToTxn, 0, 4, AddPartitionsToTxnRequest, api::txn::add_partitions_to_txn),
+            api!(AddOffsetsToTxn, 0, 3, AddOffsetsToTxnRequest, api::txn::add_offsets_to_txn),
+            api!(TxnOffsetCommit, 0, 3, TxnOffsetCommitRequest, api::txn::txn_offset_commit),
+            api!(EndTxn, 0, 3, EndTxnRequest, api::txn::end_txn),
+            api!(DescribeTransactions, 0, 0, DescribeTransactionsRequest, api::txn::describe_transactions),
+            api!(ListTransactions, 0, 1, ListTransactionsRequest, api::txn::list_transactions),
             unsupported!(SaslHandshake, SaslHandshakeRequest, SaslHandshakeResponse),
             unsupported!(SaslAuthenticate, SaslAuthenticateRequest, SaslAuthenticateResponse),
             unsupported!(DescribeAcls, DescribeAclsRequest, DescribeAclsResponse),

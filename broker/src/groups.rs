@@ -2,13 +2,16 @@
 //! machine (Empty → PreparingRebalance → CompletingRebalance → Stable),
 //! session expiry, and committed offsets. Offsets and group generations are
 //! records in the internal `__consumer_offsets` topic, replayed on start.
+//! Offsets committed inside a transaction (TxnOffsetCommit) are written as
+//! transactional records and stay pending until the marker that ends the
+//! transaction lands in the same partition.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fjord_storage::batch::build_batch;
+use fjord_storage::batch::{build_batch, build_batch_as, Producer};
 use fjord_storage::PartitionLog;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::records::RecordBatchDecoder;
@@ -177,13 +180,26 @@ pub struct JoinRequest {
     pub require_known_member_id: bool,
 }
 
+/// An offset committed in a still-open transaction.
+#[derive(Debug, Clone)]
+struct PendingOffset {
+    /// Partition of `__consumer_offsets` the record went to.
+    log_partition: i32,
+    group: String,
+    topic: String,
+    partition: i32,
+    offset: Option<CommittedOffset>,
+}
+
 pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Group>>,
+    /// Transactional offset commits by producer id, until their marker.
+    pending_txn: Mutex<HashMap<i64, Vec<PendingOffset>>>,
     partitions: i32,
 }
 
 /// Java's String.hashCode, so groups land on the partition Kafka would pick.
-fn java_hash(s: &str) -> i32 {
+pub(crate) fn java_hash(s: &str) -> i32 {
     s.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32))
 }
 
@@ -203,10 +219,14 @@ impl GroupCoordinator {
                 partitions
             }
         };
-        let coord = GroupCoordinator { groups: Mutex::new(HashMap::new()), partitions };
+        let coord = GroupCoordinator {
+            groups: Mutex::new(HashMap::new()),
+            pending_txn: Mutex::new(HashMap::new()),
+            partitions,
+        };
         for p in 0..partitions {
             if let Some(log) = topics.log(OFFSETS_TOPIC, p) {
-                coord.replay(&log)?;
+                coord.replay(&log, p)?;
             }
         }
         Ok(coord)
@@ -220,10 +240,9 @@ impl GroupCoordinator {
         (java_hash(group) & 0x7fff_ffff) % self.partitions.max(1)
     }
 
-    fn replay(&self, log: &PartitionLog) -> anyhow::Result<()> {
+    fn replay(&self, log: &PartitionLog, log_partition: i32) -> anyhow::Result<()> {
         let mut offset = log.log_start_offset();
         let end = log.log_end_offset();
-        let mut groups = self.lock();
         while offset < end {
             let read = log.read(offset, 1 << 20, end)?;
             if read.records.is_empty() {
@@ -233,14 +252,139 @@ impl GroupCoordinator {
             for set in RecordBatchDecoder::decode_all(&mut buf)? {
                 for r in set.records {
                     offset = offset.max(r.offset + 1);
+                    if r.control {
+                        // Key: version (2 bytes), type (2 bytes: 0 abort, 1 commit).
+                        if let Some(k) = r.key.as_ref().filter(|k| k.len() >= 4) {
+                            self.complete_txn(r.producer_id, k[3] == 1, log_partition);
+                        }
+                        continue;
+                    }
                     let Some(key) = r.key.as_ref().and_then(|k| serde_json::from_slice::<RecordKey>(k).ok()) else {
                         continue;
                     };
-                    apply_record(&mut groups, key, r.value.as_deref());
+                    if r.transactional {
+                        if let RecordKey::Offset { group, topic, partition } = key {
+                            let offset = r.value.as_deref().and_then(|v| serde_json::from_slice(v).ok());
+                            let p = PendingOffset { log_partition, group, topic, partition, offset };
+                            self.pending().entry(r.producer_id).or_default().push(p);
+                        }
+                        continue;
+                    }
+                    apply_record(&mut self.lock(), key, r.value.as_deref());
                 }
             }
         }
         Ok(())
+    }
+
+    fn pending(&self) -> MutexGuard<'_, HashMap<i64, Vec<PendingOffset>>> {
+        self.pending_txn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes offsets committed inside producer `producer_id`'s transaction.
+    /// They take effect when the transaction commits (`complete_txn`).
+    pub async fn txn_commit(
+        &self,
+        topics: &Arc<Topics>,
+        group_id: &str,
+        producer: (i64, i16),
+        offsets: Vec<(String, i32, CommittedOffset)>,
+        durable: bool,
+    ) -> Vec<Option<ResponseError>> {
+        let mut results = Vec::with_capacity(offsets.len());
+        let mut records = Vec::new();
+        let mut accepted = Vec::new();
+        for (topic, partition, c) in offsets {
+            if c.metadata.as_ref().is_some_and(|m| m.len() > MAX_METADATA_BYTES) {
+                results.push(Some(ResponseError::OffsetMetadataTooLarge));
+                continue;
+            }
+            if topics.log(&topic, partition).is_none() {
+                results.push(Some(ResponseError::UnknownTopicOrPartition));
+                continue;
+            }
+            let key =
+                serde_json::to_vec(&RecordKey::Offset { group: group_id.to_string(), topic: topic.clone(), partition })
+                    .unwrap_or_default();
+            records.push((key, Some(serde_json::to_vec(&c).unwrap_or_default())));
+            accepted.push((results.len(), topic, partition, c));
+            results.push(None);
+        }
+        if records.is_empty() {
+            return results;
+        }
+        let log_partition = self.partition_for(group_id);
+        let written = (|| {
+            let log = topics.log(OFFSETS_TOPIC, log_partition).ok_or(ResponseError::CoordinatorNotAvailable)?;
+            let kv: Vec<fjord_storage::batch::KeyValue<'_>> =
+                records.iter().map(|(k, v)| (Some(k.as_slice()), v.as_deref())).collect();
+            let p = Producer { id: producer.0, epoch: producer.1, base_sequence: -1, transactional: true };
+            let mut batch = build_batch_as(0, now_ms(), &kv, Some(p));
+            let info = log.append_from_coordinator(&mut batch, 0, now_ms()).map_err(|e| match e {
+                fjord_storage::LogError::InvalidProducerEpoch { .. } => ResponseError::ProducerFenced,
+                e => {
+                    tracing::error!(group = group_id, error = %e, "cannot write to {OFFSETS_TOPIC}");
+                    ResponseError::KafkaStorageError
+                }
+            })?;
+            Ok((log, info.last_offset + 1))
+        })();
+        if written.is_ok() {
+            let mut pending = self.pending();
+            let list = pending.entry(producer.0).or_default();
+            for (_, topic, partition, c) in &accepted {
+                list.push(PendingOffset {
+                    log_partition,
+                    group: group_id.to_string(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: Some(c.clone()),
+                });
+            }
+        }
+        let outcome = match written {
+            Ok((log, upto)) if durable => log.sync(upto).await.map_err(|_| ResponseError::KafkaStorageError),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            for (i, ..) in accepted {
+                results[i] = Some(e);
+            }
+        }
+        results
+    }
+
+    /// The marker of `producer_id`'s transaction landed in partition
+    /// `log_partition` of `__consumer_offsets`: its offsets there apply
+    /// (commit) or vanish (abort).
+    pub fn complete_txn(&self, producer_id: i64, commit: bool, log_partition: i32) {
+        let done: Vec<PendingOffset> = {
+            let mut pending = self.pending();
+            let Some(list) = pending.get_mut(&producer_id) else { return };
+            let (done, rest): (Vec<_>, Vec<_>) = list.drain(..).partition(|p| p.log_partition == log_partition);
+            if rest.is_empty() {
+                pending.remove(&producer_id);
+            } else {
+                *list = rest;
+            }
+            done
+        };
+        if !commit {
+            return;
+        }
+        let mut groups = self.lock();
+        for p in done {
+            let key = RecordKey::Offset { group: p.group, topic: p.topic, partition: p.partition };
+            let value = p.offset.map(|c| serde_json::to_vec(&c).unwrap_or_default());
+            apply_record(&mut groups, key, value.as_deref());
+        }
+    }
+
+    /// Whether an open transaction holds an offset for this partition
+    /// (OffsetFetch with require_stable answers UNSTABLE_OFFSET_COMMIT).
+    pub fn has_pending(&self, group: &str, topic: &str, partition: i32) -> bool {
+        self.pending().values().flatten().any(|p| p.group == group && p.topic == topic && p.partition == partition)
     }
 
     /// Appends records for `group` to its partition of `__consumer_offsets`

@@ -14,6 +14,7 @@ pub mod groups;
 pub mod server;
 pub mod topic_config;
 pub mod topics;
+pub mod txn;
 
 pub use config::BrokerConfig;
 pub use server::{start, RunningBroker};

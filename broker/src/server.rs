@@ -17,6 +17,7 @@ use crate::connection;
 use crate::consumer_groups::ConsumerGroups;
 use crate::groups::GroupCoordinator;
 use crate::topics::Topics;
+use crate::txn::TxnCoordinator;
 
 /// Everything request handlers share.
 pub struct Broker {
@@ -24,6 +25,7 @@ pub struct Broker {
     pub topics: Arc<Topics>,
     pub groups: Arc<GroupCoordinator>,
     pub consumer_groups: ConsumerGroups,
+    pub txns: Arc<TxnCoordinator>,
     pub node_id: i32,
     /// host and port clients are told to use.
     pub advertised_host: String,
@@ -78,8 +80,20 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
     let topics = Arc::new(tokio::task::block_in_place(|| Topics::open(&config))?);
     let groups =
         Arc::new(tokio::task::block_in_place(|| GroupCoordinator::open(&topics, config.offsets_topic_num_partitions))?);
+    let durable = config.fsync != crate::config::FsyncPolicy::Never;
+    let txns = Arc::new(tokio::task::block_in_place(|| {
+        TxnCoordinator::open(
+            topics.clone(),
+            groups.clone(),
+            config.transaction_state_log_num_partitions,
+            durable,
+            config.transaction_max_timeout_ms,
+        )
+    })?);
+    txns.recover().await;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let broker = Arc::new(Broker {
+        txns,
         node_id: config.node_id,
         advertised_host,
         advertised_port,
@@ -113,7 +127,8 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
             "compaction",
             compaction_pass,
         )),
-        tokio::spawn(session_expiry_loop(broker.clone(), shutdown_rx)),
+        tokio::spawn(session_expiry_loop(broker.clone(), shutdown_rx.clone())),
+        tokio::spawn(transaction_expiry_loop(broker.clone(), shutdown_rx)),
     ];
     tracing::info!(%local_addr, data_dir = %broker.config.data_dir.display(), "fjord listening");
     Ok(RunningBroker { local_addr, broker, shutdown_tx, tasks })
@@ -156,6 +171,19 @@ async fn session_expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<
                 tokio::task::spawn_blocking(move || b.groups.expire_offsets(&b.topics, b.config.offsets_retention_ms))
                     .await;
         }
+    }
+}
+
+/// Aborts transactions past their timeout and forgets idle transactional ids.
+async fn transaction_expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let every =
+        Duration::from_millis(broker.config.transaction_abort_timed_out_transaction_cleanup_interval_ms.max(10));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        broker.txns.expire(now_ms(), broker.config.transactional_id_expiration_ms).await;
     }
 }
 

@@ -95,7 +95,7 @@ fn unknown_api_and_versions() {
     sasl.mechanism = kafka_protocol::protocol::StrBytes::from_static_str("PLAIN");
     let resp: SaslHandshakeResponse = conn.call(ApiKey::SaslHandshake, 1, &sasl);
     assert_eq!(resp.error_code, 35);
-    let resp: EndTxnResponse = conn.call(ApiKey::EndTxn, 3, &EndTxnRequest::default());
+    let resp: DescribeAclsResponse = conn.call(ApiKey::DescribeAcls, 1, &DescribeAclsRequest::default());
     assert_eq!(resp.error_code, 35);
     let resp: ApiVersionsResponse = conn.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
     assert_eq!(resp.error_code, 0, "the connection stays usable");

@@ -375,8 +375,12 @@ fn find_coordinator_single_and_batched() {
     let got: Vec<(String, i16, u16)> =
         r.coordinators.iter().map(|c| (c.key.to_string(), c.error_code, c.port as u16)).collect();
     assert_eq!(got, vec![("g1".into(), 0, broker.port), ("g2".into(), 0, broker.port)]);
-    // Transaction coordinators are not served yet: a clear error, not a hang.
+    // Transaction coordinators (key type 1) are this broker too; an
+    // unknown key type is a clear error, not a hang.
     many.key_type = 1;
+    let r: FindCoordinatorResponse = conn.call(ApiKey::FindCoordinator, 4, &many);
+    assert!(r.coordinators.iter().all(|c| c.error_code == 0 && c.port as u16 == broker.port));
+    many.key_type = 7;
     let r: FindCoordinatorResponse = conn.call(ApiKey::FindCoordinator, 4, &many);
     assert!(r.coordinators.iter().all(|c| c.error_code == 42));
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use fjord_storage::{LogError, PartitionLog};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::FetchTopic;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::*;
 use uuid::Uuid;
 
@@ -31,7 +31,10 @@ struct Outcome {
     error: Option<ResponseError>,
     records: Bytes,
     hw: i64,
+    lso: i64,
     log_start: i64,
+    /// read_committed: aborted transactions in the returned range.
+    aborted: Vec<fjord_storage::producer::AbortedTxn>,
 }
 
 /// Name and id of a fetched topic; v13+ names topics by id, and an
@@ -50,18 +53,27 @@ fn error_response(code: ResponseError, session_id: i32) -> FetchResponse {
     mk!(FetchResponse { error_code: code.code(), session_id: session_id })
 }
 
-fn read_all(targets: &[Target], max_bytes: i32) -> (Vec<Outcome>, usize) {
+fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool) -> (Vec<Outcome>, usize) {
     let mut budget = max_bytes.max(0) as usize;
     let mut total = 0usize;
     let mut out = Vec::with_capacity(targets.len());
     for t in targets {
         let Some(log) = &t.log else {
-            out.push(Outcome { error: Some(t.unknown_error), records: Bytes::new(), hw: -1, log_start: -1 });
+            out.push(Outcome {
+                error: Some(t.unknown_error),
+                records: Bytes::new(),
+                hw: -1,
+                lso: -1,
+                log_start: -1,
+                aborted: Vec::new(),
+            });
             continue;
         };
         let hw = log.high_watermark();
+        let lso = log.last_stable_offset();
+        let upto = if read_committed { lso } else { hw };
         let limit = (t.part.max_bytes.max(0) as usize).min(budget);
-        match log.read(t.part.fetch_offset, limit, hw) {
+        match log.read(t.part.fetch_offset, limit, upto) {
             Ok(r) => {
                 let mut records = r.records;
                 // KIP-74: only the first non-empty partition may exceed the
@@ -72,14 +84,33 @@ fn read_all(targets: &[Target], max_bytes: i32) -> (Vec<Outcome>, usize) {
                 }
                 total += records.len();
                 budget = budget.saturating_sub(records.len());
-                out.push(Outcome { error: None, records, hw: r.high_watermark, log_start: r.log_start_offset });
+                let aborted = if read_committed && !records.is_empty() {
+                    log.aborted_transactions(t.part.fetch_offset, upto)
+                } else {
+                    Vec::new()
+                };
+                out.push(Outcome {
+                    error: None,
+                    records,
+                    hw: r.high_watermark,
+                    lso,
+                    log_start: r.log_start_offset,
+                    aborted,
+                });
             }
             Err(e) => {
                 let code = match e {
                     LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
                     _ => ResponseError::KafkaStorageError,
                 };
-                out.push(Outcome { error: Some(code), records: Bytes::new(), hw, log_start: log.log_start_offset() });
+                out.push(Outcome {
+                    error: Some(code),
+                    records: Bytes::new(),
+                    hw,
+                    lso,
+                    log_start: log.log_start_offset(),
+                    aborted: Vec::new(),
+                });
             }
         }
     }
@@ -150,6 +181,7 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
         })
         .collect();
 
+    let read_committed = req.isolation_level == 1;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let min_bytes = req.min_bytes.max(0) as usize;
     let outcomes = loop {
@@ -160,7 +192,7 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
         for w in waits.iter_mut() {
             w.as_mut().enable();
         }
-        let (outcomes, total) = read_all(&targets, req.max_bytes);
+        let (outcomes, total) = read_all(&targets, req.max_bytes, read_committed);
         let has_error = outcomes.iter().any(|o| o.error.is_some());
         if total >= min_bytes.max(1)
             || has_error
@@ -176,7 +208,7 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
             _ = broker.shutting_down() => {}
         }
         if tokio::time::Instant::now() >= deadline {
-            break read_all(&targets, req.max_bytes).0;
+            break read_all(&targets, req.max_bytes, read_committed).0;
         }
     };
 
@@ -195,9 +227,16 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
             partition_index: t.part.partition,
             error_code: o.error.map(|e| e.code()).unwrap_or(0),
             high_watermark: o.hw,
-            last_stable_offset: o.hw,
+            last_stable_offset: o.lso,
             log_start_offset: o.log_start,
-            aborted_transactions: if req.isolation_level == 1 { Some(vec![]) } else { None },
+            aborted_transactions: read_committed.then(|| {
+                o.aborted
+                    .iter()
+                    .map(|a| {
+                        mk!(AbortedTransaction { producer_id: ProducerId(a.producer_id), first_offset: a.first_offset })
+                    })
+                    .collect()
+            }),
             records: Some(o.records)
         });
         let same_topic = responses.last().is_some_and(|r: &FetchableTopicResponse| {

@@ -39,10 +39,9 @@ pub async fn find_coordinator(
     req: FindCoordinatorRequest,
 ) -> Option<FindCoordinatorResponse> {
     let version = h.request_api_version;
-    // Only groups (key type 0) have a coordinator here; transactions do not yet.
+    // This broker coordinates every group (key type 0) and transaction (1).
     let (error, message) = match req.key_type {
-        0 => (None, None),
-        1 => (Some(ResponseError::InvalidRequest), Some("transactions are not served by this broker yet")),
+        0 | 1 => (None, None),
         _ => (Some(ResponseError::InvalidRequest), Some("unknown coordinator key type")),
     };
     let node = if error.is_none() { broker.node_id } else { -1 };
@@ -278,6 +277,16 @@ fn fetch_group(broker: &Broker, group: &str, asked: Option<Vec<(String, Vec<i32>
     }
 }
 
+fn unstable_v8(partition: i32) -> OffsetFetchResponsePartitions {
+    mk!(OffsetFetchResponsePartitions {
+        partition_index: partition,
+        committed_offset: -1,
+        committed_leader_epoch: -1,
+        metadata: Some(str("")),
+        error_code: ResponseError::UnstableOffsetCommit.code()
+    })
+}
+
 pub async fn offset_fetch(
     broker: Arc<Broker>,
     h: &RequestHeader,
@@ -299,6 +308,9 @@ pub async fn offset_fetch(
                         let partitions = ps
                             .into_iter()
                             .map(|(p, c)| {
+                                if req.require_stable && broker.groups.has_pending(&g.group_id.0, &t, p) {
+                                    return unstable_v8(p);
+                                }
                                 let (offset, epoch, meta) = c
                                     .map(|c| (c.offset, c.leader_epoch, c.metadata))
                                     .unwrap_or((-1, -1, Some(String::new())));
@@ -333,6 +345,12 @@ pub async fn offset_fetch(
                         committed_offset: offset,
                         metadata: Some(str(meta.as_deref().unwrap_or("")))
                     });
+                    // require_stable (v7): an offset an open transaction may
+                    // still change is not given out; the client retries.
+                    if req.require_stable && broker.groups.has_pending(&req.group_id.0, &t, p) {
+                        r.committed_offset = -1;
+                        r.error_code = ResponseError::UnstableOffsetCommit.code();
+                    }
                     if version >= 5 {
                         r.committed_leader_epoch = epoch;
                     }

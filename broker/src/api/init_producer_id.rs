@@ -1,5 +1,6 @@
-//! InitProducerId for idempotent producers: a fresh producer id at epoch 0.
-//! Transactional ids need the transaction coordinator, not served yet.
+//! InitProducerId: a fresh producer id at epoch 0 for idempotent producers;
+//! with a transactional id, the transaction coordinator's id and the next
+//! epoch (which fences older instances).
 
 use std::sync::Arc;
 
@@ -7,15 +8,33 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::*;
 
 use crate::server::Broker;
+use crate::txn::Caller;
 
 pub async fn handle(
     broker: Arc<Broker>,
-    _h: &RequestHeader,
+    h: &RequestHeader,
     req: InitProducerIdRequest,
 ) -> Option<InitProducerIdResponse> {
     let mut resp = mk!(InitProducerIdResponse { producer_id: ProducerId(-1), producer_epoch: -1 });
-    if req.transactional_id.is_some() {
-        resp.error_code = ResponseError::InvalidRequest.code();
+    if let Some(id) = &req.transactional_id {
+        if id.0.is_empty() {
+            resp.error_code = ResponseError::InvalidRequest.code();
+            return Some(resp);
+        }
+        if req.enable_2_pc {
+            // KIP-939 two-phase commit with an external coordinator is not served.
+            resp.error_code = ResponseError::UnsupportedVersion.code();
+            return Some(resp);
+        }
+        let expected = (req.producer_id.0 >= 0).then_some((req.producer_id.0, req.producer_epoch));
+        let caller = Caller { knows_fenced: h.request_api_version >= 4 };
+        match broker.txns.init_producer(&id.0, req.transaction_timeout_ms, expected, caller).await {
+            Ok((pid, epoch)) => {
+                resp.producer_id = ProducerId(pid);
+                resp.producer_epoch = epoch;
+            }
+            Err(e) => resp.error_code = e.code(),
+        }
         return Some(resp);
     }
     let b = broker.clone();

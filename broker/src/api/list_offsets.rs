@@ -36,8 +36,9 @@ fn find_in_batch(
     Ok(set.records.iter().find(|r| r.offset >= log_start && pick(r.timestamp)).map(|r| (r.offset, r.timestamp)))
 }
 
-fn lookup(log: &PartitionLog, ts: i64) -> Result<(i64, i64), ResponseError> {
-    let hw = log.high_watermark();
+/// `read_committed` looks no further than the last stable offset.
+fn lookup(log: &PartitionLog, ts: i64, read_committed: bool) -> Result<(i64, i64), ResponseError> {
+    let hw = if read_committed { log.last_stable_offset() } else { log.high_watermark() };
     let start = log.log_start_offset();
     match ts {
         LATEST => Ok((hw, -1)),
@@ -77,7 +78,8 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: ListOffsetsRequ
                 None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
                 Some(log) => {
                     let ts = p.timestamp;
-                    match tokio::task::spawn_blocking(move || lookup(&log, ts)).await {
+                    let committed = req.isolation_level == 1;
+                    match tokio::task::spawn_blocking(move || lookup(&log, ts, committed)).await {
                         Ok(Ok((offset, timestamp))) => {
                             r.offset = offset;
                             r.timestamp = timestamp;

@@ -23,22 +23,6 @@ fn failed(index: i32, e: ResponseError, msg: Option<String>) -> PartitionProduce
     })
 }
 
-/// Transactional batches need the transaction coordinator, which this
-/// broker does not run yet; idempotent ones are fine.
-fn is_transactional(payload: &[u8]) -> bool {
-    let mut pos = 0;
-    while let Ok(h) = BatchHeader::parse(&payload[pos..]) {
-        if h.is_transactional() {
-            return true;
-        }
-        pos += h.total_size();
-        if h.batch_length <= 0 || pos >= payload.len() {
-            break;
-        }
-    }
-    false
-}
-
 pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest) -> Option<ProduceResponse> {
     let acks = req.acks;
     let durable = match broker.config.fsync {
@@ -80,10 +64,14 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
                 parts.push(failed(idx, ResponseError::CorruptMessage, Some("no record batch".into())));
                 continue;
             };
-            if is_transactional(&records) {
-                let msg = "transactional produce needs a transaction coordinator, which this broker does not run yet";
-                parts.push(failed(idx, ResponseError::InvalidTxnState, Some(msg.into())));
-                continue;
+            // A transactional produce carries one batch (storage refuses more),
+            // so its first header tells whose transaction it belongs to.
+            if let Some(h) = BatchHeader::parse(&records).ok().filter(|h| h.is_transactional()) {
+                if let Some(e) = broker.txns.check_produce(h.producer_id, h.producer_epoch, &name, idx) {
+                    let msg = format!("partition {name}-{idx} is not in producer {}'s open transaction", h.producer_id);
+                    parts.push(failed(idx, e, Some(msg)));
+                    continue;
+                }
             }
             let mut payload = records.to_vec();
             let size = payload.len();

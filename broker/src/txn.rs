@@ -1,0 +1,552 @@
+//! The transaction coordinator: per transactional id, the producer id and
+//! epoch, the partitions of the open transaction and its state, kept as
+//! records in the internal, compacted `__transaction_state` topic and
+//! replayed on start.
+//!
+//! Ending a transaction is two-phase, as in Kafka: the PrepareCommit /
+//! PrepareAbort record is made durable first, then a marker goes to every
+//! partition, then the Complete record. A broker that dies between the
+//! phases finds the Prepare record on restart and writes the markers again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fjord_storage::batch::build_batch;
+use fjord_storage::{LogError, PartitionLog};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::records::RecordBatchDecoder;
+use serde::{Deserialize, Serialize};
+
+use crate::groups::{java_hash, CommittedOffset, GroupCoordinator, OFFSETS_TOPIC};
+use crate::server::now_ms;
+use crate::topics::Topics;
+
+pub const TXN_TOPIC: &str = "__transaction_state";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnState {
+    Empty,
+    Ongoing,
+    PrepareCommit,
+    PrepareAbort,
+    CompleteCommit,
+    CompleteAbort,
+}
+
+impl TxnState {
+    pub const ALL: [TxnState; 6] = [
+        TxnState::Empty,
+        TxnState::Ongoing,
+        TxnState::PrepareCommit,
+        TxnState::PrepareAbort,
+        TxnState::CompleteCommit,
+        TxnState::CompleteAbort,
+    ];
+
+    /// The names Kafka's admin tools show and filter by.
+    pub fn name(self) -> &'static str {
+        match self {
+            TxnState::Empty => "Empty",
+            TxnState::Ongoing => "Ongoing",
+            TxnState::PrepareCommit => "PrepareCommit",
+            TxnState::PrepareAbort => "PrepareAbort",
+            TxnState::CompleteCommit => "CompleteCommit",
+            TxnState::CompleteAbort => "CompleteAbort",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TxnMeta {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub timeout_ms: i32,
+    pub state: TxnState,
+    pub partitions: BTreeSet<(String, i32)>,
+    /// When the open transaction started (its first partition was added).
+    pub start_ms: i64,
+    pub update_ms: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TxnKey {
+    transactional_id: String,
+}
+
+#[derive(Default)]
+struct Txns {
+    by_id: HashMap<String, TxnMeta>,
+    by_producer: HashMap<i64, String>,
+}
+
+impl Txns {
+    fn put(&mut self, id: &str, meta: TxnMeta) {
+        if let Some(old) = self.by_id.get(id) {
+            self.by_producer.remove(&old.producer_id);
+        }
+        self.by_producer.insert(meta.producer_id, id.to_string());
+        self.by_id.insert(id.to_string(), meta);
+    }
+    fn remove(&mut self, id: &str) {
+        if let Some(old) = self.by_id.remove(id) {
+            self.by_producer.remove(&old.producer_id);
+        }
+    }
+}
+
+/// Which request is asking: the error for a fenced producer depends on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// True for request versions that know PRODUCER_FENCED (KIP-588);
+    /// older ones get INVALID_PRODUCER_EPOCH.
+    pub knows_fenced: bool,
+}
+
+impl Caller {
+    fn fenced(self) -> ResponseError {
+        if self.knows_fenced {
+            ResponseError::ProducerFenced
+        } else {
+            ResponseError::InvalidProducerEpoch
+        }
+    }
+}
+
+pub struct TxnCoordinator {
+    topics: Arc<Topics>,
+    groups: Arc<GroupCoordinator>,
+    partitions: i32,
+    durable: bool,
+    max_timeout_ms: i32,
+    txns: Mutex<Txns>,
+    /// One operation at a time per transactional id; held across the
+    /// fsyncs of a commit so a second EndTxn or an AddPartitions waits.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn storage_failure(what: &str, e: impl std::fmt::Display) -> ResponseError {
+    tracing::error!(error = %e, "transaction coordinator cannot {what}");
+    ResponseError::CoordinatorNotAvailable
+}
+
+impl TxnCoordinator {
+    /// Creates `__transaction_state` if needed and replays it.
+    pub fn open(
+        topics: Arc<Topics>,
+        groups: Arc<GroupCoordinator>,
+        partitions: i32,
+        durable: bool,
+        max_timeout_ms: i32,
+    ) -> anyhow::Result<TxnCoordinator> {
+        let partitions = match topics.topic(TXN_TOPIC) {
+            Some(meta) => meta.partitions,
+            None => {
+                let mut configs = BTreeMap::new();
+                configs.insert("cleanup.policy".to_string(), "compact".to_string());
+                configs.insert("segment.bytes".to_string(), (100 * 1024 * 1024).to_string());
+                topics
+                    .create_internal(TXN_TOPIC, partitions, configs)
+                    .map_err(|e| anyhow::anyhow!("cannot create {TXN_TOPIC}: {}", e.message))?;
+                partitions
+            }
+        };
+        let coord = TxnCoordinator {
+            topics,
+            groups,
+            partitions,
+            durable,
+            max_timeout_ms,
+            txns: Mutex::new(Txns::default()),
+            locks: Mutex::new(HashMap::new()),
+        };
+        for p in 0..partitions {
+            if let Some(log) = coord.topics.log(TXN_TOPIC, p) {
+                coord.replay(&log)?;
+            }
+        }
+        Ok(coord)
+    }
+
+    fn replay(&self, log: &PartitionLog) -> anyhow::Result<()> {
+        let mut offset = log.log_start_offset();
+        let end = log.log_end_offset();
+        let mut txns = self.state();
+        while offset < end {
+            let read = log.read(offset, 1 << 20, end)?;
+            if read.records.is_empty() {
+                break;
+            }
+            let mut buf = read.records;
+            for set in RecordBatchDecoder::decode_all(&mut buf)? {
+                for r in set.records {
+                    offset = offset.max(r.offset + 1);
+                    let Some(key) = r.key.as_ref().and_then(|k| serde_json::from_slice::<TxnKey>(k).ok()) else {
+                        continue;
+                    };
+                    match r.value.as_ref().and_then(|v| serde_json::from_slice::<TxnMeta>(v).ok()) {
+                        Some(meta) => txns.put(&key.transactional_id, meta),
+                        None => txns.remove(&key.transactional_id),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes transactions a crash left between the two phases of their
+    /// end. Open (Ongoing) ones stay open: their producer may carry on, and
+    /// the timeout aborts them otherwise.
+    pub async fn recover(&self) {
+        let unfinished: Vec<(String, TxnMeta)> = self
+            .state()
+            .by_id
+            .iter()
+            .filter(|(_, m)| matches!(m.state, TxnState::PrepareCommit | TxnState::PrepareAbort))
+            .map(|(id, m)| (id.clone(), m.clone()))
+            .collect();
+        for (id, meta) in unfinished {
+            let _guard = self.lock_id(&id).await;
+            let commit = meta.state == TxnState::PrepareCommit;
+            tracing::info!(transactional_id = %id, commit, "completing a transaction interrupted by a restart");
+            if let Err(e) = self.complete(&id, meta, commit).await {
+                tracing::error!(transactional_id = %id, error = ?e, "cannot complete transaction");
+            }
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, Txns> {
+        self.txns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn lock_id(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(id.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    pub fn partition_for(&self, id: &str) -> i32 {
+        (java_hash(id) & 0x7fff_ffff) % self.partitions.max(1)
+    }
+
+    pub fn get(&self, id: &str) -> Option<TxnMeta> {
+        self.state().by_id.get(id).cloned()
+    }
+
+    pub fn list(&self) -> Vec<(String, TxnMeta)> {
+        self.state().by_id.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Writes `meta` (None: a tombstone) to `__transaction_state` and, when
+    /// `wait`, waits until it is durable. Memory follows only once written.
+    async fn persist(&self, id: &str, meta: Option<TxnMeta>, wait: bool) -> Result<(), ResponseError> {
+        let log = self.topics.log(TXN_TOPIC, self.partition_for(id)).ok_or(ResponseError::CoordinatorNotAvailable)?;
+        let key = serde_json::to_vec(&TxnKey { transactional_id: id.to_string() }).unwrap_or_default();
+        let value = meta.as_ref().map(|m| serde_json::to_vec(m).unwrap_or_default());
+        let mut batch = build_batch(0, now_ms(), &[(Some(&key), value.as_deref())]);
+        let info = log.append(&mut batch, 0, now_ms()).map_err(|e| storage_failure("write its state", e))?;
+        {
+            let mut txns = self.state();
+            match meta {
+                Some(m) => txns.put(id, m),
+                None => txns.remove(id),
+            }
+        }
+        if wait && self.durable {
+            log.sync(info.last_offset + 1).await.map_err(|e| storage_failure("sync its state", e))?;
+        }
+        Ok(())
+    }
+
+    /// Checks the producer id and epoch a client presents.
+    fn check_producer(meta: &TxnMeta, producer_id: i64, epoch: i16, caller: Caller) -> Result<(), ResponseError> {
+        if meta.producer_id != producer_id {
+            return Err(ResponseError::InvalidProducerIdMapping);
+        }
+        if epoch != meta.producer_epoch {
+            return Err(caller.fenced());
+        }
+        Ok(())
+    }
+
+    /// InitProducerId with a transactional id: a new id at epoch 0, or the
+    /// existing one at the next epoch, which fences every older instance.
+    /// An open transaction of the old instance is aborted first.
+    pub async fn init_producer(
+        &self,
+        id: &str,
+        timeout_ms: i32,
+        expected: Option<(i64, i16)>,
+        caller: Caller,
+    ) -> Result<(i64, i16), ResponseError> {
+        if timeout_ms <= 0 || timeout_ms > self.max_timeout_ms {
+            return Err(ResponseError::InvalidTransactionTimeout);
+        }
+        let _guard = self.lock_id(id).await;
+        let now = now_ms();
+        let Some(mut meta) = self.get(id) else {
+            let topics = self.topics.clone();
+            let pid = crate::api::blocking(move || topics.allocate_producer_id())
+                .await
+                .map_err(|e| storage_failure("allocate a producer id", e.message))?;
+            let meta = TxnMeta {
+                producer_id: pid,
+                producer_epoch: 0,
+                timeout_ms,
+                state: TxnState::Empty,
+                partitions: BTreeSet::new(),
+                start_ms: -1,
+                update_ms: now,
+            };
+            self.persist(id, Some(meta), true).await?;
+            return Ok((pid, 0));
+        };
+        if let Some((pid, epoch)) = expected {
+            // KIP-360: a producer that names its current id and epoch may bump it.
+            if pid != meta.producer_id || epoch != meta.producer_epoch {
+                return Err(caller.fenced());
+            }
+        }
+        match meta.state {
+            TxnState::PrepareCommit | TxnState::PrepareAbort => {
+                let commit = meta.state == TxnState::PrepareCommit;
+                meta = self.complete(id, meta, commit).await?;
+            }
+            TxnState::Ongoing => {
+                // Fence the old instance: markers carry the new epoch, so its
+                // late writes to these partitions are refused.
+                meta.producer_epoch = meta.producer_epoch.saturating_add(1);
+                meta = self.complete(id, meta, false).await?;
+                meta.timeout_ms = timeout_ms;
+                meta.state = TxnState::Empty;
+                self.persist(id, Some(meta.clone()), true).await?;
+                return Ok((meta.producer_id, meta.producer_epoch));
+            }
+            _ => {}
+        }
+        if meta.producer_epoch >= i16::MAX - 1 {
+            // Epochs are exhausted: start over under a new producer id.
+            let topics = self.topics.clone();
+            meta.producer_id = crate::api::blocking(move || topics.allocate_producer_id())
+                .await
+                .map_err(|e| storage_failure("allocate a producer id", e.message))?;
+            meta.producer_epoch = 0;
+        } else {
+            meta.producer_epoch += 1;
+        }
+        meta.timeout_ms = timeout_ms;
+        meta.state = TxnState::Empty;
+        meta.partitions.clear();
+        meta.start_ms = -1;
+        meta.update_ms = now;
+        self.persist(id, Some(meta.clone()), true).await?;
+        Ok((meta.producer_id, meta.producer_epoch))
+    }
+
+    /// AddPartitionsToTxn / AddOffsetsToTxn: the partitions join the open
+    /// transaction (starting it if none is open). Per partition, the error.
+    pub async fn add_partitions(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        parts: Vec<(String, i32)>,
+        caller: Caller,
+    ) -> Result<Vec<((String, i32), Option<ResponseError>)>, ResponseError> {
+        let _guard = self.lock_id(id).await;
+        let mut meta = self.get(id).ok_or(ResponseError::InvalidProducerIdMapping)?;
+        Self::check_producer(&meta, producer_id, epoch, caller)?;
+        if matches!(meta.state, TxnState::PrepareCommit | TxnState::PrepareAbort) {
+            return Err(ResponseError::ConcurrentTransactions);
+        }
+        let unknown: Vec<bool> = parts
+            .iter()
+            .map(|(t, p)| t != OFFSETS_TOPIC && (self.topics.log(t, *p).is_none() || is_internal(&self.topics, t)))
+            .collect();
+        if unknown.iter().any(|u| *u) {
+            // Kafka adds nothing when any partition is bad.
+            return Ok(parts
+                .into_iter()
+                .zip(unknown)
+                .map(|(p, u)| {
+                    let e =
+                        if u { ResponseError::UnknownTopicOrPartition } else { ResponseError::OperationNotAttempted };
+                    (p, Some(e))
+                })
+                .collect());
+        }
+        let fresh = parts.iter().any(|p| !meta.partitions.contains(p));
+        if fresh || meta.state != TxnState::Ongoing {
+            if meta.state != TxnState::Ongoing {
+                meta.state = TxnState::Ongoing;
+                meta.partitions.clear();
+                meta.start_ms = now_ms();
+            }
+            meta.partitions.extend(parts.iter().cloned());
+            meta.update_ms = now_ms();
+            self.persist(id, Some(meta), true).await?;
+        }
+        Ok(parts.into_iter().map(|p| (p, None)).collect())
+    }
+
+    /// AddPartitionsToTxn v4+ with verify_only: are these partitions part
+    /// of the producer's open transaction? Nothing changes.
+    pub fn verify_partitions(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        parts: &[(String, i32)],
+    ) -> Result<Vec<Option<ResponseError>>, ResponseError> {
+        let meta = self.get(id).ok_or(ResponseError::InvalidProducerIdMapping)?;
+        Self::check_producer(&meta, producer_id, epoch, Caller { knows_fenced: true })?;
+        Ok(parts
+            .iter()
+            .map(|p| {
+                (meta.state != TxnState::Ongoing || !meta.partitions.contains(p))
+                    .then_some(ResponseError::InvalidTxnState)
+            })
+            .collect())
+    }
+
+    /// Produce with a transactional batch: only into a partition the
+    /// producer added to its open transaction, so no write can land after
+    /// the transaction's marker and leave it hanging.
+    pub fn check_produce(&self, producer_id: i64, epoch: i16, topic: &str, partition: i32) -> Option<ResponseError> {
+        let txns = self.state();
+        let Some(meta) = txns.by_producer.get(&producer_id).and_then(|id| txns.by_id.get(id)) else {
+            return Some(ResponseError::InvalidTxnState);
+        };
+        if epoch < meta.producer_epoch {
+            return Some(ResponseError::InvalidProducerEpoch);
+        }
+        let part = (topic.to_string(), partition);
+        if epoch != meta.producer_epoch || meta.state != TxnState::Ongoing || !meta.partitions.contains(&part) {
+            return Some(ResponseError::InvalidTxnState);
+        }
+        None
+    }
+
+    /// TxnOffsetCommit: offsets written inside the transaction, applied to
+    /// the group when it commits. The group's partition of
+    /// `__consumer_offsets` must have been added (AddOffsetsToTxn).
+    pub async fn commit_offsets(
+        &self,
+        id: &str,
+        group: &str,
+        producer: (i64, i16),
+        offsets: Vec<(String, i32, CommittedOffset)>,
+        caller: Caller,
+    ) -> Result<Vec<Option<ResponseError>>, ResponseError> {
+        let _guard = self.lock_id(id).await;
+        let meta = self.get(id).ok_or(ResponseError::InvalidProducerIdMapping)?;
+        Self::check_producer(&meta, producer.0, producer.1, caller)?;
+        let part = (OFFSETS_TOPIC.to_string(), self.groups.partition_for(group));
+        if meta.state != TxnState::Ongoing || !meta.partitions.contains(&part) {
+            return Err(ResponseError::InvalidTxnState);
+        }
+        Ok(self.groups.txn_commit(&self.topics, group, producer, offsets, self.durable).await)
+    }
+
+    /// EndTxn: commit or abort the open transaction. A retry of an end that
+    /// already happened succeeds; the opposite outcome is refused.
+    pub async fn end(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        caller: Caller,
+    ) -> Result<(), ResponseError> {
+        let _guard = self.lock_id(id).await;
+        let meta = self.get(id).ok_or(ResponseError::InvalidProducerIdMapping)?;
+        Self::check_producer(&meta, producer_id, epoch, caller)?;
+        match (meta.state, commit) {
+            (TxnState::Ongoing, _) | (TxnState::PrepareCommit, true) | (TxnState::PrepareAbort, false) => {
+                self.complete(id, meta, commit).await.map(|_| ())
+            }
+            (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => Ok(()),
+            _ => Err(ResponseError::InvalidTxnState),
+        }
+    }
+
+    /// The two phases of ending a transaction; the caller holds the id's
+    /// lock. Returns the completed state.
+    async fn complete(&self, id: &str, mut meta: TxnMeta, commit: bool) -> Result<TxnMeta, ResponseError> {
+        meta.state = if commit { TxnState::PrepareCommit } else { TxnState::PrepareAbort };
+        meta.update_ms = now_ms();
+        self.persist(id, Some(meta.clone()), true).await?;
+        let mut written: Vec<(Arc<PartitionLog>, i64)> = Vec::new();
+        for (topic, partition) in &meta.partitions {
+            // A partition whose topic was deleted meanwhile needs no marker.
+            let Some(log) = self.topics.log(topic, *partition) else { continue };
+            match log.append_marker(meta.producer_id, meta.producer_epoch, 0, commit, now_ms()) {
+                Ok(offset) => written.push((log, offset + 1)),
+                Err(LogError::InvalidProducerEpoch { .. }) => {
+                    // A newer epoch already ended this producer's work here.
+                    tracing::warn!(transactional_id = %id, topic, partition, "marker from a fenced epoch skipped");
+                }
+                Err(e) => return Err(storage_failure("write a transaction marker", e)),
+            }
+            if topic == OFFSETS_TOPIC {
+                self.groups.complete_txn(meta.producer_id, commit, *partition);
+            }
+        }
+        if self.durable {
+            let syncs = written.iter().map(|(log, upto)| log.sync(*upto));
+            for r in futures::future::join_all(syncs).await {
+                r.map_err(|e| storage_failure("sync a transaction marker", e))?;
+            }
+        }
+        meta.state = if commit { TxnState::CompleteCommit } else { TxnState::CompleteAbort };
+        meta.partitions.clear();
+        meta.start_ms = -1;
+        meta.update_ms = now_ms();
+        // Recovery redoes the markers from the Prepare record, so the
+        // Complete record need not be waited for.
+        self.persist(id, Some(meta.clone()), false).await?;
+        metrics::counter!("fjord_transactions_total", "outcome" => if commit { "commit" } else { "abort" })
+            .increment(1);
+        Ok(meta)
+    }
+
+    /// Aborts transactions open longer than their timeout, bumping the
+    /// epoch so the producer that went quiet is fenced; and forgets
+    /// transactional ids idle past `expiration_ms`.
+    pub async fn expire(&self, now: i64, expiration_ms: i64) {
+        let candidates: Vec<(String, TxnMeta)> = self.list();
+        for (id, meta) in candidates {
+            let timed_out = meta.state == TxnState::Ongoing && now - meta.start_ms > meta.timeout_ms as i64;
+            let idle = matches!(meta.state, TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort)
+                && now - meta.update_ms > expiration_ms;
+            if !timed_out && !idle {
+                continue;
+            }
+            let _guard = self.lock_id(&id).await;
+            // Re-read under the lock: the producer may have moved on.
+            let Some(mut meta) = self.get(&id) else { continue };
+            if timed_out && meta.state == TxnState::Ongoing && now - meta.start_ms > meta.timeout_ms as i64 {
+                tracing::info!(transactional_id = %id, timeout_ms = meta.timeout_ms, "aborting timed-out transaction");
+                meta.producer_epoch = meta.producer_epoch.saturating_add(1);
+                if let Err(e) = self.complete(&id, meta, false).await {
+                    tracing::warn!(transactional_id = %id, error = ?e, "cannot abort timed-out transaction");
+                }
+            } else if matches!(meta.state, TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort)
+                && now - meta.update_ms > expiration_ms
+                && self.persist(&id, None, false).await.is_ok()
+            {
+                tracing::info!(transactional_id = %id, "expired idle transactional id");
+                let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+                // Only the map and this task hold the lock: no one is waiting on it.
+                if locks.get(&id).is_some_and(|l| Arc::strong_count(l) == 2) {
+                    locks.remove(&id);
+                }
+            }
+        }
+    }
+}
+
+fn is_internal(topics: &Topics, topic: &str) -> bool {
+    topics.topic(topic).is_some_and(|m| m.internal)
+}
