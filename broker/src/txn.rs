@@ -492,6 +492,10 @@ impl TxnCoordinator {
             if topic == OFFSETS_TOPIC {
                 self.groups.complete_txn(meta.producer_id, commit, *partition);
             }
+            if failpoint("txn-after-first-marker") {
+                // Tests of recovery die here: one marker written, the rest not.
+                std::process::abort();
+            }
         }
         if self.durable {
             let syncs = written.iter().map(|(log, upto)| log.sync(*upto));
@@ -545,6 +549,11 @@ impl TxnCoordinator {
             }
         }
     }
+}
+
+/// A crash point the recovery tests arm through FJORD_FAILPOINT.
+fn failpoint(name: &str) -> bool {
+    std::env::var("FJORD_FAILPOINT").is_ok_and(|v| v == name)
 }
 
 fn is_internal(topics: &Topics, topic: &str) -> bool {

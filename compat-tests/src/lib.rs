@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod proxy;
 pub mod wire;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -50,11 +51,17 @@ pub struct BrokerProcess {
     pub port: u16,
     pub data_dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// Environment of the broker process (failpoints).
+    pub env: Vec<(String, String)>,
     log_path: PathBuf,
 }
 
 impl BrokerProcess {
     pub fn start(extra: &[&str]) -> BrokerProcess {
+        Self::start_with_env(extra, &[])
+    }
+
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> BrokerProcess {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let log_path = data_dir.path().with_extension("log");
         let mut b = BrokerProcess {
@@ -62,10 +69,25 @@ impl BrokerProcess {
             port: 0,
             data_dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             log_path,
         };
         b.spawn();
         b
+    }
+
+    /// Waits for the broker to exit on its own (a failpoint that aborts).
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let c = self.child.as_mut().expect("broker running");
+        loop {
+            if let Some(status) = c.try_wait().expect("wait for broker") {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "broker did not exit:\n{}", self.log_tail());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn bootstrap(&self) -> String {
@@ -80,6 +102,7 @@ impl BrokerProcess {
             .arg("--data-dir")
             .arg(self.data_dir.path())
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -19,11 +19,27 @@ pub fn batch(values: &[&[u8]], timestamp: i64) -> Bytes {
 
 /// A batch from an idempotent producer: id, epoch, first sequence.
 pub fn idempotent_batch(values: &[&[u8]], timestamp: i64, producer_id: i64, epoch: i16, sequence: i32) -> Bytes {
+    producer_batch(values, timestamp, producer_id, epoch, sequence, false)
+}
+
+/// A batch of a transactional producer.
+pub fn txn_batch(values: &[&[u8]], producer_id: i64, epoch: i16, sequence: i32) -> Bytes {
+    producer_batch(values, 1_000, producer_id, epoch, sequence, true)
+}
+
+fn producer_batch(
+    values: &[&[u8]],
+    timestamp: i64,
+    producer_id: i64,
+    epoch: i16,
+    sequence: i32,
+    transactional: bool,
+) -> Bytes {
     let records: Vec<Record> = values
         .iter()
         .enumerate()
         .map(|(i, v)| Record {
-            transactional: false,
+            transactional,
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
