@@ -188,8 +188,14 @@ impl Segment {
         }
         let valid = pos as u64;
         let cut = self.size - valid;
-        if cut > 0 {
+        // Zeros right after the last batch are preallocated space no write
+        // reached (the normal state of an active segment after a crash);
+        // anything else is a torn or corrupt write worth a warning.
+        let tail = &data[pos.min(data.len())..(pos + HEADER_SIZE).min(data.len())];
+        if cut > 0 && tail.iter().any(|b| *b != 0) {
             tracing::warn!(segment = %self.log_path.display(), valid_bytes = valid, cut_bytes = cut, "recovery truncated log tail");
+        } else if cut > 0 {
+            tracing::debug!(segment = %self.log_path.display(), valid_bytes = valid, "recovered active segment");
         }
         self.size = 0;
         self.next_offset = self.base_offset;
