@@ -14,10 +14,10 @@ use bytes::Bytes;
 use fjord_storage::batch::{build_batch, build_batch_as, Producer};
 use fjord_storage::PartitionLog;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::records::RecordBatchDecoder;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::internal_topic;
 use crate::server::now_ms;
 use crate::topics::Topics;
 
@@ -206,19 +206,7 @@ pub(crate) fn java_hash(s: &str) -> i32 {
 impl GroupCoordinator {
     /// Creates `__consumer_offsets` if needed and replays it.
     pub fn open(topics: &Topics, partitions: i32) -> anyhow::Result<GroupCoordinator> {
-        let partitions = match topics.topic(OFFSETS_TOPIC) {
-            Some(meta) => meta.partitions,
-            None => {
-                let mut configs = BTreeMap::new();
-                // Only the newest offset of each partition and group matters.
-                configs.insert("cleanup.policy".to_string(), "compact".to_string());
-                configs.insert("segment.bytes".to_string(), (100 * 1024 * 1024).to_string());
-                topics
-                    .create_internal(OFFSETS_TOPIC, partitions, configs)
-                    .map_err(|e| anyhow::anyhow!("cannot create {OFFSETS_TOPIC}: {}", e.message))?;
-                partitions
-            }
-        };
+        let partitions = internal_topic::ensure(topics, OFFSETS_TOPIC, partitions)?;
         let coord = GroupCoordinator {
             groups: Mutex::new(HashMap::new()),
             pending_txn: Mutex::new(HashMap::new()),
@@ -241,48 +229,35 @@ impl GroupCoordinator {
     }
 
     fn replay(&self, log: &PartitionLog, log_partition: i32) -> anyhow::Result<()> {
-        let mut offset = log.log_start_offset();
-        let end = log.log_end_offset();
-        while offset < end {
-            let read = log.read(offset, 1 << 20, end)?;
-            if read.records.is_empty() {
-                break;
-            }
-            let mut buf = read.records;
-            for set in RecordBatchDecoder::decode_all(&mut buf)? {
-                for r in set.records {
-                    offset = offset.max(r.offset + 1);
-                    if r.control {
-                        // Key: version (2 bytes), type (2 bytes: 0 abort, 1 commit).
-                        if let Some(k) = r.key.as_ref().filter(|k| k.len() >= 4) {
-                            self.complete_txn(r.producer_id, k[3] == 1, log_partition);
-                        }
-                        continue;
-                    }
-                    let Some(key) = r.key.as_ref().and_then(|k| serde_json::from_slice::<RecordKey>(k).ok()) else {
-                        continue;
-                    };
-                    if r.transactional {
-                        if let RecordKey::Offset { group, topic, partition } = key {
-                            let offset = r.value.as_deref().and_then(|v| serde_json::from_slice(v).ok());
-                            let p = PendingOffset { log_partition, group, topic, partition, offset };
-                            self.pending().entry(r.producer_id).or_default().push(p);
-                        }
-                        continue;
-                    }
-                    apply_record(&mut self.lock(), key, r.value.as_deref());
+        internal_topic::replay(log, |r| {
+            if r.control {
+                // Key: version (2 bytes), type (2 bytes: 0 abort, 1 commit).
+                if let Some(k) = r.key.as_ref().filter(|k| k.len() >= 4) {
+                    self.complete_txn(r.producer_id, k[3] == 1, log_partition);
                 }
+                return;
             }
-        }
-        Ok(())
+            let Some(key) = r.key.as_ref().and_then(|k| serde_json::from_slice::<RecordKey>(k).ok()) else {
+                return;
+            };
+            if r.transactional {
+                if let RecordKey::Offset { group, topic, partition } = key {
+                    let offset = r.value.as_deref().and_then(|v| serde_json::from_slice(v).ok());
+                    let p = PendingOffset { log_partition, group, topic, partition, offset };
+                    self.pending().entry(r.producer_id).or_default().push(p);
+                }
+                return;
+            }
+            apply_record(&mut self.lock(), key, r.value.as_deref());
+        })
     }
 
     fn pending(&self) -> MutexGuard<'_, HashMap<i64, Vec<PendingOffset>>> {
         self.pending_txn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes offsets committed inside producer `producer_id`'s transaction.
-    /// They take effect when the transaction commits (`complete_txn`).
+    /// Writes offsets committed inside a producer's transaction. They take
+    /// effect when the transaction commits (`complete_txn`).
     pub async fn txn_commit(
         &self,
         topics: &Arc<Topics>,
@@ -291,68 +266,7 @@ impl GroupCoordinator {
         offsets: Vec<(String, i32, CommittedOffset)>,
         durable: bool,
     ) -> Vec<Option<ResponseError>> {
-        let mut results = Vec::with_capacity(offsets.len());
-        let mut records = Vec::new();
-        let mut accepted = Vec::new();
-        for (topic, partition, c) in offsets {
-            if c.metadata.as_ref().is_some_and(|m| m.len() > MAX_METADATA_BYTES) {
-                results.push(Some(ResponseError::OffsetMetadataTooLarge));
-                continue;
-            }
-            if topics.log(&topic, partition).is_none() {
-                results.push(Some(ResponseError::UnknownTopicOrPartition));
-                continue;
-            }
-            let key =
-                serde_json::to_vec(&RecordKey::Offset { group: group_id.to_string(), topic: topic.clone(), partition })
-                    .unwrap_or_default();
-            records.push((key, Some(serde_json::to_vec(&c).unwrap_or_default())));
-            accepted.push((results.len(), topic, partition, c));
-            results.push(None);
-        }
-        if records.is_empty() {
-            return results;
-        }
-        let log_partition = self.partition_for(group_id);
-        let written = (|| {
-            let log = topics.log(OFFSETS_TOPIC, log_partition).ok_or(ResponseError::CoordinatorNotAvailable)?;
-            let kv: Vec<fjord_storage::batch::KeyValue<'_>> =
-                records.iter().map(|(k, v)| (Some(k.as_slice()), v.as_deref())).collect();
-            let p = Producer { id: producer.0, epoch: producer.1, base_sequence: -1, transactional: true };
-            let mut batch = build_batch_as(0, now_ms(), &kv, Some(p));
-            let info = log.append_from_coordinator(&mut batch, 0, now_ms()).map_err(|e| match e {
-                fjord_storage::LogError::InvalidProducerEpoch { .. } => ResponseError::ProducerFenced,
-                e => {
-                    tracing::error!(group = group_id, error = %e, "cannot write to {OFFSETS_TOPIC}");
-                    ResponseError::KafkaStorageError
-                }
-            })?;
-            Ok((log, info.last_offset + 1))
-        })();
-        if written.is_ok() {
-            let mut pending = self.pending();
-            let list = pending.entry(producer.0).or_default();
-            for (_, topic, partition, c) in &accepted {
-                list.push(PendingOffset {
-                    log_partition,
-                    group: group_id.to_string(),
-                    topic: topic.clone(),
-                    partition: *partition,
-                    offset: Some(c.clone()),
-                });
-            }
-        }
-        let outcome = match written {
-            Ok((log, upto)) if durable => log.sync(upto).await.map_err(|_| ResponseError::KafkaStorageError),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = outcome {
-            for (i, ..) in accepted {
-                results[i] = Some(e);
-            }
-        }
-        results
+        self.write_offsets(topics, group_id, offsets, Some(producer), durable).await
     }
 
     /// The marker of `producer_id`'s transaction landed in partition
@@ -395,13 +309,33 @@ impl GroupCoordinator {
         group: &str,
         records: &[(Vec<u8>, Option<Vec<u8>>)],
     ) -> Result<(Arc<PartitionLog>, i64), ResponseError> {
+        self.persist_as(topics, group, records, None)
+    }
+
+    /// `persist`, as a transactional batch of `producer` when given.
+    fn persist_as(
+        &self,
+        topics: &Topics,
+        group: &str,
+        records: &[(Vec<u8>, Option<Vec<u8>>)],
+        producer: Option<(i64, i16)>,
+    ) -> Result<(Arc<PartitionLog>, i64), ResponseError> {
         let log = topics.log(OFFSETS_TOPIC, self.partition_for(group)).ok_or(ResponseError::CoordinatorNotAvailable)?;
         let kv: Vec<fjord_storage::batch::KeyValue<'_>> =
             records.iter().map(|(k, v)| (Some(k.as_slice()), v.as_deref())).collect();
-        let mut batch = build_batch(0, now_ms(), &kv);
-        let info = log.append(&mut batch, 0, now_ms()).map_err(|e| {
-            tracing::error!(group, error = %e, "cannot write to {OFFSETS_TOPIC}");
-            ResponseError::KafkaStorageError
+        let appended = match producer {
+            None => log.append(&mut build_batch(0, now_ms(), &kv), 0, now_ms()),
+            Some((id, epoch)) => {
+                let p = Producer { id, epoch, base_sequence: -1, transactional: true };
+                log.append_from_coordinator(&mut build_batch_as(0, now_ms(), &kv, Some(p)), 0, now_ms())
+            }
+        };
+        let info = appended.map_err(|e| match e {
+            fjord_storage::LogError::InvalidProducerEpoch { .. } => ResponseError::ProducerFenced,
+            e => {
+                tracing::error!(group, error = %e, "cannot write to {OFFSETS_TOPIC}");
+                ResponseError::KafkaStorageError
+            }
         })?;
         Ok((log, info.last_offset + 1))
     }
@@ -974,10 +908,25 @@ impl GroupCoordinator {
 
     /// Writes committed offsets and applies them once they are in the log.
     pub async fn commit(
-        self: &Arc<Self>,
+        &self,
         topics: &Arc<Topics>,
         group_id: &str,
         offsets: Vec<(String, i32, CommittedOffset)>,
+        durable: bool,
+    ) -> Vec<Option<ResponseError>> {
+        self.write_offsets(topics, group_id, offsets, None, durable).await
+    }
+
+    /// OffsetCommit and TxnOffsetCommit: validates, writes one batch (a
+    /// transactional one for `producer`), then applies the offsets to the
+    /// group (or, in a transaction, holds them until its marker). Each
+    /// offset gets its error.
+    async fn write_offsets(
+        &self,
+        topics: &Arc<Topics>,
+        group_id: &str,
+        offsets: Vec<(String, i32, CommittedOffset)>,
+        producer: Option<(i64, i16)>,
         durable: bool,
     ) -> Vec<Option<ResponseError>> {
         let mut results = Vec::with_capacity(offsets.len());
@@ -1004,12 +953,30 @@ impl GroupCoordinator {
         }
         // Write and apply in one step, before any wait: commits pipelined on
         // a connection are applied in the order they were sent.
-        let written = self.persist(topics, group_id, &records);
+        let written = self.persist_as(topics, group_id, &records, producer);
         if written.is_ok() {
-            let mut groups = self.lock();
-            let group = groups.entry(group_id.to_string()).or_insert_with(Group::new);
-            for (_, topic, partition, c) in &accepted {
-                group.offsets.insert((topic.clone(), *partition), c.clone());
+            match producer {
+                None => {
+                    let mut groups = self.lock();
+                    let group = groups.entry(group_id.to_string()).or_insert_with(Group::new);
+                    for (_, topic, partition, c) in &accepted {
+                        group.offsets.insert((topic.clone(), *partition), c.clone());
+                    }
+                }
+                Some((producer_id, _)) => {
+                    let log_partition = self.partition_for(group_id);
+                    let mut pending = self.pending();
+                    let list = pending.entry(producer_id).or_default();
+                    for (_, topic, partition, c) in &accepted {
+                        list.push(PendingOffset {
+                            log_partition,
+                            group: group_id.to_string(),
+                            topic: topic.clone(),
+                            partition: *partition,
+                            offset: Some(c.clone()),
+                        });
+                    }
+                }
             }
         }
         let outcome = match written {

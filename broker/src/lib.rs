@@ -11,6 +11,7 @@ pub mod connection;
 pub mod consumer_groups;
 pub mod dispatch;
 pub mod groups;
+pub mod internal_topic;
 pub mod server;
 pub mod topic_config;
 pub mod topics;

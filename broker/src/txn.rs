@@ -8,16 +8,16 @@
 //! partition, then the Complete record. A broker that dies between the
 //! phases finds the Prepare record on restart and writes the markers again.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fjord_storage::batch::build_batch;
 use fjord_storage::{LogError, PartitionLog};
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::records::RecordBatchDecoder;
 use serde::{Deserialize, Serialize};
 
 use crate::groups::{java_hash, CommittedOffset, GroupCoordinator, OFFSETS_TOPIC};
+use crate::internal_topic;
 use crate::server::now_ms;
 use crate::topics::Topics;
 
@@ -138,18 +138,7 @@ impl TxnCoordinator {
         durable: bool,
         max_timeout_ms: i32,
     ) -> anyhow::Result<TxnCoordinator> {
-        let partitions = match topics.topic(TXN_TOPIC) {
-            Some(meta) => meta.partitions,
-            None => {
-                let mut configs = BTreeMap::new();
-                configs.insert("cleanup.policy".to_string(), "compact".to_string());
-                configs.insert("segment.bytes".to_string(), (100 * 1024 * 1024).to_string());
-                topics
-                    .create_internal(TXN_TOPIC, partitions, configs)
-                    .map_err(|e| anyhow::anyhow!("cannot create {TXN_TOPIC}: {}", e.message))?;
-                partitions
-            }
-        };
+        let partitions = internal_topic::ensure(&topics, TXN_TOPIC, partitions)?;
         let coord = TxnCoordinator {
             topics,
             groups,
@@ -168,29 +157,16 @@ impl TxnCoordinator {
     }
 
     fn replay(&self, log: &PartitionLog) -> anyhow::Result<()> {
-        let mut offset = log.log_start_offset();
-        let end = log.log_end_offset();
         let mut txns = self.state();
-        while offset < end {
-            let read = log.read(offset, 1 << 20, end)?;
-            if read.records.is_empty() {
-                break;
+        internal_topic::replay(log, |r| {
+            let Some(key) = r.key.as_ref().and_then(|k| serde_json::from_slice::<TxnKey>(k).ok()) else {
+                return;
+            };
+            match r.value.as_ref().and_then(|v| serde_json::from_slice::<TxnMeta>(v).ok()) {
+                Some(meta) => txns.put(&key.transactional_id, meta),
+                None => txns.remove(&key.transactional_id),
             }
-            let mut buf = read.records;
-            for set in RecordBatchDecoder::decode_all(&mut buf)? {
-                for r in set.records {
-                    offset = offset.max(r.offset + 1);
-                    let Some(key) = r.key.as_ref().and_then(|k| serde_json::from_slice::<TxnKey>(k).ok()) else {
-                        continue;
-                    };
-                    match r.value.as_ref().and_then(|v| serde_json::from_slice::<TxnMeta>(v).ok()) {
-                        Some(meta) => txns.put(&key.transactional_id, meta),
-                        None => txns.remove(&key.transactional_id),
-                    }
-                }
-            }
-        }
-        Ok(())
+        })
     }
 
     /// Finishes transactions a crash left between the two phases of their

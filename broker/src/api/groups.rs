@@ -189,39 +189,69 @@ pub async fn leave_group(broker: Arc<Broker>, h: &RequestHeader, req: LeaveGroup
     Some(mk!(LeaveGroupResponse { error_code: code(top) }))
 }
 
+/// Whether the group refuses a commit from this member: generation (classic)
+/// or member epoch (KIP-848), member id and static instance id.
+pub(super) fn commit_denied(
+    broker: &Broker,
+    group: &str,
+    member_id: &str,
+    generation: i32,
+    instance_id: Option<&str>,
+) -> Option<ResponseError> {
+    if group.is_empty() {
+        Some(ResponseError::InvalidGroupId)
+    } else if broker.consumer_groups.exists(group) {
+        broker.consumer_groups.check_commit(group, member_id, generation)
+    } else {
+        broker.groups.check_commit(group, generation, member_id, instance_id)
+    }
+}
+
+/// One offset of an OffsetCommit or TxnOffsetCommit, stamped now.
+pub(super) fn committed(
+    topic: &TopicName,
+    partition: i32,
+    offset: i64,
+    leader_epoch: i32,
+    metadata: &Option<kafka_protocol::protocol::StrBytes>,
+) -> (String, i32, CommittedOffset) {
+    let c = CommittedOffset {
+        offset,
+        leader_epoch,
+        metadata: metadata.as_ref().map(|m| m.to_string()),
+        commit_ms: now_ms(),
+    };
+    (topic.0.to_string(), partition, c)
+}
+
 pub async fn offset_commit(
     broker: Arc<Broker>,
     _h: &RequestHeader,
     req: OffsetCommitRequest,
 ) -> Option<OffsetCommitResponse> {
     let group = req.group_id.0.to_string();
-    let denied = if group.is_empty() {
-        Some(ResponseError::InvalidGroupId)
-    } else if broker.consumer_groups.exists(&group) {
-        broker.consumer_groups.check_commit(&group, &req.member_id, req.generation_id_or_member_epoch)
-    } else {
-        broker.groups.check_commit(
-            &group,
-            req.generation_id_or_member_epoch,
-            &req.member_id,
-            req.group_instance_id.as_deref(),
-        )
-    };
-    let mut wanted = Vec::new();
-    for t in &req.topics {
-        for p in &t.partitions {
-            wanted.push((
-                t.name.0.to_string(),
-                p.partition_index,
-                CommittedOffset {
-                    offset: p.committed_offset,
-                    leader_epoch: p.committed_leader_epoch,
-                    metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
-                    commit_ms: now_ms(),
-                },
-            ));
-        }
-    }
+    let denied = commit_denied(
+        &broker,
+        &group,
+        &req.member_id,
+        req.generation_id_or_member_epoch,
+        req.group_instance_id.as_deref(),
+    );
+    let wanted: Vec<_> = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                committed(
+                    &t.name,
+                    p.partition_index,
+                    p.committed_offset,
+                    p.committed_leader_epoch,
+                    &p.committed_metadata,
+                )
+            })
+        })
+        .collect();
     let results = match denied {
         Some(e) => vec![Some(e); wanted.len()],
         None => {

@@ -18,8 +18,9 @@ use kafka_protocol::messages::txn_offset_commit_response::{
 use kafka_protocol::messages::*;
 
 use super::code;
+use super::groups::{commit_denied, committed};
 use super::metadata::{str, topic_name};
-use crate::groups::{CommittedOffset, OFFSETS_TOPIC};
+use crate::groups::OFFSETS_TOPIC;
 use crate::server::{now_ms, Broker};
 use crate::txn::{Caller, TxnState};
 
@@ -128,31 +129,29 @@ pub async fn txn_offset_commit(
 ) -> Option<TxnOffsetCommitResponse> {
     let group = req.group_id.0.to_string();
     // v3+ carries the consumer's group membership (KIP-447): a commit from a
-    // member that is no longer in the generation is refused.
-    let denied = if group.is_empty() {
-        Some(ResponseError::InvalidGroupId)
-    } else if req.generation_id < 0 && req.member_id.is_empty() {
+    // member that is no longer in the generation is refused. Without it
+    // (older versions, or a consumer outside any group) only the producer
+    // epoch fences.
+    let denied = if !group.is_empty() && req.generation_id < 0 && req.member_id.is_empty() {
         None
-    } else if broker.consumer_groups.exists(&group) {
-        broker.consumer_groups.check_commit(&group, &req.member_id, req.generation_id)
     } else {
-        broker.groups.check_commit(&group, req.generation_id, &req.member_id, req.group_instance_id.as_deref())
+        commit_denied(&broker, &group, &req.member_id, req.generation_id, req.group_instance_id.as_deref())
     };
-    let mut wanted = Vec::new();
-    for t in &req.topics {
-        for p in &t.partitions {
-            wanted.push((
-                t.name.0.to_string(),
-                p.partition_index,
-                CommittedOffset {
-                    offset: p.committed_offset,
-                    leader_epoch: p.committed_leader_epoch,
-                    metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
-                    commit_ms: now_ms(),
-                },
-            ));
-        }
-    }
+    let wanted: Vec<_> = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                committed(
+                    &t.name,
+                    p.partition_index,
+                    p.committed_offset,
+                    p.committed_leader_epoch,
+                    &p.committed_metadata,
+                )
+            })
+        })
+        .collect();
     let n = wanted.len();
     let results = match denied {
         Some(e) => vec![Some(e); n],
