@@ -229,6 +229,26 @@ fn timed_out_transaction_is_aborted_and_its_producer_fenced() {
 }
 
 #[test]
+fn idle_transactional_ids_expire() {
+    let broker = BrokerProcess::start(&[
+        "--transactional-id-expiration-ms",
+        "300",
+        "--transaction-abort-timed-out-transaction-cleanup-interval-ms",
+        "50",
+    ]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    let first = init(&mut conn, "idle-app", 60_000);
+    assert_eq!(describe(&mut conn, "idle-app").error_code, 0);
+    wait_until(Duration::from_secs(20), "the idle transactional id is forgotten", || {
+        describe(&mut conn, "idle-app").error_code == TRANSACTIONAL_ID_NOT_FOUND
+    });
+    // Coming back is a fresh start: a new producer id at epoch 0.
+    let again = init(&mut conn, "idle-app", 60_000);
+    assert_ne!(again.0, first.0);
+    assert_eq!(again.1, 0);
+}
+
+#[test]
 fn open_transaction_survives_sigkill_and_producer_state_too() {
     let mut broker = BrokerProcess::start(&[]);
     let mut conn = RawConn::connect(&broker.bootstrap());
