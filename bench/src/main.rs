@@ -1,0 +1,125 @@
+//! `fjord-bench`: measures a Fjord broker the way the field measures
+//! brokers (OpenMessaging Benchmark workloads, librdkafka clients), next to
+//! the machine's own disk and loopback ceilings taken in the same run.
+
+mod ceilings;
+mod driver;
+mod proc;
+mod report;
+mod workload;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "fjord-bench", about = "OpenMessaging-style benchmark of a Fjord broker")]
+struct Args {
+    /// Workload files (OMB YAML); default: every file in bench/workloads.
+    workloads: Vec<PathBuf>,
+    /// The broker binary to start for each workload (a fresh data dir each).
+    #[arg(long)]
+    broker_bin: Option<PathBuf>,
+    /// Benchmark an already running broker instead (no CPU/RSS figures).
+    #[arg(long, conflicts_with = "broker_bin")]
+    bootstrap: Option<String>,
+    /// Where results.json, results.md and the plots go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Overrides every workload's testDurationMinutes (seconds).
+    #[arg(long)]
+    duration_secs: Option<f64>,
+    /// Where the broker's data dirs and the disk ceiling's file go (the disk
+    /// measured should be the broker's).
+    #[arg(long, default_value = ".")]
+    data_parent: PathBuf,
+    /// A seconds-long run of a small workload: checks that the tool works.
+    #[arg(long)]
+    smoke: bool,
+}
+
+fn default_broker_bin() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let release = target.join("release/fjord");
+    if release.exists() {
+        release
+    } else {
+        target.join("debug/fjord")
+    }
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("fjord-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let mut workloads = Vec::new();
+    let files = if args.workloads.is_empty() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("workloads");
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        v.sort();
+        v
+    } else {
+        args.workloads.clone()
+    };
+    for f in &files {
+        let mut w = workload::Workload::load(f)?;
+        if args.smoke {
+            // Small enough to finish in seconds on a debug build.
+            w.consumer_backlog_messages = w.consumer_backlog_messages.min(20_000);
+            w.producer_rate = if w.producer_rate_of_max.is_some() { 0.0 } else { w.producer_rate };
+            w.producer_rate_of_max = None;
+        }
+        workloads.push(w);
+    }
+    if args.smoke {
+        workloads.truncate(2);
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    std::fs::create_dir_all(&args.data_parent)?;
+    eprintln!("measuring the machine's ceilings (disk, loopback)…");
+    let ceilings = ceilings::measure(&args.data_parent, args.smoke)?;
+    eprintln!(
+        "  disk {:.0} MB/s, disk with fdatasync {:.0} MB/s, loopback {:.0} MB/s",
+        ceilings.disk_write_mb_s, ceilings.disk_write_fsync_mb_s, ceilings.loopback_mb_s
+    );
+    let broker_bin = args.broker_bin.clone().unwrap_or_else(default_broker_bin);
+    let mut runs = Vec::new();
+    for (i, w) in workloads.iter().enumerate() {
+        let duration = Duration::from_secs_f64(match (args.smoke, args.duration_secs) {
+            (true, _) => 3.0,
+            (false, Some(s)) => s,
+            (false, None) => w.test_duration_minutes * 60.0,
+        });
+        eprintln!("[{}/{}] {} for {:.0}s", i + 1, workloads.len(), w.name, duration.as_secs_f64());
+        let result = match &args.bootstrap {
+            Some(b) => driver::run(&driver::Target { bootstrap: b, broker: None, quiet: false }, w, i, duration)?,
+            None => {
+                let broker = proc::Broker::start(&broker_bin, &args.data_parent)?;
+                let target = driver::Target { bootstrap: &broker.bootstrap, broker: Some(&broker.stats), quiet: false };
+                driver::run(&target, w, i, duration)?
+            }
+        };
+        eprintln!(
+            "  => {:.0} msgs/s ({:.1} MB/s) produced, {:.1} MB/s consumed, e2e p99 {:.1} ms",
+            result.produce_msgs_s, result.produce_mb_s, result.consume_mb_s, result.end_to_end_latency.p99_ms
+        );
+        runs.push(result);
+    }
+    let report = report::Report {
+        date_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        cores,
+        broker: args.bootstrap.clone().unwrap_or_else(|| broker_bin.display().to_string()),
+        ceilings,
+        runs,
+    };
+    report::write_all(&report, &args.out)?;
+    println!("{}", report::markdown(&report));
+    eprintln!("results in {}", args.out.display());
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! The broker under test: started from its binary in a fresh data dir (or
+//! an external one given by address), and its CPU time and memory read
+//! from /proc.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// CPU and memory of a process, from /proc.
+pub struct BrokerStats {
+    pid: u32,
+}
+
+impl BrokerStats {
+    pub fn new(pid: u32) -> BrokerStats {
+        BrokerStats { pid }
+    }
+
+    /// User + system CPU seconds used so far.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
+        // Fields after the parenthesised command name; utime and stime are
+        // the 14th and 15th fields of the line.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow::anyhow!("odd /proc stat"))?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| -> anyhow::Result<f64> {
+            Ok(fields.get(i).ok_or_else(|| anyhow::anyhow!("short /proc stat"))?.parse::<f64>()?)
+        };
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Ok((ticks(11)? + ticks(12)?) / hz)
+    }
+
+    fn status_kib(&self, key: &str) -> anyhow::Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let line = status.lines().find(|l| l.starts_with(key)).ok_or_else(|| anyhow::anyhow!("no {key} in status"))?;
+        let kib: f64 = line.split_whitespace().nth(1).ok_or_else(|| anyhow::anyhow!("bad {key}"))?.parse()?;
+        Ok(kib)
+    }
+
+    pub fn rss_mib(&self) -> anyhow::Result<f64> {
+        Ok(self.status_kib("VmRSS:")? / 1024.0)
+    }
+
+    /// Resident anonymous memory: the heap and stacks, without the pages of
+    /// mapped segment files (those are page cache the kernel reclaims).
+    pub fn anon_rss_mib(&self) -> anyhow::Result<f64> {
+        Ok(self.status_kib("RssAnon:")? / 1024.0)
+    }
+
+    /// The high-water mark of resident memory since the process started.
+    pub fn peak_rss_mib(&self) -> anyhow::Result<f64> {
+        Ok(self.status_kib("VmHWM:")? / 1024.0)
+    }
+}
+
+/// A broker process the benchmark started; killed when dropped.
+pub struct Broker {
+    child: Child,
+    pub bootstrap: String,
+    pub stats: BrokerStats,
+    _data: tempfile::TempDir,
+}
+
+impl Broker {
+    /// Starts `bin` on a free port with a new data dir under `parent`.
+    pub fn start(bin: &Path, parent: &Path) -> anyhow::Result<Broker> {
+        let data = tempfile::tempdir_in(parent)?;
+        let mut child = Command::new(bin)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start broker {}: {e}", bin.display()))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no broker stdout"))?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let bootstrap = line
+            .trim()
+            .strip_prefix("fjord listening on ")
+            .ok_or_else(|| anyhow::anyhow!("broker did not start: {line:?}"))?
+            .to_string();
+        let stats = BrokerStats::new(child.id());
+        Ok(Broker { child, bootstrap, stats, _data: data })
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

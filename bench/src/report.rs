@@ -1,0 +1,150 @@
+//! The run's outputs: `results.json` (everything), `results.md` (the table
+//! with the machine's ceilings and the ratios against them) and SVG plots of
+//! latency percentiles and of throughput over time.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::ceilings::Ceilings;
+use crate::driver::RunResult;
+
+#[derive(Serialize)]
+pub struct Report {
+    pub date_unix: u64,
+    pub cores: usize,
+    pub broker: String,
+    pub ceilings: Ceilings,
+    pub runs: Vec<RunResult>,
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "–".into())
+}
+
+pub fn markdown(r: &Report) -> String {
+    let c = &r.ceilings;
+    let mut s = String::new();
+    let _ = writeln!(s, "Machine: {} cores. Ceilings measured in this run:", r.cores);
+    let _ = writeln!(s);
+    let _ = writeln!(s, "| ceiling | MB/s |");
+    let _ = writeln!(s, "|---|---|");
+    let _ = writeln!(s, "| disk, sequential 1 MiB writes (page cache) | {:.0} |", c.disk_write_mb_s);
+    let _ = writeln!(s, "| disk, sequential 1 MiB writes + fdatasync each | {:.0} |", c.disk_write_fsync_mb_s);
+    let _ = writeln!(s, "| loopback TCP, one stream | {:.0} |", c.loopback_mb_s);
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| workload | produced msg/s | MB/s | × fsync'd disk | × loopback | publish p50 / p99 / p99.9 / max ms | end-to-end p50 / p99 / p99.9 / max ms | consumed MB/s | broker CPU (cores) | broker peak RSS MiB (anon) |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+    for run in &r.runs {
+        let p = &run.publish_latency;
+        let e = &run.end_to_end_latency;
+        let lat = |p: &crate::driver::Percentiles| {
+            if p.count == 0 {
+                "–".to_string()
+            } else {
+                format!("{:.1} / {:.1} / {:.1} / {:.1}", p.p50_ms, p.p99_ms, p.p999_ms, p.max_ms)
+            }
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.1} | {:.2} | {:.3} | {} | {} | {:.1} | {} | {} ({}) |",
+            run.workload,
+            run.produce_msgs_s,
+            run.produce_mb_s,
+            run.produce_mb_s / c.disk_write_fsync_mb_s,
+            run.produce_mb_s.max(run.consume_mb_s) / c.loopback_mb_s,
+            lat(p),
+            lat(e),
+            run.consume_mb_s,
+            opt(run.broker_cpu_cores, 2),
+            opt(run.broker_peak_rss_mib, 0),
+            opt(run.broker_peak_anon_rss_mib, 0),
+        );
+    }
+    s
+}
+
+/// End-to-end (or, without consumers, publish) latency percentiles of every
+/// run, one line per workload, on a log scale.
+pub fn latency_plot(r: &Report, path: &Path) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let series: Vec<(String, [f64; 4])> = r
+        .runs
+        .iter()
+        .filter_map(|run| {
+            let p = if run.end_to_end_latency.count > 0 { &run.end_to_end_latency } else { &run.publish_latency };
+            (p.count > 0).then(|| (run.workload.clone(), [p.p50_ms, p.p99_ms, p.p999_ms, p.max_ms]))
+        })
+        .collect();
+    let top = series.iter().flat_map(|(_, v)| v.iter().copied()).fold(1.0f64, f64::max) * 2.0;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("latency percentiles (ms, log scale)", ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..3f64, (0.01f64..top).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_labels(4)
+        .x_label_formatter(&|x| ["p50", "p99", "p99.9", "max"].get(x.round() as usize).unwrap_or(&"").to_string())
+        .y_desc("ms")
+        .draw()?;
+    for (i, (name, v)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                v.iter().enumerate().map(|(x, y)| (x as f64, y.max(0.01))),
+                color.stroke_width(2),
+            ))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Produced and consumed records per second over the run.
+pub fn throughput_plot(run: &RunResult, path: &Path) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (900, 400)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max_t = run.timeline.last().map(|s| s.second).unwrap_or(1.0).max(1.0);
+    let max_y = run.timeline.iter().map(|s| s.produced_msgs_s.max(s.consumed_msgs_s)).fold(1.0f64, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{}: records/s over time", run.workload), ("sans-serif", 18))
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..max_t, 0f64..max_y)?;
+    chart.configure_mesh().x_desc("seconds").y_desc("records/s").draw()?;
+    let produced: Vec<(f64, f64)> = run.timeline.iter().map(|s| (s.second, s.produced_msgs_s)).collect();
+    let consumed: Vec<(f64, f64)> = run.timeline.iter().map(|s| (s.second, s.consumed_msgs_s)).collect();
+    chart
+        .draw_series(LineSeries::new(produced, BLUE.stroke_width(2)))?
+        .label("produced (acknowledged)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+    chart
+        .draw_series(LineSeries::new(consumed, RED.stroke_width(2)))?
+        .label("consumed")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}
+
+pub fn write_all(r: &Report, out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("results.json"), serde_json::to_vec_pretty(r)?)?;
+    std::fs::write(out.join("results.md"), markdown(r))?;
+    latency_plot(r, &out.join("latency.svg"))?;
+    for run in &r.runs {
+        throughput_plot(run, &out.join(format!("throughput-{}.svg", run.slug)))?;
+    }
+    Ok(())
+}
