@@ -14,7 +14,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use serde::Serialize;
 
@@ -150,7 +150,9 @@ fn producer_config(bootstrap: &str, w: &Workload) -> ClientConfig {
         .set("acks", &w.acks)
         .set("linger.ms", w.linger_ms.to_string())
         .set("compression.type", &w.compression)
-        .set("queue.buffering.max.messages", "2000000")
+        // Deep enough to keep the broker busy; shallow enough that a
+        // max-rate run's latency is not mostly time spent queued in the client.
+        .set("queue.buffering.max.messages", "200000")
         .set("queue.buffering.max.kbytes", "2097151")
         .set("batch.size", "1000000")
         .set("message.timeout.ms", "120000");
@@ -169,7 +171,10 @@ fn produce(
     counters: Arc<Counters>,
 ) -> anyhow::Result<(u64, Histogram<u64>)> {
     let ctx = DeliveryCtx { counters, latency: Mutex::new(histogram()) };
-    let producer: BaseProducer<DeliveryCtx> = producer_config(bootstrap, w).create_with_context(ctx)?;
+    // The threaded producer serves delivery reports on its own thread as
+    // they arrive, so publish latency is not inflated by how often this
+    // loop would get around to polling.
+    let producer: ThreadedProducer<DeliveryCtx> = producer_config(bootstrap, w).create_with_context(ctx)?;
     let mut payload = vec![0u8; w.message_size];
     for (i, b) in payload.iter_mut().enumerate().skip(8) {
         *b = (i % 251) as u8;
@@ -183,7 +188,6 @@ fn produce(
             let due = start + interval.mul_f64(sent as f64);
             let now = Instant::now();
             if due > now {
-                producer.poll(Duration::ZERO);
                 std::thread::sleep((due - now).min(Duration::from_millis(5)));
                 continue;
             }
@@ -197,12 +201,9 @@ fn produce(
         match producer.send(record) {
             Ok(()) => sent += 1,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                producer.poll(Duration::from_millis(1));
+                std::thread::sleep(Duration::from_micros(200));
             }
             Err((e, _)) => anyhow::bail!("send failed: {e}"),
-        }
-        if sent.is_multiple_of(1024) {
-            producer.poll(Duration::ZERO);
         }
     }
     producer.flush(Duration::from_secs(120))?;
@@ -277,14 +278,17 @@ pub fn run(target: &Target<'_>, w: &Workload, run_no: usize, duration: Duration)
 
     let mut rate = w.producer_rate;
     if let Some(fraction) = w.producer_rate_of_max {
-        // A separate topic, so the probe's records do not reach the consumers.
-        let probe = topic_names(w, run_no + 1000);
-        create_topics(target.bootstrap, &probe, w.partitions_per_topic)?;
-        let probe_n = ((duration.as_secs_f64() / 4.0).max(1.0) * 200_000.0) as u64;
-        let max = fill(target.bootstrap, w, &probe, probe_n)?;
+        // The maximum is that of the whole workload, consumers included (on
+        // its own topics), so the fraction is of what the system sustains.
+        let mut probe = w.clone();
+        probe.producer_rate_of_max = None;
+        probe.producer_rate = 0.0;
+        let probe_for = Duration::from_secs_f64((duration.as_secs_f64() / 4.0).clamp(1.0, 15.0));
+        let quiet = Target { bootstrap: target.bootstrap, broker: None, quiet: true };
+        let max = run(&quiet, &probe, run_no + 1000, probe_for)?.produce_msgs_s;
         rate = max * fraction;
         if !target.quiet {
-            eprintln!("  max-rate probe: {max:.0} msgs/s; running at {rate:.0} msgs/s");
+            eprintln!("  max-rate probe (with consumers): {max:.0} msgs/s; running at {rate:.0} msgs/s");
         }
     }
     if w.consumer_backlog_messages > 0 {

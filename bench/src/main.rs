@@ -34,6 +34,9 @@ struct Args {
     /// measured should be the broker's).
     #[arg(long, default_value = ".")]
     data_parent: PathBuf,
+    /// A flag for the broker (repeat for more), e.g. `--broker-arg=--fsync=never`.
+    #[arg(long, allow_hyphen_values = true)]
+    broker_arg: Vec<String>,
     /// A seconds-long run of a small workload: checks that the tool works.
     #[arg(long)]
     smoke: bool,
@@ -100,7 +103,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let result = match &args.bootstrap {
             Some(b) => driver::run(&driver::Target { bootstrap: b, broker: None, quiet: false }, w, i, duration)?,
             None => {
-                let broker = proc::Broker::start(&broker_bin, &args.data_parent)?;
+                let broker = proc::Broker::start(&broker_bin, &args.data_parent, &args.broker_arg)?;
                 let target = driver::Target { bootstrap: &broker.bootstrap, broker: Some(&broker.stats), quiet: false };
                 driver::run(&target, w, i, duration)?
             }

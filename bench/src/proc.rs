@@ -63,12 +63,14 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts `bin` on a free port with a new data dir under `parent`.
-    pub fn start(bin: &Path, parent: &Path) -> anyhow::Result<Broker> {
+    /// Starts `bin` on a free port with a new data dir under `parent`, with
+    /// `extra` flags.
+    pub fn start(bin: &Path, parent: &Path, extra: &[String]) -> anyhow::Result<Broker> {
         let data = tempfile::tempdir_in(parent)?;
         let mut child = Command::new(bin)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.path())
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -122,7 +122,12 @@ pub fn throughput_plot(run: &RunResult, path: &Path) -> anyhow::Result<()> {
         .x_label_area_size(35)
         .y_label_area_size(80)
         .build_cartesian_2d(0f64..max_t, 0f64..max_y)?;
-    chart.configure_mesh().x_desc("seconds").y_desc("records/s").draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("records/s")
+        .y_label_formatter(&|v| format!("{:.0}k", v / 1000.0))
+        .draw()?;
     let produced: Vec<(f64, f64)> = run.timeline.iter().map(|s| (s.second, s.produced_msgs_s)).collect();
     let consumed: Vec<(f64, f64)> = run.timeline.iter().map(|s| (s.second, s.consumed_msgs_s)).collect();
     chart
