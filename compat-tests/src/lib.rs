@@ -178,6 +178,16 @@ impl Drop for BrokerProcess {
     }
 }
 
+/// A command for an external client (kcat, python, node). `cargo test`
+/// points LD_LIBRARY_PATH at the native build outputs of the whole
+/// workspace, which include the librdkafka the bench builds for itself
+/// (without zstd or TLS); a client must load its own libraries instead.
+pub fn client(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new(program);
+    c.env_remove("LD_LIBRARY_PATH");
+    c
+}
+
 /// Runs a client program to completion and fails the test, with its output,
 /// if it does not succeed within `timeout`.
 pub fn run_client(cmd: &mut Command, timeout: Duration) -> Output {

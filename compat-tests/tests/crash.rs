@@ -2,10 +2,10 @@
 //! is killed with SIGKILL twice and restarted; every acknowledged record
 //! must be there afterwards, in order.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use fjord_compat_tests::{clients_dir, python, run_client, wait_until, BrokerProcess};
+use fjord_compat_tests::{client, clients_dir, python, run_client, wait_until, BrokerProcess};
 
 fn acked(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path).map(|s| s.lines().count()).unwrap_or(0)
@@ -14,7 +14,7 @@ fn acked(path: &std::path::Path) -> usize {
 /// Every acknowledged record is in the log, in acknowledgement order.
 fn verify(broker: &BrokerProcess, topic: &str, acked_path: &std::path::Path) {
     run_client(
-        Command::new(python())
+        client(python())
             .arg(clients_dir().join("python/crash_verify.py"))
             .arg(broker.bootstrap())
             .arg(topic)
@@ -30,7 +30,7 @@ fn acknowledged_records_survive_sigkill() {
     let acked_path = work.path().join("acked");
     let stop_path = work.path().join("stop");
     let topic = "crash-durability";
-    let mut producer = Command::new(python())
+    let mut producer = client(python())
         .arg(clients_dir().join("python/crash_producer.py"))
         .arg(broker.bootstrap())
         .arg(topic)

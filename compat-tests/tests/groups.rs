@@ -4,10 +4,9 @@
 //! committed offsets and no record lost; static membership; kafka-python
 //! and kcat resuming from committed offsets.
 
-use std::process::Command;
 use std::time::Duration;
 
-use fjord_compat_tests::{clients_dir, python, run_client, BrokerProcess};
+use fjord_compat_tests::{client, clients_dir, python, run_client, BrokerProcess};
 
 /// Runs a Python suite against a fresh broker; it prints "passed" on success.
 /// KIP-848 timings are shortened so rebalances take a second, not a minute.
@@ -19,7 +18,7 @@ fn suite(script: &str, args: &[&str]) {
         "6000",
     ]);
     let out = run_client(
-        Command::new(python()).arg(clients_dir().join("python").join(script)).arg(broker.bootstrap()).args(args),
+        client(python()).arg(clients_dir().join("python").join(script)).arg(broker.bootstrap()).args(args),
         Duration::from_secs(240),
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("passed"));
@@ -99,7 +98,7 @@ fn kcat_group_resumes_from_committed_offsets() {
     let broker = BrokerProcess::start(&["--num-partitions", "4"]);
     let b = broker.bootstrap();
     let produce = |from: usize, to: usize| {
-        let mut child = Command::new("kcat")
+        let mut child = client("kcat")
             .args(["-b", &b, "-t", "kcat-group", "-P", "-K", ":"])
             .stdin(std::process::Stdio::piped())
             .spawn()
@@ -110,7 +109,7 @@ fn kcat_group_resumes_from_committed_offsets() {
     };
     let consume = |count: usize| -> Vec<String> {
         let out = run_client(
-            Command::new("kcat").args([
+            client("kcat").args([
                 "-b",
                 &b,
                 "-G",
@@ -147,7 +146,7 @@ fn group_admin_and_state_survive_restart() {
     let mut broker = BrokerProcess::start(&[]);
     let script = clients_dir().join("python/group_admin_suite.py");
     let run = |broker: &BrokerProcess, phase: &str| {
-        run_client(Command::new(python()).arg(&script).arg(broker.bootstrap()).arg(phase), Duration::from_secs(120))
+        run_client(client(python()).arg(&script).arg(broker.bootstrap()).arg(phase), Duration::from_secs(120))
     };
     run(&broker, "before-restart");
     broker.kill9();

@@ -1,10 +1,9 @@
 //! kafkajs against a live broker; what it produced is read back exactly
 //! with librdkafka (kafkajs itself only consumes through consumer groups).
 
-use std::process::Command;
 use std::time::Duration;
 
-use fjord_compat_tests::{clients_dir, python, run_client, BrokerProcess};
+use fjord_compat_tests::{client, clients_dir, python, run_client, BrokerProcess};
 
 #[test]
 fn kafkajs_suite_and_cross_client_read_back() {
@@ -13,7 +12,7 @@ fn kafkajs_suite_and_cross_client_read_back() {
     let node_dir = clients_dir().join("node");
     assert!(node_dir.join("node_modules/kafkajs").exists(), "run scripts/setup-test-deps.sh to install kafkajs");
     let out = run_client(
-        Command::new("node").current_dir(&node_dir).arg("kafkajs_suite.js").arg(broker.bootstrap()).arg(&produced),
+        client("node").current_dir(&node_dir).arg("kafkajs_suite.js").arg(broker.bootstrap()).arg(&produced),
         Duration::from_secs(180),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -24,7 +23,7 @@ fn kafkajs_suite_and_cross_client_read_back() {
         .trim()
         .to_string();
     run_client(
-        Command::new(python())
+        client(python())
             .arg(clients_dir().join("python/read_back.py"))
             .arg(broker.bootstrap())
             .arg(&topic)

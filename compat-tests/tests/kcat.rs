@@ -5,15 +5,15 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fjord_compat_tests::{run_client, BrokerProcess};
+use fjord_compat_tests::{client, run_client, BrokerProcess};
 
 const CODECS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
 
 fn kcat_produce(bootstrap: &str, topic: &str, codec: &str, partition: i32, lines: &str) {
-    let mut child = Command::new("kcat")
+    let mut child = client("kcat")
         .args(["-b", bootstrap, "-t", topic, "-P", "-K", ":", "-z", codec])
         .args(["-p", &partition.to_string(), "-H", &format!("codec={codec}"), "-H", "origin=kcat"])
         .args(["-X", "acks=all"])
@@ -47,7 +47,7 @@ fn kcat_produce_consume_offsets() {
         }
     }
     let out = run_client(
-        Command::new("kcat").args(["-b", &b, "-t", topic, "-C", "-e", "-o", "beginning", "-f", "%p|%o|%k|%s|%h\\n"]),
+        client("kcat").args(["-b", &b, "-t", topic, "-C", "-e", "-o", "beginning", "-f", "%p|%o|%k|%s|%h\\n"]),
         Duration::from_secs(60),
     );
     let mut got: BTreeMap<i32, Vec<String>> = BTreeMap::new();
@@ -64,13 +64,13 @@ fn kcat_produce_consume_offsets() {
 
     // Offset lookup by timestamp: before everything is offset 0.
     let out = run_client(
-        Command::new("kcat").args(["-b", &b, "-Q", "-t", &format!("{topic}:1:{}", before - 60_000)]),
+        client("kcat").args(["-b", &b, "-Q", "-t", &format!("{topic}:1:{}", before - 60_000)]),
         Duration::from_secs(30),
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("{topic} [1] offset 0")), "{text}");
 
-    let out = run_client(Command::new("kcat").args(["-b", &b, "-L", "-t", topic]), Duration::from_secs(30));
+    let out = run_client(client("kcat").args(["-b", &b, "-L", "-t", topic]), Duration::from_secs(30));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("topic \"{topic}\" with 3 partitions")), "{text}");
 }

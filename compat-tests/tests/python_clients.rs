@@ -1,14 +1,13 @@
 //! confluent-kafka (librdkafka) and kafka-python suites against a live broker.
 
-use std::process::Command;
 use std::time::Duration;
 
-use fjord_compat_tests::{clients_dir, python, run_client, BrokerProcess};
+use fjord_compat_tests::{client, clients_dir, python, run_client, BrokerProcess};
 
 fn run_suite(script: &str) {
     let broker = BrokerProcess::start(&[]);
     let out = run_client(
-        Command::new(python()).arg(clients_dir().join("python").join(script)).arg(broker.bootstrap()),
+        client(python()).arg(clients_dir().join("python").join(script)).arg(broker.bootstrap()),
         Duration::from_secs(240),
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("suite passed"));

@@ -5,13 +5,13 @@
 //! transactions, fencing zombies, and a consume-transform-produce loop
 //! killed at random points.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use fjord_compat_tests::proxy::LossyProxy;
 use fjord_compat_tests::wire::{self, s, txn_batch};
-use fjord_compat_tests::{clients_dir, python, run_client, wait_until, BrokerProcess, RawConn};
+use fjord_compat_tests::{client, clients_dir, python, run_client, wait_until, BrokerProcess, RawConn};
 use kafka_protocol::messages::add_partitions_to_txn_request::{AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::PartitionData;
@@ -309,7 +309,7 @@ fn idempotent_producer_through_a_proxy_that_loses_responses() {
     let mut conn = RawConn::connect(&broker.bootstrap());
     wire::create_topic(&mut conn, "lossy", 3, &[]);
     let out = run_client(
-        Command::new(python())
+        client(python())
             .current_dir(clients_dir().join("python"))
             .arg("idempotent_lossy.py")
             .arg(proxy.addr())
@@ -326,7 +326,7 @@ fn idempotent_producer_through_a_proxy_that_loses_responses() {
 fn confluent_transactions_visibility_and_fencing() {
     let broker = BrokerProcess::start(&[]);
     let out = run_client(
-        Command::new(python()).current_dir(clients_dir().join("python")).arg("txn_suite.py").arg(broker.bootstrap()),
+        client(python()).current_dir(clients_dir().join("python")).arg("txn_suite.py").arg(broker.bootstrap()),
         Duration::from_secs(240),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -339,7 +339,7 @@ fn kafkajs_transactions_and_fencing() {
     let node_dir = clients_dir().join("node");
     assert!(node_dir.join("node_modules/kafkajs").exists(), "run scripts/setup-test-deps.sh to install kafkajs");
     let out = run_client(
-        Command::new("node").current_dir(&node_dir).arg("kafkajs_txn.js").arg(broker.bootstrap()),
+        client("node").current_dir(&node_dir).arg("kafkajs_txn.js").arg(broker.bootstrap()),
         Duration::from_secs(240),
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("kafkajs transactions passed"));
@@ -380,7 +380,7 @@ fn start_transform(broker: &BrokerProcess) -> Transform {
 }
 
 fn spawn_transform(broker: &BrokerProcess) -> Child {
-    Command::new(python())
+    client(python())
         .current_dir(clients_dir().join("python"))
         .args(["txn_transform.py", &broker.bootstrap(), "ctp-in", "ctp-out", "ctp-group", "ctp-app"])
         .stdout(Stdio::null())
@@ -478,7 +478,7 @@ fn consume_transform_produce_is_exactly_once_through_sigkills() {
     }
     assert!(finished, "the transform finished the input");
     let out = run_client(
-        Command::new(python()).current_dir(clients_dir().join("python")).args([
+        client(python()).current_dir(clients_dir().join("python")).args([
             "txn_verify.py",
             &broker.bootstrap(),
             "ctp-in",
