@@ -232,7 +232,7 @@ fn timed_out_transaction_is_aborted_and_its_producer_fenced() {
 fn idle_transactional_ids_expire() {
     let broker = BrokerProcess::start(&[
         "--transactional-id-expiration-ms",
-        "300",
+        "1000",
         "--transaction-abort-timed-out-transaction-cleanup-interval-ms",
         "50",
     ]);
