@@ -200,6 +200,18 @@ fn transaction_apis_over_the_wire() {
     assert_eq!(add(&mut conn, "app-1", me, &[("tx", 0)]), vec![PRODUCER_FENCED]);
     assert_eq!(end(&mut conn, "app-1", me, true, 3), PRODUCER_FENCED);
     assert_eq!(end(&mut conn, "app-1", me, true, 1), INVALID_PRODUCER_EPOCH);
+    // KIP-360: a producer naming a stale id/epoch is fenced; naming the
+    // current one bumps it.
+    let mut bump = InitProducerIdRequest::default();
+    bump.transactional_id = Some(TransactionalId(s("app-1")));
+    bump.transaction_timeout_ms = 60_000;
+    bump.producer_id = ProducerId(pid);
+    bump.producer_epoch = epoch;
+    let r: InitProducerIdResponse = conn.call(ApiKey::InitProducerId, 4, &bump);
+    assert_eq!(r.error_code, PRODUCER_FENCED);
+    bump.producer_epoch = epoch2;
+    let r: InitProducerIdResponse = conn.call(ApiKey::InitProducerId, 4, &bump);
+    assert_eq!((r.error_code, r.producer_id.0, r.producer_epoch), (0, pid, epoch2 + 1));
     let mut bad = InitProducerIdRequest::default();
     bad.transactional_id = Some(TransactionalId(s("app-1")));
     bad.transaction_timeout_ms = 1_000_000_000;

@@ -93,6 +93,7 @@ pub struct ReadResult {
     pub records: Bytes,
     pub log_start_offset: i64,
     pub high_watermark: i64,
+    pub last_stable_offset: i64,
 }
 
 pub(crate) struct Inner {
@@ -221,6 +222,10 @@ impl Inner {
     }
     fn log_end(&self) -> i64 {
         self.active().next_offset
+    }
+    fn last_stable_offset(&self) -> i64 {
+        let hw = self.log_end();
+        self.producers.first_unstable_offset().map_or(hw, |f| f.min(hw))
     }
     fn size(&self) -> u64 {
         self.segments.values().map(|s| s.size()).sum()
@@ -514,9 +519,7 @@ impl PartitionLog {
     /// The last stable offset: below it every transaction has ended, so
     /// read_committed consumers may read up to here.
     pub fn last_stable_offset(&self) -> i64 {
-        let inner = self.read_inner();
-        let hw = inner.log_end();
-        inner.producers.first_unstable_offset().map_or(hw, |f| f.min(hw))
+        self.read_inner().last_stable_offset()
     }
     /// Aborted transactions a reader of [from, upto) must know about.
     pub fn aborted_transactions(&self, from: i64, upto: i64) -> Vec<AbortedTxn> {
@@ -551,14 +554,28 @@ impl PartitionLog {
     /// Reads whole batches from `offset` up to `max_bytes` (at least one
     /// batch, so a consumer can always make progress) and below `max_offset`.
     pub fn read(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Result<ReadResult> {
+        self.read_below(offset, max_bytes, |_| max_offset)
+    }
+
+    /// `read` for read_committed consumers: below the last stable offset,
+    /// taken under the same lock as the read.
+    pub fn read_committed(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
+        self.read_below(offset, max_bytes, |r| r.last_stable_offset)
+    }
+
+    fn read_below(&self, offset: i64, max_bytes: usize, bound: impl Fn(&ReadResult) -> i64) -> Result<ReadResult> {
         let inner = self.read_inner();
         let end = inner.log_end();
-        let hw = end;
         if offset < inner.log_start || offset > end {
             return Err(LogError::OffsetOutOfRange { offset, start: inner.log_start, end });
         }
-        let empty = ReadResult { records: Bytes::new(), log_start_offset: inner.log_start, high_watermark: hw };
-        let limit = max_offset.min(end);
+        let empty = ReadResult {
+            records: Bytes::new(),
+            log_start_offset: inner.log_start,
+            high_watermark: end,
+            last_stable_offset: inner.last_stable_offset(),
+        };
+        let limit = bound(&empty).min(end);
         if offset >= limit {
             return Ok(empty);
         }

@@ -51,6 +51,10 @@ fn stable_offset_stops_at_the_oldest_open_transaction() {
     assert_eq!((t1, t2), (2, 5));
     assert_eq!(log.last_stable_offset(), 2);
     assert_eq!(batch_offsets(&log, 0, log.last_stable_offset()), vec![0]);
+    let committed = log.read_committed(0, 1 << 20).unwrap();
+    assert_eq!((committed.last_stable_offset, committed.high_watermark), (2, 7));
+    assert_eq!(BatchHeader::parse(&committed.records).unwrap().last_offset(), 1, "only the batch below the LSO");
+    assert!(log.read_committed(2, 1 << 20).unwrap().records.is_empty());
     assert_eq!(log.high_watermark(), 7);
 
     let commit = log.append_marker(10, 0, 0, true, 2_000).unwrap();

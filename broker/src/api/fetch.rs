@@ -69,11 +69,13 @@ fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool) -> (Vec<Ou
             });
             continue;
         };
-        let hw = log.high_watermark();
-        let lso = log.last_stable_offset();
-        let upto = if read_committed { lso } else { hw };
         let limit = (t.part.max_bytes.max(0) as usize).min(budget);
-        match log.read(t.part.fetch_offset, limit, upto) {
+        let read = if read_committed {
+            log.read_committed(t.part.fetch_offset, limit)
+        } else {
+            log.read(t.part.fetch_offset, limit, i64::MAX)
+        };
+        match read {
             Ok(r) => {
                 let mut records = r.records;
                 // KIP-74: only the first non-empty partition may exceed the
@@ -85,7 +87,7 @@ fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool) -> (Vec<Ou
                 total += records.len();
                 budget = budget.saturating_sub(records.len());
                 let aborted = if read_committed && !records.is_empty() {
-                    log.aborted_transactions(t.part.fetch_offset, upto)
+                    log.aborted_transactions(t.part.fetch_offset, r.last_stable_offset)
                 } else {
                     Vec::new()
                 };
@@ -93,7 +95,7 @@ fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool) -> (Vec<Ou
                     error: None,
                     records,
                     hw: r.high_watermark,
-                    lso,
+                    lso: r.last_stable_offset,
                     log_start: r.log_start_offset,
                     aborted,
                 });
@@ -106,8 +108,8 @@ fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool) -> (Vec<Ou
                 out.push(Outcome {
                     error: Some(code),
                     records: Bytes::new(),
-                    hw,
-                    lso,
+                    hw: log.high_watermark(),
+                    lso: log.last_stable_offset(),
                     log_start: log.log_start_offset(),
                     aborted: Vec::new(),
                 });
