@@ -41,7 +41,7 @@ fn read(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = PartitionLog::open(dir.path(), LogConfig::default()).expect("open log");
     for _ in 0..4096 {
-        log.append(&mut batch(16, 1024), 0, 1_700_000_000_000).expect("append");
+        log.append(&batch(16, 1024), 0, 1_700_000_000_000).expect("append");
     }
     let end = log.log_end_offset();
     let mut g = c.benchmark_group("read");

@@ -199,6 +199,20 @@ pub fn split_and_validate(payload: &[u8], max_batch_bytes: usize) -> Result<Vec<
 
 /// Rewrites base offset and leader epoch in place; with LogAppendTime also the
 /// timestamps. Recomputes the CRC only when a covered field changed.
+/// Bytes at the start of a batch that the log assigns and that lie outside
+/// the CRC: base offset, length (unchanged), partition leader epoch.
+pub const ASSIGNED_HEAD: usize = MAGIC;
+
+/// The first `ASSIGNED_HEAD` bytes of `batch` with the log's offset and
+/// epoch; the rest of the batch is written as the producer sent it.
+pub fn assigned_head(batch: &[u8], base_offset: i64, leader_epoch: i32) -> [u8; ASSIGNED_HEAD] {
+    let mut head = [0u8; ASSIGNED_HEAD];
+    head.copy_from_slice(&batch[..ASSIGNED_HEAD]);
+    head[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());
+    head[LEADER_EPOCH..LEADER_EPOCH + 4].copy_from_slice(&leader_epoch.to_be_bytes());
+    head
+}
+
 pub fn patch(batch: &mut [u8], base_offset: i64, leader_epoch: i32, append_time: Option<i64>) {
     batch[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());
     batch[LEADER_EPOCH..LEADER_EPOCH + 4].copy_from_slice(&leader_epoch.to_be_bytes());

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -91,6 +91,9 @@ pub struct AppendInfo {
 #[derive(Debug, Clone)]
 pub struct ReadResult {
     pub records: Bytes,
+    /// The segment file `records` were sliced from and where they start in
+    /// it, so a server can send them with `sendfile` instead of copying.
+    pub file: Option<(Arc<std::fs::File>, u64)>,
     pub log_start_offset: i64,
     pub high_watermark: i64,
     pub last_stable_offset: i64,
@@ -236,10 +239,11 @@ pub struct PartitionLog {
     dir: PathBuf,
     inner: RwLock<Inner>,
     appended: Notify,
-    flushed: AtomicI64,
-    sync_lock: tokio::sync::Mutex<()>,
+    flushed: Arc<AtomicI64>,
+    /// The data dir's filesystem, so the committer can group by it.
+    dev: u64,
     deleted: AtomicBool,
-    fsyncs: std::sync::atomic::AtomicU64,
+    fsyncs: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Writes a small file so a crash leaves either the old or the new content.
@@ -319,10 +323,10 @@ impl PartitionLog {
                 inner
             }),
             appended: Notify::new(),
-            flushed: AtomicI64::new(end),
-            sync_lock: tokio::sync::Mutex::new(()),
+            flushed: Arc::new(AtomicI64::new(end)),
+            dev: std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(dir)?),
             deleted: AtomicBool::new(false),
-            fsyncs: std::sync::atomic::AtomicU64::new(0),
+            fsyncs: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
         Ok(log)
     }
@@ -348,14 +352,14 @@ impl PartitionLog {
 
     /// Validates, assigns offsets to and appends a produce payload of one or
     /// more batches. Nothing is written unless every batch is valid.
-    pub fn append(&self, payload: &mut [u8], leader_epoch: i32, now_ms: i64) -> Result<AppendInfo> {
+    pub fn append(&self, payload: &[u8], leader_epoch: i32, now_ms: i64) -> Result<AppendInfo> {
         self.append_from(payload, leader_epoch, now_ms, false)
     }
 
     /// Appends a batch the broker itself wrote for a producer (a
     /// transactional offset commit): its epoch is checked, it carries no
     /// sequence to deduplicate.
-    pub fn append_from_coordinator(&self, payload: &mut [u8], leader_epoch: i32, now_ms: i64) -> Result<AppendInfo> {
+    pub fn append_from_coordinator(&self, payload: &[u8], leader_epoch: i32, now_ms: i64) -> Result<AppendInfo> {
         self.append_from(payload, leader_epoch, now_ms, true)
     }
 
@@ -369,11 +373,11 @@ impl PartitionLog {
         commit: bool,
         now_ms: i64,
     ) -> Result<i64> {
-        let mut marker = batch::build_marker(producer_id, epoch, coordinator_epoch, commit, now_ms);
-        Ok(self.append_from(&mut marker, 0, now_ms, true)?.base_offset)
+        let marker = batch::build_marker(producer_id, epoch, coordinator_epoch, commit, now_ms);
+        Ok(self.append_from(&marker, 0, now_ms, true)?.base_offset)
     }
 
-    fn append_from(&self, payload: &mut [u8], leader_epoch: i32, now_ms: i64, coordinator: bool) -> Result<AppendInfo> {
+    fn append_from(&self, payload: &[u8], leader_epoch: i32, now_ms: i64, coordinator: bool) -> Result<AppendInfo> {
         let (max, compact) = {
             let inner = self.read_inner();
             (inner.config.max_message_bytes, inner.config.compact)
@@ -415,9 +419,7 @@ impl PartitionLog {
         };
         let base_offset = inner.log_end();
         let mut next = base_offset;
-        for (pos, h) in batches.iter_mut() {
-            let end = *pos + h.total_size();
-            batch::patch(&mut payload[*pos..end], next, leader_epoch, append_time);
+        for (_, h) in batches.iter_mut() {
             h.base_offset = next;
             h.partition_leader_epoch = leader_epoch;
             if let Some(ts) = append_time {
@@ -428,7 +430,20 @@ impl PartitionLog {
         }
         self.maybe_roll(&mut inner, payload.len() as u64, now_ms)?;
         let interval = inner.config.index_interval_bytes;
-        inner.active_mut().append(payload, &batches, interval, now_ms)?;
+        if let Some(ts) = append_time {
+            // LogAppendTime rewrites timestamps inside the CRC: patch a copy.
+            let mut data = payload.to_vec();
+            for (pos, h) in &batches {
+                batch::patch(&mut data[*pos..*pos + h.total_size()], h.base_offset, leader_epoch, Some(ts));
+            }
+            inner.active_mut().append(&data, &batches, interval, now_ms)?;
+        } else {
+            let heads: Vec<_> = batches
+                .iter()
+                .map(|(pos, h)| batch::assigned_head(&payload[*pos..], h.base_offset, leader_epoch))
+                .collect();
+            inner.active_mut().append_with_heads(payload, &batches, &heads, interval, now_ms)?;
+        }
         inner.epochs.assign(leader_epoch, base_offset)?;
         for (pos, h) in &batches {
             let marker = if h.is_control() { batch::marker_kind(&payload[*pos..*pos + h.total_size()]) } else { None };
@@ -502,6 +517,9 @@ impl PartitionLog {
             self.snapshot_producers(inner, base)?;
         }
         let seg = Segment::create(&self.dir, base, cap, inner.config.segment_index_bytes)?;
+        // The new file's name must survive a crash too: a later sync makes
+        // its data durable, not the directory entry that finds it.
+        std::fs::File::open(&self.dir)?.sync_all()?;
         inner.segments.insert(base, seg);
         Ok(())
     }
@@ -571,6 +589,7 @@ impl PartitionLog {
         }
         let empty = ReadResult {
             records: Bytes::new(),
+            file: None,
             log_start_offset: inner.log_start,
             high_watermark: end,
             last_stable_offset: inner.last_stable_offset(),
@@ -599,7 +618,7 @@ impl PartitionLog {
                 }
                 stop += b.header.total_size() as u64;
             }
-            return Ok(ReadResult { records: seg.bytes(start, stop), ..empty });
+            return Ok(ReadResult { records: seg.bytes(start, stop), file: Some((seg.file(), start)), ..empty });
         }
         Ok(empty)
     }
@@ -754,13 +773,10 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Makes everything up to `upto` durable. Concurrent callers share one
-    /// fsync: whoever holds the lock syncs all that has been written so far.
+    /// Makes everything up to `upto` durable. Waiters of every log share
+    /// the process-wide group commit (`durability`): one round covers all
+    /// that was written when it started.
     pub async fn sync(&self, upto: i64) -> Result<()> {
-        if self.flushed.load(Ordering::Acquire) >= upto {
-            return Ok(());
-        }
-        let _guard = self.sync_lock.lock().await;
         if self.flushed.load(Ordering::Acquire) >= upto {
             return Ok(());
         }
@@ -768,12 +784,14 @@ impl PartitionLog {
             let inner = self.read_inner();
             (inner.active().file(), inner.log_end())
         };
-        tokio::task::spawn_blocking(move || file.sync_data())
-            .await
-            .map_err(|e| LogError::Io(std::io::Error::other(e)))??;
-        self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("fjord_log_fsyncs_total").increment(1);
-        self.flushed.fetch_max(end, Ordering::AcqRel);
+        crate::durability::sync(crate::durability::Target {
+            file,
+            dev: self.dev,
+            end,
+            flushed: self.flushed.clone(),
+            rounds: self.fsyncs.clone(),
+        })
+        .await?;
         Ok(())
     }
 
@@ -802,6 +820,15 @@ impl PartitionLog {
         drop(inner);
         std::fs::remove_dir_all(&self.dir)?;
         self.appended.notify_waiters();
+        Ok(())
+    }
+
+    /// Unmaps the resident pages of every segment (`Segment::release_pages`).
+    pub fn release_pages(&self) -> Result<()> {
+        let inner = self.read_inner();
+        for seg in inner.segments.values() {
+            seg.release_pages()?;
+        }
         Ok(())
     }
 

@@ -265,17 +265,42 @@ impl Segment {
         now_ms: i64,
     ) -> Result<()> {
         self.file.write_all_at(data, self.size)?;
+        self.appended(data.len(), headers, index_interval, now_ms);
+        Ok(())
+    }
+
+    /// Writes batches as the producer sent them, except for each batch's
+    /// first `ASSIGNED_HEAD` bytes, which come from `heads` (offset and
+    /// epoch assigned by the log): one `pwritev`, no copy of the records.
+    pub fn append_with_heads(
+        &mut self,
+        data: &[u8],
+        headers: &[(usize, BatchHeader)],
+        heads: &[[u8; batch::ASSIGNED_HEAD]],
+        index_interval: u64,
+        now_ms: i64,
+    ) -> Result<()> {
+        let mut iov = Vec::with_capacity(headers.len() * 2);
+        for ((pos, h), head) in headers.iter().zip(heads) {
+            iov.push(std::io::IoSlice::new(head));
+            iov.push(std::io::IoSlice::new(&data[pos + batch::ASSIGNED_HEAD..pos + h.total_size()]));
+        }
+        pwrite_all(&self.file, &mut iov, self.size)?;
+        self.appended(data.len(), headers, index_interval, now_ms);
+        Ok(())
+    }
+
+    fn appended(&mut self, len: usize, headers: &[(usize, BatchHeader)], index_interval: u64, now_ms: i64) {
         for (off, h) in headers {
             self.track_appended(self.size + *off as u64, h, index_interval);
         }
         if let Some((_, last)) = headers.last() {
             self.next_offset = last.last_offset() + 1;
         }
-        self.size += data.len() as u64;
+        self.size += len as u64;
         if self.created_ms.is_none() {
             self.created_ms = Some(now_ms);
         }
-        Ok(())
     }
 
     pub fn index_full(&self) -> bool {
@@ -387,6 +412,21 @@ impl Segment {
         self.file.clone()
     }
 
+    /// Drops this process's page-table entries for the mapping. The pages
+    /// stay in the page cache; the next read through the mapping faults
+    /// them back in. Reads copy small ranges out of the mapping and walk
+    /// batch headers through it, so without this the resident set grows
+    /// with every byte ever read.
+    pub fn release_pages(&self) -> Result<()> {
+        if let Some(map) = &self.map {
+            // SAFETY: a read-only shared file mapping: MADV_DONTNEED only
+            // unmaps pages, and later accesses (including those through
+            // `Bytes` handed out earlier) read the same file contents again.
+            unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed)? };
+        }
+        Ok(())
+    }
+
     /// Seals the segment: syncs it, trims the file and indexes to what is
     /// used. Only space past `size` is cut, which no reader was ever given.
     pub fn close(&mut self) -> Result<()> {
@@ -419,4 +459,37 @@ impl Segment {
         }
         Ok(())
     }
+}
+
+/// `pwritev` until every slice is written.
+fn pwrite_all(file: &File, mut bufs: &mut [std::io::IoSlice<'_>], mut offset: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // Linux's IOV_MAX.
+    const MAX_IOV: usize = 1024;
+    while !bufs.is_empty() {
+        let count = bufs.len().min(MAX_IOV);
+        // SAFETY: IoSlice is ABI-compatible with iovec on Unix, and the
+        // slices outlive the call.
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                bufs.as_ptr().cast::<libc::iovec>(),
+                count as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        offset += n as u64;
+        std::io::IoSlice::advance_slices(&mut bufs, n as usize);
+    }
+    Ok(())
 }

@@ -45,8 +45,8 @@ fn records(log: &PartitionLog) -> Vec<(i64, String, Option<String>)> {
 }
 
 fn put(log: &PartitionLog, key: &str, value: Option<&str>, ts: i64) -> i64 {
-    let mut b = build_batch(0, ts, &[(Some(key.as_bytes()), value.map(|v| v.as_bytes()))]);
-    log.append(&mut b, 0, ts).unwrap().base_offset
+    let b = build_batch(0, ts, &[(Some(key.as_bytes()), value.map(|v| v.as_bytes()))]);
+    log.append(&b, 0, ts).unwrap().base_offset
 }
 
 #[test]
@@ -108,7 +108,7 @@ fn keeps_the_latest_value_per_key_and_drops_expired_tombstones() {
 fn compacted_topics_require_keys() {
     let dir = tempfile::tempdir().unwrap();
     let log = PartitionLog::open(dir.path(), config()).unwrap();
-    let mut keyless = build_batch(0, 1, &[(None, Some(b"v".as_slice()))]);
-    assert!(matches!(log.append(&mut keyless, 0, 1), Err(LogError::InvalidRecord(_))));
+    let keyless = build_batch(0, 1, &[(None, Some(b"v".as_slice()))]);
+    assert!(matches!(log.append(&keyless, 0, 1), Err(LogError::InvalidRecord(_))));
     assert_eq!(log.log_end_offset(), 0);
 }

@@ -17,8 +17,8 @@ fn produced(pid: i64, epoch: i16, seq: i32, n: usize, transactional: bool) -> Ve
     build_batch_as(0, 1_000, &recs, Some(Producer { id: pid, epoch, base_sequence: seq, transactional }))
 }
 
-fn append(log: &PartitionLog, mut b: Vec<u8>) -> i64 {
-    log.append(&mut b, 0, 1_000).unwrap().base_offset
+fn append(log: &PartitionLog, b: Vec<u8>) -> i64 {
+    log.append(&b, 0, 1_000).unwrap().base_offset
 }
 
 /// Offsets of the batches a reader gets from `from` below `upto`.
@@ -75,8 +75,8 @@ fn stable_offset_stops_at_the_oldest_open_transaction() {
 fn clients_cannot_write_markers_and_fenced_epochs_cannot_end_transactions() {
     let dir = tempfile::tempdir().unwrap();
     let log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
-    let mut marker = build_marker(5, 0, 0, true, 1);
-    assert!(matches!(log.append(&mut marker, 0, 1), Err(LogError::InvalidRecord(_))));
+    let marker = build_marker(5, 0, 0, true, 1);
+    assert!(matches!(log.append(&marker, 0, 1), Err(LogError::InvalidRecord(_))));
     append(&log, produced(5, 2, 0, 1, true));
     assert!(matches!(log.append_marker(5, 1, 0, false, 1), Err(LogError::InvalidProducerEpoch { .. })));
     assert_eq!(log.last_stable_offset(), 0);
@@ -84,7 +84,7 @@ fn clients_cannot_write_markers_and_fenced_epochs_cannot_end_transactions() {
     // ends the transaction.
     log.append_marker(5, 3, 0, false, 1).unwrap();
     assert_eq!(log.last_stable_offset(), log.high_watermark());
-    assert!(matches!(log.append(&mut produced(5, 2, 1, 1, true), 0, 1), Err(LogError::InvalidProducerEpoch { .. })));
+    assert!(matches!(log.append(&produced(5, 2, 1, 1, true), 0, 1), Err(LogError::InvalidProducerEpoch { .. })));
 }
 
 #[test]
@@ -116,7 +116,7 @@ fn open_transactions_and_aborts_survive_restart_and_truncation() {
     assert_eq!(log.aborted_transactions(0, i64::MAX), aborted);
     // Dedup still knows producer 2's last batch: a retry is answered, not written.
     let end = log.log_end_offset();
-    let info = log.append(&mut produced(2, 0, 87, 3, false), 0, 1).unwrap();
+    let info = log.append(&produced(2, 0, 87, 3, false), 0, 1).unwrap();
     assert!(info.duplicate);
     assert_eq!(log.log_end_offset(), end);
 
@@ -150,7 +150,7 @@ fn producer_state_comes_from_the_snapshot_not_a_rescan() {
         log.delete_records(second_segment).unwrap();
     }
     let log = PartitionLog::open(dir.path(), small_config()).unwrap();
-    let info = log.append(&mut retry.clone(), 0, 1).unwrap();
+    let info = log.append(&retry.clone(), 0, 1).unwrap();
     assert!(info.duplicate, "the retried batch is recognised after restart");
     assert_eq!(info.base_offset, 0);
 }
