@@ -19,6 +19,19 @@ pub enum FsyncPolicy {
     Never,
 }
 
+/// How a group-commit round makes the data of many partitions durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsyncMethod {
+    /// One `syncfs` of the data dir's filesystem when a round covers more
+    /// than one segment file: one writeback and one device flush for all of
+    /// them. It also writes back anything else dirty on that filesystem, so
+    /// it suits a filesystem dedicated to the data dir.
+    Syncfs,
+    /// `fdatasync` of each segment file in the round.
+    Fdatasync,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
@@ -69,6 +82,12 @@ pub struct BrokerConfig {
     pub group_consumer_heartbeat_interval_ms: i32,
     /// When produced data is fsync'd.
     pub fsync: FsyncPolicy,
+    /// How group commit syncs many partitions at once.
+    pub fsync_method: FsyncMethod,
+    /// Segment pages the broker may keep mapped in its resident set (pages
+    /// faulted in by reads) before it unmaps them; they stay in the page
+    /// cache. Bounds RSS whatever the data volume.
+    pub mapped_resident_max_bytes: u64,
     /// Prometheus metrics endpoint (host:port); off when unset.
     pub metrics_listen: Option<String>,
     /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets`,
@@ -113,6 +132,8 @@ impl Default for BrokerConfig {
             group_consumer_session_timeout_ms: 45_000,
             group_consumer_heartbeat_interval_ms: 5_000,
             fsync: FsyncPolicy::AcksAll,
+            fsync_method: FsyncMethod::Syncfs,
+            mapped_resident_max_bytes: 64 << 20,
             metrics_listen: None,
             offsets_topic_num_partitions: 50,
             transaction_state_log_num_partitions: 50,
@@ -168,6 +189,10 @@ pub struct Args {
     pub group_consumer_heartbeat_interval_ms: Option<i32>,
     #[arg(long, value_enum)]
     pub fsync: Option<FsyncPolicy>,
+    #[arg(long, value_enum)]
+    pub fsync_method: Option<FsyncMethod>,
+    #[arg(long)]
+    pub mapped_resident_max_bytes: Option<u64>,
     #[arg(long)]
     pub metrics_listen: Option<String>,
     #[arg(long)]
@@ -221,6 +246,8 @@ impl BrokerConfig {
             group_consumer_session_timeout_ms,
             group_consumer_heartbeat_interval_ms,
             fsync,
+            fsync_method,
+            mapped_resident_max_bytes,
             transaction_max_timeout_ms,
             transaction_abort_timed_out_transaction_cleanup_interval_ms,
             transactional_id_expiration_ms

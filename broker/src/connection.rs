@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -92,8 +92,18 @@ async fn read_frame<R: AsyncReadExt + Unpin>(rd: &mut R, max: usize) -> Result<O
     if size as usize > max {
         return Err(format!("frame of {size} bytes exceeds the {max}-byte limit (max_request_bytes)"));
     }
-    let mut buf = BytesMut::zeroed(size as usize);
-    rd.read_exact(&mut buf).await.map_err(|e| format!("truncated frame: {e}"))?;
+    // Read into uninitialised capacity: zeroing a 1 MiB produce first
+    // would be one more pass over every byte.
+    let size = size as usize;
+    let mut buf = BytesMut::with_capacity(size);
+    while buf.len() < size {
+        let want = size - buf.len();
+        match rd.read_buf(&mut (&mut buf).limit(want)).await {
+            Ok(0) => return Err(format!("truncated frame: {} of {size} bytes", buf.len())),
+            Ok(_) => {}
+            Err(e) => return Err(format!("truncated frame: {e}")),
+        }
+    }
     Ok(Some(buf.freeze()))
 }
 
@@ -106,8 +116,9 @@ async fn write_loop(wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<
             Pending::Response(h) => h.await,
         };
         match outcome {
-            Ok(Ok(Some(bytes))) => {
-                if out.write_all(&bytes).await.is_err() {
+            Ok(Ok(Some(frame))) => {
+                if let Err(e) = crate::frame::write_frame(&mut out, frame).await {
+                    tracing::debug!(%peer, error = %e, "write failed");
                     break;
                 }
             }

@@ -12,9 +12,10 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::api;
+use crate::frame::{ChunkedBuf, FileSlice, Frame};
 use crate::server::Broker;
 
-pub type HandlerResult = anyhow::Result<Option<Bytes>>;
+pub type HandlerResult = anyhow::Result<Option<Frame>>;
 pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
 type HandlerFn = fn(Arc<Broker>, RequestHeader, Bytes) -> HandlerFuture;
 
@@ -43,6 +44,37 @@ pub fn encode_response<R: Encodable>(
     Ok(buf.freeze())
 }
 
+/// A handler's answer, framed for the wire.
+pub trait Reply {
+    fn frame(self, header_version: i16, correlation_id: i32, version: i16) -> anyhow::Result<Frame>;
+}
+
+impl<R: Encodable> Reply for R {
+    fn frame(self, header_version: i16, correlation_id: i32, version: i16) -> anyhow::Result<Frame> {
+        encode_response(header_version, correlation_id, version, &self).map(Frame::from)
+    }
+}
+
+/// A response some of whose bytes are segment file ranges (`files`): those
+/// go out with `sendfile` instead of being encoded.
+pub struct WithFiles<R> {
+    pub resp: R,
+    pub files: Vec<FileSlice>,
+}
+
+impl<R: Encodable> Reply for WithFiles<R> {
+    fn frame(self, header_version: i16, correlation_id: i32, version: i16) -> anyhow::Result<Frame> {
+        let header = ResponseHeader::default().with_correlation_id(correlation_id);
+        let size = header.compute_size(header_version)? + self.resp.compute_size(version)?;
+        let mut buf = ChunkedBuf::new(&self.files);
+        buf.put_i32(i32::try_from(size)?);
+        header.encode(&mut buf, header_version)?;
+        self.resp.encode(&mut buf, version)?;
+        anyhow::ensure!(buf.len() == size + 4, "response encoded to {} bytes, sized {}", buf.len() - 4, size);
+        Ok(buf.into_frame())
+    }
+}
+
 /// Declares a table entry whose handler returns `Option<Response>` (None
 /// means no response at all, as for acks=0 produce).
 macro_rules! api {
@@ -64,7 +96,7 @@ macro_rules! api {
                     match outcome {
                         Some(resp) => {
                             let hv = ApiKey::$key.response_header_version(version);
-                            Ok(Some(encode_response(hv, header.correlation_id, version, &resp)?))
+                            Ok(Some(Reply::frame(resp, hv, header.correlation_id, version)?))
                         }
                         None => Ok(None),
                     }
@@ -93,7 +125,7 @@ macro_rules! unsupported {
                     let mut resp = <$resp>::default();
                     resp.error_code = kafka_protocol::error::ResponseError::UnsupportedVersion.code();
                     let hv = ApiKey::$key.response_header_version(version);
-                    Ok(Some(encode_response(hv, header.correlation_id, version, &resp)?))
+                    Ok(Some(encode_response(hv, header.correlation_id, version, &resp)?.into()))
                 })
             },
         }
@@ -193,7 +225,7 @@ pub fn prepare(broker: &Arc<Broker>, frame: Bytes) -> Result<HandlerFuture, Stri
                 .with_error_code(kafka_protocol::error::ResponseError::UnsupportedVersion.code())
                 .with_api_keys(supported_versions());
             let bytes = encode_response(0, correlation_id, 0, &resp).map_err(|e| e.to_string())?;
-            return Ok(Box::pin(async move { Ok(Some(bytes)) }));
+            return Ok(Box::pin(async move { Ok(Some(bytes.into())) }));
         }
         return Err(format!(
             "unsupported version {version} of {:?} (serving {}..={})",

@@ -324,10 +324,10 @@ impl GroupCoordinator {
         let kv: Vec<fjord_storage::batch::KeyValue<'_>> =
             records.iter().map(|(k, v)| (Some(k.as_slice()), v.as_deref())).collect();
         let appended = match producer {
-            None => log.append(&mut build_batch(0, now_ms(), &kv), 0, now_ms()),
+            None => log.append(&build_batch(0, now_ms(), &kv), 0, now_ms()),
             Some((id, epoch)) => {
                 let p = Producer { id, epoch, base_sequence: -1, transactional: true };
-                log.append_from_coordinator(&mut build_batch_as(0, now_ms(), &kv, Some(p)), 0, now_ms())
+                log.append_from_coordinator(&build_batch_as(0, now_ms(), &kv, Some(p)), 0, now_ms())
             }
         };
         let info = appended.map_err(|e| match e {

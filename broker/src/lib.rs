@@ -10,6 +10,7 @@ pub mod config;
 pub mod connection;
 pub mod consumer_groups;
 pub mod dispatch;
+pub mod frame;
 pub mod groups;
 pub mod internal_topic;
 pub mod server;

@@ -77,6 +77,10 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         Some(a) => split_host_port(a).ok_or_else(|| anyhow::anyhow!("bad advertised_listener {a}"))?,
         None => (local_addr.ip().to_string(), local_addr.port() as i32),
     };
+    fjord_storage::durability::set_strategy(match config.fsync_method {
+        crate::config::FsyncMethod::Syncfs => fjord_storage::durability::SyncStrategy::Syncfs,
+        crate::config::FsyncMethod::Fdatasync => fjord_storage::durability::SyncStrategy::Fdatasync,
+    });
     let topics = Arc::new(tokio::task::block_in_place(|| Topics::open(&config))?);
     let groups =
         Arc::new(tokio::task::block_in_place(|| GroupCoordinator::open(&topics, config.offsets_topic_num_partitions))?);
@@ -128,6 +132,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
             compaction_pass,
         )),
         tokio::spawn(session_expiry_loop(broker.clone(), shutdown_rx.clone())),
+        tokio::spawn(mapped_pages_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(transaction_expiry_loop(broker.clone(), shutdown_rx)),
     ];
     tracing::info!(%local_addr, data_dir = %broker.config.data_dir.display(), "fjord listening");
@@ -171,6 +176,45 @@ async fn session_expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<
                 tokio::task::spawn_blocking(move || b.groups.expire_offsets(&b.topics, b.config.offsets_retention_ms))
                     .await;
         }
+    }
+}
+
+/// File-backed resident pages of this process, from /proc/self/statm
+/// (its third field counts pages of mapped files and shared memory).
+fn mapped_resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(2)?.parse().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * page.max(4096) as u64)
+}
+
+/// Keeps segment pages that reads faulted into the broker's resident set
+/// below `mapped_resident_max_bytes` (above what was mapped at start: the
+/// binary's own pages and the like), by unmapping them from every log.
+async fn mapped_pages_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let Some(baseline) = mapped_resident_bytes() else {
+        return;
+    };
+    let budget = broker.config.mapped_resident_max_bytes;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        if mapped_resident_bytes().is_none_or(|now| now.saturating_sub(baseline) <= budget) {
+            continue;
+        }
+        let b = broker.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for log in b.topics.all_logs() {
+                if let Err(e) = log.release_pages() {
+                    tracing::warn!(log = %log.dir().display(), error = %e, "cannot unmap segment pages");
+                }
+            }
+        })
+        .await;
+        metrics::counter!("fjord_mapped_page_releases_total").increment(1);
     }
 }
 

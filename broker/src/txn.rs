@@ -220,8 +220,8 @@ impl TxnCoordinator {
         let log = self.topics.log(TXN_TOPIC, self.partition_for(id)).ok_or(ResponseError::CoordinatorNotAvailable)?;
         let key = serde_json::to_vec(&TxnKey { transactional_id: id.to_string() }).unwrap_or_default();
         let value = meta.as_ref().map(|m| serde_json::to_vec(m).unwrap_or_default());
-        let mut batch = build_batch(0, now_ms(), &[(Some(&key), value.as_deref())]);
-        let info = log.append(&mut batch, 0, now_ms()).map_err(|e| storage_failure("write its state", e))?;
+        let batch = build_batch(0, now_ms(), &[(Some(&key), value.as_deref())]);
+        let info = log.append(&batch, 0, now_ms()).map_err(|e| storage_failure("write its state", e))?;
         {
             let mut txns = self.state();
             match meta {

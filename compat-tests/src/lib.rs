@@ -76,6 +76,14 @@ impl BrokerProcess {
         b
     }
 
+    /// A line of the broker's /proc status in kB (`VmRSS`, `RssFile`, …).
+    pub fn status_kb(&self, field: &str) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with(&format!("{field}:")))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     /// Waits for the broker to exit on its own (a failpoint that aborts).
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + timeout;

@@ -168,3 +168,12 @@ pub fn topic_metadata(conn: &mut RawConn, topic: &str, allow_auto: bool) -> meta
     let md: MetadataResponse = conn.call(ApiKey::Metadata, 12, &req);
     md.topics.into_iter().next().expect("one topic")
 }
+
+/// Waits (up to 20 s) until `kb()` reports at most `max_kb`.
+pub fn wait_until_bounded(mut kb: impl FnMut() -> Option<u64>, max_kb: u64) {
+    let mut last = None;
+    crate::wait_until(std::time::Duration::from_secs(20), &format!("at most {max_kb} kB resident"), || {
+        last = kb();
+        last.is_some_and(|v| v <= max_kb)
+    });
+}

@@ -519,33 +519,136 @@ fn compacted_topic_keeps_latest_value_per_key() {
 
 /// The Prometheus endpoint serves the broker's counters and per-API
 /// request latencies.
-#[test]
-fn prometheus_metrics_endpoint() {
-    use std::io::{Read, Write};
+fn free_addr() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
-    let addr = format!("127.0.0.1:{port}");
-    let broker = BrokerProcess::start(&["--metrics-listen", &addr]);
-    let mut conn = RawConn::connect(&broker.bootstrap());
-    create(&mut conn, "metered", 1, &[]);
-    produce(&mut conn, "metered", 0, batch(3, 1));
+    format!("127.0.0.1:{port}")
+}
+
+/// The Prometheus page, once the endpoint serves it (it starts with the
+/// broker, not before it accepts clients).
+fn scrape_metrics(addr: &str) -> String {
+    use std::io::{Read, Write};
     let scrape = || -> Option<String> {
-        let mut s = std::net::TcpStream::connect(&addr).ok()?;
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
         let mut body = String::new();
         s.read_to_string(&mut body).ok()?;
         Some(body)
     };
     let deadline = Instant::now() + Duration::from_secs(20);
-    let body = loop {
+    loop {
         if let Some(b) = scrape().filter(|b| b.contains("fjord_produced_bytes_total")) {
-            break b;
+            return b;
         }
         assert!(Instant::now() < deadline, "no metrics served on {addr}");
         std::thread::sleep(Duration::from_millis(50));
-    };
+    }
+}
+
+#[test]
+fn prometheus_metrics_endpoint() {
+    let addr = free_addr();
+    let broker = BrokerProcess::start(&["--metrics-listen", &addr]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    create(&mut conn, "metered", 1, &[]);
+    produce(&mut conn, "metered", 0, batch(3, 1));
+    let body = scrape_metrics(&addr);
     assert!(body.contains("fjord_request_duration_seconds"), "{body}");
     assert!(body.contains("api=\"Produce\""), "{body}");
     assert!(body.contains("fjord_log_fsyncs_total"), "{body}");
+}
+
+/// Large fetched ranges leave the broker by `sendfile` from the segment
+/// file, small ones are copied into the response; either way the bytes,
+/// the framing of the response and the connection after it are intact.
+#[test]
+fn fetch_sends_large_ranges_from_the_file_byte_exact() {
+    let metrics = free_addr();
+    let broker = BrokerProcess::start(&["--metrics-listen", &metrics]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    create(&mut conn, "zc", 3, &[]);
+    let values = |n: usize, size: usize, tag: u8| -> Vec<Vec<u8>> {
+        (0..n).map(|i| (0..size).map(|j| tag.wrapping_add((i * 31 + j) as u8)).collect()).collect()
+    };
+    let as_batch = |v: &[Vec<u8>]| wire::batch(&v.iter().map(|x| x.as_slice()).collect::<Vec<_>>(), 7);
+    // Partition 0: one 300 KB batch; 1: a small one; 2: two 40 KB batches.
+    let sent: Vec<Vec<bytes::Bytes>> = vec![
+        vec![as_batch(&values(300, 1000, 1))],
+        vec![as_batch(&values(3, 10, 2))],
+        vec![as_batch(&values(40, 1000, 3)), as_batch(&values(40, 1000, 4))],
+    ];
+    for (p, batches) in sent.iter().enumerate() {
+        for b in batches {
+            produce(&mut conn, "zc", p as i32, b.clone());
+        }
+    }
+    let parts = [("zc", 0, 0), ("zc", 1, 0), ("zc", 2, 0)];
+    // v4 encodes records with an int32 length, v12 with a varint.
+    for version in [4, 12, 4] {
+        let f: FetchResponse = conn.call(ApiKey::Fetch, version, &fetch_req(0, -1, &parts, &[], 0, 0));
+        assert_eq!(f.responses.len(), 1);
+        for (p, batches) in sent.iter().enumerate() {
+            let got = f.responses[0].partitions[p].records.clone().expect("records");
+            let mut offset = 0i64;
+            let mut at = 0usize;
+            for b in batches {
+                // Stored as sent, but for the base offset and leader epoch
+                // the log assigned (the length in between is the producer's).
+                assert_eq!(&got[at..at + 8], &offset.to_be_bytes(), "v{version} partition {p}");
+                assert_eq!(&got[at + 8..at + 12], &b[8..12], "v{version} partition {p}");
+                assert_eq!(&got[at + 12..at + 16], &0i32.to_be_bytes(), "v{version} partition {p}");
+                // (assert!, not assert_eq!: a mismatch would print 300 KB)
+                assert!(got[at + 16..at + b.len()] == b[16..], "v{version} partition {p}: bytes differ");
+                let mut one = got.slice(at..at + b.len());
+                let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut one).expect("CRC holds");
+                offset += set.records.len() as i64;
+                at += b.len();
+            }
+            assert_eq!(at, got.len(), "v{version} partition {p}: nothing more");
+        }
+    }
+    let body = scrape_metrics(&metrics);
+    let sendfile_bytes: u64 = body
+        .lines()
+        .find(|l| l.starts_with("fjord_fetch_sendfile_bytes_total"))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0);
+    // Partitions 0 and 2 of three fetches went out by sendfile, partition 1 not.
+    let large: u64 = [&sent[0], &sent[2]].iter().flat_map(|v| v.iter()).map(|b| b.len() as u64).sum();
+    assert_eq!(sendfile_bytes, 3 * large, "{body}");
+}
+
+/// Reads that copy small ranges out of the mapped segments fault their
+/// pages into the broker's resident set; the broker unmaps them again once
+/// they pass `mapped_resident_max_bytes`, so RSS does not grow with data.
+#[test]
+fn resident_set_stays_bounded_while_reading_everything() {
+    const MIB: u64 = 1024;
+    let broker = BrokerProcess::start(&["--fsync", "never", "--mapped-resident-max-bytes", "4194304"]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    create(&mut conn, "rss", 1, &[]);
+    let start = broker.status_kb("RssFile").expect("RssFile of the broker");
+    // 48 MiB in 6 KiB batches: each below the size that goes out by sendfile.
+    let value = vec![7u8; 1000];
+    let values: Vec<&[u8]> = (0..6).map(|_| value.as_slice()).collect();
+    let one = wire::batch(&values, 1);
+    let batches = 48 * 1024 * 1024 / one.len();
+    for _ in 0..batches {
+        produce(&mut conn, "rss", 0, one.clone());
+    }
+    let mut offset = 0i64;
+    let mut req = fetch_req(0, -1, &[("rss", 0, 0)], &[], 0, 0);
+    req.topics[0].partitions[0].partition_max_bytes = (one.len() * 2) as i32;
+    while offset < (batches * 6) as i64 {
+        req.topics[0].partitions[0].fetch_offset = offset;
+        let f: FetchResponse = conn.call(ApiKey::Fetch, 12, &req);
+        let n = f.responses[0].partitions[0].records.as_ref().map_or(0, |r| r.len());
+        assert!(n > 0 && n.is_multiple_of(one.len()), "whole batches at {offset}: {n} bytes");
+        offset += (n / one.len() * 6) as i64;
+    }
+    // Every page of the 48 MiB was copied out of the mapping; the broker
+    // must have let go of all but a few MiB of them.
+    wire::wait_until_bounded(|| broker.status_kb("RssFile"), start + 16 * MIB);
 }
 
 #[test]

@@ -15,6 +15,8 @@ use uuid::Uuid;
 
 use super::fetch_session::{CachedPartition, SessionError};
 use super::metadata::topic_name;
+use crate::dispatch::WithFiles;
+use crate::frame::{FileSlice, SENDFILE_MIN};
 use crate::server::Broker;
 
 const INITIAL_EPOCH: i32 = 0;
@@ -30,6 +32,8 @@ struct Target {
 struct Outcome {
     error: Option<ResponseError>,
     records: Bytes,
+    /// The segment file and position `records` come from.
+    file: Option<(Arc<std::fs::File>, u64)>,
     hw: i64,
     lso: i64,
     log_start: i64,
@@ -49,8 +53,8 @@ fn resolve(broker: &Broker, topic: &FetchTopic, version: i16) -> (String, Uuid) 
     }
 }
 
-fn error_response(code: ResponseError, session_id: i32) -> FetchResponse {
-    mk!(FetchResponse { error_code: code.code(), session_id: session_id })
+fn error_response(code: ResponseError, session_id: i32) -> WithFiles<FetchResponse> {
+    WithFiles { resp: mk!(FetchResponse { error_code: code.code(), session_id: session_id }), files: Vec::new() }
 }
 
 fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool) -> (Vec<Outcome>, usize) {
@@ -62,6 +66,7 @@ fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool) -> (Vec<Ou
             out.push(Outcome {
                 error: Some(t.unknown_error),
                 records: Bytes::new(),
+                file: None,
                 hw: -1,
                 lso: -1,
                 log_start: -1,
@@ -94,6 +99,7 @@ fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool) -> (Vec<Ou
                 out.push(Outcome {
                     error: None,
                     records,
+                    file: r.file,
                     hw: r.high_watermark,
                     lso: r.last_stable_offset,
                     log_start: r.log_start_offset,
@@ -108,6 +114,7 @@ fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool) -> (Vec<Ou
                 out.push(Outcome {
                     error: Some(code),
                     records: Bytes::new(),
+                    file: None,
                     hw: log.high_watermark(),
                     lso: log.last_stable_offset(),
                     log_start: log.log_start_offset(),
@@ -119,7 +126,7 @@ fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool) -> (Vec<Ou
     (out, total)
 }
 
-pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -> Option<FetchResponse> {
+pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -> Option<WithFiles<FetchResponse>> {
     let version = h.request_api_version;
     let mut requested = Vec::new();
     for topic in &req.topics {
@@ -215,6 +222,7 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
     };
 
     let mut responses: Vec<FetchableTopicResponse> = Vec::new();
+    let mut files = Vec::new();
     let mut sent = Vec::new();
     for (t, o) in targets.iter().zip(outcomes) {
         let changed = o.error.is_some()
@@ -225,6 +233,9 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
             continue;
         }
         sent.push((t.part.topic.clone(), t.part.partition, o.hw, o.log_start));
+        if let Some((file, position)) = o.file.filter(|_| o.records.len() >= SENDFILE_MIN) {
+            files.push(FileSlice { ptr: o.records.as_ptr() as usize, len: o.records.len(), file, position });
+        }
         let pd = mk!(PartitionData {
             partition_index: t.part.partition,
             error_code: o.error.map(|e| e.code()).unwrap_or(0),
@@ -266,5 +277,5 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
     let bytes: usize =
         responses.iter().flat_map(|r| r.partitions.iter()).map(|p| p.records.as_ref().map_or(0, |r| r.len())).sum();
     metrics::counter!("fjord_fetched_bytes_total").increment(bytes as u64);
-    Some(mk!(FetchResponse { session_id: session_id, responses: responses }))
+    Some(WithFiles { resp: mk!(FetchResponse { session_id: session_id, responses: responses }), files })
 }

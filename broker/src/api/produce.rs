@@ -73,9 +73,8 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
                     continue;
                 }
             }
-            let mut payload = records.to_vec();
-            let size = payload.len();
-            match log.append(&mut payload, 0, now_ms()) {
+            let size = records.len();
+            match log.append(&records, 0, now_ms()) {
                 Ok(info) => {
                     metrics::counter!("fjord_produced_bytes_total").increment(size as u64);
                     if durable {
