@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
@@ -22,6 +23,13 @@ tokio::task_local! {
 /// Requests a connection may have in flight before we stop reading.
 const MAX_IN_FLIGHT: usize = 256;
 
+/// A request's answer-to-be, with when it arrived, for the residence metric.
+struct Queued {
+    pending: Pending,
+    arrived: Instant,
+    api: &'static str,
+}
+
 enum Pending {
     Response(JoinHandle<HandlerResult>),
     Ready(HandlerResult),
@@ -32,7 +40,7 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     metrics::gauge!("fjord_connections").increment(1.0);
     let (rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
+    let (tx, rx) = mpsc::channel::<Queued>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_loop(wr, rx, peer));
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let max = broker.config.max_request_bytes;
@@ -50,6 +58,12 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
             }
         };
         metrics::counter!("fjord_requests_total").increment(1);
+        let arrived = Instant::now();
+        let api = match i16::from_be_bytes([frame[0], frame[1]]) {
+            0 => "Produce",
+            1 => "Fetch",
+            _ => "other",
+        };
         let pending = match dispatch::prepare(&broker, frame) {
             // Each request runs here, in arrival order, up to its first wait;
             // only then does it go on as its own task. Appends and commits
@@ -66,11 +80,11 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
             }
             Err(reason) => {
                 tracing::warn!(%peer, %reason, "closing connection");
-                let _ = tx.send(Pending::Close).await;
+                let _ = tx.send(Queued { pending: Pending::Close, arrived, api }).await;
                 break;
             }
         };
-        if tx.send(pending).await.is_err() {
+        if tx.send(Queued { pending, arrived, api }).await.is_err() {
             break;
         }
     }
@@ -107,13 +121,23 @@ async fn read_frame<R: AsyncReadExt + Unpin>(rd: &mut R, max: usize) -> Result<O
     Ok(Some(buf.freeze()))
 }
 
-async fn write_loop(wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>, peer: SocketAddr) {
+async fn write_loop(wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Queued>, peer: SocketAddr) {
     let mut out = BufWriter::with_capacity(64 * 1024, wr);
-    while let Some(p) = rx.recv().await {
-        let outcome = match p {
+    // Responses written to the buffer but not yet to the socket.
+    let mut unflushed: Vec<(Instant, &'static str)> = Vec::new();
+    while let Some(Queued { pending, arrived, api }) = rx.recv().await {
+        let outcome = match pending {
             Pending::Close => break,
             Pending::Ready(result) => Ok(result),
-            Pending::Response(h) => h.await,
+            Pending::Response(h) => {
+                // Responses already written must not wait behind one that is
+                // still running (a produce waiting for its fsync, a fetch
+                // long poll): send them before waiting.
+                if !h.is_finished() && !flush(&mut out, &mut unflushed).await {
+                    break;
+                }
+                h.await
+            }
         };
         match outcome {
             Ok(Ok(Some(frame))) => {
@@ -121,6 +145,7 @@ async fn write_loop(wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<
                     tracing::debug!(%peer, error = %e, "write failed");
                     break;
                 }
+                unflushed.push((arrived, api));
             }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
@@ -133,10 +158,26 @@ async fn write_loop(wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<
             }
         }
         // Responses that are ready go out together in one write.
-        if rx.is_empty() && out.flush().await.is_err() {
+        if rx.is_empty() && !flush(&mut out, &mut unflushed).await {
             break;
         }
     }
     let _ = out.flush().await;
     let _ = out.shutdown().await;
+}
+
+/// Flushes the buffered responses and records how long each request spent
+/// in the broker, read to written (queueing behind earlier responses
+/// included): what the client waits for, as far as the broker can tell.
+async fn flush(
+    out: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    unflushed: &mut Vec<(Instant, &'static str)>,
+) -> bool {
+    if out.flush().await.is_err() {
+        return false;
+    }
+    for (arrived, api) in unflushed.drain(..) {
+        metrics::histogram!("fjord_request_residence_seconds", "api" => api).record(arrived.elapsed().as_secs_f64());
+    }
+    true
 }

@@ -103,7 +103,9 @@ impl Committer {
                 }
                 std::mem::take(&mut *q)
             };
+            let started = std::time::Instant::now();
             let result = flush(&round).map_err(|e| (e.kind(), e.to_string()));
+            metrics::histogram!("fjord_group_commit_seconds").record(started.elapsed().as_secs_f64());
             ROUNDS.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("fjord_log_fsyncs_total").increment(1);
             let mut counted: Vec<*const AtomicU64> = Vec::new();
