@@ -42,7 +42,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
         let ms = |v: u64| v as f64 / 1000.0;
         Percentiles {
             p50_ms: ms(h.value_at_quantile(0.50)),
@@ -52,6 +52,15 @@ impl Percentiles {
             count: h.len(),
         }
     }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RawProduce {
+    pub msgs_s: f64,
+    pub mb_s: f64,
+    /// Request sent → acknowledged.
+    pub request_latency: Percentiles,
+    pub broker_cpu_cores: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -85,6 +94,16 @@ pub struct RunResult {
     pub broker_peak_rss_mib: Option<f64>,
     /// Largest anonymous RSS seen in the once-a-second samples.
     pub broker_peak_anon_rss_mib: Option<f64>,
+    /// Backlog workloads: the same backlog read again by a bare Fetch client
+    /// that decodes no records (`raw`), and the broker's CPU meanwhile.
+    pub raw_fetch_mb_s: Option<f64>,
+    /// The broker's Produce residence (read → response written) over about
+    /// the last minute of the run, from its metrics.
+    pub broker_produce_residence: Option<Percentiles>,
+    pub raw_fetch_broker_cpu_cores: Option<f64>,
+    /// Max-rate produce workloads: the same ingest by a bare Produce client
+    /// sending pre-encoded batches (`raw`).
+    pub raw_produce: Option<RawProduce>,
     pub timeline: Vec<Sample>,
 }
 
@@ -269,6 +288,38 @@ fn fill(bootstrap: &str, w: &Workload, topics: &[String], n: u64) -> anyhow::Res
     Ok(sent as f64 / start.elapsed().as_secs_f64())
 }
 
+/// The workload's ingest again, by the bare Produce client, on a fresh
+/// topic, for a third of the run (2 to 20 s).
+fn raw_produce(target: &Target<'_>, w: &Workload, run_no: usize, duration: Duration) -> anyhow::Result<RawProduce> {
+    let topics = topic_names(w, run_no + 2000);
+    create_topics(target.bootstrap, &topics, w.partitions_per_topic)?;
+    let run_for = (duration / 3).clamp(Duration::from_secs(2), Duration::from_secs(20));
+    let acks = if w.acks == "all" || w.acks == "-1" { -1 } else { 1 };
+    let cpu_before = target.broker.map(|b| b.cpu_seconds()).transpose()?;
+    // One request of about 1 MB: librdkafka's batch.size here is 1 MB too.
+    let r = crate::raw::produce_for(
+        target.bootstrap,
+        &topics[0],
+        w.partitions_per_topic,
+        w.message_size,
+        acks,
+        1 << 20,
+        run_for,
+    )?;
+    let broker_cpu_cores = match (target.broker, cpu_before) {
+        (Some(b), Some(before)) => Some((b.cpu_seconds()? - before) / r.secs),
+        _ => None,
+    };
+    let out = RawProduce {
+        msgs_s: r.records as f64 / r.secs,
+        mb_s: r.bytes as f64 / r.secs / 1e6,
+        request_latency: Percentiles::of(&r.latency),
+        broker_cpu_cores,
+    };
+    eprintln!("  raw produce (pre-encoded batches): {:.0} msgs/s, {:.0} MB/s", out.msgs_s, out.mb_s);
+    Ok(out)
+}
+
 /// Runs `w` for `duration` (the workload's own unless overridden).
 pub fn run(target: &Target<'_>, w: &Workload, run_no: usize, duration: Duration) -> anyhow::Result<RunResult> {
     let topics = topic_names(w, run_no);
@@ -381,6 +432,34 @@ pub fn run(target: &Target<'_>, w: &Workload, run_no: usize, duration: Duration)
             (Some(b), Some(before)) => Some((b.cpu_seconds()? - before) / elapsed),
             _ => None,
         };
+        let broker_produce_residence = target.broker.and_then(|b| b.produce_residence()).filter(|p| p.count > 0);
+        let (mut raw_fetch_mb_s, mut raw_fetch_broker_cpu_cores) = (None, None);
+        if w.consumer_backlog_messages > 0 {
+            let cpu_before = target.broker.map(|b| b.cpu_seconds()).transpose()?;
+            let (mut bytes, mut secs) = (0u64, 0f64);
+            for t in &topics {
+                let (b, s) = crate::raw::read_topic(target.bootstrap, t, w.partitions_per_topic)?;
+                bytes += b;
+                secs += s;
+            }
+            raw_fetch_mb_s = Some(bytes as f64 / secs / 1e6);
+            if let (Some(b), Some(before)) = (target.broker, cpu_before) {
+                raw_fetch_broker_cpu_cores = Some((b.cpu_seconds()? - before) / secs);
+            }
+            if !target.quiet {
+                eprintln!("  raw fetch (no record decoding): {:.0} MB/s", bytes as f64 / secs / 1e6);
+            }
+        }
+        let raw_produce = if w.producer_rate == 0.0
+            && w.producer_rate_of_max.is_none()
+            && w.consumer_backlog_messages == 0
+            && w.acks != "0"
+            && !target.quiet
+        {
+            Some(raw_produce(target, w, run_no, duration)?)
+        } else {
+            None
+        };
         Ok(RunResult {
             workload: w.name.clone(),
             slug: w.slug(),
@@ -407,6 +486,10 @@ pub fn run(target: &Target<'_>, w: &Workload, run_no: usize, duration: Duration)
             broker_peak_anon_rss_mib: target
                 .broker
                 .map(|_| timeline.iter().map(|s| s.broker_anon_rss_mib).fold(0.0, f64::max)),
+            raw_fetch_mb_s,
+            raw_fetch_broker_cpu_cores,
+            broker_produce_residence,
+            raw_produce,
             timeline,
         })
     })

@@ -5,6 +5,7 @@
 mod ceilings;
 mod driver;
 mod proc;
+mod raw;
 mod report;
 mod workload;
 

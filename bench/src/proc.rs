@@ -6,14 +6,39 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-/// CPU and memory of a process, from /proc.
+/// CPU and memory of a process, from /proc, and its own metrics page.
 pub struct BrokerStats {
     pid: u32,
+    /// The broker's Prometheus endpoint, when the bench started it with one.
+    metrics: Option<String>,
 }
 
 impl BrokerStats {
-    pub fn new(pid: u32) -> BrokerStats {
-        BrokerStats { pid }
+    pub fn new(pid: u32, metrics: Option<String>) -> BrokerStats {
+        BrokerStats { pid, metrics }
+    }
+
+    /// The broker's own account of Produce latency: request read → response
+    /// written, queueing behind earlier responses included, as percentiles
+    /// of its rolling summary (about the last minute).
+    pub fn produce_residence(&self) -> Option<crate::driver::Percentiles> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.metrics.as_ref()?).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+        let mut page = String::new();
+        s.read_to_string(&mut page).ok()?;
+        let value = |suffix: &str| -> Option<f64> {
+            let prefix = format!("fjord_request_residence_seconds{suffix}");
+            page.lines().find(|l| l.starts_with(&prefix))?.split_whitespace().last()?.parse().ok()
+        };
+        let q = |q: &str| value(&format!("{{api=\"Produce\",quantile=\"{q}\"}}")).map(|v| v * 1000.0);
+        Some(crate::driver::Percentiles {
+            p50_ms: q("0.5")?,
+            p99_ms: q("0.99")?,
+            p999_ms: q("0.999")?,
+            max_ms: q("1")?,
+            count: value("_count{api=\"Produce\"}")? as u64,
+        })
     }
 
     /// User + system CPU seconds used so far.
@@ -67,9 +92,16 @@ impl Broker {
     /// `extra` flags.
     pub fn start(bin: &Path, parent: &Path, extra: &[String]) -> anyhow::Result<Broker> {
         let data = tempfile::tempdir_in(parent)?;
+        let metrics = if extra.iter().any(|a| a.starts_with("--metrics-listen")) {
+            None
+        } else {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            Some(format!("127.0.0.1:{port}"))
+        };
         let mut child = Command::new(bin)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.path())
+            .args(metrics.iter().flat_map(|m| ["--metrics-listen", m.as_str()]))
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -83,7 +115,7 @@ impl Broker {
             .strip_prefix("fjord listening on ")
             .ok_or_else(|| anyhow::anyhow!("broker did not start: {line:?}"))?
             .to_string();
-        let stats = BrokerStats::new(child.id());
+        let stats = BrokerStats::new(child.id(), metrics);
         Ok(Broker { child, bootstrap, stats, _data: data })
     }
 }

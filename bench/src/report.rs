@@ -66,6 +66,66 @@ pub fn markdown(r: &Report) -> String {
             opt(run.broker_peak_anon_rss_mib, 0),
         );
     }
+    let res: Vec<_> = r.runs.iter().filter_map(|run| Some((run, run.broker_produce_residence.as_ref()?))).collect();
+    if !res.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "| the broker's own Produce latency (request read → response written, last minute) | p50 / p99 / p99.9 / max ms | requests |"
+        );
+        let _ = writeln!(s, "|---|---|---|");
+        for (run, p) in res {
+            let _ = writeln!(
+                s,
+                "| {} | {:.2} / {:.2} / {:.2} / {:.2} | {} |",
+                run.workload, p.p50_ms, p.p99_ms, p.p999_ms, p.max_ms, p.count
+            );
+        }
+    }
+    let raw: Vec<_> = r.runs.iter().filter_map(|run| Some((run, run.raw_produce.as_ref()?))).collect();
+    if !raw.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "| same ingest by a bare Produce client (pre-encoded ~1 MB requests, 5 in flight) | msg/s | MB/s | × fsync'd disk | request p50 / p99 / p99.9 / max ms | broker CPU (cores) |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        for (run, p) in raw {
+            let l = &p.request_latency;
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {:.1} | {:.2} | {:.1} / {:.1} / {:.1} / {:.1} | {} |",
+                run.workload,
+                p.msgs_s,
+                p.mb_s,
+                p.mb_s / c.disk_write_fsync_mb_s,
+                l.p50_ms,
+                l.p99_ms,
+                l.p999_ms,
+                l.max_ms,
+                opt(p.broker_cpu_cores, 2)
+            );
+        }
+    }
+    let raw: Vec<_> = r.runs.iter().filter_map(|run| Some((run, run.raw_fetch_mb_s?))).collect();
+    if !raw.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "| backlog read by a bare Fetch client (no record decoding) | MB/s | × loopback | broker CPU (cores) |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|");
+        for (run, mb_s) in raw {
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {:.2} | {} |",
+                run.workload,
+                mb_s,
+                mb_s / c.loopback_mb_s,
+                opt(run.raw_fetch_broker_cpu_cores, 2)
+            );
+        }
+    }
     s
 }
 
