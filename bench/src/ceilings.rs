@@ -69,12 +69,22 @@ fn loopback(for_how_long: Duration) -> anyhow::Result<f64> {
     Ok(total as f64 / start.elapsed().as_secs_f64() / 1e6)
 }
 
+/// The best of three trials: a ceiling is what the machine can do, and on a
+/// shared machine a single trial often catches a neighbour's burst.
+fn best_of_three(mut trial: impl FnMut() -> anyhow::Result<f64>) -> anyhow::Result<f64> {
+    let mut best = 0f64;
+    for _ in 0..3 {
+        best = best.max(trial()?);
+    }
+    Ok(best)
+}
+
 /// Measures all three; `quick` keeps it to a fraction of a second (smoke runs).
 pub fn measure(dir: &Path, quick: bool) -> anyhow::Result<Ceilings> {
-    let (bytes, fsync_bytes, secs) = if quick { (32 << 20, 8 << 20, 0.3) } else { (1 << 30, 256 << 20, 3.0) };
+    let (bytes, fsync_bytes, secs) = if quick { (32 << 20, 8 << 20, 0.1) } else { (1 << 30, 256 << 20, 2.0) };
     Ok(Ceilings {
-        disk_write_mb_s: disk(dir, bytes, false)?,
-        disk_write_fsync_mb_s: disk(dir, fsync_bytes, true)?,
-        loopback_mb_s: loopback(Duration::from_secs_f64(secs))?,
+        disk_write_mb_s: best_of_three(|| disk(dir, bytes, false))?,
+        disk_write_fsync_mb_s: best_of_three(|| disk(dir, fsync_bytes, true))?,
+        loopback_mb_s: best_of_three(|| loopback(Duration::from_secs_f64(secs)))?,
     })
 }
