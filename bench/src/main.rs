@@ -64,14 +64,7 @@ fn main() {
 fn run(args: Args) -> anyhow::Result<()> {
     let mut workloads = Vec::new();
     let files = if args.workloads.is_empty() {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("workloads");
-        // Workload files only: `diagnostic/` holds extra ones run by name.
-        let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-            .collect();
-        v.sort();
-        v
+        workload::files_in(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("workloads"))?
     } else {
         args.workloads.clone()
     };
