@@ -25,10 +25,11 @@ pub enum FsyncPolicy {
 pub enum FsyncMethod {
     /// One `syncfs` of the data dir's filesystem when a round covers more
     /// than one segment file: one writeback and one device flush for all of
-    /// them. It also writes back anything else dirty on that filesystem, so
-    /// it suits a filesystem dedicated to the data dir.
+    /// them. It also waits for anything else dirty on that filesystem, so it
+    /// suits a filesystem dedicated to the data dir.
     Syncfs,
-    /// `fdatasync` of each segment file in the round.
+    /// `fdatasync` of each segment file in the round (the default: its cost
+    /// depends on Fjord's writes only).
     Fdatasync,
 }
 
@@ -132,7 +133,7 @@ impl Default for BrokerConfig {
             group_consumer_session_timeout_ms: 45_000,
             group_consumer_heartbeat_interval_ms: 5_000,
             fsync: FsyncPolicy::AcksAll,
-            fsync_method: FsyncMethod::Syncfs,
+            fsync_method: FsyncMethod::Fdatasync,
             mapped_resident_max_bytes: 64 << 20,
             metrics_listen: None,
             offsets_topic_num_partitions: 50,

@@ -6,14 +6,17 @@
 //! is a writeback, an inode write and a device cache flush of its own. Here
 //! every waiter (any partition, any request) queues its segment file; the
 //! committer takes whatever has queued while the previous round ran and
-//! makes it durable at once. With more than one file on a filesystem in a
-//! round it calls `syncfs` once: the kernel writes all of them back
-//! together and flushes the device once (about 2x the throughput and a
-//! quarter of the CPU of parallel `fdatasync` calls for 16 small appends,
-//! measured on the project machine; bench/README.md). `syncfs` also writes
-//! back whatever else is dirty on that filesystem, which is why the
-//! strategy is configurable: on a filesystem shared with heavy writers,
-//! `Fdatasync` syncs each file instead (still one round for all waiters).
+//! makes it durable at once, each file once however many waiters share it.
+//!
+//! By default a round `fdatasync`s its files one after another (less CPU
+//! than parallel calls). `Syncfs` instead syncs a filesystem once when a
+//! round covers several of its files: one writeback and one device flush
+//! for all (about 2x the throughput and a quarter of the CPU for 16 small
+//! appends, bench/scripts/sync-strategies.py). But syncfs also waits for
+//! everything else dirty or under writeback on that filesystem: on the
+//! project machine, whose data dir shares the root filesystem, single
+//! rounds took up to 0.64 s against 18 ms with fdatasync (bench/README.md),
+//! so it is for a filesystem dedicated to the data dir.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -31,7 +34,7 @@ pub enum SyncStrategy {
     Fdatasync,
 }
 
-static USE_FDATASYNC: AtomicBool = AtomicBool::new(false);
+static USE_FDATASYNC: AtomicBool = AtomicBool::new(true);
 static ROUNDS: AtomicU64 = AtomicU64::new(0);
 
 /// Group-commit rounds this process has run.
