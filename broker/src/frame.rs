@@ -36,22 +36,6 @@ impl From<Bytes> for Frame {
     }
 }
 
-impl Frame {
-    pub fn len(&self) -> usize {
-        self.0
-            .iter()
-            .map(|c| match c {
-                Chunk::Mem(b) => b.len(),
-                Chunk::File { len, .. } => *len,
-            })
-            .sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// Bytes handed to the encoder that live in a segment file: the slice
 /// `[ptr, ptr + len)` of a mapping is the file's `[position, position + len)`.
 pub struct FileSlice {
@@ -92,12 +76,8 @@ impl<'a> ChunkedBuf<'a> {
     }
 
     /// Total bytes so far.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.base + self.cur.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -69,8 +69,8 @@ pub fn batch_of(n: usize, timestamp: i64) -> Bytes {
     batch(&refs, timestamp)
 }
 
-/// Produces with acks=all; returns the partition's (error code, base offset).
-pub fn produce(conn: &mut RawConn, topic: &str, partition: i32, records: Bytes) -> (i16, i64) {
+/// An acks=all Produce of `records` to one partition.
+pub fn produce_request(topic: &str, partition: i32, records: Bytes) -> ProduceRequest {
     let mut pd = PartitionProduceData::default();
     pd.index = partition;
     pd.records = Some(records);
@@ -81,7 +81,12 @@ pub fn produce(conn: &mut RawConn, topic: &str, partition: i32, records: Bytes) 
     req.acks = -1;
     req.timeout_ms = 5000;
     req.topic_data = vec![td];
-    let resp: ProduceResponse = conn.call(ApiKey::Produce, 9, &req);
+    req
+}
+
+/// Produces with acks=all; returns the partition's (error code, base offset).
+pub fn produce(conn: &mut RawConn, topic: &str, partition: i32, records: Bytes) -> (i16, i64) {
+    let resp: ProduceResponse = conn.call(ApiKey::Produce, 9, &produce_request(topic, partition, records));
     let p = &resp.responses[0].partition_responses[0];
     (p.error_code, p.base_offset)
 }

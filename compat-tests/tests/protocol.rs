@@ -651,6 +651,31 @@ fn resident_set_stays_bounded_while_reading_everything() {
     wire::wait_until_bounded(|| broker.status_kb("RssFile"), start + 16 * MIB);
 }
 
+/// A finished response goes out even while the request pipelined after it
+/// is still waiting. The first request is an acks=all Produce, which waits
+/// for its fsync (long enough for the second to be queued behind it); the
+/// second a Fetch long poll that only an append can end, made only once the
+/// Produce's response has arrived. Were that response held until the poll
+/// ended, this would wait out the poll's 30 s (past the connection's 20 s
+/// read timeout).
+#[test]
+fn a_finished_response_is_not_held_behind_a_long_poll() {
+    let broker = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    create(&mut conn, "held", 1, &[]);
+    create(&mut conn, "written", 1, &[]);
+    // Both requests on the wire at once (no Nagle delay for the second).
+    conn.stream.set_nodelay(true).expect("nodelay");
+    let first = conn.send(ApiKey::Produce, 9, &wire::produce_request("written", 0, batch(1, 1)));
+    let poll = conn.send(ApiKey::Fetch, 12, &fetch_req(0, -1, &[("held", 0, 0)], &[], 30_000, 1));
+    let produced: ProduceResponse = conn.recv(ApiKey::Produce, 9, first);
+    assert_eq!(produced.responses[0].partition_responses[0].error_code, 0);
+    let mut other = RawConn::connect(&broker.bootstrap());
+    produce(&mut other, "held", 0, batch(1, 1));
+    let f: FetchResponse = conn.recv(ApiKey::Fetch, 12, poll);
+    assert!(partitions_in(&f)[0].2 > 0, "the append ended the poll");
+}
+
 #[test]
 fn silent_producers_expire() {
     let broker =

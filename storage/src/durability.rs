@@ -86,8 +86,13 @@ pub(crate) async fn sync(target: Target) -> std::io::Result<()> {
     let (tx, rx) = oneshot::channel();
     {
         let c = committer();
-        c.queue.lock().unwrap_or_else(|p| p.into_inner()).push(Waiter { target, done: tx });
-        c.wake.notify_one();
+        let mut q = c.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.push(Waiter { target, done: tx });
+        // The committer only sleeps on an empty queue: a waiter joining a
+        // non-empty one needs no wake-up (no futex call per request).
+        if q.len() == 1 {
+            c.wake.notify_one();
+        }
     }
     match rx.await {
         Ok(Ok(())) => Ok(()),

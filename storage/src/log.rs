@@ -438,11 +438,7 @@ impl PartitionLog {
             }
             inner.active_mut().append(&data, &batches, interval, now_ms)?;
         } else {
-            let heads: Vec<_> = batches
-                .iter()
-                .map(|(pos, h)| batch::assigned_head(&payload[*pos..], h.base_offset, leader_epoch))
-                .collect();
-            inner.active_mut().append_with_heads(payload, &batches, &heads, interval, now_ms)?;
+            inner.active_mut().append_assigned(payload, &batches, interval, now_ms)?;
         }
         inner.epochs.assign(leader_epoch, base_offset)?;
         for (pos, h) in &batches {

@@ -270,18 +270,21 @@ impl Segment {
     }
 
     /// Writes batches as the producer sent them, except for each batch's
-    /// first `ASSIGNED_HEAD` bytes, which come from `heads` (offset and
-    /// epoch assigned by the log): one `pwritev`, no copy of the records.
-    pub fn append_with_heads(
+    /// first `ASSIGNED_HEAD` bytes, rebuilt from its header (offset and
+    /// epoch the log assigned): one `pwritev`, no copy of the records.
+    pub fn append_assigned(
         &mut self,
         data: &[u8],
         headers: &[(usize, BatchHeader)],
-        heads: &[[u8; batch::ASSIGNED_HEAD]],
         index_interval: u64,
         now_ms: i64,
     ) -> Result<()> {
+        let heads: Vec<[u8; batch::ASSIGNED_HEAD]> = headers
+            .iter()
+            .map(|(pos, h)| batch::assigned_head(&data[*pos..], h.base_offset, h.partition_leader_epoch))
+            .collect();
         let mut iov = Vec::with_capacity(headers.len() * 2);
-        for ((pos, h), head) in headers.iter().zip(heads) {
+        for ((pos, h), head) in headers.iter().zip(&heads) {
             iov.push(std::io::IoSlice::new(head));
             iov.push(std::io::IoSlice::new(&data[pos + batch::ASSIGNED_HEAD..pos + h.total_size()]));
         }
