@@ -1,21 +1,47 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the client dependencies, checks formatting
 # and lints, builds the broker, runs every unit, property, integration and
-# real-client compatibility test.
+# real-client compatibility test. Prints how long each stage took, so the
+# slow ones are known.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup-test-deps.sh
+# Build outputs live outside the clone so a later run on the same machine
+# reuses them; a cold run builds everything into the same place.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fjord/target}"
+mkdir -p "$CARGO_TARGET_DIR"
 
-echo "==> cargo fmt --check"
-cargo fmt --all -- --check
-echo "==> cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
-echo "==> building the broker binary the compat suite starts"
-cargo build -p fjord-broker --bin fjord
-echo "==> cargo test --workspace"
+timings=()
+stage() {
+  local name="$1"
+  shift
+  echo "==> $name"
+  local t0=$SECONDS
+  "$@"
+  timings+=("$(printf '%5ds  %s' $((SECONDS - t0)) "$name")")
+}
+report_timings() {
+  echo "==> stage durations"
+  printf '%s\n' "${timings[@]}"
+}
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
-cargo test --workspace 2>&1 | tee "$log"
-# One closing line for the whole run, summed over every test binary.
+# On an early failure the durations so far still show.
+trap 'rm -f "$log"; [ -n "${done_timings:-}" ] || report_timings' EXIT
+
+cargo_rc=0
+run_cargo_tests() {
+  # Every test binary runs even after one fails, so one run shows all failures.
+  cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || cargo_rc=$?
+}
+
+stage "test dependencies" scripts/setup-test-deps.sh
+stage "cargo fmt --check" cargo fmt --all -- --check
+stage "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+stage "build the broker binary the compat suite starts" cargo build -p fjord-broker --bin fjord
+stage "cargo test --workspace" run_cargo_tests
+report_timings
+done_timings=1
+# One closing line for the whole run, summed over every test binary: the last line printed.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0) }' "$log"
+# A build failure leaves no "test result" lines: the exit code tells.
+exit "$cargo_rc"
