@@ -14,9 +14,9 @@ use bytes::Bytes;
 use fjord_storage::batch::{build_batch, build_batch_as, Producer};
 use fjord_storage::PartitionLog;
 use kafka_protocol::error::ResponseError;
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::coordinator::offsets_log::{self, offset_tombstone, OffsetsRecord};
 use crate::internal_topic;
 use crate::server::now_ms;
 use crate::topics::Topics;
@@ -100,7 +100,7 @@ impl Member {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommittedOffset {
     pub offset: i64,
     pub leader_epoch: i32,
@@ -144,21 +144,6 @@ impl Group {
     }
 }
 
-/// A record of `__consumer_offsets`. Keys and values are JSON so the topic
-/// stays readable with any consumer.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum RecordKey {
-    Offset { group: String, topic: String, partition: i32 },
-    Group { group: String },
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct GroupValue {
-    protocol_type: Option<String>,
-    generation: i32,
-}
-
 /// An answer now, or a channel on which it will come (when a rebalance
 /// phase completes).
 pub enum Reply<T> {
@@ -185,6 +170,8 @@ pub struct JoinRequest {
 struct PendingOffset {
     /// Partition of `__consumer_offsets` the record went to.
     log_partition: i32,
+    /// The producer epoch it was written with.
+    producer_epoch: i16,
     group: String,
     topic: String,
     partition: i32,
@@ -214,7 +201,13 @@ impl GroupCoordinator {
         };
         for p in 0..partitions {
             if let Some(log) = topics.log(OFFSETS_TOPIC, p) {
-                coord.replay(&log, p)?;
+                if coord.replay(&log, p)? {
+                    // The state replayed is complete either way; a failed
+                    // migration leaves the old records for the next start.
+                    if let Err(e) = coord.migrate(&log, p) {
+                        tracing::error!(partition = p, error = %e, "cannot migrate {OFFSETS_TOPIC}");
+                    }
+                }
             }
         }
         Ok(coord)
@@ -228,7 +221,9 @@ impl GroupCoordinator {
         (java_hash(group) & 0x7fff_ffff) % self.partitions.max(1)
     }
 
-    fn replay(&self, log: &PartitionLog, log_partition: i32) -> anyhow::Result<()> {
+    /// Replays one partition; true if it held records of the old JSON format.
+    fn replay(&self, log: &PartitionLog, log_partition: i32) -> anyhow::Result<bool> {
+        let mut legacy_seen = false;
         internal_topic::replay(log, |r| {
             if r.control {
                 // Key: version (2 bytes), type (2 bytes: 0 abort, 1 commit).
@@ -237,19 +232,56 @@ impl GroupCoordinator {
                 }
                 return;
             }
-            let Some(key) = r.key.as_ref().and_then(|k| serde_json::from_slice::<RecordKey>(k).ok()) else {
-                return;
-            };
+            let Some(key) = r.key.as_deref() else { return };
+            let (record, legacy) = offsets_log::decode(key, r.value.as_deref());
+            legacy_seen |= legacy;
+            let Some(record) = record else { return };
             if r.transactional {
-                if let RecordKey::Offset { group, topic, partition } = key {
-                    let offset = r.value.as_deref().and_then(|v| serde_json::from_slice(v).ok());
-                    let p = PendingOffset { log_partition, group, topic, partition, offset };
+                if let OffsetsRecord::Offset { group, topic, partition, value } = record {
+                    let p = PendingOffset {
+                        log_partition,
+                        producer_epoch: r.producer_epoch,
+                        group,
+                        topic,
+                        partition,
+                        offset: value,
+                    };
                     self.pending().entry(r.producer_id).or_default().push(p);
                 }
                 return;
             }
-            apply_record(&mut self.lock(), key, r.value.as_deref());
-        })
+            apply_record(&mut self.lock(), record);
+        })?;
+        Ok(legacy_seen)
+    }
+
+    /// Rewrites partition `p`'s live state in Kafka's format (committed
+    /// offsets, group generations, offsets of open transactions) and drops
+    /// the old JSON records (see `internal_topic::migrate`).
+    fn migrate(&self, log: &PartitionLog, p: i32) -> anyhow::Result<()> {
+        let mut rewrite = internal_topic::Rewrite::default();
+        for (gid, g) in self.lock().iter().filter(|(gid, _)| self.partition_for(gid) == p) {
+            if g.generation > 0 || g.protocol_type.is_some() {
+                rewrite.records.push(offsets_log::group_record(gid, g));
+            }
+            for ((topic, partition), c) in &g.offsets {
+                rewrite.records.push(offsets_log::offset_record(gid, topic, *partition, c));
+            }
+        }
+        for (producer_id, list) in self.pending().iter() {
+            let mut by_epoch: BTreeMap<i16, Vec<offsets_log::KeyValue>> = BTreeMap::new();
+            for o in list.iter().filter(|o| o.log_partition == p) {
+                by_epoch.entry(o.producer_epoch).or_default().push(match &o.offset {
+                    Some(c) => offsets_log::offset_record(&o.group, &o.topic, o.partition, c),
+                    None => offsets_log::offset_tombstone(&o.group, &o.topic, o.partition),
+                });
+            }
+            rewrite.open_txns.extend(by_epoch.into_iter().map(|(epoch, records)| ((*producer_id, epoch), records)));
+        }
+        let records = rewrite.records.len();
+        internal_topic::migrate(log, &rewrite)?;
+        tracing::info!(partition = p, records, "migrated {OFFSETS_TOPIC} partition to Kafka's record format");
+        Ok(())
     }
 
     fn pending(&self) -> MutexGuard<'_, HashMap<i64, Vec<PendingOffset>>> {
@@ -289,9 +321,9 @@ impl GroupCoordinator {
         }
         let mut groups = self.lock();
         for p in done {
-            let key = RecordKey::Offset { group: p.group, topic: p.topic, partition: p.partition };
-            let value = p.offset.map(|c| serde_json::to_vec(&c).unwrap_or_default());
-            apply_record(&mut groups, key, value.as_deref());
+            let record =
+                OffsetsRecord::Offset { group: p.group, topic: p.topic, partition: p.partition, value: p.offset };
+            apply_record(&mut groups, record);
         }
     }
 
@@ -341,11 +373,7 @@ impl GroupCoordinator {
     }
 
     fn group_record(group_id: &str, g: &Group) -> (Vec<u8>, Option<Vec<u8>>) {
-        let key = serde_json::to_vec(&RecordKey::Group { group: group_id.to_string() }).unwrap_or_default();
-        let value =
-            serde_json::to_vec(&GroupValue { protocol_type: g.protocol_type.clone(), generation: g.generation })
-                .unwrap_or_default();
-        (key, Some(value))
+        offsets_log::group_record(group_id, g)
     }
 
     pub fn join(self: &Arc<Self>, req: JoinRequest) -> Reply<JoinResult> {
@@ -833,7 +861,7 @@ impl GroupCoordinator {
             let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> =
                 expired.iter().map(|(t, p)| offset_tombstone(&gid, t, *p)).collect();
             if forget {
-                records.push((serde_json::to_vec(&RecordKey::Group { group: gid.clone() }).unwrap_or_default(), None));
+                records.push(offsets_log::group_tombstone(&gid));
             }
             if let Err(e) = self.persist(topics, &gid, &records) {
                 tracing::warn!(group = %gid, error = ?e, "could not expire offsets");
@@ -941,10 +969,7 @@ impl GroupCoordinator {
                 results.push(Some(ResponseError::UnknownTopicOrPartition));
                 continue;
             }
-            let key =
-                serde_json::to_vec(&RecordKey::Offset { group: group_id.to_string(), topic: topic.clone(), partition })
-                    .unwrap_or_default();
-            records.push((key, Some(serde_json::to_vec(&c).unwrap_or_default())));
+            records.push(offsets_log::offset_record(group_id, &topic, partition, &c));
             accepted.push((results.len(), topic, partition, c));
             results.push(None);
         }
@@ -963,13 +988,14 @@ impl GroupCoordinator {
                         group.offsets.insert((topic.clone(), *partition), c.clone());
                     }
                 }
-                Some((producer_id, _)) => {
+                Some((producer_id, producer_epoch)) => {
                     let log_partition = self.partition_for(group_id);
                     let mut pending = self.pending();
                     let list = pending.entry(producer_id).or_default();
                     for (_, topic, partition, c) in &accepted {
                         list.push(PendingOffset {
                             log_partition,
+                            producer_epoch,
                             group: group_id.to_string(),
                             topic: topic.clone(),
                             partition: *partition,
@@ -1015,7 +1041,7 @@ impl GroupCoordinator {
         }
         let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> =
             group.offsets.keys().map(|(t, p)| offset_tombstone(group_id, t, *p)).collect();
-        records.push((serde_json::to_vec(&RecordKey::Group { group: group_id.to_string() }).unwrap_or_default(), None));
+        records.push(offsets_log::group_tombstone(group_id));
         if let Err(e) = self.persist(topics, group_id, &records) {
             return Some(e);
         }
@@ -1055,34 +1081,25 @@ impl GroupCoordinator {
     }
 }
 
-/// The record that deletes a committed offset from `__consumer_offsets`.
-fn offset_tombstone(group: &str, topic: &str, partition: i32) -> (Vec<u8>, Option<Vec<u8>>) {
-    let key = RecordKey::Offset { group: group.to_string(), topic: topic.to_string(), partition };
-    (serde_json::to_vec(&key).unwrap_or_default(), None)
-}
-
 /// Forgets instance ids whose member is gone.
 fn prune_instances(group: &mut Group) {
     let members = &group.members;
     group.instances.retain(|_, m| members.contains_key(m));
 }
 
-fn apply_record(groups: &mut HashMap<String, Group>, key: RecordKey, value: Option<&[u8]>) {
-    match key {
-        RecordKey::Offset { group, topic, partition } => {
-            let parsed = value.and_then(|v| serde_json::from_slice::<CommittedOffset>(v).ok());
-            match parsed {
-                Some(c) => {
-                    groups.entry(group).or_insert_with(Group::new).offsets.insert((topic, partition), c);
-                }
-                None => {
-                    if let Some(g) = groups.get_mut(&group) {
-                        g.offsets.remove(&(topic, partition));
-                    }
+fn apply_record(groups: &mut HashMap<String, Group>, record: OffsetsRecord) {
+    match record {
+        OffsetsRecord::Offset { group, topic, partition, value } => match value {
+            Some(c) => {
+                groups.entry(group).or_insert_with(Group::new).offsets.insert((topic, partition), c);
+            }
+            None => {
+                if let Some(g) = groups.get_mut(&group) {
+                    g.offsets.remove(&(topic, partition));
                 }
             }
-        }
-        RecordKey::Group { group } => match value.and_then(|v| serde_json::from_slice::<GroupValue>(v).ok()) {
+        },
+        OffsetsRecord::Group { group, value } => match value {
             Some(v) => {
                 let g = groups.entry(group).or_insert_with(Group::new);
                 g.protocol_type = v.protocol_type;

@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod connection;
 pub mod consumer_groups;
+pub mod coordinator;
 pub mod dispatch;
 pub mod frame;
 pub mod groups;

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use fjord_storage::batch::build_batch;
 use fjord_storage::{LogError, PartitionLog};
 use kafka_protocol::error::ResponseError;
-use serde::{Deserialize, Serialize};
 
+use crate::coordinator::txn_log;
 use crate::groups::{java_hash, CommittedOffset, GroupCoordinator, OFFSETS_TOPIC};
 use crate::internal_topic;
 use crate::server::now_ms;
@@ -23,7 +23,7 @@ use crate::topics::Topics;
 
 pub const TXN_TOPIC: &str = "__transaction_state";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxnState {
     Empty,
     Ongoing,
@@ -56,7 +56,7 @@ impl TxnState {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnMeta {
     pub producer_id: i64,
     pub producer_epoch: i16,
@@ -66,11 +66,6 @@ pub struct TxnMeta {
     /// When the open transaction started (its first partition was added).
     pub start_ms: i64,
     pub update_ms: i64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct TxnKey {
-    transactional_id: String,
 }
 
 #[derive(Default)]
@@ -150,23 +145,48 @@ impl TxnCoordinator {
         };
         for p in 0..partitions {
             if let Some(log) = coord.topics.log(TXN_TOPIC, p) {
-                coord.replay(&log)?;
+                if coord.replay(&log)? {
+                    // The state replayed is complete either way; a failed
+                    // migration leaves the old records for the next start.
+                    if let Err(e) = coord.migrate(&log, p) {
+                        tracing::error!(partition = p, error = %e, "cannot migrate {TXN_TOPIC}");
+                    }
+                }
             }
         }
         Ok(coord)
     }
 
-    fn replay(&self, log: &PartitionLog) -> anyhow::Result<()> {
+    /// Replays one partition; true if it held records of the old JSON format.
+    fn replay(&self, log: &PartitionLog) -> anyhow::Result<bool> {
         let mut txns = self.state();
+        let mut legacy_seen = false;
         internal_topic::replay(log, |r| {
-            let Some(key) = r.key.as_ref().and_then(|k| serde_json::from_slice::<TxnKey>(k).ok()) else {
-                return;
-            };
-            match r.value.as_ref().and_then(|v| serde_json::from_slice::<TxnMeta>(v).ok()) {
-                Some(meta) => txns.put(&key.transactional_id, meta),
-                None => txns.remove(&key.transactional_id),
+            let Some(key) = r.key.as_deref() else { return };
+            let (record, legacy) = txn_log::decode(key, r.value.as_deref());
+            legacy_seen |= legacy;
+            match record {
+                Some((id, Some(meta))) => txns.put(&id, meta),
+                Some((id, None)) => txns.remove(&id),
+                None => {}
             }
-        })
+        })?;
+        Ok(legacy_seen)
+    }
+
+    /// Rewrites partition `p`'s live state in Kafka's format and drops the
+    /// old JSON records (see `internal_topic::migrate`).
+    fn migrate(&self, log: &PartitionLog, p: i32) -> anyhow::Result<()> {
+        let mut rewrite = internal_topic::Rewrite::default();
+        for (id, meta) in &self.state().by_id {
+            if self.partition_for(id) == p {
+                rewrite.records.push(txn_log::txn_record(id, Some(meta)));
+            }
+        }
+        let ids = rewrite.records.len();
+        internal_topic::migrate(log, &rewrite)?;
+        tracing::info!(partition = p, ids, "migrated {TXN_TOPIC} partition to Kafka's record format");
+        Ok(())
     }
 
     /// Finishes transactions a crash left between the two phases of their
@@ -218,8 +238,7 @@ impl TxnCoordinator {
     /// `wait`, waits until it is durable. Memory follows only once written.
     async fn persist(&self, id: &str, meta: Option<TxnMeta>, wait: bool) -> Result<(), ResponseError> {
         let log = self.topics.log(TXN_TOPIC, self.partition_for(id)).ok_or(ResponseError::CoordinatorNotAvailable)?;
-        let key = serde_json::to_vec(&TxnKey { transactional_id: id.to_string() }).unwrap_or_default();
-        let value = meta.as_ref().map(|m| serde_json::to_vec(m).unwrap_or_default());
+        let (key, value) = txn_log::txn_record(id, meta.as_ref());
         let batch = build_batch(0, now_ms(), &[(Some(&key), value.as_deref())]);
         let info = log.append(&batch, 0, now_ms()).map_err(|e| storage_failure("write its state", e))?;
         {

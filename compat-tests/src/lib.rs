@@ -62,7 +62,15 @@ impl BrokerProcess {
     }
 
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> BrokerProcess {
-        let data_dir = tempfile::tempdir().expect("temp dir");
+        Self::start_on(tempfile::tempdir().expect("temp dir"), extra, env)
+    }
+
+    /// A broker on a data dir prepared beforehand (as an older version left it).
+    pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> BrokerProcess {
+        Self::start_on(data_dir, extra, &[])
+    }
+
+    fn start_on(data_dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> BrokerProcess {
         let log_path = data_dir.path().with_extension("log");
         let mut b = BrokerProcess {
             child: None,

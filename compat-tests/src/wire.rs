@@ -182,3 +182,27 @@ pub fn wait_until_bounded(mut kb: impl FnMut() -> Option<u64>, max_kb: u64) {
         last.is_some_and(|v| v <= max_kb)
     });
 }
+
+/// Fetch (v12) of one partition from `offset`, up to 1 MiB.
+pub fn fetch(
+    conn: &mut RawConn,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    read_committed: bool,
+) -> fetch_response::PartitionData {
+    let mut fp = fetch_request::FetchPartition::default();
+    fp.partition = partition;
+    fp.fetch_offset = offset;
+    fp.partition_max_bytes = 1 << 20;
+    let mut ft = fetch_request::FetchTopic::default();
+    ft.topic = TopicName(s(topic));
+    ft.partitions = vec![fp];
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.max_bytes = 1 << 20;
+    req.isolation_level = read_committed as i8;
+    req.topics = vec![ft];
+    let mut r: FetchResponse = conn.call(ApiKey::Fetch, 12, &req);
+    r.responses.remove(0).partitions.remove(0)
+}

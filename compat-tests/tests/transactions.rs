@@ -10,11 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fjord_compat_tests::proxy::LossyProxy;
-use fjord_compat_tests::wire::{self, s, txn_batch};
+use fjord_compat_tests::wire::{self, fetch, s, txn_batch};
 use fjord_compat_tests::{client, clients_dir, python, run_client, wait_until, BrokerProcess, RawConn};
 use kafka_protocol::messages::add_partitions_to_txn_request::{AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::*;
 
 const INVALID_TXN_STATE: i16 = 48;
@@ -77,23 +75,6 @@ fn listed(conn: &mut RawConn, states: &[&str]) -> ListTransactionsResponse {
     let mut req = ListTransactionsRequest::default();
     req.state_filters = states.iter().map(|x| s(x)).collect();
     conn.call(ApiKey::ListTransactions, 1, &req)
-}
-
-fn fetch(conn: &mut RawConn, topic: &str, partition: i32, offset: i64, read_committed: bool) -> PartitionData {
-    let mut fp = FetchPartition::default();
-    fp.partition = partition;
-    fp.fetch_offset = offset;
-    fp.partition_max_bytes = 1 << 20;
-    let mut ft = FetchTopic::default();
-    ft.topic = TopicName(s(topic));
-    ft.partitions = vec![fp];
-    let mut req = FetchRequest::default();
-    req.replica_id = BrokerId(-1);
-    req.max_bytes = 1 << 20;
-    req.isolation_level = read_committed as i8;
-    req.topics = vec![ft];
-    let mut r: FetchResponse = conn.call(ApiKey::Fetch, 12, &req);
-    r.responses.remove(0).partitions.remove(0)
 }
 
 /// Offsets of the records (not markers) in fetched bytes.
