@@ -229,9 +229,21 @@ pub async fn offset_commit(
     _h: &RequestHeader,
     req: OffsetCommitRequest,
 ) -> Option<OffsetCommitResponse> {
+    Some(commit_offsets(&broker, req, &[]).await)
+}
+
+/// OffsetCommit's work. `commit_times` holds, in request order, the
+/// per-partition commit timestamps only v1 carries (Kafka keeps them as
+/// the commit time, which offset retention counts from); -1 or none
+/// means now.
+pub(super) async fn commit_offsets(
+    broker: &Broker,
+    req: OffsetCommitRequest,
+    commit_times: &[i64],
+) -> OffsetCommitResponse {
     let group = req.group_id.0.to_string();
     let denied = commit_denied(
-        &broker,
+        broker,
         &group,
         &req.member_id,
         req.generation_id_or_member_epoch,
@@ -250,6 +262,13 @@ pub async fn offset_commit(
                     &p.committed_metadata,
                 )
             })
+        })
+        .enumerate()
+        .map(|(i, (topic, partition, mut c))| {
+            if let Some(&at) = commit_times.get(i).filter(|t| **t != -1) {
+                c.commit_ms = at;
+            }
+            (topic, partition, c)
         })
         .collect();
     let results = match denied {
@@ -277,7 +296,7 @@ pub async fn offset_commit(
             mk!(OffsetCommitResponseTopic { name: t.name.clone(), partitions: partitions })
         })
         .collect();
-    Some(mk!(OffsetCommitResponse { topics: topics }))
+    mk!(OffsetCommitResponse { topics: topics })
 }
 
 /// Per topic, each partition's committed offset (None if never committed).

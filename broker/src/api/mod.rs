@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod fetch_session;
 pub mod groups;
 pub mod init_producer_id;
+pub mod legacy;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
