@@ -186,9 +186,12 @@ pub fn table() -> &'static [ApiEntry] {
             api!(EndTxn, 0, 3, EndTxnRequest, api::txn::end_txn),
             api!(DescribeTransactions, 0, 0, DescribeTransactionsRequest, api::txn::describe_transactions),
             api!(ListTransactions, 0, 1, ListTransactionsRequest, api::txn::list_transactions),
+            // No authorizer: SECURITY_DISABLED, as Kafka without one.
+            api!(DescribeAcls, 0, 3, DescribeAclsRequest, api::acl::describe_acls, legacy: api::legacy::describe_acls),
+            api!(CreateAcls, 0, 3, CreateAclsRequest, api::acl::create_acls, legacy: api::legacy::create_acls),
+            api!(DeleteAcls, 0, 3, DeleteAclsRequest, api::acl::delete_acls, legacy: api::legacy::delete_acls),
             unsupported!(SaslHandshake, SaslHandshakeRequest, SaslHandshakeResponse),
             unsupported!(SaslAuthenticate, SaslAuthenticateRequest, SaslAuthenticateResponse),
-            unsupported!(DescribeAcls, DescribeAclsRequest, DescribeAclsResponse),
             unsupported!(DescribeClientQuotas, DescribeClientQuotasRequest, DescribeClientQuotasResponse),
             unsupported!(
                 DescribeUserScramCredentials,

@@ -99,6 +99,9 @@ fn api_versions_advertises_the_legacy_ranges_and_old_message_formats_stay_out() 
     assert_eq!(range(ApiKey::DeleteTopics).0, 0);
     assert_eq!(range(ApiKey::DescribeConfigs).0, 0);
     assert_eq!(range(ApiKey::AlterConfigs).0, 0);
+    assert_eq!(range(ApiKey::DescribeAcls), (0, 3));
+    assert_eq!(range(ApiKey::CreateAcls), (0, 3));
+    assert_eq!(range(ApiKey::DeleteAcls), (0, 3));
     // The v0/v1 message formats are not served: Produce v0–2, Fetch v0–3.
     assert_eq!(range(ApiKey::Produce).0, 3);
     assert_eq!(range(ApiKey::Fetch).0, 4);
@@ -357,4 +360,104 @@ fn describe_configs_v0_and_alter_configs_v0() {
     assert_eq!(code, 0);
     assert!(broker_configs.iter().any(|c| c.0 == "log.retention.ms"));
     assert_eq!(describe_configs_v0(&mut conn, 2, "no-such-topic", None).0, 3);
+}
+
+/// Kafka's AclOperation codes set as bits, the form authorized operations take.
+fn ops(codes: &[u8]) -> i32 {
+    codes.iter().fold(0, |v, c| v | 1 << c)
+}
+
+const SECURITY_DISABLED: i16 = 54;
+
+#[test]
+fn acl_apis_answer_security_disabled_at_every_version() {
+    let broker = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+
+    // v0 by hand: a filter (type, name, principal, host, operation, permission).
+    let filter = |b: Body| b.i8(2).nstr(Some("t")).nstr(None).nstr(None).i8(1).i8(1);
+    let mut r = call(&mut conn, ApiKey::DescribeAcls, 0, filter(Body::new()));
+    let (_throttle, code, message) = (r.i32(), r.i16(), r.nstr());
+    let resources = r.count();
+    r.end();
+    assert_eq!((code, resources), (SECURITY_DISABLED, 0));
+    assert!(message.is_some());
+
+    let creation = |b: Body| b.i8(2).str("t").str("User:alice").str("*").i8(3).i8(3);
+    let mut r = call(&mut conn, ApiKey::CreateAcls, 0, creation(creation(Body::new().count(2))));
+    let _throttle = r.i32();
+    let results = r.array(|r| (r.i16(), r.nstr().is_some()));
+    r.end();
+    assert_eq!(results, vec![(SECURITY_DISABLED, true); 2]);
+
+    let mut r = call(&mut conn, ApiKey::DeleteAcls, 0, filter(filter(Body::new().count(2))));
+    let _throttle = r.i32();
+    let results = r.array(|r| (r.i16(), r.nstr().is_some(), r.count()));
+    r.end();
+    assert_eq!(results, vec![(SECURITY_DISABLED, true, 0); 2]);
+
+    // v1–3 through kafka-protocol.
+    for version in 1..=3 {
+        let resp: DescribeAclsResponse = conn.call(ApiKey::DescribeAcls, version, &DescribeAclsRequest::default());
+        assert_eq!(resp.error_code, SECURITY_DISABLED, "DescribeAcls v{version}");
+        let mut req = CreateAclsRequest::default();
+        req.creations = vec![Default::default(); 3];
+        let resp: CreateAclsResponse = conn.call(ApiKey::CreateAcls, version, &req);
+        assert_eq!(resp.results.iter().map(|r| r.error_code).collect::<Vec<_>>(), vec![SECURITY_DISABLED; 3]);
+        let mut req = DeleteAclsRequest::default();
+        req.filters = vec![Default::default()];
+        let resp: DeleteAclsResponse = conn.call(ApiKey::DeleteAcls, version, &req);
+        assert_eq!(resp.filter_results.len(), 1);
+        assert_eq!(resp.filter_results[0].error_code, SECURITY_DISABLED, "DeleteAcls v{version}");
+    }
+}
+
+#[test]
+fn authorized_operations_when_asked() {
+    let topic_ops = ops(&[3, 4, 5, 6, 7, 8, 10, 11]); // READ WRITE CREATE DELETE ALTER DESCRIBE DESCRIBE_CONFIGS ALTER_CONFIGS
+    let group_ops = ops(&[3, 6, 8]); // READ DELETE DESCRIBE
+    let cluster_ops = ops(&[5, 7, 8, 9, 10, 11, 12]); // CREATE ALTER DESCRIBE CLUSTER_ACTION DESCRIBE_CONFIGS ALTER_CONFIGS IDEMPOTENT_WRITE
+    let not_requested = i32::MIN;
+    let broker = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    assert_eq!(create_topic(&mut conn, "authz", 1, &[]).topics[0].error_code, 0);
+
+    let metadata = |conn: &mut RawConn, version: i16, cluster: bool, topics: bool| {
+        let mut req = MetadataRequest::default();
+        let mut t = metadata_request::MetadataRequestTopic::default();
+        t.name = Some(TopicName(s("authz")));
+        req.topics = Some(vec![t]);
+        req.include_cluster_authorized_operations = cluster && version <= 10;
+        req.include_topic_authorized_operations = topics;
+        let md: MetadataResponse = conn.call(ApiKey::Metadata, version, &req);
+        (md.cluster_authorized_operations, md.topics[0].topic_authorized_operations)
+    };
+    assert_eq!(metadata(&mut conn, 8, true, true), (cluster_ops, topic_ops));
+    assert_eq!(metadata(&mut conn, 10, false, true), (not_requested, topic_ops));
+    assert_eq!(metadata(&mut conn, 12, false, true).1, topic_ops);
+    assert_eq!(metadata(&mut conn, 12, false, false).1, not_requested);
+
+    let describe_cluster = |conn: &mut RawConn, asked: bool| {
+        let mut req = DescribeClusterRequest::default();
+        req.include_cluster_authorized_operations = asked;
+        req.endpoint_type = 1;
+        let resp: DescribeClusterResponse = conn.call(ApiKey::DescribeCluster, 1, &req);
+        assert_eq!(resp.error_code, 0);
+        resp.cluster_authorized_operations
+    };
+    assert_eq!(describe_cluster(&mut conn, true), cluster_ops);
+    assert_eq!(describe_cluster(&mut conn, false), not_requested);
+
+    // A group that exists (a commit made it) and one that does not (Kafka
+    // describes it as Dead, without error): both get the group's operations.
+    offset_commit(&mut conn, 0, "authz-group", (0, ""), "authz", &[(0, 1, 0, None)]);
+    let describe_groups = |conn: &mut RawConn, version: i16, asked: bool| {
+        let mut req = DescribeGroupsRequest::default();
+        req.groups = vec![GroupId(s("authz-group")), GroupId(s("no-such-group"))];
+        req.include_authorized_operations = asked;
+        let resp: DescribeGroupsResponse = conn.call(ApiKey::DescribeGroups, version, &req);
+        resp.groups.iter().map(|g| (g.error_code, g.authorized_operations)).collect::<Vec<_>>()
+    };
+    assert_eq!(describe_groups(&mut conn, 5, true), vec![(0, group_ops); 2]);
+    assert_eq!(describe_groups(&mut conn, 3, false), vec![(0, not_requested); 2]);
 }

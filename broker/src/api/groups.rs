@@ -22,8 +22,8 @@ use kafka_protocol::messages::offset_fetch_response::{
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::Decodable;
 
-use super::code;
 use super::metadata::{str, topic_name};
+use super::{acl, code};
 use crate::config::FsyncPolicy;
 use crate::connection::PEER;
 use crate::groups::{CommittedOffset, GroupState, JoinRequest, Reply};
@@ -455,9 +455,12 @@ pub async fn list_groups(broker: Arc<Broker>, h: &RequestHeader, req: ListGroups
 
 pub async fn describe_groups(
     broker: Arc<Broker>,
-    _h: &RequestHeader,
+    h: &RequestHeader,
     req: DescribeGroupsRequest,
 ) -> Option<DescribeGroupsResponse> {
+    // v3+ may ask for the authorized operations of each group described
+    // without error (Kafka leaves failed entries at "not requested").
+    let ops = acl::if_requested(h.request_api_version >= 3 && req.include_authorized_operations, acl::GROUP_OPERATIONS);
     let groups = req
         .groups
         .iter()
@@ -490,6 +493,12 @@ pub async fn describe_groups(
                     })
                 }
             })
+        })
+        .map(|mut g| {
+            if g.error_code == 0 {
+                g.authorized_operations = ops;
+            }
+            g
         })
         .collect();
     Some(mk!(DescribeGroupsResponse { groups: groups }))

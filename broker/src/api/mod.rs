@@ -1,6 +1,7 @@
 //! One module per API family; each handler maps a typed request to a typed
 //! response.
 
+pub mod acl;
 pub mod admin;
 pub mod api_versions;
 pub mod configs;

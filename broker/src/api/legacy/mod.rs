@@ -1,7 +1,7 @@
 //! Request versions Kafka 3.9 served that kafka-protocol 0.18 no longer
 //! carries (Kafka 4 dropped them, KIP-896): ListOffsets v0, OffsetCommit
-//! v0–1, OffsetFetch v0, CreateTopics v0–1, DeleteTopics v0 and
-//! DescribeConfigs v0.
+//! v0–1, OffsetFetch v0, CreateTopics v0–1, DeleteTopics v0,
+//! DescribeConfigs v0 and the ACL APIs' v0.
 //!
 //! Each is a small hand codec: the legacy request is decoded into the
 //! modern request struct (what the old version lacks filled in as Kafka
@@ -12,10 +12,12 @@
 //! kafka-protocol encodes it at that version. Old schemas are frozen, so
 //! none of this changes as the protocol moves on.
 
+mod acl;
 mod admin;
 mod codec;
 mod offsets;
 
+pub use acl::{create_acls, delete_acls, describe_acls};
 pub use admin::{create_topics, delete_topics, describe_configs};
 pub use offsets::{list_offsets, offset_commit, offset_fetch};
 
