@@ -165,11 +165,8 @@ fn offset_commit_v0_v1_and_offset_fetch_v0() {
 fn offset_commit_v1_commit_timestamp_is_the_commit_time() {
     // Offsets of a standalone consumer expire a retention period after
     // their commit time, which v1 lets the client give.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("fjord.toml");
-    std::fs::write(&config, "offsets_retention_ms = 600000\noffsets_retention_check_interval_ms = 100\n")
-        .expect("write config");
-    let broker = BrokerProcess::start(&["--config", config.to_str().expect("utf-8 path")]);
+    let broker =
+        BrokerProcess::start(&["--offsets-retention-ms", "600000", "--offsets-retention-check-interval-ms", "100"]);
     let mut conn = RawConn::connect(&broker.bootstrap());
     assert_eq!(create_topic(&mut conn, "aged", 2, &[]).topics[0].error_code, 0);
     let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as i64;
