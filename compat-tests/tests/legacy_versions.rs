@@ -144,6 +144,36 @@ fn offset_commit_v0_v1_and_offset_fetch_v0() {
     assert_eq!(r, vec![(0, 22)]);
     assert_eq!(offset_fetch_v0(&mut conn, "g-gen", "old-commits", &[0])[0].1, -1);
 
+    // v1 from a group member, as sarama 1.22's consumer groups commit:
+    // the generation and member id of its JoinGroup are checked.
+    let mut protocol = join_group_request::JoinGroupRequestProtocol::default();
+    protocol.name = s("range");
+    protocol.metadata = bytes::Bytes::from_static(b"meta");
+    let mut join = JoinGroupRequest::default();
+    join.group_id = GroupId(s("g-member"));
+    join.session_timeout_ms = 10_000;
+    join.protocol_type = s("consumer");
+    join.protocols = vec![protocol];
+    let joined: JoinGroupResponse = conn.call(ApiKey::JoinGroup, 0, &join);
+    assert_eq!(joined.error_code, 0);
+    let (generation, member) = (joined.generation_id, joined.member_id.to_string());
+    let mut sync = SyncGroupRequest::default();
+    sync.group_id = GroupId(s("g-member"));
+    sync.generation_id = generation;
+    sync.member_id = s(&member);
+    let mut assignment = sync_group_request::SyncGroupRequestAssignment::default();
+    assignment.member_id = s(&member);
+    sync.assignments = vec![assignment];
+    let synced: SyncGroupResponse = conn.call(ApiKey::SyncGroup, 0, &sync);
+    assert_eq!(synced.error_code, 0);
+    let r = offset_commit(&mut conn, 1, "g-member", (generation, &member), "old-commits", &[(1, 8, -1, None)]);
+    assert_eq!(r, vec![(1, 0)]);
+    let r = offset_commit(&mut conn, 1, "g-member", (generation + 1, &member), "old-commits", &[(1, 9, -1, None)]);
+    assert_eq!(r, vec![(1, 22)], "a stale or future generation: ILLEGAL_GENERATION");
+    let r = offset_commit(&mut conn, 1, "g-member", (generation, "stranger"), "old-commits", &[(1, 9, -1, None)]);
+    assert_eq!(r, vec![(1, 25)], "UNKNOWN_MEMBER_ID");
+    assert_eq!(offset_fetch_v0(&mut conn, "g-member", "old-commits", &[1])[0].1, 8);
+
     // A modern commit is read back by OffsetFetch v0 too.
     let mut req = OffsetCommitRequest::default();
     req.group_id = GroupId(s("g-v0"));
