@@ -487,4 +487,24 @@ fn authorized_operations_when_asked() {
     };
     assert_eq!(describe_groups(&mut conn, 5, true), vec![(0, group_ops); 2]);
     assert_eq!(describe_groups(&mut conn, 3, false), vec![(0, not_requested); 2]);
+
+    // A KIP-848 group, and one that does not exist (an error: not given).
+    let mut hb = ConsumerGroupHeartbeatRequest::default();
+    hb.group_id = GroupId(s("authz-848"));
+    hb.member_id = s("authz-member-0001");
+    hb.member_epoch = 0;
+    hb.rebalance_timeout_ms = 10_000;
+    hb.subscribed_topic_names = Some(vec![TopicName(s("authz"))]);
+    hb.topic_partitions = Some(vec![]);
+    let joined: ConsumerGroupHeartbeatResponse = conn.call(ApiKey::ConsumerGroupHeartbeat, 1, &hb);
+    assert_eq!(joined.error_code, 0);
+    let describe_848 = |conn: &mut RawConn, asked: bool| {
+        let mut req = ConsumerGroupDescribeRequest::default();
+        req.group_ids = vec![GroupId(s("authz-848")), GroupId(s("no-such-848"))];
+        req.include_authorized_operations = asked;
+        let resp: ConsumerGroupDescribeResponse = conn.call(ApiKey::ConsumerGroupDescribe, 1, &req);
+        resp.groups.iter().map(|g| (g.error_code, g.authorized_operations)).collect::<Vec<_>>()
+    };
+    assert_eq!(describe_848(&mut conn, true), vec![(0, group_ops), (69, not_requested)]);
+    assert_eq!(describe_848(&mut conn, false)[0], (0, not_requested));
 }
