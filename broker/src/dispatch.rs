@@ -76,9 +76,19 @@ impl<R: Encodable> Reply for WithFiles<R> {
 }
 
 /// Declares a table entry whose handler returns `Option<Response>` (None
-/// means no response at all, as for acks=0 produce).
+/// means no response at all, as for acks=0 produce). With `legacy`, the
+/// versions below the oldest kafka-protocol carries (Kafka 4 dropped them)
+/// go to that hand codec in `api::legacy`, which calls the same handler.
 macro_rules! api {
     ($key:ident, $min:expr, $max:expr, $req:ty, $handler:path) => {
+        api!(@entry $key, $min, $max, $req, $handler, |_broker, header: RequestHeader, _body| async move {
+            Err(anyhow::anyhow!("no codec for {:?} v{}", ApiKey::$key, header.request_api_version))
+        })
+    };
+    ($key:ident, $min:expr, $max:expr, $req:ty, $handler:path, legacy: $legacy:path) => {
+        api!(@entry $key, $min, $max, $req, $handler, $legacy)
+    };
+    (@entry $key:ident, $min:expr, $max:expr, $req:ty, $handler:path, $legacy:expr) => {
         ApiEntry {
             key: ApiKey::$key,
             min: $min,
@@ -87,19 +97,24 @@ macro_rules! api {
             handler: |broker, header, mut body| {
                 Box::pin(async move {
                     let version = header.request_api_version;
-                    let req = <$req as Decodable>::decode(&mut body, version)
-                        .map_err(|e| anyhow::anyhow!("malformed {:?} v{} request: {e}", ApiKey::$key, version))?;
                     let started = std::time::Instant::now();
-                    let outcome = $handler(broker, &header, req).await;
+                    let outcome = if version < <$req as kafka_protocol::protocol::Message>::VERSIONS.min {
+                        $legacy(broker, header, body).await
+                    } else {
+                        let req = <$req as Decodable>::decode(&mut body, version).map_err(|e| {
+                            anyhow::anyhow!("malformed {:?} v{} request: {e}", ApiKey::$key, version)
+                        })?;
+                        match $handler(broker, &header, req).await {
+                            Some(resp) => {
+                                let hv = ApiKey::$key.response_header_version(version);
+                                Ok(Some(Reply::frame(resp, hv, header.correlation_id, version)?))
+                            }
+                            None => Ok(None),
+                        }
+                    };
                     metrics::histogram!("fjord_request_duration_seconds", "api" => stringify!($key))
                         .record(started.elapsed().as_secs_f64());
-                    match outcome {
-                        Some(resp) => {
-                            let hv = ApiKey::$key.response_header_version(version);
-                            Ok(Some(Reply::frame(resp, hv, header.correlation_id, version)?))
-                        }
-                        None => Ok(None),
-                    }
+                    outcome
                 })
             },
         }
@@ -138,13 +153,13 @@ pub fn table() -> &'static [ApiEntry] {
         vec![
             api!(Produce, 3, 12, ProduceRequest, api::produce::handle),
             api!(Fetch, 4, 17, FetchRequest, api::fetch::handle),
-            api!(ListOffsets, 1, 10, ListOffsetsRequest, api::list_offsets::handle),
+            api!(ListOffsets, 0, 10, ListOffsetsRequest, api::list_offsets::handle, legacy: api::legacy::list_offsets),
             api!(Metadata, 0, 12, MetadataRequest, api::metadata::handle),
             api!(ApiVersions, 0, 4, ApiVersionsRequest, api::api_versions::handle),
-            api!(CreateTopics, 2, 7, CreateTopicsRequest, api::admin::create_topics),
-            api!(DeleteTopics, 1, 6, DeleteTopicsRequest, api::admin::delete_topics),
+            api!(CreateTopics, 0, 7, CreateTopicsRequest, api::admin::create_topics, legacy: api::legacy::create_topics),
+            api!(DeleteTopics, 0, 6, DeleteTopicsRequest, api::admin::delete_topics, legacy: api::legacy::delete_topics),
             api!(DeleteRecords, 0, 2, DeleteRecordsRequest, api::admin::delete_records),
-            api!(DescribeConfigs, 1, 4, DescribeConfigsRequest, api::configs::describe),
+            api!(DescribeConfigs, 0, 4, DescribeConfigsRequest, api::configs::describe, legacy: api::legacy::describe_configs),
             api!(AlterConfigs, 0, 2, AlterConfigsRequest, api::configs::alter),
             api!(CreatePartitions, 0, 3, CreatePartitionsRequest, api::admin::create_partitions),
             api!(IncrementalAlterConfigs, 0, 1, IncrementalAlterConfigsRequest, api::configs::incremental_alter),
@@ -155,8 +170,8 @@ pub fn table() -> &'static [ApiEntry] {
             api!(SyncGroup, 0, 5, SyncGroupRequest, api::groups::sync_group),
             api!(Heartbeat, 0, 4, HeartbeatRequest, api::groups::heartbeat),
             api!(LeaveGroup, 0, 5, LeaveGroupRequest, api::groups::leave_group),
-            api!(OffsetCommit, 2, 9, OffsetCommitRequest, api::groups::offset_commit),
-            api!(OffsetFetch, 1, 9, OffsetFetchRequest, api::groups::offset_fetch),
+            api!(OffsetCommit, 0, 9, OffsetCommitRequest, api::groups::offset_commit, legacy: api::legacy::offset_commit),
+            api!(OffsetFetch, 0, 9, OffsetFetchRequest, api::groups::offset_fetch, legacy: api::legacy::offset_fetch),
             api!(ListGroups, 0, 5, ListGroupsRequest, api::groups::list_groups),
             api!(DescribeGroups, 0, 6, DescribeGroupsRequest, api::groups::describe_groups),
             api!(DeleteGroups, 0, 2, DeleteGroupsRequest, api::groups::delete_groups),
@@ -171,9 +186,12 @@ pub fn table() -> &'static [ApiEntry] {
             api!(EndTxn, 0, 3, EndTxnRequest, api::txn::end_txn),
             api!(DescribeTransactions, 0, 0, DescribeTransactionsRequest, api::txn::describe_transactions),
             api!(ListTransactions, 0, 1, ListTransactionsRequest, api::txn::list_transactions),
+            // No authorizer: SECURITY_DISABLED, as Kafka without one.
+            api!(DescribeAcls, 0, 3, DescribeAclsRequest, api::acl::describe_acls, legacy: api::legacy::describe_acls),
+            api!(CreateAcls, 0, 3, CreateAclsRequest, api::acl::create_acls, legacy: api::legacy::create_acls),
+            api!(DeleteAcls, 0, 3, DeleteAclsRequest, api::acl::delete_acls, legacy: api::legacy::delete_acls),
             unsupported!(SaslHandshake, SaslHandshakeRequest, SaslHandshakeResponse),
             unsupported!(SaslAuthenticate, SaslAuthenticateRequest, SaslAuthenticateResponse),
-            unsupported!(DescribeAcls, DescribeAclsRequest, DescribeAclsResponse),
             unsupported!(DescribeClientQuotas, DescribeClientQuotasRequest, DescribeClientQuotasResponse),
             unsupported!(
                 DescribeUserScramCredentials,

@@ -848,10 +848,14 @@ impl GroupCoordinator {
                 continue;
             }
             let since = group.empty_since_ms;
+            // A standalone consumer's group (no protocol type) counts from
+            // each commit alone, as Kafka does: an OffsetCommit v1 commit
+            // time in the past makes its offset expire sooner.
+            let standalone = group.protocol_type.is_none();
             let expired: Vec<(String, i32)> = group
                 .offsets
                 .iter()
-                .filter(|(_, c)| now - c.commit_ms.max(since) >= retention_ms)
+                .filter(|(_, c)| now - if standalone { c.commit_ms } else { c.commit_ms.max(since) } >= retention_ms)
                 .map(|(k, _)| k.clone())
                 .collect();
             let forget = group.offsets.len() == expired.len() && now - since >= retention_ms;

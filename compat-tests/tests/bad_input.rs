@@ -95,7 +95,8 @@ fn unknown_api_and_versions() {
     sasl.mechanism = kafka_protocol::protocol::StrBytes::from_static_str("PLAIN");
     let resp: SaslHandshakeResponse = conn.call(ApiKey::SaslHandshake, 1, &sasl);
     assert_eq!(resp.error_code, 35);
-    let resp: DescribeAclsResponse = conn.call(ApiKey::DescribeAcls, 1, &DescribeAclsRequest::default());
+    let resp: DescribeClientQuotasResponse =
+        conn.call(ApiKey::DescribeClientQuotas, 1, &DescribeClientQuotasRequest::default());
     assert_eq!(resp.error_code, 35);
     let resp: ApiVersionsResponse = conn.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
     assert_eq!(resp.error_code, 0, "the connection stays usable");

@@ -22,3 +22,16 @@ fn confluent_kafka_suite() {
 fn kafka_python_suite() {
     run_suite("kafka_python_suite.py");
 }
+
+/// ACL calls answer SECURITY_DISABLED; authorized operations when asked.
+#[test]
+fn confluent_acl_suite() {
+    run_suite("acl_suite.py");
+}
+
+/// kafka-python pinned to old broker versions sends the request versions
+/// Kafka 4 dropped (OffsetCommit v0/v1, ListOffsets v0, CreateTopics v0 …).
+#[test]
+fn kafka_python_old_versions_suite() {
+    run_suite("kafka_python_old_suite.py");
+}

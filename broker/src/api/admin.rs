@@ -99,8 +99,13 @@ pub async fn create_topics(
             .iter()
             .map(|t| {
                 let name = t.name.0.to_string();
-                let mut r =
-                    mk!(CreatableTopicResult { name: t.name.clone(), num_partitions: -1, replication_factor: -1 });
+                // A success has a null message, as in Kafka (the schema default is "").
+                let mut r = mk!(CreatableTopicResult {
+                    name: t.name.clone(),
+                    num_partitions: -1,
+                    replication_factor: -1,
+                    error_message: None
+                });
                 let outcome = if dupes.contains(&name) {
                     Err(TopicError::new(
                         ResponseError::InvalidRequest,

@@ -11,6 +11,7 @@ use kafka_protocol::messages::consumer_group_describe_response::{
 use kafka_protocol::messages::consumer_group_heartbeat_response::{Assignment, TopicPartitions};
 use kafka_protocol::messages::*;
 
+use super::acl;
 use super::metadata::{str, topic_name};
 use crate::connection::PEER;
 use crate::consumer_groups::{HeartbeatRequest, TopicPartition};
@@ -107,6 +108,7 @@ pub async fn describe(
     _h: &RequestHeader,
     req: ConsumerGroupDescribeRequest,
 ) -> Option<ConsumerGroupDescribeResponse> {
+    let ops = acl::if_requested(req.include_authorized_operations, acl::GROUP_OPERATIONS);
     let groups = req
         .group_ids
         .iter()
@@ -146,6 +148,12 @@ pub async fn describe(
                     })
                 }
             })
+        })
+        .map(|mut g| {
+            if g.error_code == 0 {
+                g.authorized_operations = ops;
+            }
+            g
         })
         .collect();
     Some(mk!(ConsumerGroupDescribeResponse { groups: groups }))

@@ -22,8 +22,8 @@ use kafka_protocol::messages::offset_fetch_response::{
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::Decodable;
 
-use super::code;
 use super::metadata::{str, topic_name};
+use super::{acl, code};
 use crate::config::FsyncPolicy;
 use crate::connection::PEER;
 use crate::groups::{CommittedOffset, GroupState, JoinRequest, Reply};
@@ -229,9 +229,21 @@ pub async fn offset_commit(
     _h: &RequestHeader,
     req: OffsetCommitRequest,
 ) -> Option<OffsetCommitResponse> {
+    Some(commit_offsets(&broker, req, &[]).await)
+}
+
+/// OffsetCommit's work. `commit_times` holds, in request order, the
+/// per-partition commit timestamps only v1 carries (Kafka keeps them as
+/// the commit time, which offset retention counts from); -1 or none
+/// means now.
+pub(super) async fn commit_offsets(
+    broker: &Broker,
+    req: OffsetCommitRequest,
+    commit_times: &[i64],
+) -> OffsetCommitResponse {
     let group = req.group_id.0.to_string();
     let denied = commit_denied(
-        &broker,
+        broker,
         &group,
         &req.member_id,
         req.generation_id_or_member_epoch,
@@ -250,6 +262,13 @@ pub async fn offset_commit(
                     &p.committed_metadata,
                 )
             })
+        })
+        .enumerate()
+        .map(|(i, (topic, partition, mut c))| {
+            if let Some(&at) = commit_times.get(i).filter(|t| **t != -1) {
+                c.commit_ms = at;
+            }
+            (topic, partition, c)
         })
         .collect();
     let results = match denied {
@@ -277,7 +296,7 @@ pub async fn offset_commit(
             mk!(OffsetCommitResponseTopic { name: t.name.clone(), partitions: partitions })
         })
         .collect();
-    Some(mk!(OffsetCommitResponse { topics: topics }))
+    mk!(OffsetCommitResponse { topics: topics })
 }
 
 /// Per topic, each partition's committed offset (None if never committed).
@@ -436,9 +455,12 @@ pub async fn list_groups(broker: Arc<Broker>, h: &RequestHeader, req: ListGroups
 
 pub async fn describe_groups(
     broker: Arc<Broker>,
-    _h: &RequestHeader,
+    h: &RequestHeader,
     req: DescribeGroupsRequest,
 ) -> Option<DescribeGroupsResponse> {
+    // v3+ may ask for the authorized operations of each group described
+    // without error (Kafka leaves failed entries at "not requested").
+    let ops = acl::if_requested(h.request_api_version >= 3 && req.include_authorized_operations, acl::GROUP_OPERATIONS);
     let groups = req
         .groups
         .iter()
@@ -471,6 +493,12 @@ pub async fn describe_groups(
                     })
                 }
             })
+        })
+        .map(|mut g| {
+            if g.error_code == 0 {
+                g.authorized_operations = ops;
+            }
+            g
         })
         .collect();
     Some(mk!(DescribeGroupsResponse { groups: groups }))

@@ -12,10 +12,9 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
+use super::acl::{self, NOT_REQUESTED as NO_OPS};
 use crate::server::Broker;
 use crate::topics::TopicMeta;
-
-const NO_OPS: i32 = i32::MIN;
 
 pub fn str(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
@@ -120,6 +119,18 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: MetadataRequest
             }
         }
     }
+    // Authorized operations exist from v8; the cluster's only up to v10
+    // (later clients ask DescribeCluster). Every topic entry gets them, as
+    // in Kafka, errors included.
+    if version >= 8 && req.include_topic_authorized_operations {
+        for t in &mut topics {
+            t.topic_authorized_operations = acl::TOPIC_OPERATIONS;
+        }
+    }
+    let cluster_ops = acl::if_requested(
+        (8..=10).contains(&version) && req.include_cluster_authorized_operations,
+        acl::CLUSTER_OPERATIONS,
+    );
     Some(mk!(MetadataResponse {
         brokers: vec![mk!(MetadataResponseBroker {
             node_id: BrokerId(broker.node_id),
@@ -130,7 +141,7 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: MetadataRequest
         cluster_id: Some(str(&broker.topics.cluster_id())),
         controller_id: BrokerId(broker.node_id),
         topics: topics,
-        cluster_authorized_operations: NO_OPS
+        cluster_authorized_operations: cluster_ops
     }))
 }
 
@@ -158,5 +169,7 @@ pub async fn describe_cluster(
         rack: None,
         is_fenced: false
     })];
+    resp.cluster_authorized_operations =
+        acl::if_requested(req.include_cluster_authorized_operations, acl::CLUSTER_OPERATIONS);
     Some(resp)
 }

@@ -1,6 +1,7 @@
 //! One module per API family; each handler maps a typed request to a typed
 //! response.
 
+pub mod acl;
 pub mod admin;
 pub mod api_versions;
 pub mod configs;
@@ -9,6 +10,7 @@ pub mod fetch;
 pub mod fetch_session;
 pub mod groups;
 pub mod init_producer_id;
+pub mod legacy;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
