@@ -201,12 +201,15 @@ impl GroupCoordinator {
         };
         for p in 0..partitions {
             if let Some(log) = topics.log(OFFSETS_TOPIC, p) {
+                // A failed migration stops the start: serving with old and
+                // new records side by side would let compaction drop a new
+                // tombstone while the old record it shadows stays, bringing
+                // deleted offsets back on a later start. Nothing is lost by
+                // stopping: the old records are all still there.
                 if coord.replay(&log, p)? {
-                    // The state replayed is complete either way; a failed
-                    // migration leaves the old records for the next start.
-                    if let Err(e) = coord.migrate(&log, p) {
-                        tracing::error!(partition = p, error = %e, "cannot migrate {OFFSETS_TOPIC}");
-                    }
+                    coord
+                        .migrate(&log, p)
+                        .map_err(|e| anyhow::anyhow!("cannot migrate {OFFSETS_TOPIC} partition {p}: {e}"))?;
                 }
             }
         }
@@ -837,14 +840,16 @@ impl GroupCoordinator {
 
     /// Kafka's offsets.retention: offsets of a group that has had no members
     /// for `retention_ms` go (for standalone consumers, counted from the
-    /// commit). A group left with nothing is forgotten.
-    pub fn expire_offsets(&self, topics: &Topics, retention_ms: i64) {
+    /// commit). A group left with nothing is forgotten. `in_use` tells which
+    /// groups have members this coordinator does not see (KIP-848 groups keep
+    /// their membership elsewhere): their offsets stay.
+    pub fn expire_offsets(&self, topics: &Topics, retention_ms: i64, in_use: impl Fn(&str) -> bool) {
         let now = now_ms();
         let mut groups = self.lock();
         let ids: Vec<String> = groups.keys().cloned().collect();
         for gid in ids {
             let Some(group) = groups.get_mut(&gid) else { continue };
-            if !group.members.is_empty() {
+            if !group.members.is_empty() || in_use(&gid) {
                 continue;
             }
             let since = group.empty_since_ms;
@@ -855,10 +860,13 @@ impl GroupCoordinator {
             let expired: Vec<(String, i32)> = group
                 .offsets
                 .iter()
-                .filter(|(_, c)| now - if standalone { c.commit_ms } else { c.commit_ms.max(since) } >= retention_ms)
+                .filter(|(_, c)| {
+                    // Commit times come from clients (OffsetCommit v1) and disk: no overflow.
+                    now.saturating_sub(if standalone { c.commit_ms } else { c.commit_ms.max(since) }) >= retention_ms
+                })
                 .map(|(k, _)| k.clone())
                 .collect();
-            let forget = group.offsets.len() == expired.len() && now - since >= retention_ms;
+            let forget = group.offsets.len() == expired.len() && now.saturating_sub(since) >= retention_ms;
             if expired.is_empty() && !forget {
                 continue;
             }
@@ -1119,6 +1127,68 @@ fn apply_record(groups: &mut HashMap<String, Group>, record: OffsetsRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_record_too_large_for_the_topic_keeps_the_generation_without_members() {
+        let mut g = Group::new();
+        g.protocol_type = Some("consumer".into());
+        g.protocol = Some("range".into());
+        g.generation = 41;
+        for i in 0..3 {
+            let id = format!("m{i}");
+            let m = Member {
+                member_id: id.clone(),
+                instance_id: None,
+                client_id: "c".into(),
+                client_host: "/127.0.0.1".into(),
+                session_timeout: Duration::from_secs(10),
+                rebalance_timeout: Duration::from_secs(10),
+                // 3 × 400 KiB of subscription: past the topic's record limit.
+                protocols: vec![("range".into(), Bytes::from(vec![7u8; 400 * 1024]))],
+                assignment: Bytes::new(),
+                last_seen: Instant::now(),
+                join_tx: None,
+                sync_tx: None,
+            };
+            g.members.insert(id, m);
+        }
+        let (_, value) = offsets_log::group_record("big", &g);
+        let value = value.expect("a group record has a value");
+        assert!(value.len() < 1_048_588, "record of {} bytes", value.len());
+        let decoded = crate::coordinator::records::decode_group_metadata_value(&value).expect("decodes");
+        assert_eq!(decoded.generation, 41);
+        assert!(decoded.members.is_empty());
+        // A small group keeps its members.
+        g.members.retain(|id, _| id == "m0");
+        g.members.values_mut().for_each(|m| m.protocols[0].1 = Bytes::from_static(b"sub"));
+        let (_, value) = offsets_log::group_record("small", &g);
+        let decoded = crate::coordinator::records::decode_group_metadata_value(&value.unwrap()).unwrap();
+        assert_eq!(decoded.members.len(), 1);
+    }
+
+    #[test]
+    fn expiry_survives_commit_times_at_the_ends_of_the_range_and_spares_groups_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::BrokerConfig { data_dir: dir.path().to_path_buf(), ..Default::default() };
+        let topics = Topics::open(&cfg).unwrap();
+        let coord = GroupCoordinator::open(&topics, 1).unwrap();
+        {
+            let mut groups = coord.lock();
+            for (gid, commit_ms) in [("old", i64::MIN), ("future", i64::MAX), ("kip848", 0)] {
+                let g = groups.entry(gid.to_string()).or_insert_with(Group::new);
+                let c = CommittedOffset { offset: 1, leader_epoch: -1, metadata: None, commit_ms };
+                g.offsets.insert(("t".into(), 0), c);
+            }
+        }
+        coord.expire_offsets(&topics, 1000, |g| g == "kip848");
+        let groups = coord.lock();
+        assert!(
+            groups.get("old").is_none_or(|g| g.offsets.is_empty()),
+            "an offset committed at i64::MIN is long expired"
+        );
+        assert_eq!(groups["future"].offsets.len(), 1);
+        assert_eq!(groups["kip848"].offsets.len(), 1, "a group with members elsewhere keeps its offsets");
+    }
 
     #[test]
     fn hash_matches_java_string_hash_code() {

@@ -60,8 +60,32 @@ pub struct Rewrite {
     pub open_txns: Vec<((i64, i16), Vec<RecordBytes>)>,
 }
 
-/// Records per batch of a rewrite, well below any batch size limit.
-const REWRITE_BATCH: usize = 500;
+/// Bytes per batch of a rewrite, well below the internal topics'
+/// `max.message.bytes` (1 MiB); a larger single record goes alone.
+const REWRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// Splits `records` into runs of at most `REWRITE_BATCH_BYTES` (keys and
+/// values), each with at least one record.
+fn chunks_by_bytes(records: &[RecordBytes]) -> impl Iterator<Item = &[RecordBytes]> {
+    let mut rest = records;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let n = rest
+            .iter()
+            .take_while(|(k, v)| {
+                bytes += k.len() + v.as_ref().map_or(0, Vec::len);
+                bytes <= REWRITE_BATCH_BYTES
+            })
+            .count()
+            .max(1);
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
+}
 
 /// Migrates one partition whose replay met records of the old JSON format:
 /// appends `rewrite` (the partition's whole live state, in the new format),
@@ -79,16 +103,38 @@ pub fn migrate(log: &PartitionLog, rewrite: &Rewrite) -> anyhow::Result<()> {
     fn kv(chunk: &[RecordBytes]) -> Vec<KeyValue<'_>> {
         chunk.iter().map(|(k, v)| (Some(k.as_slice()), v.as_deref())).collect()
     }
-    for chunk in rewrite.records.chunks(REWRITE_BATCH) {
+    for chunk in chunks_by_bytes(&rewrite.records) {
         log.append(&build_batch(0, now, &kv(chunk)), 0, now)?;
     }
     for ((id, epoch), records) in &rewrite.open_txns {
         let producer = Producer { id: *id, epoch: *epoch, base_sequence: -1, transactional: true };
-        for chunk in records.chunks(REWRITE_BATCH) {
+        for chunk in chunks_by_bytes(records) {
             log.append_from_coordinator(&build_batch_as(0, now, &kv(chunk), Some(producer)), 0, now)?;
         }
     }
     log.sync_now()?;
     log.delete_records(from)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrite_chunks_stay_under_the_byte_budget_and_keep_every_record() {
+        let big = REWRITE_BATCH_BYTES + 10;
+        let records: Vec<RecordBytes> = [100, 200_000, 100_000, big, 5, 0]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (vec![i as u8], (*n > 0).then(|| vec![0u8; *n])))
+            .collect();
+        let chunks: Vec<&[RecordBytes]> = chunks_by_bytes(&records).collect();
+        assert_eq!(chunks.concat(), records);
+        for c in &chunks {
+            let bytes: usize = c.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum();
+            assert!(c.len() == 1 || bytes <= REWRITE_BATCH_BYTES, "chunk of {} records, {bytes} bytes", c.len());
+        }
+        assert!(chunks.len() >= 3);
+    }
 }

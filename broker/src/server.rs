@@ -172,9 +172,12 @@ async fn session_expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<
         if last_offsets_check.elapsed() >= offsets_every {
             last_offsets_check = tokio::time::Instant::now();
             let b = broker.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || b.groups.expire_offsets(&b.topics, b.config.offsets_retention_ms))
-                    .await;
+            let _ = tokio::task::spawn_blocking(move || {
+                b.groups.expire_offsets(&b.topics, b.config.offsets_retention_ms, |g| {
+                    b.consumer_groups.with_group(g, |cg| cg.is_some_and(|cg| !cg.members.is_empty()))
+                })
+            })
+            .await;
         }
     }
 }

@@ -145,12 +145,11 @@ impl TxnCoordinator {
         };
         for p in 0..partitions {
             if let Some(log) = coord.topics.log(TXN_TOPIC, p) {
+                // Fatal, as for the offsets topic (GroupCoordinator::open).
                 if coord.replay(&log)? {
-                    // The state replayed is complete either way; a failed
-                    // migration leaves the old records for the next start.
-                    if let Err(e) = coord.migrate(&log, p) {
-                        tracing::error!(partition = p, error = %e, "cannot migrate {TXN_TOPIC}");
-                    }
+                    coord
+                        .migrate(&log, p)
+                        .map_err(|e| anyhow::anyhow!("cannot migrate {TXN_TOPIC} partition {p}: {e}"))?;
                 }
             }
         }

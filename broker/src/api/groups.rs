@@ -265,7 +265,8 @@ pub(super) async fn commit_offsets(
         })
         .enumerate()
         .map(|(i, (topic, partition, mut c))| {
-            if let Some(&at) = commit_times.get(i).filter(|t| **t != -1) {
+            // -1 (and any other negative, which Kafka never meant) is "now".
+            if let Some(&at) = commit_times.get(i).filter(|t| **t >= 0) {
                 c.commit_ms = at;
             }
             (topic, partition, c)

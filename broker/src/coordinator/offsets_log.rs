@@ -143,7 +143,7 @@ pub fn group_record(group_id: &str, g: &Group) -> KeyValue {
             assignment: m.assignment.to_vec(),
         })
         .collect();
-    let value = GroupMetadataValue {
+    let mut value = GroupMetadataValue {
         protocol_type: g.protocol_type.clone().unwrap_or_default(),
         generation: g.generation,
         protocol: g.protocol.clone(),
@@ -151,8 +151,22 @@ pub fn group_record(group_id: &str, g: &Group) -> KeyValue {
         current_state_timestamp: now_ms(),
         members,
     };
-    (records::encode_group_metadata_key(group_id), Some(records::encode_group_metadata_value(&value)))
+    let mut bytes = records::encode_group_metadata_value(&value);
+    if bytes.len() > GROUP_RECORD_MAX_BYTES {
+        // A huge group (many members, large subscriptions) would not fit the
+        // topic's max.message.bytes and the generation would go unrecorded.
+        // The generation is what must survive a restart (so a zombie cannot
+        // reuse one); the members are rebuilt by the next rebalance anyway.
+        tracing::warn!(group = group_id, bytes = bytes.len(), "group record too large: members left out");
+        value.members.clear();
+        bytes = records::encode_group_metadata_value(&value);
+    }
+    (records::encode_group_metadata_key(group_id), Some(bytes))
 }
+
+/// Largest GroupMetadata value written with its members: below the offsets
+/// topic's default max.message.bytes (1,048,588) with room for the batch.
+const GROUP_RECORD_MAX_BYTES: usize = 1_000_000;
 
 /// The record that deletes a group.
 pub fn group_tombstone(group_id: &str) -> KeyValue {

@@ -293,7 +293,7 @@ pub fn decode_group_metadata_value(buf: &[u8]) -> Result<GroupMetadataValue> {
     let leader = r.nullable_string("leader")?;
     let current_state_timestamp = if v >= 2 { r.i64("current state timestamp")? } else { -1 };
     let count = r.array_len("members")?.ok_or(DecodeError::Invalid("members"))?;
-    let mut members = Vec::with_capacity(count);
+    let mut members = Vec::with_capacity(count.min(64));
     for _ in 0..count {
         let member_id = r.string("member id")?;
         let group_instance_id = if v >= 3 { r.nullable_string("group instance id")? } else { None };
@@ -343,11 +343,11 @@ pub fn decode_txn_value(buf: &[u8]) -> Result<TransactionLogValue> {
     let transaction_partitions = match r.array_len("transaction partitions")? {
         None => None,
         Some(count) => {
-            let mut topics = Vec::with_capacity(count);
+            let mut topics = Vec::with_capacity(count.min(64));
             for _ in 0..count {
                 let topic = r.string("topic")?;
                 let n = r.array_len("partition ids")?.ok_or(DecodeError::Invalid("partition ids"))?;
-                let mut partition_ids = Vec::with_capacity(n);
+                let mut partition_ids = Vec::with_capacity(n.min(1024));
                 for _ in 0..n {
                     partition_ids.push(r.i32("partition id")?);
                 }

@@ -76,7 +76,8 @@ impl Reader {
         if n > self.buf.remaining() {
             bail!("array of {n} elements in {} bytes", self.buf.remaining());
         }
-        let mut out = Vec::with_capacity(n);
+        // n is bounded by the bytes left, not by the element size: grow as we go.
+        let mut out = Vec::with_capacity(n.min(64));
         for _ in 0..n {
             out.push(item(self)?);
         }
