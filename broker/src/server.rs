@@ -120,14 +120,19 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         tokio::spawn(log_pass_loop(
             broker.clone(),
             shutdown_rx.clone(),
-            Duration::from_millis(broker.config.log_retention_check_interval_ms.max(10)),
+            |b| Duration::from_millis(b.config.log_retention_check_interval_ms.max(10)),
             "retention",
             retention_pass,
         )),
         tokio::spawn(log_pass_loop(
             broker.clone(),
             shutdown_rx.clone(),
-            Duration::from_millis(broker.config.log_cleaner_backoff_ms.max(10)),
+            // log.cleaner.backoff.ms may change at runtime (AlterConfigs).
+            |b| {
+                let ms =
+                    b.topics.dynamic_broker_configs().get("log.cleaner.backoff.ms").and_then(|v| v.trim().parse().ok());
+                Duration::from_millis(ms.unwrap_or(b.config.log_cleaner_backoff_ms).max(10))
+            },
             "compaction",
             compaction_pass,
         )),
@@ -236,13 +241,13 @@ async fn transaction_expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Recei
 async fn log_pass_loop(
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
-    every: Duration,
+    every: fn(&Broker) -> Duration,
     what: &'static str,
     work: fn(&PartitionLog, i64) -> fjord_storage::Result<()>,
 ) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(every(&broker)) => {}
             _ = stopped(&mut shutdown) => return,
         }
         let logs = broker.topics.all_logs();
@@ -264,8 +269,9 @@ fn retention_pass(log: &PartitionLog, now: i64) -> fjord_storage::Result<()> {
 }
 
 fn compaction_pass(log: &PartitionLog, now: i64) -> fjord_storage::Result<()> {
-    // compact() itself returns at once for logs that are not compacted.
-    log.compact(now).map(|_| ())
+    // Returns at once for logs that are not compacted, or not due yet
+    // (min.cleanable.dirty.ratio, max.compaction.lag.ms).
+    log.compact_if_due(now).map(|_| ())
 }
 
 impl RunningBroker {

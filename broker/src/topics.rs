@@ -236,6 +236,10 @@ impl Topics {
         for (k, v) in &configs {
             topic_config::validate(k, v).map_err(|m| TopicError::new(ResponseError::InvalidConfig, m))?;
         }
+        let ignored = topic_config::ignored(configs.keys());
+        if !ignored.is_empty() && !validate_only {
+            tracing::info!(topic = name, ignored = %ignored.join(", "), "topic configs stored but not applied");
+        }
         let mut st = self.write();
         if st.file.topics.contains_key(name) {
             return Err(TopicError::new(ResponseError::TopicAlreadyExists, format!("Topic '{name}' already exists.")));
