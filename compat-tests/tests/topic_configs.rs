@@ -373,7 +373,17 @@ fn describe_configs_gives_kafka_types_and_documentation() {
     // Read-only broker configs are refused with INVALID_REQUEST, dynamic ones taken.
     assert_eq!(set_config(&mut conn, 4, "0", "log.dirs", "/elsewhere"), 42);
     assert_eq!(set_config(&mut conn, 4, "0", "log.cleaner.min.cleanable.ratio", "0.1"), 0);
-    assert_eq!(set_config(&mut conn, 4, "0", "log.cleaner.min.cleanable.ratio", "7"), 40);
+    // An out-of-range broker value is INVALID_REQUEST too, as in Kafka.
+    assert_eq!(set_config(&mut conn, 4, "0", "log.cleaner.min.cleanable.ratio", "7"), 42);
     let (value, source, _) = wire::describe_config(&mut conn, "described", "min.cleanable.dirty.ratio");
-    assert_eq!((value.as_deref(), source), (Some("0.1"), 3), "the dynamic broker default applies");
+    assert_eq!((value.as_deref(), source), (Some("0.1"), 2), "this broker's dynamic value applies");
+    // The cluster-wide default (resource "") sits under this broker's own
+    // value, and applies where this broker has none.
+    assert_eq!(set_config(&mut conn, 4, "", "log.cleaner.min.cleanable.ratio", "0.2"), 0);
+    assert_eq!(set_config(&mut conn, 4, "", "log.segment.bytes", "2097152"), 0);
+    let (value, source, synonyms) = wire::describe_config(&mut conn, "described", "min.cleanable.dirty.ratio");
+    assert_eq!((value.as_deref(), source), (Some("0.1"), 2));
+    assert_eq!(synonyms, vec!["log.cleaner.min.cleanable.ratio"; 3], "broker, cluster and static values");
+    let (value, source, _) = wire::describe_config(&mut conn, "described", "segment.bytes");
+    assert_eq!((value.as_deref(), source), (Some("2097152"), 3), "DYNAMIC_DEFAULT_BROKER_CONFIG");
 }

@@ -232,7 +232,12 @@ impl PartitionLog {
                 // offset delta also stays (an idempotent producer's last
                 // sequence survives compaction, as in Kafka).
                 let codec = Codec::from_attributes(h.attributes)?;
-                let level = if codec == Codec::Zstd { 3 } else { -1 };
+                // Kafka's default level of each codec.
+                let level = match codec {
+                    Codec::Zstd => 3,
+                    Codec::Lz4 => 9,
+                    _ => -1,
+                };
                 let batch = records::rebuild(raw, &kept, kept_n, Compression { codec, level })?;
                 out.extend_from_slice(&batch);
             }

@@ -441,7 +441,7 @@ impl PartitionLog {
         let mut batches = batch::split_and_validate(payload, max)?;
         // Only the broker's own writers (coordinators) skip the topic's
         // record rules: their batches are control records and offset commits.
-        let converted = if coordinator {
+        let converted = if coordinator || !rules.any() {
             None
         } else {
             let name = self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

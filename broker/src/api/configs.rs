@@ -21,6 +21,7 @@ const BROKER: i8 = 4;
 
 // ConfigSource values of DescribeConfigs.
 const DYNAMIC_TOPIC: i8 = 1;
+const DYNAMIC_BROKER: i8 = 2;
 const DYNAMIC_DEFAULT_BROKER: i8 = 3;
 const STATIC_BROKER: i8 = 4;
 const DEFAULT: i8 = 5;
@@ -47,16 +48,24 @@ fn doc_of(doc: &str, effect: topic_config::Effect) -> String {
     }
 }
 
+/// The dynamic synonyms of a broker config stored under `key`: this
+/// broker's value, then the cluster-wide one.
+fn dynamic_synonyms(broker: &Broker, key: &str, name: &str) -> Vec<(String, String, i8)> {
+    let mut out = Vec::new();
+    for (per_node, source) in [(true, DYNAMIC_BROKER), (false, DYNAMIC_DEFAULT_BROKER)] {
+        if let Some(v) = broker.topics.broker_config_layer(per_node).get(key) {
+            out.push((name.to_string(), v.clone(), source));
+        }
+    }
+    out
+}
+
 /// The broker-level synonyms of a topic config: the dynamic broker
-/// default, then the static one (reported as Kafka's DEFAULT_CONFIG when
+/// values, then the static one (reported as Kafka's DEFAULT_CONFIG when
 /// it is Kafka's default value).
 fn broker_synonyms(broker: &Broker, d: &topic_config::ConfigDef) -> Vec<(String, String, i8)> {
-    let dynamic = broker.topics.dynamic_broker_configs();
     let name = d.broker_name.unwrap_or(d.name).to_string();
-    let mut out = Vec::new();
-    if let Some(v) = dynamic.get(d.name) {
-        out.push((name.clone(), v.clone(), DYNAMIC_DEFAULT_BROKER));
-    }
+    let mut out = dynamic_synonyms(broker, d.name, &name);
     let v = broker.topics.static_defaults().get(d.name).cloned().unwrap_or_else(|| d.default.to_string());
     let source = if v == d.default { DEFAULT } else { STATIC_BROKER };
     out.push((name, v, source));
@@ -151,10 +160,7 @@ fn describe_broker(broker: &Broker, resource: &str) -> Result<Vec<Described>, To
         });
     }
     for d in topic_config::DYNAMIC_BROKER_CONFIGS {
-        let mut synonyms = Vec::new();
-        if let Some(v) = dynamic.get(d.name) {
-            synonyms.push((d.name.to_string(), v.clone(), DYNAMIC_DEFAULT_BROKER));
-        }
+        let mut synonyms = dynamic_synonyms(broker, d.name, d.name);
         let fixed = match d.name {
             "log.cleaner.backoff.ms" => Some(c.log_cleaner_backoff_ms.to_string()),
             "producer.id.expiration.ms" => Some(c.producer_id_expiration_ms.to_string()),
@@ -175,16 +181,18 @@ fn describe_broker(broker: &Broker, resource: &str) -> Result<Vec<Described>, To
         });
     }
     // Configs Fjord does not know, set at runtime: described as stored.
-    for (k, v) in &dynamic {
+    for k in dynamic.keys() {
         if matches!(topic_config::broker_key(k), topic_config::BrokerKey::Unknown) && topic_config::def(k).is_none() {
+            let synonyms = dynamic_synonyms(broker, k, k);
+            let (value, source) = synonyms.first().map(|(_, v, s)| (v.clone(), *s)).unwrap_or_default();
             out.push(Described {
                 name: k.clone(),
-                value: v.clone(),
-                source: DYNAMIC_DEFAULT_BROKER,
+                value,
+                source,
                 read_only: false,
                 kind: 2,
                 doc: "Not a config Fjord knows; stored as set.".into(),
-                synonyms: vec![(k.clone(), v.clone(), DYNAMIC_DEFAULT_BROKER)],
+                synonyms,
             });
         }
     }
@@ -370,20 +378,28 @@ fn alter_resource(
         BROKER => {
             check_broker_name(broker, rname)?;
             let translated = translate_broker_changes(changes)?;
+            // Named by its id: this broker's own; named "": the cluster's default.
+            let per_node = !rname.is_empty();
+            // Kafka answers INVALID_REQUEST, not INVALID_CONFIG, for a broker
+            // config it cannot apply (KAFKA-13609 keeps it so).
             let next = apply(
-                &broker.topics.dynamic_broker_configs(),
+                &broker.topics.broker_config_layer(per_node),
                 &translated,
                 replace_all,
                 broker_kind,
                 topic_config::validate_broker,
-            )?;
+            )
+            .map_err(|e| match e.code {
+                ResponseError::InvalidConfig => err(ResponseError::InvalidRequest, e.message),
+                _ => e,
+            })?;
             if !validate_only {
                 let set: Vec<&String> = translated.iter().filter(|c| c.1 != 1).map(|c| &c.0).collect();
                 let ignored = topic_config::ignored(set);
                 if !ignored.is_empty() {
                     tracing::info!(ignored = %ignored.join(", "), "broker configs stored but not applied");
                 }
-                broker.topics.set_broker_configs(next)?;
+                broker.topics.set_broker_configs(per_node, next)?;
             }
             Ok(())
         }
