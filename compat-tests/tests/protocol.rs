@@ -245,8 +245,9 @@ fn admin_edge_cases() {
     assert_eq!(dr.responses[0].name.as_ref().map(|n| n.0.to_string()), Some("grow".to_string()));
     let dr: DeleteTopicsResponse = conn.call(ApiKey::DeleteTopics, 6, &dreq);
     assert_eq!(dr.responses[0].error_code, 100, "UNKNOWN_TOPIC_ID");
-    // Broker-level dynamic default: new topics pick it up.
-    assert_eq!(set_config(&mut conn, 4, "0", "log.retention.ms", "7777"), 0);
+    // Cluster-wide dynamic default (broker resource ""): new topics pick it
+    // up (set on the broker by its id, it would be DYNAMIC_BROKER_CONFIG, 2).
+    assert_eq!(set_config(&mut conn, 4, "", "log.retention.ms", "7777"), 0);
     create(&mut conn, "inherits", 1, &[]);
     let (value, source, synonyms) = describe_config(&mut conn, "inherits", "retention.ms");
     assert_eq!(value.as_deref(), Some("7777"));

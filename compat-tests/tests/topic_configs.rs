@@ -296,7 +296,16 @@ fn flush_messages_syncs_appends_whatever_the_acks() {
 fn describe_configs_gives_kafka_types_and_documentation() {
     let broker = BrokerProcess::start(&[]);
     let mut conn = RawConn::connect(&broker.bootstrap());
-    create_topic(&mut conn, "described", 1, &[("preallocate", "true")]);
+    let created = create_topic(&mut conn, "described", 1, &[("preallocate", "true")]);
+    // CreateTopics v5+ returns every config as DescribeConfigs would.
+    let configs = created.topics[0].configs.as_ref().expect("configs in the CreateTopics response");
+    let entry = |n: &str| {
+        let c = configs.iter().find(|c| c.name.as_str() == n).expect("config returned");
+        (c.value.as_deref().map(str::to_string), c.config_source)
+    };
+    assert_eq!(configs.len(), 36, "Kafka 3.9's topic configs");
+    assert_eq!(entry("preallocate"), (Some("true".to_string()), 1));
+    assert_eq!(entry("retention.ms"), (Some("604800000".to_string()), 5));
     let mut req = DescribeConfigsRequest::default();
     let mut r = describe_configs_request::DescribeConfigsResource::default();
     r.resource_type = 2;

@@ -77,11 +77,17 @@ fn describe_topic(broker: &Broker, name: &str) -> Result<Vec<Described>, TopicEr
         .topics
         .topic(name)
         .ok_or_else(|| err(ResponseError::UnknownTopicOrPartition, format!("Topic '{name}' does not exist")))?;
-    Ok(TOPIC_CONFIGS
+    Ok(topic_entries(broker, &meta.configs))
+}
+
+/// Every topic config of a topic with these overrides, as DescribeConfigs
+/// (and CreateTopics v5+) report them.
+fn topic_entries(broker: &Broker, overrides: &BTreeMap<String, String>) -> Vec<Described> {
+    TOPIC_CONFIGS
         .iter()
         .map(|d| {
             let mut synonyms = Vec::new();
-            if let Some(v) = meta.configs.get(d.name) {
+            if let Some(v) = overrides.get(d.name) {
                 synonyms.push((d.name.to_string(), v.clone(), DYNAMIC_TOPIC));
             }
             synonyms.extend(broker_synonyms(broker, d));
@@ -96,7 +102,27 @@ fn describe_topic(broker: &Broker, name: &str) -> Result<Vec<Described>, TopicEr
                 synonyms,
             }
         })
-        .collect())
+        .collect()
+}
+
+/// The configs CreateTopics v5+ returns for a new topic: value, source and
+/// read-only flag of each, as DescribeConfigs would give them.
+pub fn created_topic_configs(
+    broker: &Broker,
+    overrides: &BTreeMap<String, String>,
+) -> Vec<create_topics_response::CreatableTopicConfigs> {
+    topic_entries(broker, overrides)
+        .into_iter()
+        .map(|d| {
+            mk!(create_topics_response::CreatableTopicConfigs {
+                name: str(&d.name),
+                value: Some(str(&d.value)),
+                read_only: d.read_only,
+                config_source: d.source,
+                is_sensitive: false
+            })
+        })
+        .collect()
 }
 
 fn check_broker_name(broker: &Broker, resource: &str) -> Result<(), TopicError> {
