@@ -138,7 +138,8 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         )),
         tokio::spawn(session_expiry_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(mapped_pages_loop(broker.clone(), shutdown_rx.clone())),
-        tokio::spawn(transaction_expiry_loop(broker.clone(), shutdown_rx)),
+        tokio::spawn(transaction_expiry_loop(broker.clone(), shutdown_rx.clone())),
+        tokio::spawn(flush_loop(broker.clone(), shutdown_rx)),
     ];
     tracing::info!(%local_addr, data_dir = %broker.config.data_dir.display(), "fjord listening");
     Ok(RunningBroker { local_addr, broker, shutdown_tx, tasks })
@@ -220,6 +221,46 @@ async fn mapped_pages_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bo
         })
         .await;
         metrics::counter!("fjord_mapped_page_releases_total").increment(1);
+    }
+}
+
+/// `flush.ms`: a log holding records unsynced for that long is synced
+/// (checked every 100 ms), whatever the acks they were produced with.
+/// `flush.ms=0` is handled on the produce path (every append is synced).
+async fn flush_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    // When each log was first seen holding unsynced records.
+    let mut dirty_since: std::collections::HashMap<std::path::PathBuf, i64> = std::collections::HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        let now = now_ms();
+        let mut due = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for log in broker.topics.all_logs() {
+            let flush_ms = log.config().flush_ms;
+            if flush_ms == i64::MAX || log.is_deleted() {
+                continue;
+            }
+            let end = log.log_end_offset();
+            if log.flushed_offset() >= end {
+                dirty_since.remove(log.dir());
+                continue;
+            }
+            seen.insert(log.dir().to_path_buf());
+            let since = *dirty_since.entry(log.dir().to_path_buf()).or_insert(now);
+            if now - since >= flush_ms {
+                dirty_since.remove(log.dir());
+                due.push((log, end));
+            }
+        }
+        dirty_since.retain(|dir, _| seen.contains(dir));
+        for (log, end) in due {
+            if let Err(e) = log.sync(end).await {
+                tracing::warn!(log = %log.dir().display(), error = %e, "flush.ms sync failed");
+            }
+        }
     }
 }
 

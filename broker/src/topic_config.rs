@@ -100,7 +100,7 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
     def!("flush.messages", Some("log.flush.interval.messages"), Long, LONG_MAX, AtLeast(1), Applied,
         "An append that leaves this many or more records of the partition unsynced is fsync'd before it is acknowledged, whatever its acks."),
     def!("flush.ms", Some("log.flush.interval.ms"), Long, LONG_MAX, AtLeast(0), Applied,
-        "0: every append is fsync'd before it is acknowledged. Other values leave syncing to the broker's fsync policy."),
+        "Records left unsynced this long are fsync'd by a background pass (checked every 100 ms); 0 syncs every append before it is acknowledged."),
     def!("follower.replication.throttled.replicas", None, List, "", ThrottledReplicas, Ignored(ONE_REPLICA),
         "Replicas whose follower fetches are throttled."),
     def!("index.interval.bytes", Some("log.index.interval.bytes"), Int, "4096", AtLeast(0), Applied,

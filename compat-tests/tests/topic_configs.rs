@@ -290,6 +290,11 @@ fn flush_messages_syncs_appends_whatever_the_acks() {
         acks_one(&mut conn, "eager");
     }
     assert!(fsyncs() >= before + 5.0, "flush.messages=1 syncs every append");
+    // flush.ms: records left unsynced that long are synced in the background.
+    create_topic(&mut conn, "timed", 1, &[("flush.ms", "200")]);
+    let before = fsyncs();
+    acks_one(&mut conn, "timed");
+    wait_until(Duration::from_secs(10), "a flush.ms sync", || fsyncs() > before);
 }
 
 #[test]

@@ -73,7 +73,8 @@ pub struct LogConfig {
     /// `flush.messages`: the server syncs an append that leaves this many
     /// records unsynced, before acknowledging it.
     pub flush_messages: i64,
-    /// `flush.ms`: 0 makes the server sync every append.
+    /// `flush.ms`: the server syncs records left unsynced this long (0:
+    /// every append, before it is acknowledged).
     pub flush_ms: i64,
     /// `min.insync.replicas`, checked by the server for acks=all.
     pub min_insync_replicas: i32,
