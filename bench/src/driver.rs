@@ -152,10 +152,18 @@ fn topic_names(w: &Workload, run: usize) -> Vec<String> {
     (0..w.topics).map(|t| format!("bench-{}-{run}-{t}", w.slug())).collect()
 }
 
-fn create_topics(bootstrap: &str, names: &[String], partitions: u32) -> anyhow::Result<()> {
+fn create_topics(bootstrap: &str, names: &[String], w: &Workload) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
-    let topics: Vec<NewTopic<'_>> =
-        names.iter().map(|n| NewTopic::new(n, partitions as i32, TopicReplication::Fixed(1))).collect();
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| {
+            w.topic_config
+                .iter()
+                .fold(NewTopic::new(n, w.partitions_per_topic as i32, TopicReplication::Fixed(1)), |t, (k, v)| {
+                    t.set(k, v)
+                })
+        })
+        .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for r in futures::executor::block_on(admin.create_topics(&topics, &opts))? {
         r.map_err(|(t, e)| anyhow::anyhow!("cannot create topic {t}: {e}"))?;
@@ -292,7 +300,7 @@ fn fill(bootstrap: &str, w: &Workload, topics: &[String], n: u64) -> anyhow::Res
 /// topic, for a third of the run (2 to 20 s).
 fn raw_produce(target: &Target<'_>, w: &Workload, run_no: usize, duration: Duration) -> anyhow::Result<RawProduce> {
     let topics = topic_names(w, run_no + 2000);
-    create_topics(target.bootstrap, &topics, w.partitions_per_topic)?;
+    create_topics(target.bootstrap, &topics, w)?;
     let run_for = (duration / 3).clamp(Duration::from_secs(2), Duration::from_secs(20));
     let acks = if w.acks == "all" || w.acks == "-1" { -1 } else { 1 };
     let cpu_before = target.broker.map(|b| b.cpu_seconds()).transpose()?;
@@ -323,7 +331,7 @@ fn raw_produce(target: &Target<'_>, w: &Workload, run_no: usize, duration: Durat
 /// Runs `w` for `duration` (the workload's own unless overridden).
 pub fn run(target: &Target<'_>, w: &Workload, run_no: usize, duration: Duration) -> anyhow::Result<RunResult> {
     let topics = topic_names(w, run_no);
-    create_topics(target.bootstrap, &topics, w.partitions_per_topic)?;
+    create_topics(target.bootstrap, &topics, w)?;
     let producers = (w.producers_per_topic * w.topics) as usize;
     let consumers = (w.consumer_per_subscription * w.subscriptions_per_topic) as usize;
 

@@ -66,6 +66,28 @@ pub fn markdown(r: &Report) -> String {
             opt(run.broker_peak_anon_rss_mib, 0),
         );
     }
+    // Runs compared with the first one of the same invocation (e.g. a
+    // topic config's cost: the same workload without it first).
+    if let Some(first) = r.runs.first().filter(|_| r.runs.len() > 1) {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "| workload (× the first workload of this run) | produced msg/s | broker CPU (cores) | broker CPU per MB produced |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|");
+        let per_mb = |run: &RunResult| run.broker_cpu_cores.map(|c| c / run.produce_mb_s.max(1e-9));
+        let ratio = |a: Option<f64>, b: Option<f64>| opt(a.zip(b).map(|(a, b)| a / b.max(1e-9)), 2);
+        for run in &r.runs {
+            let _ = writeln!(
+                s,
+                "| {} | {:.2} | {} | {} |",
+                run.workload,
+                run.produce_msgs_s / first.produce_msgs_s.max(1e-9),
+                ratio(run.broker_cpu_cores, first.broker_cpu_cores),
+                ratio(per_mb(run), per_mb(first)),
+            );
+        }
+    }
     let res: Vec<_> = r.runs.iter().filter_map(|run| Some((run, run.broker_produce_residence.as_ref()?))).collect();
     if !res.is_empty() {
         let _ = writeln!(s);

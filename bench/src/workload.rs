@@ -1,7 +1,7 @@
 //! OpenMessaging Benchmark workload files (YAML), with the producer settings
 //! OMB keeps in its driver files (acks, linger, compression) folded in, and
-//! two additions: a rate relative to a measured maximum, and a backlog to
-//! consume from the start.
+//! three additions: a rate relative to a measured maximum, a backlog to
+//! consume from the start, and the configs of the topics it creates.
 
 use std::path::Path;
 
@@ -38,6 +38,10 @@ pub struct Workload {
     pub linger_ms: u32,
     #[serde(default = "default_compression")]
     pub compression: String,
+    /// Kafka topic configs of the topics the run creates, e.g.
+    /// `compression.type: zstd` to measure the broker recompressing.
+    #[serde(default)]
+    pub topic_config: std::collections::BTreeMap<String, String>,
 }
 
 fn one() -> u32 {

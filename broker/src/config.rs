@@ -66,6 +66,10 @@ pub struct BrokerConfig {
     pub log_index_size_max_bytes: usize,
     /// `log.message.timestamp.type`: CreateTime or LogAppendTime.
     pub log_message_timestamp_type: String,
+    /// `compression.type`: `producer` keeps batches as sent; a codec
+    /// (`uncompressed`, `gzip`, `snappy`, `lz4`, `zstd`) recompresses the
+    /// batches of every topic without its own setting to it.
+    pub compression_type: String,
     /// `log.retention.check.interval.ms`
     pub log_retention_check_interval_ms: u64,
     /// `log.cleaner.backoff.ms`: pause between compaction passes.
@@ -125,6 +129,7 @@ impl Default for BrokerConfig {
             log_index_interval_bytes: 4096,
             log_index_size_max_bytes: 10 * 1024 * 1024,
             log_message_timestamp_type: "CreateTime".into(),
+            compression_type: "producer".into(),
             log_retention_check_interval_ms: 300_000,
             log_cleaner_backoff_ms: 15_000,
             offsets_retention_ms: 7 * 24 * 3600 * 1000,
@@ -176,6 +181,8 @@ pub struct Args {
     pub message_max_bytes: Option<usize>,
     #[arg(long)]
     pub log_retention_check_interval_ms: Option<u64>,
+    #[arg(long)]
+    pub compression_type: Option<String>,
     #[arg(long)]
     pub log_cleaner_backoff_ms: Option<u64>,
     #[arg(long)]
@@ -240,6 +247,7 @@ impl BrokerConfig {
             log_retention_bytes,
             message_max_bytes,
             log_retention_check_interval_ms,
+            compression_type,
             log_cleaner_backoff_ms,
             offsets_retention_ms,
             offsets_retention_check_interval_ms,
@@ -312,10 +320,11 @@ impl BrokerConfig {
         Ok(())
     }
 
-    /// The broker-level defaults of topic configs, by their topic config name.
+    /// The broker-level defaults of every topic config, by the topic
+    /// config's name: Kafka's default unless this file sets the broker
+    /// config it comes from.
     pub fn log_defaults(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("cleanup.policy", "delete".into()),
+        let from_file: Vec<(&'static str, String)> = vec![
             ("segment.bytes", self.log_segment_bytes.to_string()),
             ("segment.ms", self.log_roll_ms.to_string()),
             ("retention.ms", self.log_retention_ms.to_string()),
@@ -324,11 +333,18 @@ impl BrokerConfig {
             ("index.interval.bytes", self.log_index_interval_bytes.to_string()),
             ("segment.index.bytes", self.log_index_size_max_bytes.to_string()),
             ("message.timestamp.type", self.log_message_timestamp_type.clone()),
-            ("min.insync.replicas", "1".into()),
-            ("delete.retention.ms", "86400000".into()),
-            // Broker-wide only: not a topic config, but the log applies it.
-            ("producer.id.expiration.ms", self.producer_id_expiration_ms.to_string()),
-        ]
+            ("compression.type", self.compression_type.clone()),
+        ];
+        let mut out: Vec<(&'static str, String)> = crate::topic_config::TOPIC_CONFIGS
+            .iter()
+            .map(|d| {
+                let v = from_file.iter().find(|(n, _)| *n == d.name).map_or(d.default.to_string(), |(_, v)| v.clone());
+                (d.name, v)
+            })
+            .collect();
+        // Broker-wide only: not a topic config, but the log applies it.
+        out.push(("producer.id.expiration.ms", self.producer_id_expiration_ms.to_string()));
+        out
     }
 }
 

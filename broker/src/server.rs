@@ -120,20 +120,26 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         tokio::spawn(log_pass_loop(
             broker.clone(),
             shutdown_rx.clone(),
-            Duration::from_millis(broker.config.log_retention_check_interval_ms.max(10)),
+            |b| Duration::from_millis(b.config.log_retention_check_interval_ms.max(10)),
             "retention",
             retention_pass,
         )),
         tokio::spawn(log_pass_loop(
             broker.clone(),
             shutdown_rx.clone(),
-            Duration::from_millis(broker.config.log_cleaner_backoff_ms.max(10)),
+            // log.cleaner.backoff.ms may change at runtime (AlterConfigs).
+            |b| {
+                let ms =
+                    b.topics.dynamic_broker_configs().get("log.cleaner.backoff.ms").and_then(|v| v.trim().parse().ok());
+                Duration::from_millis(ms.unwrap_or(b.config.log_cleaner_backoff_ms).max(10))
+            },
             "compaction",
             compaction_pass,
         )),
         tokio::spawn(session_expiry_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(mapped_pages_loop(broker.clone(), shutdown_rx.clone())),
-        tokio::spawn(transaction_expiry_loop(broker.clone(), shutdown_rx)),
+        tokio::spawn(transaction_expiry_loop(broker.clone(), shutdown_rx.clone())),
+        tokio::spawn(flush_loop(broker.clone(), shutdown_rx)),
     ];
     tracing::info!(%local_addr, data_dir = %broker.config.data_dir.display(), "fjord listening");
     Ok(RunningBroker { local_addr, broker, shutdown_tx, tasks })
@@ -221,6 +227,46 @@ async fn mapped_pages_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bo
     }
 }
 
+/// `flush.ms`: a log holding records unsynced for that long is synced
+/// (checked every 100 ms), whatever the acks they were produced with.
+/// `flush.ms=0` is handled on the produce path (every append is synced).
+async fn flush_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    // When each log was first seen holding unsynced records.
+    let mut dirty_since: std::collections::HashMap<std::path::PathBuf, i64> = std::collections::HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        let now = now_ms();
+        let mut due = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for log in broker.topics.all_logs() {
+            let flush_ms = log.config().flush_ms;
+            if flush_ms == i64::MAX || log.is_deleted() {
+                continue;
+            }
+            let end = log.log_end_offset();
+            if log.flushed_offset() >= end {
+                dirty_since.remove(log.dir());
+                continue;
+            }
+            seen.insert(log.dir().to_path_buf());
+            let since = *dirty_since.entry(log.dir().to_path_buf()).or_insert(now);
+            if now - since >= flush_ms {
+                dirty_since.remove(log.dir());
+                due.push((log, end));
+            }
+        }
+        dirty_since.retain(|dir, _| seen.contains(dir));
+        for (log, end) in due {
+            if let Err(e) = log.sync(end).await {
+                tracing::warn!(log = %log.dir().display(), error = %e, "flush.ms sync failed");
+            }
+        }
+    }
+}
+
 /// Aborts transactions past their timeout and forgets idle transactional ids.
 async fn transaction_expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let every =
@@ -239,13 +285,13 @@ async fn transaction_expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Recei
 async fn log_pass_loop(
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
-    every: Duration,
+    every: fn(&Broker) -> Duration,
     what: &'static str,
     work: fn(&PartitionLog, i64) -> fjord_storage::Result<()>,
 ) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(every(&broker)) => {}
             _ = stopped(&mut shutdown) => return,
         }
         let logs = broker.topics.all_logs();
@@ -267,8 +313,9 @@ fn retention_pass(log: &PartitionLog, now: i64) -> fjord_storage::Result<()> {
 }
 
 fn compaction_pass(log: &PartitionLog, now: i64) -> fjord_storage::Result<()> {
-    // compact() itself returns at once for logs that are not compacted.
-    log.compact(now).map(|_| ())
+    // Returns at once for logs that are not compacted, or not due yet
+    // (min.cleanable.dirty.ratio, max.compaction.lag.ms).
+    log.compact_if_due(now).map(|_| ())
 }
 
 impl RunningBroker {

@@ -31,10 +31,14 @@ struct MetadataFile {
     cluster_id: String,
     #[serde(default)]
     topics: BTreeMap<String, TopicMeta>,
-    /// Dynamic broker-wide defaults (by topic config name) set through
-    /// AlterConfigs on the broker resource.
+    /// Dynamic cluster-wide broker configs (topic defaults by their topic
+    /// config name, others by their broker name), set through AlterConfigs
+    /// on the broker resource named "".
     #[serde(default)]
     broker_configs: BTreeMap<String, String>,
+    /// The same set on this broker by its id; they win over the cluster-wide ones.
+    #[serde(default)]
+    node_broker_configs: BTreeMap<String, String>,
     /// The next idempotent producer id to hand out.
     #[serde(default)]
     next_producer_id: i64,
@@ -145,6 +149,7 @@ impl Topics {
     fn defaults_of(&self, file: &MetadataFile) -> BTreeMap<String, String> {
         let mut d = self.static_defaults.clone();
         d.extend(file.broker_configs.clone());
+        d.extend(file.node_broker_configs.clone());
         d
     }
 
@@ -157,8 +162,23 @@ impl Topics {
         &self.static_defaults
     }
 
+    /// Every dynamic broker config in force (this broker's over the cluster's).
     pub fn dynamic_broker_configs(&self) -> BTreeMap<String, String> {
-        self.read().file.broker_configs.clone()
+        let st = self.read();
+        let mut d = st.file.broker_configs.clone();
+        d.extend(st.file.node_broker_configs.clone());
+        d
+    }
+
+    /// The dynamic broker configs set on this broker (`per_node`) or for
+    /// the whole cluster.
+    pub fn broker_config_layer(&self, per_node: bool) -> BTreeMap<String, String> {
+        let st = self.read();
+        if per_node {
+            st.file.node_broker_configs.clone()
+        } else {
+            st.file.broker_configs.clone()
+        }
     }
 
     /// Hands out a producer id that was never given before, even across
@@ -235,6 +255,10 @@ impl Topics {
         }
         for (k, v) in &configs {
             topic_config::validate(k, v).map_err(|m| TopicError::new(ResponseError::InvalidConfig, m))?;
+        }
+        let ignored = topic_config::ignored(configs.keys());
+        if !ignored.is_empty() && !validate_only {
+            tracing::info!(topic = name, ignored = %ignored.join(", "), "topic configs stored but not applied");
         }
         let mut st = self.write();
         if st.file.topics.contains_key(name) {
@@ -353,10 +377,15 @@ impl Topics {
         Ok(())
     }
 
-    /// Replaces the dynamic broker defaults and re-applies every topic's config.
-    pub fn set_broker_configs(&self, configs: BTreeMap<String, String>) -> Result<(), TopicError> {
+    /// Replaces this broker's (`per_node`) or the cluster's dynamic broker
+    /// configs and re-applies every topic's config.
+    pub fn set_broker_configs(&self, per_node: bool, configs: BTreeMap<String, String>) -> Result<(), TopicError> {
         let mut st = self.write();
-        st.file.broker_configs = configs;
+        if per_node {
+            st.file.node_broker_configs = configs;
+        } else {
+            st.file.broker_configs = configs;
+        }
         self.persist(&st.file).map_err(storage_error)?;
         let defaults = self.defaults_of(&st.file);
         for ((name, _), log) in &st.logs {

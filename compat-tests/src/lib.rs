@@ -326,3 +326,38 @@ impl RawConn {
         matches!(self.stream.read(&mut b), Ok(0) | Err(_))
     }
 }
+
+/// A loopback address with a port free right now (for a broker's metrics endpoint).
+pub fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    format!("127.0.0.1:{port}")
+}
+
+/// The Prometheus page, once the endpoint serves it (it starts with the
+/// broker, not before it accepts clients).
+pub fn scrape_metrics(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let scrape = || -> Option<String> {
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(b) = scrape().filter(|b| b.contains("fjord_produced_bytes_total")) {
+            return b;
+        }
+        assert!(Instant::now() < deadline, "no metrics served on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The value of an unlabelled counter on a Prometheus page (0 when absent).
+pub fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}

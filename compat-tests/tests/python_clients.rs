@@ -5,7 +5,11 @@ use std::time::Duration;
 use fjord_compat_tests::{client, clients_dir, python, run_client, BrokerProcess};
 
 fn run_suite(script: &str) {
-    let broker = BrokerProcess::start(&[]);
+    run_suite_with(script, &[]);
+}
+
+fn run_suite_with(script: &str, broker_args: &[&str]) {
+    let broker = BrokerProcess::start(broker_args);
     let out = run_client(
         client(python()).arg(clients_dir().join("python").join(script)).arg(broker.bootstrap()),
         Duration::from_secs(240),
@@ -34,4 +38,10 @@ fn confluent_acl_suite() {
 #[test]
 fn kafka_python_old_versions_suite() {
     run_suite("kafka_python_old_suite.py");
+}
+
+#[test]
+fn topic_configs_suite() {
+    // A short cleaner backoff so compaction passes come quickly.
+    run_suite_with("topic_configs_suite.py", &["--log-cleaner-backoff-ms", "100"]);
 }

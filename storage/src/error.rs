@@ -26,8 +26,34 @@ pub enum LogError {
     /// A well-formed batch this log cannot take as it is (INVALID_RECORD).
     #[error("invalid record: {0}")]
     InvalidRecord(String),
+    /// A compressed batch that expands past the bound derived from
+    /// `max.message.bytes` (MESSAGE_TOO_LARGE): a decompression bomb, or a
+    /// batch far larger than the topic allows.
+    #[error("record batch expands beyond {limit} bytes when decompressed")]
+    DecompressedTooLarge { limit: usize },
+    /// Some records of a batch break a rule of the topic (KIP-467): the
+    /// whole batch is refused and the offending records are listed.
+    #[error("{message}")]
+    RecordErrors { kind: RecordErrorKind, message: String, records: Vec<RecordError> },
     #[error("storage I/O error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Which rule the records of a `RecordErrors` broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordErrorKind {
+    /// A keyless record on a compacted topic (INVALID_RECORD).
+    InvalidRecord,
+    /// A CreateTime outside `message.timestamp.{before,after}.max.ms`
+    /// (INVALID_TIMESTAMP).
+    InvalidTimestamp,
+}
+
+/// One refused record: its index in the partition's produce data and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    pub batch_index: i32,
+    pub message: String,
 }
 
 pub type Result<T> = std::result::Result<T, LogError>;

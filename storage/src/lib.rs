@@ -9,8 +9,9 @@ pub mod error;
 pub mod index;
 pub mod log;
 pub mod producer;
+pub mod records;
 pub mod segment;
 
 pub use batch::{BatchHeader, TimestampType};
-pub use error::{LogError, Result};
+pub use error::{LogError, RecordError, RecordErrorKind, Result};
 pub use log::{AppendInfo, LogConfig, PartitionLog, ReadResult};

@@ -54,6 +54,38 @@ pub struct LogConfig {
     /// `producer.id.expiration.ms`: idempotent producer state is dropped
     /// after this long without a batch.
     pub producer_id_expiration_ms: i64,
+    /// `compression.type` when it names a codec (None: `producer`, batches
+    /// are kept as sent).
+    pub compression: Option<crate::records::Compression>,
+    /// `message.timestamp.before.max.ms`: how far in the past a CreateTime
+    /// record may be.
+    pub timestamp_before_max_ms: i64,
+    /// `message.timestamp.after.max.ms`: how far in the future.
+    pub timestamp_after_max_ms: i64,
+    /// `min.compaction.lag.ms`: records younger than this are not compacted.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`: a dirty record older than this makes the
+    /// log due for compaction whatever its dirty ratio.
+    pub max_compaction_lag_ms: i64,
+    /// `min.cleanable.dirty.ratio`: the share of uncompacted bytes that
+    /// makes the log due for compaction.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `flush.messages`: the server syncs an append that leaves this many
+    /// records unsynced, before acknowledging it.
+    pub flush_messages: i64,
+    /// `flush.ms`: the server syncs records left unsynced this long (0:
+    /// every append, before it is acknowledged).
+    pub flush_ms: i64,
+    /// `min.insync.replicas`, checked by the server for acks=all.
+    pub min_insync_replicas: i32,
+}
+
+impl LogConfig {
+    /// Bound on the decompressed size of one batch, derived from
+    /// `max.message.bytes` (never below that of a 1 MiB limit).
+    pub fn decompressed_limit(&self) -> usize {
+        self.max_message_bytes.max(1 << 20).saturating_mul(crate::records::DECOMPRESSION_FACTOR)
+    }
 }
 
 impl Default for LogConfig {
@@ -71,6 +103,15 @@ impl Default for LogConfig {
             delete: true,
             delete_retention_ms: 24 * 3600 * 1000,
             producer_id_expiration_ms: 24 * 3600 * 1000,
+            compression: None,
+            timestamp_before_max_ms: i64::MAX,
+            timestamp_after_max_ms: i64::MAX,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
+            min_cleanable_dirty_ratio: 0.5,
+            flush_messages: i64::MAX,
+            flush_ms: i64::MAX,
+            min_insync_replicas: 1,
         }
     }
 }
@@ -244,6 +285,10 @@ pub struct PartitionLog {
     dev: u64,
     deleted: AtomicBool,
     fsyncs: Arc<std::sync::atomic::AtomicU64>,
+    /// Offset up to which the last compaction pass covered the log (its
+    /// "clean" part, for `min.cleanable.dirty.ratio`); in memory only, so
+    /// a restart treats the whole log as dirty once.
+    pub(crate) cleaned_upto: AtomicI64,
 }
 
 /// Writes a small file so a crash leaves either the old or the new content.
@@ -327,6 +372,7 @@ impl PartitionLog {
             dev: std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(dir)?),
             deleted: AtomicBool::new(false),
             fsyncs: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            cleaned_upto: AtomicI64::new(0),
         };
         Ok(log)
     }
@@ -378,14 +424,39 @@ impl PartitionLog {
     }
 
     fn append_from(&self, payload: &[u8], leader_epoch: i32, now_ms: i64, coordinator: bool) -> Result<AppendInfo> {
-        let (max, compact) = {
-            let inner = self.read_inner();
-            (inner.config.max_message_bytes, inner.config.compact)
+        let (max, rules) = {
+            let c = &self.read_inner().config;
+            let window = (c.timestamp_type == TimestampType::CreateTime
+                && (c.timestamp_before_max_ms != i64::MAX || c.timestamp_after_max_ms != i64::MAX))
+                .then(|| {
+                    (now_ms.saturating_sub(c.timestamp_before_max_ms), now_ms.saturating_add(c.timestamp_after_max_ms))
+                });
+            let rules = crate::records::ProduceRules {
+                require_keys: c.compact,
+                timestamp_window: window,
+                compression: c.compression,
+                decompressed_limit: c.decompressed_limit(),
+            };
+            (c.max_message_bytes, rules)
         };
         let mut batches = batch::split_and_validate(payload, max)?;
-        if compact {
-            crate::compact::require_keys(payload, &batches)?;
-        }
+        // Only the broker's own writers (coordinators) skip the topic's
+        // record rules: their batches are control records and offset commits.
+        let converted = if coordinator || !rules.any() {
+            None
+        } else {
+            let name = self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            crate::records::check_produced(payload, &batches, &rules, &name)?
+        };
+        let payload: &[u8] = match &converted {
+            Some(p) => {
+                // Recompression changed sizes: the batches are found and
+                // checked anew, against the same size limit as Kafka does.
+                batches = batch::split_and_validate(p, max)?;
+                p
+            }
+            None => payload,
+        };
         if !coordinator && batches.iter().any(|(_, h)| h.is_control()) {
             return Err(LogError::InvalidRecord("clients may not write control records".into()));
         }
@@ -789,6 +860,11 @@ impl PartitionLog {
         })
         .await?;
         Ok(())
+    }
+
+    /// Offset below which everything is known to be on disk.
+    pub fn flushed_offset(&self) -> i64 {
+        self.flushed.load(Ordering::Acquire)
     }
 
     /// How many group-commit fsyncs this log has done.

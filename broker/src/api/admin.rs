@@ -7,7 +7,7 @@ use std::sync::Arc;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::*;
@@ -15,7 +15,6 @@ use kafka_protocol::messages::*;
 use super::metadata::{str, topic_name};
 use super::{blocking, storage_code};
 use crate::server::Broker;
-use crate::topic_config;
 use crate::topics::TopicError;
 
 fn create_one(broker: &Broker, t: &CreatableTopic, validate_only: bool) -> Result<(uuid::Uuid, i32), TopicError> {
@@ -66,24 +65,6 @@ fn create_one(broker: &Broker, t: &CreatableTopic, validate_only: bool) -> Resul
     Ok((meta.id, meta.partitions))
 }
 
-/// Effective configs of a topic as CreateTopics v5+ reports them.
-pub fn described_configs(broker: &Broker, overrides: &BTreeMap<String, String>) -> Vec<CreatableTopicConfigs> {
-    let defaults = broker.topics.defaults();
-    topic_config::TOPIC_CONFIGS
-        .iter()
-        .map(|d| {
-            let (value, overridden) = topic_config::effective(d.name, overrides, &defaults);
-            mk!(CreatableTopicConfigs {
-                name: str(d.name),
-                value: Some(str(&value)),
-                read_only: false,
-                config_source: if overridden { 1 } else { 5 },
-                is_sensitive: false
-            })
-        })
-        .collect()
-}
-
 pub async fn create_topics(
     broker: Arc<Broker>,
     h: &RequestHeader,
@@ -126,7 +107,7 @@ pub async fn create_topics(
                                     overrides.insert(c.name.to_string(), v.to_string());
                                 }
                             }
-                            r.configs = Some(described_configs(&b, &overrides));
+                            r.configs = Some(super::configs::created_topic_configs(&b, &overrides));
                         }
                     }
                     Err(e) => {

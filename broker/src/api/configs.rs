@@ -21,6 +21,7 @@ const BROKER: i8 = 4;
 
 // ConfigSource values of DescribeConfigs.
 const DYNAMIC_TOPIC: i8 = 1;
+const DYNAMIC_BROKER: i8 = 2;
 const DYNAMIC_DEFAULT_BROKER: i8 = 3;
 const STATIC_BROKER: i8 = 4;
 const DEFAULT: i8 = 5;
@@ -35,8 +36,40 @@ struct Described {
     source: i8,
     read_only: bool,
     kind: i8,
-    doc: &'static str,
+    doc: String,
     synonyms: Vec<(String, String, i8)>,
+}
+
+/// Kafka's documentation line, plus what Fjord does not do with it.
+fn doc_of(doc: &str, effect: topic_config::Effect) -> String {
+    match effect {
+        topic_config::Effect::Applied => doc.to_string(),
+        topic_config::Effect::Ignored(why) => format!("{doc} Accepted and stored, but ignored by Fjord: {why}."),
+    }
+}
+
+/// The dynamic synonyms of a broker config stored under `key`: this
+/// broker's value, then the cluster-wide one.
+fn dynamic_synonyms(broker: &Broker, key: &str, name: &str) -> Vec<(String, String, i8)> {
+    let mut out = Vec::new();
+    for (per_node, source) in [(true, DYNAMIC_BROKER), (false, DYNAMIC_DEFAULT_BROKER)] {
+        if let Some(v) = broker.topics.broker_config_layer(per_node).get(key) {
+            out.push((name.to_string(), v.clone(), source));
+        }
+    }
+    out
+}
+
+/// The broker-level synonyms of a topic config: the dynamic broker
+/// values, then the static one (reported as Kafka's DEFAULT_CONFIG when
+/// it is Kafka's default value).
+fn broker_synonyms(broker: &Broker, d: &topic_config::ConfigDef) -> Vec<(String, String, i8)> {
+    let name = d.broker_name.unwrap_or(d.name).to_string();
+    let mut out = dynamic_synonyms(broker, d.name, &name);
+    let v = broker.topics.static_defaults().get(d.name).cloned().unwrap_or_else(|| d.default.to_string());
+    let source = if v == d.default { DEFAULT } else { STATIC_BROKER };
+    out.push((name, v, source));
+    out
 }
 
 fn describe_topic(broker: &Broker, name: &str) -> Result<Vec<Described>, TopicError> {
@@ -44,27 +77,52 @@ fn describe_topic(broker: &Broker, name: &str) -> Result<Vec<Described>, TopicEr
         .topics
         .topic(name)
         .ok_or_else(|| err(ResponseError::UnknownTopicOrPartition, format!("Topic '{name}' does not exist")))?;
-    let dynamic = broker.topics.dynamic_broker_configs();
-    let statics = broker.topics.static_defaults();
-    Ok(TOPIC_CONFIGS
+    Ok(topic_entries(broker, &meta.configs))
+}
+
+/// Every topic config of a topic with these overrides, as DescribeConfigs
+/// (and CreateTopics v5+) report them.
+fn topic_entries(broker: &Broker, overrides: &BTreeMap<String, String>) -> Vec<Described> {
+    TOPIC_CONFIGS
         .iter()
         .map(|d| {
             let mut synonyms = Vec::new();
-            if let Some(v) = meta.configs.get(d.name) {
+            if let Some(v) = overrides.get(d.name) {
                 synonyms.push((d.name.to_string(), v.clone(), DYNAMIC_TOPIC));
             }
-            if let Some(v) = dynamic.get(d.name) {
-                synonyms.push((d.broker_name.to_string(), v.clone(), DYNAMIC_DEFAULT_BROKER));
-            }
-            if let Some(v) = statics.get(d.name) {
-                synonyms.push((d.broker_name.to_string(), v.clone(), STATIC_BROKER));
-            }
+            synonyms.extend(broker_synonyms(broker, d));
             let (value, source) = synonyms.first().map(|(_, v, s)| (v.clone(), *s)).unwrap_or_default();
-            // Values equal to the built-in default read as defaults.
-            let source = if source == STATIC_BROKER { DEFAULT } else { source };
-            Described { name: d.name.into(), value, source, read_only: false, kind: d.kind as i8, doc: d.doc, synonyms }
+            Described {
+                name: d.name.into(),
+                value,
+                source,
+                read_only: false,
+                kind: d.kind as i8,
+                doc: doc_of(d.doc, d.effect),
+                synonyms,
+            }
         })
-        .collect())
+        .collect()
+}
+
+/// The configs CreateTopics v5+ returns for a new topic: value, source and
+/// read-only flag of each, as DescribeConfigs would give them.
+pub fn created_topic_configs(
+    broker: &Broker,
+    overrides: &BTreeMap<String, String>,
+) -> Vec<create_topics_response::CreatableTopicConfigs> {
+    topic_entries(broker, overrides)
+        .into_iter()
+        .map(|d| {
+            mk!(create_topics_response::CreatableTopicConfigs {
+                name: str(&d.name),
+                value: Some(str(&d.value)),
+                read_only: d.read_only,
+                config_source: d.source,
+                is_sensitive: false
+            })
+        })
+        .collect()
 }
 
 fn check_broker_name(broker: &Broker, resource: &str) -> Result<(), TopicError> {
@@ -79,15 +137,14 @@ fn describe_broker(broker: &Broker, resource: &str) -> Result<Vec<Described>, To
     check_broker_name(broker, resource)?;
     let c = &broker.config;
     let dynamic = broker.topics.dynamic_broker_configs();
-    let statics = broker.topics.static_defaults();
     let mut out = Vec::new();
-    let ro = |name: &str, value: String, kind: i8, doc: &'static str| Described {
+    let ro = |name: &str, value: String, kind: i8, doc: &str| Described {
         name: name.into(),
         value: value.clone(),
         source: STATIC_BROKER,
         read_only: true,
         kind,
-        doc,
+        doc: doc.into(),
         synonyms: vec![(name.to_string(), value, STATIC_BROKER)],
     };
     out.push(ro("node.id", c.node_id.to_string(), 3, "This broker's id."));
@@ -113,24 +170,57 @@ fn describe_broker(broker: &Broker, resource: &str) -> Result<Vec<Described>, To
         5,
         "How often retention runs.",
     ));
+    // Topic defaults: dynamic, except the deprecated message format.
     for d in TOPIC_CONFIGS {
-        let mut synonyms = Vec::new();
-        if let Some(v) = dynamic.get(d.name) {
-            synonyms.push((d.broker_name.to_string(), v.clone(), DYNAMIC_DEFAULT_BROKER));
-        }
-        if let Some(v) = statics.get(d.name) {
-            synonyms.push((d.broker_name.to_string(), v.clone(), STATIC_BROKER));
-        }
+        let Some(name) = d.broker_name else { continue };
+        let synonyms = broker_synonyms(broker, d);
         let (value, source) = synonyms.first().map(|(_, v, s)| (v.clone(), *s)).unwrap_or_default();
         out.push(Described {
-            name: d.broker_name.into(),
+            name: name.into(),
+            value,
+            source,
+            read_only: matches!(topic_config::broker_key(name), topic_config::BrokerKey::ReadOnly),
+            kind: d.kind as i8,
+            doc: doc_of(d.doc, d.effect),
+            synonyms,
+        });
+    }
+    for d in topic_config::DYNAMIC_BROKER_CONFIGS {
+        let mut synonyms = dynamic_synonyms(broker, d.name, d.name);
+        let fixed = match d.name {
+            "log.cleaner.backoff.ms" => Some(c.log_cleaner_backoff_ms.to_string()),
+            "producer.id.expiration.ms" => Some(c.producer_id_expiration_ms.to_string()),
+            _ => None,
+        };
+        let v = fixed.unwrap_or_else(|| d.default.to_string());
+        let source = if v == d.default { DEFAULT } else { STATIC_BROKER };
+        synonyms.push((d.name.to_string(), v, source));
+        let (value, source) = synonyms.first().map(|(_, v, s)| (v.clone(), *s)).unwrap_or_default();
+        out.push(Described {
+            name: d.name.into(),
             value,
             source,
             read_only: false,
             kind: d.kind as i8,
-            doc: d.doc,
+            doc: doc_of(d.doc, d.effect),
             synonyms,
         });
+    }
+    // Configs Fjord does not know, set at runtime: described as stored.
+    for k in dynamic.keys() {
+        if matches!(topic_config::broker_key(k), topic_config::BrokerKey::Unknown) && topic_config::def(k).is_none() {
+            let synonyms = dynamic_synonyms(broker, k, k);
+            let (value, source) = synonyms.first().map(|(_, v, s)| (v.clone(), *s)).unwrap_or_default();
+            out.push(Described {
+                name: k.clone(),
+                value,
+                source,
+                read_only: false,
+                kind: 2,
+                doc: "Not a config Fjord knows; stored as set.".into(),
+                synonyms,
+            });
+        }
     }
     Ok(out)
 }
@@ -177,11 +267,7 @@ pub async fn describe(
                                 vec![]
                             },
                             config_type: if version >= 3 { d.kind } else { 0 },
-                            documentation: if req.include_documentation {
-                                Some(StrBytes::from_static_str(d.doc))
-                            } else {
-                                None
-                            }
+                            documentation: if req.include_documentation { Some(str(&d.doc)) } else { None }
                         })
                     })
                     .collect();
@@ -200,11 +286,14 @@ pub async fn describe(
 /// 3 subtract) and value.
 type Change = (String, i8, Option<String>);
 
-/// Applies changes to a set of overrides, checking every value.
+/// Applies changes to a set of overrides. `kind_of` says the type of a
+/// (translated) name or refuses it; `validate` checks each final value.
 fn apply(
     current: &BTreeMap<String, String>,
     changes: &[Change],
     replace_all: bool,
+    kind_of: impl Fn(&str) -> Result<topic_config::Kind, TopicError>,
+    validate: impl Fn(&str, &str) -> Result<(), String>,
 ) -> Result<BTreeMap<String, String>, TopicError> {
     let mut next = if replace_all { BTreeMap::new() } else { current.clone() };
     let mut seen = std::collections::HashSet::new();
@@ -212,9 +301,7 @@ fn apply(
         if !seen.insert(name.clone()) {
             return Err(err(ResponseError::InvalidRequest, format!("Config {name} appears more than once")));
         }
-        let def = topic_config::def(name)
-            .ok_or_else(|| err(ResponseError::InvalidConfig, format!("Unknown config name: {name}")))?;
-        let is_list = matches!(def.kind, topic_config::Kind::List);
+        let is_list = kind_of(name)? == topic_config::Kind::List;
         match (op, value) {
             (0, Some(v)) => {
                 next.insert(name.clone(), v.clone());
@@ -250,18 +337,44 @@ fn apply(
         }
     }
     for (k, v) in &next {
-        topic_config::validate(k, v).map_err(|m| err(ResponseError::InvalidConfig, m))?;
+        validate(k, v).map_err(|m| err(ResponseError::InvalidConfig, m))?;
     }
     Ok(next)
 }
 
-/// Maps a broker config name (log.retention.ms) to its topic name.
-fn broker_to_topic_name(name: &str) -> Result<&'static str, TopicError> {
-    TOPIC_CONFIGS
-        .iter()
-        .find(|d| d.broker_name == name)
-        .map(|d| d.name)
-        .ok_or_else(|| err(ResponseError::InvalidRequest, format!("Cannot update these configs dynamically: {name}")))
+fn topic_kind(name: &str) -> Result<topic_config::Kind, TopicError> {
+    topic_config::def(name)
+        .map(|d| d.kind)
+        .ok_or_else(|| err(ResponseError::InvalidConfig, format!("Unknown topic config name: {name}")))
+}
+
+/// Translates broker config names to how `Topics` keys them (topic
+/// defaults by their topic config name), refusing read-only ones with
+/// Kafka's INVALID_REQUEST.
+fn translate_broker_changes(changes: Vec<Change>) -> Result<Vec<Change>, TopicError> {
+    let mut read_only = Vec::new();
+    let mut out = Vec::new();
+    for (n, op, v) in changes {
+        match topic_config::broker_key(&n) {
+            topic_config::BrokerKey::ReadOnly => read_only.push(n),
+            topic_config::BrokerKey::TopicDefault(d) => out.push((d.name.to_string(), op, v)),
+            topic_config::BrokerKey::Dynamic(_) | topic_config::BrokerKey::Unknown => out.push((n, op, v)),
+        }
+    }
+    if !read_only.is_empty() {
+        return Err(err(
+            ResponseError::InvalidRequest,
+            format!("Cannot update these configs dynamically: {}", read_only.join(", ")),
+        ));
+    }
+    Ok(out)
+}
+
+fn broker_kind(key: &str) -> Result<topic_config::Kind, TopicError> {
+    Ok(topic_config::def(key)
+        .map(|d| d.kind)
+        .or_else(|| topic_config::DYNAMIC_BROKER_CONFIGS.iter().find(|d| d.name == key).map(|d| d.kind))
+        .unwrap_or(topic_config::Kind::String))
 }
 
 fn alter_resource(
@@ -277,21 +390,42 @@ fn alter_resource(
             let meta = broker.topics.topic(rname).ok_or_else(|| {
                 err(ResponseError::UnknownTopicOrPartition, format!("Topic '{rname}' does not exist"))
             })?;
-            let next = apply(&meta.configs, &changes, replace_all)?;
+            let next = apply(&meta.configs, &changes, replace_all, topic_kind, topic_config::validate)?;
             if !validate_only {
+                let set: Vec<&String> = changes.iter().filter(|c| c.1 != 1).map(|c| &c.0).collect();
+                let ignored = topic_config::ignored(set);
+                if !ignored.is_empty() {
+                    tracing::info!(topic = rname, ignored = %ignored.join(", "), "topic configs stored but not applied");
+                }
                 broker.topics.set_topic_configs(rname, next)?;
             }
             Ok(())
         }
         BROKER => {
             check_broker_name(broker, rname)?;
-            let mut translated = Vec::new();
-            for (n, op, v) in changes {
-                translated.push((broker_to_topic_name(&n)?.to_string(), op, v));
-            }
-            let next = apply(&broker.topics.dynamic_broker_configs(), &translated, replace_all)?;
+            let translated = translate_broker_changes(changes)?;
+            // Named by its id: this broker's own; named "": the cluster's default.
+            let per_node = !rname.is_empty();
+            // Kafka answers INVALID_REQUEST, not INVALID_CONFIG, for a broker
+            // config it cannot apply (KAFKA-13609 keeps it so).
+            let next = apply(
+                &broker.topics.broker_config_layer(per_node),
+                &translated,
+                replace_all,
+                broker_kind,
+                topic_config::validate_broker,
+            )
+            .map_err(|e| match e.code {
+                ResponseError::InvalidConfig => err(ResponseError::InvalidRequest, e.message),
+                _ => e,
+            })?;
             if !validate_only {
-                broker.topics.set_broker_configs(next)?;
+                let set: Vec<&String> = translated.iter().filter(|c| c.1 != 1).map(|c| &c.0).collect();
+                let ignored = topic_config::ignored(set);
+                if !ignored.is_empty() {
+                    tracing::info!(ignored = %ignored.join(", "), "broker configs stored but not applied");
+                }
+                broker.topics.set_broker_configs(per_node, next)?;
             }
             Ok(())
         }

@@ -45,5 +45,8 @@ pub fn storage_code(e: &fjord_storage::LogError) -> ResponseError {
         InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
         UnknownProducerId(_) => ResponseError::UnknownProducerId,
         InvalidRecord(_) => ResponseError::InvalidRecord,
+        DecompressedTooLarge { .. } => ResponseError::MessageTooLarge,
+        RecordErrors { kind: fjord_storage::RecordErrorKind::InvalidRecord, .. } => ResponseError::InvalidRecord,
+        RecordErrors { kind: fjord_storage::RecordErrorKind::InvalidTimestamp, .. } => ResponseError::InvalidTimestamp,
     }
 }

@@ -6,13 +6,16 @@ use std::sync::Arc;
 
 use fjord_storage::batch::BatchHeader;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::*;
 
 use super::metadata::str;
 use super::storage_code;
 use crate::config::FsyncPolicy;
 use crate::server::{now_ms, Broker};
+use crate::topic_config;
 
 fn failed(index: i32, e: ResponseError, msg: Option<String>) -> PartitionProduceResponse {
     mk!(PartitionProduceResponse {
@@ -46,10 +49,8 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
                 parts.push(failed(idx, ResponseError::UnknownTopicOrPartition, None));
                 continue;
             };
-            let min_isr: i32 = meta
-                .as_ref()
-                .and_then(|m| m.configs.get("min.insync.replicas").and_then(|v| v.parse().ok()))
-                .unwrap_or(1);
+            let cfg = log.config();
+            let min_isr = cfg.min_insync_replicas;
             if acks == -1 && min_isr > 1 {
                 let msg = format!("min.insync.replicas is {min_isr} but the partition has 1 in-sync replica");
                 parts.push(failed(idx, ResponseError::NotEnoughReplicas, Some(msg)));
@@ -77,7 +78,9 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
             match log.append(&records, 0, now_ms()) {
                 Ok(info) => {
                     metrics::counter!("fjord_produced_bytes_total").increment(size as u64);
-                    if durable {
+                    // flush.messages / flush.ms=0 force a sync whatever the acks.
+                    let flush = topic_config::flush_due(&cfg, info.last_offset + 1 - log.flushed_offset());
+                    if durable || flush {
                         let log = log.clone();
                         syncs.push(async move { log.sync(info.last_offset + 1).await });
                     }
@@ -90,7 +93,20 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
                 }
                 Err(e) => {
                     tracing::debug!(topic = %name, partition = idx, error = %e, "produce rejected");
-                    parts.push(failed(idx, storage_code(&e), Some(e.to_string())));
+                    let mut r = failed(idx, storage_code(&e), Some(e.to_string()));
+                    // KIP-467: the records that caused the refusal, by index.
+                    if let fjord_storage::LogError::RecordErrors { records, .. } = &e {
+                        r.record_errors = records
+                            .iter()
+                            .map(|x| {
+                                mk!(BatchIndexAndErrorMessage {
+                                    batch_index: x.batch_index,
+                                    batch_index_error_message: Some(str(&x.message))
+                                })
+                            })
+                            .collect();
+                    }
+                    parts.push(r);
                 }
             }
         }
