@@ -25,13 +25,20 @@ report_timings() {
   printf '%s\n' "${timings[@]}"
 }
 log="$(mktemp)"
+suite_log="$(mktemp)"
 # On an early failure the durations so far still show.
-trap 'rm -f "$log"; [ -n "${done_timings:-}" ] || report_timings' EXIT
+trap 'rm -f "$log" "$suite_log"; [ -n "${done_timings:-}" ] || report_timings' EXIT
 
 cargo_rc=0
 run_cargo_tests() {
-  # Every test binary runs even after one fails, so one run shows all failures.
-  cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || cargo_rc=$?
+  # Every test binary runs even after one fails, so one run shows all
+  # failures. librdkafka's suite needs its test-runner built first: it is
+  # its own stage.
+  cargo test --workspace --no-fail-fast -- --skip librdkafka_broker_tests 2>&1 | tee "$log" || cargo_rc=$?
+}
+suite_rc=0
+run_librdkafka_suite() {
+  scripts/librdkafka-suite.sh 2>&1 | tee "$suite_log" || suite_rc=$?
 }
 
 stage "test dependencies" scripts/setup-test-deps.sh
@@ -39,9 +46,14 @@ stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 stage "build the broker binary the compat suite starts" cargo build -p fjord-broker --bin fjord
 stage "cargo test --workspace" run_cargo_tests
+stage "librdkafka's test suite against Fjord" run_librdkafka_suite
 report_timings
 done_timings=1
-# One closing line for the whole run, summed over every test binary: the last line printed.
-awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0) }' "$log"
-# A build failure leaves no "test result" lines: the exit code tells.
-exit "$cargo_rc"
+# One closing line for the whole run, summed over every test binary and
+# librdkafka's tests (its cargo test wrapper is not counted twice): the last
+# line printed.
+awk 'FNR == NR && /^test result:/ { p += $4; f += $6 }
+     FNR != NR && /^librdkafka: [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
+     END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0) }' "$log" "$suite_log"
+# A build failure leaves no result lines: the exit codes tell.
+[ "$cargo_rc" = 0 ] && [ "$suite_rc" = 0 ]

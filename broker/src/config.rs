@@ -81,6 +81,10 @@ pub struct BrokerConfig {
     pub offsets_retention_check_interval_ms: u64,
     /// `producer.id.expiration.ms`
     pub producer_id_expiration_ms: i64,
+    /// `group.initial.rebalance.delay.ms`: the first rebalance of an empty
+    /// classic group waits this long for more members (extended by each new
+    /// one, up to the rebalance timeout); 0 starts it at once.
+    pub group_initial_rebalance_delay_ms: u64,
     /// `group.consumer.session.timeout.ms` (KIP-848 groups).
     pub group_consumer_session_timeout_ms: u64,
     /// `group.consumer.heartbeat.interval.ms` (KIP-848 groups).
@@ -135,6 +139,7 @@ impl Default for BrokerConfig {
             offsets_retention_ms: 7 * 24 * 3600 * 1000,
             offsets_retention_check_interval_ms: 600_000,
             producer_id_expiration_ms: 24 * 3600 * 1000,
+            group_initial_rebalance_delay_ms: 3_000,
             group_consumer_session_timeout_ms: 45_000,
             group_consumer_heartbeat_interval_ms: 5_000,
             fsync: FsyncPolicy::AcksAll,
@@ -191,6 +196,8 @@ pub struct Args {
     pub offsets_retention_check_interval_ms: Option<u64>,
     #[arg(long)]
     pub producer_id_expiration_ms: Option<i64>,
+    #[arg(long)]
+    pub group_initial_rebalance_delay_ms: Option<u64>,
     #[arg(long)]
     pub group_consumer_session_timeout_ms: Option<u64>,
     #[arg(long)]
@@ -252,6 +259,7 @@ impl BrokerConfig {
             offsets_retention_ms,
             offsets_retention_check_interval_ms,
             producer_id_expiration_ms,
+            group_initial_rebalance_delay_ms,
             group_consumer_session_timeout_ms,
             group_consumer_heartbeat_interval_ms,
             fsync,
@@ -362,6 +370,9 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:1");
         assert_eq!(c.num_partitions, 5);
         assert_eq!(c.fsync, FsyncPolicy::Never);
+        assert_eq!(c.group_initial_rebalance_delay_ms, 3000, "Kafka's default");
+        let args = Args::parse_from(["fjord", "--group-initial-rebalance-delay-ms", "0"]);
+        assert_eq!(BrokerConfig::from_args(args).unwrap().group_initial_rebalance_delay_ms, 0);
     }
 
     #[test]

@@ -124,6 +124,12 @@ pub struct Group {
     empty_since_ms: i64,
     /// Static members (KIP-345): group.instance.id → member id.
     pub instances: HashMap<String, String>,
+    /// While the first join of an empty group is held back
+    /// (`group.initial.rebalance.delay.ms`): how long it may be extended.
+    initial_join_deadline: Option<Instant>,
+    /// A new member joined a never-balanced group during that delay, so
+    /// the delay is extended once more (Kafka's `newMemberAdded`).
+    new_member_added: bool,
 }
 
 impl Group {
@@ -140,6 +146,8 @@ impl Group {
             rebalance_seq: 0,
             empty_since_ms: now_ms(),
             instances: HashMap::new(),
+            initial_join_deadline: None,
+            new_member_added: false,
         }
     }
 }
@@ -183,6 +191,8 @@ pub struct GroupCoordinator {
     /// Transactional offset commits by producer id, until their marker.
     pending_txn: Mutex<HashMap<i64, Vec<PendingOffset>>>,
     partitions: i32,
+    /// Kafka's `group.initial.rebalance.delay.ms`.
+    initial_rebalance_delay: Duration,
 }
 
 /// Java's String.hashCode, so groups land on the partition Kafka would pick.
@@ -198,6 +208,7 @@ impl GroupCoordinator {
             groups: Mutex::new(HashMap::new()),
             pending_txn: Mutex::new(HashMap::new()),
             partitions,
+            initial_rebalance_delay: Duration::ZERO,
         };
         for p in 0..partitions {
             if let Some(log) = topics.log(OFFSETS_TOPIC, p) {
@@ -214,6 +225,14 @@ impl GroupCoordinator {
             }
         }
         Ok(coord)
+    }
+
+    /// Sets `group.initial.rebalance.delay.ms`: the first rebalance of an
+    /// empty group waits this long for the members that start with the
+    /// first one, so they land in one generation instead of one each.
+    pub fn with_initial_rebalance_delay(mut self, delay: Duration) -> Self {
+        self.initial_rebalance_delay = delay;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Group>> {
@@ -498,6 +517,12 @@ impl GroupCoordinator {
             m.rebalance_timeout = Duration::from_millis(req.rebalance_timeout_ms.max(0) as u64);
             m.join_tx = Some(tx);
         } else {
+            // Only a group that never had a generation extends its first
+            // delay (Kafka checks generation 0); an emptied group that
+            // comes back waits one delay.
+            if group.state == GroupState::PreparingRebalance && group.generation == 0 {
+                group.new_member_added = true;
+            }
             group.members.insert(
                 member_id.clone(),
                 Member {
@@ -524,6 +549,7 @@ impl GroupCoordinator {
     }
 
     fn prepare_rebalance(self: &Arc<Self>, group_id: &str, group: &mut Group) {
+        let initial = group.state == GroupState::Empty && !self.initial_rebalance_delay.is_zero();
         group.state = GroupState::PreparingRebalance;
         group.rebalance_seq += 1;
         // Members waiting in SyncGroup learn that a new round has started.
@@ -534,12 +560,47 @@ impl GroupCoordinator {
         }
         let timeout = group.members.values().map(|m| m.rebalance_timeout).max().unwrap_or(Duration::from_secs(60));
         let seq = group.rebalance_seq;
+        if initial {
+            // The join completes when the delay ends, not when everyone
+            // known has joined: the point is to wait for the unknown ones.
+            // Each new member extends it, up to the rebalance timeout.
+            group.initial_join_deadline = Some(Instant::now() + timeout);
+            group.new_member_added = false;
+            self.schedule_initial_join(group_id, seq, self.initial_rebalance_delay);
+            return;
+        }
+        group.initial_join_deadline = None;
         let coord = self.clone();
         let gid = group_id.to_string();
         tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
             coord.rebalance_timed_out(&gid, seq);
         });
+    }
+
+    fn schedule_initial_join(self: &Arc<Self>, group_id: &str, seq: u64, delay: Duration) {
+        let coord = self.clone();
+        let gid = group_id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            coord.initial_delay_ended(&gid, seq);
+        });
+    }
+
+    fn initial_delay_ended(self: &Arc<Self>, group_id: &str, seq: u64) {
+        let mut groups = self.lock();
+        let Some(g) = groups.get_mut(group_id) else { return };
+        if g.rebalance_seq != seq || g.state != GroupState::PreparingRebalance {
+            return;
+        }
+        let now = Instant::now();
+        match g.initial_join_deadline {
+            Some(deadline) if g.new_member_added && now < deadline => {
+                g.new_member_added = false;
+                self.schedule_initial_join(group_id, seq, self.initial_rebalance_delay.min(deadline - now));
+            }
+            _ => self.complete_join(group_id, g),
+        }
     }
 
     fn rebalance_timed_out(self: &Arc<Self>, group_id: &str, seq: u64) {
@@ -552,7 +613,10 @@ impl GroupCoordinator {
     }
 
     fn maybe_complete_join(self: &Arc<Self>, group_id: &str, group: &mut Group) {
-        if group.state == GroupState::PreparingRebalance && group.members.values().all(|m| m.join_tx.is_some()) {
+        if group.state == GroupState::PreparingRebalance
+            && group.initial_join_deadline.is_none()
+            && group.members.values().all(|m| m.join_tx.is_some())
+        {
             self.complete_join(group_id, group);
         }
     }
@@ -560,6 +624,8 @@ impl GroupCoordinator {
     /// Ends the join phase: members that did not rejoin are dropped, a new
     /// generation starts, and every waiting member gets its answer.
     fn complete_join(self: &Arc<Self>, group_id: &str, group: &mut Group) {
+        group.initial_join_deadline = None;
+        group.new_member_added = false;
         group.members.retain(|_, m| m.join_tx.is_some());
         prune_instances(group);
         group.generation += 1;
@@ -797,8 +863,10 @@ impl GroupCoordinator {
                 }
             }
             GroupState::PreparingRebalance => {
-                if group.members.is_empty() || group.members.values().all(|m| m.join_tx.is_some()) {
+                if group.members.is_empty() {
                     self.complete_join(group_id, group);
+                } else {
+                    self.maybe_complete_join(group_id, group);
                 }
             }
             GroupState::Empty => {}
@@ -914,12 +982,18 @@ impl GroupCoordinator {
     }
 
     /// Validates a commit against the group's membership; None means allowed.
+    /// As in Kafka, members commit while a rebalance is being prepared (a
+    /// cooperative consumer keeps consuming what it still owns meanwhile);
+    /// only between the end of the join and the assignment is an
+    /// OffsetCommit refused, since the member cannot know yet what it owns.
+    /// A transactional commit is fenced by generation alone.
     pub fn check_commit(
         &self,
         group_id: &str,
         generation: i32,
         member_id: &str,
         instance_id: Option<&str>,
+        transactional: bool,
     ) -> Option<ResponseError> {
         let groups = self.lock();
         let Some(group) = groups.get(group_id) else {
@@ -939,9 +1013,7 @@ impl GroupCoordinator {
             return Some(ResponseError::IllegalGeneration);
         }
         match group.state {
-            GroupState::PreparingRebalance | GroupState::CompletingRebalance => {
-                Some(ResponseError::RebalanceInProgress)
-            }
+            GroupState::CompletingRebalance if !transactional => Some(ResponseError::RebalanceInProgress),
             _ => None,
         }
     }
@@ -1127,6 +1199,109 @@ fn apply_record(groups: &mut HashMap<String, Group>, record: OffsetsRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn coordinator(initial_delay: Duration) -> Arc<GroupCoordinator> {
+        Arc::new(
+            GroupCoordinator {
+                groups: Mutex::new(HashMap::new()),
+                pending_txn: Mutex::new(HashMap::new()),
+                partitions: 1,
+                initial_rebalance_delay: Duration::ZERO,
+            }
+            .with_initial_rebalance_delay(initial_delay),
+        )
+    }
+
+    fn join(c: &Arc<GroupCoordinator>, rebalance_timeout_ms: i32) -> oneshot::Receiver<JoinResult> {
+        let req = JoinRequest {
+            group_id: "g".into(),
+            member_id: String::new(),
+            instance_id: None,
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"m"))],
+            require_known_member_id: false,
+        };
+        match c.join(req) {
+            Reply::Later(rx) => rx,
+            Reply::Now(r) => panic!("join answered at once: {:?}", r.error),
+        }
+    }
+
+    fn state(c: &GroupCoordinator) -> (GroupState, u64) {
+        let groups = c.lock();
+        (groups["g"].state, groups["g"].rebalance_seq)
+    }
+
+    // The delay's timer is an hour here; the tests fire it themselves.
+    const NEVER: Duration = Duration::from_secs(3600);
+
+    #[tokio::test]
+    async fn initial_delay_holds_the_first_join_and_each_new_member_extends_it() {
+        let c = coordinator(NEVER);
+        let mut a = join(&c, 60_000);
+        // Every known member has joined, yet the round waits for others.
+        let (st, seq) = state(&c);
+        assert_eq!(st, GroupState::PreparingRebalance);
+        assert!(a.try_recv().is_err());
+        let mut b = join(&c, 60_000);
+        assert!(a.try_recv().is_err() && b.try_recv().is_err());
+        // B arrived during the delay: it runs once more.
+        c.initial_delay_ended("g", seq);
+        assert_eq!(state(&c), (GroupState::PreparingRebalance, seq));
+        assert!(a.try_recv().is_err());
+        // Nobody new this time: one generation with both members.
+        c.initial_delay_ended("g", seq);
+        let (ra, rb) = (a.try_recv().expect("A answered"), b.try_recv().expect("B answered"));
+        assert_eq!((ra.error, rb.error), (None, None));
+        assert_eq!((ra.generation, rb.generation), (1, 1));
+        let leader = if ra.member_id == ra.leader { &ra } else { &rb };
+        assert_eq!(leader.members.len(), 2);
+        assert_eq!(state(&c).0, GroupState::CompletingRebalance);
+    }
+
+    #[tokio::test]
+    async fn initial_delay_is_not_extended_past_the_rebalance_timeout() {
+        let c = coordinator(NEVER);
+        // A rebalance timeout of 0: the first window is all there is.
+        let mut a = join(&c, 0);
+        let (_, seq) = state(&c);
+        let mut b = join(&c, 0);
+        c.initial_delay_ended("g", seq);
+        assert_eq!(a.try_recv().expect("A answered").generation, 1);
+        assert_eq!(b.try_recv().expect("B answered").generation, 1);
+    }
+
+    #[tokio::test]
+    async fn without_a_delay_the_first_join_completes_at_once() {
+        let c = coordinator(Duration::ZERO);
+        let mut a = join(&c, 60_000);
+        assert_eq!(a.try_recv().expect("answered").generation, 1);
+    }
+
+    #[tokio::test]
+    async fn offsets_commit_while_preparing_a_rebalance_not_while_completing_one() {
+        let c = coordinator(Duration::ZERO);
+        let a = join(&c, 60_000).await.expect("A joined");
+        assert_eq!(state(&c).0, GroupState::CompletingRebalance);
+        let commit = |transactional| c.check_commit("g", a.generation, &a.member_id, None, transactional);
+        // Joined but not yet told its assignment: Kafka refuses, except a
+        // transactional commit (fenced by generation alone).
+        assert_eq!(commit(false), Some(ResponseError::RebalanceInProgress));
+        assert_eq!(commit(true), None);
+        // B's join starts a new round; A still owns what it had and may
+        // commit it until it rejoins.
+        let _b = join(&c, 60_000);
+        assert_eq!(state(&c).0, GroupState::PreparingRebalance);
+        assert_eq!(commit(false), None);
+        assert_eq!(
+            c.check_commit("g", a.generation - 1, &a.member_id, None, false),
+            Some(ResponseError::IllegalGeneration)
+        );
+    }
 
     #[test]
     fn a_group_record_too_large_for_the_topic_keeps_the_generation_without_members() {

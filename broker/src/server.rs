@@ -82,8 +82,10 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         crate::config::FsyncMethod::Fdatasync => fjord_storage::durability::SyncStrategy::Fdatasync,
     });
     let topics = Arc::new(tokio::task::block_in_place(|| Topics::open(&config))?);
-    let groups =
-        Arc::new(tokio::task::block_in_place(|| GroupCoordinator::open(&topics, config.offsets_topic_num_partitions))?);
+    let groups = Arc::new(
+        tokio::task::block_in_place(|| GroupCoordinator::open(&topics, config.offsets_topic_num_partitions))?
+            .with_initial_rebalance_delay(Duration::from_millis(config.group_initial_rebalance_delay_ms)),
+    );
     let durable = config.fsync != crate::config::FsyncPolicy::Never;
     let txns = Arc::new(tokio::task::block_in_place(|| {
         TxnCoordinator::open(

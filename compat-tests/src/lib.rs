@@ -113,11 +113,17 @@ impl BrokerProcess {
 
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("broker log");
+        // Kafka's 3 s group.initial.rebalance.delay.ms would add 3 s to every
+        // group a test forms; tests that are about the delay set their own.
+        let delay_flag = "--group-initial-rebalance-delay-ms";
+        let default_delay: &[&str] =
+            if self.extra.iter().any(|a| a.starts_with(delay_flag)) { &[] } else { &[delay_flag, "100"] };
         let mut child = Command::new(broker_bin())
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--data-dir")
             .arg(self.data_dir.path())
+            .args(default_delay)
             .args(&self.extra)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())

@@ -9,23 +9,42 @@ use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
 
-fn join(conn: &mut RawConn, member: &str, protocol_type: &str, session_ms: i32) -> JoinGroupResponse {
+/// A consumer JoinGroup with a 10 s session and rebalance timeout.
+fn join_request(group: &str, member: &str) -> JoinGroupRequest {
     let mut p = JoinGroupRequestProtocol::default();
     p.name = s("range");
     p.metadata = Bytes::from_static(b"meta");
     let mut req = JoinGroupRequest::default();
-    req.group_id = GroupId(s("fenced"));
-    req.session_timeout_ms = session_ms;
+    req.group_id = GroupId(s(group));
+    req.session_timeout_ms = 10_000;
     req.rebalance_timeout_ms = 10_000;
     req.member_id = s(member);
-    req.protocol_type = s(protocol_type);
+    req.protocol_type = s("consumer");
     req.protocols = vec![p];
+    req
+}
+
+fn join(conn: &mut RawConn, member: &str, protocol_type: &str, session_ms: i32) -> JoinGroupResponse {
+    let mut req = join_request("fenced", member);
+    req.session_timeout_ms = session_ms;
+    req.protocol_type = s(protocol_type);
     conn.call(ApiKey::JoinGroup, 7, &req)
 }
 
+/// The first join's MEMBER_ID_REQUIRED handshake: the id to join with.
+fn member_id(conn: &mut RawConn, group: &str) -> String {
+    let r: JoinGroupResponse = conn.call(ApiKey::JoinGroup, 7, &join_request(group, ""));
+    assert_eq!(r.error_code, 79, "MEMBER_ID_REQUIRED");
+    r.member_id.to_string()
+}
+
 fn sync(conn: &mut RawConn, member: &str, generation: i32, assign: bool) -> SyncGroupResponse {
+    sync_in(conn, "fenced", member, generation, assign)
+}
+
+fn sync_in(conn: &mut RawConn, group: &str, member: &str, generation: i32, assign: bool) -> SyncGroupResponse {
     let mut req = SyncGroupRequest::default();
-    req.group_id = GroupId(s("fenced"));
+    req.group_id = GroupId(s(group));
     req.generation_id = generation;
     req.member_id = s(member);
     if assign {
@@ -47,8 +66,13 @@ fn heartbeat(conn: &mut RawConn, member: &str, generation: i32) -> i16 {
 }
 
 fn state(conn: &mut RawConn) -> (String, usize) {
+    describe(conn, "fenced")
+}
+
+/// A group's state and number of members.
+fn describe(conn: &mut RawConn, group: &str) -> (String, usize) {
     let mut req = DescribeGroupsRequest::default();
-    req.groups = vec![GroupId(s("fenced"))];
+    req.groups = vec![GroupId(s(group))];
     let r: DescribeGroupsResponse = conn.call(ApiKey::DescribeGroups, 5, &req);
     (r.groups[0].group_state.to_string(), r.groups[0].members.len())
 }
@@ -241,12 +265,9 @@ fn timeouts_join(member: &str, metadata: &'static [u8]) -> JoinGroupRequest {
     let mut p = JoinGroupRequestProtocol::default();
     p.name = s("range");
     p.metadata = Bytes::from_static(metadata);
-    let mut req = JoinGroupRequest::default();
-    req.group_id = GroupId(s("timeouts"));
+    let mut req = join_request("timeouts", member);
     req.session_timeout_ms = 30_000;
     req.rebalance_timeout_ms = 1_500;
-    req.member_id = s(member);
-    req.protocol_type = s("consumer");
     req.protocols = vec![p];
     req
 }
@@ -383,4 +404,63 @@ fn find_coordinator_single_and_batched() {
     many.key_type = 7;
     let r: FindCoordinatorResponse = conn.call(ApiKey::FindCoordinator, 4, &many);
     assert!(r.coordinators.iter().all(|c| c.error_code == 42));
+}
+
+/// group.initial.rebalance.delay.ms: consumers that start together land in
+/// one generation, instead of the first forming generation 1 alone and each
+/// later one forcing another round.
+#[test]
+fn initial_rebalance_delay_puts_members_that_start_together_in_one_generation() {
+    let broker = BrokerProcess::start(&["--group-initial-rebalance-delay-ms", "1500"]);
+    let mut conns: Vec<RawConn> = (0..3).map(|_| RawConn::connect(&broker.bootstrap())).collect();
+    let ids: Vec<String> = conns.iter_mut().map(|c| member_id(c, "together")).collect();
+    let started = std::time::Instant::now();
+    let sent: Vec<i32> =
+        conns.iter_mut().zip(&ids).map(|(c, id)| c.send(ApiKey::JoinGroup, 7, &join_request("together", id))).collect();
+    let answers: Vec<JoinGroupResponse> =
+        conns.iter_mut().zip(sent).map(|(c, id)| c.recv(ApiKey::JoinGroup, 7, id)).collect();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1_400), "the first join waited for the delay");
+    for a in &answers {
+        assert_eq!((a.error_code, a.generation_id), (0, 1), "one generation for all three");
+    }
+    let leader = answers.iter().find(|a| a.leader == a.member_id).expect("one of them leads");
+    assert_eq!(leader.members.len(), 3, "the leader assigns to all three");
+}
+
+/// Kafka accepts a member's OffsetCommit while the group prepares a
+/// rebalance (a cooperative consumer still owns and commits its partitions
+/// until it rejoins); only between the join and the assignment is it
+/// REBALANCE_IN_PROGRESS.
+#[test]
+fn offsets_commit_while_a_rebalance_is_prepared_not_while_it_completes() {
+    let broker = BrokerProcess::start(&[]);
+    let mut a = RawConn::connect(&broker.bootstrap());
+    let mut b = RawConn::connect(&broker.bootstrap());
+    fjord_compat_tests::wire::create_topic(&mut a, "prep", 1, &[]);
+    let a_id = member_id(&mut a, "prep");
+    let joined: JoinGroupResponse = a.call(ApiKey::JoinGroup, 7, &join_request("prep", &a_id));
+    assert_eq!(joined.error_code, 0);
+    assert_eq!(sync_in(&mut a, "prep", &a_id, joined.generation_id, true).error_code, 0);
+    assert_eq!(commit(&mut a, "prep", joined.generation_id, &a_id, "prep", 5), 0);
+
+    // B's join puts the group in PreparingRebalance until A rejoins.
+    let b_id = member_id(&mut b, "prep");
+    let b_join = b.send(ApiKey::JoinGroup, 7, &join_request("prep", &b_id));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while describe(&mut a, "prep") != ("PreparingRebalance".to_string(), 2) {
+        assert!(std::time::Instant::now() < deadline, "B's join never started a rebalance");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(commit(&mut a, "prep", joined.generation_id, &a_id, "prep", 7), 0, "accepted while preparing");
+    assert_eq!(committed(&mut a, "prep", "prep"), 7);
+
+    // Both rejoin: CompletingRebalance until the leader's SyncGroup.
+    let a_round: JoinGroupResponse = a.call(ApiKey::JoinGroup, 7, &join_request("prep", &a_id));
+    let b_round: JoinGroupResponse = b.recv(ApiKey::JoinGroup, 7, b_join);
+    assert_eq!((a_round.error_code, b_round.error_code), (0, 0));
+    assert_eq!(describe(&mut a, "prep").0, "CompletingRebalance");
+    assert_eq!(commit(&mut a, "prep", a_round.generation_id, &a_id, "prep", 9), 27, "REBALANCE_IN_PROGRESS");
+    // The stale generation is fenced whatever the state.
+    assert_eq!(commit(&mut a, "prep", joined.generation_id, &a_id, "prep", 9), 22, "ILLEGAL_GENERATION");
+    assert_eq!(committed(&mut a, "prep", "prep"), 7);
 }

@@ -190,20 +190,22 @@ pub async fn leave_group(broker: Arc<Broker>, h: &RequestHeader, req: LeaveGroup
 }
 
 /// Whether the group refuses a commit from this member: generation (classic)
-/// or member epoch (KIP-848), member id and static instance id.
+/// or member epoch (KIP-848), member id and static instance id; a
+/// `transactional` one (TxnOffsetCommit) also while a rebalance completes.
 pub(super) fn commit_denied(
     broker: &Broker,
     group: &str,
     member_id: &str,
     generation: i32,
     instance_id: Option<&str>,
+    transactional: bool,
 ) -> Option<ResponseError> {
     if group.is_empty() {
         Some(ResponseError::InvalidGroupId)
     } else if broker.consumer_groups.exists(group) {
         broker.consumer_groups.check_commit(group, member_id, generation)
     } else {
-        broker.groups.check_commit(group, generation, member_id, instance_id)
+        broker.groups.check_commit(group, generation, member_id, instance_id, transactional)
     }
 }
 
@@ -248,6 +250,7 @@ pub(super) async fn commit_offsets(
         &req.member_id,
         req.generation_id_or_member_epoch,
         req.group_instance_id.as_deref(),
+        false,
     );
     let wanted: Vec<_> = req
         .topics

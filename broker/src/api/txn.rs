@@ -135,7 +135,7 @@ pub async fn txn_offset_commit(
     let denied = if !group.is_empty() && req.generation_id < 0 && req.member_id.is_empty() {
         None
     } else {
-        commit_denied(&broker, &group, &req.member_id, req.generation_id, req.group_instance_id.as_deref())
+        commit_denied(&broker, &group, &req.member_id, req.generation_id, req.group_instance_id.as_deref(), true)
     };
     let wanted: Vec<_> = req
         .topics
