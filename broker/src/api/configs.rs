@@ -311,10 +311,12 @@ fn apply(
                 next.remove(name);
             }
             (2 | 3, Some(v)) if is_list => {
-                let mut items: Vec<String> = next
-                    .get(name)
-                    .map(|s| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect())
-                    .unwrap_or_default();
+                // As Kafka: a list with no value set starts from the config's
+                // default (APPEND compact to an unset cleanup.policy gives
+                // "delete,compact", and SUBTRACT compact then "delete").
+                let base = next.get(name).map(String::as_str).or_else(|| static_default(name)).unwrap_or("");
+                let mut items: Vec<String> =
+                    base.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
                 for item in v.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()) {
                     if *op == 2 && !items.contains(&item) {
                         items.push(item);
@@ -368,6 +370,14 @@ fn translate_broker_changes(changes: Vec<Change>) -> Result<Vec<Change>, TopicEr
         ));
     }
     Ok(out)
+}
+
+/// The default a config has when nothing sets it (topic configs by their
+/// topic name, which is also how broker changes are keyed here).
+fn static_default(key: &str) -> Option<&'static str> {
+    topic_config::def(key)
+        .map(|d| d.default)
+        .or_else(|| topic_config::DYNAMIC_BROKER_CONFIGS.iter().find(|d| d.name == key).map(|d| d.default))
 }
 
 fn broker_kind(key: &str) -> Result<topic_config::Kind, TopicError> {
@@ -508,4 +518,25 @@ pub async fn incremental_alter(
         })
         .collect();
     Some(mk!(IncrementalAlterConfigsResponse { responses: responses }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list_op(current: &BTreeMap<String, String>, op: i8, value: &str) -> BTreeMap<String, String> {
+        let changes = vec![("cleanup.policy".to_string(), op, Some(value.to_string()))];
+        apply(current, &changes, false, topic_kind, topic_config::validate).expect("applies")
+    }
+
+    #[test]
+    fn append_and_subtract_on_an_unset_list_start_from_its_default() {
+        let appended = list_op(&BTreeMap::new(), 2, "compact");
+        assert_eq!(appended["cleanup.policy"], "delete,compact");
+        let subtracted = list_op(&appended, 3, "compact");
+        assert_eq!(subtracted["cleanup.policy"], "delete");
+        // A value that is set is the base, not the default.
+        let set = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
+        assert_eq!(list_op(&set, 2, "delete")["cleanup.policy"], "compact,delete");
+    }
 }
