@@ -13,4 +13,5 @@ pub mod segment;
 
 pub use batch::{BatchHeader, TimestampType};
 pub use error::{LogError, Result};
-pub use log::{AppendInfo, LogConfig, PartitionLog, ReadResult};
+pub use log::{AppendInfo, LogConfig, PartitionLog, ReadResult, RecoveryReport};
+pub use segment::CleanState;
