@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use fjord_compat_tests::wire::{
     batch_of as batch, create_topic as create, describe_config, s, set_config, topic_metadata,
 };
-use fjord_compat_tests::{wire, BrokerProcess, RawConn};
+use fjord_compat_tests::{free_addr, wire, BrokerProcess, RawConn};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::*;
 
@@ -517,34 +517,12 @@ fn compacted_topic_keeps_latest_value_per_key() {
     assert_eq!(list_offset(&mut conn, "table", -1), 120);
 }
 
+fn scrape_metrics(addr: &str) -> String {
+    fjord_compat_tests::scrape_metrics(addr, "fjord_produced_bytes_total")
+}
+
 /// The Prometheus endpoint serves the broker's counters and per-API
 /// request latencies.
-fn free_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
-    format!("127.0.0.1:{port}")
-}
-
-/// The Prometheus page, once the endpoint serves it (it starts with the
-/// broker, not before it accepts clients).
-fn scrape_metrics(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let scrape = || -> Option<String> {
-        let mut s = std::net::TcpStream::connect(addr).ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).ok()?;
-        Some(body)
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(b) = scrape().filter(|b| b.contains("fjord_produced_bytes_total")) {
-            return b;
-        }
-        assert!(Instant::now() < deadline, "no metrics served on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn prometheus_metrics_endpoint() {
     let addr = free_addr();
