@@ -125,6 +125,19 @@ impl<const W: usize> MappedTable<W> {
         }
         Ok(())
     }
+
+    /// Drops this process's page-table entries for the table, as
+    /// `Segment::release_pages` does for the log: with thousands of
+    /// partitions the touched index pages alone pass the resident cap.
+    fn release_pages(&self) -> Result<()> {
+        if let Some(m) = &self.map {
+            // SAFETY: a shared file mapping: unmapping a page loses nothing
+            // (the kernel keeps a written page dirty in the page cache), and
+            // the next access reads the file's current contents back.
+            unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed)? };
+        }
+        Ok(())
+    }
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -242,6 +255,9 @@ impl OffsetIndex {
     pub fn flush(&self) -> Result<()> {
         self.table.flush()
     }
+    pub fn release_pages(&self) -> Result<()> {
+        self.table.release_pages()
+    }
     pub fn path(&self) -> &Path {
         &self.table.path
     }
@@ -339,6 +355,9 @@ impl TimeIndex {
     }
     pub fn flush(&self) -> Result<()> {
         self.table.flush()
+    }
+    pub fn release_pages(&self) -> Result<()> {
+        self.table.release_pages()
     }
     pub fn path(&self) -> &Path {
         &self.table.path

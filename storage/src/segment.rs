@@ -546,7 +546,8 @@ impl Segment {
             // `Bytes` handed out earlier) read the same file contents again.
             unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed)? };
         }
-        Ok(())
+        self.index.release_pages()?;
+        self.time_index.release_pages()
     }
 
     /// Seals the segment: syncs it, trims the file and indexes to what is
