@@ -31,6 +31,7 @@ impl<const W: usize> MappedTable<W> {
         // a data dir) and only this table writes it, so the mapping is not
         // changed underneath us.
         let map = unsafe { MmapMut::map_mut(&file)? };
+        random_access(&map);
         Ok(MappedTable { path: path.to_path_buf(), map: Some(map), entries, capacity })
     }
 
@@ -47,7 +48,9 @@ impl<const W: usize> MappedTable<W> {
         let entries = len / W;
         let map = if entries > 0 {
             // SAFETY: as in `open`.
-            Some(unsafe { MmapMut::map_mut(&file)? })
+            let map = unsafe { MmapMut::map_mut(&file)? };
+            random_access(&map);
+            Some(map)
         } else {
             None
         };
@@ -138,6 +141,14 @@ impl<const W: usize> MappedTable<W> {
         }
         Ok(())
     }
+}
+
+/// Index tables are binary-searched and appended to a row at a time:
+/// readahead only fills memory. It did worse on a start with 10,000
+/// partitions: a first touch of a preallocated (sparse) table read ahead and
+/// zeroed megabytes of holes per table, most of the start-up time.
+fn random_access(map: &MmapMut) {
+    let _ = map.advise(memmap2::Advice::Random);
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
