@@ -46,6 +46,10 @@ pub struct BrokerConfig {
     pub node_id: i32,
     /// Largest request frame accepted (`socket.request.max.bytes`).
     pub max_request_bytes: usize,
+    /// Bytes all connections together may hold in requests read but not yet
+    /// answered (`queued.max.request.bytes`); past it connections stop
+    /// reading until responses free some. -1 is unlimited (Kafka's default).
+    pub queued_max_request_bytes: i64,
     /// `auto.create.topics.enable`
     pub auto_create_topics: bool,
     /// `num.partitions`: partitions of auto-created topics.
@@ -123,6 +127,11 @@ impl Default for BrokerConfig {
             data_dir: PathBuf::from("./data"),
             node_id: 0,
             max_request_bytes: 100 * 1024 * 1024,
+            // Kafka leaves this unbounded, so a burst of large produces can
+            // take all the memory of a machine. 512 MiB is a fraction of a
+            // broker with a few GiB, and five requests of the largest size
+            // (max_request_bytes) still fit at once.
+            queued_max_request_bytes: 512 * 1024 * 1024,
             auto_create_topics: true,
             num_partitions: 1,
             log_segment_bytes: 1 << 30,
@@ -172,6 +181,8 @@ pub struct Args {
     pub node_id: Option<i32>,
     #[arg(long)]
     pub max_request_bytes: Option<usize>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub queued_max_request_bytes: Option<i64>,
     #[arg(long)]
     pub auto_create_topics: Option<bool>,
     #[arg(long)]
@@ -247,6 +258,7 @@ impl BrokerConfig {
             data_dir,
             node_id,
             max_request_bytes,
+            queued_max_request_bytes,
             auto_create_topics,
             num_partitions,
             log_segment_bytes,
@@ -307,6 +319,13 @@ impl BrokerConfig {
         }
         if self.max_request_bytes < 1024 {
             return bad(format!("max_request_bytes must be >= 1024, got {}", self.max_request_bytes));
+        }
+        if self.queued_max_request_bytes != -1 && self.queued_max_request_bytes < self.max_request_bytes as i64 {
+            return bad(format!(
+                "queued_max_request_bytes ({}) is below max_request_bytes ({}): a request of the largest accepted \
+                 size could never be read; raise it, or set -1 for no limit",
+                self.queued_max_request_bytes, self.max_request_bytes
+            ));
         }
         // Broker defaults go through the same checks as topic overrides.
         if self.producer_id_expiration_ms < 1 {
@@ -387,6 +406,19 @@ mod tests {
         let args = Args::parse_from(["fjord", "--num-partitions", "0"]);
         assert!(BrokerConfig::from_args(args).is_err());
         let args = Args::parse_from(["fjord", "--log-segment-bytes", "10"]);
+        assert!(BrokerConfig::from_args(args).is_err());
+    }
+
+    #[test]
+    fn queued_request_bytes_must_hold_the_largest_request() {
+        let args = Args::parse_from(["fjord", "--max-request-bytes", "2048", "--queued-max-request-bytes", "2047"]);
+        let e = BrokerConfig::from_args(args).unwrap_err().to_string();
+        assert!(e.contains("queued_max_request_bytes (2047) is below max_request_bytes (2048)"), "{e}");
+        let args = Args::parse_from(["fjord", "--max-request-bytes", "2048", "--queued-max-request-bytes", "2048"]);
+        assert_eq!(BrokerConfig::from_args(args).unwrap().queued_max_request_bytes, 2048);
+        let args = Args::parse_from(["fjord", "--queued-max-request-bytes", "-1"]);
+        assert_eq!(BrokerConfig::from_args(args).unwrap().queued_max_request_bytes, -1);
+        let args = Args::parse_from(["fjord", "--queued-max-request-bytes", "-5"]);
         assert!(BrokerConfig::from_args(args).is_err());
     }
 }

@@ -3,13 +3,13 @@
 //! pipeline behind it); this loop knows nothing of what they mean.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::dispatch::{self, HandlerResult};
@@ -23,11 +23,81 @@ tokio::task_local! {
 /// Requests a connection may have in flight before we stop reading.
 const MAX_IN_FLIGHT: usize = 256;
 
-/// A request's answer-to-be, with when it arrived, for the residence metric.
+/// The bytes that requests read but not yet answered hold, across every
+/// connection, bounded by `queued_max_request_bytes`: a frame takes its size
+/// before its body is read and gives it back once its response is written,
+/// so past the bound connections stop reading instead of allocating.
+pub struct RequestMemory {
+    budget: Option<Arc<Semaphore>>,
+    /// (held now, most ever held), under one lock so the gauges are set in
+    /// the order the counts changed.
+    held: Mutex<(u64, u64)>,
+}
+
+/// A frame's share of `RequestMemory`, given back on drop.
+pub struct HeldBytes {
+    memory: Arc<RequestMemory>,
+    bytes: u64,
+    // Released after `drop` has lowered `held`, so `held` never shows more
+    // than the budget allows.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl RequestMemory {
+    /// `max_bytes` < 0: unlimited (still counted, for the gauges).
+    pub fn new(max_bytes: i64) -> Arc<RequestMemory> {
+        let budget = usize::try_from(max_bytes).ok().map(|b| Arc::new(Semaphore::new(b.min(Semaphore::MAX_PERMITS))));
+        Arc::new(RequestMemory { budget, held: Mutex::new((0, 0)) })
+    }
+
+    /// Waits until `bytes` fit in the budget. Config validation keeps every
+    /// frame that passes the max_request_bytes check within it.
+    async fn acquire(self: &Arc<Self>, bytes: usize) -> Result<HeldBytes, String> {
+        let permit = match &self.budget {
+            Some(sem) => {
+                let n = u32::try_from(bytes).map_err(|_| format!("frame of {bytes} bytes is too large"))?;
+                let permit = match sem.clone().try_acquire_many_owned(n) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        // The budget is spent: this connection stops reading.
+                        metrics::counter!("fjord_queued_request_waits_total").increment(1);
+                        sem.clone().acquire_many_owned(n).await.map_err(|_| "request budget closed".to_string())?
+                    }
+                };
+                Some(permit)
+            }
+            None => None,
+        };
+        self.update(|held, peak| {
+            *held += bytes as u64;
+            *peak = (*peak).max(*held);
+        });
+        Ok(HeldBytes { memory: self.clone(), bytes: bytes as u64, _permit: permit })
+    }
+
+    fn update(&self, change: impl FnOnce(&mut u64, &mut u64)) {
+        let mut g = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let (held, peak) = &mut *g;
+        change(held, peak);
+        metrics::gauge!("fjord_queued_request_bytes").set(*held as f64);
+        metrics::gauge!("fjord_queued_request_bytes_peak").set(*peak as f64);
+    }
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        let bytes = self.bytes;
+        self.memory.update(|held, _| *held = held.saturating_sub(bytes));
+    }
+}
+
+/// A request's answer-to-be, with when it arrived, for the residence metric,
+/// and the request memory it holds until the answer is written.
 struct Queued {
     pending: Pending,
     arrived: Instant,
     api: &'static str,
+    held: HeldBytes,
 }
 
 enum Pending {
@@ -46,10 +116,10 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     let max = broker.config.max_request_bytes;
     loop {
         let frame = tokio::select! {
-            f = read_frame(&mut rd, max) => f,
+            f = read_frame(&mut rd, max, &broker.request_memory) => f,
             _ = tx.closed() => break,
         };
-        let frame = match frame {
+        let (frame, held) = match frame {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(reason) => {
@@ -80,11 +150,11 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
             }
             Err(reason) => {
                 tracing::warn!(%peer, %reason, "closing connection");
-                let _ = tx.send(Queued { pending: Pending::Close, arrived, api }).await;
+                let _ = tx.send(Queued { pending: Pending::Close, arrived, api, held }).await;
                 break;
             }
         };
-        if tx.send(Queued { pending, arrived, api }).await.is_err() {
+        if tx.send(Queued { pending, arrived, api, held }).await.is_err() {
             break;
         }
     }
@@ -93,8 +163,13 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     metrics::gauge!("fjord_connections").decrement(1.0);
 }
 
-/// Reads one frame; `Ok(None)` on a clean end of stream.
-async fn read_frame<R: AsyncReadExt + Unpin>(rd: &mut R, max: usize) -> Result<Option<Bytes>, String> {
+/// Reads one frame, once its size fits in the request memory budget;
+/// `Ok(None)` on a clean end of stream.
+async fn read_frame<R: AsyncReadExt + Unpin>(
+    rd: &mut R,
+    max: usize,
+    memory: &Arc<RequestMemory>,
+) -> Result<Option<(Bytes, HeldBytes)>, String> {
     let size = match rd.read_i32().await {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
@@ -109,6 +184,7 @@ async fn read_frame<R: AsyncReadExt + Unpin>(rd: &mut R, max: usize) -> Result<O
     // Read into uninitialised capacity: zeroing a 1 MiB produce first
     // would be one more pass over every byte.
     let size = size as usize;
+    let held = memory.acquire(size).await?;
     let mut buf = BytesMut::with_capacity(size);
     while buf.len() < size {
         let want = size - buf.len();
@@ -118,14 +194,14 @@ async fn read_frame<R: AsyncReadExt + Unpin>(rd: &mut R, max: usize) -> Result<O
             Err(e) => return Err(format!("truncated frame: {e}")),
         }
     }
-    Ok(Some(buf.freeze()))
+    Ok(Some((buf.freeze(), held)))
 }
 
 async fn write_loop(wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Queued>, peer: SocketAddr) {
     let mut out = BufWriter::with_capacity(64 * 1024, wr);
     // Responses written to the buffer but not yet to the socket.
-    let mut unflushed: Vec<(Instant, &'static str)> = Vec::new();
-    while let Some(Queued { pending, arrived, api }) = rx.recv().await {
+    let mut unflushed: Vec<(Instant, &'static str, HeldBytes)> = Vec::new();
+    while let Some(Queued { pending, arrived, api, held }) = rx.recv().await {
         let outcome = match pending {
             Pending::Close => break,
             Pending::Ready(result) => Ok(result),
@@ -145,7 +221,7 @@ async fn write_loop(wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<
                     tracing::debug!(%peer, error = %e, "write failed");
                     break;
                 }
-                unflushed.push((arrived, api));
+                unflushed.push((arrived, api, held));
             }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
@@ -171,12 +247,13 @@ async fn write_loop(wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<
 /// included): what the client waits for, as far as the broker can tell.
 async fn flush(
     out: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
-    unflushed: &mut Vec<(Instant, &'static str)>,
+    unflushed: &mut Vec<(Instant, &'static str, HeldBytes)>,
 ) -> bool {
     if out.flush().await.is_err() {
         return false;
     }
-    for (arrived, api) in unflushed.drain(..) {
+    // Dropping each entry's held bytes lets blocked readers go on.
+    for (arrived, api, _held) in unflushed.drain(..) {
         metrics::histogram!("fjord_request_residence_seconds", "api" => api).record(arrived.elapsed().as_secs_f64());
     }
     true

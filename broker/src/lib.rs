@@ -6,6 +6,7 @@ mod macros;
 
 pub mod alloc;
 pub mod api;
+pub mod clean_shutdown;
 pub mod config;
 pub mod connection;
 pub mod consumer_groups;

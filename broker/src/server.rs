@@ -31,6 +31,8 @@ pub struct Broker {
     pub advertised_host: String,
     pub advertised_port: i32,
     pub fetch_sessions: FetchSessions,
+    /// Bytes held by requests in flight (`queued_max_request_bytes`).
+    pub request_memory: Arc<connection::RequestMemory>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -65,10 +67,16 @@ pub struct RunningBroker {
     pub broker: Arc<Broker>,
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The data dir, opened at start, for the shutdown's one syncfs.
+    data_dir_handle: std::fs::File,
 }
 
 pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
     config.validate()?;
+    // Before any log is opened: recovery and producer-state rebuilds read
+    // segments through their mappings, and those pages count against
+    // mapped_resident_max_bytes like any read's.
+    let mapped_baseline = mapped_resident_bytes();
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -82,6 +90,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         crate::config::FsyncMethod::Fdatasync => fjord_storage::durability::SyncStrategy::Fdatasync,
     });
     let topics = Arc::new(tokio::task::block_in_place(|| Topics::open(&config))?);
+    let data_dir_handle = std::fs::File::open(&config.data_dir)?;
     let groups = Arc::new(
         tokio::task::block_in_place(|| GroupCoordinator::open(&topics, config.offsets_topic_num_partitions))?
             .with_initial_rebalance_delay(Duration::from_millis(config.group_initial_rebalance_delay_ms)),
@@ -107,6 +116,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         groups,
         consumer_groups: ConsumerGroups::new(Duration::from_millis(config.group_consumer_session_timeout_ms)),
         fetch_sessions: FetchSessions::new(1000),
+        request_memory: connection::RequestMemory::new(config.queued_max_request_bytes),
         shutdown: shutdown_rx.clone(),
         config,
     });
@@ -117,6 +127,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
             .install()
             .map_err(|e| anyhow::anyhow!("cannot start metrics endpoint: {e}"))?;
     }
+    report_recovery(&broker.topics);
     let tasks = vec![
         tokio::spawn(accept_loop(broker.clone(), listener, shutdown_rx.clone())),
         tokio::spawn(log_pass_loop(
@@ -139,12 +150,31 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
             compaction_pass,
         )),
         tokio::spawn(session_expiry_loop(broker.clone(), shutdown_rx.clone())),
-        tokio::spawn(mapped_pages_loop(broker.clone(), shutdown_rx.clone())),
+        tokio::spawn(mapped_pages_loop(broker.clone(), shutdown_rx.clone(), mapped_baseline)),
         tokio::spawn(transaction_expiry_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(flush_loop(broker.clone(), shutdown_rx)),
     ];
     tracing::info!(%local_addr, data_dir = %broker.config.data_dir.display(), "fjord listening");
-    Ok(RunningBroker { local_addr, broker, shutdown_tx, tasks })
+    Ok(RunningBroker { local_addr, broker, shutdown_tx, tasks, data_dir_handle })
+}
+
+/// Logs and exports what opening the logs took: a clean restart scans no
+/// segment and replays no batch.
+fn report_recovery(topics: &Topics) {
+    let r = topics.recovery_report();
+    tracing::info!(
+        clean = topics.clean_start(),
+        segments_scanned = r.segments_scanned,
+        indexes_rebuilt = r.indexes_rebuilt,
+        torn_bytes = r.torn_bytes,
+        batches_replayed = r.batches_replayed,
+        "logs recovered"
+    );
+    metrics::gauge!("fjord_start_clean").set(if topics.clean_start() { 1.0 } else { 0.0 });
+    metrics::gauge!("fjord_recovery_segments_scanned").set(r.segments_scanned as f64);
+    metrics::gauge!("fjord_recovery_indexes_rebuilt").set(r.indexes_rebuilt as f64);
+    metrics::gauge!("fjord_recovery_torn_bytes").set(r.torn_bytes as f64);
+    metrics::gauge!("fjord_recovery_batches_replayed").set(r.batches_replayed as f64);
 }
 
 async fn accept_loop(broker: Arc<Broker>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
@@ -201,10 +231,11 @@ fn mapped_resident_bytes() -> Option<u64> {
 }
 
 /// Keeps segment pages that reads faulted into the broker's resident set
-/// below `mapped_resident_max_bytes` (above what was mapped at start: the
-/// binary's own pages and the like), by unmapping them from every log.
-async fn mapped_pages_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
-    let Some(baseline) = mapped_resident_bytes() else {
+/// below `mapped_resident_max_bytes` (above `baseline`, what was mapped
+/// before any log was opened: the binary's own pages and the like), by
+/// unmapping them from every log.
+async fn mapped_pages_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>, baseline: Option<u64>) {
+    let Some(baseline) = baseline else {
         return;
     };
     let budget = broker.config.mapped_resident_max_bytes;
@@ -328,14 +359,11 @@ impl RunningBroker {
             let _ = t.await;
         }
         let logs = self.broker.topics.all_logs();
-        let _ = tokio::task::spawn_blocking(move || {
-            for log in logs {
-                if let Err(e) = log.sync_now() {
-                    tracing::warn!(log = %log.dir().display(), error = %e, "flush at shutdown failed");
-                }
-            }
-        })
-        .await;
-        tracing::info!("fjord stopped");
+        let data_dir = self.broker.config.data_dir.clone();
+        let handle = self.data_dir_handle;
+        let clean = tokio::task::spawn_blocking(move || crate::clean_shutdown::record(&data_dir, &handle, &logs))
+            .await
+            .unwrap_or(false);
+        tracing::info!(clean, "fjord stopped");
     }
 }

@@ -66,6 +66,10 @@ pub struct Topics {
     data_dir: PathBuf,
     static_defaults: BTreeMap<String, String>,
     state: RwLock<State>,
+    /// What opening the logs at start had to do, summed over them.
+    recovery: fjord_storage::RecoveryReport,
+    /// The last stop was clean (its marker was found).
+    clean_start: bool,
 }
 
 /// Kafka's rule: 1-249 characters of [a-zA-Z0-9._-], not "." or "..".
@@ -93,6 +97,7 @@ impl Topics {
     pub fn open(config: &BrokerConfig) -> anyhow::Result<Topics> {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir)?;
+        let clean = crate::clean_shutdown::take(&data_dir)?;
         let path = data_dir.join("metadata.json");
         let file: MetadataFile = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
@@ -104,7 +109,14 @@ impl Topics {
             Err(e) => return Err(e.into()),
         };
         let static_defaults = config.log_defaults().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        let topics = Topics { data_dir, static_defaults, state: RwLock::new(State { file, logs: HashMap::new() }) };
+        let mut topics = Topics {
+            data_dir,
+            static_defaults,
+            state: RwLock::new(State { file, logs: HashMap::new() }),
+            recovery: Default::default(),
+            clean_start: clean.is_some(),
+        };
+        let mut recovery = fjord_storage::RecoveryReport::default();
         {
             let mut st = topics.write();
             let defaults = topics.defaults_of(&st.file);
@@ -112,13 +124,26 @@ impl Topics {
             for (name, meta) in metas {
                 let cfg = topic_config::log_config(&meta.configs, &defaults);
                 for p in 0..meta.partitions {
-                    let log = PartitionLog::open(&topics.partition_dir(&name, p), cfg.clone())?;
+                    let point = clean.as_ref().and_then(|c| c.get(&format!("{name}-{p}")));
+                    let log = PartitionLog::open_with(&topics.partition_dir(&name, p), cfg.clone(), point)?;
+                    recovery.add(&log.recovery_report());
                     st.logs.insert((name.clone(), p), Arc::new(log));
                 }
             }
             topics.persist(&st.file)?;
         }
+        topics.recovery = recovery;
         Ok(topics)
+    }
+
+    /// What opening the logs at start had to do, summed over them.
+    pub fn recovery_report(&self) -> fjord_storage::RecoveryReport {
+        self.recovery
+    }
+
+    /// Whether the last stop was clean.
+    pub fn clean_start(&self) -> bool {
+        self.clean_start
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {

@@ -269,6 +269,38 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// A free local address (for `--metrics-listen`).
+pub fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    format!("127.0.0.1:{port}")
+}
+
+/// The Prometheus page, once the endpoint serves one that mentions `needle`
+/// (it starts with the broker, not before it accepts clients, and a metric
+/// appears once it is first recorded).
+pub fn scrape_metrics(addr: &str, needle: &str) -> String {
+    let scrape = || -> Option<String> {
+        let mut s = TcpStream::connect(addr).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(b) = scrape().filter(|b| b.contains(needle)) {
+            return b;
+        }
+        assert!(Instant::now() < deadline, "no metrics with {needle} served on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The value of an unlabelled metric on a Prometheus page.
+pub fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// A bare Kafka connection for speaking frames directly.
 pub struct RawConn {
     pub stream: TcpStream,
@@ -280,6 +312,12 @@ impl RawConn {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
         RawConn { stream, next_id: 1 }
+    }
+
+    /// A second handle on the same connection, numbering requests from
+    /// where this one is: one thread sends while another reads.
+    pub fn try_clone(&self) -> std::io::Result<RawConn> {
+        Ok(RawConn { stream: self.stream.try_clone()?, next_id: self.next_id })
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -306,12 +344,38 @@ impl RawConn {
     }
 
     /// Reads one response frame; None if the broker closed the connection.
+    /// Panics if it did neither within the read timeout (a hang).
     pub fn recv_frame(&mut self) -> Option<Bytes> {
         let mut len = [0u8; 4];
-        self.stream.read_exact(&mut len).ok()?;
-        let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-        self.stream.read_exact(&mut body).ok()?;
+        if !self.read_or_closed(&mut len) {
+            return None;
+        }
+        let mut body = vec![0u8; i32::from_be_bytes(len).max(0) as usize];
+        if !self.read_or_closed(&mut body) {
+            return None;
+        }
         Some(Bytes::from(body))
+    }
+
+    /// Fills `buf`; false if the broker closed the connection first (end of
+    /// stream or a reset). A read timeout is not a close: the broker neither
+    /// answered nor hung up, which fails the test.
+    fn read_or_closed(&mut self, buf: &mut [u8]) -> bool {
+        use std::io::ErrorKind;
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.stream.read(&mut buf[filled..]) {
+                Ok(0) => return false,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    let timeout = self.stream.read_timeout().ok().flatten();
+                    panic!("the broker neither answered nor closed the connection within {timeout:?}: a hang")
+                }
+                Err(_) => return false,
+            }
+        }
+        true
     }
 
     pub fn recv<R: Decodable>(&mut self, key: ApiKey, version: i16, correlation_id: i32) -> R {
@@ -326,44 +390,39 @@ impl RawConn {
         self.recv(key, version, id)
     }
 
-    /// True once the peer has closed the connection.
+    /// True once the peer has closed the connection (end of stream or a
+    /// reset), false if it sent something instead. Panics if it did neither
+    /// within the read timeout: a broker that hangs on bad input, rather
+    /// than closing, fails the test.
     pub fn is_closed(&mut self) -> bool {
         let mut b = [0u8; 1];
-        matches!(self.stream.read(&mut b), Ok(0) | Err(_))
+        !self.read_or_closed(&mut b)
     }
 }
 
-/// A loopback address with a port free right now (for a broker's metrics endpoint).
-pub fn free_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
-    format!("127.0.0.1:{port}")
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The Prometheus page, once the endpoint serves it (it starts with the
-/// broker, not before it accepts clients).
-pub fn scrape_metrics(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let scrape = || -> Option<String> {
-        let mut s = std::net::TcpStream::connect(addr).ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).ok()?;
-        Some(body)
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(b) = scrape().filter(|b| b.contains("fjord_produced_bytes_total")) {
-            return b;
-        }
-        assert!(Instant::now() < deadline, "no metrics served on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
+    /// A peer that hangs up counts as closed; one that holds the
+    /// connection open without a word is a hang and fails the caller.
+    #[test]
+    fn is_closed_tells_a_close_from_a_hang() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let mut conn = RawConn::connect(&addr);
+        let (peer, _) = listener.accept().unwrap();
+        drop(peer);
+        assert!(conn.is_closed());
+
+        let mut conn = RawConn::connect(&addr);
+        let (_peer, _) = listener.accept().unwrap();
+        conn.stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let hang = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.is_closed()));
+        let msg = hang.expect_err("a silent open connection is not closed");
+        let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("a hang"), "{msg}");
+        let hang = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.recv_frame()));
+        assert!(hang.is_err(), "recv_frame must not call a hang a close either");
     }
-}
-
-/// The value of an unlabelled counter on a Prometheus page (0 when absent).
-pub fn metric(page: &str, name: &str) -> f64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use fjord_compat_tests::wire::{
     batch_of as batch, create_topic as create, describe_config, s, set_config, topic_metadata,
 };
-use fjord_compat_tests::{free_addr, scrape_metrics, wire, BrokerProcess, RawConn};
+use fjord_compat_tests::{free_addr, wire, BrokerProcess, RawConn};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::*;
 
@@ -516,6 +516,10 @@ fn compacted_topic_keeps_latest_value_per_key() {
     }
     assert!(got.windows(2).all(|w| w[0].0 < w[1].0));
     assert_eq!(list_offset(&mut conn, "table", -1), 120);
+}
+
+fn scrape_metrics(addr: &str) -> String {
+    fjord_compat_tests::scrape_metrics(addr, "fjord_produced_bytes_total")
 }
 
 /// The Prometheus endpoint serves the broker's counters and per-API

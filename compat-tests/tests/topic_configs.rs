@@ -278,7 +278,8 @@ fn flush_messages_syncs_appends_whatever_the_acks() {
         let r: ProduceResponse = conn.call(ApiKey::Produce, 9, &req);
         assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
     };
-    let fsyncs = || metric(&scrape_metrics(&addr), "fjord_log_fsyncs_total");
+    let fsyncs =
+        || metric(&scrape_metrics(&addr, "fjord_produced_bytes_total"), "fjord_log_fsyncs_total").unwrap_or(0.0);
     // The metrics page is served once something was produced.
     acks_one(&mut conn, "lazy");
     let before = fsyncs();

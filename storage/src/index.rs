@@ -4,7 +4,7 @@
 //! Both are preallocated to `segment.index.bytes`, filled in order and trimmed
 //! to their used length when the segment closes, as Kafka does.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use memmap2::MmapMut;
@@ -12,9 +12,11 @@ use memmap2::MmapMut;
 use crate::error::{LogError, Result};
 
 /// A fixed-width, append-only table of (key, value) pairs in a mapped file.
+/// The file is not kept open (the mapping outlives its descriptor): a
+/// broker with 10,000 partitions would otherwise hold three descriptors
+/// per segment instead of one.
 struct MappedTable<const W: usize> {
     path: PathBuf,
-    file: File,
     map: Option<MmapMut>,
     entries: usize,
     capacity: usize,
@@ -29,7 +31,47 @@ impl<const W: usize> MappedTable<W> {
         // a data dir) and only this table writes it, so the mapping is not
         // changed underneath us.
         let map = unsafe { MmapMut::map_mut(&file)? };
-        Ok(MappedTable { path: path.to_path_buf(), file, map: Some(map), entries, capacity })
+        random_access(&map);
+        Ok(MappedTable { path: path.to_path_buf(), map: Some(map), entries, capacity })
+    }
+
+    /// Maps a trimmed table (a closed segment's) as it is. Its length is
+    /// left alone: growing it by the spare entry `open` adds would leave a
+    /// zero row after the real ones, which the next start would read as an
+    /// entry out of order and rebuild the whole index for.
+    fn load(path: &Path) -> Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let len = file.metadata()?.len() as usize;
+        if !len.is_multiple_of(W) {
+            return Err(LogError::Corrupt(format!("{} has a partial entry", path.display())));
+        }
+        let entries = len / W;
+        let map = if entries > 0 {
+            // SAFETY: as in `open`.
+            let map = unsafe { MmapMut::map_mut(&file)? };
+            random_access(&map);
+            Some(map)
+        } else {
+            None
+        };
+        Ok(MappedTable { path: path.to_path_buf(), map, entries, capacity: entries })
+    }
+
+    /// Maps an active table preallocated past its used rows, whose row
+    /// count was not recorded: the rows in use are the leading ones
+    /// `in_use` accepts (each compared with the one before it).
+    fn load_active(path: &Path, max_bytes: usize, in_use: impl Fn(Option<&[u8]>, &[u8]) -> bool) -> Result<Self> {
+        let mut t = Self::open(path, 0, max_bytes)?;
+        let mut n = 0;
+        while n < t.capacity {
+            let prev = n.checked_sub(1).map(|p| t.entry(p));
+            if !in_use(prev, t.entry(n)) {
+                break;
+            }
+            n += 1;
+        }
+        t.entries = n;
+        Ok(t)
     }
 
     fn entry(&self, i: usize) -> &[u8] {
@@ -53,8 +95,15 @@ impl<const W: usize> MappedTable<W> {
         }
     }
 
+    /// Drops rows past `n`, zeroing them: an active table is found again
+    /// after a clean restart by its leading valid rows, so a stale row
+    /// must not survive beyond the new end.
     fn truncate_entries(&mut self, n: usize) {
-        self.entries = self.entries.min(n);
+        let keep = self.entries.min(n);
+        if let Some(m) = &mut self.map {
+            m[keep * W..self.entries * W].fill(0);
+        }
+        self.entries = keep;
     }
 
     /// Shrinks the file to the used entries; the table stays readable.
@@ -63,11 +112,12 @@ impl<const W: usize> MappedTable<W> {
             m.flush()?;
         }
         self.map = None;
-        self.file.set_len((self.entries * W) as u64)?;
+        let file = OpenOptions::new().read(true).write(true).open(&self.path)?;
+        file.set_len((self.entries * W) as u64)?;
         self.capacity = self.entries;
         if self.entries > 0 {
             // SAFETY: as in `open`; the file now holds exactly `entries` rows.
-            self.map = Some(unsafe { MmapMut::map_mut(&self.file)? });
+            self.map = Some(unsafe { MmapMut::map_mut(&file)? });
         }
         Ok(())
     }
@@ -78,6 +128,27 @@ impl<const W: usize> MappedTable<W> {
         }
         Ok(())
     }
+
+    /// Drops this process's page-table entries for the table, as
+    /// `Segment::release_pages` does for the log: with thousands of
+    /// partitions the touched index pages alone pass the resident cap.
+    fn release_pages(&self) -> Result<()> {
+        if let Some(m) = &self.map {
+            // SAFETY: a shared file mapping: unmapping a page loses nothing
+            // (the kernel keeps a written page dirty in the page cache), and
+            // the next access reads the file's current contents back.
+            unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed)? };
+        }
+        Ok(())
+    }
+}
+
+/// Index tables are binary-searched and appended to a row at a time:
+/// readahead only fills memory. It did worse on a start with 10,000
+/// partitions: a first touch of a preallocated (sparse) table read ahead and
+/// zeroed megabytes of holes per table, most of the start-up time.
+fn random_access(map: &MmapMut) {
+    let _ = map.advise(memmap2::Advice::Random);
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -100,11 +171,30 @@ impl OffsetIndex {
     /// Opens an existing index of a closed segment, checking it is sane for a
     /// log of `log_size` bytes; a broken one is reported so it can be rebuilt.
     pub fn load(path: &Path, base_offset: i64, log_size: u64) -> Result<Self> {
-        let len = std::fs::metadata(path)?.len() as usize;
-        if !len.is_multiple_of(8) {
-            return Err(LogError::Corrupt(format!("{} has a partial entry", path.display())));
-        }
-        let idx = OffsetIndex { base_offset, table: MappedTable::open(path, len / 8, len)? };
+        let idx = OffsetIndex { base_offset, table: MappedTable::load(path)? };
+        idx.check(path, log_size)?;
+        Ok(idx)
+    }
+
+    /// Opens the preallocated index of an active segment that was synced at
+    /// a clean shutdown, `log_size` bytes long: its rows are the leading
+    /// ones whose offsets and positions grow.
+    pub fn load_active(path: &Path, base_offset: i64, log_size: u64, max_bytes: usize) -> Result<Self> {
+        let rel = |e: &[u8]| (u32_at(e, 0), u32_at(e, 4));
+        let table = MappedTable::load_active(path, max_bytes, |prev, e| match prev {
+            // The first batch is always indexed, at position 0; an empty
+            // log has no row (its first row is preallocated zeros).
+            None => log_size > 0 && rel(e).1 == 0,
+            Some(p) => rel(e).0 > rel(p).0 && rel(e).1 > rel(p).1,
+        })?;
+        let idx = OffsetIndex { base_offset, table };
+        idx.check(path, log_size)?;
+        Ok(idx)
+    }
+
+    /// Offsets and positions strictly grow and every position is in the log.
+    fn check(&self, path: &Path, log_size: u64) -> Result<()> {
+        let (idx, base_offset) = (self, self.base_offset);
         let mut last = (-1i64, -1i64);
         for i in 0..idx.table.entries {
             let (o, p) = idx.get(i);
@@ -113,7 +203,20 @@ impl OffsetIndex {
             }
             last = (o, p);
         }
-        Ok(idx)
+        Ok(())
+    }
+
+    /// Rows in use.
+    pub fn entries(&self) -> usize {
+        self.table.entries
+    }
+
+    /// The last row: (offset, position).
+    pub fn last(&self) -> Option<(i64, u64)> {
+        self.table.entries.checked_sub(1).map(|i| {
+            let (o, p) = self.get(i);
+            (o, p as u64)
+        })
     }
 
     fn get(&self, i: usize) -> (i64, i64) {
@@ -163,6 +266,9 @@ impl OffsetIndex {
     pub fn flush(&self) -> Result<()> {
         self.table.flush()
     }
+    pub fn release_pages(&self) -> Result<()> {
+        self.table.release_pages()
+    }
     pub fn path(&self) -> &Path {
         &self.table.path
     }
@@ -181,11 +287,26 @@ impl TimeIndex {
     }
 
     pub fn load(path: &Path, base_offset: i64) -> Result<Self> {
-        let len = std::fs::metadata(path)?.len() as usize;
-        if !len.is_multiple_of(12) {
-            return Err(LogError::Corrupt(format!("{} has a partial entry", path.display())));
-        }
-        let idx = TimeIndex { base_offset, table: MappedTable::open(path, len / 12, len)? };
+        let idx = TimeIndex { base_offset, table: MappedTable::load(path)? };
+        idx.check(path)?;
+        Ok(idx)
+    }
+
+    /// The active segment's preallocated time index after a clean shutdown:
+    /// its rows are the leading ones whose offsets grow.
+    pub fn load_active(path: &Path, base_offset: i64, max_bytes: usize) -> Result<Self> {
+        let table = MappedTable::load_active(path, max_bytes, |prev, e| match prev {
+            // A first row of zeros is no row: no batch carried a timestamp.
+            None => e.iter().any(|b| *b != 0),
+            Some(p) => u32_at(e, 8) > u32_at(p, 8),
+        })?;
+        let idx = TimeIndex { base_offset, table };
+        idx.check(path)?;
+        Ok(idx)
+    }
+
+    fn check(&self, path: &Path) -> Result<()> {
+        let (idx, base_offset) = (self, self.base_offset);
         let mut last = i64::MIN;
         for i in 0..idx.table.entries {
             let (ts, o) = idx.get(i);
@@ -194,7 +315,7 @@ impl TimeIndex {
             }
             last = ts;
         }
-        Ok(idx)
+        Ok(())
     }
 
     fn get(&self, i: usize) -> (i64, i64) {
@@ -245,6 +366,9 @@ impl TimeIndex {
     }
     pub fn flush(&self) -> Result<()> {
         self.table.flush()
+    }
+    pub fn release_pages(&self) -> Result<()> {
+        self.table.release_pages()
     }
     pub fn path(&self) -> &Path {
         &self.table.path

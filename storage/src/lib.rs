@@ -14,4 +14,5 @@ pub mod segment;
 
 pub use batch::{BatchHeader, TimestampType};
 pub use error::{LogError, RecordError, RecordErrorKind, Result};
-pub use log::{AppendInfo, LogConfig, PartitionLog, ReadResult};
+pub use log::{AppendInfo, LogConfig, PartitionLog, ReadResult, RecoveryReport};
+pub use segment::CleanState;

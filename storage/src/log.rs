@@ -17,7 +17,7 @@ use crate::batch::{self, TimestampType};
 use crate::epoch::EpochCache;
 use crate::error::{LogError, Result};
 use crate::producer::{AbortedTxn, ProducerStates, SequenceCheck};
-use crate::segment::{file_name, Segment};
+use crate::segment::{file_name, CleanState, Segment};
 
 /// Snapshots kept beside the log: the newest, and one before it in case the
 /// newest is ahead of what survived a crash.
@@ -140,6 +140,30 @@ pub struct ReadResult {
     pub last_stable_offset: i64,
 }
 
+/// What opening a log had to do: start-up metrics and the tests that a
+/// clean restart reads no batch while a crash still recovers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments read batch by batch: active segments after a crash (or a
+    /// missing or stale clean-shutdown checkpoint) and rebuilt indexes.
+    pub segments_scanned: u64,
+    /// Closed segments whose indexes failed their checks and were rebuilt.
+    pub indexes_rebuilt: u64,
+    /// Bytes cut after the last valid batch that were not preallocated zeros.
+    pub torn_bytes: u64,
+    /// Batch headers read to rebuild producer state after the newest snapshot.
+    pub batches_replayed: u64,
+}
+
+impl RecoveryReport {
+    pub fn add(&mut self, o: &RecoveryReport) {
+        self.segments_scanned += o.segments_scanned;
+        self.indexes_rebuilt += o.indexes_rebuilt;
+        self.torn_bytes += o.torn_bytes;
+        self.batches_replayed += o.batches_replayed;
+    }
+}
+
 pub(crate) struct Inner {
     pub(crate) config: LogConfig,
     pub(crate) segments: BTreeMap<i64, Segment>,
@@ -159,6 +183,13 @@ fn snapshot_offsets(dir: &Path) -> Vec<i64> {
         .collect();
     v.sort_unstable();
     v
+}
+
+fn prune_snapshots(dir: &Path) -> Result<()> {
+    for old in snapshot_offsets(dir).iter().rev().skip(SNAPSHOTS_KEPT) {
+        remove_if_present(&dir.join(file_name(*old, "snapshot")))?;
+    }
+    Ok(())
 }
 
 fn remove_if_present(path: &Path) -> Result<()> {
@@ -202,7 +233,7 @@ impl Inner {
     /// from the newest usable snapshot, then by reading the batch headers
     /// (and markers) of the segments after it. Without a snapshot that is
     /// the whole log.
-    fn recover_state(&mut self, dir: &Path) -> Result<()> {
+    fn recover_state(&mut self, dir: &Path) -> Result<u64> {
         let end = self.log_end();
         let mut from = i64::MIN;
         let mut states = ProducerStates::default();
@@ -221,6 +252,7 @@ impl Inner {
             tracing::warn!(snapshot = %path.display(), "unreadable producer snapshot skipped");
         }
         let mut aborted = Vec::new();
+        let mut replayed = 0;
         for seg in self.segments.values() {
             let index = dir.join(file_name(seg.base_offset, "txnindex"));
             if seg.next_offset <= from {
@@ -234,6 +266,7 @@ impl Inner {
                 if b.header.base_offset < from {
                     continue;
                 }
+                replayed += 1;
                 let marker = if b.header.is_control() {
                     batch::marker_kind(&seg.bytes(b.position, b.position + b.header.total_size() as u64))
                 } else {
@@ -254,7 +287,7 @@ impl Inner {
         aborted.retain(|a| a.last_offset >= self.log_start);
         self.producers = states;
         self.aborted = aborted;
-        Ok(())
+        Ok(replayed)
     }
 
     fn active(&self) -> &Segment {
@@ -289,6 +322,7 @@ pub struct PartitionLog {
     /// "clean" part, for `min.cleanable.dirty.ratio`); in memory only, so
     /// a restart treats the whole log as dirty once.
     pub(crate) cleaned_upto: AtomicI64,
+    recovery: RecoveryReport,
 }
 
 /// Writes a small file so a crash leaves either the old or the new content.
@@ -317,6 +351,14 @@ fn parse_base_offset(name: &str) -> Option<i64> {
 impl PartitionLog {
     /// Opens (or creates) the log in `dir`, recovering the active segment.
     pub fn open(dir: &Path, config: LogConfig) -> Result<PartitionLog> {
+        Self::open_with(dir, config, None)
+    }
+
+    /// `open`, after a clean shutdown that left the active segment as
+    /// `clean` says (`shutdown_state`): the active segment is trusted
+    /// instead of scanned, if what is on disk matches it. Closed segments
+    /// are opened as always (their indexes are checked, not their batches).
+    pub fn open_with(dir: &Path, config: LogConfig, clean: Option<&CleanState>) -> Result<PartitionLog> {
         std::fs::create_dir_all(dir)?;
         // A compaction interrupted before its swap leaves a .cleaned file;
         // the original segment is intact, so the partial copy just goes.
@@ -335,10 +377,27 @@ impl PartitionLog {
             .and_then(|s| s.trim().parse::<i64>().ok())
             .unwrap_or(0);
         let mut segments = BTreeMap::new();
+        let mut report = RecoveryReport::default();
         let n = bases.len();
         for (i, base) in bases.into_iter().enumerate() {
             let active = i + 1 == n;
-            let seg = Segment::open(dir, base, active, config.segment_bytes, config.segment_index_bytes)?;
+            let trusted = match clean {
+                Some(c) if active && c.base_offset == base => {
+                    let seg = Segment::open_clean(dir, c, config.segment_index_bytes)?;
+                    if seg.is_none() {
+                        tracing::warn!(log = %dir.display(), "clean-shutdown checkpoint does not match the log; scanning it");
+                    }
+                    seg
+                }
+                _ => None,
+            };
+            let seg = match trusted {
+                Some(seg) => seg,
+                None => Segment::open(dir, base, active, config.segment_bytes, config.segment_index_bytes)?,
+            };
+            report.segments_scanned += seg.opened.scanned as u64;
+            report.indexes_rebuilt += seg.opened.index_rebuilt as u64;
+            report.torn_bytes += seg.opened.torn_bytes;
             segments.insert(base, seg);
         }
         // A closed segment that recovery emptied entirely carries nothing.
@@ -353,28 +412,60 @@ impl PartitionLog {
         let end = segments.values().next_back().map(|s| s.next_offset).unwrap_or(0);
         log_start = log_start.min(end);
         epochs.truncate_from(end)?;
+        let mut inner =
+            Inner { config, segments, log_start, epochs, producers: ProducerStates::default(), aborted: Vec::new() };
+        report.batches_replayed = inner.recover_state(dir)?;
         let log = PartitionLog {
             dir: dir.to_path_buf(),
-            inner: RwLock::new({
-                let mut inner = Inner {
-                    config,
-                    segments,
-                    log_start,
-                    epochs,
-                    producers: ProducerStates::default(),
-                    aborted: Vec::new(),
-                };
-                inner.recover_state(dir)?;
-                inner
-            }),
+            inner: RwLock::new(inner),
             appended: Notify::new(),
             flushed: Arc::new(AtomicI64::new(end)),
             dev: std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(dir)?),
             deleted: AtomicBool::new(false),
             fsyncs: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             cleaned_upto: AtomicI64::new(0),
+            recovery: report,
         };
         Ok(log)
+    }
+
+    /// What opening this log had to do.
+    pub fn recovery_report(&self) -> RecoveryReport {
+        self.recovery
+    }
+
+    /// Prepares the log for a clean shutdown and says where its active
+    /// segment stands, for `open_with` at the next start. Producer state is
+    /// snapshotted at the log end, so that start replays no batch either.
+    /// With `sync` the data, indexes and snapshot are made durable here;
+    /// without it the caller syncs the filesystem once for every log (the
+    /// checkpoint must only be written after that). Later appends (a
+    /// request still running) are not covered: the next start sees data
+    /// past the checkpoint and scans.
+    pub fn shutdown_state(&self, sync: bool) -> Result<CleanState> {
+        let inner = self.read_inner();
+        let end = inner.log_end();
+        if !snapshot_offsets(&self.dir).contains(&end) {
+            let path = self.dir.join(file_name(end, "snapshot"));
+            if sync {
+                write_atomic(&path, &inner.producers.to_json())?;
+            } else {
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, inner.producers.to_json())?;
+                std::fs::rename(&tmp, &path)?;
+            }
+            prune_snapshots(&self.dir)?;
+        }
+        let active = inner.active();
+        if sync {
+            active.file().sync_data()?;
+            active.flush_indexes()?;
+            if let Ok(f) = std::fs::File::open(self.dir.join(file_name(active.base_offset, "txnindex"))) {
+                f.sync_all()?;
+            }
+            self.flushed.fetch_max(end, Ordering::AcqRel);
+        }
+        Ok(active.clean_state())
     }
 
     pub(crate) fn read_inner(&self) -> RwLockReadGuard<'_, Inner> {
@@ -545,11 +636,7 @@ impl PartitionLog {
     /// segment), so recovery reads only the segments after it.
     fn snapshot_producers(&self, inner: &Inner, offset: i64) -> Result<()> {
         write_atomic(&self.dir.join(file_name(offset, "snapshot")), &inner.producers.to_json())?;
-        let offsets = snapshot_offsets(&self.dir);
-        for old in offsets.iter().rev().skip(SNAPSHOTS_KEPT) {
-            remove_if_present(&self.dir.join(file_name(*old, "snapshot")))?;
-        }
-        Ok(())
+        prune_snapshots(&self.dir)
     }
 
     fn maybe_roll(&self, inner: &mut Inner, incoming: u64, now_ms: i64) -> Result<()> {
