@@ -187,6 +187,11 @@ impl BrokerProcess {
         }
     }
 
+    /// The broker's whole log (removed when the process is dropped).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

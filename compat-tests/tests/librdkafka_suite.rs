@@ -171,7 +171,9 @@ fn lines_of<'a>(log: &'a str, test: &str) -> Vec<&'a str> {
 /// Fails the test, keeping the runners' logs for a look.
 fn fail_keeping_logs(work: tempfile::TempDir, broker: &BrokerProcess, why: &str) -> ! {
     let kept = work.keep();
-    panic!("{why}; runner logs kept in {}\nbroker log:\n{}", kept.display(), broker.log_tail());
+    // The whole broker log beside the runners' (a stall shows there).
+    let _ = std::fs::copy(broker.log_path(), kept.join("broker.log"));
+    panic!("{why}; runner and broker logs kept in {}\nbroker log:\n{}", kept.display(), broker.log_tail());
 }
 
 /// Runs one test-runner process to its end (or RUN_TIMEOUT), echoing the
@@ -297,10 +299,17 @@ fn librdkafka_broker_tests() {
         }
     }
     main.skip.push_str(&format!(",{ADMIN_TEST}"));
-    let admin_lane = ADMIN_SUBTESTS
-        .iter()
-        .map(|sub| run_of(&format!("{ADMIN_TEST} {sub}"), Some(ADMIN_TEST.into()), Some(sub), &["-L"]))
-        .collect();
+    // 0081's runs take six minutes one after another: half of them follow
+    // 0113's short runs, so no lane outlasts the main run by much.
+    let mut admin_lane = Vec::new();
+    for (i, sub) in ADMIN_SUBTESTS.iter().enumerate() {
+        let r = run_of(&format!("{ADMIN_TEST} {sub}"), Some(ADMIN_TEST.into()), Some(sub), &["-L"]);
+        if i % 2 == 0 {
+            admin_lane.push(r)
+        } else {
+            long_lane.push(r)
+        }
+    }
     let lanes: Vec<Vec<Run>> = vec![vec![main], sockem_lane, long_lane, admin_lane];
 
     let started = Instant::now();

@@ -177,7 +177,14 @@ impl Segment {
                 }
                 Err(e) => {
                     seg.opened.index_rebuilt = true;
-                    tracing::warn!(segment = %seg.log_path.display(), error = %e, "rebuilding index")
+                    // Compaction swaps a rewritten segment in without its
+                    // indexes: building them is routine. A broken one is not.
+                    match &e {
+                        crate::LogError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+                            tracing::debug!(segment = %seg.log_path.display(), "building missing index")
+                        }
+                        _ => tracing::warn!(segment = %seg.log_path.display(), error = %e, "rebuilding index"),
+                    }
                 }
             }
         }
