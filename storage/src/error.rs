@@ -35,6 +35,11 @@ pub enum LogError {
     /// whole batch is refused and the offending records are listed.
     #[error("{message}")]
     RecordErrors { kind: RecordErrorKind, message: String, records: Vec<RecordError> },
+    /// The log was deleted (its topic deleted) while a write was on its way
+    /// (UNKNOWN_TOPIC_OR_PARTITION): nothing is written into a directory
+    /// that may already belong to a topic recreated under the same name.
+    #[error("the log was deleted")]
+    Deleted,
     #[error("storage I/O error: {0}")]
     Io(#[from] std::io::Error),
 }

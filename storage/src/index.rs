@@ -108,17 +108,22 @@ impl<const W: usize> MappedTable<W> {
 
     /// Shrinks the file to the used entries; the table stays readable.
     fn trim(&mut self) -> Result<()> {
+        // Opened before the mapping goes: if it cannot be (no descriptors
+        // left, directory gone), the table keeps its mapping and its rows.
+        let file = OpenOptions::new().read(true).write(true).open(&self.path)?;
         if let Some(m) = &self.map {
             m.flush()?;
         }
         self.map = None;
-        let file = OpenOptions::new().read(true).write(true).open(&self.path)?;
-        file.set_len((self.entries * W) as u64)?;
-        self.capacity = self.entries;
-        if self.entries > 0 {
-            // SAFETY: as in `open`; the file now holds exactly `entries` rows.
+        let cut = file.set_len((self.entries * W) as u64);
+        if cut.is_ok() {
+            self.capacity = self.entries;
+        }
+        if self.capacity > 0 {
+            // SAFETY: as in `open`; the file holds `capacity` rows, cut or not.
             self.map = Some(unsafe { MmapMut::map_mut(&file)? });
         }
+        cut?;
         Ok(())
     }
 

@@ -279,8 +279,13 @@ impl Inner {
             if rebuilt.is_empty() {
                 remove_if_present(&index)?;
             } else {
+                // Since snapshots are also taken at a clean shutdown (mid-
+                // segment), entries older than the snapshot live only in this
+                // file: it is replaced atomically, and only when it changed.
                 let bytes: Vec<u8> = rebuilt.iter().flat_map(encode_txn_entry).collect();
-                std::fs::write(&index, bytes)?;
+                if std::fs::read(&index).ok().as_deref() != Some(bytes.as_slice()) {
+                    write_atomic(&index, &bytes)?;
+                }
             }
             aborted.extend(rebuilt);
         }
@@ -561,6 +566,11 @@ impl PartitionLog {
             return Err(LogError::InvalidRecord("a transactional batch needs a producer id".into()));
         }
         let mut inner = self.write_inner();
+        // `delete` sets the flag before it takes the lock: an append that
+        // passes here finishes before the files go.
+        if self.is_deleted() {
+            return Err(LogError::Deleted);
+        }
         if coordinator {
             let h = &batches[0].1;
             inner.producers.check_epoch(h.producer_id, h.producer_epoch)?;
@@ -809,6 +819,9 @@ impl PartitionLog {
     /// high watermark at most; returns the new low watermark.
     pub fn delete_records(&self, offset: i64) -> Result<i64> {
         let mut inner = self.write_inner();
+        if self.is_deleted() {
+            return Err(LogError::Deleted);
+        }
         let end = inner.log_end();
         let offset = if offset == -1 { end } else { offset };
         if offset < 0 || offset > end {
@@ -853,6 +866,9 @@ impl PartitionLog {
     /// `retention.bytes`, oldest first. Returns how many went.
     pub fn apply_retention(&self, now_ms: i64) -> Result<usize> {
         let mut inner = self.write_inner();
+        if self.is_deleted() {
+            return Err(LogError::Deleted);
+        }
         let cfg = inner.config.clone();
         if !cfg.delete {
             return Ok(0);

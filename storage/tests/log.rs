@@ -355,3 +355,20 @@ fn segments_roll_by_age() {
     assert_eq!(log.segment_count(), 2, "rolled once the segment was a second old");
     assert_eq!(read_all(&log, 0).len(), 3);
 }
+
+#[test]
+fn a_deleted_log_takes_no_more_writes() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("t-0");
+    let log = PartitionLog::open(&dir, small_config()).unwrap();
+    log.append(&batch(2, 1000, 1), 0, 2000).unwrap();
+    log.delete().unwrap();
+    // A write that raced the delete must not recreate files in a directory
+    // a topic recreated under the same name may now own.
+    assert!(matches!(log.append(&batch(2, 1000, 2), 0, 2000), Err(LogError::Deleted)));
+    assert!(matches!(log.delete_records(1), Err(LogError::Deleted)));
+    assert!(matches!(log.apply_retention(i64::MAX), Err(LogError::Deleted)));
+    assert!(!dir.exists(), "nothing was written back into the deleted directory");
+    // Reads of what was there still work for readers that hold the log.
+    assert_eq!(read_all(&log, 0).len(), 1);
+}

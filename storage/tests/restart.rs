@@ -229,3 +229,49 @@ fn released_index_pages_keep_their_rows() {
     assert_eq!(headers(&log), before);
     assert_eq!(before.len(), 40);
 }
+
+/// Snapshots taken at a clean shutdown sit in the middle of the active
+/// segment, so the aborts before them live only in that segment's
+/// `.txnindex`: a scan after a later crash keeps them. The scan finds the
+/// file as the appends left it and does not rewrite it (a rewrite is the
+/// one moment a crash could empty it; a changed one is replaced by rename).
+#[test]
+fn aborts_before_a_shutdown_snapshot_survive_later_crashes() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let txn_index = |dir: &std::path::Path| {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "txnindex"))
+            .collect();
+        v.sort();
+        v.pop().expect("the active segment has an aborted-transaction index")
+    };
+    let (state, aborted) = {
+        let log = PartitionLog::open(dir.path(), config()).unwrap();
+        let aborted = fill(&log);
+        (log.shutdown_state(true).unwrap(), aborted)
+    };
+    {
+        let log = PartitionLog::open_with(dir.path(), config(), Some(&state)).unwrap();
+        log.append(&produced(9, 0, 2, true), 0, 1_000).unwrap();
+        log.append_marker(9, 0, 0, false, 1_000).unwrap();
+        // Dropped without a shutdown state: a crash.
+    }
+    let first_inode = std::fs::metadata(txn_index(dir.path())).unwrap().ino();
+    {
+        let log = PartitionLog::open(dir.path(), config()).unwrap();
+        assert_eq!(log.recovery_report().segments_scanned, 1);
+        let now = log.aborted_transactions(0, i64::MAX);
+        assert_eq!(now.len(), aborted.len() + 1);
+        assert_eq!(&now[..aborted.len()], &aborted[..], "the aborts before the snapshot are kept");
+    }
+    let rebuilt = std::fs::metadata(txn_index(dir.path())).unwrap().ino();
+    assert_eq!(rebuilt, first_inode, "an index that the scan agrees with is not rewritten");
+    {
+        let log = PartitionLog::open(dir.path(), config()).unwrap();
+        assert_eq!(log.aborted_transactions(0, i64::MAX).len(), aborted.len() + 1);
+    }
+    assert_eq!(std::fs::metadata(txn_index(dir.path())).unwrap().ino(), rebuilt, "an unchanged index is not rewritten");
+}

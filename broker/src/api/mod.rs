@@ -41,6 +41,7 @@ pub fn storage_code(e: &fjord_storage::LogError) -> ResponseError {
         RecordTooLarge { .. } => ResponseError::MessageTooLarge,
         OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         Io(_) => ResponseError::KafkaStorageError,
+        Deleted => ResponseError::UnknownTopicOrPartition,
         OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
         UnknownProducerId(_) => ResponseError::UnknownProducerId,
