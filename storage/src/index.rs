@@ -71,6 +71,17 @@ impl<const W: usize> MappedTable<W> {
             n += 1;
         }
         t.entries = n;
+        // Rows past the last one in use (written after the state was taken,
+        // say) are zeroed, so a later start cannot take them for rows again.
+        let mut stale = n;
+        while stale < t.capacity && t.entry(stale).iter().any(|b| *b != 0) {
+            stale += 1;
+        }
+        if stale > n {
+            if let Some(m) = &mut t.map {
+                m[n * W..stale * W].fill(0);
+            }
+        }
         Ok(t)
     }
 
@@ -298,12 +309,15 @@ impl TimeIndex {
     }
 
     /// The active segment's preallocated time index after a clean shutdown:
-    /// its rows are the leading ones whose offsets grow.
-    pub fn load_active(path: &Path, base_offset: i64, max_bytes: usize) -> Result<Self> {
+    /// its rows are the leading ones whose offsets grow and stay below
+    /// `next_offset` (a row for a batch appended after the clean state was
+    /// taken points at data the state does not cover).
+    pub fn load_active(path: &Path, base_offset: i64, next_offset: i64, max_bytes: usize) -> Result<Self> {
+        let below_end = |e: &[u8]| base_offset + (u32_at(e, 8) as i64) < next_offset;
         let table = MappedTable::load_active(path, max_bytes, |prev, e| match prev {
             // A first row of zeros is no row: no batch carried a timestamp.
-            None => e.iter().any(|b| *b != 0),
-            Some(p) => u32_at(e, 8) > u32_at(p, 8),
+            None => e.iter().any(|b| *b != 0) && below_end(e),
+            Some(p) => u32_at(e, 8) > u32_at(p, 8) && below_end(e),
         })?;
         let idx = TimeIndex { base_offset, table };
         idx.check(path)?;

@@ -207,8 +207,13 @@ impl Segment {
         let loaded =
             OffsetIndex::load_active(&dir.join(file_name(base_offset, "index")), base_offset, state.size, index_bytes)
                 .and_then(|i| {
-                    TimeIndex::load_active(&dir.join(file_name(base_offset, "timeindex")), base_offset, index_bytes)
-                        .map(|t| (i, t))
+                    TimeIndex::load_active(
+                        &dir.join(file_name(base_offset, "timeindex")),
+                        base_offset,
+                        state.next_offset,
+                        index_bytes,
+                    )
+                    .map(|t| (i, t))
                 });
         let Ok((index, time_index)) = loaded else {
             return Ok(None);

@@ -275,3 +275,40 @@ fn aborts_before_a_shutdown_snapshot_survive_later_crashes() {
     }
     assert_eq!(std::fs::metadata(txn_index(dir.path())).unwrap().ino(), rebuilt, "an unchanged index is not rewritten");
 }
+
+/// A batch appended after the clean state was taken (a request still
+/// running at shutdown) whose log bytes a power loss then took, while its
+/// time-index row reached the disk: the clean open must not trust the row.
+#[test]
+fn time_index_rows_past_the_clean_state_are_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, max_before) = {
+        let log = PartitionLog::open(dir.path(), config()).unwrap();
+        fill(&log);
+        let state = log.shutdown_state(true).unwrap();
+        let max_before = log.batch_with_max_timestamp().map(|b| BatchHeader::parse(&b).unwrap().base_offset);
+        // Late: a big batch far in the future, which gets a time-index row.
+        let vals: Vec<Vec<u8>> = (0..8).map(|_| vec![b'z'; 100]).collect();
+        let recs: Vec<_> = vals.iter().map(|v| (Some(&b"k"[..]), Some(&v[..]))).collect();
+        log.append(&fjord_storage::batch::build_batch_as(0, 9_999_999, &recs, None), 0, 1_000).unwrap();
+        log.sync_now().unwrap();
+        (state, max_before)
+    };
+    // The power loss: the log file is back to what the state covers.
+    let active = dir.path().join(format!("{:020}.log", state.base_offset));
+    std::fs::OpenOptions::new().write(true).open(&active).unwrap().set_len(state.size).unwrap();
+    let log = PartitionLog::open_with(dir.path(), config(), Some(&state)).unwrap();
+    assert_eq!(log.log_end_offset(), state.next_offset);
+    assert_eq!(log.batch_with_max_timestamp().map(|b| BatchHeader::parse(&b).unwrap().base_offset), max_before);
+    assert!(log.batch_by_timestamp(9_999_999, i64::MAX).is_none(), "no batch holds the lost timestamp");
+    // Appends after the restart index normally, and a crash-scan agrees.
+    log.append(&produced(-1, 500, 2, false), 0, 1_000).unwrap();
+    let ts_of = |log: &PartitionLog| {
+        log.batch_by_timestamp(1_500, i64::MAX).map(|b| BatchHeader::parse(&b).unwrap().base_offset)
+    };
+    let found = ts_of(&log);
+    assert_eq!(found, Some(state.next_offset));
+    drop(log);
+    let log = PartitionLog::open(dir.path(), config()).unwrap();
+    assert_eq!(ts_of(&log), found);
+}
