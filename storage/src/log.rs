@@ -192,7 +192,7 @@ fn prune_snapshots(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn remove_if_present(path: &Path) -> Result<()> {
+pub(crate) fn remove_if_present(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -368,7 +368,11 @@ impl PartitionLog {
         // A compaction interrupted before its swap leaves a .cleaned file;
         // the original segment is intact, so the partial copy just goes.
         for e in std::fs::read_dir(dir)?.flatten() {
-            if e.file_name().to_string_lossy().ends_with(".cleaned") {
+            // Likewise a truncation's copy of a closed segment not yet
+            // renamed over it (`Segment::truncate_to`).
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".cleaned") || name.ends_with(".truncating") {
                 std::fs::remove_file(e.path())?;
             }
         }
