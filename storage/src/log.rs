@@ -914,7 +914,10 @@ impl PartitionLog {
         Ok(dropped)
     }
 
-    /// Removes everything at and after `offset` (replica divergence).
+    /// Removes everything at and after `offset` (replica divergence). The
+    /// cut is durable when this returns: the truncated segment's data and
+    /// indexes are synced, then the directory (later segments unlinked, a
+    /// new active segment created).
     pub fn truncate_to(&self, offset: i64) -> Result<()> {
         let mut inner = self.write_inner();
         if offset >= inner.log_end() {
@@ -935,6 +938,8 @@ impl PartitionLog {
         if active.base_offset <= offset {
             active.truncate_to(offset)?;
         }
+        inner.active().sync()?;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
         inner.epochs.truncate_from(offset)?;
         inner.recover_state(&self.dir)?;
         let end = inner.log_end();
@@ -943,6 +948,8 @@ impl PartitionLog {
             let seg = Segment::create(&self.dir, end, inner.config.segment_bytes, inner.config.segment_index_bytes)?;
             inner.segments.insert(end, seg);
         }
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.flushed.fetch_min(end, Ordering::SeqCst);
         Ok(())
     }
@@ -974,7 +981,8 @@ impl PartitionLog {
         self.flushed.load(Ordering::Acquire)
     }
 
-    /// How many group-commit fsyncs this log has done.
+    /// How many fsyncs this log has done: group-commit rounds, and those
+    /// making a truncation durable.
     pub fn fsync_count(&self) -> u64 {
         self.fsyncs.load(Ordering::Relaxed)
     }

@@ -126,3 +126,21 @@ fn truncate_inside_a_closed_segment_cuts_its_files_and_survives_reopen() {
     check(&log);
     assert_eq!(log.append(&batch(1, 5, 9), 2, 0).unwrap().base_offset, cut);
 }
+
+#[test]
+fn truncate_syncs_what_it_cut_before_returning() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), small_config()).unwrap();
+    fill(&log, 150, 1, 1000);
+    let bases = segment_bases(dir.path());
+    // Into a closed segment, unlinking the later ones: the cut segment and
+    // the directory both need a sync.
+    let before = log.fsync_count();
+    log.truncate_to(bases[1] + 2).unwrap();
+    assert!(log.fsync_count() >= before + 2, "the cut range and the directory are synced");
+    // Inside the active segment only: its zeroed tail is synced.
+    fill(&log, 3, 1, 2000);
+    let before = log.fsync_count();
+    log.truncate_to(log.log_end_offset() - 2).unwrap();
+    assert!(log.fsync_count() > before, "the active segment's cut is synced");
+}
