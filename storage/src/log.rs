@@ -943,7 +943,16 @@ impl PartitionLog {
         inner.epochs.truncate_from(offset)?;
         inner.recover_state(&self.dir)?;
         let end = inner.log_end();
-        if inner.active().closed {
+        if inner.active().closed && inner.active().is_empty() {
+            // The new end is a closed segment's base: it goes (unlinked, so
+            // a reader's slice of it stays valid) and a new active segment
+            // takes its place.
+            if let Some(seg) = inner.segments.remove(&end) {
+                seg.delete()?;
+                remove_if_present(&self.dir.join(file_name(end, "txnindex")))?;
+            }
+        }
+        if inner.segments.values().next_back().is_none_or(|s| s.closed) {
             // The remaining tail segment was sealed; open a fresh one after it.
             let seg = Segment::create(&self.dir, end, inner.config.segment_bytes, inner.config.segment_index_bytes)?;
             inner.segments.insert(end, seg);

@@ -91,7 +91,12 @@ impl Segment {
     /// Creates a fresh active segment preallocated to `capacity` bytes.
     pub fn create(dir: &Path, base_offset: i64, capacity: u64, index_bytes: usize) -> Result<Segment> {
         let log_path = dir.join(file_name(base_offset, "log"));
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&log_path)?;
+        // Never truncate a file in place: an older segment at this base (one
+        // a truncation emptied) may still be mapped by a reader, and cutting
+        // its pages away is a SIGBUS. Unlinking leaves that inode to the
+        // reader; this segment gets a new one.
+        remove_if_present(&log_path)?;
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&log_path)?;
         file.set_len(capacity)?;
         let index = OffsetIndex::create(&dir.join(file_name(base_offset, "index")), base_offset, index_bytes)?;
         let time_index = TimeIndex::create(&dir.join(file_name(base_offset, "timeindex")), base_offset, index_bytes)?;

@@ -144,3 +144,38 @@ fn truncate_syncs_what_it_cut_before_returning() {
     log.truncate_to(log.log_end_offset() - 2).unwrap();
     assert!(log.fsync_count() > before, "the active segment's cut is synced");
 }
+
+#[test]
+fn truncating_to_a_closed_segments_base_leaves_readers_slices_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), small_config()).unwrap();
+    fill(&log, 150, 1, 1000);
+    let bases = segment_bases(dir.path());
+    let seg = bases[2];
+    // A fetch still holding a slice of the segment that the cut empties.
+    let held = log.read(seg, 1 << 20, i64::MAX).unwrap();
+    assert!(!held.records.is_empty());
+    let copy = held.records.to_vec();
+    log.truncate_to(seg).unwrap();
+    assert_eq!(log.log_end_offset(), seg);
+    // Touching the slice must neither fault (SIGBUS) nor see other bytes.
+    assert_eq!(&held.records[..], &copy[..]);
+    assert_eq!(log.append(&batch(1, 5, 9), 2, 0).unwrap().base_offset, seg);
+    drop(log);
+    let log = PartitionLog::open(dir.path(), small_config()).unwrap();
+    assert_eq!(log.log_end_offset(), seg + 1);
+}
+
+#[test]
+fn creating_a_segment_over_a_mapped_file_leaves_the_old_mapping_alone() {
+    use fjord_storage::segment::Segment;
+    let dir = tempfile::tempdir().unwrap();
+    let data = batch(3, 1000, 7);
+    let h = BatchHeader::parse(&data).unwrap();
+    let mut seg = Segment::create(dir.path(), 0, 4096, 4096).unwrap();
+    seg.append(&data, &[(0, h)], 4096, 0).unwrap();
+    let held = seg.bytes(0, data.len() as u64);
+    let again = Segment::create(dir.path(), 0, 4096, 4096).unwrap();
+    assert!(again.is_empty());
+    assert_eq!(&held[..], &data[..]);
+}
