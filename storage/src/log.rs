@@ -421,6 +421,7 @@ impl PartitionLog {
         let end = segments.values().next_back().map(|s| s.next_offset).unwrap_or(0);
         log_start = log_start.min(end);
         epochs.truncate_from(end)?;
+        epochs.truncate_before(log_start)?;
         let mut inner =
             Inner { config, segments, log_start, epochs, producers: ProducerStates::default(), aborted: Vec::new() };
         report.batches_replayed = inner.recover_state(dir)?;
@@ -834,6 +835,7 @@ impl PartitionLog {
         if offset > inner.log_start {
             inner.log_start = offset;
             write_atomic(&self.dir.join("log-start-offset"), offset.to_string().as_bytes())?;
+            inner.epochs.truncate_before(offset)?;
         }
         self.drop_segments_below_start(&mut inner)?;
         Ok(inner.log_start)
@@ -907,6 +909,7 @@ impl PartitionLog {
         }
         inner.log_start = new_start;
         write_atomic(&self.dir.join("log-start-offset"), new_start.to_string().as_bytes())?;
+        inner.epochs.truncate_before(new_start)?;
         let dropped = self.drop_segments_below_start(&mut inner)?;
         if dropped > 0 {
             tracing::info!(log = %self.dir.display(), dropped, log_start = new_start, "retention deleted segments");
@@ -940,9 +943,11 @@ impl PartitionLog {
         }
         inner.active().sync()?;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        inner.epochs.truncate_from(offset)?;
-        inner.recover_state(&self.dir)?;
+        // At the log's new end, not at `offset`: the batch holding `offset`
+        // went whole, and an epoch it started went with it.
         let end = inner.log_end();
+        inner.epochs.truncate_from(end)?;
+        inner.recover_state(&self.dir)?;
         if inner.active().closed && inner.active().is_empty() {
             // The new end is a closed segment's base: it goes (unlinked, so
             // a reader's slice of it stays valid) and a new active segment

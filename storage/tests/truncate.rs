@@ -179,3 +179,36 @@ fn creating_a_segment_over_a_mapped_file_leaves_the_old_mapping_alone() {
     assert!(again.is_empty());
     assert_eq!(&held[..], &data[..]);
 }
+
+#[test]
+fn epoch_cache_is_cut_at_the_new_log_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), small_config()).unwrap();
+    fill(&log, 10, 1, 1000);
+    // Epoch 3 starts at 20, inside the two-record batch [20, 21].
+    fill(&log, 1, 3, 2000);
+    log.truncate_to(21).unwrap();
+    assert_eq!(log.log_end_offset(), 20);
+    assert_eq!(log.latest_epoch(), Some(1), "the batch that started epoch 3 is gone");
+    assert_eq!(log.end_offset_for_epoch(3), Some((1, 20)));
+}
+
+#[test]
+fn epoch_cache_is_trimmed_when_the_log_start_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), small_config()).unwrap();
+    fill(&log, 10, 1, 1000);
+    fill(&log, 10, 2, 2000);
+    fill(&log, 10, 4, 3000);
+    let checkpoint = || std::fs::read_to_string(dir.path().join("leader-epoch-checkpoint")).unwrap();
+    assert_eq!(checkpoint(), "1 0\n2 20\n4 40\n");
+    assert_eq!(log.delete_records(30).unwrap(), 30);
+    // Like Kafka's truncateFromStart: epoch 1 is gone, epoch 2 now starts
+    // at the log start.
+    assert_eq!(checkpoint(), "2 30\n4 40\n");
+    assert_eq!(log.end_offset_for_epoch(2), Some((2, 40)));
+    drop(log);
+    let log = PartitionLog::open(dir.path(), small_config()).unwrap();
+    assert_eq!(log.latest_epoch(), Some(4));
+    assert_eq!(checkpoint(), "2 30\n4 40\n");
+}
