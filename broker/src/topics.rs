@@ -70,6 +70,8 @@ pub struct Topics {
     recovery: fjord_storage::RecoveryReport,
     /// The last stop was clean (its marker was found).
     clean_start: bool,
+    /// Held while the broker runs: a second broker on this dir refuses to start.
+    _lock: fjord_storage::DataDirLock,
 }
 
 /// Kafka's rule: 1-249 characters of [a-zA-Z0-9._-], not "." or "..".
@@ -96,7 +98,9 @@ fn storage_error(e: impl std::fmt::Display) -> TopicError {
 impl Topics {
     pub fn open(config: &BrokerConfig) -> anyhow::Result<Topics> {
         let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir)?;
+        // Before anything in the dir is read or changed (the clean-shutdown
+        // marker is consumed just below).
+        let lock = fjord_storage::DataDirLock::acquire(&data_dir)?;
         let clean = crate::clean_shutdown::take(&data_dir)?;
         let path = data_dir.join("metadata.json");
         let file: MetadataFile = match std::fs::read(&path) {
@@ -115,6 +119,7 @@ impl Topics {
             state: RwLock::new(State { file, logs: HashMap::new() }),
             recovery: Default::default(),
             clean_start: clean.is_some(),
+            _lock: lock,
         };
         let mut recovery = fjord_storage::RecoveryReport::default();
         {

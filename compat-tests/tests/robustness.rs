@@ -190,3 +190,42 @@ fn requests_in_flight_stay_within_queued_max_request_bytes() {
         metric(&body, "fjord_queued_request_bytes") == Some(0.0)
     });
 }
+
+/// A second broker on a data dir in use refuses to start (the dir is
+/// locked), saying why, and leaves the first one serving.
+#[test]
+fn second_broker_on_the_same_data_dir_refuses_to_start() {
+    let mut first = BrokerProcess::start(&[]);
+    let mut second = std::process::Command::new(fjord_compat_tests::broker_bin())
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(first.data_dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start second fjord");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = second.try_wait().expect("wait for second fjord") {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = second.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    let status = status.unwrap_or_else(|| panic!("a second broker on the same data dir kept running:\n{stderr}"));
+    assert!(!status.success(), "second broker exited with {status}");
+    assert!(stderr.contains("is in use by another process"), "no clear reason given:\n{stderr}");
+    // The first broker still answers.
+    let mut conn = RawConn::connect(&first.bootstrap());
+    assert_eq!(create_topic(&mut conn, "still-here", 1, &[]).topics[0].error_code, 0);
+    assert!(first.is_running());
+}

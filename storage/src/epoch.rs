@@ -64,6 +64,21 @@ impl EpochCache {
         Ok(())
     }
 
+    /// The log start moved to `start`: epochs that ended before it go, and
+    /// the one in force at `start` now starts there (Kafka's
+    /// `truncateFromStart`).
+    pub fn truncate_before(&mut self, start: i64) -> Result<()> {
+        let Some(i) = self.entries.iter().rposition(|(_, o)| *o <= start) else {
+            return Ok(());
+        };
+        if i == 0 && self.entries[0].1 == start {
+            return Ok(());
+        }
+        self.entries.drain(..i);
+        self.entries[0].1 = start;
+        self.persist()
+    }
+
     pub fn entries(&self) -> &[(i32, i64)] {
         &self.entries
     }

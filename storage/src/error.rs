@@ -40,6 +40,9 @@ pub enum LogError {
     /// that may already belong to a topic recreated under the same name.
     #[error("the log was deleted")]
     Deleted,
+    /// Another process (or another open in this one) holds the data dir.
+    #[error("data dir {} is in use by another process (its .lock is held); stop that broker or use another --data-dir", .0.display())]
+    DataDirLocked(std::path::PathBuf),
     #[error("storage I/O error: {0}")]
     Io(#[from] std::io::Error),
 }

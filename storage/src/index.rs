@@ -145,6 +145,13 @@ impl<const W: usize> MappedTable<W> {
         Ok(())
     }
 
+    /// `flush`, plus the file's length (a `trim` changed it).
+    fn sync(&self) -> Result<()> {
+        self.flush()?;
+        OpenOptions::new().read(true).open(&self.path)?.sync_all()?;
+        Ok(())
+    }
+
     /// Drops this process's page-table entries for the table, as
     /// `Segment::release_pages` does for the log: with thousands of
     /// partitions the touched index pages alone pass the resident cap.
@@ -282,6 +289,9 @@ impl OffsetIndex {
     pub fn flush(&self) -> Result<()> {
         self.table.flush()
     }
+    pub fn sync(&self) -> Result<()> {
+        self.table.sync()
+    }
     pub fn release_pages(&self) -> Result<()> {
         self.table.release_pages()
     }
@@ -385,6 +395,9 @@ impl TimeIndex {
     }
     pub fn flush(&self) -> Result<()> {
         self.table.flush()
+    }
+    pub fn sync(&self) -> Result<()> {
+        self.table.sync()
     }
     pub fn release_pages(&self) -> Result<()> {
         self.table.release_pages()

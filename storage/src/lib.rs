@@ -7,6 +7,7 @@ pub mod durability;
 pub mod epoch;
 pub mod error;
 pub mod index;
+pub mod lock;
 pub mod log;
 pub mod producer;
 pub mod records;
@@ -14,5 +15,6 @@ pub mod segment;
 
 pub use batch::{BatchHeader, TimestampType};
 pub use error::{LogError, RecordError, RecordErrorKind, Result};
+pub use lock::DataDirLock;
 pub use log::{AppendInfo, LogConfig, PartitionLog, ReadResult, RecoveryReport};
 pub use segment::CleanState;

@@ -192,7 +192,7 @@ fn prune_snapshots(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn remove_if_present(path: &Path) -> Result<()> {
+pub(crate) fn remove_if_present(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -368,7 +368,11 @@ impl PartitionLog {
         // A compaction interrupted before its swap leaves a .cleaned file;
         // the original segment is intact, so the partial copy just goes.
         for e in std::fs::read_dir(dir)?.flatten() {
-            if e.file_name().to_string_lossy().ends_with(".cleaned") {
+            // Likewise a truncation's copy of a closed segment not yet
+            // renamed over it (`Segment::truncate_to`).
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".cleaned") || name.ends_with(".truncating") {
                 std::fs::remove_file(e.path())?;
             }
         }
@@ -417,6 +421,7 @@ impl PartitionLog {
         let end = segments.values().next_back().map(|s| s.next_offset).unwrap_or(0);
         log_start = log_start.min(end);
         epochs.truncate_from(end)?;
+        epochs.truncate_before(log_start)?;
         let mut inner =
             Inner { config, segments, log_start, epochs, producers: ProducerStates::default(), aborted: Vec::new() };
         report.batches_replayed = inner.recover_state(dir)?;
@@ -830,6 +835,7 @@ impl PartitionLog {
         if offset > inner.log_start {
             inner.log_start = offset;
             write_atomic(&self.dir.join("log-start-offset"), offset.to_string().as_bytes())?;
+            inner.epochs.truncate_before(offset)?;
         }
         self.drop_segments_below_start(&mut inner)?;
         Ok(inner.log_start)
@@ -903,6 +909,7 @@ impl PartitionLog {
         }
         inner.log_start = new_start;
         write_atomic(&self.dir.join("log-start-offset"), new_start.to_string().as_bytes())?;
+        inner.epochs.truncate_before(new_start)?;
         let dropped = self.drop_segments_below_start(&mut inner)?;
         if dropped > 0 {
             tracing::info!(log = %self.dir.display(), dropped, log_start = new_start, "retention deleted segments");
@@ -910,7 +917,10 @@ impl PartitionLog {
         Ok(dropped)
     }
 
-    /// Removes everything at and after `offset` (replica divergence).
+    /// Removes everything at and after `offset` (replica divergence). The
+    /// cut is durable when this returns: the truncated segment's data and
+    /// indexes are synced, then the directory (later segments unlinked, a
+    /// new active segment created).
     pub fn truncate_to(&self, offset: i64) -> Result<()> {
         let mut inner = self.write_inner();
         if offset >= inner.log_end() {
@@ -931,14 +941,29 @@ impl PartitionLog {
         if active.base_offset <= offset {
             active.truncate_to(offset)?;
         }
-        inner.epochs.truncate_from(offset)?;
-        inner.recover_state(&self.dir)?;
+        inner.active().sync()?;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        // At the log's new end, not at `offset`: the batch holding `offset`
+        // went whole, and an epoch it started went with it.
         let end = inner.log_end();
-        if inner.active().closed {
+        inner.epochs.truncate_from(end)?;
+        inner.recover_state(&self.dir)?;
+        if inner.active().closed && inner.active().is_empty() {
+            // The new end is a closed segment's base: it goes (unlinked, so
+            // a reader's slice of it stays valid) and a new active segment
+            // takes its place.
+            if let Some(seg) = inner.segments.remove(&end) {
+                seg.delete()?;
+                remove_if_present(&self.dir.join(file_name(end, "txnindex")))?;
+            }
+        }
+        if inner.segments.values().next_back().is_none_or(|s| s.closed) {
             // The remaining tail segment was sealed; open a fresh one after it.
             let seg = Segment::create(&self.dir, end, inner.config.segment_bytes, inner.config.segment_index_bytes)?;
             inner.segments.insert(end, seg);
         }
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.flushed.fetch_min(end, Ordering::SeqCst);
         Ok(())
     }
@@ -970,7 +995,8 @@ impl PartitionLog {
         self.flushed.load(Ordering::Acquire)
     }
 
-    /// How many group-commit fsyncs this log has done.
+    /// How many fsyncs this log has done: group-commit rounds, and those
+    /// making a truncation durable.
     pub fn fsync_count(&self) -> u64 {
         self.fsyncs.load(Ordering::Relaxed)
     }

@@ -13,6 +13,7 @@ use memmap2::Mmap;
 use crate::batch::{self, BatchHeader, HEADER_SIZE};
 use crate::error::Result;
 use crate::index::{OffsetIndex, TimeIndex};
+use crate::log::remove_if_present;
 
 pub fn file_name(base_offset: i64, ext: &str) -> String {
     format!("{base_offset:020}.{ext}")
@@ -90,7 +91,12 @@ impl Segment {
     /// Creates a fresh active segment preallocated to `capacity` bytes.
     pub fn create(dir: &Path, base_offset: i64, capacity: u64, index_bytes: usize) -> Result<Segment> {
         let log_path = dir.join(file_name(base_offset, "log"));
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&log_path)?;
+        // Never truncate a file in place: an older segment at this base (one
+        // a truncation emptied) may still be mapped by a reader, and cutting
+        // its pages away is a SIGBUS. Unlinking leaves that inode to the
+        // reader; this segment gets a new one.
+        remove_if_present(&log_path)?;
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&log_path)?;
         file.set_len(capacity)?;
         let index = OffsetIndex::create(&dir.join(file_name(base_offset, "index")), base_offset, index_bytes)?;
         let time_index = TimeIndex::create(&dir.join(file_name(base_offset, "timeindex")), base_offset, index_bytes)?;
@@ -168,12 +174,22 @@ impl Segment {
                     seg.time_index = t;
                     let last = seg.last_batch()?;
                     seg.next_offset = last.map(|b| b.header.last_offset() + 1).unwrap_or(base_offset);
-                    if let Some((ts, o)) = seg.time_index.last() {
-                        seg.max_timestamp = ts;
-                        seg.offset_of_max_timestamp = o;
+                    // A time row past the end is left from a truncation
+                    // cut short by a crash (the log is renamed first).
+                    match seg.time_index.last() {
+                        Some((_, o)) if o >= seg.next_offset => {
+                            seg.opened.index_rebuilt = true;
+                            tracing::warn!(segment = %seg.log_path.display(), "time index points past the log; rebuilding");
+                        }
+                        last => {
+                            if let Some((ts, o)) = last {
+                                seg.max_timestamp = ts;
+                                seg.offset_of_max_timestamp = o;
+                            }
+                            seg.opened = Opened::default();
+                            return Ok(seg);
+                        }
                     }
-                    seg.opened = Opened::default();
-                    return Ok(seg);
                 }
                 Err(e) => {
                     seg.opened.index_rebuilt = true;
@@ -514,23 +530,44 @@ impl Segment {
         })
     }
 
-    /// Cuts the segment back to the batch boundary before `offset`. The cut
-    /// bytes are zeroed rather than the file shrunk: a reader may still hold
-    /// a slice of the mapping, and a shrink would turn that into SIGBUS.
+    /// Cuts the segment back to the batch boundary before `offset` (the
+    /// batch holding `offset` goes whole, as in Kafka). The caller makes
+    /// the cut durable with `sync` (and a sync of the directory).
+    ///
+    /// A reader may hold a slice of any batch below the old end: reads go
+    /// up to the log end, and a fetch response (or its `sendfile`) can still
+    /// be in flight when a replica truncates its divergent suffix. So the
+    /// mapped file is never shrunk here:
+    /// - in the active segment the cut bytes are zeroed in place; the file
+    ///   keeps its preallocated length and recovery finds the end at the
+    ///   zeros, as after any crash;
+    /// - a closed segment's length is its end (nothing else records it), so
+    ///   the kept prefix is written to a new file renamed over the old one.
+    ///   Readers keep the old inode and its mapping until their slices drop;
+    ///   the copy costs at most one segment, and only a truncation that
+    ///   reaches below the active segment pays it.
+    ///
+    /// The indexes are shrunk freely: their rows are only read under the
+    /// log's lock, never handed out.
     pub fn truncate_to(&mut self, offset: i64) -> Result<()> {
         let Some(b) = self.find_batch(offset) else {
             return Ok(());
         };
-        // Like Kafka: the batch holding `offset` goes whole.
         let cut_at = b.position;
         if cut_at >= self.size {
             return Ok(());
         }
-        let zeros = vec![0u8; (self.size - cut_at) as usize];
-        self.file.write_all_at(&zeros, cut_at)?;
+        if self.closed {
+            self.rewrite_prefix(cut_at)?;
+        } else {
+            let zeros = vec![0u8; (self.size - cut_at) as usize];
+            self.file.write_all_at(&zeros, cut_at)?;
+        }
         self.size = cut_at;
         self.index.truncate_to_position(cut_at);
-        self.time_index.truncate_to_offset(offset);
+        // By the first offset cut, not the one asked for: rows of the
+        // batch holding `offset` go with it.
+        self.time_index.truncate_to_offset(b.header.base_offset);
         self.next_offset = self.last_batch()?.map(|b| b.header.last_offset() + 1).unwrap_or(self.base_offset);
         self.max_timestamp = -1;
         self.offset_of_max_timestamp = -1;
@@ -541,7 +578,43 @@ impl Segment {
                 self.offset_of_max_timestamp = h.base_offset;
             }
         }
+        if self.closed {
+            // As `close` leaves it: a last time row for the segment's max,
+            // then both tables trimmed to their rows.
+            if self.max_timestamp >= 0 {
+                self.time_index.append(self.max_timestamp, self.offset_of_max_timestamp);
+            }
+            self.index.trim()?;
+            self.time_index.trim()?;
+        }
         Ok(())
+    }
+
+    /// Replaces a closed segment's file with its first `len` bytes (see
+    /// `truncate_to`). The copy is synced before the rename, so a crash
+    /// leaves the old file or the whole new one.
+    fn rewrite_prefix(&mut self, len: u64) -> Result<()> {
+        let tmp = self.log_path.with_extension("truncating");
+        remove_if_present(&tmp)?;
+        {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            std::io::Write::write_all(&mut f, self.slice_raw(0, len as usize))?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.log_path)?;
+        let file = OpenOptions::new().read(true).write(true).open(&self.log_path)?;
+        if file.metadata()?.len() != len {
+            return Err(crate::LogError::Corrupt(format!("{} rewritten short", self.log_path.display())));
+        }
+        self.file = Arc::new(file);
+        self.remap(len)
+    }
+
+    /// Makes the segment's data and indexes durable (after a truncation).
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync_data()?;
+        self.index.sync()?;
+        self.time_index.sync()
     }
 
     pub fn file(&self) -> Arc<File> {

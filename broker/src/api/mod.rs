@@ -40,7 +40,7 @@ pub fn storage_code(e: &fjord_storage::LogError) -> ResponseError {
         Corrupt(_) => ResponseError::CorruptMessage,
         RecordTooLarge { .. } => ResponseError::MessageTooLarge,
         OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
-        Io(_) => ResponseError::KafkaStorageError,
+        Io(_) | DataDirLocked(_) => ResponseError::KafkaStorageError,
         Deleted => ResponseError::UnknownTopicOrPartition,
         OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
