@@ -1,42 +1,12 @@
 //! Integration tests of `PartitionLog`: append/read, rolling, reopening,
 //! crash recovery at every byte of the last batch, retention and truncation.
 
-use fjord_storage::batch::{build_batch, validate, BatchHeader, KeyValue};
+mod common;
+
+use common::{batch, read_all, small_config};
+use fjord_storage::batch::{validate, BatchHeader};
 use fjord_storage::{LogConfig, LogError, PartitionLog, TimestampType};
 use proptest::prelude::*;
-
-fn small_config() -> LogConfig {
-    LogConfig { segment_bytes: 4096, index_interval_bytes: 256, segment_index_bytes: 4096, ..LogConfig::default() }
-}
-
-fn batch(n: usize, ts: i64, tag: u8) -> Vec<u8> {
-    let vals: Vec<Vec<u8>> = (0..n).map(|i| vec![tag.wrapping_add(i as u8); 20 + i]).collect();
-    let recs: Vec<KeyValue<'_>> = vals.iter().map(|v| (Some(&b"key"[..]), Some(&v[..]))).collect();
-    build_batch(0, ts, &recs)
-}
-
-/// Reads every batch from `from` to the end, following offsets.
-fn read_all(log: &PartitionLog, from: i64) -> Vec<BatchHeader> {
-    let mut out = Vec::new();
-    let mut next = from;
-    loop {
-        let r = log.read(next, 1 << 20, i64::MAX).unwrap();
-        if r.records.is_empty() {
-            break;
-        }
-        let mut pos = 0;
-        while pos < r.records.len() {
-            let h = BatchHeader::parse(&r.records[pos..]).unwrap();
-            validate(&r.records[pos..pos + h.total_size()]).unwrap();
-            if h.last_offset() >= next {
-                out.push(h);
-            }
-            pos += h.total_size();
-            next = h.last_offset() + 1;
-        }
-    }
-    out
-}
 
 #[test]
 fn append_assigns_consecutive_offsets_and_reads_back() {

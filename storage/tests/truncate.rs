@@ -4,41 +4,11 @@
 
 use std::path::Path;
 
-use fjord_storage::batch::{build_batch, validate, BatchHeader, KeyValue};
-use fjord_storage::{LogConfig, PartitionLog};
+mod common;
 
-fn small_config() -> LogConfig {
-    LogConfig { segment_bytes: 4096, index_interval_bytes: 256, segment_index_bytes: 4096, ..LogConfig::default() }
-}
-
-fn batch(n: usize, ts: i64, tag: u8) -> Vec<u8> {
-    let vals: Vec<Vec<u8>> = (0..n).map(|i| vec![tag.wrapping_add(i as u8); 20 + i]).collect();
-    let recs: Vec<KeyValue<'_>> = vals.iter().map(|v| (Some(&b"key"[..]), Some(&v[..]))).collect();
-    build_batch(0, ts, &recs)
-}
-
-/// Every batch from `from` to the end, following offsets.
-fn read_all(log: &PartitionLog, from: i64) -> Vec<BatchHeader> {
-    let mut out = Vec::new();
-    let mut next = from;
-    loop {
-        let r = log.read(next, 1 << 20, i64::MAX).unwrap();
-        if r.records.is_empty() {
-            break;
-        }
-        let mut pos = 0;
-        while pos < r.records.len() {
-            let h = BatchHeader::parse(&r.records[pos..]).unwrap();
-            validate(&r.records[pos..pos + h.total_size()]).unwrap();
-            if h.last_offset() >= next {
-                out.push(h);
-            }
-            pos += h.total_size();
-            next = h.last_offset() + 1;
-        }
-    }
-    out
-}
+use common::{batch, read_all, small_config};
+use fjord_storage::batch::BatchHeader;
+use fjord_storage::PartitionLog;
 
 /// Base offsets of the segments on disk, in order.
 fn segment_bases(dir: &Path) -> Vec<i64> {

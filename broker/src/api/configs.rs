@@ -40,6 +40,15 @@ struct Described {
     synonyms: Vec<(String, String, i8)>,
 }
 
+impl Described {
+    /// A writable config whose value and source are those of its first
+    /// synonym (the most specific level that sets it).
+    fn from_synonyms(name: &str, kind: topic_config::Kind, doc: String, synonyms: Vec<(String, String, i8)>) -> Self {
+        let (value, source) = synonyms.first().map(|(_, v, s)| (v.clone(), *s)).unwrap_or_default();
+        Described { name: name.into(), value, source, read_only: false, kind: kind as i8, doc, synonyms }
+    }
+}
+
 /// Kafka's documentation line, plus what Fjord does not do with it.
 fn doc_of(doc: &str, effect: topic_config::Effect) -> String {
     match effect {
@@ -91,16 +100,7 @@ fn topic_entries(broker: &Broker, overrides: &BTreeMap<String, String>) -> Vec<D
                 synonyms.push((d.name.to_string(), v.clone(), DYNAMIC_TOPIC));
             }
             synonyms.extend(broker_synonyms(broker, d));
-            let (value, source) = synonyms.first().map(|(_, v, s)| (v.clone(), *s)).unwrap_or_default();
-            Described {
-                name: d.name.into(),
-                value,
-                source,
-                read_only: false,
-                kind: d.kind as i8,
-                doc: doc_of(d.doc, d.effect),
-                synonyms,
-            }
+            Described::from_synonyms(d.name, d.kind, doc_of(d.doc, d.effect), synonyms)
         })
         .collect()
 }
@@ -195,16 +195,7 @@ fn describe_broker(broker: &Broker, resource: &str) -> Result<Vec<Described>, To
         let v = fixed.unwrap_or_else(|| d.default.to_string());
         let source = if v == d.default { DEFAULT } else { STATIC_BROKER };
         synonyms.push((d.name.to_string(), v, source));
-        let (value, source) = synonyms.first().map(|(_, v, s)| (v.clone(), *s)).unwrap_or_default();
-        out.push(Described {
-            name: d.name.into(),
-            value,
-            source,
-            read_only: false,
-            kind: d.kind as i8,
-            doc: doc_of(d.doc, d.effect),
-            synonyms,
-        });
+        out.push(Described::from_synonyms(d.name, d.kind, doc_of(d.doc, d.effect), synonyms));
     }
     // Configs Fjord does not know, set at runtime: described as stored.
     for k in dynamic.keys() {
