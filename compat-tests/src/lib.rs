@@ -216,6 +216,23 @@ pub fn client(program: impl AsRef<std::ffi::OsStr>) -> Command {
     c
 }
 
+/// Produces `key:value` lines with kcat (acks=all) to one partition of
+/// `topic` under `codec`, with `extra` kcat arguments (headers and the like).
+pub fn kcat_produce(bootstrap: &str, topic: &str, codec: &str, partition: i32, extra: &[&str], lines: &str) {
+    let mut child = client("kcat")
+        .args(["-b", bootstrap, "-t", topic, "-P", "-K", ":", "-z", codec, "-p", &partition.to_string()])
+        .args(extra)
+        .args(["-X", "acks=all"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat is installed (scripts/setup-test-deps.sh)");
+    child.stdin.take().expect("stdin").write_all(lines.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("kcat");
+    assert!(out.status.success(), "kcat produce failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Runs a client program to completion and fails the test, with its output,
 /// if it does not succeed within `timeout`.
 pub fn run_client(cmd: &mut Command, timeout: Duration) -> Output {

@@ -4,28 +4,11 @@
 //! partition changes are covered by the other clients' suites.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fjord_compat_tests::{client, run_client, BrokerProcess};
+use fjord_compat_tests::{client, kcat_produce, run_client, BrokerProcess};
 
 const CODECS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
-
-fn kcat_produce(bootstrap: &str, topic: &str, codec: &str, partition: i32, lines: &str) {
-    let mut child = client("kcat")
-        .args(["-b", bootstrap, "-t", topic, "-P", "-K", ":", "-z", codec])
-        .args(["-p", &partition.to_string(), "-H", &format!("codec={codec}"), "-H", "origin=kcat"])
-        .args(["-X", "acks=all"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kcat is installed (scripts/setup-test-deps.sh)");
-    child.stdin.take().expect("stdin").write_all(lines.as_bytes()).expect("write");
-    let out = child.wait_with_output().expect("kcat");
-    assert!(out.status.success(), "kcat produce failed: {}", String::from_utf8_lossy(&out.stderr));
-}
 
 #[test]
 fn kcat_produce_consume_offsets() {
@@ -43,7 +26,7 @@ fn kcat_produce_consume_offsets() {
                 lines.push_str(&format!("{key}:{value}\n"));
                 want.entry(p).or_default().push(format!("{key}|{value}|codec={codec},origin=kcat"));
             }
-            kcat_produce(&b, topic, codec, p, &lines);
+            kcat_produce(&b, topic, codec, p, &["-H", &format!("codec={codec}"), "-H", "origin=kcat"], &lines);
         }
     }
     let out = run_client(

@@ -3,13 +3,11 @@
 //! KIP-467 per-record errors in Produce responses, decompression bombs,
 //! `flush.messages`, and DescribeConfigs types and documentation.
 
-use std::io::Write;
-use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use fjord_compat_tests::wire::{self, create_topic, s, set_config};
-use fjord_compat_tests::{client, free_addr, metric, scrape_metrics, wait_until, BrokerProcess, RawConn};
+use fjord_compat_tests::{free_addr, kcat_produce, metric, scrape_metrics, wait_until, BrokerProcess, RawConn};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::*;
 use kafka_protocol::records::{
@@ -93,19 +91,6 @@ fn decode(raw: &Bytes) -> (Vec<i16>, Vec<(String, String)>) {
     (codecs, recs)
 }
 
-fn kcat_produce(bootstrap: &str, topic: &str, codec: &str, lines: &str) {
-    let mut child = client("kcat")
-        .args(["-b", bootstrap, "-t", topic, "-P", "-K", ":", "-z", codec, "-p", "0", "-X", "acks=all"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kcat is installed (scripts/setup-test-deps.sh)");
-    child.stdin.take().expect("stdin").write_all(lines.as_bytes()).expect("write");
-    let out = child.wait_with_output().expect("kcat");
-    assert!(out.status.success(), "kcat produce failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 #[test]
 fn a_topic_codec_recompresses_what_producers_send() {
     let broker = BrokerProcess::start(&[]);
@@ -114,8 +99,8 @@ fn a_topic_codec_recompresses_what_producers_send() {
     assert_eq!(created.topics[0].error_code, 0);
     // kcat (librdkafka) sends uncompressed batches, then gzip ones.
     let plain: String = (0..50).map(|i| format!("key-{i}:value {i} {}\n", "abc".repeat(i))).collect();
-    kcat_produce(&broker.bootstrap(), "to-zstd", "none", &plain);
-    kcat_produce(&broker.bootstrap(), "to-zstd", "gzip", "g1:gzipped one\ng2:gzipped two\n");
+    kcat_produce(&broker.bootstrap(), "to-zstd", "none", 0, &[], &plain);
+    kcat_produce(&broker.bootstrap(), "to-zstd", "gzip", 0, &[], "g1:gzipped one\ng2:gzipped two\n");
     let mut got = Vec::new();
     let mut codecs = Vec::new();
     while got.len() < 52 {
