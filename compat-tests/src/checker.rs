@@ -26,6 +26,9 @@ pub enum Event {
     Read { partition: i32, offset: i64, value: String, ns: u64 },
     /// The read-back after the run: `value` is at `offset`.
     Final { partition: i32, offset: i64, value: String },
+    /// A fault the test injected or healed (for whoever reads a failed
+    /// history; the checker ignores it).
+    Fault { what: String, ns: u64 },
 }
 
 /// The record a producer sends as its `seq`-th, as the value `"{producer}:{seq}"`.
@@ -111,6 +114,7 @@ impl History {
                     h.tail_reads.push(Observation { partition, offset, value })
                 }
                 Event::Final { partition, offset, value } => h.final_log.push(Observation { partition, offset, value }),
+                Event::Fault { .. } => {}
             }
         }
         for (id, outcome, ns) in completions {
@@ -661,7 +665,9 @@ mod tests {
     fn a_history_file_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.jsonl");
-        let lines: Vec<String> = clean().iter().map(|e| serde_json::to_string(e).unwrap()).collect();
+        let mut events = clean();
+        events.push(Event::Fault { what: "SIGKILL".into(), ns: 25 });
+        let lines: Vec<String> = events.iter().map(|e| serde_json::to_string(e).unwrap()).collect();
         std::fs::write(&path, lines.join("\n")).unwrap();
         assert_eq!(History::load(&path).unwrap(), History::from_events(clean()).unwrap());
         std::fs::write(&path, "{\"type\":\"invoke\"}\n").unwrap();
@@ -741,7 +747,7 @@ mod tests {
     }
 
     #[derive(Clone, Copy, Debug)]
-    enum Fault {
+    enum Injected {
         LoseAck,
         MoveAck,
         Duplicate,
@@ -768,16 +774,16 @@ mod tests {
     /// Breaks a clean history in one way; None if it has nothing to break
     /// that way (too few records of the right kind). Returns the class the
     /// checker must report.
-    fn inject(mut h: Vec<Event>, fault: Fault, pick: usize) -> Option<(Vec<Event>, &'static str)> {
+    fn inject(mut h: Vec<Event>, fault: Injected, pick: usize) -> Option<(Vec<Event>, &'static str)> {
         let fs = finals(&h);
         let class = match fault {
-            Fault::LoseAck => {
+            Injected::LoseAck => {
                 let acked: Vec<_> = fs.iter().filter(|f| is_acked(&h, &f.2)).collect();
                 let (p, o, v) = (*acked.get(pick % acked.len().max(1))?).clone();
                 h.retain(|e| *e != fin(p, o, &v));
                 "lost-ack"
             }
-            Fault::MoveAck => {
+            Injected::MoveAck => {
                 // The final log holds an acknowledged record at a fresh offset.
                 let acked: Vec<_> = fs.iter().filter(|f| is_acked(&h, &f.2)).collect();
                 let (p, o, v) = (*acked.get(pick % acked.len().max(1))?).clone();
@@ -785,12 +791,12 @@ mod tests {
                 h.push(fin(p, 1_000_000, &v));
                 "acked-elsewhere"
             }
-            Fault::Duplicate => {
+            Injected::Duplicate => {
                 let (p, _, v) = fs.get(pick % fs.len().max(1))?.clone();
                 h.push(fin(p, 1_000_000, &v));
                 "duplicate"
             }
-            Fault::Reorder => {
+            Injected::Reorder => {
                 // Swap the values of two records of one producer in one partition.
                 let mut pairs = Vec::new();
                 for (i, a) in fs.iter().enumerate() {
@@ -812,17 +818,17 @@ mod tests {
                 }
                 "reordered"
             }
-            Fault::TruncatedRead => {
+            Injected::TruncatedRead => {
                 // A consumer read, past today's end, a record later cut.
                 let (p, _, v) = fs.get(pick % fs.len().max(1))?.clone();
                 h.push(read(p, 1_000_000, &v));
                 "truncated-read"
             }
-            Fault::NeverSent => {
+            Injected::NeverSent => {
                 h.push(fin((pick % 3) as i32, 1_000_000, "99:0"));
                 "never-sent"
             }
-            Fault::RealTime => {
+            Injected::RealTime => {
                 // Move a record's invocation after the acknowledgement of an
                 // acknowledged record above it in its partition.
                 let mut pairs = Vec::new();
@@ -857,15 +863,15 @@ mod tests {
         Some((h, class))
     }
 
-    fn any_fault() -> impl Strategy<Value = Fault> {
+    fn any_fault() -> impl Strategy<Value = Injected> {
         prop_oneof![
-            Just(Fault::LoseAck),
-            Just(Fault::MoveAck),
-            Just(Fault::Duplicate),
-            Just(Fault::Reorder),
-            Just(Fault::TruncatedRead),
-            Just(Fault::NeverSent),
-            Just(Fault::RealTime),
+            Just(Injected::LoseAck),
+            Just(Injected::MoveAck),
+            Just(Injected::Duplicate),
+            Just(Injected::Reorder),
+            Just(Injected::TruncatedRead),
+            Just(Injected::NeverSent),
+            Just(Injected::RealTime),
         ]
     }
 

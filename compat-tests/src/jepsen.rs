@@ -305,6 +305,11 @@ impl Run {
         Ok(report)
     }
 
+    /// Notes a fault (a kill, a partition, a heal) in the history, at now.
+    pub fn log_fault(&self, what: &str) {
+        self.history.log(&Event::Fault { what: what.to_string(), ns: now_ns() });
+    }
+
     pub fn history_path(&self) -> &Path {
         self.history.path()
     }

@@ -41,9 +41,11 @@ fn acknowledged_records_survive_sigkill_under_idempotent_producers() {
         // After the process is gone: an answer later than this came from
         // the restarted broker.
         kills_ns.push(now_ns());
+        run.log_fault("SIGKILL");
         println!("cycle {cycle}: SIGKILL with {} acknowledged, {} in flight", run.acked(), run.in_flight());
         broker.restart();
         wait_for_leaders(&broker.bootstrap(), topic, PARTITIONS, Duration::from_secs(20)).expect("broker answers");
+        run.log_fault("restarted");
     }
     // The producers get through to the restarted broker once more.
     run.wait_acked(run.acked() + ACKS_PER_CYCLE, Duration::from_secs(30)).expect("acks after the last restart");
