@@ -281,6 +281,14 @@ impl fmt::Display for Verdict {
             s.tail_reads,
             self.violations.len()
         )?;
+        let mut by_class: BTreeMap<&str, usize> = BTreeMap::new();
+        for v in &self.violations {
+            *by_class.entry(v.class()).or_default() += 1;
+        }
+        if !by_class.is_empty() {
+            let counts: Vec<String> = by_class.iter().map(|(c, n)| format!("{n} {c}")).collect();
+            writeln!(f, "violations by class: {}", counts.join(", "))?;
+        }
         for v in &self.violations {
             writeln!(f, "  {v}")?;
         }
@@ -619,6 +627,7 @@ mod tests {
         let v = verdict(h);
         only(&v, "never-sent");
         assert_eq!(v.violations.len(), 2);
+        assert!(v.to_string().contains("violations by class: 2 never-sent\n"), "{v}");
     }
 
     #[test]

@@ -317,7 +317,9 @@ impl Run {
 
 impl Drop for Run {
     fn drop(&mut self) {
-        // A test that fails midway must not leave clients running.
+        // A test that fails midway must not leave clients running (nor
+        // draining for long).
+        *self.drain.lock().unwrap_or_else(|p| p.into_inner()) = Duration::ZERO;
         self.stop.store(true, Ordering::SeqCst);
     }
 }
