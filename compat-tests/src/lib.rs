@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod checker;
+pub mod jepsen;
 pub mod legacy;
 pub mod proxy;
 pub mod wire;

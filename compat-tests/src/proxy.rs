@@ -1,13 +1,18 @@
-//! A fault-injecting TCP proxy for the idempotence tests: it forwards Kafka
-//! frames between clients and the broker and, every so often, swallows the
-//! response to a Produce request and cuts the connection. The broker has
-//! written the batch; the client never hears so and must retry it.
+//! Fault-injecting TCP proxies. `LossyProxy` forwards Kafka frames between
+//! clients and the broker and, every so often, swallows the response to a
+//! Produce request and cuts the connection (the broker has written the
+//! batch; the client never hears so and must retry it). `LinkProxy` stands
+//! on one directed link between cluster nodes and is switched at runtime
+//! between passing, dropping, blackholing, cutting and delaying traffic.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 const PRODUCE: i16 = 0;
 
@@ -114,4 +119,250 @@ impl LossyProxy {
             let _ = server.shutdown(Shutdown::Both);
         });
     }
+}
+
+/// What a [`LinkProxy`] does with traffic, from the moment it is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkMode {
+    /// Forward everything.
+    Pass,
+    /// Reset each new connection as it arrives (the dialer sees it close at
+    /// once); established connections carry on.
+    DropNew,
+    /// Accept new connections without dialing upstream, and forward no byte
+    /// in either direction on any connection: bytes are held, as a silent
+    /// network holds TCP segments that are retransmitted, and delivered in
+    /// order once the mode allows again (if the peers are still there).
+    Blackhole,
+    /// Cut every established connection now (both sides see it close) and
+    /// reset new ones, until the mode changes.
+    Cut,
+    /// Forward each chunk this long after it was read, in both directions;
+    /// chunks are pipelined, so the link's throughput is unchanged.
+    Delay(Duration),
+}
+
+/// One proxied connection: the two sockets, to cut them from outside.
+struct Link {
+    client: TcpStream,
+    server: TcpStream,
+    cut: AtomicBool,
+}
+
+impl Link {
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in [&self.client, &self.server] {
+            set_linger_zero(s);
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// With SO_LINGER 0 the last close sends a reset instead of a FIN.
+fn set_linger_zero(s: &TcpStream) {
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt on a descriptor `s` keeps open, with a pointer to a
+    // live linger struct and its size.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+#[derive(Default)]
+struct LinkState {
+    mode: Mutex<Option<LinkMode>>,
+    changed: Condvar,
+    upstream: Mutex<Option<String>>,
+    links: Mutex<HashMap<u64, Arc<Link>>>,
+    next_id: AtomicU64,
+    stopped: AtomicBool,
+    /// Connections dialed upstream so far.
+    dialed: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl LinkState {
+    fn mode(&self) -> LinkMode {
+        lock(&self.mode).unwrap_or(LinkMode::Pass)
+    }
+
+    /// Waits while the link is blackholed (or until `cut` says to give up).
+    fn wait_open(&self, cut: impl Fn() -> bool) -> LinkMode {
+        let mut m = lock(&self.mode);
+        while *m == Some(LinkMode::Blackhole) && !cut() && !self.stopped.load(Ordering::SeqCst) {
+            m = self.changed.wait(m).unwrap_or_else(|p| p.into_inner());
+        }
+        m.unwrap_or(LinkMode::Pass)
+    }
+}
+
+/// A TCP proxy for one directed link (node A dialing node B): A is
+/// configured with the proxy's address for B. Both byte directions of the
+/// connections on that link obey the current [`LinkMode`].
+pub struct LinkProxy {
+    addr: SocketAddr,
+    state: Arc<LinkState>,
+}
+
+impl LinkProxy {
+    /// Listens on a free local port, forwarding to `upstream` (which may
+    /// be set later with [`LinkProxy::forward_to`]).
+    pub fn start(upstream: Option<&str>) -> std::io::Result<LinkProxy> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(LinkState::default());
+        *lock(&state.upstream) = upstream.map(str::to_string);
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if st.stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let st = st.clone();
+                std::thread::spawn(move || accept(st, client));
+            }
+        });
+        Ok(LinkProxy { addr, state })
+    }
+
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn forward_to(&self, upstream: &str) {
+        *lock(&self.state.upstream) = Some(upstream.to_string());
+    }
+
+    pub fn mode(&self) -> LinkMode {
+        self.state.mode()
+    }
+
+    /// Switches the link; `Cut` cuts the established connections before
+    /// returning.
+    pub fn set_mode(&self, mode: LinkMode) {
+        *lock(&self.state.mode) = Some(mode);
+        if mode == LinkMode::Cut {
+            let links: Vec<Arc<Link>> = lock(&self.state.links).drain().map(|(_, l)| l).collect();
+            for l in links {
+                l.cut();
+            }
+        }
+        self.state.changed.notify_all();
+    }
+
+    /// Back to `Pass`: held bytes flow, new connections get through.
+    pub fn heal(&self) {
+        self.set_mode(LinkMode::Pass);
+    }
+
+    /// Connections currently forwarded.
+    pub fn connections(&self) -> usize {
+        lock(&self.state.links).len()
+    }
+
+    /// Connections dialed upstream since the start.
+    pub fn dialed(&self) -> u64 {
+        self.state.dialed.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for LinkProxy {
+    fn drop(&mut self) {
+        self.state.stopped.store(true, Ordering::SeqCst);
+        for (_, l) in lock(&self.state.links).drain() {
+            l.cut();
+        }
+        self.state.changed.notify_all();
+        // Wakes the accept loop so it sees `stopped`.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// A new connection: held while blackholed, reset while dropping or cut,
+/// otherwise dialed upstream and forwarded.
+fn accept(st: Arc<LinkState>, client: TcpStream) {
+    let mode = st.wait_open(|| false);
+    let upstream = lock(&st.upstream).clone();
+    if st.stopped.load(Ordering::SeqCst) || matches!(mode, LinkMode::DropNew | LinkMode::Cut) {
+        set_linger_zero(&client);
+        return;
+    }
+    let Some(server) = upstream.and_then(|a| TcpStream::connect(a).ok()) else {
+        // Nothing to forward to: the dialer sees a reset, as from a dead node.
+        set_linger_zero(&client);
+        return;
+    };
+    st.dialed.fetch_add(1, Ordering::SeqCst);
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else { return };
+    let link = Arc::new(Link { client: c2, server: s2, cut: AtomicBool::new(false) });
+    let id = st.next_id.fetch_add(1, Ordering::SeqCst);
+    {
+        let mut links = lock(&st.links);
+        // A cut between the dial and here would miss this link otherwise.
+        if st.mode() == LinkMode::Cut {
+            drop(links);
+            link.cut();
+            return;
+        }
+        links.insert(id, link.clone());
+    }
+    let remaining = Arc::new(AtomicUsize::new(2));
+    let (Ok(c_read), Ok(s_read)) = (client.try_clone(), server.try_clone()) else { return };
+    for (from, to) in [(c_read, server), (s_read, client)] {
+        let (st, link, remaining) = (st.clone(), link.clone(), remaining.clone());
+        std::thread::spawn(move || {
+            pump(&st, &link, from, to);
+            if remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+                lock(&st.links).remove(&id);
+            }
+        });
+    }
+}
+
+/// Copies one direction: a reader thread timestamps chunks as they arrive;
+/// this thread writes each once the mode allows (held while blackholed,
+/// due at arrival + delay when delayed). The end of the stream is passed on
+/// as a half-close.
+fn pump(st: &LinkState, link: &Link, mut from: TcpStream, mut to: TcpStream) {
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    for (arrived, chunk) in rx {
+        let mode = st.wait_open(|| link.cut.load(Ordering::SeqCst));
+        if link.cut.load(Ordering::SeqCst) || st.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        if let LinkMode::Delay(d) = mode {
+            // The delay is the fault being injected, not a wait for an event.
+            std::thread::sleep((arrived + d).saturating_duration_since(Instant::now()));
+        }
+        if to.write_all(&chunk).is_err() {
+            return;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
 }
