@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -39,6 +40,93 @@ pub enum FsyncMethod {
     Fdatasync,
 }
 
+/// One voter of the controller quorum: its node id and the `cluster_listen`
+/// address the other nodes reach it at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voter {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+}
+
+/// `controller_quorum_voters`, in Kafka's `controller.quorum.voters` format
+/// `1@host:port,2@host:port,...`. Empty: no quorum, a single-node cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuorumVoters(pub Vec<Voter>);
+
+impl QuorumVoters {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn get(&self, id: i32) -> Option<&Voter> {
+        self.0.iter().find(|v| v.id == id)
+    }
+}
+
+impl std::str::FromStr for QuorumVoters {
+    type Err = String;
+
+    /// An empty string is no voters (Kafka's default); otherwise every
+    /// comma-separated entry must be `id@host:port` with a distinct id and
+    /// address.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            return Ok(QuorumVoters::default());
+        }
+        let mut voters: Vec<Voter> = Vec::new();
+        for (i, entry) in s.split(',').map(str::trim).enumerate() {
+            let n = i + 1;
+            if entry.is_empty() {
+                return Err(format!("entry {n} is empty (expected id@host:port)"));
+            }
+            let (id, addr) = entry.split_once('@').ok_or_else(|| format!("entry {n} {entry:?} is not id@host:port"))?;
+            let id: i32 = id
+                .trim()
+                .parse()
+                .ok()
+                .filter(|id| *id >= 0)
+                .ok_or_else(|| format!("entry {n} {entry:?}: node id {id:?} is not an integer >= 0"))?;
+            let (host, port) = crate::server::split_host_port(addr)
+                .filter(|(_, port)| *port > 0)
+                .ok_or_else(|| format!("entry {n} {entry:?}: {addr:?} is not host:port (port 1-65535)"))?;
+            let voter = Voter { id, host, port: port as u16 };
+            if voters.iter().any(|v| v.id == id) {
+                return Err(format!("node id {id} is listed twice"));
+            }
+            if voters.iter().any(|v| v.host == voter.host && v.port == voter.port) {
+                return Err(format!("address {addr} is listed twice"));
+            }
+            voters.push(voter);
+        }
+        Ok(QuorumVoters(voters))
+    }
+}
+
+impl fmt::Display for QuorumVoters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        for v in &self.0 {
+            // An IPv6 address gets its brackets back.
+            let host = if v.host.contains(':') { format!("[{}]", v.host) } else { v.host.clone() };
+            write!(f, "{sep}{}@{host}:{}", v.id, v.port)?;
+            sep = ",";
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for QuorumVoters {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A type a config key may have: how a flag or an environment variable
 /// spells a value, and how the value is shown (`None`: unset).
 pub trait ConfigValue: Sized {
@@ -58,7 +146,7 @@ macro_rules! from_str_values {
         }
     )*};
 }
-from_str_values!(bool, i32, i64, u64, usize, String);
+from_str_values!(bool, i32, i64, u64, usize, String, QuorumVoters);
 
 impl ConfigValue for PathBuf {
     fn parse_value(s: &str) -> Result<Self, String> {
@@ -250,11 +338,15 @@ fn between(v: i64, lo: i64, hi: i64) -> Result<(), String> {
     }
 }
 
-fn optional_host_port(v: &Option<String>) -> Result<(), String> {
-    match v.as_deref() {
-        Some(a) if crate::server::split_host_port(a).is_none() => Err(format!("must be host:port, got {a:?}")),
-        _ => Ok(()),
+fn host_port(v: &str) -> Result<(), String> {
+    match crate::server::split_host_port(v) {
+        Some(_) => Ok(()),
+        None => Err(format!("must be host:port, got {v:?}")),
     }
+}
+
+fn optional_host_port(v: &Option<String>) -> Result<(), String> {
+    v.as_deref().map_or(Ok(()), host_port)
 }
 
 const WEEK_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -264,14 +356,35 @@ use View::{Dynamic, ReadOnly, TopicDefault};
 broker_config! {
     /// Address to listen on for Kafka clients (host:port; port 0 picks a free one).
     listen: String = "127.0.0.1:9092".into(),
-        view: ReadOnly("listeners", Kind::List);
+        view: ReadOnly("listeners", Kind::List), check: |v| host_port(v);
     /// host:port clients are told to connect to; defaults to the bound address.
     advertised_listener: Option<String> = None,
         view: ReadOnly("advertised.listeners", Kind::List), check: optional_host_port;
     /// Directory for partition logs and metadata (`log.dirs`).
     data_dir: PathBuf = PathBuf::from("./data"), view: ReadOnly("log.dirs", Kind::String);
-    /// `node.id`: this broker's id.
-    node_id: i32 = 0, view: ReadOnly("node.id", Kind::Int);
+    /// This node's id (`node.id`): required, and unique, in a cluster.
+    node_id: i32 = 0, view: ReadOnly("node.id", Kind::Int), check: |v| at_least((*v).into(), 0);
+    /// host:port for node-to-node traffic (Raft, the controller quorum);
+    /// required with `controller_quorum_voters`.
+    cluster_listen: Option<String> = None, view: View::None, check: optional_host_port;
+    /// The controller quorum, `id@host:port,...` (Kafka's
+    /// `controller.quorum.voters`), each address a voter's `cluster_listen`.
+    /// Unset: a single-node cluster.
+    controller_quorum_voters: QuorumVoters = QuorumVoters::default(),
+        view: ReadOnly("controller.quorum.voters", Kind::List);
+    /// This node's rack (`broker.rack`), reported to clients.
+    broker_rack: Option<String> = None, view: ReadOnly("broker.rack", Kind::String),
+        check: |v| match v {
+            Some(r) if r.trim().is_empty() => Err("must not be empty".into()),
+            _ => Ok(()),
+        };
+    /// Replicas of topics created without a replication factor
+    /// (`default.replication.factor`): 1, or min(3, voters) with a quorum.
+    default_replication_factor: Option<i32> = None,
+        view: ReadOnly("default.replication.factor", Kind::Int),
+        check: |v| v.map_or(Ok(()), |v| between(v.into(), 1, i16::MAX.into()));
+    /// `min.insync.replicas`: default of the topic config.
+    min_insync_replicas: i32 = 1, view: TopicDefault("min.insync.replicas"), check: |v| at_least((*v).into(), 1);
     /// Largest request frame accepted (`socket.request.max.bytes`).
     max_request_bytes: usize = 100 * 1024 * 1024,
         view: ReadOnly("socket.request.max.bytes", Kind::Int),
@@ -467,13 +580,20 @@ impl BrokerConfig {
     }
 
     pub fn from_args(args: Args) -> Result<BrokerConfig, ConfigError> {
-        let (mut c, _) = match &args.config {
+        let (mut c, mut given) = match &args.config {
             Some(p) => BrokerConfig::read_file(p)?,
             None => (BrokerConfig::default(), BTreeSet::new()),
         };
         for (k, v) in &args.values {
             // Checked when the arguments were parsed; still, no panic.
             (k.set)(&mut c, v).map_err(|e| ConfigError::Invalid(format!("{}: {e}", k.name)))?;
+            given.insert(k.name.to_string());
+        }
+        // Two nodes left on the default id would be taken for one.
+        if !c.controller_quorum_voters.is_empty() && !given.contains("node_id") {
+            return Err(ConfigError::Invalid(
+                "node_id must be set when controller_quorum_voters is (each node of a cluster has its own)".into(),
+            ));
         }
         c.validate()?;
         Ok(c)
@@ -506,7 +626,29 @@ impl BrokerConfig {
                 });
             }
         }
+        if !self.controller_quorum_voters.is_empty() && self.cluster_listen.is_none() {
+            return bad(format!(
+                "cluster_listen must be set when controller_quorum_voters is (node {} needs an address for \
+                 node-to-node traffic)",
+                self.node_id
+            ));
+        }
         Ok(())
+    }
+
+    /// `default.replication.factor`: as set, else 1 on a single node and
+    /// min(3, voters) with a controller quorum.
+    pub fn replication_factor_default(&self) -> i32 {
+        self.default_replication_factor.unwrap_or_else(|| (self.controller_quorum_voters.len() as i32).clamp(1, 3))
+    }
+
+    /// The value DescribeConfigs shows for a key of the table, where it
+    /// differs from the key's own value.
+    pub fn described_value(&self, k: &KeyDef) -> Option<String> {
+        match k.name {
+            "default_replication_factor" => Some(self.replication_factor_default().to_string()),
+            _ => k.value(self),
+        }
     }
 
     /// The broker-level defaults of every topic config, by the topic
@@ -649,5 +791,129 @@ mod tests {
             assert!(seen.insert(n), "{n} stands for two keys");
             assert_eq!(key_by_kafka_name(n).map(|k| k.name), Some(k.name));
         }
+    }
+
+    fn voters(s: &str) -> Result<QuorumVoters, String> {
+        s.parse()
+    }
+
+    #[test]
+    fn quorum_voters_parse_kafkas_format() {
+        let v = voters("1@127.0.0.1:9192, 2@node-2.example:9193,3@[::1]:9194").unwrap();
+        let got: Vec<(i32, &str, u16)> = v.0.iter().map(|v| (v.id, v.host.as_str(), v.port)).collect();
+        assert_eq!(got, vec![(1, "127.0.0.1", 9192), (2, "node-2.example", 9193), (3, "::1", 9194)]);
+        assert_eq!(v.to_string(), "1@127.0.0.1:9192,2@node-2.example:9193,3@[::1]:9194");
+        assert_eq!(voters(&v.to_string()), Ok(v.clone()));
+        assert_eq!(v.get(2).map(|v| v.port), Some(9193));
+        assert!(v.get(4).is_none());
+        assert!(voters("").unwrap().is_empty(), "Kafka's default: no voters");
+        assert_eq!(voters("0@h:1").unwrap().0[0].id, 0);
+    }
+
+    #[test]
+    fn quorum_voters_refuse_bad_entries() {
+        for (input, says) in [
+            ("1@a:1,,2@b:2", "entry 2 is empty"),
+            ("1@a:1,", "entry 2 is empty"),
+            (",1@a:1", "entry 1 is empty"),
+            ("1-a:1", "is not id@host:port"),
+            ("x@a:1", "node id \"x\" is not an integer >= 0"),
+            ("-1@a:1", "node id \"-1\" is not an integer >= 0"),
+            ("99999999999@a:1", "is not an integer >= 0"),
+            ("1@a", "\"a\" is not host:port"),
+            ("1@:9", "is not host:port"),
+            ("1@a:0", "is not host:port"),
+            ("1@a:65536", "is not host:port"),
+            ("1@a:port", "is not host:port"),
+            ("1@a:1,1@b:2", "node id 1 is listed twice"),
+            ("1@a:1,2@a:1", "address a:1 is listed twice"),
+        ] {
+            let e = voters(input).expect_err(input);
+            assert!(e.contains(says), "{input:?}: {e:?} does not say {says:?}");
+        }
+    }
+
+    fn config(args: &[&str]) -> Result<BrokerConfig, String> {
+        let args =
+            Args::try_parse_from(std::iter::once("fjord").chain(args.iter().copied())).map_err(|e| e.to_string())?;
+        BrokerConfig::from_args(args).map_err(|e| e.to_string())
+    }
+
+    const VOTERS: &str = "1@127.0.0.1:9192,2@127.0.0.1:9193,3@127.0.0.1:9194";
+
+    #[test]
+    fn cluster_keys_parse_and_validate() {
+        let c = config(&[
+            "--node-id",
+            "1",
+            "--cluster-listen",
+            "127.0.0.1:9192",
+            "--controller-quorum-voters",
+            VOTERS,
+            "--broker-rack",
+            "r1",
+        ])
+        .unwrap();
+        assert_eq!((c.node_id, c.broker_rack.as_deref()), (1, Some("r1")));
+        assert_eq!(c.controller_quorum_voters.len(), 3);
+        assert_eq!(c.replication_factor_default(), 3, "min(3, voters)");
+        // A node that is not a voter joins as a broker.
+        let c = config(&["--node-id", "7", "--cluster-listen", "h:1", "--controller-quorum-voters", VOTERS]).unwrap();
+        assert!(c.controller_quorum_voters.get(7).is_none());
+
+        let e = config(&["--cluster-listen", "h:1", "--controller-quorum-voters", VOTERS]).unwrap_err();
+        assert!(e.contains("node_id must be set when controller_quorum_voters is"), "{e}");
+        let e = config(&["--node-id", "1", "--controller-quorum-voters", VOTERS]).unwrap_err();
+        assert!(e.contains("cluster_listen must be set"), "{e}");
+        let e = config(&["--node-id", "1", "--cluster-listen", "h:1", "--controller-quorum-voters", "1@h:1,1@h:2"])
+            .unwrap_err();
+        assert!(e.contains("--controller-quorum-voters") && e.contains("node id 1 is listed twice"), "{e}");
+        let e = config(&["--node-id", "-1"]).unwrap_err();
+        assert_eq!(e, "invalid config: node_id must be >= 0, got -1");
+        let e = config(&["--cluster-listen", "nowhere"]).unwrap_err();
+        assert!(e.contains("cluster_listen must be host:port"), "{e}");
+        let e = config(&["--listen", "9092"]).unwrap_err();
+        assert!(e.contains("listen must be host:port"), "{e}");
+        let e = config(&["--broker-rack", " "]).unwrap_err();
+        assert!(e.contains("broker_rack must not be empty"), "{e}");
+        let e = config(&["--min-insync-replicas", "0"]).unwrap_err();
+        assert_eq!(e, "invalid config: min_insync_replicas must be >= 1, got 0");
+        let e = config(&["--default-replication-factor", "0"]).unwrap_err();
+        assert!(e.contains("default_replication_factor must be 1..=32767, got 0"), "{e}");
+    }
+
+    #[test]
+    fn replication_factor_and_min_insync_defaults() {
+        let single = config(&[]).unwrap();
+        assert_eq!((single.node_id, single.replication_factor_default()), (0, 1), "today's single node");
+        let two = config(&["--node-id", "1", "--cluster-listen", "h:1", "--controller-quorum-voters", "1@h:1,2@h:2"]);
+        assert_eq!(two.unwrap().replication_factor_default(), 2);
+        let five = "1@h:1,2@h:2,3@h:3,4@h:4,5@h:5";
+        let c = config(&["--node-id", "1", "--cluster-listen", "h:1", "--controller-quorum-voters", five]).unwrap();
+        assert_eq!(c.replication_factor_default(), 3);
+        assert_eq!(config(&["--default-replication-factor", "2"]).unwrap().replication_factor_default(), 2);
+        let c = config(&["--min-insync-replicas", "2"]).unwrap();
+        let defaults = c.log_defaults();
+        assert!(defaults.contains(&("min.insync.replicas", "2".to_string())), "the topic default follows the key");
+    }
+
+    #[test]
+    fn cluster_keys_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fjord.toml");
+        let text = format!(
+            "node_id = 2\ncluster_listen = \"127.0.0.1:9193\"\ncontroller_quorum_voters = \"{VOTERS}\"\n\
+             broker_rack = \"r2\"\ndefault_replication_factor = 2\nmin_insync_replicas = 2\n"
+        );
+        std::fs::write(&p, text).unwrap();
+        let c = config(&["--config", p.to_str().unwrap()]).unwrap();
+        assert_eq!(c.controller_quorum_voters.get(2).map(|v| v.port), Some(9193));
+        assert_eq!(
+            (c.broker_rack.as_deref(), c.replication_factor_default(), c.min_insync_replicas),
+            (Some("r2"), 2, 2)
+        );
+        std::fs::write(&p, "controller_quorum_voters = \"1@h:1,x@h:2\"\n").unwrap();
+        let e = config(&["--config", p.to_str().unwrap()]).unwrap_err();
+        assert!(e.contains("invalid config file") && e.contains("node id \"x\""), "{e}");
     }
 }

@@ -328,9 +328,7 @@ pub const DYNAMIC_BROKER_CONFIGS: &[BrokerDef] = &[
 pub const READ_ONLY_BROKER_CONFIGS: &[&str] = &[
     "broker.id",
     "process.roles",
-    "controller.quorum.voters",
     "log.dir",
-    "default.replication.factor",
     "log.message.format.version",
     "log.retention.hours",
     "log.retention.minutes",

@@ -147,7 +147,7 @@ fn describe_broker(broker: &Broker, resource: &str) -> Result<Vec<Described>, To
             "advertised.listeners" => {
                 Some(format!("PLAINTEXT://{}:{}", broker.advertised_host, broker.advertised_port))
             }
-            _ => k.value(c),
+            _ => c.described_value(k),
         };
         let source = if value == k.default_value() { DEFAULT } else { STATIC_BROKER };
         out.push(Described {
