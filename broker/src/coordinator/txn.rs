@@ -15,8 +15,8 @@ use fjord_storage::batch::build_batch;
 use fjord_storage::{LogError, PartitionLog};
 use kafka_protocol::error::ResponseError;
 
+use crate::coordinator::classic::{java_hash, CommittedOffset, GroupCoordinator, OFFSETS_TOPIC};
 use crate::coordinator::txn_log;
-use crate::groups::{java_hash, CommittedOffset, GroupCoordinator, OFFSETS_TOPIC};
 use crate::internal_topic;
 use crate::server::now_ms;
 use crate::topics::Topics;
