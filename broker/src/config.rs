@@ -395,7 +395,8 @@ broker_config! {
     // Kafka leaves this unbounded, so a burst of large produces can take all
     // the memory of a machine. 512 MiB is a fraction of a broker with a few
     // GiB, and five requests of the largest size still fit at once.
-    queued_max_request_bytes: i64 = 512 * 1024 * 1024, view: View::None;
+    queued_max_request_bytes: i64 = 512 * 1024 * 1024,
+        view: ReadOnly("queued.max.request.bytes", Kind::Long);
     /// `auto.create.topics.enable`
     auto_create_topics: bool = true, view: ReadOnly("auto.create.topics.enable", Kind::Boolean);
     /// `num.partitions`: partitions of auto-created topics.
@@ -429,18 +430,22 @@ broker_config! {
     /// group without members are kept this long.
     offsets_retention_ms: i64 = WEEK_MS, view: View::None;
     /// `offsets.retention.check.interval.ms`
-    offsets_retention_check_interval_ms: u64 = 600_000, view: View::None;
+    offsets_retention_check_interval_ms: u64 = 600_000,
+        view: ReadOnly("offsets.retention.check.interval.ms", Kind::Long);
     /// `producer.id.expiration.ms`
     producer_id_expiration_ms: i64 = 24 * 3600 * 1000, view: Dynamic("producer.id.expiration.ms"),
         check: |v| at_least(*v, 1);
     /// `group.initial.rebalance.delay.ms`: the first rebalance of an empty
     /// classic group waits this long for more members (extended by each new
     /// one, up to the rebalance timeout); 0 starts it at once.
-    group_initial_rebalance_delay_ms: u64 = 3_000, view: View::None;
+    group_initial_rebalance_delay_ms: u64 = 3_000,
+        view: ReadOnly("group.initial.rebalance.delay.ms", Kind::Int);
     /// `group.consumer.session.timeout.ms` (KIP-848 groups).
-    group_consumer_session_timeout_ms: u64 = 45_000, view: View::None;
+    group_consumer_session_timeout_ms: u64 = 45_000,
+        view: ReadOnly("group.consumer.session.timeout.ms", Kind::Int);
     /// `group.consumer.heartbeat.interval.ms` (KIP-848 groups).
-    group_consumer_heartbeat_interval_ms: i32 = 5_000, view: View::None;
+    group_consumer_heartbeat_interval_ms: i32 = 5_000,
+        view: ReadOnly("group.consumer.heartbeat.interval.ms", Kind::Int);
     /// When produced data is fsync'd: acks-all, always or never.
     fsync: FsyncPolicy = FsyncPolicy::AcksAll, view: View::None;
     /// How group commit syncs many partitions at once: fdatasync or syncfs.
@@ -453,18 +458,23 @@ broker_config! {
     metrics_listen: Option<String> = None, view: View::None;
     /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets`,
     /// fixed when the topic is first created.
-    offsets_topic_num_partitions: i32 = 50, view: View::None, check: |v| between((*v).into(), 1, 1000);
+    offsets_topic_num_partitions: i32 = 50,
+        view: ReadOnly("offsets.topic.num.partitions", Kind::Int), check: |v| between((*v).into(), 1, 1000);
     /// `transaction.state.log.num.partitions`: partitions of
     /// `__transaction_state`, fixed when the topic is first created.
-    transaction_state_log_num_partitions: i32 = 50, view: View::None, check: |v| between((*v).into(), 1, 1000);
+    transaction_state_log_num_partitions: i32 = 50,
+        view: ReadOnly("transaction.state.log.num.partitions", Kind::Int), check: |v| between((*v).into(), 1, 1000);
     /// `transaction.max.timeout.ms`: the longest transaction timeout a
     /// producer may ask for.
-    transaction_max_timeout_ms: i32 = 900_000, view: View::None, check: |v| at_least((*v).into(), 1);
+    transaction_max_timeout_ms: i32 = 900_000,
+        view: ReadOnly("transaction.max.timeout.ms", Kind::Int), check: |v| at_least((*v).into(), 1);
     /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`
-    transaction_abort_timed_out_transaction_cleanup_interval_ms: u64 = 10_000, view: View::None;
+    transaction_abort_timed_out_transaction_cleanup_interval_ms: u64 = 10_000,
+        view: ReadOnly("transaction.abort.timed.out.transaction.cleanup.interval.ms", Kind::Int);
     /// `transactional.id.expiration.ms`: an idle transactional id is
     /// forgotten after this long.
-    transactional_id_expiration_ms: i64 = WEEK_MS, view: View::None, check: |v| at_least(*v, 1);
+    transactional_id_expiration_ms: i64 = WEEK_MS,
+        view: ReadOnly("transactional.id.expiration.ms", Kind::Int), check: |v| at_least(*v, 1);
 }
 
 /// The key named `name` (the TOML spelling).

@@ -336,13 +336,7 @@ pub const READ_ONLY_BROKER_CONFIGS: &[&str] = &[
     "log.roll.jitter.hours",
     "log.cleaner.enable",
     "log.flush.scheduler.interval.ms",
-    "offsets.topic.num.partitions",
     "offsets.retention.minutes",
-    "transaction.state.log.num.partitions",
-    "transaction.max.timeout.ms",
-    "transactional.id.expiration.ms",
-    "group.consumer.session.timeout.ms",
-    "group.consumer.heartbeat.interval.ms",
 ];
 
 /// What a broker config name means to AlterConfigs on the broker resource.

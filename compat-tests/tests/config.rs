@@ -135,6 +135,9 @@ fn node_id_and_rack_reach_clients() {
     let b = &md.brokers[0];
     assert_eq!((b.node_id.0, b.rack.as_deref().map(|r| r.to_string())), (7, Some("rack-a".into())));
     assert_eq!(md.controller_id.0, 7);
+    // Metadata v0 has no rack field; the rest is answered the same.
+    let v0: MetadataResponse = conn.call(ApiKey::Metadata, 0, &MetadataRequest::default());
+    assert_eq!(v0.brokers[0].node_id.0, 7);
     let mut req = DescribeClusterRequest::default();
     req.endpoint_type = 1;
     let dc: DescribeClusterResponse = conn.call(ApiKey::DescribeCluster, 1, &req);
@@ -148,7 +151,10 @@ fn node_id_and_rack_reach_clients() {
     assert_eq!(described(&configs, "min.insync.replicas"), (Some("1".into()), false));
     // Kafka's default: an empty list.
     assert_eq!(described(&configs, "controller.quorum.voters"), (Some(String::new()), true));
-    // Read-only, as in Kafka.
+    // Keys Kafka has are described under its names, read-only as in Kafka.
+    assert_eq!(described(&configs, "offsets.topic.num.partitions"), (Some("50".into()), true));
+    assert_eq!(described(&configs, "group.initial.rebalance.delay.ms"), (Some("100".into()), true));
+    assert_eq!(set_config(&mut conn, 4, "7", "group.initial.rebalance.delay.ms", "0"), 42);
     assert_eq!(set_config(&mut conn, 4, "7", "broker.rack", "rack-b"), 42);
     assert_eq!(set_config(&mut conn, 4, "7", "default.replication.factor", "2"), 42);
 
