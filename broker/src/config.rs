@@ -892,6 +892,20 @@ mod tests {
         assert!(e.contains("default_replication_factor must be 1..=32767, got 0"), "{e}");
     }
 
+    /// The command line issue 11 gives for a node of a cluster.
+    #[test]
+    fn the_documented_cluster_command_line_parses() {
+        let line = "--node-id 1 --listen 127.0.0.1:9092 --advertised-listener 127.0.0.1:9092 \
+                    --cluster-listen 127.0.0.1:9192 --controller-quorum-voters \
+                    1@127.0.0.1:9192,2@127.0.0.1:9193,3@127.0.0.1:9194 --data-dir n1 --broker-rack r1";
+        let c = config(&line.split_whitespace().collect::<Vec<_>>()).unwrap();
+        assert_eq!((c.node_id, c.data_dir.as_path(), c.broker_rack.as_deref()), (1, Path::new("n1"), Some("r1")));
+        assert_eq!(c.advertised_listener.as_deref(), Some("127.0.0.1:9092"));
+        let me = c.controller_quorum_voters.get(c.node_id).expect("node 1 is a voter");
+        assert_eq!((me.host.as_str(), me.port), ("127.0.0.1", 9192));
+        assert_eq!(c.cluster_listen.as_deref(), Some("127.0.0.1:9192"));
+    }
+
     #[test]
     fn replication_factor_and_min_insync_defaults() {
         let single = config(&[]).unwrap();
