@@ -1,13 +1,20 @@
-//! Broker configuration: one typed struct read from a TOML file, with command
-//! line flags on top. Defaults give a single-node broker on 127.0.0.1:9092.
+//! Broker configuration. Every key is defined once, in the `broker_config!`
+//! table below (name, type, default, doc, validation, how Kafka names it);
+//! the TOML file, the command line flags, the environment and the broker's
+//! DescribeConfigs view all come from that table. Defaults give a
+//! single-node broker on 127.0.0.1:9092.
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
-use clap::Parser;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+
+use crate::topic_config::Kind;
 
 /// When appended data is forced to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum FsyncPolicy {
     /// fsync before answering acks=all produces (group commit); acks=0/1 are
@@ -20,7 +27,7 @@ pub enum FsyncPolicy {
 }
 
 /// How a group-commit round makes the data of many partitions durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum FsyncMethod {
     /// One `syncfs` of the data dir's filesystem when a round covers more
@@ -33,200 +40,529 @@ pub enum FsyncMethod {
     Fdatasync,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BrokerConfig {
-    /// Address to listen on for Kafka clients.
-    pub listen: String,
-    /// host:port clients are told to connect to; defaults to the bound address.
-    pub advertised_listener: Option<String>,
-    /// Directory for partition logs and metadata (`log.dirs`).
-    pub data_dir: PathBuf,
-    /// `node.id`
-    pub node_id: i32,
-    /// Largest request frame accepted (`socket.request.max.bytes`).
-    pub max_request_bytes: usize,
-    /// Bytes all connections together may hold in requests read but not yet
-    /// answered (`queued.max.request.bytes`); past it connections stop
-    /// reading until responses free some. -1 is unlimited (Kafka's default).
-    pub queued_max_request_bytes: i64,
-    /// `auto.create.topics.enable`
-    pub auto_create_topics: bool,
-    /// `num.partitions`: partitions of auto-created topics.
-    pub num_partitions: i32,
-    /// `log.segment.bytes`
-    pub log_segment_bytes: u64,
-    /// `log.roll.ms`
-    pub log_roll_ms: i64,
-    /// `log.retention.ms`
-    pub log_retention_ms: i64,
-    /// `log.retention.bytes`
-    pub log_retention_bytes: i64,
-    /// `message.max.bytes`
-    pub message_max_bytes: usize,
-    /// `log.index.interval.bytes`
-    pub log_index_interval_bytes: u64,
-    /// `log.index.size.max.bytes`
-    pub log_index_size_max_bytes: usize,
-    /// `log.message.timestamp.type`: CreateTime or LogAppendTime.
-    pub log_message_timestamp_type: String,
-    /// `compression.type`: `producer` keeps batches as sent; a codec
-    /// (`uncompressed`, `gzip`, `snappy`, `lz4`, `zstd`) recompresses the
-    /// batches of every topic without its own setting to it.
-    pub compression_type: String,
-    /// `log.retention.check.interval.ms`
-    pub log_retention_check_interval_ms: u64,
-    /// `log.cleaner.backoff.ms`: pause between compaction passes.
-    pub log_cleaner_backoff_ms: u64,
-    /// Kafka's `offsets.retention.minutes`, in ms: committed offsets of a
-    /// group without members are kept this long.
-    pub offsets_retention_ms: i64,
-    /// `offsets.retention.check.interval.ms`
-    pub offsets_retention_check_interval_ms: u64,
-    /// `producer.id.expiration.ms`
-    pub producer_id_expiration_ms: i64,
-    /// `group.initial.rebalance.delay.ms`: the first rebalance of an empty
-    /// classic group waits this long for more members (extended by each new
-    /// one, up to the rebalance timeout); 0 starts it at once.
-    pub group_initial_rebalance_delay_ms: u64,
-    /// `group.consumer.session.timeout.ms` (KIP-848 groups).
-    pub group_consumer_session_timeout_ms: u64,
-    /// `group.consumer.heartbeat.interval.ms` (KIP-848 groups).
-    pub group_consumer_heartbeat_interval_ms: i32,
-    /// When produced data is fsync'd.
-    pub fsync: FsyncPolicy,
-    /// How group commit syncs many partitions at once.
-    pub fsync_method: FsyncMethod,
-    /// Segment pages the broker may keep mapped in its resident set (pages
-    /// faulted in by reads) before it unmaps them; they stay in the page
-    /// cache. Bounds RSS whatever the data volume.
-    pub mapped_resident_max_bytes: u64,
-    /// Prometheus metrics endpoint (host:port); off when unset.
-    pub metrics_listen: Option<String>,
-    /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets`,
-    /// fixed when the topic is first created.
-    pub offsets_topic_num_partitions: i32,
-    /// `transaction.state.log.num.partitions`: partitions of
-    /// `__transaction_state`, fixed when the topic is first created.
-    pub transaction_state_log_num_partitions: i32,
-    /// `transaction.max.timeout.ms`: the longest transaction timeout a
-    /// producer may ask for.
-    pub transaction_max_timeout_ms: i32,
-    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`
-    pub transaction_abort_timed_out_transaction_cleanup_interval_ms: u64,
-    /// `transactional.id.expiration.ms`: an idle transactional id is
-    /// forgotten after this long.
-    pub transactional_id_expiration_ms: i64,
+/// One voter of the controller quorum: its node id and the `cluster_listen`
+/// address the other nodes reach it at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voter {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
 }
 
-impl Default for BrokerConfig {
-    fn default() -> Self {
-        BrokerConfig {
-            listen: "127.0.0.1:9092".into(),
-            advertised_listener: None,
-            data_dir: PathBuf::from("./data"),
-            node_id: 0,
-            max_request_bytes: 100 * 1024 * 1024,
-            // Kafka leaves this unbounded, so a burst of large produces can
-            // take all the memory of a machine. 512 MiB is a fraction of a
-            // broker with a few GiB, and five requests of the largest size
-            // (max_request_bytes) still fit at once.
-            queued_max_request_bytes: 512 * 1024 * 1024,
-            auto_create_topics: true,
-            num_partitions: 1,
-            log_segment_bytes: 1 << 30,
-            log_roll_ms: 7 * 24 * 3600 * 1000,
-            log_retention_ms: 7 * 24 * 3600 * 1000,
-            log_retention_bytes: -1,
-            message_max_bytes: 1_048_588,
-            log_index_interval_bytes: 4096,
-            log_index_size_max_bytes: 10 * 1024 * 1024,
-            log_message_timestamp_type: "CreateTime".into(),
-            compression_type: "producer".into(),
-            log_retention_check_interval_ms: 300_000,
-            log_cleaner_backoff_ms: 15_000,
-            offsets_retention_ms: 7 * 24 * 3600 * 1000,
-            offsets_retention_check_interval_ms: 600_000,
-            producer_id_expiration_ms: 24 * 3600 * 1000,
-            group_initial_rebalance_delay_ms: 3_000,
-            group_consumer_session_timeout_ms: 45_000,
-            group_consumer_heartbeat_interval_ms: 5_000,
-            fsync: FsyncPolicy::AcksAll,
-            fsync_method: FsyncMethod::Fdatasync,
-            mapped_resident_max_bytes: 64 << 20,
-            metrics_listen: None,
-            offsets_topic_num_partitions: 50,
-            transaction_state_log_num_partitions: 50,
-            transaction_max_timeout_ms: 900_000,
-            transaction_abort_timed_out_transaction_cleanup_interval_ms: 10_000,
-            transactional_id_expiration_ms: 7 * 24 * 3600 * 1000,
-        }
+/// `controller_quorum_voters`, in Kafka's `controller.quorum.voters` format
+/// `1@host:port,2@host:port,...`. Empty: no quorum, a single-node cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuorumVoters(pub Vec<Voter>);
+
+impl QuorumVoters {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn get(&self, id: i32) -> Option<&Voter> {
+        self.0.iter().find(|v| v.id == id)
     }
 }
 
-/// Command line of `fjord`. Every flag overrides the same key of the file.
-#[derive(Debug, Parser)]
-#[command(name = "fjord", version, about = "Fjord: a Kafka-compatible streaming broker")]
+impl std::str::FromStr for QuorumVoters {
+    type Err = String;
+
+    /// An empty string is no voters (Kafka's default); otherwise every
+    /// comma-separated entry must be `id@host:port` with a distinct id and
+    /// address.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            return Ok(QuorumVoters::default());
+        }
+        let mut voters: Vec<Voter> = Vec::new();
+        for (i, entry) in s.split(',').map(str::trim).enumerate() {
+            let n = i + 1;
+            if entry.is_empty() {
+                return Err(format!("entry {n} is empty (expected id@host:port)"));
+            }
+            let (id, addr) = entry.split_once('@').ok_or_else(|| format!("entry {n} {entry:?} is not id@host:port"))?;
+            let id: i32 = id
+                .trim()
+                .parse()
+                .ok()
+                .filter(|id| *id >= 0)
+                .ok_or_else(|| format!("entry {n} {entry:?}: node id {id:?} is not an integer >= 0"))?;
+            let (host, port) = crate::server::split_host_port(addr)
+                .filter(|(_, port)| *port > 0)
+                .ok_or_else(|| format!("entry {n} {entry:?}: {addr:?} is not host:port (port 1-65535)"))?;
+            let voter = Voter { id, host, port: port as u16 };
+            if voters.iter().any(|v| v.id == id) {
+                return Err(format!("node id {id} is listed twice"));
+            }
+            if voters.iter().any(|v| v.host == voter.host && v.port == voter.port) {
+                return Err(format!("address {addr} is listed twice"));
+            }
+            voters.push(voter);
+        }
+        Ok(QuorumVoters(voters))
+    }
+}
+
+impl fmt::Display for QuorumVoters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        for v in &self.0 {
+            // An IPv6 address gets its brackets back.
+            let host = if v.host.contains(':') { format!("[{}]", v.host) } else { v.host.clone() };
+            write!(f, "{sep}{}@{host}:{}", v.id, v.port)?;
+            sep = ",";
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for QuorumVoters {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A type a config key may have: how a flag or an environment variable
+/// spells a value, and how the value is shown (`None`: unset).
+pub trait ConfigValue: Sized {
+    fn parse_value(s: &str) -> Result<Self, String>;
+    fn show(&self) -> Option<String>;
+}
+
+macro_rules! from_str_values {
+    ($($t:ty),*) => {$(
+        impl ConfigValue for $t {
+            fn parse_value(s: &str) -> Result<Self, String> {
+                s.trim().parse().map_err(|e| format!("{e}"))
+            }
+            fn show(&self) -> Option<String> {
+                Some(self.to_string())
+            }
+        }
+    )*};
+}
+from_str_values!(bool, i32, i64, u64, usize, String, QuorumVoters);
+
+impl ConfigValue for PathBuf {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        Ok(PathBuf::from(s))
+    }
+    fn show(&self) -> Option<String> {
+        Some(self.display().to_string())
+    }
+}
+
+impl<T: ConfigValue> ConfigValue for Option<T> {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        T::parse_value(s).map(Some)
+    }
+    fn show(&self) -> Option<String> {
+        self.as_ref().and_then(T::show)
+    }
+}
+
+macro_rules! enum_values {
+    ($($t:ty),*) => {$(
+        impl ConfigValue for $t {
+            fn parse_value(s: &str) -> Result<Self, String> {
+                <$t as clap::ValueEnum>::from_str(s.trim(), false).map_err(|_| {
+                    let names: Vec<String> = <$t as clap::ValueEnum>::value_variants()
+                        .iter()
+                        .filter_map(|v| clap::ValueEnum::to_possible_value(v).map(|p| p.get_name().to_string()))
+                        .collect();
+                    format!("expected one of {}", names.join(", "))
+                })
+            }
+            fn show(&self) -> Option<String> {
+                clap::ValueEnum::to_possible_value(self).map(|p| p.get_name().to_string())
+            }
+        }
+    )*};
+}
+enum_values!(FsyncPolicy, FsyncMethod);
+
+/// How DescribeConfigs on the broker resource shows a key, by its Kafka
+/// name.
+#[derive(Debug, Clone, Copy)]
+pub enum View {
+    /// Not a Kafka config, or one Fjord does not describe.
+    None,
+    /// A static broker config AlterConfigs may not change.
+    ReadOnly(&'static str, Kind),
+    /// The static broker default of this topic config.
+    TopicDefault(&'static str),
+    /// The static value under a dynamic broker config of this name
+    /// (`topic_config::DYNAMIC_BROKER_CONFIGS`).
+    Dynamic(&'static str),
+}
+
+/// One config key of the table, its typed parts reached through functions.
+#[derive(Debug)]
+pub struct KeyDef {
+    /// The TOML key.
+    pub name: &'static str,
+    /// The command line flag, `name` in kebab case.
+    pub flag: &'static str,
+    /// The environment variable, `FJORD_` and `name` in capitals.
+    pub env: &'static str,
+    pub doc: &'static str,
+    pub view: View,
+    set: fn(&mut BrokerConfig, &str) -> Result<(), String>,
+    get: fn(&BrokerConfig) -> Option<String>,
+    check: fn(&BrokerConfig) -> Result<(), String>,
+}
+
+impl KeyDef {
+    /// The key's value in `c` as DescribeConfigs and `--help` show it.
+    pub fn value(&self, c: &BrokerConfig) -> Option<String> {
+        (self.get)(c)
+    }
+
+    pub fn default_value(&self) -> Option<String> {
+        (self.get)(&BrokerConfig::default())
+    }
+
+    /// The doc comment as one line.
+    pub fn doc_line(&self) -> String {
+        self.doc.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    fn parse_only(&self, s: &str) -> Result<(), String> {
+        (self.set)(&mut BrokerConfig::default(), s)
+    }
+}
+
+/// `node_id` → `node-id`, at compile time (clap wants `&'static str`).
+const fn kebab<const N: usize>(name: &str) -> [u8; N] {
+    let b = name.as_bytes();
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = if b[i] == b'_' { b'-' } else { b[i] };
+        i += 1;
+    }
+    out
+}
+
+/// `node_id` → `FJORD_NODE_ID`, at compile time.
+const fn env_name<const N: usize>(name: &str) -> [u8; N] {
+    let prefix = b"FJORD_";
+    let b = name.as_bytes();
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = if i < prefix.len() { prefix[i] } else { b[i - prefix.len()].to_ascii_uppercase() };
+        i += 1;
+    }
+    out
+}
+
+const fn utf8(b: &'static [u8]) -> &'static str {
+    match std::str::from_utf8(b) {
+        Ok(s) => s,
+        Err(_) => panic!("config key names are ASCII"),
+    }
+}
+
+/// Declares the keys: the `BrokerConfig` struct (deserialized from TOML),
+/// its `Default`, and `KEYS`, the table flags and views are built from.
+/// Each entry: doc, `name: Type = default`, then `view` and optionally
+/// `check` (a validation of the value alone, whose message follows the key
+/// name).
+macro_rules! broker_config {
+    ($(
+        $(#[doc = $doc:literal])*
+        $name:ident : $ty:ty = $default:expr, view: $view:expr $(, check: $check:expr)? ;
+    )*) => {
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct BrokerConfig {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Default for BrokerConfig {
+            fn default() -> Self {
+                BrokerConfig { $( $name: $default, )* }
+            }
+        }
+
+        /// Every config key, in the order `--help` lists them.
+        pub static KEYS: &[KeyDef] = &[$(
+            KeyDef {
+                name: stringify!($name),
+                flag: {
+                    const B: [u8; stringify!($name).len()] = kebab(stringify!($name));
+                    utf8(&B)
+                },
+                env: {
+                    const B: [u8; stringify!($name).len() + 6] = env_name(stringify!($name));
+                    utf8(&B)
+                },
+                doc: concat!($($doc, "\n"),*),
+                view: $view,
+                set: |c, s| {
+                    c.$name = <$ty as ConfigValue>::parse_value(s)?;
+                    Ok(())
+                },
+                get: |c| ConfigValue::show(&c.$name),
+                check: |_c| {
+                    $(
+                        let check: fn(&$ty) -> Result<(), String> = $check;
+                        check(&_c.$name)?;
+                    )?
+                    Ok(())
+                },
+            },
+        )*];
+    };
+}
+
+fn at_least(v: i64, min: i64) -> Result<(), String> {
+    if v < min {
+        Err(format!("must be >= {min}, got {v}"))
+    } else {
+        Ok(())
+    }
+}
+
+fn between(v: i64, lo: i64, hi: i64) -> Result<(), String> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("must be {lo}..={hi}, got {v}"))
+    }
+}
+
+fn host_port(v: &str) -> Result<(), String> {
+    match crate::server::split_host_port(v) {
+        Some(_) => Ok(()),
+        None => Err(format!("must be host:port, got {v:?}")),
+    }
+}
+
+fn optional_host_port(v: &Option<String>) -> Result<(), String> {
+    v.as_deref().map_or(Ok(()), host_port)
+}
+
+const WEEK_MS: i64 = 7 * 24 * 3600 * 1000;
+
+use View::{Dynamic, ReadOnly, TopicDefault};
+
+broker_config! {
+    /// Address to listen on for Kafka clients (host:port; port 0 picks a free one).
+    listen: String = "127.0.0.1:9092".into(),
+        view: ReadOnly("listeners", Kind::List), check: |v| host_port(v);
+    /// host:port clients are told to connect to; defaults to the bound address.
+    advertised_listener: Option<String> = None,
+        view: ReadOnly("advertised.listeners", Kind::List), check: optional_host_port;
+    /// Directory for partition logs and metadata (`log.dirs`).
+    data_dir: PathBuf = PathBuf::from("./data"), view: ReadOnly("log.dirs", Kind::String);
+    /// This node's id (`node.id`): required, and unique, in a cluster.
+    node_id: i32 = 0, view: ReadOnly("node.id", Kind::Int), check: |v| at_least((*v).into(), 0);
+    /// host:port for node-to-node traffic (Raft, the controller quorum);
+    /// required with `controller_quorum_voters`.
+    cluster_listen: Option<String> = None, view: View::None, check: optional_host_port;
+    /// The controller quorum, `id@host:port,...` (Kafka's
+    /// `controller.quorum.voters`), each address a voter's `cluster_listen`.
+    /// Unset: a single-node cluster.
+    controller_quorum_voters: QuorumVoters = QuorumVoters::default(),
+        view: ReadOnly("controller.quorum.voters", Kind::List);
+    /// This node's rack (`broker.rack`), reported to clients.
+    broker_rack: Option<String> = None, view: ReadOnly("broker.rack", Kind::String),
+        check: |v| match v {
+            Some(r) if r.trim().is_empty() => Err("must not be empty".into()),
+            _ => Ok(()),
+        };
+    /// Replicas of topics created without a replication factor
+    /// (`default.replication.factor`): 1, or min(3, voters) with a quorum.
+    default_replication_factor: Option<i32> = None,
+        view: ReadOnly("default.replication.factor", Kind::Int),
+        check: |v| v.map_or(Ok(()), |v| between(v.into(), 1, i16::MAX.into()));
+    /// `min.insync.replicas`: default of the topic config.
+    min_insync_replicas: i32 = 1, view: TopicDefault("min.insync.replicas"), check: |v| at_least((*v).into(), 1);
+    /// Largest request frame accepted (`socket.request.max.bytes`).
+    max_request_bytes: usize = 100 * 1024 * 1024,
+        view: ReadOnly("socket.request.max.bytes", Kind::Int),
+        check: |v| at_least(*v as i64, 1024);
+    /// Bytes all connections together may hold in requests read but not yet
+    /// answered (`queued.max.request.bytes`); past it connections stop
+    /// reading until responses free some. -1 is unlimited (Kafka's default).
+    // Kafka leaves this unbounded, so a burst of large produces can take all
+    // the memory of a machine. 512 MiB is a fraction of a broker with a few
+    // GiB, and five requests of the largest size still fit at once.
+    queued_max_request_bytes: i64 = 512 * 1024 * 1024,
+        view: ReadOnly("queued.max.request.bytes", Kind::Long);
+    /// `auto.create.topics.enable`
+    auto_create_topics: bool = true, view: ReadOnly("auto.create.topics.enable", Kind::Boolean);
+    /// `num.partitions`: partitions of auto-created topics.
+    num_partitions: i32 = 1, view: ReadOnly("num.partitions", Kind::Int), check: |v| at_least((*v).into(), 1);
+    /// `log.segment.bytes`
+    log_segment_bytes: u64 = 1 << 30, view: TopicDefault("segment.bytes");
+    /// `log.roll.ms`
+    log_roll_ms: i64 = WEEK_MS, view: TopicDefault("segment.ms");
+    /// `log.retention.ms`
+    log_retention_ms: i64 = WEEK_MS, view: TopicDefault("retention.ms");
+    /// `log.retention.bytes`
+    log_retention_bytes: i64 = -1, view: TopicDefault("retention.bytes");
+    /// `message.max.bytes`
+    message_max_bytes: usize = 1_048_588, view: TopicDefault("max.message.bytes");
+    /// `log.index.interval.bytes`
+    log_index_interval_bytes: u64 = 4096, view: TopicDefault("index.interval.bytes");
+    /// `log.index.size.max.bytes`
+    log_index_size_max_bytes: usize = 10 * 1024 * 1024, view: TopicDefault("segment.index.bytes");
+    /// `log.message.timestamp.type`: CreateTime or LogAppendTime.
+    log_message_timestamp_type: String = "CreateTime".into(), view: TopicDefault("message.timestamp.type");
+    /// `compression.type`: `producer` keeps batches as sent; a codec
+    /// (`uncompressed`, `gzip`, `snappy`, `lz4`, `zstd`) recompresses the
+    /// batches of every topic without its own setting to it.
+    compression_type: String = "producer".into(), view: TopicDefault("compression.type");
+    /// `log.retention.check.interval.ms`
+    log_retention_check_interval_ms: u64 = 300_000,
+        view: ReadOnly("log.retention.check.interval.ms", Kind::Long);
+    /// `log.cleaner.backoff.ms`: pause between compaction passes.
+    log_cleaner_backoff_ms: u64 = 15_000, view: Dynamic("log.cleaner.backoff.ms");
+    /// Kafka's `offsets.retention.minutes`, in ms: committed offsets of a
+    /// group without members are kept this long.
+    offsets_retention_ms: i64 = WEEK_MS, view: View::None;
+    /// `offsets.retention.check.interval.ms`
+    offsets_retention_check_interval_ms: u64 = 600_000,
+        view: ReadOnly("offsets.retention.check.interval.ms", Kind::Long);
+    /// `producer.id.expiration.ms`
+    producer_id_expiration_ms: i64 = 24 * 3600 * 1000, view: Dynamic("producer.id.expiration.ms"),
+        check: |v| at_least(*v, 1);
+    /// `group.initial.rebalance.delay.ms`: the first rebalance of an empty
+    /// classic group waits this long for more members (extended by each new
+    /// one, up to the rebalance timeout); 0 starts it at once.
+    group_initial_rebalance_delay_ms: u64 = 3_000,
+        view: ReadOnly("group.initial.rebalance.delay.ms", Kind::Int);
+    /// `group.consumer.session.timeout.ms` (KIP-848 groups).
+    group_consumer_session_timeout_ms: u64 = 45_000,
+        view: ReadOnly("group.consumer.session.timeout.ms", Kind::Int);
+    /// `group.consumer.heartbeat.interval.ms` (KIP-848 groups).
+    group_consumer_heartbeat_interval_ms: i32 = 5_000,
+        view: ReadOnly("group.consumer.heartbeat.interval.ms", Kind::Int);
+    /// When produced data is fsync'd: acks-all, always or never.
+    fsync: FsyncPolicy = FsyncPolicy::AcksAll, view: View::None;
+    /// How group commit syncs many partitions at once: fdatasync or syncfs.
+    fsync_method: FsyncMethod = FsyncMethod::Fdatasync, view: View::None;
+    /// Segment pages the broker may keep mapped in its resident set (pages
+    /// faulted in by reads) before it unmaps them; they stay in the page
+    /// cache. Bounds RSS whatever the data volume.
+    mapped_resident_max_bytes: u64 = 64 << 20, view: View::None;
+    /// Prometheus metrics endpoint (host:port); off when unset.
+    metrics_listen: Option<String> = None, view: View::None;
+    /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets`,
+    /// fixed when the topic is first created.
+    offsets_topic_num_partitions: i32 = 50,
+        view: ReadOnly("offsets.topic.num.partitions", Kind::Int), check: |v| between((*v).into(), 1, 1000);
+    /// `transaction.state.log.num.partitions`: partitions of
+    /// `__transaction_state`, fixed when the topic is first created.
+    transaction_state_log_num_partitions: i32 = 50,
+        view: ReadOnly("transaction.state.log.num.partitions", Kind::Int), check: |v| between((*v).into(), 1, 1000);
+    /// `transaction.max.timeout.ms`: the longest transaction timeout a
+    /// producer may ask for.
+    transaction_max_timeout_ms: i32 = 900_000,
+        view: ReadOnly("transaction.max.timeout.ms", Kind::Int), check: |v| at_least((*v).into(), 1);
+    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`
+    transaction_abort_timed_out_transaction_cleanup_interval_ms: u64 = 10_000,
+        view: ReadOnly("transaction.abort.timed.out.transaction.cleanup.interval.ms", Kind::Int);
+    /// `transactional.id.expiration.ms`: an idle transactional id is
+    /// forgotten after this long.
+    transactional_id_expiration_ms: i64 = WEEK_MS,
+        view: ReadOnly("transactional.id.expiration.ms", Kind::Int), check: |v| at_least(*v, 1);
+}
+
+/// The key named `name` (the TOML spelling).
+pub fn key(name: &str) -> Option<&'static KeyDef> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// The key Kafka calls `kafka_name`, if Fjord has one.
+pub fn key_by_kafka_name(kafka_name: &str) -> Option<&'static KeyDef> {
+    KEYS.iter().find(|k| match k.view {
+        View::ReadOnly(n, _) | View::TopicDefault(n) | View::Dynamic(n) => n == kafka_name,
+        View::None => false,
+    })
+}
+
+/// The command line of `fjord`: `--config` and, for every key, its flag
+/// (or environment variable), kept as text until applied over the file.
+#[derive(Debug, Default)]
 pub struct Args {
-    /// TOML config file (keys as in BrokerConfig: listen, data_dir, ...).
-    #[arg(long, short)]
+    /// TOML config file.
     pub config: Option<PathBuf>,
-    #[arg(long)]
-    pub listen: Option<String>,
-    #[arg(long)]
-    pub advertised_listener: Option<String>,
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    #[arg(long)]
-    pub node_id: Option<i32>,
-    #[arg(long)]
-    pub max_request_bytes: Option<usize>,
-    #[arg(long, allow_negative_numbers = true)]
-    pub queued_max_request_bytes: Option<i64>,
-    #[arg(long)]
-    pub auto_create_topics: Option<bool>,
-    #[arg(long)]
-    pub num_partitions: Option<i32>,
-    #[arg(long)]
-    pub log_segment_bytes: Option<u64>,
-    #[arg(long)]
-    pub log_retention_ms: Option<i64>,
-    #[arg(long)]
-    pub log_retention_bytes: Option<i64>,
-    #[arg(long)]
-    pub message_max_bytes: Option<usize>,
-    #[arg(long)]
-    pub log_retention_check_interval_ms: Option<u64>,
-    #[arg(long)]
-    pub compression_type: Option<String>,
-    #[arg(long)]
-    pub log_cleaner_backoff_ms: Option<u64>,
-    #[arg(long)]
-    pub offsets_retention_ms: Option<i64>,
-    #[arg(long)]
-    pub offsets_retention_check_interval_ms: Option<u64>,
-    #[arg(long)]
-    pub producer_id_expiration_ms: Option<i64>,
-    #[arg(long)]
-    pub group_initial_rebalance_delay_ms: Option<u64>,
-    #[arg(long)]
-    pub group_consumer_session_timeout_ms: Option<u64>,
-    #[arg(long)]
-    pub group_consumer_heartbeat_interval_ms: Option<i32>,
-    #[arg(long, value_enum)]
-    pub fsync: Option<FsyncPolicy>,
-    #[arg(long, value_enum)]
-    pub fsync_method: Option<FsyncMethod>,
-    #[arg(long)]
-    pub mapped_resident_max_bytes: Option<u64>,
-    #[arg(long)]
-    pub metrics_listen: Option<String>,
-    #[arg(long)]
-    pub transaction_max_timeout_ms: Option<i32>,
-    #[arg(long)]
-    pub transaction_abort_timed_out_transaction_cleanup_interval_ms: Option<u64>,
-    #[arg(long)]
-    pub transactional_id_expiration_ms: Option<i64>,
+    /// Keys given on the command line or in the environment, with their
+    /// values, already checked to parse.
+    values: Vec<(&'static KeyDef, String)>,
+}
+
+impl Args {
+    pub fn command() -> clap::Command {
+        let defaults = BrokerConfig::default();
+        let mut cmd = clap::Command::new("fjord")
+            .version(env!("CARGO_PKG_VERSION"))
+            .about("Fjord: a Kafka-compatible streaming broker")
+            .next_line_help(true)
+            .after_help("Every flag overrides the same key of the config file; FJORD_<KEY> variables sit between them.")
+            .arg(
+                clap::Arg::new("config")
+                    .long("config")
+                    .short('c')
+                    .value_name("FILE")
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .help("TOML config file (keys as the flags, in snake case: listen, data_dir, ...)"),
+            );
+        for k in KEYS {
+            let default = match k.value(&defaults) {
+                Some(v) if v.is_empty() => String::new(),
+                Some(v) => format!(" [default: {v}]"),
+                None => String::new(),
+            };
+            cmd = cmd.arg(
+                clap::Arg::new(k.name)
+                    .long(k.flag)
+                    .env(k.env)
+                    .value_name(&k.env["FJORD_".len()..])
+                    .allow_negative_numbers(true)
+                    .help(format!("{}{default}", k.doc_line()))
+                    .value_parser(move |s: &str| k.parse_only(s).map(|()| s.to_string())),
+            );
+        }
+        cmd
+    }
+
+    fn from_matches(mut m: clap::ArgMatches) -> Args {
+        let config = m.remove_one::<PathBuf>("config");
+        let values = KEYS.iter().filter_map(|k| m.remove_one::<String>(k.name).map(|v| (k, v))).collect();
+        Args { config, values }
+    }
+
+    /// The process's arguments; a bad one exits with clap's message.
+    pub fn parse() -> Args {
+        Self::from_matches(Self::command().get_matches())
+    }
+
+    pub fn try_parse_from<I, T>(args: I) -> Result<Args, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        Self::command().try_get_matches_from(args).map(Self::from_matches)
+    }
+
+    /// As `parse`, from the given arguments.
+    pub fn parse_from<I, T>(args: I) -> Args
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        Self::from_matches(Self::command().get_matches_from(args))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,51 +577,33 @@ pub enum ConfigError {
 
 impl BrokerConfig {
     pub fn from_file(path: &Path) -> Result<BrokerConfig, ConfigError> {
+        Ok(Self::read_file(path)?.0)
+    }
+
+    /// The file's config and the keys it sets.
+    fn read_file(path: &Path) -> Result<(BrokerConfig, BTreeSet<String>), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), source: Box::new(e) })
+        let parse_err = |e| ConfigError::Parse { path: path.into(), source: Box::new(e) };
+        let config = toml::from_str(&text).map_err(parse_err)?;
+        let table: toml::Table = toml::from_str(&text).map_err(parse_err)?;
+        Ok((config, table.keys().cloned().collect()))
     }
 
     pub fn from_args(args: Args) -> Result<BrokerConfig, ConfigError> {
-        let mut c = match &args.config {
-            Some(p) => BrokerConfig::from_file(p)?,
-            None => BrokerConfig::default(),
+        let (mut c, mut given) = match &args.config {
+            Some(p) => BrokerConfig::read_file(p)?,
+            None => (BrokerConfig::default(), BTreeSet::new()),
         };
-        macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = args.$f { c.$f = v; } )* };
+        for (k, v) in &args.values {
+            // Checked when the arguments were parsed; still, no panic.
+            (k.set)(&mut c, v).map_err(|e| ConfigError::Invalid(format!("{}: {e}", k.name)))?;
+            given.insert(k.name.to_string());
         }
-        set!(
-            listen,
-            data_dir,
-            node_id,
-            max_request_bytes,
-            queued_max_request_bytes,
-            auto_create_topics,
-            num_partitions,
-            log_segment_bytes,
-            log_retention_ms,
-            log_retention_bytes,
-            message_max_bytes,
-            log_retention_check_interval_ms,
-            compression_type,
-            log_cleaner_backoff_ms,
-            offsets_retention_ms,
-            offsets_retention_check_interval_ms,
-            producer_id_expiration_ms,
-            group_initial_rebalance_delay_ms,
-            group_consumer_session_timeout_ms,
-            group_consumer_heartbeat_interval_ms,
-            fsync,
-            fsync_method,
-            mapped_resident_max_bytes,
-            transaction_max_timeout_ms,
-            transaction_abort_timed_out_transaction_cleanup_interval_ms,
-            transactional_id_expiration_ms
-        );
-        if args.advertised_listener.is_some() {
-            c.advertised_listener = args.advertised_listener;
-        }
-        if args.metrics_listen.is_some() {
-            c.metrics_listen = args.metrics_listen;
+        // Two nodes left on the default id would be taken for one.
+        if !c.controller_quorum_voters.is_empty() && !given.contains("node_id") {
+            return Err(ConfigError::Invalid(
+                "node_id must be set when controller_quorum_voters is (each node of a cluster has its own)".into(),
+            ));
         }
         c.validate()?;
         Ok(c)
@@ -293,32 +611,10 @@ impl BrokerConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.num_partitions < 1 {
-            return bad(format!("num_partitions must be >= 1, got {}", self.num_partitions));
-        }
-        if !(1..=1000).contains(&self.offsets_topic_num_partitions) {
-            return bad(format!(
-                "offsets_topic_num_partitions must be 1..=1000, got {}",
-                self.offsets_topic_num_partitions
-            ));
-        }
-        if !(1..=1000).contains(&self.transaction_state_log_num_partitions) {
-            return bad(format!(
-                "transaction_state_log_num_partitions must be 1..=1000, got {}",
-                self.transaction_state_log_num_partitions
-            ));
-        }
-        if self.transaction_max_timeout_ms < 1 {
-            return bad(format!("transaction_max_timeout_ms must be >= 1, got {}", self.transaction_max_timeout_ms));
-        }
-        if self.transactional_id_expiration_ms < 1 {
-            return bad(format!(
-                "transactional_id_expiration_ms must be >= 1, got {}",
-                self.transactional_id_expiration_ms
-            ));
-        }
-        if self.max_request_bytes < 1024 {
-            return bad(format!("max_request_bytes must be >= 1024, got {}", self.max_request_bytes));
+        for k in KEYS {
+            if let Err(e) = (k.check)(self) {
+                return bad(format!("{} {e}", k.name));
+            }
         }
         if self.queued_max_request_bytes != -1 && self.queued_max_request_bytes < self.max_request_bytes as i64 {
             return bad(format!(
@@ -328,40 +624,54 @@ impl BrokerConfig {
             ));
         }
         // Broker defaults go through the same checks as topic overrides.
-        if self.producer_id_expiration_ms < 1 {
-            return bad(format!("producer_id_expiration_ms must be >= 1, got {}", self.producer_id_expiration_ms));
-        }
         for (name, value) in self.log_defaults() {
             if crate::topic_config::def(name).is_none() {
                 continue;
             }
             if let Err(e) = crate::topic_config::validate(name, &value) {
-                return bad(e);
+                let key = KEYS.iter().find(|k| matches!(k.view, View::TopicDefault(n) if n == name));
+                return bad(match key {
+                    Some(k) => format!("{}: {e}", k.name),
+                    None => e,
+                });
             }
         }
-        if let Some(a) = &self.advertised_listener {
-            if crate::server::split_host_port(a).is_none() {
-                return bad(format!("advertised_listener must be host:port, got {a:?}"));
-            }
+        if !self.controller_quorum_voters.is_empty() && self.cluster_listen.is_none() {
+            return bad(format!(
+                "cluster_listen must be set when controller_quorum_voters is (node {} needs an address for \
+                 node-to-node traffic)",
+                self.node_id
+            ));
         }
         Ok(())
+    }
+
+    /// `default.replication.factor`: as set, else 1 on a single node and
+    /// min(3, voters) with a controller quorum.
+    pub fn replication_factor_default(&self) -> i32 {
+        self.default_replication_factor.unwrap_or_else(|| (self.controller_quorum_voters.len() as i32).clamp(1, 3))
+    }
+
+    /// The value DescribeConfigs shows for a key of the table, where it
+    /// differs from the key's own value.
+    pub fn described_value(&self, k: &KeyDef) -> Option<String> {
+        match k.name {
+            "default_replication_factor" => Some(self.replication_factor_default().to_string()),
+            _ => k.value(self),
+        }
     }
 
     /// The broker-level defaults of every topic config, by the topic
     /// config's name: Kafka's default unless this file sets the broker
     /// config it comes from.
     pub fn log_defaults(&self) -> Vec<(&'static str, String)> {
-        let from_file: Vec<(&'static str, String)> = vec![
-            ("segment.bytes", self.log_segment_bytes.to_string()),
-            ("segment.ms", self.log_roll_ms.to_string()),
-            ("retention.ms", self.log_retention_ms.to_string()),
-            ("retention.bytes", self.log_retention_bytes.to_string()),
-            ("max.message.bytes", self.message_max_bytes.to_string()),
-            ("index.interval.bytes", self.log_index_interval_bytes.to_string()),
-            ("segment.index.bytes", self.log_index_size_max_bytes.to_string()),
-            ("message.timestamp.type", self.log_message_timestamp_type.clone()),
-            ("compression.type", self.compression_type.clone()),
-        ];
+        let from_file: Vec<(&'static str, String)> = KEYS
+            .iter()
+            .filter_map(|k| match k.view {
+                View::TopicDefault(name) => k.value(self).map(|v| (name, v)),
+                _ => None,
+            })
+            .collect();
         let mut out: Vec<(&'static str, String)> = crate::topic_config::TOPIC_CONFIGS
             .iter()
             .map(|d| {
@@ -420,5 +730,214 @@ mod tests {
         assert_eq!(BrokerConfig::from_args(args).unwrap().queued_max_request_bytes, -1);
         let args = Args::parse_from(["fjord", "--queued-max-request-bytes", "-5"]);
         assert!(BrokerConfig::from_args(args).is_err());
+    }
+
+    #[test]
+    fn every_key_has_a_derived_flag_and_variable() {
+        for k in KEYS {
+            assert_eq!(k.flag, k.name.replace('_', "-"), "flag of {}", k.name);
+            assert_eq!(k.env, format!("FJORD_{}", k.name.to_uppercase()), "variable of {}", k.name);
+            assert!(!k.doc_line().is_empty(), "{} has a doc", k.name);
+        }
+        let help = Args::command().render_long_help().to_string();
+        for k in KEYS {
+            assert!(help.contains(&format!("--{} <", k.flag)), "--help lists --{}", k.flag);
+        }
+    }
+
+    /// Each key's flag takes the key's own default as text and gives it
+    /// back: the flag, the parser and the display agree.
+    #[test]
+    fn every_flag_round_trips_its_default() {
+        let mut checked = 0;
+        for k in KEYS {
+            let Some(v) = k.default_value().filter(|v| !v.is_empty()) else { continue };
+            let flag = format!("--{}", k.flag);
+            let args = Args::try_parse_from(["fjord", flag.as_str(), v.as_str()])
+                .unwrap_or_else(|e| panic!("{flag} {v}: {e}"));
+            let c = BrokerConfig::from_args(args).unwrap_or_else(|e| panic!("{flag} {v}: {e}"));
+            assert_eq!(k.value(&c), Some(v), "{flag}");
+            checked += 1;
+        }
+        assert!(checked > 30, "only {checked} keys have a default");
+        let args = Args::parse_from(["fjord", "--advertised-listener", "h:1", "--metrics-listen", "127.0.0.1:2"]);
+        let c = BrokerConfig::from_args(args).unwrap();
+        assert_eq!(c.advertised_listener.as_deref(), Some("h:1"));
+        assert_eq!(c.metrics_listen.as_deref(), Some("127.0.0.1:2"));
+    }
+
+    #[test]
+    fn a_bad_flag_value_names_the_flag() {
+        let e = Args::try_parse_from(["fjord", "--num-partitions", "x"]).unwrap_err().to_string();
+        assert!(e.contains("--num-partitions"), "{e}");
+        let e = Args::try_parse_from(["fjord", "--fsync", "sometimes"]).unwrap_err().to_string();
+        assert!(e.contains("--fsync") && e.contains("acks-all, always, never"), "{e}");
+        let e = Args::try_parse_from(["fjord", "--no-such-flag", "1"]).unwrap_err().to_string();
+        assert!(e.contains("--no-such-flag"), "{e}");
+        let args = Args::parse_from(["fjord", "--num-partitions", "0"]);
+        let e = BrokerConfig::from_args(args).unwrap_err().to_string();
+        assert_eq!(e, "invalid config: num_partitions must be >= 1, got 0");
+        let args = Args::parse_from(["fjord", "--log-segment-bytes", "10"]);
+        let e = BrokerConfig::from_args(args).unwrap_err().to_string();
+        assert!(e.starts_with("invalid config: log_segment_bytes: "), "{e}");
+    }
+
+    /// The described views name configs Kafka has, each once.
+    #[test]
+    fn views_name_kafka_configs_once() {
+        use crate::topic_config::{broker_key, BrokerKey, DYNAMIC_BROKER_CONFIGS, READ_ONLY_BROKER_CONFIGS};
+        let mut seen = BTreeSet::new();
+        for k in KEYS {
+            match k.view {
+                View::None => continue,
+                View::TopicDefault(n) => assert!(crate::topic_config::def(n).is_some(), "{n}"),
+                View::Dynamic(n) => assert!(DYNAMIC_BROKER_CONFIGS.iter().any(|d| d.name == n), "{n}"),
+                View::ReadOnly(n, _) => {
+                    assert!(matches!(broker_key(n), BrokerKey::ReadOnly), "{n} is read-only");
+                    assert!(!READ_ONLY_BROKER_CONFIGS.contains(&n), "{n} is listed twice");
+                }
+            }
+            let (View::ReadOnly(n, _) | View::TopicDefault(n) | View::Dynamic(n)) = k.view else { continue };
+            assert!(seen.insert(n), "{n} stands for two keys");
+            assert_eq!(key_by_kafka_name(n).map(|k| k.name), Some(k.name));
+        }
+    }
+
+    fn voters(s: &str) -> Result<QuorumVoters, String> {
+        s.parse()
+    }
+
+    #[test]
+    fn quorum_voters_parse_kafkas_format() {
+        let v = voters("1@127.0.0.1:9192, 2@node-2.example:9193,3@[::1]:9194").unwrap();
+        let got: Vec<(i32, &str, u16)> = v.0.iter().map(|v| (v.id, v.host.as_str(), v.port)).collect();
+        assert_eq!(got, vec![(1, "127.0.0.1", 9192), (2, "node-2.example", 9193), (3, "::1", 9194)]);
+        assert_eq!(v.to_string(), "1@127.0.0.1:9192,2@node-2.example:9193,3@[::1]:9194");
+        assert_eq!(voters(&v.to_string()), Ok(v.clone()));
+        assert_eq!(v.get(2).map(|v| v.port), Some(9193));
+        assert!(v.get(4).is_none());
+        assert!(voters("").unwrap().is_empty(), "Kafka's default: no voters");
+        assert_eq!(voters("0@h:1").unwrap().0[0].id, 0);
+    }
+
+    #[test]
+    fn quorum_voters_refuse_bad_entries() {
+        for (input, says) in [
+            ("1@a:1,,2@b:2", "entry 2 is empty"),
+            ("1@a:1,", "entry 2 is empty"),
+            (",1@a:1", "entry 1 is empty"),
+            ("1-a:1", "is not id@host:port"),
+            ("x@a:1", "node id \"x\" is not an integer >= 0"),
+            ("-1@a:1", "node id \"-1\" is not an integer >= 0"),
+            ("99999999999@a:1", "is not an integer >= 0"),
+            ("1@a", "\"a\" is not host:port"),
+            ("1@:9", "is not host:port"),
+            ("1@a:0", "is not host:port"),
+            ("1@a:65536", "is not host:port"),
+            ("1@a:port", "is not host:port"),
+            ("1@a:1,1@b:2", "node id 1 is listed twice"),
+            ("1@a:1,2@a:1", "address a:1 is listed twice"),
+        ] {
+            let e = voters(input).expect_err(input);
+            assert!(e.contains(says), "{input:?}: {e:?} does not say {says:?}");
+        }
+    }
+
+    fn config(args: &[&str]) -> Result<BrokerConfig, String> {
+        let args =
+            Args::try_parse_from(std::iter::once("fjord").chain(args.iter().copied())).map_err(|e| e.to_string())?;
+        BrokerConfig::from_args(args).map_err(|e| e.to_string())
+    }
+
+    const VOTERS: &str = "1@127.0.0.1:9192,2@127.0.0.1:9193,3@127.0.0.1:9194";
+
+    #[test]
+    fn cluster_keys_parse_and_validate() {
+        let c = config(&[
+            "--node-id",
+            "1",
+            "--cluster-listen",
+            "127.0.0.1:9192",
+            "--controller-quorum-voters",
+            VOTERS,
+            "--broker-rack",
+            "r1",
+        ])
+        .unwrap();
+        assert_eq!((c.node_id, c.broker_rack.as_deref()), (1, Some("r1")));
+        assert_eq!(c.controller_quorum_voters.len(), 3);
+        assert_eq!(c.replication_factor_default(), 3, "min(3, voters)");
+        // A node that is not a voter joins as a broker.
+        let c = config(&["--node-id", "7", "--cluster-listen", "h:1", "--controller-quorum-voters", VOTERS]).unwrap();
+        assert!(c.controller_quorum_voters.get(7).is_none());
+
+        let e = config(&["--cluster-listen", "h:1", "--controller-quorum-voters", VOTERS]).unwrap_err();
+        assert!(e.contains("node_id must be set when controller_quorum_voters is"), "{e}");
+        let e = config(&["--node-id", "1", "--controller-quorum-voters", VOTERS]).unwrap_err();
+        assert!(e.contains("cluster_listen must be set"), "{e}");
+        let e = config(&["--node-id", "1", "--cluster-listen", "h:1", "--controller-quorum-voters", "1@h:1,1@h:2"])
+            .unwrap_err();
+        assert!(e.contains("--controller-quorum-voters") && e.contains("node id 1 is listed twice"), "{e}");
+        let e = config(&["--node-id", "-1"]).unwrap_err();
+        assert_eq!(e, "invalid config: node_id must be >= 0, got -1");
+        let e = config(&["--cluster-listen", "nowhere"]).unwrap_err();
+        assert!(e.contains("cluster_listen must be host:port"), "{e}");
+        let e = config(&["--listen", "9092"]).unwrap_err();
+        assert!(e.contains("listen must be host:port"), "{e}");
+        let e = config(&["--broker-rack", " "]).unwrap_err();
+        assert!(e.contains("broker_rack must not be empty"), "{e}");
+        let e = config(&["--min-insync-replicas", "0"]).unwrap_err();
+        assert_eq!(e, "invalid config: min_insync_replicas must be >= 1, got 0");
+        let e = config(&["--default-replication-factor", "0"]).unwrap_err();
+        assert!(e.contains("default_replication_factor must be 1..=32767, got 0"), "{e}");
+    }
+
+    /// The command line issue 11 gives for a node of a cluster.
+    #[test]
+    fn the_documented_cluster_command_line_parses() {
+        let line = "--node-id 1 --listen 127.0.0.1:9092 --advertised-listener 127.0.0.1:9092 \
+                    --cluster-listen 127.0.0.1:9192 --controller-quorum-voters \
+                    1@127.0.0.1:9192,2@127.0.0.1:9193,3@127.0.0.1:9194 --data-dir n1 --broker-rack r1";
+        let c = config(&line.split_whitespace().collect::<Vec<_>>()).unwrap();
+        assert_eq!((c.node_id, c.data_dir.as_path(), c.broker_rack.as_deref()), (1, Path::new("n1"), Some("r1")));
+        assert_eq!(c.advertised_listener.as_deref(), Some("127.0.0.1:9092"));
+        let me = c.controller_quorum_voters.get(c.node_id).expect("node 1 is a voter");
+        assert_eq!((me.host.as_str(), me.port), ("127.0.0.1", 9192));
+        assert_eq!(c.cluster_listen.as_deref(), Some("127.0.0.1:9192"));
+    }
+
+    #[test]
+    fn replication_factor_and_min_insync_defaults() {
+        let single = config(&[]).unwrap();
+        assert_eq!((single.node_id, single.replication_factor_default()), (0, 1), "today's single node");
+        let two = config(&["--node-id", "1", "--cluster-listen", "h:1", "--controller-quorum-voters", "1@h:1,2@h:2"]);
+        assert_eq!(two.unwrap().replication_factor_default(), 2);
+        let five = "1@h:1,2@h:2,3@h:3,4@h:4,5@h:5";
+        let c = config(&["--node-id", "1", "--cluster-listen", "h:1", "--controller-quorum-voters", five]).unwrap();
+        assert_eq!(c.replication_factor_default(), 3);
+        assert_eq!(config(&["--default-replication-factor", "2"]).unwrap().replication_factor_default(), 2);
+        let c = config(&["--min-insync-replicas", "2"]).unwrap();
+        let defaults = c.log_defaults();
+        assert!(defaults.contains(&("min.insync.replicas", "2".to_string())), "the topic default follows the key");
+    }
+
+    #[test]
+    fn cluster_keys_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fjord.toml");
+        let text = format!(
+            "node_id = 2\ncluster_listen = \"127.0.0.1:9193\"\ncontroller_quorum_voters = \"{VOTERS}\"\n\
+             broker_rack = \"r2\"\ndefault_replication_factor = 2\nmin_insync_replicas = 2\n"
+        );
+        std::fs::write(&p, text).unwrap();
+        let c = config(&["--config", p.to_str().unwrap()]).unwrap();
+        assert_eq!(c.controller_quorum_voters.get(2).map(|v| v.port), Some(9193));
+        assert_eq!(
+            (c.broker_rack.as_deref(), c.replication_factor_default(), c.min_insync_replicas),
+            (Some("r2"), 2, 2)
+        );
+        std::fs::write(&p, "controller_quorum_voters = \"1@h:1,x@h:2\"\n").unwrap();
+        let e = config(&["--config", p.to_str().unwrap()]).unwrap_err();
+        assert!(e.contains("invalid config file") && e.contains("node id \"x\""), "{e}");
     }
 }

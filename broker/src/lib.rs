@@ -9,16 +9,13 @@ pub mod api;
 pub mod clean_shutdown;
 pub mod config;
 pub mod connection;
-pub mod consumer_groups;
 pub mod coordinator;
 pub mod dispatch;
 pub mod frame;
-pub mod groups;
 pub mod internal_topic;
 pub mod server;
 pub mod topic_config;
 pub mod topics;
-pub mod txn;
 
 pub use config::BrokerConfig;
 pub use server::{start, RunningBroker};

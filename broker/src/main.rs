@@ -1,6 +1,5 @@
 //! `fjord`: runs a broker until SIGTERM or Ctrl-C, then shuts down cleanly.
 
-use clap::Parser;
 use fjord_broker::alloc::BrokerAllocator;
 
 #[global_allocator]

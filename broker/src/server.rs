@@ -14,10 +14,10 @@ use fjord_storage::PartitionLog;
 use crate::api::fetch_session::FetchSessions;
 use crate::config::BrokerConfig;
 use crate::connection;
-use crate::consumer_groups::ConsumerGroups;
-use crate::groups::GroupCoordinator;
+use crate::coordinator::classic::GroupCoordinator;
+use crate::coordinator::consumer::ConsumerGroups;
+use crate::coordinator::txn::TxnCoordinator;
 use crate::topics::Topics;
-use crate::txn::TxnCoordinator;
 
 /// Everything request handlers share.
 pub struct Broker {

@@ -322,22 +322,13 @@ pub const DYNAMIC_BROKER_CONFIGS: &[BrokerDef] = &[
     },
 ];
 
-/// Broker configs Kafka refuses to change at runtime that Fjord knows
-/// (and describes): AlterConfigs on them answers INVALID_REQUEST.
+/// Broker configs Kafka refuses to change at runtime that Fjord knows but
+/// has no key for (its own keys say so in `config::KEYS`): AlterConfigs on
+/// them answers INVALID_REQUEST.
 pub const READ_ONLY_BROKER_CONFIGS: &[&str] = &[
-    "node.id",
     "broker.id",
     "process.roles",
-    "listeners",
-    "advertised.listeners",
-    "controller.quorum.voters",
-    "log.dirs",
     "log.dir",
-    "auto.create.topics.enable",
-    "num.partitions",
-    "default.replication.factor",
-    "socket.request.max.bytes",
-    "log.retention.check.interval.ms",
     "log.message.format.version",
     "log.retention.hours",
     "log.retention.minutes",
@@ -345,13 +336,7 @@ pub const READ_ONLY_BROKER_CONFIGS: &[&str] = &[
     "log.roll.jitter.hours",
     "log.cleaner.enable",
     "log.flush.scheduler.interval.ms",
-    "offsets.topic.num.partitions",
     "offsets.retention.minutes",
-    "transaction.state.log.num.partitions",
-    "transaction.max.timeout.ms",
-    "transactional.id.expiration.ms",
-    "group.consumer.session.timeout.ms",
-    "group.consumer.heartbeat.interval.ms",
 ];
 
 /// What a broker config name means to AlterConfigs on the broker resource.
@@ -366,7 +351,8 @@ pub enum BrokerKey {
 }
 
 pub fn broker_key(name: &str) -> BrokerKey {
-    if READ_ONLY_BROKER_CONFIGS.contains(&name) {
+    let static_key = crate::config::key_by_kafka_name(name).map(|k| k.view);
+    if READ_ONLY_BROKER_CONFIGS.contains(&name) || matches!(static_key, Some(crate::config::View::ReadOnly(..))) {
         return BrokerKey::ReadOnly;
     }
     if let Some(d) = TOPIC_CONFIGS.iter().find(|d| d.broker_name == Some(name)) {

@@ -238,6 +238,25 @@ pub fn kcat_produce(bootstrap: &str, topic: &str, codec: &str, partition: i32, e
 /// Runs a client program to completion and fails the test, with its output,
 /// if it does not succeed within `timeout`.
 pub fn run_client(cmd: &mut Command, timeout: Duration) -> Output {
+    let (status, out) = run_to_exit(cmd, timeout);
+    let shown = format!(
+        "--- stdout ---\n{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match status {
+        Some(s) if s.success() => {
+            println!("{shown}");
+            out
+        }
+        Some(s) => panic!("{cmd:?} failed with {s}\n{shown}"),
+        None => panic!("{cmd:?} timed out after {timeout:?}\n{shown}"),
+    }
+}
+
+/// Runs a program until it exits, or kills it at `timeout` (status None),
+/// and returns what it printed whatever its exit status.
+pub fn run_to_exit(cmd: &mut Command, timeout: Duration) -> (Option<std::process::ExitStatus>, Output) {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -262,26 +281,14 @@ pub fn run_client(cmd: &mut Command, timeout: Duration) -> Output {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            let _ = child.wait();
             break None;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    let status_now = child.wait().expect("wait");
     let stdout = t_out.join().unwrap_or_default();
     let stderr = t_err.join().unwrap_or_default();
-    let shown = format!(
-        "--- stdout ---\n{}\n--- stderr ---\n{}",
-        String::from_utf8_lossy(&stdout),
-        String::from_utf8_lossy(&stderr)
-    );
-    match status {
-        Some(s) if s.success() => {
-            println!("{shown}");
-            Output { status: s, stdout, stderr }
-        }
-        Some(s) => panic!("{cmd:?} failed with {s}\n{shown}"),
-        None => panic!("{cmd:?} timed out after {timeout:?}\n{shown}"),
-    }
+    (status, Output { status: status_now, stdout, stderr })
 }
 
 /// Polls `cond` until it holds or the deadline passes.

@@ -12,6 +12,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
 use super::metadata::str;
+use crate::config::{self, View};
 use crate::server::Broker;
 use crate::topic_config::{self, TOPIC_CONFIGS};
 use crate::topics::TopicError;
@@ -32,7 +33,7 @@ fn err(code: ResponseError, msg: impl Into<String>) -> TopicError {
 
 struct Described {
     name: String,
-    value: String,
+    value: Option<String>,
     source: i8,
     read_only: bool,
     kind: i8,
@@ -44,7 +45,7 @@ impl Described {
     /// A writable config whose value and source are those of its first
     /// synonym (the most specific level that sets it).
     fn from_synonyms(name: &str, kind: topic_config::Kind, doc: String, synonyms: Vec<(String, String, i8)>) -> Self {
-        let (value, source) = synonyms.first().map(|(_, v, s)| (v.clone(), *s)).unwrap_or_default();
+        let (value, source) = synonyms.first().map(|(_, v, s)| (Some(v.clone()), *s)).unwrap_or_default();
         Described { name: name.into(), value, source, read_only: false, kind: kind as i8, doc, synonyms }
     }
 }
@@ -116,7 +117,7 @@ pub fn created_topic_configs(
         .map(|d| {
             mk!(create_topics_response::CreatableTopicConfigs {
                 name: str(&d.name),
-                value: Some(str(&d.value)),
+                value: d.value.as_deref().map(str),
                 read_only: d.read_only,
                 config_source: d.source,
                 is_sensitive: false
@@ -138,43 +139,32 @@ fn describe_broker(broker: &Broker, resource: &str) -> Result<Vec<Described>, To
     let c = &broker.config;
     let dynamic = broker.topics.dynamic_broker_configs();
     let mut out = Vec::new();
-    let ro = |name: &str, value: String, kind: i8, doc: &str| Described {
-        name: name.into(),
-        value: value.clone(),
-        source: STATIC_BROKER,
-        read_only: true,
-        kind,
-        doc: doc.into(),
-        synonyms: vec![(name.to_string(), value, STATIC_BROKER)],
-    };
-    out.push(ro("node.id", c.node_id.to_string(), 3, "This broker's id."));
-    out.push(ro("listeners", format!("PLAINTEXT://{}", c.listen), 7, "Address the broker listens on."));
-    out.push(ro(
-        "advertised.listeners",
-        format!("PLAINTEXT://{}:{}", broker.advertised_host, broker.advertised_port),
-        7,
-        "Address clients are told to connect to.",
-    ));
-    out.push(ro("log.dirs", c.data_dir.display().to_string(), 2, "Directory holding partition logs."));
-    out.push(ro(
-        "auto.create.topics.enable",
-        c.auto_create_topics.to_string(),
-        1,
-        "Create unknown topics on metadata requests.",
-    ));
-    out.push(ro("num.partitions", c.num_partitions.to_string(), 3, "Partitions of auto-created topics."));
-    out.push(ro("socket.request.max.bytes", c.max_request_bytes.to_string(), 3, "Largest request accepted."));
-    out.push(ro(
-        "log.retention.check.interval.ms",
-        c.log_retention_check_interval_ms.to_string(),
-        5,
-        "How often retention runs.",
-    ));
+    // The static keys of the config table Kafka would show here.
+    for k in config::KEYS {
+        let View::ReadOnly(name, kind) = k.view else { continue };
+        let value = match name {
+            "listeners" => Some(format!("PLAINTEXT://{}", c.listen)),
+            "advertised.listeners" => {
+                Some(format!("PLAINTEXT://{}:{}", broker.advertised_host, broker.advertised_port))
+            }
+            _ => c.described_value(k),
+        };
+        let source = if value == k.default_value() { DEFAULT } else { STATIC_BROKER };
+        out.push(Described {
+            name: name.into(),
+            value: value.clone(),
+            source,
+            read_only: true,
+            kind: kind as i8,
+            doc: k.doc_line(),
+            synonyms: value.map(|v| (name.to_string(), v, source)).into_iter().collect(),
+        });
+    }
     // Topic defaults: dynamic, except the deprecated message format.
     for d in TOPIC_CONFIGS {
         let Some(name) = d.broker_name else { continue };
         let synonyms = broker_synonyms(broker, d);
-        let (value, source) = synonyms.first().map(|(_, v, s)| (v.clone(), *s)).unwrap_or_default();
+        let (value, source) = synonyms.first().map(|(_, v, s)| (Some(v.clone()), *s)).unwrap_or_default();
         out.push(Described {
             name: name.into(),
             value,
@@ -187,11 +177,7 @@ fn describe_broker(broker: &Broker, resource: &str) -> Result<Vec<Described>, To
     }
     for d in topic_config::DYNAMIC_BROKER_CONFIGS {
         let mut synonyms = dynamic_synonyms(broker, d.name, d.name);
-        let fixed = match d.name {
-            "log.cleaner.backoff.ms" => Some(c.log_cleaner_backoff_ms.to_string()),
-            "producer.id.expiration.ms" => Some(c.producer_id_expiration_ms.to_string()),
-            _ => None,
-        };
+        let fixed = config::key_by_kafka_name(d.name).and_then(|k| k.value(c));
         let v = fixed.unwrap_or_else(|| d.default.to_string());
         let source = if v == d.default { DEFAULT } else { STATIC_BROKER };
         synonyms.push((d.name.to_string(), v, source));
@@ -201,7 +187,7 @@ fn describe_broker(broker: &Broker, resource: &str) -> Result<Vec<Described>, To
     for k in dynamic.keys() {
         if matches!(topic_config::broker_key(k), topic_config::BrokerKey::Unknown) && topic_config::def(k).is_none() {
             let synonyms = dynamic_synonyms(broker, k, k);
-            let (value, source) = synonyms.first().map(|(_, v, s)| (v.clone(), *s)).unwrap_or_default();
+            let (value, source) = synonyms.first().map(|(_, v, s)| (Some(v.clone()), *s)).unwrap_or_default();
             out.push(Described {
                 name: k.clone(),
                 value,
@@ -243,7 +229,7 @@ pub async fn describe(
                     .map(|d| {
                         mk!(DescribeConfigsResourceResult {
                             name: str(&d.name),
-                            value: Some(str(&d.value)),
+                            value: d.value.as_deref().map(str),
                             read_only: d.read_only,
                             config_source: d.source,
                             is_sensitive: false,

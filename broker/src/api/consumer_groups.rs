@@ -1,5 +1,5 @@
 //! KIP-848 consumer group APIs: ConsumerGroupHeartbeat and
-//! ConsumerGroupDescribe. The logic is in `crate::consumer_groups`.
+//! ConsumerGroupDescribe. The logic is in `crate::coordinator::consumer`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use kafka_protocol::messages::*;
 use super::acl;
 use super::metadata::{str, topic_name};
 use crate::connection::PEER;
-use crate::consumer_groups::{HeartbeatRequest, TopicPartition};
+use crate::coordinator::consumer::{HeartbeatRequest, TopicPartition};
 use crate::server::Broker;
 
 /// Groups (topic id → partitions) in the wire shape.

@@ -1,7 +1,7 @@
 //! Consumer group APIs (classic protocol): FindCoordinator, JoinGroup,
 //! SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, ListGroups,
 //! DescribeGroups, DeleteGroups, OffsetDelete. The state machine lives in
-//! `crate::groups`; these functions translate requests and responses.
+//! `crate::coordinator::classic`; these functions translate requests and responses.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use super::metadata::{str, topic_name};
 use super::{acl, code};
 use crate::config::FsyncPolicy;
 use crate::connection::PEER;
-use crate::groups::{CommittedOffset, GroupState, JoinRequest, Reply};
+use crate::coordinator::classic::{CommittedOffset, GroupState, JoinRequest, Reply};
 use crate::server::{now_ms, Broker};
 
 fn group_id(s: &str) -> GroupId {
@@ -97,7 +97,7 @@ pub async fn join_group(broker: Arc<Broker>, h: &RequestHeader, req: JoinGroupRe
     let result = match broker.groups.join(join) {
         Reply::Now(immediate) => immediate,
         Reply::Later(rx) => tokio::select! {
-            r = rx => r.unwrap_or_else(|_| crate::groups::JoinResult { error: Some(ResponseError::UnknownMemberId), generation: -1, ..Default::default() }),
+            r = rx => r.unwrap_or_else(|_| crate::coordinator::classic::JoinResult { error: Some(ResponseError::UnknownMemberId), generation: -1, ..Default::default() }),
             _ = broker.shutting_down() => return None,
         },
     };
@@ -142,7 +142,7 @@ pub async fn sync_group(broker: Arc<Broker>, h: &RequestHeader, req: SyncGroupRe
     ) {
         Reply::Now(immediate) => immediate,
         Reply::Later(rx) => tokio::select! {
-            r = rx => r.unwrap_or_else(|_| crate::groups::SyncResult { error: Some(ResponseError::RebalanceInProgress), ..Default::default() }),
+            r = rx => r.unwrap_or_else(|_| crate::coordinator::classic::SyncResult { error: Some(ResponseError::RebalanceInProgress), ..Default::default() }),
             _ = broker.shutting_down() => return None,
         },
     };

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::*;
 
+use crate::coordinator::txn::Caller;
 use crate::server::Broker;
-use crate::txn::Caller;
 
 pub async fn handle(
     broker: Arc<Broker>,

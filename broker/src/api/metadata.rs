@@ -136,7 +136,7 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: MetadataRequest
             node_id: BrokerId(broker.node_id),
             host: str(&broker.advertised_host),
             port: broker.advertised_port,
-            rack: None
+            rack: broker.config.broker_rack.as_deref().map(str)
         })],
         cluster_id: Some(str(&broker.topics.cluster_id())),
         controller_id: BrokerId(broker.node_id),
@@ -166,7 +166,7 @@ pub async fn describe_cluster(
         broker_id: BrokerId(broker.node_id),
         host: str(&broker.advertised_host),
         port: broker.advertised_port,
-        rack: None,
+        rack: broker.config.broker_rack.as_deref().map(str),
         is_fenced: false
     })];
     resp.cluster_authorized_operations =

@@ -1,6 +1,6 @@
 //! Transaction APIs: AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit,
 //! EndTxn, DescribeTransactions, ListTransactions. The state machine lives
-//! in `crate::txn`; these functions translate requests and responses.
+//! in `crate::coordinator::txn`; these functions translate requests and responses.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,9 +20,9 @@ use kafka_protocol::messages::*;
 use super::code;
 use super::groups::{commit_denied, committed};
 use super::metadata::{str, topic_name};
-use crate::groups::OFFSETS_TOPIC;
+use crate::coordinator::classic::OFFSETS_TOPIC;
+use crate::coordinator::txn::{Caller, TxnState};
 use crate::server::{now_ms, Broker};
-use crate::txn::{Caller, TxnState};
 
 /// KIP-588: these request versions and later understand PRODUCER_FENCED.
 fn caller(version: i16, fenced_from: i16) -> Caller {

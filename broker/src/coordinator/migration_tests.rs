@@ -8,11 +8,11 @@ use fjord_storage::batch::{build_batch, build_batch_as, Producer};
 use fjord_storage::PartitionLog;
 
 use crate::config::BrokerConfig;
+use crate::coordinator::classic::{java_hash, CommittedOffset, GroupCoordinator, OFFSETS_TOPIC};
+use crate::coordinator::txn::{TxnCoordinator, TxnState, TXN_TOPIC};
 use crate::coordinator::{offsets_log, records, txn_log};
-use crate::groups::{java_hash, CommittedOffset, GroupCoordinator, OFFSETS_TOPIC};
 use crate::internal_topic;
 use crate::topics::Topics;
-use crate::txn::{TxnCoordinator, TxnState, TXN_TOPIC};
 
 const PARTITIONS: i32 = 3;
 

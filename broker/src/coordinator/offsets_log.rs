@@ -2,9 +2,9 @@
 //! state mapped onto Kafka's OffsetCommit and GroupMetadata records, and
 //! back, with the old JSON records read for migration.
 
+use crate::coordinator::classic::{CommittedOffset, Group};
 use crate::coordinator::legacy_json;
 use crate::coordinator::records::{self, GroupMetadataValue, MemberMetadata, OffsetCommitValue, OffsetsKey};
-use crate::groups::{CommittedOffset, Group};
 use crate::server::now_ms;
 
 /// A record as the coordinator applies it; a None value deletes.

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use crate::coordinator::legacy_json;
 use crate::coordinator::records::{self, TransactionLogValue, TxnPartitions};
-use crate::txn::{TxnMeta, TxnState};
+use crate::coordinator::txn::{TxnMeta, TxnState};
 
 pub use crate::internal_topic::RecordBytes as KeyValue;
 

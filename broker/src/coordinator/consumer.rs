@@ -435,4 +435,107 @@ mod tests {
         assert!(first["a"].is_subset(&second["a"]) && first["b"].is_subset(&second["b"]), "survivors keep theirs");
         assert_eq!(second["a"].len() + second["b"].len(), 6);
     }
+
+    fn heartbeat(
+        groups: &ConsumerGroups,
+        topics: &Topics,
+        member_id: &str,
+        member_epoch: i32,
+        owned: Option<&BTreeSet<TopicPartition>>,
+    ) -> HeartbeatResult {
+        let joining = member_epoch == 0;
+        groups.heartbeat(
+            topics,
+            HeartbeatRequest {
+                group_id: "g".into(),
+                member_id: member_id.into(),
+                member_epoch,
+                instance_id: None,
+                rack_id: None,
+                client_id: "c".into(),
+                client_host: "/127.0.0.1".into(),
+                subscribed: joining.then(|| vec!["t".to_string()]),
+                assignor: joining.then(|| "uniform".to_string()),
+                owned: owned.cloned(),
+            },
+        )
+    }
+
+    /// What each member may own now, by member id.
+    fn assigned(groups: &ConsumerGroups) -> Vec<BTreeSet<TopicPartition>> {
+        groups.with_group("g", |g| g.map(|g| g.members.values().map(|m| m.assigned.clone()).collect()).unwrap())
+    }
+
+    fn no_partition_twice(groups: &ConsumerGroups) {
+        let sets = assigned(groups);
+        let total: usize = sets.iter().map(|s| s.len()).sum();
+        let union: BTreeSet<_> = sets.iter().flatten().collect();
+        assert_eq!(total, union.len(), "a partition is granted to two members: {sets:?}");
+    }
+
+    /// A partition reaches its new owner only after the old owner reported
+    /// it gave it up; epochs fence stale members.
+    #[test]
+    fn partitions_move_only_once_released_and_stale_epochs_are_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::BrokerConfig { data_dir: dir.path().to_path_buf(), ..Default::default() };
+        let topics = Topics::open(&cfg).unwrap();
+        let t = topics.create("t", 4, BTreeMap::new(), false).unwrap().id;
+        let all: BTreeSet<TopicPartition> = (0..4).map(|p| (t, p)).collect();
+        let groups = ConsumerGroups::new(Duration::from_secs(45));
+
+        let a = heartbeat(&groups, &topics, "", 0, None);
+        let ea = a.member_epoch;
+        assert!(a.error.is_none() && ea > 0, "{a:?}");
+        assert_eq!(a.assignment.as_ref(), Some(&all));
+        let a_id = a.member_id.clone();
+        assert_eq!(groups.with_group("g", |g| g.unwrap().state()), "Stable");
+
+        // B joins: the group moves to a new epoch, but B gets nothing A holds.
+        let b = heartbeat(&groups, &topics, "", 0, None);
+        let (b_id, eb) = (b.member_id.clone(), b.member_epoch);
+        assert!(eb > ea);
+        assert_eq!(b.assignment, Some(BTreeSet::new()));
+        no_partition_twice(&groups);
+        assert_eq!(groups.with_group("g", |g| g.unwrap().state()), "Reconciling");
+        // A is told to give half up, and stays at its epoch until it does.
+        let a2 = heartbeat(&groups, &topics, &a_id, ea, Some(&all));
+        let kept = a2.assignment.clone().expect("A's assignment shrinks");
+        assert_eq!((a2.member_epoch, kept.len()), (ea, 2));
+        no_partition_twice(&groups);
+        // Until A reports releasing them, B still gets nothing.
+        let b2 = heartbeat(&groups, &topics, &b_id, eb, Some(&BTreeSet::new()));
+        assert!(b2.assignment.is_none_or(|s| s.is_empty()));
+        // A reports owning only what it kept: it reaches B's epoch, B gets the rest.
+        let a3 = heartbeat(&groups, &topics, &a_id, ea, Some(&kept));
+        assert_eq!(a3.member_epoch, eb);
+        let b3 = heartbeat(&groups, &topics, &b_id, eb, Some(&BTreeSet::new()));
+        let rest: BTreeSet<_> = all.difference(&kept).copied().collect();
+        assert_eq!(b3.assignment, Some(rest));
+        no_partition_twice(&groups);
+        assert_eq!(groups.with_group("g", |g| g.unwrap().state()), "Stable");
+
+        // Fencing: an epoch ahead of the member's, or a member not in the group.
+        let fenced = heartbeat(&groups, &topics, &a_id, eb + 3, None).error.map(|e| e.0);
+        assert_eq!(fenced, Some(ResponseError::FencedMemberEpoch));
+        let ghost = heartbeat(&groups, &topics, "ghost", eb, None).error.map(|e| e.0);
+        assert_eq!(ghost, Some(ResponseError::UnknownMemberId));
+        assert_eq!(groups.check_commit("g", &a_id, eb + 1), Some(ResponseError::FencedMemberEpoch));
+        assert_eq!(groups.check_commit("g", &a_id, 0), Some(ResponseError::StaleMemberEpoch));
+        assert_eq!(groups.check_commit("g", &a_id, eb), None);
+
+        // B leaves: A gets every partition back on its next heartbeat.
+        assert!(heartbeat(&groups, &topics, &b_id, -1, None).error.is_none());
+        let a4 = heartbeat(&groups, &topics, &a_id, eb, Some(&kept));
+        assert!(a4.member_epoch > eb);
+        assert_eq!(a4.assignment, Some(all.clone()));
+
+        // A falls silent: its session ends and the group is empty.
+        groups.lock().get_mut("g").unwrap().members.get_mut(&a_id).unwrap().last_seen =
+            Instant::now().checked_sub(Duration::from_secs(3600)).unwrap();
+        groups.expire();
+        assert_eq!(groups.with_group("g", |g| g.unwrap().state()), "Empty");
+        assert_eq!(groups.delete_if_empty("g"), Some(Ok(())));
+        assert!(!groups.exists("g"));
+    }
 }

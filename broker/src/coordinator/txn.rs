@@ -15,8 +15,8 @@ use fjord_storage::batch::build_batch;
 use fjord_storage::{LogError, PartitionLog};
 use kafka_protocol::error::ResponseError;
 
+use crate::coordinator::classic::{java_hash, CommittedOffset, GroupCoordinator, OFFSETS_TOPIC};
 use crate::coordinator::txn_log;
-use crate::groups::{java_hash, CommittedOffset, GroupCoordinator, OFFSETS_TOPIC};
 use crate::internal_topic;
 use crate::server::now_ms;
 use crate::topics::Topics;
@@ -552,4 +552,249 @@ fn failpoint(name: &str) -> bool {
 
 fn is_internal(topics: &Topics, topic: &str) -> bool {
     topics.topic(topic).is_some_and(|m| m.internal)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The coordinator's state machine without a broker process: a data dir,
+    //! `Topics`, and the coordinator's methods called as the handlers would.
+
+    use std::collections::BTreeMap;
+
+    use fjord_storage::batch::{build_batch_as, Producer};
+
+    use super::*;
+    use crate::config::BrokerConfig;
+
+    const NEW: Caller = Caller { knows_fenced: true };
+    const OLD: Caller = Caller { knows_fenced: false };
+    const MAX_TIMEOUT_MS: i32 = 60_000;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        topics: Arc<Topics>,
+        groups: Arc<GroupCoordinator>,
+        txns: TxnCoordinator,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BrokerConfig { data_dir: dir.path().to_path_buf(), ..BrokerConfig::default() };
+        let topics = Arc::new(Topics::open(&config).unwrap());
+        topics.create("orders", 2, BTreeMap::new(), false).unwrap();
+        let groups = Arc::new(GroupCoordinator::open(&topics, 1).unwrap());
+        let txns = TxnCoordinator::open(topics.clone(), groups.clone(), 1, true, MAX_TIMEOUT_MS).unwrap();
+        Fixture { _dir: dir, topics, groups, txns }
+    }
+
+    impl Fixture {
+        /// The coordinator as a restart finds it: replayed from its topic.
+        fn reopen(&self) -> TxnCoordinator {
+            TxnCoordinator::open(self.topics.clone(), self.groups.clone(), 1, true, MAX_TIMEOUT_MS).unwrap()
+        }
+
+        /// A transactional batch of the producer in `orders` partition `p`.
+        fn produce(&self, p: i32, (id, epoch): (i64, i16), sequence: i32) {
+            let producer = Producer { id, epoch, base_sequence: sequence, transactional: true };
+            let batch = build_batch_as(0, now_ms(), &[(Some(b"k"), Some(b"v"))], Some(producer));
+            self.topics.log("orders", p).unwrap().append(&batch, 0, now_ms()).unwrap();
+        }
+
+        fn orders(&self, p: i32) -> Arc<PartitionLog> {
+            self.topics.log("orders", p).unwrap()
+        }
+    }
+
+    fn orders(p: i32) -> (String, i32) {
+        ("orders".to_string(), p)
+    }
+
+    #[tokio::test]
+    async fn init_producer_id_starts_at_epoch_zero_and_each_init_fences_the_last() {
+        let f = fixture();
+        let (pid, epoch) = f.txns.init_producer("t1", 10_000, None, NEW).await.unwrap();
+        assert_eq!(epoch, 0);
+        assert_eq!(f.txns.get("t1").map(|m| m.state), Some(TxnState::Empty));
+        assert_eq!(f.txns.init_producer("t1", 10_000, None, NEW).await, Ok((pid, 1)));
+        // The instance still at epoch 0 is fenced, with the error its
+        // request version knows.
+        assert_eq!(f.txns.add_partitions("t1", pid, 0, vec![orders(0)], NEW).await, Err(ResponseError::ProducerFenced));
+        assert_eq!(
+            f.txns.add_partitions("t1", pid, 0, vec![orders(0)], OLD).await,
+            Err(ResponseError::InvalidProducerEpoch)
+        );
+        assert_eq!(f.txns.end("t1", pid, 0, true, NEW).await, Err(ResponseError::ProducerFenced));
+        // Another producer id, or an id never initialised.
+        assert_eq!(
+            f.txns.add_partitions("t1", pid + 1, 1, vec![orders(0)], NEW).await,
+            Err(ResponseError::InvalidProducerIdMapping)
+        );
+        assert_eq!(f.txns.end("nobody", pid, 1, true, NEW).await, Err(ResponseError::InvalidProducerIdMapping));
+        // KIP-360: naming the current id and epoch bumps it; a stale pair is fenced.
+        assert_eq!(f.txns.init_producer("t1", 10_000, Some((pid, 1)), NEW).await, Ok((pid, 2)));
+        assert_eq!(f.txns.init_producer("t1", 10_000, Some((pid, 1)), NEW).await, Err(ResponseError::ProducerFenced));
+        // A second transactional id gets its own producer id.
+        let (other, _) = f.txns.init_producer("t2", 10_000, None, NEW).await.unwrap();
+        assert_ne!(other, pid);
+    }
+
+    #[tokio::test]
+    async fn transaction_timeouts_outside_the_allowed_range_are_refused() {
+        let f = fixture();
+        for bad in [0, -1, MAX_TIMEOUT_MS + 1] {
+            assert_eq!(
+                f.txns.init_producer("t", bad, None, NEW).await,
+                Err(ResponseError::InvalidTransactionTimeout),
+                "timeout {bad}"
+            );
+        }
+        assert!(f.txns.get("t").is_none(), "nothing was created");
+        assert!(f.txns.init_producer("t", MAX_TIMEOUT_MS, None, NEW).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn add_partitions_opens_the_transaction_and_adds_nothing_if_one_is_unknown() {
+        let f = fixture();
+        let (pid, epoch) = f.txns.init_producer("t", 10_000, None, NEW).await.unwrap();
+        // Nothing added yet: a transactional produce is refused.
+        assert_eq!(f.txns.check_produce(pid, epoch, "orders", 0), Some(ResponseError::InvalidTxnState));
+        let added = f.txns.add_partitions("t", pid, epoch, vec![orders(0)], NEW).await.unwrap();
+        assert_eq!(added, vec![(orders(0), None)]);
+        let meta = f.txns.get("t").unwrap();
+        assert_eq!(meta.state, TxnState::Ongoing);
+        assert_eq!(meta.partitions, BTreeSet::from([orders(0)]));
+        assert!(meta.start_ms > 0);
+        assert_eq!(f.txns.check_produce(pid, epoch, "orders", 0), None);
+        assert_eq!(f.txns.check_produce(pid, epoch, "orders", 1), Some(ResponseError::InvalidTxnState));
+        assert_eq!(f.txns.check_produce(pid, epoch - 1, "orders", 0), Some(ResponseError::InvalidProducerEpoch));
+
+        // One unknown partition: none is added, the others are not attempted.
+        let answer = f.txns.add_partitions("t", pid, epoch, vec![orders(1), ("nope".into(), 0)], NEW).await.unwrap();
+        assert_eq!(
+            answer,
+            vec![
+                (orders(1), Some(ResponseError::OperationNotAttempted)),
+                (("nope".into(), 0), Some(ResponseError::UnknownTopicOrPartition)),
+            ]
+        );
+        assert_eq!(f.txns.get("t").unwrap().partitions, BTreeSet::from([orders(0)]));
+        // An internal topic other than the offsets topic is not a transaction's.
+        let answer = f.txns.add_partitions("t", pid, epoch, vec![(TXN_TOPIC.into(), 0)], NEW).await.unwrap();
+        assert_eq!(answer[0].1, Some(ResponseError::UnknownTopicOrPartition));
+
+        assert_eq!(
+            f.txns.verify_partitions("t", pid, epoch, &[orders(0), orders(1)]).unwrap(),
+            vec![None, Some(ResponseError::InvalidTxnState)]
+        );
+    }
+
+    #[tokio::test]
+    async fn commit_writes_markers_and_a_retry_of_the_same_end_succeeds() {
+        let f = fixture();
+        let (pid, epoch) = f.txns.init_producer("t", 10_000, None, NEW).await.unwrap();
+        f.txns.add_partitions("t", pid, epoch, vec![orders(0), orders(1)], NEW).await.unwrap();
+        f.produce(0, (pid, epoch), 0);
+        let log = f.orders(0);
+        assert_eq!(log.last_stable_offset(), 0, "the open transaction holds readers back");
+        assert_eq!(f.txns.end("t", pid, epoch, true, NEW).await, Ok(()));
+        let meta = f.txns.get("t").unwrap();
+        assert_eq!(meta.state, TxnState::CompleteCommit);
+        assert!(meta.partitions.is_empty());
+        // A marker in each partition of the transaction, the data committed.
+        assert_eq!((log.log_end_offset(), log.last_stable_offset()), (2, 2));
+        assert!(log.aborted_transactions(0, 2).is_empty());
+        assert_eq!(f.orders(1).log_end_offset(), 1);
+        // The same end again is a retry; the opposite one is refused.
+        assert_eq!(f.txns.end("t", pid, epoch, true, NEW).await, Ok(()));
+        assert_eq!(f.txns.end("t", pid, epoch, false, NEW).await, Err(ResponseError::InvalidTxnState));
+        assert_eq!(f.orders(1).log_end_offset(), 1, "a retry writes no second marker");
+        assert_eq!(f.txns.check_produce(pid, epoch, "orders", 0), Some(ResponseError::InvalidTxnState));
+        // Ending with nothing open is refused.
+        f.txns.init_producer("t", 10_000, None, NEW).await.unwrap();
+        assert_eq!(f.txns.end("t", pid, epoch + 1, true, NEW).await, Err(ResponseError::InvalidTxnState));
+    }
+
+    #[tokio::test]
+    async fn abort_marks_the_data_aborted() {
+        let f = fixture();
+        let (pid, epoch) = f.txns.init_producer("t", 10_000, None, NEW).await.unwrap();
+        f.txns.add_partitions("t", pid, epoch, vec![orders(0)], NEW).await.unwrap();
+        f.produce(0, (pid, epoch), 0);
+        assert_eq!(f.txns.end("t", pid, epoch, false, NEW).await, Ok(()));
+        assert_eq!(f.txns.get("t").unwrap().state, TxnState::CompleteAbort);
+        let aborted = f.orders(0).aborted_transactions(0, 2);
+        assert_eq!(aborted.len(), 1);
+        assert_eq!(aborted[0].producer_id, pid);
+    }
+
+    #[tokio::test]
+    async fn a_new_instance_aborts_the_open_transaction_of_the_old_one() {
+        let f = fixture();
+        let (pid, epoch) = f.txns.init_producer("t", 10_000, None, NEW).await.unwrap();
+        f.txns.add_partitions("t", pid, epoch, vec![orders(0)], NEW).await.unwrap();
+        f.produce(0, (pid, epoch), 0);
+        let (same, next) = f.txns.init_producer("t", 10_000, None, NEW).await.unwrap();
+        assert_eq!((same, next), (pid, epoch + 1));
+        let meta = f.txns.get("t").unwrap();
+        assert_eq!((meta.state, meta.partitions.len()), (TxnState::Empty, 0));
+        let log = f.orders(0);
+        assert_eq!(log.aborted_transactions(0, log.log_end_offset()).len(), 1, "the old transaction was aborted");
+        assert_eq!(log.last_stable_offset(), log.log_end_offset());
+        // The old instance can neither end it nor write into it.
+        assert_eq!(f.txns.end("t", pid, epoch, true, NEW).await, Err(ResponseError::ProducerFenced));
+        assert_eq!(f.txns.check_produce(pid, epoch, "orders", 0), Some(ResponseError::InvalidProducerEpoch));
+    }
+
+    #[tokio::test]
+    async fn timed_out_transactions_abort_and_idle_ids_expire() {
+        let f = fixture();
+        let (pid, epoch) = f.txns.init_producer("slow", 1_000, None, NEW).await.unwrap();
+        f.txns.add_partitions("slow", pid, epoch, vec![orders(0)], NEW).await.unwrap();
+        f.produce(0, (pid, epoch), 0);
+        f.txns.init_producer("idle", 1_000, None, NEW).await.unwrap();
+        let start = f.txns.get("slow").unwrap().start_ms;
+        let day = 24 * 3600 * 1000;
+        // Within its timeout nothing happens.
+        f.txns.expire(start + 1_000, day).await;
+        assert_eq!(f.txns.get("slow").unwrap().state, TxnState::Ongoing);
+        // Past it: aborted under the next epoch, so the quiet producer is fenced.
+        f.txns.expire(start + 1_001, day).await;
+        let meta = f.txns.get("slow").unwrap();
+        assert_eq!((meta.state, meta.producer_epoch), (TxnState::CompleteAbort, epoch + 1));
+        assert_eq!(f.orders(0).aborted_transactions(0, 2).len(), 1);
+        assert_eq!(f.txns.end("slow", pid, epoch, true, OLD).await, Err(ResponseError::InvalidProducerEpoch));
+        // Ids idle past the expiration are forgotten, here and after a restart.
+        let idle_since = f.txns.get("idle").unwrap().update_ms;
+        f.txns.expire(idle_since + day, day).await;
+        assert!(f.txns.get("idle").is_some(), "not idle for longer than the expiration yet");
+        f.txns.expire(idle_since + day + 1, day).await;
+        assert!(f.txns.get("idle").is_none());
+        assert!(f.reopen().get("idle").is_none(), "the tombstone is replayed");
+    }
+
+    #[tokio::test]
+    async fn state_is_rebuilt_from_the_log_and_an_interrupted_end_completes() {
+        let f = fixture();
+        let (pid, epoch) = f.txns.init_producer("open", 10_000, None, NEW).await.unwrap();
+        f.txns.add_partitions("open", pid, epoch, vec![orders(0)], NEW).await.unwrap();
+        let (done, _) = f.txns.init_producer("done", 10_000, None, NEW).await.unwrap();
+        f.txns.add_partitions("done", done, 0, vec![orders(1)], NEW).await.unwrap();
+        f.txns.end("done", done, 0, true, NEW).await.unwrap();
+        let replayed = f.reopen();
+        assert_eq!(replayed.get("open"), f.txns.get("open"));
+        assert_eq!(replayed.get("done"), f.txns.get("done"));
+        assert_eq!(replayed.get("open").unwrap().state, TxnState::Ongoing, "an open transaction stays open");
+
+        // A crash after the PrepareCommit record: the restart finishes it.
+        let mut prepared = f.txns.get("open").unwrap();
+        prepared.state = TxnState::PrepareCommit;
+        f.txns.persist("open", Some(prepared), true).await.unwrap();
+        let end_before = f.orders(0).log_end_offset();
+        let restarted = f.reopen();
+        assert_eq!(restarted.get("open").unwrap().state, TxnState::PrepareCommit);
+        restarted.recover().await;
+        assert_eq!(restarted.get("open").unwrap().state, TxnState::CompleteCommit);
+        assert_eq!(f.orders(0).log_end_offset(), end_before + 1, "the commit marker was written");
+        assert_eq!(f.reopen().get("open").unwrap().state, TxnState::CompleteCommit);
+    }
 }

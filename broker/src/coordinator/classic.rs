@@ -1365,6 +1365,186 @@ mod tests {
         assert_eq!(groups["kip848"].offsets.len(), 1, "a group with members elsewhere keeps its offsets");
     }
 
+    /// A coordinator over a real `__consumer_offsets` (SyncGroup records
+    /// the generation there), without a broker process.
+    fn with_topics() -> (tempfile::TempDir, Arc<Topics>, Arc<GroupCoordinator>) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::BrokerConfig { data_dir: dir.path().to_path_buf(), ..Default::default() };
+        let topics = Arc::new(Topics::open(&cfg).unwrap());
+        let coord = Arc::new(GroupCoordinator::open(&topics, 1).unwrap());
+        (dir, topics, coord)
+    }
+
+    fn join_as(c: &Arc<GroupCoordinator>, member_id: &str) -> oneshot::Receiver<JoinResult> {
+        let req = JoinRequest {
+            group_id: "g".into(),
+            member_id: member_id.into(),
+            instance_id: None,
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 60_000,
+            protocol_type: "consumer".into(),
+            // The subscription names who sent it: a new member, or a known one.
+            protocols: vec![(
+                "range".into(),
+                Bytes::from(format!("sub-{}", if member_id.is_empty() { "new" } else { member_id })),
+            )],
+            require_known_member_id: false,
+        };
+        match c.join(req) {
+            Reply::Later(rx) => rx,
+            Reply::Now(r) => panic!("join answered at once: {:?}", r.error),
+        }
+    }
+
+    fn sync(
+        c: &Arc<GroupCoordinator>,
+        topics: &Arc<Topics>,
+        member: &str,
+        generation: i32,
+        assignments: &[(&str, &'static [u8])],
+    ) -> Reply<SyncResult> {
+        let given = assignments.iter().map(|(m, a)| (m.to_string(), Bytes::from_static(a))).collect();
+        c.sync(topics, "g", generation, (member, None), Some("consumer"), Some("range"), given)
+    }
+
+    fn later<T>(r: Reply<T>) -> oneshot::Receiver<T> {
+        match r {
+            Reply::Later(rx) => rx,
+            Reply::Now(_) => panic!("answered at once"),
+        }
+    }
+
+    fn answered_now<T>(r: Reply<T>) -> T {
+        match r {
+            Reply::Now(v) => v,
+            Reply::Later(_) => panic!("parked instead of answered"),
+        }
+    }
+
+    fn answered<T>(rx: &mut oneshot::Receiver<T>) -> T {
+        rx.try_recv().expect("answered")
+    }
+
+    /// Join, sync and heartbeat through three generations: a member
+    /// joining, the old member rejoining, one leaving, the last leaving.
+    #[tokio::test]
+    async fn members_join_sync_heartbeat_and_leave_through_rebalances() {
+        let (_dir, topics, c) = with_topics();
+        let a = answered(&mut join_as(&c, ""));
+        assert_eq!((a.error, a.generation, a.leader.as_str()), (None, 1, a.member_id.as_str()));
+        assert_eq!(a.members.len(), 1, "the leader sees every member");
+        assert_eq!(state(&c).0, GroupState::CompletingRebalance);
+        assert_eq!(c.heartbeat("g", 1, &a.member_id, None), None, "heartbeats are fine while syncing");
+
+        let mut a_sync = later(sync(&c, &topics, &a.member_id, 1, &[(&a.member_id, b"a-1")]));
+        assert_eq!(answered(&mut a_sync).assignment, Bytes::from_static(b"a-1"));
+        assert_eq!(state(&c).0, GroupState::Stable);
+        assert_eq!(c.heartbeat("g", 1, &a.member_id, None), None);
+        assert_eq!(c.heartbeat("g", 0, &a.member_id, None), Some(ResponseError::IllegalGeneration));
+        assert_eq!(c.heartbeat("g", 1, "stranger", None), Some(ResponseError::UnknownMemberId));
+        assert_eq!(c.heartbeat("other", 1, &a.member_id, None), Some(ResponseError::UnknownMemberId));
+        // A stable member's SyncGroup gets its assignment again.
+        let again = answered_now(sync(&c, &topics, &a.member_id, 1, &[]));
+        assert_eq!((again.error, again.assignment), (None, Bytes::from_static(b"a-1")));
+
+        // B joins: a rebalance starts and waits for A.
+        let mut b_join = join_as(&c, "");
+        assert_eq!(state(&c).0, GroupState::PreparingRebalance);
+        assert!(b_join.try_recv().is_err(), "B waits until A rejoins");
+        assert_eq!(c.heartbeat("g", 1, &a.member_id, None), Some(ResponseError::RebalanceInProgress));
+        assert_eq!(
+            answered_now(sync(&c, &topics, &a.member_id, 1, &[])).error,
+            Some(ResponseError::RebalanceInProgress)
+        );
+        let a2 = answered(&mut join_as(&c, &a.member_id));
+        let b2 = answered(&mut b_join);
+        assert_eq!((a2.generation, b2.generation), (2, 2));
+        assert_eq!((a2.leader.as_str(), b2.leader.as_str()), (a.member_id.as_str(), a.member_id.as_str()));
+        assert_eq!((a2.members.len(), b2.members.len()), (2, 0), "only the leader gets the members");
+        let meta = |id: &str| a2.members.iter().find(|m| m.0 == id).map(|m| m.2.clone());
+        assert_eq!(meta(&b2.member_id), Some(Bytes::from_static(b"sub-new")), "the leader sees B's subscription");
+        assert_eq!(meta(&a.member_id), Some(Bytes::from(format!("sub-{}", a.member_id))), "and A's latest one");
+
+        // The follower's sync waits for the leader's assignment.
+        let mut b_sync = later(sync(&c, &topics, &b2.member_id, 2, &[]));
+        assert!(b_sync.try_recv().is_err());
+        let mut a_sync = later(sync(&c, &topics, &a.member_id, 2, &[(&a.member_id, b"a-2"), (&b2.member_id, b"b-2")]));
+        assert_eq!(answered(&mut b_sync).assignment, Bytes::from_static(b"b-2"));
+        assert_eq!(answered(&mut a_sync).assignment, Bytes::from_static(b"a-2"));
+        assert_eq!(state(&c).0, GroupState::Stable);
+
+        // A leaves: B must rejoin, and leads generation 3 alone.
+        assert_eq!(c.leave("g", &[(a.member_id.clone(), None)]), (None, vec![None]));
+        assert_eq!(state(&c).0, GroupState::PreparingRebalance);
+        assert_eq!(c.heartbeat("g", 2, &a.member_id, None), Some(ResponseError::UnknownMemberId));
+        assert_eq!(c.heartbeat("g", 2, &b2.member_id, None), Some(ResponseError::RebalanceInProgress));
+        let b3 = answered(&mut join_as(&c, &b2.member_id));
+        assert_eq!((b3.generation, b3.leader.as_str()), (3, b2.member_id.as_str()));
+        later(sync(&c, &topics, &b2.member_id, 3, &[(&b2.member_id, b"b-3")]));
+        assert_eq!(
+            c.leave("g", &[("stranger".into(), None)]),
+            (Some(ResponseError::UnknownMemberId), vec![Some(ResponseError::UnknownMemberId)])
+        );
+        assert_eq!(c.leave("g", &[(b2.member_id.clone(), None)]), (None, vec![None]));
+        assert_eq!(state(&c).0, GroupState::Empty);
+        assert_eq!(c.heartbeat("g", 3, &b2.member_id, None), Some(ResponseError::UnknownMemberId));
+        // The generations were recorded: a restart goes on from them.
+        let replayed = GroupCoordinator::open(&topics, 1).unwrap();
+        assert!(replayed.with_group("g", |g| g.map(|g| g.generation)) >= Some(3));
+    }
+
+    /// A member that stops heartbeating is dropped when its session ends,
+    /// but never while it is parked in a join or a sync.
+    #[tokio::test]
+    async fn silent_members_expire_and_the_rest_rebalance_without_them() {
+        let (_dir, topics, c) = with_topics();
+        let a = answered(&mut join_as(&c, ""));
+        later(sync(&c, &topics, &a.member_id, 1, &[]));
+        let mut b_join = join_as(&c, "");
+        let a2 = answered(&mut join_as(&c, &a.member_id));
+        let b2 = answered(&mut b_join);
+        later(sync(&c, &topics, &a.member_id, 2, &[]));
+        assert_eq!(state(&c).0, GroupState::Stable);
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(3600)).expect("an hour ago");
+        // B's session ran out; A heartbeated just now.
+        c.lock().get_mut("g").unwrap().members.get_mut(&b2.member_id).unwrap().last_seen = long_ago;
+        c.expire_sessions();
+        assert_eq!(state(&c).0, GroupState::PreparingRebalance);
+        assert_eq!(c.heartbeat("g", 2, &b2.member_id, None), Some(ResponseError::UnknownMemberId));
+        // C, waiting in its join for A, is not silent however long ago it
+        // was seen.
+        let mut c_join = join_as(&c, "");
+        let parked: Vec<String> = c.lock()["g"].members.keys().filter(|id| **id != a2.member_id).cloned().collect();
+        assert_eq!(parked.len(), 1);
+        c.lock().get_mut("g").unwrap().members.get_mut(&parked[0]).unwrap().last_seen = long_ago;
+        c.expire_sessions();
+        assert!(c_join.try_recv().is_err(), "C still waits");
+        let a3 = answered(&mut join_as(&c, &a2.member_id));
+        let c3 = answered(&mut c_join);
+        assert_eq!((a3.error, c3.error, a3.generation, a3.members.len()), (None, None, 3, 2));
+    }
+
+    /// Members that do not rejoin before the rebalance timeout are dropped
+    /// and the round completes with those that did.
+    #[tokio::test]
+    async fn the_rebalance_timeout_completes_the_round_without_the_laggards() {
+        let (_dir, topics, c) = with_topics();
+        let a = answered(&mut join_as(&c, ""));
+        later(sync(&c, &topics, &a.member_id, 1, &[]));
+        let mut b_join = join_as(&c, "");
+        let (_, seq) = state(&c);
+        assert!(b_join.try_recv().is_err());
+        // A stale timer of an earlier round does nothing.
+        c.rebalance_timed_out("g", seq - 1);
+        assert!(b_join.try_recv().is_err());
+        c.rebalance_timed_out("g", seq);
+        let b = answered(&mut b_join);
+        assert_eq!((b.generation, b.leader.as_str(), b.members.len()), (2, b.member_id.as_str(), 1));
+        assert_eq!(c.heartbeat("g", 2, &a.member_id, None), Some(ResponseError::UnknownMemberId));
+    }
+
     #[test]
     fn hash_matches_java_string_hash_code() {
         assert_eq!(java_hash(""), 0);

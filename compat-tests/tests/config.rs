@@ -1,0 +1,189 @@
+//! The `fjord` command line and config file, from outside: flags, FJORD_*
+//! variables and the file set the same keys in that order of precedence,
+//! and a bad value stops the broker at start with one line naming the key.
+//! The cluster keys (node id, rack, voters) as clients see them.
+
+use std::process::Command;
+use std::time::Duration;
+
+use fjord_compat_tests::wire::{s, set_config, topic_metadata};
+use fjord_compat_tests::{broker_bin, run_to_exit, BrokerProcess, RawConn};
+use kafka_protocol::messages::*;
+
+/// Runs `fjord` with these arguments, expecting it to stop on its own;
+/// returns whether it succeeded and its stdout and stderr.
+fn fjord_exits(args: &[&str]) -> (bool, String, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cmd = Command::new(broker_bin());
+    cmd.arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(dir.path()).args(args);
+    let (status, out) = run_to_exit(&mut cmd, Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let status = status.unwrap_or_else(|| panic!("fjord {args:?} kept running:\n{stderr}"));
+    assert!(!stderr.contains("panicked"), "fjord {args:?} panicked:\n{stderr}");
+    (status.success(), String::from_utf8_lossy(&out.stdout).to_string(), stderr)
+}
+
+/// Asserts `fjord` refuses to start with these arguments, saying `says`
+/// in one line.
+fn refused(args: &[&str], says: &str) {
+    let (ok, _, stderr) = fjord_exits(args);
+    assert!(!ok, "fjord {args:?} should not start");
+    let line = stderr.lines().find(|l| l.contains(says));
+    assert!(line.is_some(), "fjord {args:?}: no line says {says:?}:\n{stderr}");
+}
+
+fn partitions_of_a_new_topic(broker: &BrokerProcess) -> usize {
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    topic_metadata(&mut conn, "auto", true).partitions.len()
+}
+
+#[test]
+fn variables_sit_between_the_file_and_the_flags() {
+    let env = BrokerProcess::start_with_env(&[], &[("FJORD_NUM_PARTITIONS", "3")]);
+    assert_eq!(partitions_of_a_new_topic(&env), 3, "FJORD_NUM_PARTITIONS");
+    let flag = BrokerProcess::start_with_env(&["--num-partitions", "2"], &[("FJORD_NUM_PARTITIONS", "3")]);
+    assert_eq!(partitions_of_a_new_topic(&flag), 2, "the flag wins over the variable");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("fjord.toml");
+    std::fs::write(&file, "num_partitions = 5\n").expect("write config");
+    let file_arg = file.to_str().expect("utf-8 path");
+    let from_file = BrokerProcess::start(&["--config", file_arg]);
+    assert_eq!(partitions_of_a_new_topic(&from_file), 5, "the file");
+    let over_file = BrokerProcess::start_with_env(&["--config", file_arg], &[("FJORD_NUM_PARTITIONS", "4")]);
+    assert_eq!(partitions_of_a_new_topic(&over_file), 4, "the variable wins over the file");
+}
+
+#[test]
+fn help_lists_every_key_as_a_flag() {
+    let (ok, help, stderr) = fjord_exits(&["--help"]);
+    assert!(ok, "{stderr}");
+    // Keys that had no flag before every key got one, and the oldest ones.
+    for flag in ["--listen", "--data-dir", "--num-partitions", "--log-roll-ms", "--offsets-topic-num-partitions"] {
+        assert!(help.contains(&format!("{flag} <")), "{flag} missing from --help:\n{help}");
+    }
+    assert!(help.contains("FJORD_NUM_PARTITIONS"), "variables are listed:\n{help}");
+    assert!(help.contains("[default: 604800000]"), "defaults are listed:\n{help}");
+}
+
+#[test]
+fn bad_values_stop_the_broker_naming_the_key() {
+    refused(&["--num-partitions", "0"], "num_partitions must be >= 1, got 0");
+    refused(&["--num-partitions", "many"], "--num-partitions");
+    refused(&["--fsync", "sometimes"], "acks-all, always, never");
+    refused(&["--log-segment-bytes", "10"], "log_segment_bytes");
+    refused(&["--no-such-flag", "1"], "--no-such-flag");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("fjord.toml");
+    std::fs::write(&file, "no_such_key = 1\n").expect("write config");
+    refused(&["--config", file.to_str().expect("utf-8 path")], "no_such_key");
+    refused(&["--config", "/no/such/fjord.toml"], "cannot read config file");
+}
+
+#[test]
+fn bad_cluster_keys_stop_the_broker_naming_the_key() {
+    let voters = "1@127.0.0.1:9192,2@127.0.0.1:9193,3@127.0.0.1:9194";
+    let cluster = ["--cluster-listen", "127.0.0.1:9192"];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> { cluster.iter().chain(extra).copied().collect() };
+    refused(&with(&["--node-id", "1", "--controller-quorum-voters", "1@127.0.0.1:9192,,2@h:1"]), "entry 2 is empty");
+    refused(&with(&["--node-id", "1", "--controller-quorum-voters", "1@h:1,1@h:2"]), "node id 1 is listed twice");
+    refused(&with(&["--node-id", "1", "--controller-quorum-voters", "one@h:1"]), "--controller-quorum-voters");
+    refused(&with(&["--node-id", "1", "--controller-quorum-voters", "1@h"]), "\"h\" is not host:port");
+    refused(&with(&["--controller-quorum-voters", voters]), "node_id must be set when controller_quorum_voters is");
+    refused(&["--node-id", "1", "--controller-quorum-voters", voters], "cluster_listen must be set");
+    refused(&["--node-id", "-1"], "node_id must be >= 0, got -1");
+    refused(&["--cluster-listen", "9192"], "cluster_listen must be host:port");
+    refused(&["--min-insync-replicas", "0"], "min_insync_replicas must be >= 1, got 0");
+    refused(&["--default-replication-factor", "0"], "default_replication_factor must be 1..=32767");
+    refused(&["--broker-rack", ""], "broker_rack must not be empty");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("fjord.toml");
+    std::fs::write(&file, "node_id = 1\ncluster_listen = \"h:1\"\ncontroller_quorum_voters = \"1@h:1,2@h\"\n")
+        .expect("write config");
+    refused(&["--config", file.to_str().expect("utf-8 path")], "entry 2 \"2@h\"");
+}
+
+/// The broker resource's configs by name: (value, read-only).
+fn broker_configs(conn: &mut RawConn, node: &str) -> Vec<(String, Option<String>, bool)> {
+    let mut req = DescribeConfigsRequest::default();
+    let mut r = describe_configs_request::DescribeConfigsResource::default();
+    r.resource_type = 4;
+    r.resource_name = s(node);
+    req.resources = vec![r];
+    let resp: DescribeConfigsResponse = conn.call(ApiKey::DescribeConfigs, 4, &req);
+    assert_eq!(resp.results[0].error_code, 0, "{:?}", resp.results[0].error_message);
+    resp.results[0]
+        .configs
+        .iter()
+        .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string()), c.read_only))
+        .collect()
+}
+
+fn described(configs: &[(String, Option<String>, bool)], name: &str) -> (Option<String>, bool) {
+    let c = configs.iter().find(|c| c.0 == name).unwrap_or_else(|| panic!("{name} not described"));
+    (c.1.clone(), c.2)
+}
+
+/// Metadata and DescribeCluster report the configured node id and rack;
+/// DescribeConfigs shows the cluster keys under Kafka's names.
+#[test]
+fn node_id_and_rack_reach_clients() {
+    let broker = BrokerProcess::start(&["--node-id", "7", "--broker-rack", "rack-a", "--min-insync-replicas", "1"]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    let topic = topic_metadata(&mut conn, "racked", true);
+    assert_eq!(topic.partitions[0].leader_id.0, 7);
+    let md: MetadataResponse = conn.call(ApiKey::Metadata, 12, &MetadataRequest::default());
+    let b = &md.brokers[0];
+    assert_eq!((b.node_id.0, b.rack.as_deref().map(|r| r.to_string())), (7, Some("rack-a".into())));
+    assert_eq!(md.controller_id.0, 7);
+    // Metadata v0 has no rack field; the rest is answered the same.
+    let v0: MetadataResponse = conn.call(ApiKey::Metadata, 0, &MetadataRequest::default());
+    assert_eq!(v0.brokers[0].node_id.0, 7);
+    let mut req = DescribeClusterRequest::default();
+    req.endpoint_type = 1;
+    let dc: DescribeClusterResponse = conn.call(ApiKey::DescribeCluster, 1, &req);
+    let b = &dc.brokers[0];
+    assert_eq!((b.broker_id.0, b.rack.as_deref().map(|r| r.to_string())), (7, Some("rack-a".into())));
+
+    let configs = broker_configs(&mut conn, "7");
+    assert_eq!(described(&configs, "node.id"), (Some("7".into()), true));
+    assert_eq!(described(&configs, "broker.rack"), (Some("rack-a".into()), true));
+    assert_eq!(described(&configs, "default.replication.factor"), (Some("1".into()), true));
+    assert_eq!(described(&configs, "min.insync.replicas"), (Some("1".into()), false));
+    // Kafka's default: an empty list.
+    assert_eq!(described(&configs, "controller.quorum.voters"), (Some(String::new()), true));
+    // Keys Kafka has are described under its names, read-only as in Kafka.
+    assert_eq!(described(&configs, "offsets.topic.num.partitions"), (Some("50".into()), true));
+    assert_eq!(described(&configs, "group.initial.rebalance.delay.ms"), (Some("100".into()), true));
+    assert_eq!(set_config(&mut conn, 4, "7", "group.initial.rebalance.delay.ms", "0"), 42);
+    assert_eq!(set_config(&mut conn, 4, "7", "broker.rack", "rack-b"), 42);
+    assert_eq!(set_config(&mut conn, 4, "7", "default.replication.factor", "2"), 42);
+
+    // Without the keys: node 0, no rack, as before.
+    let plain = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&plain.bootstrap());
+    let md: MetadataResponse = conn.call(ApiKey::Metadata, 12, &MetadataRequest::default());
+    assert_eq!((md.brokers[0].node_id.0, md.brokers[0].rack.is_none()), (0, true));
+}
+
+/// With voters configured the keys are visible, and the replication
+/// factor default follows the quorum's size.
+#[test]
+fn quorum_voters_are_described() {
+    let me = fjord_compat_tests::free_addr();
+    let voters = format!("1@{me},2@127.0.0.1:1,3@127.0.0.1:2,4@127.0.0.1:3");
+    let broker = BrokerProcess::start(&[
+        "--node-id",
+        "1",
+        "--cluster-listen",
+        &me,
+        "--controller-quorum-voters",
+        &voters,
+        "--min-insync-replicas",
+        "2",
+    ]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    let configs = broker_configs(&mut conn, "1");
+    assert_eq!(described(&configs, "controller.quorum.voters"), (Some(voters.clone()), true));
+    assert_eq!(described(&configs, "default.replication.factor"), (Some("3".into()), true), "min(3, voters)");
+    assert_eq!(described(&configs, "min.insync.replicas"), (Some("2".into()), false));
+}
