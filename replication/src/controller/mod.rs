@@ -3,10 +3,19 @@
 //! Pure and deterministic (no I/O, clock or randomness), so openraft's
 //! `RaftStateMachine` can drive it and every node applies it identically.
 
+mod import;
 pub mod placement;
+mod propose;
 mod records;
+mod state;
 
+pub use import::{import_single_node, ImportError};
+pub use propose::{AnyConfig, ConfigValidator, NewTopic, TopicDefaults, PRODUCER_ID_BLOCK};
 pub use records::{
-    BrokerRegistration, ConfigResource, CreateTopic, DecodeError, ErrorCode, GroupId, LeadershipReport,
-    MetadataError, MetadataRecord, NodeId, RECORD_VERSION,
+    BrokerRegistration, ConfigResource, CreateTopic, DecodeError, ErrorCode, GroupId, LeadershipReport, MetadataError,
+    MetadataRecord, NodeId, RECORD_VERSION,
 };
+pub use state::{validate_topic_name, Broker, ClusterMetadata, Outcome, Partition, Topic, MAX_PARTITIONS};
+
+#[cfg(test)]
+mod tests;
