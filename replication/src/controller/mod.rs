@@ -18,4 +18,6 @@ pub use records::{
 pub use state::{validate_topic_name, Broker, ClusterMetadata, Outcome, Partition, Topic, MAX_PARTITIONS};
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
