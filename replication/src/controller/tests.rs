@@ -626,3 +626,38 @@ fn a_single_node_data_dir_imports_without_losing_anything() {
     let bad = r#"{"cluster_id":"a","topics":{"t":{"id":"7f1d2c3b-4a59-4e68-8d7c-6b5a49382716","partitions":0}}}"#;
     assert!(matches!(import_single_node(bad.as_bytes(), &reg(1, None, 1)), Err(ImportError::Invalid(_))));
 }
+
+#[test]
+fn topics_created_one_after_another_keep_racks_distinct_and_leaders_balanced() {
+    let mut s = cluster(9, &["a", "b", "c"]);
+    for (i, partitions) in [5, 1, 12, 7, 3, 30].into_iter().enumerate() {
+        create(&mut s, &format!("t{i}"), partitions, 3, i as u128 + 1);
+        let mut leaders: BTreeMap<NodeId, usize> = (1..=9).map(|b| (b, 0)).collect();
+        for p in s.partitions().values() {
+            *leaders.get_mut(&p.replicas[0]).unwrap() += 1;
+            let racks: std::collections::BTreeSet<_> =
+                p.replicas.iter().map(|r| s.broker(*r).unwrap().registration.rack.clone()).collect();
+            assert_eq!(racks.len(), 3, "{p:?}");
+        }
+        let (min, max) = (leaders.values().min().unwrap(), leaders.values().max().unwrap());
+        assert!(max - min <= 1, "after topic {i}: {leaders:?}");
+    }
+}
+
+#[test]
+fn placement_skips_fenced_brokers_and_fills_a_new_one() {
+    let mut s = cluster(3, &[]);
+    create(&mut s, "old", 6, 2, 1);
+    okp(&mut s, |s| s.propose_fence(3).unwrap());
+    let g = create(&mut s, "while_fenced", 4, 2, 2);
+    assert!(g.iter().all(|g| !s.partition(*g).unwrap().replicas.contains(&3)));
+    ok(&mut s, MetadataRecord::RegisterBroker(reg(4, None, 4)));
+    ok(&mut s, MetadataRecord::UnfenceBroker { node_id: 4, incarnation: Uuid::from_u128(4) });
+    // Broker 4 carries nothing yet, so the next partitions lead there first.
+    let g = create(&mut s, "after_join", 2, 1, 3);
+    assert!(
+        g.iter().all(|g| s.partition(*g).unwrap().replicas == vec![4]),
+        "{:?}",
+        s.partitions_of("after_join").collect::<Vec<_>>()
+    );
+}
