@@ -38,13 +38,26 @@ fn rack_of(c: &Candidate) -> RackKey<'_> {
     }
 }
 
+/// The topic config that pins preferred leaders to racks (issue 12's leader
+/// pinning): a comma-separated list of rack names.
+pub const LEADER_PREFERRED_RACKS: &str = "leader.preferred.racks";
+
+/// The racks a `leader.preferred.racks` value names (empty: no pinning).
+pub fn preferred_racks(value: Option<&str>) -> Vec<String> {
+    value.unwrap_or("").split(',').map(str::trim).filter(|r| !r.is_empty()).map(str::to_string).collect()
+}
+
 /// Replica lists for `count` new partitions of `replication_factor`
-/// replicas each, first replica = preferred leader.
+/// replicas each, first replica = preferred leader. With `leader_racks`
+/// non-empty, preferred leaders come from brokers in those racks while any
+/// is a candidate (the producers are near them); the other replicas still
+/// spread over racks.
 pub fn place(
     candidates: &[Candidate],
     load: &mut Load,
     count: usize,
     replication_factor: usize,
+    leader_racks: &[String],
 ) -> Result<Vec<Vec<NodeId>>, MetadataError> {
     let mut brokers: Vec<&Candidate> = candidates.iter().collect();
     brokers.sort_by_key(|c| c.node_id);
@@ -59,11 +72,16 @@ pub fn place(
             ),
         ));
     }
+    let pinned: Vec<usize> =
+        (0..n).filter(|&i| brokers[i].rack.as_ref().is_some_and(|r| leader_racks.contains(r))).collect();
+    let leader_choices: Vec<usize> = if pinned.is_empty() { (0..n).collect() } else { pinned };
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
         // The leader goes to the broker leading the fewest partitions, so
         // preferred leaders stay within one of each other.
-        let leader_pos = (0..n)
+        let leader_pos = leader_choices
+            .iter()
+            .copied()
             .min_by_key(|&i| {
                 let id = brokers[i].node_id;
                 (load.leaders.get(&id).copied().unwrap_or(0), load.replicas.get(&id).copied().unwrap_or(0), i)
@@ -136,7 +154,7 @@ mod tests {
         ]);
         let racks = rack_map(&c);
         let mut load = Load::default();
-        let parts = place(&c, &mut load, 90, 3).unwrap();
+        let parts = place(&c, &mut load, 90, 3, &[]).unwrap();
         assert_eq!(parts.len(), 90);
         for p in &parts {
             let distinct: BTreeSet<_> = p.iter().map(|id| racks[id].clone()).collect();
@@ -151,7 +169,7 @@ mod tests {
         let c = brokers(&[(1, Some("a")), (2, Some("a")), (3, Some("b")), (4, Some("b"))]);
         let racks = rack_map(&c);
         let mut load = Load::default();
-        for p in place(&c, &mut load, 40, 3).unwrap() {
+        for p in place(&c, &mut load, 40, 3, &[]).unwrap() {
             let mut per_rack: BTreeMap<Option<String>, usize> = BTreeMap::new();
             for id in &p {
                 *per_rack.entry(racks[id].clone()).or_default() += 1;
@@ -169,7 +187,7 @@ mod tests {
         // both rack-a brokers in one partition.
         let c = brokers(&[(1, Some("a")), (2, Some("a")), (3, None), (4, None)]);
         let mut load = Load::default();
-        for p in place(&c, &mut load, 30, 3).unwrap() {
+        for p in place(&c, &mut load, 30, 3, &[]).unwrap() {
             assert!(!(p.contains(&1) && p.contains(&2)), "{p:?}");
         }
     }
@@ -179,7 +197,7 @@ mod tests {
         let c = brokers(&[(1, Some("x")), (2, Some("y")), (3, Some("z")), (4, Some("x")), (5, None)]);
         let mut load = Load::default();
         for count in [1, 7, 3, 13, 2, 29, 5] {
-            place(&c, &mut load, count, 2).unwrap();
+            place(&c, &mut load, count, 2, &[]).unwrap();
             assert!(spread(c.iter().map(|b| load.leaders.get(&b.node_id).copied().unwrap_or(0))) <= 1, "{load:?}");
         }
         assert_eq!(load.leaders.values().sum::<usize>(), 60);
@@ -190,10 +208,10 @@ mod tests {
     fn replicas_are_distinct_and_placement_is_deterministic() {
         let c = brokers(&[(3, None), (1, None), (2, None), (9, Some("r"))]);
         let (mut a, mut b) = (Load::default(), Load::default());
-        let pa = place(&c, &mut a, 20, 3).unwrap();
+        let pa = place(&c, &mut a, 20, 3, &[]).unwrap();
         let mut reversed = c.clone();
         reversed.reverse();
-        let pb = place(&reversed, &mut b, 20, 3).unwrap();
+        let pb = place(&reversed, &mut b, 20, 3, &[]).unwrap();
         assert_eq!(pa, pb, "input order must not matter");
         for p in &pa {
             assert_eq!(p.iter().collect::<BTreeSet<_>>().len(), 3);
@@ -206,9 +224,36 @@ mod tests {
     #[test]
     fn too_few_brokers_is_invalid_replication_factor() {
         let c = brokers(&[(1, None), (2, None)]);
-        let e = place(&c, &mut Load::default(), 1, 3).unwrap_err();
+        let e = place(&c, &mut Load::default(), 1, 3, &[]).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidReplicationFactor);
-        let e = place(&c, &mut Load::default(), 1, 0).unwrap_err();
+        let e = place(&c, &mut Load::default(), 1, 0, &[]).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidReplicationFactor);
+    }
+
+    #[test]
+    fn pinned_leaders_stay_in_the_preferred_racks_and_balance_there() {
+        let c = brokers(&[
+            (1, Some("eu")),
+            (2, Some("eu")),
+            (3, Some("us")),
+            (4, Some("us")),
+            (5, Some("ap")),
+            (6, Some("ap")),
+        ]);
+        let racks = rack_map(&c);
+        let mut load = Load::default();
+        let pinned = preferred_racks(Some(" us , nowhere,"));
+        assert_eq!(pinned, vec!["us".to_string(), "nowhere".to_string()]);
+        let parts = place(&c, &mut load, 21, 3, &pinned).unwrap();
+        for p in &parts {
+            assert_eq!(racks[&p[0]].as_deref(), Some("us"), "{p:?}");
+            let distinct: BTreeSet<_> = p.iter().map(|id| racks[id].clone()).collect();
+            assert_eq!(distinct.len(), 3, "{p:?}");
+        }
+        let (l3, l4) = (load.leaders[&3], load.leaders[&4]);
+        assert!(l3.abs_diff(l4) <= 1 && l3 + l4 == 21, "{load:?}");
+        // No live broker in the pinned racks: leaders go anywhere.
+        let parts = place(&c, &mut Load::default(), 6, 1, &["mars".to_string()]).unwrap();
+        assert_eq!(parts.iter().map(|p| p[0]).collect::<BTreeSet<_>>().len(), 6);
     }
 }

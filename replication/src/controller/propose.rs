@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-use super::placement::{self, Candidate, Load};
+use super::placement::{self, Candidate, Load, LEADER_PREFERRED_RACKS};
 use super::records::{
     BrokerRegistration, ConfigResource, CreateTopic, ErrorCode, LeadershipReport, MetadataError, MetadataRecord, NodeId,
 };
@@ -207,7 +207,8 @@ impl ClusterMetadata {
                     "Replication factor must be larger than 0, or -1 to use the default value.",
                 );
             }
-            placement::place(&self.candidates(), &mut self.load(), partitions as usize, rf as usize)?
+            let pinned = placement::preferred_racks(req.configs.get(LEADER_PREFERRED_RACKS).map(String::as_str));
+            placement::place(&self.candidates(), &mut self.load(), partitions as usize, rf as usize, &pinned)?
         };
         for (k, v) in &req.configs {
             configs.topic_config(k, v).map_err(|m| MetadataError::new(ErrorCode::InvalidConfig, m))?;
@@ -261,7 +262,10 @@ impl ClusterMetadata {
                 self.check_assignment(lists, Some(rf))?;
                 lists.to_vec()
             }
-            None => placement::place(&self.candidates(), &mut self.load(), new, rf)?,
+            None => {
+                let pinned = placement::preferred_racks(topic.configs.get(LEADER_PREFERRED_RACKS).map(String::as_str));
+                placement::place(&self.candidates(), &mut self.load(), new, rf, &pinned)?
+            }
         };
         Ok(MetadataRecord::CreatePartitions { topic: name.to_string(), topic_id: topic.id, replicas })
     }

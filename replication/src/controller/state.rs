@@ -203,6 +203,22 @@ impl ClusterMetadata {
         self.next_group_id
     }
 
+    /// ElectLeaders PREFERRED over every partition: the groups whose
+    /// preferred replica (the first) is live and in the ISR but does not
+    /// lead, with that replica. Placement keeps preferred leaders within one
+    /// of each other, so moving these restores the balance after restarts
+    /// and failovers; the controller asks each group to transfer leadership.
+    pub fn preferred_leader_elections(&self) -> Vec<(GroupId, NodeId)> {
+        self.partitions
+            .iter()
+            .filter_map(|(g, p)| {
+                let preferred = *p.replicas.first()?;
+                let live = self.brokers.get(&preferred).is_some_and(|b| !b.fenced);
+                (live && p.isr.contains(&preferred) && p.leader != Some(preferred)).then_some((*g, preferred))
+            })
+            .collect()
+    }
+
     // ---- snapshots ---------------------------------------------------
 
     /// The whole state, versioned, for a Raft snapshot.

@@ -661,3 +661,47 @@ fn placement_skips_fenced_brokers_and_fills_a_new_one() {
         s.partitions_of("after_join").collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn leader_pinning_config_places_preferred_leaders_in_the_pinned_rack() {
+    let mut s = cluster(6, &["eu", "us", "ap"]);
+    let mut req = new_topic("orders", 8, 3);
+    req.configs.insert(placement::LEADER_PREFERRED_RACKS.into(), "us".into());
+    okp(&mut s, |s| s.propose_create_topic(&req, Uuid::from_u128(1), DEFAULTS, &AnyConfig).unwrap());
+    okp(&mut s, |s| s.propose_create_partitions("orders", 12, None).unwrap());
+    let rack = |s: &ClusterMetadata, id: NodeId| s.broker(id).unwrap().registration.rack.clone().unwrap();
+    for (_, p) in s.partitions_of("orders") {
+        assert_eq!(rack(&s, p.replicas[0]), "us", "{p:?}");
+    }
+}
+
+#[test]
+fn preferred_leader_elections_restore_the_leader_balance() {
+    let mut s = cluster(3, &[]);
+    create(&mut s, "t", 9, 3, 1);
+    // After failovers broker 1 leads everything.
+    let all: Vec<LeadershipReport> =
+        s.partitions().keys().map(|g| LeadershipReport { group_id: *g, leader_epoch: 1, isr: vec![1, 2, 3] }).collect();
+    okp(&mut s, |s| s.propose_report(1, all).unwrap());
+    // Broker 3 is fenced: its preferred partitions stay where they are.
+    okp(&mut s, |s| s.propose_fence(3).unwrap());
+    let moves = s.preferred_leader_elections();
+    assert!(moves.iter().all(|(g, to)| *to == 2 && s.partition(*g).unwrap().replicas[0] == 2), "{moves:?}");
+    assert_eq!(moves.len(), 3);
+    okp(&mut s, |s| s.propose_unfence(3).unwrap());
+    // Broker 3 re-entered the ISR of its partitions (its leader reports so).
+    let back: Vec<LeadershipReport> =
+        s.partitions().keys().map(|g| LeadershipReport { group_id: *g, leader_epoch: 1, isr: vec![1, 2, 3] }).collect();
+    okp(&mut s, |s| s.propose_report(1, back).unwrap());
+    // The groups transfer leadership; the new leaders report a new term.
+    for (g, to) in s.preferred_leader_elections() {
+        let isr = s.partition(g).unwrap().isr.clone();
+        okp(&mut s, |s| s.propose_report(to, vec![LeadershipReport { group_id: g, leader_epoch: 2, isr }]).unwrap());
+    }
+    assert!(s.preferred_leader_elections().is_empty());
+    let mut leads: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for p in s.partitions().values() {
+        *leads.entry(p.leader.unwrap()).or_default() += 1;
+    }
+    assert_eq!(leads, BTreeMap::from([(1, 3), (2, 3), (3, 3)]));
+}
