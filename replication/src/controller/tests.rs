@@ -705,3 +705,42 @@ fn preferred_leader_elections_restore_the_leader_balance() {
     }
     assert_eq!(leads, BTreeMap::from([(1, 3), (2, 3), (3, 3)]));
 }
+
+/// `metadata.json` of a real single-node broker (main at b3de81e): started
+/// on an empty dir, two topics created with kafka-python (one with
+/// configs), a cluster-wide and a per-broker dynamic config set, three
+/// idempotent producers initialised. Its own contents are the expectation.
+const REAL_SINGLE_NODE_FILE: &str = include_str!("../../testdata/single-node-metadata.json");
+
+#[test]
+fn the_metadata_file_of_a_real_single_node_broker_imports_entirely() {
+    let file: serde_json::Value = serde_json::from_str(REAL_SINGLE_NODE_FILE).unwrap();
+    let node = reg(1, None, 5);
+    let mut s = ClusterMetadata::new();
+    for r in import_single_node(REAL_SINGLE_NODE_FILE.as_bytes(), &node).unwrap() {
+        ok(&mut s, r);
+    }
+    assert_eq!(s.cluster_id(), file["cluster_id"].as_str());
+    let topics = file["topics"].as_object().unwrap();
+    assert!(topics.len() >= 3, "the fixture should hold user and internal topics");
+    assert_eq!(s.topics().len(), topics.len());
+    for (name, meta) in topics {
+        let t = s.topic(name).unwrap_or_else(|| panic!("{name} lost"));
+        assert_eq!(t.id.to_string(), meta["id"].as_str().unwrap(), "{name}");
+        assert_eq!(t.partitions.len() as u64, meta["partitions"].as_u64().unwrap(), "{name}");
+        assert_eq!(t.internal, meta["internal"].as_bool().unwrap(), "{name}");
+        let configs: BTreeMap<String, String> = serde_json::from_value(meta["configs"].clone()).unwrap();
+        assert_eq!(t.configs, configs, "{name}");
+        for (_, p) in s.partitions_of(name) {
+            assert_eq!((p.replicas.as_slice(), p.leader), (&[1][..], Some(1)));
+        }
+    }
+    let cluster: BTreeMap<String, String> = serde_json::from_value(file["broker_configs"].clone()).unwrap();
+    let per_node: BTreeMap<String, String> = serde_json::from_value(file["node_broker_configs"].clone()).unwrap();
+    assert!(!cluster.is_empty() && !per_node.is_empty());
+    assert_eq!(s.cluster_configs(), &cluster);
+    assert_eq!(s.broker_configs(1), Some(&per_node));
+    let next = file["next_producer_id"].as_i64().unwrap();
+    assert!(next > 0);
+    assert_eq!(s.next_producer_id(), next);
+}
