@@ -2,6 +2,14 @@
 //! replica placement, snapshots, and the import of a single-node data dir.
 //! Pure and deterministic (no I/O, clock or randomness), so openraft's
 //! `RaftStateMachine` can drive it and every node applies it identically.
+//!
+//! The controller leader turns a request into a record with a
+//! `ClusterMetadata::propose_*` call (a Kafka error if refused), proposes
+//! `record.encode()`, and every node, on commit, calls
+//! `apply(&MetadataRecord::decode(bytes)?)`. An `Err` from apply is an
+//! answer for the proposer (the state moved since the proposal), not a
+//! failure of the log: the state is unchanged and the next entry applies.
+//! Snapshots are `snapshot()` / `ClusterMetadata::restore`.
 
 mod import;
 pub mod placement;

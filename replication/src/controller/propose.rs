@@ -9,7 +9,8 @@ use uuid::Uuid;
 
 use super::placement::{self, Candidate, Load, LEADER_PREFERRED_RACKS};
 use super::records::{
-    BrokerRegistration, ConfigResource, CreateTopic, ErrorCode, LeadershipReport, MetadataError, MetadataRecord, NodeId,
+    err, BrokerRegistration, ConfigResource, CreateTopic, ErrorCode, LeadershipReport, MetadataError, MetadataRecord,
+    NodeId,
 };
 use super::state::{check_registration, validate_topic_name, ClusterMetadata, MAX_PARTITIONS};
 
@@ -44,7 +45,7 @@ pub struct TopicDefaults {
 }
 
 /// A CreateTopics entry as the client sent it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NewTopic {
     pub name: String,
     /// -1: the default.
@@ -57,8 +58,18 @@ pub struct NewTopic {
     pub internal: bool,
 }
 
-fn err<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, MetadataError> {
-    Err(MetadataError::new(code, message))
+impl Default for NewTopic {
+    /// No name yet; default partition count and replication factor.
+    fn default() -> Self {
+        NewTopic {
+            name: String::new(),
+            num_partitions: -1,
+            replication_factor: -1,
+            assignments: Vec::new(),
+            configs: BTreeMap::new(),
+            internal: false,
+        }
+    }
 }
 
 impl ClusterMetadata {

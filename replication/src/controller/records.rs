@@ -171,6 +171,10 @@ impl MetadataError {
     }
 }
 
+pub(crate) fn err<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, MetadataError> {
+    Err(MetadataError::new(code, message))
+}
+
 /// Bytes that are not a record or snapshot this code understands.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::records::{
-    decode_versioned, encode_versioned, BrokerRegistration, ConfigResource, CreateTopic, DecodeError, ErrorCode,
+    decode_versioned, encode_versioned, err, BrokerRegistration, ConfigResource, CreateTopic, DecodeError, ErrorCode,
     GroupId, LeadershipReport, MetadataError, MetadataRecord, NodeId,
 };
 
@@ -107,10 +107,6 @@ pub struct ClusterMetadata {
     broker_configs: BTreeMap<NodeId, BTreeMap<String, String>>,
     next_producer_id: i64,
     next_group_id: GroupId,
-}
-
-fn err<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, MetadataError> {
-    Err(MetadataError::new(code, message))
 }
 
 /// Kafka's rule: 1-249 characters of [a-zA-Z0-9._-], not "." or "..".
