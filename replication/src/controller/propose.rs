@@ -222,6 +222,9 @@ impl ClusterMetadata {
             placement::place(&self.candidates(), &mut self.load(), partitions as usize, rf as usize, &pinned)?
         };
         for (k, v) in &req.configs {
+            if k.is_empty() {
+                return err(ErrorCode::InvalidConfig, "An empty config name");
+            }
             configs.topic_config(k, v).map_err(|m| MetadataError::new(ErrorCode::InvalidConfig, m))?;
         }
         Ok(MetadataRecord::CreateTopic(CreateTopic {

@@ -475,6 +475,9 @@ impl ClusterMetadata {
             return err(ErrorCode::InvalidPartitions, format!("{} partitions", t.replicas.len()));
         }
         self.check_replica_lists(&t.replicas)?;
+        if t.configs.keys().any(|k| k.is_empty()) {
+            return err(ErrorCode::InvalidConfig, "An empty config name");
+        }
         self.group_ids(t.replicas.len())?;
         let groups = self.add_partitions(&t.name, 0, &t.replicas);
         self.topics.insert(

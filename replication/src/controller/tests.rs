@@ -220,6 +220,12 @@ fn create_topic_errors_carry_kafka_codes() {
     let mut bad_cfg = new_topic("t", 1, 1);
     bad_cfg.configs.insert("retention.ms".into(), "soon".into());
     assert_eq!(e(&s, bad_cfg), ErrorCode::InvalidConfig);
+    let mut empty_name = new_topic("t", 1, 1);
+    empty_name.configs.insert(String::new(), "1".into());
+    assert_eq!(
+        s.propose_create_topic(&empty_name, id, DEFAULTS, &AnyConfig).unwrap_err().code,
+        ErrorCode::InvalidConfig
+    );
     let mut unknown_cfg = new_topic("t", 1, 1);
     unknown_cfg.configs.insert("no.such".into(), "1".into());
     assert_eq!(e(&s, unknown_cfg), ErrorCode::InvalidConfig);
@@ -261,6 +267,9 @@ fn create_topic_apply_refuses_what_would_break_the_state() {
     refused(&mut s, rec("u", 5, vec![vec![1], vec![]]), ErrorCode::InvalidReplicaAssignment);
     refused(&mut s, rec("u", 5, vec![vec![1, 2, 1]]), ErrorCode::InvalidReplicaAssignment);
     refused(&mut s, rec("u", 5, vec![vec![3]]), ErrorCode::InvalidReplicaAssignment);
+    let MetadataRecord::CreateTopic(mut empty_key) = rec("u", 5, vec![vec![1]]) else { unreachable!() };
+    empty_key.configs.insert(String::new(), "1".into());
+    refused(&mut s, MetadataRecord::CreateTopic(empty_key), ErrorCode::InvalidConfig);
 }
 
 #[test]
