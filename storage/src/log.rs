@@ -4,6 +4,7 @@
 //! segment roll, the last stable offset, and the aborted transactions index
 //! (`.txnindex`, one per segment, holding the aborts whose marker is in it).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::batch::{self, TimestampType};
+use crate::batch::{self, BatchHeader, TimestampType};
 use crate::epoch::EpochCache;
 use crate::error::{LogError, Result};
 use crate::producer::{AbortedTxn, ProducerStates, SequenceCheck};
@@ -126,6 +127,35 @@ pub struct AppendInfo {
     pub log_start_offset: i64,
     /// True when this was a retried idempotent batch already in the log.
     pub duplicate: bool,
+}
+
+/// A produce payload that passed validation, not yet given offsets: the
+/// batches as they will be stored (recompressed if the topic asks).
+#[derive(Debug, Clone)]
+pub struct CheckedProduce<'a> {
+    payload: Cow<'a, [u8]>,
+    batches: Vec<(usize, BatchHeader)>,
+    coordinator: bool,
+}
+
+impl CheckedProduce<'_> {
+    /// The batches' bytes, offsets not yet assigned.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+    /// Each batch's position in `payload` and its header.
+    pub fn batches(&self) -> &[(usize, BatchHeader)] {
+        &self.batches
+    }
+}
+
+/// `check_produce`'s answer.
+#[derive(Debug, Clone)]
+pub enum ProduceVerdict<'a> {
+    /// New: append it (`append_checked`, or propose it).
+    Append(CheckedProduce<'a>),
+    /// A retry of a batch already in the log, with its original offsets.
+    Duplicate(AppendInfo),
 }
 
 /// A read: whole batches, possibly starting before the asked offset.
@@ -525,6 +555,113 @@ impl PartitionLog {
     }
 
     fn append_from(&self, payload: &[u8], leader_epoch: i32, now_ms: i64, coordinator: bool) -> Result<AppendInfo> {
+        let checked = self.validate_produce(payload, now_ms, coordinator)?;
+        self.append_checked(checked, leader_epoch, now_ms)
+    }
+
+    /// What a leader does with a client's produce payload before it
+    /// proposes it: the batches are validated against the topic's rules
+    /// (recompressed if `compression.type` asks) and the producer's
+    /// sequence is checked. A retry of a batch already in the log gets its
+    /// original offsets (`Duplicate`). Nothing is written here.
+    pub fn check_produce<'a>(&self, payload: &'a [u8], now_ms: i64) -> Result<ProduceVerdict<'a>> {
+        let checked = self.validate_produce(payload, now_ms, false)?;
+        let inner = self.read_inner();
+        Ok(match self.sequence_verdict(&inner, &checked.batches, checked.coordinator)? {
+            Some(dup) => ProduceVerdict::Duplicate(dup),
+            None => ProduceVerdict::Append(checked),
+        })
+    }
+
+    /// Assigns offsets (from the log end), the leader epoch and, with
+    /// LogAppendTime, timestamps to checked batches and appends them. The
+    /// sequence verdict is taken again under the write lock, so two racing
+    /// retries of one batch are written once.
+    pub fn append_checked(&self, checked: CheckedProduce<'_>, leader_epoch: i32, now_ms: i64) -> Result<AppendInfo> {
+        let CheckedProduce { payload, mut batches, coordinator } = checked;
+        let mut inner = self.write_inner();
+        if let Some(dup) = self.sequence_verdict(&inner, &batches, coordinator)? {
+            return Ok(dup);
+        }
+        let append_time = match inner.config.timestamp_type {
+            TimestampType::LogAppendTime => Some(now_ms),
+            TimestampType::CreateTime => None,
+        };
+        let base_offset = inner.log_end();
+        let mut next = base_offset;
+        for (_, h) in batches.iter_mut() {
+            h.base_offset = next;
+            h.partition_leader_epoch = leader_epoch;
+            if let Some(ts) = append_time {
+                h.base_timestamp = ts;
+                h.max_timestamp = ts;
+            }
+            next = h.last_offset() + 1;
+        }
+        match append_time {
+            Some(ts) => {
+                // LogAppendTime rewrites timestamps inside the CRC: patch a copy.
+                let mut data = payload.into_owned();
+                for (pos, h) in &batches {
+                    batch::patch(&mut data[*pos..*pos + h.total_size()], h.base_offset, leader_epoch, Some(ts));
+                }
+                self.write_batches(&mut inner, &data, &batches, false, now_ms)?;
+            }
+            None => self.write_batches(&mut inner, &payload, &batches, true, now_ms)?,
+        }
+        let log_start = inner.log_start;
+        drop(inner);
+        self.appended.notify_waiters();
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: next - 1,
+            log_append_time: append_time.unwrap_or(-1),
+            log_start_offset: log_start,
+            duplicate: false,
+        })
+    }
+
+    /// A follower's append: batches exactly as the leader stored them, with
+    /// the offsets and partitionLeaderEpoch it gave them. They are checked
+    /// (structure, CRC, each starting where the log ends) but nothing is
+    /// reassigned, and producer state, the
+    /// aborted transactions and the leader-epoch cache follow them as they
+    /// followed the leader's append. Leader epochs are taken as they come
+    /// (an older one is ignored by the epoch cache, as on the leader): the
+    /// order of terms is Raft's to guarantee. A batch that does not start at the log
+    /// end means this replica diverged from the leader: it is refused, never
+    /// moved to fit. Nothing is written unless every batch passes.
+    pub fn append_entry(&self, data: &[u8], now_ms: i64) -> Result<AppendInfo> {
+        let batches = batch::split_stored(data)?;
+        let mut inner = self.write_inner();
+        if self.is_deleted() {
+            return Err(LogError::Deleted);
+        }
+        let base_offset = inner.log_end();
+        let mut next = base_offset;
+        for (_, h) in &batches {
+            if h.base_offset != next {
+                return Err(LogError::UnexpectedAppendOffset { offset: h.base_offset, log_end: next });
+            }
+            next = h.last_offset() + 1;
+        }
+        self.write_batches(&mut inner, data, &batches, false, now_ms)?;
+        let log_start = inner.log_start;
+        drop(inner);
+        self.appended.notify_waiters();
+        let log_append_time = batches.iter().find(|(_, h)| h.is_log_append_time()).map_or(-1, |(_, h)| h.max_timestamp);
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: next - 1,
+            log_append_time,
+            log_start_offset: log_start,
+            duplicate: false,
+        })
+    }
+
+    /// Validation of a produce payload that needs no lock: structure, CRC,
+    /// sizes, the topic's record rules, and what clients may not write.
+    fn validate_produce<'a>(&self, payload: &'a [u8], now_ms: i64, coordinator: bool) -> Result<CheckedProduce<'a>> {
         let (max, rules) = {
             let c = &self.read_inner().config;
             let window = (c.timestamp_type == TimestampType::CreateTime
@@ -549,14 +686,14 @@ impl PartitionLog {
             let name = self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             crate::records::check_produced(payload, &batches, &rules, &name)?
         };
-        let payload: &[u8] = match &converted {
+        let payload: Cow<'a, [u8]> = match converted {
             Some(p) => {
                 // Recompression changed sizes: the batches are found and
                 // checked anew, against the same size limit as Kafka does.
-                batches = batch::split_and_validate(p, max)?;
-                p
+                batches = batch::split_and_validate(&p, max)?;
+                Cow::Owned(p)
             }
-            None => payload,
+            None => Cow::Borrowed(payload),
         };
         if !coordinator && batches.iter().any(|(_, h)| h.is_control()) {
             return Err(LogError::InvalidRecord("clients may not write control records".into()));
@@ -570,70 +707,69 @@ impl PartitionLog {
         if batches.iter().any(|(_, h)| h.is_transactional() && h.producer_id < 0) {
             return Err(LogError::InvalidRecord("a transactional batch needs a producer id".into()));
         }
-        let mut inner = self.write_inner();
+        Ok(CheckedProduce { payload, batches, coordinator })
+    }
+
+    /// The producer-state verdict on validated batches: an error (fenced
+    /// epoch, sequence gap), `Some` for a retry already in the log, `None`
+    /// to append.
+    fn sequence_verdict(
+        &self,
+        inner: &Inner,
+        batches: &[(usize, BatchHeader)],
+        coordinator: bool,
+    ) -> Result<Option<AppendInfo>> {
         // `delete` sets the flag before it takes the lock: an append that
-        // passes here finishes before the files go.
+        // passes here (under the write lock) finishes before the files go.
         if self.is_deleted() {
             return Err(LogError::Deleted);
         }
+        let Some((_, h)) = batches.first() else { return Ok(None) };
         if coordinator {
-            let h = &batches[0].1;
             inner.producers.check_epoch(h.producer_id, h.producer_epoch)?;
-        } else if idempotent {
-            if let SequenceCheck::Duplicate { base_offset, last_offset } = inner.producers.check(&batches[0].1)? {
-                return Ok(AppendInfo {
+        } else if h.producer_id >= 0 {
+            if let SequenceCheck::Duplicate { base_offset, last_offset } = inner.producers.check(h)? {
+                return Ok(Some(AppendInfo {
                     base_offset,
                     last_offset,
                     log_append_time: -1,
                     log_start_offset: inner.log_start,
                     duplicate: true,
-                });
+                }));
             }
         }
-        let append_time = match inner.config.timestamp_type {
-            TimestampType::LogAppendTime => Some(now_ms),
-            TimestampType::CreateTime => None,
-        };
-        let base_offset = inner.log_end();
-        let mut next = base_offset;
-        for (_, h) in batches.iter_mut() {
-            h.base_offset = next;
-            h.partition_leader_epoch = leader_epoch;
-            if let Some(ts) = append_time {
-                h.base_timestamp = ts;
-                h.max_timestamp = ts;
-            }
-            next = h.last_offset() + 1;
-        }
-        self.maybe_roll(&mut inner, payload.len() as u64, now_ms)?;
+        Ok(None)
+    }
+
+    /// Writes batches whose offsets are final at the log end, and moves
+    /// everything that follows the log along: the leader-epoch cache,
+    /// producer state and the aborted transactions. The leader's and a
+    /// follower's appends share it, so both replicas end in the same state.
+    /// With `assigned_heads`, each batch's offset and epoch are taken from
+    /// its header rather than from `data` (the leader's zero-copy path).
+    fn write_batches(
+        &self,
+        inner: &mut Inner,
+        data: &[u8],
+        batches: &[(usize, BatchHeader)],
+        assigned_heads: bool,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.maybe_roll(inner, data.len() as u64, now_ms)?;
         let interval = inner.config.index_interval_bytes;
-        if let Some(ts) = append_time {
-            // LogAppendTime rewrites timestamps inside the CRC: patch a copy.
-            let mut data = payload.to_vec();
-            for (pos, h) in &batches {
-                batch::patch(&mut data[*pos..*pos + h.total_size()], h.base_offset, leader_epoch, Some(ts));
-            }
-            inner.active_mut().append(&data, &batches, interval, now_ms)?;
+        if assigned_heads {
+            inner.active_mut().append_assigned(data, batches, interval, now_ms)?;
         } else {
-            inner.active_mut().append_assigned(payload, &batches, interval, now_ms)?;
+            inner.active_mut().append(data, batches, interval, now_ms)?;
         }
-        inner.epochs.assign(leader_epoch, base_offset)?;
-        for (pos, h) in &batches {
-            let marker = if h.is_control() { batch::marker_kind(&payload[*pos..*pos + h.total_size()]) } else { None };
+        for (pos, h) in batches {
+            inner.epochs.assign(h.partition_leader_epoch, h.base_offset)?;
+            let marker = if h.is_control() { batch::marker_kind(&data[*pos..*pos + h.total_size()]) } else { None };
             if let Some(aborted) = inner.producers.update(h, marker) {
-                self.record_abort(&mut inner, aborted)?;
+                self.record_abort(inner, aborted)?;
             }
         }
-        let log_start = inner.log_start;
-        drop(inner);
-        self.appended.notify_waiters();
-        Ok(AppendInfo {
-            base_offset,
-            last_offset: next - 1,
-            log_append_time: append_time.unwrap_or(-1),
-            log_start_offset: log_start,
-            duplicate: false,
-        })
+        Ok(())
     }
 
     /// Notes an aborted transaction in memory and in the active segment's
