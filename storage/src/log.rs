@@ -158,6 +158,17 @@ pub enum ProduceVerdict<'a> {
     Duplicate(AppendInfo),
 }
 
+/// How a log is opened, beyond its config.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions<'a> {
+    /// Where a clean shutdown left the active segment (`shutdown_state`).
+    pub clean: Option<&'a CleanState>,
+    /// The log is one replica of several: its high watermark starts at the
+    /// log start and moves only by `set_high_watermark` (Raft's commit
+    /// index). Otherwise every append commits and it follows the log end.
+    pub replicated: bool,
+}
+
 /// A read: whole batches, possibly starting before the asked offset.
 #[derive(Debug, Clone)]
 pub struct ReadResult {
@@ -202,6 +213,12 @@ pub(crate) struct Inner {
     producers: ProducerStates,
     /// Aborted transactions in marker order, from every segment's txnindex.
     aborted: Vec<AbortedTxn>,
+    /// The high watermark: consumers read below it, and only what is below
+    /// it is committed. At most the log end.
+    hw: i64,
+    /// A single replica commits what it writes: the high watermark follows
+    /// the log end. A replicated log's moves only by `set_high_watermark`.
+    hw_follows_end: bool,
 }
 
 fn snapshot_offsets(dir: &Path) -> Vec<i64> {
@@ -336,7 +353,7 @@ impl Inner {
         self.active().next_offset
     }
     fn last_stable_offset(&self) -> i64 {
-        let hw = self.log_end();
+        let hw = self.hw;
         self.producers.first_unstable_offset().map_or(hw, |f| f.min(hw))
     }
     fn size(&self) -> u64 {
@@ -347,7 +364,9 @@ impl Inner {
 pub struct PartitionLog {
     dir: PathBuf,
     inner: RwLock<Inner>,
-    appended: Notify,
+    /// Notified when the high watermark moves (and when the log is
+    /// deleted): consumers' long polls wait on it.
+    hw_moved: Notify,
     flushed: Arc<AtomicI64>,
     /// The data dir's filesystem, so the committer can group by it.
     dev: u64,
@@ -386,7 +405,7 @@ fn parse_base_offset(name: &str) -> Option<i64> {
 impl PartitionLog {
     /// Opens (or creates) the log in `dir`, recovering the active segment.
     pub fn open(dir: &Path, config: LogConfig) -> Result<PartitionLog> {
-        Self::open_with(dir, config, None)
+        Self::open_opts(dir, config, OpenOptions::default())
     }
 
     /// `open`, after a clean shutdown that left the active segment as
@@ -394,6 +413,12 @@ impl PartitionLog {
     /// instead of scanned, if what is on disk matches it. Closed segments
     /// are opened as always (their indexes are checked, not their batches).
     pub fn open_with(dir: &Path, config: LogConfig, clean: Option<&CleanState>) -> Result<PartitionLog> {
+        Self::open_opts(dir, config, OpenOptions { clean, ..OpenOptions::default() })
+    }
+
+    /// `open` with every option (`OpenOptions`).
+    pub fn open_opts(dir: &Path, config: LogConfig, opts: OpenOptions<'_>) -> Result<PartitionLog> {
+        let clean = opts.clean;
         std::fs::create_dir_all(dir)?;
         // A compaction interrupted before its swap leaves a .cleaned file;
         // the original segment is intact, so the partial copy just goes.
@@ -452,13 +477,24 @@ impl PartitionLog {
         log_start = log_start.min(end);
         epochs.truncate_from(end)?;
         epochs.truncate_before(log_start)?;
-        let mut inner =
-            Inner { config, segments, log_start, epochs, producers: ProducerStates::default(), aborted: Vec::new() };
+        // A replicated log knows nothing committed until its replica says
+        // (from Raft's committed index); a single replica has committed all.
+        let hw = if opts.replicated { log_start } else { end };
+        let mut inner = Inner {
+            config,
+            segments,
+            log_start,
+            epochs,
+            producers: ProducerStates::default(),
+            aborted: Vec::new(),
+            hw,
+            hw_follows_end: !opts.replicated,
+        };
         report.batches_replayed = inner.recover_state(dir)?;
         let log = PartitionLog {
             dir: dir.to_path_buf(),
             inner: RwLock::new(inner),
-            appended: Notify::new(),
+            hw_moved: Notify::new(),
             flushed: Arc::new(AtomicI64::new(end)),
             dev: std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(dir)?),
             deleted: AtomicBool::new(false),
@@ -610,8 +646,7 @@ impl PartitionLog {
             None => self.write_batches(&mut inner, &payload, &batches, true, now_ms)?,
         }
         let log_start = inner.log_start;
-        drop(inner);
-        self.appended.notify_waiters();
+        self.committed_by_append(inner);
         Ok(AppendInfo {
             base_offset,
             last_offset: next - 1,
@@ -647,8 +682,7 @@ impl PartitionLog {
         }
         self.write_batches(&mut inner, data, &batches, false, now_ms)?;
         let log_start = inner.log_start;
-        drop(inner);
-        self.appended.notify_waiters();
+        self.committed_by_append(inner);
         let log_append_time = batches.iter().find(|(_, h)| h.is_log_append_time()).map_or(-1, |(_, h)| h.max_timestamp);
         Ok(AppendInfo {
             base_offset,
@@ -772,6 +806,33 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// After an append: a single replica's high watermark follows the log
+    /// end, and consumers waiting on it wake. A replicated log's waits for
+    /// `set_high_watermark`.
+    fn committed_by_append(&self, mut inner: RwLockWriteGuard<'_, Inner>) {
+        if !inner.hw_follows_end {
+            return;
+        }
+        inner.hw = inner.log_end();
+        drop(inner);
+        self.hw_moved.notify_waiters();
+    }
+
+    /// Raises the high watermark to `offset` (clamped to the log end; a
+    /// lower value than the current one is ignored) and wakes consumers'
+    /// long polls if it moved. Returns the high watermark.
+    pub fn set_high_watermark(&self, offset: i64) -> i64 {
+        let mut inner = self.write_inner();
+        let hw = offset.min(inner.log_end());
+        if hw <= inner.hw {
+            return inner.hw;
+        }
+        inner.hw = hw;
+        drop(inner);
+        self.hw_moved.notify_waiters();
+        hw
+    }
+
     /// Notes an aborted transaction in memory and in the active segment's
     /// txnindex. The index is made durable when the segment closes; a crash
     /// before that is repaired by recovery, which rescans the active segment.
@@ -835,9 +896,11 @@ impl PartitionLog {
     pub fn log_end_offset(&self) -> i64 {
         self.read_inner().log_end()
     }
-    /// Single-replica logs commit on append; replication will move this.
+    /// The high watermark: the end of what consumers may read. A single
+    /// replica's is its log end; a replicated log's is set by its replica
+    /// (`set_high_watermark`).
     pub fn high_watermark(&self) -> i64 {
-        self.log_end_offset()
+        self.read_inner().hw
     }
     /// The last stable offset: below it every transaction has ended, so
     /// read_committed consumers may read up to here.
@@ -869,13 +932,16 @@ impl PartitionLog {
         inner.epochs.end_offset_for(epoch, inner.log_end())
     }
 
-    /// Notified after every append; long polls wait on it.
-    pub fn appended(&self) -> &Notify {
-        &self.appended
+    /// Notified when the high watermark moves (for a single replica, after
+    /// every append) and when the log is deleted; long polls wait on it.
+    pub fn high_watermark_moved(&self) -> &Notify {
+        &self.hw_moved
     }
 
     /// Reads whole batches from `offset` up to `max_bytes` (at least one
-    /// batch, so a consumer can always make progress) and below `max_offset`.
+    /// batch, so a consumer can always make progress) and below `max_offset`
+    /// and the high watermark. An offset past the high watermark but not
+    /// past the log end reads nothing (no error), as in Kafka.
     pub fn read(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Result<ReadResult> {
         self.read_below(offset, max_bytes, |_| max_offset)
     }
@@ -896,10 +962,10 @@ impl PartitionLog {
             records: Bytes::new(),
             file: None,
             log_start_offset: inner.log_start,
-            high_watermark: end,
+            high_watermark: inner.hw,
             last_stable_offset: inner.last_stable_offset(),
         };
-        let limit = bound(&empty).min(end);
+        let limit = bound(&empty).min(inner.hw);
         if offset >= limit {
             return Ok(empty);
         }
@@ -957,16 +1023,16 @@ impl PartitionLog {
     }
 
     /// Advances the log start offset (DeleteRecords). `offset` may be the
-    /// high watermark at most; returns the new low watermark.
+    /// high watermark at most (-1 means it); returns the new low watermark.
     pub fn delete_records(&self, offset: i64) -> Result<i64> {
         let mut inner = self.write_inner();
         if self.is_deleted() {
             return Err(LogError::Deleted);
         }
-        let end = inner.log_end();
-        let offset = if offset == -1 { end } else { offset };
-        if offset < 0 || offset > end {
-            return Err(LogError::OffsetOutOfRange { offset, start: inner.log_start, end });
+        let hw = inner.hw;
+        let offset = if offset == -1 { hw } else { offset };
+        if offset < 0 || offset > hw {
+            return Err(LogError::OffsetOutOfRange { offset, start: inner.log_start, end: hw });
         }
         if offset > inner.log_start {
             inner.log_start = offset;
@@ -1033,6 +1099,10 @@ impl PartitionLog {
             if i + 1 == n && !by_time {
                 break;
             }
+            // Nothing uncommitted goes: a replica may still need it.
+            if seg.next_offset > inner.hw {
+                break;
+            }
             expired_active = i + 1 == n;
             size -= seg.size() as i64;
             new_start = seg.next_offset;
@@ -1082,6 +1152,7 @@ impl PartitionLog {
         // At the log's new end, not at `offset`: the batch holding `offset`
         // went whole, and an epoch it started went with it.
         let end = inner.log_end();
+        inner.hw = if inner.hw_follows_end { end } else { inner.hw.min(end) };
         inner.epochs.truncate_from(end)?;
         inner.recover_state(&self.dir)?;
         if inner.active().closed && inner.active().is_empty() {
@@ -1156,7 +1227,7 @@ impl PartitionLog {
         }
         drop(inner);
         std::fs::remove_dir_all(&self.dir)?;
-        self.appended.notify_waiters();
+        self.hw_moved.notify_waiters();
         Ok(())
     }
 
