@@ -167,6 +167,9 @@ pub struct OpenOptions<'a> {
     /// log start and moves only by `set_high_watermark` (Raft's commit
     /// index). Otherwise every append commits and it follows the log end.
     pub replicated: bool,
+    /// The group committer whose rounds make this log durable (`sync`);
+    /// `GroupCommit::shared_default()` when None.
+    pub group_commit: Option<crate::durability::GroupCommit>,
 }
 
 /// A read: whole batches, possibly starting before the asked offset.
@@ -372,6 +375,7 @@ pub struct PartitionLog {
     dev: u64,
     deleted: AtomicBool,
     fsyncs: Arc<std::sync::atomic::AtomicU64>,
+    group_commit: crate::durability::GroupCommit,
     /// Offset up to which the last compaction pass covered the log (its
     /// "clean" part, for `min.cleanable.dirty.ratio`); in memory only, so
     /// a restart treats the whole log as dirty once.
@@ -499,6 +503,7 @@ impl PartitionLog {
             dev: std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(dir)?),
             deleted: AtomicBool::new(false),
             fsyncs: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            group_commit: opts.group_commit.unwrap_or_else(crate::durability::GroupCommit::shared_default),
             cleaned_upto: AtomicI64::new(0),
             recovery: report,
         };
@@ -1175,9 +1180,9 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Makes everything up to `upto` durable. Waiters of every log share
-    /// the process-wide group commit (`durability`): one round covers all
-    /// that was written when it started.
+    /// Makes everything up to `upto` durable. Waiters of every log opened
+    /// with the same group committer (`durability`) share its rounds: one
+    /// round covers all that was written when it started.
     pub async fn sync(&self, upto: i64) -> Result<()> {
         if self.flushed.load(Ordering::Acquire) >= upto {
             return Ok(());
@@ -1186,14 +1191,15 @@ impl PartitionLog {
             let inner = self.read_inner();
             (inner.active().file(), inner.log_end())
         };
-        crate::durability::sync(crate::durability::Target {
-            file,
-            dev: self.dev,
-            end,
-            flushed: self.flushed.clone(),
-            rounds: self.fsyncs.clone(),
-        })
-        .await?;
+        self.group_commit
+            .sync(crate::durability::Target {
+                file,
+                dev: self.dev,
+                end,
+                flushed: self.flushed.clone(),
+                rounds: self.fsyncs.clone(),
+            })
+            .await?;
         Ok(())
     }
 
