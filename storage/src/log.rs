@@ -664,13 +664,13 @@ impl PartitionLog {
     /// A follower's append: batches exactly as the leader stored them, with
     /// the offsets and partitionLeaderEpoch it gave them. They are checked
     /// (structure, CRC, each starting where the log ends) but nothing is
-    /// reassigned, and producer state, the
-    /// aborted transactions and the leader-epoch cache follow them as they
-    /// followed the leader's append. Leader epochs are taken as they come
-    /// (an older one is ignored by the epoch cache, as on the leader): the
-    /// order of terms is Raft's to guarantee. A batch that does not start at the log
-    /// end means this replica diverged from the leader: it is refused, never
-    /// moved to fit. Nothing is written unless every batch passes.
+    /// reassigned, and producer state, the aborted transactions and the
+    /// leader-epoch cache follow them as they followed the leader's append.
+    /// Leader epochs are taken as they come (an older one is ignored by the
+    /// epoch cache, as on the leader): the order of terms is Raft's to
+    /// guarantee. A batch that does not start at the log end means this
+    /// replica diverged from the leader: it is refused, never moved to fit.
+    /// Nothing is written unless every batch passes.
     pub fn append_entry(&self, data: &[u8], now_ms: i64) -> Result<AppendInfo> {
         let batches = batch::split_stored(data)?;
         let mut inner = self.write_inner();
