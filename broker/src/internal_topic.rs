@@ -28,7 +28,8 @@ pub fn ensure(topics: &Topics, name: &str, partitions: i32) -> anyhow::Result<i3
 /// Calls `f` with every record of `log`, control records included, in order.
 pub fn replay(log: &PartitionLog, mut f: impl FnMut(Record)) -> anyhow::Result<()> {
     let mut offset = log.log_start_offset();
-    let end = log.log_end_offset();
+    // Only what is committed: reads stop at the high watermark anyway.
+    let end = log.high_watermark();
     while offset < end {
         let read = log.read(offset, 1 << 20, end)?;
         if read.records.is_empty() {

@@ -85,10 +85,6 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         Some(a) => split_host_port(a).ok_or_else(|| anyhow::anyhow!("bad advertised_listener {a}"))?,
         None => (local_addr.ip().to_string(), local_addr.port() as i32),
     };
-    fjord_storage::durability::set_strategy(match config.fsync_method {
-        crate::config::FsyncMethod::Syncfs => fjord_storage::durability::SyncStrategy::Syncfs,
-        crate::config::FsyncMethod::Fdatasync => fjord_storage::durability::SyncStrategy::Fdatasync,
-    });
     let topics = Arc::new(tokio::task::block_in_place(|| Topics::open(&config))?);
     let data_dir_handle = std::fs::File::open(&config.data_dir)?;
     let groups = Arc::new(

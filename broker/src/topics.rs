@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use fjord_storage::durability::{GroupCommit, SyncStrategy};
 use fjord_storage::log::write_atomic;
-use fjord_storage::PartitionLog;
+use fjord_storage::{OpenOptions, PartitionLog};
 use kafka_protocol::error::ResponseError;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -72,6 +73,9 @@ pub struct Topics {
     clean_start: bool,
     /// Held while the broker runs: a second broker on this dir refuses to start.
     _lock: fjord_storage::DataDirLock,
+    /// One group committer for every log, so syncs of all partitions share
+    /// rounds (`fsync_method` chooses how a round is made durable).
+    group_commit: GroupCommit,
 }
 
 /// Kafka's rule: 1-249 characters of [a-zA-Z0-9._-], not "." or "..".
@@ -96,6 +100,17 @@ fn storage_error(e: impl std::fmt::Display) -> TopicError {
 }
 
 impl Topics {
+    /// Opens one partition's log with the broker's group committer.
+    fn open_log(
+        &self,
+        dir: &Path,
+        cfg: fjord_storage::LogConfig,
+        clean: Option<&fjord_storage::CleanState>,
+    ) -> fjord_storage::Result<PartitionLog> {
+        let opts = OpenOptions { clean, group_commit: Some(self.group_commit.clone()), ..OpenOptions::default() };
+        PartitionLog::open_opts(dir, cfg, opts)
+    }
+
     pub fn open(config: &BrokerConfig) -> anyhow::Result<Topics> {
         let data_dir = config.data_dir.clone();
         // Before anything in the dir is read or changed (the clean-shutdown
@@ -120,6 +135,10 @@ impl Topics {
             recovery: Default::default(),
             clean_start: clean.is_some(),
             _lock: lock,
+            group_commit: GroupCommit::new(match config.fsync_method {
+                crate::config::FsyncMethod::Syncfs => SyncStrategy::Syncfs,
+                crate::config::FsyncMethod::Fdatasync => SyncStrategy::Fdatasync,
+            }),
         };
         let mut recovery = fjord_storage::RecoveryReport::default();
         {
@@ -130,7 +149,7 @@ impl Topics {
                 let cfg = topic_config::log_config(&meta.configs, &defaults);
                 for p in 0..meta.partitions {
                     let point = clean.as_ref().and_then(|c| c.get(&format!("{name}-{p}")));
-                    let log = PartitionLog::open_with(&topics.partition_dir(&name, p), cfg.clone(), point)?;
+                    let log = topics.open_log(&topics.partition_dir(&name, p), cfg.clone(), point)?;
                     recovery.add(&log.recovery_report());
                     st.logs.insert((name.clone(), p), Arc::new(log));
                 }
@@ -304,7 +323,7 @@ impl Topics {
             let dir = self.partition_dir(name, p);
             // A leftover dir of an earlier topic of this name must not leak in.
             let _ = std::fs::remove_dir_all(&dir);
-            let log = PartitionLog::open(&dir, cfg.clone()).map_err(storage_error)?;
+            let log = self.open_log(&dir, cfg.clone(), None).map_err(storage_error)?;
             opened.push((p, Arc::new(log)));
         }
         for (p, log) in opened {
@@ -375,7 +394,7 @@ impl Topics {
         for p in meta.partitions..count {
             let dir = self.partition_dir(name, p);
             let _ = std::fs::remove_dir_all(&dir);
-            let log = PartitionLog::open(&dir, cfg.clone()).map_err(storage_error)?;
+            let log = self.open_log(&dir, cfg.clone(), None).map_err(storage_error)?;
             st.logs.insert((name.to_string(), p), Arc::new(log));
         }
         if let Some(m) = st.file.topics.get_mut(name) {

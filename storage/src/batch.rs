@@ -197,6 +197,31 @@ pub fn split_and_validate(payload: &[u8], max_batch_bytes: usize) -> Result<Vec<
     Ok(out)
 }
 
+/// Splits batches as a log stores them (a leader's, for a follower) into
+/// whole batches, each validated (structure, magic, CRC, counts). Rejects
+/// all of `data` if any batch is bad, so a follower never half-applies.
+pub fn split_stored(data: &[u8]) -> Result<Vec<(usize, BatchHeader)>> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while pos < data.len() {
+        let rest = &data[pos..];
+        if rest.len() < LOG_OVERHEAD {
+            return Err(LogError::Corrupt("truncated batch at end of replicated data".into()));
+        }
+        let len = i32_at(rest, BATCH_LENGTH);
+        if len < 0 || LOG_OVERHEAD + len as usize > rest.len() {
+            return Err(LogError::Corrupt(format!("batch length {len} but only {} bytes remain", rest.len())));
+        }
+        let h = validate(&rest[..LOG_OVERHEAD + len as usize])?;
+        out.push((pos, h));
+        pos += h.total_size();
+    }
+    if out.is_empty() {
+        return Err(LogError::Corrupt("replicated data holds no record batch".into()));
+    }
+    Ok(out)
+}
+
 /// Rewrites base offset and leader epoch in place; with LogAppendTime also the
 /// timestamps. Recomputes the CRC only when a covered field changed.
 /// Bytes at the start of a batch that the log assigns and that lie outside

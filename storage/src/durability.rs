@@ -1,5 +1,5 @@
 //! Group commit across logs: one thread makes appended data durable for
-//! every log of the process, in rounds.
+//! every log opened with the same `GroupCommit` handle, in rounds.
 //!
 //! A produce request for 16 partitions used to wait for 16 `fdatasync`
 //! calls, one per segment file, issued from 16 blocking-pool threads; each
@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use tokio::sync::oneshot;
@@ -34,17 +34,79 @@ pub enum SyncStrategy {
     Fdatasync,
 }
 
-static USE_FDATASYNC: AtomicBool = AtomicBool::new(true);
-static ROUNDS: AtomicU64 = AtomicU64::new(0);
-
-/// Group-commit rounds this process has run.
-pub fn rounds() -> u64 {
-    ROUNDS.load(Ordering::Relaxed)
+/// A group committer: its queue, its thread (started at the first sync,
+/// then kept for the process's life), how it makes rounds durable and how
+/// many it ran. Logs opened with clones of one handle share its rounds; a
+/// broker makes one for all its logs.
+#[derive(Clone)]
+pub struct GroupCommit {
+    committer: Arc<Committer>,
 }
 
-/// Chooses how rounds are made durable, for the whole process.
-pub fn set_strategy(s: SyncStrategy) {
-    USE_FDATASYNC.store(s == SyncStrategy::Fdatasync, Ordering::Relaxed);
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit").field("strategy", &self.committer.strategy).finish_non_exhaustive()
+    }
+}
+
+impl GroupCommit {
+    pub fn new(strategy: SyncStrategy) -> GroupCommit {
+        GroupCommit {
+            committer: Arc::new(Committer {
+                queue: Mutex::default(),
+                wake: Condvar::new(),
+                strategy,
+                rounds: AtomicU64::new(0),
+                thread: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// The committer of logs opened without one (tests, tools): fdatasync,
+    /// the safe choice on a shared filesystem.
+    pub fn shared_default() -> GroupCommit {
+        static DEFAULT: OnceLock<GroupCommit> = OnceLock::new();
+        DEFAULT.get_or_init(|| GroupCommit::new(SyncStrategy::Fdatasync)).clone()
+    }
+
+    pub fn strategy(&self) -> SyncStrategy {
+        self.committer.strategy
+    }
+
+    /// Rounds this committer has run.
+    pub fn rounds(&self) -> u64 {
+        self.committer.rounds.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `target.file` is durable up to `target.end`.
+    pub(crate) async fn sync(&self, target: Target) -> std::io::Result<()> {
+        let c = &self.committer;
+        let started = c.thread.get_or_init(|| {
+            let run = c.clone();
+            std::thread::Builder::new().name("fjord-commit".into()).spawn(move || run.run()).map(|_| ()).map_err(|e| {
+                tracing::error!(error = %e, "cannot start the group-commit thread");
+                e.kind()
+            })
+        });
+        if let Err(kind) = started {
+            return Err(std::io::Error::new(*kind, "the group-commit thread could not start"));
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut q = c.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.push(Waiter { target, done: tx });
+            // The committer only sleeps on an empty queue: a waiter joining a
+            // non-empty one needs no wake-up (no futex call per request).
+            if q.len() == 1 {
+                c.wake.notify_one();
+            }
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err((kind, msg))) => Err(std::io::Error::new(kind, msg)),
+            Err(_) => Err(std::io::Error::other("the group-commit thread is gone")),
+        }
+    }
 }
 
 /// A file to make durable up to `end`; `flushed` is raised to `end` after.
@@ -63,42 +125,13 @@ struct Waiter {
     done: oneshot::Sender<Result<(), (std::io::ErrorKind, String)>>,
 }
 
-#[derive(Default)]
 struct Committer {
     queue: Mutex<Vec<Waiter>>,
     wake: Condvar,
-}
-
-fn committer() -> &'static Committer {
-    static C: OnceLock<&'static Committer> = OnceLock::new();
-    C.get_or_init(|| {
-        let c: &'static Committer = Box::leak(Box::default());
-        std::thread::Builder::new()
-            .name("fjord-commit".into())
-            .spawn(move || c.run())
-            .expect("cannot start the group-commit thread");
-        c
-    })
-}
-
-/// Waits until `target.file` is durable up to `target.end`.
-pub(crate) async fn sync(target: Target) -> std::io::Result<()> {
-    let (tx, rx) = oneshot::channel();
-    {
-        let c = committer();
-        let mut q = c.queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.push(Waiter { target, done: tx });
-        // The committer only sleeps on an empty queue: a waiter joining a
-        // non-empty one needs no wake-up (no futex call per request).
-        if q.len() == 1 {
-            c.wake.notify_one();
-        }
-    }
-    match rx.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err((kind, msg))) => Err(std::io::Error::new(kind, msg)),
-        Err(_) => Err(std::io::Error::other("the group-commit thread is gone")),
-    }
+    strategy: SyncStrategy,
+    rounds: AtomicU64,
+    /// Set once the thread is started (or failed to start).
+    thread: OnceLock<Result<(), std::io::ErrorKind>>,
 }
 
 impl Committer {
@@ -112,9 +145,9 @@ impl Committer {
                 std::mem::take(&mut *q)
             };
             let started = std::time::Instant::now();
-            let result = flush(&round).map_err(|e| (e.kind(), e.to_string()));
+            let result = flush(&round, self.strategy).map_err(|e| (e.kind(), e.to_string()));
             metrics::histogram!("fjord_group_commit_seconds").record(started.elapsed().as_secs_f64());
-            ROUNDS.fetch_add(1, Ordering::Relaxed);
+            self.rounds.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("fjord_log_fsyncs_total").increment(1);
             let mut counted: Vec<*const AtomicU64> = Vec::new();
             for w in round {
@@ -134,7 +167,7 @@ impl Committer {
 
 /// Makes every file of the round durable (each file once, however many
 /// waiters share it).
-fn flush(round: &[Waiter]) -> std::io::Result<()> {
+fn flush(round: &[Waiter], strategy: SyncStrategy) -> std::io::Result<()> {
     let mut by_dev: HashMap<u64, Vec<&Arc<File>>> = HashMap::new();
     for w in round {
         let files = by_dev.entry(w.target.dev).or_default();
@@ -142,7 +175,7 @@ fn flush(round: &[Waiter]) -> std::io::Result<()> {
             files.push(&w.target.file);
         }
     }
-    let per_file = USE_FDATASYNC.load(Ordering::Relaxed);
+    let per_file = strategy == SyncStrategy::Fdatasync;
     for files in by_dev.values() {
         if files.len() > 1 && !per_file {
             // SAFETY: a plain syscall on a descriptor the Arc keeps open.

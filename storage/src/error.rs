@@ -40,6 +40,11 @@ pub enum LogError {
     /// that may already belong to a topic recreated under the same name.
     #[error("the log was deleted")]
     Deleted,
+    /// A replicated batch does not start at this replica's log end: the
+    /// replica diverged from its leader (or entries arrived out of order).
+    /// Nothing is written; replication truncates and fetches again.
+    #[error("replicated batch starts at offset {offset} but the log ends at {log_end}")]
+    UnexpectedAppendOffset { offset: i64, log_end: i64 },
     /// Another process (or another open in this one) holds the data dir.
     #[error("data dir {} is in use by another process (its .lock is held); stop that broker or use another --data-dir", .0.display())]
     DataDirLocked(std::path::PathBuf),

@@ -16,5 +16,7 @@ pub mod segment;
 pub use batch::{BatchHeader, TimestampType};
 pub use error::{LogError, RecordError, RecordErrorKind, Result};
 pub use lock::DataDirLock;
-pub use log::{AppendInfo, LogConfig, PartitionLog, ReadResult, RecoveryReport};
+pub use log::{
+    AppendInfo, CheckedProduce, LogConfig, OpenOptions, PartitionLog, ProduceVerdict, ReadResult, RecoveryReport,
+};
 pub use segment::CleanState;

@@ -4,6 +4,7 @@
 //! segment roll, the last stable offset, and the aborted transactions index
 //! (`.txnindex`, one per segment, holding the aborts whose marker is in it).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::batch::{self, TimestampType};
+use crate::batch::{self, BatchHeader, TimestampType};
 use crate::epoch::EpochCache;
 use crate::error::{LogError, Result};
 use crate::producer::{AbortedTxn, ProducerStates, SequenceCheck};
@@ -128,6 +129,49 @@ pub struct AppendInfo {
     pub duplicate: bool,
 }
 
+/// A produce payload that passed validation, not yet given offsets: the
+/// batches as they will be stored (recompressed if the topic asks).
+#[derive(Debug, Clone)]
+pub struct CheckedProduce<'a> {
+    payload: Cow<'a, [u8]>,
+    batches: Vec<(usize, BatchHeader)>,
+    coordinator: bool,
+}
+
+impl CheckedProduce<'_> {
+    /// The batches' bytes, offsets not yet assigned.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+    /// Each batch's position in `payload` and its header.
+    pub fn batches(&self) -> &[(usize, BatchHeader)] {
+        &self.batches
+    }
+}
+
+/// `check_produce`'s answer.
+#[derive(Debug, Clone)]
+pub enum ProduceVerdict<'a> {
+    /// New: append it (`append_checked`, or propose it).
+    Append(CheckedProduce<'a>),
+    /// A retry of a batch already in the log, with its original offsets.
+    Duplicate(AppendInfo),
+}
+
+/// How a log is opened, beyond its config.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions<'a> {
+    /// Where a clean shutdown left the active segment (`shutdown_state`).
+    pub clean: Option<&'a CleanState>,
+    /// The log is one replica of several: its high watermark starts at the
+    /// log start and moves only by `set_high_watermark` (Raft's commit
+    /// index). Otherwise every append commits and it follows the log end.
+    pub replicated: bool,
+    /// The group committer whose rounds make this log durable (`sync`);
+    /// `GroupCommit::shared_default()` when None.
+    pub group_commit: Option<crate::durability::GroupCommit>,
+}
+
 /// A read: whole batches, possibly starting before the asked offset.
 #[derive(Debug, Clone)]
 pub struct ReadResult {
@@ -172,6 +216,12 @@ pub(crate) struct Inner {
     producers: ProducerStates,
     /// Aborted transactions in marker order, from every segment's txnindex.
     aborted: Vec<AbortedTxn>,
+    /// The high watermark: consumers read below it, and only what is below
+    /// it is committed. At most the log end.
+    hw: i64,
+    /// A single replica commits what it writes: the high watermark follows
+    /// the log end. A replicated log's moves only by `set_high_watermark`.
+    hw_follows_end: bool,
 }
 
 fn snapshot_offsets(dir: &Path) -> Vec<i64> {
@@ -306,7 +356,7 @@ impl Inner {
         self.active().next_offset
     }
     fn last_stable_offset(&self) -> i64 {
-        let hw = self.log_end();
+        let hw = self.hw;
         self.producers.first_unstable_offset().map_or(hw, |f| f.min(hw))
     }
     fn size(&self) -> u64 {
@@ -317,12 +367,15 @@ impl Inner {
 pub struct PartitionLog {
     dir: PathBuf,
     inner: RwLock<Inner>,
-    appended: Notify,
+    /// Notified when the high watermark moves (and when the log is
+    /// deleted): consumers' long polls wait on it.
+    hw_moved: Notify,
     flushed: Arc<AtomicI64>,
     /// The data dir's filesystem, so the committer can group by it.
     dev: u64,
     deleted: AtomicBool,
     fsyncs: Arc<std::sync::atomic::AtomicU64>,
+    group_commit: crate::durability::GroupCommit,
     /// Offset up to which the last compaction pass covered the log (its
     /// "clean" part, for `min.cleanable.dirty.ratio`); in memory only, so
     /// a restart treats the whole log as dirty once.
@@ -356,7 +409,7 @@ fn parse_base_offset(name: &str) -> Option<i64> {
 impl PartitionLog {
     /// Opens (or creates) the log in `dir`, recovering the active segment.
     pub fn open(dir: &Path, config: LogConfig) -> Result<PartitionLog> {
-        Self::open_with(dir, config, None)
+        Self::open_opts(dir, config, OpenOptions::default())
     }
 
     /// `open`, after a clean shutdown that left the active segment as
@@ -364,6 +417,12 @@ impl PartitionLog {
     /// instead of scanned, if what is on disk matches it. Closed segments
     /// are opened as always (their indexes are checked, not their batches).
     pub fn open_with(dir: &Path, config: LogConfig, clean: Option<&CleanState>) -> Result<PartitionLog> {
+        Self::open_opts(dir, config, OpenOptions { clean, ..OpenOptions::default() })
+    }
+
+    /// `open` with every option (`OpenOptions`).
+    pub fn open_opts(dir: &Path, config: LogConfig, opts: OpenOptions<'_>) -> Result<PartitionLog> {
+        let clean = opts.clean;
         std::fs::create_dir_all(dir)?;
         // A compaction interrupted before its swap leaves a .cleaned file;
         // the original segment is intact, so the partial copy just goes.
@@ -422,17 +481,29 @@ impl PartitionLog {
         log_start = log_start.min(end);
         epochs.truncate_from(end)?;
         epochs.truncate_before(log_start)?;
-        let mut inner =
-            Inner { config, segments, log_start, epochs, producers: ProducerStates::default(), aborted: Vec::new() };
+        // A replicated log knows nothing committed until its replica says
+        // (from Raft's committed index); a single replica has committed all.
+        let hw = if opts.replicated { log_start } else { end };
+        let mut inner = Inner {
+            config,
+            segments,
+            log_start,
+            epochs,
+            producers: ProducerStates::default(),
+            aborted: Vec::new(),
+            hw,
+            hw_follows_end: !opts.replicated,
+        };
         report.batches_replayed = inner.recover_state(dir)?;
         let log = PartitionLog {
             dir: dir.to_path_buf(),
             inner: RwLock::new(inner),
-            appended: Notify::new(),
+            hw_moved: Notify::new(),
             flushed: Arc::new(AtomicI64::new(end)),
             dev: std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(dir)?),
             deleted: AtomicBool::new(false),
             fsyncs: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            group_commit: opts.group_commit.unwrap_or_else(crate::durability::GroupCommit::shared_default),
             cleaned_upto: AtomicI64::new(0),
             recovery: report,
         };
@@ -525,6 +596,111 @@ impl PartitionLog {
     }
 
     fn append_from(&self, payload: &[u8], leader_epoch: i32, now_ms: i64, coordinator: bool) -> Result<AppendInfo> {
+        let checked = self.validate_produce(payload, now_ms, coordinator)?;
+        self.append_checked(checked, leader_epoch, now_ms)
+    }
+
+    /// What a leader does with a client's produce payload before it
+    /// proposes it: the batches are validated against the topic's rules
+    /// (recompressed if `compression.type` asks) and the producer's
+    /// sequence is checked. A retry of a batch already in the log gets its
+    /// original offsets (`Duplicate`). Nothing is written here.
+    pub fn check_produce<'a>(&self, payload: &'a [u8], now_ms: i64) -> Result<ProduceVerdict<'a>> {
+        let checked = self.validate_produce(payload, now_ms, false)?;
+        let inner = self.read_inner();
+        Ok(match self.sequence_verdict(&inner, &checked.batches, checked.coordinator)? {
+            Some(dup) => ProduceVerdict::Duplicate(dup),
+            None => ProduceVerdict::Append(checked),
+        })
+    }
+
+    /// Assigns offsets (from the log end), the leader epoch and, with
+    /// LogAppendTime, timestamps to checked batches and appends them. The
+    /// sequence verdict is taken again under the write lock, so two racing
+    /// retries of one batch are written once.
+    pub fn append_checked(&self, checked: CheckedProduce<'_>, leader_epoch: i32, now_ms: i64) -> Result<AppendInfo> {
+        let CheckedProduce { payload, mut batches, coordinator } = checked;
+        let mut inner = self.write_inner();
+        if let Some(dup) = self.sequence_verdict(&inner, &batches, coordinator)? {
+            return Ok(dup);
+        }
+        let append_time = match inner.config.timestamp_type {
+            TimestampType::LogAppendTime => Some(now_ms),
+            TimestampType::CreateTime => None,
+        };
+        let base_offset = inner.log_end();
+        let mut next = base_offset;
+        for (_, h) in batches.iter_mut() {
+            h.base_offset = next;
+            h.partition_leader_epoch = leader_epoch;
+            if let Some(ts) = append_time {
+                h.base_timestamp = ts;
+                h.max_timestamp = ts;
+            }
+            next = h.last_offset() + 1;
+        }
+        match append_time {
+            Some(ts) => {
+                // LogAppendTime rewrites timestamps inside the CRC: patch a copy.
+                let mut data = payload.into_owned();
+                for (pos, h) in &batches {
+                    batch::patch(&mut data[*pos..*pos + h.total_size()], h.base_offset, leader_epoch, Some(ts));
+                }
+                self.write_batches(&mut inner, &data, &batches, false, now_ms)?;
+            }
+            None => self.write_batches(&mut inner, &payload, &batches, true, now_ms)?,
+        }
+        let log_start = inner.log_start;
+        self.committed_by_append(inner);
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: next - 1,
+            log_append_time: append_time.unwrap_or(-1),
+            log_start_offset: log_start,
+            duplicate: false,
+        })
+    }
+
+    /// A follower's append: batches exactly as the leader stored them, with
+    /// the offsets and partitionLeaderEpoch it gave them. They are checked
+    /// (structure, CRC, each starting where the log ends) but nothing is
+    /// reassigned, and producer state, the aborted transactions and the
+    /// leader-epoch cache follow them as they followed the leader's append.
+    /// Leader epochs are taken as they come (an older one is ignored by the
+    /// epoch cache, as on the leader): the order of terms is Raft's to
+    /// guarantee. A batch that does not start at the log end means this
+    /// replica diverged from the leader: it is refused, never moved to fit.
+    /// Nothing is written unless every batch passes.
+    pub fn append_entry(&self, data: &[u8], now_ms: i64) -> Result<AppendInfo> {
+        let batches = batch::split_stored(data)?;
+        let mut inner = self.write_inner();
+        if self.is_deleted() {
+            return Err(LogError::Deleted);
+        }
+        let base_offset = inner.log_end();
+        let mut next = base_offset;
+        for (_, h) in &batches {
+            if h.base_offset != next {
+                return Err(LogError::UnexpectedAppendOffset { offset: h.base_offset, log_end: next });
+            }
+            next = h.last_offset() + 1;
+        }
+        self.write_batches(&mut inner, data, &batches, false, now_ms)?;
+        let log_start = inner.log_start;
+        self.committed_by_append(inner);
+        let log_append_time = batches.iter().find(|(_, h)| h.is_log_append_time()).map_or(-1, |(_, h)| h.max_timestamp);
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: next - 1,
+            log_append_time,
+            log_start_offset: log_start,
+            duplicate: false,
+        })
+    }
+
+    /// Validation of a produce payload that needs no lock: structure, CRC,
+    /// sizes, the topic's record rules, and what clients may not write.
+    fn validate_produce<'a>(&self, payload: &'a [u8], now_ms: i64, coordinator: bool) -> Result<CheckedProduce<'a>> {
         let (max, rules) = {
             let c = &self.read_inner().config;
             let window = (c.timestamp_type == TimestampType::CreateTime
@@ -549,14 +725,14 @@ impl PartitionLog {
             let name = self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             crate::records::check_produced(payload, &batches, &rules, &name)?
         };
-        let payload: &[u8] = match &converted {
+        let payload: Cow<'a, [u8]> = match converted {
             Some(p) => {
                 // Recompression changed sizes: the batches are found and
                 // checked anew, against the same size limit as Kafka does.
-                batches = batch::split_and_validate(p, max)?;
-                p
+                batches = batch::split_and_validate(&p, max)?;
+                Cow::Owned(p)
             }
-            None => payload,
+            None => Cow::Borrowed(payload),
         };
         if !coordinator && batches.iter().any(|(_, h)| h.is_control()) {
             return Err(LogError::InvalidRecord("clients may not write control records".into()));
@@ -570,70 +746,96 @@ impl PartitionLog {
         if batches.iter().any(|(_, h)| h.is_transactional() && h.producer_id < 0) {
             return Err(LogError::InvalidRecord("a transactional batch needs a producer id".into()));
         }
-        let mut inner = self.write_inner();
+        Ok(CheckedProduce { payload, batches, coordinator })
+    }
+
+    /// The producer-state verdict on validated batches: an error (fenced
+    /// epoch, sequence gap), `Some` for a retry already in the log, `None`
+    /// to append.
+    fn sequence_verdict(
+        &self,
+        inner: &Inner,
+        batches: &[(usize, BatchHeader)],
+        coordinator: bool,
+    ) -> Result<Option<AppendInfo>> {
         // `delete` sets the flag before it takes the lock: an append that
-        // passes here finishes before the files go.
+        // passes here (under the write lock) finishes before the files go.
         if self.is_deleted() {
             return Err(LogError::Deleted);
         }
+        let Some((_, h)) = batches.first() else { return Ok(None) };
         if coordinator {
-            let h = &batches[0].1;
             inner.producers.check_epoch(h.producer_id, h.producer_epoch)?;
-        } else if idempotent {
-            if let SequenceCheck::Duplicate { base_offset, last_offset } = inner.producers.check(&batches[0].1)? {
-                return Ok(AppendInfo {
+        } else if h.producer_id >= 0 {
+            if let SequenceCheck::Duplicate { base_offset, last_offset } = inner.producers.check(h)? {
+                return Ok(Some(AppendInfo {
                     base_offset,
                     last_offset,
                     log_append_time: -1,
                     log_start_offset: inner.log_start,
                     duplicate: true,
-                });
+                }));
             }
         }
-        let append_time = match inner.config.timestamp_type {
-            TimestampType::LogAppendTime => Some(now_ms),
-            TimestampType::CreateTime => None,
-        };
-        let base_offset = inner.log_end();
-        let mut next = base_offset;
-        for (_, h) in batches.iter_mut() {
-            h.base_offset = next;
-            h.partition_leader_epoch = leader_epoch;
-            if let Some(ts) = append_time {
-                h.base_timestamp = ts;
-                h.max_timestamp = ts;
-            }
-            next = h.last_offset() + 1;
-        }
-        self.maybe_roll(&mut inner, payload.len() as u64, now_ms)?;
+        Ok(None)
+    }
+
+    /// Writes batches whose offsets are final at the log end, and moves
+    /// everything that follows the log along: the leader-epoch cache,
+    /// producer state and the aborted transactions. The leader's and a
+    /// follower's appends share it, so both replicas end in the same state.
+    /// With `assigned_heads`, each batch's offset and epoch are taken from
+    /// its header rather than from `data` (the leader's zero-copy path).
+    fn write_batches(
+        &self,
+        inner: &mut Inner,
+        data: &[u8],
+        batches: &[(usize, BatchHeader)],
+        assigned_heads: bool,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.maybe_roll(inner, data.len() as u64, now_ms)?;
         let interval = inner.config.index_interval_bytes;
-        if let Some(ts) = append_time {
-            // LogAppendTime rewrites timestamps inside the CRC: patch a copy.
-            let mut data = payload.to_vec();
-            for (pos, h) in &batches {
-                batch::patch(&mut data[*pos..*pos + h.total_size()], h.base_offset, leader_epoch, Some(ts));
-            }
-            inner.active_mut().append(&data, &batches, interval, now_ms)?;
+        if assigned_heads {
+            inner.active_mut().append_assigned(data, batches, interval, now_ms)?;
         } else {
-            inner.active_mut().append_assigned(payload, &batches, interval, now_ms)?;
+            inner.active_mut().append(data, batches, interval, now_ms)?;
         }
-        inner.epochs.assign(leader_epoch, base_offset)?;
-        for (pos, h) in &batches {
-            let marker = if h.is_control() { batch::marker_kind(&payload[*pos..*pos + h.total_size()]) } else { None };
+        for (pos, h) in batches {
+            inner.epochs.assign(h.partition_leader_epoch, h.base_offset)?;
+            let marker = if h.is_control() { batch::marker_kind(&data[*pos..*pos + h.total_size()]) } else { None };
             if let Some(aborted) = inner.producers.update(h, marker) {
-                self.record_abort(&mut inner, aborted)?;
+                self.record_abort(inner, aborted)?;
             }
         }
-        let log_start = inner.log_start;
+        Ok(())
+    }
+
+    /// After an append: a single replica's high watermark follows the log
+    /// end, and consumers waiting on it wake. A replicated log's waits for
+    /// `set_high_watermark`.
+    fn committed_by_append(&self, mut inner: RwLockWriteGuard<'_, Inner>) {
+        if !inner.hw_follows_end {
+            return;
+        }
+        inner.hw = inner.log_end();
         drop(inner);
-        self.appended.notify_waiters();
-        Ok(AppendInfo {
-            base_offset,
-            last_offset: next - 1,
-            log_append_time: append_time.unwrap_or(-1),
-            log_start_offset: log_start,
-            duplicate: false,
-        })
+        self.hw_moved.notify_waiters();
+    }
+
+    /// Raises the high watermark to `offset` (clamped to the log end; a
+    /// lower value than the current one is ignored) and wakes consumers'
+    /// long polls if it moved. Returns the high watermark.
+    pub fn set_high_watermark(&self, offset: i64) -> i64 {
+        let mut inner = self.write_inner();
+        let hw = offset.min(inner.log_end());
+        if hw <= inner.hw {
+            return inner.hw;
+        }
+        inner.hw = hw;
+        drop(inner);
+        self.hw_moved.notify_waiters();
+        hw
     }
 
     /// Notes an aborted transaction in memory and in the active segment's
@@ -699,9 +901,11 @@ impl PartitionLog {
     pub fn log_end_offset(&self) -> i64 {
         self.read_inner().log_end()
     }
-    /// Single-replica logs commit on append; replication will move this.
+    /// The high watermark: the end of what consumers may read. A single
+    /// replica's is its log end; a replicated log's is set by its replica
+    /// (`set_high_watermark`).
     pub fn high_watermark(&self) -> i64 {
-        self.log_end_offset()
+        self.read_inner().hw
     }
     /// The last stable offset: below it every transaction has ended, so
     /// read_committed consumers may read up to here.
@@ -733,13 +937,16 @@ impl PartitionLog {
         inner.epochs.end_offset_for(epoch, inner.log_end())
     }
 
-    /// Notified after every append; long polls wait on it.
-    pub fn appended(&self) -> &Notify {
-        &self.appended
+    /// Notified when the high watermark moves (for a single replica, after
+    /// every append) and when the log is deleted; long polls wait on it.
+    pub fn high_watermark_moved(&self) -> &Notify {
+        &self.hw_moved
     }
 
     /// Reads whole batches from `offset` up to `max_bytes` (at least one
-    /// batch, so a consumer can always make progress) and below `max_offset`.
+    /// batch, so a consumer can always make progress) and below `max_offset`
+    /// and the high watermark. An offset past the high watermark but not
+    /// past the log end reads nothing (no error), as in Kafka.
     pub fn read(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Result<ReadResult> {
         self.read_below(offset, max_bytes, |_| max_offset)
     }
@@ -760,10 +967,10 @@ impl PartitionLog {
             records: Bytes::new(),
             file: None,
             log_start_offset: inner.log_start,
-            high_watermark: end,
+            high_watermark: inner.hw,
             last_stable_offset: inner.last_stable_offset(),
         };
-        let limit = bound(&empty).min(end);
+        let limit = bound(&empty).min(inner.hw);
         if offset >= limit {
             return Ok(empty);
         }
@@ -821,16 +1028,16 @@ impl PartitionLog {
     }
 
     /// Advances the log start offset (DeleteRecords). `offset` may be the
-    /// high watermark at most; returns the new low watermark.
+    /// high watermark at most (-1 means it); returns the new low watermark.
     pub fn delete_records(&self, offset: i64) -> Result<i64> {
         let mut inner = self.write_inner();
         if self.is_deleted() {
             return Err(LogError::Deleted);
         }
-        let end = inner.log_end();
-        let offset = if offset == -1 { end } else { offset };
-        if offset < 0 || offset > end {
-            return Err(LogError::OffsetOutOfRange { offset, start: inner.log_start, end });
+        let hw = inner.hw;
+        let offset = if offset == -1 { hw } else { offset };
+        if offset < 0 || offset > hw {
+            return Err(LogError::OffsetOutOfRange { offset, start: inner.log_start, end: hw });
         }
         if offset > inner.log_start {
             inner.log_start = offset;
@@ -897,6 +1104,10 @@ impl PartitionLog {
             if i + 1 == n && !by_time {
                 break;
             }
+            // Nothing uncommitted goes: a replica may still need it.
+            if seg.next_offset > inner.hw {
+                break;
+            }
             expired_active = i + 1 == n;
             size -= seg.size() as i64;
             new_start = seg.next_offset;
@@ -946,6 +1157,7 @@ impl PartitionLog {
         // At the log's new end, not at `offset`: the batch holding `offset`
         // went whole, and an epoch it started went with it.
         let end = inner.log_end();
+        inner.hw = if inner.hw_follows_end { end } else { inner.hw.min(end) };
         inner.epochs.truncate_from(end)?;
         inner.recover_state(&self.dir)?;
         if inner.active().closed && inner.active().is_empty() {
@@ -968,9 +1180,9 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Makes everything up to `upto` durable. Waiters of every log share
-    /// the process-wide group commit (`durability`): one round covers all
-    /// that was written when it started.
+    /// Makes everything up to `upto` durable. Waiters of every log opened
+    /// with the same group committer (`durability`) share its rounds: one
+    /// round covers all that was written when it started.
     pub async fn sync(&self, upto: i64) -> Result<()> {
         if self.flushed.load(Ordering::Acquire) >= upto {
             return Ok(());
@@ -979,14 +1191,15 @@ impl PartitionLog {
             let inner = self.read_inner();
             (inner.active().file(), inner.log_end())
         };
-        crate::durability::sync(crate::durability::Target {
-            file,
-            dev: self.dev,
-            end,
-            flushed: self.flushed.clone(),
-            rounds: self.fsyncs.clone(),
-        })
-        .await?;
+        self.group_commit
+            .sync(crate::durability::Target {
+                file,
+                dev: self.dev,
+                end,
+                flushed: self.flushed.clone(),
+                rounds: self.fsyncs.clone(),
+            })
+            .await?;
         Ok(())
     }
 
@@ -1020,7 +1233,7 @@ impl PartitionLog {
         }
         drop(inner);
         std::fs::remove_dir_all(&self.dir)?;
-        self.appended.notify_waiters();
+        self.hw_moved.notify_waiters();
         Ok(())
     }
 

@@ -194,10 +194,11 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
     let deadline = tokio::time::Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let min_bytes = req.min_bytes.max(0) as usize;
     let outcomes = loop {
-        // Register for wake-ups before reading, so an append between the read
-        // and the wait is not missed.
+        // Register for wake-ups before reading, so a high watermark move
+        // (an append, on a single replica) between the read and the wait is
+        // not missed.
         let logs: Vec<Arc<PartitionLog>> = targets.iter().filter_map(|t| t.log.clone()).collect();
-        let mut waits: Vec<_> = logs.iter().map(|l| Box::pin(l.appended().notified())).collect();
+        let mut waits: Vec<_> = logs.iter().map(|l| Box::pin(l.high_watermark_moved().notified())).collect();
         for w in waits.iter_mut() {
             w.as_mut().enable();
         }

@@ -41,6 +41,8 @@ pub fn storage_code(e: &fjord_storage::LogError) -> ResponseError {
         RecordTooLarge { .. } => ResponseError::MessageTooLarge,
         OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         Io(_) | DataDirLocked(_) => ResponseError::KafkaStorageError,
+        // Only replication's appends meet this; never a client's request.
+        UnexpectedAppendOffset { .. } => ResponseError::KafkaStorageError,
         Deleted => ResponseError::UnknownTopicOrPartition,
         OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
