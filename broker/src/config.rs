@@ -435,7 +435,8 @@ broker_config! {
     /// required with `controller_quorum_voters`.
     cluster_listen: Option<String> = None, view: View::None, check: optional_host_port;
     /// The controller quorum, `id@host:port,...` (Kafka's
-    /// `controller.quorum.voters`), each address a voter's `cluster_listen`.
+    /// `controller.quorum.voters`), each address a voter's `cluster_listen`
+    /// (IPv6 in brackets: `1@[::1]:9192`).
     /// Unset: a single-node cluster.
     controller_quorum_voters: QuorumVoters = QuorumVoters::default(),
         view: ReadOnly("controller.quorum.voters", Kind::List);
@@ -822,7 +823,13 @@ impl BrokerConfig {
                  (the other nodes dial it)"
             ));
         }
-        if crate::server::split_host_port(&self.listen).is_some_and(|(h, p)| same_address(me, (&h, p as u16))) {
+        // The same address, or the same port with either on every address
+        // (0.0.0.0): the second bind would fail.
+        let unspecified = |h: &str| h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified());
+        let clash = |(h, p): (String, i32)| {
+            same_address(me, (&h, p as u16)) || (p as u16 == port as u16 && (unspecified(&h) || unspecified(&host)))
+        };
+        if crate::server::split_host_port(&self.listen).is_some_and(clash) {
             return bad(format!("cluster_listen {cluster_listen} must differ from listen {}", self.listen));
         }
         for v in &self.controller_quorum_voters.0 {
@@ -1273,6 +1280,9 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.contains("cluster_listen 127.0.0.1:9192 must differ from listen 127.0.0.1:9192"), "{e}");
+        let on_all = ["--listen", "0.0.0.0:9192", "--node-id", "1", "--cluster-listen", "127.0.0.1:9192"];
+        let e = config(&[&on_all[..], &["--controller-quorum-voters", VOTERS]].concat()).unwrap_err();
+        assert!(e.contains("must differ from listen 0.0.0.0:9192"), "{e}");
         // The same socket address written two ways is the same entry.
         assert!(cluster("1", "[0:0::1]:9192", "1@[::1]:9192,2@h:1").is_ok());
         assert!(cluster("1", "H:1", "1@h:1,2@h:2").is_ok(), "host names compare without case");
