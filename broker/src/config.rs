@@ -766,8 +766,9 @@ impl BrokerConfig {
             if k.kind() == Some(Kind::Int) {
                 if let Some(v) = k.value(self).filter(|v| v.parse::<i32>().is_err()) {
                     return bad(format!(
-                        "{} must be at most {} (Kafka's {} is an INT), got {v}",
+                        "{} must be {}..={} (Kafka's {} is an INT), got {v}",
                         k.name,
+                        i32::MIN,
                         i32::MAX,
                         k.kafka_name().unwrap_or(k.name)
                     ));
@@ -1307,7 +1308,7 @@ mod tests {
         }
         assert!(checked.contains(&"transactional_id_expiration_ms") && checked.len() > 10, "{checked:?}");
         let e = config(&["--transactional-id-expiration-ms", "2592000000"]).unwrap_err();
-        assert!(e.contains("transactional_id_expiration_ms must be at most 2147483647 (Kafka's transactional.id.expiration.ms is an INT), got 2592000000"), "{e}");
+        assert!(e.contains("transactional_id_expiration_ms must be -2147483648..=2147483647 (Kafka's transactional.id.expiration.ms is an INT), got 2592000000"), "{e}");
     }
 
     /// DescribeConfigs tells a static value from a default by whether the
