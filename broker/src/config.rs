@@ -73,7 +73,7 @@ impl std::str::FromStr for QuorumVoters {
 
     /// An empty string is no voters (Kafka's default); otherwise every
     /// comma-separated entry must be `id@host:port` with a distinct id and
-    /// address.
+    /// address. Spaces may surround an entry, not sit inside one.
     fn from_str(s: &str) -> Result<Self, String> {
         if s.trim().is_empty() {
             return Ok(QuorumVoters::default());
@@ -84,17 +84,17 @@ impl std::str::FromStr for QuorumVoters {
             if entry.is_empty() {
                 return Err(format!("entry {n} is empty (expected id@host:port)"));
             }
+            if entry.contains(char::is_whitespace) {
+                return Err(format!("entry {n} {entry:?} contains a space (expected id@host:port)"));
+            }
             let (id, addr) = entry.split_once('@').ok_or_else(|| format!("entry {n} {entry:?} is not id@host:port"))?;
             let id: i32 = id
-                .trim()
                 .parse()
                 .ok()
                 .filter(|id| *id >= 0)
                 .ok_or_else(|| format!("entry {n} {entry:?}: node id {id:?} is not an integer >= 0"))?;
-            let (host, port) = crate::server::split_host_port(addr)
-                .filter(|(_, port)| *port > 0)
-                .ok_or_else(|| format!("entry {n} {entry:?}: {addr:?} is not host:port (port 1-65535)"))?;
-            let voter = Voter { id, host, port: port as u16 };
+            let (host, port) = voter_address(addr).map_err(|e| format!("entry {n} {entry:?}: {e}"))?;
+            let voter = Voter { id, host, port };
             if voters.iter().any(|v| v.id == id) {
                 return Err(format!("node id {id} is listed twice"));
             }
@@ -105,6 +105,46 @@ impl std::str::FromStr for QuorumVoters {
         }
         Ok(QuorumVoters(voters))
     }
+}
+
+/// The `host:port` of a voter, an address the other nodes dial: a host
+/// name or IPv4 address, or an IPv6 address in brackets (`[::1]:9192`,
+/// which Kafka requires too: `::1:9192` would be ambiguous); a port 1-65535;
+/// not an unspecified address (0.0.0.0, [::]), which no node can dial.
+fn voter_address(addr: &str) -> Result<(String, u16), String> {
+    let not_host_port = || format!("{addr:?} is not host:port (port 1-65535)");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(not_host_port)?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(not_host_port)?;
+    let ip = if let Some(inner) = host.strip_prefix('[') {
+        let v6: std::net::Ipv6Addr = inner
+            .strip_suffix(']')
+            .and_then(|h| h.parse().ok())
+            .ok_or_else(|| format!("{addr:?}: {host} is not an IPv6 address in brackets"))?;
+        Some(std::net::IpAddr::V6(v6))
+    } else {
+        if host.is_empty() {
+            return Err(not_host_port());
+        }
+        if host.contains(':') {
+            return Err(format!("{addr:?}: an IPv6 address must be in brackets, as in [::1]:9192"));
+        }
+        if host.contains(['@', '[', ']']) {
+            return Err(format!("{addr:?}: {host:?} is not a host name or address"));
+        }
+        host.parse::<std::net::Ipv4Addr>().ok().map(std::net::IpAddr::V4)
+    };
+    if ip.is_some_and(|ip| ip.is_unspecified()) {
+        return Err(format!("{addr:?}: {host} is not an address other nodes can reach"));
+    }
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+}
+
+/// Whether two `host:port` addresses are the same: the same text (host
+/// names compared without case), or IP literals for the same socket
+/// address (`[::1]:1` and `[0:0::1]:1`).
+fn same_address(a: (&str, u16), b: (&str, u16)) -> bool {
+    let ip = |h: &str| h.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok();
+    a.1 == b.1 && (a.0.eq_ignore_ascii_case(b.0) || matches!((ip(a.0), ip(b.0)), (Some(x), Some(y)) if x == y))
 }
 
 impl fmt::Display for QuorumVoters {
@@ -235,6 +275,27 @@ impl KeyDef {
     fn parse_only(&self, s: &str) -> Result<(), String> {
         (self.set)(&mut BrokerConfig::default(), s)
     }
+
+    /// The broker config name Kafka gives this key, if it has one.
+    pub fn kafka_name(&self) -> Option<&'static str> {
+        match self.view {
+            View::ReadOnly(n, _) | View::Dynamic(n) => Some(n),
+            View::TopicDefault(n) => crate::topic_config::def(n).and_then(|d| d.broker_name),
+            View::None => None,
+        }
+    }
+
+    /// The type DescribeConfigs gives the key, if it describes it.
+    fn kind(&self) -> Option<Kind> {
+        match self.view {
+            View::ReadOnly(_, kind) => Some(kind),
+            View::TopicDefault(n) => crate::topic_config::def(n).map(|d| d.kind),
+            View::Dynamic(n) => {
+                crate::topic_config::DYNAMIC_BROKER_CONFIGS.iter().find(|d| d.name == n).map(|d| d.kind)
+            }
+            View::None => None,
+        }
+    }
 }
 
 /// `node_id` → `node-id`, at compile time (clap wants `&'static str`).
@@ -283,11 +344,16 @@ macro_rules! broker_config {
         #[serde(default, deny_unknown_fields)]
         pub struct BrokerConfig {
             $( $(#[doc = $doc])* pub $name: $ty, )*
+            /// The keys the file, a flag or a variable set, whatever their
+            /// value (DescribeConfigs tells a static value from a default by
+            /// it, as Kafka does).
+            #[serde(skip)]
+            pub explicit: BTreeSet<&'static str>,
         }
 
         impl Default for BrokerConfig {
             fn default() -> Self {
-                BrokerConfig { $( $name: $default, )* }
+                BrokerConfig { $( $name: $default, )* explicit: BTreeSet::new() }
             }
         }
 
@@ -361,14 +427,16 @@ broker_config! {
     advertised_listener: Option<String> = None,
         view: ReadOnly("advertised.listeners", Kind::List), check: optional_host_port;
     /// Directory for partition logs and metadata (`log.dirs`).
-    data_dir: PathBuf = PathBuf::from("./data"), view: ReadOnly("log.dirs", Kind::String);
+    data_dir: PathBuf = PathBuf::from("./data"), view: ReadOnly("log.dirs", Kind::String),
+        check: |v| if v.as_os_str().is_empty() { Err("must not be empty".into()) } else { Ok(()) };
     /// This node's id (`node.id`): required, and unique, in a cluster.
     node_id: i32 = 0, view: ReadOnly("node.id", Kind::Int), check: |v| at_least((*v).into(), 0);
     /// host:port for node-to-node traffic (Raft, the controller quorum);
     /// required with `controller_quorum_voters`.
     cluster_listen: Option<String> = None, view: View::None, check: optional_host_port;
     /// The controller quorum, `id@host:port,...` (Kafka's
-    /// `controller.quorum.voters`), each address a voter's `cluster_listen`.
+    /// `controller.quorum.voters`), each address a voter's `cluster_listen`
+    /// (IPv6 in brackets: `1@[::1]:9192`).
     /// Unset: a single-node cluster.
     controller_quorum_voters: QuorumVoters = QuorumVoters::default(),
         view: ReadOnly("controller.quorum.voters", Kind::List);
@@ -455,7 +523,12 @@ broker_config! {
     /// cache. Bounds RSS whatever the data volume.
     mapped_resident_max_bytes: u64 = 64 << 20, view: View::None;
     /// Prometheus metrics endpoint (host:port); off when unset.
-    metrics_listen: Option<String> = None, view: View::None;
+    metrics_listen: Option<String> = None, view: View::None,
+        // Checked here, not when it binds: by then the Kafka port is open.
+        check: |v| match v.as_deref().map(str::parse::<std::net::SocketAddr>) {
+            Some(Err(_)) => Err(format!("must be an IP address and port such as 127.0.0.1:9100, got {v:?}")),
+            _ => Ok(()),
+        };
     /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets`,
     /// fixed when the topic is first created.
     offsets_topic_num_partitions: i32 = 50,
@@ -482,12 +555,34 @@ pub fn key(name: &str) -> Option<&'static KeyDef> {
     KEYS.iter().find(|k| k.name == name)
 }
 
-/// The key Kafka calls `kafka_name`, if Fjord has one.
+/// The key Kafka calls `kafka_name` among broker configs, if Fjord has
+/// one: `log.segment.bytes`, not the topic config `segment.bytes` it is
+/// the default of.
 pub fn key_by_kafka_name(kafka_name: &str) -> Option<&'static KeyDef> {
-    KEYS.iter().find(|k| match k.view {
-        View::ReadOnly(n, _) | View::TopicDefault(n) | View::Dynamic(n) => n == kafka_name,
-        View::None => false,
-    })
+    KEYS.iter().find(|k| k.kafka_name() == Some(kafka_name))
+}
+
+/// `FJORD_*` variables that are not keys: read by the test harness and
+/// the failpoints, never a typo.
+pub const RESERVED_VARIABLES: &[&str] = &["FJORD_BIN", "FJORD_FAILPOINT", "FJORD_CACHE_DIR", "FJORD_LIBRDKAFKA_DIR"];
+
+/// The `FJORD_*` names among `names` that are neither a key's variable
+/// nor reserved: most likely a misspelt key, which would be silently
+/// ignored.
+pub fn unknown_variables(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    names
+        .into_iter()
+        .filter(|n| {
+            n.starts_with("FJORD_") && !RESERVED_VARIABLES.contains(&n.as_str()) && !KEYS.iter().any(|k| k.env == n)
+        })
+        .collect()
+}
+
+/// Where a key's value on the command line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Flag,
+    Variable,
 }
 
 /// The command line of `fjord`: `--config` and, for every key, its flag
@@ -498,7 +593,18 @@ pub struct Args {
     pub config: Option<PathBuf>,
     /// Keys given on the command line or in the environment, with their
     /// values, already checked to parse.
-    values: Vec<(&'static KeyDef, String)>,
+    values: Vec<(&'static KeyDef, String, Origin)>,
+}
+
+/// Why the command line was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgsError {
+    /// A bad flag, or `--help`/`--version` (clap prints and exits on them).
+    #[error("{0}")]
+    Flag(#[from] clap::Error),
+    /// A variable that does not parse: named, since no flag was given.
+    #[error("invalid value {value:?} for {variable}: {why}")]
+    Variable { variable: &'static str, value: String, why: String },
 }
 
 impl Args {
@@ -508,7 +614,10 @@ impl Args {
             .version(env!("CARGO_PKG_VERSION"))
             .about("Fjord: a Kafka-compatible streaming broker")
             .next_line_help(true)
-            .after_help("Every flag overrides the same key of the config file; FJORD_<KEY> variables sit between them.")
+            .after_help(
+                "Every flag overrides the same key of the config file; FJORD_<KEY> variables sit between them \
+                 (an empty variable counts as unset).",
+            )
             .arg(
                 clap::Arg::new("config")
                     .long("config")
@@ -523,45 +632,79 @@ impl Args {
                 Some(v) => format!(" [default: {v}]"),
                 None => String::new(),
             };
+            // The variables are read by `from_matches`, not clap: clap would
+            // take an empty one as an empty value, and name the flag in the
+            // error of a bad one.
             cmd = cmd.arg(
                 clap::Arg::new(k.name)
                     .long(k.flag)
-                    .env(k.env)
                     .value_name(&k.env["FJORD_".len()..])
                     .allow_negative_numbers(true)
-                    .help(format!("{}{default}", k.doc_line()))
+                    .help(format!("{} [env: {}]{default}", k.doc_line(), k.env))
                     .value_parser(move |s: &str| k.parse_only(s).map(|()| s.to_string())),
             );
         }
         cmd
     }
 
-    fn from_matches(mut m: clap::ArgMatches) -> Args {
+    /// The flags of `m`, then the variables `env` gives for keys without a
+    /// flag (empty ones are unset, as docker-compose's `${X:-}` leaves them).
+    fn from_matches(mut m: clap::ArgMatches, env: impl Fn(&str) -> Option<OsString>) -> Result<Args, ArgsError> {
         let config = m.remove_one::<PathBuf>("config");
-        let values = KEYS.iter().filter_map(|k| m.remove_one::<String>(k.name).map(|v| (k, v))).collect();
-        Args { config, values }
+        let mut values = Vec::new();
+        for k in KEYS {
+            if let Some(v) = m.remove_one::<String>(k.name) {
+                values.push((k, v, Origin::Flag));
+                continue;
+            }
+            let Some(raw) = env(k.env).filter(|v| !v.is_empty()) else { continue };
+            let bad = |value: String, why: String| ArgsError::Variable { variable: k.env, value, why };
+            let v = raw.into_string().map_err(|raw| bad(raw.to_string_lossy().into(), "not UTF-8".into()))?;
+            k.parse_only(&v).map_err(|why| bad(v.clone(), why))?;
+            values.push((k, v, Origin::Variable));
+        }
+        Ok(Args { config, values })
     }
 
-    /// The process's arguments; a bad one exits with clap's message.
+    /// The process's arguments and `FJORD_*` variables; a bad one exits
+    /// with a message naming it.
     pub fn parse() -> Args {
-        Self::from_matches(Self::command().get_matches())
+        match Self::from_matches(Self::command().get_matches(), |name| std::env::var_os(name)) {
+            Ok(args) => args,
+            Err(e) => {
+                eprintln!("fjord: {e}");
+                std::process::exit(2);
+            }
+        }
     }
 
-    pub fn try_parse_from<I, T>(args: I) -> Result<Args, clap::Error>
+    /// The given arguments with the variables `env` gives.
+    pub fn try_parse_with_env<I, T>(args: I, env: impl Fn(&str) -> Option<OsString>) -> Result<Args, ArgsError>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        Self::command().try_get_matches_from(args).map(Self::from_matches)
+        Self::from_matches(Self::command().try_get_matches_from(args)?, env)
     }
 
-    /// As `parse`, from the given arguments.
+    /// The given arguments alone: the process's environment is not read
+    /// (a developer's FJORD_* variables stay out of tests).
+    pub fn try_parse_from<I, T>(args: I) -> Result<Args, ArgsError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        Self::try_parse_with_env(args, |_| None)
+    }
+
+    /// As `try_parse_from`; a bad argument panics.
+    #[cfg(test)]
     pub fn parse_from<I, T>(args: I) -> Args
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        Self::from_matches(Self::command().get_matches_from(args))
+        Self::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
@@ -594,11 +737,15 @@ impl BrokerConfig {
             Some(p) => BrokerConfig::read_file(p)?,
             None => (BrokerConfig::default(), BTreeSet::new()),
         };
-        for (k, v) in &args.values {
+        for (k, v, origin) in &args.values {
+            // A value from a variable names it: nothing on the command line does.
+            let from = if *origin == Origin::Variable { format!("{}: ", k.env) } else { String::new() };
             // Checked when the arguments were parsed; still, no panic.
-            (k.set)(&mut c, v).map_err(|e| ConfigError::Invalid(format!("{}: {e}", k.name)))?;
+            (k.set)(&mut c, v).map_err(|e| ConfigError::Invalid(format!("{from}{}: {e}", k.name)))?;
+            (k.check)(&c).map_err(|e| ConfigError::Invalid(format!("{from}{} {e}", k.name)))?;
             given.insert(k.name.to_string());
         }
+        c.explicit = KEYS.iter().filter(|k| given.contains(k.name)).map(|k| k.name).collect();
         // Two nodes left on the default id would be taken for one.
         if !c.controller_quorum_voters.is_empty() && !given.contains("node_id") {
             return Err(ConfigError::Invalid(
@@ -614,6 +761,18 @@ impl BrokerConfig {
         for k in KEYS {
             if let Err(e) = (k.check)(self) {
                 return bad(format!("{} {e}", k.name));
+            }
+            // Described as an INT, so it must be one (Kafka's type).
+            if k.kind() == Some(Kind::Int) {
+                if let Some(v) = k.value(self).filter(|v| v.parse::<i32>().is_err()) {
+                    return bad(format!(
+                        "{} must be {}..={} (Kafka's {} is an INT), got {v}",
+                        k.name,
+                        i32::MIN,
+                        i32::MAX,
+                        k.kafka_name().unwrap_or(k.name)
+                    ));
+                }
             }
         }
         if self.queued_max_request_bytes != -1 && self.queued_max_request_bytes < self.max_request_bytes as i64 {
@@ -642,6 +801,54 @@ impl BrokerConfig {
                  node-to-node traffic)",
                 self.node_id
             ));
+        }
+        if let Some(cluster_listen) =
+            self.cluster_listen.as_deref().filter(|_| !self.controller_quorum_voters.is_empty())
+        {
+            self.validate_cluster_listen(cluster_listen)?;
+        }
+        Ok(())
+    }
+
+    /// With a quorum, `cluster_listen` is the address the other voters
+    /// dial: a fixed port, not the Kafka listener's, this node's own entry
+    /// in the voters and no other node's.
+    fn validate_cluster_listen(&self, cluster_listen: &str) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        // Checked by the key's own check before.
+        let Some((host, port)) = crate::server::split_host_port(cluster_listen) else { return Ok(()) };
+        let me = (host.as_str(), port as u16);
+        if port == 0 {
+            return bad(format!(
+                "cluster_listen {cluster_listen} must have a fixed port when controller_quorum_voters is set \
+                 (the other nodes dial it)"
+            ));
+        }
+        // The same address, or the same port with either on every address
+        // (0.0.0.0): the second bind would fail.
+        let unspecified = |h: &str| h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified());
+        let clash = |(h, p): (String, i32)| {
+            same_address(me, (&h, p as u16)) || (p as u16 == port as u16 && (unspecified(&h) || unspecified(&host)))
+        };
+        if crate::server::split_host_port(&self.listen).is_some_and(clash) {
+            return bad(format!("cluster_listen {cluster_listen} must differ from listen {}", self.listen));
+        }
+        for v in &self.controller_quorum_voters.0 {
+            let same = same_address(me, (&v.host, v.port));
+            if v.id == self.node_id && !same {
+                return bad(format!(
+                    "cluster_listen {cluster_listen} is not node {}'s address in controller_quorum_voters ({})",
+                    v.id,
+                    QuorumVoters(vec![v.clone()])
+                ));
+            }
+            if v.id != self.node_id && same {
+                return bad(format!(
+                    "cluster_listen {cluster_listen} is voter {}'s address in controller_quorum_voters, \
+                     not node {}'s",
+                    v.id, self.node_id
+                ));
+            }
         }
         Ok(())
     }
@@ -795,12 +1002,26 @@ mod tests {
                 View::ReadOnly(n, _) => {
                     assert!(matches!(broker_key(n), BrokerKey::ReadOnly), "{n} is read-only");
                     assert!(!READ_ONLY_BROKER_CONFIGS.contains(&n), "{n} is listed twice");
+                    // Nor may a writable list name it: it would be both.
+                    assert!(!DYNAMIC_BROKER_CONFIGS.iter().any(|d| d.name == n), "{n} is also dynamic");
+                    let topic_default = crate::topic_config::TOPIC_CONFIGS.iter().find(|d| d.broker_name == Some(n));
+                    assert!(topic_default.is_none(), "{n} is also a topic default");
                 }
             }
-            let (View::ReadOnly(n, _) | View::TopicDefault(n) | View::Dynamic(n)) = k.view else { continue };
+            let n = k.kafka_name().unwrap_or_else(|| panic!("{} has no Kafka name", k.name));
             assert!(seen.insert(n), "{n} stands for two keys");
             assert_eq!(key_by_kafka_name(n).map(|k| k.name), Some(k.name));
         }
+    }
+
+    /// Topic defaults are found by their broker config name, which is the
+    /// name a broker resource is described and altered under.
+    #[test]
+    fn keys_are_found_by_their_broker_config_name() {
+        assert_eq!(key_by_kafka_name("log.segment.bytes").map(|k| k.name), Some("log_segment_bytes"));
+        assert_eq!(key_by_kafka_name("log.retention.ms").map(|k| k.name), Some("log_retention_ms"));
+        assert!(key_by_kafka_name("segment.bytes").is_none(), "a topic config name is not a broker config name");
+        assert_eq!(key_by_kafka_name("num.partitions").map(|k| k.name), Some("num_partitions"));
     }
 
     fn voters(s: &str) -> Result<QuorumVoters, String> {
@@ -817,6 +1038,9 @@ mod tests {
         assert_eq!(v.get(2).map(|v| v.port), Some(9193));
         assert!(v.get(4).is_none());
         assert!(voters("").unwrap().is_empty(), "Kafka's default: no voters");
+        // Spaces around entries are trimmed.
+        let v = voters(" 1@h:1 ,\t2@[fe80::1]:2 ").unwrap();
+        assert_eq!((v.0[0].host.as_str(), v.0[1].host.as_str(), v.0[1].port), ("h", "fe80::1", 2));
         assert_eq!(voters("0@h:1").unwrap().0[0].id, 0);
     }
 
@@ -837,6 +1061,18 @@ mod tests {
             ("1@a:port", "is not host:port"),
             ("1@a:1,1@b:2", "node id 1 is listed twice"),
             ("1@a:1,2@a:1", "address a:1 is listed twice"),
+            ("1@::1", "an IPv6 address must be in brackets"),
+            ("1@fe80::1", "an IPv6 address must be in brackets"),
+            ("1@::1:9192", "an IPv6 address must be in brackets"),
+            ("1@[h]:1", "[h] is not an IPv6 address in brackets"),
+            ("1@[::1:1", "is not an IPv6 address in brackets"),
+            ("1 @ h:1", "entry 1 \"1 @ h:1\" contains a space"),
+            ("1@ h:1", "contains a space"),
+            ("1@h h:1", "contains a space"),
+            ("1@@h:1", "\"@h\" is not a host name or address"),
+            ("1@0.0.0.0:9192", "0.0.0.0 is not an address other nodes can reach"),
+            ("1@[::]:9192", "[::] is not an address other nodes can reach"),
+            ("1@h:0", "is not host:port (port 1-65535)"),
         ] {
             let e = voters(input).expect_err(input);
             assert!(e.contains(says), "{input:?}: {e:?} does not say {says:?}");
@@ -939,5 +1175,163 @@ mod tests {
         std::fs::write(&p, "controller_quorum_voters = \"1@h:1,x@h:2\"\n").unwrap();
         let e = config(&["--config", p.to_str().unwrap()]).unwrap_err();
         assert!(e.contains("invalid config file") && e.contains("node id \"x\""), "{e}");
+    }
+
+    fn env_config(args: &[&str], vars: &[(&str, &str)]) -> Result<BrokerConfig, String> {
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| OsString::from(v));
+        let args = Args::try_parse_with_env(std::iter::once("fjord").chain(args.iter().copied()), env)
+            .map_err(|e| e.to_string())?;
+        BrokerConfig::from_args(args).map_err(|e| e.to_string())
+    }
+
+    /// docker-compose's `FJORD_X: ${X:-}` passes an empty variable for an
+    /// unset one: it leaves the key at its default.
+    #[test]
+    fn an_empty_variable_is_unset() {
+        let empty: Vec<(&str, &str)> = KEYS.iter().map(|k| (k.env, "")).collect();
+        let c = env_config(&[], &empty).unwrap();
+        assert_eq!(c.data_dir, Path::new("./data"));
+        assert_eq!((c.node_id, c.advertised_listener.as_deref(), c.broker_rack.as_deref()), (0, None, None));
+        assert_eq!(c.metrics_listen, None);
+        assert!(c.explicit.is_empty(), "{:?}", c.explicit);
+        // A variable with a value applies, and counts as given.
+        let c = env_config(&[], &[("FJORD_NODE_ID", "4"), ("FJORD_BROKER_RACK", "r")]).unwrap();
+        assert_eq!((c.node_id, c.broker_rack.as_deref()), (4, Some("r")));
+        assert!(c.explicit.contains("node_id") && c.explicit.contains("broker_rack"));
+    }
+
+    #[test]
+    fn a_bad_variable_is_named() {
+        let e = env_config(&[], &[("FJORD_NODE_ID", "x")]).unwrap_err();
+        assert!(e.starts_with("invalid value \"x\" for FJORD_NODE_ID: "), "{e}");
+        assert!(!e.contains("--node-id"), "{e}");
+        let e = env_config(&[], &[("FJORD_NODE_ID", "-1")]).unwrap_err();
+        assert_eq!(e, "invalid config: FJORD_NODE_ID: node_id must be >= 0, got -1");
+        let e = env_config(&[], &[("FJORD_METRICS_LISTEN", "nowhere")]).unwrap_err();
+        assert!(e.contains("FJORD_METRICS_LISTEN: metrics_listen must be an IP address and port"), "{e}");
+        // The flag wins, and a flag's error names the key as before.
+        assert_eq!(env_config(&["--node-id", "2"], &[("FJORD_NODE_ID", "x")]).unwrap().node_id, 2);
+    }
+
+    #[test]
+    fn data_dir_and_metrics_listen_are_checked_before_start() {
+        let e = config(&["--data-dir", ""]).unwrap_err();
+        assert_eq!(e, "invalid config: data_dir must not be empty");
+        for bad in ["nowhere", "localhost", "127.0.0.1", "127.0.0.1:x", ""] {
+            let e = config(&["--metrics-listen", bad]).unwrap_err();
+            assert!(e.contains("metrics_listen must be an IP address and port"), "{bad:?}: {e}");
+        }
+        assert_eq!(config(&["--metrics-listen", "[::1]:0"]).unwrap().metrics_listen.as_deref(), Some("[::1]:0"));
+    }
+
+    /// Unit tests build their configs from their arguments alone: a
+    /// developer's FJORD_* variables (here FJORD_NUM_PARTITIONS, and a
+    /// failpoint that aborts the process where a transaction writes its
+    /// markers) change nothing. Runs itself, and a transaction test, in a
+    /// child process with those variables set.
+    #[test]
+    fn unit_tests_ignore_the_shell_environment() {
+        const MARK: &str = "FJORD_TEST_CHILD";
+        if std::env::var_os(MARK).is_some() {
+            assert_eq!(config(&[]).unwrap().num_partitions, 1);
+            return;
+        }
+        let me = "config::tests::unit_tests_ignore_the_shell_environment";
+        let txn = "coordinator::txn::tests::commit_writes_markers_and_a_retry_of_the_same_end_succeeds";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", me, txn, "--test-threads", "1"])
+            .env(MARK, "1")
+            .env("FJORD_NUM_PARTITIONS", "7")
+            .env("FJORD_FAILPOINT", "txn-after-first-marker")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("2 passed"), "both tests ran:\n{stdout}");
+    }
+
+    /// With a quorum, cluster_listen is this node's entry in the voters
+    /// and no other's, with a fixed port, apart from the Kafka listener.
+    #[test]
+    fn cluster_listen_agrees_with_the_voters() {
+        let cluster = |id: &str, listen: &str, voters: &str| {
+            config(&["--node-id", id, "--cluster-listen", listen, "--controller-quorum-voters", voters])
+        };
+        let e = cluster("1", "127.0.0.1:9193", VOTERS).unwrap_err();
+        assert!(
+            e.contains(
+                "cluster_listen 127.0.0.1:9193 is not node 1's address in controller_quorum_voters (1@127.0.0.1:9192)"
+            ),
+            "{e}"
+        );
+        let e = cluster("7", "127.0.0.1:9192", VOTERS).unwrap_err();
+        assert!(e.contains("cluster_listen 127.0.0.1:9192 is voter 1's address"), "{e}");
+        let e = cluster("7", "127.0.0.1:0", VOTERS).unwrap_err();
+        assert!(e.contains("cluster_listen 127.0.0.1:0 must have a fixed port"), "{e}");
+        let e = config(&[
+            "--listen",
+            "127.0.0.1:9192",
+            "--node-id",
+            "1",
+            "--cluster-listen",
+            "127.0.0.1:9192",
+            "--controller-quorum-voters",
+            VOTERS,
+        ])
+        .unwrap_err();
+        assert!(e.contains("cluster_listen 127.0.0.1:9192 must differ from listen 127.0.0.1:9192"), "{e}");
+        let on_all = ["--listen", "0.0.0.0:9192", "--node-id", "1", "--cluster-listen", "127.0.0.1:9192"];
+        let e = config(&[&on_all[..], &["--controller-quorum-voters", VOTERS]].concat()).unwrap_err();
+        assert!(e.contains("must differ from listen 0.0.0.0:9192"), "{e}");
+        // The same socket address written two ways is the same entry.
+        assert!(cluster("1", "[0:0::1]:9192", "1@[::1]:9192,2@h:1").is_ok());
+        assert!(cluster("1", "H:1", "1@h:1,2@h:2").is_ok(), "host names compare without case");
+        assert!(cluster("2", "[::1]:9192", "1@[0::1]:9192,2@h:1").unwrap_err().contains("is voter 1's address"));
+        // Without voters, port 0 is fine (nothing dials it yet).
+        assert!(config(&["--cluster-listen", "127.0.0.1:0"]).is_ok());
+    }
+
+    /// A key DescribeConfigs calls an INT holds one: a larger value is
+    /// refused at start, not described as an INT it is not.
+    #[test]
+    fn int_keys_are_range_checked() {
+        let mut checked = Vec::new();
+        for k in KEYS.iter().filter(|k| k.kind() == Some(Kind::Int)) {
+            for v in ["2147483648", "-2147483649"] {
+                assert!(config(&[&format!("--{}", k.flag), v]).is_err(), "--{} {v} was accepted", k.flag);
+            }
+            if let Err(e) = config(&[&format!("--{}", k.flag), "2147483647"]) {
+                assert!(!e.contains("INT"), "--{} 2147483647: {e}", k.flag);
+            }
+            checked.push(k.name);
+        }
+        assert!(checked.contains(&"transactional_id_expiration_ms") && checked.len() > 10, "{checked:?}");
+        let e = config(&["--transactional-id-expiration-ms", "2592000000"]).unwrap_err();
+        assert!(e.contains("transactional_id_expiration_ms must be -2147483648..=2147483647 (Kafka's transactional.id.expiration.ms is an INT), got 2592000000"), "{e}");
+    }
+
+    /// DescribeConfigs tells a static value from a default by whether the
+    /// key was given, not by its value.
+    #[test]
+    fn the_keys_given_are_kept() {
+        let c = config(&["--num-partitions", "1"]).unwrap();
+        assert_eq!(c.explicit, BTreeSet::from(["num_partitions"]));
+        assert!(config(&[]).unwrap().explicit.is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fjord.toml");
+        std::fs::write(&p, "fsync = \"acks-all\"\n").unwrap();
+        let c = env_config(&["--config", p.to_str().unwrap()], &[("FJORD_NODE_ID", "0")]).unwrap();
+        assert_eq!(c.explicit, BTreeSet::from(["fsync", "node_id"]));
+    }
+
+    #[test]
+    fn unknown_variables_are_found_and_reserved_ones_are_not_keys() {
+        for name in RESERVED_VARIABLES {
+            assert!(!KEYS.iter().any(|k| k.env == *name), "{name} is reserved and a key's variable");
+            assert!(name.starts_with("FJORD_"));
+        }
+        let names = ["FJORD_NUM_PARTITONS", "FJORD_NUM_PARTITIONS", "FJORD_FAILPOINT", "PATH", "FJORD_BIN"];
+        assert_eq!(unknown_variables(names.map(String::from)), vec!["FJORD_NUM_PARTITONS".to_string()]);
     }
 }

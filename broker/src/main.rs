@@ -13,6 +13,11 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // A misspelt variable would otherwise be ignored without a word.
+    let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+    for name in fjord_broker::config::unknown_variables(names) {
+        tracing::warn!(variable = %name, "FJORD_ variable is not a config key (see fjord --help); ignored");
+    }
     let config = match BrokerConfig::from_args(args) {
         Ok(c) => c,
         Err(e) => {

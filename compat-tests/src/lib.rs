@@ -37,6 +37,20 @@ pub fn broker_bin() -> PathBuf {
     bin
 }
 
+/// A command running the broker binary without the FJORD_* variables of
+/// the shell that runs the tests (a developer's `FJORD_FSYNC=never` would
+/// otherwise apply to every test broker): each key's variable, from the
+/// broker's config table, and the reserved ones such as FJORD_FAILPOINT.
+/// A test sets the ones it means with `env`.
+pub fn broker_command() -> Command {
+    let mut cmd = Command::new(broker_bin());
+    let keys = fjord_broker::config::KEYS.iter().map(|k| k.env);
+    for name in keys.chain(fjord_broker::config::RESERVED_VARIABLES.iter().copied()) {
+        cmd.env_remove(name);
+    }
+    cmd
+}
+
 /// Python of the project's venv (made by scripts/setup-test-deps.sh).
 pub fn python() -> PathBuf {
     let p = repo_root().join(".venv/bin/python");
@@ -120,7 +134,7 @@ impl BrokerProcess {
         let delay_flag = "--group-initial-rebalance-delay-ms";
         let default_delay: &[&str] =
             if self.extra.iter().any(|a| a.starts_with(delay_flag)) { &[] } else { &[delay_flag, "100"] };
-        let mut child = Command::new(broker_bin())
+        let mut child = broker_command()
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--data-dir")

@@ -3,19 +3,23 @@
 //! and a bad value stops the broker at start with one line naming the key.
 //! The cluster keys (node id, rack, voters) as clients see them.
 
-use std::process::Command;
 use std::time::Duration;
 
 use fjord_compat_tests::wire::{s, set_config, topic_metadata};
-use fjord_compat_tests::{broker_bin, run_to_exit, BrokerProcess, RawConn};
+use fjord_compat_tests::{broker_command, run_to_exit, BrokerProcess, RawConn};
 use kafka_protocol::messages::*;
 
 /// Runs `fjord` with these arguments, expecting it to stop on its own;
 /// returns whether it succeeded and its stdout and stderr.
 fn fjord_exits(args: &[&str]) -> (bool, String, String) {
+    fjord_exits_with_env(args, &[])
+}
+
+fn fjord_exits_with_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut cmd = Command::new(broker_bin());
+    let mut cmd = broker_command();
     cmd.arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(dir.path()).args(args);
+    cmd.envs(env.iter().copied());
     let (status, out) = run_to_exit(&mut cmd, Duration::from_secs(20));
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let status = status.unwrap_or_else(|| panic!("fjord {args:?} kept running:\n{stderr}"));
@@ -26,8 +30,15 @@ fn fjord_exits(args: &[&str]) -> (bool, String, String) {
 /// Asserts `fjord` refuses to start with these arguments, saying `says`
 /// in one line.
 fn refused(args: &[&str], says: &str) {
-    let (ok, _, stderr) = fjord_exits(args);
-    assert!(!ok, "fjord {args:?} should not start");
+    refused_with_env(args, &[], says)
+}
+
+/// As `refused`, with these variables set; nothing binds first (the
+/// broker never says it listens).
+fn refused_with_env(args: &[&str], env: &[(&str, &str)], says: &str) {
+    let (ok, stdout, stderr) = fjord_exits_with_env(args, env);
+    assert!(!ok, "fjord {args:?} {env:?} should not start");
+    assert!(!stdout.contains("listening"), "fjord {args:?} {env:?} started serving first:\n{stdout}");
     let line = stderr.lines().find(|l| l.contains(says));
     assert!(line.is_some(), "fjord {args:?}: no line says {says:?}:\n{stderr}");
 }
@@ -95,6 +106,11 @@ fn bad_cluster_keys_stop_the_broker_naming_the_key() {
     refused(&["--min-insync-replicas", "0"], "min_insync_replicas must be >= 1, got 0");
     refused(&["--default-replication-factor", "0"], "default_replication_factor must be 1..=32767");
     refused(&["--broker-rack", ""], "broker_rack must not be empty");
+    refused(&["--transactional-id-expiration-ms", "2592000000"], "(Kafka's transactional.id.expiration.ms is an INT)");
+    refused(&with(&["--node-id", "1", "--controller-quorum-voters", "1@::1"]), "must be in brackets");
+    refused(&with(&["--node-id", "1", "--controller-quorum-voters", "1@0.0.0.0:9192"]), "not an address other nodes");
+    refused(&with(&["--node-id", "1", "--controller-quorum-voters", "1@127.0.0.1:9193"]), "is not node 1's address");
+    refused(&with(&["--node-id", "2", "--controller-quorum-voters", voters]), "is voter 1's address");
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("fjord.toml");
     std::fs::write(&file, "node_id = 1\ncluster_listen = \"h:1\"\ncontroller_quorum_voters = \"1@h:1,2@h\"\n")
@@ -186,4 +202,192 @@ fn quorum_voters_are_described() {
     assert_eq!(described(&configs, "controller.quorum.voters"), (Some(voters.clone()), true));
     assert_eq!(described(&configs, "default.replication.factor"), (Some("3".into()), true), "min(3, voters)");
     assert_eq!(described(&configs, "min.insync.replicas"), (Some("2".into()), false));
+}
+
+/// An empty FJORD_* variable is unset (docker-compose's `${X:-}`); a bad
+/// one stops the broker naming the variable, before anything binds.
+#[test]
+fn empty_variables_are_unset_and_bad_ones_are_named() {
+    let empty = [
+        ("FJORD_NODE_ID", ""),
+        ("FJORD_ADVERTISED_LISTENER", ""),
+        ("FJORD_BROKER_RACK", ""),
+        ("FJORD_METRICS_LISTEN", ""),
+        ("FJORD_NUM_PARTITIONS", ""),
+    ];
+    let broker = BrokerProcess::start_with_env(&[], &empty);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    let md: MetadataResponse = conn.call(ApiKey::Metadata, 12, &MetadataRequest::default());
+    let b = &md.brokers[0];
+    assert_eq!((b.node_id.0, b.port, b.rack.is_none()), (0, i32::from(broker.port), true));
+    assert_eq!(partitions_of_a_new_topic(&broker), 1);
+    // The data dir too (BrokerProcess always gives --data-dir): an empty
+    // FJORD_DATA_DIR leaves the default, ./data.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = broker_command()
+        .current_dir(dir.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .env("FJORD_DATA_DIR", "")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start fjord");
+    let mut line = String::new();
+    let read = child.stdout.take().map(|out| std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(matches!(read, Some(Ok(_))) && line.starts_with("fjord listening on"), "did not start: {line:?}");
+    assert!(dir.path().join("data").join("metadata.json").exists(), "the data dir is ./data");
+    let mut cmd = broker_command();
+    cmd.current_dir(dir.path()).args(["--listen", "127.0.0.1:0", "--data-dir", ""]);
+    let (status, out) = run_to_exit(&mut cmd, Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(status.is_some_and(|s| !s.success()), "--data-dir '' started:\n{stderr}");
+    assert!(stderr.contains("data_dir must not be empty"), "{stderr}");
+
+    refused_with_env(&[], &[("FJORD_NODE_ID", "x")], "invalid value \"x\" for FJORD_NODE_ID");
+    refused_with_env(&[], &[("FJORD_NODE_ID", "-1")], "FJORD_NODE_ID: node_id must be >= 0, got -1");
+    refused_with_env(&[], &[("FJORD_METRICS_LISTEN", "nowhere")], "metrics_listen must be an IP address and port");
+    refused(&["--metrics-listen", "localhost"], "metrics_listen must be an IP address and port");
+}
+
+/// Test brokers do not inherit the shell's FJORD_* variables: every key's
+/// variable, as the broker's config table names it, is removed.
+#[test]
+fn test_brokers_do_not_inherit_fjord_variables() {
+    let cmd = broker_command();
+    let removed: Vec<String> =
+        cmd.get_envs().filter(|(_, v)| v.is_none()).map(|(k, _)| k.to_string_lossy().into_owned()).collect();
+    for k in fjord_broker::config::KEYS {
+        assert!(removed.iter().any(|r| r == k.env), "{} is inherited", k.env);
+    }
+    assert!(removed.iter().any(|r| r == "FJORD_FAILPOINT"), "a stray failpoint is inherited");
+}
+
+/// A variable that is no key's (a typo) is named in a warning at start.
+#[test]
+fn unknown_variables_are_warned_about() {
+    let broker = BrokerProcess::start_with_env(&[], &[("FJORD_NUM_PARTITONS", "3")]);
+    let log = std::fs::read_to_string(broker.log_path()).expect("broker log");
+    let line = log.lines().find(|l| l.contains("FJORD_NUM_PARTITONS"));
+    assert!(line.is_some_and(|l| l.contains("WARN") && l.contains("not a config key")), "{log}");
+    assert_eq!(partitions_of_a_new_topic(&broker), 1, "and it is ignored");
+    assert!(!log.contains("FJORD_NUM_PARTITIONS"), "a key's variable is not warned about:\n{log}");
+}
+
+/// Every broker config with its source.
+fn broker_sources(conn: &mut RawConn, node: &str) -> Vec<(String, Option<String>, i8)> {
+    let mut req = DescribeConfigsRequest::default();
+    let mut r = describe_configs_request::DescribeConfigsResource::default();
+    r.resource_type = 4;
+    r.resource_name = s(node);
+    req.resources = vec![r];
+    let resp: DescribeConfigsResponse = conn.call(ApiKey::DescribeConfigs, 4, &req);
+    assert_eq!(resp.results[0].error_code, 0, "{:?}", resp.results[0].error_message);
+    resp.results[0]
+        .configs
+        .iter()
+        .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string()), c.config_source))
+        .collect()
+}
+
+fn source_of(configs: &[(String, Option<String>, i8)], name: &str) -> (Option<String>, i8) {
+    let c = configs.iter().find(|c| c.0 == name).unwrap_or_else(|| panic!("{name} not described"));
+    (c.1.clone(), c.2)
+}
+
+const STATIC_BROKER_CONFIG: i8 = 4;
+const DEFAULT_CONFIG: i8 = 5;
+
+/// A key given explicitly is STATIC_BROKER_CONFIG even at its default
+/// value; one not given is DEFAULT_CONFIG; node.id is always static (Kafka
+/// has no default for it).
+#[test]
+fn config_source_follows_what_was_given() {
+    let given = BrokerProcess::start(&["--num-partitions", "1", "--log-retention-ms", "604800000"]);
+    let mut conn = RawConn::connect(&given.bootstrap());
+    let configs = broker_sources(&mut conn, "0");
+    assert_eq!(source_of(&configs, "num.partitions"), (Some("1".into()), STATIC_BROKER_CONFIG));
+    assert_eq!(source_of(&configs, "log.retention.ms"), (Some("604800000".into()), STATIC_BROKER_CONFIG));
+    assert_eq!(source_of(&configs, "node.id"), (Some("0".into()), STATIC_BROKER_CONFIG));
+
+    let plain = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&plain.bootstrap());
+    let configs = broker_sources(&mut conn, "0");
+    assert_eq!(source_of(&configs, "num.partitions"), (Some("1".into()), DEFAULT_CONFIG));
+    assert_eq!(source_of(&configs, "log.retention.ms"), (Some("604800000".into()), DEFAULT_CONFIG));
+    assert_eq!(source_of(&configs, "node.id"), (Some("0".into()), STATIC_BROKER_CONFIG));
+    assert_eq!(source_of(&configs, "default.replication.factor"), (Some("1".into()), DEFAULT_CONFIG));
+    // The test harness gives this one.
+    assert_eq!(source_of(&configs, "group.initial.rebalance.delay.ms"), (Some("100".into()), STATIC_BROKER_CONFIG));
+}
+
+/// CreateTopics with replication factor -1 uses default.replication.factor,
+/// refused as in Kafka when there are not that many brokers.
+#[test]
+fn default_replication_factor_applies_to_create_topics() {
+    let two = BrokerProcess::start(&["--default-replication-factor", "2"]);
+    let mut conn = RawConn::connect(&two.bootstrap());
+    let resp = fjord_compat_tests::wire::create_topic(&mut conn, "rf-default", 1, &[]);
+    let t = &resp.topics[0];
+    assert_eq!(t.error_code, 38, "INVALID_REPLICATION_FACTOR: {:?}", t.error_message);
+    let msg = t.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default();
+    assert!(msg.contains("replication factor of 2 cannot be reached because only 1 broker(s)"), "{msg}");
+    let configs = broker_sources(&mut conn, "0");
+    assert_eq!(source_of(&configs, "default.replication.factor"), (Some("2".into()), STATIC_BROKER_CONFIG));
+    // An explicit factor of 1 is still fine.
+    let mut req = CreateTopicsRequest::default();
+    let mut topic = create_topics_request::CreatableTopic::default();
+    topic.name = TopicName(s("rf-one"));
+    topic.num_partitions = 1;
+    topic.replication_factor = 1;
+    req.topics = vec![topic];
+    req.timeout_ms = 5000;
+    let resp: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 7, &req);
+    assert_eq!(resp.topics[0].error_code, 0, "{:?}", resp.topics[0].error_message);
+
+    let plain = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&plain.bootstrap());
+    let resp = fjord_compat_tests::wire::create_topic(&mut conn, "rf-default", 1, &[]);
+    let t = &resp.topics[0];
+    assert_eq!((t.error_code, t.replication_factor), (0, 1), "{:?}", t.error_message);
+    assert_eq!(topic_metadata(&mut conn, "rf-default", false).partitions[0].replica_nodes.len(), 1);
+}
+
+/// IncrementalAlterConfigs of one broker config: (name, operation, value).
+fn alter_broker(conn: &mut RawConn, node: &str, name: &str, op: i8) -> i16 {
+    let mut req = IncrementalAlterConfigsRequest::default();
+    let mut res = incremental_alter_configs_request::AlterConfigsResource::default();
+    res.resource_type = 4;
+    res.resource_name = s(node);
+    let mut c = incremental_alter_configs_request::AlterableConfig::default();
+    c.name = s(name);
+    c.config_operation = op;
+    c.value = if op == 1 { None } else { Some(s("0")) };
+    res.configs = vec![c];
+    req.resources = vec![res];
+    let resp: IncrementalAlterConfigsResponse = conn.call(ApiKey::IncrementalAlterConfigs, 1, &req);
+    resp.responses[0].error_code
+}
+
+/// A value an older Fjord stored under a name that is now read-only can be
+/// deleted; setting it, or deleting a read-only name not stored, is still
+/// refused.
+#[test]
+fn a_stored_read_only_name_can_be_deleted() {
+    let mut broker = BrokerProcess::start(&[]);
+    broker.terminate();
+    let path = broker.data_dir.path().join("metadata.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read metadata")).expect("metadata is JSON");
+    meta["broker_configs"] = serde_json::json!({ "group.initial.rebalance.delay.ms": "0" });
+    std::fs::write(&path, serde_json::to_vec(&meta).expect("encode")).expect("write metadata");
+    broker.restart();
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    assert_eq!(alter_broker(&mut conn, "", "group.initial.rebalance.delay.ms", 0), 42, "SET stays refused");
+    assert_eq!(alter_broker(&mut conn, "", "group.consumer.session.timeout.ms", 1), 42, "not stored");
+    assert_eq!(alter_broker(&mut conn, "", "group.initial.rebalance.delay.ms", 1), 0, "DELETE of the stored one");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read metadata")).expect("metadata is JSON");
+    assert_eq!(meta["broker_configs"], serde_json::json!({}), "gone from the file");
 }

@@ -196,7 +196,7 @@ fn requests_in_flight_stay_within_queued_max_request_bytes() {
 #[test]
 fn second_broker_on_the_same_data_dir_refuses_to_start() {
     let mut first = BrokerProcess::start(&[]);
-    let mut second = std::process::Command::new(fjord_compat_tests::broker_bin())
+    let mut second = fjord_compat_tests::broker_command()
         .arg("--listen")
         .arg("127.0.0.1:0")
         .arg("--data-dir")

@@ -20,13 +20,22 @@ use crate::topics::TopicError;
 fn create_one(broker: &Broker, t: &CreatableTopic, validate_only: bool) -> Result<(uuid::Uuid, i32), TopicError> {
     let name = t.name.0.to_string();
     let rf = t.replication_factor;
-    if rf != -1 && rf != 1 {
-        let msg = if rf < 1 {
-            "Replication factor must be larger than 0, or -1 to use the default value.".to_string()
-        } else {
-            format!("Unable to replicate the partition {rf} time(s): The target replication factor of {rf} cannot be reached because only 1 broker(s) are registered.")
-        };
-        return Err(TopicError::new(ResponseError::InvalidReplicationFactor, msg));
+    if rf < 1 && rf != -1 {
+        return Err(TopicError::new(
+            ResponseError::InvalidReplicationFactor,
+            "Replication factor must be larger than 0, or -1 to use the default value.",
+        ));
+    }
+    // -1 is default.replication.factor, unless an explicit assignment
+    // gives the replicas (checked below); either way no more replicas than
+    // live brokers, this one.
+    let effective =
+        if rf == -1 && t.assignments.is_empty() { broker.config.replication_factor_default() } else { rf.into() };
+    if effective > 1 {
+        return Err(TopicError::new(
+            ResponseError::InvalidReplicationFactor,
+            format!("Unable to replicate the partition {effective} time(s): The target replication factor of {effective} cannot be reached because only 1 broker(s) are registered."),
+        ));
     }
     let partitions = if !t.assignments.is_empty() {
         if t.num_partitions != -1 || rf != -1 {

@@ -70,14 +70,22 @@ fn dynamic_synonyms(broker: &Broker, key: &str, name: &str) -> Vec<(String, Stri
     out
 }
 
+/// STATIC_BROKER_CONFIG if the key Kafka calls `kafka_name` was set (in
+/// the file, a flag or a variable), whatever its value, else DEFAULT_CONFIG.
+fn static_source(broker: &Broker, kafka_name: &str) -> i8 {
+    match config::key_by_kafka_name(kafka_name) {
+        Some(k) if broker.config.explicit.contains(k.name) => STATIC_BROKER,
+        _ => DEFAULT,
+    }
+}
+
 /// The broker-level synonyms of a topic config: the dynamic broker
-/// values, then the static one (reported as Kafka's DEFAULT_CONFIG when
-/// it is Kafka's default value).
+/// values, then the static one.
 fn broker_synonyms(broker: &Broker, d: &topic_config::ConfigDef) -> Vec<(String, String, i8)> {
     let name = d.broker_name.unwrap_or(d.name).to_string();
     let mut out = dynamic_synonyms(broker, d.name, &name);
     let v = broker.topics.static_defaults().get(d.name).cloned().unwrap_or_else(|| d.default.to_string());
-    let source = if v == d.default { DEFAULT } else { STATIC_BROKER };
+    let source = static_source(broker, &name);
     out.push((name, v, source));
     out
 }
@@ -149,7 +157,8 @@ fn describe_broker(broker: &Broker, resource: &str) -> Result<Vec<Described>, To
             }
             _ => c.described_value(k),
         };
-        let source = if value == k.default_value() { DEFAULT } else { STATIC_BROKER };
+        // Kafka has no default node.id: it is always set, so static.
+        let source = if name == "node.id" { STATIC_BROKER } else { static_source(broker, name) };
         out.push(Described {
             name: name.into(),
             value: value.clone(),
@@ -179,7 +188,7 @@ fn describe_broker(broker: &Broker, resource: &str) -> Result<Vec<Described>, To
         let mut synonyms = dynamic_synonyms(broker, d.name, d.name);
         let fixed = config::key_by_kafka_name(d.name).and_then(|k| k.value(c));
         let v = fixed.unwrap_or_else(|| d.default.to_string());
-        let source = if v == d.default { DEFAULT } else { STATIC_BROKER };
+        let source = static_source(broker, d.name);
         synonyms.push((d.name.to_string(), v, source));
         out.push(Described::from_synonyms(d.name, d.kind, doc_of(d.doc, d.effect), synonyms));
     }
@@ -329,12 +338,18 @@ fn topic_kind(name: &str) -> Result<topic_config::Kind, TopicError> {
 
 /// Translates broker config names to how `Topics` keys them (topic
 /// defaults by their topic config name), refusing read-only ones with
-/// Kafka's INVALID_REQUEST.
-fn translate_broker_changes(changes: Vec<Change>) -> Result<Vec<Change>, TopicError> {
+/// Kafka's INVALID_REQUEST. One exception: the DELETE of a read-only name
+/// `stored` holds, a value an older Fjord accepted before the name became
+/// read-only, which is otherwise hidden and stuck.
+fn translate_broker_changes(
+    changes: Vec<Change>,
+    stored: &BTreeMap<String, String>,
+) -> Result<Vec<Change>, TopicError> {
     let mut read_only = Vec::new();
     let mut out = Vec::new();
     for (n, op, v) in changes {
         match topic_config::broker_key(&n) {
+            topic_config::BrokerKey::ReadOnly if op == 1 && stored.contains_key(&n) => out.push((n, op, v)),
             topic_config::BrokerKey::ReadOnly => read_only.push(n),
             topic_config::BrokerKey::TopicDefault(d) => out.push((d.name.to_string(), op, v)),
             topic_config::BrokerKey::Dynamic(_) | topic_config::BrokerKey::Unknown => out.push((n, op, v)),
@@ -390,22 +405,18 @@ fn alter_resource(
         }
         BROKER => {
             check_broker_name(broker, rname)?;
-            let translated = translate_broker_changes(changes)?;
             // Named by its id: this broker's own; named "": the cluster's default.
             let per_node = !rname.is_empty();
+            let layer = broker.topics.broker_config_layer(per_node);
+            let translated = translate_broker_changes(changes, &layer)?;
             // Kafka answers INVALID_REQUEST, not INVALID_CONFIG, for a broker
             // config it cannot apply (KAFKA-13609 keeps it so).
-            let next = apply(
-                &broker.topics.broker_config_layer(per_node),
-                &translated,
-                replace_all,
-                broker_kind,
-                topic_config::validate_broker,
-            )
-            .map_err(|e| match e.code {
-                ResponseError::InvalidConfig => err(ResponseError::InvalidRequest, e.message),
-                _ => e,
-            })?;
+            let next = apply(&layer, &translated, replace_all, broker_kind, topic_config::validate_broker).map_err(
+                |e| match e.code {
+                    ResponseError::InvalidConfig => err(ResponseError::InvalidRequest, e.message),
+                    _ => e,
+                },
+            )?;
             if !validate_only {
                 let set: Vec<&String> = translated.iter().filter(|c| c.1 != 1).map(|c| &c.0).collect();
                 let ignored = topic_config::ignored(set);
