@@ -1,0 +1,13 @@
+//! Raft replication for Fjord: the openraft type config, a node-to-node transport that carries
+//! every group's RPCs over one connection per peer, the group registry and the heartbeat driver.
+
+pub mod heartbeat;
+pub mod mem;
+pub mod network;
+pub mod node;
+pub mod registry;
+pub mod rpc;
+pub mod transport;
+pub mod types;
+
+pub use types::{BatchData, GroupId, NodeId, Raft, TypeConfig};
