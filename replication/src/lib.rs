@@ -1,6 +1,7 @@
 //! Raft replication for Fjord: the openraft type config, a node-to-node transport that carries
 //! every group's RPCs over one connection per peer, the group registry and the heartbeat driver.
 
+pub mod election;
 pub mod heartbeat;
 pub mod mem;
 pub mod network;

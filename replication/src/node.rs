@@ -10,6 +10,7 @@ use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::Config;
 use openraft::ConfigError;
 
+use crate::election::{ElectionDriver, ElectionTimings};
 use crate::heartbeat::HeartbeatDriver;
 use crate::network::Router;
 use crate::registry::GroupRegistry;
@@ -26,9 +27,14 @@ pub struct GroupTimings {
 }
 
 impl GroupTimings {
-    /// openraft's config for one group: heartbeats come from the node's driver, not the group.
+    /// openraft's config for one group: heartbeats come from the node's driver, not the group;
+    /// each group keeps its own election timer (openraft's tick).
     pub fn config(&self, cluster_name: &str) -> Result<Arc<Config>, ConfigError> {
-        let config = Config {
+        Ok(Arc::new(self.base_config(cluster_name).validate()?))
+    }
+
+    pub(crate) fn base_config(&self, cluster_name: &str) -> Config {
+        Config {
             cluster_name: cluster_name.to_string(),
             heartbeat_interval: self.heartbeat_interval.as_millis() as u64,
             election_timeout_min: self.election_timeout_min.as_millis() as u64,
@@ -37,8 +43,7 @@ impl GroupTimings {
             // A node that was paused or cut off must not raise terms when it comes back.
             enable_pre_vote: Some(true),
             ..Config::default()
-        };
-        Ok(Arc::new(config.validate()?))
+        }
     }
 }
 
@@ -169,6 +174,13 @@ where
     /// Starts the node's heartbeat driver; it stops when the returned handle is dropped.
     pub fn start_heartbeats(&self, interval: Duration) -> HeartbeatDriver {
         HeartbeatDriver::spawn(self.registry.clone(), interval)
+    }
+
+    /// Starts the node-level election driver, for groups started with
+    /// `ElectionTimings::raft_config`; it
+    /// stops when the returned handle is dropped.
+    pub fn start_elections(&self, timings: ElectionTimings) -> ElectionDriver {
+        ElectionDriver::spawn(self.registry.clone(), self.transport.clone(), timings)
     }
 
     /// Stops every group and the transport.

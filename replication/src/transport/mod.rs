@@ -23,6 +23,10 @@ use crate::types::{GroupId, NodeId};
 /// Version of the frame and RPC encoding; peers with another version are refused.
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// The `rpc` byte of a liveness ping: answered by the transport itself with an empty body, never
+/// passed to the handler. Raft RPC codes start at 1.
+pub const RPC_PING: u8 = 0;
+
 /// Settings of a node's transport.
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
@@ -120,6 +124,8 @@ struct Peer {
     id: NodeId,
     addr: Mutex<String>,
     conn: Mutex<PeerConn>,
+    /// When a frame last arrived from this peer on our connection to it.
+    last_heard: Mutex<Option<tokio::time::Instant>>,
 }
 
 #[derive(Default)]
@@ -180,7 +186,12 @@ impl Transport {
             }
             return;
         }
-        let peer = Arc::new(Peer { id, addr: Mutex::new(addr.to_string()), conn: Mutex::new(PeerConn::default()) });
+        let peer = Arc::new(Peer {
+            id,
+            addr: Mutex::new(addr.to_string()),
+            conn: Mutex::new(PeerConn::default()),
+            last_heard: Mutex::new(None),
+        });
         peers.insert(id, peer.clone());
         tokio::spawn(dial_loop(self.inner.clone(), peer));
     }
@@ -255,6 +266,23 @@ impl Transport {
                 Err(CallError::Timeout { node: target, timeout })
             }
         }
+    }
+
+    /// Checks that `target` answers; the node-level election driver pings every peer so that a
+    /// peer's silence means it is down or cut off, whatever the groups are doing.
+    pub async fn ping(&self, target: NodeId, timeout: Duration) -> Result<(), CallError> {
+        self.call(target, 0, RPC_PING, &[], timeout).await.map(|_| ())
+    }
+
+    /// When a frame last arrived from `peer` in answer to this node (`None`: never).
+    pub fn last_heard(&self, peer: NodeId) -> Option<tokio::time::Instant> {
+        let peers = lock(&self.inner.peers);
+        peers.get(&peer).and_then(|p| *lock(&p.last_heard))
+    }
+
+    /// The peers this node dials.
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        lock(&self.inner.peers).keys().copied().collect()
     }
 
     pub fn stats(&self) -> TransportStats {
@@ -401,6 +429,7 @@ async fn run_outbound(
             if frame.kind != Kind::Response {
                 return format!("protocol error: {:?} frame on an outbound connection", frame.kind);
             }
+            *lock(&peer.last_heard) = Some(tokio::time::Instant::now());
             // A response whose caller timed out finds no waiter; that is not an error.
             if let Some(waiter) = lock(&peer.conn).pending.remove(&frame.corr_id) {
                 let _ = waiter.send(frame.body);
@@ -504,6 +533,14 @@ async fn serve_connection(inner: Arc<Inner>, stream: BoxStream, addr: String) {
             count_received(&inner, &frame);
             if frame.kind != Kind::Request {
                 return format!("protocol error: {:?} frame on an inbound connection", frame.kind);
+            }
+            if frame.rpc == RPC_PING {
+                let mut out = BytesMut::with_capacity(frame::LEN_PREFIX + frame::HEADER_LEN);
+                frame::encode_header(&mut out, Kind::Response, frame.corr_id, 0, RPC_PING, 0);
+                if tx.send(out.freeze()).is_ok() {
+                    inner.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
             }
             let answer = inner.handler.handle(from, frame.group_id, frame.rpc, frame.body);
             let tx = tx.clone();
