@@ -67,6 +67,9 @@ pub enum CallError {
     Unreachable { node: NodeId, reason: String },
     #[error("no response from node {node} within {timeout:?}")]
     Timeout { node: NodeId, timeout: Duration },
+    /// The request would exceed the frame size peers accept; it was not sent.
+    #[error("request of {len} bytes exceeds the maximum frame of {max}")]
+    TooLarge { len: usize, max: usize },
 }
 
 /// Counters of one transport, for tests and the idle-cost measurement.
@@ -240,6 +243,10 @@ impl Transport {
         let peer = lock(&self.inner.peers).get(&target).cloned().ok_or_else(|| unreachable("no address known"))?;
         let corr_id = self.inner.next_corr_id.fetch_add(1, Ordering::Relaxed);
         let body_len: usize = body.iter().map(|p| p.len()).sum();
+        let max = self.inner.config.max_frame_bytes;
+        if frame::HEADER_LEN + body_len > max {
+            return Err(CallError::TooLarge { len: frame::HEADER_LEN + body_len, max });
+        }
         let mut buf = BytesMut::with_capacity(frame::LEN_PREFIX + frame::HEADER_LEN + body_len);
         frame::encode_header(&mut buf, Kind::Request, corr_id, group, rpc, body_len);
         for piece in body {
