@@ -129,6 +129,18 @@ async fn in_flight_calls_fail_when_the_socket_dies_and_the_peer_reconnects() {
     .await;
     let answer = a.call(2, 1, ECHO, &[b"abc"], Duration::from_secs(10)).await.unwrap();
     assert_eq!(&answer[..], b"cba");
+
+    // Frames too large to coalesce take their own write, in both directions, next to small ones.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let pieces: [&[u8]; 2] = [&big[..100], &big[100..]];
+    let (small, large) = tokio::join!(
+        a.call(2, 2, ECHO, &[b"xy"], Duration::from_secs(10)),
+        a.call(2, 3, ECHO, &pieces, Duration::from_secs(10)),
+    );
+    assert_eq!(&small.unwrap()[..], b"yx");
+    let mut reversed = big.clone();
+    reversed.reverse();
+    assert_eq!(&large.unwrap()[..], &reversed[..]);
 }
 
 /// Writes a handshake and returns the decoded answer (`None` if the server closed first).
