@@ -74,6 +74,20 @@ fn jitter(t: &ElectionTimings, node: NodeId, group: GroupId, attempt: u64) -> Du
     t.election_timeout_min + Duration::from_micros(x % span)
 }
 
+/// How long after its leader's node went silent this node's replica of `group` first campaigns.
+/// The candidates (the group's voters but the silent leader) take turns, in an order that differs
+/// per group so the new leaders spread over the nodes: each gets a slot of the timeout range, so
+/// two replicas rarely campaign at once and split the vote. Retries then use plain jitter.
+fn first_campaign_delay(t: &ElectionTimings, me: NodeId, group: GroupId, candidates: &[NodeId]) -> Duration {
+    let mut order: Vec<NodeId> = candidates.to_vec();
+    order.sort_by_key(|c| jitter(t, *c, group, u64::MAX));
+    let rank = order.iter().position(|c| *c == me).unwrap_or(order.len()) as u32;
+    let slots = (order.len() as u32).max(1);
+    let slot = t.election_timeout_max.saturating_sub(t.election_timeout_min) / slots;
+    let within = jitter(t, me, group, 0).saturating_sub(t.election_timeout_min) / slots / 2;
+    t.election_timeout_min + slot * rank.min(slots - 1) + within
+}
+
 /// Per-group state of the driver: when the group may next campaign.
 struct Suspect {
     next_attempt: Instant,
@@ -109,9 +123,21 @@ impl ElectionDriver {
             let mut ticker = tokio::time::interval(timings.ping_interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut next_full_scan = Instant::now();
+            let mut last_sweep = Instant::now();
             loop {
                 ticker.tick().await;
+                // A peer's silence is judged by when this node last processed a frame from it. If
+                // this thread was busy or descheduled, frames may be waiting unread: let the
+                // readers run first (yield_now lets the runtime poll its I/O driver), and skip a
+                // round that comes late, so our own stall is not taken for the peers' silence.
+                tokio::task::yield_now().await;
                 let now = Instant::now();
+                let lag = now.saturating_duration_since(last_sweep);
+                last_sweep = now;
+                if lag > timings.ping_interval * 2 {
+                    tracing::debug!(?lag, "election driver ran late; not judging silence this round");
+                    continue;
+                }
                 let heard: HashMap<NodeId, Option<Instant>> =
                     transport.peer_ids().into_iter().map(|p| (p, transport.last_heard(p))).collect();
                 // Scanning every group costs microseconds each; while every peer answers and no
@@ -136,12 +162,12 @@ impl ElectionDriver {
                         suspects.remove(&group);
                         continue;
                     }
-                    let timeout = jitter(&timings, me, group, 0);
                     // Silence starts at the last frame from the leader's node; with no leader
                     // known (or ourselves, stepping down), at the first scan that sees it.
-                    let silent_since = match leader.filter(|l| *l != me) {
+                    let leader = leader.filter(|l| *l != me);
+                    let silent_since = match leader {
                         Some(l) => match heard.get(&l).copied().flatten() {
-                            Some(t) if now.saturating_duration_since(t) < timeout => {
+                            Some(t) if now.saturating_duration_since(t) < timings.election_timeout_min => {
                                 suspects.remove(&group);
                                 continue;
                             }
@@ -150,9 +176,17 @@ impl ElectionDriver {
                         },
                         None => now,
                     };
-                    let s = suspects
-                        .entry(group)
-                        .or_insert_with(|| Suspect { next_attempt: silent_since + timeout, attempt: 0 });
+                    let s = suspects.entry(group).or_insert_with(|| {
+                        let candidates: Vec<NodeId> = {
+                            let m = raft.metrics();
+                            let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
+                            m.membership_config.membership().voter_ids().filter(|v| Some(*v) != leader).collect()
+                        };
+                        Suspect {
+                            next_attempt: silent_since + first_campaign_delay(&timings, me, group, &candidates),
+                            attempt: 0,
+                        }
+                    });
                     if now < s.next_attempt {
                         continue;
                     }
@@ -198,5 +232,27 @@ mod tests {
             }
         }
         assert!(seen.len() > 100, "jitter is not spread: {} distinct values", seen.len());
+    }
+
+    #[test]
+    fn candidates_take_turns_and_the_first_one_varies_by_group() {
+        let t = ElectionTimings {
+            ping_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(500),
+        };
+        let mut first = std::collections::HashMap::new();
+        for group in 0..300 {
+            let d2 = first_campaign_delay(&t, 2, group, &[2, 3]);
+            let d3 = first_campaign_delay(&t, 3, group, &[2, 3]);
+            for d in [d2, d3] {
+                assert!(d >= t.election_timeout_min && d < t.election_timeout_max, "{d:?}");
+            }
+            // One slot (100 ms) apart at least half a slot: no simultaneous campaigns.
+            let gap = d2.abs_diff(d3);
+            assert!(gap >= Duration::from_millis(50), "group {group}: {d2:?} vs {d3:?}");
+            *first.entry(if d2 < d3 { 2 } else { 3 }).or_insert(0) += 1;
+        }
+        assert!(first[&2] > 50 && first[&3] > 50, "first campaigners not spread: {first:?}");
     }
 }
