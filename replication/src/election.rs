@@ -1,0 +1,258 @@
+//! The node-level election driver, for groups run with openraft's tick off (`enable_tick =
+//! false`): one timer per node instead of one per group. It pings every peer each interval and
+//! tracks silence per node, not per group; a follower group whose leader's node has been silent
+//! past the group's jittered election timeout (or that has no leader) starts a pre-vote election.
+//!
+//! With elections owned here, per-group heartbeats only carry the commit index and the followers'
+//! lease, so the heartbeat driver can run them far less often than failover detection needs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{Config, ConfigError, ServerState};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::node::GroupTimings;
+use crate::registry::GroupRegistry;
+use crate::transport::Transport;
+use crate::types::{GroupId, NodeId, TypeConfig};
+
+/// Timing of the node-level election driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ElectionTimings {
+    /// How often each peer is pinged and the groups are checked.
+    pub ping_interval: Duration,
+    /// A leader's node silent this long (jittered per group up to the max) loses its groups.
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+}
+
+impl ElectionTimings {
+    /// openraft's config for a group whose elections this driver owns: no tick at all, so an
+    /// idle group wakes only for the heartbeats it sends or receives.
+    ///
+    /// openraft takes `election_timeout_max` as the followers' leader lease, during which they
+    /// refuse (pre-)votes. The lease is set to expire before this driver can declare a node
+    /// silent (half to three quarters of the minimum timeout), so the first campaign after a
+    /// leader's node goes quiet is not refused by the other followers; the guard against a
+    /// needless campaign is the node-level silence itself.
+    pub fn raft_config(&self, cluster_name: &str) -> Result<Arc<Config>, ConfigError> {
+        let lease_min = self.election_timeout_min / 2;
+        let lease_max = self.election_timeout_min * 3 / 4;
+        let group = GroupTimings {
+            // Unused with the tick off; openraft's check only wants it below the election timeout.
+            heartbeat_interval: lease_min / 2,
+            election_timeout_min: lease_min,
+            election_timeout_max: lease_max,
+        };
+        let config = Config { enable_tick: false, ..group.base_config(cluster_name) };
+        Ok(Arc::new(config.validate()?))
+    }
+}
+
+/// Runs until dropped.
+pub struct ElectionDriver {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// A deterministic per (node, group, attempt) jitter, so that replicas of one group do not all
+/// campaign at once, and a simulation replays the same schedule (splitmix64).
+fn jitter(t: &ElectionTimings, node: NodeId, group: GroupId, attempt: u64) -> Duration {
+    let mut x = node
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(group.rotate_left(17))
+        .wrapping_add(attempt.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    let span = t.election_timeout_max.saturating_sub(t.election_timeout_min).as_micros().max(1) as u64;
+    t.election_timeout_min + Duration::from_micros(x % span)
+}
+
+/// How long after its leader's node went silent this node's replica of `group` first campaigns.
+/// The candidates (the group's voters but the silent leader) take turns, in an order that differs
+/// per group so the new leaders spread over the nodes: each gets a slot of the timeout range, so
+/// two replicas rarely campaign at once and split the vote. Retries then use plain jitter.
+fn first_campaign_delay(t: &ElectionTimings, me: NodeId, group: GroupId, candidates: &[NodeId]) -> Duration {
+    let mut order: Vec<NodeId> = candidates.to_vec();
+    order.sort_by_key(|c| jitter(t, *c, group, u64::MAX));
+    let rank = order.iter().position(|c| *c == me).unwrap_or(order.len()) as u32;
+    let slots = (order.len() as u32).max(1);
+    let slot = t.election_timeout_max.saturating_sub(t.election_timeout_min) / slots;
+    let within = jitter(t, me, group, 0).saturating_sub(t.election_timeout_min) / slots / 2;
+    t.election_timeout_min + slot * rank.min(slots - 1) + within
+}
+
+/// Per-group state of the driver: when the group may next campaign.
+struct Suspect {
+    next_attempt: Instant,
+    attempt: u64,
+}
+
+impl ElectionDriver {
+    pub fn spawn<SM: RaftStateMachine<TypeConfig>>(
+        registry: Arc<GroupRegistry<SM>>,
+        transport: Transport,
+        timings: ElectionTimings,
+    ) -> Self {
+        let pinger = {
+            let transport = transport.clone();
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(timings.ping_interval);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticker.tick().await;
+                    for peer in transport.peer_ids() {
+                        let t = transport.clone();
+                        // A ping slower than the interval is as good as lost.
+                        tokio::spawn(async move {
+                            let _ = t.ping(peer, timings.ping_interval).await;
+                        });
+                    }
+                }
+            })
+        };
+        let sweeper = tokio::spawn(async move {
+            let me = transport.node_id();
+            let mut suspects: HashMap<GroupId, Suspect> = HashMap::new();
+            let mut ticker = tokio::time::interval(timings.ping_interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut next_full_scan = Instant::now();
+            let mut last_sweep = Instant::now();
+            loop {
+                ticker.tick().await;
+                // A peer's silence is judged by when this node last processed a frame from it. If
+                // this thread was busy or descheduled, frames may be waiting unread: let the
+                // readers run first (yield_now lets the runtime poll its I/O driver), and skip a
+                // round that comes late, so our own stall is not taken for the peers' silence.
+                tokio::task::yield_now().await;
+                let now = Instant::now();
+                let lag = now.saturating_duration_since(last_sweep);
+                last_sweep = now;
+                if lag > timings.ping_interval * 2 {
+                    tracing::debug!(?lag, "election driver ran late; not judging silence this round");
+                    continue;
+                }
+                let heard: HashMap<NodeId, Option<Instant>> =
+                    transport.peer_ids().into_iter().map(|p| (p, transport.last_heard(p))).collect();
+                // Scanning every group costs microseconds each; while every peer answers and no
+                // group was leaderless at the last scan, a scan per minimum election timeout is
+                // enough to notice a group that lost its leader some other way.
+                let any_silent = heard
+                    .values()
+                    .any(|t| t.is_none_or(|t| now.saturating_duration_since(t) >= timings.election_timeout_min));
+                if !any_silent && suspects.is_empty() && now < next_full_scan {
+                    continue;
+                }
+                next_full_scan = now + timings.election_timeout_min;
+                let groups = registry.all();
+                suspects.retain(|g, _| registry.get(*g).is_some());
+                for (group, raft) in groups {
+                    let (state, leader) = {
+                        let m = raft.metrics();
+                        let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
+                        (m.state, m.current_leader)
+                    };
+                    if state == ServerState::Leader || state == ServerState::Learner {
+                        suspects.remove(&group);
+                        continue;
+                    }
+                    // Silence starts at the last frame from the leader's node; with no leader
+                    // known (or ourselves, stepping down), at the first scan that sees it.
+                    let leader = leader.filter(|l| *l != me);
+                    let silent_since = match leader {
+                        Some(l) => match heard.get(&l).copied().flatten() {
+                            Some(t) if now.saturating_duration_since(t) < timings.election_timeout_min => {
+                                suspects.remove(&group);
+                                continue;
+                            }
+                            Some(t) => t,
+                            None => now,
+                        },
+                        None => now,
+                    };
+                    let s = suspects.entry(group).or_insert_with(|| {
+                        let candidates: Vec<NodeId> = {
+                            let m = raft.metrics();
+                            let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
+                            m.membership_config.membership().voter_ids().filter(|v| Some(*v) != leader).collect()
+                        };
+                        Suspect {
+                            next_attempt: silent_since + first_campaign_delay(&timings, me, group, &candidates),
+                            attempt: 0,
+                        }
+                    });
+                    if now < s.next_attempt {
+                        continue;
+                    }
+                    s.attempt += 1;
+                    s.next_attempt = now + jitter(&timings, me, group, s.attempt);
+                    tracing::debug!(group, ?leader, attempt = s.attempt, "leader silent; starting a pre-vote");
+                    // openraft ignores the trigger on a node that is not a voter of the group.
+                    if let Err(e) = raft.trigger().elect(true).await {
+                        tracing::debug!(group, error = %e, "election trigger failed");
+                    }
+                }
+            }
+        });
+        Self { tasks: vec![pinger, sweeper] }
+    }
+}
+
+impl Drop for ElectionDriver {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_range_and_spreads() {
+        let t = ElectionTimings {
+            ping_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(500),
+        };
+        let mut seen = std::collections::HashSet::new();
+        for node in 1..4 {
+            for group in 0..200 {
+                let j = jitter(&t, node, group, 0);
+                assert!(j >= t.election_timeout_min && j < t.election_timeout_max, "{j:?}");
+                seen.insert(j.as_millis());
+            }
+        }
+        assert!(seen.len() > 100, "jitter is not spread: {} distinct values", seen.len());
+    }
+
+    #[test]
+    fn candidates_take_turns_and_the_first_one_varies_by_group() {
+        let t = ElectionTimings {
+            ping_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(500),
+        };
+        let mut first = std::collections::HashMap::new();
+        for group in 0..300 {
+            let d2 = first_campaign_delay(&t, 2, group, &[2, 3]);
+            let d3 = first_campaign_delay(&t, 3, group, &[2, 3]);
+            for d in [d2, d3] {
+                assert!(d >= t.election_timeout_min && d < t.election_timeout_max, "{d:?}");
+            }
+            // One slot (100 ms) apart at least half a slot: no simultaneous campaigns.
+            let gap = d2.abs_diff(d3);
+            assert!(gap >= Duration::from_millis(50), "group {group}: {d2:?} vs {d3:?}");
+            *first.entry(if d2 < d3 { 2 } else { 3 }).or_insert(0) += 1;
+        }
+        assert!(first[&2] > 50 && first[&3] > 50, "first campaigners not spread: {first:?}");
+    }
+}

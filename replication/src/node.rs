@@ -1,0 +1,196 @@
+//! One node's replication runtime: the transport, the group registry that answers peers' RPCs,
+//! and the heartbeat driver.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::Fatal;
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::Config;
+use openraft::ConfigError;
+
+use crate::election::{ElectionDriver, ElectionTimings};
+use crate::heartbeat::HeartbeatDriver;
+use crate::network::Router;
+use crate::registry::GroupRegistry;
+use crate::rpc::{self, RemoteFailure, Rpc};
+use crate::transport::{BoxFuture, Connector, InboundHandler, Listener, Transport, TransportConfig};
+use crate::types::{GroupId, NodeId, Raft, TypeConfig};
+
+/// Raft timing shared by every group of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupTimings {
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+}
+
+impl GroupTimings {
+    /// openraft's config for one group: heartbeats come from the node's driver, not the group;
+    /// each group keeps its own election timer (openraft's tick).
+    pub fn config(&self, cluster_name: &str) -> Result<Arc<Config>, ConfigError> {
+        Ok(Arc::new(self.base_config(cluster_name).validate()?))
+    }
+
+    pub(crate) fn base_config(&self, cluster_name: &str) -> Config {
+        Config {
+            cluster_name: cluster_name.to_string(),
+            heartbeat_interval: self.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: self.election_timeout_min.as_millis() as u64,
+            election_timeout_max: self.election_timeout_max.as_millis() as u64,
+            enable_heartbeat: false,
+            // A node that was paused or cut off must not raise terms when it comes back.
+            enable_pre_vote: Some(true),
+            ..Config::default()
+        }
+    }
+}
+
+/// Answers peers' Raft RPCs from the registry.
+struct RaftService<SM: RaftStateMachine<TypeConfig>> {
+    registry: Arc<GroupRegistry<SM>>,
+}
+
+impl<SM> InboundHandler for RaftService<SM>
+where
+    SM: RaftStateMachine<TypeConfig, SnapshotData = Bytes>,
+{
+    fn handle(&self, from: NodeId, group: GroupId, rpc: u8, body: Bytes) -> BoxFuture<'static, Bytes> {
+        let raft = self.registry.get(group);
+        Box::pin(async move {
+            let Some(raft) = raft else {
+                return rpc::encode_response::<()>(Err(&RemoteFailure::UnknownGroup(group)));
+            };
+            match serve(&raft, rpc, body).await {
+                Ok(answer) => answer,
+                Err(failure) => {
+                    if let RemoteFailure::BadRequest(reason) = &failure {
+                        tracing::warn!(from, group, rpc, %reason, "malformed raft request");
+                    }
+                    rpc::encode_response::<()>(Err(&failure))
+                }
+            }
+        })
+    }
+}
+
+async fn serve<SM>(raft: &Raft<SM>, rpc: u8, body: Bytes) -> Result<Bytes, RemoteFailure>
+where
+    SM: RaftStateMachine<TypeConfig, SnapshotData = Bytes>,
+{
+    let bad = |e: rpc::CodecError| RemoteFailure::BadRequest(e.to_string());
+    let raft_err = |e: &dyn std::fmt::Display| RemoteFailure::Raft(e.to_string());
+    let rpc = Rpc::try_from(rpc).map_err(bad)?;
+    Ok(match rpc {
+        Rpc::AppendEntries => {
+            let req = rpc::decode_append(body).map_err(bad)?;
+            let resp = raft.append_entries(req).await.map_err(|e| raft_err(&e))?;
+            rpc::encode_response(Ok(&resp))
+        }
+        Rpc::Vote => {
+            let req = rpc::decode(&body).map_err(bad)?;
+            let resp = raft.vote(req).await.map_err(|e| raft_err(&e))?;
+            rpc::encode_response(Ok(&resp))
+        }
+        Rpc::PreVote => {
+            let req = rpc::decode(&body).map_err(bad)?;
+            let resp = raft.pre_vote(req).await.map_err(|e| raft_err(&e))?;
+            rpc::encode_response(Ok(&resp))
+        }
+        Rpc::FullSnapshot => {
+            let (vote, meta, data) = rpc::decode_snapshot(body).map_err(bad)?;
+            let snapshot = openraft::Snapshot { meta, snapshot: data };
+            let resp = raft.install_full_snapshot(vote, snapshot).await.map_err(|e| raft_err(&e))?;
+            rpc::encode_response(Ok(&resp))
+        }
+        Rpc::TransferLeader => {
+            let req = rpc::decode(&body).map_err(bad)?;
+            let resp = raft.handle_transfer_leader(req).await.map_err(|e| raft_err(&e))?;
+            rpc::encode_response(Ok(&resp))
+        }
+    })
+}
+
+/// A node hosting many Raft groups over one transport.
+pub struct ReplicaNode<SM: RaftStateMachine<TypeConfig>> {
+    id: NodeId,
+    transport: Transport,
+    router: Router,
+    registry: Arc<GroupRegistry<SM>>,
+}
+
+impl<SM> ReplicaNode<SM>
+where
+    SM: RaftStateMachine<TypeConfig, SnapshotData = Bytes>,
+{
+    pub fn new(config: TransportConfig, connector: Arc<dyn Connector>) -> Self {
+        let id = config.node_id;
+        let registry = Arc::new(GroupRegistry::default());
+        let handler = Arc::new(RaftService { registry: registry.clone() });
+        let transport = Transport::new(config, connector, handler);
+        let router = Router::new(transport.clone());
+        Self { id, transport, router, registry }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    pub fn registry(&self) -> &Arc<GroupRegistry<SM>> {
+        &self.registry
+    }
+
+    /// Accepts peers' connections.
+    pub fn serve(&self, listener: impl Listener) {
+        self.transport.serve(listener);
+    }
+
+    pub fn add_peer(&self, id: NodeId, addr: &str) {
+        self.transport.add_peer(id, addr);
+    }
+
+    /// Starts a group on this node and registers it for inbound RPCs.
+    pub async fn start_group<LS: RaftLogStorage<TypeConfig>>(
+        &self,
+        group: GroupId,
+        config: Arc<Config>,
+        log: LS,
+        state_machine: SM,
+    ) -> Result<Raft<SM>, Fatal<TypeConfig>> {
+        let raft = openraft::Raft::new(self.id, config, self.router.factory(group), log, state_machine).await?;
+        self.registry.insert(group, raft.clone());
+        Ok(raft)
+    }
+
+    pub fn group(&self, group: GroupId) -> Option<Raft<SM>> {
+        self.registry.get(group)
+    }
+
+    /// Starts the node's heartbeat driver; it stops when the returned handle is dropped.
+    pub fn start_heartbeats(&self, interval: Duration) -> HeartbeatDriver {
+        HeartbeatDriver::spawn(self.registry.clone(), interval)
+    }
+
+    /// Starts the node-level election driver, for groups started with
+    /// `ElectionTimings::raft_config`; it
+    /// stops when the returned handle is dropped.
+    pub fn start_elections(&self, timings: ElectionTimings) -> ElectionDriver {
+        ElectionDriver::spawn(self.registry.clone(), self.transport.clone(), timings)
+    }
+
+    /// Stops every group and the transport.
+    pub async fn shutdown(&self) {
+        for (group, raft) in self.registry.all() {
+            if let Err(e) = raft.shutdown().await {
+                tracing::debug!(group, error = %e, "group shutdown");
+            }
+            self.registry.remove(group);
+        }
+        self.transport.shutdown();
+    }
+}

@@ -1,0 +1,597 @@
+//! Node-to-node transport: one connection per ordered node pair carries the RPCs of every Raft
+//! group. The dialer sends requests and reads responses on the same socket; the acceptor answers.
+//! A writer task per connection turns everything queued meanwhile into one write.
+
+pub mod connector;
+pub mod frame;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use connector::{BoxFuture, BoxStream, Connector, Listener, TcpConnector, TcpListener};
+pub use frame::{Frame, FrameDecoder, FrameError, Kind, DEFAULT_MAX_FRAME_BYTES};
+
+use crate::types::{GroupId, NodeId};
+
+/// Version of the frame and RPC encoding; peers with another version are refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The `rpc` byte of a liveness ping: answered by the transport itself with an empty body, never
+/// passed to the handler. Raft RPC codes start at 1.
+pub const RPC_PING: u8 = 0;
+
+/// Settings of a node's transport.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// Peers of another cluster are refused at the handshake.
+    pub cluster_id: String,
+    pub node_id: NodeId,
+    /// Largest frame accepted after its length prefix; a peer sending more is disconnected.
+    pub max_frame_bytes: usize,
+    pub reconnect_backoff_min: Duration,
+    pub reconnect_backoff_max: Duration,
+    /// Time allowed to connect and exchange the handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl TransportConfig {
+    pub fn new(cluster_id: impl Into<String>, node_id: NodeId) -> Self {
+        Self {
+            cluster_id: cluster_id.into(),
+            node_id,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            reconnect_backoff_min: Duration::from_millis(20),
+            reconnect_backoff_max: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Serves the requests peers send: the group registry of this node.
+pub trait InboundHandler: Send + Sync + 'static {
+    /// Answers one request; the returned bytes are the response body.
+    fn handle(&self, from: NodeId, group: GroupId, rpc: u8, body: Bytes) -> BoxFuture<'static, Bytes>;
+}
+
+/// Why a call got no response.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CallError {
+    #[error("node {node} is unreachable: {reason}")]
+    Unreachable { node: NodeId, reason: String },
+    #[error("no response from node {node} within {timeout:?}")]
+    Timeout { node: NodeId, timeout: Duration },
+    /// The request would exceed the frame size peers accept; it was not sent.
+    #[error("request of {len} bytes exceeds the maximum frame of {max}")]
+    TooLarge { len: usize, max: usize },
+}
+
+/// Counters of one transport, for tests and the idle-cost measurement.
+#[derive(Debug, Default)]
+struct Counters {
+    frames_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    writes: AtomicU64,
+    frames_received: AtomicU64,
+    bytes_received: AtomicU64,
+    connections_established: AtomicU64,
+}
+
+/// A snapshot of the transport's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    pub frames_sent: u64,
+    pub bytes_sent: u64,
+    /// Write calls on sockets: frames_sent / writes is the coalescing factor.
+    pub writes: u64,
+    pub frames_received: u64,
+    pub bytes_received: u64,
+    /// Outbound connections that completed the handshake, reconnections included.
+    pub connections_established: u64,
+}
+
+/// Handshake body (postcard), sent by the dialer in a `Hello` frame. The acceptor answers with a
+/// `HelloAck` frame holding `Result<Hello, String>`: its own mirror image, or why it refuses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub cluster_id: String,
+    pub from: NodeId,
+    pub to: NodeId,
+    pub version: u16,
+}
+
+/// A node's transport. Cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: TransportConfig,
+    connector: Arc<dyn Connector>,
+    handler: Arc<dyn InboundHandler>,
+    peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
+    next_corr_id: AtomicU64,
+    counters: Counters,
+    shutdown: watch::Sender<bool>,
+}
+
+/// The outbound side towards one peer.
+struct Peer {
+    id: NodeId,
+    addr: Mutex<String>,
+    conn: Mutex<PeerConn>,
+    /// When a frame last arrived from this peer on our connection to it.
+    last_heard: Mutex<Option<tokio::time::Instant>>,
+}
+
+#[derive(Default)]
+struct PeerConn {
+    /// The writer queue of the live connection; `None` while (re)connecting.
+    tx: Option<mpsc::UnboundedSender<Bytes>>,
+    /// Requests sent on the live connection and not yet answered.
+    pending: HashMap<u64, oneshot::Sender<Bytes>>,
+}
+
+impl Peer {
+    /// Fails every in-flight request: their connection is gone, and a reconnection would not
+    /// answer them. Dropping the senders makes each caller see `Unreachable`.
+    fn disconnect(&self) {
+        let mut conn = lock(&self.conn);
+        conn.tx = None;
+        conn.pending.clear();
+    }
+}
+
+/// A poisoned lock only means another task panicked while holding it; the maps stay consistent
+/// (every critical section is a single insert or remove), so keep going.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Transport {
+    pub fn new(config: TransportConfig, connector: Arc<dyn Connector>, handler: Arc<dyn InboundHandler>) -> Self {
+        let (shutdown, _) = watch::channel(false);
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                connector,
+                handler,
+                peers: Mutex::new(HashMap::new()),
+                next_corr_id: AtomicU64::new(1),
+                counters: Counters::default(),
+                shutdown,
+            }),
+        }
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.config.node_id
+    }
+
+    /// Makes `id` reachable at `addr`; the first call starts its connection loop, later calls
+    /// change the address used from the next (re)connection on.
+    pub fn add_peer(&self, id: NodeId, addr: &str) {
+        if id == self.inner.config.node_id {
+            return;
+        }
+        let mut peers = lock(&self.inner.peers);
+        if let Some(peer) = peers.get(&id) {
+            let mut a = lock(&peer.addr);
+            if *a != addr {
+                *a = addr.to_string();
+            }
+            return;
+        }
+        let peer = Arc::new(Peer {
+            id,
+            addr: Mutex::new(addr.to_string()),
+            conn: Mutex::new(PeerConn::default()),
+            last_heard: Mutex::new(None),
+        });
+        peers.insert(id, peer.clone());
+        tokio::spawn(dial_loop(self.inner.clone(), peer));
+    }
+
+    /// Accepts peers' connections on `listener` until shutdown.
+    pub fn serve(&self, mut listener: impl Listener) {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let mut shutdown = inner.shutdown.subscribe();
+            loop {
+                let accepted = tokio::select! {
+                    r = listener.accept() => r,
+                    _ = shutdown.wait_for(|s| *s) => return,
+                };
+                match accepted {
+                    Ok((stream, addr)) => {
+                        tokio::spawn(serve_connection(inner.clone(), stream, addr));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster listener accept failed");
+                        // Accept errors are mostly resource exhaustion; do not spin on them.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// True while an outbound connection to `id` is established.
+    pub fn is_connected(&self, id: NodeId) -> bool {
+        let peers = lock(&self.inner.peers);
+        peers.get(&id).is_some_and(|p| lock(&p.conn).tx.is_some())
+    }
+
+    /// Sends a request and waits for its response body. `body` is written in pieces so large
+    /// payloads need no intermediate buffer before the frame.
+    pub async fn call(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        rpc: u8,
+        body: &[&[u8]],
+        timeout: Duration,
+    ) -> Result<Bytes, CallError> {
+        let unreachable = |reason: &str| CallError::Unreachable { node: target, reason: reason.to_string() };
+        let peer = lock(&self.inner.peers).get(&target).cloned().ok_or_else(|| unreachable("no address known"))?;
+        let corr_id = self.inner.next_corr_id.fetch_add(1, Ordering::Relaxed);
+        let body_len: usize = body.iter().map(|p| p.len()).sum();
+        let max = self.inner.config.max_frame_bytes;
+        if frame::HEADER_LEN + body_len > max {
+            return Err(CallError::TooLarge { len: frame::HEADER_LEN + body_len, max });
+        }
+        let mut buf = BytesMut::with_capacity(frame::LEN_PREFIX + frame::HEADER_LEN + body_len);
+        frame::encode_header(&mut buf, Kind::Request, corr_id, group, rpc, body_len);
+        for piece in body {
+            buf.extend_from_slice(piece);
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut conn = lock(&peer.conn);
+            let Some(queue) = conn.tx.clone() else {
+                return Err(unreachable("not connected"));
+            };
+            conn.pending.insert(corr_id, tx);
+            if queue.send(buf.freeze()).is_err() {
+                conn.pending.remove(&corr_id);
+                return Err(unreachable("connection closing"));
+            }
+        }
+        self.inner.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(_)) => Err(unreachable("connection lost")),
+            Err(_) => {
+                lock(&peer.conn).pending.remove(&corr_id);
+                Err(CallError::Timeout { node: target, timeout })
+            }
+        }
+    }
+
+    /// Checks that `target` answers; the node-level election driver pings every peer so that a
+    /// peer's silence means it is down or cut off, whatever the groups are doing.
+    pub async fn ping(&self, target: NodeId, timeout: Duration) -> Result<(), CallError> {
+        self.call(target, 0, RPC_PING, &[], timeout).await.map(|_| ())
+    }
+
+    /// When a frame last arrived from `peer` in answer to this node (`None`: never).
+    pub fn last_heard(&self, peer: NodeId) -> Option<tokio::time::Instant> {
+        let peers = lock(&self.inner.peers);
+        peers.get(&peer).and_then(|p| *lock(&p.last_heard))
+    }
+
+    /// The peers this node dials.
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        lock(&self.inner.peers).keys().copied().collect()
+    }
+
+    pub fn stats(&self) -> TransportStats {
+        let c = &self.inner.counters;
+        TransportStats {
+            frames_sent: c.frames_sent.load(Ordering::Relaxed),
+            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+            frames_received: c.frames_received.load(Ordering::Relaxed),
+            bytes_received: c.bytes_received.load(Ordering::Relaxed),
+            connections_established: c.connections_established.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops accepting and dialing; live connections close as their tasks observe it.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        for peer in lock(&self.inner.peers).values() {
+            peer.disconnect();
+        }
+    }
+}
+
+/// Keeps one outbound connection to `peer` alive, reconnecting with exponential backoff.
+async fn dial_loop(inner: Arc<Inner>, peer: Arc<Peer>) {
+    let cfg = &inner.config;
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut backoff = cfg.reconnect_backoff_min;
+    let mut failures: u32 = 0;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let addr = lock(&peer.addr).clone();
+        match tokio::time::timeout(cfg.handshake_timeout, dial(&inner, peer.id, &addr)).await {
+            Ok(Ok((reader, writer, buf))) => {
+                if failures > 0 {
+                    tracing::info!(peer = peer.id, %addr, failures, "cluster connection re-established");
+                } else {
+                    tracing::debug!(peer = peer.id, %addr, "cluster connection established");
+                }
+                failures = 0;
+                backoff = cfg.reconnect_backoff_min;
+                inner.counters.connections_established.fetch_add(1, Ordering::Relaxed);
+                let reason = run_outbound(&inner, &peer, reader, writer, buf).await;
+                tracing::info!(peer = peer.id, %addr, %reason, "cluster connection closed");
+            }
+            Ok(Err(e)) => {
+                failures += 1;
+                // The first failure is worth a warning; a peer that stays down would flood the log.
+                if failures == 1 {
+                    tracing::warn!(peer = peer.id, %addr, error = %e, "cannot connect to peer");
+                } else {
+                    tracing::debug!(peer = peer.id, %addr, error = %e, failures, "cannot connect to peer");
+                }
+            }
+            Err(_) => {
+                failures += 1;
+                tracing::warn!(peer = peer.id, %addr, "connect and handshake timed out");
+            }
+        }
+        peer.disconnect();
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(cfg.reconnect_backoff_max);
+    }
+}
+
+type Halves = (ReadHalf<BoxStream>, WriteHalf<BoxStream>, BytesMut);
+
+/// Connects and runs the dialer's side of the handshake.
+async fn dial(inner: &Inner, to: NodeId, addr: &str) -> Result<Halves, String> {
+    let cfg = &inner.config;
+    let stream = inner.connector.connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let hello = Hello { cluster_id: cfg.cluster_id.clone(), from: cfg.node_id, to, version: PROTOCOL_VERSION };
+    write_control(&mut writer, Kind::Hello, &hello).await?;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let decoder = FrameDecoder::new(cfg.max_frame_bytes);
+    let frame = read_frame(&mut reader, &mut buf, &decoder).await?.ok_or("peer closed during the handshake")?;
+    if frame.kind != Kind::HelloAck {
+        return Err(format!("expected a handshake answer, got {:?}", frame.kind));
+    }
+    let answer: Result<Hello, String> =
+        postcard::from_bytes(&frame.body).map_err(|e| format!("malformed handshake answer: {e}"))?;
+    let theirs = answer.map_err(|reason| format!("peer refused the handshake: {reason}"))?;
+    let expected = Hello { cluster_id: cfg.cluster_id.clone(), from: to, to: cfg.node_id, version: PROTOCOL_VERSION };
+    if theirs != expected {
+        return Err(format!("handshake mismatch: expected {expected:?}, peer sent {theirs:?}"));
+    }
+    Ok((reader, writer, buf))
+}
+
+/// Writes one handshake frame.
+async fn write_control<T: Serialize>(writer: &mut WriteHalf<BoxStream>, kind: Kind, body: &T) -> Result<(), String> {
+    let body = postcard::to_stdvec(body).map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::new();
+    frame::encode_header(&mut buf, kind, 0, 0, 0, body.len());
+    buf.extend_from_slice(&body);
+    writer.write_all(&buf).await.map_err(|e| e.to_string())
+}
+
+/// Reads until one frame is complete; `None` on a clean end of stream.
+async fn read_frame(
+    reader: &mut ReadHalf<BoxStream>,
+    buf: &mut BytesMut,
+    decoder: &FrameDecoder,
+) -> Result<Option<Frame>, String> {
+    loop {
+        if let Some(frame) = decoder.decode(buf).map_err(|e| e.to_string())? {
+            return Ok(Some(frame));
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(64 * 1024);
+        }
+        let n = reader.read_buf(buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return if buf.is_empty() { Ok(None) } else { Err("connection closed inside a frame".to_string()) };
+        }
+    }
+}
+
+/// Runs an established outbound connection until it fails; returns why it ended.
+async fn run_outbound(
+    inner: &Arc<Inner>,
+    peer: &Arc<Peer>,
+    mut reader: ReadHalf<BoxStream>,
+    writer: WriteHalf<BoxStream>,
+    mut buf: BytesMut,
+) -> String {
+    let (tx, rx) = mpsc::unbounded_channel();
+    lock(&peer.conn).tx = Some(tx);
+    let decoder = FrameDecoder::new(inner.config.max_frame_bytes);
+    let read = async {
+        loop {
+            let frame = match read_frame(&mut reader, &mut buf, &decoder).await {
+                Ok(Some(f)) => f,
+                Ok(None) => return "peer closed the connection".to_string(),
+                Err(e) => return e,
+            };
+            count_received(inner, &frame);
+            if frame.kind != Kind::Response {
+                return format!("protocol error: {:?} frame on an outbound connection", frame.kind);
+            }
+            *lock(&peer.last_heard) = Some(tokio::time::Instant::now());
+            // A response whose caller timed out finds no waiter; that is not an error.
+            if let Some(waiter) = lock(&peer.conn).pending.remove(&frame.corr_id) {
+                let _ = waiter.send(frame.body);
+            }
+        }
+    };
+    let mut shutdown = inner.shutdown.subscribe();
+    tokio::select! {
+        reason = read => reason,
+        reason = write_loop(inner, rx, writer) => reason,
+        _ = shutdown.wait_for(|s| *s) => "shutdown".to_string(),
+    }
+}
+
+fn count_received(inner: &Inner, frame: &Frame) {
+    let c = &inner.counters;
+    c.frames_received.fetch_add(1, Ordering::Relaxed);
+    c.bytes_received.fetch_add(frame.wire_len() as u64, Ordering::Relaxed);
+}
+
+/// Frames at least this large are written from their own buffer instead of being copied into
+/// the coalescing buffer: for them the copy costs more than the extra write call.
+const COALESCE_MAX_FRAME: usize = 64 * 1024;
+
+/// Drains the connection's queue into one buffer and writes it with one call. After the first
+/// frame it yields once, so frames queued by tasks woken in the same sweep (every group's
+/// heartbeat to this peer) join the same write.
+async fn write_loop(inner: &Inner, mut rx: mpsc::UnboundedReceiver<Bytes>, mut writer: WriteHalf<BoxStream>) -> String {
+    let mut buf = BytesMut::with_capacity(COALESCE_MAX_FRAME);
+    while let Some(first) = rx.recv().await {
+        tokio::task::yield_now().await;
+        let mut next = Some(first);
+        while let Some(frame) = next.take().or_else(|| rx.try_recv().ok()) {
+            if frame.len() < COALESCE_MAX_FRAME {
+                buf.extend_from_slice(&frame);
+                continue;
+            }
+            if let Err(e) = flush(inner, &mut writer, &mut buf).await {
+                return e;
+            }
+            let mut large = frame;
+            if let Err(e) = flush(inner, &mut writer, &mut large).await {
+                return e;
+            }
+        }
+        if let Err(e) = flush(inner, &mut writer, &mut buf).await {
+            return e;
+        }
+    }
+    "connection dropped by this node".to_string()
+}
+
+/// Writes and empties `buf` (if it holds anything) with one write call, counting it.
+async fn flush<B: bytes::Buf>(inner: &Inner, writer: &mut WriteHalf<BoxStream>, buf: &mut B) -> Result<(), String> {
+    let len = buf.remaining();
+    if len == 0 {
+        return Ok(());
+    }
+    writer.write_all_buf(buf).await.map_err(|e| format!("write failed: {e}"))?;
+    let c = &inner.counters;
+    c.writes.fetch_add(1, Ordering::Relaxed);
+    c.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Accepts one inbound connection: handshake, then answer requests until it closes.
+async fn serve_connection(inner: Arc<Inner>, stream: BoxStream, addr: String) {
+    let cfg = &inner.config;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let decoder = FrameDecoder::new(cfg.max_frame_bytes);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let hello = match tokio::time::timeout(cfg.handshake_timeout, read_frame(&mut reader, &mut buf, &decoder)).await {
+        Ok(Ok(Some(f))) if f.kind == Kind::Hello => f,
+        Ok(Ok(Some(f))) => {
+            tracing::warn!(%addr, kind = ?f.kind, "inbound cluster connection did not start with a handshake; closing");
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::warn!(%addr, error = %e, "bad handshake frame; closing");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%addr, "no handshake in time; closing");
+            return;
+        }
+    };
+    let theirs: Hello = match postcard::from_bytes(&hello.body) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "malformed handshake; closing");
+            return;
+        }
+    };
+    let refusal = if theirs.version != PROTOCOL_VERSION {
+        Some(format!("protocol version {} is not {PROTOCOL_VERSION}", theirs.version))
+    } else if theirs.cluster_id != cfg.cluster_id {
+        Some(format!("cluster id {:?} is not {:?}", theirs.cluster_id, cfg.cluster_id))
+    } else if theirs.to != cfg.node_id {
+        Some(format!("addressed to node {}, this is node {}", theirs.to, cfg.node_id))
+    } else {
+        None
+    };
+    if let Some(reason) = refusal {
+        tracing::warn!(%addr, from = theirs.from, %reason, "refusing cluster connection");
+        let _ = write_control(&mut writer, Kind::HelloAck, &Err::<Hello, _>(reason)).await;
+        return;
+    }
+    let ours =
+        Hello { cluster_id: cfg.cluster_id.clone(), from: cfg.node_id, to: theirs.from, version: PROTOCOL_VERSION };
+    if let Err(e) = write_control(&mut writer, Kind::HelloAck, &Ok::<_, String>(ours)).await {
+        tracing::debug!(%addr, error = %e, "handshake answer not sent");
+        return;
+    }
+    let from = theirs.from;
+    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    let read = async {
+        loop {
+            let frame = match read_frame(&mut reader, &mut buf, &decoder).await {
+                Ok(Some(f)) => f,
+                Ok(None) => return "peer closed the connection".to_string(),
+                Err(e) => return e,
+            };
+            count_received(&inner, &frame);
+            if frame.kind != Kind::Request {
+                return format!("protocol error: {:?} frame on an inbound connection", frame.kind);
+            }
+            if frame.rpc == RPC_PING {
+                let mut out = BytesMut::with_capacity(frame::LEN_PREFIX + frame::HEADER_LEN);
+                frame::encode_header(&mut out, Kind::Response, frame.corr_id, 0, RPC_PING, 0);
+                if tx.send(out.freeze()).is_ok() {
+                    inner.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
+            let answer = inner.handler.handle(from, frame.group_id, frame.rpc, frame.body);
+            let tx = tx.clone();
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                let body = answer.await;
+                let mut out = BytesMut::with_capacity(frame::LEN_PREFIX + frame::HEADER_LEN + body.len());
+                frame::encode_header(&mut out, Kind::Response, frame.corr_id, frame.group_id, frame.rpc, body.len());
+                out.extend_from_slice(&body);
+                // The connection may be gone; the dialer's call then fails as unreachable.
+                if tx.send(out.freeze()).is_ok() {
+                    inner.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    };
+    let mut shutdown = inner.shutdown.subscribe();
+    let reason = tokio::select! {
+        reason = read => reason,
+        reason = write_loop(&inner, rx, writer) => reason,
+        _ = shutdown.wait_for(|s| *s) => "shutdown".to_string(),
+    };
+    tracing::info!(%addr, from, %reason, "inbound cluster connection closed");
+}

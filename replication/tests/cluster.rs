@@ -1,0 +1,375 @@
+//! Three in-process nodes over real loopback TCP hosting ten Raft groups: every group elects one
+//! leader, writes commit on a majority, and writes keep committing after the sockets are killed
+//! or a node is cut off, without any committed entry changing. Each scenario runs with openraft's
+//! per-group election timers and with the node-level election driver (tick off).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{init_tracing, wait_until, KillableConnector};
+use fjord_replication::election::{ElectionDriver, ElectionTimings};
+use fjord_replication::heartbeat::HeartbeatDriver;
+use fjord_replication::mem::{MemLog, MemStateMachine};
+use fjord_replication::node::{GroupTimings, ReplicaNode};
+use fjord_replication::transport::{TcpListener, TransportConfig};
+use fjord_replication::{BatchData, GroupId, NodeId, Raft};
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::{BasicNode, ServerState};
+
+const GROUPS: u64 = 10;
+const NODES: u64 = 3;
+const DEADLINE: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// openraft's tick per group, heartbeats from the node's driver.
+    GroupTimers,
+    /// No tick: the node-level election driver pings peers; group heartbeats are sparser.
+    NodeElections,
+}
+
+struct TestNode {
+    node: ReplicaNode<MemStateMachine>,
+    state_machines: HashMap<GroupId, MemStateMachine>,
+    connector: Arc<KillableConnector>,
+    _heartbeats: HeartbeatDriver,
+    _elections: Option<ElectionDriver>,
+}
+
+impl TestNode {
+    fn raft(&self, group: GroupId) -> Raft<MemStateMachine> {
+        self.node.group(group).expect("group started")
+    }
+}
+
+fn timings() -> GroupTimings {
+    GroupTimings {
+        heartbeat_interval: Duration::from_millis(100),
+        election_timeout_min: Duration::from_millis(600),
+        election_timeout_max: Duration::from_millis(1000),
+    }
+}
+
+fn election_timings() -> ElectionTimings {
+    ElectionTimings {
+        ping_interval: Duration::from_millis(50),
+        election_timeout_min: Duration::from_millis(300),
+        election_timeout_max: Duration::from_millis(500),
+    }
+}
+
+async fn start_cluster(mode: Mode) -> Vec<TestNode> {
+    let mut listeners = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=NODES {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        members.insert(id, BasicNode::new(l.local_addr().unwrap().to_string()));
+        listeners.push(l);
+    }
+    let config = match mode {
+        Mode::GroupTimers => timings().config("cluster-test").unwrap(),
+        Mode::NodeElections => election_timings().raft_config("cluster-test").unwrap(),
+    };
+    let mut nodes = Vec::new();
+    for (id, listener) in (1..=NODES).zip(listeners) {
+        let connector = KillableConnector::new();
+        let node = ReplicaNode::new(TransportConfig::new("cluster-test", id), connector.clone());
+        node.serve(listener);
+        for (peer, n) in &members {
+            node.add_peer(*peer, &n.addr);
+        }
+        let mut state_machines = HashMap::new();
+        for group in 1..=GROUPS {
+            let sm = MemStateMachine::default();
+            node.start_group(group, config.clone(), MemLog::default(), sm.clone()).await.unwrap();
+            state_machines.insert(group, sm);
+        }
+        let (heartbeats, elections) = match mode {
+            Mode::GroupTimers => (node.start_heartbeats(timings().heartbeat_interval), None),
+            // Group heartbeats only carry the commit index here; liveness is the driver's pings.
+            Mode::NodeElections => {
+                (node.start_heartbeats(Duration::from_millis(200)), Some(node.start_elections(election_timings())))
+            }
+        };
+        nodes.push(TestNode { node, state_machines, connector, _heartbeats: heartbeats, _elections: elections });
+    }
+    // Spread the first leaders: group g starts its first election on node g % 3 + 1.
+    for group in 1..=GROUPS {
+        let first = &nodes[(group % NODES) as usize];
+        first.raft(group).initialize(members.clone()).await.unwrap();
+    }
+    nodes
+}
+
+/// Waits until every node agrees on one leader of `group` that knows it leads; returns it.
+async fn settled_leader(nodes: &[TestNode], group: GroupId) -> NodeId {
+    let mut leader = None;
+    for n in nodes {
+        let m = n
+            .raft(group)
+            .wait(Some(DEADLINE))
+            .metrics(
+                |m| m.current_leader.is_some() && (m.current_leader != Some(m.id) || m.state == ServerState::Leader),
+                format!("group {group} leader known on node {}", n.node.id()),
+            )
+            .await
+            .unwrap();
+        leader.get_or_insert(m.current_leader);
+    }
+    let leader = leader.flatten().unwrap();
+    // All nodes must name the same leader (wait: a follower may still be on an older term).
+    for n in nodes {
+        n.raft(group)
+            .wait(Some(DEADLINE))
+            .current_leader(leader, format!("group {group} agrees on {leader}"))
+            .await
+            .unwrap();
+    }
+    leader
+}
+
+/// `group` has one leader all nodes agree on, and no term has two leaders (a new election may
+/// be running meanwhile on a loaded machine; two leaders in one term never).
+async fn assert_one_leader(nodes: &[TestNode], group: GroupId) {
+    settled_leader(nodes, group).await;
+    let metrics: Vec<_> = nodes.iter().map(|n| n.raft(group).metrics().borrow_watched().clone()).collect();
+    let mut leaders_by_term: HashMap<u64, Vec<NodeId>> = HashMap::new();
+    for m in metrics.iter().filter(|m| m.state == ServerState::Leader) {
+        leaders_by_term.entry(m.current_term).or_default().push(m.id);
+    }
+    for (term, leaders) in leaders_by_term {
+        assert_eq!(leaders.len(), 1, "group {group} at term {term}: leaders {leaders:?}");
+    }
+}
+
+/// The acknowledged writes of a round, per group: (log index, batch).
+type Acked = HashMap<GroupId, Vec<(u64, Bytes)>>;
+
+/// Writes `count` batches to every group through its leader, as a client would: a write refused
+/// because leadership moved (a slow heartbeat on a loaded machine can cost an election) is sent
+/// again to the new leader.
+async fn write_all(nodes: &[TestNode], round: &str, count: usize) -> Acked {
+    let mut acked = Acked::new();
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    for group in 1..=GROUPS {
+        for i in 0..count {
+            let data = Bytes::from(format!("{round}:{group}:{i}"));
+            loop {
+                assert!(tokio::time::Instant::now() < give_up, "group {group}: write {i} not acknowledged");
+                let leader = settled_leader(nodes, group).await;
+                let raft = nodes.iter().find(|n| n.node.id() == leader).unwrap().raft(group);
+                match tokio::time::timeout(DEADLINE, raft.client_write(BatchData(data.clone()))).await {
+                    Ok(Ok(resp)) => {
+                        acked.entry(group).or_default().push((resp.log_id.index(), data));
+                        break;
+                    }
+                    Ok(Err(e)) if e.forward_to_leader().is_some() => continue,
+                    Ok(Err(e)) => panic!("group {group}: write failed: {e}"),
+                    Err(_) => panic!("group {group}: write timed out"),
+                }
+            }
+        }
+    }
+    acked
+}
+
+fn last_indexes(acked: &Acked) -> HashMap<GroupId, u64> {
+    acked.iter().map(|(g, w)| (*g, w.iter().map(|(i, _)| *i).max().unwrap_or(0))).collect()
+}
+
+/// Every acknowledged write is in `entries` at the index its acknowledgement gave.
+fn assert_acked_present(entries: &[AppliedEntry], acked: &[(u64, Bytes)], count: usize, what: &str) {
+    assert_eq!(acked.len(), count, "{what}: acknowledgements");
+    for (index, data) in acked {
+        assert!(
+            entries.iter().any(|(_, i, d)| i == index && d == data),
+            "{what}: acknowledged {data:?} at index {index} is missing"
+        );
+    }
+}
+
+/// Waits until a majority has `index` committed and applied for every group, and the leader
+/// reports it committed.
+async fn committed_on_majority(nodes: &[TestNode], last: &HashMap<GroupId, u64>) {
+    for (&group, &index) in last {
+        let nodes_ = nodes;
+        wait_until(DEADLINE, &format!("group {group} index {index} on a majority"), || async move {
+            let applied = nodes_
+                .iter()
+                .filter(|n| n.raft(group).metrics().borrow_watched().last_applied.is_some_and(|l| l.index() >= index))
+                .count();
+            applied as u64 > NODES / 2
+        })
+        .await;
+    }
+}
+
+/// Every node's applied batches for `group`, which all must be prefixes of the longest.
+fn applied(nodes: &[TestNode], group: GroupId) -> Vec<Vec<AppliedEntry>> {
+    nodes
+        .iter()
+        .map(|n| {
+            n.state_machines[&group].applied().into_iter().map(|(id, d)| (id.leader_id.term, id.index(), d.0)).collect()
+        })
+        .collect()
+}
+
+/// One applied batch: term, index, bytes.
+type AppliedEntry = (u64, u64, Bytes);
+/// Per group, per node, the applied batches.
+type Applied = HashMap<GroupId, Vec<Vec<AppliedEntry>>>;
+
+/// Every node's applied batches for every group are prefixes of the longest one.
+fn assert_consistent(nodes: &[TestNode]) -> Applied {
+    let all: HashMap<_, _> = (1..=GROUPS).map(|g| (g, applied(nodes, g))).collect();
+    for (g, per_node) in &all {
+        let longest = per_node.iter().max_by_key(|v| v.len()).unwrap();
+        for v in per_node {
+            assert_eq!(&longest[..v.len()], &v[..], "group {g}: nodes disagree");
+        }
+    }
+    all
+}
+
+/// What each node had applied before is still a prefix of what it has now.
+fn assert_unchanged(before: &Applied, now: &Applied) {
+    for (g, per_node) in before {
+        let reference = now[g].iter().max_by_key(|v| v.len()).unwrap();
+        for old in per_node {
+            assert_eq!(&reference[..old.len()], &old[..], "group {g}: a committed entry changed");
+        }
+    }
+}
+
+/// Waits until every node in `nodes` has applied `last` of every group.
+async fn caught_up(nodes: &[TestNode], last: &HashMap<GroupId, u64>) {
+    for (&group, &index) in last {
+        for n in nodes {
+            n.raft(group)
+                .wait(Some(DEADLINE))
+                .applied_index_at_least(Some(index), format!("group {group} on node {}", n.node.id()))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn elect_replicate_and_survive_dropped_connections(mode: Mode) {
+    init_tracing();
+    let nodes = start_cluster(mode).await;
+
+    for group in 1..=GROUPS {
+        assert_one_leader(&nodes, group).await;
+    }
+
+    let first = write_all(&nodes, "before", 5).await;
+    committed_on_majority(&nodes, &last_indexes(&first)).await;
+    let before = assert_consistent(&nodes);
+    for (g, per_node) in &before {
+        let longest = per_node.iter().max_by_key(|v| v.len()).unwrap();
+        assert_acked_present(longest, &first[g], 5, &format!("group {g} before"));
+    }
+
+    // Kill every node's sockets at once; the transports must reconnect by themselves.
+    let established: Vec<_> = nodes.iter().map(|n| n.node.transport().stats().connections_established).collect();
+    for n in &nodes {
+        assert_eq!(n.connector.kill_all(), (NODES - 1) as usize);
+    }
+    for (n, before) in nodes.iter().zip(established) {
+        let t = n.node.transport().clone();
+        wait_until(DEADLINE, "reconnection", move || {
+            let t = t.clone();
+            async move {
+                t.stats().connections_established >= before + NODES - 1
+                    && (1..=NODES).filter(|p| t.is_connected(*p)).count() as u64 == NODES - 1
+            }
+        })
+        .await;
+    }
+
+    let second = write_all(&nodes, "after", 5).await;
+    committed_on_majority(&nodes, &last_indexes(&second)).await;
+    caught_up(&nodes, &last_indexes(&second)).await;
+
+    let now = assert_consistent(&nodes);
+    assert_unchanged(&before, &now);
+    for group in 1..=GROUPS {
+        assert_one_leader(&nodes, group).await;
+        for v in &now[&group] {
+            assert_acked_present(v, &first[&group], 5, &format!("group {group} before"));
+            assert_acked_present(v, &second[&group], 5, &format!("group {group} after reconnection"));
+        }
+    }
+
+    for n in &nodes {
+        n.node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn group_timers_elect_replicate_and_survive_dropped_connections() {
+    elect_replicate_and_survive_dropped_connections(Mode::GroupTimers).await;
+}
+
+#[tokio::test]
+async fn node_elections_elect_replicate_and_survive_dropped_connections() {
+    elect_replicate_and_survive_dropped_connections(Mode::NodeElections).await;
+}
+
+/// Cutting node 1 off (its transport stops) moves every group it led to the two others, which
+/// keep committing; nothing committed before is lost.
+async fn survive_an_isolated_node(mode: Mode) {
+    init_tracing();
+    let nodes = start_cluster(mode).await;
+    for group in 1..=GROUPS {
+        settled_leader(&nodes, group).await;
+    }
+    let first = write_all(&nodes, "before", 3).await;
+    committed_on_majority(&nodes, &last_indexes(&first)).await;
+    let isolated = nodes[0].node.id();
+    let led: Vec<_> = (1..=GROUPS).filter(|g| nodes[0].raft(*g).is_leader()).collect();
+    assert!(!led.is_empty(), "node {isolated} should lead some groups (leaders are spread)");
+
+    nodes[0].node.transport().shutdown();
+    let rest = &nodes[1..];
+    let before = assert_consistent(rest);
+    for group in 1..=GROUPS {
+        for n in rest {
+            n.raft(group)
+                .wait(Some(DEADLINE))
+                .metrics(
+                    |m| m.current_leader.is_some_and(|l| l != isolated),
+                    format!("group {group}: a leader other than node {isolated} on node {}", n.node.id()),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let second = write_all(rest, "after", 3).await;
+    caught_up(rest, &last_indexes(&second)).await;
+    let now = assert_consistent(rest);
+    assert_unchanged(&before, &now);
+    for group in 1..=GROUPS {
+        for v in &now[&group] {
+            assert_acked_present(v, &first[&group], 3, &format!("group {group} before"));
+            assert_acked_present(v, &second[&group], 3, &format!("group {group} after isolation"));
+        }
+    }
+    for n in &nodes {
+        n.node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn group_timers_survive_an_isolated_node() {
+    survive_an_isolated_node(Mode::GroupTimers).await;
+}
+
+#[tokio::test]
+async fn node_elections_survive_an_isolated_node() {
+    survive_an_isolated_node(Mode::NodeElections).await;
+}

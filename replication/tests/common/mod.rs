@@ -1,0 +1,69 @@
+//! Helpers shared by the replication integration tests: a TCP connector whose sockets the test
+//! can kill, and waiting on a condition with a deadline.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fjord_replication::transport::{BoxFuture, BoxStream, Connector};
+
+/// Dials over TCP and keeps a duplicate of each socket, so `kill_all` can shut the real sockets
+/// down under the transport (both ends see the connection drop, as with a network fault).
+#[derive(Default)]
+pub struct KillableConnector {
+    sockets: Mutex<Vec<std::net::TcpStream>>,
+}
+
+impl KillableConnector {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Shuts down every socket dialed so far; returns how many.
+    pub fn kill_all(&self) -> usize {
+        let sockets: Vec<_> = self.sockets.lock().unwrap().drain(..).collect();
+        for s in &sockets {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        sockets.len()
+    }
+}
+
+impl Connector for KillableConnector {
+    fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, io::Result<BoxStream>> {
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let std_stream = stream.into_std()?;
+            self.sockets.lock().unwrap().push(std_stream.try_clone()?);
+            let stream = tokio::net::TcpStream::from_std(std_stream)?;
+            Ok(Box::new(stream) as BoxStream)
+        })
+    }
+}
+
+/// Polls `cond` until it holds, failing the test with `what` after `deadline`.
+pub async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let give_up = tokio::time::Instant::now() + deadline;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}

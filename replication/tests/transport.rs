@@ -1,0 +1,270 @@
+//! The node transport over real loopback TCP: calls and their coalescing, in-flight calls failing
+//! when the socket dies and reconnection, and refusal of bad handshakes and bad frames.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use common::{init_tracing, wait_until, KillableConnector};
+use fjord_replication::transport::frame::encode_header;
+use fjord_replication::transport::{
+    BoxFuture, CallError, FrameDecoder, Hello, InboundHandler, Kind, TcpConnector, TcpListener, Transport,
+    TransportConfig, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+const ECHO: u8 = 1;
+const BLACK_HOLE: u8 = 99;
+
+/// Answers `ECHO` with the reversed body and `BLACK_HOLE` never, reporting that it arrived.
+struct TestHandler {
+    arrived: mpsc::UnboundedSender<u64>,
+}
+
+impl InboundHandler for TestHandler {
+    fn handle(&self, _from: u64, group: u64, rpc: u8, body: Bytes) -> BoxFuture<'static, Bytes> {
+        let _ = self.arrived.send(group);
+        Box::pin(async move {
+            if rpc == BLACK_HOLE {
+                futures::future::pending::<()>().await;
+            }
+            let mut v = body.to_vec();
+            v.reverse();
+            Bytes::from(v)
+        })
+    }
+}
+
+struct Server {
+    transport: Transport,
+    addr: String,
+    arrived: mpsc::UnboundedReceiver<u64>,
+}
+
+async fn server(cluster: &str, id: u64, max_frame_bytes: usize) -> Server {
+    let (tx, arrived) = mpsc::unbounded_channel();
+    let mut config = TransportConfig::new(cluster, id);
+    config.max_frame_bytes = max_frame_bytes;
+    let transport = Transport::new(config, Arc::new(TcpConnector), Arc::new(TestHandler { arrived: tx }));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    transport.serve(listener);
+    Server { transport, addr, arrived }
+}
+
+fn client(cluster: &str, id: u64, connector: Arc<KillableConnector>) -> Transport {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    Transport::new(TransportConfig::new(cluster, id), connector, Arc::new(TestHandler { arrived: tx }))
+}
+
+async fn connected(t: &Transport, peer: u64) {
+    let t = t.clone();
+    wait_until(Duration::from_secs(10), "connection", move || {
+        let t = t.clone();
+        async move { t.is_connected(peer) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_calls_are_answered_and_coalesced() {
+    init_tracing();
+    let srv = server("c", 2, 1 << 20).await;
+    let a = client("c", 1, KillableConnector::new());
+    a.add_peer(2, &srv.addr);
+    connected(&a, 2).await;
+
+    let calls = (0..200u64).map(|i| {
+        let a = a.clone();
+        async move {
+            let body = format!("request {i}");
+            let answer = a.call(2, i, ECHO, &[body.as_bytes()], Duration::from_secs(10)).await.unwrap();
+            let mut expected = body.into_bytes();
+            expected.reverse();
+            assert_eq!(&answer[..], &expected[..]);
+        }
+    });
+    futures::future::join_all(calls).await;
+
+    let stats = a.stats();
+    assert_eq!(stats.frames_sent, 200);
+    assert_eq!(stats.frames_received, 200);
+    // The 200 requests were queued before the writer ran: far fewer writes than frames.
+    assert!(stats.writes * 10 <= stats.frames_sent, "requests not coalesced: {stats:?}");
+    let served = srv.transport.stats();
+    assert!(served.writes < served.frames_sent, "responses not coalesced: {served:?}");
+}
+
+#[tokio::test]
+async fn in_flight_calls_fail_when_the_socket_dies_and_the_peer_reconnects() {
+    init_tracing();
+    let mut srv = server("c", 2, 1 << 20).await;
+    let connector = KillableConnector::new();
+    let a = client("c", 1, connector.clone());
+    a.add_peer(2, &srv.addr);
+    connected(&a, 2).await;
+
+    let pending = {
+        let a = a.clone();
+        tokio::spawn(async move { a.call(2, 7, BLACK_HOLE, &[b"never answered"], Duration::from_secs(60)).await })
+    };
+    assert_eq!(srv.arrived.recv().await, Some(7));
+    assert_eq!(connector.kill_all(), 1);
+
+    let result = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("the in-flight call must fail promptly, not wait for its timeout")
+        .unwrap();
+    assert!(matches!(result, Err(CallError::Unreachable { node: 2, .. })), "{result:?}");
+
+    let a2 = a.clone();
+    wait_until(Duration::from_secs(10), "reconnection", move || {
+        let a = a2.clone();
+        async move { a.stats().connections_established >= 2 && a.is_connected(2) }
+    })
+    .await;
+    let answer = a.call(2, 1, ECHO, &[b"abc"], Duration::from_secs(10)).await.unwrap();
+    assert_eq!(&answer[..], b"cba");
+
+    // Frames too large to coalesce take their own write, in both directions, next to small ones.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let pieces: [&[u8]; 2] = [&big[..100], &big[100..]];
+    let (small, large) = tokio::join!(
+        a.call(2, 2, ECHO, &[b"xy"], Duration::from_secs(10)),
+        a.call(2, 3, ECHO, &pieces, Duration::from_secs(10)),
+    );
+    assert_eq!(&small.unwrap()[..], b"yx");
+    let mut reversed = big.clone();
+    reversed.reverse();
+    assert_eq!(&large.unwrap()[..], &reversed[..]);
+}
+
+/// Writes a handshake and returns the decoded answer (`None` if the server closed first).
+async fn raw_handshake(stream: &mut TcpStream, hello: &Hello) -> Option<Result<Hello, String>> {
+    let body = postcard::to_stdvec(hello).unwrap();
+    let mut buf = BytesMut::new();
+    encode_header(&mut buf, Kind::Hello, 0, 0, 0, body.len());
+    buf.extend_from_slice(&body);
+    stream.write_all(&buf).await.unwrap();
+    let decoder = FrameDecoder::new(1 << 20);
+    let mut rbuf = BytesMut::new();
+    loop {
+        if let Some(frame) = decoder.decode(&mut rbuf).unwrap() {
+            assert_eq!(frame.kind, Kind::HelloAck);
+            return Some(postcard::from_bytes(&frame.body).unwrap());
+        }
+        if stream.read_buf(&mut rbuf).await.unwrap_or(0) == 0 {
+            return None;
+        }
+    }
+}
+
+/// Reads until the server closes the connection, with a deadline.
+async fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut sink = [0u8; 1024];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn hello(cluster: &str, from: u64, to: u64, version: u16) -> Hello {
+    Hello { cluster_id: cluster.to_string(), from, to, version }
+}
+
+#[tokio::test]
+async fn mismatched_handshakes_are_refused() {
+    init_tracing();
+    let srv = server("blue", 2, 1 << 20).await;
+    for (bad, why) in [
+        (hello("red", 1, 2, PROTOCOL_VERSION), "cluster id"),
+        (hello("blue", 1, 3, PROTOCOL_VERSION), "addressed to node 3"),
+        (hello("blue", 1, 2, PROTOCOL_VERSION + 1), "protocol version"),
+    ] {
+        let mut s = TcpStream::connect(&srv.addr).await.unwrap();
+        match raw_handshake(&mut s, &bad).await {
+            Some(Err(reason)) => assert!(reason.contains(why), "{reason}"),
+            other => panic!("{bad:?} was not refused: {other:?}"),
+        }
+        assert!(closed_by_server(&mut s).await, "{bad:?}: connection left open");
+    }
+
+    // A whole transport of another cluster never gets a working connection.
+    let red = client("red", 1, KillableConnector::new());
+    red.add_peer(2, &srv.addr);
+    let err = red.call(2, 1, ECHO, &[b"x"], Duration::from_secs(1)).await.unwrap_err();
+    assert!(matches!(err, CallError::Unreachable { .. }), "{err:?}");
+
+    // The right handshake is accepted, mirrored.
+    let mut s = TcpStream::connect(&srv.addr).await.unwrap();
+    assert_eq!(
+        raw_handshake(&mut s, &hello("blue", 1, 2, PROTOCOL_VERSION)).await,
+        Some(Ok(hello("blue", 2, 1, PROTOCOL_VERSION)))
+    );
+}
+
+#[tokio::test]
+async fn oversize_and_malformed_frames_close_the_connection() {
+    init_tracing();
+    let srv = server("c", 2, 1024).await;
+    let good = hello("c", 1, 2, PROTOCOL_VERSION);
+
+    let mut frames: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut oversize = BytesMut::new();
+    encode_header(&mut oversize, Kind::Request, 1, 1, ECHO, 5000);
+    frames.push(("oversize", oversize.to_vec()));
+    frames.push(("too short", vec![0, 0, 0, 3, 0, 0, 0]));
+    let mut unknown_kind = BytesMut::new();
+    encode_header(&mut unknown_kind, Kind::Request, 1, 1, ECHO, 0);
+    unknown_kind[4] = 42;
+    frames.push(("unknown kind", unknown_kind.to_vec()));
+    let mut response = BytesMut::new();
+    encode_header(&mut response, Kind::Response, 1, 1, ECHO, 0);
+    frames.push(("response on an inbound connection", response.to_vec()));
+
+    for (what, bytes) in frames {
+        let mut s = TcpStream::connect(&srv.addr).await.unwrap();
+        assert!(matches!(raw_handshake(&mut s, &good).await, Some(Ok(_))));
+        s.write_all(&bytes).await.unwrap();
+        assert!(closed_by_server(&mut s).await, "{what}: connection left open");
+    }
+
+    // A real transport sending more than the server accepts loses its connection (and the
+    // call), then reconnects.
+    let a = client("c", 1, KillableConnector::new());
+    a.add_peer(2, &srv.addr);
+    connected(&a, 2).await;
+    let big = vec![0u8; 2000];
+    let err = a.call(2, 1, ECHO, &[&big], Duration::from_secs(10)).await.unwrap_err();
+    assert!(matches!(err, CallError::Unreachable { .. }), "{err:?}");
+
+    // A sender with the same limit refuses to send it at all.
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut config = TransportConfig::new("c", 3);
+    config.max_frame_bytes = 1024;
+    let small = Transport::new(config, Arc::new(TcpConnector), Arc::new(TestHandler { arrived: tx }));
+    small.add_peer(2, &srv.addr);
+    connected(&small, 2).await;
+    let err = small.call(2, 1, ECHO, &[&big], Duration::from_secs(10)).await.unwrap_err();
+    assert!(matches!(err, CallError::TooLarge { len: 2018, max: 1024 }), "{err:?}");
+
+    // Garbage instead of a handshake is closed too.
+    let mut s = TcpStream::connect(&srv.addr).await.unwrap();
+    s.write_all(&[0xff; 64]).await.unwrap();
+    assert!(closed_by_server(&mut s).await, "garbage handshake");
+
+    // The server still serves well-behaved peers.
+    connected(&a, 2).await;
+    let answer = a.call(2, 1, ECHO, &[b"ok"], Duration::from_secs(10)).await.unwrap();
+    assert_eq!(&answer[..], b"ko");
+}
