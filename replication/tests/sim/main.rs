@@ -23,7 +23,7 @@ use fjord_replication::transport::TransportConfig;
 use fjord_replication::{BatchData, GroupId, NodeId, Raft, TypeConfig};
 use net::{Links, SimConnector, SimListener};
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::storage::RaftLogReader;
+use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
 use openraft::type_config::alias::EntryOf;
 use openraft::{BasicNode, EntryPayload, RaftMetrics, ServerState};
 
@@ -34,6 +34,8 @@ const FAULT_WINDOW_MS: u64 = 6_000;
 const CONVERGE_DEADLINE: Duration = Duration::from_secs(30);
 /// Normal one-way latency of every link.
 const BASE_LATENCY: Duration = Duration::from_millis(5);
+/// Simulated time per step: every host runs this long between network deliveries.
+const TICK: Duration = Duration::from_millis(2);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -69,6 +71,9 @@ enum Mode {
 enum Bug {
     /// The store keeps nothing across a crash (no fsync at all): log, vote and commit are lost.
     WipeOnCrash,
+    /// The vote is not persisted: a restarted node keeps its log and commit but may vote again
+    /// in a term it already voted in.
+    ForgetVoteOnCrash,
 }
 
 #[derive(Clone, Debug)]
@@ -83,7 +88,7 @@ struct Params {
 impl Params {
     fn new(seed: u64, nodes: u64) -> Self {
         // Both election modes of production get every other seed.
-        let mode = if seed % 2 == 0 { Mode::GroupTimers } else { Mode::NodeElections };
+        let mode = if seed.is_multiple_of(2) { Mode::GroupTimers } else { Mode::NodeElections };
         Self { seed, nodes, groups: 3, mode, bug: None }
     }
 
@@ -408,14 +413,11 @@ async fn run_writers(shared: Arc<Shared>) -> HostResult {
                 let what = format!("g{group}-w{n}");
                 lock(&s.history).attempts += 1;
                 let write = raft.client_write(BatchData(Bytes::from(what.clone())));
-                match tokio::time::timeout(Duration::from_secs(2), write).await {
-                    Ok(Ok(resp)) => {
-                        let entry = Seen { term: resp.log_id.leader_id.term, what };
-                        lock(&s.history).acked.push((group, resp.log_id.index, entry));
-                    }
-                    // Refused (no longer leader) or not known: not acknowledged, never retried
-                    // with the same number, so a duplicate in the log is a real one.
-                    Ok(Err(_)) | Err(_) => {}
+                // Refused (no longer leader) or no answer in time: not acknowledged, and never
+                // retried with the same number, so a duplicate in the log is a real one.
+                if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(2), write).await {
+                    let entry = Seen { term: resp.log_id.leader_id.term, what };
+                    lock(&s.history).acked.push((group, resp.log_id.index, entry));
                 }
                 tokio::time::sleep(Duration::from_millis(15)).await;
             }
@@ -447,11 +449,21 @@ fn apply(sim: &mut turmoil::Sim<'_>, shared: &Shared, action: &Action, down: &mu
             down.insert(*n);
             lock(&shared.live).remove(n);
             shared.links.reset(ip(sim, *n), None);
-            if shared.params.bug == Some(Bug::WipeOnCrash) {
-                let mut disks = lock(&shared.disks);
-                for g in 1..=shared.params.groups {
-                    disks.insert((*n, g), MemLog::default());
+            match shared.params.bug {
+                Some(Bug::WipeOnCrash) => {
+                    let mut disks = lock(&shared.disks);
+                    for g in 1..=shared.params.groups {
+                        disks.insert((*n, g), MemLog::default());
+                    }
                 }
+                Some(Bug::ForgetVoteOnCrash) => {
+                    let mut disks = lock(&shared.disks);
+                    for g in 1..=shared.params.groups {
+                        let old = disks.get(&(*n, g)).cloned().unwrap_or_default();
+                        disks.insert((*n, g), without_vote(old));
+                    }
+                }
+                None => {}
             }
         }
         Action::Restart(n) => {
@@ -478,6 +490,18 @@ fn apply(sim: &mut turmoil::Sim<'_>, shared: &Shared, action: &Action, down: &mu
             shared.links.reset(ip(sim, *a), Some(ip(sim, *b)));
         }
     }
+}
+
+/// A copy of `log` with its entries and commit but no vote.
+fn without_vote(mut log: MemLog) -> MemLog {
+    futures::executor::block_on(async {
+        let mut copy = MemLog::default();
+        let entries = log.try_get_log_entries(0..).await.expect("memory log read");
+        let committed = log.read_committed().await.expect("memory log read");
+        copy.append(entries, IOFlushed::noop()).await.expect("memory log append");
+        copy.save_committed(committed).await.expect("memory log write");
+        copy
+    })
 }
 
 /// Every group has one leader all nodes follow, and every node holds and has committed exactly
@@ -575,6 +599,7 @@ fn run(params: &Params, schedule: &Schedule) -> Outcome {
     let mut sim = turmoil::Builder::new()
         .rng_seed(params.seed)
         .simulation_duration(Duration::from_secs(600))
+        .tick_duration(TICK)
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(BASE_LATENCY)
         .build();
@@ -622,7 +647,7 @@ fn run(params: &Params, schedule: &Schedule) -> Outcome {
             break;
         }
         steps += 1;
-        if steps % 20 == 0 && converged(&shared) {
+        if steps.is_multiple_of(20) && converged(&shared) {
             break;
         }
         if sim.elapsed() > give_up {
@@ -667,6 +692,23 @@ fn run_seeds(nodes: u64, seeds: impl IntoIterator<Item = u64>) {
         let out = run(&params, &schedule);
         acked += out.acked;
         attempts += out.attempts;
+        if seeds.len() == 1 {
+            // Two replays of one seed can be compared by this line (see the README on determinism).
+            let mut digest = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&out.trace, &mut digest);
+            println!(
+                "seed {seed}: {} metrics events, trace digest {:016x}, {} of {} writes acknowledged",
+                out.trace.len(),
+                std::hash::Hasher::finish(&digest),
+                out.acked,
+                out.attempts
+            );
+            if std::env::var_os("FJORD_SIM_TRACE").is_some() {
+                for line in &out.trace {
+                    println!("{line}");
+                }
+            }
+        }
         if !out.violations.is_empty() {
             failures.push(format!(
                 "seed {seed} ({nodes} nodes, {:?}) failed after {:?} simulated:\n  {}\nschedule:\n{schedule}replay: {}",
@@ -689,10 +731,50 @@ fn run_seeds(nodes: u64, seeds: impl IntoIterator<Item = u64>) {
 
 #[test]
 fn three_nodes() {
-    run_seeds(3, 1..=20);
+    run_seeds(3, 1..=16);
 }
 
 #[test]
 fn five_nodes() {
-    run_seeds(5, 101..=106);
+    run_seeds(5, 101..=108);
+}
+
+/// Runs `seeds` with `bug` planted until one ends in a safety violation (not merely a stuck
+/// cluster); returns that seed.
+fn first_catch(bug: Bug, seeds: std::ops::RangeInclusive<u64>) -> Option<u64> {
+    let started = Instant::now();
+    for seed in seeds {
+        let params = Params { bug: Some(bug), ..Params::new(seed, 3) };
+        let schedule = Schedule::generate(&params);
+        let out = run(&params, &schedule);
+        let safety: Vec<_> = out.violations.iter().filter(|v| !v.starts_with("no convergence")).collect();
+        if !safety.is_empty() {
+            println!(
+                "{bug:?} caught by seed {seed} after {:?} of wall time; first violations:\n  {}\nschedule:\n{schedule}",
+                started.elapsed(),
+                safety.iter().take(5).map(|s| s.as_str()).collect::<Vec<_>>().join("\n  ")
+            );
+            return Some(seed);
+        }
+        println!("{bug:?}: seed {seed} passed ({:?})", out.violations);
+    }
+    None
+}
+
+/// The checker bites: with a store that keeps nothing across a crash (a missing fsync), a seed
+/// of this short list must end in a safety violation.
+#[test]
+fn planted_bug_is_caught() {
+    assert!(first_catch(Bug::WipeOnCrash, 1..=10).is_some(), "a store that loses everything on a crash went unnoticed");
+}
+
+/// Forgetting the vote (log kept) is only visible when a node crashes and restarts between
+/// granting a vote and a rival's request in the same term; the random schedules have not hit
+/// that window yet (12 seeds tried), so this runs on demand: `cargo test -p fjord-replication
+/// --test sim forgotten_vote -- --ignored`, `FJORD_SIM_FORGET_VOTE=n` for n seeds (default 12).
+#[test]
+#[ignore = "the schedules do not reach the window yet; see the doc comment"]
+fn forgotten_vote() {
+    let n = env_u64("FJORD_SIM_FORGET_VOTE").unwrap_or(12);
+    assert!(first_catch(Bug::ForgetVoteOnCrash, 1..=n).is_some(), "a forgotten vote went unnoticed by {n} seeds");
 }
