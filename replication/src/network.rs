@@ -51,6 +51,9 @@ impl Router {
             CallError::Timeout { timeout, .. } => {
                 RPCError::Timeout(Timeout { action: rpc_type(rpc), id: self.transport.node_id(), target, timeout })
             }
+            // Entries are not capped in bytes yet (the partition store will cap each append);
+            // openraft retries this like any network error.
+            CallError::TooLarge { .. } => RPCError::Network(NetworkError::from_string(e.to_string())),
         })?;
         rpc::decode_response(&answer).map_err(|e| match e {
             // The peer is up but cannot serve the group now (not created yet, shutting down):

@@ -48,9 +48,9 @@ impl TestNode {
 
 fn timings() -> GroupTimings {
     GroupTimings {
-        heartbeat_interval: Duration::from_millis(50),
-        election_timeout_min: Duration::from_millis(300),
-        election_timeout_max: Duration::from_millis(500),
+        heartbeat_interval: Duration::from_millis(100),
+        election_timeout_min: Duration::from_millis(600),
+        election_timeout_max: Duration::from_millis(1000),
     }
 }
 
@@ -310,12 +310,12 @@ async fn elect_replicate_and_survive_dropped_connections(mode: Mode) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn group_timers_elect_replicate_and_survive_dropped_connections() {
     elect_replicate_and_survive_dropped_connections(Mode::GroupTimers).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn node_elections_elect_replicate_and_survive_dropped_connections() {
     elect_replicate_and_survive_dropped_connections(Mode::NodeElections).await;
 }
@@ -364,12 +364,12 @@ async fn survive_an_isolated_node(mode: Mode) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn group_timers_survive_an_isolated_node() {
     survive_an_isolated_node(Mode::GroupTimers).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn node_elections_survive_an_isolated_node() {
     survive_an_isolated_node(Mode::NodeElections).await;
 }

@@ -129,6 +129,18 @@ async fn in_flight_calls_fail_when_the_socket_dies_and_the_peer_reconnects() {
     .await;
     let answer = a.call(2, 1, ECHO, &[b"abc"], Duration::from_secs(10)).await.unwrap();
     assert_eq!(&answer[..], b"cba");
+
+    // Frames too large to coalesce take their own write, in both directions, next to small ones.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let pieces: [&[u8]; 2] = [&big[..100], &big[100..]];
+    let (small, large) = tokio::join!(
+        a.call(2, 2, ECHO, &[b"xy"], Duration::from_secs(10)),
+        a.call(2, 3, ECHO, &pieces, Duration::from_secs(10)),
+    );
+    assert_eq!(&small.unwrap()[..], b"yx");
+    let mut reversed = big.clone();
+    reversed.reverse();
+    assert_eq!(&large.unwrap()[..], &reversed[..]);
 }
 
 /// Writes a handshake and returns the decoded answer (`None` if the server closed first).
@@ -227,14 +239,31 @@ async fn oversize_and_malformed_frames_close_the_connection() {
         assert!(closed_by_server(&mut s).await, "{what}: connection left open");
     }
 
+    // A real transport sending more than the server accepts loses its connection (and the
+    // call), then reconnects.
+    let a = client("c", 1, KillableConnector::new());
+    a.add_peer(2, &srv.addr);
+    connected(&a, 2).await;
+    let big = vec![0u8; 2000];
+    let err = a.call(2, 1, ECHO, &[&big], Duration::from_secs(10)).await.unwrap_err();
+    assert!(matches!(err, CallError::Unreachable { .. }), "{err:?}");
+
+    // A sender with the same limit refuses to send it at all.
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut config = TransportConfig::new("c", 3);
+    config.max_frame_bytes = 1024;
+    let small = Transport::new(config, Arc::new(TcpConnector), Arc::new(TestHandler { arrived: tx }));
+    small.add_peer(2, &srv.addr);
+    connected(&small, 2).await;
+    let err = small.call(2, 1, ECHO, &[&big], Duration::from_secs(10)).await.unwrap_err();
+    assert!(matches!(err, CallError::TooLarge { len: 2018, max: 1024 }), "{err:?}");
+
     // Garbage instead of a handshake is closed too.
     let mut s = TcpStream::connect(&srv.addr).await.unwrap();
     s.write_all(&[0xff; 64]).await.unwrap();
     assert!(closed_by_server(&mut s).await, "garbage handshake");
 
     // The server still serves well-behaved peers.
-    let a = client("c", 1, KillableConnector::new());
-    a.add_peer(2, &srv.addr);
     connected(&a, 2).await;
     let answer = a.call(2, 1, ECHO, &[b"ok"], Duration::from_secs(10)).await.unwrap();
     assert_eq!(&answer[..], b"ko");

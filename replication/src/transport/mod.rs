@@ -67,6 +67,9 @@ pub enum CallError {
     Unreachable { node: NodeId, reason: String },
     #[error("no response from node {node} within {timeout:?}")]
     Timeout { node: NodeId, timeout: Duration },
+    /// The request would exceed the frame size peers accept; it was not sent.
+    #[error("request of {len} bytes exceeds the maximum frame of {max}")]
+    TooLarge { len: usize, max: usize },
 }
 
 /// Counters of one transport, for tests and the idle-cost measurement.
@@ -240,6 +243,10 @@ impl Transport {
         let peer = lock(&self.inner.peers).get(&target).cloned().ok_or_else(|| unreachable("no address known"))?;
         let corr_id = self.inner.next_corr_id.fetch_add(1, Ordering::Relaxed);
         let body_len: usize = body.iter().map(|p| p.len()).sum();
+        let max = self.inner.config.max_frame_bytes;
+        if frame::HEADER_LEN + body_len > max {
+            return Err(CallError::TooLarge { len: frame::HEADER_LEN + body_len, max });
+        }
         let mut buf = BytesMut::with_capacity(frame::LEN_PREFIX + frame::HEADER_LEN + body_len);
         frame::encode_header(&mut buf, Kind::Request, corr_id, group, rpc, body_len);
         for piece in body {
@@ -450,26 +457,49 @@ fn count_received(inner: &Inner, frame: &Frame) {
     c.bytes_received.fetch_add(frame.wire_len() as u64, Ordering::Relaxed);
 }
 
+/// Frames at least this large are written from their own buffer instead of being copied into
+/// the coalescing buffer: for them the copy costs more than the extra write call.
+const COALESCE_MAX_FRAME: usize = 64 * 1024;
+
 /// Drains the connection's queue into one buffer and writes it with one call. After the first
 /// frame it yields once, so frames queued by tasks woken in the same sweep (every group's
 /// heartbeat to this peer) join the same write.
 async fn write_loop(inner: &Inner, mut rx: mpsc::UnboundedReceiver<Bytes>, mut writer: WriteHalf<BoxStream>) -> String {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut buf = BytesMut::with_capacity(COALESCE_MAX_FRAME);
     while let Some(first) = rx.recv().await {
-        buf.extend_from_slice(&first);
         tokio::task::yield_now().await;
-        while let Ok(more) = rx.try_recv() {
-            buf.extend_from_slice(&more);
+        let mut next = Some(first);
+        while let Some(frame) = next.take().or_else(|| rx.try_recv().ok()) {
+            if frame.len() < COALESCE_MAX_FRAME {
+                buf.extend_from_slice(&frame);
+                continue;
+            }
+            if let Err(e) = flush(inner, &mut writer, &mut buf).await {
+                return e;
+            }
+            let mut large = frame;
+            if let Err(e) = flush(inner, &mut writer, &mut large).await {
+                return e;
+            }
         }
-        if let Err(e) = writer.write_all(&buf).await {
-            return format!("write failed: {e}");
+        if let Err(e) = flush(inner, &mut writer, &mut buf).await {
+            return e;
         }
-        let c = &inner.counters;
-        c.writes.fetch_add(1, Ordering::Relaxed);
-        c.bytes_sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        buf.clear();
     }
     "connection dropped by this node".to_string()
+}
+
+/// Writes and empties `buf` (if it holds anything) with one write call, counting it.
+async fn flush<B: bytes::Buf>(inner: &Inner, writer: &mut WriteHalf<BoxStream>, buf: &mut B) -> Result<(), String> {
+    let len = buf.remaining();
+    if len == 0 {
+        return Ok(());
+    }
+    writer.write_all_buf(buf).await.map_err(|e| format!("write failed: {e}"))?;
+    let c = &inner.counters;
+    c.writes.fetch_add(1, Ordering::Relaxed);
+    c.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Accepts one inbound connection: handshake, then answer requests until it closes.
