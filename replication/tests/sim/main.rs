@@ -290,6 +290,11 @@ impl Shared {
             if m.state == ServerState::Leader {
                 h.leaders.entry((group, m.current_term)).or_default().insert(node);
             }
+            // Nothing is applied (served to readers) beyond what this node knows committed.
+            if m.last_applied.map(|l| l.index) > committed {
+                let msg = format!("n{node} g{group}: applied {:?} beyond commit {committed:?}", m.last_applied);
+                h.violations.push(msg);
+            }
             if m.vote.committed {
                 h.leaders.entry((group, m.vote.leader_id.term)).or_default().insert(m.vote.leader_id.voted_for);
             }
