@@ -4,7 +4,8 @@
 //! while a client writes uniquely numbered entries. A checker then asserts Raft's safety.
 //!
 //! `FJORD_SIM_SEED=s` replays one seed; `FJORD_SIM_SEEDS=n` runs n seeds (from
-//! `FJORD_SIM_FIRST_SEED`, default 1000); `FJORD_SIM_NODES` picks 3 or 5 nodes for those runs.
+//! `FJORD_SIM_FIRST_SEED`, default 1000); `FJORD_SIM_NODES` picks 3 or 5 nodes and
+//! `FJORD_SIM_BLIPS=1` restart storms for those runs (filter with `-- --exact three_nodes`).
 
 mod net;
 
@@ -97,7 +98,7 @@ impl Params {
     fn replay_command(&self) -> String {
         let bug = if self.bug.is_some() { " (planted bug: run it from planted_bug_is_caught)" } else { "" };
         format!(
-            "FJORD_SIM_SEED={} FJORD_SIM_NODES={} FJORD_SIM_BLIPS={} cargo test -p fjord-replication --test sim three_nodes -- --nocapture{bug}",
+            "FJORD_SIM_SEED={} FJORD_SIM_NODES={} FJORD_SIM_BLIPS={} cargo test -p fjord-replication --test sim -- --exact three_nodes --nocapture{bug}",
             self.seed, self.nodes, self.blips as u8
         )
     }
