@@ -1,0 +1,826 @@
+//! Deterministic simulation of Fjord's Raft groups: the production transport, group registry and
+//! heartbeat / election drivers run on turmoil's simulated network and clock, under fault
+//! schedules drawn from a seed (crashes, partitions, held and slowed links, connection resets),
+//! while a client writes uniquely numbered entries. A checker then asserts Raft's safety.
+//!
+//! `FJORD_SIM_SEED=s` replays one seed; `FJORD_SIM_SEEDS=n` runs n seeds (from
+//! `FJORD_SIM_FIRST_SEED`, default 1000); `FJORD_SIM_NODES` picks 3 or 5 nodes and
+//! `FJORD_SIM_BLIPS=1` restart storms for those runs (filter with `-- --exact three_nodes`).
+
+mod net;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fjord_replication::election::ElectionTimings;
+use fjord_replication::mem::{MemLog, MemStateMachine};
+use fjord_replication::node::{GroupTimings, ReplicaNode};
+use fjord_replication::transport::TransportConfig;
+use fjord_replication::{BatchData, GroupId, NodeId, Raft, TypeConfig};
+use net::{Links, SimConnector, SimListener};
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
+use openraft::type_config::alias::EntryOf;
+use openraft::{BasicNode, EntryPayload, RaftMetrics, ServerState};
+
+const PORT: u16 = 7000;
+/// Faults are injected during this much simulated time, then everything heals.
+const FAULT_WINDOW_MS: u64 = 6_000;
+/// Simulated time allowed for the healed cluster to converge.
+const CONVERGE_DEADLINE: Duration = Duration::from_secs(30);
+/// Normal one-way latency of every link.
+const BASE_LATENCY: Duration = Duration::from_millis(5);
+/// Simulated time per step: every host runs this long between network deliveries.
+const TICK: Duration = Duration::from_millis(2);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// splitmix64: the schedule's only source of randomness, so a seed names one schedule.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
+/// How elections run: openraft's per-group timers, or the node-level election driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    GroupTimers,
+    NodeElections,
+}
+
+/// A deliberately broken variant, to show the checker catches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bug {
+    /// The store keeps nothing across a crash (no fsync at all): log, vote and commit are lost.
+    WipeOnCrash,
+    /// The vote is not persisted: a restarted node keeps its log and commit but may vote again
+    /// in a term it already voted in.
+    ForgetVoteOnCrash,
+}
+
+#[derive(Clone, Debug)]
+struct Params {
+    seed: u64,
+    nodes: u64,
+    groups: u64,
+    mode: Mode,
+    bug: Option<Bug>,
+    /// Crashes come often and last milliseconds (a node restarting in the middle of an election).
+    blips: bool,
+}
+
+impl Params {
+    fn new(seed: u64, nodes: u64) -> Self {
+        // Both election modes of production get every other seed.
+        let mode = if seed.is_multiple_of(2) { Mode::GroupTimers } else { Mode::NodeElections };
+        Self { seed, nodes, groups: 3, mode, bug: None, blips: false }
+    }
+
+    fn replay_command(&self) -> String {
+        let bug = if self.bug.is_some() { " (planted bug: run it from planted_bug_is_caught)" } else { "" };
+        format!(
+            "FJORD_SIM_SEED={} FJORD_SIM_NODES={} FJORD_SIM_BLIPS={} cargo test -p fjord-replication --test sim -- --exact three_nodes --nocapture{bug}",
+            self.seed, self.nodes, self.blips as u8
+        )
+    }
+}
+
+/// One scheduled change to the simulated world.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Action {
+    Crash(NodeId),
+    Restart(NodeId),
+    Partition(Vec<NodeId>, Vec<NodeId>),
+    /// Heals a partition; the connections across it are reset, as TCP would after the heal.
+    Repair(Vec<NodeId>, Vec<NodeId>),
+    Hold(NodeId, NodeId),
+    Release(NodeId, NodeId),
+    /// One-way latency of a link up to this many ms (messages on other links overtake).
+    Slow(NodeId, NodeId, u64),
+    Unslow(NodeId, NodeId),
+    /// Resets the connections of one link: a message lost on TCP ends the connection.
+    Reset(NodeId, NodeId),
+}
+
+#[derive(Clone, Debug)]
+struct Schedule {
+    events: Vec<(u64, Action)>,
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (at, a) in &self.events {
+            writeln!(f, "  {at:>6} ms  {a:?}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Schedule {
+    /// Network faults one after another (turmoil does not combine hold and partition on a link);
+    /// crashes on their own tracks, at most a minority of nodes down at once.
+    fn generate(p: &Params) -> Self {
+        let mut rng = Rng(p.seed);
+        let n = p.nodes;
+        let nodes: Vec<NodeId> = (1..=n).collect();
+        let mut events = Vec::new();
+        let pick = |rng: &mut Rng| rng.range(1, n + 1);
+        let mut t = rng.range(200, 1_000);
+        while t < FAULT_WINDOW_MS {
+            let d = rng.range(200, 2_500);
+            match rng.range(0, 5) {
+                0 => {
+                    let a = pick(&mut rng);
+                    let rest: Vec<_> = nodes.iter().copied().filter(|x| *x != a).collect();
+                    events.push((t, Action::Partition(vec![a], rest.clone())));
+                    events.push((t + d, Action::Repair(vec![a], rest)));
+                }
+                1 => {
+                    // A minority / majority split of a shuffled node list.
+                    let mut shuffled = nodes.clone();
+                    for i in (1..shuffled.len()).rev() {
+                        shuffled.swap(i, rng.range(0, i as u64 + 1) as usize);
+                    }
+                    let k = rng.range(1, n.div_ceil(2)) as usize;
+                    let (minority, majority) = shuffled.split_at(k);
+                    let (mut a, mut b) = (minority.to_vec(), majority.to_vec());
+                    a.sort();
+                    b.sort();
+                    events.push((t, Action::Partition(a.clone(), b.clone())));
+                    events.push((t + d, Action::Repair(a, b)));
+                }
+                2 => {
+                    let (a, b) = two(&mut rng, n);
+                    events.push((t, Action::Hold(a, b)));
+                    events.push((t + d, Action::Release(a, b)));
+                }
+                3 => {
+                    let (a, b) = two(&mut rng, n);
+                    events.push((t, Action::Slow(a, b, rng.range(50, 600))));
+                    events.push((t + d, Action::Unslow(a, b)));
+                }
+                _ => {
+                    let (a, b) = two(&mut rng, n);
+                    events.push((t, Action::Reset(a, b)));
+                }
+            }
+            t += d + rng.range(0, 800);
+        }
+        let tracks = (n - 1) / 2;
+        for track in 0..tracks {
+            let mine: Vec<NodeId> = nodes.iter().copied().filter(|x| (x - 1) % tracks == track).collect();
+            let mut t = rng.range(300, 2_000);
+            while t < FAULT_WINDOW_MS {
+                let node = mine[rng.range(0, mine.len() as u64) as usize];
+                let down = if p.blips { rng.range(1, 40) } else { rng.range(50, 2_500) };
+                events.push((t, Action::Crash(node)));
+                events.push((t + down, Action::Restart(node)));
+                t += down + if p.blips { rng.range(20, 400) } else { rng.range(100, 2_500) };
+            }
+        }
+        events.sort_by_key(|(at, _)| *at);
+        Self { events }
+    }
+}
+
+fn two(rng: &mut Rng, n: u64) -> (NodeId, NodeId) {
+    let a = rng.range(1, n + 1);
+    let b = (a - 1 + rng.range(1, n)) % n + 1;
+    (a.min(b), a.max(b))
+}
+
+fn host(id: NodeId) -> String {
+    format!("n{id}")
+}
+
+/// How an entry is compared across replicas: its term and what it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Seen {
+    term: u64,
+    what: String,
+}
+
+fn seen(e: &EntryOf<TypeConfig>) -> Seen {
+    let what = match &e.payload {
+        EntryPayload::Blank => "blank".to_string(),
+        EntryPayload::Normal(d) => String::from_utf8_lossy(&d.0).into_owned(),
+        EntryPayload::Membership(m) => format!("membership {m}"),
+    };
+    Seen { term: e.log_id.leader_id.term, what }
+}
+
+/// Everything observed during a run, for the checker.
+#[derive(Default)]
+struct History {
+    /// Nodes seen leading each (group, term), from their own metrics and from committed votes.
+    leaders: BTreeMap<(GroupId, u64), BTreeSet<NodeId>>,
+    /// The entry first seen committed at each index of each group.
+    committed: HashMap<GroupId, BTreeMap<u64, Seen>>,
+    /// Per (node, group): the next log index to check against `committed`.
+    checked: HashMap<(NodeId, GroupId), u64>,
+    /// Acknowledged writes: group, index, entry.
+    acked: Vec<(GroupId, u64, Seen)>,
+    attempts: u64,
+    violations: Vec<String>,
+    /// What each node reported, in order, to compare two runs of one seed.
+    trace: Vec<String>,
+}
+
+/// The state shared by the simulated hosts, the client and the driver.
+struct Shared {
+    params: Params,
+    links: Arc<Links>,
+    /// What each node's store holds across crashes.
+    disks: Mutex<HashMap<(NodeId, GroupId), MemLog>>,
+    /// The groups of each running node.
+    live: Mutex<HashMap<NodeId, HashMap<GroupId, Raft<MemStateMachine>>>>,
+    booted: Mutex<BTreeSet<NodeId>>,
+    history: Mutex<History>,
+    stop_writes: AtomicBool,
+    next_write: AtomicU64,
+}
+
+impl Shared {
+    fn config(&self) -> Arc<openraft::Config> {
+        let r = match self.params.mode {
+            Mode::GroupTimers => GroupTimings {
+                heartbeat_interval: Duration::from_millis(50),
+                election_timeout_min: Duration::from_millis(300),
+                election_timeout_max: Duration::from_millis(500),
+            }
+            .config("sim"),
+            Mode::NodeElections => election_timings().raft_config("sim"),
+        };
+        r.expect("valid raft config")
+    }
+
+    fn members(&self) -> BTreeMap<NodeId, BasicNode> {
+        (1..=self.params.nodes).map(|id| (id, BasicNode::new(format!("{}:{PORT}", host(id))))).collect()
+    }
+
+    /// Records what one node's metrics say; checks its newly committed entries.
+    async fn observe(&self, node: NodeId, group: GroupId, m: &RaftMetrics<TypeConfig>, log: &MemLog) {
+        let committed = m.local_committed.map(|l| l.index);
+        {
+            let mut h = lock(&self.history);
+            h.trace.push(format!(
+                "{:?} n{node} g{group} {:?} t{} leader {:?} commit {committed:?} last {:?}",
+                turmoil::sim_elapsed(),
+                m.state,
+                m.current_term,
+                m.current_leader,
+                m.last_log_index
+            ));
+            if m.state == ServerState::Leader {
+                h.leaders.entry((group, m.current_term)).or_default().insert(node);
+            }
+            // Nothing is applied (served to readers) beyond what this node knows committed.
+            if m.last_applied.map(|l| l.index) > committed {
+                let msg = format!("n{node} g{group}: applied {:?} beyond commit {committed:?}", m.last_applied);
+                h.violations.push(msg);
+            }
+            if m.vote.committed {
+                h.leaders.entry((group, m.vote.leader_id.term)).or_default().insert(m.vote.leader_id.voted_for);
+            }
+        }
+        let Some(c) = committed else { return };
+        let from = lock(&self.history).checked.get(&(node, group)).copied().unwrap_or(0);
+        if c < from {
+            return;
+        }
+        let entries = match log.clone().try_get_log_entries(from..=c).await {
+            Ok(e) => e,
+            Err(e) => {
+                lock(&self.history).violations.push(format!("n{node} g{group}: log read failed: {e}"));
+                return;
+            }
+        };
+        let mut h = lock(&self.history);
+        if entries.len() as u64 != c - from + 1 {
+            h.violations.push(format!(
+                "n{node} g{group}: commit index {c} but the log holds {} of entries {from}..={c}",
+                entries.len()
+            ));
+            return;
+        }
+        for e in &entries {
+            let s = seen(e);
+            let index = e.log_id.index;
+            match h.committed.entry(group).or_default().entry(index) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(s);
+                }
+                std::collections::btree_map::Entry::Occupied(o) => {
+                    if *o.get() != s {
+                        let msg = format!(
+                            "g{group} index {index}: committed as {:?}, later n{node} committed {s:?}",
+                            o.get()
+                        );
+                        h.violations.push(msg);
+                    }
+                }
+            }
+        }
+        h.checked.insert((node, group), c + 1);
+    }
+
+    /// The live node that says it leads `group` (lowest id if several do).
+    fn leader(&self, group: GroupId) -> Option<Raft<MemStateMachine>> {
+        let live = lock(&self.live);
+        let mut ids: Vec<_> = live.keys().copied().collect();
+        ids.sort();
+        ids.into_iter().filter_map(|id| live[&id].get(&group).cloned()).find(|r| r.is_leader())
+    }
+}
+
+fn election_timings() -> ElectionTimings {
+    ElectionTimings {
+        ping_interval: Duration::from_millis(50),
+        election_timeout_min: Duration::from_millis(300),
+        election_timeout_max: Duration::from_millis(500),
+    }
+}
+
+type HostResult = Result<(), Box<dyn std::error::Error>>;
+
+/// One node's software, as the broker would start it: transport, groups, drivers.
+async fn run_node(shared: Arc<Shared>, id: NodeId) -> HostResult {
+    let connector = Arc::new(SimConnector { links: shared.links.clone() });
+    let node: ReplicaNode<MemStateMachine> = ReplicaNode::new(TransportConfig::new("sim", id), connector);
+    node.serve(SimListener::bind(PORT, shared.links.clone()).await?);
+    for (peer, n) in shared.members() {
+        node.add_peer(peer, &n.addr);
+    }
+    let first_boot = lock(&shared.booted).insert(id);
+    let config = shared.config();
+    let mut groups = HashMap::new();
+    for group in 1..=shared.params.groups {
+        let log = lock(&shared.disks).entry((id, group)).or_default().clone();
+        // The state machine is memory: a restart rebuilds it from the log.
+        let raft = node.start_group(group, config.clone(), log.clone(), MemStateMachine::default()).await?;
+        if first_boot && group % shared.params.nodes + 1 == id {
+            raft.initialize(shared.members()).await?;
+        }
+        lock(&shared.history).checked.insert((id, group), 0);
+        let (s, r) = (shared.clone(), raft.clone());
+        tokio::spawn(async move {
+            let mut rx = r.metrics();
+            loop {
+                let m = rx.borrow_watched().clone();
+                s.observe(id, group, &m, &log).await;
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        groups.insert(group, raft);
+    }
+    lock(&shared.live).insert(id, groups);
+    let (_heartbeats, _elections) = match shared.params.mode {
+        Mode::GroupTimers => (node.start_heartbeats(Duration::from_millis(50)), None),
+        Mode::NodeElections => {
+            (node.start_heartbeats(Duration::from_millis(200)), Some(node.start_elections(election_timings())))
+        }
+    };
+    // The node runs until the simulator crashes it.
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// The client: one writer per group, each write a new number, sent to whoever leads.
+async fn run_writers(shared: Arc<Shared>) -> HostResult {
+    let mut tasks = Vec::new();
+    for group in 1..=shared.params.groups {
+        let s = shared.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            while !s.stop_writes.load(Ordering::SeqCst) {
+                let Some(raft) = s.leader(group) else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let n = s.next_write.fetch_add(1, Ordering::SeqCst);
+                let what = format!("g{group}-w{n}");
+                lock(&s.history).attempts += 1;
+                let write = raft.client_write(BatchData(Bytes::from(what.clone())));
+                // Refused (no longer leader) or no answer in time: not acknowledged, and never
+                // retried with the same number, so a duplicate in the log is a real one.
+                if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(2), write).await {
+                    let entry = Seen { term: resp.log_id.leader_id.term, what };
+                    lock(&s.history).acked.push((group, resp.log_id.index, entry));
+                }
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok(())
+}
+
+/// What one schedule produced.
+struct Outcome {
+    violations: Vec<String>,
+    acked: usize,
+    attempts: u64,
+    trace: Vec<String>,
+    simulated: Duration,
+}
+
+fn apply(sim: &mut turmoil::Sim<'_>, shared: &Shared, action: &Action, down: &mut BTreeSet<NodeId>) {
+    let ip = |sim: &turmoil::Sim<'_>, n: NodeId| -> IpAddr { sim.lookup(host(n)) };
+    let pairs = |a: &[NodeId], b: &[NodeId]| -> Vec<(NodeId, NodeId)> {
+        a.iter().flat_map(|x| b.iter().map(move |y| (*x, *y))).collect()
+    };
+    match action {
+        Action::Crash(n) => {
+            sim.crash(host(*n));
+            down.insert(*n);
+            lock(&shared.live).remove(n);
+            shared.links.reset(ip(sim, *n), None);
+            match shared.params.bug {
+                Some(Bug::WipeOnCrash) => {
+                    let mut disks = lock(&shared.disks);
+                    for g in 1..=shared.params.groups {
+                        disks.insert((*n, g), MemLog::default());
+                    }
+                }
+                Some(Bug::ForgetVoteOnCrash) => {
+                    let mut disks = lock(&shared.disks);
+                    for g in 1..=shared.params.groups {
+                        let old = disks.get(&(*n, g)).cloned().unwrap_or_default();
+                        disks.insert((*n, g), without_vote(old));
+                    }
+                }
+                None => {}
+            }
+        }
+        Action::Restart(n) => {
+            if down.remove(n) {
+                sim.bounce(host(*n));
+            }
+        }
+        Action::Partition(a, b) => {
+            for (x, y) in pairs(a, b) {
+                sim.partition(host(x), host(y));
+            }
+        }
+        Action::Repair(a, b) => {
+            for (x, y) in pairs(a, b) {
+                sim.repair(host(x), host(y));
+                shared.links.reset(ip(sim, x), Some(ip(sim, y)));
+            }
+        }
+        Action::Hold(a, b) => sim.hold(host(*a), host(*b)),
+        Action::Release(a, b) => sim.release(host(*a), host(*b)),
+        Action::Slow(a, b, ms) => sim.set_link_max_message_latency(host(*a), host(*b), Duration::from_millis(*ms)),
+        Action::Unslow(a, b) => sim.set_link_max_message_latency(host(*a), host(*b), BASE_LATENCY),
+        Action::Reset(a, b) => {
+            shared.links.reset(ip(sim, *a), Some(ip(sim, *b)));
+        }
+    }
+}
+
+/// A copy of `log` with its entries and commit but no vote.
+fn without_vote(mut log: MemLog) -> MemLog {
+    futures::executor::block_on(async {
+        let mut copy = MemLog::default();
+        let entries = log.try_get_log_entries(0..).await.expect("memory log read");
+        let committed = log.read_committed().await.expect("memory log read");
+        copy.append(entries, IOFlushed::noop()).await.expect("memory log append");
+        copy.save_committed(committed).await.expect("memory log write");
+        copy
+    })
+}
+
+/// Every group has one leader all nodes follow, and every node holds and has committed exactly
+/// the leader's log.
+fn converged(shared: &Shared) -> bool {
+    let live = lock(&shared.live);
+    if live.len() as u64 != shared.params.nodes {
+        return false;
+    }
+    (1..=shared.params.groups).all(|g| {
+        let ms: Vec<RaftMetrics<TypeConfig>> =
+            live.values().map(|groups| groups[&g].metrics().borrow_watched().clone()).collect();
+        let Some(leader) = ms.iter().find(|m| m.state == ServerState::Leader) else { return false };
+        ms.iter().all(|m| {
+            m.current_leader == Some(leader.id)
+                && m.current_term == leader.current_term
+                && m.last_log_index == leader.last_log_index
+                && m.local_committed.map(|l| l.index) == leader.last_log_index
+                && m.last_applied == m.local_committed
+        })
+    })
+}
+
+/// The final logs against everything seen during the run.
+fn check_final(shared: &Shared, violations: &mut Vec<String>) {
+    let h = lock(&shared.history);
+    for ((g, term), nodes) in &h.leaders {
+        if nodes.len() > 1 {
+            violations.push(format!("g{g} term {term}: {} leaders {nodes:?}", nodes.len()));
+        }
+    }
+    let disks = lock(&shared.disks);
+    for g in 1..=shared.params.groups {
+        let logs: Vec<(NodeId, Vec<EntryOf<TypeConfig>>)> = (1..=shared.params.nodes)
+            .map(|n| {
+                let log = disks.get(&(n, g)).cloned().unwrap_or_default();
+                let entries = futures::executor::block_on(log.clone().try_get_log_entries(0..)).unwrap_or_default();
+                (n, entries)
+            })
+            .collect();
+        let (first, reference) = &logs[0];
+        for (n, log) in &logs[1..] {
+            if log.len() != reference.len()
+                || log.iter().zip(reference).any(|(a, b)| a.log_id != b.log_id || seen(a) != seen(b))
+            {
+                violations.push(format!("g{g}: the logs of n{first} and n{n} differ after convergence"));
+            }
+        }
+        for (n, log) in &logs {
+            let by_index: HashMap<u64, Seen> = log.iter().map(|e| (e.log_id.index, seen(e))).collect();
+            for (index, s) in h.committed.get(&g).into_iter().flatten() {
+                if by_index.get(index) != Some(s) {
+                    violations.push(format!(
+                        "g{g} n{n}: committed {s:?} at index {index} changed to {:?}",
+                        by_index.get(index)
+                    ));
+                }
+            }
+            for (_, index, s) in h.acked.iter().filter(|(ag, _, _)| *ag == g) {
+                if by_index.get(index) != Some(s) {
+                    violations.push(format!(
+                        "g{g} n{n}: acknowledged {s:?} at index {index} is {:?} in the final log",
+                        by_index.get(index)
+                    ));
+                }
+            }
+            let mut once = HashMap::new();
+            for e in log {
+                if let EntryPayload::Normal(d) = &e.payload {
+                    if let Some(prev) = once.insert(d.0.clone(), e.log_id.index) {
+                        violations.push(format!(
+                            "g{g} n{n}: {:?} appears twice, at {prev} and {}",
+                            String::from_utf8_lossy(&d.0),
+                            e.log_id.index
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs one schedule to the end and checks it.
+fn run(params: &Params, schedule: &Schedule) -> Outcome {
+    record_panics();
+    let shared = Arc::new(Shared {
+        params: params.clone(),
+        links: Arc::new(Links::default()),
+        disks: Mutex::new(HashMap::new()),
+        live: Mutex::new(HashMap::new()),
+        booted: Mutex::new(BTreeSet::new()),
+        history: Mutex::new(History::default()),
+        stop_writes: AtomicBool::new(false),
+        next_write: AtomicU64::new(0),
+    });
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(params.seed)
+        .simulation_duration(Duration::from_secs(600))
+        .tick_duration(TICK)
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(BASE_LATENCY)
+        .build();
+    for id in 1..=params.nodes {
+        let s = shared.clone();
+        sim.host(host(id), move || run_node(s.clone(), id));
+    }
+    sim.client("client", run_writers(shared.clone()));
+
+    let mut violations = Vec::new();
+    let mut down = BTreeSet::new();
+    let mut next = 0;
+    let fail = |violations: &mut Vec<String>, e: String| violations.push(format!("simulation error: {e}"));
+    let ms = |sim: &turmoil::Sim<'_>| sim.elapsed().as_millis() as u64;
+    // The fault window.
+    while ms(&sim) < FAULT_WINDOW_MS {
+        while next < schedule.events.len() && schedule.events[next].0 <= ms(&sim) {
+            apply(&mut sim, &shared, &schedule.events[next].1, &mut down);
+            next += 1;
+        }
+        if let Err(e) = sim.step() {
+            fail(&mut violations, e.to_string());
+            break;
+        }
+    }
+    // Heal: every link repaired, released and fast again, every node up, connections reset.
+    for a in 1..=params.nodes {
+        for b in a + 1..=params.nodes {
+            sim.repair(host(a), host(b));
+            sim.release(host(a), host(b));
+            sim.set_link_max_message_latency(host(a), host(b), BASE_LATENCY);
+        }
+        let ip = sim.lookup(host(a));
+        shared.links.reset(ip, None);
+    }
+    for n in std::mem::take(&mut down) {
+        sim.bounce(host(n));
+    }
+    shared.stop_writes.store(true, Ordering::SeqCst);
+    let give_up = sim.elapsed() + CONVERGE_DEADLINE;
+    let mut steps = 0u64;
+    while violations.is_empty() {
+        if let Err(e) = sim.step() {
+            fail(&mut violations, e.to_string());
+            break;
+        }
+        steps += 1;
+        if steps.is_multiple_of(20) && converged(&shared) {
+            break;
+        }
+        if sim.elapsed() > give_up {
+            violations.push(format!("no convergence within {CONVERGE_DEADLINE:?} of simulated time after the heal"));
+            break;
+        }
+    }
+    if violations.is_empty() {
+        check_final(&shared, &mut violations);
+    }
+    let h = lock(&shared.history);
+    violations.extend(h.violations.iter().cloned());
+    violations.extend(PANICS.with(|p| p.take()).into_iter().map(|p| format!("panic in a node: {p}")));
+    Outcome { violations, acked: h.acked.len(), attempts: h.attempts, trace: h.trace.clone(), simulated: sim.elapsed() }
+}
+
+thread_local! {
+    /// Panics on this thread: every simulated host runs on the thread of its test.
+    static PANICS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Records every panic on the panicking thread, so a panic inside a node's tasks (an openraft
+/// assertion, an unwrap in our code), which tokio would only log, fails the schedule.
+fn record_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|p| p.borrow_mut().push(info.to_string()));
+            previous(info);
+        }));
+    });
+    PANICS.with(|p| p.borrow_mut().clear());
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// Runs `seeds` (or the seeds the environment names), failing with every failing seed's
+/// schedule and replay command.
+fn run_seeds(nodes: u64, blips: bool, seeds: impl IntoIterator<Item = u64>) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
+        .with_test_writer()
+        .try_init();
+    let nodes = env_u64("FJORD_SIM_NODES").unwrap_or(nodes);
+    let blips = env_u64("FJORD_SIM_BLIPS").map_or(blips, |b| b != 0);
+    let seeds: Vec<u64> = if let Some(s) = env_u64("FJORD_SIM_SEED") {
+        vec![s]
+    } else if let Some(n) = env_u64("FJORD_SIM_SEEDS") {
+        let first = env_u64("FJORD_SIM_FIRST_SEED").unwrap_or(1000);
+        (first..first + n).collect()
+    } else {
+        seeds.into_iter().collect()
+    };
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    let (mut acked, mut attempts) = (0, 0);
+    for &seed in &seeds {
+        let params = Params { blips, ..Params::new(seed, nodes) };
+        let schedule = Schedule::generate(&params);
+        let out = run(&params, &schedule);
+        acked += out.acked;
+        attempts += out.attempts;
+        if seeds.len() == 1 {
+            // Two replays of one seed can be compared by this line (see the README on determinism).
+            let mut digest = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&out.trace, &mut digest);
+            println!(
+                "seed {seed}: {} metrics events, trace digest {:016x}, {} of {} writes acknowledged",
+                out.trace.len(),
+                std::hash::Hasher::finish(&digest),
+                out.acked,
+                out.attempts
+            );
+            if std::env::var_os("FJORD_SIM_TRACE").is_some() {
+                for line in &out.trace {
+                    println!("{line}");
+                }
+            }
+        }
+        if !out.violations.is_empty() {
+            failures.push(format!(
+                "seed {seed} ({nodes} nodes, {:?}) failed after {:?} simulated:\n  {}\nschedule:\n{schedule}replay: {}",
+                params.mode,
+                out.simulated,
+                out.violations.join("\n  "),
+                params.replay_command()
+            ));
+        }
+    }
+    let wall = started.elapsed();
+    println!(
+        "{} schedules of {nodes} nodes in {wall:.1?} ({:.2} schedules/s); {acked} of {attempts} writes acknowledged",
+        seeds.len(),
+        seeds.len() as f64 / wall.as_secs_f64()
+    );
+    assert!(failures.is_empty(), "{} of {} seeds failed:\n{}", failures.len(), seeds.len(), failures.join("\n\n"));
+    assert!(acked > 0, "no write was acknowledged in any schedule: the simulation checked nothing");
+}
+
+#[test]
+fn three_nodes() {
+    run_seeds(3, false, 1..=16);
+}
+
+/// Crashes that come every few hundred ms and last milliseconds: restarts inside elections.
+#[test]
+fn three_nodes_restart_storms() {
+    run_seeds(3, true, 201..=206);
+}
+
+#[test]
+fn five_nodes() {
+    run_seeds(5, false, 101..=108);
+}
+
+/// Runs `seeds` with `bug` planted until one ends in a safety violation (not merely a stuck
+/// cluster; with `checker_only`, one the checker found, not a panic); returns that seed.
+fn first_catch(bug: Bug, blips: bool, checker_only: bool, seeds: std::ops::RangeInclusive<u64>) -> Option<u64> {
+    let started = Instant::now();
+    for seed in seeds {
+        let params = Params { bug: Some(bug), blips, ..Params::new(seed, 3) };
+        let schedule = Schedule::generate(&params);
+        let out = run(&params, &schedule);
+        let safety: Vec<_> = out
+            .violations
+            .iter()
+            .filter(|v| !(v.starts_with("no convergence") || (checker_only && v.starts_with("panic in a node"))))
+            .collect();
+        if !safety.is_empty() {
+            println!(
+                "{bug:?} caught by seed {seed} after {:?} of wall time; first violations:\n  {}\nschedule:\n{schedule}",
+                started.elapsed(),
+                safety.iter().take(5).map(|s| s.as_str()).collect::<Vec<_>>().join("\n  ")
+            );
+            return Some(seed);
+        }
+        println!("{bug:?}: seed {seed} passed ({:?})", out.violations);
+    }
+    None
+}
+
+/// The checker bites: with a store that keeps nothing across a crash (a missing fsync), a seed
+/// of this short list must end in a violation found by the checker itself (openraft's debug
+/// assertions also fire, but release builds have none).
+#[test]
+fn planted_bug_is_caught() {
+    assert!(
+        first_catch(Bug::WipeOnCrash, false, true, 1..=10).is_some(),
+        "a store that loses everything on a crash went unnoticed"
+    );
+}
+
+/// A vote that is not persisted (the log kept) matters when a node restarts in the middle of an
+/// election, so this variant runs schedules of millisecond crashes: the restarted node votes or
+/// campaigns in a term it already voted in, which openraft's own invariant checks (debug builds)
+/// turn into a panic, recorded as a violation. `FJORD_SIM_FORGET_VOTE=n` tries n seeds.
+#[test]
+fn forgotten_vote() {
+    let n = env_u64("FJORD_SIM_FORGET_VOTE").unwrap_or(6);
+    assert!(
+        first_catch(Bug::ForgetVoteOnCrash, true, false, 1..=n).is_some(),
+        "a forgotten vote went unnoticed by {n} seeds"
+    );
+}
