@@ -581,18 +581,22 @@ impl PartitionLog {
         self.append_from(payload, leader_epoch, now_ms, true)
     }
 
-    /// Writes a commit or abort marker for `producer_id`'s open transaction.
-    /// Returns the marker's offset.
+    /// Writes a commit or abort marker for `producer_id`'s open transaction,
+    /// stamped with `leader_epoch` like any other append: the partition
+    /// leader's current epoch (the Raft term), so the log's epochs never go
+    /// backwards. A single replica passes its latest epoch (`latest_epoch`,
+    /// 0 when none). Returns the marker's offset.
     pub fn append_marker(
         &self,
         producer_id: i64,
         epoch: i16,
         coordinator_epoch: i32,
         commit: bool,
+        leader_epoch: i32,
         now_ms: i64,
     ) -> Result<i64> {
         let marker = batch::build_marker(producer_id, epoch, coordinator_epoch, commit, now_ms);
-        Ok(self.append_from(&marker, 0, now_ms, true)?.base_offset)
+        Ok(self.append_from(&marker, leader_epoch, now_ms, true)?.base_offset)
     }
 
     fn append_from(&self, payload: &[u8], leader_epoch: i32, now_ms: i64, coordinator: bool) -> Result<AppendInfo> {

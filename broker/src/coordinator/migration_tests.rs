@@ -164,7 +164,7 @@ fn offsets_migrate_once_and_survive() {
     assert_eq!(ends, ends_after);
 
     // The transaction commits: its marker applies the migrated offset.
-    tlog.append_marker(900, 2, 0, true, 2_000).unwrap();
+    tlog.append_marker(900, 2, 0, true, 0, 2_000).unwrap();
     let after_commit = GroupCoordinator::open(&topics, PARTITIONS).unwrap();
     assert_eq!(after_commit.fetch_offsets("txn-group")[&("orders".to_string(), 0)].offset, 99);
     assert!(!after_commit.has_pending("txn-group", "orders", 0));
