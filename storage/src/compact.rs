@@ -271,7 +271,7 @@ impl PartitionLog {
                 }
             }
             std::fs::rename(&cleaned, self.dir().join(file_name(base, "log")))?;
-            std::fs::File::open(self.dir())?.sync_all()?;
+            crate::log::sync_dir(self.dir())?;
             let seg = Segment::open(self.dir(), base, false, 0, index_bytes)?;
             if seg.is_empty() {
                 seg.delete()?;

@@ -393,8 +393,21 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     }
     std::fs::rename(&tmp, path)?;
     if let Some(parent) = path.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
+        sync_dir(parent)?;
     }
+    Ok(())
+}
+
+/// Makes the entries of `dir` durable: a file created, renamed or removed
+/// in it is only found after a power cut once its directory was synced
+/// (ext4's ordered journal happens to cover this; xfs, btrfs and others
+/// do not promise it).
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    // A relative path's last ancestor is "": the current directory.
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(test)]
+    tests::DIRS_SYNCED.with(|d| d.borrow_mut().push(dir.to_path_buf()));
     Ok(())
 }
 
@@ -423,6 +436,11 @@ impl PartitionLog {
     /// `open` with every option (`OpenOptions`).
     pub fn open_opts(dir: &Path, config: LogConfig, opts: OpenOptions<'_>) -> Result<PartitionLog> {
         let clean = opts.clean;
+        // The directories this open creates, deepest first: the partition's
+        // and, on a first start, the data dir. Each one's entry in its parent
+        // must be durable before an append into it is acknowledged.
+        let created: Vec<PathBuf> =
+            dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).map(Path::to_path_buf).collect();
         std::fs::create_dir_all(dir)?;
         // A compaction interrupted before its swap leaves a .cleaned file;
         // the original segment is intact, so the partial copy just goes.
@@ -472,6 +490,14 @@ impl PartitionLog {
         if segments.is_empty() {
             let seg = Segment::create(dir, log_start, config.segment_bytes, config.segment_index_bytes)?;
             segments.insert(log_start, seg);
+            // As in `roll`: a sync of the segment's data later does not make
+            // the name that finds it durable (a power cut could lose the
+            // whole first segment of a new partition, acknowledged appends
+            // with it).
+            sync_dir(dir)?;
+        }
+        for new in &created {
+            sync_dir(new.parent().unwrap_or(Path::new(".")))?;
         }
         if let Some(first) = segments.keys().next() {
             log_start = log_start.max(*first);
@@ -894,7 +920,7 @@ impl PartitionLog {
         let seg = Segment::create(&self.dir, base, cap, inner.config.segment_index_bytes)?;
         // The new file's name must survive a crash too: a later sync makes
         // its data durable, not the directory entry that finds it.
-        std::fs::File::open(&self.dir)?.sync_all()?;
+        sync_dir(&self.dir)?;
         inner.segments.insert(base, seg);
         Ok(())
     }
@@ -1178,7 +1204,7 @@ impl PartitionLog {
             let seg = Segment::create(&self.dir, end, inner.config.segment_bytes, inner.config.segment_index_bytes)?;
             inner.segments.insert(end, seg);
         }
-        std::fs::File::open(&self.dir)?.sync_all()?;
+        sync_dir(&self.dir)?;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.flushed.fetch_min(end, Ordering::SeqCst);
         Ok(())
@@ -1252,5 +1278,64 @@ impl PartitionLog {
 
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    thread_local! {
+        /// Every directory `sync_dir` synced on this thread, in order: the
+        /// seam that shows which directory entries were made durable (a
+        /// power cut is not something a unit test can stage).
+        pub(crate) static DIRS_SYNCED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn take_synced() -> Vec<PathBuf> {
+        DIRS_SYNCED.with(|d| std::mem::take(&mut *d.borrow_mut()))
+    }
+
+    #[test]
+    fn a_new_partition_syncs_its_directory_and_the_new_entries_above_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let dir = data.join("orders-0");
+        take_synced();
+        let log = PartitionLog::open(&dir, LogConfig::default()).unwrap();
+        // The first segment's names in the partition directory, the
+        // partition directory in the (new) data dir, the data dir in its
+        // parent, all before the log is handed out to take appends.
+        assert_eq!(take_synced(), vec![dir.clone(), data.clone(), tmp.path().to_path_buf()]);
+        log.append(&batch::build_batch(0, 1, &[(Some(b"k"), Some(b"v"))]), 0, 1).unwrap();
+        drop(log);
+        take_synced(); // the epoch checkpoint's write
+                       // Reopening creates nothing, so syncs nothing.
+        let log = PartitionLog::open(&dir, LogConfig::default()).unwrap();
+        assert_eq!(log.log_end_offset(), 1);
+        assert_eq!(take_synced(), Vec::<PathBuf>::new());
+        drop(log);
+        // A partition directory that exists but holds no segment gets one,
+        // and its entry synced; its parent's entries did not change.
+        let empty = data.join("orders-1");
+        std::fs::create_dir(&empty).unwrap();
+        PartitionLog::open(&empty, LogConfig::default()).unwrap();
+        assert_eq!(take_synced(), vec![empty]);
+    }
+
+    #[test]
+    fn a_roll_syncs_the_partition_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = LogConfig { segment_bytes: 200, ..LogConfig::default() };
+        let log = PartitionLog::open(tmp.path(), cfg).unwrap();
+        take_synced();
+        for i in 0..3 {
+            log.append(&batch::build_batch(0, i, &[(Some(b"k"), Some(&[7u8; 150]))]), 0, i).unwrap();
+        }
+        assert!(log.segment_count() > 1);
+        let synced = take_synced();
+        assert!(synced.iter().any(|d| d == tmp.path()), "{synced:?}");
     }
 }
