@@ -47,7 +47,7 @@ fn decode(h: &BatchHeader, raw: &[u8], limit: usize) -> Result<Decoded> {
         .iter()
         .map(|r| {
             let start = r.raw.as_ptr() as usize - base;
-            (h.base_offset + r.offset_delta, r.key.map(<[u8]>::to_vec), r.value_is_null, start..start + r.raw.len())
+            (h.base_offset + r.offset_delta, r.key.map(<[u8]>::to_vec), r.value.is_none(), start..start + r.raw.len())
         })
         .collect();
     Ok((section, list))

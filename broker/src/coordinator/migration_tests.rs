@@ -51,9 +51,13 @@ fn offset_value(offset: i64, metadata: &str) -> Option<String> {
 /// Every record a fresh read of `log` returns: (key, value, transactional).
 fn raw_records(log: &PartitionLog) -> Vec<(Vec<u8>, Option<Vec<u8>>, bool)> {
     let mut out = Vec::new();
-    internal_topic::replay(log, |r| {
-        if !r.control {
-            out.push((r.key.map(|k| k.to_vec()).unwrap_or_default(), r.value.map(|v| v.to_vec()), r.transactional));
+    internal_topic::replay(log, |batch, r| {
+        if !batch.is_control() {
+            out.push((
+                r.key.map(|k| k.to_vec()).unwrap_or_default(),
+                r.value.map(|v| v.to_vec()),
+                batch.is_transactional(),
+            ));
         }
     })
     .unwrap();

@@ -160,7 +160,7 @@ impl TxnCoordinator {
     fn replay(&self, log: &PartitionLog) -> anyhow::Result<bool> {
         let mut txns = self.state();
         let mut legacy_seen = false;
-        internal_topic::replay(log, |r| {
+        internal_topic::replay(log, |_, r| {
             let Some(key) = r.key.as_deref() else { return };
             let (record, legacy) = txn_log::decode(key, r.value.as_deref());
             legacy_seen |= legacy;
