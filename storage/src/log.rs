@@ -398,6 +398,19 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// `create_dir_all`, with the entry of every directory it creates made
+/// durable in its parent, deepest first (a power cut must not lose a new
+/// partition directory, or a new data dir, with acknowledged data in it).
+pub(crate) fn create_dirs_durably(dir: &Path) -> Result<()> {
+    let created: Vec<PathBuf> =
+        dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).map(Path::to_path_buf).collect();
+    std::fs::create_dir_all(dir)?;
+    for new in &created {
+        sync_dir(new.parent().unwrap_or(Path::new(".")))?;
+    }
+    Ok(())
+}
+
 /// Makes the entries of `dir` durable: a file created, renamed or removed
 /// in it is only found after a power cut once its directory was synced
 /// (ext4's ordered journal happens to cover this; xfs, btrfs and others
@@ -436,12 +449,9 @@ impl PartitionLog {
     /// `open` with every option (`OpenOptions`).
     pub fn open_opts(dir: &Path, config: LogConfig, opts: OpenOptions<'_>) -> Result<PartitionLog> {
         let clean = opts.clean;
-        // The directories this open creates, deepest first: the partition's
-        // and, on a first start, the data dir. Each one's entry in its parent
-        // must be durable before an append into it is acknowledged.
-        let created: Vec<PathBuf> =
-            dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).map(Path::to_path_buf).collect();
-        std::fs::create_dir_all(dir)?;
+        // A new partition directory's entry in the data dir must be durable
+        // before an append into it is acknowledged.
+        create_dirs_durably(dir)?;
         // A compaction interrupted before its swap leaves a .cleaned file;
         // the original segment is intact, so the partial copy just goes.
         for e in std::fs::read_dir(dir)?.flatten() {
@@ -495,9 +505,6 @@ impl PartitionLog {
             // whole first segment of a new partition, acknowledged appends
             // with it).
             sync_dir(dir)?;
-        }
-        for new in &created {
-            sync_dir(new.parent().unwrap_or(Path::new(".")))?;
         }
         if let Some(first) = segments.keys().next() {
             log_start = log_start.max(*first);
@@ -1305,10 +1312,10 @@ pub(crate) mod tests {
         let dir = data.join("orders-0");
         take_synced();
         let log = PartitionLog::open(&dir, LogConfig::default()).unwrap();
-        // The first segment's names in the partition directory, the
-        // partition directory in the (new) data dir, the data dir in its
-        // parent, all before the log is handed out to take appends.
-        assert_eq!(take_synced(), vec![dir.clone(), data.clone(), tmp.path().to_path_buf()]);
+        // The partition directory in the (new) data dir, the data dir in
+        // its parent, the first segment's names in the partition directory,
+        // all before the log is handed out to take appends.
+        assert_eq!(take_synced(), vec![data.clone(), tmp.path().to_path_buf(), dir.clone()]);
         log.append(&batch::build_batch(0, 1, &[(Some(b"k"), Some(b"v"))]), 0, 1).unwrap();
         drop(log);
         take_synced(); // the epoch checkpoint's write
@@ -1323,6 +1330,18 @@ pub(crate) mod tests {
         std::fs::create_dir(&empty).unwrap();
         PartitionLog::open(&empty, LogConfig::default()).unwrap();
         assert_eq!(take_synced(), vec![empty]);
+    }
+
+    #[test]
+    fn a_new_data_dir_is_synced_into_its_parent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        take_synced();
+        let _lock = crate::DataDirLock::acquire(&data).unwrap();
+        assert_eq!(take_synced(), vec![tmp.path().to_path_buf()]);
+        drop(_lock);
+        let _lock = crate::DataDirLock::acquire(&data).unwrap();
+        assert_eq!(take_synced(), Vec::<PathBuf>::new(), "an existing data dir needs nothing");
     }
 
     #[test]
