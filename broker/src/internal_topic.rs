@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use fjord_storage::batch::BatchHeader;
+use fjord_storage::records::{self, Record};
 use fjord_storage::PartitionLog;
-use kafka_protocol::records::{Record, RecordBatchDecoder};
 
 use crate::topics::Topics;
 
@@ -25,21 +26,28 @@ pub fn ensure(topics: &Topics, name: &str, partitions: i32) -> anyhow::Result<i3
     Ok(partitions)
 }
 
-/// Calls `f` with every record of `log`, control records included, in order.
-pub fn replay(log: &PartitionLog, mut f: impl FnMut(Record)) -> anyhow::Result<()> {
+/// Calls `f` with every record of `log` and the header of its batch (which
+/// says whether it is a control record, and whose transaction it is in),
+/// control records included, in order.
+pub fn replay(log: &PartitionLog, mut f: impl FnMut(&BatchHeader, Record)) -> anyhow::Result<()> {
     let mut offset = log.log_start_offset();
     // Only what is committed: reads stop at the high watermark anyway.
     let end = log.high_watermark();
+    let limit = log.config().decompressed_limit();
     while offset < end {
         let read = log.read(offset, 1 << 20, end)?;
         if read.records.is_empty() {
             break;
         }
-        let mut buf = read.records;
-        for set in RecordBatchDecoder::decode_all(&mut buf)? {
-            for r in set.records {
-                offset = offset.max(r.offset + 1);
-                f(r);
+        // A read starts at the batch holding `offset`: records before it
+        // (below the log start) are not replayed.
+        let from = offset;
+        for batch in records::decode_batches(&read.records, limit)? {
+            // By the batch's last offset, not its last record's: compaction
+            // may have removed that one.
+            offset = offset.max(batch.header.last_offset() + 1);
+            for r in batch.records.into_iter().filter(|r| r.offset >= from) {
+                f(&batch.header, r);
             }
         }
     }

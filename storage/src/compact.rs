@@ -47,7 +47,7 @@ fn decode(h: &BatchHeader, raw: &[u8], limit: usize) -> Result<Decoded> {
         .iter()
         .map(|r| {
             let start = r.raw.as_ptr() as usize - base;
-            (h.base_offset + r.offset_delta, r.key.map(<[u8]>::to_vec), r.value_is_null, start..start + r.raw.len())
+            (h.base_offset + r.offset_delta, r.key.map(<[u8]>::to_vec), r.value.is_none(), start..start + r.raw.len())
         })
         .collect();
     Ok((section, list))
@@ -271,7 +271,7 @@ impl PartitionLog {
                 }
             }
             std::fs::rename(&cleaned, self.dir().join(file_name(base, "log")))?;
-            std::fs::File::open(self.dir())?.sync_all()?;
+            crate::log::sync_dir(self.dir())?;
             let seg = Segment::open(self.dir(), base, false, 0, index_bytes)?;
             if seg.is_empty() {
                 seg.delete()?;

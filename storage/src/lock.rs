@@ -20,7 +20,9 @@ impl DataDirLock {
     /// another open in this one, since `flock` locks belong to the open
     /// file) makes this fail with `LogError::DataDirLocked`.
     pub fn acquire(dir: &Path) -> Result<DataDirLock> {
-        std::fs::create_dir_all(dir)?;
+        // A data dir made here is synced into its parent (partition
+        // directories are synced into it as they are made).
+        crate::log::create_dirs_durably(dir)?;
         let path = dir.join(".lock");
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
         // SAFETY: flock(2) on a descriptor this function owns.

@@ -393,8 +393,34 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     }
     std::fs::rename(&tmp, path)?;
     if let Some(parent) = path.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
+        sync_dir(parent)?;
     }
+    Ok(())
+}
+
+/// `create_dir_all`, with the entry of every directory it creates made
+/// durable in its parent, deepest first (a power cut must not lose a new
+/// partition directory, or a new data dir, with acknowledged data in it).
+pub(crate) fn create_dirs_durably(dir: &Path) -> Result<()> {
+    let created: Vec<PathBuf> =
+        dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).map(Path::to_path_buf).collect();
+    std::fs::create_dir_all(dir)?;
+    for new in &created {
+        sync_dir(new.parent().unwrap_or(Path::new(".")))?;
+    }
+    Ok(())
+}
+
+/// Makes the entries of `dir` durable: a file created, renamed or removed
+/// in it is only found after a power cut once its directory was synced
+/// (ext4's ordered journal happens to cover this; xfs, btrfs and others
+/// do not promise it).
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    // A relative path's last ancestor is "": the current directory.
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(test)]
+    tests::DIRS_SYNCED.with(|d| d.borrow_mut().push(dir.to_path_buf()));
     Ok(())
 }
 
@@ -423,7 +449,9 @@ impl PartitionLog {
     /// `open` with every option (`OpenOptions`).
     pub fn open_opts(dir: &Path, config: LogConfig, opts: OpenOptions<'_>) -> Result<PartitionLog> {
         let clean = opts.clean;
-        std::fs::create_dir_all(dir)?;
+        // A new partition directory's entry in the data dir must be durable
+        // before an append into it is acknowledged.
+        create_dirs_durably(dir)?;
         // A compaction interrupted before its swap leaves a .cleaned file;
         // the original segment is intact, so the partial copy just goes.
         for e in std::fs::read_dir(dir)?.flatten() {
@@ -472,6 +500,11 @@ impl PartitionLog {
         if segments.is_empty() {
             let seg = Segment::create(dir, log_start, config.segment_bytes, config.segment_index_bytes)?;
             segments.insert(log_start, seg);
+            // As in `roll`: a sync of the segment's data later does not make
+            // the name that finds it durable (a power cut could lose the
+            // whole first segment of a new partition, acknowledged appends
+            // with it).
+            sync_dir(dir)?;
         }
         if let Some(first) = segments.keys().next() {
             log_start = log_start.max(*first);
@@ -581,18 +614,22 @@ impl PartitionLog {
         self.append_from(payload, leader_epoch, now_ms, true)
     }
 
-    /// Writes a commit or abort marker for `producer_id`'s open transaction.
-    /// Returns the marker's offset.
+    /// Writes a commit or abort marker for `producer_id`'s open transaction,
+    /// stamped with `leader_epoch` like any other append: the partition
+    /// leader's current epoch (the Raft term), so the log's epochs never go
+    /// backwards. A single replica passes its latest epoch (`latest_epoch`,
+    /// 0 when none). Returns the marker's offset.
     pub fn append_marker(
         &self,
         producer_id: i64,
         epoch: i16,
         coordinator_epoch: i32,
         commit: bool,
+        leader_epoch: i32,
         now_ms: i64,
     ) -> Result<i64> {
         let marker = batch::build_marker(producer_id, epoch, coordinator_epoch, commit, now_ms);
-        Ok(self.append_from(&marker, 0, now_ms, true)?.base_offset)
+        Ok(self.append_from(&marker, leader_epoch, now_ms, true)?.base_offset)
     }
 
     fn append_from(&self, payload: &[u8], leader_epoch: i32, now_ms: i64, coordinator: bool) -> Result<AppendInfo> {
@@ -890,7 +927,7 @@ impl PartitionLog {
         let seg = Segment::create(&self.dir, base, cap, inner.config.segment_index_bytes)?;
         // The new file's name must survive a crash too: a later sync makes
         // its data durable, not the directory entry that finds it.
-        std::fs::File::open(&self.dir)?.sync_all()?;
+        sync_dir(&self.dir)?;
         inner.segments.insert(base, seg);
         Ok(())
     }
@@ -1174,7 +1211,7 @@ impl PartitionLog {
             let seg = Segment::create(&self.dir, end, inner.config.segment_bytes, inner.config.segment_index_bytes)?;
             inner.segments.insert(end, seg);
         }
-        std::fs::File::open(&self.dir)?.sync_all()?;
+        sync_dir(&self.dir)?;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.flushed.fetch_min(end, Ordering::SeqCst);
         Ok(())
@@ -1248,5 +1285,76 @@ impl PartitionLog {
 
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    thread_local! {
+        /// Every directory `sync_dir` synced on this thread, in order: the
+        /// seam that shows which directory entries were made durable (a
+        /// power cut is not something a unit test can stage).
+        pub(crate) static DIRS_SYNCED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn take_synced() -> Vec<PathBuf> {
+        DIRS_SYNCED.with(|d| std::mem::take(&mut *d.borrow_mut()))
+    }
+
+    #[test]
+    fn a_new_partition_syncs_its_directory_and_the_new_entries_above_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let dir = data.join("orders-0");
+        take_synced();
+        let log = PartitionLog::open(&dir, LogConfig::default()).unwrap();
+        // The partition directory in the (new) data dir, the data dir in
+        // its parent, the first segment's names in the partition directory,
+        // all before the log is handed out to take appends.
+        assert_eq!(take_synced(), vec![data.clone(), tmp.path().to_path_buf(), dir.clone()]);
+        log.append(&batch::build_batch(0, 1, &[(Some(b"k"), Some(b"v"))]), 0, 1).unwrap();
+        drop(log);
+        take_synced(); // the epoch checkpoint's write
+                       // Reopening creates nothing, so syncs nothing.
+        let log = PartitionLog::open(&dir, LogConfig::default()).unwrap();
+        assert_eq!(log.log_end_offset(), 1);
+        assert_eq!(take_synced(), Vec::<PathBuf>::new());
+        drop(log);
+        // A partition directory that exists but holds no segment gets one,
+        // and its entry synced; its parent's entries did not change.
+        let empty = data.join("orders-1");
+        std::fs::create_dir(&empty).unwrap();
+        PartitionLog::open(&empty, LogConfig::default()).unwrap();
+        assert_eq!(take_synced(), vec![empty]);
+    }
+
+    #[test]
+    fn a_new_data_dir_is_synced_into_its_parent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        take_synced();
+        let _lock = crate::DataDirLock::acquire(&data).unwrap();
+        assert_eq!(take_synced(), vec![tmp.path().to_path_buf()]);
+        drop(_lock);
+        let _lock = crate::DataDirLock::acquire(&data).unwrap();
+        assert_eq!(take_synced(), Vec::<PathBuf>::new(), "an existing data dir needs nothing");
+    }
+
+    #[test]
+    fn a_roll_syncs_the_partition_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = LogConfig { segment_bytes: 200, ..LogConfig::default() };
+        let log = PartitionLog::open(tmp.path(), cfg).unwrap();
+        take_synced();
+        for i in 0..3 {
+            log.append(&batch::build_batch(0, i, &[(Some(b"k"), Some(&[7u8; 150]))]), 0, i).unwrap();
+        }
+        assert!(log.segment_count() > 1);
+        let synced = take_synced();
+        assert!(synced.iter().any(|d| d == tmp.path()), "{synced:?}");
     }
 }

@@ -1,11 +1,15 @@
 //! Record-level access to client batches, for the few paths that need it
-//! (compacted topics, timestamp windows, recompression, compaction): bounded
+//! (compacted topics, timestamp windows, recompression, compaction, the
+//! broker's replay of its internal topics and timestamp lookups): bounded
 //! decompression, so a small batch cannot expand without limit, in-place
-//! parsing of the records, and rebuilding a batch around raw records with
-//! another codec while every header field (offsets, timestamps, producer
-//! fields) stays as it was.
+//! parsing of the records (`parse_records`, and `decode_batches` for stored
+//! batches as `Bytes` slices), and rebuilding a batch around raw records
+//! with another codec while every header field (offsets, timestamps,
+//! producer fields) stays as it was.
 
 use std::io::{Read, Write};
+
+use bytes::Bytes;
 
 use crate::batch::{self, BatchHeader, HEADER_SIZE, LOG_OVERHEAD};
 use crate::error::{LogError, Result};
@@ -144,14 +148,19 @@ pub fn decompressed_records(batch: &[u8], limit: usize) -> Result<Vec<u8>> {
     }
 }
 
+/// A record header's key and value (None for null).
+pub type HeaderRef<'a> = (&'a [u8], Option<&'a [u8]>);
+
 /// One record of a batch, parsed in place.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RecordRef<'a> {
     pub offset_delta: i64,
     pub timestamp_delta: i64,
     pub key: Option<&'a [u8]>,
-    /// A null value: a tombstone on a compacted topic.
-    pub value_is_null: bool,
+    /// None: a null value, a tombstone on a compacted topic.
+    pub value: Option<&'a [u8]>,
+    /// In the order written; a key may repeat, as Kafka allows.
+    pub headers: Vec<HeaderRef<'a>>,
     /// The whole record, length prefix included, for re-use as it is.
     pub raw: &'a [u8],
 }
@@ -182,7 +191,9 @@ fn field<'a>(b: &'a [u8], pos: &mut usize) -> Result<Option<&'a [u8]>> {
     Ok(Some(f))
 }
 
-/// Parses `count` records from a decompressed records section.
+/// Parses `count` records from a decompressed records section. Each record
+/// must end where its length says, headers included (Kafka's "Invalid
+/// record size").
 pub fn parse_records(section: &[u8], count: usize) -> Result<Vec<RecordRef<'_>>> {
     let mut out = Vec::with_capacity(count.min(section.len()));
     let mut pos = 0usize;
@@ -196,14 +207,93 @@ pub fn parse_records(section: &[u8], count: usize) -> Result<Vec<RecordRef<'_>>>
         let timestamp_delta = varlong(rec, &mut p)?;
         let offset_delta = varlong(rec, &mut p)?;
         let key = field(rec, &mut p)?;
-        let value_is_null = field(rec, &mut p)?.is_none();
-        out.push(RecordRef { offset_delta, timestamp_delta, key, value_is_null, raw: &section[start..end] });
+        let value = field(rec, &mut p)?;
+        let n = varlong(rec, &mut p)?;
+        if n < 0 {
+            return Err(LogError::Corrupt(format!("negative record header count {n}")));
+        }
+        // Each header takes two bytes at least: the count cannot make this
+        // allocate more than the record holds.
+        let mut headers = Vec::with_capacity((n as usize).min((end - p) / 2));
+        for _ in 0..n {
+            let key = field(rec, &mut p)?.ok_or_else(|| LogError::Corrupt("record header with a null key".into()))?;
+            headers.push((key, field(rec, &mut p)?));
+        }
+        if p != end {
+            return Err(LogError::Corrupt(format!("record of {len} bytes holds {} bytes after its headers", end - p)));
+        }
+        out.push(RecordRef { offset_delta, timestamp_delta, key, value, headers, raw: &section[start..end] });
         pos = end;
     }
     if pos != section.len() {
         return Err(LogError::Corrupt(format!("{} bytes after the last of {count} records", section.len() - pos)));
     }
     Ok(out)
+}
+
+/// One record of a stored batch, at its offset and timestamp; key, value
+/// and headers are slices of the batch's bytes (or, for a compressed batch,
+/// of its decompressed records): nothing is copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: i64,
+    /// With LogAppendTime, the batch's (its max timestamp), as Kafka reads it.
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    /// None: a null value (a tombstone).
+    pub value: Option<Bytes>,
+    pub headers: Vec<(Bytes, Option<Bytes>)>,
+}
+
+/// A stored batch's header and records (a control batch's included).
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub header: BatchHeader,
+    pub records: Vec<Record>,
+}
+
+/// Decodes the whole batches of `data` as a log stores them (what a read
+/// returns), each checked first (structure, magic, CRC, counts) and its
+/// records decompressed within `limit` bytes. Empty data holds no batch.
+pub fn decode_batches(data: &Bytes, limit: usize) -> Result<Vec<Batch>> {
+    if data.is_empty() {
+        return Ok(Vec::new());
+    }
+    batch::split_stored(data)?
+        .into_iter()
+        .map(|(pos, h)| decode_checked(&data.slice(pos..pos + h.total_size()), h, limit))
+        .collect()
+}
+
+/// `decode_batches` of exactly one batch.
+pub fn decode_batch(data: &Bytes, limit: usize) -> Result<Batch> {
+    let h = batch::validate(data)?;
+    decode_checked(data, h, limit)
+}
+
+fn decode_checked(raw: &Bytes, h: BatchHeader, limit: usize) -> Result<Batch> {
+    let section = match Codec::from_attributes(h.attributes)? {
+        Codec::None if raw.len() - HEADER_SIZE > limit => return Err(too_large(limit)),
+        Codec::None => raw.slice(HEADER_SIZE..),
+        _ => Bytes::from(decompressed_records(raw, limit)?),
+    };
+    let parsed = parse_records(&section, h.records_count.max(0) as usize)?;
+    let part = |s: &[u8]| section.slice_ref(s);
+    let records = parsed
+        .into_iter()
+        .map(|r| Record {
+            offset: h.base_offset.saturating_add(r.offset_delta),
+            timestamp: if h.is_log_append_time() {
+                h.max_timestamp
+            } else {
+                h.base_timestamp.saturating_add(r.timestamp_delta)
+            },
+            key: r.key.map(part),
+            value: r.value.map(part),
+            headers: r.headers.into_iter().map(|(k, v)| (part(k), v.map(part))).collect(),
+        })
+        .collect();
+    Ok(Batch { header: h, records })
 }
 
 fn compress(records: &[u8], c: Compression) -> Result<Vec<u8>> {
@@ -445,7 +535,7 @@ mod tests {
             assert_eq!(back, want, "{c:?}");
             let recs = parse_records(&back, 3).unwrap();
             assert_eq!(recs[0].key, Some(&b"a"[..]));
-            assert!(recs[1].key.is_none() && recs[1].value_is_null);
+            assert!(recs[1].key.is_none() && recs[1].value.is_none());
             // And back to uncompressed: the original bytes exactly.
             let again = recompress(&b, Compression { codec: Codec::None, level: 0 }, 1 << 20).unwrap().unwrap();
             assert_eq!(again, plain);

@@ -62,12 +62,12 @@ fn write_history(leader: &PartitionLog) {
     let mut multi = produced(-1, -1, -1, 1, false);
     multi.extend(produced(-1, -1, -1, 2, false));
     leader.append(&multi, 1, 1_000).unwrap();
-    leader.append_marker(10, 0, 0, false, 1_100).unwrap();
+    leader.append_marker(10, 0, 0, false, 1, 1_100).unwrap();
     leader.append(&produced(11, 0, 0, 1, true), 2, 1_200).unwrap();
     leader.append_from_coordinator(&produced(12, 3, -1, 1, true), 2, 1_200).unwrap();
     leader.append(&produced(7, 0, 2, 3, false), 4, 1_300).unwrap();
     leader.append(&produced(13, 0, 0, 2, true), 4, 1_300).unwrap();
-    leader.append_marker(13, 0, 0, true, 1_400).unwrap();
+    leader.append_marker(13, 0, 0, true, 4, 1_400).unwrap();
     for i in 0..12 {
         // Enough to roll the small segments a few times.
         leader.append(&produced(-1, -1, -1, 1 + i % 3, false), 4, 1_500).unwrap();
@@ -114,6 +114,8 @@ fn a_follower_fed_the_leaders_batches_ends_in_the_leaders_state() {
         assert!(leader.segment_count() > 2, "the history rolls segments");
         assert!(!leader.aborted_transactions(0, leader.log_end_offset()).is_empty());
         assert!(!leader.open_transactions().is_empty());
+        let epochs = stored_epochs(&leader);
+        assert!(epochs.windows(2).all(|w| w[0].1 <= w[1].1), "stored epochs go backwards: {epochs:?}");
         let batches = leader_batches(&leader);
         // One batch per call, then the rest in one call of several batches.
         let (first, rest) = batches.split_at(batches.len() / 2);
@@ -220,4 +222,41 @@ fn check_produce_writes_nothing_and_append_checked_writes_what_it_checked() {
     assert!(!log.append_checked(a, 3, 1_000).unwrap().duplicate);
     assert!(log.append_checked(b, 3, 1_000).unwrap().duplicate);
     assert_eq!(log.log_end_offset(), 3);
+}
+
+/// The partitionLeaderEpoch of every stored batch, in offset order.
+fn stored_epochs(log: &PartitionLog) -> Vec<(i64, i32, bool)> {
+    leader_batches(log)
+        .iter()
+        .map(|b| BatchHeader::parse(b).unwrap())
+        .map(|h| (h.base_offset, h.partition_leader_epoch, h.is_control()))
+        .collect()
+}
+
+#[test]
+fn a_transaction_marker_carries_the_leaders_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = PartitionLog::open(&dir.path().join("leader"), small_config()).unwrap();
+    let follower = PartitionLog::open(&dir.path().join("follower"), small_config()).unwrap();
+    leader.append(&produced(-1, -1, -1, 2, false), 0, 1_000).unwrap(); // 0..=1
+    leader.append(&produced(20, 0, 0, 3, true), 5, 1_000).unwrap(); // 2..=4
+                                                                    // What the broker passes on a single node: the log's latest epoch.
+    let epoch = leader.latest_epoch().unwrap_or(0);
+    assert_eq!(epoch, 5);
+    let marker = leader.append_marker(20, 0, 0, true, epoch, 1_100).unwrap();
+    assert_eq!(marker, 5);
+    leader.append(&produced(-1, -1, -1, 1, false), 5, 1_200).unwrap(); // 6
+    let epochs = stored_epochs(&leader);
+    assert_eq!(epochs, vec![(0, 0, false), (2, 5, false), (5, 5, true), (6, 5, false)]);
+    assert!(epochs.windows(2).all(|w| w[0].1 <= w[1].1), "stored epochs never go backwards: {epochs:?}");
+    // The cache: epoch 0 ends where 5 starts, 5 runs to the log end.
+    assert_eq!(leader.end_offset_for_epoch(0), Some((0, 2)));
+    assert_eq!(leader.end_offset_for_epoch(5), Some((5, 7)));
+    assert_eq!(leader.last_stable_offset(), 7);
+    // A follower fed the leader's bytes ends in the same state, marker epoch included.
+    for b in leader_batches(&leader) {
+        follower.append_entry(&b, 2_000).unwrap();
+    }
+    assert_eq!(stored_epochs(&follower), epochs);
+    assert_same_state(&leader, &follower);
 }

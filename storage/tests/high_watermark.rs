@@ -83,7 +83,7 @@ fn the_last_stable_offset_is_never_past_the_high_watermark() {
     // Past the open transaction's start, that start bounds it.
     log.set_high_watermark(4);
     assert_eq!(log.last_stable_offset(), 2);
-    log.append_marker(5, 0, 0, true, 1_100).unwrap(); // 4
+    log.append_marker(5, 0, 0, true, 0, 1_100).unwrap(); // 4
     assert_eq!(log.last_stable_offset(), 4, "the transaction ended, but its marker is not committed");
     log.set_high_watermark(5);
     assert_eq!(log.last_stable_offset(), 5);

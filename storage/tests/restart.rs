@@ -26,7 +26,7 @@ fn fill(log: &PartitionLog) -> Vec<AbortedTxn> {
         log.append(&produced(-1, round, 3, false), 0, 1_000).unwrap();
         log.append(&produced(7, seq, 4, true), 0, 1_000).unwrap();
         seq += 4;
-        log.append_marker(7, 0, 0, round % 3 != 0, 1_000).unwrap();
+        log.append_marker(7, 0, 0, round % 3 != 0, 0, 1_000).unwrap();
     }
     let aborted = log.aborted_transactions(0, i64::MAX);
     assert_eq!(aborted.len(), 10);
@@ -123,7 +123,7 @@ fn clean_restart_scans_nothing_and_continues() {
     // Appends land right after, and a second reopen (a crash now) agrees.
     let end = log.log_end_offset();
     assert_eq!(log.append(&produced(-1, 200, 1, false), 0, 1_000).unwrap().base_offset, end);
-    log.append_marker(8, 0, 0, false, 1_000).unwrap();
+    log.append_marker(8, 0, 0, false, 0, 1_000).unwrap();
     let after = headers(&log);
     drop(log);
     let log = PartitionLog::open(dir.path(), config()).unwrap();
@@ -256,7 +256,7 @@ fn aborts_before_a_shutdown_snapshot_survive_later_crashes() {
     {
         let log = PartitionLog::open_with(dir.path(), config(), Some(&state)).unwrap();
         log.append(&produced(9, 0, 2, true), 0, 1_000).unwrap();
-        log.append_marker(9, 0, 0, false, 1_000).unwrap();
+        log.append_marker(9, 0, 0, false, 0, 1_000).unwrap();
         // Dropped without a shutdown state: a crash.
     }
     let first_inode = std::fs::metadata(txn_index(dir.path())).unwrap().ino();

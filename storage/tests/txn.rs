@@ -57,10 +57,10 @@ fn stable_offset_stops_at_the_oldest_open_transaction() {
     assert!(log.read_committed(2, 1 << 20).unwrap().records.is_empty());
     assert_eq!(log.high_watermark(), 7);
 
-    let commit = log.append_marker(10, 0, 0, true, 2_000).unwrap();
+    let commit = log.append_marker(10, 0, 0, true, 0, 2_000).unwrap();
     assert_eq!(commit, 7);
     assert_eq!(log.last_stable_offset(), 5, "t2 is still open");
-    let abort = log.append_marker(11, 0, 0, false, 2_000).unwrap();
+    let abort = log.append_marker(11, 0, 0, false, 0, 2_000).unwrap();
     assert_eq!(log.last_stable_offset(), 9);
     assert_eq!(
         log.aborted_transactions(0, 9),
@@ -78,11 +78,11 @@ fn clients_cannot_write_markers_and_fenced_epochs_cannot_end_transactions() {
     let marker = build_marker(5, 0, 0, true, 1);
     assert!(matches!(log.append(&marker, 0, 1), Err(LogError::InvalidRecord(_))));
     append(&log, produced(5, 2, 0, 1, true));
-    assert!(matches!(log.append_marker(5, 1, 0, false, 1), Err(LogError::InvalidProducerEpoch { .. })));
+    assert!(matches!(log.append_marker(5, 1, 0, false, 0, 1), Err(LogError::InvalidProducerEpoch { .. })));
     assert_eq!(log.last_stable_offset(), 0);
     // A marker from a newer epoch (a coordinator that fenced the producer)
     // ends the transaction.
-    log.append_marker(5, 3, 0, false, 1).unwrap();
+    log.append_marker(5, 3, 0, false, 0, 1).unwrap();
     assert_eq!(log.last_stable_offset(), log.high_watermark());
     assert!(matches!(log.append(&produced(5, 2, 1, 1, true), 0, 1), Err(LogError::InvalidProducerEpoch { .. })));
 }
@@ -93,7 +93,7 @@ fn open_transactions_and_aborts_survive_restart_and_truncation() {
     let (open_first, aborted) = {
         let log = PartitionLog::open(dir.path(), small_config()).unwrap();
         append(&log, produced(1, 0, 0, 2, true));
-        log.append_marker(1, 0, 0, false, 1).unwrap();
+        log.append_marker(1, 0, 0, false, 0, 1).unwrap();
         let mut seq = 0;
         // Enough plain idempotent batches to roll several segments.
         for _ in 0..30 {
@@ -164,6 +164,6 @@ fn expiry_keeps_producers_with_open_transactions() {
     append(&log, produced(2, 0, 0, 1, false));
     assert_eq!(log.expire_producers(1_000_000), 1);
     assert_eq!(log.open_transactions(), vec![(1, 0)]);
-    log.append_marker(1, 0, 0, true, 1).unwrap();
+    log.append_marker(1, 0, 0, true, 0, 1).unwrap();
     assert_eq!(log.expire_producers(1_000_000), 1);
 }

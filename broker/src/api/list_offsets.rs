@@ -5,11 +5,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use fjord_storage::batch::BatchHeader;
-use fjord_storage::PartitionLog;
+use fjord_storage::{records, PartitionLog};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
 use kafka_protocol::messages::*;
-use kafka_protocol::records::RecordBatchDecoder;
 
 use crate::server::Broker;
 
@@ -18,8 +17,10 @@ const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 
-/// Offset and timestamp of the first record in `batch` matching `pick`.
+/// Offset and timestamp of the first record in `batch` (of `log`) matching
+/// `pick`.
 fn find_in_batch(
+    log: &PartitionLog,
     batch: Bytes,
     log_start: i64,
     pick: impl Fn(i64) -> bool,
@@ -28,12 +29,11 @@ fn find_in_batch(
     if h.is_log_append_time() {
         return Ok(Some((h.base_offset.max(log_start), h.max_timestamp)));
     }
-    let mut buf = batch;
-    let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| {
-        tracing::warn!(error = %e, "cannot decode stored batch for a timestamp lookup");
+    let decoded = records::decode_batch(&batch, log.config().decompressed_limit()).map_err(|e| {
+        tracing::warn!(error = %e, log = %log.dir().display(), "cannot decode stored batch for a timestamp lookup");
         ResponseError::KafkaStorageError
     })?;
-    Ok(set.records.iter().find(|r| r.offset >= log_start && pick(r.timestamp)).map(|r| (r.offset, r.timestamp)))
+    Ok(decoded.records.iter().find(|r| r.offset >= log_start && pick(r.timestamp)).map(|r| (r.offset, r.timestamp)))
 }
 
 /// `read_committed` looks no further than the last stable offset.
@@ -48,13 +48,13 @@ fn lookup(log: &PartitionLog, ts: i64, read_committed: bool) -> Result<(i64, i64
                 return Ok((-1, -1));
             };
             let max = BatchHeader::parse(&batch).map_err(|_| ResponseError::KafkaStorageError)?.max_timestamp;
-            Ok(find_in_batch(batch, start, |t| t == max)?.unwrap_or((-1, -1)))
+            Ok(find_in_batch(log, batch, start, |t| t == max)?.unwrap_or((-1, -1)))
         }
         t if t >= 0 => {
             let Some(batch) = log.batch_by_timestamp(t, hw) else {
                 return Ok((-1, -1));
             };
-            Ok(find_in_batch(batch, start, |rt| rt >= t)?.unwrap_or((-1, -1)))
+            Ok(find_in_batch(log, batch, start, |rt| rt >= t)?.unwrap_or((-1, -1)))
         }
         // Other special values (e.g. latest tiered, -5) have nothing to
         // point at on a broker without remote storage.

@@ -246,11 +246,11 @@ impl GroupCoordinator {
     /// Replays one partition; true if it held records of the old JSON format.
     fn replay(&self, log: &PartitionLog, log_partition: i32) -> anyhow::Result<bool> {
         let mut legacy_seen = false;
-        internal_topic::replay(log, |r| {
-            if r.control {
+        internal_topic::replay(log, |batch, r| {
+            if batch.is_control() {
                 // Key: version (2 bytes), type (2 bytes: 0 abort, 1 commit).
                 if let Some(k) = r.key.as_ref().filter(|k| k.len() >= 4) {
-                    self.complete_txn(r.producer_id, k[3] == 1, log_partition);
+                    self.complete_txn(batch.producer_id, k[3] == 1, log_partition);
                 }
                 return;
             }
@@ -258,17 +258,17 @@ impl GroupCoordinator {
             let (record, legacy) = offsets_log::decode(key, r.value.as_deref());
             legacy_seen |= legacy;
             let Some(record) = record else { return };
-            if r.transactional {
+            if batch.is_transactional() {
                 if let OffsetsRecord::Offset { group, topic, partition, value } = record {
                     let p = PendingOffset {
                         log_partition,
-                        producer_epoch: r.producer_epoch,
+                        producer_epoch: batch.producer_epoch,
                         group,
                         topic,
                         partition,
                         offset: value,
                     };
-                    self.pending().entry(r.producer_id).or_default().push(p);
+                    self.pending().entry(batch.producer_id).or_default().push(p);
                 }
                 return;
             }

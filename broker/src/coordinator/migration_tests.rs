@@ -51,9 +51,13 @@ fn offset_value(offset: i64, metadata: &str) -> Option<String> {
 /// Every record a fresh read of `log` returns: (key, value, transactional).
 fn raw_records(log: &PartitionLog) -> Vec<(Vec<u8>, Option<Vec<u8>>, bool)> {
     let mut out = Vec::new();
-    internal_topic::replay(log, |r| {
-        if !r.control {
-            out.push((r.key.map(|k| k.to_vec()).unwrap_or_default(), r.value.map(|v| v.to_vec()), r.transactional));
+    internal_topic::replay(log, |batch, r| {
+        if !batch.is_control() {
+            out.push((
+                r.key.map(|k| k.to_vec()).unwrap_or_default(),
+                r.value.map(|v| v.to_vec()),
+                batch.is_transactional(),
+            ));
         }
     })
     .unwrap();
@@ -164,7 +168,7 @@ fn offsets_migrate_once_and_survive() {
     assert_eq!(ends, ends_after);
 
     // The transaction commits: its marker applies the migrated offset.
-    tlog.append_marker(900, 2, 0, true, 2_000).unwrap();
+    tlog.append_marker(900, 2, 0, true, 0, 2_000).unwrap();
     let after_commit = GroupCoordinator::open(&topics, PARTITIONS).unwrap();
     assert_eq!(after_commit.fetch_offsets("txn-group")[&("orders".to_string(), 0)].offset, 99);
     assert!(!after_commit.has_pending("txn-group", "orders", 0));

@@ -160,7 +160,7 @@ impl TxnCoordinator {
     fn replay(&self, log: &PartitionLog) -> anyhow::Result<bool> {
         let mut txns = self.state();
         let mut legacy_seen = false;
-        internal_topic::replay(log, |r| {
+        internal_topic::replay(log, |_, r| {
             let Some(key) = r.key.as_deref() else { return };
             let (record, legacy) = txn_log::decode(key, r.value.as_deref());
             legacy_seen |= legacy;
@@ -475,7 +475,10 @@ impl TxnCoordinator {
         for (topic, partition) in &meta.partitions {
             // A partition whose topic was deleted meanwhile needs no marker.
             let Some(log) = self.topics.log(topic, *partition) else { continue };
-            match log.append_marker(meta.producer_id, meta.producer_epoch, 0, commit, now_ms()) {
+            // The marker carries the partition's current leader epoch, as
+            // every append does: one node's is its log's latest (0 when none).
+            let leader_epoch = log.latest_epoch().unwrap_or(0);
+            match log.append_marker(meta.producer_id, meta.producer_epoch, 0, commit, leader_epoch, now_ms()) {
                 Ok(offset) => written.push((log, offset + 1)),
                 Err(LogError::InvalidProducerEpoch { .. }) => {
                     // A newer epoch already ended this producer's work here.
