@@ -13,10 +13,19 @@ use openraft::ConfigError;
 use crate::election::{ElectionDriver, ElectionTimings};
 use crate::heartbeat::HeartbeatDriver;
 use crate::network::Router;
-use crate::registry::GroupRegistry;
+use crate::registry::{AlreadyRunning, GroupRegistry};
 use crate::rpc::{self, RemoteFailure, Rpc};
 use crate::transport::{BoxFuture, Connector, InboundHandler, Listener, Transport, TransportConfig};
 use crate::types::{GroupId, NodeId, Raft, TypeConfig};
+
+/// Why `ReplicaNode::start_group` did not start a group.
+#[derive(Debug, thiserror::Error)]
+pub enum StartGroupError {
+    #[error(transparent)]
+    AlreadyRunning(#[from] AlreadyRunning),
+    #[error("group failed to start: {0}")]
+    Fatal(Fatal<TypeConfig>),
+}
 
 /// Raft timing shared by every group of a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +51,11 @@ impl GroupTimings {
             enable_heartbeat: false,
             // A node that was paused or cut off must not raise terms when it comes back.
             enable_pre_vote: Some(true),
+            // A restarted leader must not resume its term: its log may hold entries it appended
+            // but never replicated, and a store that flushes after `append` returns may have lost
+            // or kept them, so (term, index) pairs could be reused with other data. Coming back
+            // as a follower, it leads again only through an election, at a higher term.
+            enable_leader_restore: Some(false),
             ..Config::default()
         }
     }
@@ -161,10 +175,20 @@ where
         config: Arc<Config>,
         log: LS,
         state_machine: SM,
-    ) -> Result<Raft<SM>, Fatal<TypeConfig>> {
-        let raft = openraft::Raft::new(self.id, config, self.router.factory(group), log, state_machine).await?;
-        self.registry.insert(group, raft.clone());
-        Ok(raft)
+    ) -> Result<Raft<SM>, StartGroupError> {
+        // Taken before `Raft::new`: a second start of a running group would open a second core
+        // on the same store, and the two could grant votes to different candidates in one term.
+        self.registry.reserve(group)?;
+        match openraft::Raft::new(self.id, config, self.router.factory(group), log, state_machine).await {
+            Ok(raft) => {
+                self.registry.fill(group, raft.clone());
+                Ok(raft)
+            }
+            Err(e) => {
+                self.registry.release(group);
+                Err(StartGroupError::Fatal(e))
+            }
+        }
     }
 
     pub fn group(&self, group: GroupId) -> Option<Raft<SM>> {

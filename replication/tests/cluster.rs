@@ -373,3 +373,65 @@ async fn group_timers_survive_an_isolated_node() {
 async fn node_elections_survive_an_isolated_node() {
     survive_an_isolated_node(Mode::NodeElections).await;
 }
+
+/// S1: a leader that restarts comes back as a follower and leads again only through an election,
+/// at a higher term, so it never appends under the term it held before the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_does_not_resume_its_term() {
+    init_tracing();
+    let node: ReplicaNode<MemStateMachine> =
+        ReplicaNode::new(TransportConfig::new("cluster-test", 1), KillableConnector::new());
+    let config = election_timings().raft_config("cluster-test").unwrap();
+    let log = MemLog::default();
+    let raft = node.start_group(1, config.clone(), log.clone(), MemStateMachine::default()).await.unwrap();
+    raft.initialize(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))])).await.unwrap();
+    raft.wait(Some(DEADLINE)).state(ServerState::Leader, "single voter leads").await.unwrap();
+    let before = raft.client_write(BatchData(Bytes::from_static(b"before"))).await.unwrap().log_id;
+    raft.shutdown().await.unwrap();
+    node.registry().remove(1);
+
+    // Same log (the "disk"), fresh state machine: the process restarted.
+    let raft = node.start_group(1, config, log, MemStateMachine::default()).await.unwrap();
+    let first = raft.client_write(BatchData(Bytes::from_static(b"after"))).await;
+    let after = match first {
+        Ok(resp) => resp.log_id,
+        Err(e) => {
+            assert!(e.forward_to_leader().is_some(), "unexpected refusal: {e}");
+            raft.trigger().elect(false).await.unwrap();
+            raft.wait(Some(DEADLINE)).state(ServerState::Leader, "re-elected").await.unwrap();
+            raft.client_write(BatchData(Bytes::from_static(b"after"))).await.unwrap().log_id
+        }
+    };
+    assert!(
+        after.leader_id.term > before.leader_id.term,
+        "restarted leader wrote {after} in the term of {before} without an election"
+    );
+    node.shutdown().await;
+}
+
+/// S3: starting a group that already runs is refused, and the running instance keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_a_running_group_again_is_refused() {
+    init_tracing();
+    let node: ReplicaNode<MemStateMachine> =
+        ReplicaNode::new(TransportConfig::new("cluster-test", 1), KillableConnector::new());
+    let config = election_timings().raft_config("cluster-test").unwrap();
+    let log = MemLog::default();
+    let raft = node.start_group(7, config.clone(), log.clone(), MemStateMachine::default()).await.unwrap();
+    let second = node.start_group(7, config.clone(), log.clone(), MemStateMachine::default()).await;
+    assert!(
+        matches!(second, Err(fjord_replication::node::StartGroupError::AlreadyRunning(_))),
+        "second start of group 7 was not refused: {:?}",
+        second.as_ref().map(|_| ())
+    );
+    raft.initialize(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))])).await.unwrap();
+    raft.wait(Some(DEADLINE)).state(ServerState::Leader, "single voter leads").await.unwrap();
+    let registered = node.group(7).unwrap();
+    registered.client_write(BatchData(Bytes::from_static(b"x"))).await.unwrap();
+    assert_eq!(node.registry().len(), 1);
+    // Once stopped and removed, the group may start again.
+    raft.shutdown().await.unwrap();
+    node.registry().remove(7);
+    node.start_group(7, config, log, MemStateMachine::default()).await.unwrap();
+    node.shutdown().await;
+}
