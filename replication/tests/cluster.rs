@@ -18,7 +18,7 @@ use fjord_replication::node::{GroupTimings, ReplicaNode};
 use fjord_replication::transport::{TcpListener, TransportConfig};
 use fjord_replication::{BatchData, GroupId, NodeId, Raft};
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::{BasicNode, ServerState};
+use openraft::{BasicNode, Instant as _, ServerState};
 
 const GROUPS: u64 = 10;
 const NODES: u64 = 3;
@@ -30,6 +30,9 @@ enum Mode {
     GroupTimers,
     /// No tick: the node-level election driver pings peers; group heartbeats are sparser.
     NodeElections,
+    /// The node driver with the timings the README ships: pings every 100 ms, 300–500 ms of
+    /// silence, group heartbeats every second (longer than the groups' 225 ms lease).
+    Shipped,
 }
 
 struct TestNode {
@@ -54,6 +57,16 @@ fn timings() -> GroupTimings {
     }
 }
 
+fn shipped_election_timings() -> ElectionTimings {
+    ElectionTimings {
+        ping_interval: Duration::from_millis(100),
+        election_timeout_min: Duration::from_millis(300),
+        election_timeout_max: Duration::from_millis(500),
+    }
+}
+
+const SHIPPED_HEARTBEAT: Duration = Duration::from_secs(1);
+
 fn election_timings() -> ElectionTimings {
     ElectionTimings {
         ping_interval: Duration::from_millis(50),
@@ -73,6 +86,7 @@ async fn start_cluster(mode: Mode) -> Vec<TestNode> {
     let config = match mode {
         Mode::GroupTimers => timings().config("cluster-test").unwrap(),
         Mode::NodeElections => election_timings().raft_config("cluster-test").unwrap(),
+        Mode::Shipped => shipped_election_timings().raft_config("cluster-test").unwrap(),
     };
     let mut nodes = Vec::new();
     for (id, listener) in (1..=NODES).zip(listeners) {
@@ -93,6 +107,9 @@ async fn start_cluster(mode: Mode) -> Vec<TestNode> {
             // Group heartbeats only carry the commit index here; liveness is the driver's pings.
             Mode::NodeElections => {
                 (node.start_heartbeats(Duration::from_millis(200)), Some(node.start_elections(election_timings())))
+            }
+            Mode::Shipped => {
+                (node.start_heartbeats(SHIPPED_HEARTBEAT), Some(node.start_elections(shipped_election_timings())))
             }
         };
         nodes.push(TestNode { node, state_machines, connector, _heartbeats: heartbeats, _elections: elections });
@@ -434,4 +451,84 @@ async fn starting_a_running_group_again_is_refused() {
     node.registry().remove(7);
     node.start_group(7, config, log, MemStateMachine::default()).await.unwrap();
     node.shutdown().await;
+}
+
+/// The leader of each group and its term, once all nodes agree.
+async fn leaders_and_terms(nodes: &[TestNode]) -> HashMap<GroupId, (NodeId, u64)> {
+    let mut out = HashMap::new();
+    for group in 1..=GROUPS {
+        let leader = settled_leader(nodes, group).await;
+        let term = nodes[(leader - 1) as usize].raft(group).metrics().borrow_watched().current_term;
+        out.insert(group, (leader, term));
+    }
+    out
+}
+
+/// L1: with the shipped timings an idle leader's 225 ms lease has lapsed between its 1 s
+/// heartbeats; `node::write` still commits every write on the first call, through the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_timings_idle_leaders_accept_writes_first_time() {
+    init_tracing();
+    let nodes = start_cluster(Mode::Shipped).await;
+    let lease = Duration::from_millis(225);
+    for (group, (leader, _)) in leaders_and_terms(&nodes).await {
+        let raft = nodes[(leader - 1) as usize].raft(group);
+        // Idle long enough that the leader's quorum lease has expired.
+        raft.wait(Some(DEADLINE))
+            .metrics(
+                |m| m.last_quorum_acked.as_ref().is_some_and(|t| (**t).elapsed() > lease),
+                format!("group {group}: leader lease lapsed"),
+            )
+            .await
+            .unwrap();
+        let data = BatchData(Bytes::from(format!("idle:{group}")));
+        let resp = tokio::time::timeout(Duration::from_secs(3), fjord_replication::node::write(&raft, data, DEADLINE))
+            .await
+            .unwrap_or_else(|_| panic!("group {group}: write did not finish in 3 s"))
+            .unwrap_or_else(|e| panic!("group {group}: idle leader refused the write: {e}"));
+        assert!(resp.log_id.index() > 0);
+    }
+    for n in &nodes {
+        n.node.shutdown().await;
+    }
+}
+
+/// D1: node 3 loses its link to node 1 one way (it cannot dial node 1, so its pings go unanswered
+/// and it judges node 1 silent), while node 1 still reaches nodes 2 and 3. Node 3's pre-votes for
+/// node 1's groups are refused by node 2, which still hears node 1: node 1 keeps leading them in
+/// the same term and keeps committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_way_cut_does_not_move_the_peers_groups() {
+    init_tracing();
+    let nodes = start_cluster(Mode::Shipped).await;
+    let before = leaders_and_terms(&nodes).await;
+    assert!(before.values().any(|(l, _)| *l == 1), "node 1 leads no group: {before:?}");
+    let node1_addr = {
+        let m = nodes[0].raft(1).metrics().borrow_watched().clone();
+        m.membership_config.membership().get_node(&1).unwrap().addr.clone()
+    };
+    nodes[2].connector.cut(&node1_addr);
+    // Observe node 3 judging node 1 silent for several group heartbeats and election timeouts.
+    let t3 = nodes[2].node.transport().clone();
+    wait_until(DEADLINE, "node 3 to find node 1 silent for 3 s", || {
+        let t3 = t3.clone();
+        async move { t3.last_heard(1).is_some_and(|t| t.elapsed() > Duration::from_secs(3)) }
+    })
+    .await;
+    for (group, (leader, term)) in &before {
+        if *leader != 1 {
+            continue;
+        }
+        let m = nodes[0].raft(*group).metrics().borrow_watched().clone();
+        assert_eq!(
+            (m.state, m.current_term),
+            (ServerState::Leader, *term),
+            "group {group}: node 1 lost leadership to a node that only lost its link to node 1"
+        );
+        let data = BatchData(Bytes::from(format!("cut:{group}")));
+        fjord_replication::node::write(&nodes[0].raft(*group), data, DEADLINE).await.unwrap();
+    }
+    for n in &nodes {
+        n.node.shutdown().await;
+    }
 }
