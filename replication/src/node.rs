@@ -101,6 +101,9 @@ impl GroupTimings {
             // or kept them, so (term, index) pairs could be reused with other data. Coming back
             // as a follower, it leads again only through an election, at a higher term.
             enable_leader_restore: Some(false),
+            // openraft's default (200 ms) is far too short to send a snapshot; the router also
+            // scales each snapshot's timeout with its size (`network::payload_timeout`).
+            install_snapshot_timeout: 10_000,
             ..Config::default()
         }
     }
