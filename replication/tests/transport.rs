@@ -268,3 +268,21 @@ async fn oversize_and_malformed_frames_close_the_connection() {
     let answer = a.call(2, 1, ECHO, &[b"ok"], Duration::from_secs(10)).await.unwrap();
     assert_eq!(&answer[..], b"ko");
 }
+
+/// R2: before the handshake only a handshake-sized frame is accepted. A socket that announces a
+/// 100 MiB frame is closed on the length prefix, well before the handshake timeout (3 s), instead
+/// of the server reserving the frame and waiting for it.
+#[tokio::test]
+async fn a_huge_frame_before_the_handshake_is_refused_at_once() {
+    init_tracing();
+    let srv = server("c", 2, fjord_replication::transport::DEFAULT_MAX_FRAME_BYTES).await;
+    let mut s = TcpStream::connect(&srv.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    s.write_all(&(100u32 << 20).to_be_bytes()).await.unwrap();
+    assert!(closed_by_server(&mut s).await, "connection left open");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "closed only after {took:?}: the prefix was not refused");
+    // The server still serves well-behaved peers.
+    let mut s = TcpStream::connect(&srv.addr).await.unwrap();
+    assert!(matches!(raw_handshake(&mut s, &hello("c", 1, 2, PROTOCOL_VERSION)).await, Some(Ok(_))));
+}

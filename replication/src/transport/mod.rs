@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use connector::{BoxFuture, BoxStream, Connector, Listener, TcpConnector, TcpListener};
-pub use frame::{Frame, FrameDecoder, FrameError, Kind, DEFAULT_MAX_FRAME_BYTES};
+pub use frame::{Frame, FrameDecoder, FrameError, Kind, DEFAULT_MAX_FRAME_BYTES, HANDSHAKE_MAX_FRAME_BYTES};
 
 use crate::types::{GroupId, NodeId};
 
@@ -370,7 +370,7 @@ async fn dial(inner: &Inner, to: NodeId, addr: &str) -> Result<Halves, String> {
     let hello = Hello { cluster_id: cfg.cluster_id.clone(), from: cfg.node_id, to, version: PROTOCOL_VERSION };
     write_control(&mut writer, Kind::Hello, &hello).await?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let decoder = FrameDecoder::new(cfg.max_frame_bytes);
+    let decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME_BYTES);
     let frame = read_frame(&mut reader, &mut buf, &decoder).await?.ok_or("peer closed during the handshake")?;
     if frame.kind != Kind::HelloAck {
         return Err(format!("expected a handshake answer, got {:?}", frame.kind));
@@ -506,9 +506,12 @@ async fn flush<B: bytes::Buf>(inner: &Inner, writer: &mut WriteHalf<BoxStream>, 
 async fn serve_connection(inner: Arc<Inner>, stream: BoxStream, addr: String) {
     let cfg = &inner.config;
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let decoder = FrameDecoder::new(cfg.max_frame_bytes);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let hello = match tokio::time::timeout(cfg.handshake_timeout, read_frame(&mut reader, &mut buf, &decoder)).await {
+    // Until the peer has introduced itself, only a handshake-sized frame is accepted.
+    let mut buf = BytesMut::with_capacity(4096);
+    let pre_handshake = FrameDecoder::new(HANDSHAKE_MAX_FRAME_BYTES);
+    let hello = match tokio::time::timeout(cfg.handshake_timeout, read_frame(&mut reader, &mut buf, &pre_handshake))
+        .await
+    {
         Ok(Ok(Some(f))) if f.kind == Kind::Hello => f,
         Ok(Ok(Some(f))) => {
             tracing::warn!(%addr, kind = ?f.kind, "inbound cluster connection did not start with a handshake; closing");
@@ -552,6 +555,7 @@ async fn serve_connection(inner: Arc<Inner>, stream: BoxStream, addr: String) {
         return;
     }
     let from = theirs.from;
+    let decoder = FrameDecoder::new(cfg.max_frame_bytes);
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     let read = async {
         loop {
