@@ -37,7 +37,7 @@ where
 {
     let give_up = tokio::time::Instant::now() + wait;
     loop {
-        let acked_before = raft.metrics().borrow_watched().last_quorum_acked.clone();
+        let acked_before = raft.metrics().borrow_watched().last_quorum_acked;
         let err = match raft.client_write(data.clone()).await {
             Ok(resp) => return Ok(resp),
             Err(e) => e,
