@@ -26,6 +26,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Clone, Default)]
 pub struct MemLog {
     inner: Arc<Mutex<LogInner>>,
+    /// Microseconds each append takes to become "durable", to stand in for a slow disk in tests.
+    append_delay_us: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl MemLog {
+    /// From now on, appends (of this log and its clones) report durability only after `delay`,
+    /// like a slow fsync.
+    pub fn set_append_delay(&self, delay: std::time::Duration) {
+        let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.append_delay_us.store(us, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -87,7 +98,11 @@ impl RaftLogStorage<TypeConfig> for MemLog {
                 inner.entries.insert(e.log_id.index(), e);
             }
         }
-        // Memory is "durable" as soon as it is written.
+        // Memory is "durable" as soon as it is written, unless a slow disk is simulated.
+        let delay_us = self.append_delay_us.load(std::sync::atomic::Ordering::Relaxed);
+        if delay_us > 0 {
+            tokio::time::sleep(std::time::Duration::from_micros(delay_us)).await;
+        }
         callback.io_completed(Ok(()));
         Ok(())
     }

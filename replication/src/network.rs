@@ -64,6 +64,17 @@ impl Router {
     }
 }
 
+/// Timeout of an RPC that carries `bytes` of entries or snapshot data. openraft hands
+/// AppendEntries its `heartbeat_interval` as the timeout, which under the node election driver is
+/// a short, otherwise unused value (75 ms with the shipped timings): a batch slower than that to
+/// send, or to fsync on the follower, would time out on every retry and never commit. A payload
+/// gets a floor of seconds plus time for its size at a pessimistic 8 MiB/s.
+pub fn payload_timeout(bytes: usize) -> Duration {
+    const FLOOR: Duration = Duration::from_secs(5);
+    const BYTES_PER_SEC: u64 = 8 << 20;
+    FLOOR + Duration::from_millis((bytes as u64).saturating_mul(1000) / BYTES_PER_SEC)
+}
+
 fn rpc_type(rpc: Rpc) -> RPCTypes {
     match rpc {
         Rpc::AppendEntries => RPCTypes::AppendEntries,
@@ -77,6 +88,13 @@ fn encode_failed(e: CodecError) -> RPCError<TypeConfig> {
     RPCError::Network(NetworkError::from_string(e.to_string()))
 }
 
+fn entry_bytes(e: &openraft::type_config::alias::EntryOf<TypeConfig>) -> usize {
+    match &e.payload {
+        openraft::EntryPayload::Normal(data) => data.0.len(),
+        _ => 0,
+    }
+}
+
 impl GroupRouter<TypeConfig, GroupId> for Router {
     type SnapshotData = Bytes;
 
@@ -87,8 +105,16 @@ impl GroupRouter<TypeConfig, GroupId> for Router {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        // An empty AppendEntries is a heartbeat, which openraft times out itself at the same
+        // short interval; only requests carrying entries get the payload timeout.
+        let timeout = if rpc.entries.is_empty() {
+            option.hard_ttl()
+        } else {
+            let bytes = rpc.entries.iter().map(entry_bytes).sum();
+            option.hard_ttl().max(payload_timeout(bytes))
+        };
         let body = rpc::encode_append(&rpc).map_err(encode_failed)?;
-        self.call(target, group_id, Rpc::AppendEntries, &body.pieces(), option.hard_ttl()).await
+        self.call(target, group_id, Rpc::AppendEntries, &body.pieces(), timeout).await
     }
 
     async fn vote(
@@ -125,7 +151,9 @@ impl GroupRouter<TypeConfig, GroupId> for Router {
         let body = rpc::encode_snapshot(&vote, &snapshot.meta, snapshot.snapshot)
             .map_err(|e| StreamingError::from(encode_failed(e)))?;
         let pieces = body.pieces();
-        let send = self.call(target, group_id, Rpc::FullSnapshot, &pieces, option.hard_ttl());
+        let bytes = pieces.iter().map(|p| p.len()).sum();
+        let timeout = option.hard_ttl().max(payload_timeout(bytes));
+        let send = self.call(target, group_id, Rpc::FullSnapshot, &pieces, timeout);
         tokio::select! {
             r = send => r.map_err(StreamingError::from),
             closed = cancel => Err(StreamingError::Closed(closed)),

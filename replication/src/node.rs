@@ -1,22 +1,76 @@
 //! One node's replication runtime: the transport, the group registry that answers peers' RPCs,
 //! and the heartbeat driver.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::Fatal;
+use openraft::errors::{ClientWriteError, ForwardReason, RaftError};
+use openraft::raft::ClientWriteResponse;
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::Config;
-use openraft::ConfigError;
+use openraft::{ConfigError, ServerState};
 
 use crate::election::{ElectionDriver, ElectionTimings};
 use crate::heartbeat::HeartbeatDriver;
 use crate::network::Router;
-use crate::registry::GroupRegistry;
+use crate::registry::{AlreadyRunning, GroupRegistry};
 use crate::rpc::{self, RemoteFailure, Rpc};
 use crate::transport::{BoxFuture, Connector, InboundHandler, Listener, Transport, TransportConfig};
-use crate::types::{GroupId, NodeId, Raft, TypeConfig};
+use crate::types::{BatchData, GroupId, NodeId, Raft, TypeConfig};
+
+/// Appends one batch through `raft`, the local replica of a group, as the broker's produce path
+/// does. With group heartbeats sparser than the leader's quorum lease (see `election`), an idle
+/// leader's lease has usually lapsed, and openraft refuses the write (`LeaseExpired`) although no
+/// one else leads: then this sends a heartbeat, waits for a quorum to acknowledge it (which
+/// renews the lease) and writes again, until `wait` runs out. Any other refusal (another node
+/// leads, leadership is moving) is returned as is, for the caller to redirect.
+pub async fn write<SM>(
+    raft: &Raft<SM>,
+    data: BatchData,
+    wait: Duration,
+) -> Result<ClientWriteResponse<TypeConfig>, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>
+where
+    SM: RaftStateMachine<TypeConfig>,
+{
+    let give_up = tokio::time::Instant::now() + wait;
+    loop {
+        let acked_before = raft.metrics().borrow_watched().last_quorum_acked;
+        let err = match raft.client_write(data.clone()).await {
+            Ok(resp) => return Ok(resp),
+            Err(e) => e,
+        };
+        let lease_expired = err.forward_to_leader().is_some_and(|f| f.reason == ForwardReason::LeaseExpired);
+        let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+        if !lease_expired || left.is_zero() {
+            return Err(err);
+        }
+        raft.trigger().heartbeat().await.map_err(RaftError::Fatal)?;
+        // A quorum's ack moves `last_quorum_acked`; stepping down ends the wait too (the next
+        // write then returns the refusal with the new leader, if known).
+        let renewed = raft
+            .wait(Some(left))
+            .metrics(
+                |m| m.state != ServerState::Leader || m.last_quorum_acked != acked_before,
+                "quorum ack renewing the leader lease",
+            )
+            .await;
+        if renewed.is_err() {
+            return Err(err);
+        }
+    }
+}
+
+/// Why `ReplicaNode::start_group` did not start a group.
+#[derive(Debug, thiserror::Error)]
+pub enum StartGroupError {
+    #[error(transparent)]
+    AlreadyRunning(#[from] AlreadyRunning),
+    #[error("group failed to start: {0}")]
+    Fatal(Fatal<TypeConfig>),
+}
 
 /// Raft timing shared by every group of a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +96,14 @@ impl GroupTimings {
             enable_heartbeat: false,
             // A node that was paused or cut off must not raise terms when it comes back.
             enable_pre_vote: Some(true),
+            // A restarted leader must not resume its term: its log may hold entries it appended
+            // but never replicated, and a store that flushes after `append` returns may have lost
+            // or kept them, so (term, index) pairs could be reused with other data. Coming back
+            // as a follower, it leads again only through an election, at a higher term.
+            enable_leader_restore: Some(false),
+            // openraft's default (200 ms) is far too short to send a snapshot; the router also
+            // scales each snapshot's timeout with its size (`network::payload_timeout`).
+            install_snapshot_timeout: 10_000,
             ..Config::default()
         }
     }
@@ -50,6 +112,45 @@ impl GroupTimings {
 /// Answers peers' Raft RPCs from the registry.
 struct RaftService<SM: RaftStateMachine<TypeConfig>> {
     registry: Arc<GroupRegistry<SM>>,
+    stickiness: Arc<Stickiness>,
+}
+
+/// Node-level leader stickiness for pre-votes. openraft's own guard, the followers' lease, is
+/// kept shorter than the node-silence timeout so that failover is fast (see `election`); without
+/// this check a follower would grant a pre-vote whenever its group lease had lapsed between two
+/// sparse heartbeats, and one node that wrongly judged a peer silent (a one-way link fault) would
+/// take over that peer's groups. Here a pre-vote is refused while this node hears the group's
+/// leader's node (any frame within the minimum election timeout), or leads the group itself.
+#[derive(Default)]
+struct Stickiness {
+    transport: OnceLock<Transport>,
+    /// The election driver's minimum timeout; `None` (no driver) leaves pre-votes to openraft.
+    window: Mutex<Option<Duration>>,
+}
+
+impl Stickiness {
+    fn window(&self) -> Option<Duration> {
+        *self.window.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `group`'s leader, as this node knows it, is alive and not the candidate `from`.
+    fn leader_alive<SM: RaftStateMachine<TypeConfig>>(&self, raft: &Raft<SM>, from: NodeId) -> bool {
+        let (Some(window), Some(transport)) = (self.window(), self.transport.get()) else {
+            return false;
+        };
+        let (state, leader) = {
+            let m = raft.metrics();
+            let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
+            (m.state, m.current_leader)
+        };
+        let me = transport.node_id();
+        match leader {
+            Some(l) if l == from => false,
+            Some(l) if l == me => state == ServerState::Leader,
+            Some(l) => transport.last_heard(l).is_some_and(|t| t.elapsed() < window),
+            None => false,
+        }
+    }
 }
 
 impl<SM> InboundHandler for RaftService<SM>
@@ -58,11 +159,12 @@ where
 {
     fn handle(&self, from: NodeId, group: GroupId, rpc: u8, body: Bytes) -> BoxFuture<'static, Bytes> {
         let raft = self.registry.get(group);
+        let stickiness = self.stickiness.clone();
         Box::pin(async move {
             let Some(raft) = raft else {
                 return rpc::encode_response::<()>(Err(&RemoteFailure::UnknownGroup(group)));
             };
-            match serve(&raft, rpc, body).await {
+            match serve(&raft, rpc, body, || stickiness.leader_alive(&raft, from)).await {
                 Ok(answer) => answer,
                 Err(failure) => {
                     if let RemoteFailure::BadRequest(reason) = &failure {
@@ -75,7 +177,12 @@ where
     }
 }
 
-async fn serve<SM>(raft: &Raft<SM>, rpc: u8, body: Bytes) -> Result<Bytes, RemoteFailure>
+async fn serve<SM>(
+    raft: &Raft<SM>,
+    rpc: u8,
+    body: Bytes,
+    leader_alive: impl FnOnce() -> bool,
+) -> Result<Bytes, RemoteFailure>
 where
     SM: RaftStateMachine<TypeConfig, SnapshotData = Bytes>,
 {
@@ -95,7 +202,13 @@ where
         }
         Rpc::PreVote => {
             let req = rpc::decode(&body).map_err(bad)?;
-            let resp = raft.pre_vote(req).await.map_err(|e| raft_err(&e))?;
+            // openraft answers with our vote and last log id and changes no state; only the grant
+            // is overridden, so the candidate sees the same refusal a lease would give.
+            let mut resp = raft.pre_vote(req).await.map_err(|e| raft_err(&e))?;
+            if resp.vote_granted && leader_alive() {
+                tracing::debug!("pre-vote refused: the group's leader's node is alive");
+                resp.vote_granted = false;
+            }
             rpc::encode_response(Ok(&resp))
         }
         Rpc::FullSnapshot => {
@@ -118,6 +231,7 @@ pub struct ReplicaNode<SM: RaftStateMachine<TypeConfig>> {
     transport: Transport,
     router: Router,
     registry: Arc<GroupRegistry<SM>>,
+    stickiness: Arc<Stickiness>,
 }
 
 impl<SM> ReplicaNode<SM>
@@ -127,10 +241,12 @@ where
     pub fn new(config: TransportConfig, connector: Arc<dyn Connector>) -> Self {
         let id = config.node_id;
         let registry = Arc::new(GroupRegistry::default());
-        let handler = Arc::new(RaftService { registry: registry.clone() });
+        let stickiness = Arc::new(Stickiness::default());
+        let handler = Arc::new(RaftService { registry: registry.clone(), stickiness: stickiness.clone() });
         let transport = Transport::new(config, connector, handler);
+        let _ = stickiness.transport.set(transport.clone());
         let router = Router::new(transport.clone());
-        Self { id, transport, router, registry }
+        Self { id, transport, router, registry, stickiness }
     }
 
     pub fn id(&self) -> NodeId {
@@ -161,10 +277,20 @@ where
         config: Arc<Config>,
         log: LS,
         state_machine: SM,
-    ) -> Result<Raft<SM>, Fatal<TypeConfig>> {
-        let raft = openraft::Raft::new(self.id, config, self.router.factory(group), log, state_machine).await?;
-        self.registry.insert(group, raft.clone());
-        Ok(raft)
+    ) -> Result<Raft<SM>, StartGroupError> {
+        // Taken before `Raft::new`: a second start of a running group would open a second core
+        // on the same store, and the two could grant votes to different candidates in one term.
+        self.registry.reserve(group)?;
+        match openraft::Raft::new(self.id, config, self.router.factory(group), log, state_machine).await {
+            Ok(raft) => {
+                self.registry.fill(group, raft.clone());
+                Ok(raft)
+            }
+            Err(e) => {
+                self.registry.release(group);
+                Err(StartGroupError::Fatal(e))
+            }
+        }
     }
 
     pub fn group(&self, group: GroupId) -> Option<Raft<SM>> {
@@ -180,6 +306,8 @@ where
     /// `ElectionTimings::raft_config`; it
     /// stops when the returned handle is dropped.
     pub fn start_elections(&self, timings: ElectionTimings) -> ElectionDriver {
+        // The driver's silence threshold is also the window in which a heard leader is sticky.
+        *self.stickiness.window.lock().unwrap_or_else(|e| e.into_inner()) = Some(timings.election_timeout_min);
         ElectionDriver::spawn(self.registry.clone(), self.transport.clone(), timings)
     }
 

@@ -18,7 +18,7 @@ use fjord_replication::node::{GroupTimings, ReplicaNode};
 use fjord_replication::transport::{TcpListener, TransportConfig};
 use fjord_replication::{BatchData, GroupId, NodeId, Raft};
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::{BasicNode, ServerState};
+use openraft::{BasicNode, Instant as _, ServerState};
 
 const GROUPS: u64 = 10;
 const NODES: u64 = 3;
@@ -30,6 +30,9 @@ enum Mode {
     GroupTimers,
     /// No tick: the node-level election driver pings peers; group heartbeats are sparser.
     NodeElections,
+    /// The node driver with the timings the README ships: pings every 100 ms, 300–500 ms of
+    /// silence, group heartbeats every second (longer than the groups' 225 ms lease).
+    Shipped,
 }
 
 struct TestNode {
@@ -54,6 +57,16 @@ fn timings() -> GroupTimings {
     }
 }
 
+fn shipped_election_timings() -> ElectionTimings {
+    ElectionTimings {
+        ping_interval: Duration::from_millis(100),
+        election_timeout_min: Duration::from_millis(300),
+        election_timeout_max: Duration::from_millis(500),
+    }
+}
+
+const SHIPPED_HEARTBEAT: Duration = Duration::from_secs(1);
+
 fn election_timings() -> ElectionTimings {
     ElectionTimings {
         ping_interval: Duration::from_millis(50),
@@ -63,6 +76,11 @@ fn election_timings() -> ElectionTimings {
 }
 
 async fn start_cluster(mode: Mode) -> Vec<TestNode> {
+    start_cluster_with(mode, |_| MemLog::default()).await
+}
+
+/// `log(node)` makes each of a node's group logs (a slow disk, say).
+async fn start_cluster_with(mode: Mode, log: impl Fn(NodeId) -> MemLog) -> Vec<TestNode> {
     let mut listeners = Vec::new();
     let mut members = BTreeMap::new();
     for id in 1..=NODES {
@@ -73,6 +91,7 @@ async fn start_cluster(mode: Mode) -> Vec<TestNode> {
     let config = match mode {
         Mode::GroupTimers => timings().config("cluster-test").unwrap(),
         Mode::NodeElections => election_timings().raft_config("cluster-test").unwrap(),
+        Mode::Shipped => shipped_election_timings().raft_config("cluster-test").unwrap(),
     };
     let mut nodes = Vec::new();
     for (id, listener) in (1..=NODES).zip(listeners) {
@@ -85,7 +104,7 @@ async fn start_cluster(mode: Mode) -> Vec<TestNode> {
         let mut state_machines = HashMap::new();
         for group in 1..=GROUPS {
             let sm = MemStateMachine::default();
-            node.start_group(group, config.clone(), MemLog::default(), sm.clone()).await.unwrap();
+            node.start_group(group, config.clone(), log(id), sm.clone()).await.unwrap();
             state_machines.insert(group, sm);
         }
         let (heartbeats, elections) = match mode {
@@ -93,6 +112,9 @@ async fn start_cluster(mode: Mode) -> Vec<TestNode> {
             // Group heartbeats only carry the commit index here; liveness is the driver's pings.
             Mode::NodeElections => {
                 (node.start_heartbeats(Duration::from_millis(200)), Some(node.start_elections(election_timings())))
+            }
+            Mode::Shipped => {
+                (node.start_heartbeats(SHIPPED_HEARTBEAT), Some(node.start_elections(shipped_election_timings())))
             }
         };
         nodes.push(TestNode { node, state_machines, connector, _heartbeats: heartbeats, _elections: elections });
@@ -372,4 +394,200 @@ async fn group_timers_survive_an_isolated_node() {
 #[tokio::test]
 async fn node_elections_survive_an_isolated_node() {
     survive_an_isolated_node(Mode::NodeElections).await;
+}
+
+/// S1: a leader that restarts comes back as a follower and leads again only through an election,
+/// at a higher term, so it never appends under the term it held before the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_does_not_resume_its_term() {
+    init_tracing();
+    let node: ReplicaNode<MemStateMachine> =
+        ReplicaNode::new(TransportConfig::new("cluster-test", 1), KillableConnector::new());
+    let config = election_timings().raft_config("cluster-test").unwrap();
+    let log = MemLog::default();
+    let raft = node.start_group(1, config.clone(), log.clone(), MemStateMachine::default()).await.unwrap();
+    raft.initialize(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))])).await.unwrap();
+    raft.wait(Some(DEADLINE)).state(ServerState::Leader, "single voter leads").await.unwrap();
+    let before = raft.client_write(BatchData(Bytes::from_static(b"before"))).await.unwrap().log_id;
+    raft.shutdown().await.unwrap();
+    node.registry().remove(1);
+
+    // Same log (the "disk"), fresh state machine: the process restarted.
+    let raft = node.start_group(1, config, log, MemStateMachine::default()).await.unwrap();
+    let first = raft.client_write(BatchData(Bytes::from_static(b"after"))).await;
+    let after = match first {
+        Ok(resp) => resp.log_id,
+        Err(e) => {
+            assert!(e.forward_to_leader().is_some(), "unexpected refusal: {e}");
+            raft.trigger().elect(false).await.unwrap();
+            raft.wait(Some(DEADLINE)).state(ServerState::Leader, "re-elected").await.unwrap();
+            raft.client_write(BatchData(Bytes::from_static(b"after"))).await.unwrap().log_id
+        }
+    };
+    assert!(
+        after.leader_id.term > before.leader_id.term,
+        "restarted leader wrote {after} in the term of {before} without an election"
+    );
+    node.shutdown().await;
+}
+
+/// S3: starting a group that already runs is refused, and the running instance keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_a_running_group_again_is_refused() {
+    init_tracing();
+    let node: ReplicaNode<MemStateMachine> =
+        ReplicaNode::new(TransportConfig::new("cluster-test", 1), KillableConnector::new());
+    let config = election_timings().raft_config("cluster-test").unwrap();
+    let log = MemLog::default();
+    let raft = node.start_group(7, config.clone(), log.clone(), MemStateMachine::default()).await.unwrap();
+    let second = node.start_group(7, config.clone(), log.clone(), MemStateMachine::default()).await;
+    assert!(
+        matches!(second, Err(fjord_replication::node::StartGroupError::AlreadyRunning(_))),
+        "second start of group 7 was not refused: {:?}",
+        second.as_ref().map(|_| ())
+    );
+    raft.initialize(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))])).await.unwrap();
+    raft.wait(Some(DEADLINE)).state(ServerState::Leader, "single voter leads").await.unwrap();
+    let registered = node.group(7).unwrap();
+    registered.client_write(BatchData(Bytes::from_static(b"x"))).await.unwrap();
+    assert_eq!(node.registry().len(), 1);
+    // Once stopped and removed, the group may start again.
+    raft.shutdown().await.unwrap();
+    node.registry().remove(7);
+    node.start_group(7, config, log, MemStateMachine::default()).await.unwrap();
+    node.shutdown().await;
+}
+
+/// The leader of each group and its term, once all nodes agree.
+async fn leaders_and_terms(nodes: &[TestNode]) -> HashMap<GroupId, (NodeId, u64)> {
+    let mut out = HashMap::new();
+    for group in 1..=GROUPS {
+        let leader = settled_leader(nodes, group).await;
+        let term = nodes[(leader - 1) as usize].raft(group).metrics().borrow_watched().current_term;
+        out.insert(group, (leader, term));
+    }
+    out
+}
+
+/// L1: with the shipped timings an idle leader's 225 ms lease has lapsed between its 1 s
+/// heartbeats; `node::write` still commits every write on the first call, through the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_timings_idle_leaders_accept_writes_first_time() {
+    init_tracing();
+    let nodes = start_cluster(Mode::Shipped).await;
+    let lease = Duration::from_millis(225);
+    for (group, (leader, _)) in leaders_and_terms(&nodes).await {
+        let raft = nodes[(leader - 1) as usize].raft(group);
+        // Idle long enough that the leader's quorum lease has expired.
+        raft.wait(Some(DEADLINE))
+            .metrics(
+                |m| m.last_quorum_acked.as_ref().is_some_and(|t| (**t).elapsed() > lease),
+                format!("group {group}: leader lease lapsed"),
+            )
+            .await
+            .unwrap();
+        let data = BatchData(Bytes::from(format!("idle:{group}")));
+        let resp = tokio::time::timeout(Duration::from_secs(3), fjord_replication::node::write(&raft, data, DEADLINE))
+            .await
+            .unwrap_or_else(|_| panic!("group {group}: write did not finish in 3 s"))
+            .unwrap_or_else(|e| panic!("group {group}: idle leader refused the write: {e}"));
+        assert!(resp.log_id.index() > 0);
+    }
+    for n in &nodes {
+        n.node.shutdown().await;
+    }
+}
+
+/// D1: node 3 loses its link to node 1 one way (it cannot dial node 1, so its pings go unanswered
+/// and it judges node 1 silent), while node 1 still reaches nodes 2 and 3. Node 3's pre-votes for
+/// node 1's groups are refused by node 2, which still hears node 1: node 1 keeps leading them in
+/// the same term and keeps committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_way_cut_does_not_move_the_peers_groups() {
+    init_tracing();
+    let nodes = start_cluster(Mode::Shipped).await;
+    let before = leaders_and_terms(&nodes).await;
+    assert!(before.values().any(|(l, _)| *l == 1), "node 1 leads no group: {before:?}");
+    let node1_addr = {
+        let m = nodes[0].raft(1).metrics().borrow_watched().clone();
+        m.membership_config.membership().get_node(&1).unwrap().addr.clone()
+    };
+    nodes[2].connector.cut(&node1_addr);
+    // Observe node 3 judging node 1 silent for several group heartbeats and election timeouts.
+    let t3 = nodes[2].node.transport().clone();
+    wait_until(DEADLINE, "node 3 to find node 1 silent for 3 s", || {
+        let t3 = t3.clone();
+        async move { t3.last_heard(1).is_some_and(|t| t.elapsed() > Duration::from_secs(3)) }
+    })
+    .await;
+    for (group, (leader, term)) in &before {
+        if *leader != 1 {
+            continue;
+        }
+        let m = nodes[0].raft(*group).metrics().borrow_watched().clone();
+        assert_eq!(
+            (m.state, m.current_term),
+            (ServerState::Leader, *term),
+            "group {group}: node 1 lost leadership to a node that only lost its link to node 1"
+        );
+        let data = BatchData(Bytes::from(format!("cut:{group}")));
+        fjord_replication::node::write(&nodes[0].raft(*group), data, DEADLINE).await.unwrap();
+    }
+    for n in &nodes {
+        n.node.shutdown().await;
+    }
+}
+
+/// L2: the followers' disks take 400 ms to make an append durable, longer than the 75 ms openraft gives
+/// AppendEntries under the node driver. Measured without the router's payload timeout: under a
+/// steady stream of writes every AppendEntries times out and is sent again, and the first write
+/// took ~1.5 s (progress only comes from retries that find their entries already flushed); with
+/// it, about one fsync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_commit_under_load_when_followers_fsync_slowly() {
+    init_tracing();
+    let logs = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let nodes = start_cluster_with(Mode::Shipped, |id| {
+        let log = MemLog::default();
+        logs.lock().unwrap().entry(id).or_insert_with(Vec::new).push(log.clone());
+        log
+    })
+    .await;
+    const FSYNC: Duration = Duration::from_millis(400);
+    let group = 1;
+    let (leader, _) = leaders_and_terms(&nodes).await[&group];
+    // Group g's log is the g-th one each node made. Only the followers' disks are slow, so the
+    // leader keeps appending new entries while they flush.
+    for (id, node_logs) in logs.lock().unwrap().iter() {
+        if *id != leader {
+            node_logs[(group - 1) as usize].set_append_delay(FSYNC);
+        }
+    }
+    let raft = nodes[(leader - 1) as usize].raft(group);
+    let started = tokio::time::Instant::now();
+    let first = {
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            fjord_replication::node::write(&raft, BatchData(Bytes::from_static(b"first")), DEADLINE).await
+        })
+    };
+    // Keep new entries coming until the first write commits, for at most 8 s.
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(8);
+    let mut i = 0u64;
+    while !first.is_finished() {
+        assert!(tokio::time::Instant::now() < give_up, "first write not committed after 8 s of steady writes");
+        let raft = raft.clone();
+        tokio::spawn(async move { raft.client_write(BatchData(Bytes::from(format!("load:{i}")))).await });
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = started.elapsed();
+    let resp = first.await.unwrap().unwrap_or_else(|e| panic!("first write refused: {e}"));
+    assert!(resp.log_id.index() > 0);
+    // One fsync on the followers (in parallel with the leader's own append) and a round trip:
+    // not three, as when every AppendEntries times out after 75 ms and is sent again.
+    assert!(took < FSYNC * 2, "first write took {took:?} with a {FSYNC:?} fsync ({i} writes meanwhile)");
+    for n in &nodes {
+        n.node.shutdown().await;
+    }
 }

@@ -268,3 +268,99 @@ async fn oversize_and_malformed_frames_close_the_connection() {
     let answer = a.call(2, 1, ECHO, &[b"ok"], Duration::from_secs(10)).await.unwrap();
     assert_eq!(&answer[..], b"ko");
 }
+
+/// R2: before the handshake only a handshake-sized frame is accepted. A socket that announces a
+/// 100 MiB frame is closed on the length prefix, well before the handshake timeout (3 s), instead
+/// of the server reserving the frame and waiting for it.
+#[tokio::test]
+async fn a_huge_frame_before_the_handshake_is_refused_at_once() {
+    init_tracing();
+    let srv = server("c", 2, fjord_replication::transport::DEFAULT_MAX_FRAME_BYTES).await;
+    let mut s = TcpStream::connect(&srv.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    s.write_all(&(100u32 << 20).to_be_bytes()).await.unwrap();
+    assert!(closed_by_server(&mut s).await, "connection left open");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "closed only after {took:?}: the prefix was not refused");
+    // The server still serves well-behaved peers.
+    let mut s = TcpStream::connect(&srv.addr).await.unwrap();
+    assert!(matches!(raw_handshake(&mut s, &hello("c", 1, 2, PROTOCOL_VERSION)).await, Some(Ok(_))));
+}
+
+/// A peer that completes the handshake on every connection and then never reads: a half-open or
+/// wedged node. Keeps its sockets open so the kernel does not reset them.
+async fn black_hole(cluster: &'static str, id: u64) -> (String, Arc<std::sync::Mutex<Vec<TcpStream>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let decoder = FrameDecoder::new(1 << 10);
+            let mut rbuf = BytesMut::new();
+            let theirs: Hello = loop {
+                if let Ok(Some(f)) = decoder.decode(&mut rbuf) {
+                    break postcard::from_bytes(&f.body).unwrap();
+                }
+                if s.read_buf(&mut rbuf).await.unwrap_or(0) == 0 {
+                    break hello("", 0, 0, 0);
+                }
+            };
+            let ours = hello(cluster, id, theirs.from, PROTOCOL_VERSION);
+            let body = postcard::to_stdvec(&Ok::<_, String>(ours)).unwrap();
+            let mut buf = BytesMut::new();
+            encode_header(&mut buf, Kind::HelloAck, 0, 0, 0, body.len());
+            buf.extend_from_slice(&body);
+            let _ = s.write_all(&buf).await;
+            keep.lock().unwrap().push(s);
+        }
+    });
+    (addr, held)
+}
+
+/// R1: towards a peer that stops reading, queued bytes are bounded (calls then fail at once as
+/// `Unreachable`), and unanswered pings close the connection, which is dialed again.
+#[tokio::test]
+async fn a_peer_that_stops_reading_costs_bounded_memory_and_is_redialed() {
+    init_tracing();
+    let (addr, _held) = black_hole("c", 2).await;
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut config = TransportConfig::new("c", 1);
+    config.max_queued_bytes = 4 << 20;
+    config.max_unanswered_pings = 3;
+    let t = Transport::new(config, Arc::new(TcpConnector), Arc::new(TestHandler { arrived: tx }));
+    t.add_peer(2, &addr);
+    connected(&t, 2).await;
+
+    // Fill the socket buffers and then the queue: 256 KiB calls that are never answered. Without a
+    // bound every call would queue (and 1,000 of them hold 256 MiB).
+    let chunk = vec![7u8; 256 << 10];
+    let mut refused = None;
+    for i in 0..1000 {
+        let started = tokio::time::Instant::now();
+        match t.call(2, 1, ECHO, &[&chunk], Duration::from_millis(1)).await {
+            Err(CallError::Unreachable { reason, .. }) if reason.contains("queue full") => {
+                assert!(started.elapsed() < Duration::from_millis(100), "refusal was not immediate");
+                refused = Some(i);
+                break;
+            }
+            Err(_) => {}
+            Ok(_) => panic!("a black hole answered"),
+        }
+    }
+    let refused = refused.expect("1,000 unanswered 256 KiB calls were all queued");
+    assert!(refused > 0);
+
+    // Pings go unanswered; after three in a row the connection is closed and dialed again.
+    let before = t.stats().connections_established;
+    let t2 = t.clone();
+    wait_until(Duration::from_secs(10), "the transport to redial the silent peer", move || {
+        let t = t2.clone();
+        async move {
+            let _ = t.ping(2, Duration::from_millis(20)).await;
+            t.stats().connections_established > before
+        }
+    })
+    .await;
+    t.shutdown();
+}

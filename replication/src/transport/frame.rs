@@ -85,6 +85,14 @@ pub fn encode_header(dst: &mut BytesMut, kind: Kind, corr_id: u64, group_id: u64
     dst.put_u8(rpc);
 }
 
+/// Frame size limit before the handshake completes: a `Hello` or `HelloAck` is a few dozen bytes,
+/// and an unauthenticated socket must not make us wait for, or buffer, a large frame.
+pub const HANDSHAKE_MAX_FRAME_BYTES: usize = 1024;
+
+/// How far ahead of the bytes received the read buffer may grow for one frame: a length prefix
+/// alone does not get its whole frame's memory.
+const RESERVE_AHEAD: usize = 1 << 20;
+
 /// Splits frames off the front of a read buffer.
 #[derive(Clone, Copy, Debug)]
 pub struct FrameDecoder {
@@ -111,7 +119,7 @@ impl FrameDecoder {
             return Err(FrameError::TooShort { len });
         }
         if buf.len() < LEN_PREFIX + len {
-            buf.reserve(LEN_PREFIX + len - buf.len());
+            buf.reserve((LEN_PREFIX + len - buf.len()).min(RESERVE_AHEAD));
             return Ok(None);
         }
         buf.advance(LEN_PREFIX);
@@ -137,6 +145,18 @@ mod tests {
         (kind(), any::<u64>(), any::<u64>(), any::<u8>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(
             |(kind, corr_id, group_id, rpc, body)| Frame { kind, corr_id, group_id, rpc, body: Bytes::from(body) },
         )
+    }
+
+    /// A length prefix announcing the largest allowed frame reserves at most `RESERVE_AHEAD`.
+    #[test]
+    fn a_length_prefix_alone_does_not_reserve_the_frame() {
+        let decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+        let mut buf = BytesMut::new();
+        buf.put_u32(DEFAULT_MAX_FRAME_BYTES as u32);
+        assert!(decoder.decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() <= RESERVE_AHEAD + LEN_PREFIX, "reserved {} bytes", buf.capacity());
+        let pre = FrameDecoder::new(HANDSHAKE_MAX_FRAME_BYTES);
+        assert!(matches!(pre.decode(&mut buf), Err(FrameError::TooLarge { .. })));
     }
 
     proptest! {

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use connector::{BoxFuture, BoxStream, Connector, Listener, TcpConnector, TcpListener};
-pub use frame::{Frame, FrameDecoder, FrameError, Kind, DEFAULT_MAX_FRAME_BYTES};
+pub use frame::{Frame, FrameDecoder, FrameError, Kind, DEFAULT_MAX_FRAME_BYTES, HANDSHAKE_MAX_FRAME_BYTES};
 
 use crate::types::{GroupId, NodeId};
 
@@ -39,6 +39,12 @@ pub struct TransportConfig {
     pub reconnect_backoff_max: Duration,
     /// Time allowed to connect and exchange the handshake.
     pub handshake_timeout: Duration,
+    /// Bytes queued for one peer and not yet written past which calls fail at once as
+    /// `Unreachable`, instead of piling up behind a peer that does not read.
+    pub max_queued_bytes: usize,
+    /// Pings in a row that time out after which the connection is closed and dialed again: a
+    /// half-open connection (peer gone without a FIN or RST) is otherwise never noticed.
+    pub max_unanswered_pings: u32,
 }
 
 impl TransportConfig {
@@ -50,6 +56,8 @@ impl TransportConfig {
             reconnect_backoff_min: Duration::from_millis(20),
             reconnect_backoff_max: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(3),
+            max_queued_bytes: 2 * DEFAULT_MAX_FRAME_BYTES + (16 << 20),
+            max_unanswered_pings: 5,
         }
     }
 }
@@ -129,6 +137,8 @@ struct Peer {
     conn: Mutex<PeerConn>,
     /// When a frame last arrived from this peer on our connection to it.
     last_heard: Mutex<Option<tokio::time::Instant>>,
+    /// Pings in a row that timed out on the current connection.
+    unanswered_pings: std::sync::atomic::AtomicU32,
 }
 
 #[derive(Default)]
@@ -137,6 +147,10 @@ struct PeerConn {
     tx: Option<mpsc::UnboundedSender<Bytes>>,
     /// Requests sent on the live connection and not yet answered.
     pending: HashMap<u64, oneshot::Sender<Bytes>>,
+    /// Bytes in the live connection's queue, not yet taken by its writer.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Dropping it ends the live connection, even a writer stuck on a peer that does not read.
+    kill: Option<oneshot::Sender<()>>,
 }
 
 impl Peer {
@@ -145,6 +159,7 @@ impl Peer {
     fn disconnect(&self) {
         let mut conn = lock(&self.conn);
         conn.tx = None;
+        conn.kill = None;
         conn.pending.clear();
     }
 }
@@ -194,6 +209,7 @@ impl Transport {
             addr: Mutex::new(addr.to_string()),
             conn: Mutex::new(PeerConn::default()),
             last_heard: Mutex::new(None),
+            unanswered_pings: Default::default(),
         });
         peers.insert(id, peer.clone());
         tokio::spawn(dial_loop(self.inner.clone(), peer));
@@ -258,6 +274,12 @@ impl Transport {
             let Some(queue) = conn.tx.clone() else {
                 return Err(unreachable("not connected"));
             };
+            let frame_len = buf.len();
+            let queued = conn.queued.load(Ordering::Relaxed);
+            if queued + frame_len > self.inner.config.max_queued_bytes {
+                return Err(unreachable("outbound queue full: the peer is not reading"));
+            }
+            conn.queued.fetch_add(frame_len, Ordering::Relaxed);
             conn.pending.insert(corr_id, tx);
             if queue.send(buf.freeze()).is_err() {
                 conn.pending.remove(&corr_id);
@@ -277,8 +299,25 @@ impl Transport {
 
     /// Checks that `target` answers; the node-level election driver pings every peer so that a
     /// peer's silence means it is down or cut off, whatever the groups are doing.
+    /// After `max_unanswered_pings` timeouts in a row the connection is closed and redialed.
     pub async fn ping(&self, target: NodeId, timeout: Duration) -> Result<(), CallError> {
-        self.call(target, 0, RPC_PING, &[], timeout).await.map(|_| ())
+        let result = self.call(target, 0, RPC_PING, &[], timeout).await.map(|_| ());
+        let Some(peer) = lock(&self.inner.peers).get(&target).cloned() else {
+            return result;
+        };
+        match &result {
+            Ok(()) => peer.unanswered_pings.store(0, Ordering::Relaxed),
+            Err(CallError::Timeout { .. }) => {
+                let n = peer.unanswered_pings.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= self.inner.config.max_unanswered_pings {
+                    tracing::warn!(peer = target, pings = n, "peer answers no pings; closing the connection");
+                    peer.unanswered_pings.store(0, Ordering::Relaxed);
+                    peer.disconnect();
+                }
+            }
+            Err(_) => {}
+        }
+        result
     }
 
     /// When a frame last arrived from `peer` in answer to this node (`None`: never).
@@ -370,7 +409,7 @@ async fn dial(inner: &Inner, to: NodeId, addr: &str) -> Result<Halves, String> {
     let hello = Hello { cluster_id: cfg.cluster_id.clone(), from: cfg.node_id, to, version: PROTOCOL_VERSION };
     write_control(&mut writer, Kind::Hello, &hello).await?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let decoder = FrameDecoder::new(cfg.max_frame_bytes);
+    let decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME_BYTES);
     let frame = read_frame(&mut reader, &mut buf, &decoder).await?.ok_or("peer closed during the handshake")?;
     if frame.kind != Kind::HelloAck {
         return Err(format!("expected a handshake answer, got {:?}", frame.kind));
@@ -423,7 +462,15 @@ async fn run_outbound(
     mut buf: BytesMut,
 ) -> String {
     let (tx, rx) = mpsc::unbounded_channel();
-    lock(&peer.conn).tx = Some(tx);
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (kill, killed) = oneshot::channel::<()>();
+    {
+        let mut conn = lock(&peer.conn);
+        conn.tx = Some(tx);
+        conn.queued = queued.clone();
+        conn.kill = Some(kill);
+    }
+    peer.unanswered_pings.store(0, Ordering::Relaxed);
     let decoder = FrameDecoder::new(inner.config.max_frame_bytes);
     let read = async {
         loop {
@@ -446,7 +493,8 @@ async fn run_outbound(
     let mut shutdown = inner.shutdown.subscribe();
     tokio::select! {
         reason = read => reason,
-        reason = write_loop(inner, rx, writer) => reason,
+        reason = write_loop(inner, rx, writer, Some(&queued)) => reason,
+        _ = killed => "closed by this node (pings unanswered)".to_string(),
         _ = shutdown.wait_for(|s| *s) => "shutdown".to_string(),
     }
 }
@@ -464,12 +512,21 @@ const COALESCE_MAX_FRAME: usize = 64 * 1024;
 /// Drains the connection's queue into one buffer and writes it with one call. After the first
 /// frame it yields once, so frames queued by tasks woken in the same sweep (every group's
 /// heartbeat to this peer) join the same write.
-async fn write_loop(inner: &Inner, mut rx: mpsc::UnboundedReceiver<Bytes>, mut writer: WriteHalf<BoxStream>) -> String {
+/// `queued`, on an outbound connection, counts the bytes callers queued; they leave it here.
+async fn write_loop(
+    inner: &Inner,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    mut writer: WriteHalf<BoxStream>,
+    queued: Option<&std::sync::atomic::AtomicUsize>,
+) -> String {
     let mut buf = BytesMut::with_capacity(COALESCE_MAX_FRAME);
     while let Some(first) = rx.recv().await {
         tokio::task::yield_now().await;
         let mut next = Some(first);
         while let Some(frame) = next.take().or_else(|| rx.try_recv().ok()) {
+            if let Some(q) = queued {
+                q.fetch_sub(frame.len(), Ordering::Relaxed);
+            }
             if frame.len() < COALESCE_MAX_FRAME {
                 buf.extend_from_slice(&frame);
                 continue;
@@ -506,9 +563,12 @@ async fn flush<B: bytes::Buf>(inner: &Inner, writer: &mut WriteHalf<BoxStream>, 
 async fn serve_connection(inner: Arc<Inner>, stream: BoxStream, addr: String) {
     let cfg = &inner.config;
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let decoder = FrameDecoder::new(cfg.max_frame_bytes);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let hello = match tokio::time::timeout(cfg.handshake_timeout, read_frame(&mut reader, &mut buf, &decoder)).await {
+    // Until the peer has introduced itself, only a handshake-sized frame is accepted.
+    let mut buf = BytesMut::with_capacity(4096);
+    let pre_handshake = FrameDecoder::new(HANDSHAKE_MAX_FRAME_BYTES);
+    let hello = match tokio::time::timeout(cfg.handshake_timeout, read_frame(&mut reader, &mut buf, &pre_handshake))
+        .await
+    {
         Ok(Ok(Some(f))) if f.kind == Kind::Hello => f,
         Ok(Ok(Some(f))) => {
             tracing::warn!(%addr, kind = ?f.kind, "inbound cluster connection did not start with a handshake; closing");
@@ -552,6 +612,7 @@ async fn serve_connection(inner: Arc<Inner>, stream: BoxStream, addr: String) {
         return;
     }
     let from = theirs.from;
+    let decoder = FrameDecoder::new(cfg.max_frame_bytes);
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     let read = async {
         loop {
@@ -590,7 +651,7 @@ async fn serve_connection(inner: Arc<Inner>, stream: BoxStream, addr: String) {
     let mut shutdown = inner.shutdown.subscribe();
     let reason = tokio::select! {
         reason = read => reason,
-        reason = write_loop(&inner, rx, writer) => reason,
+        reason = write_loop(&inner, rx, writer, None) => reason,
         _ = shutdown.wait_for(|s| *s) => "shutdown".to_string(),
     };
     tracing::info!(%addr, from, %reason, "inbound cluster connection closed");

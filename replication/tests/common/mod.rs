@@ -15,6 +15,8 @@ use fjord_replication::transport::{BoxFuture, BoxStream, Connector};
 #[derive(Default)]
 pub struct KillableConnector {
     sockets: Mutex<Vec<std::net::TcpStream>>,
+    /// Addresses this connector no longer reaches (a one-way link fault).
+    cut: Mutex<Vec<String>>,
 }
 
 impl KillableConnector {
@@ -32,9 +34,28 @@ impl KillableConnector {
     }
 }
 
+impl KillableConnector {
+    /// Cuts this node's link to `addr` one way: the sockets it dialed there are shut down and new
+    /// dials fail. The peer's own connection to this node (its calls, our answers) is untouched.
+    pub fn cut(&self, addr: &str) {
+        self.cut.lock().unwrap().push(addr.to_string());
+        let mut sockets = self.sockets.lock().unwrap();
+        sockets.retain(|s| {
+            let to_cut = s.peer_addr().map(|a| a.to_string() == addr).unwrap_or(false);
+            if to_cut {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+            !to_cut
+        });
+    }
+}
+
 impl Connector for KillableConnector {
     fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, io::Result<BoxStream>> {
         Box::pin(async move {
+            if self.cut.lock().unwrap().iter().any(|a| a == addr) {
+                return Err(io::Error::new(io::ErrorKind::ConnectionRefused, "link cut by the test"));
+            }
             let stream = tokio::net::TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
             let std_stream = stream.into_std()?;
