@@ -3,10 +3,9 @@
 //! follow its log end, or are corrupt, are refused whole.
 
 // Shared with the other log tests; this one needs only the config.
-#[allow(dead_code)]
 mod common;
 
-use common::small_config;
+use common::{read_batches, small_config};
 use fjord_storage::batch::{build_batch_as, patch, BatchHeader, Producer, TimestampType};
 use fjord_storage::{LogConfig, LogError, PartitionLog, ProduceVerdict};
 
@@ -17,39 +16,16 @@ fn produced(pid: i64, epoch: i16, seq: i32, n: usize, transactional: bool) -> Ve
     build_batch_as(0, 1_000, &recs, producer)
 }
 
-/// Every stored byte of `log` from its start, as consumers read it.
-fn stored_bytes(log: &PartitionLog) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut next = log.log_start_offset();
-    loop {
-        let r = log.read(next, 1 << 20, i64::MAX).unwrap();
-        if r.records.is_empty() {
-            return out;
-        }
-        let mut pos = 0;
-        while pos < r.records.len() {
-            let h = BatchHeader::parse(&r.records[pos..]).unwrap();
-            if h.base_offset >= next {
-                out.extend_from_slice(&r.records[pos..pos + h.total_size()]);
-            }
-            pos += h.total_size();
-            next = h.last_offset() + 1;
-        }
-    }
-}
 
 /// The leader's batches one at a time (or `per_call` at a time), as
 /// replication would ship them.
 fn leader_batches(log: &PartitionLog) -> Vec<Vec<u8>> {
-    let bytes = stored_bytes(log);
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < bytes.len() {
-        let h = BatchHeader::parse(&bytes[pos..]).unwrap();
-        out.push(bytes[pos..pos + h.total_size()].to_vec());
-        pos += h.total_size();
-    }
-    out
+    read_batches(log, log.log_start_offset())
+}
+
+/// Every stored byte of `log` from its start, as consumers read it.
+fn stored_bytes(log: &PartitionLog) -> Vec<u8> {
+    leader_batches(log).concat()
 }
 
 /// A leader history with every kind of batch: plain, idempotent,

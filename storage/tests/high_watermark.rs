@@ -8,6 +8,9 @@ use fjord_storage::batch::{build_batch, build_batch_as, BatchHeader, KeyValue, P
 use fjord_storage::{LogConfig, LogError, OpenOptions, PartitionLog};
 use futures::FutureExt;
 
+mod common;
+use common::read_all;
+
 fn batch(n: usize, ts: i64) -> Vec<u8> {
     let v = [7u8; 50];
     let recs: Vec<KeyValue<'_>> = (0..n).map(|_| (Some(&b"k"[..]), Some(&v[..]))).collect();
@@ -20,21 +23,7 @@ fn replicated(dir: &std::path::Path, config: LogConfig) -> PartitionLog {
 
 /// Last offsets of the batches a consumer reads from `from`.
 fn consumed(log: &PartitionLog, from: i64) -> Vec<i64> {
-    let mut out = Vec::new();
-    let mut next = from;
-    loop {
-        let r = log.read(next, 1 << 20, i64::MAX).unwrap();
-        if r.records.is_empty() {
-            return out;
-        }
-        let mut pos = 0;
-        while pos < r.records.len() {
-            let h = BatchHeader::parse(&r.records[pos..]).unwrap();
-            out.push(h.last_offset());
-            pos += h.total_size();
-            next = h.last_offset() + 1;
-        }
-    }
+    read_all(log, from).iter().map(|h| h.last_offset()).collect()
 }
 
 #[test]

@@ -7,8 +7,11 @@ use fjord_storage::batch::{build_batch_as, BatchHeader, Producer};
 use fjord_storage::producer::AbortedTxn;
 use fjord_storage::{CleanState, LogConfig, PartitionLog, RecoveryReport};
 
+mod common;
+use common::{read_all, small_config};
+
 fn config() -> LogConfig {
-    LogConfig { segment_bytes: 4096, index_interval_bytes: 256, segment_index_bytes: 4096, ..LogConfig::default() }
+    small_config()
 }
 
 fn produced(pid: i64, seq: i32, n: usize, transactional: bool) -> Vec<u8> {
@@ -36,21 +39,7 @@ fn fill(log: &PartitionLog) -> Vec<AbortedTxn> {
 
 /// Every batch header a reader gets, in order.
 fn headers(log: &PartitionLog) -> Vec<BatchHeader> {
-    let mut out = Vec::new();
-    let mut next = log.log_start_offset();
-    loop {
-        let r = log.read(next, 1 << 20, i64::MAX).unwrap();
-        if r.records.is_empty() {
-            return out;
-        }
-        let mut pos = 0;
-        while pos < r.records.len() {
-            let h = BatchHeader::parse(&r.records[pos..]).unwrap();
-            pos += h.total_size();
-            next = h.last_offset() + 1;
-            out.push(h);
-        }
-    }
+    read_all(log, log.log_start_offset())
 }
 
 fn index_sizes(dir: &std::path::Path) -> Vec<(String, u64)> {

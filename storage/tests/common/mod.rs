@@ -1,5 +1,7 @@
 //! Helpers shared by the log's integration tests: a small-segment config,
 //! keyed test batches and a reader that follows offsets to the end.
+// Each test crate compiles its own copy and uses only some of these.
+#![allow(dead_code)]
 
 use fjord_storage::batch::{build_batch, validate, BatchHeader, KeyValue};
 use fjord_storage::{LogConfig, PartitionLog};
@@ -16,8 +18,9 @@ pub fn batch(n: usize, ts: i64, tag: u8) -> Vec<u8> {
     build_batch(0, ts, &recs)
 }
 
-/// Every batch from `from` to the end, following offsets, each validated.
-pub fn read_all(log: &PartitionLog, from: i64) -> Vec<BatchHeader> {
+/// Every stored batch from `from` to the end, as a consumer reads them
+/// (following offsets), each validated, as its bytes.
+pub fn read_batches(log: &PartitionLog, from: i64) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut next = from;
     loop {
@@ -28,13 +31,19 @@ pub fn read_all(log: &PartitionLog, from: i64) -> Vec<BatchHeader> {
         let mut pos = 0;
         while pos < r.records.len() {
             let h = BatchHeader::parse(&r.records[pos..]).unwrap();
-            validate(&r.records[pos..pos + h.total_size()]).unwrap();
+            let bytes = &r.records[pos..pos + h.total_size()];
+            validate(bytes).unwrap();
             if h.last_offset() >= next {
-                out.push(h);
+                out.push(bytes.to_vec());
             }
             pos += h.total_size();
             next = h.last_offset() + 1;
         }
     }
     out
+}
+
+/// The header of every batch from `from` to the end (see `read_batches`).
+pub fn read_all(log: &PartitionLog, from: i64) -> Vec<BatchHeader> {
+    read_batches(log, from).iter().map(|b| BatchHeader::parse(b).unwrap()).collect()
 }
