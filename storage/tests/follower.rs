@@ -2,7 +2,7 @@
 //! offsets and epochs and ends in the leader's state; batches that do not
 //! follow its log end, or are corrupt, are refused whole.
 
-// Shared with the other log tests; this one needs only the config.
+// Shared with the other log tests.
 mod common;
 
 use common::{read_batches, small_config};
@@ -15,7 +15,6 @@ fn produced(pid: i64, epoch: i16, seq: i32, n: usize, transactional: bool) -> Ve
     let producer = (pid >= 0).then_some(Producer { id: pid, epoch, base_sequence: seq, transactional });
     build_batch_as(0, 1_000, &recs, producer)
 }
-
 
 /// The leader's batches one at a time (or `per_call` at a time), as
 /// replication would ship them.
