@@ -118,8 +118,16 @@ fn bad_cluster_keys_stop_the_broker_naming_the_key() {
     refused(&["--config", file.to_str().expect("utf-8 path")], "entry 2 \"2@h\"");
 }
 
-/// The broker resource's configs by name: (value, read-only).
-fn broker_configs(conn: &mut RawConn, node: &str) -> Vec<(String, Option<String>, bool)> {
+/// One described broker config: its value, whether it is read-only, and its source.
+struct Described {
+    name: String,
+    value: Option<String>,
+    read_only: bool,
+    source: i8,
+}
+
+/// Every config of the broker resource `node`, as DescribeConfigs v4 describes it.
+fn broker_configs(conn: &mut RawConn, node: &str) -> Vec<Described> {
     let mut req = DescribeConfigsRequest::default();
     let mut r = describe_configs_request::DescribeConfigsResource::default();
     r.resource_type = 4;
@@ -130,13 +138,29 @@ fn broker_configs(conn: &mut RawConn, node: &str) -> Vec<(String, Option<String>
     resp.results[0]
         .configs
         .iter()
-        .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string()), c.read_only))
+        .map(|c| Described {
+            name: c.name.to_string(),
+            value: c.value.as_ref().map(|v| v.to_string()),
+            read_only: c.read_only,
+            source: c.config_source,
+        })
         .collect()
 }
 
-fn described(configs: &[(String, Option<String>, bool)], name: &str) -> (Option<String>, bool) {
-    let c = configs.iter().find(|c| c.0 == name).unwrap_or_else(|| panic!("{name} not described"));
-    (c.1.clone(), c.2)
+fn find<'a>(configs: &'a [Described], name: &str) -> &'a Described {
+    configs.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("{name} not described"))
+}
+
+/// (value, read-only) of one config.
+fn described(configs: &[Described], name: &str) -> (Option<String>, bool) {
+    let c = find(configs, name);
+    (c.value.clone(), c.read_only)
+}
+
+/// (value, source) of one config.
+fn source_of(configs: &[Described], name: &str) -> (Option<String>, i8) {
+    let c = find(configs, name);
+    (c.value.clone(), c.source)
 }
 
 /// Metadata and DescribeCluster report the configured node id and rack;
@@ -275,27 +299,6 @@ fn unknown_variables_are_warned_about() {
     assert!(!log.contains("FJORD_NUM_PARTITIONS"), "a key's variable is not warned about:\n{log}");
 }
 
-/// Every broker config with its source.
-fn broker_sources(conn: &mut RawConn, node: &str) -> Vec<(String, Option<String>, i8)> {
-    let mut req = DescribeConfigsRequest::default();
-    let mut r = describe_configs_request::DescribeConfigsResource::default();
-    r.resource_type = 4;
-    r.resource_name = s(node);
-    req.resources = vec![r];
-    let resp: DescribeConfigsResponse = conn.call(ApiKey::DescribeConfigs, 4, &req);
-    assert_eq!(resp.results[0].error_code, 0, "{:?}", resp.results[0].error_message);
-    resp.results[0]
-        .configs
-        .iter()
-        .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string()), c.config_source))
-        .collect()
-}
-
-fn source_of(configs: &[(String, Option<String>, i8)], name: &str) -> (Option<String>, i8) {
-    let c = configs.iter().find(|c| c.0 == name).unwrap_or_else(|| panic!("{name} not described"));
-    (c.1.clone(), c.2)
-}
-
 const STATIC_BROKER_CONFIG: i8 = 4;
 const DEFAULT_CONFIG: i8 = 5;
 
@@ -306,14 +309,14 @@ const DEFAULT_CONFIG: i8 = 5;
 fn config_source_follows_what_was_given() {
     let given = BrokerProcess::start(&["--num-partitions", "1", "--log-retention-ms", "604800000"]);
     let mut conn = RawConn::connect(&given.bootstrap());
-    let configs = broker_sources(&mut conn, "0");
+    let configs = broker_configs(&mut conn, "0");
     assert_eq!(source_of(&configs, "num.partitions"), (Some("1".into()), STATIC_BROKER_CONFIG));
     assert_eq!(source_of(&configs, "log.retention.ms"), (Some("604800000".into()), STATIC_BROKER_CONFIG));
     assert_eq!(source_of(&configs, "node.id"), (Some("0".into()), STATIC_BROKER_CONFIG));
 
     let plain = BrokerProcess::start(&[]);
     let mut conn = RawConn::connect(&plain.bootstrap());
-    let configs = broker_sources(&mut conn, "0");
+    let configs = broker_configs(&mut conn, "0");
     assert_eq!(source_of(&configs, "num.partitions"), (Some("1".into()), DEFAULT_CONFIG));
     assert_eq!(source_of(&configs, "log.retention.ms"), (Some("604800000".into()), DEFAULT_CONFIG));
     assert_eq!(source_of(&configs, "node.id"), (Some("0".into()), STATIC_BROKER_CONFIG));
@@ -333,7 +336,7 @@ fn default_replication_factor_applies_to_create_topics() {
     assert_eq!(t.error_code, 38, "INVALID_REPLICATION_FACTOR: {:?}", t.error_message);
     let msg = t.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default();
     assert!(msg.contains("replication factor of 2 cannot be reached because only 1 broker(s)"), "{msg}");
-    let configs = broker_sources(&mut conn, "0");
+    let configs = broker_configs(&mut conn, "0");
     assert_eq!(source_of(&configs, "default.replication.factor"), (Some("2".into()), STATIC_BROKER_CONFIG));
     // An explicit factor of 1 is still fine.
     let mut req = CreateTopicsRequest::default();
