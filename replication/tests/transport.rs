@@ -460,3 +460,55 @@ async fn requests_of_timed_out_or_dropped_calls_are_not_sent_after_a_stall() {
     assert!(stale_received < CALLS / 2, "{stale_received} of {CALLS} stale requests were still sent");
     t.shutdown();
 }
+
+/// R3: a peer that reconnects (its old sockets still open here, as when they went half-open)
+/// leaves one inbound connection on this node: each newer handshake closes the older connection.
+#[tokio::test]
+async fn a_newer_connection_from_a_node_closes_its_older_ones() {
+    init_tracing();
+    let srv = server("c", 2, 1 << 20).await;
+    let mut old = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(&srv.addr).await.unwrap();
+        assert!(matches!(raw_handshake(&mut s, &hello("c", 1, 2, PROTOCOL_VERSION)).await, Some(Ok(_))));
+        old.push(s);
+    }
+    let mut newest = old.pop().unwrap();
+    for s in &mut old {
+        assert!(closed_by_server(s).await, "an older connection from node 1 stayed open");
+    }
+    let t = srv.transport.clone();
+    wait_until(Duration::from_secs(10), "one inbound connection left", move || {
+        let t = t.clone();
+        async move { t.stats().inbound_connections == 1 }
+    })
+    .await;
+    // The newest one still serves: a ping is answered.
+    let mut ping = BytesMut::new();
+    encode_header(&mut ping, Kind::Request, 42, 0, 0, 0);
+    newest.write_all(&ping).await.unwrap();
+    let decoder = FrameDecoder::new(1 << 10);
+    let mut rbuf = BytesMut::new();
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(f) = decoder.decode(&mut rbuf).unwrap() {
+                return f;
+            }
+            assert!(newest.read_buf(&mut rbuf).await.unwrap() > 0, "newest connection closed");
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!((answer.kind, answer.corr_id), (Kind::Response, 42));
+
+    // Another node's connection is not affected by node 1's.
+    let mut other = TcpStream::connect(&srv.addr).await.unwrap();
+    assert!(matches!(raw_handshake(&mut other, &hello("c", 3, 2, PROTOCOL_VERSION)).await, Some(Ok(_))));
+    let t = srv.transport.clone();
+    wait_until(Duration::from_secs(10), "two inbound connections", move || {
+        let t = t.clone();
+        async move { t.stats().inbound_connections == 2 }
+    })
+    .await;
+    srv.transport.shutdown();
+}

@@ -90,6 +90,7 @@ struct Counters {
     bytes_received: AtomicU64,
     connections_established: AtomicU64,
     stale_requests_skipped: AtomicU64,
+    inbound_open: AtomicU64,
 }
 
 /// A snapshot of the transport's counters.
@@ -106,6 +107,8 @@ pub struct TransportStats {
     pub connections_established: u64,
     /// Queued requests dropped unsent because their call had timed out or been dropped.
     pub stale_requests_skipped: u64,
+    /// Inbound connections open now (past the handshake).
+    pub inbound_connections: u64,
 }
 
 /// Handshake body (postcard), sent by the dialer in a `Hello` frame. The acceptor answers with a
@@ -129,6 +132,11 @@ struct Inner {
     connector: Arc<dyn Connector>,
     handler: Arc<dyn InboundHandler>,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
+    /// The live inbound connection from each node: its sequence number, and the sender whose drop
+    /// closes it. A peer dials one connection at a time, so a newer handshake from it means the
+    /// older connection is dead on its side (possibly half-open here, never to see a FIN).
+    inbound: Mutex<HashMap<NodeId, (u64, oneshot::Sender<()>)>>,
+    next_inbound: AtomicU64,
     next_corr_id: AtomicU64,
     counters: Counters,
     shutdown: watch::Sender<bool>,
@@ -201,6 +209,8 @@ impl Transport {
                 connector,
                 handler,
                 peers: Mutex::new(HashMap::new()),
+                inbound: Mutex::new(HashMap::new()),
+                next_inbound: AtomicU64::new(1),
                 next_corr_id: AtomicU64::new(1),
                 counters: Counters::default(),
                 shutdown,
@@ -360,6 +370,7 @@ impl Transport {
             bytes_received: c.bytes_received.load(Ordering::Relaxed),
             connections_established: c.connections_established.load(Ordering::Relaxed),
             stale_requests_skipped: c.stale_requests_skipped.load(Ordering::Relaxed),
+            inbound_connections: c.inbound_open.load(Ordering::Relaxed),
         }
     }
 
@@ -640,6 +651,13 @@ async fn serve_connection(inner: Arc<Inner>, stream: BoxStream, addr: String) {
         return;
     }
     let from = theirs.from;
+    // Replacing the older connection's entry drops its sender, which closes it.
+    let seq = inner.next_inbound.fetch_add(1, Ordering::Relaxed);
+    let (replace, replaced) = oneshot::channel::<()>();
+    if lock(&inner.inbound).insert(from, (seq, replace)).is_some() {
+        tracing::info!(%addr, from, "newer connection from the same node; closing the older one");
+    }
+    let _open = InboundGuard::new(&inner, from, seq);
     let decoder = FrameDecoder::new(cfg.max_frame_bytes);
     let (tx, rx) = mpsc::unbounded_channel::<Queued>();
     let read = async {
@@ -675,7 +693,33 @@ async fn serve_connection(inner: Arc<Inner>, stream: BoxStream, addr: String) {
     let reason = tokio::select! {
         reason = read => reason,
         reason = write_loop(&inner, rx, writer, None) => reason,
+        _ = replaced => "replaced by a newer connection from the same node".to_string(),
         _ = shutdown.wait_for(|s| *s) => "shutdown".to_string(),
     };
     tracing::info!(%addr, from, %reason, "inbound cluster connection closed");
+}
+
+/// Counts an inbound connection as open while it lives, and on its end removes its entry from the
+/// registry unless a newer connection from the same node has taken it.
+struct InboundGuard<'a> {
+    inner: &'a Inner,
+    from: NodeId,
+    seq: u64,
+}
+
+impl<'a> InboundGuard<'a> {
+    fn new(inner: &'a Inner, from: NodeId, seq: u64) -> Self {
+        inner.counters.inbound_open.fetch_add(1, Ordering::Relaxed);
+        Self { inner, from, seq }
+    }
+}
+
+impl Drop for InboundGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.counters.inbound_open.fetch_sub(1, Ordering::Relaxed);
+        let mut inbound = lock(&self.inner.inbound);
+        if inbound.get(&self.from).is_some_and(|(seq, _)| *seq == self.seq) {
+            inbound.remove(&self.from);
+        }
+    }
 }
