@@ -88,6 +88,48 @@ fn first_campaign_delay(t: &ElectionTimings, me: NodeId, group: GroupId, candida
     t.election_timeout_min + slot * rank.min(slots - 1) + within
 }
 
+/// The sweeper's clock: one round per interval, rounds delayed rather than bunched up after a
+/// stall (`MissedTickBehavior::Delay`).
+///
+/// A peer's silence is judged by when this node last processed a frame from it. If this thread
+/// was busy or descheduled, frames may be waiting unread: each round first lets the readers run
+/// (yield_now lets the runtime poll its I/O driver), and a round that comes late is skipped, so a
+/// stall of our own is not taken for the peers' silence. But only one in a row: under sustained
+/// overload every round is late, and skipping them all would mean no failover ever; the round
+/// after a skipped one has had a whole interval for the readers to catch up, so it judges.
+struct Rounds {
+    ticker: tokio::time::Interval,
+    interval: Duration,
+    last: Instant,
+    skipped_late: bool,
+}
+
+impl Rounds {
+    fn new(interval: Duration) -> Self {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { ticker, interval, last: Instant::now(), skipped_late: false }
+    }
+
+    /// Waits for the next round that judges silence; returns its time.
+    async fn next(&mut self) -> Instant {
+        loop {
+            self.ticker.tick().await;
+            tokio::task::yield_now().await;
+            let now = Instant::now();
+            let lag = now.saturating_duration_since(self.last);
+            self.last = now;
+            if lag > self.interval * 2 && !self.skipped_late {
+                tracing::debug!(?lag, "election driver ran late; not judging silence this round");
+                self.skipped_late = true;
+                continue;
+            }
+            self.skipped_late = false;
+            return now;
+        }
+    }
+}
+
 /// Per-group state of the driver: when the group may next campaign.
 struct Suspect {
     next_attempt: Instant,
@@ -120,24 +162,10 @@ impl ElectionDriver {
         let sweeper = tokio::spawn(async move {
             let me = transport.node_id();
             let mut suspects: HashMap<GroupId, Suspect> = HashMap::new();
-            let mut ticker = tokio::time::interval(timings.ping_interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut rounds = Rounds::new(timings.ping_interval);
             let mut next_full_scan = Instant::now();
-            let mut last_sweep = Instant::now();
             loop {
-                ticker.tick().await;
-                // A peer's silence is judged by when this node last processed a frame from it. If
-                // this thread was busy or descheduled, frames may be waiting unread: let the
-                // readers run first (yield_now lets the runtime poll its I/O driver), and skip a
-                // round that comes late, so our own stall is not taken for the peers' silence.
-                tokio::task::yield_now().await;
-                let now = Instant::now();
-                let lag = now.saturating_duration_since(last_sweep);
-                last_sweep = now;
-                if lag > timings.ping_interval * 2 {
-                    tracing::debug!(?lag, "election driver ran late; not judging silence this round");
-                    continue;
-                }
+                let now = rounds.next().await;
                 let heard: HashMap<NodeId, Option<Instant>> =
                     transport.peer_ids().into_iter().map(|p| (p, transport.last_heard(p))).collect();
                 // Scanning every group costs microseconds each; while every peer answers and no
@@ -254,5 +282,44 @@ mod tests {
             *first.entry(if d2 < d3 { 2 } else { 3 }).or_insert(0) += 1;
         }
         assert!(first[&2] > 50 && first[&3] > 50, "first campaigners not spread: {first:?}");
+    }
+
+    /// R5: with every round of work taking three intervals (a runtime overloaded for good), rounds
+    /// still judge silence, so elections still start; a single stall of our own is still skipped.
+    #[tokio::test(start_paused = true)]
+    async fn late_rounds_still_judge_under_sustained_overload() {
+        let interval = Duration::from_millis(100);
+        // Every time it is scheduled, another task takes three intervals of the clock: whenever
+        // the driver's round yields to let the readers run, the round becomes late.
+        let hog = tokio::spawn(async move {
+            loop {
+                tokio::time::advance(interval * 3).await;
+            }
+        });
+        let mut rounds = Rounds::new(interval);
+        let start = Instant::now();
+        let mut judged = 0;
+        while Instant::now() < start + Duration::from_secs(10) {
+            if tokio::time::timeout(Duration::from_secs(1), rounds.next()).await.is_ok() {
+                judged += 1;
+            }
+        }
+        hog.abort();
+        let _ = hog.await;
+        // Every round is late; at most every other one is skipped.
+        assert!(judged >= 5, "only {judged} rounds judged silence in 10 s of overload");
+
+        // Back to an idle runtime: one stall is not judged, the next round is.
+        let mut rounds = Rounds::new(interval);
+        rounds.next().await;
+        rounds.next().await;
+        tokio::time::advance(interval * 5).await;
+        let after_stall = Instant::now();
+        let judged_at = rounds.next().await;
+        assert!(
+            judged_at >= after_stall + interval,
+            "the round that came late after a stall was judged at {:?} after it",
+            judged_at - after_stall
+        );
     }
 }

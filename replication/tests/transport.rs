@@ -364,3 +364,151 @@ async fn a_peer_that_stops_reading_costs_bounded_memory_and_is_redialed() {
     .await;
     t.shutdown();
 }
+
+const STALE: u8 = 7;
+const LIVE: u8 = 8;
+
+/// A peer built from the transport's own framing: completes the handshake on one connection, then
+/// reads nothing until `resume` fires; from then on it reports the rpc code of every request it
+/// receives, in order, and answers each with an empty body.
+async fn stalled_peer(
+    cluster: &'static str,
+    id: u64,
+) -> (String, tokio::sync::oneshot::Sender<()>, mpsc::UnboundedReceiver<u8>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (resume, resumed) = tokio::sync::oneshot::channel::<()>();
+    let (seen_tx, seen) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let decoder = FrameDecoder::new(4 << 20);
+        let mut rbuf = BytesMut::new();
+        let theirs: Hello = loop {
+            if let Some(f) = decoder.decode(&mut rbuf).unwrap() {
+                break postcard::from_bytes(&f.body).unwrap();
+            }
+            assert!(s.read_buf(&mut rbuf).await.unwrap() > 0, "closed during the handshake");
+        };
+        let body = postcard::to_stdvec(&Ok::<_, String>(hello(cluster, id, theirs.from, PROTOCOL_VERSION))).unwrap();
+        let mut buf = BytesMut::new();
+        encode_header(&mut buf, Kind::HelloAck, 0, 0, 0, body.len());
+        buf.extend_from_slice(&body);
+        s.write_all(&buf).await.unwrap();
+        let _ = resumed.await;
+        loop {
+            while let Some(f) = decoder.decode(&mut rbuf).unwrap() {
+                let _ = seen_tx.send(f.rpc);
+                let mut out = BytesMut::new();
+                encode_header(&mut out, Kind::Response, f.corr_id, f.group_id, f.rpc, 0);
+                s.write_all(&out).await.unwrap();
+            }
+            if s.read_buf(&mut rbuf).await.unwrap_or(0) == 0 {
+                return;
+            }
+        }
+    });
+    (addr, resume, seen)
+}
+
+/// R1: requests whose calls timed out, or whose caller dropped the future, while the peer was not
+/// reading are not written once it reads again: only what the writer had already handed to the
+/// socket reaches it, and the live call that follows is not stuck behind the stale backlog.
+#[tokio::test]
+async fn requests_of_timed_out_or_dropped_calls_are_not_sent_after_a_stall() {
+    init_tracing();
+    let (addr, resume, mut seen) = stalled_peer("c", 2).await;
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let t = Transport::new(TransportConfig::new("c", 1), Arc::new(TcpConnector), Arc::new(TestHandler { arrived: tx }));
+    t.add_peer(2, &addr);
+    connected(&t, 2).await;
+
+    // 60 MiB of requests against a peer that reads nothing: far more than the socket buffers hold,
+    // so most wait in the queue while their calls end, half by timeout, half dropped by the caller.
+    const CALLS: u64 = 60;
+    let chunk = vec![5u8; 1 << 20];
+    let calls = (0..CALLS).map(|i| {
+        let (t, chunk) = (t.clone(), chunk.clone());
+        async move {
+            if i % 2 == 0 {
+                t.call(2, i, STALE, &[&chunk], Duration::from_millis(300)).await.is_err()
+            } else {
+                let body: [&[u8]; 1] = [&chunk];
+                let call = t.call(2, i, STALE, &body, Duration::from_secs(60));
+                tokio::time::timeout(Duration::from_millis(300), call).await.is_err()
+            }
+        }
+    });
+    let ended = futures::future::join_all(calls).await;
+    assert!(ended.iter().all(|e| *e), "a call to a peer that reads nothing succeeded");
+
+    let _ = resume.send(());
+    let answer = t.call(2, 1000, LIVE, &[b"now"], Duration::from_secs(10)).await;
+    assert!(answer.is_ok(), "live call after the stall: {answer:?}");
+    let mut stale_received = 0u64;
+    loop {
+        let rpc = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await.unwrap().unwrap();
+        if rpc == LIVE {
+            break;
+        }
+        assert_eq!(rpc, STALE);
+        stale_received += 1;
+    }
+    let skipped = t.stats().stale_requests_skipped;
+    // What the peer got is exactly what the writer had taken before the calls ended: the socket
+    // buffers' worth (a few MiB here), not the whole backlog.
+    assert_eq!(stale_received + skipped, CALLS, "received {stale_received}, skipped {skipped}");
+    assert!(stale_received < CALLS / 2, "{stale_received} of {CALLS} stale requests were still sent");
+    t.shutdown();
+}
+
+/// R3: a peer that reconnects (its old sockets still open here, as when they went half-open)
+/// leaves one inbound connection on this node: each newer handshake closes the older connection.
+#[tokio::test]
+async fn a_newer_connection_from_a_node_closes_its_older_ones() {
+    init_tracing();
+    let srv = server("c", 2, 1 << 20).await;
+    let mut old = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(&srv.addr).await.unwrap();
+        assert!(matches!(raw_handshake(&mut s, &hello("c", 1, 2, PROTOCOL_VERSION)).await, Some(Ok(_))));
+        old.push(s);
+    }
+    let mut newest = old.pop().unwrap();
+    for s in &mut old {
+        assert!(closed_by_server(s).await, "an older connection from node 1 stayed open");
+    }
+    let t = srv.transport.clone();
+    wait_until(Duration::from_secs(10), "one inbound connection left", move || {
+        let t = t.clone();
+        async move { t.stats().inbound_connections == 1 }
+    })
+    .await;
+    // The newest one still serves: a ping is answered.
+    let mut ping = BytesMut::new();
+    encode_header(&mut ping, Kind::Request, 42, 0, 0, 0);
+    newest.write_all(&ping).await.unwrap();
+    let decoder = FrameDecoder::new(1 << 10);
+    let mut rbuf = BytesMut::new();
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(f) = decoder.decode(&mut rbuf).unwrap() {
+                return f;
+            }
+            assert!(newest.read_buf(&mut rbuf).await.unwrap() > 0, "newest connection closed");
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!((answer.kind, answer.corr_id), (Kind::Response, 42));
+
+    // Another node's connection is not affected by node 1's.
+    let mut other = TcpStream::connect(&srv.addr).await.unwrap();
+    assert!(matches!(raw_handshake(&mut other, &hello("c", 3, 2, PROTOCOL_VERSION)).await, Some(Ok(_))));
+    let t = srv.transport.clone();
+    wait_until(Duration::from_secs(10), "two inbound connections", move || {
+        let t = t.clone();
+        async move { t.stats().inbound_connections == 2 }
+    })
+    .await;
+    srv.transport.shutdown();
+}

@@ -89,11 +89,14 @@ struct Counters {
     frames_received: AtomicU64,
     bytes_received: AtomicU64,
     connections_established: AtomicU64,
+    stale_requests_skipped: AtomicU64,
+    inbound_open: AtomicU64,
 }
 
 /// A snapshot of the transport's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TransportStats {
+    /// Frames handed to a writer for its socket (skipped stale requests not included).
     pub frames_sent: u64,
     pub bytes_sent: u64,
     /// Write calls on sockets: frames_sent / writes is the coalescing factor.
@@ -102,6 +105,10 @@ pub struct TransportStats {
     pub bytes_received: u64,
     /// Outbound connections that completed the handshake, reconnections included.
     pub connections_established: u64,
+    /// Queued requests dropped unsent because their call had timed out or been dropped.
+    pub stale_requests_skipped: u64,
+    /// Inbound connections open now (past the handshake).
+    pub inbound_connections: u64,
 }
 
 /// Handshake body (postcard), sent by the dialer in a `Hello` frame. The acceptor answers with a
@@ -125,6 +132,11 @@ struct Inner {
     connector: Arc<dyn Connector>,
     handler: Arc<dyn InboundHandler>,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
+    /// The live inbound connection from each node: its sequence number, and the sender whose drop
+    /// closes it. A peer dials one connection at a time, so a newer handshake from it means the
+    /// older connection is dead on its side (possibly half-open here, never to see a FIN).
+    inbound: Mutex<HashMap<NodeId, (u64, oneshot::Sender<()>)>>,
+    next_inbound: AtomicU64,
     next_corr_id: AtomicU64,
     counters: Counters,
     shutdown: watch::Sender<bool>,
@@ -143,8 +155,9 @@ struct Peer {
 
 #[derive(Default)]
 struct PeerConn {
-    /// The writer queue of the live connection; `None` while (re)connecting.
-    tx: Option<mpsc::UnboundedSender<Bytes>>,
+    /// The writer queue of the live connection, each request with its corr id; `None` while
+    /// (re)connecting.
+    tx: Option<mpsc::UnboundedSender<Queued>>,
     /// Requests sent on the live connection and not yet answered.
     pending: HashMap<u64, oneshot::Sender<Bytes>>,
     /// Bytes in the live connection's queue, not yet taken by its writer.
@@ -164,6 +177,23 @@ impl Peer {
     }
 }
 
+/// A frame waiting for its connection's writer, with the corr id of its call (on an outbound
+/// connection, the writer drops it unsent once that call is no longer pending).
+type Queued = (u64, Bytes);
+
+/// Removes a call from the pending map when its future ends, however it ends: a caller that timed
+/// out or dropped the future leaves no entry behind, so its queued request is not sent.
+struct PendingGuard<'a> {
+    peer: &'a Peer,
+    corr_id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.peer.conn).pending.remove(&self.corr_id);
+    }
+}
+
 /// A poisoned lock only means another task panicked while holding it; the maps stay consistent
 /// (every critical section is a single insert or remove), so keep going.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -179,6 +209,8 @@ impl Transport {
                 connector,
                 handler,
                 peers: Mutex::new(HashMap::new()),
+                inbound: Mutex::new(HashMap::new()),
+                next_inbound: AtomicU64::new(1),
                 next_corr_id: AtomicU64::new(1),
                 counters: Counters::default(),
                 shutdown,
@@ -281,19 +313,16 @@ impl Transport {
             }
             conn.queued.fetch_add(frame_len, Ordering::Relaxed);
             conn.pending.insert(corr_id, tx);
-            if queue.send(buf.freeze()).is_err() {
+            if queue.send((corr_id, buf.freeze())).is_err() {
                 conn.pending.remove(&corr_id);
                 return Err(unreachable("connection closing"));
             }
         }
-        self.inner.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
+        let _pending = PendingGuard { peer: &peer, corr_id };
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(body)) => Ok(body),
             Ok(Err(_)) => Err(unreachable("connection lost")),
-            Err(_) => {
-                lock(&peer.conn).pending.remove(&corr_id);
-                Err(CallError::Timeout { node: target, timeout })
-            }
+            Err(_) => Err(CallError::Timeout { node: target, timeout }),
         }
     }
 
@@ -340,6 +369,8 @@ impl Transport {
             frames_received: c.frames_received.load(Ordering::Relaxed),
             bytes_received: c.bytes_received.load(Ordering::Relaxed),
             connections_established: c.connections_established.load(Ordering::Relaxed),
+            stale_requests_skipped: c.stale_requests_skipped.load(Ordering::Relaxed),
+            inbound_connections: c.inbound_open.load(Ordering::Relaxed),
         }
     }
 
@@ -493,7 +524,7 @@ async fn run_outbound(
     let mut shutdown = inner.shutdown.subscribe();
     tokio::select! {
         reason = read => reason,
-        reason = write_loop(inner, rx, writer, Some(&queued)) => reason,
+        reason = write_loop(inner, rx, writer, Some((peer, &queued))) => reason,
         _ = killed => "closed by this node (pings unanswered)".to_string(),
         _ = shutdown.wait_for(|s| *s) => "shutdown".to_string(),
     }
@@ -512,21 +543,29 @@ const COALESCE_MAX_FRAME: usize = 64 * 1024;
 /// Drains the connection's queue into one buffer and writes it with one call. After the first
 /// frame it yields once, so frames queued by tasks woken in the same sweep (every group's
 /// heartbeat to this peer) join the same write.
-/// `queued`, on an outbound connection, counts the bytes callers queued; they leave it here.
+/// `outbound`, on an outbound connection, is the peer (whose pending calls say which requests
+/// still have a caller) and the count of bytes callers queued; they leave it here. A request whose
+/// call timed out or was dropped is skipped: after a stall its backlog would otherwise go out
+/// ahead of live traffic, to be executed and answered for no one.
 async fn write_loop(
     inner: &Inner,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
     mut writer: WriteHalf<BoxStream>,
-    queued: Option<&std::sync::atomic::AtomicUsize>,
+    outbound: Option<(&Peer, &std::sync::atomic::AtomicUsize)>,
 ) -> String {
     let mut buf = BytesMut::with_capacity(COALESCE_MAX_FRAME);
     while let Some(first) = rx.recv().await {
         tokio::task::yield_now().await;
         let mut next = Some(first);
-        while let Some(frame) = next.take().or_else(|| rx.try_recv().ok()) {
-            if let Some(q) = queued {
-                q.fetch_sub(frame.len(), Ordering::Relaxed);
+        while let Some((corr_id, frame)) = next.take().or_else(|| rx.try_recv().ok()) {
+            if let Some((peer, queued)) = outbound {
+                queued.fetch_sub(frame.len(), Ordering::Relaxed);
+                if !lock(&peer.conn).pending.contains_key(&corr_id) {
+                    inner.counters.stale_requests_skipped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
             }
+            inner.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
             if frame.len() < COALESCE_MAX_FRAME {
                 buf.extend_from_slice(&frame);
                 continue;
@@ -612,8 +651,15 @@ async fn serve_connection(inner: Arc<Inner>, stream: BoxStream, addr: String) {
         return;
     }
     let from = theirs.from;
+    // Replacing the older connection's entry drops its sender, which closes it.
+    let seq = inner.next_inbound.fetch_add(1, Ordering::Relaxed);
+    let (replace, replaced) = oneshot::channel::<()>();
+    if lock(&inner.inbound).insert(from, (seq, replace)).is_some() {
+        tracing::info!(%addr, from, "newer connection from the same node; closing the older one");
+    }
+    let _open = InboundGuard::new(&inner, from, seq);
     let decoder = FrameDecoder::new(cfg.max_frame_bytes);
-    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    let (tx, rx) = mpsc::unbounded_channel::<Queued>();
     let read = async {
         loop {
             let frame = match read_frame(&mut reader, &mut buf, &decoder).await {
@@ -628,23 +674,18 @@ async fn serve_connection(inner: Arc<Inner>, stream: BoxStream, addr: String) {
             if frame.rpc == RPC_PING {
                 let mut out = BytesMut::with_capacity(frame::LEN_PREFIX + frame::HEADER_LEN);
                 frame::encode_header(&mut out, Kind::Response, frame.corr_id, 0, RPC_PING, 0);
-                if tx.send(out.freeze()).is_ok() {
-                    inner.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
-                }
+                let _ = tx.send((frame.corr_id, out.freeze()));
                 continue;
             }
             let answer = inner.handler.handle(from, frame.group_id, frame.rpc, frame.body);
             let tx = tx.clone();
-            let inner = inner.clone();
             tokio::spawn(async move {
                 let body = answer.await;
                 let mut out = BytesMut::with_capacity(frame::LEN_PREFIX + frame::HEADER_LEN + body.len());
                 frame::encode_header(&mut out, Kind::Response, frame.corr_id, frame.group_id, frame.rpc, body.len());
                 out.extend_from_slice(&body);
                 // The connection may be gone; the dialer's call then fails as unreachable.
-                if tx.send(out.freeze()).is_ok() {
-                    inner.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
-                }
+                let _ = tx.send((frame.corr_id, out.freeze()));
             });
         }
     };
@@ -652,7 +693,33 @@ async fn serve_connection(inner: Arc<Inner>, stream: BoxStream, addr: String) {
     let reason = tokio::select! {
         reason = read => reason,
         reason = write_loop(&inner, rx, writer, None) => reason,
+        _ = replaced => "replaced by a newer connection from the same node".to_string(),
         _ = shutdown.wait_for(|s| *s) => "shutdown".to_string(),
     };
     tracing::info!(%addr, from, %reason, "inbound cluster connection closed");
+}
+
+/// Counts an inbound connection as open while it lives, and on its end removes its entry from the
+/// registry unless a newer connection from the same node has taken it.
+struct InboundGuard<'a> {
+    inner: &'a Inner,
+    from: NodeId,
+    seq: u64,
+}
+
+impl<'a> InboundGuard<'a> {
+    fn new(inner: &'a Inner, from: NodeId, seq: u64) -> Self {
+        inner.counters.inbound_open.fetch_add(1, Ordering::Relaxed);
+        Self { inner, from, seq }
+    }
+}
+
+impl Drop for InboundGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.counters.inbound_open.fetch_sub(1, Ordering::Relaxed);
+        let mut inbound = lock(&self.inner.inbound);
+        if inbound.get(&self.from).is_some_and(|(seq, _)| *seq == self.seq) {
+            inbound.remove(&self.from);
+        }
+    }
 }
