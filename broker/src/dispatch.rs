@@ -155,6 +155,7 @@ pub fn table() -> &'static [ApiEntry] {
             api!(Fetch, 4, 17, FetchRequest, api::fetch::handle),
             api!(ListOffsets, 0, 10, ListOffsetsRequest, api::list_offsets::handle, legacy: api::legacy::list_offsets),
             api!(Metadata, 0, 12, MetadataRequest, api::metadata::handle),
+            api!(OffsetForLeaderEpoch, 2, 4, OffsetForLeaderEpochRequest, api::offset_for_leader_epoch::handle),
             api!(ApiVersions, 0, 4, ApiVersionsRequest, api::api_versions::handle),
             api!(CreateTopics, 0, 7, CreateTopicsRequest, api::admin::create_topics, legacy: api::legacy::create_topics),
             api!(DeleteTopics, 0, 6, DeleteTopicsRequest, api::admin::delete_topics, legacy: api::legacy::delete_topics),

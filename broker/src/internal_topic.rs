@@ -105,7 +105,10 @@ fn chunks_by_bytes(records: &[RecordBytes]) -> impl Iterator<Item = &[RecordByte
 /// next start replays old and new records in order (the same state) and
 /// migrates again. Once it has moved (durably), no old record is left and
 /// later starts have nothing to migrate.
-pub fn migrate(log: &PartitionLog, rewrite: &Rewrite) -> anyhow::Result<()> {
+///
+/// The rewrite carries `leader_epoch`, the partition's current one, as every
+/// append does.
+pub fn migrate(log: &PartitionLog, leader_epoch: i32, rewrite: &Rewrite) -> anyhow::Result<()> {
     use fjord_storage::batch::{build_batch, build_batch_as, KeyValue, Producer};
     let from = log.log_end_offset();
     let now = crate::server::now_ms();
@@ -113,12 +116,12 @@ pub fn migrate(log: &PartitionLog, rewrite: &Rewrite) -> anyhow::Result<()> {
         chunk.iter().map(|(k, v)| (Some(k.as_slice()), v.as_deref())).collect()
     }
     for chunk in chunks_by_bytes(&rewrite.records) {
-        log.append(&build_batch(0, now, &kv(chunk)), 0, now)?;
+        log.append(&build_batch(0, now, &kv(chunk)), leader_epoch, now)?;
     }
     for ((id, epoch), records) in &rewrite.open_txns {
         let producer = Producer { id: *id, epoch: *epoch, base_sequence: -1, transactional: true };
         for chunk in chunks_by_bytes(records) {
-            log.append_from_coordinator(&build_batch_as(0, now, &kv(chunk), Some(producer)), 0, now)?;
+            log.append_from_coordinator(&build_batch_as(0, now, &kv(chunk), Some(producer)), leader_epoch, now)?;
         }
     }
     log.sync_now()?;

@@ -13,6 +13,7 @@ pub mod coordinator;
 pub mod dispatch;
 pub mod frame;
 pub mod internal_topic;
+pub mod leadership;
 pub mod server;
 pub mod topic_config;
 pub mod topics;

@@ -240,6 +240,8 @@ impl Topics {
         Ok(id)
     }
 
+    /// The partition's log. Handlers and coordinators go through
+    /// `Leadership::lead` instead, which also says whether we lead it.
     pub fn log(&self, topic: &str, partition: i32) -> Option<Arc<PartitionLog>> {
         self.read().logs.get(&(topic.to_string(), partition)).cloned()
     }

@@ -969,6 +969,16 @@ impl PartitionLog {
     pub fn latest_epoch(&self) -> Option<i32> {
         self.read_inner().epochs.latest_epoch()
     }
+    /// The leader epoch the record at `offset` was written in (Kafka's
+    /// `epochForOffset`): the last epoch starting at or before it.
+    pub fn epoch_for_offset(&self, offset: i64) -> Option<i32> {
+        let inner = self.read_inner();
+        inner.epochs.entries().iter().rev().find(|(_, o)| *o <= offset).map(|(e, _)| *e)
+    }
+    /// Where the oldest epoch the cache still knows starts.
+    pub fn first_epoch_start(&self) -> Option<i64> {
+        self.read_inner().epochs.entries().first().map(|(_, o)| *o)
+    }
     pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
         let inner = self.read_inner();
         inner.epochs.end_offset_for(epoch, inner.log_end())

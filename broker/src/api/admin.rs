@@ -14,6 +14,7 @@ use kafka_protocol::messages::*;
 
 use super::metadata::{str, topic_name};
 use super::{blocking, storage_code};
+use crate::leadership::{LeaderGuard, Leadership, NO_EPOCH};
 use crate::server::Broker;
 use crate::topics::TopicError;
 
@@ -231,9 +232,10 @@ pub async fn delete_records(
                     .map(|p| {
                         let mut r =
                             mk!(DeleteRecordsPartitionResult { partition_index: p.partition_index, low_watermark: -1 });
-                        match b.topics.log(&name, p.partition_index) {
-                            None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                            Some(log) => {
+                        // DeleteRecords names no leader epoch.
+                        match b.topics.lead(&name, p.partition_index, NO_EPOCH) {
+                            Err(e) => r.error_code = e.code(),
+                            Ok(LeaderGuard { log, .. }) => {
                                 // -1 means "up to the high watermark".
                                 let offset = if p.offset == -1 { log.high_watermark() } else { p.offset };
                                 match log.delete_records(offset) {

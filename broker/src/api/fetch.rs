@@ -17,6 +17,7 @@ use super::fetch_session::{CachedPartition, SessionError};
 use super::metadata::topic_name;
 use crate::dispatch::WithFiles;
 use crate::frame::{FileSlice, SENDFILE_MIN};
+use crate::leadership::Leadership;
 use crate::server::Broker;
 
 const INITIAL_EPOCH: i32 = 0;
@@ -24,9 +25,9 @@ const FINAL_EPOCH: i32 = -1;
 
 struct Target {
     part: CachedPartition,
-    /// None when the topic (or its id) is unknown.
-    log: Option<Arc<PartitionLog>>,
-    unknown_error: ResponseError,
+    /// The log, or why this partition cannot be read here (unknown, or not
+    /// led at the epoch the client named).
+    log: Result<Arc<PartitionLog>, ResponseError>,
 }
 
 struct Outcome {
@@ -62,17 +63,20 @@ fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool) -> (Vec<Ou
     let mut total = 0usize;
     let mut out = Vec::with_capacity(targets.len());
     for t in targets {
-        let Some(log) = &t.log else {
-            out.push(Outcome {
-                error: Some(t.unknown_error),
-                records: Bytes::new(),
-                file: None,
-                hw: -1,
-                lso: -1,
-                log_start: -1,
-                aborted: Vec::new(),
-            });
-            continue;
+        let log = match &t.log {
+            Ok(log) => log,
+            Err(e) => {
+                out.push(Outcome {
+                    error: Some(*e),
+                    records: Bytes::new(),
+                    file: None,
+                    hw: -1,
+                    lso: -1,
+                    log_start: -1,
+                    aborted: Vec::new(),
+                });
+                continue;
+            }
         };
         let limit = (t.part.max_bytes.max(0) as usize).min(budget);
         let read = if read_committed {
@@ -138,6 +142,7 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
                 partition: p.partition,
                 fetch_offset: p.fetch_offset,
                 max_bytes: p.partition_max_bytes,
+                current_leader_epoch: p.current_leader_epoch,
                 last_hw: -1,
                 last_log_start: -1,
             });
@@ -180,13 +185,12 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
     let targets: Vec<Target> = parts
         .into_iter()
         .map(|p| {
-            let unknown = if version >= 13 && p.topic.is_empty() {
-                ResponseError::UnknownTopicId
+            let log = if version >= 13 && p.topic.is_empty() {
+                Err(ResponseError::UnknownTopicId)
             } else {
-                ResponseError::UnknownTopicOrPartition
+                broker.topics.lead(&p.topic, p.partition, p.current_leader_epoch).map(|g| g.log)
             };
-            let log = if p.topic.is_empty() { None } else { broker.topics.log(&p.topic, p.partition) };
-            Target { part: p, log, unknown_error: unknown }
+            Target { part: p, log }
         })
         .collect();
 
@@ -197,7 +201,7 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
         // Register for wake-ups before reading, so a high watermark move
         // (an append, on a single replica) between the read and the wait is
         // not missed.
-        let logs: Vec<Arc<PartitionLog>> = targets.iter().filter_map(|t| t.log.clone()).collect();
+        let logs: Vec<Arc<PartitionLog>> = targets.iter().filter_map(|t| t.log.clone().ok()).collect();
         let mut waits: Vec<_> = logs.iter().map(|l| Box::pin(l.high_watermark_moved().notified())).collect();
         for w in waits.iter_mut() {
             w.as_mut().enable();

@@ -16,6 +16,9 @@ pub struct CachedPartition {
     pub partition: i32,
     pub fetch_offset: i64,
     pub max_bytes: i32,
+    /// The leader epoch the client last named (-1: none), checked on every
+    /// fetch of the session.
+    pub current_leader_epoch: i32,
     /// What the last response told the client, to detect changes.
     pub last_hw: i64,
     pub last_log_start: i64,
@@ -101,6 +104,7 @@ impl FetchSessions {
                 Some(p) => {
                     p.fetch_offset = u.fetch_offset;
                     p.max_bytes = u.max_bytes;
+                    p.current_leader_epoch = u.current_leader_epoch;
                 }
                 None => s.partitions.push(u),
             }
@@ -133,6 +137,7 @@ mod tests {
             partition: p,
             fetch_offset: off,
             max_bytes: 100,
+            current_leader_epoch: -1,
             last_hw: -1,
             last_log_start: -1,
         }

@@ -10,6 +10,7 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
 use kafka_protocol::messages::*;
 
+use crate::leadership::{LeaderGuard, Leadership};
 use crate::server::Broker;
 
 const LATEST: i64 = -1;
@@ -17,48 +18,62 @@ const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 
-/// Offset and timestamp of the first record in `batch` (of `log`) matching
-/// `pick`.
+/// Offset, timestamp and leader epoch (-1: none) of the first record in
+/// `batch` (of `log`) matching `pick`.
 fn find_in_batch(
     log: &PartitionLog,
     batch: Bytes,
     log_start: i64,
     pick: impl Fn(i64) -> bool,
-) -> Result<Option<(i64, i64)>, ResponseError> {
+) -> Result<Option<(i64, i64, i32)>, ResponseError> {
     let h = BatchHeader::parse(&batch).map_err(|_| ResponseError::KafkaStorageError)?;
+    let epoch = h.partition_leader_epoch.max(-1);
     if h.is_log_append_time() {
-        return Ok(Some((h.base_offset.max(log_start), h.max_timestamp)));
+        return Ok(Some((h.base_offset.max(log_start), h.max_timestamp, epoch)));
     }
     let decoded = records::decode_batch(&batch, log.config().decompressed_limit()).map_err(|e| {
         tracing::warn!(error = %e, log = %log.dir().display(), "cannot decode stored batch for a timestamp lookup");
         ResponseError::KafkaStorageError
     })?;
-    Ok(decoded.records.iter().find(|r| r.offset >= log_start && pick(r.timestamp)).map(|r| (r.offset, r.timestamp)))
+    Ok(decoded
+        .records
+        .iter()
+        .find(|r| r.offset >= log_start && pick(r.timestamp))
+        .map(|r| (r.offset, r.timestamp, epoch)))
 }
 
+/// Offset, timestamp and leader epoch answering `ts` on a log led at
+/// `leader_epoch`; the epoch is Kafka's: the current one for the latest
+/// offset, else the one the found offset was written in (-1: none).
 /// `read_committed` looks no further than the last stable offset.
-fn lookup(log: &PartitionLog, ts: i64, read_committed: bool) -> Result<(i64, i64), ResponseError> {
+fn lookup(
+    log: &PartitionLog,
+    leader_epoch: i32,
+    ts: i64,
+    read_committed: bool,
+) -> Result<(i64, i64, i32), ResponseError> {
+    const NONE: (i64, i64, i32) = (-1, -1, -1);
     let hw = if read_committed { log.last_stable_offset() } else { log.high_watermark() };
     let start = log.log_start_offset();
     match ts {
-        LATEST => Ok((hw, -1)),
-        EARLIEST | EARLIEST_LOCAL => Ok((start, -1)),
+        LATEST => Ok((hw, -1, leader_epoch)),
+        EARLIEST | EARLIEST_LOCAL => Ok((start, -1, log.epoch_for_offset(start).unwrap_or(-1))),
         MAX_TIMESTAMP => {
             let Some(batch) = log.batch_with_max_timestamp() else {
-                return Ok((-1, -1));
+                return Ok(NONE);
             };
             let max = BatchHeader::parse(&batch).map_err(|_| ResponseError::KafkaStorageError)?.max_timestamp;
-            Ok(find_in_batch(log, batch, start, |t| t == max)?.unwrap_or((-1, -1)))
+            Ok(find_in_batch(log, batch, start, |t| t == max)?.unwrap_or(NONE))
         }
         t if t >= 0 => {
             let Some(batch) = log.batch_by_timestamp(t, hw) else {
-                return Ok((-1, -1));
+                return Ok(NONE);
             };
-            Ok(find_in_batch(log, batch, start, |rt| rt >= t)?.unwrap_or((-1, -1)))
+            Ok(find_in_batch(log, batch, start, |rt| rt >= t)?.unwrap_or(NONE))
         }
         // Other special values (e.g. latest tiered, -5) have nothing to
         // point at on a broker without remote storage.
-        _ => Ok((-1, -1)),
+        _ => Ok(NONE),
     }
 }
 
@@ -74,18 +89,19 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: ListOffsetsRequ
                 offset: -1,
                 leader_epoch: -1
             });
-            match broker.topics.log(&name, p.partition_index) {
-                None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                Some(log) => {
+            // current_leader_epoch is -1 before v4, so older requests skip the check.
+            match broker.topics.lead(&name, p.partition_index, p.current_leader_epoch) {
+                Err(e) => r.error_code = e.code(),
+                Ok(LeaderGuard { log, epoch }) => {
                     let ts = p.timestamp;
                     let committed = req.isolation_level == 1;
-                    match tokio::task::spawn_blocking(move || lookup(&log, ts, committed)).await {
-                        Ok(Ok((offset, timestamp))) => {
+                    match tokio::task::spawn_blocking(move || lookup(&log, epoch, ts, committed)).await {
+                        Ok(Ok((offset, timestamp, leader_epoch))) => {
                             r.offset = offset;
                             r.timestamp = timestamp;
                             // leader_epoch exists from v4 on; setting it earlier is an encode error.
                             if h.request_api_version >= 4 && offset >= 0 {
-                                r.leader_epoch = 0;
+                                r.leader_epoch = leader_epoch;
                             }
                         }
                         Ok(Err(e)) => r.error_code = e.code(),

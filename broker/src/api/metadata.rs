@@ -13,6 +13,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
 use super::acl::{self, NOT_REQUESTED as NO_OPS};
+use crate::leadership::Leadership;
 use crate::server::Broker;
 use crate::topics::TopicMeta;
 
@@ -44,7 +45,7 @@ fn topic_entry(broker: &Broker, name: &str, meta: &TopicMeta) -> MetadataRespons
             mk!(MetadataResponsePartition {
                 partition_index: p,
                 leader_id: node,
-                leader_epoch: 0,
+                leader_epoch: broker.topics.leader_epoch(name, p),
                 replica_nodes: vec![node],
                 isr_nodes: vec![node]
             })

@@ -14,6 +14,7 @@ use kafka_protocol::messages::*;
 use super::metadata::str;
 use super::storage_code;
 use crate::config::FsyncPolicy;
+use crate::leadership::{Leadership, NO_EPOCH};
 use crate::server::{now_ms, Broker};
 use crate::topic_config;
 
@@ -45,9 +46,13 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
                 parts.push(failed(idx, ResponseError::InvalidRequiredAcks, None));
                 continue;
             }
-            let Some(log) = broker.topics.log(&name, idx) else {
-                parts.push(failed(idx, ResponseError::UnknownTopicOrPartition, None));
-                continue;
+            // Produce carries no leader epoch: being the leader is enough.
+            let (log, epoch) = match broker.topics.lead(&name, idx, NO_EPOCH) {
+                Ok(g) => (g.log, g.epoch),
+                Err(e) => {
+                    parts.push(failed(idx, e, None));
+                    continue;
+                }
             };
             let cfg = log.config();
             let min_isr = cfg.min_insync_replicas;
@@ -75,7 +80,7 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
                 }
             }
             let size = records.len();
-            match log.append(&records, 0, now_ms()) {
+            match log.append(&records, epoch, now_ms()) {
                 Ok(info) => {
                     metrics::counter!("fjord_produced_bytes_total").increment(size as u64);
                     // flush.messages / flush.ms=0 force a sync whatever the acks.

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::coordinator::offsets_log::{self, offset_tombstone, OffsetsRecord};
 use crate::internal_topic;
+use crate::leadership::{coordinator_error, LeaderGuard, Leadership, NO_EPOCH};
 use crate::server::now_ms;
 use crate::topics::Topics;
 
@@ -211,15 +212,15 @@ impl GroupCoordinator {
             initial_rebalance_delay: Duration::ZERO,
         };
         for p in 0..partitions {
-            if let Some(log) = topics.log(OFFSETS_TOPIC, p) {
+            if let Ok(leader) = topics.lead(OFFSETS_TOPIC, p, NO_EPOCH) {
                 // A failed migration stops the start: serving with old and
                 // new records side by side would let compaction drop a new
                 // tombstone while the old record it shadows stays, bringing
                 // deleted offsets back on a later start. Nothing is lost by
                 // stopping: the old records are all still there.
-                if coord.replay(&log, p)? {
+                if coord.replay(&leader.log, p)? {
                     coord
-                        .migrate(&log, p)
+                        .migrate(&leader, p)
                         .map_err(|e| anyhow::anyhow!("cannot migrate {OFFSETS_TOPIC} partition {p}: {e}"))?;
                 }
             }
@@ -280,7 +281,7 @@ impl GroupCoordinator {
     /// Rewrites partition `p`'s live state in Kafka's format (committed
     /// offsets, group generations, offsets of open transactions) and drops
     /// the old JSON records (see `internal_topic::migrate`).
-    fn migrate(&self, log: &PartitionLog, p: i32) -> anyhow::Result<()> {
+    fn migrate(&self, leader: &LeaderGuard, p: i32) -> anyhow::Result<()> {
         let mut rewrite = internal_topic::Rewrite::default();
         for (gid, g) in self.lock().iter().filter(|(gid, _)| self.partition_for(gid) == p) {
             if g.generation > 0 || g.protocol_type.is_some() {
@@ -301,7 +302,7 @@ impl GroupCoordinator {
             rewrite.open_txns.extend(by_epoch.into_iter().map(|(epoch, records)| ((*producer_id, epoch), records)));
         }
         let records = rewrite.records.len();
-        internal_topic::migrate(log, &rewrite)?;
+        internal_topic::migrate(&leader.log, leader.epoch, &rewrite)?;
         tracing::info!(partition = p, records, "migrated {OFFSETS_TOPIC} partition to Kafka's record format");
         Ok(())
     }
@@ -374,14 +375,15 @@ impl GroupCoordinator {
         records: &[(Vec<u8>, Option<Vec<u8>>)],
         producer: Option<(i64, i16)>,
     ) -> Result<(Arc<PartitionLog>, i64), ResponseError> {
-        let log = topics.log(OFFSETS_TOPIC, self.partition_for(group)).ok_or(ResponseError::CoordinatorNotAvailable)?;
+        let LeaderGuard { log, epoch: leader_epoch } =
+            topics.lead(OFFSETS_TOPIC, self.partition_for(group), NO_EPOCH).map_err(coordinator_error)?;
         let kv: Vec<fjord_storage::batch::KeyValue<'_>> =
             records.iter().map(|(k, v)| (Some(k.as_slice()), v.as_deref())).collect();
         let appended = match producer {
-            None => log.append(&build_batch(0, now_ms(), &kv), 0, now_ms()),
+            None => log.append(&build_batch(0, now_ms(), &kv), leader_epoch, now_ms()),
             Some((id, epoch)) => {
                 let p = Producer { id, epoch, base_sequence: -1, transactional: true };
-                log.append_from_coordinator(&build_batch_as(0, now_ms(), &kv, Some(p)), 0, now_ms())
+                log.append_from_coordinator(&build_batch_as(0, now_ms(), &kv, Some(p)), leader_epoch, now_ms())
             }
         };
         let info = appended.map_err(|e| match e {
@@ -1049,7 +1051,7 @@ impl GroupCoordinator {
                 results.push(Some(ResponseError::OffsetMetadataTooLarge));
                 continue;
             }
-            if topics.log(&topic, partition).is_none() {
+            if topics.replica(&topic, partition).is_none() {
                 results.push(Some(ResponseError::UnknownTopicOrPartition));
                 continue;
             }

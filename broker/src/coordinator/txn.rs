@@ -18,6 +18,7 @@ use kafka_protocol::error::ResponseError;
 use crate::coordinator::classic::{java_hash, CommittedOffset, GroupCoordinator, OFFSETS_TOPIC};
 use crate::coordinator::txn_log;
 use crate::internal_topic;
+use crate::leadership::{coordinator_error, LeaderGuard, Leadership, NO_EPOCH};
 use crate::server::now_ms;
 use crate::topics::Topics;
 
@@ -144,11 +145,11 @@ impl TxnCoordinator {
             locks: Mutex::new(HashMap::new()),
         };
         for p in 0..partitions {
-            if let Some(log) = coord.topics.log(TXN_TOPIC, p) {
+            if let Ok(leader) = coord.topics.lead(TXN_TOPIC, p, NO_EPOCH) {
                 // Fatal, as for the offsets topic (GroupCoordinator::open).
-                if coord.replay(&log)? {
+                if coord.replay(&leader.log)? {
                     coord
-                        .migrate(&log, p)
+                        .migrate(&leader, p)
                         .map_err(|e| anyhow::anyhow!("cannot migrate {TXN_TOPIC} partition {p}: {e}"))?;
                 }
             }
@@ -175,7 +176,7 @@ impl TxnCoordinator {
 
     /// Rewrites partition `p`'s live state in Kafka's format and drops the
     /// old JSON records (see `internal_topic::migrate`).
-    fn migrate(&self, log: &PartitionLog, p: i32) -> anyhow::Result<()> {
+    fn migrate(&self, leader: &LeaderGuard, p: i32) -> anyhow::Result<()> {
         let mut rewrite = internal_topic::Rewrite::default();
         for (id, meta) in &self.state().by_id {
             if self.partition_for(id) == p {
@@ -183,7 +184,7 @@ impl TxnCoordinator {
             }
         }
         let ids = rewrite.records.len();
-        internal_topic::migrate(log, &rewrite)?;
+        internal_topic::migrate(&leader.log, leader.epoch, &rewrite)?;
         tracing::info!(partition = p, ids, "migrated {TXN_TOPIC} partition to Kafka's record format");
         Ok(())
     }
@@ -236,10 +237,11 @@ impl TxnCoordinator {
     /// Writes `meta` (None: a tombstone) to `__transaction_state` and, when
     /// `wait`, waits until it is durable. Memory follows only once written.
     async fn persist(&self, id: &str, meta: Option<TxnMeta>, wait: bool) -> Result<(), ResponseError> {
-        let log = self.topics.log(TXN_TOPIC, self.partition_for(id)).ok_or(ResponseError::CoordinatorNotAvailable)?;
+        let LeaderGuard { log, epoch: leader_epoch } =
+            self.topics.lead(TXN_TOPIC, self.partition_for(id), NO_EPOCH).map_err(coordinator_error)?;
         let (key, value) = txn_log::txn_record(id, meta.as_ref());
         let batch = build_batch(0, now_ms(), &[(Some(&key), value.as_deref())]);
-        let info = log.append(&batch, 0, now_ms()).map_err(|e| storage_failure("write its state", e))?;
+        let info = log.append(&batch, leader_epoch, now_ms()).map_err(|e| storage_failure("write its state", e))?;
         {
             let mut txns = self.state();
             match meta {
@@ -356,7 +358,7 @@ impl TxnCoordinator {
         }
         let unknown: Vec<bool> = parts
             .iter()
-            .map(|(t, p)| t != OFFSETS_TOPIC && (self.topics.log(t, *p).is_none() || is_internal(&self.topics, t)))
+            .map(|(t, p)| t != OFFSETS_TOPIC && (self.topics.replica(t, *p).is_none() || is_internal(&self.topics, t)))
             .collect();
         if unknown.iter().any(|u| *u) {
             // Kafka adds nothing when any partition is bad.
@@ -474,10 +476,11 @@ impl TxnCoordinator {
         let mut written: Vec<(Arc<PartitionLog>, i64)> = Vec::new();
         for (topic, partition) in &meta.partitions {
             // A partition whose topic was deleted meanwhile needs no marker.
-            let Some(log) = self.topics.log(topic, *partition) else { continue };
             // The marker carries the partition's current leader epoch, as
-            // every append does: one node's is its log's latest (0 when none).
-            let leader_epoch = log.latest_epoch().unwrap_or(0);
+            // every append does.
+            let Ok(LeaderGuard { log, epoch: leader_epoch }) = self.topics.lead(topic, *partition, NO_EPOCH) else {
+                continue;
+            };
             match log.append_marker(meta.producer_id, meta.producer_epoch, 0, commit, leader_epoch, now_ms()) {
                 Ok(offset) => written.push((log, offset + 1)),
                 Err(LogError::InvalidProducerEpoch { .. }) => {
