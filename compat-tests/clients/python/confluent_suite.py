@@ -117,7 +117,10 @@ except KafkaException as e:
     expect_equal("shrink error", e.args[0].code(), KafkaError.INVALID_PARTITIONS)
 md = admin.list_topics(topic, timeout=30)
 expect_equal("grown partition count", len(md.topics[topic].partitions), PARTITIONS + 2)
-p = Producer({"bootstrap.servers": bootstrap, "topic.metadata.refresh.interval.ms": 100})
+# No auto-creation: this producer outlives the topic, and its metadata
+# refreshes must not bring the deleted topic back.
+p = Producer({"bootstrap.servers": bootstrap, "topic.metadata.refresh.interval.ms": 100,
+              "allow.auto.create.topics": False})
 done = []
 p.produce(topic, value=b"in-new-partition", partition=PARTITIONS + 1, on_delivery=lambda e, m: done.append((e, m.offset() if m else None)))
 p.flush(30)

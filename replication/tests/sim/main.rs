@@ -802,12 +802,15 @@ fn first_catch(bug: Bug, blips: bool, checker_only: bool, seeds: std::ops::Range
 }
 
 /// The checker bites: with a store that keeps nothing across a crash (a missing fsync), a seed
-/// of this short list must end in a violation found by the checker itself (openraft's debug
-/// assertions also fire, but release builds have none).
+/// of this list must end in a violation found by the checker itself (openraft's debug
+/// assertions also fire, but release builds have none). Interleavings are not replayed exactly
+/// (see README), so whether a given seed catches it varies from run to run; the search stops at
+/// the first catch and the list is long enough that a run without one means the checker
+/// stopped biting, not bad luck (10 seeds once missed).
 #[test]
 fn planted_bug_is_caught() {
     assert!(
-        first_catch(Bug::WipeOnCrash, false, true, 1..=10).is_some(),
+        first_catch(Bug::WipeOnCrash, false, true, 1..=40).is_some(),
         "a store that loses everything on a crash went unnoticed"
     );
 }
