@@ -1315,6 +1315,31 @@ pub(crate) mod tests {
         DIRS_SYNCED.with(|d| std::mem::take(&mut *d.borrow_mut()))
     }
 
+    /// The CreateTime window is judged against the `now` the append is
+    /// given (the broker's clock at append), both bounds inclusive as in
+    /// Kafka (`|now - ts| > max` is refused): a fixed `now` makes the
+    /// boundary deterministic, with no wall-clock read in the test.
+    #[test]
+    fn the_timestamp_window_is_inclusive_and_judged_against_the_append_clock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = LogConfig { timestamp_before_max_ms: 1000, timestamp_after_max_ms: 50, ..LogConfig::default() };
+        let log = PartitionLog::open(&tmp.path().join("t-0"), config).unwrap();
+        let now = 1_700_000_000_000;
+        let append = |ts: i64| log.append(&batch::build_batch(0, ts, &[(Some(b"k"), Some(b"v"))]), 0, now);
+        for ts in [now - 1000, now, now + 50] {
+            assert!(append(ts).is_ok(), "{ts} is inside the window");
+        }
+        for ts in [now - 1001, now + 51] {
+            match append(ts) {
+                Err(LogError::RecordErrors { kind, .. }) => {
+                    assert_eq!(kind, crate::error::RecordErrorKind::InvalidTimestamp)
+                }
+                other => panic!("{ts} outside the window gave {other:?}"),
+            }
+        }
+        assert_eq!(log.log_end_offset(), 3);
+    }
+
     #[test]
     fn a_new_partition_syncs_its_directory_and_the_new_entries_above_it() {
         let tmp = tempfile::tempdir().unwrap();
