@@ -93,6 +93,11 @@ pub fn produce(conn: &mut RawConn, topic: &str, partition: i32, records: Bytes) 
 
 /// ListOffsets for partition `partition` at `timestamp` (-1 latest, -2 earliest).
 pub fn list_offset(conn: &mut RawConn, topic: &str, partition: i32, timestamp: i64) -> i64 {
+    list_offset_at(conn, topic, partition, timestamp).0
+}
+
+/// ListOffsets for `partition` at `timestamp` (-3: the largest timestamp): the (offset, timestamp) found.
+pub fn list_offset_at(conn: &mut RawConn, topic: &str, partition: i32, timestamp: i64) -> (i64, i64) {
     let mut p = list_offsets_request::ListOffsetsPartition::default();
     p.partition_index = partition;
     p.timestamp = timestamp;
@@ -104,8 +109,34 @@ pub fn list_offset(conn: &mut RawConn, topic: &str, partition: i32, timestamp: i
     req.topics = vec![t];
     let resp: ListOffsetsResponse = conn.call(ApiKey::ListOffsets, 7, &req);
     let part = &resp.topics[0].partitions[0];
-    assert_eq!(part.error_code, 0, "ListOffsets error");
-    part.offset
+    assert_eq!(part.error_code, 0, "ListOffsets at {timestamp}");
+    (part.offset, part.timestamp)
+}
+
+/// One batch of (key, value, timestamp) records under `compression`.
+pub fn keyed_batch(records: &[(Option<&str>, Vec<u8>, i64)], compression: Compression) -> Bytes {
+    let records: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, (k, v, ts))| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: i as i32 - 1,
+            timestamp: *ts,
+            key: k.map(|k| Bytes::copy_from_slice(k.as_bytes())),
+            value: Some(Bytes::copy_from_slice(v)),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression }).expect("encode");
+    buf.freeze()
 }
 
 pub fn create_topic(

@@ -732,7 +732,8 @@ fn pipelined_produces_keep_their_order() {
 /// after the timestamp, not the batch's first.
 #[test]
 fn list_offsets_by_timestamp_looks_inside_compressed_batches() {
-    use kafka_protocol::records::*;
+    use fjord_compat_tests::wire::{keyed_batch, list_offset_at};
+    use kafka_protocol::records::Compression;
     let broker = BrokerProcess::start(&[]);
     let mut conn = RawConn::connect(&broker.bootstrap());
     assert_eq!(create(&mut conn, "times", 1, &[]).topics[0].error_code, 0);
@@ -741,45 +742,15 @@ fn list_offsets_by_timestamp_looks_inside_compressed_batches() {
     let deltas = [0, 30, 10, 20];
     let base_ts = |i: usize| 1_700_000_000_000 + 1_000 * i as i64;
     for (i, compression) in codecs.iter().enumerate() {
-        let records: Vec<Record> = deltas
-            .iter()
-            .enumerate()
-            .map(|(j, d)| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: j as i64,
-                sequence: j as i32 - 1,
-                timestamp: base_ts(i) + d,
-                key: None,
-                value: Some(bytes::Bytes::from(vec![b'a' + j as u8; 300])),
-                headers: Default::default(),
-            })
-            .collect();
-        let mut buf = bytes::BytesMut::new();
-        RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: *compression })
-            .expect("encode");
-        assert_eq!(produce(&mut conn, "times", 0, buf.freeze()), 4 * i as i64, "{compression:?}");
+        let value = |j: usize| vec![b'a' + j as u8; 300];
+        let records: Vec<_> = deltas.iter().enumerate().map(|(j, d)| (None, value(j), base_ts(i) + d)).collect();
+        assert_eq!(
+            produce(&mut conn, "times", 0, keyed_batch(&records, *compression)),
+            4 * i as i64,
+            "{compression:?}"
+        );
     }
-    let lookup = |conn: &mut RawConn, timestamp: i64| -> (i64, i64) {
-        let mut p = list_offsets_request::ListOffsetsPartition::default();
-        p.partition_index = 0;
-        p.timestamp = timestamp;
-        let mut t = list_offsets_request::ListOffsetsTopic::default();
-        t.name = TopicName(s("times"));
-        t.partitions = vec![p];
-        let mut req = ListOffsetsRequest::default();
-        req.replica_id = BrokerId(-1);
-        req.topics = vec![t];
-        let resp: ListOffsetsResponse = conn.call(ApiKey::ListOffsets, 7, &req);
-        let part = &resp.topics[0].partitions[0];
-        assert_eq!(part.error_code, 0, "ListOffsets at {timestamp}");
-        (part.offset, part.timestamp)
-    };
+    let lookup = |conn: &mut RawConn, timestamp: i64| list_offset_at(conn, "times", 0, timestamp);
     for (i, compression) in codecs.iter().enumerate() {
         let first = 4 * i as i64;
         // The first record at or after +15 is the second (at +30), not the fourth (+20).

@@ -5,43 +5,15 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
-use fjord_compat_tests::wire::{self, create_topic, s, set_config};
+use bytes::Bytes;
+use fjord_compat_tests::wire::{self, create_topic, keyed_batch, s, set_config};
 use fjord_compat_tests::{free_addr, kcat_produce, metric, scrape_metrics, wait_until, BrokerProcess, RawConn};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::*;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as i64
-}
-
-/// One batch of (key, value, timestamp) records under `compression`.
-fn batch_of(records: &[(Option<&str>, Vec<u8>, i64)], compression: Compression) -> Bytes {
-    let records: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(i, (k, v, ts))| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32 - 1,
-            timestamp: *ts,
-            key: k.map(|k| Bytes::copy_from_slice(k.as_bytes())),
-            value: Some(Bytes::copy_from_slice(v)),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression }).expect("encode");
-    buf.freeze()
 }
 
 /// Produce v9 with acks=all: the whole partition response.
@@ -119,7 +91,7 @@ fn a_topic_codec_recompresses_what_producers_send() {
 
     // `producer` (the default) keeps a batch as it was sent.
     create_topic(&mut conn, "as-sent", 1, &[]);
-    let sent = batch_of(&[(Some("k"), b"v".to_vec(), now_ms())], Compression::Snappy);
+    let sent = keyed_batch(&[(Some("k"), b"v".to_vec(), now_ms())], Compression::Snappy);
     assert_eq!(produce(&mut conn, "as-sent", sent.clone()).error_code, 0);
     let stored = fetch_raw(&mut conn, "as-sent", 0);
     assert_eq!(&stored[16..], &sent[16..], "stored verbatim past the offset and epoch");
@@ -136,7 +108,7 @@ fn produce_responses_list_the_records_that_failed() {
     let mut conn = RawConn::connect(&broker.bootstrap());
     create_topic(&mut conn, "keyed", 1, &[("cleanup.policy", "compact")]);
     let now = now_ms();
-    let b = batch_of(
+    let b = keyed_batch(
         &[
             (Some("a"), b"1".to_vec(), now),
             (None, b"2".to_vec(), now),
@@ -159,7 +131,7 @@ fn produce_responses_list_the_records_that_failed() {
         1,
         &[("message.timestamp.before.max.ms", "3600000"), ("message.timestamp.after.max.ms", "3600000")],
     );
-    let b = batch_of(
+    let b = keyed_batch(
         &[
             (Some("ok"), b"1".to_vec(), now),
             (Some("old"), b"2".to_vec(), now - 2 * hour),
@@ -170,11 +142,11 @@ fn produce_responses_list_the_records_that_failed() {
     let r = produce(&mut conn, "window", b);
     assert_eq!(r.error_code, 32, "INVALID_TIMESTAMP");
     assert_eq!(r.record_errors.iter().map(|e| e.batch_index).collect::<Vec<_>>(), vec![1, 2]);
-    let ok = batch_of(&[(Some("ok"), b"1".to_vec(), now - hour / 2)], Compression::None);
+    let ok = keyed_batch(&[(Some("ok"), b"1".to_vec(), now - hour / 2)], Compression::None);
     assert_eq!(produce(&mut conn, "window", ok).error_code, 0);
     // The deprecated difference bounds both sides when they are not set.
     create_topic(&mut conn, "difference", 1, &[("message.timestamp.difference.max.ms", "60000")]);
-    let r = produce(&mut conn, "difference", batch_of(&[(Some("x"), b"1".to_vec(), now - hour)], Compression::None));
+    let r = produce(&mut conn, "difference", keyed_batch(&[(Some("x"), b"1".to_vec(), now - hour)], Compression::None));
     assert_eq!(r.error_code, 32);
     // LogAppendTime topics take any CreateTime: the broker's clock stamps them.
     create_topic(
@@ -183,13 +155,13 @@ fn produce_responses_list_the_records_that_failed() {
         1,
         &[("message.timestamp.type", "LogAppendTime"), ("message.timestamp.before.max.ms", "1")],
     );
-    let r = produce(&mut conn, "append-time", batch_of(&[(Some("x"), b"1".to_vec(), 5)], Compression::None));
+    let r = produce(&mut conn, "append-time", keyed_batch(&[(Some("x"), b"1".to_vec(), 5)], Compression::None));
     assert_eq!(r.error_code, 0);
 }
 
 /// A zstd batch of a few kB whose one record is 256 MiB of zeros.
 fn bomb() -> Bytes {
-    let b = batch_of(&[(Some("bomb"), vec![0u8; 256 << 20], now_ms())], Compression::Zstd);
+    let b = keyed_batch(&[(Some("bomb"), vec![0u8; 256 << 20], now_ms())], Compression::Zstd);
     assert!(b.len() < 64 << 10, "{} bytes", b.len());
     b
 }
@@ -207,7 +179,7 @@ fn decompression_bombs_are_refused_and_compaction_keeps_them_whole() {
         assert_eq!(r.error_code, 10, "MESSAGE_TOO_LARGE on {topic}");
         assert!(r.error_message.as_ref().is_some_and(|m| m.contains("decompressed")), "{:?}", r.error_message);
         // The connection and the topic are fine afterwards.
-        let ok = batch_of(&[(Some("k"), b"v".to_vec(), now_ms())], Compression::Zstd);
+        let ok = keyed_batch(&[(Some("k"), b"v".to_vec(), now_ms())], Compression::Zstd);
         assert_eq!(produce(&mut conn, topic, ok).error_code, 0);
     }
     let peak = broker.status_kb("VmHWM").expect("broker status");
@@ -223,8 +195,10 @@ fn decompression_bombs_are_refused_and_compaction_keeps_them_whole() {
     assert_eq!(set_config(&mut conn, 2, "later", "cleanup.policy", "compact"), 0);
     let old = now_ms() - 1000;
     for round in 0..30 {
-        let b =
-            batch_of(&[(Some("k"), format!("round {round} {}", "x".repeat(200)).into_bytes(), old)], Compression::None);
+        let b = keyed_batch(
+            &[(Some("k"), format!("round {round} {}", "x".repeat(200)).into_bytes(), old)],
+            Compression::None,
+        );
         assert_eq!(produce(&mut conn, "later", b).error_code, 0);
     }
     let count = |conn: &mut RawConn| {
