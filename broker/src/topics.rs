@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use fjord_storage::durability::{GroupCommit, SyncStrategy};
 use fjord_storage::log::write_atomic;
@@ -61,7 +62,18 @@ impl TopicError {
 struct State {
     file: MetadataFile,
     logs: HashMap<(String, i32), Arc<PartitionLog>>,
+    /// Names deleted in the last `RECREATE_QUARANTINE`, with when.
+    recently_deleted: HashMap<String, Instant>,
 }
+
+/// How long a deleted topic's name is not auto-created again. A client that
+/// still knows the topic (a closing consumer, a producer with old metadata)
+/// asks for it by name with auto-creation allowed, and would otherwise bring
+/// it back a moment after it was deleted. Kafka's ZooKeeper-era brokers had
+/// the same window while a topic was "marked for deletion". Explicit
+/// CreateTopics is not held back, and the clients that asked get the
+/// retriable UNKNOWN_TOPIC_OR_PARTITION until the window ends.
+pub const RECREATE_QUARANTINE: Duration = Duration::from_secs(5);
 
 pub struct Topics {
     data_dir: PathBuf,
@@ -131,7 +143,7 @@ impl Topics {
         let mut topics = Topics {
             data_dir,
             static_defaults,
-            state: RwLock::new(State { file, logs: HashMap::new() }),
+            state: RwLock::new(State { file, logs: HashMap::new(), recently_deleted: HashMap::new() }),
             recovery: Default::default(),
             clean_start: clean.is_some(),
             _lock: lock,
@@ -352,6 +364,9 @@ impl Topics {
             ));
         };
         self.persist(&st.file).map_err(storage_error)?;
+        let now = Instant::now();
+        st.recently_deleted.retain(|_, at| now.duration_since(*at) < RECREATE_QUARANTINE);
+        st.recently_deleted.insert(name.to_string(), now);
         for p in 0..meta.partitions {
             if let Some(log) = st.logs.remove(&(name.to_string(), p)) {
                 if let Err(e) = log.delete() {
@@ -361,6 +376,12 @@ impl Topics {
         }
         tracing::info!(topic = name, "deleted topic");
         Ok(meta)
+    }
+
+    /// Whether `name` was deleted less than `RECREATE_QUARANTINE` ago (and
+    /// so must not be auto-created yet).
+    pub fn deleted_recently(&self, name: &str) -> bool {
+        self.read().recently_deleted.get(name).is_some_and(|at| at.elapsed() < RECREATE_QUARANTINE)
     }
 
     pub fn add_partitions(&self, name: &str, count: i32, validate_only: bool) -> Result<(), TopicError> {

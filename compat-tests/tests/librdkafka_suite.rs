@@ -168,12 +168,30 @@ fn lines_of<'a>(log: &'a str, test: &str) -> Vec<&'a str> {
     log.lines().filter(|l| l.contains(&tag)).collect()
 }
 
+/// The lines of a run's log that say why a test failed (its warnings and
+/// failed assertions), the last few: CI shows the panic message first, and
+/// a failure should be explained there without the kept logs.
+fn causes(log: &str) -> Vec<String> {
+    let lines: Vec<String> = log
+        .lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains("WARN:") || l.contains("FAIL") || l.contains("assert"))
+        .filter(|l| !l.contains("SKIPPING TEST"))
+        .collect();
+    lines[lines.len().saturating_sub(12)..].to_vec()
+}
+
 /// Fails the test, keeping the runners' logs for a look.
-fn fail_keeping_logs(work: tempfile::TempDir, broker: &BrokerProcess, why: &str) -> ! {
+fn fail_keeping_logs(work: tempfile::TempDir, broker: &BrokerProcess, why: &str, causes: &[String]) -> ! {
     let kept = work.keep();
     // The whole broker log beside the runners' (a stall shows there).
     let _ = std::fs::copy(broker.log_path(), kept.join("broker.log"));
-    panic!("{why}; runner and broker logs kept in {}\nbroker log:\n{}", kept.display(), broker.log_tail());
+    panic!(
+        "{why}; runner and broker logs kept in {}\nwhat the runners said:\n{}\nbroker log:\n{}",
+        kept.display(),
+        causes.join("\n"),
+        broker.log_tail()
+    );
 }
 
 /// Runs one test-runner process to its end (or RUN_TIMEOUT), echoing the
@@ -335,6 +353,8 @@ fn librdkafka_broker_tests() {
     let mut passed = 0;
     let mut failed: Vec<String> = Vec::new();
     let mut broken: Vec<String> = Vec::new();
+    // What the runners said of what failed, for the failure message.
+    let mut said: Vec<String> = Vec::new();
     // Runs to repeat, alone, for what failed in them.
     let mut retries: Vec<Run> = Vec::new();
     for (r, o) in runs.iter().zip(&outcomes) {
@@ -366,6 +386,7 @@ fn librdkafka_broker_tests() {
         if failed_here.is_empty() && r.tests.is_none() {
             // The whole main run broke off: too long to repeat.
             broken.push(format!("{} (exit {:?})", r.label, o.status));
+            said.extend(causes(&o.text).into_iter().map(|l| format!("[{}] {l}", r.label)));
             continue;
         }
         let tests = if failed_here.is_empty() || r.tests.is_some() {
@@ -385,6 +406,9 @@ fn librdkafka_broker_tests() {
     for (i, retry) in retries.iter().enumerate() {
         let o = run(retry, &dir, &conf, &work.path().join(format!("runner-retry-{i}.log")));
         let ok = !o.states.is_empty() && o.status.is_some_and(|s| s.success());
+        if !ok {
+            said.extend(causes(&o.text).into_iter().map(|l| format!("[{}] {l}", retry.label)));
+        }
         for (name, state) in &o.states {
             match state.as_str() {
                 "PASSED" if ok => flaky.push(format!("{}/{name}", retry.label)),
@@ -423,9 +447,9 @@ fn librdkafka_broker_tests() {
     );
     println!("librdkafka: {passed} passed, {} failed", failed.len());
     if !broken.is_empty() {
-        fail_keeping_logs(work, &broker, &format!("test-runner runs broke off: {broken:?}"));
+        fail_keeping_logs(work, &broker, &format!("test-runner runs broke off: {broken:?}"), &said);
     }
     if !failed.is_empty() || passed == 0 {
-        fail_keeping_logs(work, &broker, &format!("{} librdkafka tests failed: {failed:?}", failed.len()));
+        fail_keeping_logs(work, &broker, &format!("{} librdkafka tests failed: {failed:?}", failed.len()), &said);
     }
 }

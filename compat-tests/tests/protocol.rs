@@ -762,3 +762,39 @@ fn list_offsets_by_timestamp_looks_inside_compressed_batches() {
     assert_eq!(lookup(&mut conn, -3), (17, base_ts(4) + 30));
     assert_eq!(lookup(&mut conn, base_ts(4) + 31), (-1, -1), "nothing after the last timestamp");
 }
+
+/// A client that still knows a deleted topic asks for it with
+/// auto-creation allowed (librdkafka refreshes its known topics when a
+/// connection closes); that must not bring the topic straight back, while an
+/// explicit CreateTopics may, and auto-creation works again later.
+#[test]
+fn a_deleted_topic_is_not_auto_created_straight_back() {
+    let broker = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    assert_eq!(topic_metadata(&mut conn, "gone", true).error_code, 0, "auto-created");
+    let delete = |conn: &mut RawConn, name: &str| {
+        let mut req = DeleteTopicsRequest::default();
+        req.topic_names = vec![TopicName(s(name))];
+        let r: DeleteTopicsResponse = conn.call(ApiKey::DeleteTopics, 4, &req);
+        r.responses[0].error_code
+    };
+    assert_eq!(delete(&mut conn, "gone"), 0);
+    let deleted_at = Instant::now();
+    let md = topic_metadata(&mut conn, "gone", true);
+    assert_eq!(md.error_code, 3, "UNKNOWN_TOPIC_OR_PARTITION, not recreated");
+    let mut listing = MetadataRequest::default();
+    listing.topics = None;
+    let all: MetadataResponse = conn.call(ApiKey::Metadata, 12, &listing);
+    assert!(all.topics.iter().all(|t| t.name.as_ref().map(|n| n.0.as_str()) != Some("gone")), "still deleted");
+    // Explicit creation is not held back.
+    assert_eq!(delete(&mut conn, "gone"), 3, "already gone");
+    assert_eq!(create(&mut conn, "again", 1, &[]).topics[0].error_code, 0);
+    assert_eq!(delete(&mut conn, "again"), 0);
+    assert_eq!(create(&mut conn, "again", 2, &[]).topics[0].error_code, 0);
+    assert_eq!(topic_metadata(&mut conn, "again", false).partitions.len(), 2);
+    // Once the window has passed, asking creates it again.
+    fjord_compat_tests::wait_until(Duration::from_secs(30), "auto-creation to come back", || {
+        topic_metadata(&mut conn, "gone", true).error_code == 0
+    });
+    assert!(deleted_at.elapsed() >= Duration::from_secs(4), "auto-created again after {:?}", deleted_at.elapsed());
+}

@@ -25,9 +25,10 @@ pub fn topic_name(s: &str) -> TopicName {
     TopicName(str(s))
 }
 
-/// Creates `name` with broker defaults if auto-creation is on.
+/// Creates `name` with broker defaults if auto-creation is on (and the
+/// name was not just deleted: see `RECREATE_QUARANTINE`).
 pub fn auto_create(broker: &Broker, name: &str) -> Result<TopicMeta, ResponseError> {
-    if !broker.config.auto_create_topics {
+    if !broker.config.auto_create_topics || broker.topics.deleted_recently(name) {
         return Err(ResponseError::UnknownTopicOrPartition);
     }
     match broker.topics.create(name, broker.config.num_partitions, BTreeMap::new(), false) {
