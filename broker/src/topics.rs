@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use fjord_storage::durability::{GroupCommit, SyncStrategy};
@@ -28,7 +28,7 @@ pub struct TopicMeta {
     pub internal: bool,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct MetadataFile {
     cluster_id: String,
     #[serde(default)]
@@ -78,7 +78,15 @@ pub const RECREATE_QUARANTINE: Duration = Duration::from_secs(5);
 pub struct Topics {
     data_dir: PathBuf,
     static_defaults: BTreeMap<String, String>,
+    /// What requests read. Held for writing only to swap in-memory state,
+    /// never across a disk write: every request on a runtime worker reads
+    /// it, and an fsync behind it (slow when the disk is busy) would stall
+    /// them all, ApiVersions included.
     state: RwLock<State>,
+    /// Serializes changes: a change copies the current file, makes the new
+    /// one durable, and only then swaps it in (under a brief write lock).
+    /// Changes run on blocking threads, so waiting here stalls no request.
+    changes: Mutex<()>,
     /// What opening the logs at start had to do, summed over them.
     recovery: fjord_storage::RecoveryReport,
     /// The last stop was clean (its marker was found).
@@ -144,6 +152,7 @@ impl Topics {
             data_dir,
             static_defaults,
             state: RwLock::new(State { file, logs: HashMap::new(), recently_deleted: HashMap::new() }),
+            changes: Mutex::new(()),
             recovery: Default::default(),
             clean_start: clean.is_some(),
             _lock: lock,
@@ -187,6 +196,21 @@ impl Topics {
     }
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a change: holds off other changes and returns a copy of the
+    /// current file to edit (see `changes`).
+    fn begin_change(&self) -> (MutexGuard<'_, ()>, MetadataFile) {
+        let guard = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let file = self.read().file.clone();
+        (guard, file)
+    }
+
+    /// Makes `file` durable, then current.
+    fn commit_change(&self, file: MetadataFile) -> Result<(), TopicError> {
+        self.persist(&file).map_err(storage_error)?;
+        self.write().file = file;
+        Ok(())
     }
 
     fn partition_dir(&self, topic: &str, p: i32) -> PathBuf {
@@ -245,10 +269,10 @@ impl Topics {
     /// Hands out a producer id that was never given before, even across
     /// restarts: the counter is persisted before the id is returned.
     pub fn allocate_producer_id(&self) -> Result<i64, TopicError> {
-        let mut st = self.write();
-        let id = st.file.next_producer_id;
-        st.file.next_producer_id = id + 1;
-        self.persist(&st.file).map_err(storage_error)?;
+        let (_change, mut file) = self.begin_change();
+        let id = file.next_producer_id;
+        file.next_producer_id = id + 1;
+        self.commit_change(file)?;
         Ok(id)
     }
 
@@ -323,55 +347,62 @@ impl Topics {
         if !ignored.is_empty() && !validate_only {
             tracing::info!(topic = name, ignored = %ignored.join(", "), "topic configs stored but not applied");
         }
-        let mut st = self.write();
-        if st.file.topics.contains_key(name) {
+        let (_change, mut file) = self.begin_change();
+        if file.topics.contains_key(name) {
             return Err(TopicError::new(ResponseError::TopicAlreadyExists, format!("Topic '{name}' already exists.")));
         }
         let meta = TopicMeta { id: Uuid::new_v4(), partitions, configs, internal };
         if validate_only {
             return Ok(meta);
         }
-        let cfg = topic_config::log_config(&meta.configs, &self.defaults_of(&st.file));
-        let mut opened = Vec::new();
-        for p in 0..partitions {
-            let dir = self.partition_dir(name, p);
-            // A leftover dir of an earlier topic of this name must not leak in.
-            let _ = std::fs::remove_dir_all(&dir);
-            let log = self.open_log(&dir, cfg.clone(), None).map_err(storage_error)?;
-            opened.push((p, Arc::new(log)));
+        let cfg = topic_config::log_config(&meta.configs, &self.defaults_of(&file));
+        let opened = self.open_new_partitions(name, 0..partitions, &cfg)?;
+        file.topics.insert(name.to_string(), meta.clone());
+        if let Err(e) = self.persist(&file) {
+            // Not recorded, so not created: leave no partition behind.
+            for (_, log) in opened {
+                let _ = log.delete();
+            }
+            return Err(storage_error(e));
         }
+        let mut st = self.write();
+        st.file = file;
         for (p, log) in opened {
             st.logs.insert((name.to_string(), p), log);
         }
-        st.file.topics.insert(name.to_string(), meta.clone());
-        self.persist(&st.file).map_err(storage_error)?;
+        drop(st);
         tracing::info!(topic = name, partitions, "created topic");
         Ok(meta)
     }
 
     pub fn delete(&self, name: &str) -> Result<TopicMeta, TopicError> {
-        let mut st = self.write();
-        if st.file.topics.get(name).is_some_and(|m| m.internal) {
+        let (_change, mut file) = self.begin_change();
+        if file.topics.get(name).is_some_and(|m| m.internal) {
             return Err(TopicError::new(
                 ResponseError::InvalidRequest,
                 format!("Internal topic '{name}' cannot be deleted"),
             ));
         }
-        let Some(meta) = st.file.topics.remove(name) else {
+        let Some(meta) = file.topics.remove(name) else {
             return Err(TopicError::new(
                 ResponseError::UnknownTopicOrPartition,
                 format!("Topic '{name}' does not exist"),
             ));
         };
-        self.persist(&st.file).map_err(storage_error)?;
+        self.persist(&file).map_err(storage_error)?;
+        let mut st = self.write();
+        st.file = file;
         let now = Instant::now();
         st.recently_deleted.retain(|_, at| now.duration_since(*at) < RECREATE_QUARANTINE);
         st.recently_deleted.insert(name.to_string(), now);
-        for p in 0..meta.partitions {
-            if let Some(log) = st.logs.remove(&(name.to_string(), p)) {
-                if let Err(e) = log.delete() {
-                    tracing::warn!(topic = name, partition = p, error = %e, "could not remove partition files");
-                }
+        let removed: Vec<(i32, Arc<PartitionLog>)> =
+            (0..meta.partitions).filter_map(|p| st.logs.remove(&(name.to_string(), p)).map(|l| (p, l))).collect();
+        drop(st);
+        // The files go after the lock is released: unlinking many segments
+        // is disk work too.
+        for (p, log) in removed {
+            if let Err(e) = log.delete() {
+                tracing::warn!(topic = name, partition = p, error = %e, "could not remove partition files");
             }
         }
         tracing::info!(topic = name, "deleted topic");
@@ -385,9 +416,9 @@ impl Topics {
     }
 
     pub fn add_partitions(&self, name: &str, count: i32, validate_only: bool) -> Result<(), TopicError> {
-        let mut st = self.write();
-        let defaults = self.defaults_of(&st.file);
-        let Some(meta) = st.file.topics.get(name).cloned() else {
+        let (_change, mut file) = self.begin_change();
+        let defaults = self.defaults_of(&file);
+        let Some(meta) = file.topics.get(name).cloned() else {
             return Err(TopicError::new(
                 ResponseError::UnknownTopicOrPartition,
                 format!("Topic '{name}' does not exist"),
@@ -414,24 +445,55 @@ impl Topics {
             return Ok(());
         }
         let cfg = topic_config::log_config(&meta.configs, &defaults);
-        for p in meta.partitions..count {
-            let dir = self.partition_dir(name, p);
-            let _ = std::fs::remove_dir_all(&dir);
-            let log = self.open_log(&dir, cfg.clone(), None).map_err(storage_error)?;
-            st.logs.insert((name.to_string(), p), Arc::new(log));
-        }
-        if let Some(m) = st.file.topics.get_mut(name) {
+        let opened = self.open_new_partitions(name, meta.partitions..count, &cfg)?;
+        if let Some(m) = file.topics.get_mut(name) {
             m.partitions = count;
         }
-        self.persist(&st.file).map_err(storage_error)?;
+        if let Err(e) = self.persist(&file) {
+            for (_, log) in opened {
+                let _ = log.delete();
+            }
+            return Err(storage_error(e));
+        }
+        let mut st = self.write();
+        st.file = file;
+        for (p, log) in opened {
+            st.logs.insert((name.to_string(), p), log);
+        }
         Ok(())
+    }
+
+    /// Opens empty logs for `partitions` of `name`, not yet visible to
+    /// requests (the caller records them, then swaps them in).
+    fn open_new_partitions(
+        &self,
+        name: &str,
+        partitions: std::ops::Range<i32>,
+        cfg: &fjord_storage::LogConfig,
+    ) -> Result<Vec<(i32, Arc<PartitionLog>)>, TopicError> {
+        let mut opened: Vec<(i32, Arc<PartitionLog>)> = Vec::new();
+        for p in partitions {
+            let dir = self.partition_dir(name, p);
+            // A leftover dir of an earlier topic of this name must not leak in.
+            let _ = std::fs::remove_dir_all(&dir);
+            match self.open_log(&dir, cfg.clone(), None) {
+                Ok(log) => opened.push((p, Arc::new(log))),
+                Err(e) => {
+                    for (_, log) in opened {
+                        let _ = log.delete();
+                    }
+                    return Err(storage_error(e));
+                }
+            }
+        }
+        Ok(opened)
     }
 
     /// Replaces a topic's overrides (already validated) and applies them.
     pub fn set_topic_configs(&self, name: &str, configs: BTreeMap<String, String>) -> Result<(), TopicError> {
-        let mut st = self.write();
-        let defaults = self.defaults_of(&st.file);
-        let Some(meta) = st.file.topics.get_mut(name) else {
+        let (_change, mut file) = self.begin_change();
+        let defaults = self.defaults_of(&file);
+        let Some(meta) = file.topics.get_mut(name) else {
             return Err(TopicError::new(
                 ResponseError::UnknownTopicOrPartition,
                 format!("Topic '{name}' does not exist"),
@@ -440,7 +502,8 @@ impl Topics {
         meta.configs = configs;
         let cfg = topic_config::log_config(&meta.configs, &defaults);
         let parts = meta.partitions;
-        self.persist(&st.file).map_err(storage_error)?;
+        self.commit_change(file)?;
+        let st = self.read();
         for p in 0..parts {
             if let Some(log) = st.logs.get(&(name.to_string(), p)) {
                 log.set_config(cfg.clone());
@@ -452,13 +515,14 @@ impl Topics {
     /// Replaces this broker's (`per_node`) or the cluster's dynamic broker
     /// configs and re-applies every topic's config.
     pub fn set_broker_configs(&self, per_node: bool, configs: BTreeMap<String, String>) -> Result<(), TopicError> {
-        let mut st = self.write();
+        let (_change, mut file) = self.begin_change();
         if per_node {
-            st.file.node_broker_configs = configs;
+            file.node_broker_configs = configs;
         } else {
-            st.file.broker_configs = configs;
+            file.broker_configs = configs;
         }
-        self.persist(&st.file).map_err(storage_error)?;
+        self.commit_change(file)?;
+        let st = self.read();
         let defaults = self.defaults_of(&st.file);
         for ((name, _), log) in &st.logs {
             if let Some(meta) = st.file.topics.get(name) {
@@ -466,5 +530,57 @@ impl Topics {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A change whose metadata write hangs (here: the temp file is a FIFO
+    /// nobody reads, as a stalled disk would hold an fsync) must not hold
+    /// up readers, and when the write fails, the change leaves nothing.
+    #[test]
+    fn readers_do_not_wait_for_a_change_on_disk_and_a_failed_change_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BrokerConfig { data_dir: dir.path().to_path_buf(), ..BrokerConfig::default() };
+        let topics = Arc::new(Topics::open(&config).unwrap());
+        topics.create("before", 1, BTreeMap::new(), false).unwrap();
+        let fifo = dir.path().join("metadata.tmp");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+
+        let creating = {
+            let topics = topics.clone();
+            std::thread::spawn(move || topics.create("stuck", 2, BTreeMap::new(), false))
+        };
+        // The change is now blocked opening the FIFO; readers still answer.
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let topics = topics.clone();
+            std::thread::spawn(move || {
+                let seen = (topics.topic("before").is_some(), topics.log("before", 0).is_some(), topics.list().len());
+                let _ = tx.send(seen);
+            });
+        }
+        let seen = rx.recv_timeout(Duration::from_secs(10)).expect("a reader was held up by a change on disk");
+        assert_eq!(seen, (true, true, 1));
+        assert!(topics.topic("stuck").is_none(), "not visible before it is durable");
+
+        // Let the write through: fsync of a FIFO fails, so the change does.
+        let mut reader = std::fs::File::open(&fifo).unwrap();
+        let result = creating.join().unwrap();
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut reader, &mut sink);
+        assert_eq!(result.err().map(|e| e.code), Some(ResponseError::KafkaStorageError));
+        assert!(topics.topic("stuck").is_none());
+        assert!(topics.log("stuck", 0).is_none());
+        assert!(!dir.path().join("stuck-0").exists(), "no partition dir left behind");
+
+        // With the disk back, changes work again.
+        std::fs::remove_file(&fifo).unwrap();
+        topics.create("after", 1, BTreeMap::new(), false).unwrap();
+        assert!(topics.topic("after").is_some());
     }
 }
