@@ -12,12 +12,14 @@
 //! Snapshots are `snapshot()` / `ClusterMetadata::restore`.
 
 mod import;
+mod machine;
 pub mod placement;
 mod propose;
 mod records;
 mod state;
 
 pub use import::{import_single_node, ImportError};
+pub use machine::{ControllerMachine, ProposeError};
 pub use propose::{AnyConfig, ConfigValidator, NewTopic, TopicDefaults, PRODUCER_ID_BLOCK};
 pub use records::{
     BrokerRegistration, ConfigResource, CreateTopic, DecodeError, ErrorCode, GroupId, LeadershipReport, MetadataError,
