@@ -109,10 +109,15 @@ impl GroupTimings {
     }
 }
 
-/// Answers peers' Raft RPCs from the registry.
+/// RPC codes from here up are node services (the controller's), not Raft's: they go to the
+/// handler given to `ReplicaNode::set_services`.
+pub const SERVICE_RPC_BASE: u8 = 64;
+
+/// Answers peers' Raft RPCs from the registry, and hands service RPCs on.
 struct RaftService<SM: RaftStateMachine<TypeConfig>> {
     registry: Arc<GroupRegistry<SM>>,
     stickiness: Arc<Stickiness>,
+    services: Arc<OnceLock<Arc<dyn InboundHandler>>>,
 }
 
 /// Node-level leader stickiness for pre-votes. openraft's own guard, the followers' lease, is
@@ -158,6 +163,14 @@ where
     SM: RaftStateMachine<TypeConfig, SnapshotData = Bytes>,
 {
     fn handle(&self, from: NodeId, group: GroupId, rpc: u8, body: Bytes) -> BoxFuture<'static, Bytes> {
+        if rpc >= SERVICE_RPC_BASE {
+            if let Some(services) = self.services.get() {
+                return services.handle(from, group, rpc, body);
+            }
+            return Box::pin(async move {
+                rpc::encode_response::<()>(Err(&RemoteFailure::BadRequest(format!("no service answers rpc {rpc}"))))
+            });
+        }
         let raft = self.registry.get(group);
         let stickiness = self.stickiness.clone();
         Box::pin(async move {
@@ -232,6 +245,7 @@ pub struct ReplicaNode<SM: RaftStateMachine<TypeConfig>> {
     router: Router,
     registry: Arc<GroupRegistry<SM>>,
     stickiness: Arc<Stickiness>,
+    services: Arc<OnceLock<Arc<dyn InboundHandler>>>,
 }
 
 impl<SM> ReplicaNode<SM>
@@ -242,11 +256,22 @@ where
         let id = config.node_id;
         let registry = Arc::new(GroupRegistry::default());
         let stickiness = Arc::new(Stickiness::default());
-        let handler = Arc::new(RaftService { registry: registry.clone(), stickiness: stickiness.clone() });
+        let services = Arc::new(OnceLock::new());
+        let handler = Arc::new(RaftService {
+            registry: registry.clone(),
+            stickiness: stickiness.clone(),
+            services: services.clone(),
+        });
         let transport = Transport::new(config, connector, handler);
         let _ = stickiness.transport.set(transport.clone());
         let router = Router::new(transport.clone());
-        Self { id, transport, router, registry, stickiness }
+        Self { id, transport, router, registry, stickiness, services }
+    }
+
+    /// Sets the handler of service RPCs (codes from `SERVICE_RPC_BASE`); only the first call
+    /// takes effect.
+    pub fn set_services(&self, handler: Arc<dyn InboundHandler>) {
+        let _ = self.services.set(handler);
     }
 
     pub fn id(&self) -> NodeId {

@@ -7,12 +7,13 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{init_tracing, wait_until, KillableConnector};
 use fjord_replication::controller::{
-    AnyConfig, BrokerRegistration, ClusterMetadata, ControllerMachine, MetadataRecord, NewTopic, Outcome, ProposeError,
-    TopicDefaults,
+    AnyConfig, BrokerRegistration, ClusterMetadata, Controller, ControllerMachine, ErrorCode, Liveness, MetadataRecord,
+    NewTopic, Outcome, ProposeError, Request, TaskGuard, TopicDefaults, CONTROLLER_GROUP,
 };
 use fjord_replication::heartbeat::HeartbeatDriver;
 use fjord_replication::mem::MemLog;
@@ -22,7 +23,7 @@ use fjord_replication::{NodeId, Raft};
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::{BasicNode, ServerState};
 
-const GROUP: u64 = 0;
+const GROUP: u64 = CONTROLLER_GROUP;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 struct Node {
@@ -235,4 +236,117 @@ async fn controller_quorum_applies_proposals_everywhere_and_recovers_from_snapsh
         fourth.raft().metrics().borrow_watched().snapshot.is_some(),
         "the learner got its state from a snapshot, not the purged log"
     );
+}
+
+/// One node running the controller service, as a broker process will.
+struct ServiceNode {
+    node: Node,
+    controller: Arc<Controller<ControllerMachine>>,
+    _duties: TaskGuard,
+    broker: Option<TaskGuard>,
+}
+
+const LIVENESS: Liveness =
+    Liveness { heartbeat_interval: Duration::from_millis(100), session_timeout: Duration::from_millis(1500) };
+
+fn start_service(node: Node) -> ServiceNode {
+    let controller = Controller::new(
+        node.machine.clone(),
+        node.raft(),
+        node.node.transport().clone(),
+        DEFAULTS,
+        Arc::new(AnyConfig),
+        LIVENESS,
+    );
+    node.node.set_services(controller.rpc_handler());
+    let duties = controller.spawn_leader_duties();
+    let broker = controller.spawn_broker(registration(node.node.id() as i32));
+    ServiceNode { node, controller, _duties: duties, broker: Some(broker) }
+}
+
+/// Waits until every node's applied state satisfies `cond`.
+async fn everywhere(nodes: &[&ServiceNode], what: &str, cond: impl Fn(&ClusterMetadata) -> bool) {
+    wait_until(DEADLINE, what, || async { nodes.iter().all(|n| n.node.machine.read(&cond)) }).await;
+}
+
+fn unfenced(m: &ClusterMetadata, id: i32) -> bool {
+    m.broker(id).is_some_and(|b| !b.fenced)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_service_forwards_requests_and_tracks_broker_liveness() {
+    init_tracing();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut listeners = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=3u64 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        members.insert(id, BasicNode::new(l.local_addr().unwrap().to_string()));
+        listeners.push(l);
+    }
+    let mut nodes = Vec::new();
+    for (id, l) in (1..=3u64).zip(listeners) {
+        let node = start_node(id, l, &members, MemLog::default(), dirs[id as usize - 1].path()).await;
+        nodes.push(start_service(node));
+    }
+    nodes[0].node.raft().initialize(members.clone()).await.unwrap();
+
+    // The leader names the cluster; every broker registers and is unfenced.
+    {
+        let all: Vec<&ServiceNode> = nodes.iter().collect();
+        everywhere(&all, "a cluster id and three live brokers", |m| {
+            m.cluster_id().is_some() && (1..=3).all(|id| unfenced(m, id))
+        })
+        .await;
+    }
+    let leader_id = nodes[0].controller.leader().unwrap();
+    let follower = nodes.iter().find(|n| n.node.node.id() != leader_id).unwrap();
+
+    // A follower's request is forwarded to the leader and answered with the outcome.
+    let answer = follower.controller.submit(Request::CreateTopic(new_topic("events")), DEADLINE).await.unwrap();
+    assert!(matches!(answer, Ok(Some(Outcome::TopicCreated { ref name, .. })) if name == "events"), "{answer:?}");
+    let again = follower.controller.submit(Request::CreateTopic(new_topic("events")), DEADLINE).await.unwrap();
+    assert_eq!(again.map_err(|e| e.code), Err(ErrorCode::TopicAlreadyExists));
+    let bad = follower.controller.submit(Request::DeleteTopic { name: "nope".into() }, DEADLINE).await.unwrap();
+    assert_eq!(bad.map_err(|e| e.code), Err(ErrorCode::UnknownTopicOrPartition));
+    {
+        let all: Vec<&ServiceNode> = nodes.iter().collect();
+        everywhere(&all, "the topic on every node", |m| m.topic("events").is_some()).await;
+    }
+
+    // A broker that stops heartbeating is fenced; a new process of it comes back.
+    let quiet = nodes.iter().position(|n| n.node.node.id() != leader_id).unwrap();
+    let quiet_id = nodes[quiet].node.node.id() as i32;
+    nodes[quiet].broker = None;
+    {
+        let all: Vec<&ServiceNode> = nodes.iter().collect();
+        everywhere(&all, "the silent broker fenced", |m| m.broker(quiet_id).is_some_and(|b| b.fenced)).await;
+        everywhere(&all, "the others still live", |m| (1..=3).filter(|id| *id != quiet_id).all(|id| unfenced(m, id)))
+            .await;
+    }
+    let restarted = registration(quiet_id);
+    let incarnation = restarted.incarnation;
+    nodes[quiet].broker = Some(nodes[quiet].controller.spawn_broker(restarted));
+    {
+        let all: Vec<&ServiceNode> = nodes.iter().collect();
+        everywhere(&all, "the restarted broker registered and unfenced", |m| {
+            m.broker(quiet_id).is_some_and(|b| !b.fenced && b.registration.incarnation == incarnation)
+        })
+        .await;
+    }
+
+    // The leader's node goes away: the others elect a leader, keep answering, and fence it.
+    let gone = nodes.iter().position(|n| n.node.node.id() == leader_id).unwrap();
+    let mut old = nodes.remove(gone);
+    old.broker = None;
+    old.node.node.shutdown().await;
+    drop(old);
+    let survivors: Vec<&ServiceNode> = nodes.iter().collect();
+    let answer = survivors[0].controller.submit(Request::CreateTopic(new_topic("after")), DEADLINE).await.unwrap();
+    assert!(matches!(answer, Ok(Some(Outcome::TopicCreated { .. }))), "{answer:?}");
+    assert_ne!(survivors[0].controller.leader(), Some(leader_id));
+    everywhere(&survivors, "the old leader's broker fenced", |m| {
+        m.broker(leader_id as i32).is_some_and(|b| b.fenced) && m.topic("after").is_some()
+    })
+    .await;
 }

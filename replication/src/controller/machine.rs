@@ -161,9 +161,9 @@ impl ControllerMachine {
     /// Proposes `record` through `raft` (this node's controller group, which must lead) and waits
     /// up to `wait` for its outcome: `Ok(Ok(_))` applied, `Ok(Err(_))` refused by apply (the state
     /// moved since the record was made), `Err` not committed.
-    pub async fn propose(
+    pub async fn propose<SM: RaftStateMachine<TypeConfig>>(
         &self,
-        raft: &Raft<ControllerMachine>,
+        raft: &Raft<SM>,
         record: &MetadataRecord,
         wait: Duration,
     ) -> Result<Result<Outcome, MetadataError>, ProposeError> {

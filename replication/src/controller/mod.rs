@@ -16,6 +16,7 @@ mod machine;
 pub mod placement;
 mod propose;
 mod records;
+mod service;
 mod state;
 
 pub use import::{import_single_node, ImportError};
@@ -25,7 +26,10 @@ pub use records::{
     BrokerRegistration, ConfigResource, CreateTopic, DecodeError, ErrorCode, GroupId, LeadershipReport, MetadataError,
     MetadataRecord, NodeId, RECORD_VERSION,
 };
-pub use state::{validate_topic_name, Broker, ClusterMetadata, Outcome, Partition, Topic, MAX_PARTITIONS};
+pub use service::{Answer, Controller, Liveness, Request, SubmitError, TaskGuard, RPC_SUBMIT};
+pub use state::{
+    validate_topic_name, Broker, ClusterMetadata, Outcome, Partition, Topic, CONTROLLER_GROUP, MAX_PARTITIONS,
+};
 
 #[cfg(test)]
 mod proptests;

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::placement::{self, Candidate, Load, LEADER_PREFERRED_RACKS};
@@ -38,14 +39,14 @@ impl ConfigValidator for AnyConfig {
 
 /// What -1 in a CreateTopics request stands for (`num.partitions`,
 /// `default.replication.factor`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct TopicDefaults {
     pub num_partitions: i32,
     pub replication_factor: i16,
 }
 
 /// A CreateTopics entry as the client sent it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewTopic {
     pub name: String,
     /// -1: the default.

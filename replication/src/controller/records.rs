@@ -158,7 +158,7 @@ impl ErrorCode {
 }
 
 /// A refused proposal or record, with the message clients see.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[error("{code:?}: {message}")]
 pub struct MetadataError {
     pub code: ErrorCode,

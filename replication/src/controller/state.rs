@@ -45,7 +45,7 @@ pub struct Partition {
 
 /// What an applied record did, for the node applier (create or drop local
 /// replicas) and for the proposer's answer to the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     ClusterInitialized {
         cluster_id: String,
@@ -131,6 +131,10 @@ fn has_duplicates(ids: &[NodeId]) -> bool {
     let set: BTreeSet<&NodeId> = ids.iter().collect();
     set.len() != ids.len()
 }
+
+/// The controller quorum's own Raft group; partitions get ids counted up from 0, which never
+/// reach it.
+pub const CONTROLLER_GROUP: GroupId = GroupId::MAX;
 
 impl ClusterMetadata {
     pub fn new() -> Self {
@@ -257,6 +261,9 @@ impl ClusterMetadata {
         for (g, p) in &self.partitions {
             if !owned.contains(g) {
                 return Err(format!("group {g} belongs to no topic"));
+            }
+            if *g == CONTROLLER_GROUP {
+                return Err(format!("partition {}-{} has the controller's group id", p.topic, p.index));
             }
             if *g >= self.next_group_id {
                 return Err(format!("group {g} is not below next_group_id {}", self.next_group_id));
@@ -436,6 +443,8 @@ impl ClusterMetadata {
     fn group_ids(&self, n: usize) -> Result<std::ops::Range<GroupId>, MetadataError> {
         let end = u64::try_from(n).ok().and_then(|n| self.next_group_id.checked_add(n));
         match end {
+            // The range is exclusive and `checked_add` keeps `end` within u64, so the ids stay
+            // below CONTROLLER_GROUP (u64::MAX).
             Some(end) => Ok(self.next_group_id..end),
             None => err(ErrorCode::UnknownServerError, "Partition group ids are exhausted"),
         }
