@@ -249,7 +249,8 @@ struct ServiceNode {
 const LIVENESS: Liveness =
     Liveness { heartbeat_interval: Duration::from_millis(100), session_timeout: Duration::from_millis(1500) };
 
-fn start_service(node: Node) -> ServiceNode {
+/// `addr`: where the node's transport listens, which its registration announces.
+fn start_service(node: Node, addr: &str) -> ServiceNode {
     let controller = Controller::new(
         node.machine.clone(),
         node.raft(),
@@ -260,7 +261,8 @@ fn start_service(node: Node) -> ServiceNode {
     );
     node.node.set_services(controller.rpc_handler());
     let duties = controller.spawn_leader_duties();
-    let broker = controller.spawn_broker(registration(node.node.id() as i32));
+    let reg = BrokerRegistration { cluster_address: addr.to_string(), ..registration(node.node.id() as i32) };
+    let broker = controller.spawn_broker(reg);
     ServiceNode { node, controller, _duties: duties, broker: Some(broker) }
 }
 
@@ -287,7 +289,7 @@ async fn controller_service_forwards_requests_and_tracks_broker_liveness() {
     let mut nodes = Vec::new();
     for (id, l) in (1..=3u64).zip(listeners) {
         let node = start_node(id, l, &members, MemLog::default(), dirs[id as usize - 1].path()).await;
-        nodes.push(start_service(node));
+        nodes.push(start_service(node, &members[&id].addr));
     }
     nodes[0].node.raft().initialize(members.clone()).await.unwrap();
 
@@ -300,6 +302,17 @@ async fn controller_service_forwards_requests_and_tracks_broker_liveness() {
         .await;
     }
     let leader_id = nodes[0].controller.leader().unwrap();
+
+    // A broker that is not a voter: it finds the leader through the voters, registers, is made
+    // a learner and from then on applies the metadata log itself.
+    let dir4 = tempfile::tempdir().unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr4 = l.local_addr().unwrap().to_string();
+    let observer = start_service(start_node(4, l, &members, MemLog::default(), dir4.path()).await, &addr4);
+    {
+        let all: Vec<&ServiceNode> = nodes.iter().chain(std::iter::once(&observer)).collect();
+        everywhere(&all, "the observer registered, unfenced and applying", |m| unfenced(m, 4)).await;
+    }
     let follower = nodes.iter().find(|n| n.node.node.id() != leader_id).unwrap();
 
     // A follower's request is forwarded to the leader and answered with the outcome.
@@ -309,10 +322,18 @@ async fn controller_service_forwards_requests_and_tracks_broker_liveness() {
     assert_eq!(again.map_err(|e| e.code), Err(ErrorCode::TopicAlreadyExists));
     let bad = follower.controller.submit(Request::DeleteTopic { name: "nope".into() }, DEADLINE).await.unwrap();
     assert_eq!(bad.map_err(|e| e.code), Err(ErrorCode::UnknownTopicOrPartition));
+    let created = observer.controller.submit(Request::CreateTopic(new_topic("from-observer")), DEADLINE).await.unwrap();
+    assert!(matches!(created, Ok(Some(Outcome::TopicCreated { .. }))), "{created:?}");
     {
-        let all: Vec<&ServiceNode> = nodes.iter().collect();
-        everywhere(&all, "the topic on every node", |m| m.topic("events").is_some()).await;
+        let all: Vec<&ServiceNode> = nodes.iter().chain(std::iter::once(&observer)).collect();
+        everywhere(&all, "the topics on every node", |m| {
+            m.topic("events").is_some() && m.topic("from-observer").is_some()
+        })
+        .await;
     }
+    let voters = nodes[0].node.raft().metrics().borrow_watched().membership_config.membership().clone();
+    assert!(voters.learner_ids().any(|id| id == 4), "the observer is a learner: {voters:?}");
+    assert!(!voters.voter_ids().any(|id| id == 4), "and not a voter");
 
     // A broker that stops heartbeating is fenced; a new process of it comes back.
     let quiet = nodes.iter().position(|n| n.node.node.id() != leader_id).unwrap();
@@ -324,7 +345,8 @@ async fn controller_service_forwards_requests_and_tracks_broker_liveness() {
         everywhere(&all, "the others still live", |m| (1..=3).filter(|id| *id != quiet_id).all(|id| unfenced(m, id)))
             .await;
     }
-    let restarted = registration(quiet_id);
+    let restarted =
+        BrokerRegistration { cluster_address: members[&(quiet_id as u64)].addr.clone(), ..registration(quiet_id) };
     let incarnation = restarted.incarnation;
     nodes[quiet].broker = Some(nodes[quiet].controller.spawn_broker(restarted));
     {

@@ -162,17 +162,25 @@ impl<SM: RaftStateMachine<TypeConfig>> Controller<SM> {
     }
 
     /// Sends `req` to the controller leader and waits up to `wait` for its answer, following
-    /// leadership as it moves.
+    /// leadership as it moves. A node that does not know the leader (a broker that is not a voter
+    /// and has not joined as a learner yet) asks its peers in turn; they name the leader.
     pub async fn submit(&self, req: Request, wait: Duration) -> Result<Answer, SubmitError> {
         let give_up = Instant::now() + wait;
         let body = rpc::encode(&req).map_err(|e| SubmitError::Internal(e.to_string()))?;
-        let mut known = None;
+        let mut hint: Option<NodeId> = None;
+        let mut probe = 0usize;
         loop {
             let left = give_up.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(SubmitError::NoLeader(known));
+                return Err(SubmitError::NoLeader(hint));
             }
-            let attempt = match self.leader() {
+            let target = self.leader().or(hint).or_else(|| {
+                let mut peers = self.transport.peer_ids();
+                peers.sort_unstable();
+                probe += 1;
+                peers.get(probe % peers.len().max(1)).copied()
+            });
+            let attempt = match target {
                 Some(l) if l == self.node_id => self.execute(req.clone(), left).await,
                 Some(l) => self.forward(l, &body, left).await,
                 None => Attempt::NotLeader(None),
@@ -181,7 +189,7 @@ impl<SM: RaftStateMachine<TypeConfig>> Controller<SM> {
                 Attempt::Answered(a) => return Ok(a),
                 Attempt::Failed(e) => return Err(e),
                 // Elections take a few hundred ms; ask again shortly.
-                Attempt::NotLeader(l) => known = l.or(known),
+                Attempt::NotLeader(l) => hint = l.filter(|l| Some(*l) != target),
             }
             tokio::time::sleep(Duration::from_millis(20).min(left)).await;
         }
@@ -233,6 +241,7 @@ impl<SM: RaftStateMachine<TypeConfig>> Controller<SM> {
         };
         if let (Request::RegisterBroker(reg), Ok(_)) = (&req, &answer) {
             lock(&self.seen).last.insert(reg.node_id, (reg.incarnation, Instant::now()));
+            self.add_learners().await;
         }
         Attempt::Answered(answer)
     }
@@ -254,6 +263,39 @@ impl<SM: RaftStateMachine<TypeConfig>> Controller<SM> {
             Request::ReportLeadership { reporter, partitions } => m.propose_report(*reporter, partitions.clone()),
             Request::Heartbeat { .. } => {
                 Err(MetadataError::new(ErrorCode::InvalidRequest, "a heartbeat has no record"))
+            }
+        }
+    }
+
+    /// Makes every registered broker that is not a voter a learner of the quorum, so it applies
+    /// the metadata log too (KRaft's observers). Level-triggered: a registration whose learner a
+    /// previous leader did not add is picked up by the next call.
+    async fn add_learners(&self) {
+        let brokers: Vec<(NodeId, String)> = self.machine.read(|m| {
+            m.brokers()
+                .values()
+                .filter_map(|b| {
+                    let id = NodeId::try_from(b.registration.node_id).ok()?;
+                    Some((id, b.registration.cluster_address.clone()))
+                })
+                .collect()
+        });
+        let known: Vec<NodeId> = self.transport.peer_ids();
+        for (id, addr) in brokers {
+            if id == self.node_id {
+                continue;
+            }
+            // An address given in the node's configuration (a proxy in tests) wins.
+            if !known.contains(&id) {
+                self.transport.add_peer(id, &addr);
+            }
+            let member = self.raft.metrics().borrow_watched().membership_config.membership().get_node(&id).is_some();
+            if !member {
+                // Not blocking: the learner catches up in the background.
+                match self.raft.add_learner(id, openraft::BasicNode::new(addr), false).await {
+                    Ok(_) => tracing::info!(node = id, "broker added to the controller quorum as a learner"),
+                    Err(e) => tracing::debug!(node = id, error = %e, "learner not added"),
+                }
             }
         }
     }
@@ -304,6 +346,7 @@ impl<SM: RaftStateMachine<TypeConfig>> Controller<SM> {
             m.current_term
         };
         self.fresh_view(term);
+        self.add_learners().await;
         if self.machine.read(|m| m.cluster_id().is_none()) {
             // Kafka's form: 22 characters.
             let cluster_id = Uuid::new_v4().simple().to_string()[..22].to_string();
