@@ -1,7 +1,8 @@
 //! The controller quorum's Raft state machine: every node applies the committed metadata log to
 //! its `ClusterMetadata`, and the node that proposed a record gets the outcome of applying it.
 //!
-//! An entry is a `Proposal`: the record plus who proposed it (node and process incarnation) and a
+//! An entry is a Kafka record batch of one record (so the controller's log can be a partition
+//! log, as KRaft's `__cluster_metadata` is) whose value is a `Proposal`: the record plus who proposed it (node and process incarnation) and a
 //! number, so the proposer can match the outcome to its waiting request. Apply is deterministic
 //! and ignores that tag; only the proposing process uses it. The incarnation keeps a proposal made
 //! before a restart, committed after it, from answering a new request that reused its number.
@@ -171,6 +172,11 @@ impl ControllerMachine {
         let proposal =
             Proposal { proposer: self.inner.node_id, incarnation: self.inner.incarnation, id, record: record.encode() };
         let bytes = postcard::to_stdvec(&proposal).map_err(|e| ProposeError::Raft(e.to_string()))?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let bytes = fjord_storage::batch::build_batch(0, now_ms, &[(None, Some(&bytes))]);
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.waiters).insert(id, tx);
         let written = tokio::time::timeout(wait, crate::node::write(raft, BatchData(Bytes::from(bytes)), wait)).await;
@@ -204,7 +210,7 @@ impl ControllerMachine {
                 EntryPayload::Normal(BatchData(bytes)) => {
                     // Every node sees the same bytes, so an entry that does not decode is skipped
                     // alike everywhere; it cannot come from this code's proposals.
-                    match postcard::from_bytes::<Proposal>(&bytes) {
+                    match unwrap_proposal(&bytes) {
                         Err(e) => {
                             tracing::error!(index = log_id.index, error = %e, "undecodable metadata entry skipped")
                         }
@@ -242,6 +248,22 @@ impl ControllerMachine {
         fjord_storage::log::write_atomic(path, &bytes).map_err(|e| io::Error::other(e.to_string()))
     }
 }
+
+/// The `Proposal` in an entry's one-record batch.
+fn unwrap_proposal(bytes: &Bytes) -> Result<Proposal, String> {
+    let batches = fjord_storage::records::decode_batches(bytes, MAX_ENTRY_BYTES).map_err(|e| e.to_string())?;
+    let [batch] = batches.as_slice() else {
+        return Err(format!("{} batches in one metadata entry", batches.len()));
+    };
+    let [record] = batch.records.as_slice() else {
+        return Err(format!("{} records in one metadata batch", batch.records.len()));
+    };
+    let value = record.value.as_ref().ok_or("a metadata record without a value")?;
+    postcard::from_bytes::<Proposal>(value).map_err(|e| e.to_string())
+}
+
+/// A metadata entry is far smaller than this; more is a corrupt entry, not a reason to allocate.
+const MAX_ENTRY_BYTES: usize = 64 << 20;
 
 impl RaftSnapshotBuilder<TypeConfig> for ControllerMachine {
     type SnapshotData = Bytes;
