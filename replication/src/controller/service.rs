@@ -220,6 +220,10 @@ impl<SM: RaftStateMachine<TypeConfig>> Controller<SM> {
             m.current_term
         };
         self.fresh_view(term);
+        // The cluster is named before anything else is recorded in it.
+        if !self.ensure_cluster_id().await {
+            return Attempt::Failed(SubmitError::Timeout);
+        }
         let record = match &req {
             Request::Heartbeat { node_id, incarnation, caught_up } => {
                 match self.heartbeat(*node_id, *incarnation, *caught_up) {
@@ -263,6 +267,24 @@ impl<SM: RaftStateMachine<TypeConfig>> Controller<SM> {
             Request::ReportLeadership { reporter, partitions } => m.propose_report(*reporter, partitions.clone()),
             Request::Heartbeat { .. } => {
                 Err(MetadataError::new(ErrorCode::InvalidRequest, "a heartbeat has no record"))
+            }
+        }
+    }
+
+    /// Names the cluster if nobody has yet; false if that did not commit.
+    async fn ensure_cluster_id(&self) -> bool {
+        if self.machine.read(|m| m.cluster_id().is_some()) {
+            return true;
+        }
+        // Kafka's form: 22 characters.
+        let cluster_id = Uuid::new_v4().simple().to_string()[..22].to_string();
+        let record = MetadataRecord::InitCluster { cluster_id };
+        match self.machine.propose(&self.raft, &record, self.liveness.session_timeout).await {
+            // Refused only when another proposal named it first.
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster id not committed yet");
+                false
             }
         }
     }
@@ -347,14 +369,8 @@ impl<SM: RaftStateMachine<TypeConfig>> Controller<SM> {
         };
         self.fresh_view(term);
         self.add_learners().await;
-        if self.machine.read(|m| m.cluster_id().is_none()) {
-            // Kafka's form: 22 characters.
-            let cluster_id = Uuid::new_v4().simple().to_string()[..22].to_string();
-            let record = MetadataRecord::InitCluster { cluster_id };
-            if let Err(e) = self.machine.propose(&self.raft, &record, self.liveness.session_timeout).await {
-                tracing::debug!(error = %e, "cluster id not committed yet");
-                return;
-            }
+        if !self.ensure_cluster_id().await {
+            return;
         }
         let now = Instant::now();
         let silent: Vec<BrokerId> = {
