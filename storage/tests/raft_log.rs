@@ -1,0 +1,183 @@
+//! A replicated log as a Raft log: entries found by index after rolls and restarts, byte-capped
+//! reads, truncation by index, purges of whole segments, and the crash rule that a tail no
+//! `.raftindex` row covers is cut on open.
+
+use fjord_storage::batch::{self, build_batch, patch};
+use fjord_storage::{LogConfig, OpenOptions, PartitionLog};
+
+fn open(dir: &std::path::Path, segment_bytes: u64) -> PartitionLog {
+    let config = LogConfig { segment_bytes, ..LogConfig::default() };
+    PartitionLog::open_opts(dir, config, OpenOptions { replicated: true, ..OpenOptions::default() }).unwrap()
+}
+
+/// Entry `i`: `records` records stamped at the log end with epoch `term`.
+fn entry(log: &PartitionLog, i: u64, term: i32, records: usize) -> Vec<u8> {
+    let value = [i as u8; 40];
+    let kvs: Vec<_> = (0..records).map(|_| (None, Some(&value[..]))).collect();
+    let mut b = build_batch(0, 1000 + i as i64, &kvs);
+    patch(&mut b, log.log_end_offset(), term, None);
+    b
+}
+
+fn append(log: &PartitionLog, from: u64, to: u64, term: i32) {
+    for i in from..to {
+        let e = entry(log, i, term, 1 + (i % 3) as usize);
+        log.append_raft_entry(&e, i, 0).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn entries_are_found_by_index_and_offset_across_rolls_and_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open(tmp.path(), 400);
+    append(&log, 0, 20, 1);
+    assert!(log.segment_count() > 3, "small segments roll");
+    let end = log.log_end_offset();
+    log.sync(end).await.unwrap();
+    let check = |log: &PartitionLog| {
+        assert_eq!(log.raft_index_range(), Some((0, 19)));
+        let all = log.raft_entries(0, 100, usize::MAX).unwrap();
+        assert_eq!(all.len(), 20);
+        let mut next = 0;
+        for (i, e) in all.iter().enumerate() {
+            assert_eq!(e.span.index, i as u64);
+            assert_eq!(e.span.base_offset, next, "entries are contiguous");
+            let h = batch::validate(&e.data).unwrap();
+            assert_eq!((h.base_offset, h.last_offset() + 1, e.term), (next, e.span.next_offset, 1));
+            next = e.span.next_offset;
+            for o in e.span.base_offset..e.span.next_offset {
+                assert_eq!(log.raft_index_for_offset(o), Some(i as u64));
+            }
+        }
+        assert_eq!(next, log.log_end_offset());
+        assert_eq!(log.raft_index_for_offset(next), None);
+    };
+    check(&log);
+    drop(log);
+    check(&open(tmp.path(), 400));
+}
+
+#[test]
+fn an_index_must_follow_the_last_and_offsets_must_be_the_log_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open(tmp.path(), 1 << 20);
+    // An empty Raft log may start at any index (after a snapshot).
+    append(&log, 5, 7, 2);
+    let e = entry(&log, 9, 2, 1);
+    assert!(log.append_raft_entry(&e, 9, 0).is_err(), "a gap");
+    let mut e = entry(&log, 7, 2, 1);
+    patch(&mut e, log.log_end_offset() + 1, 2, None);
+    assert!(log.append_raft_entry(&e, 7, 0).is_err(), "not at the log end");
+    assert_eq!(log.raft_index_range(), Some((5, 6)));
+    let from_zero: Vec<u64> = log.raft_entries(0, 10, usize::MAX).unwrap().iter().map(|e| e.span.index).collect();
+    assert_eq!(from_zero, vec![5, 6], "a read from below the first entry starts at it");
+}
+
+#[test]
+fn reads_stop_at_the_byte_budget_but_return_at_least_one_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open(tmp.path(), 1 << 20);
+    append(&log, 0, 10, 1);
+    let sizes: Vec<usize> = log.raft_entries(0, 10, usize::MAX).unwrap().iter().map(|e| e.data.len()).collect();
+    assert_eq!(log.raft_entries(0, 10, 1).unwrap().len(), 1);
+    let budget = sizes[2] + sizes[3] + sizes[4];
+    let got = log.raft_entries(2, 10, budget).unwrap();
+    assert_eq!(got.iter().map(|e| e.span.index).collect::<Vec<_>>(), vec![2, 3, 4]);
+    assert_eq!(log.raft_entries(2, 10, budget - 1).unwrap().len(), 2);
+    assert_eq!(log.raft_entries(8, 20, usize::MAX).unwrap().len(), 2, "stops at the last entry");
+}
+
+#[tokio::test]
+async fn truncation_by_index_cuts_batches_and_rows_and_appends_continue() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open(tmp.path(), 400);
+    append(&log, 0, 20, 1);
+    let keep_end = log.raft_entry_span(11).unwrap().next_offset;
+    log.truncate_raft_after(Some(11)).unwrap();
+    assert_eq!(log.log_end_offset(), keep_end);
+    assert_eq!(log.raft_index_range(), Some((0, 11)));
+    append(&log, 12, 15, 3);
+    assert_eq!(log.raft_entries(12, 13, usize::MAX).unwrap()[0].term, 3);
+    assert_eq!(log.epoch_for_offset(keep_end), Some(3));
+    log.truncate_raft_after(Some(40)).unwrap();
+    assert_eq!(log.raft_index_range(), Some((0, 14)), "past the end: nothing");
+    log.sync(log.log_end_offset()).await.unwrap();
+    drop(log);
+    let log = open(tmp.path(), 400);
+    assert_eq!(log.raft_index_range(), Some((0, 14)));
+    log.truncate_raft_after(None).unwrap();
+    assert_eq!((log.raft_index_range(), log.log_end_offset()), (None, 0));
+    // An empty Raft log starts again at whatever index comes.
+    append(&log, 3, 5, 4);
+    assert_eq!(log.raft_index_range(), Some((3, 4)));
+    assert_eq!(log.raft_entry_span(3).unwrap().base_offset, 0);
+}
+
+#[tokio::test]
+async fn an_unflushed_tail_is_cut_on_open_and_the_rest_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open(tmp.path(), 1 << 20);
+    append(&log, 0, 5, 1);
+    let flushed = log.log_end_offset();
+    log.sync(flushed).await.unwrap();
+    append(&log, 5, 8, 1);
+    let after = log.log_end_offset();
+    drop(log);
+    // A crash lost the rows of entries 5..8 (never synced) but the data survived.
+    let side = tmp.path().join(format!("{:020}.raftindex", 0));
+    let data = std::fs::read(&side).unwrap();
+    std::fs::write(&side, &data[..data.len() - 3 * 8]).unwrap();
+    let log = open(tmp.path(), 1 << 20);
+    assert!(after > flushed);
+    assert_eq!(log.log_end_offset(), flushed, "the uncovered tail is gone");
+    assert_eq!(log.raft_index_range(), Some((0, 4)));
+    append(&log, 5, 6, 2);
+    assert_eq!(log.raft_entry_span(5).unwrap().base_offset, flushed);
+    drop(log);
+    // The other way round: rows survived, the segment's tail did not (its data cut mid-entry).
+    let seg = tmp.path().join(format!("{:020}.log", 0));
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    let span = open(tmp.path(), 1 << 20).raft_entry_span(5).unwrap();
+    f.set_len(span.end_pos - 1).unwrap();
+    drop(f);
+    let log = open(tmp.path(), 1 << 20);
+    assert_eq!((log.log_end_offset(), log.raft_index_range()), (flushed, Some((0, 4))));
+}
+
+#[test]
+fn purging_drops_only_whole_segments_at_or_below_the_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open(tmp.path(), 400);
+    append(&log, 0, 20, 1);
+    log.set_high_watermark(log.log_end_offset());
+    let segments = log.segment_count();
+    let span = log.raft_entry_span(9).unwrap();
+    let start = log.drop_raft_segments_upto(9).unwrap();
+    assert!(log.segment_count() < segments);
+    assert!(start <= span.next_offset, "entry 10 and after are kept");
+    let (first, last) = log.raft_index_range().unwrap();
+    assert!(first <= 10 && last == 19, "{first}..{last}");
+    assert_eq!(log.log_start_offset(), start);
+    // Past the last entry everything goes and the log continues at its end.
+    let end = log.log_end_offset();
+    log.drop_raft_segments_upto(100).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset(), log.raft_index_range()), (end, end, None));
+    append(&log, 101, 102, 2);
+    assert_eq!(log.raft_entry_span(101).unwrap().base_offset, end);
+}
+
+#[test]
+fn a_reset_restarts_the_log_empty_at_an_offset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open(tmp.path(), 400);
+    append(&log, 0, 10, 1);
+    let producers = log.producer_state();
+    log.reset_to(500, &producers).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset(), log.high_watermark()), (500, 500, 500));
+    assert_eq!(log.raft_index_range(), None);
+    append(&log, 40, 42, 5);
+    drop(log);
+    let log = open(tmp.path(), 400);
+    assert_eq!((log.log_start_offset(), log.raft_index_range()), (500, Some((40, 41))));
+    assert!(log.reset_to(600, b"not json").is_err());
+}
