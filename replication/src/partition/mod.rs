@@ -1,0 +1,403 @@
+//! A partition's Raft log and state machine, both backed by its `PartitionLog`: the segments are
+//! the Raft log (no second copy), vote and commit live in the `raft-state` file beside them, and
+//! applying an entry moves the high watermark.
+
+pub mod entry;
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use fjord_storage::{LogConfig, LogError, OpenOptions, PartitionLog};
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{
+    EntryResponder, IOFlushed, LogState, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine,
+};
+use openraft::type_config::alias::{EntryOf, LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf, VoteOf};
+use openraft::{EntryPayload, OptionalSend};
+use serde::{Deserialize, Serialize};
+
+use crate::node::GroupTimings;
+use crate::types::{Applied, TypeConfig};
+
+/// Bytes `limited_get_log_entries` returns at most (at least one entry): one replication
+/// message's worth, so a follower far behind is fed in steps and heartbeats are not starved.
+pub const MAX_READ_BYTES: usize = 1 << 20;
+
+const STATE_FILE: &str = "raft-state";
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn io_err(e: LogError) -> io::Error {
+    match e {
+        LogError::Io(e) => e,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// openraft's config for a partition group: the log is Kafka's, so openraft never builds
+/// snapshots or purges on its own (retention decides what goes, then purges through Raft).
+pub fn raft_config(timings: &GroupTimings, cluster_name: &str) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
+    let config = openraft::Config {
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: u64::MAX,
+        ..timings.base_config(cluster_name)
+    };
+    Ok(Arc::new(config.validate()?))
+}
+
+/// What `raft-state` holds.
+#[derive(Default, Clone, Serialize, Deserialize)]
+#[serde(bound = "")]
+struct RaftState {
+    vote: Option<VoteOf<TypeConfig>>,
+    committed: Option<LogIdOf<TypeConfig>>,
+    last_purged: Option<LogIdOf<TypeConfig>>,
+    /// The last snapshot built or installed, so a restart neither loses nor re-installs it.
+    snapshot: Option<SavedSnapshot>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(bound = "")]
+struct SavedSnapshot {
+    meta: SnapshotMetaOf<TypeConfig>,
+    data: Bytes,
+}
+
+/// A snapshot's content: the partition's state at its last entry. The log prefix itself is not
+/// part of it (see `install_snapshot`).
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    /// The offset after the snapshot's last entry: where the installing replica's log resumes.
+    next_offset: i64,
+    /// Producer state (`ProducerStates` JSON).
+    producers: String,
+}
+
+struct Shared {
+    log: Arc<PartitionLog>,
+    state_path: PathBuf,
+    state: Mutex<RaftState>,
+}
+
+impl Shared {
+    /// Rewrites `raft-state`; with `durable`, synced (file and directory) before returning.
+    fn persist(&self, state: &RaftState, durable: bool) -> io::Result<()> {
+        let json = serde_json::to_vec(state).map_err(io::Error::other)?;
+        if durable {
+            fjord_storage::log::write_atomic(&self.state_path, &json).map_err(io_err)
+        } else {
+            // A crash may keep the old file: only the committed index can be stale then, and a
+            // lower one only makes the high watermark lag after a restart.
+            let tmp = self.state_path.with_extension("tmp");
+            std::fs::write(&tmp, &json)?;
+            std::fs::rename(&tmp, &self.state_path)
+        }
+    }
+
+    fn update(&self, durable: bool, f: impl FnOnce(&mut RaftState)) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        let mut next = state.clone();
+        f(&mut next);
+        self.persist(&next, durable)?;
+        *state = next;
+        Ok(())
+    }
+
+    /// The stored entry at `index`, if its term is `term`: where it lies, and its LogAppendTime.
+    fn entry_at(&self, log_id: &LogIdOf<TypeConfig>) -> io::Result<Option<Applied>> {
+        let found = self.log.raft_entries(log_id.index(), log_id.index() + 1, 0).map_err(io_err)?;
+        Ok(found
+            .into_iter()
+            .next()
+            .filter(|e| u64::try_from(e.term).ok() == Some(log_id.committed_leader_id().term))
+            .map(|e| Applied {
+                base_offset: e.span.base_offset,
+                last_offset: e.span.next_offset - 1,
+                log_append_time: entry::log_append_time(&e.data),
+                log_start_offset: self.log.log_start_offset(),
+            }))
+    }
+}
+
+/// Opens the partition log in `dir` as a Raft replica: the log store and the state machine of
+/// one group, sharing the log. The high watermark starts at the saved commit point.
+pub fn open(dir: &Path, config: LogConfig) -> io::Result<(PartitionLogStore, PartitionStateMachine)> {
+    let log = PartitionLog::open_opts(dir, config, OpenOptions { replicated: true, ..OpenOptions::default() })
+        .map_err(io_err)?;
+    open_log(Arc::new(log))
+}
+
+/// `open` for a log the caller opened (with `replicated: true`).
+pub fn open_log(log: Arc<PartitionLog>) -> io::Result<(PartitionLogStore, PartitionStateMachine)> {
+    let state_path = log.dir().join(STATE_FILE);
+    let state: RaftState = match std::fs::read(&state_path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", state_path.display())))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => RaftState::default(),
+        Err(e) => return Err(e),
+    };
+    let sm = SmState {
+        last_applied: state.snapshot.as_ref().and_then(|s| s.meta.last_log_id),
+        membership: state.snapshot.as_ref().map(|s| s.meta.last_membership.clone()).unwrap_or_default(),
+        snapshot: state.snapshot.clone(),
+    };
+    let shared = Arc::new(Shared { log, state_path, state: Mutex::new(state) });
+    // What was committed before the restart is readable again at once; a stale (lower) saved
+    // value only makes it lag until apply catches up.
+    let committed = lock(&shared.state).committed;
+    if let Some(c) = committed {
+        if let Some(at) = shared.entry_at(&c)? {
+            shared.log.set_high_watermark(at.last_offset + 1);
+        }
+    }
+    Ok((PartitionLogStore { shared: shared.clone() }, PartitionStateMachine { shared, sm: Arc::new(Mutex::new(sm)) }))
+}
+
+/// The Raft log of one partition (clones share it).
+#[derive(Clone)]
+pub struct PartitionLogStore {
+    shared: Arc<Shared>,
+}
+
+impl PartitionLogStore {
+    pub fn log(&self) -> &Arc<PartitionLog> {
+        &self.shared.log
+    }
+
+    fn read(&self, start: u64, end: u64, max_bytes: usize) -> io::Result<Vec<EntryOf<TypeConfig>>> {
+        let purged_next = lock(&self.shared.state).last_purged.map_or(0, |l| l.index() + 1);
+        let start = start.max(purged_next);
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let stored = self.shared.log.raft_entries(start, end, max_bytes).map_err(io_err)?;
+        stored.into_iter().map(entry::decode).collect()
+    }
+}
+
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(e) => e.saturating_add(1),
+        Bound::Excluded(e) => *e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for PartitionLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<EntryOf<TypeConfig>>, io::Error> {
+        let (start, end) = bounds(&range);
+        self.read(start, end, usize::MAX)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<VoteOf<TypeConfig>>, io::Error> {
+        Ok(lock(&self.shared.state).vote)
+    }
+
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<EntryOf<TypeConfig>>, io::Error> {
+        self.read(start, end, MAX_READ_BYTES)
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl RaftLogStorage<TypeConfig> for PartitionLogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged = lock(&self.shared.state).last_purged;
+        let last = match self.shared.log.raft_index_range() {
+            Some((_, last)) => self.read(last, last + 1, 0)?.pop().map(|e| e.log_id),
+            None => None,
+        };
+        let last_log_id = match (last, last_purged) {
+            (Some(l), Some(p)) if p.index() >= l.index() => Some(p),
+            (Some(l), _) => Some(l),
+            (None, p) => p,
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
+        self.shared.update(true, |s| s.vote = Some(*vote))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
+        self.shared.update(false, |s| s.committed = committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
+        Ok(lock(&self.shared.state).committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = EntryOf<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let log = &self.shared.log;
+        let now = now_ms();
+        for e in entries {
+            // Placement is deterministic: every replica writes entry i at its log end, which
+            // Raft's log matching makes the same offset everywhere.
+            let data = entry::encode(&e, log.log_end_offset())?;
+            log.append_raft_entry(&data, e.log_id.index(), now).map_err(io_err)?;
+        }
+        // Readable now; reported flushed only once the data and its sidecar rows are synced.
+        let result = log.sync(log.log_end_offset()).await.map_err(io_err);
+        callback.io_completed(result);
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
+        self.shared.log.truncate_raft_after(last_log_id.map(|l| l.index())).map_err(io_err)
+    }
+
+    async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
+        if lock(&self.shared.state).last_purged.as_ref() > Some(&log_id) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("purge to {log_id} is behind the last")));
+        }
+        // Recorded first: a crash after some segments went must not leave the reader offering
+        // entries that are no longer all there.
+        self.shared.update(true, |s| s.last_purged = Some(log_id))?;
+        self.shared.log.drop_raft_segments_upto(log_id.index()).map_err(io_err)?;
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct SmState {
+    last_applied: Option<LogIdOf<TypeConfig>>,
+    membership: StoredMembershipOf<TypeConfig>,
+    snapshot: Option<SavedSnapshot>,
+}
+
+/// The partition's state machine: the log itself, so applying is moving the high watermark
+/// (clones share it).
+#[derive(Clone)]
+pub struct PartitionStateMachine {
+    shared: Arc<Shared>,
+    sm: Arc<Mutex<SmState>>,
+}
+
+impl PartitionStateMachine {
+    pub fn log(&self) -> &Arc<PartitionLog> {
+        &self.shared.log
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for PartitionStateMachine {
+    type SnapshotData = Bytes;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Bytes>, io::Error> {
+        let (last_applied, membership) = {
+            let sm = lock(&self.sm);
+            (sm.last_applied, sm.membership.clone())
+        };
+        let log = &self.shared.log;
+        let next_offset = match &last_applied {
+            Some(l) => self.shared.entry_at(l)?.map_or(log.high_watermark(), |a| a.last_offset + 1),
+            None => log.log_start_offset(),
+        };
+        // Producer state as of the log end, which may run past the snapshot's last entry (see
+        // the module's report in M3: it is not rebuilt at `next_offset`).
+        let producers = String::from_utf8(log.producer_state()).map_err(io::Error::other)?;
+        let body = SnapshotBody { next_offset, producers };
+        let data = Bytes::from(serde_json::to_vec(&body).map_err(io::Error::other)?);
+        let meta = SnapshotMetaOf::<TypeConfig> { last_log_id: last_applied, last_membership: membership };
+        let saved = SavedSnapshot { meta: meta.clone(), data: data.clone() };
+        self.shared.update(true, |s| s.snapshot = Some(saved.clone()))?;
+        lock(&self.sm).snapshot = Some(saved);
+        Ok(SnapshotOf::<TypeConfig, Bytes> { meta, snapshot: data })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
+    type SnapshotData = Bytes;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
+        let sm = lock(&self.sm);
+        Ok((sm.last_applied, sm.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            // An applied entry is committed: readers may now see it. (openraft applies only
+            // entries of this log, so the lookup finds it; an entry missing here is answered
+            // without offsets rather than trusted.)
+            let applied = self.shared.entry_at(&entry.log_id)?;
+            if let Some(a) = applied {
+                self.shared.log.set_high_watermark(a.last_offset + 1);
+            }
+            {
+                let mut sm = lock(&self.sm);
+                sm.last_applied = Some(entry.log_id);
+                if let EntryPayload::Membership(m) = entry.payload {
+                    sm.membership = StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), m);
+                }
+            }
+            if let Some(r) = responder {
+                r.send(applied.unwrap_or_default());
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    /// Installs a snapshot a leader sent: the log restarts empty at the snapshot's next offset
+    /// with its producer state. The batches below that offset are not shipped (today's snapshot
+    /// carries no segment files), so this replica's log starts there.
+    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TypeConfig>, snapshot: Bytes) -> Result<(), io::Error> {
+        let body: SnapshotBody = serde_json::from_slice(&snapshot)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot: {e}")))?;
+        self.shared.log.reset_to(body.next_offset, body.producers.as_bytes()).map_err(io_err)?;
+        let saved = SavedSnapshot { meta: meta.clone(), data: snapshot };
+        self.shared.update(true, |s| s.snapshot = Some(saved.clone()))?;
+        let mut sm = lock(&self.sm);
+        sm.last_applied = meta.last_log_id;
+        sm.membership = meta.last_membership.clone();
+        sm.snapshot = Some(saved);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, Bytes>>, io::Error> {
+        Ok(lock(&self.sm)
+            .snapshot
+            .as_ref()
+            .map(|s| SnapshotOf::<TypeConfig, Bytes> { meta: s.meta.clone(), snapshot: s.data.clone() }))
+    }
+}
+
+#[cfg(test)]
+mod tests;

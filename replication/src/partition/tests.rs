@@ -1,0 +1,118 @@
+//! openraft's storage suite against the partition log, and what a crash leaves of it.
+
+use std::collections::BTreeSet;
+
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::type_config::alias::{LogIdOf, VoteOf};
+use openraft::type_config::TypeConfigExt;
+use openraft::{Membership, StorageError};
+
+use super::*;
+use crate::types::BatchData;
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, PartitionLogStore, PartitionStateMachine, tempfile::TempDir> for Builder {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, PartitionLogStore, PartitionStateMachine), StorageError<TypeConfig>> {
+        let dir = tempfile::tempdir().map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
+        let (log, sm) = open(&dir.path().join("t-0"), LogConfig::default())
+            .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
+        Ok((dir, log, sm))
+    }
+}
+
+/// openraft's storage conformance suite, a fresh partition directory per test.
+#[test]
+fn openraft_storage_suite() {
+    TypeConfig::run(async {
+        Suite::test_all(Builder).await.unwrap();
+    });
+}
+
+fn normal(term: u64, index: u64, value: &[u8]) -> EntryOf<TypeConfig> {
+    let batch = fjord_storage::batch::build_batch(0, 1_000, &[(None, Some(value)), (None, Some(value))]);
+    EntryOf::<TypeConfig> {
+        log_id: LogIdOf::<TypeConfig>::new_term_index(term, index),
+        payload: EntryPayload::Normal(BatchData(Bytes::from(batch))),
+    }
+}
+
+/// Appends through the trait and waits for the flush report.
+async fn append(store: &mut PartitionLogStore, entries: Vec<EntryOf<TypeConfig>>) {
+    let (tx, rx) = TypeConfig::oneshot();
+    let cb = IOFlushed::<TypeConfig>::signal(tx);
+    store.append(entries, cb).await.unwrap();
+    rx.await.unwrap().unwrap();
+}
+
+async fn apply(sm: &mut PartitionStateMachine, entries: Vec<EntryOf<TypeConfig>>) {
+    let items = entries.into_iter().map(|e| Ok((e, None)));
+    sm.apply(futures::stream::iter(items)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_crash_keeps_vote_entries_and_commit_and_cuts_the_unflushed_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    let (mut store, mut sm) = open(&dir, LogConfig::default()).unwrap();
+    let membership = Membership::new_with_defaults(vec![BTreeSet::from([1, 2, 3])], []);
+    let mut entries = vec![
+        EntryOf::<TypeConfig> {
+            log_id: LogIdOf::<TypeConfig>::new_term_index(0, 0),
+            payload: EntryPayload::Membership(membership.clone()),
+        },
+        EntryOf::<TypeConfig> { log_id: LogIdOf::<TypeConfig>::new_term_index(1, 1), payload: EntryPayload::Blank },
+    ];
+    entries.extend((2..6).map(|i| normal(1, i, &[i as u8; 30])));
+    append(&mut store, entries.clone()).await;
+    let vote = VoteOf::<TypeConfig>::new(1, 2);
+    store.save_vote(&vote).await.unwrap();
+    apply(&mut sm, entries[..4].to_vec()).await;
+    store.save_committed(Some(entries[3].log_id)).await.unwrap();
+    let hw = store.log().high_watermark();
+    assert_eq!(hw, store.log().raft_entry_span(3).unwrap().next_offset, "apply moved the HW");
+    // Client batches start after the two control batches, which took offsets 0 and 1.
+    assert_eq!(store.log().raft_entry_span(2).unwrap().base_offset, 2);
+    let flushed_end = store.log().log_end_offset();
+    // Two more entries whose rows never reach the disk: the crash below loses them.
+    append(&mut store, vec![normal(2, 6, b"lost"), normal(2, 7, b"lost too")]).await;
+    drop((store, sm));
+    let side = dir.join(format!("{:020}.raftindex", 0));
+    let rows = std::fs::read(&side).unwrap();
+    std::fs::write(&side, &rows[..rows.len() - 2 * fjord_storage::raftindex::ROW]).unwrap();
+
+    let (mut store, mut sm) = open(&dir, LogConfig::default()).unwrap();
+    assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+    assert_eq!(store.read_committed().await.unwrap(), Some(entries[3].log_id));
+    assert_eq!(store.log().high_watermark(), hw, "the HW comes back from the saved commit");
+    assert_eq!(store.log().log_end_offset(), flushed_end, "the unflushed tail is gone");
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!((state.last_purged_log_id, state.last_log_id), (None, Some(entries[5].log_id)));
+    let back = store.try_get_log_entries(0..).await.unwrap();
+    assert_eq!(back.iter().map(|e| e.log_id).collect::<Vec<_>>(), entries.iter().map(|e| e.log_id).collect::<Vec<_>>());
+    assert_eq!(back[0].payload, EntryPayload::Membership(membership));
+    assert_eq!(back[1].payload, EntryPayload::Blank);
+    // The state machine starts from nothing and re-applies: the HW moves on from there.
+    assert_eq!(sm.applied_state().await.unwrap().0, None);
+    apply(&mut sm, back).await;
+    assert_eq!(store.log().high_watermark(), flushed_end);
+    // Appends carry on where the flushed log ended.
+    append(&mut store, vec![normal(3, 6, b"new")]).await;
+    assert_eq!(store.log().raft_entry_span(6).unwrap().base_offset, flushed_end);
+}
+
+#[tokio::test]
+async fn reads_are_capped_in_bytes_and_apply_moves_the_high_watermark() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut store, mut sm) = open(&tmp.path().join("t-0"), LogConfig::default()).unwrap();
+    let big = vec![7u8; MAX_READ_BYTES / 3];
+    append(&mut store, (0..5).map(|i| normal(1, i, &big)).collect()).await;
+    let got = store.limited_get_log_entries(0, 5).await.unwrap();
+    assert!(!got.is_empty() && got.len() < 5, "{} entries", got.len());
+    assert_eq!(store.try_get_log_entries(0..5).await.unwrap().len(), 5);
+    let entry = store.try_get_log_entries(1..2).await.unwrap().remove(0);
+    apply(&mut sm, vec![entry]).await;
+    assert_eq!(store.log().high_watermark(), 4, "two records per entry");
+}

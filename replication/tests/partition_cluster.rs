@@ -1,0 +1,321 @@
+//! Three in-process nodes over real loopback TCP hosting partition groups whose Raft log is the
+//! partition's segment log: writes commit, every replica's log ends up byte-identical (same
+//! batches at the same offsets, same epochs) with its high watermark at the commit, and after the
+//! leader is cut off a new one keeps the acknowledged writes where they were and commits more.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{init_tracing, wait_until, KillableConnector};
+use fjord_replication::heartbeat::HeartbeatDriver;
+use fjord_replication::node::{self, GroupTimings, ReplicaNode};
+use fjord_replication::partition::{self, PartitionStateMachine};
+use fjord_replication::transport::{TcpListener, TransportConfig};
+use fjord_replication::{BatchData, GroupId, NodeId, Raft};
+use fjord_storage::batch::{self, ASSIGNED_HEAD};
+use fjord_storage::{LogConfig, PartitionLog};
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::{BasicNode, ServerState};
+
+const GROUPS: u64 = 4;
+const NODES: u64 = 3;
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct TestNode {
+    node: ReplicaNode<PartitionStateMachine>,
+    logs: HashMap<GroupId, Arc<PartitionLog>>,
+    _heartbeats: HeartbeatDriver,
+}
+
+impl TestNode {
+    fn raft(&self, group: GroupId) -> Raft<PartitionStateMachine> {
+        self.node.group(group).expect("group started")
+    }
+}
+
+fn timings() -> GroupTimings {
+    GroupTimings {
+        heartbeat_interval: Duration::from_millis(100),
+        election_timeout_min: Duration::from_millis(600),
+        election_timeout_max: Duration::from_millis(1000),
+    }
+}
+
+async fn start_cluster(data: &std::path::Path) -> Vec<TestNode> {
+    let mut listeners = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=NODES {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        members.insert(id, BasicNode::new(l.local_addr().unwrap().to_string()));
+        listeners.push(l);
+    }
+    let config = partition::raft_config(&timings(), "partition-test").unwrap();
+    let mut nodes = Vec::new();
+    for (id, listener) in (1..=NODES).zip(listeners) {
+        let node = ReplicaNode::new(TransportConfig::new("partition-test", id), KillableConnector::new());
+        node.serve(listener);
+        for (peer, n) in &members {
+            node.add_peer(*peer, &n.addr);
+        }
+        let mut logs = HashMap::new();
+        for group in 1..=GROUPS {
+            // Small segments, so entries cross segment rolls.
+            let cfg = LogConfig { segment_bytes: 600, ..LogConfig::default() };
+            let (store, sm) = partition::open(&data.join(format!("node-{id}/t-{group}")), cfg).unwrap();
+            logs.insert(group, store.log().clone());
+            node.start_group(group, config.clone(), store, sm).await.unwrap();
+        }
+        let heartbeats = node.start_heartbeats(timings().heartbeat_interval);
+        nodes.push(TestNode { node, logs, _heartbeats: heartbeats });
+    }
+    for group in 1..=GROUPS {
+        nodes[(group % NODES) as usize].raft(group).initialize(members.clone()).await.unwrap();
+    }
+    nodes
+}
+
+/// Waits until every node agrees on one leader of `group` that knows it leads; returns it.
+async fn settled_leader(nodes: &[TestNode], group: GroupId) -> NodeId {
+    let mut leader = None;
+    for n in nodes {
+        let m = n
+            .raft(group)
+            .wait(Some(DEADLINE))
+            .metrics(
+                |m| m.current_leader.is_some() && (m.current_leader != Some(m.id) || m.state == ServerState::Leader),
+                format!("group {group} leader known on node {}", n.node.id()),
+            )
+            .await
+            .unwrap();
+        leader.get_or_insert(m.current_leader);
+    }
+    let leader = leader.flatten().unwrap();
+    for n in nodes {
+        n.raft(group).wait(Some(DEADLINE)).current_leader(leader, format!("group {group} agrees")).await.unwrap();
+    }
+    leader
+}
+
+/// An acknowledged write: Raft index, the offsets the acknowledgement gave, the batch sent.
+#[derive(Debug, Clone)]
+struct Ack {
+    index: u64,
+    base_offset: i64,
+    last_offset: i64,
+    batch: Vec<u8>,
+}
+
+type Acked = HashMap<GroupId, Vec<Ack>>;
+
+/// Writes `count` batches of two records to every group through its leader with `node::write`.
+async fn write_all(nodes: &[TestNode], round: &str, count: usize) -> Acked {
+    let mut acked = Acked::new();
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    for group in 1..=GROUPS {
+        for i in 0..count {
+            let v = format!("{round}:{group}:{i}");
+            let batch = batch::build_batch(0, 1_000 + i as i64, &[(None, Some(v.as_bytes())), (None, Some(b"x"))]);
+            loop {
+                assert!(tokio::time::Instant::now() < give_up, "group {group}: write {i} not acknowledged");
+                let leader = settled_leader(nodes, group).await;
+                let raft = nodes.iter().find(|n| n.node.id() == leader).unwrap().raft(group);
+                match node::write(&raft, BatchData(Bytes::from(batch.clone())), DEADLINE).await {
+                    Ok(resp) => {
+                        let a = resp.data;
+                        assert_eq!(a.last_offset, a.base_offset + 1, "two records");
+                        let index = resp.log_id.index();
+                        acked.entry(group).or_default().push(Ack {
+                            index,
+                            base_offset: a.base_offset,
+                            last_offset: a.last_offset,
+                            batch: batch.clone(),
+                        });
+                        break;
+                    }
+                    Err(e) if e.forward_to_leader().is_some() => continue,
+                    Err(e) => panic!("group {group}: write failed: {e}"),
+                }
+            }
+        }
+    }
+    acked
+}
+
+/// Waits until every node has applied `index` of `group`.
+async fn caught_up(nodes: &[TestNode], group: GroupId, index: u64) {
+    for n in nodes {
+        n.raft(group)
+            .wait(Some(DEADLINE))
+            .applied_index_at_least(Some(index), format!("group {group} on node {}", n.node.id()))
+            .await
+            .unwrap();
+    }
+}
+
+/// One replica's Raft log as stored: per entry (index, term, base offset, next offset, bytes).
+type Stored = Vec<(u64, i32, i64, i64, Bytes)>;
+
+fn stored(log: &PartitionLog) -> Stored {
+    let (first, last) = log.raft_index_range().expect("entries");
+    log.raft_entries(first, last + 1, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.span.index, e.term, e.span.base_offset, e.span.next_offset, e.data))
+        .collect()
+}
+
+/// Every replica of every group holds the same log, and its HW is the end of its last applied
+/// entry (all are applied here, so the log end).
+fn assert_identical(nodes: &[TestNode]) -> HashMap<GroupId, Stored> {
+    let mut out = HashMap::new();
+    for group in 1..=GROUPS {
+        let reference = stored(&nodes[0].logs[&group]);
+        assert_eq!(reference[0].0, 0, "the log starts with the membership at index 0");
+        for n in nodes {
+            let log = &n.logs[&group];
+            assert_eq!(stored(log), reference, "group {group}: node {} differs", n.node.id());
+            let applied = n.raft(group).metrics().borrow_watched().last_applied.unwrap().index();
+            let end = log.raft_entry_span(applied).unwrap().next_offset;
+            assert_eq!(log.high_watermark(), end, "group {group}: node {} HW is the commit", n.node.id());
+            assert_eq!(log.log_end_offset(), end);
+            // Epochs follow terms: the cache says where each term started.
+            for (_, term, base, _, _) in &reference {
+                assert!(log.epoch_for_offset(*base).is_some_and(|e| e >= *term));
+            }
+        }
+        out.insert(group, reference);
+    }
+    out
+}
+
+/// Each acknowledged write is in `log` at the index and offsets it was acknowledged with, with
+/// the bytes the producer sent (only offset and epoch patched).
+fn assert_acked_at_their_offsets(log: &PartitionLog, acks: &[Ack], what: &str) {
+    for a in acks {
+        let e = log.raft_entries(a.index, a.index + 1, 0).unwrap();
+        let e = e.first().unwrap_or_else(|| panic!("{what}: entry {} missing", a.index));
+        assert_eq!((e.span.base_offset, e.span.next_offset - 1), (a.base_offset, a.last_offset), "{what}");
+        assert_eq!(&e.data[ASSIGNED_HEAD..], &a.batch[ASSIGNED_HEAD..], "{what}: entry {} bytes", a.index);
+        let h = batch::validate(&e.data).unwrap();
+        assert_eq!((h.base_offset, i64::from(h.partition_leader_epoch)), (a.base_offset, i64::from(e.term)));
+        // A consumer's read at the offset finds the same batch.
+        let read = log.read(a.base_offset, 1, i64::MAX).unwrap();
+        assert_eq!(&read.records[..], &e.data[..], "{what}: read at {}", a.base_offset);
+    }
+}
+
+#[tokio::test]
+async fn partition_logs_replicate_identically_and_survive_a_lost_leader() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(tmp.path()).await;
+    let first = write_all(&nodes, "before", 6).await;
+    for (g, acks) in &first {
+        caught_up(&nodes, *g, acks.last().unwrap().index).await;
+    }
+    let before = assert_identical(&nodes);
+    for n in &nodes {
+        for (g, acks) in &first {
+            assert_acked_at_their_offsets(&n.logs[g], acks, &format!("group {g} node {}", n.node.id()));
+        }
+    }
+    assert!(nodes[0].logs[&1].segment_count() > 1, "entries crossed segment rolls");
+
+    // Cut group 1's leader off: its transport stops, so all its connections die.
+    let lost = settled_leader(&nodes, 1).await;
+    let lost_at = nodes.iter().position(|n| n.node.id() == lost).unwrap();
+    nodes[lost_at].node.transport().shutdown();
+    let rest: Vec<&TestNode> = nodes.iter().filter(|n| n.node.id() != lost).collect();
+    for group in 1..=GROUPS {
+        for n in &rest {
+            n.raft(group)
+                .wait(Some(DEADLINE))
+                .metrics(
+                    |m| m.current_leader.is_some_and(|l| l != lost) && m.current_term > 0,
+                    format!("group {group}: a leader other than {lost}"),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let survivors = &rest;
+    let second = write_rest(survivors, "after", 4).await;
+    for (g, acks) in &second {
+        for n in survivors.iter() {
+            n.raft(*g)
+                .wait(Some(DEADLINE))
+                .applied_index_at_least(Some(acks.last().unwrap().index), format!("group {g}"))
+                .await
+                .unwrap();
+        }
+    }
+    for n in survivors.iter() {
+        for g in 1..=GROUPS {
+            let what = format!("group {g} node {} after the leader was lost", n.node.id());
+            assert_acked_at_their_offsets(&n.logs[&g], &first[&g], &what);
+            assert_acked_at_their_offsets(&n.logs[&g], &second[&g], &what);
+            let now = stored(&n.logs[&g]);
+            assert_eq!(&now[..before[&g].len()], &before[&g][..], "{what}: the committed prefix changed");
+        }
+    }
+    // The survivors agree with each other entry for entry.
+    for g in 1..=GROUPS {
+        assert_eq!(stored(&survivors[0].logs[&g]), stored(&survivors[1].logs[&g]), "group {g}");
+        let new_leader = survivors[0].raft(g).metrics().borrow_watched().current_term;
+        let last = stored(&survivors[0].logs[&g]).last().unwrap().1;
+        assert!(i64::from(last) <= new_leader as i64);
+    }
+    for n in &nodes {
+        n.node.shutdown().await;
+    }
+}
+
+/// `write_all` for the nodes still connected.
+async fn write_rest(nodes: &[&TestNode], round: &str, count: usize) -> Acked {
+    let mut acked = Acked::new();
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    for group in 1..=GROUPS {
+        for i in 0..count {
+            let v = format!("{round}:{group}:{i}");
+            let batch = batch::build_batch(0, 2_000 + i as i64, &[(None, Some(v.as_bytes())), (None, Some(b"y"))]);
+            loop {
+                assert!(tokio::time::Instant::now() < give_up, "group {group}: write {i} not acknowledged");
+                let leader = wait_leader(nodes, group).await;
+                let raft = nodes.iter().find(|n| n.node.id() == leader).unwrap().raft(group);
+                match node::write(&raft, BatchData(Bytes::from(batch.clone())), DEADLINE).await {
+                    Ok(resp) => {
+                        acked.entry(group).or_default().push(Ack {
+                            index: resp.log_id.index(),
+                            base_offset: resp.data.base_offset,
+                            last_offset: resp.data.last_offset,
+                            batch: batch.clone(),
+                        });
+                        break;
+                    }
+                    Err(e) if e.forward_to_leader().is_some() => continue,
+                    Err(e) => panic!("group {group}: write failed: {e}"),
+                }
+            }
+        }
+    }
+    acked
+}
+
+/// The leader of `group` among `nodes`, once one of them knows it leads.
+async fn wait_leader(nodes: &[&TestNode], group: GroupId) -> NodeId {
+    let mut found = None;
+    wait_until(DEADLINE, &format!("a leader of group {group}"), || {
+        found = nodes
+            .iter()
+            .find(|n| n.raft(group).metrics().borrow_watched().state == ServerState::Leader)
+            .map(|n| n.node.id());
+        let ok = found.is_some();
+        async move { ok }
+    })
+    .await;
+    found.unwrap()
+}
