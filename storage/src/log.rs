@@ -225,7 +225,7 @@ pub(crate) struct Inner {
     hw_follows_end: bool,
     /// A replicated log's Raft entries, per segment base offset (`.raftindex`
     /// sidecars); segments below the Raft log have none.
-    raft: BTreeMap<i64, SegmentRaftIndex>,
+    pub(crate) raft: BTreeMap<i64, SegmentRaftIndex>,
 }
 
 fn snapshot_offsets(dir: &Path) -> Vec<i64> {

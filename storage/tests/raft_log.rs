@@ -181,3 +181,27 @@ fn a_reset_restarts_the_log_empty_at_an_offset() {
     assert_eq!((log.log_start_offset(), log.raft_index_range()), (500, Some((40, 41))));
     assert!(log.reset_to(600, b"not json").is_err());
 }
+
+#[test]
+fn compaction_leaves_segments_holding_raft_entries_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = LogConfig { segment_bytes: 300, compact: true, ..LogConfig::default() };
+    let log = PartitionLog::open_opts(tmp.path(), config, OpenOptions { replicated: true, ..OpenOptions::default() })
+        .unwrap();
+    // Every record has the same key: a cleaner would keep only the last.
+    for i in 0..12u64 {
+        let mut b = build_batch(0, 1000, &[(Some(b"same-key"), Some(&[i as u8; 30]))]);
+        patch(&mut b, log.log_end_offset(), 1, None);
+        log.append_raft_entry(&b, i, 0).unwrap();
+    }
+    log.set_high_watermark(log.log_end_offset());
+    assert!(log.segment_count() > 2);
+    let before = log.raft_entries(0, 12, usize::MAX).unwrap();
+    let stats = log.compact(i64::MAX / 2).unwrap();
+    assert_eq!(stats.segments_rewritten, 0);
+    let after = log.raft_entries(0, 12, usize::MAX).unwrap();
+    assert_eq!(before.len(), after.len());
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!((b.span, &b.data), (a.span, &a.data));
+    }
+}
