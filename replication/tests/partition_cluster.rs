@@ -45,7 +45,8 @@ fn timings() -> GroupTimings {
     }
 }
 
-async fn start_cluster(data: &std::path::Path) -> Vec<TestNode> {
+/// The nodes, and each one's cluster address.
+async fn start_cluster(data: &std::path::Path) -> (Vec<TestNode>, BTreeMap<NodeId, BasicNode>) {
     let mut listeners = Vec::new();
     let mut members = BTreeMap::new();
     for id in 1..=NODES {
@@ -53,29 +54,39 @@ async fn start_cluster(data: &std::path::Path) -> Vec<TestNode> {
         members.insert(id, BasicNode::new(l.local_addr().unwrap().to_string()));
         listeners.push(l);
     }
-    let config = partition::raft_config(&timings(), "partition-test").unwrap();
     let mut nodes = Vec::new();
     for (id, listener) in (1..=NODES).zip(listeners) {
-        let node = ReplicaNode::new(TransportConfig::new("partition-test", id), KillableConnector::new());
-        node.serve(listener);
-        for (peer, n) in &members {
-            node.add_peer(*peer, &n.addr);
-        }
-        let mut logs = HashMap::new();
-        for group in 1..=GROUPS {
-            // Small segments, so entries cross segment rolls.
-            let cfg = LogConfig { segment_bytes: 600, ..LogConfig::default() };
-            let (store, sm) = partition::open(&data.join(format!("node-{id}/t-{group}")), cfg).unwrap();
-            logs.insert(group, store.log().clone());
-            node.start_group(group, config.clone(), store, sm).await.unwrap();
-        }
-        let heartbeats = node.start_heartbeats(timings().heartbeat_interval);
-        nodes.push(TestNode { node, logs, _heartbeats: heartbeats });
+        nodes.push(start_node(data, id, listener, &members).await);
     }
     for group in 1..=GROUPS {
         nodes[(group % NODES) as usize].raft(group).initialize(members.clone()).await.unwrap();
     }
-    nodes
+    (nodes, members)
+}
+
+/// Starts node `id` with its partition logs under `data` (opened from what is on disk).
+async fn start_node(
+    data: &std::path::Path,
+    id: NodeId,
+    listener: TcpListener,
+    members: &BTreeMap<NodeId, BasicNode>,
+) -> TestNode {
+    let config = partition::raft_config(&timings(), "partition-test").unwrap();
+    let node = ReplicaNode::new(TransportConfig::new("partition-test", id), KillableConnector::new());
+    node.serve(listener);
+    for (peer, n) in members {
+        node.add_peer(*peer, &n.addr);
+    }
+    let mut logs = HashMap::new();
+    for group in 1..=GROUPS {
+        // Small segments, so entries cross segment rolls.
+        let cfg = LogConfig { segment_bytes: 600, ..LogConfig::default() };
+        let (store, sm) = partition::open(&data.join(format!("node-{id}/t-{group}")), cfg).unwrap();
+        logs.insert(group, store.log().clone());
+        node.start_group(group, config.clone(), store, sm).await.unwrap();
+    }
+    let heartbeats = node.start_heartbeats(timings().heartbeat_interval);
+    TestNode { node, logs, _heartbeats: heartbeats }
 }
 
 /// Waits until every node agrees on one leader of `group` that knows it leads; returns it.
@@ -212,7 +223,7 @@ fn assert_acked_at_their_offsets(log: &PartitionLog, acks: &[Ack], what: &str) {
 async fn partition_logs_replicate_identically_and_survive_a_lost_leader() {
     init_tracing();
     let tmp = tempfile::tempdir().unwrap();
-    let nodes = start_cluster(tmp.path()).await;
+    let (nodes, _) = start_cluster(tmp.path()).await;
     let first = write_all(&nodes, "before", 6).await;
     for (g, acks) in &first {
         caught_up(&nodes, *g, acks.last().unwrap().index).await;
@@ -318,4 +329,51 @@ async fn wait_leader(nodes: &[&TestNode], group: GroupId) -> NodeId {
     })
     .await;
     found.unwrap()
+}
+
+/// A node that stops and starts again from its data dir finds its log, vote and high
+/// watermark there, catches up on what was committed without it, and ends identical.
+#[tokio::test]
+async fn a_restarted_node_rejoins_from_its_partition_logs() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut nodes, mut members) = start_cluster(tmp.path()).await;
+    let first = write_all(&nodes, "before", 4).await;
+    for (g, acks) in &first {
+        caught_up(&nodes, *g, acks.last().unwrap().index).await;
+    }
+    assert_identical(&nodes);
+    let restarted = nodes.pop().unwrap();
+    let id = restarted.node.id();
+    let hws: HashMap<GroupId, i64> = restarted.logs.iter().map(|(g, l)| (*g, l.high_watermark())).collect();
+    restarted.node.shutdown().await;
+    drop(restarted);
+
+    let second = write_rest(&nodes.iter().collect::<Vec<_>>(), "while-down", 3).await;
+    // Back on another port: the peers learn the new address, as after a restart elsewhere.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    members.insert(id, BasicNode::new(addr.clone()));
+    let back = start_node(tmp.path(), id, listener, &members).await;
+    for (g, hw) in &hws {
+        assert_eq!(back.logs[g].high_watermark(), *hw, "group {g}: the HW comes back from raft-state");
+    }
+    for n in &nodes {
+        n.node.add_peer(id, &addr);
+    }
+    nodes.push(back);
+    for (g, acks) in &second {
+        caught_up(&nodes, *g, acks.last().unwrap().index).await;
+    }
+    assert_identical(&nodes);
+    for n in &nodes {
+        for g in 1..=GROUPS {
+            let what = format!("group {g} node {} after node {id} restarted", n.node.id());
+            assert_acked_at_their_offsets(&n.logs[&g], &first[&g], &what);
+            assert_acked_at_their_offsets(&n.logs[&g], &second[&g], &what);
+        }
+    }
+    for n in &nodes {
+        n.node.shutdown().await;
+    }
 }
