@@ -28,6 +28,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 struct TestNode {
     node: ReplicaNode<PartitionStateMachine>,
     logs: HashMap<GroupId, Arc<PartitionLog>>,
+    connector: Arc<KillableConnector>,
     _heartbeats: HeartbeatDriver,
 }
 
@@ -72,7 +73,8 @@ async fn start_node(
     members: &BTreeMap<NodeId, BasicNode>,
 ) -> TestNode {
     let config = partition::raft_config(&timings(), "partition-test").unwrap();
-    let node = ReplicaNode::new(TransportConfig::new("partition-test", id), KillableConnector::new());
+    let connector = KillableConnector::new();
+    let node = ReplicaNode::new(TransportConfig::new("partition-test", id), connector.clone());
     node.serve(listener);
     for (peer, n) in members {
         node.add_peer(*peer, &n.addr);
@@ -86,7 +88,7 @@ async fn start_node(
         node.start_group(group, config.clone(), store, sm).await.unwrap();
     }
     let heartbeats = node.start_heartbeats(timings().heartbeat_interval);
-    TestNode { node, logs, _heartbeats: heartbeats }
+    TestNode { node, logs, connector, _heartbeats: heartbeats }
 }
 
 /// Waits until every node agrees on one leader of `group` that knows it leads; returns it.
@@ -373,6 +375,75 @@ async fn a_restarted_node_rejoins_from_its_partition_logs() {
             assert_acked_at_their_offsets(&n.logs[&g], &second[&g], &what);
         }
     }
+    for n in &nodes {
+        n.node.shutdown().await;
+    }
+}
+
+/// A leader cut off from both peers appends an entry it cannot commit; the others elect a new
+/// leader and commit other entries at those indexes. Once the links heal, the old leader
+/// truncates its uncommitted suffix (batches and sidecar rows) and ends byte-identical.
+#[tokio::test]
+async fn a_cut_off_leader_truncates_its_uncommitted_suffix_when_it_returns() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let (nodes, members) = start_cluster(tmp.path()).await;
+    let first = write_all(&nodes, "before", 3).await;
+    for (g, acks) in &first {
+        caught_up(&nodes, *g, acks.last().unwrap().index).await;
+    }
+    let group = 1;
+    let old = settled_leader(&nodes, group).await;
+    let old_at = nodes.iter().position(|n| n.node.id() == old).unwrap();
+    for (i, n) in nodes.iter().enumerate() {
+        if i == old_at {
+            for (peer, addr) in &members {
+                if *peer != old {
+                    n.connector.cut(&addr.addr);
+                }
+            }
+        } else {
+            n.connector.cut(&members[&old].addr);
+        }
+    }
+    // The old leader still believes it leads: it appends, but no quorum will ever ack.
+    let old_log = nodes[old_at].logs[&group].clone();
+    let last_before = old_log.raft_index_range().unwrap().1;
+    let ghost = batch::build_batch(0, 9, &[(None, Some(b"ghost".as_slice()))]);
+    let raft = nodes[old_at].raft(group);
+    let pending = tokio::spawn(async move { raft.client_write(BatchData(Bytes::from(ghost))).await });
+    wait_until(DEADLINE, "the cut-off leader appended", || {
+        let grew = old_log.raft_index_range().is_some_and(|(_, l)| l > last_before);
+        async move { grew }
+    })
+    .await;
+    let ghost_index = last_before + 1;
+    let ghost_term = old_log.raft_entries(ghost_index, ghost_index + 1, 0).unwrap()[0].term;
+
+    let rest: Vec<&TestNode> = nodes.iter().filter(|n| n.node.id() != old).collect();
+    let second = write_rest(&rest, "meanwhile", 3).await;
+    for n in &nodes {
+        n.connector.heal();
+    }
+    for (g, acks) in &second {
+        caught_up(&nodes, *g, acks.last().unwrap().index).await;
+    }
+    assert_identical(&nodes);
+    let e = old_log.raft_entries(ghost_index, ghost_index + 1, 0).unwrap();
+    assert!(e[0].term > ghost_term, "index {ghost_index} now holds the new leader's entry");
+    for n in &nodes {
+        for (_, _, _, _, data) in stored(&n.logs[&group]) {
+            assert!(!data.windows(5).any(|w| w == b"ghost"), "node {}: the uncommitted entry survived", n.node.id());
+        }
+        for g in 1..=GROUPS {
+            let what = format!("group {g} node {}", n.node.id());
+            assert_acked_at_their_offsets(&n.logs[&g], &first[&g], &what);
+            assert_acked_at_their_offsets(&n.logs[&g], &second[&g], &what);
+        }
+    }
+    // The write the old leader took was never acknowledged.
+    let answer = tokio::time::timeout(DEADLINE, pending).await.expect("the pending write ends").unwrap();
+    assert!(answer.is_err(), "an uncommitted write was acknowledged: {answer:?}");
     for n in &nodes {
         n.node.shutdown().await;
     }
