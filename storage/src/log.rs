@@ -443,6 +443,16 @@ pub struct RaftEntry {
     pub data: Bytes,
 }
 
+/// Once a log holds Raft entries, only `append_raft_entry` writes to it: a batch written
+/// beside Raft would have no sidecar row, so the next open would cut it (and every replica
+/// would hold a different log).
+fn refuse_beside_raft(inner: &Inner) -> Result<()> {
+    if inner.raft.is_empty() {
+        return Ok(());
+    }
+    Err(LogError::InvalidRecord("this partition's log is written through Raft only".into()))
+}
+
 /// Forgets segment `base`'s sidecar, in memory and on disk.
 fn drop_sidecar(inner: &mut Inner, base: i64) -> Result<()> {
     match inner.raft.remove(&base) {
@@ -722,6 +732,7 @@ impl PartitionLog {
     pub fn append_checked(&self, checked: CheckedProduce<'_>, leader_epoch: i32, now_ms: i64) -> Result<AppendInfo> {
         let CheckedProduce { payload, mut batches, coordinator } = checked;
         let mut inner = self.write_inner();
+        refuse_beside_raft(&inner)?;
         if let Some(dup) = self.sequence_verdict(&inner, &batches, coordinator)? {
             return Ok(dup);
         }
@@ -778,6 +789,7 @@ impl PartitionLog {
         if self.is_deleted() {
             return Err(LogError::Deleted);
         }
+        refuse_beside_raft(&inner)?;
         let base_offset = inner.log_end();
         let mut next = base_offset;
         for (_, h) in &batches {

@@ -205,3 +205,17 @@ fn compaction_leaves_segments_holding_raft_entries_alone() {
         assert_eq!((b.span, &b.data), (a.span, &a.data));
     }
 }
+
+#[test]
+fn once_it_holds_raft_entries_a_log_takes_no_other_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open(tmp.path(), 1 << 20);
+    append(&log, 0, 2, 1);
+    let end = log.log_end_offset();
+    assert!(log.append(&build_batch(0, 1, &[(None, Some(b"v"))]), 1, 1).is_err());
+    assert!(log.append_marker(7, 0, 0, true, 1, 1).is_err());
+    let mut b = build_batch(0, 1, &[(None, Some(b"v"))]);
+    patch(&mut b, end, 1, None);
+    assert!(log.append_entry(&b, 1).is_err());
+    assert_eq!((log.log_end_offset(), log.raft_index_range()), (end, Some((0, 1))));
+}
