@@ -116,3 +116,62 @@ async fn reads_are_capped_in_bytes_and_apply_moves_the_high_watermark() {
     apply(&mut sm, vec![entry]).await;
     assert_eq!(store.log().high_watermark(), 4, "two records per entry");
 }
+
+/// A snapshot carries the state machine's position, membership, next offset and producer
+/// state; installing it restarts the follower's log there (without the prefix's batches), and a
+/// restart keeps it installed rather than installing it again.
+#[tokio::test]
+async fn a_snapshot_moves_a_follower_to_the_leaders_next_offset_with_its_producers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut leader, mut leader_sm) = open(&tmp.path().join("leader"), LogConfig::default()).unwrap();
+    let membership = Membership::new_with_defaults(vec![BTreeSet::from([1, 2, 3])], []);
+    let idempotent = fjord_storage::batch::build_batch_as(
+        0,
+        1_000,
+        &[(None, Some(b"once"))],
+        Some(fjord_storage::batch::Producer { id: 42, epoch: 0, base_sequence: 0, transactional: false }),
+    );
+    let mut entries = vec![EntryOf::<TypeConfig> {
+        log_id: LogIdOf::<TypeConfig>::new_term_index(1, 0),
+        payload: EntryPayload::Membership(membership.clone()),
+    }];
+    entries.extend((1..4).map(|i| normal(1, i, b"v")));
+    entries.push(EntryOf::<TypeConfig> {
+        log_id: LogIdOf::<TypeConfig>::new_term_index(1, 4),
+        payload: EntryPayload::Normal(BatchData(Bytes::from(idempotent.clone()))),
+    });
+    append(&mut leader, entries.clone()).await;
+    apply(&mut leader_sm, entries.clone()).await;
+    let snap = leader_sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(snap.meta.last_log_id, Some(entries[4].log_id));
+    let next = leader.log().log_end_offset();
+
+    let follower_dir = tmp.path().join("follower");
+    let (mut follower, mut follower_sm) = open(&follower_dir, LogConfig::default()).unwrap();
+    append(&mut follower, vec![normal(1, 0, b"stale")]).await;
+    follower_sm.install_snapshot(&snap.meta, snap.snapshot.clone()).await.unwrap();
+    let log = follower.log().clone();
+    assert_eq!((log.log_start_offset(), log.log_end_offset(), log.high_watermark()), (next, next, next));
+    assert_eq!(
+        follower_sm.applied_state().await.unwrap(),
+        (Some(entries[4].log_id), snap.meta.last_membership.clone())
+    );
+    // The producer's sequence came along: a retry of its batch is known, the next one fits.
+    let verdict = log.check_produce(&idempotent, 1_000).unwrap();
+    assert!(matches!(verdict, fjord_storage::ProduceVerdict::Duplicate(_)), "{verdict:?}");
+    // openraft purges the log up to the snapshot, then entries continue after it.
+    follower.purge(entries[4].log_id).await.unwrap();
+    append(&mut follower, vec![normal(2, 5, b"after")]).await;
+    assert_eq!(log.raft_entry_span(5).unwrap().base_offset, next);
+    drop((follower, follower_sm, log));
+
+    let (mut follower, mut follower_sm) = open(&follower_dir, LogConfig::default()).unwrap();
+    assert_eq!(follower_sm.applied_state().await.unwrap().0, Some(entries[4].log_id), "kept, not reinstalled");
+    let current = follower_sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, snap.meta);
+    let state = follower.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(entries[4].log_id));
+    assert_eq!(state.last_log_id.map(|l| l.index()), Some(5));
+    assert_eq!(follower.log().log_start_offset(), next);
+    assert!(follower_sm.install_snapshot(&snap.meta, Bytes::from_static(b"junk")).await.is_err());
+}
