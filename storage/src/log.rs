@@ -1146,6 +1146,48 @@ impl PartitionLog {
         self.read_inner().producers.to_json()
     }
 
+    /// Producer state as of `upto` (the batches below it): a Raft snapshot's, when entries past
+    /// its last one are already in the log. Rebuilt like recovery does, from the newest
+    /// producer snapshot file at or below `upto` and the batch headers after it.
+    pub fn producer_state_at(&self, upto: i64) -> Result<Vec<u8>> {
+        let inner = self.read_inner();
+        if upto >= inner.log_end() {
+            return Ok(inner.producers.to_json());
+        }
+        let mut states = ProducerStates::default();
+        let mut from = i64::MIN;
+        for off in snapshot_offsets(&self.dir).into_iter().rev().filter(|o| *o <= upto) {
+            if let Some(st) = std::fs::read(self.dir.join(file_name(off, "snapshot")))
+                .ok()
+                .and_then(|b| ProducerStates::from_json(&b))
+            {
+                states = st;
+                from = off;
+                break;
+            }
+        }
+        for seg in inner.segments.values() {
+            if seg.next_offset <= from || seg.base_offset >= upto {
+                continue;
+            }
+            for b in seg.batches() {
+                if b.header.base_offset < from {
+                    continue;
+                }
+                if b.header.base_offset >= upto {
+                    break;
+                }
+                let marker = if b.header.is_control() {
+                    batch::marker_kind(&seg.bytes(b.position, b.position + b.header.total_size() as u64))
+                } else {
+                    None
+                };
+                states.update(&b.header, marker);
+            }
+        }
+        Ok(states.to_json())
+    }
+
     /// Raises the high watermark to `offset` (clamped to the log end; a
     /// lower value than the current one is ignored) and wakes consumers'
     /// long polls if it moved. Returns the high watermark.

@@ -219,3 +219,28 @@ fn once_it_holds_raft_entries_a_log_takes_no_other_write() {
     assert!(log.append_entry(&b, 1).is_err());
     assert_eq!((log.log_end_offset(), log.raft_index_range()), (end, Some((0, 1))));
 }
+
+#[test]
+fn producer_state_can_be_taken_at_an_earlier_offset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open(tmp.path(), 400);
+    let producer = |seq: i32| batch::Producer { id: 9, epoch: 0, base_sequence: seq, transactional: false };
+    let mut offsets = Vec::new();
+    for i in 0..8u64 {
+        let mut b = batch::build_batch_as(0, 1, &[(None, Some(&[1u8; 60]))], Some(producer(i as i32)));
+        offsets.push(log.log_end_offset());
+        patch(&mut b, log.log_end_offset(), 1, None);
+        log.append_raft_entry(&b, i, 0).unwrap();
+    }
+    assert!(log.segment_count() > 2, "producer snapshots were taken at rolls");
+    assert_eq!(log.producer_state_at(log.log_end_offset()).unwrap(), log.producer_state());
+    // As of offset of batch 5: batches 0..5 are known, batch 5 is the next sequence.
+    let at = offsets[5];
+    let states = fjord_storage::producer::ProducerStates::from_json(&log.producer_state_at(at).unwrap()).unwrap();
+    let next = batch::build_batch_as(0, 1, &[(None, Some(b"x"))], Some(producer(5)));
+    let h = batch::validate(&next).unwrap();
+    assert!(matches!(states.check(&h), Ok(fjord_storage::producer::SequenceCheck::Append)), "{:?}", states.check(&h));
+    let retry = batch::build_batch_as(0, 1, &[(None, Some(b"x"))], Some(producer(4)));
+    let h = batch::validate(&retry).unwrap();
+    assert!(matches!(states.check(&h), Ok(fjord_storage::producer::SequenceCheck::Duplicate { .. })));
+}

@@ -321,9 +321,10 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionStateMachine {
             Some(l) => self.shared.entry_at(l)?.map_or(log.high_watermark(), |a| a.last_offset + 1),
             None => log.log_start_offset(),
         };
-        // Producer state as of the log end, which may run past the snapshot's last entry (see
-        // the module's report in M3: it is not rebuilt at `next_offset`).
-        let producers = String::from_utf8(log.producer_state()).map_err(io::Error::other)?;
+        // As of the snapshot's last entry: entries after it may already be in the log, and the
+        // installing replica receives those again.
+        let producers = log.producer_state_at(next_offset).map_err(io_err)?;
+        let producers = String::from_utf8(producers).map_err(io::Error::other)?;
         let body = SnapshotBody { next_offset, producers };
         let data = Bytes::from(serde_json::to_vec(&body).map_err(io::Error::other)?);
         let meta = SnapshotMetaOf::<TypeConfig> { last_log_id: last_applied, last_membership: membership };
