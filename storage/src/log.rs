@@ -1141,6 +1141,84 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// The whole batches below `upto` that hold offsets at or above the log start, the newest
+    /// ones only if together they pass `max_bytes` (a Raft snapshot's log prefix, below its
+    /// first entry's successor). Copied out: the caller ships them.
+    pub fn prefix_before(&self, upto: i64, max_bytes: usize) -> Vec<u8> {
+        let inner = self.read_inner();
+        let start = inner.log_start;
+        let mut spans = Vec::new();
+        for seg in inner.segments.values() {
+            if seg.base_offset >= upto || seg.next_offset <= start {
+                continue;
+            }
+            for b in seg.batches() {
+                if b.header.base_offset >= upto {
+                    break;
+                }
+                if b.header.last_offset() >= start {
+                    spans.push((seg, b.position, b.header.total_size()));
+                }
+            }
+        }
+        let mut total = 0usize;
+        let keep = spans
+            .iter()
+            .rev()
+            .take_while(|(_, _, len)| {
+                total += len;
+                total <= max_bytes
+            })
+            .count();
+        let mut out = Vec::with_capacity(total.min(max_bytes));
+        for (seg, pos, len) in &spans[spans.len() - keep..] {
+            out.extend_from_slice(&seg.bytes(*pos, pos + *len as u64));
+        }
+        out
+    }
+
+    /// A follower installing a Raft snapshot: the log restarts holding only `prefix` (whole
+    /// batches as `prefix_before` gave them, ending at `next_offset`), with the leader's log
+    /// start (or the first batch shipped, if later), its producer state, and everything up to
+    /// `next_offset` committed. An empty prefix starts the log empty at `next_offset`.
+    pub fn restore_prefix(&self, prefix: &[u8], log_start: i64, next_offset: i64, producers: &[u8]) -> Result<()> {
+        let batches = if prefix.is_empty() { Vec::new() } else { batch::split_stored(prefix)? };
+        let first = batches.first().map_or(next_offset, |(_, h)| h.base_offset);
+        let end = batches.last().map_or(next_offset, |(_, h)| h.last_offset() + 1);
+        if end != next_offset {
+            return Err(LogError::Corrupt(format!("snapshot prefix ends at {end}, not at {next_offset}")));
+        }
+        self.reset_to(first, producers)?;
+        let mut inner = self.write_inner();
+        if !batches.is_empty() {
+            let mut next = first;
+            for (_, h) in &batches {
+                if h.base_offset != next {
+                    return Err(LogError::Corrupt(format!("snapshot prefix has a gap at offset {next}")));
+                }
+                next = h.last_offset() + 1;
+            }
+            self.write_batches(&mut inner, prefix, &batches, false, 0)?;
+            // The prefix's batches moved producer state past the snapshot's; its own is exact.
+            inner.producers = ProducerStates::from_json(producers)
+                .ok_or_else(|| LogError::Corrupt("unreadable producer state in a snapshot".into()))?;
+            // Recovery starts from the newest producer snapshot file: this one, at the end.
+            self.snapshot_producers(&inner, next_offset)?;
+            inner.active().sync()?;
+            self.flushed.store(next_offset, Ordering::SeqCst);
+        }
+        let start = log_start.clamp(first, next_offset);
+        if start > inner.log_start {
+            inner.log_start = start;
+            write_atomic(&self.dir.join("log-start-offset"), start.to_string().as_bytes())?;
+            inner.epochs.truncate_before(start)?;
+        }
+        inner.hw = next_offset;
+        drop(inner);
+        self.hw_moved.notify_waiters();
+        Ok(())
+    }
+
     /// Producer state as of the log end (for a Raft snapshot).
     pub fn producer_state(&self) -> Vec<u8> {
         self.read_inner().producers.to_json()

@@ -244,3 +244,54 @@ fn producer_state_can_be_taken_at_an_earlier_offset() {
     let h = batch::validate(&retry).unwrap();
     assert!(matches!(states.check(&h), Ok(fjord_storage::producer::SequenceCheck::Duplicate { .. })));
 }
+
+#[tokio::test]
+async fn a_snapshot_prefix_restores_the_same_batches_at_the_same_offsets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leader = open(&tmp.path().join("leader"), 400);
+    append(&leader, 0, 12, 1);
+    leader.set_high_watermark(leader.log_end_offset());
+    let upto = leader.raft_entry_span(9).unwrap().next_offset;
+    let prefix = leader.prefix_before(upto, usize::MAX);
+    let theirs = |log: &PartitionLog| records_below(log, upto);
+    assert!(theirs(&leader).len() >= prefix.len() / 2 && !prefix.is_empty());
+
+    let dir = tmp.path().join("follower");
+    let follower = open(&dir, 400);
+    append(&follower, 0, 3, 1);
+    follower.restore_prefix(&prefix, 0, upto, &leader.producer_state_at(upto).unwrap()).unwrap();
+    assert_eq!((follower.log_start_offset(), follower.log_end_offset(), follower.high_watermark()), (0, upto, upto));
+    assert_eq!(records_below(&follower, upto), theirs(&leader));
+    assert_eq!(follower.raft_index_range(), None);
+    // Raft entries continue after the prefix, and a restart keeps both.
+    append(&follower, 10, 12, 2);
+    follower.sync(follower.log_end_offset()).await.unwrap();
+    drop(follower);
+    let follower = open(&dir, 400);
+    assert_eq!(follower.log_end_offset(), leader.log_end_offset());
+    assert_eq!(follower.raft_index_range(), Some((10, 11)));
+    assert_eq!(follower.producer_state(), leader.producer_state_at(follower.log_end_offset()).unwrap());
+
+    // A byte cap keeps the newest batches: the follower's log starts later, still ending there.
+    let small = leader.prefix_before(upto, 200);
+    assert!(!small.is_empty() && small.len() <= 200 && small.len() < prefix.len());
+    let capped = open(&tmp.path().join("capped"), 400);
+    capped.restore_prefix(&small, 0, upto, &leader.producer_state_at(upto).unwrap()).unwrap();
+    assert!(capped.log_start_offset() > 0);
+    assert_eq!(capped.log_end_offset(), upto);
+    // A prefix that does not end where the snapshot says is refused.
+    assert!(capped.restore_prefix(&prefix, 0, upto + 1, &leader.producer_state()).is_err());
+}
+
+/// Every batch below `upto`, read segment by segment as a consumer would.
+fn records_below(log: &PartitionLog, upto: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < upto {
+        let r = log.read(offset, usize::MAX, upto).unwrap().records;
+        let Some((_, last)) = batch::split_stored(&r).ok().and_then(|b| b.last().copied()) else { break };
+        out.extend_from_slice(&r);
+        offset = last.last_offset() + 1;
+    }
+    out
+}

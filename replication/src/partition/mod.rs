@@ -62,21 +62,50 @@ struct RaftState {
     snapshot: Option<SavedSnapshot>,
 }
 
+/// The last snapshot's metadata and state; its prefix batches are read from the log whenever
+/// it is sent (they stay in the log, below the Raft entries).
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(bound = "")]
 struct SavedSnapshot {
     meta: SnapshotMetaOf<TypeConfig>,
-    data: Bytes,
+    next_offset: i64,
+    producers: String,
 }
 
-/// A snapshot's content: the partition's state at its last entry. The log prefix itself is not
-/// part of it (see `install_snapshot`).
+/// The most log prefix a snapshot carries (the newest batches before its end). Snapshots travel
+/// as one message, held in memory on both sides; a replica that installs one with a longer
+/// prefix starts its log later than the leader's, as after retention.
+pub const MAX_SNAPSHOT_PREFIX: usize = 64 << 20;
+
+/// A snapshot's state: where the partition stood at its last entry. On the wire: a u32 length,
+/// this as JSON, then the prefix batches.
 #[derive(Serialize, Deserialize)]
 struct SnapshotBody {
     /// The offset after the snapshot's last entry: where the installing replica's log resumes.
     next_offset: i64,
-    /// Producer state (`ProducerStates` JSON).
+    /// The leader's log start (Kafka's, may lie inside the first prefix batch).
+    log_start_offset: i64,
+    /// Producer state (`ProducerStates` JSON) as of `next_offset`.
     producers: String,
+}
+
+fn encode_snapshot(body: &SnapshotBody, prefix: &[u8]) -> io::Result<Bytes> {
+    let json = serde_json::to_vec(body).map_err(io::Error::other)?;
+    let len = u32::try_from(json.len()).map_err(io::Error::other)?;
+    let mut out = Vec::with_capacity(4 + json.len() + prefix.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(prefix);
+    Ok(Bytes::from(out))
+}
+
+fn decode_snapshot(data: &Bytes) -> io::Result<(SnapshotBody, Bytes)> {
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot: {what}"));
+    let len = data.get(..4).ok_or_else(|| bad("too short".into()))?;
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let json = data.get(4..4 + len).ok_or_else(|| bad(format!("state of {len} bytes cut short")))?;
+    let body = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    Ok((body, data.slice(4 + len..)))
 }
 
 struct Shared {
@@ -107,6 +136,16 @@ impl Shared {
         self.persist(&next, durable)?;
         *state = next;
         Ok(())
+    }
+
+    /// A snapshot as sent: its state, the log start now, and the prefix batches the log holds.
+    fn snapshot_data(&self, saved: &SavedSnapshot) -> io::Result<Bytes> {
+        let body = SnapshotBody {
+            next_offset: saved.next_offset,
+            log_start_offset: self.log.log_start_offset(),
+            producers: saved.producers.clone(),
+        };
+        encode_snapshot(&body, &self.log.prefix_before(saved.next_offset, MAX_SNAPSHOT_PREFIX))
     }
 
     /// The stored entry at `index`, if its term is `term`: where it lies, and its LogAppendTime.
@@ -150,7 +189,14 @@ pub fn open_log(log: Arc<PartitionLog>) -> io::Result<(PartitionLogStore, Partit
     let shared = Arc::new(Shared { log, state_path, state: Mutex::new(state) });
     // What was committed before the restart is readable again at once; a stale (lower) saved
     // value only makes it lag until apply catches up.
-    let committed = lock(&shared.state).committed;
+    let (committed, snapshot_end) = {
+        let state = lock(&shared.state);
+        (state.committed, state.snapshot.as_ref().map(|s| s.next_offset))
+    };
+    // A snapshot's prefix is committed by definition.
+    if let Some(end) = snapshot_end {
+        shared.log.set_high_watermark(end);
+    }
     if let Some(c) = committed {
         if let Some(at) = shared.entry_at(&c)? {
             shared.log.set_high_watermark(at.last_offset + 1);
@@ -325,10 +371,9 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionStateMachine {
         // installing replica receives those again.
         let producers = log.producer_state_at(next_offset).map_err(io_err)?;
         let producers = String::from_utf8(producers).map_err(io::Error::other)?;
-        let body = SnapshotBody { next_offset, producers };
-        let data = Bytes::from(serde_json::to_vec(&body).map_err(io::Error::other)?);
         let meta = SnapshotMetaOf::<TypeConfig> { last_log_id: last_applied, last_membership: membership };
-        let saved = SavedSnapshot { meta: meta.clone(), data: data.clone() };
+        let saved = SavedSnapshot { meta: meta.clone(), next_offset, producers };
+        let data = self.shared.snapshot_data(&saved)?;
         self.shared.update(true, |s| s.snapshot = Some(saved.clone()))?;
         lock(&self.sm).snapshot = Some(saved);
         Ok(SnapshotOf::<TypeConfig, Bytes> { meta, snapshot: data })
@@ -376,14 +421,16 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         self.clone()
     }
 
-    /// Installs a snapshot a leader sent: the log restarts empty at the snapshot's next offset
-    /// with its producer state. The batches below that offset are not shipped (today's snapshot
-    /// carries no segment files), so this replica's log starts there.
+    /// Installs a snapshot a leader sent: the log restarts holding the snapshot's prefix
+    /// batches (below the Raft log, committed), with the leader's log start and producer state;
+    /// Raft entries continue after it.
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TypeConfig>, snapshot: Bytes) -> Result<(), io::Error> {
-        let body: SnapshotBody = serde_json::from_slice(&snapshot)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot: {e}")))?;
-        self.shared.log.reset_to(body.next_offset, body.producers.as_bytes()).map_err(io_err)?;
-        let saved = SavedSnapshot { meta: meta.clone(), data: snapshot };
+        let (body, prefix) = decode_snapshot(&snapshot)?;
+        self.shared
+            .log
+            .restore_prefix(&prefix, body.log_start_offset, body.next_offset, body.producers.as_bytes())
+            .map_err(io_err)?;
+        let saved = SavedSnapshot { meta: meta.clone(), next_offset: body.next_offset, producers: body.producers };
         self.shared.update(true, |s| s.snapshot = Some(saved.clone()))?;
         let mut sm = lock(&self.sm);
         sm.last_applied = meta.last_log_id;
@@ -393,10 +440,14 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, Bytes>>, io::Error> {
-        Ok(lock(&self.sm)
-            .snapshot
-            .as_ref()
-            .map(|s| SnapshotOf::<TypeConfig, Bytes> { meta: s.meta.clone(), snapshot: s.data.clone() }))
+        let saved = lock(&self.sm).snapshot.clone();
+        match saved {
+            Some(s) => {
+                let data = self.shared.snapshot_data(&s)?;
+                Ok(Some(SnapshotOf::<TypeConfig, Bytes> { meta: s.meta, snapshot: data }))
+            }
+            None => Ok(None),
+        }
     }
 }
 

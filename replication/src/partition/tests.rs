@@ -117,9 +117,13 @@ async fn reads_are_capped_in_bytes_and_apply_moves_the_high_watermark() {
     assert_eq!(store.log().high_watermark(), 4, "two records per entry");
 }
 
-/// A snapshot carries the state machine's position, membership, next offset and producer
-/// state; installing it restarts the follower's log there (without the prefix's batches), and a
-/// restart keeps it installed rather than installing it again.
+fn log_producers_at(store: &PartitionLogStore, offset: i64) -> Vec<u8> {
+    store.log().producer_state_at(offset).unwrap()
+}
+
+/// A snapshot carries the state machine's position, membership, next offset, producer state
+/// and the log prefix; installing it makes the follower's log the leader's prefix (below the Raft
+/// log), and a restart keeps it installed rather than installing it again.
 #[tokio::test]
 async fn a_snapshot_moves_a_follower_to_the_leaders_next_offset_with_its_producers() {
     let tmp = tempfile::tempdir().unwrap();
@@ -151,7 +155,11 @@ async fn a_snapshot_moves_a_follower_to_the_leaders_next_offset_with_its_produce
     append(&mut follower, vec![normal(1, 0, b"stale")]).await;
     follower_sm.install_snapshot(&snap.meta, snap.snapshot.clone()).await.unwrap();
     let log = follower.log().clone();
-    assert_eq!((log.log_start_offset(), log.log_end_offset(), log.high_watermark()), (next, next, next));
+    assert_eq!((log.log_start_offset(), log.log_end_offset(), log.high_watermark()), (0, next, next));
+    // The prefix came along: a consumer reads the leader's batches at the same offsets.
+    let theirs = leader.log().read(0, usize::MAX, i64::MAX).unwrap().records;
+    assert_eq!(log.read(0, usize::MAX, i64::MAX).unwrap().records, theirs);
+    assert_eq!(log.raft_index_range(), None, "the prefix is below the Raft log");
     assert_eq!(
         follower_sm.applied_state().await.unwrap(),
         (Some(entries[4].log_id), snap.meta.last_membership.clone())
@@ -172,6 +180,8 @@ async fn a_snapshot_moves_a_follower_to_the_leaders_next_offset_with_its_produce
     let state = follower.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(entries[4].log_id));
     assert_eq!(state.last_log_id.map(|l| l.index()), Some(5));
-    assert_eq!(follower.log().log_start_offset(), next);
+    assert_eq!(follower.log().log_start_offset(), 0);
+    assert_eq!(follower.log().read(0, usize::MAX, next).unwrap().records, theirs, "the prefix survives a restart");
+    assert_eq!(follower.log().producer_state(), log_producers_at(&leader, next), "producer state as shipped");
     assert!(follower_sm.install_snapshot(&snap.meta, Bytes::from_static(b"junk")).await.is_err());
 }
