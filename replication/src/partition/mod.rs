@@ -423,13 +423,26 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
 
     /// Installs a snapshot a leader sent: the log restarts holding the snapshot's prefix
     /// batches (below the Raft log, committed), with the leader's log start and producer state;
-    /// Raft entries continue after it.
+    /// Raft entries continue after it. A log that already holds the snapshot's last entry is
+    /// kept whole (openraft keeps the entries after it).
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TypeConfig>, snapshot: Bytes) -> Result<(), io::Error> {
         let (body, prefix) = decode_snapshot(&snapshot)?;
-        self.shared
-            .log
-            .restore_prefix(&prefix, body.log_start_offset, body.next_offset, body.producers.as_bytes())
-            .map_err(io_err)?;
+        let held = match &meta.last_log_id {
+            Some(last) => self.shared.entry_at(last)?,
+            None => None,
+        };
+        match held {
+            // The log already holds the snapshot's last entry (and so, by log matching, all
+            // before it): openraft keeps the entries after it, so the log stays as it is.
+            Some(at) => {
+                self.shared.log.set_high_watermark(at.last_offset + 1);
+            }
+            None => self
+                .shared
+                .log
+                .restore_prefix(&prefix, body.log_start_offset, body.next_offset, body.producers.as_bytes())
+                .map_err(io_err)?,
+        }
         let saved = SavedSnapshot { meta: meta.clone(), next_offset: body.next_offset, producers: body.producers };
         self.shared.update(true, |s| s.snapshot = Some(saved.clone()))?;
         let mut sm = lock(&self.sm);

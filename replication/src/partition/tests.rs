@@ -185,3 +185,21 @@ async fn a_snapshot_moves_a_follower_to_the_leaders_next_offset_with_its_produce
     assert_eq!(follower.log().producer_state(), log_producers_at(&leader, next), "producer state as shipped");
     assert!(follower_sm.install_snapshot(&snap.meta, Bytes::from_static(b"junk")).await.is_err());
 }
+
+/// A follower whose log already holds the snapshot's last entry keeps its log, including the
+/// entries after it, as openraft expects.
+#[tokio::test]
+async fn a_snapshot_the_log_already_holds_leaves_the_log_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut leader, mut leader_sm) = open(&tmp.path().join("leader"), LogConfig::default()).unwrap();
+    let entries: Vec<_> = (0..6).map(|i| normal(1, i, &[i as u8; 20])).collect();
+    append(&mut leader, entries.clone()).await;
+    apply(&mut leader_sm, entries[..5].to_vec()).await;
+    let snap = leader_sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let (mut follower, mut follower_sm) = open(&tmp.path().join("follower"), LogConfig::default()).unwrap();
+    append(&mut follower, entries.clone()).await;
+    follower_sm.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+    assert_eq!(follower.log().raft_index_range(), Some((0, 5)), "entry 5, after the snapshot, is kept");
+    assert_eq!(follower.log().high_watermark(), leader.log().raft_entry_span(4).unwrap().next_offset);
+    assert_eq!(follower.try_get_log_entries(0..).await.unwrap(), leader.try_get_log_entries(0..).await.unwrap());
+}
