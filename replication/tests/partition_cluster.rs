@@ -48,6 +48,17 @@ fn timings() -> GroupTimings {
 
 /// The nodes, and each one's cluster address.
 async fn start_cluster(data: &std::path::Path) -> (Vec<TestNode>, BTreeMap<NodeId, BasicNode>) {
+    start_cluster_with(data, config()).await
+}
+
+fn config() -> Arc<openraft::Config> {
+    partition::raft_config(&timings(), "partition-test").unwrap()
+}
+
+async fn start_cluster_with(
+    data: &std::path::Path,
+    config: Arc<openraft::Config>,
+) -> (Vec<TestNode>, BTreeMap<NodeId, BasicNode>) {
     let mut listeners = Vec::new();
     let mut members = BTreeMap::new();
     for id in 1..=NODES {
@@ -57,7 +68,7 @@ async fn start_cluster(data: &std::path::Path) -> (Vec<TestNode>, BTreeMap<NodeI
     }
     let mut nodes = Vec::new();
     for (id, listener) in (1..=NODES).zip(listeners) {
-        nodes.push(start_node(data, id, listener, &members).await);
+        nodes.push(start_node(data, id, listener, &members, config.clone()).await);
     }
     for group in 1..=GROUPS {
         nodes[(group % NODES) as usize].raft(group).initialize(members.clone()).await.unwrap();
@@ -71,8 +82,8 @@ async fn start_node(
     id: NodeId,
     listener: TcpListener,
     members: &BTreeMap<NodeId, BasicNode>,
+    config: Arc<openraft::Config>,
 ) -> TestNode {
-    let config = partition::raft_config(&timings(), "partition-test").unwrap();
     let connector = KillableConnector::new();
     let node = ReplicaNode::new(TransportConfig::new("partition-test", id), connector.clone());
     node.serve(listener);
@@ -356,7 +367,7 @@ async fn a_restarted_node_rejoins_from_its_partition_logs() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     members.insert(id, BasicNode::new(addr.clone()));
-    let back = start_node(tmp.path(), id, listener, &members).await;
+    let back = start_node(tmp.path(), id, listener, &members, config()).await;
     for (g, hw) in &hws {
         assert_eq!(back.logs[g].high_watermark(), *hw, "group {g}: the HW comes back from raft-state");
     }
@@ -444,6 +455,86 @@ async fn a_cut_off_leader_truncates_its_uncommitted_suffix_when_it_returns() {
     // The write the old leader took was never acknowledged.
     let answer = tokio::time::timeout(DEADLINE, pending).await.expect("the pending write ends").unwrap();
     assert!(answer.is_err(), "an uncommitted write was acknowledged: {answer:?}");
+    for n in &nodes {
+        n.node.shutdown().await;
+    }
+}
+
+/// A node whose partition directory was wiped is filled again by a snapshot once the leader has
+/// purged the entries it would need: the snapshot's prefix batches and then the entries after it
+/// make its log read the same as the leader's, at the same offsets.
+#[tokio::test]
+async fn a_wiped_replica_is_filled_by_a_snapshot_after_the_leader_purged() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    // A wiped voter comes back with an empty log: openraft must be told to accept that (how a
+    // wiped node rejoins safely, as a learner first, is later work); the snapshot path is what
+    // this test is about.
+    let config = Arc::new(openraft::Config { allow_log_reversion: Some(true), ..(*config()).clone() });
+    let (mut nodes, mut members) = start_cluster_with(tmp.path(), config.clone()).await;
+    let first = write_all(&nodes, "before", 8).await;
+    for (g, acks) in &first {
+        caught_up(&nodes, *g, acks.last().unwrap().index).await;
+    }
+    let group = 1;
+    let leader_id = settled_leader(&nodes, group).await;
+    // Wipe a follower: stop it, delete the group's directory.
+    let wiped_at = nodes.iter().position(|n| n.node.id() != leader_id).unwrap();
+    let wiped = nodes.remove(wiped_at);
+    let id = wiped.node.id();
+    wiped.node.shutdown().await;
+    drop(wiped);
+    std::fs::remove_dir_all(tmp.path().join(format!("node-{id}/t-{group}"))).unwrap();
+
+    // The leader snapshots and purges up to its last applied entry.
+    let leader = nodes.iter().find(|n| n.node.id() == leader_id).unwrap();
+    let raft = leader.raft(group);
+    let applied = raft.metrics().borrow_watched().last_applied.unwrap();
+    raft.trigger().snapshot().await.unwrap();
+    raft.wait(Some(DEADLINE))
+        .metrics(|m| m.snapshot.is_some_and(|s| s.index() >= applied.index()), "snapshot built")
+        .await
+        .unwrap();
+    raft.trigger().purge_log(applied.index()).await.unwrap();
+    raft.wait(Some(DEADLINE))
+        .metrics(|m| m.purged.is_some_and(|p| p.index() >= applied.index()), "log purged")
+        .await
+        .unwrap();
+    let leader_log = leader.logs[&group].clone();
+    assert!(leader_log.log_start_offset() > 0, "whole segments went with the purge");
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    members.insert(id, BasicNode::new(addr.clone()));
+    let back = start_node(tmp.path(), id, listener, &members, config).await;
+    for n in &nodes {
+        n.node.add_peer(id, &addr);
+    }
+    nodes.push(back);
+    let second = write_all(&nodes, "after", 2).await;
+    for (g, acks) in &second {
+        caught_up(&nodes, *g, acks.last().unwrap().index).await;
+    }
+    let refilled = &nodes.last().unwrap().logs[&group];
+    assert_eq!(refilled.log_start_offset(), leader_log.log_start_offset());
+    assert_eq!(refilled.log_end_offset(), leader_log.log_end_offset());
+    assert_eq!(refilled.high_watermark(), leader_log.high_watermark());
+    let mut offset = leader_log.log_start_offset();
+    while offset < leader_log.log_end_offset() {
+        let theirs = leader_log.read(offset, 1, i64::MAX).unwrap().records;
+        let ours = refilled.read(offset, 1, i64::MAX).unwrap().records;
+        assert_eq!(ours, theirs, "batch at {offset}");
+        offset = batch::validate(&theirs).unwrap().last_offset() + 1;
+    }
+    // Raft entries after the snapshot are held as entries again, identical to the leader's.
+    let (first_held, last) = refilled.raft_index_range().unwrap();
+    assert!(first_held > applied.index() && last == leader_log.raft_index_range().unwrap().1);
+    let ours = refilled.raft_entries(first_held, last + 1, usize::MAX).unwrap();
+    let theirs = leader_log.raft_entries(first_held, last + 1, usize::MAX).unwrap();
+    assert_eq!(
+        ours.iter().map(|e| (e.span.base_offset, &e.data)).collect::<Vec<_>>(),
+        theirs.iter().map(|e| (e.span.base_offset, &e.data)).collect::<Vec<_>>()
+    );
     for n in &nodes {
         n.node.shutdown().await;
     }
