@@ -1097,7 +1097,7 @@ impl PartitionLog {
         inner.log_start = keep_from;
         write_atomic(&self.dir.join("log-start-offset"), keep_from.to_string().as_bytes())?;
         inner.epochs.truncate_before(keep_from)?;
-        self.drop_segments_below_start(&mut inner)?;
+        self.drop_segments_below_start(&mut inner, true)?;
         inner.hw = inner.hw.max(inner.log_start);
         Ok(inner.log_start)
     }
@@ -1498,14 +1498,20 @@ impl PartitionLog {
             write_atomic(&self.dir.join("log-start-offset"), offset.to_string().as_bytes())?;
             inner.epochs.truncate_before(offset)?;
         }
-        self.drop_segments_below_start(&mut inner)?;
+        self.drop_segments_below_start(&mut inner, false)?;
         Ok(inner.log_start)
     }
 
-    fn drop_segments_below_start(&self, inner: &mut Inner) -> Result<usize> {
+    /// Unlinks the segments wholly below the log start. Segments holding Raft entries go only
+    /// when Raft purged them (`raft_purged`): dropping them otherwise would leave a hole in the
+    /// Raft log; they stay, unreadable below the log start, until Raft's purge reaches them.
+    fn drop_segments_below_start(&self, inner: &mut Inner, raft_purged: bool) -> Result<usize> {
         let mut dropped = 0;
         while let Some((&base, first)) = inner.segments.iter().next() {
             if first.next_offset > inner.log_start || first.base_offset == first.next_offset {
+                break;
+            }
+            if !raft_purged && inner.raft.contains_key(&base) {
                 break;
             }
             if inner.segments.len() == 1 {
@@ -1563,6 +1569,10 @@ impl PartitionLog {
             if seg.next_offset > inner.hw {
                 break;
             }
+            // Raft entries go through Raft's purge (`drop_raft_segments_upto`), never here.
+            if inner.raft.contains_key(&seg.base_offset) {
+                break;
+            }
             expired_active = i + 1 == n;
             size -= seg.size() as i64;
             new_start = seg.next_offset;
@@ -1576,7 +1586,7 @@ impl PartitionLog {
         inner.log_start = new_start;
         write_atomic(&self.dir.join("log-start-offset"), new_start.to_string().as_bytes())?;
         inner.epochs.truncate_before(new_start)?;
-        let dropped = self.drop_segments_below_start(&mut inner)?;
+        let dropped = self.drop_segments_below_start(&mut inner, false)?;
         if dropped > 0 {
             tracing::info!(log = %self.dir.display(), dropped, log_start = new_start, "retention deleted segments");
         }

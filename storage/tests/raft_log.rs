@@ -295,3 +295,22 @@ fn records_below(log: &PartitionLog, upto: i64) -> Vec<u8> {
     }
     out
 }
+
+#[test]
+fn retention_and_delete_records_leave_raft_entries_to_raft() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = LogConfig { segment_bytes: 400, retention_ms: 1, ..LogConfig::default() };
+    let log = PartitionLog::open_opts(tmp.path(), config, OpenOptions { replicated: true, ..OpenOptions::default() })
+        .unwrap();
+    append(&log, 0, 12, 1);
+    log.set_high_watermark(log.log_end_offset());
+    let segments = log.segment_count();
+    assert_eq!(log.apply_retention(i64::MAX / 2).unwrap(), 0, "expired, but held by Raft");
+    assert_eq!((log.segment_count(), log.raft_index_range()), (segments, Some((0, 11))));
+    // DeleteRecords moves Kafka's log start; the segments stay for Raft.
+    let span = log.raft_entry_span(8).unwrap();
+    assert_eq!(log.delete_records(span.base_offset).unwrap(), span.base_offset);
+    assert!(log.read(0, 100, i64::MAX).is_err(), "below the log start");
+    assert_eq!((log.segment_count(), log.raft_index_range()), (segments, Some((0, 11))));
+    assert_eq!(log.raft_entries(0, 12, usize::MAX).unwrap().len(), 12);
+}
