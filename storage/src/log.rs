@@ -1088,16 +1088,28 @@ impl PartitionLog {
                 break;
             }
         }
-        if keep_from <= inner.log_start {
+        if inner.segments.keys().next().is_none_or(|first| *first >= keep_from) {
             return Ok(inner.log_start);
         }
         if inner.log_end() == keep_from && !inner.active().is_empty() {
             self.roll(&mut inner, 0)?;
         }
-        inner.log_start = keep_from;
-        write_atomic(&self.dir.join("log-start-offset"), keep_from.to_string().as_bytes())?;
-        inner.epochs.truncate_before(keep_from)?;
-        self.drop_segments_below_start(&mut inner, true)?;
+        // The log start may already be past `keep_from` (DeleteRecords): it never goes back.
+        if keep_from > inner.log_start {
+            inner.log_start = keep_from;
+            write_atomic(&self.dir.join("log-start-offset"), keep_from.to_string().as_bytes())?;
+            inner.epochs.truncate_before(keep_from)?;
+        }
+        let doomed: Vec<i64> = inner.segments.range(..keep_from).map(|(b, _)| *b).collect();
+        for base in doomed {
+            if let Some(seg) = inner.segments.remove(&base) {
+                seg.delete()?;
+                remove_if_present(&self.dir.join(file_name(base, "txnindex")))?;
+                drop_sidecar(&mut inner, base)?;
+            }
+        }
+        let start = inner.log_start;
+        inner.aborted.retain(|a| a.last_offset >= start);
         inner.hw = inner.hw.max(inner.log_start);
         Ok(inner.log_start)
     }
@@ -1498,20 +1510,20 @@ impl PartitionLog {
             write_atomic(&self.dir.join("log-start-offset"), offset.to_string().as_bytes())?;
             inner.epochs.truncate_before(offset)?;
         }
-        self.drop_segments_below_start(&mut inner, false)?;
+        self.drop_segments_below_start(&mut inner)?;
         Ok(inner.log_start)
     }
 
-    /// Unlinks the segments wholly below the log start. Segments holding Raft entries go only
-    /// when Raft purged them (`raft_purged`): dropping them otherwise would leave a hole in the
-    /// Raft log; they stay, unreadable below the log start, until Raft's purge reaches them.
-    fn drop_segments_below_start(&self, inner: &mut Inner, raft_purged: bool) -> Result<usize> {
+    /// Unlinks the segments wholly below the log start. Segments holding Raft entries stay
+    /// (unreadable below the log start): dropping them would leave a hole in the Raft log;
+    /// Raft's purge takes them (`drop_raft_segments_upto`).
+    fn drop_segments_below_start(&self, inner: &mut Inner) -> Result<usize> {
         let mut dropped = 0;
         while let Some((&base, first)) = inner.segments.iter().next() {
             if first.next_offset > inner.log_start || first.base_offset == first.next_offset {
                 break;
             }
-            if !raft_purged && inner.raft.contains_key(&base) {
+            if inner.raft.contains_key(&base) {
                 break;
             }
             if inner.segments.len() == 1 {
@@ -1586,7 +1598,7 @@ impl PartitionLog {
         inner.log_start = new_start;
         write_atomic(&self.dir.join("log-start-offset"), new_start.to_string().as_bytes())?;
         inner.epochs.truncate_before(new_start)?;
-        let dropped = self.drop_segments_below_start(&mut inner, false)?;
+        let dropped = self.drop_segments_below_start(&mut inner)?;
         if dropped > 0 {
             tracing::info!(log = %self.dir.display(), dropped, log_start = new_start, "retention deleted segments");
         }

@@ -313,4 +313,10 @@ fn retention_and_delete_records_leave_raft_entries_to_raft() {
     assert!(log.read(0, 100, i64::MAX).is_err(), "below the log start");
     assert_eq!((log.segment_count(), log.raft_index_range()), (segments, Some((0, 11))));
     assert_eq!(log.raft_entries(0, 12, usize::MAX).unwrap().len(), 12);
+    // Raft's purge then drops the segments it covers, the log start staying where it was.
+    log.drop_raft_segments_upto(5).unwrap();
+    assert!(log.segment_count() < segments);
+    assert_eq!(log.log_start_offset(), span.base_offset);
+    let (first, last) = log.raft_index_range().unwrap();
+    assert!(first > 0 && first <= 6 && last == 11, "{first}..{last}");
 }
