@@ -102,26 +102,23 @@ async fn start_node(
     TestNode { node, logs, connector, _heartbeats: heartbeats }
 }
 
-/// Waits until every node agrees on one leader of `group` that knows it leads; returns it.
+/// Waits until every node names the same leader of `group` and that node knows it leads;
+/// returns it. (Polled as a whole: right after a node stops, others may still name it.)
 async fn settled_leader(nodes: &[TestNode], group: GroupId) -> NodeId {
-    let mut leader = None;
-    for n in nodes {
-        let m = n
-            .raft(group)
-            .wait(Some(DEADLINE))
-            .metrics(
-                |m| m.current_leader.is_some() && (m.current_leader != Some(m.id) || m.state == ServerState::Leader),
-                format!("group {group} leader known on node {}", n.node.id()),
-            )
-            .await
-            .unwrap();
-        leader.get_or_insert(m.current_leader);
-    }
-    let leader = leader.flatten().unwrap();
-    for n in nodes {
-        n.raft(group).wait(Some(DEADLINE)).current_leader(leader, format!("group {group} agrees")).await.unwrap();
-    }
-    leader
+    let mut found = None;
+    wait_until(DEADLINE, &format!("group {group}: one leader all nodes agree on"), || {
+        let named: Vec<_> = nodes.iter().map(|n| n.raft(group).metrics().borrow_watched().current_leader).collect();
+        found = named[0].filter(|l| {
+            named.iter().all(|n| *n == Some(*l))
+                && nodes
+                    .iter()
+                    .any(|n| n.node.id() == *l && n.raft(group).metrics().borrow_watched().state == ServerState::Leader)
+        });
+        let done = found.is_some();
+        async move { done }
+    })
+    .await;
+    found.unwrap()
 }
 
 /// An acknowledged write: Raft index, the offsets the acknowledgement gave, the batch sent.
