@@ -138,6 +138,24 @@ impl Shared {
         Ok(())
     }
 
+    /// The saved committed log id, or less: openraft commits a follower up to the entries it
+    /// *accepted*, and the value is saved without fsync, so after a crash it may name an entry
+    /// the crash took (or a later one at the same index). Then the last entry held below it is
+    /// answered: committing less is safe, and openraft re-applies only what the log holds.
+    fn durable_committed(&self) -> io::Result<Option<LogIdOf<TypeConfig>>> {
+        let Some(saved) = lock(&self.state).committed else { return Ok(None) };
+        if self.entry_at(&saved)?.is_some() {
+            return Ok(Some(saved));
+        }
+        let Some((first, last)) = self.log.raft_index_range() else { return Ok(None) };
+        let below = last.min(saved.index().saturating_sub(1));
+        if saved.index() == 0 || below < first {
+            return Ok(None);
+        }
+        let held = self.log.raft_entries(below, below + 1, 0).map_err(io_err)?;
+        Ok(held.into_iter().next().map(entry::decode).transpose()?.map(|e| e.log_id))
+    }
+
     /// A snapshot as sent: its state, the log start now, and the prefix batches the log holds.
     fn snapshot_data(&self, saved: &SavedSnapshot) -> io::Result<Bytes> {
         let body = SnapshotBody {
@@ -189,10 +207,8 @@ pub fn open_log(log: Arc<PartitionLog>) -> io::Result<(PartitionLogStore, Partit
     let shared = Arc::new(Shared { log, state_path, state: Mutex::new(state) });
     // What was committed before the restart is readable again at once; a stale (lower) saved
     // value only makes it lag until apply catches up.
-    let (committed, snapshot_end) = {
-        let state = lock(&shared.state);
-        (state.committed, state.snapshot.as_ref().map(|s| s.next_offset))
-    };
+    let snapshot_end = lock(&shared.state).snapshot.as_ref().map(|s| s.next_offset);
+    let committed = shared.durable_committed()?;
     // A snapshot's prefix is committed by definition.
     if let Some(end) = snapshot_end {
         shared.log.set_high_watermark(end);
@@ -295,7 +311,7 @@ impl RaftLogStorage<TypeConfig> for PartitionLogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
-        Ok(lock(&self.shared.state).committed)
+        self.shared.durable_committed()
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>

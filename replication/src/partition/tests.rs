@@ -203,3 +203,31 @@ async fn a_snapshot_the_log_already_holds_leaves_the_log_alone() {
     assert_eq!(follower.log().high_watermark(), leader.log().raft_entry_span(4).unwrap().next_offset);
     assert_eq!(follower.try_get_log_entries(0..).await.unwrap(), leader.try_get_log_entries(0..).await.unwrap());
 }
+
+/// A follower's committed index can run ahead of what it has synced (openraft commits up to the
+/// accepted log), and it is saved without fsync: after a crash it may name an entry the crash
+/// took. Startup must not fail on it: the store answers the last entry it holds instead.
+#[tokio::test]
+async fn a_saved_commit_past_the_surviving_log_is_clamped_to_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    let (mut store, mut sm) = open(&dir, LogConfig::default()).unwrap();
+    let entries: Vec<_> = (0..8).map(|i| normal(1, i, &[i as u8; 10])).collect();
+    append(&mut store, entries[..6].to_vec()).await;
+    append(&mut store, entries[6..].to_vec()).await;
+    apply(&mut sm, entries.clone()).await;
+    store.save_committed(Some(entries[7].log_id)).await.unwrap();
+    drop((store, sm));
+    let side = dir.join(format!("{:020}.raftindex", 0));
+    let rows = std::fs::read(&side).unwrap();
+    std::fs::write(&side, &rows[..rows.len() - 2 * fjord_storage::raftindex::ROW]).unwrap();
+
+    let (mut store, mut sm) = open(&dir, LogConfig::default()).unwrap();
+    assert_eq!(store.read_committed().await.unwrap(), Some(entries[5].log_id));
+    let end = store.log().raft_entry_span(5).unwrap().next_offset;
+    assert_eq!((store.log().high_watermark(), store.log().log_end_offset()), (end, end));
+    let state = openraft::StorageHelper::new(&mut store, &mut sm).with_id(1).get_initial_state().await;
+    let state = state.expect("startup after the crash");
+    assert_eq!(state.local_committed(), Some(&entries[5].log_id));
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(entries[5].log_id), "re-applied up to it");
+}
