@@ -28,6 +28,9 @@ use crate::types::{Applied, TypeConfig};
 pub const MAX_READ_BYTES: usize = 1 << 20;
 
 const STATE_FILE: &str = "raft-state";
+/// The last snapshot's state, apart from `raft-state`: it holds producer state, which can be
+/// large, and `raft-state` is rewritten on every commit.
+const SNAPSHOT_FILE: &str = "raft-snapshot";
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -58,8 +61,6 @@ struct RaftState {
     vote: Option<VoteOf<TypeConfig>>,
     committed: Option<LogIdOf<TypeConfig>>,
     last_purged: Option<LogIdOf<TypeConfig>>,
-    /// The last snapshot built or installed, so a restart neither loses nor re-installs it.
-    snapshot: Option<SavedSnapshot>,
 }
 
 /// The last snapshot's metadata and state; its prefix batches are read from the log whenever
@@ -114,6 +115,16 @@ struct Shared {
     state: Mutex<RaftState>,
 }
 
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 impl Shared {
     /// Rewrites `raft-state`; with `durable`, synced (file and directory) before returning.
     fn persist(&self, state: &RaftState, durable: bool) -> io::Result<()> {
@@ -156,6 +167,12 @@ impl Shared {
         Ok(held.into_iter().next().map(entry::decode).transpose()?.map(|e| e.log_id))
     }
 
+    /// Saves the last snapshot's state durably (before it is answered or counted installed).
+    fn save_snapshot(&self, saved: &SavedSnapshot) -> io::Result<()> {
+        let json = serde_json::to_vec(saved).map_err(io::Error::other)?;
+        fjord_storage::log::write_atomic(&self.log.dir().join(SNAPSHOT_FILE), &json).map_err(io_err)
+    }
+
     /// A snapshot as sent: its state, the log start now, and the prefix batches the log holds.
     fn snapshot_data(&self, saved: &SavedSnapshot) -> io::Result<Bytes> {
         let body = SnapshotBody {
@@ -193,21 +210,17 @@ pub fn open(dir: &Path, config: LogConfig) -> io::Result<(PartitionLogStore, Par
 /// `open` for a log the caller opened (with `replicated: true`).
 pub fn open_log(log: Arc<PartitionLog>) -> io::Result<(PartitionLogStore, PartitionStateMachine)> {
     let state_path = log.dir().join(STATE_FILE);
-    let state: RaftState = match std::fs::read(&state_path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", state_path.display())))?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => RaftState::default(),
-        Err(e) => return Err(e),
-    };
+    let state: RaftState = read_json(&state_path)?.unwrap_or_default();
+    let snapshot: Option<SavedSnapshot> = read_json(&log.dir().join(SNAPSHOT_FILE))?;
+    let snapshot_end = snapshot.as_ref().map(|s| s.next_offset);
     let sm = SmState {
-        last_applied: state.snapshot.as_ref().and_then(|s| s.meta.last_log_id),
-        membership: state.snapshot.as_ref().map(|s| s.meta.last_membership.clone()).unwrap_or_default(),
-        snapshot: state.snapshot.clone(),
+        last_applied: snapshot.as_ref().and_then(|s| s.meta.last_log_id),
+        membership: snapshot.as_ref().map(|s| s.meta.last_membership.clone()).unwrap_or_default(),
+        snapshot,
     };
     let shared = Arc::new(Shared { log, state_path, state: Mutex::new(state) });
     // What was committed before the restart is readable again at once; a stale (lower) saved
     // value only makes it lag until apply catches up.
-    let snapshot_end = lock(&shared.state).snapshot.as_ref().map(|s| s.next_offset);
     let committed = shared.durable_committed()?;
     // A snapshot's prefix is committed by definition.
     if let Some(end) = snapshot_end {
@@ -390,7 +403,7 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionStateMachine {
         let meta = SnapshotMetaOf::<TypeConfig> { last_log_id: last_applied, last_membership: membership };
         let saved = SavedSnapshot { meta: meta.clone(), next_offset, producers };
         let data = self.shared.snapshot_data(&saved)?;
-        self.shared.update(true, |s| s.snapshot = Some(saved.clone()))?;
+        self.shared.save_snapshot(&saved)?;
         lock(&self.sm).snapshot = Some(saved);
         Ok(SnapshotOf::<TypeConfig, Bytes> { meta, snapshot: data })
     }
@@ -460,7 +473,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                 .map_err(io_err)?,
         }
         let saved = SavedSnapshot { meta: meta.clone(), next_offset: body.next_offset, producers: body.producers };
-        self.shared.update(true, |s| s.snapshot = Some(saved.clone()))?;
+        self.shared.save_snapshot(&saved)?;
         let mut sm = lock(&self.sm);
         sm.last_applied = meta.last_log_id;
         sm.membership = meta.last_membership.clone();
