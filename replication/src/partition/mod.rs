@@ -1,6 +1,7 @@
 //! A partition's Raft log and state machine, both backed by its `PartitionLog`: the segments are
-//! the Raft log (no second copy), vote and commit live in the `raft-state` file beside them, and
-//! applying an entry moves the high watermark.
+//! the Raft log (no second copy), vote, commit and the last snapshot's state live in small files
+//! beside them (`raft-state`, `raft-committed`, `raft-snapshot`), and applying an entry moves the
+//! high watermark.
 
 pub mod entry;
 
@@ -27,7 +28,11 @@ use crate::types::{Applied, TypeConfig};
 /// message's worth, so a follower far behind is fed in steps and heartbeats are not starved.
 pub const MAX_READ_BYTES: usize = 1 << 20;
 
+/// Vote and purge point, fsynced on every write.
 const STATE_FILE: &str = "raft-state";
+/// The committed log id, written without fsync: a file of its own, so a crash that leaves it
+/// empty or old can never take the vote with it (a lost vote could grant two votes in a term).
+const COMMITTED_FILE: &str = "raft-committed";
 /// The last snapshot's state, apart from `raft-state`: it holds producer state, which can be
 /// large, and `raft-state` is rewritten on every commit.
 const SNAPSHOT_FILE: &str = "raft-snapshot";
@@ -59,7 +64,6 @@ pub fn raft_config(timings: &GroupTimings, cluster_name: &str) -> Result<Arc<ope
 #[serde(bound = "")]
 struct RaftState {
     vote: Option<VoteOf<TypeConfig>>,
-    committed: Option<LogIdOf<TypeConfig>>,
     last_purged: Option<LogIdOf<TypeConfig>>,
 }
 
@@ -113,6 +117,7 @@ struct Shared {
     log: Arc<PartitionLog>,
     state_path: PathBuf,
     state: Mutex<RaftState>,
+    committed: Mutex<Option<LogIdOf<TypeConfig>>>,
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
@@ -126,26 +131,26 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T
 }
 
 impl Shared {
-    /// Rewrites `raft-state`; with `durable`, synced (file and directory) before returning.
-    fn persist(&self, state: &RaftState, durable: bool) -> io::Result<()> {
-        let json = serde_json::to_vec(state).map_err(io::Error::other)?;
-        if durable {
-            fjord_storage::log::write_atomic(&self.state_path, &json).map_err(io_err)
-        } else {
-            // A crash may keep the old file: only the committed index can be stale then, and a
-            // lower one only makes the high watermark lag after a restart.
-            let tmp = self.state_path.with_extension("tmp");
-            std::fs::write(&tmp, &json)?;
-            std::fs::rename(&tmp, &self.state_path)
-        }
-    }
-
-    fn update(&self, durable: bool, f: impl FnOnce(&mut RaftState)) -> io::Result<()> {
+    /// Rewrites `raft-state` durably (file and directory synced) with `f` applied.
+    fn update(&self, f: impl FnOnce(&mut RaftState)) -> io::Result<()> {
         let mut state = lock(&self.state);
         let mut next = state.clone();
         f(&mut next);
-        self.persist(&next, durable)?;
+        let json = serde_json::to_vec(&next).map_err(io::Error::other)?;
+        fjord_storage::log::write_atomic(&self.state_path, &json).map_err(io_err)?;
         *state = next;
+        Ok(())
+    }
+
+    /// Saves the committed log id without fsync: a crash may leave an older value (the high
+    /// watermark then lags after a restart) or a torn file (read as none).
+    fn save_committed(&self, committed: Option<LogIdOf<TypeConfig>>) -> io::Result<()> {
+        let mut current = lock(&self.committed);
+        let path = self.log.dir().join(COMMITTED_FILE);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&committed).map_err(io::Error::other)?)?;
+        std::fs::rename(&tmp, &path)?;
+        *current = committed;
         Ok(())
     }
 
@@ -154,7 +159,7 @@ impl Shared {
     /// the crash took (or a later one at the same index). Then the last entry held below it is
     /// answered: committing less is safe, and openraft re-applies only what the log holds.
     fn durable_committed(&self) -> io::Result<Option<LogIdOf<TypeConfig>>> {
-        let Some(saved) = lock(&self.state).committed else { return Ok(None) };
+        let Some(saved) = *lock(&self.committed) else { return Ok(None) };
         if self.entry_at(&saved)?.is_some() {
             return Ok(Some(saved));
         }
@@ -218,7 +223,14 @@ pub fn open_log(log: Arc<PartitionLog>) -> io::Result<(PartitionLogStore, Partit
         membership: snapshot.as_ref().map(|s| s.meta.last_membership.clone()).unwrap_or_default(),
         snapshot,
     };
-    let shared = Arc::new(Shared { log, state_path, state: Mutex::new(state) });
+    let committed_path = log.dir().join(COMMITTED_FILE);
+    let committed = read_json::<Option<LogIdOf<TypeConfig>>>(&committed_path).unwrap_or_else(|e| {
+        // Written without fsync, so a crash may have torn it; a lower commit is safe.
+        tracing::warn!(file = %committed_path.display(), error = %e, "unreadable committed index ignored");
+        None
+    });
+    let shared =
+        Arc::new(Shared { log, state_path, state: Mutex::new(state), committed: Mutex::new(committed.flatten()) });
     // What was committed before the restart is readable again at once; a stale (lower) saved
     // value only makes it lag until apply catches up.
     let committed = shared.durable_committed()?;
@@ -316,11 +328,11 @@ impl RaftLogStorage<TypeConfig> for PartitionLogStore {
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
-        self.shared.update(true, |s| s.vote = Some(*vote))
+        self.shared.update(|s| s.vote = Some(*vote))
     }
 
     async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
-        self.shared.update(false, |s| s.committed = committed)
+        self.shared.save_committed(committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
@@ -356,7 +368,7 @@ impl RaftLogStorage<TypeConfig> for PartitionLogStore {
         }
         // Recorded first: a crash after some segments went must not leave the reader offering
         // entries that are no longer all there.
-        self.shared.update(true, |s| s.last_purged = Some(log_id))?;
+        self.shared.update(|s| s.last_purged = Some(log_id))?;
         self.shared.log.drop_raft_segments_upto(log_id.index()).map_err(io_err)?;
         Ok(())
     }

@@ -231,3 +231,26 @@ async fn a_saved_commit_past_the_surviving_log_is_clamped_to_it() {
     assert_eq!(state.local_committed(), Some(&entries[5].log_id));
     assert_eq!(sm.applied_state().await.unwrap().0, Some(entries[5].log_id), "re-applied up to it");
 }
+
+/// Commits are saved without fsync in their own file: one torn by a crash reads as no commit,
+/// and the vote (fsynced, in `raft-state`) is never rewritten by a commit.
+#[tokio::test]
+async fn a_torn_commit_file_costs_the_commit_never_the_vote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    let (mut store, _sm) = open(&dir, LogConfig::default()).unwrap();
+    append(&mut store, vec![normal(1, 0, b"a"), normal(1, 1, b"b")]).await;
+    let vote = VoteOf::<TypeConfig>::new(1, 3);
+    store.save_vote(&vote).await.unwrap();
+    let state_before = std::fs::read(dir.join("raft-state")).unwrap();
+    let log_id = store.try_get_log_entries(1..2).await.unwrap()[0].log_id;
+    store.save_committed(Some(log_id)).await.unwrap();
+    assert_eq!(std::fs::read(dir.join("raft-state")).unwrap(), state_before, "a commit leaves the vote's file alone");
+    drop(store);
+    std::fs::write(dir.join("raft-committed"), b"").unwrap();
+    let (mut store, _sm) = open(&dir, LogConfig::default()).unwrap();
+    assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+    assert_eq!(store.read_committed().await.unwrap(), None);
+    assert_eq!(store.log().high_watermark(), 0);
+    assert_eq!(store.try_get_log_entries(0..).await.unwrap().len(), 2);
+}
