@@ -1675,8 +1675,8 @@ impl PartitionLog {
             return Ok(());
         }
         let (file, end, sidecars) = {
-            let mut inner = self.write_inner();
-            let sidecars: Vec<Arc<std::fs::File>> = inner.raft.values_mut().filter_map(|i| i.take_dirty()).collect();
+            let inner = self.read_inner();
+            let sidecars: Vec<Arc<std::fs::File>> = inner.raft.values().filter_map(|i| i.take_dirty()).collect();
             (inner.active().file(), inner.log_end(), sidecars)
         };
         // The rows of entries up to `end` were written before `end` was read: syncing them

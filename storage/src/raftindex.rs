@@ -12,6 +12,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::error::{LogError, Result};
@@ -37,8 +38,8 @@ pub(crate) struct SegmentRaftIndex {
     pub(crate) start_pos: u64,
     /// Per entry, its end: (offset after its last record, file position after its last byte).
     ends: Vec<(i64, u64)>,
-    /// Rows written since the last sync.
-    dirty: bool,
+    /// Rows written since the last sync (atomic: `sync` takes it under the log's read lock).
+    dirty: AtomicBool,
 }
 
 /// Where one entry lies in its segment.
@@ -105,7 +106,7 @@ impl SegmentRaftIndex {
             start_offset,
             start_pos,
             ends: Vec::new(),
-            dirty: false,
+            dirty: AtomicBool::new(false),
         })
     }
 
@@ -154,7 +155,7 @@ impl SegmentRaftIndex {
             start_offset,
             start_pos,
             ends,
-            dirty: false,
+            dirty: AtomicBool::new(false),
         }))
     }
 
@@ -184,7 +185,7 @@ impl SegmentRaftIndex {
         row[4..].copy_from_slice(&pos32(end_pos)?.to_be_bytes());
         self.file.write_all_at(&row, (HEADER + self.ends.len() * ROW) as u64)?;
         self.ends.push((next_offset, end_pos));
-        self.dirty = true;
+        self.dirty.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -221,14 +222,14 @@ impl SegmentRaftIndex {
         self.ends.truncate(keep);
         self.file.set_len((HEADER + keep * ROW) as u64)?;
         self.file.sync_all()?;
-        self.dirty = false;
+        self.dirty.store(false, Ordering::Release);
         Ok(())
     }
 
     /// The file to sync before the entries written since the last sync are reported durable;
     /// None when there is nothing new.
-    pub(crate) fn take_dirty(&mut self) -> Option<Arc<File>> {
-        std::mem::take(&mut self.dirty).then(|| self.file.clone())
+    pub(crate) fn take_dirty(&self) -> Option<Arc<File>> {
+        self.dirty.swap(false, Ordering::AcqRel).then(|| self.file.clone())
     }
 
     pub(crate) fn delete(&self) -> Result<()> {
