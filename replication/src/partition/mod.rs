@@ -33,6 +33,12 @@ const STATE_FILE: &str = "raft-state";
 /// The committed log id, written without fsync: a file of its own, so a crash that leaves it
 /// empty or old can never take the vote with it (a lost vote could grant two votes in a term).
 const COMMITTED_FILE: &str = "raft-committed";
+/// Where the state machine stood (last applied entry and its membership), written without
+/// fsync every `APPLIED_SAVE_EVERY` entries and on membership changes, so a restart re-applies
+/// only the entries after it rather than the whole log.
+const APPLIED_FILE: &str = "raft-applied";
+const APPLIED_SAVE_EVERY: u64 = 1024;
+
 /// The last snapshot's state, apart from `raft-state`: it holds producer state, which can be
 /// large, and `raft-state` is rewritten on every commit.
 const SNAPSHOT_FILE: &str = "raft-snapshot";
@@ -218,11 +224,18 @@ pub fn open_log(log: Arc<PartitionLog>) -> io::Result<(PartitionLogStore, Partit
     let state: RaftState = read_json(&state_path)?.unwrap_or_default();
     let snapshot: Option<SavedSnapshot> = read_json(&log.dir().join(SNAPSHOT_FILE))?;
     let snapshot_end = snapshot.as_ref().map(|s| s.next_offset);
-    let sm = SmState {
+    let mut sm = SmState {
         last_applied: snapshot.as_ref().and_then(|s| s.meta.last_log_id),
         membership: snapshot.as_ref().map(|s| s.meta.last_membership.clone()).unwrap_or_default(),
         snapshot,
+        saved_index: None,
     };
+    let applied_path = log.dir().join(APPLIED_FILE);
+    let saved_applied = read_json::<SavedApplied>(&applied_path).unwrap_or_else(|e| {
+        // Written without fsync: a torn file only means re-applying more.
+        tracing::warn!(file = %applied_path.display(), error = %e, "unreadable applied state ignored");
+        None
+    });
     let committed_path = log.dir().join(COMMITTED_FILE);
     let committed = read_json::<Option<LogIdOf<TypeConfig>>>(&committed_path).unwrap_or_else(|e| {
         // Written without fsync, so a crash may have torn it; a lower commit is safe.
@@ -231,6 +244,18 @@ pub fn open_log(log: Arc<PartitionLog>) -> io::Result<(PartitionLogStore, Partit
     });
     let shared =
         Arc::new(Shared { log, state_path, state: Mutex::new(state), committed: Mutex::new(committed.flatten()) });
+    // The saved applied state is trusted only if the log still holds that entry (a follower
+    // applies entries it accepted, which a crash may have taken) and it is past the snapshot.
+    if let Some(saved) = saved_applied {
+        if let Some(at) = shared.entry_at(&saved.last_applied)? {
+            if Some(saved.last_applied) > sm.last_applied {
+                shared.log.set_high_watermark(at.last_offset + 1);
+                sm.saved_index = Some(saved.last_applied.index());
+                sm.last_applied = Some(saved.last_applied);
+                sm.membership = saved.membership;
+            }
+        }
+    }
     // What was committed before the restart is readable again at once; a stale (lower) saved
     // value only makes it lag until apply catches up.
     let committed = shared.durable_committed()?;
@@ -379,6 +404,16 @@ struct SmState {
     last_applied: Option<LogIdOf<TypeConfig>>,
     membership: StoredMembershipOf<TypeConfig>,
     snapshot: Option<SavedSnapshot>,
+    /// The index `raft-applied` last recorded.
+    saved_index: Option<u64>,
+}
+
+/// What `raft-applied` holds.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(bound = "")]
+struct SavedApplied {
+    last_applied: LogIdOf<TypeConfig>,
+    membership: StoredMembershipOf<TypeConfig>,
 }
 
 /// The partition's state machine: the log itself, so applying is moving the high watermark
@@ -392,6 +427,25 @@ pub struct PartitionStateMachine {
 impl PartitionStateMachine {
     pub fn log(&self) -> &Arc<PartitionLog> {
         &self.shared.log
+    }
+
+    /// Records where the state machine stands (`raft-applied`), every `APPLIED_SAVE_EVERY`
+    /// entries and whenever the membership changed. No fsync: an older or torn file only means
+    /// re-applying more after a restart.
+    fn save_applied(&self, membership_changed: bool) -> io::Result<()> {
+        let mut sm = lock(&self.sm);
+        let Some(last) = sm.last_applied else { return Ok(()) };
+        let due = sm.saved_index.is_none_or(|s| last.index() >= s.saturating_add(APPLIED_SAVE_EVERY));
+        if !(due || membership_changed) {
+            return Ok(());
+        }
+        let saved = SavedApplied { last_applied: last, membership: sm.membership.clone() };
+        let path = self.shared.log.dir().join(APPLIED_FILE);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&saved).map_err(io::Error::other)?)?;
+        std::fs::rename(&tmp, &path)?;
+        sm.saved_index = Some(last.index());
+        Ok(())
     }
 }
 
@@ -436,6 +490,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
+        let mut membership_changed = false;
         while let Some((entry, responder)) = entries.try_next().await? {
             // An applied entry is committed: readers may now see it. (openraft applies only
             // entries of this log, so the lookup finds it; an entry missing here is answered
@@ -449,13 +504,14 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                 sm.last_applied = Some(entry.log_id);
                 if let EntryPayload::Membership(m) = entry.payload {
                     sm.membership = StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), m);
+                    membership_changed = true;
                 }
             }
             if let Some(r) = responder {
                 r.send(applied.unwrap_or_default());
             }
         }
-        Ok(())
+        self.save_applied(membership_changed)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

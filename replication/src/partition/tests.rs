@@ -92,11 +92,13 @@ async fn a_crash_keeps_vote_entries_and_commit_and_cuts_the_unflushed_tail() {
     assert_eq!((state.last_purged_log_id, state.last_log_id), (None, Some(entries[5].log_id)));
     let back = store.try_get_log_entries(0..).await.unwrap();
     assert_eq!(back.iter().map(|e| e.log_id).collect::<Vec<_>>(), entries.iter().map(|e| e.log_id).collect::<Vec<_>>());
-    assert_eq!(back[0].payload, EntryPayload::Membership(membership));
+    assert_eq!(back[0].payload, EntryPayload::Membership(membership.clone()));
     assert_eq!(back[1].payload, EntryPayload::Blank);
-    // The state machine starts from nothing and re-applies: the HW moves on from there.
-    assert_eq!(sm.applied_state().await.unwrap().0, None);
-    apply(&mut sm, back).await;
+    // The state machine comes back where `raft-applied` left it (saved at that apply, which
+    // changed the membership), and re-applies only what follows: the HW moves on from there.
+    let (applied, m) = sm.applied_state().await.unwrap();
+    assert_eq!((applied, m.membership()), (Some(entries[3].log_id), &membership));
+    apply(&mut sm, back[4..].to_vec()).await;
     assert_eq!(store.log().high_watermark(), flushed_end);
     // Appends carry on where the flushed log ended.
     append(&mut store, vec![normal(3, 6, b"new")]).await;
@@ -253,4 +255,27 @@ async fn a_torn_commit_file_costs_the_commit_never_the_vote() {
     assert_eq!(store.read_committed().await.unwrap(), None);
     assert_eq!(store.log().high_watermark(), 0);
     assert_eq!(store.try_get_log_entries(0..).await.unwrap().len(), 2);
+}
+
+/// `raft-applied` is rewritten every `APPLIED_SAVE_EVERY` entries (and on membership changes),
+/// so a restart re-applies at most about that many; a torn file means re-applying everything.
+#[tokio::test]
+async fn the_applied_state_is_saved_every_so_many_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    let (mut store, mut sm) = open(&dir, LogConfig::default()).unwrap();
+    let n = APPLIED_SAVE_EVERY + 10;
+    let entries: Vec<_> = (0..n).map(|i| normal(1, i, b"v")).collect();
+    append(&mut store, entries.clone()).await;
+    for e in &entries {
+        apply(&mut sm, vec![e.clone()]).await;
+    }
+    drop((store, sm));
+    let (_, mut sm) = open(&dir, LogConfig::default()).unwrap();
+    // Saved at the first apply (index 0), then once APPLIED_SAVE_EVERY later.
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(entries[APPLIED_SAVE_EVERY as usize].log_id));
+    drop(sm);
+    std::fs::write(dir.join("raft-applied"), b"{").unwrap();
+    let (_, mut sm) = open(&dir, LogConfig::default()).unwrap();
+    assert_eq!(sm.applied_state().await.unwrap().0, None);
 }
