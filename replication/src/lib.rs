@@ -9,9 +9,10 @@ pub mod heartbeat;
 pub mod mem;
 pub mod network;
 pub mod node;
+pub mod partition;
 pub mod registry;
 pub mod rpc;
 pub mod transport;
 pub mod types;
 
-pub use types::{BatchData, GroupId, NodeId, Raft, TypeConfig};
+pub use types::{Applied, BatchData, GroupId, NodeId, Raft, TypeConfig};

@@ -200,7 +200,7 @@ impl RaftStateMachine<TypeConfig> for MemStateMachine {
                 }
             }
             if let Some(r) = responder {
-                r.send(());
+                r.send(crate::types::Applied::default());
             }
         }
         Ok(())

@@ -22,6 +22,24 @@ impl std::fmt::Display for BatchData {
     }
 }
 
+/// What applying an entry answers its proposer (openraft's `R`): where a partition entry landed,
+/// which is what a produce response needs. Groups whose entries are not record batches (the
+/// controller, the in-memory test log) answer `Applied::default()`, all -1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// The broker's timestamp when the topic uses LogAppendTime, else -1.
+    pub log_append_time: i64,
+    pub log_start_offset: i64,
+}
+
+impl Default for Applied {
+    fn default() -> Self {
+        Applied { base_offset: -1, last_offset: -1, log_append_time: -1, log_start_offset: -1 }
+    }
+}
+
 openraft::declare_raft_types!(
     /// Terms are u64 because openraft's storage test suite needs `Term: From<u64>`; a term is the
     /// batch's partitionLeaderEpoch (an i32), so terms past `i32::MAX` are refused when a batch is
@@ -29,7 +47,7 @@ openraft::declare_raft_types!(
     /// epoch does.
     pub TypeConfig:
         D = BatchData,
-        R = (),
+        R = Applied,
         NodeId = NodeId,
         Node = openraft::BasicNode,
         Term = u64,

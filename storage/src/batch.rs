@@ -293,6 +293,42 @@ pub fn build_marker(producer_id: i64, epoch: i16, coordinator_epoch: i32, commit
     encode_batch(0, timestamp, &[(Some(&key), Some(&value))], Some(producer), TRANSACTIONAL_BIT | CONTROL_BIT)
 }
 
+/// Kafka's control record type for a leader change (KRaft writes one per election).
+pub const CONTROL_LEADER_CHANGE: i16 = 2;
+
+/// A control batch outside any transaction (producer id -1), as Raft's own entries are stored:
+/// one record whose key is exactly 4 bytes (version 0, `control_type`) and whose value is
+/// `value`. Clients skip it: the Java consumer skips control batches, librdkafka ignores control
+/// types other than abort/commit once the key is version 0 and 4 bytes long. Its timestamp is
+/// -1 (none), so it moves no segment's time bounds, and it is built the same on every replica.
+pub fn build_control(control_type: i16, value: &[u8]) -> Vec<u8> {
+    let mut key = [0u8; 4];
+    key[2..].copy_from_slice(&control_type.to_be_bytes());
+    encode_batch(0, -1, &[(Some(&key), Some(value))], None, CONTROL_BIT)
+}
+
+/// The type and value of a control batch `build_control` wrote (producer id -1, uncompressed,
+/// one record, a 4-byte version-0 key); None for any other batch.
+pub fn control_record(batch: &[u8]) -> Option<(i16, &[u8])> {
+    let h = BatchHeader::parse(batch).ok()?;
+    if !h.is_control() || h.producer_id != -1 || h.records_count != 1 || h.compression() != 0 {
+        return None;
+    }
+    let mut pos = HEADER_SIZE;
+    get_varlong(batch, &mut pos)?; // record length
+    pos += 1; // record attributes
+    get_varlong(batch, &mut pos)?; // timestamp delta
+    get_varlong(batch, &mut pos)?; // offset delta
+    if get_varlong(batch, &mut pos)? != 4 || pos + 4 > batch.len() || i16_at(batch, pos) != 0 {
+        return None;
+    }
+    let control_type = i16_at(batch, pos + 2);
+    pos += 4;
+    let value_len = usize::try_from(get_varlong(batch, &mut pos)?).ok()?;
+    let value = batch.get(pos..pos.checked_add(value_len)?)?;
+    Some((control_type, value))
+}
+
 /// Whether a control batch is a commit (Some(true)) or abort (Some(false))
 /// marker; None for other control records or anything unreadable.
 pub fn marker_kind(batch: &[u8]) -> Option<bool> {
@@ -419,6 +455,46 @@ mod tests {
             assert_eq!(marker_kind(&m), Some(commit));
         }
         assert_eq!(marker_kind(&build_batch(0, 1, &[(Some(b"k"), None)])[..HEADER_SIZE + 2]), None);
+    }
+
+    #[test]
+    fn raft_control_batches_have_the_shape_clients_skip() {
+        let b = build_control(0x4601, b"{\"m\":1}");
+        let h = validate(&b).unwrap();
+        assert!(h.is_control() && !h.is_transactional());
+        assert_eq!((h.producer_id, h.records_count, h.compression(), h.max_timestamp), (-1, 1, 0, -1));
+        // The record's key: length 4 (zigzag varint 8), version 0, then the type.
+        let mut pos = HEADER_SIZE;
+        get_varlong(&b, &mut pos).unwrap();
+        pos += 1;
+        get_varlong(&b, &mut pos).unwrap();
+        get_varlong(&b, &mut pos).unwrap();
+        assert_eq!(b[pos], 8, "key length varint");
+        assert_eq!(&b[pos + 1..pos + 5], &[0, 0, 0x46, 0x01]);
+        assert_eq!(control_record(&b), Some((0x4601, &b"{\"m\":1}"[..])));
+        assert_eq!(marker_kind(&b), None, "not a transaction marker");
+        let blank = build_control(CONTROL_LEADER_CHANGE, b"");
+        assert_eq!(control_record(&blank), Some((CONTROL_LEADER_CHANGE, &b""[..])));
+        // Neither a transaction marker nor a data batch passes for one.
+        assert_eq!(control_record(&build_marker(7, 0, 0, true, 1)), None);
+        assert_eq!(control_record(&build_batch(0, 1, &[(Some(b"abcd"), Some(b"v"))])), None);
+        // Truncated input is no control record, and no panic.
+        for cut in 0..blank.len() {
+            let _ = control_record(&blank[..cut]);
+        }
+    }
+
+    #[test]
+    fn producer_state_ignores_raft_control_batches() {
+        let mut states = crate::producer::ProducerStates::default();
+        for t in [CONTROL_LEADER_CHANGE, 0x4601, 0, 1] {
+            let b = build_control(t, b"");
+            let h = validate(&b).unwrap();
+            // Even with a key type of 0 or 1, a batch without producer is no marker.
+            assert_eq!(states.update(&h, marker_kind(&b)), None);
+        }
+        assert!(states.open_transactions().is_empty());
+        assert_eq!(states.to_json(), crate::producer::ProducerStates::default().to_json());
     }
 
     #[test]

@@ -97,6 +97,10 @@ impl PartitionLog {
             .values()
             .take(n.saturating_sub(1))
             .take_while(|s| lag <= 0 || now_ms.saturating_sub(s.max_timestamp) >= lag)
+            // A segment holding Raft entries is left whole: its `.raftindex` rows point into it,
+            // and a follower must read back the bytes its leader stored. (Cleaning such segments
+            // waits for Raft's purge point to pass them, cluster plan §7.)
+            .take_while(|s| !inner.raft.contains_key(&s.base_offset))
             .map(|s| {
                 let data = s.bytes(0, s.size());
                 let first_ts = batches(&data).next().map_or(-1, |(h, _)| h.base_timestamp);

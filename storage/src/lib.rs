@@ -10,6 +10,7 @@ pub mod index;
 pub mod lock;
 pub mod log;
 pub mod producer;
+pub mod raftindex;
 pub mod records;
 pub mod segment;
 
@@ -17,6 +18,8 @@ pub use batch::{BatchHeader, TimestampType};
 pub use error::{LogError, RecordError, RecordErrorKind, Result};
 pub use lock::DataDirLock;
 pub use log::{
-    AppendInfo, CheckedProduce, LogConfig, OpenOptions, PartitionLog, ProduceVerdict, ReadResult, RecoveryReport,
+    AppendInfo, CheckedProduce, LogConfig, OpenOptions, PartitionLog, ProduceVerdict, RaftEntry, ReadResult,
+    RecoveryReport,
 };
+pub use raftindex::EntrySpan;
 pub use segment::CleanState;

@@ -18,6 +18,7 @@ use crate::batch::{self, BatchHeader, TimestampType};
 use crate::epoch::EpochCache;
 use crate::error::{LogError, Result};
 use crate::producer::{AbortedTxn, ProducerStates, SequenceCheck};
+use crate::raftindex::{EntrySpan, SegmentRaftIndex};
 use crate::segment::{file_name, CleanState, Segment};
 
 /// Snapshots kept beside the log: the newest, and one before it in case the
@@ -222,6 +223,9 @@ pub(crate) struct Inner {
     /// A single replica commits what it writes: the high watermark follows
     /// the log end. A replicated log's moves only by `set_high_watermark`.
     hw_follows_end: bool,
+    /// A replicated log's Raft entries, per segment base offset (`.raftindex`
+    /// sidecars); segments below the Raft log have none.
+    pub(crate) raft: BTreeMap<i64, SegmentRaftIndex>,
 }
 
 fn snapshot_offsets(dir: &Path) -> Vec<i64> {
@@ -424,6 +428,52 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The span of Raft entry `index` (segments are few: a reverse walk finds its sidecar).
+fn raft_span(inner: &Inner, index: u64) -> Option<EntrySpan> {
+    let idx = inner.raft.values().rev().find(|i| i.first_index <= index && i.len() > 0)?;
+    idx.span(index)
+}
+
+/// One Raft entry as the log stores it.
+#[derive(Debug, Clone)]
+pub struct RaftEntry {
+    pub span: EntrySpan,
+    /// The entry's term: its first batch's partitionLeaderEpoch.
+    pub term: i32,
+    pub data: Bytes,
+}
+
+/// Once a log holds Raft entries, only `append_raft_entry` writes to it: a batch written
+/// beside Raft would have no sidecar row, so the next open would cut it (and every replica
+/// would hold a different log).
+fn refuse_beside_raft(inner: &Inner) -> Result<()> {
+    if inner.raft.is_empty() {
+        return Ok(());
+    }
+    Err(LogError::InvalidRecord("this partition's log is written through Raft only".into()))
+}
+
+/// Forgets segment `base`'s sidecar, in memory and on disk.
+fn drop_sidecar(inner: &mut Inner, base: i64) -> Result<()> {
+    match inner.raft.remove(&base) {
+        Some(idx) => idx.delete(),
+        None => Ok(()),
+    }
+}
+
+/// Removes `.raftindex` files whose segment is gone (a crash between the two unlinks).
+fn remove_orphan_sidecars(dir: &Path, segments: &BTreeMap<i64, Segment>) -> Result<()> {
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let Some(base) = name.strip_suffix(".raftindex").and_then(|s| s.parse::<i64>().ok()) else { continue };
+        if !segments.contains_key(&base) {
+            remove_if_present(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
 fn parse_base_offset(name: &str) -> Option<i64> {
     let stem = name.strip_suffix(".log")?;
     if stem.len() != 20 {
@@ -517,6 +567,25 @@ impl PartitionLog {
         // A replicated log knows nothing committed until its replica says
         // (from Raft's committed index); a single replica has committed all.
         let hw = if opts.replicated { log_start } else { end };
+        let mut raft = BTreeMap::new();
+        let mut raft_cut = None;
+        if opts.replicated {
+            for seg in segments.values() {
+                if let Some(idx) = SegmentRaftIndex::open(dir, seg.base_offset, seg.next_offset, seg.size())? {
+                    raft.insert(seg.base_offset, idx);
+                }
+            }
+            remove_orphan_sidecars(dir, &segments)?;
+            // Data after the last entry a sidecar records was written but never reported
+            // durable (rows are synced before that report): Raft does not count on it, and a
+            // replica must not keep batches its leader may later write differently.
+            if let Some(idx) = raft.values().next_back() {
+                let (covered, _) = idx.covered_end();
+                if covered < end {
+                    raft_cut = Some(covered);
+                }
+            }
+        }
         let mut inner = Inner {
             config,
             segments,
@@ -526,6 +595,7 @@ impl PartitionLog {
             aborted: Vec::new(),
             hw,
             hw_follows_end: !opts.replicated,
+            raft,
         };
         report.batches_replayed = inner.recover_state(dir)?;
         let log = PartitionLog {
@@ -540,6 +610,10 @@ impl PartitionLog {
             cleaned_upto: AtomicI64::new(0),
             recovery: report,
         };
+        if let Some(cut) = raft_cut {
+            tracing::warn!(log = %dir.display(), offset = cut, "cutting a tail no Raft entry covers");
+            log.truncate_to(cut)?;
+        }
         Ok(log)
     }
 
@@ -658,6 +732,7 @@ impl PartitionLog {
     pub fn append_checked(&self, checked: CheckedProduce<'_>, leader_epoch: i32, now_ms: i64) -> Result<AppendInfo> {
         let CheckedProduce { payload, mut batches, coordinator } = checked;
         let mut inner = self.write_inner();
+        refuse_beside_raft(&inner)?;
         if let Some(dup) = self.sequence_verdict(&inner, &batches, coordinator)? {
             return Ok(dup);
         }
@@ -714,6 +789,7 @@ impl PartitionLog {
         if self.is_deleted() {
             return Err(LogError::Deleted);
         }
+        refuse_beside_raft(&inner)?;
         let base_offset = inner.log_end();
         let mut next = base_offset;
         for (_, h) in &batches {
@@ -860,6 +936,348 @@ impl PartitionLog {
         self.hw_moved.notify_waiters();
     }
 
+    /// A Raft entry's append on a replicated log (leader and followers alike): `data` is one
+    /// entry's batches with their final offsets (starting at the log end) and epoch, and `index`
+    /// its Raft index, recorded in the active segment's `.raftindex` so the entry can be found
+    /// again after a restart. The index must follow the last entry; the first entry of an empty
+    /// Raft log may have any index (the log may continue a snapshot). The row is synced by
+    /// `sync`, with the data.
+    pub fn append_raft_entry(&self, data: &[u8], index: u64, now_ms: i64) -> Result<AppendInfo> {
+        let batches = batch::split_stored(data)?;
+        let mut inner = self.write_inner();
+        if self.is_deleted() {
+            return Err(LogError::Deleted);
+        }
+        let has_entries = inner.raft.values().any(|i| i.len() > 0);
+        if has_entries {
+            let next = inner.raft.values().next_back().map_or(0, |i| i.next_index());
+            if index != next {
+                return Err(LogError::InvalidRecord(format!("raft entry {index} does not follow entry {}", next - 1)));
+            }
+        }
+        let base_offset = inner.log_end();
+        let mut next = base_offset;
+        for (_, h) in &batches {
+            if h.base_offset != next {
+                return Err(LogError::UnexpectedAppendOffset { offset: h.base_offset, log_end: next });
+            }
+            next = h.last_offset() + 1;
+        }
+        // Rolled first, so the entry's segment (and so its sidecar) is known before writing.
+        self.maybe_roll(&mut inner, data.len() as u64, now_ms)?;
+        let seg_base = inner.active().base_offset;
+        let start_pos = inner.active().size();
+        SegmentRaftIndex::check_fits(seg_base, next, start_pos + data.len() as u64)?;
+        let needs_sidecar = match inner.raft.get(&seg_base) {
+            Some(idx) => !has_entries && idx.next_index() != index,
+            None => true,
+        };
+        if needs_sidecar {
+            drop_sidecar(&mut inner, seg_base)?;
+            let idx = SegmentRaftIndex::create(&self.dir, seg_base, index, base_offset, start_pos)?;
+            inner.raft.insert(seg_base, idx);
+        }
+        self.write_batches(&mut inner, data, &batches, false, now_ms)?;
+        let end_pos = inner.active().size();
+        if let Some(idx) = inner.raft.get_mut(&seg_base) {
+            idx.push(next, end_pos)?;
+        }
+        let log_start = inner.log_start;
+        self.committed_by_append(inner);
+        let log_append_time = batches.iter().find(|(_, h)| h.is_log_append_time()).map_or(-1, |(_, h)| h.max_timestamp);
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: next - 1,
+            log_append_time,
+            log_start_offset: log_start,
+            duplicate: false,
+        })
+    }
+
+    /// The Raft entries this log holds: (first, last) index, None when it holds none.
+    pub fn raft_index_range(&self) -> Option<(u64, u64)> {
+        let inner = self.read_inner();
+        let first = inner.raft.values().find(|i| i.len() > 0)?.first_index;
+        let last = inner.raft.values().rev().find_map(|i| i.last_index())?;
+        Some((first, last))
+    }
+
+    /// Where entry `index` lies, if the log holds it.
+    pub fn raft_entry_span(&self, index: u64) -> Option<EntrySpan> {
+        let inner = self.read_inner();
+        raft_span(&inner, index)
+    }
+
+    /// The Raft entry holding `offset`, if any.
+    pub fn raft_index_for_offset(&self, offset: i64) -> Option<u64> {
+        let inner = self.read_inner();
+        let (_, idx) = inner.raft.range(..=offset).next_back()?;
+        idx.index_for_offset(offset)
+    }
+
+    /// Entries `[from, to)` as stored (zero-copy slices of the segments), stopping early once
+    /// `max_bytes` would be passed; the first entry is returned whatever its size, so a
+    /// reader always progresses. Starts at the first entry held if `from` is below it; stops at
+    /// the first index after it the log does not hold.
+    pub fn raft_entries(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<RaftEntry>> {
+        let inner = self.read_inner();
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        // Indexes below the first entry held are not an error: the log starts later.
+        let first = inner.raft.values().find(|i| i.len() > 0).map_or(from, |i| i.first_index);
+        let mut index = from.max(first);
+        while index < to {
+            let Some(span) = raft_span(&inner, index) else { break };
+            let len = (span.end_pos - span.start_pos) as usize;
+            if !out.is_empty() && bytes + len > max_bytes {
+                break;
+            }
+            let seg = inner.segments.range(..=span.base_offset).next_back().map(|(_, s)| s);
+            let data = seg.map(|s| s.bytes(span.start_pos, span.end_pos)).unwrap_or_default();
+            if data.len() != len {
+                return Err(LogError::Corrupt(format!("raft entry {index} lies outside its segment")));
+            }
+            let term = BatchHeader::parse(&data)?.partition_leader_epoch;
+            out.push(RaftEntry { span, term, data });
+            bytes += len;
+            index += 1;
+        }
+        Ok(out)
+    }
+
+    /// Removes the Raft entries after `index` (all of them with None) and their batches,
+    /// durably (`truncate_to`). Nothing happens past the last entry.
+    pub fn truncate_raft_after(&self, index: Option<u64>) -> Result<()> {
+        let cut = {
+            let inner = self.read_inner();
+            match index {
+                Some(i) => match raft_span(&inner, i) {
+                    Some(span) => span.next_offset,
+                    // Below the first entry held: everything goes; past the last: nothing.
+                    None => match inner.raft.values().find(|x| x.len() > 0) {
+                        Some(first) if i < first.first_index => first.start_offset,
+                        _ => return Ok(()),
+                    },
+                },
+                None => match inner.raft.values().find(|x| x.len() > 0) {
+                    Some(first) => first.start_offset,
+                    None => return Ok(()),
+                },
+            }
+        };
+        self.truncate_to(cut)
+    }
+
+    /// Drops whole segments whose every Raft entry is at or below `index` (Raft purged them),
+    /// moving the log start past them; a segment holding a later entry, and everything after
+    /// it, stays. Returns the new log start.
+    pub fn drop_raft_segments_upto(&self, index: u64) -> Result<i64> {
+        let mut inner = self.write_inner();
+        if self.is_deleted() {
+            return Err(LogError::Deleted);
+        }
+        // Without entries there is nothing Raft could have purged (the data is all below it).
+        if inner.raft.is_empty() {
+            return Ok(inner.log_start);
+        }
+        // The first segment holding an entry past `index` (or the log end) bounds the drop.
+        let mut keep_from = inner.log_end();
+        for (base, idx) in inner.raft.iter() {
+            if idx.last_index().is_none_or(|l| l > index) {
+                keep_from = (*base).min(keep_from);
+                break;
+            }
+        }
+        if inner.segments.keys().next().is_none_or(|first| *first >= keep_from) {
+            return Ok(inner.log_start);
+        }
+        if inner.log_end() == keep_from && !inner.active().is_empty() {
+            self.roll(&mut inner, 0)?;
+        }
+        // The log start may already be past `keep_from` (DeleteRecords): it never goes back.
+        if keep_from > inner.log_start {
+            inner.log_start = keep_from;
+            write_atomic(&self.dir.join("log-start-offset"), keep_from.to_string().as_bytes())?;
+            inner.epochs.truncate_before(keep_from)?;
+        }
+        let doomed: Vec<i64> = inner.segments.range(..keep_from).map(|(b, _)| *b).collect();
+        for base in doomed {
+            if let Some(seg) = inner.segments.remove(&base) {
+                seg.delete()?;
+                remove_if_present(&self.dir.join(file_name(base, "txnindex")))?;
+                drop_sidecar(&mut inner, base)?;
+            }
+        }
+        let start = inner.log_start;
+        inner.aborted.retain(|a| a.last_offset >= start);
+        inner.hw = inner.hw.max(inner.log_start);
+        Ok(inner.log_start)
+    }
+
+    /// Empties the log and restarts it at `next_offset` with `producers` (a follower
+    /// installing a snapshot of everything before it): every segment and sidecar is unlinked
+    /// (readers keep their slices), as Kafka's follower does on OffsetOutOfRange.
+    pub fn reset_to(&self, next_offset: i64, producers: &[u8]) -> Result<()> {
+        let states = ProducerStates::from_json(producers)
+            .ok_or_else(|| LogError::Corrupt("unreadable producer state in a snapshot".into()))?;
+        let mut inner = self.write_inner();
+        if self.is_deleted() {
+            return Err(LogError::Deleted);
+        }
+        let bases: Vec<i64> = inner.segments.keys().copied().collect();
+        // The new segment's name may equal an old one's: the old goes first.
+        for b in bases {
+            if let Some(old) = inner.segments.remove(&b) {
+                old.delete()?;
+            }
+            remove_if_present(&self.dir.join(file_name(b, "txnindex")))?;
+            drop_sidecar(&mut inner, b)?;
+        }
+        let seg =
+            Segment::create(&self.dir, next_offset, inner.config.segment_bytes, inner.config.segment_index_bytes)?;
+        inner.segments.insert(next_offset, seg);
+        for off in snapshot_offsets(&self.dir) {
+            remove_if_present(&self.dir.join(file_name(off, "snapshot")))?;
+        }
+        write_atomic(&self.dir.join(file_name(next_offset, "snapshot")), &states.to_json())?;
+        inner.log_start = next_offset;
+        write_atomic(&self.dir.join("log-start-offset"), next_offset.to_string().as_bytes())?;
+        inner.epochs.truncate_from(i64::MIN)?;
+        inner.producers = states;
+        inner.aborted.clear();
+        inner.hw = next_offset;
+        sync_dir(&self.dir)?;
+        self.flushed.store(next_offset, Ordering::SeqCst);
+        drop(inner);
+        self.hw_moved.notify_waiters();
+        Ok(())
+    }
+
+    /// The whole batches below `upto` that hold offsets at or above the log start, the newest
+    /// ones only if together they pass `max_bytes` (a Raft snapshot's log prefix, below its
+    /// first entry's successor). Copied out: the caller ships them.
+    pub fn prefix_before(&self, upto: i64, max_bytes: usize) -> Vec<u8> {
+        let inner = self.read_inner();
+        let start = inner.log_start;
+        let mut spans = Vec::new();
+        for seg in inner.segments.values() {
+            if seg.base_offset >= upto || seg.next_offset <= start {
+                continue;
+            }
+            for b in seg.batches() {
+                if b.header.base_offset >= upto {
+                    break;
+                }
+                if b.header.last_offset() >= start {
+                    spans.push((seg, b.position, b.header.total_size()));
+                }
+            }
+        }
+        let mut total = 0usize;
+        let keep = spans
+            .iter()
+            .rev()
+            .take_while(|(_, _, len)| {
+                total += len;
+                total <= max_bytes
+            })
+            .count();
+        let mut out = Vec::with_capacity(total.min(max_bytes));
+        for (seg, pos, len) in &spans[spans.len() - keep..] {
+            out.extend_from_slice(&seg.bytes(*pos, pos + *len as u64));
+        }
+        out
+    }
+
+    /// A follower installing a Raft snapshot: the log restarts holding only `prefix` (whole
+    /// batches as `prefix_before` gave them, ending at `next_offset`), with the leader's log
+    /// start (or the first batch shipped, if later), its producer state, and everything up to
+    /// `next_offset` committed. An empty prefix starts the log empty at `next_offset`.
+    pub fn restore_prefix(&self, prefix: &[u8], log_start: i64, next_offset: i64, producers: &[u8]) -> Result<()> {
+        let batches = if prefix.is_empty() { Vec::new() } else { batch::split_stored(prefix)? };
+        let first = batches.first().map_or(next_offset, |(_, h)| h.base_offset);
+        let end = batches.last().map_or(next_offset, |(_, h)| h.last_offset() + 1);
+        if end != next_offset {
+            return Err(LogError::Corrupt(format!("snapshot prefix ends at {end}, not at {next_offset}")));
+        }
+        self.reset_to(first, producers)?;
+        let mut inner = self.write_inner();
+        if !batches.is_empty() {
+            let mut next = first;
+            for (_, h) in &batches {
+                if h.base_offset != next {
+                    return Err(LogError::Corrupt(format!("snapshot prefix has a gap at offset {next}")));
+                }
+                next = h.last_offset() + 1;
+            }
+            self.write_batches(&mut inner, prefix, &batches, false, 0)?;
+            // The prefix's batches moved producer state past the snapshot's; its own is exact.
+            inner.producers = ProducerStates::from_json(producers)
+                .ok_or_else(|| LogError::Corrupt("unreadable producer state in a snapshot".into()))?;
+            // Recovery starts from the newest producer snapshot file: this one, at the end.
+            self.snapshot_producers(&inner, next_offset)?;
+            inner.active().sync()?;
+            self.flushed.store(next_offset, Ordering::SeqCst);
+        }
+        let start = log_start.clamp(first, next_offset);
+        if start > inner.log_start {
+            inner.log_start = start;
+            write_atomic(&self.dir.join("log-start-offset"), start.to_string().as_bytes())?;
+            inner.epochs.truncate_before(start)?;
+        }
+        inner.hw = next_offset;
+        drop(inner);
+        self.hw_moved.notify_waiters();
+        Ok(())
+    }
+
+    /// Producer state as of the log end (for a Raft snapshot).
+    pub fn producer_state(&self) -> Vec<u8> {
+        self.read_inner().producers.to_json()
+    }
+
+    /// Producer state as of `upto` (the batches below it): a Raft snapshot's, when entries past
+    /// its last one are already in the log. Rebuilt like recovery does, from the newest
+    /// producer snapshot file at or below `upto` and the batch headers after it.
+    pub fn producer_state_at(&self, upto: i64) -> Result<Vec<u8>> {
+        let inner = self.read_inner();
+        if upto >= inner.log_end() {
+            return Ok(inner.producers.to_json());
+        }
+        let mut states = ProducerStates::default();
+        let mut from = i64::MIN;
+        for off in snapshot_offsets(&self.dir).into_iter().rev().filter(|o| *o <= upto) {
+            if let Some(st) = std::fs::read(self.dir.join(file_name(off, "snapshot")))
+                .ok()
+                .and_then(|b| ProducerStates::from_json(&b))
+            {
+                states = st;
+                from = off;
+                break;
+            }
+        }
+        for seg in inner.segments.values() {
+            if seg.next_offset <= from || seg.base_offset >= upto {
+                continue;
+            }
+            for b in seg.batches() {
+                if b.header.base_offset < from {
+                    continue;
+                }
+                if b.header.base_offset >= upto {
+                    break;
+                }
+                let marker = if b.header.is_control() {
+                    batch::marker_kind(&seg.bytes(b.position, b.position + b.header.total_size() as u64))
+                } else {
+                    None
+                };
+                states.update(&b.header, marker);
+            }
+        }
+        Ok(states.to_json())
+    }
+
     /// Raises the high watermark to `offset` (clamped to the log end; a
     /// lower value than the current one is ignored) and wakes consumers'
     /// long polls if it moved. Returns the high watermark.
@@ -916,6 +1334,7 @@ impl PartitionLog {
             if let Some(old) = inner.segments.remove(&old_base) {
                 old.delete()?;
             }
+            drop_sidecar(inner, old_base)?;
         } else {
             let old_base = inner.active().base_offset;
             inner.active_mut().close()?;
@@ -1095,10 +1514,16 @@ impl PartitionLog {
         Ok(inner.log_start)
     }
 
+    /// Unlinks the segments wholly below the log start. Segments holding Raft entries stay
+    /// (unreadable below the log start): dropping them would leave a hole in the Raft log;
+    /// Raft's purge takes them (`drop_raft_segments_upto`).
     fn drop_segments_below_start(&self, inner: &mut Inner) -> Result<usize> {
         let mut dropped = 0;
         while let Some((&base, first)) = inner.segments.iter().next() {
             if first.next_offset > inner.log_start || first.base_offset == first.next_offset {
+                break;
+            }
+            if inner.raft.contains_key(&base) {
                 break;
             }
             if inner.segments.len() == 1 {
@@ -1107,6 +1532,7 @@ impl PartitionLog {
             if let Some(seg) = inner.segments.remove(&base) {
                 seg.delete()?;
                 remove_if_present(&self.dir.join(file_name(base, "txnindex")))?;
+                drop_sidecar(inner, base)?;
                 dropped += 1;
             }
         }
@@ -1155,6 +1581,10 @@ impl PartitionLog {
             if seg.next_offset > inner.hw {
                 break;
             }
+            // Raft entries go through Raft's purge (`drop_raft_segments_upto`), never here.
+            if inner.raft.contains_key(&seg.base_offset) {
+                break;
+            }
             expired_active = i + 1 == n;
             size -= seg.size() as i64;
             new_start = seg.next_offset;
@@ -1193,6 +1623,7 @@ impl PartitionLog {
             if let Some(seg) = inner.segments.remove(&b) {
                 seg.delete()?;
                 remove_if_present(&self.dir.join(file_name(b, "txnindex")))?;
+                drop_sidecar(&mut inner, b)?;
             }
         }
         let active = inner.active_mut();
@@ -1204,6 +1635,14 @@ impl PartitionLog {
         // At the log's new end, not at `offset`: the batch holding `offset`
         // went whole, and an epoch it started went with it.
         let end = inner.log_end();
+        for idx in inner.raft.values_mut() {
+            idx.truncate_after_offset(end)?;
+        }
+        // A sidecar left without entries describes nothing: the next entry starts a new one.
+        let emptied: Vec<i64> = inner.raft.iter().filter(|(_, i)| i.len() == 0).map(|(b, _)| *b).collect();
+        for b in emptied {
+            drop_sidecar(&mut inner, b)?;
+        }
         inner.hw = if inner.hw_follows_end { end } else { inner.hw.min(end) };
         inner.epochs.truncate_from(end)?;
         inner.recover_state(&self.dir)?;
@@ -1214,6 +1653,7 @@ impl PartitionLog {
             if let Some(seg) = inner.segments.remove(&end) {
                 seg.delete()?;
                 remove_if_present(&self.dir.join(file_name(end, "txnindex")))?;
+                drop_sidecar(&mut inner, end)?;
             }
         }
         if inner.segments.values().next_back().is_none_or(|s| s.closed) {
@@ -1234,10 +1674,16 @@ impl PartitionLog {
         if self.flushed.load(Ordering::Acquire) >= upto {
             return Ok(());
         }
-        let (file, end) = {
+        let (file, end, sidecars) = {
             let inner = self.read_inner();
-            (inner.active().file(), inner.log_end())
+            let sidecars: Vec<Arc<std::fs::File>> = inner.raft.values().filter_map(|i| i.take_dirty()).collect();
+            (inner.active().file(), inner.log_end(), sidecars)
         };
+        // The rows of entries up to `end` were written before `end` was read: syncing them
+        // first means no entry is reported durable whose row could still be lost.
+        for f in sidecars {
+            f.sync_data()?;
+        }
         self.group_commit
             .sync(crate::durability::Target {
                 file,

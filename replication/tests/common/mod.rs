@@ -50,6 +50,13 @@ impl KillableConnector {
     }
 }
 
+impl KillableConnector {
+    /// Undoes every `cut`: dials succeed again (the transport reconnects by itself).
+    pub fn heal(&self) {
+        self.cut.lock().unwrap().clear();
+    }
+}
+
 impl Connector for KillableConnector {
     fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, io::Result<BoxStream>> {
         Box::pin(async move {

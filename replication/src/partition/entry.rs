@@ -1,0 +1,160 @@
+//! Raft entries as the batches a partition log stores: a normal entry is the producer's batches
+//! with the log's offsets and the entry's term as partitionLeaderEpoch; Raft's own entries are
+//! control batches clients skip (blank = LEADER_CHANGE, membership = a Fjord-private type with
+//! the membership as JSON). Encoding is deterministic, so every replica stores the same bytes.
+
+use std::io;
+
+use bytes::Bytes;
+use fjord_storage::batch::{self, BatchHeader, CONTROL_LEADER_CHANGE, HEADER_SIZE};
+use fjord_storage::RaftEntry;
+use openraft::type_config::alias::{EntryOf, LogIdOf};
+use openraft::EntryPayload;
+
+use crate::types::{BatchData, TypeConfig, MAX_TERM};
+
+/// Control type of a membership entry: outside Kafka's range (0..=6), so clients ignore it.
+pub const CONTROL_MEMBERSHIP: i16 = 0x4601;
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// The bytes `entry` is stored as when the log ends at `base_offset`.
+pub fn encode(entry: &EntryOf<TypeConfig>, base_offset: i64) -> io::Result<Vec<u8>> {
+    let term = entry.log_id.committed_leader_id().term;
+    let epoch = i32::try_from(term)
+        .ok()
+        .filter(|_| term <= MAX_TERM)
+        .ok_or_else(|| invalid(format!("term {term} does not fit a partition leader epoch")))?;
+    let mut data = match &entry.payload {
+        EntryPayload::Normal(BatchData(b)) => b.to_vec(),
+        EntryPayload::Blank => batch::build_control(CONTROL_LEADER_CHANGE, b""),
+        EntryPayload::Membership(m) => {
+            let json = serde_json::to_vec(m).map_err(|e| invalid(format!("membership: {e}")))?;
+            batch::build_control(CONTROL_MEMBERSHIP, &json)
+        }
+    };
+    // Offsets run on from the log end batch by batch; only the header walk is needed here, the
+    // log validates each batch (CRC included) when it takes the entry.
+    let mut pos = 0;
+    let mut next = base_offset;
+    while pos < data.len() {
+        let h = BatchHeader::parse(&data[pos..]).map_err(|e| invalid(e.to_string()))?;
+        let end = pos + h.total_size();
+        if h.batch_length < (HEADER_SIZE - batch::LOG_OVERHEAD) as i32 || end > data.len() || h.last_offset_delta < 0 {
+            return Err(invalid(format!("entry {} holds a malformed batch", entry.log_id.index())));
+        }
+        batch::patch(&mut data[pos..end], next, epoch, None);
+        next += i64::from(h.last_offset_delta) + 1;
+        pos = end;
+    }
+    if data.is_empty() {
+        return Err(invalid(format!("entry {} holds no batch", entry.log_id.index())));
+    }
+    Ok(data)
+}
+
+/// The Raft entry a stored one is: its control batch decoded back, or its batches as a normal
+/// entry.
+pub fn decode(stored: RaftEntry) -> io::Result<EntryOf<TypeConfig>> {
+    let term = u64::try_from(stored.term)
+        .map_err(|_| invalid(format!("entry {} has epoch {}", stored.span.index, stored.term)))?;
+    let log_id = LogIdOf::<TypeConfig>::new_term_index(term, stored.span.index);
+    let single = BatchHeader::parse(&stored.data).is_ok_and(|h| h.total_size() == stored.data.len());
+    let payload = match batch::control_record(&stored.data).filter(|_| single) {
+        Some((CONTROL_LEADER_CHANGE, _)) => EntryPayload::Blank,
+        Some((CONTROL_MEMBERSHIP, json)) => EntryPayload::Membership(
+            serde_json::from_slice(json)
+                .map_err(|e| invalid(format!("entry {}: membership: {e}", stored.span.index)))?,
+        ),
+        _ => EntryPayload::Normal(BatchData(stored.data)),
+    };
+    Ok(EntryOf::<TypeConfig> { log_id, payload })
+}
+
+/// The LogAppendTime the entry's batches carry, or -1.
+pub fn log_append_time(data: &Bytes) -> i64 {
+    BatchHeader::parse(data).ok().filter(|h| h.is_log_append_time()).map_or(-1, |h| h.max_timestamp)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use fjord_storage::EntrySpan;
+    use openraft::Membership;
+
+    use super::*;
+
+    fn stored(index: u64, term: i32, data: Vec<u8>) -> RaftEntry {
+        let h = batch::validate(&data).unwrap();
+        let span = EntrySpan {
+            index,
+            base_offset: h.base_offset,
+            next_offset: h.last_offset() + 1,
+            start_pos: 0,
+            end_pos: data.len() as u64,
+        };
+        RaftEntry { span, term, data: Bytes::from(data) }
+    }
+
+    fn roundtrip(payload: EntryPayload<BatchData, crate::NodeId, openraft::BasicNode>) {
+        let entry = EntryOf::<TypeConfig> { log_id: LogIdOf::<TypeConfig>::new_term_index(7, 3), payload };
+        let data = encode(&entry, 40).unwrap();
+        let h = batch::validate(&data).unwrap();
+        assert_eq!((h.base_offset, h.partition_leader_epoch), (40, 7));
+        let back = decode(stored(3, 7, data.clone())).unwrap();
+        assert_eq!(back, entry.clone().with_stored_payload(&data));
+        // What a follower gets back encodes to the same bytes at the same offset.
+        assert_eq!(encode(&back, 40).unwrap(), data);
+    }
+
+    trait Stored {
+        fn with_stored_payload(self, data: &[u8]) -> Self;
+    }
+    impl Stored for EntryOf<TypeConfig> {
+        /// A normal entry comes back as stored (offsets and epoch patched in).
+        fn with_stored_payload(mut self, data: &[u8]) -> Self {
+            if let EntryPayload::Normal(_) = self.payload {
+                self.payload = EntryPayload::Normal(BatchData(Bytes::copy_from_slice(data)));
+            }
+            self
+        }
+    }
+
+    #[test]
+    fn each_kind_of_entry_survives_the_log() {
+        roundtrip(EntryPayload::Blank);
+        let m = Membership::new_with_defaults(vec![BTreeSet::from([1, 2, 3])], [4]);
+        roundtrip(EntryPayload::Membership(m));
+        roundtrip(EntryPayload::Normal(BatchData(Bytes::from(batch::build_batch(0, 5, &[(Some(b"k"), Some(b"v"))])))));
+    }
+
+    #[test]
+    fn several_batches_get_consecutive_offsets_and_terms_must_fit_an_epoch() {
+        let mut payload = batch::build_batch(0, 5, &[(None, Some(b"a")), (None, Some(b"b"))]);
+        payload.extend(batch::build_batch(0, 6, &[(None, Some(b"c"))]));
+        let entry = EntryOf::<TypeConfig> {
+            log_id: LogIdOf::<TypeConfig>::new_term_index(2, 0),
+            payload: EntryPayload::Normal(BatchData(Bytes::from(payload))),
+        };
+        let data = encode(&entry, 10).unwrap();
+        let batches = batch::split_stored(&data).unwrap();
+        assert_eq!(batches.iter().map(|(_, h)| h.base_offset).collect::<Vec<_>>(), vec![10, 12]);
+        let big = EntryOf::<TypeConfig> { log_id: LogIdOf::<TypeConfig>::new_term_index(MAX_TERM + 1, 0), ..entry };
+        assert!(encode(&big, 0).is_err());
+        let junk = EntryOf::<TypeConfig> {
+            log_id: LogIdOf::<TypeConfig>::new_term_index(1, 0),
+            payload: EntryPayload::Normal(BatchData(Bytes::from_static(&[0; 30]))),
+        };
+        assert!(encode(&junk, 0).is_err(), "malformed data is an error, not a panic");
+    }
+
+    #[test]
+    fn a_transaction_marker_stays_a_normal_entry() {
+        let mut m = batch::build_marker(9, 0, 0, true, 5);
+        batch::patch(&mut m, 0, 1, None);
+        assert!(matches!(decode(stored(0, 1, m)).unwrap().payload, EntryPayload::Normal(_)));
+    }
+}

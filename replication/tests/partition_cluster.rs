@@ -1,0 +1,538 @@
+//! Three in-process nodes over real loopback TCP hosting partition groups whose Raft log is the
+//! partition's segment log: writes commit, every replica's log ends up byte-identical (same
+//! batches at the same offsets, same epochs) with its high watermark at the commit, and after the
+//! leader is cut off a new one keeps the acknowledged writes where they were and commits more.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{init_tracing, wait_until, KillableConnector};
+use fjord_replication::heartbeat::HeartbeatDriver;
+use fjord_replication::node::{self, GroupTimings, ReplicaNode};
+use fjord_replication::partition::{self, PartitionStateMachine};
+use fjord_replication::transport::{TcpListener, TransportConfig};
+use fjord_replication::{BatchData, GroupId, NodeId, Raft};
+use fjord_storage::batch::{self, ASSIGNED_HEAD};
+use fjord_storage::{LogConfig, PartitionLog};
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::{BasicNode, ServerState};
+
+const GROUPS: u64 = 4;
+const NODES: u64 = 3;
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct TestNode {
+    node: ReplicaNode<PartitionStateMachine>,
+    logs: HashMap<GroupId, Arc<PartitionLog>>,
+    connector: Arc<KillableConnector>,
+    _heartbeats: HeartbeatDriver,
+}
+
+impl TestNode {
+    fn raft(&self, group: GroupId) -> Raft<PartitionStateMachine> {
+        self.node.group(group).expect("group started")
+    }
+}
+
+fn timings() -> GroupTimings {
+    GroupTimings {
+        heartbeat_interval: Duration::from_millis(100),
+        election_timeout_min: Duration::from_millis(600),
+        election_timeout_max: Duration::from_millis(1000),
+    }
+}
+
+/// The nodes, and each one's cluster address.
+async fn start_cluster(data: &std::path::Path) -> (Vec<TestNode>, BTreeMap<NodeId, BasicNode>) {
+    start_cluster_with(data, config()).await
+}
+
+fn config() -> Arc<openraft::Config> {
+    partition::raft_config(&timings(), "partition-test").unwrap()
+}
+
+async fn start_cluster_with(
+    data: &std::path::Path,
+    config: Arc<openraft::Config>,
+) -> (Vec<TestNode>, BTreeMap<NodeId, BasicNode>) {
+    let mut listeners = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=NODES {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        members.insert(id, BasicNode::new(l.local_addr().unwrap().to_string()));
+        listeners.push(l);
+    }
+    let mut nodes = Vec::new();
+    for (id, listener) in (1..=NODES).zip(listeners) {
+        nodes.push(start_node(data, id, listener, &members, config.clone()).await);
+    }
+    for group in 1..=GROUPS {
+        nodes[(group % NODES) as usize].raft(group).initialize(members.clone()).await.unwrap();
+    }
+    (nodes, members)
+}
+
+/// Starts node `id` with its partition logs under `data` (opened from what is on disk).
+async fn start_node(
+    data: &std::path::Path,
+    id: NodeId,
+    listener: TcpListener,
+    members: &BTreeMap<NodeId, BasicNode>,
+    config: Arc<openraft::Config>,
+) -> TestNode {
+    let connector = KillableConnector::new();
+    let node = ReplicaNode::new(TransportConfig::new("partition-test", id), connector.clone());
+    node.serve(listener);
+    for (peer, n) in members {
+        node.add_peer(*peer, &n.addr);
+    }
+    let mut logs = HashMap::new();
+    for group in 1..=GROUPS {
+        // Small segments, so entries cross segment rolls.
+        let cfg = LogConfig { segment_bytes: 600, ..LogConfig::default() };
+        let (store, sm) = partition::open(&data.join(format!("node-{id}/t-{group}")), cfg).unwrap();
+        logs.insert(group, store.log().clone());
+        node.start_group(group, config.clone(), store, sm).await.unwrap();
+    }
+    let heartbeats = node.start_heartbeats(timings().heartbeat_interval);
+    TestNode { node, logs, connector, _heartbeats: heartbeats }
+}
+
+/// Waits until every node names the same leader of `group` and that node knows it leads;
+/// returns it. (Polled as a whole: right after a node stops, others may still name it.)
+async fn settled_leader(nodes: &[TestNode], group: GroupId) -> NodeId {
+    let mut found = None;
+    wait_until(DEADLINE, &format!("group {group}: one leader all nodes agree on"), || {
+        let named: Vec<_> = nodes.iter().map(|n| n.raft(group).metrics().borrow_watched().current_leader).collect();
+        found = named[0].filter(|l| {
+            named.iter().all(|n| *n == Some(*l))
+                && nodes
+                    .iter()
+                    .any(|n| n.node.id() == *l && n.raft(group).metrics().borrow_watched().state == ServerState::Leader)
+        });
+        let done = found.is_some();
+        async move { done }
+    })
+    .await;
+    found.unwrap()
+}
+
+/// An acknowledged write: Raft index, the offsets the acknowledgement gave, the batch sent.
+#[derive(Debug, Clone)]
+struct Ack {
+    index: u64,
+    base_offset: i64,
+    last_offset: i64,
+    batch: Vec<u8>,
+}
+
+type Acked = HashMap<GroupId, Vec<Ack>>;
+
+/// Writes `count` batches of two records to every group through its leader with `node::write`.
+async fn write_all(nodes: &[TestNode], round: &str, count: usize) -> Acked {
+    let mut acked = Acked::new();
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    for group in 1..=GROUPS {
+        for i in 0..count {
+            let v = format!("{round}:{group}:{i}");
+            let batch = batch::build_batch(0, 1_000 + i as i64, &[(None, Some(v.as_bytes())), (None, Some(b"x"))]);
+            loop {
+                assert!(tokio::time::Instant::now() < give_up, "group {group}: write {i} not acknowledged");
+                let leader = settled_leader(nodes, group).await;
+                let raft = nodes.iter().find(|n| n.node.id() == leader).unwrap().raft(group);
+                match node::write(&raft, BatchData(Bytes::from(batch.clone())), DEADLINE).await {
+                    Ok(resp) => {
+                        let a = resp.data;
+                        assert_eq!(a.last_offset, a.base_offset + 1, "two records");
+                        let index = resp.log_id.index();
+                        acked.entry(group).or_default().push(Ack {
+                            index,
+                            base_offset: a.base_offset,
+                            last_offset: a.last_offset,
+                            batch: batch.clone(),
+                        });
+                        break;
+                    }
+                    Err(e) if e.forward_to_leader().is_some() => continue,
+                    Err(e) => panic!("group {group}: write failed: {e}"),
+                }
+            }
+        }
+    }
+    acked
+}
+
+/// Waits until every node has applied `index` of `group`.
+async fn caught_up(nodes: &[TestNode], group: GroupId, index: u64) {
+    for n in nodes {
+        n.raft(group)
+            .wait(Some(DEADLINE))
+            .applied_index_at_least(Some(index), format!("group {group} on node {}", n.node.id()))
+            .await
+            .unwrap();
+    }
+}
+
+/// One replica's Raft log as stored: per entry (index, term, base offset, next offset, bytes).
+type Stored = Vec<(u64, i32, i64, i64, Bytes)>;
+
+fn stored(log: &PartitionLog) -> Stored {
+    let (first, last) = log.raft_index_range().expect("entries");
+    log.raft_entries(first, last + 1, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.span.index, e.term, e.span.base_offset, e.span.next_offset, e.data))
+        .collect()
+}
+
+/// Every replica of every group holds the same log, and its HW is the end of its last applied
+/// entry (all are applied here, so the log end).
+fn assert_identical(nodes: &[TestNode]) -> HashMap<GroupId, Stored> {
+    let mut out = HashMap::new();
+    for group in 1..=GROUPS {
+        let reference = stored(&nodes[0].logs[&group]);
+        assert_eq!(reference[0].0, 0, "the log starts with the membership at index 0");
+        for n in nodes {
+            let log = &n.logs[&group];
+            assert_eq!(stored(log), reference, "group {group}: node {} differs", n.node.id());
+            let applied = n.raft(group).metrics().borrow_watched().last_applied.unwrap().index();
+            let end = log.raft_entry_span(applied).unwrap().next_offset;
+            assert_eq!(log.high_watermark(), end, "group {group}: node {} HW is the commit", n.node.id());
+            assert_eq!(log.log_end_offset(), end);
+            // Epochs follow terms: the cache says where each term started.
+            for (_, term, base, _, _) in &reference {
+                assert!(log.epoch_for_offset(*base).is_some_and(|e| e >= *term));
+            }
+        }
+        out.insert(group, reference);
+    }
+    out
+}
+
+/// Each acknowledged write is in `log` at the index and offsets it was acknowledged with, with
+/// the bytes the producer sent (only offset and epoch patched).
+fn assert_acked_at_their_offsets(log: &PartitionLog, acks: &[Ack], what: &str) {
+    for a in acks {
+        let e = log.raft_entries(a.index, a.index + 1, 0).unwrap();
+        let e = e.first().unwrap_or_else(|| panic!("{what}: entry {} missing", a.index));
+        assert_eq!((e.span.base_offset, e.span.next_offset - 1), (a.base_offset, a.last_offset), "{what}");
+        assert_eq!(&e.data[ASSIGNED_HEAD..], &a.batch[ASSIGNED_HEAD..], "{what}: entry {} bytes", a.index);
+        let h = batch::validate(&e.data).unwrap();
+        assert_eq!((h.base_offset, i64::from(h.partition_leader_epoch)), (a.base_offset, i64::from(e.term)));
+        // A consumer's read at the offset finds the same batch.
+        let read = log.read(a.base_offset, 1, i64::MAX).unwrap();
+        assert_eq!(&read.records[..], &e.data[..], "{what}: read at {}", a.base_offset);
+    }
+}
+
+#[tokio::test]
+async fn partition_logs_replicate_identically_and_survive_a_lost_leader() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let (nodes, _) = start_cluster(tmp.path()).await;
+    let first = write_all(&nodes, "before", 6).await;
+    for (g, acks) in &first {
+        caught_up(&nodes, *g, acks.last().unwrap().index).await;
+    }
+    let before = assert_identical(&nodes);
+    for n in &nodes {
+        for (g, acks) in &first {
+            assert_acked_at_their_offsets(&n.logs[g], acks, &format!("group {g} node {}", n.node.id()));
+        }
+    }
+    assert!(nodes[0].logs[&1].segment_count() > 1, "entries crossed segment rolls");
+
+    // Cut group 1's leader off: its transport stops, so all its connections die.
+    let lost = settled_leader(&nodes, 1).await;
+    let lost_at = nodes.iter().position(|n| n.node.id() == lost).unwrap();
+    nodes[lost_at].node.transport().shutdown();
+    let rest: Vec<&TestNode> = nodes.iter().filter(|n| n.node.id() != lost).collect();
+    for group in 1..=GROUPS {
+        for n in &rest {
+            n.raft(group)
+                .wait(Some(DEADLINE))
+                .metrics(
+                    |m| m.current_leader.is_some_and(|l| l != lost) && m.current_term > 0,
+                    format!("group {group}: a leader other than {lost}"),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let survivors = &rest;
+    let second = write_rest(survivors, "after", 4).await;
+    for (g, acks) in &second {
+        for n in survivors.iter() {
+            n.raft(*g)
+                .wait(Some(DEADLINE))
+                .applied_index_at_least(Some(acks.last().unwrap().index), format!("group {g}"))
+                .await
+                .unwrap();
+        }
+    }
+    for n in survivors.iter() {
+        for g in 1..=GROUPS {
+            let what = format!("group {g} node {} after the leader was lost", n.node.id());
+            assert_acked_at_their_offsets(&n.logs[&g], &first[&g], &what);
+            assert_acked_at_their_offsets(&n.logs[&g], &second[&g], &what);
+            let now = stored(&n.logs[&g]);
+            assert_eq!(&now[..before[&g].len()], &before[&g][..], "{what}: the committed prefix changed");
+        }
+    }
+    // The survivors agree with each other entry for entry.
+    for g in 1..=GROUPS {
+        assert_eq!(stored(&survivors[0].logs[&g]), stored(&survivors[1].logs[&g]), "group {g}");
+        let new_leader = survivors[0].raft(g).metrics().borrow_watched().current_term;
+        let last = stored(&survivors[0].logs[&g]).last().unwrap().1;
+        assert!(i64::from(last) <= new_leader as i64);
+    }
+    for n in &nodes {
+        n.node.shutdown().await;
+    }
+}
+
+/// `write_all` for the nodes still connected.
+async fn write_rest(nodes: &[&TestNode], round: &str, count: usize) -> Acked {
+    let mut acked = Acked::new();
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    for group in 1..=GROUPS {
+        for i in 0..count {
+            let v = format!("{round}:{group}:{i}");
+            let batch = batch::build_batch(0, 2_000 + i as i64, &[(None, Some(v.as_bytes())), (None, Some(b"y"))]);
+            loop {
+                assert!(tokio::time::Instant::now() < give_up, "group {group}: write {i} not acknowledged");
+                let leader = wait_leader(nodes, group).await;
+                let raft = nodes.iter().find(|n| n.node.id() == leader).unwrap().raft(group);
+                match node::write(&raft, BatchData(Bytes::from(batch.clone())), DEADLINE).await {
+                    Ok(resp) => {
+                        acked.entry(group).or_default().push(Ack {
+                            index: resp.log_id.index(),
+                            base_offset: resp.data.base_offset,
+                            last_offset: resp.data.last_offset,
+                            batch: batch.clone(),
+                        });
+                        break;
+                    }
+                    Err(e) if e.forward_to_leader().is_some() => continue,
+                    Err(e) => panic!("group {group}: write failed: {e}"),
+                }
+            }
+        }
+    }
+    acked
+}
+
+/// The leader of `group` among `nodes`, once one of them knows it leads.
+async fn wait_leader(nodes: &[&TestNode], group: GroupId) -> NodeId {
+    let mut found = None;
+    wait_until(DEADLINE, &format!("a leader of group {group}"), || {
+        found = nodes
+            .iter()
+            .find(|n| n.raft(group).metrics().borrow_watched().state == ServerState::Leader)
+            .map(|n| n.node.id());
+        let ok = found.is_some();
+        async move { ok }
+    })
+    .await;
+    found.unwrap()
+}
+
+/// A node that stops and starts again from its data dir finds its log, vote and high
+/// watermark there, catches up on what was committed without it, and ends identical.
+#[tokio::test]
+async fn a_restarted_node_rejoins_from_its_partition_logs() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut nodes, mut members) = start_cluster(tmp.path()).await;
+    let first = write_all(&nodes, "before", 4).await;
+    for (g, acks) in &first {
+        caught_up(&nodes, *g, acks.last().unwrap().index).await;
+    }
+    assert_identical(&nodes);
+    let restarted = nodes.pop().unwrap();
+    let id = restarted.node.id();
+    let hws: HashMap<GroupId, i64> = restarted.logs.iter().map(|(g, l)| (*g, l.high_watermark())).collect();
+    restarted.node.shutdown().await;
+    drop(restarted);
+
+    let second = write_rest(&nodes.iter().collect::<Vec<_>>(), "while-down", 3).await;
+    // Back on another port: the peers learn the new address, as after a restart elsewhere.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    members.insert(id, BasicNode::new(addr.clone()));
+    let back = start_node(tmp.path(), id, listener, &members, config()).await;
+    for (g, hw) in &hws {
+        assert_eq!(back.logs[g].high_watermark(), *hw, "group {g}: the HW comes back from raft-state");
+    }
+    for n in &nodes {
+        n.node.add_peer(id, &addr);
+    }
+    nodes.push(back);
+    for (g, acks) in &second {
+        caught_up(&nodes, *g, acks.last().unwrap().index).await;
+    }
+    assert_identical(&nodes);
+    for n in &nodes {
+        for g in 1..=GROUPS {
+            let what = format!("group {g} node {} after node {id} restarted", n.node.id());
+            assert_acked_at_their_offsets(&n.logs[&g], &first[&g], &what);
+            assert_acked_at_their_offsets(&n.logs[&g], &second[&g], &what);
+        }
+    }
+    for n in &nodes {
+        n.node.shutdown().await;
+    }
+}
+
+/// A leader cut off from both peers appends an entry it cannot commit; the others elect a new
+/// leader and commit other entries at those indexes. Once the links heal, the old leader
+/// truncates its uncommitted suffix (batches and sidecar rows) and ends byte-identical.
+#[tokio::test]
+async fn a_cut_off_leader_truncates_its_uncommitted_suffix_when_it_returns() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let (nodes, members) = start_cluster(tmp.path()).await;
+    let first = write_all(&nodes, "before", 3).await;
+    for (g, acks) in &first {
+        caught_up(&nodes, *g, acks.last().unwrap().index).await;
+    }
+    let group = 1;
+    let old = settled_leader(&nodes, group).await;
+    let old_at = nodes.iter().position(|n| n.node.id() == old).unwrap();
+    for (i, n) in nodes.iter().enumerate() {
+        if i == old_at {
+            for (peer, addr) in &members {
+                if *peer != old {
+                    n.connector.cut(&addr.addr);
+                }
+            }
+        } else {
+            n.connector.cut(&members[&old].addr);
+        }
+    }
+    // The old leader still believes it leads: it appends, but no quorum will ever ack.
+    let old_log = nodes[old_at].logs[&group].clone();
+    let last_before = old_log.raft_index_range().unwrap().1;
+    let ghost = batch::build_batch(0, 9, &[(None, Some(b"ghost".as_slice()))]);
+    let raft = nodes[old_at].raft(group);
+    let pending = tokio::spawn(async move { raft.client_write(BatchData(Bytes::from(ghost))).await });
+    wait_until(DEADLINE, "the cut-off leader appended", || {
+        let grew = old_log.raft_index_range().is_some_and(|(_, l)| l > last_before);
+        async move { grew }
+    })
+    .await;
+    let ghost_index = last_before + 1;
+    let ghost_term = old_log.raft_entries(ghost_index, ghost_index + 1, 0).unwrap()[0].term;
+
+    let rest: Vec<&TestNode> = nodes.iter().filter(|n| n.node.id() != old).collect();
+    let second = write_rest(&rest, "meanwhile", 3).await;
+    for n in &nodes {
+        n.connector.heal();
+    }
+    for (g, acks) in &second {
+        caught_up(&nodes, *g, acks.last().unwrap().index).await;
+    }
+    assert_identical(&nodes);
+    let e = old_log.raft_entries(ghost_index, ghost_index + 1, 0).unwrap();
+    assert!(e[0].term > ghost_term, "index {ghost_index} now holds the new leader's entry");
+    for n in &nodes {
+        for (_, _, _, _, data) in stored(&n.logs[&group]) {
+            assert!(!data.windows(5).any(|w| w == b"ghost"), "node {}: the uncommitted entry survived", n.node.id());
+        }
+        for g in 1..=GROUPS {
+            let what = format!("group {g} node {}", n.node.id());
+            assert_acked_at_their_offsets(&n.logs[&g], &first[&g], &what);
+            assert_acked_at_their_offsets(&n.logs[&g], &second[&g], &what);
+        }
+    }
+    // The write the old leader took was never acknowledged.
+    let answer = tokio::time::timeout(DEADLINE, pending).await.expect("the pending write ends").unwrap();
+    assert!(answer.is_err(), "an uncommitted write was acknowledged: {answer:?}");
+    for n in &nodes {
+        n.node.shutdown().await;
+    }
+}
+
+/// A node whose partition directory was wiped is filled again by a snapshot once the leader has
+/// purged the entries it would need: the snapshot's prefix batches and then the entries after it
+/// make its log read the same as the leader's, at the same offsets.
+#[tokio::test]
+async fn a_wiped_replica_is_filled_by_a_snapshot_after_the_leader_purged() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    // A wiped voter comes back with an empty log: openraft must be told to accept that (how a
+    // wiped node rejoins safely, as a learner first, is later work); the snapshot path is what
+    // this test is about.
+    let config = Arc::new(openraft::Config { allow_log_reversion: Some(true), ..(*config()).clone() });
+    let (mut nodes, mut members) = start_cluster_with(tmp.path(), config.clone()).await;
+    let first = write_all(&nodes, "before", 8).await;
+    for (g, acks) in &first {
+        caught_up(&nodes, *g, acks.last().unwrap().index).await;
+    }
+    let group = 1;
+    let leader_id = settled_leader(&nodes, group).await;
+    // Wipe a follower: stop it, delete the group's directory.
+    let wiped_at = nodes.iter().position(|n| n.node.id() != leader_id).unwrap();
+    let wiped = nodes.remove(wiped_at);
+    let id = wiped.node.id();
+    wiped.node.shutdown().await;
+    drop(wiped);
+    std::fs::remove_dir_all(tmp.path().join(format!("node-{id}/t-{group}"))).unwrap();
+
+    // The leader snapshots and purges up to its last applied entry.
+    let leader = nodes.iter().find(|n| n.node.id() == leader_id).unwrap();
+    let raft = leader.raft(group);
+    let applied = raft.metrics().borrow_watched().last_applied.unwrap();
+    raft.trigger().snapshot().await.unwrap();
+    raft.wait(Some(DEADLINE))
+        .metrics(|m| m.snapshot.is_some_and(|s| s.index() >= applied.index()), "snapshot built")
+        .await
+        .unwrap();
+    raft.trigger().purge_log(applied.index()).await.unwrap();
+    raft.wait(Some(DEADLINE))
+        .metrics(|m| m.purged.is_some_and(|p| p.index() >= applied.index()), "log purged")
+        .await
+        .unwrap();
+    let leader_log = leader.logs[&group].clone();
+    assert!(leader_log.log_start_offset() > 0, "whole segments went with the purge");
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    members.insert(id, BasicNode::new(addr.clone()));
+    let back = start_node(tmp.path(), id, listener, &members, config).await;
+    for n in &nodes {
+        n.node.add_peer(id, &addr);
+    }
+    nodes.push(back);
+    let second = write_all(&nodes, "after", 2).await;
+    for (g, acks) in &second {
+        caught_up(&nodes, *g, acks.last().unwrap().index).await;
+    }
+    let refilled = &nodes.last().unwrap().logs[&group];
+    assert_eq!(refilled.log_start_offset(), leader_log.log_start_offset());
+    assert_eq!(refilled.log_end_offset(), leader_log.log_end_offset());
+    assert_eq!(refilled.high_watermark(), leader_log.high_watermark());
+    let mut offset = leader_log.log_start_offset();
+    while offset < leader_log.log_end_offset() {
+        let theirs = leader_log.read(offset, 1, i64::MAX).unwrap().records;
+        let ours = refilled.read(offset, 1, i64::MAX).unwrap().records;
+        assert_eq!(ours, theirs, "batch at {offset}");
+        offset = batch::validate(&theirs).unwrap().last_offset() + 1;
+    }
+    // Raft entries after the snapshot are held as entries again, identical to the leader's.
+    let (first_held, last) = refilled.raft_index_range().unwrap();
+    assert!(first_held > applied.index() && last == leader_log.raft_index_range().unwrap().1);
+    let ours = refilled.raft_entries(first_held, last + 1, usize::MAX).unwrap();
+    let theirs = leader_log.raft_entries(first_held, last + 1, usize::MAX).unwrap();
+    assert_eq!(
+        ours.iter().map(|e| (e.span.base_offset, &e.data)).collect::<Vec<_>>(),
+        theirs.iter().map(|e| (e.span.base_offset, &e.data)).collect::<Vec<_>>()
+    );
+    for n in &nodes {
+        n.node.shutdown().await;
+    }
+}

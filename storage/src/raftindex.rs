@@ -1,0 +1,323 @@
+//! The `.raftindex` sidecar of a replicated log's segment: which Raft entries the segment holds
+//! and where each one ends, so Raft index → (offset, position) and offset → Raft index survive a
+//! restart without a second copy of the data.
+//!
+//! Layout: a 24-byte header (magic, the segment's first Raft index, where that entry starts as an
+//! offset delta and a file position, a CRC-32C of those fields), then one 8-byte row per entry:
+//! the offset delta and position where the entry *ends* (its successor starts there). Storing ends
+//! rather than starts lets recovery tell a segment tail no row covers (written, never reported
+//! durable) from one that was. A row torn by a crash, or zero-filled by the filesystem, breaks the
+//! ascending order and is dropped with everything after it.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::error::{LogError, Result};
+use crate::segment::file_name;
+
+const MAGIC: &[u8; 4] = b"FJRI";
+/// Bytes of the header.
+pub const HEADER: usize = 24;
+/// Bytes per entry row.
+pub const ROW: usize = 8;
+
+/// One segment's entries, in memory and in its sidecar file.
+#[derive(Debug)]
+pub(crate) struct SegmentRaftIndex {
+    path: PathBuf,
+    file: Arc<File>,
+    base_offset: i64,
+    /// Raft index of the first entry that starts in this segment.
+    pub(crate) first_index: u64,
+    /// Where that first entry starts (the segment may begin with batches that are no entry:
+    /// data below the Raft log).
+    pub(crate) start_offset: i64,
+    pub(crate) start_pos: u64,
+    /// Per entry, its end: (offset after its last record, file position after its last byte).
+    ends: Vec<(i64, u64)>,
+    /// Rows written since the last sync (atomic: `sync` takes it under the log's read lock).
+    dirty: AtomicBool,
+}
+
+/// Where one entry lies in its segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntrySpan {
+    pub index: u64,
+    pub base_offset: i64,
+    /// The offset after the entry's last record.
+    pub next_offset: i64,
+    pub start_pos: u64,
+    pub end_pos: u64,
+}
+
+fn rel(base: i64, offset: i64) -> Result<u32> {
+    u32::try_from(offset - base)
+        .map_err(|_| LogError::InvalidRecord(format!("offset {offset} is too far from its segment base {base}")))
+}
+
+fn pos32(pos: u64) -> Result<u32> {
+    u32::try_from(pos).map_err(|_| LogError::InvalidRecord(format!("segment position {pos} exceeds 4 GiB")))
+}
+
+fn header(first_index: u64, start_rel: u32, start_pos: u32) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..4].copy_from_slice(MAGIC);
+    h[4..12].copy_from_slice(&first_index.to_be_bytes());
+    h[12..16].copy_from_slice(&start_rel.to_be_bytes());
+    h[16..20].copy_from_slice(&start_pos.to_be_bytes());
+    let crc = crc32c::crc32c(&h[..20]);
+    h[20..24].copy_from_slice(&crc.to_be_bytes());
+    h
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+pub(crate) fn path_for(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(file_name(base_offset, "raftindex"))
+}
+
+impl SegmentRaftIndex {
+    /// Creates the sidecar of segment `base_offset` whose first entry is `first_index`, starting
+    /// at `start_offset` / `start_pos`. The header is durable (file and directory synced) before
+    /// this returns, so the segment data written after it is always judged against it.
+    pub(crate) fn create(
+        dir: &Path,
+        base_offset: i64,
+        first_index: u64,
+        start_offset: i64,
+        start_pos: u64,
+    ) -> Result<SegmentRaftIndex> {
+        let path = path_for(dir, base_offset);
+        let h = header(first_index, rel(base_offset, start_offset)?, pos32(start_pos)?);
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        file.write_all_at(&h, 0)?;
+        file.sync_all()?;
+        crate::log::sync_dir(dir)?;
+        Ok(SegmentRaftIndex {
+            path,
+            file: Arc::new(file),
+            base_offset,
+            first_index,
+            start_offset,
+            start_pos,
+            ends: Vec::new(),
+            dirty: AtomicBool::new(false),
+        })
+    }
+
+    /// Loads segment `base_offset`'s sidecar, if it has one. Rows are kept while they ascend and
+    /// stay within `end_offset` / `size` (what recovery left of the segment); the file is cut to
+    /// the rows kept.
+    pub(crate) fn open(dir: &Path, base_offset: i64, end_offset: i64, size: u64) -> Result<Option<SegmentRaftIndex>> {
+        let path = path_for(dir, base_offset);
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if data.len() < HEADER || &data[..4] != MAGIC || crc32c::crc32c(&data[..20]) != u32_at(&data, 20) {
+            // The header is synced before any data of the segment is written, so a bad one is
+            // damage, not a crash: refuse rather than guess which entries the segment holds.
+            return Err(LogError::Corrupt(format!("{} has a damaged header", path.display())));
+        }
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&data[4..12]);
+        let first_index = u64::from_be_bytes(first);
+        let start_offset = base_offset + i64::from(u32_at(&data, 12));
+        let start_pos = u64::from(u32_at(&data, 16));
+        let mut ends = Vec::new();
+        let (mut prev_off, mut prev_pos) = (start_offset, start_pos);
+        for row in data[HEADER..].chunks_exact(ROW) {
+            let off = base_offset + i64::from(u32_at(row, 0));
+            let pos = u64::from(u32_at(row, 4));
+            if off <= prev_off || pos <= prev_pos || off > end_offset || pos > size {
+                break;
+            }
+            ends.push((off, pos));
+            (prev_off, prev_pos) = (off, pos);
+        }
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let keep = (HEADER + ends.len() * ROW) as u64;
+        if data.len() as u64 != keep {
+            file.set_len(keep)?;
+            file.sync_all()?;
+        }
+        Ok(Some(SegmentRaftIndex {
+            path,
+            file: Arc::new(file),
+            base_offset,
+            first_index,
+            start_offset,
+            start_pos,
+            ends,
+            dirty: AtomicBool::new(false),
+        }))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The index the next entry written into this segment must have.
+    pub(crate) fn next_index(&self) -> u64 {
+        self.first_index + self.ends.len() as u64
+    }
+
+    /// The last entry's index, if any.
+    pub(crate) fn last_index(&self) -> Option<u64> {
+        self.next_index().checked_sub(1).filter(|_| !self.ends.is_empty())
+    }
+
+    /// Where the entries cover the segment up to: (offset, position).
+    pub(crate) fn covered_end(&self) -> (i64, u64) {
+        self.ends.last().copied().unwrap_or((self.start_offset, self.start_pos))
+    }
+
+    /// Records an entry that ends at `next_offset` / `end_pos`. The caller has written its data.
+    pub(crate) fn push(&mut self, next_offset: i64, end_pos: u64) -> Result<()> {
+        let mut row = [0u8; ROW];
+        row[..4].copy_from_slice(&rel(self.base_offset, next_offset)?.to_be_bytes());
+        row[4..].copy_from_slice(&pos32(end_pos)?.to_be_bytes());
+        self.file.write_all_at(&row, (HEADER + self.ends.len() * ROW) as u64)?;
+        self.ends.push((next_offset, end_pos));
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Checks that an entry of `len` bytes ending at `next_offset` fits the row format.
+    pub(crate) fn check_fits(base_offset: i64, next_offset: i64, end_pos: u64) -> Result<()> {
+        rel(base_offset, next_offset)?;
+        pos32(end_pos)?;
+        Ok(())
+    }
+
+    /// The span of the entry at `index`, if this segment holds it.
+    pub(crate) fn span(&self, index: u64) -> Option<EntrySpan> {
+        let i = usize::try_from(index.checked_sub(self.first_index)?).ok()?;
+        let (next_offset, end_pos) = *self.ends.get(i)?;
+        let (base_offset, start_pos) = if i == 0 { (self.start_offset, self.start_pos) } else { self.ends[i - 1] };
+        Some(EntrySpan { index, base_offset, next_offset, start_pos, end_pos })
+    }
+
+    /// The index of the entry holding `offset`, if this segment holds it.
+    pub(crate) fn index_for_offset(&self, offset: i64) -> Option<u64> {
+        if offset < self.start_offset {
+            return None;
+        }
+        let i = self.ends.partition_point(|(end, _)| *end <= offset);
+        (i < self.ends.len()).then_some(self.first_index + i as u64)
+    }
+
+    /// Drops the entries that end after `offset` (the segment was cut there), durably.
+    pub(crate) fn truncate_after_offset(&mut self, offset: i64) -> Result<()> {
+        let keep = self.ends.partition_point(|(end, _)| *end <= offset);
+        if keep == self.ends.len() {
+            return Ok(());
+        }
+        self.ends.truncate(keep);
+        self.file.set_len((HEADER + keep * ROW) as u64)?;
+        self.file.sync_all()?;
+        self.dirty.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// The file to sync before the entries written since the last sync are reported durable;
+    /// None when there is nothing new.
+    pub(crate) fn take_dirty(&self) -> Option<Arc<File>> {
+        self.dirty.swap(false, Ordering::AcqRel).then(|| self.file.clone())
+    }
+
+    pub(crate) fn delete(&self) -> Result<()> {
+        crate::log::remove_if_present(&self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(dir: &Path, base: i64) -> usize {
+        (std::fs::metadata(path_for(dir, base)).unwrap().len() as usize - HEADER) / ROW
+    }
+
+    #[test]
+    fn entries_map_both_ways_and_survive_a_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut idx = SegmentRaftIndex::create(tmp.path(), 100, 7, 103, 50).unwrap();
+        assert_eq!((idx.next_index(), idx.last_index()), (7, None));
+        idx.push(105, 120).unwrap();
+        idx.push(106, 200).unwrap();
+        idx.push(110, 260).unwrap();
+        let check = |idx: &SegmentRaftIndex| {
+            assert_eq!(
+                idx.span(8),
+                Some(EntrySpan { index: 8, base_offset: 105, next_offset: 106, start_pos: 120, end_pos: 200 })
+            );
+            assert_eq!(idx.span(7).map(|s| (s.base_offset, s.start_pos)), Some((103, 50)));
+            assert_eq!((idx.span(6), idx.span(10)), (None, None));
+            assert_eq!(idx.index_for_offset(102), None, "below the first entry");
+            assert_eq!(idx.index_for_offset(104), Some(7));
+            assert_eq!(idx.index_for_offset(109), Some(9));
+            assert_eq!(idx.index_for_offset(110), None);
+            assert_eq!(idx.last_index(), Some(9));
+        };
+        check(&idx);
+        drop(idx);
+        check(&SegmentRaftIndex::open(tmp.path(), 100, 110, 260).unwrap().unwrap());
+    }
+
+    #[test]
+    fn reopening_drops_rows_past_the_segment_and_torn_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut idx = SegmentRaftIndex::create(tmp.path(), 0, 0, 0, 0).unwrap();
+        for i in 1..=4 {
+            idx.push(i, i as u64 * 100).unwrap();
+        }
+        drop(idx);
+        // Recovery cut the segment after the third entry: the fourth row goes, file and memory.
+        let idx = SegmentRaftIndex::open(tmp.path(), 0, 3, 300).unwrap().unwrap();
+        assert_eq!((idx.len(), idx.covered_end()), (3, (3, 300)));
+        assert_eq!(rows(tmp.path(), 0), 3);
+        drop(idx);
+        // Half a row, then a zero-filled row, as a crash may leave them.
+        let path = path_for(tmp.path(), 0);
+        let mut data = std::fs::read(&path).unwrap();
+        data.extend_from_slice(&[0, 0, 0, 4, 0]);
+        std::fs::write(&path, &data).unwrap();
+        assert_eq!(SegmentRaftIndex::open(tmp.path(), 0, 10, 1000).unwrap().unwrap().len(), 3);
+        data.truncate(HEADER + 3 * ROW);
+        data.extend_from_slice(&[0; ROW]);
+        std::fs::write(&path, &data).unwrap();
+        assert_eq!(SegmentRaftIndex::open(tmp.path(), 0, 10, 1000).unwrap().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_damaged_header_is_an_error_and_a_missing_file_is_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(SegmentRaftIndex::open(tmp.path(), 0, 0, 0).unwrap().is_none());
+        SegmentRaftIndex::create(tmp.path(), 0, 5, 0, 0).unwrap();
+        let path = path_for(tmp.path(), 0);
+        let mut data = std::fs::read(&path).unwrap();
+        data[6] ^= 1;
+        std::fs::write(&path, &data).unwrap();
+        assert!(matches!(SegmentRaftIndex::open(tmp.path(), 0, 0, 0), Err(LogError::Corrupt(_))));
+    }
+
+    #[test]
+    fn truncation_cuts_rows_durably_and_offsets_must_fit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut idx = SegmentRaftIndex::create(tmp.path(), 0, 0, 0, 0).unwrap();
+        idx.push(2, 10).unwrap();
+        idx.push(5, 20).unwrap();
+        idx.truncate_after_offset(4).unwrap();
+        assert_eq!((idx.len(), idx.next_index()), (1, 1));
+        assert_eq!(rows(tmp.path(), 0), 1);
+        assert!(idx.push(1 << 33, 30).is_err(), "an offset delta past u32 is refused");
+        assert!(SegmentRaftIndex::check_fits(0, 10, 1 << 33).is_err());
+    }
+}
