@@ -451,6 +451,13 @@ broker_config! {
     default_replication_factor: Option<i32> = None,
         view: ReadOnly("default.replication.factor", Kind::Int),
         check: |v| v.map_or(Ok(()), |v| between(v.into(), 1, i16::MAX.into()));
+    /// How often a broker heartbeats to the controller (`broker.heartbeat.interval.ms`).
+    broker_heartbeat_interval_ms: u64 = 2_000,
+        view: ReadOnly("broker.heartbeat.interval.ms", Kind::Int), check: |v| between(*v as i64, 10, 60_000);
+    /// Silence after which the controller fences a broker (`broker.session.timeout.ms`): it
+    /// leaves Metadata until it heartbeats again.
+    broker_session_timeout_ms: u64 = 9_000,
+        view: ReadOnly("broker.session.timeout.ms", Kind::Int), check: |v| between(*v as i64, 100, 600_000);
     /// `min.insync.replicas`: default of the topic config.
     min_insync_replicas: i32 = 1, view: TopicDefault("min.insync.replicas"), check: |v| at_least((*v).into(), 1);
     /// Largest request frame accepted (`socket.request.max.bytes`).

@@ -7,6 +7,7 @@ mod macros;
 pub mod alloc;
 pub mod api;
 pub mod clean_shutdown;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod coordinator;

@@ -26,7 +26,11 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let running = fjord_broker::start(config).await?;
-    // Tests and scripts read the bound address (port 0 picks a free one).
+    // Tests and scripts read the bound addresses (port 0 picks a free one); the cluster's comes
+    // first, as the client listener's line is the one they wait for.
+    if let Some(c) = &running.broker.cluster {
+        println!("fjord cluster listening on {}", c.cluster_addr);
+    }
     println!("fjord listening on {}", running.local_addr);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -33,6 +33,8 @@ pub struct Broker {
     pub fetch_sessions: FetchSessions,
     /// Bytes held by requests in flight (`queued_max_request_bytes`).
     pub request_memory: Arc<connection::RequestMemory>,
+    /// This node's part of a cluster; None for a single node (no voters configured).
+    pub cluster: Option<crate::cluster::ClusterNode>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -86,6 +88,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         None => (local_addr.ip().to_string(), local_addr.port() as i32),
     };
     let topics = Arc::new(tokio::task::block_in_place(|| Topics::open(&config))?);
+    let cluster = crate::cluster::start(&config, &format!("{advertised_host}:{advertised_port}")).await?;
     let data_dir_handle = std::fs::File::open(&config.data_dir)?;
     let groups = Arc::new(
         tokio::task::block_in_place(|| GroupCoordinator::open(&topics, config.offsets_topic_num_partitions))?
@@ -113,6 +116,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         consumer_groups: ConsumerGroups::new(Duration::from_millis(config.group_consumer_session_timeout_ms)),
         fetch_sessions: FetchSessions::new(1000),
         request_memory: connection::RequestMemory::new(config.queued_max_request_bytes),
+        cluster,
         shutdown: shutdown_rx.clone(),
         config,
     });
@@ -353,6 +357,9 @@ impl RunningBroker {
         let _ = self.shutdown_tx.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        if let Some(c) = &self.broker.cluster {
+            c.shutdown().await;
         }
         let logs = self.broker.topics.all_logs();
         let data_dir = self.broker.config.data_dir.clone();

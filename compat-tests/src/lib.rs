@@ -71,6 +71,8 @@ pub struct BrokerProcess {
     /// Environment of the broker process (failpoints).
     pub env: Vec<(String, String)>,
     log_path: PathBuf,
+    /// Where a cluster node's node-to-node port listens (`fjord cluster listening on`).
+    pub cluster_addr: Option<String>,
 }
 
 impl BrokerProcess {
@@ -96,6 +98,7 @@ impl BrokerProcess {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             log_path,
+            cluster_addr: None,
         };
         b.spawn();
         b
@@ -147,8 +150,17 @@ impl BrokerProcess {
             .spawn()
             .expect("start fjord");
         let stdout = child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read broker stdout");
+        // A cluster node first says where its cluster port is.
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("read broker stdout");
+            match line.trim().strip_prefix("fjord cluster listening on ") {
+                Some(a) => self.cluster_addr = Some(a.to_string()),
+                None => break,
+            }
+        }
         let addr = line.trim().strip_prefix("fjord listening on ").unwrap_or_else(|| {
             panic!("broker did not start: {line:?}\n{}", self.log_tail());
         });

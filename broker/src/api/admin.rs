@@ -81,6 +81,9 @@ pub async fn create_topics(
     req: CreateTopicsRequest,
 ) -> Option<CreateTopicsResponse> {
     let version = h.request_api_version;
+    if broker.cluster.is_some() {
+        return Some(mk!(CreateTopicsResponse { topics: cluster_create_topics(&broker, version, &req).await }));
+    }
     let b = broker.clone();
     let topics = blocking(move || {
         let mut seen = std::collections::HashSet::new();
@@ -139,6 +142,9 @@ pub async fn delete_topics(
     req: DeleteTopicsRequest,
 ) -> Option<DeleteTopicsResponse> {
     let version = h.request_api_version;
+    if broker.cluster.is_some() {
+        return Some(mk!(DeleteTopicsResponse { responses: cluster_delete_topics(&broker, version, &req).await }));
+    }
     let b = broker.clone();
     let responses = blocking(move || {
         // v6 names topics by name or id; older versions by name only.
@@ -184,6 +190,9 @@ pub async fn create_partitions(
     _h: &RequestHeader,
     req: CreatePartitionsRequest,
 ) -> Option<CreatePartitionsResponse> {
+    if broker.cluster.is_some() {
+        return Some(mk!(CreatePartitionsResponse { results: cluster_create_partitions(&broker, &req).await }));
+    }
     let b = broker.clone();
     let results = blocking(move || {
         req.topics
@@ -253,4 +262,147 @@ pub async fn delete_records(
     })
     .await;
     Some(mk!(DeleteRecordsResponse { topics: topics }))
+}
+
+// ---- in a cluster: topics change through the controller quorum -------------------------
+
+fn configs_of(t: &CreatableTopic) -> BTreeMap<String, String> {
+    t.configs.iter().filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string()))).collect()
+}
+
+async fn cluster_create_topics(
+    broker: &Arc<Broker>,
+    version: i16,
+    req: &CreateTopicsRequest,
+) -> Vec<CreatableTopicResult> {
+    let Some(cluster) = &broker.cluster else { return Vec::new() };
+    let mut seen = std::collections::HashSet::new();
+    let dupes: std::collections::HashSet<String> =
+        req.topics.iter().map(|t| t.name.0.to_string()).filter(|n| !seen.insert(n.clone())).collect();
+    let mut results = Vec::with_capacity(req.topics.len());
+    for t in &req.topics {
+        let name = t.name.0.to_string();
+        let mut r = mk!(CreatableTopicResult {
+            name: t.name.clone(),
+            num_partitions: -1,
+            replication_factor: -1,
+            error_message: None
+        });
+        let new = fjord_replication::controller::NewTopic {
+            name: name.clone(),
+            num_partitions: t.num_partitions,
+            replication_factor: t.replication_factor,
+            assignments: t
+                .assignments
+                .iter()
+                .map(|a| (a.partition_index, a.broker_ids.iter().map(|b| b.0).collect()))
+                .collect(),
+            configs: configs_of(t),
+            internal: false,
+        };
+        let outcome = if dupes.contains(&name) {
+            Err(TopicError::new(ResponseError::InvalidRequest, format!("Duplicate topic name {name} in request")))
+        } else if req.validate_only {
+            cluster.validate_create(&new).map(|_| None)
+        } else {
+            cluster.submit(fjord_replication::controller::Request::CreateTopic(new.clone())).await
+        };
+        match outcome {
+            Ok(created) => {
+                if let Some(fjord_replication::controller::Outcome::TopicCreated { topic_id, groups, .. }) = created {
+                    r.topic_id = topic_id;
+                    r.num_partitions = groups.len() as i32;
+                } else {
+                    r.num_partitions =
+                        if new.num_partitions == -1 { cluster.defaults().num_partitions } else { new.num_partitions };
+                }
+                r.replication_factor = match new.assignments.first() {
+                    Some((_, replicas)) => replicas.len() as i16,
+                    None if new.replication_factor == -1 => cluster.defaults().replication_factor,
+                    None => new.replication_factor,
+                };
+                if version >= 5 {
+                    r.configs = Some(super::configs::created_topic_configs(broker, &new.configs));
+                }
+            }
+            Err(e) => {
+                r.error_code = e.code.code();
+                r.error_message = Some(str(&e.message));
+            }
+        }
+        results.push(r);
+    }
+    results
+}
+
+async fn cluster_delete_topics(
+    broker: &Arc<Broker>,
+    version: i16,
+    req: &DeleteTopicsRequest,
+) -> Vec<DeletableTopicResult> {
+    let Some(cluster) = &broker.cluster else { return Vec::new() };
+    let wanted: Vec<(Option<String>, uuid::Uuid)> = if version >= 6 {
+        req.topics.iter().map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)).collect()
+    } else {
+        req.topic_names.iter().map(|n| (Some(n.0.to_string()), uuid::Uuid::nil())).collect()
+    };
+    let mut results = Vec::with_capacity(wanted.len());
+    for (name, id) in wanted {
+        let resolved = match (&name, id.is_nil()) {
+            (Some(n), _) => Ok(n.clone()),
+            (None, false) => cluster
+                .read(|m| m.topics().iter().find(|(_, t)| t.id == id).map(|(n, _)| n.clone()))
+                .ok_or_else(|| TopicError::new(ResponseError::UnknownTopicId, format!("Topic id {id} does not exist"))),
+            (None, true) => Err(TopicError::new(ResponseError::InvalidRequest, "Neither topic name nor id given")),
+        };
+        let mut r = mk!(DeletableTopicResult { name: name.as_deref().map(topic_name), topic_id: id });
+        let outcome = match resolved {
+            Ok(n) => cluster
+                .submit(fjord_replication::controller::Request::DeleteTopic { name: n.clone() })
+                .await
+                .map(|o| (n, o)),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok((n, o)) => {
+                r.name = Some(topic_name(&n));
+                if let Some(fjord_replication::controller::Outcome::TopicDeleted { topic_id, .. }) = o {
+                    r.topic_id = topic_id;
+                }
+            }
+            Err(e) => {
+                r.error_code = e.code.code();
+                r.error_message = Some(str(&e.message));
+            }
+        }
+        results.push(r);
+    }
+    results
+}
+
+async fn cluster_create_partitions(
+    broker: &Arc<Broker>,
+    req: &CreatePartitionsRequest,
+) -> Vec<CreatePartitionsTopicResult> {
+    let Some(cluster) = &broker.cluster else { return Vec::new() };
+    let mut results = Vec::with_capacity(req.topics.len());
+    for t in &req.topics {
+        let name = t.name.0.to_string();
+        let mut r = mk!(CreatePartitionsTopicResult { name: t.name.clone() });
+        let assignments: Option<Vec<Vec<i32>>> =
+            t.assignments.as_ref().map(|a| a.iter().map(|x| x.broker_ids.iter().map(|b| b.0).collect()).collect());
+        let outcome = if req.validate_only {
+            cluster.validate_create_partitions(&name, t.count, assignments.as_deref())
+        } else {
+            let req =
+                fjord_replication::controller::Request::CreatePartitions { topic: name, count: t.count, assignments };
+            cluster.submit(req).await.map(|_| ())
+        };
+        if let Err(e) = outcome {
+            r.error_code = e.code.code();
+            r.error_message = Some(str(&e.message));
+        }
+        results.push(r);
+    }
+    results
 }

@@ -1,0 +1,201 @@
+//! This process as a node of a Fjord cluster (when `controller_quorum_voters` is set): the
+//! node-to-node transport on `cluster_listen`, this node's replica of the controller quorum (a
+//! voter's, or a learner's copy on brokers that are not voters) and its life as a broker
+//! (registration, heartbeats). Metadata and DescribeCluster answer from the applied metadata.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fjord_replication::controller::{
+    BrokerRegistration, ClusterMetadata, ConfigValidator, Controller, ControllerMachine, Liveness, MetadataError,
+    NewTopic, Outcome, Request, TaskGuard, TopicDefaults, CONTROLLER_GROUP,
+};
+use fjord_replication::election::{ElectionDriver, ElectionTimings};
+use fjord_replication::heartbeat::HeartbeatDriver;
+use fjord_replication::node::ReplicaNode;
+use fjord_replication::transport::{TcpConnector, TcpListener, TransportConfig};
+use fjord_replication::NodeId;
+use kafka_protocol::error::ResponseError;
+use openraft::BasicNode;
+
+use crate::config::BrokerConfig;
+use crate::topic_config;
+use crate::topics::TopicError;
+
+/// The name both ends of a node-to-node connection must agree on in the handshake.
+const TRANSPORT_NAME: &str = "fjord";
+
+/// Election timing: pings every 100 ms, a node silent for 300–500 ms loses its leaderships
+/// (the measured shipping setting, see replication/README.md).
+const ELECTIONS: ElectionTimings = ElectionTimings {
+    ping_interval: Duration::from_millis(100),
+    election_timeout_min: Duration::from_millis(300),
+    election_timeout_max: Duration::from_millis(500),
+};
+
+/// Group heartbeats carry the commit index; liveness is the election driver's pings.
+const GROUP_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Checks configs by the broker's own rules on the controller leader.
+struct BrokerRules;
+
+impl ConfigValidator for BrokerRules {
+    fn topic_config(&self, name: &str, value: &str) -> Result<(), String> {
+        topic_config::validate(name, value)
+    }
+    fn broker_config(&self, name: &str, value: &str) -> Result<(), String> {
+        topic_config::validate_broker(name, value)
+    }
+}
+
+/// A running cluster node.
+pub struct ClusterNode {
+    pub node: ReplicaNode<ControllerMachine>,
+    pub controller: Arc<Controller<ControllerMachine>>,
+    /// Where peers reach this node.
+    pub cluster_addr: SocketAddr,
+    defaults: TopicDefaults,
+    _tasks: Vec<TaskGuard>,
+    _heartbeats: HeartbeatDriver,
+    _elections: ElectionDriver,
+}
+
+impl ClusterNode {
+    /// Stops the groups and the transport.
+    pub async fn shutdown(&self) {
+        self.node.shutdown().await;
+    }
+}
+
+/// Starts this node's part of the cluster, or nothing without voters.
+pub async fn start(config: &BrokerConfig, advertised_listener: &str) -> anyhow::Result<Option<ClusterNode>> {
+    if config.controller_quorum_voters.is_empty() {
+        return Ok(None);
+    }
+    let me = NodeId::try_from(config.node_id).map_err(|_| anyhow::anyhow!("node_id {} is negative", config.node_id))?;
+    let listen = config.cluster_listen.as_deref().ok_or_else(|| anyhow::anyhow!("cluster_listen is not set"))?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on cluster_listen {listen}: {e}"))?;
+    let cluster_addr = listener.0.local_addr()?;
+    let node = ReplicaNode::new(TransportConfig::new(TRANSPORT_NAME, me), Arc::new(TcpConnector));
+    node.serve(listener);
+    let mut voters = std::collections::BTreeMap::new();
+    for v in &config.controller_quorum_voters.0 {
+        let id = NodeId::try_from(v.id).map_err(|_| anyhow::anyhow!("voter id {} is negative", v.id))?;
+        let addr = format!("{}:{}", v.host, v.port);
+        node.add_peer(id, &addr);
+        voters.insert(id, BasicNode::new(addr));
+    }
+
+    let dir = config.data_dir.join("__cluster_metadata-0");
+    let machine = ControllerMachine::open(me, Some(&dir))?;
+    // The metadata log is a partition log, as KRaft's `__cluster_metadata` is; the controller's
+    // state machine keeps its own snapshots, so only the log store of the partition group is used.
+    let (log, _) = fjord_replication::partition::open(&dir, fjord_storage::LogConfig::default())?;
+    let raft = node
+        .start_group(CONTROLLER_GROUP, ELECTIONS.raft_config(TRANSPORT_NAME)?, log, machine.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the controller group: {e}"))?;
+    if voters.contains_key(&me) {
+        // Every voter proposes the same initial membership (allowed by openraft); once the
+        // group has a log this is refused, which is the normal case after a restart.
+        if let Err(e) = raft.initialize(voters.clone()).await {
+            tracing::debug!(error = %e, "controller quorum already initialized");
+        }
+    }
+    let defaults = TopicDefaults {
+        num_partitions: config.num_partitions,
+        replication_factor: i16::try_from(config.replication_factor_default()).unwrap_or(i16::MAX),
+    };
+    let liveness = Liveness {
+        heartbeat_interval: Duration::from_millis(config.broker_heartbeat_interval_ms),
+        session_timeout: Duration::from_millis(config.broker_session_timeout_ms),
+    };
+    let controller =
+        Controller::new(machine, raft, node.transport().clone(), defaults, Arc::new(BrokerRules), liveness);
+    node.set_services(controller.rpc_handler());
+    let registration = BrokerRegistration {
+        node_id: config.node_id,
+        incarnation: uuid::Uuid::new_v4(),
+        rack: config.broker_rack.clone(),
+        advertised_listener: advertised_listener.to_string(),
+        cluster_address: advertised_cluster_address(listen, cluster_addr),
+    };
+    let tasks = vec![controller.spawn_leader_duties(), controller.spawn_broker(registration)];
+    let heartbeats = node.start_heartbeats(GROUP_HEARTBEAT);
+    let elections = node.start_elections(ELECTIONS);
+    tracing::info!(%cluster_addr, node_id = config.node_id, "cluster listening");
+    Ok(Some(ClusterNode {
+        node,
+        controller,
+        cluster_addr,
+        defaults,
+        _tasks: tasks,
+        _heartbeats: heartbeats,
+        _elections: elections,
+    }))
+}
+
+/// What other nodes dial: `cluster_listen` as configured, with the port the OS chose when it
+/// was 0 (a wildcard host is kept; it is only reachable where the peers resolve it).
+fn advertised_cluster_address(configured: &str, bound: SocketAddr) -> String {
+    match configured.rsplit_once(':') {
+        Some((host, _)) if !host.is_empty() => format!("{host}:{}", bound.port()),
+        _ => bound.to_string(),
+    }
+}
+
+impl ClusterNode {
+    /// Reads the applied cluster metadata.
+    pub fn read<T>(&self, f: impl FnOnce(&ClusterMetadata) -> T) -> T {
+        self.controller.machine().read(f)
+    }
+
+    /// The controller quorum's leader as this node knows it, -1 when none is known.
+    pub fn controller_id(&self) -> i32 {
+        self.controller.leader().and_then(|l| i32::try_from(l).ok()).unwrap_or(-1)
+    }
+
+    /// Sends `req` to the controller leader; its refusal comes back as the Kafka error clients
+    /// get, and no answer within the wait as REQUEST_TIMED_OUT (retriable).
+    pub async fn submit(&self, req: Request) -> Result<Option<Outcome>, TopicError> {
+        match self.controller.submit(req, SUBMIT_WAIT).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(e)) => Err(refusal(&e)),
+            Err(e) => Err(TopicError::new(ResponseError::RequestTimedOut, e.to_string())),
+        }
+    }
+
+    /// What the leader would answer to creating `topic`, checked against this node's applied
+    /// state (CreateTopics with validate_only).
+    pub fn validate_create(&self, topic: &NewTopic) -> Result<(), TopicError> {
+        let defaults = self.defaults;
+        self.read(|m| m.propose_create_topic(topic, uuid::Uuid::nil(), defaults, &BrokerRules))
+            .map(|_| ())
+            .map_err(|e| refusal(&e))
+    }
+
+    /// The same for adding partitions.
+    pub fn validate_create_partitions(
+        &self,
+        topic: &str,
+        count: i32,
+        assignments: Option<&[Vec<i32>]>,
+    ) -> Result<(), TopicError> {
+        self.read(|m| m.propose_create_partitions(topic, count, assignments)).map(|_| ()).map_err(|e| refusal(&e))
+    }
+
+    pub fn defaults(&self) -> TopicDefaults {
+        self.defaults
+    }
+}
+
+/// How long a request waits for the controller: longer than an election.
+const SUBMIT_WAIT: Duration = Duration::from_secs(10);
+
+fn refusal(e: &MetadataError) -> TopicError {
+    let code = ResponseError::try_from_code(e.code.code()).unwrap_or(ResponseError::UnknownServerError);
+    TopicError::new(code, e.message.clone())
+}
