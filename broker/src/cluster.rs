@@ -7,12 +7,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fjord_replication::applier::{self, ApplierConfig};
 use fjord_replication::controller::{
     BrokerRegistration, ClusterMetadata, ConfigValidator, Controller, ControllerMachine, Liveness, MetadataError,
     NewTopic, Outcome, Request, TaskGuard, TopicDefaults, CONTROLLER_GROUP,
 };
 use fjord_replication::election::{ElectionDriver, ElectionTimings};
 use fjord_replication::heartbeat::HeartbeatDriver;
+use fjord_replication::machine::NodeMachine;
 use fjord_replication::node::ReplicaNode;
 use fjord_replication::transport::{TcpConnector, TcpListener, TransportConfig};
 use fjord_replication::NodeId;
@@ -51,8 +53,8 @@ impl ConfigValidator for BrokerRules {
 
 /// A running cluster node.
 pub struct ClusterNode {
-    pub node: ReplicaNode<ControllerMachine>,
-    pub controller: Arc<Controller<ControllerMachine>>,
+    pub node: Arc<ReplicaNode<NodeMachine>>,
+    pub controller: Arc<Controller<NodeMachine>>,
     /// Where peers reach this node.
     pub cluster_addr: SocketAddr,
     defaults: TopicDefaults,
@@ -69,7 +71,11 @@ impl ClusterNode {
 }
 
 /// Starts this node's part of the cluster, or nothing without voters.
-pub async fn start(config: &BrokerConfig, advertised_listener: &str) -> anyhow::Result<Option<ClusterNode>> {
+pub async fn start(
+    config: &BrokerConfig,
+    advertised_listener: &str,
+    topics: &crate::topics::Topics,
+) -> anyhow::Result<Option<ClusterNode>> {
     if config.controller_quorum_voters.is_empty() {
         return Ok(None);
     }
@@ -79,7 +85,7 @@ pub async fn start(config: &BrokerConfig, advertised_listener: &str) -> anyhow::
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on cluster_listen {listen}: {e}"))?;
     let cluster_addr = listener.0.local_addr()?;
-    let node = ReplicaNode::new(TransportConfig::new(TRANSPORT_NAME, me), Arc::new(TcpConnector));
+    let node = Arc::new(ReplicaNode::new(TransportConfig::new(TRANSPORT_NAME, me), Arc::new(TcpConnector)));
     node.serve(listener);
     let mut voters = std::collections::BTreeMap::new();
     for v in &config.controller_quorum_voters.0 {
@@ -95,7 +101,12 @@ pub async fn start(config: &BrokerConfig, advertised_listener: &str) -> anyhow::
     // state machine keeps its own snapshots, so only the log store of the partition group is used.
     let (log, _) = fjord_replication::partition::open(&dir, fjord_storage::LogConfig::default())?;
     let raft = node
-        .start_group(CONTROLLER_GROUP, ELECTIONS.raft_config(TRANSPORT_NAME)?, log, machine.clone())
+        .start_group(
+            CONTROLLER_GROUP,
+            ELECTIONS.raft_config(TRANSPORT_NAME)?,
+            log,
+            NodeMachine::Controller(machine.clone()),
+        )
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the controller group: {e}"))?;
     if voters.contains_key(&me) {
@@ -123,7 +134,23 @@ pub async fn start(config: &BrokerConfig, advertised_listener: &str) -> anyhow::
         advertised_listener: advertised_listener.to_string(),
         cluster_address: advertised_cluster_address(listen, cluster_addr),
     };
-    let tasks = vec![controller.spawn_leader_duties(), controller.spawn_broker(registration)];
+    let mut tasks = vec![controller.spawn_leader_duties(), controller.spawn_broker(registration)];
+    // Partition groups: the election driver owns their elections too, and openraft must never
+    // snapshot or purge them on its own (their log is the Kafka data).
+    let mut partition_config = (*ELECTIONS.raft_config(TRANSPORT_NAME)?).clone();
+    partition_config.snapshot_policy = openraft::SnapshotPolicy::Never;
+    partition_config.max_in_snapshot_log_to_keep = u64::MAX;
+    let defaults_map = topics.defaults();
+    tasks.extend(applier::spawn(
+        node.clone(),
+        controller.clone(),
+        ApplierConfig {
+            node_id: config.node_id,
+            data_dir: config.data_dir.clone(),
+            raft_config: Arc::new(partition_config.validate()?),
+            log_config: Box::new(move |configs| topic_config::log_config(configs, &defaults_map)),
+        },
+    ));
     let heartbeats = node.start_heartbeats(GROUP_HEARTBEAT);
     let elections = node.start_elections(ELECTIONS);
     tracing::info!(%cluster_addr, node_id = config.node_id, "cluster listening");

@@ -88,7 +88,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         None => (local_addr.ip().to_string(), local_addr.port() as i32),
     };
     let topics = Arc::new(tokio::task::block_in_place(|| Topics::open(&config))?);
-    let cluster = crate::cluster::start(&config, &format!("{advertised_host}:{advertised_port}")).await?;
+    let cluster = crate::cluster::start(&config, &format!("{advertised_host}:{advertised_port}"), &topics).await?;
     let data_dir_handle = std::fs::File::open(&config.data_dir)?;
     let groups = Arc::new(
         tokio::task::block_in_place(|| GroupCoordinator::open(&topics, config.offsets_topic_num_partitions))?

@@ -123,6 +123,31 @@ fn three_nodes_share_metadata_through_the_controller_quorum() {
     assert_eq!(ids.len(), 1, "one topic id across nodes");
     assert_eq!(created.topic_id, *ids.iter().next().unwrap());
 
+    // Each partition is a Raft group on its three replicas: a leader is elected and reported,
+    // with every replica in sync, and all nodes show the same leaders.
+    let leaders = |conn: &mut RawConn, topic: &str| -> Vec<(i32, i32, usize)> {
+        let t = topic_metadata(conn, topic, false);
+        let mut v: Vec<(i32, i32, usize)> =
+            t.partitions.iter().map(|p| (p.partition_index, p.leader_id.0, p.isr_nodes.len())).collect();
+        v.sort();
+        v
+    };
+    let mut shown = Vec::new();
+    wait_until(DEADLINE, "every partition led, with three in sync, the same on every node", || {
+        let views: Vec<_> = (0..NODES).map(|i| leaders(&mut cluster.conn(i), "events")).collect();
+        shown = views[0].clone();
+        views.iter().all(|v| *v == shown)
+            && shown.len() == 3
+            && shown.iter().all(|(_, l, isr)| (1..=3).contains(l) && *isr == 3)
+    });
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        let dirs = std::fs::read_dir(n.data_dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("events-"));
+        assert_eq!(dirs.count(), 3, "node {} holds a replica of each partition", i + 1);
+    }
+
     // The controller refuses what Kafka refuses, whichever node is asked.
     assert_eq!(create(&mut cluster.conn(2), "events", 3, 3).error_code, 36, "TOPIC_ALREADY_EXISTS");
     assert_eq!(create(&mut cluster.conn(0), "wide", 1, 4).error_code, 38, "INVALID_REPLICATION_FACTOR");
@@ -137,7 +162,20 @@ fn three_nodes_share_metadata_through_the_controller_quorum() {
         wait_until(DEADLINE, "the topic gone from every node", || {
             topic_metadata(&mut conn, "events", false).error_code == 3
         });
+        let dir = cluster.nodes[i].data_dir.path().to_path_buf();
+        wait_until(DEADLINE, "the deleted topic's replicas removed from disk", || {
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .all(|e| !e.file_name().to_string_lossy().starts_with("events-"))
+        });
     }
+    let kept = create(&mut cluster.conn(0), "kept", 3, 3);
+    assert_eq!(kept.error_code, 0);
+    wait_until(DEADLINE, "the kept topic's partitions led", || {
+        let v = leaders(&mut cluster.conn(0), "kept");
+        v.len() == 3 && v.iter().all(|(_, l, _)| *l >= 1)
+    });
 
     // The controller's process dies: the others elect another controller and fence its broker.
     let dead = controller;
@@ -148,6 +186,13 @@ fn three_nodes_share_metadata_through_the_controller_quorum() {
         alive.iter().all(|i| {
             let (brokers, c) = view(&mut cluster.conn(*i));
             brokers == remaining && c != dead && c >= 1
+        })
+    });
+    // Partitions the dead node led get new leaders among the living.
+    wait_until(DEADLINE, "every partition of the kept topic led by a live node", || {
+        alive.iter().all(|i| {
+            let v = leaders(&mut cluster.conn(*i), "kept");
+            v.len() == 3 && v.iter().all(|(_, l, _)| *l >= 1 && *l != dead)
         })
     });
     // The surviving majority still changes metadata.

@@ -3,9 +3,11 @@
 //! election drivers, and `controller`, the cluster metadata state machine that the controller
 //! quorum's Raft group applies on every node.
 
+pub mod applier;
 pub mod controller;
 pub mod election;
 pub mod heartbeat;
+pub mod machine;
 pub mod mem;
 pub mod network;
 pub mod node;

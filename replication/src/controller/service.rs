@@ -457,6 +457,12 @@ impl<SM: RaftStateMachine<TypeConfig>> Controller<SM> {
 /// Aborts its task when dropped.
 pub struct TaskGuard(tokio::task::JoinHandle<()>);
 
+impl TaskGuard {
+    pub fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) -> TaskGuard {
+        TaskGuard(tokio::spawn(task))
+    }
+}
+
 impl Drop for TaskGuard {
     fn drop(&mut self) {
         self.0.abort();

@@ -1,0 +1,246 @@
+//! Keeps a node's partition groups in step with the applied cluster metadata, and tells the
+//! controller which partitions this node leads.
+//!
+//! The applier is level-triggered: on every change of the applied metadata (and on start) it
+//! compares the partitions whose replicas include this node with the groups running here,
+//! starts the missing ones (every replica initializes the group with the same membership, which
+//! openraft allows; after the first start the refusal is the normal answer) and stops and deletes
+//! those whose topic is gone. The reporter sends the leader, epoch (= term) and in-sync replicas
+//! of the groups this node leads, whenever they differ from what the metadata records.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::{BasicNode, ServerState};
+
+use crate::controller::{ClusterMetadata, Controller, LeadershipReport, Request, TaskGuard};
+use crate::machine::NodeMachine;
+use crate::node::ReplicaNode;
+use crate::partition;
+use crate::types::{GroupId, NodeId};
+
+/// The log config of a topic's partitions, from the topic's configs.
+pub type LogConfigFn = Box<dyn Fn(&BTreeMap<String, String>) -> fjord_storage::LogConfig + Send + Sync>;
+
+/// What the applier needs to open a partition's log and start its group.
+pub struct ApplierConfig {
+    /// This node's broker id.
+    pub node_id: i32,
+    /// Where partition directories go.
+    pub data_dir: PathBuf,
+    pub raft_config: Arc<openraft::Config>,
+    pub log_config: LogConfigFn,
+}
+
+/// The directory of a partition replica: the group id keeps a recreated topic's replicas apart
+/// from an old incarnation's (group ids are never reused).
+pub fn partition_dir(data_dir: &std::path::Path, topic: &str, index: i32, group: GroupId) -> PathBuf {
+    data_dir.join(format!("{topic}-{index}.g{group}"))
+}
+
+/// A partition this node should host.
+struct Wanted {
+    topic: String,
+    index: i32,
+    replicas: Vec<i32>,
+    configs: BTreeMap<String, String>,
+}
+
+fn wanted(m: &ClusterMetadata, me: i32) -> BTreeMap<GroupId, Wanted> {
+    m.partitions()
+        .iter()
+        .filter(|(_, p)| p.replicas.contains(&me))
+        .map(|(g, p)| {
+            let configs = m.topic(&p.topic).map(|t| t.configs.clone()).unwrap_or_default();
+            (*g, Wanted { topic: p.topic.clone(), index: p.index, replicas: p.replicas.clone(), configs })
+        })
+        .collect()
+}
+
+/// Starts the applier and the reporter; both stop when the returned guards are dropped.
+pub fn spawn(
+    node: Arc<ReplicaNode<NodeMachine>>,
+    controller: Arc<Controller<NodeMachine>>,
+    config: ApplierConfig,
+) -> Vec<TaskGuard> {
+    let applier = {
+        let (node, controller) = (node.clone(), controller.clone());
+        TaskGuard::spawn(async move {
+            let mut changes = controller.machine().subscribe();
+            loop {
+                reconcile(&node, &controller, &config).await;
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let reporter = TaskGuard::spawn(async move {
+        loop {
+            tokio::time::sleep(REPORT_INTERVAL).await;
+            report(&node, &controller).await;
+        }
+    });
+    vec![applier, reporter]
+}
+
+/// How often leadership is compared with the metadata (and reported when it differs).
+const REPORT_INTERVAL: Duration = Duration::from_millis(200);
+
+async fn reconcile(node: &ReplicaNode<NodeMachine>, controller: &Controller<NodeMachine>, config: &ApplierConfig) {
+    let (want, addresses) = controller.machine().read(|m| {
+        let addresses: BTreeMap<NodeId, String> = m
+            .brokers()
+            .values()
+            .filter_map(|b| {
+                Some((NodeId::try_from(b.registration.node_id).ok()?, b.registration.cluster_address.clone()))
+            })
+            .collect();
+        (wanted(m, config.node_id), addresses)
+    });
+    let known: BTreeSet<NodeId> = node.transport().peer_ids().into_iter().collect();
+    for (id, addr) in &addresses {
+        // An address given in the node's configuration wins.
+        if !known.contains(id) {
+            node.add_peer(*id, addr);
+        }
+    }
+    let running: BTreeSet<GroupId> = node
+        .registry()
+        .all()
+        .into_iter()
+        .map(|(g, _)| g)
+        .filter(|g| *g != crate::controller::CONTROLLER_GROUP)
+        .collect();
+    for (group, w) in &want {
+        if running.contains(group) {
+            continue;
+        }
+        let dir = partition_dir(&config.data_dir, &w.topic, w.index, *group);
+        let opened = {
+            let dir = dir.clone();
+            let log_config = (config.log_config)(&w.configs);
+            tokio::task::spawn_blocking(move || partition::open(&dir, log_config)).await
+        };
+        let (store, sm) = match opened {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                tracing::error!(group, topic = %w.topic, partition = w.index, error = %e, "cannot open a partition replica");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(group, error = %e, "partition open task failed");
+                continue;
+            }
+        };
+        let raft = match node.start_group(*group, config.raft_config.clone(), store, NodeMachine::Partition(sm)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(group, error = %e, "cannot start a partition group");
+                continue;
+            }
+        };
+        let members: BTreeMap<NodeId, BasicNode> = w
+            .replicas
+            .iter()
+            .filter_map(|r| {
+                let id = NodeId::try_from(*r).ok()?;
+                Some((id, BasicNode::new(addresses.get(&id).cloned().unwrap_or_default())))
+            })
+            .collect();
+        if let Err(e) = raft.initialize(members).await {
+            tracing::debug!(group, error = %e, "partition group already initialized");
+        }
+        tracing::info!(group, topic = %w.topic, partition = w.index, "partition replica started");
+    }
+    // Groups of deleted topics: stop them, and remove every replica directory of a group the
+    // metadata allocated and no longer has (ids are never reused; a group this node has not
+    // learnt of yet is above `next_group_id` and is left alone).
+    let (next_group, present): (GroupId, BTreeSet<GroupId>) =
+        controller.machine().read(|m| (m.next_group_id(), m.partitions().keys().copied().collect()));
+    for group in running.difference(&want.keys().copied().collect()) {
+        if let Some(raft) = node.registry().remove(*group) {
+            let _ = raft.shutdown().await;
+            tracing::info!(group, "partition replica stopped (no longer assigned here)");
+        }
+    }
+    let data_dir = config.data_dir.clone();
+    let gone = move || -> std::io::Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        for entry in std::fs::read_dir(&data_dir)? {
+            let path = entry?.path();
+            let Some(group) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.rsplit_once(".g"))
+                .and_then(|(_, g)| g.parse::<GroupId>().ok())
+            else {
+                continue;
+            };
+            if group < next_group && !present.contains(&group) {
+                std::fs::remove_dir_all(&path)?;
+                removed.push(path);
+            }
+        }
+        Ok(removed)
+    };
+    match tokio::task::spawn_blocking(gone).await {
+        Ok(Ok(removed)) => {
+            for path in removed {
+                tracing::info!(dir = %path.display(), "removed the replica of a deleted partition");
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove replicas of deleted partitions"),
+        Err(e) => tracing::warn!(error = %e, "replica removal task failed"),
+    }
+}
+
+/// Reports the groups this node leads whose leader, epoch or ISR the metadata does not show.
+async fn report(node: &ReplicaNode<NodeMachine>, controller: &Controller<NodeMachine>) {
+    let my_id = node.id();
+    let Ok(reporter) = i32::try_from(my_id) else { return };
+    let mut reports = Vec::new();
+    for (group, raft) in node.registry().all() {
+        if group == crate::controller::CONTROLLER_GROUP {
+            continue;
+        }
+        let m = raft.metrics().borrow_watched().clone();
+        if m.state != ServerState::Leader {
+            continue;
+        }
+        let Ok(epoch) = i32::try_from(m.current_term) else { continue };
+        // In sync: the leader, and each follower that holds everything committed.
+        let committed = m.local_committed.map(|c| c.index);
+        let mut isr = vec![reporter];
+        if let Some(replication) = &m.replication {
+            for (follower, matched) in replication {
+                if *follower == my_id {
+                    continue;
+                }
+                if matched.map(|l| l.index) >= committed {
+                    if let Ok(f) = i32::try_from(*follower) {
+                        isr.push(f);
+                    }
+                }
+            }
+        }
+        isr.sort_unstable();
+        let recorded = controller.machine().read(|m| {
+            m.partition(group).map(|p| p.leader == Some(reporter) && p.leader_epoch == epoch && p.isr == isr)
+        });
+        if recorded == Some(false) {
+            reports.push(LeadershipReport { group_id: group, leader_epoch: epoch, isr });
+        }
+    }
+    if reports.is_empty() {
+        return;
+    }
+    match controller.submit(Request::ReportLeadership { reporter, partitions: reports }, REPORT_INTERVAL * 10).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "leadership report refused"),
+        Err(e) => tracing::debug!(error = %e, "leadership report not delivered"),
+    }
+}
