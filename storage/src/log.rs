@@ -461,6 +461,46 @@ fn drop_sidecar(inner: &mut Inner, base: i64) -> Result<()> {
     }
 }
 
+/// Where a replicated log must be cut so its Raft entries are one unbroken run ending at the
+/// log end, None when they already are. From the first sidecar on, each segment's entries must
+/// continue the previous segment's (next index, and starting where they ended) and cover their
+/// segment to its end: data no row covers was written but never reported durable (rows are
+/// synced before that report), and a sidecar after a gap names entries Raft cannot reach.
+/// A crash can leave either (rows of a closed segment lost while a later header survived).
+fn raft_continuity_cut(segments: &BTreeMap<i64, Segment>, raft: &BTreeMap<i64, SegmentRaftIndex>) -> Option<i64> {
+    // (next index, offset) after the entries walked so far.
+    let mut expect: Option<(u64, i64)> = None;
+    for seg in segments.values() {
+        let idx = raft.get(&seg.base_offset);
+        match (expect, idx) {
+            // Below the Raft log: data from before it (a snapshot's prefix).
+            (None, None) => continue,
+            // The first sidecar may start anywhere in its segment.
+            (None, Some(_)) => {}
+            (Some((next, at)), Some(i)) => {
+                if i.first_index != next || i.start_offset != at {
+                    return Some(at);
+                }
+            }
+            // A segment without a sidecar after the Raft log began holds no entry: fine only
+            // while it is empty (a crash between creating it and its first entry).
+            (Some((_, at)), None) => {
+                if seg.next_offset > at {
+                    return Some(at);
+                }
+                continue;
+            }
+        }
+        let Some(i) = idx else { continue };
+        let (covered, _) = i.covered_end();
+        if covered < seg.next_offset {
+            return Some(covered);
+        }
+        expect = Some((i.next_index(), covered));
+    }
+    None
+}
+
 /// Removes `.raftindex` files whose segment is gone (a crash between the two unlinks).
 fn remove_orphan_sidecars(dir: &Path, segments: &BTreeMap<i64, Segment>) -> Result<()> {
     for e in std::fs::read_dir(dir)?.flatten() {
@@ -576,14 +616,18 @@ impl PartitionLog {
                 }
             }
             remove_orphan_sidecars(dir, &segments)?;
-            // Data after the last entry a sidecar records was written but never reported
-            // durable (rows are synced before that report): Raft does not count on it, and a
-            // replica must not keep batches its leader may later write differently.
-            if let Some(idx) = raft.values().next_back() {
-                let (covered, _) = idx.covered_end();
-                if covered < end {
-                    raft_cut = Some(covered);
+            raft_cut = raft_continuity_cut(&segments, &raft);
+            // The sidecars at or after the cut describe entries that go with it (a later one
+            // may name indexes that no longer follow on): they go too, so the next entry
+            // starts a fresh one.
+            if let Some(cut) = raft_cut {
+                let stale: Vec<i64> = raft.range(cut..).map(|(b, _)| *b).collect();
+                for b in stale {
+                    if let Some(idx) = raft.remove(&b) {
+                        idx.delete()?;
+                    }
                 }
+                raft_cut = (cut < end).then_some(cut);
             }
         }
         let mut inner = Inner {
@@ -948,11 +992,11 @@ impl PartitionLog {
         if self.is_deleted() {
             return Err(LogError::Deleted);
         }
-        let has_entries = inner.raft.values().any(|i| i.len() > 0);
-        if has_entries {
-            let next = inner.raft.values().next_back().map_or(0, |i| i.next_index());
-            if index != next {
-                return Err(LogError::InvalidRecord(format!("raft entry {index} does not follow entry {}", next - 1)));
+        // The last entry's sidecar says what comes next (a later, empty one may not).
+        let last = inner.raft.values().rev().find_map(|i| i.last_index());
+        if let Some(last) = last {
+            if Some(index) != last.checked_add(1) {
+                return Err(LogError::InvalidRecord(format!("raft entry {index} does not follow entry {last}")));
             }
         }
         let base_offset = inner.log_end();
@@ -969,7 +1013,9 @@ impl PartitionLog {
         let start_pos = inner.active().size();
         SegmentRaftIndex::check_fits(seg_base, next, start_pos + data.len() as u64)?;
         let needs_sidecar = match inner.raft.get(&seg_base) {
-            Some(idx) => !has_entries && idx.next_index() != index,
+            // An empty sidecar naming another index is replaced; one holding entries names
+            // this one (it holds the last entry, checked above).
+            Some(idx) => idx.next_index() != index,
             None => true,
         };
         if needs_sidecar {
@@ -1338,6 +1384,11 @@ impl PartitionLog {
         } else {
             let old_base = inner.active().base_offset;
             inner.active_mut().close()?;
+            // The closing segment's rows before the next segment exists: recovery trusts a
+            // later sidecar only when every earlier one is whole.
+            if let Some(idx) = inner.raft.get(&old_base) {
+                idx.sync_rows()?;
+            }
             if let Ok(f) = std::fs::File::open(self.dir.join(file_name(old_base, "txnindex"))) {
                 f.sync_all()?;
             }
@@ -1755,6 +1806,8 @@ pub(crate) mod tests {
         /// seam that shows which directory entries were made durable (a
         /// power cut is not something a unit test can stage).
         pub(crate) static DIRS_SYNCED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+        /// Every sidecar whose rows were synced at a roll, on this thread.
+        pub(crate) static SIDECARS_SYNCED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
     }
 
     fn take_synced() -> Vec<PathBuf> {
@@ -1837,5 +1890,22 @@ pub(crate) mod tests {
         assert!(log.segment_count() > 1);
         let synced = take_synced();
         assert!(synced.iter().any(|d| d == tmp.path()), "{synced:?}");
+    }
+
+    #[test]
+    fn a_roll_syncs_the_closing_segments_sidecar_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = LogConfig { segment_bytes: 300, ..LogConfig::default() };
+        let log = PartitionLog::open_opts(tmp.path(), cfg, OpenOptions { replicated: true, ..OpenOptions::default() })
+            .unwrap();
+        SIDECARS_SYNCED.with(|d| d.borrow_mut().clear());
+        for i in 0..3u64 {
+            let mut b = batch::build_batch(0, 1, &[(None, Some(&[1u8; 150]))]);
+            batch::patch(&mut b, log.log_end_offset(), 1, None);
+            log.append_raft_entry(&b, i, 0).unwrap();
+        }
+        assert!(log.segment_count() > 1);
+        let synced = SIDECARS_SYNCED.with(|d| d.borrow().clone());
+        assert!(synced.contains(&crate::raftindex::path_for(tmp.path(), 0)), "{synced:?}");
     }
 }

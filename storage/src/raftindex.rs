@@ -226,6 +226,20 @@ impl SegmentRaftIndex {
         Ok(())
     }
 
+    /// Makes the rows written so far durable now: a segment's rows must be before the next
+    /// segment's header is, or a crash could keep the later sidecar and lose entries of this
+    /// one, leaving a hole in the Raft log.
+    pub(crate) fn sync_rows(&self) -> Result<()> {
+        #[cfg(test)]
+        crate::log::tests::SIDECARS_SYNCED.with(|d| d.borrow_mut().push(self.path.clone()));
+        self.dirty.store(false, Ordering::Release);
+        if let Err(e) = self.file.sync_data() {
+            self.dirty.store(true, Ordering::Release);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
     /// The file to sync before the entries written since the last sync are reported durable;
     /// None when there is nothing new.
     pub(crate) fn take_dirty(&self) -> Option<Arc<File>> {
