@@ -1240,22 +1240,13 @@ impl PartitionLog {
     /// start (or the first batch shipped, if later), its producer state, and everything up to
     /// `next_offset` committed. An empty prefix starts the log empty at `next_offset`.
     pub fn restore_prefix(&self, prefix: &[u8], log_start: i64, next_offset: i64, producers: &[u8]) -> Result<()> {
+        // Checked whole before the log is touched: a bad snapshot must not cost the log.
+        Self::check_snapshot_prefix(prefix, next_offset, producers)?;
         let batches = if prefix.is_empty() { Vec::new() } else { batch::split_stored(prefix)? };
         let first = batches.first().map_or(next_offset, |(_, h)| h.base_offset);
-        let end = batches.last().map_or(next_offset, |(_, h)| h.last_offset() + 1);
-        if end != next_offset {
-            return Err(LogError::Corrupt(format!("snapshot prefix ends at {end}, not at {next_offset}")));
-        }
         self.reset_to(first, producers)?;
         let mut inner = self.write_inner();
         if !batches.is_empty() {
-            let mut next = first;
-            for (_, h) in &batches {
-                if h.base_offset != next {
-                    return Err(LogError::Corrupt(format!("snapshot prefix has a gap at offset {next}")));
-                }
-                next = h.last_offset() + 1;
-            }
             self.write_batches(&mut inner, prefix, &batches, false, 0)?;
             // The prefix's batches moved producer state past the snapshot's; its own is exact.
             inner.producers = ProducerStates::from_json(producers)
@@ -1274,6 +1265,35 @@ impl PartitionLog {
         inner.hw = next_offset;
         drop(inner);
         self.hw_moved.notify_waiters();
+        Ok(())
+    }
+
+    /// Whether `restore_prefix` would take this snapshot: whole batches with consecutive
+    /// offsets ending at `next_offset` (not negative), and readable producer state. Nothing is
+    /// written; a caller checks before it records the snapshot as being installed.
+    pub fn check_snapshot_prefix(prefix: &[u8], next_offset: i64, producers: &[u8]) -> Result<()> {
+        if next_offset < 0 {
+            return Err(LogError::Corrupt(format!("snapshot next offset {next_offset} is negative")));
+        }
+        ProducerStates::from_json(producers)
+            .ok_or_else(|| LogError::Corrupt("unreadable producer state in a snapshot".into()))?;
+        if prefix.is_empty() {
+            return Ok(());
+        }
+        let batches = batch::split_stored(prefix)?;
+        let mut next = batches.first().map_or(next_offset, |(_, h)| h.base_offset);
+        if next < 0 {
+            return Err(LogError::Corrupt(format!("snapshot prefix starts at offset {next}")));
+        }
+        for (_, h) in &batches {
+            if h.base_offset != next {
+                return Err(LogError::Corrupt(format!("snapshot prefix has a gap at offset {next}")));
+            }
+            next = h.last_offset() + 1;
+        }
+        if next != next_offset {
+            return Err(LogError::Corrupt(format!("snapshot prefix ends at {next}, not at {next_offset}")));
+        }
         Ok(())
     }
 

@@ -279,8 +279,17 @@ async fn a_snapshot_prefix_restores_the_same_batches_at_the_same_offsets() {
     capped.restore_prefix(&small, 0, upto, &leader.producer_state_at(upto).unwrap()).unwrap();
     assert!(capped.log_start_offset() > 0);
     assert_eq!(capped.log_end_offset(), upto);
-    // A prefix that does not end where the snapshot says is refused.
+    // A prefix that does not end where the snapshot says is refused, and so is one with a gap,
+    // before anything is deleted.
     assert!(capped.restore_prefix(&prefix, 0, upto + 1, &leader.producer_state()).is_err());
+    let batches = batch::split_stored(&prefix).unwrap();
+    assert!(batches.len() > 2);
+    let second = batches[1].0;
+    let third = batches[2].0;
+    let gapped = [&prefix[..second], &prefix[third..]].concat();
+    let before = (capped.log_start_offset(), capped.log_end_offset(), records_below(&capped, upto));
+    assert!(capped.restore_prefix(&gapped, 0, upto, &leader.producer_state()).is_err());
+    assert_eq!((capped.log_start_offset(), capped.log_end_offset(), records_below(&capped, upto)), before);
 }
 
 /// Every batch below `upto`, read segment by segment as a consumer would.

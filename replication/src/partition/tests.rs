@@ -188,6 +188,41 @@ async fn a_snapshot_moves_a_follower_to_the_leaders_next_offset_with_its_produce
     assert!(follower_sm.install_snapshot(&snap.meta, Bytes::from_static(b"junk")).await.is_err());
 }
 
+/// A crash part way through installing a snapshot, at either side of the log's rewrite: the
+/// reopened store has the snapshot's purge point and a log ending at the snapshot's next
+/// offset, so the next entry lands at the leader's offset.
+#[tokio::test]
+async fn a_crash_during_a_snapshot_install_resumes_at_the_snapshots_offsets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut leader, mut leader_sm) = open(&tmp.path().join("leader"), LogConfig::default()).unwrap();
+    let entries: Vec<_> = (0..6).map(|i| normal(1, i, &[i as u8; 30])).collect();
+    append(&mut leader, entries.clone()).await;
+    apply(&mut leader_sm, entries.clone()).await;
+    let snap = leader_sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let next = leader.log().log_end_offset();
+    let last = entries[5].log_id;
+    for step in ["install: before the log is rewritten", "install: after the log is rewritten"] {
+        let dir = tmp.path().join(step.replace([' ', ':'], "-"));
+        let (mut follower, mut follower_sm) = open(&dir, LogConfig::default()).unwrap();
+        // A diverged entry of another term: the snapshot's last entry is not held.
+        append(&mut follower, vec![normal(0, 0, b"stale")]).await;
+        CRASH_AT.with(|c| c.set(Some(step)));
+        assert!(follower_sm.install_snapshot(&snap.meta, snap.snapshot.clone()).await.is_err(), "{step}");
+        drop((follower, follower_sm));
+        let (mut follower, mut follower_sm) = open(&dir, LogConfig::default()).unwrap();
+        let state = follower.get_log_state().await.unwrap();
+        assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(last), Some(last)), "{step}");
+        assert_eq!(follower_sm.applied_state().await.unwrap().0, Some(last), "{step}");
+        assert_eq!(follower.log().log_end_offset(), next, "{step}");
+        append(&mut follower, vec![normal(2, 6, b"after")]).await;
+        assert_eq!(follower.log().raft_entry_span(6).unwrap().base_offset, next, "{step}");
+        drop((follower, follower_sm));
+        // Finished once: a later open leaves the log alone.
+        let (follower, _sm) = open(&dir, LogConfig::default()).unwrap();
+        assert_eq!(follower.log().raft_index_range(), Some((6, 6)), "{step}");
+    }
+}
+
 /// A follower whose log already holds the snapshot's last entry keeps its log, including the
 /// entries after it, as openraft expects.
 #[tokio::test]
