@@ -658,6 +658,19 @@ impl PartitionLog {
             tracing::warn!(log = %dir.display(), offset = cut, "cutting a tail no Raft entry covers");
             log.truncate_to(cut)?;
         }
+        if opts.replicated {
+            // After a process crash the page cache still holds what was written but never
+            // synced, and open finds it: `flushed` starts at the end, so Raft would be told it
+            // is durable. It is made so first (data, rows, and the names that find them).
+            let inner = log.read_inner();
+            inner.active().sync()?;
+            for idx in inner.raft.values() {
+                idx.sync_rows()?;
+            }
+            drop(inner);
+            sync_dir(dir)?;
+            log.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(log)
     }
 
@@ -1826,7 +1839,7 @@ pub(crate) mod tests {
         /// seam that shows which directory entries were made durable (a
         /// power cut is not something a unit test can stage).
         pub(crate) static DIRS_SYNCED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
-        /// Every sidecar whose rows were synced at a roll, on this thread.
+        /// Every sidecar whose rows were synced whole (at a roll, at open), on this thread.
         pub(crate) static SIDECARS_SYNCED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
     }
 
@@ -1927,5 +1940,32 @@ pub(crate) mod tests {
         assert!(log.segment_count() > 1);
         let synced = SIDECARS_SYNCED.with(|d| d.borrow().clone());
         assert!(synced.contains(&crate::raftindex::path_for(tmp.path(), 0)), "{synced:?}");
+    }
+
+    #[test]
+    fn opening_a_replicated_log_syncs_what_it_finds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let open = || {
+            let cfg = LogConfig { segment_bytes: 300, ..LogConfig::default() };
+            PartitionLog::open_opts(tmp.path(), cfg, OpenOptions { replicated: true, ..OpenOptions::default() })
+                .unwrap()
+        };
+        let log = open();
+        for i in 0..3u64 {
+            let mut b = batch::build_batch(0, 1, &[(None, Some(&[1u8; 150]))]);
+            batch::patch(&mut b, log.log_end_offset(), 1, None);
+            log.append_raft_entry(&b, i, 0).unwrap();
+        }
+        let (end, active) = (log.log_end_offset(), log.read_inner().active().base_offset);
+        // A process crash: nothing synced since the roll, the page cache keeps it all.
+        drop(log);
+        SIDECARS_SYNCED.with(|d| d.borrow_mut().clear());
+        take_synced();
+        let log = open();
+        assert_eq!(log.flushed_offset(), end, "reported flushed ...");
+        assert!(log.fsync_count() >= 1, "... only once synced");
+        let sidecars = SIDECARS_SYNCED.with(|d| d.borrow().clone());
+        assert!(sidecars.contains(&crate::raftindex::path_for(tmp.path(), active)), "{sidecars:?}");
+        assert!(take_synced().iter().any(|d| d == tmp.path()));
     }
 }
