@@ -374,7 +374,10 @@ pub struct PartitionLog {
     /// Notified when the high watermark moves (and when the log is
     /// deleted): consumers' long polls wait on it.
     hw_moved: Notify,
-    flushed: Arc<AtomicI64>,
+    flushed: Arc<crate::durability::Flushed>,
+    /// Serialises the syncs of sidecar rows: a sync that finds no dirty rows may report them
+    /// durable only once any fsync of them already under way has finished.
+    sidecar_sync: std::sync::Mutex<()>,
     /// The data dir's filesystem, so the committer can group by it.
     dev: u64,
     deleted: AtomicBool,
@@ -646,7 +649,8 @@ impl PartitionLog {
             dir: dir.to_path_buf(),
             inner: RwLock::new(inner),
             hw_moved: Notify::new(),
-            flushed: Arc::new(AtomicI64::new(end)),
+            flushed: Arc::new(crate::durability::Flushed::new(end)),
+            sidecar_sync: std::sync::Mutex::new(()),
             dev: std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(dir)?),
             deleted: AtomicBool::new(false),
             fsyncs: Arc::new(std::sync::atomic::AtomicU64::new(0)),
@@ -708,7 +712,8 @@ impl PartitionLog {
             if let Ok(f) = std::fs::File::open(self.dir.join(file_name(active.base_offset, "txnindex"))) {
                 f.sync_all()?;
             }
-            self.flushed.fetch_max(end, Ordering::AcqRel);
+            // Under the log's lock: no truncation runs meanwhile.
+            self.flushed.raise(end, self.flushed.generation());
         }
         Ok(active.clean_state())
     }
@@ -1206,7 +1211,7 @@ impl PartitionLog {
         inner.aborted.clear();
         inner.hw = next_offset;
         sync_dir(&self.dir)?;
-        self.flushed.store(next_offset, Ordering::SeqCst);
+        self.flushed.cut(next_offset, true);
         drop(inner);
         self.hw_moved.notify_waiters();
         Ok(())
@@ -1267,7 +1272,7 @@ impl PartitionLog {
             // Recovery starts from the newest producer snapshot file: this one, at the end.
             self.snapshot_producers(&inner, next_offset)?;
             inner.active().sync()?;
-            self.flushed.store(next_offset, Ordering::SeqCst);
+            self.flushed.cut(next_offset, true);
         }
         let start = log_start.clamp(first, next_offset);
         if start > inner.log_start {
@@ -1747,7 +1752,7 @@ impl PartitionLog {
         }
         sync_dir(&self.dir)?;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.flushed.fetch_min(end, Ordering::SeqCst);
+        self.flushed.cut(end, false);
         Ok(())
     }
 
@@ -1755,34 +1760,45 @@ impl PartitionLog {
     /// with the same group committer (`durability`) share its rounds: one
     /// round covers all that was written when it started.
     pub async fn sync(&self, upto: i64) -> Result<()> {
-        if self.flushed.load(Ordering::Acquire) >= upto {
+        if self.flushed.get() >= upto {
             return Ok(());
         }
-        let (file, end, sidecars) = {
+        let (file, end, generation) = {
             let inner = self.read_inner();
-            let sidecars: Vec<Arc<std::fs::File>> = inner.raft.values().filter_map(|i| i.take_dirty()).collect();
-            (inner.active().file(), inner.log_end(), sidecars)
+            (inner.active().file(), inner.log_end(), self.flushed.generation())
         };
         // The rows of entries up to `end` were written before `end` was read: syncing them
-        // first means no entry is reported durable whose row could still be lost.
-        for f in sidecars {
-            f.sync_data()?;
-        }
+        // after means no entry is reported durable whose row could still be lost.
+        self.sync_sidecars()?;
         self.group_commit
             .sync(crate::durability::Target {
                 file,
                 dev: self.dev,
                 end,
                 flushed: self.flushed.clone(),
+                generation,
                 rounds: self.fsyncs.clone(),
             })
             .await?;
         Ok(())
     }
 
+    /// Syncs every sidecar's rows written so far. Serialised (`sidecar_sync`): a row is marked
+    /// clean before its fsync so a row written meanwhile marks it dirty again, and a caller
+    /// finding it clean must wait for that fsync to end. A failed fsync leaves it dirty.
+    fn sync_sidecars(&self) -> Result<()> {
+        let _serial = self.sidecar_sync.lock().unwrap_or_else(|p| p.into_inner());
+        let dirty: Vec<crate::raftindex::DirtyRows> =
+            self.read_inner().raft.values().filter_map(|i| i.take_dirty()).collect();
+        for rows in dirty {
+            rows.sync()?;
+        }
+        Ok(())
+    }
+
     /// Offset below which everything is known to be on disk.
     pub fn flushed_offset(&self) -> i64 {
-        self.flushed.load(Ordering::Acquire)
+        self.flushed.get()
     }
 
     /// How many fsyncs this log has done: group-commit rounds, and those
@@ -1793,10 +1809,12 @@ impl PartitionLog {
 
     /// Blocking variant of `sync` for shutdown paths.
     pub fn sync_now(&self) -> Result<()> {
+        self.sync_sidecars()?;
         let inner = self.read_inner();
         inner.active().file().sync_data()?;
         inner.active().flush_indexes()?;
-        self.flushed.fetch_max(inner.log_end(), Ordering::AcqRel);
+        // Under the log's lock: no truncation runs meanwhile.
+        self.flushed.raise(inner.log_end(), self.flushed.generation());
         Ok(())
     }
 
@@ -1967,5 +1985,47 @@ pub(crate) mod tests {
         let sidecars = SIDECARS_SYNCED.with(|d| d.borrow().clone());
         assert!(sidecars.contains(&crate::raftindex::path_for(tmp.path(), active)), "{sidecars:?}");
         assert!(take_synced().iter().any(|d| d == tmp.path()));
+    }
+
+    #[tokio::test]
+    async fn sync_now_syncs_sidecar_rows_and_a_round_from_before_a_cut_does_not_raise_flushed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open_opts(
+            tmp.path(),
+            LogConfig::default(),
+            OpenOptions { replicated: true, ..OpenOptions::default() },
+        )
+        .unwrap();
+        for i in 0..4u64 {
+            let mut b = batch::build_batch(0, 1, &[(None, Some(&[1u8; 50]))]);
+            batch::patch(&mut b, log.log_end_offset(), 1, None);
+            log.append_raft_entry(&b, i, 0).unwrap();
+        }
+        SIDECARS_SYNCED.with(|d| d.borrow_mut().clear());
+        log.sync_now().unwrap();
+        let synced = SIDECARS_SYNCED.with(|d| d.borrow().clone());
+        assert_eq!(synced, vec![crate::raftindex::path_for(tmp.path(), 0)], "the rows, with the data");
+        assert_eq!(log.flushed_offset(), log.log_end_offset());
+        // A round that read the end before a truncation finishes after it.
+        let mut b = batch::build_batch(0, 1, &[(None, Some(&[1u8; 50]))]);
+        batch::patch(&mut b, log.log_end_offset(), 1, None);
+        log.append_raft_entry(&b, 4, 0).unwrap();
+        let (file, end, generation) =
+            (log.read_inner().active().file(), log.log_end_offset(), log.flushed.generation());
+        log.truncate_raft_after(Some(1)).unwrap();
+        let cut_end = log.log_end_offset();
+        assert!(cut_end < end);
+        log.group_commit
+            .sync(crate::durability::Target {
+                file,
+                dev: log.dev,
+                end,
+                flushed: log.flushed.clone(),
+                generation,
+                rounds: log.fsyncs.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(log.flushed_offset(), cut_end, "never past the log end");
     }
 }

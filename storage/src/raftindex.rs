@@ -38,8 +38,31 @@ pub(crate) struct SegmentRaftIndex {
     pub(crate) start_pos: u64,
     /// Per entry, its end: (offset after its last record, file position after its last byte).
     ends: Vec<(i64, u64)>,
-    /// Rows written since the last sync (atomic: `sync` takes it under the log's read lock).
-    dirty: AtomicBool,
+    /// Rows written since the last sync (atomic and shared: `sync` takes it under the log's
+    /// read lock and sets it again if the fsync fails).
+    dirty: Arc<AtomicBool>,
+}
+
+/// A sidecar's rows to sync, taken from it by `take_dirty`.
+pub(crate) struct DirtyRows {
+    path: PathBuf,
+    file: Arc<File>,
+    dirty: Arc<AtomicBool>,
+}
+
+impl DirtyRows {
+    /// Syncs the rows; on failure the sidecar is dirty again, so the next sync retries rather
+    /// than finding nothing to do.
+    pub(crate) fn sync(self) -> Result<()> {
+        #[cfg(test)]
+        crate::log::tests::SIDECARS_SYNCED.with(|d| d.borrow_mut().push(self.path.clone()));
+        let _ = &self.path;
+        if let Err(e) = self.file.sync_data() {
+            self.dirty.store(true, Ordering::Release);
+            return Err(e.into());
+        }
+        Ok(())
+    }
 }
 
 /// Where one entry lies in its segment.
@@ -106,7 +129,7 @@ impl SegmentRaftIndex {
             start_offset,
             start_pos,
             ends: Vec::new(),
-            dirty: AtomicBool::new(false),
+            dirty: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -155,7 +178,7 @@ impl SegmentRaftIndex {
             start_offset,
             start_pos,
             ends,
-            dirty: AtomicBool::new(false),
+            dirty: Arc::new(AtomicBool::new(false)),
         }))
     }
 
@@ -240,10 +263,15 @@ impl SegmentRaftIndex {
         Ok(())
     }
 
-    /// The file to sync before the entries written since the last sync are reported durable;
-    /// None when there is nothing new.
-    pub(crate) fn take_dirty(&self) -> Option<Arc<File>> {
-        self.dirty.swap(false, Ordering::AcqRel).then(|| self.file.clone())
+    /// The rows to sync before the entries written since the last sync are reported durable;
+    /// None when there is nothing new. Marked clean now: a row pushed during the fsync marks
+    /// it dirty again, so no row is ever left unsynced behind a clean flag.
+    pub(crate) fn take_dirty(&self) -> Option<DirtyRows> {
+        self.dirty.swap(false, Ordering::AcqRel).then(|| DirtyRows {
+            path: self.path.clone(),
+            file: self.file.clone(),
+            dirty: self.dirty.clone(),
+        })
     }
 
     pub(crate) fn delete(&self) -> Result<()> {
