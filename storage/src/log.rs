@@ -552,7 +552,9 @@ impl PartitionLog {
             // renamed over it (`Segment::truncate_to`).
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if name.ends_with(".cleaned") || name.ends_with(".truncating") {
+            // And a sidecar's creation cut short before its rename (`SegmentRaftIndex::create`).
+            if name.ends_with(".cleaned") || name.ends_with(".truncating") || name.ends_with(crate::raftindex::TMP_EXT)
+            {
                 std::fs::remove_file(e.path())?;
             }
         }

@@ -100,6 +100,9 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
+/// Extension of a sidecar being created (`create`); one found at open is a crash's leftover.
+pub(crate) const TMP_EXT: &str = "raftindex-new";
+
 pub(crate) fn path_for(dir: &Path, base_offset: i64) -> PathBuf {
     dir.join(file_name(base_offset, "raftindex"))
 }
@@ -117,9 +120,13 @@ impl SegmentRaftIndex {
     ) -> Result<SegmentRaftIndex> {
         let path = path_for(dir, base_offset);
         let h = header(first_index, rel(base_offset, start_offset)?, pos32(start_pos)?);
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        // Written beside and renamed into place: a crash mid-create leaves the old file or none,
+        // never a sidecar without a whole header (which open would have to refuse).
+        let tmp = path.with_extension(TMP_EXT);
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
         file.write_all_at(&h, 0)?;
         file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
         crate::log::sync_dir(dir)?;
         Ok(SegmentRaftIndex {
             path,
@@ -143,6 +150,14 @@ impl SegmentRaftIndex {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
+        if data.len() < HEADER && data.iter().all(|b| *b == 0) {
+            // A header cut short or never written (a crash while an older version created the
+            // file in place): it was synced before any entry of it was written, so the segment
+            // holds none of its entries. The sidecar goes, as if never created.
+            tracing::warn!(file = %path.display(), "removing a sidecar whose creation a crash cut short");
+            crate::log::remove_if_present(&path)?;
+            return Ok(None);
+        }
         if data.len() < HEADER || &data[..4] != MAGIC || crc32c::crc32c(&data[..20]) != u32_at(&data, 20) {
             // The header is synced before any data of the segment is written, so a bad one is
             // damage, not a crash: refuse rather than guess which entries the segment holds.

@@ -372,3 +372,43 @@ async fn a_crash_that_loses_an_older_sidecars_rows_cuts_the_log_at_the_hole() {
     assert_eq!(log.raft_index_range(), Some((first, last + 3)));
     assert_eq!(log.raft_entries(first, last + 4, usize::MAX).unwrap().len() as u64, last + 4 - first);
 }
+
+#[tokio::test]
+async fn a_sidecar_whose_creation_a_crash_cut_short_is_dropped_on_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open(tmp.path(), 400);
+    append(&log, 0, 6, 1);
+    log.sync(log.log_end_offset()).await.unwrap();
+    let (end, segments) = (log.log_end_offset(), log.segment_count());
+    drop(log);
+    // A crash while the next segment's sidecar was being created: the segment exists (empty),
+    // its sidecar is empty, or zero-filled where the header was being written, or a leftover
+    // of the temporary file it is written in.
+    let next = tmp.path().join(format!("{end:020}.raftindex"));
+    let leftover = tmp.path().join(format!("{end:020}.raftindex-new"));
+    for torn in [&[][..], &[0u8; 10][..]] {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(tmp.path().join(format!("{end:020}.log")))
+            .unwrap();
+        std::fs::write(&next, torn).unwrap();
+        std::fs::write(&leftover, [0u8; 24]).unwrap();
+        let log = open(tmp.path(), 400);
+        assert_eq!((log.log_end_offset(), log.raft_index_range()), (end, Some((0, 5))));
+        assert!(!leftover.exists());
+        assert!(log.segment_count() >= segments);
+        append(&log, 6, 8, 1);
+        log.sync(log.log_end_offset()).await.unwrap();
+        assert_eq!(log.raft_entries(0, 8, usize::MAX).unwrap().len(), 8);
+        log.truncate_raft_after(Some(5)).unwrap();
+        assert_eq!(log.log_end_offset(), end);
+        drop(log);
+    }
+    // A header with content that does not check is damage, still refused.
+    std::fs::write(tmp.path().join(format!("{:020}.raftindex", 0)), [1u8; 24]).unwrap();
+    let config = LogConfig { segment_bytes: 400, ..LogConfig::default() };
+    assert!(PartitionLog::open_opts(tmp.path(), config, OpenOptions { replicated: true, ..OpenOptions::default() })
+        .is_err());
+}
