@@ -523,8 +523,16 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionStateMachine {
         let meta = SnapshotMetaOf::<TypeConfig> { last_log_id: last_applied, last_membership: membership };
         let saved = SavedSnapshot { meta: meta.clone(), next_offset, producers, installing: false };
         let data = self.shared.snapshot_data(&saved)?;
-        self.shared.save_snapshot(&saved)?;
-        lock(&self.sm).snapshot = Some(saved);
+        // openraft builds in a task of its own, so a snapshot may have been installed since
+        // `last_applied` was read: only a newer snapshot replaces the current one (an older
+        // one saved over it would restart the state machine behind the purge point). Compared
+        // and saved under the lock `install_snapshot` saves under.
+        let mut sm = lock(&self.sm);
+        let current = sm.snapshot.as_ref().map(|s| s.meta.last_log_id);
+        if current.is_none_or(|c| saved.meta.last_log_id > c) {
+            self.shared.save_snapshot(&saved)?;
+            sm.snapshot = Some(saved);
+        }
         Ok(SnapshotOf::<TypeConfig, Bytes> { meta, snapshot: data })
     }
 }
@@ -601,7 +609,13 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                     producers: body.producers.clone(),
                     installing: true,
                 };
-                self.shared.save_snapshot(&pending)?;
+                {
+                    // Adopted at once (under the lock `build_snapshot` compares under), so a
+                    // snapshot built meanwhile from an older position cannot replace it.
+                    let mut sm = lock(&self.sm);
+                    self.shared.save_snapshot(&pending)?;
+                    sm.snapshot = Some(pending);
+                }
                 self.shared.purged_through(meta.last_log_id)?;
                 crash_point("install: before the log is rewritten")?;
                 self.shared
@@ -617,8 +631,8 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             producers: body.producers,
             installing: false,
         };
-        self.shared.save_snapshot(&saved)?;
         let mut sm = lock(&self.sm);
+        self.shared.save_snapshot(&saved)?;
         sm.last_applied = meta.last_log_id;
         sm.membership = meta.last_membership.clone();
         sm.snapshot = Some(saved);

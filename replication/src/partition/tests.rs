@@ -223,6 +223,36 @@ async fn a_crash_during_a_snapshot_install_resumes_at_the_snapshots_offsets() {
     }
 }
 
+/// openraft builds snapshots in a task of its own: one that read the state machine's position
+/// before a newer snapshot was installed must not replace it (a restart would then begin behind
+/// the purge point). The builder's early read is staged by setting the position back while it
+/// runs.
+#[tokio::test]
+async fn a_snapshot_built_from_an_older_position_does_not_replace_a_newer_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut leader, mut leader_sm) = open(&tmp.path().join("leader"), LogConfig::default()).unwrap();
+    let entries: Vec<_> = (0..6).map(|i| normal(1, i, &[i as u8; 30])).collect();
+    append(&mut leader, entries.clone()).await;
+    apply(&mut leader_sm, entries.clone()).await;
+    let snap = leader_sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let dir = tmp.path().join("follower");
+    let (mut follower, mut follower_sm) = open(&dir, LogConfig::default()).unwrap();
+    append(&mut follower, entries[..3].to_vec()).await;
+    apply(&mut follower_sm, entries[..3].to_vec()).await;
+    let mut builder = follower_sm.get_snapshot_builder().await;
+    follower_sm.install_snapshot(&snap.meta, snap.snapshot.clone()).await.unwrap();
+    follower.purge(entries[5].log_id).await.unwrap();
+    lock(&follower_sm.sm).last_applied = Some(entries[2].log_id);
+    let old = builder.build_snapshot().await.unwrap();
+    lock(&follower_sm.sm).last_applied = Some(entries[5].log_id);
+    assert_eq!(old.meta.last_log_id, Some(entries[2].log_id));
+    assert_eq!(follower_sm.get_current_snapshot().await.unwrap().unwrap().meta, snap.meta);
+    drop((follower, follower_sm, builder));
+    let (mut follower, mut follower_sm) = open(&dir, LogConfig::default()).unwrap();
+    assert_eq!(follower_sm.applied_state().await.unwrap().0, Some(entries[5].log_id));
+    assert_eq!(follower.get_log_state().await.unwrap().last_purged_log_id, Some(entries[5].log_id));
+}
+
 /// A follower whose log already holds the snapshot's last entry keeps its log, including the
 /// entries after it, as openraft expects.
 #[tokio::test]
