@@ -168,6 +168,10 @@ pub struct OpenOptions<'a> {
     /// log start and moves only by `set_high_watermark` (Raft's commit
     /// index). Otherwise every append commits and it follows the log end.
     pub replicated: bool,
+    /// The log is a Raft log (implies `replicated`): only `append_raft_entry` writes to it,
+    /// even while it holds no entry (new, reset, or truncated to nothing), so no batch without
+    /// a sidecar row can get in.
+    pub raft: bool,
     /// The group committer whose rounds make this log durable (`sync`);
     /// `GroupCommit::shared_default()` when None.
     pub group_commit: Option<crate::durability::GroupCommit>,
@@ -223,6 +227,8 @@ pub(crate) struct Inner {
     /// A single replica commits what it writes: the high watermark follows
     /// the log end. A replicated log's moves only by `set_high_watermark`.
     hw_follows_end: bool,
+    /// Opened as a Raft log (`OpenOptions::raft`).
+    raft_only: bool,
     /// A replicated log's Raft entries, per segment base offset (`.raftindex`
     /// sidecars); segments below the Raft log have none.
     pub(crate) raft: BTreeMap<i64, SegmentRaftIndex>,
@@ -437,6 +443,18 @@ fn raft_span(inner: &Inner, index: u64) -> Option<EntrySpan> {
     idx.span(index)
 }
 
+/// The entry at `span`, read from its segment.
+fn stored_entry(inner: &Inner, span: EntrySpan) -> Result<RaftEntry> {
+    let len = (span.end_pos - span.start_pos) as usize;
+    let seg = inner.segments.range(..=span.base_offset).next_back().map(|(_, s)| s);
+    let data = seg.map(|s| s.bytes(span.start_pos, span.end_pos)).unwrap_or_default();
+    if data.len() != len {
+        return Err(LogError::Corrupt(format!("raft entry {} lies outside its segment", span.index)));
+    }
+    let term = BatchHeader::parse(&data)?.partition_leader_epoch;
+    Ok(RaftEntry { span, term, data })
+}
+
 /// One Raft entry as the log stores it.
 #[derive(Debug, Clone)]
 pub struct RaftEntry {
@@ -446,11 +464,11 @@ pub struct RaftEntry {
     pub data: Bytes,
 }
 
-/// Once a log holds Raft entries, only `append_raft_entry` writes to it: a batch written
-/// beside Raft would have no sidecar row, so the next open would cut it (and every replica
-/// would hold a different log).
+/// Once a log is opened as a Raft log, or holds Raft entries, only `append_raft_entry` writes
+/// to it: a batch written beside Raft would have no sidecar row, so the next open would cut it
+/// (and every replica would hold a different log).
 fn refuse_beside_raft(inner: &Inner) -> Result<()> {
-    if inner.raft.is_empty() {
+    if !inner.raft_only && inner.raft.is_empty() {
         return Ok(());
     }
     Err(LogError::InvalidRecord("this partition's log is written through Raft only".into()))
@@ -542,6 +560,7 @@ impl PartitionLog {
     /// `open` with every option (`OpenOptions`).
     pub fn open_opts(dir: &Path, config: LogConfig, opts: OpenOptions<'_>) -> Result<PartitionLog> {
         let clean = opts.clean;
+        let replicated = opts.replicated || opts.raft;
         // A new partition directory's entry in the data dir must be durable
         // before an append into it is acknowledged.
         create_dirs_durably(dir)?;
@@ -611,10 +630,10 @@ impl PartitionLog {
         epochs.truncate_before(log_start)?;
         // A replicated log knows nothing committed until its replica says
         // (from Raft's committed index); a single replica has committed all.
-        let hw = if opts.replicated { log_start } else { end };
+        let hw = if replicated { log_start } else { end };
         let mut raft = BTreeMap::new();
         let mut raft_cut = None;
-        if opts.replicated {
+        if replicated {
             for seg in segments.values() {
                 if let Some(idx) = SegmentRaftIndex::open(dir, seg.base_offset, seg.next_offset, seg.size())? {
                     raft.insert(seg.base_offset, idx);
@@ -643,7 +662,8 @@ impl PartitionLog {
             producers: ProducerStates::default(),
             aborted: Vec::new(),
             hw,
-            hw_follows_end: !opts.replicated,
+            hw_follows_end: !replicated,
+            raft_only: opts.raft,
             raft,
         };
         report.batches_replayed = inner.recover_state(dir)?;
@@ -664,7 +684,7 @@ impl PartitionLog {
             tracing::warn!(log = %dir.display(), offset = cut, "cutting a tail no Raft entry covers");
             log.truncate_to(cut)?;
         }
-        if opts.replicated {
+        if replicated {
             // After a process crash the page cache still holds what was written but never
             // synced, and open finds it: `flushed` starts at the end, so Raft would be told it
             // is durable. It is made so first (data, rows, and the names that find them).
@@ -1083,32 +1103,39 @@ impl PartitionLog {
 
     /// Entries `[from, to)` as stored (zero-copy slices of the segments), stopping early once
     /// `max_bytes` would be passed; the first entry is returned whatever its size, so a
-    /// reader always progresses. Starts at the first entry held if `from` is below it; stops at
-    /// the first index after it the log does not hold.
+    /// reader always progresses. Stops at the first index after `from` the log does not hold.
+    /// A `from` below the first entry held is an error (NotFound), not a read that silently
+    /// starts later: the caller asked for entries the log no longer has.
     pub fn raft_entries(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<RaftEntry>> {
         let inner = self.read_inner();
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        // Indexes below the first entry held are not an error: the log starts later.
-        let first = inner.raft.values().find(|i| i.len() > 0).map_or(from, |i| i.first_index);
-        let mut index = from.max(first);
+        if let Some(first) = inner.raft.values().find(|i| i.len() > 0).map(|i| i.first_index) {
+            if from < first && from < to {
+                return Err(LogError::Io(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("raft entry {from} is not in the log, which starts at entry {first}"),
+                )));
+            }
+        }
+        let mut index = from;
         while index < to {
             let Some(span) = raft_span(&inner, index) else { break };
             let len = (span.end_pos - span.start_pos) as usize;
             if !out.is_empty() && bytes + len > max_bytes {
                 break;
             }
-            let seg = inner.segments.range(..=span.base_offset).next_back().map(|(_, s)| s);
-            let data = seg.map(|s| s.bytes(span.start_pos, span.end_pos)).unwrap_or_default();
-            if data.len() != len {
-                return Err(LogError::Corrupt(format!("raft entry {index} lies outside its segment")));
-            }
-            let term = BatchHeader::parse(&data)?.partition_leader_epoch;
-            out.push(RaftEntry { span, term, data });
+            out.push(stored_entry(&inner, span)?);
             bytes += len;
             index += 1;
         }
         Ok(out)
+    }
+
+    /// Entry `index` as stored, None if the log does not hold it.
+    pub fn raft_entry(&self, index: u64) -> Result<Option<RaftEntry>> {
+        let inner = self.read_inner();
+        raft_span(&inner, index).map(|span| stored_entry(&inner, span)).transpose()
     }
 
     /// Removes the Raft entries after `index` (all of them with None) and their batches,
@@ -1841,6 +1868,11 @@ impl PartitionLog {
             seg.release_pages()?;
         }
         Ok(())
+    }
+
+    /// Whether the log was opened as a Raft log (`OpenOptions::raft`).
+    pub fn is_raft_only(&self) -> bool {
+        self.read_inner().raft_only
     }
 
     pub fn is_deleted(&self) -> bool {

@@ -69,8 +69,12 @@ fn an_index_must_follow_the_last_and_offsets_must_be_the_log_end() {
     patch(&mut e, log.log_end_offset() + 1, 2, None);
     assert!(log.append_raft_entry(&e, 7, 0).is_err(), "not at the log end");
     assert_eq!(log.raft_index_range(), Some((5, 6)));
-    let from_zero: Vec<u64> = log.raft_entries(0, 10, usize::MAX).unwrap().iter().map(|e| e.span.index).collect();
-    assert_eq!(from_zero, vec![5, 6], "a read from below the first entry starts at it");
+    // A read from below the first entry is refused rather than silently starting later.
+    let err = log.raft_entries(0, 10, usize::MAX).unwrap_err();
+    assert!(matches!(&err, fjord_storage::LogError::Io(e) if e.kind() == std::io::ErrorKind::NotFound), "{err}");
+    let held: Vec<u64> = log.raft_entries(5, 10, usize::MAX).unwrap().iter().map(|e| e.span.index).collect();
+    assert_eq!(held, vec![5, 6]);
+    assert_eq!((log.raft_entry(4).unwrap().is_none(), log.raft_entry(6).unwrap().unwrap().span.index), (true, 6));
 }
 
 #[test]
@@ -411,4 +415,21 @@ async fn a_sidecar_whose_creation_a_crash_cut_short_is_dropped_on_open() {
     let config = LogConfig { segment_bytes: 400, ..LogConfig::default() };
     assert!(PartitionLog::open_opts(tmp.path(), config, OpenOptions { replicated: true, ..OpenOptions::default() })
         .is_err());
+}
+
+#[test]
+fn a_log_opened_as_raft_takes_no_other_write_even_without_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = LogConfig::default();
+    let log =
+        PartitionLog::open_opts(tmp.path(), config, OpenOptions { raft: true, ..OpenOptions::default() }).unwrap();
+    assert!(log.is_raft_only());
+    assert!(log.append(&build_batch(0, 1, &[(None, Some(b"v"))]), 1, 1).is_err(), "new, no entry yet");
+    append(&log, 0, 2, 1);
+    log.truncate_raft_after(None).unwrap();
+    assert_eq!(log.raft_index_range(), None);
+    assert!(log.append(&build_batch(0, 1, &[(None, Some(b"v"))]), 1, 1).is_err(), "truncated to nothing");
+    log.reset_to(50, &log.producer_state()).unwrap();
+    assert!(log.append_marker(7, 0, 0, true, 1, 1).is_err(), "reset");
+    assert_eq!(log.log_end_offset(), 50);
 }

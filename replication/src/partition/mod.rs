@@ -179,8 +179,8 @@ impl Shared {
         if saved.index() == 0 || below < first {
             return Ok(None);
         }
-        let held = self.log.raft_entries(below, below + 1, 0).map_err(io_err)?;
-        Ok(held.into_iter().next().map(entry::decode).transpose()?.map(|e| e.log_id))
+        let held = self.log.raft_entry(below).map_err(io_err)?;
+        Ok(held.map(entry::decode).transpose()?.map(|e| e.log_id))
     }
 
     /// Moves the purge point up to `last` (never back), durably.
@@ -229,30 +229,34 @@ impl Shared {
 
     /// The stored entry at `index`, if its term is `term`: where it lies, and its LogAppendTime.
     fn entry_at(&self, log_id: &LogIdOf<TypeConfig>) -> io::Result<Option<Applied>> {
-        let found = self.log.raft_entries(log_id.index(), log_id.index() + 1, 0).map_err(io_err)?;
-        Ok(found
-            .into_iter()
-            .next()
-            .filter(|e| u64::try_from(e.term).ok() == Some(log_id.committed_leader_id().term))
-            .map(|e| Applied {
-                base_offset: e.span.base_offset,
-                last_offset: e.span.next_offset - 1,
-                log_append_time: entry::log_append_time(&e.data),
-                log_start_offset: self.log.log_start_offset(),
-            }))
+        let found = self.log.raft_entry(log_id.index()).map_err(io_err)?;
+        Ok(found.filter(|e| u64::try_from(e.term).ok() == Some(log_id.committed_leader_id().term)).map(|e| Applied {
+            base_offset: e.span.base_offset,
+            last_offset: e.span.next_offset - 1,
+            log_append_time: entry::log_append_time(&e.data),
+            log_start_offset: self.log.log_start_offset(),
+        }))
     }
 }
 
 /// Opens the partition log in `dir` as a Raft replica: the log store and the state machine of
 /// one group, sharing the log. The high watermark starts at the saved commit point.
 pub fn open(dir: &Path, config: LogConfig) -> io::Result<(PartitionLogStore, PartitionStateMachine)> {
-    let log = PartitionLog::open_opts(dir, config, OpenOptions { replicated: true, ..OpenOptions::default() })
-        .map_err(io_err)?;
+    let log =
+        PartitionLog::open_opts(dir, config, OpenOptions { raft: true, ..OpenOptions::default() }).map_err(io_err)?;
     open_log(Arc::new(log))
 }
 
-/// `open` for a log the caller opened (with `replicated: true`).
+/// `open` for a log the caller opened (with `raft: true`).
 pub fn open_log(log: Arc<PartitionLog>) -> io::Result<(PartitionLogStore, PartitionStateMachine)> {
+    if !log.is_raft_only() {
+        // A log open to other writes could take a batch no sidecar row covers, which the next
+        // open would cut on this replica only.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} was not opened as a Raft log", log.dir().display()),
+        ));
+    }
     let state_path = log.dir().join(STATE_FILE);
     let state: RaftState = read_json(&state_path)?.unwrap_or_default();
     let mut snapshot: Option<SavedSnapshot> = read_json(&log.dir().join(SNAPSHOT_FILE))?;
@@ -319,8 +323,16 @@ impl PartitionLogStore {
     }
 
     fn read(&self, start: u64, end: u64, max_bytes: usize) -> io::Result<Vec<EntryOf<TypeConfig>>> {
-        let purged_next = lock(&self.shared.state).last_purged.map_or(0, |l| l.index() + 1);
-        let start = start.max(purged_next);
+        let last_purged = lock(&self.shared.state).last_purged;
+        let mut start = start.max(last_purged.map_or(0, |l| l.index() + 1));
+        // A log never purged begins at its first entry, whatever its index (openraft's own
+        // suite starts logs at 1). Once purged, an entry missing between the purge point and
+        // the first held is lost: `raft_entries` reports it rather than reading on from later.
+        if last_purged.is_none() {
+            if let Some((first, _)) = self.shared.log.raft_index_range() {
+                start = start.max(first);
+            }
+        }
         if start >= end {
             return Ok(Vec::new());
         }

@@ -253,6 +253,30 @@ async fn a_snapshot_built_from_an_older_position_does_not_replace_a_newer_one() 
     assert_eq!(follower.get_log_state().await.unwrap().last_purged_log_id, Some(entries[5].log_id));
 }
 
+/// Entries missing between the purge point and the first entry held are an error to a reader,
+/// not a read that silently starts later; and the store takes only a log opened as Raft's.
+#[tokio::test]
+async fn a_read_of_entries_lost_above_the_purge_point_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    let (mut store, _sm) = open(&dir, LogConfig { segment_bytes: 300, ..LogConfig::default() }).unwrap();
+    let entries: Vec<_> = (0..8).map(|i| normal(1, i, &[i as u8; 60])).collect();
+    append(&mut store, entries.clone()).await;
+    store.purge(entries[0].log_id).await.unwrap();
+    assert_eq!(store.try_get_log_entries(1..3).await.unwrap().len(), 2);
+    // Segments holding entries 1.. go while the purge point stays at 0 (as a lost segment would).
+    store.log().drop_raft_segments_upto(4).unwrap();
+    let (first, _) = store.log().raft_index_range().unwrap();
+    assert!(first > 1);
+    assert!(store.try_get_log_entries(1..8).await.is_err());
+    assert_eq!(store.try_get_log_entries(first..8).await.unwrap().len() as u64, 8 - first);
+    drop((store, _sm));
+    let plain =
+        PartitionLog::open_opts(&dir, LogConfig::default(), OpenOptions { replicated: true, ..Default::default() })
+            .unwrap();
+    assert!(open_log(Arc::new(plain)).is_err(), "not opened as a Raft log");
+}
+
 /// A follower whose log already holds the snapshot's last entry keeps its log, including the
 /// entries after it, as openraft expects.
 #[tokio::test]
