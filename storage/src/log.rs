@@ -714,6 +714,8 @@ impl PartitionLog {
     /// request still running) are not covered: the next start sees data
     /// past the checkpoint and scans.
     pub fn shutdown_state(&self, sync: bool) -> Result<CleanState> {
+        // As in `sync`: the end is read, then the rows up to it are synced, then the data.
+        let synced_to = if sync { Some(self.sync_sidecars_upto_end()?) } else { None };
         let inner = self.read_inner();
         let end = inner.log_end();
         if !snapshot_offsets(&self.dir).contains(&end) {
@@ -734,8 +736,9 @@ impl PartitionLog {
             if let Ok(f) = std::fs::File::open(self.dir.join(file_name(active.base_offset, "txnindex"))) {
                 f.sync_all()?;
             }
-            // Under the log's lock: no truncation runs meanwhile.
-            self.flushed.raise(end, self.flushed.generation());
+            if let Some((end, generation)) = synced_to {
+                self.flushed.raise(end, generation);
+            }
         }
         Ok(active.clean_state())
     }
@@ -1815,6 +1818,18 @@ impl PartitionLog {
     /// Syncs every sidecar's rows written so far. Serialised (`sidecar_sync`): a row is marked
     /// clean before its fsync so a row written meanwhile marks it dirty again, and a caller
     /// finding it clean must wait for that fsync to end. A failed fsync leaves it dirty.
+    /// Reads the log end (and `flushed`'s generation), then syncs the sidecar rows, which then
+    /// cover every entry up to that end; returned for the caller to raise `flushed` to once
+    /// the data is synced too.
+    fn sync_sidecars_upto_end(&self) -> Result<(i64, u64)> {
+        let at = {
+            let inner = self.read_inner();
+            (inner.log_end(), self.flushed.generation())
+        };
+        self.sync_sidecars()?;
+        Ok(at)
+    }
+
     fn sync_sidecars(&self) -> Result<()> {
         let _serial = self.sidecar_sync.lock().unwrap_or_else(|p| p.into_inner());
         let dirty: Vec<crate::raftindex::DirtyRows> =
@@ -1838,12 +1853,12 @@ impl PartitionLog {
 
     /// Blocking variant of `sync` for shutdown paths.
     pub fn sync_now(&self) -> Result<()> {
-        self.sync_sidecars()?;
+        let (end, generation) = self.sync_sidecars_upto_end()?;
         let inner = self.read_inner();
         inner.active().file().sync_data()?;
         inner.active().flush_indexes()?;
-        // Under the log's lock: no truncation runs meanwhile.
-        self.flushed.raise(inner.log_end(), self.flushed.generation());
+        // Not past `end`: rows written after the sidecars were synced may not be durable.
+        self.flushed.raise(end, generation);
         Ok(())
     }
 
@@ -2061,5 +2076,14 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert_eq!(log.flushed_offset(), cut_end, "never past the log end");
+        // A clean shutdown's sync covers the rows too.
+        let mut b = batch::build_batch(0, 1, &[(None, Some(&[1u8; 50]))]);
+        batch::patch(&mut b, log.log_end_offset(), 1, None);
+        log.append_raft_entry(&b, 2, 0).unwrap();
+        SIDECARS_SYNCED.with(|d| d.borrow_mut().clear());
+        log.shutdown_state(true).unwrap();
+        let synced = SIDECARS_SYNCED.with(|d| d.borrow().clone());
+        assert_eq!(synced, vec![crate::raftindex::path_for(tmp.path(), 0)]);
+        assert_eq!(log.flushed_offset(), log.log_end_offset());
     }
 }
