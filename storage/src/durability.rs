@@ -109,13 +109,67 @@ impl GroupCommit {
     }
 }
 
-/// A file to make durable up to `end`; `flushed` is raised to `end` after.
+/// A log's flushed offset: below it everything is known durable. A truncation lowers it, and a
+/// sync round that started before the truncation must not raise it again past the new end
+/// (the round synced data that is gone): each cut bumps a generation, and a round raises the
+/// offset only if the generation it started under is still current, checked under the same
+/// lock the cut takes.
+#[derive(Debug)]
+pub(crate) struct Flushed {
+    offset: AtomicI64,
+    cuts: Mutex<u64>,
+}
+
+impl Flushed {
+    pub fn new(offset: i64) -> Flushed {
+        Flushed { offset: AtomicI64::new(offset), cuts: Mutex::new(0) }
+    }
+
+    pub fn get(&self) -> i64 {
+        self.offset.load(Ordering::Acquire)
+    }
+
+    fn cuts(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.cuts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The generation a sync starting now runs under.
+    pub fn generation(&self) -> u64 {
+        *self.cuts()
+    }
+
+    /// Raises the offset to `end`, unless the log was cut since `generation`.
+    pub fn raise(&self, end: i64, generation: u64) {
+        let cuts = self.cuts();
+        if *cuts == generation {
+            self.offset.fetch_max(end, Ordering::AcqRel);
+        }
+    }
+
+    /// The log now ends at `end` (truncated or reset): the offset is set to `end` if it was
+    /// past it (or always, with `exact`: a reset to a later offset), and syncs under way no
+    /// longer count.
+    pub fn cut(&self, end: i64, exact: bool) {
+        let mut cuts = self.cuts();
+        *cuts += 1;
+        if exact {
+            self.offset.store(end, Ordering::Release);
+        } else {
+            self.offset.fetch_min(end, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A file to make durable up to `end`; `flushed` is raised to `end` after, if no cut came
+/// between (`Flushed`).
 pub(crate) struct Target {
     pub file: Arc<File>,
     /// The filesystem it lives on (`st_dev`).
     pub dev: u64,
     pub end: i64,
-    pub flushed: Arc<AtomicI64>,
+    pub flushed: Arc<Flushed>,
+    /// `flushed`'s generation when `end` was read.
+    pub generation: u64,
     /// Rounds that covered this log (tests and metrics).
     pub rounds: Arc<AtomicU64>,
 }
@@ -152,7 +206,7 @@ impl Committer {
             let mut counted: Vec<*const AtomicU64> = Vec::new();
             for w in round {
                 if result.is_ok() {
-                    w.target.flushed.fetch_max(w.target.end, Ordering::AcqRel);
+                    w.target.flushed.raise(w.target.end, w.target.generation);
                     let log = Arc::as_ptr(&w.target.rounds);
                     if !counted.contains(&log) {
                         counted.push(log);

@@ -168,6 +168,10 @@ pub struct OpenOptions<'a> {
     /// log start and moves only by `set_high_watermark` (Raft's commit
     /// index). Otherwise every append commits and it follows the log end.
     pub replicated: bool,
+    /// The log is a Raft log (implies `replicated`): only `append_raft_entry` writes to it,
+    /// even while it holds no entry (new, reset, or truncated to nothing), so no batch without
+    /// a sidecar row can get in.
+    pub raft: bool,
     /// The group committer whose rounds make this log durable (`sync`);
     /// `GroupCommit::shared_default()` when None.
     pub group_commit: Option<crate::durability::GroupCommit>,
@@ -223,6 +227,8 @@ pub(crate) struct Inner {
     /// A single replica commits what it writes: the high watermark follows
     /// the log end. A replicated log's moves only by `set_high_watermark`.
     hw_follows_end: bool,
+    /// Opened as a Raft log (`OpenOptions::raft`).
+    raft_only: bool,
     /// A replicated log's Raft entries, per segment base offset (`.raftindex`
     /// sidecars); segments below the Raft log have none.
     pub(crate) raft: BTreeMap<i64, SegmentRaftIndex>,
@@ -374,7 +380,10 @@ pub struct PartitionLog {
     /// Notified when the high watermark moves (and when the log is
     /// deleted): consumers' long polls wait on it.
     hw_moved: Notify,
-    flushed: Arc<AtomicI64>,
+    flushed: Arc<crate::durability::Flushed>,
+    /// Serialises the syncs of sidecar rows: a sync that finds no dirty rows may report them
+    /// durable only once any fsync of them already under way has finished.
+    sidecar_sync: std::sync::Mutex<()>,
     /// The data dir's filesystem, so the committer can group by it.
     dev: u64,
     deleted: AtomicBool,
@@ -434,6 +443,18 @@ fn raft_span(inner: &Inner, index: u64) -> Option<EntrySpan> {
     idx.span(index)
 }
 
+/// The entry at `span`, read from its segment.
+fn stored_entry(inner: &Inner, span: EntrySpan) -> Result<RaftEntry> {
+    let len = (span.end_pos - span.start_pos) as usize;
+    let seg = inner.segments.range(..=span.base_offset).next_back().map(|(_, s)| s);
+    let data = seg.map(|s| s.bytes(span.start_pos, span.end_pos)).unwrap_or_default();
+    if data.len() != len {
+        return Err(LogError::Corrupt(format!("raft entry {} lies outside its segment", span.index)));
+    }
+    let term = BatchHeader::parse(&data)?.partition_leader_epoch;
+    Ok(RaftEntry { span, term, data })
+}
+
 /// One Raft entry as the log stores it.
 #[derive(Debug, Clone)]
 pub struct RaftEntry {
@@ -443,11 +464,11 @@ pub struct RaftEntry {
     pub data: Bytes,
 }
 
-/// Once a log holds Raft entries, only `append_raft_entry` writes to it: a batch written
-/// beside Raft would have no sidecar row, so the next open would cut it (and every replica
-/// would hold a different log).
+/// Once a log is opened as a Raft log, or holds Raft entries, only `append_raft_entry` writes
+/// to it: a batch written beside Raft would have no sidecar row, so the next open would cut it
+/// (and every replica would hold a different log).
 fn refuse_beside_raft(inner: &Inner) -> Result<()> {
-    if inner.raft.is_empty() {
+    if !inner.raft_only && inner.raft.is_empty() {
         return Ok(());
     }
     Err(LogError::InvalidRecord("this partition's log is written through Raft only".into()))
@@ -459,6 +480,46 @@ fn drop_sidecar(inner: &mut Inner, base: i64) -> Result<()> {
         Some(idx) => idx.delete(),
         None => Ok(()),
     }
+}
+
+/// Where a replicated log must be cut so its Raft entries are one unbroken run ending at the
+/// log end, None when they already are. From the first sidecar on, each segment's entries must
+/// continue the previous segment's (next index, and starting where they ended) and cover their
+/// segment to its end: data no row covers was written but never reported durable (rows are
+/// synced before that report), and a sidecar after a gap names entries Raft cannot reach.
+/// A crash can leave either (rows of a closed segment lost while a later header survived).
+fn raft_continuity_cut(segments: &BTreeMap<i64, Segment>, raft: &BTreeMap<i64, SegmentRaftIndex>) -> Option<i64> {
+    // (next index, offset) after the entries walked so far.
+    let mut expect: Option<(u64, i64)> = None;
+    for seg in segments.values() {
+        let idx = raft.get(&seg.base_offset);
+        match (expect, idx) {
+            // Below the Raft log: data from before it (a snapshot's prefix).
+            (None, None) => continue,
+            // The first sidecar may start anywhere in its segment.
+            (None, Some(_)) => {}
+            (Some((next, at)), Some(i)) => {
+                if i.first_index != next || i.start_offset != at {
+                    return Some(at);
+                }
+            }
+            // A segment without a sidecar after the Raft log began holds no entry: fine only
+            // while it is empty (a crash between creating it and its first entry).
+            (Some((_, at)), None) => {
+                if seg.next_offset > at {
+                    return Some(at);
+                }
+                continue;
+            }
+        }
+        let Some(i) = idx else { continue };
+        let (covered, _) = i.covered_end();
+        if covered < seg.next_offset {
+            return Some(covered);
+        }
+        expect = Some((i.next_index(), covered));
+    }
+    None
 }
 
 /// Removes `.raftindex` files whose segment is gone (a crash between the two unlinks).
@@ -499,6 +560,7 @@ impl PartitionLog {
     /// `open` with every option (`OpenOptions`).
     pub fn open_opts(dir: &Path, config: LogConfig, opts: OpenOptions<'_>) -> Result<PartitionLog> {
         let clean = opts.clean;
+        let replicated = opts.replicated || opts.raft;
         // A new partition directory's entry in the data dir must be durable
         // before an append into it is acknowledged.
         create_dirs_durably(dir)?;
@@ -509,7 +571,9 @@ impl PartitionLog {
             // renamed over it (`Segment::truncate_to`).
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if name.ends_with(".cleaned") || name.ends_with(".truncating") {
+            // And a sidecar's creation cut short before its rename (`SegmentRaftIndex::create`).
+            if name.ends_with(".cleaned") || name.ends_with(".truncating") || name.ends_with(crate::raftindex::TMP_EXT)
+            {
                 std::fs::remove_file(e.path())?;
             }
         }
@@ -566,24 +630,28 @@ impl PartitionLog {
         epochs.truncate_before(log_start)?;
         // A replicated log knows nothing committed until its replica says
         // (from Raft's committed index); a single replica has committed all.
-        let hw = if opts.replicated { log_start } else { end };
+        let hw = if replicated { log_start } else { end };
         let mut raft = BTreeMap::new();
         let mut raft_cut = None;
-        if opts.replicated {
+        if replicated {
             for seg in segments.values() {
                 if let Some(idx) = SegmentRaftIndex::open(dir, seg.base_offset, seg.next_offset, seg.size())? {
                     raft.insert(seg.base_offset, idx);
                 }
             }
             remove_orphan_sidecars(dir, &segments)?;
-            // Data after the last entry a sidecar records was written but never reported
-            // durable (rows are synced before that report): Raft does not count on it, and a
-            // replica must not keep batches its leader may later write differently.
-            if let Some(idx) = raft.values().next_back() {
-                let (covered, _) = idx.covered_end();
-                if covered < end {
-                    raft_cut = Some(covered);
+            raft_cut = raft_continuity_cut(&segments, &raft);
+            // The sidecars at or after the cut describe entries that go with it (a later one
+            // may name indexes that no longer follow on): they go too, so the next entry
+            // starts a fresh one.
+            if let Some(cut) = raft_cut {
+                let stale: Vec<i64> = raft.range(cut..).map(|(b, _)| *b).collect();
+                for b in stale {
+                    if let Some(idx) = raft.remove(&b) {
+                        idx.delete()?;
+                    }
                 }
+                raft_cut = (cut < end).then_some(cut);
             }
         }
         let mut inner = Inner {
@@ -594,7 +662,8 @@ impl PartitionLog {
             producers: ProducerStates::default(),
             aborted: Vec::new(),
             hw,
-            hw_follows_end: !opts.replicated,
+            hw_follows_end: !replicated,
+            raft_only: opts.raft,
             raft,
         };
         report.batches_replayed = inner.recover_state(dir)?;
@@ -602,7 +671,8 @@ impl PartitionLog {
             dir: dir.to_path_buf(),
             inner: RwLock::new(inner),
             hw_moved: Notify::new(),
-            flushed: Arc::new(AtomicI64::new(end)),
+            flushed: Arc::new(crate::durability::Flushed::new(end)),
+            sidecar_sync: std::sync::Mutex::new(()),
             dev: std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(dir)?),
             deleted: AtomicBool::new(false),
             fsyncs: Arc::new(std::sync::atomic::AtomicU64::new(0)),
@@ -613,6 +683,19 @@ impl PartitionLog {
         if let Some(cut) = raft_cut {
             tracing::warn!(log = %dir.display(), offset = cut, "cutting a tail no Raft entry covers");
             log.truncate_to(cut)?;
+        }
+        if replicated {
+            // After a process crash the page cache still holds what was written but never
+            // synced, and open finds it: `flushed` starts at the end, so Raft would be told it
+            // is durable. It is made so first (data, rows, and the names that find them).
+            let inner = log.read_inner();
+            inner.active().sync()?;
+            for idx in inner.raft.values() {
+                idx.sync_rows()?;
+            }
+            drop(inner);
+            sync_dir(dir)?;
+            log.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         Ok(log)
     }
@@ -631,6 +714,8 @@ impl PartitionLog {
     /// request still running) are not covered: the next start sees data
     /// past the checkpoint and scans.
     pub fn shutdown_state(&self, sync: bool) -> Result<CleanState> {
+        // As in `sync`: the end is read, then the rows up to it are synced, then the data.
+        let synced_to = if sync { Some(self.sync_sidecars_upto_end()?) } else { None };
         let inner = self.read_inner();
         let end = inner.log_end();
         if !snapshot_offsets(&self.dir).contains(&end) {
@@ -651,7 +736,9 @@ impl PartitionLog {
             if let Ok(f) = std::fs::File::open(self.dir.join(file_name(active.base_offset, "txnindex"))) {
                 f.sync_all()?;
             }
-            self.flushed.fetch_max(end, Ordering::AcqRel);
+            if let Some((end, generation)) = synced_to {
+                self.flushed.raise(end, generation);
+            }
         }
         Ok(active.clean_state())
     }
@@ -948,11 +1035,11 @@ impl PartitionLog {
         if self.is_deleted() {
             return Err(LogError::Deleted);
         }
-        let has_entries = inner.raft.values().any(|i| i.len() > 0);
-        if has_entries {
-            let next = inner.raft.values().next_back().map_or(0, |i| i.next_index());
-            if index != next {
-                return Err(LogError::InvalidRecord(format!("raft entry {index} does not follow entry {}", next - 1)));
+        // The last entry's sidecar says what comes next (a later, empty one may not).
+        let last = inner.raft.values().rev().find_map(|i| i.last_index());
+        if let Some(last) = last {
+            if Some(index) != last.checked_add(1) {
+                return Err(LogError::InvalidRecord(format!("raft entry {index} does not follow entry {last}")));
             }
         }
         let base_offset = inner.log_end();
@@ -969,7 +1056,9 @@ impl PartitionLog {
         let start_pos = inner.active().size();
         SegmentRaftIndex::check_fits(seg_base, next, start_pos + data.len() as u64)?;
         let needs_sidecar = match inner.raft.get(&seg_base) {
-            Some(idx) => !has_entries && idx.next_index() != index,
+            // An empty sidecar naming another index is replaced; one holding entries names
+            // this one (it holds the last entry, checked above).
+            Some(idx) => idx.next_index() != index,
             None => true,
         };
         if needs_sidecar {
@@ -1017,32 +1106,39 @@ impl PartitionLog {
 
     /// Entries `[from, to)` as stored (zero-copy slices of the segments), stopping early once
     /// `max_bytes` would be passed; the first entry is returned whatever its size, so a
-    /// reader always progresses. Starts at the first entry held if `from` is below it; stops at
-    /// the first index after it the log does not hold.
+    /// reader always progresses. Stops at the first index after `from` the log does not hold.
+    /// A `from` below the first entry held is an error (NotFound), not a read that silently
+    /// starts later: the caller asked for entries the log no longer has.
     pub fn raft_entries(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<RaftEntry>> {
         let inner = self.read_inner();
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        // Indexes below the first entry held are not an error: the log starts later.
-        let first = inner.raft.values().find(|i| i.len() > 0).map_or(from, |i| i.first_index);
-        let mut index = from.max(first);
+        if let Some(first) = inner.raft.values().find(|i| i.len() > 0).map(|i| i.first_index) {
+            if from < first && from < to {
+                return Err(LogError::Io(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("raft entry {from} is not in the log, which starts at entry {first}"),
+                )));
+            }
+        }
+        let mut index = from;
         while index < to {
             let Some(span) = raft_span(&inner, index) else { break };
             let len = (span.end_pos - span.start_pos) as usize;
             if !out.is_empty() && bytes + len > max_bytes {
                 break;
             }
-            let seg = inner.segments.range(..=span.base_offset).next_back().map(|(_, s)| s);
-            let data = seg.map(|s| s.bytes(span.start_pos, span.end_pos)).unwrap_or_default();
-            if data.len() != len {
-                return Err(LogError::Corrupt(format!("raft entry {index} lies outside its segment")));
-            }
-            let term = BatchHeader::parse(&data)?.partition_leader_epoch;
-            out.push(RaftEntry { span, term, data });
+            out.push(stored_entry(&inner, span)?);
             bytes += len;
             index += 1;
         }
         Ok(out)
+    }
+
+    /// Entry `index` as stored, None if the log does not hold it.
+    pub fn raft_entry(&self, index: u64) -> Result<Option<RaftEntry>> {
+        let inner = self.read_inner();
+        raft_span(&inner, index).map(|span| stored_entry(&inner, span)).transpose()
     }
 
     /// Removes the Raft entries after `index` (all of them with None) and their batches,
@@ -1147,7 +1243,7 @@ impl PartitionLog {
         inner.aborted.clear();
         inner.hw = next_offset;
         sync_dir(&self.dir)?;
-        self.flushed.store(next_offset, Ordering::SeqCst);
+        self.flushed.cut(next_offset, true);
         drop(inner);
         self.hw_moved.notify_waiters();
         Ok(())
@@ -1194,22 +1290,13 @@ impl PartitionLog {
     /// start (or the first batch shipped, if later), its producer state, and everything up to
     /// `next_offset` committed. An empty prefix starts the log empty at `next_offset`.
     pub fn restore_prefix(&self, prefix: &[u8], log_start: i64, next_offset: i64, producers: &[u8]) -> Result<()> {
+        // Checked whole before the log is touched: a bad snapshot must not cost the log.
+        Self::check_snapshot_prefix(prefix, next_offset, producers)?;
         let batches = if prefix.is_empty() { Vec::new() } else { batch::split_stored(prefix)? };
         let first = batches.first().map_or(next_offset, |(_, h)| h.base_offset);
-        let end = batches.last().map_or(next_offset, |(_, h)| h.last_offset() + 1);
-        if end != next_offset {
-            return Err(LogError::Corrupt(format!("snapshot prefix ends at {end}, not at {next_offset}")));
-        }
         self.reset_to(first, producers)?;
         let mut inner = self.write_inner();
         if !batches.is_empty() {
-            let mut next = first;
-            for (_, h) in &batches {
-                if h.base_offset != next {
-                    return Err(LogError::Corrupt(format!("snapshot prefix has a gap at offset {next}")));
-                }
-                next = h.last_offset() + 1;
-            }
             self.write_batches(&mut inner, prefix, &batches, false, 0)?;
             // The prefix's batches moved producer state past the snapshot's; its own is exact.
             inner.producers = ProducerStates::from_json(producers)
@@ -1217,7 +1304,7 @@ impl PartitionLog {
             // Recovery starts from the newest producer snapshot file: this one, at the end.
             self.snapshot_producers(&inner, next_offset)?;
             inner.active().sync()?;
-            self.flushed.store(next_offset, Ordering::SeqCst);
+            self.flushed.cut(next_offset, true);
         }
         let start = log_start.clamp(first, next_offset);
         if start > inner.log_start {
@@ -1228,6 +1315,35 @@ impl PartitionLog {
         inner.hw = next_offset;
         drop(inner);
         self.hw_moved.notify_waiters();
+        Ok(())
+    }
+
+    /// Whether `restore_prefix` would take this snapshot: whole batches with consecutive
+    /// offsets ending at `next_offset` (not negative), and readable producer state. Nothing is
+    /// written; a caller checks before it records the snapshot as being installed.
+    pub fn check_snapshot_prefix(prefix: &[u8], next_offset: i64, producers: &[u8]) -> Result<()> {
+        if next_offset < 0 {
+            return Err(LogError::Corrupt(format!("snapshot next offset {next_offset} is negative")));
+        }
+        ProducerStates::from_json(producers)
+            .ok_or_else(|| LogError::Corrupt("unreadable producer state in a snapshot".into()))?;
+        if prefix.is_empty() {
+            return Ok(());
+        }
+        let batches = batch::split_stored(prefix)?;
+        let mut next = batches.first().map_or(next_offset, |(_, h)| h.base_offset);
+        if next < 0 {
+            return Err(LogError::Corrupt(format!("snapshot prefix starts at offset {next}")));
+        }
+        for (_, h) in &batches {
+            if h.base_offset != next {
+                return Err(LogError::Corrupt(format!("snapshot prefix has a gap at offset {next}")));
+            }
+            next = h.last_offset() + 1;
+        }
+        if next != next_offset {
+            return Err(LogError::Corrupt(format!("snapshot prefix ends at {next}, not at {next_offset}")));
+        }
         Ok(())
     }
 
@@ -1338,6 +1454,11 @@ impl PartitionLog {
         } else {
             let old_base = inner.active().base_offset;
             inner.active_mut().close()?;
+            // The closing segment's rows before the next segment exists: recovery trusts a
+            // later sidecar only when every earlier one is whole.
+            if let Some(idx) = inner.raft.get(&old_base) {
+                idx.sync_rows()?;
+            }
             if let Ok(f) = std::fs::File::open(self.dir.join(file_name(old_base, "txnindex"))) {
                 f.sync_all()?;
             }
@@ -1663,7 +1784,7 @@ impl PartitionLog {
         }
         sync_dir(&self.dir)?;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.flushed.fetch_min(end, Ordering::SeqCst);
+        self.flushed.cut(end, false);
         Ok(())
     }
 
@@ -1671,34 +1792,57 @@ impl PartitionLog {
     /// with the same group committer (`durability`) share its rounds: one
     /// round covers all that was written when it started.
     pub async fn sync(&self, upto: i64) -> Result<()> {
-        if self.flushed.load(Ordering::Acquire) >= upto {
+        if self.flushed.get() >= upto {
             return Ok(());
         }
-        let (file, end, sidecars) = {
+        let (file, end, generation) = {
             let inner = self.read_inner();
-            let sidecars: Vec<Arc<std::fs::File>> = inner.raft.values().filter_map(|i| i.take_dirty()).collect();
-            (inner.active().file(), inner.log_end(), sidecars)
+            (inner.active().file(), inner.log_end(), self.flushed.generation())
         };
         // The rows of entries up to `end` were written before `end` was read: syncing them
-        // first means no entry is reported durable whose row could still be lost.
-        for f in sidecars {
-            f.sync_data()?;
-        }
+        // after means no entry is reported durable whose row could still be lost.
+        self.sync_sidecars()?;
         self.group_commit
             .sync(crate::durability::Target {
                 file,
                 dev: self.dev,
                 end,
                 flushed: self.flushed.clone(),
+                generation,
                 rounds: self.fsyncs.clone(),
             })
             .await?;
         Ok(())
     }
 
+    /// Syncs every sidecar's rows written so far. Serialised (`sidecar_sync`): a row is marked
+    /// clean before its fsync so a row written meanwhile marks it dirty again, and a caller
+    /// finding it clean must wait for that fsync to end. A failed fsync leaves it dirty.
+    /// Reads the log end (and `flushed`'s generation), then syncs the sidecar rows, which then
+    /// cover every entry up to that end; returned for the caller to raise `flushed` to once
+    /// the data is synced too.
+    fn sync_sidecars_upto_end(&self) -> Result<(i64, u64)> {
+        let at = {
+            let inner = self.read_inner();
+            (inner.log_end(), self.flushed.generation())
+        };
+        self.sync_sidecars()?;
+        Ok(at)
+    }
+
+    fn sync_sidecars(&self) -> Result<()> {
+        let _serial = self.sidecar_sync.lock().unwrap_or_else(|p| p.into_inner());
+        let dirty: Vec<crate::raftindex::DirtyRows> =
+            self.read_inner().raft.values().filter_map(|i| i.take_dirty()).collect();
+        for rows in dirty {
+            rows.sync()?;
+        }
+        Ok(())
+    }
+
     /// Offset below which everything is known to be on disk.
     pub fn flushed_offset(&self) -> i64 {
-        self.flushed.load(Ordering::Acquire)
+        self.flushed.get()
     }
 
     /// How many fsyncs this log has done: group-commit rounds, and those
@@ -1709,10 +1853,12 @@ impl PartitionLog {
 
     /// Blocking variant of `sync` for shutdown paths.
     pub fn sync_now(&self) -> Result<()> {
+        let (end, generation) = self.sync_sidecars_upto_end()?;
         let inner = self.read_inner();
         inner.active().file().sync_data()?;
         inner.active().flush_indexes()?;
-        self.flushed.fetch_max(inner.log_end(), Ordering::AcqRel);
+        // Not past `end`: rows written after the sidecars were synced may not be durable.
+        self.flushed.raise(end, generation);
         Ok(())
     }
 
@@ -1739,6 +1885,11 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Whether the log was opened as a Raft log (`OpenOptions::raft`).
+    pub fn is_raft_only(&self) -> bool {
+        self.read_inner().raft_only
+    }
+
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::SeqCst)
     }
@@ -1755,6 +1906,8 @@ pub(crate) mod tests {
         /// seam that shows which directory entries were made durable (a
         /// power cut is not something a unit test can stage).
         pub(crate) static DIRS_SYNCED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+        /// Every sidecar whose rows were synced whole (at a roll, at open), on this thread.
+        pub(crate) static SIDECARS_SYNCED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
     }
 
     fn take_synced() -> Vec<PathBuf> {
@@ -1837,5 +1990,100 @@ pub(crate) mod tests {
         assert!(log.segment_count() > 1);
         let synced = take_synced();
         assert!(synced.iter().any(|d| d == tmp.path()), "{synced:?}");
+    }
+
+    #[test]
+    fn a_roll_syncs_the_closing_segments_sidecar_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = LogConfig { segment_bytes: 300, ..LogConfig::default() };
+        let log = PartitionLog::open_opts(tmp.path(), cfg, OpenOptions { replicated: true, ..OpenOptions::default() })
+            .unwrap();
+        SIDECARS_SYNCED.with(|d| d.borrow_mut().clear());
+        for i in 0..3u64 {
+            let mut b = batch::build_batch(0, 1, &[(None, Some(&[1u8; 150]))]);
+            batch::patch(&mut b, log.log_end_offset(), 1, None);
+            log.append_raft_entry(&b, i, 0).unwrap();
+        }
+        assert!(log.segment_count() > 1);
+        let synced = SIDECARS_SYNCED.with(|d| d.borrow().clone());
+        assert!(synced.contains(&crate::raftindex::path_for(tmp.path(), 0)), "{synced:?}");
+    }
+
+    #[test]
+    fn opening_a_replicated_log_syncs_what_it_finds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let open = || {
+            let cfg = LogConfig { segment_bytes: 300, ..LogConfig::default() };
+            PartitionLog::open_opts(tmp.path(), cfg, OpenOptions { replicated: true, ..OpenOptions::default() })
+                .unwrap()
+        };
+        let log = open();
+        for i in 0..3u64 {
+            let mut b = batch::build_batch(0, 1, &[(None, Some(&[1u8; 150]))]);
+            batch::patch(&mut b, log.log_end_offset(), 1, None);
+            log.append_raft_entry(&b, i, 0).unwrap();
+        }
+        let (end, active) = (log.log_end_offset(), log.read_inner().active().base_offset);
+        // A process crash: nothing synced since the roll, the page cache keeps it all.
+        drop(log);
+        SIDECARS_SYNCED.with(|d| d.borrow_mut().clear());
+        take_synced();
+        let log = open();
+        assert_eq!(log.flushed_offset(), end, "reported flushed ...");
+        assert!(log.fsync_count() >= 1, "... only once synced");
+        let sidecars = SIDECARS_SYNCED.with(|d| d.borrow().clone());
+        assert!(sidecars.contains(&crate::raftindex::path_for(tmp.path(), active)), "{sidecars:?}");
+        assert!(take_synced().iter().any(|d| d == tmp.path()));
+    }
+
+    #[tokio::test]
+    async fn sync_now_syncs_sidecar_rows_and_a_round_from_before_a_cut_does_not_raise_flushed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open_opts(
+            tmp.path(),
+            LogConfig::default(),
+            OpenOptions { replicated: true, ..OpenOptions::default() },
+        )
+        .unwrap();
+        for i in 0..4u64 {
+            let mut b = batch::build_batch(0, 1, &[(None, Some(&[1u8; 50]))]);
+            batch::patch(&mut b, log.log_end_offset(), 1, None);
+            log.append_raft_entry(&b, i, 0).unwrap();
+        }
+        SIDECARS_SYNCED.with(|d| d.borrow_mut().clear());
+        log.sync_now().unwrap();
+        let synced = SIDECARS_SYNCED.with(|d| d.borrow().clone());
+        assert_eq!(synced, vec![crate::raftindex::path_for(tmp.path(), 0)], "the rows, with the data");
+        assert_eq!(log.flushed_offset(), log.log_end_offset());
+        // A round that read the end before a truncation finishes after it.
+        let mut b = batch::build_batch(0, 1, &[(None, Some(&[1u8; 50]))]);
+        batch::patch(&mut b, log.log_end_offset(), 1, None);
+        log.append_raft_entry(&b, 4, 0).unwrap();
+        let (file, end, generation) =
+            (log.read_inner().active().file(), log.log_end_offset(), log.flushed.generation());
+        log.truncate_raft_after(Some(1)).unwrap();
+        let cut_end = log.log_end_offset();
+        assert!(cut_end < end);
+        log.group_commit
+            .sync(crate::durability::Target {
+                file,
+                dev: log.dev,
+                end,
+                flushed: log.flushed.clone(),
+                generation,
+                rounds: log.fsyncs.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(log.flushed_offset(), cut_end, "never past the log end");
+        // A clean shutdown's sync covers the rows too.
+        let mut b = batch::build_batch(0, 1, &[(None, Some(&[1u8; 50]))]);
+        batch::patch(&mut b, log.log_end_offset(), 1, None);
+        log.append_raft_entry(&b, 2, 0).unwrap();
+        SIDECARS_SYNCED.with(|d| d.borrow_mut().clear());
+        log.shutdown_state(true).unwrap();
+        let synced = SIDECARS_SYNCED.with(|d| d.borrow().clone());
+        assert_eq!(synced, vec![crate::raftindex::path_for(tmp.path(), 0)]);
+        assert_eq!(log.flushed_offset(), log.log_end_offset());
     }
 }

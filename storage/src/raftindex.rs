@@ -38,8 +38,31 @@ pub(crate) struct SegmentRaftIndex {
     pub(crate) start_pos: u64,
     /// Per entry, its end: (offset after its last record, file position after its last byte).
     ends: Vec<(i64, u64)>,
-    /// Rows written since the last sync (atomic: `sync` takes it under the log's read lock).
-    dirty: AtomicBool,
+    /// Rows written since the last sync (atomic and shared: `sync` takes it under the log's
+    /// read lock and sets it again if the fsync fails).
+    dirty: Arc<AtomicBool>,
+}
+
+/// A sidecar's rows to sync, taken from it by `take_dirty`.
+pub(crate) struct DirtyRows {
+    path: PathBuf,
+    file: Arc<File>,
+    dirty: Arc<AtomicBool>,
+}
+
+impl DirtyRows {
+    /// Syncs the rows; on failure the sidecar is dirty again, so the next sync retries rather
+    /// than finding nothing to do.
+    pub(crate) fn sync(self) -> Result<()> {
+        #[cfg(test)]
+        crate::log::tests::SIDECARS_SYNCED.with(|d| d.borrow_mut().push(self.path.clone()));
+        let _ = &self.path;
+        if let Err(e) = self.file.sync_data() {
+            self.dirty.store(true, Ordering::Release);
+            return Err(e.into());
+        }
+        Ok(())
+    }
 }
 
 /// Where one entry lies in its segment.
@@ -77,6 +100,9 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
+/// Extension of a sidecar being created (`create`); one found at open is a crash's leftover.
+pub(crate) const TMP_EXT: &str = "raftindex-new";
+
 pub(crate) fn path_for(dir: &Path, base_offset: i64) -> PathBuf {
     dir.join(file_name(base_offset, "raftindex"))
 }
@@ -94,9 +120,13 @@ impl SegmentRaftIndex {
     ) -> Result<SegmentRaftIndex> {
         let path = path_for(dir, base_offset);
         let h = header(first_index, rel(base_offset, start_offset)?, pos32(start_pos)?);
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        // Written beside and renamed into place: a crash mid-create leaves the old file or none,
+        // never a sidecar without a whole header (which open would have to refuse).
+        let tmp = path.with_extension(TMP_EXT);
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
         file.write_all_at(&h, 0)?;
         file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
         crate::log::sync_dir(dir)?;
         Ok(SegmentRaftIndex {
             path,
@@ -106,7 +136,7 @@ impl SegmentRaftIndex {
             start_offset,
             start_pos,
             ends: Vec::new(),
-            dirty: AtomicBool::new(false),
+            dirty: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -120,6 +150,14 @@ impl SegmentRaftIndex {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
+        if data.len() < HEADER && data.iter().all(|b| *b == 0) {
+            // A header cut short or never written (a crash while an older version created the
+            // file in place): it was synced before any entry of it was written, so the segment
+            // holds none of its entries. The sidecar goes, as if never created.
+            tracing::warn!(file = %path.display(), "removing a sidecar whose creation a crash cut short");
+            crate::log::remove_if_present(&path)?;
+            return Ok(None);
+        }
         if data.len() < HEADER || &data[..4] != MAGIC || crc32c::crc32c(&data[..20]) != u32_at(&data, 20) {
             // The header is synced before any data of the segment is written, so a bad one is
             // damage, not a crash: refuse rather than guess which entries the segment holds.
@@ -155,7 +193,7 @@ impl SegmentRaftIndex {
             start_offset,
             start_pos,
             ends,
-            dirty: AtomicBool::new(false),
+            dirty: Arc::new(AtomicBool::new(false)),
         }))
     }
 
@@ -226,10 +264,29 @@ impl SegmentRaftIndex {
         Ok(())
     }
 
-    /// The file to sync before the entries written since the last sync are reported durable;
-    /// None when there is nothing new.
-    pub(crate) fn take_dirty(&self) -> Option<Arc<File>> {
-        self.dirty.swap(false, Ordering::AcqRel).then(|| self.file.clone())
+    /// Makes the rows written so far durable now: a segment's rows must be before the next
+    /// segment's header is, or a crash could keep the later sidecar and lose entries of this
+    /// one, leaving a hole in the Raft log.
+    pub(crate) fn sync_rows(&self) -> Result<()> {
+        #[cfg(test)]
+        crate::log::tests::SIDECARS_SYNCED.with(|d| d.borrow_mut().push(self.path.clone()));
+        self.dirty.store(false, Ordering::Release);
+        if let Err(e) = self.file.sync_data() {
+            self.dirty.store(true, Ordering::Release);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// The rows to sync before the entries written since the last sync are reported durable;
+    /// None when there is nothing new. Marked clean now: a row pushed during the fsync marks
+    /// it dirty again, so no row is ever left unsynced behind a clean flag.
+    pub(crate) fn take_dirty(&self) -> Option<DirtyRows> {
+        self.dirty.swap(false, Ordering::AcqRel).then(|| DirtyRows {
+            path: self.path.clone(),
+            file: self.file.clone(),
+            dirty: self.dirty.clone(),
+        })
     }
 
     pub(crate) fn delete(&self) -> Result<()> {

@@ -69,8 +69,12 @@ fn an_index_must_follow_the_last_and_offsets_must_be_the_log_end() {
     patch(&mut e, log.log_end_offset() + 1, 2, None);
     assert!(log.append_raft_entry(&e, 7, 0).is_err(), "not at the log end");
     assert_eq!(log.raft_index_range(), Some((5, 6)));
-    let from_zero: Vec<u64> = log.raft_entries(0, 10, usize::MAX).unwrap().iter().map(|e| e.span.index).collect();
-    assert_eq!(from_zero, vec![5, 6], "a read from below the first entry starts at it");
+    // A read from below the first entry is refused rather than silently starting later.
+    let err = log.raft_entries(0, 10, usize::MAX).unwrap_err();
+    assert!(matches!(&err, fjord_storage::LogError::Io(e) if e.kind() == std::io::ErrorKind::NotFound), "{err}");
+    let held: Vec<u64> = log.raft_entries(5, 10, usize::MAX).unwrap().iter().map(|e| e.span.index).collect();
+    assert_eq!(held, vec![5, 6]);
+    assert_eq!((log.raft_entry(4).unwrap().is_none(), log.raft_entry(6).unwrap().unwrap().span.index), (true, 6));
 }
 
 #[test]
@@ -279,8 +283,17 @@ async fn a_snapshot_prefix_restores_the_same_batches_at_the_same_offsets() {
     capped.restore_prefix(&small, 0, upto, &leader.producer_state_at(upto).unwrap()).unwrap();
     assert!(capped.log_start_offset() > 0);
     assert_eq!(capped.log_end_offset(), upto);
-    // A prefix that does not end where the snapshot says is refused.
+    // A prefix that does not end where the snapshot says is refused, and so is one with a gap,
+    // before anything is deleted.
     assert!(capped.restore_prefix(&prefix, 0, upto + 1, &leader.producer_state()).is_err());
+    let batches = batch::split_stored(&prefix).unwrap();
+    assert!(batches.len() > 2);
+    let second = batches[1].0;
+    let third = batches[2].0;
+    let gapped = [&prefix[..second], &prefix[third..]].concat();
+    let before = (capped.log_start_offset(), capped.log_end_offset(), records_below(&capped, upto));
+    assert!(capped.restore_prefix(&gapped, 0, upto, &leader.producer_state()).is_err());
+    assert_eq!((capped.log_start_offset(), capped.log_end_offset(), records_below(&capped, upto)), before);
 }
 
 /// Every batch below `upto`, read segment by segment as a consumer would.
@@ -319,4 +332,104 @@ fn retention_and_delete_records_leave_raft_entries_to_raft() {
     assert_eq!(log.log_start_offset(), span.base_offset);
     let (first, last) = log.raft_index_range().unwrap();
     assert!(first > 0 && first <= 6 && last == 11, "{first}..{last}");
+}
+
+/// The `.raftindex` files of `dir`, oldest segment first.
+fn sidecars(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "raftindex"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn a_crash_that_loses_an_older_sidecars_rows_cuts_the_log_at_the_hole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open(tmp.path(), 400);
+    append(&log, 0, 12, 1);
+    assert!(log.segment_count() > 2, "the appends span rolls");
+    drop(log);
+    // A crash kept the later sidecars but lost the last row of the first one holding two or
+    // more (as when its rows were never synced before the next header was created).
+    let files = sidecars(tmp.path());
+    let (victim, rows) = files[..files.len() - 1]
+        .iter()
+        .map(|p| (p.clone(), (std::fs::metadata(p).unwrap().len() as usize - 24) / 8))
+        .find(|(_, rows)| *rows >= 2)
+        .unwrap();
+    let data = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &data[..data.len() - 8]).unwrap();
+    let log = open(tmp.path(), 400);
+    let (first, last) = log.raft_index_range().unwrap();
+    let held = log.raft_entries(first, last + 1, usize::MAX).unwrap();
+    assert_eq!(held.len() as u64, last - first + 1, "every entry the range names is readable");
+    assert_eq!(held.last().unwrap().span.next_offset, log.log_end_offset(), "nothing past the last entry");
+    assert!(last < 11 && rows >= 2);
+    // Appends go on from the last entry held, and a restart keeps them.
+    append(&log, last + 1, last + 4, 2);
+    log.sync(log.log_end_offset()).await.unwrap();
+    drop(log);
+    let log = open(tmp.path(), 400);
+    assert_eq!(log.raft_index_range(), Some((first, last + 3)));
+    assert_eq!(log.raft_entries(first, last + 4, usize::MAX).unwrap().len() as u64, last + 4 - first);
+}
+
+#[tokio::test]
+async fn a_sidecar_whose_creation_a_crash_cut_short_is_dropped_on_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open(tmp.path(), 400);
+    append(&log, 0, 6, 1);
+    log.sync(log.log_end_offset()).await.unwrap();
+    let (end, segments) = (log.log_end_offset(), log.segment_count());
+    drop(log);
+    // A crash while the next segment's sidecar was being created: the segment exists (empty),
+    // its sidecar is empty, or zero-filled where the header was being written, or a leftover
+    // of the temporary file it is written in.
+    let next = tmp.path().join(format!("{end:020}.raftindex"));
+    let leftover = tmp.path().join(format!("{end:020}.raftindex-new"));
+    for torn in [&[][..], &[0u8; 10][..]] {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(tmp.path().join(format!("{end:020}.log")))
+            .unwrap();
+        std::fs::write(&next, torn).unwrap();
+        std::fs::write(&leftover, [0u8; 24]).unwrap();
+        let log = open(tmp.path(), 400);
+        assert_eq!((log.log_end_offset(), log.raft_index_range()), (end, Some((0, 5))));
+        assert!(!leftover.exists());
+        assert!(log.segment_count() >= segments);
+        append(&log, 6, 8, 1);
+        log.sync(log.log_end_offset()).await.unwrap();
+        assert_eq!(log.raft_entries(0, 8, usize::MAX).unwrap().len(), 8);
+        log.truncate_raft_after(Some(5)).unwrap();
+        assert_eq!(log.log_end_offset(), end);
+        drop(log);
+    }
+    // A header with content that does not check is damage, still refused.
+    std::fs::write(tmp.path().join(format!("{:020}.raftindex", 0)), [1u8; 24]).unwrap();
+    let config = LogConfig { segment_bytes: 400, ..LogConfig::default() };
+    assert!(PartitionLog::open_opts(tmp.path(), config, OpenOptions { replicated: true, ..OpenOptions::default() })
+        .is_err());
+}
+
+#[test]
+fn a_log_opened_as_raft_takes_no_other_write_even_without_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = LogConfig::default();
+    let log =
+        PartitionLog::open_opts(tmp.path(), config, OpenOptions { raft: true, ..OpenOptions::default() }).unwrap();
+    assert!(log.is_raft_only());
+    assert!(log.append(&build_batch(0, 1, &[(None, Some(b"v"))]), 1, 1).is_err(), "new, no entry yet");
+    append(&log, 0, 2, 1);
+    log.truncate_raft_after(None).unwrap();
+    assert_eq!(log.raft_index_range(), None);
+    assert!(log.append(&build_batch(0, 1, &[(None, Some(b"v"))]), 1, 1).is_err(), "truncated to nothing");
+    log.reset_to(50, &log.producer_state()).unwrap();
+    assert!(log.append_marker(7, 0, 0, true, 1, 1).is_err(), "reset");
+    assert_eq!(log.log_end_offset(), 50);
 }

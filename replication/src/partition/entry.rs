@@ -45,6 +45,16 @@ pub fn encode(entry: &EntryOf<TypeConfig>, base_offset: i64) -> io::Result<Vec<u
         if h.batch_length < (HEADER_SIZE - batch::LOG_OVERHEAD) as i32 || end > data.len() || h.last_offset_delta < 0 {
             return Err(invalid(format!("entry {} holds a malformed batch", entry.log_id.index())));
         }
+        // A batch already in its stored form (read back from a leader's log: its epoch is set,
+        // where a producer's is -1) names the offset the leader gave it; another one here means
+        // this log has diverged from the leader's, and writing it would misplace Kafka offsets.
+        if h.partition_leader_epoch >= 0 && h.base_offset != next {
+            return Err(io::Error::other(format!(
+                "entry {} arrives at offset {} but this log ends at {next}: the logs diverged",
+                entry.log_id.index(),
+                h.base_offset
+            )));
+        }
         batch::patch(&mut data[pos..end], next, epoch, None);
         next += i64::from(h.last_offset_delta) + 1;
         pos = end;
@@ -149,6 +159,20 @@ mod tests {
             payload: EntryPayload::Normal(BatchData(Bytes::from_static(&[0; 30]))),
         };
         assert!(encode(&junk, 0).is_err(), "malformed data is an error, not a panic");
+    }
+
+    #[test]
+    fn a_stored_batch_must_arrive_at_the_offset_it_carries() {
+        let entry = EntryOf::<TypeConfig> {
+            log_id: LogIdOf::<TypeConfig>::new_term_index(3, 9),
+            payload: EntryPayload::Normal(BatchData(Bytes::from(batch::build_batch(0, 5, &[(None, Some(b"a"))])))),
+        };
+        let stored_at_40 = encode(&entry, 40).unwrap();
+        let back = decode(stored(9, 3, stored_at_40.clone())).unwrap();
+        assert_eq!(encode(&back, 40).unwrap(), stored_at_40, "at the same log end: the same bytes");
+        let err = encode(&back, 41).unwrap_err();
+        assert!(err.to_string().contains("diverged"), "{err}");
+        assert!(encode(&entry, 41).is_ok(), "a producer's batch (epoch -1) goes wherever the log ends");
     }
 
     #[test]

@@ -81,6 +81,11 @@ struct SavedSnapshot {
     meta: SnapshotMetaOf<TypeConfig>,
     next_offset: i64,
     producers: String,
+    /// Set while a snapshot sent by a leader is being installed: saved (with the purge point)
+    /// before the log is rewritten, cleared once it is. Found set at open, the rewrite may have
+    /// been cut short by a crash, so it is redone.
+    #[serde(default)]
+    installing: bool,
 }
 
 /// The most log prefix a snapshot carries (the newest batches before its end). Snapshots travel
@@ -174,8 +179,36 @@ impl Shared {
         if saved.index() == 0 || below < first {
             return Ok(None);
         }
-        let held = self.log.raft_entries(below, below + 1, 0).map_err(io_err)?;
-        Ok(held.into_iter().next().map(entry::decode).transpose()?.map(|e| e.log_id))
+        let held = self.log.raft_entry(below).map_err(io_err)?;
+        Ok(held.map(entry::decode).transpose()?.map(|e| e.log_id))
+    }
+
+    /// Moves the purge point up to `last` (never back), durably.
+    fn purged_through(&self, last: Option<LogIdOf<TypeConfig>>) -> io::Result<()> {
+        if last <= lock(&self.state).last_purged {
+            return Ok(());
+        }
+        self.update(|s| s.last_purged = last)
+    }
+
+    /// Finishes a snapshot install a crash cut short (`SavedSnapshot::installing`): the purge
+    /// point is the snapshot's, and unless the log already is exactly the installed one (no
+    /// Raft entries, ending at the snapshot's next offset) it restarts empty there with the
+    /// snapshot's producer state. The prefix batches are then lost to this replica, as if
+    /// retention had taken them; their offsets, and so every later entry's, stay the leader's.
+    fn finish_install(&self, saved: &mut SavedSnapshot) -> io::Result<()> {
+        self.purged_through(saved.meta.last_log_id)?;
+        let complete = self.log.raft_index_range().is_none() && self.log.log_end_offset() == saved.next_offset;
+        if !complete {
+            tracing::warn!(
+                log = %self.log.dir().display(),
+                next_offset = saved.next_offset,
+                "a snapshot install was interrupted; restarting the log at the snapshot's end"
+            );
+            self.log.reset_to(saved.next_offset, saved.producers.as_bytes()).map_err(io_err)?;
+        }
+        saved.installing = false;
+        self.save_snapshot(saved)
     }
 
     /// Saves the last snapshot's state durably (before it is answered or counted installed).
@@ -196,33 +229,41 @@ impl Shared {
 
     /// The stored entry at `index`, if its term is `term`: where it lies, and its LogAppendTime.
     fn entry_at(&self, log_id: &LogIdOf<TypeConfig>) -> io::Result<Option<Applied>> {
-        let found = self.log.raft_entries(log_id.index(), log_id.index() + 1, 0).map_err(io_err)?;
-        Ok(found
-            .into_iter()
-            .next()
-            .filter(|e| u64::try_from(e.term).ok() == Some(log_id.committed_leader_id().term))
-            .map(|e| Applied {
-                base_offset: e.span.base_offset,
-                last_offset: e.span.next_offset - 1,
-                log_append_time: entry::log_append_time(&e.data),
-                log_start_offset: self.log.log_start_offset(),
-            }))
+        let found = self.log.raft_entry(log_id.index()).map_err(io_err)?;
+        Ok(found.filter(|e| u64::try_from(e.term).ok() == Some(log_id.committed_leader_id().term)).map(|e| Applied {
+            base_offset: e.span.base_offset,
+            last_offset: e.span.next_offset - 1,
+            log_append_time: entry::log_append_time(&e.data),
+            log_start_offset: self.log.log_start_offset(),
+        }))
     }
 }
 
 /// Opens the partition log in `dir` as a Raft replica: the log store and the state machine of
 /// one group, sharing the log. The high watermark starts at the saved commit point.
 pub fn open(dir: &Path, config: LogConfig) -> io::Result<(PartitionLogStore, PartitionStateMachine)> {
-    let log = PartitionLog::open_opts(dir, config, OpenOptions { replicated: true, ..OpenOptions::default() })
-        .map_err(io_err)?;
+    let log =
+        PartitionLog::open_opts(dir, config, OpenOptions { raft: true, ..OpenOptions::default() }).map_err(io_err)?;
     open_log(Arc::new(log))
 }
 
-/// `open` for a log the caller opened (with `replicated: true`).
+/// `open` for a log the caller opened (with `raft: true`).
 pub fn open_log(log: Arc<PartitionLog>) -> io::Result<(PartitionLogStore, PartitionStateMachine)> {
+    if !log.is_raft_only() {
+        // A log open to other writes could take a batch no sidecar row covers, which the next
+        // open would cut on this replica only.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} was not opened as a Raft log", log.dir().display()),
+        ));
+    }
     let state_path = log.dir().join(STATE_FILE);
     let state: RaftState = read_json(&state_path)?.unwrap_or_default();
-    let snapshot: Option<SavedSnapshot> = read_json(&log.dir().join(SNAPSHOT_FILE))?;
+    let mut snapshot: Option<SavedSnapshot> = read_json(&log.dir().join(SNAPSHOT_FILE))?;
+    let shared = Arc::new(Shared { log, state_path, state: Mutex::new(state), committed: Mutex::new(Option::None) });
+    if let Some(s) = snapshot.as_mut().filter(|s| s.installing) {
+        shared.finish_install(s)?;
+    }
     let snapshot_end = snapshot.as_ref().map(|s| s.next_offset);
     let mut sm = SmState {
         last_applied: snapshot.as_ref().and_then(|s| s.meta.last_log_id),
@@ -230,20 +271,19 @@ pub fn open_log(log: Arc<PartitionLog>) -> io::Result<(PartitionLogStore, Partit
         snapshot,
         saved_index: None,
     };
-    let applied_path = log.dir().join(APPLIED_FILE);
+    let applied_path = shared.log.dir().join(APPLIED_FILE);
     let saved_applied = read_json::<SavedApplied>(&applied_path).unwrap_or_else(|e| {
         // Written without fsync: a torn file only means re-applying more.
         tracing::warn!(file = %applied_path.display(), error = %e, "unreadable applied state ignored");
         None
     });
-    let committed_path = log.dir().join(COMMITTED_FILE);
+    let committed_path = shared.log.dir().join(COMMITTED_FILE);
     let committed = read_json::<Option<LogIdOf<TypeConfig>>>(&committed_path).unwrap_or_else(|e| {
         // Written without fsync, so a crash may have torn it; a lower commit is safe.
         tracing::warn!(file = %committed_path.display(), error = %e, "unreadable committed index ignored");
         None
     });
-    let shared =
-        Arc::new(Shared { log, state_path, state: Mutex::new(state), committed: Mutex::new(committed.flatten()) });
+    *lock(&shared.committed) = committed.flatten();
     // The saved applied state is trusted only if the log still holds that entry (a follower
     // applies entries it accepted, which a crash may have taken) and it is past the snapshot.
     if let Some(saved) = saved_applied {
@@ -283,8 +323,16 @@ impl PartitionLogStore {
     }
 
     fn read(&self, start: u64, end: u64, max_bytes: usize) -> io::Result<Vec<EntryOf<TypeConfig>>> {
-        let purged_next = lock(&self.shared.state).last_purged.map_or(0, |l| l.index() + 1);
-        let start = start.max(purged_next);
+        let last_purged = lock(&self.shared.state).last_purged;
+        let mut start = start.max(last_purged.map_or(0, |l| l.index() + 1));
+        // A log never purged begins at its first entry, whatever its index (openraft's own
+        // suite starts logs at 1). Once purged, an entry missing between the purge point and
+        // the first held is lost: `raft_entries` reports it rather than reading on from later.
+        if last_purged.is_none() {
+            if let Some((first, _)) = self.shared.log.raft_index_range() {
+                start = start.max(first);
+            }
+        }
         if start >= end {
             return Ok(Vec::new());
         }
@@ -399,6 +447,24 @@ impl RaftLogStorage<TypeConfig> for PartitionLogStore {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// The named step at which the next `crash_point` on this thread fails, as a crash there
+    /// would stop the work (the test then reopens the store from what is on disk).
+    static CRASH_AT: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// Fails at `step` when a test staged a crash there; nothing otherwise.
+fn crash_point(step: &'static str) -> io::Result<()> {
+    #[cfg(test)]
+    if CRASH_AT.with(|c| c.get()) == Some(step) {
+        CRASH_AT.with(|c| c.set(None));
+        return Err(io::Error::other(format!("staged crash: {step}")));
+    }
+    let _ = step;
+    Ok(())
+}
+
 #[derive(Default)]
 struct SmState {
     last_applied: Option<LogIdOf<TypeConfig>>,
@@ -467,10 +533,18 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionStateMachine {
         let producers = log.producer_state_at(next_offset).map_err(io_err)?;
         let producers = String::from_utf8(producers).map_err(io::Error::other)?;
         let meta = SnapshotMetaOf::<TypeConfig> { last_log_id: last_applied, last_membership: membership };
-        let saved = SavedSnapshot { meta: meta.clone(), next_offset, producers };
+        let saved = SavedSnapshot { meta: meta.clone(), next_offset, producers, installing: false };
         let data = self.shared.snapshot_data(&saved)?;
-        self.shared.save_snapshot(&saved)?;
-        lock(&self.sm).snapshot = Some(saved);
+        // openraft builds in a task of its own, so a snapshot may have been installed since
+        // `last_applied` was read: only a newer snapshot replaces the current one (an older
+        // one saved over it would restart the state machine behind the purge point). Compared
+        // and saved under the lock `install_snapshot` saves under.
+        let mut sm = lock(&self.sm);
+        let current = sm.snapshot.as_ref().map(|s| s.meta.last_log_id);
+        if current.is_none_or(|c| saved.meta.last_log_id > c) {
+            self.shared.save_snapshot(&saved)?;
+            sm.snapshot = Some(saved);
+        }
         Ok(SnapshotOf::<TypeConfig, Bytes> { meta, snapshot: data })
     }
 }
@@ -534,15 +608,43 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             Some(at) => {
                 self.shared.log.set_high_watermark(at.last_offset + 1);
             }
-            None => self
-                .shared
-                .log
-                .restore_prefix(&prefix, body.log_start_offset, body.next_offset, body.producers.as_bytes())
-                .map_err(io_err)?,
+            None => {
+                PartitionLog::check_snapshot_prefix(&prefix, body.next_offset, body.producers.as_bytes())
+                    .map_err(io_err)?;
+                // The snapshot and the purge point are durable before the log is rewritten: a
+                // crash part way then leaves a store that knows which offset the log must
+                // resume at (open finishes the job), never a log at the new offset with the old
+                // purge point, which would place the next entries at the wrong offsets.
+                let pending = SavedSnapshot {
+                    meta: meta.clone(),
+                    next_offset: body.next_offset,
+                    producers: body.producers.clone(),
+                    installing: true,
+                };
+                {
+                    // Adopted at once (under the lock `build_snapshot` compares under), so a
+                    // snapshot built meanwhile from an older position cannot replace it.
+                    let mut sm = lock(&self.sm);
+                    self.shared.save_snapshot(&pending)?;
+                    sm.snapshot = Some(pending);
+                }
+                self.shared.purged_through(meta.last_log_id)?;
+                crash_point("install: before the log is rewritten")?;
+                self.shared
+                    .log
+                    .restore_prefix(&prefix, body.log_start_offset, body.next_offset, body.producers.as_bytes())
+                    .map_err(io_err)?;
+                crash_point("install: after the log is rewritten")?;
+            }
         }
-        let saved = SavedSnapshot { meta: meta.clone(), next_offset: body.next_offset, producers: body.producers };
-        self.shared.save_snapshot(&saved)?;
+        let saved = SavedSnapshot {
+            meta: meta.clone(),
+            next_offset: body.next_offset,
+            producers: body.producers,
+            installing: false,
+        };
         let mut sm = lock(&self.sm);
+        self.shared.save_snapshot(&saved)?;
         sm.last_applied = meta.last_log_id;
         sm.membership = meta.last_membership.clone();
         sm.snapshot = Some(saved);

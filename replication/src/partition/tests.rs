@@ -188,6 +188,95 @@ async fn a_snapshot_moves_a_follower_to_the_leaders_next_offset_with_its_produce
     assert!(follower_sm.install_snapshot(&snap.meta, Bytes::from_static(b"junk")).await.is_err());
 }
 
+/// A crash part way through installing a snapshot, at either side of the log's rewrite: the
+/// reopened store has the snapshot's purge point and a log ending at the snapshot's next
+/// offset, so the next entry lands at the leader's offset.
+#[tokio::test]
+async fn a_crash_during_a_snapshot_install_resumes_at_the_snapshots_offsets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut leader, mut leader_sm) = open(&tmp.path().join("leader"), LogConfig::default()).unwrap();
+    let entries: Vec<_> = (0..6).map(|i| normal(1, i, &[i as u8; 30])).collect();
+    append(&mut leader, entries.clone()).await;
+    apply(&mut leader_sm, entries.clone()).await;
+    let snap = leader_sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let next = leader.log().log_end_offset();
+    let last = entries[5].log_id;
+    for step in ["install: before the log is rewritten", "install: after the log is rewritten"] {
+        let dir = tmp.path().join(step.replace([' ', ':'], "-"));
+        let (mut follower, mut follower_sm) = open(&dir, LogConfig::default()).unwrap();
+        // A diverged entry of another term: the snapshot's last entry is not held.
+        append(&mut follower, vec![normal(0, 0, b"stale")]).await;
+        CRASH_AT.with(|c| c.set(Some(step)));
+        assert!(follower_sm.install_snapshot(&snap.meta, snap.snapshot.clone()).await.is_err(), "{step}");
+        drop((follower, follower_sm));
+        let (mut follower, mut follower_sm) = open(&dir, LogConfig::default()).unwrap();
+        let state = follower.get_log_state().await.unwrap();
+        assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(last), Some(last)), "{step}");
+        assert_eq!(follower_sm.applied_state().await.unwrap().0, Some(last), "{step}");
+        assert_eq!(follower.log().log_end_offset(), next, "{step}");
+        append(&mut follower, vec![normal(2, 6, b"after")]).await;
+        assert_eq!(follower.log().raft_entry_span(6).unwrap().base_offset, next, "{step}");
+        drop((follower, follower_sm));
+        // Finished once: a later open leaves the log alone.
+        let (follower, _sm) = open(&dir, LogConfig::default()).unwrap();
+        assert_eq!(follower.log().raft_index_range(), Some((6, 6)), "{step}");
+    }
+}
+
+/// openraft builds snapshots in a task of its own: one that read the state machine's position
+/// before a newer snapshot was installed must not replace it (a restart would then begin behind
+/// the purge point). The builder's early read is staged by setting the position back while it
+/// runs.
+#[tokio::test]
+async fn a_snapshot_built_from_an_older_position_does_not_replace_a_newer_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut leader, mut leader_sm) = open(&tmp.path().join("leader"), LogConfig::default()).unwrap();
+    let entries: Vec<_> = (0..6).map(|i| normal(1, i, &[i as u8; 30])).collect();
+    append(&mut leader, entries.clone()).await;
+    apply(&mut leader_sm, entries.clone()).await;
+    let snap = leader_sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let dir = tmp.path().join("follower");
+    let (mut follower, mut follower_sm) = open(&dir, LogConfig::default()).unwrap();
+    append(&mut follower, entries[..3].to_vec()).await;
+    apply(&mut follower_sm, entries[..3].to_vec()).await;
+    let mut builder = follower_sm.get_snapshot_builder().await;
+    follower_sm.install_snapshot(&snap.meta, snap.snapshot.clone()).await.unwrap();
+    follower.purge(entries[5].log_id).await.unwrap();
+    lock(&follower_sm.sm).last_applied = Some(entries[2].log_id);
+    let old = builder.build_snapshot().await.unwrap();
+    lock(&follower_sm.sm).last_applied = Some(entries[5].log_id);
+    assert_eq!(old.meta.last_log_id, Some(entries[2].log_id));
+    assert_eq!(follower_sm.get_current_snapshot().await.unwrap().unwrap().meta, snap.meta);
+    drop((follower, follower_sm, builder));
+    let (mut follower, mut follower_sm) = open(&dir, LogConfig::default()).unwrap();
+    assert_eq!(follower_sm.applied_state().await.unwrap().0, Some(entries[5].log_id));
+    assert_eq!(follower.get_log_state().await.unwrap().last_purged_log_id, Some(entries[5].log_id));
+}
+
+/// Entries missing between the purge point and the first entry held are an error to a reader,
+/// not a read that silently starts later; and the store takes only a log opened as Raft's.
+#[tokio::test]
+async fn a_read_of_entries_lost_above_the_purge_point_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    let (mut store, _sm) = open(&dir, LogConfig { segment_bytes: 300, ..LogConfig::default() }).unwrap();
+    let entries: Vec<_> = (0..8).map(|i| normal(1, i, &[i as u8; 60])).collect();
+    append(&mut store, entries.clone()).await;
+    store.purge(entries[0].log_id).await.unwrap();
+    assert_eq!(store.try_get_log_entries(1..3).await.unwrap().len(), 2);
+    // Segments holding entries 1.. go while the purge point stays at 0 (as a lost segment would).
+    store.log().drop_raft_segments_upto(4).unwrap();
+    let (first, _) = store.log().raft_index_range().unwrap();
+    assert!(first > 1);
+    assert!(store.try_get_log_entries(1..8).await.is_err());
+    assert_eq!(store.try_get_log_entries(first..8).await.unwrap().len() as u64, 8 - first);
+    drop((store, _sm));
+    let plain =
+        PartitionLog::open_opts(&dir, LogConfig::default(), OpenOptions { replicated: true, ..Default::default() })
+            .unwrap();
+    assert!(open_log(Arc::new(plain)).is_err(), "not opened as a Raft log");
+}
+
 /// A follower whose log already holds the snapshot's last entry keeps its log, including the
 /// entries after it, as openraft expects.
 #[tokio::test]
