@@ -44,7 +44,7 @@ struct Args {
 }
 
 fn default_broker_bin() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = workload::manifest_dir().join("..");
     let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
     let release = target.join("release/fjord");
     if release.exists() {
@@ -64,7 +64,7 @@ fn main() {
 fn run(args: Args) -> anyhow::Result<()> {
     let mut workloads = Vec::new();
     let files = if args.workloads.is_empty() {
-        workload::files_in(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("workloads"))?
+        workload::files_in(&workload::manifest_dir().join("workloads"))?
     } else {
         args.workloads.clone()
     };

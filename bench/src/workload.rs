@@ -97,6 +97,15 @@ impl Workload {
     }
 }
 
+/// This package's directory. Cargo sets it at run time for tests and `cargo run`; the
+/// compile-time value is only the fallback, because a build cache shared by two checkouts can
+/// hold a binary compiled in the other one, whose path may be gone.
+pub fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// The workload files (`*.yaml`) in `dir`, sorted; subdirectories such as
 /// `diagnostic/` hold extra workloads that are run by name.
 pub fn files_in(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
@@ -114,7 +123,7 @@ mod tests {
 
     #[test]
     fn reference_workloads_parse() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads");
+        let dir = manifest_dir().join("workloads");
         let reference = files_in(&dir).unwrap();
         assert!(reference.len() >= 5);
         for f in reference.iter().chain(&files_in(&dir.join("diagnostic")).unwrap()) {

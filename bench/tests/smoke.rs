@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn broker_bin() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    // Cargo sets it at run time; the compile-time path may be another checkout's (shared cache).
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("..");
     let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
     let bin = target.join("debug/fjord");
     assert!(bin.exists(), "{} is missing: build fjord-broker first (scripts/test.sh does)", bin.display());

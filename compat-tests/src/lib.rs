@@ -18,8 +18,17 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
+/// This package's directory. Cargo sets it at run time for tests and `cargo run`; the
+/// compile-time value is only the fallback, because a build cache shared by two checkouts can
+/// hold a binary compiled in the other one, whose path may be gone.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("compat-tests sits in the workspace").to_path_buf()
+    manifest_dir().parent().expect("compat-tests sits in the workspace").to_path_buf()
 }
 
 /// The broker binary, built by the test command before the suite runs.
