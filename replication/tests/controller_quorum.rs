@@ -66,6 +66,18 @@ async fn start_node(
     Node { node, machine, log, _heartbeats: heartbeats }
 }
 
+/// Listeners on free loopback ports for nodes 1..=n, and the membership naming them.
+async fn listeners(n: u64) -> (Vec<TcpListener>, BTreeMap<NodeId, BasicNode>) {
+    let mut listeners = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=n {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        members.insert(id, BasicNode::new(l.local_addr().unwrap().to_string()));
+        listeners.push(l);
+    }
+    (listeners, members)
+}
+
 async fn leader_of(nodes: &[&Node]) -> NodeId {
     let m = nodes[0]
         .raft()
@@ -120,13 +132,7 @@ async fn same_state_everywhere(nodes: &[&Node]) -> ClusterMetadata {
 async fn controller_quorum_applies_proposals_everywhere_and_recovers_from_snapshots() {
     init_tracing();
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut listeners = Vec::new();
-    let mut members = BTreeMap::new();
-    for id in 1..=3u64 {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        members.insert(id, BasicNode::new(l.local_addr().unwrap().to_string()));
-        listeners.push(l);
-    }
+    let (listeners, members) = listeners(3).await;
     let mut nodes = Vec::new();
     for (id, l) in (1..=3u64).zip(listeners) {
         nodes.push(start_node(id, l, &members, MemLog::default(), dirs[id as usize - 1].path()).await);
@@ -279,13 +285,7 @@ fn unfenced(m: &ClusterMetadata, id: i32) -> bool {
 async fn controller_service_forwards_requests_and_tracks_broker_liveness() {
     init_tracing();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut listeners = Vec::new();
-    let mut members = BTreeMap::new();
-    for id in 1..=3u64 {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        members.insert(id, BasicNode::new(l.local_addr().unwrap().to_string()));
-        listeners.push(l);
-    }
+    let (listeners, members) = listeners(3).await;
     let mut nodes = Vec::new();
     for (id, l) in (1..=3u64).zip(listeners) {
         let node = start_node(id, l, &members, MemLog::default(), dirs[id as usize - 1].path()).await;

@@ -158,6 +158,28 @@ pub async fn describe_cluster(
     Some(resp)
 }
 
+/// The topic a Metadata entry asks for, by name or (v10+) by id; the entry answering it when
+/// neither names a topic.
+fn requested_name(
+    t: &MetadataRequestTopic,
+    by_id: impl FnOnce(uuid::Uuid) -> Option<String>,
+) -> Result<String, MetadataResponseTopic> {
+    match (&t.name, t.topic_id.is_nil()) {
+        (Some(n), _) => Ok(n.0.to_string()),
+        (None, false) => by_id(t.topic_id).ok_or_else(|| {
+            mk!(MetadataResponseTopic {
+                error_code: ResponseError::UnknownTopicId.code(),
+                topic_id: t.topic_id,
+                topic_authorized_operations: NO_OPS
+            })
+        }),
+        (None, true) => Err(mk!(MetadataResponseTopic {
+            error_code: ResponseError::InvalidRequest.code(),
+            topic_authorized_operations: NO_OPS
+        })),
+    }
+}
+
 async fn single_node_topics(
     broker: &Arc<Broker>,
     wanted: Option<Vec<MetadataRequestTopic>>,
@@ -172,24 +194,10 @@ async fn single_node_topics(
         }
         Some(list) => {
             for t in list {
-                let name = match (&t.name, t.topic_id.is_nil()) {
-                    (Some(n), _) => n.0.to_string(),
-                    (None, false) => match broker.topics.name_by_id(t.topic_id) {
-                        Some(n) => n,
-                        None => {
-                            topics.push(mk!(MetadataResponseTopic {
-                                error_code: ResponseError::UnknownTopicId.code(),
-                                topic_id: t.topic_id,
-                                topic_authorized_operations: NO_OPS
-                            }));
-                            continue;
-                        }
-                    },
-                    (None, true) => {
-                        topics.push(mk!(MetadataResponseTopic {
-                            error_code: ResponseError::InvalidRequest.code(),
-                            topic_authorized_operations: NO_OPS
-                        }));
+                let name = match requested_name(&t, |id| broker.topics.name_by_id(id)) {
+                    Ok(n) => n,
+                    Err(refused) => {
+                        topics.push(refused);
                         continue;
                     }
                 };
@@ -298,27 +306,11 @@ async fn cluster_topics(
     };
     let mut topics = Vec::with_capacity(list.len());
     for t in list {
-        let name = match (&t.name, t.topic_id.is_nil()) {
-            (Some(n), _) => n.0.to_string(),
-            (None, false) => {
-                let id = t.topic_id;
-                match cluster.read(|m| m.topics().iter().find(|(_, x)| x.id == id).map(|(n, _)| n.clone())) {
-                    Some(n) => n,
-                    None => {
-                        topics.push(mk!(MetadataResponseTopic {
-                            error_code: ResponseError::UnknownTopicId.code(),
-                            topic_id: id,
-                            topic_authorized_operations: NO_OPS
-                        }));
-                        continue;
-                    }
-                }
-            }
-            (None, true) => {
-                topics.push(mk!(MetadataResponseTopic {
-                    error_code: ResponseError::InvalidRequest.code(),
-                    topic_authorized_operations: NO_OPS
-                }));
+        let by_id = |id| cluster.read(|m| m.topics().iter().find(|(_, x)| x.id == id).map(|(n, _)| n.clone()));
+        let name = match requested_name(&t, by_id) {
+            Ok(n) => n,
+            Err(refused) => {
+                topics.push(refused);
                 continue;
             }
         };
