@@ -115,6 +115,13 @@ pub fn validate_name(name: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// Removes partitions opened for a change that did not happen.
+fn discard(opened: Vec<(i32, Arc<PartitionLog>)>) {
+    for (_, log) in opened {
+        let _ = log.delete();
+    }
+}
+
 fn storage_error(e: impl std::fmt::Display) -> TopicError {
     TopicError::new(ResponseError::KafkaStorageError, e.to_string())
 }
@@ -360,9 +367,7 @@ impl Topics {
         file.topics.insert(name.to_string(), meta.clone());
         if let Err(e) = self.persist(&file) {
             // Not recorded, so not created: leave no partition behind.
-            for (_, log) in opened {
-                let _ = log.delete();
-            }
+            discard(opened);
             return Err(storage_error(e));
         }
         let mut st = self.write();
@@ -450,9 +455,7 @@ impl Topics {
             m.partitions = count;
         }
         if let Err(e) = self.persist(&file) {
-            for (_, log) in opened {
-                let _ = log.delete();
-            }
+            discard(opened);
             return Err(storage_error(e));
         }
         let mut st = self.write();
@@ -479,9 +482,7 @@ impl Topics {
             match self.open_log(&dir, cfg.clone(), None) {
                 Ok(log) => opened.push((p, Arc::new(log))),
                 Err(e) => {
-                    for (_, log) in opened {
-                        let _ = log.delete();
-                    }
+                    discard(opened);
                     return Err(storage_error(e));
                 }
             }
