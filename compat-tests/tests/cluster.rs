@@ -177,6 +177,33 @@ fn three_nodes_share_metadata_through_the_controller_quorum() {
         v.len() == 3 && v.iter().all(|(_, l, _)| *l >= 1)
     });
 
+    // CreatePartitions through another node adds a led partition that every node shows.
+    let mut ct = create_partitions_request::CreatePartitionsTopic::default();
+    ct.name = TopicName(s("kept"));
+    ct.count = 4;
+    // Clients send null when they leave placement to the controller.
+    ct.assignments = None;
+    let mut creq = CreatePartitionsRequest::default();
+    creq.topics = vec![ct];
+    creq.timeout_ms = 10_000;
+    let cr: CreatePartitionsResponse = cluster.conn(2).call(ApiKey::CreatePartitions, 3, &creq);
+    assert_eq!(cr.results[0].error_code, 0, "{:?}", cr.results[0].error_message);
+    wait_until(DEADLINE, "four led partitions on every node", || {
+        (0..NODES).all(|i| {
+            let v = leaders(&mut cluster.conn(i), "kept");
+            v.len() == 4 && v.iter().all(|(_, l, _)| *l >= 1)
+        })
+    });
+
+    // Metadata with auto-creation asks the controller: the topic exists on every node after.
+    topic_metadata(&mut cluster.conn(1), "auto", true);
+    for i in 0..NODES {
+        let mut conn = cluster.conn(i);
+        wait_until(DEADLINE, "the auto-created topic on every node", || {
+            topic_metadata(&mut conn, "auto", false).error_code != 3
+        });
+    }
+
     // The controller's process dies: the others elect another controller and fence its broker.
     let dead = controller;
     cluster.nodes[(dead - 1) as usize].kill9();
@@ -188,11 +215,20 @@ fn three_nodes_share_metadata_through_the_controller_quorum() {
             brokers == remaining && c != dead && c >= 1
         })
     });
+    // DescribeCluster v2 lists the fenced broker, flagged, when asked to.
+    let mut req = DescribeClusterRequest::default();
+    req.endpoint_type = 1;
+    req.include_fenced_brokers = true;
+    let all: DescribeClusterResponse = cluster.conn(alive[0]).call(ApiKey::DescribeCluster, 2, &req);
+    let fenced: Vec<i32> = all.brokers.iter().filter(|b| b.is_fenced).map(|b| b.broker_id.0).collect();
+    assert_eq!(fenced, vec![dead], "the dead broker, fenced");
+    assert_eq!(all.brokers.len(), NODES);
+
     // Partitions the dead node led get new leaders among the living.
     wait_until(DEADLINE, "every partition of the kept topic led by a live node", || {
         alive.iter().all(|i| {
             let v = leaders(&mut cluster.conn(*i), "kept");
-            v.len() == 3 && v.iter().all(|(_, l, _)| *l >= 1 && *l != dead)
+            v.len() == 4 && v.iter().all(|(_, l, _)| *l >= 1 && *l != dead)
         })
     });
     // The surviving majority still changes metadata.
