@@ -370,12 +370,7 @@ impl Topics {
             discard(opened);
             return Err(storage_error(e));
         }
-        let mut st = self.write();
-        st.file = file;
-        for (p, log) in opened {
-            st.logs.insert((name.to_string(), p), log);
-        }
-        drop(st);
+        self.swap_in(file, name, opened);
         tracing::info!(topic = name, partitions, "created topic");
         Ok(meta)
     }
@@ -458,12 +453,17 @@ impl Topics {
             discard(opened);
             return Err(storage_error(e));
         }
+        self.swap_in(file, name, opened);
+        Ok(())
+    }
+
+    /// Makes a durable change visible: the new file, and the partitions it added.
+    fn swap_in(&self, file: MetadataFile, name: &str, opened: Vec<(i32, Arc<PartitionLog>)>) {
         let mut st = self.write();
         st.file = file;
         for (p, log) in opened {
             st.logs.insert((name.to_string(), p), log);
         }
-        Ok(())
     }
 
     /// Opens empty logs for `partitions` of `name`, not yet visible to
