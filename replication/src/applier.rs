@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
@@ -25,6 +25,35 @@ use crate::types::{GroupId, NodeId};
 /// The log config of a topic's partitions, from the topic's configs.
 pub type LogConfigFn = Box<dyn Fn(&BTreeMap<String, String>) -> fjord_storage::LogConfig + Send + Sync>;
 
+/// A partition replica running on this node: its log, and the proposer its writes go through
+/// while this node leads it.
+#[derive(Clone)]
+pub struct LocalReplica {
+    pub log: Arc<fjord_storage::PartitionLog>,
+    pub proposer: Arc<partition::produce::Proposer>,
+}
+
+/// The partition replicas this node runs, by group: filled and emptied by the applier, read by
+/// the request handlers (with the group's Raft handle from the node's registry).
+#[derive(Default)]
+pub struct Replicas {
+    by_group: RwLock<BTreeMap<GroupId, LocalReplica>>,
+}
+
+impl Replicas {
+    pub fn get(&self, group: GroupId) -> Option<LocalReplica> {
+        self.by_group.read().unwrap_or_else(|e| e.into_inner()).get(&group).cloned()
+    }
+
+    fn insert(&self, group: GroupId, replica: LocalReplica) {
+        self.by_group.write().unwrap_or_else(|e| e.into_inner()).insert(group, replica);
+    }
+
+    fn remove(&self, group: GroupId) -> Option<LocalReplica> {
+        self.by_group.write().unwrap_or_else(|e| e.into_inner()).remove(&group)
+    }
+}
+
 /// What the applier needs to open a partition's log and start its group.
 pub struct ApplierConfig {
     /// This node's broker id.
@@ -33,6 +62,8 @@ pub struct ApplierConfig {
     pub data_dir: PathBuf,
     pub raft_config: Arc<openraft::Config>,
     pub log_config: LogConfigFn,
+    /// Where the started replicas are published.
+    pub replicas: Arc<Replicas>,
 }
 
 /// The directory of a partition replica: the group id keeps a recreated topic's replicas apart
@@ -126,7 +157,11 @@ async fn reconcile(node: &ReplicaNode<NodeMachine>, controller: &Controller<Node
             tokio::task::spawn_blocking(move || partition::open(&dir, log_config)).await
         };
         let (store, sm) = match opened {
-            Ok(Ok(x)) => x,
+            Ok(Ok((store, sm))) => {
+                let log = store.log().clone();
+                config.replicas.insert(*group, LocalReplica { log, proposer: Arc::default() });
+                (store, sm)
+            }
             Ok(Err(e)) => {
                 tracing::error!(group, topic = %w.topic, partition = w.index, error = %e, "cannot open a partition replica");
                 continue;
@@ -139,6 +174,7 @@ async fn reconcile(node: &ReplicaNode<NodeMachine>, controller: &Controller<Node
         let raft = match node.start_group(*group, config.raft_config.clone(), store, NodeMachine::Partition(sm)).await {
             Ok(r) => r,
             Err(e) => {
+                config.replicas.remove(*group);
                 tracing::error!(group, error = %e, "cannot start a partition group");
                 continue;
             }
@@ -162,6 +198,7 @@ async fn reconcile(node: &ReplicaNode<NodeMachine>, controller: &Controller<Node
     let (next_group, present): (GroupId, BTreeSet<GroupId>) =
         controller.machine().read(|m| (m.next_group_id(), m.partitions().keys().copied().collect()));
     for group in running.difference(&want.keys().copied().collect()) {
+        config.replicas.remove(*group);
         if let Some(raft) = node.registry().remove(*group) {
             let _ = raft.shutdown().await;
             tracing::info!(group, "partition replica stopped (no longer assigned here)");
@@ -212,22 +249,8 @@ async fn report(node: &ReplicaNode<NodeMachine>, controller: &Controller<NodeMac
             continue;
         }
         let Ok(epoch) = i32::try_from(m.current_term) else { continue };
-        // In sync: the leader, and each follower that holds everything committed.
-        let committed = m.local_committed.map(|c| c.index);
-        let mut isr = vec![reporter];
-        if let Some(replication) = &m.replication {
-            for (follower, matched) in replication {
-                if *follower == my_id {
-                    continue;
-                }
-                if matched.map(|l| l.index) >= committed {
-                    if let Ok(f) = i32::try_from(*follower) {
-                        isr.push(f);
-                    }
-                }
-            }
-        }
-        isr.sort_unstable();
+        let isr: Vec<i32> =
+            partition::produce::in_sync(&raft, my_id).into_iter().filter_map(|n| i32::try_from(n).ok()).collect();
         let recorded = controller.machine().read(|m| {
             m.partition(group).map(|p| p.leader == Some(reporter) && p.leader_epoch == epoch && p.isr == isr)
         });

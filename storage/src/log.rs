@@ -812,6 +812,20 @@ impl PartitionLog {
         })
     }
 
+    /// The bytes a replicated log's leader proposes for checked batches: as the producer sent
+    /// them (recompressed if the topic asks), without a partitionLeaderEpoch, since the entry's
+    /// term is stamped when it is stored and a batch already carrying one would be taken for a
+    /// stored batch, and with the leader's clock as every timestamp on a LogAppendTime topic,
+    /// so that every replica stores the same time.
+    pub fn proposal(&self, checked: CheckedProduce<'_>, now_ms: i64) -> Vec<u8> {
+        let append_time = (self.read_inner().config.timestamp_type == TimestampType::LogAppendTime).then_some(now_ms);
+        let mut data = checked.payload.into_owned();
+        for (pos, h) in &checked.batches {
+            batch::patch(&mut data[*pos..*pos + h.total_size()], 0, -1, append_time);
+        }
+        data
+    }
+
     /// Assigns offsets (from the log end), the leader epoch and, with
     /// LogAppendTime, timestamps to checked batches and appends them. The
     /// sequence verdict is taken again under the write lock, so two racing

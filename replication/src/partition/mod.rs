@@ -4,6 +4,7 @@
 //! high watermark.
 
 pub mod entry;
+pub mod produce;
 
 use std::fmt::Debug;
 use std::io;
