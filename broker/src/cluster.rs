@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fjord_replication::applier::{self, ApplierConfig};
+use fjord_replication::applier::{self, ApplierConfig, Replicas};
 use fjord_replication::controller::{
     BrokerRegistration, ClusterMetadata, ConfigValidator, Controller, ControllerMachine, Liveness, MetadataError,
     NewTopic, Outcome, Request, TaskGuard, TopicDefaults, CONTROLLER_GROUP,
@@ -22,6 +22,7 @@ use kafka_protocol::error::ResponseError;
 use openraft::BasicNode;
 
 use crate::config::BrokerConfig;
+use crate::leadership::Replica;
 use crate::topic_config;
 use crate::topics::TopicError;
 
@@ -57,6 +58,8 @@ pub struct ClusterNode {
     pub controller: Arc<Controller<NodeMachine>>,
     /// Where peers reach this node.
     pub cluster_addr: SocketAddr,
+    /// The partition replicas this node runs.
+    replicas: Arc<Replicas>,
     defaults: TopicDefaults,
     _tasks: Vec<TaskGuard>,
     _heartbeats: HeartbeatDriver,
@@ -141,6 +144,7 @@ pub async fn start(
     partition_config.snapshot_policy = openraft::SnapshotPolicy::Never;
     partition_config.max_in_snapshot_log_to_keep = u64::MAX;
     let defaults_map = topics.defaults();
+    let replicas = Arc::new(Replicas::default());
     tasks.extend(applier::spawn(
         node.clone(),
         controller.clone(),
@@ -149,8 +153,10 @@ pub async fn start(
             data_dir: config.data_dir.clone(),
             raft_config: Arc::new(partition_config.validate()?),
             log_config: Box::new(move |configs| topic_config::log_config(configs, &defaults_map)),
+            replicas: replicas.clone(),
         },
     ));
+    topics.set_producer_id_source(producer_ids(controller.clone(), config.node_id));
     let heartbeats = node.start_heartbeats(GROUP_HEARTBEAT);
     let elections = node.start_elections(ELECTIONS);
     tracing::info!(%cluster_addr, node_id = config.node_id, "cluster listening");
@@ -158,11 +164,42 @@ pub async fn start(
         node,
         controller,
         cluster_addr,
+        replicas,
         defaults,
         _tasks: tasks,
         _heartbeats: heartbeats,
         _elections: elections,
     }))
+}
+
+/// Producer ids from blocks the controller allocates to this node (Kafka's AllocateProducerIds):
+/// ids are unique across the cluster, and a restarted node takes a new block rather than
+/// remembering how far it got in the old one.
+fn producer_ids(controller: Arc<Controller<NodeMachine>>, node_id: i32) -> crate::topics::ProducerIdSource {
+    let block = std::sync::Mutex::new((0i64, 0i64));
+    Box::new(move || {
+        let mut block = block.lock().unwrap_or_else(|e| e.into_inner());
+        if block.0 >= block.1 {
+            // Called on a blocking thread (as every producer-id allocation is), so waiting for
+            // the controller here holds no runtime worker.
+            let answer = tokio::runtime::Handle::current()
+                .block_on(controller.submit(Request::AllocateProducerIds { node_id }, SUBMIT_WAIT));
+            match answer {
+                Ok(Ok(Some(Outcome::ProducerIds { first, count, .. }))) => *block = (first, first + count),
+                Ok(Ok(other)) => {
+                    return Err(TopicError::new(
+                        ResponseError::UnknownServerError,
+                        format!("the controller answered a producer id request with {other:?}"),
+                    ))
+                }
+                Ok(Err(e)) => return Err(refusal(&e)),
+                Err(e) => return Err(TopicError::new(ResponseError::CoordinatorNotAvailable, e.to_string())),
+            }
+        }
+        let id = block.0;
+        block.0 += 1;
+        Ok(id)
+    })
 }
 
 /// What other nodes dial: `cluster_listen` as configured, with the port the OS chose when it
@@ -216,6 +253,30 @@ impl ClusterNode {
 
     pub fn defaults(&self) -> TopicDefaults {
         self.defaults
+    }
+
+    /// How this node holds partition `index` of `topic`: `None` when the topic is not in the
+    /// cluster's metadata, `Some(None)` when that partition does not exist.
+    pub fn replica(&self, topic: &str, index: i32) -> Option<Option<Replica>> {
+        let group = self.read(|m| {
+            let t = m.topic(topic)?;
+            Some(usize::try_from(index).ok().and_then(|i| t.partitions.get(i).copied()))
+        })?;
+        let Some(group) = group else { return Some(None) };
+        Some(Some(match (self.node.group(group), self.replicas.get(group)) {
+            (Some(raft), Some(replica)) => Replica::Raft { raft, replica },
+            _ => Replica::Elsewhere,
+        }))
+    }
+
+    /// Whether `topic` is one of the cluster's internal topics (written only by brokers).
+    pub fn is_internal(&self, topic: &str) -> Option<bool> {
+        self.read(|m| m.topic(topic).map(|t| t.internal))
+    }
+
+    /// This node's broker id in the cluster's node id space.
+    pub fn node_id(&self) -> NodeId {
+        self.node.id()
     }
 }
 

@@ -3,6 +3,10 @@
 
 use std::sync::Arc;
 
+use fjord_replication::applier::LocalReplica;
+use fjord_replication::machine::NodeMachine;
+use fjord_replication::partition::produce;
+use fjord_replication::Raft;
 use fjord_storage::PartitionLog;
 use kafka_protocol::error::ResponseError;
 
@@ -17,9 +21,12 @@ pub enum Replica {
     /// The only copy, on this node: always the leader, at the epoch its log
     /// last recorded.
     Local(Arc<PartitionLog>),
-    // `Raft { raft, log, group_id }` goes here: the leader is whoever the
-    // group's metrics say, its epoch the current term, and a follower answers
-    // NOT_LEADER_OR_FOLLOWER.
+    /// This node's replica of a partition's Raft group: the leader is whoever
+    /// the group's metrics say, its epoch the current term, and a follower
+    /// answers NOT_LEADER_OR_FOLLOWER.
+    Raft { raft: Raft<NodeMachine>, replica: LocalReplica },
+    /// A partition of the cluster with no replica on this node.
+    Elsewhere,
 }
 
 impl Replica {
@@ -29,14 +36,36 @@ impl Replica {
             // A log never written has no epoch yet: it starts at 0, the
             // epoch its first append carries.
             Replica::Local(log) => Ok(log.latest_epoch().unwrap_or(0)),
+            Replica::Raft { raft, .. } => produce::leader_epoch(raft).ok_or(ResponseError::NotLeaderOrFollower),
+            Replica::Elsewhere => Err(ResponseError::NotLeaderOrFollower),
         }
     }
 
-    fn log(&self) -> &Arc<PartitionLog> {
+    fn log(&self) -> Option<&Arc<PartitionLog>> {
         match self {
-            Replica::Local(log) => log,
+            Replica::Local(log) => Some(log),
+            Replica::Raft { replica, .. } => Some(&replica.log),
+            Replica::Elsewhere => None,
         }
     }
+
+    /// How writes reach the log: through the group when it is replicated.
+    fn writer(&self) -> Option<RaftWriter> {
+        match self {
+            Replica::Raft { raft, replica } => {
+                Some(RaftWriter { raft: raft.clone(), proposer: replica.proposer.clone() })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The way into a replicated partition's log: every write is proposed to its
+/// Raft group through its proposer, never appended to the log directly.
+#[derive(Clone)]
+pub struct RaftWriter {
+    pub raft: Raft<NodeMachine>,
+    pub proposer: Arc<produce::Proposer>,
 }
 
 /// Proof of leadership for one request: the log to read or write and the
@@ -45,6 +74,8 @@ impl Replica {
 pub struct LeaderGuard {
     pub log: Arc<PartitionLog>,
     pub epoch: i32,
+    /// Set for a replicated partition: writes go through it.
+    pub raft: Option<RaftWriter>,
 }
 
 /// Kafka's check of a request's `current_leader_epoch` against ours: an older
@@ -71,7 +102,8 @@ pub trait Leadership {
         let replica = self.replica(topic, partition).ok_or(ResponseError::UnknownTopicOrPartition)?;
         let epoch = replica.leader_epoch()?;
         check_epoch(epoch, current_leader_epoch)?;
-        Ok(LeaderGuard { log: replica.log().clone(), epoch })
+        let log = replica.log().ok_or(ResponseError::NotLeaderOrFollower)?.clone();
+        Ok(LeaderGuard { log, epoch, raft: replica.writer() })
     }
 
     /// The leader epoch Metadata reports, -1 when the partition is unknown.
@@ -84,6 +116,19 @@ pub trait Leadership {
 impl Leadership for Topics {
     fn replica(&self, topic: &str, partition: i32) -> Option<Replica> {
         self.log(topic, partition).map(Replica::Local)
+    }
+}
+
+/// The broker's view: in a cluster, a topic of the replicated metadata is
+/// served by the partition's Raft group; anything else (the coordinators'
+/// internal topics, which stay local to each node for now, and every topic of
+/// a single node) by the local registry.
+impl Leadership for crate::server::Broker {
+    fn replica(&self, topic: &str, partition: i32) -> Option<Replica> {
+        if let Some(found) = self.cluster.as_ref().and_then(|c| c.replica(topic, partition)) {
+            return found;
+        }
+        self.topics.replica(topic, partition)
     }
 }
 

@@ -39,6 +39,24 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// A topic's name from its id: the cluster's topics first, then this node's own.
+    pub fn topic_name(&self, id: uuid::Uuid) -> Option<String> {
+        if let Some(name) =
+            self.cluster.as_ref().and_then(|c| c.read(|m| m.topic_by_id(id).map(|(n, _)| n.to_string())))
+        {
+            return Some(name);
+        }
+        self.topics.name_by_id(id)
+    }
+
+    /// A topic's id from its name, the same way round.
+    pub fn topic_id(&self, name: &str) -> Option<uuid::Uuid> {
+        if let Some(id) = self.cluster.as_ref().and_then(|c| c.read(|m| m.topic(name).map(|t| t.id))) {
+            return Some(id);
+        }
+        self.topics.topic(name).map(|m| m.id)
+    }
+
     /// Resolves when the broker begins shutting down (ends long polls).
     pub async fn shutting_down(&self) {
         stopped(&mut self.shutdown.clone()).await

@@ -96,7 +96,13 @@ pub struct Topics {
     /// One group committer for every log, so syncs of all partitions share
     /// rounds (`fsync_method` chooses how a round is made durable).
     group_commit: GroupCommit,
+    /// Where producer ids come from in a cluster (blocks the controller hands out, so no two
+    /// nodes give out one id); unset, this node's own durable counter.
+    producer_ids: std::sync::OnceLock<ProducerIdSource>,
 }
+
+/// Hands out a producer id no one else got; called on a blocking thread.
+pub type ProducerIdSource = Box<dyn Fn() -> Result<i64, TopicError> + Send + Sync>;
 
 /// Kafka's rule: 1-249 characters of [a-zA-Z0-9._-], not "." or "..".
 pub fn validate_name(name: &str) -> Result<(), TopicError> {
@@ -167,6 +173,7 @@ impl Topics {
                 crate::config::FsyncMethod::Syncfs => SyncStrategy::Syncfs,
                 crate::config::FsyncMethod::Fdatasync => SyncStrategy::Fdatasync,
             }),
+            producer_ids: std::sync::OnceLock::new(),
         };
         let mut recovery = fjord_storage::RecoveryReport::default();
         {
@@ -273,9 +280,18 @@ impl Topics {
         }
     }
 
+    /// Makes `allocate_producer_id` take its ids from `source` (a cluster's controller); only
+    /// the first call takes effect.
+    pub fn set_producer_id_source(&self, source: ProducerIdSource) {
+        let _ = self.producer_ids.set(source);
+    }
+
     /// Hands out a producer id that was never given before, even across
     /// restarts: the counter is persisted before the id is returned.
     pub fn allocate_producer_id(&self) -> Result<i64, TopicError> {
+        if let Some(source) = self.producer_ids.get() {
+            return source();
+        }
         let (_change, mut file) = self.begin_change();
         let id = file.next_producer_id;
         file.next_producer_id = id + 1;

@@ -158,7 +158,7 @@ pub async fn delete_topics(
             .map(|(name, id)| {
                 let resolved = match (&name, id.is_nil()) {
                     (Some(n), _) => Ok(n.clone()),
-                    (None, false) => b.topics.name_by_id(id).ok_or_else(|| {
+                    (None, false) => b.topic_name(id).ok_or_else(|| {
                         TopicError::new(ResponseError::UnknownTopicId, format!("Topic id {id} does not exist"))
                     }),
                     (None, true) => {
@@ -242,8 +242,14 @@ pub async fn delete_records(
                         let mut r =
                             mk!(DeleteRecordsPartitionResult { partition_index: p.partition_index, low_watermark: -1 });
                         // DeleteRecords names no leader epoch.
-                        match b.topics.lead(&name, p.partition_index, NO_EPOCH) {
+                        match b.lead(&name, p.partition_index, NO_EPOCH) {
                             Err(e) => r.error_code = e.code(),
+                            // Moving a replicated log's start must go through its Raft group
+                            // (every replica, and the Raft log's own purge point); until that
+                            // exists, it is refused rather than done on the leader alone.
+                            Ok(LeaderGuard { raft: Some(_), .. }) => {
+                                r.error_code = ResponseError::PolicyViolation.code();
+                            }
                             Ok(LeaderGuard { log, .. }) => {
                                 // -1 means "up to the high watermark".
                                 let offset = if p.offset == -1 { log.high_watermark() } else { p.offset };

@@ -96,7 +96,7 @@ fn described(broker: &Broker, set: &BTreeSet<TopicPartition>) -> DescribedAssign
     let topic_partitions = by_topic(set)
         .into_iter()
         .map(|(id, partitions)| {
-            let name = broker.topics.name_by_id(id).unwrap_or_default();
+            let name = broker.topic_name(id).unwrap_or_default();
             mk!(DescribedTopicPartitions { topic_id: id, topic_name: topic_name(&name), partitions: partitions })
         })
         .collect();

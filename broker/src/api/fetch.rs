@@ -46,10 +46,10 @@ struct Outcome {
 /// unknown id resolves to an empty name.
 fn resolve(broker: &Broker, topic: &FetchTopic, version: i16) -> (String, Uuid) {
     if version >= 13 {
-        (broker.topics.name_by_id(topic.topic_id).unwrap_or_default(), topic.topic_id)
+        (broker.topic_name(topic.topic_id).unwrap_or_default(), topic.topic_id)
     } else {
         let name = topic.topic.0.to_string();
-        let id = broker.topics.topic(&name).map(|m| m.id).unwrap_or_default();
+        let id = broker.topic_id(&name).unwrap_or_default();
         (name, id)
     }
 }
@@ -150,11 +150,8 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
     }
     let mut forgotten = Vec::new();
     for f in &req.forgotten_topics_data {
-        let name = if version >= 13 {
-            broker.topics.name_by_id(f.topic_id).unwrap_or_default()
-        } else {
-            f.topic.0.to_string()
-        };
+        let name =
+            if version >= 13 { broker.topic_name(f.topic_id).unwrap_or_default() } else { f.topic.0.to_string() };
         for p in &f.partitions {
             forgotten.push((name.clone(), *p));
         }
@@ -188,7 +185,7 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
             let log = if version >= 13 && p.topic.is_empty() {
                 Err(ResponseError::UnknownTopicId)
             } else {
-                broker.topics.lead(&p.topic, p.partition, p.current_leader_epoch).map(|g| g.log)
+                broker.lead(&p.topic, p.partition, p.current_leader_epoch).map(|g| g.log)
             };
             Target { part: p, log }
         })

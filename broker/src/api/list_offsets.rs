@@ -90,9 +90,9 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: ListOffsetsRequ
                 leader_epoch: -1
             });
             // current_leader_epoch is -1 before v4, so older requests skip the check.
-            match broker.topics.lead(&name, p.partition_index, p.current_leader_epoch) {
+            match broker.lead(&name, p.partition_index, p.current_leader_epoch) {
                 Err(e) => r.error_code = e.code(),
-                Ok(LeaderGuard { log, epoch }) => {
+                Ok(LeaderGuard { log, epoch, .. }) => {
                     let ts = p.timestamp;
                     let committed = req.isolation_level == 1;
                     match tokio::task::spawn_blocking(move || lookup(&log, epoch, ts, committed)).await {

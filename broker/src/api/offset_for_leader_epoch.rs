@@ -24,7 +24,7 @@ pub async fn handle(
                 .iter()
                 .map(|p| {
                     let mut r = mk!(EpochEndOffset { partition: p.partition, leader_epoch: -1, end_offset: -1 });
-                    match broker.topics.lead(&name, p.partition, p.current_leader_epoch) {
+                    match broker.lead(&name, p.partition, p.current_leader_epoch) {
                         Ok(g) => (r.leader_epoch, r.end_offset) = end_offset_for(&g.log, g.epoch, p.leader_epoch),
                         Err(e) => r.error_code = e.code(),
                     }

@@ -3,6 +3,9 @@
 //! fsync before answering. acks=0 gets no response at all.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use fjord_replication::partition::produce::{in_sync, ProduceError};
 
 use fjord_storage::batch::BatchHeader;
 use kafka_protocol::error::ResponseError;
@@ -14,7 +17,7 @@ use kafka_protocol::messages::*;
 use super::metadata::str;
 use super::storage_code;
 use crate::config::FsyncPolicy;
-use crate::leadership::{Leadership, NO_EPOCH};
+use crate::leadership::{Leadership, RaftWriter, NO_EPOCH};
 use crate::server::{now_ms, Broker};
 use crate::topic_config;
 
@@ -27,6 +30,33 @@ fn failed(index: i32, e: ResponseError, msg: Option<String>) -> PartitionProduce
     })
 }
 
+/// A refusal by the log's rules, with KIP-467's per-record errors.
+fn refused(index: i32, e: &fjord_storage::LogError) -> PartitionProduceResponse {
+    let mut r = failed(index, storage_code(e), Some(e.to_string()));
+    if let fjord_storage::LogError::RecordErrors { records, .. } = e {
+        r.record_errors = records
+            .iter()
+            .map(|x| {
+                mk!(BatchIndexAndErrorMessage {
+                    batch_index: x.batch_index,
+                    batch_index_error_message: Some(str(&x.message))
+                })
+            })
+            .collect();
+    }
+    r
+}
+
+/// A write to a replicated partition, through its leader's proposer.
+async fn propose(
+    writer: RaftWriter,
+    log: Arc<fjord_storage::PartitionLog>,
+    records: bytes::Bytes,
+    wait: Duration,
+) -> Result<fjord_storage::AppendInfo, ProduceError> {
+    writer.proposer.produce(&writer.raft, &log, &records, now_ms(), wait).await
+}
+
 pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest) -> Option<ProduceResponse> {
     let acks = req.acks;
     let durable = match broker.config.fsync {
@@ -36,6 +66,12 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
     };
     let mut responses = Vec::with_capacity(req.topic_data.len());
     let mut syncs = Vec::new();
+    // Writes to replicated partitions, answered when committed: (topic, partition) positions in
+    // `responses` and the write.
+    let mut proposals = Vec::new();
+    // Kafka's `timeout.ms`: how long the leader waits for the replicas (at least a little, so
+    // that a zero does not refuse every write).
+    let wait = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0).max(100));
     for topic in req.topic_data {
         let name = topic.name.0.to_string();
         let meta = broker.topics.topic(&name);
@@ -47,8 +83,8 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
                 continue;
             }
             // Produce carries no leader epoch: being the leader is enough.
-            let (log, epoch) = match broker.topics.lead(&name, idx, NO_EPOCH) {
-                Ok(g) => (g.log, g.epoch),
+            let (log, epoch, raft) = match broker.lead(&name, idx, NO_EPOCH) {
+                Ok(g) => (g.log, g.epoch, g.raft),
                 Err(e) => {
                     parts.push(failed(idx, e, None));
                     continue;
@@ -56,12 +92,22 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
             };
             let cfg = log.config();
             let min_isr = cfg.min_insync_replicas;
-            if acks == -1 && min_isr > 1 {
-                let msg = format!("min.insync.replicas is {min_isr} but the partition has 1 in-sync replica");
+            let replicas_in_sync = match (&raft, &broker.cluster) {
+                (Some(w), Some(c)) => in_sync(&w.raft, c.node_id()).len(),
+                _ => 1,
+            };
+            if acks == -1 && min_isr > 1 && replicas_in_sync < min_isr as usize {
+                let msg = format!(
+                    "min.insync.replicas is {min_isr} but the partition has {replicas_in_sync} in-sync replica(s)"
+                );
                 parts.push(failed(idx, ResponseError::NotEnoughReplicas, Some(msg)));
                 continue;
             }
-            if meta.as_ref().is_some_and(|m| m.internal) {
+            let internal = match broker.cluster.as_ref().and_then(|c| c.is_internal(&name)) {
+                Some(internal) => internal,
+                None => meta.as_ref().is_some_and(|m| m.internal),
+            };
+            if internal {
                 let msg = format!("{name} is an internal topic written only by the broker");
                 parts.push(failed(idx, ResponseError::InvalidTopicException, Some(msg)));
                 continue;
@@ -80,6 +126,11 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
                 }
             }
             let size = records.len();
+            if let Some(writer) = raft {
+                proposals.push((responses.len(), parts.len(), idx, size, propose(writer, log, records, wait)));
+                parts.push(failed(idx, ResponseError::UnknownServerError, None));
+                continue;
+            }
             match log.append(&records, epoch, now_ms()) {
                 Ok(info) => {
                     metrics::counter!("fjord_produced_bytes_total").increment(size as u64);
@@ -98,24 +149,35 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
                 }
                 Err(e) => {
                     tracing::debug!(topic = %name, partition = idx, error = %e, "produce rejected");
-                    let mut r = failed(idx, storage_code(&e), Some(e.to_string()));
-                    // KIP-467: the records that caused the refusal, by index.
-                    if let fjord_storage::LogError::RecordErrors { records, .. } = &e {
-                        r.record_errors = records
-                            .iter()
-                            .map(|x| {
-                                mk!(BatchIndexAndErrorMessage {
-                                    batch_index: x.batch_index,
-                                    batch_index_error_message: Some(str(&x.message))
-                                })
-                            })
-                            .collect();
-                    }
-                    parts.push(r);
+                    parts.push(refused(idx, &e));
                 }
             }
         }
         responses.push(mk!(TopicProduceResponse { name: topic.name, partition_responses: parts }));
+    }
+    // Every replicated partition's write proceeds at once; each is answered when its group
+    // commits it (the group commit makes it durable on a majority: no local fsync is awaited).
+    let positions: Vec<_> = proposals.iter().map(|(t, p, idx, size, _)| (*t, *p, *idx, *size)).collect();
+    let written = futures::future::join_all(proposals.into_iter().map(|(.., f)| f)).await;
+    for ((t, p, idx, size), result) in positions.into_iter().zip(written) {
+        responses[t].partition_responses[p] = match result {
+            Ok(info) => {
+                metrics::counter!("fjord_produced_bytes_total").increment(size as u64);
+                mk!(PartitionProduceResponse {
+                    index: idx,
+                    base_offset: info.base_offset,
+                    log_append_time_ms: info.log_append_time,
+                    log_start_offset: info.log_start_offset
+                })
+            }
+            Err(ProduceError::Log(e)) => refused(idx, &e),
+            Err(e @ ProduceError::NotLeader) => failed(idx, ResponseError::NotLeaderOrFollower, Some(e.to_string())),
+            Err(e @ ProduceError::TimedOut(_)) => failed(idx, ResponseError::RequestTimedOut, Some(e.to_string())),
+            Err(e @ ProduceError::Failed(_)) => {
+                tracing::error!(partition = idx, error = %e, "replicated write failed");
+                failed(idx, ResponseError::KafkaStorageError, Some(e.to_string()))
+            }
+        };
     }
     let results = futures::future::join_all(syncs).await;
     if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {

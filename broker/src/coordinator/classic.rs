@@ -375,7 +375,7 @@ impl GroupCoordinator {
         records: &[(Vec<u8>, Option<Vec<u8>>)],
         producer: Option<(i64, i16)>,
     ) -> Result<(Arc<PartitionLog>, i64), ResponseError> {
-        let LeaderGuard { log, epoch: leader_epoch } =
+        let LeaderGuard { log, epoch: leader_epoch, .. } =
             topics.lead(OFFSETS_TOPIC, self.partition_for(group), NO_EPOCH).map_err(coordinator_error)?;
         let kv: Vec<fjord_storage::batch::KeyValue<'_>> =
             records.iter().map(|(k, v)| (Some(k.as_slice()), v.as_deref())).collect();

@@ -237,7 +237,7 @@ impl TxnCoordinator {
     /// Writes `meta` (None: a tombstone) to `__transaction_state` and, when
     /// `wait`, waits until it is durable. Memory follows only once written.
     async fn persist(&self, id: &str, meta: Option<TxnMeta>, wait: bool) -> Result<(), ResponseError> {
-        let LeaderGuard { log, epoch: leader_epoch } =
+        let LeaderGuard { log, epoch: leader_epoch, .. } =
             self.topics.lead(TXN_TOPIC, self.partition_for(id), NO_EPOCH).map_err(coordinator_error)?;
         let (key, value) = txn_log::txn_record(id, meta.as_ref());
         let batch = build_batch(0, now_ms(), &[(Some(&key), value.as_deref())]);
@@ -478,7 +478,7 @@ impl TxnCoordinator {
             // A partition whose topic was deleted meanwhile needs no marker.
             // The marker carries the partition's current leader epoch, as
             // every append does.
-            let Ok(LeaderGuard { log, epoch: leader_epoch }) = self.topics.lead(topic, *partition, NO_EPOCH) else {
+            let Ok(LeaderGuard { log, epoch: leader_epoch, .. }) = self.topics.lead(topic, *partition, NO_EPOCH) else {
                 continue;
             };
             match log.append_marker(meta.producer_id, meta.producer_epoch, 0, commit, leader_epoch, now_ms()) {
