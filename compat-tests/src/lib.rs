@@ -9,6 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod checker;
+pub mod cluster;
 pub mod jepsen;
 pub mod legacy;
 pub mod proxy;

@@ -2,55 +2,18 @@
 //! as brokers, and answer Metadata and DescribeCluster from the replicated metadata; topics
 //! created through one node appear on all; the loss of the controller's process moves the
 //! controller and fences its broker; a restarted node catches up, and the metadata survives a
-//! restart of every process. (Partitions are not Raft groups yet: their leaders stay
-//! unknown, LEADER_NOT_AVAILABLE, until that lands.)
+//! restart of every process. Records through those partitions: `cluster_data.rs`.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use fjord_compat_tests::cluster::LocalCluster;
 use fjord_compat_tests::wire::{s, topic_metadata};
-use fjord_compat_tests::{free_addr, wait_until, BrokerProcess, RawConn};
+use fjord_compat_tests::{wait_until, RawConn};
 use kafka_protocol::messages::*;
 
 const NODES: usize = 3;
 const DEADLINE: Duration = Duration::from_secs(30);
-
-struct Cluster {
-    nodes: Vec<BrokerProcess>,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let ports: Vec<String> = (0..NODES).map(|_| free_addr()).collect();
-        let voters: Vec<String> = ports.iter().enumerate().map(|(i, a)| format!("{}@{a}", i + 1)).collect();
-        let voters = voters.join(",");
-        let nodes = (0..NODES)
-            .map(|i| {
-                let id = (i + 1).to_string();
-                let rack = format!("r{}", i + 1);
-                BrokerProcess::start(&[
-                    "--node-id",
-                    &id,
-                    "--cluster-listen",
-                    &ports[i],
-                    "--controller-quorum-voters",
-                    &voters,
-                    "--broker-rack",
-                    &rack,
-                    "--broker-heartbeat-interval-ms",
-                    "200",
-                    "--broker-session-timeout-ms",
-                    "2000",
-                ])
-            })
-            .collect();
-        Cluster { nodes }
-    }
-
-    fn conn(&self, i: usize) -> RawConn {
-        RawConn::connect(&self.nodes[i].bootstrap())
-    }
-}
 
 fn describe_cluster(conn: &mut RawConn) -> DescribeClusterResponse {
     let mut req = DescribeClusterRequest::default();
@@ -86,7 +49,7 @@ fn create(
 
 #[test]
 fn three_nodes_share_metadata_through_the_controller_quorum() {
-    let mut cluster = Cluster::start();
+    let mut cluster = LocalCluster::start(NODES);
     let everyone: Vec<(i32, Option<String>)> = (1..=NODES as i32).map(|i| (i, Some(format!("r{i}")))).collect();
 
     // Every node lists the three brokers with their racks and names the same controller.
@@ -125,16 +88,9 @@ fn three_nodes_share_metadata_through_the_controller_quorum() {
 
     // Each partition is a Raft group on its three replicas: a leader is elected and reported,
     // with every replica in sync, and all nodes show the same leaders.
-    let leaders = |conn: &mut RawConn, topic: &str| -> Vec<(i32, i32, usize)> {
-        let t = topic_metadata(conn, topic, false);
-        let mut v: Vec<(i32, i32, usize)> =
-            t.partitions.iter().map(|p| (p.partition_index, p.leader_id.0, p.isr_nodes.len())).collect();
-        v.sort();
-        v
-    };
     let mut shown = Vec::new();
     wait_until(DEADLINE, "every partition led, with three in sync, the same on every node", || {
-        let views: Vec<_> = (0..NODES).map(|i| leaders(&mut cluster.conn(i), "events")).collect();
+        let views: Vec<_> = (0..NODES).map(|i| cluster.leaders(i, "events")).collect();
         shown = views[0].clone();
         views.iter().all(|v| *v == shown)
             && shown.len() == 3
@@ -173,7 +129,7 @@ fn three_nodes_share_metadata_through_the_controller_quorum() {
     let kept = create(&mut cluster.conn(0), "kept", 3, 3);
     assert_eq!(kept.error_code, 0);
     wait_until(DEADLINE, "the kept topic's partitions led", || {
-        let v = leaders(&mut cluster.conn(0), "kept");
+        let v = cluster.leaders(0, "kept");
         v.len() == 3 && v.iter().all(|(_, l, _)| *l >= 1)
     });
 
@@ -190,7 +146,7 @@ fn three_nodes_share_metadata_through_the_controller_quorum() {
     assert_eq!(cr.results[0].error_code, 0, "{:?}", cr.results[0].error_message);
     wait_until(DEADLINE, "four led partitions on every node", || {
         (0..NODES).all(|i| {
-            let v = leaders(&mut cluster.conn(i), "kept");
+            let v = cluster.leaders(i, "kept");
             v.len() == 4 && v.iter().all(|(_, l, _)| *l >= 1)
         })
     });
@@ -227,7 +183,7 @@ fn three_nodes_share_metadata_through_the_controller_quorum() {
     // Partitions the dead node led get new leaders among the living.
     wait_until(DEADLINE, "every partition of the kept topic led by a live node", || {
         alive.iter().all(|i| {
-            let v = leaders(&mut cluster.conn(*i), "kept");
+            let v = cluster.leaders(*i, "kept");
             v.len() == 4 && v.iter().all(|(_, l, _)| *l >= 1 && *l != dead)
         })
     });

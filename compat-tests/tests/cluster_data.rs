@@ -1,0 +1,209 @@
+//! Records through a cluster of three `fjord` processes: every partition is a Raft group, its
+//! leader takes writes and serves reads up to the high watermark (the commit index), followers
+//! send clients to the leader, and a leader's death loses no acknowledged record.
+//!
+//! The fault test runs the Jepsen-style workload of `jepsen_single.rs` (idempotent librdkafka
+//! producers, acks=all, a tailing consumer, a read-back and the checker) while the processes
+//! that lead partitions are SIGKILLed and restarted one after another.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fjord_compat_tests::checker::{check, History, Outcome};
+use fjord_compat_tests::cluster::LocalCluster;
+use fjord_compat_tests::jepsen::{create_topic, now_ns, read_back, Run, Workload};
+use fjord_compat_tests::wait_until;
+use fjord_compat_tests::wire::{batch, fetch, list_offset, produce, produce_request, topic_metadata};
+use kafka_protocol::messages::{ApiKey, ProduceResponse};
+
+const NODES: usize = 3;
+const DEADLINE: Duration = Duration::from_secs(30);
+const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+
+/// The values of the data records (not control batches) in fetched bytes, with their offsets.
+fn records(fetched: &Option<Bytes>) -> Vec<(i64, Bytes)> {
+    let Some(bytes) = fetched else { return Vec::new() };
+    let mut buf = bytes.clone();
+    let sets = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut buf).expect("decode fetched batches");
+    sets.into_iter()
+        .flat_map(|set| set.records)
+        .filter(|r| !r.control)
+        .map(|r| (r.offset, r.value.unwrap_or_default()))
+        .collect()
+}
+
+/// Node index of partition `p`'s leader once every node shows one leader with `isr` in sync.
+fn leader_of(cluster: &LocalCluster, alive: &[usize], topic: &str, p: i32, isr: usize) -> usize {
+    let mut leader = -1;
+    wait_until(DEADLINE, "one leader shown by every live node", || {
+        let views: Vec<_> = alive.iter().map(|i| cluster.leaders(*i, topic)).collect();
+        let first = views[0].iter().find(|(idx, ..)| *idx == p).copied();
+        leader = first.map_or(-1, |(_, l, _)| l);
+        first.is_some_and(|(_, l, n)| l >= 1 && n >= isr && alive.contains(&((l - 1) as usize)))
+            && views.iter().all(|v| v.iter().find(|(idx, ..)| *idx == p) == first.as_ref())
+    });
+    (leader - 1) as usize
+}
+
+/// Reads partition `p` from `from` until `n` records are there (the high watermark covers
+/// them): a new leader serves reads once it has committed an entry of its own term.
+fn read_all(cluster: &LocalCluster, from: usize, topic: &str, p: i32, n: usize) -> Vec<(i64, Bytes)> {
+    let mut got = Vec::new();
+    wait_until(DEADLINE, "the records readable from the leader", || {
+        let r = fetch(&mut cluster.conn(from), topic, p, 0, false);
+        got = records(&r.records);
+        r.error_code == 0 && got.len() >= n
+    });
+    got
+}
+
+#[test]
+fn the_leader_takes_writes_and_serves_committed_reads_and_a_new_leader_has_them_all() {
+    let mut cluster = LocalCluster::start(NODES);
+    cluster.wait_formed(DEADLINE);
+    let topic = "orders";
+    create_topic(&cluster.bootstrap(), topic, 1, 3).expect("create topic");
+    let all: Vec<usize> = (0..NODES).collect();
+    let leader = leader_of(&cluster, &all, topic, 0, 3);
+    let follower = (leader + 1) % NODES;
+
+    // The leader answers an acks=all write once the replicas committed it.
+    let first: Vec<&[u8]> = vec![b"a", b"b", b"c"];
+    let (code, base) = produce(&mut cluster.conn(leader), topic, 0, batch(&first, 1_000));
+    assert_eq!(code, 0, "produce to the leader");
+    assert!(base >= 0);
+    // A follower refuses writes and reads: the client must go to the leader.
+    let (code, _) = produce(&mut cluster.conn(follower), topic, 0, batch(&[b"x"], 1_000));
+    assert_eq!(code, NOT_LEADER_OR_FOLLOWER, "produce to a follower");
+    assert_eq!(fetch(&mut cluster.conn(follower), topic, 0, 0, false).error_code, NOT_LEADER_OR_FOLLOWER);
+
+    // Reads show the records at the offsets the write returned, and the end is past them.
+    let got = read_all(&cluster, leader, topic, 0, 3);
+    let values: Vec<&[u8]> = got.iter().map(|(_, v)| v.as_ref()).collect();
+    assert_eq!(values, first);
+    assert_eq!(got[0].0, base);
+    let end = list_offset(&mut cluster.conn(leader), topic, 0, -1);
+    assert!(end > got[2].0, "ListOffsets(latest) {end} is past the last record {}", got[2].0);
+
+    // acks=1 and acks=0 writes land too (acks=0 gets no answer; the next read shows it).
+    let mut req = produce_request(topic, 0, batch(&[b"d"], 1_000));
+    req.acks = 1;
+    let r: ProduceResponse = cluster.conn(leader).call(ApiKey::Produce, 9, &req);
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0, "acks=1");
+    let mut conn = cluster.conn(leader);
+    let mut req = produce_request(topic, 0, batch(&[b"e"], 1_000));
+    req.acks = 0;
+    conn.send(ApiKey::Produce, 9, &req);
+    let got = read_all(&cluster, leader, topic, 0, 5);
+    let values: Vec<&[u8]> = got.iter().map(|(_, v)| v.as_ref()).collect();
+    assert_eq!(values, vec![&b"a"[..], b"b", b"c", b"d", b"e"]);
+
+    // The leader's process dies: another replica leads, with every record at its offset.
+    cluster.nodes[leader].kill9();
+    let alive: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
+    let next = leader_of(&cluster, &alive, topic, 0, 2);
+    assert_ne!(next, leader);
+    assert_eq!(read_all(&cluster, next, topic, 0, 5), got, "the new leader serves the same records");
+    let (code, base) = produce(&mut cluster.conn(next), topic, 0, batch(&[b"f"], 1_000));
+    assert_eq!(code, 0, "produce to the new leader");
+    assert!(base > got[4].0);
+
+    // The old leader comes back as a follower and catches up: kill the new leader too, and
+    // whoever leads then (the old leader or the third node) has all six.
+    cluster.nodes[leader].restart();
+    leader_of(&cluster, &all, topic, 0, 3);
+    cluster.nodes[next].kill9();
+    let alive: Vec<usize> = all.iter().copied().filter(|i| *i != next).collect();
+    let third = leader_of(&cluster, &alive, topic, 0, 2);
+    let values: Vec<Bytes> = read_all(&cluster, third, topic, 0, 6).into_iter().map(|(_, v)| v).collect();
+    assert_eq!(values, ["a", "b", "c", "d", "e", "f"].map(|v| Bytes::from_static(v.as_bytes())));
+
+    // With two of three replicas down nothing is acknowledged: the write times out (or the
+    // lone replica is no longer leader) rather than being answered.
+    let lone = alive.iter().copied().find(|i| *i != third).expect("two alive");
+    cluster.nodes[lone].kill9();
+    let mut req = produce_request(topic, 0, batch(&[b"never acknowledged"], 1_000));
+    req.timeout_ms = 1000;
+    let r: ProduceResponse = cluster.conn(third).call(ApiKey::Produce, 9, &req);
+    let code = r.responses[0].partition_responses[0].error_code;
+    assert!(code == 7 || code == NOT_LEADER_OR_FOLLOWER, "REQUEST_TIMED_OUT or NOT_LEADER_OR_FOLLOWER, got {code}");
+    let t = topic_metadata(&mut cluster.conn(third), topic, false);
+    assert_eq!(t.partitions.len(), 1);
+}
+
+const PARTITIONS: i32 = 3;
+const PRODUCERS: u32 = 2;
+const KILLS: usize = 3;
+/// Acknowledgements each cycle waits for before its kill, and again while the node is down
+/// (proof that the partitions it led moved and the producers followed).
+const ACKS_PER_CYCLE: u64 = 1500;
+
+#[test]
+fn acknowledged_records_survive_the_loss_of_partition_leaders() {
+    let started = Instant::now();
+    let mut cluster = LocalCluster::start(NODES);
+    cluster.wait_formed(DEADLINE);
+    let topic = "jepsen-cluster";
+    create_topic(&cluster.bootstrap(), topic, PARTITIONS, 3).expect("create topic");
+    let all: Vec<usize> = (0..NODES).collect();
+    for p in 0..PARTITIONS {
+        leader_of(&cluster, &all, topic, p, 3);
+    }
+    let w = Workload::new(&cluster.bootstrap(), topic, PARTITIONS, PRODUCERS);
+    let work = tempfile::tempdir().expect("temp dir");
+    let history = work.path().join("history.jsonl");
+
+    let run = Run::start(&w, &history).expect("start the workload");
+    let mut kills_ns = Vec::new();
+    for cycle in 0..KILLS {
+        run.wait_acked(run.acked() + ACKS_PER_CYCLE, DEADLINE).unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        wait_until(Duration::from_secs(10), "records in flight", || run.in_flight() > 0);
+        // The process leading partition `cycle` dies with records in flight.
+        let victim = leader_of(&cluster, &all, topic, cycle as i32 % PARTITIONS, 1);
+        cluster.nodes[victim].kill9();
+        kills_ns.push(now_ns());
+        run.log_fault(&format!("SIGKILL node {}", victim + 1));
+        println!(
+            "cycle {cycle}: killed node {} with {} acknowledged, {} in flight",
+            victim + 1,
+            run.acked(),
+            run.in_flight()
+        );
+        // The two others carry on: its partitions get new leaders and the producers follow.
+        run.wait_acked(run.acked() + ACKS_PER_CYCLE, DEADLINE)
+            .unwrap_or_else(|e| panic!("cycle {cycle}: no progress with node {} down: {e}", victim + 1));
+        cluster.nodes[victim].restart();
+        run.log_fault(&format!("restarted node {}", victim + 1));
+        // Back in sync before the next kill, so that a majority always holds every record.
+        for p in 0..PARTITIONS {
+            leader_of(&cluster, &all, topic, p, 3);
+        }
+    }
+    run.wait_acked(run.acked() + ACKS_PER_CYCLE, DEADLINE).expect("acks after the last restart");
+    assert!(run.tail_reads() > 0, "the tailing consumer read nothing");
+    let report = run.stop(DEADLINE).expect("stop the workload");
+    println!("clients: {report:?}");
+    let read = read_back(&w, &history, DEADLINE).expect("read back");
+    let h = History::load(&history).expect("a well-formed history");
+    let verdict = check(&h);
+    println!("{read} records read back in {:?}\n{verdict}", started.elapsed());
+    if !verdict.is_valid() || !report.fatal.is_empty() {
+        let kept = work.keep();
+        panic!(
+            "the checker failed (history kept at {}):\nfatal client errors: {:?}\n{verdict}",
+            kept.join("history.jsonl").display(),
+            report.fatal
+        );
+    }
+    let crossed = h
+        .ops
+        .iter()
+        .filter(|op| matches!(op.outcome, Outcome::Ok { .. }))
+        .filter(|op| kills_ns.iter().any(|k| op.invoke_ns < *k && op.complete_ns.is_some_and(|c| c > *k)))
+        .count();
+    println!("{crossed} records were sent before a kill and acknowledged after it");
+    assert!(crossed > 0, "no record crossed a kill");
+    assert_eq!(report.unknown, 0, "every record got an answer");
+    assert!(verdict.stats.acked as u64 >= (2 * KILLS as u64 + 1) * ACKS_PER_CYCLE, "{verdict}");
+    assert_eq!(verdict.stats.acked as u64, report.acked);
+}
