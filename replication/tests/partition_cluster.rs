@@ -13,6 +13,7 @@ use bytes::Bytes;
 use common::{init_tracing, wait_until, KillableConnector};
 use fjord_replication::heartbeat::HeartbeatDriver;
 use fjord_replication::node::{self, GroupTimings, ReplicaNode};
+use fjord_replication::partition::produce::{self, ProduceError, Proposer};
 use fjord_replication::partition::{self, PartitionStateMachine};
 use fjord_replication::transport::{TcpListener, TransportConfig};
 use fjord_replication::{BatchData, GroupId, NodeId, Raft};
@@ -535,4 +536,62 @@ async fn a_wiped_replica_is_filled_by_a_snapshot_after_the_leader_purged() {
     for n in &nodes {
         n.node.shutdown().await;
     }
+}
+
+/// The leader's write path (`partition::produce::Proposer`): a write is answered once committed,
+/// at the offsets it is stored at on every replica; an idempotent producer's retry gets the
+/// first copy's offsets and is not stored twice; a sequence gap and a broker write decided in
+/// another term are refused; a follower sends producers to the leader.
+#[tokio::test]
+async fn the_proposer_writes_a_retried_idempotent_batch_once_and_only_on_the_leader() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, _) = start_cluster(dir.path()).await;
+    let group = 1;
+    let leader_id = settled_leader(&nodes, group).await;
+    let leader = nodes.iter().find(|n| n.node.id() == leader_id).unwrap();
+    let follower = nodes.iter().find(|n| n.node.id() != leader_id).unwrap();
+    let raft = leader.raft(group);
+    wait_until(DEADLINE, "the leader applied an entry of its term", || {
+        let ready = produce::leader_epoch(&raft).is_some();
+        async move { ready }
+    })
+    .await;
+    let epoch = produce::leader_epoch(&raft).unwrap();
+    let log = &leader.logs[&group];
+    let proposer = Proposer::default();
+    let as_producer = |seq: i32, value: &str| {
+        let p = batch::Producer { id: 7, epoch: 0, base_sequence: seq, transactional: false };
+        Bytes::from(batch::build_batch_as(0, 1_000, &[(None, Some(value.as_bytes())), (None, Some(b"x"))], Some(p)))
+    };
+
+    let first = proposer.produce(&raft, log, as_producer(0, "a"), DEADLINE).await.unwrap();
+    assert_eq!(first.last_offset, first.base_offset + 1);
+    assert!(log.high_watermark() > first.last_offset, "answered once committed");
+    let entries = stored(log).len();
+    let again = proposer.produce(&raft, log, as_producer(0, "a"), DEADLINE).await.unwrap();
+    assert_eq!((again.base_offset, again.last_offset), (first.base_offset, first.last_offset));
+    assert_eq!(stored(log).len(), entries, "the retry was not stored again");
+    match proposer.produce(&raft, log, as_producer(9, "gap"), DEADLINE).await {
+        Err(ProduceError::Log(fjord_storage::LogError::OutOfOrderSequence { .. })) => {}
+        other => panic!("a sequence gap: {other:?}"),
+    }
+    let next = proposer.produce(&raft, log, as_producer(2, "b"), DEADLINE).await.unwrap();
+    assert!(next.base_offset > first.last_offset);
+
+    // The broker's own writes go in the order queued, and only at the epoch they were decided.
+    let own = |v: &str| batch::build_batch(0, 1_000, &[(Some(b"k".as_slice()), Some(v.as_bytes()))]);
+    let stale = proposer.enqueue(&raft, log, own("stale"), epoch - 1, DEADLINE);
+    let current = proposer.enqueue(&raft, log, own("current"), epoch, DEADLINE);
+    assert!(matches!(stale.await.unwrap(), Err(ProduceError::NotLeader)));
+    let written = current.await.unwrap().unwrap();
+    assert!(written.base_offset > next.last_offset);
+
+    // A follower refuses, and holds what the leader acknowledged at the same offsets.
+    let f_raft = follower.raft(group);
+    let refused = Proposer::default().produce(&f_raft, &follower.logs[&group], as_producer(4, "c"), DEADLINE).await;
+    assert!(matches!(refused, Err(ProduceError::NotLeader)), "{refused:?}");
+    let applied = raft.metrics().borrow_watched().last_applied.unwrap().index();
+    caught_up(&nodes, group, applied).await;
+    assert_eq!(stored(&follower.logs[&group]), stored(log));
 }

@@ -812,6 +812,17 @@ impl PartitionLog {
         })
     }
 
+    /// `check_produce` for a batch the broker itself writes for a producer (a coordinator's
+    /// transactional offset commit) or on its own (producer id -1): the topic's record rules
+    /// do not apply and a producer's epoch is checked, not its sequence.
+    pub fn check_coordinator_write<'a>(&self, payload: &'a [u8], now_ms: i64) -> Result<CheckedProduce<'a>> {
+        let checked = self.validate_produce(payload, now_ms, true)?;
+        let inner = self.read_inner();
+        self.sequence_verdict(&inner, &checked.batches, true)?;
+        drop(inner);
+        Ok(checked)
+    }
+
     /// The bytes a replicated log's leader proposes for checked batches: as the producer sent
     /// them (recompressed if the topic asks), without a partitionLeaderEpoch, since the entry's
     /// term is stamped when it is stored and a batch already carrying one would be taken for a

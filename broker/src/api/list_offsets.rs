@@ -63,7 +63,9 @@ fn lookup(
                 return Ok(NONE);
             };
             let max = BatchHeader::parse(&batch).map_err(|_| ResponseError::KafkaStorageError)?.max_timestamp;
-            Ok(find_in_batch(log, batch, start, |t| t == max)?.unwrap_or(NONE))
+            // As Kafka does: only an offset a consumer could fetch is named (on a replicated
+            // log the newest batch may not be committed yet).
+            Ok(find_in_batch(log, batch, start, |t| t == max)?.filter(|(o, ..)| *o < hw).unwrap_or(NONE))
         }
         t if t >= 0 => {
             let Some(batch) = log.batch_by_timestamp(t, hw) else {

@@ -54,7 +54,7 @@ async fn propose(
     records: bytes::Bytes,
     wait: Duration,
 ) -> Result<fjord_storage::AppendInfo, ProduceError> {
-    writer.proposer.produce(&writer.raft, &log, &records, now_ms(), wait).await
+    writer.proposer.produce(&writer.raft, &log, records, wait).await
 }
 
 pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest) -> Option<ProduceResponse> {
@@ -70,8 +70,9 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
     // `responses` and the write.
     let mut proposals = Vec::new();
     // Kafka's `timeout.ms`: how long the leader waits for the replicas (at least a little, so
-    // that a zero does not refuse every write).
-    let wait = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0).max(100));
+    // that a zero does not refuse every write, and at most a minute, so that a request cannot
+    // hold a partition's writes for days).
+    let wait = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0).clamp(100, 60_000));
     for topic in req.topic_data {
         let name = topic.name.0.to_string();
         let meta = broker.topics.topic(&name);

@@ -3,6 +3,8 @@
 //! high watermark covers them), with the offsets they were stored at.
 
 use std::sync::Arc;
+
+use bytes::Bytes;
 use std::time::Duration;
 
 use fjord_storage::{AppendInfo, LogError, PartitionLog, ProduceVerdict};
@@ -38,13 +40,26 @@ pub enum ProduceError {
 /// one lock. Two copies of one retried batch can then never both pass the check, and a
 /// producer's next batch is checked against state that holds its previous one.
 ///
+/// The lock is held until openraft has resolved the proposal (committed, discarded, or the group
+/// stopped), not only until the client's timeout: a proposal still queued in openraft when its
+/// request timed out would otherwise be stored next to the retry that followed it.
+///
 /// The price is one produce per partition in flight at a time on the leader (acks=1 waits for
 /// the commit too, which is stronger than asked). Pipelining would need the pending batches'
 /// sequences tracked beside the log's state.
 #[derive(Default)]
 pub struct Proposer {
-    lock: tokio::sync::Mutex<()>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    /// The ordered queue of the broker's own writes (`enqueue`), started on first use; its task
+    /// ends when the proposer is dropped.
+    queue: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<Queued>>>,
 }
+
+/// A queued write: its payload, the leader epoch it was decided at, and who waits for it.
+type Queued = (Bytes, i32, tokio::sync::oneshot::Sender<Result<AppendInfo, ProduceError>>);
+
+/// How often a wait for the high watermark looks again at whether this replica still leads.
+const RECHECK: Duration = Duration::from_millis(100);
 
 impl Proposer {
     /// Writes a producer's payload to the partition through its Raft group, `raft`, whose store
@@ -53,64 +68,164 @@ impl Proposer {
         &self,
         raft: &Raft<SM>,
         log: &Arc<PartitionLog>,
-        payload: &[u8],
-        now_ms: i64,
+        payload: Bytes,
         wait: Duration,
     ) -> Result<AppendInfo, ProduceError>
     where
-        SM: RaftStateMachine<TypeConfig>,
+        SM: RaftStateMachine<TypeConfig> + 'static,
     {
+        // A deposed leader answers at once rather than after queueing for the lock.
+        leader_epoch(raft).ok_or(ProduceError::NotLeader)?;
         let give_up = tokio::time::Instant::now() + wait;
-        let _turn =
-            tokio::time::timeout_at(give_up, self.lock.lock()).await.map_err(|_| ProduceError::TimedOut(wait))?;
-        if leader_epoch(raft).is_none() {
-            return Err(ProduceError::NotLeader);
-        }
-        let checked = match log.check_produce(payload, now_ms)? {
-            ProduceVerdict::Append(checked) => checked,
-            // A retry of a batch this log holds: answered once it is committed, as the first
-            // copy would have been (it may be an entry that is not committed yet, for example
-            // when the first attempt timed out).
-            ProduceVerdict::Duplicate(info) => {
-                wait_committed(log, info.last_offset + 1, give_up).await.map_err(|_| ProduceError::TimedOut(wait))?;
-                return Ok(info);
-            }
-        };
-        let data = BatchData(log.proposal(checked, now_ms).into());
-        let left = give_up.saturating_duration_since(tokio::time::Instant::now());
-        let written = tokio::time::timeout_at(give_up, node::write(raft, data, left))
+        // Unconstrained: the first poll must join the lock's queue even when the caller's
+        // cooperative budget is spent, so that pipelined requests polled in arrival order take
+        // the lock in that order (the connection polls each request once before the next).
+        let turn = tokio::time::timeout_at(give_up, tokio::task::unconstrained(self.lock.clone().lock_owned()))
             .await
             .map_err(|_| ProduceError::TimedOut(wait))?;
-        match written {
-            Ok(resp) => {
-                let a = resp.data;
-                Ok(AppendInfo {
-                    base_offset: a.base_offset,
-                    last_offset: a.last_offset,
-                    log_append_time: a.log_append_time,
-                    log_start_offset: a.log_start_offset,
-                    duplicate: false,
-                })
-            }
-            Err(e) if e.forward_to_leader().is_some() => Err(ProduceError::NotLeader),
-            Err(openraft::errors::RaftError::Fatal(f)) => Err(ProduceError::Failed(f.to_string())),
-            Err(e) => Err(ProduceError::Failed(e.to_string())),
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (raft, log) = (raft.clone(), log.clone());
+        // The write runs on, holding the lock, if this request stops waiting for it.
+        tokio::spawn(async move {
+            let result = write_locked(&raft, &log, &payload, None, give_up).await;
+            drop(turn);
+            let _ = tx.send(result);
+        });
+        match tokio::time::timeout_at(give_up, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ProduceError::Failed("the write task ended without an answer".into())),
+            Err(_) => Err(ProduceError::TimedOut(wait)),
         }
+    }
+
+    /// Queues a write of the broker's own (a coordinator's records, built from its in-memory
+    /// state at leader epoch `epoch`): writes are proposed in the order they were queued, each
+    /// only while this replica still leads at `epoch` (a write decided in an earlier term of
+    /// this node's leadership must not land after what another leader wrote meanwhile). The
+    /// write goes ahead whether or not the answer is awaited; a waiter bounds its own wait.
+    /// Needs a Tokio runtime.
+    pub fn enqueue<SM>(
+        &self,
+        raft: &Raft<SM>,
+        log: &Arc<PartitionLog>,
+        payload: Vec<u8>,
+        epoch: i32,
+        wait: Duration,
+    ) -> tokio::sync::oneshot::Receiver<Result<AppendInfo, ProduceError>>
+    where
+        SM: RaftStateMachine<TypeConfig> + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let sender = queue.get_or_insert_with(|| {
+            let (qtx, mut qrx) = tokio::sync::mpsc::unbounded_channel::<Queued>();
+            let (lock, raft, log) = (self.lock.clone(), raft.clone(), log.clone());
+            tokio::spawn(async move {
+                while let Some((payload, epoch, answer)) = qrx.recv().await {
+                    let _turn = lock.lock().await;
+                    let give_up = tokio::time::Instant::now() + wait;
+                    let _ = answer.send(write_locked(&raft, &log, &payload, Some(epoch), give_up).await);
+                }
+            });
+            qtx
+        });
+        if let Err(tokio::sync::mpsc::error::SendError((_, _, answer))) = sender.send((payload.into(), epoch, tx)) {
+            let _ = answer.send(Err(ProduceError::Failed("the partition's write queue stopped".into())));
+        }
+        rx
     }
 }
 
-/// Waits until the log's high watermark reaches `offset`, or `give_up`.
-async fn wait_committed(log: &PartitionLog, offset: i64, give_up: tokio::time::Instant) -> Result<(), ()> {
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One write, run by the holder of the partition's lock: a producer's (`coordinator_epoch`
+/// None: checked by the topic's rules and the producer's sequence) or the broker's own, decided
+/// at that epoch. `give_up` bounds the wait for a duplicate's commit; a proposal is followed
+/// until openraft resolves it.
+async fn write_locked<SM>(
+    raft: &Raft<SM>,
+    log: &Arc<PartitionLog>,
+    payload: &[u8],
+    coordinator_epoch: Option<i32>,
+    give_up: tokio::time::Instant,
+) -> Result<AppendInfo, ProduceError>
+where
+    SM: RaftStateMachine<TypeConfig>,
+{
+    let epoch = leader_epoch(raft).ok_or(ProduceError::NotLeader)?;
+    if coordinator_epoch.is_some_and(|e| e != epoch) {
+        return Err(ProduceError::NotLeader);
+    }
+    // Read under the lock, so LogAppendTime never goes backwards between writes.
+    let now = now_ms();
+    let verdict = match coordinator_epoch {
+        Some(_) => ProduceVerdict::Append(log.check_coordinator_write(payload, now)?),
+        None => log.check_produce(payload, now)?,
+    };
+    let checked = match verdict {
+        ProduceVerdict::Append(checked) => checked,
+        // A retry of a batch this log holds, maybe not committed yet (the first attempt timed
+        // out): answered once it is, as the first copy would have been, and only while this
+        // replica leads in the same term. A leader never truncates its own log within a term,
+        // so the batch is still where the log says; after a term change it may have been cut
+        // and its offsets reused, and the producer must retry against the new leader.
+        ProduceVerdict::Duplicate(info) => {
+            wait_committed(raft, log, epoch, info.last_offset + 1, give_up).await?;
+            return Ok(info);
+        }
+    };
+    let data = BatchData(log.proposal(checked, now).into());
+    let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+    match node::write(raft, data, left).await {
+        Ok(resp) if resp.data.base_offset < 0 => {
+            Err(ProduceError::Failed(format!("entry {} was applied but not found in the log", resp.log_id)))
+        }
+        Ok(resp) => {
+            let a = resp.data;
+            Ok(AppendInfo {
+                base_offset: a.base_offset,
+                last_offset: a.last_offset,
+                log_append_time: a.log_append_time,
+                log_start_offset: a.log_start_offset,
+                duplicate: false,
+            })
+        }
+        // The group stopped (its topic was deleted, or the node is shutting down): another
+        // replica, or none, serves the partition now.
+        Err(openraft::errors::RaftError::Fatal(openraft::error::Fatal::Stopped)) => Err(ProduceError::NotLeader),
+        Err(openraft::errors::RaftError::Fatal(f)) => Err(ProduceError::Failed(f.to_string())),
+        Err(_) => Err(ProduceError::NotLeader),
+    }
+}
+
+/// Waits until the log's high watermark reaches `offset` while this replica leads at `epoch`.
+async fn wait_committed<SM>(
+    raft: &Raft<SM>,
+    log: &PartitionLog,
+    epoch: i32,
+    offset: i64,
+    give_up: tokio::time::Instant,
+) -> Result<(), ProduceError>
+where
+    SM: RaftStateMachine<TypeConfig>,
+{
     loop {
         let moved = log.high_watermark_moved().notified();
         tokio::pin!(moved);
         moved.as_mut().enable();
+        if leader_epoch(raft) != Some(epoch) {
+            return Err(ProduceError::NotLeader);
+        }
         if log.high_watermark() >= offset {
             return Ok(());
         }
-        if tokio::time::timeout_at(give_up, moved).await.is_err() {
-            return Err(());
+        let now = tokio::time::Instant::now();
+        if now >= give_up {
+            return Err(ProduceError::TimedOut(RECHECK));
         }
+        let _ = tokio::time::timeout_at(give_up.min(now + RECHECK), moved).await;
     }
 }
 
@@ -134,8 +249,13 @@ where
     i32::try_from(m.current_term).ok()
 }
 
+/// Kafka's `replica.lag.time.max.ms` default: a follower that has not answered the leader for
+/// this long is out of sync, even when it held everything committed when it went quiet.
+pub const REPLICA_LAG_MAX: Duration = Duration::from_secs(30);
+
 /// The replicas in sync with the leader `me` of a group: itself and each follower that holds
-/// every committed entry. Empty when `me` does not lead.
+/// every committed entry and answered the leader within `REPLICA_LAG_MAX`. Empty when `me`
+/// does not lead.
 pub fn in_sync<SM>(raft: &Raft<SM>, me: NodeId) -> Vec<NodeId>
 where
     SM: RaftStateMachine<TypeConfig>,
@@ -149,7 +269,12 @@ where
     let mut isr = vec![me];
     if let Some(replication) = &m.replication {
         for (follower, matched) in replication {
-            if *follower != me && matched.as_ref().map(|l| l.index()) >= committed {
+            let answered = m
+                .heartbeat
+                .as_ref()
+                .and_then(|h| h.get(follower).copied().flatten())
+                .is_some_and(|at| openraft::Instant::elapsed(&*at) < REPLICA_LAG_MAX);
+            if *follower != me && answered && matched.as_ref().map(|l| l.index()) >= committed {
                 isr.push(*follower);
             }
         }
