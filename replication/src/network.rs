@@ -176,9 +176,10 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = GroupNetworkAdapter<TypeConfig, GroupId, Router>;
 
     /// The membership carries each node's cluster address; registering it here lets a group
-    /// reach a node the transport has not heard of (a node added by a membership change).
+    /// reach a node the transport has not heard of (a node added by a membership change). A
+    /// known peer keeps the address it was given (configured addresses win).
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        self.factory.transport.add_peer(target, &node.addr);
+        self.factory.transport.add_peer_if_unknown(target, &node.addr);
         GroupNetworkAdapter::new(self.factory.clone(), target, self.group_id)
     }
 }

@@ -224,6 +224,16 @@ impl Transport {
 
     /// Makes `id` reachable at `addr`; the first call starts its connection loop, later calls
     /// change the address used from the next (re)connection on.
+    /// `add_peer` for an address learnt second-hand (a group's membership): a peer this node
+    /// already dials keeps its address, since the one given first (the node's configuration,
+    /// which may name a proxy or a NAT address) is the one that reaches it from here.
+    pub fn add_peer_if_unknown(&self, id: NodeId, addr: &str) {
+        if lock(&self.inner.peers).contains_key(&id) {
+            return;
+        }
+        self.add_peer(id, addr);
+    }
+
     pub fn add_peer(&self, id: NodeId, addr: &str) {
         if id == self.inner.config.node_id {
             return;
