@@ -251,6 +251,11 @@ pub fn prepare(broker: &Arc<Broker>, frame: Bytes) -> Result<HandlerFuture, Stri
             entry.key, entry.min, entry.max
         ));
     }
+    if entry.key == ApiKey::Metadata && broker.cluster.as_ref().is_some_and(|c| c.controller.lost_contact()) {
+        // Its metadata may name leaders that have moved, and a client keeps asking the broker
+        // that answers: closing the connection makes the client ask another broker.
+        return Err("this node lost contact with the controller quorum; its metadata may be stale".into());
+    }
     let mut body = frame;
     let hv = entry.key.request_header_version(version);
     let header = RequestHeader::decode(&mut body, hv).map_err(|e| format!("malformed request header: {e}"))?;

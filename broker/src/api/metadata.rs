@@ -15,7 +15,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::acl::{self, NOT_REQUESTED as NO_OPS};
 use crate::cluster::ClusterNode;
-use crate::leadership::Leadership;
+use crate::leadership::{Leadership, NO_EPOCH};
 use crate::server::Broker;
 use crate::topics::TopicMeta;
 
@@ -296,6 +296,29 @@ fn cluster_topic_entry(m: &ClusterMetadata, name: &str) -> Option<MetadataRespon
 }
 
 async fn cluster_topics(
+    broker: &Arc<Broker>,
+    cluster: &ClusterNode,
+    wanted: Option<Vec<MetadataRequestTopic>>,
+    allow_auto: bool,
+) -> Vec<MetadataResponseTopic> {
+    let mut topics = recorded_cluster_topics(broker, cluster, wanted, allow_auto).await;
+    // The metadata may still name this node as a partition's leader when it cannot serve it:
+    // it has not finished taking over, or it is cut off from the other replicas (which elect
+    // another leader; this node's copy of the metadata may be too stale to know). Sending
+    // clients here would only earn them timeouts, so they are told to look again.
+    for t in &mut topics {
+        let Some(name) = t.name.as_ref().map(|n| n.to_string()) else { continue };
+        for p in &mut t.partitions {
+            if p.leader_id.0 == broker.node_id && broker.lead(&name, p.partition_index, NO_EPOCH).is_err() {
+                p.leader_id = BrokerId(-1);
+                p.error_code = ResponseError::LeaderNotAvailable.code();
+            }
+        }
+    }
+    topics
+}
+
+async fn recorded_cluster_topics(
     broker: &Arc<Broker>,
     cluster: &ClusterNode,
     wanted: Option<Vec<MetadataRequestTopic>>,

@@ -128,6 +128,8 @@ pub struct Controller<SM: RaftStateMachine<TypeConfig>> {
     validator: Arc<dyn ConfigValidator + Send + Sync>,
     liveness: Liveness,
     seen: Mutex<Seen>,
+    /// When the controller last answered this broker's heartbeat or registration.
+    last_answer: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl<SM: RaftStateMachine<TypeConfig>> Controller<SM> {
@@ -149,6 +151,7 @@ impl<SM: RaftStateMachine<TypeConfig>> Controller<SM> {
             validator,
             liveness,
             seen: Mutex::new(Seen::default()),
+            last_answer: Mutex::new(None),
         })
     }
 
@@ -436,13 +439,36 @@ impl<SM: RaftStateMachine<TypeConfig>> Controller<SM> {
                     Request::RegisterBroker(reg.clone())
                 };
                 match this.submit(req, interval.max(Duration::from_secs(1))).await {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) => {
+                        *this.last_answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(tokio::time::Instant::now());
+                    }
                     Ok(Err(e)) => tracing::warn!(error = %e, "the controller refused this broker"),
                     Err(e) => tracing::debug!(error = %e, "no answer from the controller"),
                 }
                 tokio::time::sleep(interval).await;
             }
         }))
+    }
+
+    /// Whether this broker has lost touch with the controller quorum: it was answered before,
+    /// but not for a whole session timeout, so the controller has fenced it by now and its copy
+    /// of the metadata may be stale (leaders have moved without it knowing). Never true before
+    /// the first answer, so a starting node is not taken for a lost one.
+    pub fn lost_contact(&self) -> bool {
+        let last = *self.last_answer.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() > self.liveness.session_timeout) {
+            return true;
+        }
+        // The quorum's leader answers its own heartbeats: it is in touch only while the other
+        // voters answer it.
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let voters = m.membership_config.membership().voter_ids().count();
+        m.state == openraft::ServerState::Leader
+            && voters > 1
+            && m.last_quorum_acked
+                .as_ref()
+                .is_some_and(|t| openraft::Instant::elapsed(&**t) > self.liveness.session_timeout)
     }
 
     /// The handler of `RPC_SUBMIT` for `ReplicaNode::set_services`.

@@ -58,6 +58,10 @@ pub struct Proposer {
 /// A queued write: its payload, the leader epoch it was decided at, and who waits for it.
 type Queued = (Bytes, i32, tokio::sync::oneshot::Sender<Result<AppendInfo, ProduceError>>);
 
+/// How long a leader may go without a quorum's answer and still serve: a few group heartbeats
+/// (one a second), so that an idle but healthy partition never trips it.
+pub const QUORUM_SILENCE: Duration = Duration::from_secs(3);
+
 /// How often a wait for the high watermark looks again at whether this replica still leads.
 const RECHECK: Duration = Duration::from_millis(100);
 
@@ -244,6 +248,13 @@ where
     }
     let applied_term = m.last_applied.as_ref().map(|l| l.committed_leader_id().term);
     if applied_term != Some(m.current_term) {
+        return None;
+    }
+    // A leader cut off from its followers keeps its Raft state until it hears of a higher
+    // term, but can commit nothing: once no quorum has answered it for a while, clients are
+    // sent to look for the leader the others have elected instead of waiting out timeouts here.
+    let heard = m.last_quorum_acked.as_ref().is_some_and(|t| openraft::Instant::elapsed(&**t) < QUORUM_SILENCE);
+    if !heard {
         return None;
     }
     i32::try_from(m.current_term).ok()
