@@ -274,6 +274,50 @@ impl ClusterNode {
         self.read(|m| m.topic(topic).map(|t| t.internal))
     }
 
+    /// The live broker leading partition `index` of `topic`, with its client address.
+    pub fn leader_address(&self, topic: &str, index: i32) -> Option<(i32, String, i32)> {
+        self.read(|m| {
+            let group = *m.topic(topic)?.partitions.get(usize::try_from(index).ok()?)?;
+            let leader = m.partition(group)?.leader?;
+            let broker = m.broker(leader).filter(|b| !b.fenced)?;
+            let (host, port) = crate::server::split_host_port(&broker.registration.advertised_listener)?;
+            Some((leader, host, port))
+        })
+    }
+
+    /// The partition count of a topic of the cluster, if it exists.
+    pub fn partition_count(&self, topic: &str) -> Option<i32> {
+        self.read(|m| m.topic(topic).and_then(|t| i32::try_from(t.partitions.len()).ok()))
+    }
+
+    /// Asks the controller for the cluster's compacted internal topic `name` (as Kafka creates
+    /// `__consumer_offsets` on the first FindCoordinator): with the default replication factor,
+    /// or fewer replicas while fewer brokers are live, as Kafka's `offsets.topic.replication.factor`
+    /// would refuse to. Another node creating it at the same time is not an error.
+    pub async fn ensure_internal_topic(&self, name: &str, partitions: i32) -> Result<(), TopicError> {
+        if self.partition_count(name).is_some() {
+            return Ok(());
+        }
+        let live = self.read(|m| m.live_brokers().count());
+        let factor = i16::try_from(live).unwrap_or(i16::MAX).min(self.defaults.replication_factor).max(1);
+        let mut configs = std::collections::BTreeMap::new();
+        configs.insert("cleanup.policy".to_string(), "compact".to_string());
+        configs.insert("segment.bytes".to_string(), (100 * 1024 * 1024).to_string());
+        let topic = NewTopic {
+            name: name.to_string(),
+            num_partitions: partitions,
+            replication_factor: factor,
+            configs,
+            internal: true,
+            ..NewTopic::default()
+        };
+        match self.submit(Request::CreateTopic(topic)).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == ResponseError::TopicAlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// This node's broker id in the cluster's node id space.
     pub fn node_id(&self) -> NodeId {
         self.node.id()

@@ -92,7 +92,7 @@ pub fn check_epoch(ours: i32, requested: i32) -> Result<(), ResponseError> {
 
 /// Where partitions are found and who leads them. Handlers and coordinators
 /// go through `lead` for every partition they serve or append to.
-pub trait Leadership {
+pub trait Leadership: Send + Sync {
     /// This node's replica of the partition, if it has one.
     fn replica(&self, topic: &str, partition: i32) -> Option<Replica>;
 

@@ -14,9 +14,10 @@ use fjord_storage::PartitionLog;
 use crate::api::fetch_session::FetchSessions;
 use crate::config::BrokerConfig;
 use crate::connection;
-use crate::coordinator::classic::GroupCoordinator;
+use crate::coordinator::classic::{GroupCoordinator, OFFSETS_TOPIC};
 use crate::coordinator::consumer::ConsumerGroups;
 use crate::coordinator::txn::TxnCoordinator;
+use crate::leadership::{Leadership, NO_EPOCH};
 use crate::topics::Topics;
 
 /// Everything request handlers share.
@@ -108,10 +109,14 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
     let topics = Arc::new(tokio::task::block_in_place(|| Topics::open(&config))?);
     let cluster = crate::cluster::start(&config, &format!("{advertised_host}:{advertised_port}"), &topics).await?;
     let data_dir_handle = std::fs::File::open(&config.data_dir)?;
-    let groups = Arc::new(
+    // In a cluster, groups live in the replicated `__consumer_offsets`, served by its leaders.
+    let groups = if cluster.is_some() {
+        GroupCoordinator::clustered(config.offsets_topic_num_partitions)
+    } else {
         tokio::task::block_in_place(|| GroupCoordinator::open(&topics, config.offsets_topic_num_partitions))?
-            .with_initial_rebalance_delay(Duration::from_millis(config.group_initial_rebalance_delay_ms)),
-    );
+    };
+    let groups =
+        Arc::new(groups.with_initial_rebalance_delay(Duration::from_millis(config.group_initial_rebalance_delay_ms)));
     let durable = config.fsync != crate::config::FsyncPolicy::Never;
     let txns = Arc::new(tokio::task::block_in_place(|| {
         TxnCoordinator::open(
@@ -168,6 +173,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
             compaction_pass,
         )),
         tokio::spawn(session_expiry_loop(broker.clone(), shutdown_rx.clone())),
+        tokio::spawn(coordinator_placement_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(mapped_pages_loop(broker.clone(), shutdown_rx.clone(), mapped_baseline)),
         tokio::spawn(transaction_expiry_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(flush_loop(broker.clone(), shutdown_rx)),
@@ -229,11 +235,44 @@ async fn session_expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<
             last_offsets_check = tokio::time::Instant::now();
             let b = broker.clone();
             let _ = tokio::task::spawn_blocking(move || {
-                b.groups.expire_offsets(&b.topics, b.config.offsets_retention_ms, |g| {
+                b.groups.expire_offsets(&*b, b.config.offsets_retention_ms, |g| {
                     b.consumer_groups.with_group(g, |cg| cg.is_some_and(|cg| !cg.members.is_empty()))
                 })
             })
             .await;
+        }
+    }
+}
+
+/// In a cluster: the group coordinator serves the partitions of `__consumer_offsets` this node
+/// leads. A partition is loaded from its log when this node starts leading it (or leads it at a
+/// new epoch) and dropped when it stops.
+async fn coordinator_placement_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let Some(cluster) = &broker.cluster else { return };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        let Some(count) = cluster.partition_count(OFFSETS_TOPIC) else { continue };
+        broker.groups.set_partitions(count);
+        for p in 0..count {
+            let led = broker.lead(OFFSETS_TOPIC, p, NO_EPOCH).ok().filter(|g| g.raft.is_some());
+            match led {
+                Some(guard) if broker.groups.serving_epoch(p) != Some(guard.epoch) => {
+                    let b = broker.clone();
+                    let loaded =
+                        tokio::task::spawn_blocking(move || b.groups.take_over(p, guard.epoch, &guard.log)).await;
+                    match loaded {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::error!(partition = p, error = %e, "cannot load {OFFSETS_TOPIC}"),
+                        Err(e) => tracing::error!(partition = p, error = %e, "{OFFSETS_TOPIC} load task failed"),
+                    }
+                }
+                Some(_) => {}
+                None if broker.groups.serving_epoch(p).is_some() => broker.groups.give_up(p),
+                None => {}
+            }
         }
     }
 }

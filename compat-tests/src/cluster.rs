@@ -3,43 +3,66 @@
 
 use std::time::Duration;
 
-use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse};
+use kafka_protocol::messages::{metadata_request, ApiKey, MetadataRequest, MetadataResponse, TopicName};
 
-use crate::wire::topic_metadata;
+use std::collections::BTreeMap;
+
+use crate::proxy::{LinkMode, LinkProxy};
 use crate::{free_addr, wait_until, BrokerProcess, RawConn};
 
 pub struct LocalCluster {
     pub nodes: Vec<BrokerProcess>,
+    /// With `start_proxied`: the proxy on each directed link (from node index, to node index).
+    pub links: BTreeMap<(usize, usize), LinkProxy>,
 }
 
 impl LocalCluster {
-    /// `n` nodes with ids 1..=n on racks r1..rn. Liveness is tightened (heartbeats every
-    /// 200 ms, fenced after 2 s) so that tests see a dead broker fenced quickly.
+    /// `n` nodes with ids 1..=n on racks r1..rn (see `start_node`).
     pub fn start(n: usize) -> LocalCluster {
+        Self::start_with(n, &[])
+    }
+
+    /// `start` with more flags for every node.
+    pub fn start_with(n: usize, extra: &[&str]) -> LocalCluster {
         let ports: Vec<String> = (0..n).map(|_| free_addr()).collect();
-        let voters: Vec<String> = ports.iter().enumerate().map(|(i, a)| format!("{}@{a}", i + 1)).collect();
-        let voters = voters.join(",");
-        let nodes = (0..n)
-            .map(|i| {
-                let id = (i + 1).to_string();
-                let rack = format!("r{}", i + 1);
-                BrokerProcess::start(&[
-                    "--node-id",
-                    &id,
-                    "--cluster-listen",
-                    &ports[i],
-                    "--controller-quorum-voters",
-                    &voters,
-                    "--broker-rack",
-                    &rack,
-                    "--broker-heartbeat-interval-ms",
-                    "200",
-                    "--broker-session-timeout-ms",
-                    "2000",
-                ])
-            })
-            .collect();
-        LocalCluster { nodes }
+        let voters = |_: usize| -> String {
+            ports.iter().enumerate().map(|(i, a)| format!("{}@{a}", i + 1)).collect::<Vec<_>>().join(",")
+        };
+        let nodes = (0..n).map(|i| start_node(i, &ports[i], &voters(i), extra)).collect();
+        LocalCluster { nodes, links: BTreeMap::new() }
+    }
+
+    /// `start_with`, every node dialing every other through a [`LinkProxy`] of its own (a
+    /// node's voter list names the proxies as the other voters' addresses), so that tests can
+    /// cut, blackhole or delay any directed link.
+    pub fn start_proxied(n: usize, extra: &[&str]) -> LocalCluster {
+        let ports: Vec<String> = (0..n).map(|_| free_addr()).collect();
+        let mut links = BTreeMap::new();
+        for from in 0..n {
+            for to in (0..n).filter(|t| *t != from) {
+                links.insert((from, to), LinkProxy::start(Some(&ports[to])).expect("start a link proxy"));
+            }
+        }
+        let voters = |me: usize| -> String {
+            (0..n)
+                .map(|j| {
+                    let addr = if j == me { ports[j].clone() } else { links[&(me, j)].addr() };
+                    format!("{}@{addr}", j + 1)
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let nodes = (0..n).map(|i| start_node(i, &ports[i], &voters(i), extra)).collect();
+        LocalCluster { nodes, links }
+    }
+
+    /// Sets every link to and from node index `i` to `mode` (`Pass` heals it).
+    pub fn isolate(&self, i: usize, mode: LinkMode) {
+        for ((from, to), link) in &self.links {
+            if *from == i || *to == i {
+                link.set_mode(mode);
+            }
+        }
     }
 
     /// Waits until every node lists every broker and names a controller: the cluster takes
@@ -65,12 +88,43 @@ impl LocalCluster {
         self.nodes.iter().map(|n| n.bootstrap()).collect::<Vec<_>>().join(",")
     }
 
-    /// (partition, leader id, in-sync replica count) of `topic` as node index `i` shows them.
+    /// (partition, leader id, in-sync replica count) of `topic` as node index `i` shows them;
+    /// nothing while that node refuses Metadata (it lost contact with the controller quorum).
     pub fn leaders(&self, i: usize, topic: &str) -> Vec<(i32, i32, usize)> {
-        let t = topic_metadata(&mut self.conn(i), topic, false);
+        let mut req = MetadataRequest::default();
+        req.topics = Some(vec![metadata_request::MetadataRequestTopic::default()
+            .with_name(Some(TopicName(kafka_protocol::protocol::StrBytes::from_string(topic.to_string()))))]);
+        let Some(r): Option<MetadataResponse> = self.conn(i).try_call(ApiKey::Metadata, 12, &req) else {
+            return Vec::new();
+        };
+        let Some(t) = r.topics.into_iter().next() else { return Vec::new() };
         let mut v: Vec<(i32, i32, usize)> =
             t.partitions.iter().map(|p| (p.partition_index, p.leader_id.0, p.isr_nodes.len())).collect();
         v.sort();
         v
     }
+}
+
+/// Node index `i` (id `i + 1`, rack `r{i+1}`) with its cluster port and voter list. Liveness is
+/// tightened (heartbeats every 200 ms, fenced after 2 s) so that tests see a dead broker fenced
+/// quickly.
+fn start_node(i: usize, cluster_listen: &str, voters: &str, extra: &[&str]) -> BrokerProcess {
+    let id = (i + 1).to_string();
+    let rack = format!("r{}", i + 1);
+    let mut args = vec![
+        "--node-id",
+        &id,
+        "--cluster-listen",
+        cluster_listen,
+        "--controller-quorum-voters",
+        voters,
+        "--broker-rack",
+        &rack,
+        "--broker-heartbeat-interval-ms",
+        "200",
+        "--broker-session-timeout-ms",
+        "2000",
+    ];
+    args.extend_from_slice(extra);
+    BrokerProcess::start(&args)
 }

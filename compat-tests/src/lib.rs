@@ -452,6 +452,16 @@ impl RawConn {
         R::decode(&mut frame, version).expect("decode response")
     }
 
+    /// `call`, or None when the broker closes the connection instead of answering (a cluster
+    /// node that lost contact with the controller quorum does so to Metadata).
+    pub fn try_call<Q: Encodable, R: Decodable>(&mut self, key: ApiKey, version: i16, req: &Q) -> Option<R> {
+        let id = self.send(key, version, req);
+        let mut frame = self.recv_frame()?;
+        let header = ResponseHeader::decode(&mut frame, key.response_header_version(version)).expect("response header");
+        assert_eq!(header.correlation_id, id, "responses must come back in request order");
+        Some(R::decode(&mut frame, version).expect("decode response"))
+    }
+
     pub fn call<Q: Encodable, R: Decodable>(&mut self, key: ApiKey, version: i16, req: &Q) -> R {
         let id = self.send(key, version, req);
         self.recv(key, version, id)

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use fjord_compat_tests::checker::{check, History, Outcome};
 use fjord_compat_tests::cluster::LocalCluster;
 use fjord_compat_tests::jepsen::{create_topic, now_ns, read_back, Run, Workload};
+use fjord_compat_tests::proxy::LinkMode;
 use fjord_compat_tests::wait_until;
 use fjord_compat_tests::wire::{batch, fetch, list_offset, produce, produce_request, topic_metadata};
 use kafka_protocol::messages::{ApiKey, ProduceResponse};
@@ -32,17 +33,25 @@ fn records(fetched: &Option<Bytes>) -> Vec<(i64, Bytes)> {
         .collect()
 }
 
-/// Node index of partition `p`'s leader once every node shows one leader with `isr` in sync.
+/// Node index of partition `p`'s leader once every node of `alive` shows one live leader with
+/// at least `isr` replicas in sync.
 fn leader_of(cluster: &LocalCluster, alive: &[usize], topic: &str, p: i32, isr: usize) -> usize {
-    let mut leader = -1;
-    wait_until(DEADLINE, "one leader shown by every live node", || {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
         let views: Vec<_> = alive.iter().map(|i| cluster.leaders(*i, topic)).collect();
         let first = views[0].iter().find(|(idx, ..)| *idx == p).copied();
-        leader = first.map_or(-1, |(_, l, _)| l);
-        first.is_some_and(|(_, l, n)| l >= 1 && n >= isr && alive.contains(&((l - 1) as usize)))
-            && views.iter().all(|v| v.iter().find(|(idx, ..)| *idx == p) == first.as_ref())
-    });
-    (leader - 1) as usize
+        if let Some((_, l, n)) = first {
+            if l >= 1
+                && n >= isr
+                && alive.contains(&((l - 1) as usize))
+                && views.iter().all(|v| v.iter().find(|(idx, ..)| *idx == p) == first.as_ref())
+            {
+                return (l - 1) as usize;
+            }
+        }
+        assert!(Instant::now() < deadline, "partition {p}: no leader every live node shows: {views:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Reads partition `p` from `from` until `n` records are there (the high watermark covers
@@ -206,4 +215,80 @@ fn acknowledged_records_survive_the_loss_of_partition_leaders() {
     assert_eq!(report.unknown, 0, "every record got an answer");
     assert!(verdict.stats.acked as u64 >= (2 * KILLS as u64 + 1) * ACKS_PER_CYCLE, "{verdict}");
     assert_eq!(verdict.stats.acked as u64, report.acked);
+}
+
+/// Faults of the network rather than the process: the node leading a partition is cut off from
+/// the other nodes (its connections reset) or blackholed (its packets silently held) while
+/// clients still reach it, and then healed. Its writes can no longer commit; the others elect
+/// new leaders, the producers move to them, and when the node returns it drops what it wrote
+/// alone. No acknowledged record may be lost, duplicated or reordered.
+#[test]
+fn acknowledged_records_survive_network_partitions_of_leaders() {
+    let started = Instant::now();
+    let cluster = LocalCluster::start_proxied(NODES, &[]);
+    cluster.wait_formed(DEADLINE);
+    let topic = "jepsen-partitions";
+    create_topic(&cluster.bootstrap(), topic, PARTITIONS, 3).expect("create topic");
+    let all: Vec<usize> = (0..NODES).collect();
+    for p in 0..PARTITIONS {
+        leader_of(&cluster, &all, topic, p, 3);
+    }
+    let mut w = Workload::new(&cluster.bootstrap(), topic, PARTITIONS, PRODUCERS);
+    // A write to a cut-off leader is answered REQUEST_TIMED_OUT after this long, and retried
+    // against the new leader, instead of after librdkafka's default 30 s.
+    w.overrides = vec![("request.timeout.ms".into(), "3000".into())];
+    let work = tempfile::tempdir().expect("temp dir");
+    let history = work.path().join("history.jsonl");
+    let run = Run::start(&w, &history).expect("start the workload");
+    let mut faults_ns = Vec::new();
+    for cycle in 0..KILLS {
+        run.wait_acked(run.acked() + ACKS_PER_CYCLE, DEADLINE).unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        let partition = cycle as i32 % PARTITIONS;
+        let victim = leader_of(&cluster, &all, topic, partition, 3);
+        let mode = if cycle % 2 == 0 { LinkMode::Cut } else { LinkMode::Blackhole };
+        wait_until(Duration::from_secs(10), "records in flight", || run.in_flight() > 0);
+        cluster.isolate(victim, mode);
+        faults_ns.push(now_ns());
+        run.log_fault(&format!("{mode:?} node {}", victim + 1));
+        println!("cycle {cycle}: {mode:?} node {} with {} acknowledged", victim + 1, run.acked());
+        // The others elect a new leader of the partition it led while it is cut off, and the
+        // producers carry on.
+        let alive: Vec<usize> = all.iter().copied().filter(|i| *i != victim).collect();
+        let next = leader_of(&cluster, &alive, topic, partition, 2);
+        assert_ne!(next, victim);
+        run.wait_acked(run.acked() + ACKS_PER_CYCLE, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("cycle {cycle}: no progress with node {} cut off: {e}", victim + 1));
+        cluster.isolate(victim, LinkMode::Pass);
+        run.log_fault(&format!("healed node {}", victim + 1));
+        for p in 0..PARTITIONS {
+            leader_of(&cluster, &all, topic, p, 3);
+        }
+    }
+    run.wait_acked(run.acked() + ACKS_PER_CYCLE, DEADLINE).expect("acks after the last heal");
+    let report = run.stop(DEADLINE).expect("stop the workload");
+    println!("clients: {report:?}");
+    let read = read_back(&w, &history, DEADLINE).expect("read back");
+    let h = History::load(&history).expect("a well-formed history");
+    let verdict = check(&h);
+    println!("{read} records read back in {:?}\n{verdict}", started.elapsed());
+    if !verdict.is_valid() || !report.fatal.is_empty() {
+        let kept = work.keep();
+        panic!(
+            "the checker failed (history kept at {}):\nfatal client errors: {:?}\n{verdict}",
+            kept.join("history.jsonl").display(),
+            report.fatal
+        );
+    }
+    // Records in flight when a node was cut off were acknowledged afterwards (by the new
+    // leader, or the old one once healed): the producers' retries crossed the faults.
+    let crossed = h
+        .ops
+        .iter()
+        .filter(|op| matches!(op.outcome, Outcome::Ok { .. }))
+        .filter(|op| faults_ns.iter().any(|f| op.invoke_ns < *f && op.complete_ns.is_some_and(|c| c > *f)))
+        .count();
+    println!("{crossed} records were sent before a fault and acknowledged after it");
+    assert!(crossed > 0, "no record crossed a fault");
+    assert_eq!(report.unknown, 0, "every record got an answer");
+    assert!(verdict.stats.acked as u64 >= (2 * KILLS as u64 + 1) * ACKS_PER_CYCLE, "{verdict}");
 }

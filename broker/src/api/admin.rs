@@ -168,7 +168,7 @@ pub async fn delete_topics(
                 let mut r = mk!(DeletableTopicResult { name: name.as_deref().map(topic_name), topic_id: id });
                 match resolved.and_then(|n| b.topics.delete(&n).map(|m| (n, m))) {
                     Ok((n, meta)) => {
-                        b.groups.forget_topic(&b.topics, &n);
+                        b.groups.forget_topic(&*b, &n);
                         r.name = Some(topic_name(&n));
                         r.topic_id = meta.id;
                     }

@@ -35,6 +35,10 @@ pub async fn heartbeat(
     req: ConsumerGroupHeartbeatRequest,
 ) -> Option<ConsumerGroupHeartbeatResponse> {
     let group_id = req.group_id.0.to_string();
+    // In a cluster the group belongs to the leader of its `__consumer_offsets` partition.
+    if let Err(e) = broker.groups.serves(&group_id) {
+        return Some(mk!(ConsumerGroupHeartbeatResponse { error_code: e.code(), member_epoch: -1 }));
+    }
     if req.subscribed_topic_regex.as_ref().is_some_and(|r| !r.is_empty()) {
         // Better a clear error than a member that silently gets nothing.
         return Some(mk!(ConsumerGroupHeartbeatResponse {
@@ -62,7 +66,7 @@ pub async fn heartbeat(
                 .as_ref()
                 .map(|tps| tps.iter().flat_map(|t| t.partitions.iter().map(move |p| (t.topic_id, *p))).collect()),
         };
-        Some(broker.consumer_groups.heartbeat(&broker.topics, hb))
+        Some(broker.consumer_groups.heartbeat(&*broker, hb))
     };
     let Some(r) = result else {
         let msg = "the group uses the classic protocol";

@@ -26,7 +26,7 @@ use super::metadata::{str, topic_name};
 use super::{acl, code};
 use crate::config::FsyncPolicy;
 use crate::connection::PEER;
-use crate::coordinator::classic::{CommittedOffset, GroupState, JoinRequest, Reply};
+use crate::coordinator::classic::{java_hash, CommittedOffset, GroupState, JoinRequest, Reply, OFFSETS_TOPIC};
 use crate::server::{now_ms, Broker};
 
 fn group_id(s: &str) -> GroupId {
@@ -39,37 +39,80 @@ pub async fn find_coordinator(
     req: FindCoordinatorRequest,
 ) -> Option<FindCoordinatorResponse> {
     let version = h.request_api_version;
-    // This broker coordinates every group (key type 0) and transaction (1).
-    let (error, message) = match req.key_type {
-        0 | 1 => (None, None),
-        _ => (Some(ResponseError::InvalidRequest), Some("unknown coordinator key type")),
+    let keys: Vec<String> = if version >= 4 {
+        req.coordinator_keys.iter().map(|k| k.to_string()).collect()
+    } else {
+        vec![req.key.to_string()]
     };
-    let node = if error.is_none() { broker.node_id } else { -1 };
-    let (host, port) =
-        if error.is_none() { (str(&broker.advertised_host), broker.advertised_port) } else { (str(""), -1) };
+    let mut found = Vec::with_capacity(keys.len());
+    for key in &keys {
+        found.push(locate(&broker, req.key_type, key).await);
+    }
     if version >= 4 {
         let coordinators = req
             .coordinator_keys
             .iter()
-            .map(|k| {
+            .zip(found)
+            .map(|(k, f)| {
+                let (node, host, port, error, message) = answer(f);
                 mk!(Coordinator {
                     key: k.clone(),
                     node_id: BrokerId(node),
-                    host: host.clone(),
+                    host: str(&host),
                     port: port,
                     error_code: code(error),
-                    error_message: message.map(str)
+                    error_message: message.map(|m| str(&m))
                 })
             })
             .collect();
         return Some(mk!(FindCoordinatorResponse { coordinators: coordinators }));
     }
+    let (node, host, port, error, message) = answer(found.pop().unwrap_or(Err((ResponseError::InvalidRequest, None))));
     let mut resp =
-        mk!(FindCoordinatorResponse { error_code: code(error), node_id: BrokerId(node), host: host, port: port });
+        mk!(FindCoordinatorResponse { error_code: code(error), node_id: BrokerId(node), host: str(&host), port: port });
     if version >= 1 {
-        resp.error_message = message.map(str);
+        resp.error_message = message.map(|m| str(&m));
     }
     Some(resp)
+}
+
+/// A coordinator (node, host, port), or the error and message a client gets.
+type Located = Result<(i32, String, i32), (ResponseError, Option<String>)>;
+
+fn answer(found: Located) -> (i32, String, i32, Option<ResponseError>, Option<String>) {
+    match found {
+        Ok((node, host, port)) => (node, host, port, None, None),
+        Err((e, message)) => (-1, String::new(), -1, Some(e), message),
+    }
+}
+
+/// Where the coordinator of `key` is. A single node coordinates every group (key type 0) and
+/// transaction (1) itself. In a cluster, a group's coordinator is the leader of its partition
+/// of the replicated `__consumer_offsets` (created on the first lookup, as Kafka does);
+/// transactions are still coordinated by the node asked.
+async fn locate(broker: &Broker, key_type: i8, key: &str) -> Located {
+    let me = Ok((broker.node_id, broker.advertised_host.clone(), broker.advertised_port));
+    match (key_type, &broker.cluster) {
+        (0, Some(cluster)) => {
+            let not_yet = |why: String| Err((ResponseError::CoordinatorNotAvailable, Some(why)));
+            let count = match cluster.partition_count(OFFSETS_TOPIC) {
+                Some(n) => n,
+                None => {
+                    if let Err(e) = cluster.ensure_internal_topic(OFFSETS_TOPIC, broker.groups.partitions()).await {
+                        return not_yet(format!("cannot create {OFFSETS_TOPIC}: {}", e.message));
+                    }
+                    return not_yet(format!("{OFFSETS_TOPIC} is being created"));
+                }
+            };
+            let p = (java_hash(key) & 0x7fff_ffff) % count.max(1);
+            match cluster.leader_address(OFFSETS_TOPIC, p) {
+                Some(found) => Ok(found),
+                None => not_yet(format!("{OFFSETS_TOPIC} partition {p} has no leader yet")),
+            }
+        }
+        (0 | 1, _) => me,
+        _ => Err((ResponseError::InvalidRequest, Some("unknown coordinator key type".to_string()))),
+    }
 }
 
 pub async fn join_group(broker: Arc<Broker>, h: &RequestHeader, req: JoinGroupRequest) -> Option<JoinGroupResponse> {
@@ -132,7 +175,7 @@ pub async fn sync_group(broker: Arc<Broker>, h: &RequestHeader, req: SyncGroupRe
     let version = h.request_api_version;
     let assignments = req.assignments.iter().map(|a| (a.member_id.to_string(), a.assignment.clone())).collect();
     let result = match broker.groups.sync(
-        &broker.topics,
+        &*broker,
         &req.group_id.0,
         req.generation_id,
         (&req.member_id, req.group_instance_id.as_deref()),
@@ -279,7 +322,7 @@ pub(super) async fn commit_offsets(
         Some(e) => vec![Some(e); wanted.len()],
         None => {
             let durable = broker.config.fsync != FsyncPolicy::Never;
-            broker.groups.commit(&broker.topics, &group, wanted, durable).await
+            broker.groups.commit(broker, &group, wanted, durable).await
         }
     };
     let mut results = results.into_iter();
@@ -378,7 +421,12 @@ pub async fn offset_fetch(
                         mk!(OffsetFetchResponseTopics { name: topic_name(&t), partitions: partitions })
                     })
                     .collect();
-                mk!(OffsetFetchResponseGroup { group_id: g.group_id.clone(), topics: topics })
+                let mut group = mk!(OffsetFetchResponseGroup { group_id: g.group_id.clone(), topics: topics });
+                if let Err(e) = broker.groups.serves(&g.group_id.0) {
+                    group.topics.clear();
+                    group.error_code = e.code();
+                }
+                group
             })
             .collect();
         return Some(mk!(OffsetFetchResponse { groups: groups }));
@@ -413,7 +461,15 @@ pub async fn offset_fetch(
             mk!(OffsetFetchResponseTopic { name: topic_name(&t), partitions: partitions })
         })
         .collect();
-    Some(mk!(OffsetFetchResponse { topics: topics }))
+    let mut resp = mk!(OffsetFetchResponse { topics: topics });
+    // Before v2 a response has no group error: such an old client sees no offsets.
+    if let Err(e) = broker.groups.serves(&req.group_id.0) {
+        resp.topics.clear();
+        if version >= 2 {
+            resp.error_code = e.code();
+        }
+    }
+    Some(resp)
 }
 
 pub async fn list_groups(broker: Arc<Broker>, h: &RequestHeader, req: ListGroupsRequest) -> Option<ListGroupsResponse> {
@@ -469,6 +525,9 @@ pub async fn describe_groups(
         .groups
         .iter()
         .map(|gid| {
+            if let Err(e) = broker.groups.serves(&gid.0) {
+                return mk!(DescribedGroup { group_id: gid.clone(), error_code: e.code() });
+            }
             broker.groups.with_group(&gid.0, |g| match g {
                 // Kafka describes an unknown group as Dead with no error.
                 None => mk!(DescribedGroup { group_id: gid.clone(), group_state: str("Dead") }),
@@ -521,9 +580,9 @@ pub async fn delete_groups(
                 Some(Err(e)) => Some(e),
                 // A KIP-848 group may have no committed offsets to delete.
                 Some(Ok(())) => {
-                    broker.groups.delete_group(&broker.topics, &g.0).filter(|e| *e != ResponseError::GroupIdNotFound)
+                    broker.groups.delete_group(&*broker, &g.0).filter(|e| *e != ResponseError::GroupIdNotFound)
                 }
-                None => broker.groups.delete_group(&broker.topics, &g.0),
+                None => broker.groups.delete_group(&*broker, &g.0),
             };
             mk!(delete_groups_response::DeletableGroupResult { group_id: g.clone(), error_code: code(err) })
         })
@@ -566,7 +625,7 @@ pub async fn offset_delete(
         .iter()
         .flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.to_string(), p.partition_index)))
         .collect();
-    match broker.groups.delete_offsets(&broker.topics, &req.group_id.0, &parts, &subscribed) {
+    match broker.groups.delete_offsets(&*broker, &req.group_id.0, &parts, &subscribed) {
         Err(e) => Some(mk!(OffsetDeleteResponse { error_code: e.code() })),
         Ok(results) => {
             let mut results = results.into_iter();

@@ -7,12 +7,14 @@
 //! transaction lands in the same partition.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use fjord_replication::partition::produce::ProduceError;
 use fjord_storage::batch::{build_batch, build_batch_as, Producer};
-use fjord_storage::PartitionLog;
+use fjord_storage::{AppendInfo, PartitionLog};
 use kafka_protocol::error::ResponseError;
 use tokio::sync::oneshot;
 
@@ -21,6 +23,41 @@ use crate::internal_topic;
 use crate::leadership::{coordinator_error, LeaderGuard, Leadership, NO_EPOCH};
 use crate::server::now_ms;
 use crate::topics::Topics;
+
+/// How long a replicated coordinator write may take before its requester is answered
+/// REQUEST_TIMED_OUT (the write itself goes on).
+const REPLICATED_WRITE_WAIT: Duration = Duration::from_secs(15);
+
+/// A coordinator write on its way to the log: appended to this node's log (to sync when the
+/// answer must be durable), or queued to the partition's Raft group (durable once committed).
+pub(crate) enum Written {
+    Local(Arc<PartitionLog>, i64),
+    Replicated(oneshot::Receiver<Result<AppendInfo, ProduceError>>),
+}
+
+impl Written {
+    /// Waits until the write is as durable as the answer needs: the local fsync when `durable`,
+    /// or the replicas' commit (always).
+    pub(crate) async fn settled(self, durable: bool) -> Result<(), ResponseError> {
+        match self {
+            Written::Local(log, upto) if durable => log.sync(upto).await.map_err(|_| ResponseError::KafkaStorageError),
+            Written::Local(..) => Ok(()),
+            Written::Replicated(rx) => match tokio::time::timeout(REPLICATED_WRITE_WAIT, rx).await {
+                Ok(Ok(Ok(_))) => Ok(()),
+                Ok(Ok(Err(ProduceError::Log(fjord_storage::LogError::InvalidProducerEpoch { .. })))) => {
+                    Err(ResponseError::ProducerFenced)
+                }
+                // Leadership moved (or the group stopped): the client finds the new coordinator.
+                Ok(Ok(Err(ProduceError::NotLeader))) | Ok(Err(_)) => Err(ResponseError::NotCoordinator),
+                Ok(Ok(Err(ProduceError::TimedOut(_)))) | Err(_) => Err(ResponseError::RequestTimedOut),
+                Ok(Ok(Err(e))) => {
+                    tracing::error!(error = %e, "cannot write to {OFFSETS_TOPIC}");
+                    Err(ResponseError::KafkaStorageError)
+                }
+            },
+        }
+    }
+}
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// Kafka's group.min.session.timeout.ms and group.max.session.timeout.ms.
@@ -191,7 +228,11 @@ pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Group>>,
     /// Transactional offset commits by producer id, until their marker.
     pending_txn: Mutex<HashMap<i64, Vec<PendingOffset>>>,
-    partitions: i32,
+    partitions: AtomicI32,
+    /// In a cluster, the partitions of `__consumer_offsets` this node leads and has loaded,
+    /// with the leader epoch it loaded them at: only their groups are served here. None on a
+    /// single node, which serves every group.
+    serving: Option<Mutex<HashMap<i32, i32>>>,
     /// Kafka's `group.initial.rebalance.delay.ms`.
     initial_rebalance_delay: Duration,
 }
@@ -208,7 +249,8 @@ impl GroupCoordinator {
         let coord = GroupCoordinator {
             groups: Mutex::new(HashMap::new()),
             pending_txn: Mutex::new(HashMap::new()),
-            partitions,
+            partitions: AtomicI32::new(partitions),
+            serving: None,
             initial_rebalance_delay: Duration::ZERO,
         };
         for p in 0..partitions {
@@ -228,6 +270,88 @@ impl GroupCoordinator {
         Ok(coord)
     }
 
+    /// The coordinator of a cluster node: `__consumer_offsets` is a replicated topic of the
+    /// cluster with `partitions` partitions, and this node serves the groups of the partitions
+    /// it leads, from the time it loaded them (`take_over`) until it no longer leads them
+    /// (`give_up`).
+    pub fn clustered(partitions: i32) -> GroupCoordinator {
+        GroupCoordinator {
+            groups: Mutex::new(HashMap::new()),
+            pending_txn: Mutex::new(HashMap::new()),
+            partitions: AtomicI32::new(partitions.max(1)),
+            serving: Some(Mutex::new(HashMap::new())),
+            initial_rebalance_delay: Duration::ZERO,
+        }
+    }
+
+    pub fn partitions(&self) -> i32 {
+        self.partitions.load(Ordering::Relaxed)
+    }
+
+    /// The partition count of the cluster's `__consumer_offsets` as created (it may have been
+    /// created by a node configured with another count).
+    pub fn set_partitions(&self, partitions: i32) {
+        self.partitions.store(partitions.max(1), Ordering::Relaxed);
+    }
+
+    fn serving(&self) -> Option<MutexGuard<'_, HashMap<i32, i32>>> {
+        self.serving.as_ref().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Whether this node coordinates `group` now: NOT_COORDINATOR sends the client to look the
+    /// coordinator up again.
+    pub fn serves(&self, group: &str) -> Result<(), ResponseError> {
+        match self.serving() {
+            Some(s) if !s.contains_key(&self.partition_for(group)) => Err(ResponseError::NotCoordinator),
+            _ => Ok(()),
+        }
+    }
+
+    /// The leader epoch at which partition `p` was loaded, when it is served here.
+    pub fn serving_epoch(&self, p: i32) -> Option<i32> {
+        self.serving().and_then(|s| s.get(&p).copied())
+    }
+
+    /// Starts serving partition `p`, which this node now leads at `epoch`: its groups are
+    /// rebuilt from `log` (whatever was in memory for them is dropped first).
+    pub fn take_over(&self, p: i32, epoch: i32, log: &PartitionLog) -> anyhow::Result<()> {
+        self.give_up(p);
+        self.replay(log, p)?;
+        if let Some(mut s) = self.serving() {
+            s.insert(p, epoch);
+        }
+        tracing::info!(partition = p, epoch, "coordinating the groups of {OFFSETS_TOPIC} partition {p}");
+        Ok(())
+    }
+
+    /// Stops serving partition `p` and forgets its groups (another node leads it now). Members
+    /// waiting for a rebalance get NOT_COORDINATOR.
+    pub fn give_up(&self, p: i32) {
+        let was = self.serving().and_then(|mut s| s.remove(&p));
+        let dropped: Vec<Group> = {
+            let mut groups = self.lock();
+            let ids: Vec<String> = groups.keys().filter(|g| self.partition_for(g) == p).cloned().collect();
+            ids.into_iter().filter_map(|g| groups.remove(&g)).collect()
+        };
+        for mut g in dropped {
+            for m in g.members.values_mut() {
+                if let Some(tx) = m.join_tx.take() {
+                    let _ = tx.send(JoinResult::error(ResponseError::NotCoordinator, &m.member_id));
+                }
+                if let Some(tx) = m.sync_tx.take() {
+                    let _ = tx.send(SyncResult::error(ResponseError::NotCoordinator));
+                }
+            }
+        }
+        self.pending().retain(|_, list| {
+            list.retain(|o| o.log_partition != p);
+            !list.is_empty()
+        });
+        if was.is_some() {
+            tracing::info!(partition = p, "no longer coordinating the groups of {OFFSETS_TOPIC} partition {p}");
+        }
+    }
+
     /// Sets `group.initial.rebalance.delay.ms`: the first rebalance of an
     /// empty group waits this long for the members that start with the
     /// first one, so they land in one generation instead of one each.
@@ -241,7 +365,7 @@ impl GroupCoordinator {
     }
 
     pub fn partition_for(&self, group: &str) -> i32 {
-        (java_hash(group) & 0x7fff_ffff) % self.partitions.max(1)
+        (java_hash(group) & 0x7fff_ffff) % self.partitions().max(1)
     }
 
     /// Replays one partition; true if it held records of the old JSON format.
@@ -250,7 +374,9 @@ impl GroupCoordinator {
         internal_topic::replay(log, |batch, r| {
             if batch.is_control() {
                 // Key: version (2 bytes), type (2 bytes: 0 abort, 1 commit).
-                if let Some(k) = r.key.as_ref().filter(|k| k.len() >= 4) {
+                // (A replicated log also holds Raft's own control batches: leader changes and
+                // memberships, of other types.)
+                if let Some(k) = r.key.as_ref().filter(|k| k.len() >= 4 && k[2] == 0 && k[3] <= 1) {
                     self.complete_txn(batch.producer_id, k[3] == 1, log_partition);
                 }
                 return;
@@ -315,7 +441,7 @@ impl GroupCoordinator {
     /// effect when the transaction commits (`complete_txn`).
     pub async fn txn_commit(
         &self,
-        topics: &Arc<Topics>,
+        topics: &dyn Leadership,
         group_id: &str,
         producer: (i64, i16),
         offsets: Vec<(String, i32, CommittedOffset)>,
@@ -360,31 +486,43 @@ impl GroupCoordinator {
     /// and returns the log and offset to sync to.
     fn persist(
         &self,
-        topics: &Topics,
+        topics: &dyn Leadership,
         group: &str,
         records: &[(Vec<u8>, Option<Vec<u8>>)],
-    ) -> Result<(Arc<PartitionLog>, i64), ResponseError> {
+    ) -> Result<Written, ResponseError> {
         self.persist_as(topics, group, records, None)
     }
 
     /// `persist`, as a transactional batch of `producer` when given.
     fn persist_as(
         &self,
-        topics: &Topics,
+        topics: &dyn Leadership,
         group: &str,
         records: &[(Vec<u8>, Option<Vec<u8>>)],
         producer: Option<(i64, i16)>,
-    ) -> Result<(Arc<PartitionLog>, i64), ResponseError> {
-        let LeaderGuard { log, epoch: leader_epoch, .. } =
-            topics.lead(OFFSETS_TOPIC, self.partition_for(group), NO_EPOCH).map_err(coordinator_error)?;
+    ) -> Result<Written, ResponseError> {
+        let p = self.partition_for(group);
+        let LeaderGuard { log, epoch: leader_epoch, raft } =
+            topics.lead(OFFSETS_TOPIC, p, NO_EPOCH).map_err(coordinator_error)?;
         let kv: Vec<fjord_storage::batch::KeyValue<'_>> =
             records.iter().map(|(k, v)| (Some(k.as_slice()), v.as_deref())).collect();
-        let appended = match producer {
-            None => log.append(&build_batch(0, now_ms(), &kv), leader_epoch, now_ms()),
+        let batch = match producer {
+            None => build_batch(0, now_ms(), &kv),
             Some((id, epoch)) => {
                 let p = Producer { id, epoch, base_sequence: -1, transactional: true };
-                log.append_from_coordinator(&build_batch_as(0, now_ms(), &kv, Some(p)), leader_epoch, now_ms())
+                build_batch_as(0, now_ms(), &kv, Some(p))
             }
+        };
+        if self.serving.is_some() {
+            // In a cluster, only through the partition's group, and only at the epoch this
+            // node loaded the partition at: what is in memory was decided in that term.
+            let loaded = self.serving_epoch(p).ok_or(ResponseError::NotCoordinator)?;
+            let w = raft.filter(|_| loaded == leader_epoch).ok_or(ResponseError::NotCoordinator)?;
+            return Ok(Written::Replicated(w.proposer.enqueue(&w.raft, &log, batch, loaded, REPLICATED_WRITE_WAIT)));
+        }
+        let appended = match producer {
+            None => log.append(&batch, leader_epoch, now_ms()),
+            Some(_) => log.append_from_coordinator(&batch, leader_epoch, now_ms()),
         };
         let info = appended.map_err(|e| match e {
             fjord_storage::LogError::InvalidProducerEpoch { .. } => ResponseError::ProducerFenced,
@@ -393,7 +531,7 @@ impl GroupCoordinator {
                 ResponseError::KafkaStorageError
             }
         })?;
-        Ok((log, info.last_offset + 1))
+        Ok(Written::Local(log, info.last_offset + 1))
     }
 
     fn group_record(group_id: &str, g: &Group) -> (Vec<u8>, Option<Vec<u8>>) {
@@ -403,6 +541,9 @@ impl GroupCoordinator {
     pub fn join(self: &Arc<Self>, req: JoinRequest) -> Reply<JoinResult> {
         if req.group_id.is_empty() {
             return Reply::Now(JoinResult::error(ResponseError::InvalidGroupId, &req.member_id));
+        }
+        if let Err(e) = self.serves(&req.group_id) {
+            return Reply::Now(JoinResult::error(e, &req.member_id));
         }
         if !(MIN_SESSION_MS..=MAX_SESSION_MS).contains(&req.session_timeout_ms) {
             return Reply::Now(JoinResult::error(ResponseError::InvalidSessionTimeout, &req.member_id));
@@ -693,7 +834,7 @@ impl GroupCoordinator {
     #[allow(clippy::too_many_arguments)]
     pub fn sync(
         self: &Arc<Self>,
-        topics: &Arc<Topics>,
+        topics: &dyn Leadership,
         group_id: &str,
         generation: i32,
         member: (&str, Option<&str>),
@@ -702,6 +843,9 @@ impl GroupCoordinator {
         assignments: Vec<(String, Bytes)>,
     ) -> Reply<SyncResult> {
         let (member_id, instance_id) = member;
+        if let Err(e) = self.serves(group_id) {
+            return Reply::Now(SyncResult::error(e));
+        }
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(group_id) else {
             return Reply::Now(SyncResult::error(ResponseError::UnknownMemberId));
@@ -784,6 +928,9 @@ impl GroupCoordinator {
         member_id: &str,
         instance_id: Option<&str>,
     ) -> Option<ResponseError> {
+        if let Err(e) = self.serves(group_id) {
+            return Some(e);
+        }
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(group_id) else { return Some(ResponseError::UnknownMemberId) };
         if Self::fenced(group, member_id, instance_id) {
@@ -810,6 +957,9 @@ impl GroupCoordinator {
         group_id: &str,
         members: &[(String, Option<String>)],
     ) -> (Option<ResponseError>, Vec<Option<ResponseError>>) {
+        if let Err(e) = self.serves(group_id) {
+            return (Some(e), Vec::new());
+        }
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(group_id) else {
             return (
@@ -913,7 +1063,7 @@ impl GroupCoordinator {
     /// commit). A group left with nothing is forgotten. `in_use` tells which
     /// groups have members this coordinator does not see (KIP-848 groups keep
     /// their membership elsewhere): their offsets stay.
-    pub fn expire_offsets(&self, topics: &Topics, retention_ms: i64, in_use: impl Fn(&str) -> bool) {
+    pub fn expire_offsets(&self, topics: &dyn Leadership, retention_ms: i64, in_use: impl Fn(&str) -> bool) {
         let now = now_ms();
         let mut groups = self.lock();
         let ids: Vec<String> = groups.keys().cloned().collect();
@@ -961,7 +1111,7 @@ impl GroupCoordinator {
 
     /// Forgets every group's committed offsets of a deleted topic, as Kafka
     /// does, so a new topic of the same name starts clean.
-    pub fn forget_topic(&self, topics: &Topics, topic: &str) {
+    pub fn forget_topic(&self, topics: &dyn Leadership, topic: &str) {
         let mut groups = self.lock();
         for (gid, group) in groups.iter_mut() {
             let doomed: Vec<(String, i32)> = group.offsets.keys().filter(|(t, _)| t == topic).cloned().collect();
@@ -997,6 +1147,9 @@ impl GroupCoordinator {
         instance_id: Option<&str>,
         transactional: bool,
     ) -> Option<ResponseError> {
+        if let Err(e) = self.serves(group_id) {
+            return Some(e);
+        }
         let groups = self.lock();
         let Some(group) = groups.get(group_id) else {
             return if generation < 0 { None } else { Some(ResponseError::IllegalGeneration) };
@@ -1023,7 +1176,7 @@ impl GroupCoordinator {
     /// Writes committed offsets and applies them once they are in the log.
     pub async fn commit(
         &self,
-        topics: &Arc<Topics>,
+        topics: &dyn Leadership,
         group_id: &str,
         offsets: Vec<(String, i32, CommittedOffset)>,
         durable: bool,
@@ -1037,7 +1190,7 @@ impl GroupCoordinator {
     /// offset gets its error.
     async fn write_offsets(
         &self,
-        topics: &Arc<Topics>,
+        topics: &dyn Leadership,
         group_id: &str,
         offsets: Vec<(String, i32, CommittedOffset)>,
         producer: Option<(i64, i16)>,
@@ -1092,8 +1245,7 @@ impl GroupCoordinator {
             }
         }
         let outcome = match written {
-            Ok((log, upto)) if durable => log.sync(upto).await.map_err(|_| ResponseError::KafkaStorageError),
-            Ok(_) => Ok(()),
+            Ok(w) => w.settled(durable).await,
             Err(e) => Err(e),
         };
         if let Err(e) = outcome {
@@ -1119,7 +1271,10 @@ impl GroupCoordinator {
 
     /// Deletes an empty group and its offsets (GROUP_ID_NOT_FOUND,
     /// NON_EMPTY_GROUP otherwise).
-    pub fn delete_group(&self, topics: &Topics, group_id: &str) -> Option<ResponseError> {
+    pub fn delete_group(&self, topics: &dyn Leadership, group_id: &str) -> Option<ResponseError> {
+        if let Err(e) = self.serves(group_id) {
+            return Some(e);
+        }
         let mut groups = self.lock();
         let Some(group) = groups.get(group_id) else { return Some(ResponseError::GroupIdNotFound) };
         if !group.members.is_empty() {
@@ -1138,11 +1293,12 @@ impl GroupCoordinator {
     /// Deletes committed offsets of partitions the group does not consume.
     pub fn delete_offsets(
         &self,
-        topics: &Topics,
+        topics: &dyn Leadership,
         group_id: &str,
         parts: &[(String, i32)],
         subscribed: &HashSet<String>,
     ) -> Result<Vec<Option<ResponseError>>, ResponseError> {
+        self.serves(group_id)?;
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(group_id) else { return Err(ResponseError::GroupIdNotFound) };
         let mut results = Vec::new();
@@ -1207,7 +1363,8 @@ mod tests {
             GroupCoordinator {
                 groups: Mutex::new(HashMap::new()),
                 pending_txn: Mutex::new(HashMap::new()),
-                partitions: 1,
+                partitions: AtomicI32::new(1),
+                serving: None,
                 initial_rebalance_delay: Duration::ZERO,
             }
             .with_initial_rebalance_delay(initial_delay),
@@ -1367,6 +1524,47 @@ mod tests {
         assert_eq!(groups["kip848"].offsets.len(), 1, "a group with members elsewhere keeps its offsets");
     }
 
+    /// A cluster node's coordinator serves only the partitions it took over: before, and after
+    /// giving one up, its groups get NOT_COORDINATOR; taking over loads them from the log.
+    #[tokio::test]
+    async fn a_clustered_coordinator_serves_what_it_took_over_and_forgets_what_it_gave_up() {
+        let (_dir, topics, single) = with_topics();
+        topics.create("t", 1, BTreeMap::new(), false).unwrap();
+        let c = CommittedOffset { offset: 42, leader_epoch: 3, metadata: Some("m".into()), commit_ms: now_ms() };
+        let results = single.commit(&*topics, "g", vec![("t".into(), 0, c.clone())], true).await;
+        assert_eq!(results, vec![None]);
+        let log = topics.log(OFFSETS_TOPIC, 0).unwrap();
+
+        let coord = Arc::new(GroupCoordinator::clustered(1));
+        assert_eq!(coord.serves("g"), Err(ResponseError::NotCoordinator));
+        assert_eq!(coord.heartbeat("g", 1, "m", None), Some(ResponseError::NotCoordinator));
+        let refused = answered_now(coord.join(JoinRequest {
+            group_id: "g".into(),
+            member_id: String::new(),
+            instance_id: None,
+            client_id: "c".into(),
+            client_host: "h".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 10_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::new())],
+            require_known_member_id: false,
+        }));
+        assert_eq!(refused.error, Some(ResponseError::NotCoordinator));
+
+        coord.take_over(0, 7, &log).unwrap();
+        assert_eq!(coord.serves("g"), Ok(()));
+        assert_eq!(coord.serving_epoch(0), Some(7));
+        assert_eq!(coord.fetch_offsets("g").get(&("t".to_string(), 0)).map(|o| o.offset), Some(42));
+        // Not led through a Raft group here: a write is refused rather than made locally.
+        let write = coord.commit(&*topics, "g", vec![("t".into(), 0, c)], true).await;
+        assert_eq!(write, vec![Some(ResponseError::NotCoordinator)]);
+
+        coord.give_up(0);
+        assert_eq!(coord.serves("g"), Err(ResponseError::NotCoordinator));
+        assert!(coord.fetch_offsets("g").is_empty(), "the group is forgotten");
+    }
+
     /// A coordinator over a real `__consumer_offsets` (SyncGroup records
     /// the generation there), without a broker process.
     fn with_topics() -> (tempfile::TempDir, Arc<Topics>, Arc<GroupCoordinator>) {
@@ -1408,7 +1606,7 @@ mod tests {
         assignments: &[(&str, &'static [u8])],
     ) -> Reply<SyncResult> {
         let given = assignments.iter().map(|(m, a)| (m.to_string(), Bytes::from_static(a))).collect();
-        c.sync(topics, "g", generation, (member, None), Some("consumer"), Some("range"), given)
+        c.sync(&**topics, "g", generation, (member, None), Some("consumer"), Some("range"), given)
     }
 
     fn later<T>(r: Reply<T>) -> oneshot::Receiver<T> {

@@ -12,6 +12,30 @@ use uuid::Uuid;
 
 use crate::topics::Topics;
 
+/// What assignors need of a topic: its id and partition count.
+pub trait TopicShapes {
+    fn shape(&self, name: &str) -> Option<(Uuid, i32)>;
+}
+
+impl TopicShapes for Topics {
+    fn shape(&self, name: &str) -> Option<(Uuid, i32)> {
+        self.topic(name).map(|m| (m.id, m.partitions))
+    }
+}
+
+/// A cluster's topics first, then the node's own.
+impl TopicShapes for crate::server::Broker {
+    fn shape(&self, name: &str) -> Option<(Uuid, i32)> {
+        if let Some(found) = self.cluster.as_ref().and_then(|c| {
+            let count = c.partition_count(name)?;
+            Some((c.read(|m| m.topic(name).map(|t| t.id))?, count))
+        }) {
+            return Some(found);
+        }
+        self.topics.shape(name)
+    }
+}
+
 pub type TopicPartition = (Uuid, i32);
 
 pub const ASSIGNORS: [&str; 2] = ["uniform", "range"];
@@ -182,12 +206,12 @@ impl ConsumerGroups {
         self.lock().contains_key(group_id)
     }
 
-    fn metadata(topics: &Topics, group: &CgGroup) -> Vec<(String, Uuid, i32)> {
+    fn metadata(topics: &dyn TopicShapes, group: &CgGroup) -> Vec<(String, Uuid, i32)> {
         let names: BTreeSet<&String> = group.members.values().flat_map(|m| m.subscribed.iter()).collect();
-        names.into_iter().filter_map(|n| topics.topic(n).map(|meta| (n.clone(), meta.id, meta.partitions))).collect()
+        names.into_iter().filter_map(|n| topics.shape(n).map(|(id, count)| (n.clone(), id, count))).collect()
     }
 
-    pub fn heartbeat(&self, topics: &Topics, req: HeartbeatRequest) -> HeartbeatResult {
+    pub fn heartbeat(&self, topics: &dyn TopicShapes, req: HeartbeatRequest) -> HeartbeatResult {
         if req.group_id.is_empty() {
             return HeartbeatResult::error(ResponseError::InvalidRequest, "group id is empty", &req.member_id);
         }
@@ -438,7 +462,7 @@ mod tests {
 
     fn heartbeat(
         groups: &ConsumerGroups,
-        topics: &Topics,
+        topics: &dyn TopicShapes,
         member_id: &str,
         member_epoch: i32,
         owned: Option<&BTreeSet<TopicPartition>>,

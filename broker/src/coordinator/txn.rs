@@ -442,7 +442,7 @@ impl TxnCoordinator {
         if meta.state != TxnState::Ongoing || !meta.partitions.contains(&part) {
             return Err(ResponseError::InvalidTxnState);
         }
-        Ok(self.groups.txn_commit(&self.topics, group, producer, offsets, self.durable).await)
+        Ok(self.groups.txn_commit(&*self.topics, group, producer, offsets, self.durable).await)
     }
 
     /// EndTxn: commit or abort the open transaction. A retry of an end that
