@@ -97,6 +97,7 @@ pub fn spawn(
     controller: Arc<Controller<NodeMachine>>,
     config: ApplierConfig,
 ) -> Vec<TaskGuard> {
+    let config_replicas = config.replicas.clone();
     let applier = {
         let (node, controller) = (node.clone(), controller.clone());
         TaskGuard::spawn(async move {
@@ -109,10 +110,11 @@ pub fn spawn(
             }
         })
     };
+    let replicas = config_replicas;
     let reporter = TaskGuard::spawn(async move {
         loop {
             tokio::time::sleep(REPORT_INTERVAL).await;
-            report(&node, &controller).await;
+            report(&node, &controller, &replicas).await;
         }
     });
     vec![applier, reporter]
@@ -236,7 +238,7 @@ async fn reconcile(node: &ReplicaNode<NodeMachine>, controller: &Controller<Node
 }
 
 /// Reports the groups this node leads whose leader, epoch or ISR the metadata does not show.
-async fn report(node: &ReplicaNode<NodeMachine>, controller: &Controller<NodeMachine>) {
+async fn report(node: &ReplicaNode<NodeMachine>, controller: &Controller<NodeMachine>, replicas: &Replicas) {
     let my_id = node.id();
     let Ok(reporter) = i32::try_from(my_id) else { return };
     let mut reports = Vec::new();
@@ -249,8 +251,10 @@ async fn report(node: &ReplicaNode<NodeMachine>, controller: &Controller<NodeMac
             continue;
         }
         let Ok(epoch) = i32::try_from(m.current_term) else { continue };
-        let isr: Vec<i32> =
-            partition::produce::in_sync(&raft, my_id).into_iter().filter_map(|n| i32::try_from(n).ok()).collect();
+        let isr: Vec<i32> = match replicas.get(group) {
+            Some(r) => r.proposer.in_sync(&raft, my_id).into_iter().filter_map(|n| i32::try_from(n).ok()).collect(),
+            None => continue,
+        };
         let recorded = controller.machine().read(|m| {
             m.partition(group).map(|p| p.leader == Some(reporter) && p.leader_epoch == epoch && p.isr == isr)
         });

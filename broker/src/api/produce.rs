@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fjord_replication::partition::produce::{in_sync, ProduceError};
+use fjord_replication::partition::produce::ProduceError;
 
 use fjord_storage::batch::BatchHeader;
 use kafka_protocol::error::ResponseError;
@@ -94,7 +94,7 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
             let cfg = log.config();
             let min_isr = cfg.min_insync_replicas;
             let replicas_in_sync = match (&raft, &broker.cluster) {
-                (Some(w), Some(c)) => in_sync(&w.raft, c.node_id()).len(),
+                (Some(w), Some(c)) => w.proposer.in_sync(&w.raft, c.node_id()).len(),
                 _ => 1,
             };
             if acks == -1 && min_isr > 1 && replicas_in_sync < min_isr as usize {

@@ -53,6 +53,8 @@ pub struct Proposer {
     /// The ordered queue of the broker's own writes (`enqueue`), started on first use; its task
     /// ends when the proposer is dropped.
     queue: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<Queued>>>,
+    /// When each follower last held everything committed (see `in_sync`).
+    caught_up: std::sync::Mutex<std::collections::HashMap<NodeId, tokio::time::Instant>>,
 }
 
 /// A queued write: its payload, the leader epoch it was decided at, and who waits for it.
@@ -260,36 +262,51 @@ where
     i32::try_from(m.current_term).ok()
 }
 
-/// Kafka's `replica.lag.time.max.ms` default: a follower that has not answered the leader for
-/// this long is out of sync, even when it held everything committed when it went quiet.
+/// Kafka's `replica.lag.time.max.ms` default: a follower that has not caught up with the
+/// leader, or not answered it, for this long is out of sync.
 pub const REPLICA_LAG_MAX: Duration = Duration::from_secs(30);
 
-/// The replicas in sync with the leader `me` of a group: itself and each follower that holds
-/// every committed entry and answered the leader within `REPLICA_LAG_MAX`. Empty when `me`
-/// does not lead.
-pub fn in_sync<SM>(raft: &Raft<SM>, me: NodeId) -> Vec<NodeId>
-where
-    SM: RaftStateMachine<TypeConfig>,
-{
-    let m = raft.metrics();
-    let m = m.borrow_watched();
-    if m.state != ServerState::Leader {
-        return Vec::new();
-    }
-    let committed = m.local_committed.as_ref().map(|c| c.index());
-    let mut isr = vec![me];
-    if let Some(replication) = &m.replication {
-        for (follower, matched) in replication {
-            let answered = m
-                .heartbeat
-                .as_ref()
-                .and_then(|h| h.get(follower).copied().flatten())
-                .is_some_and(|at| openraft::Instant::elapsed(&*at) < REPLICA_LAG_MAX);
-            if *follower != me && answered && matched.as_ref().map(|l| l.index()) >= committed {
-                isr.push(*follower);
+impl Proposer {
+    /// The replicas in sync with the leader `me` of the group: itself, and each follower that
+    /// held every committed entry at some moment within `REPLICA_LAG_MAX` and has answered the
+    /// leader within it too (Kafka's `replica.lag.time.max.ms` rule). Judging by a single
+    /// moment instead would drop a busy follower whenever a write was committed without it, and
+    /// the ISR would flap under load. Each call takes a sample; the broker's leadership reporter
+    /// calls it several times a second. Empty when `me` does not lead.
+    pub fn in_sync<SM>(&self, raft: &Raft<SM>, me: NodeId) -> Vec<NodeId>
+    where
+        SM: RaftStateMachine<TypeConfig>,
+    {
+        let m = raft.metrics();
+        let m = m.borrow_watched();
+        let mut caught_up = self.caught_up.lock().unwrap_or_else(|e| e.into_inner());
+        if m.state != ServerState::Leader {
+            caught_up.clear();
+            return Vec::new();
+        }
+        let now = tokio::time::Instant::now();
+        let committed = m.local_committed.as_ref().map(|c| c.index());
+        let mut isr = vec![me];
+        if let Some(replication) = &m.replication {
+            for (follower, matched) in replication {
+                if *follower == me {
+                    continue;
+                }
+                if matched.as_ref().map(|l| l.index()) >= committed {
+                    caught_up.insert(*follower, now);
+                }
+                let answered = m
+                    .heartbeat
+                    .as_ref()
+                    .and_then(|h| h.get(follower).copied().flatten())
+                    .is_some_and(|at| openraft::Instant::elapsed(&*at) < REPLICA_LAG_MAX);
+                let recent = caught_up.get(follower).is_some_and(|t| now.duration_since(*t) < REPLICA_LAG_MAX);
+                if answered && recent {
+                    isr.push(*follower);
+                }
             }
         }
+        isr.sort_unstable();
+        isr
     }
-    isr.sort_unstable();
-    isr
 }
