@@ -89,7 +89,7 @@ fn answer(found: Located) -> (i32, String, i32, Option<ResponseError>, Option<St
 /// Where the coordinator of `key` is. A single node coordinates every group (key type 0) and
 /// transaction (1) itself. In a cluster, a group's coordinator is the leader of its partition
 /// of the replicated `__consumer_offsets` (created on the first lookup, as Kafka does);
-/// transactions are still coordinated by the node asked.
+/// transactions are refused there for now.
 async fn locate(broker: &Broker, key_type: i8, key: &str) -> Located {
     let me = Ok((broker.node_id, broker.advertised_host.clone(), broker.advertised_port));
     match (key_type, &broker.cluster) {
@@ -110,6 +110,13 @@ async fn locate(broker: &Broker, key_type: i8, key: &str) -> Located {
                 None => not_yet(format!("{OFFSETS_TOPIC} partition {p} has no leader yet")),
             }
         }
+        // Refused with a reason rather than answered with this node: its transaction
+        // coordinator could not write markers to partitions other nodes lead, so the client
+        // would retry until its transaction timed out.
+        (1, Some(_)) => Err((
+            ResponseError::InvalidRequest,
+            Some("a Fjord cluster does not coordinate transactions yet; they run on a single node".to_string()),
+        )),
         (0 | 1, _) => me,
         _ => Err((ResponseError::InvalidRequest, Some("unknown coordinator key type".to_string()))),
     }
