@@ -486,3 +486,42 @@ fn open_append(path: &Path) -> Result<File, String> {
 pub fn judge(history: &Path) -> Result<Verdict, String> {
     Ok(check(&History::load(history)?))
 }
+
+/// What a fault test's run came to once it was stopped, read back and judged.
+pub struct Judged {
+    pub report: RunReport,
+    pub verdict: Verdict,
+    /// Acknowledged records sent before one of the faults and answered after it: proof that
+    /// the clients' retries crossed the faults rather than the faults falling in quiet moments.
+    pub crossed: usize,
+}
+
+/// Stops `run`, reads every partition back into the history in `work` (`history.jsonl`) and
+/// judges it. A run the checker rejects, or whose producers died, fails the test here, with the
+/// history kept for a post-mortem. `faults_ns` are the moments (`now_ns`) the faults began.
+pub fn stop_and_judge(run: Run, w: &Workload, work: tempfile::TempDir, faults_ns: &[u64], started: Instant) -> Judged {
+    let drain = Duration::from_secs(30);
+    let report = run.stop(drain).expect("stop the workload");
+    println!("clients: {report:?}");
+    let history = work.path().join("history.jsonl");
+    let read = read_back(w, &history, drain).expect("read back");
+    let h = History::load(&history).expect("a well-formed history");
+    let verdict = check(&h);
+    println!("{read} records read back in {:?}\n{verdict}", started.elapsed());
+    if !verdict.is_valid() || !report.fatal.is_empty() {
+        let kept = work.keep();
+        panic!(
+            "the checker failed (history kept at {}):\nfatal client errors: {:?}\n{verdict}",
+            kept.join("history.jsonl").display(),
+            report.fatal
+        );
+    }
+    let crossed = h
+        .ops
+        .iter()
+        .filter(|op| matches!(op.outcome, crate::checker::Outcome::Ok { .. }))
+        .filter(|op| faults_ns.iter().any(|f| op.invoke_ns < *f && op.complete_ns.is_some_and(|c| c > *f)))
+        .count();
+    println!("{crossed} records were sent before a fault and acknowledged after it");
+    Judged { report, verdict, crossed }
+}

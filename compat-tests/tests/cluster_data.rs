@@ -9,9 +9,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fjord_compat_tests::checker::{check, History, Outcome};
 use fjord_compat_tests::cluster::LocalCluster;
-use fjord_compat_tests::jepsen::{create_topic, now_ns, read_back, Run, Workload};
+use fjord_compat_tests::jepsen::{create_topic, now_ns, stop_and_judge, Run, Workload};
 use fjord_compat_tests::proxy::LinkMode;
 use fjord_compat_tests::wait_until;
 use fjord_compat_tests::wire::{batch, fetch, list_offset, produce, produce_request, topic_metadata};
@@ -190,31 +189,11 @@ fn acknowledged_records_survive_the_loss_of_partition_leaders() {
     }
     run.wait_acked(run.acked() + ACKS_PER_CYCLE, DEADLINE).expect("acks after the last restart");
     assert!(run.tail_reads() > 0, "the tailing consumer read nothing");
-    let report = run.stop(DEADLINE).expect("stop the workload");
-    println!("clients: {report:?}");
-    let read = read_back(&w, &history, DEADLINE).expect("read back");
-    let h = History::load(&history).expect("a well-formed history");
-    let verdict = check(&h);
-    println!("{read} records read back in {:?}\n{verdict}", started.elapsed());
-    if !verdict.is_valid() || !report.fatal.is_empty() {
-        let kept = work.keep();
-        panic!(
-            "the checker failed (history kept at {}):\nfatal client errors: {:?}\n{verdict}",
-            kept.join("history.jsonl").display(),
-            report.fatal
-        );
-    }
-    let crossed = h
-        .ops
-        .iter()
-        .filter(|op| matches!(op.outcome, Outcome::Ok { .. }))
-        .filter(|op| kills_ns.iter().any(|k| op.invoke_ns < *k && op.complete_ns.is_some_and(|c| c > *k)))
-        .count();
-    println!("{crossed} records were sent before a kill and acknowledged after it");
-    assert!(crossed > 0, "no record crossed a kill");
-    assert_eq!(report.unknown, 0, "every record got an answer");
-    assert!(verdict.stats.acked as u64 >= (2 * KILLS as u64 + 1) * ACKS_PER_CYCLE, "{verdict}");
-    assert_eq!(verdict.stats.acked as u64, report.acked);
+    let j = stop_and_judge(run, &w, work, &kills_ns, started);
+    assert!(j.crossed > 0, "no record crossed a kill");
+    assert_eq!(j.report.unknown, 0, "every record got an answer");
+    assert!(j.verdict.stats.acked as u64 >= (2 * KILLS as u64 + 1) * ACKS_PER_CYCLE, "{}", j.verdict);
+    assert_eq!(j.verdict.stats.acked as u64, j.report.acked);
 }
 
 /// Faults of the network rather than the process: the node leading a partition is cut off from
@@ -238,8 +217,7 @@ fn acknowledged_records_survive_network_partitions_of_leaders() {
     // against the new leader, instead of after librdkafka's default 30 s.
     w.overrides = vec![("request.timeout.ms".into(), "3000".into())];
     let work = tempfile::tempdir().expect("temp dir");
-    let history = work.path().join("history.jsonl");
-    let run = Run::start(&w, &history).expect("start the workload");
+    let run = Run::start(&w, &work.path().join("history.jsonl")).expect("start the workload");
     let mut faults_ns = Vec::new();
     for cycle in 0..KILLS {
         run.wait_acked(run.acked() + ACKS_PER_CYCLE, DEADLINE).unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
@@ -265,30 +243,8 @@ fn acknowledged_records_survive_network_partitions_of_leaders() {
         }
     }
     run.wait_acked(run.acked() + ACKS_PER_CYCLE, DEADLINE).expect("acks after the last heal");
-    let report = run.stop(DEADLINE).expect("stop the workload");
-    println!("clients: {report:?}");
-    let read = read_back(&w, &history, DEADLINE).expect("read back");
-    let h = History::load(&history).expect("a well-formed history");
-    let verdict = check(&h);
-    println!("{read} records read back in {:?}\n{verdict}", started.elapsed());
-    if !verdict.is_valid() || !report.fatal.is_empty() {
-        let kept = work.keep();
-        panic!(
-            "the checker failed (history kept at {}):\nfatal client errors: {:?}\n{verdict}",
-            kept.join("history.jsonl").display(),
-            report.fatal
-        );
-    }
-    // Records in flight when a node was cut off were acknowledged afterwards (by the new
-    // leader, or the old one once healed): the producers' retries crossed the faults.
-    let crossed = h
-        .ops
-        .iter()
-        .filter(|op| matches!(op.outcome, Outcome::Ok { .. }))
-        .filter(|op| faults_ns.iter().any(|f| op.invoke_ns < *f && op.complete_ns.is_some_and(|c| c > *f)))
-        .count();
-    println!("{crossed} records were sent before a fault and acknowledged after it");
-    assert!(crossed > 0, "no record crossed a fault");
-    assert_eq!(report.unknown, 0, "every record got an answer");
-    assert!(verdict.stats.acked as u64 >= (2 * KILLS as u64 + 1) * ACKS_PER_CYCLE, "{verdict}");
+    let j = stop_and_judge(run, &w, work, &faults_ns, started);
+    assert!(j.crossed > 0, "no record crossed a fault");
+    assert_eq!(j.report.unknown, 0, "every record got an answer");
+    assert!(j.verdict.stats.acked as u64 >= (2 * KILLS as u64 + 1) * ACKS_PER_CYCLE, "{}", j.verdict);
 }

@@ -8,8 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use fjord_compat_tests::checker::{check, History, Outcome};
-use fjord_compat_tests::jepsen::{create_topic, now_ns, read_back, wait_for_leaders, Run, Workload};
+use fjord_compat_tests::checker::{check, History};
+use fjord_compat_tests::jepsen::{create_topic, now_ns, read_back, stop_and_judge, wait_for_leaders, Run, Workload};
 use fjord_compat_tests::proxy::LossyProxy;
 use fjord_compat_tests::{wait_until, BrokerProcess};
 
@@ -50,34 +50,13 @@ fn acknowledged_records_survive_sigkill_under_idempotent_producers() {
     // The producers get through to the restarted broker once more.
     run.wait_acked(run.acked() + ACKS_PER_CYCLE, Duration::from_secs(30)).expect("acks after the last restart");
     assert!(run.tail_reads() > 0, "the tailing consumer read nothing");
-    let report = run.stop(Duration::from_secs(20)).expect("stop the workload");
-    println!("clients: {report:?}");
-    let records = read_back(&w, &history, Duration::from_secs(30)).expect("read back");
-    let h = History::load(&history).expect("a well-formed history");
-    let verdict = check(&h);
-    println!("{records} records read back in {:?}\n{verdict}", started.elapsed());
-
-    if !verdict.is_valid() || !report.fatal.is_empty() {
-        let kept = work.keep();
-        panic!(
-            "the checker failed (history kept at {}):\nfatal client errors: {:?}\n{verdict}",
-            kept.join("history.jsonl").display(),
-            report.fatal
-        );
-    }
+    let j = stop_and_judge(run, &w, work, &kills_ns, started);
     // Records sent before a kill and acknowledged after it: the test
     // exercised the clients' retries across a crash, not a quiet restart.
-    let crossed = h
-        .ops
-        .iter()
-        .filter(|op| matches!(op.outcome, Outcome::Ok { .. }))
-        .filter(|op| kills_ns.iter().any(|k| op.invoke_ns < *k && op.complete_ns.is_some_and(|c| c > *k)))
-        .count();
-    println!("{crossed} records were sent before a kill and acknowledged after it");
-    assert!(crossed > 0, "no record crossed a kill");
-    assert_eq!(report.unknown, 0, "every record got an answer once the broker was back");
-    assert!(verdict.stats.acked as u64 >= (KILLS as u64 + 1) * ACKS_PER_CYCLE, "{verdict}");
-    assert_eq!(verdict.stats.acked as u64, report.acked);
+    assert!(j.crossed > 0, "no record crossed a kill");
+    assert_eq!(j.report.unknown, 0, "every record got an answer once the broker was back");
+    assert!(j.verdict.stats.acked as u64 >= (KILLS as u64 + 1) * ACKS_PER_CYCLE, "{}", j.verdict);
+    assert_eq!(j.verdict.stats.acked as u64, j.report.acked);
 }
 
 /// Runs the workload on a fresh topic until `acks` records are acknowledged,
