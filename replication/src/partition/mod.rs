@@ -5,6 +5,7 @@
 
 pub mod entry;
 pub mod produce;
+pub mod retention;
 
 use std::fmt::Debug;
 use std::io;
