@@ -269,6 +269,32 @@ impl ClusterNode {
         }))
     }
 
+    /// Retention of every partition replica on this node (see `partition::retention`).
+    pub async fn apply_retention(&self, now_ms: i64) {
+        for (group, replica) in self.replicas.all() {
+            let Some(raft) = self.node.group(group) else { continue };
+            match fjord_replication::partition::retention::apply(&raft, &replica.log, now_ms, RETENTION_WAIT).await {
+                Ok(Some(upto)) => tracing::info!(group, upto, "retention: purging the log up to entry {upto}"),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(group, error = %e, "retention pass failed"),
+            }
+        }
+    }
+
+    /// Whether this node is still the Raft leader of partition `index` of `topic` in term
+    /// `epoch`, whether or not it can serve right now (a leader that has not heard its quorum
+    /// for a while keeps its term, and its log, until another leader is elected).
+    pub fn raft_leader_at(&self, topic: &str, index: i32, epoch: i32) -> bool {
+        match self.replica(topic, index) {
+            Some(Some(Replica::Raft { raft, .. })) => {
+                let m = raft.metrics();
+                let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
+                m.state == openraft::ServerState::Leader && i32::try_from(m.current_term) == Ok(epoch)
+            }
+            _ => false,
+        }
+    }
+
     /// Whether `topic` is one of the cluster's internal topics (written only by brokers).
     pub fn is_internal(&self, topic: &str) -> Option<bool> {
         self.read(|m| m.topic(topic).map(|t| t.internal))
@@ -291,15 +317,22 @@ impl ClusterNode {
     }
 
     /// Asks the controller for the cluster's compacted internal topic `name` (as Kafka creates
-    /// `__consumer_offsets` on the first FindCoordinator): with the default replication factor,
-    /// or fewer replicas while fewer brokers are live, as Kafka's `offsets.topic.replication.factor`
-    /// would refuse to. Another node creating it at the same time is not an error.
+    /// `__consumer_offsets` on the first FindCoordinator), with the default replication factor.
+    /// Another node creating it at the same time is not an error.
     pub async fn ensure_internal_topic(&self, name: &str, partitions: i32) -> Result<(), TopicError> {
         if self.partition_count(name).is_some() {
             return Ok(());
         }
+        // As Kafka's offsets.topic.replication.factor: created only once that many brokers are
+        // live, never with fewer replicas for good.
         let live = self.read(|m| m.live_brokers().count());
-        let factor = i16::try_from(live).unwrap_or(i16::MAX).min(self.defaults.replication_factor).max(1);
+        let factor = self.defaults.replication_factor.max(1);
+        if live < usize::try_from(factor).unwrap_or(usize::MAX) {
+            return Err(TopicError::new(
+                ResponseError::CoordinatorNotAvailable,
+                format!("{name} needs {factor} live brokers and {live} are live"),
+            ));
+        }
         let mut configs = std::collections::BTreeMap::new();
         configs.insert("cleanup.policy".to_string(), "compact".to_string());
         configs.insert("segment.bytes".to_string(), (100 * 1024 * 1024).to_string());
@@ -323,6 +356,9 @@ impl ClusterNode {
         self.node.id()
     }
 }
+
+/// How long a retention pass waits for a replica's snapshot.
+const RETENTION_WAIT: Duration = Duration::from_secs(30);
 
 /// How long a request waits for the controller: longer than an election.
 const SUBMIT_WAIT: Duration = Duration::from_secs(10);

@@ -143,6 +143,14 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         shutdown: shutdown_rx.clone(),
         config,
     });
+    if broker.cluster.is_some() {
+        // Weak: the coordinator is part of the broker it asks.
+        let weak = Arc::downgrade(&broker);
+        broker.groups.set_leadership_check(Box::new(move |p, epoch| {
+            weak.upgrade()
+                .is_some_and(|b| b.lead(OFFSETS_TOPIC, p, NO_EPOCH).is_ok_and(|g| g.raft.is_some() && g.epoch == epoch))
+        }));
+    }
     if let Some(addr) = &broker.config.metrics_listen {
         let addr: SocketAddr = addr.parse().map_err(|e| anyhow::anyhow!("bad metrics_listen {addr}: {e}"))?;
         metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -174,6 +182,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         )),
         tokio::spawn(session_expiry_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(coordinator_placement_loop(broker.clone(), shutdown_rx.clone())),
+        tokio::spawn(replicated_retention_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(mapped_pages_loop(broker.clone(), shutdown_rx.clone(), mapped_baseline)),
         tokio::spawn(transaction_expiry_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(flush_loop(broker.clone(), shutdown_rx)),
@@ -244,6 +253,19 @@ async fn session_expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<
     }
 }
 
+/// In a cluster: retention of the partition replicas, every `log.retention.check.interval.ms`.
+async fn replicated_retention_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let Some(cluster) = &broker.cluster else { return };
+    loop {
+        let every = Duration::from_millis(broker.config.log_retention_check_interval_ms.max(10));
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        cluster.apply_retention(now_ms()).await;
+    }
+}
+
 /// In a cluster: the group coordinator serves the partitions of `__consumer_offsets` this node
 /// leads. A partition is loaded from its log when this node starts leading it (or leads it at a
 /// new epoch) and dropped when it stops.
@@ -270,8 +292,17 @@ async fn coordinator_placement_loop(broker: Arc<Broker>, mut shutdown: watch::Re
                     }
                 }
                 Some(_) => {}
-                None if broker.groups.serving_epoch(p).is_some() => broker.groups.give_up(p),
-                None => {}
+                // Dropped only once another term began: a leader that merely has not heard
+                // its quorum lately keeps its groups (their writes wait or fail meanwhile), so
+                // that hearing it again does not reload them from a log that its own queued
+                // writes may still be reaching.
+                None => {
+                    if let Some(epoch) = broker.groups.serving_epoch(p) {
+                        if !cluster.raft_leader_at(OFFSETS_TOPIC, p, epoch) {
+                            broker.groups.give_up(p);
+                        }
+                    }
+                }
             }
         }
     }

@@ -248,3 +248,93 @@ fn acknowledged_records_survive_network_partitions_of_leaders() {
     assert_eq!(j.report.unknown, 0, "every record got an answer");
     assert!(j.verdict.stats.acked as u64 >= (2 * KILLS as u64 + 1) * ACKS_PER_CYCLE, "{}", j.verdict);
 }
+
+/// The first four bytes (the record number) of each record partition 0 of `topic` holds on
+/// node index `from`, read from its log start.
+fn retained(cluster: &LocalCluster, from: usize, topic: &str) -> Vec<String> {
+    let mut got = Vec::new();
+    wait_until(DEADLINE, "the retained records readable", || {
+        let start = fjord_compat_tests::wire::list_offset(&mut cluster.conn(from), topic, 0, -2);
+        let end = fjord_compat_tests::wire::list_offset(&mut cluster.conn(from), topic, 0, -1);
+        got.clear();
+        // A fetch answers from one segment at a time: read on to the end.
+        let mut at = start;
+        while at < end {
+            let r = fetch(&mut cluster.conn(from), topic, 0, at, false);
+            if r.error_code != 0 || r.records.as_ref().is_none_or(|b| b.is_empty()) {
+                return false;
+            }
+            let mut buf = r.records.clone().unwrap_or_default();
+            let sets = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut buf).expect("batches");
+            // A read starts at the batch holding `at`: records before it were read already.
+            let from = at;
+            for rec in sets.into_iter().flat_map(|set| set.records) {
+                if !rec.control && rec.offset >= from {
+                    got.push((rec.offset, rec.value.unwrap_or_default()));
+                }
+                at = at.max(rec.offset + 1);
+            }
+        }
+        !got.is_empty() && got.iter().all(|(o, _)| *o >= start)
+    });
+    got.iter().map(|(_, v)| String::from_utf8_lossy(&v[..4]).into_owned()).collect()
+}
+
+/// Retention on a replicated partition: every replica lets go of the segments retention.bytes
+/// expires, through Raft (a snapshot covering them, then a purge of the Raft log), keeping the
+/// newest records readable at their offsets, on the leader and on whichever replica leads next.
+#[test]
+fn retention_deletes_old_segments_on_every_replica() {
+    let mut cluster = LocalCluster::start_with(NODES, &["--log-retention-check-interval-ms", "200"]);
+    cluster.wait_formed(DEADLINE);
+    let topic = "short-lived";
+    let configs = [("segment.bytes", "4096"), ("retention.bytes", "8192")];
+    let created = fjord_compat_tests::wire::create_topic(&mut cluster.conn(0), topic, 1, &configs);
+    assert_eq!(created.topics[0].error_code, 0, "{:?}", created.topics[0].error_message);
+    let all: Vec<usize> = (0..NODES).collect();
+    let leader = leader_of(&cluster, &all, topic, 0, 3);
+    let value = |i: usize| format!("{i:04}{}", "x".repeat(1020));
+    const RECORDS: usize = 60;
+    for i in 0..RECORDS {
+        let v = value(i);
+        let (code, _) = produce(&mut cluster.conn(leader), topic, 0, batch(&[v.as_bytes()], 1_000));
+        assert_eq!(code, 0, "record {i}");
+    }
+    // Each replica's directory of the partition, and its segment files.
+    let segments = |i: usize| -> usize {
+        let dir = std::fs::read_dir(cluster.nodes[i].data_dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .find(|e| e.file_name().to_string_lossy().starts_with(&format!("{topic}-0.g")))
+            .expect("a replica directory")
+            .path();
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .count()
+    };
+    wait_until(DEADLINE, "the log start to move on the leader and segments to go on every replica", || {
+        fjord_compat_tests::wire::list_offset(&mut cluster.conn(leader), topic, 0, -2) > 0
+            && all.iter().all(|i| segments(*i) <= 4)
+    });
+    // 60 KiB in 4 KiB segments: without retention each replica would hold about 15.
+    println!("segments per replica: {:?}", all.iter().map(|i| segments(*i)).collect::<Vec<_>>());
+
+    // What is left is the newest records, in order, at their offsets, from the leader and from
+    // the next leader alike.
+    let kept = retained(&cluster, leader, topic);
+    assert!(!kept.is_empty() && kept.len() < RECORDS, "{} records kept", kept.len());
+    let expected: Vec<String> = (RECORDS - kept.len()..RECORDS).map(|i| format!("{i:04}")).collect();
+    assert_eq!(kept, expected, "the newest records, in order");
+    cluster.nodes[leader].kill9();
+    let alive: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
+    let next = leader_of(&cluster, &alive, topic, 0, 2);
+    let after = retained(&cluster, next, topic);
+    // Its own retention may have kept a little more or less; what it has is a run of the
+    // newest records ending where the old leader's did.
+    let first: usize = after[0].parse().unwrap();
+    let run: Vec<String> = (first..RECORDS).map(|i| format!("{i:04}")).collect();
+    assert_eq!(after, run, "the new leader's records, in order");
+    assert_eq!(after.last(), expected.last(), "the new leader ends where the old one did");
+}

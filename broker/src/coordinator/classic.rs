@@ -24,6 +24,9 @@ use crate::leadership::{coordinator_error, LeaderGuard, Leadership, NO_EPOCH};
 use crate::server::now_ms;
 use crate::topics::Topics;
 
+/// Whether this node leads a partition of `__consumer_offsets` at an epoch, now.
+pub type LeadershipCheck = Box<dyn Fn(i32, i32) -> bool + Send + Sync>;
+
 /// How long a replicated coordinator write may take before its requester is answered
 /// REQUEST_TIMED_OUT (the write itself goes on).
 const REPLICATED_WRITE_WAIT: Duration = Duration::from_secs(15);
@@ -233,6 +236,9 @@ pub struct GroupCoordinator {
     /// with the leader epoch it loaded them at: only their groups are served here. None on a
     /// single node, which serves every group.
     serving: Option<Mutex<HashMap<i32, i32>>>,
+    /// In a cluster: whether this node leads partition `p` at epoch `e` now (and so may serve
+    /// the groups it loaded at `e`); set once the broker exists.
+    leads_now: std::sync::OnceLock<LeadershipCheck>,
     /// Kafka's `group.initial.rebalance.delay.ms`.
     initial_rebalance_delay: Duration,
 }
@@ -251,6 +257,7 @@ impl GroupCoordinator {
             pending_txn: Mutex::new(HashMap::new()),
             partitions: AtomicI32::new(partitions),
             serving: None,
+            leads_now: std::sync::OnceLock::new(),
             initial_rebalance_delay: Duration::ZERO,
         };
         for p in 0..partitions {
@@ -280,6 +287,7 @@ impl GroupCoordinator {
             pending_txn: Mutex::new(HashMap::new()),
             partitions: AtomicI32::new(partitions.max(1)),
             serving: Some(Mutex::new(HashMap::new())),
+            leads_now: std::sync::OnceLock::new(),
             initial_rebalance_delay: Duration::ZERO,
         }
     }
@@ -301,10 +309,24 @@ impl GroupCoordinator {
     /// Whether this node coordinates `group` now: NOT_COORDINATOR sends the client to look the
     /// coordinator up again.
     pub fn serves(&self, group: &str) -> Result<(), ResponseError> {
-        match self.serving() {
-            Some(s) if !s.contains_key(&self.partition_for(group)) => Err(ResponseError::NotCoordinator),
+        let p = self.partition_for(group);
+        let loaded = match self.serving() {
+            None => return Ok(()),
+            Some(s) => s.get(&p).copied(),
+        };
+        match (loaded, self.leads_now.get()) {
+            (None, _) => Err(ResponseError::NotCoordinator),
+            // Loaded, but this node cannot serve the partition at that epoch right now (it is
+            // cut off from its followers, or another term began): the group is kept loaded,
+            // and the client looks the coordinator up again.
+            (Some(epoch), Some(leads)) if !leads(p, epoch) => Err(ResponseError::NotCoordinator),
             _ => Ok(()),
         }
+    }
+
+    /// Sets the check `serves` makes of live leadership (a cluster's broker sets it).
+    pub fn set_leadership_check(&self, check: LeadershipCheck) {
+        let _ = self.leads_now.set(check);
     }
 
     /// The leader epoch at which partition `p` was loaded, when it is served here.
@@ -893,21 +915,47 @@ impl GroupCoordinator {
                     }
                     group.state = GroupState::Stable;
                     let record = Self::group_record(group_id, group);
-                    for m in group.members.values_mut() {
-                        if let Some(tx) = m.sync_tx.take() {
-                            let _ = tx.send(SyncResult {
+                    let answers: Vec<(oneshot::Sender<SyncResult>, SyncResult)> = group
+                        .members
+                        .values_mut()
+                        .filter_map(|m| {
+                            let tx = m.sync_tx.take()?;
+                            let result = SyncResult {
                                 error: None,
                                 protocol_type: group.protocol_type.clone(),
                                 protocol_name: group.protocol.clone(),
                                 assignment: m.assignment.clone(),
-                            });
-                        }
-                    }
+                            };
+                            Some((tx, result))
+                        })
+                        .collect();
                     tracing::info!(group = group_id, generation = group.generation, "rebalance: group is stable");
                     drop(groups);
-                    // The generation is recorded so it keeps rising across restarts.
-                    if let Err(e) = self.persist(topics, group_id, &[record]) {
-                        tracing::warn!(group = group_id, error = ?e, "could not record group generation");
+                    // The generation is recorded so it keeps rising across restarts. In a
+                    // cluster the members hear of their assignments only once the record is
+                    // committed, as Kafka answers SyncGroup after its append: a coordinator
+                    // that can no longer write (another node leads the partition now) must not
+                    // complete a rebalance the new coordinator knows nothing of.
+                    match self.persist(topics, group_id, &[record]) {
+                        Ok(Written::Replicated(written)) => {
+                            tokio::spawn(async move {
+                                let outcome = Written::Replicated(written).settled(true).await;
+                                for (tx, result) in answers {
+                                    let _ = tx.send(match outcome {
+                                        Ok(()) => result,
+                                        Err(e) => SyncResult::error(e),
+                                    });
+                                }
+                            });
+                        }
+                        written => {
+                            if let Err(e) = written {
+                                tracing::warn!(group = group_id, error = ?e, "could not record group generation");
+                            }
+                            for (tx, result) in answers {
+                                let _ = tx.send(result);
+                            }
+                        }
                     }
                 }
                 Reply::Later(rx)
@@ -1365,6 +1413,7 @@ mod tests {
                 pending_txn: Mutex::new(HashMap::new()),
                 partitions: AtomicI32::new(1),
                 serving: None,
+                leads_now: std::sync::OnceLock::new(),
                 initial_rebalance_delay: Duration::ZERO,
             }
             .with_initial_rebalance_delay(initial_delay),

@@ -249,6 +249,11 @@ impl ClusterMetadata {
         let Some(topic) = self.topic(name) else {
             return err(ErrorCode::UnknownTopicOrPartition, format!("Topic '{name}' does not exist"));
         };
+        // A group's or transaction's partition of an internal topic is a hash modulo its count:
+        // more partitions would strand everything recorded so far.
+        if topic.internal {
+            return err(ErrorCode::InvalidRequest, format!("Internal topic '{name}' cannot get more partitions"));
+        }
         let current = topic.partitions.len();
         if count < 0 || (count as usize) <= current {
             let msg = if count as usize == current {

@@ -220,6 +220,12 @@ impl<SM: RaftStateMachine<TypeConfig>> Controller<SM> {
             if m.state != ServerState::Leader {
                 return Attempt::NotLeader(m.current_leader.filter(|l| *l != self.node_id));
             }
+            // A leader its quorum has not answered for a session timeout answers nothing, not
+            // even a heartbeat it could answer from memory: a broker cut off along with it
+            // must notice that it lost the controller.
+            if self.quorum_silent(&m) {
+                return Attempt::NotLeader(None);
+            }
             m.current_term
         };
         self.fresh_view(term);
@@ -461,14 +467,17 @@ impl<SM: RaftStateMachine<TypeConfig>> Controller<SM> {
         }
         // The quorum's leader answers its own heartbeats: it is in touch only while the other
         // voters answer it.
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
+        let m = self.raft.metrics().borrow_watched().clone();
+        m.state == openraft::ServerState::Leader && self.quorum_silent(&m)
+    }
+
+    /// Whether this node, leading the quorum, has gone a session timeout (and at least
+    /// `QUORUM_SILENCE`, as an idle quorum hears its followers only through group heartbeats)
+    /// without its other voters answering. A lone voter is its own quorum.
+    fn quorum_silent(&self, m: &openraft::RaftMetrics<TypeConfig>) -> bool {
         let voters = m.membership_config.membership().voter_ids().count();
-        m.state == openraft::ServerState::Leader
-            && voters > 1
-            && m.last_quorum_acked
-                .as_ref()
-                .is_some_and(|t| openraft::Instant::elapsed(&**t) > self.liveness.session_timeout)
+        let window = self.liveness.session_timeout.max(crate::partition::produce::QUORUM_SILENCE);
+        voters > 1 && m.last_quorum_acked.as_ref().is_some_and(|t| openraft::Instant::elapsed(&**t) > window)
     }
 
     /// The handler of `RPC_SUBMIT` for `ReplicaNode::set_services`.

@@ -329,13 +329,15 @@ fn delete_topic_removes_partitions_and_group_ids_are_never_reused() {
 }
 
 #[test]
-fn internal_topics_cannot_be_deleted() {
+fn internal_topics_cannot_be_deleted_or_given_more_partitions() {
     let mut s = cluster(1, &[]);
     let req = NewTopic { internal: true, ..new_topic("__consumer_offsets", 2, 1) };
     let r = s.propose_create_topic(&req, Uuid::from_u128(5), DEFAULTS, &AnyConfig).unwrap();
     ok(&mut s, r);
     assert!(s.topic("__consumer_offsets").unwrap().internal);
     assert_eq!(s.propose_delete_topic("__consumer_offsets").unwrap_err().code, ErrorCode::InvalidRequest);
+    let more = s.propose_create_partitions("__consumer_offsets", 3, None).unwrap_err();
+    assert_eq!(more.code, ErrorCode::InvalidRequest);
 }
 
 #[test]

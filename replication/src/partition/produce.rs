@@ -60,9 +60,11 @@ pub struct Proposer {
 /// A queued write: its payload, the leader epoch it was decided at, and who waits for it.
 type Queued = (Bytes, i32, tokio::sync::oneshot::Sender<Result<AppendInfo, ProduceError>>);
 
-/// How long a leader may go without a quorum's answer and still serve: a few group heartbeats
-/// (one a second), so that an idle but healthy partition never trips it.
-pub const QUORUM_SILENCE: Duration = Duration::from_secs(3);
+/// How long a leader may go without a quorum's answer and still serve. An idle partition hears
+/// its followers only through the group heartbeats (one a second, each given up after a short
+/// timeout), so this allows for many of them to be slow on a loaded machine: a false alarm
+/// sends producers away and makes a coordinator drop its groups.
+pub const QUORUM_SILENCE: Duration = Duration::from_secs(10);
 
 /// How often a wait for the high watermark looks again at whether this replica still leads.
 const RECHECK: Duration = Duration::from_millis(100);
@@ -255,8 +257,10 @@ where
     // A leader cut off from its followers keeps its Raft state until it hears of a higher
     // term, but can commit nothing: once no quorum has answered it for a while, clients are
     // sent to look for the leader the others have elected instead of waiting out timeouts here.
+    // (openraft stamps a lone voter's quorum clock only when it is elected: it is its own quorum.)
+    let alone = m.membership_config.membership().voter_ids().count() <= 1;
     let heard = m.last_quorum_acked.as_ref().is_some_and(|t| openraft::Instant::elapsed(&**t) < QUORUM_SILENCE);
-    if !heard {
+    if !(alone || heard) {
         return None;
     }
     i32::try_from(m.current_term).ok()
