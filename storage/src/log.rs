@@ -1751,39 +1751,6 @@ impl PartitionLog {
         Ok(dropped)
     }
 
-    /// Retention on a replicated log: the last Raft index of the closed segments that
-    /// retention.ms or retention.bytes would delete, all committed, for Raft to purge up to (a
-    /// replicated log loses data only through Raft's purge, `drop_raft_segments_upto`). The
-    /// active segment always stays. None when nothing is due.
-    pub fn raft_retention_point(&self, now_ms: i64) -> Option<u64> {
-        let inner = self.read_inner();
-        let cfg = &inner.config;
-        if !cfg.delete || inner.raft.is_empty() {
-            return None;
-        }
-        let mut size = inner.size() as i64;
-        let n = inner.segments.len();
-        let mut point = None;
-        for (i, seg) in inner.segments.values().enumerate() {
-            if i + 1 == n || seg.is_empty() || seg.next_offset > inner.hw {
-                break;
-            }
-            let by_time =
-                cfg.retention_ms >= 0 && seg.max_timestamp >= 0 && now_ms - seg.max_timestamp > cfg.retention_ms;
-            let by_size = cfg.retention_bytes >= 0 && size - seg.size() as i64 >= cfg.retention_bytes;
-            if !(by_time || by_size) {
-                break;
-            }
-            size -= seg.size() as i64;
-            // A segment without entries (data a snapshot brought) goes with the next one that
-            // has some.
-            if let Some(last) = inner.raft.get(&seg.base_offset).and_then(|idx| idx.last_index()) {
-                point = Some(last);
-            }
-        }
-        point
-    }
-
     /// Removes everything at and after `offset` (replica divergence). The
     /// cut is durable when this returns: the truncated segment's data and
     /// indexes are synced, then the directory (later segments unlinked, a

@@ -5,7 +5,6 @@
 
 pub mod entry;
 pub mod produce;
-pub mod retention;
 
 use std::fmt::Debug;
 use std::io;
