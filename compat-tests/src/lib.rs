@@ -178,6 +178,37 @@ impl BrokerProcess {
         self.child = Some(child);
     }
 
+    /// SIGSTOP: the process stops where it is, its sockets open and silent.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let c = self.child.as_ref().expect("broker running");
+        // SAFETY: plain kill(2) on a child we own and have not reaped.
+        unsafe {
+            libc::kill(c.id() as i32, sig);
+        }
+    }
+
+    /// Empties the data dir of a stopped broker: its disk was lost.
+    pub fn wipe(&mut self) {
+        assert!(self.child.is_none(), "stop the broker before wiping its data");
+        for entry in std::fs::read_dir(self.data_dir.path()).expect("data dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).expect("remove");
+            } else {
+                std::fs::remove_file(&path).expect("remove");
+            }
+        }
+    }
+
     /// SIGKILL: no flush, no clean shutdown.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -248,3 +248,59 @@ fn acknowledged_records_survive_network_partitions_of_leaders() {
     assert_eq!(j.report.unknown, 0, "every record got an answer");
     assert!(j.verdict.stats.acked as u64 >= (2 * KILLS as u64 + 1) * ACKS_PER_CYCLE, "{}", j.verdict);
 }
+
+/// Process faults other than a kill: the leading node paused (SIGSTOP) while the others elect
+/// new leaders, then resumed to find it no longer leads (it steps down and drops what it wrote
+/// alone); and a node whose disk was lost, restarted empty, filled again by the others.
+#[test]
+fn acknowledged_records_survive_a_paused_leader_and_a_lost_disk() {
+    let started = Instant::now();
+    let mut cluster = LocalCluster::start(NODES);
+    cluster.wait_formed(DEADLINE);
+    let topic = "jepsen-pause-wipe";
+    create_topic(&cluster.bootstrap(), topic, PARTITIONS, 3).expect("create topic");
+    let all: Vec<usize> = (0..NODES).collect();
+    for p in 0..PARTITIONS {
+        leader_of(&cluster, &all, topic, p, 3);
+    }
+    let mut w = Workload::new(&cluster.bootstrap(), topic, PARTITIONS, PRODUCERS);
+    // A request to the paused node is given up after this long, instead of librdkafka's 30 s.
+    w.overrides = vec![("request.timeout.ms".into(), "3000".into())];
+    let work = tempfile::tempdir().expect("temp dir");
+    let run = Run::start(&w, &work.path().join("history.jsonl")).expect("start the workload");
+    let mut faults_ns = Vec::new();
+    for (cycle, wipe) in [false, true, false].into_iter().enumerate() {
+        run.wait_acked(run.acked() + ACKS_PER_CYCLE, DEADLINE).unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        wait_until(Duration::from_secs(10), "records in flight", || run.in_flight() > 0);
+        let partition = cycle as i32 % PARTITIONS;
+        let victim = leader_of(&cluster, &all, topic, partition, 3);
+        if wipe {
+            cluster.nodes[victim].kill9();
+            cluster.nodes[victim].wipe();
+        } else {
+            cluster.nodes[victim].pause();
+        }
+        faults_ns.push(now_ns());
+        let what = if wipe { "lost the disk of" } else { "paused" };
+        run.log_fault(&format!("{what} node {}", victim + 1));
+        println!("cycle {cycle}: {what} node {} with {} acknowledged", victim + 1, run.acked());
+        let alive: Vec<usize> = all.iter().copied().filter(|i| *i != victim).collect();
+        assert_ne!(leader_of(&cluster, &alive, topic, partition, 2), victim);
+        run.wait_acked(run.acked() + ACKS_PER_CYCLE, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("cycle {cycle}: no progress with node {} out: {e}", victim + 1));
+        if wipe {
+            cluster.nodes[victim].restart();
+        } else {
+            cluster.nodes[victim].resume();
+        }
+        run.log_fault(&format!("node {} back", victim + 1));
+        // Every replica in sync again, the emptied one included.
+        for p in 0..PARTITIONS {
+            leader_of(&cluster, &all, topic, p, 3);
+        }
+    }
+    run.wait_acked(run.acked() + ACKS_PER_CYCLE, DEADLINE).expect("acks after the last fault");
+    let j = stop_and_judge(run, &w, work, &faults_ns, started);
+    assert!(j.crossed > 0, "no record crossed a fault");
+    assert_eq!(j.report.unknown, 0, "every record got an answer");
+}

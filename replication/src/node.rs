@@ -104,6 +104,12 @@ impl GroupTimings {
             // openraft's default (200 ms) is far too short to send a snapshot; the router also
             // scales each snapshot's timeout with its size (`network::payload_timeout`).
             install_snapshot_timeout: 10_000,
+            // A node whose disk was lost comes back with an empty log. Without this the leader
+            // keeps the progress it recorded for it: a debug build panics, and a release build
+            // would count entries the node no longer holds toward commits. With it, the leader
+            // starts that node's replication over. (Its vote is lost too: until it has caught
+            // up it should not vote, which needs a learner rejoin; see the cluster plan.)
+            allow_log_reversion: Some(true),
             ..Config::default()
         }
     }
