@@ -13,7 +13,7 @@ use fjord_compat_tests::cluster::LocalCluster;
 use fjord_compat_tests::jepsen::{create_topic, now_ns, stop_and_judge, Run, Workload};
 use fjord_compat_tests::proxy::LinkMode;
 use fjord_compat_tests::wait_until;
-use fjord_compat_tests::wire::{batch, fetch, list_offset, produce, produce_request, topic_metadata};
+use fjord_compat_tests::wire::{batch, describe_config, fetch, list_offset, produce, produce_request, topic_metadata};
 use kafka_protocol::messages::{ApiKey, ProduceResponse};
 
 const NODES: usize = 3;
@@ -303,4 +303,65 @@ fn acknowledged_records_survive_a_paused_leader_and_a_lost_disk() {
     let j = stop_and_judge(run, &w, work, &faults_ns, started);
     assert!(j.crossed > 0, "no record crossed a fault");
     assert_eq!(j.report.unknown, 0, "every record got an answer");
+}
+
+/// IncrementalAlterConfigs SET of one topic config: the error code and message.
+fn alter_topic_config(
+    conn: &mut fjord_compat_tests::RawConn,
+    topic: &str,
+    key: &str,
+    value: &str,
+) -> (i16, Option<String>) {
+    use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
+    let mut c = AlterableConfig::default();
+    c.name = fjord_compat_tests::wire::s(key);
+    c.value = Some(fjord_compat_tests::wire::s(value));
+    let mut res = AlterConfigsResource::default();
+    res.resource_type = 2;
+    res.resource_name = fjord_compat_tests::wire::s(topic);
+    res.configs = vec![c];
+    let mut req = IncrementalAlterConfigsRequest::default();
+    req.resources = vec![res];
+    let r: IncrementalAlterConfigsResponse = conn.call(ApiKey::IncrementalAlterConfigs, 1, &req);
+    (r.responses[0].error_code, r.responses[0].error_message.as_ref().map(|m| m.to_string()))
+}
+
+/// A topic config altered through any node goes through the controller: every node describes
+/// it, and the partition's leader applies it to the writes it takes.
+#[test]
+fn topic_configs_altered_through_any_node_apply_on_the_leader() {
+    let cluster = LocalCluster::start(NODES);
+    cluster.wait_formed(DEADLINE);
+    let topic = "configured";
+    create_topic(&cluster.bootstrap(), topic, 1, 3).expect("create topic");
+    let all: Vec<usize> = (0..NODES).collect();
+    let leader = leader_of(&cluster, &all, topic, 0, 3);
+    let follower = (leader + 1) % NODES;
+    let big = vec![b'x'; 3000];
+    let r: ProduceResponse =
+        cluster.conn(leader).call(ApiKey::Produce, 9, &produce_request(topic, 0, batch(&[&big], 1_000)));
+    let p = &r.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, 0, "under the default limit: {:?}", p.error_message);
+
+    let (code, message) = alter_topic_config(&mut cluster.conn(follower), topic, "max.message.bytes", "2000");
+    assert_eq!(code, 0, "{message:?}");
+    wait_until(DEADLINE, "every node to describe the new value", || {
+        all.iter()
+            .all(|i| describe_config(&mut cluster.conn(*i), topic, "max.message.bytes").0.as_deref() == Some("2000"))
+    });
+    const MESSAGE_TOO_LARGE: i16 = 10;
+    wait_until(DEADLINE, "the leader to refuse a batch over the new limit", || {
+        produce(&mut cluster.conn(leader), topic, 0, batch(&[&big], 1_000)).0 == MESSAGE_TOO_LARGE
+    });
+    // A config that fails validation is refused by whichever node is asked, and nothing changes.
+    let (code, message) = alter_topic_config(&mut cluster.conn(follower), topic, "max.message.bytes", "-5");
+    assert_eq!(code, 40, "INVALID_CONFIG: {message:?}");
+    assert_eq!(describe_config(&mut cluster.conn(leader), topic, "max.message.bytes").0.as_deref(), Some("2000"));
+
+    let (code, message) = alter_topic_config(&mut cluster.conn(leader), topic, "max.message.bytes", "1048588");
+    assert_eq!(code, 0, "{message:?}");
+    wait_until(DEADLINE, "the leader to take the batch again", || {
+        produce(&mut cluster.conn(leader), topic, 0, batch(&[&big], 1_000)).0 == 0
+    });
 }

@@ -102,8 +102,10 @@ pub fn spawn(
         let (node, controller) = (node.clone(), controller.clone());
         TaskGuard::spawn(async move {
             let mut changes = controller.machine().subscribe();
+            // The topic configs each running replica's log was last given.
+            let mut configured = BTreeMap::new();
             loop {
-                reconcile(&node, &controller, &config).await;
+                reconcile(&node, &controller, &config, &mut configured).await;
                 if changes.changed().await.is_err() {
                     return;
                 }
@@ -123,7 +125,12 @@ pub fn spawn(
 /// How often leadership is compared with the metadata (and reported when it differs).
 const REPORT_INTERVAL: Duration = Duration::from_millis(200);
 
-async fn reconcile(node: &ReplicaNode<NodeMachine>, controller: &Controller<NodeMachine>, config: &ApplierConfig) {
+async fn reconcile(
+    node: &ReplicaNode<NodeMachine>,
+    controller: &Controller<NodeMachine>,
+    config: &ApplierConfig,
+    configured: &mut BTreeMap<GroupId, BTreeMap<String, String>>,
+) {
     let (want, addresses) = controller.machine().read(|m| {
         let addresses: BTreeMap<NodeId, String> = m
             .brokers()
@@ -150,6 +157,14 @@ async fn reconcile(node: &ReplicaNode<NodeMachine>, controller: &Controller<Node
         .collect();
     for (group, w) in &want {
         if running.contains(group) {
+            // A topic config altered through the controller takes effect on every replica.
+            if configured.get(group) != Some(&w.configs) {
+                if let Some(replica) = config.replicas.get(*group) {
+                    replica.log.set_config((config.log_config)(&w.configs));
+                    configured.insert(*group, w.configs.clone());
+                    tracing::info!(group, topic = %w.topic, partition = w.index, "topic configs applied");
+                }
+            }
             continue;
         }
         let dir = partition_dir(&config.data_dir, &w.topic, w.index, *group);
@@ -161,6 +176,7 @@ async fn reconcile(node: &ReplicaNode<NodeMachine>, controller: &Controller<Node
         let (store, sm) = match opened {
             Ok(Ok((store, sm))) => {
                 let log = store.log().clone();
+                configured.insert(*group, w.configs.clone());
                 config.replicas.insert(*group, LocalReplica { log, proposer: Arc::default() });
                 (store, sm)
             }
@@ -201,6 +217,7 @@ async fn reconcile(node: &ReplicaNode<NodeMachine>, controller: &Controller<Node
         controller.machine().read(|m| (m.next_group_id(), m.partitions().keys().copied().collect()));
     for group in running.difference(&want.keys().copied().collect()) {
         config.replicas.remove(*group);
+        configured.remove(group);
         if let Some(raft) = node.registry().remove(*group) {
             let _ = raft.shutdown().await;
             tracing::info!(group, "partition replica stopped (no longer assigned here)");

@@ -91,11 +91,18 @@ fn broker_synonyms(broker: &Broker, d: &topic_config::ConfigDef) -> Vec<(String,
 }
 
 fn describe_topic(broker: &Broker, name: &str) -> Result<Vec<Described>, TopicError> {
-    let meta = broker
-        .topics
-        .topic(name)
+    let configs = topic_configs(broker, name)
         .ok_or_else(|| err(ResponseError::UnknownTopicOrPartition, format!("Topic '{name}' does not exist")))?;
-    Ok(topic_entries(broker, &meta.configs))
+    Ok(topic_entries(broker, &configs))
+}
+
+/// A topic's config overrides: a cluster's topics from the replicated metadata, this node's
+/// own from its registry.
+fn topic_configs(broker: &Broker, name: &str) -> Option<BTreeMap<String, String>> {
+    if let Some(configs) = broker.cluster.as_ref().and_then(|c| c.read(|m| m.topic(name).map(|t| t.configs.clone()))) {
+        return Some(configs);
+    }
+    broker.topics.topic(name).map(|m| m.configs)
 }
 
 /// Every topic config of a topic with these overrides, as DescribeConfigs
@@ -389,17 +396,38 @@ fn alter_resource(
 ) -> Result<(), TopicError> {
     match rtype {
         TOPIC => {
-            let meta = broker.topics.topic(rname).ok_or_else(|| {
+            let current = topic_configs(broker, rname).ok_or_else(|| {
                 err(ResponseError::UnknownTopicOrPartition, format!("Topic '{rname}' does not exist"))
             })?;
-            let next = apply(&meta.configs, &changes, replace_all, topic_kind, topic_config::validate)?;
+            let next = apply(&current, &changes, replace_all, topic_kind, topic_config::validate)?;
             if !validate_only {
                 let set: Vec<&String> = changes.iter().filter(|c| c.1 != 1).map(|c| &c.0).collect();
                 let ignored = topic_config::ignored(set);
                 if !ignored.is_empty() {
                     tracing::info!(topic = rname, ignored = %ignored.join(", "), "topic configs stored but not applied");
                 }
-                broker.topics.set_topic_configs(rname, next)?;
+                match broker.cluster.as_ref().filter(|c| c.partition_count(rname).is_some()) {
+                    // Through the controller: every replica applies the committed change.
+                    Some(cluster) => {
+                        let mut delta: BTreeMap<String, Option<String>> = next
+                            .iter()
+                            .filter(|(k, v)| current.get(*k) != Some(*v))
+                            .map(|(k, v)| (k.clone(), Some(v.clone())))
+                            .collect();
+                        delta.extend(current.keys().filter(|k| !next.contains_key(*k)).map(|k| (k.clone(), None)));
+                        if !delta.is_empty() {
+                            let req = fjord_replication::controller::Request::AlterConfigs {
+                                resource: fjord_replication::controller::ConfigResource::Topic {
+                                    name: rname.to_string(),
+                                },
+                                changes: delta,
+                            };
+                            // On a blocking thread (`alter_all`), so waiting holds no runtime worker.
+                            tokio::runtime::Handle::current().block_on(cluster.submit(req))?;
+                        }
+                    }
+                    None => broker.topics.set_topic_configs(rname, next)?,
+                }
             }
             Ok(())
         }

@@ -94,6 +94,35 @@ pub struct CreateTopic {
     pub internal: bool,
 }
 
+/// `ConfigResource` as requests and answers between nodes carry it: postcard, their encoding,
+/// cannot read an internally tagged enum (the form records keep).
+pub(crate) mod resource_wire {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{ConfigResource, NodeId};
+
+    #[derive(Serialize, Deserialize)]
+    enum Wire {
+        Topic(String),
+        Broker(Option<NodeId>),
+    }
+
+    pub fn serialize<S: Serializer>(r: &ConfigResource, s: S) -> Result<S::Ok, S::Error> {
+        match r {
+            ConfigResource::Topic { name } => Wire::Topic(name.clone()),
+            ConfigResource::Broker { node_id } => Wire::Broker(*node_id),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ConfigResource, D::Error> {
+        Ok(match Wire::deserialize(d)? {
+            Wire::Topic(name) => ConfigResource::Topic { name },
+            Wire::Broker(node_id) => ConfigResource::Broker { node_id },
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ConfigResource {

@@ -52,6 +52,7 @@ pub enum Request {
         name: String,
     },
     AlterConfigs {
+        #[serde(with = "crate::controller::records::resource_wire")]
         resource: ConfigResource,
         changes: BTreeMap<String, Option<String>>,
     },

@@ -79,6 +79,7 @@ pub enum Outcome {
         groups: Vec<GroupId>,
     },
     ConfigsAltered {
+        #[serde(with = "crate::controller::records::resource_wire")]
         resource: ConfigResource,
     },
     /// Entries of a batched report apply one by one; stale ones are skipped.
