@@ -146,22 +146,36 @@ const KILLS: usize = 3;
 /// (proof that the partitions it led moved and the producers followed).
 const ACKS_PER_CYCLE: u64 = 1500;
 
+/// Creates `topic` (replicated on every node), waits for its leaders, and starts the fault
+/// tests' workload on it; `request_timeout_ms` shortens librdkafka's 30 s request timeout, for
+/// faults that leave a leader reachable but unable to answer.
+fn start_workload(
+    cluster: &LocalCluster,
+    topic: &str,
+    request_timeout_ms: Option<&str>,
+) -> (Workload, tempfile::TempDir, Run) {
+    create_topic(&cluster.bootstrap(), topic, PARTITIONS, 3).expect("create topic");
+    let all: Vec<usize> = (0..NODES).collect();
+    for p in 0..PARTITIONS {
+        leader_of(cluster, &all, topic, p, 3);
+    }
+    let mut w = Workload::new(&cluster.bootstrap(), topic, PARTITIONS, PRODUCERS);
+    if let Some(ms) = request_timeout_ms {
+        w.overrides = vec![("request.timeout.ms".into(), ms.into())];
+    }
+    let work = tempfile::tempdir().expect("temp dir");
+    let run = Run::start(&w, &work.path().join("history.jsonl")).expect("start the workload");
+    (w, work, run)
+}
+
 #[test]
 fn acknowledged_records_survive_the_loss_of_partition_leaders() {
     let started = Instant::now();
     let mut cluster = LocalCluster::start(NODES);
     cluster.wait_formed(DEADLINE);
+    let (w, work, run) = start_workload(&cluster, "jepsen-cluster", None);
     let topic = "jepsen-cluster";
-    create_topic(&cluster.bootstrap(), topic, PARTITIONS, 3).expect("create topic");
     let all: Vec<usize> = (0..NODES).collect();
-    for p in 0..PARTITIONS {
-        leader_of(&cluster, &all, topic, p, 3);
-    }
-    let w = Workload::new(&cluster.bootstrap(), topic, PARTITIONS, PRODUCERS);
-    let work = tempfile::tempdir().expect("temp dir");
-    let history = work.path().join("history.jsonl");
-
-    let run = Run::start(&w, &history).expect("start the workload");
     let mut kills_ns = Vec::new();
     for cycle in 0..KILLS {
         run.wait_acked(run.acked() + ACKS_PER_CYCLE, DEADLINE).unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
@@ -206,18 +220,11 @@ fn acknowledged_records_survive_network_partitions_of_leaders() {
     let started = Instant::now();
     let cluster = LocalCluster::start_proxied(NODES, &[]);
     cluster.wait_formed(DEADLINE);
+    // A write to a cut-off leader is answered REQUEST_TIMED_OUT after 3 s, and retried against
+    // the new leader.
+    let (w, work, run) = start_workload(&cluster, "jepsen-partitions", Some("3000"));
     let topic = "jepsen-partitions";
-    create_topic(&cluster.bootstrap(), topic, PARTITIONS, 3).expect("create topic");
     let all: Vec<usize> = (0..NODES).collect();
-    for p in 0..PARTITIONS {
-        leader_of(&cluster, &all, topic, p, 3);
-    }
-    let mut w = Workload::new(&cluster.bootstrap(), topic, PARTITIONS, PRODUCERS);
-    // A write to a cut-off leader is answered REQUEST_TIMED_OUT after this long, and retried
-    // against the new leader, instead of after librdkafka's default 30 s.
-    w.overrides = vec![("request.timeout.ms".into(), "3000".into())];
-    let work = tempfile::tempdir().expect("temp dir");
-    let run = Run::start(&w, &work.path().join("history.jsonl")).expect("start the workload");
     let mut faults_ns = Vec::new();
     for cycle in 0..KILLS {
         run.wait_acked(run.acked() + ACKS_PER_CYCLE, DEADLINE).unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
@@ -257,17 +264,10 @@ fn acknowledged_records_survive_a_paused_leader_and_a_lost_disk() {
     let started = Instant::now();
     let mut cluster = LocalCluster::start(NODES);
     cluster.wait_formed(DEADLINE);
+    // A request to the paused node is given up after 3 s.
+    let (w, work, run) = start_workload(&cluster, "jepsen-pause-wipe", Some("3000"));
     let topic = "jepsen-pause-wipe";
-    create_topic(&cluster.bootstrap(), topic, PARTITIONS, 3).expect("create topic");
     let all: Vec<usize> = (0..NODES).collect();
-    for p in 0..PARTITIONS {
-        leader_of(&cluster, &all, topic, p, 3);
-    }
-    let mut w = Workload::new(&cluster.bootstrap(), topic, PARTITIONS, PRODUCERS);
-    // A request to the paused node is given up after this long, instead of librdkafka's 30 s.
-    w.overrides = vec![("request.timeout.ms".into(), "3000".into())];
-    let work = tempfile::tempdir().expect("temp dir");
-    let run = Run::start(&w, &work.path().join("history.jsonl")).expect("start the workload");
     let mut faults_ns = Vec::new();
     for (cycle, wipe) in [false, true, false].into_iter().enumerate() {
         run.wait_acked(run.acked() + ACKS_PER_CYCLE, DEADLINE).unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
