@@ -286,6 +286,7 @@ async fn coordinator_placement_loop(broker: Arc<Broker>, mut shutdown: watch::Re
                     if let Some(epoch) = broker.groups.serving_epoch(p) {
                         if !cluster.raft_leader_at(OFFSETS_TOPIC, p, epoch) {
                             broker.groups.give_up(p);
+                            broker.consumer_groups.forget(|g| broker.groups.partition_for(g) == p);
                         }
                     }
                 }

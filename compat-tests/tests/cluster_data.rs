@@ -154,10 +154,12 @@ fn start_workload(
     topic: &str,
     request_timeout_ms: Option<&str>,
 ) -> (Workload, tempfile::TempDir, Run) {
-    create_topic(&cluster.bootstrap(), topic, PARTITIONS, 3).expect("create topic");
-    let all: Vec<usize> = (0..NODES).collect();
+    // Every node holds a replica of every partition.
+    let n = cluster.nodes.len();
+    create_topic(&cluster.bootstrap(), topic, PARTITIONS, n as i32).expect("create topic");
+    let all: Vec<usize> = (0..n).collect();
     for p in 0..PARTITIONS {
-        leader_of(cluster, &all, topic, p, 3);
+        leader_of(cluster, &all, topic, p, n);
     }
     let mut w = Workload::new(&cluster.bootstrap(), topic, PARTITIONS, PRODUCERS);
     if let Some(ms) = request_timeout_ms {
@@ -364,4 +366,45 @@ fn topic_configs_altered_through_any_node_apply_on_the_leader() {
     wait_until(DEADLINE, "the leader to take the batch again", || {
         produce(&mut cluster.conn(leader), topic, 0, batch(&[&big], 1_000)).0 == 0
     });
+}
+
+/// Five nodes, every partition on all five: with two of them killed at once (a partition's
+/// leader among them) the other three are a majority, elect leaders and go on taking writes;
+/// both come back and catch up. No acknowledged record may be lost, duplicated or reordered.
+#[test]
+fn five_nodes_lose_two_at_once_and_keep_every_acknowledged_record() {
+    const FIVE: usize = 5;
+    let started = Instant::now();
+    let mut cluster = LocalCluster::start(FIVE);
+    cluster.wait_formed(DEADLINE);
+    let topic = "jepsen-five";
+    let (w, work, run) = start_workload(&cluster, topic, None);
+    let all: Vec<usize> = (0..FIVE).collect();
+    let mut faults_ns = Vec::new();
+    for cycle in 0..2 {
+        run.wait_acked(run.acked() + ACKS_PER_CYCLE, DEADLINE).unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        wait_until(Duration::from_secs(10), "records in flight", || run.in_flight() > 0);
+        let leader = leader_of(&cluster, &all, topic, cycle, FIVE);
+        let other = (leader + 1 + cycle as usize) % FIVE;
+        cluster.nodes[leader].kill9();
+        cluster.nodes[other].kill9();
+        faults_ns.push(now_ns());
+        run.log_fault(&format!("SIGKILL nodes {} and {}", leader + 1, other + 1));
+        println!("cycle {cycle}: killed nodes {} and {} with {} acknowledged", leader + 1, other + 1, run.acked());
+        let alive: Vec<usize> = all.iter().copied().filter(|i| *i != leader && *i != other).collect();
+        for p in 0..PARTITIONS {
+            leader_of(&cluster, &alive, topic, p, 3);
+        }
+        run.wait_acked(run.acked() + ACKS_PER_CYCLE, DEADLINE)
+            .unwrap_or_else(|e| panic!("cycle {cycle}: no progress with two of five down: {e}"));
+        cluster.nodes[leader].restart();
+        cluster.nodes[other].restart();
+        for p in 0..PARTITIONS {
+            leader_of(&cluster, &all, topic, p, FIVE);
+        }
+    }
+    run.wait_acked(run.acked() + ACKS_PER_CYCLE, DEADLINE).expect("acks after the last restart");
+    let j = stop_and_judge(run, &w, work, &faults_ns, started);
+    assert!(j.crossed > 0, "no record crossed a fault");
+    assert_eq!(j.report.unknown, 0, "every record got an answer");
 }

@@ -400,6 +400,12 @@ impl ConsumerGroups {
         }
     }
 
+    /// Drops the groups `gone` names (their coordinator moved to another node), so that a later
+    /// return here starts from the members' next heartbeats, not from stale epochs.
+    pub fn forget(&self, gone: impl Fn(&str) -> bool) {
+        self.lock().retain(|id, _| !gone(id));
+    }
+
     pub fn with_group<T>(&self, group_id: &str, f: impl FnOnce(Option<&CgGroup>) -> T) -> T {
         f(self.lock().get(group_id))
     }
