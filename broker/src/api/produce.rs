@@ -93,11 +93,14 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
             };
             let cfg = log.config();
             let min_isr = cfg.min_insync_replicas;
-            let replicas_in_sync = match (&raft, &broker.cluster) {
+            // Only acks=all with min.insync.replicas above 1 needs the ISR: sampling it takes a
+            // lock and a look at the group's metrics, which most produces can skip.
+            let replicas_in_sync = || match (&raft, &broker.cluster) {
                 (Some(w), Some(c)) => w.proposer.in_sync(&w.raft, c.node_id()).len(),
                 _ => 1,
             };
-            if acks == -1 && min_isr > 1 && replicas_in_sync < min_isr as usize {
+            if acks == -1 && min_isr > 1 && replicas_in_sync() < min_isr as usize {
+                let replicas_in_sync = replicas_in_sync();
                 let msg = format!(
                     "min.insync.replicas is {min_isr} but the partition has {replicas_in_sync} in-sync replica(s)"
                 );
