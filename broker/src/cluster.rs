@@ -61,12 +61,19 @@ pub struct ClusterNode {
     /// The partition replicas this node runs.
     replicas: Arc<Replicas>,
     defaults: TopicDefaults,
+    /// The node's service RPCs; the broker's part is set once it is built (`serve_broker`).
+    services: Arc<crate::cluster_txn::Services>,
     _tasks: Vec<TaskGuard>,
     _heartbeats: HeartbeatDriver,
     _elections: ElectionDriver,
 }
 
 impl ClusterNode {
+    /// Answers the broker's own service RPCs (transaction markers) from now on.
+    pub fn serve_broker(&self, broker: std::sync::Weak<crate::server::Broker>) {
+        let _ = self.services.broker.set(broker);
+    }
+
     /// Stops the groups and the transport.
     pub async fn shutdown(&self) {
         self.node.shutdown().await;
@@ -129,7 +136,11 @@ pub async fn start(
     };
     let controller =
         Controller::new(machine, raft, node.transport().clone(), defaults, Arc::new(BrokerRules), liveness);
-    node.set_services(controller.rpc_handler());
+    let services = Arc::new(crate::cluster_txn::Services {
+        controller: controller.rpc_handler(),
+        broker: std::sync::OnceLock::new(),
+    });
+    node.set_services(services.clone());
     let registration = BrokerRegistration {
         node_id: config.node_id,
         incarnation: uuid::Uuid::new_v4(),
@@ -166,6 +177,7 @@ pub async fn start(
         cluster_addr,
         replicas,
         defaults,
+        services,
         _tasks: tasks,
         _heartbeats: heartbeats,
         _elections: elections,

@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod api;
 pub mod clean_shutdown;
 pub mod cluster;
+pub mod cluster_txn;
 pub mod config;
 pub mod connection;
 pub mod coordinator;

@@ -16,7 +16,7 @@ use crate::config::BrokerConfig;
 use crate::connection;
 use crate::coordinator::classic::{GroupCoordinator, OFFSETS_TOPIC};
 use crate::coordinator::consumer::ConsumerGroups;
-use crate::coordinator::txn::TxnCoordinator;
+use crate::coordinator::txn::{TxnCoordinator, TXN_TOPIC};
 use crate::leadership::{Leadership, NO_EPOCH};
 use crate::topics::Topics;
 
@@ -56,6 +56,11 @@ impl Broker {
             return Some(id);
         }
         self.topics.topic(name).map(|m| m.id)
+    }
+
+    /// Whether coordinator writes on a single node are synced before they are answered.
+    pub fn txns_durable(&self) -> bool {
+        self.config.fsync != crate::config::FsyncPolicy::Never
     }
 
     /// Resolves when the broker begins shutting down (ends long polls).
@@ -118,16 +123,29 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
     let groups =
         Arc::new(groups.with_initial_rebalance_delay(Duration::from_millis(config.group_initial_rebalance_delay_ms)));
     let durable = config.fsync != crate::config::FsyncPolicy::Never;
-    let txns = Arc::new(tokio::task::block_in_place(|| {
-        TxnCoordinator::open(
+    // In a cluster, transactions live in the replicated `__transaction_state`, served by its
+    // leaders as `__consumer_offsets` is.
+    let txns = if cluster.is_some() {
+        Arc::new(TxnCoordinator::clustered(
             topics.clone(),
             groups.clone(),
             config.transaction_state_log_num_partitions,
             durable,
             config.transaction_max_timeout_ms,
-        )
-    })?);
-    txns.recover().await;
+        ))
+    } else {
+        let txns = Arc::new(tokio::task::block_in_place(|| {
+            TxnCoordinator::open(
+                topics.clone(),
+                groups.clone(),
+                config.transaction_state_log_num_partitions,
+                durable,
+                config.transaction_max_timeout_ms,
+            )
+        })?);
+        txns.recover().await;
+        txns
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let broker = Arc::new(Broker {
         txns,
@@ -143,7 +161,9 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         shutdown: shutdown_rx.clone(),
         config,
     });
-    if broker.cluster.is_some() {
+    if let Some(cluster) = &broker.cluster {
+        broker.txns.set_cluster(Arc::new(crate::cluster_txn::BrokerLink(Arc::downgrade(&broker))));
+        cluster.serve_broker(Arc::downgrade(&broker));
         // Weak: the coordinator is part of the broker it asks.
         let weak = Arc::downgrade(&broker);
         broker.groups.set_leadership_check(Box::new(move |p, epoch| {
@@ -253,8 +273,9 @@ async fn session_expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<
 }
 
 /// In a cluster: the group coordinator serves the partitions of `__consumer_offsets` this node
-/// leads. A partition is loaded from its log when this node starts leading it (or leads it at a
-/// new epoch) and dropped when it stops.
+/// leads, and the transaction coordinator those of `__transaction_state`. A partition is loaded
+/// from its log when this node starts leading it (or leads it at a new epoch) and dropped when
+/// another term begins.
 async fn coordinator_placement_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let Some(cluster) = &broker.cluster else { return };
     loop {
@@ -262,33 +283,88 @@ async fn coordinator_placement_loop(broker: Arc<Broker>, mut shutdown: watch::Re
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = stopped(&mut shutdown) => return,
         }
-        let Some(count) = cluster.partition_count(OFFSETS_TOPIC) else { continue };
-        broker.groups.set_partitions(count);
-        for p in 0..count {
-            let led = broker.lead(OFFSETS_TOPIC, p, NO_EPOCH).ok().filter(|g| g.raft.is_some());
-            match led {
-                Some(guard) if broker.groups.serving_epoch(p) != Some(guard.epoch) => {
-                    let b = broker.clone();
-                    let loaded =
-                        tokio::task::spawn_blocking(move || b.groups.take_over(p, guard.epoch, &guard.log)).await;
-                    match loaded {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::error!(partition = p, error = %e, "cannot load {OFFSETS_TOPIC}"),
-                        Err(e) => tracing::error!(partition = p, error = %e, "{OFFSETS_TOPIC} load task failed"),
-                    }
-                }
-                Some(_) => {}
-                // Dropped only once another term began: a leader that merely has not heard
-                // its quorum lately keeps its groups (their writes wait or fail meanwhile), so
-                // that hearing it again does not reload them from a log that its own queued
-                // writes may still be reaching.
-                None => {
-                    if let Some(epoch) = broker.groups.serving_epoch(p) {
-                        if !cluster.raft_leader_at(OFFSETS_TOPIC, p, epoch) {
-                            broker.groups.give_up(p);
-                            broker.consumer_groups.forget(|g| broker.groups.partition_for(g) == p);
-                        }
-                    }
+        if let Some(count) = cluster.partition_count(OFFSETS_TOPIC) {
+            broker.groups.set_partitions(count);
+            for p in 0..count {
+                place(&broker, cluster, OFFSETS_TOPIC, p, &GroupPlacement).await;
+            }
+        }
+        if let Some(count) = cluster.partition_count(TXN_TOPIC) {
+            broker.txns.set_partitions(count);
+            for p in 0..count {
+                place(&broker, cluster, TXN_TOPIC, p, &TxnPlacement).await;
+            }
+        }
+    }
+}
+
+/// A coordinator that serves the partitions of its internal topic that this node leads.
+trait Placement {
+    fn serving_epoch(&self, broker: &Broker, p: i32) -> Option<i32>;
+    fn take_over(&self, broker: &Broker, p: i32, epoch: i32, log: &PartitionLog) -> anyhow::Result<()>;
+    fn give_up(&self, broker: &Broker, p: i32);
+    /// Work that follows a take-over, off the placement loop.
+    fn after_take_over(&self, _broker: Arc<Broker>) {}
+}
+
+struct GroupPlacement;
+struct TxnPlacement;
+
+impl Placement for GroupPlacement {
+    fn serving_epoch(&self, broker: &Broker, p: i32) -> Option<i32> {
+        broker.groups.serving_epoch(p)
+    }
+    fn take_over(&self, broker: &Broker, p: i32, epoch: i32, log: &PartitionLog) -> anyhow::Result<()> {
+        broker.groups.take_over(p, epoch, log)
+    }
+    fn give_up(&self, broker: &Broker, p: i32) {
+        broker.groups.give_up(p);
+        broker.consumer_groups.forget(|g| broker.groups.partition_for(g) == p);
+    }
+}
+
+impl Placement for TxnPlacement {
+    fn serving_epoch(&self, broker: &Broker, p: i32) -> Option<i32> {
+        broker.txns.serving_epoch(p)
+    }
+    fn take_over(&self, broker: &Broker, p: i32, epoch: i32, log: &PartitionLog) -> anyhow::Result<()> {
+        broker.txns.take_over(p, epoch, log)
+    }
+    fn give_up(&self, broker: &Broker, p: i32) {
+        broker.txns.give_up(p)
+    }
+    /// Ends the previous coordinator left between their two phases are finished here.
+    fn after_take_over(&self, broker: Arc<Broker>) {
+        tokio::spawn(async move { broker.txns.recover().await });
+    }
+}
+
+async fn place(
+    broker: &Arc<Broker>,
+    cluster: &crate::cluster::ClusterNode,
+    topic: &'static str,
+    p: i32,
+    how: &'static (dyn Placement + Sync),
+) {
+    let led = broker.lead(topic, p, NO_EPOCH).ok().filter(|g| g.raft.is_some());
+    match led {
+        Some(guard) if how.serving_epoch(broker, p) != Some(guard.epoch) => {
+            let b = broker.clone();
+            let loaded = tokio::task::spawn_blocking(move || how.take_over(&b, p, guard.epoch, &guard.log)).await;
+            match loaded {
+                Ok(Ok(())) => how.after_take_over(broker.clone()),
+                Ok(Err(e)) => tracing::error!(partition = p, error = %e, "cannot load {topic}"),
+                Err(e) => tracing::error!(partition = p, error = %e, "{topic} load task failed"),
+            }
+        }
+        Some(_) => {}
+        // Dropped only once another term began: a leader that merely has not heard its quorum
+        // lately keeps its state (its writes wait or fail meanwhile), so that hearing it again
+        // does not reload it from a log that its own queued writes may still be reaching.
+        None => {
+            if let Some(epoch) = how.serving_epoch(broker, p) {
+                if !cluster.raft_leader_at(topic, p, epoch) {
+                    how.give_up(broker, p);
                 }
             }
         }

@@ -27,6 +27,7 @@ use super::{acl, code};
 use crate::config::FsyncPolicy;
 use crate::connection::PEER;
 use crate::coordinator::classic::{java_hash, CommittedOffset, GroupState, JoinRequest, Reply, OFFSETS_TOPIC};
+use crate::coordinator::txn::TXN_TOPIC;
 use crate::server::{now_ms, Broker};
 
 fn group_id(s: &str) -> GroupId {
@@ -92,33 +93,29 @@ fn answer(found: Located) -> (i32, String, i32, Option<ResponseError>, Option<St
 /// transactions are refused there for now.
 async fn locate(broker: &Broker, key_type: i8, key: &str) -> Located {
     let me = Ok((broker.node_id, broker.advertised_host.clone(), broker.advertised_port));
-    match (key_type, &broker.cluster) {
-        (0, Some(cluster)) => {
-            let not_yet = |why: String| Err((ResponseError::CoordinatorNotAvailable, Some(why)));
-            let count = match cluster.partition_count(OFFSETS_TOPIC) {
-                Some(n) => n,
-                None => {
-                    if let Err(e) = cluster.ensure_internal_topic(OFFSETS_TOPIC, broker.groups.partitions()).await {
-                        return not_yet(format!("cannot create {OFFSETS_TOPIC}: {}", e.message));
-                    }
-                    return not_yet(format!("{OFFSETS_TOPIC} is being created"));
-                }
-            };
-            let p = (java_hash(key) & 0x7fff_ffff) % count.max(1);
-            match cluster.leader_address(OFFSETS_TOPIC, p) {
-                Some(found) => Ok(found),
-                None => not_yet(format!("{OFFSETS_TOPIC} partition {p} has no leader yet")),
+    // A group's coordinator leads its partition of `__consumer_offsets`; a transactional id's,
+    // its partition of `__transaction_state`. Both topics are created on first use, as Kafka
+    // creates them on the first FindCoordinator.
+    let (topic, partitions) = match key_type {
+        0 => (OFFSETS_TOPIC, broker.groups.partitions()),
+        1 => (TXN_TOPIC, broker.txns.partitions()),
+        _ => return Err((ResponseError::InvalidRequest, Some("unknown coordinator key type".to_string()))),
+    };
+    let Some(cluster) = &broker.cluster else { return me };
+    let not_yet = |why: String| Err((ResponseError::CoordinatorNotAvailable, Some(why)));
+    let count = match cluster.partition_count(topic) {
+        Some(n) => n,
+        None => {
+            if let Err(e) = cluster.ensure_internal_topic(topic, partitions).await {
+                return not_yet(format!("cannot create {topic}: {}", e.message));
             }
+            return not_yet(format!("{topic} is being created"));
         }
-        // Refused with a reason rather than answered with this node: its transaction
-        // coordinator could not write markers to partitions other nodes lead, so the client
-        // would retry until its transaction timed out.
-        (1, Some(_)) => Err((
-            ResponseError::InvalidRequest,
-            Some("a Fjord cluster does not coordinate transactions yet; they run on a single node".to_string()),
-        )),
-        (0 | 1, _) => me,
-        _ => Err((ResponseError::InvalidRequest, Some("unknown coordinator key type".to_string()))),
+    };
+    let p = (java_hash(key) & 0x7fff_ffff) % count.max(1);
+    match cluster.leader_address(topic, p) {
+        Some(found) => Ok(found),
+        None => not_yet(format!("{topic} partition {p} has no leader yet")),
     }
 }
 

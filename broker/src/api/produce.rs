@@ -59,6 +59,8 @@ async fn propose(
 
 pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest) -> Option<ProduceResponse> {
     let acks = req.acks;
+    let txn_id = req.transactional_id.as_ref().map(|id| id.0.to_string());
+    let txn_id = txn_id.as_deref();
     let durable = match broker.config.fsync {
         FsyncPolicy::Always => true,
         FsyncPolicy::AcksAll => acks == -1,
@@ -123,7 +125,7 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
             // A transactional produce carries one batch (storage refuses more),
             // so its first header tells whose transaction it belongs to.
             if let Some(h) = BatchHeader::parse(&records).ok().filter(|h| h.is_transactional()) {
-                if let Some(e) = broker.txns.check_produce(h.producer_id, h.producer_epoch, &name, idx) {
+                if let Some(e) = broker.txns.check_produce(txn_id, (h.producer_id, h.producer_epoch), &name, idx) {
                     let msg = format!("partition {name}-{idx} is not in producer {}'s open transaction", h.producer_id);
                     parts.push(failed(idx, e, Some(msg)));
                     continue;

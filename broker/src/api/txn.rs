@@ -158,6 +158,7 @@ pub async fn txn_offset_commit(
         None => broker
             .txns
             .commit_offsets(
+                &*broker,
                 &req.transactional_id.0,
                 &group,
                 (req.producer_id.0, req.producer_epoch),
@@ -215,8 +216,16 @@ pub async fn describe_transactions(
     let states = req
         .transactional_ids
         .into_iter()
-        .map(|id| match broker.txns.get(&id.0) {
-            None => mk!(DescribedTxn {
+        .map(|id| match broker.txns.serves(&id.0).map(|_| broker.txns.get(&id.0)) {
+            Err(e) => mk!(DescribedTxn {
+                transactional_id: id,
+                error_code: e.code(),
+                transaction_state: str(""),
+                transaction_start_time_ms: -1,
+                producer_id: ProducerId(-1),
+                producer_epoch: -1
+            }),
+            Ok(None) => mk!(DescribedTxn {
                 transactional_id: id,
                 error_code: ResponseError::TransactionalIdNotFound.code(),
                 transaction_state: str(""),
@@ -224,7 +233,7 @@ pub async fn describe_transactions(
                 producer_id: ProducerId(-1),
                 producer_epoch: -1
             }),
-            Some(m) => {
+            Ok(Some(m)) => {
                 let mut topics: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
                 for (t, p) in &m.partitions {
                     topics.entry(t.as_str()).or_default().push(*p);

@@ -8,19 +8,147 @@
 //! partition, then the Complete record. A broker that dies between the
 //! phases finds the Prepare record on restart and writes the markers again.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
-use fjord_storage::batch::build_batch;
+use fjord_storage::batch::{build_batch, build_marker};
 use fjord_storage::{LogError, PartitionLog};
+use futures::future::BoxFuture;
 use kafka_protocol::error::ResponseError;
+use serde::{Deserialize, Serialize};
 
-use crate::coordinator::classic::{java_hash, CommittedOffset, GroupCoordinator, OFFSETS_TOPIC};
+use crate::coordinator::classic::{java_hash, CommittedOffset, GroupCoordinator, Written, OFFSETS_TOPIC};
 use crate::coordinator::txn_log;
 use crate::internal_topic;
 use crate::leadership::{coordinator_error, LeaderGuard, Leadership, NO_EPOCH};
 use crate::server::now_ms;
 use crate::topics::Topics;
+
+/// How long a replicated write of the coordinator's state may take before its requester is
+/// answered REQUEST_TIMED_OUT (the write itself goes on).
+const REPLICATED_WRITE_WAIT: Duration = Duration::from_secs(15);
+
+/// How long ending a transaction keeps trying to reach the leaders of its partitions before it
+/// answers. The outcome is durable from the Prepare record on, so the client is told it ended;
+/// the markers still missing are written by the coordinator's timer (`expire`), and until then
+/// the transactional id answers CONCURRENT_TRANSACTIONS, as Kafka's does while it completes.
+const MARKER_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a transaction may sit between the two phases of its end before the timer writes its
+/// markers again (an end that is running holds the id's lock, so the timer never races it).
+const UNFINISHED_AFTER_MS: i64 = 2_000;
+
+/// One transaction's end, for the partitions a node leads: Kafka's WriteTxnMarkers entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Markers {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub commit: bool,
+    /// The epoch of the coordinator's `__transaction_state` partition, stored in the marker.
+    pub coordinator_epoch: i32,
+    pub partitions: Vec<(String, i32)>,
+}
+
+/// Where a partition's leader is, as a clustered coordinator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaderAt {
+    /// This node leads it now.
+    Here,
+    /// Another node leads it, by the cluster's metadata.
+    Node(i32),
+    /// No leader is known right now (an election, or the leader's node is fenced): ask again.
+    Unknown,
+    /// The partition does not exist (its topic was deleted): it needs no marker.
+    Gone,
+}
+
+/// What a coordinator on a node of a cluster needs of the rest of the broker: leadership of the
+/// partitions it writes to, and the other nodes (set once the broker is built).
+pub trait TxnCluster: Send + Sync {
+    /// This node's leadership of a partition, as every handler checks it.
+    fn lead(&self, topic: &str, partition: i32) -> Result<LeaderGuard, ResponseError>;
+    /// Whether the partition exists in the cluster: `Some(internal)`, or None.
+    fn partition_known(&self, topic: &str, partition: i32) -> Option<bool>;
+    fn leader_of(&self, topic: &str, partition: i32) -> LeaderAt;
+    /// Writes markers: here (`node` None) or through the node that leads their partitions.
+    /// Per partition of `m`, in order, the error; None once the marker is committed.
+    fn write_markers(&self, node: Option<i32>, m: Markers) -> BoxFuture<'static, Vec<Option<ResponseError>>>;
+}
+
+/// Writes `m`'s marker into each of its partitions that this node leads: the node-local half of
+/// Kafka's WriteTxnMarkers. Per partition, the error, or None once the marker is durable: synced
+/// on a single node when `durable`, committed by the replicas in a cluster. A partition that no
+/// longer exists needs no marker, and one whose producer a newer epoch already fenced gets none.
+/// A marker in `__consumer_offsets` also applies (or drops) the transaction's offsets there.
+pub async fn write_markers_here(
+    leadership: &dyn Leadership,
+    groups: &GroupCoordinator,
+    m: &Markers,
+    durable: bool,
+) -> Vec<Option<ResponseError>> {
+    let mut results: Vec<Option<ResponseError>> = vec![None; m.partitions.len()];
+    let mut pending: Vec<(usize, Written)> = Vec::new();
+    for (i, (topic, partition)) in m.partitions.iter().enumerate() {
+        let guard = match leadership.lead(topic, *partition, NO_EPOCH) {
+            Ok(g) => g,
+            Err(ResponseError::UnknownTopicOrPartition) => continue,
+            Err(e) => {
+                results[i] = Some(e);
+                continue;
+            }
+        };
+        let LeaderGuard { log, epoch, raft } = guard;
+        if raft.is_some() && topic == OFFSETS_TOPIC && groups.serving_epoch(*partition) != Some(epoch) {
+            // The group coordinator has not loaded the partition at this epoch yet: its replay
+            // might end before this marker commits, and the offsets it applies would stay
+            // pending. Asked again, the marker lands once the partition is loaded.
+            results[i] = Some(ResponseError::NotLeaderOrFollower);
+            continue;
+        }
+        let now = now_ms();
+        let marker = build_marker(m.producer_id, m.producer_epoch, m.coordinator_epoch, m.commit, now);
+        let written = match raft {
+            // Proposed at the epoch the leadership was checked at: a marker never lands in a
+            // later term of this node's leadership than the one it was decided for.
+            Some(w) => Written::Replicated(w.proposer.enqueue(&w.raft, &log, marker, epoch, REPLICATED_WRITE_WAIT)),
+            None => match log.append_from_coordinator(&marker, epoch, now) {
+                Ok(info) => Written::Local(log, info.last_offset + 1),
+                Err(LogError::InvalidProducerEpoch { .. }) => {
+                    tracing::warn!(topic, partition, "marker from a fenced epoch skipped");
+                    continue;
+                }
+                Err(e) => {
+                    results[i] = Some(storage_failure("write a transaction marker", e));
+                    continue;
+                }
+            },
+        };
+        pending.push((i, written));
+        if failpoint("txn-after-first-marker") {
+            // Tests of recovery die here: one marker written, the rest not.
+            std::process::abort();
+        }
+    }
+    let settled =
+        futures::future::join_all(pending.into_iter().map(|(i, w)| async move { (i, w.settled(durable).await) }));
+    for (i, outcome) in settled.await {
+        let (topic, partition) = &m.partitions[i];
+        results[i] = match outcome {
+            Ok(()) => None,
+            // A newer epoch already ended this producer's work here.
+            Err(ResponseError::ProducerFenced) => None,
+            // Leadership moved while the marker waited: the coordinator asks the new leader.
+            Err(ResponseError::NotCoordinator) => Some(ResponseError::NotLeaderOrFollower),
+            Err(e) => Some(e),
+        };
+        if results[i].is_none() && topic == OFFSETS_TOPIC {
+            groups.complete_txn(m.producer_id, m.commit, *partition);
+        }
+    }
+    results
+}
 
 pub const TXN_TOPIC: &str = "__transaction_state";
 
@@ -111,13 +239,18 @@ impl Caller {
 pub struct TxnCoordinator {
     topics: Arc<Topics>,
     groups: Arc<GroupCoordinator>,
-    partitions: i32,
+    partitions: AtomicI32,
     durable: bool,
     max_timeout_ms: i32,
     txns: Mutex<Txns>,
     /// One operation at a time per transactional id; held across the
     /// fsyncs of a commit so a second EndTxn or an AddPartitions waits.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// In a cluster: the partitions of `__transaction_state` this node serves, each with the
+    /// leader epoch it was loaded at (see `take_over`). None on a single node.
+    serving: Option<Mutex<HashMap<i32, i32>>>,
+    /// In a cluster: the rest of the broker, set once it is built.
+    cluster: OnceLock<Arc<dyn TxnCluster>>,
 }
 
 fn storage_failure(what: &str, e: impl std::fmt::Display) -> ResponseError {
@@ -138,11 +271,13 @@ impl TxnCoordinator {
         let coord = TxnCoordinator {
             topics,
             groups,
-            partitions,
+            partitions: AtomicI32::new(partitions),
             durable,
             max_timeout_ms,
             txns: Mutex::new(Txns::default()),
             locks: Mutex::new(HashMap::new()),
+            serving: None,
+            cluster: OnceLock::new(),
         };
         for p in 0..partitions {
             if let Ok(leader) = coord.topics.lead(TXN_TOPIC, p, NO_EPOCH) {
@@ -155,6 +290,94 @@ impl TxnCoordinator {
             }
         }
         Ok(coord)
+    }
+
+    /// The coordinator of a cluster node: `__transaction_state` is a replicated topic of the
+    /// cluster with `partitions` partitions, and this node serves the transactional ids of the
+    /// partitions it leads, from the time it loaded them (`take_over`) until another term began
+    /// (`give_up`). `set_cluster` completes it once the broker is built.
+    pub fn clustered(
+        topics: Arc<Topics>,
+        groups: Arc<GroupCoordinator>,
+        partitions: i32,
+        durable: bool,
+        max_timeout_ms: i32,
+    ) -> TxnCoordinator {
+        TxnCoordinator {
+            topics,
+            groups,
+            partitions: AtomicI32::new(partitions.max(1)),
+            durable,
+            max_timeout_ms,
+            txns: Mutex::new(Txns::default()),
+            locks: Mutex::new(HashMap::new()),
+            serving: Some(Mutex::new(HashMap::new())),
+            cluster: OnceLock::new(),
+        }
+    }
+
+    pub fn set_cluster(&self, cluster: Arc<dyn TxnCluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub fn partitions(&self) -> i32 {
+        self.partitions.load(Ordering::Relaxed)
+    }
+
+    /// The partition count of the cluster's `__transaction_state` as created (another node,
+    /// configured otherwise, may have created it).
+    pub fn set_partitions(&self, partitions: i32) {
+        self.partitions.store(partitions.max(1), Ordering::Relaxed);
+    }
+
+    fn serving(&self) -> Option<MutexGuard<'_, HashMap<i32, i32>>> {
+        self.serving.as_ref().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The leader epoch at which partition `p` was loaded, when it is served here.
+    pub fn serving_epoch(&self, p: i32) -> Option<i32> {
+        self.serving().and_then(|s| s.get(&p).copied())
+    }
+
+    /// Whether this node coordinates transactional id `id` now (always, on a single node). In a
+    /// cluster, only while it leads the id's partition at the epoch it loaded it at; otherwise
+    /// NOT_COORDINATOR sends the client to look the coordinator up again.
+    pub fn serves(&self, id: &str) -> Result<(), ResponseError> {
+        let p = self.partition_for(id);
+        let Some(serving) = self.serving() else { return Ok(()) };
+        let loaded = serving.get(&p).copied().ok_or(ResponseError::NotCoordinator)?;
+        drop(serving);
+        let leads = self.cluster.get().is_some_and(|c| c.lead(TXN_TOPIC, p).is_ok_and(|g| g.epoch == loaded));
+        if leads {
+            Ok(())
+        } else {
+            Err(ResponseError::NotCoordinator)
+        }
+    }
+
+    /// Starts serving partition `p` of `__transaction_state`, which this node now leads at
+    /// `epoch`: its transactional ids are rebuilt from `log`. Ends interrupted between their two
+    /// phases are finished by `recover`, which the caller runs next.
+    pub fn take_over(&self, p: i32, epoch: i32, log: &PartitionLog) -> anyhow::Result<()> {
+        self.give_up(p);
+        self.replay(log)?;
+        if let Some(mut s) = self.serving() {
+            s.insert(p, epoch);
+        }
+        tracing::info!(partition = p, epoch, "coordinating the transactions of {TXN_TOPIC} partition {p}");
+        Ok(())
+    }
+
+    /// Stops serving partition `p` and forgets its transactional ids: another node leads it.
+    pub fn give_up(&self, p: i32) {
+        if let Some(mut s) = self.serving() {
+            s.remove(&p);
+        }
+        let mut txns = self.state();
+        let gone: Vec<String> = txns.by_id.keys().filter(|id| self.partition_for(id) == p).cloned().collect();
+        for id in gone {
+            txns.remove(&id);
+        }
     }
 
     /// Replays one partition; true if it held records of the old JSON format.
@@ -189,23 +412,38 @@ impl TxnCoordinator {
         Ok(())
     }
 
-    /// Finishes transactions a crash left between the two phases of their
-    /// end. Open (Ongoing) ones stay open: their producer may carry on, and
-    /// the timeout aborts them otherwise.
+    /// Finishes transactions a crash (or, in a cluster, a change of coordinator) left between
+    /// the two phases of their end, and ends whose markers could not all be written in time.
+    /// Open (Ongoing) ones stay open: their producer may carry on, and the timeout aborts them
+    /// otherwise.
     pub async fn recover(&self) {
-        let unfinished: Vec<(String, TxnMeta)> = self
+        self.finish_unfinished(|_| true).await;
+    }
+
+    /// `recover` for the transactions matching `due`; each is looked at again under its lock, as
+    /// an EndTxn may have finished it meanwhile (and its producer begun the next one).
+    async fn finish_unfinished(&self, due: impl Fn(&TxnMeta) -> bool) {
+        let unfinished: Vec<String> = self
             .state()
             .by_id
             .iter()
-            .filter(|(_, m)| matches!(m.state, TxnState::PrepareCommit | TxnState::PrepareAbort))
-            .map(|(id, m)| (id.clone(), m.clone()))
+            .filter(|(_, m)| matches!(m.state, TxnState::PrepareCommit | TxnState::PrepareAbort) && due(m))
+            .map(|(id, _)| id.clone())
             .collect();
-        for (id, meta) in unfinished {
+        for id in unfinished {
             let _guard = self.lock_id(&id).await;
+            let Some(meta) = self.get(&id) else { continue };
+            if !matches!(meta.state, TxnState::PrepareCommit | TxnState::PrepareAbort) {
+                continue;
+            }
             let commit = meta.state == TxnState::PrepareCommit;
-            tracing::info!(transactional_id = %id, commit, "completing a transaction interrupted by a restart");
-            if let Err(e) = self.complete(&id, meta, commit).await {
-                tracing::error!(transactional_id = %id, error = ?e, "cannot complete transaction");
+            tracing::info!(transactional_id = %id, commit, "completing an interrupted transaction end");
+            match self.complete(&id, meta, commit).await {
+                Ok(m) if m.state == TxnState::PrepareCommit || m.state == TxnState::PrepareAbort => {
+                    tracing::warn!(transactional_id = %id, "transaction markers still missing; will retry")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(transactional_id = %id, error = ?e, "cannot complete transaction"),
             }
         }
     }
@@ -223,7 +461,7 @@ impl TxnCoordinator {
     }
 
     pub fn partition_for(&self, id: &str) -> i32 {
-        (java_hash(id) & 0x7fff_ffff) % self.partitions.max(1)
+        (java_hash(id) & 0x7fff_ffff) % self.partitions().max(1)
     }
 
     pub fn get(&self, id: &str) -> Option<TxnMeta> {
@@ -235,13 +473,38 @@ impl TxnCoordinator {
     }
 
     /// Writes `meta` (None: a tombstone) to `__transaction_state` and, when
-    /// `wait`, waits until it is durable. Memory follows only once written.
+    /// `wait`, waits until it is durable. Memory follows only once written (in a cluster, once
+    /// committed when waited for).
     async fn persist(&self, id: &str, meta: Option<TxnMeta>, wait: bool) -> Result<(), ResponseError> {
-        let LeaderGuard { log, epoch: leader_epoch, .. } =
-            self.topics.lead(TXN_TOPIC, self.partition_for(id), NO_EPOCH).map_err(coordinator_error)?;
+        let p = self.partition_for(id);
         let (key, value) = txn_log::txn_record(id, meta.as_ref());
         let batch = build_batch(0, now_ms(), &[(Some(&key), value.as_deref())]);
-        let info = log.append(&batch, leader_epoch, now_ms()).map_err(|e| storage_failure("write its state", e))?;
+        let written = match self.cluster.get().filter(|_| self.serving.is_some()) {
+            Some(cluster) => {
+                // Only through the partition's group, and only at the epoch this node loaded it
+                // at: what is in memory was decided in that term.
+                let loaded = self.serving_epoch(p).ok_or(ResponseError::NotCoordinator)?;
+                let LeaderGuard { log, epoch, raft } = cluster.lead(TXN_TOPIC, p).map_err(coordinator_error)?;
+                let w = raft.filter(|_| epoch == loaded).ok_or(ResponseError::NotCoordinator)?;
+                Written::Replicated(w.proposer.enqueue(&w.raft, &log, batch, loaded, REPLICATED_WRITE_WAIT))
+            }
+            None if self.serving.is_some() => return Err(ResponseError::CoordinatorNotAvailable),
+            None => {
+                let LeaderGuard { log, epoch: leader_epoch, .. } =
+                    self.topics.lead(TXN_TOPIC, p, NO_EPOCH).map_err(coordinator_error)?;
+                let info =
+                    log.append(&batch, leader_epoch, now_ms()).map_err(|e| storage_failure("write its state", e))?;
+                Written::Local(log, info.last_offset + 1)
+            }
+        };
+        let unsynced = match written {
+            Written::Replicated(_) if wait => {
+                written.settled(true).await?;
+                None
+            }
+            Written::Local(..) if wait => Some(written),
+            _ => None,
+        };
         {
             let mut txns = self.state();
             match meta {
@@ -249,8 +512,8 @@ impl TxnCoordinator {
                 None => txns.remove(id),
             }
         }
-        if wait && self.durable {
-            log.sync(info.last_offset + 1).await.map_err(|e| storage_failure("sync its state", e))?;
+        if let Some(w) = unsynced {
+            w.settled(self.durable).await.map_err(|_| storage_failure("sync its state", "fsync failed"))?;
         }
         Ok(())
     }
@@ -276,6 +539,7 @@ impl TxnCoordinator {
         expected: Option<(i64, i16)>,
         caller: Caller,
     ) -> Result<(i64, i16), ResponseError> {
+        self.serves(id)?;
         if timeout_ms <= 0 || timeout_ms > self.max_timeout_ms {
             return Err(ResponseError::InvalidTransactionTimeout);
         }
@@ -308,12 +572,14 @@ impl TxnCoordinator {
             TxnState::PrepareCommit | TxnState::PrepareAbort => {
                 let commit = meta.state == TxnState::PrepareCommit;
                 meta = self.complete(id, meta, commit).await?;
+                unfinished(&meta)?;
             }
             TxnState::Ongoing => {
                 // Fence the old instance: markers carry the new epoch, so its
                 // late writes to these partitions are refused.
                 meta.producer_epoch = meta.producer_epoch.saturating_add(1);
                 meta = self.complete(id, meta, false).await?;
+                unfinished(&meta)?;
                 meta.timeout_ms = timeout_ms;
                 meta.state = TxnState::Empty;
                 self.persist(id, Some(meta.clone()), true).await?;
@@ -350,16 +616,21 @@ impl TxnCoordinator {
         parts: Vec<(String, i32)>,
         caller: Caller,
     ) -> Result<Vec<((String, i32), Option<ResponseError>)>, ResponseError> {
+        self.serves(id)?;
         let _guard = self.lock_id(id).await;
         let mut meta = self.get(id).ok_or(ResponseError::InvalidProducerIdMapping)?;
         Self::check_producer(&meta, producer_id, epoch, caller)?;
         if matches!(meta.state, TxnState::PrepareCommit | TxnState::PrepareAbort) {
             return Err(ResponseError::ConcurrentTransactions);
         }
-        let unknown: Vec<bool> = parts
-            .iter()
-            .map(|(t, p)| t != OFFSETS_TOPIC && (self.topics.replica(t, *p).is_none() || is_internal(&self.topics, t)))
-            .collect();
+        let known = |t: &str, p: i32| -> Option<bool> {
+            match self.cluster.get().filter(|_| self.serving.is_some()) {
+                Some(c) => c.partition_known(t, p),
+                None => self.topics.replica(t, p).map(|_| is_internal(&self.topics, t)),
+            }
+        };
+        // Only the offsets topic of the internal ones: AddOffsetsToTxn adds its partition.
+        let unknown: Vec<bool> = parts.iter().map(|(t, p)| t != OFFSETS_TOPIC && known(t, *p) != Some(false)).collect();
         if unknown.iter().any(|u| *u) {
             // Kafka adds nothing when any partition is bad.
             return Ok(parts
@@ -395,6 +666,7 @@ impl TxnCoordinator {
         epoch: i16,
         parts: &[(String, i32)],
     ) -> Result<Vec<Option<ResponseError>>, ResponseError> {
+        self.serves(id)?;
         let meta = self.get(id).ok_or(ResponseError::InvalidProducerIdMapping)?;
         Self::check_producer(&meta, producer_id, epoch, Caller { knows_fenced: true })?;
         Ok(parts
@@ -409,7 +681,20 @@ impl TxnCoordinator {
     /// Produce with a transactional batch: only into a partition the
     /// producer added to its open transaction, so no write can land after
     /// the transaction's marker and leave it hanging.
-    pub fn check_produce(&self, producer_id: i64, epoch: i16, topic: &str, partition: i32) -> Option<ResponseError> {
+    ///
+    /// In a cluster the partition's leader is the producer's coordinator only by chance: it
+    /// checks when it is, and otherwise the log's own fencing by producer epoch is the guard
+    /// (Kafka's behaviour before KIP-890's verification).
+    pub fn check_produce(
+        &self,
+        transactional_id: Option<&str>,
+        (producer_id, epoch): (i64, i16),
+        topic: &str,
+        partition: i32,
+    ) -> Option<ResponseError> {
+        if self.serving.is_some() && transactional_id.is_none_or(|id| self.serves(id).is_err()) {
+            return None;
+        }
         let txns = self.state();
         let Some(meta) = txns.by_producer.get(&producer_id).and_then(|id| txns.by_id.get(id)) else {
             return Some(ResponseError::InvalidTxnState);
@@ -427,14 +712,22 @@ impl TxnCoordinator {
     /// TxnOffsetCommit: offsets written inside the transaction, applied to
     /// the group when it commits. The group's partition of
     /// `__consumer_offsets` must have been added (AddOffsetsToTxn).
+    ///
+    /// In a cluster the group's coordinator is another node than the transaction's, most of the
+    /// time: it writes the offsets as the producer's transactional batch, which the log fences
+    /// by producer epoch, as Kafka's group coordinator does.
     pub async fn commit_offsets(
         &self,
+        leadership: &dyn Leadership,
         id: &str,
         group: &str,
         producer: (i64, i16),
         offsets: Vec<(String, i32, CommittedOffset)>,
         caller: Caller,
     ) -> Result<Vec<Option<ResponseError>>, ResponseError> {
+        if self.serving.is_some() && self.serves(id).is_err() {
+            return Ok(self.groups.txn_commit(leadership, group, producer, offsets, self.durable).await);
+        }
         let _guard = self.lock_id(id).await;
         let meta = self.get(id).ok_or(ResponseError::InvalidProducerIdMapping)?;
         Self::check_producer(&meta, producer.0, producer.1, caller)?;
@@ -442,7 +735,7 @@ impl TxnCoordinator {
         if meta.state != TxnState::Ongoing || !meta.partitions.contains(&part) {
             return Err(ResponseError::InvalidTxnState);
         }
-        Ok(self.groups.txn_commit(&*self.topics, group, producer, offsets, self.durable).await)
+        Ok(self.groups.txn_commit(leadership, group, producer, offsets, self.durable).await)
     }
 
     /// EndTxn: commit or abort the open transaction. A retry of an end that
@@ -455,6 +748,7 @@ impl TxnCoordinator {
         commit: bool,
         caller: Caller,
     ) -> Result<(), ResponseError> {
+        self.serves(id)?;
         let _guard = self.lock_id(id).await;
         let meta = self.get(id).ok_or(ResponseError::InvalidProducerIdMapping)?;
         Self::check_producer(&meta, producer_id, epoch, caller)?;
@@ -467,41 +761,23 @@ impl TxnCoordinator {
         }
     }
 
-    /// The two phases of ending a transaction; the caller holds the id's
-    /// lock. Returns the completed state.
+    /// The two phases of ending a transaction; the caller holds the id's lock. Returns the
+    /// state it left: Complete, or still Prepare when some partition's leader could not be
+    /// reached within `MARKER_WAIT` (the outcome is decided; `expire` writes the rest).
     async fn complete(&self, id: &str, mut meta: TxnMeta, commit: bool) -> Result<TxnMeta, ResponseError> {
         meta.state = if commit { TxnState::PrepareCommit } else { TxnState::PrepareAbort };
         meta.update_ms = now_ms();
         self.persist(id, Some(meta.clone()), true).await?;
-        let mut written: Vec<(Arc<PartitionLog>, i64)> = Vec::new();
-        for (topic, partition) in &meta.partitions {
-            // A partition whose topic was deleted meanwhile needs no marker.
-            // The marker carries the partition's current leader epoch, as
-            // every append does.
-            let Ok(LeaderGuard { log, epoch: leader_epoch, .. }) = self.topics.lead(topic, *partition, NO_EPOCH) else {
-                continue;
-            };
-            match log.append_marker(meta.producer_id, meta.producer_epoch, 0, commit, leader_epoch, now_ms()) {
-                Ok(offset) => written.push((log, offset + 1)),
-                Err(LogError::InvalidProducerEpoch { .. }) => {
-                    // A newer epoch already ended this producer's work here.
-                    tracing::warn!(transactional_id = %id, topic, partition, "marker from a fenced epoch skipped");
-                }
-                Err(e) => return Err(storage_failure("write a transaction marker", e)),
-            }
-            if topic == OFFSETS_TOPIC {
-                self.groups.complete_txn(meta.producer_id, commit, *partition);
-            }
-            if failpoint("txn-after-first-marker") {
-                // Tests of recovery die here: one marker written, the rest not.
-                std::process::abort();
-            }
-        }
-        if self.durable {
-            let syncs = written.iter().map(|(log, upto)| log.sync(*upto));
-            for r in futures::future::join_all(syncs).await {
-                r.map_err(|e| storage_failure("sync a transaction marker", e))?;
-            }
+        let p = self.partition_for(id);
+        let markers = Markers {
+            producer_id: meta.producer_id,
+            producer_epoch: meta.producer_epoch,
+            commit,
+            coordinator_epoch: self.serving_epoch(p).unwrap_or(0),
+            partitions: meta.partitions.iter().cloned().collect(),
+        };
+        if !self.deliver(p, markers).await? {
+            return Ok(meta);
         }
         meta.state = if commit { TxnState::CompleteCommit } else { TxnState::CompleteAbort };
         meta.partitions.clear();
@@ -515,10 +791,68 @@ impl TxnCoordinator {
         Ok(meta)
     }
 
+    /// Writes the markers of a decided end to every partition of the transaction: true once all
+    /// are durable, false if some leader could not be reached within `MARKER_WAIT`. On a single
+    /// node every partition is here. In a cluster each goes to its leader, this node's own
+    /// through its Raft groups and the others' through the node that leads them, retried while
+    /// this node still coordinates `__transaction_state` partition `p`.
+    async fn deliver(&self, p: i32, m: Markers) -> Result<bool, ResponseError> {
+        let Some(cluster) = self.cluster.get().filter(|_| self.serving.is_some()).cloned() else {
+            let results = write_markers_here(&*self.topics, &self.groups, &m, self.durable).await;
+            return match results.into_iter().flatten().next() {
+                None => Ok(true),
+                Some(e) => Err(e),
+            };
+        };
+        let loaded = self.serving_epoch(p);
+        let give_up = tokio::time::Instant::now() + MARKER_WAIT;
+        let mut left = m.partitions.clone();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let mut by_node: BTreeMap<Option<i32>, Vec<(String, i32)>> = BTreeMap::new();
+            for part in std::mem::take(&mut left) {
+                match cluster.leader_of(&part.0, part.1) {
+                    LeaderAt::Here => by_node.entry(None).or_default().push(part),
+                    LeaderAt::Node(n) => by_node.entry(Some(n)).or_default().push(part),
+                    LeaderAt::Unknown => left.push(part),
+                    LeaderAt::Gone => {}
+                }
+            }
+            let sent = by_node.into_iter().map(|(node, partitions)| {
+                let m = Markers { partitions, ..m.clone() };
+                let parts = m.partitions.clone();
+                let answer = cluster.write_markers(node, m);
+                async move { (node, parts, answer.await) }
+            });
+            for (node, parts, errors) in futures::future::join_all(sent).await {
+                for (part, e) in parts.into_iter().zip(errors) {
+                    if let Some(e) = e {
+                        tracing::debug!(node, topic = %part.0, partition = part.1, error = ?e, "marker not written yet");
+                        left.push(part);
+                    }
+                }
+            }
+            if left.is_empty() {
+                return Ok(true);
+            }
+            if self.serving_epoch(p) != loaded {
+                return Err(ResponseError::NotCoordinator);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= give_up {
+                return Ok(false);
+            }
+            tokio::time::sleep(pause.min(give_up - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
     /// Aborts transactions open longer than their timeout, bumping the
     /// epoch so the producer that went quiet is fenced; and forgets
     /// transactional ids idle past `expiration_ms`.
     pub async fn expire(&self, now: i64, expiration_ms: i64) {
+        // Ends whose markers did not all reach their partitions' leaders in time.
+        self.finish_unfinished(|m| now - m.update_ms > UNFINISHED_AFTER_MS).await;
         let candidates: Vec<(String, TxnMeta)> = self.list();
         for (id, meta) in candidates {
             let timed_out = meta.state == TxnState::Ongoing && now - meta.start_ms > meta.timeout_ms as i64;
@@ -548,6 +882,14 @@ impl TxnCoordinator {
                 }
             }
         }
+    }
+}
+
+/// CONCURRENT_TRANSACTIONS while an end's markers are still being written: the client retries.
+fn unfinished(meta: &TxnMeta) -> Result<(), ResponseError> {
+    match meta.state {
+        TxnState::PrepareCommit | TxnState::PrepareAbort => Err(ResponseError::ConcurrentTransactions),
+        _ => Ok(()),
     }
 }
 
@@ -665,16 +1007,19 @@ mod tests {
         let f = fixture();
         let (pid, epoch) = f.txns.init_producer("t", 10_000, None, NEW).await.unwrap();
         // Nothing added yet: a transactional produce is refused.
-        assert_eq!(f.txns.check_produce(pid, epoch, "orders", 0), Some(ResponseError::InvalidTxnState));
+        assert_eq!(f.txns.check_produce(None, (pid, epoch), "orders", 0), Some(ResponseError::InvalidTxnState));
         let added = f.txns.add_partitions("t", pid, epoch, vec![orders(0)], NEW).await.unwrap();
         assert_eq!(added, vec![(orders(0), None)]);
         let meta = f.txns.get("t").unwrap();
         assert_eq!(meta.state, TxnState::Ongoing);
         assert_eq!(meta.partitions, BTreeSet::from([orders(0)]));
         assert!(meta.start_ms > 0);
-        assert_eq!(f.txns.check_produce(pid, epoch, "orders", 0), None);
-        assert_eq!(f.txns.check_produce(pid, epoch, "orders", 1), Some(ResponseError::InvalidTxnState));
-        assert_eq!(f.txns.check_produce(pid, epoch - 1, "orders", 0), Some(ResponseError::InvalidProducerEpoch));
+        assert_eq!(f.txns.check_produce(None, (pid, epoch), "orders", 0), None);
+        assert_eq!(f.txns.check_produce(None, (pid, epoch), "orders", 1), Some(ResponseError::InvalidTxnState));
+        assert_eq!(
+            f.txns.check_produce(None, (pid, epoch - 1), "orders", 0),
+            Some(ResponseError::InvalidProducerEpoch)
+        );
 
         // One unknown partition: none is added, the others are not attempted.
         let answer = f.txns.add_partitions("t", pid, epoch, vec![orders(1), ("nope".into(), 0)], NEW).await.unwrap();
@@ -716,7 +1061,7 @@ mod tests {
         assert_eq!(f.txns.end("t", pid, epoch, true, NEW).await, Ok(()));
         assert_eq!(f.txns.end("t", pid, epoch, false, NEW).await, Err(ResponseError::InvalidTxnState));
         assert_eq!(f.orders(1).log_end_offset(), 1, "a retry writes no second marker");
-        assert_eq!(f.txns.check_produce(pid, epoch, "orders", 0), Some(ResponseError::InvalidTxnState));
+        assert_eq!(f.txns.check_produce(None, (pid, epoch), "orders", 0), Some(ResponseError::InvalidTxnState));
         // Ending with nothing open is refused.
         f.txns.init_producer("t", 10_000, None, NEW).await.unwrap();
         assert_eq!(f.txns.end("t", pid, epoch + 1, true, NEW).await, Err(ResponseError::InvalidTxnState));
@@ -750,7 +1095,7 @@ mod tests {
         assert_eq!(log.last_stable_offset(), log.log_end_offset());
         // The old instance can neither end it nor write into it.
         assert_eq!(f.txns.end("t", pid, epoch, true, NEW).await, Err(ResponseError::ProducerFenced));
-        assert_eq!(f.txns.check_produce(pid, epoch, "orders", 0), Some(ResponseError::InvalidProducerEpoch));
+        assert_eq!(f.txns.check_produce(None, (pid, epoch), "orders", 0), Some(ResponseError::InvalidProducerEpoch));
     }
 
     #[tokio::test]

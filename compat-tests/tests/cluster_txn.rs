@@ -1,0 +1,365 @@
+//! Transactions on a cluster of three `fjord` processes. A transactional id's coordinator leads
+//! its partition of the replicated `__transaction_state`; the markers that end a transaction go
+//! to the leader of each of its partitions, wherever that is; and a consume-transform-produce
+//! loop stays exactly-once when the node coordinating its transactions is killed.
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use fjord_compat_tests::cluster::LocalCluster;
+use fjord_compat_tests::jepsen::{create_topic, wait_for_leaders};
+use fjord_compat_tests::wire::{self, s, txn_batch};
+use fjord_compat_tests::{client, clients_dir, python, run_client, wait_until, RawConn};
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+use kafka_protocol::messages::*;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+const NODES: usize = 3;
+const DEADLINE: Duration = Duration::from_secs(60);
+/// Few internal partitions keep the test's Raft groups few.
+const FLAGS: &[&str] = &[
+    "--transaction-state-log-num-partitions",
+    "3",
+    "--offsets-topic-num-partitions",
+    "3",
+    "--transaction-abort-timed-out-transaction-cleanup-interval-ms",
+    "200",
+];
+
+/// The node id FindCoordinator names for transactional id `id`, asked of node index `i`; -1
+/// while it names none.
+fn txn_coordinator(cluster: &LocalCluster, i: usize, id: &str) -> i32 {
+    let mut req = FindCoordinatorRequest::default();
+    req.key_type = 1;
+    req.coordinator_keys = vec![s(id)];
+    let Some(r): Option<FindCoordinatorResponse> = cluster.conn(i).try_call(ApiKey::FindCoordinator, 4, &req) else {
+        return -1;
+    };
+    let c = &r.coordinators[0];
+    if c.error_code == 0 {
+        c.node_id.0
+    } else {
+        -1
+    }
+}
+
+/// Node index of each partition's leader as node index `i` shows them (leader ids are 1-based).
+fn leader_indexes(cluster: &LocalCluster, i: usize, topic: &str, partitions: i32) -> Vec<usize> {
+    let mut found = Vec::new();
+    wait_until(DEADLINE, "a leader for every partition", || {
+        let leaders = cluster.leaders(i, topic);
+        found = leaders.iter().filter(|(_, l, _)| *l >= 1).map(|(_, l, _)| (*l - 1) as usize).collect();
+        found.len() == partitions as usize
+    });
+    found
+}
+
+/// The partition's end offset at its leader: the last stable offset when `read_committed`, else
+/// the high watermark.
+fn end_offset(conn: &mut RawConn, topic: &str, partition: i32, read_committed: bool) -> Option<i64> {
+    let mut p = list_offsets_request::ListOffsetsPartition::default();
+    p.partition_index = partition;
+    p.timestamp = -1;
+    let mut t = list_offsets_request::ListOffsetsTopic::default();
+    t.name = TopicName(s(topic));
+    t.partitions = vec![p];
+    let mut req = ListOffsetsRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.isolation_level = read_committed as i8;
+    req.topics = vec![t];
+    let r: ListOffsetsResponse = conn.try_call(ApiKey::ListOffsets, 7, &req)?;
+    let part = &r.topics[0].partitions[0];
+    (part.error_code == 0).then_some(part.offset)
+}
+
+/// Reads every partition of `topic` from the start until `want` records are in; their values.
+fn read(bootstrap: &str, topic: &str, partitions: i32, isolation: &str, want: usize) -> Vec<String> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{isolation}"))
+        .set("isolation.level", isolation)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while got.len() < want {
+        assert!(Instant::now() < deadline, "read {} of {want} {isolation} records: {got:?}", got.len());
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            got.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+        }
+    }
+    got
+}
+
+fn init(conn: &mut RawConn, id: &str, timeout_ms: i32) -> (i64, i16) {
+    let mut req = InitProducerIdRequest::default();
+    req.transactional_id = Some(TransactionalId(s(id)));
+    req.transaction_timeout_ms = timeout_ms;
+    let r: InitProducerIdResponse = conn.call(ApiKey::InitProducerId, 4, &req);
+    assert_eq!(r.error_code, 0, "InitProducerId");
+    (r.producer_id.0, r.producer_epoch)
+}
+
+fn add(conn: &mut RawConn, id: &str, producer: (i64, i16), topic: &str, partitions: &[i32]) -> Vec<i16> {
+    let mut t = AddPartitionsToTxnTopic::default();
+    t.name = TopicName(s(topic));
+    t.partitions = partitions.to_vec();
+    let mut req = AddPartitionsToTxnRequest::default();
+    req.v3_and_below_transactional_id = TransactionalId(s(id));
+    req.v3_and_below_producer_id = ProducerId(producer.0);
+    req.v3_and_below_producer_epoch = producer.1;
+    req.v3_and_below_topics = vec![t];
+    let r: AddPartitionsToTxnResponse = conn.call(ApiKey::AddPartitionsToTxn, 3, &req);
+    r.results_by_topic_v3_and_below
+        .iter()
+        .flat_map(|t| t.results_by_partition.iter().map(|p| p.partition_error_code))
+        .collect()
+}
+
+fn describe(conn: &mut RawConn, id: &str) -> describe_transactions_response::TransactionState {
+    let mut req = DescribeTransactionsRequest::default();
+    req.transactional_ids = vec![TransactionalId(s(id))];
+    let mut r: DescribeTransactionsResponse = conn.call(ApiKey::DescribeTransactions, 0, &req);
+    r.transaction_states.remove(0)
+}
+
+#[test]
+fn transactions_end_whole_on_partitions_every_node_leads() {
+    let cluster = LocalCluster::start_with(NODES, FLAGS);
+    cluster.wait_formed(DEADLINE);
+    let topic = "orders";
+    let parts = 6;
+    create_topic(&cluster.bootstrap(), topic, parts, 3).expect("create topic");
+    wait_for_leaders(&cluster.bootstrap(), topic, parts, DEADLINE).expect("leaders");
+    let leaders = leader_indexes(&cluster, 0, topic, parts);
+    let leading: BTreeSet<usize> = leaders.iter().copied().collect();
+    assert!(leading.len() >= 2, "the partitions' leaders are spread over the nodes: {leaders:?}");
+
+    // A librdkafka producer runs ten transactions over every partition, committing the even
+    // ones and aborting the odd ones. (Threaded: an abort waits for the delivery reports of the
+    // transaction's records, which a thread of its own serves.)
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("transactional.id", "orders-app")
+        .set("transaction.timeout.ms", "30000")
+        .create()
+        .expect("producer");
+    producer.init_transactions(DEADLINE).expect("init_transactions");
+    let coordinator = txn_coordinator(&cluster, 0, "orders-app");
+    assert!((1..=NODES as i32).contains(&coordinator), "a coordinator is named: {coordinator}");
+    let mut committed = BTreeSet::new();
+    for t in 0..10 {
+        producer.begin_transaction().expect("begin");
+        for p in 0..parts {
+            let v = format!("t{t}-p{p}");
+            producer.send(BaseRecord::<(), _, ()>::to(topic).partition(p).payload(&v)).expect("queue");
+            if t % 2 == 0 {
+                committed.insert(v);
+            }
+        }
+        if t % 2 == 0 {
+            producer.commit_transaction(DEADLINE).expect("commit");
+        } else {
+            // Flushed first, so that the aborted records are in the log, not purged unsent.
+            producer.flush(DEADLINE).expect("flush");
+            producer.abort_transaction(DEADLINE).expect("abort");
+        }
+    }
+    // Every partition's leader holds the markers: nothing is left unstable. (Each election
+    // also stores an entry of its own, a control batch, so the log may hold more.)
+    let mut ends = Vec::new();
+    for (p, l) in leaders.iter().enumerate() {
+        let mut conn = cluster.conn(*l);
+        let hw = end_offset(&mut conn, topic, p as i32, false).expect("high watermark");
+        assert_eq!(end_offset(&mut conn, topic, p as i32, true), Some(hw), "partition {p} is stable to its end");
+        assert!(hw >= 20, "partition {p}: ten records and ten markers, but the log ends at {hw}");
+        ends.push(hw);
+    }
+    // read_committed sees exactly the committed transactions; the aborted ones are in the log.
+    let seen: BTreeSet<String> =
+        read(&cluster.bootstrap(), topic, parts, "read_committed", committed.len()).into_iter().collect();
+    assert_eq!(seen, committed);
+    assert_eq!(read(&cluster.bootstrap(), topic, parts, "read_uncommitted", 60).len(), 60);
+    let d = describe(&mut cluster.conn((coordinator - 1) as usize), "orders-app");
+    assert_eq!((d.error_code, d.transaction_state.as_str()), (0, "CompleteAbort"));
+    // Any other node sends the client to the coordinator.
+    let other = (0..NODES).find(|i| *i as i32 + 1 != coordinator).unwrap();
+    assert_eq!(describe(&mut cluster.conn(other), "orders-app").error_code, 16, "NOT_COORDINATOR");
+
+    // A transaction its producer abandons is aborted by its coordinator's timer, with a marker
+    // on every partition's leader, and the producer is fenced.
+    let id = "abandoned";
+    let mut coordinator = -1;
+    wait_until(DEADLINE, "a coordinator for the abandoned id", || {
+        coordinator = txn_coordinator(&cluster, 1, id);
+        coordinator >= 1
+    });
+    let mut c = cluster.conn((coordinator - 1) as usize);
+    let me = init(&mut c, id, 1_000);
+    let all: Vec<i32> = (0..parts).collect();
+    assert_eq!(add(&mut c, id, me, topic, &all), vec![0; parts as usize]);
+    for (p, l) in leaders.iter().enumerate() {
+        let (code, _) =
+            wire::produce(&mut cluster.conn(*l), topic, p as i32, txn_batch(&[b"left open"], me.0, me.1, 0));
+        assert_eq!(code, 0, "transactional produce to partition {p}");
+    }
+    wait_until(DEADLINE, "every partition stable again after the abort", || {
+        leaders.iter().enumerate().all(|(p, l)| {
+            let mut conn = cluster.conn(*l);
+            let hw = end_offset(&mut conn, topic, p as i32, false);
+            hw >= Some(ends[p] + 2) && end_offset(&mut conn, topic, p as i32, true) == hw
+        })
+    });
+    let d = describe(&mut c, id);
+    assert_eq!((d.transaction_state.as_str(), d.producer_epoch), ("CompleteAbort", me.1 + 1));
+    // The open record was aborted: read_committed still sees only the committed transactions.
+    let seen: BTreeSet<String> =
+        read(&cluster.bootstrap(), topic, parts, "read_committed", committed.len()).into_iter().collect();
+    assert_eq!(seen, committed);
+    let (code, _) = wire::produce(&mut cluster.conn(leaders[0]), topic, 0, txn_batch(&[b"zombie"], me.0, me.1, 1));
+    assert_eq!(code, 47, "INVALID_PRODUCER_EPOCH for the fenced producer");
+}
+
+/// Records written to `topic` so far (committed or not), by the high watermarks `bootstrap`'s
+/// nodes report.
+fn written(bootstrap: &str, topic: &str, partitions: i32) -> i64 {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("consumer");
+    (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).map_or(0, |(_, hi)| hi)).sum()
+}
+
+#[test]
+fn an_exactly_once_pipeline_survives_the_loss_of_its_transaction_coordinator() {
+    let mut cluster = LocalCluster::start_with(NODES, FLAGS);
+    cluster.wait_formed(DEADLINE);
+    for t in ["ctp-in", "ctp-out"] {
+        create_topic(&cluster.bootstrap(), t, 3, 3).expect("create topic");
+        wait_for_leaders(&cluster.bootstrap(), t, 3, DEADLINE).expect("leaders");
+    }
+    let total: i32 = 9000;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    for i in 0..total {
+        let v = format!("in-{i}");
+        let p = i % 3;
+        loop {
+            match producer.send(BaseRecord::<(), _>::to("ctp-in").partition(p).payload(&v)) {
+                Ok(()) => break,
+                Err((_, _)) => producer.poll(Duration::from_millis(10)),
+            };
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(DEADLINE).expect("input acknowledged");
+
+    let bootstrap = cluster.bootstrap();
+    let log = tempfile::NamedTempFile::new().expect("transform log");
+    let start = || {
+        client(python())
+            .current_dir(clients_dir().join("python"))
+            .args(["txn_transform.py", &bootstrap, "ctp-in", "ctp-out", "ctp-group", "ctp-app"])
+            .stdout(Stdio::null())
+            .stderr(log.reopen().expect("log"))
+            .spawn()
+            .expect("start transform")
+    };
+    let mut transform = Killed(start());
+    // The node coordinating the transform's transactions dies mid-stream, twice: the first one
+    // comes back before the second goes, so that a quorum stays.
+    let mut victim: Option<usize> = None;
+    let mut target = 1000;
+    for _ in 0..2 {
+        wait_until(Duration::from_secs(120), "the transform under way", || written(&bootstrap, "ctp-out", 3) >= target);
+        let asked = victim.map_or(0, |v| (v + 1) % NODES);
+        let mut coordinator = -1;
+        wait_until(DEADLINE, "the transform's coordinator named", || {
+            coordinator = txn_coordinator(&cluster, asked, "ctp-app");
+            coordinator >= 1
+        });
+        let v = (coordinator - 1) as usize;
+        let at = written(&bootstrap, "ctp-out", 3);
+        assert!(at < total as i64, "the transform finished before the kill; give it more input");
+        println!("SIGKILL node {coordinator}, the transaction coordinator, at {at} output records");
+        cluster.nodes[v].kill9();
+        let asked = (v + 1) % NODES;
+        wait_until(DEADLINE, "another node coordinates the transform", || {
+            let now = txn_coordinator(&cluster, asked, "ctp-app");
+            now >= 1 && now != coordinator
+        });
+        if let Some(earlier) = victim {
+            assert_ne!(earlier, v, "the restarted node was not the coordinator");
+        }
+        if victim.is_none() {
+            cluster.nodes[v].restart();
+            cluster.wait_formed(DEADLINE);
+            target = written(&bootstrap, "ctp-out", 3) + 1000;
+        }
+        victim = Some(v);
+    }
+    let alive: Vec<usize> = (0..NODES).filter(|i| Some(*i) != victim).collect();
+    // Run to the end; a fatal client error is restarted as a supervisor would.
+    let mut finished = false;
+    for _ in 0..5 {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let status = loop {
+            if let Some(status) = transform.0.try_wait().expect("transform status") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the transform did not finish; its log:\n{}\n{}",
+                tail(&log),
+                cluster.nodes.iter().map(|n| n.log_tail()).collect::<Vec<_>>().join("\n----\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if status.success() {
+            finished = true;
+            break;
+        }
+        println!("transform exited with {status}; starting it again");
+        transform = Killed(start());
+    }
+    assert!(finished, "the transform finished the input; its log:\n{}", tail(&log));
+    let survivors: Vec<String> = alive.iter().map(|i| cluster.nodes[*i].bootstrap()).collect();
+    let out = run_client(
+        client(python()).current_dir(clients_dir().join("python")).args([
+            "txn_verify.py",
+            &survivors.join(","),
+            "ctp-in",
+            "ctp-out",
+        ]),
+        Duration::from_secs(180),
+    );
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// A client process, killed when dropped so that a failing test leaves nothing running.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tail(log: &tempfile::NamedTempFile) -> String {
+    let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
