@@ -281,6 +281,24 @@ impl ClusterNode {
         }))
     }
 
+    /// Retention of every partition replica on this node (see `partition::retention`), each
+    /// replica on its own, so that one waiting for its snapshot holds up no other.
+    pub async fn apply_retention(&self, now_ms: i64) {
+        let mut passes = tokio::task::JoinSet::new();
+        for (group, replica) in self.replicas.all() {
+            let Some(raft) = self.node.group(group) else { continue };
+            passes.spawn(async move {
+                let log = &replica.log;
+                match fjord_replication::partition::retention::apply(&raft, log, now_ms, RETENTION_WAIT).await {
+                    Ok(Some(upto)) => tracing::info!(group, upto, "retention: purging the log up to entry {upto}"),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(group, error = %e, "retention pass failed"),
+                }
+            });
+        }
+        while passes.join_next().await.is_some() {}
+    }
+
     /// Whether this node is still the Raft leader of partition `index` of `topic` in term
     /// `epoch`, whether or not it can serve right now (a leader that has not heard its quorum
     /// for a while keeps its term, and its log, until another leader is elected).
@@ -356,6 +374,9 @@ impl ClusterNode {
         self.node.id()
     }
 }
+
+/// How long a retention pass waits for a replica's snapshot.
+const RETENTION_WAIT: Duration = Duration::from_secs(30);
 
 /// How long a request waits for the controller: longer than an election.
 const SUBMIT_WAIT: Duration = Duration::from_secs(10);

@@ -202,6 +202,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         )),
         tokio::spawn(session_expiry_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(coordinator_placement_loop(broker.clone(), shutdown_rx.clone())),
+        tokio::spawn(replicated_retention_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(mapped_pages_loop(broker.clone(), shutdown_rx.clone(), mapped_baseline)),
         tokio::spawn(transaction_expiry_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(flush_loop(broker.clone(), shutdown_rx)),
@@ -269,6 +270,20 @@ async fn session_expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<
             })
             .await;
         }
+    }
+}
+
+/// In a cluster: retention of the partition replicas, every `log.retention.check.interval.ms`
+/// (the local pass skips their logs: they lose data only through Raft).
+async fn replicated_retention_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let Some(cluster) = &broker.cluster else { return };
+    loop {
+        let every = Duration::from_millis(broker.config.log_retention_check_interval_ms.max(10));
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        cluster.apply_retention(now_ms()).await;
     }
 }
 

@@ -408,3 +408,115 @@ fn five_nodes_lose_two_at_once_and_keep_every_acknowledged_record() {
     assert!(j.crossed > 0, "no record crossed a fault");
     assert_eq!(j.report.unknown, 0, "every record got an answer");
 }
+
+/// The first four bytes (the record number) of each record partition 0 of `topic` holds on
+/// node index `from`, read from its log start.
+fn retained(cluster: &LocalCluster, from: usize, topic: &str) -> Vec<String> {
+    let mut got = Vec::new();
+    wait_until(DEADLINE, "the retained records readable", || {
+        let start = list_offset(&mut cluster.conn(from), topic, 0, -2);
+        let end = list_offset(&mut cluster.conn(from), topic, 0, -1);
+        got.clear();
+        // A fetch answers from one segment at a time: read on to the end.
+        let mut at = start;
+        while at < end {
+            let r = fetch(&mut cluster.conn(from), topic, 0, at, false);
+            if r.error_code != 0 || r.records.as_ref().is_none_or(|b| b.is_empty()) {
+                return false;
+            }
+            let mut buf = r.records.clone().unwrap_or_default();
+            let sets = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut buf).expect("batches");
+            // A read starts at the batch holding `at`: records before it were read already.
+            let from = at;
+            for rec in sets.into_iter().flat_map(|set| set.records) {
+                if !rec.control && rec.offset >= from {
+                    got.push((rec.offset, rec.value.unwrap_or_default()));
+                }
+                at = at.max(rec.offset + 1);
+            }
+        }
+        !got.is_empty() && got.iter().all(|(o, _)| *o >= start)
+    });
+    got.iter().map(|(_, v)| String::from_utf8_lossy(&v[..4]).into_owned()).collect()
+}
+
+/// The base offsets of the segments node index `i` holds of partition 0 of `topic`.
+fn segment_bases(cluster: &LocalCluster, i: usize, topic: &str) -> Vec<i64> {
+    let Some(dir) = std::fs::read_dir(cluster.nodes[i].data_dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with(&format!("{topic}-0.g")))
+    else {
+        return Vec::new();
+    };
+    let mut bases: Vec<i64> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .filter_map(|e| e.path().file_stem()?.to_str()?.parse().ok())
+        .collect();
+    bases.sort_unstable();
+    bases
+}
+
+/// Retention on a replicated partition: every replica lets go of the segments retention.bytes
+/// expires, through Raft (a snapshot at their last entry, then a purge of the Raft log), keeping
+/// the newest records readable at their offsets. A replica that was down meanwhile finds the
+/// entries it needs purged: it installs the leader's snapshot, which ships nothing, and starts
+/// its log where the leader's now starts. Whichever replica leads next serves the same records.
+#[test]
+fn retention_deletes_old_segments_on_every_replica_and_a_returning_one_starts_at_the_leaders_log_start() {
+    let mut cluster = LocalCluster::start_with(NODES, &["--log-retention-check-interval-ms", "200"]);
+    cluster.wait_formed(DEADLINE);
+    let topic = "short-lived";
+    let configs = [("segment.bytes", "4096"), ("retention.bytes", "8192")];
+    let created = fjord_compat_tests::wire::create_topic(&mut cluster.conn(0), topic, 1, &configs);
+    assert_eq!(created.topics[0].error_code, 0, "{:?}", created.topics[0].error_message);
+    let all: Vec<usize> = (0..NODES).collect();
+    let leader = leader_of(&cluster, &all, topic, 0, 3);
+    // A follower is down while the records come and go.
+    let down = (leader + 1) % NODES;
+    cluster.nodes[down].kill9();
+    let value = |i: usize| format!("{i:04}{}", "x".repeat(1020));
+    const RECORDS: usize = 60;
+    for i in 0..RECORDS {
+        let v = value(i);
+        let (code, _) = produce(&mut cluster.conn(leader), topic, 0, batch(&[v.as_bytes()], now_ms()));
+        assert_eq!(code, 0, "record {i}");
+    }
+    let other = (0..NODES).find(|i| *i != leader && *i != down).unwrap();
+    wait_until(DEADLINE, "the log start to move on the leader and segments to go on the live replicas", || {
+        list_offset(&mut cluster.conn(leader), topic, 0, -2) > 0
+            && [leader, other].iter().all(|i| segment_bases(&cluster, *i, topic).len() <= 4)
+    });
+    // 60 KiB in 4 KiB segments: without retention each replica would hold about 15.
+    let kept = retained(&cluster, leader, topic);
+    assert!(!kept.is_empty() && kept.len() < RECORDS, "{} records kept", kept.len());
+    let expected: Vec<String> = (RECORDS - kept.len()..RECORDS).map(|i| format!("{i:04}")).collect();
+    assert_eq!(kept, expected, "the newest records, in order");
+    let leader_start = list_offset(&mut cluster.conn(leader), topic, 0, -2);
+
+    // The follower returns: its log restarts at the leader's log start (or later, once its own
+    // retention runs), holding only retained segments.
+    cluster.nodes[down].restart();
+    wait_until(DEADLINE, "the returning replica to start at the leader's log start", || {
+        let bases = segment_bases(&cluster, down, topic);
+        !bases.is_empty() && bases[0] >= leader_start && bases.len() <= 4
+    });
+    leader_of(&cluster, &all, topic, 0, 3);
+
+    // The leader dies; the next one serves a run of the newest records ending where the old
+    // leader's did (its own retention may have kept a little more or less).
+    cluster.nodes[leader].kill9();
+    let alive: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
+    let next = leader_of(&cluster, &alive, topic, 0, 2);
+    let after = retained(&cluster, next, topic);
+    let first: usize = after[0].parse().unwrap();
+    let run: Vec<String> = (first..RECORDS).map(|i| format!("{i:04}")).collect();
+    assert_eq!(after, run, "the new leader's records, in order");
+    assert_eq!(after.last(), expected.last(), "the new leader ends where the old one did");
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}

@@ -41,6 +41,11 @@ pub struct Replicas {
 }
 
 impl Replicas {
+    /// Every replica running here, by group.
+    pub fn all(&self) -> Vec<(GroupId, LocalReplica)> {
+        self.by_group.read().unwrap_or_else(|e| e.into_inner()).iter().map(|(g, r)| (*g, r.clone())).collect()
+    }
+
     pub fn get(&self, group: GroupId) -> Option<LocalReplica> {
         self.by_group.read().unwrap_or_else(|e| e.into_inner()).get(&group).cloned()
     }

@@ -538,6 +538,101 @@ async fn a_wiped_replica_is_filled_by_a_snapshot_after_the_leader_purged() {
     }
 }
 
+/// The batches of `log` from `from` to its end, each with its offset.
+fn batches_from(log: &PartitionLog, from: i64) -> Vec<(i64, Bytes)> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    while offset < log.log_end_offset() {
+        let read = log.read(offset, 1, i64::MAX).unwrap().records;
+        let h = batch::validate(&read).unwrap();
+        out.push((h.base_offset, read.clone()));
+        offset = h.last_offset() + 1;
+    }
+    out
+}
+
+/// Retention on a replicated partition: every replica lets its expired segments go through a
+/// snapshot at their last entry and a purge of the Raft log, keeping the newest batches where
+/// they were. A follower that was down meanwhile gets the leader's snapshot (no batches: all
+/// before it expired) and restarts its log at the leader's log start, then holds exactly the
+/// leader's retained batches.
+#[tokio::test]
+async fn retention_purges_every_replica_and_a_lagging_one_restarts_at_the_leaders_log_start() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut nodes, mut members) = start_cluster(tmp.path()).await;
+    let first = write_all(&nodes, "before", 8).await;
+    for (g, acks) in &first {
+        caught_up(&nodes, *g, acks.last().unwrap().index).await;
+    }
+    let group = 1;
+    let leader_id = settled_leader(&nodes, group).await;
+    let lag_at = nodes.iter().position(|n| n.node.id() != leader_id).unwrap();
+    let lagging = nodes.remove(lag_at);
+    let lag_id = lagging.node.id();
+    let lag_end = lagging.logs[&group].log_end_offset();
+    lagging.node.shutdown().await;
+    drop(lagging);
+
+    let rest: Vec<&TestNode> = nodes.iter().collect();
+    let second = write_rest(&rest, "while-down", 40).await;
+    caught_up(&nodes, group, second[&group].last().unwrap().index).await;
+    // Keep about 2 KB of 600-byte segments on every live replica.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    for n in &nodes {
+        let log = &n.logs[&group];
+        // By size only: the test batches carry timestamps from 1970.
+        log.set_config(LogConfig { retention_bytes: 2_000, retention_ms: -1, ..log.config() });
+        let purged = partition::retention::apply(&n.raft(group), log, now, DEADLINE).await.unwrap();
+        assert!(purged.is_some(), "node {}: retention purged nothing", n.node.id());
+    }
+    let leader = nodes.iter().find(|n| n.node.id() == leader_id).unwrap();
+    let leader_log = leader.logs[&group].clone();
+    wait_until(DEADLINE, "the leader's expired segments gone", || {
+        let moved = leader_log.log_start_offset() > lag_end;
+        async move { moved }
+    })
+    .await;
+    let start = leader_log.log_start_offset();
+    assert!(leader_log.size_bytes() < 4_000, "about 2 KB kept, not {} bytes", leader_log.size_bytes());
+    // The retained batches are the newest acknowledged ones, at their offsets.
+    let kept: Vec<&Ack> = second[&group].iter().filter(|a| a.base_offset >= start).collect();
+    assert!(!kept.is_empty());
+    assert_acked_at_their_offsets(&leader_log, &kept.into_iter().cloned().collect::<Vec<_>>(), "retained");
+    assert!(leader_log.read(0, 1, i64::MAX).is_err(), "offset 0 is gone");
+    // The other follower applied retention to its own log the same way.
+    let other = nodes.iter().find(|n| n.node.id() != leader_id).unwrap();
+    let other_log = &other.logs[&group];
+    assert!(other_log.log_start_offset() > lag_end);
+    let common = other_log.log_start_offset().max(start);
+    assert_eq!(batches_from(other_log, common), batches_from(&leader_log, common));
+
+    // The lagging follower comes back: the entries it needs are purged, so it installs the
+    // leader's snapshot and continues from there.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    members.insert(lag_id, BasicNode::new(addr.clone()));
+    let back = start_node(tmp.path(), lag_id, listener, &members, config()).await;
+    for n in &nodes {
+        n.node.add_peer(lag_id, &addr);
+    }
+    nodes.push(back);
+    let third = write_all(&nodes, "after", 2).await;
+    caught_up(&nodes, group, third[&group].last().unwrap().index).await;
+    let leader_log = &nodes.iter().find(|n| n.node.id() == leader_id).unwrap().logs[&group];
+    let refilled = &nodes.last().unwrap().logs[&group];
+    assert_eq!(refilled.log_start_offset(), leader_log.log_start_offset(), "it starts where the leader does");
+    assert_eq!(refilled.high_watermark(), leader_log.high_watermark());
+    assert_eq!(
+        batches_from(refilled, refilled.log_start_offset()),
+        batches_from(leader_log, leader_log.log_start_offset())
+    );
+    assert!(refilled.read(lag_end - 1, 1, i64::MAX).is_err(), "its own old batches went with the install");
+    for n in &nodes {
+        n.node.shutdown().await;
+    }
+}
+
 /// The leader's write path (`partition::produce::Proposer`): a write is answered once committed,
 /// at the offsets it is stored at on every replica; an idempotent producer's retry gets the
 /// first copy's offsets and is not stored twice; a sequence gap and a broker write decided in

@@ -374,6 +374,11 @@ impl Inner {
     }
 }
 
+/// Whether retention.ms lets `seg` go at `now_ms`.
+fn expired_by_time(cfg: &LogConfig, seg: &Segment, now_ms: i64) -> bool {
+    cfg.retention_ms >= 0 && seg.retention_time().is_some_and(|t| now_ms - t > cfg.retention_ms)
+}
+
 pub struct PartitionLog {
     dir: PathBuf,
     inner: RwLock<Inner>,
@@ -393,6 +398,8 @@ pub struct PartitionLog {
     /// "clean" part, for `min.cleanable.dirty.ratio`); in memory only, so
     /// a restart treats the whole log as dirty once.
     pub(crate) cleaned_upto: AtomicI64,
+    /// The Raft index retention asked the next snapshot to stand at (`request_snapshot_at`).
+    snapshot_request: std::sync::Mutex<Option<u64>>,
     recovery: RecoveryReport,
 }
 
@@ -678,6 +685,7 @@ impl PartitionLog {
             fsyncs: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             group_commit: opts.group_commit.unwrap_or_else(crate::durability::GroupCommit::shared_default),
             cleaned_upto: AtomicI64::new(0),
+            snapshot_request: std::sync::Mutex::new(None),
             recovery: report,
         };
         if let Some(cut) = raft_cut {
@@ -1713,8 +1721,7 @@ impl PartitionLog {
             if seg.is_empty() {
                 break;
             }
-            let by_time =
-                cfg.retention_ms >= 0 && seg.max_timestamp >= 0 && now_ms - seg.max_timestamp > cfg.retention_ms;
+            let by_time = expired_by_time(&cfg, seg, now_ms);
             let by_size = cfg.retention_bytes >= 0 && size - seg.size() as i64 >= cfg.retention_bytes;
             if !(by_time || by_size) {
                 break;
@@ -1749,6 +1756,51 @@ impl PartitionLog {
             tracing::info!(log = %self.dir.display(), dropped, log_start = new_start, "retention deleted segments");
         }
         Ok(dropped)
+    }
+
+    /// Retention of a replicated log: the last Raft index of the segments retention.ms or
+    /// retention.bytes lets go, all committed, for Raft to purge up to (a replicated log loses
+    /// data only through its purge, `drop_raft_segments_upto`, behind a snapshot at that index).
+    /// The rules are `apply_retention`'s. None when nothing is due.
+    pub fn raft_retention_point(&self, now_ms: i64) -> Option<u64> {
+        let inner = self.read_inner();
+        let cfg = &inner.config;
+        if !cfg.delete || inner.raft.is_empty() {
+            return None;
+        }
+        let mut size = inner.size() as i64;
+        let n = inner.segments.len();
+        let mut point = None;
+        for (i, seg) in inner.segments.values().enumerate() {
+            if seg.is_empty() || seg.next_offset > inner.hw {
+                break;
+            }
+            let by_time = expired_by_time(cfg, seg, now_ms);
+            let by_size = cfg.retention_bytes >= 0 && size - seg.size() as i64 >= cfg.retention_bytes;
+            // The active segment only goes when its data has expired by time.
+            let allowed = if i + 1 == n { by_time } else { by_time || by_size };
+            if !allowed {
+                break;
+            }
+            size -= seg.size() as i64;
+            // A segment without entries (batches a snapshot brought) goes with the next one
+            // that has some.
+            if let Some(last) = inner.raft.get(&seg.base_offset).and_then(|idx| idx.last_index()) {
+                point = Some(last);
+            }
+        }
+        point
+    }
+
+    /// Asks the replica's next Raft snapshot to stand at entry `index` (retention's point)
+    /// rather than at the last applied entry; the snapshot builder takes the request.
+    pub fn request_snapshot_at(&self, index: u64) {
+        *self.snapshot_request.lock().unwrap_or_else(|e| e.into_inner()) = Some(index);
+    }
+
+    /// The pending request of `request_snapshot_at`, cleared.
+    pub fn take_snapshot_request(&self) -> Option<u64> {
+        self.snapshot_request.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// Removes everything at and after `offset` (replica divergence). The

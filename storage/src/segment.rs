@@ -621,6 +621,17 @@ impl Segment {
         self.file.clone()
     }
 
+    /// The time retention.ms counts from: the newest record timestamp, or for a segment whose
+    /// batches carry none (Raft's own control entries, producers that send no timestamps) the
+    /// time it was last written, as Kafka does. None when neither is known.
+    pub fn retention_time(&self) -> Option<i64> {
+        if self.max_timestamp >= 0 {
+            return Some(self.max_timestamp);
+        }
+        let modified = self.file.metadata().ok()?.modified().ok()?;
+        modified.duration_since(std::time::UNIX_EPOCH).ok().and_then(|d| i64::try_from(d.as_millis()).ok())
+    }
+
     /// Drops this process's page-table entries for the mapping. The pages
     /// stay in the page cache; the next read through the mapping faults
     /// them back in. Reads copy small ranges out of the mapping and walk

@@ -5,6 +5,7 @@
 
 pub mod entry;
 pub mod produce;
+pub mod retention;
 
 use std::fmt::Debug;
 use std::io;
@@ -87,6 +88,14 @@ struct SavedSnapshot {
     /// been cut short by a crash, so it is redone.
     #[serde(default)]
     installing: bool,
+    /// Whether it ships the log's batches before its point. A snapshot retention took does not:
+    /// everything before its point has expired, and an installing replica starts empty there.
+    #[serde(default = "shipped")]
+    prefix: bool,
+}
+
+fn shipped() -> bool {
+    true
 }
 
 /// The most log prefix a snapshot carries (the newest batches before its end). Snapshots travel
@@ -225,7 +234,9 @@ impl Shared {
             log_start_offset: self.log.log_start_offset(),
             producers: saved.producers.clone(),
         };
-        encode_snapshot(&body, &self.log.prefix_before(saved.next_offset, MAX_SNAPSHOT_PREFIX))
+        let prefix =
+            if saved.prefix { self.log.prefix_before(saved.next_offset, MAX_SNAPSHOT_PREFIX) } else { Vec::new() };
+        encode_snapshot(&body, &prefix)
     }
 
     /// The stored entry at `index`, if its term is `term`: where it lies, and its LogAppendTime.
@@ -525,16 +536,37 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionStateMachine {
             (sm.last_applied, sm.membership.clone())
         };
         let log = &self.shared.log;
-        let next_offset = match &last_applied {
-            Some(l) => self.shared.entry_at(l)?.map_or(log.high_watermark(), |a| a.last_offset + 1),
-            None => log.log_start_offset(),
+        // Where retention asked (`retention::apply`), when a snapshot can stand there: an entry
+        // applied here, with no membership change after it (the snapshot carries the membership
+        // as of its point). Otherwise the snapshot stands at the last applied entry and ships
+        // the batches before it.
+        let retention = log.take_snapshot_request().and_then(|point| {
+            if last_applied.is_none_or(|a| point > a.index()) {
+                return None;
+            }
+            if membership.log_id().is_some_and(|m| m.index() > point) {
+                return None;
+            }
+            let entry = log.raft_entry(point).ok()??;
+            let term = u64::try_from(entry.term).ok()?;
+            Some((LogIdOf::<TypeConfig>::new_term_index(term, point), entry.span.next_offset))
+        });
+        let (last_log_id, next_offset, prefix) = match retention {
+            Some((at, next)) => (Some(at), next, false),
+            None => {
+                let next = match &last_applied {
+                    Some(l) => self.shared.entry_at(l)?.map_or(log.high_watermark(), |a| a.last_offset + 1),
+                    None => log.log_start_offset(),
+                };
+                (last_applied, next, true)
+            }
         };
         // As of the snapshot's last entry: entries after it may already be in the log, and the
         // installing replica receives those again.
         let producers = log.producer_state_at(next_offset).map_err(io_err)?;
         let producers = String::from_utf8(producers).map_err(io::Error::other)?;
-        let meta = SnapshotMetaOf::<TypeConfig> { last_log_id: last_applied, last_membership: membership };
-        let saved = SavedSnapshot { meta: meta.clone(), next_offset, producers, installing: false };
+        let meta = SnapshotMetaOf::<TypeConfig> { last_log_id, last_membership: membership };
+        let saved = SavedSnapshot { meta: meta.clone(), next_offset, producers, installing: false, prefix };
         let data = self.shared.snapshot_data(&saved)?;
         // openraft builds in a task of its own, so a snapshot may have been installed since
         // `last_applied` was read: only a newer snapshot replaces the current one (an older
@@ -621,6 +653,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                     next_offset: body.next_offset,
                     producers: body.producers.clone(),
                     installing: true,
+                    prefix: true,
                 };
                 {
                     // Adopted at once (under the lock `build_snapshot` compares under), so a
@@ -643,6 +676,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             next_offset: body.next_offset,
             producers: body.producers,
             installing: false,
+            prefix: true,
         };
         let mut sm = lock(&self.sm);
         self.shared.save_snapshot(&saved)?;
