@@ -21,8 +21,9 @@ use crate::server::Broker;
 pub const RPC_TXN_MARKERS: u8 = fjord_replication::node::SERVICE_RPC_BASE + 1;
 
 /// How long a node may take to answer a marker request: its markers wait for their
-/// partitions' commits, as an acks=all produce does.
-const MARKERS_WAIT: Duration = Duration::from_secs(5);
+/// partitions' commits (up to the coordinator writes' own 15 s), as an acks=all produce does.
+/// Longer than that wait, so that an answer is not given up while its marker may still land.
+const MARKERS_WAIT: Duration = Duration::from_secs(16);
 
 /// The node's service RPCs: the controller's, and the broker's own once it is built.
 pub struct Services {

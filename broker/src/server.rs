@@ -319,7 +319,7 @@ trait Placement {
     fn take_over(&self, broker: &Broker, p: i32, epoch: i32, log: &PartitionLog) -> anyhow::Result<()>;
     fn give_up(&self, broker: &Broker, p: i32);
     /// Work that follows a take-over, off the placement loop.
-    fn after_take_over(&self, _broker: Arc<Broker>) {}
+    fn after_take_over(&self, _broker: Arc<Broker>, _p: i32) {}
 }
 
 struct GroupPlacement;
@@ -349,8 +349,8 @@ impl Placement for TxnPlacement {
         broker.txns.give_up(p)
     }
     /// Ends the previous coordinator left between their two phases are finished here.
-    fn after_take_over(&self, broker: Arc<Broker>) {
-        tokio::spawn(async move { broker.txns.recover().await });
+    fn after_take_over(&self, broker: Arc<Broker>, p: i32) {
+        tokio::spawn(async move { broker.txns.recover_partition(p).await });
     }
 }
 
@@ -367,7 +367,7 @@ async fn place(
             let b = broker.clone();
             let loaded = tokio::task::spawn_blocking(move || how.take_over(&b, p, guard.epoch, &guard.log)).await;
             match loaded {
-                Ok(Ok(())) => how.after_take_over(broker.clone()),
+                Ok(Ok(())) => how.after_take_over(broker.clone(), p),
                 Ok(Err(e)) => tracing::error!(partition = p, error = %e, "cannot load {topic}"),
                 Err(e) => tracing::error!(partition = p, error = %e, "{topic} load task failed"),
             }

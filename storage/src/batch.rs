@@ -329,9 +329,18 @@ pub fn control_record(batch: &[u8]) -> Option<(i16, &[u8])> {
     Some((control_type, value))
 }
 
-/// Whether a control batch is a commit (Some(true)) or abort (Some(false))
-/// marker; None for other control records or anything unreadable.
-pub fn marker_kind(batch: &[u8]) -> Option<bool> {
+/// A transaction marker as a control batch holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    pub commit: bool,
+    /// The coordinator epoch in its value; 0 when the value is missing or short (Kafka's
+    /// value is version 0 then the epoch, and writes it always).
+    pub coordinator_epoch: i32,
+}
+
+/// The commit or abort marker a control batch is; None for other control records or anything
+/// unreadable.
+pub fn marker_kind(batch: &[u8]) -> Option<Marker> {
     let mut pos = HEADER_SIZE;
     let _len = get_varlong(batch, &mut pos)?;
     pos += 1; // record attributes
@@ -341,11 +350,19 @@ pub fn marker_kind(batch: &[u8]) -> Option<bool> {
     if key_len < 4 || pos + 4 > batch.len() {
         return None;
     }
-    match i16_at(batch, pos + 2) {
-        0 => Some(false),
-        1 => Some(true),
-        _ => None,
-    }
+    let commit = match i16_at(batch, pos + 2) {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    pos += usize::try_from(key_len).ok()?;
+    let value_len = get_varlong(batch, &mut pos)?;
+    let coordinator_epoch = if value_len >= 6 && pos + 6 <= batch.len() {
+        i32::from_be_bytes([batch[pos + 2], batch[pos + 3], batch[pos + 4], batch[pos + 5]])
+    } else {
+        0
+    };
+    Some(Marker { commit, coordinator_epoch })
 }
 
 fn get_varlong(b: &[u8], pos: &mut usize) -> Option<i64> {
@@ -448,11 +465,11 @@ mod tests {
     #[test]
     fn markers_say_what_they_are() {
         for commit in [true, false] {
-            let m = build_marker(7, 3, 0, commit, 10);
+            let m = build_marker(7, 3, 41, commit, 10);
             let h = validate(&m).unwrap();
             assert!(h.is_control() && h.is_transactional());
             assert_eq!((h.producer_id, h.producer_epoch), (7, 3));
-            assert_eq!(marker_kind(&m), Some(commit));
+            assert_eq!(marker_kind(&m), Some(Marker { commit, coordinator_epoch: 41 }));
         }
         assert_eq!(marker_kind(&build_batch(0, 1, &[(Some(b"k"), None)])[..HEADER_SIZE + 2]), None);
     }

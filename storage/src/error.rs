@@ -20,6 +20,11 @@ pub enum LogError {
     /// A batch from a fenced producer epoch (INVALID_PRODUCER_EPOCH).
     #[error("producer {producer_id}: epoch {epoch} is older than the current {current}")]
     InvalidProducerEpoch { producer_id: i64, epoch: i16, current: i16 },
+    /// A transaction marker from a coordinator older than the one that last wrote a marker for
+    /// this producer here (TRANSACTION_COORDINATOR_FENCED): a deposed coordinator's late marker,
+    /// which could otherwise end a later transaction of the same producer epoch.
+    #[error("producer {producer_id}: marker from coordinator epoch {coordinator_epoch}, older than {current}")]
+    CoordinatorFenced { producer_id: i64, coordinator_epoch: i32, current: i32 },
     /// A non-zero sequence from a producer with no state (UNKNOWN_PRODUCER_ID).
     #[error("producer {0} has no state on this partition")]
     UnknownProducerId(i64),

@@ -374,6 +374,17 @@ impl Inner {
     }
 }
 
+/// A coordinator's markers among `batches`, each checked against the coordinator epoch of the
+/// last marker written for its producer.
+fn check_markers(inner: &Inner, payload: &[u8], batches: &[(usize, BatchHeader)]) -> Result<()> {
+    for (pos, h) in batches.iter().filter(|(_, h)| h.is_control()) {
+        if let Some(m) = batch::marker_kind(&payload[*pos..*pos + h.total_size()]) {
+            inner.producers.check_marker(h.producer_id, m)?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether retention.ms lets `seg` go at `now_ms`.
 fn expired_by_time(cfg: &LogConfig, seg: &Segment, now_ms: i64) -> bool {
     cfg.retention_ms >= 0 && seg.retention_time().is_some_and(|t| now_ms - t > cfg.retention_ms)
@@ -827,6 +838,7 @@ impl PartitionLog {
         let checked = self.validate_produce(payload, now_ms, true)?;
         let inner = self.read_inner();
         self.sequence_verdict(&inner, &checked.batches, true)?;
+        check_markers(&inner, &checked.payload, &checked.batches)?;
         drop(inner);
         Ok(checked)
     }
@@ -855,6 +867,9 @@ impl PartitionLog {
         refuse_beside_raft(&inner)?;
         if let Some(dup) = self.sequence_verdict(&inner, &batches, coordinator)? {
             return Ok(dup);
+        }
+        if coordinator {
+            check_markers(&inner, &payload, &batches)?;
         }
         let append_time = match inner.config.timestamp_type {
             TimestampType::LogAppendTime => Some(now_ms),

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::batch::BatchHeader;
+use crate::batch::{BatchHeader, Marker};
 use crate::error::{LogError, Result};
 
 /// How many recent batches per producer are remembered (Kafka keeps five,
@@ -31,6 +31,10 @@ struct ProducerEntry {
     /// First offset of the producer's open transaction on this partition.
     #[serde(default)]
     txn_first_offset: Option<i64>,
+    /// The coordinator epoch of the last marker written for this producer (Kafka's
+    /// `coordinatorEpoch`); markers from older coordinators are refused.
+    #[serde(default)]
+    coordinator_epoch: i32,
 }
 
 /// A transaction that ended in an abort: consumers reading committed data
@@ -129,10 +133,22 @@ impl ProducerStates {
         }
     }
 
+    /// Checks a marker against the coordinator epoch of the last one written for its producer.
+    pub fn check_marker(&self, producer_id: i64, marker: Marker) -> Result<()> {
+        match self.producers.get(&producer_id) {
+            Some(e) if marker.coordinator_epoch < e.coordinator_epoch => Err(LogError::CoordinatorFenced {
+                producer_id,
+                coordinator_epoch: marker.coordinator_epoch,
+                current: e.coordinator_epoch,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Records a batch that is now in the log (offsets assigned). For a
-    /// commit or abort marker (`marker` = Some(commit)), returns the
-    /// transaction it ended when that was an abort.
-    pub fn update(&mut self, h: &BatchHeader, marker: Option<bool>) -> Option<AbortedTxn> {
+    /// commit or abort marker, returns the transaction it ended when that
+    /// was an abort.
+    pub fn update(&mut self, h: &BatchHeader, marker: Option<Marker>) -> Option<AbortedTxn> {
         if h.producer_id < 0 || (h.is_control() && marker.is_none()) {
             return None;
         }
@@ -142,7 +158,8 @@ impl ProducerStates {
             entry.batches.clear();
         }
         entry.last_timestamp = entry.last_timestamp.max(h.max_timestamp);
-        if let Some(commit) = marker {
+        if let Some(Marker { commit, coordinator_epoch }) = marker {
+            entry.coordinator_epoch = entry.coordinator_epoch.max(coordinator_epoch);
             let first = entry.txn_first_offset.take()?;
             self.ongoing.remove(&first);
             let lso = self.ongoing.keys().next().copied().unwrap_or(h.base_offset + 1);
@@ -248,12 +265,16 @@ mod tests {
         assert_eq!(s.first_unstable_offset(), Some(10));
         let mut marker = header(1, 0, -1, 1, 14);
         marker.attributes = 0x30;
-        assert_eq!(s.update(&marker, Some(true)), None, "a commit is not an abort");
+        assert_eq!(
+            s.update(&marker, Some(Marker { commit: true, coordinator_epoch: 0 })),
+            None,
+            "a commit is not an abort"
+        );
         assert_eq!(s.first_unstable_offset(), Some(12));
         let mut abort = header(2, 0, -1, 1, 15);
         abort.attributes = 0x30;
         assert_eq!(
-            s.update(&abort, Some(false)),
+            s.update(&abort, Some(Marker { commit: false, coordinator_epoch: 0 })),
             Some(AbortedTxn { producer_id: 2, first_offset: 12, last_offset: 15, last_stable_offset: 16 })
         );
         assert_eq!(s.first_unstable_offset(), None);

@@ -167,3 +167,24 @@ fn expiry_keeps_producers_with_open_transactions() {
     log.append_marker(1, 0, 0, true, 0, 1).unwrap();
     assert_eq!(log.expire_producers(1_000_000), 1);
 }
+
+/// Kafka's coordinator-epoch fencing: once a coordinator of epoch 6 wrote a marker for a
+/// producer, a late marker from the deposed coordinator of epoch 5 cannot end the producer's next
+/// transaction (same producer epoch), and that transaction stays open until its own coordinator
+/// ends it. The epoch survives a restart (it is producer state).
+#[test]
+fn a_deposed_coordinators_late_marker_is_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    append(&log, produced(20, 0, 0, 1, true)); // 0
+    log.append_marker(20, 0, 6, true, 0, 2_000).unwrap(); // 1, from the new coordinator
+    append(&log, produced(20, 0, 1, 1, true)); // 2: the next transaction
+    let late = log.append_marker(20, 0, 5, true, 0, 2_000);
+    assert!(matches!(late, Err(LogError::CoordinatorFenced { coordinator_epoch: 5, current: 6, .. })), "{late:?}");
+    assert_eq!(log.last_stable_offset(), 2, "the next transaction is still open");
+    drop(log);
+    let log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert!(matches!(log.append_marker(20, 0, 5, false, 0, 2_000), Err(LogError::CoordinatorFenced { .. })));
+    assert_eq!(log.append_marker(20, 0, 6, false, 0, 2_000).unwrap(), 3);
+    assert_eq!(log.last_stable_offset(), 4);
+}

@@ -47,6 +47,7 @@ pub fn storage_code(e: &fjord_storage::LogError) -> ResponseError {
         Deleted => ResponseError::UnknownTopicOrPartition,
         OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        CoordinatorFenced { .. } => ResponseError::TransactionCoordinatorFenced,
         UnknownProducerId(_) => ResponseError::UnknownProducerId,
         InvalidRecord(_) => ResponseError::InvalidRecord,
         DecompressedTooLarge { .. } => ResponseError::MessageTooLarge,

@@ -50,6 +50,9 @@ impl Written {
                 Ok(Ok(Err(ProduceError::Log(fjord_storage::LogError::InvalidProducerEpoch { .. })))) => {
                     Err(ResponseError::ProducerFenced)
                 }
+                Ok(Ok(Err(ProduceError::Log(fjord_storage::LogError::CoordinatorFenced { .. })))) => {
+                    Err(ResponseError::TransactionCoordinatorFenced)
+                }
                 // Leadership moved (or the group stopped): the client finds the new coordinator.
                 Ok(Ok(Err(ProduceError::NotLeader))) | Ok(Err(_)) => Err(ResponseError::NotCoordinator),
                 Ok(Ok(Err(ProduceError::TimedOut(_)))) | Err(_) => Err(ResponseError::RequestTimedOut),
@@ -399,7 +402,7 @@ impl GroupCoordinator {
                 // (A replicated log also holds Raft's own control batches: leader changes and
                 // memberships, of other types.)
                 if let Some(k) = r.key.as_ref().filter(|k| k.len() >= 4 && k[2] == 0 && k[3] <= 1) {
-                    self.complete_txn(batch.producer_id, k[3] == 1, log_partition);
+                    self.complete_txn(batch.producer_id, batch.producer_epoch, k[3] == 1, log_partition);
                 }
                 return;
             }
@@ -475,11 +478,15 @@ impl GroupCoordinator {
     /// The marker of `producer_id`'s transaction landed in partition
     /// `log_partition` of `__consumer_offsets`: its offsets there apply
     /// (commit) or vanish (abort).
-    pub fn complete_txn(&self, producer_id: i64, commit: bool, log_partition: i32) {
+    ///
+    /// Only offsets written with the marker's producer epoch or an older one are its
+    /// transaction's: a later epoch's are another transaction's, still open.
+    pub fn complete_txn(&self, producer_id: i64, producer_epoch: i16, commit: bool, log_partition: i32) {
         let done: Vec<PendingOffset> = {
             let mut pending = self.pending();
             let Some(list) = pending.get_mut(&producer_id) else { return };
-            let (done, rest): (Vec<_>, Vec<_>) = list.drain(..).partition(|p| p.log_partition == log_partition);
+            let (done, rest): (Vec<_>, Vec<_>) =
+                list.drain(..).partition(|p| p.log_partition == log_partition && p.producer_epoch <= producer_epoch);
             if rest.is_empty() {
                 pending.remove(&producer_id);
             } else {
@@ -1296,6 +1303,32 @@ impl GroupCoordinator {
             Ok(w) => w.settled(durable).await,
             Err(e) => Err(e),
         };
+        if let (Err(ResponseError::ProducerFenced | ResponseError::KafkaStorageError), Some((producer_id, epoch))) =
+            (outcome, producer)
+        {
+            // The log refused the batch for certain: its offsets will never see a marker, and
+            // left pending they would hold OffsetFetch(require_stable) back for good.
+            let log_partition = self.partition_for(group_id);
+            let mut pending = self.pending();
+            if let Some(list) = pending.get_mut(&producer_id) {
+                for (_, topic, partition, c) in &accepted {
+                    let mine = |p: &PendingOffset| {
+                        p.log_partition == log_partition
+                            && p.producer_epoch == epoch
+                            && p.group == group_id
+                            && p.topic == *topic
+                            && p.partition == *partition
+                            && p.offset.as_ref() == Some(c)
+                    };
+                    if let Some(at) = list.iter().rposition(mine) {
+                        list.remove(at);
+                    }
+                }
+                if list.is_empty() {
+                    pending.remove(&producer_id);
+                }
+            }
+        }
         if let Err(e) = outcome {
             for (i, ..) in accepted {
                 results[i] = Some(e);

@@ -36,6 +36,10 @@ const REPLICATED_WRITE_WAIT: Duration = Duration::from_secs(15);
 /// the transactional id answers CONCURRENT_TRANSACTIONS, as Kafka's does while it completes.
 const MARKER_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a partition of a transaction may be unknown to this node's metadata before its
+/// marker is given up (its topic was deleted) rather than waited for (the metadata lags).
+const GONE_AFTER: Duration = Duration::from_secs(5);
+
 /// How long a transaction may sit between the two phases of its end before the timer writes its
 /// markers again (an end that is running holds the id's lock, so the timer never races it).
 const UNFINISHED_AFTER_MS: i64 = 2_000;
@@ -119,6 +123,10 @@ pub async fn write_markers_here(
                     tracing::warn!(topic, partition, "marker from a fenced epoch skipped");
                     continue;
                 }
+                Err(LogError::CoordinatorFenced { .. }) => {
+                    results[i] = Some(ResponseError::TransactionCoordinatorFenced);
+                    continue;
+                }
                 Err(e) => {
                     results[i] = Some(storage_failure("write a transaction marker", e));
                     continue;
@@ -136,16 +144,19 @@ pub async fn write_markers_here(
     for (i, outcome) in settled.await {
         let (topic, partition) = &m.partitions[i];
         results[i] = match outcome {
-            Ok(()) => None,
-            // A newer epoch already ended this producer's work here.
+            Ok(()) => {
+                if topic == OFFSETS_TOPIC {
+                    groups.complete_txn(m.producer_id, m.producer_epoch, m.commit, *partition);
+                }
+                None
+            }
+            // A newer epoch already ended this producer's work here: nothing to write, and
+            // nothing of this transaction's to apply (the pending offsets are the newer one's).
             Err(ResponseError::ProducerFenced) => None,
             // Leadership moved while the marker waited: the coordinator asks the new leader.
             Err(ResponseError::NotCoordinator) => Some(ResponseError::NotLeaderOrFollower),
             Err(e) => Some(e),
         };
-        if results[i].is_none() && topic == OFFSETS_TOPIC {
-            groups.complete_txn(m.producer_id, m.commit, *partition);
-        }
     }
     results
 }
@@ -341,48 +352,77 @@ impl TxnCoordinator {
 
     /// Whether this node coordinates transactional id `id` now (always, on a single node). In a
     /// cluster, only while it leads the id's partition at the epoch it loaded it at; otherwise
-    /// NOT_COORDINATOR sends the client to look the coordinator up again.
+    /// NOT_COORDINATOR sends the client to look the coordinator up again (or
+    /// COORDINATOR_LOAD_IN_PROGRESS while it leads but has not loaded the partition yet).
     pub fn serves(&self, id: &str) -> Result<(), ResponseError> {
+        self.term(id).map(|_| ())
+    }
+
+    /// `serves`, with the epoch this node serves `id`'s partition at (None on a single node).
+    /// An operation takes it once, under the id's lock, and every write it makes is at that
+    /// epoch: a decision made in one term of this node's leadership never lands in another.
+    fn term(&self, id: &str) -> Result<Option<i32>, ResponseError> {
         let p = self.partition_for(id);
-        let Some(serving) = self.serving() else { return Ok(()) };
-        let loaded = serving.get(&p).copied().ok_or(ResponseError::NotCoordinator)?;
+        let Some(serving) = self.serving() else { return Ok(None) };
+        let loaded = serving.get(&p).copied();
         drop(serving);
-        let leads = self.cluster.get().is_some_and(|c| c.lead(TXN_TOPIC, p).is_ok_and(|g| g.epoch == loaded));
-        if leads {
-            Ok(())
-        } else {
-            Err(ResponseError::NotCoordinator)
+        let led = self.cluster.get().and_then(|c| c.lead(TXN_TOPIC, p).ok()).map(|g| g.epoch);
+        match (loaded, led) {
+            (Some(l), Some(e)) if l == e => Ok(Some(l)),
+            (_, Some(_)) => Err(ResponseError::CoordinatorLoadInProgress),
+            _ => Err(ResponseError::NotCoordinator),
         }
     }
 
+    /// Whether this node still serves partition `p` at epoch `term`, live.
+    fn still_serves(&self, p: i32, term: i32) -> bool {
+        self.serving_epoch(p) == Some(term)
+            && self.cluster.get().is_some_and(|c| c.lead(TXN_TOPIC, p).is_ok_and(|g| g.epoch == term))
+    }
+
     /// Starts serving partition `p` of `__transaction_state`, which this node now leads at
-    /// `epoch`: its transactional ids are rebuilt from `log`. Ends interrupted between their two
-    /// phases are finished by `recover`, which the caller runs next.
+    /// `epoch`: its transactional ids are rebuilt from `log`, replacing whatever was in memory
+    /// for them in one step. Ends interrupted between their two phases are finished by
+    /// `recover_partition`, which the caller runs next.
     pub fn take_over(&self, p: i32, epoch: i32, log: &PartitionLog) -> anyhow::Result<()> {
-        self.give_up(p);
-        self.replay(log)?;
+        let (loaded, _) = Self::read_log(log)?;
+        let mut txns = self.state();
+        self.forget(&mut txns, p);
+        for (id, meta) in loaded.by_id {
+            if self.partition_for(&id) == p {
+                txns.put(&id, meta);
+            }
+        }
         if let Some(mut s) = self.serving() {
             s.insert(p, epoch);
         }
+        drop(txns);
         tracing::info!(partition = p, epoch, "coordinating the transactions of {TXN_TOPIC} partition {p}");
         Ok(())
     }
 
     /// Stops serving partition `p` and forgets its transactional ids: another node leads it.
     pub fn give_up(&self, p: i32) {
+        let mut txns = self.state();
+        self.forget(&mut txns, p);
+    }
+
+    /// Drops partition `p` from what is served and its ids from memory (the caller holds the
+    /// state lock, so no write of an operation in flight lands in memory between the two).
+    fn forget(&self, txns: &mut Txns, p: i32) {
         if let Some(mut s) = self.serving() {
             s.remove(&p);
         }
-        let mut txns = self.state();
         let gone: Vec<String> = txns.by_id.keys().filter(|id| self.partition_for(id) == p).cloned().collect();
         for id in gone {
             txns.remove(&id);
         }
     }
 
-    /// Replays one partition; true if it held records of the old JSON format.
-    fn replay(&self, log: &PartitionLog) -> anyhow::Result<bool> {
-        let mut txns = self.state();
+    /// The transactional ids a partition's log holds, read without holding the state lock;
+    /// true if it held records of the old JSON format.
+    fn read_log(log: &PartitionLog) -> anyhow::Result<(Txns, bool)> {
+        let mut txns = Txns::default();
         let mut legacy_seen = false;
         internal_topic::replay(log, |_, r| {
             let Some(key) = r.key.as_deref() else { return };
@@ -394,6 +434,16 @@ impl TxnCoordinator {
                 None => {}
             }
         })?;
+        Ok((txns, legacy_seen))
+    }
+
+    /// Replays one partition into memory; true if it held records of the old JSON format.
+    fn replay(&self, log: &PartitionLog) -> anyhow::Result<bool> {
+        let (loaded, legacy_seen) = Self::read_log(log)?;
+        let mut txns = self.state();
+        for (id, meta) in loaded.by_id {
+            txns.put(&id, meta);
+        }
         Ok(legacy_seen)
     }
 
@@ -420,32 +470,41 @@ impl TxnCoordinator {
         self.finish_unfinished(|_| true).await;
     }
 
-    /// `recover` for the transactions matching `due`; each is looked at again under its lock, as
-    /// an EndTxn may have finished it meanwhile (and its producer begun the next one).
-    async fn finish_unfinished(&self, due: impl Fn(&TxnMeta) -> bool) {
+    /// `recover` for the ids of partition `p` (after this node took it over).
+    pub async fn recover_partition(&self, p: i32) {
+        self.finish_unfinished(|id| self.partition_for(id) == p).await;
+    }
+
+    /// `recover` for the unfinished transactions whose id matches `due`, concurrently (one
+    /// whose partition leaders are out of reach holds up no other); each is looked at again
+    /// under its lock, as an EndTxn may have finished it meanwhile (and its producer begun the
+    /// next one).
+    async fn finish_unfinished(&self, due: impl Fn(&str) -> bool) {
         let unfinished: Vec<String> = self
             .state()
             .by_id
             .iter()
-            .filter(|(_, m)| matches!(m.state, TxnState::PrepareCommit | TxnState::PrepareAbort) && due(m))
+            .filter(|(id, m)| matches!(m.state, TxnState::PrepareCommit | TxnState::PrepareAbort) && due(id))
             .map(|(id, _)| id.clone())
             .collect();
-        for id in unfinished {
+        let finish = |id: String| async move {
             let _guard = self.lock_id(&id).await;
-            let Some(meta) = self.get(&id) else { continue };
+            let Ok(term) = self.term(&id) else { return };
+            let Some(meta) = self.get(&id) else { return };
             if !matches!(meta.state, TxnState::PrepareCommit | TxnState::PrepareAbort) {
-                continue;
+                return;
             }
             let commit = meta.state == TxnState::PrepareCommit;
             tracing::info!(transactional_id = %id, commit, "completing an interrupted transaction end");
-            match self.complete(&id, meta, commit).await {
+            match self.complete(&id, meta, commit, term).await {
                 Ok(m) if m.state == TxnState::PrepareCommit || m.state == TxnState::PrepareAbort => {
                     tracing::warn!(transactional_id = %id, "transaction markers still missing; will retry")
                 }
                 Ok(_) => {}
                 Err(e) => tracing::error!(transactional_id = %id, error = ?e, "cannot complete transaction"),
             }
-        }
+        };
+        futures::future::join_all(unfinished.into_iter().map(finish)).await;
     }
 
     fn state(&self) -> MutexGuard<'_, Txns> {
@@ -472,21 +531,31 @@ impl TxnCoordinator {
         self.state().by_id.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
-    /// Writes `meta` (None: a tombstone) to `__transaction_state` and, when
-    /// `wait`, waits until it is durable. Memory follows only once written (in a cluster, once
-    /// committed when waited for).
-    async fn persist(&self, id: &str, meta: Option<TxnMeta>, wait: bool) -> Result<(), ResponseError> {
+    /// Writes `meta` (None: a tombstone) to `__transaction_state` and, when `wait`, waits until
+    /// it is durable. Memory follows only once written (in a cluster, once committed when
+    /// waited for, and only while this node still serves the partition at `term`, the epoch
+    /// the operation began at).
+    async fn persist(
+        &self,
+        id: &str,
+        meta: Option<TxnMeta>,
+        wait: bool,
+        term: Option<i32>,
+    ) -> Result<(), ResponseError> {
         let p = self.partition_for(id);
         let (key, value) = txn_log::txn_record(id, meta.as_ref());
         let batch = build_batch(0, now_ms(), &[(Some(&key), value.as_deref())]);
         let written = match self.cluster.get().filter(|_| self.serving.is_some()) {
             Some(cluster) => {
-                // Only through the partition's group, and only at the epoch this node loaded it
-                // at: what is in memory was decided in that term.
-                let loaded = self.serving_epoch(p).ok_or(ResponseError::NotCoordinator)?;
+                // Only through the partition's group, and only at the epoch the operation began
+                // at: what it decided was decided from that term's state.
+                let term = term.ok_or(ResponseError::NotCoordinator)?;
+                if self.serving_epoch(p) != Some(term) {
+                    return Err(ResponseError::NotCoordinator);
+                }
                 let LeaderGuard { log, epoch, raft } = cluster.lead(TXN_TOPIC, p).map_err(coordinator_error)?;
-                let w = raft.filter(|_| epoch == loaded).ok_or(ResponseError::NotCoordinator)?;
-                Written::Replicated(w.proposer.enqueue(&w.raft, &log, batch, loaded, REPLICATED_WRITE_WAIT))
+                let w = raft.filter(|_| epoch == term).ok_or(ResponseError::NotCoordinator)?;
+                Written::Replicated(w.proposer.enqueue(&w.raft, &log, batch, term, REPLICATED_WRITE_WAIT))
             }
             None if self.serving.is_some() => return Err(ResponseError::CoordinatorNotAvailable),
             None => {
@@ -507,6 +576,10 @@ impl TxnCoordinator {
         };
         {
             let mut txns = self.state();
+            // Another term began meanwhile: memory is that term's now (`take_over`, `give_up`).
+            if term.is_some() && self.serving_epoch(p) != term {
+                return Err(ResponseError::NotCoordinator);
+            }
             match meta {
                 Some(m) => txns.put(id, m),
                 None => txns.remove(id),
@@ -544,6 +617,7 @@ impl TxnCoordinator {
             return Err(ResponseError::InvalidTransactionTimeout);
         }
         let _guard = self.lock_id(id).await;
+        let term = self.term(id)?;
         let now = now_ms();
         let Some(mut meta) = self.get(id) else {
             let topics = self.topics.clone();
@@ -559,7 +633,7 @@ impl TxnCoordinator {
                 start_ms: -1,
                 update_ms: now,
             };
-            self.persist(id, Some(meta), true).await?;
+            self.persist(id, Some(meta), true, term).await?;
             return Ok((pid, 0));
         };
         if let Some((pid, epoch)) = expected {
@@ -571,18 +645,18 @@ impl TxnCoordinator {
         match meta.state {
             TxnState::PrepareCommit | TxnState::PrepareAbort => {
                 let commit = meta.state == TxnState::PrepareCommit;
-                meta = self.complete(id, meta, commit).await?;
+                meta = self.complete(id, meta, commit, term).await?;
                 unfinished(&meta)?;
             }
             TxnState::Ongoing => {
                 // Fence the old instance: markers carry the new epoch, so its
                 // late writes to these partitions are refused.
                 meta.producer_epoch = meta.producer_epoch.saturating_add(1);
-                meta = self.complete(id, meta, false).await?;
+                meta = self.complete(id, meta, false, term).await?;
                 unfinished(&meta)?;
                 meta.timeout_ms = timeout_ms;
                 meta.state = TxnState::Empty;
-                self.persist(id, Some(meta.clone()), true).await?;
+                self.persist(id, Some(meta.clone()), true, term).await?;
                 return Ok((meta.producer_id, meta.producer_epoch));
             }
             _ => {}
@@ -602,7 +676,7 @@ impl TxnCoordinator {
         meta.partitions.clear();
         meta.start_ms = -1;
         meta.update_ms = now;
-        self.persist(id, Some(meta.clone()), true).await?;
+        self.persist(id, Some(meta.clone()), true, term).await?;
         Ok((meta.producer_id, meta.producer_epoch))
     }
 
@@ -618,6 +692,7 @@ impl TxnCoordinator {
     ) -> Result<Vec<((String, i32), Option<ResponseError>)>, ResponseError> {
         self.serves(id)?;
         let _guard = self.lock_id(id).await;
+        let term = self.term(id)?;
         let mut meta = self.get(id).ok_or(ResponseError::InvalidProducerIdMapping)?;
         Self::check_producer(&meta, producer_id, epoch, caller)?;
         if matches!(meta.state, TxnState::PrepareCommit | TxnState::PrepareAbort) {
@@ -652,7 +727,7 @@ impl TxnCoordinator {
             }
             meta.partitions.extend(parts.iter().cloned());
             meta.update_ms = now_ms();
-            self.persist(id, Some(meta), true).await?;
+            self.persist(id, Some(meta), true, term).await?;
         }
         Ok(parts.into_iter().map(|p| (p, None)).collect())
     }
@@ -729,6 +804,7 @@ impl TxnCoordinator {
             return Ok(self.groups.txn_commit(leadership, group, producer, offsets, self.durable).await);
         }
         let _guard = self.lock_id(id).await;
+        self.term(id)?;
         let meta = self.get(id).ok_or(ResponseError::InvalidProducerIdMapping)?;
         Self::check_producer(&meta, producer.0, producer.1, caller)?;
         let part = (OFFSETS_TOPIC.to_string(), self.groups.partition_for(group));
@@ -750,11 +826,12 @@ impl TxnCoordinator {
     ) -> Result<(), ResponseError> {
         self.serves(id)?;
         let _guard = self.lock_id(id).await;
+        let term = self.term(id)?;
         let meta = self.get(id).ok_or(ResponseError::InvalidProducerIdMapping)?;
         Self::check_producer(&meta, producer_id, epoch, caller)?;
         match (meta.state, commit) {
             (TxnState::Ongoing, _) | (TxnState::PrepareCommit, true) | (TxnState::PrepareAbort, false) => {
-                self.complete(id, meta, commit).await.map(|_| ())
+                self.complete(id, meta, commit, term).await.map(|_| ())
             }
             (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => Ok(()),
             _ => Err(ResponseError::InvalidTxnState),
@@ -764,19 +841,27 @@ impl TxnCoordinator {
     /// The two phases of ending a transaction; the caller holds the id's lock. Returns the
     /// state it left: Complete, or still Prepare when some partition's leader could not be
     /// reached within `MARKER_WAIT` (the outcome is decided; `expire` writes the rest).
-    async fn complete(&self, id: &str, mut meta: TxnMeta, commit: bool) -> Result<TxnMeta, ResponseError> {
+    async fn complete(
+        &self,
+        id: &str,
+        mut meta: TxnMeta,
+        commit: bool,
+        term: Option<i32>,
+    ) -> Result<TxnMeta, ResponseError> {
         meta.state = if commit { TxnState::PrepareCommit } else { TxnState::PrepareAbort };
         meta.update_ms = now_ms();
-        self.persist(id, Some(meta.clone()), true).await?;
+        self.persist(id, Some(meta.clone()), true, term).await?;
         let p = self.partition_for(id);
         let markers = Markers {
             producer_id: meta.producer_id,
             producer_epoch: meta.producer_epoch,
             commit,
-            coordinator_epoch: self.serving_epoch(p).unwrap_or(0),
+            // The partition's leader epoch: every later coordinator of this id has a higher
+            // one, so partition leaders refuse this one's markers once they took a newer's.
+            coordinator_epoch: term.unwrap_or(0),
             partitions: meta.partitions.iter().cloned().collect(),
         };
-        if !self.deliver(p, markers).await? {
+        if !self.deliver(p, markers, term).await? {
             return Ok(meta);
         }
         meta.state = if commit { TxnState::CompleteCommit } else { TxnState::CompleteAbort };
@@ -785,7 +870,7 @@ impl TxnCoordinator {
         meta.update_ms = now_ms();
         // Recovery redoes the markers from the Prepare record, so the
         // Complete record need not be waited for.
-        self.persist(id, Some(meta.clone()), false).await?;
+        self.persist(id, Some(meta.clone()), false, term).await?;
         metrics::counter!("fjord_transactions_total", "outcome" => if commit { "commit" } else { "abort" })
             .increment(1);
         Ok(meta)
@@ -796,7 +881,7 @@ impl TxnCoordinator {
     /// node every partition is here. In a cluster each goes to its leader, this node's own
     /// through its Raft groups and the others' through the node that leads them, retried while
     /// this node still coordinates `__transaction_state` partition `p`.
-    async fn deliver(&self, p: i32, m: Markers) -> Result<bool, ResponseError> {
+    async fn deliver(&self, p: i32, m: Markers, term: Option<i32>) -> Result<bool, ResponseError> {
         let Some(cluster) = self.cluster.get().filter(|_| self.serving.is_some()).cloned() else {
             let results = write_markers_here(&*self.topics, &self.groups, &m, self.durable).await;
             return match results.into_iter().flatten().next() {
@@ -804,18 +889,32 @@ impl TxnCoordinator {
                 Some(e) => Err(e),
             };
         };
-        let loaded = self.serving_epoch(p);
+        let term = term.ok_or(ResponseError::NotCoordinator)?;
         let give_up = tokio::time::Instant::now() + MARKER_WAIT;
         let mut left = m.partitions.clone();
+        // Partitions the metadata here does not know, since when: dropped (their topic was
+        // deleted) only once that has lasted, as this node's copy of the metadata may lag.
+        let mut unknown_since: HashMap<(String, i32), tokio::time::Instant> = HashMap::new();
         let mut pause = Duration::from_millis(50);
         loop {
+            // Each round only while this node still coordinates at the epoch the end was
+            // decided at: a deposed coordinator stops at once (and partition leaders refuse its
+            // markers anyway once a newer coordinator's reached them).
+            if !self.still_serves(p, term) {
+                return Err(ResponseError::NotCoordinator);
+            }
             let mut by_node: BTreeMap<Option<i32>, Vec<(String, i32)>> = BTreeMap::new();
             for part in std::mem::take(&mut left) {
                 match cluster.leader_of(&part.0, part.1) {
                     LeaderAt::Here => by_node.entry(None).or_default().push(part),
                     LeaderAt::Node(n) => by_node.entry(Some(n)).or_default().push(part),
                     LeaderAt::Unknown => left.push(part),
-                    LeaderAt::Gone => {}
+                    LeaderAt::Gone => {
+                        let since = *unknown_since.entry(part.clone()).or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() < GONE_AFTER {
+                            left.push(part);
+                        }
+                    }
                 }
             }
             let sent = by_node.into_iter().map(|(node, partitions)| {
@@ -826,17 +925,21 @@ impl TxnCoordinator {
             });
             for (node, parts, errors) in futures::future::join_all(sent).await {
                 for (part, e) in parts.into_iter().zip(errors) {
-                    if let Some(e) = e {
-                        tracing::debug!(node, topic = %part.0, partition = part.1, error = ?e, "marker not written yet");
-                        left.push(part);
+                    match e {
+                        None => {}
+                        Some(ResponseError::TransactionCoordinatorFenced) => {
+                            tracing::warn!(node, topic = %part.0, partition = part.1, "a newer coordinator wrote this id's markers");
+                            return Err(ResponseError::NotCoordinator);
+                        }
+                        Some(e) => {
+                            tracing::debug!(node, topic = %part.0, partition = part.1, error = ?e, "marker not written yet");
+                            left.push(part);
+                        }
                     }
                 }
             }
             if left.is_empty() {
                 return Ok(true);
-            }
-            if self.serving_epoch(p) != loaded {
-                return Err(ResponseError::NotCoordinator);
             }
             let now = tokio::time::Instant::now();
             if now >= give_up {
@@ -852,7 +955,14 @@ impl TxnCoordinator {
     /// transactional ids idle past `expiration_ms`.
     pub async fn expire(&self, now: i64, expiration_ms: i64) {
         // Ends whose markers did not all reach their partitions' leaders in time.
-        self.finish_unfinished(|m| now - m.update_ms > UNFINISHED_AFTER_MS).await;
+        let stale: BTreeSet<String> = self
+            .state()
+            .by_id
+            .iter()
+            .filter(|(_, m)| now - m.update_ms > UNFINISHED_AFTER_MS)
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.finish_unfinished(|id| stale.contains(id)).await;
         let candidates: Vec<(String, TxnMeta)> = self.list();
         for (id, meta) in candidates {
             let timed_out = meta.state == TxnState::Ongoing && now - meta.start_ms > meta.timeout_ms as i64;
@@ -862,17 +972,18 @@ impl TxnCoordinator {
                 continue;
             }
             let _guard = self.lock_id(&id).await;
+            let Ok(term) = self.term(&id) else { continue };
             // Re-read under the lock: the producer may have moved on.
             let Some(mut meta) = self.get(&id) else { continue };
             if timed_out && meta.state == TxnState::Ongoing && now - meta.start_ms > meta.timeout_ms as i64 {
                 tracing::info!(transactional_id = %id, timeout_ms = meta.timeout_ms, "aborting timed-out transaction");
                 meta.producer_epoch = meta.producer_epoch.saturating_add(1);
-                if let Err(e) = self.complete(&id, meta, false).await {
+                if let Err(e) = self.complete(&id, meta, false, term).await {
                     tracing::warn!(transactional_id = %id, error = ?e, "cannot abort timed-out transaction");
                 }
             } else if matches!(meta.state, TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort)
                 && now - meta.update_ms > expiration_ms
-                && self.persist(&id, None, false).await.is_ok()
+                && self.persist(&id, None, false, term).await.is_ok()
             {
                 tracing::info!(transactional_id = %id, "expired idle transactional id");
                 let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
@@ -1080,6 +1191,37 @@ mod tests {
         assert_eq!(aborted[0].producer_id, pid);
     }
 
+    /// A fenced producer's transactional offset commit that the log refuses leaves nothing
+    /// pending (OffsetFetch with require_stable would wait on it for good), and a late marker of
+    /// an older epoch does not apply a newer transaction's offsets.
+    #[tokio::test]
+    async fn refused_or_foreign_transactional_offsets_are_not_left_pending_or_applied() {
+        let f = fixture();
+        let (pid, epoch) = f.txns.init_producer("t", 10_000, None, NEW).await.unwrap();
+        let offsets_partition = (OFFSETS_TOPIC.to_string(), f.groups.partition_for("g"));
+        f.txns.add_partitions("t", pid, epoch, vec![offsets_partition.clone()], NEW).await.unwrap();
+        let c = |offset| CommittedOffset { offset, leader_epoch: -1, metadata: None, commit_ms: now_ms() };
+        let zombie = (pid, epoch);
+        // A new instance fences the old one; its abort marker lands in the offsets partition.
+        let (_, next) = f.txns.init_producer("t", 10_000, None, NEW).await.unwrap();
+        assert_eq!(next, epoch + 1);
+        // The zombie's commit reaches the group coordinator directly (as on another node).
+        let refused = f.groups.txn_commit(&*f.topics, "g", zombie, vec![("orders".into(), 0, c(5))], true).await;
+        assert_eq!(refused, vec![Some(ResponseError::ProducerFenced)]);
+        assert!(!f.groups.has_pending("g", "orders", 0), "nothing pending after a refused write");
+
+        // The new instance commits offsets in its transaction; a late marker of the old epoch
+        // (a deposed coordinator's) leaves them pending, its own marker applies them.
+        f.txns.add_partitions("t", pid, next, vec![offsets_partition.clone()], NEW).await.unwrap();
+        let written = f.groups.txn_commit(&*f.topics, "g", (pid, next), vec![("orders".into(), 0, c(7))], true).await;
+        assert_eq!(written, vec![None]);
+        f.groups.complete_txn(pid, epoch, true, offsets_partition.1);
+        assert!(f.groups.has_pending("g", "orders", 0), "an older epoch's marker is not this transaction's");
+        assert_eq!(f.txns.end("t", pid, next, true, NEW).await, Ok(()));
+        assert!(!f.groups.has_pending("g", "orders", 0));
+        assert_eq!(f.groups.fetch_offsets("g").get(&("orders".to_string(), 0)).map(|c| c.offset), Some(7));
+    }
+
     #[tokio::test]
     async fn a_new_instance_aborts_the_open_transaction_of_the_old_one() {
         let f = fixture();
@@ -1141,7 +1283,7 @@ mod tests {
         // A crash after the PrepareCommit record: the restart finishes it.
         let mut prepared = f.txns.get("open").unwrap();
         prepared.state = TxnState::PrepareCommit;
-        f.txns.persist("open", Some(prepared), true).await.unwrap();
+        f.txns.persist("open", Some(prepared), true, None).await.unwrap();
         let end_before = f.orders(0).log_end_offset();
         let restarted = f.reopen();
         assert_eq!(restarted.get("open").unwrap().state, TxnState::PrepareCommit);
