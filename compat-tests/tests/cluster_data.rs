@@ -520,3 +520,67 @@ fn retention_deletes_old_segments_on_every_replica_and_a_returning_one_starts_at
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
+
+fn delete_records(conn: &mut fjord_compat_tests::RawConn, topic: &str, offset: i64) -> (i16, i64) {
+    use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
+    use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse, TopicName};
+    let mut p = DeleteRecordsPartition::default();
+    p.partition_index = 0;
+    p.offset = offset;
+    let mut t = DeleteRecordsTopic::default();
+    t.name = TopicName(fjord_compat_tests::wire::s(topic));
+    t.partitions = vec![p];
+    let mut req = DeleteRecordsRequest::default();
+    req.topics = vec![t];
+    req.timeout_ms = 10_000;
+    let r: DeleteRecordsResponse = conn.call(ApiKey::DeleteRecords, 2, &req);
+    let part = &r.topics[0].partitions[0];
+    (part.error_code, part.low_watermark)
+}
+
+/// DeleteRecords on a replicated partition goes through its Raft group: the leader proposes the
+/// new log start, every replica takes it when it applies the entry, and the segments wholly
+/// below it go with the next retention pass on each replica. A new leader keeps the log start.
+#[test]
+fn delete_records_moves_the_log_start_on_every_replica() {
+    let mut cluster = LocalCluster::start_with(NODES, &["--log-retention-check-interval-ms", "200"]);
+    cluster.wait_formed(DEADLINE);
+    let topic = "trimmed";
+    let created = fjord_compat_tests::wire::create_topic(&mut cluster.conn(0), topic, 1, &[("segment.bytes", "4096")]);
+    assert_eq!(created.topics[0].error_code, 0, "{:?}", created.topics[0].error_message);
+    let all: Vec<usize> = (0..NODES).collect();
+    let leader = leader_of(&cluster, &all, topic, 0, 3);
+    const RECORDS: usize = 40;
+    for i in 0..RECORDS {
+        let v = format!("{i:04}{}", "x".repeat(1020));
+        let (code, _) = produce(&mut cluster.conn(leader), topic, 0, batch(&[v.as_bytes()], now_ms()));
+        assert_eq!(code, 0, "record {i}");
+    }
+    let end = list_offset(&mut cluster.conn(leader), topic, 0, -1);
+    let follower = (leader + 1) % NODES;
+    assert_eq!(delete_records(&mut cluster.conn(follower), topic, 10).0, 6, "NOT_LEADER_OR_FOLLOWER");
+    assert_eq!(delete_records(&mut cluster.conn(leader), topic, end + 1).0, 1, "OFFSET_OUT_OF_RANGE");
+    // Record numbers are offsets here, apart from Raft's own entries before the first record.
+    let first = retained(&cluster, leader, topic);
+    assert_eq!(first.len(), RECORDS);
+    let start_at = end - 15;
+    assert_eq!(delete_records(&mut cluster.conn(leader), topic, start_at), (0, start_at));
+    assert_eq!(list_offset(&mut cluster.conn(leader), topic, 0, -2), start_at);
+    let kept = retained(&cluster, leader, topic);
+    assert_eq!(kept, first[RECORDS - 15..].to_vec(), "the records from the new log start on");
+    // An earlier offset than the log start changes nothing.
+    assert_eq!(delete_records(&mut cluster.conn(leader), topic, 3), (0, start_at));
+    // Each replica drops the segments wholly below the log start.
+    wait_until(DEADLINE, "the segments below the log start gone on every replica", || {
+        all.iter().all(|i| {
+            let bases = segment_bases(&cluster, *i, topic);
+            !bases.is_empty() && bases.iter().filter(|b| **b < start_at).count() <= 1
+        })
+    });
+    // The next leader had applied the log start too.
+    cluster.nodes[leader].kill9();
+    let alive: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
+    let next = leader_of(&cluster, &alive, topic, 0, 2);
+    assert!(list_offset(&mut cluster.conn(next), topic, 0, -2) >= start_at);
+    assert_eq!(retained(&cluster, next, topic), kept);
+}

@@ -245,9 +245,17 @@ fn snapshot_offsets(dir: &Path) -> Vec<i64> {
     v
 }
 
-fn prune_snapshots(dir: &Path) -> Result<()> {
-    for old in snapshot_offsets(dir).iter().rev().skip(SNAPSHOTS_KEPT) {
-        remove_if_present(&dir.join(file_name(*old, "snapshot")))?;
+/// Removes producer state snapshots no longer needed: kept are the newest `SNAPSHOTS_KEPT`, one
+/// per segment from the log start on (a Raft snapshot at a segment boundary takes its producer
+/// state from there, as Kafka keeps one per segment), and the newest below the log start.
+fn prune_snapshots(dir: &Path, log_start: i64) -> Result<()> {
+    let offsets = snapshot_offsets(dir);
+    let newest_below = offsets.iter().rev().find(|o| **o < log_start).copied();
+    let recent: Vec<i64> = offsets.iter().rev().take(SNAPSHOTS_KEPT).copied().collect();
+    for old in offsets {
+        if old < log_start && Some(old) != newest_below && !recent.contains(&old) {
+            remove_if_present(&dir.join(file_name(old, "snapshot")))?;
+        }
     }
     Ok(())
 }
@@ -411,6 +419,8 @@ pub struct PartitionLog {
     pub(crate) cleaned_upto: AtomicI64,
     /// The Raft index retention asked the next snapshot to stand at (`request_snapshot_at`).
     snapshot_request: std::sync::Mutex<Option<u64>>,
+    /// Where the replica's current batchless Raft snapshot stands (`note_batchless_snapshot`).
+    batchless_snapshot: std::sync::Mutex<Option<u64>>,
     recovery: RecoveryReport,
 }
 
@@ -697,6 +707,7 @@ impl PartitionLog {
             group_commit: opts.group_commit.unwrap_or_else(crate::durability::GroupCommit::shared_default),
             cleaned_upto: AtomicI64::new(0),
             snapshot_request: std::sync::Mutex::new(None),
+            batchless_snapshot: std::sync::Mutex::new(None),
             recovery: report,
         };
         if let Some(cut) = raft_cut {
@@ -746,7 +757,7 @@ impl PartitionLog {
                 std::fs::write(&tmp, inner.producers.to_json())?;
                 std::fs::rename(&tmp, &path)?;
             }
-            prune_snapshots(&self.dir)?;
+            prune_snapshots(&self.dir, inner.log_start)?;
         }
         let active = inner.active();
         if sync {
@@ -1420,6 +1431,15 @@ impl PartitionLog {
                 break;
             }
         }
+        // The batches from there to `upto` must all be here: from a snapshot older than the
+        // first segment (or from nothing, on a log that no longer starts at 0) the state would
+        // miss the producers of the segments gone since.
+        let first = inner.segments.keys().next().copied().unwrap_or(0);
+        if (from == i64::MIN && first > 0) || (from != i64::MIN && from < first) {
+            return Err(LogError::Corrupt(format!(
+                "no producer state snapshot between the first segment at {first} and offset {upto}"
+            )));
+        }
         for seg in inner.segments.values() {
             if seg.next_offset <= from || seg.base_offset >= upto {
                 continue;
@@ -1472,7 +1492,7 @@ impl PartitionLog {
     /// segment), so recovery reads only the segments after it.
     fn snapshot_producers(&self, inner: &Inner, offset: i64) -> Result<()> {
         write_atomic(&self.dir.join(file_name(offset, "snapshot")), &inner.producers.to_json())?;
-        prune_snapshots(&self.dir)
+        prune_snapshots(&self.dir, inner.log_start)
     }
 
     fn maybe_roll(&self, inner: &mut Inner, incoming: u64, now_ms: i64) -> Result<()> {
@@ -1780,7 +1800,7 @@ impl PartitionLog {
     pub fn raft_retention_point(&self, now_ms: i64) -> Option<u64> {
         let inner = self.read_inner();
         let cfg = &inner.config;
-        if !cfg.delete || inner.raft.is_empty() {
+        if inner.raft.is_empty() {
             return None;
         }
         let mut size = inner.size() as i64;
@@ -1790,7 +1810,13 @@ impl PartitionLog {
             if seg.is_empty() || seg.next_offset > inner.hw {
                 break;
             }
-            let by_time = expired_by_time(cfg, seg, now_ms);
+            // Closed segments wholly below the log start (DeleteRecords moved it) go whatever
+            // the policy; the rest only by retention, on a topic whose policy deletes.
+            let below_start = i + 1 < n && seg.next_offset <= inner.log_start;
+            if !below_start && !cfg.delete {
+                break;
+            }
+            let by_time = below_start || expired_by_time(cfg, seg, now_ms);
             let by_size = cfg.retention_bytes >= 0 && size - seg.size() as i64 >= cfg.retention_bytes;
             // The active segment only goes when its data has expired by time.
             let allowed = if i + 1 == n { by_time } else { by_time || by_size };
@@ -1811,6 +1837,18 @@ impl PartitionLog {
     /// rather than at the last applied entry; the snapshot builder takes the request.
     pub fn request_snapshot_at(&self, index: u64) {
         *self.snapshot_request.lock().unwrap_or_else(|e| e.into_inner()) = Some(index);
+    }
+
+    /// Records that this replica's current Raft snapshot stands at entry `index` and ships no
+    /// batches (retention's kind): a purge up to it loses nothing a replica needs.
+    pub fn note_batchless_snapshot(&self, index: u64) {
+        let mut at = self.batchless_snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        *at = (*at).max(Some(index));
+    }
+
+    /// The entry the current batchless snapshot stands at (`note_batchless_snapshot`).
+    pub fn batchless_snapshot(&self) -> Option<u64> {
+        *self.batchless_snapshot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The pending request of `request_snapshot_at`, cleared.

@@ -229,6 +229,9 @@ pub async fn delete_records(
     _h: &RequestHeader,
     req: DeleteRecordsRequest,
 ) -> Option<DeleteRecordsResponse> {
+    if broker.cluster.is_some() {
+        return Some(replicated_delete_records(&broker, req).await);
+    }
     let b = broker.clone();
     let topics = blocking(move || {
         req.topics
@@ -244,12 +247,6 @@ pub async fn delete_records(
                         // DeleteRecords names no leader epoch.
                         match b.lead(&name, p.partition_index, NO_EPOCH) {
                             Err(e) => r.error_code = e.code(),
-                            // Moving a replicated log's start must go through its Raft group
-                            // (every replica, and the Raft log's own purge point); until that
-                            // exists, it is refused rather than done on the leader alone.
-                            Ok(LeaderGuard { raft: Some(_), .. }) => {
-                                r.error_code = ResponseError::PolicyViolation.code();
-                            }
                             Ok(LeaderGuard { log, .. }) => {
                                 // -1 means "up to the high watermark".
                                 let offset = if p.offset == -1 { log.high_watermark() } else { p.offset };
@@ -268,6 +265,63 @@ pub async fn delete_records(
     })
     .await;
     Some(mk!(DeleteRecordsResponse { topics: topics }))
+}
+
+/// DeleteRecords on a cluster: the partition's leader proposes a log-start entry to its Raft
+/// group, and every replica moves its log start when it applies it; answered once the leader
+/// has applied it (committed), with the new low watermark.
+async fn replicated_delete_records(broker: &Arc<Broker>, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    // The request's own timeout bounds the wait for the commit.
+    let wait = std::time::Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0).clamp(100, 60_000));
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for t in &req.topics {
+        let name = t.name.0.to_string();
+        let mut partitions = Vec::with_capacity(t.partitions.len());
+        for p in &t.partitions {
+            let mut r = mk!(DeleteRecordsPartitionResult { partition_index: p.partition_index, low_watermark: -1 });
+            match delete_replicated(broker, &name, p.partition_index, p.offset, wait).await {
+                Ok(low) => r.low_watermark = low,
+                Err(e) => r.error_code = e.code(),
+            }
+            partitions.push(r);
+        }
+        topics.push(mk!(DeleteRecordsTopicResult { name: t.name.clone(), partitions: partitions }));
+    }
+    mk!(DeleteRecordsResponse { topics: topics })
+}
+
+async fn delete_replicated(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    wait: std::time::Duration,
+) -> Result<i64, ResponseError> {
+    let LeaderGuard { log, epoch, raft } = broker.lead(topic, partition, NO_EPOCH)?;
+    let Some(w) = raft else {
+        // A topic of this node's own registry (none in a cluster, but kept consistent).
+        let offset = if offset == -1 { log.high_watermark() } else { offset };
+        return log.delete_records(offset).map_err(|e| storage_code(&e));
+    };
+    let hw = log.high_watermark();
+    // -1 means "up to the high watermark".
+    let offset = if offset == -1 { hw } else { offset };
+    if offset < 0 || offset > hw {
+        return Err(ResponseError::OffsetOutOfRange);
+    }
+    if offset <= log.log_start_offset() {
+        return Ok(log.log_start_offset());
+    }
+    let batch = fjord_replication::partition::entry::log_start_batch(offset);
+    let written = w.proposer.enqueue(&w.raft, &log, batch, epoch, wait);
+    match tokio::time::timeout(wait, written).await {
+        Ok(Ok(Ok(_))) => Ok(log.log_start_offset()),
+        Ok(Ok(Err(fjord_replication::partition::produce::ProduceError::TimedOut(_)))) | Err(_) => {
+            Err(ResponseError::RequestTimedOut)
+        }
+        Ok(Ok(Err(fjord_replication::partition::produce::ProduceError::Log(e)))) => Err(storage_code(&e)),
+        Ok(_) => Err(ResponseError::NotLeaderOrFollower),
+    }
 }
 
 // ---- in a cluster: topics change through the controller quorum -------------------------

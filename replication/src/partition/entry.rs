@@ -16,6 +16,24 @@ use crate::types::{BatchData, TypeConfig, MAX_TERM};
 /// Control type of a membership entry: outside Kafka's range (0..=6), so clients ignore it.
 pub const CONTROL_MEMBERSHIP: i16 = 0x4601;
 
+/// Control type of a log-start entry (DeleteRecords through Raft): its value is the new log
+/// start offset, 8 bytes big-endian, which every replica takes when it applies the entry.
+pub const CONTROL_LOG_START: i16 = 0x4602;
+
+/// The batch a leader proposes to move the partition's log start to `offset`.
+pub fn log_start_batch(offset: i64) -> Vec<u8> {
+    batch::build_control(CONTROL_LOG_START, &offset.to_be_bytes())
+}
+
+/// The log start a stored entry's batch moves the partition to, if it is a log-start entry.
+pub fn log_start_of(data: &[u8]) -> Option<i64> {
+    let single = BatchHeader::parse(data).is_ok_and(|h| h.total_size() == data.len());
+    match batch::control_record(data).filter(|_| single) {
+        Some((CONTROL_LOG_START, v)) => Some(i64::from_be_bytes(v.try_into().ok()?)),
+        _ => None,
+    }
+}
+
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }

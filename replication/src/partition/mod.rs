@@ -277,6 +277,9 @@ pub fn open_log(log: Arc<PartitionLog>) -> io::Result<(PartitionLogStore, Partit
         shared.finish_install(s)?;
     }
     let snapshot_end = snapshot.as_ref().map(|s| s.next_offset);
+    if let Some(at) = snapshot.as_ref().filter(|s| !s.prefix).and_then(|s| s.meta.last_log_id) {
+        shared.log.note_batchless_snapshot(at.index());
+    }
     let mut sm = SmState {
         last_applied: snapshot.as_ref().and_then(|s| s.meta.last_log_id),
         membership: snapshot.as_ref().map(|s| s.meta.last_membership.clone()).unwrap_or_default(),
@@ -538,9 +541,11 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionStateMachine {
         let log = &self.shared.log;
         // Where retention asked (`retention::apply`), when a snapshot can stand there: an entry
         // applied here, with no membership change after it (the snapshot carries the membership
-        // as of its point). Otherwise the snapshot stands at the last applied entry and ships
-        // the batches before it.
-        let retention = log.take_snapshot_request().and_then(|point| {
+        // as of its point), and the producer state as of its end (the state an installing
+        // replica starts from; entries after the point may already be in the log, and it
+        // receives those again).
+        let request = log.take_snapshot_request();
+        let retention = request.and_then(|point| {
             if last_applied.is_none_or(|a| point > a.index()) {
                 return None;
             }
@@ -549,21 +554,25 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionStateMachine {
             }
             let entry = log.raft_entry(point).ok()??;
             let term = u64::try_from(entry.term).ok()?;
-            Some((LogIdOf::<TypeConfig>::new_term_index(term, point), entry.span.next_offset))
+            let producers = log.producer_state_at(entry.span.next_offset).ok()?;
+            Some((LogIdOf::<TypeConfig>::new_term_index(term, point), entry.span.next_offset, producers))
         });
-        let (last_log_id, next_offset, prefix) = match retention {
-            Some((at, next)) => (Some(at), next, false),
-            None => {
-                let next = match &last_applied {
-                    Some(l) => self.shared.entry_at(l)?.map_or(log.high_watermark(), |a| a.last_offset + 1),
-                    None => log.log_start_offset(),
-                };
-                (last_applied, next, true)
+        let purged = lock(&self.shared.state).last_purged.is_some();
+        let (last_log_id, next_offset, producers, prefix) = match retention {
+            Some((at, next, producers)) => (Some(at), next, producers, false),
+            // Retention's request could not be met, or entries were purged already: a snapshot
+            // at the last applied entry ships at most `MAX_SNAPSHOT_PREFIX` of batches and might
+            // not reach back to the log start, so a replica installing it would start later than
+            // the leader. The current snapshot stands (openraft keeps it: this one is no newer).
+            None if request.is_some() || purged => {
+                if let Some(current) = lock(&self.sm).snapshot.clone() {
+                    let data = self.shared.snapshot_data(&current)?;
+                    return Ok(SnapshotOf::<TypeConfig, Bytes> { meta: current.meta, snapshot: data });
+                }
+                self.at_last_applied(last_applied)?
             }
+            None => self.at_last_applied(last_applied)?,
         };
-        // As of the snapshot's last entry: entries after it may already be in the log, and the
-        // installing replica receives those again.
-        let producers = log.producer_state_at(next_offset).map_err(io_err)?;
         let producers = String::from_utf8(producers).map_err(io::Error::other)?;
         let meta = SnapshotMetaOf::<TypeConfig> { last_log_id, last_membership: membership };
         let saved = SavedSnapshot { meta: meta.clone(), next_offset, producers, installing: false, prefix };
@@ -576,9 +585,32 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionStateMachine {
         let current = sm.snapshot.as_ref().map(|s| s.meta.last_log_id);
         if current.is_none_or(|c| saved.meta.last_log_id > c) {
             self.shared.save_snapshot(&saved)?;
+            if !saved.prefix {
+                if let Some(at) = saved.meta.last_log_id {
+                    log.note_batchless_snapshot(at.index());
+                }
+            }
             sm.snapshot = Some(saved);
         }
         Ok(SnapshotOf::<TypeConfig, Bytes> { meta, snapshot: data })
+    }
+}
+
+impl PartitionStateMachine {
+    /// Where a snapshot at the last applied entry stands: its end, its producer state, and that
+    /// it ships the batches before it.
+    #[allow(clippy::type_complexity)]
+    fn at_last_applied(
+        &self,
+        last_applied: Option<LogIdOf<TypeConfig>>,
+    ) -> io::Result<(Option<LogIdOf<TypeConfig>>, i64, Vec<u8>, bool)> {
+        let log = &self.shared.log;
+        let next = match &last_applied {
+            Some(l) => self.shared.entry_at(l)?.map_or(log.high_watermark(), |a| a.last_offset + 1),
+            None => log.log_start_offset(),
+        };
+        let producers = log.producer_state_at(next).map_err(io_err)?;
+        Ok((last_applied, next, producers, true))
     }
 }
 
@@ -605,6 +637,16 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             let applied = self.shared.entry_at(&entry.log_id)?;
             if let Some(a) = applied {
                 self.shared.log.set_high_watermark(a.last_offset + 1);
+            }
+            // DeleteRecords: every replica moves its log start when the entry commits (below
+            // the entry itself, so below the high watermark just set). The segments wholly
+            // below it go with the next retention pass, through a snapshot and a purge.
+            if let EntryPayload::Normal(crate::BatchData(data)) = &entry.payload {
+                if let Some(start) = entry::log_start_of(data) {
+                    if let Err(e) = self.shared.log.delete_records(start) {
+                        tracing::warn!(log = %self.shared.log.dir().display(), start, error = %e, "cannot move the log start");
+                    }
+                }
             }
             {
                 let mut sm = lock(&self.sm);
@@ -653,7 +695,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                     next_offset: body.next_offset,
                     producers: body.producers.clone(),
                     installing: true,
-                    prefix: true,
+                    prefix: !prefix.is_empty(),
                 };
                 {
                     // Adopted at once (under the lock `build_snapshot` compares under), so a
@@ -676,8 +718,15 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             next_offset: body.next_offset,
             producers: body.producers,
             installing: false,
-            prefix: true,
+            // A snapshot that came without batches ships none either: what is before its point
+            // expired on the leader.
+            prefix: !prefix.is_empty(),
         };
+        if !saved.prefix {
+            if let Some(at) = meta.last_log_id {
+                self.shared.log.note_batchless_snapshot(at.index());
+            }
+        }
         let mut sm = lock(&self.sm);
         self.shared.save_snapshot(&saved)?;
         sm.last_applied = meta.last_log_id;

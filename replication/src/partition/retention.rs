@@ -60,6 +60,12 @@ where
             .await
             .map_err(|e| e.to_string())?;
     }
+    // Only behind a snapshot that ships no batches: a purge behind one that does (built at the
+    // last applied entry, shipping at most `MAX_SNAPSHOT_PREFIX`) could leave a replica that
+    // installs it starting later than the leader's log start.
+    if log.batchless_snapshot() < Some(point) {
+        return Err(format!("no batchless snapshot at entry {point} to purge behind"));
+    }
     raft.trigger().purge_log(point).await.map_err(|e| e.to_string())?;
     Ok(Some(point))
 }
