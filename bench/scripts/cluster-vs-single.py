@@ -107,20 +107,25 @@ def pct(sorted_ms, q):
     return sorted_ms[min(len(sorted_ms) - 1, int(len(sorted_ms) * q))]
 
 
-def svg(series, path):
-    """Records/s over time, one polyline per run."""
+def svg(series, path, title="acks=all records/s acknowledged over time", x_label="seconds", marks=()):
+    """One polyline per series (a value per point in time); `marks` are (point, label) drawn as
+    vertical lines."""
     w, h, pad = 640, 320, 40
     top = max(max(s) for _, s in series) or 1
     n = max(len(s) for _, s in series)
     colors = ["#1f77b4", "#d62728"]
     lines = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
-             f'<text x="{pad}" y="20">acks=all records/s acknowledged over time (peak {top})</text>']
+             f'<text x="{pad}" y="20">{title} (peak {top})</text>']
     for k, (label, s) in enumerate(series):
         pts = " ".join(f"{pad + (w - 2 * pad) * x / max(1, n - 1):.1f},{h - pad - (h - 2 * pad) * y / top:.1f}"
                        for x, y in enumerate(s))
         lines.append(f'<polyline fill="none" stroke="{colors[k]}" stroke-width="2" points="{pts}"/>')
         lines.append(f'<text x="{w - 200}" y="{40 + 16 * k}" fill="{colors[k]}">{label}</text>')
-    lines.append(f'<text x="{pad}" y="{h - 10}">seconds</text></svg>')
+    for x, label in marks:
+        px = pad + (w - 2 * pad) * x / max(1, n - 1)
+        lines.append(f'<line x1="{px:.1f}" y1="{pad}" x2="{px:.1f}" y2="{h - pad}" stroke="#555" stroke-dasharray="4"/>')
+        lines.append(f'<text x="{px + 4:.1f}" y="{pad + 12}" fill="#555">{label}</text>')
+    lines.append(f'<text x="{pad}" y="{h - 10}">{x_label}</text></svg>')
     with open(path, "w") as f:
         f.write("\n".join(lines))
 
