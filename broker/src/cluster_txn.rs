@@ -96,7 +96,12 @@ impl TxnCluster for BrokerLink {
         }
     }
 
-    fn write_markers(&self, node: Option<i32>, m: Markers) -> BoxFuture<'static, Vec<Option<ResponseError>>> {
+    fn write_markers(
+        &self,
+        node: Option<i32>,
+        m: Markers,
+        wait: Duration,
+    ) -> BoxFuture<'static, Vec<Option<ResponseError>>> {
         let broker = self.0.upgrade();
         Box::pin(async move {
             let n = m.partitions.len();
@@ -116,7 +121,8 @@ impl TxnCluster for BrokerLink {
                     return unreachable;
                 }
             };
-            let answer = cluster.node.transport().call(target, 0, RPC_TXN_MARKERS, &[&body], MARKERS_WAIT).await;
+            let answer =
+                cluster.node.transport().call(target, 0, RPC_TXN_MARKERS, &[&body], wait.min(MARKERS_WAIT)).await;
             let codes = match answer
                 .map_err(|e| e.to_string())
                 .and_then(|b| rpc::decode_response::<Vec<i16>>(&b).map_err(|e| e.to_string()))

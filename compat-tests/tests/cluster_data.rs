@@ -583,4 +583,15 @@ fn delete_records_moves_the_log_start_on_every_replica() {
     let next = leader_of(&cluster, &alive, topic, 0, 2);
     assert!(list_offset(&mut cluster.conn(next), topic, 0, -2) >= start_at);
     assert_eq!(retained(&cluster, next, topic), kept);
+
+    // The coordinators' internal topics are refused, as Kafka refuses them.
+    let mut find = kafka_protocol::messages::FindCoordinatorRequest::default();
+    find.key_type = 0;
+    find.coordinator_keys = vec![fjord_compat_tests::wire::s("some-group")];
+    wait_until(DEADLINE, "__consumer_offsets created", || {
+        let r: kafka_protocol::messages::FindCoordinatorResponse =
+            cluster.conn(next).call(ApiKey::FindCoordinator, 4, &find);
+        r.coordinators[0].error_code == 0
+    });
+    assert_eq!(delete_records(&mut cluster.conn(next), "__consumer_offsets", -1).0, 17, "INVALID_TOPIC_EXCEPTION");
 }

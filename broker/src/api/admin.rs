@@ -244,6 +244,10 @@ pub async fn delete_records(
                     .map(|p| {
                         let mut r =
                             mk!(DeleteRecordsPartitionResult { partition_index: p.partition_index, low_watermark: -1 });
+                        if b.topics.topic(&name).is_some_and(|m| m.internal) {
+                            r.error_code = ResponseError::InvalidTopicException.code();
+                            return r;
+                        }
                         // DeleteRecords names no leader epoch.
                         match b.lead(&name, p.partition_index, NO_EPOCH) {
                             Err(e) => r.error_code = e.code(),
@@ -297,6 +301,12 @@ async fn delete_replicated(
     offset: i64,
     wait: std::time::Duration,
 ) -> Result<i64, ResponseError> {
+    // Kafka refuses DeleteRecords on internal topics: the coordinators replay them from the
+    // log start, and what went would be forgotten (open transactions never ended).
+    let internal = broker.cluster.as_ref().and_then(|c| c.is_internal(topic));
+    if internal.unwrap_or_else(|| broker.topics.topic(topic).is_some_and(|m| m.internal)) {
+        return Err(ResponseError::InvalidTopicException);
+    }
     let LeaderGuard { log, epoch, raft } = broker.lead(topic, partition, NO_EPOCH)?;
     let Some(w) = raft else {
         // A topic of this node's own registry (none in a cluster, but kept consistent).

@@ -479,14 +479,17 @@ impl GroupCoordinator {
     /// `log_partition` of `__consumer_offsets`: its offsets there apply
     /// (commit) or vanish (abort).
     ///
-    /// Only offsets written with the marker's producer epoch or an older one are its
-    /// transaction's: a later epoch's are another transaction's, still open.
+    /// Offsets of a later producer epoch than the marker's are another transaction's, still
+    /// open, and stay pending.
     pub fn complete_txn(&self, producer_id: i64, producer_epoch: i16, commit: bool, log_partition: i32) {
         let done: Vec<PendingOffset> = {
             let mut pending = self.pending();
             let Some(list) = pending.get_mut(&producer_id) else { return };
             let (done, rest): (Vec<_>, Vec<_>) =
                 list.drain(..).partition(|p| p.log_partition == log_partition && p.producer_epoch <= producer_epoch);
+            // Only offsets of the marker's own epoch are its transaction's and apply on a
+            // commit; an older epoch's were a fenced instance's, and go either way.
+            let done: Vec<PendingOffset> = done.into_iter().filter(|p| p.producer_epoch == producer_epoch).collect();
             if rest.is_empty() {
                 pending.remove(&producer_id);
             } else {
@@ -1303,10 +1306,8 @@ impl GroupCoordinator {
             Ok(w) => w.settled(durable).await,
             Err(e) => Err(e),
         };
-        if let (Err(ResponseError::ProducerFenced | ResponseError::KafkaStorageError), Some((producer_id, epoch))) =
-            (outcome, producer)
-        {
-            // The log refused the batch for certain: its offsets will never see a marker, and
+        if let (Err(ResponseError::ProducerFenced), Some((producer_id, epoch))) = (outcome, producer) {
+            // The log refused the batch (a fenced epoch): its offsets will never see a marker, and
             // left pending they would hold OffsetFetch(require_stable) back for good.
             let log_partition = self.partition_for(group_id);
             let mut pending = self.pending();

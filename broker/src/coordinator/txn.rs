@@ -76,9 +76,15 @@ pub trait TxnCluster: Send + Sync {
     /// Whether the partition exists in the cluster: `Some(internal)`, or None.
     fn partition_known(&self, topic: &str, partition: i32) -> Option<bool>;
     fn leader_of(&self, topic: &str, partition: i32) -> LeaderAt;
-    /// Writes markers: here (`node` None) or through the node that leads their partitions.
-    /// Per partition of `m`, in order, the error; None once the marker is committed.
-    fn write_markers(&self, node: Option<i32>, m: Markers) -> BoxFuture<'static, Vec<Option<ResponseError>>>;
+    /// Writes markers: here (`node` None) or through the node that leads their partitions,
+    /// waiting up to `wait` for its answer. Per partition of `m`, in order, the error; None once
+    /// the marker is committed.
+    fn write_markers(
+        &self,
+        node: Option<i32>,
+        m: Markers,
+        wait: Duration,
+    ) -> BoxFuture<'static, Vec<Option<ResponseError>>>;
 }
 
 /// Writes `m`'s marker into each of its partitions that this node leads: the node-local half of
@@ -917,10 +923,14 @@ impl TxnCoordinator {
                     }
                 }
             }
+            // A round waits no longer than what is left of the deadline (at least a second):
+            // a node's late answer is no loss, as its markers stay queued in order there and a
+            // retry's success implies theirs.
+            let wait = give_up.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(1));
             let sent = by_node.into_iter().map(|(node, partitions)| {
                 let m = Markers { partitions, ..m.clone() };
                 let parts = m.partitions.clone();
-                let answer = cluster.write_markers(node, m);
+                let answer = cluster.write_markers(node, m, wait);
                 async move { (node, parts, answer.await) }
             });
             for (node, parts, errors) in futures::future::join_all(sent).await {

@@ -643,9 +643,9 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             // below it go with the next retention pass, through a snapshot and a purge.
             if let EntryPayload::Normal(crate::BatchData(data)) = &entry.payload {
                 if let Some(start) = entry::log_start_of(data) {
-                    if let Err(e) = self.shared.log.delete_records(start) {
-                        tracing::warn!(log = %self.shared.log.dir().display(), start, error = %e, "cannot move the log start");
-                    }
+                    // A replica that cannot take the log start would serve what every other
+                    // replica deleted: the group stops here rather than carry on diverged.
+                    self.shared.log.delete_records(start).map_err(io_err)?;
                 }
             }
             {
@@ -682,6 +682,13 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             // before it): openraft keeps the entries after it, so the log stays as it is.
             Some(at) => {
                 self.shared.log.set_high_watermark(at.last_offset + 1);
+                // The entries up to the snapshot's point count as applied without being applied
+                // here: a log-start entry (DeleteRecords) among them is taken from the leader's
+                // log start instead.
+                let start = body.log_start_offset.min(at.last_offset + 1);
+                if start > self.shared.log.log_start_offset() {
+                    self.shared.log.delete_records(start).map_err(io_err)?;
+                }
             }
             None => {
                 PartitionLog::check_snapshot_prefix(&prefix, body.next_offset, body.producers.as_bytes())

@@ -370,3 +370,34 @@ async fn the_applied_state_is_saved_every_so_many_entries() {
     let (_, mut sm) = open(&dir, LogConfig::default()).unwrap();
     assert_eq!(sm.applied_state().await.unwrap().0, None);
 }
+
+/// DeleteRecords through Raft: applying a log-start entry moves the replica's log start. A
+/// follower that already holds a snapshot's last entry keeps its log on install but counts the
+/// entries before the point as applied without applying them, so it takes the log start from
+/// the snapshot instead.
+#[tokio::test]
+async fn a_log_start_entry_moves_the_log_start_when_applied_or_covered_by_a_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut leader, mut leader_sm) = open(&tmp.path().join("leader"), LogConfig::default()).unwrap();
+    let mut entries: Vec<_> = (0..3).map(|i| normal(1, i, b"v")).collect(); // offsets 0..=5
+    entries.push(EntryOf::<TypeConfig> {
+        log_id: LogIdOf::<TypeConfig>::new_term_index(1, 3),
+        payload: EntryPayload::Normal(BatchData(Bytes::from(entry::log_start_batch(4)))),
+    }); // offset 6
+    entries.push(normal(1, 4, b"w")); // offsets 7..=8
+    append(&mut leader, entries.clone()).await;
+    assert_eq!(leader.log().log_start_offset(), 0, "appended is not applied");
+    apply(&mut leader_sm, entries.clone()).await;
+    assert_eq!(leader.log().log_start_offset(), 4);
+    assert!(leader.log().read(3, 1, i64::MAX).is_err(), "below the log start");
+
+    leader.log().request_snapshot_at(4);
+    let snap = leader_sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(snap.meta.last_log_id, Some(entries[4].log_id));
+    let (mut follower, mut follower_sm) = open(&tmp.path().join("follower"), LogConfig::default()).unwrap();
+    append(&mut follower, entries.clone()).await;
+    follower_sm.install_snapshot(&snap.meta, snap.snapshot.clone()).await.unwrap();
+    let log = follower.log();
+    assert_eq!((log.log_start_offset(), log.log_end_offset(), log.high_watermark()), (4, 9, 9));
+    assert_eq!(log.read(7, 1, i64::MAX).unwrap().records, leader.log().read(7, 1, i64::MAX).unwrap().records);
+}
