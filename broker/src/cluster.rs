@@ -3,6 +3,7 @@
 //! voter's, or a learner's copy on brokers that are not voters) and its life as a broker
 //! (registration, heartbeats). Metadata and DescribeCluster answer from the applied metadata.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use fjord_replication::heartbeat::HeartbeatDriver;
 use fjord_replication::machine::NodeMachine;
 use fjord_replication::node::ReplicaNode;
 use fjord_replication::transport::{TcpConnector, TcpListener, TransportConfig};
-use fjord_replication::NodeId;
+use fjord_replication::{GroupId, NodeId};
 use kafka_protocol::error::ResponseError;
 use openraft::BasicNode;
 
@@ -63,6 +64,9 @@ pub struct ClusterNode {
     defaults: TopicDefaults,
     /// The node's service RPCs; the broker's part is set once it is built (`serve_broker`).
     services: Arc<crate::cluster_txn::Services>,
+    /// This run's registration: the metadata holds it once this node has applied the controller
+    /// log up to its own start.
+    incarnation: uuid::Uuid,
     _tasks: Vec<TaskGuard>,
     _heartbeats: HeartbeatDriver,
     _elections: ElectionDriver,
@@ -84,7 +88,7 @@ impl ClusterNode {
 pub async fn start(
     config: &BrokerConfig,
     advertised_listener: &str,
-    topics: &crate::topics::Topics,
+    topics: &Arc<crate::topics::Topics>,
 ) -> anyhow::Result<Option<ClusterNode>> {
     if config.controller_quorum_voters.is_empty() {
         return Ok(None);
@@ -141,9 +145,10 @@ pub async fn start(
         broker: std::sync::OnceLock::new(),
     });
     node.set_services(services.clone());
+    let incarnation = uuid::Uuid::new_v4();
     let registration = BrokerRegistration {
         node_id: config.node_id,
-        incarnation: uuid::Uuid::new_v4(),
+        incarnation,
         rack: config.broker_rack.clone(),
         advertised_listener: advertised_listener.to_string(),
         cluster_address: advertised_cluster_address(listen, cluster_addr),
@@ -154,7 +159,9 @@ pub async fn start(
     let mut partition_config = (*ELECTIONS.raft_config(TRANSPORT_NAME)?).clone();
     partition_config.snapshot_policy = openraft::SnapshotPolicy::Never;
     partition_config.max_in_snapshot_log_to_keep = u64::MAX;
-    let defaults_map = topics.defaults();
+    // The broker defaults as they are when a replica's log is configured: dynamic broker
+    // configs change them (`ClusterNode::mirror_broker_configs` reconfigures the open logs).
+    let live_defaults = topics.clone();
     let replicas = Arc::new(Replicas::default());
     tasks.extend(applier::spawn(
         node.clone(),
@@ -163,7 +170,7 @@ pub async fn start(
             node_id: config.node_id,
             data_dir: config.data_dir.clone(),
             raft_config: Arc::new(partition_config.validate()?),
-            log_config: Box::new(move |configs| topic_config::log_config(configs, &defaults_map)),
+            log_config: Box::new(move |configs| topic_config::log_config(configs, &live_defaults.defaults())),
             replicas: replicas.clone(),
         },
     ));
@@ -178,6 +185,7 @@ pub async fn start(
         replicas,
         defaults,
         services,
+        incarnation,
         _tasks: tasks,
         _heartbeats: heartbeats,
         _elections: elections,
@@ -279,6 +287,43 @@ impl ClusterNode {
             (Some(raft), Some(replica)) => Replica::Raft { raft, replica },
             _ => Replica::Elsewhere,
         }))
+    }
+
+    /// Makes this node's dynamic broker configs the cluster's (the metadata's cluster default and
+    /// this node's own), once the metadata has caught up with this run's registration (before,
+    /// it may not hold them yet). Open replica logs take the new defaults. True if anything
+    /// changed.
+    pub fn mirror_broker_configs(&self, topics: &crate::topics::Topics) -> Result<bool, TopicError> {
+        let Ok(me) = i32::try_from(self.node_id()) else { return Ok(false) };
+        let Some((cluster_wide, own, topic_configs)) = self.read(|m| {
+            let current = m.broker(me).is_some_and(|b| b.registration.incarnation == self.incarnation);
+            current.then(|| {
+                let topic_configs: Vec<(GroupId, BTreeMap<String, String>)> = m
+                    .topics()
+                    .values()
+                    .flat_map(|t| t.partitions.iter().map(move |g| (*g, t.configs.clone())))
+                    .collect();
+                (m.cluster_configs().clone(), m.broker_configs(me).cloned().unwrap_or_default(), topic_configs)
+            })
+        }) else {
+            return Ok(false);
+        };
+        let mut changed = false;
+        for (per_node, layer) in [(false, cluster_wide), (true, own)] {
+            if topics.broker_config_layer(per_node) != layer {
+                topics.set_broker_configs(per_node, layer)?;
+                changed = true;
+            }
+        }
+        if changed {
+            let defaults = topics.defaults();
+            for (group, configs) in topic_configs {
+                if let Some(replica) = self.replicas.get(group) {
+                    replica.log.set_config(topic_config::log_config(&configs, &defaults));
+                }
+            }
+        }
+        Ok(changed)
     }
 
     /// Retention of every partition replica on this node (see `partition::retention`), each

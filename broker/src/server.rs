@@ -203,6 +203,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         tokio::spawn(session_expiry_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(coordinator_placement_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(replicated_retention_loop(broker.clone(), shutdown_rx.clone())),
+        tokio::spawn(broker_configs_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(mapped_pages_loop(broker.clone(), shutdown_rx.clone(), mapped_baseline)),
         tokio::spawn(transaction_expiry_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(flush_loop(broker.clone(), shutdown_rx)),
@@ -269,6 +270,29 @@ async fn session_expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<
                 })
             })
             .await;
+        }
+    }
+}
+
+/// In a cluster: dynamic broker configs are the metadata's (changed through the controller by
+/// any node), mirrored into this node's layers twice a second.
+async fn broker_configs_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let Some(cluster) = &broker.cluster else { return };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        let b = broker.clone();
+        let mirrored = tokio::task::spawn_blocking(move || {
+            b.cluster.as_ref().map(|c| c.mirror_broker_configs(&b.topics)).unwrap_or(Ok(false))
+        })
+        .await;
+        match mirrored {
+            Ok(Ok(true)) => tracing::info!(node_id = cluster.node_id(), "dynamic broker configs follow the cluster's"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e.message, "cannot apply the cluster's dynamic broker configs"),
+            Err(e) => tracing::warn!(error = %e, "broker config task failed"),
         }
     }
 }

@@ -595,3 +595,41 @@ fn delete_records_moves_the_log_start_on_every_replica() {
     });
     assert_eq!(delete_records(&mut cluster.conn(next), "__consumer_offsets", -1).0, 17, "INVALID_TOPIC_EXCEPTION");
 }
+
+/// DescribeConfigs of one broker config on node index `i` (broker id `i + 1`): (value, source).
+fn broker_config(cluster: &LocalCluster, i: usize, key: &str) -> Option<(Option<String>, i8)> {
+    use kafka_protocol::messages::{describe_configs_request, DescribeConfigsRequest, DescribeConfigsResponse};
+    let mut req = DescribeConfigsRequest::default();
+    let mut r = describe_configs_request::DescribeConfigsResource::default();
+    r.resource_type = 4;
+    r.resource_name = fjord_compat_tests::wire::s(&(i + 1).to_string());
+    r.configuration_keys = Some(vec![fjord_compat_tests::wire::s(key)]);
+    req.resources = vec![r];
+    let resp: DescribeConfigsResponse = cluster.conn(i).try_call(ApiKey::DescribeConfigs, 4, &req)?;
+    let e = resp.results.first()?.configs.first()?;
+    Some((e.value.as_ref().map(|v| v.to_string()), e.config_source))
+}
+
+/// Dynamic broker configs in a cluster go through the controller: the cluster-wide default set
+/// through one node is in force on every node, a broker's own override on that broker only, and
+/// a node that lost its disk gets both back from the metadata.
+#[test]
+fn dynamic_broker_configs_set_through_one_node_apply_on_every_node() {
+    let mut cluster = LocalCluster::start(NODES);
+    cluster.wait_formed(DEADLINE);
+    let key = "log.cleaner.backoff.ms";
+    assert_eq!(fjord_compat_tests::wire::set_config(&mut cluster.conn(0), 4, "", key, "4321"), 0);
+    assert_eq!(fjord_compat_tests::wire::set_config(&mut cluster.conn(2), 4, "3", key, "999"), 0);
+    // Sources: 2 DYNAMIC_BROKER_CONFIG (the broker's own), 3 DYNAMIC_DEFAULT_BROKER_CONFIG.
+    let expected = |i: usize| if i == 2 { (Some("999".to_string()), 2) } else { (Some("4321".to_string()), 3) };
+    wait_until(DEADLINE, "every node to show the cluster's broker configs", || {
+        (0..NODES).all(|i| broker_config(&cluster, i, key) == Some(expected(i)))
+    });
+    // A node whose disk is gone gets them from the metadata again.
+    cluster.nodes[1].kill9();
+    cluster.nodes[1].wipe();
+    cluster.nodes[1].restart();
+    wait_until(DEADLINE, "the wiped node to show the cluster default again", || {
+        broker_config(&cluster, 1, key) == Some(expected(1))
+    });
+}

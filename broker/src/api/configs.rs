@@ -435,7 +435,20 @@ fn alter_resource(
             check_broker_name(broker, rname)?;
             // Named by its id: this broker's own; named "": the cluster's default.
             let per_node = !rname.is_empty();
-            let layer = broker.topics.broker_config_layer(per_node);
+            // In a cluster the metadata holds both layers (every node mirrors them).
+            let layer = match &broker.cluster {
+                Some(c) => {
+                    let me = broker.node_id;
+                    c.read(|m| {
+                        if per_node {
+                            m.broker_configs(me).cloned().unwrap_or_default()
+                        } else {
+                            m.cluster_configs().clone()
+                        }
+                    })
+                }
+                None => broker.topics.broker_config_layer(per_node),
+            };
             let translated = translate_broker_changes(changes, &layer)?;
             // Kafka answers INVALID_REQUEST, not INVALID_CONFIG, for a broker
             // config it cannot apply (KAFKA-13609 keeps it so).
@@ -451,6 +464,24 @@ fn alter_resource(
                 if !ignored.is_empty() {
                     tracing::info!(ignored = %ignored.join(", "), "broker configs stored but not applied");
                 }
+                if let Some(cluster) = &broker.cluster {
+                    let mut delta: BTreeMap<String, Option<String>> = next
+                        .iter()
+                        .filter(|(k, v)| layer.get(*k) != Some(*v))
+                        .map(|(k, v)| (k.clone(), Some(v.clone())))
+                        .collect();
+                    delta.extend(layer.keys().filter(|k| !next.contains_key(*k)).map(|k| (k.clone(), None)));
+                    if !delta.is_empty() {
+                        let node_id = per_node.then_some(broker.node_id);
+                        let req = fjord_replication::controller::Request::AlterConfigs {
+                            resource: fjord_replication::controller::ConfigResource::Broker { node_id },
+                            changes: delta,
+                        };
+                        // On a blocking thread (`alter_all`), so waiting holds no runtime worker.
+                        tokio::runtime::Handle::current().block_on(cluster.submit(req))?;
+                    }
+                }
+                // At once here; the other nodes follow the metadata (`broker_configs_loop`).
                 broker.topics.set_broker_configs(per_node, next)?;
             }
             Ok(())
