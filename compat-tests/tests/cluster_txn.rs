@@ -363,3 +363,25 @@ fn tail(log: &tempfile::NamedTempFile) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
+
+/// The single-node transaction suites of two more clients, unchanged, against the cluster:
+/// confluent-kafka (visibility of committed and aborted records, fencing of a zombie) and
+/// kafkajs (transactions, sendOffsets, fencing).
+#[test]
+fn client_transaction_suites_pass_against_the_cluster() {
+    let cluster = LocalCluster::start_with(NODES, FLAGS);
+    cluster.wait_formed(DEADLINE);
+    let out = run_client(
+        client(python()).current_dir(clients_dir().join("python")).arg("txn_suite.py").arg(cluster.bootstrap()),
+        Duration::from_secs(240),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("fencing: ok"), "{stdout}");
+    let node_dir = clients_dir().join("node");
+    assert!(node_dir.join("node_modules/kafkajs").exists(), "run scripts/setup-test-deps.sh to install kafkajs");
+    let out = run_client(
+        client("node").current_dir(&node_dir).arg("kafkajs_txn.js").arg(cluster.bootstrap()),
+        Duration::from_secs(240),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kafkajs transactions passed"));
+}

@@ -15,7 +15,7 @@ function eq(what, got, want) {
   if (g !== w) { console.error(`MISMATCH in ${what}:\n  got:  ${g}\n  want: ${w}`); process.exit(1); }
 }
 
-const kafka = new Kafka({ clientId: 'fjord-txn', brokers: [bootstrap], logLevel: logLevel.NOTHING, retry: { retries: 3 } });
+const kafka = new Kafka({ clientId: 'fjord-txn', brokers: bootstrap.split(','), logLevel: logLevel.NOTHING, retry: { retries: 3 } });
 const suffix = `${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
 
 function txnProducer(id) {
