@@ -114,6 +114,14 @@ async fn locate(broker: &Broker, key_type: i8, key: &str) -> Located {
     };
     let p = (java_hash(key) & 0x7fff_ffff) % count.max(1);
     match cluster.leader_address(topic, p) {
+        // The metadata still names this node, which no longer leads (cut off from its
+        // followers, or a new leader not reported yet): the client asks again shortly.
+        Some((node, ..))
+            if node == broker.node_id
+                && crate::leadership::Leadership::lead(broker, topic, p, crate::leadership::NO_EPOCH).is_err() =>
+        {
+            not_yet(format!("{topic} partition {p} is moving to another leader"))
+        }
         Some(found) => Ok(found),
         None => not_yet(format!("{topic} partition {p} has no leader yet")),
     }
