@@ -237,3 +237,39 @@ pub fn fetch(
     let mut r: FetchResponse = conn.call(ApiKey::Fetch, 12, &req);
     r.responses.remove(0).partitions.remove(0)
 }
+
+/// InitProducerId for a transactional id: its producer id and epoch (the call must succeed).
+pub fn txn_init(conn: &mut RawConn, id: &str, timeout_ms: i32) -> (i64, i16) {
+    let mut req = InitProducerIdRequest::default();
+    req.transactional_id = Some(TransactionalId(s(id)));
+    req.transaction_timeout_ms = timeout_ms;
+    let r: InitProducerIdResponse = conn.call(ApiKey::InitProducerId, 4, &req);
+    assert_eq!(r.error_code, 0, "InitProducerId");
+    (r.producer_id.0, r.producer_epoch)
+}
+
+/// DescribeTransactions of one transactional id.
+pub fn describe_txn(conn: &mut RawConn, id: &str) -> describe_transactions_response::TransactionState {
+    let mut req = DescribeTransactionsRequest::default();
+    req.transactional_ids = vec![TransactionalId(s(id))];
+    let mut r: DescribeTransactionsResponse = conn.call(ApiKey::DescribeTransactions, 0, &req);
+    r.transaction_states.remove(0)
+}
+
+/// ListOffsets(latest) of one partition: the last stable offset when `read_committed`, else the
+/// high watermark; None when the broker answers with an error or closes the connection.
+pub fn end_offset(conn: &mut RawConn, topic: &str, partition: i32, read_committed: bool) -> Option<i64> {
+    let mut p = list_offsets_request::ListOffsetsPartition::default();
+    p.partition_index = partition;
+    p.timestamp = -1;
+    let mut t = list_offsets_request::ListOffsetsTopic::default();
+    t.name = TopicName(s(topic));
+    t.partitions = vec![p];
+    let mut req = ListOffsetsRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.isolation_level = read_committed as i8;
+    req.topics = vec![t];
+    let r: ListOffsetsResponse = conn.try_call(ApiKey::ListOffsets, 7, &req)?;
+    let part = &r.topics[0].partitions[0];
+    (part.error_code == 0).then_some(part.offset)
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fjord_compat_tests::cluster::LocalCluster;
 use fjord_compat_tests::jepsen::{create_topic, wait_for_leaders};
-use fjord_compat_tests::wire::{self, s, txn_batch};
+use fjord_compat_tests::wire::{self, describe_txn, end_offset, s, txn_batch, txn_init};
 use fjord_compat_tests::{client, clients_dir, python, run_client, wait_until, RawConn};
 use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::*;
@@ -59,24 +59,6 @@ fn leader_indexes(cluster: &LocalCluster, i: usize, topic: &str, partitions: i32
     found
 }
 
-/// The partition's end offset at its leader: the last stable offset when `read_committed`, else
-/// the high watermark.
-fn end_offset(conn: &mut RawConn, topic: &str, partition: i32, read_committed: bool) -> Option<i64> {
-    let mut p = list_offsets_request::ListOffsetsPartition::default();
-    p.partition_index = partition;
-    p.timestamp = -1;
-    let mut t = list_offsets_request::ListOffsetsTopic::default();
-    t.name = TopicName(s(topic));
-    t.partitions = vec![p];
-    let mut req = ListOffsetsRequest::default();
-    req.replica_id = BrokerId(-1);
-    req.isolation_level = read_committed as i8;
-    req.topics = vec![t];
-    let r: ListOffsetsResponse = conn.try_call(ApiKey::ListOffsets, 7, &req)?;
-    let part = &r.topics[0].partitions[0];
-    (part.error_code == 0).then_some(part.offset)
-}
-
 /// Reads every partition of `topic` from the start until `want` records are in; their values.
 fn read(bootstrap: &str, topic: &str, partitions: i32, isolation: &str, want: usize) -> Vec<String> {
     let c: BaseConsumer = ClientConfig::new()
@@ -102,15 +84,6 @@ fn read(bootstrap: &str, topic: &str, partitions: i32, isolation: &str, want: us
     got
 }
 
-fn init(conn: &mut RawConn, id: &str, timeout_ms: i32) -> (i64, i16) {
-    let mut req = InitProducerIdRequest::default();
-    req.transactional_id = Some(TransactionalId(s(id)));
-    req.transaction_timeout_ms = timeout_ms;
-    let r: InitProducerIdResponse = conn.call(ApiKey::InitProducerId, 4, &req);
-    assert_eq!(r.error_code, 0, "InitProducerId");
-    (r.producer_id.0, r.producer_epoch)
-}
-
 fn add(conn: &mut RawConn, id: &str, producer: (i64, i16), topic: &str, partitions: &[i32]) -> Vec<i16> {
     let mut t = AddPartitionsToTxnTopic::default();
     t.name = TopicName(s(topic));
@@ -125,13 +98,6 @@ fn add(conn: &mut RawConn, id: &str, producer: (i64, i16), topic: &str, partitio
         .iter()
         .flat_map(|t| t.results_by_partition.iter().map(|p| p.partition_error_code))
         .collect()
-}
-
-fn describe(conn: &mut RawConn, id: &str) -> describe_transactions_response::TransactionState {
-    let mut req = DescribeTransactionsRequest::default();
-    req.transactional_ids = vec![TransactionalId(s(id))];
-    let mut r: DescribeTransactionsResponse = conn.call(ApiKey::DescribeTransactions, 0, &req);
-    r.transaction_states.remove(0)
 }
 
 #[test]
@@ -193,11 +159,11 @@ fn transactions_end_whole_on_partitions_every_node_leads() {
         read(&cluster.bootstrap(), topic, parts, "read_committed", committed.len()).into_iter().collect();
     assert_eq!(seen, committed);
     assert_eq!(read(&cluster.bootstrap(), topic, parts, "read_uncommitted", 60).len(), 60);
-    let d = describe(&mut cluster.conn((coordinator - 1) as usize), "orders-app");
+    let d = describe_txn(&mut cluster.conn((coordinator - 1) as usize), "orders-app");
     assert_eq!((d.error_code, d.transaction_state.as_str()), (0, "CompleteAbort"));
     // Any other node sends the client to the coordinator.
     let other = (0..NODES).find(|i| *i as i32 + 1 != coordinator).unwrap();
-    assert_eq!(describe(&mut cluster.conn(other), "orders-app").error_code, 16, "NOT_COORDINATOR");
+    assert_eq!(describe_txn(&mut cluster.conn(other), "orders-app").error_code, 16, "NOT_COORDINATOR");
 
     // A transaction its producer abandons is aborted by its coordinator's timer, with a marker
     // on every partition's leader, and the producer is fenced.
@@ -208,7 +174,7 @@ fn transactions_end_whole_on_partitions_every_node_leads() {
         coordinator >= 1
     });
     let mut c = cluster.conn((coordinator - 1) as usize);
-    let me = init(&mut c, id, 1_000);
+    let me = txn_init(&mut c, id, 1_000);
     let all: Vec<i32> = (0..parts).collect();
     assert_eq!(add(&mut c, id, me, topic, &all), vec![0; parts as usize]);
     for (p, l) in leaders.iter().enumerate() {
@@ -223,7 +189,7 @@ fn transactions_end_whole_on_partitions_every_node_leads() {
             hw >= Some(ends[p] + 2) && end_offset(&mut conn, topic, p as i32, true) == hw
         })
     });
-    let d = describe(&mut c, id);
+    let d = describe_txn(&mut c, id);
     assert_eq!((d.transaction_state.as_str(), d.producer_epoch), ("CompleteAbort", me.1 + 1));
     // The open record was aborted: read_committed still sees only the committed transactions.
     let seen: BTreeSet<String> =

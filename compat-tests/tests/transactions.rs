@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fjord_compat_tests::proxy::LossyProxy;
-use fjord_compat_tests::wire::{self, fetch, s, txn_batch};
+use fjord_compat_tests::wire::{self, describe_txn, fetch, s, txn_batch, txn_init};
 use fjord_compat_tests::{client, clients_dir, python, run_client, wait_until, BrokerProcess, RawConn};
 use kafka_protocol::messages::add_partitions_to_txn_request::{AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction};
 use kafka_protocol::messages::*;
@@ -19,15 +19,6 @@ const INVALID_TXN_STATE: i16 = 48;
 const INVALID_PRODUCER_EPOCH: i16 = 47;
 const PRODUCER_FENCED: i16 = 90;
 const TRANSACTIONAL_ID_NOT_FOUND: i16 = 105;
-
-fn init(conn: &mut RawConn, id: &str, timeout_ms: i32) -> (i64, i16) {
-    let mut req = InitProducerIdRequest::default();
-    req.transactional_id = Some(TransactionalId(s(id)));
-    req.transaction_timeout_ms = timeout_ms;
-    let r: InitProducerIdResponse = conn.call(ApiKey::InitProducerId, 4, &req);
-    assert_eq!(r.error_code, 0, "InitProducerId");
-    (r.producer_id.0, r.producer_epoch)
-}
 
 fn add(conn: &mut RawConn, id: &str, producer: (i64, i16), parts: &[(&str, i32)]) -> Vec<i16> {
     let mut req = AddPartitionsToTxnRequest::default();
@@ -64,13 +55,6 @@ fn end(conn: &mut RawConn, id: &str, producer: (i64, i16), commit: bool, version
     r.error_code
 }
 
-fn describe(conn: &mut RawConn, id: &str) -> describe_transactions_response::TransactionState {
-    let mut req = DescribeTransactionsRequest::default();
-    req.transactional_ids = vec![TransactionalId(s(id))];
-    let mut r: DescribeTransactionsResponse = conn.call(ApiKey::DescribeTransactions, 0, &req);
-    r.transaction_states.remove(0)
-}
-
 fn listed(conn: &mut RawConn, states: &[&str]) -> ListTransactionsResponse {
     let mut req = ListTransactionsRequest::default();
     req.state_filters = states.iter().map(|x| s(x)).collect();
@@ -85,20 +69,7 @@ fn record_offsets(records: &Bytes) -> Vec<i64> {
 }
 
 fn end_offset(conn: &mut RawConn, topic: &str, partition: i32, read_committed: bool) -> i64 {
-    let mut p = list_offsets_request::ListOffsetsPartition::default();
-    p.partition_index = partition;
-    p.timestamp = -1;
-    let mut t = list_offsets_request::ListOffsetsTopic::default();
-    t.name = TopicName(s(topic));
-    t.partitions = vec![p];
-    let mut req = ListOffsetsRequest::default();
-    req.replica_id = BrokerId(-1);
-    req.isolation_level = read_committed as i8;
-    req.topics = vec![t];
-    let r: ListOffsetsResponse = conn.call(ApiKey::ListOffsets, 7, &req);
-    let part = &r.topics[0].partitions[0];
-    assert_eq!(part.error_code, 0, "ListOffsets");
-    part.offset
+    wire::end_offset(conn, topic, partition, read_committed).expect("ListOffsets")
 }
 
 #[test]
@@ -106,7 +77,7 @@ fn transaction_apis_over_the_wire() {
     let broker = BrokerProcess::start(&[]);
     let mut conn = RawConn::connect(&broker.bootstrap());
     assert_eq!(wire::create_topic(&mut conn, "tx", 2, &[]).topics[0].error_code, 0);
-    let (pid, epoch) = init(&mut conn, "app-1", 60_000);
+    let (pid, epoch) = txn_init(&mut conn, "app-1", 60_000);
     let me = (pid, epoch);
 
     // Only partitions added to the transaction take its batches.
@@ -122,14 +93,14 @@ fn transaction_apis_over_the_wire() {
     let p = fetch(&mut conn, "tx", 0, 0, true);
     assert_eq!((p.last_stable_offset, p.high_watermark), (0, 2));
     assert!(record_offsets(p.records.as_ref().expect("records")).is_empty());
-    let d = describe(&mut conn, "app-1");
+    let d = describe_txn(&mut conn, "app-1");
     assert_eq!((d.error_code, d.transaction_state.as_str(), d.producer_id.0), (0, "Ongoing", pid));
     assert_eq!(
         d.topics.iter().map(|t| (t.topic.0.to_string(), t.partitions.clone())).collect::<Vec<_>>(),
         vec![("tx".to_string(), vec![0])]
     );
     assert!(d.transaction_start_time_ms > 0);
-    assert_eq!(describe(&mut conn, "nobody").error_code, TRANSACTIONAL_ID_NOT_FOUND);
+    assert_eq!(describe_txn(&mut conn, "nobody").error_code, TRANSACTIONAL_ID_NOT_FOUND);
     let l = listed(&mut conn, &["Ongoing", "Bogus"]);
     assert_eq!(
         l.transaction_states.iter().map(|t| t.transactional_id.0.to_string()).collect::<Vec<_>>(),
@@ -145,7 +116,7 @@ fn transaction_apis_over_the_wire() {
     let p = fetch(&mut conn, "tx", 0, 0, true);
     assert_eq!(p.last_stable_offset, 3, "two records and the commit marker");
     assert_eq!(record_offsets(p.records.as_ref().expect("records")), vec![0, 1]);
-    assert_eq!(describe(&mut conn, "app-1").transaction_state.as_str(), "CompleteCommit");
+    assert_eq!(describe_txn(&mut conn, "app-1").transaction_state.as_str(), "CompleteCommit");
 
     // Abort: read_committed gets the aborted transaction listed to drop it.
     assert_eq!(add(&mut conn, "app-1", me, &[("tx", 0)]), vec![0]);
@@ -176,7 +147,7 @@ fn transaction_apis_over_the_wire() {
     assert!(p.aborted_transactions.unwrap_or_default().is_empty(), "nothing aborted after offset 6");
 
     // A new instance fences the old epoch, with the error each version knows.
-    let (pid2, epoch2) = init(&mut conn, "app-1", 60_000);
+    let (pid2, epoch2) = txn_init(&mut conn, "app-1", 60_000);
     assert_eq!((pid2, epoch2), (pid, epoch + 1));
     assert_eq!(add(&mut conn, "app-1", me, &[("tx", 0)]), vec![PRODUCER_FENCED]);
     assert_eq!(end(&mut conn, "app-1", me, true, 3), PRODUCER_FENCED);
@@ -205,14 +176,14 @@ fn timed_out_transaction_is_aborted_and_its_producer_fenced() {
     let broker = BrokerProcess::start(&["--transaction-abort-timed-out-transaction-cleanup-interval-ms", "50"]);
     let mut conn = RawConn::connect(&broker.bootstrap());
     wire::create_topic(&mut conn, "slow", 1, &[]);
-    let me = init(&mut conn, "slow-app", 300);
+    let me = txn_init(&mut conn, "slow-app", 300);
     assert_eq!(add(&mut conn, "slow-app", me, &[("slow", 0)]), vec![0]);
     assert_eq!(wire::produce(&mut conn, "slow", 0, txn_batch(&[b"late"], me.0, me.1, 0)).0, 0);
     assert_eq!(end_offset(&mut conn, "slow", 0, true), 0);
     wait_until(Duration::from_secs(20), "the coordinator aborts the expired transaction", || {
         end_offset(&mut conn, "slow", 0, true) == 2
     });
-    let d = describe(&mut conn, "slow-app");
+    let d = describe_txn(&mut conn, "slow-app");
     assert_eq!((d.transaction_state.as_str(), d.producer_epoch), ("CompleteAbort", me.1 + 1));
     let p = fetch(&mut conn, "slow", 0, 0, true);
     assert_eq!(p.aborted_transactions.unwrap_or_default().len(), 1);
@@ -230,13 +201,13 @@ fn idle_transactional_ids_expire() {
         "50",
     ]);
     let mut conn = RawConn::connect(&broker.bootstrap());
-    let first = init(&mut conn, "idle-app", 60_000);
-    assert_eq!(describe(&mut conn, "idle-app").error_code, 0);
+    let first = txn_init(&mut conn, "idle-app", 60_000);
+    assert_eq!(describe_txn(&mut conn, "idle-app").error_code, 0);
     wait_until(Duration::from_secs(20), "the idle transactional id is forgotten", || {
-        describe(&mut conn, "idle-app").error_code == TRANSACTIONAL_ID_NOT_FOUND
+        describe_txn(&mut conn, "idle-app").error_code == TRANSACTIONAL_ID_NOT_FOUND
     });
     // Coming back is a fresh start: a new producer id at epoch 0.
-    let again = init(&mut conn, "idle-app", 60_000);
+    let again = txn_init(&mut conn, "idle-app", 60_000);
     assert_ne!(again.0, first.0);
     assert_eq!(again.1, 0);
 }
@@ -246,13 +217,13 @@ fn open_transaction_survives_sigkill_and_producer_state_too() {
     let mut broker = BrokerProcess::start(&[]);
     let mut conn = RawConn::connect(&broker.bootstrap());
     wire::create_topic(&mut conn, "crashy", 1, &[]);
-    let me = init(&mut conn, "crash-app", 60_000);
+    let me = txn_init(&mut conn, "crash-app", 60_000);
     assert_eq!(add(&mut conn, "crash-app", me, &[("crashy", 0)]), vec![0]);
     assert_eq!(wire::produce(&mut conn, "crashy", 0, txn_batch(&[b"1", b"2"], me.0, me.1, 0)).0, 0);
     broker.kill9();
     broker.restart();
     let mut conn = RawConn::connect(&broker.bootstrap());
-    assert_eq!(describe(&mut conn, "crash-app").transaction_state.as_str(), "Ongoing");
+    assert_eq!(describe_txn(&mut conn, "crash-app").transaction_state.as_str(), "Ongoing");
     assert_eq!(end_offset(&mut conn, "crashy", 0, true), 0, "still open after the restart");
     // The producer carries on: a retry is recognised, the next batch follows.
     assert_eq!(wire::produce(&mut conn, "crashy", 0, txn_batch(&[b"1", b"2"], me.0, me.1, 0)), (0, 0));
@@ -267,7 +238,7 @@ fn crash_between_markers_completes_the_commit_on_restart() {
     let mut broker = BrokerProcess::start_with_env(&[], &[("FJORD_FAILPOINT", "txn-after-first-marker")]);
     let mut conn = RawConn::connect(&broker.bootstrap());
     wire::create_topic(&mut conn, "two", 2, &[]);
-    let me = init(&mut conn, "two-app", 60_000);
+    let me = txn_init(&mut conn, "two-app", 60_000);
     assert_eq!(add(&mut conn, "two-app", me, &[("two", 0), ("two", 1)]), vec![0, 0]);
     for p in 0..2 {
         assert_eq!(wire::produce(&mut conn, "two", p, txn_batch(&[b"v"], me.0, me.1, 0)).0, 0);
@@ -283,7 +254,7 @@ fn crash_between_markers_completes_the_commit_on_restart() {
     broker.env.clear();
     broker.restart();
     let mut conn = RawConn::connect(&broker.bootstrap());
-    assert_eq!(describe(&mut conn, "two-app").transaction_state.as_str(), "CompleteCommit");
+    assert_eq!(describe_txn(&mut conn, "two-app").transaction_state.as_str(), "CompleteCommit");
     for p in 0..2 {
         let data = fetch(&mut conn, "two", p, 0, true);
         assert_eq!(record_offsets(data.records.as_ref().expect("records")), vec![0], "partition {p} committed");

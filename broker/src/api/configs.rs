@@ -409,22 +409,8 @@ fn alter_resource(
                 match broker.cluster.as_ref().filter(|c| c.partition_count(rname).is_some()) {
                     // Through the controller: every replica applies the committed change.
                     Some(cluster) => {
-                        let mut delta: BTreeMap<String, Option<String>> = next
-                            .iter()
-                            .filter(|(k, v)| current.get(*k) != Some(*v))
-                            .map(|(k, v)| (k.clone(), Some(v.clone())))
-                            .collect();
-                        delta.extend(current.keys().filter(|k| !next.contains_key(*k)).map(|k| (k.clone(), None)));
-                        if !delta.is_empty() {
-                            let req = fjord_replication::controller::Request::AlterConfigs {
-                                resource: fjord_replication::controller::ConfigResource::Topic {
-                                    name: rname.to_string(),
-                                },
-                                changes: delta,
-                            };
-                            // On a blocking thread (`alter_all`), so waiting holds no runtime worker.
-                            tokio::runtime::Handle::current().block_on(cluster.submit(req))?;
-                        }
+                        let resource = fjord_replication::controller::ConfigResource::Topic { name: rname.to_string() };
+                        submit_change(cluster, resource, &current, &next)?;
                     }
                     None => broker.topics.set_topic_configs(rname, next)?,
                 }
@@ -465,21 +451,9 @@ fn alter_resource(
                     tracing::info!(ignored = %ignored.join(", "), "broker configs stored but not applied");
                 }
                 if let Some(cluster) = &broker.cluster {
-                    let mut delta: BTreeMap<String, Option<String>> = next
-                        .iter()
-                        .filter(|(k, v)| layer.get(*k) != Some(*v))
-                        .map(|(k, v)| (k.clone(), Some(v.clone())))
-                        .collect();
-                    delta.extend(layer.keys().filter(|k| !next.contains_key(*k)).map(|k| (k.clone(), None)));
-                    if !delta.is_empty() {
-                        let node_id = per_node.then_some(broker.node_id);
-                        let req = fjord_replication::controller::Request::AlterConfigs {
-                            resource: fjord_replication::controller::ConfigResource::Broker { node_id },
-                            changes: delta,
-                        };
-                        // On a blocking thread (`alter_all`), so waiting holds no runtime worker.
-                        tokio::runtime::Handle::current().block_on(cluster.submit(req))?;
-                    }
+                    let node_id = per_node.then_some(broker.node_id);
+                    let resource = fjord_replication::controller::ConfigResource::Broker { node_id };
+                    submit_change(cluster, resource, &layer, &next)?;
                 }
                 // At once here; the other nodes follow the metadata (`broker_configs_loop`).
                 broker.topics.set_broker_configs(per_node, next)?;
@@ -488,6 +462,26 @@ fn alter_resource(
         }
         t => Err(err(ResponseError::InvalidRequest, format!("Resource type {t} is not supported"))),
     }
+}
+
+/// Submits the change from `current` to `next` configs of `resource` to the controller (keys
+/// set or changed, keys removed as None) and waits for it to commit. Called on a blocking
+/// thread (`alter_all`), so the wait holds no runtime worker.
+fn submit_change(
+    cluster: &crate::cluster::ClusterNode,
+    resource: fjord_replication::controller::ConfigResource,
+    current: &BTreeMap<String, String>,
+    next: &BTreeMap<String, String>,
+) -> Result<(), TopicError> {
+    let mut changes: BTreeMap<String, Option<String>> =
+        next.iter().filter(|(k, v)| current.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+    changes.extend(current.keys().filter(|k| !next.contains_key(*k)).map(|k| (k.clone(), None)));
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let req = fjord_replication::controller::Request::AlterConfigs { resource, changes };
+    tokio::runtime::Handle::current().block_on(cluster.submit(req))?;
+    Ok(())
 }
 
 /// Applies each resource's changes off the runtime; the result per
