@@ -295,16 +295,9 @@ impl ClusterNode {
     /// changed.
     pub fn mirror_broker_configs(&self, topics: &crate::topics::Topics) -> Result<bool, TopicError> {
         let Ok(me) = i32::try_from(self.node_id()) else { return Ok(false) };
-        let Some((cluster_wide, own, topic_configs)) = self.read(|m| {
+        let Some((cluster_wide, own)) = self.read(|m| {
             let current = m.broker(me).is_some_and(|b| b.registration.incarnation == self.incarnation);
-            current.then(|| {
-                let topic_configs: Vec<(GroupId, BTreeMap<String, String>)> = m
-                    .topics()
-                    .values()
-                    .flat_map(|t| t.partitions.iter().map(move |g| (*g, t.configs.clone())))
-                    .collect();
-                (m.cluster_configs().clone(), m.broker_configs(me).cloned().unwrap_or_default(), topic_configs)
-            })
+            current.then(|| (m.cluster_configs().clone(), m.broker_configs(me).cloned().unwrap_or_default()))
         }) else {
             return Ok(false);
         };
@@ -316,7 +309,11 @@ impl ClusterNode {
             }
         }
         if changed {
+            // Only now (this runs twice a second): every replica here takes the new defaults.
             let defaults = topics.defaults();
+            let topic_configs: Vec<(GroupId, BTreeMap<String, String>)> = self.read(|m| {
+                m.topics().values().flat_map(|t| t.partitions.iter().map(move |g| (*g, t.configs.clone()))).collect()
+            });
             for (group, configs) in topic_configs {
                 if let Some(replica) = self.replicas.get(group) {
                     replica.log.set_config(topic_config::log_config(&configs, &defaults));
