@@ -17,6 +17,7 @@ use fjord_replication::election::{ElectionDriver, ElectionTimings};
 use fjord_replication::heartbeat::HeartbeatDriver;
 use fjord_replication::machine::NodeMachine;
 use fjord_replication::node::ReplicaNode;
+use fjord_replication::recovery;
 use fjord_replication::transport::{TcpConnector, TcpListener, TransportConfig};
 use fjord_replication::{GroupId, NodeId};
 use kafka_protocol::error::ResponseError;
@@ -40,6 +41,10 @@ const ELECTIONS: ElectionTimings = ElectionTimings {
 
 /// Group heartbeats carry the commit index; liveness is the election driver's pings.
 const GROUP_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// How long a controller voter with no Raft state waits for every other voter's answer before a
+/// majority's word that the quorum is new will do.
+const SETTLE_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Checks configs by the broker's own rules on the controller leader.
 struct BrokerRules;
@@ -110,6 +115,12 @@ pub async fn start(
     }
 
     let dir = config.data_dir.join("__cluster_metadata-0");
+    // A voter with no Raft state may be one whose disk was wiped: it must not vote until it
+    // knows whether the quorum has a history (`recovery::settle_voter`).
+    let unsure = voters.contains_key(&me) && voters.len() > 1 && recovery::may_have_lost_state(&dir);
+    if unsure {
+        node.recovery().begin(CONTROLLER_GROUP, &dir)?;
+    }
     let machine = ControllerMachine::open(me, Some(&dir))?;
     // The metadata log is a partition log, as KRaft's `__cluster_metadata` is; the controller's
     // state machine keeps its own snapshots, so only the log store of the partition group is used.
@@ -123,7 +134,7 @@ pub async fn start(
         )
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the controller group: {e}"))?;
-    if voters.contains_key(&me) {
+    if voters.contains_key(&me) && !unsure {
         // Every voter proposes the same initial membership (allowed by openraft); once the
         // group has a log this is refused, which is the normal case after a restart.
         if let Err(e) = raft.initialize(voters.clone()).await {
@@ -154,6 +165,9 @@ pub async fn start(
         cluster_address: advertised_cluster_address(listen, cluster_addr),
     };
     let mut tasks = vec![controller.spawn_leader_duties(), controller.spawn_broker(registration)];
+    if unsure {
+        tasks.push(TaskGuard::spawn(recovery::settle_voter(node.clone(), CONTROLLER_GROUP, voters, SETTLE_PATIENCE)));
+    }
     // Partition groups: the election driver owns their elections too, and openraft must never
     // snapshot or purge them on its own (their log is the Kafka data).
     let mut partition_config = (*ELECTIONS.raft_config(TRANSPORT_NAME)?).clone();

@@ -261,6 +261,11 @@ impl BrokerProcess {
         &self.log_path
     }
 
+    /// How many lines of the broker's whole log (every run of it) contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default().lines().filter(|l| l.contains(needle)).count()
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

@@ -296,6 +296,32 @@ fn acknowledged_records_survive_a_paused_leader_and_a_lost_disk() {
             cluster.nodes[victim].resume();
         }
         run.log_fault(&format!("node {} back", victim + 1));
+        if wipe {
+            // The emptied node lost logs that counted towards commits: it held back its votes for
+            // the metadata quorum and for each partition it replicates until it had caught up.
+            let node = &cluster.nodes[victim];
+            let deadline = Instant::now() + DEADLINE;
+            loop {
+                let began = node.log_count("replica starts recovering");
+                let recovered = node.log_count("replica recovered: it votes again");
+                // The node's first start (a new cluster) released its metadata replica instead.
+                let released = node.log_count("replica released from recovery");
+                if recovered > PARTITIONS as usize && recovered + released == began {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{recovered} of {began} recovering replicas recovered on the wiped node; its log:\n{}",
+                    std::fs::read_to_string(node.log_path())
+                        .unwrap_or_default()
+                        .lines()
+                        .filter(|l| l.contains("recover"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         // Every replica in sync again, the emptied one included.
         for p in 0..PARTITIONS {
             leader_of(&cluster, &all, topic, p, 3);
@@ -625,13 +651,13 @@ fn dynamic_broker_configs_set_through_one_node_apply_on_every_node() {
     wait_until(DEADLINE, "every node to show the cluster's broker configs", || {
         (0..NODES).all(|i| broker_config(&cluster, i, key) == Some(expected(i)))
     });
-    // A node whose disk is gone gets them from the metadata again. (Not the controller's
-    // leader: a wiped leader of the quorum rejoins as a voter with an empty log, which can take
-    // long to settle; see the cluster plan on rejoining as a learner.)
+    // A node whose disk is gone gets them from the metadata again. It is the controller
+    // quorum's leader: the two others elect a new one, and the emptied voter recovers the
+    // metadata log from it before it votes again.
     let mut req = kafka_protocol::messages::MetadataRequest::default();
     req.topics = Some(Vec::new());
     let md: kafka_protocol::messages::MetadataResponse = cluster.conn(0).call(ApiKey::Metadata, 12, &req);
-    let victim = [1, 0].into_iter().find(|i| *i as i32 + 1 != md.controller_id.0).unwrap();
+    let victim = usize::try_from(md.controller_id.0 - 1).expect("a controller leader");
     cluster.nodes[victim].kill9();
     cluster.nodes[victim].wipe();
     cluster.nodes[victim].restart();

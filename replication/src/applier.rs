@@ -83,6 +83,9 @@ struct Wanted {
     index: i32,
     replicas: Vec<i32>,
     configs: BTreeMap<String, String>,
+    /// Whether the group has ever had a leader: a replica of it starting empty here may have
+    /// lost a log that counted towards commits.
+    had_leader: bool,
 }
 
 fn wanted(m: &ClusterMetadata, me: i32) -> BTreeMap<GroupId, Wanted> {
@@ -91,7 +94,8 @@ fn wanted(m: &ClusterMetadata, me: i32) -> BTreeMap<GroupId, Wanted> {
         .filter(|(_, p)| p.replicas.contains(&me))
         .map(|(g, p)| {
             let configs = m.topic(&p.topic).map(|t| t.configs.clone()).unwrap_or_default();
-            (*g, Wanted { topic: p.topic.clone(), index: p.index, replicas: p.replicas.clone(), configs })
+            let had_leader = p.leader.is_some() || p.leader_epoch > 0;
+            (*g, Wanted { topic: p.topic.clone(), index: p.index, replicas: p.replicas.clone(), configs, had_leader })
         })
         .collect()
 }
@@ -173,6 +177,17 @@ async fn reconcile(
             continue;
         }
         let dir = partition_dir(&config.data_dir, &w.topic, w.index, *group);
+        // A replica that starts empty for a group that has had a leader is either late to a new
+        // topic or lost its disk; it cannot tell which, so it recovers before it votes.
+        let recovering = if w.had_leader && !dir.exists() {
+            if let Err(e) = node.recovery().begin(*group, &dir) {
+                tracing::error!(group, dir = %dir.display(), error = %e, "cannot mark a replica as recovering; not starting it");
+                continue;
+            }
+            true
+        } else {
+            node.recovery().resume_if_marked(*group, &dir)
+        };
         let opened = {
             let dir = dir.clone();
             let log_config = (config.log_config)(&w.configs);
@@ -210,8 +225,11 @@ async fn reconcile(
                 Some((id, BasicNode::new(addresses.get(&id).cloned().unwrap_or_default())))
             })
             .collect();
-        if let Err(e) = raft.initialize(members).await {
-            tracing::debug!(group, error = %e, "partition group already initialized");
+        // A recovering replica takes the membership from the leader with the log.
+        if !recovering {
+            if let Err(e) = raft.initialize(members).await {
+                tracing::debug!(group, error = %e, "partition group already initialized");
+            }
         }
         tracing::info!(group, topic = %w.topic, partition = w.index, "partition replica started");
     }
@@ -223,6 +241,7 @@ async fn reconcile(
     for group in running.difference(&want.keys().copied().collect()) {
         config.replicas.remove(*group);
         configured.remove(group);
+        node.recovery().forget(*group);
         if let Some(raft) = node.registry().remove(*group) {
             let _ = raft.shutdown().await;
             tracing::info!(group, "partition replica stopped (no longer assigned here)");

@@ -15,7 +15,8 @@ use openraft::{Config, ConfigError, ServerState};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::node::GroupTimings;
+use crate::node::{GroupTimings, Stickiness};
+use crate::recovery::Recovery;
 use crate::registry::GroupRegistry;
 use crate::transport::Transport;
 use crate::types::{GroupId, NodeId, TypeConfig};
@@ -137,9 +138,11 @@ struct Suspect {
 }
 
 impl ElectionDriver {
-    pub fn spawn<SM: RaftStateMachine<TypeConfig>>(
+    pub(crate) fn spawn<SM: RaftStateMachine<TypeConfig>>(
         registry: Arc<GroupRegistry<SM>>,
         transport: Transport,
+        recovery: Arc<Recovery>,
+        stickiness: Arc<Stickiness>,
         timings: ElectionTimings,
     ) -> Self {
         let pinger = {
@@ -186,21 +189,27 @@ impl ElectionDriver {
                         let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
                         (m.state, m.current_leader)
                     };
-                    if state == ServerState::Leader || state == ServerState::Learner {
+                    // A replica recovering a lost log never campaigns (`recovery`).
+                    if state == ServerState::Leader || state == ServerState::Learner || recovery.is_recovering(group) {
                         suspects.remove(&group);
                         continue;
                     }
                     // Silence starts at the last frame from the leader's node; with no leader
                     // known (or ourselves, stepping down), at the first scan that sees it.
                     let leader = leader.filter(|l| *l != me);
+                    // A leader whose node answers but that has sent the group nothing for a few
+                    // heartbeats (its node restarted, perhaps empty) is as good as silent.
                     let silent_since = match leader {
                         Some(l) => match heard.get(&l).copied().flatten() {
-                            Some(t) if now.saturating_duration_since(t) < timings.election_timeout_min => {
+                            Some(t)
+                                if now.saturating_duration_since(t) < timings.election_timeout_min
+                                    && stickiness.leading_here(group, l) =>
+                            {
                                 suspects.remove(&group);
                                 continue;
                             }
-                            Some(t) => t,
-                            None => now,
+                            Some(t) if now.saturating_duration_since(t) >= timings.election_timeout_min => t,
+                            _ => now,
                         },
                         None => now,
                     };

@@ -16,6 +16,7 @@ use openraft::{ConfigError, ServerState};
 use crate::election::{ElectionDriver, ElectionTimings};
 use crate::heartbeat::HeartbeatDriver;
 use crate::network::Router;
+use crate::recovery::Recovery;
 use crate::registry::{AlreadyRunning, GroupRegistry};
 use crate::rpc::{self, RemoteFailure, Rpc};
 use crate::transport::{BoxFuture, Connector, InboundHandler, Listener, Transport, TransportConfig};
@@ -123,6 +124,7 @@ pub const SERVICE_RPC_BASE: u8 = 64;
 struct RaftService<SM: RaftStateMachine<TypeConfig>> {
     registry: Arc<GroupRegistry<SM>>,
     stickiness: Arc<Stickiness>,
+    recovery: Arc<Recovery>,
     services: Arc<OnceLock<Arc<dyn InboundHandler>>>,
 }
 
@@ -132,11 +134,20 @@ struct RaftService<SM: RaftStateMachine<TypeConfig>> {
 /// sparse heartbeats, and one node that wrongly judged a peer silent (a one-way link fault) would
 /// take over that peer's groups. Here a pre-vote is refused while this node hears the group's
 /// leader's node (any frame within the minimum election timeout), or leads the group itself.
+///
+/// A node that hears the leader's node but has had no AppendEntries from it in this group for a
+/// few heartbeat intervals does not count it as leading: its node may have restarted (with its
+/// disk wiped, it will not campaign itself) and the others must be able to elect without it.
 #[derive(Default)]
-struct Stickiness {
+pub(crate) struct Stickiness {
     transport: OnceLock<Transport>,
     /// The election driver's minimum timeout; `None` (no driver) leaves pre-votes to openraft.
     window: Mutex<Option<Duration>>,
+    /// How long an AppendEntries from a group's leader keeps it sticky (`None`: no heartbeat
+    /// driver, every frame from its node counts).
+    append_window: Mutex<Option<Duration>>,
+    /// Per group, the last AppendEntries: from whom, when.
+    appends: Mutex<std::collections::HashMap<GroupId, (NodeId, tokio::time::Instant)>>,
 }
 
 impl Stickiness {
@@ -144,8 +155,21 @@ impl Stickiness {
         *self.window.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn appended(&self, group: GroupId, from: NodeId) {
+        self.appends.lock().unwrap_or_else(|e| e.into_inner()).insert(group, (from, tokio::time::Instant::now()));
+    }
+
+    /// Whether `leader` sent `group` an AppendEntries recently enough to still count as leading.
+    pub(crate) fn leading_here(&self, group: GroupId, leader: NodeId) -> bool {
+        let Some(window) = *self.append_window.lock().unwrap_or_else(|e| e.into_inner()) else {
+            return true;
+        };
+        let appends = self.appends.lock().unwrap_or_else(|e| e.into_inner());
+        appends.get(&group).is_some_and(|(from, at)| *from == leader && at.elapsed() < window)
+    }
+
     /// Whether `group`'s leader, as this node knows it, is alive and not the candidate `from`.
-    fn leader_alive<SM: RaftStateMachine<TypeConfig>>(&self, raft: &Raft<SM>, from: NodeId) -> bool {
+    fn leader_alive<SM: RaftStateMachine<TypeConfig>>(&self, raft: &Raft<SM>, group: GroupId, from: NodeId) -> bool {
         let (Some(window), Some(transport)) = (self.window(), self.transport.get()) else {
             return false;
         };
@@ -158,7 +182,7 @@ impl Stickiness {
         match leader {
             Some(l) if l == from => false,
             Some(l) if l == me => state == ServerState::Leader,
-            Some(l) => transport.last_heard(l).is_some_and(|t| t.elapsed() < window),
+            Some(l) => transport.last_heard(l).is_some_and(|t| t.elapsed() < window) && self.leading_here(group, l),
             None => false,
         }
     }
@@ -179,11 +203,13 @@ where
         }
         let raft = self.registry.get(group);
         let stickiness = self.stickiness.clone();
+        let recovery = self.recovery.clone();
         Box::pin(async move {
             let Some(raft) = raft else {
                 return rpc::encode_response::<()>(Err(&RemoteFailure::UnknownGroup(group)));
             };
-            match serve(&raft, rpc, body, || stickiness.leader_alive(&raft, from)).await {
+            let inbound = Inbound { group, from, stickiness: &stickiness, recovery: &recovery };
+            match serve(&raft, rpc, body, inbound).await {
                 Ok(answer) => answer,
                 Err(failure) => {
                     if let RemoteFailure::BadRequest(reason) = &failure {
@@ -196,22 +222,56 @@ where
     }
 }
 
-async fn serve<SM>(
-    raft: &Raft<SM>,
-    rpc: u8,
-    body: Bytes,
-    leader_alive: impl FnOnce() -> bool,
-) -> Result<Bytes, RemoteFailure>
+/// Who sent an inbound Raft RPC, and the node state that judges it.
+struct Inbound<'a> {
+    group: GroupId,
+    from: NodeId,
+    stickiness: &'a Stickiness,
+    recovery: &'a Recovery,
+}
+
+impl Inbound<'_> {
+    /// After a recovering replica took entries or a snapshot: ends its recovery once its log
+    /// holds what the leader had committed when it first heard from it.
+    fn recovery_progress<SM: RaftStateMachine<TypeConfig>>(&self, raft: &Raft<SM>) {
+        let committed = raft.metrics().borrow_watched().local_committed.map(|l| l.index());
+        match self.recovery.check(self.group, committed) {
+            Ok(true) => raft.runtime_config().elect(true),
+            Ok(false) => {}
+            Err(e) => tracing::error!(group = self.group, error = %e, "cannot record that the replica recovered"),
+        }
+    }
+}
+
+async fn serve<SM>(raft: &Raft<SM>, rpc: u8, body: Bytes, inbound: Inbound<'_>) -> Result<Bytes, RemoteFailure>
 where
     SM: RaftStateMachine<TypeConfig, SnapshotData = Bytes>,
 {
     let bad = |e: rpc::CodecError| RemoteFailure::BadRequest(e.to_string());
     let raft_err = |e: &dyn std::fmt::Display| RemoteFailure::Raft(e.to_string());
     let rpc = Rpc::try_from(rpc).map_err(bad)?;
+    let recovering = inbound.recovery.is_recovering(inbound.group);
     Ok(match rpc {
         Rpc::AppendEntries => {
             let req = rpc::decode_append(body).map_err(bad)?;
+            if recovering {
+                inbound.recovery.heard_commit(inbound.group, req.leader_commit.as_ref().map(|l| l.index()));
+            }
             let resp = raft.append_entries(req).await.map_err(|e| raft_err(&e))?;
+            inbound.stickiness.appended(inbound.group, inbound.from);
+            if recovering {
+                inbound.recovery_progress(raft);
+            }
+            rpc::encode_response(Ok(&resp))
+        }
+        Rpc::Vote | Rpc::PreVote if recovering => {
+            // A replica that lost its log must not judge candidates by it (see `recovery`):
+            // answered as a refused pre-vote, which changes no state here.
+            let req = rpc::decode(&body).map_err(bad)?;
+            let mut resp = raft.pre_vote(req).await.map_err(|e| raft_err(&e))?;
+            tracing::debug!(group = inbound.group, from = inbound.from, "vote refused: this replica is recovering");
+            inbound.recovery.refused_vote();
+            resp.vote_granted = false;
             rpc::encode_response(Ok(&resp))
         }
         Rpc::Vote => {
@@ -224,7 +284,7 @@ where
             // openraft answers with our vote and last log id and changes no state; only the grant
             // is overridden, so the candidate sees the same refusal a lease would give.
             let mut resp = raft.pre_vote(req).await.map_err(|e| raft_err(&e))?;
-            if resp.vote_granted && leader_alive() {
+            if resp.vote_granted && inbound.stickiness.leader_alive(raft, inbound.group, inbound.from) {
                 tracing::debug!("pre-vote refused: the group's leader's node is alive");
                 resp.vote_granted = false;
             }
@@ -232,9 +292,19 @@ where
         }
         Rpc::FullSnapshot => {
             let (vote, meta, data) = rpc::decode_snapshot(body).map_err(bad)?;
+            if recovering {
+                // A snapshot is of committed entries only.
+                inbound.recovery.heard_commit(inbound.group, meta.last_log_id.as_ref().map(|l| l.index()));
+            }
             let snapshot = openraft::Snapshot { meta, snapshot: data };
             let resp = raft.install_full_snapshot(vote, snapshot).await.map_err(|e| raft_err(&e))?;
+            if recovering {
+                inbound.recovery_progress(raft);
+            }
             rpc::encode_response(Ok(&resp))
+        }
+        Rpc::TransferLeader if recovering => {
+            return Err(RemoteFailure::Raft("this replica is recovering a lost log and cannot lead yet".into()));
         }
         Rpc::TransferLeader => {
             let req = rpc::decode(&body).map_err(bad)?;
@@ -251,6 +321,7 @@ pub struct ReplicaNode<SM: RaftStateMachine<TypeConfig>> {
     router: Router,
     registry: Arc<GroupRegistry<SM>>,
     stickiness: Arc<Stickiness>,
+    recovery: Arc<Recovery>,
     services: Arc<OnceLock<Arc<dyn InboundHandler>>>,
 }
 
@@ -262,16 +333,49 @@ where
         let id = config.node_id;
         let registry = Arc::new(GroupRegistry::default());
         let stickiness = Arc::new(Stickiness::default());
+        let recovery = Arc::new(Recovery::default());
         let services = Arc::new(OnceLock::new());
         let handler = Arc::new(RaftService {
             registry: registry.clone(),
             stickiness: stickiness.clone(),
+            recovery: recovery.clone(),
             services: services.clone(),
         });
         let transport = Transport::new(config, connector, handler);
         let _ = stickiness.transport.set(transport.clone());
         let router = Router::new(transport.clone());
-        Self { id, transport, router, registry, stickiness, services }
+        Self { id, transport, router, registry, stickiness, recovery, services }
+    }
+
+    /// The groups whose replicas here are recovering a lost log (`recovery`).
+    pub fn recovery(&self) -> &Arc<Recovery> {
+        &self.recovery
+    }
+
+    /// Asks each of `peers` for the last entry of its replica of `group` (a pre-vote, which
+    /// changes no state there). Peers that do not answer within `timeout` are left out; an
+    /// answer of `None` is an empty log.
+    pub async fn peer_last_logs(
+        &self,
+        group: GroupId,
+        peers: &[NodeId],
+        timeout: Duration,
+    ) -> std::collections::BTreeMap<NodeId, Option<u64>> {
+        use openraft_multi::GroupRouter as _;
+        let Some(raft) = self.registry.get(group) else { return Default::default() };
+        let vote = raft.metrics().borrow_watched().vote;
+        let asks = peers.iter().map(|peer| {
+            let req = openraft::raft::VoteRequest::new(vote, None);
+            async move {
+                let option = openraft::network::RPCOption::new(timeout);
+                (*peer, self.router.pre_vote(*peer, group, req, option).await)
+            }
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .filter_map(|(peer, answer)| Some((peer, answer.ok()?.last_log_id.map(|l| l.index()))))
+            .collect()
     }
 
     /// Sets the handler of service RPCs (codes from `SERVICE_RPC_BASE`); only the first call
@@ -314,6 +418,10 @@ where
         self.registry.reserve(group)?;
         match openraft::Raft::new(self.id, config, self.router.factory(group), log, state_machine).await {
             Ok(raft) => {
+                // A recovering replica never campaigns, whichever timer drives its elections.
+                if self.recovery.is_recovering(group) {
+                    raft.runtime_config().elect(false);
+                }
                 self.registry.fill(group, raft.clone());
                 Ok(raft)
             }
@@ -330,6 +438,8 @@ where
 
     /// Starts the node's heartbeat driver; it stops when the returned handle is dropped.
     pub fn start_heartbeats(&self, interval: Duration) -> HeartbeatDriver {
+        // A leader heard from within a few heartbeats still leads (`Stickiness`).
+        *self.stickiness.append_window.lock().unwrap_or_else(|e| e.into_inner()) = Some(interval * 3);
         HeartbeatDriver::spawn(self.registry.clone(), interval)
     }
 
@@ -339,7 +449,13 @@ where
     pub fn start_elections(&self, timings: ElectionTimings) -> ElectionDriver {
         // The driver's silence threshold is also the window in which a heard leader is sticky.
         *self.stickiness.window.lock().unwrap_or_else(|e| e.into_inner()) = Some(timings.election_timeout_min);
-        ElectionDriver::spawn(self.registry.clone(), self.transport.clone(), timings)
+        ElectionDriver::spawn(
+            self.registry.clone(),
+            self.transport.clone(),
+            self.recovery.clone(),
+            self.stickiness.clone(),
+            timings,
+        )
     }
 
     /// Stops every group and the transport.

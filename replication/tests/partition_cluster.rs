@@ -85,6 +85,19 @@ async fn start_node(
     members: &BTreeMap<NodeId, BasicNode>,
     config: Arc<openraft::Config>,
 ) -> TestNode {
+    start_node_recovering(data, id, listener, members, config, None).await
+}
+
+/// `start_node`, with the replica of `recovering` marked as having lost its log (what the
+/// applier does for a replica that starts empty in a group that has had a leader).
+async fn start_node_recovering(
+    data: &std::path::Path,
+    id: NodeId,
+    listener: TcpListener,
+    members: &BTreeMap<NodeId, BasicNode>,
+    config: Arc<openraft::Config>,
+    recovering: Option<GroupId>,
+) -> TestNode {
     let connector = KillableConnector::new();
     let node = ReplicaNode::new(TransportConfig::new("partition-test", id), connector.clone());
     node.serve(listener);
@@ -95,7 +108,11 @@ async fn start_node(
     for group in 1..=GROUPS {
         // Small segments, so entries cross segment rolls.
         let cfg = LogConfig { segment_bytes: 600, ..LogConfig::default() };
-        let (store, sm) = partition::open(&data.join(format!("node-{id}/t-{group}")), cfg).unwrap();
+        let dir = data.join(format!("node-{id}/t-{group}"));
+        if recovering == Some(group) {
+            node.recovery().begin(group, &dir).unwrap();
+        }
+        let (store, sm) = partition::open(&dir, cfg).unwrap();
         logs.insert(group, store.log().clone());
         node.start_group(group, config.clone(), store, sm).await.unwrap();
     }
@@ -465,9 +482,9 @@ async fn a_cut_off_leader_truncates_its_uncommitted_suffix_when_it_returns() {
 async fn a_wiped_replica_is_filled_by_a_snapshot_after_the_leader_purged() {
     init_tracing();
     let tmp = tempfile::tempdir().unwrap();
-    // A wiped voter comes back with an empty log: openraft must be told to accept that (how a
-    // wiped node rejoins safely, as a learner first, is later work); the snapshot path is what
-    // this test is about.
+    // A wiped voter comes back with an empty log: openraft must be told to accept that. (Its
+    // votes are held back until it has caught up, `a_wiped_replica_elects_no_one_until_it_has_
+    // caught_up`; the snapshot path is what this test is about.)
     let config = Arc::new(openraft::Config { allow_log_reversion: Some(true), ..(*config()).clone() });
     let (mut nodes, mut members) = start_cluster_with(tmp.path(), config.clone()).await;
     let first = write_all(&nodes, "before", 8).await;
@@ -533,6 +550,106 @@ async fn a_wiped_replica_is_filled_by_a_snapshot_after_the_leader_purged() {
         ours.iter().map(|e| (e.span.base_offset, &e.data)).collect::<Vec<_>>(),
         theirs.iter().map(|e| (e.span.base_offset, &e.data)).collect::<Vec<_>>()
     );
+    for n in &nodes {
+        n.node.shutdown().await;
+    }
+}
+
+/// Raft's amnesia hazard: an entry committed by the leader and one follower, whose follower then
+/// loses its disk. With the leader down, the third replica (cut off when the entry was written,
+/// so it lacks it) campaigns; an empty voter would elect it and the acknowledged entry would be
+/// gone. A replica marked as recovering refuses, the group stays leaderless until the old leader
+/// returns, and the entry survives on every replica; the wiped one votes again once it has
+/// caught up.
+#[tokio::test]
+async fn a_wiped_replica_elects_no_one_until_it_has_caught_up() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = Arc::new(openraft::Config { allow_log_reversion: Some(true), ..(*config()).clone() });
+    let (mut nodes, mut members) = start_cluster_with(tmp.path(), config.clone()).await;
+    let first = write_all(&nodes, "before", 2).await;
+    for (g, acks) in &first {
+        caught_up(&nodes, *g, acks.last().unwrap().index).await;
+    }
+    let group = 1;
+    let leader_id = settled_leader(&nodes, group).await;
+    let followers: Vec<NodeId> = nodes.iter().map(|n| n.node.id()).filter(|id| *id != leader_id).collect();
+    let (behind_id, wiped_id) = (followers[0], followers[1]);
+    let at = |nodes: &[TestNode], id: NodeId| nodes.iter().position(|n| n.node.id() == id).unwrap();
+    // Cut the replica that will fall behind off from both others.
+    for n in &nodes {
+        if n.node.id() == behind_id {
+            for (peer, addr) in &members {
+                if *peer != behind_id {
+                    n.connector.cut(&addr.addr);
+                }
+            }
+        } else {
+            n.connector.cut(&members[&behind_id].addr);
+        }
+    }
+    // The entry only the leader and the soon-wiped replica hold.
+    let batch = batch::build_batch(0, 7, &[(None, Some(b"acked-then-forgotten".as_slice()))]);
+    let raft = nodes[at(&nodes, leader_id)].raft(group);
+    let resp = node::write(&raft, BatchData(Bytes::from(batch.clone())), DEADLINE).await.expect("committed by two");
+    let kept = Ack {
+        index: resp.log_id.index(),
+        base_offset: resp.data.base_offset,
+        last_offset: resp.data.last_offset,
+        batch: batch.clone(),
+    };
+    assert!(nodes[at(&nodes, behind_id)].logs[&group].raft_entry_span(kept.index).is_none());
+
+    // The leader stops; the other holder stops and loses its replica of the group.
+    let leader = nodes.remove(at(&nodes, leader_id));
+    leader.node.shutdown().await;
+    drop(leader);
+    let wiped = nodes.remove(at(&nodes, wiped_id));
+    wiped.node.shutdown().await;
+    drop(wiped);
+    std::fs::remove_dir_all(tmp.path().join(format!("node-{wiped_id}/t-{group}"))).unwrap();
+    nodes[0].connector.heal();
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    members.insert(wiped_id, BasicNode::new(addr.clone()));
+    let back = start_node_recovering(tmp.path(), wiped_id, listener, &members, config.clone(), Some(group)).await;
+    nodes[0].node.add_peer(wiped_id, &addr);
+    nodes.push(back);
+    assert!(nodes[1].node.recovery().is_recovering(group));
+    // The replica that lacks the entry campaigns, and the wiped one turns it down.
+    wait_until(DEADLINE, "the wiped replica refused the behind one's campaigns", || {
+        let refused = nodes[1].node.recovery().votes_refused();
+        async move { refused >= 3 }
+    })
+    .await;
+    for n in &nodes {
+        let m = n.raft(group).metrics().borrow_watched().clone();
+        assert_ne!(m.state, ServerState::Leader, "node {} leads without the acknowledged entry", n.node.id());
+    }
+    assert!(nodes[1].node.recovery().is_recovering(group));
+
+    // The old leader returns: it holds the entry, wins, and the wiped replica recovers from it.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    members.insert(leader_id, BasicNode::new(addr.clone()));
+    let back = start_node(tmp.path(), leader_id, listener, &members, config).await;
+    for n in &nodes {
+        n.node.add_peer(leader_id, &addr);
+        n.node.add_peer(wiped_id, &members[&wiped_id].addr);
+    }
+    nodes.push(back);
+    caught_up(&nodes, group, kept.index).await;
+    wait_until(DEADLINE, "the wiped replica recovered", || {
+        let done = !nodes[1].node.recovery().is_recovering(group);
+        async move { done }
+    })
+    .await;
+    for n in &nodes {
+        let what = format!("node {} after the wipe", n.node.id());
+        assert_acked_at_their_offsets(&n.logs[&group], &first[&group], &what);
+        assert_acked_at_their_offsets(&n.logs[&group], std::slice::from_ref(&kept), &what);
+    }
     for n in &nodes {
         n.node.shutdown().await;
     }

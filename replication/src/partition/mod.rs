@@ -31,7 +31,7 @@ use crate::types::{Applied, TypeConfig};
 pub const MAX_READ_BYTES: usize = 1 << 20;
 
 /// Vote and purge point, fsynced on every write.
-const STATE_FILE: &str = "raft-state";
+pub(crate) const STATE_FILE: &str = "raft-state";
 /// The committed log id, written without fsync: a file of its own, so a crash that leaves it
 /// empty or old can never take the vote with it (a lost vote could grant two votes in a term).
 const COMMITTED_FILE: &str = "raft-committed";

@@ -1,0 +1,255 @@
+//! Replicas that lost their disk ("amnesia"). Raft's safety rests on voters remembering what
+//! they acknowledged and whom they voted for. A voter that comes back empty would grant its
+//! vote to any candidate (every log is at least as up to date as an empty one), so a candidate
+//! lacking an entry that was committed with the wiped voter's help could win, and the entry
+//! would be lost.
+//!
+//! Such a replica starts *recovering*: it refuses every vote and pre-vote, never campaigns and
+//! refuses leadership transfers, but accepts entries and snapshots from a leader as usual. The
+//! first AppendEntries (or snapshot) it gets in this run names the leader's commit index; once
+//! its own log holds everything up to that index, it votes again. Every entry committed before
+//! the wipe is at or below that index (the leader has it, by Leader Completeness, and has
+//! counted the wiped replica's old acknowledgements by then), so from then on its votes are
+//! judged on a log that holds what its old self acknowledged.
+//!
+//! The state is a marker file in the replica's directory, written durably before the group
+//! starts and removed once recovered, so a crash in between resumes recovering. While a
+//! majority of a group's replicas are recovering the group has no leader: that is what losing
+//! a majority's disks means, and electing one anyway could silently drop acknowledged data.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::types::GroupId;
+
+/// The marker file: present while the replica in its directory is recovering.
+pub const MARKER: &str = "raft-recovering";
+
+#[derive(Debug)]
+struct Recovering {
+    marker: PathBuf,
+    /// The leader's commit index as the first leader contact in this run gave it: `Some(None)`
+    /// when that leader had committed nothing.
+    target: Option<Option<u64>>,
+}
+
+/// The groups of a node whose replicas are recovering.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    groups: Mutex<HashMap<GroupId, Recovering>>,
+    /// Votes and pre-votes refused because the replica was recovering (a metric).
+    refused: std::sync::atomic::AtomicU64,
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl Recovery {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<GroupId, Recovering>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the replica of `group` in `dir` (created if missing) as recovering, durably,
+    /// before its group is started.
+    pub fn begin(&self, group: GroupId, dir: &Path) -> io::Result<()> {
+        let marker = dir.join(MARKER);
+        if dir.exists() {
+            std::fs::File::create(&marker)?.sync_all()?;
+            sync_dir(dir)?;
+        } else {
+            // The directory appears with its marker in it, or not at all: an empty directory
+            // left by a crash would read as a replica that is not recovering.
+            let mut staging = dir.as_os_str().to_owned();
+            staging.push(".tmp");
+            let staging = PathBuf::from(staging);
+            if staging.exists() {
+                std::fs::remove_dir_all(&staging)?;
+            }
+            std::fs::create_dir_all(&staging)?;
+            std::fs::File::create(staging.join(MARKER))?.sync_all()?;
+            sync_dir(&staging)?;
+            std::fs::rename(&staging, dir)?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        tracing::warn!(group, dir = %dir.display(), "replica starts recovering: it will not vote until it has caught up");
+        self.lock().insert(group, Recovering { marker, target: None });
+        Ok(())
+    }
+
+    /// Resumes recovering if the replica in `dir` was recovering when its node stopped.
+    /// Returns whether it is recovering.
+    pub fn resume_if_marked(&self, group: GroupId, dir: &Path) -> bool {
+        let marker = dir.join(MARKER);
+        if !marker.exists() {
+            return false;
+        }
+        tracing::warn!(group, dir = %dir.display(), "replica is still recovering: it will not vote until it has caught up");
+        self.lock().insert(group, Recovering { marker, target: None });
+        true
+    }
+
+    pub fn is_recovering(&self, group: GroupId) -> bool {
+        self.lock().contains_key(&group)
+    }
+
+    pub(crate) fn refused_vote(&self) {
+        self.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many votes and pre-votes recovering replicas here have refused.
+    pub fn votes_refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The group's replica is gone from this node.
+    pub fn forget(&self, group: GroupId) {
+        self.lock().remove(&group);
+    }
+
+    /// A leader told this replica its commit index (AppendEntries), or sent a snapshot whose
+    /// last entry is committed. Only the first contact of a run sets the target.
+    pub(crate) fn heard_commit(&self, group: GroupId, commit: Option<u64>) {
+        if let Some(r) = self.lock().get_mut(&group) {
+            if r.target.is_none() {
+                tracing::info!(group, ?commit, "recovering replica heard from a leader");
+                r.target = Some(commit);
+            }
+        }
+    }
+
+    /// Ends recovery once the replica's log holds its target (`local_committed`: entries this
+    /// log holds and knows committed). Returns true when it ended now.
+    pub(crate) fn check(&self, group: GroupId, local_committed: Option<u64>) -> io::Result<bool> {
+        let marker = {
+            let groups = self.lock();
+            match groups.get(&group) {
+                Some(Recovering { target: Some(target), marker }) if local_committed >= *target => marker.clone(),
+                _ => return Ok(false),
+            }
+        };
+        self.end(group, &marker)?;
+        tracing::info!(group, ?local_committed, "replica recovered: it votes again");
+        Ok(true)
+    }
+
+    /// Ends recovery without a leader: the group's other voters have shown that nothing was
+    /// ever committed (a new cluster's first start). Returns false if it was not recovering.
+    pub fn release(&self, group: GroupId) -> io::Result<bool> {
+        let Some(marker) = self.lock().get(&group).map(|r| r.marker.clone()) else {
+            return Ok(false);
+        };
+        self.end(group, &marker)?;
+        tracing::info!(group, "replica released from recovery: its group has no history");
+        Ok(true)
+    }
+
+    fn end(&self, group: GroupId, marker: &Path) -> io::Result<()> {
+        match std::fs::remove_file(marker) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(dir) = marker.parent() {
+            sync_dir(dir)?;
+        }
+        self.lock().remove(&group);
+        Ok(())
+    }
+}
+
+/// Whether the replica in `dir` may have lost its Raft state: it never recorded a vote (every
+/// replica that took an entry or voted did), or it was recovering when its node stopped.
+pub fn may_have_lost_state(dir: &Path) -> bool {
+    !dir.join(crate::partition::STATE_FILE).exists() || dir.join(MARKER).exists()
+}
+
+/// For a voter of a fixed quorum (the controller's) that may have lost its state: it is held
+/// recovering (`Recovery::begin`, before its group starts) until its peers show whether the
+/// quorum has a history. A peer whose log holds more than the initial membership entry means it
+/// has: this voter stays recovering until a leader has brought it up to date. Every other voter
+/// answering with no history (or a majority of the voters, after `patience`) means a new
+/// cluster: this voter is released and proposes the initial membership, as every voter does.
+/// With no answers it waits: alone it could neither lead nor learn anything.
+pub async fn settle_voter<SM>(
+    node: std::sync::Arc<crate::node::ReplicaNode<SM>>,
+    group: GroupId,
+    voters: std::collections::BTreeMap<crate::NodeId, openraft::BasicNode>,
+    patience: std::time::Duration,
+) where
+    SM: openraft::storage::RaftStateMachine<crate::types::TypeConfig, SnapshotData = bytes::Bytes>,
+{
+    let others: Vec<crate::NodeId> = voters.keys().copied().filter(|v| *v != node.id()).collect();
+    let majority = voters.len() / 2 + 1;
+    let started = tokio::time::Instant::now();
+    let mut last_report = started;
+    loop {
+        if !node.recovery().is_recovering(group) {
+            return; // a leader brought it up to date
+        }
+        let answers = node.peer_last_logs(group, &others, std::time::Duration::from_secs(1)).await;
+        if answers.values().any(|last| last.is_some_and(|i| i > 0)) {
+            tracing::warn!(group, ?answers, "the quorum has a history this voter lacks: recovering it from the leader");
+            return;
+        }
+        let everyone = answers.len() == others.len();
+        if everyone || (answers.len() + 1 >= majority && started.elapsed() >= patience) {
+            match node.recovery().release(group) {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(group, error = %e, "cannot release the voter from recovery");
+                    return;
+                }
+            }
+            if let Some(raft) = node.group(group) {
+                raft.runtime_config().elect(true);
+                if let Err(e) = raft.initialize(voters.clone()).await {
+                    tracing::debug!(group, error = %e, "quorum already initialized");
+                }
+            }
+            return;
+        }
+        if last_report.elapsed() >= std::time::Duration::from_secs(10) {
+            last_report = tokio::time::Instant::now();
+            tracing::warn!(group, ?answers, "waiting for the other voters to learn whether the quorum has a history");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_ends_only_once_the_first_leader_commit_is_held_and_survives_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("t-0.g7");
+        let r = Recovery::default();
+        r.begin(7, &dir).unwrap();
+        assert!(r.is_recovering(7) && dir.join(MARKER).exists());
+        // No leader heard yet: nothing ends it.
+        assert!(!r.check(7, Some(100)).unwrap());
+        r.heard_commit(7, Some(10));
+        // A later, higher commit does not move the target.
+        r.heard_commit(7, Some(50));
+        assert!(!r.check(7, Some(9)).unwrap());
+        // A restart before catching up resumes from the marker, with a new target to learn.
+        let again = Recovery::default();
+        assert!(again.resume_if_marked(7, &dir));
+        again.heard_commit(7, Some(12));
+        assert!(!again.check(7, Some(11)).unwrap());
+        assert!(again.check(7, Some(12)).unwrap());
+        assert!(!again.is_recovering(7) && !dir.join(MARKER).exists());
+        assert!(!Recovery::default().resume_if_marked(7, &dir));
+        // A leader that has committed nothing: recovered as soon as heard.
+        let empty = Recovery::default();
+        empty.begin(8, &tmp.path().join("t-1.g8")).unwrap();
+        empty.heard_commit(8, None);
+        assert!(empty.check(8, None).unwrap());
+    }
+}
