@@ -339,6 +339,11 @@ impl ClusterNode {
 
     /// Retention of every partition replica on this node (see `partition::retention`), each
     /// replica on its own, so that one waiting for its snapshot holds up no other.
+    /// The logs of the partition replicas on this node.
+    pub fn replica_logs(&self) -> Vec<Arc<fjord_storage::PartitionLog>> {
+        self.replicas.all().into_iter().map(|(_, r)| r.log).collect()
+    }
+
     pub async fn apply_retention(&self, now_ms: i64) {
         let mut passes = tokio::task::JoinSet::new();
         for (group, replica) in self.replicas.all() {

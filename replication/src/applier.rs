@@ -113,10 +113,15 @@ pub fn spawn(
             let mut changes = controller.machine().subscribe();
             // The topic configs each running replica's log was last given.
             let mut configured = BTreeMap::new();
+            let mut ready = false;
             loop {
-                reconcile(&node, &controller, &config, &mut configured).await;
-                if changes.changed().await.is_err() {
-                    return;
+                ready = ready || metadata_caught_up(&node);
+                if ready {
+                    reconcile(&node, &controller, &config, &mut configured).await;
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(REPORT_INTERVAL), if !ready => {}
                 }
             }
         })
@@ -129,6 +134,17 @@ pub fn spawn(
         }
     });
     vec![applier, reporter]
+}
+
+/// Whether this node's metadata has caught up with the controller quorum's leader since it
+/// started. Until then the applier starts no replica: a node replaying the metadata log (after
+/// a restart, or with an empty disk) would otherwise see a partition before the records saying
+/// it has had a leader, and start an empty replica of it as a full voter (`recovery`).
+fn metadata_caught_up(node: &ReplicaNode<NodeMachine>) -> bool {
+    let Some(raft) = node.group(crate::controller::CONTROLLER_GROUP) else { return false };
+    let m = raft.metrics();
+    let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
+    m.current_leader.is_some() && m.last_applied.map(|l| l.index()) >= m.cluster_committed.map(|l| l.index())
 }
 
 /// How often leadership is compared with the metadata (and reported when it differs).

@@ -231,11 +231,17 @@ struct Inbound<'a> {
 }
 
 impl Inbound<'_> {
-    /// After a recovering replica took entries or a snapshot: ends its recovery once its log
-    /// holds what the leader had committed when it first heard from it.
-    fn recovery_progress<SM: RaftStateMachine<TypeConfig>>(&self, raft: &Raft<SM>) {
-        let committed = raft.metrics().borrow_watched().local_committed.map(|l| l.index());
-        match self.recovery.check(self.group, committed) {
+    /// After an AppendEntries from the leader of `term` to a recovering replica succeeded up to
+    /// `matched`: ends its recovery once it holds what that leader had committed
+    /// (`Recovery::check`).
+    fn recovery_progress<SM: RaftStateMachine<TypeConfig>>(
+        &self,
+        raft: &Raft<SM>,
+        term: u64,
+        matched: Option<openraft::type_config::alias::LogIdOf<TypeConfig>>,
+    ) {
+        let Some(m) = matched else { return };
+        match self.recovery.check(self.group, term, (m.committed_leader_id().term, m.index())) {
             Ok(true) => raft.runtime_config().elect(true),
             Ok(false) => {}
             Err(e) => tracing::error!(group = self.group, error = %e, "cannot record that the replica recovered"),
@@ -254,14 +260,23 @@ where
     Ok(match rpc {
         Rpc::AppendEntries => {
             let req = rpc::decode_append(body).map_err(bad)?;
-            if recovering {
-                inbound.recovery.heard_commit(inbound.group, req.leader_commit.as_ref().map(|l| l.index()));
-            }
-            let resp = raft.append_entries(req).await.map_err(|e| raft_err(&e))?;
+            // Noted on arrival: a follower slow to fsync still hears its leader.
             inbound.stickiness.appended(inbound.group, inbound.from);
-            if recovering {
-                inbound.recovery_progress(raft);
+            if !recovering {
+                let resp = raft.append_entries(req).await.map_err(|e| raft_err(&e))?;
+                return Ok(rpc::encode_response(Ok(&resp)));
             }
+            let term = openraft::vote::RaftLeaderId::term(req.vote.leader_id());
+            inbound.recovery.heard_commit(inbound.group, term, req.leader_commit.as_ref().map(|l| l.index()));
+            let sent = req.entries.last().map(|e| e.log_id).or(req.prev_log_id);
+            let resp = raft.append_entries(req).await.map_err(|e| raft_err(&e))?;
+            // openraft answers success only once the entries are durable here.
+            let matched = match &resp {
+                openraft::raft::AppendEntriesResponse::Success => sent,
+                openraft::raft::AppendEntriesResponse::PartialSuccess(m) => *m,
+                _ => None,
+            };
+            inbound.recovery_progress(raft, term, matched);
             rpc::encode_response(Ok(&resp))
         }
         Rpc::Vote | Rpc::PreVote if recovering => {
@@ -291,16 +306,10 @@ where
             rpc::encode_response(Ok(&resp))
         }
         Rpc::FullSnapshot => {
+            // (A recovering replica ends its recovery on the AppendEntries that follow.)
             let (vote, meta, data) = rpc::decode_snapshot(body).map_err(bad)?;
-            if recovering {
-                // A snapshot is of committed entries only.
-                inbound.recovery.heard_commit(inbound.group, meta.last_log_id.as_ref().map(|l| l.index()));
-            }
             let snapshot = openraft::Snapshot { meta, snapshot: data };
             let resp = raft.install_full_snapshot(vote, snapshot).await.map_err(|e| raft_err(&e))?;
-            if recovering {
-                inbound.recovery_progress(raft);
-            }
             rpc::encode_response(Ok(&resp))
         }
         Rpc::TransferLeader if recovering => {

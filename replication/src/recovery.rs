@@ -5,17 +5,21 @@
 //! would be lost.
 //!
 //! Such a replica starts *recovering*: it refuses every vote and pre-vote, never campaigns and
-//! refuses leadership transfers, but accepts entries and snapshots from a leader as usual. The
-//! first AppendEntries (or snapshot) it gets in this run names the leader's commit index; once
-//! its own log holds everything up to that index, it votes again. Every entry committed before
-//! the wipe is at or below that index (the leader has it, by Leader Completeness, and has
-//! counted the wiped replica's old acknowledgements by then), so from then on its votes are
-//! judged on a log that holds what its old self acknowledged.
+//! refuses leadership transfers, but accepts entries and snapshots from a leader as usual. It
+//! votes again once an AppendEntries from a leader of term T has succeeded (so the entries are
+//! durable here, and match the leader's log) up to an entry of term T at or past the commit
+//! index that leader named in its first AppendEntries of term T. The leader of T holds every
+//! entry committed before T (Leader Completeness), all of them before its first entry of T; and
+//! it names as committed whatever it committed itself with this replica's old acknowledgements.
 //!
 //! The state is a marker file in the replica's directory, written durably before the group
 //! starts and removed once recovered, so a crash in between resumes recovering. While a
 //! majority of a group's replicas are recovering the group has no leader: that is what losing
 //! a majority's disks means, and electing one anyway could silently drop acknowledged data.
+//!
+//! Not covered: a deposed leader of an older term that still believes it leads can have its
+//! entries accepted (the wiped replica forgot the term it had voted in); the full answer is to
+//! rejoin as a new member through a membership change (cluster plan).
 
 use std::collections::HashMap;
 use std::io;
@@ -30,9 +34,9 @@ pub const MARKER: &str = "raft-recovering";
 #[derive(Debug)]
 struct Recovering {
     marker: PathBuf,
-    /// The leader's commit index as the first leader contact in this run gave it: `Some(None)`
-    /// when that leader had committed nothing.
-    target: Option<Option<u64>>,
+    /// The newest leader term heard in this run, and the commit index its first AppendEntries
+    /// named (`None`: that leader had committed nothing).
+    target: Option<(u64, Option<u64>)>,
 }
 
 /// The groups of a node whose replicas are recovering.
@@ -111,29 +115,34 @@ impl Recovery {
         self.lock().remove(&group);
     }
 
-    /// A leader told this replica its commit index (AppendEntries), or sent a snapshot whose
-    /// last entry is committed. Only the first contact of a run sets the target.
-    pub(crate) fn heard_commit(&self, group: GroupId, commit: Option<u64>) {
+    /// A leader of `term` sent an AppendEntries naming `commit`. The first one of the newest
+    /// term sets the target.
+    pub(crate) fn heard_commit(&self, group: GroupId, term: u64, commit: Option<u64>) {
         if let Some(r) = self.lock().get_mut(&group) {
-            if r.target.is_none() {
-                tracing::info!(group, ?commit, "recovering replica heard from a leader");
-                r.target = Some(commit);
+            if r.target.is_none_or(|(t, _)| term > t) {
+                tracing::info!(group, term, ?commit, "recovering replica heard from a leader");
+                r.target = Some((term, commit));
             }
         }
     }
 
-    /// Ends recovery once the replica's log holds its target (`local_committed`: entries this
-    /// log holds and knows committed). Returns true when it ended now.
-    pub(crate) fn check(&self, group: GroupId, local_committed: Option<u64>) -> io::Result<bool> {
+    /// An AppendEntries from the leader of `term` succeeded: this log durably holds, matching
+    /// the leader's, everything up to `matched` (term, index). Ends recovery once that is an
+    /// entry of the leader's own term at or past the target. Returns true when it ended now.
+    pub(crate) fn check(&self, group: GroupId, term: u64, matched: (u64, u64)) -> io::Result<bool> {
         let marker = {
             let groups = self.lock();
             match groups.get(&group) {
-                Some(Recovering { target: Some(target), marker }) if local_committed >= *target => marker.clone(),
+                Some(Recovering { target: Some((t, commit)), marker })
+                    if *t == term && matched.0 == term && Some(matched.1) >= *commit =>
+                {
+                    marker.clone()
+                }
                 _ => return Ok(false),
             }
         };
         self.end(group, &marker)?;
-        tracing::info!(group, ?local_committed, "replica recovered: it votes again");
+        tracing::info!(group, term, index = matched.1, "replica recovered: it votes again");
         Ok(true)
     }
 
@@ -196,8 +205,11 @@ pub async fn settle_voter<SM>(
             tracing::warn!(group, ?answers, "the quorum has a history this voter lacks: recovering it from the leader");
             return;
         }
+        // This voter's own empty log is what is in doubt: only other voters' answers count,
+        // every one of them (a voter that has never caught up looks empty too), or after
+        // `patience`, a majority of the quorum without this voter.
         let everyone = answers.len() == others.len();
-        if everyone || (answers.len() + 1 >= majority && started.elapsed() >= patience) {
+        if everyone || (answers.len() >= majority && started.elapsed() >= patience) {
             match node.recovery().release(group) {
                 Ok(_) => {}
                 Err(e) => {
@@ -226,30 +238,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn recovery_ends_only_once_the_first_leader_commit_is_held_and_survives_a_restart() {
+    fn recovery_ends_only_at_an_entry_of_the_leaders_term_past_its_first_commit() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("t-0.g7");
         let r = Recovery::default();
         r.begin(7, &dir).unwrap();
         assert!(r.is_recovering(7) && dir.join(MARKER).exists());
         // No leader heard yet: nothing ends it.
-        assert!(!r.check(7, Some(100)).unwrap());
-        r.heard_commit(7, Some(10));
-        // A later, higher commit does not move the target.
-        r.heard_commit(7, Some(50));
-        assert!(!r.check(7, Some(9)).unwrap());
-        // A restart before catching up resumes from the marker, with a new target to learn.
+        assert!(!r.check(7, 3, (3, 100)).unwrap());
+        r.heard_commit(7, 3, Some(10));
+        // A later commit of the same term does not move the target.
+        r.heard_commit(7, 3, Some(50));
+        assert!(!r.check(7, 3, (3, 9)).unwrap());
+        // Past the commit, but not yet holding an entry of the leader's term.
+        assert!(!r.check(7, 3, (2, 12)).unwrap());
+        // A newer leader: its own first commit is the target now.
+        r.heard_commit(7, 4, Some(11));
+        assert!(!r.check(7, 3, (3, 20)).unwrap(), "the old leader's word no longer counts");
+        // A restart before catching up resumes from the marker, with a target to learn again.
         let again = Recovery::default();
         assert!(again.resume_if_marked(7, &dir));
-        again.heard_commit(7, Some(12));
-        assert!(!again.check(7, Some(11)).unwrap());
-        assert!(again.check(7, Some(12)).unwrap());
+        again.heard_commit(7, 4, Some(12));
+        assert!(!again.check(7, 4, (4, 11)).unwrap());
+        assert!(again.check(7, 4, (4, 12)).unwrap());
         assert!(!again.is_recovering(7) && !dir.join(MARKER).exists());
         assert!(!Recovery::default().resume_if_marked(7, &dir));
-        // A leader that has committed nothing: recovered as soon as heard.
+        // A leader that has committed nothing: recovered once an entry of its term is held.
         let empty = Recovery::default();
         empty.begin(8, &tmp.path().join("t-1.g8")).unwrap();
-        empty.heard_commit(8, None);
-        assert!(empty.check(8, None).unwrap());
+        empty.heard_commit(8, 1, None);
+        assert!(empty.check(8, 1, (1, 1)).unwrap());
     }
 }
