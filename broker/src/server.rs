@@ -186,6 +186,8 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
             shutdown_rx.clone(),
             |b| Duration::from_millis(b.config.log_retention_check_interval_ms.max(10)),
             "retention",
+            // Replicated partitions retain through Raft (`replicated_retention_loop`).
+            false,
             retention_pass,
         )),
         tokio::spawn(log_pass_loop(
@@ -198,6 +200,8 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
                 Duration::from_millis(ms.unwrap_or(b.config.log_cleaner_backoff_ms).max(10))
             },
             "compaction",
+            // Each replica of a replicated partition compacts what it has applied.
+            true,
             compaction_pass,
         )),
         tokio::spawn(session_expiry_loop(broker.clone(), shutdown_rx.clone())),
@@ -510,6 +514,7 @@ async fn log_pass_loop(
     mut shutdown: watch::Receiver<bool>,
     every: fn(&Broker) -> Duration,
     what: &'static str,
+    with_replicas: bool,
     work: fn(&PartitionLog, i64) -> fjord_storage::Result<()>,
 ) {
     loop {
@@ -517,7 +522,10 @@ async fn log_pass_loop(
             _ = tokio::time::sleep(every(&broker)) => {}
             _ = stopped(&mut shutdown) => return,
         }
-        let logs = broker.topics.all_logs();
+        let mut logs = broker.topics.all_logs();
+        if let (true, Some(cluster)) = (with_replicas, &broker.cluster) {
+            logs.extend(cluster.replica_logs());
+        }
         let now = now_ms();
         let _ = tokio::task::spawn_blocking(move || {
             for log in logs.iter().filter(|l| !l.is_deleted()) {

@@ -6,6 +6,7 @@
 //! producers, acks=all, a tailing consumer, a read-back and the checker) while the processes
 //! that lead partitions are SIGKILLed and restarted one after another.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -674,4 +675,177 @@ fn dynamic_broker_configs_set_through_one_node_apply_on_every_node() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Key → (offset, value) of the newest record of each key node index `from` serves of partition
+/// 0 of `topic`, and how many records it serves, read from offset 0 to the end.
+fn served_keys(cluster: &LocalCluster, from: usize, topic: &str) -> (BTreeMap<String, (i64, String)>, usize) {
+    let mut newest = BTreeMap::new();
+    let mut count = 0;
+    wait_until(DEADLINE, "the records readable to the end", || {
+        let end = list_offset(&mut cluster.conn(from), topic, 0, -1);
+        newest.clear();
+        count = 0;
+        let mut at = 0;
+        while at < end {
+            let r = fetch(&mut cluster.conn(from), topic, 0, at, false);
+            if r.error_code != 0 || r.records.as_ref().is_none_or(|b| b.is_empty()) {
+                return false;
+            }
+            let mut buf = r.records.clone().unwrap_or_default();
+            let sets = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut buf).expect("batches");
+            let from = at;
+            for set in sets {
+                for rec in set.records {
+                    // A compacted batch, or a filler (a control batch), moves the reader past
+                    // every offset it spans.
+                    at = at.max(rec.offset + 1);
+                    if !rec.control && rec.offset >= from {
+                        let key = String::from_utf8(rec.key.clone().unwrap_or_default().to_vec()).unwrap();
+                        let value = String::from_utf8(rec.value.clone().unwrap_or_default().to_vec()).unwrap();
+                        newest.insert(key, (rec.offset, value));
+                        count += 1;
+                    }
+                }
+            }
+        }
+        true
+    });
+    (newest, count)
+}
+
+/// Bytes of the segment files node index `i` holds of partition 0 of `topic`.
+fn segment_bytes(cluster: &LocalCluster, i: usize, topic: &str) -> u64 {
+    let Some(dir) = std::fs::read_dir(cluster.nodes[i].data_dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with(&format!("{topic}-0.g")))
+    else {
+        return 0;
+    };
+    std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum()
+}
+
+/// Compaction on a replicated partition: every replica compacts what it has applied, each Raft
+/// entry keeping its offsets. A replica whose disk was lost refills from its compacted leader
+/// (which sends a filler for each entry whose records all went), and whichever replica leads
+/// then serves the newest value of every key at the offset it was written at.
+#[test]
+fn compacted_topics_compact_on_every_replica_and_a_refilled_one_serves_the_same_keys() {
+    let mut cluster = LocalCluster::start_with(NODES, &["--log-cleaner-backoff-ms", "200"]);
+    cluster.wait_formed(DEADLINE);
+    let topic = "compacted-keys";
+    let configs = [
+        ("cleanup.policy", "compact"),
+        ("segment.bytes", "2048"),
+        ("min.cleanable.dirty.ratio", "0.01"),
+        ("min.compaction.lag.ms", "0"),
+    ];
+    let created = fjord_compat_tests::wire::create_topic(&mut cluster.conn(0), topic, 1, &configs);
+    assert_eq!(created.topics[0].error_code, 0, "{:?}", created.topics[0].error_message);
+    let all: Vec<usize> = (0..NODES).collect();
+    let leader = leader_of(&cluster, &all, topic, 0, 3);
+    // 20 keys, each written 25 times: 500 records of their own batches.
+    const KEYS: usize = 20;
+    const ROUNDS: usize = 25;
+    let mut newest = BTreeMap::new();
+    for round in 0..ROUNDS {
+        for k in 0..KEYS {
+            let key = format!("key-{k:02}");
+            let value = format!("{key}@{round:02}:{}", "v".repeat(60));
+            let b = fjord_storage::batch::build_batch(0, now_ms(), &[(Some(key.as_bytes()), Some(value.as_bytes()))]);
+            let (code, offset) = produce(&mut cluster.conn(leader), topic, 0, Bytes::from(b));
+            assert_eq!(code, 0, "{key} round {round}");
+            newest.insert(key, (offset, value));
+        }
+    }
+    let written = ROUNDS * KEYS;
+    // Each replica cleans its own log: the segments shrink to a fraction of what was written
+    // (each record takes over 130 bytes with its batch header).
+    wait_until(Duration::from_secs(60), "every replica to compact", || {
+        all.iter().all(|i| segment_bytes(&cluster, *i, topic) < (written * 130 / 3) as u64)
+    });
+    let (served, count) = served_keys(&cluster, leader, topic);
+    assert_eq!(served, newest, "the leader serves the newest value of every key at its offset");
+    assert!(count < written, "{count} of {written} records still served");
+
+    // A follower loses its disk and refills from the compacted leader.
+    let wiped = (leader + 1) % NODES;
+    cluster.nodes[wiped].kill9();
+    cluster.nodes[wiped].wipe();
+    cluster.nodes[wiped].restart();
+    // Its metadata replica first, then the partition's.
+    let node = &cluster.nodes[wiped];
+    let deadline = Instant::now() + DEADLINE;
+    while node.log_count("replica recovered: it votes again") < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the refilled replica did not recover; its log:\n{}",
+            std::fs::read_to_string(node.log_path())
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("recover"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    leader_of(&cluster, &all, topic, 0, 3);
+    // One more write every replica takes, then the old leader goes.
+    let key = "key-00".to_string();
+    let value = format!("{key}@last");
+    let b = fjord_storage::batch::build_batch(0, now_ms(), &[(Some(key.as_bytes()), Some(value.as_bytes()))]);
+    let (code, offset) = produce(&mut cluster.conn(leader), topic, 0, Bytes::from(b));
+    assert_eq!(code, 0);
+    newest.insert(key, (offset, value));
+    cluster.nodes[leader].kill9();
+    let alive: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
+    let next = leader_of(&cluster, &alive, topic, 0, 2);
+    let (served, _) = served_keys(&cluster, next, topic);
+    assert_eq!(served, newest, "node {} leads after the old leader died", next + 1);
+    // Whichever of the two leads, the refilled replica's own log holds the same: read it from
+    // its directory once the node has stopped.
+    cluster.nodes[wiped].kill9();
+    let dir = std::fs::read_dir(cluster.nodes[wiped].data_dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with(&format!("{topic}-0.g")))
+        .expect("the refilled replica's directory")
+        .path();
+    let log = fjord_storage::PartitionLog::open_opts(
+        &dir,
+        fjord_storage::LogConfig::default(),
+        fjord_storage::OpenOptions { replicated: true, ..fjord_storage::OpenOptions::default() },
+    )
+    .expect("open the refilled replica");
+    log.set_high_watermark(log.log_end_offset());
+    let mut on_disk = BTreeMap::new();
+    let mut at = log.log_start_offset();
+    while at < log.log_end_offset() {
+        let r = log.read(at, 1 << 20, i64::MAX).expect("read the refilled replica");
+        let mut buf = r.records.clone();
+        for rec in kafka_protocol::records::RecordBatchDecoder::decode_all(&mut buf)
+            .expect("batches")
+            .into_iter()
+            .flat_map(|s| s.records)
+        {
+            if !rec.control && rec.offset >= at {
+                let key = String::from_utf8(rec.key.clone().unwrap_or_default().to_vec()).unwrap();
+                let value = String::from_utf8(rec.value.clone().unwrap_or_default().to_vec()).unwrap();
+                on_disk.insert(key, (rec.offset, value));
+            }
+        }
+        let mut pos = 0;
+        while pos < r.records.len() {
+            let h = fjord_storage::batch::BatchHeader::parse(&r.records[pos..]).unwrap();
+            at = h.last_offset() + 1;
+            pos += h.total_size();
+        }
+    }
+    assert_eq!(on_disk, newest, "the refilled replica holds the newest value of every key at its offset");
 }

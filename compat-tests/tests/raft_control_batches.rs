@@ -1,5 +1,6 @@
 //! Raft's own entries stored in a partition log (a blank entry as a LEADER_CHANGE control batch,
-//! a membership as a Fjord-private control type) are skipped by real consumers: librdkafka (both
+//! a membership as a Fjord-private control type, a compaction filler spanning several offsets)
+//! are skipped by real consumers: librdkafka (both
 //! isolation levels) and kafka-python read every data record around them, at their offsets.
 //!
 //! The fixture lays out the data dir with the broker's own types and appends the control batches
@@ -16,8 +17,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 const TOPIC: &str = "raft-control";
-/// The data records and their offsets: control batches sit at 2, 3 and 6.
-const EXPECTED: [(i64, &str); 5] = [(0, "a0"), (1, "a1"), (4, "b0"), (5, "b1"), (7, "c0")];
+/// The data records and their offsets: control batches sit at 2, 3, 6 to 8 (one filler batch)
+/// and 9.
+const EXPECTED: [(i64, &str); 5] = [(0, "a0"), (1, "a1"), (4, "b0"), (5, "b1"), (10, "c0")];
 
 fn data_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -38,6 +40,10 @@ fn data_dir() -> tempfile::TempDir {
     control(CONTROL_LEADER_CHANGE, b"");
     control(0x4601, br#"{"configs":[[1,2,3]],"nodes":{"1":{},"2":{},"3":{}}}"#);
     data(&["b0", "b1"]);
+    // A filler for three offsets whose records compaction removed on a leader: a follower that
+    // took it, and later leads, serves it.
+    let end = log.log_end_offset();
+    log.append_entry(&fjord_storage::batch::build_filler(end, end + 3, 1), 1_000).expect("filler");
     control(CONTROL_LEADER_CHANGE, b"");
     data(&["c0"]);
     log.sync_now().expect("sync");

@@ -307,6 +307,23 @@ pub fn build_control(control_type: i16, value: &[u8]) -> Vec<u8> {
     encode_batch(0, -1, &[(Some(&key), Some(value))], None, CONTROL_BIT)
 }
 
+/// Control type of a filler: a control batch standing for offsets of a Raft entry whose
+/// batches compaction removed. A leader sends it in their place, so a follower's log holds the
+/// entry at the same offsets; clients skip it as they skip every control batch, and move past
+/// all of its offsets (its lastOffsetDelta spans them, as a compacted batch's does).
+pub const CONTROL_COMPACTED: i16 = 0x4603;
+
+/// A filler for offsets `[base_offset, next_offset)` (at least one) in term `leader_epoch`.
+pub fn build_filler(base_offset: i64, next_offset: i64, leader_epoch: i32) -> Vec<u8> {
+    let mut b = build_control(CONTROL_COMPACTED, b"");
+    let delta = i32::try_from((next_offset - base_offset - 1).max(0)).unwrap_or(i32::MAX);
+    b[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4].copy_from_slice(&delta.to_be_bytes());
+    let crc = compute_crc(&b);
+    b[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    patch(&mut b, base_offset, leader_epoch, None);
+    b
+}
+
 /// The type and value of a control batch `build_control` wrote (producer id -1, uncompressed,
 /// one record, a 4-byte version-0 key); None for any other batch.
 pub fn control_record(batch: &[u8]) -> Option<(i16, &[u8])> {

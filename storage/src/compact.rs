@@ -21,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use crate::batch::{BatchHeader, LOG_OVERHEAD};
 use crate::error::Result;
 use crate::log::PartitionLog;
+use crate::raftindex::SegmentRaftIndex;
 use crate::records::{self, Codec, Compression};
 use crate::segment::{file_name, Segment};
 
@@ -80,27 +81,65 @@ struct Closed {
     max_ts: i64,
     first_ts: i64,
     data: Bytes,
+    /// The Raft entries the segment holds (`SegmentRaftIndex::entry_offsets`), if any.
+    raft: Option<(u64, i64, Vec<i64>)>,
+}
+
+/// What a pass may clean: the closed segments, the log's config, and (when any segment holds
+/// Raft entries) each producer's last offset.
+type Cleanable = (Vec<Closed>, crate::log::LogConfig, HashMap<i64, i64>);
+
+/// Whether `raw` is a filler (`batch::build_filler`): it holds nothing, so compaction drops it.
+fn is_filler(raw: &[u8]) -> bool {
+    crate::batch::control_record(raw).is_some_and(|(t, _)| t == crate::batch::CONTROL_COMPACTED)
+}
+
+/// Completes the swaps a crash interrupted (see `compact_segments`): a `.swap` journal names a
+/// segment whose rewritten log and sidecar were both durable before it was written, so whatever
+/// of them is still `.cleaned` is renamed into place. Run when the log opens, before leftover
+/// `.cleaned` files (of swaps never journaled) are removed.
+pub(crate) fn finish_swaps(dir: &std::path::Path) -> Result<()> {
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let name = e.file_name();
+        let Some(base) = name.to_string_lossy().strip_suffix(".swap").and_then(|s| s.parse::<i64>().ok()) else {
+            continue;
+        };
+        for ext in ["log", "raftindex"] {
+            let live = dir.join(file_name(base, ext));
+            let cleaned = dir.join(format!("{}.cleaned", file_name(base, ext)));
+            if cleaned.exists() {
+                std::fs::rename(&cleaned, &live)?;
+            }
+        }
+        for ext in ["index", "timeindex"] {
+            crate::log::remove_if_present(&dir.join(file_name(base, ext)))?;
+        }
+        crate::log::sync_dir(dir)?;
+        std::fs::remove_file(e.path())?;
+        crate::log::sync_dir(dir)?;
+        tracing::info!(log = %dir.display(), base, "finished a compaction swap a crash interrupted");
+    }
+    Ok(())
 }
 
 impl PartitionLog {
-    /// The closed segments compaction may touch: all but the active one,
-    /// up to the first holding a record younger than min.compaction.lag.ms.
-    fn cleanable(&self, now_ms: i64) -> Option<(Vec<Closed>, crate::log::LogConfig)> {
+    /// The closed segments compaction may touch: all but the active one, up to the first
+    /// holding a record younger than min.compaction.lag.ms, or a Raft entry this replica has not
+    /// applied yet (committed entries are never truncated, so rewriting them is safe; a follower
+    /// reading them back gets the compacted batches, with fillers for what went).
+    fn cleanable(&self, now_ms: i64) -> Option<Cleanable> {
         let inner = self.read_inner();
         if !inner.config.compact {
             return None;
         }
         let lag = inner.config.min_compaction_lag_ms;
         let n = inner.segments.len();
-        let closed = inner
+        let closed: Vec<Closed> = inner
             .segments
             .values()
             .take(n.saturating_sub(1))
             .take_while(|s| lag <= 0 || now_ms.saturating_sub(s.max_timestamp) >= lag)
-            // A segment holding Raft entries is left whole: its `.raftindex` rows point into it,
-            // and a follower must read back the bytes its leader stored. (Cleaning such segments
-            // waits for Raft's purge point to pass them, cluster plan §7.)
-            .take_while(|s| !inner.raft.contains_key(&s.base_offset))
+            .take_while(|s| !inner.raft.contains_key(&s.base_offset) || s.next_offset <= inner.hw)
             .map(|s| {
                 let data = s.bytes(0, s.size());
                 let first_ts = batches(&data).next().map_or(-1, |(h, _)| h.base_timestamp);
@@ -111,10 +150,13 @@ impl PartitionLog {
                     max_ts: s.max_timestamp,
                     first_ts,
                     data,
+                    raft: inner.raft.get(&s.base_offset).map(|i| i.entry_offsets()),
                 }
             })
             .collect();
-        Some((closed, inner.config.clone()))
+        let producers =
+            if closed.iter().any(|c| c.raft.is_some()) { inner.producers.last_offsets() } else { HashMap::new() };
+        Some((closed, inner.config.clone(), producers))
     }
 
     /// Compacts when Kafka's log cleaner would pick this log: its dirty
@@ -122,7 +164,7 @@ impl PartitionLog {
     /// `min.cleanable.dirty.ratio`, or a dirty segment's first record is
     /// older than `max.compaction.lag.ms`.
     pub fn compact_if_due(&self, now_ms: i64) -> Result<CompactionStats> {
-        let Some((closed, cfg)) = self.cleanable(now_ms) else {
+        let Some((closed, cfg, producers)) = self.cleanable(now_ms) else {
             return Ok(CompactionStats::default());
         };
         let clean_upto = self.cleaned_upto.load(Ordering::Acquire);
@@ -138,14 +180,14 @@ impl PartitionLog {
         if ratio < cfg.min_cleanable_dirty_ratio && !overdue {
             return Ok(CompactionStats::default());
         }
-        self.compact_segments(now_ms, closed, &cfg)
+        self.compact_segments(now_ms, closed, &cfg, &producers)
     }
 
     /// One compaction pass over the cleanable closed segments, whatever
     /// their dirty ratio.
     pub fn compact(&self, now_ms: i64) -> Result<CompactionStats> {
         match self.cleanable(now_ms) {
-            Some((closed, cfg)) => self.compact_segments(now_ms, closed, &cfg),
+            Some((closed, cfg, producers)) => self.compact_segments(now_ms, closed, &cfg, &producers),
             None => Ok(CompactionStats::default()),
         }
     }
@@ -155,6 +197,7 @@ impl PartitionLog {
         now_ms: i64,
         closed: Vec<Closed>,
         cfg: &crate::log::LogConfig,
+        producers: &HashMap<i64, i64>,
     ) -> Result<CompactionStats> {
         if closed.is_empty() {
             return Ok(CompactionStats::default());
@@ -200,9 +243,21 @@ impl PartitionLog {
             let tombstones_expired = now_ms - c.max_ts > cfg.delete_retention_ms;
             let mut out = BytesMut::with_capacity(c.data.len());
             let mut changed = false;
+            // A segment holding Raft entries keeps its last batch whole, so it still ends where
+            // its entries do (a reopen judges the sidecar's rows against the segment's end).
+            let last_base = if c.raft.is_some() { batches(&c.data).last().map(|(h, _)| h.base_offset) } else { None };
+            // Each kept batch's base offset and where it ends in the new file.
+            let mut kept_at: Vec<(i64, u64)> = Vec::new();
             for (h, raw) in batches(&c.data) {
-                if h.is_control() || h.is_transactional() || unreadable.contains(&(c.base, h.base_offset)) {
+                let keep_whole = Some(h.base_offset) == last_base;
+                if c.raft.is_some() && !keep_whole && is_filler(raw) {
+                    changed = true;
+                    continue;
+                }
+                if keep_whole || h.is_control() || h.is_transactional() || unreadable.contains(&(c.base, h.base_offset))
+                {
                     out.extend_from_slice(raw);
+                    kept_at.push((h.base_offset, out.len() as u64));
                     continue;
                 }
                 let (section, recs) = decode(&h, raw, limit)?;
@@ -222,8 +277,16 @@ impl PartitionLog {
                         kept_n += 1;
                     }
                 }
-                if kept_n as usize == total {
+                // A replicated log keeps a producer's newest batch even when all its records
+                // went, as Kafka's cleaner does: a replica rebuilding producer state from the
+                // log (a follower reading it back) must still see the last sequence.
+                let producers_last = kept_n == 0
+                    && c.raft.is_some()
+                    && h.producer_id >= 0
+                    && producers.get(&h.producer_id).is_some_and(|o| (h.base_offset..=h.last_offset()).contains(o));
+                if kept_n as usize == total || producers_last {
                     out.extend_from_slice(raw);
+                    kept_at.push((h.base_offset, out.len() as u64));
                     continue;
                 }
                 changed = true;
@@ -244,6 +307,7 @@ impl PartitionLog {
                 };
                 let batch = records::rebuild(raw, &kept, kept_n, Compression { codec, level })?;
                 out.extend_from_slice(&batch);
+                kept_at.push((h.base_offset, out.len() as u64));
             }
             if !changed {
                 continue;
@@ -254,17 +318,50 @@ impl PartitionLog {
             let mut f = std::fs::File::create(&path)?;
             f.write_all(&out)?;
             f.sync_all()?;
-            rewritten.push((c.base, c.size, path));
+            // The entries keep their offsets; each now starts where the kept batches before its
+            // offset end.
+            let sidecar = match &c.raft {
+                Some(entries) => {
+                    let new_pos = |offset: i64| {
+                        let i = kept_at.partition_point(|(base, _)| *base < offset);
+                        if i == 0 {
+                            0
+                        } else {
+                            kept_at[i - 1].1
+                        }
+                    };
+                    Some((SegmentRaftIndex::write_rewritten(self.dir(), c.base, entries, new_pos)?, entries))
+                }
+                None => None,
+            };
+            rewritten.push((c.base, c.size, path, sidecar));
         }
         // Swap the rewritten segments in, unless the log changed under us.
         let mut inner = self.write_inner();
         let index_bytes = inner.config.segment_index_bytes;
-        for (base, size, cleaned) in rewritten {
-            let unchanged = inner.segments.get(&base).is_some_and(|s| s.closed && s.size() == size)
+        for (base, size, cleaned, sidecar) in rewritten {
+            let same_entries = match &sidecar {
+                Some((_, entries)) => inner.raft.get(&base).is_some_and(|i| &i.entry_offsets() == *entries),
+                None => !inner.raft.contains_key(&base),
+            };
+            let unchanged = same_entries
+                && inner.segments.get(&base).is_some_and(|s| s.closed && s.size() == size)
                 && inner.segments.keys().next_back() != Some(&base);
             if !unchanged {
                 std::fs::remove_file(&cleaned)?;
+                if let Some((path, _)) = &sidecar {
+                    std::fs::remove_file(path)?;
+                }
                 continue;
+            }
+            // A segment and its sidecar are swapped as a pair: once both new files are durable
+            // a journal names the swap, and a crash part way is finished when the log opens
+            // (`finish_swaps`); without one, the old pair stays.
+            let journal = self.dir().join(file_name(base, "swap"));
+            if sidecar.is_some() {
+                crate::log::sync_dir(self.dir())?;
+                std::fs::File::create(&journal)?.sync_all()?;
+                crate::log::sync_dir(self.dir())?;
             }
             inner.segments.remove(&base);
             for ext in ["index", "timeindex"] {
@@ -275,8 +372,26 @@ impl PartitionLog {
                 }
             }
             std::fs::rename(&cleaned, self.dir().join(file_name(base, "log")))?;
+            if let Some((path, _)) = &sidecar {
+                std::fs::rename(path, self.dir().join(file_name(base, "raftindex")))?;
+            }
             crate::log::sync_dir(self.dir())?;
+            if sidecar.is_some() {
+                std::fs::remove_file(&journal)?;
+                crate::log::sync_dir(self.dir())?;
+            }
             let seg = Segment::open(self.dir(), base, false, 0, index_bytes)?;
+            if let Some((_, entries)) = &sidecar {
+                let idx = SegmentRaftIndex::open(self.dir(), base, seg.next_offset, seg.size())?
+                    .filter(|i| &i.entry_offsets() == *entries)
+                    .ok_or_else(|| {
+                        crate::error::LogError::Corrupt(format!(
+                            "the rewritten sidecar of segment {base} lost entries in {}",
+                            self.dir().display()
+                        ))
+                    })?;
+                inner.raft.insert(base, idx);
+            }
             if seg.is_empty() {
                 seg.delete()?;
             } else {

@@ -218,12 +218,12 @@ pub(crate) struct Inner {
     pub(crate) segments: BTreeMap<i64, Segment>,
     pub(crate) log_start: i64,
     epochs: EpochCache,
-    producers: ProducerStates,
+    pub(crate) producers: ProducerStates,
     /// Aborted transactions in marker order, from every segment's txnindex.
     aborted: Vec<AbortedTxn>,
     /// The high watermark: consumers read below it, and only what is below
     /// it is committed. At most the log end.
-    hw: i64,
+    pub(crate) hw: i64,
     /// A single replica commits what it writes: the high watermark follows
     /// the log end. A replicated log's moves only by `set_high_watermark`.
     hw_follows_end: bool,
@@ -479,8 +479,46 @@ fn stored_entry(inner: &Inner, span: EntrySpan) -> Result<RaftEntry> {
     if data.len() != len {
         return Err(LogError::Corrupt(format!("raft entry {} lies outside its segment", span.index)));
     }
-    let term = BatchHeader::parse(&data)?.partition_leader_epoch;
-    Ok(RaftEntry { span, term, data })
+    // Compaction may have removed some of the entry's batches, or all of them: the offsets they
+    // held are sent as fillers, so a follower stores the entry at the same offsets.
+    let mut term = None;
+    let mut next = span.base_offset;
+    let mut whole = true;
+    let mut pos = 0;
+    while pos < data.len() {
+        let h = BatchHeader::parse(&data[pos..])?;
+        term.get_or_insert(h.partition_leader_epoch);
+        whole &= h.base_offset == next;
+        next = h.last_offset() + 1;
+        pos += h.total_size();
+    }
+    whole &= next == span.next_offset;
+    // Terms only grow along the log: the epoch in force at the entry's offset is its term.
+    let term = match term {
+        Some(t) => t,
+        None => inner.epochs.entries().iter().rev().find(|(_, o)| *o <= span.base_offset).map(|(e, _)| *e).ok_or_else(
+            || LogError::Corrupt(format!("raft entry {} holds no batch and no epoch covers it", span.index)),
+        )?,
+    };
+    if whole {
+        return Ok(RaftEntry { span, term, data });
+    }
+    let mut filled = Vec::with_capacity(data.len() + batch::HEADER_SIZE + 16);
+    let mut next = span.base_offset;
+    let mut pos = 0;
+    while pos < data.len() {
+        let h = BatchHeader::parse(&data[pos..])?;
+        if h.base_offset > next {
+            filled.extend_from_slice(&batch::build_filler(next, h.base_offset, term));
+        }
+        filled.extend_from_slice(&data[pos..pos + h.total_size()]);
+        next = h.last_offset() + 1;
+        pos += h.total_size();
+    }
+    if next < span.next_offset {
+        filled.extend_from_slice(&batch::build_filler(next, span.next_offset, term));
+    }
+    Ok(RaftEntry { span, term, data: Bytes::from(filled) })
 }
 
 /// One Raft entry as the log stores it.
@@ -592,6 +630,7 @@ impl PartitionLog {
         // A new partition directory's entry in the data dir must be durable
         // before an append into it is acknowledged.
         create_dirs_durably(dir)?;
+        crate::compact::finish_swaps(dir)?;
         // A compaction interrupted before its swap leaves a .cleaned file;
         // the original segment is intact, so the partial copy just goes.
         for e in std::fs::read_dir(dir)?.flatten() {

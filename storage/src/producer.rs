@@ -192,6 +192,12 @@ impl ProducerStates {
 
     /// The first offset of the oldest open transaction: the log is stable
     /// below it.
+    /// Per producer, the last offset of its newest batch: compaction keeps that batch, or a
+    /// replica rebuilding state from the log would forget the producer's last sequence.
+    pub fn last_offsets(&self) -> std::collections::HashMap<i64, i64> {
+        self.producers.iter().filter_map(|(id, p)| Some((*id, p.batches.back()?.last_offset))).collect()
+    }
+
     pub fn first_unstable_offset(&self) -> Option<i64> {
         self.ongoing.keys().next().copied()
     }

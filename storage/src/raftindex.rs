@@ -173,7 +173,9 @@ impl SegmentRaftIndex {
         for row in data[HEADER..].chunks_exact(ROW) {
             let off = base_offset + i64::from(u32_at(row, 0));
             let pos = u64::from(u32_at(row, 4));
-            if off <= prev_off || pos <= prev_pos || off > end_offset || pos > size {
+            // Positions may repeat: an entry whose batches compaction removed holds no bytes
+            // (`stored_entry` sends a filler for it). Offsets always move on.
+            if off <= prev_off || pos < prev_pos || off > end_offset || pos > size {
                 break;
             }
             ends.push((off, pos));
@@ -225,6 +227,35 @@ impl SegmentRaftIndex {
         self.ends.push((next_offset, end_pos));
         self.dirty.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// The entries as (first index, where the first starts as an offset, each one's end offset):
+    /// what compaction keeps when it rewrites the segment.
+    pub(crate) fn entry_offsets(&self) -> (u64, i64, Vec<i64>) {
+        (self.first_index, self.start_offset, self.ends.iter().map(|(o, _)| *o).collect())
+    }
+
+    /// Writes, beside this sidecar, the one of the segment compaction rewrote: the same entries
+    /// at the same offsets, at the positions `new_pos` gives each offset in the new file.
+    /// Synced; returns its path (`<sidecar>.cleaned`), for the caller to swap in.
+    pub(crate) fn write_rewritten(
+        dir: &Path,
+        base_offset: i64,
+        entries: &(u64, i64, Vec<i64>),
+        new_pos: impl Fn(i64) -> u64,
+    ) -> Result<PathBuf> {
+        let (first_index, start_offset, ends) = entries;
+        let mut data = Vec::with_capacity(HEADER + ends.len() * ROW);
+        data.extend_from_slice(&header(*first_index, rel(base_offset, *start_offset)?, pos32(new_pos(*start_offset))?));
+        for end in ends {
+            data.extend_from_slice(&rel(base_offset, *end)?.to_be_bytes());
+            data.extend_from_slice(&pos32(new_pos(*end))?.to_be_bytes());
+        }
+        let path = dir.join(format!("{}.cleaned", file_name(base_offset, "raftindex")));
+        let mut f = File::create(&path)?;
+        std::io::Write::write_all(&mut f, &data)?;
+        f.sync_all()?;
+        Ok(path)
     }
 
     /// Checks that an entry of `len` bytes ending at `next_offset` fits the row format.

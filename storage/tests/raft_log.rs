@@ -187,7 +187,7 @@ fn a_reset_restarts_the_log_empty_at_an_offset() {
 }
 
 #[test]
-fn compaction_leaves_segments_holding_raft_entries_alone() {
+fn compaction_rewrites_raft_entries_only_once_applied_and_keeps_their_spans() {
     let tmp = tempfile::tempdir().unwrap();
     let config = LogConfig { segment_bytes: 300, compact: true, ..LogConfig::default() };
     let log = PartitionLog::open_opts(tmp.path(), config, OpenOptions { replicated: true, ..OpenOptions::default() })
@@ -198,16 +198,32 @@ fn compaction_leaves_segments_holding_raft_entries_alone() {
         patch(&mut b, log.log_end_offset(), 1, None);
         log.append_raft_entry(&b, i, 0).unwrap();
     }
-    log.set_high_watermark(log.log_end_offset());
     assert!(log.segment_count() > 2);
     let before = log.raft_entries(0, 12, usize::MAX).unwrap();
-    let stats = log.compact(i64::MAX / 2).unwrap();
-    assert_eq!(stats.segments_rewritten, 0);
+    // Nothing applied yet (the HW at the start): every entry may still be truncated.
+    assert_eq!(log.compact(i64::MAX / 2).unwrap().segments_rewritten, 0);
     let after = log.raft_entries(0, 12, usize::MAX).unwrap();
-    assert_eq!(before.len(), after.len());
     for (b, a) in before.iter().zip(&after) {
         assert_eq!((b.span, &b.data), (a.span, &a.data));
     }
+    // Applied: the closed segments are cleaned, and every entry keeps its index and offsets,
+    // read back as a filler where its record went.
+    log.set_high_watermark(log.log_end_offset());
+    assert!(log.compact(i64::MAX / 2).unwrap().segments_rewritten > 0);
+    let after = log.raft_entries(0, 12, usize::MAX).unwrap();
+    assert_eq!(before.len(), after.len());
+    let mut fillers = 0;
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(
+            (b.span.index, b.span.base_offset, b.span.next_offset, b.term),
+            (a.span.index, a.span.base_offset, a.span.next_offset, a.term)
+        );
+        if a.data != b.data {
+            assert_eq!(batch::control_record(&a.data).map(|(t, _)| t), Some(batch::CONTROL_COMPACTED));
+            fillers += 1;
+        }
+    }
+    assert!(fillers > 0);
 }
 
 #[test]
