@@ -544,6 +544,10 @@ fn retention_pass(log: &PartitionLog, now: i64) -> fjord_storage::Result<()> {
 }
 
 fn compaction_pass(log: &PartitionLog, now: i64) -> fjord_storage::Result<()> {
+    // Producers idle past producer.id.expiration.ms go first, replicated logs' included (their
+    // retention runs through Raft, not `retention_pass`): compaction keeps each known
+    // producer's newest batch.
+    log.expire_producers(now);
     // Returns at once for logs that are not compacted, or not due yet
     // (min.cleanable.dirty.ratio, max.compaction.lag.ms).
     log.compact_if_due(now).map(|_| ())

@@ -363,7 +363,16 @@ impl PartitionLog {
                 std::fs::File::create(&journal)?.sync_all()?;
                 crate::log::sync_dir(self.dir())?;
             }
-            inner.segments.remove(&base);
+            // The segment's last write stays what it was: retention of a segment without
+            // timestamps goes by it.
+            if let Some(mtime) =
+                std::fs::metadata(self.dir().join(file_name(base, "log"))).and_then(|m| m.modified()).ok()
+            {
+                std::fs::File::options().write(true).open(&cleaned)?.set_modified(mtime)?;
+            }
+            // The old segment and sidecar stay in the maps until the new pair is open: a failure
+            // on the way leaves readers on the old files (whose mappings outlive the renames)
+            // and the journal to finish the swap at the next open.
             for ext in ["index", "timeindex"] {
                 match std::fs::remove_file(self.dir().join(file_name(base, ext))) {
                     Ok(()) => {}
@@ -381,15 +390,21 @@ impl PartitionLog {
                 crate::log::sync_dir(self.dir())?;
             }
             let seg = Segment::open(self.dir(), base, false, 0, index_bytes)?;
-            if let Some((_, entries)) = &sidecar {
-                let idx = SegmentRaftIndex::open(self.dir(), base, seg.next_offset, seg.size())?
-                    .filter(|i| &i.entry_offsets() == *entries)
-                    .ok_or_else(|| {
-                        crate::error::LogError::Corrupt(format!(
-                            "the rewritten sidecar of segment {base} lost entries in {}",
-                            self.dir().display()
-                        ))
-                    })?;
+            let idx = match &sidecar {
+                Some((_, entries)) => Some(
+                    SegmentRaftIndex::open(self.dir(), base, seg.next_offset, seg.size())?
+                        .filter(|i| &i.entry_offsets() == *entries)
+                        .ok_or_else(|| {
+                            crate::error::LogError::Corrupt(format!(
+                                "the rewritten sidecar of segment {base} lost entries in {}",
+                                self.dir().display()
+                            ))
+                        })?,
+                ),
+                None => None,
+            };
+            inner.segments.remove(&base);
+            if let Some(idx) = idx {
                 inner.raft.insert(base, idx);
             }
             if seg.is_empty() {

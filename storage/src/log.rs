@@ -471,6 +471,13 @@ fn raft_span(inner: &Inner, index: u64) -> Option<EntrySpan> {
     idx.span(index)
 }
 
+/// Where the leader-epoch cache may be cut from when the log start moves to `start`: not past
+/// the first Raft entry still held, whose term a filler for it is stamped with (`stored_entry`)
+/// after compaction removed its batches. Entries go only with Raft's purge.
+fn epoch_floor(raft: &BTreeMap<i64, SegmentRaftIndex>, start: i64) -> i64 {
+    raft.values().find(|i| i.len() > 0).map_or(start, |i| start.min(i.start_offset))
+}
+
 /// The entry at `span`, read from its segment.
 fn stored_entry(inner: &Inner, span: EntrySpan) -> Result<RaftEntry> {
     let len = (span.end_pos - span.start_pos) as usize;
@@ -694,7 +701,6 @@ impl PartitionLog {
         let end = segments.values().next_back().map(|s| s.next_offset).unwrap_or(0);
         log_start = log_start.min(end);
         epochs.truncate_from(end)?;
-        epochs.truncate_before(log_start)?;
         // A replicated log knows nothing committed until its replica says
         // (from Raft's committed index); a single replica has committed all.
         let hw = if replicated { log_start } else { end };
@@ -721,6 +727,7 @@ impl PartitionLog {
                 raft_cut = (cut < end).then_some(cut);
             }
         }
+        epochs.truncate_before(epoch_floor(&raft, log_start))?;
         let mut inner = Inner {
             config,
             segments,
@@ -1377,8 +1384,23 @@ impl PartitionLog {
             })
             .count();
         let mut out = Vec::with_capacity(total.min(max_bytes));
+        // Offsets whose batches compaction removed are shipped as fillers (stamped with the
+        // epoch of the batch before them), so the prefix runs unbroken to `upto`.
+        let mut last: Option<(i64, i32)> = None;
         for (seg, pos, len) in &spans[spans.len() - keep..] {
-            out.extend_from_slice(&seg.bytes(*pos, pos + *len as u64));
+            let bytes = seg.bytes(*pos, pos + *len as u64);
+            if let (Ok(h), Some((next, epoch))) = (BatchHeader::parse(&bytes), last) {
+                if h.base_offset > next {
+                    out.extend_from_slice(&batch::build_filler(next, h.base_offset, epoch));
+                }
+            }
+            if let Ok(h) = BatchHeader::parse(&bytes) {
+                last = Some((h.last_offset() + 1, h.partition_leader_epoch));
+            }
+            out.extend_from_slice(&bytes);
+        }
+        if let Some((next, epoch)) = last.filter(|(next, _)| *next < upto) {
+            out.extend_from_slice(&batch::build_filler(next, upto, epoch));
         }
         out
     }
@@ -1736,7 +1758,8 @@ impl PartitionLog {
         if offset > inner.log_start {
             inner.log_start = offset;
             write_atomic(&self.dir.join("log-start-offset"), offset.to_string().as_bytes())?;
-            inner.epochs.truncate_before(offset)?;
+            let floor = epoch_floor(&inner.raft, offset);
+            inner.epochs.truncate_before(floor)?;
         }
         self.drop_segments_below_start(&mut inner)?;
         Ok(inner.log_start)
@@ -1824,7 +1847,8 @@ impl PartitionLog {
         }
         inner.log_start = new_start;
         write_atomic(&self.dir.join("log-start-offset"), new_start.to_string().as_bytes())?;
-        inner.epochs.truncate_before(new_start)?;
+        let floor = epoch_floor(&inner.raft, new_start);
+        inner.epochs.truncate_before(floor)?;
         let dropped = self.drop_segments_below_start(&mut inner)?;
         if dropped > 0 {
             tracing::info!(log = %self.dir.display(), dropped, log_start = new_start, "retention deleted segments");

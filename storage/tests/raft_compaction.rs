@@ -180,6 +180,21 @@ async fn compaction_keeps_every_entry_at_its_offsets_and_a_follower_reads_the_sa
     let e = entry(&log, 60, 3);
     log.append_raft_entry(&e, 60, 0).unwrap();
     assert_eq!(log.raft_index_range(), Some((0, 60)));
+
+    // DeleteRecords past entries compaction emptied: they stay until Raft purges them, and each
+    // still reads back whole for a follower, stamped with its term.
+    let mid = before_spans[25].1;
+    log.delete_records(mid).unwrap();
+    assert_eq!(log.log_start_offset(), mid);
+    assert_eq!(spans(&log)[..60], before_spans[..]);
+    assert_entries_cover_their_offsets(&log);
+    drop(log);
+    let log = reopen_applied(&tmp.path().join("leader"));
+    assert_eq!(spans(&log)[..60], before_spans[..]);
+    // A snapshot's prefix of the compacted log runs unbroken to its end, so a follower takes it.
+    let upto = before_spans[40].2;
+    let prefix = log.prefix_before(upto, usize::MAX);
+    PartitionLog::check_snapshot_prefix(&prefix, upto, &log.producer_state()).unwrap();
 }
 
 fn copy_dir(from: &Path, to: &Path) {
