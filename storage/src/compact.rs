@@ -365,9 +365,7 @@ impl PartitionLog {
             }
             // The segment's last write stays what it was: retention of a segment without
             // timestamps goes by it.
-            if let Some(mtime) =
-                std::fs::metadata(self.dir().join(file_name(base, "log"))).and_then(|m| m.modified()).ok()
-            {
+            if let Ok(mtime) = std::fs::metadata(self.dir().join(file_name(base, "log"))).and_then(|m| m.modified()) {
                 std::fs::File::options().write(true).open(&cleaned)?.set_modified(mtime)?;
             }
             // The old segment and sidecar stay in the maps until the new pair is open: a failure
