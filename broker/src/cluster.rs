@@ -339,6 +339,49 @@ impl ClusterNode {
 
     /// Retention of every partition replica on this node (see `partition::retention`), each
     /// replica on its own, so that one waiting for its snapshot holds up no other.
+    /// Kafka's auto leader rebalance: each partition this node leads whose preferred replica
+    /// (the first) is another node hands its leadership over, when that node has answered within
+    /// the last second and its replica holds every entry this leader holds (so the transfer
+    /// costs no catch-up, and a replica still recovering a lost log refuses it anyway). Returns
+    /// how many transfers were started.
+    pub async fn balance_leaders(&self) -> usize {
+        let preferred: BTreeMap<GroupId, NodeId> = self.read(|m| {
+            m.partitions()
+                .iter()
+                .filter_map(|(g, p)| Some((*g, NodeId::try_from(*p.replicas.first()?).ok()?)))
+                .collect()
+        });
+        let me = self.node.id();
+        let mut started = 0;
+        for (group, _) in self.replicas.all() {
+            let Some(&target) = preferred.get(&group) else { continue };
+            if target == me {
+                continue;
+            }
+            let Some(raft) = self.node.group(group) else { continue };
+            let caught_up = {
+                let m = raft.metrics();
+                let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
+                let matched = m.replication.as_ref().and_then(|r| r.get(&target).cloned().flatten());
+                m.state == openraft::ServerState::Leader
+                    && m.last_log_index.is_some()
+                    && matched.map(|l| l.index()) >= m.last_log_index
+            };
+            let alive = self.node.transport().last_heard(target).is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+            if !(caught_up && alive) {
+                continue;
+            }
+            match raft.trigger().transfer_leader(target).await {
+                Ok(()) => {
+                    tracing::info!(group, to = target, "moving the leadership to the preferred replica");
+                    started += 1;
+                }
+                Err(e) => tracing::debug!(group, error = %e, "leadership transfer not started"),
+            }
+        }
+        started
+    }
+
     /// The logs of the partition replicas on this node.
     pub fn replica_logs(&self) -> Vec<Arc<fjord_storage::PartitionLog>> {
         self.replicas.all().into_iter().map(|(_, r)| r.log).collect()

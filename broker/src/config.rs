@@ -458,6 +458,13 @@ broker_config! {
     /// leaves Metadata until it heartbeats again.
     broker_session_timeout_ms: u64 = 9_000,
         view: ReadOnly("broker.session.timeout.ms", Kind::Int), check: |v| between(*v as i64, 100, 600_000);
+    /// `auto.leader.rebalance.enable`: in a cluster, each partition's leadership moves back to
+    /// its preferred replica (the first) once that replica is alive and caught up.
+    auto_leader_rebalance_enable: bool = true, view: ReadOnly("auto.leader.rebalance.enable", Kind::Boolean);
+    /// `leader.imbalance.check.interval.seconds`: how often leaders check for that.
+    leader_imbalance_check_interval_seconds: u64 = 300,
+        view: ReadOnly("leader.imbalance.check.interval.seconds", Kind::Long),
+        check: |v| between(*v as i64, 1, 86_400);
     /// `min.insync.replicas`: default of the topic config.
     min_insync_replicas: i32 = 1, view: TopicDefault("min.insync.replicas"), check: |v| at_least((*v).into(), 1);
     /// Largest request frame accepted (`socket.request.max.bytes`).

@@ -207,6 +207,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         tokio::spawn(session_expiry_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(coordinator_placement_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(replicated_retention_loop(broker.clone(), shutdown_rx.clone())),
+        tokio::spawn(leader_balance_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(broker_configs_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(mapped_pages_loop(broker.clone(), shutdown_rx.clone(), mapped_baseline)),
         tokio::spawn(transaction_expiry_loop(broker.clone(), shutdown_rx.clone())),
@@ -312,6 +313,28 @@ async fn replicated_retention_loop(broker: Arc<Broker>, mut shutdown: watch::Rec
             _ = stopped(&mut shutdown) => return,
         }
         cluster.apply_retention(now_ms()).await;
+    }
+}
+
+/// In a cluster with `auto_leader_rebalance_enable`: every
+/// `leader_imbalance_check_interval_seconds`, the partitions this node leads move back to their
+/// preferred replicas (`ClusterNode::balance_leaders`), so leaderships spread again after
+/// restarts and failovers.
+async fn leader_balance_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let Some(cluster) = &broker.cluster else { return };
+    if !broker.config.auto_leader_rebalance_enable {
+        return;
+    }
+    let every = Duration::from_secs(broker.config.leader_imbalance_check_interval_seconds.max(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        let moved = cluster.balance_leaders().await;
+        if moved > 0 {
+            tracing::info!(moved, "leaderships moved back to preferred replicas");
+        }
     }
 }
 

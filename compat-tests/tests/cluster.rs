@@ -212,3 +212,53 @@ fn three_nodes_share_metadata_through_the_controller_quorum() {
         assert_eq!(topic_metadata(&mut conn, "events", false).error_code, 3, "the deleted topic stays deleted");
     }
 }
+
+/// Per partition of `topic`: (leader id, preferred leader id: the first replica) as node index
+/// `i` shows them.
+fn leaders_and_preferred(cluster: &LocalCluster, i: usize, topic: &str) -> Vec<(i32, i32)> {
+    let t = topic_metadata(&mut cluster.conn(i), topic, false);
+    let mut v: Vec<(i32, i32, i32)> = t
+        .partitions
+        .iter()
+        .map(|p| (p.partition_index, p.leader_id.0, p.replica_nodes.first().map_or(-1, |r| r.0)))
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, l, p)| (l, p)).collect()
+}
+
+/// auto.leader.rebalance.enable: leaderships go to each partition's preferred replica (the
+/// first, which placement spreads evenly), and after a node's restart the partitions it led
+/// come back to it instead of staying on the nodes that took them over.
+#[test]
+fn leaders_move_back_to_their_preferred_replicas_after_a_restart() {
+    let mut cluster = LocalCluster::start_with(NODES, &["--leader-imbalance-check-interval-seconds", "1"]);
+    cluster.wait_formed(DEADLINE);
+    let topic = "balanced";
+    assert_eq!(create(&mut cluster.conn(0), topic, 6, 3).error_code, 0);
+    let all_preferred = |cluster: &LocalCluster, i: usize| {
+        let v = leaders_and_preferred(cluster, i, topic);
+        v.len() == 6 && v.iter().all(|(l, p)| l == p)
+    };
+    wait_until(DEADLINE, "every partition led by its preferred replica", || all_preferred(&cluster, 0));
+    // Placement spread the preferred leaders: two per node.
+    let per_node = |cluster: &LocalCluster| {
+        let mut n = [0usize; NODES];
+        for (l, _) in leaders_and_preferred(cluster, 0, topic) {
+            n[(l - 1) as usize] += 1;
+        }
+        n
+    };
+    assert_eq!(per_node(&cluster), [2, 2, 2]);
+    // Node 3 dies: the others take its partitions over.
+    cluster.nodes[2].kill9();
+    wait_until(DEADLINE, "node 3's partitions led elsewhere", || {
+        let v = leaders_and_preferred(&cluster, 0, topic);
+        v.len() == 6 && v.iter().all(|(l, _)| *l > 0 && *l != 3)
+    });
+    // Back, it catches up and gets them again.
+    cluster.nodes[2].restart();
+    wait_until(Duration::from_secs(60), "the leaderships back on the preferred replicas", || {
+        (0..NODES).all(|i| all_preferred(&cluster, i))
+    });
+    assert_eq!(per_node(&cluster), [2, 2, 2]);
+}
