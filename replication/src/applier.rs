@@ -257,7 +257,7 @@ async fn reconcile(
     for group in running.difference(&want.keys().copied().collect()) {
         config.replicas.remove(*group);
         configured.remove(group);
-        node.recovery().forget(*group);
+        node.forget_group(*group);
         if let Some(raft) = node.registry().remove(*group) {
             let _ = raft.shutdown().await;
             tracing::info!(group, "partition replica stopped (no longer assigned here)");
@@ -268,12 +268,19 @@ async fn reconcile(
         let mut removed = Vec::new();
         for entry in std::fs::read_dir(&data_dir)? {
             let path = entry?.path();
-            let Some(group) = path
-                .file_name()
-                .and_then(|n| n.to_str())
+            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
+            // A replica directory being created with its recovery marker (`Recovery::begin`)
+            // that a crash left behind: begin runs in this task, so none is in progress.
+            if name
+                .strip_suffix(".tmp")
                 .and_then(|n| n.rsplit_once(".g"))
-                .and_then(|(_, g)| g.parse::<GroupId>().ok())
-            else {
+                .is_some_and(|(_, g)| g.parse::<GroupId>().is_ok())
+            {
+                std::fs::remove_dir_all(&path)?;
+                removed.push(path);
+                continue;
+            }
+            let Some(group) = name.rsplit_once(".g").and_then(|(_, g)| g.parse::<GroupId>().ok()) else {
                 continue;
             };
             if group < next_group && !present.contains(&group) {

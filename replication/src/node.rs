@@ -361,6 +361,13 @@ where
         &self.recovery
     }
 
+    /// Forgets what this node tracked about `group` beside its Raft core (recovery, the last
+    /// AppendEntries heard), once the group is no longer hosted here.
+    pub fn forget_group(&self, group: GroupId) {
+        self.recovery.forget(group);
+        self.stickiness.appends.lock().unwrap_or_else(|e| e.into_inner()).remove(&group);
+    }
+
     /// Asks each of `peers` for the last entry of its replica of `group` (a pre-vote, which
     /// changes no state there). Peers that do not answer within `timeout` are left out; an
     /// answer of `None` is an empty log.

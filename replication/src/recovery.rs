@@ -89,8 +89,14 @@ impl Recovery {
     /// Returns whether it is recovering.
     pub fn resume_if_marked(&self, group: GroupId, dir: &Path) -> bool {
         let marker = dir.join(MARKER);
-        if !marker.exists() {
-            return false;
+        match std::fs::metadata(&marker) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return false,
+            // Unknown is treated as marked: wrongly recovering costs a catch-up, wrongly voting
+            // could cost acknowledged records.
+            Err(e) => {
+                tracing::warn!(group, marker = %marker.display(), error = %e, "cannot tell whether the replica is recovering; it is taken to be")
+            }
         }
         tracing::warn!(group, dir = %dir.display(), "replica is still recovering: it will not vote until it has caught up");
         self.lock().insert(group, Recovering { marker, target: None });
