@@ -340,46 +340,103 @@ impl ClusterNode {
     /// Retention of every partition replica on this node (see `partition::retention`), each
     /// replica on its own, so that one waiting for its snapshot holds up no other.
     /// Kafka's auto leader rebalance: each partition this node leads whose preferred replica
-    /// (the first) is another node hands its leadership over, when that node has answered within
-    /// the last second and its replica holds every entry this leader holds (so the transfer
-    /// costs no catch-up, and a replica still recovering a lost log refuses it anyway). Returns
-    /// how many transfers were started.
+    /// (the first) is another node hands its leadership over, when `to_preferred` allows it.
+    /// Returns how many transfers were started.
     pub async fn balance_leaders(&self) -> usize {
-        let preferred: BTreeMap<GroupId, NodeId> = self.read(|m| {
-            m.partitions()
-                .iter()
-                .filter_map(|(g, p)| Some((*g, NodeId::try_from(*p.replicas.first()?).ok()?)))
-                .collect()
-        });
-        let me = self.node.id();
         let mut started = 0;
         for (group, _) in self.replicas.all() {
-            let Some(&target) = preferred.get(&group) else { continue };
-            if target == me {
-                continue;
-            }
-            let Some(raft) = self.node.group(group) else { continue };
-            let caught_up = {
-                let m = raft.metrics();
-                let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
-                let matched = m.replication.as_ref().and_then(|r| r.get(&target).cloned().flatten());
-                m.state == openraft::ServerState::Leader
-                    && m.last_log_index.is_some()
-                    && matched.map(|l| l.index()) >= m.last_log_index
-            };
-            let alive = self.node.transport().last_heard(target).is_some_and(|t| t.elapsed() < Duration::from_secs(1));
-            if !(caught_up && alive) {
-                continue;
-            }
-            match raft.trigger().transfer_leader(target).await {
-                Ok(()) => {
-                    tracing::info!(group, to = target, "moving the leadership to the preferred replica");
-                    started += 1;
-                }
-                Err(e) => tracing::debug!(group, error = %e, "leadership transfer not started"),
+            if self.to_preferred(group).await == Ok(true) {
+                started += 1;
             }
         }
         started
+    }
+
+    /// Hands the leadership of `group`, which this node leads, to its preferred replica (the
+    /// first), if that node answered within the last second and its replica holds every entry
+    /// this leader holds (so the transfer costs no catch-up; a replica still recovering a lost
+    /// log refuses it anyway). Ok(false): the preferred replica leads already (here).
+    pub async fn to_preferred(&self, group: GroupId) -> Result<bool, ResponseError> {
+        let target = self
+            .read(|m| m.partitions().get(&group).and_then(|p| NodeId::try_from(*p.replicas.first()?).ok()))
+            .ok_or(ResponseError::UnknownTopicOrPartition)?;
+        let Some(raft) = self.node.group(group) else { return Err(ResponseError::NotLeaderOrFollower) };
+        let (leads, caught_up) = {
+            let m = raft.metrics();
+            let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
+            let matched = m.replication.as_ref().and_then(|r| r.get(&target).cloned().flatten());
+            (
+                m.state == openraft::ServerState::Leader,
+                m.last_log_index.is_some() && matched.map(|l| l.index()) >= m.last_log_index,
+            )
+        };
+        if !leads {
+            return Err(ResponseError::NotLeaderOrFollower);
+        }
+        if target == self.node.id() {
+            return Ok(false);
+        }
+        let alive = self.node.transport().last_heard(target).is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+        if !(caught_up && alive) {
+            return Err(ResponseError::PreferredLeaderNotAvailable);
+        }
+        raft.trigger().transfer_leader(target).await.map_err(|e| {
+            tracing::debug!(group, error = %e, "leadership transfer not started");
+            ResponseError::PreferredLeaderNotAvailable
+        })?;
+        tracing::info!(group, to = target, "moving the leadership to the preferred replica");
+        Ok(true)
+    }
+
+    /// ElectLeaders(PREFERRED) for partition `index` of `topic`: asks its leader (this node, or
+    /// another through `RPC_ELECT_PREFERRED`) to hand the leadership to the preferred replica,
+    /// then waits up to `wait` for the metadata to name it. ELECTION_NOT_NEEDED when it leads
+    /// already.
+    pub async fn elect_preferred(&self, topic: &str, index: i32, wait: Duration) -> Result<(), ResponseError> {
+        let (group, leader, preferred) = self
+            .read(|m| {
+                m.partitions()
+                    .iter()
+                    .find(|(_, p)| p.topic == topic && p.index == index)
+                    .map(|(g, p)| (*g, p.leader, p.replicas.first().copied()))
+            })
+            .ok_or(ResponseError::UnknownTopicOrPartition)?;
+        let preferred = preferred.ok_or(ResponseError::UnknownTopicOrPartition)?;
+        if leader == Some(preferred) {
+            return Err(ResponseError::ElectionNotNeeded);
+        }
+        let leader = leader.and_then(|l| NodeId::try_from(l).ok()).ok_or(ResponseError::PreferredLeaderNotAvailable)?;
+        let started = if leader == self.node.id() {
+            self.to_preferred(group).await
+        } else {
+            let body = fjord_replication::rpc::encode(&group).map_err(|_| ResponseError::UnknownServerError)?;
+            let answer = self
+                .node
+                .transport()
+                .call(leader, 0, crate::cluster_txn::RPC_ELECT_PREFERRED, &[&body], wait)
+                .await
+                .map_err(|_| ResponseError::PreferredLeaderNotAvailable)?;
+            match fjord_replication::rpc::decode_response::<i16>(&answer) {
+                Ok(0) => Ok(true),
+                Ok(code) => Err(ResponseError::try_from_code(code).unwrap_or(ResponseError::UnknownServerError)),
+                Err(_) => Err(ResponseError::PreferredLeaderNotAvailable),
+            }
+        };
+        match started {
+            Ok(false) => return Err(ResponseError::ElectionNotNeeded),
+            Ok(true) => {}
+            Err(e) => return Err(e),
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if self.read(|m| m.partitions().get(&group).is_some_and(|p| p.leader == Some(preferred))) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ResponseError::RequestTimedOut);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The logs of the partition replicas on this node.

@@ -20,6 +20,10 @@ use crate::server::Broker;
 /// The service RPC that writes markers (after the controller's `RPC_SUBMIT`).
 pub const RPC_TXN_MARKERS: u8 = fjord_replication::node::SERVICE_RPC_BASE + 1;
 
+/// The service RPC that asks a partition's leader to hand its leadership to the preferred
+/// replica (ElectLeaders through another node): body the group id, answer an error code.
+pub const RPC_ELECT_PREFERRED: u8 = fjord_replication::node::SERVICE_RPC_BASE + 2;
+
 /// How long a node may take to answer a marker request: its markers wait for their
 /// partitions' commits (up to the coordinator writes' own 15 s), as an acks=all produce does.
 /// Longer than that wait, so that an answer is not given up while its marker may still land.
@@ -33,6 +37,26 @@ pub struct Services {
 
 impl InboundHandler for Services {
     fn handle(&self, from: NodeId, group: u64, rpc_code: u8, body: Bytes) -> BoxFuture<'static, Bytes> {
+        if rpc_code == RPC_ELECT_PREFERRED {
+            let broker = self.broker.get().and_then(Weak::upgrade);
+            return Box::pin(async move {
+                let Some(cluster) = broker.as_ref().and_then(|b| b.cluster.as_ref()) else {
+                    return rpc::encode_response::<()>(Err(&RemoteFailure::BadRequest(
+                        "the broker is starting".into(),
+                    )));
+                };
+                let group: u64 = match rpc::decode(&body) {
+                    Ok(g) => g,
+                    Err(e) => return rpc::encode_response::<()>(Err(&RemoteFailure::BadRequest(e.to_string()))),
+                };
+                let code = match cluster.to_preferred(group).await {
+                    Ok(true) => 0i16,
+                    Ok(false) => ResponseError::ElectionNotNeeded.code(),
+                    Err(e) => e.code(),
+                };
+                rpc::encode_response(Ok(&code))
+            });
+        }
         if rpc_code != RPC_TXN_MARKERS {
             return self.controller.handle(from, group, rpc_code, body);
         }

@@ -163,6 +163,7 @@ pub fn table() -> &'static [ApiEntry] {
             api!(DescribeConfigs, 0, 4, DescribeConfigsRequest, api::configs::describe, legacy: api::legacy::describe_configs),
             api!(AlterConfigs, 0, 2, AlterConfigsRequest, api::configs::alter),
             api!(CreatePartitions, 0, 3, CreatePartitionsRequest, api::admin::create_partitions),
+            api!(ElectLeaders, 0, 2, ElectLeadersRequest, api::admin::elect_leaders),
             api!(IncrementalAlterConfigs, 0, 1, IncrementalAlterConfigsRequest, api::configs::incremental_alter),
             api!(DescribeCluster, 0, 2, DescribeClusterRequest, api::metadata::describe_cluster),
             api!(InitProducerId, 0, 5, InitProducerIdRequest, api::init_producer_id::handle),
@@ -199,7 +200,6 @@ pub fn table() -> &'static [ApiEntry] {
                 DescribeUserScramCredentialsRequest,
                 DescribeUserScramCredentialsResponse
             ),
-            unsupported!(ElectLeaders, ElectLeadersRequest, ElectLeadersResponse),
             unsupported!(
                 ListPartitionReassignments,
                 ListPartitionReassignmentsRequest,

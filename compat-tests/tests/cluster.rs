@@ -262,3 +262,51 @@ fn leaders_move_back_to_their_preferred_replicas_after_a_restart() {
     });
     assert_eq!(per_node(&cluster), [2, 2, 2]);
 }
+
+/// Runs `elect_leaders.py` (confluent-kafka's AdminClient.elect_leaders) and returns its lines.
+fn elect(bootstrap: &str, topic: &str, kind: &str, partitions: &[i32]) -> Vec<String> {
+    let script = fjord_compat_tests::clients_dir().join("python/elect_leaders.py");
+    let mut cmd = fjord_compat_tests::client(fjord_compat_tests::python());
+    cmd.arg(script).args([bootstrap, topic, kind]);
+    cmd.args(partitions.iter().map(|p| p.to_string()));
+    let out = fjord_compat_tests::run_client(&mut cmd, Duration::from_secs(60));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// ElectLeaders with a real admin client: with automatic rebalancing off, the partitions a
+/// restarted node preferred stay with the nodes that took them over until a PREFERRED election
+/// moves them back; partitions already on their preferred replica need none; UNCLEAN is never
+/// needed while a partition has a leader.
+#[test]
+fn elect_leaders_moves_partitions_to_their_preferred_replicas() {
+    let mut cluster = LocalCluster::start_with(NODES, &["--auto-leader-rebalance-enable", "false"]);
+    cluster.wait_formed(DEADLINE);
+    let topic = "elected";
+    assert_eq!(create(&mut cluster.conn(0), topic, 6, 3).error_code, 0);
+    wait_until(DEADLINE, "a leader for every partition", || {
+        let v = leaders_and_preferred(&cluster, 0, topic);
+        v.len() == 6 && v.iter().all(|(l, _)| *l > 0)
+    });
+    // Node 3 dies and returns: its preferred partitions are led elsewhere.
+    cluster.nodes[2].kill9();
+    wait_until(DEADLINE, "every partition led by node 1 or 2", || {
+        let v = leaders_and_preferred(&cluster, 0, topic);
+        v.len() == 6 && v.iter().all(|(l, _)| *l == 1 || *l == 2)
+    });
+    cluster.nodes[2].restart();
+    wait_until(DEADLINE, "node 3 back in every ISR", || cluster.leaders(0, topic).iter().all(|(_, _, isr)| *isr == 3));
+    let before = leaders_and_preferred(&cluster, 0, topic);
+    let all: Vec<i32> = (0..6).collect();
+    let lines = elect(&cluster.bootstrap(), topic, "preferred", &all);
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    for (p, (leader, preferred)) in before.iter().enumerate() {
+        let want = if leader == preferred { format!("{p} ELECTION_NOT_NEEDED") } else { format!("{p} ok") };
+        assert!(lines[p].starts_with(&want), "partition {p} (leader {leader}, preferred {preferred}): {}", lines[p]);
+    }
+    assert!(before.iter().any(|(l, p)| l != p), "node 3 led none of its partitions before the election");
+    let after = leaders_and_preferred(&cluster, 0, topic);
+    assert!(after.iter().all(|(l, p)| l == p), "{after:?}");
+    // Every partition has a leader: no unclean election is needed.
+    let lines = elect(&cluster.bootstrap(), topic, "unclean", &all);
+    assert!(lines.len() == 6 && lines.iter().all(|l| l.contains("ELECTION_NOT_NEEDED")), "{lines:?}");
+}

@@ -798,3 +798,31 @@ fn a_deleted_topic_is_not_auto_created_straight_back() {
     });
     assert!(deleted_at.elapsed() >= Duration::from_secs(4), "auto-created again after {:?}", deleted_at.elapsed());
 }
+
+/// ElectLeaders on a single node: each partition's only replica leads it, so no election of
+/// either type is needed; an unknown partition says so; with no partitions named nothing needs
+/// one and nothing is listed.
+#[test]
+fn elect_leaders_on_one_node_is_never_needed() {
+    let broker = BrokerProcess::start(&[]);
+    let mut conn = RawConn::connect(&broker.bootstrap());
+    assert_eq!(create(&mut conn, "one-node", 2, &[]).topics[0].error_code, 0);
+    for (election_type, version) in [(0i8, 0i16), (0, 2), (1, 1)] {
+        let mut req = ElectLeadersRequest::default();
+        req.election_type = election_type;
+        req.timeout_ms = 5_000;
+        let mut tp = elect_leaders_request::TopicPartitions::default();
+        tp.topic = TopicName(s("one-node"));
+        tp.partitions = vec![0, 1, 7];
+        req.topic_partitions = Some(vec![tp]);
+        let resp: ElectLeadersResponse = conn.call(ApiKey::ElectLeaders, version, &req);
+        assert_eq!(resp.error_code, 0);
+        let codes: Vec<(i32, i16)> =
+            resp.replica_election_results[0].partition_result.iter().map(|p| (p.partition_id, p.error_code)).collect();
+        // ELECTION_NOT_NEEDED (84), UNKNOWN_TOPIC_OR_PARTITION (3).
+        assert_eq!(codes, vec![(0, 84), (1, 84), (7, 3)], "type {election_type} v{version}");
+        req.topic_partitions = None;
+        let resp: ElectLeadersResponse = conn.call(ApiKey::ElectLeaders, version, &req);
+        assert!(resp.replica_election_results.is_empty(), "{resp:?}");
+    }
+}

@@ -476,3 +476,89 @@ async fn cluster_create_partitions(
     }
     results
 }
+
+/// ElectLeaders' election types (KIP-460).
+const PREFERRED: i8 = 0;
+const UNCLEAN: i8 = 1;
+
+/// ElectLeaders. PREFERRED hands each partition's leadership to its preferred replica (the
+/// first), through the partition's current leader, and answers once the metadata names it (or
+/// REQUEST_TIMED_OUT after the request's timeout). UNCLEAN is refused for a partition without
+/// a leader: a Raft group elects only a replica holding every committed entry, and making
+/// another one leader could drop acknowledged records. A partition that has a leader needs no
+/// unclean election (ELECTION_NOT_NEEDED, as Kafka answers). On a single node every partition
+/// has its only replica as leader. With no partitions named, every partition is considered and
+/// only those an election was needed for are listed.
+pub async fn elect_leaders(
+    broker: Arc<Broker>,
+    _h: &RequestHeader,
+    req: ElectLeadersRequest,
+) -> Option<ElectLeadersResponse> {
+    use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
+    let wait = std::time::Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0).clamp(100, 60_000));
+    let all = req.topic_partitions.is_none();
+    let mut resp = ElectLeadersResponse::default();
+    if req.election_type != PREFERRED && req.election_type != UNCLEAN {
+        resp.error_code = ResponseError::InvalidRequest.code();
+        return Some(resp);
+    }
+    // (topic, partitions) to consider: as named, or every partition known.
+    let wanted: Vec<(TopicName, Vec<i32>)> = match &req.topic_partitions {
+        Some(tps) => tps.iter().map(|t| (t.topic.clone(), t.partitions.clone())).collect(),
+        None => match &broker.cluster {
+            Some(c) => {
+                let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+                c.read(|m| {
+                    for p in m.partitions().values() {
+                        by_topic.entry(p.topic.clone()).or_default().push(p.index);
+                    }
+                });
+                by_topic.into_iter().map(|(t, ps)| (topic_name(&t), ps)).collect()
+            }
+            None => {
+                broker.topics.list().into_iter().map(|(t, m)| (topic_name(&t), (0..m.partitions).collect())).collect()
+            }
+        },
+    };
+    for (topic, partitions) in wanted {
+        let name = topic.0.to_string();
+        let mut results = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            let outcome: Result<(), (ResponseError, Option<&str>)> = match &broker.cluster {
+                Some(c) => {
+                    let leader =
+                        c.read(|m| m.partitions().values().find(|x| x.topic == name && x.index == p).map(|x| x.leader));
+                    match (leader, req.election_type) {
+                        (None, _) => Err((ResponseError::UnknownTopicOrPartition, None)),
+                        (Some(Some(_)), UNCLEAN) => Err((ResponseError::ElectionNotNeeded, None)),
+                        (Some(None), UNCLEAN) => Err((
+                            ResponseError::InvalidRequest,
+                            Some(
+                                "Unclean leader election is not possible: partitions are replicated with Raft, which \
+                                 elects only a replica holding every acknowledged record. Bring back a majority of \
+                                 the partition's replicas.",
+                            ),
+                        )),
+                        (Some(_), _) => c.elect_preferred(&name, p, wait).await.map_err(|e| (e, None)),
+                    }
+                }
+                None => match broker.topics.topic(&name) {
+                    Some(t) if p >= 0 && p < t.partitions => Err((ResponseError::ElectionNotNeeded, None)),
+                    _ => Err((ResponseError::UnknownTopicOrPartition, None)),
+                },
+            };
+            if all && matches!(outcome, Err((ResponseError::ElectionNotNeeded, _))) {
+                continue;
+            }
+            let (code, message) = match outcome {
+                Ok(()) => (0, None),
+                Err((e, m)) => (e.code(), m.map(str)),
+            };
+            results.push(mk!(PartitionResult { partition_id: p, error_code: code, error_message: message }));
+        }
+        if !results.is_empty() || !all {
+            resp.replica_election_results.push(mk!(ReplicaElectionResult { topic: topic, partition_result: results }));
+        }
+    }
+    Some(resp)
+}
