@@ -337,8 +337,6 @@ impl ClusterNode {
         Ok(changed)
     }
 
-    /// Retention of every partition replica on this node (see `partition::retention`), each
-    /// replica on its own, so that one waiting for its snapshot holds up no other.
     /// Kafka's auto leader rebalance: each partition this node leads whose preferred replica
     /// (the first) is another node hands its leadership over, when `to_preferred` allows it.
     /// Returns how many transfers were started.
@@ -353,22 +351,25 @@ impl ClusterNode {
     }
 
     /// Hands the leadership of `group`, which this node leads, to its preferred replica (the
-    /// first), if that node answered within the last second and its replica holds every entry
-    /// this leader holds (so the transfer costs no catch-up; a replica still recovering a lost
-    /// log refuses it anyway). Ok(false): the preferred replica leads already (here).
+    /// first), if that broker is live (unfenced, and answered within the last second), in the
+    /// partition's ISR, and holds every committed entry. A transfer that does not complete costs
+    /// an election (`ReplicaNode::transfer_leader`). Ok(false): this node is the preferred one.
     pub async fn to_preferred(&self, group: GroupId) -> Result<bool, ResponseError> {
-        let target = self
-            .read(|m| m.partitions().get(&group).and_then(|p| NodeId::try_from(*p.replicas.first()?).ok()))
+        let (target, eligible) = self
+            .read(|m| {
+                let p = m.partitions().get(&group)?;
+                let first = *p.replicas.first()?;
+                let live = m.brokers().get(&first).is_some_and(|b| !b.fenced);
+                Some((NodeId::try_from(first).ok()?, live && p.isr.contains(&first)))
+            })
             .ok_or(ResponseError::UnknownTopicOrPartition)?;
         let Some(raft) = self.node.group(group) else { return Err(ResponseError::NotLeaderOrFollower) };
         let (leads, caught_up) = {
             let m = raft.metrics();
             let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
             let matched = m.replication.as_ref().and_then(|r| r.get(&target).cloned().flatten());
-            (
-                m.state == openraft::ServerState::Leader,
-                m.last_log_index.is_some() && matched.map(|l| l.index()) >= m.last_log_index,
-            )
+            let committed = m.local_committed.map(|l| l.index());
+            (m.state == openraft::ServerState::Leader, committed.is_some() && matched.map(|l| l.index()) >= committed)
         };
         if !leads {
             return Err(ResponseError::NotLeaderOrFollower);
@@ -377,10 +378,10 @@ impl ClusterNode {
             return Ok(false);
         }
         let alive = self.node.transport().last_heard(target).is_some_and(|t| t.elapsed() < Duration::from_secs(1));
-        if !(caught_up && alive) {
+        if !(eligible && caught_up && alive) {
             return Err(ResponseError::PreferredLeaderNotAvailable);
         }
-        raft.trigger().transfer_leader(target).await.map_err(|e| {
+        self.node.transfer_leader(group, target).await.map_err(|e| {
             tracing::debug!(group, error = %e, "leadership transfer not started");
             ResponseError::PreferredLeaderNotAvailable
         })?;
@@ -390,50 +391,69 @@ impl ClusterNode {
 
     /// ElectLeaders(PREFERRED) for partition `index` of `topic`: asks its leader (this node, or
     /// another through `RPC_ELECT_PREFERRED`) to hand the leadership to the preferred replica,
-    /// then waits up to `wait` for the metadata to name it. ELECTION_NOT_NEEDED when it leads
-    /// already.
-    pub async fn elect_preferred(&self, topic: &str, index: i32, wait: Duration) -> Result<(), ResponseError> {
-        let (group, leader, preferred) = self
-            .read(|m| {
-                m.partitions()
-                    .iter()
-                    .find(|(_, p)| p.topic == topic && p.index == index)
-                    .map(|(g, p)| (*g, p.leader, p.replicas.first().copied()))
-            })
-            .ok_or(ResponseError::UnknownTopicOrPartition)?;
-        let preferred = preferred.ok_or(ResponseError::UnknownTopicOrPartition)?;
-        if leader == Some(preferred) {
-            return Err(ResponseError::ElectionNotNeeded);
-        }
-        let leader = leader.and_then(|l| NodeId::try_from(l).ok()).ok_or(ResponseError::PreferredLeaderNotAvailable)?;
-        let started = if leader == self.node.id() {
-            self.to_preferred(group).await
-        } else {
-            let body = fjord_replication::rpc::encode(&group).map_err(|_| ResponseError::UnknownServerError)?;
-            let answer = self
-                .node
-                .transport()
-                .call(leader, 0, crate::cluster_txn::RPC_ELECT_PREFERRED, &[&body], wait)
-                .await
-                .map_err(|_| ResponseError::PreferredLeaderNotAvailable)?;
-            match fjord_replication::rpc::decode_response::<i16>(&answer) {
-                Ok(0) => Ok(true),
-                Ok(code) => Err(ResponseError::try_from_code(code).unwrap_or(ResponseError::UnknownServerError)),
-                Err(_) => Err(ResponseError::PreferredLeaderNotAvailable),
+    /// then waits until `deadline` for the metadata to name it at a newer epoch.
+    /// ELECTION_NOT_NEEDED when it leads already. A leader the metadata names that no longer
+    /// leads is asked again once the metadata moves on.
+    pub async fn elect_preferred(
+        &self,
+        topic: &str,
+        index: i32,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), ResponseError> {
+        let timed_out = || ResponseError::RequestTimedOut;
+        let (group, preferred, first_epoch) = loop {
+            let (group, leader, preferred, epoch) = self
+                .read(|m| {
+                    m.partitions()
+                        .iter()
+                        .find(|(_, p)| p.topic == topic && p.index == index)
+                        .map(|(g, p)| (*g, p.leader, p.replicas.first().copied(), p.leader_epoch))
+                })
+                .ok_or(ResponseError::UnknownTopicOrPartition)?;
+            let preferred = preferred.ok_or(ResponseError::UnknownTopicOrPartition)?;
+            if leader == Some(preferred) {
+                return Err(ResponseError::ElectionNotNeeded);
+            }
+            let leader =
+                leader.and_then(|l| NodeId::try_from(l).ok()).ok_or(ResponseError::PreferredLeaderNotAvailable)?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let started = if leader == self.node.id() {
+                tokio::time::timeout(left, self.to_preferred(group)).await.map_err(|_| timed_out())?
+            } else {
+                let body = fjord_replication::rpc::encode(&group).map_err(|_| ResponseError::UnknownServerError)?;
+                let answer = self
+                    .node
+                    .transport()
+                    .call(leader, 0, crate::cluster_txn::RPC_ELECT_PREFERRED, &[&body], left)
+                    .await
+                    .map_err(|_| ResponseError::PreferredLeaderNotAvailable)?;
+                match fjord_replication::rpc::decode_response::<i16>(&answer) {
+                    Ok(0) => Ok(true),
+                    Ok(code) => Err(ResponseError::try_from_code(code).unwrap_or(ResponseError::UnknownServerError)),
+                    Err(_) => Err(ResponseError::PreferredLeaderNotAvailable),
+                }
+            };
+            match started {
+                Ok(true) => break (group, preferred, epoch),
+                Ok(false) => return Err(ResponseError::ElectionNotNeeded),
+                // The metadata named a leader that has just stopped leading: ask again once it
+                // names the new one.
+                Err(ResponseError::NotLeaderOrFollower) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(ResponseError::NotLeaderOrFollower) => return Err(timed_out()),
+                Err(e) => return Err(e),
             }
         };
-        match started {
-            Ok(false) => return Err(ResponseError::ElectionNotNeeded),
-            Ok(true) => {}
-            Err(e) => return Err(e),
-        }
-        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if self.read(|m| m.partitions().get(&group).is_some_and(|p| p.leader == Some(preferred))) {
+            let done = self.read(|m| {
+                m.partitions().get(&group).is_some_and(|p| p.leader == Some(preferred) && p.leader_epoch > first_epoch)
+            });
+            if done {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ResponseError::RequestTimedOut);
+                return Err(timed_out());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -444,6 +464,8 @@ impl ClusterNode {
         self.replicas.all().into_iter().map(|(_, r)| r.log).collect()
     }
 
+    /// Retention of every partition replica on this node (see `partition::retention`), each
+    /// replica on its own, so that one waiting for its snapshot holds up no other.
     pub async fn apply_retention(&self, now_ms: i64) {
         let mut passes = tokio::task::JoinSet::new();
         for (group, replica) in self.replicas.all() {

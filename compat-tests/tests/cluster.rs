@@ -294,7 +294,10 @@ fn elect_leaders_moves_partitions_to_their_preferred_replicas() {
         v.len() == 6 && v.iter().all(|(l, _)| *l == 1 || *l == 2)
     });
     cluster.nodes[2].restart();
-    wait_until(DEADLINE, "node 3 back in every ISR", || cluster.leaders(0, topic).iter().all(|(_, _, isr)| *isr == 3));
+    // Live again (registered and unfenced) and back in every ISR.
+    wait_until(DEADLINE, "node 3 live and back in every ISR", || {
+        view(&mut cluster.conn(0)).0.len() == NODES && cluster.leaders(0, topic).iter().all(|(_, _, isr)| *isr == 3)
+    });
     let before = leaders_and_preferred(&cluster, 0, topic);
     let all: Vec<i32> = (0..6).collect();
     let lines = elect(&cluster.bootstrap(), topic, "preferred", &all);

@@ -148,6 +148,9 @@ pub(crate) struct Stickiness {
     append_window: Mutex<Option<Duration>>,
     /// Per group, the last AppendEntries: from whom, when.
     appends: Mutex<std::collections::HashMap<GroupId, (NodeId, tokio::time::Instant)>>,
+    /// Groups this node leads and is handing over (`ReplicaNode::transfer_leader`), with the
+    /// term it led them in.
+    transferring: Mutex<std::collections::HashMap<GroupId, u64>>,
 }
 
 impl Stickiness {
@@ -173,15 +176,19 @@ impl Stickiness {
         let (Some(window), Some(transport)) = (self.window(), self.transport.get()) else {
             return false;
         };
-        let (state, leader) = {
+        let (state, leader, term) = {
             let m = raft.metrics();
             let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
-            (m.state, m.current_leader)
+            (m.state, m.current_leader, m.current_term)
         };
         let me = transport.node_id();
+        // A leader handing its group over sends no more heartbeats and takes no writes (openraft
+        // has no way back): if the transfer does not complete, an election must.
+        let handing_over =
+            self.transferring.lock().unwrap_or_else(|e| e.into_inner()).get(&group).is_some_and(|t| *t == term);
         match leader {
             Some(l) if l == from => false,
-            Some(l) if l == me => state == ServerState::Leader,
+            Some(l) if l == me => state == ServerState::Leader && !handing_over,
             Some(l) => transport.last_heard(l).is_some_and(|t| t.elapsed() < window) && self.leading_here(group, l),
             None => false,
         }
@@ -316,6 +323,9 @@ where
             return Err(RemoteFailure::Raft("this replica is recovering a lost log and cannot lead yet".into()));
         }
         Rpc::TransferLeader => {
+            // The leader is handing over: it no longer holds this follower's pre-votes or the
+            // election driver back, so a transfer that fails becomes an ordinary election.
+            inbound.stickiness.appends.lock().unwrap_or_else(|e| e.into_inner()).remove(&inbound.group);
             let req = rpc::decode(&body).map_err(bad)?;
             let resp = raft.handle_transfer_leader(req).await.map_err(|e| raft_err(&e))?;
             rpc::encode_response(Ok(&resp))
@@ -361,11 +371,22 @@ where
         &self.recovery
     }
 
+    /// Hands the leadership of `group` (led here) to `to`. openraft stops heartbeats and writes
+    /// at once and cannot take that back; the group is marked so that, should `to` not take
+    /// over, this node's own stickiness does not stop the others electing someone.
+    pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(), String> {
+        let raft = self.registry.get(group).ok_or_else(|| format!("group {group} is not hosted here"))?;
+        let term = raft.metrics().borrow_watched().current_term;
+        self.stickiness.transferring.lock().unwrap_or_else(|e| e.into_inner()).insert(group, term);
+        raft.trigger().transfer_leader(to).await.map_err(|e| e.to_string())
+    }
+
     /// Forgets what this node tracked about `group` beside its Raft core (recovery, the last
     /// AppendEntries heard), once the group is no longer hosted here.
     pub fn forget_group(&self, group: GroupId) {
         self.recovery.forget(group);
         self.stickiness.appends.lock().unwrap_or_else(|e| e.into_inner()).remove(&group);
+        self.stickiness.transferring.lock().unwrap_or_else(|e| e.into_inner()).remove(&group);
     }
 
     /// Asks each of `peers` for the last entry of its replica of `group` (a pre-vote, which

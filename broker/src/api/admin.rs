@@ -484,7 +484,7 @@ const UNCLEAN: i8 = 1;
 /// ElectLeaders. PREFERRED hands each partition's leadership to its preferred replica (the
 /// first), through the partition's current leader, and answers once the metadata names it (or
 /// REQUEST_TIMED_OUT after the request's timeout). UNCLEAN is refused for a partition without
-/// a leader: a Raft group elects only a replica holding every committed entry, and making
+/// a leader (ELIGIBLE_LEADERS_NOT_AVAILABLE, with a message): a Raft group elects only a replica holding every committed entry, and making
 /// another one leader could drop acknowledged records. A partition that has a leader needs no
 /// unclean election (ELECTION_NOT_NEEDED, as Kafka answers). On a single node every partition
 /// has its only replica as leader. With no partitions named, every partition is considered and
@@ -495,7 +495,9 @@ pub async fn elect_leaders(
     req: ElectLeadersRequest,
 ) -> Option<ElectLeadersResponse> {
     use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
+    // The request's timeout bounds the whole request.
     let wait = std::time::Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0).clamp(100, 60_000));
+    let deadline = tokio::time::Instant::now() + wait;
     let all = req.topic_partitions.is_none();
     let mut resp = ElectLeadersResponse::default();
     if req.election_type != PREFERRED && req.election_type != UNCLEAN {
@@ -504,7 +506,16 @@ pub async fn elect_leaders(
     }
     // (topic, partitions) to consider: as named, or every partition known.
     let wanted: Vec<(TopicName, Vec<i32>)> = match &req.topic_partitions {
-        Some(tps) => tps.iter().map(|t| (t.topic.clone(), t.partitions.clone())).collect(),
+        // A partition named twice is elected (and listed) once.
+        Some(tps) => tps
+            .iter()
+            .map(|t| {
+                let mut ps = t.partitions.clone();
+                ps.sort_unstable();
+                ps.dedup();
+                (t.topic.clone(), ps)
+            })
+            .collect(),
         None => match &broker.cluster {
             Some(c) => {
                 let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
@@ -532,14 +543,14 @@ pub async fn elect_leaders(
                         (None, _) => Err((ResponseError::UnknownTopicOrPartition, None)),
                         (Some(Some(_)), UNCLEAN) => Err((ResponseError::ElectionNotNeeded, None)),
                         (Some(None), UNCLEAN) => Err((
-                            ResponseError::InvalidRequest,
+                            ResponseError::EligibleLeadersNotAvailable,
                             Some(
                                 "Unclean leader election is not possible: partitions are replicated with Raft, which \
                                  elects only a replica holding every acknowledged record. Bring back a majority of \
                                  the partition's replicas.",
                             ),
                         )),
-                        (Some(_), _) => c.elect_preferred(&name, p, wait).await.map_err(|e| (e, None)),
+                        (Some(_), _) => c.elect_preferred(&name, p, deadline).await.map_err(|e| (e, None)),
                     }
                 }
                 None => match broker.topics.topic(&name) {
