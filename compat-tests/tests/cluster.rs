@@ -313,3 +313,65 @@ fn elect_leaders_moves_partitions_to_their_preferred_replicas() {
     let lines = elect(&cluster.bootstrap(), topic, "unclean", &all);
     assert!(lines.len() == 6 && lines.iter().all(|l| l.contains("ELECTION_NOT_NEEDED")), "{lines:?}");
 }
+
+/// A leadership transfer whose target never takes over: ElectLeaders starts it, and the target's
+/// cluster links are blackholed at that moment. openraft's leader stops heartbeats and writes
+/// once it hands over and cannot take that back, so the two others must elect a leader
+/// themselves: the partition takes acks=all writes again within seconds instead of never.
+#[test]
+fn a_leadership_transfer_that_never_completes_becomes_an_election() {
+    use fjord_compat_tests::proxy::LinkMode;
+    let cluster = LocalCluster::start_proxied(NODES, &["--auto-leader-rebalance-enable", "false"]);
+    cluster.wait_formed(DEADLINE);
+    let topic = "stalled-transfer";
+    assert_eq!(create(&mut cluster.conn(0), topic, 1, 3).error_code, 0);
+    let state = |cluster: &LocalCluster| leaders_and_preferred(cluster, 0, topic).first().copied();
+    wait_until(DEADLINE, "a leader", || state(&cluster).is_some_and(|(l, _)| l > 0));
+    let (_, preferred) = state(&cluster).unwrap();
+    let p = (preferred - 1) as usize;
+    // Move the leadership off the preferred replica if it has it: cut it off until another
+    // node leads, then let it back in.
+    if state(&cluster).unwrap().0 == preferred {
+        cluster.isolate(p, LinkMode::Cut);
+        let other = (p + 1) % NODES;
+        wait_until(DEADLINE, "another leader", || {
+            leaders_and_preferred(&cluster, other, topic).first().is_some_and(|(l, _)| *l > 0 && *l != preferred)
+        });
+        cluster.isolate(p, LinkMode::Pass);
+    }
+    let other = (p + 1) % NODES;
+    wait_until(DEADLINE, "every node live and in the ISR", || {
+        view(&mut cluster.conn(other)).0.len() == NODES
+            && cluster.leaders(other, topic).iter().all(|(_, _, isr)| *isr == 3)
+    });
+    // The transfer starts (the preferred replica still looks alive), and its links go dark.
+    let mut req = ElectLeadersRequest::default();
+    req.election_type = 0;
+    req.timeout_ms = 1_000;
+    let mut tp = elect_leaders_request::TopicPartitions::default();
+    tp.topic = TopicName(s(topic));
+    tp.partitions = vec![0];
+    req.topic_partitions = Some(vec![tp]);
+    let mut conn = cluster.conn(other);
+    cluster.isolate(p, LinkMode::Blackhole);
+    let resp: ElectLeadersResponse = conn.call(ApiKey::ElectLeaders, 2, &req);
+    let code = resp.replica_election_results[0].partition_result[0].error_code;
+    // REQUEST_TIMED_OUT (7): started, never completed; PREFERRED_LEADER_NOT_AVAILABLE (80) would
+    // mean the test did not exercise the transfer.
+    assert_eq!(code, 7, "{resp:?}");
+    // The others elect a leader between them, which takes an acks=all write.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let leader = leaders_and_preferred(&cluster, other, topic).first().map(|(l, _)| *l).unwrap_or(-1);
+        if leader > 0 && leader != preferred {
+            let b = fjord_compat_tests::wire::batch(&[b"after the stalled transfer".as_slice()], 0);
+            let (code, _) = fjord_compat_tests::wire::produce(&mut cluster.conn((leader - 1) as usize), topic, 0, b);
+            if code == 0 {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no writable leader after the stalled transfer");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.isolate(p, LinkMode::Pass);
+}
