@@ -259,6 +259,31 @@ fn acknowledged_records_survive_network_partitions_of_leaders() {
     assert!(j.verdict.stats.acked as u64 >= (2 * KILLS as u64 + 1) * ACKS_PER_CYCLE, "{}", j.verdict);
 }
 
+/// Waits until the counts of the recovery lines in a wiped node's log (replicas that began
+/// recovering, recovered, were released) satisfy `done`; shows those lines if they never do.
+fn wait_for_recovery(node: &fjord_compat_tests::BrokerProcess, done: impl Fn(usize, usize, usize) -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let began = node.log_count("replica starts recovering");
+        let recovered = node.log_count("replica recovered: it votes again");
+        let released = node.log_count("replica released from recovery");
+        if done(began, recovered, released) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{recovered} of {began} recovering replicas recovered ({released} released) on the wiped node; its log:\n{}",
+            std::fs::read_to_string(node.log_path())
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("recover"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Process faults other than a kill: the leading node paused (SIGSTOP) while the others elect
 /// new leaders, then resumed to find it no longer leads (it steps down and drops what it wrote
 /// alone); and a node whose disk was lost, restarted empty, filled again by the others.
@@ -301,27 +326,10 @@ fn acknowledged_records_survive_a_paused_leader_and_a_lost_disk() {
             // The emptied node lost logs that counted towards commits: it held back its votes for
             // the metadata quorum and for each partition it replicates until it had caught up.
             let node = &cluster.nodes[victim];
-            let deadline = Instant::now() + DEADLINE;
-            loop {
-                let began = node.log_count("replica starts recovering");
-                let recovered = node.log_count("replica recovered: it votes again");
-                // The node's first start (a new cluster) released its metadata replica instead.
-                let released = node.log_count("replica released from recovery");
-                if recovered > PARTITIONS as usize && recovered + released == began {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{recovered} of {began} recovering replicas recovered on the wiped node; its log:\n{}",
-                    std::fs::read_to_string(node.log_path())
-                        .unwrap_or_default()
-                        .lines()
-                        .filter(|l| l.contains("recover"))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            // (The node's first start, a new cluster, released its metadata replica instead.)
+            wait_for_recovery(node, |began, recovered, released| {
+                recovered > PARTITIONS as usize && recovered + released == began
+            });
         }
         // Every replica in sync again, the emptied one included.
         for p in 0..PARTITIONS {
@@ -436,6 +444,39 @@ fn five_nodes_lose_two_at_once_and_keep_every_acknowledged_record() {
     assert_eq!(j.report.unknown, 0, "every record got an answer");
 }
 
+/// The data records (offset, key, value) node index `from` serves of partition 0 of `topic`
+/// between `start` and `end`, fetched on until `end` (a fetch answers from one segment at a
+/// time); None if a fetch fails.
+fn read_range(
+    cluster: &LocalCluster,
+    from: usize,
+    topic: &str,
+    start: i64,
+    end: i64,
+) -> Option<Vec<(i64, Bytes, Bytes)>> {
+    let mut got = Vec::new();
+    let mut at = start;
+    while at < end {
+        let r = fetch(&mut cluster.conn(from), topic, 0, at, false);
+        if r.error_code != 0 || r.records.as_ref().is_none_or(|b| b.is_empty()) {
+            return None;
+        }
+        let mut buf = r.records.clone().unwrap_or_default();
+        let sets = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut buf).expect("batches");
+        // A read starts at the batch holding `at`: records before it were read already. A
+        // compacted batch, or a filler (a control batch), moves the reader past every offset
+        // it spans.
+        let from = at;
+        for rec in sets.into_iter().flat_map(|set| set.records) {
+            if !rec.control && rec.offset >= from {
+                got.push((rec.offset, rec.key.unwrap_or_default(), rec.value.unwrap_or_default()));
+            }
+            at = at.max(rec.offset + 1);
+        }
+    }
+    Some(got)
+}
+
 /// The first four bytes (the record number) of each record partition 0 of `topic` holds on
 /// node index `from`, read from its log start.
 fn retained(cluster: &LocalCluster, from: usize, topic: &str) -> Vec<String> {
@@ -443,40 +484,28 @@ fn retained(cluster: &LocalCluster, from: usize, topic: &str) -> Vec<String> {
     wait_until(DEADLINE, "the retained records readable", || {
         let start = list_offset(&mut cluster.conn(from), topic, 0, -2);
         let end = list_offset(&mut cluster.conn(from), topic, 0, -1);
-        got.clear();
-        // A fetch answers from one segment at a time: read on to the end.
-        let mut at = start;
-        while at < end {
-            let r = fetch(&mut cluster.conn(from), topic, 0, at, false);
-            if r.error_code != 0 || r.records.as_ref().is_none_or(|b| b.is_empty()) {
-                return false;
-            }
-            let mut buf = r.records.clone().unwrap_or_default();
-            let sets = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut buf).expect("batches");
-            // A read starts at the batch holding `at`: records before it were read already.
-            let from = at;
-            for rec in sets.into_iter().flat_map(|set| set.records) {
-                if !rec.control && rec.offset >= from {
-                    got.push((rec.offset, rec.value.unwrap_or_default()));
-                }
-                at = at.max(rec.offset + 1);
-            }
+        match read_range(cluster, from, topic, start, end) {
+            Some(records) => got = records,
+            None => return false,
         }
-        !got.is_empty() && got.iter().all(|(o, _)| *o >= start)
+        !got.is_empty() && got.iter().all(|(o, _, _)| *o >= start)
     });
-    got.iter().map(|(_, v)| String::from_utf8_lossy(&v[..4]).into_owned()).collect()
+    got.iter().map(|(_, _, v)| String::from_utf8_lossy(&v[..4]).into_owned()).collect()
+}
+
+/// The directory of node index `i`'s replica of partition 0 of `topic`, if it has one.
+fn replica_dir(cluster: &LocalCluster, i: usize, topic: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(cluster.nodes[i].data_dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with(&format!("{topic}-0.g")))
+        .map(|e| e.path())
 }
 
 /// The base offsets of the segments node index `i` holds of partition 0 of `topic`.
 fn segment_bases(cluster: &LocalCluster, i: usize, topic: &str) -> Vec<i64> {
-    let Some(dir) = std::fs::read_dir(cluster.nodes[i].data_dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .find(|e| e.file_name().to_string_lossy().starts_with(&format!("{topic}-0.g")))
-    else {
-        return Vec::new();
-    };
-    let mut bases: Vec<i64> = std::fs::read_dir(dir.path())
+    let Some(dir) = replica_dir(cluster, i, topic) else { return Vec::new() };
+    let mut bases: Vec<i64> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
@@ -680,50 +709,20 @@ fn dynamic_broker_configs_set_through_one_node_apply_on_every_node() {
 /// Key → (offset, value) of the newest record of each key node index `from` serves of partition
 /// 0 of `topic`, and how many records it serves, read from offset 0 to the end.
 fn served_keys(cluster: &LocalCluster, from: usize, topic: &str) -> (BTreeMap<String, (i64, String)>, usize) {
-    let mut newest = BTreeMap::new();
-    let mut count = 0;
+    let mut records = Vec::new();
     wait_until(DEADLINE, "the records readable to the end", || {
         let end = list_offset(&mut cluster.conn(from), topic, 0, -1);
-        newest.clear();
-        count = 0;
-        let mut at = 0;
-        while at < end {
-            let r = fetch(&mut cluster.conn(from), topic, 0, at, false);
-            if r.error_code != 0 || r.records.as_ref().is_none_or(|b| b.is_empty()) {
-                return false;
-            }
-            let mut buf = r.records.clone().unwrap_or_default();
-            let sets = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut buf).expect("batches");
-            let from = at;
-            for set in sets {
-                for rec in set.records {
-                    // A compacted batch, or a filler (a control batch), moves the reader past
-                    // every offset it spans.
-                    at = at.max(rec.offset + 1);
-                    if !rec.control && rec.offset >= from {
-                        let key = String::from_utf8(rec.key.clone().unwrap_or_default().to_vec()).unwrap();
-                        let value = String::from_utf8(rec.value.clone().unwrap_or_default().to_vec()).unwrap();
-                        newest.insert(key, (rec.offset, value));
-                        count += 1;
-                    }
-                }
-            }
-        }
-        true
+        read_range(cluster, from, topic, 0, end).map(|r| records = r).is_some()
     });
-    (newest, count)
+    let text = |b: &Bytes| String::from_utf8(b.to_vec()).unwrap();
+    let newest = records.iter().map(|(o, k, v)| (text(k), (*o, text(v)))).collect();
+    (newest, records.len())
 }
 
 /// Bytes of the segment files node index `i` holds of partition 0 of `topic`.
 fn segment_bytes(cluster: &LocalCluster, i: usize, topic: &str) -> u64 {
-    let Some(dir) = std::fs::read_dir(cluster.nodes[i].data_dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .find(|e| e.file_name().to_string_lossy().starts_with(&format!("{topic}-0.g")))
-    else {
-        return 0;
-    };
-    std::fs::read_dir(dir.path())
+    let Some(dir) = replica_dir(cluster, i, topic) else { return 0 };
+    std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
@@ -781,20 +780,7 @@ fn compacted_topics_compact_on_every_replica_and_a_refilled_one_serves_the_same_
     cluster.nodes[wiped].restart();
     // Its metadata replica first, then the partition's.
     let node = &cluster.nodes[wiped];
-    let deadline = Instant::now() + DEADLINE;
-    while node.log_count("replica recovered: it votes again") < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the refilled replica did not recover; its log:\n{}",
-            std::fs::read_to_string(node.log_path())
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("recover"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_recovery(node, |_, recovered, _| recovered >= 2);
     leader_of(&cluster, &all, topic, 0, 3);
     // One more write every replica takes, then the old leader goes.
     let key = "key-00".to_string();
@@ -811,12 +797,7 @@ fn compacted_topics_compact_on_every_replica_and_a_refilled_one_serves_the_same_
     // Whichever of the two leads, the refilled replica's own log holds the same: read it from
     // its directory once the node has stopped.
     cluster.nodes[wiped].kill9();
-    let dir = std::fs::read_dir(cluster.nodes[wiped].data_dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .find(|e| e.file_name().to_string_lossy().starts_with(&format!("{topic}-0.g")))
-        .expect("the refilled replica's directory")
-        .path();
+    let dir = replica_dir(&cluster, wiped, topic).expect("the refilled replica's directory");
     let log = fjord_storage::PartitionLog::open_opts(
         &dir,
         fjord_storage::LogConfig::default(),
