@@ -379,6 +379,7 @@ impl ClusterNode {
         }
         let alive = self.node.transport().last_heard(target).is_some_and(|t| t.elapsed() < Duration::from_secs(1));
         if !(eligible && caught_up && alive) {
+            tracing::debug!(group, to = target, eligible, caught_up, alive, "the preferred replica cannot lead yet");
             return Err(ResponseError::PreferredLeaderNotAvailable);
         }
         self.node.transfer_leader(group, target).await.map_err(|e| {
@@ -401,6 +402,9 @@ impl ClusterNode {
         deadline: tokio::time::Instant,
     ) -> Result<(), ResponseError> {
         let timed_out = || ResponseError::RequestTimedOut;
+        // A preferred replica that is briefly not eligible (a moment behind, its liveness not yet
+        // seen) is waited for a little, within the request's time.
+        let patience = tokio::time::Instant::now() + Duration::from_secs(5);
         let (group, preferred, first_epoch) = loop {
             let (group, leader, preferred, epoch) = self
                 .read(|m| {
@@ -442,15 +446,28 @@ impl ClusterNode {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(ResponseError::NotLeaderOrFollower) => return Err(timed_out()),
+                Err(ResponseError::PreferredLeaderNotAvailable)
+                    if tokio::time::Instant::now() + Duration::from_millis(100) < deadline.min(patience) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 Err(e) => return Err(e),
             }
         };
         loop {
-            let done = self.read(|m| {
-                m.partitions().get(&group).is_some_and(|p| p.leader == Some(preferred) && p.leader_epoch > first_epoch)
-            });
-            if done {
-                return Ok(());
+            let now = self.read(|m| m.partitions().get(&group).map(|p| (p.leader, p.leader_epoch)));
+            match now {
+                Some((Some(l), epoch)) if epoch > first_epoch && l == preferred => return Ok(()),
+                // Another replica won the election the transfer started (the preferred one was
+                // too slow to take over): ask its new leader, while time is left.
+                Some((Some(_), epoch)) if epoch > first_epoch => {
+                    return match Box::pin(self.elect_preferred(topic, index, deadline)).await {
+                        // The preferred replica leads by now.
+                        Err(ResponseError::ElectionNotNeeded) => Ok(()),
+                        other => other,
+                    };
+                }
+                _ => {}
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(timed_out());

@@ -323,9 +323,8 @@ where
             return Err(RemoteFailure::Raft("this replica is recovering a lost log and cannot lead yet".into()));
         }
         Rpc::TransferLeader => {
-            // The leader is handing over: it no longer holds this follower's pre-votes or the
-            // election driver back, so a transfer that fails becomes an ordinary election.
-            inbound.stickiness.appends.lock().unwrap_or_else(|e| e.into_inner()).remove(&inbound.group);
+            // (Stickiness stays: the leader sends no more AppendEntries, so it lapses within the
+            // append window, giving the target that long to take over before anyone campaigns.)
             let req = rpc::decode(&body).map_err(bad)?;
             let resp = raft.handle_transfer_leader(req).await.map_err(|e| raft_err(&e))?;
             rpc::encode_response(Ok(&resp))
