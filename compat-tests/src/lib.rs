@@ -154,6 +154,9 @@ impl BrokerProcess {
             .arg(self.data_dir.path())
             .args(default_delay)
             .args(&self.extra)
+            // An error that ends the broker then fits in one line of its log, where the tail
+            // shown on failure finds it (a backtrace would push it out).
+            .env("RUST_BACKTRACE", "0")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(log)
