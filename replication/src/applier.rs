@@ -151,7 +151,7 @@ fn metadata_caught_up(node: &ReplicaNode<NodeMachine>) -> bool {
 const REPORT_INTERVAL: Duration = Duration::from_millis(200);
 
 async fn reconcile(
-    node: &ReplicaNode<NodeMachine>,
+    node: &Arc<ReplicaNode<NodeMachine>>,
     controller: &Controller<NodeMachine>,
     config: &ApplierConfig,
     configured: &mut BTreeMap<GroupId, BTreeMap<String, String>>,
@@ -194,13 +194,34 @@ async fn reconcile(
         }
         let dir = partition_dir(&config.data_dir, &w.topic, w.index, *group);
         // A replica that starts empty for a group that has had a leader is either late to a new
-        // topic or lost its disk; it cannot tell which, so it recovers before it votes.
-        let recovering = if w.had_leader && !dir.exists() {
+        // topic or lost its disk; it cannot tell which, so it recovers before it votes. A lone
+        // replica has no one to recover from: what its disk held is gone, and it starts empty,
+        // as a Kafka partition with one replica does.
+        let lone = w.replicas.len() <= 1;
+        if lone && w.had_leader && !dir.exists() {
+            tracing::warn!(group, topic = %w.topic, partition = w.index, "the only replica of a partition that has had a leader starts empty: its records are lost");
+        }
+        let recovering = if w.had_leader && !lone && !dir.exists() {
             if let Err(e) = node.recovery().begin(*group, &dir) {
                 tracing::error!(group, dir = %dir.display(), error = %e, "cannot mark a replica as recovering; not starting it");
                 continue;
             }
             true
+        } else if lone {
+            // A lone replica marked while it had peers (its topic was shrunk to one replica)
+            // has no one left to recover from: held recovering it would never serve again.
+            if node.recovery().resume_if_marked(*group, &dir) {
+                match node.recovery().release(*group) {
+                    Ok(_) => {
+                        tracing::warn!(group, "the only replica of a partition was recovering; it serves what it has")
+                    }
+                    Err(e) => {
+                        tracing::error!(group, error = %e, "cannot release the only replica of a partition from recovery");
+                        continue;
+                    }
+                }
+            }
+            false
         } else {
             node.recovery().resume_if_marked(*group, &dir)
         };
@@ -241,8 +262,12 @@ async fn reconcile(
                 Some((id, BasicNode::new(addresses.get(&id).cloned().unwrap_or_default())))
             })
             .collect();
-        // A recovering replica takes the membership from the leader with the log.
-        if !recovering {
+        // A recovering replica takes the membership from the leader with the log, once it has
+        // learnt the newest term the group's other replicas have seen.
+        if recovering {
+            let voters = members.keys().copied().collect();
+            tokio::spawn(crate::recovery::learn_floor(node.clone(), *group, voters));
+        } else {
             if let Err(e) = raft.initialize(members).await {
                 tracing::debug!(group, error = %e, "partition group already initialized");
             }

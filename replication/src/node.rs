@@ -274,6 +274,7 @@ where
                 return Ok(rpc::encode_response(Ok(&resp)));
             }
             let term = openraft::vote::RaftLeaderId::term(req.vote.leader_id());
+            inbound.recovery.admits(inbound.group, term).map_err(RemoteFailure::Raft)?;
             inbound.recovery.heard_commit(inbound.group, term, req.leader_commit.as_ref().map(|l| l.index()));
             let sent = req.entries.last().map(|e| e.log_id).or(req.prev_log_id);
             let resp = raft.append_entries(req).await.map_err(|e| raft_err(&e))?;
@@ -315,6 +316,10 @@ where
         Rpc::FullSnapshot => {
             // (A recovering replica ends its recovery on the AppendEntries that follow.)
             let (vote, meta, data) = rpc::decode_snapshot(body).map_err(bad)?;
+            if recovering {
+                let term = openraft::vote::RaftLeaderId::term(vote.leader_id());
+                inbound.recovery.admits(inbound.group, term).map_err(RemoteFailure::Raft)?;
+            }
             let snapshot = openraft::Snapshot { meta, snapshot: data };
             let resp = raft.install_full_snapshot(vote, snapshot).await.map_err(|e| raft_err(&e))?;
             rpc::encode_response(Ok(&resp))
@@ -330,6 +335,15 @@ where
             rpc::encode_response(Ok(&resp))
         }
     })
+}
+
+/// What a peer's replica of a group answered to `ReplicaNode::peer_logs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerLog {
+    /// The term of its vote: the newest term it has seen.
+    pub term: u64,
+    /// Its last entry's index; `None` for an empty log.
+    pub last_index: Option<u64>,
 }
 
 /// A node hosting many Raft groups over one transport.
@@ -388,15 +402,15 @@ where
         self.stickiness.transferring.lock().unwrap_or_else(|e| e.into_inner()).remove(&group);
     }
 
-    /// Asks each of `peers` for the last entry of its replica of `group` (a pre-vote, which
-    /// changes no state there). Peers that do not answer within `timeout` are left out; an
-    /// answer of `None` is an empty log.
-    pub async fn peer_last_logs(
+    /// Asks each of `peers` for the term and the last entry of its replica of `group` (a
+    /// pre-vote, which changes no state there). Peers that do not answer within `timeout` are
+    /// left out.
+    pub async fn peer_logs(
         &self,
         group: GroupId,
         peers: &[NodeId],
         timeout: Duration,
-    ) -> std::collections::BTreeMap<NodeId, Option<u64>> {
+    ) -> std::collections::BTreeMap<NodeId, PeerLog> {
         use openraft_multi::GroupRouter as _;
         let Some(raft) = self.registry.get(group) else { return Default::default() };
         let vote = raft.metrics().borrow_watched().vote;
@@ -410,7 +424,11 @@ where
         futures::future::join_all(asks)
             .await
             .into_iter()
-            .filter_map(|(peer, answer)| Some((peer, answer.ok()?.last_log_id.map(|l| l.index()))))
+            .filter_map(|(peer, answer)| {
+                let answer = answer.ok()?;
+                let term = openraft::vote::RaftLeaderId::term(answer.vote.leader_id());
+                Some((peer, PeerLog { term, last_index: answer.last_log_id.map(|l| l.index()) }))
+            })
             .collect()
     }
 

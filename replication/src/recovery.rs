@@ -17,9 +17,25 @@
 //! majority of a group's replicas are recovering the group has no leader: that is what losing
 //! a majority's disks means, and electing one anyway could silently drop acknowledged data.
 //!
-//! Not covered: a deposed leader of an older term that still believes it leads can have its
-//! entries accepted (the wiped replica forgot the term it had voted in); the full answer is to
-//! rejoin as a new member through a membership change (cluster plan).
+//! A recovering replica also forgot the newest term it had seen, so a deposed leader of an older
+//! term that still believes it leads could fill it with a log lacking entries the newer leader
+//! committed with this replica's help, count its acknowledgements towards committing its own
+//! entries, and end its recovery. So before it takes any entry it learns a *floor*
+//! (`learn_floor`): the newest term every other voter of the group has seen. Each entry committed
+//! with this replica's help was committed by a leader that a majority acknowledged, so at least
+//! one other voter has seen that leader's term; each vote this replica granted went to a
+//! candidate among the others, whose term is at least that vote's. Asking every other voter (not
+//! a majority: the ones that do not answer may be exactly those) bounds both. Entries and
+//! snapshots from a leader of a term below the floor are refused, as is everything until the
+//! floor is known. A leader of a term above the floor was elected without this replica's
+//! forgotten vote, so Leader Completeness holds for it; a leader of exactly the floor term may
+//! have had that vote, but then it is the leader the forgotten acknowledgements went to, and its
+//! log already holds what they committed.
+//!
+//! This holds while fewer than a majority of a group's voters are wiped at once: the others'
+//! memory is the only record of the terms. Partition groups take their voters from the
+//! controller's metadata, the controller's own group from `controller_quorum_voters`. The cost:
+//! with another replica of the group unreachable, a recovering one waits for it.
 
 use std::collections::HashMap;
 use std::io;
@@ -37,6 +53,9 @@ struct Recovering {
     /// The newest leader term heard in this run, and the commit index its first AppendEntries
     /// named (`None`: that leader had committed nothing).
     target: Option<(u64, Option<u64>)>,
+    /// The newest term the group's other voters had seen when asked (`learn_floor`); `None`
+    /// until all of them answered. Entries are taken only from leaders of this term or newer.
+    floor: Option<u64>,
 }
 
 /// The groups of a node whose replicas are recovering.
@@ -45,6 +64,9 @@ pub struct Recovery {
     groups: Mutex<HashMap<GroupId, Recovering>>,
     /// Votes and pre-votes refused because the replica was recovering (a metric).
     refused: std::sync::atomic::AtomicU64,
+    /// AppendEntries and snapshots refused because their leader's term was below the floor, or
+    /// the floor was not known yet (a metric).
+    refused_appends: std::sync::atomic::AtomicU64,
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -81,7 +103,7 @@ impl Recovery {
             }
         }
         tracing::warn!(group, dir = %dir.display(), "replica starts recovering: it will not vote until it has caught up");
-        self.lock().insert(group, Recovering { marker, target: None });
+        self.lock().insert(group, Recovering { marker, target: None, floor: None });
         Ok(())
     }
 
@@ -99,7 +121,7 @@ impl Recovery {
             }
         }
         tracing::warn!(group, dir = %dir.display(), "replica is still recovering: it will not vote until it has caught up");
-        self.lock().insert(group, Recovering { marker, target: None });
+        self.lock().insert(group, Recovering { marker, target: None, floor: None });
         true
     }
 
@@ -114,6 +136,44 @@ impl Recovery {
     /// How many votes and pre-votes recovering replicas here have refused.
     pub fn votes_refused(&self) -> u64 {
         self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many AppendEntries and snapshots recovering replicas here have refused (`admits`).
+    pub fn appends_refused(&self) -> u64 {
+        self.refused_appends.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The floor learnt for a recovering replica of `group` (`learn_floor`), if any.
+    pub fn floor(&self, group: GroupId) -> Option<u64> {
+        self.lock().get(&group).and_then(|r| r.floor)
+    }
+
+    /// Sets the floor of a recovering replica; the first one learnt stays.
+    pub(crate) fn set_floor(&self, group: GroupId, term: u64) {
+        if let Some(r) = self.lock().get_mut(&group) {
+            if r.floor.is_none() {
+                tracing::info!(group, floor = term, "recovering replica learnt the newest term its group has seen");
+                r.floor = Some(term);
+            }
+        }
+    }
+
+    /// Whether a recovering replica of `group` may take entries or a snapshot from the leader
+    /// of `term`: only once its floor is known, and only at or above it. `Err` says why not.
+    pub(crate) fn admits(&self, group: GroupId, term: u64) -> Result<(), String> {
+        let why = match self.lock().get(&group) {
+            None => return Ok(()),
+            Some(Recovering { floor: Some(floor), .. }) if term >= *floor => return Ok(()),
+            Some(Recovering { floor: Some(floor), .. }) => format!(
+                "this replica is recovering a lost log and the group has seen term {floor}; a leader of term {term} is deposed"
+            ),
+            Some(Recovering { floor: None, .. }) => {
+                "this replica is recovering a lost log and has not yet heard from every other replica of its group"
+                    .to_string()
+            }
+        };
+        self.refused_appends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Err(why)
     }
 
     /// The group's replica is gone from this node.
@@ -139,8 +199,8 @@ impl Recovery {
         let marker = {
             let groups = self.lock();
             match groups.get(&group) {
-                Some(Recovering { target: Some((t, commit)), marker })
-                    if *t == term && matched.0 == term && Some(matched.1) >= *commit =>
+                Some(Recovering { target: Some((t, commit)), marker, floor: Some(floor) })
+                    if *t == term && term >= *floor && matched.0 == term && Some(matched.1) >= *commit =>
                 {
                     marker.clone()
                 }
@@ -206,10 +266,10 @@ pub async fn settle_voter<SM>(
         if !node.recovery().is_recovering(group) {
             return; // a leader brought it up to date
         }
-        let answers = node.peer_last_logs(group, &others, std::time::Duration::from_secs(1)).await;
-        if answers.values().any(|last| last.is_some_and(|i| i > 0)) {
+        let answers = node.peer_logs(group, &others, std::time::Duration::from_secs(1)).await;
+        if answers.values().any(|p| p.last_index.is_some_and(|i| i > 0)) {
             tracing::warn!(group, ?answers, "the quorum has a history this voter lacks: recovering it from the leader");
-            return;
+            return learn_floor(node, group, voters.keys().copied().collect()).await;
         }
         // This voter's own empty log is what is in doubt: only other voters' answers count,
         // every one of them (a voter that has never caught up looks empty too), or after
@@ -239,6 +299,47 @@ pub async fn settle_voter<SM>(
     }
 }
 
+/// Learns the floor of a recovering replica (module docs): asks every other voter of `group`
+/// for its term until all of them have answered in one round, and sets the newest as the floor.
+/// Returns once it is set, or when the replica is no longer recovering or hosted here.
+pub async fn learn_floor<SM>(
+    node: std::sync::Arc<crate::node::ReplicaNode<SM>>,
+    group: GroupId,
+    voters: Vec<crate::NodeId>,
+) where
+    SM: openraft::storage::RaftStateMachine<crate::types::TypeConfig, SnapshotData = bytes::Bytes>,
+{
+    let others: Vec<crate::NodeId> = voters.into_iter().filter(|v| *v != node.id()).collect();
+    let mut last_report = tokio::time::Instant::now();
+    loop {
+        if !node.recovery().is_recovering(group) || node.group(group).is_none() {
+            return;
+        }
+        if others.is_empty() {
+            // A lone replica has no one to learn from; it stays recovering (and leaderless)
+            // rather than guess. The applier does not mark lone replicas.
+            tracing::error!(group, "a recovering replica with no other voter cannot learn its group's term");
+            return;
+        }
+        let answers = node.peer_logs(group, &others, std::time::Duration::from_secs(1)).await;
+        if answers.len() == others.len() {
+            let floor = answers.values().map(|p| p.term).max().unwrap_or(0);
+            node.recovery().set_floor(group, floor);
+            return;
+        }
+        if last_report.elapsed() >= std::time::Duration::from_secs(10) {
+            last_report = tokio::time::Instant::now();
+            let missing: Vec<_> = others.iter().filter(|o| !answers.contains_key(o)).collect();
+            tracing::warn!(
+                group,
+                ?missing,
+                "recovering replica waits for every other replica of its group to answer before it takes entries"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +353,14 @@ mod tests {
         assert!(r.is_recovering(7) && dir.join(MARKER).exists());
         // No leader heard yet: nothing ends it.
         assert!(!r.check(7, 3, (3, 100)).unwrap());
+        // Nothing is taken before the other replicas have told the newest term they have seen,
+        // nor from a leader older than that.
+        assert!(r.admits(7, 3).is_err());
+        r.set_floor(7, 3);
+        r.set_floor(7, 1);
+        assert_eq!(r.floor(7), Some(3), "the first floor learnt stays");
+        assert!(r.admits(7, 2).is_err() && r.admits(7, 3).is_ok() && r.admits(7, 4).is_ok());
+        assert_eq!(r.appends_refused(), 2);
         r.heard_commit(7, 3, Some(10));
         // A later commit of the same term does not move the target.
         r.heard_commit(7, 3, Some(50));
@@ -265,6 +374,8 @@ mod tests {
         let again = Recovery::default();
         assert!(again.resume_if_marked(7, &dir));
         again.heard_commit(7, 4, Some(12));
+        assert!(!again.check(7, 4, (4, 12)).unwrap(), "a restart learns its floor again");
+        again.set_floor(7, 4);
         assert!(!again.check(7, 4, (4, 11)).unwrap());
         assert!(again.check(7, 4, (4, 12)).unwrap());
         assert!(!again.is_recovering(7) && !dir.join(MARKER).exists());
@@ -272,6 +383,7 @@ mod tests {
         // A leader that has committed nothing: recovered once an entry of its term is held.
         let empty = Recovery::default();
         empty.begin(8, &tmp.path().join("t-1.g8")).unwrap();
+        empty.set_floor(8, 1);
         empty.heard_commit(8, 1, None);
         assert!(empty.check(8, 1, (1, 1)).unwrap());
     }

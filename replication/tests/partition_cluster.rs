@@ -27,7 +27,7 @@ const NODES: u64 = 3;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 struct TestNode {
-    node: ReplicaNode<PartitionStateMachine>,
+    node: Arc<ReplicaNode<PartitionStateMachine>>,
     logs: HashMap<GroupId, Arc<PartitionLog>>,
     connector: Arc<KillableConnector>,
     _heartbeats: HeartbeatDriver,
@@ -99,7 +99,7 @@ async fn start_node_recovering(
     recovering: Option<GroupId>,
 ) -> TestNode {
     let connector = KillableConnector::new();
-    let node = ReplicaNode::new(TransportConfig::new("partition-test", id), connector.clone());
+    let node = Arc::new(ReplicaNode::new(TransportConfig::new("partition-test", id), connector.clone()));
     node.serve(listener);
     for (peer, n) in members {
         node.add_peer(*peer, &n.addr);
@@ -115,6 +115,10 @@ async fn start_node_recovering(
         let (store, sm) = partition::open(&dir, cfg).unwrap();
         logs.insert(group, store.log().clone());
         node.start_group(group, config.clone(), store, sm).await.unwrap();
+        if recovering == Some(group) {
+            let voters = members.keys().copied().collect();
+            tokio::spawn(fjord_replication::recovery::learn_floor(node.clone(), group, voters));
+        }
     }
     let heartbeats = node.start_heartbeats(timings().heartbeat_interval);
     TestNode { node, logs, connector, _heartbeats: heartbeats }
@@ -642,6 +646,146 @@ async fn a_wiped_replica_elects_no_one_until_it_has_caught_up() {
     caught_up(&nodes, group, kept.index).await;
     wait_until(DEADLINE, "the wiped replica recovered", || {
         let done = !nodes[1].node.recovery().is_recovering(group);
+        async move { done }
+    })
+    .await;
+    for n in &nodes {
+        let what = format!("node {} after the wipe", n.node.id());
+        assert_acked_at_their_offsets(&n.logs[&group], &first[&group], &what);
+        assert_acked_at_their_offsets(&n.logs[&group], std::slice::from_ref(&kept), &what);
+    }
+    for n in &nodes {
+        n.node.shutdown().await;
+    }
+}
+
+/// Cuts every link between node `id` and the others, both ways.
+fn isolate(nodes: &[TestNode], members: &BTreeMap<NodeId, BasicNode>, id: NodeId) {
+    for n in nodes {
+        if n.node.id() == id {
+            for (peer, addr) in members {
+                if *peer != id {
+                    n.connector.cut(&addr.addr);
+                }
+            }
+        } else {
+            n.connector.cut(&members[&id].addr);
+        }
+    }
+}
+
+/// A deposed leader must not fill a wiped replica. A group's leader is cut off; the other two
+/// elect a new leader and commit an entry; then one of them loses its disk, the other stops, and
+/// the links between the old leader and the wiped replica come back. The old leader still
+/// believes it leads: had the wiped replica taken its log, the old leader would acknowledge
+/// writes at indexes where the new leader had committed, and lose them once the new leader
+/// returned. The recovering replica refuses the old leader's entries, first because it has not
+/// heard from every other replica of the group, then because the group has seen a newer term;
+/// the old leader acknowledges nothing, and once the new leader is back the entry it committed
+/// is on every replica.
+#[tokio::test]
+async fn a_deposed_leader_cannot_fill_a_wiped_replica() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = Arc::new(openraft::Config { allow_log_reversion: Some(true), ..(*config()).clone() });
+    let (mut nodes, mut members) = start_cluster_with(tmp.path(), config.clone()).await;
+    let first = write_all(&nodes, "before", 2).await;
+    for (g, acks) in &first {
+        caught_up(&nodes, *g, acks.last().unwrap().index).await;
+    }
+    let group = 1;
+    let at = |nodes: &[TestNode], id: NodeId| nodes.iter().position(|n| n.node.id() == id).unwrap();
+    let old_id = settled_leader(&nodes, group).await;
+    let old_term = nodes[at(&nodes, old_id)].raft(group).metrics().borrow_watched().current_term;
+    isolate(&nodes, &members, old_id);
+    let rest: Vec<&TestNode> = nodes.iter().filter(|n| n.node.id() != old_id).collect();
+    let second = write_rest(&rest, "meanwhile", 1).await;
+    let new_id = wait_leader(&rest, group).await;
+    let wiped_id = rest.iter().map(|n| n.node.id()).find(|id| *id != new_id).unwrap();
+    // Committed by the new leader with the replica about to be wiped: the old one is cut off.
+    let kept = second[&group][0].clone();
+    assert!(nodes[at(&nodes, old_id)].logs[&group].raft_entry_span(kept.index).is_none());
+    let m = nodes[at(&nodes, old_id)].raft(group).metrics().borrow_watched().clone();
+    assert_eq!((m.state, m.current_term), (ServerState::Leader, old_term), "the cut-off leader still leads");
+
+    for id in [new_id, wiped_id] {
+        let n = nodes.remove(at(&nodes, id));
+        n.node.shutdown().await;
+    }
+    std::fs::remove_dir_all(tmp.path().join(format!("node-{wiped_id}/t-{group}"))).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    members.insert(wiped_id, BasicNode::new(addr.clone()));
+    let back = start_node_recovering(tmp.path(), wiped_id, listener, &members, config.clone(), Some(group)).await;
+    nodes[0].connector.heal();
+    nodes[0].node.add_peer(wiped_id, &addr);
+    nodes.push(back);
+    let (old, wiped) = (at(&nodes, old_id), at(&nodes, wiped_id));
+
+    // The old leader takes a write; it must never be acknowledged.
+    let raft = nodes[old].raft(group);
+    let stale = batch::build_batch(0, 9, &[(None, Some(b"deposed-leaders-write".as_slice()))]);
+    let pending = tokio::spawn(async move {
+        // openraft refuses writes while no quorum has answered the leader lately (its lease);
+        // they would be taken again the moment the wiped replica answered it. So the write is
+        // retried for as long as the old leader believes it leads.
+        loop {
+            match raft.client_write(BatchData(Bytes::from(stale.clone()))).await {
+                Err(e)
+                    if e.forward_to_leader().is_some()
+                        && raft.metrics().borrow_watched().state == ServerState::Leader =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                answer => return answer,
+            }
+        }
+    });
+    let recovery = nodes[wiped].node.recovery().clone();
+    wait_until(DEADLINE, "the wiped replica refused the old leader's entries", || {
+        let refused = recovery.appends_refused();
+        async move { refused >= 3 }
+    })
+    .await;
+    assert_eq!(recovery.floor(group), None, "the new leader's node has not answered yet");
+    assert!(!pending.is_finished(), "the deposed leader acknowledged a write: {:?}", pending.await);
+    assert!(nodes[wiped].logs[&group].raft_index_range().is_none(), "the wiped replica took entries");
+
+    // The new leader's node returns, still cut off from the old leader: the wiped replica learns
+    // the newer term, and goes on refusing the old leader for it.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    members.insert(new_id, BasicNode::new(addr.clone()));
+    let back = start_node(tmp.path(), new_id, listener, &members, config).await;
+    back.connector.cut(&members[&old_id].addr);
+    nodes[old].connector.cut(&addr);
+    nodes[wiped].node.add_peer(new_id, &addr);
+    nodes.push(back);
+    wait_until(DEADLINE, "the wiped replica learnt the group's newest term", || {
+        let floor = recovery.floor(group);
+        async move { floor.is_some() }
+    })
+    .await;
+    assert!(recovery.floor(group).unwrap() > old_term, "the floor is the new leader's term or newer");
+    let refused = recovery.appends_refused();
+    wait_until(DEADLINE, "the wiped replica refused the old leader for its term", || {
+        let now = recovery.appends_refused();
+        async move { now >= refused + 2 }
+    })
+    .await;
+    assert!(!pending.is_finished(), "the deposed leader acknowledged a write: {:?}", pending.await);
+    assert!(recovery.is_recovering(group));
+
+    // Every link heals: the new leader's node wins, and fills the wiped replica.
+    for n in &nodes {
+        n.connector.heal();
+        n.node.add_peer(new_id, &members[&new_id].addr);
+    }
+    let answer = tokio::time::timeout(DEADLINE, pending).await.expect("the deposed leader's write ends").unwrap();
+    assert!(answer.is_err(), "the deposed leader acknowledged a write: {answer:?}");
+    caught_up(&nodes, group, kept.index).await;
+    wait_until(DEADLINE, "the wiped replica recovered", || {
+        let done = !recovery.is_recovering(group);
         async move { done }
     })
     .await;
