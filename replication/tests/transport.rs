@@ -1,5 +1,6 @@
 //! The node transport over real loopback TCP: calls and their coalescing, in-flight calls failing
-//! when the socket dies and reconnection, and refusal of bad handshakes and bad frames.
+//! when the socket dies and reconnection, a peer whose process stops known down until it is back,
+//! and refusal of bad handshakes and bad frames.
 
 mod common;
 
@@ -141,6 +142,40 @@ async fn in_flight_calls_fail_when_the_socket_dies_and_the_peer_reconnects() {
     let mut reversed = big.clone();
     reversed.reverse();
     assert_eq!(&large.unwrap()[..], &reversed[..]);
+}
+
+/// A peer whose process stops (its end closes the connection, then nothing listens at its
+/// address) is known down at once, not after a silence; once it listens again it is not.
+#[tokio::test]
+async fn a_peer_that_stops_is_known_down_until_it_is_back() {
+    init_tracing();
+    let srv = server("c", 2, 1 << 20).await;
+    let a = client("c", 1, KillableConnector::new());
+    a.add_peer(2, &srv.addr);
+    connected(&a, 2).await;
+    assert_eq!(&a.call(2, 1, ECHO, &[b"ab"], Duration::from_secs(10)).await.unwrap()[..], b"ba");
+    assert!(!a.known_down(2));
+
+    srv.transport.shutdown();
+    let a2 = a.clone();
+    wait_until(Duration::from_secs(10), "the stopped peer known down", move || {
+        let a = a2.clone();
+        async move { a.known_down(2) }
+    })
+    .await;
+
+    // The same node again, on the same address.
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let back =
+        Transport::new(TransportConfig::new("c", 2), Arc::new(TcpConnector), Arc::new(TestHandler { arrived: tx }));
+    back.serve(TcpListener::bind(&srv.addr).await.unwrap());
+    let a2 = a.clone();
+    wait_until(Duration::from_secs(10), "the peer back and not known down", move || {
+        let a = a2.clone();
+        async move { a.is_connected(2) && !a.known_down(2) }
+    })
+    .await;
+    assert_eq!(&a.call(2, 1, ECHO, &[b"cd"], Duration::from_secs(10)).await.unwrap()[..], b"dc");
 }
 
 /// Writes a handshake and returns the decoded answer (`None` if the server closed first).

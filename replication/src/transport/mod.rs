@@ -151,6 +151,10 @@ struct Peer {
     last_heard: Mutex<Option<tokio::time::Instant>>,
     /// Pings in a row that timed out on the current connection.
     unanswered_pings: std::sync::atomic::AtomicU32,
+    /// When this peer's process was last seen gone: a dial refused (nothing listens at its
+    /// address) or the connection closed by its end (a process that dies has its sockets closed
+    /// by the kernel at once). Cleared when a dial connects or the peer dials in.
+    gone_at: Mutex<Option<tokio::time::Instant>>,
 }
 
 #[derive(Default)]
@@ -252,6 +256,7 @@ impl Transport {
             conn: Mutex::new(PeerConn::default()),
             last_heard: Mutex::new(None),
             unanswered_pings: Default::default(),
+            gone_at: Mutex::new(None),
         });
         peers.insert(id, peer.clone());
         tokio::spawn(dial_loop(self.inner.clone(), peer));
@@ -365,6 +370,20 @@ impl Transport {
         peers.get(&peer).and_then(|p| *lock(&p.last_heard))
     }
 
+    /// Whether `peer`'s process is known to be down: its end closed our connection, or a dial
+    /// to it was refused, and nothing has been heard from it since. A crashed or killed process
+    /// is known this way at once, long before its silence would tell; a machine or link that
+    /// fails silently is still found only by silence. A live peer that closes a connection (it
+    /// refused a frame) is taken for down only until the redial connects, a reconnect backoff
+    /// later.
+    pub fn known_down(&self, peer: NodeId) -> bool {
+        let peers = lock(&self.inner.peers);
+        peers.get(&peer).is_some_and(|p| {
+            let gone = *lock(&p.gone_at);
+            gone.is_some_and(|g| lock(&p.last_heard).is_none_or(|h| g > h))
+        })
+    }
+
     /// The peers this node dials.
     pub fn peer_ids(&self) -> Vec<NodeId> {
         lock(&self.inner.peers).keys().copied().collect()
@@ -404,7 +423,7 @@ async fn dial_loop(inner: Arc<Inner>, peer: Arc<Peer>) {
             return;
         }
         let addr = lock(&peer.addr).clone();
-        match tokio::time::timeout(cfg.handshake_timeout, dial(&inner, peer.id, &addr)).await {
+        match tokio::time::timeout(cfg.handshake_timeout, dial(&inner, &peer, &addr)).await {
             Ok(Ok((reader, writer, buf))) => {
                 if failures > 0 {
                     tracing::info!(peer = peer.id, %addr, failures, "cluster connection re-established");
@@ -443,15 +462,31 @@ async fn dial_loop(inner: Arc<Inner>, peer: Arc<Peer>) {
 type Halves = (ReadHalf<BoxStream>, WriteHalf<BoxStream>, BytesMut);
 
 /// Connects and runs the dialer's side of the handshake.
-async fn dial(inner: &Inner, to: NodeId, addr: &str) -> Result<Halves, String> {
+async fn dial(inner: &Inner, peer: &Peer, addr: &str) -> Result<Halves, String> {
     let cfg = &inner.config;
-    let stream = inner.connector.connect(addr).await.map_err(|e| e.to_string())?;
+    let to = peer.id;
+    let stream = match inner.connector.connect(addr).await {
+        Ok(s) => {
+            // Something listens there: the process is up, whatever the handshake brings.
+            *lock(&peer.gone_at) = None;
+            s
+        }
+        Err(e) => {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                *lock(&peer.gone_at) = Some(tokio::time::Instant::now());
+            }
+            return Err(e.to_string());
+        }
+    };
     let (mut reader, mut writer) = tokio::io::split(stream);
     let hello = Hello { cluster_id: cfg.cluster_id.clone(), from: cfg.node_id, to, version: PROTOCOL_VERSION };
     write_control(&mut writer, Kind::Hello, &hello).await?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME_BYTES);
-    let frame = read_frame(&mut reader, &mut buf, &decoder).await?.ok_or("peer closed during the handshake")?;
+    let frame = read_frame(&mut reader, &mut buf, &decoder)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("peer closed during the handshake")?;
     if frame.kind != Kind::HelloAck {
         return Err(format!("expected a handshake answer, got {:?}", frame.kind));
     }
@@ -475,21 +510,49 @@ async fn write_control<T: Serialize>(writer: &mut WriteHalf<BoxStream>, kind: Ki
 }
 
 /// Reads until one frame is complete; `None` on a clean end of stream.
+/// Why a connection's reads ended other than by a clean close between frames.
+#[derive(Debug)]
+enum ReadError {
+    /// The other end went away mid-frame or reset the connection: what a process that dies
+    /// while sending looks like.
+    Closed(String),
+    /// A bad frame or another I/O error.
+    Bad(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Closed(e) | ReadError::Bad(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Reads the next frame; `None` when the peer closed the connection between frames.
 async fn read_frame(
     reader: &mut ReadHalf<BoxStream>,
     buf: &mut BytesMut,
     decoder: &FrameDecoder,
-) -> Result<Option<Frame>, String> {
+) -> Result<Option<Frame>, ReadError> {
     loop {
-        if let Some(frame) = decoder.decode(buf).map_err(|e| e.to_string())? {
+        if let Some(frame) = decoder.decode(buf).map_err(|e| ReadError::Bad(e.to_string()))? {
             return Ok(Some(frame));
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(64 * 1024);
         }
-        let n = reader.read_buf(buf).await.map_err(|e| e.to_string())?;
+        let n = reader.read_buf(buf).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+                ReadError::Closed(e.to_string())
+            }
+            _ => ReadError::Bad(e.to_string()),
+        })?;
         if n == 0 {
-            return if buf.is_empty() { Ok(None) } else { Err("connection closed inside a frame".to_string()) };
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(ReadError::Closed("connection closed inside a frame".to_string()))
+            };
         }
     }
 }
@@ -517,8 +580,15 @@ async fn run_outbound(
         loop {
             let frame = match read_frame(&mut reader, &mut buf, &decoder).await {
                 Ok(Some(f)) => f,
-                Ok(None) => return "peer closed the connection".to_string(),
-                Err(e) => return e,
+                Ok(None) => {
+                    *lock(&peer.gone_at) = Some(tokio::time::Instant::now());
+                    return "peer closed the connection".to_string();
+                }
+                Err(ReadError::Closed(e)) => {
+                    *lock(&peer.gone_at) = Some(tokio::time::Instant::now());
+                    return e;
+                }
+                Err(e) => return e.to_string(),
             };
             count_received(inner, &frame);
             if frame.kind != Kind::Response {
@@ -661,6 +731,10 @@ async fn serve_connection(inner: Arc<Inner>, stream: BoxStream, addr: String) {
         return;
     }
     let from = theirs.from;
+    // A peer that dials in is up, whatever our own dials to it last saw.
+    if let Some(p) = lock(&inner.peers).get(&from) {
+        *lock(&p.gone_at) = None;
+    }
     // Replacing the older connection's entry drops its sender, which closes it.
     let seq = inner.next_inbound.fetch_add(1, Ordering::Relaxed);
     let (replace, replaced) = oneshot::channel::<()>();
@@ -675,7 +749,7 @@ async fn serve_connection(inner: Arc<Inner>, stream: BoxStream, addr: String) {
             let frame = match read_frame(&mut reader, &mut buf, &decoder).await {
                 Ok(Some(f)) => f,
                 Ok(None) => return "peer closed the connection".to_string(),
-                Err(e) => return e,
+                Err(e) => return e.to_string(),
             };
             count_received(&inner, &frame);
             if frame.kind != Kind::Request {
