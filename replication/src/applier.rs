@@ -128,8 +128,14 @@ pub fn spawn(
     };
     let replicas = config_replicas;
     let reporter = TaskGuard::spawn(async move {
+        let gained = node.leadership_gained().clone();
         loop {
-            tokio::time::sleep(REPORT_INTERVAL).await;
+            // A new leadership is reported at once: clients find the leader through the
+            // metadata, so this is part of every failover's outage.
+            tokio::select! {
+                _ = tokio::time::sleep(REPORT_INTERVAL) => {}
+                _ = gained.notified() => {}
+            }
             report(&node, &controller, &replicas).await;
         }
     });

@@ -36,13 +36,18 @@ impl ElectionTimings {
     /// idle group wakes only for the heartbeats it sends or receives.
     ///
     /// openraft takes `election_timeout_max` as the followers' leader lease, during which they
-    /// refuse (pre-)votes. The lease is set to expire before this driver can declare a node
-    /// silent (half to three quarters of the minimum timeout), so the first campaign after a
-    /// leader's node goes quiet is not refused by the other followers; the guard against a
-    /// needless campaign is the node-level silence itself.
+    /// refuse (pre-)votes, and as the leader's quorum lease, past which it refuses writes until
+    /// a quorum answers again (`node::write` renews it). The lease (`lease`) is set to expire
+    /// before this driver can declare a node silent (half to three quarters of the minimum
+    /// timeout), so the first campaign after a leader's node goes quiet is not refused by the
+    /// other followers; the guard against a needless campaign is the node-level silence (and the
+    /// stickiness of pre-votes, `node::Stickiness`). It is not shorter because openraft derives
+    /// its RPC deadlines from the same settings: a heartbeat must be answered within
+    /// `heartbeat_interval` (a quarter of the minimum timeout here) and a vote within the lower
+    /// bound, and on a loaded node or a long link a shorter budget fails them.
     pub fn raft_config(&self, cluster_name: &str) -> Result<Arc<Config>, ConfigError> {
+        let lease_max = self.lease();
         let lease_min = self.election_timeout_min / 2;
-        let lease_max = self.election_timeout_min * 3 / 4;
         let group = GroupTimings {
             // Unused with the tick off; openraft's check only wants it below the election timeout.
             heartbeat_interval: lease_min / 2,
@@ -51,6 +56,13 @@ impl ElectionTimings {
         };
         let config = Config { enable_tick: false, ..group.base_config(cluster_name) };
         Ok(Arc::new(config.validate()?))
+    }
+}
+
+impl ElectionTimings {
+    /// The followers' leader lease and the leader's quorum lease of groups run by this driver.
+    pub fn lease(&self) -> Duration {
+        self.election_timeout_min * 3 / 4
     }
 }
 
@@ -89,6 +101,30 @@ fn first_campaign_delay(t: &ElectionTimings, me: NodeId, group: GroupId, candida
     t.election_timeout_min + slot * rank.min(slots - 1) + within
 }
 
+/// How many times a group whose leader's process is down campaigns at its turn (every
+/// `down_campaign_delay` cycle) before it falls back to the ordinary jittered retries: a group
+/// that cannot elect without the dead leader (it lacks a majority) would otherwise campaign
+/// every few rounds for as long as the leader stays down.
+const DOWN_ATTEMPTS: u64 = 3;
+
+/// How long after the lease of a leader whose process is down this node's replica of `group`
+/// first campaigns: the candidates take turns a round apart, in the same per-group order as
+/// `first_campaign_delay`, the first at once. A retry comes a whole cycle (a round per
+/// candidate) later, so the turns never meet.
+fn down_campaign_delay(t: &ElectionTimings, me: NodeId, group: GroupId, candidates: &[NodeId]) -> Duration {
+    let mut order: Vec<NodeId> = candidates.to_vec();
+    order.sort_by_key(|c| jitter(t, *c, group, u64::MAX));
+    let rank = order.iter().position(|c| *c == me).unwrap_or(order.len()) as u32;
+    t.ping_interval * rank
+}
+
+/// The voters of `raft`'s group other than `but`.
+fn voters_but<SM: RaftStateMachine<TypeConfig>>(raft: &openraft::Raft<TypeConfig, SM>, but: NodeId) -> Vec<NodeId> {
+    let m = raft.metrics();
+    let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
+    m.membership_config.membership().voter_ids().filter(|v| *v != but).collect()
+}
+
 /// The sweeper's clock: one round per interval, rounds delayed rather than bunched up after a
 /// stall (`MissedTickBehavior::Delay`).
 ///
@@ -110,6 +146,15 @@ impl Rounds {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Self { ticker, interval, last: Instant::now(), skipped_late: false }
+    }
+
+    /// Waits until `at` (sooner than the next round) and lets the readers run; returns the time.
+    /// The round clock is not moved, but the wake counts as a round for the lateness check.
+    async fn at(&mut self, at: Instant) -> Instant {
+        tokio::time::sleep_until(at).await;
+        tokio::task::yield_now().await;
+        self.last = Instant::now();
+        self.last
     }
 
     /// Waits for the next round that judges silence; returns its time.
@@ -135,6 +180,8 @@ impl Rounds {
 struct Suspect {
     next_attempt: Instant,
     attempt: u64,
+    /// Its leader's process is known to be down (`Transport::known_down`).
+    down: bool,
 }
 
 impl ElectionDriver {
@@ -168,16 +215,23 @@ impl ElectionDriver {
             let mut rounds = Rounds::new(timings.ping_interval);
             let mut next_full_scan = Instant::now();
             loop {
-                let now = rounds.next().await;
+                // Groups whose leader's process is down campaign at their turn, not at the next
+                // round: each round waited is a round every one of their clients waits too.
+                let now = match suspects.values().filter(|s| s.down).map(|s| s.next_attempt).min() {
+                    Some(at) if at < Instant::now() + timings.ping_interval => rounds.at(at).await,
+                    _ => rounds.next().await,
+                };
                 let heard: HashMap<NodeId, Option<Instant>> =
                     transport.peer_ids().into_iter().map(|p| (p, transport.last_heard(p))).collect();
+                let down: std::collections::HashSet<NodeId> =
+                    heard.keys().copied().filter(|p| transport.known_down(*p)).collect();
                 // Scanning every group costs microseconds each; while every peer answers and no
                 // group was leaderless at the last scan, a scan per minimum election timeout is
                 // enough to notice a group that lost its leader some other way.
                 let any_silent = heard
                     .values()
                     .any(|t| t.is_none_or(|t| now.saturating_duration_since(t) >= timings.election_timeout_min));
-                if !any_silent && suspects.is_empty() && now < next_full_scan {
+                if !any_silent && down.is_empty() && suspects.is_empty() && now < next_full_scan {
                     continue;
                 }
                 next_full_scan = now + timings.election_timeout_min;
@@ -199,6 +253,46 @@ impl ElectionDriver {
                     let leader = leader.filter(|l| *l != me);
                     // A leader whose node answers but that has sent the group nothing for a few
                     // heartbeats (its node restarted, perhaps empty) is as good as silent.
+                    // A leader whose process is known to be down (`Transport::known_down`)
+                    // need not be waited for: the candidates take turns one round apart from
+                    // the moment the other followers' lease, which runs from the leader's last
+                    // AppendEntries, has run out.
+                    if let Some(l) = leader.filter(|l| down.contains(l)) {
+                        let last = stickiness.last_append(group, l).or(heard.get(&l).copied().flatten()).unwrap_or(now);
+                        let candidates = voters_but(&raft, l);
+                        let turn = down_campaign_delay(&timings, me, group, &candidates);
+                        // (A tenth more: their lease started when they processed the append,
+                        // a little after ours.)
+                        let at = (last + timings.lease() * 11 / 10).max(now) + turn;
+                        let s = suspects.entry(group).or_insert(Suspect { next_attempt: at, attempt: 0, down: true });
+                        if s.attempt == 0 {
+                            s.down = true;
+                            s.next_attempt = s.next_attempt.min(at);
+                        }
+                        if now < s.next_attempt {
+                            continue;
+                        }
+                        s.attempt += 1;
+                        // Retried every cycle while the leader stays down: its groups have no
+                        // leader, so every round of delay is a round of outage. After a few
+                        // cycles, the ordinary jittered retries.
+                        s.down = s.attempt < DOWN_ATTEMPTS;
+                        s.next_attempt = if s.down {
+                            now + timings.ping_interval * (candidates.len().max(1) as u32)
+                        } else {
+                            now + jitter(&timings, me, group, s.attempt)
+                        };
+                        tracing::debug!(
+                            group,
+                            leader = l,
+                            attempt = s.attempt,
+                            "leader's process is down; starting a pre-vote"
+                        );
+                        if let Err(e) = raft.trigger().elect(true).await {
+                            tracing::debug!(group, error = %e, "election trigger failed");
+                        }
+                        continue;
+                    }
                     let silent_since = match leader {
                         Some(l) => match heard.get(&l).copied().flatten() {
                             Some(t)
@@ -214,16 +308,17 @@ impl ElectionDriver {
                         None => now,
                     };
                     let s = suspects.entry(group).or_insert_with(|| {
-                        let candidates: Vec<NodeId> = {
-                            let m = raft.metrics();
-                            let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
-                            m.membership_config.membership().voter_ids().filter(|v| Some(*v) != leader).collect()
+                        let candidates: Vec<NodeId> = match leader {
+                            Some(l) => voters_but(&raft, l),
+                            None => voters_but(&raft, NodeId::MAX),
                         };
                         Suspect {
                             next_attempt: silent_since + first_campaign_delay(&timings, me, group, &candidates),
                             attempt: 0,
+                            down: false,
                         }
                     });
+                    s.down = false;
                     if now < s.next_attempt {
                         continue;
                     }
@@ -252,6 +347,37 @@ impl Drop for ElectionDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The candidates of a group whose leader is down take distinct turns a round apart, the
+    /// first at once, and their retries a cycle later keep them apart.
+    #[test]
+    fn down_campaign_turns_are_distinct_rounds() {
+        let t = ElectionTimings {
+            ping_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(500),
+        };
+        let candidates = [1, 2, 4];
+        let mut firsts = [0usize; 3];
+        for group in 0..300 {
+            let mut turns: Vec<Duration> =
+                candidates.iter().map(|c| down_campaign_delay(&t, *c, group, &candidates)).collect();
+            firsts
+                [candidates.iter().position(|c| down_campaign_delay(&t, *c, group, &candidates).is_zero()).unwrap()] +=
+                1;
+            turns.sort();
+            assert_eq!(turns, vec![Duration::ZERO, t.ping_interval, t.ping_interval * 2], "group {group}");
+            // A retry comes a cycle (a round per candidate) later: turn + k * cycle never meets
+            // another candidate's.
+            let cycle = t.ping_interval * candidates.len() as u32;
+            for k in 1..4u32 {
+                let retried: std::collections::BTreeSet<Duration> = turns.iter().map(|d| *d + cycle * k).collect();
+                assert_eq!(retried.len(), candidates.len());
+            }
+        }
+        // Who goes first differs by group, so new leaders spread over the nodes.
+        assert!(firsts.iter().all(|n| *n > 50), "{firsts:?}");
+    }
 
     #[test]
     fn jitter_stays_in_range_and_spreads() {

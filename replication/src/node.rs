@@ -162,6 +162,12 @@ impl Stickiness {
         self.appends.lock().unwrap_or_else(|e| e.into_inner()).insert(group, (from, tokio::time::Instant::now()));
     }
 
+    /// When `leader` last sent `group` an AppendEntries here, if it was the last to.
+    pub(crate) fn last_append(&self, group: GroupId, leader: NodeId) -> Option<tokio::time::Instant> {
+        let appends = self.appends.lock().unwrap_or_else(|e| e.into_inner());
+        appends.get(&group).filter(|(from, _)| *from == leader).map(|(_, at)| *at)
+    }
+
     /// Whether `leader` sent `group` an AppendEntries recently enough to still count as leading.
     pub(crate) fn leading_here(&self, group: GroupId, leader: NodeId) -> bool {
         let Some(window) = *self.append_window.lock().unwrap_or_else(|e| e.into_inner()) else {
@@ -189,7 +195,11 @@ impl Stickiness {
         match leader {
             Some(l) if l == from => false,
             Some(l) if l == me => state == ServerState::Leader && !handing_over,
-            Some(l) => transport.last_heard(l).is_some_and(|t| t.elapsed() < window) && self.leading_here(group, l),
+            Some(l) => {
+                !transport.known_down(l)
+                    && transport.last_heard(l).is_some_and(|t| t.elapsed() < window)
+                    && self.leading_here(group, l)
+            }
             None => false,
         }
     }
@@ -355,6 +365,8 @@ pub struct ReplicaNode<SM: RaftStateMachine<TypeConfig>> {
     stickiness: Arc<Stickiness>,
     recovery: Arc<Recovery>,
     services: Arc<OnceLock<Arc<dyn InboundHandler>>>,
+    /// Notified when a group here becomes leader (`leadership_gained`).
+    gained: Arc<tokio::sync::Notify>,
 }
 
 impl<SM> ReplicaNode<SM>
@@ -376,7 +388,14 @@ where
         let transport = Transport::new(config, connector, handler);
         let _ = stickiness.transport.set(transport.clone());
         let router = Router::new(transport.clone());
-        Self { id, transport, router, registry, stickiness, recovery, services }
+        Self { id, transport, router, registry, stickiness, recovery, services, gained: Arc::default() }
+    }
+
+    /// Notified (one permit, `Notify::notify_one`) whenever a group here becomes leader, so
+    /// that whoever tells the cluster about leaderships does so at once rather than at its next
+    /// poll: until the metadata names the new leader, clients cannot find it.
+    pub fn leadership_gained(&self) -> &Arc<tokio::sync::Notify> {
+        &self.gained
     }
 
     /// The groups whose replicas here are recovering a lost log (`recovery`).
@@ -477,6 +496,25 @@ where
                     raft.runtime_config().elect(false);
                 }
                 self.registry.fill(group, raft.clone());
+                // openraft's server metrics change only with the vote, the state or the
+                // membership, so this wakes on elections, not on every write.
+                let mut server = raft.server_metrics();
+                let gained = self.gained.clone();
+                tokio::spawn(async move {
+                    // By term, not by state: the watch may fold Leader, Follower, Leader into
+                    // one change.
+                    let mut notified_term = None;
+                    while server.changed().await.is_ok() {
+                        let (state, term) = {
+                            let m = server.borrow_watched();
+                            (m.state, openraft::vote::RaftLeaderId::term(m.vote.leader_id()))
+                        };
+                        if state == openraft::ServerState::Leader && notified_term != Some(term) {
+                            notified_term = Some(term);
+                            gained.notify_one();
+                        }
+                    }
+                });
                 Ok(raft)
             }
             Err(e) => {
