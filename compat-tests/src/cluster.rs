@@ -107,7 +107,7 @@ impl LocalCluster {
 
 /// Node index `i` (id `i + 1`, rack `r{i+1}`) with its cluster port and voter list. Liveness is
 /// tightened (heartbeats every 200 ms, fenced after 2 s) so that tests see a dead broker fenced
-/// quickly.
+/// quickly, unless `extra` sets either flag itself.
 fn start_node(i: usize, cluster_listen: &str, voters: &str, extra: &[&str]) -> BrokerProcess {
     let id = (i + 1).to_string();
     let rack = format!("r{}", i + 1);
@@ -120,11 +120,12 @@ fn start_node(i: usize, cluster_listen: &str, voters: &str, extra: &[&str]) -> B
         voters,
         "--broker-rack",
         &rack,
-        "--broker-heartbeat-interval-ms",
-        "200",
-        "--broker-session-timeout-ms",
-        "2000",
     ];
+    for (flag, value) in [("--broker-heartbeat-interval-ms", "200"), ("--broker-session-timeout-ms", "2000")] {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
     args.extend_from_slice(extra);
     BrokerProcess::start(&args)
 }

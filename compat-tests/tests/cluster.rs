@@ -2,7 +2,8 @@
 //! as brokers, and answer Metadata and DescribeCluster from the replicated metadata; topics
 //! created through one node appear on all; the loss of the controller's process moves the
 //! controller and fences its broker; a restarted node catches up, and the metadata survives a
-//! restart of every process. Records through those partitions: `cluster_data.rs`.
+//! restart of every process; a leader whose process died is not named to clients. Records
+//! through those partitions: `cluster_data.rs`.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -383,4 +384,57 @@ fn a_leadership_transfer_that_never_completes_becomes_an_election() {
         std::thread::sleep(Duration::from_millis(100));
     }
     cluster.isolate(p, LinkMode::Pass);
+}
+
+/// A leader whose process dies is not named to clients while its replicas elect another: the
+/// nodes that lost their connection to it answer "no leader" (LEADER_NOT_AVAILABLE), so clients
+/// keep asking for metadata instead of sending to a dead address, long before the controller
+/// fences the broker. Here the partition has two replicas, so the survivor cannot elect itself
+/// and the broker stays registered for a minute: nothing but the lost connection can change
+/// the answer. The node comes back and is named again.
+#[test]
+fn a_dead_leader_is_not_named_before_its_broker_is_fenced() {
+    let mut cluster = LocalCluster::start_with(
+        NODES,
+        &["--broker-session-timeout-ms", "60000", "--leader-imbalance-check-interval-seconds", "1"],
+    );
+    cluster.wait_formed(DEADLINE);
+    let topic = "pairs";
+    assert_eq!(create(&mut cluster.conn(0), topic, 3, 2).error_code, 0);
+    wait_until(DEADLINE, "every partition led by its preferred replica on every node", || {
+        (0..NODES).all(|i| {
+            let v = leaders_and_preferred(&cluster, i, topic);
+            v.len() == 3 && v.iter().all(|(l, p)| l == p)
+        })
+    });
+    // Placement spreads the preferred replicas, so some partition is led by a node that is not
+    // the controller (whose loss would move the controller as well).
+    let controller = view(&mut cluster.conn(0)).1;
+    let (partition, dead) = leaders_and_preferred(&cluster, 0, topic)
+        .iter()
+        .enumerate()
+        .find(|(_, (l, _))| *l != controller)
+        .map(|(p, (l, _))| (p as i32, *l))
+        .expect("placement put every preferred replica on the controller");
+    cluster.nodes[(dead - 1) as usize].kill9();
+    let survivors: Vec<usize> = (0..NODES).filter(|i| *i as i32 != dead - 1).collect();
+    let answer = |cluster: &LocalCluster, i: usize| {
+        let t = topic_metadata(&mut cluster.conn(i), topic, false);
+        t.partitions.iter().find(|p| p.partition_index == partition).map(|p| (p.leader_id.0, p.error_code))
+    };
+    for &i in &survivors {
+        wait_until(DEADLINE, "the survivors to answer no leader for the dead node's partition", || {
+            answer(&cluster, i) == Some((-1, 5))
+        });
+    }
+    for &i in &survivors {
+        let (brokers, _) = view(&mut cluster.conn(i));
+        assert!(brokers.iter().any(|(b, _)| *b == dead), "node {dead} fenced already: {brokers:?}");
+    }
+    // Back, it leads again (or its partner does), and every node names that leader.
+    cluster.nodes[(dead - 1) as usize].restart();
+    wait_until(DEADLINE, "the partition led again on every node", || {
+        let first = answer(&cluster, 0);
+        first.is_some_and(|(l, e)| l > 0 && e == 0) && (0..NODES).all(|i| answer(&cluster, i) == first)
+    });
 }

@@ -306,10 +306,23 @@ async fn cluster_topics(
     // it has not finished taking over, or it is cut off from the other replicas (which elect
     // another leader; this node's copy of the metadata may be too stale to know). Sending
     // clients here would only earn them timeouts, so they are told to look again.
+    //
+    // Likewise a leader on a node whose process is known to be down (it closed its cluster
+    // connection to this node, or refuses new ones: `Transport::known_down`): its replicas are
+    // electing another. A client told the dead node still leads stops asking (librdkafka queries
+    // again only at its periodic refresh); one told there is no leader keeps asking, and finds
+    // the new leader as soon as it is elected. A node merely not connected yet (at start-up) or
+    // silent (a link fault only this node sees) is still named: clients may reach it.
+    let transport = cluster.node.transport();
     for t in &mut topics {
         let Some(name) = t.name.as_ref().map(|n| n.to_string()) else { continue };
         for p in &mut t.partitions {
-            if p.leader_id.0 == broker.node_id && broker.lead(&name, p.partition_index, NO_EPOCH).is_err() {
+            let unreachable = p.leader_id.0 >= 0
+                && p.leader_id.0 != broker.node_id
+                && u64::try_from(p.leader_id.0).is_ok_and(|l| transport.known_down(l));
+            if unreachable
+                || (p.leader_id.0 == broker.node_id && broker.lead(&name, p.partition_index, NO_EPOCH).is_err())
+            {
                 p.leader_id = BrokerId(-1);
                 p.error_code = ResponseError::LeaderNotAvailable.code();
             }
