@@ -76,6 +76,9 @@ pub struct Sample {
 pub struct RunResult {
     pub workload: String,
     pub slug: String,
+    /// Nodes of the cluster it ran on (1: a single broker), and the replicas of its topics.
+    pub nodes: u32,
+    pub replication_factor: u32,
     pub partitions: u32,
     pub message_size: usize,
     pub acks: String,
@@ -105,6 +108,17 @@ pub struct RunResult {
     /// sending pre-encoded batches (`raw`).
     pub raw_produce: Option<RawProduce>,
     pub timeline: Vec<Sample>,
+}
+
+impl RunResult {
+    /// The workload's name, with the cluster it ran on when that was more than one node.
+    pub fn label(&self) -> String {
+        if self.nodes > 1 {
+            format!("{} · {} nodes, RF {}", self.workload, self.nodes, self.replication_factor)
+        } else {
+            self.workload.clone()
+        }
+    }
 }
 
 #[derive(Default)]
@@ -146,22 +160,34 @@ pub struct Target<'a> {
     pub bootstrap: &'a str,
     pub broker: Option<&'a BrokerStats>,
     pub quiet: bool,
+    /// Nodes of the cluster under test (1: a single broker).
+    pub nodes: u32,
+    /// Replicas of every topic the run creates.
+    pub replication: u32,
+}
+
+impl Target<'_> {
+    /// The same target without progress output or broker figures (a probe run).
+    fn quiet(&self) -> Target<'_> {
+        Target { broker: None, quiet: true, ..*self }
+    }
 }
 
 fn topic_names(w: &Workload, run: usize) -> Vec<String> {
     (0..w.topics).map(|t| format!("bench-{}-{run}-{t}", w.slug())).collect()
 }
 
-fn create_topics(bootstrap: &str, names: &[String], w: &Workload) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+fn create_topics(target: &Target<'_>, names: &[String], w: &Workload) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", target.bootstrap).create()?;
+    let replicas = target.replication as i32;
     let topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|n| {
-            w.topic_config
-                .iter()
-                .fold(NewTopic::new(n, w.partitions_per_topic as i32, TopicReplication::Fixed(1)), |t, (k, v)| {
-                    t.set(k, v)
-                })
+            w.topic_config.iter().fold(
+                NewTopic::new(n, w.partitions_per_topic as i32, TopicReplication::Fixed(replicas)),
+                |t, (k, v)| t.set(k, v),
+            )
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -300,7 +326,7 @@ fn fill(bootstrap: &str, w: &Workload, topics: &[String], n: u64) -> anyhow::Res
 /// topic, for a third of the run (2 to 20 s).
 fn raw_produce(target: &Target<'_>, w: &Workload, run_no: usize, duration: Duration) -> anyhow::Result<RawProduce> {
     let topics = topic_names(w, run_no + 2000);
-    create_topics(target.bootstrap, &topics, w)?;
+    create_topics(target, &topics, w)?;
     let run_for = (duration / 3).clamp(Duration::from_secs(2), Duration::from_secs(20));
     let acks = if w.acks == "all" || w.acks == "-1" { -1 } else { 1 };
     let cpu_before = target.broker.map(|b| b.cpu_seconds()).transpose()?;
@@ -331,7 +357,7 @@ fn raw_produce(target: &Target<'_>, w: &Workload, run_no: usize, duration: Durat
 /// Runs `w` for `duration` (the workload's own unless overridden).
 pub fn run(target: &Target<'_>, w: &Workload, run_no: usize, duration: Duration) -> anyhow::Result<RunResult> {
     let topics = topic_names(w, run_no);
-    create_topics(target.bootstrap, &topics, w)?;
+    create_topics(target, &topics, w)?;
     let producers = (w.producers_per_topic * w.topics) as usize;
     let consumers = (w.consumer_per_subscription * w.subscriptions_per_topic) as usize;
 
@@ -343,8 +369,7 @@ pub fn run(target: &Target<'_>, w: &Workload, run_no: usize, duration: Duration)
         probe.producer_rate_of_max = None;
         probe.producer_rate = 0.0;
         let probe_for = Duration::from_secs_f64((duration.as_secs_f64() / 4.0).clamp(1.0, 15.0));
-        let quiet = Target { bootstrap: target.bootstrap, broker: None, quiet: true };
-        let max = run(&quiet, &probe, run_no + 1000, probe_for)?.produce_msgs_s;
+        let max = run(&target.quiet(), &probe, run_no + 1000, probe_for)?.produce_msgs_s;
         rate = max * fraction;
         if !target.quiet {
             eprintln!("  max-rate probe (with consumers): {max:.0} msgs/s; running at {rate:.0} msgs/s");
@@ -442,7 +467,9 @@ pub fn run(target: &Target<'_>, w: &Workload, run_no: usize, duration: Duration)
         };
         let broker_produce_residence = target.broker.and_then(|b| b.produce_residence()).filter(|p| p.count > 0);
         let (mut raw_fetch_mb_s, mut raw_fetch_broker_cpu_cores) = (None, None);
-        if w.consumer_backlog_messages > 0 {
+        // The bare clients send to the one broker they are given, which leads every partition
+        // only on a single node.
+        if w.consumer_backlog_messages > 0 && target.nodes == 1 {
             let cpu_before = target.broker.map(|b| b.cpu_seconds()).transpose()?;
             let (mut bytes, mut secs) = (0u64, 0f64);
             for t in &topics {
@@ -463,6 +490,7 @@ pub fn run(target: &Target<'_>, w: &Workload, run_no: usize, duration: Duration)
             && w.consumer_backlog_messages == 0
             && w.acks != "0"
             && !target.quiet
+            && target.nodes == 1
         {
             Some(raw_produce(target, w, run_no, duration)?)
         } else {
@@ -470,7 +498,9 @@ pub fn run(target: &Target<'_>, w: &Workload, run_no: usize, duration: Duration)
         };
         Ok(RunResult {
             workload: w.name.clone(),
-            slug: w.slug(),
+            slug: if target.nodes > 1 { format!("{}-{}-nodes", w.slug(), target.nodes) } else { w.slug() },
+            nodes: target.nodes,
+            replication_factor: target.replication,
             partitions: w.partitions_per_topic * w.topics,
             message_size: w.message_size,
             acks: w.acks.clone(),

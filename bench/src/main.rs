@@ -41,6 +41,16 @@ struct Args {
     /// A seconds-long run of a small workload: checks that the tool works.
     #[arg(long)]
     smoke: bool,
+    /// Cluster sizes to run every workload on, in order, e.g. `1,3`: each size is that many
+    /// `fjord` processes on this machine, each a controller voter, and topics get
+    /// `--replication-factor` replicas (default: the size, at most 3). With more than one size,
+    /// the report gives each run as ratios of the same workload on the first size.
+    #[arg(long, value_delimiter = ',', default_value = "1", conflicts_with = "bootstrap")]
+    nodes: Vec<u32>,
+    /// Replicas of the topics the runs create (default: the cluster's size, at most 3; 1 with
+    /// `--bootstrap`).
+    #[arg(long)]
+    replication_factor: Option<u32>,
 }
 
 fn default_broker_bin() -> PathBuf {
@@ -81,6 +91,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.smoke {
         workloads.truncate(2);
     }
+    if let Some(bad) = args.nodes.iter().find(|n| **n == 0 || **n > 9) {
+        anyhow::bail!("--nodes: a cluster size must be 1 to 9, got {bad}");
+    }
+    if let Some(rf) = args.replication_factor {
+        let smallest = if args.bootstrap.is_some() { u32::MAX } else { args.nodes.iter().copied().min().unwrap_or(1) };
+        anyhow::ensure!(
+            rf >= 1 && rf <= smallest,
+            "--replication-factor {rf}: must be at least 1 and at most the smallest cluster size ({smallest})"
+        );
+    }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     std::fs::create_dir_all(&args.data_parent)?;
     eprintln!("measuring the machine's ceilings (disk, loopback)…");
@@ -91,26 +111,57 @@ fn run(args: Args) -> anyhow::Result<()> {
     );
     let broker_bin = args.broker_bin.clone().unwrap_or_else(default_broker_bin);
     let mut runs = Vec::new();
+    let sizes = if args.bootstrap.is_some() { vec![1] } else { args.nodes.clone() };
+    let total = workloads.len() * sizes.len();
     for (i, w) in workloads.iter().enumerate() {
         let duration = Duration::from_secs_f64(match (args.smoke, args.duration_secs) {
             (true, _) => 3.0,
             (false, Some(s)) => s,
             (false, None) => w.test_duration_minutes * 60.0,
         });
-        eprintln!("[{}/{}] {} for {:.0}s", i + 1, workloads.len(), w.name, duration.as_secs_f64());
-        let result = match &args.bootstrap {
-            Some(b) => driver::run(&driver::Target { bootstrap: b, broker: None, quiet: false }, w, i, duration)?,
-            None => {
-                let broker = proc::Broker::start(&broker_bin, &args.data_parent, &args.broker_arg)?;
-                let target = driver::Target { bootstrap: &broker.bootstrap, broker: Some(&broker.stats), quiet: false };
-                driver::run(&target, w, i, duration)?
-            }
-        };
-        eprintln!(
-            "  => {:.0} msgs/s ({:.1} MB/s) produced, {:.1} MB/s consumed, e2e p99 {:.1} ms",
-            result.produce_msgs_s, result.produce_mb_s, result.consume_mb_s, result.end_to_end_latency.p99_ms
-        );
-        runs.push(result);
+        for (j, &nodes) in sizes.iter().enumerate() {
+            let replication =
+                args.replication_factor.unwrap_or(if args.bootstrap.is_some() { 1 } else { nodes.min(3) });
+            let on = if nodes > 1 { format!(" on {nodes} nodes (RF {replication})") } else { String::new() };
+            let n = i * sizes.len() + j + 1;
+            eprintln!("[{n}/{total}] {}{on} for {:.0}s", w.name, duration.as_secs_f64());
+            // Topic names carry the run number, unique over the whole invocation.
+            let run_no = n - 1;
+            let result = match &args.bootstrap {
+                Some(b) => {
+                    let target = driver::Target { bootstrap: b, broker: None, quiet: false, nodes: 1, replication };
+                    driver::run(&target, w, run_no, duration)?
+                }
+                None if nodes == 1 => {
+                    let broker = proc::Broker::start(&broker_bin, &args.data_parent, &args.broker_arg)?;
+                    let target = driver::Target {
+                        bootstrap: &broker.bootstrap,
+                        broker: Some(&broker.stats),
+                        quiet: false,
+                        nodes,
+                        replication,
+                    };
+                    driver::run(&target, w, run_no, duration)?
+                }
+                None => {
+                    let cluster =
+                        proc::Cluster::start(&broker_bin, &args.data_parent, &args.broker_arg, nodes as usize)?;
+                    let target = driver::Target {
+                        bootstrap: &cluster.bootstrap,
+                        broker: Some(&cluster.stats),
+                        quiet: false,
+                        nodes,
+                        replication,
+                    };
+                    driver::run(&target, w, run_no, duration)?
+                }
+            };
+            eprintln!(
+                "  => {:.0} msgs/s ({:.1} MB/s) produced, {:.1} MB/s consumed, e2e p99 {:.1} ms",
+                result.produce_msgs_s, result.produce_mb_s, result.consume_mb_s, result.end_to_end_latency.p99_ms
+            );
+            runs.push(result);
+        }
     }
     let report = report::Report {
         date_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),

@@ -6,16 +6,22 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-/// CPU and memory of a process, from /proc, and its own metrics page.
+/// CPU and memory of the broker's processes (one, or every node of a cluster), from /proc,
+/// and a single broker's own metrics page.
 pub struct BrokerStats {
-    pid: u32,
-    /// The broker's Prometheus endpoint, when the bench started it with one.
+    pids: Vec<u32>,
+    /// The broker's Prometheus endpoint, when the bench started one broker with it.
     metrics: Option<String>,
 }
 
 impl BrokerStats {
     pub fn new(pid: u32, metrics: Option<String>) -> BrokerStats {
-        BrokerStats { pid, metrics }
+        BrokerStats { pids: vec![pid], metrics }
+    }
+
+    /// The nodes of a cluster: CPU is their sum, memory the largest node's.
+    pub fn cluster(pids: Vec<u32>) -> BrokerStats {
+        BrokerStats { pids, metrics: None }
     }
 
     /// The broker's own account of Produce latency: request read → response
@@ -41,28 +47,21 @@ impl BrokerStats {
         })
     }
 
-    /// User + system CPU seconds used so far.
+    /// User + system CPU seconds used so far, by every process.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
-        // Fields after the parenthesised command name; utime and stime are
-        // the 14th and 15th fields of the line.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow::anyhow!("odd /proc stat"))?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| -> anyhow::Result<f64> {
-            Ok(fields.get(i).ok_or_else(|| anyhow::anyhow!("short /proc stat"))?.parse::<f64>()?)
-        };
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Ok((ticks(11)? + ticks(12)?) / hz)
+        self.pids.iter().map(|p| cpu_seconds(*p)).sum()
     }
 
+    /// The largest value of a /proc status field (KiB) over the processes.
     fn status_kib(&self, key: &str) -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        let line = status.lines().find(|l| l.starts_with(key)).ok_or_else(|| anyhow::anyhow!("no {key} in status"))?;
-        let kib: f64 = line.split_whitespace().nth(1).ok_or_else(|| anyhow::anyhow!("bad {key}"))?.parse()?;
-        Ok(kib)
+        let mut max = 0f64;
+        for p in &self.pids {
+            max = max.max(status_kib(*p, key)?);
+        }
+        Ok(max)
     }
 
+    /// Resident memory (of the largest node).
     pub fn rss_mib(&self) -> anyhow::Result<f64> {
         Ok(self.status_kib("VmRSS:")? / 1024.0)
     }
@@ -77,6 +76,28 @@ impl BrokerStats {
     pub fn peak_rss_mib(&self) -> anyhow::Result<f64> {
         Ok(self.status_kib("VmHWM:")? / 1024.0)
     }
+}
+
+/// User + system CPU seconds `pid` used so far.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are
+    // the 14th and 15th fields of the line.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow::anyhow!("odd /proc stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields.get(i).ok_or_else(|| anyhow::anyhow!("short /proc stat"))?.parse::<f64>()?)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(11)? + ticks(12)?) / hz)
+}
+
+fn status_kib(pid: u32, key: &str) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with(key)).ok_or_else(|| anyhow::anyhow!("no {key} in status"))?;
+    let kib: f64 = line.split_whitespace().nth(1).ok_or_else(|| anyhow::anyhow!("bad {key}"))?.parse()?;
+    Ok(kib)
 }
 
 /// A broker process the benchmark started; killed when dropped.
@@ -124,5 +145,81 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+fn free_addr() -> anyhow::Result<String> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
+}
+
+/// `n` broker processes forming a cluster on loopback, started the way the README starts one:
+/// each a controller voter with its own data dir, on racks r1..rn. Killed when dropped.
+pub struct Cluster {
+    nodes: Vec<Child>,
+    pub bootstrap: String,
+    pub stats: BrokerStats,
+    _data: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    pub fn start(bin: &Path, parent: &Path, extra: &[String], n: usize) -> anyhow::Result<Cluster> {
+        let listen: Vec<String> = (0..n).map(|_| free_addr()).collect::<anyhow::Result<_>>()?;
+        let cluster: Vec<String> = (0..n).map(|_| free_addr()).collect::<anyhow::Result<_>>()?;
+        let voters: Vec<String> = cluster.iter().enumerate().map(|(i, a)| format!("{}@{a}", i + 1)).collect();
+        let voters = voters.join(",");
+        let mut started = Cluster {
+            nodes: Vec::new(),
+            bootstrap: listen.join(","),
+            stats: BrokerStats::cluster(Vec::new()),
+            _data: Vec::new(),
+        };
+        for i in 0..n {
+            let data = tempfile::tempdir_in(parent)?;
+            let child = Command::new(bin)
+                .args(["--node-id", &(i + 1).to_string(), "--listen", &listen[i], "--advertised-listener", &listen[i]])
+                .args(["--cluster-listen", &cluster[i], "--controller-quorum-voters", &voters])
+                .args(["--broker-rack", &format!("r{}", i + 1), "--data-dir"])
+                .arg(data.path())
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("cannot start broker {}: {e}", bin.display()))?;
+            started.nodes.push(child);
+            started._data.push(data);
+        }
+        started.stats = BrokerStats::cluster(started.nodes.iter().map(|c| c.id()).collect());
+        started.wait_formed(n)?;
+        Ok(started)
+    }
+
+    /// Until the metadata lists every node and a controller (topics can be created then).
+    fn wait_formed(&mut self, n: usize) -> anyhow::Result<()> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let client: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", &self.bootstrap).create()?;
+        loop {
+            for (i, c) in self.nodes.iter_mut().enumerate() {
+                if let Some(status) = c.try_wait()? {
+                    anyhow::bail!("cluster node {} exited at start-up: {status}", i + 1);
+                }
+            }
+            if let Ok(md) = client.fetch_metadata(None, std::time::Duration::from_secs(2)) {
+                if md.brokers().len() == n {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "the {n}-node cluster did not form within 60 s");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.nodes {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

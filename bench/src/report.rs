@@ -53,7 +53,7 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(
             s,
             "| {} | {:.0} | {:.1} | {:.2} | {:.3} | {} | {} | {:.1} | {} | {} ({}) |",
-            run.workload,
+            run.label(),
             run.produce_msgs_s,
             run.produce_mb_s,
             run.produce_mb_s / c.disk_write_fsync_mb_s,
@@ -66,9 +66,39 @@ pub fn markdown(r: &Report) -> String {
             opt(run.broker_peak_anon_rss_mib, 0),
         );
     }
+    // With several cluster sizes: each run against the same workload on the first size.
+    let sizes: std::collections::BTreeSet<u32> = r.runs.iter().map(|run| run.nodes).collect();
+    if sizes.len() > 1 {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "| workload (× the same workload on the first cluster size of this run) | produced msg/s | publish p50 / p99 / p99.9 ms | end-to-end p50 / p99 / p99.9 ms | broker CPU (cores, all nodes) |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|");
+        let ratio = |a: Option<f64>, b: Option<f64>| opt(a.zip(b).map(|(a, b)| a / b.max(1e-9)), 2);
+        let three = |p: &crate::driver::Percentiles| {
+            if p.count == 0 {
+                "–".to_string()
+            } else {
+                format!("{:.1} / {:.1} / {:.1}", p.p50_ms, p.p99_ms, p.p999_ms)
+            }
+        };
+        for run in &r.runs {
+            let Some(base) = r.runs.iter().find(|b| b.workload == run.workload) else { continue };
+            let _ = writeln!(
+                s,
+                "| {} | {:.2} | {} | {} | {} |",
+                run.label(),
+                run.produce_msgs_s / base.produce_msgs_s.max(1e-9),
+                three(&run.publish_latency),
+                three(&run.end_to_end_latency),
+                ratio(run.broker_cpu_cores, base.broker_cpu_cores),
+            );
+        }
+    }
     // Runs compared with the first one of the same invocation (e.g. a
     // topic config's cost: the same workload without it first).
-    if let Some(first) = r.runs.first().filter(|_| r.runs.len() > 1) {
+    if let Some(first) = r.runs.first().filter(|_| r.runs.len() > 1 && sizes.len() == 1) {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
@@ -81,7 +111,7 @@ pub fn markdown(r: &Report) -> String {
             let _ = writeln!(
                 s,
                 "| {} | {:.2} | {} | {} |",
-                run.workload,
+                run.label(),
                 run.produce_msgs_s / first.produce_msgs_s.max(1e-9),
                 ratio(run.broker_cpu_cores, first.broker_cpu_cores),
                 ratio(per_mb(run), per_mb(first)),
@@ -100,7 +130,12 @@ pub fn markdown(r: &Report) -> String {
             let _ = writeln!(
                 s,
                 "| {} | {:.2} / {:.2} / {:.2} / {:.2} | {} |",
-                run.workload, p.p50_ms, p.p99_ms, p.p999_ms, p.max_ms, p.count
+                run.label(),
+                p.p50_ms,
+                p.p99_ms,
+                p.p999_ms,
+                p.max_ms,
+                p.count
             );
         }
     }
@@ -117,7 +152,7 @@ pub fn markdown(r: &Report) -> String {
             let _ = writeln!(
                 s,
                 "| {} | {:.0} | {:.1} | {:.2} | {:.1} / {:.1} / {:.1} / {:.1} | {} |",
-                run.workload,
+                run.label(),
                 p.msgs_s,
                 p.mb_s,
                 p.mb_s / c.disk_write_fsync_mb_s,
@@ -141,7 +176,7 @@ pub fn markdown(r: &Report) -> String {
             let _ = writeln!(
                 s,
                 "| {} | {:.0} | {:.2} | {} |",
-                run.workload,
+                run.label(),
                 mb_s,
                 mb_s / c.loopback_mb_s,
                 opt(run.raw_fetch_broker_cpu_cores, 2)
@@ -161,7 +196,7 @@ pub fn latency_plot(r: &Report, path: &Path) -> anyhow::Result<()> {
         .iter()
         .filter_map(|run| {
             let p = if run.end_to_end_latency.count > 0 { &run.end_to_end_latency } else { &run.publish_latency };
-            (p.count > 0).then(|| (run.workload.clone(), [p.p50_ms, p.p99_ms, p.p999_ms, p.max_ms]))
+            (p.count > 0).then(|| (run.label(), [p.p50_ms, p.p99_ms, p.p999_ms, p.max_ms]))
         })
         .collect();
     let top = series.iter().flat_map(|(_, v)| v.iter().copied()).fold(1.0f64, f64::max) * 2.0;
@@ -199,7 +234,7 @@ pub fn throughput_plot(run: &RunResult, path: &Path) -> anyhow::Result<()> {
     let max_t = run.timeline.last().map(|s| s.second).unwrap_or(1.0).max(1.0);
     let max_y = run.timeline.iter().map(|s| s.produced_msgs_s.max(s.consumed_msgs_s)).fold(1.0f64, f64::max) * 1.1;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{}: records/s over time", run.workload), ("sans-serif", 18))
+        .caption(format!("{}: records/s over time", run.label()), ("sans-serif", 18))
         .margin(15)
         .x_label_area_size(35)
         .y_label_area_size(80)
