@@ -35,6 +35,12 @@ pub(crate) const STATE_FILE: &str = "raft-state";
 /// The committed log id, written without fsync: a file of its own, so a crash that leaves it
 /// empty or old can never take the vote with it (a lost vote could grant two votes in a term).
 const COMMITTED_FILE: &str = "raft-committed";
+/// The committed log id is written when it moved this many entries past the last one written
+/// (or to a new term): openraft reports every commit, and a file rewritten per commit of every
+/// group was a large share of a cluster node's kernel time (a new inode each, for the rename).
+/// An older value only means a lower high watermark right after a restart, until the leader's
+/// next commit; a crash can leave an older one anyway.
+const COMMITTED_SAVE_EVERY: u64 = 1024;
 /// Where the state machine stood (last applied entry and its membership), written without
 /// fsync every `APPLIED_SAVE_EVERY` entries and on membership changes, so a restart re-applies
 /// only the entries after it rather than the whole log.
@@ -139,6 +145,21 @@ struct Shared {
     state_path: PathBuf,
     state: Mutex<RaftState>,
     committed: Mutex<Option<LogIdOf<TypeConfig>>>,
+    /// The committed log id last written to `COMMITTED_FILE` (`save_committed`).
+    committed_written: Mutex<Option<LogIdOf<TypeConfig>>>,
+}
+
+impl Drop for Shared {
+    /// A replica that stops cleanly (its group shut down, its log store and state machine
+    /// dropped) leaves the newest committed log id, so it restarts with its high watermark.
+    fn drop(&mut self) {
+        let committed = *lock(&self.committed);
+        if committed != *lock(&self.committed_written) && !self.log.is_deleted() {
+            if let Err(e) = self.write_committed(committed) {
+                tracing::debug!(dir = %self.log.dir().display(), error = %e, "committed index not saved at close");
+            }
+        }
+    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
@@ -163,14 +184,31 @@ impl Shared {
         Ok(())
     }
 
-    /// Saves the committed log id without fsync: a crash may leave an older value (the high
-    /// watermark then lags after a restart) or a torn file (read as none).
-    fn save_committed(&self, committed: Option<LogIdOf<TypeConfig>>) -> io::Result<()> {
-        let mut current = lock(&self.committed);
+    fn write_committed(&self, committed: Option<LogIdOf<TypeConfig>>) -> io::Result<()> {
         let path = self.log.dir().join(COMMITTED_FILE);
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec(&committed).map_err(io::Error::other)?)?;
-        std::fs::rename(&tmp, &path)?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    /// Saves the committed log id without fsync, to the file only every
+    /// `COMMITTED_SAVE_EVERY` entries or on a new term: a crash may leave an older value (the
+    /// high watermark then lags after a restart) or a torn file (read as none).
+    fn save_committed(&self, committed: Option<LogIdOf<TypeConfig>>) -> io::Result<()> {
+        let mut current = lock(&self.committed);
+        let mut written = lock(&self.committed_written);
+        let due = match (*written, committed) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(w), Some(c)) => {
+                c.committed_leader_id() != w.committed_leader_id()
+                    || c.index() >= w.index().saturating_add(COMMITTED_SAVE_EVERY)
+            }
+        };
+        if due {
+            self.write_committed(committed)?;
+            *written = committed;
+        }
         *current = committed;
         Ok(())
     }
@@ -272,7 +310,13 @@ pub fn open_log(log: Arc<PartitionLog>) -> io::Result<(PartitionLogStore, Partit
     let state_path = log.dir().join(STATE_FILE);
     let state: RaftState = read_json(&state_path)?.unwrap_or_default();
     let mut snapshot: Option<SavedSnapshot> = read_json(&log.dir().join(SNAPSHOT_FILE))?;
-    let shared = Arc::new(Shared { log, state_path, state: Mutex::new(state), committed: Mutex::new(Option::None) });
+    let shared = Arc::new(Shared {
+        log,
+        state_path,
+        state: Mutex::new(state),
+        committed: Mutex::new(Option::None),
+        committed_written: Mutex::new(Option::None),
+    });
     if let Some(s) = snapshot.as_mut().filter(|s| s.installing) {
         shared.finish_install(s)?;
     }
@@ -299,6 +343,7 @@ pub fn open_log(log: Arc<PartitionLog>) -> io::Result<(PartitionLogStore, Partit
         None
     });
     *lock(&shared.committed) = committed.flatten();
+    *lock(&shared.committed_written) = committed.flatten();
     // The saved applied state is trusted only if the log still holds that entry (a follower
     // applies entries it accepted, which a crash may have taken) and it is past the snapshot.
     if let Some(saved) = saved_applied {
