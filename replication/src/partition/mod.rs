@@ -35,12 +35,12 @@ pub(crate) const STATE_FILE: &str = "raft-state";
 /// The committed log id, written without fsync: a file of its own, so a crash that leaves it
 /// empty or old can never take the vote with it (a lost vote could grant two votes in a term).
 const COMMITTED_FILE: &str = "raft-committed";
-/// The committed log id is written when it moved this many entries past the last one written
-/// (or to a new term): openraft reports every commit, and a file rewritten per commit of every
-/// group was a large share of a cluster node's kernel time (a new inode each, for the rename).
-/// An older value only means a lower high watermark right after a restart, until the leader's
-/// next commit; a crash can leave an older one anyway.
-const COMMITTED_SAVE_EVERY: u64 = 1024;
+/// The committed log id is written in place, at the start of the file, padded with spaces to
+/// this length (JSON ignores them): openraft reports every commit, and a new file renamed over
+/// the old per commit of every group cost a new inode each, a large share of a cluster node's
+/// kernel time. The record lies within the file's first disk sector, which a crash leaves old
+/// or new; an unreadable file is taken as no commit.
+const COMMITTED_RECORD: usize = 256;
 /// Where the state machine stood (last applied entry and its membership), written without
 /// fsync every `APPLIED_SAVE_EVERY` entries and on membership changes, so a restart re-applies
 /// only the entries after it rather than the whole log.
@@ -145,21 +145,8 @@ struct Shared {
     state_path: PathBuf,
     state: Mutex<RaftState>,
     committed: Mutex<Option<LogIdOf<TypeConfig>>>,
-    /// The committed log id last written to `COMMITTED_FILE` (`save_committed`).
-    committed_written: Mutex<Option<LogIdOf<TypeConfig>>>,
-}
-
-impl Drop for Shared {
-    /// A replica that stops cleanly (its group shut down, its log store and state machine
-    /// dropped) leaves the newest committed log id, so it restarts with its high watermark.
-    fn drop(&mut self) {
-        let committed = *lock(&self.committed);
-        if committed != *lock(&self.committed_written) && !self.log.is_deleted() {
-            if let Err(e) = self.write_committed(committed) {
-                tracing::debug!(dir = %self.log.dir().display(), error = %e, "committed index not saved at close");
-            }
-        }
-    }
+    /// `COMMITTED_FILE`, opened by the first `save_committed`.
+    committed_file: Mutex<Option<std::fs::File>>,
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
@@ -184,30 +171,29 @@ impl Shared {
         Ok(())
     }
 
-    fn write_committed(&self, committed: Option<LogIdOf<TypeConfig>>) -> io::Result<()> {
-        let path = self.log.dir().join(COMMITTED_FILE);
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&committed).map_err(io::Error::other)?)?;
-        std::fs::rename(&tmp, &path)
-    }
-
-    /// Saves the committed log id without fsync, to the file only every
-    /// `COMMITTED_SAVE_EVERY` entries or on a new term: a crash may leave an older value (the
-    /// high watermark then lags after a restart) or a torn file (read as none).
+    /// Saves the committed log id without fsync: a crash may leave an older value (the high
+    /// watermark then lags after a restart) or a torn file (read as none).
     fn save_committed(&self, committed: Option<LogIdOf<TypeConfig>>) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
         let mut current = lock(&self.committed);
-        let mut written = lock(&self.committed_written);
-        let due = match (*written, committed) {
-            (_, None) => false,
-            (None, Some(_)) => true,
-            (Some(w), Some(c)) => {
-                c.committed_leader_id() != w.committed_leader_id()
-                    || c.index() >= w.index().saturating_add(COMMITTED_SAVE_EVERY)
+        let mut record = serde_json::to_vec(&committed).map_err(io::Error::other)?;
+        if record.len() > COMMITTED_RECORD {
+            return Err(io::Error::other(format!("committed log id of {} bytes", record.len())));
+        }
+        record.resize(COMMITTED_RECORD, b' ');
+        let mut file = lock(&self.committed_file);
+        if file.is_none() {
+            let path = self.log.dir().join(COMMITTED_FILE);
+            let f = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&path)?;
+            // A file written by an older version holds the JSON alone; the padded record
+            // covers it, and nothing is ever appended after it.
+            if f.metadata()?.len() > COMMITTED_RECORD as u64 {
+                f.set_len(COMMITTED_RECORD as u64)?;
             }
-        };
-        if due {
-            self.write_committed(committed)?;
-            *written = committed;
+            *file = Some(f);
+        }
+        if let Some(f) = file.as_ref() {
+            f.write_all_at(&record, 0)?;
         }
         *current = committed;
         Ok(())
@@ -315,7 +301,7 @@ pub fn open_log(log: Arc<PartitionLog>) -> io::Result<(PartitionLogStore, Partit
         state_path,
         state: Mutex::new(state),
         committed: Mutex::new(Option::None),
-        committed_written: Mutex::new(Option::None),
+        committed_file: Mutex::new(None),
     });
     if let Some(s) = snapshot.as_mut().filter(|s| s.installing) {
         shared.finish_install(s)?;
@@ -343,7 +329,6 @@ pub fn open_log(log: Arc<PartitionLog>) -> io::Result<(PartitionLogStore, Partit
         None
     });
     *lock(&shared.committed) = committed.flatten();
-    *lock(&shared.committed_written) = committed.flatten();
     // The saved applied state is trusted only if the log still holds that entry (a follower
     // applies entries it accepted, which a crash may have taken) and it is past the snapshot.
     if let Some(saved) = saved_applied {

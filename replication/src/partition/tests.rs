@@ -348,36 +348,27 @@ async fn a_torn_commit_file_costs_the_commit_never_the_vote() {
     assert_eq!(store.try_get_log_entries(0..).await.unwrap().len(), 2);
 }
 
-/// The committed log id is written every `COMMITTED_SAVE_EVERY` entries and on a new term, not
-/// on every commit; a replica closed cleanly leaves the newest, so it restarts with its HW.
+/// Every commit is saved in place: the same file (one inode, no rename per commit), and a
+/// reopen reads the newest; a file written whole by an older version is taken over.
 #[tokio::test]
-async fn the_commit_is_written_every_so_many_entries_and_at_close() {
+async fn commits_are_saved_in_place() {
+    use std::os::unix::fs::MetadataExt;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("t-0");
-    let (mut store, sm) = open(&dir, LogConfig::default()).unwrap();
-    let n = COMMITTED_SAVE_EVERY + 10;
-    let mut entries: Vec<_> = (0..n).map(|i| normal(1, i, b"v")).collect();
-    entries.extend((n..n + 5).map(|i| normal(2, i, b"w")));
+    let (mut store, _sm) = open(&dir, LogConfig::default()).unwrap();
+    let entries: Vec<_> = (0..20).map(|i| normal(1, i, b"v")).collect();
     append(&mut store, entries.clone()).await;
-    let on_disk = || -> Option<LogIdOf<TypeConfig>> {
-        serde_json::from_slice(&std::fs::read(dir.join(COMMITTED_FILE)).unwrap()).unwrap()
-    };
-    for e in &entries[..n as usize] {
+    // As an older version left it: the JSON alone.
+    std::fs::write(dir.join(COMMITTED_FILE), serde_json::to_vec(&Some(entries[0].log_id)).unwrap()).unwrap();
+    let inode = std::fs::metadata(dir.join(COMMITTED_FILE)).unwrap().ino();
+    for e in &entries {
         store.save_committed(Some(e.log_id)).await.unwrap();
     }
-    // Written at the first commit, then once COMMITTED_SAVE_EVERY later.
-    assert_eq!(on_disk(), Some(entries[COMMITTED_SAVE_EVERY as usize].log_id));
-    // A new term's first commit is written at once, the next ones of the term are not.
-    store.save_committed(Some(entries[n as usize].log_id)).await.unwrap();
-    assert_eq!(on_disk(), Some(entries[n as usize].log_id));
-    let last = entries.last().unwrap().log_id;
-    store.save_committed(Some(last)).await.unwrap();
-    assert_eq!(on_disk(), Some(entries[n as usize].log_id));
-    assert_eq!(store.read_committed().await.unwrap(), Some(last), "in memory it is the newest");
-    drop((store, sm));
-    assert_eq!(on_disk(), Some(last), "a clean close writes the newest");
+    let meta = std::fs::metadata(dir.join(COMMITTED_FILE)).unwrap();
+    assert_eq!((meta.ino(), meta.len()), (inode, COMMITTED_RECORD as u64));
+    drop((store, _sm));
     let (mut store, _sm) = open(&dir, LogConfig::default()).unwrap();
-    assert_eq!(store.read_committed().await.unwrap(), Some(last));
+    assert_eq!(store.read_committed().await.unwrap(), Some(entries[19].log_id));
 }
 
 /// `raft-applied` is rewritten every `APPLIED_SAVE_EVERY` entries (and on membership changes),
