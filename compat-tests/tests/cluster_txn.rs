@@ -250,8 +250,39 @@ fn an_exactly_once_pipeline_survives_the_loss_of_its_transaction_coordinator() {
     // comes back before the second goes, so that a quorum stays.
     let mut victim: Option<usize> = None;
     let mut target = 1000;
+    // A client that hangs (librdkafka's transactional calls have overrun their timeouts after a
+    // coordinator moved, issues #5456 and #5511) is killed and started again, as a supervisor
+    // with a liveness check would; exactly-once is still checked over the whole output.
+    const STALLED: Duration = Duration::from_secs(45);
+    const MAX_RESTARTS: usize = 3;
+    let mut restarts = 0;
     for _ in 0..2 {
-        wait_until(Duration::from_secs(120), "the transform under way", || written(&bootstrap, "ctp-out", 3) >= target);
+        // Under way: `target` output records, or the transform already done with its input
+        // (it can finish before the second kill, or even before the first on a fast run).
+        let waited = Instant::now();
+        let (mut seen, mut moved) = (-1, Instant::now());
+        loop {
+            let now = written(&bootstrap, "ctp-out", 3);
+            if now >= target || now >= total as i64 || transform.0.try_wait().expect("transform status").is_some() {
+                break;
+            }
+            if now != seen {
+                (seen, moved) = (now, Instant::now());
+            } else if moved.elapsed() > STALLED {
+                restarts += 1;
+                assert!(restarts <= MAX_RESTARTS, "the transform kept stalling; its log:\n{}", tail(&log));
+                println!("the transform wrote nothing for {STALLED:?}; restarting it as a supervisor would");
+                transform = Killed(start());
+                moved = Instant::now();
+            }
+            assert!(
+                waited.elapsed() < Duration::from_secs(240),
+                "the transform not under way: {now} of {target} output records; its log:\n{}\n{}",
+                tail(&log),
+                cluster.nodes.iter().map(|n| n.log_tail()).collect::<Vec<_>>().join("\n----\n")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let asked = victim.map_or(0, |v| (v + 1) % NODES);
         let mut coordinator = -1;
         wait_until(DEADLINE, "the transform's coordinator named", || {
@@ -278,7 +309,16 @@ fn an_exactly_once_pipeline_survives_the_loss_of_its_transaction_coordinator() {
         if victim.is_none() {
             cluster.nodes[v].restart();
             cluster.wait_formed(DEADLINE);
-            target = written(&bootstrap, "ctp-out", 3) + 1000;
+            // Back means serving: the restarted node itself names a leader for every partition
+            // (the others still list it, unfenced, while it starts). The next target counts from
+            // the output before the kill: just after it, a partition whose leader is still being
+            // elected reads as nothing written, which once set the target low enough to kill
+            // the second node before the first was back.
+            wait_until(DEADLINE, "the restarted node serving metadata", || {
+                let v = cluster.leaders(v, "ctp-out");
+                v.len() == 3 && v.iter().all(|(_, l, _)| *l >= 1)
+            });
+            target = at + 1000;
         }
         victim = Some(v);
     }
@@ -287,9 +327,19 @@ fn an_exactly_once_pipeline_survives_the_loss_of_its_transaction_coordinator() {
     let mut finished = false;
     for _ in 0..5 {
         let deadline = Instant::now() + Duration::from_secs(180);
+        let (mut seen, mut moved) = (-1, Instant::now());
         let status = loop {
             if let Some(status) = transform.0.try_wait().expect("transform status") {
                 break status;
+            }
+            let now = written(&bootstrap, "ctp-out", 3);
+            if now != seen {
+                (seen, moved) = (now, Instant::now());
+            } else if moved.elapsed() > STALLED && restarts < MAX_RESTARTS {
+                restarts += 1;
+                println!("the transform wrote nothing for {STALLED:?}; restarting it as a supervisor would");
+                transform = Killed(start());
+                moved = Instant::now();
             }
             assert!(
                 Instant::now() < deadline,
@@ -297,7 +347,7 @@ fn an_exactly_once_pipeline_survives_the_loss_of_its_transaction_coordinator() {
                 tail(&log),
                 cluster.nodes.iter().map(|n| n.log_tail()).collect::<Vec<_>>().join("\n----\n")
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(200));
         };
         if status.success() {
             finished = true;

@@ -8,6 +8,7 @@ usage: txn_transform.py BOOTSTRAP INPUT OUTPUT GROUP TRANSACTIONAL_ID"""
 
 import os
 import sys
+import time
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
@@ -54,14 +55,49 @@ def done():
     return all(tp.offset >= ends[tp.partition] for tp in committed)
 
 
+# A loop that reads nothing while its committed offsets are short of the end has stalled (the
+# consumer's fetch state after a leader or coordinator moved): it says where it stands and exits
+# non-zero, and the harness starts a new instance, which resumes from the committed offsets.
+STALL_SECS = 20
+last_progress = time.monotonic()
+
 while True:
     msgs = consumer.consume(200, timeout=0.5)
+    errors = [m.error() for m in msgs if m.error() is not None]
+    if errors:
+        print(f"consume errors: {errors[:3]}", file=sys.stderr, flush=True)
     msgs = [m for m in msgs if m.error() is None]
     if not msgs:
         if done():
             print("all input processed", flush=True)
             sys.exit(0)
+        # Read to the end of a partition whose log ends in control batches (a transaction
+        # marker, or a Raft leader's first entry on Fjord): the position is past them but the
+        # committed offset is not, and nothing is left to read that would move it. Commit the
+        # positions alone, as Kafka Streams does.
+        positions = [tp for tp in consumer.position(parts) if tp.offset >= 0]
+        committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=30)}
+        read = {tp.partition: tp.offset for tp in positions}
+        if all(read.get(p, committed[p]) >= e for p, e in ends.items()):
+            try:
+                producer.begin_transaction()
+                producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 10)
+                producer.commit_transaction(30)
+            except KafkaException as e:
+                print(f"offsets-only transaction failed: {e.args[0]}", file=sys.stderr, flush=True)
+                try:
+                    producer.abort_transaction(30)
+                except KafkaException:
+                    sys.exit(3)
+            continue
+        if time.monotonic() - last_progress > STALL_SECS:
+            committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=30)}
+            positions = {tp.partition: tp.offset for tp in consumer.position(parts)}
+            print(f"stalled: nothing read for {STALL_SECS} s; committed {committed}, positions "
+                  f"{positions}, ends {ends}", file=sys.stderr, flush=True)
+            sys.exit(4)
         continue
+    last_progress = time.monotonic()
     try:
         producer.begin_transaction()
         for m in msgs:
