@@ -180,8 +180,10 @@ fn timed_out_transaction_is_aborted_and_its_producer_fenced() {
     assert_eq!(add(&mut conn, "slow-app", me, &[("slow", 0)]), vec![0]);
     assert_eq!(wire::produce(&mut conn, "slow", 0, txn_batch(&[b"late"], me.0, me.1, 0)).0, 0);
     assert_eq!(end_offset(&mut conn, "slow", 0, true), 0);
+    // The marker is visible before the coordinator records CompleteAbort: wait for both.
     wait_until(Duration::from_secs(20), "the coordinator aborts the expired transaction", || {
         end_offset(&mut conn, "slow", 0, true) == 2
+            && describe_txn(&mut conn, "slow-app").transaction_state.as_str() == "CompleteAbort"
     });
     let d = describe_txn(&mut conn, "slow-app");
     assert_eq!((d.transaction_state.as_str(), d.producer_epoch), ("CompleteAbort", me.1 + 1));
