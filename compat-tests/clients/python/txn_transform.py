@@ -6,13 +6,19 @@ it (and the broker) with SIGKILL at random points and starts it again.
 
 usage: txn_transform.py BOOTSTRAP INPUT OUTPUT GROUP TRANSACTIONAL_ID"""
 
+import faulthandler
 import os
+import signal
 import sys
 import time
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 bootstrap, src, dst, group, txn_id = sys.argv[1:6]
+
+# A supervisor that finds this loop hung sends SIGUSR1 first: every thread's stack goes to
+# stderr, so the log says which call never returned.
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 consumer = Consumer({
     "bootstrap.servers": bootstrap,
