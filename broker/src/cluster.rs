@@ -338,7 +338,7 @@ impl ClusterNode {
     }
 
     /// Kafka's auto leader rebalance: each partition this node leads whose preferred replica
-    /// (the first) is another node hands its leadership over, when `to_preferred` allows it.
+    /// (the first, or the first on a rack of the topic's `leader.preferred.racks`) is another node hands its leadership over, when `to_preferred` allows it.
     /// Returns how many transfers were started.
     pub async fn balance_leaders(&self) -> usize {
         let mut started = 0;
@@ -350,15 +350,15 @@ impl ClusterNode {
         started
     }
 
-    /// Hands the leadership of `group`, which this node leads, to its preferred replica (the
-    /// first), if that broker is live (unfenced, and answered within the last second), in the
+    /// Hands the leadership of `group`, which this node leads, to its preferred replica
+    /// (`ClusterMetadata::preferred_leader`: the first, or the first on a pinned rack), if that broker is live (unfenced, and answered within the last second), in the
     /// partition's ISR, and holds every committed entry. A transfer that does not complete costs
     /// an election (`ReplicaNode::transfer_leader`). Ok(false): this node is the preferred one.
     pub async fn to_preferred(&self, group: GroupId) -> Result<bool, ResponseError> {
         let (target, eligible) = self
             .read(|m| {
                 let p = m.partitions().get(&group)?;
-                let first = *p.replicas.first()?;
+                let first = m.preferred_leader(group)?;
                 let live = m.brokers().get(&first).is_some_and(|b| !b.fenced);
                 Some((NodeId::try_from(first).ok()?, live && p.isr.contains(&first)))
             })
@@ -411,7 +411,7 @@ impl ClusterNode {
                     m.partitions()
                         .iter()
                         .find(|(_, p)| p.topic == topic && p.index == index)
-                        .map(|(g, p)| (*g, p.leader, p.replicas.first().copied(), p.leader_epoch))
+                        .map(|(g, p)| (*g, p.leader, m.preferred_leader(*g), p.leader_epoch))
                 })
                 .ok_or(ResponseError::UnknownTopicOrPartition)?;
             let preferred = preferred.ok_or(ResponseError::UnknownTopicOrPartition)?;

@@ -77,9 +77,12 @@ use Effect::{Applied, Ignored};
 use Rule::*;
 
 const NO_TIERING: &str = "tiered storage is not in Fjord yet";
-const ONE_REPLICA: &str = "a Fjord partition has a single replica for now";
+const NO_THROTTLES: &str = "replication throttles are not in Fjord yet";
+const RAFT_ELECTIONS: &str = "Fjord replicates with Raft: a replica lacking committed records is never elected";
+const ONE_FETCHER: &str = "each Fjord node replicates through one connection per peer";
 
-/// Every topic config of Kafka 3.9, in Kafka's order of documentation.
+/// Every topic config of Kafka 3.9, in Kafka's order of documentation, and Fjord's own
+/// `leader.preferred.racks`.
 pub const TOPIC_CONFIGS: &[ConfigDef] = &[
     def!("cleanup.policy", Some("log.cleanup.policy"), List, "delete", ListOf(&["delete", "compact"]), Applied,
         "delete: closed segments go by retention.ms / retention.bytes; compact: only the newest record of each key is kept."),
@@ -101,12 +104,16 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         "An append that leaves this many or more records of the partition unsynced is fsync'd before it is acknowledged, whatever its acks."),
     def!("flush.ms", Some("log.flush.interval.ms"), Long, LONG_MAX, AtLeast(0), Applied,
         "Records left unsynced this long are fsync'd by a background pass (checked every 100 ms); 0 syncs every append before it is acknowledged."),
-    def!("follower.replication.throttled.replicas", None, List, "", ThrottledReplicas, Ignored(ONE_REPLICA),
+    def!("follower.replication.throttled.replicas", None, List, "", ThrottledReplicas, Ignored(NO_THROTTLES),
         "Replicas whose follower fetches are throttled."),
     def!("index.interval.bytes", Some("log.index.interval.bytes"), Int, "4096", AtLeast(0), Applied,
         "Bytes of log between two offset index entries."),
-    def!("leader.replication.throttled.replicas", None, List, "", ThrottledReplicas, Ignored(ONE_REPLICA),
+    def!("leader.replication.throttled.replicas", None, List, "", ThrottledReplicas, Ignored(NO_THROTTLES),
         "Replicas whose leader-side replication is throttled."),
+    // Fjord's own (issue 12's leader pinning), not Kafka's: the racks whose brokers should lead
+    // the topic's partitions, so that a write costs one round trip from the producers' region.
+    def!("leader.preferred.racks", None, List, "", Any, Applied,
+        "Racks (broker.rack values) whose replicas should lead the topic's partitions: placement, leader balancing and preferred elections pick the first replica on one of these racks. Empty, or no replica on them: the first replica leads."),
     def!("local.retention.bytes", Some("log.local.retention.bytes"), Long, "-2", AtLeast(-2), Ignored(NO_TIERING),
         "Bytes kept locally when tiered storage is on (-2: retention.bytes)."),
     def!("local.retention.ms", Some("log.local.retention.ms"), Long, "-2", AtLeast(-2), Ignored(NO_TIERING),
@@ -159,7 +166,7 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
     def!("segment.ms", Some("log.roll.ms"), Long, "604800000", AtLeast(1), Applied,
         "Age at which a segment rolls even if not full."),
     def!("unclean.leader.election.enable", Some("unclean.leader.election.enable"), Boolean, "false", Any,
-        Ignored(ONE_REPLICA),
+        Ignored(RAFT_ELECTIONS),
         "Whether a replica outside the in-sync set may become leader."),
 ];
 
@@ -261,7 +268,7 @@ pub const DYNAMIC_BROKER_CONFIGS: &[BrokerDef] = &[
         kind: Kind::Int,
         default: "1",
         rule: Any,
-        effect: Ignored(ONE_REPLICA),
+        effect: Ignored(ONE_FETCHER),
         doc: "Replica fetcher threads.",
     },
     BrokerDef {

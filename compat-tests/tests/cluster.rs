@@ -315,6 +315,31 @@ fn elect_leaders_moves_partitions_to_their_preferred_replicas() {
     assert!(lines.len() == 6 && lines.iter().all(|l| l.contains("ELECTION_NOT_NEEDED")), "{lines:?}");
 }
 
+/// Leader pinning (`leader.preferred.racks`) set and changed with a real admin client: a topic
+/// created pinned to rack r2 is led from node 2 (the only node there); re-pinned to r3, the
+/// leader balancer moves every leadership to node 3; DescribeConfigs shows each value.
+#[test]
+fn a_topic_pinned_to_a_rack_is_led_from_it() {
+    let cluster = LocalCluster::start_with(NODES, &["--leader-imbalance-check-interval-seconds", "1"]);
+    cluster.wait_formed(DEADLINE);
+    let topic = "pinned";
+    let pin = |args: &[&str]| -> String {
+        let mut cmd = fjord_compat_tests::client(fjord_compat_tests::python());
+        cmd.current_dir(fjord_compat_tests::clients_dir().join("python"));
+        cmd.arg("pinned_leaders.py").arg(cluster.bootstrap()).arg(topic).args(args);
+        let out = fjord_compat_tests::run_client(&mut cmd, Duration::from_secs(90));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let led_by = |cluster: &LocalCluster, node: i32| {
+        let v = cluster.leaders(0, topic);
+        v.len() == 6 && v.iter().all(|(_, l, _)| *l == node)
+    };
+    assert_eq!(pin(&["create", "r2", "6", "3"]), "leader.preferred.racks=r2");
+    wait_until(DEADLINE, "every partition led from rack r2", || led_by(&cluster, 2));
+    assert_eq!(pin(&["alter", "r3"]), "leader.preferred.racks=r3");
+    wait_until(DEADLINE, "every partition led from rack r3", || led_by(&cluster, 3));
+}
+
 /// A leadership transfer whose target never takes over: ElectLeaders starts it, and the target's
 /// cluster links are blackholed at that moment. openraft's leader stops heartbeats and writes
 /// once it hands over and cannot take that back, so the two others must elect a leader

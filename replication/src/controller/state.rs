@@ -204,8 +204,24 @@ impl ClusterMetadata {
         self.next_group_id
     }
 
+    /// The replica that should lead `group`: the first on a rack its topic's
+    /// `leader.preferred.racks` names, or the first replica when that config
+    /// is empty or names no rack holding one. Placement puts such a replica
+    /// first at creation; this keeps the pinning when the config changes later.
+    pub fn preferred_leader(&self, group: GroupId) -> Option<NodeId> {
+        let p = self.partitions.get(&group)?;
+        let racks = super::placement::preferred_racks(
+            self.topics
+                .get(&p.topic)
+                .and_then(|t| t.configs.get(super::placement::LEADER_PREFERRED_RACKS))
+                .map(String::as_str),
+        );
+        let rack = |r: &NodeId| self.brokers.get(r).and_then(|b| b.registration.rack.as_ref());
+        p.replicas.iter().find(|r| rack(r).is_some_and(|rk| racks.contains(rk))).or(p.replicas.first()).copied()
+    }
+
     /// ElectLeaders PREFERRED over every partition: the groups whose
-    /// preferred replica (the first) is live and in the ISR but does not
+    /// preferred replica (`preferred_leader`) is live and in the ISR but does not
     /// lead, with that replica. Placement keeps preferred leaders within one
     /// of each other, so moving these restores the balance after restarts
     /// and failovers; the controller asks each group to transfer leadership.
@@ -213,7 +229,7 @@ impl ClusterMetadata {
         self.partitions
             .iter()
             .filter_map(|(g, p)| {
-                let preferred = *p.replicas.first()?;
+                let preferred = self.preferred_leader(*g)?;
                 let live = self.brokers.get(&preferred).is_some_and(|b| !b.fenced);
                 (live && p.isr.contains(&preferred) && p.leader != Some(preferred)).then_some((*g, preferred))
             })

@@ -687,6 +687,45 @@ fn leader_pinning_config_places_preferred_leaders_in_the_pinned_rack() {
 }
 
 #[test]
+fn pinning_a_topic_later_moves_its_preferred_leaders_to_the_pinned_rack() {
+    let mut s = cluster(3, &["eu", "us", "ap"]);
+    create(&mut s, "t", 6, 3, 1);
+    let firsts: Vec<NodeId> = s.partitions_of("t").map(|(_, p)| p.replicas[0]).collect();
+    let groups: Vec<GroupId> = s.partitions_of("t").map(|(g, _)| g).collect();
+    // Unpinned, the first replica is preferred.
+    assert_eq!(groups.iter().map(|g| s.preferred_leader(*g).unwrap()).collect::<Vec<_>>(), firsts);
+    let pin = |racks: Option<&str>| {
+        let changes = [(placement::LEADER_PREFERRED_RACKS.to_string(), racks.map(str::to_string))].into();
+        move |s: &ClusterMetadata| {
+            s.propose_alter_configs(ConfigResource::Topic { name: "t".into() }, changes, &AnyConfig).unwrap()
+        }
+    };
+    okp(&mut s, pin(Some("ap")));
+    let ap = s.brokers().values().find(|b| b.registration.rack.as_deref() == Some("ap")).unwrap().registration.node_id;
+    assert!(groups.iter().all(|g| s.preferred_leader(*g) == Some(ap)));
+    // Every partition led by its first replica, in the ISR: the pinned replica is elected where
+    // it does not lead.
+    let reports = |s: &ClusterMetadata, leader: NodeId| -> Vec<LeadershipReport> {
+        s.partitions_of("t")
+            .filter(|(_, p)| p.replicas[0] == leader)
+            .map(|(g, _)| LeadershipReport { group_id: g, leader_epoch: 1, isr: vec![1, 2, 3] })
+            .collect()
+    };
+    for n in 1..=3 {
+        let r = reports(&s, n);
+        okp(&mut s, |s| s.propose_report(n, r).unwrap());
+    }
+    let moves = s.preferred_leader_elections();
+    assert_eq!(moves.len(), firsts.iter().filter(|f| **f != ap).count(), "{moves:?}");
+    assert!(moves.iter().all(|(_, to)| *to == ap));
+    // A rack that holds no replica pins nothing; removing the config unpins.
+    okp(&mut s, pin(Some("nowhere")));
+    assert_eq!(groups.iter().map(|g| s.preferred_leader(*g).unwrap()).collect::<Vec<_>>(), firsts);
+    okp(&mut s, pin(None));
+    assert_eq!(groups.iter().map(|g| s.preferred_leader(*g).unwrap()).collect::<Vec<_>>(), firsts);
+}
+
+#[test]
 fn preferred_leader_elections_restore_the_leader_balance() {
     let mut s = cluster(3, &[]);
     create(&mut s, "t", 9, 3, 1);
