@@ -41,6 +41,11 @@ const ELECTIONS: ElectionTimings = ElectionTimings {
 
 /// Group heartbeats carry the commit index; liveness is the election driver's pings.
 const GROUP_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Follower reads (KIP-392): a follower serves consumers while it has heard from its leader
+/// within this long (three group heartbeats), and a leader sends consumers only to followers that
+/// answered it within it. Past it the follower may be cut off from the leader, its high watermark
+/// going stale, so it answers NOT_LEADER_OR_FOLLOWER and the consumer goes back to the leader.
+pub const FOLLOWER_READ_LAG: Duration = Duration::from_secs(3);
 
 /// How long a controller voter with no Raft state waits for every other voter's answer before a
 /// majority's word that the quorum is new will do.
@@ -301,6 +306,73 @@ impl ClusterNode {
             (Some(raft), Some(replica)) => Replica::Raft { raft, replica },
             _ => Replica::Elsewhere,
         }))
+    }
+
+    /// The group of partition `index` of `topic`, if the metadata has it.
+    fn group_of(&self, topic: &str, index: i32) -> Option<GroupId> {
+        self.read(|m| m.topic(topic)?.partitions.get(usize::try_from(index).ok()?).copied())
+    }
+
+    /// KIP-392's rack-aware selection, asked of a partition's leader: the replica a consumer on
+    /// `rack` should read from, when that is another node. None (read here) when this node is on
+    /// that rack, or when no follower there is in the partition's ISR, live, and heard from
+    /// within `FOLLOWER_READ_LAG`; among several, the one holding the most entries.
+    pub fn preferred_read_replica(&self, topic: &str, index: i32, rack: &str) -> Option<i32> {
+        let me = i32::try_from(self.node_id()).ok()?;
+        let group = self.group_of(topic, index)?;
+        let candidates: Vec<i32> = self.read(|m| {
+            let p = m.partitions().get(&group)?;
+            let on_rack =
+                |id: i32| m.broker(id).is_some_and(|b| !b.fenced && b.registration.rack.as_deref() == Some(rack));
+            if on_rack(me) {
+                return None;
+            }
+            Some(p.replicas.iter().copied().filter(|r| *r != me && p.isr.contains(r) && on_rack(*r)).collect())
+        })?;
+        if candidates.is_empty() {
+            return None;
+        }
+        let raft = self.node.group(group)?;
+        let m = raft.metrics();
+        let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
+        if m.state != openraft::ServerState::Leader {
+            return None;
+        }
+        candidates
+            .into_iter()
+            .filter_map(|c| {
+                let id = NodeId::try_from(c).ok()?;
+                let answered = m.heartbeat.as_ref()?.get(&id).copied().flatten()?;
+                let matched = m.replication.as_ref()?.get(&id).cloned().flatten().map(|l| l.index());
+                (openraft::Instant::elapsed(&*answered) < FOLLOWER_READ_LAG).then_some((matched, std::cmp::Reverse(c)))
+            })
+            .max()
+            .map(|(_, std::cmp::Reverse(c))| c)
+    }
+
+    /// KIP-392 on a follower: the log a consumer may read from this node's replica of the
+    /// partition, which does not lead it. It serves up to its own high watermark (the commit
+    /// index its leader last sent), while it follows a leader it heard from within
+    /// `FOLLOWER_READ_LAG` and has not lost its log; the consumer's leader epoch must be the
+    /// current term, as on a leader.
+    pub fn follower_log(
+        &self,
+        topic: &str,
+        index: i32,
+        current_leader_epoch: i32,
+    ) -> Result<Arc<fjord_storage::PartitionLog>, ResponseError> {
+        let group = self.group_of(topic, index).ok_or(ResponseError::UnknownTopicOrPartition)?;
+        let replica = self.replicas.get(group).ok_or(ResponseError::NotLeaderOrFollower)?;
+        if self.node.recovery().is_recovering(group) {
+            return Err(ResponseError::NotLeaderOrFollower);
+        }
+        let (_, term, since) = self.node.following(group).ok_or(ResponseError::NotLeaderOrFollower)?;
+        if since > FOLLOWER_READ_LAG {
+            return Err(ResponseError::NotLeaderOrFollower);
+        }
+        let term = i32::try_from(term).map_err(|_| ResponseError::NotLeaderOrFollower)?;
+        crate::leadership::check_epoch(term, current_leader_epoch)?;
+        Ok(replica.log)
     }
 
     /// Makes this node's dynamic broker configs the cluster's (the metadata's cluster default and

@@ -411,6 +411,10 @@ fn host_port(v: &str) -> Result<(), String> {
     }
 }
 
+/// Kafka's replica selectors (`replica.selector.class`), by their class names.
+pub const LEADER_SELECTOR: &str = "org.apache.kafka.common.replica.LeaderSelector";
+pub const RACK_AWARE_SELECTOR: &str = "org.apache.kafka.common.replica.RackAwareReplicaSelector";
+
 fn optional_host_port(v: &Option<String>) -> Result<(), String> {
     v.as_deref().map_or(Ok(()), host_port)
 }
@@ -465,6 +469,17 @@ broker_config! {
     leader_imbalance_check_interval_seconds: u64 = 300,
         view: ReadOnly("leader.imbalance.check.interval.seconds", Kind::Long),
         check: |v| between(*v as i64, 1, 86_400);
+    /// `replica.selector.class` (KIP-392): how a partition's leader picks the replica a consumer
+    /// reads from. Unset, or Kafka's `LeaderSelector`: the leader. Kafka's
+    /// `RackAwareReplicaSelector` (or `rack-aware`): an in-sync follower on the consumer's
+    /// `client.rack` when the leader is not on it.
+    replica_selector_class: Option<String> = None, view: ReadOnly("replica.selector.class", Kind::String),
+        check: |v| match v.as_deref().map(str::trim) {
+            None | Some("") | Some(LEADER_SELECTOR) | Some(RACK_AWARE_SELECTOR) | Some("leader") | Some("rack-aware") => Ok(()),
+            Some(other) => Err(format!(
+                "unknown replica selector {other:?}: use {RACK_AWARE_SELECTOR} (or rack-aware), or {LEADER_SELECTOR} (or leader, the default)"
+            )),
+        };
     /// `min.insync.replicas`: default of the topic config.
     min_insync_replicas: i32 = 1, view: TopicDefault("min.insync.replicas"), check: |v| at_least((*v).into(), 1);
     /// Largest request frame accepted (`socket.request.max.bytes`).
@@ -733,6 +748,11 @@ pub enum ConfigError {
 }
 
 impl BrokerConfig {
+    /// Whether partition leaders send consumers to an in-sync follower on their rack (KIP-392).
+    pub fn rack_aware_reads(&self) -> bool {
+        matches!(self.replica_selector_class.as_deref().map(str::trim), Some(RACK_AWARE_SELECTOR) | Some("rack-aware"))
+    }
+
     pub fn from_file(path: &Path) -> Result<BrokerConfig, ConfigError> {
         Ok(Self::read_file(path)?.0)
     }

@@ -251,10 +251,13 @@ pub fn prepare(broker: &Arc<Broker>, frame: Bytes) -> Result<HandlerFuture, Stri
             entry.key, entry.min, entry.max
         ));
     }
-    if entry.key == ApiKey::Metadata && broker.cluster.as_ref().is_some_and(|c| c.controller.lost_contact()) {
-        // Its metadata may name leaders that have moved, and a client keeps asking the broker
-        // that answers: closing the connection makes the client ask another broker.
-        return Err("this node lost contact with the controller quorum; its metadata may be stale".into());
+    let needs_controller = matches!(entry.key, ApiKey::Metadata | ApiKey::InitProducerId);
+    if needs_controller && broker.cluster.as_ref().is_some_and(|c| c.controller.lost_contact()) {
+        // Its metadata may name leaders that have moved, and it cannot get producer ids from the
+        // controller; a client keeps asking the broker that answers (librdkafka retried an
+        // idempotent producer's InitProducerId here for a minute): closing the connection makes
+        // the client ask another broker.
+        return Err(format!("this node lost contact with the controller quorum; it cannot serve {:?}", entry.key));
     }
     let mut body = frame;
     let hv = entry.key.request_header_version(version);

@@ -12,6 +12,8 @@ use crate::{free_addr, wait_until, BrokerProcess, RawConn};
 
 pub struct LocalCluster {
     pub nodes: Vec<BrokerProcess>,
+    /// Each node's Prometheus endpoint (`--metrics-listen`), by node index.
+    pub metrics: Vec<String>,
     /// With `start_proxied`: the proxy on each directed link (from node index, to node index).
     pub links: BTreeMap<(usize, usize), LinkProxy>,
 }
@@ -28,8 +30,8 @@ impl LocalCluster {
         let voters = |_: usize| -> String {
             ports.iter().enumerate().map(|(i, a)| format!("{}@{a}", i + 1)).collect::<Vec<_>>().join(",")
         };
-        let nodes = (0..n).map(|i| start_node(i, &ports[i], &voters(i), extra)).collect();
-        LocalCluster { nodes, links: BTreeMap::new() }
+        let (nodes, metrics) = (0..n).map(|i| start_node(i, &ports[i], &voters(i), extra)).unzip();
+        LocalCluster { nodes, metrics, links: BTreeMap::new() }
     }
 
     /// `start_with`, every node dialing every other through a [`LinkProxy`] of its own (a
@@ -52,8 +54,8 @@ impl LocalCluster {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        let nodes = (0..n).map(|i| start_node(i, &ports[i], &voters(i), extra)).collect();
-        LocalCluster { nodes, links }
+        let (nodes, metrics) = (0..n).map(|i| start_node(i, &ports[i], &voters(i), extra)).unzip();
+        LocalCluster { nodes, metrics, links }
     }
 
     /// Sets every link to and from node index `i` to `mode` (`Pass` heals it).
@@ -108,9 +110,10 @@ impl LocalCluster {
 /// Node index `i` (id `i + 1`, rack `r{i+1}`) with its cluster port and voter list. Liveness is
 /// tightened (heartbeats every 200 ms, fenced after 2 s) so that tests see a dead broker fenced
 /// quickly, unless `extra` sets either flag itself.
-fn start_node(i: usize, cluster_listen: &str, voters: &str, extra: &[&str]) -> BrokerProcess {
+fn start_node(i: usize, cluster_listen: &str, voters: &str, extra: &[&str]) -> (BrokerProcess, String) {
     let id = (i + 1).to_string();
     let rack = format!("r{}", i + 1);
+    let metrics = free_addr();
     let mut args = vec![
         "--node-id",
         &id,
@@ -120,6 +123,8 @@ fn start_node(i: usize, cluster_listen: &str, voters: &str, extra: &[&str]) -> B
         voters,
         "--broker-rack",
         &rack,
+        "--metrics-listen",
+        &metrics,
     ];
     for (flag, value) in [("--broker-heartbeat-interval-ms", "200"), ("--broker-session-timeout-ms", "2000")] {
         if !extra.contains(&flag) {
@@ -127,5 +132,5 @@ fn start_node(i: usize, cluster_listen: &str, voters: &str, extra: &[&str]) -> B
         }
     }
     args.extend_from_slice(extra);
-    BrokerProcess::start(&args)
+    (BrokerProcess::start(&args), metrics)
 }

@@ -222,6 +222,18 @@ pub fn fetch(
     offset: i64,
     read_committed: bool,
 ) -> fetch_response::PartitionData {
+    fetch_version(conn, topic, partition, offset, read_committed, 12)
+}
+
+/// `fetch` at a given Fetch version (4..=12: topics by name).
+pub fn fetch_version(
+    conn: &mut RawConn,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    read_committed: bool,
+    version: i16,
+) -> fetch_response::PartitionData {
     let mut fp = fetch_request::FetchPartition::default();
     fp.partition = partition;
     fp.fetch_offset = offset;
@@ -234,7 +246,7 @@ pub fn fetch(
     req.max_bytes = 1 << 20;
     req.isolation_level = read_committed as i8;
     req.topics = vec![ft];
-    let mut r: FetchResponse = conn.call(ApiKey::Fetch, 12, &req);
+    let mut r: FetchResponse = conn.call(ApiKey::Fetch, version, &req);
     r.responses.remove(0).partitions.remove(0)
 }
 

@@ -14,7 +14,9 @@ use fjord_compat_tests::cluster::LocalCluster;
 use fjord_compat_tests::jepsen::{create_topic, now_ns, stop_and_judge, Run, Workload};
 use fjord_compat_tests::proxy::LinkMode;
 use fjord_compat_tests::wait_until;
-use fjord_compat_tests::wire::{batch, describe_config, fetch, list_offset, produce, produce_request, topic_metadata};
+use fjord_compat_tests::wire::{
+    batch, describe_config, fetch, fetch_version, list_offset, produce, produce_request, topic_metadata,
+};
 use kafka_protocol::messages::{ApiKey, ProduceResponse};
 
 const NODES: usize = 3;
@@ -81,10 +83,16 @@ fn the_leader_takes_writes_and_serves_committed_reads_and_a_new_leader_has_them_
     let (code, base) = produce(&mut cluster.conn(leader), topic, 0, batch(&first, 1_000));
     assert_eq!(code, 0, "produce to the leader");
     assert!(base >= 0);
-    // A follower refuses writes and reads: the client must go to the leader.
+    // A follower refuses writes, and reads from clients that predate KIP-392 (Fetch v10): the
+    // client must go to the leader. A v11+ consumer fetch it serves, up to its own high
+    // watermark (never past what the leader committed).
     let (code, _) = produce(&mut cluster.conn(follower), topic, 0, batch(&[b"x"], 1_000));
     assert_eq!(code, NOT_LEADER_OR_FOLLOWER, "produce to a follower");
-    assert_eq!(fetch(&mut cluster.conn(follower), topic, 0, 0, false).error_code, NOT_LEADER_OR_FOLLOWER);
+    assert_eq!(fetch_version(&mut cluster.conn(follower), topic, 0, 0, false, 10).error_code, NOT_LEADER_OR_FOLLOWER);
+    let from_follower = fetch(&mut cluster.conn(follower), topic, 0, 0, false);
+    assert_eq!(from_follower.error_code, 0, "a v12 consumer fetch from a follower");
+    let held: Vec<Bytes> = records(&from_follower.records).into_iter().map(|(_, v)| v).collect();
+    assert!(held.len() <= first.len() && held.iter().zip(&first).all(|(a, b)| a.as_ref() == *b), "{held:?}");
 
     // Reads show the records at the offsets the write returned, and the end is past them.
     let got = read_all(&cluster, leader, topic, 0, 3);
@@ -839,4 +847,92 @@ fn compacted_topics_compact_on_every_replica_and_a_refilled_one_serves_the_same_
         }
     }
     assert_eq!(on_disk, newest, "the refilled replica holds the newest value of every key at its offset");
+}
+
+/// `fjord_fetched_bytes_total` of node index `i`: the bytes of records its Fetch responses held.
+fn fetched_bytes(cluster: &LocalCluster, i: usize) -> f64 {
+    let page = fjord_compat_tests::scrape_metrics(&cluster.metrics[i], "fjord_");
+    fjord_compat_tests::metric(&page, "fjord_fetched_bytes_total").unwrap_or(0.0)
+}
+
+/// Follower fetching (KIP-392) with librdkafka: leaders pinned to rack r1, the rack-aware replica
+/// selector on, a consumer with `client.rack=r3` reads every record from node 3's replica (node 1
+/// serves it no records). When node 3 is cut off from the others it stops serving, the consumer
+/// goes back to the leader, and reads the records written meanwhile from there: every record once,
+/// in order.
+#[test]
+fn a_consumer_reads_from_the_replica_on_its_rack_and_goes_back_to_the_leader_when_it_falls_behind() {
+    let cluster = LocalCluster::start_proxied(
+        NODES,
+        &[
+            "--replica-selector-class",
+            "org.apache.kafka.common.replica.RackAwareReplicaSelector",
+            "--leader-imbalance-check-interval-seconds",
+            "1",
+        ],
+    );
+    cluster.wait_formed(DEADLINE);
+    let topic = "local-reads";
+    let script = |args: &[&str]| -> std::process::Command {
+        let mut cmd = fjord_compat_tests::client(fjord_compat_tests::python());
+        cmd.current_dir(fjord_compat_tests::clients_dir().join("python"));
+        cmd.arg("follower_reads.py").arg(cluster.bootstrap()).arg(topic).args(args);
+        cmd
+    };
+    let mut pin = fjord_compat_tests::client(fjord_compat_tests::python());
+    pin.current_dir(fjord_compat_tests::clients_dir().join("python"));
+    pin.args(["pinned_leaders.py", &cluster.bootstrap(), topic, "create", "r1", "1", "3"]);
+    fjord_compat_tests::run_client(&mut pin, Duration::from_secs(90));
+    wait_until(DEADLINE, "node 1 leading with every replica in sync", || cluster.leaders(0, topic) == vec![(0, 1, 3)]);
+    fjord_compat_tests::run_client(&mut script(&["produce", "0", "1000"]), Duration::from_secs(90));
+    let before: Vec<f64> = (0..NODES).map(|i| fetched_bytes(&cluster, i)).collect();
+
+    let log = tempfile::NamedTempFile::new().expect("consumer log");
+    let mut consumer = script(&["consume", "r3", "2000"]);
+    consumer.stdout(log.reopen().expect("log")).stderr(std::process::Stdio::inherit());
+    // Killed when the test ends, failed or not.
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut consumer = Child(consumer.spawn().expect("start the consumer"));
+    let progress = || {
+        std::fs::read_to_string(log.path())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("read ")?.parse::<usize>().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    wait_until(Duration::from_secs(60), "the first 1000 records read", || progress() >= 1000);
+    let local = fetched_bytes(&cluster, 2) - before[2];
+    let leader = fetched_bytes(&cluster, 0) - before[0];
+    assert!(local >= 1000.0 * 1024.0, "node 3 served {local} bytes of records");
+    assert!(leader < 100.0 * 1024.0, "the leader served {leader} bytes of records to a consumer on r3");
+
+    // Node 3 falls behind: cut off from the leader, it stops serving within seconds, and the
+    // consumer reads the next records from the leader.
+    cluster.isolate(2, LinkMode::Blackhole);
+    let cut = fetched_bytes(&cluster, 0);
+    fjord_compat_tests::run_client(&mut script(&["produce", "1000", "1000"]), Duration::from_secs(90));
+    let status = {
+        let until = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(s) = consumer.0.try_wait().expect("consumer status") {
+                break s;
+            }
+            if Instant::now() > until {
+                panic!("the consumer did not finish: {} records read", progress());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let out = std::fs::read_to_string(log.path()).unwrap_or_default();
+    assert!(status.success() && out.contains("done 2000"), "{status}: {out}");
+    let from_leader = fetched_bytes(&cluster, 0) - cut;
+    assert!(from_leader >= 1000.0 * 1024.0, "the leader served {from_leader} bytes after node 3 fell behind");
+    cluster.isolate(2, LinkMode::Pass);
 }

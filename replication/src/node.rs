@@ -398,6 +398,23 @@ where
         &self.gained
     }
 
+    /// For a replica here that follows a known leader: the leader, its term, and how long ago
+    /// it last sent this replica an AppendEntries (heartbeats included). A follower that serves
+    /// reads (KIP-392) goes by it: its high watermark is the commit index that leader last sent.
+    pub fn following(&self, group: GroupId) -> Option<(NodeId, u64, Duration)> {
+        let raft = self.registry.get(group)?;
+        let (leader, term) = {
+            let m = raft.metrics();
+            let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
+            if m.state != ServerState::Follower {
+                return None;
+            }
+            (m.current_leader?, m.current_term)
+        };
+        let at = self.stickiness.last_append(group, leader)?;
+        Some((leader, term, at.elapsed()))
+    }
+
     /// The groups whose replicas here are recovering a lost log (`recovery`).
     pub fn recovery(&self) -> &Arc<Recovery> {
         &self.recovery

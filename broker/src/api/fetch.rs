@@ -28,6 +28,9 @@ struct Target {
     /// The log, or why this partition cannot be read here (unknown, or not
     /// led at the epoch the client named).
     log: Result<Arc<PartitionLog>, ResponseError>,
+    /// KIP-392: the replica the leader sends this consumer to (nothing is
+    /// read here for it, the response names it at once).
+    preferred: Option<i32>,
 }
 
 struct Outcome {
@@ -40,6 +43,7 @@ struct Outcome {
     log_start: i64,
     /// read_committed: aborted transactions in the returned range.
     aborted: Vec<fjord_storage::producer::AbortedTxn>,
+    preferred: Option<i32>,
 }
 
 /// Name and id of a fetched topic; v13+ names topics by id, and an
@@ -74,10 +78,24 @@ fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool) -> (Vec<Ou
                     lso: -1,
                     log_start: -1,
                     aborted: Vec::new(),
+                    preferred: None,
                 });
                 continue;
             }
         };
+        if let Some(replica) = t.preferred {
+            out.push(Outcome {
+                error: None,
+                records: Bytes::new(),
+                file: None,
+                hw: log.high_watermark(),
+                lso: log.last_stable_offset(),
+                log_start: log.log_start_offset(),
+                aborted: Vec::new(),
+                preferred: Some(replica),
+            });
+            continue;
+        }
         let limit = (t.part.max_bytes.max(0) as usize).min(budget);
         let read = if read_committed {
             log.read_committed(t.part.fetch_offset, limit)
@@ -108,6 +126,7 @@ fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool) -> (Vec<Ou
                     lso: r.last_stable_offset,
                     log_start: r.log_start_offset,
                     aborted,
+                    preferred: None,
                 });
             }
             Err(e) => {
@@ -123,6 +142,7 @@ fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool) -> (Vec<Ou
                     lso: log.last_stable_offset(),
                     log_start: log.log_start_offset(),
                     aborted: Vec::new(),
+                    preferred: None,
                 });
             }
         }
@@ -179,15 +199,31 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
             }
         };
 
+    // KIP-392: a consumer's fetch (v11+, which carries the client's metadata) may be served by a
+    // follower, and a leader configured with the rack-aware selector sends a consumer that names
+    // its rack to a follower there.
+    let replica_id = if version >= 15 { req.replica_state.replica_id.0 } else { req.replica_id.0 };
+    let consumer = version >= 11 && replica_id < 0;
+    let rack = req.rack_id.as_str().trim();
+    let cluster = broker.cluster.as_ref().filter(|_| consumer);
+    let selector = cluster.filter(|_| !rack.is_empty() && broker.config.rack_aware_reads());
     let targets: Vec<Target> = parts
         .into_iter()
         .map(|p| {
-            let log = if version >= 13 && p.topic.is_empty() {
-                Err(ResponseError::UnknownTopicId)
-            } else {
-                broker.lead(&p.topic, p.partition, p.current_leader_epoch).map(|g| g.log)
+            if version >= 13 && p.topic.is_empty() {
+                return Target { part: p, log: Err(ResponseError::UnknownTopicId), preferred: None };
+            }
+            let (log, preferred) = match broker.lead(&p.topic, p.partition, p.current_leader_epoch) {
+                Ok(g) => (Ok(g.log), selector.and_then(|c| c.preferred_read_replica(&p.topic, p.partition, rack))),
+                Err(ResponseError::NotLeaderOrFollower) if cluster.is_some() => (
+                    cluster.map_or(Err(ResponseError::NotLeaderOrFollower), |c| {
+                        c.follower_log(&p.topic, p.partition, p.current_leader_epoch)
+                    }),
+                    None,
+                ),
+                Err(e) => (Err(e), None),
             };
-            Target { part: p, log }
+            Target { part: p, log, preferred }
         })
         .collect();
 
@@ -204,7 +240,8 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
             w.as_mut().enable();
         }
         let (outcomes, total) = read_all(&targets, req.max_bytes, read_committed);
-        let has_error = outcomes.iter().any(|o| o.error.is_some());
+        // A consumer sent to another replica is told at once, as an error would be.
+        let has_error = outcomes.iter().any(|o| o.error.is_some() || o.preferred.is_some());
         if total >= min_bytes.max(1)
             || has_error
             || waits.is_empty()
@@ -228,6 +265,7 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
     let mut sent = Vec::new();
     for (t, o) in targets.iter().zip(outcomes) {
         let changed = o.error.is_some()
+            || o.preferred.is_some()
             || !o.records.is_empty()
             || o.hw != t.part.last_hw
             || o.log_start != t.part.last_log_start;
@@ -244,6 +282,7 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
             high_watermark: o.hw,
             last_stable_offset: o.lso,
             log_start_offset: o.log_start,
+            preferred_read_replica: BrokerId(o.preferred.unwrap_or(-1)),
             aborted_transactions: read_committed.then(|| {
                 o.aborted
                     .iter()
