@@ -46,6 +46,11 @@ stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 stage "build the broker binary the compat suite starts" cargo build -p fjord-broker --bin fjord
 stage "cargo test --workspace" run_cargo_tests
+sim_rc=0
+run_simulation() {
+  scripts/sim.sh 2>&1 | tee -a "$log" || sim_rc=$?
+}
+stage "simulation: 1,000 seeded schedules (release build)" run_simulation
 stage "librdkafka's test suite against Fjord" run_librdkafka_suite
 report_timings
 done_timings=1
@@ -56,4 +61,4 @@ awk 'FNR == NR && /^test result:/ { p += $4; f += $6 }
      FNR != NR && /^librdkafka: [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
      END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0) }' "$log" "$suite_log"
 # A build failure leaves no result lines: the exit codes tell.
-[ "$cargo_rc" = 0 ] && [ "$suite_rc" = 0 ]
+[ "$cargo_rc" = 0 ] && [ "$suite_rc" = 0 ] && [ "$sim_rc" = 0 ]

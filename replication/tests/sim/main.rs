@@ -75,6 +75,9 @@ enum Bug {
     /// The vote is not persisted: a restarted node keeps its log and commit but may vote again
     /// in a term it already voted in.
     ForgetVoteOnCrash,
+    /// acks=all answered once the leader's own log holds the write, before a majority has it
+    /// (the client is told of the entry the leader appended, without waiting for the commit).
+    AckBeforeMajority,
 }
 
 #[derive(Clone, Debug)]
@@ -96,9 +99,11 @@ impl Params {
     }
 
     fn replay_command(&self) -> String {
-        let bug = if self.bug.is_some() { " (planted bug: run it from planted_bug_is_caught)" } else { "" };
+        let bug = if self.bug.is_some() { " (planted bug: run it from its planted_* test)" } else { "" };
+        // The build the seed ran in (scripts/sim.sh runs an optimised one).
+        let release = if cfg!(debug_assertions) { "" } else { " --release" };
         format!(
-            "FJORD_SIM_SEED={} FJORD_SIM_NODES={} FJORD_SIM_BLIPS={} cargo test -p fjord-replication --test sim -- --exact three_nodes --nocapture{bug}",
+            "FJORD_SIM_SEED={} FJORD_SIM_NODES={} FJORD_SIM_BLIPS={} cargo test{release} -p fjord-replication --test sim -- --exact three_nodes --nocapture{bug}",
             self.seed, self.nodes, self.blips as u8
         )
     }
@@ -420,6 +425,13 @@ async fn run_writers(shared: Arc<Shared>) -> HostResult {
                 let n = s.next_write.fetch_add(1, Ordering::SeqCst);
                 let what = format!("g{group}-w{n}");
                 lock(&s.history).attempts += 1;
+                if s.params.bug == Some(Bug::AckBeforeMajority) {
+                    if let Some((term, index)) = ack_on_leader_append(&s, &raft, group, &what).await {
+                        lock(&s.history).acked.push((group, index, Seen { term, what }));
+                    }
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                    continue;
+                }
                 let write = raft.client_write(BatchData(Bytes::from(what.clone())));
                 // Refused (no longer leader) or no answer in time: not acknowledged, and never
                 // retried with the same number, so a duplicate in the log is a real one.
@@ -435,6 +447,39 @@ async fn run_writers(shared: Arc<Shared>) -> HostResult {
         t.await?;
     }
     Ok(())
+}
+
+/// The planted `AckBeforeMajority` bug: proposes `what` to the leader `raft` and reports where
+/// it is as soon as the leader's own log holds it (within 2 s), without waiting for the commit.
+async fn ack_on_leader_append(
+    s: &Arc<Shared>,
+    raft: &Raft<MemStateMachine>,
+    group: GroupId,
+    what: &str,
+) -> Option<(u64, u64)> {
+    let me = raft.metrics().borrow_watched().id;
+    let log = lock(&s.disks).get(&(me, group)).cloned()?;
+    let r = raft.clone();
+    let data = BatchData(Bytes::from(what.to_string()));
+    // The proposal goes on; only its answer is not waited for.
+    tokio::task::spawn_local(async move {
+        let _ = r.client_write(data).await;
+    });
+    for _ in 0..2_000 {
+        let last = log.clone().get_log_state().await.ok()?.last_log_id.map(|l| l.index);
+        if let Some(last) = last {
+            let from = last.saturating_sub(8);
+            if let Ok(entries) = log.clone().try_get_log_entries(from..=last).await {
+                let found =
+                    entries.iter().find(|e| matches!(&e.payload, EntryPayload::Normal(d) if d.0 == what.as_bytes()));
+                if let Some(e) = found {
+                    return Some((e.log_id.leader_id.term, e.log_id.index));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    None
 }
 
 /// What one schedule produced.
@@ -471,7 +516,7 @@ fn apply(sim: &mut turmoil::Sim<'_>, shared: &Shared, action: &Action, down: &mu
                         disks.insert((*n, g), without_vote(old));
                     }
                 }
-                None => {}
+                Some(Bug::AckBeforeMajority) | None => {}
             }
         }
         Action::Restart(n) => {
@@ -812,6 +857,17 @@ fn planted_bug_is_caught() {
     assert!(
         first_catch(Bug::WipeOnCrash, false, true, 1..=40).is_some(),
         "a store that loses everything on a crash went unnoticed"
+    );
+}
+
+/// The planted bug: acks=all answered once the leader has the write, before a majority
+/// does. A leader that crashes or is cut off with such a write unreplicated loses it to the next
+/// leader, and the checker must see an acknowledged write lost or moved within these seeds.
+#[test]
+fn planted_early_ack_is_caught() {
+    assert!(
+        first_catch(Bug::AckBeforeMajority, false, true, 1..=40).is_some(),
+        "acknowledging before a majority had the write went unnoticed"
     );
 }
 
