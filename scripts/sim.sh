@@ -22,3 +22,4 @@ FJORD_SIM_SEEDS=$((200 * scale)) FJORD_SIM_FIRST_SEED=40000 FJORD_SIM_NODES=5 FJ
 # assertions and runs in the debug suite only).
 sim planted_bug_is_caught
 sim planted_early_ack_is_caught
+sim planted_missing_sync_is_caught

@@ -28,6 +28,8 @@ pub struct MemLog {
     inner: Arc<Mutex<LogInner>>,
     /// Microseconds each append takes to become "durable", to stand in for a slow disk in tests.
     append_delay_us: Arc<std::sync::atomic::AtomicU64>,
+    /// A planted bug for the simulation's checker: appends are reported durable before they are.
+    report_before_sync: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl MemLog {
@@ -37,6 +39,23 @@ impl MemLog {
         let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
         self.append_delay_us.store(us, std::sync::atomic::Ordering::Relaxed);
     }
+
+    /// What a crash does to the log: the entries whose append had not yet been reported durable
+    /// (written, readable, but still "in the page cache" while the slow disk of
+    /// `set_append_delay` syncs them) are lost. Vote, commit and the synced entries stay.
+    /// Returns how many entries were lost.
+    pub fn crash(&self) -> usize {
+        let mut inner = lock(&self.inner);
+        let keep_to = inner.synced.map_or(0, |i| i + 1);
+        let lost = inner.entries.split_off(&keep_to);
+        lost.len()
+    }
+
+    /// A planted bug, for tests that show a checker catches it: appends are reported durable as
+    /// soon as they are written, before the slow disk has synced them (a missing fsync).
+    pub fn report_before_sync(&self) {
+        self.report_before_sync.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -45,6 +64,10 @@ struct LogInner {
     entries: BTreeMap<u64, EntryOf<TypeConfig>>,
     committed: Option<LogIdOf<TypeConfig>>,
     vote: Option<VoteOf<TypeConfig>>,
+    /// The last index whose append was reported durable (see `MemLog::crash`).
+    synced: Option<u64>,
+    /// Bumped by every truncation (see `MemLog::report_before_sync`).
+    generation: u64,
 }
 
 impl RaftLogReader<TypeConfig> for MemLog {
@@ -83,8 +106,16 @@ impl RaftLogStorage<TypeConfig> for MemLog {
         Ok(())
     }
 
+    /// The saved commit, or less: never past the log's end (a crash may have cut entries it
+    /// covered, `crash`), as the partition log's store does.
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
-        Ok(lock(&self.inner).committed)
+        let inner = lock(&self.inner);
+        let last = inner.entries.values().next_back().map(|e| e.log_id).or(inner.last_purged);
+        Ok(match (inner.committed, last) {
+            (Some(c), Some(l)) if c.index() > l.index() => Some(l),
+            (Some(_), None) => None,
+            (c, _) => c,
+        })
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
@@ -92,16 +123,36 @@ impl RaftLogStorage<TypeConfig> for MemLog {
         I: IntoIterator<Item = EntryOf<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let mut last = None;
         {
             let mut inner = lock(&self.inner);
             for e in entries {
+                last = Some(e.log_id.index());
                 inner.entries.insert(e.log_id.index(), e);
             }
         }
+        let delay = std::time::Duration::from_micros(self.append_delay_us.load(std::sync::atomic::Ordering::Relaxed));
+        if self.report_before_sync.load(std::sync::atomic::Ordering::Relaxed) {
+            // The planted bug: durable is reported at once, and the entries reach the disk only
+            // when the OS writes them back, a sync's time later (unless the log was cut since).
+            callback.io_completed(Ok(()));
+            let (inner, generation) = (self.inner.clone(), lock(&self.inner).generation);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let mut inner = lock(&inner);
+                if inner.generation == generation {
+                    inner.synced = inner.synced.max(last);
+                }
+            });
+            return Ok(());
+        }
         // Memory is "durable" as soon as it is written, unless a slow disk is simulated.
-        let delay_us = self.append_delay_us.load(std::sync::atomic::Ordering::Relaxed);
-        if delay_us > 0 {
-            tokio::time::sleep(std::time::Duration::from_micros(delay_us)).await;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(last) = last {
+            // Appends are serialised, so everything up to `last` is the synced prefix now.
+            lock(&self.inner).synced = Some(last);
         }
         callback.io_completed(Ok(()));
         Ok(())
@@ -109,7 +160,11 @@ impl RaftLogStorage<TypeConfig> for MemLog {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index() + 1);
-        lock(&self.inner).entries.split_off(&from);
+        let mut inner = lock(&self.inner);
+        inner.entries.split_off(&from);
+        // A truncation is durable at once (the partition log syncs it before returning).
+        inner.synced = inner.synced.min(last_log_id.map(|l| l.index()));
+        inner.generation += 1;
         Ok(())
     }
 

@@ -75,6 +75,9 @@ enum Bug {
     /// The vote is not persisted: a restarted node keeps its log and commit but may vote again
     /// in a term it already voted in.
     ForgetVoteOnCrash,
+    /// Appends reported durable before they are synced (a missing fsync): a crash then loses
+    /// entries a node had acknowledged to its leader.
+    ReportBeforeSync,
     /// acks=all answered once the leader's own log holds the write, before a majority has it
     /// (the client is told of the entry the leader appended, without waiting for the commit).
     AckBeforeMajority,
@@ -89,13 +92,21 @@ struct Params {
     bug: Option<Bug>,
     /// Crashes come often and last milliseconds (a node restarting in the middle of an election).
     blips: bool,
+    /// How long each append takes to be durable; a crash loses what was appended but not yet
+    /// synced (`MemLog::crash`), as a page cache does.
+    sync: Duration,
 }
 
 impl Params {
     fn new(seed: u64, nodes: u64) -> Self {
         // Both election modes of production get every other seed.
         let mode = if seed.is_multiple_of(2) { Mode::GroupTimers } else { Mode::NodeElections };
-        Self { seed, nodes, groups: 3, mode, bug: None, blips: false }
+        // Per sync, by seed: a fast disk (0.2-3 ms) in two schedules of three, a slow or loaded
+        // one (10-40 ms, longer than a round trip between nodes) in the third, so a crash finds
+        // both short and long windows of appended but unsynced entries.
+        let r = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33;
+        let sync = Duration::from_micros(if r % 3 == 2 { 10_000 + r % 30_000 } else { 200 + r % 2_800 });
+        Self { seed, nodes, groups: 3, mode, bug: None, blips: false, sync }
     }
 
     fn replay_command(&self) -> String {
@@ -142,7 +153,8 @@ impl fmt::Display for Schedule {
 
 impl Schedule {
     /// Network faults one after another (turmoil does not combine hold and partition on a link);
-    /// crashes on their own tracks, at most a minority of nodes down at once.
+    /// crashes on their own tracks, at most a minority of nodes down at once, but for one power
+    /// loss of every node in half of the schedules.
     fn generate(p: &Params) -> Self {
         let mut rng = Rng(p.seed);
         let n = p.nodes;
@@ -202,6 +214,18 @@ impl Schedule {
                 t += down + if p.blips { rng.range(20, 400) } else { rng.range(100, 2_500) };
             }
         }
+        // A power loss in every other schedule: every node at the same instant (a correlated
+        // failure no majority outlives), all back within half a second. Only synced entries
+        // survive it on any node, so a commit counted on an unsynced append is lost here.
+        // (Drawn last, so the faults above stay what they were for each seed.)
+        if rng.range(0, 2) == 0 {
+            let t = rng.range(1_000, FAULT_WINDOW_MS - 600);
+            let down = rng.range(50, 500);
+            for node in &nodes {
+                events.push((t, Action::Crash(*node)));
+                events.push((t + down, Action::Restart(*node)));
+            }
+        }
         events.sort_by_key(|(at, _)| *at);
         Self { events }
     }
@@ -245,6 +269,8 @@ struct History {
     /// Acknowledged writes: group, index, entry.
     acked: Vec<(GroupId, u64, Seen)>,
     attempts: u64,
+    /// Entries appended but not yet synced when their node crashed, and so lost.
+    lost_unsynced: usize,
     violations: Vec<String>,
     /// What each node reported, in order, to compare two runs of one seed.
     trace: Vec<String>,
@@ -380,6 +406,10 @@ async fn run_node(shared: Arc<Shared>, id: NodeId) -> HostResult {
     let mut groups = HashMap::new();
     for group in 1..=shared.params.groups {
         let log = lock(&shared.disks).entry((id, group)).or_default().clone();
+        log.set_append_delay(shared.params.sync);
+        if shared.params.bug == Some(Bug::ReportBeforeSync) {
+            log.report_before_sync();
+        }
         // The state machine is memory: a restart rebuilds it from the log.
         let raft = node.start_group(group, config.clone(), log.clone(), MemStateMachine::default()).await?;
         if first_boot && group % shared.params.nodes + 1 == id {
@@ -487,6 +517,7 @@ struct Outcome {
     violations: Vec<String>,
     acked: usize,
     attempts: u64,
+    lost_unsynced: usize,
     trace: Vec<String>,
     simulated: Duration,
 }
@@ -497,11 +528,20 @@ fn apply(sim: &mut turmoil::Sim<'_>, shared: &Shared, action: &Action, down: &mu
         a.iter().flat_map(|x| b.iter().map(move |y| (*x, *y))).collect()
     };
     match action {
+        // A node the power loss found down already (its own crash track) stays down.
+        Action::Crash(n) if down.contains(n) => {}
         Action::Crash(n) => {
             sim.crash(host(*n));
             down.insert(*n);
             lock(&shared.live).remove(n);
             shared.links.reset(ip(sim, *n), None);
+            // Appends not yet synced when the process died are lost with its page cache.
+            for ((node, _), disk) in lock(&shared.disks).iter() {
+                if node == n {
+                    let lost = disk.crash();
+                    lock(&shared.history).lost_unsynced += lost;
+                }
+            }
             match shared.params.bug {
                 Some(Bug::WipeOnCrash) => {
                     let mut disks = lock(&shared.disks);
@@ -516,7 +556,7 @@ fn apply(sim: &mut turmoil::Sim<'_>, shared: &Shared, action: &Action, down: &mu
                         disks.insert((*n, g), without_vote(old));
                     }
                 }
-                Some(Bug::AckBeforeMajority) | None => {}
+                Some(Bug::AckBeforeMajority) | Some(Bug::ReportBeforeSync) | None => {}
             }
         }
         Action::Restart(n) => {
@@ -715,7 +755,14 @@ fn run(params: &Params, schedule: &Schedule) -> Outcome {
     let h = lock(&shared.history);
     violations.extend(h.violations.iter().cloned());
     violations.extend(PANICS.with(|p| p.take()).into_iter().map(|p| format!("panic in a node: {p}")));
-    Outcome { violations, acked: h.acked.len(), attempts: h.attempts, trace: h.trace.clone(), simulated: sim.elapsed() }
+    Outcome {
+        violations,
+        acked: h.acked.len(),
+        attempts: h.attempts,
+        lost_unsynced: h.lost_unsynced,
+        trace: h.trace.clone(),
+        simulated: sim.elapsed(),
+    }
 }
 
 thread_local! {
@@ -760,13 +807,14 @@ fn run_seeds(nodes: u64, blips: bool, seeds: impl IntoIterator<Item = u64>) {
     };
     let started = Instant::now();
     let mut failures = Vec::new();
-    let (mut acked, mut attempts) = (0, 0);
+    let (mut acked, mut attempts, mut lost) = (0, 0, 0);
     for &seed in &seeds {
         let params = Params { blips, ..Params::new(seed, nodes) };
         let schedule = Schedule::generate(&params);
         let out = run(&params, &schedule);
         acked += out.acked;
         attempts += out.attempts;
+        lost += out.lost_unsynced;
         if seeds.len() == 1 {
             // Two replays of one seed can be compared by this line (see the README on determinism).
             let mut digest = std::collections::hash_map::DefaultHasher::new();
@@ -796,7 +844,7 @@ fn run_seeds(nodes: u64, blips: bool, seeds: impl IntoIterator<Item = u64>) {
     }
     let wall = started.elapsed();
     println!(
-        "{} schedules of {nodes} nodes in {wall:.1?} ({:.2} schedules/s); {acked} of {attempts} writes acknowledged",
+        "{} schedules of {nodes} nodes in {wall:.1?} ({:.2} schedules/s); {acked} of {attempts} writes acknowledged; {lost} unsynced entries lost to crashes",
         seeds.len(),
         seeds.len() as f64 / wall.as_secs_f64()
     );
@@ -841,7 +889,10 @@ fn first_catch(bug: Bug, blips: bool, checker_only: bool, seeds: std::ops::Range
             );
             return Some(seed);
         }
-        println!("{bug:?}: seed {seed} passed ({:?})", out.violations);
+        println!(
+            "{bug:?}: seed {seed} passed ({:?}); syncs of {:?}, {} unsynced entries lost to crashes, {} writes acknowledged",
+            out.violations, params.sync, out.lost_unsynced, out.acked
+        );
     }
     None
 }
@@ -857,6 +908,16 @@ fn planted_bug_is_caught() {
     assert!(
         first_catch(Bug::WipeOnCrash, false, true, 1..=40).is_some(),
         "a store that loses everything on a crash went unnoticed"
+    );
+}
+
+/// A missing fsync: a node reports appends durable before its (simulated) disk synced them, so a
+/// crash loses entries it had acknowledged, and a committed entry can vanish or change.
+#[test]
+fn planted_missing_sync_is_caught() {
+    assert!(
+        first_catch(Bug::ReportBeforeSync, false, true, 1..=60).is_some(),
+        "appends reported durable before their sync went unnoticed"
     );
 }
 
