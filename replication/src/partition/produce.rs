@@ -44,9 +44,9 @@ pub enum ProduceError {
 /// stopped), not only until the client's timeout: a proposal still queued in openraft when its
 /// request timed out would otherwise be stored next to the retry that followed it.
 ///
-/// The price is one produce per partition in flight at a time on the leader (acks=1 waits for
-/// the commit too, which is stronger than asked). Pipelining would need the pending batches'
-/// sequences tracked beside the log's state.
+/// A producer's write holds the lock only until it is in the leader's log (see `write_locked`),
+/// so a partition's writes pipeline; the broker's own writes (`enqueue`) hold it until they are
+/// resolved. acks=1 waits for the commit too, which is stronger than asked.
 #[derive(Default)]
 pub struct Proposer {
     lock: Arc<tokio::sync::Mutex<()>>,
@@ -93,10 +93,10 @@ impl Proposer {
             .map_err(|_| ProduceError::TimedOut(wait))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (raft, log) = (raft.clone(), log.clone());
-        // The write runs on, holding the lock, if this request stops waiting for it.
+        // The write runs on, holding the lock as long as it needs it, if this request stops
+        // waiting for it.
         tokio::spawn(async move {
-            let result = write_locked(&raft, &log, &payload, None, give_up).await;
-            drop(turn);
+            let result = write_locked(&raft, &log, &payload, None, give_up, Some(turn)).await;
             let _ = tx.send(result);
         });
         match tokio::time::timeout_at(give_up, rx).await {
@@ -132,7 +132,7 @@ impl Proposer {
                 while let Some((payload, epoch, answer)) = qrx.recv().await {
                     let _turn = lock.lock().await;
                     let give_up = tokio::time::Instant::now() + wait;
-                    let _ = answer.send(write_locked(&raft, &log, &payload, Some(epoch), give_up).await);
+                    let _ = answer.send(write_locked(&raft, &log, &payload, Some(epoch), give_up, None).await);
                 }
             });
             qtx
@@ -152,12 +152,20 @@ fn now_ms() -> i64 {
 /// None: checked by the topic's rules and the producer's sequence) or the broker's own, decided
 /// at that epoch. `give_up` bounds the wait for a duplicate's commit; a proposal is followed
 /// until openraft resolves it.
+///
+/// With `turn` (the lock, owned), the lock is released as soon as the next write may be checked:
+/// once a proposal is in this leader's log in the term it was checked in (its effect on the
+/// producer's state shows there), or once a duplicate is found, rather than when it commits.
+/// Writes of one partition then pipeline: several are replicated in one round trip, which is
+/// what a leader far from its followers needs. Without `turn` the caller holds the lock until
+/// this returns.
 async fn write_locked<SM>(
     raft: &Raft<SM>,
     log: &Arc<PartitionLog>,
     payload: &[u8],
     coordinator_epoch: Option<i32>,
     give_up: tokio::time::Instant,
+    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 ) -> Result<AppendInfo, ProduceError>
 where
     SM: RaftStateMachine<TypeConfig>,
@@ -180,13 +188,52 @@ where
         // so the batch is still where the log says; after a term change it may have been cut
         // and its offsets reused, and the producer must retry against the new leader.
         ProduceVerdict::Duplicate(info) => {
+            drop(turn);
             wait_committed(raft, log, epoch, info.last_offset + 1, give_up).await?;
             return Ok(info);
         }
     };
     let data = BatchData(log.proposal(checked, now).into());
     let left = give_up.saturating_duration_since(tokio::time::Instant::now());
-    match node::write(raft, data, left).await {
+    let before = raft.metrics().borrow_watched().last_log_index;
+    let write = node::write(raft, data, left);
+    tokio::pin!(write);
+    let written = match turn {
+        Some(turn) => {
+            // Only this write appends to the log in this term while the lock is held (every
+            // write takes it; openraft adds entries of its own only when a term begins), so the
+            // log growing in the same term means it is there. If the term moves on first, the
+            // lock is kept until openraft resolves the write.
+            let mut metrics = raft.metrics();
+            let term = u64::try_from(epoch).unwrap_or(u64::MAX);
+            let appended = async {
+                loop {
+                    let (same_term, grown) = {
+                        let m = metrics.borrow_watched();
+                        (m.current_term == term, m.last_log_index > before)
+                    };
+                    if same_term && grown {
+                        return;
+                    }
+                    if !same_term || metrics.changed().await.is_err() {
+                        return std::future::pending().await;
+                    }
+                }
+            };
+            tokio::select! {
+                r = &mut write => {
+                    drop(turn);
+                    r
+                }
+                _ = appended => {
+                    drop(turn);
+                    write.await
+                }
+            }
+        }
+        None => write.await,
+    };
+    match written {
         Ok(resp) if resp.data.base_offset < 0 => {
             Err(ProduceError::Failed(format!("entry {} was applied but not found in the log", resp.log_id)))
         }
