@@ -46,6 +46,22 @@ struct Outcome {
     preferred: Option<i32>,
 }
 
+impl Outcome {
+    /// No records, with the log's current marks: an error, or a consumer sent elsewhere.
+    fn nothing_read(log: &PartitionLog, error: Option<ResponseError>) -> Outcome {
+        Outcome {
+            error,
+            records: Bytes::new(),
+            file: None,
+            hw: log.high_watermark(),
+            lso: log.last_stable_offset(),
+            log_start: log.log_start_offset(),
+            aborted: Vec::new(),
+            preferred: None,
+        }
+    }
+}
+
 /// Name and id of a fetched topic; v13+ names topics by id, and an
 /// unknown id resolves to an empty name.
 fn resolve(broker: &Broker, topic: &FetchTopic, version: i16) -> (String, Uuid) {
@@ -84,16 +100,7 @@ fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool) -> (Vec<Ou
             }
         };
         if let Some(replica) = t.preferred {
-            out.push(Outcome {
-                error: None,
-                records: Bytes::new(),
-                file: None,
-                hw: log.high_watermark(),
-                lso: log.last_stable_offset(),
-                log_start: log.log_start_offset(),
-                aborted: Vec::new(),
-                preferred: Some(replica),
-            });
+            out.push(Outcome { preferred: Some(replica), ..Outcome::nothing_read(log, None) });
             continue;
         }
         let limit = (t.part.max_bytes.max(0) as usize).min(budget);
@@ -134,16 +141,7 @@ fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool) -> (Vec<Ou
                     LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
                     _ => ResponseError::KafkaStorageError,
                 };
-                out.push(Outcome {
-                    error: Some(code),
-                    records: Bytes::new(),
-                    file: None,
-                    hw: log.high_watermark(),
-                    lso: log.last_stable_offset(),
-                    log_start: log.log_start_offset(),
-                    aborted: Vec::new(),
-                    preferred: None,
-                });
+                out.push(Outcome::nothing_read(log, Some(code)));
             }
         }
     }
