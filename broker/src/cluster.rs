@@ -315,9 +315,18 @@ impl ClusterNode {
 
     /// KIP-392's rack-aware selection, asked of a partition's leader: the replica a consumer on
     /// `rack` should read from, when that is another node. None (read here) when this node is on
-    /// that rack, or when no follower there is in the partition's ISR, live, and heard from
-    /// within `FOLLOWER_READ_LAG`; among several, the one holding the most entries.
-    pub fn preferred_read_replica(&self, topic: &str, index: i32, rack: &str) -> Option<i32> {
+    /// that rack, or when no follower there is in the partition's ISR, live, heard from within
+    /// `FOLLOWER_READ_LAG`, and holding the log up to `fetch_offset` (as Kafka's selector
+    /// requires, so the consumer is not sent to a replica that would answer OFFSET_OUT_OF_RANGE);
+    /// among several, the one holding the most entries. `log` is this leader's.
+    pub fn preferred_read_replica(
+        &self,
+        topic: &str,
+        index: i32,
+        rack: &str,
+        log: &fjord_storage::PartitionLog,
+        fetch_offset: i64,
+    ) -> Option<i32> {
         let me = i32::try_from(self.node_id()).ok()?;
         let group = self.group_of(topic, index)?;
         let candidates: Vec<i32> = self.read(|m| {
@@ -338,13 +347,18 @@ impl ClusterNode {
         if m.state != openraft::ServerState::Leader {
             return None;
         }
+        // The entry holding the offset before `fetch_offset`: a replica holding it holds the
+        // log up to `fetch_offset`. Nothing to require at the log start.
+        let needed = log.raft_index_for_offset(fetch_offset - 1);
         candidates
             .into_iter()
             .filter_map(|c| {
                 let id = NodeId::try_from(c).ok()?;
                 let answered = m.heartbeat.as_ref()?.get(&id).copied().flatten()?;
                 let matched = m.replication.as_ref()?.get(&id).cloned().flatten().map(|l| l.index());
-                (openraft::Instant::elapsed(&*answered) < FOLLOWER_READ_LAG).then_some((matched, std::cmp::Reverse(c)))
+                let holds = needed.is_none_or(|n| matched >= Some(n));
+                (openraft::Instant::elapsed(&*answered) < FOLLOWER_READ_LAG && holds)
+                    .then_some((matched, std::cmp::Reverse(c)))
             })
             .max()
             .map(|(_, std::cmp::Reverse(c))| c)

@@ -212,7 +212,11 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
                 return Target { part: p, log: Err(ResponseError::UnknownTopicId), preferred: None };
             }
             let (log, preferred) = match broker.lead(&p.topic, p.partition, p.current_leader_epoch) {
-                Ok(g) => (Ok(g.log), selector.and_then(|c| c.preferred_read_replica(&p.topic, p.partition, rack))),
+                Ok(g) => {
+                    let preferred = selector
+                        .and_then(|c| c.preferred_read_replica(&p.topic, p.partition, rack, &g.log, p.fetch_offset));
+                    (Ok(g.log), preferred)
+                }
                 Err(ResponseError::NotLeaderOrFollower) if cluster.is_some() => (
                     cluster.map_or(Err(ResponseError::NotLeaderOrFollower), |c| {
                         c.follower_log(&p.topic, p.partition, p.current_leader_epoch)

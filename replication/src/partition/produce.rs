@@ -195,24 +195,25 @@ where
     };
     let data = BatchData(log.proposal(checked, now).into());
     let left = give_up.saturating_duration_since(tokio::time::Instant::now());
-    let before = raft.metrics().borrow_watched().last_log_index;
+    let stored = || log.raft_index_range().map(|(_, last)| last);
+    let before = stored();
     let write = node::write(raft, data, left);
     tokio::pin!(write);
     let written = match turn {
         Some(turn) => {
             // Only this write appends to the log in this term while the lock is held (every
-            // write takes it; openraft adds entries of its own only when a term begins), so the
-            // log growing in the same term means it is there. If the term moves on first, the
-            // lock is kept until openraft resolves the write.
+            // write takes it; openraft adds entries of its own only when a term begins, and
+            // partition groups change no membership), so the store's log growing in the same
+            // term means it is there, with its producer state. The store is what is looked at:
+            // openraft's metrics only say when to look again (they move after its appends).
+            // If the term moves on first, or no change is reported after the append, the lock is
+            // kept until openraft resolves the write, as it was before writes pipelined.
             let mut metrics = raft.metrics();
             let term = u64::try_from(epoch).unwrap_or(u64::MAX);
             let appended = async {
                 loop {
-                    let (same_term, grown) = {
-                        let m = metrics.borrow_watched();
-                        (m.current_term == term, m.last_log_index > before)
-                    };
-                    if same_term && grown {
+                    let same_term = metrics.borrow_watched().current_term == term;
+                    if same_term && stored() > before {
                         return;
                     }
                     if !same_term || metrics.changed().await.is_err() {
