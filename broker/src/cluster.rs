@@ -308,6 +308,36 @@ impl ClusterNode {
         }))
     }
 
+    /// Leader pinning through failovers: for each partition hosted here, its replicas on a rack
+    /// its topic's `leader.preferred.racks` names take the first turns to campaign when it needs
+    /// a leader, so a lost leader is replaced in the pinned region when a replica there can win.
+    pub fn pin_campaigns(&self) {
+        use fjord_replication::controller::placement;
+        let pins: Vec<(GroupId, Vec<NodeId>)> = self.read(|m| {
+            self.replicas
+                .all()
+                .into_iter()
+                .filter_map(|(group, _)| {
+                    let p = m.partitions().get(&group)?;
+                    let configs = &m.topic(&p.topic)?.configs;
+                    let racks =
+                        placement::preferred_racks(configs.get(placement::LEADER_PREFERRED_RACKS).map(String::as_str));
+                    let on_pinned_rack = |r: &&i32| {
+                        m.broker(**r)
+                            .and_then(|b| b.registration.rack.as_ref())
+                            .is_some_and(|rack| racks.contains(rack))
+                    };
+                    let first =
+                        p.replicas.iter().filter(on_pinned_rack).filter_map(|r| NodeId::try_from(*r).ok()).collect();
+                    Some((group, first))
+                })
+                .collect()
+        });
+        for (group, first) in pins {
+            self.node.set_campaign_first(group, first);
+        }
+    }
+
     /// The group of partition `index` of `topic`, if the metadata has it.
     fn group_of(&self, topic: &str, index: i32) -> Option<GroupId> {
         self.read(|m| m.topic(topic)?.partitions.get(usize::try_from(index).ok()?).copied())

@@ -280,7 +280,8 @@ async fn session_expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<
 }
 
 /// In a cluster: dynamic broker configs are the metadata's (changed through the controller by
-/// any node), mirrored into this node's layers twice a second.
+/// any node), mirrored into this node's layers twice a second; topics' leader pinning goes into
+/// the election order at the same pace (`ClusterNode::pin_campaigns`).
 async fn broker_configs_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let Some(cluster) = &broker.cluster else { return };
     loop {
@@ -293,6 +294,7 @@ async fn broker_configs_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<
             b.cluster.as_ref().map(|c| c.mirror_broker_configs(&b.topics)).unwrap_or(Ok(false))
         })
         .await;
+        cluster.pin_campaigns();
         match mirrored {
             Ok(Ok(true)) => tracing::info!(node_id = cluster.node_id(), "dynamic broker configs follow the cluster's"),
             Ok(Ok(false)) => {}

@@ -26,11 +26,18 @@ impl LocalCluster {
 
     /// `start` with more flags for every node.
     pub fn start_with(n: usize, extra: &[&str]) -> LocalCluster {
+        let racks: Vec<String> = (1..=n).map(|i| format!("r{i}")).collect();
+        Self::start_on_racks(&racks.iter().map(String::as_str).collect::<Vec<_>>(), extra)
+    }
+
+    /// `start_with`, one node per entry of `racks`, on that rack (nodes may share one).
+    pub fn start_on_racks(racks: &[&str], extra: &[&str]) -> LocalCluster {
+        let n = racks.len();
         let ports: Vec<String> = (0..n).map(|_| free_addr()).collect();
         let voters = |_: usize| -> String {
             ports.iter().enumerate().map(|(i, a)| format!("{}@{a}", i + 1)).collect::<Vec<_>>().join(",")
         };
-        let (nodes, metrics) = (0..n).map(|i| start_node(i, &ports[i], &voters(i), extra)).unzip();
+        let (nodes, metrics) = (0..n).map(|i| start_node(i, racks[i], &ports[i], &voters(i), extra)).unzip();
         LocalCluster { nodes, metrics, links: BTreeMap::new() }
     }
 
@@ -54,7 +61,8 @@ impl LocalCluster {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        let (nodes, metrics) = (0..n).map(|i| start_node(i, &ports[i], &voters(i), extra)).unzip();
+        let (nodes, metrics) =
+            (0..n).map(|i| start_node(i, &format!("r{}", i + 1), &ports[i], &voters(i), extra)).unzip();
         LocalCluster { nodes, metrics, links }
     }
 
@@ -107,12 +115,11 @@ impl LocalCluster {
     }
 }
 
-/// Node index `i` (id `i + 1`, rack `r{i+1}`) with its cluster port and voter list. Liveness is
+/// Node index `i` (id `i + 1`) on `rack`, with its cluster port and voter list. Liveness is
 /// tightened (heartbeats every 200 ms, fenced after 2 s) so that tests see a dead broker fenced
 /// quickly, unless `extra` sets either flag itself.
-fn start_node(i: usize, cluster_listen: &str, voters: &str, extra: &[&str]) -> (BrokerProcess, String) {
+fn start_node(i: usize, rack: &str, cluster_listen: &str, voters: &str, extra: &[&str]) -> (BrokerProcess, String) {
     let id = (i + 1).to_string();
-    let rack = format!("r{}", i + 1);
     let metrics = free_addr();
     let mut args = vec![
         "--node-id",
@@ -122,7 +129,7 @@ fn start_node(i: usize, cluster_listen: &str, voters: &str, extra: &[&str]) -> (
         "--controller-quorum-voters",
         voters,
         "--broker-rack",
-        &rack,
+        rack,
         "--metrics-listen",
         &metrics,
     ];

@@ -340,6 +340,36 @@ fn a_topic_pinned_to_a_rack_is_led_from_it() {
     wait_until(DEADLINE, "every partition led from rack r3", || led_by(&cluster, 3));
 }
 
+/// Leader pinning through a failover: nodes 1 and 2 in rack us, node 3 in eu, and a topic
+/// pinned to us (every node a replica of each partition), led from us. When node 1 dies, the
+/// partitions it led get a new leader in us (node 2), not in eu: the replicas on a pinned rack
+/// take the first turns to campaign. (With both left to chance, all three would land on node 2
+/// one time in eight.)
+#[test]
+fn a_pinned_topic_is_led_from_its_rack_again_after_its_leader_dies() {
+    let mut cluster =
+        LocalCluster::start_on_racks(&["us", "us", "eu"], &["--leader-imbalance-check-interval-seconds", "1"]);
+    cluster.wait_formed(DEADLINE);
+    let topic = "pinned-failover";
+    let mut cmd = fjord_compat_tests::client(fjord_compat_tests::python());
+    cmd.current_dir(fjord_compat_tests::clients_dir().join("python"));
+    cmd.args(["pinned_leaders.py", &cluster.bootstrap(), topic, "create", "us", "6", "3"]);
+    fjord_compat_tests::run_client(&mut cmd, Duration::from_secs(90));
+    wait_until(DEADLINE, "every partition led from us, every replica in sync", || {
+        let v = cluster.leaders(1, topic);
+        v.len() == 6 && v.iter().all(|(_, l, isr)| (*l == 1 || *l == 2) && *isr == 3)
+    });
+    let from_node_1 = cluster.leaders(1, topic).iter().filter(|(_, l, _)| *l == 1).count();
+    assert!(from_node_1 > 0, "node 1 leads none of the partitions: {:?}", cluster.leaders(1, topic));
+    cluster.nodes[0].kill9();
+    wait_until(DEADLINE, "a new leader for node 1's partitions", || {
+        let v = cluster.leaders(1, topic);
+        v.len() == 6 && v.iter().all(|(_, l, _)| *l == 2 || *l == 3)
+    });
+    let after = cluster.leaders(1, topic);
+    assert!(after.iter().all(|(_, l, _)| *l == 2), "leaders left the pinned rack: {after:?}");
+}
+
 /// A leadership transfer whose target never takes over: ElectLeaders starts it, and the target's
 /// cluster links are blackholed at that moment. openraft's leader stops heartbeats and writes
 /// once it hands over and cannot take that back, so the two others must elect a leader

@@ -91,14 +91,28 @@ fn jitter(t: &ElectionTimings, node: NodeId, group: GroupId, attempt: u64) -> Du
 /// The candidates (the group's voters but the silent leader) take turns, in an order that differs
 /// per group so the new leaders spread over the nodes: each gets a slot of the timeout range, so
 /// two replicas rarely campaign at once and split the vote. Retries then use plain jitter.
-fn first_campaign_delay(t: &ElectionTimings, me: NodeId, group: GroupId, candidates: &[NodeId]) -> Duration {
-    let mut order: Vec<NodeId> = candidates.to_vec();
-    order.sort_by_key(|c| jitter(t, *c, group, u64::MAX));
+fn first_campaign_delay(
+    t: &ElectionTimings,
+    me: NodeId,
+    group: GroupId,
+    candidates: &[NodeId],
+    first: &[NodeId],
+) -> Duration {
+    let order = campaign_order(t, group, candidates, first);
     let rank = order.iter().position(|c| *c == me).unwrap_or(order.len()) as u32;
     let slots = (order.len() as u32).max(1);
     let slot = t.election_timeout_max.saturating_sub(t.election_timeout_min) / slots;
     let within = jitter(t, me, group, 0).saturating_sub(t.election_timeout_min) / slots / 2;
     t.election_timeout_min + slot * rank.min(slots - 1) + within
+}
+
+/// The order in which `candidates` take their turns to campaign for `group`: those in `first`
+/// (replicas on a rack its topic pins leaders to, `ReplicaNode::set_campaign_first`) before the
+/// others, each part in an order that differs per group so new leaders spread over the nodes.
+fn campaign_order(t: &ElectionTimings, group: GroupId, candidates: &[NodeId], first: &[NodeId]) -> Vec<NodeId> {
+    let mut order: Vec<NodeId> = candidates.to_vec();
+    order.sort_by_key(|c| (!first.contains(c), jitter(t, *c, group, u64::MAX)));
+    order
 }
 
 /// How many times a group whose leader's process is down campaigns at its turn (every
@@ -111,9 +125,14 @@ const DOWN_ATTEMPTS: u64 = 3;
 /// first campaigns: the candidates take turns a round apart, in the same per-group order as
 /// `first_campaign_delay`, the first at once. A retry comes a whole cycle (a round per
 /// candidate) later, so the turns never meet.
-fn down_campaign_delay(t: &ElectionTimings, me: NodeId, group: GroupId, candidates: &[NodeId]) -> Duration {
-    let mut order: Vec<NodeId> = candidates.to_vec();
-    order.sort_by_key(|c| jitter(t, *c, group, u64::MAX));
+fn down_campaign_delay(
+    t: &ElectionTimings,
+    me: NodeId,
+    group: GroupId,
+    candidates: &[NodeId],
+    first: &[NodeId],
+) -> Duration {
+    let order = campaign_order(t, group, candidates, first);
     let rank = order.iter().position(|c| *c == me).unwrap_or(order.len()) as u32;
     t.ping_interval * rank
 }
@@ -260,7 +279,8 @@ impl ElectionDriver {
                     if let Some(l) = leader.filter(|l| down.contains(l)) {
                         let last = stickiness.last_append(group, l).or(heard.get(&l).copied().flatten()).unwrap_or(now);
                         let candidates = voters_but(&raft, l);
-                        let turn = down_campaign_delay(&timings, me, group, &candidates);
+                        let turn =
+                            down_campaign_delay(&timings, me, group, &candidates, &stickiness.campaign_first(group));
                         // (A tenth more: their lease started when they processed the append,
                         // a little after ours.)
                         let at = (last + timings.lease() * 11 / 10).max(now) + turn;
@@ -313,7 +333,14 @@ impl ElectionDriver {
                             None => voters_but(&raft, NodeId::MAX),
                         };
                         Suspect {
-                            next_attempt: silent_since + first_campaign_delay(&timings, me, group, &candidates),
+                            next_attempt: silent_since
+                                + first_campaign_delay(
+                                    &timings,
+                                    me,
+                                    group,
+                                    &candidates,
+                                    &stickiness.campaign_first(group),
+                                ),
                             attempt: 0,
                             down: false,
                         }
@@ -361,10 +388,11 @@ mod tests {
         let mut firsts = [0usize; 3];
         for group in 0..300 {
             let mut turns: Vec<Duration> =
-                candidates.iter().map(|c| down_campaign_delay(&t, *c, group, &candidates)).collect();
-            firsts
-                [candidates.iter().position(|c| down_campaign_delay(&t, *c, group, &candidates).is_zero()).unwrap()] +=
-                1;
+                candidates.iter().map(|c| down_campaign_delay(&t, *c, group, &candidates, &[])).collect();
+            firsts[candidates
+                .iter()
+                .position(|c| down_campaign_delay(&t, *c, group, &candidates, &[]).is_zero())
+                .unwrap()] += 1;
             turns.sort();
             assert_eq!(turns, vec![Duration::ZERO, t.ping_interval, t.ping_interval * 2], "group {group}");
             // A retry comes a cycle (a round per candidate) later: turn + k * cycle never meets
@@ -406,8 +434,8 @@ mod tests {
         };
         let mut first = std::collections::HashMap::new();
         for group in 0..300 {
-            let d2 = first_campaign_delay(&t, 2, group, &[2, 3]);
-            let d3 = first_campaign_delay(&t, 3, group, &[2, 3]);
+            let d2 = first_campaign_delay(&t, 2, group, &[2, 3], &[]);
+            let d3 = first_campaign_delay(&t, 3, group, &[2, 3], &[]);
             for d in [d2, d3] {
                 assert!(d >= t.election_timeout_min && d < t.election_timeout_max, "{d:?}");
             }

@@ -151,11 +151,19 @@ pub(crate) struct Stickiness {
     /// Groups this node leads and is handing over (`ReplicaNode::transfer_leader`), with the
     /// term it led them in.
     transferring: Mutex<std::collections::HashMap<GroupId, u64>>,
+    /// Per group, the replicas that take the first turns to campaign when it needs a leader
+    /// (`ReplicaNode::set_campaign_first`).
+    campaign_first: Mutex<std::collections::HashMap<GroupId, Vec<NodeId>>>,
 }
 
 impl Stickiness {
     fn window(&self) -> Option<Duration> {
         *self.window.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The replicas of `group` that campaign first (empty: all take turns alike).
+    pub(crate) fn campaign_first(&self, group: GroupId) -> Vec<NodeId> {
+        self.campaign_first.lock().unwrap_or_else(|e| e.into_inner()).get(&group).cloned().unwrap_or_default()
     }
 
     fn appended(&self, group: GroupId, from: NodeId) {
@@ -413,6 +421,19 @@ where
         };
         let at = self.stickiness.last_append(group, leader)?;
         Some((leader, term, at.elapsed()))
+    }
+
+    /// Makes `first` (replicas of `group` on the racks its topic pins leaders to) take the first
+    /// turns to campaign when the group needs a leader, so a lost leader is replaced in the
+    /// pinned region when a replica there can win; empty restores the plain order. Every node
+    /// hosting the group should be told the same.
+    pub fn set_campaign_first(&self, group: GroupId, first: Vec<NodeId>) {
+        let mut map = self.stickiness.campaign_first.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_empty() {
+            map.remove(&group);
+        } else {
+            map.insert(group, first);
+        }
     }
 
     /// The groups whose replicas here are recovering a lost log (`recovery`).
