@@ -87,32 +87,32 @@ fn jitter(t: &ElectionTimings, node: NodeId, group: GroupId, attempt: u64) -> Du
     t.election_timeout_min + Duration::from_micros(x % span)
 }
 
-/// How long after its leader's node went silent this node's replica of `group` first campaigns.
-/// The candidates (the group's voters but the silent leader) take turns, in an order that differs
-/// per group so the new leaders spread over the nodes: each gets a slot of the timeout range, so
-/// two replicas rarely campaign at once and split the vote. Retries then use plain jitter.
-fn first_campaign_delay(
-    t: &ElectionTimings,
-    me: NodeId,
-    group: GroupId,
-    candidates: &[NodeId],
-    first: &[NodeId],
-) -> Duration {
-    let order = campaign_order(t, group, candidates, first);
-    let rank = order.iter().position(|c| *c == me).unwrap_or(order.len()) as u32;
-    let slots = (order.len() as u32).max(1);
+/// How long after its leader's node went silent this node's replica of `group` first campaigns,
+/// at `rank` of `count` candidates (`campaign_rank`): each candidate gets a slot of the timeout
+/// range, so two replicas rarely campaign at once and split the vote. Retries then use plain
+/// jitter.
+fn first_campaign_delay(t: &ElectionTimings, me: NodeId, group: GroupId, (rank, count): (u32, u32)) -> Duration {
+    let slots = count.max(1);
     let slot = t.election_timeout_max.saturating_sub(t.election_timeout_min) / slots;
     let within = jitter(t, me, group, 0).saturating_sub(t.election_timeout_min) / slots / 2;
     t.election_timeout_min + slot * rank.min(slots - 1) + within
 }
 
-/// The order in which `candidates` take their turns to campaign for `group`: those in `first`
-/// (replicas on a rack its topic pins leaders to, `ReplicaNode::set_campaign_first`) before the
-/// others, each part in an order that differs per group so new leaders spread over the nodes.
-fn campaign_order(t: &ElectionTimings, group: GroupId, candidates: &[NodeId], first: &[NodeId]) -> Vec<NodeId> {
+/// This node's turn to campaign for `group` among `candidates` (the group's voters but the lost
+/// leader), and how many take turns: those in `first` (replicas on a rack its topic pins leaders
+/// to, `ReplicaNode::set_campaign_first`) go before the others, each part in an order that
+/// differs per group so the new leaders spread over the nodes.
+fn campaign_rank(
+    t: &ElectionTimings,
+    me: NodeId,
+    group: GroupId,
+    candidates: &[NodeId],
+    first: &[NodeId],
+) -> (u32, u32) {
     let mut order: Vec<NodeId> = candidates.to_vec();
     order.sort_by_key(|c| (!first.contains(c), jitter(t, *c, group, u64::MAX)));
-    order
+    let rank = order.iter().position(|c| *c == me).unwrap_or(order.len());
+    (rank as u32, order.len() as u32)
 }
 
 /// How many times a group whose leader's process is down campaigns at its turn (every
@@ -121,19 +121,11 @@ fn campaign_order(t: &ElectionTimings, group: GroupId, candidates: &[NodeId], fi
 /// every few rounds for as long as the leader stays down.
 const DOWN_ATTEMPTS: u64 = 3;
 
-/// How long after the lease of a leader whose process is down this node's replica of `group`
-/// first campaigns: the candidates take turns a round apart, in the same per-group order as
-/// `first_campaign_delay`, the first at once. A retry comes a whole cycle (a round per
-/// candidate) later, so the turns never meet.
-fn down_campaign_delay(
-    t: &ElectionTimings,
-    me: NodeId,
-    group: GroupId,
-    candidates: &[NodeId],
-    first: &[NodeId],
-) -> Duration {
-    let order = campaign_order(t, group, candidates, first);
-    let rank = order.iter().position(|c| *c == me).unwrap_or(order.len()) as u32;
+/// How long after the lease of a leader whose process is down this node's replica of a group
+/// first campaigns, at `rank` (`campaign_rank`, the same order as `first_campaign_delay`): the
+/// candidates take turns a round apart, the first at once. A retry comes a whole cycle (a round
+/// per candidate) later, so the turns never meet.
+fn down_campaign_delay(t: &ElectionTimings, (rank, _): (u32, u32)) -> Duration {
     t.ping_interval * rank
 }
 
@@ -279,8 +271,8 @@ impl ElectionDriver {
                     if let Some(l) = leader.filter(|l| down.contains(l)) {
                         let last = stickiness.last_append(group, l).or(heard.get(&l).copied().flatten()).unwrap_or(now);
                         let candidates = voters_but(&raft, l);
-                        let turn =
-                            down_campaign_delay(&timings, me, group, &candidates, &stickiness.campaign_first(group));
+                        let rank = campaign_rank(&timings, me, group, &candidates, &stickiness.campaign_first(group));
+                        let turn = down_campaign_delay(&timings, rank);
                         // (A tenth more: their lease started when they processed the append,
                         // a little after ours.)
                         let at = (last + timings.lease() * 11 / 10).max(now) + turn;
@@ -338,8 +330,7 @@ impl ElectionDriver {
                                     &timings,
                                     me,
                                     group,
-                                    &candidates,
-                                    &stickiness.campaign_first(group),
+                                    campaign_rank(&timings, me, group, &candidates, &stickiness.campaign_first(group)),
                                 ),
                             attempt: 0,
                             down: false,
@@ -387,11 +378,13 @@ mod tests {
         let candidates = [1, 2, 4];
         let mut firsts = [0usize; 3];
         for group in 0..300 {
-            let mut turns: Vec<Duration> =
-                candidates.iter().map(|c| down_campaign_delay(&t, *c, group, &candidates, &[])).collect();
+            let mut turns: Vec<Duration> = candidates
+                .iter()
+                .map(|c| down_campaign_delay(&t, campaign_rank(&t, *c, group, &candidates, &[])))
+                .collect();
             firsts[candidates
                 .iter()
-                .position(|c| down_campaign_delay(&t, *c, group, &candidates, &[]).is_zero())
+                .position(|c| down_campaign_delay(&t, campaign_rank(&t, *c, group, &candidates, &[])).is_zero())
                 .unwrap()] += 1;
             turns.sort();
             assert_eq!(turns, vec![Duration::ZERO, t.ping_interval, t.ping_interval * 2], "group {group}");
@@ -434,8 +427,8 @@ mod tests {
         };
         let mut first = std::collections::HashMap::new();
         for group in 0..300 {
-            let d2 = first_campaign_delay(&t, 2, group, &[2, 3], &[]);
-            let d3 = first_campaign_delay(&t, 3, group, &[2, 3], &[]);
+            let d2 = first_campaign_delay(&t, 2, group, campaign_rank(&t, 2, group, &[2, 3], &[]));
+            let d3 = first_campaign_delay(&t, 3, group, campaign_rank(&t, 3, group, &[2, 3], &[]));
             for d in [d2, d3] {
                 assert!(d >= t.election_timeout_min && d < t.election_timeout_max, "{d:?}");
             }
