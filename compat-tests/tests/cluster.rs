@@ -341,10 +341,10 @@ fn a_topic_pinned_to_a_rack_is_led_from_it() {
 }
 
 /// Leader pinning through a failover: nodes 1 and 2 in rack us, node 3 in eu, and a topic
-/// pinned to us (every node a replica of each partition), led from us. When node 1 dies, the
-/// partitions it led get a new leader in us (node 2), not in eu: the replicas on a pinned rack
-/// take the first turns to campaign. (With both left to chance, all three would land on node 2
-/// one time in eight.)
+/// pinned to us (every node a replica of each partition), led from us. When node 1 dies, its
+/// partitions are led from us again (node 2), not from eu: the replicas on a pinned rack take
+/// the first turns to campaign, and a leadership that lands in eu anyway (an election on a
+/// loaded machine) goes back to the first live replica on the pinned rack with the balancer.
 #[test]
 fn a_pinned_topic_is_led_from_its_rack_again_after_its_leader_dies() {
     let mut cluster =
@@ -362,12 +362,10 @@ fn a_pinned_topic_is_led_from_its_rack_again_after_its_leader_dies() {
     let from_node_1 = cluster.leaders(1, topic).iter().filter(|(_, l, _)| *l == 1).count();
     assert!(from_node_1 > 0, "node 1 leads none of the partitions: {:?}", cluster.leaders(1, topic));
     cluster.nodes[0].kill9();
-    wait_until(DEADLINE, "a new leader for node 1's partitions", || {
+    wait_until(DEADLINE, "every partition led from node 2, the live replica in us", || {
         let v = cluster.leaders(1, topic);
-        v.len() == 6 && v.iter().all(|(_, l, _)| *l == 2 || *l == 3)
+        v.len() == 6 && v.iter().all(|(_, l, _)| *l == 2)
     });
-    let after = cluster.leaders(1, topic);
-    assert!(after.iter().all(|(_, l, _)| *l == 2), "leaders left the pinned rack: {after:?}");
 }
 
 /// A leadership transfer whose target never takes over: ElectLeaders starts it, and the target's

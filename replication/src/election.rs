@@ -364,6 +364,27 @@ impl Drop for ElectionDriver {
 
 #[cfg(test)]
 mod tests {
+    /// Replicas on a pinned rack take the first turns whatever the per-group order would be;
+    /// the others follow in that order.
+    #[test]
+    fn pinned_candidates_take_the_first_turns() {
+        let t = ElectionTimings {
+            ping_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(500),
+        };
+        let candidates = [1, 2, 3, 4];
+        for group in 0..64 {
+            let ranks: Vec<u32> =
+                candidates.iter().map(|c| campaign_rank(&t, *c, group, &candidates, &[4]).0).collect();
+            assert_eq!(ranks[3], 0, "group {group}: {ranks:?}");
+            let mut sorted = ranks.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, vec![0, 1, 2, 3]);
+            assert_eq!(down_campaign_delay(&t, campaign_rank(&t, 4, group, &candidates, &[4])), Duration::ZERO);
+        }
+    }
+
     use super::*;
 
     /// The candidates of a group whose leader is down take distinct turns a round apart, the

@@ -204,9 +204,10 @@ impl ClusterMetadata {
         self.next_group_id
     }
 
-    /// The replica that should lead `group`: the first on a rack its topic's
-    /// `leader.preferred.racks` names, or the first replica when that config
-    /// is empty or names no rack holding one. Placement puts such a replica
+    /// The replica that should lead `group`: the first live one on a rack its
+    /// topic's `leader.preferred.racks` names (or the first there, when none is
+    /// live), or the first replica when that config is empty or names no rack
+    /// holding one. Placement puts such a replica
     /// first at creation; this keeps the pinning when the config changes later.
     pub fn preferred_leader(&self, group: GroupId) -> Option<NodeId> {
         let p = self.partitions.get(&group)?;
@@ -216,8 +217,14 @@ impl ClusterMetadata {
                 .and_then(|t| t.configs.get(super::placement::LEADER_PREFERRED_RACKS))
                 .map(String::as_str),
         );
-        let rack = |r: &NodeId| self.brokers.get(r).and_then(|b| b.registration.rack.as_ref());
-        p.replicas.iter().find(|r| rack(r).is_some_and(|rk| racks.contains(rk))).or(p.replicas.first()).copied()
+        let pinned = |r: &&NodeId| {
+            self.brokers.get(r).and_then(|b| b.registration.rack.as_ref()).is_some_and(|rk| racks.contains(rk))
+        };
+        let live = |r: &&NodeId| self.brokers.get(r).is_some_and(|b| !b.fenced);
+        // A live one first, so that leadership goes back to the pinned racks after a failover
+        // left it elsewhere while the first pinned replica is down.
+        let mut on_pinned = p.replicas.iter().filter(pinned);
+        on_pinned.clone().find(live).or_else(|| on_pinned.next()).or(p.replicas.first()).copied()
     }
 
     /// ElectLeaders PREFERRED over every partition: the groups whose
