@@ -217,12 +217,10 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
                         .and_then(|c| c.preferred_read_replica(&p.topic, p.partition, rack, &g.log, p.fetch_offset));
                     (Ok(g.log), preferred)
                 }
-                Err(ResponseError::NotLeaderOrFollower) if cluster.is_some() => (
-                    cluster.map_or(Err(ResponseError::NotLeaderOrFollower), |c| {
-                        c.follower_log(&p.topic, p.partition, p.current_leader_epoch)
-                    }),
-                    None,
-                ),
+                Err(ResponseError::NotLeaderOrFollower) => {
+                    let follower = cluster.map(|c| c.follower_log(&p.topic, p.partition, p.current_leader_epoch));
+                    (follower.unwrap_or(Err(ResponseError::NotLeaderOrFollower)), None)
+                }
                 Err(e) => (Err(e), None),
             };
             Target { part: p, log, preferred }
