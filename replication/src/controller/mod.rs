@@ -15,20 +15,22 @@ mod import;
 mod machine;
 pub mod placement;
 mod propose;
+mod reassign;
 mod records;
 mod service;
 mod state;
 
 pub use import::{import_single_node, ImportError};
 pub use machine::{ControllerMachine, ProposeError};
-pub use propose::{AnyConfig, ConfigValidator, NewTopic, TopicDefaults, PRODUCER_ID_BLOCK};
+pub use propose::{AnyConfig, ConfigValidator, NewTopic, ReassignmentStep, TopicDefaults, PRODUCER_ID_BLOCK};
 pub use records::{
     BrokerRegistration, ConfigResource, CreateTopic, DecodeError, ErrorCode, GroupId, LeadershipReport, MetadataError,
-    MetadataRecord, NodeId, RECORD_VERSION,
+    MetadataRecord, NodeId, Reassignment, RECORD_VERSION,
 };
 pub use service::{Answer, Controller, Liveness, Request, SubmitError, TaskGuard, RPC_SUBMIT};
 pub use state::{
-    validate_topic_name, Broker, ClusterMetadata, Outcome, Partition, Topic, CONTROLLER_GROUP, MAX_PARTITIONS,
+    validate_topic_name, Broker, ClusterMetadata, Outcome, Partition, Reassigning, Topic, CONTROLLER_GROUP,
+    MAX_PARTITIONS,
 };
 
 #[cfg(test)]

@@ -10,10 +10,22 @@ use uuid::Uuid;
 
 use super::placement::{self, Candidate, Load, LEADER_PREFERRED_RACKS};
 use super::records::{
-    err, BrokerRegistration, ConfigResource, CreateTopic, ErrorCode, LeadershipReport, MetadataError, MetadataRecord,
-    NodeId,
+    err, BrokerRegistration, ConfigResource, CreateTopic, ErrorCode, GroupId, LeadershipReport, MetadataError,
+    MetadataRecord, NodeId, Reassignment,
 };
 use super::state::{check_registration, validate_topic_name, ClusterMetadata, MAX_PARTITIONS};
+
+/// What a group's leader reports of a reassignment (`Request::ReassignmentStep`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReassignmentStep {
+    /// Is this reassignment still the one in progress? (Asked before each membership change, so
+    /// a leader whose metadata lags never moves the group towards a replaced target.)
+    Check,
+    /// These target replicas are about to become voters.
+    Promote(Vec<NodeId>),
+    /// The group's membership is the target's.
+    Complete,
+}
 
 /// KIP-730's block size: how many producer ids a broker takes at once.
 pub const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -331,6 +343,39 @@ impl ClusterMetadata {
             }
         }
         Ok(MetadataRecord::AlterConfigs { resource, changes })
+    }
+
+    /// AlterPartitionReassignments (each entry is checked again, and applied or refused on its
+    /// own, when the record applies).
+    pub fn propose_alter_reassignments(
+        &self,
+        entries: Vec<Reassignment>,
+        allow_replication_factor_change: bool,
+    ) -> Result<MetadataRecord, MetadataError> {
+        let groups: std::collections::BTreeSet<_> = entries.iter().map(|e| e.group_id).collect();
+        if groups.len() != entries.len() {
+            return err(ErrorCode::InvalidRequest, "A partition is reassigned twice in one request");
+        }
+        Ok(MetadataRecord::AlterReassignments { entries, allow_replication_factor_change })
+    }
+
+    /// A reassignment's step, from the group's leader: whether reassignment `epoch` is still
+    /// the one in progress (`None`: a check, answered without a record), else the record of
+    /// the promotion or completion.
+    pub fn propose_reassignment_step(
+        &self,
+        group_id: GroupId,
+        epoch: u64,
+        step: &ReassignmentStep,
+    ) -> Result<Option<MetadataRecord>, MetadataError> {
+        self.check_reassignment(group_id, epoch)?;
+        Ok(match step {
+            ReassignmentStep::Check => None,
+            ReassignmentStep::Promote(joining) => {
+                Some(MetadataRecord::PromoteReassignment { group_id, epoch, joining: joining.clone() })
+            }
+            ReassignmentStep::Complete => Some(MetadataRecord::CompleteReassignment { group_id, epoch }),
+        })
     }
 
     /// The next block of producer ids for a registered broker.

@@ -52,6 +52,18 @@ enum Op {
     Allocate {
         node: i32,
     },
+    /// AlterPartitionReassignments of one partition (`target` None: cancel).
+    Reassign {
+        pick: u8,
+        target: Option<Vec<i32>>,
+        allow_rf_change: bool,
+    },
+    /// A leader's step of a partition's reassignment, maybe for a target that is not current.
+    Step {
+        pick: u8,
+        complete: bool,
+        stale: bool,
+    },
     /// A record no proposal would make: arbitrary replicas, maybe a reused id.
     RawCreate {
         name: u8,
@@ -93,6 +105,10 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..5i32, prop::collection::vec((0..24u8, 0..5i32, any::<u8>()), 0..6))
             .prop_map(|(reporter, entries)| Op::Report { reporter, entries }),
         1 => (0..5i32).prop_map(|node| Op::Allocate { node }),
+        3 => (any::<u8>(), prop::option::weighted(0.8, prop::collection::vec(0..6i32, 0..4)), any::<bool>())
+            .prop_map(|(pick, target, allow_rf_change)| Op::Reassign { pick, target, allow_rf_change }),
+        3 => (any::<u8>(), any::<bool>(), prop::bool::weighted(0.2))
+            .prop_map(|(pick, complete, stale)| Op::Step { pick, complete, stale }),
         1 => (0..9u8, any::<bool>(), replica_lists())
             .prop_map(|(name, reuse_id, replicas)| Op::RawCreate { name, reuse_id, replicas }),
     ]
@@ -200,6 +216,37 @@ impl Driver {
                 proposed(s.propose_report(*reporter, partitions))
             }
             Op::Allocate { node } => proposed(s.propose_allocate_producer_ids(*node)),
+            Op::Reassign { pick, target, allow_rf_change } => {
+                let groups: Vec<GroupId> = s.partitions().keys().copied().collect();
+                let group_id = groups.get(*pick as usize % (groups.len() + 1)).copied().unwrap_or(s.next_group_id());
+                let entries = vec![Reassignment { group_id, target: target.clone() }];
+                // Entries are checked when applied: the record applies, refusing entries.
+                proposed(s.propose_alter_reassignments(entries, *allow_rf_change))
+            }
+            Op::Step { pick, complete, stale } => {
+                let moving: Vec<(GroupId, &Partition)> =
+                    s.partitions().iter().filter(|(_, p)| p.reassigning()).map(|(g, p)| (*g, p)).collect();
+                let (group_id, p) = *moving.get(*pick as usize % moving.len().max(1))?;
+                let r = p.reassignment.as_ref()?;
+                // A stale step names an earlier epoch (a replaced reassignment, maybe to the
+                // same target).
+                let epoch = if *stale { r.epoch.wrapping_sub(1) } else { r.epoch };
+                let step = if *complete {
+                    ReassignmentStep::Complete
+                } else {
+                    let joining = p.adding();
+                    if joining.is_empty() {
+                        ReassignmentStep::Complete
+                    } else {
+                        ReassignmentStep::Promote(joining)
+                    }
+                };
+                match s.propose_reassignment_step(group_id, epoch, &step) {
+                    Ok(Some(r)) => Some((r, true)),
+                    Ok(None) => None,
+                    Err(_) => Some((MetadataRecord::CompleteReassignment { group_id, epoch }, false)),
+                }
+            }
             Op::RawCreate { name, reuse_id, replicas } => {
                 let topic_id = match (*reuse_id, self.used_ids.first()) {
                     (true, Some(id)) => *id,
@@ -252,6 +299,8 @@ struct Stats {
     leaderships_applied: usize,
     entries_skipped: usize,
     refused: usize,
+    reassignments_started: usize,
+    reassignments_completed: usize,
 }
 
 fn run(ops: &[Op]) -> Result<Stats, TestCaseError> {
@@ -283,6 +332,11 @@ fn run(ops: &[Op]) -> Result<Stats, TestCaseError> {
                 stats.leaderships_applied += applied.len();
                 stats.entries_skipped += skipped.len();
             }
+            Ok(Outcome::ReassignmentsAltered { applied, skipped }) => {
+                stats.reassignments_started += applied.len();
+                stats.entries_skipped += skipped.len();
+            }
+            Ok(Outcome::ReassignmentCompleted { .. }) => stats.reassignments_completed += 1,
             Ok(_) => {}
             Err(e) => {
                 stats.refused += 1;
@@ -293,6 +347,34 @@ fn run(ops: &[Op]) -> Result<Stats, TestCaseError> {
         }
         prop_assert!(a.check_invariants().is_ok(), "{:?}", a.check_invariants());
         assert_invariants(&a);
+        // A node leaves a partition's replicas only when the group's leader completes a
+        // reassignment that does not name it (its Raft membership no longer has it): no other
+        // record may drop a replica that could still hold a log counting towards commits.
+        let completed = matches!(result, Ok(Outcome::ReassignmentCompleted { .. }));
+        for (g, p) in a.partitions() {
+            let Some(old) = before.partition(*g) else { continue };
+            let left: Vec<_> = old.replicas.iter().filter(|r| !p.replicas.contains(r)).collect();
+            prop_assert!(
+                left.is_empty() || (completed && left.iter().all(|r| !old.target().contains(r))),
+                "group {} dropped {:?}: {:?} -> {:?} by {:?}",
+                g,
+                left,
+                old,
+                p,
+                record
+            );
+            if p.reassigning() {
+                prop_assert!(p.target().iter().all(|r| p.replicas.contains(r)));
+                prop_assert!(old.original().iter().all(|r| p.replicas.contains(r)) || !old.reassigning());
+                // Within a chain of reassignments the original set stays and promotions only
+                // grow; each new entry takes a new epoch.
+                if let (Some(o), Some(n)) = (&old.reassignment, &p.reassignment) {
+                    prop_assert_eq!(&o.original, &n.original);
+                    prop_assert!(o.promoted.iter().all(|x| n.promoted.contains(x)));
+                    prop_assert!(n.epoch >= o.epoch);
+                }
+            }
+        }
         for (name, t) in a.topics() {
             for (i, g) in t.partitions.iter().enumerate() {
                 prop_assert!(!deleted.contains(g), "deleted group {} is back in {}", g, name);
@@ -332,7 +414,10 @@ fn the_generator_reaches_every_path() {
         total.leaderships_applied += s.leaderships_applied;
         total.entries_skipped += s.entries_skipped;
         total.refused += s.refused;
+        total.reassignments_started += s.reassignments_started;
+        total.reassignments_completed += s.reassignments_completed;
     }
+    assert!(total.reassignments_started >= 20 && total.reassignments_completed >= 5, "{total:?}");
     assert!(total.topics_created >= 50 && total.topics_deleted > 0, "{total:?}");
     assert!(total.leaderships_applied >= 50 && total.entries_skipped > 0, "{total:?}");
     assert!(total.refused > 0, "{total:?}");

@@ -67,6 +67,35 @@ pub enum MetadataRecord {
         node_id: NodeId,
         count: i64,
     },
+    /// AlterPartitionReassignments: each entry starts, replaces or (target `None`) cancels a
+    /// partition's reassignment. Each applies or is refused on its own.
+    AlterReassignments {
+        entries: Vec<Reassignment>,
+        /// KIP-860: a target with another replica count than the partition's is refused unless
+        /// this is set.
+        allow_replication_factor_change: bool,
+    },
+    /// The group's leader is about to make `joining` voters, for the reassignment `epoch` of
+    /// the partition (which must still be in progress).
+    PromoteReassignment {
+        group_id: GroupId,
+        epoch: u64,
+        joining: Vec<NodeId>,
+    },
+    /// The group's leader has committed a Raft membership of exactly the target's voters of
+    /// reassignment `epoch`.
+    CompleteReassignment {
+        group_id: GroupId,
+        epoch: u64,
+    },
+}
+
+/// One partition's entry in an AlterPartitionReassignments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reassignment {
+    pub group_id: GroupId,
+    /// The replicas wanted, first = preferred leader; `None` cancels the reassignment in progress.
+    pub target: Option<Vec<NodeId>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +191,7 @@ pub enum ErrorCode {
     BrokerIdNotRegistered,
     InconsistentClusterId,
     IneligibleReplica,
+    NoReassignmentInProgress,
 }
 
 impl ErrorCode {
@@ -182,6 +212,7 @@ impl ErrorCode {
             ErrorCode::BrokerIdNotRegistered => 102,
             ErrorCode::InconsistentClusterId => 104,
             ErrorCode::IneligibleReplica => 107,
+            ErrorCode::NoReassignmentInProgress => 85,
         }
     }
 }

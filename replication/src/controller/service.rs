@@ -22,9 +22,10 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::machine::{ControllerMachine, ProposeError};
-use super::propose::{ConfigValidator, NewTopic, TopicDefaults};
+use super::propose::{ConfigValidator, NewTopic, ReassignmentStep, TopicDefaults};
 use super::records::{
-    BrokerRegistration, ConfigResource, ErrorCode, LeadershipReport, MetadataError, MetadataRecord, NodeId as BrokerId,
+    BrokerRegistration, ConfigResource, ErrorCode, GroupId, LeadershipReport, MetadataError, MetadataRecord,
+    NodeId as BrokerId, Reassignment,
 };
 use super::state::{ClusterMetadata, Outcome, CONTROLLER_GROUP};
 use crate::node::SERVICE_RPC_BASE;
@@ -62,6 +63,16 @@ pub enum Request {
     ReportLeadership {
         reporter: BrokerId,
         partitions: Vec<LeadershipReport>,
+    },
+    AlterReassignments {
+        entries: Vec<Reassignment>,
+        allow_replication_factor_change: bool,
+    },
+    /// From a group's leader: a step of the partition's reassignment `epoch`.
+    ReassignmentStep {
+        group_id: GroupId,
+        epoch: u64,
+        step: ReassignmentStep,
     },
 }
 
@@ -242,6 +253,12 @@ impl<SM: RaftStateMachine<TypeConfig>> Controller<SM> {
                     Err(e) => return Attempt::Answered(Err(e)),
                 }
             }
+            // Answered from this leader's applied state: a reassignment replaced since (and
+            // committed, not yet applied here) is at worst one step further along.
+            Request::ReassignmentStep { group_id, epoch, step: ReassignmentStep::Check } => {
+                let answer = self.machine.read(|m| m.check_reassignment(*group_id, *epoch));
+                return Attempt::Answered(answer.map(|()| None));
+            }
             other => match self.machine.read(|m| self.record_for(m, other)) {
                 Ok(r) => r,
                 Err(e) => return Attempt::Answered(Err(e)),
@@ -275,6 +292,15 @@ impl<SM: RaftStateMachine<TypeConfig>> Controller<SM> {
             }
             Request::AllocateProducerIds { node_id } => m.propose_allocate_producer_ids(*node_id),
             Request::ReportLeadership { reporter, partitions } => m.propose_report(*reporter, partitions.clone()),
+            Request::AlterReassignments { entries, allow_replication_factor_change } => {
+                m.propose_alter_reassignments(entries.clone(), *allow_replication_factor_change)
+            }
+            Request::ReassignmentStep { group_id, epoch, step } => {
+                match m.propose_reassignment_step(*group_id, *epoch, step)? {
+                    Some(record) => Ok(record),
+                    None => Err(MetadataError::new(ErrorCode::InvalidRequest, "a reassignment check has no record")),
+                }
+            }
             Request::Heartbeat { .. } => {
                 Err(MetadataError::new(ErrorCode::InvalidRequest, "a heartbeat has no record"))
             }

@@ -41,6 +41,39 @@ pub struct Partition {
     pub leader: Option<NodeId>,
     pub leader_epoch: i32,
     pub isr: Vec<NodeId>,
+    /// A reassignment in progress. While one is, `replicas` lists every node that may hold the
+    /// group's log: the target first, then the others. So a node is dropped from it (and
+    /// deletes its replica) only once the group's Raft membership no longer has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reassignment: Option<Reassigning>,
+    /// How many reassignment entries have applied to this partition (each new target, cancel
+    /// or replacement counts one): the epoch of the next.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reassignments: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Where a partition's reassignment goes, and where it began.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reassigning {
+    /// First = preferred leader.
+    pub target: Vec<NodeId>,
+    /// The replicas when the first of a chain of reassignments (each replacing the last) began:
+    /// what a cancellation goes back to.
+    pub original: Vec<NodeId>,
+    /// Replicas outside `original` that the group's leader may have made voters (it records
+    /// them first). Until a replica is here it has never voted or acknowledged an entry, so one
+    /// that starts without its log starts afresh as a learner; after, it must recover like any
+    /// voter that lost its disk. Grows until the chain completes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub promoted: Vec<NodeId>,
+    /// Which entry of the partition's reassignments this is (`Partition::reassignments` when it
+    /// was set): a leader's step names it, so a step decided for a target that was since
+    /// replaced, even by an equal one, is refused.
+    pub epoch: u64,
 }
 
 /// What an applied record did, for the node applier (create or drop local
@@ -91,6 +124,19 @@ pub enum Outcome {
         node_id: NodeId,
         first: i64,
         count: i64,
+    },
+    /// The entries of an AlterPartitionReassignments that took effect, and those refused.
+    ReassignmentsAltered {
+        applied: Vec<GroupId>,
+        skipped: Vec<(GroupId, MetadataError)>,
+    },
+    /// The group's leader may now make the adding replicas voters.
+    ReassignmentPromoting {
+        group_id: GroupId,
+    },
+    /// The group's Raft membership is the target: `replicas` is the target alone.
+    ReassignmentCompleted {
+        group_id: GroupId,
     },
 }
 
@@ -181,6 +227,13 @@ impl ClusterMetadata {
         self.partitions.get(&group_id)
     }
 
+    pub(super) fn partition_mut(&mut self, group: GroupId) -> Result<&mut Partition, MetadataError> {
+        match self.partitions.get_mut(&group) {
+            Some(p) => Ok(p),
+            None => err(ErrorCode::UnknownTopicOrPartition, format!("No partition has group {group}")),
+        }
+    }
+
     /// A topic's partitions in index order.
     pub fn partitions_of<'a>(&'a self, topic: &str) -> impl Iterator<Item = (GroupId, &'a Partition)> + 'a {
         let groups = self.topics.get(topic).map(|t| t.partitions.clone()).unwrap_or_default();
@@ -223,8 +276,10 @@ impl ClusterMetadata {
         let live = |r: &&NodeId| self.brokers.get(r).is_some_and(|b| !b.fenced);
         // A live one first, so that leadership goes back to the pinned racks after a failover
         // left it elsewhere while the first pinned replica is down.
-        let mut on_pinned = p.replicas.iter().filter(pinned);
-        on_pinned.clone().find(live).or_else(|| on_pinned.next()).or(p.replicas.first()).copied()
+        // During a reassignment, among the replicas it keeps.
+        let target = p.target();
+        let mut on_pinned = target.iter().filter(pinned);
+        on_pinned.clone().find(live).or_else(|| on_pinned.next()).or(target.first()).copied()
     }
 
     /// ElectLeaders PREFERRED over every partition: the groups whose
@@ -309,6 +364,18 @@ impl ClusterMetadata {
             if has_duplicates(&p.isr) || p.isr.iter().any(|r| !p.replicas.contains(r)) {
                 return Err(format!("group {g} ISR {:?} is not a subset of {:?}", p.isr, p.replicas));
             }
+            if let Some(r) = &p.reassignment {
+                let listed =
+                    |l: &[NodeId]| !l.is_empty() && !has_duplicates(l) && l.iter().all(|n| p.replicas.contains(n));
+                if !listed(&r.target)
+                    || !listed(&r.original)
+                    || !p.replicas.starts_with(&r.target)
+                    || r.promoted.iter().any(|n| !p.replicas.contains(n) || r.original.contains(n))
+                    || r.epoch >= p.reassignments
+                {
+                    return Err(format!("group {g} moves {:?} -> {:?} within {:?}", r.original, r.target, p.replicas));
+                }
+            }
         }
         if self.next_producer_id < 0 {
             return Err("negative next_producer_id".into());
@@ -364,6 +431,15 @@ impl ClusterMetadata {
             MetadataRecord::AlterConfigs { resource, changes } => self.apply_alter_configs(resource, changes),
             MetadataRecord::ReportLeadership { reporter, incarnation, partitions } => {
                 self.apply_report(*reporter, *incarnation, partitions)
+            }
+            MetadataRecord::AlterReassignments { entries, allow_replication_factor_change } => {
+                Ok(self.apply_alter_reassignments(entries, *allow_replication_factor_change))
+            }
+            MetadataRecord::PromoteReassignment { group_id, epoch, joining } => {
+                self.apply_promote_reassignment(*group_id, *epoch, joining)
+            }
+            MetadataRecord::CompleteReassignment { group_id, epoch } => {
+                self.apply_complete_reassignment(*group_id, *epoch)
             }
             MetadataRecord::AllocateProducerIds { node_id, count } => {
                 if !self.brokers.contains_key(node_id) {
@@ -489,6 +565,8 @@ impl ClusterMetadata {
                     leader_epoch: 0,
                     // An empty log: every replica is caught up.
                     isr: replicas.clone(),
+                    reassignment: None,
+                    reassignments: 0,
                 },
             );
             groups.push(g);

@@ -794,3 +794,141 @@ fn the_metadata_file_of_a_real_single_node_broker_imports_entirely() {
     assert!(next > 0);
     assert_eq!(s.next_producer_id(), next);
 }
+
+fn reassign(s: &mut ClusterMetadata, g: GroupId, target: Option<Vec<NodeId>>, allow: bool) -> Result<(), ErrorCode> {
+    let r = s.propose_alter_reassignments(vec![Reassignment { group_id: g, target }], allow).unwrap();
+    match ok(s, r) {
+        Outcome::ReassignmentsAltered { applied, skipped } if skipped.is_empty() => {
+            assert_eq!(applied, vec![g]);
+            Ok(())
+        }
+        Outcome::ReassignmentsAltered { skipped, .. } => Err(skipped[0].1.code),
+        o => panic!("{o:?}"),
+    }
+}
+
+fn moving(s: &ClusterMetadata, g: GroupId) -> (Vec<NodeId>, Vec<NodeId>, Vec<NodeId>) {
+    let p = s.partition(g).unwrap();
+    (p.replicas.clone(), p.adding(), p.removing())
+}
+
+/// The epoch of the reassignment of `g` in progress.
+fn epoch(s: &ClusterMetadata, g: GroupId) -> u64 {
+    s.partition(g).unwrap().reassignment.as_ref().unwrap().epoch
+}
+
+/// A leader's step of the reassignment of `g` in progress, as proposed.
+fn step(s: &ClusterMetadata, g: GroupId, step: ReassignmentStep) -> MetadataRecord {
+    s.propose_reassignment_step(g, epoch(s, g), &step).unwrap().expect("a record")
+}
+
+#[test]
+fn a_reassignment_keeps_every_replica_until_its_leader_completes_it() {
+    let mut s = cluster(5, &[]);
+    let g = create(&mut s, "t", 1, 3, 1)[0];
+    let orig = s.partition(g).unwrap().replicas.clone();
+    let (a, b, c) = (orig[0], orig[1], orig[2]);
+    let others: Vec<NodeId> = (1..=5).filter(|n| !orig.contains(n)).collect();
+    let (x, y) = (others[0], others[1]);
+
+    // Kafka's form: the target first, then the replicas leaving.
+    reassign(&mut s, g, Some(vec![x, y, a]), false).unwrap();
+    assert_eq!(moving(&s, g), (vec![x, y, a, b, c], vec![x, y], vec![b, c]));
+    assert_eq!(s.partition(g).unwrap().target(), vec![x, y, a]);
+    assert_eq!(s.partition(g).unwrap().original(), vec![a, b, c]);
+    let first = epoch(&s, g);
+    // The leader's steps must name the reassignment in progress.
+    let stale = s.propose_reassignment_step(g, first + 1, &ReassignmentStep::Check).unwrap_err();
+    assert_eq!(stale.code, ErrorCode::NoReassignmentInProgress);
+    assert_eq!(s.propose_reassignment_step(g, first, &ReassignmentStep::Check), Ok(None));
+    okp(&mut s, |s| step(s, g, ReassignmentStep::Promote(vec![x])));
+    assert_eq!(s.partition(g).unwrap().promoted(), [x]);
+    refused(
+        &mut s,
+        MetadataRecord::PromoteReassignment { group_id: g, epoch: first, joining: vec![b] },
+        ErrorCode::InvalidRequest,
+    );
+
+    // A new target replaces it; nodes of the old target stay listed (they may be voters now),
+    // and so does the promotion.
+    reassign(&mut s, g, Some(vec![x, b, c]), false).unwrap();
+    assert_eq!(moving(&s, g), (vec![x, b, c, y, a], vec![x], vec![y, a]));
+    assert_eq!(s.partition(g).unwrap().original(), vec![a, b, c]);
+    assert_eq!(s.partition(g).unwrap().promoted(), [x]);
+    // Cancelling moves back to the original replicas, through the leader like any other move.
+    reassign(&mut s, g, None, false).unwrap();
+    assert_eq!(moving(&s, g), (vec![a, b, c, x, y], vec![], vec![x, y]));
+    assert!(s.partition(g).unwrap().reassigning());
+    // Moving to the first target again: a completion decided for the first attempt (same
+    // target) is refused by its epoch.
+    reassign(&mut s, g, Some(vec![x, y, a]), false).unwrap();
+    refused(
+        &mut s,
+        MetadataRecord::CompleteReassignment { group_id: g, epoch: first },
+        ErrorCode::NoReassignmentInProgress,
+    );
+    reassign(&mut s, g, None, false).unwrap();
+
+    ok(
+        &mut s,
+        MetadataRecord::ReportLeadership {
+            reporter: x,
+            incarnation: Uuid::from_u128(x as u128),
+            partitions: vec![LeadershipReport { group_id: g, leader_epoch: 3, isr: vec![x, a, b] }],
+        },
+    );
+    okp(&mut s, |s| step(s, g, ReassignmentStep::Complete));
+    let p = s.partition(g).unwrap();
+    assert_eq!((p.replicas.clone(), p.reassigning(), p.promoted().len()), (vec![a, b, c], false, 0));
+    // The ISR keeps only target replicas; a leader outside the target no longer counts.
+    assert_eq!((p.isr.clone(), p.leader), (vec![a, b], None));
+    assert_eq!(reassign(&mut s, g, None, false), Err(ErrorCode::NoReassignmentInProgress));
+}
+
+#[test]
+fn a_completed_reassignment_counts_as_having_had_a_leader() {
+    // No leadership report was ever taken, but the group's leader changed its membership.
+    let mut s = cluster(4, &[]);
+    let g = create(&mut s, "t", 1, 3, 1)[0];
+    assert_eq!(s.partition(g).unwrap().leader_epoch, 0);
+    let spare = (1..=4).find(|n| !s.partition(g).unwrap().replicas.contains(n)).unwrap();
+    reassign(&mut s, g, Some(vec![spare]), true).unwrap();
+    okp(&mut s, |s| step(s, g, ReassignmentStep::Complete));
+    assert_eq!(s.partition(g).unwrap().leader_epoch, 1);
+}
+
+#[test]
+fn reassignments_are_checked_as_kafka_checks_them() {
+    let mut s = cluster(4, &[]);
+    let g = create(&mut s, "t", 1, 3, 1)[0];
+    let orig = s.partition(g).unwrap().replicas.clone();
+    let spare = (1..=4).find(|n| !orig.contains(n)).unwrap();
+    assert_eq!(reassign(&mut s, g, Some(vec![]), true), Err(ErrorCode::InvalidReplicaAssignment));
+    assert_eq!(reassign(&mut s, g, Some(vec![1, 1, 2]), true), Err(ErrorCode::InvalidReplicaAssignment));
+    assert_eq!(reassign(&mut s, g, Some(vec![1, 2, 9]), true), Err(ErrorCode::InvalidReplicaAssignment));
+    assert_eq!(reassign(&mut s, 77, Some(vec![1, 2, 3]), true), Err(ErrorCode::UnknownTopicOrPartition));
+    // KIP-860: a replication factor change must be asked for.
+    assert_eq!(reassign(&mut s, g, Some(vec![1, 2, 3, 4]), false), Err(ErrorCode::InvalidReplicationFactor));
+    assert!(!s.partition(g).unwrap().reassigning());
+    // A new order of the same replicas moves nothing and takes effect at once.
+    let reversed: Vec<NodeId> = orig.iter().rev().copied().collect();
+    reassign(&mut s, g, Some(reversed.clone()), false).unwrap();
+    assert_eq!(moving(&s, g), (reversed, vec![], vec![]));
+    // Growing and shrinking the replication factor.
+    let mut grown = orig.clone();
+    grown.push(spare);
+    reassign(&mut s, g, Some(grown.clone()), true).unwrap();
+    assert_eq!(moving(&s, g).1, vec![spare]);
+    okp(&mut s, |s| step(s, g, ReassignmentStep::Complete));
+    assert_eq!(moving(&s, g).0, grown);
+    reassign(&mut s, g, Some(vec![spare]), true).unwrap();
+    assert_eq!(moving(&s, g).2, orig);
+    okp(&mut s, |s| step(s, g, ReassignmentStep::Complete));
+    assert_eq!(moving(&s, g), (vec![spare], vec![], vec![]));
+    // Two entries for one partition in one request.
+    let twice = vec![Reassignment { group_id: g, target: None }, Reassignment { group_id: g, target: None }];
+    assert_eq!(s.propose_alter_reassignments(twice, true).unwrap_err().code, ErrorCode::InvalidRequest);
+    // The snapshot carries a reassignment in progress.
+    reassign(&mut s, g, Some(vec![1]), true).unwrap();
+    assert_eq!(ClusterMetadata::restore(&s.snapshot()).unwrap(), s);
+}
