@@ -81,11 +81,20 @@ pub fn partition_dir(data_dir: &std::path::Path, topic: &str, index: i32, group:
 struct Wanted {
     topic: String,
     index: i32,
+    /// Every node that may hold the group's log (during a reassignment, the target's and the
+    /// others still listed).
     replicas: Vec<i32>,
+    /// The group's first voters, should it be new: during a reassignment the original replicas
+    /// (the leader adds the others).
+    voters: Vec<i32>,
     configs: BTreeMap<String, String>,
     /// Whether the group has ever had a leader: a replica of it starting empty here may have
     /// lost a log that counted towards commits.
     had_leader: bool,
+    /// A replica a reassignment is adding here that its leader has not yet made a voter: it has
+    /// never voted nor acknowledged an entry in the group's current membership, so it joins as
+    /// a learner, from an empty log.
+    learner: bool,
 }
 
 fn wanted(m: &ClusterMetadata, me: i32) -> BTreeMap<GroupId, Wanted> {
@@ -95,12 +104,24 @@ fn wanted(m: &ClusterMetadata, me: i32) -> BTreeMap<GroupId, Wanted> {
         .map(|(g, p)| {
             let configs = m.topic(&p.topic).map(|t| t.configs.clone()).unwrap_or_default();
             let had_leader = p.leader.is_some() || p.leader_epoch > 0;
-            (*g, Wanted { topic: p.topic.clone(), index: p.index, replicas: p.replicas.clone(), configs, had_leader })
+            let voters = p.original();
+            let learner = !voters.contains(&me) && !p.promoted().contains(&me);
+            let w = Wanted {
+                topic: p.topic.clone(),
+                index: p.index,
+                replicas: p.replicas.clone(),
+                voters,
+                configs,
+                had_leader,
+                learner,
+            };
+            (*g, w)
         })
         .collect()
 }
 
-/// Starts the applier and the reporter; both stop when the returned guards are dropped.
+/// Starts the applier, the reporter and the reassignment driver (`crate::reassign`); they stop
+/// when the returned guards are dropped.
 pub fn spawn(
     node: Arc<ReplicaNode<NodeMachine>>,
     controller: Arc<Controller<NodeMachine>>,
@@ -126,6 +147,7 @@ pub fn spawn(
             }
         })
     };
+    let reassigner = TaskGuard::spawn(crate::reassign::run(node.clone(), controller.clone(), config_replicas.clone()));
     let replicas = config_replicas;
     let reporter = TaskGuard::spawn(async move {
         let gained = node.leadership_gained().clone();
@@ -139,7 +161,7 @@ pub fn spawn(
             report(&node, &controller, &replicas).await;
         }
     });
-    vec![applier, reporter]
+    vec![applier, reporter, reassigner]
 }
 
 /// Whether this node's metadata has caught up with the controller quorum's leader since it
@@ -207,7 +229,29 @@ async fn reconcile(
         if lone && w.had_leader && !dir.exists() {
             tracing::warn!(group, topic = %w.topic, partition = w.index, "the only replica of a partition that has had a leader starts empty: its records are lost");
         }
-        let recovering = if w.had_leader && !lone && !dir.exists() {
+        let recovering = if w.learner {
+            // Never a voter of the group's current membership, so nothing it forgot counts: it
+            // needs no recovery, even empty. A directory left from an earlier time this node
+            // held the group (it was moved off while down) may hold a membership naming it a
+            // voter, with which it would campaign; nothing in it is of use to the group now.
+            if dir.exists() {
+                let old = dir.clone();
+                match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&old)).await {
+                    Ok(Ok(())) => {
+                        tracing::warn!(group, dir = %dir.display(), "removed an old replica of a partition this node rejoins as a learner")
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(group, dir = %dir.display(), error = %e, "cannot remove an old replica; not starting it");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(group, error = %e, "replica removal task failed");
+                        continue;
+                    }
+                }
+            }
+            false
+        } else if w.had_leader && !lone && !dir.exists() {
             if let Err(e) = node.recovery().begin(*group, &dir) {
                 tracing::error!(group, dir = %dir.display(), error = %e, "cannot mark a replica as recovering; not starting it");
                 continue;
@@ -261,7 +305,7 @@ async fn reconcile(
             }
         };
         let members: BTreeMap<NodeId, BasicNode> = w
-            .replicas
+            .voters
             .iter()
             .filter_map(|r| {
                 let id = NodeId::try_from(*r).ok()?;
@@ -271,8 +315,13 @@ async fn reconcile(
         // A recovering replica takes the membership from the leader with the log, once it has
         // learnt the newest term the group's other replicas have seen.
         if recovering {
-            let voters = members.keys().copied().collect();
+            // During a reassignment any listed node may be a voter; every one is asked.
+            let voters = w.replicas.iter().filter_map(|r| NodeId::try_from(*r).ok()).collect();
             tokio::spawn(crate::recovery::learn_floor(node.clone(), *group, voters));
+        } else if w.learner {
+            // The leader adds it to the group (`crate::reassign`); an initialized membership
+            // here would make it a voter of a group that has other voters.
+            tracing::info!(group, topic = %w.topic, partition = w.index, "replica waits to join as a learner");
         } else {
             if let Err(e) = raft.initialize(members).await {
                 tracing::debug!(group, error = %e, "partition group already initialized");
@@ -280,11 +329,12 @@ async fn reconcile(
         }
         tracing::info!(group, topic = %w.topic, partition = w.index, "partition replica started");
     }
-    // Groups of deleted topics: stop them, and remove every replica directory of a group the
-    // metadata allocated and no longer has (ids are never reused; a group this node has not
-    // learnt of yet is above `next_group_id` and is left alone).
-    let (next_group, present): (GroupId, BTreeSet<GroupId>) =
-        controller.machine().read(|m| (m.next_group_id(), m.partitions().keys().copied().collect()));
+    // Groups of deleted topics and replicas moved off this node: stop them, and remove every
+    // replica directory of a group the metadata allocated and does not place here (ids are
+    // never reused; a group this node has not learnt of yet is above `next_group_id` and is
+    // left alone). A reassignment lists a node until the group's membership has dropped it.
+    let next_group = controller.machine().read(|m| m.next_group_id());
+    let present: BTreeSet<GroupId> = want.keys().copied().collect();
     for group in running.difference(&want.keys().copied().collect()) {
         config.replicas.remove(*group);
         configured.remove(group);

@@ -12,6 +12,7 @@ pub mod mem;
 pub mod network;
 pub mod node;
 pub mod partition;
+pub mod reassign;
 pub mod recovery;
 pub mod registry;
 pub mod rpc;

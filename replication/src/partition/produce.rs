@@ -106,6 +106,14 @@ impl Proposer {
         }
     }
 
+    /// Runs `change`, a change of the group's membership, holding the partition's lock until it
+    /// is resolved: a pipelined producer write takes the store's growth in its term for its own
+    /// entry (`write_locked`), so no other entry may be appended while one holds the lock.
+    pub async fn exclusive<T>(&self, change: impl std::future::Future<Output = T>) -> T {
+        let _turn = self.lock.lock().await;
+        change.await
+    }
+
     /// Queues a write of the broker's own (a coordinator's records, built from its in-memory
     /// state at leader epoch `epoch`): writes are proposed in the order they were queued, each
     /// only while this replica still leads at `epoch` (a write decided in an earlier term of
@@ -202,8 +210,8 @@ where
     let written = match turn {
         Some(turn) => {
             // Only this write appends to the log in this term while the lock is held (every
-            // write takes it; openraft adds entries of its own only when a term begins, and
-            // partition groups change no membership), so the store's log growing in the same
+            // write takes it, membership changes too (`exclusive`); openraft adds entries of
+            // its own only when a term begins), so the store's log growing in the same
             // term means it is there, with its producer state. The store is what is looked at:
             // openraft's metrics only say when to look again (they move after its appends).
             // If the term moves on first, or no change is reported after the append, the lock is
@@ -319,7 +327,7 @@ where
 pub const REPLICA_LAG_MAX: Duration = Duration::from_secs(30);
 
 impl Proposer {
-    /// The replicas in sync with the leader `me` of the group: itself, and each follower that
+    /// The replicas in sync with the leader `me` of the group: itself, and each voter that
     /// held every committed entry at some moment within `REPLICA_LAG_MAX` and has answered the
     /// leader within it too (Kafka's `replica.lag.time.max.ms` rule). Judging by a single
     /// moment instead would drop a busy follower whenever a write was committed without it, and
@@ -339,9 +347,13 @@ impl Proposer {
         let now = tokio::time::Instant::now();
         let committed = m.local_committed.as_ref().map(|c| c.index());
         let mut isr = vec![me];
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
         if let Some(replication) = &m.replication {
             for (follower, matched) in replication {
-                if *follower == me {
+                // A learner (a replica a reassignment is adding) takes no part in commits, so
+                // it is never in sync, however close it is: the leader waits for none of its
+                // acknowledgements, and leadership must not be handed to it.
+                if *follower == me || !voters.contains(follower) {
                     continue;
                 }
                 if matched.as_ref().map(|l| l.index()) >= committed {
