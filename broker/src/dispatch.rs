@@ -164,6 +164,8 @@ pub fn table() -> &'static [ApiEntry] {
             api!(AlterConfigs, 0, 2, AlterConfigsRequest, api::configs::alter),
             api!(CreatePartitions, 0, 3, CreatePartitionsRequest, api::admin::create_partitions),
             api!(ElectLeaders, 0, 2, ElectLeadersRequest, api::admin::elect_leaders),
+            api!(AlterPartitionReassignments, 0, 1, AlterPartitionReassignmentsRequest, api::reassign::alter),
+            api!(ListPartitionReassignments, 0, 0, ListPartitionReassignmentsRequest, api::reassign::list),
             api!(IncrementalAlterConfigs, 0, 1, IncrementalAlterConfigsRequest, api::configs::incremental_alter),
             api!(DescribeCluster, 0, 2, DescribeClusterRequest, api::metadata::describe_cluster),
             api!(InitProducerId, 0, 5, InitProducerIdRequest, api::init_producer_id::handle),
@@ -199,11 +201,6 @@ pub fn table() -> &'static [ApiEntry] {
                 DescribeUserScramCredentials,
                 DescribeUserScramCredentialsRequest,
                 DescribeUserScramCredentialsResponse
-            ),
-            unsupported!(
-                ListPartitionReassignments,
-                ListPartitionReassignmentsRequest,
-                ListPartitionReassignmentsResponse
             ),
             unsupported!(
                 GetTelemetrySubscriptions,

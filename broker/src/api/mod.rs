@@ -15,6 +15,7 @@ pub mod list_offsets;
 pub mod metadata;
 pub mod offset_for_leader_epoch;
 pub mod produce;
+pub mod reassign;
 pub mod txn;
 
 use kafka_protocol::error::ResponseError;
