@@ -16,6 +16,8 @@ pub struct LocalCluster {
     pub metrics: Vec<String>,
     /// With `start_proxied`: the proxy on each directed link (from node index, to node index).
     pub links: BTreeMap<(usize, usize), LinkProxy>,
+    /// The controller voters every node was given (not with `start_proxied`).
+    voters: Option<String>,
 }
 
 impl LocalCluster {
@@ -38,7 +40,18 @@ impl LocalCluster {
             ports.iter().enumerate().map(|(i, a)| format!("{}@{a}", i + 1)).collect::<Vec<_>>().join(",")
         };
         let (nodes, metrics) = (0..n).map(|i| start_node(i, racks[i], &ports[i], &voters(i), extra)).unzip();
-        LocalCluster { nodes, metrics, links: BTreeMap::new() }
+        LocalCluster { nodes, metrics, links: BTreeMap::new(), voters: Some(voters(0)) }
+    }
+
+    /// Starts one more node, id `nodes.len() + 1`, on `rack`: not a controller voter, it joins
+    /// as a broker only (as a node added to a running cluster does). Returns its index.
+    pub fn add_broker(&mut self, rack: &str, extra: &[&str]) -> usize {
+        let voters = self.voters.clone().expect("add_broker needs a cluster from start_on_racks");
+        let i = self.nodes.len();
+        let (node, metrics) = start_node(i, rack, &free_addr(), &voters, extra);
+        self.nodes.push(node);
+        self.metrics.push(metrics);
+        i
     }
 
     /// `start_with`, every node dialing every other through a [`LinkProxy`] of its own (a
@@ -63,7 +76,7 @@ impl LocalCluster {
         };
         let (nodes, metrics) =
             (0..n).map(|i| start_node(i, &format!("r{}", i + 1), &ports[i], &voters(i), extra)).unzip();
-        LocalCluster { nodes, metrics, links }
+        LocalCluster { nodes, metrics, links, voters: None }
     }
 
     /// Sets every link to and from node index `i` to `mode` (`Pass` heals it).
