@@ -91,6 +91,9 @@ struct Wanted {
     /// Whether the group has ever had a leader: a replica of it starting empty here may have
     /// lost a log that counted towards commits.
     had_leader: bool,
+    /// No other node may be a voter of the group (its replicas, or during a reassignment its
+    /// original replicas and those promoted since): there is no one to recover from.
+    lone: bool,
     /// A replica a reassignment is adding here that its leader has not yet made a voter: it has
     /// never voted nor acknowledged an entry in the group's current membership, so it joins as
     /// a learner, from an empty log.
@@ -106,6 +109,7 @@ fn wanted(m: &ClusterMetadata, me: i32) -> BTreeMap<GroupId, Wanted> {
             let had_leader = p.leader.is_some() || p.leader_epoch > 0;
             let voters = p.original();
             let learner = !voters.contains(&me) && !p.promoted().contains(&me);
+            let lone = voters.iter().chain(p.promoted()).all(|v| *v == me);
             let w = Wanted {
                 topic: p.topic.clone(),
                 index: p.index,
@@ -113,6 +117,7 @@ fn wanted(m: &ClusterMetadata, me: i32) -> BTreeMap<GroupId, Wanted> {
                 voters,
                 configs,
                 had_leader,
+                lone,
                 learner,
             };
             (*g, w)
@@ -225,7 +230,7 @@ async fn reconcile(
         // topic or lost its disk; it cannot tell which, so it recovers before it votes. A lone
         // replica has no one to recover from: what its disk held is gone, and it starts empty,
         // as a Kafka partition with one replica does.
-        let lone = w.replicas.len() <= 1;
+        let lone = w.lone;
         if lone && w.had_leader && !dir.exists() {
             tracing::warn!(group, topic = %w.topic, partition = w.index, "the only replica of a partition that has had a leader starts empty: its records are lost");
         }
