@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The deterministic simulation at CI scale: 1,000 seeded fault schedules of the Raft groups
-# (600 on 3 nodes, 200 of them restart storms, 200 on 5 nodes) and the planted bugs the checker
+# The deterministic simulation at CI scale: 1,200 seeded fault schedules of the Raft groups
+# (600 on 3 nodes, 200 of them restart storms, 400 on 5 nodes, 200 of those with reassignments
+# moving every group between the nodes) and the planted bugs the checker
 # must catch, in an optimised build (about 20x faster than the debug one `cargo test
 # --workspace` runs its 30 seeds in). A failing seed prints the command that replays it.
 # FJORD_SIM_SCALE=n multiplies the schedule counts (n=10: 10,000 schedules).
@@ -18,6 +19,8 @@ FJORD_SIM_SEEDS=$((400 * scale)) FJORD_SIM_FIRST_SEED=10000 sim three_nodes
 FJORD_SIM_SEEDS=$((200 * scale)) FJORD_SIM_FIRST_SEED=20000 FJORD_SIM_BLIPS=1 sim three_nodes
 FJORD_SIM_SEEDS=$((200 * scale)) FJORD_SIM_FIRST_SEED=30000 FJORD_SIM_NODES=5 sim three_nodes
 FJORD_SIM_SEEDS=$((200 * scale)) FJORD_SIM_FIRST_SEED=40000 FJORD_SIM_NODES=5 FJORD_SIM_BLIPS=1 sim three_nodes
+# Reassignments through the faults: groups start on three of five nodes and keep moving.
+FJORD_SIM_SEEDS=$((200 * scale)) FJORD_SIM_FIRST_SEED=50000 FJORD_SIM_NODES=5 FJORD_SIM_MOVES=1 sim three_nodes
 # The checker bites in this build too (the forgotten-vote case needs openraft's debug
 # assertions and runs in the debug suite only).
 sim planted_bug_is_caught

@@ -5,7 +5,8 @@
 //!
 //! `FJORD_SIM_SEED=s` replays one seed; `FJORD_SIM_SEEDS=n` runs n seeds (from
 //! `FJORD_SIM_FIRST_SEED`, default 1000); `FJORD_SIM_NODES` picks 3 or 5 nodes and
-//! `FJORD_SIM_BLIPS=1` restart storms for those runs (filter with `-- --exact three_nodes`).
+//! `FJORD_SIM_BLIPS=1` restart storms for those runs (filter with `-- --exact three_nodes`), and
+//! `FJORD_SIM_MOVES=1` reassignments that keep changing each group's replicas (needs 4+ nodes).
 
 mod net;
 
@@ -20,13 +21,14 @@ use bytes::Bytes;
 use fjord_replication::election::ElectionTimings;
 use fjord_replication::mem::{MemLog, MemStateMachine};
 use fjord_replication::node::{GroupTimings, ReplicaNode};
+use fjord_replication::reassign::{next_step, Step, View};
 use fjord_replication::transport::TransportConfig;
 use fjord_replication::{BatchData, GroupId, NodeId, Raft, TypeConfig};
 use net::{Links, SimConnector, SimListener};
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
 use openraft::type_config::alias::EntryOf;
-use openraft::{BasicNode, EntryPayload, RaftMetrics, ServerState};
+use openraft::{BasicNode, ChangeMembers, EntryPayload, RaftMetrics, ServerState};
 
 const PORT: u16 = 7000;
 /// Faults are injected during this much simulated time, then everything heals.
@@ -95,6 +97,9 @@ struct Params {
     /// How long each append takes to be durable; a crash loses what was appended but not yet
     /// synced (`MemLog::crash`), as a page cache does.
     sync: Duration,
+    /// Reassignments: each group starts on three of the nodes, and a mover keeps changing its
+    /// replicas (`fjord_replication::reassign`, the production decisions) through the faults.
+    moves: bool,
 }
 
 impl Params {
@@ -106,7 +111,7 @@ impl Params {
         // both short and long windows of appended but unsynced entries.
         let r = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33;
         let sync = Duration::from_micros(if r % 3 == 2 { 10_000 + r % 30_000 } else { 200 + r % 2_800 });
-        Self { seed, nodes, groups: 3, mode, bug: None, blips: false, sync }
+        Self { seed, nodes, groups: 3, mode, bug: None, blips: false, sync, moves: false }
     }
 
     fn replay_command(&self) -> String {
@@ -114,8 +119,8 @@ impl Params {
         // The build the seed ran in (scripts/sim.sh runs an optimised one).
         let release = if cfg!(debug_assertions) { "" } else { " --release" };
         format!(
-            "FJORD_SIM_SEED={} FJORD_SIM_NODES={} FJORD_SIM_BLIPS={} cargo test{release} -p fjord-replication --test sim -- --exact three_nodes --nocapture{bug}",
-            self.seed, self.nodes, self.blips as u8
+            "FJORD_SIM_SEED={} FJORD_SIM_NODES={} FJORD_SIM_BLIPS={} FJORD_SIM_MOVES={} cargo test{release} -p fjord-replication --test sim -- --exact three_nodes --nocapture{bug}",
+            self.seed, self.nodes, self.blips as u8, self.moves as u8
         )
     }
 }
@@ -274,6 +279,10 @@ struct History {
     violations: Vec<String>,
     /// What each node reported, in order, to compare two runs of one seed.
     trace: Vec<String>,
+    /// Reassignments the movers started (new targets, some replacing one in progress), and
+    /// those that completed.
+    moves_started: u64,
+    moves_completed: u64,
 }
 
 /// The state shared by the simulated hosts, the client and the driver.
@@ -284,10 +293,14 @@ struct Shared {
     disks: Mutex<HashMap<(NodeId, GroupId), MemLog>>,
     /// The groups of each running node.
     live: Mutex<HashMap<NodeId, HashMap<GroupId, Raft<MemStateMachine>>>>,
+    /// Each running node's runtime (the mover hands leaderships over through it).
+    nodes: Mutex<HashMap<NodeId, Arc<ReplicaNode<MemStateMachine>>>>,
     booted: Mutex<BTreeSet<NodeId>>,
     history: Mutex<History>,
     stop_writes: AtomicBool,
     next_write: AtomicU64,
+    /// Movers that have not finished (a mover finishes its move in progress after the faults).
+    movers: AtomicU64,
 }
 
 impl Shared {
@@ -306,6 +319,13 @@ impl Shared {
 
     fn members(&self) -> BTreeMap<NodeId, BasicNode> {
         (1..=self.params.nodes).map(|id| (id, BasicNode::new(format!("{}:{PORT}", host(id))))).collect()
+    }
+
+    /// The voters a group starts with: every node, or with moves the first three (the others
+    /// join when a reassignment names them).
+    fn initial_voters(&self) -> BTreeMap<NodeId, BasicNode> {
+        let n = if self.params.moves { 3 } else { self.params.nodes };
+        self.members().into_iter().filter(|(id, _)| *id <= n).collect()
     }
 
     /// Records what one node's metrics say; checks its newly committed entries.
@@ -374,6 +394,15 @@ impl Shared {
         h.checked.insert((node, group), c + 1);
     }
 
+    /// The live node that leads `group` in the newest term any live node leads it in.
+    fn newest_leader(&self, group: GroupId) -> Option<(NodeId, Raft<MemStateMachine>)> {
+        let live = lock(&self.live);
+        live.iter()
+            .filter_map(|(id, groups)| groups.get(&group).map(|r| (*id, r.clone())))
+            .filter(|(_, r)| r.is_leader())
+            .max_by_key(|(id, r)| (r.metrics().borrow_watched().current_term, std::cmp::Reverse(*id)))
+    }
+
     /// The live node that says it leads `group` (lowest id if several do).
     fn leader(&self, group: GroupId) -> Option<Raft<MemStateMachine>> {
         let live = lock(&self.live);
@@ -396,7 +425,8 @@ type HostResult = Result<(), Box<dyn std::error::Error>>;
 /// One node's software, as the broker would start it: transport, groups, drivers.
 async fn run_node(shared: Arc<Shared>, id: NodeId) -> HostResult {
     let connector = Arc::new(SimConnector { links: shared.links.clone() });
-    let node: ReplicaNode<MemStateMachine> = ReplicaNode::new(TransportConfig::new("sim", id), connector);
+    let node: Arc<ReplicaNode<MemStateMachine>> =
+        Arc::new(ReplicaNode::new(TransportConfig::new("sim", id), connector));
     node.serve(SimListener::bind(PORT, shared.links.clone()).await?);
     for (peer, n) in shared.members() {
         node.add_peer(peer, &n.addr);
@@ -412,8 +442,9 @@ async fn run_node(shared: Arc<Shared>, id: NodeId) -> HostResult {
         }
         // The state machine is memory: a restart rebuilds it from the log.
         let raft = node.start_group(group, config.clone(), log.clone(), MemStateMachine::default()).await?;
-        if first_boot && group % shared.params.nodes + 1 == id {
-            raft.initialize(shared.members()).await?;
+        let voters = shared.initial_voters();
+        if first_boot && group % voters.len() as u64 + 1 == id {
+            raft.initialize(voters).await?;
         }
         lock(&shared.history).checked.insert((id, group), 0);
         let (s, r) = (shared.clone(), raft.clone());
@@ -430,6 +461,7 @@ async fn run_node(shared: Arc<Shared>, id: NodeId) -> HostResult {
         groups.insert(group, raft);
     }
     lock(&shared.live).insert(id, groups);
+    lock(&shared.nodes).insert(id, node.clone());
     let (_heartbeats, _elections) = match shared.params.mode {
         Mode::GroupTimers => (node.start_heartbeats(Duration::from_millis(50)), None),
         Mode::NodeElections => {
@@ -444,6 +476,12 @@ async fn run_node(shared: Arc<Shared>, id: NodeId) -> HostResult {
 /// The client: one writer per group, each write a new number, sent to whoever leads.
 async fn run_writers(shared: Arc<Shared>) -> HostResult {
     let mut tasks = Vec::new();
+    if shared.params.moves {
+        for group in 1..=shared.params.groups {
+            shared.movers.fetch_add(1, Ordering::SeqCst);
+            tasks.push(tokio::task::spawn_local(run_mover(shared.clone(), group)));
+        }
+    }
     for group in 1..=shared.params.groups {
         let s = shared.clone();
         tasks.push(tokio::task::spawn_local(async move {
@@ -477,6 +515,94 @@ async fn run_writers(shared: Arc<Shared>) -> HostResult {
         t.await?;
     }
     Ok(())
+}
+
+/// A reassignment target: one to five of the nodes (three most often), in a random order.
+fn random_target(rng: &mut Rng, n: u64) -> Vec<NodeId> {
+    let k = [1, 2, 3, 3, 3, 4, 5][rng.range(0, 7) as usize].min(n) as usize;
+    let mut nodes: Vec<NodeId> = (1..=n).collect();
+    for i in (1..nodes.len()).rev() {
+        nodes.swap(i, rng.range(0, i as u64 + 1) as usize);
+    }
+    nodes.truncate(k);
+    nodes
+}
+
+/// Reassigns `group` again and again during the faults, as the metadata and the leaders do in
+/// production: a new target now and then (sometimes replacing one in progress), each step
+/// decided by `reassign::next_step` on the newest leader's view and carried out on it. After
+/// the faults it finishes the move in progress and stops.
+async fn run_mover(s: Arc<Shared>, group: GroupId) {
+    let n = s.params.nodes;
+    let mut rng = Rng(s.params.seed.wrapping_mul(0x2545_F491_4F6C_DD1D).wrapping_add(group));
+    let mut target: Vec<NodeId> = (1..=3).collect();
+    let mut moving = false;
+    // As in the metadata: the chain's original replicas and those recorded as promoted.
+    let mut may_vote: BTreeSet<NodeId> = target.iter().copied().collect();
+    let mut next_move_ms = rng.range(300, 1_500);
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now_ms = turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64);
+        let faults_over = s.stop_writes.load(Ordering::SeqCst);
+        if faults_over && !moving {
+            s.movers.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let replace = moving && rng.range(0, 40) == 0;
+        if !faults_over && ((!moving && now_ms >= next_move_ms) || replace) {
+            target = random_target(&mut rng, n);
+            moving = true;
+            // As in the metadata, a replaced target keeps the original set and the promotions.
+            let mut h = lock(&s.history);
+            h.moves_started += 1;
+            h.trace.push(format!("{:?} g{group} reassign to {target:?}", turmoil::sim_elapsed()));
+        }
+        if !moving {
+            continue;
+        }
+        let Some((me, raft)) = s.newest_leader(group) else { continue };
+        let m = raft.metrics().borrow_watched().clone();
+        let node = lock(&s.nodes).get(&me).cloned();
+        // Production asks the leader's transport when it last heard each node; its instants
+        // belong to that host's clock, which the client's cannot compare with, so here a node
+        // is alive while it runs (a transfer to one cut off then ends in an election).
+        let running: BTreeSet<NodeId> = lock(&s.live).keys().copied().collect();
+        let view = View::of(&m, may_vote.clone(), |n| running.contains(&n));
+        let step = next_step(&target, &view);
+        if !matches!(step, Step::CatchUp | Step::WaitInSync) {
+            lock(&s.history).trace.push(format!("{:?} g{group} n{me} {step:?}", turmoil::sim_elapsed()));
+        }
+        let change = |c: ChangeMembers<NodeId, BasicNode>, retain: bool| {
+            let r = raft.clone();
+            // Followed for at most 2 s: a leader cut off never commits it (production waits,
+            // holding the partition's lock; here nothing else needs it).
+            async move {
+                let _ = tokio::time::timeout(Duration::from_secs(2), r.change_membership(c, retain)).await;
+            }
+        };
+        match step {
+            Step::AddLearners(ids) => {
+                let all = s.members();
+                change(ChangeMembers::AddNodes(ids.iter().map(|i| (*i, all[i].clone())).collect()), true).await;
+            }
+            Step::CatchUp | Step::WaitInSync => {}
+            Step::RecordPromotion(ids) => may_vote.extend(ids),
+            Step::TransferLeadership(to) => {
+                if let Some(node) = node {
+                    let _ = node.transfer_leader(group, to).await;
+                }
+            }
+            Step::AddVoters(ids) => change(ChangeMembers::AddVoterIds(ids), true).await,
+            Step::ReplaceVoters(ids) => change(ChangeMembers::ReplaceAllVoters(ids), false).await,
+            Step::DropLearners(ids) => change(ChangeMembers::RemoveNodes(ids), false).await,
+            Step::Complete => {
+                moving = false;
+                may_vote = target.iter().copied().collect();
+                next_move_ms = now_ms + rng.range(200, 1_500);
+                lock(&s.history).moves_completed += 1;
+            }
+        }
+    }
 }
 
 /// The planted `AckBeforeMajority` bug: proposes `what` to the leader `raft` and reports where
@@ -520,6 +646,7 @@ struct Outcome {
     lost_unsynced: usize,
     trace: Vec<String>,
     simulated: Duration,
+    moves: (u64, u64),
 }
 
 fn apply(sim: &mut turmoil::Sim<'_>, shared: &Shared, action: &Action, down: &mut BTreeSet<NodeId>) {
@@ -534,6 +661,7 @@ fn apply(sim: &mut turmoil::Sim<'_>, shared: &Shared, action: &Action, down: &mu
             sim.crash(host(*n));
             down.insert(*n);
             lock(&shared.live).remove(n);
+            lock(&shared.nodes).remove(n);
             shared.links.reset(ip(sim, *n), None);
             // Appends not yet synced when the process died are lost with its page cache.
             for ((node, _), disk) in lock(&shared.disks).iter() {
@@ -597,29 +725,44 @@ fn without_vote(mut log: MemLog) -> MemLog {
     })
 }
 
-/// Every group has one leader all nodes follow, and every node holds and has committed exactly
-/// the leader's log.
+/// The members (voters and learners) of `group` as its newest live leader has them.
+fn members_of(shared: &Shared, group: GroupId) -> Option<BTreeSet<NodeId>> {
+    let (_, raft) = shared.newest_leader(group)?;
+    let m = raft.metrics().borrow_watched().clone();
+    Some(m.membership_config.membership().nodes().map(|(id, _)| *id).collect())
+}
+
+/// Every node is up; every group has one leader all its members follow, and every member holds
+/// and has committed exactly the leader's log. (With moves, nodes outside a group's membership
+/// keep whatever they last had.)
 fn converged(shared: &Shared) -> bool {
-    let live = lock(&shared.live);
-    if live.len() as u64 != shared.params.nodes {
+    // A membership change in progress appends entries yet.
+    if lock(&shared.live).len() as u64 != shared.params.nodes || shared.movers.load(Ordering::SeqCst) > 0 {
         return false;
     }
     (1..=shared.params.groups).all(|g| {
-        let ms: Vec<RaftMetrics<TypeConfig>> =
-            live.values().map(|groups| groups[&g].metrics().borrow_watched().clone()).collect();
+        let Some(members) = members_of(shared, g) else { return false };
+        let live = lock(&shared.live);
+        let ms: Vec<RaftMetrics<TypeConfig>> = members
+            .iter()
+            .filter_map(|id| live.get(id).map(|groups| groups[&g].metrics().borrow_watched().clone()))
+            .collect();
         let Some(leader) = ms.iter().find(|m| m.state == ServerState::Leader) else { return false };
-        ms.iter().all(|m| {
-            m.current_leader == Some(leader.id)
-                && m.current_term == leader.current_term
-                && m.last_log_index == leader.last_log_index
-                && m.local_committed.map(|l| l.index) == leader.last_log_index
-                && m.last_applied == m.local_committed
-        })
+        ms.len() == members.len()
+            && ms.iter().all(|m| {
+                m.current_leader == Some(leader.id)
+                    && m.current_term == leader.current_term
+                    && m.last_log_index == leader.last_log_index
+                    && m.local_committed.map(|l| l.index) == leader.last_log_index
+                    && m.last_applied == m.local_committed
+            })
     })
 }
 
 /// The final logs against everything seen during the run.
 fn check_final(shared: &Shared, violations: &mut Vec<String>) {
+    let members: Vec<BTreeSet<NodeId>> =
+        (1..=shared.params.groups).map(|g| members_of(shared, g).unwrap_or_default()).collect();
     let h = lock(&shared.history);
     for ((g, term), nodes) in &h.leaders {
         if nodes.len() > 1 {
@@ -628,19 +771,36 @@ fn check_final(shared: &Shared, violations: &mut Vec<String>) {
     }
     let disks = lock(&shared.disks);
     for g in 1..=shared.params.groups {
-        let logs: Vec<(NodeId, Vec<EntryOf<TypeConfig>>)> = (1..=shared.params.nodes)
-            .map(|n| {
+        // The group's members hold its log; with moves, the others may hold an older one.
+        let logs: Vec<(NodeId, Vec<EntryOf<TypeConfig>>)> = members[(g - 1) as usize]
+            .iter()
+            .map(|&n| {
                 let log = disks.get(&(n, g)).cloned().unwrap_or_default();
                 let entries = futures::executor::block_on(log.clone().try_get_log_entries(0..)).unwrap_or_default();
                 (n, entries)
             })
             .collect();
-        let (first, reference) = &logs[0];
+        let Some((first, reference)) = logs.first() else {
+            violations.push(format!("g{g}: no leader to name the group's members after convergence"));
+            continue;
+        };
         for (n, log) in &logs[1..] {
             if log.len() != reference.len()
                 || log.iter().zip(reference).any(|(a, b)| a.log_id != b.log_id || seen(a) != seen(b))
             {
-                violations.push(format!("g{g}: the logs of n{first} and n{n} differ after convergence"));
+                let at = log.iter().zip(reference.iter()).position(|(a, b)| a.log_id != b.log_id || seen(a) != seen(b));
+                let show = |l: &[EntryOf<TypeConfig>], i: Option<usize>| {
+                    i.and_then(|i| l.get(i)).map(|e| format!("{} {:?}", e.log_id, seen(e)))
+                };
+                violations.push(format!(
+                    "g{g}: the logs of n{first} ({} entries from {:?}) and n{n} ({} from {:?}) differ after convergence, first at {at:?}: {:?} / {:?}",
+                    reference.len(),
+                    reference.first().map(|e| e.log_id.index),
+                    log.len(),
+                    log.first().map(|e| e.log_id.index),
+                    show(reference, at),
+                    show(log, at)
+                ));
             }
         }
         for (n, log) in &logs {
@@ -685,10 +845,12 @@ fn run(params: &Params, schedule: &Schedule) -> Outcome {
         links: Arc::new(Links::default()),
         disks: Mutex::new(HashMap::new()),
         live: Mutex::new(HashMap::new()),
+        nodes: Mutex::new(HashMap::new()),
         booted: Mutex::new(BTreeSet::new()),
         history: Mutex::new(History::default()),
         stop_writes: AtomicBool::new(false),
         next_write: AtomicU64::new(0),
+        movers: AtomicU64::new(0),
     });
     let mut sim = turmoil::Builder::new()
         .rng_seed(params.seed)
@@ -762,6 +924,7 @@ fn run(params: &Params, schedule: &Schedule) -> Outcome {
         lost_unsynced: h.lost_unsynced,
         trace: h.trace.clone(),
         simulated: sim.elapsed(),
+        moves: (h.moves_started, h.moves_completed),
     }
 }
 
@@ -791,12 +954,17 @@ fn env_u64(name: &str) -> Option<u64> {
 /// Runs `seeds` (or the seeds the environment names), failing with every failing seed's
 /// schedule and replay command.
 fn run_seeds(nodes: u64, blips: bool, seeds: impl IntoIterator<Item = u64>) {
+    run_seeds_with(nodes, blips, false, seeds)
+}
+
+fn run_seeds_with(nodes: u64, blips: bool, moves: bool, seeds: impl IntoIterator<Item = u64>) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
         .with_test_writer()
         .try_init();
     let nodes = env_u64("FJORD_SIM_NODES").unwrap_or(nodes);
     let blips = env_u64("FJORD_SIM_BLIPS").map_or(blips, |b| b != 0);
+    let moves = env_u64("FJORD_SIM_MOVES").map_or(moves, |m| m != 0);
     let seeds: Vec<u64> = if let Some(s) = env_u64("FJORD_SIM_SEED") {
         vec![s]
     } else if let Some(n) = env_u64("FJORD_SIM_SEEDS") {
@@ -808,10 +976,13 @@ fn run_seeds(nodes: u64, blips: bool, seeds: impl IntoIterator<Item = u64>) {
     let started = Instant::now();
     let mut failures = Vec::new();
     let (mut acked, mut attempts, mut lost) = (0, 0, 0);
+    let (mut moves_started, mut moves_completed) = (0, 0);
     for &seed in &seeds {
-        let params = Params { blips, ..Params::new(seed, nodes) };
+        let params = Params { blips, moves, ..Params::new(seed, nodes) };
         let schedule = Schedule::generate(&params);
         let out = run(&params, &schedule);
+        moves_started += out.moves.0;
+        moves_completed += out.moves.1;
         acked += out.acked;
         attempts += out.attempts;
         lost += out.lost_unsynced;
@@ -848,8 +1019,12 @@ fn run_seeds(nodes: u64, blips: bool, seeds: impl IntoIterator<Item = u64>) {
         seeds.len(),
         seeds.len() as f64 / wall.as_secs_f64()
     );
+    if moves {
+        println!("{moves_started} reassignments started, {moves_completed} completed");
+    }
     assert!(failures.is_empty(), "{} of {} seeds failed:\n{}", failures.len(), seeds.len(), failures.join("\n\n"));
     assert!(acked > 0, "no write was acknowledged in any schedule: the simulation checked nothing");
+    assert!(!moves || moves_completed > 0, "no reassignment completed in any schedule: the movers checked nothing");
 }
 
 #[test]
@@ -866,6 +1041,13 @@ fn three_nodes_restart_storms() {
 #[test]
 fn five_nodes() {
     run_seeds(5, false, 101..=108);
+}
+
+/// Reassignments through the faults: groups start on three of five nodes and move between
+/// them, growing and shrinking, their leaders handing over when they leave.
+#[test]
+fn five_nodes_with_moves() {
+    run_seeds_with(5, false, true, 301..=306);
 }
 
 /// Runs `seeds` with `bug` planted until one ends in a safety violation (not merely a stuck
