@@ -24,7 +24,7 @@ use fjord_replication::node::{GroupTimings, ReplicaNode};
 use fjord_replication::reassign::{next_step, Step, View};
 use fjord_replication::transport::TransportConfig;
 use fjord_replication::{BatchData, GroupId, NodeId, Raft, TypeConfig};
-use net::{Links, SimConnector, SimListener};
+use net::{Links, Mangle, SimConnector, SimListener};
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
 use openraft::type_config::alias::EntryOf;
@@ -140,6 +140,9 @@ enum Action {
     Unslow(NodeId, NodeId),
     /// Resets the connections of one link: a message lost on TCP ends the connection.
     Reset(NodeId, NodeId),
+    /// The frames one node sends another are duplicated, or reordered, until `Unmangle`.
+    Mangle(NodeId, NodeId, Mangle),
+    Unmangle(NodeId, NodeId),
 }
 
 #[derive(Clone, Debug)]
@@ -169,7 +172,7 @@ impl Schedule {
         let mut t = rng.range(200, 1_000);
         while t < FAULT_WINDOW_MS {
             let d = rng.range(200, 2_500);
-            match rng.range(0, 5) {
+            match rng.range(0, 7) {
                 0 => {
                     let a = pick(&mut rng);
                     let rest: Vec<_> = nodes.iter().copied().filter(|x| *x != a).collect();
@@ -200,9 +203,17 @@ impl Schedule {
                     events.push((t, Action::Slow(a, b, rng.range(50, 600))));
                     events.push((t + d, Action::Unslow(a, b)));
                 }
-                _ => {
+                4 => {
                     let (a, b) = two(&mut rng, n);
                     events.push((t, Action::Reset(a, b)));
+                }
+                k => {
+                    // One direction of a link, either way round.
+                    let (a, b) = two(&mut rng, n);
+                    let (a, b) = if rng.range(0, 2) == 0 { (a, b) } else { (b, a) };
+                    let how = if k == 5 { Mangle::Duplicate } else { Mangle::Reorder };
+                    events.push((t, Action::Mangle(a, b, how)));
+                    events.push((t + d, Action::Unmangle(a, b)));
                 }
             }
             t += d + rng.range(0, 800);
@@ -647,6 +658,8 @@ struct Outcome {
     trace: Vec<String>,
     simulated: Duration,
     moves: (u64, u64),
+    /// Frames the links delivered twice, and pairs they swapped.
+    mangled: (u64, u64),
 }
 
 fn apply(sim: &mut turmoil::Sim<'_>, shared: &Shared, action: &Action, down: &mut BTreeSet<NodeId>) {
@@ -710,6 +723,8 @@ fn apply(sim: &mut turmoil::Sim<'_>, shared: &Shared, action: &Action, down: &mu
         Action::Reset(a, b) => {
             shared.links.reset(ip(sim, *a), Some(ip(sim, *b)));
         }
+        Action::Mangle(a, b, how) => shared.links.set_mangle(ip(sim, *a), ip(sim, *b), *how),
+        Action::Unmangle(a, b) => shared.links.set_mangle(ip(sim, *a), ip(sim, *b), Mangle::Pass),
     }
 }
 
@@ -887,6 +902,9 @@ fn run(params: &Params, schedule: &Schedule) -> Outcome {
             sim.repair(host(a), host(b));
             sim.release(host(a), host(b));
             sim.set_link_max_message_latency(host(a), host(b), BASE_LATENCY);
+            let (ia, ib) = (sim.lookup(host(a)), sim.lookup(host(b)));
+            shared.links.set_mangle(ia, ib, Mangle::Pass);
+            shared.links.set_mangle(ib, ia, Mangle::Pass);
         }
         let ip = sim.lookup(host(a));
         shared.links.reset(ip, None);
@@ -925,6 +943,7 @@ fn run(params: &Params, schedule: &Schedule) -> Outcome {
         trace: h.trace.clone(),
         simulated: sim.elapsed(),
         moves: (h.moves_started, h.moves_completed),
+        mangled: (shared.links.duplicated.load(Ordering::Relaxed), shared.links.reordered.load(Ordering::Relaxed)),
     }
 }
 
@@ -977,10 +996,13 @@ fn run_seeds_with(nodes: u64, blips: bool, moves: bool, seeds: impl IntoIterator
     let mut failures = Vec::new();
     let (mut acked, mut attempts, mut lost) = (0, 0, 0);
     let (mut moves_started, mut moves_completed) = (0, 0);
+    let (mut duplicated, mut reordered) = (0, 0);
     for &seed in &seeds {
         let params = Params { blips, moves, ..Params::new(seed, nodes) };
         let schedule = Schedule::generate(&params);
         let out = run(&params, &schedule);
+        duplicated += out.mangled.0;
+        reordered += out.mangled.1;
         moves_started += out.moves.0;
         moves_completed += out.moves.1;
         acked += out.acked;
@@ -1019,12 +1041,17 @@ fn run_seeds_with(nodes: u64, blips: bool, moves: bool, seeds: impl IntoIterator
         seeds.len(),
         seeds.len() as f64 / wall.as_secs_f64()
     );
+    println!("{duplicated} frames delivered twice, {reordered} pairs swapped");
     if moves {
         println!("{moves_started} reassignments started, {moves_completed} completed");
     }
     assert!(failures.is_empty(), "{} of {} seeds failed:\n{}", failures.len(), seeds.len(), failures.join("\n\n"));
     assert!(acked > 0, "no write was acknowledged in any schedule: the simulation checked nothing");
     assert!(!moves || moves_completed > 0, "no reassignment completed in any schedule: the movers checked nothing");
+    // Most schedules have a duplicating and a reordering link: over several, both must bite.
+    if seeds.len() >= 6 {
+        assert!(duplicated > 0 && reordered > 0, "the links duplicated {duplicated} and reordered {reordered} frames");
+    }
 }
 
 #[test]

@@ -3,7 +3,13 @@
 //! resending them, so a connection that lost one stalls forever, where real TCP would retransmit
 //! after the heal or reset the connection. The simulator resets the connections crossing a link
 //! when it heals it (and those of a crashed host), which is what real TCP ends up doing.
+//!
+//! A link can also duplicate or reorder the transport's frames (`Mangle`): the receiving end
+//! cuts the bytes it reads into frames and hands every other one over twice, or each pair in
+//! the opposite order. TCP itself does neither; RPCs do get duplicated and reordered around
+//! reconnects and by concurrent handling, and Raft must not care.
 
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -31,10 +37,25 @@ impl Switch {
     }
 }
 
+/// What a link does to the frames it carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mangle {
+    Pass,
+    /// Every other frame arrives twice.
+    Duplicate,
+    /// Frames arrive in swapped pairs (a frame waits for the next one).
+    Reorder,
+}
+
 /// Every live connection end of the simulation, by (local host, remote host).
 #[derive(Default)]
 pub struct Links {
     ends: Mutex<Vec<(IpAddr, IpAddr, Weak<Switch>)>>,
+    /// What the frames from a host to another go through (absent: `Pass`), by (from, to).
+    mangles: Mutex<HashMap<(IpAddr, IpAddr), Mangle>>,
+    /// Frames delivered twice, and pairs delivered swapped.
+    pub duplicated: std::sync::atomic::AtomicU64,
+    pub reordered: std::sync::atomic::AtomicU64,
 }
 
 impl Links {
@@ -44,6 +65,15 @@ impl Links {
         ends.retain(|(_, _, w)| w.strong_count() > 0);
         ends.push((local, remote, Arc::downgrade(&switch)));
         switch
+    }
+
+    /// Sets what the frames `from` sends `to` go through, on its connections now and later.
+    pub fn set_mangle(&self, from: IpAddr, to: IpAddr, mangle: Mangle) {
+        self.mangles.lock().unwrap().insert((from, to), mangle);
+    }
+
+    fn mangle(&self, from: IpAddr, to: IpAddr) -> Mangle {
+        self.mangles.lock().unwrap().get(&(from, to)).copied().unwrap_or(Mangle::Pass)
     }
 
     /// Resets every connection between `a` and `b` (either direction); with `b = None`, every
@@ -65,14 +95,74 @@ impl Links {
     }
 }
 
-/// A turmoil stream that fails with `ConnectionReset` once its switch trips.
+/// A turmoil stream that fails with `ConnectionReset` once its switch trips, and hands the frames
+/// it reads over as its link's `Mangle` says.
 struct SimStream {
     inner: turmoil::net::TcpStream,
     switch: Arc<Switch>,
+    links: Weak<Links>,
+    /// (this host, the other): the frames read here come from the other.
+    local: IpAddr,
+    remote: IpAddr,
+    /// Bytes read from `inner` not yet cut into a whole frame.
+    partial: Vec<u8>,
+    /// Bytes ready for the reader.
+    ready: VecDeque<u8>,
+    /// A frame held back until the next one (reordering).
+    held: Option<Vec<u8>>,
+    /// Frames seen: the first (the handshake) always passes; duplication takes every other.
+    frames: u64,
 }
 
 fn reset_error() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionReset, "connection reset by the simulator")
+}
+
+impl SimStream {
+    fn count(&self, which: impl Fn(&Links) -> &std::sync::atomic::AtomicU64) {
+        if let Some(l) = self.links.upgrade() {
+            which(&l).fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Cuts whole frames (`u32` length prefix) off `partial` into `ready`, mangled.
+    fn cut_frames(&mut self) {
+        while self.partial.len() >= 4 {
+            let len = u32::from_be_bytes([self.partial[0], self.partial[1], self.partial[2], self.partial[3]]) as usize;
+            if self.partial.len() < 4 + len {
+                return;
+            }
+            let frame: Vec<u8> = self.partial.drain(..4 + len).collect();
+            self.frames += 1;
+            let mangle = match self.links.upgrade() {
+                Some(l) if self.frames > 1 => l.mangle(self.remote, self.local),
+                _ => Mangle::Pass,
+            };
+            match mangle {
+                Mangle::Pass => {
+                    if let Some(h) = self.held.take() {
+                        self.ready.extend(h);
+                    }
+                    self.ready.extend(&frame);
+                }
+                Mangle::Duplicate => {
+                    self.ready.extend(&frame);
+                    if self.frames % 2 == 0 {
+                        self.ready.extend(&frame);
+                        self.count(|l| &l.duplicated);
+                    }
+                }
+                Mangle::Reorder => match self.held.take() {
+                    Some(h) => {
+                        self.ready.extend(&frame);
+                        self.ready.extend(h);
+                        self.count(|l| &l.reordered);
+                    }
+                    None => self.held = Some(frame),
+                },
+            }
+        }
+    }
 }
 
 impl AsyncRead for SimStream {
@@ -81,7 +171,37 @@ impl AsyncRead for SimStream {
         if self.switch.reset.load(Ordering::SeqCst) {
             return Poll::Ready(Err(reset_error()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        loop {
+            if !self.ready.is_empty() {
+                let n = buf.remaining().min(self.ready.len());
+                let bytes: Vec<u8> = self.ready.drain(..n).collect();
+                buf.put_slice(&bytes);
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let mut read = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                    // The other end closed: a held frame still arrives, then the end.
+                    match self.held.take() {
+                        Some(h) => self.ready.extend(h),
+                        None => {
+                            let rest = std::mem::take(&mut self.partial);
+                            if rest.is_empty() {
+                                return Poll::Ready(Ok(()));
+                            }
+                            self.ready.extend(rest);
+                        }
+                    }
+                }
+                Poll::Ready(Ok(())) => {
+                    let filled = read.filled().to_vec();
+                    self.partial.extend_from_slice(&filled);
+                    self.cut_frames();
+                }
+                other => return other,
+            }
+        }
     }
 }
 
@@ -103,9 +223,20 @@ impl AsyncWrite for SimStream {
     }
 }
 
-fn wrap(links: &Links, stream: turmoil::net::TcpStream) -> io::Result<BoxStream> {
-    let switch = links.register(stream.local_addr()?.ip(), stream.peer_addr()?.ip());
-    Ok(Box::new(SimStream { inner: stream, switch }))
+fn wrap(links: &Arc<Links>, stream: turmoil::net::TcpStream) -> io::Result<BoxStream> {
+    let (local, remote) = (stream.local_addr()?.ip(), stream.peer_addr()?.ip());
+    let switch = links.register(local, remote);
+    Ok(Box::new(SimStream {
+        inner: stream,
+        switch,
+        links: Arc::downgrade(links),
+        local,
+        remote,
+        partial: Vec::new(),
+        ready: VecDeque::new(),
+        held: None,
+        frames: 0,
+    }))
 }
 
 /// Dials simulated hosts by name (`"n1:7000"`).
