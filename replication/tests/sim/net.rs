@@ -147,7 +147,7 @@ impl SimStream {
                 }
                 Mangle::Duplicate => {
                     self.ready.extend(&frame);
-                    if self.frames % 2 == 0 {
+                    if self.frames.is_multiple_of(2) {
                         self.ready.extend(&frame);
                         self.count(|l| &l.duplicated);
                     }
