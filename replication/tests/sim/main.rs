@@ -18,7 +18,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fjord_replication::election::ElectionTimings;
+use fjord_replication::controller::{
+    AnyConfig, BrokerRegistration, ClusterMetadata, ControllerMachine, MetadataRecord, NewTopic,
+    Outcome as ControllerOutcome, TopicDefaults, CONTROLLER_GROUP,
+};
+use fjord_replication::election::{ElectionDriver, ElectionTimings};
+use fjord_replication::heartbeat::HeartbeatDriver;
 use fjord_replication::mem::{MemLog, MemStateMachine};
 use fjord_replication::node::{GroupTimings, ReplicaNode};
 use fjord_replication::reassign::{next_step, Step, View};
@@ -31,6 +36,9 @@ use openraft::type_config::alias::EntryOf;
 use openraft::{BasicNode, ChangeMembers, EntryPayload, RaftMetrics, ServerState};
 
 const PORT: u16 = 7000;
+/// Where each node's controller quorum member listens (its own transport, as in production's
+/// separate group on the cluster port; here a second node runtime).
+const CONTROLLER_PORT: u16 = 7001;
 /// Faults are injected during this much simulated time, then everything heals.
 const FAULT_WINDOW_MS: u64 = 6_000;
 /// Simulated time allowed for the healed cluster to converge.
@@ -290,6 +298,10 @@ struct History {
     violations: Vec<String>,
     /// What each node reported, in order, to compare two runs of one seed.
     trace: Vec<String>,
+    /// Metadata records the controller client had acknowledged: producer id blocks handed out
+    /// (first, count) and topics created.
+    id_blocks: Vec<(i64, i64)>,
+    topics: Vec<String>,
     /// Reassignments the movers started (new targets, some replacing one in progress), and
     /// those that completed.
     moves_started: u64,
@@ -306,6 +318,11 @@ struct Shared {
     live: Mutex<HashMap<NodeId, HashMap<GroupId, Raft<MemStateMachine>>>>,
     /// Each running node's runtime (the mover hands leaderships over through it).
     nodes: Mutex<HashMap<NodeId, Arc<ReplicaNode<MemStateMachine>>>>,
+    /// Each running node's member of the controller quorum: the production metadata state
+    /// machine on the simulated network, its log a `MemLog` in `disks`, its snapshots in files.
+    controllers: Mutex<HashMap<NodeId, (Raft<ControllerMachine>, ControllerMachine)>>,
+    /// Where the controllers keep their snapshot files (they outlive crashes, as a disk does).
+    controller_dirs: tempfile::TempDir,
     booted: Mutex<BTreeSet<NodeId>>,
     history: Mutex<History>,
     stop_writes: AtomicBool,
@@ -457,22 +474,12 @@ async fn run_node(shared: Arc<Shared>, id: NodeId) -> HostResult {
         if first_boot && group % voters.len() as u64 + 1 == id {
             raft.initialize(voters).await?;
         }
-        lock(&shared.history).checked.insert((id, group), 0);
-        let (s, r) = (shared.clone(), raft.clone());
-        tokio::spawn(async move {
-            let mut rx = r.metrics();
-            loop {
-                let m = rx.borrow_watched().clone();
-                s.observe(id, group, &m, &log).await;
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
+        observe_group(&shared, id, group, &raft, log);
         groups.insert(group, raft);
     }
     lock(&shared.live).insert(id, groups);
     lock(&shared.nodes).insert(id, node.clone());
+    let _controller = start_controller(&shared, id, first_boot).await?;
     let (_heartbeats, _elections) = match shared.params.mode {
         Mode::GroupTimers => (node.start_heartbeats(Duration::from_millis(50)), None),
         Mode::NodeElections => {
@@ -484,9 +491,164 @@ async fn run_node(shared: Arc<Shared>, id: NodeId) -> HostResult {
     Ok(())
 }
 
+/// Has the checker look at every metrics change of node `id`'s replica of `group` (checked
+/// from the start of its log again, as a restarted node's is).
+fn observe_group<SM: openraft::storage::RaftStateMachine<TypeConfig>>(
+    shared: &Arc<Shared>,
+    id: NodeId,
+    group: GroupId,
+    raft: &Raft<SM>,
+    log: MemLog,
+) {
+    lock(&shared.history).checked.insert((id, group), 0);
+    let (s, mut rx) = (shared.clone(), raft.metrics());
+    tokio::spawn(async move {
+        loop {
+            let m = rx.borrow_watched().clone();
+            s.observe(id, group, &m, &log).await;
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Starts node `id`'s member of the controller quorum (every node is a voter): its own runtime
+/// on `CONTROLLER_PORT`, the production `ControllerMachine` over a `MemLog`. Returns what keeps
+/// it running.
+async fn start_controller(
+    shared: &Arc<Shared>,
+    id: NodeId,
+    first_boot: bool,
+) -> Result<(Arc<ReplicaNode<ControllerMachine>>, HeartbeatDriver, Option<ElectionDriver>), Box<dyn std::error::Error>>
+{
+    let connector = Arc::new(SimConnector { links: shared.links.clone() });
+    let node = Arc::new(ReplicaNode::new(TransportConfig::new("sim-controller", id), connector));
+    node.serve(SimListener::bind(CONTROLLER_PORT, shared.links.clone()).await?);
+    let members: BTreeMap<NodeId, BasicNode> =
+        (1..=shared.params.nodes).map(|p| (p, BasicNode::new(format!("{}:{CONTROLLER_PORT}", host(p))))).collect();
+    for (peer, n) in &members {
+        node.add_peer(*peer, &n.addr);
+    }
+    let log = lock(&shared.disks).entry((id, CONTROLLER_GROUP)).or_default().clone();
+    log.set_append_delay(shared.params.sync);
+    let machine = ControllerMachine::open(id, Some(&shared.controller_dirs.path().join(format!("n{id}"))))?;
+    let raft = node.start_group(CONTROLLER_GROUP, shared.config(), log.clone(), machine.clone()).await?;
+    if first_boot && id == 1 {
+        raft.initialize(members).await?;
+    }
+    observe_group(shared, id, CONTROLLER_GROUP, &raft, log);
+    lock(&shared.controllers).insert(id, (raft, machine));
+    let drivers = match shared.params.mode {
+        Mode::GroupTimers => (node.start_heartbeats(Duration::from_millis(50)), None),
+        Mode::NodeElections => {
+            (node.start_heartbeats(Duration::from_millis(200)), Some(node.start_elections(election_timings())))
+        }
+    };
+    Ok((node, drivers.0, drivers.1))
+}
+
+/// The controller quorum member that leads in the newest term any live one leads in.
+fn controller_leader(shared: &Shared) -> Option<(Raft<ControllerMachine>, ControllerMachine)> {
+    let controllers = lock(&shared.controllers);
+    controllers
+        .values()
+        .filter(|(r, _)| r.is_leader())
+        .max_by_key(|(r, _)| r.metrics().borrow_watched().current_term)
+        .cloned()
+}
+
+/// The admin side: records proposed through the controller leader, as the production controller
+/// service makes them (the cluster named, brokers registered and unfenced, then producer id
+/// blocks and topics, one after another); what the leader answers as applied is acknowledged.
+async fn run_controller_client(s: Arc<Shared>) {
+    let n = s.params.nodes as i32;
+    let mut k = 0u64;
+    while !s.stop_writes.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let Some((raft, machine)) = controller_leader(&s) else { continue };
+        let record = machine.read(|m| {
+            if m.cluster_id().is_none() {
+                return Some(MetadataRecord::InitCluster { cluster_id: "sim".into() });
+            }
+            if let Some(id) = (1..=n).find(|i| m.broker(*i).is_none()) {
+                let reg = BrokerRegistration {
+                    node_id: id,
+                    incarnation: uuid::Uuid::from_u128(id as u128),
+                    rack: Some(format!("r{id}")),
+                    advertised_listener: format!("{}:9092", host(id as u64)),
+                    cluster_address: format!("{}:{PORT}", host(id as u64)),
+                };
+                return Some(MetadataRecord::RegisterBroker(reg));
+            }
+            if let Some(b) = (1..=n).filter_map(|i| m.broker(i)).find(|b| b.fenced) {
+                let r = &b.registration;
+                return Some(MetadataRecord::UnfenceBroker { node_id: r.node_id, incarnation: r.incarnation });
+            }
+            if k.is_multiple_of(3) {
+                let topic =
+                    NewTopic { name: format!("t{k}"), num_partitions: 1, replication_factor: 1, ..NewTopic::default() };
+                let defaults = TopicDefaults { num_partitions: 1, replication_factor: 1 };
+                m.propose_create_topic(&topic, uuid::Uuid::from_u128(1 + k as u128), defaults, &AnyConfig).ok()
+            } else {
+                m.propose_allocate_producer_ids(1 + (k % n as u64) as i32).ok()
+            }
+        });
+        k += 1;
+        let Some(record) = record else { continue };
+        let Ok(Ok(Ok(outcome))) =
+            tokio::time::timeout(Duration::from_secs(2), machine.propose(&raft, &record, Duration::from_secs(2))).await
+        else {
+            continue;
+        };
+        let mut h = lock(&s.history);
+        match outcome {
+            ControllerOutcome::ProducerIds { first, count, .. } => h.id_blocks.push((first, count)),
+            ControllerOutcome::TopicCreated { name, .. } => h.topics.push(name),
+            _ => {}
+        }
+    }
+}
+
+/// The controller quorum after convergence: every member holds the same log and the same
+/// metadata; every acknowledged producer id block is its own (none overlaps another, all below
+/// the next id to hand out) and every acknowledged topic exists.
+fn check_controllers(shared: &Shared, violations: &mut Vec<String>) {
+    let h = lock(&shared.history);
+    let controllers = lock(&shared.controllers);
+    let states: Vec<(NodeId, ClusterMetadata)> =
+        controllers.iter().map(|(id, (_, m))| (*id, m.read(|m| m.clone()))).collect();
+    let Some((first, reference)) = states.first() else {
+        violations.push("no controller runs after convergence".into());
+        return;
+    };
+    for (id, state) in &states[1..] {
+        if state != reference {
+            violations.push(format!("controllers n{first} and n{id} applied different metadata"));
+        }
+    }
+    let mut blocks = h.id_blocks.clone();
+    blocks.sort();
+    for w in blocks.windows(2) {
+        if w[0].0 + w[0].1 > w[1].0 {
+            violations.push(format!("producer id blocks {:?} and {:?} overlap", w[0], w[1]));
+        }
+    }
+    if let Some(last) = blocks.last() {
+        if last.0 + last.1 > reference.next_producer_id() {
+            violations.push(format!("block {last:?} is beyond the next producer id {}", reference.next_producer_id()));
+        }
+    }
+    for t in &h.topics {
+        if reference.topic(t).is_none() {
+            violations.push(format!("acknowledged topic {t} is not in the metadata"));
+        }
+    }
+}
+
 /// The client: one writer per group, each write a new number, sent to whoever leads.
 async fn run_writers(shared: Arc<Shared>) -> HostResult {
-    let mut tasks = Vec::new();
+    let mut tasks = vec![tokio::task::spawn_local(run_controller_client(shared.clone()))];
     if shared.params.moves {
         for group in 1..=shared.params.groups {
             shared.movers.fetch_add(1, Ordering::SeqCst);
@@ -660,6 +822,8 @@ struct Outcome {
     moves: (u64, u64),
     /// Frames the links delivered twice, and pairs they swapped.
     mangled: (u64, u64),
+    /// Metadata records the controller acknowledged.
+    metadata_acked: usize,
 }
 
 fn apply(sim: &mut turmoil::Sim<'_>, shared: &Shared, action: &Action, down: &mut BTreeSet<NodeId>) {
@@ -675,6 +839,7 @@ fn apply(sim: &mut turmoil::Sim<'_>, shared: &Shared, action: &Action, down: &mu
             down.insert(*n);
             lock(&shared.live).remove(n);
             lock(&shared.nodes).remove(n);
+            lock(&shared.controllers).remove(n);
             shared.links.reset(ip(sim, *n), None);
             // Appends not yet synced when the process died are lost with its page cache.
             for ((node, _), disk) in lock(&shared.disks).iter() {
@@ -753,6 +918,21 @@ fn members_of(shared: &Shared, group: GroupId) -> Option<BTreeSet<NodeId>> {
 fn converged(shared: &Shared) -> bool {
     // A membership change in progress appends entries yet.
     if lock(&shared.live).len() as u64 != shared.params.nodes || shared.movers.load(Ordering::SeqCst) > 0 {
+        return false;
+    }
+    let controllers: Vec<(RaftMetrics<TypeConfig>, Option<u64>)> = lock(&shared.controllers)
+        .values()
+        .map(|(r, m)| (r.metrics().borrow_watched().clone(), m.last_applied_index()))
+        .collect();
+    let Some((leader, _)) = controllers.iter().find(|(m, _)| m.state == ServerState::Leader) else { return false };
+    let controllers_agree = controllers.len() as u64 == shared.params.nodes
+        && controllers.iter().all(|(m, applied)| {
+            m.current_leader == Some(leader.id)
+                && m.last_log_index == leader.last_log_index
+                && m.local_committed.map(|l| l.index) == leader.last_log_index
+                && *applied == leader.last_log_index
+        });
+    if !controllers_agree {
         return false;
     }
     (1..=shared.params.groups).all(|g| {
@@ -861,6 +1041,8 @@ fn run(params: &Params, schedule: &Schedule) -> Outcome {
         disks: Mutex::new(HashMap::new()),
         live: Mutex::new(HashMap::new()),
         nodes: Mutex::new(HashMap::new()),
+        controllers: Mutex::new(HashMap::new()),
+        controller_dirs: tempfile::tempdir().expect("a temp dir for controller snapshots"),
         booted: Mutex::new(BTreeSet::new()),
         history: Mutex::new(History::default()),
         stop_writes: AtomicBool::new(false),
@@ -931,6 +1113,7 @@ fn run(params: &Params, schedule: &Schedule) -> Outcome {
     }
     if violations.is_empty() {
         check_final(&shared, &mut violations);
+        check_controllers(&shared, &mut violations);
     }
     let h = lock(&shared.history);
     violations.extend(h.violations.iter().cloned());
@@ -944,6 +1127,7 @@ fn run(params: &Params, schedule: &Schedule) -> Outcome {
         simulated: sim.elapsed(),
         moves: (h.moves_started, h.moves_completed),
         mangled: (shared.links.duplicated.load(Ordering::Relaxed), shared.links.reordered.load(Ordering::Relaxed)),
+        metadata_acked: h.id_blocks.len() + h.topics.len(),
     }
 }
 
@@ -997,11 +1181,13 @@ fn run_seeds_with(nodes: u64, blips: bool, moves: bool, seeds: impl IntoIterator
     let (mut acked, mut attempts, mut lost) = (0, 0, 0);
     let (mut moves_started, mut moves_completed) = (0, 0);
     let (mut duplicated, mut reordered) = (0, 0);
+    let mut metadata_acked = 0;
     for &seed in &seeds {
         let params = Params { blips, moves, ..Params::new(seed, nodes) };
         let schedule = Schedule::generate(&params);
         let out = run(&params, &schedule);
         duplicated += out.mangled.0;
+        metadata_acked += out.metadata_acked;
         reordered += out.mangled.1;
         moves_started += out.moves.0;
         moves_completed += out.moves.1;
@@ -1041,12 +1227,13 @@ fn run_seeds_with(nodes: u64, blips: bool, moves: bool, seeds: impl IntoIterator
         seeds.len(),
         seeds.len() as f64 / wall.as_secs_f64()
     );
-    println!("{duplicated} frames delivered twice, {reordered} pairs swapped");
+    println!("{duplicated} frames delivered twice, {reordered} pairs swapped; {metadata_acked} metadata records acknowledged");
     if moves {
         println!("{moves_started} reassignments started, {moves_completed} completed");
     }
     assert!(failures.is_empty(), "{} of {} seeds failed:\n{}", failures.len(), seeds.len(), failures.join("\n\n"));
     assert!(acked > 0, "no write was acknowledged in any schedule: the simulation checked nothing");
+    assert!(metadata_acked > 0, "the controller acknowledged no record in any schedule: it was not checked");
     assert!(!moves || moves_completed > 0, "no reassignment completed in any schedule: the movers checked nothing");
     // Most schedules have a duplicating and a reordering link: over several, both must bite.
     if seeds.len() >= 6 {
