@@ -180,6 +180,14 @@ fn metadata_caught_up(node: &ReplicaNode<NodeMachine>) -> bool {
     m.current_leader.is_some() && m.last_applied.map(|l| l.index()) >= m.cluster_committed.map(|l| l.index())
 }
 
+/// Every registered broker's node-to-node address (`cluster_listen`).
+pub(crate) fn cluster_addresses(m: &ClusterMetadata) -> BTreeMap<NodeId, String> {
+    m.brokers()
+        .values()
+        .filter_map(|b| Some((NodeId::try_from(b.registration.node_id).ok()?, b.registration.cluster_address.clone())))
+        .collect()
+}
+
 /// How often leadership is compared with the metadata (and reported when it differs).
 const REPORT_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -189,16 +197,7 @@ async fn reconcile(
     config: &ApplierConfig,
     configured: &mut BTreeMap<GroupId, BTreeMap<String, String>>,
 ) {
-    let (want, addresses) = controller.machine().read(|m| {
-        let addresses: BTreeMap<NodeId, String> = m
-            .brokers()
-            .values()
-            .filter_map(|b| {
-                Some((NodeId::try_from(b.registration.node_id).ok()?, b.registration.cluster_address.clone()))
-            })
-            .collect();
-        (wanted(m, config.node_id), addresses)
-    });
+    let (want, addresses) = controller.machine().read(|m| (wanted(m, config.node_id), cluster_addresses(m)));
     let known: BTreeSet<NodeId> = node.transport().peer_ids().into_iter().collect();
     for (id, addr) in &addresses {
         // An address given in the node's configuration wins.

@@ -87,14 +87,7 @@ pub(crate) async fn run(
                     Some((*g, m))
                 })
                 .collect();
-            let addresses: BTreeMap<NodeId, String> = m
-                .brokers()
-                .values()
-                .filter_map(|b| {
-                    Some((NodeId::try_from(b.registration.node_id).ok()?, b.registration.cluster_address.clone()))
-                })
-                .collect();
-            (moving, addresses)
+            (moving, crate::applier::cluster_addresses(m))
         });
         metrics::gauge!("fjord_partitions_reassigning").set(moving.len() as f64);
         steps.retain(|_, h| !h.is_finished());
