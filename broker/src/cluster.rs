@@ -466,6 +466,47 @@ impl ClusterNode {
         started
     }
 
+    /// Leader pinning after a failover: each partition this node leads although its topic's
+    /// `leader.preferred.racks` does not name this node's rack goes back to a replica on a
+    /// pinned rack as soon as that one can lead (`to_preferred`), not at the next balancing pass
+    /// (`leader_imbalance_check_interval_seconds`, 300 s by default). With one replica per rack
+    /// a failover has to leave the pinned rack; this brings the leadership back once its replica
+    /// there has returned and caught up. Returns how many transfers were started.
+    pub async fn return_pinned_leaderships(&self) -> usize {
+        use fjord_replication::controller::placement;
+        let Ok(me) = i32::try_from(self.node_id()) else { return 0 };
+        let off_pinned: Vec<GroupId> = self.read(|m| {
+            let rack_of = |n: i32| m.broker(n).and_then(|b| b.registration.rack.clone());
+            let my_rack = rack_of(me);
+            self.replicas
+                .all()
+                .into_iter()
+                .filter(|(group, _)| {
+                    let Some(p) = m.partitions().get(group) else { return false };
+                    if p.leader != Some(me) {
+                        return false;
+                    }
+                    let configs = m.topic(&p.topic).map(|t| &t.configs);
+                    let racks = placement::preferred_racks(
+                        configs.and_then(|c| c.get(placement::LEADER_PREFERRED_RACKS)).map(String::as_str),
+                    );
+                    let pinned = |rack: &Option<String>| rack.as_ref().is_some_and(|r| racks.contains(r));
+                    !racks.is_empty()
+                        && !pinned(&my_rack)
+                        && m.preferred_leader(*group).is_some_and(|l| pinned(&rack_of(l)))
+                })
+                .map(|(group, _)| group)
+                .collect()
+        });
+        let mut started = 0;
+        for group in off_pinned {
+            if self.to_preferred(group).await == Ok(true) {
+                started += 1;
+            }
+        }
+        started
+    }
+
     /// Hands the leadership of `group`, which this node leads, to its preferred replica
     /// (`ClusterMetadata::preferred_leader`: the first, or the first on a pinned rack), if that broker is live (unfenced, and answered within the last second), in the
     /// partition's ISR, and holds every committed entry. A transfer that does not complete costs

@@ -281,7 +281,8 @@ async fn session_expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<
 
 /// In a cluster: dynamic broker configs are the metadata's (changed through the controller by
 /// any node), mirrored into this node's layers twice a second; topics' leader pinning goes into
-/// the election order at the same pace (`ClusterNode::pin_campaigns`).
+/// the election order at the same pace (`ClusterNode::pin_campaigns`), and a leadership a
+/// failover took off its pinned racks goes back once it can (`return_pinned_leaderships`).
 async fn broker_configs_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let Some(cluster) = &broker.cluster else { return };
     loop {
@@ -295,6 +296,12 @@ async fn broker_configs_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<
         })
         .await;
         cluster.pin_campaigns();
+        if broker.config.auto_leader_rebalance_enable {
+            let moved = cluster.return_pinned_leaderships().await;
+            if moved > 0 {
+                tracing::info!(moved, "leaderships moved back to the racks their topics pin them to");
+            }
+        }
         match mirrored {
             Ok(Ok(true)) => tracing::info!(node_id = cluster.node_id(), "dynamic broker configs follow the cluster's"),
             Ok(Ok(false)) => {}

@@ -368,6 +368,33 @@ fn a_pinned_topic_is_led_from_its_rack_again_after_its_leader_dies() {
     });
 }
 
+/// Leader pinning with one replica per rack (us, eu, ap; a topic pinned to us): the failover
+/// of the us node has to move every leadership out of us, and when the node is back (caught
+/// up) the leaderships return to it within seconds, with the leader balancer at its default
+/// five-minute interval: a pinned partition led off its racks goes back as soon as it can.
+#[test]
+fn a_pinned_leadership_returns_to_its_rack_as_soon_as_a_replica_there_can_lead() {
+    let mut cluster = LocalCluster::start_on_racks(&["us", "eu", "ap"], &[]);
+    cluster.wait_formed(DEADLINE);
+    let topic = "pinned-return";
+    let mut cmd = fjord_compat_tests::client(fjord_compat_tests::python());
+    cmd.current_dir(fjord_compat_tests::clients_dir().join("python"));
+    cmd.args(["pinned_leaders.py", &cluster.bootstrap(), topic, "create", "us", "6", "3"]);
+    fjord_compat_tests::run_client(&mut cmd, Duration::from_secs(90));
+    let led_from_us = |cluster: &LocalCluster, i: usize| {
+        let v = cluster.leaders(i, topic);
+        v.len() == 6 && v.iter().all(|(_, l, isr)| *l == 1 && *isr == 3)
+    };
+    wait_until(DEADLINE, "every partition led from us, every replica in sync", || led_from_us(&cluster, 1));
+    cluster.nodes[0].kill9();
+    wait_until(DEADLINE, "every partition led from eu or ap", || {
+        let v = cluster.leaders(1, topic);
+        v.len() == 6 && v.iter().all(|(_, l, _)| *l == 2 || *l == 3)
+    });
+    cluster.nodes[0].restart();
+    wait_until(DEADLINE, "every partition led from us again", || led_from_us(&cluster, 1));
+}
+
 /// A leadership transfer whose target never takes over: ElectLeaders starts it, and the target's
 /// cluster links are blackholed at that moment. openraft's leader stops heartbeats and writes
 /// once it hands over and cannot take that back, so the two others must elect a leader
