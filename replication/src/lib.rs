@@ -4,6 +4,7 @@
 //! quorum's Raft group applies on every node.
 
 pub mod applier;
+pub mod clock;
 pub mod controller;
 pub mod election;
 pub mod heartbeat;

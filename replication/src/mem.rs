@@ -40,14 +40,20 @@ impl MemLog {
         self.append_delay_us.store(us, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// What a crash does to the log: the entries whose append had not yet been reported durable
-    /// (written, readable, but still "in the page cache" while the slow disk of
-    /// `set_append_delay` syncs them) are lost. Vote, commit and the synced entries stay.
-    /// Returns how many entries were lost.
-    pub fn crash(&self) -> usize {
+    /// What a crash does to the log: of the entries whose append had not yet been reported
+    /// durable (written, readable, but still "in the page cache" while the slow disk of
+    /// `set_append_delay` syncs them), the first `survive` made it to disk before the crash and
+    /// the rest are lost; a write torn inside an entry is one the store's checksums drop on
+    /// recovery, so the log ends at an entry boundary either way. Vote, commit and the synced
+    /// entries stay. Returns how many entries were lost.
+    pub fn crash(&self, survive: usize) -> usize {
         let mut inner = lock(&self.inner);
-        let keep_to = inner.synced.map_or(0, |i| i + 1);
-        inner.entries.split_off(&keep_to).len()
+        let keep_to = inner.synced.map_or(0, |i| i + 1) + survive as u64;
+        let lost = inner.entries.split_off(&keep_to).len();
+        // What survived is on disk now: the restarted node reports all of it durable, so a
+        // second crash must not lose it.
+        inner.synced = inner.entries.keys().next_back().copied().or(inner.synced);
+        lost
     }
 
     /// A planted bug, for tests that show a checker catches it: appends are reported durable as

@@ -172,10 +172,7 @@ impl ControllerMachine {
         let proposal =
             Proposal { proposer: self.inner.node_id, incarnation: self.inner.incarnation, id, record: record.encode() };
         let bytes = postcard::to_stdvec(&proposal).map_err(|e| ProposeError::Raft(e.to_string()))?;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let now_ms = crate::clock::now_ms();
         let bytes = fjord_storage::batch::build_batch(0, now_ms, &[(None, Some(&bytes))]);
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.waiters).insert(id, tx);

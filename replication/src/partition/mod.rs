@@ -419,9 +419,7 @@ impl RaftLogReader<TypeConfig> for PartitionLogStore {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    crate::clock::now_ms()
 }
 
 impl RaftLogStorage<TypeConfig> for PartitionLogStore {

@@ -153,7 +153,7 @@ impl Proposer {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    crate::clock::now_ms()
 }
 
 /// One write, run by the holder of the partition's lock: a producer's (`coordinator_epoch`

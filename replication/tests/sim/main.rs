@@ -151,6 +151,8 @@ enum Action {
     /// The frames one node sends another are duplicated, or reordered, until `Unmangle`.
     Mangle(NodeId, NodeId, Mangle),
     Unmangle(NodeId, NodeId),
+    /// The wall clock steps by this many ms (every node's: the seam is per process).
+    ClockJump(i64),
 }
 
 #[derive(Clone, Debug)]
@@ -238,6 +240,13 @@ impl Schedule {
                 t += down + if p.blips { rng.range(20, 400) } else { rng.range(100, 2_500) };
             }
         }
+        // One or two steps of the wall clock, forwards or back by up to two hours (drawn after
+        // the faults above, so those stay what they were for each seed).
+        for _ in 0..rng.range(1, 3) {
+            let by = rng.range(60_000, 7_200_000) as i64;
+            let by = if rng.range(0, 2) == 0 { by } else { -by };
+            events.push((rng.range(200, FAULT_WINDOW_MS), Action::ClockJump(by)));
+        }
         // A power loss in every other schedule: every node at the same instant (a correlated
         // failure no majority outlives), all back within half a second. Only synced entries
         // survive it on any node, so a commit counted on an unsynced append is lost here.
@@ -302,6 +311,8 @@ struct History {
     /// (first, count) and topics created.
     id_blocks: Vec<(i64, i64)>,
     topics: Vec<String>,
+    /// How far the run stepped the (process-wide) wall clock, to step it back at the end.
+    clock_jumped: i64,
     /// Reassignments the movers started (new targets, some replacing one in progress), and
     /// those that completed.
     moves_started: u64,
@@ -841,10 +852,14 @@ fn apply(sim: &mut turmoil::Sim<'_>, shared: &Shared, action: &Action, down: &mu
             lock(&shared.nodes).remove(n);
             lock(&shared.controllers).remove(n);
             shared.links.reset(ip(sim, *n), None);
-            // Appends not yet synced when the process died are lost with its page cache.
+            // Appends not yet synced when the process died are lost with its page cache, all
+            // of them or all but the first one or two (what the disk had written of them when
+            // the crash came), by seed, node and time.
+            let now = sim.elapsed().as_millis() as u64;
+            let survive = (shared.params.seed ^ n.wrapping_mul(0x9E37_79B9) ^ now) % 3;
             for ((node, _), disk) in lock(&shared.disks).iter() {
                 if node == n {
-                    let lost = disk.crash();
+                    let lost = disk.crash(survive as usize);
                     lock(&shared.history).lost_unsynced += lost;
                 }
             }
@@ -890,6 +905,10 @@ fn apply(sim: &mut turmoil::Sim<'_>, shared: &Shared, action: &Action, down: &mu
         }
         Action::Mangle(a, b, how) => shared.links.set_mangle(ip(sim, *a), ip(sim, *b), *how),
         Action::Unmangle(a, b) => shared.links.set_mangle(ip(sim, *a), ip(sim, *b), Mangle::Pass),
+        Action::ClockJump(by) => {
+            fjord_replication::clock::jump(*by);
+            lock(&shared.history).clock_jumped += *by;
+        }
     }
 }
 
@@ -1116,6 +1135,7 @@ fn run(params: &Params, schedule: &Schedule) -> Outcome {
         check_controllers(&shared, &mut violations);
     }
     let h = lock(&shared.history);
+    fjord_replication::clock::jump(-h.clock_jumped);
     violations.extend(h.violations.iter().cloned());
     violations.extend(PANICS.with(|p| p.take()).into_iter().map(|p| format!("panic in a node: {p}")));
     Outcome {
