@@ -3,7 +3,7 @@
 //! voter's, or a learner's copy on brokers that are not voters) and its life as a broker
 //! (registration, heartbeats). Metadata and DescribeCluster answer from the applied metadata.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,6 +187,7 @@ pub async fn start(
         controller.clone(),
         ApplierConfig {
             node_id: config.node_id,
+            incarnation,
             data_dir: config.data_dir.clone(),
             raft_config: Arc::new(partition_config.validate()?),
             log_config: Box::new(move |configs| topic_config::log_config(configs, &live_defaults.defaults())),
@@ -471,8 +472,11 @@ impl ClusterNode {
     /// pinned rack as soon as that one can lead (`to_preferred`), not at the next balancing pass
     /// (`leader_imbalance_check_interval_seconds`, 300 s by default). With one replica per rack
     /// a failover has to leave the pinned rack; this brings the leadership back once its replica
-    /// there has returned and caught up. Returns how many transfers were started.
-    pub async fn return_pinned_leaderships(&self) -> usize {
+    /// there has returned and caught up. A partition handed over is not tried again for
+    /// `PINNED_RETRY` (kept in `tried`): a transfer the pinned replica cannot complete (the
+    /// other replicas do not hear it) costs an election each time. Returns how many transfers
+    /// were started.
+    pub async fn return_pinned_leaderships(&self, tried: &mut HashMap<GroupId, tokio::time::Instant>) -> usize {
         use fjord_replication::controller::placement;
         let Ok(me) = i32::try_from(self.node_id()) else { return 0 };
         let off_pinned: Vec<GroupId> = self.read(|m| {
@@ -498,9 +502,14 @@ impl ClusterNode {
                 .map(|(group, _)| group)
                 .collect()
         });
+        tried.retain(|_, at| at.elapsed() < PINNED_RETRY);
         let mut started = 0;
         for group in off_pinned {
+            if tried.contains_key(&group) {
+                continue;
+            }
             if self.to_preferred(group).await == Ok(true) {
+                tried.insert(group, tokio::time::Instant::now());
                 started += 1;
             }
         }
@@ -526,7 +535,12 @@ impl ClusterNode {
             let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
             let matched = m.replication.as_ref().and_then(|r| r.get(&target).cloned().flatten());
             let committed = m.local_committed.map(|l| l.index());
-            (m.state == openraft::ServerState::Leader, committed.is_some() && matched.map(|l| l.index()) >= committed)
+            // A learner (a replica a reassignment is adding) cannot take a leadership over.
+            let voter = m.membership_config.membership().voter_ids().any(|v| v == target);
+            (
+                m.state == openraft::ServerState::Leader,
+                voter && committed.is_some() && matched.map(|l| l.index()) >= committed,
+            )
         };
         if !leads {
             return Err(ResponseError::NotLeaderOrFollower);
@@ -734,6 +748,9 @@ impl ClusterNode {
 
 /// How long a retention pass waits for a replica's snapshot.
 const RETENTION_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a pinned partition handed back to its pinned rack waits before it is tried again.
+const PINNED_RETRY: Duration = Duration::from_secs(10);
 
 /// How long a request waits for the controller: longer than an election.
 const SUBMIT_WAIT: Duration = Duration::from_secs(10);

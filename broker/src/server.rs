@@ -285,6 +285,7 @@ async fn session_expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<
 /// failover took off its pinned racks goes back once it can (`return_pinned_leaderships`).
 async fn broker_configs_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let Some(cluster) = &broker.cluster else { return };
+    let mut pinned_tried = std::collections::HashMap::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -297,7 +298,7 @@ async fn broker_configs_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<
         .await;
         cluster.pin_campaigns();
         if broker.config.auto_leader_rebalance_enable {
-            let moved = cluster.return_pinned_leaderships().await;
+            let moved = cluster.return_pinned_leaderships(&mut pinned_tried).await;
             if moved > 0 {
                 tracing::info!(moved, "leaderships moved back to the racks their topics pin them to");
             }

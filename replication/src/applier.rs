@@ -63,6 +63,8 @@ impl Replicas {
 pub struct ApplierConfig {
     /// This node's broker id.
     pub node_id: i32,
+    /// This process's broker registration (`BrokerRegistration::incarnation`).
+    pub incarnation: uuid::Uuid,
     /// Where partition directories go.
     pub data_dir: PathBuf,
     pub raft_config: Arc<openraft::Config>,
@@ -141,7 +143,7 @@ pub fn spawn(
             let mut configured = BTreeMap::new();
             let mut ready = false;
             loop {
-                ready = ready || metadata_caught_up(&node);
+                ready = ready || metadata_caught_up(&controller, &config);
                 if ready {
                     reconcile(&node, &controller, &config, &mut configured).await;
                 }
@@ -169,15 +171,19 @@ pub fn spawn(
     vec![applier, reporter, reassigner]
 }
 
-/// Whether this node's metadata has caught up with the controller quorum's leader since it
-/// started. Until then the applier starts no replica: a node replaying the metadata log (after
-/// a restart, or with an empty disk) would otherwise see a partition before the records saying
-/// it has had a leader, and start an empty replica of it as a full voter (`recovery`).
-fn metadata_caught_up(node: &ReplicaNode<NodeMachine>) -> bool {
-    let Some(raft) = node.group(crate::controller::CONTROLLER_GROUP) else { return false };
-    let m = raft.metrics();
-    let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
-    m.current_leader.is_some() && m.last_applied.map(|l| l.index()) >= m.cluster_committed.map(|l| l.index())
+/// Whether this node's metadata holds everything the controller quorum committed before this
+/// process started: it has applied its own registration, which this process proposed, so it
+/// is committed after all of that. Until then the applier starts, wipes and deletes no replica:
+/// a node replaying the metadata log (after a restart, or with an empty disk) would otherwise
+/// act on an old view, such as a partition before the records saying it has had a leader (an
+/// empty replica would start as a full voter, `recovery`), or a replica being added before its
+/// promotion (a voter's log would be wiped as a learner's), or before its reassignment (it
+/// would be deleted as not placed here). (Openraft's own metrics cannot tell this after a
+/// restart: a follower names its leader from its saved vote before hearing from it.)
+fn metadata_caught_up(controller: &Controller<NodeMachine>, config: &ApplierConfig) -> bool {
+    controller
+        .machine()
+        .read(|m| m.broker(config.node_id).is_some_and(|b| b.registration.incarnation == config.incarnation))
 }
 
 /// Every registered broker's node-to-node address (`cluster_listen`).
