@@ -141,6 +141,10 @@ pub struct View {
     pub may_vote: BTreeSet<NodeId>,
     /// The leader's last log index.
     pub last_index: u64,
+    /// The leadership and the membership entry this view was taken at: a change decided on it
+    /// is made only while both still hold (`View::preconditions`).
+    pub leader_id: Option<openraft::type_config::alias::CommittedLeaderIdOf<crate::TypeConfig>>,
+    pub membership_log_id: Option<openraft::type_config::alias::LogIdOf<crate::TypeConfig>>,
 }
 
 /// How recently a voter must have answered the leader to be handed its leadership (a transfer
@@ -188,7 +192,22 @@ impl View {
             ready,
             may_vote,
             last_index,
+            leader_id: Some(openraft::vote::RaftLeaderId::to_committed(metrics.vote.leader_id())),
+            membership_log_id: *metrics.membership_config.log_id(),
         }
+    }
+
+    /// What a membership change decided on this view requires of the group when it is made:
+    /// the same leadership, and no membership entry since. The check with the controller comes
+    /// before the wait for the partition's lock; a change made meanwhile (by a later leadership
+    /// of this node, say) makes this one fail rather than act on a membership it did not see.
+    pub fn preconditions(&self) -> Vec<openraft::raft::Precondition<crate::TypeConfig>> {
+        use openraft::raft::Precondition;
+        let mut p = vec![Precondition::LastMembershipLogId { last_membership_log_id: self.membership_log_id }];
+        if let Some(l) = &self.leader_id {
+            p.push(Precondition::CommittedLeaderId { committed_leader_id: *l });
+        }
+        p
     }
 
     /// How far the furthest-behind joining replica of `target` is (a replica that matched
@@ -288,9 +307,10 @@ async fn step(
         async move {
             // Still the reassignment in progress? (This node's metadata may lag.)
             submit_step(controller, group, m, ReassignmentStep::Check).await?;
+            let guard = view.preconditions();
             replica
                 .proposer
-                .exclusive(async move { raft.change_membership(changes, retain).await.map(|_| ()) })
+                .exclusive(async move { raft.change_membership_if(changes, retain, guard).await.map(|_| ()) })
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -348,6 +368,8 @@ mod tests {
             ready: voters.iter().copied().filter(|v| *v != me).collect(),
             may_vote: members.clone(),
             last_index: 100,
+            leader_id: None,
+            membership_log_id: None,
         }
     }
 
