@@ -170,14 +170,25 @@ print("timestamp window: ok")
 # 5. KIP-467 on a compacted topic: in one batch, only the keyless records
 # fail with INVALID_RECORD; the others with librdkafka's
 # _INVALID_DIFFERENT_RECORD (0011's check).
-t4 = topic_name("compact-keys")
-create(t4, {"cleanup.policy": "compact"}).result(30)
-results = {}
-p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1000, "batch.num.messages": 1000, "retries": 0})
-for i in range(20):
-    key = None if i % 5 == 0 else f"k{i}".encode()
-    p.produce(t4, key=key, value=f"v{i}".encode(), partition=0, on_delivery=on_delivery)
-check(p.flush(30) == 0, "deliveries reported")
+# The step needs the 20 records in one batch. A loaded machine can make librdkafka send the
+# first record alone (it was seen once: that record delivered, the rest refused as one
+# batch); such a split is the client's batching, not the broker's answer, and the step is
+# tried again on a new topic.
+for attempt in range(3):
+    t4 = topic_name("compact-keys")
+    create(t4, {"cleanup.policy": "compact"}).result(30)
+    results = {}
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1000, "batch.num.messages": 1000, "retries": 0})
+    # The partition's leader known before the first record, so nothing goes out early.
+    p.list_topics(t4, timeout=30)
+    for i in range(20):
+        key = None if i % 5 == 0 else f"k{i}".encode()
+        p.produce(t4, key=key, value=f"v{i}".encode(), partition=0, on_delivery=on_delivery)
+    check(p.flush(30) == 0, "deliveries reported")
+    split = any(c is None for c in results.values()) and any(c is not None for c in results.values())
+    if not split:
+        break
+    print(f"record errors: the batch was split by the client ({results}); again", file=sys.stderr)
 invalid = sorted(int(v[1:]) for v, c in results.items() if c == KafkaError.INVALID_RECORD)
 expect_equal("keyless records refused", invalid, [0, 5, 10, 15])
 others = [c for v, c in results.items() if int(v[1:]) % 5 != 0]
