@@ -315,6 +315,16 @@ fn elect_leaders_moves_partitions_to_their_preferred_replicas() {
     assert!(lines.len() == 6 && lines.iter().all(|l| l.contains("ELECTION_NOT_NEEDED")), "{lines:?}");
 }
 
+/// Runs `pinned_leaders.py` (confluent-kafka's AdminClient) on `topic` with `args`; returns
+/// what it prints (the pinning DescribeConfigs gives back).
+fn pinned_leaders(cluster: &LocalCluster, topic: &str, args: &[&str]) -> String {
+    let mut cmd = fjord_compat_tests::client(fjord_compat_tests::python());
+    cmd.current_dir(fjord_compat_tests::clients_dir().join("python"));
+    cmd.arg("pinned_leaders.py").arg(cluster.bootstrap()).arg(topic).args(args);
+    let out = fjord_compat_tests::run_client(&mut cmd, Duration::from_secs(90));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Leader pinning (`leader.preferred.racks`) set and changed with a real admin client: a topic
 /// created pinned to rack r2 is led from node 2 (the only node there); re-pinned to r3, the
 /// leader balancer moves every leadership to node 3; DescribeConfigs shows each value.
@@ -323,13 +333,7 @@ fn a_topic_pinned_to_a_rack_is_led_from_it() {
     let cluster = LocalCluster::start_with(NODES, &["--leader-imbalance-check-interval-seconds", "1"]);
     cluster.wait_formed(DEADLINE);
     let topic = "pinned";
-    let pin = |args: &[&str]| -> String {
-        let mut cmd = fjord_compat_tests::client(fjord_compat_tests::python());
-        cmd.current_dir(fjord_compat_tests::clients_dir().join("python"));
-        cmd.arg("pinned_leaders.py").arg(cluster.bootstrap()).arg(topic).args(args);
-        let out = fjord_compat_tests::run_client(&mut cmd, Duration::from_secs(90));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let pin = |args: &[&str]| pinned_leaders(&cluster, topic, args);
     let led_by = |cluster: &LocalCluster, node: i32| {
         let v = cluster.leaders(0, topic);
         v.len() == 6 && v.iter().all(|(_, l, _)| *l == node)
@@ -351,10 +355,7 @@ fn a_pinned_topic_is_led_from_its_rack_again_after_its_leader_dies() {
         LocalCluster::start_on_racks(&["us", "us", "eu"], &["--leader-imbalance-check-interval-seconds", "1"]);
     cluster.wait_formed(DEADLINE);
     let topic = "pinned-failover";
-    let mut cmd = fjord_compat_tests::client(fjord_compat_tests::python());
-    cmd.current_dir(fjord_compat_tests::clients_dir().join("python"));
-    cmd.args(["pinned_leaders.py", &cluster.bootstrap(), topic, "create", "us", "6", "3"]);
-    fjord_compat_tests::run_client(&mut cmd, Duration::from_secs(90));
+    pinned_leaders(&cluster, topic, &["create", "us", "6", "3"]);
     wait_until(DEADLINE, "every partition led from us, every replica in sync", || {
         let v = cluster.leaders(1, topic);
         v.len() == 6 && v.iter().all(|(_, l, isr)| (*l == 1 || *l == 2) && *isr == 3)
@@ -377,10 +378,7 @@ fn a_pinned_leadership_returns_to_its_rack_as_soon_as_a_replica_there_can_lead()
     let mut cluster = LocalCluster::start_on_racks(&["us", "eu", "ap"], &[]);
     cluster.wait_formed(DEADLINE);
     let topic = "pinned-return";
-    let mut cmd = fjord_compat_tests::client(fjord_compat_tests::python());
-    cmd.current_dir(fjord_compat_tests::clients_dir().join("python"));
-    cmd.args(["pinned_leaders.py", &cluster.bootstrap(), topic, "create", "us", "6", "3"]);
-    fjord_compat_tests::run_client(&mut cmd, Duration::from_secs(90));
+    pinned_leaders(&cluster, topic, &["create", "us", "6", "3"]);
     let led_from_us = |cluster: &LocalCluster, i: usize| {
         let v = cluster.leaders(i, topic);
         v.len() == 6 && v.iter().all(|(_, l, isr)| *l == 1 && *isr == 3)
