@@ -75,6 +75,12 @@ pub(crate) async fn run(
                 .iter()
                 .filter_map(|(g, p)| {
                     let r = p.reassignment.as_ref()?;
+                    // Not before the group's first leadership is on record: a replica of a group
+                    // that has never had a leader starts empty as a voter (the applier's rule),
+                    // which must not happen once membership entries have been committed.
+                    if p.leader_epoch == 0 {
+                        return None;
+                    }
                     let ids = |v: &[i32]| v.iter().filter_map(|n| NodeId::try_from(*n).ok()).collect::<Vec<_>>();
                     let may_vote = ids(&r.original).into_iter().chain(ids(&r.promoted)).collect();
                     let m = Moving {
