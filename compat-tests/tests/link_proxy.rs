@@ -31,10 +31,15 @@ impl Echo {
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 4096];
                     while let Ok(n) = s.read(&mut buf) {
-                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        if n == 0 {
                             break;
                         }
+                        // Counted before the echo, so a client that has read
+                        // its echo always sees the bytes counted.
                         r.fetch_add(n as u64, Ordering::SeqCst);
+                        if s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
                     }
                 });
             }
