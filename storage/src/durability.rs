@@ -80,6 +80,20 @@ impl GroupCommit {
 
     /// Waits until `target.file` is durable up to `target.end`.
     pub(crate) async fn sync(&self, target: Target) -> std::io::Result<()> {
+        if crate::disk::sim::active() {
+            if let Some((delay, pending)) = crate::disk::sim::begin_sync(&target.file)? {
+                // A simulated disk: no thread (the simulation's scheduler must see every
+                // wake-up), the sync's duration in simulated time, and durable only what was
+                // written when it began.
+                tokio::time::sleep(delay).await;
+                if let Some(p) = pending {
+                    crate::disk::sim::complete(p)?;
+                }
+                target.flushed.raise(target.end, target.generation);
+                target.rounds.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
         let c = &self.committer;
         let started = c.thread.get_or_init(|| {
             let run = c.clone();

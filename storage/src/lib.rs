@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod compact;
+pub mod disk;
 pub mod durability;
 pub mod epoch;
 pub mod error;

@@ -430,7 +430,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        crate::disk::sync_all(&f)?;
     }
     std::fs::rename(&tmp, path)?;
     if let Some(parent) = path.parent() {
@@ -459,7 +459,7 @@ pub(crate) fn create_dirs_durably(dir: &Path) -> Result<()> {
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     // A relative path's last ancestor is "": the current directory.
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    std::fs::File::open(dir)?.sync_all()?;
+    crate::disk::sync_all(&std::fs::File::open(dir)?)?;
     #[cfg(test)]
     tests::DIRS_SYNCED.with(|d| d.borrow_mut().push(dir.to_path_buf()));
     Ok(())
@@ -807,7 +807,7 @@ impl PartitionLog {
         }
         let active = inner.active();
         if sync {
-            active.file().sync_data()?;
+            crate::disk::sync_data(&active.file())?;
             active.flush_indexes()?;
             if let Ok(f) = std::fs::File::open(self.dir.join(file_name(active.base_offset, "txnindex"))) {
                 f.sync_all()?;
@@ -2048,7 +2048,7 @@ impl PartitionLog {
     pub fn sync_now(&self) -> Result<()> {
         let (end, generation) = self.sync_sidecars_upto_end()?;
         let inner = self.read_inner();
-        inner.active().file().sync_data()?;
+        crate::disk::sync_data(&inner.active().file())?;
         inner.active().flush_indexes()?;
         // Not past `end`: rows written after the sidecars were synced may not be durable.
         self.flushed.raise(end, generation);

@@ -10,7 +10,6 @@
 //! ascending order and is dropped with everything after it.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -57,7 +56,7 @@ impl DirtyRows {
         #[cfg(test)]
         crate::log::tests::SIDECARS_SYNCED.with(|d| d.borrow_mut().push(self.path.clone()));
         let _ = &self.path;
-        if let Err(e) = self.file.sync_data() {
+        if let Err(e) = crate::disk::sync_data(&self.file) {
             self.dirty.store(true, Ordering::Release);
             return Err(e.into());
         }
@@ -124,8 +123,8 @@ impl SegmentRaftIndex {
         // never a sidecar without a whole header (which open would have to refuse).
         let tmp = path.with_extension(TMP_EXT);
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
-        file.write_all_at(&h, 0)?;
-        file.sync_all()?;
+        crate::disk::write_at(&file, &h, 0)?;
+        crate::disk::sync_all(&file)?;
         std::fs::rename(&tmp, &path)?;
         crate::log::sync_dir(dir)?;
         Ok(SegmentRaftIndex {
@@ -185,7 +184,7 @@ impl SegmentRaftIndex {
         let keep = (HEADER + ends.len() * ROW) as u64;
         if data.len() as u64 != keep {
             file.set_len(keep)?;
-            file.sync_all()?;
+            crate::disk::sync_all(&file)?;
         }
         Ok(Some(SegmentRaftIndex {
             path,
@@ -223,7 +222,7 @@ impl SegmentRaftIndex {
         let mut row = [0u8; ROW];
         row[..4].copy_from_slice(&rel(self.base_offset, next_offset)?.to_be_bytes());
         row[4..].copy_from_slice(&pos32(end_pos)?.to_be_bytes());
-        self.file.write_all_at(&row, (HEADER + self.ends.len() * ROW) as u64)?;
+        crate::disk::write_at(&self.file, &row, (HEADER + self.ends.len() * ROW) as u64)?;
         self.ends.push((next_offset, end_pos));
         self.dirty.store(true, Ordering::Release);
         Ok(())
@@ -254,7 +253,7 @@ impl SegmentRaftIndex {
         let path = dir.join(format!("{}.cleaned", file_name(base_offset, "raftindex")));
         let mut f = File::create(&path)?;
         std::io::Write::write_all(&mut f, &data)?;
-        f.sync_all()?;
+        crate::disk::sync_all(&f)?;
         Ok(path)
     }
 
@@ -290,7 +289,7 @@ impl SegmentRaftIndex {
         }
         self.ends.truncate(keep);
         self.file.set_len((HEADER + keep * ROW) as u64)?;
-        self.file.sync_all()?;
+        crate::disk::sync_all(&self.file)?;
         self.dirty.store(false, Ordering::Release);
         Ok(())
     }
@@ -302,7 +301,7 @@ impl SegmentRaftIndex {
         #[cfg(test)]
         crate::log::tests::SIDECARS_SYNCED.with(|d| d.borrow_mut().push(self.path.clone()));
         self.dirty.store(false, Ordering::Release);
-        if let Err(e) = self.file.sync_data() {
+        if let Err(e) = crate::disk::sync_data(&self.file) {
             self.dirty.store(true, Ordering::Release);
             return Err(e.into());
         }

@@ -362,7 +362,7 @@ impl Segment {
         if active {
             self.file.set_len(capacity.max(valid))?;
         }
-        self.file.sync_all()?;
+        crate::disk::sync_all(&self.file)?;
         let len = self.file.metadata()?.len();
         self.remap(len)?;
         if !active {
@@ -413,7 +413,7 @@ impl Segment {
         index_interval: u64,
         now_ms: i64,
     ) -> Result<()> {
-        self.file.write_all_at(data, self.size)?;
+        crate::disk::write_at(&self.file, data, self.size)?;
         self.appended(data.len(), headers, index_interval, now_ms);
         Ok(())
     }
@@ -561,7 +561,7 @@ impl Segment {
             self.rewrite_prefix(cut_at)?;
         } else {
             let zeros = vec![0u8; (self.size - cut_at) as usize];
-            self.file.write_all_at(&zeros, cut_at)?;
+            crate::disk::write_at(&self.file, &zeros, cut_at)?;
         }
         self.size = cut_at;
         self.index.truncate_to_position(cut_at);
@@ -599,7 +599,7 @@ impl Segment {
         {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             std::io::Write::write_all(&mut f, self.slice_raw(0, len as usize))?;
-            f.sync_all()?;
+            crate::disk::sync_all(&f)?;
         }
         std::fs::rename(&tmp, &self.log_path)?;
         let file = OpenOptions::new().read(true).write(true).open(&self.log_path)?;
@@ -612,7 +612,7 @@ impl Segment {
 
     /// Makes the segment's data and indexes durable (after a truncation).
     pub fn sync(&self) -> Result<()> {
-        self.file.sync_data()?;
+        crate::disk::sync_data(&self.file)?;
         self.index.sync()?;
         self.time_index.sync()
     }
@@ -655,7 +655,7 @@ impl Segment {
             self.time_index.append(self.max_timestamp, self.offset_of_max_timestamp);
         }
         self.file.set_len(self.size)?;
-        self.file.sync_data()?;
+        crate::disk::sync_data(&self.file)?;
         self.index.trim()?;
         self.time_index.trim()?;
         self.index.flush()?;

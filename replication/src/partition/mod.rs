@@ -193,7 +193,7 @@ impl Shared {
             *file = Some(f);
         }
         if let Some(f) = file.as_ref() {
-            f.write_all_at(&record, 0)?;
+            fjord_storage::disk::write_at(f, &record, 0)?;
         }
         *current = committed;
         Ok(())

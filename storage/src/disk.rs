@@ -1,0 +1,312 @@
+//! The seam between the log and its disk's durability. Every write a crash could undo, and
+//! every sync that decides what a crash keeps, goes through here: in production they are the
+//! plain system calls (behind one relaxed load).
+//!
+//! Under a simulation (`sim::attach` on a directory) the files below that directory keep, for
+//! each 512-byte sector written since its file was last synced, what the sector held when it
+//! was last durable; syncs record durability instead of calling fsync; and `sim::crash` undoes
+//! a seeded choice of the unsynced sectors, as a power cut would: all of them, all but a
+//! prefix (a torn append), or any subset (the disk wrote later sectors before earlier ones).
+//!
+//! Modelled: data written with `write_at` (segments, Raft sidecar rows, the committed record).
+//! Treated as durable at once: file creation, renames, removal and length changes (the log
+//! syncs its directory and truncations before it relies on them), files written whole and
+//! synced before a rename (`write_atomic`), and memory-mapped offset and time indexes (rebuilt
+//! from the segment for an active segment after a crash).
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// Writes all of `data` at `offset`.
+pub fn write_at(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    if sim::active() {
+        sim::before_write(file, offset, data.len() as u64)?;
+    }
+    file.write_all_at(data, offset)
+}
+
+/// `fdatasync`.
+pub fn sync_data(file: &File) -> io::Result<()> {
+    if sim::active() && sim::sync(file)? {
+        return Ok(());
+    }
+    file.sync_data()
+}
+
+/// `fsync`.
+pub fn sync_all(file: &File) -> io::Result<()> {
+    if sim::active() && sim::sync(file)? {
+        return Ok(());
+    }
+    file.sync_all()
+}
+
+pub mod sim {
+    //! The simulated disk (see the module above).
+
+    use std::collections::BTreeMap;
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Mutex, MutexGuard};
+    use std::time::Duration;
+
+    const SECTOR: u64 = 512;
+
+    static ACTIVE: AtomicBool = AtomicBool::new(false);
+    static STATE: Mutex<State> = Mutex::new(State { disks: Vec::new(), dirty: BTreeMap::new() });
+
+    /// How one simulated disk behaves.
+    #[derive(Clone, Debug, Default)]
+    pub struct Options {
+        /// How long a group-commit sync takes (simulated time: a tokio sleep).
+        pub sync_delay: Duration,
+        /// A planted bug for checkers: syncs report success and make nothing durable.
+        pub lose_syncs: bool,
+    }
+
+    /// What a crash undid.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct Crash {
+        /// Files that had unsynced writes.
+        pub files: usize,
+        /// Sectors put back to what they held when last durable.
+        pub sectors_lost: usize,
+        /// Sectors written since the last sync that the crash kept.
+        pub sectors_kept: usize,
+    }
+
+    struct Disk {
+        root: PathBuf,
+        options: Options,
+    }
+
+    /// A file with writes since its last sync.
+    struct Dirty {
+        /// A descriptor of its own: the file's inode cannot be reused while it is open, so the
+        /// key stays this file's, and a crash can undo writes to a file renamed since.
+        file: File,
+        path: PathBuf,
+        /// The file's length when it was last durable.
+        durable_len: u64,
+        /// Sector number -> what it held when last durable.
+        sectors: BTreeMap<u64, Vec<u8>>,
+    }
+
+    struct State {
+        disks: Vec<Disk>,
+        /// By (device, inode).
+        dirty: BTreeMap<(u64, u64), Dirty>,
+    }
+
+    impl State {
+        fn disk(&self, path: &Path) -> Option<&Disk> {
+            self.disks.iter().find(|d| path.starts_with(&d.root))
+        }
+
+        /// How the disk of `file` (key `k`) behaves, if it is simulated.
+        fn options(&self, k: &(u64, u64), file: &File) -> Option<Options> {
+            let disk = match self.dirty.get(k) {
+                Some(d) => self.disk(&d.path),
+                None => path_of(file).and_then(|p| self.disk(&p)),
+            };
+            disk.map(|d| d.options.clone())
+        }
+    }
+
+    fn state() -> MutexGuard<'static, State> {
+        STATE.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn active() -> bool {
+        ACTIVE.load(Ordering::Relaxed)
+    }
+
+    /// Simulates the disk of every file under `root` from now on.
+    pub fn attach(root: &Path, options: Options) {
+        let mut s = state();
+        s.disks.retain(|d| d.root != root);
+        s.disks.push(Disk { root: root.to_path_buf(), options });
+        ACTIVE.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops simulating `root`, forgetting its unsynced writes (they stay written).
+    pub fn detach(root: &Path) {
+        let mut s = state();
+        s.disks.retain(|d| d.root != root);
+        s.dirty.retain(|_, d| !d.path.starts_with(root));
+    }
+
+    fn key(file: &File) -> io::Result<(u64, u64)> {
+        let m = file.metadata()?;
+        Ok((m.dev(), m.ino()))
+    }
+
+    fn path_of(file: &File) -> Option<PathBuf> {
+        std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()
+    }
+
+    /// What sector `n` of `file` holds now (zeros past its end).
+    fn read_sector(file: &File, n: u64) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; SECTOR as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match file.read_at(&mut buf[got..], n * SECTOR + got as u64)? {
+                0 => break,
+                k => got += k,
+            }
+        }
+        Ok(buf)
+    }
+
+    /// Before `len` bytes are written at `offset`: remembers what each sector they touch held
+    /// if it was clean.
+    pub(crate) fn before_write(file: &File, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let k = key(file)?;
+        let mut s = state();
+        if !s.dirty.contains_key(&k) {
+            let Some(path) = path_of(file) else { return Ok(()) };
+            if s.disk(&path).is_none() {
+                return Ok(());
+            }
+            let d =
+                Dirty { file: file.try_clone()?, path, durable_len: file.metadata()?.len(), sectors: BTreeMap::new() };
+            s.dirty.insert(k, d);
+        }
+        let Some(d) = s.dirty.get_mut(&k) else { return Ok(()) };
+        for n in offset / SECTOR..(offset + len).div_ceil(SECTOR) {
+            if let std::collections::btree_map::Entry::Vacant(v) = d.sectors.entry(n) {
+                v.insert(read_sector(&d.file, n)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// A sync of `file`: true if it is simulated (then its writes so far are durable, unless
+    /// the disk loses syncs), false if the real call is to be made.
+    pub(crate) fn sync(file: &File) -> io::Result<bool> {
+        let k = key(file)?;
+        let mut s = state();
+        let Some(options) = s.options(&k, file) else { return Ok(false) };
+        if !options.lose_syncs {
+            s.dirty.remove(&k);
+        }
+        Ok(true)
+    }
+
+    /// A group-commit sync under way: what the file's unsynced sectors held when it began.
+    pub(crate) struct Pending {
+        key: (u64, u64),
+        len: u64,
+        sectors: Vec<(u64, Vec<u8>)>,
+    }
+
+    /// If `file` is simulated: how long its sync takes, and what the sync makes durable when
+    /// it completes (`complete`). None for a real file.
+    pub(crate) fn begin_sync(file: &File) -> io::Result<Option<(Duration, Option<Pending>)>> {
+        let k = key(file)?;
+        let s = state();
+        let Some(options) = s.options(&k, file) else { return Ok(None) };
+        let pending = match s.dirty.get(&k) {
+            Some(d) if !options.lose_syncs => {
+                let sectors =
+                    d.sectors.keys().map(|n| Ok((*n, read_sector(&d.file, *n)?))).collect::<io::Result<_>>()?;
+                Some(Pending { key: k, len: d.file.metadata()?.len(), sectors })
+            }
+            _ => None,
+        };
+        Ok(Some((options.sync_delay, pending)))
+    }
+
+    /// The sync of `pending` completed: what its sectors held when it began is durable (a
+    /// sector written again since stays unsynced, with that as its durable content).
+    pub(crate) fn complete(pending: Pending) -> io::Result<()> {
+        let mut s = state();
+        let dirty = &mut s.dirty;
+        let Some(d) = dirty.get_mut(&pending.key) else { return Ok(()) };
+        d.durable_len = pending.len;
+        for (n, then) in pending.sectors {
+            let now = read_sector(&d.file, n)?;
+            if now == then {
+                d.sectors.remove(&n);
+            } else if let Some(durable) = d.sectors.get_mut(&n) {
+                *durable = then;
+            }
+        }
+        if d.sectors.is_empty() {
+            dirty.remove(&pending.key);
+        }
+        Ok(())
+    }
+
+    /// splitmix64, seeded per file so the outcome does not depend on the order files are met.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+    }
+
+    fn fnv(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    }
+
+    /// A power cut of every file under `dir` (a node's data dir): each file's unsynced sectors
+    /// are all lost, lost after a kept prefix, or lost one by one at random, by `seed` and the
+    /// file's path below `dir`. A file that grew since it was durable ends after its last kept
+    /// sector.
+    pub fn crash(dir: &Path, seed: u64) -> io::Result<Crash> {
+        let mut s = state();
+        let keys: Vec<(u64, u64)> = s.dirty.iter().filter(|(_, d)| d.path.starts_with(dir)).map(|(k, _)| *k).collect();
+        let mut files: Vec<Dirty> = keys.iter().filter_map(|k| s.dirty.remove(k)).collect();
+        drop(s);
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut report = Crash::default();
+        for d in files {
+            report.files += 1;
+            let rel = d.path.strip_prefix(dir).unwrap_or(&d.path);
+            let mut rng = Rng(seed ^ fnv(rel.as_os_str().as_encoded_bytes()));
+            let n = d.sectors.len() as u64;
+            let mode = rng.next() % 3;
+            let prefix = if n == 0 { 0 } else { rng.next() % (n + 1) };
+            let len = d.file.metadata()?.len();
+            let mut kept_end = d.durable_len.min(len);
+            for (i, (sector, durable)) in d.sectors.iter().enumerate() {
+                let keep = match mode {
+                    0 => false,
+                    1 => (i as u64) < prefix,
+                    _ => rng.next() % 2 == 0,
+                };
+                if keep {
+                    report.sectors_kept += 1;
+                    kept_end = kept_end.max(((sector + 1) * SECTOR).min(len));
+                    continue;
+                }
+                report.sectors_lost += 1;
+                let at = sector * SECTOR;
+                if at < len {
+                    let upto = (len - at).min(SECTOR) as usize;
+                    d.file.write_all_at(&durable[..upto], at)?;
+                }
+            }
+            // Growth is durable only as far as a kept sector reaches (never cut below the
+            // durable length: truncations are taken as durable at once).
+            if len > d.durable_len && kept_end < len {
+                d.file.set_len(kept_end.max(d.durable_len))?;
+            }
+        }
+        Ok(report)
+    }
+}
