@@ -21,7 +21,7 @@ use std::os::unix::fs::FileExt;
 /// Writes all of `data` at `offset`.
 pub fn write_at(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
     if sim::active() {
-        sim::before_write(file, offset, data.len() as u64)?;
+        sim::before_write(file, offset, data)?;
     }
     file.write_all_at(data, offset)
 }
@@ -58,7 +58,7 @@ pub mod sim {
     const SECTOR: u64 = 512;
 
     static ACTIVE: AtomicBool = AtomicBool::new(false);
-    static STATE: Mutex<State> = Mutex::new(State { disks: Vec::new(), dirty: BTreeMap::new() });
+    static STATE: Mutex<State> = Mutex::new(State { disks: Vec::new(), files: BTreeMap::new() });
 
     /// How one simulated disk behaves.
     #[derive(Clone, Debug, Default)]
@@ -85,22 +85,35 @@ pub mod sim {
         options: Options,
     }
 
-    /// A file with writes since its last sync.
-    struct Dirty {
-        /// A descriptor of its own: the file's inode cannot be reused while it is open, so the
-        /// key stays this file's, and a crash can undo writes to a file renamed since.
+    /// A sector written since its file was last synced.
+    struct Sector {
+        /// What it held when last durable.
+        durable: Vec<u8>,
+        /// What it holds now (kept here, so a sync reads nothing back).
+        current: Vec<u8>,
+    }
+
+    /// A file under a simulated directory.
+    struct Tracked {
+        /// A descriptor of its own (`reopen`): the file's inode cannot be reused while it is
+        /// open, so the key stays this file's, and a crash can undo writes to a file renamed
+        /// since.
         file: File,
         path: PathBuf,
         /// The file's length when it was last durable.
         durable_len: u64,
-        /// Sector number -> what it held when last durable.
-        sectors: BTreeMap<u64, Vec<u8>>,
+        sectors: BTreeMap<u64, Sector>,
+        /// Full syncs so far: a group-commit sync that began before one has nothing to add.
+        syncs: u64,
     }
+
+    /// Clean files kept known (their descriptors open) at most; past it they are forgotten.
+    const KEEP_CLEAN: usize = 1024;
 
     struct State {
         disks: Vec<Disk>,
         /// By (device, inode).
-        dirty: BTreeMap<(u64, u64), Dirty>,
+        files: BTreeMap<(u64, u64), Tracked>,
     }
 
     impl State {
@@ -108,13 +121,26 @@ pub mod sim {
             self.disks.iter().find(|d| path.starts_with(&d.root))
         }
 
-        /// How the disk of `file` (key `k`) behaves, if it is simulated.
-        fn options(&self, k: &(u64, u64), file: &File) -> Option<Options> {
-            let disk = match self.dirty.get(k) {
-                Some(d) => self.disk(&d.path),
-                None => path_of(file).and_then(|p| self.disk(&p)),
-            };
-            disk.map(|d| d.options.clone())
+        /// `file`'s key, its length now and its disk's options, if it lies under a simulated
+        /// directory (then it is tracked from now on).
+        fn lookup(&mut self, file: &File) -> io::Result<Option<((u64, u64), u64, Options)>> {
+            let m = file.metadata()?;
+            let (k, len) = ((m.dev(), m.ino()), m.len());
+            if let Some(t) = self.files.get(&k) {
+                return Ok(self.disk(&t.path).map(|d| (k, len, d.options.clone())));
+            }
+            let Some(path) = path_of(file) else { return Ok(None) };
+            let Some(options) = self.disk(&path).map(|d| d.options.clone()) else { return Ok(None) };
+            if m.is_dir() {
+                // Only synced (entries are taken as durable at once): nothing to track.
+                return Ok(Some((k, len, options)));
+            }
+            if self.files.len() >= KEEP_CLEAN {
+                self.files.retain(|_, t| !t.sectors.is_empty());
+            }
+            let t = Tracked { file: reopen(file)?, path, durable_len: len, sectors: BTreeMap::new(), syncs: 0 };
+            self.files.insert(k, t);
+            Ok(Some((k, len, options)))
         }
     }
 
@@ -138,12 +164,13 @@ pub mod sim {
     pub fn detach(root: &Path) {
         let mut s = state();
         s.disks.retain(|d| d.root != root);
-        s.dirty.retain(|_, d| !d.path.starts_with(root));
+        s.files.retain(|_, t| !t.path.starts_with(root));
     }
 
-    fn key(file: &File) -> io::Result<(u64, u64)> {
-        let m = file.metadata()?;
-        Ok((m.dev(), m.ino()))
+    /// A descriptor of `file` that reads and writes, whatever the log opened it for (through
+    /// /proc rather than dup: the log may hold it write-only).
+    fn reopen(file: &File) -> io::Result<File> {
+        std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/self/fd/{}", file.as_raw_fd()))
     }
 
     fn path_of(file: &File) -> Option<PathBuf> {
@@ -163,28 +190,31 @@ pub mod sim {
         Ok(buf)
     }
 
-    /// Before `len` bytes are written at `offset`: remembers what each sector they touch held
-    /// if it was clean.
-    pub(crate) fn before_write(file: &File, offset: u64, len: u64) -> io::Result<()> {
-        if len == 0 {
+    /// Before `data` is written at `offset`: remembers what each sector it touches held if it
+    /// was clean, and what each will hold.
+    pub(crate) fn before_write(file: &File, offset: u64, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
             return Ok(());
         }
-        let k = key(file)?;
         let mut s = state();
-        if !s.dirty.contains_key(&k) {
-            let Some(path) = path_of(file) else { return Ok(()) };
-            if s.disk(&path).is_none() {
-                return Ok(());
-            }
-            let d =
-                Dirty { file: file.try_clone()?, path, durable_len: file.metadata()?.len(), sectors: BTreeMap::new() };
-            s.dirty.insert(k, d);
+        let Some((k, len, _)) = s.lookup(file)? else { return Ok(()) };
+        let Some(t) = s.files.get_mut(&k) else { return Ok(()) };
+        if t.sectors.is_empty() {
+            // Length changes of a clean file are taken as durable.
+            t.durable_len = len;
         }
-        let Some(d) = s.dirty.get_mut(&k) else { return Ok(()) };
-        for n in offset / SECTOR..(offset + len).div_ceil(SECTOR) {
-            if let std::collections::btree_map::Entry::Vacant(v) = d.sectors.entry(n) {
-                v.insert(read_sector(&d.file, n)?);
-            }
+        let end = offset + data.len() as u64;
+        for n in offset / SECTOR..end.div_ceil(SECTOR) {
+            let sector = match t.sectors.entry(n) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    let durable = read_sector(&t.file, n)?;
+                    v.insert(Sector { current: durable.clone(), durable })
+                }
+            };
+            let (from, to) = ((n * SECTOR).max(offset), ((n + 1) * SECTOR).min(end));
+            sector.current[(from - n * SECTOR) as usize..(to - n * SECTOR) as usize]
+                .copy_from_slice(&data[(from - offset) as usize..(to - offset) as usize]);
         }
         Ok(())
     }
@@ -192,11 +222,12 @@ pub mod sim {
     /// A sync of `file`: true if it is simulated (then its writes so far are durable, unless
     /// the disk loses syncs), false if the real call is to be made.
     pub(crate) fn sync(file: &File) -> io::Result<bool> {
-        let k = key(file)?;
         let mut s = state();
-        let Some(options) = s.options(&k, file) else { return Ok(false) };
-        if !options.lose_syncs {
-            s.dirty.remove(&k);
+        let Some((k, len, options)) = s.lookup(file)? else { return Ok(false) };
+        if let Some(t) = s.files.get_mut(&k).filter(|_| !options.lose_syncs) {
+            t.sectors.clear();
+            t.durable_len = len;
+            t.syncs += 1;
         }
         Ok(true)
     }
@@ -205,43 +236,39 @@ pub mod sim {
     pub(crate) struct Pending {
         key: (u64, u64),
         len: u64,
+        syncs: u64,
         sectors: Vec<(u64, Vec<u8>)>,
     }
 
     /// If `file` is simulated: how long its sync takes, and what the sync makes durable when
     /// it completes (`complete`). None for a real file.
     pub(crate) fn begin_sync(file: &File) -> io::Result<Option<(Duration, Option<Pending>)>> {
-        let k = key(file)?;
-        let s = state();
-        let Some(options) = s.options(&k, file) else { return Ok(None) };
-        let pending = match s.dirty.get(&k) {
-            Some(d) if !options.lose_syncs => {
-                let sectors =
-                    d.sectors.keys().map(|n| Ok((*n, read_sector(&d.file, *n)?))).collect::<io::Result<_>>()?;
-                Some(Pending { key: k, len: d.file.metadata()?.len(), sectors })
-            }
-            _ => None,
-        };
+        let mut s = state();
+        let Some((k, len, options)) = s.lookup(file)? else { return Ok(None) };
+        let pending = s.files.get(&k).filter(|_| !options.lose_syncs).map(|t| Pending {
+            key: k,
+            len,
+            syncs: t.syncs,
+            sectors: t.sectors.iter().map(|(n, sector)| (*n, sector.current.clone())).collect(),
+        });
         Ok(Some((options.sync_delay, pending)))
     }
 
     /// The sync of `pending` completed: what its sectors held when it began is durable (a
-    /// sector written again since stays unsynced, with that as its durable content).
+    /// sector written again since stays unsynced, with that as its durable content). A full
+    /// sync since made all of it, and more, durable already.
     pub(crate) fn complete(pending: Pending) -> io::Result<()> {
         let mut s = state();
-        let dirty = &mut s.dirty;
-        let Some(d) = dirty.get_mut(&pending.key) else { return Ok(()) };
-        d.durable_len = pending.len;
+        let Some(t) = s.files.get_mut(&pending.key).filter(|t| t.syncs == pending.syncs) else { return Ok(()) };
+        t.durable_len = pending.len;
         for (n, then) in pending.sectors {
-            let now = read_sector(&d.file, n)?;
-            if now == then {
-                d.sectors.remove(&n);
-            } else if let Some(durable) = d.sectors.get_mut(&n) {
-                *durable = then;
+            if let Some(sector) = t.sectors.get_mut(&n) {
+                if sector.current == then {
+                    t.sectors.remove(&n);
+                } else {
+                    sector.durable = then;
+                }
             }
-        }
-        if d.sectors.is_empty() {
-            dirty.remove(&pending.key);
         }
         Ok(())
     }
@@ -269,8 +296,9 @@ pub mod sim {
     /// sector.
     pub fn crash(dir: &Path, seed: u64) -> io::Result<Crash> {
         let mut s = state();
-        let keys: Vec<(u64, u64)> = s.dirty.iter().filter(|(_, d)| d.path.starts_with(dir)).map(|(k, _)| *k).collect();
-        let mut files: Vec<Dirty> = keys.iter().filter_map(|k| s.dirty.remove(k)).collect();
+        let keys: Vec<(u64, u64)> =
+            s.files.iter().filter(|(_, t)| t.path.starts_with(dir) && !t.sectors.is_empty()).map(|(k, _)| *k).collect();
+        let mut files: Vec<Tracked> = keys.iter().filter_map(|k| s.files.remove(k)).collect();
         drop(s);
         files.sort_by(|a, b| a.path.cmp(&b.path));
         let mut report = Crash::default();
@@ -283,7 +311,7 @@ pub mod sim {
             let prefix = if n == 0 { 0 } else { rng.next() % (n + 1) };
             let len = d.file.metadata()?.len();
             let mut kept_end = d.durable_len.min(len);
-            for (i, (sector, durable)) in d.sectors.iter().enumerate() {
+            for (i, (sector, Sector { durable, .. })) in d.sectors.iter().enumerate() {
                 let keep = match mode {
                     0 => false,
                     1 => (i as u64) < prefix,

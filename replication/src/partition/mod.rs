@@ -174,7 +174,6 @@ impl Shared {
     /// Saves the committed log id without fsync: a crash may leave an older value (the high
     /// watermark then lags after a restart) or a torn file (read as none).
     fn save_committed(&self, committed: Option<LogIdOf<TypeConfig>>) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
         let mut current = lock(&self.committed);
         let mut record = serde_json::to_vec(&committed).map_err(io::Error::other)?;
         if record.len() > COMMITTED_RECORD {

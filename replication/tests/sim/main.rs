@@ -1,7 +1,10 @@
-//! Deterministic simulation of Fjord's Raft groups: the production transport, group registry and
-//! heartbeat / election drivers run on turmoil's simulated network and clock, under fault
-//! schedules drawn from a seed (crashes, partitions, held and slowed links, connection resets),
-//! while a client writes uniquely numbered entries. A checker then asserts Raft's safety.
+//! Deterministic simulation of Fjord's Raft groups: the production transport, group registry,
+//! heartbeat / election drivers, partition log store and controller state machine run on
+//! turmoil's simulated network and clock and on a simulated disk (`fjord_storage::disk::sim`:
+//! a crash keeps what was synced and a seeded, possibly torn, part of the rest), under fault
+//! schedules drawn from a seed (crashes, partitions, held and slowed links, connection resets,
+//! duplicated and reordered frames, clock steps), while a client writes uniquely numbered
+//! records. A checker then asserts Raft's safety.
 //!
 //! `FJORD_SIM_SEED=s` replays one seed; `FJORD_SIM_SEEDS=n` runs n seeds (from
 //! `FJORD_SIM_FIRST_SEED`, default 1000); `FJORD_SIM_NODES` picks 3 or 5 nodes and
@@ -13,6 +16,7 @@ mod net;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -24,14 +28,16 @@ use fjord_replication::controller::{
 };
 use fjord_replication::election::{ElectionDriver, ElectionTimings};
 use fjord_replication::heartbeat::HeartbeatDriver;
-use fjord_replication::mem::{MemLog, MemStateMachine};
 use fjord_replication::node::{GroupTimings, ReplicaNode};
+use fjord_replication::partition::{self, PartitionLogStore, PartitionStateMachine};
 use fjord_replication::reassign::{next_step, Step, View};
 use fjord_replication::transport::TransportConfig;
 use fjord_replication::{BatchData, GroupId, NodeId, Raft, TypeConfig};
+use fjord_storage::disk::sim as disk;
+use fjord_storage::LogConfig;
 use net::{Links, Mangle, SimConnector, SimListener};
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
+use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::type_config::alias::EntryOf;
 use openraft::{BasicNode, ChangeMembers, EntryPayload, RaftMetrics, ServerState};
 
@@ -103,7 +109,7 @@ struct Params {
     /// Crashes come often and last milliseconds (a node restarting in the middle of an election).
     blips: bool,
     /// How long each append takes to be durable; a crash loses what was appended but not yet
-    /// synced (`MemLog::crash`), as a page cache does.
+    /// synced (`disk::crash`), as a page cache does.
     sync: Duration,
     /// Reassignments: each group starts on three of the nodes, and a mover keeps changing its
     /// replicas (`fjord_replication::reassign`, the production decisions) through the faults.
@@ -284,10 +290,31 @@ struct Seen {
 fn seen(e: &EntryOf<TypeConfig>) -> Seen {
     let what = match &e.payload {
         EntryPayload::Blank => "blank".to_string(),
-        EntryPayload::Normal(d) => String::from_utf8_lossy(&d.0).into_owned(),
+        EntryPayload::Normal(d) => value_of(&d.0),
         EntryPayload::Membership(m) => format!("membership {m}"),
     };
     Seen { term: e.log_id.leader_id.term, what }
+}
+
+/// The write a client proposes: one record whose value is `what`, as a producer sends it.
+fn batch_of(what: &str) -> Bytes {
+    Bytes::from(fjord_storage::batch::build_batch(0, 1, &[(None, Some(what.as_bytes()))]))
+}
+
+/// The value of the one record of a stored write (or, for anything else, its bytes).
+fn value_of(data: &Bytes) -> String {
+    match fjord_storage::records::decode_batch(data, 1 << 20) {
+        Ok(b) if b.records.len() == 1 && !b.header.is_control() => {
+            b.records[0].value.as_ref().map_or_else(|| "null".into(), |v| String::from_utf8_lossy(v).into_owned())
+        }
+        _ => format!("{data:?}"),
+    }
+}
+
+/// Segments small enough that a run rolls them (a crash then also finds new segments and
+/// sidecars unsynced).
+fn log_config() -> LogConfig {
+    LogConfig { segment_bytes: 64 << 10, segment_index_bytes: 8 << 10, ..LogConfig::default() }
 }
 
 /// Everything observed during a run, for the checker.
@@ -302,7 +329,7 @@ struct History {
     /// Acknowledged writes: group, index, entry.
     acked: Vec<(GroupId, u64, Seen)>,
     attempts: u64,
-    /// Entries appended but not yet synced when their node crashed, and so lost.
+    /// Sectors written but not yet synced when their node crashed, and lost to the crash.
     lost_unsynced: usize,
     violations: Vec<String>,
     /// What each node reported, in order, to compare two runs of one seed.
@@ -323,17 +350,22 @@ struct History {
 struct Shared {
     params: Params,
     links: Arc<Links>,
-    /// What each node's store holds across crashes.
-    disks: Mutex<HashMap<(NodeId, GroupId), MemLog>>,
+    /// The nodes' data dirs (`n1/g2`, `n1/controller`), on the simulated disk (`disk::attach`):
+    /// the production partition logs, of which a crash keeps what was synced and a seeded
+    /// part of the rest, torn anywhere. (Held to be removed when the run ends.)
+    _data: tempfile::TempDir,
+    /// `data`'s path as the kernel names it (the simulated disk knows files by that name).
+    root: PathBuf,
+    /// The log store each running node has open for each group (the controller's under
+    /// `CONTROLLER_GROUP`).
+    stores: Mutex<HashMap<(NodeId, GroupId), PartitionLogStore>>,
     /// The groups of each running node.
-    live: Mutex<HashMap<NodeId, HashMap<GroupId, Raft<MemStateMachine>>>>,
+    live: Mutex<HashMap<NodeId, HashMap<GroupId, Raft<PartitionStateMachine>>>>,
     /// Each running node's runtime (the mover hands leaderships over through it).
-    nodes: Mutex<HashMap<NodeId, Arc<ReplicaNode<MemStateMachine>>>>,
+    nodes: Mutex<HashMap<NodeId, Arc<ReplicaNode<PartitionStateMachine>>>>,
     /// Each running node's member of the controller quorum: the production metadata state
-    /// machine on the simulated network, its log a `MemLog` in `disks`, its snapshots in files.
+    /// machine on the simulated network, over a partition log as in production.
     controllers: Mutex<HashMap<NodeId, (Raft<ControllerMachine>, ControllerMachine)>>,
-    /// Where the controllers keep their snapshot files (they outlive crashes, as a disk does).
-    controller_dirs: tempfile::TempDir,
     booted: Mutex<BTreeSet<NodeId>>,
     history: Mutex<History>,
     stop_writes: AtomicBool,
@@ -343,6 +375,23 @@ struct Shared {
 }
 
 impl Shared {
+    fn node_dir(&self, id: NodeId) -> PathBuf {
+        self.root.join(host(id))
+    }
+
+    fn group_dir(&self, id: NodeId, group: GroupId) -> PathBuf {
+        let name = if group == CONTROLLER_GROUP { "controller".to_string() } else { format!("g{group}") };
+        self.node_dir(id).join(name)
+    }
+
+    /// Opens node `id`'s log of `group` as production does (`partition::open`), recovering
+    /// whatever the last crash left.
+    fn open_store(&self, id: NodeId, group: GroupId) -> std::io::Result<(PartitionLogStore, PartitionStateMachine)> {
+        let (log, sm) = partition::open(&self.group_dir(id, group), log_config())?;
+        lock(&self.stores).insert((id, group), log.clone());
+        Ok((log, sm))
+    }
+
     fn config(&self) -> Arc<openraft::Config> {
         let r = match self.params.mode {
             Mode::GroupTimers => GroupTimings {
@@ -368,7 +417,7 @@ impl Shared {
     }
 
     /// Records what one node's metrics say; checks its newly committed entries.
-    async fn observe(&self, node: NodeId, group: GroupId, m: &RaftMetrics<TypeConfig>, log: &MemLog) {
+    async fn observe(&self, node: NodeId, group: GroupId, m: &RaftMetrics<TypeConfig>, log: &PartitionLogStore) {
         let committed = m.local_committed.map(|l| l.index);
         {
             let mut h = lock(&self.history);
@@ -434,7 +483,7 @@ impl Shared {
     }
 
     /// The live node that leads `group` in the newest term any live node leads it in.
-    fn newest_leader(&self, group: GroupId) -> Option<(NodeId, Raft<MemStateMachine>)> {
+    fn newest_leader(&self, group: GroupId) -> Option<(NodeId, Raft<PartitionStateMachine>)> {
         let live = lock(&self.live);
         live.iter()
             .filter_map(|(id, groups)| groups.get(&group).map(|r| (*id, r.clone())))
@@ -443,7 +492,7 @@ impl Shared {
     }
 
     /// The live node that says it leads `group` (lowest id if several do).
-    fn leader(&self, group: GroupId) -> Option<Raft<MemStateMachine>> {
+    fn leader(&self, group: GroupId) -> Option<Raft<PartitionStateMachine>> {
         let live = lock(&self.live);
         let mut ids: Vec<_> = live.keys().copied().collect();
         ids.sort();
@@ -464,7 +513,7 @@ type HostResult = Result<(), Box<dyn std::error::Error>>;
 /// One node's software, as the broker would start it: transport, groups, drivers.
 async fn run_node(shared: Arc<Shared>, id: NodeId) -> HostResult {
     let connector = Arc::new(SimConnector { links: shared.links.clone() });
-    let node: Arc<ReplicaNode<MemStateMachine>> =
+    let node: Arc<ReplicaNode<PartitionStateMachine>> =
         Arc::new(ReplicaNode::new(TransportConfig::new("sim", id), connector));
     node.serve(SimListener::bind(PORT, shared.links.clone()).await?);
     for (peer, n) in shared.members() {
@@ -474,13 +523,8 @@ async fn run_node(shared: Arc<Shared>, id: NodeId) -> HostResult {
     let config = shared.config();
     let mut groups = HashMap::new();
     for group in 1..=shared.params.groups {
-        let log = lock(&shared.disks).entry((id, group)).or_default().clone();
-        log.set_append_delay(shared.params.sync);
-        if shared.params.bug == Some(Bug::ReportBeforeSync) {
-            log.report_before_sync();
-        }
-        // The state machine is memory: a restart rebuilds it from the log.
-        let raft = node.start_group(group, config.clone(), log.clone(), MemStateMachine::default()).await?;
+        let (log, sm) = shared.open_store(id, group)?;
+        let raft = node.start_group(group, config.clone(), log.clone(), sm).await?;
         let voters = shared.initial_voters();
         // With the store that loses everything, the node that set the group up does it again
         // when it comes back empty: the amnesia the applier guards against in production (an
@@ -514,7 +558,7 @@ fn observe_group<SM: openraft::storage::RaftStateMachine<TypeConfig>>(
     id: NodeId,
     group: GroupId,
     raft: &Raft<SM>,
-    log: MemLog,
+    log: PartitionLogStore,
 ) {
     lock(&shared.history).checked.insert((id, group), 0);
     let (s, mut rx) = (shared.clone(), raft.metrics());
@@ -530,7 +574,8 @@ fn observe_group<SM: openraft::storage::RaftStateMachine<TypeConfig>>(
 }
 
 /// Starts node `id`'s member of the controller quorum (every node is a voter): its own runtime
-/// on `CONTROLLER_PORT`, the production `ControllerMachine` over a `MemLog`. Returns what keeps
+/// on `CONTROLLER_PORT`, the production `ControllerMachine` over a partition log in the node's
+/// `controller` dir (its snapshots beside it, as in production). Returns what keeps
 /// it running.
 async fn start_controller(
     shared: &Arc<Shared>,
@@ -546,9 +591,8 @@ async fn start_controller(
     for (peer, n) in &members {
         node.add_peer(*peer, &n.addr);
     }
-    let log = lock(&shared.disks).entry((id, CONTROLLER_GROUP)).or_default().clone();
-    log.set_append_delay(shared.params.sync);
-    let machine = ControllerMachine::open(id, Some(&shared.controller_dirs.path().join(format!("n{id}"))))?;
+    let machine = ControllerMachine::open(id, Some(&shared.group_dir(id, CONTROLLER_GROUP)))?;
+    let (log, _) = shared.open_store(id, CONTROLLER_GROUP)?;
     let raft = node.start_group(CONTROLLER_GROUP, shared.config(), log.clone(), machine.clone()).await?;
     if first_boot && id == 1 {
         raft.initialize(members).await?;
@@ -689,7 +733,7 @@ async fn run_writers(shared: Arc<Shared>) -> HostResult {
                     tokio::time::sleep(Duration::from_millis(15)).await;
                     continue;
                 }
-                let write = raft.client_write(BatchData(Bytes::from(what.clone())));
+                let write = raft.client_write(BatchData(batch_of(&what)));
                 // Refused (no longer leader) or no answer in time: not acknowledged, and never
                 // retried with the same number, so a duplicate in the log is a real one.
                 if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(2), write).await {
@@ -798,14 +842,14 @@ async fn run_mover(s: Arc<Shared>, group: GroupId) {
 /// it is as soon as the leader's own log holds it (within 2 s), without waiting for the commit.
 async fn ack_on_leader_append(
     s: &Arc<Shared>,
-    raft: &Raft<MemStateMachine>,
+    raft: &Raft<PartitionStateMachine>,
     group: GroupId,
     what: &str,
 ) -> Option<(u64, u64)> {
     let me = raft.metrics().borrow_watched().id;
-    let log = lock(&s.disks).get(&(me, group)).cloned()?;
+    let log = lock(&s.stores).get(&(me, group)).cloned()?;
     let r = raft.clone();
-    let data = BatchData(Bytes::from(what.to_string()));
+    let data = BatchData(batch_of(what));
     // The proposal goes on; only its answer is not waited for.
     tokio::task::spawn_local(async move {
         let _ = r.client_write(data).await;
@@ -816,7 +860,7 @@ async fn ack_on_leader_append(
             let from = last.saturating_sub(8);
             if let Ok(entries) = log.clone().try_get_log_entries(from..=last).await {
                 let found =
-                    entries.iter().find(|e| matches!(&e.payload, EntryPayload::Normal(d) if d.0 == what.as_bytes()));
+                    entries.iter().find(|e| matches!(&e.payload, EntryPayload::Normal(d) if value_of(&d.0) == what));
                 if let Some(e) = found {
                     return Some((e.log_id.leader_id.term, e.log_id.index));
                 }
@@ -856,33 +900,25 @@ fn apply(sim: &mut turmoil::Sim<'_>, shared: &Shared, action: &Action, down: &mu
             lock(&shared.live).remove(n);
             lock(&shared.nodes).remove(n);
             lock(&shared.controllers).remove(n);
+            lock(&shared.stores).retain(|(node, _), _| node != n);
             shared.links.reset(ip(sim, *n), None);
-            // Appends not yet synced when the process died are lost with its page cache, all
-            // of them or all but the first one or two (what the disk had written of them when
-            // the crash came), by seed, node and time.
+            // The power goes: of what the node wrote but had not synced, the disk kept a part
+            // drawn by seed, node and time (`disk::crash`); recovery reads what is left.
             let now = sim.elapsed().as_millis() as u64;
-            let survive = (shared.params.seed ^ n.wrapping_mul(0x9E37_79B9) ^ now) % 3;
-            for ((node, _), disk) in lock(&shared.disks).iter() {
-                if node == n {
-                    let lost = disk.crash(survive as usize);
-                    lock(&shared.history).lost_unsynced += lost;
-                }
+            let seed = shared.params.seed ^ n.wrapping_mul(0x9E37_79B9) ^ now;
+            match disk::crash(&shared.node_dir(*n), seed) {
+                Ok(c) => lock(&shared.history).lost_unsynced += c.sectors_lost,
+                Err(e) => lock(&shared.history).violations.push(format!("simulation error: crash of n{n}: {e}")),
             }
-            match shared.params.bug {
-                Some(Bug::WipeOnCrash) => {
-                    let mut disks = lock(&shared.disks);
-                    for g in 1..=shared.params.groups {
-                        disks.insert((*n, g), MemLog::default());
+            for g in 1..=shared.params.groups {
+                let dir = shared.group_dir(*n, g);
+                match shared.params.bug {
+                    Some(Bug::WipeOnCrash) => {
+                        let _ = std::fs::remove_dir_all(&dir);
                     }
+                    Some(Bug::ForgetVoteOnCrash) => forget_vote(&dir),
+                    Some(Bug::AckBeforeMajority) | Some(Bug::ReportBeforeSync) | None => {}
                 }
-                Some(Bug::ForgetVoteOnCrash) => {
-                    let mut disks = lock(&shared.disks);
-                    for g in 1..=shared.params.groups {
-                        let old = disks.get(&(*n, g)).cloned().unwrap_or_default();
-                        disks.insert((*n, g), without_vote(old));
-                    }
-                }
-                Some(Bug::AckBeforeMajority) | Some(Bug::ReportBeforeSync) | None => {}
             }
         }
         Action::Restart(n) => {
@@ -917,16 +953,14 @@ fn apply(sim: &mut turmoil::Sim<'_>, shared: &Shared, action: &Action, down: &mu
     }
 }
 
-/// A copy of `log` with its entries and commit but no vote.
-fn without_vote(mut log: MemLog) -> MemLog {
-    futures::executor::block_on(async {
-        let mut copy = MemLog::default();
-        let entries = log.try_get_log_entries(0..).await.expect("memory log read");
-        let committed = log.read_committed().await.expect("memory log read");
-        copy.append(entries, IOFlushed::noop()).await.expect("memory log append");
-        copy.save_committed(committed).await.expect("memory log write");
-        copy
-    })
+/// The planted `ForgetVoteOnCrash`: the vote in the log's `raft-state` is gone (log and commit
+/// kept).
+fn forget_vote(dir: &Path) {
+    let path = dir.join("raft-state");
+    let Ok(bytes) = std::fs::read(&path) else { return };
+    let Ok(mut state) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return };
+    state["vote"] = serde_json::Value::Null;
+    let _ = std::fs::write(&path, serde_json::to_vec(&state).expect("json"));
 }
 
 /// The members (voters and learners) of `group` as its newest live leader has them.
@@ -1026,14 +1060,16 @@ fn check_final(shared: &Shared, violations: &mut Vec<String>) {
             violations.push(format!("g{g} term {term}: {} leaders {nodes:?}", nodes.len()));
         }
     }
-    let disks = lock(&shared.disks);
+    let stores = lock(&shared.stores);
     for g in 1..=shared.params.groups {
         // The group's members hold its log; with moves, the others may hold an older one.
         let logs: Vec<(NodeId, Vec<EntryOf<TypeConfig>>)> = members[(g - 1) as usize]
             .iter()
             .map(|&n| {
-                let log = disks.get(&(n, g)).cloned().unwrap_or_default();
-                let entries = futures::executor::block_on(log.clone().try_get_log_entries(0..)).unwrap_or_default();
+                let entries = stores
+                    .get(&(n, g))
+                    .map(|log| futures::executor::block_on(log.clone().try_get_log_entries(0..)).unwrap_or_default())
+                    .unwrap_or_default();
                 (n, entries)
             })
             .collect();
@@ -1081,12 +1117,9 @@ fn check_final(shared: &Shared, violations: &mut Vec<String>) {
             let mut once = HashMap::new();
             for e in log {
                 if let EntryPayload::Normal(d) = &e.payload {
-                    if let Some(prev) = once.insert(d.0.clone(), e.log_id.index) {
-                        violations.push(format!(
-                            "g{g} n{n}: {:?} appears twice, at {prev} and {}",
-                            String::from_utf8_lossy(&d.0),
-                            e.log_id.index
-                        ));
+                    let what = value_of(&d.0);
+                    if let Some(prev) = once.insert(what.clone(), e.log_id.index) {
+                        violations.push(format!("g{g} n{n}: {what:?} appears twice, at {prev} and {}", e.log_id.index));
                     }
                 }
             }
@@ -1097,14 +1130,19 @@ fn check_final(shared: &Shared, violations: &mut Vec<String>) {
 /// Runs one schedule to the end and checks it.
 fn run(params: &Params, schedule: &Schedule) -> Outcome {
     record_panics();
+    let data = tempfile::tempdir().expect("a temp dir for the nodes' data");
+    let root = data.path().canonicalize().expect("the temp dir's name");
+    let lose_syncs = params.bug == Some(Bug::ReportBeforeSync);
+    disk::attach(&root, disk::Options { sync_delay: params.sync, lose_syncs });
     let shared = Arc::new(Shared {
         params: params.clone(),
         links: Arc::new(Links::default()),
-        disks: Mutex::new(HashMap::new()),
+        _data: data,
+        root,
+        stores: Mutex::new(HashMap::new()),
         live: Mutex::new(HashMap::new()),
         nodes: Mutex::new(HashMap::new()),
         controllers: Mutex::new(HashMap::new()),
-        controller_dirs: tempfile::tempdir().expect("a temp dir for controller snapshots"),
         booted: Mutex::new(BTreeSet::new()),
         history: Mutex::new(History::default()),
         stop_writes: AtomicBool::new(false),
@@ -1180,6 +1218,7 @@ fn run(params: &Params, schedule: &Schedule) -> Outcome {
         check_final(&shared, &mut violations);
         check_controllers(&shared, &mut violations);
     }
+    disk::detach(&shared.root);
     let h = lock(&shared.history);
     fjord_replication::clock::jump(-h.clock_jumped);
     violations.extend(h.violations.iter().cloned());
@@ -1289,7 +1328,7 @@ fn run_seeds_with(nodes: u64, blips: bool, moves: bool, seeds: impl IntoIterator
     }
     let wall = started.elapsed();
     println!(
-        "{} schedules of {nodes} nodes in {wall:.1?} ({:.2} schedules/s); {acked} of {attempts} writes acknowledged; {lost} unsynced entries lost to crashes",
+        "{} schedules of {nodes} nodes in {wall:.1?} ({:.2} schedules/s); {acked} of {attempts} writes acknowledged; {lost} unsynced sectors lost to crashes",
         seeds.len(),
         seeds.len() as f64 / wall.as_secs_f64()
     );
@@ -1352,7 +1391,7 @@ fn first_catch(bug: Bug, blips: bool, checker_only: bool, seeds: std::ops::Range
             return Some(seed);
         }
         println!(
-            "{bug:?}: seed {seed} passed ({:?}); syncs of {:?}, {} unsynced entries lost to crashes, {} writes acknowledged",
+            "{bug:?}: seed {seed} passed ({:?}); syncs of {:?}, {} unsynced sectors lost to crashes, {} writes acknowledged",
             out.violations, params.sync, out.lost_unsynced, out.acked
         );
     }
