@@ -107,6 +107,9 @@ pub mod sim {
         syncs: u64,
     }
 
+    /// A tracked file's key (device, inode), its length now, and its disk's options.
+    type Found = ((u64, u64), u64, Options);
+
     /// Clean files kept known (their descriptors open) at most; past it they are forgotten.
     const KEEP_CLEAN: usize = 1024;
 
@@ -123,7 +126,7 @@ pub mod sim {
 
         /// `file`'s key, its length now and its disk's options, if it lies under a simulated
         /// directory (then it is tracked from now on).
-        fn lookup(&mut self, file: &File) -> io::Result<Option<((u64, u64), u64, Options)>> {
+        fn lookup(&mut self, file: &File) -> io::Result<Option<Found>> {
             let m = file.metadata()?;
             let (k, len) = ((m.dev(), m.ino()), m.len());
             if let Some(t) = self.files.get(&k) {
@@ -315,7 +318,7 @@ pub mod sim {
                 let keep = match mode {
                     0 => false,
                     1 => (i as u64) < prefix,
-                    _ => rng.next() % 2 == 0,
+                    _ => rng.next().is_multiple_of(2),
                 };
                 if keep {
                     report.sectors_kept += 1;
