@@ -148,6 +148,7 @@ pub fn spawn(
                     reconcile(&node, &controller, &config, &mut configured).await;
                 }
                 tokio::select! {
+                    biased;
                     changed = changes.changed() => if changed.is_err() { return },
                     _ = tokio::time::sleep(REPORT_INTERVAL), if !ready => {}
                 }
@@ -162,6 +163,7 @@ pub fn spawn(
             // A new leadership is reported at once: clients find the leader through the
             // metadata, so this is part of every failover's outage.
             tokio::select! {
+                biased;
                 _ = tokio::time::sleep(REPORT_INTERVAL) => {}
                 _ = gained.notified() => {}
             }

@@ -6,7 +6,7 @@
 //! With elections owned here, per-group heartbeats only carry the commit index and the followers'
 //! lease, so the heartbeat driver can run them far less often than failover detection needs.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -222,7 +222,7 @@ impl ElectionDriver {
         };
         let sweeper = tokio::spawn(async move {
             let me = transport.node_id();
-            let mut suspects: HashMap<GroupId, Suspect> = HashMap::new();
+            let mut suspects: BTreeMap<GroupId, Suspect> = BTreeMap::new();
             let mut rounds = Rounds::new(timings.ping_interval);
             let mut next_full_scan = Instant::now();
             loop {
@@ -232,9 +232,9 @@ impl ElectionDriver {
                     Some(at) if at < Instant::now() + timings.ping_interval => rounds.at(at).await,
                     _ => rounds.next().await,
                 };
-                let heard: HashMap<NodeId, Option<Instant>> =
+                let heard: BTreeMap<NodeId, Option<Instant>> =
                     transport.peer_ids().into_iter().map(|p| (p, transport.last_heard(p))).collect();
-                let down: std::collections::HashSet<NodeId> =
+                let down: std::collections::BTreeSet<NodeId> =
                     heard.keys().copied().filter(|p| transport.known_down(*p)).collect();
                 // Scanning every group costs microseconds each; while every peer answers and no
                 // group was leaderless at the last scan, a scan per minimum election timeout is
@@ -428,7 +428,7 @@ mod tests {
             election_timeout_min: Duration::from_millis(300),
             election_timeout_max: Duration::from_millis(500),
         };
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = std::collections::BTreeSet::new();
         for node in 1..4 {
             for group in 0..200 {
                 let j = jitter(&t, node, group, 0);
@@ -446,7 +446,7 @@ mod tests {
             election_timeout_min: Duration::from_millis(300),
             election_timeout_max: Duration::from_millis(500),
         };
-        let mut first = std::collections::HashMap::new();
+        let mut first = std::collections::BTreeMap::new();
         for group in 0..300 {
             let d2 = first_campaign_delay(&t, 2, group, campaign_rank(&t, 2, group, &[2, 3], &[]));
             let d3 = first_campaign_delay(&t, 3, group, campaign_rank(&t, 3, group, &[2, 3], &[]));

@@ -17,6 +17,7 @@ pub mod reassign;
 pub mod recovery;
 pub mod registry;
 pub mod rpc;
+pub mod rt;
 pub mod transport;
 pub mod types;
 

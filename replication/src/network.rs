@@ -155,6 +155,7 @@ impl GroupRouter<TypeConfig, GroupId> for Router {
         let timeout = option.hard_ttl().max(payload_timeout(bytes));
         let send = self.call(target, group_id, Rpc::FullSnapshot, &pieces, timeout);
         tokio::select! {
+            biased;
             r = send => r.map_err(StreamingError::from),
             closed = cancel => Err(StreamingError::Closed(closed)),
         }

@@ -147,13 +147,13 @@ pub(crate) struct Stickiness {
     /// driver, every frame from its node counts).
     append_window: Mutex<Option<Duration>>,
     /// Per group, the last AppendEntries: from whom, when.
-    appends: Mutex<std::collections::HashMap<GroupId, (NodeId, tokio::time::Instant)>>,
+    appends: Mutex<std::collections::BTreeMap<GroupId, (NodeId, tokio::time::Instant)>>,
     /// Groups this node leads and is handing over (`ReplicaNode::transfer_leader`), with the
     /// term it led them in.
-    transferring: Mutex<std::collections::HashMap<GroupId, u64>>,
+    transferring: Mutex<std::collections::BTreeMap<GroupId, u64>>,
     /// Per group, the replicas that take the first turns to campaign when it needs a leader
     /// (`ReplicaNode::set_campaign_first`).
-    campaign_first: Mutex<std::collections::HashMap<GroupId, Vec<NodeId>>>,
+    campaign_first: Mutex<std::collections::BTreeMap<GroupId, Vec<NodeId>>>,
 }
 
 impl Stickiness {

@@ -21,7 +21,7 @@
 //! partition's write lock (`Proposer::exclusive`), so a pipelined producer write never mistakes
 //! a membership entry for its own.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,12 +60,13 @@ pub(crate) async fn run(
     controller: Arc<Controller<NodeMachine>>,
     replicas: Arc<Replicas>,
 ) {
-    let mut steps: HashMap<GroupId, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut steps: BTreeMap<GroupId, tokio::task::JoinHandle<()>> = BTreeMap::new();
     // The groups whose catch-up lag this node published, to zero it when they are done.
     let mut lagging: BTreeMap<GroupId, (String, i32)> = BTreeMap::new();
     let mut changes = controller.machine().subscribe();
     loop {
         tokio::select! {
+            biased;
             _ = tokio::time::sleep(STEP_INTERVAL) => {}
             changed = changes.changed() => if changed.is_err() { return },
         }

@@ -37,7 +37,7 @@
 //! controller's metadata, the controller's own group from `controller_quorum_voters`. The cost:
 //! with another replica of the group unreachable, a recovering one waits for it.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -61,7 +61,7 @@ struct Recovering {
 /// The groups of a node whose replicas are recovering.
 #[derive(Debug, Default)]
 pub struct Recovery {
-    groups: Mutex<HashMap<GroupId, Recovering>>,
+    groups: Mutex<BTreeMap<GroupId, Recovering>>,
     /// Votes and pre-votes refused because the replica was recovering (a metric).
     refused: std::sync::atomic::AtomicU64,
     /// AppendEntries and snapshots refused because their leader's term was below the floor, or
@@ -74,7 +74,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 impl Recovery {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<GroupId, Recovering>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<GroupId, Recovering>> {
         self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 

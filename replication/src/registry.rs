@@ -1,7 +1,7 @@
 //! The Raft groups hosted on this node, by group id: where inbound RPCs find their group and the
 //! heartbeat driver finds the local leaders.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::RwLock;
 
 use openraft::storage::RaftStateMachine;
@@ -11,7 +11,7 @@ use crate::types::{GroupId, Raft, TypeConfig};
 /// `None` marks a group being started: its id is taken before `Raft::new` runs, so two starts of
 /// one group can never both open its store and vote from it.
 pub struct GroupRegistry<SM: RaftStateMachine<TypeConfig>> {
-    groups: RwLock<HashMap<GroupId, Option<Raft<SM>>>>,
+    groups: RwLock<BTreeMap<GroupId, Option<Raft<SM>>>>,
 }
 
 /// Refusal to start a group this node already runs (or is starting).
@@ -21,18 +21,18 @@ pub struct AlreadyRunning(pub GroupId);
 
 impl<SM: RaftStateMachine<TypeConfig>> Default for GroupRegistry<SM> {
     fn default() -> Self {
-        Self { groups: RwLock::new(HashMap::new()) }
+        Self { groups: RwLock::new(BTreeMap::new()) }
     }
 }
 
 impl<SM: RaftStateMachine<TypeConfig>> GroupRegistry<SM> {
     // A poisoned lock only means a panic elsewhere while holding it; the map is still whole
     // (every critical section is one insert, remove or read), so keep serving.
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<GroupId, Option<Raft<SM>>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<GroupId, Option<Raft<SM>>>> {
         self.groups.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<GroupId, Option<Raft<SM>>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<GroupId, Option<Raft<SM>>>> {
         self.groups.write().unwrap_or_else(|e| e.into_inner())
     }
 

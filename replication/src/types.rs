@@ -53,6 +53,7 @@ openraft::declare_raft_types!(
         Term = u64,
         LeaderId = openraft::impls::leader_id_std::LeaderId<u64, NodeId>,
         Vote = openraft::impls::Vote<Self::LeaderId>,
+        AsyncRuntime = crate::rt::FjordRuntime,
 );
 
 /// A Raft group handle with the state machine type `SM`.

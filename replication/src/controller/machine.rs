@@ -11,7 +11,7 @@
 //! controller's directory, written when openraft builds one) plus the log after it, so openraft
 //! may purge the log behind a snapshot.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,7 +73,7 @@ struct Inner {
     next_id: AtomicU64,
     applied: RwLock<Applied>,
     /// Requests of this process waiting for their proposal to apply, by proposal id.
-    waiters: Mutex<HashMap<u64, Waiter>>,
+    waiters: Mutex<BTreeMap<u64, Waiter>>,
     /// The last snapshot built or installed, and where it is kept.
     snapshot: Mutex<Option<(SnapshotMetaOf<TypeConfig>, Bytes)>>,
     snapshot_path: Option<PathBuf>,
@@ -128,15 +128,16 @@ impl ControllerMachine {
             }
         }
         let (changed, _) = watch::channel(applied.last_applied);
-        // Any value that differs between two runs of the process will do.
-        let incarnation = uuid::Uuid::new_v4().as_u64_pair().0;
+        // Any value that differs between two runs of the process will do (drawn through the
+        // runtime's seam: its size on the wire varies, and a simulation replays it).
+        let incarnation = crate::rt::random_u64();
         Ok(ControllerMachine {
             inner: Arc::new(Inner {
                 node_id,
                 incarnation,
                 next_id: AtomicU64::new(0),
                 applied: RwLock::new(applied),
-                waiters: Mutex::new(HashMap::new()),
+                waiters: Mutex::new(BTreeMap::new()),
                 snapshot: Mutex::new(snapshot),
                 snapshot_path,
                 changed,

@@ -9,7 +9,7 @@
 //! unfences a broker once it has applied its own registration, and fences one it has not heard
 //! from for the session timeout. A new leader gives every broker a full session before fencing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -127,7 +127,7 @@ struct Seen {
     /// The term this view belongs to; a new term starts a fresh view.
     term: u64,
     since: Option<Instant>,
-    last: HashMap<BrokerId, (Uuid, Instant)>,
+    last: BTreeMap<BrokerId, (Uuid, Instant)>,
 }
 
 /// The controller service of one node, over that node's replica of the controller group.
@@ -362,7 +362,7 @@ impl<SM: RaftStateMachine<TypeConfig>> Controller<SM> {
     fn fresh_view(&self, term: u64) {
         let mut seen = lock(&self.seen);
         if seen.term != term || seen.since.is_none() {
-            *seen = Seen { term, since: Some(Instant::now()), last: HashMap::new() };
+            *seen = Seen { term, since: Some(Instant::now()), last: BTreeMap::new() };
         }
     }
 

@@ -230,6 +230,7 @@ where
                 }
             };
             tokio::select! {
+                biased;
                 r = &mut write => {
                     drop(turn);
                     r

@@ -5,7 +5,7 @@
 pub mod connector;
 pub mod frame;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -131,11 +131,11 @@ struct Inner {
     config: TransportConfig,
     connector: Arc<dyn Connector>,
     handler: Arc<dyn InboundHandler>,
-    peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
+    peers: Mutex<BTreeMap<NodeId, Arc<Peer>>>,
     /// The live inbound connection from each node: its sequence number, and the sender whose drop
     /// closes it. A peer dials one connection at a time, so a newer handshake from it means the
     /// older connection is dead on its side (possibly half-open here, never to see a FIN).
-    inbound: Mutex<HashMap<NodeId, (u64, oneshot::Sender<()>)>>,
+    inbound: Mutex<BTreeMap<NodeId, (u64, oneshot::Sender<()>)>>,
     next_inbound: AtomicU64,
     next_corr_id: AtomicU64,
     counters: Counters,
@@ -163,7 +163,7 @@ struct PeerConn {
     /// (re)connecting.
     tx: Option<mpsc::UnboundedSender<Queued>>,
     /// Requests sent on the live connection and not yet answered.
-    pending: HashMap<u64, oneshot::Sender<Bytes>>,
+    pending: BTreeMap<u64, oneshot::Sender<Bytes>>,
     /// Bytes in the live connection's queue, not yet taken by its writer.
     queued: Arc<std::sync::atomic::AtomicUsize>,
     /// Dropping it ends the live connection, even a writer stuck on a peer that does not read.
@@ -212,8 +212,8 @@ impl Transport {
                 config,
                 connector,
                 handler,
-                peers: Mutex::new(HashMap::new()),
-                inbound: Mutex::new(HashMap::new()),
+                peers: Mutex::new(BTreeMap::new()),
+                inbound: Mutex::new(BTreeMap::new()),
                 next_inbound: AtomicU64::new(1),
                 next_corr_id: AtomicU64::new(1),
                 counters: Counters::default(),
@@ -269,6 +269,7 @@ impl Transport {
             let mut shutdown = inner.shutdown.subscribe();
             loop {
                 let accepted = tokio::select! {
+                    biased;
                     r = listener.accept() => r,
                     _ = shutdown.wait_for(|s| *s) => return,
                 };
@@ -452,6 +453,7 @@ async fn dial_loop(inner: Arc<Inner>, peer: Arc<Peer>) {
         }
         peer.disconnect();
         tokio::select! {
+            biased;
             _ = tokio::time::sleep(backoff) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
@@ -603,6 +605,7 @@ async fn run_outbound(
     };
     let mut shutdown = inner.shutdown.subscribe();
     tokio::select! {
+        biased;
         reason = read => reason,
         reason = write_loop(inner, rx, writer, Some((peer, &queued))) => reason,
         _ = killed => "closed by this node (pings unanswered)".to_string(),
@@ -775,6 +778,7 @@ async fn serve_connection(inner: Arc<Inner>, stream: BoxStream, addr: String) {
     };
     let mut shutdown = inner.shutdown.subscribe();
     let reason = tokio::select! {
+        biased;
         reason = read => reason,
         reason = write_loop(&inner, rx, writer, None) => reason,
         _ = replaced => "replaced by a newer connection from the same node".to_string(),

@@ -10,10 +10,12 @@
 //! `FJORD_SIM_FIRST_SEED`, default 1000); `FJORD_SIM_NODES` picks 3 or 5 nodes and
 //! `FJORD_SIM_BLIPS=1` restart storms for those runs (filter with `-- --exact three_nodes`), and
 //! `FJORD_SIM_MOVES=1` reassignments that keep changing each group's replicas (needs 4+ nodes).
+//! A run of one seed prints its trace digest (`FJORD_SIM_DIGESTS=1`: of every seed); two runs of
+//! a seed print the same one.
 
 mod net;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -323,9 +325,9 @@ struct History {
     /// Nodes seen leading each (group, term), from their own metrics and from committed votes.
     leaders: BTreeMap<(GroupId, u64), BTreeSet<NodeId>>,
     /// The entry first seen committed at each index of each group.
-    committed: HashMap<GroupId, BTreeMap<u64, Seen>>,
+    committed: BTreeMap<GroupId, BTreeMap<u64, Seen>>,
     /// Per (node, group): the next log index to check against `committed`.
-    checked: HashMap<(NodeId, GroupId), u64>,
+    checked: BTreeMap<(NodeId, GroupId), u64>,
     /// Acknowledged writes: group, index, entry.
     acked: Vec<(GroupId, u64, Seen)>,
     attempts: u64,
@@ -358,14 +360,14 @@ struct Shared {
     root: PathBuf,
     /// The log store each running node has open for each group (the controller's under
     /// `CONTROLLER_GROUP`).
-    stores: Mutex<HashMap<(NodeId, GroupId), PartitionLogStore>>,
+    stores: Mutex<BTreeMap<(NodeId, GroupId), PartitionLogStore>>,
     /// The groups of each running node.
-    live: Mutex<HashMap<NodeId, HashMap<GroupId, Raft<PartitionStateMachine>>>>,
+    live: Mutex<BTreeMap<NodeId, BTreeMap<GroupId, Raft<PartitionStateMachine>>>>,
     /// Each running node's runtime (the mover hands leaderships over through it).
-    nodes: Mutex<HashMap<NodeId, Arc<ReplicaNode<PartitionStateMachine>>>>,
+    nodes: Mutex<BTreeMap<NodeId, Arc<ReplicaNode<PartitionStateMachine>>>>,
     /// Each running node's member of the controller quorum: the production metadata state
     /// machine on the simulated network, over a partition log as in production.
-    controllers: Mutex<HashMap<NodeId, (Raft<ControllerMachine>, ControllerMachine)>>,
+    controllers: Mutex<BTreeMap<NodeId, (Raft<ControllerMachine>, ControllerMachine)>>,
     booted: Mutex<BTreeSet<NodeId>>,
     history: Mutex<History>,
     stop_writes: AtomicBool,
@@ -521,7 +523,7 @@ async fn run_node(shared: Arc<Shared>, id: NodeId) -> HostResult {
     }
     let first_boot = lock(&shared.booted).insert(id);
     let config = shared.config();
-    let mut groups = HashMap::new();
+    let mut groups = BTreeMap::new();
     for group in 1..=shared.params.groups {
         let (log, sm) = shared.open_store(id, group)?;
         let raft = node.start_group(group, config.clone(), log.clone(), sm).await?;
@@ -1097,7 +1099,7 @@ fn check_final(shared: &Shared, violations: &mut Vec<String>) {
             }
         }
         for (n, log) in &logs {
-            let by_index: HashMap<u64, Seen> = log.iter().map(|e| (e.log_id.index, seen(e))).collect();
+            let by_index: BTreeMap<u64, Seen> = log.iter().map(|e| (e.log_id.index, seen(e))).collect();
             for (index, s) in h.committed.get(&g).into_iter().flatten() {
                 if by_index.get(index) != Some(s) {
                     violations.push(format!(
@@ -1114,7 +1116,7 @@ fn check_final(shared: &Shared, violations: &mut Vec<String>) {
                     ));
                 }
             }
-            let mut once = HashMap::new();
+            let mut once = BTreeMap::new();
             for e in log {
                 if let EntryPayload::Normal(d) = &e.payload {
                     let what = value_of(&d.0);
@@ -1129,7 +1131,14 @@ fn check_final(shared: &Shared, violations: &mut Vec<String>) {
 
 /// Runs one schedule to the end and checks it.
 fn run(params: &Params, schedule: &Schedule) -> Outcome {
-    record_panics();
+    record_panics(params.replay_command());
+    align_task_ids();
+    // openraft's random draws (election timeouts) follow the seed too.
+    fjord_replication::rt::seed_thread_rng(Some(params.seed));
+    // Stored timestamps come from simulated time (a fixed date plus the time simulated).
+    fjord_replication::clock::simulate(Some(|| {
+        1_800_000_000_000 + turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as i64)
+    }));
     // In memory when the machine has a tmpfs there: the simulated disk decides what a crash
     // keeps, and a real one only adds the cost of creating and renaming files (about four times
     // the run time of restart storms).
@@ -1144,10 +1153,10 @@ fn run(params: &Params, schedule: &Schedule) -> Outcome {
         links: Arc::new(Links::default()),
         _data: data,
         root,
-        stores: Mutex::new(HashMap::new()),
-        live: Mutex::new(HashMap::new()),
-        nodes: Mutex::new(HashMap::new()),
-        controllers: Mutex::new(HashMap::new()),
+        stores: Mutex::new(BTreeMap::new()),
+        live: Mutex::new(BTreeMap::new()),
+        nodes: Mutex::new(BTreeMap::new()),
+        controllers: Mutex::new(BTreeMap::new()),
         booted: Mutex::new(BTreeSet::new()),
         history: Mutex::new(History::default()),
         stop_writes: AtomicBool::new(false),
@@ -1226,6 +1235,7 @@ fn run(params: &Params, schedule: &Schedule) -> Outcome {
     disk::detach(&shared.root);
     let h = lock(&shared.history);
     fjord_replication::clock::jump(-h.clock_jumped);
+    fjord_replication::clock::simulate(None);
     violations.extend(h.violations.iter().cloned());
     violations.extend(PANICS.with(|p| p.take()).into_iter().map(|p| format!("panic in a node: {p}")));
     Outcome {
@@ -1241,23 +1251,57 @@ fn run(params: &Params, schedule: &Schedule) -> Outcome {
     }
 }
 
+/// Takes tokio task ids (one counter for the process) up to a multiple of 64. A runtime keeps
+/// its tasks in lists chosen by task id and shuts them down list by list, so a crashed host's
+/// connections close (and send their last segments, whose latencies turmoil draws in turn) in
+/// an order that depends on the ids: aligned, a run numbers its tasks as a fresh process does,
+/// and a seed's run in a batch is the run its replay command makes.
+fn align_task_ids() {
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+    loop {
+        let id: u64 = rt.spawn(async {}).id().to_string().parse().expect("a task id is a number");
+        if id % 64 == 63 {
+            return;
+        }
+    }
+}
+
 thread_local! {
     /// Panics on this thread: every simulated host runs on the thread of its test.
     static PANICS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+thread_local! {
+    /// The replay command of the schedule this thread runs.
+    static REPLAY: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Records every panic on the panicking thread, so a panic inside a node's tasks (an openraft
-/// assertion, an unwrap in our code), which tokio would only log, fails the schedule.
-fn record_panics() {
+/// assertion, an unwrap in our code) fails the schedule; and prints the schedule's replay
+/// command at once, since such a panic may also end the test process: with tokio's unstable
+/// cfg, turmoil has a host's runtime shut down on a task's panic, and tokio then aborts.
+fn record_panics(replay: String) {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            PANICS.with(|p| p.borrow_mut().push(info.to_string()));
+            let first = PANICS.with(|p| {
+                let mut p = p.borrow_mut();
+                p.push(info.to_string());
+                p.len() == 1
+            });
+            if first {
+                REPLAY.with(|r| {
+                    if let Some(cmd) = r.borrow().as_ref() {
+                        eprintln!("a simulated node panicked; replay: {cmd}");
+                    }
+                });
+            }
             previous(info);
         }));
     });
     PANICS.with(|p| p.borrow_mut().clear());
+    REPLAY.with(|r| *r.borrow_mut() = Some(replay));
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -1270,7 +1314,11 @@ fn run_seeds(nodes: u64, blips: bool, seeds: impl IntoIterator<Item = u64>) {
     run_seeds_with(nodes, blips, false, seeds)
 }
 
+/// Held (shared) by every simulation test, and alone by `a_seed_replays_exactly`.
+static SIM_TESTS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 fn run_seeds_with(nodes: u64, blips: bool, moves: bool, seeds: impl IntoIterator<Item = u64>) {
+    let _shared = SIM_TESTS.read().unwrap_or_else(|e| e.into_inner());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
         .with_test_writer()
@@ -1304,7 +1352,7 @@ fn run_seeds_with(nodes: u64, blips: bool, moves: bool, seeds: impl IntoIterator
         acked += out.acked;
         attempts += out.attempts;
         lost += out.lost_unsynced;
-        if seeds.len() == 1 {
+        if seeds.len() == 1 || std::env::var_os("FJORD_SIM_DIGESTS").is_some() {
             // Two replays of one seed can be compared by this line (see the README on determinism).
             let mut digest = std::collections::hash_map::DefaultHasher::new();
             std::hash::Hash::hash(&out.trace, &mut digest);
@@ -1351,6 +1399,38 @@ fn run_seeds_with(nodes: u64, blips: bool, moves: bool, seeds: impl IntoIterator
     }
 }
 
+/// One seed names one run: the same faults, and every message, timer and random draw in the
+/// same order (turmoil's network, tokio's runtimes and openraft's draws all seeded from it, the
+/// wall clock read from simulated time, task ids aligned), so the replay command of a seed that
+/// failed in a batch shows the same run again. Each seed here runs, then another seed, then the
+/// first again: the two runs must agree event by event.
+#[test]
+fn a_seed_replays_exactly() {
+    // Alone: tests running beside it would take task ids meanwhile (`align_task_ids`).
+    let _alone = SIM_TESTS.write().unwrap_or_else(|e| e.into_inner());
+    let run_of = |(seed, nodes, moves): (u64, u64, bool)| {
+        let params = Params { moves, ..Params::new(seed, nodes) };
+        let out = run(&params, &Schedule::generate(&params));
+        assert!(out.violations.is_empty(), "seed {seed}: {:?}", out.violations);
+        out
+    };
+    for (seed, other) in [((305, 5, true), (9, 3, false)), ((7, 3, false), (102, 5, false))] {
+        let a = run_of(seed);
+        run_of(other);
+        let b = run_of(seed);
+        assert!(a.trace.len() > 1_000, "seed {seed:?}: {} events", a.trace.len());
+        let first = a.trace.iter().zip(&b.trace).position(|(x, y)| x != y);
+        assert!(
+            first.is_none() && a.trace.len() == b.trace.len() && a.acked == b.acked,
+            "seed {seed:?}: two runs diverged at event {first:?} of {}/{} ({:?} / {:?})",
+            a.trace.len(),
+            b.trace.len(),
+            first.map(|i| &a.trace[i]),
+            first.map(|i| &b.trace[i])
+        );
+    }
+}
+
 #[test]
 fn three_nodes() {
     run_seeds(3, false, 1..=16);
@@ -1377,6 +1457,7 @@ fn five_nodes_with_moves() {
 /// Runs `seeds` with `bug` planted until one ends in a safety violation (not merely a stuck
 /// cluster; with `checker_only`, one the checker found, not a panic); returns that seed.
 fn first_catch(bug: Bug, blips: bool, checker_only: bool, seeds: std::ops::RangeInclusive<u64>) -> Option<u64> {
+    let _shared = SIM_TESTS.read().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     for seed in seeds {
         let params = Params { bug: Some(bug), blips, ..Params::new(seed, 3) };
@@ -1405,10 +1486,9 @@ fn first_catch(bug: Bug, blips: bool, checker_only: bool, seeds: std::ops::Range
 
 /// The checker bites: with a store that keeps nothing across a crash (a missing fsync), a seed
 /// of this list must end in a violation found by the checker itself (openraft's debug
-/// assertions also fire, but release builds have none). Interleavings are not replayed exactly
-/// (see README), so whether a given seed catches it varies from run to run; the search stops at
-/// the first catch and the list is long enough that a run without one means the checker
-/// stopped biting, not bad luck (10 seeds once missed).
+/// assertions also fire, but release builds have none). The search stops at the first catch;
+/// the list is long so that a change of the code (which changes each seed's interleaving)
+/// cannot make it miss by bad luck (10 seeds once missed).
 #[test]
 fn planted_bug_is_caught() {
     assert!(
@@ -1440,13 +1520,33 @@ fn planted_early_ack_is_caught() {
 
 /// A vote that is not persisted (the log kept) matters when a node restarts in the middle of an
 /// election, so this variant runs schedules of millisecond crashes: the restarted node votes or
-/// campaigns in a term it already voted in, which openraft's own invariant checks (debug builds)
-/// turn into a panic, recorded as a violation. `FJORD_SIM_FORGET_VOTE=n` tries n seeds.
+/// campaigns in a term it already voted in, which openraft's own invariant checks turn into a
+/// panic. Under turmoil with tokio's unstable cfg (which the exact replays need) a task's panic
+/// shuts its host's runtime down and tokio then aborts the process, so the schedules run in a
+/// child process (`forgotten_vote_child`), and the catch is the child's report of a node's
+/// panic, or of the checker's finding. `FJORD_SIM_FORGET_VOTE=n` tries n seeds.
 #[test]
 fn forgotten_vote() {
     let n = env_u64("FJORD_SIM_FORGET_VOTE").unwrap_or(6);
-    assert!(
-        first_catch(Bug::ForgetVoteOnCrash, true, false, 1..=n).is_some(),
-        "a forgotten vote went unnoticed by {n} seeds"
-    );
+    let out = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", "forgotten_vote_child", "--nocapture", "--test-threads=1"])
+        .env(FORGET_VOTE_CHILD, n.to_string())
+        .output()
+        .expect("the child process runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let panicked = stderr.contains("a simulated node panicked");
+    let found = stdout.contains("ForgetVoteOnCrash caught by seed");
+    assert!(panicked || found, "a forgotten vote went unnoticed by {n} seeds ({}):\n{stdout}\n{stderr}", out.status);
+}
+
+/// Set (to the number of seeds) by `forgotten_vote` for the child it starts.
+const FORGET_VOTE_CHILD: &str = "FJORD_SIM_FORGET_VOTE_CHILD";
+
+/// The schedules of `forgotten_vote`, run only in the child process it starts (which this
+/// variable tells); in a test run of its own it has nothing to do.
+#[test]
+fn forgotten_vote_child() {
+    let Some(n) = env_u64(FORGET_VOTE_CHILD) else { return };
+    // A node's panic ends this process before this returns; the checker's finding returns.
+    assert!(first_catch(Bug::ForgetVoteOnCrash, true, false, 1..=n).is_some(), "nothing caught in {n} seeds");
 }

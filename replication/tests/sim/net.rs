@@ -9,7 +9,7 @@
 //! the opposite order. TCP itself does neither; RPCs do get duplicated and reordered around
 //! reconnects and by concurrent handling, and Raft must not care.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -52,7 +52,7 @@ pub enum Mangle {
 pub struct Links {
     ends: Mutex<Vec<(IpAddr, IpAddr, Weak<Switch>)>>,
     /// What the frames from a host to another go through (absent: `Pass`), by (from, to).
-    mangles: Mutex<HashMap<(IpAddr, IpAddr), Mangle>>,
+    mangles: Mutex<BTreeMap<(IpAddr, IpAddr), Mangle>>,
     /// Frames delivered twice, and pairs delivered swapped.
     pub duplicated: std::sync::atomic::AtomicU64,
     pub reordered: std::sync::atomic::AtomicU64,
