@@ -10,6 +10,11 @@ cd "$(dirname "$0")/.."
 # reuses them; a cold run builds everything into the same place.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fjord/target}"
 mkdir -p "$CARGO_TARGET_DIR"
+# A RUSTFLAGS in the environment replaces .cargo/config.toml's flags: keep tokio's unstable cfg,
+# without which the simulation's runs cannot be replayed exactly (a_seed_replays_exactly).
+if [ -n "${RUSTFLAGS:-}" ] && [[ "$RUSTFLAGS" != *tokio_unstable* ]]; then
+  export RUSTFLAGS="$RUSTFLAGS --cfg tokio_unstable"
+fi
 
 timings=()
 stage() {

@@ -1406,6 +1406,9 @@ fn run_seeds_with(nodes: u64, blips: bool, moves: bool, seeds: impl IntoIterator
 /// first again: the two runs must agree event by event.
 #[test]
 fn a_seed_replays_exactly() {
+    if !cfg!(tokio_unstable) {
+        panic!("built without --cfg tokio_unstable (.cargo/config.toml sets it; a RUSTFLAGS in the environment replaces it): turmoil cannot seed tokio's runtimes");
+    }
     // Alone: tests running beside it would take task ids meanwhile (`align_task_ids`).
     let _alone = SIM_TESTS.write().unwrap_or_else(|e| e.into_inner());
     let run_of = |(seed, nodes, moves): (u64, u64, bool)| {
