@@ -2,8 +2,9 @@
 # The deterministic simulation at CI scale: 1,200 seeded fault schedules of the Raft groups
 # (600 on 3 nodes, 200 of them restart storms, 400 on 5 nodes, 200 of those with reassignments
 # moving every group between the nodes) and the planted bugs the checker
-# must catch, in an optimised build (about 20x faster than the debug one `cargo test
-# --workspace` runs its 30 seeds in). A failing seed prints the command that replays it.
+# must catch, in an optimised build (several times faster than the debug one `cargo test
+# --workspace` runs its 30 seeds in). A failing seed prints the command that replays it
+# exactly (the same run, event by event).
 # FJORD_SIM_SCALE=n multiplies the schedule counts (n=10: 10,000 schedules).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -33,13 +33,6 @@ pub fn random_u64() -> u64 {
     FjordRuntime::thread_rng().random()
 }
 
-fn splitmix64(x: u64) -> u64 {
-    let z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// Tokio's runtime for openraft, with a seedable `thread_rng`.
 pub struct FjordRuntime(TokioRuntime);
 
@@ -125,7 +118,7 @@ impl AsyncRuntime for FjordRuntime {
     fn thread_rng() -> Self::ThreadLocalRng {
         let seeded = SEED.with(|s| {
             let seed = s.get()?;
-            s.set(Some(splitmix64(seed)));
+            s.set(Some(fjord_storage::disk::sim::Rng(seed).next()));
             Some(seed)
         });
         match seeded {

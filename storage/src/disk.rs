@@ -276,16 +276,24 @@ pub mod sim {
         Ok(())
     }
 
-    /// splitmix64, seeded per file so the outcome does not depend on the order files are met.
-    struct Rng(u64);
+    /// splitmix64: the simulations' seeded generator (a crash seeds one per file, so the outcome
+    /// does not depend on the order files are met; the cluster simulation draws its schedules
+    /// from one).
+    pub struct Rng(pub u64);
 
     impl Rng {
-        fn next(&mut self) -> u64 {
+        #[allow(clippy::should_implement_trait)]
+        pub fn next(&mut self) -> u64 {
             self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
             let mut z = self.0;
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^ (z >> 31)
+        }
+
+        /// Uniform in `lo..hi`.
+        pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+            lo + self.next() % (hi - lo)
         }
     }
 

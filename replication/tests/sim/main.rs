@@ -36,6 +36,8 @@ use fjord_replication::reassign::{next_step, Step, View};
 use fjord_replication::transport::TransportConfig;
 use fjord_replication::{BatchData, GroupId, NodeId, Raft, TypeConfig};
 use fjord_storage::disk::sim as disk;
+// splitmix64: the schedule's only source of randomness, so a seed names one schedule.
+use fjord_storage::disk::sim::Rng;
 use fjord_storage::LogConfig;
 use net::{Links, Mangle, SimConnector, SimListener};
 use openraft::async_runtime::watch::WatchReceiver;
@@ -58,24 +60,6 @@ const TICK: Duration = Duration::from_millis(2);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// splitmix64: the schedule's only source of randomness, so a seed names one schedule.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
 }
 
 /// How elections run: openraft's per-group timers, or the node-level election driver.
