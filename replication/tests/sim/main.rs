@@ -128,7 +128,12 @@ impl Params {
 /// One scheduled change to the simulated world.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Action {
+    /// The node's process dies: a power cut (its disk keeps what was synced and a seeded part
+    /// of the rest) in two crashes of three, a killed process (the page cache survives, to be
+    /// lost at a later power cut unless synced after the restart) in the third.
     Crash(NodeId),
+    /// The power goes (every node's at once, in half the schedules).
+    PowerCut(NodeId),
     Restart(NodeId),
     Partition(Vec<NodeId>, Vec<NodeId>),
     /// Heals a partition; the connections across it are reset, as TCP would after the heal.
@@ -247,7 +252,7 @@ impl Schedule {
             let t = rng.range(1_000, FAULT_WINDOW_MS - 600);
             let down = rng.range(50, 500);
             for node in &nodes {
-                events.push((t, Action::Crash(*node)));
+                events.push((t, Action::PowerCut(*node)));
                 events.push((t + down, Action::Restart(*node)));
             }
         }
@@ -315,8 +320,10 @@ struct History {
     /// Acknowledged writes: group, index, entry.
     acked: Vec<(GroupId, u64, Seen)>,
     attempts: u64,
-    /// Sectors written but not yet synced when their node crashed, and lost to the crash.
+    /// Sectors written but not yet synced when their node's power went, and lost to it.
     lost_unsynced: usize,
+    /// Crashes that killed the process and left the page cache.
+    kills: u64,
     violations: Vec<String>,
     /// What each node reported, in order, to compare two runs of one seed.
     trace: Vec<String>,
@@ -863,6 +870,7 @@ struct Outcome {
     acked: usize,
     attempts: u64,
     lost_unsynced: usize,
+    kills: u64,
     trace: Vec<String>,
     simulated: Duration,
     moves: (u64, u64),
@@ -879,8 +887,8 @@ fn apply(sim: &mut turmoil::Sim<'_>, shared: &Shared, action: &Action, down: &mu
     };
     match action {
         // A node the power loss found down already (its own crash track) stays down.
-        Action::Crash(n) if down.contains(n) => {}
-        Action::Crash(n) => {
+        Action::Crash(n) | Action::PowerCut(n) if down.contains(n) => {}
+        Action::Crash(n) | Action::PowerCut(n) => {
             sim.crash(host(*n));
             down.insert(*n);
             lock(&shared.live).remove(n);
@@ -888,13 +896,18 @@ fn apply(sim: &mut turmoil::Sim<'_>, shared: &Shared, action: &Action, down: &mu
             lock(&shared.controllers).remove(n);
             lock(&shared.stores).retain(|(node, _), _| node != n);
             shared.links.reset(ip(sim, *n), None);
-            // The power goes: of what the node wrote but had not synced, the disk kept a part
-            // drawn by seed, node and time (`disk::crash`); recovery reads what is left.
+            // Of what the node wrote but had not synced, a power cut leaves a part drawn by
+            // seed, node and time (`disk::crash`); recovery reads what is left. A killed
+            // process leaves it all in the page cache, still unsynced.
             let now = sim.elapsed().as_millis() as u64;
             let seed = shared.params.seed ^ n.wrapping_mul(0x9E37_79B9) ^ now;
-            match disk::crash(&shared.node_dir(*n), seed) {
-                Ok(c) => lock(&shared.history).lost_unsynced += c.sectors_lost,
-                Err(e) => lock(&shared.history).violations.push(format!("simulation error: crash of n{n}: {e}")),
+            let power_cut = matches!(action, Action::PowerCut(_)) || !seed.is_multiple_of(3);
+            lock(&shared.history).kills += u64::from(!power_cut);
+            if power_cut {
+                match disk::crash(&shared.node_dir(*n), seed) {
+                    Ok(c) => lock(&shared.history).lost_unsynced += c.sectors_lost,
+                    Err(e) => lock(&shared.history).violations.push(format!("simulation error: crash of n{n}: {e}")),
+                }
             }
             for g in 1..=shared.params.groups {
                 let dir = shared.group_dir(*n, g);
@@ -1227,6 +1240,7 @@ fn run(params: &Params, schedule: &Schedule) -> Outcome {
         acked: h.acked.len(),
         attempts: h.attempts,
         lost_unsynced: h.lost_unsynced,
+        kills: h.kills,
         trace: h.trace.clone(),
         simulated: sim.elapsed(),
         moves: (h.moves_started, h.moves_completed),
@@ -1320,7 +1334,7 @@ fn run_seeds_with(nodes: u64, blips: bool, moves: bool, seeds: impl IntoIterator
     };
     let started = Instant::now();
     let mut failures = Vec::new();
-    let (mut acked, mut attempts, mut lost) = (0, 0, 0);
+    let (mut acked, mut attempts, mut lost, mut kills) = (0, 0, 0, 0);
     let (mut moves_started, mut moves_completed) = (0, 0);
     let (mut duplicated, mut reordered) = (0, 0);
     let mut metadata_acked = 0;
@@ -1336,6 +1350,7 @@ fn run_seeds_with(nodes: u64, blips: bool, moves: bool, seeds: impl IntoIterator
         acked += out.acked;
         attempts += out.attempts;
         lost += out.lost_unsynced;
+        kills += out.kills;
         if seeds.len() == 1 || std::env::var_os("FJORD_SIM_DIGESTS").is_some() {
             // Two replays of one seed can be compared by this line (see the README on determinism).
             let mut digest = std::collections::hash_map::DefaultHasher::new();
@@ -1365,7 +1380,7 @@ fn run_seeds_with(nodes: u64, blips: bool, moves: bool, seeds: impl IntoIterator
     }
     let wall = started.elapsed();
     println!(
-        "{} schedules of {nodes} nodes in {wall:.1?} ({:.2} schedules/s); {acked} of {attempts} writes acknowledged; {lost} unsynced sectors lost to crashes",
+        "{} schedules of {nodes} nodes in {wall:.1?} ({:.2} schedules/s); {acked} of {attempts} writes acknowledged; {lost} unsynced sectors lost to power cuts, {kills} processes killed with their page cache kept",
         seeds.len(),
         seeds.len() as f64 / wall.as_secs_f64()
     );
@@ -1380,6 +1395,7 @@ fn run_seeds_with(nodes: u64, blips: bool, moves: bool, seeds: impl IntoIterator
     // Most schedules have a duplicating and a reordering link: over many, both must bite.
     if seeds.len() >= 16 {
         assert!(duplicated > 0 && reordered > 0, "the links duplicated {duplicated} and reordered {reordered} frames");
+        assert!(kills > 0 && lost > 0, "{kills} processes killed, {lost} sectors lost to power cuts");
     }
 }
 
