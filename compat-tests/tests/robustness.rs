@@ -8,7 +8,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use fjord_compat_tests::wire::{self, create_topic, list_offset, produce};
 use fjord_compat_tests::{free_addr, metric, scrape_metrics, BrokerProcess, RawConn};
-use kafka_protocol::messages::{ApiKey, ProduceResponse};
+use kafka_protocol::messages::{
+    fetch_request, ApiKey, BrokerId, FetchRequest, FetchResponse, ProduceResponse, TopicName,
+};
 
 /// Recovery gauges of the running broker, read once it has exported them.
 fn recovery(metrics: &str) -> (f64, f64, f64, f64) {
@@ -150,10 +152,28 @@ fn pipelined_produces(addr: String, partition: i32, n: usize) -> std::thread::Jo
     })
 }
 
+/// A Fetch of `partition` that waits up to ten seconds for its first byte.
+fn long_poll(topic: &str, partition: i32) -> FetchRequest {
+    let mut fp = fetch_request::FetchPartition::default();
+    fp.partition = partition;
+    fp.partition_max_bytes = 1 << 20;
+    let mut ft = fetch_request::FetchTopic::default();
+    ft.topic = TopicName(wire::s(topic));
+    ft.partitions = vec![fp];
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.max_wait_ms = 10_000;
+    req.min_bytes = 1;
+    req.max_bytes = 1 << 20;
+    req.topics = vec![ft];
+    req
+}
+
 /// With a 4 MiB budget, four connections pipelining twelve 1.5 MiB
 /// requests each are all answered in order, the bytes held never pass the
-/// budget, and readers did wait for it; one connection alone filling the
-/// budget does not deadlock on itself.
+/// budget, and a connection whose answers are held up stops reading at the
+/// budget; one connection alone filling the budget does not deadlock on
+/// itself.
 #[test]
 fn requests_in_flight_stay_within_queued_max_request_bytes() {
     const BUDGET: f64 = 4.0 * 1024.0 * 1024.0;
@@ -167,12 +187,43 @@ fn requests_in_flight_stay_within_queued_max_request_bytes() {
         "4194304",
     ]);
     let mut conn = RawConn::connect(&broker.bootstrap());
-    assert_eq!(create_topic(&mut conn, "queued", 5, &[]).topics[0].error_code, 0);
+    assert_eq!(create_topic(&mut conn, "queued", 7, &[]).topics[0].error_code, 0);
 
-    // One connection alone: the third request waits for the first answer.
+    // Answers go out in request order, so a long-poll Fetch on an empty
+    // partition holds up the answers, and the memory, of the produces
+    // pipelined behind it: the third 1.5 MiB produce cannot fit. Whether
+    // that happens does not depend on how fast the broker is. (Nothing can
+    // wake the Fetch early: a produce from elsewhere would queue for memory
+    // behind the waiting one, so the Fetch runs to its max wait.)
+    let waits = |body: &str| metric(body, "fjord_queued_request_waits_total").unwrap_or(0.0);
+    let before = waits(&scrape_metrics(&metrics, "fjord_requests_total"));
+    let mut parked = RawConn::connect(&broker.bootstrap());
+    let fetch_id = parked.send(ApiKey::Fetch, 12, &long_poll("queued", 6));
+    let mut writer = parked.try_clone().expect("clone");
+    let sends = std::thread::spawn(move || {
+        let value = vec![3u8; 500 * 1024];
+        let mut records = BytesMut::new();
+        for _ in 0..3 {
+            records.extend_from_slice(&wire::batch(&[value.as_slice()], 1));
+        }
+        let req = wire::produce_request("queued", 5, Bytes::from(records));
+        (0..3).map(|_| writer.send(ApiKey::Produce, 9, &req)).collect::<Vec<i32>>()
+    });
+    fjord_compat_tests::wait_until(Duration::from_secs(20), "a produce waits for request memory", || {
+        waits(&scrape_metrics(&metrics, "fjord_requests_total")) > before
+    });
+    let fetched: FetchResponse = parked.recv(ApiKey::Fetch, 12, fetch_id);
+    let empty = &fetched.responses[0].partitions[0];
+    assert_eq!((empty.error_code, empty.high_watermark), (0, 0));
+    for (i, id) in sends.join().expect("sender").into_iter().enumerate() {
+        let resp: ProduceResponse = parked.recv(ApiKey::Produce, 9, id);
+        let p = &resp.responses[0].partition_responses[0];
+        assert_eq!((p.error_code, p.base_offset), (0, 3 * i as i64), "held-up produce {i}");
+    }
+    drop(parked);
+
+    // One connection alone: its third request waits for the first answer.
     pipelined_produces(broker.bootstrap(), 4, 8).join().expect("a lone connection is answered");
-    let body = scrape_metrics(&metrics, "fjord_queued_request_bytes_peak");
-    assert!(metric(&body, "fjord_queued_request_waits_total").unwrap_or(0.0) > 0.0, "it had to wait:\n{body}");
 
     let senders: Vec<_> = (0..4).map(|p| pipelined_produces(broker.bootstrap(), p, 12)).collect();
     for s in senders {
