@@ -174,7 +174,8 @@ fn transactions_end_whole_on_partitions_every_node_leads() {
         coordinator >= 1
     });
     let mut c = cluster.conn((coordinator - 1) as usize);
-    let me = txn_init(&mut c, id, 1_000);
+    // Long enough that the produces below always land before the timeout aborts it.
+    let me = txn_init(&mut c, id, 10_000);
     let all: Vec<i32> = (0..parts).collect();
     assert_eq!(add(&mut c, id, me, topic, &all), vec![0; parts as usize]);
     for (p, l) in leaders.iter().enumerate() {

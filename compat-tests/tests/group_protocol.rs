@@ -194,16 +194,17 @@ fn offsets_expire_only_once_a_group_is_empty() {
     let joined = join(&mut conn, &me, "consumer", 6_000);
     assert_eq!(sync(&mut conn, &me, joined.generation_id, true).error_code, 0);
     assert_eq!(commit(&mut conn, "fenced", joined.generation_id, &me, "kept", 11), 0);
-    // A standalone consumer's commit, in a group nobody is a member of.
-    assert_eq!(commit(&mut conn, "standalone", -1, "", "kept", 22), 0);
+    // A standalone consumer's commit, in a group nobody is a member of. Timed from before it
+    // is sent, so the broker's stamp is never earlier than `start`.
     let start = std::time::Instant::now();
+    assert_eq!(commit(&mut conn, "standalone", -1, "", "kept", 22), 0);
     let deadline = start + std::time::Duration::from_secs(30);
     while committed(&mut conn, "standalone", "kept") != -1 {
         assert!(std::time::Instant::now() < deadline, "standalone offsets never expired");
         assert_eq!(heartbeat(&mut conn, &me, joined.generation_id), 0);
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert!(start.elapsed() >= std::time::Duration::from_millis(700), "not before the retention");
+    assert!(start.elapsed() >= std::time::Duration::from_millis(780), "not before the retention");
     assert_eq!(committed(&mut conn, "fenced", "kept"), 11, "a group with members keeps its offsets");
 }
 
@@ -262,12 +263,17 @@ fn offset_delete_refuses_subscribed_topics() {
 
 /// A JoinGroup for the "timeouts" group with a 1.5 s rebalance timeout.
 fn timeouts_join(member: &str, metadata: &'static [u8]) -> JoinGroupRequest {
+    timeouts_join_within(member, metadata, 1_500)
+}
+
+/// A JoinGroup for the "timeouts" group with the given rebalance timeout.
+fn timeouts_join_within(member: &str, metadata: &'static [u8], rebalance_timeout_ms: i32) -> JoinGroupRequest {
     let mut p = JoinGroupRequestProtocol::default();
     p.name = s("range");
     p.metadata = Bytes::from_static(metadata);
     let mut req = join_request("timeouts", member);
     req.session_timeout_ms = 30_000;
-    req.rebalance_timeout_ms = 1_500;
+    req.rebalance_timeout_ms = rebalance_timeout_ms;
     req.protocols = vec![p];
     req
 }
@@ -279,9 +285,11 @@ fn rebalance_timeout_drops_a_member_that_does_not_rejoin() {
     let broker = BrokerProcess::start(&[]);
     let mut a = RawConn::connect(&broker.bootstrap());
     let mut b = RawConn::connect(&broker.bootstrap());
-    let first: JoinGroupResponse = a.call(ApiKey::JoinGroup, 7, &timeouts_join("", b"meta"));
+    // A's rebalance timeout is long until it has rejoined the round B starts, so a slow
+    // machine cannot make A miss that round; A's next join sets 1.5 s again.
+    let first: JoinGroupResponse = a.call(ApiKey::JoinGroup, 7, &timeouts_join_within("", b"meta", 60_000));
     let a_id = first.member_id.to_string();
-    let first: JoinGroupResponse = a.call(ApiKey::JoinGroup, 7, &timeouts_join(&a_id, b"meta"));
+    let first: JoinGroupResponse = a.call(ApiKey::JoinGroup, 7, &timeouts_join_within(&a_id, b"meta", 60_000));
     assert_eq!(first.error_code, 0);
     // B joins: A must rejoin; both do, and the new generation has both.
     let b_first: JoinGroupResponse = b.call(ApiKey::JoinGroup, 7, &timeouts_join("", b"meta"));
@@ -300,7 +308,7 @@ fn rebalance_timeout_drops_a_member_that_does_not_rejoin() {
         assert!(std::time::Instant::now() < deadline, "B's join never arrived");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let a_round: JoinGroupResponse = a.call(ApiKey::JoinGroup, 7, &timeouts_join(&a_id, b"meta"));
+    let a_round: JoinGroupResponse = a.call(ApiKey::JoinGroup, 7, &timeouts_join_within(&a_id, b"meta", 60_000));
     let b_round: JoinGroupResponse = b.recv(ApiKey::JoinGroup, 7, id);
     assert_eq!((a_round.error_code, b_round.error_code), (0, 0));
     assert_eq!(a_round.generation_id, b_round.generation_id);

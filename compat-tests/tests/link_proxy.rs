@@ -176,7 +176,8 @@ fn delay_adds_latency_to_each_chunk_without_serializing_them() {
     let proxy = LinkProxy::start(Some(&server.addr)).unwrap();
     let mut a = connect(&proxy);
     assert_eq!(echo(&mut a, b"warm"), b"warm");
-    let delay = Duration::from_millis(300);
+    // Long beside scheduling hiccups on a loaded machine, so the bounds below have room.
+    let delay = Duration::from_secs(1);
 
     proxy.set_mode(LinkMode::Delay(delay));
     let t = Instant::now();
@@ -185,7 +186,7 @@ fn delay_adds_latency_to_each_chunk_without_serializing_them() {
     assert!(rtt >= delay * 2, "a round trip crosses the link twice: {rtt:?}");
 
     // Five chunks 50 ms apart: pipelined, they take about 2 delays plus the
-    // spacing, not 5 round trips (3 s).
+    // spacing, not 5 round trips (10 s).
     let t = Instant::now();
     let mut w = a.try_clone().unwrap();
     let writer = std::thread::spawn(move || {
@@ -197,12 +198,12 @@ fn delay_adds_latency_to_each_chunk_without_serializing_them() {
     assert_eq!(read_n(&mut a, 5), b"01234", "order is kept");
     writer.join().unwrap();
     let total = t.elapsed();
-    assert!(total >= delay * 2 && total < Duration::from_millis(1500), "pipelined chunks took {total:?}");
+    assert!(total >= delay * 2 && total < delay * 5, "pipelined chunks took {total:?}");
 
     proxy.heal();
     let t = Instant::now();
     assert_eq!(echo(&mut a, b"fast"), b"fast");
-    assert!(t.elapsed() < delay * 2, "healed link is not delayed: {:?}", t.elapsed());
+    assert!(t.elapsed() < delay, "healed link is not delayed: {:?}", t.elapsed());
 }
 
 #[test]

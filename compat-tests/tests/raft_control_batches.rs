@@ -92,14 +92,25 @@ fn consumers_skip_raft_control_batches() {
     let script = r#"
 import sys
 from kafka import KafkaConsumer, TopicPartition
-c = KafkaConsumer(bootstrap_servers=sys.argv[1], enable_auto_commit=False, consumer_timeout_ms=5000)
+# Reads the expected count (however slow the first fetch), then whatever else comes within 2 s.
+c = KafkaConsumer(bootstrap_servers=sys.argv[1], enable_auto_commit=False, consumer_timeout_ms=40000)
 tp = TopicPartition(sys.argv[2], 0)
 c.assign([tp])
 c.seek_to_beginning(tp)
-for m in c:
+want = int(sys.argv[3])
+for i, m in enumerate(c):
     print(m.offset, m.value.decode())
+    if i + 1 == want:
+        break
+for records in c.poll(timeout_ms=2000).values():
+    for m in records:
+        print(m.offset, m.value.decode())
 "#;
-    let out = run_client(client(python()).arg("-c").arg(script).arg(&bootstrap).arg(TOPIC), Duration::from_secs(60));
+    let want = expected().len().to_string();
+    let out = run_client(
+        client(python()).arg("-c").arg(script).arg(&bootstrap).arg(TOPIC).arg(&want),
+        Duration::from_secs(90),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let got: Vec<(i64, String)> = stdout
         .lines()

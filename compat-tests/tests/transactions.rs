@@ -176,12 +176,13 @@ fn timed_out_transaction_is_aborted_and_its_producer_fenced() {
     let broker = BrokerProcess::start(&["--transaction-abort-timed-out-transaction-cleanup-interval-ms", "50"]);
     let mut conn = RawConn::connect(&broker.bootstrap());
     wire::create_topic(&mut conn, "slow", 1, &[]);
-    let me = txn_init(&mut conn, "slow-app", 300);
+    // Long enough that the setup below always ends before the timeout on a loaded machine.
+    let me = txn_init(&mut conn, "slow-app", 5_000);
     assert_eq!(add(&mut conn, "slow-app", me, &[("slow", 0)]), vec![0]);
     assert_eq!(wire::produce(&mut conn, "slow", 0, txn_batch(&[b"late"], me.0, me.1, 0)).0, 0);
     assert_eq!(end_offset(&mut conn, "slow", 0, true), 0);
     // The marker is visible before the coordinator records CompleteAbort: wait for both.
-    wait_until(Duration::from_secs(20), "the coordinator aborts the expired transaction", || {
+    wait_until(Duration::from_secs(40), "the coordinator aborts the expired transaction", || {
         end_offset(&mut conn, "slow", 0, true) == 2
             && describe_txn(&mut conn, "slow-app").transaction_state.as_str() == "CompleteAbort"
     });
@@ -198,7 +199,7 @@ fn timed_out_transaction_is_aborted_and_its_producer_fenced() {
 fn idle_transactional_ids_expire() {
     let broker = BrokerProcess::start(&[
         "--transactional-id-expiration-ms",
-        "1000",
+        "3000",
         "--transaction-abort-timed-out-transaction-cleanup-interval-ms",
         "50",
     ]);

@@ -299,7 +299,10 @@ async fn elect_replicate_and_survive_dropped_connections(mode: Mode) {
     // Kill every node's sockets at once; the transports must reconnect by themselves.
     let established: Vec<_> = nodes.iter().map(|n| n.node.transport().stats().connections_established).collect();
     for n in &nodes {
-        assert_eq!(n.connector.kill_all(), (NODES - 1) as usize);
+        // One connection to each peer at least; a redial after missed pings on a loaded
+        // machine may have left more sockets behind (dead ones included).
+        let killed = n.connector.kill_all();
+        assert!(killed >= (NODES - 1) as usize, "{killed} sockets killed");
     }
     for (n, before) in nodes.iter().zip(established) {
         let t = n.node.transport().clone();

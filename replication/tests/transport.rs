@@ -375,7 +375,7 @@ async fn a_peer_that_stops_reading_costs_bounded_memory_and_is_redialed() {
         let started = tokio::time::Instant::now();
         match t.call(2, 1, ECHO, &[&chunk], Duration::from_millis(1)).await {
             Err(CallError::Unreachable { reason, .. }) if reason.contains("queue full") => {
-                assert!(started.elapsed() < Duration::from_millis(100), "refusal was not immediate");
+                assert!(started.elapsed() < Duration::from_secs(1), "refusal was not immediate");
                 refused = Some(i);
                 break;
             }
