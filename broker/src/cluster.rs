@@ -8,20 +8,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fjord_replication::applier::{self, ApplierConfig, Replicas};
+use fjord_replication::applier::Replicas;
 use fjord_replication::controller::{
-    BrokerRegistration, ClusterMetadata, ConfigValidator, Controller, ControllerMachine, Liveness, MetadataError,
-    NewTopic, Outcome, Request, TaskGuard, TopicDefaults, CONTROLLER_GROUP,
+    ClusterMetadata, ConfigValidator, Controller, Liveness, MetadataError, NewTopic, Outcome, Request, TaskGuard,
+    TopicDefaults,
 };
 use fjord_replication::election::{ElectionDriver, ElectionTimings};
 use fjord_replication::heartbeat::HeartbeatDriver;
 use fjord_replication::machine::NodeMachine;
 use fjord_replication::node::ReplicaNode;
-use fjord_replication::recovery;
-use fjord_replication::transport::{TcpConnector, TcpListener, TransportConfig};
+use fjord_replication::server::{self, NodeConfig, StartedNode};
+use fjord_replication::transport::{TcpConnector, TcpListener};
 use fjord_replication::{GroupId, NodeId};
 use kafka_protocol::error::ResponseError;
-use openraft::BasicNode;
 
 use crate::config::BrokerConfig;
 use crate::leadership::Replica;
@@ -109,94 +108,48 @@ pub async fn start(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on cluster_listen {listen}: {e}"))?;
     let cluster_addr = listener.0.local_addr()?;
-    let node = Arc::new(ReplicaNode::new(TransportConfig::new(TRANSPORT_NAME, me), Arc::new(TcpConnector)));
-    node.serve(listener);
-    let mut voters = std::collections::BTreeMap::new();
+    let mut voters = BTreeMap::new();
     for v in &config.controller_quorum_voters.0 {
         let id = NodeId::try_from(v.id).map_err(|_| anyhow::anyhow!("voter id {} is negative", v.id))?;
-        let addr = format!("{}:{}", v.host, v.port);
-        node.add_peer(id, &addr);
-        voters.insert(id, BasicNode::new(addr));
+        voters.insert(id, format!("{}:{}", v.host, v.port));
     }
-
-    let dir = config.data_dir.join("__cluster_metadata-0");
-    // A voter with no Raft state may be one whose disk was wiped: it must not vote until it
-    // knows whether the quorum has a history (`recovery::settle_voter`).
-    let unsure = voters.contains_key(&me) && voters.len() > 1 && recovery::may_have_lost_state(&dir);
-    if unsure {
-        node.recovery().begin(CONTROLLER_GROUP, &dir)?;
-    }
-    let machine = ControllerMachine::open(me, Some(&dir))?;
-    // The metadata log is a partition log, as KRaft's `__cluster_metadata` is; the controller's
-    // state machine keeps its own snapshots, so only the log store of the partition group is used.
-    let (log, _) = fjord_replication::partition::open(&dir, fjord_storage::LogConfig::default())?;
-    let raft = node
-        .start_group(
-            CONTROLLER_GROUP,
-            ELECTIONS.raft_config(TRANSPORT_NAME)?,
-            log,
-            NodeMachine::Controller(machine.clone()),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot start the controller group: {e}"))?;
-    if voters.contains_key(&me) && !unsure {
-        // Every voter proposes the same initial membership (allowed by openraft); once the
-        // group has a log this is refused, which is the normal case after a restart.
-        if let Err(e) = raft.initialize(voters.clone()).await {
-            tracing::debug!(error = %e, "controller quorum already initialized");
-        }
-    }
+    // The broker defaults as they are when a replica's log is configured: dynamic broker
+    // configs change them (`ClusterNode::mirror_broker_configs` reconfigures the open logs).
+    let live_defaults = topics.clone();
     let defaults = TopicDefaults {
         num_partitions: config.num_partitions,
         replication_factor: i16::try_from(config.replication_factor_default()).unwrap_or(i16::MAX),
     };
-    let liveness = Liveness {
-        heartbeat_interval: Duration::from_millis(config.broker_heartbeat_interval_ms),
-        session_timeout: Duration::from_millis(config.broker_session_timeout_ms),
-    };
-    let controller =
-        Controller::new(machine, raft, node.transport().clone(), defaults, Arc::new(BrokerRules), liveness);
-    let services = Arc::new(crate::cluster_txn::Services {
-        controller: controller.rpc_handler(),
-        broker: std::sync::OnceLock::new(),
-    });
-    node.set_services(services.clone());
-    let incarnation = uuid::Uuid::new_v4();
-    let registration = BrokerRegistration {
-        node_id: config.node_id,
-        incarnation,
+    let node_config = NodeConfig {
+        node_id: me,
+        transport_name: TRANSPORT_NAME.to_string(),
+        voters,
+        data_dir: config.data_dir.clone(),
         rack: config.broker_rack.clone(),
         advertised_listener: advertised_listener.to_string(),
         cluster_address: advertised_cluster_address(listen, cluster_addr),
-    };
-    let mut tasks = vec![controller.spawn_leader_duties(), controller.spawn_broker(registration)];
-    if unsure {
-        tasks.push(TaskGuard::spawn(recovery::settle_voter(node.clone(), CONTROLLER_GROUP, voters, SETTLE_PATIENCE)));
-    }
-    // Partition groups: the election driver owns their elections too, and openraft must never
-    // snapshot or purge them on its own (their log is the Kafka data).
-    let mut partition_config = (*ELECTIONS.raft_config(TRANSPORT_NAME)?).clone();
-    partition_config.snapshot_policy = openraft::SnapshotPolicy::Never;
-    partition_config.max_in_snapshot_log_to_keep = u64::MAX;
-    // The broker defaults as they are when a replica's log is configured: dynamic broker
-    // configs change them (`ClusterNode::mirror_broker_configs` reconfigures the open logs).
-    let live_defaults = topics.clone();
-    let replicas = Arc::new(Replicas::default());
-    tasks.extend(applier::spawn(
-        node.clone(),
-        controller.clone(),
-        ApplierConfig {
-            node_id: config.node_id,
-            incarnation,
-            data_dir: config.data_dir.clone(),
-            raft_config: Arc::new(partition_config.validate()?),
-            log_config: Box::new(move |configs| topic_config::log_config(configs, &live_defaults.defaults())),
-            replicas: replicas.clone(),
+        defaults,
+        liveness: Liveness {
+            heartbeat_interval: Duration::from_millis(config.broker_heartbeat_interval_ms),
+            session_timeout: Duration::from_millis(config.broker_session_timeout_ms),
         },
-    ));
+        elections: ELECTIONS,
+        group_heartbeat: GROUP_HEARTBEAT,
+        settle_patience: SETTLE_PATIENCE,
+        validator: Arc::new(BrokerRules),
+        log_config: Box::new(move |configs| topic_config::log_config(configs, &live_defaults.defaults())),
+    };
+    let mut services = None;
+    let started = server::start(node_config, Arc::new(TcpConnector), listener, |controller| {
+        let s = Arc::new(crate::cluster_txn::Services { controller, broker: std::sync::OnceLock::new() });
+        services = Some(s.clone());
+        s
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let services = services.ok_or_else(|| anyhow::anyhow!("the node started without its services"))?;
+    let StartedNode { node, controller, replicas, incarnation, tasks, heartbeats, elections, .. } = started;
     topics.set_producer_id_source(producer_ids(controller.clone(), config.node_id));
-    let heartbeats = node.start_heartbeats(GROUP_HEARTBEAT);
-    let elections = node.start_elections(ELECTIONS);
     tracing::info!(%cluster_addr, node_id = config.node_id, "cluster listening");
     Ok(Some(ClusterNode {
         node,

@@ -30,6 +30,8 @@ pub type LogConfigFn = Box<dyn Fn(&BTreeMap<String, String>) -> fjord_storage::L
 #[derive(Clone)]
 pub struct LocalReplica {
     pub log: Arc<fjord_storage::PartitionLog>,
+    /// The log as the group's Raft log store (what a checker reads entries through).
+    pub store: partition::PartitionLogStore,
     pub proposer: Arc<partition::produce::Proposer>,
 }
 
@@ -142,15 +144,25 @@ pub fn spawn(
             // The topic configs each running replica's log was last given.
             let mut configured = BTreeMap::new();
             let mut ready = false;
+            let mut fresh_from = None;
             loop {
                 ready = ready || metadata_caught_up(&controller, &config);
-                if ready {
-                    reconcile(&node, &controller, &config, &mut configured).await;
+                if ready && fresh_from.is_none() {
+                    let next_group = controller.machine().read(|m| m.next_group_id());
+                    match fresh_groups_from(&config.data_dir, next_group).await {
+                        Ok(g) => fresh_from = Some(g),
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot record where this data dir's groups begin; starting no replica")
+                        }
+                    }
+                }
+                if let Some(fresh_from) = fresh_from {
+                    reconcile(&node, &controller, &config, fresh_from, &mut configured).await;
                 }
                 tokio::select! {
                     biased;
                     changed = changes.changed() => if changed.is_err() { return },
-                    _ = tokio::time::sleep(REPORT_INTERVAL), if !ready => {}
+                    _ = tokio::time::sleep(REPORT_INTERVAL), if fresh_from.is_none() => {}
                 }
             }
         })
@@ -188,6 +200,34 @@ fn metadata_caught_up(controller: &Controller<NodeMachine>, config: &ApplierConf
         .read(|m| m.broker(config.node_id).is_some_and(|b| b.registration.incarnation == config.incarnation))
 }
 
+/// The file in a node's data dir that records the first group created after the data dir began.
+const FRESH_GROUPS_FILE: &str = "replicas-fresh-from";
+
+/// The first group id this data dir can tell it never held a replica of: read from
+/// `FRESH_GROUPS_FILE`, or, on the first start with the metadata caught up, `next_group` written
+/// there (and synced) before any replica starts.
+///
+/// Every group below it may have had a replica here before the data dir was lost, so one missing
+/// here recovers before it votes. A group from it on was created while this data dir lived, and a
+/// replica directory is made durable before the replica votes or acknowledges anything: one
+/// missing never existed here (the node was down or behind when the group was created), and it
+/// starts as a voter. (A node late to a new topic would otherwise wait to recover like a wiped
+/// one, and with a wiped peer in the same group, two of three replicas would refuse every vote.)
+/// Removing a replica directory by hand is a disk loss only if this file goes with it.
+async fn fresh_groups_from(data_dir: &std::path::Path, next_group: GroupId) -> Result<GroupId, String> {
+    let path = data_dir.join(FRESH_GROUPS_FILE);
+    crate::rt::blocking(move || match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<GroupId>().map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fjord_storage::log::write_atomic(&path, next_group.to_string().as_bytes())
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(next_group)
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    })
+    .await?
+}
+
 /// Every registered broker's node-to-node address (`cluster_listen`).
 pub(crate) fn cluster_addresses(m: &ClusterMetadata) -> BTreeMap<NodeId, String> {
     m.brokers()
@@ -203,6 +243,7 @@ async fn reconcile(
     node: &Arc<ReplicaNode<NodeMachine>>,
     controller: &Controller<NodeMachine>,
     config: &ApplierConfig,
+    fresh_from: GroupId,
     configured: &mut BTreeMap<GroupId, BTreeMap<String, String>>,
 ) {
     let (want, addresses) = controller.machine().read(|m| (wanted(m, config.node_id), cluster_addresses(m)));
@@ -234,21 +275,33 @@ async fn reconcile(
         }
         let dir = partition_dir(&config.data_dir, &w.topic, w.index, *group);
         // A replica that starts empty for a group that has had a leader is either late to a new
-        // topic or lost its disk; it cannot tell which, so it recovers before it votes. A lone
+        // topic or lost its disk. For a group created before this data dir began it cannot tell
+        // which, so it recovers before it votes; a newer one it never held (`fresh_groups_from`). A lone
         // replica has no one to recover from: what its disk held is gone, and it starts empty,
         // as a Kafka partition with one replica does.
         let lone = w.lone;
-        if lone && w.had_leader && !dir.exists() {
+        let existed = dir.exists();
+        // A replica of a group that has had a leader, created here for the first time though the
+        // group is newer than this data dir (`fresh_groups_from`): it never voted nor acknowledged
+        // anything, so it need not recover; but the group's membership may have changed since it
+        // began, so it must not set one up either. It waits for the leader's log.
+        let late = w.had_leader && !lone && !w.learner && !existed && *group >= fresh_from;
+        if lone && w.had_leader && !existed {
             tracing::warn!(group, topic = %w.topic, partition = w.index, "the only replica of a partition that has had a leader starts empty: its records are lost");
         }
         let recovering = if w.learner {
-            // Never a voter of the group's current membership, so nothing it forgot counts: it
-            // needs no recovery, even empty. A directory left from an earlier time this node
-            // held the group (it was moved off while down) may hold a membership naming it a
+            // Not a voter of the group's current membership, but possibly of an earlier one:
+            // this node may have held the group before, been moved off (its log deleted) and
+            // now be added again. A candidate or a deposed leader still holding that earlier
+            // membership would take this empty replica's vote or acknowledgements as the old
+            // voter's, and could overwrite what was committed since. So it joins recovering:
+            // no vote until a current leader's log has reached it, no entries from a leader
+            // older than the newest term its group has seen. A directory left from an earlier
+            // time it held the group (moved off while down) may hold a membership naming it a
             // voter, with which it would campaign; nothing in it is of use to the group now.
             if dir.exists() {
                 let old = dir.clone();
-                match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&old)).await {
+                match crate::rt::blocking(move || std::fs::remove_dir_all(&old)).await {
                     Ok(Ok(())) => {
                         tracing::warn!(group, dir = %dir.display(), "removed an old replica of a partition this node rejoins as a learner")
                     }
@@ -262,8 +315,12 @@ async fn reconcile(
                     }
                 }
             }
-            false
-        } else if w.had_leader && !lone && !dir.exists() {
+            if let Err(e) = node.recovery().begin(*group, &dir) {
+                tracing::error!(group, dir = %dir.display(), error = %e, "cannot mark a joining replica as recovering; not starting it");
+                continue;
+            }
+            true
+        } else if w.had_leader && !lone && !existed && *group < fresh_from {
             if let Err(e) = node.recovery().begin(*group, &dir) {
                 tracing::error!(group, dir = %dir.display(), error = %e, "cannot mark a replica as recovering; not starting it");
                 continue;
@@ -290,13 +347,13 @@ async fn reconcile(
         let opened = {
             let dir = dir.clone();
             let log_config = (config.log_config)(&w.configs);
-            tokio::task::spawn_blocking(move || partition::open(&dir, log_config)).await
+            crate::rt::blocking(move || partition::open(&dir, log_config)).await
         };
         let (store, sm) = match opened {
             Ok(Ok((store, sm))) => {
                 let log = store.log().clone();
                 configured.insert(*group, w.configs.clone());
-                config.replicas.insert(*group, LocalReplica { log, proposer: Arc::default() });
+                config.replicas.insert(*group, LocalReplica { log, store: store.clone(), proposer: Arc::default() });
                 (store, sm)
             }
             Ok(Err(e)) => {
@@ -325,15 +382,18 @@ async fn reconcile(
             })
             .collect();
         // A recovering replica takes the membership from the leader with the log, once it has
-        // learnt the newest term the group's other replicas have seen.
+        // learnt the newest term the group's other replicas have seen. (A learner is added by
+        // the leader, `crate::reassign`: an initialized membership here would make it a voter
+        // of a group that has other voters.)
         if recovering {
+            if w.learner {
+                tracing::info!(group, topic = %w.topic, partition = w.index, "replica waits to join as a learner");
+            }
             // During a reassignment any listed node may be a voter; every one is asked.
             let voters = w.replicas.iter().filter_map(|r| NodeId::try_from(*r).ok()).collect();
             tokio::spawn(crate::recovery::learn_floor(node.clone(), *group, voters));
-        } else if w.learner {
-            // The leader adds it to the group (`crate::reassign`); an initialized membership
-            // here would make it a voter of a group that has other voters.
-            tracing::info!(group, topic = %w.topic, partition = w.index, "replica waits to join as a learner");
+        } else if late {
+            tracing::info!(group, topic = %w.topic, partition = w.index, "a replica new to this node waits for its leader's log");
         } else {
             if let Err(e) = raft.initialize(members).await {
                 tracing::debug!(group, error = %e, "partition group already initialized");
@@ -383,7 +443,7 @@ async fn reconcile(
         }
         Ok(removed)
     };
-    match tokio::task::spawn_blocking(gone).await {
+    match crate::rt::blocking(gone).await {
         Ok(Ok(removed)) => {
             for path in removed {
                 tracing::info!(dir = %path.display(), "removed the replica of a deleted partition");

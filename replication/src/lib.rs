@@ -18,6 +18,7 @@ pub mod recovery;
 pub mod registry;
 pub mod rpc;
 pub mod rt;
+pub mod server;
 pub mod transport;
 pub mod types;
 

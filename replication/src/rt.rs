@@ -26,6 +26,26 @@ pub fn seed_thread_rng(seed: Option<u64>) {
     SEED.with(|s| s.set(seed));
 }
 
+thread_local! {
+    /// Whether `blocking` runs its work in place on this thread (a simulation).
+    static INLINE_BLOCKING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// From now on, `blocking` on this thread runs its work in place rather than on tokio's
+/// blocking pool. A simulation sets it: work on another thread finishes after a real delay,
+/// which would make a seed's schedule depend on how fast the machine is.
+pub fn run_blocking_inline(inline: bool) {
+    INLINE_BLOCKING.with(|i| i.set(inline));
+}
+
+/// Runs file work (opening a log, removing a replica's directory) off the async workers.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    if INLINE_BLOCKING.with(|i| i.get()) {
+        return Ok(f());
+    }
+    tokio::task::spawn_blocking(f).await.map_err(|e| e.to_string())
+}
+
 /// A random number for this crate's own uses (a process incarnation), from the same seam as
 /// openraft's draws.
 pub fn random_u64() -> u64 {

@@ -253,9 +253,22 @@ impl<SM: RaftStateMachine<TypeConfig>> Controller<SM> {
                     Err(e) => return Attempt::Answered(Err(e)),
                 }
             }
-            // Answered from this leader's applied state: a reassignment replaced since (and
-            // committed, not yet applied here) is at worst one step further along.
+            // A linearizable read: a quorum confirms this node still leads, and the state it
+            // answers from has applied everything committed before the check came in, so a
+            // reassignment replaced meanwhile (by another leader too) is never taken for the
+            // one in progress.
             Request::ReassignmentStep { group_id, epoch, step: ReassignmentStep::Check } => {
+                let read = self.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex);
+                match tokio::time::timeout(wait, read).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        return match e.forward_to_leader() {
+                            Some(f) => Attempt::NotLeader(f.leader_id.filter(|l| *l != self.node_id)),
+                            None => Attempt::Failed(SubmitError::Timeout),
+                        }
+                    }
+                    Err(_) => return Attempt::Failed(SubmitError::Timeout),
+                }
                 let answer = self.machine.read(|m| m.check_reassignment(*group_id, *epoch));
                 return Attempt::Answered(answer.map(|()| None));
             }

@@ -29,8 +29,7 @@ where
     SM: RaftStateMachine<TypeConfig>,
 {
     let scan = log.clone();
-    let point =
-        tokio::task::spawn_blocking(move || scan.raft_retention_point(now_ms)).await.map_err(|e| e.to_string())?;
+    let point = crate::rt::blocking(move || scan.raft_retention_point(now_ms)).await?;
     let Some(point) = point else { return Ok(None) };
     let (purged, snapshot, membership) = {
         let m = raft.metrics();
