@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The deterministic simulation at CI scale: 1,200 seeded fault schedules of the Raft groups
+# The deterministic simulation at CI scale: 1,800 seeded fault schedules of the Raft groups
 # (600 on 3 nodes, 200 of them restart storms, 400 on 5 nodes, 200 of those with reassignments
-# moving every group between the nodes) and the planted bugs the checker
+# moving every group between the nodes; then 600 with nodes started as production starts them,
+# 300 on 3 nodes and 300 on 5) and the planted bugs the checker
 # must catch, in an optimised build (several times faster than the debug one `cargo test
 # --workspace` runs its 30 seeds in). A failing seed prints the command that replays it
 # exactly (the same run, event by event).
@@ -22,6 +23,10 @@ FJORD_SIM_SEEDS=$((200 * scale)) FJORD_SIM_FIRST_SEED=30000 FJORD_SIM_NODES=5 si
 FJORD_SIM_SEEDS=$((200 * scale)) FJORD_SIM_FIRST_SEED=40000 FJORD_SIM_NODES=5 FJORD_SIM_BLIPS=1 sim three_nodes
 # Reassignments through the faults: groups start on three of five nodes and keep moving.
 FJORD_SIM_SEEDS=$((200 * scale)) FJORD_SIM_FIRST_SEED=50000 FJORD_SIM_NODES=5 FJORD_SIM_MOVES=1 sim three_nodes
+# Nodes started as the broker starts them: the applier runs the replicas from the metadata,
+# topics are created, deleted and (on five nodes) reassigned, and some crashes lose the disk.
+FJORD_SIM_SEEDS=$((300 * scale)) FJORD_SIM_FIRST_SEED=60000 FJORD_SIM_PRODUCTION=1 sim three_nodes
+FJORD_SIM_SEEDS=$((300 * scale)) FJORD_SIM_FIRST_SEED=61000 FJORD_SIM_NODES=5 FJORD_SIM_PRODUCTION=1 sim three_nodes
 # The checker bites in this build too (the forgotten-vote case needs openraft's debug
 # assertions and runs in the debug suite only).
 sim planted_bug_is_caught

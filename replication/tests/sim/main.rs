@@ -28,11 +28,14 @@ use fjord_replication::controller::{
     AnyConfig, BrokerRegistration, ClusterMetadata, ControllerMachine, MetadataRecord, NewTopic,
     Outcome as ControllerOutcome, TopicDefaults, CONTROLLER_GROUP,
 };
+use fjord_replication::controller::{Liveness, Reassignment};
 use fjord_replication::election::{ElectionDriver, ElectionTimings};
 use fjord_replication::heartbeat::HeartbeatDriver;
+use fjord_replication::machine::NodeMachine;
 use fjord_replication::node::{GroupTimings, ReplicaNode};
 use fjord_replication::partition::{self, PartitionLogStore, PartitionStateMachine};
 use fjord_replication::reassign::{next_step, Step, View};
+use fjord_replication::server::{self, NodeConfig};
 use fjord_replication::transport::TransportConfig;
 use fjord_replication::{BatchData, GroupId, NodeId, Raft, TypeConfig};
 use fjord_storage::disk::sim as disk;
@@ -100,6 +103,12 @@ struct Params {
     /// Reassignments: each group starts on three of the nodes, and a mover keeps changing its
     /// replicas (`fjord_replication::reassign`, the production decisions) through the faults.
     moves: bool,
+    /// Each node starts as the broker starts it (`fjord_replication::server::start`): the
+    /// controller quorum, broker registration and the applier, which starts, wipes and deletes
+    /// partition replicas from the metadata. The client creates the topic written to (and,
+    /// with 4+ nodes, reassigns its partitions; it creates and deletes other topics), and one
+    /// crash in two schedules loses the node's whole disk.
+    production: bool,
 }
 
 impl Params {
@@ -111,7 +120,7 @@ impl Params {
         // both short and long windows of appended but unsynced entries.
         let r = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33;
         let sync = Duration::from_micros(if r % 3 == 2 { 10_000 + r % 30_000 } else { 200 + r % 2_800 });
-        Self { seed, nodes, groups: 3, mode, bug: None, blips: false, sync, moves: false }
+        Self { seed, nodes, groups: 3, mode, bug: None, blips: false, sync, moves: false, production: false }
     }
 
     fn replay_command(&self) -> String {
@@ -119,8 +128,8 @@ impl Params {
         // The build the seed ran in (scripts/sim.sh runs an optimised one).
         let release = if cfg!(debug_assertions) { "" } else { " --release" };
         format!(
-            "FJORD_SIM_SEED={} FJORD_SIM_NODES={} FJORD_SIM_BLIPS={} FJORD_SIM_MOVES={} cargo test{release} -p fjord-replication --test sim -- --exact three_nodes --nocapture{bug}",
-            self.seed, self.nodes, self.blips as u8, self.moves as u8
+            "FJORD_SIM_SEED={} FJORD_SIM_NODES={} FJORD_SIM_BLIPS={} FJORD_SIM_MOVES={} FJORD_SIM_PRODUCTION={} cargo test{release} -p fjord-replication --test sim -- --exact three_nodes --nocapture{bug}",
+            self.seed, self.nodes, self.blips as u8, self.moves as u8, self.production as u8
         )
     }
 }
@@ -134,6 +143,8 @@ enum Action {
     Crash(NodeId),
     /// The power goes (every node's at once, in half the schedules).
     PowerCut(NodeId),
+    /// The node's process dies and its disk is lost: it restarts on an empty data dir.
+    DiskLoss(NodeId),
     Restart(NodeId),
     Partition(Vec<NodeId>, Vec<NodeId>),
     /// Heals a partition; the connections across it are reset, as TCP would after the heal.
@@ -256,6 +267,20 @@ impl Schedule {
                 events.push((t + down, Action::Restart(*node)));
             }
         }
+        // With production start-up, one crash in every other schedule loses the disk (once
+        // the controller quorum has formed, `Shared::formed`). One per schedule: a replica that
+        // lost its disk recovers from the others, which holds while fewer than a majority of a
+        // group lost theirs at once (as Raft needs).
+        if p.production && rng.range(0, 2) == 0 {
+            let crashes: Vec<usize> =
+                events.iter().enumerate().filter(|(_, (_, a))| matches!(a, Action::Crash(_))).map(|(i, _)| i).collect();
+            if !crashes.is_empty() {
+                let i = crashes[rng.range(0, crashes.len() as u64) as usize];
+                if let Action::Crash(n) = events[i].1 {
+                    events[i].1 = Action::DiskLoss(n);
+                }
+            }
+        }
         events.sort_by_key(|(at, _)| *at);
         Self { events }
     }
@@ -324,6 +349,8 @@ struct History {
     lost_unsynced: usize,
     /// Crashes that killed the process and left the page cache.
     kills: u64,
+    /// Crashes that lost the node's disk.
+    disks_lost: u64,
     violations: Vec<String>,
     /// What each node reported, in order, to compare two runs of one seed.
     trace: Vec<String>,
@@ -331,6 +358,8 @@ struct History {
     /// (first, count) and topics created.
     id_blocks: Vec<(i64, i64)>,
     topics: Vec<String>,
+    /// Topics the controller acknowledged deleting.
+    deleted: Vec<String>,
     /// How far the run stepped the (process-wide) wall clock, to step it back at the end.
     clock_jumped: i64,
     /// Reassignments the movers started (new targets, some replacing one in progress), and
@@ -353,12 +382,21 @@ struct Shared {
     /// `CONTROLLER_GROUP`).
     stores: Mutex<BTreeMap<(NodeId, GroupId), PartitionLogStore>>,
     /// The groups of each running node.
-    live: Mutex<BTreeMap<NodeId, BTreeMap<GroupId, Raft<PartitionStateMachine>>>>,
+    live: Mutex<BTreeMap<NodeId, BTreeMap<GroupId, Raft<NodeMachine>>>>,
     /// Each running node's runtime (the mover hands leaderships over through it).
-    nodes: Mutex<BTreeMap<NodeId, Arc<ReplicaNode<PartitionStateMachine>>>>,
+    nodes: Mutex<BTreeMap<NodeId, Arc<ReplicaNode<NodeMachine>>>>,
     /// Each running node's member of the controller quorum: the production metadata state
     /// machine on the simulated network, over a partition log as in production.
-    controllers: Mutex<BTreeMap<NodeId, (Raft<ControllerMachine>, ControllerMachine)>>,
+    controllers: Mutex<BTreeMap<NodeId, (Raft<NodeMachine>, ControllerMachine)>>,
+    /// Nodes whose controller voter has applied metadata on its current disk: until every node
+    /// has, a lost disk is a plain crash (a voter that finds no state cannot tell a lost disk
+    /// from a first start, so one lost disk while others have not started yet could leave a
+    /// majority of the quorum waiting to recover, which a real cluster's formation avoids by
+    /// starting its voters before anything else happens).
+    formed: Mutex<BTreeSet<NodeId>>,
+    /// The groups the client writes to: 1..=3, or with production start-up the partitions of
+    /// the topic it created (empty until the controller acknowledged it).
+    groups: Mutex<Vec<GroupId>>,
     booted: Mutex<BTreeSet<NodeId>>,
     history: Mutex<History>,
     stop_writes: AtomicBool,
@@ -368,6 +406,10 @@ struct Shared {
 }
 
 impl Shared {
+    fn groups(&self) -> Vec<GroupId> {
+        lock(&self.groups).clone()
+    }
+
     fn node_dir(&self, id: NodeId) -> PathBuf {
         self.root.join(host(id))
     }
@@ -476,7 +518,7 @@ impl Shared {
     }
 
     /// The live node that leads `group` in the newest term any live node leads it in.
-    fn newest_leader(&self, group: GroupId) -> Option<(NodeId, Raft<PartitionStateMachine>)> {
+    fn newest_leader(&self, group: GroupId) -> Option<(NodeId, Raft<NodeMachine>)> {
         let live = lock(&self.live);
         live.iter()
             .filter_map(|(id, groups)| groups.get(&group).map(|r| (*id, r.clone())))
@@ -485,7 +527,7 @@ impl Shared {
     }
 
     /// The live node that says it leads `group` (lowest id if several do).
-    fn leader(&self, group: GroupId) -> Option<Raft<PartitionStateMachine>> {
+    fn leader(&self, group: GroupId) -> Option<Raft<NodeMachine>> {
         let live = lock(&self.live);
         let mut ids: Vec<_> = live.keys().copied().collect();
         ids.sort();
@@ -505,9 +547,11 @@ type HostResult = Result<(), Box<dyn std::error::Error>>;
 
 /// One node's software, as the broker would start it: transport, groups, drivers.
 async fn run_node(shared: Arc<Shared>, id: NodeId) -> HostResult {
+    if shared.params.production {
+        return run_production_node(shared, id).await;
+    }
     let connector = Arc::new(SimConnector { links: shared.links.clone() });
-    let node: Arc<ReplicaNode<PartitionStateMachine>> =
-        Arc::new(ReplicaNode::new(TransportConfig::new("sim", id), connector));
+    let node: Arc<ReplicaNode<NodeMachine>> = Arc::new(ReplicaNode::new(TransportConfig::new("sim", id), connector));
     node.serve(SimListener::bind(PORT, shared.links.clone()).await?);
     for (peer, n) in shared.members() {
         node.add_peer(peer, &n.addr);
@@ -517,7 +561,7 @@ async fn run_node(shared: Arc<Shared>, id: NodeId) -> HostResult {
     let mut groups = BTreeMap::new();
     for group in 1..=shared.params.groups {
         let (log, sm) = shared.open_store(id, group)?;
-        let raft = node.start_group(group, config.clone(), log.clone(), sm).await?;
+        let raft = node.start_group(group, config.clone(), log.clone(), NodeMachine::Partition(sm)).await?;
         let voters = shared.initial_voters();
         // With the store that loses everything, the node that set the group up does it again
         // when it comes back empty: the amnesia the applier guards against in production (an
@@ -542,6 +586,66 @@ async fn run_node(shared: Arc<Shared>, id: NodeId) -> HostResult {
     // The node runs until the simulator crashes it.
     std::future::pending::<()>().await;
     Ok(())
+}
+
+/// The topic the client writes to when nodes start as production starts them.
+const EVENTS: &str = "events";
+
+/// One node started as the broker starts its cluster part (`server::start`): one runtime for
+/// the controller quorum's group and the partition groups the applier starts from the metadata,
+/// the broker's registration and heartbeats, the election and heartbeat drivers. The checker
+/// follows the groups as the applier starts and stops them.
+async fn run_production_node(shared: Arc<Shared>, id: NodeId) -> HostResult {
+    let connector = Arc::new(SimConnector { links: shared.links.clone() });
+    let listener = SimListener::bind(PORT, shared.links.clone()).await?;
+    let voters = (1..=shared.params.nodes).map(|p| (p, format!("{}:{PORT}", host(p)))).collect();
+    let config = NodeConfig {
+        node_id: id,
+        transport_name: "sim".into(),
+        voters,
+        data_dir: shared.node_dir(id),
+        rack: Some(format!("r{id}")),
+        advertised_listener: format!("{}:9092", host(id)),
+        cluster_address: format!("{}:{PORT}", host(id)),
+        defaults: TopicDefaults { num_partitions: 1, replication_factor: 3 },
+        liveness: Liveness { heartbeat_interval: Duration::from_millis(500), session_timeout: Duration::from_secs(3) },
+        elections: election_timings(),
+        group_heartbeat: Duration::from_millis(200),
+        settle_patience: Duration::from_secs(2),
+        validator: Arc::new(AnyConfig),
+        log_config: Box::new(|_| log_config()),
+    };
+    let started =
+        server::start(config, connector, listener, |controller| controller).await.map_err(|e| e.to_string())?;
+    lock(&shared.booted).insert(id);
+    let metadata = started.node.group(CONTROLLER_GROUP).ok_or("the controller group did not start")?;
+    lock(&shared.stores).insert((id, CONTROLLER_GROUP), started.metadata_log.clone());
+    observe_group(&shared, id, CONTROLLER_GROUP, &metadata, started.metadata_log.clone());
+    lock(&shared.controllers).insert(id, (metadata, started.controller.machine().clone()));
+    lock(&shared.nodes).insert(id, started.node.clone());
+    lock(&shared.live).insert(id, BTreeMap::new());
+    loop {
+        if started.controller.machine().last_applied_index().is_some_and(|i| i > 0) {
+            lock(&shared.formed).insert(id);
+        }
+        let running: BTreeMap<GroupId, Raft<NodeMachine>> =
+            started.node.registry().all().into_iter().filter(|(g, _)| *g != CONTROLLER_GROUP).collect();
+        let new: Vec<(GroupId, Raft<NodeMachine>)> = {
+            let mut live = lock(&shared.live);
+            let mine = live.entry(id).or_default();
+            mine.retain(|g, _| running.contains_key(g));
+            running.iter().filter(|(g, _)| !mine.contains_key(g)).map(|(g, r)| (*g, r.clone())).collect()
+        };
+        lock(&shared.stores).retain(|(n, g), _| *n != id || *g == CONTROLLER_GROUP || running.contains_key(g));
+        for (g, raft) in new {
+            // The applier publishes a replica before it starts its group.
+            let Some(replica) = started.replicas.get(g) else { continue };
+            lock(&shared.stores).insert((id, g), replica.store.clone());
+            observe_group(&shared, id, g, &raft, replica.store.clone());
+            lock(&shared.live).entry(id).or_default().insert(g, raft);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Has the checker look at every metrics change of node `id`'s replica of `group` (checked
@@ -574,8 +678,7 @@ async fn start_controller(
     shared: &Arc<Shared>,
     id: NodeId,
     first_boot: bool,
-) -> Result<(Arc<ReplicaNode<ControllerMachine>>, HeartbeatDriver, Option<ElectionDriver>), Box<dyn std::error::Error>>
-{
+) -> Result<(Arc<ReplicaNode<NodeMachine>>, HeartbeatDriver, Option<ElectionDriver>), Box<dyn std::error::Error>> {
     let connector = Arc::new(SimConnector { links: shared.links.clone() });
     let node = Arc::new(ReplicaNode::new(TransportConfig::new("sim-controller", id), connector));
     node.serve(SimListener::bind(CONTROLLER_PORT, shared.links.clone()).await?);
@@ -586,7 +689,9 @@ async fn start_controller(
     }
     let machine = ControllerMachine::open(id, Some(&shared.group_dir(id, CONTROLLER_GROUP)))?;
     let (log, _) = shared.open_store(id, CONTROLLER_GROUP)?;
-    let raft = node.start_group(CONTROLLER_GROUP, shared.config(), log.clone(), machine.clone()).await?;
+    let raft = node
+        .start_group(CONTROLLER_GROUP, shared.config(), log.clone(), NodeMachine::Controller(machine.clone()))
+        .await?;
     if first_boot && id == 1 {
         raft.initialize(members).await?;
     }
@@ -602,7 +707,7 @@ async fn start_controller(
 }
 
 /// The controller quorum member that leads in the newest term any live one leads in.
-fn controller_leader(shared: &Shared) -> Option<(Raft<ControllerMachine>, ControllerMachine)> {
+fn controller_leader(shared: &Shared) -> Option<(Raft<NodeMachine>, ControllerMachine)> {
     let controllers = lock(&shared.controllers);
     controllers
         .values()
@@ -663,6 +768,124 @@ async fn run_controller_client(s: Arc<Shared>) {
     }
 }
 
+/// The admin side with production start-up (brokers register themselves): creates the topic
+/// the writers use (three partitions, three replicas), then producer id blocks, and other
+/// topics created and deleted (their replicas started and removed by the applier); with 4+
+/// nodes, the topic's partitions reassigned to three nodes drawn by seed (carried out by the
+/// leaders' reassignment drivers). After the faults it stops, once the topic exists.
+async fn run_admin_client(s: Arc<Shared>) {
+    let n = s.params.nodes;
+    let mut rng = Rng(s.params.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xad);
+    let mut others: Vec<String> = Vec::new();
+    let mut k = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let stop = s.stop_writes.load(Ordering::SeqCst);
+        if stop && !s.groups().is_empty() {
+            return;
+        }
+        let Some((raft, machine)) = controller_leader(&s) else { continue };
+        let events: Vec<GroupId> = machine.read(|m| m.partitions_of(EVENTS).map(|(g, _)| g).collect());
+        if !events.is_empty() && s.groups().is_empty() {
+            *lock(&s.groups) = events.clone();
+            continue;
+        }
+        k += 1;
+        let record = machine.read(|m| {
+            if events.is_empty() {
+                let topic =
+                    NewTopic { name: EVENTS.into(), num_partitions: 3, replication_factor: 3, ..NewTopic::default() };
+                let defaults = TopicDefaults { num_partitions: 3, replication_factor: 3 };
+                return m.propose_create_topic(&topic, uuid::Uuid::from_u128(u128::MAX), defaults, &AnyConfig).ok();
+            }
+            match k % 10 {
+                0 | 5 if n > 3 => {
+                    let group = events[rng.range(0, events.len() as u64) as usize];
+                    // Three or four replicas, so that one lost disk leaves a majority: with
+                    // one replica the records go with the disk (as Kafka's do), and with two a
+                    // Raft group that lost one has no majority left to elect a leader.
+                    let k = rng.range(3, 5) as usize;
+                    let mut target: Vec<i32> = (1..=n as i32).collect();
+                    for i in (1..target.len()).rev() {
+                        target.swap(i, rng.range(0, i as u64 + 1) as usize);
+                    }
+                    target.truncate(k);
+                    let entry = Reassignment { group_id: group, target: Some(target) };
+                    m.propose_alter_reassignments(vec![entry], true).ok()
+                }
+                3 => {
+                    let topic = NewTopic {
+                        name: format!("t{k}"),
+                        num_partitions: 1,
+                        replication_factor: 1 + (k % 2) as i16,
+                        ..NewTopic::default()
+                    };
+                    let defaults = TopicDefaults { num_partitions: 1, replication_factor: 1 };
+                    m.propose_create_topic(&topic, uuid::Uuid::from_u128(1 + k as u128), defaults, &AnyConfig).ok()
+                }
+                8 if !others.is_empty() => m.propose_delete_topic(&others[0]).ok(),
+                _ => m.propose_allocate_producer_ids(1 + (k % n) as i32).ok(),
+            }
+        });
+        let Some(record) = record else { continue };
+        // A deletion that is not answered may still take effect: the topic is no longer
+        // expected to exist either way.
+        let deleting = matches!(record, MetadataRecord::DeleteTopic { .. }).then(|| others.remove(0));
+        if let Some(t) = &deleting {
+            lock(&s.history).topics.retain(|x| x != t);
+        }
+        let Ok(Ok(Ok(outcome))) =
+            tokio::time::timeout(Duration::from_secs(2), machine.propose(&raft, &record, Duration::from_secs(2))).await
+        else {
+            continue;
+        };
+        let mut h = lock(&s.history);
+        match outcome {
+            ControllerOutcome::ProducerIds { first, count, .. } => h.id_blocks.push((first, count)),
+            ControllerOutcome::TopicCreated { name, .. } => {
+                if name != EVENTS {
+                    others.push(name.clone());
+                }
+                h.topics.push(name)
+            }
+            _ => {}
+        }
+        h.deleted.extend(deleting);
+    }
+}
+
+/// With production start-up, what convergence also needs: no reassignment of the written topic
+/// in progress, every running node's applier running exactly the replicas the metadata places
+/// on it, and every node's data dir holding exactly their directories (deleted topics' and
+/// moved replicas' removed). `Err` says what differs.
+fn production_settled(shared: &Shared) -> Result<(), String> {
+    let Some((_, machine)) = controller_leader(shared) else { return Err("no controller leader".into()) };
+    let m = machine.read(|m| m.clone());
+    if m.topic(EVENTS).is_none() {
+        return Err(format!("no topic {EVENTS}"));
+    }
+    if let Some((g, _)) = m.partitions_of(EVENTS).find(|(_, p)| p.reassignment.is_some()) {
+        return Err(format!("g{g} is being reassigned"));
+    }
+    let live = lock(&shared.live);
+    for id in 1..=shared.params.nodes {
+        let placed: BTreeSet<GroupId> =
+            m.partitions().iter().filter(|(_, p)| p.replicas.contains(&(id as i32))).map(|(g, _)| *g).collect();
+        let running: BTreeSet<GroupId> = live.get(&id).map(|g| g.keys().copied().collect()).unwrap_or_default();
+        if running != placed {
+            return Err(format!("n{id} runs {running:?}, the metadata places {placed:?}"));
+        }
+        let dirs: BTreeSet<GroupId> = std::fs::read_dir(shared.node_dir(id))
+            .map_err(|e| format!("n{id}: {e}"))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.rsplit_once(".g")?.1.parse().ok())
+            .collect();
+        if dirs != placed {
+            return Err(format!("n{id} has replica dirs of {dirs:?}, the metadata places {placed:?}"));
+        }
+    }
+    Ok(())
+}
+
 /// The controller quorum after convergence: every member holds the same log and the same
 /// metadata; every acknowledged producer id block is its own (none overlaps another, all below
 /// the next id to hand out) and every acknowledged topic exists.
@@ -697,18 +920,35 @@ fn check_controllers(shared: &Shared, violations: &mut Vec<String>) {
             violations.push(format!("acknowledged topic {t} is not in the metadata"));
         }
     }
+    for t in &h.deleted {
+        if reference.topic(t).is_some() {
+            violations.push(format!("topic {t}, whose deletion was acknowledged, is in the metadata"));
+        }
+    }
 }
 
 /// The client: one writer per group, each write a new number, sent to whoever leads.
 async fn run_writers(shared: Arc<Shared>) -> HostResult {
-    let mut tasks = vec![tokio::task::spawn_local(run_controller_client(shared.clone()))];
-    if shared.params.moves {
+    let mut tasks = if shared.params.production {
+        vec![tokio::task::spawn_local(run_admin_client(shared.clone()))]
+    } else {
+        vec![tokio::task::spawn_local(run_controller_client(shared.clone()))]
+    };
+    // With production start-up the groups are the partitions of the topic the admin client
+    // creates: writing starts once it exists.
+    while shared.groups().is_empty() {
+        if shared.stop_writes.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if shared.params.moves && !shared.params.production {
         for group in 1..=shared.params.groups {
             shared.movers.fetch_add(1, Ordering::SeqCst);
             tasks.push(tokio::task::spawn_local(run_mover(shared.clone(), group)));
         }
     }
-    for group in 1..=shared.params.groups {
+    for group in shared.groups() {
         let s = shared.clone();
         tasks.push(tokio::task::spawn_local(async move {
             while !s.stop_writes.load(Ordering::SeqCst) {
@@ -835,7 +1075,7 @@ async fn run_mover(s: Arc<Shared>, group: GroupId) {
 /// it is as soon as the leader's own log holds it (within 2 s), without waiting for the commit.
 async fn ack_on_leader_append(
     s: &Arc<Shared>,
-    raft: &Raft<PartitionStateMachine>,
+    raft: &Raft<NodeMachine>,
     group: GroupId,
     what: &str,
 ) -> Option<(u64, u64)> {
@@ -871,6 +1111,7 @@ struct Outcome {
     attempts: u64,
     lost_unsynced: usize,
     kills: u64,
+    disks_lost: u64,
     trace: Vec<String>,
     simulated: Duration,
     moves: (u64, u64),
@@ -887,8 +1128,8 @@ fn apply(sim: &mut turmoil::Sim<'_>, shared: &Shared, action: &Action, down: &mu
     };
     match action {
         // A node the power loss found down already (its own crash track) stays down.
-        Action::Crash(n) | Action::PowerCut(n) if down.contains(n) => {}
-        Action::Crash(n) | Action::PowerCut(n) => {
+        Action::Crash(n) | Action::PowerCut(n) | Action::DiskLoss(n) if down.contains(n) => {}
+        Action::Crash(n) | Action::PowerCut(n) | Action::DiskLoss(n) => {
             sim.crash(host(*n));
             down.insert(*n);
             lock(&shared.live).remove(n);
@@ -901,13 +1142,22 @@ fn apply(sim: &mut turmoil::Sim<'_>, shared: &Shared, action: &Action, down: &mu
             // process leaves it all in the page cache, still unsynced.
             let now = sim.elapsed().as_millis() as u64;
             let seed = shared.params.seed ^ n.wrapping_mul(0x9E37_79B9) ^ now;
-            let power_cut = matches!(action, Action::PowerCut(_)) || !seed.is_multiple_of(3);
+            let power_cut = matches!(action, Action::PowerCut(_) | Action::DiskLoss(_)) || !seed.is_multiple_of(3);
             lock(&shared.history).kills += u64::from(!power_cut);
             if power_cut {
                 match disk::crash(&shared.node_dir(*n), seed) {
                     Ok(c) => lock(&shared.history).lost_unsynced += c.sectors_lost,
                     Err(e) => lock(&shared.history).violations.push(format!("simulation error: crash of n{n}: {e}")),
                 }
+            }
+            let formed = lock(&shared.formed).len() as u64 == shared.params.nodes;
+            if matches!(action, Action::DiskLoss(_)) && formed {
+                lock(&shared.formed).remove(n);
+                let dir = shared.node_dir(*n);
+                if let Err(e) = std::fs::remove_dir_all(&dir).and_then(|_| std::fs::create_dir_all(&dir)) {
+                    lock(&shared.history).violations.push(format!("simulation error: disk loss of n{n}: {e}"));
+                }
+                lock(&shared.history).disks_lost += 1;
             }
             for g in 1..=shared.params.groups {
                 let dir = shared.group_dir(*n, g);
@@ -985,7 +1235,9 @@ fn not_converged(shared: &Shared) -> String {
             )
         })
         .collect();
-    let groups: Vec<String> = (1..=shared.params.groups)
+    let groups: Vec<String> = shared
+        .groups()
+        .into_iter()
         .map(|g| {
             let live = lock(&shared.live);
             let v: Vec<String> = live
@@ -1004,7 +1256,12 @@ fn not_converged(shared: &Shared) -> String {
             format!("g{g}: {}", v.join(", "))
         })
         .collect();
-    format!("{live} nodes up; controllers: {}; {}", controllers.join(", "), groups.join("; "))
+    let settled = if shared.params.production {
+        format!("; {}", production_settled(shared).err().unwrap_or_else(|| "replicas settled".into()))
+    } else {
+        String::new()
+    };
+    format!("{live} nodes up; controllers: {}; {}{settled}", controllers.join(", "), groups.join("; "))
 }
 
 /// Every node is up; every group has one leader all its members follow, and every member holds
@@ -1030,12 +1287,17 @@ fn converged(shared: &Shared) -> bool {
     if !controllers_agree {
         return false;
     }
-    (1..=shared.params.groups).all(|g| {
+    if shared.params.production && production_settled(shared).is_err() {
+        return false;
+    }
+    shared.groups().into_iter().all(|g| {
         let Some(members) = members_of(shared, g) else { return false };
         let live = lock(&shared.live);
         let ms: Vec<RaftMetrics<TypeConfig>> = members
             .iter()
-            .filter_map(|id| live.get(id).map(|groups| groups[&g].metrics().borrow_watched().clone()))
+            .filter_map(|id| {
+                live.get(id).and_then(|groups| groups.get(&g)).map(|r| r.metrics().borrow_watched().clone())
+            })
             .collect();
         let Some(leader) = ms.iter().find(|m| m.state == ServerState::Leader) else { return false };
         ms.len() == members.len()
@@ -1051,8 +1313,8 @@ fn converged(shared: &Shared) -> bool {
 
 /// The final logs against everything seen during the run.
 fn check_final(shared: &Shared, violations: &mut Vec<String>) {
-    let members: Vec<BTreeSet<NodeId>> =
-        (1..=shared.params.groups).map(|g| members_of(shared, g).unwrap_or_default()).collect();
+    let groups = shared.groups();
+    let members: Vec<BTreeSet<NodeId>> = groups.iter().map(|g| members_of(shared, *g).unwrap_or_default()).collect();
     let h = lock(&shared.history);
     for ((g, term), nodes) in &h.leaders {
         if nodes.len() > 1 {
@@ -1060,9 +1322,9 @@ fn check_final(shared: &Shared, violations: &mut Vec<String>) {
         }
     }
     let stores = lock(&shared.stores);
-    for g in 1..=shared.params.groups {
+    for (i, &g) in groups.iter().enumerate() {
         // The group's members hold its log; with moves, the others may hold an older one.
-        let logs: Vec<(NodeId, Vec<EntryOf<TypeConfig>>)> = members[(g - 1) as usize]
+        let logs: Vec<(NodeId, Vec<EntryOf<TypeConfig>>)> = members[i]
             .iter()
             .map(|&n| {
                 let entries = stores
@@ -1145,6 +1407,8 @@ fn run(params: &Params, schedule: &Schedule) -> Outcome {
     let root = data.path().canonicalize().expect("the temp dir's name");
     let lose_syncs = params.bug == Some(Bug::ReportBeforeSync);
     disk::attach(&root, disk::Options { sync_delay: params.sync, lose_syncs });
+    // File work the applier hands to tokio's blocking pool runs in place, in simulated time.
+    fjord_replication::rt::run_blocking_inline(true);
     let shared = Arc::new(Shared {
         params: params.clone(),
         links: Arc::new(Links::default()),
@@ -1154,6 +1418,8 @@ fn run(params: &Params, schedule: &Schedule) -> Outcome {
         live: Mutex::new(BTreeMap::new()),
         nodes: Mutex::new(BTreeMap::new()),
         controllers: Mutex::new(BTreeMap::new()),
+        formed: Mutex::new(BTreeSet::new()),
+        groups: Mutex::new(if params.production { Vec::new() } else { (1..=params.groups).collect() }),
         booted: Mutex::new(BTreeSet::new()),
         history: Mutex::new(History::default()),
         stop_writes: AtomicBool::new(false),
@@ -1230,6 +1496,7 @@ fn run(params: &Params, schedule: &Schedule) -> Outcome {
         check_controllers(&shared, &mut violations);
     }
     disk::detach(&shared.root);
+    fjord_replication::rt::run_blocking_inline(false);
     let h = lock(&shared.history);
     fjord_replication::clock::jump(-h.clock_jumped);
     fjord_replication::clock::simulate(None);
@@ -1241,6 +1508,7 @@ fn run(params: &Params, schedule: &Schedule) -> Outcome {
         attempts: h.attempts,
         lost_unsynced: h.lost_unsynced,
         kills: h.kills,
+        disks_lost: h.disks_lost,
         trace: h.trace.clone(),
         simulated: sim.elapsed(),
         moves: (h.moves_started, h.moves_completed),
@@ -1309,13 +1577,13 @@ fn env_u64(name: &str) -> Option<u64> {
 /// Runs `seeds` (or the seeds the environment names), failing with every failing seed's
 /// schedule and replay command.
 fn run_seeds(nodes: u64, blips: bool, seeds: impl IntoIterator<Item = u64>) {
-    run_seeds_with(nodes, blips, false, seeds)
+    run_seeds_with(nodes, blips, false, false, seeds)
 }
 
 /// Held (shared) by every simulation test, and alone by `a_seed_replays_exactly`.
 static SIM_TESTS: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
-fn run_seeds_with(nodes: u64, blips: bool, moves: bool, seeds: impl IntoIterator<Item = u64>) {
+fn run_seeds_with(nodes: u64, blips: bool, moves: bool, production: bool, seeds: impl IntoIterator<Item = u64>) {
     let _shared = SIM_TESTS.read().unwrap_or_else(|e| e.into_inner());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
@@ -1324,6 +1592,7 @@ fn run_seeds_with(nodes: u64, blips: bool, moves: bool, seeds: impl IntoIterator
     let nodes = env_u64("FJORD_SIM_NODES").unwrap_or(nodes);
     let blips = env_u64("FJORD_SIM_BLIPS").map_or(blips, |b| b != 0);
     let moves = env_u64("FJORD_SIM_MOVES").map_or(moves, |m| m != 0);
+    let production = env_u64("FJORD_SIM_PRODUCTION").map_or(production, |m| m != 0);
     let seeds: Vec<u64> = if let Some(s) = env_u64("FJORD_SIM_SEED") {
         vec![s]
     } else if let Some(n) = env_u64("FJORD_SIM_SEEDS") {
@@ -1334,14 +1603,15 @@ fn run_seeds_with(nodes: u64, blips: bool, moves: bool, seeds: impl IntoIterator
     };
     let started = Instant::now();
     let mut failures = Vec::new();
-    let (mut acked, mut attempts, mut lost, mut kills) = (0, 0, 0, 0);
+    let (mut acked, mut attempts, mut lost, mut kills, mut disks_lost) = (0, 0, 0, 0, 0);
     let (mut moves_started, mut moves_completed) = (0, 0);
     let (mut duplicated, mut reordered) = (0, 0);
     let mut metadata_acked = 0;
     for &seed in &seeds {
-        let params = Params { blips, moves, ..Params::new(seed, nodes) };
+        let params = Params { blips, moves, production, ..Params::new(seed, nodes) };
         let schedule = Schedule::generate(&params);
         let out = run(&params, &schedule);
+        disks_lost += out.disks_lost;
         duplicated += out.mangled.0;
         metadata_acked += out.metadata_acked;
         reordered += out.mangled.1;
@@ -1388,6 +1658,9 @@ fn run_seeds_with(nodes: u64, blips: bool, moves: bool, seeds: impl IntoIterator
     if moves {
         println!("{moves_started} reassignments started, {moves_completed} completed");
     }
+    if production {
+        println!("nodes started as production starts them; {disks_lost} disks lost");
+    }
     assert!(failures.is_empty(), "{} of {} seeds failed:\n{}", failures.len(), seeds.len(), failures.join("\n\n"));
     assert!(acked > 0, "no write was acknowledged in any schedule: the simulation checked nothing");
     assert!(metadata_acked > 0, "the controller acknowledged no record in any schedule: it was not checked");
@@ -1396,6 +1669,7 @@ fn run_seeds_with(nodes: u64, blips: bool, moves: bool, seeds: impl IntoIterator
     if seeds.len() >= 16 {
         assert!(duplicated > 0 && reordered > 0, "the links duplicated {duplicated} and reordered {reordered} frames");
         assert!(kills > 0 && lost > 0, "{kills} processes killed, {lost} sectors lost to power cuts");
+        assert!(!production || disks_lost > 0, "no disk was lost: the recovery of replicas was not checked");
     }
 }
 
@@ -1411,13 +1685,18 @@ fn a_seed_replays_exactly() {
     }
     // Alone: tests running beside it would take task ids meanwhile (`align_task_ids`).
     let _alone = SIM_TESTS.write().unwrap_or_else(|e| e.into_inner());
-    let run_of = |(seed, nodes, moves): (u64, u64, bool)| {
-        let params = Params { moves, ..Params::new(seed, nodes) };
+    let run_of = |(seed, nodes, moves, production): (u64, u64, bool, bool)| {
+        let params = Params { moves, production, ..Params::new(seed, nodes) };
         let out = run(&params, &Schedule::generate(&params));
         assert!(out.violations.is_empty(), "seed {seed}: {:?}", out.violations);
         out
     };
-    for (seed, other) in [((305, 5, true), (9, 3, false)), ((7, 3, false), (102, 5, false))] {
+    let runs = [
+        ((305, 5, true, false), (9, 3, false, false)),
+        ((7, 3, false, false), (102, 5, false, false)),
+        ((503, 5, false, true), (9, 3, false, false)),
+    ];
+    for (seed, other) in runs {
         let a = run_of(seed);
         run_of(other);
         let b = run_of(seed);
@@ -1454,7 +1733,22 @@ fn five_nodes() {
 /// them, growing and shrinking, their leaders handing over when they leave.
 #[test]
 fn five_nodes_with_moves() {
-    run_seeds_with(5, false, true, 301..=306);
+    run_seeds_with(5, false, true, false, 301..=306);
+}
+
+/// Nodes started as the broker starts them (`server::start`): the applier starts the written
+/// topic's replicas from the metadata, and starts and removes those of topics created and
+/// deleted meanwhile; one crash in two schedules loses the node's disk.
+#[test]
+fn three_nodes_production_start() {
+    run_seeds_with(3, false, false, true, 401..=406);
+}
+
+/// As `three_nodes_production_start` on five nodes, the topic's partitions reassigned through
+/// the metadata and carried out by the leaders' reassignment drivers.
+#[test]
+fn five_nodes_production_start() {
+    run_seeds_with(5, false, false, true, 501..=504);
 }
 
 /// Runs `seeds` with `bug` planted until one ends in a safety violation (not merely a stuck
