@@ -69,11 +69,16 @@ fn live_brokers(cluster: &LocalCluster) -> usize {
 
 /// Runs `reassign.py` (kafka-python's admin client) and returns its lines.
 fn reassign(cluster: &LocalCluster, args: &[&str]) -> Vec<String> {
-    let mut cmd = fjord_compat_tests::client(fjord_compat_tests::python());
-    cmd.current_dir(fjord_compat_tests::clients_dir().join("python"));
     // The first three nodes: the tests stop the fourth, and kafka-python gives up on a
     // bootstrap server that refuses the connection.
-    let bootstrap: Vec<String> = cluster.nodes[..3].iter().map(|n| n.bootstrap()).collect();
+    reassign_via(cluster, &[0, 1, 2], args)
+}
+
+/// `reassign`, bootstrapping from the nodes of these indexes.
+fn reassign_via(cluster: &LocalCluster, nodes: &[usize], args: &[&str]) -> Vec<String> {
+    let mut cmd = fjord_compat_tests::client(fjord_compat_tests::python());
+    cmd.current_dir(fjord_compat_tests::clients_dir().join("python"));
+    let bootstrap: Vec<String> = nodes.iter().map(|i| cluster.nodes[*i].bootstrap()).collect();
     cmd.arg("reassign.py").arg(bootstrap.join(",")).args(args);
     let out = fjord_compat_tests::run_client(&mut cmd, Duration::from_secs(90));
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
@@ -257,4 +262,44 @@ fn a_cancelled_reassignment_goes_back_and_kafkajs_moves_a_partition() {
         values.len() >= 50
     });
     assert_eq!(values, (0..50).map(|i| format!("v{i}")).collect::<Vec<_>>());
+}
+
+/// Replacing a node that is gone for good: a partition on nodes 1, 2 and 3 moves to 1, 2 and 4
+/// while node 3 stays down and producers write. The joining replica takes the newest term of
+/// its group from the metadata (it cannot ask node 3), so the move completes without node 3,
+/// and no acknowledged record is lost, duplicated or reordered.
+#[test]
+fn a_partition_moves_off_a_node_that_is_gone() {
+    let started = Instant::now();
+    let mut cluster = LocalCluster::start(3);
+    cluster.wait_formed(DEADLINE);
+    let four = cluster.add_broker("r4", &[]);
+    cluster.wait_formed(DEADLINE);
+    let topic = "rescued";
+    create_assigned(&mut cluster.conn(0), topic, &[vec![1, 2, 3]]);
+    wait_until(DEADLINE, "the partition led, all three replicas in sync", || {
+        placement(&cluster, 0, topic).first().is_some_and(|(r, l, n)| *r == [1, 2, 3] && *l > 0 && *n == 3)
+    });
+    let w = Workload::new(&cluster.bootstrap(), topic, 1, 2);
+    let work = tempfile::tempdir().expect("temp dir");
+    let run = Run::start(&w, &work.path().join("history.jsonl")).expect("start the workload");
+    run.wait_acked(300, DEADLINE).expect("acks before node 3 goes");
+
+    cluster.nodes[2].kill9();
+    let faults_ns = vec![now_ns()];
+    run.log_fault("node 3 gone");
+    let alive = [0, 1, four];
+    let answers = reassign_via(&cluster, &alive, &["alter", topic, "0=1,2,4"]);
+    assert_eq!(answers, ["0 ok"]);
+    wait_until(Duration::from_secs(90), "the partition on nodes 1, 2 and 4, all in sync", || {
+        placed(&cluster, &alive, topic, &[vec![1, 2, 4]])
+    });
+    assert!(reassign_via(&cluster, &alive, &["list", topic]).is_empty(), "the reassignment is still listed");
+    wait_until(DEADLINE, "node 4 holds the partition's log", || {
+        replica_dirs(cluster.nodes[four].data_dir.path(), topic) == [0]
+    });
+    run.wait_acked(run.acked() + 300, DEADLINE).expect("acks on the new replicas");
+    let j = stop_and_judge(run, &w, work, &faults_ns, started);
+    assert_eq!(j.report.unknown, 0, "every record got an answer");
+    assert_eq!(j.verdict.stats.acked as u64, j.report.acked);
 }

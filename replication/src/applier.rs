@@ -85,9 +85,6 @@ pub fn partition_dir(data_dir: &std::path::Path, topic: &str, index: i32, group:
 struct Wanted {
     topic: String,
     index: i32,
-    /// Every node that may hold the group's log (during a reassignment, the target's and the
-    /// others still listed).
-    replicas: Vec<i32>,
     /// The group's first voters, should it be new: during a reassignment the original replicas
     /// (the leader adds the others).
     voters: Vec<i32>,
@@ -102,6 +99,8 @@ struct Wanted {
     /// never voted nor acknowledged an entry in the group's current membership, so it joins as
     /// a learner, from an empty log.
     learner: bool,
+    /// The newest leader epoch (term) the metadata records for the group.
+    leader_epoch: u64,
 }
 
 fn wanted(m: &ClusterMetadata, me: i32) -> BTreeMap<GroupId, Wanted> {
@@ -117,12 +116,12 @@ fn wanted(m: &ClusterMetadata, me: i32) -> BTreeMap<GroupId, Wanted> {
             let w = Wanted {
                 topic: p.topic.clone(),
                 index: p.index,
-                replicas: p.replicas.clone(),
                 voters,
                 configs,
                 had_leader,
                 lone,
                 learner,
+                leader_epoch: u64::try_from(p.leader_epoch).unwrap_or(0),
             };
             (*g, w)
         })
@@ -198,6 +197,29 @@ fn metadata_caught_up(controller: &Controller<NodeMachine>, config: &ApplierConf
     controller
         .machine()
         .read(|m| m.broker(config.node_id).is_some_and(|b| b.registration.incarnation == config.incarnation))
+}
+
+/// Removes everything in a replica directory but its recovery marker (synced); returns how
+/// many entries went.
+fn empty_but_marker(dir: &std::path::Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name() == crate::recovery::MARKER {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+        removed += 1;
+    }
+    if removed > 0 {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(removed)
 }
 
 /// The file in a node's data dir that records the first group created after the data dir began.
@@ -296,28 +318,31 @@ async fn reconcile(
             // membership would take this empty replica's vote or acknowledgements as the old
             // voter's, and could overwrite what was committed since. So it joins recovering:
             // no vote until a current leader's log has reached it, no entries from a leader
-            // older than the newest term its group has seen. A directory left from an earlier
-            // time it held the group (moved off while down) may hold a membership naming it a
-            // voter, with which it would campaign; nothing in it is of use to the group now.
-            if dir.exists() {
-                let old = dir.clone();
-                match crate::rt::blocking(move || std::fs::remove_dir_all(&old)).await {
-                    Ok(Ok(())) => {
-                        tracing::warn!(group, dir = %dir.display(), "removed an old replica of a partition this node rejoins as a learner")
-                    }
-                    Ok(Err(e)) => {
-                        tracing::error!(group, dir = %dir.display(), error = %e, "cannot remove an old replica; not starting it");
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::error!(group, error = %e, "replica removal task failed");
-                        continue;
-                    }
-                }
-            }
+            // older than the newest term the metadata records for its group. (A reassignment
+            // completes only once its leader's term is recorded, `reassign`, and any leader whose
+            // membership still has this node as a voter is older than that.) A directory left from an earlier
+            // time it held the group (moved off while down, or a crash mid catch-up) may hold a
+            // membership naming it a voter, with which it would campaign; nothing in it is of
+            // use to the group now. It is marked first and emptied after, so a crash in between
+            // (or a promotion recorded meanwhile) finds it still recovering.
             if let Err(e) = node.recovery().begin(*group, &dir) {
                 tracing::error!(group, dir = %dir.display(), error = %e, "cannot mark a joining replica as recovering; not starting it");
                 continue;
+            }
+            let old = dir.clone();
+            match crate::rt::blocking(move || empty_but_marker(&old)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(_)) => {
+                    tracing::warn!(group, dir = %dir.display(), "emptied an old replica of a partition this node rejoins as a learner")
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(group, dir = %dir.display(), error = %e, "cannot empty an old replica; not starting it");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(group, error = %e, "replica removal task failed");
+                    continue;
+                }
             }
             true
         } else if w.had_leader && !lone && !existed && *group < fresh_from {
@@ -385,15 +410,28 @@ async fn reconcile(
         // learnt the newest term the group's other replicas have seen. (A learner is added by
         // the leader, `crate::reassign`: an initialized membership here would make it a voter
         // of a group that has other voters.)
-        if recovering {
-            if w.learner {
-                tracing::info!(group, topic = %w.topic, partition = w.index, "replica waits to join as a learner");
-            }
-            // During a reassignment any listed node may be a voter; every one is asked.
-            let voters = w.replicas.iter().filter_map(|r| NodeId::try_from(*r).ok()).collect();
+        if recovering && w.learner {
+            node.recovery().set_floor(*group, w.leader_epoch);
+            tracing::info!(group, topic = %w.topic, partition = w.index, "replica waits to join as a learner");
+        } else if recovering {
+            // During a reassignment any listed node may be a voter; every one is asked, as
+            // the metadata lists them at each round.
+            let (listed, g) = (controller.machine().clone(), *group);
+            let voters = move || {
+                listed.read(|m| {
+                    m.partition(g)
+                        .map(|p| p.replicas.iter().filter_map(|r| NodeId::try_from(*r).ok()).collect())
+                        .unwrap_or_default()
+                })
+            };
             tokio::spawn(crate::recovery::learn_floor(node.clone(), *group, voters));
-        } else if late {
-            tracing::info!(group, topic = %w.topic, partition = w.index, "a replica new to this node waits for its leader's log");
+        } else if w.had_leader && !lone {
+            // The group runs: the membership it has now comes with its leader's log (which a
+            // replica holding a log has already). Setting one up from the metadata's view could
+            // give this replica a first entry that differs from the others'.
+            if late {
+                tracing::info!(group, topic = %w.topic, partition = w.index, "a replica new to this node waits for its leader's log");
+            }
         } else {
             if let Err(e) = raft.initialize(members).await {
                 tracing::debug!(group, error = %e, "partition group already initialized");

@@ -305,6 +305,7 @@ async fn step(
     metrics::gauge!("fjord_reassignment_lag_entries", "topic" => m.topic.clone(), "partition" => m.index.to_string())
         .set(view.behind(&m.target) as f64);
     let next = next_step(&m.target, &view);
+    let term = view.term;
     if matches!(next, Step::CatchUp | Step::WaitInSync) {
         return Ok(());
     }
@@ -336,7 +337,21 @@ async fn step(
         Step::AddVoters(ids) => change(ChangeMembers::AddVoterIds(ids), true).await,
         Step::ReplaceVoters(ids) => change(ChangeMembers::ReplaceAllVoters(ids), false).await,
         Step::DropLearners(ids) => change(ChangeMembers::RemoveNodes(ids), false).await,
-        Step::Complete => submit_step(controller, group, m, ReassignmentStep::Complete).await,
+        Step::Complete => {
+            // The metadata records this leadership, at this term, before the reassignment
+            // completes: a replica that a later reassignment adds back takes the recorded epoch
+            // as the newest term its group has seen (`applier`), and only leaders that know the
+            // membership reached here (which dropped whatever node left) have a term that high.
+            let me = i32::try_from(node.id()).map_err(|_| "node id out of range".to_string())?;
+            let recorded = controller.machine().read(|md| {
+                md.partition(group)
+                    .is_some_and(|p| p.leader == Some(me) && u64::try_from(p.leader_epoch).ok() == Some(term))
+            });
+            if !recorded {
+                return Err("this leadership is not recorded yet; completing after it is".into());
+            }
+            submit_step(controller, group, m, ReassignmentStep::Complete).await
+        }
     }
 }
 

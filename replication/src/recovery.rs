@@ -269,7 +269,8 @@ pub async fn settle_voter<SM>(
         let answers = node.peer_logs(group, &others, std::time::Duration::from_secs(1)).await;
         if answers.values().any(|p| p.last_index.is_some_and(|i| i > 0)) {
             tracing::warn!(group, ?answers, "the quorum has a history this voter lacks: recovering it from the leader");
-            return learn_floor(node, group, voters.keys().copied().collect()).await;
+            let voters: Vec<crate::NodeId> = voters.keys().copied().collect();
+            return learn_floor(node, group, move || voters.clone()).await;
         }
         // This voter's own empty log is what is in doubt: only other voters' answers count,
         // every one of them (a voter that has never caught up looks empty too), or after
@@ -300,18 +301,25 @@ pub async fn settle_voter<SM>(
 }
 
 /// Learns the floor of a recovering replica (module docs): asks every other voter of `group`
-/// for its term until all of them have answered in one round, and sets the newest as the floor.
-/// Returns once it is set, or when the replica is no longer recovering or hosted here.
+/// (as `voters` names them at each round) for its term until all of them have answered in one
+/// round, and sets the newest as the floor. Returns once it is set, or when the replica is no
+/// longer recovering or hosted here.
+///
+/// A partition's voters are read again each round because a reassignment may complete
+/// meanwhile: the replica it removed deletes its log and never answers again. Asking only the
+/// replicas still listed is enough: the reassignment completed after a membership without the
+/// removed one was committed, in a term every replica still listed has seen or passed, and the
+/// removed one could lead only in an older term.
 pub async fn learn_floor<SM>(
     node: std::sync::Arc<crate::node::ReplicaNode<SM>>,
     group: GroupId,
-    voters: Vec<crate::NodeId>,
+    voters: impl Fn() -> Vec<crate::NodeId> + Send,
 ) where
     SM: openraft::storage::RaftStateMachine<crate::types::TypeConfig, SnapshotData = bytes::Bytes>,
 {
-    let others: Vec<crate::NodeId> = voters.into_iter().filter(|v| *v != node.id()).collect();
     let mut last_report = tokio::time::Instant::now();
     loop {
+        let others: Vec<crate::NodeId> = voters().into_iter().filter(|v| *v != node.id()).collect();
         if !node.recovery().is_recovering(group) || node.group(group).is_none() {
             return;
         }

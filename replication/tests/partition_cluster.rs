@@ -116,8 +116,8 @@ async fn start_node_recovering(
         logs.insert(group, store.log().clone());
         node.start_group(group, config.clone(), store, sm).await.unwrap();
         if recovering == Some(group) {
-            let voters = members.keys().copied().collect();
-            tokio::spawn(fjord_replication::recovery::learn_floor(node.clone(), group, voters));
+            let voters: Vec<NodeId> = members.keys().copied().collect();
+            tokio::spawn(fjord_replication::recovery::learn_floor(node.clone(), group, move || voters.clone()));
         }
     }
     let heartbeats = node.start_heartbeats(timings().heartbeat_interval);

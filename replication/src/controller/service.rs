@@ -254,9 +254,9 @@ impl<SM: RaftStateMachine<TypeConfig>> Controller<SM> {
                 }
             }
             // A linearizable read: a quorum confirms this node still leads, and the state it
-            // answers from has applied everything committed before the check came in, so a
-            // reassignment replaced meanwhile (by another leader too) is never taken for the
-            // one in progress.
+            // answers from has applied everything committed before the check came in. (A
+            // replacement committed after the answer is still acted on once by the partition
+            // leader's next step; each step checks again.)
             Request::ReassignmentStep { group_id, epoch, step: ReassignmentStep::Check } => {
                 let read = self.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex);
                 match tokio::time::timeout(wait, read).await {

@@ -633,7 +633,9 @@ async fn run_production_node(shared: Arc<Shared>, id: NodeId) -> HostResult {
         let new: Vec<(GroupId, Raft<NodeMachine>)> = {
             let mut live = lock(&shared.live);
             let mine = live.entry(id).or_default();
-            mine.retain(|g, _| running.contains_key(g));
+            // A group stopped and started again between two looks is a new Raft: the old
+            // handle only reports its shutdown.
+            mine.retain(|g, r| running.contains_key(g) && r.metrics().borrow_watched().state != ServerState::Shutdown);
             running.iter().filter(|(g, _)| !mine.contains_key(g)).map(|(g, r)| (*g, r.clone())).collect()
         };
         lock(&shared.stores).retain(|(n, g), _| *n != id || *g == CONTROLLER_GROUP || running.contains_key(g));
