@@ -210,9 +210,15 @@ impl ClusterNode {
         self.controller.machine().read(f)
     }
 
-    /// The controller quorum's leader as this node knows it, -1 when none is known.
+    /// The controller quorum's leader as this node knows it, -1 when none is known. A leader
+    /// whose process is known to be gone (its connections closed) is not named: this node is,
+    /// since it forwards controller requests (as a KRaft broker names a live broker), so an
+    /// admin client does not connect to a dead node while the quorum elects another leader.
     pub fn controller_id(&self) -> i32 {
-        self.controller.leader().and_then(|l| i32::try_from(l).ok()).unwrap_or(-1)
+        let me = self.node.id();
+        let leader =
+            self.controller.leader().map(|l| if l != me && self.node.transport().known_down(l) { me } else { l });
+        leader.and_then(|l| i32::try_from(l).ok()).unwrap_or(-1)
     }
 
     /// Sends `req` to the controller leader; its refusal comes back as the Kafka error clients

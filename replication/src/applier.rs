@@ -510,6 +510,11 @@ async fn report(node: &ReplicaNode<NodeMachine>, controller: &Controller<NodeMac
             Some(r) => r.proposer.in_sync(&raft, my_id).into_iter().filter_map(|n| i32::try_from(n).ok()).collect(),
             None => continue,
         };
+        // A fenced broker is not in sync (KIP-841): the controller refuses a report naming one,
+        // which would keep this leadership unrecorded (and a reassignment from completing).
+        let isr: Vec<i32> = controller
+            .machine()
+            .read(|m| isr.into_iter().filter(|b| m.broker(*b).is_some_and(|b| !b.fenced)).collect());
         let recorded = controller.machine().read(|m| {
             m.partition(group).map(|p| p.leader == Some(reporter) && p.leader_epoch == epoch && p.isr == isr)
         });

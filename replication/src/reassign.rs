@@ -342,6 +342,16 @@ async fn step(
             // completes: a replica that a later reassignment adds back takes the recorded epoch
             // as the newest term its group has seen (`applier`), and only leaders that know the
             // membership reached here (which dropped whatever node left) have a term that high.
+            // And the membership reached is committed, seen in one snapshot with this node still
+            // leading in the same term: a leader whose membership still has a departed node as a
+            // voter is then older than this term.
+            let now = raft.metrics().borrow_watched().clone();
+            let committed = now.state == openraft::ServerState::Leader
+                && now.current_term == term
+                && now.committed_membership_config.log_id() == now.membership_config.log_id();
+            if !committed {
+                return Err("the new membership is not committed in this term yet".into());
+            }
             let me = i32::try_from(node.id()).map_err(|_| "node id out of range".to_string())?;
             let recorded = controller.machine().read(|md| {
                 md.partition(group)

@@ -307,9 +307,10 @@ pub async fn settle_voter<SM>(
 ///
 /// A partition's voters are read again each round because a reassignment may complete
 /// meanwhile: the replica it removed deletes its log and never answers again. Asking only the
-/// replicas still listed is enough: the reassignment completed after a membership without the
-/// removed one was committed, in a term every replica still listed has seen or passed, and the
-/// removed one could lead only in an older term.
+/// replicas still listed is enough: the reassignment completed once a membership without the
+/// removed one was committed in some term c, so the removed one could lead only in a term
+/// before c; a majority of that membership has seen c, and every majority of it (two voters or
+/// more) includes one of the listed replicas asked here, all of which are asked.
 pub async fn learn_floor<SM>(
     node: std::sync::Arc<crate::node::ReplicaNode<SM>>,
     group: GroupId,
@@ -319,7 +320,12 @@ pub async fn learn_floor<SM>(
 {
     let mut last_report = tokio::time::Instant::now();
     loop {
-        let others: Vec<crate::NodeId> = voters().into_iter().filter(|v| *v != node.id()).collect();
+        let listed = voters();
+        if listed.is_empty() {
+            // The partition is gone from the metadata: the applier stops its replica.
+            return;
+        }
+        let others: Vec<crate::NodeId> = listed.into_iter().filter(|v| *v != node.id()).collect();
         if !node.recovery().is_recovering(group) || node.group(group).is_none() {
             return;
         }
