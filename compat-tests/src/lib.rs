@@ -103,7 +103,7 @@ impl BrokerProcess {
         let log_path = data_dir.path().with_extension("log");
         let mut b = BrokerProcess {
             child: None,
-            port: 0,
+            port: free_port(),
             data_dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -377,8 +377,27 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
 
 /// A free local address (for `--metrics-listen`).
 pub fn free_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
-    format!("127.0.0.1:{port}")
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// A port nothing listens on now, below the kernel's ephemeral range (32768 and up on Linux).
+/// A broker restarted on its old port then cannot find it taken by a client's outgoing
+/// connection, which the kernel numbers from that range (as it does `:0` listeners).
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Each test process starts at its own place in 10000..32000, so processes run one after
+    // another do not reuse each other's ports at once.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = 10_000 + (u64::from(std::process::id()) * 7919 % 22_000) as u32;
+    let _ = NEXT.compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..22_000 {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = (10_000 + (n - 10_000) % 22_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below 32000");
 }
 
 /// The Prometheus page, once the endpoint serves one that mentions `needle`
