@@ -233,7 +233,7 @@ const FRESH_GROUPS_FILE: &str = "replicas-fresh-from";
 /// here recovers before it votes. A group from it on was created while this data dir lived, and a
 /// replica directory is made durable before the replica votes or acknowledges anything: one
 /// missing never existed here (the node was down or behind when the group was created), and it
-/// starts as a voter. (A node late to a new topic would otherwise wait to recover like a wiped
+/// starts without recovering, taking the group's membership from its leader's log. (A node late to a new topic would otherwise wait to recover like a wiped
 /// one, and with a wiped peer in the same group, two of three replicas would refuse every vote.)
 /// Removing a replica directory by hand is a disk loss only if this file goes with it.
 async fn fresh_groups_from(data_dir: &std::path::Path, next_group: GroupId) -> Result<GroupId, String> {
@@ -319,11 +319,11 @@ async fn reconcile(
             // voter's, and could overwrite what was committed since. So it joins recovering:
             // no vote until a current leader's log has reached it, no entries from a leader
             // older than the newest term the metadata records for its group. (A reassignment
-            // completes only once its leader's term is recorded, `reassign`, and any leader whose
-            // membership still has this node as a voter is older than that.) A directory left from an earlier
-            // time it held the group (moved off while down, or a crash mid catch-up) may hold a
-            // membership naming it a voter, with which it would campaign; nothing in it is of
-            // use to the group now. It is marked first and emptied after, so a crash in between
+            // completes only once its membership is committed in its leader's term and that term
+            // is recorded, `reassign`; any leader whose membership still has this node as a
+            // voter is older.) A directory left from an earlier time it held the group (moved
+            // off while down, or a crash mid catch-up) may hold a membership naming it a voter,
+            // with which it would campaign; nothing in it is of use to the group now. It is marked first and emptied after, so a crash in between
             // (or a promotion recorded meanwhile) finds it still recovering.
             if let Err(e) = node.recovery().begin(*group, &dir) {
                 tracing::error!(group, dir = %dir.display(), error = %e, "cannot mark a joining replica as recovering; not starting it");
