@@ -756,18 +756,27 @@ async fn run_controller_client(s: Arc<Shared>) {
         });
         k += 1;
         let Some(record) = record else { continue };
-        let Ok(Ok(Ok(outcome))) =
-            tokio::time::timeout(Duration::from_secs(2), machine.propose(&raft, &record, Duration::from_secs(2))).await
-        else {
-            continue;
-        };
-        let mut h = lock(&s.history);
-        match outcome {
-            ControllerOutcome::ProducerIds { first, count, .. } => h.id_blocks.push((first, count)),
-            ControllerOutcome::TopicCreated { name, .. } => h.topics.push(name),
-            _ => {}
-        }
+        propose_and_record(&s, &raft, &machine, &record).await;
     }
+}
+
+/// Proposes `record` through the controller leader `raft` (for at most 2 s) and records what
+/// its acknowledged outcome hands out for the checker: producer id blocks and created topics.
+async fn propose_and_record(
+    s: &Shared,
+    raft: &Raft<NodeMachine>,
+    machine: &ControllerMachine,
+    record: &MetadataRecord,
+) -> Option<ControllerOutcome> {
+    let proposal = machine.propose(raft, record, Duration::from_secs(2));
+    let Ok(Ok(Ok(outcome))) = tokio::time::timeout(Duration::from_secs(2), proposal).await else { return None };
+    let mut h = lock(&s.history);
+    match &outcome {
+        ControllerOutcome::ProducerIds { first, count, .. } => h.id_blocks.push((*first, *count)),
+        ControllerOutcome::TopicCreated { name, .. } => h.topics.push(name.clone()),
+        _ => {}
+    }
+    Some(outcome)
 }
 
 /// The admin side with production start-up (brokers register themselves): creates the topic
@@ -836,23 +845,11 @@ async fn run_admin_client(s: Arc<Shared>) {
         if let Some(t) = &deleting {
             lock(&s.history).topics.retain(|x| x != t);
         }
-        let Ok(Ok(Ok(outcome))) =
-            tokio::time::timeout(Duration::from_secs(2), machine.propose(&raft, &record, Duration::from_secs(2))).await
-        else {
-            continue;
-        };
-        let mut h = lock(&s.history);
-        match outcome {
-            ControllerOutcome::ProducerIds { first, count, .. } => h.id_blocks.push((first, count)),
-            ControllerOutcome::TopicCreated { name, .. } => {
-                if name != EVENTS {
-                    others.push(name.clone());
-                }
-                h.topics.push(name)
-            }
-            _ => {}
+        match propose_and_record(&s, &raft, &machine, &record).await {
+            Some(ControllerOutcome::TopicCreated { name, .. }) if name != EVENTS => others.push(name),
+            Some(_) => lock(&s.history).deleted.extend(deleting),
+            None => {}
         }
-        h.deleted.extend(deleting);
     }
 }
 
