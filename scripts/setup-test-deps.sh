@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite drives: kcat (Debian), a Python venv with
-# confluent-kafka and kafka-python (plus its codec libraries), and kafkajs
+# confluent-kafka and kafka-python (plus its codec libraries) and schemathesis
+# (the admin API's OpenAPI checks), and kafkajs
 # with pure-JS codecs (npm). Safe to run again: each step skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,8 +14,8 @@ if ! command -v kcat >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kcat >/dev/null
 fi
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import confluent_kafka, kafka, lz4, zstandard, snappy" 2>/dev/null; then
-  echo "==> creating .venv with confluent-kafka and kafka-python"
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import confluent_kafka, kafka, lz4, zstandard, snappy, schemathesis" 2>/dev/null; then
+  echo "==> creating .venv with confluent-kafka, kafka-python and schemathesis"
   rm -rf .venv
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip

@@ -123,7 +123,7 @@ def start_cluster(binary, work, proxies):
             "--node-id", str(i + 1), "--listen", f"127.0.0.1:{listen[i]}",
             "--advertised-listener", f"127.0.0.1:{advertised[i]}",
             "--cluster-listen", f"127.0.0.1:{cluster[i]}", "--controller-quorum-voters", voters,
-            "--broker-rack", region, "--metrics-listen", f"127.0.0.1:{metrics[i]}",
+            "--broker-rack", region, "--admin-listen", f"127.0.0.1:{metrics[i]}",
             "--replica-selector-class", "rack-aware", "--leader-imbalance-check-interval-seconds", "1"]))
     bootstrap = ",".join(f"127.0.0.1:{p}" for p in advertised)
     return procs, bootstrap, metrics

@@ -113,7 +113,7 @@ impl Broker {
     /// `extra` flags.
     pub fn start(bin: &Path, parent: &Path, extra: &[String]) -> anyhow::Result<Broker> {
         let data = tempfile::tempdir_in(parent)?;
-        let metrics = if extra.iter().any(|a| a.starts_with("--metrics-listen")) {
+        let metrics = if extra.iter().any(|a| a.starts_with("--metrics-listen") || a.starts_with("--admin-listen")) {
             None
         } else {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -122,7 +122,7 @@ impl Broker {
         let mut child = Command::new(bin)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.path())
-            .args(metrics.iter().flat_map(|m| ["--metrics-listen", m.as_str()]))
+            .args(metrics.iter().flat_map(|m| ["--admin-listen", m.as_str()]))
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -130,7 +130,15 @@ impl Broker {
             .map_err(|e| anyhow::anyhow!("cannot start broker {}: {e}", bin.display()))?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no broker stdout"))?;
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
+        let mut reader = BufReader::new(stdout);
+        // The admin API's address comes first when it is on; the client listener's line last.
+        loop {
+            line.clear();
+            reader.read_line(&mut line)?;
+            if !line.starts_with("fjord admin API listening on ") {
+                break;
+            }
+        }
         let bootstrap = line
             .trim()
             .strip_prefix("fjord listening on ")

@@ -703,6 +703,82 @@ impl ClusterNode {
     pub fn node_id(&self) -> NodeId {
         self.node.id()
     }
+
+    /// Whether the applied metadata holds this process's own registration, unfenced: the node
+    /// has joined, and its metadata has caught up with everything committed before it started.
+    pub fn joined(&self) -> bool {
+        self.read(|m| {
+            i32::try_from(self.node.id())
+                .ok()
+                .and_then(|me| m.broker(me))
+                .is_some_and(|b| b.registration.incarnation == self.incarnation && !b.fenced)
+        })
+    }
+
+    /// The Raft groups on this node (its copy of the controller quorum's metadata log, and its
+    /// partition replicas) that have not caught up, with why. A group has caught up when this
+    /// node leads it and can serve (`produce::leader_epoch`), or follows a leader it
+    /// heard from within that long, is not recovering a lost log, and has applied what that
+    /// leader last said was committed.
+    pub fn lagging_replicas(&self) -> Vec<(GroupId, &'static str)> {
+        let mut lagging = Vec::new();
+        let mut hosted: Vec<GroupId> = self.replicas.all().into_iter().map(|(g, _)| g).collect();
+        hosted.push(fjord_replication::controller::CONTROLLER_GROUP);
+        for group in hosted {
+            let Some(raft) = self.node.group(group) else {
+                lagging.push((group, "not started"));
+                continue;
+            };
+            if self.node.recovery().is_recovering(group) {
+                lagging.push((group, "recovering a lost log"));
+                continue;
+            }
+            let (state, applied, committed) = {
+                let m = raft.metrics();
+                let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
+                (m.state, m.last_applied.map(|l| l.index), m.cluster_committed.map(|l| l.index))
+            };
+            if state == openraft::ServerState::Leader {
+                // Serving: an entry of its term applied, and a quorum heard from lately.
+                if fjord_replication::partition::produce::leader_epoch(&raft).is_none() {
+                    lagging.push((group, "leads without serving (no entry of its term applied, or no quorum heard)"));
+                }
+                continue;
+            }
+            match self.node.following(group) {
+                Some((_, _, since)) if since <= FOLLOWER_READ_LAG => {}
+                _ => {
+                    lagging.push((group, "no recent word from a leader"));
+                    continue;
+                }
+            }
+            if applied < committed {
+                lagging.push((group, "behind its leader's commit"));
+            }
+        }
+        lagging
+    }
+
+    /// The log of this node's replica of partition `index` of `topic`, leader's or follower's.
+    pub fn local_log(&self, topic: &str, index: i32) -> Option<Arc<fjord_storage::PartitionLog>> {
+        let group = self.read(|m| m.topic(topic)?.partitions.get(usize::try_from(index).ok()?).copied())?;
+        self.replicas.get(group).map(|r| r.log)
+    }
+
+    /// For each Raft group on this node (the controller quorum's and the partitions'): its
+    /// current term and the leader this node knows, for the election metrics.
+    pub fn group_leaders(&self) -> Vec<(GroupId, u64, Option<NodeId>)> {
+        self.node
+            .registry()
+            .all()
+            .into_iter()
+            .map(|(g, raft)| {
+                let m = raft.metrics();
+                let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
+                (g, m.current_term, m.current_leader)
+            })
+            .collect()
+    }
 }
 
 /// How long a retention pass waits for a replica's snapshot.

@@ -396,6 +396,16 @@ fn at_least(v: i64, min: i64) -> Result<(), String> {
     }
 }
 
+/// A listener the broker binds: an IP address and port (no host name to resolve).
+fn socket_address(v: Option<&str>) -> Result<(), String> {
+    match v.map(str::parse::<std::net::SocketAddr>) {
+        Some(Err(_)) => {
+            Err(format!("must be an IP address and port such as 127.0.0.1:9644, got {:?}", v.unwrap_or("")))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn between(v: i64, lo: i64, hi: i64) -> Result<(), String> {
     if (lo..=hi).contains(&v) {
         Ok(())
@@ -551,13 +561,15 @@ broker_config! {
     /// faulted in by reads) before it unmaps them; they stay in the page
     /// cache. Bounds RSS whatever the data volume.
     mapped_resident_max_bytes: u64 = 64 << 20, view: View::None;
-    /// Prometheus metrics endpoint (host:port); off when unset.
-    metrics_listen: Option<String> = None, view: View::None,
+    /// The admin HTTP API (an IP address and port): `/metrics` (Prometheus), `/v1/health`,
+    /// `/v1/ready`, the cluster's brokers, topics, partitions and groups as JSON, and
+    /// `/v1/openapi.json` describing them; off when unset.
+    admin_listen: Option<String> = None, view: View::None,
         // Checked here, not when it binds: by then the Kafka port is open.
-        check: |v| match v.as_deref().map(str::parse::<std::net::SocketAddr>) {
-            Some(Err(_)) => Err(format!("must be an IP address and port such as 127.0.0.1:9100, got {v:?}")),
-            _ => Ok(()),
-        };
+        check: |v| socket_address(v.as_deref());
+    /// The earlier name of `admin_listen`, still accepted: the admin API serves `/metrics`.
+    metrics_listen: Option<String> = None, view: View::None,
+        check: |v| socket_address(v.as_deref());
     /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets`,
     /// fixed when the topic is first created.
     offsets_topic_num_partitions: i32 = 50,
@@ -829,6 +841,14 @@ impl BrokerConfig {
                 });
             }
         }
+        if let (Some(a), Some(m)) = (&self.admin_listen, &self.metrics_listen) {
+            if a != m {
+                return bad(format!(
+                    "admin_listen {a} and metrics_listen {m} differ: metrics_listen is the earlier name of \
+                     admin_listen (which serves /metrics); set only admin_listen"
+                ));
+            }
+        }
         if !self.controller_quorum_voters.is_empty() && self.cluster_listen.is_none() {
             return bad(format!(
                 "cluster_listen must be set when controller_quorum_voters is (node {} needs an address for \
@@ -885,6 +905,11 @@ impl BrokerConfig {
             }
         }
         Ok(())
+    }
+
+    /// Where the admin HTTP API listens: `admin_listen`, or `metrics_listen` (its earlier name).
+    pub fn admin_address(&self) -> Option<&str> {
+        self.admin_listen.as_deref().or(self.metrics_listen.as_deref())
     }
 
     /// `default.replication.factor`: as set, else 1 on a single node and

@@ -10,7 +10,8 @@ use fjord_broker::config::{Args, BrokerConfig};
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
+        // stderr, with the recent lines kept for the admin API's debug bundle.
+        .with_writer(fjord_broker::logring::Tee::default)
         .init();
     let args = Args::parse();
     // A misspelt variable would otherwise be ignored without a word.
@@ -26,10 +27,13 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let running = fjord_broker::start(config).await?;
-    // Tests and scripts read the bound addresses (port 0 picks a free one); the cluster's comes
-    // first, as the client listener's line is the one they wait for.
+    // Tests and scripts read the bound addresses (port 0 picks a free one); the cluster's and the
+    // admin API's come first, as the client listener's line is the one they wait for.
     if let Some(c) = &running.broker.cluster {
         println!("fjord cluster listening on {}", c.cluster_addr);
+    }
+    if let Some(admin) = running.admin_addr {
+        println!("fjord admin API listening on http://{admin}");
     }
     println!("fjord listening on {}", running.local_addr);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

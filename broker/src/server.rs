@@ -58,6 +58,15 @@ impl Broker {
         self.topics.topic(name).map(|m| m.id)
     }
 
+    /// This node's log of a partition, whether it leads it or follows: the cluster's replica for
+    /// a cluster topic, else the local registry's.
+    pub fn local_log(&self, topic: &str, partition: i32) -> Option<Arc<PartitionLog>> {
+        match &self.cluster {
+            Some(c) if c.partition_count(topic).is_some() => c.local_log(topic, partition),
+            _ => self.topics.log(topic, partition),
+        }
+    }
+
     /// Whether coordinator writes on a single node are synced before they are answered.
     pub fn txns_durable(&self) -> bool {
         self.config.fsync != crate::config::FsyncPolicy::Never
@@ -90,6 +99,8 @@ pub fn now_ms() -> i64 {
 /// A broker that is serving; dropping it does not stop it, `shutdown` does.
 pub struct RunningBroker {
     pub local_addr: SocketAddr,
+    /// Where the admin HTTP API listens, when `admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub broker: Arc<Broker>,
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -171,15 +182,15 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
                 .is_some_and(|b| b.lead(OFFSETS_TOPIC, p, NO_EPOCH).is_ok_and(|g| g.raft.is_some() && g.epoch == epoch))
         }));
     }
-    if let Some(addr) = &broker.config.metrics_listen {
-        let addr: SocketAddr = addr.parse().map_err(|e| anyhow::anyhow!("bad metrics_listen {addr}: {e}"))?;
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()
-            .map_err(|e| anyhow::anyhow!("cannot start metrics endpoint: {e}"))?;
-    }
+    let (admin_addr, admin_tasks) = match broker.config.admin_address() {
+        Some(addr) => {
+            let (bound, tasks) = crate::http::start(broker.clone(), addr, shutdown_rx.clone()).await?;
+            (Some(bound), tasks)
+        }
+        None => (None, Vec::new()),
+    };
     report_recovery(&broker.topics);
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(accept_loop(broker.clone(), listener, shutdown_rx.clone())),
         tokio::spawn(log_pass_loop(
             broker.clone(),
@@ -213,8 +224,9 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         tokio::spawn(transaction_expiry_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(flush_loop(broker.clone(), shutdown_rx)),
     ];
+    tasks.extend(admin_tasks);
     tracing::info!(%local_addr, data_dir = %broker.config.data_dir.display(), "fjord listening");
-    Ok(RunningBroker { local_addr, broker, shutdown_tx, tasks, data_dir_handle })
+    Ok(RunningBroker { local_addr, admin_addr, broker, shutdown_tx, tasks, data_dir_handle })
 }
 
 /// Logs and exports what opening the logs took: a clean restart scans no

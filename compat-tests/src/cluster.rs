@@ -12,7 +12,7 @@ use crate::{free_addr, wait_until, BrokerProcess, RawConn};
 
 pub struct LocalCluster {
     pub nodes: Vec<BrokerProcess>,
-    /// Each node's Prometheus endpoint (`--metrics-listen`), by node index.
+    /// Each node's admin API (`--admin-listen`: `/metrics`, `/v1/...`), by node index.
     pub metrics: Vec<String>,
     /// With `start_proxied`: the proxy on each directed link (from node index, to node index).
     pub links: BTreeMap<(usize, usize), LinkProxy>,
@@ -143,7 +143,7 @@ fn start_node(i: usize, rack: &str, cluster_listen: &str, voters: &str, extra: &
         voters,
         "--broker-rack",
         rack,
-        "--metrics-listen",
+        "--admin-listen",
         &metrics,
     ];
     for (flag, value) in [("--broker-heartbeat-interval-ms", "200"), ("--broker-session-timeout-ms", "2000")] {

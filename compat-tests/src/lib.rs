@@ -165,13 +165,15 @@ impl BrokerProcess {
         let stdout = child.stdout.take().expect("stdout");
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        // A cluster node first says where its cluster port is.
+        // A cluster node first says where its cluster port is, and the admin API where it
+        // listens; the client listener's line comes last.
         loop {
             line.clear();
             reader.read_line(&mut line).expect("read broker stdout");
-            match line.trim().strip_prefix("fjord cluster listening on ") {
-                Some(a) => self.cluster_addr = Some(a.to_string()),
-                None => break,
+            if let Some(a) = line.trim().strip_prefix("fjord cluster listening on ") {
+                self.cluster_addr = Some(a.to_string());
+            } else if !line.starts_with("fjord admin API listening on ") {
+                break;
             }
         }
         let addr = line.trim().strip_prefix("fjord listening on ").unwrap_or_else(|| {
@@ -419,6 +421,26 @@ pub fn scrape_metrics(addr: &str, needle: &str) -> String {
         assert!(Instant::now() < deadline, "no metrics with {needle} served on {addr}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `GET path` on the admin API at `addr`: the status code and the body, or None while nothing
+/// answers there.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// `http_get` of a JSON endpoint that must answer `status`.
+pub fn http_json(addr: &str, path: &str, status: u16) -> serde_json::Value {
+    let (got, body) = http_get(addr, path).unwrap_or_else(|| panic!("nothing answers GET {path} on {addr}"));
+    assert_eq!(got, status, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
 }
 
 /// The value of an unlabelled metric on a Prometheus page.

@@ -273,6 +273,11 @@ fn empty_variables_are_unset_and_bad_ones_are_named() {
     refused_with_env(&[], &[("FJORD_NODE_ID", "-1")], "FJORD_NODE_ID: node_id must be >= 0, got -1");
     refused_with_env(&[], &[("FJORD_METRICS_LISTEN", "nowhere")], "metrics_listen must be an IP address and port");
     refused(&["--metrics-listen", "localhost"], "metrics_listen must be an IP address and port");
+    refused(&["--admin-listen", "localhost:9644"], "admin_listen must be an IP address and port");
+    refused(
+        &["--admin-listen", "127.0.0.1:9644", "--metrics-listen", "127.0.0.1:9645"],
+        "admin_listen 127.0.0.1:9644 and metrics_listen 127.0.0.1:9645 differ",
+    );
 }
 
 /// Test brokers do not inherit the shell's FJORD_* variables: every key's

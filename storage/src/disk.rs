@@ -31,7 +31,16 @@ pub fn sync_data(file: &File) -> io::Result<()> {
     if sim::active() && sim::sync(file)? {
         return Ok(());
     }
-    file.sync_data()
+    timed(|| file.sync_data())
+}
+
+/// Runs a sync, recording how long the device took (`fjord_fsync_seconds`, what operators
+/// alert on when a disk degrades).
+fn timed(sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    let started = std::time::Instant::now();
+    let r = sync();
+    metrics::histogram!("fjord_fsync_seconds").record(started.elapsed().as_secs_f64());
+    r
 }
 
 /// `fsync`.
@@ -39,7 +48,7 @@ pub fn sync_all(file: &File) -> io::Result<()> {
     if sim::active() && sim::sync(file)? {
         return Ok(());
     }
-    file.sync_all()
+    timed(|| file.sync_all())
 }
 
 pub mod sim {

@@ -315,8 +315,17 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
     if session_id != 0 {
         broker.fetch_sessions.remember(session_id, &sent);
     }
-    let bytes: usize =
-        responses.iter().flat_map(|r| r.partitions.iter()).map(|p| p.records.as_ref().map_or(0, |r| r.len())).sum();
+    let mut bytes = 0;
+    for r in &responses {
+        let topic_bytes: usize = r.partitions.iter().map(|p| p.records.as_ref().map_or(0, |r| r.len())).sum();
+        if topic_bytes > 0 {
+            // Per topic as Kafka's BytesOutPerSec; v13+ responses name topics by id only.
+            let name = if r.topic.0.is_empty() { broker.topic_name(r.topic_id) } else { Some(r.topic.0.to_string()) };
+            metrics::counter!("fjord_topic_bytes_out_total", "topic" => name.unwrap_or_default())
+                .increment(topic_bytes as u64);
+        }
+        bytes += topic_bytes;
+    }
     metrics::counter!("fjord_fetched_bytes_total").increment(bytes as u64);
     Some(WithFiles { resp: mk!(FetchResponse { session_id: session_id, responses: responses }), files })
 }

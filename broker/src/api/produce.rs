@@ -57,6 +57,12 @@ async fn propose(
     writer.proposer.produce(&writer.raft, &log, records, wait).await
 }
 
+/// Bytes of record batches written: in all, and per topic (Kafka's BytesInPerSec).
+fn count_bytes_in(topic: &str, size: usize) {
+    metrics::counter!("fjord_produced_bytes_total").increment(size as u64);
+    metrics::counter!("fjord_topic_bytes_in_total", "topic" => topic.to_string()).increment(size as u64);
+}
+
 pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest) -> Option<ProduceResponse> {
     let acks = req.acks;
     let txn_id = req.transactional_id.as_ref().map(|id| id.0.to_string());
@@ -139,7 +145,7 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
             }
             match log.append(&records, epoch, now_ms()) {
                 Ok(info) => {
-                    metrics::counter!("fjord_produced_bytes_total").increment(size as u64);
+                    count_bytes_in(&name, size);
                     // flush.messages / flush.ms=0 force a sync whatever the acks.
                     let flush = topic_config::flush_due(&cfg, info.last_offset + 1 - log.flushed_offset());
                     if durable || flush {
@@ -168,7 +174,7 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
     for ((t, p, idx, size), result) in positions.into_iter().zip(written) {
         responses[t].partition_responses[p] = match result {
             Ok(info) => {
-                metrics::counter!("fjord_produced_bytes_total").increment(size as u64);
+                count_bytes_in(responses[t].name.0.as_str(), size);
                 mk!(PartitionProduceResponse {
                     index: idx,
                     base_offset: info.base_offset,
