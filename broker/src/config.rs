@@ -603,9 +603,18 @@ pub fn key_by_kafka_name(kafka_name: &str) -> Option<&'static KeyDef> {
     KEYS.iter().find(|k| k.kafka_name() == Some(kafka_name))
 }
 
-/// `FJORD_*` variables that are not keys: read by the test harness and
-/// the failpoints, never a typo.
-pub const RESERVED_VARIABLES: &[&str] = &["FJORD_BIN", "FJORD_FAILPOINT", "FJORD_CACHE_DIR", "FJORD_LIBRDKAFKA_DIR"];
+/// `FJORD_*` variables that are not keys: read by the test harness, the
+/// failpoints and fjordctl, never a typo.
+pub const RESERVED_VARIABLES: &[&str] = &[
+    "FJORD_BIN",
+    "FJORD_FAILPOINT",
+    "FJORD_CACHE_DIR",
+    "FJORD_LIBRDKAFKA_DIR",
+    // fjordctl's: a shell set up for it may start a broker too.
+    "FJORD_BROKERS",
+    "FJORD_ADMIN_URL",
+    "FJORD_PROFILE",
+];
 
 /// The `FJORD_*` names among `names` that are neither a key's variable
 /// nor reserved: most likely a misspelt key, which would be silently

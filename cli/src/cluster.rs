@@ -436,10 +436,10 @@ fn elect(cli: &Cli, topic: Option<&str>, only: &[i32], unclean: bool) -> Result<
     let mut failed = None;
     for t in &r.replica_election_results {
         for p in &t.partition_result {
-            // ELECTION_NOT_NEEDED (84): already led by its preferred replica.
+            // ELECTION_NOT_NEEDED (84): already led by its preferred replica (or, unclean, led).
             let result = match p.error_code {
                 0 => "elected".to_string(),
-                84 => "already preferred".to_string(),
+                84 => "not needed".to_string(),
                 code => {
                     let e = refusal(&format!("{}-{}", t.topic.0, p.partition_id), code, p.error_message.as_ref());
                     failed.get_or_insert(e.message.clone());

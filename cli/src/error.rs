@@ -15,19 +15,21 @@ pub enum Kind {
 pub struct CliError {
     pub kind: Kind,
     pub message: String,
+    /// The Kafka error code of a broker's refusal, for callers that retry some.
+    pub code: Option<i16>,
 }
 
 impl CliError {
     pub fn failed(message: impl Into<String>) -> CliError {
-        CliError { kind: Kind::Failed, message: message.into() }
+        CliError { kind: Kind::Failed, message: message.into(), code: None }
     }
 
     pub fn usage(message: impl Into<String>) -> CliError {
-        CliError { kind: Kind::Usage, message: message.into() }
+        CliError { kind: Kind::Usage, message: message.into(), code: None }
     }
 
     pub fn unreachable(message: impl Into<String>) -> CliError {
-        CliError { kind: Kind::Unreachable, message: message.into() }
+        CliError { kind: Kind::Unreachable, message: message.into(), code: None }
     }
 
     pub fn exit_code(&self) -> i32 {

@@ -12,7 +12,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use serde::Serialize;
 
 use crate::error::{CliError, Result};
-use crate::kafka::{error_name, refusal, s, Client};
+use crate::kafka::{coordinator_moved, error_name, refusal, s, Client};
 use crate::output::{emit, Progress, Table};
 use crate::topic::{fetch, print_record, start_offsets, ConsumeOpts};
 use crate::Cli;
@@ -208,8 +208,11 @@ fn committed(c: &mut Client, coordinator: i32, group: &str) -> Result<BTreeMap<(
 
 fn describe(cli: &Cli, group: &str) -> Result<()> {
     let mut c = cli.kafka()?;
-    let coordinator = c.coordinator(group)?;
-    let g = describe_group(&mut c, coordinator, group)?;
+    let (coordinator, (g, offsets)) = c.with_coordinator(group, |c, at| {
+        let g = describe_group(c, at, group)?;
+        let offsets = committed(c, at, group)?;
+        Ok((g, offsets))
+    })?;
     if g.group_state.as_str() == "Dead" {
         return Err(CliError::failed(format!("group {group} does not exist")));
     }
@@ -223,7 +226,6 @@ fn describe(cli: &Cli, group: &str) -> Result<()> {
             assignment: decode_assignment(&m.member_assignment),
         })
         .collect();
-    let offsets = committed(&mut c, coordinator, group)?;
     let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
     for (t, p) in offsets.keys() {
         by_topic.entry(t.clone()).or_default().push(*p);
@@ -359,8 +361,11 @@ fn reset(cli: &Cli, group: &str, topic: &str, only: &[i32], target: Target, dry_
     if !only.is_empty() {
         parts.retain(|p| only.contains(p));
     }
-    let coordinator = c.coordinator(group)?;
-    let g = describe_group(&mut c, coordinator, group)?;
+    let (_, (g, current)) = c.with_coordinator(group, |c, at| {
+        let g = describe_group(c, at, group)?;
+        let current = committed(c, at, group)?;
+        Ok((g, current))
+    })?;
     if !g.members.is_empty() {
         return Err(CliError::failed(format!(
             "group {group} has {} active member(s) (state {}): stop its consumers before resetting its offsets",
@@ -368,7 +373,6 @@ fn reset(cli: &Cli, group: &str, topic: &str, only: &[i32], target: Target, dry_
             g.group_state
         )));
     }
-    let current = committed(&mut c, coordinator, group)?;
     let first = c.offsets(topic, &parts, -2)?;
     let end = c.offsets(topic, &parts, -1)?;
     let at = match target {
@@ -395,7 +399,7 @@ fn reset(cli: &Cli, group: &str, topic: &str, only: &[i32], target: Target, dry_
         let mut done = 0;
         for chunk in offsets.chunks(RESET_CHUNK) {
             let map: BTreeMap<i32, i64> = chunk.iter().copied().collect();
-            commit(&mut c, coordinator, group, -1, "", topic, &map)?;
+            c.with_coordinator(group, |c, at| commit(c, at, group, -1, "", topic, &map))?;
             done += chunk.len();
             progress.update(&format!("committed {done}/{} partitions", offsets.len()));
         }
@@ -420,11 +424,15 @@ fn delete(cli: &Cli, groups: &[String]) -> Result<()> {
     }
     let mut rows = Vec::new();
     for g in groups {
-        let coordinator = c.coordinator(g)?;
         let mut req = DeleteGroupsRequest::default();
         req.groups_names = vec![GroupId(s(g))];
-        let r: DeleteGroupsResponse = c.to(coordinator, ApiKey::DeleteGroups, 2, &req)?;
-        let code = r.results.first().map_or(0, |x| x.error_code);
+        let (_, code) = c.with_coordinator(g, |c, at| {
+            let r: DeleteGroupsResponse = c.to(at, ApiKey::DeleteGroups, 2, &req)?;
+            match r.results.first().map_or(0, |x| x.error_code) {
+                code if coordinator_moved(code) => Err(refusal("deleting group", code, None)),
+                code => Ok(code),
+            }
+        })?;
         rows.push(Row { group: g.clone(), error: (code != 0).then(|| error_name(code)) });
     }
     emit(cli.format, &rows, |rows| {
@@ -556,8 +564,10 @@ impl Membership {
         self.last_heartbeat = Instant::now();
         match r.error_code {
             0 => Ok(true),
-            // REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID: join again.
+            // REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, or the coordinator
+            // moved: join again.
             22 | 25 | 27 => Ok(false),
+            code if coordinator_moved(code) => Ok(false),
             code => Err(refusal(&format!("heartbeat to group {}", self.group), code, None)),
         }
     }
@@ -610,13 +620,11 @@ pub fn consume(cli: &Cli, topic: &str, opts: ConsumeOpts) -> Result<()> {
         let mut membership = membership;
         let outcome =
             consume_assigned(cli, &mut c, topic, &opts, &mut positions, &ends, &mut printed, membership.as_mut())?;
-        if let Some(m) = &membership {
+        if let Some(m) = membership.as_ref().filter(|_| outcome == Outcome::Done) {
             if !positions.is_empty() {
                 commit(&mut c, m.coordinator, &m.group, m.generation, &m.member_id, topic, &positions)?;
             }
-            if outcome != Outcome::Rebalance {
-                m.leave(&mut c);
-            }
+            m.leave(&mut c);
         }
         if outcome != Outcome::Rebalance {
             return Ok(());
@@ -678,7 +686,7 @@ fn consume_assigned(
                 any_error = true;
                 continue;
             }
-            let (records, _) = match fetch(c, topic, leader, &parts, opts.read_committed, wait) {
+            let fetched = match fetch(c, topic, leader, &parts, opts.read_committed, wait) {
                 Ok(r) => r,
                 Err(e) if e.kind == crate::error::Kind::Unreachable => {
                     any_error = true;
@@ -686,8 +694,10 @@ fn consume_assigned(
                 }
                 Err(e) => return Err(e),
             };
-            for r in records {
+            let mut stopped_early = false;
+            for r in fetched.records {
                 if opts.num.is_some_and(|n| *printed >= n) {
+                    stopped_early = true;
                     break;
                 }
                 if opts.exit && ends.get(&r.partition).is_some_and(|end| r.offset >= *end) {
@@ -697,6 +707,14 @@ fn consume_assigned(
                 *printed += 1;
                 positions.insert(r.partition, r.offset + 1);
             }
+            if !stopped_early {
+                // Past the batches read whole, control batches included: the end of a log may
+                // be one (a new leader's first entry), which has no record to print.
+                for (p, n) in fetched.next {
+                    let at = positions.entry(p).or_insert(n);
+                    *at = (*at).max(n);
+                }
+            }
         }
         if any_error {
             // A leader moved or went away: look again.
@@ -704,8 +722,15 @@ fn consume_assigned(
             leaders = c.leaders(topic)?.into_iter().collect();
         }
         if let Some(m) = membership.as_deref_mut() {
-            let done: BTreeMap<i32, i64> = positions.clone();
-            commit(c, m.coordinator, &m.group, m.generation, &m.member_id, topic, &done)?;
+            match commit(c, m.coordinator, &m.group, m.generation, &m.member_id, topic, positions) {
+                Ok(()) => {}
+                // Moved, or the group rebalanced: join again (the next member resumes from what
+                // was committed last, so a record may be printed twice, never skipped).
+                Err(e) if e.code.is_some_and(|code| coordinator_moved(code) || matches!(code, 22 | 25 | 27)) => {
+                    return Ok(Outcome::Rebalance)
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 }

@@ -26,13 +26,20 @@ pub fn error_name(code: i16) -> String {
     }
 }
 
+/// COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR: ask again.
+pub fn coordinator_moved(code: i16) -> bool {
+    matches!(code, 14..=16)
+}
+
 /// A refusal as one line: Kafka's error name, and the broker's message when it sent one.
 pub fn refusal(what: &str, code: i16, message: Option<&StrBytes>) -> CliError {
     let detail = message.map(|m| m.to_string()).filter(|m| !m.is_empty());
-    CliError::failed(match detail {
+    let mut e = CliError::failed(match detail {
         Some(m) => format!("{what}: {} ({m})", error_name(code)),
         None => format!("{what}: {}", error_name(code)),
-    })
+    });
+    e.code = Some(code);
+    e
 }
 
 struct Conn {
@@ -272,6 +279,26 @@ impl Client {
                 return Ok(out);
             }
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Runs `f` against `group`'s coordinator, finding it again and retrying while the answer
+    /// is that the coordinator moved or is loading (leaderships change under a cluster).
+    pub fn with_coordinator<T>(
+        &mut self,
+        group: &str,
+        mut f: impl FnMut(&mut Client, i32) -> Result<T, CliError>,
+    ) -> Result<(i32, T), CliError> {
+        let deadline = Instant::now() + RETRY_FOR;
+        loop {
+            let coordinator = self.coordinator(group)?;
+            match f(self, coordinator) {
+                Ok(t) => return Ok((coordinator, t)),
+                Err(e) if e.code.is_some_and(coordinator_moved) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 

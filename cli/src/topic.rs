@@ -826,8 +826,15 @@ pub fn record_json(r: &Fetched) -> serde_json::Value {
     })
 }
 
+/// What one Fetch brought: the records, and for each partition the offset after its last
+/// whole batch (control batches, whose records are not shown, move it too).
+pub struct Fetch {
+    pub records: Vec<Fetched>,
+    pub next: HashMap<i32, i64>,
+}
+
 /// One Fetch of `partitions` (partition → next offset) from `leader`: the records at or past
-/// each partition's offset, control batches skipped, and each partition's high watermark.
+/// each partition's offset, control batches skipped.
 pub fn fetch(
     c: &mut Client,
     topic: &str,
@@ -835,7 +842,7 @@ pub fn fetch(
     partitions: &BTreeMap<i32, i64>,
     read_committed: bool,
     max_wait_ms: i32,
-) -> Result<(Vec<Fetched>, HashMap<i32, i64>)> {
+) -> Result<Fetch> {
     let mut t = fetch_request::FetchTopic::default();
     t.topic = TopicName(s(topic));
     t.partitions = partitions
@@ -864,7 +871,7 @@ pub fn fetch(
         return Err(refusal(&format!("fetching {topic}"), r.error_code, None));
     }
     let mut out = Vec::new();
-    let mut hws = HashMap::new();
+    let mut next = HashMap::new();
     for tr in r.responses {
         for pr in tr.partitions {
             let p = pr.partition_index;
@@ -876,12 +883,18 @@ pub fn fetch(
                 }
                 return Err(refusal(&format!("fetching {topic}-{p}"), pr.error_code, None));
             }
-            hws.insert(p, pr.high_watermark);
             let from = partitions.get(&p).copied().unwrap_or(0);
             let aborted: Vec<(i64, i64)> =
                 pr.aborted_transactions.iter().flatten().map(|a| (a.producer_id.0, a.first_offset)).collect();
             let Some(mut data) = pr.records else { continue };
             for batch in whole_batches(&mut data) {
+                // baseOffset at 0, lastOffsetDelta at 23.
+                let base = i64::from_be_bytes(batch[..8].try_into().expect("12 bytes at least"));
+                if let Some(delta) = batch.get(23..27) {
+                    let last = base + i64::from(i32::from_be_bytes(delta.try_into().expect("4 bytes")));
+                    let e = next.entry(p).or_insert(from);
+                    *e = (*e).max(last + 1);
+                }
                 let mut b = batch;
                 let Ok(set) = RecordBatchDecoder::decode(&mut b) else {
                     return Err(CliError::failed(format!("{topic}-{p}: a record batch could not be decoded")));
@@ -911,7 +924,7 @@ pub fn fetch(
             }
         }
     }
-    Ok((out, hws))
+    Ok(Fetch { records: out, next })
 }
 
 /// The whole record batches in `data` (a fetch may end with part of one).
