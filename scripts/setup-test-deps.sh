@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite drives: kcat (Debian), a Python venv with
-# confluent-kafka and kafka-python (plus its codec libraries) and schemathesis
-# (the admin API's OpenAPI checks), and kafkajs
+# confluent-kafka and kafka-python (plus its codec libraries), schemathesis
+# (the admin API's OpenAPI checks) and helm-python-sdk with kubernetes-validate
+# (the Helm chart's checks), and kafkajs
 # with pure-JS codecs (npm). Safe to run again: each step skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,8 +15,8 @@ if ! command -v kcat >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kcat >/dev/null
 fi
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import confluent_kafka, kafka, lz4, zstandard, snappy, schemathesis" 2>/dev/null; then
-  echo "==> creating .venv with confluent-kafka, kafka-python and schemathesis"
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import confluent_kafka, kafka, lz4, zstandard, snappy, schemathesis, helm_python, kubernetes_validate, yaml" 2>/dev/null; then
+  echo "==> creating .venv with the Python clients and checkers"
   rm -rf .venv
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
