@@ -34,6 +34,46 @@ Examples:
 Exit codes: 0 done, 1 the operation failed, 2 bad arguments or configuration,
 3 a broker or the admin API could not be reached.";
 
+const PROFILE_EXAMPLES: &str = "\
+Examples:
+  fjordctl profile create prod --brokers k1:9092,k2:9092 --admin-url http://k1:9644 --use
+  fjordctl profile list
+  fjordctl --profile staging topic list       one command with another profile";
+
+const TOPIC_EXAMPLES: &str = "\
+Examples:
+  fjordctl topic create events -p 6 -r 3 -c retention.ms=604800000
+  fjordctl topic describe events -o json
+  fjordctl topic alter-config events --set cleanup.policy=compact --delete retention.ms
+  fjordctl topic add-partitions events --total 12
+  printf 'k1:v1\\nk2:v2\\n' | fjordctl topic produce events -k : -H source=cli
+  fjordctl topic consume events --offset -10 -e -f '%T %k %s\\n'
+  fjordctl topic consume events --from-timestamp 1700000000000 -n 100 -o json
+  fjordctl topic consume events -g audit       as a member of group audit";
+
+const GROUP_EXAMPLES: &str = "\
+Examples:
+  fjordctl group list
+  fjordctl group describe billing -o json
+  fjordctl group reset-offsets billing --topic events --to-timestamp 1700000000000 --dry-run
+  fjordctl group reset-offsets billing --topic events -p 0 --shift-by -100
+  fjordctl group delete old-group";
+
+const CLUSTER_EXAMPLES: &str = "\
+Examples:
+  fjordctl cluster health && echo healthy
+  fjordctl cluster partitions --under-replicated
+  fjordctl cluster reassign --topic events -p 0 -p 1 --replicas 4,2,3 --wait
+  fjordctl cluster reassign --list
+  fjordctl cluster elect-leaders --topic events
+  fjordctl cluster config --broker 2 --set log.retention.ms=86400000";
+
+const LOCAL_EXAMPLES: &str = "\
+Examples:
+  fjordctl local start --nodes 3               nodes on 127.0.0.1:9092-9094, admin APIs on 9644-9646
+  fjordctl local status
+  fjordctl local stop";
+
 #[derive(Parser)]
 #[command(name = "fjordctl", version, about = "Manage Fjord clusters: topics, groups, records, the cluster itself", after_help = EXAMPLES)]
 pub struct Cli {
@@ -62,19 +102,19 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Named connection settings (brokers, admin URL, TLS/SASL)
-    #[command(subcommand)]
+    #[command(subcommand, after_help = PROFILE_EXAMPLES)]
     Profile(profile_cmd::ProfileCmd),
     /// Create, inspect, change and delete topics; produce and consume records
-    #[command(subcommand)]
+    #[command(subcommand, after_help = TOPIC_EXAMPLES)]
     Topic(topic::TopicCmd),
     /// Consumer groups: members, lag, offset resets
-    #[command(subcommand)]
+    #[command(subcommand, after_help = GROUP_EXAMPLES)]
     Group(group::GroupCmd),
     /// The cluster: brokers, health, partitions, reassignments, leader elections, configs
-    #[command(subcommand)]
+    #[command(subcommand, after_help = CLUSTER_EXAMPLES)]
     Cluster(cluster::ClusterCmd),
     /// A cluster of `fjord` processes on this machine, for development
-    #[command(subcommand)]
+    #[command(subcommand, after_help = LOCAL_EXAMPLES)]
     Local(local::LocalCmd),
     /// Prints a shell completion script (bash, zsh, fish, elvish, powershell)
     Completion {

@@ -107,15 +107,26 @@ fn values(records: &str) -> Vec<Value> {
 fn every_command_against_a_single_node() {
     let admin = free_addr();
     let broker = BrokerProcess::start(&["--admin-listen", &admin]);
-    let ctl = Ctl::new(&broker.bootstrap(), &admin);
+    every_command(&broker.bootstrap(), &admin, 1);
+}
 
+/// The sum over `topic`'s partitions of their high watermarks, as `topic describe` shows them.
+fn high_watermarks(ctl: &Ctl, topic: &str) -> i64 {
+    let d = ctl.json(&["topic", "describe", topic]);
+    d["partitions"].as_array().unwrap().iter().map(|p| p["high_watermark"].as_i64().unwrap()).sum()
+}
+
+/// Every command against the cluster at `bootstrap` (its first node's admin API at `admin`),
+/// of `nodes` brokers. Offsets are compared with the high watermarks the brokers show, which on
+/// a cluster also count Raft's own entries.
+fn every_command(bootstrap: &str, admin: &str, nodes: usize) {
+    let ctl = Ctl::new(bootstrap, admin);
     let created = ctl.json(&["topic", "create", "orders", "-p", "3", "-c", "retention.ms=3600000"]);
     assert_eq!(created["partitions"], 3);
+    assert_eq!(created["replication_factor"].as_u64(), Some(nodes.min(3) as u64));
     let topics = ctl.json(&["topic", "list"]);
     let names: Vec<&str> = topics.as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["orders"], "internal topics hidden");
-    let all = ctl.json(&["topic", "list", "--internal"]);
-    assert!(all.as_array().unwrap().iter().any(|t| t["name"] == "__consumer_offsets"));
 
     // Keyed records go where the Java client's partitioner puts them: one key, one partition.
     let lines = "user1:a\nuser2:b\nuser1:c\nuser3:d\nuser2:e\nuser1:f\n";
@@ -136,9 +147,10 @@ fn every_command_against_a_single_node() {
         records.iter().filter(|r| r["key"] == "user1").map(|r| r["value"].as_str().unwrap()).collect();
     assert_eq!(user1, vec!["a", "c", "f"], "in order within the partition");
     assert!(records.iter().all(|r| r["headers"]["src"] == "test"));
-    let p = records[0]["partition"].as_i64().unwrap().to_string();
-    let formatted = ctl.run(&["topic", "consume", "orders", "-p", &p, "-e", "-f", "%p:%o:%k=%s\\n"]);
-    assert!(formatted.stdout.lines().next().unwrap().starts_with(&format!("{p}:0:")), "{}", formatted.stdout);
+    let p = records[0]["partition"].as_i64().unwrap();
+    let first = records.iter().filter(|r| r["partition"] == p).map(|r| r["offset"].as_i64().unwrap()).min().unwrap();
+    let formatted = ctl.run(&["topic", "consume", "orders", "-p", &p.to_string(), "-e", "-f", "%p:%o:%k=%s\\n"]);
+    assert!(formatted.stdout.starts_with(&format!("{p}:{first}:")), "{}", formatted.stdout);
     assert_eq!(ctl.run(&["topic", "consume", "orders", "-n", "2"]).stdout.lines().count(), 2);
     let used: std::collections::BTreeSet<i64> = records.iter().map(|r| r["partition"].as_i64().unwrap()).collect();
     let last = ctl.run(&["topic", "consume", "orders", "--offset", "-1", "-e", "-f", "%s\\n"]);
@@ -146,16 +158,23 @@ fn every_command_against_a_single_node() {
 
     let described = ctl.json(&["topic", "describe", "orders"]);
     assert_eq!(described["configs"]["retention.ms"], "3600000");
-    let ends: i64 =
-        described["partitions"].as_array().unwrap().iter().map(|p| p["high_watermark"].as_i64().unwrap()).sum();
-    assert_eq!(ends, 6);
+    for p in described["partitions"].as_array().unwrap() {
+        assert_eq!(p["replicas"].as_array().unwrap().len(), nodes.min(3), "{p}");
+    }
 
     // A group member reads everything and commits; lag shows what is produced after.
     let member = ctl.run(&["topic", "consume", "orders", "-g", "billing", "-e", "-o", "json"]);
     assert_eq!(values(&member.stdout).len(), 6, "{}", member.stderr);
+    let all = ctl.json(&["topic", "list", "--internal"]);
+    assert!(all.as_array().unwrap().iter().any(|t| t["name"] == "__consumer_offsets"));
+    let group = ctl.json(&["group", "describe", "billing"]);
+    assert_eq!(group["total_lag"], 0, "{group}");
     ctl.run_with(&["topic", "produce", "orders", "-p", "0"], "x\ny\n", &[]).json_or_table();
     let group = ctl.json(&["group", "describe", "billing"]);
-    assert_eq!(group["total_lag"], 2, "{group}");
+    let committed_sum: i64 =
+        group["offsets"].as_array().unwrap().iter().map(|o| o["committed"].as_i64().unwrap()).sum();
+    assert_eq!(group["total_lag"].as_i64(), Some(high_watermarks(&ctl, "orders") - committed_sum), "{group}");
+    assert!(group["total_lag"].as_i64() >= Some(2), "{group}");
     let again = ctl.run(&["topic", "consume", "orders", "-g", "billing", "-e", "-f", "%s\\n"]);
     assert_eq!(again.stdout, "x\ny\n", "the member resumes from the group's offsets");
     assert!(ctl.json(&["group", "list"]).as_array().unwrap().iter().any(|g| g["group"] == "billing"));
@@ -165,7 +184,10 @@ fn every_command_against_a_single_node() {
     assert!(dry.as_array().unwrap().iter().all(|r| r["new"] == 0));
     assert_eq!(ctl.json(&["group", "describe", "billing"])["total_lag"], 0);
     ctl.json(&["group", "reset-offsets", "billing", "--topic", "orders", "--to-earliest"]);
-    assert_eq!(ctl.json(&["group", "describe", "billing"])["total_lag"], 8);
+    assert_eq!(
+        ctl.json(&["group", "describe", "billing"])["total_lag"].as_i64(),
+        Some(high_watermarks(&ctl, "orders"))
+    );
     ctl.json(&["group", "reset-offsets", "billing", "--topic", "orders", "--shift-by", "1", "-p", "0"]);
     let committed = |g: &Value, p: i64| {
         g["offsets"].as_array().unwrap().iter().find(|o| o["partition"] == p).unwrap()["committed"].as_i64().unwrap()
@@ -183,10 +205,14 @@ fn every_command_against_a_single_node() {
     assert_eq!(ctl.json(&["topic", "describe", "orders"])["partitions"].as_array().unwrap().len(), 4);
 
     let info = ctl.json(&["cluster", "info"]);
-    assert_eq!(info["brokers"].as_array().unwrap().len(), 1);
-    let health = ctl.json(&["cluster", "health"]);
-    assert_eq!(health["healthy"], true);
-    assert_eq!(ctl.json(&["cluster", "partitions", "--under-replicated"]).as_array().unwrap().len(), 0);
+    assert_eq!(info["brokers"].as_array().unwrap().len(), nodes);
+    // A new internal topic's partitions elect their leaders: healthy once they have.
+    wait_until(DEADLINE, "the cluster healthy", || ctl.run(&["cluster", "health"]).code == 0);
+    assert_eq!(ctl.json(&["cluster", "health"])["healthy"], true);
+    wait_until(DEADLINE, "no partition under-replicated", || {
+        ctl.json(&["cluster", "partitions", "--under-replicated"]).as_array().unwrap().is_empty()
+    });
+    assert!(ctl.json(&["cluster", "partitions", "--leaderless"]).as_array().unwrap().is_empty());
     let broker_configs = ctl.json(&["cluster", "config"]);
     assert!(broker_configs.get("num.partitions").is_some(), "{broker_configs}");
 
@@ -202,26 +228,29 @@ fn every_command_against_a_single_node() {
     ctl.run(&["--admin-url", "http://127.0.0.1:1", "cluster", "health"]).refused(3, "admin API");
     ctl.run(&["--admin-url", "ftp://x", "cluster", "health"]).refused(2, "http://");
     ctl.run(&["--profile", "nope", "topic", "list"]).refused(2, "no profile named \"nope\"");
+    ctl.run(&["topic", "consume", "nope", "-e"]).refused(1, "UnknownTopicOrPartition");
     let missing = ctl.run(&["topic", "create"]);
     assert_eq!(missing.code, 2);
     assert!(missing.stderr.contains("<NAME>"), "{}", missing.stderr);
 
     // Profiles: saved from the connection flags, used when no flag or variable is given.
-    let bootstrap = broker.bootstrap();
     let url = format!("http://{admin}");
-    let saved = ctl.run(&["profile", "create", "dev", "--brokers", &bootstrap, "--admin-url", &url, "--use"]);
+    let saved = ctl.run(&["profile", "create", "dev", "--brokers", bootstrap, "--admin-url", &url, "--use"]);
     assert_eq!(saved.code, 0, "{}", saved.stderr);
     let profiles = ctl.json(&["profile", "list"]);
     assert_eq!(profiles[0]["name"], "dev");
     assert_eq!(profiles[0]["current"], true);
-    let via_profile = ctl.run_with(&["cluster", "health", "-o", "json"], "", &["FJORD_BROKERS", "FJORD_ADMIN_URL"]);
-    assert_eq!(via_profile.json()["healthy"], true);
+    let via_profile = ctl.run_with(&["cluster", "info", "-o", "json"], "", &["FJORD_BROKERS", "FJORD_ADMIN_URL"]);
+    assert_eq!(via_profile.json()["brokers"].as_array().unwrap().len(), nodes);
     ctl.run(&["profile", "use", "prod"]).refused(2, "no profile named \"prod\"");
+    ctl.run(&["profile", "delete", "dev"]).json_or_table();
+    assert!(ctl.json(&["profile", "list"]).as_array().unwrap().is_empty());
 
     let completion = ctl.run(&["completion", "bash"]);
     assert!(completion.code == 0 && completion.stdout.contains("fjordctl"), "{}", completion.stderr);
     let help = ctl.run(&["--help"]);
     assert!(help.stdout.contains("Examples:") && help.stdout.contains("Exit codes"), "{}", help.stdout);
+    assert!(ctl.run(&["group", "--help"]).stdout.contains("reset-offsets billing"));
 }
 
 trait JsonOrTable {
@@ -253,6 +282,7 @@ fn free_base() -> u16 {
 fn cluster_commands_against_three_nodes_and_a_local_cluster() {
     let cluster = LocalCluster::start(3);
     cluster.wait_formed(DEADLINE);
+    every_command(&cluster.bootstrap(), &cluster.metrics[0], 3);
     let ctl = Ctl::new(&cluster.bootstrap(), &cluster.metrics[0]);
     ctl.json(&["topic", "create", "events", "-p", "3", "-r", "3"]);
     let parts = ctl.json(&["cluster", "partitions", "--topic", "events"]);
