@@ -310,17 +310,7 @@ const REASSIGN_WAIT: Duration = Duration::from_secs(600);
 
 fn reassign(cli: &Cli, topic: &str, only: &[i32], replicas: Option<&[i32]>, wait: bool) -> Result<()> {
     let mut c = cli.kafka()?;
-    let t = c.topic(topic)?;
-    let mut parts: Vec<i32> = t.partitions.iter().map(|p| p.partition_index).collect();
-    parts.sort();
-    for p in only {
-        if !parts.contains(p) {
-            return Err(CliError::usage(format!("topic {topic} has no partition {p}")));
-        }
-    }
-    if !only.is_empty() {
-        parts.retain(|p| only.contains(p));
-    }
+    let parts = c.select_partitions(topic, only)?;
     if let Some(r) = replicas {
         let mut seen = r.to_vec();
         seen.sort();
@@ -417,11 +407,7 @@ fn elect(cli: &Cli, topic: Option<&str>, only: &[i32], unclean: bool) -> Result<
     req.topic_partitions = match topic {
         None => None,
         Some(t) => {
-            let meta = c.topic(t)?;
-            let mut parts: Vec<i32> = meta.partitions.iter().map(|p| p.partition_index).collect();
-            if !only.is_empty() {
-                parts.retain(|p| only.contains(p));
-            }
+            let parts = c.select_partitions(t, only)?;
             let mut tp = elect_leaders_request::TopicPartitions::default();
             tp.topic = TopicName(s(t));
             tp.partitions = parts;

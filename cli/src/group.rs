@@ -350,17 +350,7 @@ const RESET_CHUNK: usize = 100;
 
 fn reset(cli: &Cli, group: &str, topic: &str, only: &[i32], target: Target, dry_run: bool) -> Result<()> {
     let mut c = cli.kafka()?;
-    let t = c.topic(topic)?;
-    let mut parts: Vec<i32> = t.partitions.iter().map(|p| p.partition_index).collect();
-    parts.sort();
-    for p in only {
-        if !parts.contains(p) {
-            return Err(CliError::usage(format!("topic {topic} has no partition {p}")));
-        }
-    }
-    if !only.is_empty() {
-        parts.retain(|p| only.contains(p));
-    }
+    let parts = c.select_partitions(topic, only)?;
     let (_, (g, current)) = c.with_coordinator(group, |c, at| {
         let g = describe_group(c, at, group)?;
         let current = committed(c, at, group)?;
@@ -590,13 +580,8 @@ pub fn consume(cli: &Cli, topic: &str, opts: ConsumeOpts) -> Result<()> {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     let mut c = cli.kafka()?;
-    let all: Vec<i32> = c.leaders(topic)?.iter().map(|(p, _)| *p).collect();
-    for p in &opts.partitions {
-        if !all.contains(p) {
-            return Err(CliError::usage(format!("topic {topic} has no partition {p}")));
-        }
-    }
-    let wanted = if opts.partitions.is_empty() { all.clone() } else { opts.partitions.clone() };
+    let all = c.select_partitions(topic, &[])?;
+    let wanted = c.select_partitions(topic, &opts.partitions)?;
     let mut printed = 0u64;
     loop {
         let (membership, parts) = match &opts.group {

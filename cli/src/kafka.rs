@@ -268,6 +268,20 @@ impl Client {
         Ok(t)
     }
 
+    /// `topic`'s partitions, in order, or only those of `only` (each of which must exist).
+    pub fn select_partitions(&mut self, topic: &str, only: &[i32]) -> Result<Vec<i32>, CliError> {
+        let t = self.topic(topic)?;
+        let mut parts: Vec<i32> = t.partitions.iter().map(|p| p.partition_index).collect();
+        parts.sort();
+        if let Some(p) = only.iter().find(|p| !parts.contains(p)) {
+            return Err(CliError::usage(format!("topic {topic} has no partition {p}")));
+        }
+        if !only.is_empty() {
+            parts.retain(|p| only.contains(p));
+        }
+        Ok(parts)
+    }
+
     /// The leader of each partition of `topic`, waiting out elections (no leader for a while).
     pub fn leaders(&mut self, topic: &str) -> Result<Vec<(i32, i32)>, CliError> {
         let deadline = Instant::now() + RETRY_FOR;

@@ -128,7 +128,7 @@ mod profile_cmd {
 
     use crate::error::{CliError, Result};
     use crate::output::{emit, Table};
-    use crate::profile::{check_host_port, config_path, list_or_none, ConfigFile, Profile};
+    use crate::profile::{check_host_port, config_path, ConfigFile, Profile};
 
     #[derive(Subcommand, Clone)]
     pub enum ProfileCmd {
@@ -207,19 +207,16 @@ mod profile_cmd {
             }
             ProfileCmd::Use { name } => {
                 if !file.profiles.contains_key(&name) {
-                    let known: Vec<&str> = file.profiles.keys().map(String::as_str).collect();
-                    return Err(CliError::usage(format!(
-                        "no profile named {name:?} (profiles: {})",
-                        list_or_none(&known)
-                    )));
+                    return Err(file.unknown(&name));
                 }
                 file.current = Some(name);
                 file.save(&path)?;
             }
             ProfileCmd::Delete { name } => {
-                if file.profiles.remove(&name).is_none() {
-                    return Err(CliError::usage(format!("no profile named {name:?}")));
+                if !file.profiles.contains_key(&name) {
+                    return Err(file.unknown(&name));
                 }
+                file.profiles.remove(&name);
                 if file.current.as_deref() == Some(&name) {
                     file.current = None;
                 }

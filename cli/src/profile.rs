@@ -77,6 +77,12 @@ pub fn config_path(flag: Option<&Path>) -> Result<PathBuf> {
 }
 
 impl ConfigFile {
+    /// The error for a profile name the file does not have, listing those it has.
+    pub fn unknown(&self, name: &str) -> CliError {
+        let known: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
+        CliError::usage(format!("no profile named {name:?} (profiles: {})", list_or_none(&known)))
+    }
+
     /// The file at `path`; an absent file is an empty config.
     pub fn load(path: &Path) -> Result<ConfigFile> {
         match std::fs::read_to_string(path) {
@@ -129,10 +135,7 @@ impl Settings {
     ) -> Result<Settings> {
         let name = profile_flag.map(str::to_string).or_else(|| file.current.clone());
         let profile = match &name {
-            Some(n) => Some(file.profiles.get(n).ok_or_else(|| {
-                let known: Vec<&str> = file.profiles.keys().map(String::as_str).collect();
-                CliError::usage(format!("no profile named {n:?} (profiles: {})", list_or_none(&known)))
-            })?),
+            Some(n) => Some(file.profiles.get(n).ok_or_else(|| file.unknown(n))?),
             None => None,
         };
         if profile.is_some_and(Profile::secured) {

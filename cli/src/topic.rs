@@ -395,11 +395,22 @@ pub fn alter_configs(
 fn alter_config(cli: &Cli, name: &str, set: &[(String, String)], delete: &[String]) -> Result<()> {
     let mut c = cli.kafka()?;
     alter_configs(&mut c, 2, name, set, delete)?;
-    let configs: BTreeMap<String, String> = describe_configs(&mut c, 2, name)?
-        .into_iter()
-        .filter(|(_, _, source)| *source == TOPIC_CONFIG)
-        .map(|(k, v, _)| (k, v.unwrap_or_default()))
-        .collect();
+    // A cluster node answers DescribeConfigs from the metadata it has applied, which may trail
+    // the controller that took the change by a moment: show the configs once it has them.
+    let deadline = Instant::now() + crate::kafka::RETRY_FOR;
+    let configs = loop {
+        let configs: BTreeMap<String, String> = describe_configs(&mut c, 2, name)?
+            .into_iter()
+            .filter(|(_, _, source)| *source == TOPIC_CONFIG)
+            .map(|(k, v, _)| (k, v.unwrap_or_default()))
+            .collect();
+        let applied =
+            set.iter().all(|(k, v)| configs.get(k) == Some(v)) && delete.iter().all(|k| !configs.contains_key(k));
+        if applied || Instant::now() >= deadline {
+            break configs;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     emit(cli.format, &configs, |m| {
         let mut t = Table::new(&["CONFIG", "VALUE"]);
         for (k, v) in m {
