@@ -421,6 +421,10 @@ fn disk_space(dir: &std::path::Path) -> Option<(u64, u64)> {
 /// different known leader is a leader change.
 async fn count_elections(broker: Arc<Broker>, stop: impl std::future::Future<Output = ()>) {
     let Some(cluster) = &broker.cluster else { return };
+    // Exported from the start, at 0: a rate over a series that appears only with its first
+    // election would miss that one.
+    metrics::counter!("fjord_raft_elections_total").increment(0);
+    metrics::counter!("fjord_raft_leader_changes_total").increment(0);
     let mut seen: HashMap<u64, (u64, Option<u64>)> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tokio::pin!(stop);
