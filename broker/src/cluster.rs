@@ -717,7 +717,8 @@ impl ClusterNode {
 
     /// The Raft groups on this node (its copy of the controller quorum's metadata log, and its
     /// partition replicas) that have not caught up, with why. A group has caught up when this
-    /// node leads it and can serve (`produce::leader_epoch`), or follows a leader it
+    /// node leads it and can serve (`produce::leader_epoch`), or follows (as a voter or a
+    /// learner: a broker that is not a controller voter learns the metadata log) a leader it
     /// heard from within that long, is not recovering a lost log, and has applied what that
     /// leader last said was committed.
     pub fn lagging_replicas(&self) -> Vec<(GroupId, &'static str)> {
@@ -745,7 +746,7 @@ impl ClusterNode {
                 }
                 continue;
             }
-            match self.node.following(group) {
+            match self.node.hearing_leader(group, true) {
                 Some((_, _, since)) if since <= FOLLOWER_READ_LAG => {}
                 _ => {
                     lagging.push((group, "no recent word from a leader"));

@@ -269,3 +269,23 @@ fn a_cluster_node_is_ready_only_while_joined_and_caught_up() {
         leading == total && active == 1
     });
 }
+
+/// A broker that is not a controller voter (it learns the metadata log without voting) becomes
+/// ready like the voters, and the brokers list says which nodes vote.
+#[test]
+fn a_broker_outside_the_controller_quorum_is_ready_once_caught_up() {
+    let mut cluster = LocalCluster::start(3);
+    cluster.wait_formed(DEADLINE);
+    let i = cluster.add_broker("r4", &[]);
+    wait_until(DEADLINE, "the added broker ready", || ready(&cluster.metrics[i]).0 == 200);
+    let brokers = http_json(&cluster.metrics[i], "/v1/brokers", 200);
+    let voters: Vec<i64> = brokers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["controller_voter"] == true)
+        .map(|b| b["node_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(voters, vec![1, 2, 3], "{brokers}");
+    assert_eq!(brokers.as_array().unwrap().len(), 4);
+}

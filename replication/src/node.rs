@@ -410,11 +410,19 @@ where
     /// it last sent this replica an AppendEntries (heartbeats included). A follower that serves
     /// reads (KIP-392) goes by it: its high watermark is the commit index that leader last sent.
     pub fn following(&self, group: GroupId) -> Option<(NodeId, u64, Duration)> {
+        self.hearing_leader(group, false)
+    }
+
+    /// As `following`, for a voter or a learner (a non-voting replica: a broker's copy of the
+    /// controller quorum's log, a replica joining through a reassignment): readiness asks it of
+    /// every replica, reads only of voters.
+    pub fn hearing_leader(&self, group: GroupId, learners_too: bool) -> Option<(NodeId, u64, Duration)> {
         let raft = self.registry.get(group)?;
         let (leader, term) = {
             let m = raft.metrics();
             let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&m);
-            if m.state != ServerState::Follower {
+            let state_ok = m.state == ServerState::Follower || (learners_too && m.state == ServerState::Learner);
+            if !state_ok {
                 return None;
             }
             (m.current_leader?, m.current_term)

@@ -369,19 +369,19 @@ fn scrape_gauges(b: &Broker, out: &mut String) {
     gauge_header(out, "fjord_consumer_group_lag", "committed offset's distance to the high watermark, per partition");
     let mut sums = Vec::new();
     for g in views::groups(b) {
-        let Some(detail) = views::group(b, &g.group_id) else { continue };
+        let detail = views::group_detail(b, g);
         for o in &detail.offsets {
             if let Some(lag) = o.lag {
                 let _ = writeln!(
                     out,
                     "fjord_consumer_group_lag{{group=\"{}\",topic=\"{}\",partition=\"{}\"}} {lag}",
-                    label(&g.group_id),
+                    label(&detail.group_id),
                     label(&o.topic),
                     o.partition
                 );
             }
         }
-        sums.push((g.group_id, detail.total_lag));
+        sums.push((detail.group_id, detail.total_lag));
     }
     gauge_header(out, "fjord_consumer_group_lag_sum", "a group's lag summed over its partitions");
     for (group, lag) in sums {

@@ -359,6 +359,12 @@ pub fn groups(broker: &Broker) -> Vec<GroupSummary> {
 /// offset with the partition's lag. `None` when this node does not coordinate the group.
 pub fn group(broker: &Broker, id: &str) -> Option<GroupDetail> {
     let summary = groups(broker).into_iter().find(|g| g.group_id == id)?;
+    Some(group_detail(broker, summary))
+}
+
+/// The detail of a group `groups` listed.
+pub fn group_detail(broker: &Broker, summary: GroupSummary) -> GroupDetail {
+    let id = summary.group_id.as_str();
     let members = if summary.kind == "consumer" {
         broker.consumer_groups.with_group(id, |g| {
             g.map(|g| {
@@ -414,15 +420,15 @@ pub fn group(broker: &Broker, id: &str) -> Option<GroupDetail> {
             }
         })
         .collect();
-    Some(GroupDetail {
+    GroupDetail {
         total_lag: offsets.iter().filter_map(|o| o.lag).sum(),
-        group_id: summary.group_id,
+        group_id: summary.group_id.clone(),
         kind: summary.kind,
         protocol_type: summary.protocol_type,
         state: summary.state,
         members,
         offsets,
-    })
+    }
 }
 
 /// The node that coordinates group `id`: the leader of its `__consumer_offsets` partition.
