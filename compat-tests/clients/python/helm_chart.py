@@ -161,6 +161,9 @@ def pod_env(container, i, pod_name):
     for e in container["env"]:
         if "value" in e:
             value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), e["value"])
+        elif "secretKeyRef" in e["valueFrom"]:
+            ref = e["valueFrom"]["secretKeyRef"]
+            value = f"secret {ref['name']}/{ref['key']}"
         else:
             ref = e["valueFrom"].get("fieldRef", {}).get("fieldPath")
             value = {
@@ -172,6 +175,33 @@ def pod_env(container, i, pod_name):
                 raise AssertionError(f"unexpected env source {e}")
         env[e["name"]] = value
     return env
+
+
+def config_accepted(chart, values_list, fjord):
+    """Each values file's rendered config and pod environment pass fjord's own config checks: a
+    key fjord does not know, or a value of the wrong type, would crash-loop every pod."""
+    for name, values in values_list:
+        docs = render(chart, values)
+        sts = next(d for d in docs if d["kind"] == "StatefulSet")
+        cm = next(d for d in docs if d["kind"] == "ConfigMap" and "fjord.toml" in d["data"])
+        container = sts["spec"]["template"]["spec"]["containers"][0]
+        with tempfile.TemporaryDirectory() as root:
+            toml_path = os.path.join(root, "fjord.toml")
+            data = cm["data"]["fjord.toml"].replace("/var/lib/fjord", root)
+            open(toml_path, "w").write(data)
+            env = pod_env(container, 0, f"{RELEASE}-0")
+            env["PATH"] = os.environ.get("PATH", "")
+            p = subprocess.Popen([fjord, "--config", toml_path], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+            try:
+                # Config errors end the process at once with exit code 2, before it binds
+                # anything; an accepted config goes on to bind the pod's addresses, which do
+                # not resolve here.
+                _, err = p.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                _, err = p.communicate()
+            check(p.returncode != 2, f"{name}: fjord refuses the rendered config: {err.strip()[:400]}")
 
 
 def http(url):
@@ -303,6 +333,7 @@ def main():
     lint(chart_dir, values_list)
     schema(chart, values_list)
     validate_manifests(chart, values_list)
+    config_accepted(chart, values_list, fjord)
     image(chart, chart_dir)
     boot(chart, chart_dir, fjord)
     print(f"helm chart: {checks} checks passed")
