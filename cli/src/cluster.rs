@@ -354,7 +354,18 @@ fn reassign(cli: &Cli, topic: &str, only: &[i32], replicas: Option<&[i32]>, wait
         loop {
             let left: Vec<Moving> =
                 ongoing(&mut c)?.into_iter().filter(|m| m.topic == topic && parts.contains(&m.partition)).collect();
-            if left.is_empty() {
+            // Complete once the metadata this node serves shows the new replicas too (a cluster
+            // node may apply the controller's record a moment after the move is done).
+            let shown = match replicas {
+                Some(target) => c
+                    .topic(topic)?
+                    .partitions
+                    .iter()
+                    .filter(|p| parts.contains(&p.partition_index))
+                    .all(|p| p.replica_nodes.iter().map(|b| b.0).collect::<Vec<_>>() == target),
+                None => true,
+            };
+            if left.is_empty() && shown {
                 progress.done(&format!("{} partition move(s) complete", parts.len()));
                 break;
             }
@@ -455,7 +466,8 @@ fn config(cli: &Cli, broker: Option<i32>, set: &[(String, String)], delete: &[St
     if !set.is_empty() || !delete.is_empty() {
         alter_configs(&mut c, 4, &name, set, delete)?;
     }
-    // DescribeConfigs needs a broker: the cluster-wide view is the controller's.
+    // Without --broker, the configs as the controller has them (dynamic cluster-wide defaults
+    // included).
     let described = if name.is_empty() { c.controller.max(0).to_string() } else { name.clone() };
     let configs = describe_configs(&mut c, 4, &described)?;
     let rows: BTreeMap<String, Option<String>> = configs.into_iter().map(|(k, v, _)| (k, v)).collect();

@@ -104,8 +104,18 @@ fn list_groups(cli: &Cli) -> Result<()> {
     let mut ids: Vec<i32> = c.brokers.keys().copied().collect();
     ids.sort();
     let mut rows = Vec::new();
+    let mut answered = 0;
     for id in ids {
-        let r: ListGroupsResponse = c.to(id, ApiKey::ListGroups, 4, &ListGroupsRequest::default())?;
+        // Groups live on their coordinators: one broker down hides its groups, not the rest.
+        let r: ListGroupsResponse = match c.to(id, ApiKey::ListGroups, 4, &ListGroupsRequest::default()) {
+            Ok(r) => r,
+            Err(e) if e.kind == crate::error::Kind::Unreachable => {
+                eprintln!("fjordctl: {e}; the groups it coordinates are not listed");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        answered += 1;
         if r.error_code != 0 {
             return Err(refusal(&format!("listing groups on broker {id}"), r.error_code, None));
         }
@@ -117,6 +127,9 @@ fn list_groups(cli: &Cli) -> Result<()> {
                 coordinator: id,
             });
         }
+    }
+    if answered == 0 {
+        return Err(CliError::unreachable("no broker answered ListGroups"));
     }
     rows.sort_by(|a, b| a.group.cmp(&b.group));
     emit(cli.format, &rows, |rows| {
@@ -142,8 +155,9 @@ struct OffsetRow {
     topic: String,
     partition: i32,
     committed: i64,
-    end: i64,
-    lag: i64,
+    /// None when the topic no longer exists.
+    end: Option<i64>,
+    lag: Option<i64>,
     member: Option<String>,
 }
 
@@ -232,13 +246,18 @@ fn describe(cli: &Cli, group: &str) -> Result<()> {
     }
     let mut rows = Vec::new();
     for (topic, parts) in by_topic {
-        let ends = c.offsets(&topic, &parts, -1)?;
+        // Offsets may remain of a topic deleted since: its end and lag are unknown.
+        let ends = match c.offsets(&topic, &parts, -1) {
+            Ok(ends) => ends,
+            Err(e) if e.code.is_some() => HashMap::new(),
+            Err(e) => return Err(e),
+        };
         for p in parts {
-            let committed = offsets[&(topic.clone(), p)];
-            let end = ends.get(&p).copied().unwrap_or(-1);
+            let committed = offsets.get(&(topic.clone(), p)).copied().unwrap_or(-1);
+            let end = ends.get(&p).copied();
             let member = members.iter().find(|m| m.assignment.get(&topic).is_some_and(|ps| ps.contains(&p)));
             rows.push(OffsetRow {
-                lag: (end - committed).max(0),
+                lag: end.map(|end| (end - committed).max(0)),
                 member: member.map(|m| m.member_id.clone()),
                 topic: topic.clone(),
                 partition: p,
@@ -253,7 +272,7 @@ fn describe(cli: &Cli, group: &str) -> Result<()> {
         protocol: g.protocol_data.to_string(),
         coordinator,
         members,
-        total_lag: rows.iter().map(|r| r.lag).sum(),
+        total_lag: rows.iter().filter_map(|r| r.lag).sum(),
         offsets: rows,
     };
     match cli.format {
@@ -273,8 +292,8 @@ fn describe(cli: &Cli, group: &str) -> Result<()> {
                         r.topic.clone(),
                         r.partition.to_string(),
                         r.committed.to_string(),
-                        r.end.to_string(),
-                        r.lag.to_string(),
+                        crate::output::opt(&r.end),
+                        crate::output::opt(&r.lag),
                         crate::output::opt(&r.member),
                     ]);
                 }
@@ -371,16 +390,19 @@ fn reset(cli: &Cli, group: &str, topic: &str, only: &[i32], target: Target, dry_
     };
     let mut rows = Vec::new();
     for p in &parts {
+        let missing = || CliError::failed(format!("{topic}-{p}: no offsets from its leader"));
+        let (first, end) = (*first.get(p).ok_or_else(missing)?, *end.get(p).ok_or_else(missing)?);
         let cur = current.get(&(topic.to_string(), *p)).copied();
         let wanted = match target {
-            Target::Earliest => first[p],
-            Target::Latest => end[p],
+            Target::Earliest => first,
+            Target::Latest => end,
             Target::Offset(o) => o,
-            Target::Timestamp(_) => at.as_ref().and_then(|m| m.get(p)).copied().filter(|o| *o >= 0).unwrap_or(end[p]),
-            Target::Shift(n) => cur.unwrap_or(first[p]).saturating_add(n),
+            Target::Timestamp(_) => at.as_ref().and_then(|m| m.get(p)).copied().filter(|o| *o >= 0).unwrap_or(end),
+            Target::Shift(n) => cur.unwrap_or(first).saturating_add(n),
         };
-        // As Kafka's tool does: an offset outside the log is clamped to it.
-        let new = wanted.clamp(first[p], end[p]);
+        // As Kafka's tool does: an offset outside the log is moved into it (the two ends come
+        // from separate requests, so they are not assumed ordered).
+        let new = wanted.max(first).min(end.max(first));
         rows.push(ResetRow { topic: topic.to_string(), partition: *p, current: cur, new });
     }
     if !dry_run {
@@ -455,6 +477,8 @@ struct Membership {
 }
 
 const SESSION_TIMEOUT_MS: i32 = 30_000;
+/// How long JoinGroup and SyncGroup may take: the rebalance timeout, and a margin.
+const REBALANCE_WAIT: Duration = Duration::from_secs(45);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
 
 fn versioned<T: Encodable>(value: &T, version: i16) -> Result<Bytes> {
@@ -466,12 +490,20 @@ fn versioned<T: Encodable>(value: &T, version: i16) -> Result<Bytes> {
 
 /// Joins `group` for `topic`; when this member leads, assigns the topic's partitions to the
 /// members by ranges. Returns the membership and this member's partitions.
-fn join(c: &mut Client, group: &str, topic: &str, partitions: &[i32]) -> Result<(Membership, Vec<i32>)> {
-    let coordinator = c.coordinator(group)?;
+/// `previous` is the member id of an earlier generation: rejoining under it, rather than as a
+/// new member, keeps the coordinator from waiting out the old member's rebalance timeout.
+fn join(
+    c: &mut Client,
+    group: &str,
+    topic: &str,
+    partitions: &[i32],
+    previous: Option<&str>,
+) -> Result<(Membership, Vec<i32>)> {
+    let mut coordinator = c.coordinator(group)?;
     let mut sub = ConsumerProtocolSubscription::default();
     sub.topics = vec![s(topic)];
     let metadata = versioned(&sub, 0)?;
-    let mut member_id = String::new();
+    let mut member_id = previous.unwrap_or_default().to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     let joined = loop {
         let mut p = join_group_request::JoinGroupRequestProtocol::default();
@@ -484,11 +516,18 @@ fn join(c: &mut Client, group: &str, topic: &str, partitions: &[i32]) -> Result<
         req.member_id = s(&member_id);
         req.protocol_type = s("consumer");
         req.protocols = vec![p];
-        let r: JoinGroupResponse = c.to(coordinator, ApiKey::JoinGroup, 5, &req)?;
+        // The coordinator answers once every member has rejoined, up to the rebalance timeout.
+        let r: JoinGroupResponse = c.waiting_on(coordinator, ApiKey::JoinGroup, 5, &req, REBALANCE_WAIT)?;
         match r.error_code {
             0 => break r,
             // MEMBER_ID_REQUIRED: join again with the id the coordinator gave.
             79 => member_id = r.member_id.to_string(),
+            // UNKNOWN_MEMBER_ID: the old id expired; join as a new member.
+            25 if !member_id.is_empty() => member_id.clear(),
+            code if coordinator_moved(code) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+                coordinator = c.coordinator(group)?;
+            }
             code if Instant::now() < deadline
                 && kafka_protocol::error::ResponseError::try_from_code(code).is_some_and(|e| e.is_retriable()) =>
             {
@@ -525,7 +564,7 @@ fn join(c: &mut Client, group: &str, topic: &str, partitions: &[i32]) -> Result<
     req.generation_id = joined.generation_id;
     req.member_id = s(&member_id);
     req.assignments = assignments;
-    let r: SyncGroupResponse = c.to(coordinator, ApiKey::SyncGroup, 3, &req)?;
+    let r: SyncGroupResponse = c.waiting_on(coordinator, ApiKey::SyncGroup, 3, &req, REBALANCE_WAIT)?;
     if r.error_code != 0 {
         return Err(refusal(&format!("joining group {group}"), r.error_code, None));
     }
@@ -583,10 +622,12 @@ pub fn consume(cli: &Cli, topic: &str, opts: ConsumeOpts) -> Result<()> {
     let all = c.select_partitions(topic, &[])?;
     let wanted = c.select_partitions(topic, &opts.partitions)?;
     let mut printed = 0u64;
+    let mut member_id: Option<String> = None;
     loop {
         let (membership, parts) = match &opts.group {
             Some(g) => {
-                let (m, mine) = join(&mut c, g, topic, &all)?;
+                let (m, mine) = join(&mut c, g, topic, &all, member_id.as_deref())?;
+                member_id = Some(m.member_id.clone());
                 (Some(m), mine)
             }
             None => (None, wanted.clone()),
@@ -601,7 +642,10 @@ pub fn consume(cli: &Cli, topic: &str, opts: ConsumeOpts) -> Result<()> {
                 }
             }
         }
-        let ends: HashMap<i32, i64> = if opts.exit { c.offsets(topic, &parts, -1)? } else { HashMap::new() };
+        // read_committed reads up to the last stable offset: an open transaction's records are
+        // not there to reach yet.
+        let ends: HashMap<i32, i64> =
+            if opts.exit { c.offsets_as(topic, &parts, -1, opts.read_committed)? } else { HashMap::new() };
         let mut membership = membership;
         let outcome =
             consume_assigned(cli, &mut c, topic, &opts, &mut positions, &ends, &mut printed, membership.as_mut())?;
@@ -679,6 +723,7 @@ fn consume_assigned(
                 }
                 Err(e) => return Err(e),
             };
+            any_error |= fetched.retry;
             let mut stopped_early = false;
             for r in fetched.records {
                 if opts.num.is_some_and(|n| *printed >= n) {

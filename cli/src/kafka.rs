@@ -26,6 +26,23 @@ pub fn error_name(code: i16) -> String {
     }
 }
 
+/// Requests that may be sent again to another broker when one did not answer: resending a
+/// change (CreateTopics, ...) could report a failure for a change that was made.
+fn changes_nothing(key: ApiKey) -> bool {
+    matches!(
+        key,
+        ApiKey::Metadata
+            | ApiKey::FindCoordinator
+            | ApiKey::DescribeConfigs
+            | ApiKey::ListGroups
+            | ApiKey::DescribeGroups
+            | ApiKey::ListPartitionReassignments
+            | ApiKey::DescribeCluster
+            | ApiKey::ListOffsets
+            | ApiKey::OffsetFetch
+    )
+}
+
 /// COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR: ask again.
 pub fn coordinator_moved(code: i16) -> bool {
     matches!(code, 14..=16)
@@ -54,7 +71,9 @@ impl Conn {
         for a in addrs {
             match TcpStream::connect_timeout(&a, timeout) {
                 Ok(stream) => {
-                    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+                    // The broker's own timeout (the requests' timeout_ms) comes first, answered
+                    // as an error the command can name.
+                    stream.set_read_timeout(Some(timeout + RESPONSE_MARGIN)).map_err(|e| e.to_string())?;
                     stream.set_nodelay(true).ok();
                     return Ok(Conn { stream, next_id: 1 });
                 }
@@ -121,6 +140,9 @@ pub struct Client {
     pub cluster_id: Option<String>,
 }
 
+/// How much longer than a request's own timeout a response may take to arrive.
+const RESPONSE_MARGIN: Duration = Duration::from_secs(5);
+
 /// How long a retriable refusal (no leader yet, coordinator loading) is retried.
 pub const RETRY_FOR: Duration = Duration::from_secs(15);
 
@@ -167,7 +189,7 @@ impl Client {
             let conn = self.seed()?;
             match conn.call(key, version, req) {
                 Ok(r) => return Ok(r),
-                Err(e) if attempt == 0 => {
+                Err(e) if attempt == 0 && changes_nothing(key) => {
                     // The broker went away: another from the bootstrap list may answer.
                     let dead = self.seed.take().map(|(a, _)| a);
                     self.bootstrap.retain(|a| Some(a) != dead.as_ref());
@@ -211,6 +233,25 @@ impl Client {
                 Err(CliError::unreachable(format!("broker {node}: {e}")))
             }
         }
+    }
+
+    /// `to`, for a request the broker may hold for up to `wait` before answering (JoinGroup).
+    pub fn waiting_on<Q: Encodable, R: Decodable>(
+        &mut self,
+        node: i32,
+        key: ApiKey,
+        version: i16,
+        req: &Q,
+        wait: Duration,
+    ) -> Result<R, CliError> {
+        let usual = self.timeout + RESPONSE_MARGIN;
+        let conn = self.conn(node)?;
+        let _ = conn.stream.set_read_timeout(Some(wait.max(usual)));
+        let r = self.to(node, key, version, req);
+        if let Some(conn) = self.conns.get_mut(&node) {
+            let _ = conn.stream.set_read_timeout(Some(usual));
+        }
+        r
     }
 
     /// Sends to broker `node` a request that gets no answer (Produce with acks=0).
@@ -344,6 +385,17 @@ impl Client {
     /// The end offset of each partition (`timestamp` -1 latest, -2 earliest, else the first
     /// offset at or after that time, -1 when none is), asked of each partition's leader.
     pub fn offsets(&mut self, topic: &str, partitions: &[i32], timestamp: i64) -> Result<HashMap<i32, i64>, CliError> {
+        self.offsets_as(topic, partitions, timestamp, false)
+    }
+
+    /// `offsets` as a read_committed consumer sees them: the latest is the last stable offset.
+    pub fn offsets_as(
+        &mut self,
+        topic: &str,
+        partitions: &[i32],
+        timestamp: i64,
+        read_committed: bool,
+    ) -> Result<HashMap<i32, i64>, CliError> {
         let leaders = self.leaders(topic)?;
         let mut by_leader: HashMap<i32, Vec<i32>> = HashMap::new();
         for (p, l) in leaders.iter().filter(|(p, _)| partitions.contains(p)) {
@@ -367,6 +419,7 @@ impl Client {
                 .collect();
             let mut req = ListOffsetsRequest::default();
             req.replica_id = BrokerId(-1);
+            req.isolation_level = i8::from(read_committed);
             req.topics = vec![t];
             let r: ListOffsetsResponse = self.to(leader, ApiKey::ListOffsets, 7, &req)?;
             for t in r.topics {

@@ -148,6 +148,9 @@ fn start(cli: &Cli, n: u16, dir: &Path, base: u16, fjord: Option<&Path>, fresh: 
     let port = |offset: u16, i: u16| base + offset + i - 1;
     let voters: Vec<String> = (1..=n).map(|i| format!("{i}@127.0.0.1:{}", port(100, i))).collect();
     let mut nodes = Vec::new();
+    // Kept while the nodes start: a child that exits is a zombie until waited for, which
+    // `kill(pid, 0)` would take for alive.
+    let mut children = Vec::new();
     for i in 1..=n {
         let node_dir = dir.join(format!("node-{i}"));
         let data_dir = node_dir.join("data");
@@ -180,16 +183,9 @@ fn start(cli: &Cli, n: u16, dir: &Path, base: u16, fjord: Option<&Path>, fresh: 
             });
         }
         let child = cmd.spawn().map_err(|e| CliError::failed(format!("starting {}: {e}", bin.display())))?;
-        nodes.push(Node {
-            id: i,
-            pid: child.id() as i32,
-            kafka,
-            admin: format!("http://{admin}"),
-            cluster,
-            data_dir,
-            log,
-            running: true,
-        });
+        let pid = child.id() as i32;
+        children.push(child);
+        nodes.push(Node { id: i, pid, kafka, admin: format!("http://{admin}"), cluster, data_dir, log, running: true });
     }
     let state = State { nodes };
     std::fs::write(dir.join("cluster.json"), serde_json::to_string_pretty(&state).unwrap_or_default())?;
@@ -197,8 +193,8 @@ fn start(cli: &Cli, n: u16, dir: &Path, base: u16, fjord: Option<&Path>, fresh: 
     let deadline = Instant::now() + READY_WAIT;
     loop {
         let mut ready = 0;
-        for node in &state.nodes {
-            if !alive(node.pid) {
+        for (node, child) in state.nodes.iter().zip(children.iter_mut()) {
+            if !matches!(child.try_wait(), Ok(None)) {
                 return Err(CliError::failed(format!(
                     "node {} exited while starting: see {}",
                     node.id,

@@ -197,6 +197,12 @@ fn create(cli: &Cli, name: &str, partitions: Option<i32>, rf: Option<i16>, confi
     if t.error_code != 0 {
         return Err(refusal(&format!("creating topic {name}"), t.error_code, t.error_message.as_ref()));
     }
+    // Usable when this command returns: the answering node's metadata has it, every partition
+    // with a leader (a cluster node applies the controller's record a moment later).
+    let deadline = Instant::now() + crate::kafka::RETRY_FOR;
+    while Instant::now() < deadline && !c.topic(name).is_ok_and(|t| t.partitions.iter().all(|p| p.leader_id.0 >= 0)) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let out = Created {
         name: name.to_string(),
         topic_id: t.topic_id.to_string(),
@@ -268,6 +274,11 @@ struct Described {
     configs: BTreeMap<String, String>,
 }
 
+/// The broker a BROKER resource names (none for the cluster-wide defaults, name "").
+fn broker_resource(resource_type: i8, name: &str) -> Option<i32> {
+    (resource_type == 4).then(|| name.parse().ok()).flatten()
+}
+
 /// The configs of `resource` (2 topic, 4 broker) with their source: (name, value, source).
 pub fn describe_configs(c: &mut Client, resource_type: i8, name: &str) -> Result<Vec<(String, Option<String>, i8)>> {
     let mut r = describe_configs_request::DescribeConfigsResource::default();
@@ -276,7 +287,11 @@ pub fn describe_configs(c: &mut Client, resource_type: i8, name: &str) -> Result
     r.configuration_keys = None;
     let mut req = DescribeConfigsRequest::default();
     req.resources = vec![r];
-    let resp: DescribeConfigsResponse = c.any(ApiKey::DescribeConfigs, 4, &req)?;
+    // A broker's own configs are asked of that broker (Kafka answers only for itself).
+    let resp: DescribeConfigsResponse = match broker_resource(resource_type, name) {
+        Some(id) => c.to(id, ApiKey::DescribeConfigs, 4, &req)?,
+        None => c.any(ApiKey::DescribeConfigs, 4, &req)?,
+    };
     let res = &resp.results[0];
     if res.error_code != 0 {
         return Err(refusal(&format!("configs of {name}"), res.error_code, res.error_message.as_ref()));
@@ -384,7 +399,10 @@ pub fn alter_configs(
     }
     let mut req = IncrementalAlterConfigsRequest::default();
     req.resources = vec![r];
-    let resp: IncrementalAlterConfigsResponse = c.any(ApiKey::IncrementalAlterConfigs, 1, &req)?;
+    let resp: IncrementalAlterConfigsResponse = match broker_resource(resource_type, name) {
+        Some(id) => c.to(id, ApiKey::IncrementalAlterConfigs, 1, &req)?,
+        None => c.any(ApiKey::IncrementalAlterConfigs, 1, &req)?,
+    };
     let res = &resp.responses[0];
     if res.error_code != 0 {
         return Err(refusal(&format!("altering configs of {name}"), res.error_code, res.error_message.as_ref()));
@@ -482,6 +500,12 @@ fn delete(cli: &Cli, names: &[String]) -> Result<()> {
         }
         t
     });
+    // Gone from the answering node's metadata too before this command returns.
+    let deadline = Instant::now() + crate::kafka::RETRY_FOR;
+    let deleted: Vec<String> = rows.iter().filter(|r| r.error.is_none()).map(|r| r.name.clone()).collect();
+    while Instant::now() < deadline && deleted.iter().any(|n| c.topic(n).is_ok()) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let failed: Vec<&Row> = rows.iter().filter(|r| r.error.is_some()).collect();
     if let Some(f) = failed.first() {
         return Err(CliError::failed(format!("deleting topic {}: {}", f.name, f.error.clone().unwrap_or_default())));
@@ -747,13 +771,14 @@ pub fn start_offsets(c: &mut Client, topic: &str, partitions: &[i32], start: Sta
         Start::Offset(o) => partitions.iter().map(|p| (*p, o)).collect(),
         Start::FromEnd(n) => {
             let first = c.offsets(topic, partitions, -2)?;
-            c.offsets(topic, partitions, -1)?.into_iter().map(|(p, end)| (p, (end - n).max(first[&p]))).collect()
+            let end = c.offsets(topic, partitions, -1)?;
+            end.into_iter().map(|(p, end)| (p, (end - n).max(first.get(&p).copied().unwrap_or(0)))).collect()
         }
         Start::Timestamp(ts) => {
             let at = c.offsets(topic, partitions, ts)?;
             let end = c.offsets(topic, partitions, -1)?;
             // No record at or after the time: start at the end.
-            at.into_iter().map(|(p, o)| (p, if o < 0 { end[&p] } else { o })).collect()
+            at.into_iter().map(|(p, o)| (p, if o < 0 { end.get(&p).copied().unwrap_or(o) } else { o })).collect()
         }
     })
 }
@@ -842,6 +867,8 @@ pub fn record_json(r: &Fetched) -> serde_json::Value {
 pub struct Fetch {
     pub records: Vec<Fetched>,
     pub next: HashMap<i32, i64>,
+    /// A partition answered with a retriable error (its leader moved): look the leaders up again.
+    pub retry: bool,
 }
 
 /// One Fetch of `partitions` (partition → next offset) from `leader`: the records at or past
@@ -883,6 +910,7 @@ pub fn fetch(
     }
     let mut out = Vec::new();
     let mut next = HashMap::new();
+    let mut retry = false;
     for tr in r.responses {
         for pr in tr.partitions {
             let p = pr.partition_index;
@@ -890,35 +918,46 @@ pub fn fetch(
                 let retriable = kafka_protocol::error::ResponseError::try_from_code(pr.error_code)
                     .is_some_and(|e| e.is_retriable());
                 if retriable {
+                    retry = true;
                     continue;
                 }
                 return Err(refusal(&format!("fetching {topic}-{p}"), pr.error_code, None));
             }
             let from = partitions.get(&p).copied().unwrap_or(0);
-            let aborted: Vec<(i64, i64)> =
-                pr.aborted_transactions.iter().flatten().map(|a| (a.producer_id.0, a.first_offset)).collect();
+            // read_committed, as Kafka's consumer does it: a producer's aborted transaction runs
+            // from the first offset the broker lists for it to its ABORT marker; records of that
+            // producer in between are skipped, its later transactions are not.
+            let mut aborted: Vec<(i64, i64)> =
+                pr.aborted_transactions.iter().flatten().map(|a| (a.first_offset, a.producer_id.0)).collect();
+            aborted.sort();
+            let mut aborted = aborted.into_iter().peekable();
+            let mut aborting: std::collections::HashSet<i64> = std::collections::HashSet::new();
             let Some(mut data) = pr.records else { continue };
             for batch in whole_batches(&mut data) {
                 // baseOffset at 0, lastOffsetDelta at 23.
                 let base = i64::from_be_bytes(batch[..8].try_into().expect("12 bytes at least"));
-                if let Some(delta) = batch.get(23..27) {
-                    let last = base + i64::from(i32::from_be_bytes(delta.try_into().expect("4 bytes")));
-                    let e = next.entry(p).or_insert(from);
-                    *e = (*e).max(last + 1);
+                let last = match batch.get(23..27) {
+                    Some(delta) => base + i64::from(i32::from_be_bytes(delta.try_into().expect("4 bytes"))),
+                    None => base,
+                };
+                let e = next.entry(p).or_insert(from);
+                *e = (*e).max(last + 1);
+                while let Some((_, pid)) = aborted.next_if(|(first, _)| *first <= last) {
+                    aborting.insert(pid);
                 }
                 let mut b = batch;
                 let Ok(set) = RecordBatchDecoder::decode(&mut b) else {
                     return Err(CliError::failed(format!("{topic}-{p}: a record batch could not be decoded")));
                 };
                 for rec in set.records {
-                    if rec.control || rec.offset < from {
+                    if rec.control {
+                        // An ABORT marker (control key type 0) ends its producer's aborted run.
+                        if rec.key.as_deref().and_then(|k| k.get(2..4)) == Some(&[0, 0]) {
+                            aborting.remove(&rec.producer_id);
+                        }
                         continue;
                     }
-                    // read_committed: records of aborted transactions are skipped (the aborted
-                    // list names each producer's first offset of an aborted transaction).
-                    if read_committed
-                        && rec.transactional
-                        && aborted.iter().any(|(pid, first)| *pid == rec.producer_id && rec.offset >= *first)
+                    if rec.offset < from || (read_committed && rec.transactional && aborting.contains(&rec.producer_id))
                     {
                         continue;
                     }
@@ -935,7 +974,7 @@ pub fn fetch(
             }
         }
     }
-    Ok(Fetch { records: out, next })
+    Ok(Fetch { records: out, next, retry })
 }
 
 /// The whole record batches in `data` (a fetch may end with part of one).

@@ -345,3 +345,80 @@ fn cluster_commands_against_three_nodes_and_a_local_cluster() {
     local.run(&["topic", "list"]).refused(3, "cannot reach any broker");
     ctl.run(&["local", "stop", "--dir", &dir_arg]).refused(1, "no local cluster");
 }
+
+/// read_committed skips an aborted transaction's records and keeps the same producer's later
+/// committed ones (written by confluent-kafka's transactional producer); two group members split
+/// a topic's partitions between them, the second joining while the first consumes.
+#[test]
+fn transactions_and_a_shared_group() {
+    let admin = free_addr();
+    let broker = BrokerProcess::start(&["--admin-listen", &admin]);
+    let ctl = Ctl::new(&broker.bootstrap(), &admin);
+    ctl.json(&["topic", "create", "payments", "-p", "1"]);
+    let script = r#"
+import sys
+from confluent_kafka import Producer
+p = Producer({"bootstrap.servers": sys.argv[1], "transactional.id": "fjordctl-test"})
+p.init_transactions()
+# Flushed before each abort: records still queued in the client would be dropped, not written.
+p.begin_transaction(); p.produce("payments", b"aborted-1"); p.produce("payments", b"aborted-2"); p.flush(); p.abort_transaction()
+p.begin_transaction(); p.produce("payments", b"committed-1"); p.commit_transaction()
+p.begin_transaction(); p.produce("payments", b"aborted-3"); p.flush(); p.abort_transaction()
+p.begin_transaction(); p.produce("payments", b"committed-2"); p.commit_transaction()
+"#;
+    let out = fjord_compat_tests::client(fjord_compat_tests::python())
+        .args(["-c", script, &broker.bootstrap()])
+        .output()
+        .expect("python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let committed = ctl.run(&["topic", "consume", "payments", "-e", "--read-committed", "-f", "%s\\n"]);
+    assert_eq!(committed.stdout, "committed-1\ncommitted-2\n", "{}", committed.stderr);
+    let all = ctl.run(&["topic", "consume", "payments", "-e", "-f", "%s\\n"]);
+    assert_eq!(all.stdout.lines().count(), 5, "{}", all.stdout);
+
+    // Two members of one group: the first takes every partition, then shares them once the
+    // second joins; between them they print every record once.
+    ctl.json(&["topic", "create", "clicks", "-p", "4"]);
+    let lines: String = (0..40).map(|i| format!("k{i}:v{i}\n")).collect();
+    ctl.run_with(&["topic", "produce", "clicks", "-k", ":"], &lines, &[]).json_or_table();
+    let spawn = |n: &str| {
+        Command::new(env!("CARGO_BIN_EXE_fjordctl"))
+            .args(["topic", "consume", "clicks", "-g", "shared", "-f", "%p %s\\n", "-n", n])
+            .envs(ctl.env.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = spawn("1000");
+    // The first member is in the group (Stable, one member) before the second joins.
+    wait_until(DEADLINE, "the first member in the group", || {
+        let g = ctl.run(&["group", "describe", "shared", "-o", "json"]);
+        g.code == 0 && serde_json::from_str::<Value>(&g.stdout).unwrap()["members"].as_array().unwrap().len() == 1
+    });
+    let second = spawn("1000");
+    wait_until(DEADLINE, "both members in the group, partitions shared", || {
+        let g = ctl.run(&["group", "describe", "shared", "-o", "json"]);
+        if g.code != 0 {
+            return false;
+        }
+        let g: Value = serde_json::from_str(&g.stdout).unwrap();
+        let members = g["members"].as_array().unwrap();
+        members.len() == 2 && members.iter().all(|m| m["assignment"]["clicks"].as_array().is_some_and(|a| a.len() == 2))
+    });
+    wait_until(DEADLINE, "every record consumed and committed", || {
+        ctl.run(&["group", "describe", "shared", "-o", "json"]).code == 0
+            && serde_json::from_str::<Value>(&ctl.run(&["group", "describe", "shared", "-o", "json"]).stdout).unwrap()
+                ["total_lag"]
+                == 0
+    });
+    for child in [first, second] {
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "a member exits cleanly on SIGTERM: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let described = ctl.json(&["group", "describe", "shared"]);
+    assert_eq!(described["members"].as_array().unwrap().len(), 0, "both left the group: {described}");
+}
