@@ -59,6 +59,26 @@ fn leader_indexes(cluster: &LocalCluster, i: usize, topic: &str, partitions: i32
     found
 }
 
+/// Partition `p`'s (high watermark, last stable offset) from its leader at the time asked: an
+/// election under load may move a leadership during the test.
+fn ends_at_leader(cluster: &LocalCluster, topic: &str, p: i32) -> (i64, i64) {
+    let mut found = (-1, -1);
+    wait_until(DEADLINE, "the partition's leader to answer ListOffsets", || {
+        let Some(l) = cluster.leaders(0, topic).iter().find(|(i, l, _)| *i == p && *l >= 1).map(|(_, l, _)| *l) else {
+            return false;
+        };
+        let mut conn = cluster.conn((l - 1) as usize);
+        match (end_offset(&mut conn, topic, p, false), end_offset(&mut conn, topic, p, true)) {
+            (Some(hw), Some(stable)) => {
+                found = (hw, stable);
+                true
+            }
+            _ => false,
+        }
+    });
+    found
+}
+
 /// Reads every partition of `topic` from the start until `want` records are in; their values.
 fn read(bootstrap: &str, topic: &str, partitions: i32, isolation: &str, want: usize) -> Vec<String> {
     let c: BaseConsumer = ClientConfig::new()
@@ -147,10 +167,9 @@ fn transactions_end_whole_on_partitions_every_node_leads() {
     // Every partition's leader holds the markers: nothing is left unstable. (Each election
     // also stores an entry of its own, a control batch, so the log may hold more.)
     let mut ends = Vec::new();
-    for (p, l) in leaders.iter().enumerate() {
-        let mut conn = cluster.conn(*l);
-        let hw = end_offset(&mut conn, topic, p as i32, false).expect("high watermark");
-        assert_eq!(end_offset(&mut conn, topic, p as i32, true), Some(hw), "partition {p} is stable to its end");
+    for p in 0..parts {
+        let (hw, stable) = ends_at_leader(&cluster, topic, p);
+        assert_eq!(stable, hw, "partition {p} is stable to its end");
         assert!(hw >= 20, "partition {p}: ten records and ten markers, but the log ends at {hw}");
         ends.push(hw);
     }
@@ -178,16 +197,20 @@ fn transactions_end_whole_on_partitions_every_node_leads() {
     let me = txn_init(&mut c, id, 10_000);
     let all: Vec<i32> = (0..parts).collect();
     assert_eq!(add(&mut c, id, me, topic, &all), vec![0; parts as usize]);
-    for (p, l) in leaders.iter().enumerate() {
-        let (code, _) =
-            wire::produce(&mut cluster.conn(*l), topic, p as i32, txn_batch(&[b"left open"], me.0, me.1, 0));
+    for p in 0..parts {
+        // To the partition's leader now (an election under load may have moved it since).
+        let mut code = -1;
+        wait_until(DEADLINE, "the transactional produce taken by the partition's leader", || {
+            let l = leader_indexes(&cluster, 0, topic, parts)[p as usize];
+            code = wire::produce(&mut cluster.conn(l), topic, p, txn_batch(&[b"left open"], me.0, me.1, 0)).0;
+            code != 6
+        });
         assert_eq!(code, 0, "transactional produce to partition {p}");
     }
     wait_until(DEADLINE, "every partition stable again after the abort", || {
-        leaders.iter().enumerate().all(|(p, l)| {
-            let mut conn = cluster.conn(*l);
-            let hw = end_offset(&mut conn, topic, p as i32, false);
-            hw >= Some(ends[p] + 2) && end_offset(&mut conn, topic, p as i32, true) == hw
+        (0..parts).all(|p| {
+            let (hw, stable) = ends_at_leader(&cluster, topic, p);
+            hw >= ends[p as usize] + 2 && stable == hw
         })
     });
     let d = describe_txn(&mut c, id);
@@ -196,7 +219,12 @@ fn transactions_end_whole_on_partitions_every_node_leads() {
     let seen: BTreeSet<String> =
         read(&cluster.bootstrap(), topic, parts, "read_committed", committed.len()).into_iter().collect();
     assert_eq!(seen, committed);
-    let (code, _) = wire::produce(&mut cluster.conn(leaders[0]), topic, 0, txn_batch(&[b"zombie"], me.0, me.1, 1));
+    let mut code = -1;
+    wait_until(DEADLINE, "the fenced producer's write answered by the leader", || {
+        let l = leader_indexes(&cluster, 0, topic, parts)[0];
+        code = wire::produce(&mut cluster.conn(l), topic, 0, txn_batch(&[b"zombie"], me.0, me.1, 1)).0;
+        code != 6
+    });
     assert_eq!(code, 47, "INVALID_PRODUCER_EPOCH for the fenced producer");
 }
 
