@@ -589,6 +589,47 @@ broker_config! {
     /// forgotten after this long.
     transactional_id_expiration_ms: i64 = WEEK_MS,
         view: ReadOnly("transactional.id.expiration.ms", Kind::Int), check: |v| at_least(*v, 1);
+    /// Tiered storage (KIP-405's `remote.log.storage.system.enable`): closed segments of topics
+    /// with `remote.storage.enable=true` are copied to the bucket `s3_bucket`, and reads below
+    /// the local log start are served from it. Credentials come from the standard AWS chain
+    /// (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE and the profile files, web
+    /// identity, container and instance roles), never from Fjord's config.
+    remote_storage_enable: bool = false, view: ReadOnly("remote.log.storage.system.enable", Kind::Boolean);
+    /// The S3 bucket of tiered storage (required with remote_storage_enable).
+    s3_bucket: Option<String> = None, view: View::None,
+        check: |v| match v {
+            Some(b) if b.trim().is_empty() || b.contains('/') => Err("must be a bucket name".into()),
+            _ => Ok(()),
+        };
+    /// The bucket's region.
+    s3_region: String = "us-east-1".into(), view: View::None,
+        check: |v| if v.trim().is_empty() { Err("must not be empty".into()) } else { Ok(()) };
+    /// An S3-compatible endpoint (http:// or https:// URL, addressed path-style); unset: AWS.
+    s3_endpoint: Option<String> = None, view: View::None,
+        check: |v| match v.as_deref() {
+            Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                Err(format!("{u:?} is not an http:// or https:// URL"))
+            }
+            _ => Ok(()),
+        };
+    /// Prefix of every object Fjord writes in the bucket (several clusters may share one).
+    s3_prefix: String = String::new(), view: View::None;
+    /// Directory of the cache of chunks read from the bucket; unset: `remote-cache` in data_dir.
+    remote_cache_dir: Option<PathBuf> = None, view: View::None;
+    /// Bytes the chunk cache may hold on disk.
+    remote_cache_max_bytes: u64 = 1 << 30, view: View::None, check: |v| at_least(*v as i64, 1 << 20);
+    /// `remote.log.manager.task.interval.ms`: how often a partition leader looks for segments
+    /// to copy and remote data past retention.
+    remote_log_manager_task_interval_ms: u64 = 5_000,
+        view: ReadOnly("remote.log.manager.task.interval.ms", Kind::Long), check: |v| between(*v as i64, 10, 3_600_000);
+    /// Archive compression of copied segments: `zstd` stores a segment whose batches the
+    /// producers sent uncompressed as independently compressed 1 MiB chunks (ranged reads still
+    /// work); `none` copies segments byte for byte.
+    remote_storage_compression: String = "none".into(), view: View::None,
+        check: |v| match v.as_str() {
+            "none" | "zstd" => Ok(()),
+            other => Err(format!("{other:?} is not none or zstd")),
+        };
 }
 
 /// The key named `name` (the TOML spelling).
@@ -858,6 +899,9 @@ impl BrokerConfig {
                 ));
             }
         }
+        if self.remote_storage_enable && self.s3_bucket.is_none() {
+            return bad("remote_storage_enable needs s3_bucket: the bucket segments are copied to".into());
+        }
         if !self.controller_quorum_voters.is_empty() && self.cluster_listen.is_none() {
             return bad(format!(
                 "cluster_listen must be set when controller_quorum_voters is (node {} needs an address for \
@@ -956,6 +1000,7 @@ impl BrokerConfig {
             .collect();
         // Broker-wide only: not a topic config, but the log applies it.
         out.push(("producer.id.expiration.ms", self.producer_id_expiration_ms.to_string()));
+        out.push((crate::topic_config::REMOTE_SYSTEM_ENABLE, self.remote_storage_enable.to_string()));
         out
     }
 }

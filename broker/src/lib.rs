@@ -19,6 +19,7 @@ pub mod internal_topic;
 pub mod leadership;
 pub mod logring;
 pub mod server;
+pub mod tiered;
 pub mod topic_config;
 pub mod topics;
 

@@ -36,6 +36,8 @@ pub struct Broker {
     pub request_memory: Arc<connection::RequestMemory>,
     /// This node's part of a cluster; None for a single node (no voters configured).
     pub cluster: Option<crate::cluster::ClusterNode>,
+    /// Tiered storage, when `remote_storage_enable`.
+    pub tiered: Option<Arc<crate::tiered::Tiered>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -122,6 +124,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         Some(a) => split_host_port(a).ok_or_else(|| anyhow::anyhow!("bad advertised_listener {a}"))?,
         None => (local_addr.ip().to_string(), local_addr.port() as i32),
     };
+    let tiered = crate::tiered::Tiered::start(&config).await?;
     let topics = Arc::new(tokio::task::block_in_place(|| Topics::open(&config))?);
     let cluster = crate::cluster::start(&config, &format!("{advertised_host}:{advertised_port}"), &topics).await?;
     let data_dir_handle = std::fs::File::open(&config.data_dir)?;
@@ -169,6 +172,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         fetch_sessions: FetchSessions::new(1000),
         request_memory: connection::RequestMemory::new(config.queued_max_request_bytes),
         cluster,
+        tiered,
         shutdown: shutdown_rx.clone(),
         config,
     });
@@ -222,6 +226,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         tokio::spawn(broker_configs_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(mapped_pages_loop(broker.clone(), shutdown_rx.clone(), mapped_baseline)),
         tokio::spawn(transaction_expiry_loop(broker.clone(), shutdown_rx.clone())),
+        tokio::spawn(crate::tiered::copier_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(flush_loop(broker.clone(), shutdown_rx)),
     ];
     tasks.extend(admin_tasks);

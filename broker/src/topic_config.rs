@@ -76,7 +76,7 @@ macro_rules! def {
 use Effect::{Applied, Ignored};
 use Rule::*;
 
-const NO_TIERING: &str = "tiered storage is not in Fjord yet";
+const NO_TIERING: &str = "Fjord's tiered storage does not act on it yet";
 const NO_THROTTLES: &str = "replication throttles are not in Fjord yet";
 const RAFT_ELECTIONS: &str = "Fjord replicates with Raft: a replica lacking committed records is never elected";
 const ONE_FETCHER: &str = "each Fjord node replicates through one connection per peer";
@@ -114,10 +114,10 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
     // the topic's partitions, so that a write costs one round trip from the producers' region.
     def!("leader.preferred.racks", None, List, "", Any, Applied,
         "Racks (broker.rack values) whose replicas should lead the topic's partitions: placement, leader balancing and preferred elections pick the first replica on one of these racks. Empty, or no replica on them: the first replica leads."),
-    def!("local.retention.bytes", Some("log.local.retention.bytes"), Long, "-2", AtLeast(-2), Ignored(NO_TIERING),
-        "Bytes kept locally when tiered storage is on (-2: retention.bytes)."),
-    def!("local.retention.ms", Some("log.local.retention.ms"), Long, "-2", AtLeast(-2), Ignored(NO_TIERING),
-        "Time segments are kept locally when tiered storage is on (-2: retention.ms)."),
+    def!("local.retention.bytes", Some("log.local.retention.bytes"), Long, "-2", AtLeast(-2), Applied,
+        "Bytes kept locally when tiered storage is on (-2: retention.bytes); segments go locally only once they are in the bucket."),
+    def!("local.retention.ms", Some("log.local.retention.ms"), Long, "-2", AtLeast(-2), Applied,
+        "Time segments are kept locally when tiered storage is on (-2: retention.ms); segments go locally only once they are in the bucket."),
     def!("max.compaction.lag.ms", Some("log.cleaner.max.compaction.lag.ms"), Long, LONG_MAX, AtLeast(1), Applied,
         "A record left uncompacted longer than this makes the log due for compaction whatever its dirty ratio (and caps segment.ms)."),
     def!("max.message.bytes", Some("message.max.bytes"), Int, "1048588", AtLeast(0), Applied,
@@ -150,8 +150,8 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         "Stops copying segments to remote storage."),
     def!("remote.log.delete.on.disable", None, Boolean, "false", Any, Ignored(NO_TIERING),
         "Deletes remote data when remote storage is turned off for the topic."),
-    def!("remote.storage.enable", None, Boolean, "false", Any, Ignored(NO_TIERING),
-        "Whether closed segments move to remote storage."),
+    def!("remote.storage.enable", None, Boolean, "false", Any, Applied,
+        "Whether closed segments are copied to remote storage (on a broker with remote_storage_enable); retention.ms and retention.bytes then count the bucket too."),
     def!("retention.bytes", Some("log.retention.bytes"), Long, "-1", Any, Applied,
         "Largest size of a partition before old segments are deleted; -1 for no limit."),
     def!("retention.ms", Some("log.retention.ms"), Long, "604800000", AtLeast(-1), Applied,
@@ -516,6 +516,29 @@ pub fn effective(
     }
 }
 
+/// The broker-wide setting `log_config` reads to know whether the broker has remote storage
+/// (`BrokerConfig::log_defaults` passes it with the topic defaults).
+pub const REMOTE_SYSTEM_ENABLE: &str = "remote.log.storage.system.enable";
+
+/// Checks a topic's whole set of configs: what no single value shows.
+pub fn validate_combination(configs: &BTreeMap<String, String>) -> Result<(), String> {
+    let remote = configs.get("remote.storage.enable").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    let compact = configs.get("cleanup.policy").is_some_and(|v| v.split(',').any(|p| p.trim() == "compact"));
+    if remote && compact {
+        return Err("remote.storage.enable=true is not supported on a compacted topic (cleanup.policy=compact): \
+                    compaction rewrites segments already copied to the bucket"
+            .into());
+    }
+    Ok(())
+}
+
+/// Total retention of a topic with remote storage, the bucket included: (retention.ms,
+/// retention.bytes).
+pub fn total_retention(overrides: &BTreeMap<String, String>, defaults: &BTreeMap<String, String>) -> (i64, i64) {
+    let num = |n: &str, fallback: i64| effective(n, overrides, defaults).0.trim().parse::<i64>().unwrap_or(fallback);
+    (num("retention.ms", LogConfig::default().retention_ms), num("retention.bytes", -1))
+}
+
 pub fn log_config(overrides: &BTreeMap<String, String>, defaults: &BTreeMap<String, String>) -> LogConfig {
     let get = |n: &str| effective(n, overrides, defaults).0;
     let num = |n: &str, fallback: i64| get(n).trim().parse::<i64>().unwrap_or(fallback);
@@ -537,14 +560,29 @@ pub fn log_config(overrides: &BTreeMap<String, String>, defaults: &BTreeMap<Stri
         },
     });
     let max_compaction_lag_ms = num("max.compaction.lag.ms", i64::MAX).max(1);
+    // Tiered storage: the log's retention is then local.retention.* (-2: the total), and the
+    // total is the remote copier's to apply.
+    let remote = defaults.get(REMOTE_SYSTEM_ENABLE).is_some_and(|v| v == "true")
+        && get("remote.storage.enable").trim().eq_ignore_ascii_case("true")
+        && !compact;
+    let (retention_ms, retention_bytes) = (num("retention.ms", base.retention_ms), num("retention.bytes", -1));
+    let local = |n: &str, total: i64| match num(n, -2) {
+        -2 => total,
+        v => v,
+    };
+    let (retention_ms, retention_bytes) = if remote {
+        (local("local.retention.ms", retention_ms), local("local.retention.bytes", retention_bytes))
+    } else {
+        (retention_ms, retention_bytes)
+    };
     let segment_ms = num("segment.ms", base.segment_ms);
     LogConfig {
         segment_bytes: num("segment.bytes", base.segment_bytes as i64).max(1024) as u64,
         // Kafka rolls a compacted log's segments by max.compaction.lag.ms
         // too, or a record in the active segment would never be compacted.
         segment_ms: if compact { segment_ms.min(max_compaction_lag_ms) } else { segment_ms },
-        retention_ms: num("retention.ms", base.retention_ms),
-        retention_bytes: num("retention.bytes", base.retention_bytes),
+        retention_ms,
+        retention_bytes,
         max_message_bytes: num("max.message.bytes", base.max_message_bytes as i64).max(0) as usize,
         index_interval_bytes: num("index.interval.bytes", 4096).max(0) as u64,
         segment_index_bytes: num("segment.index.bytes", base.segment_index_bytes as i64).max(4096) as usize,
@@ -569,6 +607,7 @@ pub fn log_config(overrides: &BTreeMap<String, String>, defaults: &BTreeMap<Stri
         flush_messages: num("flush.messages", i64::MAX).max(1),
         flush_ms: num("flush.ms", i64::MAX),
         min_insync_replicas: num("min.insync.replicas", 1).clamp(1, i32::MAX as i64) as i32,
+        remote_storage: remote,
     }
 }
 

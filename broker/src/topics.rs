@@ -366,6 +366,7 @@ impl Topics {
         for (k, v) in &configs {
             topic_config::validate(k, v).map_err(|m| TopicError::new(ResponseError::InvalidConfig, m))?;
         }
+        topic_config::validate_combination(&configs).map_err(|m| TopicError::new(ResponseError::InvalidConfig, m))?;
         let ignored = topic_config::ignored(configs.keys());
         if !ignored.is_empty() && !validate_only {
             tracing::info!(topic = name, ignored = %ignored.join(", "), "topic configs stored but not applied");

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod jepsen;
 pub mod legacy;
 pub mod proxy;
+pub mod s3;
 pub mod wire;
 
 use bytes::{BufMut, Bytes, BytesMut};

@@ -85,6 +85,14 @@ impl<const W: usize> MappedTable<W> {
         Ok(t)
     }
 
+    /// The rows in use, as stored.
+    fn rows(&self) -> Vec<u8> {
+        match &self.map {
+            Some(m) => m[..self.entries * W].to_vec(),
+            None => Vec::new(),
+        }
+    }
+
     fn entry(&self, i: usize) -> &[u8] {
         match &self.map {
             Some(m) => &m[i * W..(i + 1) * W],
@@ -234,6 +242,11 @@ impl OffsetIndex {
         self.table.entries
     }
 
+    /// The rows in use as stored (what a remote copy of the segment carries).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.table.rows()
+    }
+
     /// The last row: (offset, position).
     pub fn last(&self) -> Option<(i64, u64)> {
         self.table.entries.checked_sub(1).map(|i| {
@@ -352,6 +365,11 @@ impl TimeIndex {
         let mut ts = [0u8; 8];
         ts.copy_from_slice(&e[..8]);
         (i64::from_be_bytes(ts), self.base_offset + u32_at(e, 8) as i64)
+    }
+
+    /// The rows in use as stored (what a remote copy of the segment carries).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.table.rows()
     }
 
     /// The newest entry: the segment's max timestamp and where it occurs.

@@ -13,6 +13,7 @@ pub mod log;
 pub mod producer;
 pub mod raftindex;
 pub mod records;
+pub mod remote;
 pub mod segment;
 
 pub use batch::{BatchHeader, TimestampType};

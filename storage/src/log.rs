@@ -19,6 +19,7 @@ use crate::epoch::EpochCache;
 use crate::error::{LogError, Result};
 use crate::producer::{AbortedTxn, ProducerStates, SequenceCheck};
 use crate::raftindex::{EntrySpan, SegmentRaftIndex};
+use crate::remote::{RemoteChange, RemoteManifest, SegmentExport};
 use crate::segment::{file_name, CleanState, Segment};
 
 /// Snapshots kept beside the log: the newest, and one before it in case the
@@ -80,6 +81,10 @@ pub struct LogConfig {
     pub flush_ms: i64,
     /// `min.insync.replicas`, checked by the server for acks=all.
     pub min_insync_replicas: i32,
+    /// `remote.storage.enable` on a broker with remote storage: `retention_ms` and
+    /// `retention_bytes` are then the local ones (`local.retention.*`), and no segment goes
+    /// before the remote manifest covers it.
+    pub remote_storage: bool,
 }
 
 impl LogConfig {
@@ -114,6 +119,7 @@ impl Default for LogConfig {
             flush_messages: i64::MAX,
             flush_ms: i64::MAX,
             min_insync_replicas: 1,
+            remote_storage: false,
         }
     }
 }
@@ -232,6 +238,8 @@ pub(crate) struct Inner {
     /// A replicated log's Raft entries, per segment base offset (`.raftindex`
     /// sidecars); segments below the Raft log have none.
     pub(crate) raft: BTreeMap<i64, SegmentRaftIndex>,
+    /// What is in remote storage (`remote-manifest.json`).
+    remote: Arc<RemoteManifest>,
 }
 
 fn snapshot_offsets(dir: &Path) -> Vec<i64> {
@@ -739,6 +747,7 @@ impl PartitionLog {
             hw_follows_end: !replicated,
             raft_only: opts.raft,
             raft,
+            remote: Arc::new(RemoteManifest::load(dir)?),
         };
         report.batches_replayed = inner.recover_state(dir)?;
         let log = PartitionLog {
@@ -1831,6 +1840,10 @@ impl PartitionLog {
             if seg.next_offset > inner.hw {
                 break;
             }
+            // With tiered storage, nothing goes that is not yet in the bucket.
+            if cfg.remote_storage && inner.remote.end().is_none_or(|e| seg.next_offset > e) {
+                break;
+            }
             // Raft entries go through Raft's purge (`drop_raft_segments_upto`), never here.
             if inner.raft.contains_key(&seg.base_offset) {
                 break;
@@ -1879,6 +1892,10 @@ impl PartitionLog {
             if !below_start && !cfg.delete {
                 break;
             }
+            // With tiered storage, local retention waits for the copy in the bucket.
+            if !below_start && cfg.remote_storage && inner.remote.end().is_none_or(|e| seg.next_offset > e) {
+                break;
+            }
             let by_time = below_start || expired_by_time(cfg, seg, now_ms);
             let by_size = cfg.retention_bytes >= 0 && size - seg.size() as i64 >= cfg.retention_bytes;
             // The active segment only goes when its data has expired by time.
@@ -1894,6 +1911,84 @@ impl PartitionLog {
             }
         }
         point
+    }
+
+    /// Closed segments ending after `offset`, and their bytes: what remote storage has yet to
+    /// copy when its copies end at `offset`.
+    pub fn segments_after(&self, offset: i64) -> (usize, u64) {
+        let inner = self.read_inner();
+        let n = inner.segments.len();
+        inner
+            .segments
+            .values()
+            .take(n.saturating_sub(1))
+            .filter(|s| s.next_offset > offset)
+            .fold((0, 0), |(c, b), s| (c + 1, b + s.size()))
+    }
+
+    /// What this partition holds in remote storage.
+    pub fn remote_manifest(&self) -> Arc<RemoteManifest> {
+        self.read_inner().remote.clone()
+    }
+
+    /// Applies a change of the remote manifest (a committed control entry, or the only
+    /// replica's own copy) and persists it. False when it changed nothing.
+    pub fn apply_remote_change(&self, change: &RemoteChange) -> Result<bool> {
+        let mut inner = self.write_inner();
+        let mut m = (*inner.remote).clone();
+        if !m.apply(change) {
+            return Ok(false);
+        }
+        write_atomic(&self.dir.join(crate::remote::MANIFEST_FILE), &m.to_json())?;
+        inner.remote = Arc::new(m);
+        Ok(true)
+    }
+
+    /// Replaces the remote manifest (a Raft snapshot carries the leader's).
+    pub fn set_remote_manifest(&self, m: RemoteManifest) -> Result<()> {
+        let mut inner = self.write_inner();
+        if *inner.remote == m {
+            return Ok(());
+        }
+        write_atomic(&self.dir.join(crate::remote::MANIFEST_FILE), &m.to_json())?;
+        inner.remote = Arc::new(m);
+        Ok(())
+    }
+
+    /// The first closed segment ending after `from` that is committed and stable (below the
+    /// high watermark and the last stable offset, so its transactions have all ended), ready to
+    /// copy to remote storage. None while there is none yet.
+    pub fn export_segment(&self, from: i64) -> Result<Option<SegmentExport>> {
+        let inner = self.read_inner();
+        let stable = inner.hw.min(inner.last_stable_offset());
+        let n = inner.segments.len();
+        let Some((i, seg)) = inner.segments.values().enumerate().find(|(_, s)| s.next_offset > from) else {
+            return Ok(None);
+        };
+        if i + 1 == n || seg.is_empty() || seg.next_offset > stable || seg.next_offset <= inner.log_start {
+            return Ok(None);
+        }
+        let (base, next) = (seg.base_offset, seg.next_offset);
+        let txn_index = std::fs::read(self.dir.join(file_name(base, "txnindex"))).unwrap_or_default();
+        let aborted: Vec<AbortedTxn> =
+            inner.aborted.iter().filter(|a| a.last_offset >= base && a.last_offset < next).copied().collect();
+        let epochs = inner.epochs.entries().iter().filter(|(_, o)| *o < next).copied().collect();
+        let export = SegmentExport {
+            base_offset: base,
+            next_offset: next,
+            size: seg.size(),
+            max_timestamp: seg.max_timestamp,
+            file: seg.file(),
+            offset_index: seg.offset_index_bytes(),
+            time_index: seg.time_index_bytes(),
+            txn_index,
+            aborted,
+            producer_snapshot: Vec::new(),
+            epochs,
+        };
+        drop(inner);
+        let producer_snapshot = self.producer_state_at(next)?;
+        Ok(Some(SegmentExport { producer_snapshot, ..export }))
     }
 
     /// Asks the replica's next Raft snapshot to stand at entry `index` (retention's point)

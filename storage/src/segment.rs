@@ -617,6 +617,16 @@ impl Segment {
         self.time_index.sync()
     }
 
+    /// The offset index's rows, as stored.
+    pub fn offset_index_bytes(&self) -> Vec<u8> {
+        self.index.to_bytes()
+    }
+
+    /// The time index's rows, as stored.
+    pub fn time_index_bytes(&self) -> Vec<u8> {
+        self.time_index.to_bytes()
+    }
+
     pub fn file(&self) -> Arc<File> {
         self.file.clone()
     }

@@ -372,6 +372,8 @@ async fn cluster_create_topics(
         };
         let outcome = if dupes.contains(&name) {
             Err(TopicError::new(ResponseError::InvalidRequest, format!("Duplicate topic name {name} in request")))
+        } else if let Err(m) = crate::topic_config::validate_combination(&new.configs) {
+            Err(TopicError::new(ResponseError::InvalidConfig, m))
         } else if req.validate_only {
             cluster.validate_create(&new).map(|_| None)
         } else {

@@ -400,6 +400,7 @@ fn alter_resource(
                 err(ResponseError::UnknownTopicOrPartition, format!("Topic '{rname}' does not exist"))
             })?;
             let next = apply(&current, &changes, replace_all, topic_kind, topic_config::validate)?;
+            topic_config::validate_combination(&next).map_err(|m| err(ResponseError::InvalidConfig, m))?;
             if !validate_only {
                 let set: Vec<&String> = changes.iter().filter(|c| c.1 != 1).map(|c| &c.0).collect();
                 let ignored = topic_config::ignored(set);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fjord_storage::remote::RemoteSegment;
 use fjord_storage::{LogError, PartitionLog};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::FetchTopic;
@@ -44,6 +45,8 @@ struct Outcome {
     /// read_committed: aborted transactions in the returned range.
     aborted: Vec<fjord_storage::producer::AbortedTxn>,
     preferred: Option<i32>,
+    /// Below the local log start: the remote copy to read from (tiered storage).
+    remote: Option<RemoteSegment>,
 }
 
 impl Outcome {
@@ -58,6 +61,7 @@ impl Outcome {
             log_start: log.log_start_offset(),
             aborted: Vec::new(),
             preferred: None,
+            remote: None,
         }
     }
 }
@@ -78,7 +82,7 @@ fn error_response(code: ResponseError, session_id: i32) -> WithFiles<FetchRespon
     WithFiles { resp: mk!(FetchResponse { error_code: code.code(), session_id: session_id }), files: Vec::new() }
 }
 
-fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool) -> (Vec<Outcome>, usize) {
+fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool, tiered: bool) -> (Vec<Outcome>, usize) {
     let mut budget = max_bytes.max(0) as usize;
     let mut total = 0usize;
     let mut out = Vec::with_capacity(targets.len());
@@ -95,6 +99,7 @@ fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool) -> (Vec<Ou
                     log_start: -1,
                     aborted: Vec::new(),
                     preferred: None,
+                    remote: None,
                 });
                 continue;
             }
@@ -131,9 +136,26 @@ fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool) -> (Vec<Ou
                     file: r.file,
                     hw: r.high_watermark,
                     lso: r.last_stable_offset,
-                    log_start: r.log_start_offset,
+                    // With tiered storage the log starts in the bucket.
+                    log_start: if tiered { crate::tiered::log_start(log) } else { r.log_start_offset },
                     aborted,
                     preferred: None,
+                    remote: None,
+                });
+            }
+            Err(LogError::OffsetOutOfRange { .. })
+                if tiered && crate::tiered::remote_segment_for(log, t.part.fetch_offset).is_some() =>
+            {
+                // Read from the bucket once this pass is over (`read_remote`); it counts as data
+                // so the fetch does not wait.
+                let remote = crate::tiered::remote_segment_for(log, t.part.fetch_offset);
+                let limit = limit.max(1);
+                budget = budget.saturating_sub(limit);
+                total += limit;
+                out.push(Outcome {
+                    log_start: crate::tiered::log_start(log),
+                    remote,
+                    ..Outcome::nothing_read(log, None)
                 });
             }
             Err(e) => {
@@ -141,11 +163,64 @@ fn read_all(targets: &[Target], max_bytes: i32, read_committed: bool) -> (Vec<Ou
                     LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
                     _ => ResponseError::KafkaStorageError,
                 };
-                out.push(Outcome::nothing_read(log, Some(code)));
+                let mut o = Outcome::nothing_read(log, Some(code));
+                if tiered {
+                    o.log_start = crate::tiered::log_start(log);
+                }
+                out.push(o);
             }
         }
     }
     (out, total)
+}
+
+/// Fills the outcomes that read below the local log start from the bucket (tiered storage). A
+/// failed remote read answers KAFKA_STORAGE_ERROR, which clients retry.
+async fn read_remote(
+    broker: &Broker,
+    targets: &[Target],
+    mut outcomes: Vec<Outcome>,
+    max_bytes: i32,
+    read_committed: bool,
+) -> Vec<Outcome> {
+    let mut budget = max_bytes.max(0) as usize;
+    let mut total = outcomes.iter().map(|o| o.records.len()).sum::<usize>();
+    budget = budget.saturating_sub(total);
+    for (t, o) in targets.iter().zip(outcomes.iter_mut()) {
+        let Some(seg) = o.remote.take() else { continue };
+        let limit = (t.part.max_bytes.max(0) as usize).min(budget);
+        if total > 0 && limit == 0 {
+            continue;
+        }
+        let read =
+            crate::tiered::read(broker, &t.part.topic, t.part.partition, &seg, t.part.fetch_offset, limit.max(1));
+        match read.await {
+            Ok(records) => {
+                // KIP-74 as for local reads: only the first partition may go over the limits.
+                let records = if records.len() > limit && total > 0 { Bytes::new() } else { records };
+                total += records.len();
+                budget = budget.saturating_sub(records.len());
+                if read_committed && !records.is_empty() {
+                    if let Ok(log) = &t.log {
+                        // Aborts recorded with the copies, and those whose markers are still
+                        // only local (a transaction may start in the bucket and end after it).
+                        let (from, upto) = (t.part.fetch_offset, seg.next_offset);
+                        let mut aborted = log.remote_manifest().aborted(from, upto);
+                        aborted.extend(log.aborted_transactions(from, upto));
+                        aborted.sort_by_key(|a| a.last_offset);
+                        aborted.dedup();
+                        o.aborted = aborted;
+                    }
+                }
+                o.records = records;
+            }
+            Err(e) => {
+                tracing::warn!(topic = %t.part.topic, partition = t.part.partition, offset = t.part.fetch_offset, error = %e, "remote read failed");
+                o.error = Some(ResponseError::KafkaStorageError);
+            }
+        }
+    }
+    outcomes
 }
 
 pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -> Option<WithFiles<FetchResponse>> {
@@ -228,6 +303,7 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
         .collect();
 
     let read_committed = req.isolation_level == 1;
+    let tiered = broker.tiered.is_some();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let min_bytes = req.min_bytes.max(0) as usize;
     let outcomes = loop {
@@ -239,7 +315,7 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
         for w in waits.iter_mut() {
             w.as_mut().enable();
         }
-        let (outcomes, total) = read_all(&targets, req.max_bytes, read_committed);
+        let (outcomes, total) = read_all(&targets, req.max_bytes, read_committed, tiered);
         // A consumer sent to another replica is told at once, as an error would be.
         let has_error = outcomes.iter().any(|o| o.error.is_some() || o.preferred.is_some());
         if total >= min_bytes.max(1)
@@ -256,9 +332,10 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: FetchRequest) -
             _ = broker.shutting_down() => {}
         }
         if tokio::time::Instant::now() >= deadline {
-            break read_all(&targets, req.max_bytes, read_committed).0;
+            break read_all(&targets, req.max_bytes, read_committed, tiered).0;
         }
     };
+    let outcomes = read_remote(&broker, &targets, outcomes, req.max_bytes, read_committed).await;
 
     let mut responses: Vec<FetchableTopicResponse> = Vec::new();
     let mut files = Vec::new();

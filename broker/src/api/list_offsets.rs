@@ -17,6 +17,7 @@ const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
+const LATEST_TIERED: i64 = -5;
 
 /// Offset, timestamp and leader epoch (-1: none) of the first record in
 /// `batch` (of `log`) matching `pick`.
@@ -79,6 +80,53 @@ fn lookup(
     }
 }
 
+/// What the bucket answers for `ts` on a partition with tiered storage, None where the local
+/// log answers: the earliest offset when the log starts in the bucket, the newest copied offset
+/// (KIP-1005's latest tiered, -5), or a timestamp reached by data only the bucket holds.
+async fn remote_lookup(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+    log: &Arc<PartitionLog>,
+    ts: i64,
+) -> Result<Option<(i64, i64, i32)>, ResponseError> {
+    let m = log.remote_manifest();
+    let local_start = log.log_start_offset();
+    let epoch_at = |offset: i64| {
+        m.segments
+            .iter()
+            .flat_map(|s| s.epochs.iter())
+            .filter(|(_, start)| *start <= offset)
+            .map(|(e, _)| *e)
+            .next_back()
+            .unwrap_or(-1)
+    };
+    match ts {
+        EARLIEST => {
+            let start = crate::tiered::log_start(log);
+            if start >= local_start {
+                return Ok(None);
+            }
+            Ok(Some((start, -1, epoch_at(start))))
+        }
+        LATEST_TIERED => Ok(Some(m.end().map_or((-1, -1, -1), |e| (e - 1, -1, epoch_at(e - 1))))),
+        t if t >= 0 => {
+            let batch = crate::tiered::batch_by_timestamp(broker, topic, partition, log, t).await.map_err(|e| {
+                tracing::warn!(topic, partition, error = %e, "remote timestamp lookup failed");
+                ResponseError::KafkaStorageError
+            })?;
+            let Some(batch) = batch else { return Ok(None) };
+            let start = crate::tiered::log_start(log);
+            let (l, b) = (log.clone(), batch);
+            let found = tokio::task::spawn_blocking(move || find_in_batch(&l, b, start, |rt| rt >= t))
+                .await
+                .map_err(|_| ResponseError::UnknownServerError)??;
+            Ok(found)
+        }
+        _ => Ok(None),
+    }
+}
+
 pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: ListOffsetsRequest) -> Option<ListOffsetsResponse> {
     let mut topics = Vec::new();
     for t in req.topics {
@@ -97,7 +145,16 @@ pub async fn handle(broker: Arc<Broker>, h: &RequestHeader, req: ListOffsetsRequ
                 Ok(LeaderGuard { log, epoch, .. }) => {
                     let ts = p.timestamp;
                     let committed = req.isolation_level == 1;
-                    match tokio::task::spawn_blocking(move || lookup(&log, epoch, ts, committed)).await {
+                    let remote = match &broker.tiered {
+                        Some(_) => remote_lookup(&broker, &name, p.partition_index, &log, ts).await,
+                        None => Ok(None),
+                    };
+                    let found = match remote {
+                        Ok(Some(found)) => Ok(Ok(found)),
+                        Ok(None) => tokio::task::spawn_blocking(move || lookup(&log, epoch, ts, committed)).await,
+                        Err(e) => Ok(Err(e)),
+                    };
+                    match found {
                         Ok(Ok((offset, timestamp, leader_epoch))) => {
                             r.offset = offset;
                             r.timestamp = timestamp;

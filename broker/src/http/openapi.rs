@@ -102,6 +102,16 @@ fn schemas() -> Value {
             ("high_watermark", int()),
             ("log_end_offset", int()),
             ("size_bytes", int()),
+            ("remote", nullable(reference("RemoteTier"))),
+        ]),
+        "RemoteTier": object(&[
+            ("segments", int()),
+            ("start_offset", nullable(int())),
+            ("end_offset", nullable(int())),
+            ("size_bytes", int()),
+            ("manifest_version", int()),
+            ("upload_lag_segments", int()),
+            ("upload_lag_bytes", int()),
         ]),
         "Partition": object(&[
             ("topic", string()),

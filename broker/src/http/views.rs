@@ -91,6 +91,22 @@ pub struct LocalReplicaView {
     pub high_watermark: i64,
     pub log_end_offset: i64,
     pub size_bytes: u64,
+    /// What tiered storage holds of it (topics with remote.storage.enable).
+    pub remote: Option<RemoteTierView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RemoteTierView {
+    pub segments: usize,
+    /// Offsets [start, end) in the bucket; null while nothing is.
+    pub start_offset: Option<i64>,
+    pub end_offset: Option<i64>,
+    /// Bytes stored in the bucket (after archive compression).
+    pub size_bytes: u64,
+    pub manifest_version: u64,
+    /// Closed local segments not yet in the bucket, and their bytes.
+    pub upload_lag_segments: usize,
+    pub upload_lag_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -145,6 +161,19 @@ fn local(broker: &Broker, topic: &str, partition: i32) -> Option<LocalReplicaVie
         high_watermark: log.high_watermark(),
         log_end_offset: log.log_end_offset(),
         size_bytes: log.size_bytes(),
+        remote: log.config().remote_storage.then(|| {
+            let m = log.remote_manifest();
+            let (lag_segments, lag_bytes) = log.segments_after(m.end().unwrap_or(i64::MIN));
+            RemoteTierView {
+                segments: m.segments.len(),
+                start_offset: m.start(),
+                end_offset: m.end(),
+                size_bytes: m.size(),
+                manifest_version: m.version,
+                upload_lag_segments: lag_segments,
+                upload_lag_bytes: lag_bytes,
+            }
+        }),
     })
 }
 

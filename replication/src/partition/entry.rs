@@ -7,6 +7,7 @@ use std::io;
 
 use bytes::Bytes;
 use fjord_storage::batch::{self, BatchHeader, CONTROL_LEADER_CHANGE, HEADER_SIZE};
+use fjord_storage::remote::RemoteChange;
 use fjord_storage::RaftEntry;
 use openraft::type_config::alias::{EntryOf, LogIdOf};
 use openraft::EntryPayload;
@@ -30,6 +31,24 @@ pub fn log_start_of(data: &[u8]) -> Option<i64> {
     let single = BatchHeader::parse(data).is_ok_and(|h| h.total_size() == data.len());
     match batch::control_record(data).filter(|_| single) {
         Some((CONTROL_LOG_START, v)) => Some(i64::from_be_bytes(v.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// Control type of a remote storage entry (tiered storage): its value is a `RemoteChange` as
+/// JSON, which every replica applies to its remote manifest when the entry commits.
+pub const CONTROL_REMOTE: i16 = 0x4604;
+
+/// The batch a leader proposes to record a change of what is in remote storage.
+pub fn remote_change_batch(change: &RemoteChange) -> Vec<u8> {
+    batch::build_control(CONTROL_REMOTE, &serde_json::to_vec(change).unwrap_or_default())
+}
+
+/// The remote storage change a stored entry's batch records, if it is one.
+pub fn remote_change_of(data: &[u8]) -> Option<RemoteChange> {
+    let single = BatchHeader::parse(data).is_ok_and(|h| h.total_size() == data.len());
+    match batch::control_record(data).filter(|_| single) {
+        Some((CONTROL_REMOTE, v)) => serde_json::from_slice(v).ok(),
         _ => None,
     }
 }

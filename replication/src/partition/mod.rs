@@ -119,6 +119,10 @@ struct SnapshotBody {
     log_start_offset: i64,
     /// Producer state (`ProducerStates` JSON) as of `next_offset`.
     producers: String,
+    /// The leader's remote storage manifest when the snapshot was sent: the control entries
+    /// that built it may be behind the snapshot's point.
+    #[serde(default)]
+    remote: Option<fjord_storage::remote::RemoteManifest>,
 }
 
 fn encode_snapshot(body: &SnapshotBody, prefix: &[u8]) -> io::Result<Bytes> {
@@ -256,6 +260,7 @@ impl Shared {
             next_offset: saved.next_offset,
             log_start_offset: self.log.log_start_offset(),
             producers: saved.producers.clone(),
+            remote: Some((*self.log.remote_manifest()).clone()).filter(|m| m.version > 0),
         };
         let prefix =
             if saved.prefix { self.log.prefix_before(saved.next_offset, MAX_SNAPSHOT_PREFIX) } else { Vec::new() };
@@ -674,6 +679,11 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                     // replica deleted: the group stops here rather than carry on diverged.
                     self.shared.log.delete_records(start).map_err(io_err)?;
                 }
+                // Tiered storage: every replica learns what is remote when the change commits,
+                // so its local retention and a future leadership of it start from there.
+                if let Some(change) = entry::remote_change_of(data) {
+                    self.shared.log.apply_remote_change(&change).map_err(io_err)?;
+                }
             }
             {
                 let mut sm = lock(&self.sm);
@@ -700,6 +710,13 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
     /// kept whole (openraft keeps the entries after it).
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TypeConfig>, snapshot: Bytes) -> Result<(), io::Error> {
         let (body, prefix) = decode_snapshot(&snapshot)?;
+        // The leader's remote manifest, unless this replica's is as new (manifests only grow in
+        // version, through committed entries).
+        if let Some(remote) = &body.remote {
+            if remote.version > self.shared.log.remote_manifest().version {
+                self.shared.log.set_remote_manifest(remote.clone()).map_err(io_err)?;
+            }
+        }
         let held = match &meta.last_log_id {
             Some(last) => self.shared.entry_at(last)?,
             None => None,

@@ -1,0 +1,435 @@
+//! Tiered storage in the broker (KIP-405): the copier that runs beside each partition leader,
+//! and the remote reads Fetch and ListOffsets fall back to below the local log start.
+//!
+//! The copier, every `remote_log_manager_task_interval_ms`, for each partition of a topic with
+//! `remote.storage.enable` that this node leads:
+//! 1. on the first pass of a leadership, sweeps the partition's objects that the committed
+//!    manifest does not name (copies whose commit never happened);
+//! 2. copies each closed, committed and stable segment past the manifest's end, then commits
+//!    its `RemoteChange::Add` through the partition's log (Raft, so every replica learns it and
+//!    a new leader carries on from it), then writes the manifest object;
+//! 3. applies total retention (`retention.ms`, `retention.bytes`) to the remote copies: commits
+//!    `RemoteChange::DeleteBelow`, then deletes their objects.
+//!
+//! A copy whose commit fails is deleted again. Failures back off (with jitter) per partition;
+//! produce never waits for any of it. Local retention lets a segment go only once the committed
+//! manifest covers it (`LogConfig::remote_storage`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fjord_storage::remote::{RemoteChange, RemoteManifest, RemoteSegment};
+use fjord_storage::PartitionLog;
+use fjord_tiering::{copy, ChunkCache, RemoteReader, RemoteStore, S3Config, TieringError};
+use tokio::sync::watch;
+
+use crate::config::BrokerConfig;
+use crate::leadership::{LeaderGuard, Leadership, NO_EPOCH};
+use crate::server::Broker;
+
+/// How long a commit of a manifest change may wait for the partition's Raft group.
+const COMMIT_WAIT: Duration = Duration::from_secs(30);
+/// Partitions copied at once.
+const PARALLEL: usize = 4;
+/// Segments one partition copies per pass (the rest wait for the next pass, so one busy
+/// partition does not hold up the others).
+const SEGMENTS_PER_PASS: usize = 8;
+/// Longest back-off after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub struct Tiered {
+    pub store: Arc<RemoteStore>,
+    pub reader: RemoteReader,
+    compress: bool,
+    scratch: PathBuf,
+    interval: Duration,
+    states: Mutex<HashMap<(String, i32), PartState>>,
+}
+
+#[derive(Default, Clone)]
+struct PartState {
+    /// The leader epoch whose first pass swept the partition's objects.
+    swept_epoch: Option<i32>,
+    /// The manifest version last written to the bucket.
+    written: u64,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Tiered {
+    /// Remote storage as configured, if `remote_storage_enable`. Refused credentials stop the
+    /// broker here with the bucket's answer; an unreachable bucket does not (copies back off
+    /// until it answers).
+    pub async fn start(config: &BrokerConfig) -> anyhow::Result<Option<Arc<Tiered>>> {
+        if !config.remote_storage_enable {
+            return Ok(None);
+        }
+        let s3 = S3Config {
+            bucket: config.s3_bucket.clone().unwrap_or_default(),
+            region: config.s3_region.clone(),
+            endpoint: config.s3_endpoint.clone(),
+            prefix: config.s3_prefix.clone(),
+        };
+        let store = Arc::new(RemoteStore::connect(&s3).await?);
+        match store.check().await {
+            Ok(()) => {}
+            Err(e @ (TieringError::Denied { .. } | TieringError::NotFound { .. } | TieringError::Config(_))) => {
+                anyhow::bail!("remote storage (bucket {}): {e}", s3.bucket)
+            }
+            Err(e) => tracing::warn!(bucket = s3.bucket, error = %e, "remote storage unreachable; copies wait for it"),
+        }
+        let cache_dir = config.remote_cache_dir.clone().unwrap_or_else(|| config.data_dir.join("remote-cache"));
+        let cache = Arc::new(ChunkCache::open(&cache_dir, config.remote_cache_max_bytes)?);
+        let scratch = cache_dir.join("staging");
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(&scratch)?;
+        tracing::info!(bucket = s3.bucket, endpoint = ?s3.endpoint, prefix = s3.prefix, "remote storage enabled");
+        Ok(Some(Arc::new(Tiered {
+            reader: RemoteReader::new(store.clone(), cache),
+            store,
+            compress: config.remote_storage_compression == "zstd",
+            scratch,
+            interval: Duration::from_millis(config.remote_log_manager_task_interval_ms),
+            states: Mutex::new(HashMap::new()),
+        })))
+    }
+
+    /// The bucket directory of a partition.
+    pub fn partition_dir(&self, topic: &str, topic_id: uuid::Uuid, partition: i32) -> String {
+        self.store.partition_dir(topic, &topic_id.simple().to_string(), partition)
+    }
+
+    fn state(&self, key: &(String, i32)) -> PartState {
+        self.states.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned().unwrap_or_default()
+    }
+
+    fn set_state(&self, key: (String, i32), st: PartState) {
+        self.states.lock().unwrap_or_else(|e| e.into_inner()).insert(key, st);
+    }
+}
+
+/// Topics with `remote.storage.enable=true`: name, id, partitions, configs.
+fn remote_topics(broker: &Broker) -> Vec<(String, uuid::Uuid, i32, std::collections::BTreeMap<String, String>)> {
+    let on = |c: &std::collections::BTreeMap<String, String>| {
+        c.get("remote.storage.enable").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    };
+    if let Some(cluster) = &broker.cluster {
+        return cluster.read(|m| {
+            m.topics()
+                .iter()
+                .filter(|(_, t)| on(&t.configs))
+                .map(|(n, t)| (n.clone(), t.id, i32::try_from(t.partitions.len()).unwrap_or(0), t.configs.clone()))
+                .collect()
+        });
+    }
+    broker
+        .topics
+        .list()
+        .into_iter()
+        .filter(|(_, m)| on(&m.configs))
+        .map(|(n, m)| (n, m.id, m.partitions, m.configs))
+        .collect()
+}
+
+/// The copier (see the module's doc), until shutdown.
+pub async fn copier_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let Some(tiered) = broker.tiered.clone() else { return };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tiered.interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        let mut work = Vec::new();
+        for (topic, id, partitions, configs) in remote_topics(&broker) {
+            for p in 0..partitions {
+                work.push((topic.clone(), id, p, configs.clone()));
+            }
+        }
+        use futures::StreamExt;
+        futures::stream::iter(work)
+            .for_each_concurrent(PARALLEL, |(topic, id, p, configs)| {
+                let (broker, tiered) = (broker.clone(), tiered.clone());
+                async move { pass(&broker, &tiered, &topic, id, p, &configs).await }
+            })
+            .await;
+    }
+}
+
+/// One pass over one partition.
+async fn pass(
+    broker: &Arc<Broker>,
+    tiered: &Tiered,
+    topic: &str,
+    id: uuid::Uuid,
+    p: i32,
+    configs: &std::collections::BTreeMap<String, String>,
+) {
+    let key = (topic.to_string(), p);
+    let mut st = tiered.state(&key);
+    let Ok(guard) = broker.lead(topic, p, NO_EPOCH) else {
+        // Another node copies: this one sweeps again if it leads again.
+        if st.swept_epoch.is_some() {
+            set_lag(topic, p, 0, 0);
+            st.swept_epoch = None;
+            tiered.set_state(key, st);
+        }
+        return;
+    };
+    if st.retry_at.is_some_and(|t| Instant::now() < t) {
+        return;
+    }
+    let dir = tiered.partition_dir(topic, id, p);
+    match copy_and_expire(broker, tiered, &guard, &dir, topic, configs, &mut st).await {
+        Ok(()) => {
+            st.failures = 0;
+            st.retry_at = None;
+        }
+        Err(e) => {
+            // A failed copy may have left objects its own clean-up could not delete (the bucket
+            // being down): the next pass sweeps first.
+            st.swept_epoch = None;
+            st.failures = st.failures.saturating_add(1);
+            let wait = fjord_tiering::backoff(st.failures, MAX_BACKOFF);
+            st.retry_at = Some(Instant::now() + wait);
+            metrics::counter!("fjord_remote_copy_errors_total").increment(1);
+            if matches!(e, TieringError::Denied { .. }) {
+                tracing::error!(topic, partition = p, error = %e, "remote storage refused a copy");
+            } else {
+                tracing::warn!(topic, partition = p, error = %e, retry_in_ms = wait.as_millis() as u64, "remote storage pass failed");
+            }
+        }
+    }
+    let (segments, bytes) = guard.log.segments_after(guard.log.remote_manifest().end().unwrap_or(i64::MIN));
+    set_lag(topic, p, segments, bytes);
+    tiered.set_state(key, st);
+}
+
+fn set_lag(topic: &str, p: i32, segments: usize, bytes: u64) {
+    let labels = [("topic", topic.to_string()), ("partition", p.to_string())];
+    metrics::gauge!("fjord_remote_upload_lag_segments", &labels).set(segments as f64);
+    metrics::gauge!("fjord_remote_upload_lag_bytes", &labels).set(bytes as f64);
+}
+
+async fn copy_and_expire(
+    broker: &Arc<Broker>,
+    tiered: &Tiered,
+    guard: &LeaderGuard,
+    dir: &str,
+    topic: &str,
+    configs: &std::collections::BTreeMap<String, String>,
+    st: &mut PartState,
+) -> Result<(), TieringError> {
+    let log = &guard.log;
+    if st.swept_epoch != Some(guard.epoch) {
+        let gone = copy::sweep(&tiered.store, dir, &log.remote_manifest()).await?;
+        if gone > 0 {
+            tracing::info!(topic, dir, objects = gone, "deleted remote objects no committed copy names");
+        }
+        st.swept_epoch = Some(guard.epoch);
+    }
+    for _ in 0..SEGMENTS_PER_PASS {
+        let m = log.remote_manifest();
+        let from = m.end().unwrap_or_else(|| log.log_start_offset());
+        let l = log.clone();
+        let export = crate::api::blocking(move || l.export_segment(from))
+            .await
+            .map_err(|e| TieringError::Io(std::io::Error::other(e.to_string())))?;
+        let Some(export) = export else { break };
+        let (base, next, size) = (export.base_offset, export.next_offset, export.size);
+        let seg = copy::copy_segment(&tiered.store, dir, export, guard.epoch, tiered.compress, &tiered.scratch).await?;
+        if let Err(e) = commit(broker, guard, RemoteChange::Add(seg.clone())).await {
+            copy::delete_copy(&tiered.store, dir, &seg).await;
+            return Err(e);
+        }
+        metrics::counter!("fjord_remote_segments_copied_total").increment(1);
+        tracing::debug!(topic, base, next, size, stored = seg.size, "segment copied to remote storage");
+    }
+    expire(broker, tiered, guard, dir, topic, configs).await?;
+    let m = log.remote_manifest();
+    if m.version > st.written {
+        copy::write_manifest(&tiered.store, dir, &m).await?;
+        st.written = m.version;
+    }
+    Ok(())
+}
+
+/// Total retention over the remote copies: those wholly past `retention.ms` (by their newest
+/// record) or, oldest first, beyond `retention.bytes` counted over the bucket and the local log.
+async fn expire(
+    broker: &Arc<Broker>,
+    tiered: &Tiered,
+    guard: &LeaderGuard,
+    dir: &str,
+    topic: &str,
+    configs: &std::collections::BTreeMap<String, String>,
+) -> Result<(), TieringError> {
+    let log = &guard.log;
+    let m = log.remote_manifest();
+    if m.segments.is_empty() {
+        return Ok(());
+    }
+    let defaults = broker.topics.defaults();
+    let (retention_ms, retention_bytes) = crate::topic_config::total_retention(configs, &defaults);
+    let Some(below) =
+        expiry_point(&m, log.log_start_offset(), log.size_bytes(), retention_ms, retention_bytes, now_ms())
+    else {
+        return Ok(());
+    };
+    let dropped = m.below(below);
+    commit(broker, guard, RemoteChange::DeleteBelow(below)).await?;
+    for seg in &dropped {
+        copy::delete_copy(&tiered.store, dir, seg).await;
+    }
+    tracing::info!(topic, segments = dropped.len(), below, "retention deleted remote segments");
+    Ok(())
+}
+
+/// Where total retention cuts the remote copies: the end of the last copy that goes.
+fn expiry_point(
+    m: &RemoteManifest,
+    local_start: i64,
+    local_bytes: u64,
+    retention_ms: i64,
+    retention_bytes: i64,
+    now: i64,
+) -> Option<i64> {
+    // Bytes only the bucket holds, counted once where copies overlap.
+    let remote_only: u64 = m.segments.iter().filter(|s| s.next_offset <= local_start).map(|s| s.raw_size).sum();
+    let mut total = remote_only + local_bytes;
+    let mut point = None;
+    for s in &m.segments {
+        let by_time = retention_ms >= 0 && s.max_timestamp >= 0 && now - s.max_timestamp > retention_ms;
+        let only_remote = s.next_offset <= local_start;
+        let by_size = retention_bytes >= 0 && only_remote && total > retention_bytes as u64;
+        if !(by_time || by_size) {
+            break;
+        }
+        if only_remote {
+            total = total.saturating_sub(s.raw_size);
+        }
+        point = Some(s.next_offset);
+    }
+    point
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Commits a manifest change: through the partition's Raft group (every replica applies it), or
+/// straight into the only replica's log.
+async fn commit(_broker: &Arc<Broker>, guard: &LeaderGuard, change: RemoteChange) -> Result<(), TieringError> {
+    let failed =
+        |msg: String| TieringError::Unavailable { op: "commit", key: guard.log.dir().display().to_string(), msg };
+    let Some(w) = &guard.raft else {
+        let log = guard.log.clone();
+        return crate::api::blocking(move || log.apply_remote_change(&change))
+            .await
+            .map(|_| ())
+            .map_err(|e| failed(e.to_string()));
+    };
+    let batch = fjord_replication::partition::entry::remote_change_batch(&change);
+    let written = w.proposer.enqueue(&w.raft, &guard.log, batch, guard.epoch, COMMIT_WAIT);
+    match tokio::time::timeout(COMMIT_WAIT, written).await {
+        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(failed(format!("{e:?}"))),
+        Ok(Err(_)) => Err(failed("the partition's leadership ended".into())),
+        Err(_) => Err(failed("timed out".into())),
+    }
+}
+
+/// The remote copy a read of `offset` below the local log start goes to, if the bucket holds
+/// it (and the local log does not).
+pub fn remote_segment_for(log: &PartitionLog, offset: i64) -> Option<RemoteSegment> {
+    if offset >= log.log_start_offset() {
+        return None;
+    }
+    log.remote_manifest().find(offset).cloned()
+}
+
+/// The log start clients see: the first remote offset when the bucket's copies reach the local
+/// log (so the two make one log), else the local log start.
+pub fn log_start(log: &PartitionLog) -> i64 {
+    let local = log.log_start_offset();
+    let m = log.remote_manifest();
+    match (m.start(), m.end()) {
+        (Some(s), Some(e)) if s < local && e >= local => s,
+        _ => local,
+    }
+}
+
+/// Reads up to `max_bytes` of remote data at `offset` of a partition of `topic`.
+pub async fn read(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+    seg: &RemoteSegment,
+    offset: i64,
+    max_bytes: usize,
+) -> Result<Bytes, TieringError> {
+    let tiered = broker.tiered.as_ref().ok_or_else(|| TieringError::Config("remote storage is off".into()))?;
+    let id = broker.topic_id(topic).unwrap_or_default();
+    let dir = tiered.partition_dir(topic, id, partition);
+    tiered.reader.read(&dir, seg, offset, max_bytes).await
+}
+
+/// The first batch of the remote data below the local log start whose records reach `ts`.
+pub async fn batch_by_timestamp(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+    log: &PartitionLog,
+    ts: i64,
+) -> Result<Option<Bytes>, TieringError> {
+    let Some(tiered) = broker.tiered.as_ref() else { return Ok(None) };
+    let local = log.log_start_offset();
+    let m = log.remote_manifest();
+    let id = broker.topic_id(topic).unwrap_or_default();
+    let dir = tiered.partition_dir(topic, id, partition);
+    for seg in m.segments.iter().filter(|s| s.base_offset < local && s.max_timestamp >= ts) {
+        if let Some(b) = tiered.reader.batch_by_timestamp(&dir, seg, ts).await? {
+            return Ok(Some(b));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(base: i64, next: i64, max_ts: i64, size: u64) -> RemoteSegment {
+        RemoteSegment {
+            base_offset: base,
+            next_offset: next,
+            leader_epoch: 0,
+            id: format!("{base}"),
+            size,
+            raw_size: size,
+            max_timestamp: max_ts,
+            copied_ms: 0,
+            aborted: Vec::new(),
+            epochs: Vec::new(),
+            chunks: None,
+        }
+    }
+
+    #[test]
+    fn total_retention_counts_the_bucket_and_the_local_log() {
+        let m = RemoteManifest {
+            version: 3,
+            segments: vec![seg(0, 10, 1_000, 100), seg(10, 20, 2_000, 100), seg(20, 30, 3_000, 100)],
+        };
+        // By time: the first two are past 1.5 s at t=3.6 s.
+        assert_eq!(expiry_point(&m, 30, 50, 1_500, -1, 3_600), Some(20));
+        assert_eq!(expiry_point(&m, 30, 50, -1, -1, 3_600), None);
+        // By size: 300 remote-only + 50 local; 200 allowed drops the first two.
+        assert_eq!(expiry_point(&m, 30, 50, -1, 200, 0), Some(20));
+        assert_eq!(expiry_point(&m, 30, 50, -1, 350, 0), None);
+        // A copy the local log also holds frees nothing by size.
+        assert_eq!(expiry_point(&m, 15, 50, -1, 0, 0), Some(10));
+    }
+}

@@ -1,0 +1,284 @@
+//! Tiered storage (KIP-405) against a real S3-compatible server (s3s-fs, which checks SigV4
+//! signatures): closed segments go to the bucket, local retention then deletes them, and every
+//! client still reads the topic from offset 0, read_committed too; ListOffsets by timestamp
+//! finds remote data; the bucket going away mid-copy loses nothing and leaves no stray objects;
+//! wrong credentials stop the broker with a clear error; in a cluster, a new leader carries on
+//! where a killed one stopped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::sync::Once;
+use std::time::Duration;
+
+use fjord_compat_tests::cluster::LocalCluster;
+use fjord_compat_tests::s3::{S3Server, BUCKET, SECRET_KEY};
+use fjord_compat_tests::{
+    broker_command, client, clients_dir, free_addr, http_json, python, run_client, run_to_exit, wait_until,
+    BrokerProcess,
+};
+use serde_json::Value;
+
+const N: usize = 2000;
+
+/// The credentials every broker of these tests reads from its environment (inherited).
+fn aws_env() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        for (k, v) in S3Server::env(SECRET_KEY) {
+            std::env::set_var(k, v);
+        }
+    });
+}
+
+fn topic_configs(segment_bytes: u32) -> String {
+    format!(
+        r#"{{"remote.storage.enable":"true","segment.bytes":"{segment_bytes}","local.retention.bytes":"1","retention.ms":"-1"}}"#
+    )
+}
+
+fn tiered_py(args: &[&str]) -> Command {
+    let mut c = client(python());
+    c.current_dir(clients_dir().join("python")).arg("tiered.py").args(args);
+    c
+}
+
+/// This node's view of partition 0 of `topic` (`/v1/partitions`).
+fn partition(admin: &str, topic: &str) -> Value {
+    let v = http_json(admin, &format!("/v1/partitions?topic={topic}"), 200);
+    v[0].clone()
+}
+
+/// Waits until the node at `admin` has its local log start past `past` (local retention let
+/// the copied segments go) and, if it is the copying leader, nothing closed left to copy.
+fn wait_tiered(admin: &str, topic: &str, past: i64, leader: bool) -> Value {
+    let mut last = Value::Null;
+    wait_until(Duration::from_secs(90), "closed segments copied and deleted locally", || {
+        last = partition(admin, topic);
+        let local = &last["local"];
+        (!leader || local["remote"]["upload_lag_segments"] == 0)
+            && local["log_start_offset"].as_i64().unwrap_or(0) > past
+    });
+    last
+}
+
+/// The newest manifest of every partition directory in the bucket: (directory, manifest).
+fn manifests(s3: &S3Server) -> BTreeMap<String, Value> {
+    let mut newest: BTreeMap<String, String> = BTreeMap::new();
+    for o in s3.objects() {
+        if let Some((dir, _)) = o.split_once("/manifest/") {
+            let e = newest.entry(dir.to_string()).or_default();
+            if o > *e {
+                *e = o.clone();
+            }
+        }
+    }
+    newest.into_iter().map(|(d, o)| (d, serde_json::from_slice(&s3.read(&o)).expect("manifest JSON"))).collect()
+}
+
+/// Every object in the bucket is the newest manifest, an older one, or one of the five files of
+/// a copy the newest manifest names; each named copy has its five; copies do not repeat a range.
+fn check_bucket(s3: &S3Server) -> usize {
+    let manifests = manifests(s3);
+    assert!(!manifests.is_empty(), "a manifest is in the bucket: {:?}", s3.objects());
+    let mut copies = 0;
+    for (dir, m) in &manifests {
+        let segs = m["segments"].as_array().expect("segments");
+        let ids: BTreeSet<&str> = segs.iter().map(|s| s["id"].as_str().expect("id")).collect();
+        assert_eq!(ids.len(), segs.len(), "each copy once in {dir}");
+        let mut files: BTreeMap<&str, usize> = BTreeMap::new();
+        let objects = s3.objects();
+        for o in objects.iter().filter(|o| o.starts_with(&format!("{dir}/")) && !o.contains("/manifest/")) {
+            let name = &o[dir.len() + 1..];
+            let id = name.split('.').next().and_then(|stem| stem.splitn(3, '-').nth(2)).expect("object name");
+            assert!(ids.contains(id), "object {o} belongs to no copy of the manifest (an orphan)");
+            *files.entry(ids.get(id).copied().expect("id")).or_default() += 1;
+        }
+        for id in &ids {
+            assert_eq!(files.get(id), Some(&5), "copy {id} in {dir} has its log, indexes and snapshot");
+        }
+        let mut end = -1;
+        for s in segs {
+            let (base, next) = (s["base_offset"].as_i64().expect("base"), s["next_offset"].as_i64().expect("next"));
+            assert!(next > end, "copy {} adds offsets after {end}", s["id"]);
+            assert!(base < next);
+            end = next;
+        }
+        copies += segs.len();
+    }
+    copies
+}
+
+/// Reads the topic from offset 0 with every client, both isolation levels, and checks each
+/// value; then ListOffsets by timestamp on the remote part.
+fn read_with_every_client(bootstrap: &str, topic: &str) {
+    let n = N.to_string();
+    for c in ["confluent", "kafka-python", "aiokafka"] {
+        for iso in ["read_committed", "read_uncommitted"] {
+            run_client(&mut tiered_py(&["read", bootstrap, topic, &n, c, iso]), Duration::from_secs(180));
+        }
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    for iso in ["read_committed", "read_uncommitted"] {
+        let want = run_client(&mut tiered_py(&["expect", "-", "-", &n, iso]), Duration::from_secs(30)).stdout;
+        let file = dir.path().join(format!("{iso}.txt"));
+        std::fs::write(&file, &want).expect("expected values");
+        let out = run_client(
+            client("kcat")
+                .args(["-b", bootstrap, "-t", topic, "-C", "-e", "-o", "beginning", "-f", "%s\\n"])
+                .args(["-X", &format!("isolation.level={iso}")]),
+            Duration::from_secs(120),
+        );
+        assert!(out.stdout == want, "kcat {iso} read the topic back from offset 0");
+        let node_dir = clients_dir().join("node");
+        run_client(
+            client("node")
+                .current_dir(&node_dir)
+                .arg("kafkajs_read_all.js")
+                .arg(bootstrap)
+                .arg(topic)
+                .arg(&file)
+                .arg(iso),
+            Duration::from_secs(180),
+        );
+    }
+    run_client(&mut tiered_py(&["timestamps", bootstrap, topic, &n]), Duration::from_secs(60));
+}
+
+#[test]
+fn every_client_reads_a_topic_whose_first_segments_are_only_in_the_bucket() {
+    aws_env();
+    let s3 = S3Server::start();
+    let admin = free_addr();
+    let mut args = s3.broker_args();
+    args.extend(["--admin-listen".to_string(), admin.clone()]);
+    let broker = BrokerProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let b = broker.bootstrap();
+    let topic = "tiered-all-clients";
+    run_client(
+        &mut tiered_py(&["produce", &b, topic, &N.to_string(), &topic_configs(16384)]),
+        Duration::from_secs(120),
+    );
+    let p = wait_tiered(&admin, topic, (N / 2) as i64 + 40, true);
+    let remote = &p["local"]["remote"];
+    assert_eq!(remote["start_offset"], 0, "the bucket holds the log from its start: {p}");
+    assert!(remote["end_offset"].as_i64() >= p["local"]["log_start_offset"].as_i64(), "{p}");
+    let copies = check_bucket(&s3);
+    assert!(copies >= 20, "{copies} segments copied");
+    read_with_every_client(&b, topic);
+    // What was read came from the bucket through the chunk cache.
+    let metrics = fjord_compat_tests::http_get(&admin, "/metrics").expect("metrics").1;
+    for name in
+        ["fjord_remote_bytes_uploaded_total", "fjord_remote_bytes_downloaded_total", "fjord_remote_cache_hits_total"]
+    {
+        assert!(fjord_compat_tests::metric(&metrics, name).unwrap_or(0.0) > 0.0, "{name} counts: {metrics}");
+    }
+}
+
+#[test]
+fn a_bucket_that_dies_mid_copy_loses_nothing_and_keeps_no_stray_objects() {
+    aws_env();
+    let mut s3 = S3Server::start();
+    let admin = free_addr();
+    let mut args = s3.broker_args();
+    // Archived: the producers' batches are uncompressed, so copies are stored as zstd chunks.
+    args.extend(["--admin-listen", &admin, "--remote-storage-compression", "zstd"].map(String::from));
+    let broker = BrokerProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let b = broker.bootstrap();
+    let topic = "tiered-s3-dies";
+    let n = N.to_string();
+    let mut producer =
+        tiered_py(&["produce", &b, topic, &n, &topic_configs(16384), "100"]).spawn().expect("start the producer");
+    // Kill the bucket once copies are under way, while the producer still writes.
+    wait_until(Duration::from_secs(60), "the first copies", || {
+        s3.objects().iter().filter(|o| o.ends_with(".log")).count() >= 3
+    });
+    s3.kill();
+    let status = producer.wait().expect("producer");
+    assert!(status.success(), "produce keeps working without the bucket");
+    // Local retention waits for the bucket: nothing past the copies' end is deleted.
+    wait_until(Duration::from_secs(30), "copies to fail and retention to have run", || {
+        let m = fjord_compat_tests::http_get(&admin, "/metrics").map(|r| r.1).unwrap_or_default();
+        fjord_compat_tests::metric(&m, "fjord_remote_copy_errors_total").unwrap_or(0.0) >= 2.0
+    });
+    let p = partition(&admin, topic);
+    let local = &p["local"];
+    assert!(local["remote"]["upload_lag_segments"].as_u64() > Some(0), "segments wait for the bucket: {p}");
+    assert!(
+        local["log_start_offset"].as_i64() <= local["remote"]["end_offset"].as_i64().or(Some(0)),
+        "nothing was deleted locally that the bucket does not hold: {p}"
+    );
+    s3.restart();
+    wait_tiered(&admin, topic, (N / 2) as i64 + 40, true);
+    check_bucket(&s3);
+    for iso in ["read_committed", "read_uncommitted"] {
+        run_client(&mut tiered_py(&["read", &b, topic, &n, "confluent", iso]), Duration::from_secs(180));
+    }
+    // Stored compressed: the bucket holds far fewer bytes than the local segments held.
+    let p = partition(&admin, topic);
+    let stored = p["local"]["remote"]["size_bytes"].as_u64().expect("size");
+    assert!(stored > 0 && stored < 300 * N as u64 / 3, "archived copies are compressed: {stored} bytes: {p}");
+}
+
+#[test]
+fn wrong_credentials_stop_the_broker_with_a_clear_error() {
+    let s3 = S3Server::start();
+    let data = tempfile::tempdir().expect("data dir");
+    let mut cmd = broker_command();
+    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(data.path()).args(s3.broker_args());
+    for (k, v) in S3Server::env("not-the-secret") {
+        cmd.env(k, v);
+    }
+    let (status, out) = run_to_exit(&mut cmd, Duration::from_secs(60));
+    let status = status.expect("the broker exits on its own");
+    assert!(!status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused access") && err.contains("credentials") && err.contains(BUCKET), "{err}");
+}
+
+#[test]
+fn a_new_leader_carries_on_copying_where_a_killed_one_stopped() {
+    aws_env();
+    let s3 = S3Server::start();
+    let args = s3.broker_args();
+    let mut cluster = LocalCluster::start_with(3, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    cluster.wait_formed(Duration::from_secs(60));
+    let b = cluster.bootstrap();
+    let topic = "tiered-failover";
+    let n = N.to_string();
+    let mut producer =
+        tiered_py(&["produce", &b, topic, &n, &topic_configs(16384), "200"]).spawn().expect("start the producer");
+    // Kill the leader mid-stream, once it has copied a few segments and the transactions are
+    // written (librdkafka's transactional producer can wait forever on a coordinator that died:
+    // confluentinc/librdkafka#5511; this test is about the copies).
+    wait_until(Duration::from_secs(90), "the first copies and both transactions", || {
+        let copies = s3.objects().iter().filter(|o| o.ends_with(".log")).count();
+        let view = fjord_compat_tests::http_get(&cluster.metrics[0], &format!("/v1/partitions?topic={topic}"));
+        let view: Value = view.and_then(|(_, body)| serde_json::from_str(&body).ok()).unwrap_or_default();
+        let hw = view[0]["local"]["high_watermark"].as_i64().unwrap_or(0);
+        copies >= 3 && hw > (N / 2) as i64 + 2 * 21
+    });
+    let leader = cluster.leaders(0, topic).first().map(|l| l.1).expect("a leader");
+    let killed = usize::try_from(leader - 1).expect("node index");
+    cluster.nodes[killed].kill9();
+    let status = producer.wait().expect("producer");
+    assert!(status.success(), "produce carries on on the new leader");
+    let alive: Vec<usize> = (0..3).filter(|i| *i != killed).collect();
+    // The new leader copies the rest; both live replicas trim their local logs behind the
+    // bucket (followers learn the copies through the partition's log).
+    let mut new_leader = -1;
+    wait_until(Duration::from_secs(30), "a new leader", || {
+        new_leader = cluster.leaders(alive[0], topic).first().map_or(-1, |l| l.1);
+        new_leader != leader && new_leader > 0
+    });
+    for i in &alive {
+        wait_tiered(&cluster.metrics[*i], topic, (N / 2) as i64 + 40, *i + 1 == new_leader as usize);
+    }
+    check_bucket(&s3);
+    for iso in ["read_committed", "read_uncommitted"] {
+        run_client(&mut tiered_py(&["read", &b, topic, &n, "confluent", iso]), Duration::from_secs(180));
+    }
+    // The killed node comes back, learns the copies and trims too.
+    cluster.nodes[killed].restart();
+    wait_tiered(&cluster.metrics[killed], topic, (N / 2) as i64 + 40, false);
+    check_bucket(&s3);
+}
