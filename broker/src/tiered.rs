@@ -47,6 +47,10 @@ pub struct Tiered {
     scratch: PathBuf,
     interval: Duration,
     states: Mutex<HashMap<(String, i32), PartState>>,
+    /// `remote_copy_lag_max_bytes`.
+    lag_max: u64,
+    /// Partitions led here whose copies are more than `lag_max` behind: produce is refused.
+    over_limit: Mutex<std::collections::HashSet<(String, i32)>>,
 }
 
 #[derive(Default, Clone)]
@@ -94,6 +98,8 @@ impl Tiered {
             scratch,
             interval: Duration::from_millis(config.remote_log_manager_task_interval_ms),
             states: Mutex::new(HashMap::new()),
+            lag_max: config.remote_copy_lag_max_bytes,
+            over_limit: Mutex::new(Default::default()),
         })))
     }
 
@@ -104,6 +110,28 @@ impl Tiered {
 
     fn state(&self, key: &(String, i32)) -> PartState {
         self.states.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned().unwrap_or_default()
+    }
+
+    /// Why a produce to `topic`-`partition` is refused, if its copies are too far behind.
+    pub fn refusal(&self, topic: &str, partition: i32) -> Option<String> {
+        let over = self.over_limit.lock().unwrap_or_else(|e| e.into_inner());
+        if over.is_empty() || !over.contains(&(topic.to_string(), partition)) {
+            return None;
+        }
+        Some(format!(
+            "remote storage is behind: more than remote_copy_lag_max_bytes ({}) of this partition's closed \
+             segments wait to be copied to the bucket; retry once copies resume",
+            self.lag_max
+        ))
+    }
+
+    fn set_over_limit(&self, key: &(String, i32), over: bool) {
+        let mut set = self.over_limit.lock().unwrap_or_else(|e| e.into_inner());
+        if over {
+            set.insert(key.clone());
+        } else {
+            set.remove(key);
+        }
     }
 
     fn set_state(&self, key: (String, i32), st: PartState) {
@@ -174,11 +202,13 @@ async fn pass(
         if st.swept_epoch.is_some() {
             set_lag(topic, p, 0, 0);
             st.swept_epoch = None;
+            tiered.set_over_limit(&key, false);
             tiered.set_state(key, st);
         }
         return;
     };
     if st.retry_at.is_some_and(|t| Instant::now() < t) {
+        update_lag(tiered, &key, &guard.log);
         return;
     }
     let dir = tiered.partition_dir(topic, id, p);
@@ -202,9 +232,25 @@ async fn pass(
             }
         }
     }
-    let (segments, bytes) = guard.log.segments_after(guard.log.remote_manifest().end().unwrap_or(i64::MIN));
-    set_lag(topic, p, segments, bytes);
+    update_lag(tiered, &key, &guard.log);
     tiered.set_state(key, st);
+}
+
+/// The partition's copy backlog: exported, and past `remote_copy_lag_max_bytes`, produce is
+/// refused.
+fn update_lag(tiered: &Tiered, key: &(String, i32), log: &PartitionLog) {
+    let (segments, bytes) = log.segments_after(log.remote_manifest().end().unwrap_or(i64::MIN));
+    set_lag(&key.0, key.1, segments, bytes);
+    let over = bytes > tiered.lag_max;
+    if over && tiered.refusal(&key.0, key.1).is_none() {
+        tracing::warn!(
+            topic = key.0,
+            partition = key.1,
+            bytes,
+            "copies to remote storage too far behind: produce refused"
+        );
+    }
+    tiered.set_over_limit(key, over);
 }
 
 fn set_lag(topic: &str, p: i32, segments: usize, bytes: u64) {

@@ -13,8 +13,7 @@ use std::time::Duration;
 use fjord_compat_tests::cluster::LocalCluster;
 use fjord_compat_tests::s3::{S3Server, BUCKET, SECRET_KEY};
 use fjord_compat_tests::{
-    broker_command, client, clients_dir, free_addr, http_json, python, run_client, run_to_exit, wait_until,
-    BrokerProcess,
+    broker_command, client, clients_dir, free_addr, python, run_client, run_to_exit, wait_until, BrokerProcess,
 };
 use serde_json::Value;
 
@@ -42,9 +41,12 @@ fn tiered_py(args: &[&str]) -> Command {
     c
 }
 
-/// This node's view of partition 0 of `topic` (`/v1/partitions`).
+/// This node's view of partition 0 of `topic` (`/v1/partitions`); null while it does not know
+/// the topic (a node that just restarted).
 fn partition(admin: &str, topic: &str) -> Value {
-    let v = http_json(admin, &format!("/v1/partitions?topic={topic}"), 200);
+    let got = fjord_compat_tests::http_get(admin, &format!("/v1/partitions?topic={topic}"));
+    let v: Value =
+        got.filter(|(status, _)| *status == 200).and_then(|(_, b)| serde_json::from_str(&b).ok()).unwrap_or_default();
     v[0].clone()
 }
 
@@ -181,7 +183,11 @@ fn a_bucket_that_dies_mid_copy_loses_nothing_and_keeps_no_stray_objects() {
     let admin = free_addr();
     let mut args = s3.broker_args();
     // Archived: the producers' batches are uncompressed, so copies are stored as zstd chunks.
-    args.extend(["--admin-listen", &admin, "--remote-storage-compression", "zstd"].map(String::from));
+    // A backlog of 64 KiB (four segments) refuses produce until the bucket is back.
+    args.extend(
+        ["--admin-listen", &admin, "--remote-storage-compression", "zstd", "--remote-copy-lag-max-bytes", "65536"]
+            .map(String::from),
+    );
     let broker = BrokerProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let b = broker.bootstrap();
     let topic = "tiered-s3-dies";
@@ -193,12 +199,14 @@ fn a_bucket_that_dies_mid_copy_loses_nothing_and_keeps_no_stray_objects() {
         s3.objects().iter().filter(|o| o.ends_with(".log")).count() >= 3
     });
     s3.kill();
-    let status = producer.wait().expect("producer");
-    assert!(status.success(), "produce keeps working without the bucket");
-    // Local retention waits for the bucket: nothing past the copies' end is deleted.
-    wait_until(Duration::from_secs(30), "copies to fail and retention to have run", || {
+    // Produce goes on until the backlog passes its limit, then is refused (retriably: the
+    // producer keeps retrying); local retention waits for the bucket meanwhile.
+    let metric = |name: &str| {
         let m = fjord_compat_tests::http_get(&admin, "/metrics").map(|r| r.1).unwrap_or_default();
-        fjord_compat_tests::metric(&m, "fjord_remote_copy_errors_total").unwrap_or(0.0) >= 2.0
+        fjord_compat_tests::metric(&m, name).unwrap_or(0.0)
+    };
+    wait_until(Duration::from_secs(60), "copies to fail and produce to be refused", || {
+        metric("fjord_remote_copy_errors_total") >= 2.0 && metric("fjord_remote_produce_refused_total") > 0.0
     });
     let p = partition(&admin, topic);
     let local = &p["local"];
@@ -208,6 +216,8 @@ fn a_bucket_that_dies_mid_copy_loses_nothing_and_keeps_no_stray_objects() {
         "nothing was deleted locally that the bucket does not hold: {p}"
     );
     s3.restart();
+    let status = producer.wait().expect("producer");
+    assert!(status.success(), "every record was delivered once the bucket was back");
     wait_tiered(&admin, topic, (N / 2) as i64 + 40, true);
     check_bucket(&s3);
     for iso in ["read_committed", "read_uncommitted"] {
@@ -252,9 +262,7 @@ fn a_new_leader_carries_on_copying_where_a_killed_one_stopped() {
     // confluentinc/librdkafka#5511; this test is about the copies).
     wait_until(Duration::from_secs(90), "the first copies and both transactions", || {
         let copies = s3.objects().iter().filter(|o| o.ends_with(".log")).count();
-        let view = fjord_compat_tests::http_get(&cluster.metrics[0], &format!("/v1/partitions?topic={topic}"));
-        let view: Value = view.and_then(|(_, body)| serde_json::from_str(&body).ok()).unwrap_or_default();
-        let hw = view[0]["local"]["high_watermark"].as_i64().unwrap_or(0);
+        let hw = partition(&cluster.metrics[0], topic)["local"]["high_watermark"].as_i64().unwrap_or(0);
         copies >= 3 && hw > (N / 2) as i64 + 2 * 21
     });
     let leader = cluster.leaders(0, topic).first().map(|l| l.1).expect("a leader");
@@ -281,4 +289,15 @@ fn a_new_leader_carries_on_copying_where_a_killed_one_stopped() {
     cluster.nodes[killed].restart();
     wait_tiered(&cluster.metrics[killed], topic, (N / 2) as i64 + 40, false);
     check_bucket(&s3);
+
+    // A follower loses its disk: it comes back with the bucket's manifest and the leader's
+    // tail (a snapshot at the local retention point), not the whole history.
+    let wiped = alive.iter().copied().find(|i| *i + 1 != new_leader as usize).expect("a follower");
+    cluster.nodes[wiped].kill9();
+    cluster.nodes[wiped].wipe();
+    cluster.nodes[wiped].restart();
+    let p = wait_tiered(&cluster.metrics[wiped], topic, (N / 2) as i64 + 40, false);
+    assert!(p["local"]["remote"]["segments"].as_u64() > Some(0), "the rebuilt replica knows the copies: {p}");
+    assert!(p["local"]["size_bytes"].as_u64() < Some(100 * 1024), "only the tail is local: {p}");
+    run_client(&mut tiered_py(&["read", &b, topic, &n, "confluent", "read_committed"]), Duration::from_secs(180));
 }

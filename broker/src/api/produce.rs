@@ -100,6 +100,13 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
                 }
             };
             let cfg = log.config();
+            // Tiered storage behind by more than the node may keep: refused (retriable) until
+            // the bucket takes the backlog, rather than filling the disk.
+            if let Some(why) = broker.tiered.as_ref().and_then(|t| t.refusal(&name, idx)) {
+                metrics::counter!("fjord_remote_produce_refused_total").increment(1);
+                parts.push(failed(idx, ResponseError::KafkaStorageError, Some(why)));
+                continue;
+            }
             let min_isr = cfg.min_insync_replicas;
             // Only acks=all with min.insync.replicas above 1 needs the ISR: sampling it takes a
             // lock and a look at the group's metrics, which most produces can skip.
