@@ -49,7 +49,7 @@ run_librdkafka_suite() {
 stage "test dependencies" scripts/setup-test-deps.sh
 stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
-stage "build the broker binary the compat suite starts" cargo build -p fjord-broker --bin fjord
+stage "build the broker and fjordctl binaries the compat suite starts" cargo build -p fjord-broker --bin fjord -p fjord-cli --bin fjordctl
 stage "cargo test --workspace" run_cargo_tests
 sim_rc=0
 run_simulation() {

@@ -15,7 +15,7 @@
 //! produce never waits for any of it. Local retention lets a segment go only once the committed
 //! manifest covers it (`LogConfig::remote_storage`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -110,6 +110,15 @@ impl Tiered {
 
     fn state(&self, key: &(String, i32)) -> PartState {
         self.states.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned().unwrap_or_default()
+    }
+
+    /// Why a produce to `log` (partition `partition` of `topic`) is refused: a restore from the
+    /// bucket not yet done, or copies too far behind.
+    pub fn produce_refusal(&self, topic: &str, partition: i32, log: &PartitionLog) -> Option<String> {
+        if log.config().remote_restore && log.remote_manifest().version == 0 {
+            return Some("the partition is being restored from the bucket (remote.restore.source); retry".into());
+        }
+        self.refusal(topic, partition)
     }
 
     /// Why a produce to `topic`-`partition` is refused, if its copies are too far behind.
@@ -274,7 +283,14 @@ async fn copy_and_expire(
         if gone > 0 {
             tracing::info!(topic, dir, objects = gone, "deleted remote objects no committed copy names");
         }
+        if dir.ends_with("/0") {
+            write_descriptor(broker, tiered, topic, configs).await?;
+        }
         st.swept_epoch = Some(guard.epoch);
+    }
+    if log.config().remote_restore && log.remote_manifest().version == 0 {
+        let source = configs.get("remote.restore.source").map(|s| s.trim().to_string()).unwrap_or_default();
+        restore_partition(broker, tiered, guard, &source, dir).await?;
     }
     for _ in 0..SEGMENTS_PER_PASS {
         let m = log.remote_manifest();
@@ -299,6 +315,146 @@ async fn copy_and_expire(
         copy::write_manifest(&tiered.store, dir, &m).await?;
         st.written = m.version;
     }
+    Ok(())
+}
+
+/// What a fresh cluster restores the topic from: its partition count and configs, at
+/// `{topic}-{id}/topic.json` (written by partition 0's leader once per leadership).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Descriptor {
+    name: String,
+    id: String,
+    partitions: i32,
+    configs: BTreeMap<String, String>,
+}
+
+async fn write_descriptor(
+    broker: &Arc<Broker>,
+    tiered: &Tiered,
+    topic: &str,
+    configs: &BTreeMap<String, String>,
+) -> Result<(), TieringError> {
+    let Some(id) = broker.topic_id(topic) else { return Ok(()) };
+    let partitions = remote_topics(broker).into_iter().find(|t| t.0 == topic).map_or(0, |t| t.2);
+    let mut configs = configs.clone();
+    configs.remove("remote.restore.source");
+    let d = Descriptor { name: topic.to_string(), id: id.simple().to_string(), partitions, configs };
+    let key = tiered.store.key(&format!("{topic}-{}/topic.json", d.id));
+    tiered.store.put(&key, Bytes::from(serde_json::to_vec(&d).unwrap_or_default())).await
+}
+
+/// The bucket directory (`topic-id`) `source` names: itself, or the only directory of the topic
+/// `source` in the bucket. Returns it with the source's descriptor.
+async fn resolve_source(tiered: &Tiered, source: &str) -> Result<(String, Descriptor), String> {
+    let source = source.trim();
+    let is_dir =
+        |s: &str| s.rsplit_once('-').is_some_and(|(_, id)| id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()));
+    let mut dirs: Vec<String> = Vec::new();
+    if is_dir(source) {
+        dirs.push(source.to_string());
+    } else {
+        let prefix = tiered.store.key(&format!("{source}-"));
+        let keys = tiered.store.list(&prefix).await.map_err(|e| e.to_string())?;
+        let root = tiered.store.key("");
+        for k in keys {
+            let rel = k.strip_prefix(&root).unwrap_or(&k).trim_start_matches('/');
+            if let Some((d, _)) = rel.split_once('/') {
+                if is_dir(d)
+                    && d.strip_prefix(source).and_then(|r| r.strip_prefix('-')).is_some_and(|id| id.len() == 32)
+                    && !dirs.iter().any(|x| x == d)
+                {
+                    dirs.push(d.to_string());
+                }
+            }
+        }
+    }
+    let dir = match dirs.as_slice() {
+        [] => return Err(format!("the bucket holds no topic {source:?}")),
+        [one] => one.clone(),
+        many => {
+            return Err(format!(
+                "the bucket holds several topics named {source:?} (deleted and created again): name one of {}",
+                many.join(", ")
+            ))
+        }
+    };
+    let key = tiered.store.key(&format!("{dir}/topic.json"));
+    let data = tiered.store.get(&key).await.map_err(|e| format!("{dir} has no readable topic.json: {e}"))?;
+    let d: Descriptor = serde_json::from_slice(&data).map_err(|e| format!("{key}: {e}"))?;
+    Ok((dir, d))
+}
+
+/// Prepares a CreateTopics of a topic with `remote.restore.source`: the source resolved to its
+/// bucket directory, its partition count (which must match one the request gives) and its
+/// configs under the request's own.
+pub async fn prepare_restore(
+    broker: &Broker,
+    partitions: i32,
+    configs: &mut BTreeMap<String, String>,
+) -> Result<i32, String> {
+    let Some(source) = configs.get("remote.restore.source").cloned() else { return Ok(partitions) };
+    let tiered = broker.tiered.as_ref().ok_or("remote.restore.source needs a broker with remote_storage_enable")?;
+    let (dir, d) = resolve_source(tiered, &source).await?;
+    if partitions != -1 && partitions != d.partitions {
+        return Err(format!("{dir} has {} partitions, not {partitions}", d.partitions));
+    }
+    for (k, v) in d.configs {
+        configs.entry(k).or_insert(v);
+    }
+    configs.insert("remote.storage.enable".into(), "true".into());
+    configs.insert("remote.restore.source".into(), dir);
+    Ok(d.partitions)
+}
+
+/// Restores partition `dir`'s log from the source's copies: the log moves on to the copies'
+/// end (a filler entry, then the log start there, so offsets stay the source's), then the
+/// manifest takes the copies. Produce waits meanwhile (`Tiered::refusal`); a failure is retried
+/// by the next pass, and each step is skipped once done.
+async fn restore_partition(
+    broker: &Arc<Broker>,
+    tiered: &Tiered,
+    guard: &LeaderGuard,
+    source: &str,
+    dir: &str,
+) -> Result<(), TieringError> {
+    let partition = dir.rsplit('/').next().unwrap_or("0");
+    let source_dir = tiered.store.key(&format!("{source}/{partition}"));
+    let m = copy::read_manifest(&tiered.store, &source_dir).await?.unwrap_or_default();
+    let mut segments = m.segments;
+    for s in &mut segments {
+        s.dir.get_or_insert_with(|| source_dir.clone());
+    }
+    let log = &guard.log;
+    if let Some(end) = segments.iter().map(|s| s.next_offset).max() {
+        if log.log_end_offset() > end {
+            return Err(TieringError::Config(format!(
+                "cannot restore {source_dir}: this partition's log already ends at {}, past the copies' end {end}",
+                log.log_end_offset()
+            )));
+        }
+        match &guard.raft {
+            None => {
+                let l = log.clone();
+                let empty = fjord_storage::producer::ProducerStates::default().to_json();
+                crate::api::blocking(move || l.reset_to(end, &empty))
+                    .await
+                    .map_err(|e| TieringError::Io(std::io::Error::other(e.to_string())))?;
+            }
+            Some(_) => {
+                while log.log_end_offset() < end {
+                    let from = log.log_end_offset();
+                    let to = end.min(from + i64::from(i32::MAX));
+                    propose(guard, fjord_storage::batch::build_filler(from, to, guard.epoch)).await?;
+                }
+                if log.log_start_offset() < end {
+                    propose(guard, fjord_replication::partition::entry::log_start_batch(end)).await?;
+                }
+            }
+        }
+    }
+    let n = segments.len();
+    commit(broker, guard, RemoteChange::Restore(segments)).await?;
+    tracing::info!(dir, source = source_dir, segments = n, "partition restored from the bucket");
     Ok(())
 }
 
@@ -327,7 +483,7 @@ async fn expire(
     let dropped = m.below(below);
     commit(broker, guard, RemoteChange::DeleteBelow(below)).await?;
     for seg in &dropped {
-        copy::delete_copy(&tiered.store, dir, seg).await;
+        copy::delete_copy(&tiered.store, seg.dir.as_deref().unwrap_or(dir), seg).await;
     }
     tracing::info!(topic, segments = dropped.len(), below, "retention deleted remote segments");
     Ok(())
@@ -370,14 +526,21 @@ fn now_ms() -> i64 {
 async fn commit(_broker: &Arc<Broker>, guard: &LeaderGuard, change: RemoteChange) -> Result<(), TieringError> {
     let failed =
         |msg: String| TieringError::Unavailable { op: "commit", key: guard.log.dir().display().to_string(), msg };
-    let Some(w) = &guard.raft else {
+    if guard.raft.is_none() {
         let log = guard.log.clone();
         return crate::api::blocking(move || log.apply_remote_change(&change))
             .await
             .map(|_| ())
             .map_err(|e| failed(e.to_string()));
-    };
-    let batch = fjord_replication::partition::entry::remote_change_batch(&change);
+    }
+    propose(guard, fjord_replication::partition::entry::remote_change_batch(&change)).await
+}
+
+/// Proposes `batch` to the partition's Raft group and waits for it to apply here.
+async fn propose(guard: &LeaderGuard, batch: Vec<u8>) -> Result<(), TieringError> {
+    let failed =
+        |msg: String| TieringError::Unavailable { op: "commit", key: guard.log.dir().display().to_string(), msg };
+    let Some(w) = &guard.raft else { return Err(failed("not a replicated partition".into())) };
     let written = w.proposer.enqueue(&w.raft, &guard.log, batch, guard.epoch, COMMIT_WAIT);
     match tokio::time::timeout(COMMIT_WAIT, written).await {
         Ok(Ok(Ok(_))) => Ok(()),
@@ -418,7 +581,7 @@ pub async fn read(
 ) -> Result<Bytes, TieringError> {
     let tiered = broker.tiered.as_ref().ok_or_else(|| TieringError::Config("remote storage is off".into()))?;
     let id = broker.topic_id(topic).unwrap_or_default();
-    let dir = tiered.partition_dir(topic, id, partition);
+    let dir = seg.dir.clone().unwrap_or_else(|| tiered.partition_dir(topic, id, partition));
     tiered.reader.read(&dir, seg, offset, max_bytes).await
 }
 
@@ -436,6 +599,7 @@ pub async fn batch_by_timestamp(
     let id = broker.topic_id(topic).unwrap_or_default();
     let dir = tiered.partition_dir(topic, id, partition);
     for seg in m.segments.iter().filter(|s| s.base_offset < local && s.max_timestamp >= ts) {
+        let dir = seg.dir.clone().unwrap_or_else(|| dir.clone());
         if let Some(b) = tiered.reader.batch_by_timestamp(&dir, seg, ts).await? {
             return Ok(Some(b));
         }
@@ -460,6 +624,7 @@ mod tests {
             aborted: Vec::new(),
             epochs: Vec::new(),
             chunks: None,
+            dir: None,
         }
     }
 

@@ -150,6 +150,9 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         "Stops copying segments to remote storage."),
     def!("remote.log.delete.on.disable", None, Boolean, "false", Any, Ignored(NO_TIERING),
         "Deletes remote data when remote storage is turned off for the topic."),
+    // Fjord's own: disaster recovery from the bucket (tiered storage).
+    def!("remote.restore.source", None, String, "", Any, Applied,
+        "Set at creation: the topic (or `topic-id` directory) in the bucket whose copies this topic takes over, offsets and timestamps intact; needs remote.storage.enable=true. Partitions take writes once they are restored."),
     def!("remote.storage.enable", None, Boolean, "false", Any, Applied,
         "Whether closed segments are copied to remote storage (on a broker with remote_storage_enable); retention.ms and retention.bytes then count the bucket too."),
     def!("retention.bytes", Some("log.retention.bytes"), Long, "-1", Any, Applied,
@@ -608,6 +611,7 @@ pub fn log_config(overrides: &BTreeMap<String, String>, defaults: &BTreeMap<Stri
         flush_ms: num("flush.ms", i64::MAX),
         min_insync_replicas: num("min.insync.replicas", 1).clamp(1, i32::MAX as i64) as i32,
         remote_storage: remote,
+        remote_restore: remote && !get("remote.restore.source").trim().is_empty(),
     }
 }
 

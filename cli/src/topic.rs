@@ -33,6 +33,23 @@ pub enum TopicCmd {
         #[arg(short, long = "config", value_parser = key_value)]
         configs: Vec<(String, String)>,
     },
+    /// Restores a topic from the tiered storage bucket into this cluster, offsets and
+    /// timestamps intact (a fresh cluster pointed at the bucket of a lost one).
+    ///
+    /// The brokers need remote_storage_enable and the bucket; the topic is created with the
+    /// source's partitions and configs, and each partition takes writes once it is restored.
+    ///
+    ///   fjordctl topic restore events
+    ///   fjordctl topic restore events --source events-6f1c0e5d9a2b4c7d8e9f0a1b2c3d4e5f
+    Restore {
+        name: String,
+        /// The bucket's directory of the topic (`name-topicid`) when it holds several
+        #[arg(long)]
+        source: Option<String>,
+        /// Replication factor (broker default when unset)
+        #[arg(short, long)]
+        replication_factor: Option<i16>,
+    },
     /// Lists topics
     List {
         /// Includes internal topics (__consumer_offsets, ...)
@@ -123,6 +140,10 @@ pub fn run(cmd: &TopicCmd, cli: &Cli) -> Result<()> {
     match cmd {
         TopicCmd::Create { name, partitions, replication_factor, configs } => {
             create(cli, name, *partitions, *replication_factor, configs)
+        }
+        TopicCmd::Restore { name, source, replication_factor } => {
+            let source = source.clone().unwrap_or_else(|| name.clone());
+            create(cli, name, None, *replication_factor, &[("remote.restore.source".to_string(), source)])
         }
         TopicCmd::List { internal } => list_topics(cli, *internal),
         TopicCmd::Describe { name } => describe(cli, name),

@@ -48,6 +48,13 @@ pub fn broker_bin() -> PathBuf {
     bin
 }
 
+/// fjordctl, built beside the broker by the test command.
+pub fn fjordctl_bin() -> PathBuf {
+    let bin = broker_bin().with_file_name("fjordctl");
+    assert!(bin.exists(), "{} is missing: run `cargo build -p fjord-cli` first (scripts/test.sh does)", bin.display());
+    bin
+}
+
 /// A command running the broker binary without the FJORD_* variables of
 /// the shell that runs the tests (a developer's `FJORD_FSYNC=never` would
 /// otherwise apply to every test broker): each key's variable, from the

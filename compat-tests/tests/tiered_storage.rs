@@ -13,7 +13,8 @@ use std::time::Duration;
 use fjord_compat_tests::cluster::LocalCluster;
 use fjord_compat_tests::s3::{S3Server, BUCKET, SECRET_KEY};
 use fjord_compat_tests::{
-    broker_command, client, clients_dir, free_addr, python, run_client, run_to_exit, wait_until, BrokerProcess,
+    broker_command, client, clients_dir, fjordctl_bin, free_addr, python, run_client, run_to_exit, wait_until,
+    BrokerProcess,
 };
 use serde_json::Value;
 
@@ -300,4 +301,76 @@ fn a_new_leader_carries_on_copying_where_a_killed_one_stopped() {
     assert!(p["local"]["remote"]["segments"].as_u64() > Some(0), "the rebuilt replica knows the copies: {p}");
     assert!(p["local"]["size_bytes"].as_u64() < Some(100 * 1024), "only the tail is local: {p}");
     run_client(&mut tiered_py(&["read", &b, topic, &n, "confluent", "read_committed"]), Duration::from_secs(180));
+}
+
+#[test]
+fn a_fresh_cluster_restores_a_topic_from_the_bucket_with_offsets_and_timestamps_intact() {
+    aws_env();
+    let s3 = S3Server::start();
+    let admin = free_addr();
+    let mut args = s3.broker_args();
+    args.extend(["--admin-listen".to_string(), admin.clone()]);
+    let mut lost = BrokerProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let topic = "tiered-restored";
+    let n = N.to_string();
+    run_client(
+        &mut tiered_py(&["produce", &lost.bootstrap(), topic, &n, &topic_configs(16384)]),
+        Duration::from_secs(120),
+    );
+    let p = wait_tiered(&admin, topic, (N / 2) as i64 + 42, true);
+    let end = p["local"]["remote"]["end_offset"].as_i64().expect("copies end");
+    // The region is lost: only the bucket is left.
+    lost.kill9();
+
+    let fresh_args = s3.broker_args();
+    let cluster = LocalCluster::start_with(3, &fresh_args.iter().map(String::as_str).collect::<Vec<_>>());
+    cluster.wait_formed(Duration::from_secs(60));
+    let b = cluster.bootstrap();
+    let out = run_client(
+        Command::new(fjordctl_bin()).args(["--brokers", &b, "-o", "json", "topic", "restore", topic]),
+        Duration::from_secs(60),
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).expect("fjordctl JSON");
+    assert_eq!(created["partitions"], 1, "the source's partition count: {created}");
+    // Every replica takes the copies and moves its log on to their end.
+    let restored = |i: usize| {
+        let p = partition(&cluster.metrics[i], topic);
+        p["local"]["remote"]["end_offset"] == end && p["local"]["log_start_offset"] == end
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(0..3).all(restored) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the partition was not restored on every replica: {:?}\n{}",
+            (0..3).map(|i| partition(&cluster.metrics[i], topic)).collect::<Vec<_>>(),
+            cluster.nodes.iter().map(|n| n.log_tail()).collect::<Vec<_>>().join("\n----\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every client reads the restored topic from offset 0, offsets and timestamps as they were.
+    let upto = end.to_string();
+    for iso in ["read_committed", "read_uncommitted"] {
+        for c in ["confluent", "kafka-python"] {
+            run_client(&mut tiered_py(&["read", &b, topic, &n, c, iso, &upto]), Duration::from_secs(180));
+        }
+    }
+    run_client(&mut tiered_py(&["timestamps", &b, topic, &n]), Duration::from_secs(60));
+    // New writes continue after the restored offsets.
+    fjord_compat_tests::kcat_produce(&b, topic, "none", 0, &[], "after:restore\n");
+    let out = run_client(
+        client("kcat").args(["-b", &b, "-t", topic, "-C", "-o", "-1", "-c", "1", "-e", "-f", "%o %s"]),
+        Duration::from_secs(60),
+    );
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (offset, value) = line.split_once(' ').expect("offset and value");
+    assert_eq!(value, "restore");
+    assert!(offset.parse::<i64>().expect("offset") >= end, "{line}: a new record goes after {end}");
+    // Restoring again is refused: the topic exists; a topic the bucket never held is named.
+    let out = Command::new(fjordctl_bin())
+        .args(["--brokers", &b, "topic", "restore", "no-such-topic"])
+        .output()
+        .expect("fjordctl");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the bucket holds no topic"), "{err}");
 }

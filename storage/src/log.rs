@@ -85,6 +85,9 @@ pub struct LogConfig {
     /// `retention_bytes` are then the local ones (`local.retention.*`), and no segment goes
     /// before the remote manifest covers it.
     pub remote_storage: bool,
+    /// `remote.restore.source` on a topic with remote storage: the partition restores another's
+    /// copies from the bucket before it takes writes.
+    pub remote_restore: bool,
 }
 
 impl LogConfig {
@@ -120,6 +123,7 @@ impl Default for LogConfig {
             flush_ms: i64::MAX,
             min_insync_replicas: 1,
             remote_storage: false,
+            remote_restore: false,
         }
     }
 }

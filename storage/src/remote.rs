@@ -50,6 +50,10 @@ pub struct RemoteSegment {
     /// raw and stored extents); unset, it is the batches byte for byte.
     #[serde(default)]
     pub chunks: Option<Vec<ChunkExtent>>,
+    /// The partition directory of the bucket holding the copy, when it is not this partition's
+    /// own: copies a restore took over from another topic's (`remote.restore.source`).
+    #[serde(default)]
+    pub dir: Option<String>,
 }
 
 /// One compressed chunk of an archived `.log` object: the raw byte range of the segment it
@@ -96,6 +100,9 @@ pub enum RemoteChange {
     Add(RemoteSegment),
     /// Total retention (or DeleteRecords) dropped every copy wholly below this offset.
     DeleteBelow(i64),
+    /// A partition created to restore another one from the bucket takes over its copies; only a
+    /// manifest that never changed takes it (the restore happens once).
+    Restore(Vec<RemoteSegment>),
 }
 
 impl RemoteManifest {
@@ -148,6 +155,13 @@ impl RemoteManifest {
                     return false;
                 }
                 self.segments.push(seg.clone());
+                self.segments.sort_by_key(|s| (s.base_offset, s.next_offset));
+            }
+            RemoteChange::Restore(segments) => {
+                if self.version > 0 {
+                    return false;
+                }
+                self.segments = segments.clone();
                 self.segments.sort_by_key(|s| (s.base_offset, s.next_offset));
             }
             RemoteChange::DeleteBelow(offset) => {
@@ -292,7 +306,19 @@ mod tests {
             }],
             epochs: Vec::new(),
             chunks: None,
+            dir: None,
         }
+    }
+
+    #[test]
+    fn a_restore_applies_to_a_manifest_that_never_changed() {
+        let mut m = RemoteManifest::default();
+        assert!(m.apply(&RemoteChange::Restore(vec![seg(5, 9, "b"), seg(0, 5, "a")])));
+        assert_eq!((m.version, m.start(), m.end()), (1, Some(0), Some(9)));
+        assert!(!m.apply(&RemoteChange::Restore(Vec::new())), "once only");
+        let mut empty = RemoteManifest::default();
+        assert!(empty.apply(&RemoteChange::Restore(Vec::new())), "restoring nothing still marks it done");
+        assert_eq!(empty.version, 1);
     }
 
     #[test]

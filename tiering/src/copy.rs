@@ -44,6 +44,7 @@ pub async fn copy_segment(
         aborted: export.aborted.clone(),
         epochs: export.epochs.clone(),
         chunks: None,
+        dir: None,
     };
     let res = put_all(store, dir, &export, &mut seg, compress, scratch).await;
     match res {

@@ -75,14 +75,48 @@ fn create_one(broker: &Broker, t: &CreatableTopic, validate_only: bool) -> Resul
     Ok((meta.id, meta.partitions))
 }
 
+/// Topics to restore from the bucket (`remote.restore.source`): the source resolved, its
+/// partition count and configs filled in. Returns the topics that cannot be restored, with why.
+async fn prepare_restores(broker: &Broker, req: &mut CreateTopicsRequest) -> BTreeMap<String, TopicError> {
+    let mut errors = BTreeMap::new();
+    for t in req.topics.iter_mut() {
+        let mut configs = configs_of(t);
+        if !configs.contains_key("remote.restore.source") {
+            continue;
+        }
+        let partitions = if t.assignments.is_empty() { t.num_partitions } else { t.assignments.len() as i32 };
+        match crate::tiered::prepare_restore(broker, partitions, &mut configs).await {
+            Ok(n) => {
+                if t.assignments.is_empty() {
+                    t.num_partitions = n;
+                }
+                t.configs = configs
+                    .into_iter()
+                    .map(|(k, v)| {
+                        create_topics_request::CreatableTopicConfig::default()
+                            .with_name(str(&k))
+                            .with_value(Some(str(&v)))
+                    })
+                    .collect();
+            }
+            Err(m) => {
+                errors.insert(t.name.0.to_string(), TopicError::new(ResponseError::InvalidConfig, m));
+            }
+        }
+    }
+    errors
+}
+
 pub async fn create_topics(
     broker: Arc<Broker>,
     h: &RequestHeader,
-    req: CreateTopicsRequest,
+    mut req: CreateTopicsRequest,
 ) -> Option<CreateTopicsResponse> {
     let version = h.request_api_version;
+    let restore_errors = prepare_restores(&broker, &mut req).await;
     if broker.cluster.is_some() {
-        return Some(mk!(CreateTopicsResponse { topics: cluster_create_topics(&broker, version, &req).await }));
+        let topics = cluster_create_topics(&broker, version, &req, &restore_errors).await;
+        return Some(mk!(CreateTopicsResponse { topics: topics }));
     }
     let b = broker.clone();
     let topics = blocking(move || {
@@ -105,6 +139,8 @@ pub async fn create_topics(
                         ResponseError::InvalidRequest,
                         format!("Duplicate topic name {name} in request"),
                     ))
+                } else if let Some(e) = restore_errors.get(&name) {
+                    Err(e.clone())
                 } else {
                     create_one(&b, t, req.validate_only)
                 };
@@ -344,6 +380,7 @@ async fn cluster_create_topics(
     broker: &Arc<Broker>,
     version: i16,
     req: &CreateTopicsRequest,
+    restore_errors: &BTreeMap<String, TopicError>,
 ) -> Vec<CreatableTopicResult> {
     let Some(cluster) = &broker.cluster else { return Vec::new() };
     let mut seen = std::collections::HashSet::new();
@@ -372,6 +409,8 @@ async fn cluster_create_topics(
         };
         let outcome = if dupes.contains(&name) {
             Err(TopicError::new(ResponseError::InvalidRequest, format!("Duplicate topic name {name} in request")))
+        } else if let Some(e) = restore_errors.get(&name) {
+            Err(e.clone())
         } else if let Err(m) = crate::topic_config::validate_combination(&new.configs) {
             Err(TopicError::new(ResponseError::InvalidConfig, m))
         } else if req.validate_only {
