@@ -61,6 +61,11 @@ struct PartState {
     written: u64,
     failures: u32,
     retry_at: Option<Instant>,
+    /// Copies of this leadership whose Add was never proposed: the sweep may delete them.
+    abandoned: std::collections::HashSet<String>,
+    /// A copy whose Add was proposed but not seen to commit (timed out): no further copy until
+    /// it shows in the manifest, or the leadership ends (the next leader's sweep then decides).
+    pending: Option<(i32, String)>,
 }
 
 impl Tiered {
@@ -278,8 +283,18 @@ async fn copy_and_expire(
     st: &mut PartState,
 ) -> Result<(), TieringError> {
     let log = &guard.log;
+    if let Some((epoch, id)) = &st.pending {
+        let committed = log.remote_manifest().segments.iter().any(|s| &s.id == id);
+        if committed || *epoch != guard.epoch {
+            st.pending = None;
+        } else {
+            // Still leader in the epoch it was proposed in: it commits, or the leadership ends.
+            return Ok(());
+        }
+    }
     if st.swept_epoch != Some(guard.epoch) {
-        let gone = copy::sweep(&tiered.store, dir, &log.remote_manifest()).await?;
+        let gone = copy::sweep(&tiered.store, dir, &log.remote_manifest(), guard.epoch, &st.abandoned).await?;
+        st.abandoned.clear();
         if gone > 0 {
             tracing::info!(topic, dir, objects = gone, "deleted remote objects no committed copy names");
         }
@@ -301,10 +316,30 @@ async fn copy_and_expire(
             .map_err(|e| TieringError::Io(std::io::Error::other(e.to_string())))?;
         let Some(export) = export else { break };
         let (base, next, size) = (export.base_offset, export.next_offset, export.size);
-        let seg = copy::copy_segment(&tiered.store, dir, export, guard.epoch, tiered.compress, &tiered.scratch).await?;
-        if let Err(e) = commit(broker, guard, RemoteChange::Add(seg.clone())).await {
-            copy::delete_copy(&tiered.store, dir, &seg).await;
-            return Err(e);
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let copied =
+            copy::copy_segment(&tiered.store, dir, export, guard.epoch, &id, tiered.compress, &tiered.scratch).await;
+        let seg = match copied {
+            Ok(seg) => seg,
+            Err(e) => {
+                // Its own clean-up may have failed too (the bucket down): the sweep retries.
+                st.abandoned.insert(id);
+                return Err(e);
+            }
+        };
+        match commit(broker, guard, RemoteChange::Add(seg.clone())).await {
+            Ok(()) => {}
+            Err(Commit::Refused(e)) => {
+                copy::delete_copy(&tiered.store, dir, &seg).await;
+                st.abandoned.insert(id);
+                return Err(e);
+            }
+            Err(Commit::Unknown(e)) => {
+                // It may still commit: the objects stay (deleting them could lose the only copy
+                // of segments local retention then lets go).
+                st.pending = Some((guard.epoch, id));
+                return Err(e);
+            }
         }
         metrics::counter!("fjord_remote_segments_copied_total").increment(1);
         tracing::debug!(topic, base, next, size, stored = seg.size, "segment copied to remote storage");
@@ -379,9 +414,30 @@ async fn resolve_source(tiered: &Tiered, source: &str) -> Result<(String, Descri
         }
     };
     let key = tiered.store.key(&format!("{dir}/topic.json"));
-    let data = tiered.store.get(&key).await.map_err(|e| format!("{dir} has no readable topic.json: {e}"))?;
-    let d: Descriptor = serde_json::from_slice(&data).map_err(|e| format!("{key}: {e}"))?;
-    Ok((dir, d))
+    match tiered.store.get(&key).await {
+        Ok(data) => {
+            let d: Descriptor = serde_json::from_slice(&data).map_err(|e| format!("{key}: {e}"))?;
+            Ok((dir, d))
+        }
+        // Copied before descriptors were written: the partitions are the directories with a
+        // manifest, the configs the defaults.
+        Err(TieringError::NotFound { .. }) => {
+            let prefix = tiered.store.key(&format!("{dir}/"));
+            let keys = tiered.store.list(&prefix).await.map_err(|e| e.to_string())?;
+            let partitions = keys
+                .iter()
+                .filter_map(|k| k.strip_prefix(&prefix)?.split_once("/manifest/")?.0.parse::<i32>().ok())
+                .max()
+                .map_or(0, |p| p + 1);
+            if partitions == 0 {
+                return Err(format!("{dir} holds no manifest"));
+            }
+            let (name, id) = dir.rsplit_once('-').unwrap_or((&dir, ""));
+            let d = Descriptor { name: name.into(), id: id.into(), partitions, configs: BTreeMap::new() };
+            Ok((dir, d))
+        }
+        Err(e) => Err(format!("{key}: {e}")),
+    }
 }
 
 /// Prepares a CreateTopics of a topic with `remote.restore.source`: the source resolved to its
@@ -444,16 +500,20 @@ async fn restore_partition(
                 while log.log_end_offset() < end {
                     let from = log.log_end_offset();
                     let to = end.min(from + i64::from(i32::MAX));
-                    propose(guard, fjord_storage::batch::build_filler(from, to, guard.epoch)).await?;
+                    propose(guard, fjord_storage::batch::build_filler(from, to, guard.epoch))
+                        .await
+                        .map_err(Commit::into_error)?;
                 }
                 if log.log_start_offset() < end {
-                    propose(guard, fjord_replication::partition::entry::log_start_batch(end)).await?;
+                    propose(guard, fjord_replication::partition::entry::log_start_batch(end))
+                        .await
+                        .map_err(Commit::into_error)?;
                 }
             }
         }
     }
     let n = segments.len();
-    commit(broker, guard, RemoteChange::Restore(segments)).await?;
+    commit(broker, guard, RemoteChange::Restore(segments)).await.map_err(Commit::into_error)?;
     tracing::info!(dir, source = source_dir, segments = n, "partition restored from the bucket");
     Ok(())
 }
@@ -481,7 +541,7 @@ async fn expire(
         return Ok(());
     };
     let dropped = m.below(below);
-    commit(broker, guard, RemoteChange::DeleteBelow(below)).await?;
+    commit(broker, guard, RemoteChange::DeleteBelow(below)).await.map_err(Commit::into_error)?;
     for seg in &dropped {
         copy::delete_copy(&tiered.store, seg.dir.as_deref().unwrap_or(dir), seg).await;
     }
@@ -501,8 +561,9 @@ fn expiry_point(
     // Bytes only the bucket holds, counted once where copies overlap.
     let remote_only: u64 = m.segments.iter().filter(|s| s.next_offset <= local_start).map(|s| s.raw_size).sum();
     let mut total = remote_only + local_bytes;
-    let mut point = None;
-    for s in &m.segments {
+    // Copies wholly below the floor (DeleteRecords) go whatever the retention.
+    let mut point = m.segments.iter().filter(|s| s.next_offset <= m.floor).map(|s| s.next_offset).max();
+    for s in m.segments.iter().filter(|s| s.next_offset > m.floor) {
         let by_time = retention_ms >= 0 && s.max_timestamp >= 0 && now - s.max_timestamp > retention_ms;
         let only_remote = s.next_offset <= local_start;
         let by_size = retention_bytes >= 0 && only_remote && total > retention_bytes as u64;
@@ -523,30 +584,49 @@ fn now_ms() -> i64 {
 
 /// Commits a manifest change: through the partition's Raft group (every replica applies it), or
 /// straight into the only replica's log.
-async fn commit(_broker: &Arc<Broker>, guard: &LeaderGuard, change: RemoteChange) -> Result<(), TieringError> {
-    let failed =
-        |msg: String| TieringError::Unavailable { op: "commit", key: guard.log.dir().display().to_string(), msg };
+/// Why a commit failed: refused before anything was proposed, or with its outcome unknown (it
+/// may still commit).
+enum Commit {
+    Refused(TieringError),
+    Unknown(TieringError),
+}
+
+impl Commit {
+    fn into_error(self) -> TieringError {
+        match self {
+            Commit::Refused(e) | Commit::Unknown(e) => e,
+        }
+    }
+}
+
+async fn commit(_broker: &Arc<Broker>, guard: &LeaderGuard, change: RemoteChange) -> Result<(), Commit> {
     if guard.raft.is_none() {
         let log = guard.log.clone();
         return crate::api::blocking(move || log.apply_remote_change(&change))
             .await
             .map(|_| ())
-            .map_err(|e| failed(e.to_string()));
+            .map_err(|e| Commit::Refused(commit_error(guard, e.to_string())));
     }
     propose(guard, fjord_replication::partition::entry::remote_change_batch(&change)).await
 }
 
+fn commit_error(guard: &LeaderGuard, msg: String) -> TieringError {
+    TieringError::Unavailable { op: "commit", key: guard.log.dir().display().to_string(), msg }
+}
+
 /// Proposes `batch` to the partition's Raft group and waits for it to apply here.
-async fn propose(guard: &LeaderGuard, batch: Vec<u8>) -> Result<(), TieringError> {
-    let failed =
-        |msg: String| TieringError::Unavailable { op: "commit", key: guard.log.dir().display().to_string(), msg };
-    let Some(w) = &guard.raft else { return Err(failed("not a replicated partition".into())) };
+async fn propose(guard: &LeaderGuard, batch: Vec<u8>) -> Result<(), Commit> {
+    use fjord_replication::partition::produce::ProduceError;
+    let Some(w) = &guard.raft else {
+        return Err(Commit::Refused(commit_error(guard, "not a replicated partition".into())));
+    };
     let written = w.proposer.enqueue(&w.raft, &guard.log, batch, guard.epoch, COMMIT_WAIT);
     match tokio::time::timeout(COMMIT_WAIT, written).await {
         Ok(Ok(Ok(_))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(failed(format!("{e:?}"))),
-        Ok(Err(_)) => Err(failed("the partition's leadership ended".into())),
-        Err(_) => Err(failed("timed out".into())),
+        Ok(Ok(Err(ProduceError::Log(e)))) => Err(Commit::Refused(commit_error(guard, e.to_string()))),
+        Ok(Ok(Err(e))) => Err(Commit::Unknown(commit_error(guard, e.to_string()))),
+        Ok(Err(_)) => Err(Commit::Unknown(commit_error(guard, "the partition's leadership ended".into()))),
+        Err(_) => Err(Commit::Unknown(commit_error(guard, "timed out".into()))),
     }
 }
 
@@ -563,11 +643,7 @@ pub fn remote_segment_for(log: &PartitionLog, offset: i64) -> Option<RemoteSegme
 /// log (so the two make one log), else the local log start.
 pub fn log_start(log: &PartitionLog) -> i64 {
     let local = log.log_start_offset();
-    let m = log.remote_manifest();
-    match (m.start(), m.end()) {
-        (Some(s), Some(e)) if s < local && e >= local => s,
-        _ => local,
-    }
+    log.remote_manifest().contiguous_start(local).unwrap_or(local)
 }
 
 /// Reads up to `max_bytes` of remote data at `offset` of a partition of `topic`.
@@ -633,6 +709,7 @@ mod tests {
         let m = RemoteManifest {
             version: 3,
             segments: vec![seg(0, 10, 1_000, 100), seg(10, 20, 2_000, 100), seg(20, 30, 3_000, 100)],
+            floor: 0,
         };
         // By time: the first two are past 1.5 s at t=3.6 s.
         assert_eq!(expiry_point(&m, 30, 50, 1_500, -1, 3_600), Some(20));
@@ -642,5 +719,8 @@ mod tests {
         assert_eq!(expiry_point(&m, 30, 50, -1, 350, 0), None);
         // A copy the local log also holds frees nothing by size.
         assert_eq!(expiry_point(&m, 15, 50, -1, 0, 0), Some(10));
+        // Copies wholly below the floor (DeleteRecords) go whatever the retention.
+        let cut = RemoteManifest { floor: 20, ..m };
+        assert_eq!(expiry_point(&cut, 30, 50, -1, -1, 0), Some(20));
     }
 }

@@ -175,6 +175,19 @@ fn every_client_reads_a_topic_whose_first_segments_are_only_in_the_bucket() {
     {
         assert!(fjord_compat_tests::metric(&metrics, name).unwrap_or(0.0) > 0.0, "{name} counts: {metrics}");
     }
+    // DeleteRecords below the local log start deletes from the bucket too.
+    let cut = 500i64;
+    run_client(
+        &mut tiered_py(&["delete_records", &b, topic, &N.to_string(), &cut.to_string()]),
+        Duration::from_secs(90),
+    );
+    wait_until(Duration::from_secs(30), "copies below the cut deleted from the bucket", || {
+        manifests(&s3).values().all(|m| {
+            let segs = m["segments"].as_array().cloned().unwrap_or_default();
+            m["floor"] == cut && segs.iter().all(|s| s["next_offset"].as_i64() > Some(cut))
+        })
+    });
+    check_bucket(&s3);
 }
 
 #[test]

@@ -1774,6 +1774,13 @@ impl PartitionLog {
             let floor = epoch_floor(&inner.raft, offset);
             inner.epochs.truncate_before(floor)?;
         }
+        // Tiered storage: what the bucket holds below the new start is deleted too (on every
+        // replica, as this runs when the log start entry applies).
+        let mut m = (*inner.remote).clone();
+        if m.raise_floor(offset) {
+            write_atomic(&self.dir.join(crate::remote::MANIFEST_FILE), &m.to_json())?;
+            inner.remote = Arc::new(m);
+        }
         self.drop_segments_below_start(&mut inner)?;
         Ok(inner.log_start)
     }

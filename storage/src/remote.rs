@@ -90,6 +90,11 @@ pub struct RemoteManifest {
     /// Bumped by every change: the bucket keeps each version as its own object.
     pub version: u64,
     pub segments: Vec<RemoteSegment>,
+    /// Offsets below this are deleted (total retention, DeleteRecords): never read from the
+    /// bucket, never copied again; copies wholly below it are deleted by the next retention
+    /// pass.
+    #[serde(default)]
+    pub floor: i64,
 }
 
 /// A change of the manifest, replicated as a control entry of the partition's log.
@@ -106,14 +111,33 @@ pub enum RemoteChange {
 }
 
 impl RemoteManifest {
-    /// The offset after the remote data, if there is any: local segments wholly below it may go.
+    /// The offset up to which the bucket has everything (or it was deleted): local segments
+    /// wholly below it may go, and copies continue from it. None before anything was copied.
     pub fn end(&self) -> Option<i64> {
-        self.segments.iter().map(|s| s.next_offset).max()
+        let copied = self.segments.iter().map(|s| s.next_offset).max();
+        match copied {
+            Some(e) => Some(e.max(self.floor)),
+            None => (self.floor > 0).then_some(self.floor),
+        }
     }
 
-    /// The first remote offset.
+    /// Where the bucket's copies, together with a local log starting at `local_start`, make one
+    /// unbroken log: the start clients are shown. None when the copies do not reach the local
+    /// log (nothing copied yet, or a gap: local segments that went while tiering was off).
+    pub fn contiguous_start(&self, local_start: i64) -> Option<i64> {
+        let mut reach = local_start;
+        // By base offset, highest first: a copy reaching `reach` extends the run down to its base.
+        for s in self.segments.iter().rev() {
+            if s.base_offset < reach && s.next_offset >= reach && s.next_offset > self.floor {
+                reach = s.base_offset.max(self.floor);
+            }
+        }
+        (reach < local_start).then_some(reach)
+    }
+
+    /// The first offset readable from the bucket.
     pub fn start(&self) -> Option<i64> {
-        self.segments.first().map(|s| s.base_offset)
+        self.segments.iter().find(|s| s.next_offset > self.floor).map(|s| s.base_offset.max(self.floor))
     }
 
     /// Bytes in the bucket.
@@ -124,6 +148,9 @@ impl RemoteManifest {
     /// The copy holding `offset` (the newest copy, where two leaders' copies overlap: both hold
     /// the same committed batches).
     pub fn find(&self, offset: i64) -> Option<&RemoteSegment> {
+        if offset < self.floor {
+            return None;
+        }
         self.segments.iter().rev().find(|s| s.contains(offset))
     }
 
@@ -167,11 +194,24 @@ impl RemoteManifest {
             RemoteChange::DeleteBelow(offset) => {
                 let before = self.segments.len();
                 self.segments.retain(|s| s.next_offset > *offset);
-                if self.segments.len() == before {
+                if self.segments.len() == before && *offset <= self.floor {
                     return false;
                 }
+                self.floor = self.floor.max(*offset);
             }
         }
+        self.version += 1;
+        true
+    }
+
+    /// Moves the floor up to `offset` (DeleteRecords, applied on every replica with the log
+    /// start entry); the copies below it stay listed until retention deletes their objects.
+    /// False when it was there already.
+    pub fn raise_floor(&mut self, offset: i64) -> bool {
+        if offset <= self.floor || self.segments.is_empty() && self.floor == 0 && self.version == 0 {
+            return false;
+        }
+        self.floor = offset;
         self.version += 1;
         true
     }
@@ -338,9 +378,33 @@ mod tests {
         assert_eq!(m.below(15).len(), 1);
         assert!(m.apply(&RemoteChange::DeleteBelow(15)));
         assert!(!m.apply(&RemoteChange::DeleteBelow(15)));
-        assert_eq!((m.version, m.start()), (3, Some(5)));
+        assert_eq!((m.version, m.start(), m.floor), (3, Some(15), 15), "the copy [5, 20) is read from 15 on");
+        assert_eq!(m.find(12), None, "below the floor is deleted");
+        // A replayed Add of a copy now below the floor changes nothing.
+        assert!(!m.apply(&RemoteChange::Add(seg(0, 10, "a"))));
+        // Emptied, the manifest still knows how far the bucket went.
+        assert!(m.apply(&RemoteChange::DeleteBelow(30)));
+        assert_eq!((m.start(), m.end()), (None, Some(30)));
+        assert!(!m.apply(&RemoteChange::Add(seg(20, 25, "d"))), "nothing copied again below the floor");
+        assert!(m.raise_floor(40));
+        assert!(!m.raise_floor(40));
+        assert_eq!(m.end(), Some(40));
         let back: RemoteManifest = serde_json::from_slice(&m.to_json()).unwrap();
         assert_eq!(back, m);
+    }
+
+    #[test]
+    fn the_log_clients_see_starts_where_the_copies_reach_the_local_log_unbroken() {
+        let mut m = RemoteManifest::default();
+        for (b, n, id) in [(0, 10, "a"), (10, 20, "b"), (30, 40, "c"), (35, 50, "d")] {
+            m.apply(&RemoteChange::Add(seg(b, n, id)));
+        }
+        assert_eq!(m.contiguous_start(45), Some(30), "the copies before the gap at 20..30 are not shown");
+        assert_eq!(m.contiguous_start(15), Some(0));
+        assert_eq!(m.contiguous_start(60), None, "copies that do not reach the local log");
+        assert_eq!(m.contiguous_start(0), None);
+        m.apply(&RemoteChange::DeleteBelow(5));
+        assert_eq!(m.contiguous_start(15), Some(5));
     }
 
     #[test]

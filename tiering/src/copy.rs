@@ -18,7 +18,7 @@ use crate::CHUNK_BYTES;
 /// The files of one copy, besides `.log`.
 const SIDE_FILES: [&str; 4] = ["index", "timeindex", "txnindex", "snapshot"];
 
-/// Copies `export` under `dir` as a copy by the leader at `leader_epoch`. With `compress`, a
+/// Copies `export` under `dir` as copy `id` (unique) by the leader at `leader_epoch`. With `compress`, a
 /// segment whose batches are all uncompressed is stored as independently zstd-compressed
 /// chunks of `CHUNK_BYTES` raw bytes (staged in `scratch`). On failure whatever was put is
 /// deleted again (best effort; a sweep finds what is left).
@@ -27,6 +27,7 @@ pub async fn copy_segment(
     dir: &str,
     export: SegmentExport,
     leader_epoch: i32,
+    id: &str,
     compress: bool,
     scratch: &Path,
 ) -> Result<RemoteSegment> {
@@ -34,7 +35,7 @@ pub async fn copy_segment(
         base_offset: export.base_offset,
         next_offset: export.next_offset,
         leader_epoch,
-        id: uuid::Uuid::new_v4().simple().to_string(),
+        id: id.to_string(),
         size: export.size,
         raw_size: export.size,
         max_timestamp: export.max_timestamp,
@@ -171,17 +172,27 @@ pub async fn read_manifest(store: &RemoteStore, dir: &str) -> Result<Option<Remo
 /// Manifest versions kept in the bucket besides the newest.
 const MANIFESTS_KEPT: usize = 3;
 
-/// Deletes the objects under `dir` that `manifest` does not name (copies whose commit never
-/// happened, or that retention dropped), and manifests older than the last few. To be run by a
-/// leader with no copy of its own in flight. Returns how many objects went.
-pub async fn sweep(store: &RemoteStore, dir: &str, manifest: &RemoteManifest) -> Result<usize> {
+/// Deletes the objects under `dir` that `manifest` does not name and never will, and manifests
+/// older than the last few. Run by the leader at `epoch`, whose manifest holds every copy a
+/// leader of an earlier epoch committed (it serves only once it has applied an entry of its own
+/// term): a copy of an earlier epoch missing from it is an orphan. Copies of its own epoch go
+/// only when listed in `abandoned` (their commit was never proposed), and copies of a later
+/// epoch never: a newer leader may be committing them while this one has not yet learnt it
+/// lost its leadership. Returns how many objects went.
+pub async fn sweep(
+    store: &RemoteStore,
+    dir: &str,
+    manifest: &RemoteManifest,
+    epoch: i32,
+    abandoned: &std::collections::HashSet<String>,
+) -> Result<usize> {
     let prefix = format!("{dir}/");
     let keys = store.list(&prefix).await?;
     let known: std::collections::HashSet<&str> = manifest.segments.iter().map(|s| s.id.as_str()).collect();
     let mut manifests = Vec::new();
     let mut gone = 0;
     for key in &keys {
-        let name = &key[prefix.len()..];
+        let Some(name) = key.strip_prefix(&prefix) else { continue };
         if let Some(m) = name.strip_prefix("manifest/") {
             manifests.push((m.to_string(), key.clone()));
             continue;
@@ -189,8 +200,10 @@ pub async fn sweep(store: &RemoteStore, dir: &str, manifest: &RemoteManifest) ->
         // {base:020}-{epoch}-{id}.{ext}; anything else is not Fjord's and stays.
         let Some((stem, _ext)) = name.rsplit_once('.') else { continue };
         let mut parts = stem.splitn(3, '-');
-        let (Some(_base), Some(_epoch), Some(id)) = (parts.next(), parts.next(), parts.next()) else { continue };
-        if !known.contains(id) {
+        let (Some(_base), Some(copied_in), Some(id)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let Ok(copied_in) = copied_in.parse::<i32>() else { continue };
+        let orphan = copied_in < epoch || (copied_in == epoch && abandoned.contains(id));
+        if orphan && !known.contains(id) {
             store.delete(key).await?;
             gone += 1;
         }

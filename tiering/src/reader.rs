@@ -98,8 +98,15 @@ impl RemoteReader {
                 why: format!("position {pos} is past the segment's {} bytes", seg.raw_size),
             });
         }
+        check_sizes(dir, seg)?;
         let mut want = (max_bytes as u64).clamp(1, 64 << 20);
         loop {
+            if want > MAX_BATCH_READ {
+                return Err(TieringError::Corrupt {
+                    key: format!("{dir}/{}", seg.object_name("log")),
+                    why: format!("no whole batch at offset {offset} within {MAX_BATCH_READ} bytes"),
+                });
+            }
             let end = (pos + want).min(seg.raw_size);
             let data = self.raw_range(dir, seg, pos, end).await?;
             let (s, e) = remote::batch_range(&data, offset, max_bytes, true);
@@ -169,6 +176,31 @@ impl RemoteReader {
     }
 }
 
+/// The most a read goes on looking for the end of one batch (a batch is at most
+/// max.message.bytes, far below this).
+const MAX_BATCH_READ: u64 = 256 << 20;
+
+/// The manifest's sizes of a copy agree with each other (it comes from the bucket or a peer:
+/// checked before anything is allocated by them).
+fn check_sizes(dir: &str, seg: &RemoteSegment) -> Result<()> {
+    let ok = match &seg.chunks {
+        None => seg.raw_size == seg.size,
+        Some(ext) => {
+            ext.iter().all(|e| e.raw_len <= CHUNK_BYTES && e.stored_len <= 2 * CHUNK_BYTES)
+                && ext.iter().map(|e| e.raw_len).sum::<u64>() == seg.raw_size
+                && ext.len() as u64 == seg.raw_size.div_ceil(CHUNK_BYTES)
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(TieringError::Corrupt {
+            key: format!("{dir}/{}", seg.object_name("log")),
+            why: "the manifest's sizes of the copy disagree".into(),
+        })
+    }
+}
+
 fn first_batch_runs_past(data: &[u8], offset: i64) -> bool {
     let mut pos = 0;
     while pos < data.len() {
@@ -197,7 +229,8 @@ async fn fetch_chunk(store: &RemoteStore, key: &str, seg: &RemoteSegment, i: u64
             let corrupt = |why: String| TieringError::Corrupt { key: key.to_string(), why };
             let ext = extents.get(i as usize).ok_or_else(|| corrupt(format!("no chunk {i}")))?;
             let stored = store.get_range(key, ext.stored_start, ext.stored_start + ext.stored_len).await?;
-            let raw = tokio::task::spawn_blocking(move || zstd::decode_all(&stored[..]))
+            let cap = ext.raw_len as usize;
+            let raw = tokio::task::spawn_blocking(move || zstd::bulk::decompress(&stored[..], cap))
                 .await
                 .map_err(std::io::Error::other)?
                 .map_err(|e| corrupt(format!("chunk {i}: {e}")))?;

@@ -44,7 +44,14 @@ where
 {
     let status = e.raw_response().map(|r| r.status().as_u16());
     let code = e.code().unwrap_or_default().to_string();
-    let msg = DisplayErrorContext(&e).to_string();
+    // What the bucket answered, in a line; a request that got no answer says why at length.
+    let msg = match status {
+        Some(st) => {
+            let detail = e.message().map(|m| format!(": {m}")).unwrap_or_default();
+            format!("HTTP {st} {code}{detail}").trim_end().to_string()
+        }
+        None => DisplayErrorContext(&e).to_string(),
+    };
     let key = key.to_string();
     let denied = matches!(status, Some(401 | 403))
         || matches!(

@@ -291,6 +291,8 @@ pub async fn delete_records(
                                 // -1 means "up to the high watermark".
                                 let offset = if p.offset == -1 { log.high_watermark() } else { p.offset };
                                 match log.delete_records(offset) {
+                                    // With tiered storage the log may start in the bucket.
+                                    Ok(_) if b.tiered.is_some() => r.low_watermark = crate::tiered::log_start(&log),
                                     Ok(lw) => r.low_watermark = lw,
                                     Err(e) => r.error_code = storage_code(&e).code(),
                                 }
@@ -344,10 +346,16 @@ async fn delete_replicated(
         return Err(ResponseError::InvalidTopicException);
     }
     let LeaderGuard { log, epoch, raft } = broker.lead(topic, partition, NO_EPOCH)?;
+    // The low watermark clients see: with tiered storage the log may start in the bucket, and
+    // records deleted there go too (the log start entry raises the manifest's floor).
+    let low = |log: &fjord_storage::PartitionLog| match &broker.tiered {
+        Some(_) => crate::tiered::log_start(log),
+        None => log.log_start_offset(),
+    };
     let Some(w) = raft else {
         // A topic of this node's own registry (none in a cluster, but kept consistent).
         let offset = if offset == -1 { log.high_watermark() } else { offset };
-        return log.delete_records(offset).map_err(|e| storage_code(&e));
+        return log.delete_records(offset).map(|_| low(&log)).map_err(|e| storage_code(&e));
     };
     let hw = log.high_watermark();
     // -1 means "up to the high watermark".
@@ -355,13 +363,13 @@ async fn delete_replicated(
     if offset < 0 || offset > hw {
         return Err(ResponseError::OffsetOutOfRange);
     }
-    if offset <= log.log_start_offset() {
-        return Ok(log.log_start_offset());
+    if offset <= low(&log) {
+        return Ok(low(&log));
     }
     let batch = fjord_replication::partition::entry::log_start_batch(offset);
     let written = w.proposer.enqueue(&w.raft, &log, batch, epoch, wait);
     match tokio::time::timeout(wait, written).await {
-        Ok(Ok(Ok(_))) => Ok(log.log_start_offset()),
+        Ok(Ok(Ok(_))) => Ok(low(&log)),
         Ok(Ok(Err(fjord_replication::partition::produce::ProduceError::TimedOut(_)))) | Err(_) => {
             Err(ResponseError::RequestTimedOut)
         }

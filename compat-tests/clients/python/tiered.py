@@ -11,6 +11,9 @@
       UPTO only, when given).
   tiered.py expect - - N ISOLATION
       prints the values a reader at ISOLATION gets, one per line (for kcat and kafkajs).
+  tiered.py delete_records BOOTSTRAP TOPIC N OFFSET
+      DeleteRecords up to OFFSET (in the bucket's part): the low watermark, ListOffsets earliest
+      and a consumer reset from offset 0 all go to OFFSET.
   tiered.py timestamps BOOTSTRAP TOPIC N
       ListOffsets earliest, and by the timestamps of events 0 .. N/2 (data that by then is only
       in the bucket), with confluent-kafka's AdminClient.
@@ -214,12 +217,43 @@ def timestamps(bootstrap, topic, n):
     print("timestamps found in remote data")
 
 
+def delete_records(bootstrap, topic, n, offset):
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient, OffsetSpec
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    tp = TopicPartition(topic, 0, offset)
+    low = admin.delete_records([tp])[tp].result(30).low_watermark
+    expect_equal("low watermark after DeleteRecords", low, offset)
+    tp = TopicPartition(topic, 0)
+    earliest = admin.list_offsets({tp: OffsetSpec.earliest()})[tp].result(30).offset
+    expect_equal("earliest offset after DeleteRecords", earliest, offset)
+    # A consumer asking for offset 0 is out of range and resets to the new start.
+    c = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "tiered-deleted", "enable.auto.commit": False,
+         "auto.offset.reset": "earliest"}
+    )
+    c.assign([TopicPartition(topic, 0, 0)])
+    first = None
+    deadline = time.time() + 60
+    while first is None and time.time() < deadline:
+        m = c.poll(1.0)
+        if m is not None and m.error() is None:
+            first = m
+    c.close()
+    check(first is not None, "a record after the deleted ones")
+    expect_equal("first record after DeleteRecords", (first.offset(), first.value()), (offset, event(offset)))
+    print(f"records below {offset} deleted, the bucket's included")
+
+
 def main():
     cmd, bootstrap, topic, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     if cmd == "produce":
         produce(bootstrap, topic, n, json.loads(sys.argv[5]), int(sys.argv[6]) if len(sys.argv) > 6 else 0)
     elif cmd == "read":
         read(bootstrap, topic, n, sys.argv[5], sys.argv[6], int(sys.argv[7]) if len(sys.argv) > 7 else None)
+    elif cmd == "delete_records":
+        delete_records(bootstrap, topic, n, int(sys.argv[5]))
     elif cmd == "expect":
         sys.stdout.write("".join(v.decode() + "\n" for v in expected(n, sys.argv[5] == "read_committed")))
     elif cmd == "timestamps":

@@ -44,11 +44,15 @@ pub fn remote_change_batch(change: &RemoteChange) -> Vec<u8> {
     batch::build_control(CONTROL_REMOTE, &serde_json::to_vec(change).unwrap_or_default())
 }
 
-/// The remote storage change a stored entry's batch records, if it is one.
-pub fn remote_change_of(data: &[u8]) -> Option<RemoteChange> {
+/// The remote storage change a stored entry's batch records, if it is one; an error if it is
+/// one this version cannot read (applying past it would leave this replica's manifest behind
+/// the others').
+pub fn remote_change_of(data: &[u8]) -> Option<Result<RemoteChange, String>> {
     let single = BatchHeader::parse(data).is_ok_and(|h| h.total_size() == data.len());
     match batch::control_record(data).filter(|_| single) {
-        Some((CONTROL_REMOTE, v)) => serde_json::from_slice(v).ok(),
+        Some((CONTROL_REMOTE, v)) => {
+            Some(serde_json::from_slice(v).map_err(|e| format!("unreadable remote storage entry: {e}")))
+        }
         _ => None,
     }
 }

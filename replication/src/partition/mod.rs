@@ -682,6 +682,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                 // Tiered storage: every replica learns what is remote when the change commits,
                 // so its local retention and a future leadership of it start from there.
                 if let Some(change) = entry::remote_change_of(data) {
+                    let change = change.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                     self.shared.log.apply_remote_change(&change).map_err(io_err)?;
                 }
             }
