@@ -268,7 +268,11 @@ fn describe_configs_gives_kafka_types_and_documentation() {
         let c = configs.iter().find(|c| c.name.as_str() == n).expect("config returned");
         (c.value.as_deref().map(str::to_string), c.config_source)
     };
-    assert_eq!(configs.len(), 37, "Kafka 3.9's 36 topic configs and Fjord's leader.preferred.racks");
+    assert_eq!(
+        configs.len(),
+        38,
+        "Kafka 3.9's 36 topic configs and Fjord's leader.preferred.racks and remote.restore.source"
+    );
     assert_eq!(entry("preallocate"), (Some("true".to_string()), 1));
     assert_eq!(entry("retention.ms"), (Some("604800000".to_string()), 5));
     let mut req = DescribeConfigsRequest::default();
