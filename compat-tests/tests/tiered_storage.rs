@@ -13,9 +13,10 @@ use std::time::Duration;
 use fjord_compat_tests::cluster::LocalCluster;
 use fjord_compat_tests::s3::{S3Server, BUCKET, SECRET_KEY};
 use fjord_compat_tests::{
-    broker_command, client, clients_dir, fjordctl_bin, free_addr, python, run_client, run_to_exit, wait_until,
-    BrokerProcess,
+    broker_command, client, clients_dir, fjordctl_bin, free_addr, python, run_client, run_to_exit, wait_until, wire,
+    BrokerProcess, RawConn,
 };
+use kafka_protocol::error::ResponseError;
 use serde_json::Value;
 
 const N: usize = 2000;
@@ -167,6 +168,14 @@ fn every_client_reads_a_topic_whose_first_segments_are_only_in_the_bucket() {
     assert!(remote["end_offset"].as_i64() >= p["local"]["log_start_offset"].as_i64(), "{p}");
     let copies = check_bucket(&s3);
     assert!(copies >= 20, "{copies} segments copied");
+    // Compaction and remote storage do not mix: refused at creation and when altered.
+    let mut conn = RawConn::connect(&b);
+    let both = [("remote.storage.enable", "true"), ("cleanup.policy", "compact")];
+    let r = wire::create_topic(&mut conn, "tiered-compacted", 1, &both);
+    assert_eq!(r.topics[0].error_code, ResponseError::InvalidConfig.code());
+    let msg = r.topics[0].error_message.as_deref().map(|m| m.to_string()).unwrap_or_default();
+    assert!(msg.contains("compacted"), "{msg}");
+    assert_eq!(wire::set_config(&mut conn, 2, topic, "cleanup.policy", "compact"), ResponseError::InvalidConfig.code());
     read_with_every_client(&b, topic);
     // What was read came from the bucket through the chunk cache.
     let metrics = fjord_compat_tests::http_get(&admin, "/metrics").expect("metrics").1;
@@ -225,11 +234,20 @@ fn a_bucket_that_dies_mid_copy_loses_nothing_and_keeps_no_stray_objects() {
     let p = partition(&admin, topic);
     let local = &p["local"];
     assert!(local["remote"]["upload_lag_segments"].as_u64() > Some(0), "segments wait for the bucket: {p}");
+    // A read of data only the bucket holds fails retriably while it is down, and says where the
+    // log starts.
+    let mut conn = RawConn::connect(&b);
+    let cold = wire::fetch(&mut conn, topic, 0, 0, false);
+    assert_eq!(cold.error_code, ResponseError::KafkaStorageError.code(), "a remote read with the bucket down");
+    assert_eq!(cold.log_start_offset, 0);
     assert!(
         local["log_start_offset"].as_i64() <= local["remote"]["end_offset"].as_i64().or(Some(0)),
         "nothing was deleted locally that the bucket does not hold: {p}"
     );
     s3.restart();
+    let back = wire::fetch(&mut conn, topic, 0, 0, false);
+    assert_eq!(back.error_code, 0, "the bucket is back");
+    assert!(back.records.is_some_and(|r| !r.is_empty()), "records from offset 0");
     let status = producer.wait().expect("producer");
     assert!(status.success(), "every record was delivered once the bucket was back");
     wait_tiered(&admin, topic, (N / 2) as i64 + 40, true);

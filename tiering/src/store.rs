@@ -210,22 +210,7 @@ impl RemoteStore {
         if end <= start {
             return Ok(Bytes::new());
         }
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes={start}-{}", end - 1))
-            .send()
-            .await
-            .map_err(|e| classify("GetObject", key, e))?;
-        let data = out.body.collect().await.map_err(|e| TieringError::Unavailable {
-            op: "GetObject",
-            key: key.into(),
-            msg: e.to_string(),
-        })?;
-        let data = data.into_bytes();
-        metrics::counter!("fjord_remote_bytes_downloaded_total").increment(data.len() as u64);
+        let data = self.get_object(key, Some(format!("bytes={start}-{}", end - 1))).await?;
         if data.len() as u64 != end - start {
             return Err(TieringError::Corrupt {
                 key: key.into(),
@@ -237,11 +222,16 @@ impl RemoteStore {
 
     /// A whole object.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
+        self.get_object(key, None).await
+    }
+
+    async fn get_object(&self, key: &str, range: Option<String>) -> Result<Bytes> {
         let out = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_range(range)
             .send()
             .await
             .map_err(|e| classify("GetObject", key, e))?;
