@@ -176,6 +176,39 @@ fn remote_topics(broker: &Broker) -> Vec<(String, uuid::Uuid, i32, std::collecti
         .collect()
 }
 
+/// The ids of the topics with remote storage, by name.
+pub fn remote_topic_ids(broker: &Broker) -> HashMap<String, uuid::Uuid> {
+    remote_topics(broker).into_iter().map(|(n, id, _, _)| (n, id)).collect()
+}
+
+/// Deletes the objects of a deleted topic from the bucket: its own directory (copies another
+/// topic's restore took over stay with that topic). Failures are logged; a later DeleteTopics
+/// of a topic of the same name does not see them (its id differs).
+pub async fn delete_topic_objects(broker: Arc<Broker>, topic: String, id: uuid::Uuid) {
+    let Some(tiered) = broker.tiered.clone() else { return };
+    let dir = tiered.store.key(&format!("{topic}-{}/", id.simple()));
+    for attempt in 1..=5u32 {
+        let res = async {
+            let keys = tiered.store.list(&dir).await?;
+            for k in &keys {
+                tiered.store.delete(k).await?;
+            }
+            Ok::<usize, TieringError>(keys.len())
+        }
+        .await;
+        match res {
+            Ok(n) => {
+                tracing::info!(topic, objects = n, "deleted a deleted topic's objects from remote storage");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(topic, attempt, error = %e, "could not delete a deleted topic's remote objects");
+                tokio::time::sleep(fjord_tiering::backoff(attempt, MAX_BACKOFF)).await;
+            }
+        }
+    }
+}
+
 /// The copier (see the module's doc), until shutdown.
 pub async fn copier_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let Some(tiered) = broker.tiered.clone() else { return };

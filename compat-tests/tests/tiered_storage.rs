@@ -168,6 +168,24 @@ fn every_client_reads_a_topic_whose_first_segments_are_only_in_the_bucket() {
     assert!(remote["end_offset"].as_i64() >= p["local"]["log_start_offset"].as_i64(), "{p}");
     let copies = check_bucket(&s3);
     assert!(copies >= 20, "{copies} segments copied");
+    // A deleted topic's objects leave the bucket.
+    let mut conn = RawConn::connect(&b);
+    let gone = "tiered-deleted";
+    let created =
+        wire::create_topic(&mut conn, gone, 1, &[("remote.storage.enable", "true"), ("segment.bytes", "1024")]);
+    assert_eq!(created.topics[0].error_code, 0);
+    for _ in 0..5 {
+        assert_eq!(wire::produce(&mut conn, gone, 0, wire::batch_of(20, 1_700_000_000_000)).0, 0);
+    }
+    let objects_of = |s3: &S3Server| s3.objects().into_iter().filter(|o| o.starts_with(&format!("{gone}-"))).count();
+    wait_until(Duration::from_secs(30), "the deleted topic's first copies", || objects_of(&s3) >= 5);
+    let mut req = kafka_protocol::messages::DeleteTopicsRequest::default();
+    req.topic_names = vec![kafka_protocol::messages::TopicName(wire::s(gone))];
+    req.timeout_ms = 10_000;
+    let r: kafka_protocol::messages::DeleteTopicsResponse =
+        conn.call(kafka_protocol::messages::ApiKey::DeleteTopics, 5, &req);
+    assert_eq!(r.responses[0].error_code, 0);
+    wait_until(Duration::from_secs(30), "the deleted topic's objects deleted", || objects_of(&s3) == 0);
     // Compaction and remote storage do not mix: refused at creation and when altered.
     let mut conn = RawConn::connect(&b);
     let both = [("remote.storage.enable", "true"), ("cleanup.policy", "compact")];

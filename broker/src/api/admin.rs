@@ -177,6 +177,25 @@ pub async fn delete_topics(
     h: &RequestHeader,
     req: DeleteTopicsRequest,
 ) -> Option<DeleteTopicsResponse> {
+    // Tiered storage: a deleted topic's objects in the bucket go too (in the background).
+    let tiered = broker.tiered.is_some().then(|| crate::tiered::remote_topic_ids(&broker)).unwrap_or_default();
+    let resp = delete_topics_here(broker.clone(), h, req).await;
+    if let Some(r) = &resp {
+        for t in r.responses.iter().filter(|t| t.error_code == 0) {
+            let Some(name) = t.name.as_ref().map(|n| n.0.to_string()) else { continue };
+            if let Some(id) = tiered.get(&name) {
+                tokio::spawn(crate::tiered::delete_topic_objects(broker.clone(), name, *id));
+            }
+        }
+    }
+    resp
+}
+
+async fn delete_topics_here(
+    broker: Arc<Broker>,
+    h: &RequestHeader,
+    req: DeleteTopicsRequest,
+) -> Option<DeleteTopicsResponse> {
     let version = h.request_api_version;
     if broker.cluster.is_some() {
         return Some(mk!(DeleteTopicsResponse { responses: cluster_delete_topics(&broker, version, &req).await }));
