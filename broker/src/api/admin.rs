@@ -178,7 +178,7 @@ pub async fn delete_topics(
     req: DeleteTopicsRequest,
 ) -> Option<DeleteTopicsResponse> {
     // Tiered storage: a deleted topic's objects in the bucket go too (in the background).
-    let tiered = broker.tiered.is_some().then(|| crate::tiered::remote_topic_ids(&broker)).unwrap_or_default();
+    let tiered = if broker.tiered.is_some() { crate::tiered::remote_topic_ids(&broker) } else { Default::default() };
     let resp = delete_topics_here(broker.clone(), h, req).await;
     if let Some(r) = &resp {
         for t in r.responses.iter().filter(|t| t.error_code == 0) {
