@@ -403,7 +403,7 @@ fn a_fresh_cluster_restores_a_topic_from_the_bucket_with_offsets_and_timestamps_
             run_client(&mut tiered_py(&["read", &b, topic, &n, c, iso, &upto]), Duration::from_secs(180));
         }
     }
-    run_client(&mut tiered_py(&["timestamps", &b, topic, &n]), Duration::from_secs(60));
+    run_client(&mut tiered_py(&["timestamps", &b, topic, &n, &upto]), Duration::from_secs(60));
     // New writes continue after the restored offsets.
     fjord_compat_tests::kcat_produce(&b, topic, "none", 0, &[], "after:restore\n");
     let out = run_client(

@@ -110,6 +110,36 @@ async fn remote_lookup(
             Ok(Some((start, -1, epoch_at(start))))
         }
         LATEST_TIERED => Ok(Some(m.end().map_or((-1, -1, -1), |e| (e - 1, -1, epoch_at(e - 1))))),
+        // The largest timestamp may be in data only the bucket holds (timestamps need not grow).
+        MAX_TIMESTAMP => {
+            let remote_max = m
+                .segments
+                .iter()
+                .filter(|s| s.base_offset < local_start && s.next_offset > m.floor)
+                .map(|s| s.max_timestamp)
+                .max()
+                .unwrap_or(-1);
+            let local_max = log
+                .batch_with_max_timestamp()
+                .and_then(|b| BatchHeader::parse(&b).ok().map(|h| h.max_timestamp))
+                .unwrap_or(-1);
+            tracing::debug!(topic, partition, remote_max, local_max, "max timestamp lookup");
+            if remote_max < 0 || remote_max <= local_max {
+                return Ok(None);
+            }
+            let batch =
+                crate::tiered::batch_by_timestamp(broker, topic, partition, log, remote_max).await.map_err(|e| {
+                    tracing::warn!(topic, partition, error = %e, "remote timestamp lookup failed");
+                    ResponseError::KafkaStorageError
+                })?;
+            let Some(batch) = batch else { return Ok(None) };
+            let start = crate::tiered::log_start(log);
+            let l = log.clone();
+            let found = tokio::task::spawn_blocking(move || find_in_batch(&l, batch, start, |rt| rt == remote_max))
+                .await
+                .map_err(|_| ResponseError::UnknownServerError)??;
+            Ok(found)
+        }
         t if t >= 0 => {
             let batch = crate::tiered::batch_by_timestamp(broker, topic, partition, log, t).await.map_err(|e| {
                 tracing::warn!(topic, partition, error = %e, "remote timestamp lookup failed");

@@ -14,9 +14,10 @@
   tiered.py delete_records BOOTSTRAP TOPIC N OFFSET
       DeleteRecords up to OFFSET (in the bucket's part): the low watermark, ListOffsets earliest
       and a consumer reset from offset 0 all go to OFFSET.
-  tiered.py timestamps BOOTSTRAP TOPIC N
-      ListOffsets earliest, and by the timestamps of events 0 .. N/2 (data that by then is only
-      in the bucket), with confluent-kafka's AdminClient.
+  tiered.py timestamps BOOTSTRAP TOPIC N [UPTO]
+      ListOffsets earliest, by the timestamps of events 0 .. N/2 (data that by then is only in
+      the bucket), and the max timestamp (unless UPTO is given), with confluent-kafka's
+      AdminClient.
 """
 
 import asyncio
@@ -199,7 +200,7 @@ def read(bootstrap, topic, n, client, isolation, upto=None):
     print(f"{client} {isolation}: read {len(got)} values from offset 0")
 
 
-def timestamps(bootstrap, topic, n):
+def timestamps(bootstrap, topic, n, upto=None):
     from confluent_kafka import TopicPartition
     from confluent_kafka.admin import AdminClient, OffsetSpec
 
@@ -214,6 +215,12 @@ def timestamps(bootstrap, topic, n):
         # Between two events: the next one.
         info = admin.list_offsets({tp: OffsetSpec.for_timestamp(BASE_TS + i * 1000 + 1)})[tp].result(30)
         expect_equal(f"offset after timestamp {BASE_TS + i * 1000}", info.offset, i + 1)
+    # The largest timestamp (ListOffsets -3): the last event's. (Not on a restored topic: all
+    # of it is in the bucket, where the transaction markers' wall-clock timestamps are the
+    # largest a copy records.)
+    if upto is None:
+        info = admin.list_offsets({tp: OffsetSpec.max_timestamp()})[tp].result(30)
+        expect_equal("max timestamp", info.timestamp, BASE_TS + (n - 1) * 1000)
     print("timestamps found in remote data")
 
 
@@ -257,7 +264,7 @@ def main():
     elif cmd == "expect":
         sys.stdout.write("".join(v.decode() + "\n" for v in expected(n, sys.argv[5] == "read_committed")))
     elif cmd == "timestamps":
-        timestamps(bootstrap, topic, n)
+        timestamps(bootstrap, topic, n, int(sys.argv[5]) if len(sys.argv) > 5 else None)
     else:
         sys.exit(f"unknown command {cmd}")
 
