@@ -117,10 +117,10 @@ impl Tiered {
         self.states.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned().unwrap_or_default()
     }
 
-    /// Why a produce to `log` (partition `partition` of `topic`) is refused: a restore from the
-    /// bucket not yet done, or copies too far behind.
-    pub fn produce_refusal(&self, topic: &str, partition: i32, log: &PartitionLog) -> Option<String> {
-        if log.config().remote_restore && log.remote_manifest().version == 0 {
+    /// Why a produce to `log` (partition `partition` of `topic`, whose config says whether it is
+    /// `restoring`) is refused: a restore from the bucket not yet done, or copies too far behind.
+    pub fn produce_refusal(&self, topic: &str, partition: i32, log: &PartitionLog, restoring: bool) -> Option<String> {
+        if restoring && log.remote_manifest().version == 0 {
             return Some("the partition is being restored from the bucket (remote.restore.source); retry".into());
         }
         self.refusal(topic, partition)

@@ -102,7 +102,9 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
             let cfg = log.config();
             // Tiered storage behind by more than the node may keep: refused (retriable) until
             // the bucket takes the backlog, rather than filling the disk.
-            if let Some(why) = broker.tiered.as_ref().and_then(|t| t.produce_refusal(&name, idx, &log)) {
+            if let Some(why) =
+                broker.tiered.as_ref().and_then(|t| t.produce_refusal(&name, idx, &log, cfg.remote_restore))
+            {
                 metrics::counter!("fjord_remote_produce_refused_total").increment(1);
                 parts.push(failed(idx, ResponseError::KafkaStorageError, Some(why)));
                 continue;
