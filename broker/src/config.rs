@@ -623,7 +623,7 @@ broker_config! {
     remote_log_manager_task_interval_ms: u64 = 5_000,
         view: ReadOnly("remote.log.manager.task.interval.ms", Kind::Long), check: |v| between(*v as i64, 10, 3_600_000);
     /// Bytes of closed segments a partition may hold that are not yet in the bucket (the bucket
-    /// down or slow); past it produce to the partition is refused with KAFKA_STORAGE_ERROR,
+    /// down or slow); past it produce to the partition is refused with NOT_ENOUGH_REPLICAS,
     /// which clients retry, until copies catch up. Nothing is deleted before it is copied.
     remote_copy_lag_max_bytes: u64 = 10 << 30, view: View::None, check: |v| at_least(*v as i64, 1);
     /// Archive compression of copied segments: `zstd` stores a segment whose batches the

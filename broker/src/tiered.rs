@@ -187,7 +187,11 @@ pub fn remote_topic_ids(broker: &Broker) -> HashMap<String, uuid::Uuid> {
 pub async fn delete_topic_objects(broker: Arc<Broker>, topic: String, id: uuid::Uuid) {
     let Some(tiered) = broker.tiered.clone() else { return };
     let dir = tiered.store.key(&format!("{topic}-{}/", id.simple()));
-    for attempt in 1..=5u32 {
+    // A leader's pass that began before the deletion may still put objects (and the manifest at
+    // its end): rounds go on, a copier interval apart, until one finds the directory empty.
+    let mut failures = 0u32;
+    let mut total = 0;
+    for _ in 0..60 {
         let res = async {
             let keys = tiered.store.list(&dir).await?;
             for k in &keys {
@@ -197,16 +201,22 @@ pub async fn delete_topic_objects(broker: Arc<Broker>, topic: String, id: uuid::
         }
         .await;
         match res {
-            Ok(n) => {
-                tracing::info!(topic, objects = n, "deleted a deleted topic's objects from remote storage");
+            Ok(0) => {
+                tracing::info!(topic, objects = total, "deleted a deleted topic's objects from remote storage");
                 return;
             }
+            Ok(n) => {
+                total += n;
+                tokio::time::sleep(tiered.interval.max(Duration::from_millis(200))).await;
+            }
             Err(e) => {
-                tracing::warn!(topic, attempt, error = %e, "could not delete a deleted topic's remote objects");
-                tokio::time::sleep(fjord_tiering::backoff(attempt, MAX_BACKOFF)).await;
+                failures += 1;
+                tracing::warn!(topic, error = %e, "could not delete a deleted topic's remote objects");
+                tokio::time::sleep(fjord_tiering::backoff(failures, MAX_BACKOFF)).await;
             }
         }
     }
+    tracing::warn!(topic, "gave up deleting a deleted topic's remote objects");
 }
 
 /// The copier (see the module's doc), until shutdown.

@@ -37,9 +37,20 @@ fn topic_configs(segment_bytes: u32) -> String {
     )
 }
 
+/// The events' first timestamp (tiered.py's TIERED_BASE_TS): an hour ago, the same for every
+/// command of this test process.
+fn base_ts() -> String {
+    static BASE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BASE.get_or_init(|| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+        ((now - 3600) * 1000).to_string()
+    })
+    .clone()
+}
+
 fn tiered_py(args: &[&str]) -> Command {
     let mut c = client(python());
-    c.current_dir(clients_dir().join("python")).arg("tiered.py").args(args);
+    c.current_dir(clients_dir().join("python")).arg("tiered.py").args(args).env("TIERED_BASE_TS", base_ts());
     c
 }
 
@@ -79,37 +90,62 @@ fn manifests(s3: &S3Server) -> BTreeMap<String, Value> {
     newest.into_iter().map(|(d, o)| (d, serde_json::from_slice(&s3.read(&o)).expect("manifest JSON"))).collect()
 }
 
-/// Every object in the bucket is the newest manifest, an older one, or one of the five files of
-/// a copy the newest manifest names; each named copy has its five; copies do not repeat a range.
-fn check_bucket(s3: &S3Server) -> usize {
+/// What is wrong with the bucket, if anything: every object must be a manifest or one of the
+/// five files of a copy the newest manifest names; each named copy has its five; copies do not
+/// repeat a range. Returns how many copies the manifests name.
+fn bucket_problems(s3: &S3Server) -> Result<usize, String> {
     let manifests = manifests(s3);
-    assert!(!manifests.is_empty(), "a manifest is in the bucket: {:?}", s3.objects());
+    if manifests.is_empty() {
+        return Err(format!("no manifest in the bucket: {:?}", s3.objects()));
+    }
+    let objects = s3.objects();
     let mut copies = 0;
     for (dir, m) in &manifests {
-        let segs = m["segments"].as_array().expect("segments");
-        let ids: BTreeSet<&str> = segs.iter().map(|s| s["id"].as_str().expect("id")).collect();
-        assert_eq!(ids.len(), segs.len(), "each copy once in {dir}");
-        let mut files: BTreeMap<&str, usize> = BTreeMap::new();
-        let objects = s3.objects();
+        let segs = m["segments"].as_array().cloned().unwrap_or_default();
+        let ids: BTreeSet<String> = segs.iter().filter_map(|s| s["id"].as_str().map(str::to_string)).collect();
+        if ids.len() != segs.len() {
+            return Err(format!("a copy is listed twice in {dir}"));
+        }
+        let mut files: BTreeMap<String, usize> = BTreeMap::new();
         for o in objects.iter().filter(|o| o.starts_with(&format!("{dir}/")) && !o.contains("/manifest/")) {
             let name = &o[dir.len() + 1..];
-            let id = name.split('.').next().and_then(|stem| stem.splitn(3, '-').nth(2)).expect("object name");
-            assert!(ids.contains(id), "object {o} belongs to no copy of the manifest (an orphan)");
-            *files.entry(ids.get(id).copied().expect("id")).or_default() += 1;
+            let id = name.split('.').next().and_then(|stem| stem.splitn(3, '-').nth(2)).unwrap_or_default();
+            if !ids.contains(id) {
+                return Err(format!("object {o} belongs to no copy of the newest manifest (an orphan)"));
+            }
+            *files.entry(id.to_string()).or_default() += 1;
         }
         for id in &ids {
-            assert_eq!(files.get(id), Some(&5), "copy {id} in {dir} has its log, indexes and snapshot");
+            if files.get(id) != Some(&5) {
+                return Err(format!("copy {id} in {dir} lacks some of its log, indexes and snapshot"));
+            }
         }
         let mut end = -1;
-        for s in segs {
-            let (base, next) = (s["base_offset"].as_i64().expect("base"), s["next_offset"].as_i64().expect("next"));
-            assert!(next > end, "copy {} adds offsets after {end}", s["id"]);
-            assert!(base < next);
+        for s in &segs {
+            let (base, next) = (s["base_offset"].as_i64().unwrap_or(-1), s["next_offset"].as_i64().unwrap_or(-1));
+            if next <= end || base >= next {
+                return Err(format!("copy {} [{base}, {next}) adds no offsets after {end}", s["id"]));
+            }
             end = next;
         }
         copies += segs.len();
     }
-    copies
+    Ok(copies)
+}
+
+/// Waits until the bucket has no stray object (the leader writes the manifest at the end of
+/// each pass, so a copy committed a moment ago may not be in the newest manifest object yet).
+fn check_bucket(s3: &S3Server) -> usize {
+    let mut last = Err(String::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        last = bucket_problems(s3);
+        if last.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    last.unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Reads the topic from offset 0 with every client, both isolation levels, and checks each

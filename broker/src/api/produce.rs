@@ -101,12 +101,15 @@ pub async fn handle(broker: Arc<Broker>, _h: &RequestHeader, req: ProduceRequest
             };
             let cfg = log.config();
             // Tiered storage behind by more than the node may keep: refused (retriable) until
-            // the bucket takes the backlog, rather than filling the disk.
+            // the bucket takes the backlog, rather than filling the disk. NOT_ENOUGH_REPLICAS is
+            // the retriable error clients know was not persisted: KAFKA_STORAGE_ERROR would
+            // count as possibly written, and an idempotent producer (librdkafka) would move its
+            // sequence past batches the log never took, then fail fatally on the next one.
             if let Some(why) =
                 broker.tiered.as_ref().and_then(|t| t.produce_refusal(&name, idx, &log, cfg.remote_restore))
             {
                 metrics::counter!("fjord_remote_produce_refused_total").increment(1);
-                parts.push(failed(idx, ResponseError::KafkaStorageError, Some(why)));
+                parts.push(failed(idx, ResponseError::NotEnoughReplicas, Some(why)));
                 continue;
             }
             let min_isr = cfg.min_insync_replicas;
