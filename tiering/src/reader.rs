@@ -30,10 +30,6 @@ impl RemoteReader {
         RemoteReader { store, cache, indexes: Arc::new(Mutex::new(HashMap::new())) }
     }
 
-    pub fn store(&self) -> &Arc<RemoteStore> {
-        &self.store
-    }
-
     /// An index object of `seg` (`index` or `timeindex`).
     async fn index(&self, dir: &str, seg: &RemoteSegment, ext: &str) -> Result<Bytes> {
         let key = format!("{dir}/{}", seg.object_name(ext));

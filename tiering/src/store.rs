@@ -106,10 +106,6 @@ impl RemoteStore {
             .map_err(|e| classify("HeadBucket", &self.bucket, e))
     }
 
-    pub fn bucket(&self) -> &str {
-        &self.bucket
-    }
-
     /// The key of `name` under the configured prefix.
     pub fn key(&self, name: &str) -> String {
         if self.prefix.is_empty() {
