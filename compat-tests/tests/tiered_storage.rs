@@ -11,7 +11,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 use fjord_compat_tests::cluster::LocalCluster;
-use fjord_compat_tests::s3::{S3Server, BUCKET, SECRET_KEY};
+use fjord_compat_tests::s3::{S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
 use fjord_compat_tests::{
     broker_command, client, clients_dir, fjordctl_bin, free_addr, python, run_client, run_to_exit, wait_until, wire,
     BrokerProcess, RawConn,
@@ -315,6 +315,79 @@ fn a_bucket_that_dies_mid_copy_loses_nothing_and_keeps_no_stray_objects() {
     assert!(stored > 0 && stored < 300 * N as u64 / 3, "archived copies are compressed: {stored} bytes: {p}");
 }
 
+/// A segment larger than the multipart threshold goes up in parts (s3s-fs assembles them and
+/// checks each part's signature), with credentials read from a profile file rather than the
+/// environment; consumers then read it back from the bucket record for record.
+#[test]
+fn a_large_segment_goes_up_in_parts_with_credentials_from_a_profile_file() {
+    let s3 = S3Server::start();
+    let creds = tempfile::tempdir().expect("temp dir");
+    let file = creds.path().join("credentials");
+    std::fs::write(
+        &file,
+        format!("[archive]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"),
+    )
+    .expect("credentials file");
+    let file = file.to_string_lossy().to_string();
+    // Blank environment credentials count as absent, so the chain goes on to the profile.
+    let env = [
+        ("AWS_ACCESS_KEY_ID", ""),
+        ("AWS_SECRET_ACCESS_KEY", ""),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", "/nonexistent"),
+        ("AWS_SHARED_CREDENTIALS_FILE", file.as_str()),
+        ("AWS_PROFILE", "archive"),
+    ];
+    let admin = free_addr();
+    let mut args = s3.broker_args();
+    args.extend(["--admin-listen".to_string(), admin.clone()]);
+    let broker = BrokerProcess::start_with_env(&args.iter().map(String::as_str).collect::<Vec<_>>(), &env);
+    let b = broker.bootstrap();
+    let topic = "tiered-multipart";
+    let segment = 17u64 << 20;
+    let mut conn = RawConn::connect(&b);
+    let created = wire::create_topic(
+        &mut conn,
+        topic,
+        1,
+        &[
+            ("remote.storage.enable", "true"),
+            ("segment.bytes", &segment.to_string()),
+            ("local.retention.bytes", "1"),
+            ("retention.ms", "-1"),
+        ],
+    );
+    assert_eq!(created.topics[0].error_code, 0);
+    // About 20 MiB of records: the first segment closes between 16 MiB (kcat's batches are at
+    // most 1 MiB) and 17 MiB, past the size from which copies go up in parts.
+    let count = 20_000usize;
+    let value = |i: usize| format!("{i:08}-{}", "abcdefghij".repeat(99));
+    let lines: String = (0..count).map(|i| format!("k{i}:{}\n", value(i))).collect();
+    fjord_compat_tests::kcat_produce(&b, topic, "none", 0, &[], &lines);
+    let p = wait_tiered(&admin, topic, 0, true);
+    assert_eq!(p["local"]["remote"]["start_offset"], 0, "{p}");
+    check_bucket(&s3);
+    let logs: Vec<String> = s3.objects().into_iter().filter(|o| o.ends_with(".log")).collect();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let stored = s3.read(&logs[0]).len() as u64;
+    // 16 MiB: tiering's MULTIPART_FROM (this crate does not build the S3 client to import it).
+    assert!(stored >= 16 << 20 && stored <= segment, "{stored} bytes");
+    // Every record, the copied ones from the bucket, in order and intact.
+    let out = run_client(
+        client("kcat")
+            .args(["-b", &b, "-t", topic, "-C", "-o", "beginning", "-c", &count.to_string(), "-e"])
+            .args(["-f", "%o %s\n"]),
+        Duration::from_secs(120),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut n = 0;
+    for (i, line) in text.lines().enumerate() {
+        assert_eq!(line, format!("{i} {}", value(i)), "record {i}");
+        n += 1;
+    }
+    assert_eq!(n, count);
+}
+
 #[test]
 fn wrong_credentials_stop_the_broker_with_a_clear_error() {
     let s3 = S3Server::start();
@@ -386,6 +459,28 @@ fn a_new_leader_carries_on_copying_where_a_killed_one_stopped() {
     assert!(p["local"]["remote"]["segments"].as_u64() > Some(0), "the rebuilt replica knows the copies: {p}");
     assert!(p["local"]["size_bytes"].as_u64() < Some(100 * 1024), "only the tail is local: {p}");
     run_client(&mut tiered_py(&["read", &b, topic, &n, "confluent", "read_committed"]), Duration::from_secs(180));
+
+    // DeleteRecords into the bucket's part goes through the partition's log: every replica
+    // raises its manifest's floor, and the copies wholly below it leave the bucket.
+    let cut = 300i64;
+    run_client(&mut tiered_py(&["delete_records", &b, topic, &n, &cut.to_string()]), Duration::from_secs(90));
+    for i in 0..3 {
+        wait_until(Duration::from_secs(30), "every replica's manifest starts at the cut", || {
+            partition(&cluster.metrics[i], topic)["local"]["remote"]["start_offset"] == cut
+        });
+    }
+    wait_until(Duration::from_secs(30), "copies below the cut deleted from the bucket", || {
+        manifests(&s3).values().all(|m| {
+            let segs = m["segments"].as_array().cloned().unwrap_or_default();
+            m["floor"] == cut && segs.iter().all(|s| s["next_offset"].as_i64() > Some(cut))
+        })
+    });
+    check_bucket(&s3);
+    // Compaction and remote storage do not mix in a cluster either (the controller refuses).
+    let mut conn = cluster.conn(wiped);
+    let both = [("remote.storage.enable", "true"), ("cleanup.policy", "compact")];
+    let r = wire::create_topic(&mut conn, "tiered-compacted", 1, &both);
+    assert_eq!(r.topics[0].error_code, ResponseError::InvalidConfig.code(), "{r:?}");
 }
 
 #[test]
