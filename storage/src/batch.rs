@@ -284,6 +284,22 @@ pub fn build_batch_as(
     encode_batch(base_offset, timestamp, records, producer, attributes)
 }
 
+/// A record to encode: its own timestamp and headers.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRecord<'a> {
+    pub timestamp: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: &'a [(&'a [u8], Option<&'a [u8]>)],
+}
+
+/// An uncompressed v2 batch of `records` (base offset 0), each with its own timestamp and
+/// headers, written by `producer` when given (transactional if it says so).
+pub fn build_records(records: &[NewRecord<'_>], producer: Option<Producer>) -> Vec<u8> {
+    let attributes = if producer.is_some_and(|p| p.transactional) { TRANSACTIONAL_BIT } else { 0 };
+    encode_records(0, records, producer, attributes)
+}
+
 /// A transaction marker: the control batch a coordinator writes to every
 /// partition of a transaction when it commits or aborts. Its one record has
 /// key (version 0, type 0 = abort / 1 = commit) and value (version 0,
@@ -406,27 +422,36 @@ fn encode_batch(
     producer: Option<Producer>,
     attributes: i16,
 ) -> Vec<u8> {
+    let records: Vec<NewRecord<'_>> =
+        records.iter().map(|(key, value)| NewRecord { timestamp, key: *key, value: *value, headers: &[] }).collect();
+    encode_records(base_offset, &records, producer, attributes)
+}
+
+/// The one record batch encoder: uncompressed, v2, timestamps as deltas from the first.
+fn encode_records(base_offset: i64, records: &[NewRecord<'_>], producer: Option<Producer>, attributes: i16) -> Vec<u8> {
+    let first_ts = records.first().map_or(-1, |r| r.timestamp);
+    let max_ts = records.iter().map(|r| r.timestamp).max().unwrap_or(-1);
+    let put_bytes = |out: &mut Vec<u8>, b: Option<&[u8]>| match b {
+        Some(b) => {
+            put_varlong(out, b.len() as i64);
+            out.extend_from_slice(b);
+        }
+        None => put_varlong(out, -1),
+    };
     let mut body = Vec::new();
-    for (i, (key, value)) in records.iter().enumerate() {
+    for (i, r) in records.iter().enumerate() {
         let mut rec = Vec::new();
         rec.push(0u8); // attributes
-        put_varlong(&mut rec, 0); // timestamp delta
+        put_varlong(&mut rec, r.timestamp.wrapping_sub(first_ts));
         put_varlong(&mut rec, i as i64); // offset delta
-        match key {
-            Some(k) => {
-                put_varlong(&mut rec, k.len() as i64);
-                rec.extend_from_slice(k);
-            }
-            None => put_varlong(&mut rec, -1),
+        put_bytes(&mut rec, r.key);
+        put_bytes(&mut rec, r.value);
+        put_varlong(&mut rec, r.headers.len() as i64);
+        for (k, v) in r.headers {
+            put_varlong(&mut rec, k.len() as i64);
+            rec.extend_from_slice(k);
+            put_bytes(&mut rec, *v);
         }
-        match value {
-            Some(v) => {
-                put_varlong(&mut rec, v.len() as i64);
-                rec.extend_from_slice(v);
-            }
-            None => put_varlong(&mut rec, -1),
-        }
-        put_varlong(&mut rec, 0); // headers
         put_varlong(&mut body, rec.len() as i64);
         body.extend_from_slice(&rec);
     }
@@ -440,8 +465,8 @@ fn encode_batch(
     b.extend_from_slice(&[0; 4]);
     b.extend_from_slice(&attributes.to_be_bytes());
     b.extend_from_slice(&(n - 1).to_be_bytes());
-    b.extend_from_slice(&timestamp.to_be_bytes());
-    b.extend_from_slice(&timestamp.to_be_bytes());
+    b.extend_from_slice(&first_ts.to_be_bytes());
+    b.extend_from_slice(&max_ts.to_be_bytes());
     b.extend_from_slice(&pid.to_be_bytes());
     b.extend_from_slice(&epoch.to_be_bytes());
     b.extend_from_slice(&seq.to_be_bytes());
@@ -481,6 +506,28 @@ mod tests {
         let h = validate(&b).unwrap();
         assert!(h.is_log_append_time());
         assert_eq!(h.max_timestamp, 5555);
+    }
+
+    #[test]
+    fn built_records_keep_their_timestamps_and_headers() {
+        let h1: [(&[u8], Option<&[u8]>); 2] = [(b"a", Some(b"1")), (b"b", None)];
+        let recs = [
+            NewRecord { timestamp: 2000, key: Some(b"k"), value: None, headers: &h1 },
+            NewRecord { timestamp: 1500, key: None, value: Some(b"v"), headers: &[] },
+        ];
+        let p = Producer { id: 9, epoch: 2, base_sequence: 4, transactional: true };
+        let b = build_records(&recs, Some(p));
+        let h = validate(&b).unwrap();
+        assert!(h.is_transactional());
+        assert_eq!((h.base_timestamp, h.max_timestamp, h.base_sequence), (2000, 2000, 4));
+        let decoded = crate::records::decode_batch(&bytes::Bytes::from(b), 1 << 20).unwrap();
+        let r = &decoded.records;
+        assert_eq!((r[0].timestamp, r[1].timestamp), (2000, 1500));
+        assert_eq!(r[0].value, None);
+        assert_eq!(r[0].headers.len(), 2);
+        assert_eq!(r[0].headers[0].0.as_ref(), b"a");
+        assert_eq!(r[0].headers[1].1, None);
+        assert_eq!(r[1].key, None);
     }
 
     #[test]
