@@ -668,6 +668,19 @@ impl ClusterNode {
     /// `__consumer_offsets` on the first FindCoordinator), with the default replication factor.
     /// Another node creating it at the same time is not an error.
     pub async fn ensure_internal_topic(&self, name: &str, partitions: i32) -> Result<(), TopicError> {
+        let mut configs = std::collections::BTreeMap::new();
+        configs.insert("cleanup.policy".to_string(), "compact".to_string());
+        configs.insert("segment.bytes".to_string(), (100 * 1024 * 1024).to_string());
+        self.ensure_internal_topic_with(name, partitions, configs).await
+    }
+
+    /// `ensure_internal_topic` with the topic's own configs.
+    pub async fn ensure_internal_topic_with(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: std::collections::BTreeMap<String, String>,
+    ) -> Result<(), TopicError> {
         if self.partition_count(name).is_some() {
             return Ok(());
         }
@@ -681,9 +694,6 @@ impl ClusterNode {
                 format!("{name} needs {factor} live brokers and {live} are live"),
             ));
         }
-        let mut configs = std::collections::BTreeMap::new();
-        configs.insert("cleanup.policy".to_string(), "compact".to_string());
-        configs.insert("segment.bytes".to_string(), (100 * 1024 * 1024).to_string());
         let topic = NewTopic {
             name: name.to_string(),
             num_partitions: partitions,

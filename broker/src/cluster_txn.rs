@@ -57,6 +57,9 @@ impl InboundHandler for Services {
                 rpc::encode_response(Ok(&code))
             });
         }
+        if rpc_code == crate::transforms::RPC_INTERNAL_APPEND {
+            return crate::transforms::serve_append(self.broker.get().and_then(Weak::upgrade), body);
+        }
         if rpc_code != RPC_TXN_MARKERS {
             return self.controller.handle(from, group, rpc_code, body);
         }

@@ -13,13 +13,23 @@ use crate::topics::Topics;
 /// Creates the compacted internal topic `name` unless it exists; returns its
 /// partition count (fixed at creation, as Kafka's are).
 pub fn ensure(topics: &Topics, name: &str, partitions: i32) -> anyhow::Result<i32> {
-    if let Some(meta) = topics.topic(name) {
-        return Ok(meta.partitions);
-    }
     let mut configs = BTreeMap::new();
     // Only the newest record of each key matters.
     configs.insert("cleanup.policy".to_string(), "compact".to_string());
     configs.insert("segment.bytes".to_string(), (100 * 1024 * 1024).to_string());
+    ensure_with(topics, name, partitions, configs)
+}
+
+/// `ensure` with the topic's own configs.
+pub fn ensure_with(
+    topics: &Topics,
+    name: &str,
+    partitions: i32,
+    configs: BTreeMap<String, String>,
+) -> anyhow::Result<i32> {
+    if let Some(meta) = topics.topic(name) {
+        return Ok(meta.partitions);
+    }
     topics
         .create_internal(name, partitions, configs)
         .map_err(|e| anyhow::anyhow!("cannot create {name}: {}", e.message))?;

@@ -22,6 +22,7 @@ pub mod server;
 pub mod tiered;
 pub mod topic_config;
 pub mod topics;
+pub mod transforms;
 
 pub use config::BrokerConfig;
 pub use server::{start, RunningBroker};

@@ -38,6 +38,8 @@ pub struct Broker {
     pub cluster: Option<crate::cluster::ClusterNode>,
     /// Tiered storage, when `remote_storage_enable`.
     pub tiered: Option<Arc<crate::tiered::Tiered>>,
+    /// WASM transforms: set once the broker exists (they hold it weakly).
+    pub transforms: std::sync::OnceLock<Arc<crate::transforms::Transforms>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -173,6 +175,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         request_memory: connection::RequestMemory::new(config.queued_max_request_bytes),
         cluster,
         tiered,
+        transforms: std::sync::OnceLock::new(),
         shutdown: shutdown_rx.clone(),
         config,
     });
@@ -186,6 +189,8 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
                 .is_some_and(|b| b.lead(OFFSETS_TOPIC, p, NO_EPOCH).is_ok_and(|g| g.raft.is_some() && g.epoch == epoch))
         }));
     }
+    let own = format!("{}:{}", broker.advertised_host, broker.advertised_port);
+    let _ = broker.transforms.set(crate::transforms::Transforms::new(Arc::downgrade(&broker), own)?);
     let (admin_addr, admin_tasks) = match broker.config.admin_address() {
         Some(addr) => {
             let (bound, tasks) = crate::http::start(broker.clone(), addr, shutdown_rx.clone()).await?;
@@ -227,6 +232,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         tokio::spawn(mapped_pages_loop(broker.clone(), shutdown_rx.clone(), mapped_baseline)),
         tokio::spawn(transaction_expiry_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(crate::tiered::copier_loop(broker.clone(), shutdown_rx.clone())),
+        tokio::spawn(crate::transforms::supervise_loop(broker.clone(), shutdown_rx.clone())),
         tokio::spawn(flush_loop(broker.clone(), shutdown_rx)),
     ];
     tasks.extend(admin_tasks);

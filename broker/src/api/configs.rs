@@ -98,7 +98,7 @@ fn describe_topic(broker: &Broker, name: &str) -> Result<Vec<Described>, TopicEr
 
 /// A topic's config overrides: a cluster's topics from the replicated metadata, this node's
 /// own from its registry.
-fn topic_configs(broker: &Broker, name: &str) -> Option<BTreeMap<String, String>> {
+pub(crate) fn topic_configs(broker: &Broker, name: &str) -> Option<BTreeMap<String, String>> {
     if let Some(configs) = broker.cluster.as_ref().and_then(|c| c.read(|m| m.topic(name).map(|t| t.configs.clone()))) {
         return Some(configs);
     }

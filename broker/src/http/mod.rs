@@ -5,6 +5,7 @@
 //! for, and for tools that speak HTTP (probes, scrapers, dashboards).
 
 mod openapi;
+mod transforms;
 pub mod views;
 
 use std::collections::HashMap;
@@ -90,7 +91,7 @@ fn broker_shutdown(broker: &Arc<Broker>) -> impl std::future::Future<Output = ()
 }
 
 fn router(broker: Arc<Broker>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/health", get(health))
         .route("/v1/ready", get(ready))
@@ -102,9 +103,8 @@ fn router(broker: Arc<Broker>) -> Router {
         .route("/v1/groups", get(groups))
         .route("/v1/groups/{id}", get(group))
         .route("/v1/debug/bundle", get(debug_bundle))
-        .route("/v1/openapi.json", get(openapi))
-        .fallback(not_found)
-        .with_state(broker)
+        .route("/v1/openapi.json", get(openapi));
+    transforms::routes(router).fallback(not_found).with_state(broker)
 }
 
 type B = State<Arc<Broker>>;
