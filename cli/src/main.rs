@@ -1,6 +1,7 @@
 //! `fjordctl`: one command line for a Fjord cluster. Kafka things (topics, groups, records,
 //! reassignments, leader elections) go over the Kafka protocol, so it works against any broker
-//! that speaks it; Fjord's own (health, readiness, partition states) over the admin HTTP API.
+//! that speaks it; Fjord's own (health, readiness, partition states, transforms) over the admin
+//! HTTP API.
 
 mod cluster;
 mod error;
@@ -11,6 +12,7 @@ mod local;
 mod output;
 mod profile;
 mod topic;
+mod transform;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,6 +31,7 @@ Examples:
   fjordctl group describe billing              members, offsets and lag
   fjordctl group reset-offsets billing --topic events --to-earliest --dry-run
   fjordctl cluster health                      every broker's readiness
+  fjordctl transform deploy mask --input events --output masked --dir ./mask
   fjordctl profile create prod --brokers k1:9092,k2:9092 --admin-url http://k1:9644 --use
 
 Exit codes: 0 done, 1 the operation failed, 2 bad arguments or configuration,
@@ -67,6 +70,18 @@ Examples:
   fjordctl cluster reassign --list
   fjordctl cluster elect-leaders --topic events
   fjordctl cluster config --broker 2 --set log.retention.ms=86400000";
+
+const TRANSFORM_EXAMPLES: &str = "\
+Examples:
+  fjordctl transform init mask                 a Rust transform project in ./mask
+  fjordctl transform build mask                its .wasm (needs `rustup target add wasm32-wasip1`)
+  fjordctl transform deploy mask --input events --output masked --dir mask --env FIELDS=email
+  fjordctl transform deploy route --input events --output a --output b --module route.wasm --from @1700000000000
+  fjordctl transform list
+  fjordctl transform describe mask             state, error, committed offsets and lag per partition
+  fjordctl transform logs mask -n 20
+  fjordctl transform pause mask && fjordctl transform resume mask
+  fjordctl transform delete mask";
 
 const LOCAL_EXAMPLES: &str = "\
 Examples:
@@ -113,6 +128,9 @@ enum Command {
     /// The cluster: brokers, health, partitions, reassignments, leader elections, configs
     #[command(subcommand, after_help = CLUSTER_EXAMPLES)]
     Cluster(cluster::ClusterCmd),
+    /// WebAssembly transforms: scaffold, build, deploy, inspect, pause and resume them
+    #[command(subcommand, after_help = TRANSFORM_EXAMPLES)]
+    Transform(transform::TransformCmd),
     /// A cluster of `fjord` processes on this machine, for development
     #[command(subcommand, after_help = LOCAL_EXAMPLES)]
     Local(local::LocalCmd),
@@ -282,6 +300,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Topic(cmd) => topic::run(cmd, &cli),
         Command::Group(cmd) => group::run(cmd, &cli),
         Command::Cluster(cmd) => cluster::run(cmd, &cli),
+        Command::Transform(cmd) => transform::run(cmd, &cli),
         Command::Local(cmd) => local::run(cmd, &cli),
         Command::Completion { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "fjordctl", &mut std::io::stdout());

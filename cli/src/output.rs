@@ -97,6 +97,13 @@ impl Progress {
             let _ = writeln!(std::io::stderr(), "\r\x1b[2K{message}");
         }
     }
+
+    /// Erases the progress line (what follows says how it went).
+    pub fn clear(&self) {
+        if self.on {
+            let _ = write!(std::io::stderr(), "\r\x1b[2K");
+        }
+    }
 }
 
 pub fn opt<T: ToString>(v: &Option<T>) -> String {
