@@ -4,7 +4,8 @@
 # (the admin API's OpenAPI checks) and helm-python-sdk with kubernetes-validate
 # (the Helm chart's checks), aiokafka, kafkajs with pure-JS codecs (npm), and
 # s3s-fs, the S3-compatible server the tiered storage tests start (built with
-# cargo into ~/.cache/fjord/tools, kept between runs). Safe to run again: each
+# cargo into ~/.cache/fjord/tools, kept between runs), and Rust's wasm32-wasip1
+# target (the transform examples). Safe to run again: each
 # step skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,5 +37,10 @@ if ! "$tools/bin/s3s-fs" --version 2>/dev/null | grep -q "$S3S_FS_VERSION"; then
   echo "==> building s3s-fs $S3S_FS_VERSION"
   CARGO_TARGET_DIR="$HOME/.cache/fjord/s3s-build" cargo install -q s3s-fs --version "=$S3S_FS_VERSION" \
     --features binary --locked --root "$tools"
+fi
+# WASM transforms: the examples and `fjordctl transform build` compile for wasm32-wasip1.
+if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+  echo "==> adding the wasm32-wasip1 target"
+  rustup target add wasm32-wasip1
 fi
 echo "==> test dependencies ready"

@@ -50,6 +50,19 @@ stage "test dependencies" scripts/setup-test-deps.sh
 stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 stage "build the broker and fjordctl binaries the compat suite starts" cargo build -p fjord-broker --bin fjord -p fjord-cli --bin fjordctl
+# The transform SDK and examples are their own cargo workspaces (the examples build for
+# wasm32-wasip1): their lints and native tests, then the modules the compat suite deploys.
+wasm_dir="$HOME/.cache/fjord/wasm-target"
+export FJORD_WASM_DIR="$wasm_dir/wasm32-wasip1/release"
+transform_sdk() {
+  local d
+  for d in transforms/sdk transforms/examples; do
+    (cd "$d" && export CARGO_TARGET_DIR="$HOME/.cache/fjord/sdk-target" &&
+      cargo fmt --all -- --check && cargo clippy --all-targets -q -- -D warnings && cargo test -q)
+  done
+  CARGO_TARGET_DIR="$wasm_dir" transforms/examples/build.sh
+}
+stage "transform SDK and examples: lints, tests, wasm32-wasip1 modules" transform_sdk
 stage "cargo test --workspace" run_cargo_tests
 sim_rc=0
 run_simulation() {
