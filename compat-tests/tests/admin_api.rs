@@ -40,7 +40,17 @@ fn commit(conn: &mut RawConn, group: &str, topic: &str, partition: i32, offset: 
 fn schemathesis(addr: &str, topic: &str, group: &str) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("schemathesis.toml");
-    std::fs::write(&config, format!("[parameters]\n\"path.name\" = \"{topic}\"\n\"path.id\" = \"{group}\"\n")).unwrap();
+    // The transform endpoints that name one transform are left to tests/transforms.rs, which
+    // deploys real modules: here `name` is a topic's, which no transform has, and a deploy of
+    // schema-valid bytes that are not a module is rightly refused.
+    std::fs::write(
+        &config,
+        format!(
+            "[parameters]\n\"path.name\" = \"{topic}\"\n\"path.id\" = \"{group}\"\n\n\
+             [[operations]]\ninclude-path-regex = \"^/v1/transforms/\"\nenabled = false\n"
+        ),
+    )
+    .unwrap();
     let st = python().with_file_name("schemathesis");
     let out = std::process::Command::new(&st)
         .current_dir(dir.path())

@@ -155,6 +155,57 @@ fn schemas() -> Value {
             ("offsets", array_of("Offset")),
             ("total_lag", int()),
         ]),
+        "TransformStart": {"oneOf": [
+            {"type": "string", "enum": ["earliest", "latest"]},
+            object(&[("offset", json!({"type": "integer", "minimum": 0}))]),
+            object(&[("timestamp", int())]),
+        ]},
+        "DeployRequest": {
+            "type": "object",
+            "properties": {
+                "input": string(),
+                "outputs": {"type": "array", "items": string(), "minItems": 1, "maxItems": 8},
+                "env": {"type": "object", "additionalProperties": string()},
+                "lookups": {"type": "array", "items": string(), "maxItems": 8},
+                "start": reference("TransformStart"),
+                "memory_limit_bytes": json!({"type": "integer", "minimum": 262144, "maximum": 1073741824}),
+                "fuel_per_batch": json!({"type": "integer", "minimum": 1}),
+                "module": {"type": "string", "format": "byte", "description": "the .wasm module, base64"},
+            },
+            "required": ["input", "outputs", "module"],
+            "additionalProperties": false,
+        },
+        "TransformPartition": object(&[
+            ("partition", int()),
+            ("leader", nullable(int())),
+            ("committed_offset", nullable(int())),
+            ("end_offset", nullable(int())),
+            ("lag", nullable(int())),
+        ]),
+        "TransformModule": object(&[("sha256", string()), ("size_bytes", int())]),
+        "Transform": object(&[
+            ("name", string()),
+            ("id", string()),
+            ("input", string()),
+            ("outputs", json!({"type": "array", "items": string()})),
+            ("lookups", json!({"type": "array", "items": string()})),
+            ("env", json!({"type": "object", "additionalProperties": string()})),
+            ("state", json!({"type": "string", "enum": ["running", "paused"]})),
+            ("error", nullable(string())),
+            ("module", reference("TransformModule")),
+            ("memory_limit_bytes", int()),
+            ("fuel_per_batch", int()),
+            ("start", reference("TransformStart")),
+            ("deployed_ms", int()),
+            ("partitions", array_of("TransformPartition")),
+        ]),
+        "TransformLog": object(&[
+            ("timestamp", int()),
+            ("level", json!({"type": "string", "enum": ["debug", "info", "warn", "error"]})),
+            ("partition", nullable(int())),
+            ("message", string()),
+        ]),
+        "Deleted": object(&[("deleted", string())]),
         "DebugBundle": object(&[
             ("generated_at_ms", int()),
             ("node_id", int()),
@@ -193,8 +244,9 @@ pub fn document() -> String {
         "info": {
             "title": "Fjord admin API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Health, readiness and the cluster as one node sees it. Kafka's own \
-                operations (creating topics, resetting offsets) stay on the Kafka protocol."
+            "description": "Health, readiness and the cluster as one node sees it, and WASM \
+                transforms. Kafka's own operations (creating topics, resetting offsets) stay on the \
+                Kafka protocol."
         },
         "paths": {
             "/metrics": {"get": {
@@ -238,6 +290,64 @@ pub fn document() -> String {
                 })),
             "/v1/debug/bundle": get("Config (secrets redacted), readiness, metrics and recent logs, for support",
                 json!({"200": json_response("the bundle", reference("DebugBundle"))})),
+            "/v1/transforms": get("WASM transforms (transforms/ABI.md), with each input partition's progress",
+                json!({
+                    "200": json_response("transforms", array_of("Transform")),
+                    "503": error_response("the broker is starting"),
+                })),
+            "/v1/transforms/{name}": {
+                "parameters": [path_param("name", "transform name")],
+                "get": {"summary": "One transform: settings, module, state (and why it paused), progress", "responses": {
+                    "200": json_response("the transform", reference("Transform")),
+                    "404": error_response("no such transform"),
+                    "503": error_response("the broker is starting"),
+                }},
+                "put": {
+                    "summary": "Deploys a transform, or redeploys one (it keeps its progress)",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": reference("DeployRequest")}}},
+                    "responses": {
+                        "200": json_response("deployed", reference("Transform")),
+                        "400": error_response("refused: what is wrong with the request or the module"),
+                        "503": error_response("the registry cannot be written now; try again"),
+                    },
+                },
+                "delete": {"summary": "Deletes a transform (its outputs stay)", "responses": {
+                    "200": json_response("deleted", reference("Deleted")),
+                    "404": error_response("no such transform"),
+                    "503": error_response("the registry cannot be written now; try again"),
+                }},
+            },
+            "/v1/transforms/{name}/pause": {"post": {
+                "summary": "Stops a transform on every partition (its progress is kept)",
+                "parameters": [path_param("name", "transform name")],
+                "responses": {
+                    "200": json_response("paused", reference("Transform")),
+                    "404": error_response("no such transform"),
+                    "503": error_response("the registry cannot be written now; try again"),
+                },
+            }},
+            "/v1/transforms/{name}/resume": {"post": {
+                "summary": "Starts a paused transform from its last committed position",
+                "parameters": [path_param("name", "transform name")],
+                "responses": {
+                    "200": json_response("running", reference("Transform")),
+                    "404": error_response("no such transform"),
+                    "503": error_response("the registry cannot be written now; try again"),
+                },
+            }},
+            "/v1/transforms/{name}/logs": get_with("A transform's newest log lines, oldest first",
+                json!([
+                    path_param("name", "transform name"),
+                    {"name": "limit", "in": "query", "required": false,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+                     "description": "how many lines (default 100)"},
+                ]),
+                json!({
+                    "200": json_response("log lines", array_of("TransformLog")),
+                    "400": error_response("bad limit"),
+                    "404": error_response("no such transform"),
+                    "503": error_response("the logs cannot be read now"),
+                })),
             "/v1/openapi.json": {"get": {
                 "summary": "This document",
                 "responses": {"200": {"description": "OpenAPI 3.0", "content": {"application/json": {"schema": {"type": "object"}}}}}
