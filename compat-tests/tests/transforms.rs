@@ -354,3 +354,83 @@ fn a_killed_node_and_leader_changes_neither_lose_nor_duplicate_outputs() {
     wait_caught_up(&admin, "copy", Duration::from_secs(180));
     run_client(&mut py(&["count", &b, "clicks-out", &total.to_string()]), Duration::from_secs(180));
 }
+
+#[test]
+fn start_points_and_guest_log_lines() {
+    let admin = free_addr();
+    let broker = BrokerProcess::start(&["--admin-listen", &admin]);
+    let b = broker.bootstrap();
+    topics(&b, json!({"src": [1, {}], "from-latest": [1, {}], "from-offset": [1, {}], "from-time": [1, {}]}));
+    // Events 0..10 at timestamps T+0 .. T+9 (transforms.py's event timestamps).
+    run_client(&mut py(&["produce", &b, "src", "10", "events"]), Duration::from_secs(60));
+    let module = example("identity");
+    let module = module.to_str().expect("path");
+    let t6 = format!("@{}", 1_700_000_000_000i64 + 6);
+    for (name, out, from) in
+        [("latest", "from-latest", "latest"), ("offset", "from-offset", "4"), ("time", "from-time", t6.as_str())]
+    {
+        fjordctl_ok(
+            &admin,
+            &["transform", "deploy", name, "--module", module, "--input", "src", "--output", out, "--from", from],
+        );
+    }
+    // Three more after the deploys.
+    run_client(&mut py(&["produce", &b, "src", "13", "events", "10"]), Duration::from_secs(60));
+    for name in ["latest", "offset", "time"] {
+        wait_caught_up(&admin, name, Duration::from_secs(60));
+    }
+    let count = |topic: &str| {
+        let out = run_client(
+            Command::new("kcat").args(["-b", &b, "-t", topic, "-C", "-o", "beginning", "-e", "-q", "-f", "%o\n"]),
+            Duration::from_secs(30),
+        );
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert_eq!(count("from-latest"), 3, "latest: only what came after the deploy");
+    assert_eq!(count("from-offset"), 9, "offset 4: events 4..13");
+    assert_eq!(count("from-time"), 7, "from T+6: events 6..13");
+
+    // What a module logs, and prints to stdout, reaches `fjordctl transform logs`.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let chatty = wat::parse_str(
+        r#"(module
+            (import "fjord" "log" (func $log (param i32 i32 i32)))
+            (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 2)
+            (data (i32.const 100) "hello from the guest")
+            (data (i32.const 200) "printed line\n")
+            (data (i32.const 300) "\c8\00\00\00\0d\00\00\00")
+            (func (export "fjord_abi_version") (result i32) i32.const 1)
+            (func (export "fjord_alloc") (param i32) (result i32) i32.const 1024)
+            (func (export "fjord_on_batch") (param i32 i32) (result i32)
+                (call $log (i32.const 2) (i32.const 100) (i32.const 20))
+                (drop (call $fd_write (i32.const 1) (i32.const 300) (i32.const 1) (i32.const 400)))
+                i32.const 0))"#,
+    )
+    .expect("wat");
+    let chatty = write_module(&dir, "chatty", &chatty);
+    fjordctl_ok(
+        &admin,
+        &[
+            "transform",
+            "deploy",
+            "chatty",
+            "--module",
+            &chatty,
+            "--input",
+            "src",
+            "--output",
+            "from-latest",
+            "--from",
+            "earliest",
+        ],
+    );
+    wait_caught_up(&admin, "chatty", Duration::from_secs(60));
+    let logs = fjordctl_ok(&admin, &["transform", "logs", "chatty"]);
+    assert!(logs.contains("warn") && logs.contains("hello from the guest"), "{logs}");
+    assert!(logs.contains("info") && logs.contains("printed line"), "{logs}");
+    let json: Value =
+        serde_json::from_str(&fjordctl_ok(&admin, &["-o", "json", "transform", "logs", "chatty", "-n", "1"]))
+            .expect("JSON");
+    assert_eq!(json.as_array().map(Vec::len), Some(1), "-n 1 gives one line: {json}");
+}
