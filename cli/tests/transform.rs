@@ -14,7 +14,11 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 /// Where the scaffold's builds go, kept between runs (its first build compiles the SDK).
-const SCAFFOLD_TARGET: &str = "/root/.cache/fjord/scaffold-target";
+/// Where the scaffold builds: outside the clone, kept between runs like the workspace's own.
+fn scaffold_target() -> std::path::PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    Path::new(&home).join(".cache/fjord/scaffold-target")
+}
 
 struct Run {
     code: i32,
@@ -452,7 +456,8 @@ fn init_then_build_makes_a_module() {
     let deploy = ["transform", "deploy", "my-mask", "--input", "events", "--output", "masked", "--dir", p];
     fjordctl(NOBODY, &deploy).refused(2, "fjordctl transform build");
 
-    let env = [("CARGO_TARGET_DIR", SCAFFOLD_TARGET)];
+    let target = scaffold_target();
+    let env = [("CARGO_TARGET_DIR", target.to_str().expect("utf-8 path"))];
     let built = fjordctl_env(NOBODY, &["transform", "build", p, "-o", "json"], &env, Duration::from_secs(900));
     assert!(
         built.stderr.contains("Compiling my-mask") || built.stderr.contains("Finished"),
@@ -461,7 +466,7 @@ fn init_then_build_makes_a_module() {
     );
     let built = built.json();
     let wasm = Path::new(built["module"].as_str().unwrap()).to_path_buf();
-    assert_eq!(wasm, Path::new(SCAFFOLD_TARGET).join("wasm32-wasip1/release/my_mask.wasm"));
+    assert_eq!(wasm, scaffold_target().join("wasm32-wasip1/release/my_mask.wasm"));
     let bytes = std::fs::read(&wasm).unwrap();
     assert_eq!(built["size_bytes"].as_u64(), Some(bytes.len() as u64));
     assert!(bytes.starts_with(b"\0asm\x01\0\0\0"));
@@ -476,7 +481,7 @@ fn init_then_build_makes_a_module() {
     let tested = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["test", "--offline", "--target", &host])
         .current_dir(&project)
-        .env("CARGO_TARGET_DIR", SCAFFOLD_TARGET)
+        .env("CARGO_TARGET_DIR", scaffold_target())
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&tested.stdout);
