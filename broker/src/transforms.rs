@@ -680,12 +680,17 @@ impl Transforms {
                 partition,
                 runtime: self.runtime.clone(),
                 client: Arc::new(Client::connect(vec![self.bootstrap.clone()], "fjord-transform-runner")),
-                lookups: tables,
+                lookups: tables.clone(),
                 host: Arc::new(HostLink(Arc::downgrade(self))),
                 stop: stop_rx,
             };
             let name = spec.name.clone();
             let task = tokio::spawn(async move {
+                // Enrichment from half-read tables would differ from what a later replay
+                // writes: the first batch waits for the tables (bounded, not forever).
+                if !tables.ready(LOOKUPS_READY_WAIT).await {
+                    tracing::warn!(transform = %name, "lookup tables not read to their end within 30 s; starting anyway");
+                }
                 let ended = runner.run().await;
                 tracing::info!(transform = %name, partition, ?ended, "transform runner ended");
                 ended
@@ -706,9 +711,6 @@ impl Transforms {
         }
         let (stop, rx) = watch::channel(false);
         let tables = Tables::start(vec![self.bootstrap.clone()], &spec.lookups, rx).await;
-        if !tables.ready(LOOKUPS_READY_WAIT).await {
-            tracing::warn!(transform = %spec.name, "lookup tables not read to their end within 30 s; starting anyway");
-        }
         let mut all = self.tables.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) =
             all.insert(spec.name.clone(), SharedTables { version: spec.version, tables: tables.clone(), stop })
@@ -738,20 +740,28 @@ impl runner::Host for HostLink {
     }
 
     fn write_logs(&self, name: &str, partition: Option<i32>, lines: Vec<LogLine>) -> BoxFuture<'static, ()> {
-        let t = self.0.upgrade();
-        let name = name.to_string();
-        Box::pin(async move {
-            if let Some(t) = t {
-                t.write_logs(&name, partition, lines).await;
-            }
-        })
+        // In the background: a slow or unreachable logs partition must not hold the
+        // transform back.
+        if let Some(t) = self.0.upgrade() {
+            let name = name.to_string();
+            tokio::spawn(async move { t.write_logs(&name, partition, lines).await });
+        }
+        Box::pin(async {})
     }
 
-    fn pause(&self, name: &str, version: u64, error: String) -> BoxFuture<'static, ()> {
+    fn pause(
+        &self,
+        name: &str,
+        partition: i32,
+        version: u64,
+        error: String,
+        logs: Vec<LogLine>,
+    ) -> BoxFuture<'static, ()> {
         let t = self.0.upgrade();
         let name = name.to_string();
         Box::pin(async move {
             if let Some(t) = t {
+                t.write_logs(&name, Some(partition), logs).await;
                 t.pause_failed(&name, version, error).await;
             }
         })

@@ -426,9 +426,14 @@ fn start_points_and_guest_log_lines() {
         ],
     );
     wait_caught_up(&admin, "chatty", Duration::from_secs(60));
-    let logs = fjordctl_ok(&admin, &["transform", "logs", "chatty"]);
-    assert!(logs.contains("warn") && logs.contains("hello from the guest"), "{logs}");
-    assert!(logs.contains("info") && logs.contains("printed line"), "{logs}");
+    // Log lines are written beside the transform, not in its transaction: they follow shortly.
+    let mut logs = String::new();
+    wait_until(Duration::from_secs(30), "the module's log lines", || {
+        logs = fjordctl_ok(&admin, &["transform", "logs", "chatty"]);
+        logs.contains("hello from the guest") && logs.contains("printed line")
+    });
+    assert!(logs.lines().any(|l| l.contains("warn") && l.contains("hello from the guest")), "{logs}");
+    assert!(logs.lines().any(|l| l.contains("info") && l.contains("printed line")), "{logs}");
     let json: Value =
         serde_json::from_str(&fjordctl_ok(&admin, &["-o", "json", "transform", "logs", "chatty", "-n", "1"]))
             .expect("JSON");

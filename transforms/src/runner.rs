@@ -24,9 +24,16 @@ pub trait Host: Send + Sync + 'static {
     fn leads(&self, topic: &str, partition: i32) -> bool;
     /// Writes a transform's log lines to the logs topic (best effort).
     fn write_logs(&self, name: &str, partition: Option<i32>, lines: Vec<LogLine>) -> BoxFuture<'static, ()>;
-    /// Pauses the transform everywhere with `error` (a failed batch), unless its spec moved on
-    /// past `version`.
-    fn pause(&self, name: &str, version: u64, error: String) -> BoxFuture<'static, ()>;
+    /// Writes the failed batch's log lines, then pauses the transform everywhere with `error`,
+    /// unless its spec moved on past `version`: once it shows as paused, its logs say why.
+    fn pause(
+        &self,
+        name: &str,
+        partition: i32,
+        version: u64,
+        error: String,
+        logs: Vec<LogLine>,
+    ) -> BoxFuture<'static, ()>;
 }
 
 /// How a runner ended.
@@ -243,8 +250,7 @@ impl Runner {
         let message = format!("partition {}: {message}", self.partition);
         tracing::warn!(transform = %self.spec.name, error = %message, "transform paused");
         logs.push(LogLine { level: engine::Level::Error, message: format!("paused: {message}") });
-        self.host.write_logs(&self.spec.name, Some(self.partition), logs).await;
-        self.host.pause(&self.spec.name, self.spec.version, message.clone()).await;
+        self.host.pause(&self.spec.name, self.partition, self.spec.version, message.clone(), logs).await;
         Ended::Failed(message)
     }
 }
