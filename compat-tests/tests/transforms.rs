@@ -349,8 +349,32 @@ fn a_killed_node_and_leader_changes_neither_lose_nor_duplicate_outputs() {
     wait_until(Duration::from_secs(120), "the restarted node leading again", || {
         cluster.leaders(alive, "clicks").iter().any(|l| l.1 == leader)
     });
-    let total = first + 2000;
-    run_client(&mut py(&["stream", &b, "clicks", &total.to_string(), &first.to_string()]), Duration::from_secs(120));
+    // A redeploy mid-stream (a new version of the same transform): the new runners go on from
+    // the committed positions of the old ones.
+    let total = first + 4000;
+    let mut producer = py(&["stream", &b, "clicks", &total.to_string(), &first.to_string()]).spawn().expect("producer");
+    wait_until(Duration::from_secs(120), "more outputs after the restart", || {
+        committed(&admin) > (first + 1000) as i64
+    });
+    let redeployed = fjordctl_ok(
+        &admin,
+        &[
+            "-o",
+            "json",
+            "transform",
+            "deploy",
+            "copy",
+            "--module",
+            module.to_str().expect("path"),
+            "--input",
+            "clicks",
+            "--output",
+            "clicks-out",
+        ],
+    );
+    let redeployed: Value = serde_json::from_str(&redeployed).expect("JSON");
+    assert_eq!(redeployed["state"], "running");
+    assert!(producer.wait().expect("producer").success(), "every input record was acknowledged");
     wait_caught_up(&admin, "copy", Duration::from_secs(180));
     run_client(&mut py(&["count", &b, "clicks-out", &total.to_string()]), Duration::from_secs(180));
 }
