@@ -2,10 +2,13 @@
 //! its JSON output parsed and checked against what the brokers hold, and bad arguments and
 //! unreachable brokers answered with one clear line and the documented exit code.
 
+mod common;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::Run;
 use fjord_compat_tests::cluster::LocalCluster;
 use fjord_compat_tests::{broker_bin, free_addr, free_port, wait_until, BrokerProcess};
 use serde_json::Value;
@@ -17,28 +20,6 @@ const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 struct Ctl {
     env: Vec<(String, String)>,
     _config: tempfile::TempDir,
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        assert_eq!(self.code, 0, "fjordctl failed:\n{}{}", self.stdout, self.stderr);
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
-    }
-
-    /// The error: exactly one line on stderr, starting with "fjordctl: ", and the exit code.
-    fn refused(&self, code: i32, says: &str) {
-        assert_eq!(self.code, code, "stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
-        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert_eq!(lines.len(), 1, "one line, not:\n{}", self.stderr);
-        assert!(lines[0].contains(says), "{:?} does not say {says:?}", lines[0]);
-        assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
-    }
 }
 
 impl Ctl {
@@ -66,26 +47,7 @@ impl Ctl {
         }
         let mut child = cmd.spawn().expect("run fjordctl");
         child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-        // Bounded: a command that hangs is killed, and the test fails naming it.
-        let pid = child.id() as i32;
-        let (done, watchdog) = std::sync::mpsc::channel::<()>();
-        let killer = std::thread::spawn(move || {
-            let timed_out = watchdog.recv_timeout(COMMAND_LIMIT).is_err();
-            if timed_out {
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-            timed_out
-        });
-        let out = child.wait_with_output().unwrap();
-        let _ = done.send(());
-        assert!(!killer.join().unwrap(), "fjordctl {args:?} did not finish within {COMMAND_LIMIT:?}");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        common::bounded(child, args, COMMAND_LIMIT)
     }
 
     fn run(&self, args: &[&str]) -> Run {

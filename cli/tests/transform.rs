@@ -3,6 +3,8 @@
 //! broker's end-to-end tests deploy real modules), and `init` then `build` of the scaffold
 //! making a real module (needs `rustup target add wasm32-wasip1`).
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
@@ -11,41 +13,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::Run;
 use serde_json::{json, Value};
 
-/// Where the scaffold's builds go, kept between runs (its first build compiles the SDK).
 /// Where the scaffold builds: outside the clone, kept between runs like the workspace's own.
 fn scaffold_target() -> std::path::PathBuf {
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     Path::new(&home).join(".cache/fjord/scaffold-target")
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(&self) -> &Run {
-        assert_eq!(self.code, 0, "fjordctl failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
-        self
-    }
-
-    fn json(&self) -> Value {
-        self.ok();
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
-    }
-
-    /// The error: exactly one line on stderr, starting with "fjordctl: ", and the exit code.
-    fn refused(&self, code: i32, says: &str) {
-        assert_eq!(self.code, code, "stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
-        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert_eq!(lines.len(), 1, "one line, not:\n{}", self.stderr);
-        assert!(lines[0].starts_with("fjordctl: "), "{:?}", lines[0]);
-        assert!(lines[0].contains(says), "{:?} does not say {says:?}", lines[0]);
-        assert!(self.stdout.is_empty(), "nothing on stdout: {}", self.stdout);
-    }
 }
 
 /// fjordctl with an empty profiles file, its admin API at `admin`, and `env` on top; killed
@@ -63,25 +37,7 @@ fn fjordctl_env(admin: &str, args: &[&str], env: &[(&str, &str)], limit: Duratio
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let child = cmd.spawn().expect("run fjordctl");
-    let pid = child.id() as i32;
-    let (done, watchdog) = std::sync::mpsc::channel::<()>();
-    let killer = std::thread::spawn(move || {
-        let timed_out = watchdog.recv_timeout(limit).is_err();
-        if timed_out {
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-        timed_out
-    });
-    let out = child.wait_with_output().unwrap();
-    let _ = done.send(());
-    assert!(!killer.join().unwrap(), "fjordctl {args:?} did not finish within {limit:?}");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    common::bounded(child, args, limit)
 }
 
 fn fjordctl(admin: &str, args: &[&str]) -> Run {

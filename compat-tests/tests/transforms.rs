@@ -302,6 +302,15 @@ fn broken_modules_are_refused_or_paused_and_the_node_serves_on() {
     wait_until(Duration::from_secs(60), "trap paused again", || describe(&admin, "trap")["state"] == "paused");
 }
 
+/// `fjordctl transform deploy copy` of `module` from clicks to clicks-out: the view it prints.
+fn deploy_copy(admin: &str, module: &std::path::Path, extra: &[&str]) -> Value {
+    let module = module.to_str().expect("path");
+    let mut args = vec!["-o", "json", "transform", "deploy", "copy", "--module", module];
+    args.extend(["--input", "clicks", "--output", "clicks-out"]);
+    args.extend_from_slice(extra);
+    serde_json::from_str(&fjordctl_ok(admin, &args)).expect("JSON")
+}
+
 #[test]
 fn a_killed_node_and_leader_changes_neither_lose_nor_duplicate_outputs() {
     // Leaders go back to their preferred replicas within a second of being able to.
@@ -311,22 +320,7 @@ fn a_killed_node_and_leader_changes_neither_lose_nor_duplicate_outputs() {
     let admin = cluster.metrics[0].clone();
     topics(&b, json!({"clicks": [3, {}], "clicks-out": [3, {}]}));
     let module = example("identity");
-    fjordctl_ok(
-        &admin,
-        &[
-            "transform",
-            "deploy",
-            "copy",
-            "--module",
-            module.to_str().expect("path"),
-            "--input",
-            "clicks",
-            "--output",
-            "clicks-out",
-            "--from",
-            "earliest",
-        ],
-    );
+    deploy_copy(&admin, &module, &["--from", "earliest"]);
     let first = 6000usize;
     let mut producer = py(&["stream", &b, "clicks", &first.to_string()]).spawn().expect("producer");
     let committed = |admin: &str| -> i64 {
@@ -356,23 +350,7 @@ fn a_killed_node_and_leader_changes_neither_lose_nor_duplicate_outputs() {
     wait_until(Duration::from_secs(120), "more outputs after the restart", || {
         committed(&admin) > (first + 1000) as i64
     });
-    let redeployed = fjordctl_ok(
-        &admin,
-        &[
-            "-o",
-            "json",
-            "transform",
-            "deploy",
-            "copy",
-            "--module",
-            module.to_str().expect("path"),
-            "--input",
-            "clicks",
-            "--output",
-            "clicks-out",
-        ],
-    );
-    let redeployed: Value = serde_json::from_str(&redeployed).expect("JSON");
+    let redeployed = deploy_copy(&admin, &module, &[]);
     assert_eq!(redeployed["state"], "running");
     assert!(producer.wait().expect("producer").success(), "every input record was acknowledged");
     wait_caught_up(&admin, "copy", Duration::from_secs(180));

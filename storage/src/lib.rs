@@ -10,6 +10,7 @@ pub mod error;
 pub mod index;
 pub mod lock;
 pub mod log;
+pub mod partitioner;
 pub mod producer;
 pub mod raftindex;
 pub mod records;

@@ -282,42 +282,9 @@ fn chunks(records: &[Record], bytes: usize) -> Vec<&[Record]> {
 pub fn partition_for(key: Option<&[u8]>, input_partition: i32, count: i32) -> i32 {
     let count = count.max(1);
     match key {
-        Some(k) => ((murmur2(k) & 0x7fff_ffff) % count as u32) as i32,
+        Some(k) => fjord_storage::partitioner::partition_for_key(k, count),
         None => input_partition.rem_euclid(count),
     }
-}
-
-/// Kafka's murmur2 (the Java client's `Utils.murmur2`).
-pub fn murmur2(data: &[u8]) -> u32 {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
-    let len = data.len();
-    let mut h = SEED ^ len as u32;
-    let mut chunks = data.chunks_exact(4);
-    for c in &mut chunks {
-        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let rest = chunks.remainder();
-    if rest.len() == 3 {
-        h ^= u32::from(rest[2]) << 16;
-    }
-    if rest.len() >= 2 {
-        h ^= u32::from(rest[1]) << 8;
-    }
-    if !rest.is_empty() {
-        h ^= u32::from(rest[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h
 }
 
 /// Waits `d`, or less when `stop` turns true: true when it did.
@@ -335,15 +302,6 @@ async fn stopped_within(mut stop: watch::Receiver<bool>, d: Duration) -> bool {
 mod tests {
     use super::*;
     use bytes::Bytes;
-
-    #[test]
-    fn murmur2_matches_kafkas_partitioner() {
-        // Kafka's DefaultPartitioner: "a" → partition 0 and "b" → 1 of... checked by value:
-        // Utils.murmur2("21".getBytes()) == -973932308, ("foobar") == -790332482.
-        assert_eq!(murmur2(b"21") as i32, -973_932_308);
-        assert_eq!(murmur2(b"foobar") as i32, -790_332_482);
-        assert_eq!(murmur2(b"") as i32, 275_646_681);
-    }
 
     #[test]
     fn batches_are_cut_by_count_and_bytes() {
