@@ -238,6 +238,19 @@ fn path_param(name: &str, description: &str) -> Value {
     json!({"name": name, "in": "path", "required": true, "description": description, "schema": {"type": "string"}})
 }
 
+/// A POST that changes one transform's state and answers its view.
+fn transform_action(summary: &str, done: &str) -> Value {
+    json!({"post": {
+        "summary": summary,
+        "parameters": [path_param("name", "transform name")],
+        "responses": {
+            "200": json_response(done, reference("Transform")),
+            "404": error_response("no such transform"),
+            "503": error_response("the registry cannot be written now; try again"),
+        },
+    }})
+}
+
 pub fn document() -> String {
     let doc = json!({
         "openapi": "3.0.3",
@@ -317,24 +330,10 @@ pub fn document() -> String {
                     "503": error_response("the registry cannot be written now; try again"),
                 }},
             },
-            "/v1/transforms/{name}/pause": {"post": {
-                "summary": "Stops a transform on every partition (its progress is kept)",
-                "parameters": [path_param("name", "transform name")],
-                "responses": {
-                    "200": json_response("paused", reference("Transform")),
-                    "404": error_response("no such transform"),
-                    "503": error_response("the registry cannot be written now; try again"),
-                },
-            }},
-            "/v1/transforms/{name}/resume": {"post": {
-                "summary": "Starts a paused transform from its last committed position",
-                "parameters": [path_param("name", "transform name")],
-                "responses": {
-                    "200": json_response("running", reference("Transform")),
-                    "404": error_response("no such transform"),
-                    "503": error_response("the registry cannot be written now; try again"),
-                },
-            }},
+            "/v1/transforms/{name}/pause": transform_action(
+                "Stops a transform on every partition (its progress is kept)", "paused"),
+            "/v1/transforms/{name}/resume": transform_action(
+                "Starts a paused transform from its last committed position", "running"),
             "/v1/transforms/{name}/logs": get_with("A transform's newest log lines, oldest first",
                 json!([
                     path_param("name", "transform name"),
