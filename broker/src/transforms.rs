@@ -487,16 +487,8 @@ impl Transforms {
         let count = broker.as_ref().and_then(|b| partition_count(b, &spec.input)).unwrap_or(0);
         let mut partitions = Vec::new();
         for p in 0..count {
-            // A transaction in flight holds the committed offset back: the view shows the last
-            // one rather than wait for it.
-            let committed = tokio::time::timeout(
-                Duration::from_secs(2),
-                self.client.committed_offset(&spec.group(), &spec.input, p),
-            )
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten();
+            // The last committed position: a transaction in flight does not hold the view back.
+            let committed = self.client.last_committed_offset(&spec.group(), &spec.input, p).await.ok().flatten();
             let end = self.client.list_offset(&spec.input, p, -1).await.ok();
             partitions.push(PartitionProgress {
                 partition: p,

@@ -1057,12 +1057,28 @@ impl Client {
     /// The offset the group committed for the partition; None when it has none. Waits (up to the
     /// retry timeout) while an open transaction may still change it (require_stable).
     pub async fn committed_offset(&self, group_id: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
+        self.committed_offset_as(group_id, topic, partition, true).await
+    }
+
+    /// The last offset the group committed for the partition, not waiting for a transaction in
+    /// flight (for showing progress; a runner resuming must use [`Client::committed_offset`]).
+    pub async fn last_committed_offset(&self, group_id: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
+        self.committed_offset_as(group_id, topic, partition, false).await
+    }
+
+    async fn committed_offset_as(
+        &self,
+        group_id: &str,
+        topic: &str,
+        partition: i32,
+        require_stable: bool,
+    ) -> Result<Option<i64>> {
         let req = OffsetFetchRequest::default()
             .with_group_id(GroupId(sb(group_id)))
             .with_topics(Some(vec![OffsetFetchRequestTopic::default()
                 .with_name(TopicName(sb(topic)))
                 .with_partition_indexes(vec![partition])]))
-            .with_require_stable(true);
+            .with_require_stable(require_stable);
         let what = format!("committed offset of group {group_id} for {topic}-{partition}");
         self.with_coordinator(GROUP_COORDINATOR, group_id, |addr| {
             let (req, what) = (&req, &what);
