@@ -24,7 +24,6 @@ use fjord_transforms::spec::{
     self, DeployRequest, RegistryKey, Start, State, TransformSpec, LOGS_TOPIC, REGISTRY_TOPIC,
 };
 use futures::future::BoxFuture;
-use kafka_protocol::error::ResponseError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -874,13 +873,4 @@ pub fn status_of(r: &Refusal) -> (u16, &str) {
         400
     };
     (status, r.message.as_str())
-}
-
-/// The error code a refusal maps to, for logs.
-pub fn code_of(r: &Refusal) -> ResponseError {
-    if r.not_found {
-        ResponseError::UnknownTopicOrPartition
-    } else {
-        ResponseError::InvalidRequest
-    }
 }
