@@ -396,41 +396,69 @@ impl Client {
         timestamp: i64,
         read_committed: bool,
     ) -> Result<HashMap<i32, i64>, CliError> {
-        let leaders = self.leaders(topic)?;
-        let mut by_leader: HashMap<i32, Vec<i32>> = HashMap::new();
-        for (p, l) in leaders.iter().filter(|(p, _)| partitions.contains(p)) {
-            by_leader.entry(*l).or_default().push(*p);
-        }
+        // A leadership that moves between the metadata and the request (a topic just created,
+        // a failover) is answered NOT_LEADER_OR_FOLLOWER: look the leaders up again and ask
+        // again for what is still missing, as clients do.
+        let deadline = Instant::now() + RETRY_FOR;
         let mut out = HashMap::new();
-        for (leader, ps) in by_leader {
-            if leader < 0 {
-                return Err(CliError::failed(format!("topic {topic}: partitions {ps:?} have no leader")));
-            }
-            let mut t = list_offsets_request::ListOffsetsTopic::default();
-            t.name = TopicName(s(topic));
-            t.partitions = ps
-                .iter()
-                .map(|p| {
-                    let mut lp = list_offsets_request::ListOffsetsPartition::default();
-                    lp.partition_index = *p;
-                    lp.timestamp = timestamp;
-                    lp
-                })
-                .collect();
-            let mut req = ListOffsetsRequest::default();
-            req.replica_id = BrokerId(-1);
-            req.isolation_level = i8::from(read_committed);
-            req.topics = vec![t];
-            let r: ListOffsetsResponse = self.to(leader, ApiKey::ListOffsets, 7, &req)?;
-            for t in r.topics {
-                for p in t.partitions {
-                    if p.error_code != 0 {
-                        return Err(refusal(&format!("{topic}-{}: offsets", p.partition_index), p.error_code, None));
-                    }
-                    out.insert(p.partition_index, p.offset);
+        loop {
+            // Partitions still missing, with the refusal each got (0: it had no leader).
+            let mut missing: Vec<(i32, i16)> = Vec::new();
+            let mut by_leader: HashMap<i32, Vec<i32>> = HashMap::new();
+            for (p, l) in self.leaders(topic)? {
+                if partitions.contains(&p) && !out.contains_key(&p) {
+                    by_leader.entry(l).or_default().push(p);
                 }
             }
+            for (leader, ps) in by_leader {
+                if leader < 0 {
+                    missing.extend(ps.iter().map(|p| (*p, 0)));
+                    continue;
+                }
+                let req = list_offsets(topic, &ps, timestamp, read_committed);
+                let r: ListOffsetsResponse = self.to(leader, ApiKey::ListOffsets, 7, &req)?;
+                for p in r.topics.into_iter().flat_map(|t| t.partitions) {
+                    if p.error_code == 0 {
+                        out.insert(p.partition_index, p.offset);
+                    } else {
+                        missing.push((p.partition_index, p.error_code));
+                    }
+                }
+            }
+            let retriable =
+                |code: i16| code == 0 || ResponseError::try_from_code(code).is_some_and(|e| e.is_retriable());
+            let last_try = Instant::now() >= deadline;
+            if let Some(&(p, code)) = missing.iter().find(|(_, c)| !retriable(*c) || last_try) {
+                if code == 0 {
+                    return Err(CliError::failed(format!("topic {topic}: partition {p} has no leader")));
+                }
+                return Err(refusal(&format!("{topic}-{p}: offsets"), code, None));
+            }
+            if missing.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
         Ok(out)
     }
+}
+
+/// A ListOffsets request for `partitions` of `topic`, all at `timestamp`.
+fn list_offsets(topic: &str, partitions: &[i32], timestamp: i64, read_committed: bool) -> ListOffsetsRequest {
+    let mut t = list_offsets_request::ListOffsetsTopic::default();
+    t.name = TopicName(s(topic));
+    t.partitions = partitions
+        .iter()
+        .map(|p| {
+            let mut lp = list_offsets_request::ListOffsetsPartition::default();
+            lp.partition_index = *p;
+            lp.timestamp = timestamp;
+            lp
+        })
+        .collect();
+    let mut req = ListOffsetsRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.isolation_level = i8::from(read_committed);
+    req.topics = vec![t];
+    req
 }
