@@ -178,6 +178,17 @@ fn coordinator(cluster: &LocalCluster, group: &str) -> i32 {
     found
 }
 
+/// The index in `cluster` of the node coordinating `group`.
+fn coordinator_index(cluster: &LocalCluster, group: &str) -> usize {
+    usize::try_from(coordinator(cluster, group) - 1).expect("a node id from 1")
+}
+
+/// The JSON body of GET `path`, when it answers `status`.
+fn get_json(addr: &str, path: &str, status: u16) -> Option<Value> {
+    let (got, body) = http_get(addr, path)?;
+    (got == status).then(|| serde_json::from_str(&body).ok()).flatten()
+}
+
 #[test]
 fn a_cluster_node_is_ready_only_while_joined_and_caught_up() {
     let cluster = LocalCluster::start_proxied(3, &[]);
@@ -208,15 +219,28 @@ fn a_cluster_node_is_ready_only_while_joined_and_caught_up() {
         assert!(p["local"].is_object(), "node 3 holds a replica of every partition: {p}");
     }
 
-    // A group with lag, shown by its coordinator; another node names the coordinator.
-    let coord = coordinator(&cluster, "audit");
-    let c = usize::try_from(coord - 1).unwrap();
+    // A group with lag, shown by its coordinator; another node names the coordinator. The
+    // coordinator is looked up again on every try, as clients do: while the cluster settles the
+    // leadership of the group's __consumer_offsets partition may still move.
+    let mut c = 0;
     // NOT_COORDINATOR until the coordinator has loaded the group's partition.
-    wait_until(DEADLINE, "the offset commit taken", || try_commit(&mut cluster.conn(c), "audit", "events", 0, 1) == 0);
+    // The group's __consumer_offsets is created by the first FindCoordinator, 50 partitions of
+    // three replicas each: under a loaded test run their elections take a while.
+    let mut answers = Vec::new();
+    wait_until(2 * DEADLINE, "the offset commit taken", || {
+        c = coordinator_index(&cluster, "audit");
+        let code = try_commit(&mut cluster.conn(c), "audit", "events", 0, 1);
+        if answers.last() != Some(&(c, code)) {
+            eprintln!("offset commit at node {}: error code {code}", c + 1);
+            answers.push((c, code));
+        }
+        code == 0
+    });
     // The end offset is the high watermark, which Raft's own entries move too (as transaction
     // markers do in Kafka): the lag is measured from it.
     wait_until(DEADLINE, "the group's lag measured from the replica's high watermark", || {
-        let audit = http_json(&cluster.metrics[c], "/v1/groups/audit", 200);
+        c = coordinator_index(&cluster, "audit");
+        let Some(audit) = get_json(&cluster.metrics[c], "/v1/groups/audit", 200) else { return false };
         let parts = http_json(&cluster.metrics[c], "/v1/partitions?topic=events", 200);
         let hw = parts[0]["local"]["high_watermark"].as_i64();
         hw >= Some(3)
@@ -227,8 +251,10 @@ fn a_cluster_node_is_ready_only_while_joined_and_caught_up() {
     // Another node names the coordinator once the partition's leadership has reached its copy
     // of the metadata (the controller publishes it; under load that can take a moment).
     wait_until(DEADLINE, "another node naming the coordinator", || {
-        let elsewhere = http_json(&cluster.metrics[(c + 1) % 3], "/v1/groups/audit", 404);
-        elsewhere["error"].as_str().is_some_and(|e| e.contains(&format!("node {coord} coordinates it")))
+        c = coordinator_index(&cluster, "audit");
+        let elsewhere = get_json(&cluster.metrics[(c + 1) % 3], "/v1/groups/audit", 404);
+        elsewhere
+            .is_some_and(|e| e["error"].as_str().is_some_and(|e| e.contains(&format!("node {} coordinates it", c + 1))))
     });
     schemathesis(&cluster.metrics[c], "events", "audit");
 
