@@ -623,19 +623,39 @@ pub fn consume(cli: &Cli, topic: &str, opts: ConsumeOpts) -> Result<()> {
     let wanted = c.select_partitions(topic, &opts.partitions)?;
     let mut printed = 0u64;
     let mut member_id: Option<String> = None;
+    // A coordinator that moves (its __consumer_offsets partition changed leader) or a rebalance
+    // while joining: join again, as consumers do, for a bounded time.
+    let rejoin_until = Instant::now() + Duration::from_secs(60);
+    let rejoin = |e: &CliError| {
+        Instant::now() < rejoin_until
+            && e.code.is_some_and(|code| coordinator_moved(code) || matches!(code, 22 | 25 | 27))
+    };
     loop {
         let (membership, parts) = match &opts.group {
-            Some(g) => {
-                let (m, mine) = join(&mut c, g, topic, &all, member_id.as_deref())?;
-                member_id = Some(m.member_id.clone());
-                (Some(m), mine)
-            }
+            Some(g) => match join(&mut c, g, topic, &all, member_id.as_deref()) {
+                Ok((m, mine)) => {
+                    member_id = Some(m.member_id.clone());
+                    (Some(m), mine)
+                }
+                Err(e) if rejoin(&e) => {
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            },
             None => (None, wanted.clone()),
         };
         let mut positions: BTreeMap<i32, i64> = start_offsets(&mut c, topic, &parts, opts.start)?.into_iter().collect();
         if let Some(m) = &membership {
             // The group's committed offsets win where it has them.
-            let done = committed(&mut c, m.coordinator, &m.group)?;
+            let done = match committed(&mut c, m.coordinator, &m.group) {
+                Ok(done) => done,
+                Err(e) if rejoin(&e) => {
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             for (p, o) in positions.iter_mut() {
                 if let Some(at) = done.get(&(topic.to_string(), *p)) {
                     *o = *at;
@@ -651,7 +671,10 @@ pub fn consume(cli: &Cli, topic: &str, opts: ConsumeOpts) -> Result<()> {
             consume_assigned(cli, &mut c, topic, &opts, &mut positions, &ends, &mut printed, membership.as_mut())?;
         if let Some(m) = membership.as_ref().filter(|_| outcome == Outcome::Done) {
             if !positions.is_empty() {
-                commit(&mut c, m.coordinator, &m.group, m.generation, &m.member_id, topic, &positions)?;
+                // To the coordinator found again if it moved (it keeps the member and generation).
+                c.with_coordinator(&m.group, |c, at| {
+                    commit(c, at, &m.group, m.generation, &m.member_id, topic, &positions)
+                })?;
             }
             m.leave(&mut c);
         }

@@ -218,12 +218,7 @@ fn create(cli: &Cli, name: &str, partitions: Option<i32>, rf: Option<i16>, confi
     if t.error_code != 0 {
         return Err(refusal(&format!("creating topic {name}"), t.error_code, t.error_message.as_ref()));
     }
-    // Usable when this command returns: the answering node's metadata has it, every partition
-    // with a leader (a cluster node applies the controller's record a moment later).
-    let deadline = Instant::now() + crate::kafka::RETRY_FOR;
-    while Instant::now() < deadline && !c.topic(name).is_ok_and(|t| t.partitions.iter().all(|p| p.leader_id.0 >= 0)) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_usable(&mut c, name, t.num_partitions);
     let out = Created {
         name: name.to_string(),
         topic_id: t.topic_id.to_string(),
@@ -460,6 +455,20 @@ fn alter_config(cli: &Cli, name: &str, set: &[(String, String)], delete: &[Strin
     Ok(())
 }
 
+/// Usable when a command returns: waits (bounded) until the answering node's metadata shows
+/// `name` with at least `partitions` partitions, each with a leader (a cluster node applies the
+/// controller's record a moment after the controller answers).
+fn wait_usable(c: &mut Client, name: &str, partitions: i32) {
+    let deadline = Instant::now() + crate::kafka::RETRY_FOR;
+    let usable = |t: &kafka_protocol::messages::metadata_response::MetadataResponseTopic| {
+        t.partitions.len() >= usize::try_from(partitions).unwrap_or(0)
+            && t.partitions.iter().all(|p| p.leader_id.0 >= 0)
+    };
+    while Instant::now() < deadline && !c.topic(name).is_ok_and(|t| usable(&t)) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn add_partitions(cli: &Cli, name: &str, total: i32) -> Result<()> {
     let mut c = cli.kafka()?;
     let mut t = create_partitions_request::CreatePartitionsTopic::default();
@@ -474,6 +483,7 @@ fn add_partitions(cli: &Cli, name: &str, total: i32) -> Result<()> {
     if res.error_code != 0 {
         return Err(refusal(&format!("adding partitions to {name}"), res.error_code, res.error_message.as_ref()));
     }
+    wait_usable(&mut c, name, total);
     #[derive(Serialize)]
     struct Out {
         name: String,
