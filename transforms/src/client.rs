@@ -46,10 +46,10 @@ use kafka_protocol::messages::txn_offset_commit_request::{
     TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::{
-    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, ApiKey, ApiVersionsRequest, CreateTopicsRequest, EndTxnRequest,
-    FetchRequest, FindCoordinatorRequest, GroupId, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetFetchRequest, ProduceRequest, ProducerId, RequestHeader, ResponseHeader, TopicName, TransactionalId,
-    TxnOffsetCommitRequest,
+    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, ApiKey, ApiVersionsRequest, CreateTopicsRequest,
+    DeleteGroupsRequest, EndTxnRequest, FetchRequest, FindCoordinatorRequest, GroupId, InitProducerIdRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetFetchRequest, ProduceRequest, ProducerId, RequestHeader, ResponseHeader,
+    TopicName, TransactionalId, TxnOffsetCommitRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -83,6 +83,8 @@ pub mod versions {
     pub const END_TXN: i16 = 3;
     /// v7: require_stable (KIP-447), one group per request.
     pub const OFFSET_FETCH: i16 = 7;
+    /// v2: the first flexible one.
+    pub const DELETE_GROUPS: i16 = 2;
 }
 
 /// FindCoordinator key types.
@@ -1066,6 +1068,25 @@ impl Client {
         self.committed_offset_as(group_id, topic, partition, false).await
     }
 
+    /// Deletes `group_id` and its committed offsets (DeleteGroups). A group that does not exist
+    /// is no error; one with members is refused (NON_EMPTY_GROUP).
+    pub async fn delete_group(&self, group_id: &str) -> Result<()> {
+        let req = DeleteGroupsRequest::default().with_groups_names(vec![GroupId(sb(group_id))]);
+        let what = format!("deleting group {group_id}");
+        self.with_coordinator(GROUP_COORDINATOR, group_id, |addr| {
+            let (req, what) = (&req, &what);
+            async move {
+                let resp = self.send(&addr, versions::DELETE_GROUPS, req, Duration::ZERO).await?;
+                let code = resp.results.iter().find(|r| r.group_id.0.as_str() == group_id).map_or(0, |r| r.error_code);
+                match ResponseError::try_from_code(code) {
+                    None | Some(ResponseError::GroupIdNotFound) => Ok(()),
+                    Some(code) => Err(ClientError::kafka(what.as_str(), code, None)),
+                }
+            }
+        })
+        .await
+    }
+
     async fn committed_offset_as(
         &self,
         group_id: &str,
@@ -1362,75 +1383,130 @@ impl TxnProducer {
     }
 
     async fn send_inner(&mut self, topic: &str, partition: i32, records: Vec<ProducerRecord>) -> Result<Vec<i64>> {
-        let (pid, epoch) = self.open()?;
-        if records.is_empty() {
-            return Ok(Vec::new());
+        let mut written = self.send_many_inner(vec![(topic.to_string(), partition, records)]).await?;
+        Ok(written.pop().unwrap_or_default())
+    }
+
+    /// Writes to several partitions in the open transaction at once: one AddPartitionsToTxn for
+    /// those new to it, then every partition's Produce requests concurrently (each partition's
+    /// own in order), so a transaction spread over many partitions costs about one round trip
+    /// to their leaders, not one per partition.
+    /// Writes naming one partition twice go as one, in their order.
+    pub async fn send_many(&mut self, writes: Vec<(String, i32, Vec<ProducerRecord>)>) -> Result<()> {
+        let mut merged: Vec<(String, i32, Vec<ProducerRecord>)> = Vec::with_capacity(writes.len());
+        for (topic, partition, mut records) in writes {
+            match merged.iter_mut().find(|(t, p, _)| *t == topic && *p == partition) {
+                Some((_, _, to)) => to.append(&mut records),
+                None => merged.push((topic, partition, records)),
+            }
         }
-        let key = (topic.to_string(), partition);
-        if !self.txn.as_ref().is_some_and(|t| t.partitions.contains(&key)) {
+        let r = self.send_many_inner(merged).await.map(|_| ());
+        if r.as_ref().is_err_and(|e| !matches!(e, ClientError::State(_))) {
+            if let Some(t) = &mut self.txn {
+                t.failed = true;
+            }
+            self.needs_init = true;
+        }
+        self.note(r)
+    }
+
+    /// The offsets of each write's records, in the order of `writes` (each naming another
+    /// partition: they are written concurrently, each from its own next sequence number).
+    async fn send_many_inner(&mut self, writes: Vec<(String, i32, Vec<ProducerRecord>)>) -> Result<Vec<Vec<i64>>> {
+        let (pid, epoch) = self.open()?;
+        let mut new: Vec<(String, i32)> = Vec::new();
+        for (topic, partition, records) in &writes {
+            let key = (topic.clone(), *partition);
+            if !records.is_empty()
+                && !self.txn.as_ref().is_some_and(|t| t.partitions.contains(&key))
+                && !new.contains(&key)
+            {
+                new.push(key);
+            }
+        }
+        for (topic, partition) in &new {
             // A partition the cluster does not have fails here, at once (AddPartitionsToTxn would
             // answer UNKNOWN_TOPIC_OR_PARTITION, which is retriable).
-            match self.client.leader(topic, partition).await {
+            match self.client.leader(topic, *partition).await {
                 Err(e) if e.code() == Some(ResponseError::UnknownTopicOrPartition) => return Err(e),
                 _ => {}
             }
-            self.add_partition(pid, epoch, topic, partition).await?;
+        }
+        if !new.is_empty() {
+            self.add_partitions(pid, epoch, &new).await?;
             if let Some(t) = &mut self.txn {
-                t.partitions.insert(key.clone());
+                t.partitions.extend(new);
             }
         }
         let max = self.client.inner.config.max_batch_bytes;
-        let mut offsets = Vec::with_capacity(records.len());
-        let mut start = 0;
-        while start < records.len() {
-            let mut end = start;
-            let mut size = BATCH_HEADER;
-            while end < records.len() && (end == start || size + records[end].size_estimate() <= max) {
-                size += records[end].size_estimate();
-                end += 1;
+        let produces = writes.into_iter().map(|(topic, partition, records)| {
+            let first_sequence = self.sequences.get(&(topic.clone(), partition)).copied().unwrap_or(0);
+            let client = self.client.clone();
+            let id = self.transactional_id.clone();
+            async move {
+                let mut sequence = first_sequence;
+                let mut offsets = Vec::with_capacity(records.len());
+                for chunk in split_by_bytes(&records, max) {
+                    let producer = Producer { id: pid, epoch, base_sequence: sequence, transactional: true };
+                    let base = client.produce(&topic, partition, &id, encode_records(chunk, producer)).await?;
+                    sequence = advance_sequence(sequence, chunk.len());
+                    // -1 when the broker did not say (a duplicate, as old brokers answer one).
+                    offsets.extend((0..chunk.len() as i64).map(|i| if base < 0 { -1 } else { base + i }));
+                }
+                Ok::<_, ClientError>(((topic, partition), sequence, offsets))
             }
-            let chunk = &records[start..end];
-            let seq = self.sequences.get(&key).copied().unwrap_or(0);
-            let producer = Producer { id: pid, epoch, base_sequence: seq, transactional: true };
-            let batch = encode_records(chunk, producer);
-            let base = self.client.produce(topic, partition, &self.transactional_id, batch).await?;
-            self.sequences.insert(key.clone(), advance_sequence(seq, chunk.len()));
-            // -1 when the broker did not say (a duplicate, as old brokers answer one).
-            offsets.extend((0..chunk.len() as i64).map(|i| if base < 0 { -1 } else { base + i }));
-            start = end;
-        }
-        Ok(offsets)
+        });
+        let done = futures::future::try_join_all(produces).await?;
+        Ok(done
+            .into_iter()
+            .map(|(key, sequence, offsets)| {
+                self.sequences.insert(key, sequence);
+                offsets
+            })
+            .collect())
     }
 
-    async fn add_partition(&self, pid: i64, epoch: i16, topic: &str, partition: i32) -> Result<()> {
+    async fn add_partitions(&self, pid: i64, epoch: i16, partitions: &[(String, i32)]) -> Result<()> {
         let client = &self.client;
         let id = &self.transactional_id;
+        let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+        for (topic, partition) in partitions {
+            by_topic.entry(topic).or_default().push(*partition);
+        }
         let req = AddPartitionsToTxnRequest::default()
             .with_v3_and_below_transactional_id(TransactionalId(sb(id)))
             .with_v3_and_below_producer_id(ProducerId(pid))
             .with_v3_and_below_producer_epoch(epoch)
-            .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
-                .with_name(TopicName(sb(topic)))
-                .with_partitions(vec![partition])]);
-        let what = format!("AddPartitionsToTxn of {topic}-{partition} for {id}");
+            .with_v3_and_below_topics(
+                by_topic
+                    .iter()
+                    .map(|(topic, ps)| {
+                        AddPartitionsToTxnTopic::default().with_name(TopicName(sb(topic))).with_partitions(ps.clone())
+                    })
+                    .collect(),
+            );
+        let what = format!("AddPartitionsToTxn of {} partitions for {id}", partitions.len());
         client
             .with_coordinator(TXN_COORDINATOR, id, |addr| {
                 let (req, what) = (&req, &what);
                 async move {
                     let resp = client.send(&addr, versions::ADD_PARTITIONS_TO_TXN, req, Duration::ZERO).await?;
                     txn_result(resp.error_code, what, None)?;
-                    let code = resp
-                        .results_by_topic_v3_and_below
-                        .iter()
-                        .filter(|t| t.name.0.as_str() == topic)
-                        .flat_map(|t| t.results_by_partition.iter())
-                        .find(|p| p.partition_index == partition)
-                        .map(|p| p.partition_error_code)
-                        .ok_or_else(|| ClientError::Protocol {
-                            addr: addr.clone(),
-                            message: format!("{what}: no answer"),
-                        })?;
-                    txn_result(code, what, None)
+                    for (topic, partition) in partitions {
+                        let code = resp
+                            .results_by_topic_v3_and_below
+                            .iter()
+                            .filter(|t| t.name.0.as_str() == topic)
+                            .flat_map(|t| t.results_by_partition.iter())
+                            .find(|p| p.partition_index == *partition)
+                            .map(|p| p.partition_error_code)
+                            .ok_or_else(|| ClientError::Protocol {
+                                addr: addr.clone(),
+                                message: format!("{what}: no answer for {topic}-{partition}"),
+                            })?;
+                        txn_result(code, &format!("AddPartitionsToTxn of {topic}-{partition} for {id}"), None)?;
+                    }
+                    Ok(())
                 }
             })
             .await
@@ -1588,6 +1664,24 @@ impl TxnProducer {
 }
 
 /// One uncompressed v2 batch of `records` (base offset 0, the log assigns it).
+/// `records` cut into batches of at most `max` bytes (by their size estimates; a record larger
+/// than that goes alone).
+fn split_by_bytes(records: &[ProducerRecord], max: usize) -> Vec<&[ProducerRecord]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < records.len() {
+        let mut end = start;
+        let mut size = BATCH_HEADER;
+        while end < records.len() && (end == start || size + records[end].size_estimate() <= max) {
+            size += records[end].size_estimate();
+            end += 1;
+        }
+        out.push(&records[start..end]);
+        start = end;
+    }
+    out
+}
+
 fn encode_records(records: &[ProducerRecord], producer: Producer) -> Bytes {
     type Headers<'a> = Vec<(&'a [u8], Option<&'a [u8]>)>;
     let headers: Vec<Headers<'_>> =

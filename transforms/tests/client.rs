@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use fjord_storage::records::Record;
 use fjord_transforms::client::{
-    Client, ClientError, FetchResult, OutOfRange, ProducerRecord, TxnProducer, EARLIEST, LATEST,
+    Client, ClientConfig, ClientError, FetchResult, OutOfRange, ProducerRecord, TxnProducer, EARLIEST, LATEST,
 };
 use kafka_protocol::error::ResponseError;
 
@@ -227,6 +227,43 @@ async fn committed_transaction_is_read_back_exactly() {
     assert_eq!(client.committed_offset("exact-group", "in", 0).await.expect("committed"), Some(42));
     assert_eq!(client.committed_offset("other-group", "in", 0).await.expect("committed"), None);
     assert!(!producer.in_transaction());
+}
+
+/// One transaction written to many partitions at once (`send_many`): batches cut by size, a
+/// partition named twice written in order, every record read back once in its partition, in
+/// order, and a second transaction continuing each partition's sequence numbers.
+#[tokio::test]
+async fn a_transaction_writes_many_partitions_at_once() {
+    let broker = Broker::start();
+    let config = ClientConfig { max_batch_bytes: 2_000, ..ClientConfig::default() };
+    let client = Client::with_config(vec![broker.addr.clone()], "transforms-client-test", config);
+    create(&client, "wide", 4).await;
+    let mut producer = TxnProducer::new(&client, "wide-writer");
+    producer.init(60_000).await.expect("init");
+    let t = now_ms();
+    let batch = |p: i32, from: usize, n: usize| -> Vec<ProducerRecord> {
+        (from..from + n)
+            .map(|i| record(t, &format!("k{p}"), &format!("p{p}-{i:03}-{}", "x".repeat(100)), &[]))
+            .collect()
+    };
+    for round in 0..2 {
+        producer.begin().expect("begin");
+        let mut writes: Vec<(String, i32, Vec<ProducerRecord>)> =
+            (0..4).map(|p| ("wide".to_string(), p, batch(p, round * 100, 60))).collect();
+        // Partition 1 again: its records follow the first 60 of the call.
+        writes.push(("wide".to_string(), 1, batch(1, round * 100 + 60, 40)));
+        producer.send_many(writes).await.expect("send_many");
+        producer.commit().await.expect("commit");
+    }
+    for p in 0..4 {
+        let (got, _) = read_all(&client, "wide", p, true).await;
+        let per_round = if p == 1 { 100 } else { 60 };
+        let want: Vec<String> = (0..2)
+            .flat_map(|round| (round * 100..round * 100 + per_round).map(move |i| format!("p{p}-{i:03}")))
+            .collect();
+        let got: Vec<String> = values(&got).into_iter().map(|v| v[..v.len() - 101].to_string()).collect();
+        assert_eq!(got, want, "partition {p}");
+    }
 }
 
 /// An aborted transaction's records reach read_uncommitted consumers only, and its offsets never
