@@ -61,6 +61,8 @@ struct Registry {
 
 struct Running {
     version: u64,
+    /// The consumer group the runner keeps its progress in.
+    group: String,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Ended>,
 }
@@ -629,20 +631,50 @@ impl Transforms {
             }
         }
         let mut to_start = Vec::new();
+        // Progress groups of transforms deleted (or redeployed on another input, which starts a
+        // new group), with the runners here that wrote to them.
+        let mut orphaned: HashMap<String, Vec<tokio::task::JoinHandle<Ended>>> = HashMap::new();
+        // Transforms whose runner count here is reported after this pass.
+        let mut gauged: HashSet<String> = specs.iter().map(|s| s.name.clone()).collect();
         {
+            let live_groups: HashSet<String> = specs.iter().map(|s| s.group()).collect();
             let mut runners = self.runners.lock().unwrap_or_else(|e| e.into_inner());
-            runners.retain(|key, r| {
-                let keep = !r.task.is_finished() && wanted.get(key).is_some_and(|s| s.version == r.version);
-                if !keep {
-                    let _ = r.stop.send(true);
+            let ended: Vec<(String, i32)> = runners
+                .iter()
+                .filter(|(key, r)| r.task.is_finished() || wanted.get(*key).is_none_or(|s| s.version != r.version))
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in ended {
+                gauged.insert(key.0.clone());
+                let Some(r) = runners.remove(&key) else { continue };
+                let _ = r.stop.send(true);
+                if !live_groups.contains(&r.group) {
+                    orphaned.entry(r.group).or_default().push(r.task);
                 }
-                keep
-            });
+            }
             for (key, s) in &wanted {
                 if !runners.contains_key(key) {
                     to_start.push((key.1, s.clone()));
                 }
             }
+        }
+        for (group, tasks) in orphaned {
+            // Once this node's runners of it have ended (their last transaction is over), the
+            // group goes, so that consumer-group listings do not keep it forever. Every node
+            // that ran some of its runners deletes it after its own: the last one to stop
+            // removes what the others committed before.
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                for t in tasks {
+                    let _ = t.await;
+                }
+                match client.delete_group(&group).await {
+                    Ok(()) => tracing::info!(group = %group, "progress group of a removed transform deleted"),
+                    Err(e) => {
+                        tracing::warn!(group = %group, error = %e, "progress group of a removed transform not deleted")
+                    }
+                }
+            });
         }
         // Lookup tables of versions no runner needs any more stop reading.
         {
@@ -687,10 +719,16 @@ impl Transforms {
                 ended
             });
             tracing::info!(transform = %spec.name, partition, version = spec.version, "transform runner started");
-            self.runners
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert((spec.name.clone(), partition), Running { version: spec.version, stop: stop_tx, task });
+            self.runners.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                (spec.name.clone(), partition),
+                Running { version: spec.version, group: spec.group(), stop: stop_tx, task },
+            );
+        }
+        // Runners here per transform (a removed one's last value is 0).
+        let runners = self.runners.lock().unwrap_or_else(|e| e.into_inner());
+        for name in gauged {
+            let here = runners.keys().filter(|(n, _)| *n == name).count();
+            metrics::gauge!("fjord_transform_runners", "transform" => name).set(here as f64);
         }
     }
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use fjord_compat_tests::cluster::LocalCluster;
 use fjord_compat_tests::{
-    clients_dir, fjordctl_bin, free_addr, http_json, kcat_produce, python, run_client, wait_until, BrokerProcess,
+    clients_dir, fjordctl_bin, free_addr, http_json, kcat_produce, python, run_client, scrape_metrics, wait_until,
+    BrokerProcess,
 };
 use serde_json::{json, Value};
 
@@ -65,6 +66,22 @@ fn wait_caught_up(admin: &str, name: &str, timeout: Duration) -> Value {
             && parts.iter().all(|p| p["committed_offset"].is_i64() && p["committed_offset"] == p["end_offset"])
     });
     last
+}
+
+/// The value of the series `series` (a metric name with its labels, as the Prometheus page
+/// writes them) on the node whose admin API is `admin`; 0 while it is not on the page.
+fn metric(admin: &str, series: &str) -> f64 {
+    scrape_metrics(admin, "fjord_")
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The consumer groups the broker at `bootstrap` lists (fjordctl group list).
+fn groups(admin: &str, bootstrap: &str) -> Vec<String> {
+    let listed: Value = serde_json::from_str(&fjordctl_ok(admin, &["-b", bootstrap, "-o", "json", "group", "list"]))
+        .expect("group list is JSON");
+    listed.as_array().expect("a list").iter().filter_map(|g| g["group"].as_str().map(String::from)).collect()
 }
 
 fn topics(bootstrap: &str, spec: Value) {
@@ -153,6 +170,26 @@ fn every_example_deployed_with_fjordctl_writes_exactly_its_outputs() {
     for (name, _) in &deploys {
         run_client(&mut py(&["check", &b, name, &n]), Duration::from_secs(120));
     }
+    // The node's metrics count what went through: identity writes one record per input, filter
+    // fewer; each input partition has a runner here and no lag.
+    let series = |m: &str, t: &str| format!("fjord_transform_{m}{{transform=\"{t}\"}}");
+    let identity_in = metric(&admin, &series("records_in_total", "identity"));
+    assert!(identity_in >= N as f64, "identity read {identity_in} of {N} records");
+    if metric(&admin, &series("restarts_total", "identity")) == 0.0 {
+        assert_eq!(identity_in, N as f64, "identity read each input once");
+    }
+    assert_eq!(metric(&admin, &series("records_out_total", "identity")), identity_in);
+    let filtered = metric(&admin, &series("records_out_total", "filter"));
+    assert!(
+        filtered > 0.0 && filtered < metric(&admin, &series("records_in_total", "filter")),
+        "filter wrote {filtered}"
+    );
+    assert_eq!(metric(&admin, &series("runners", "identity")), 3.0);
+    assert!(metric(&admin, &series("batch_seconds_count", "enrich")) >= 1.0);
+    for p in 0..3 {
+        let lag = format!("fjord_transform_lag_records{{transform=\"identity\",partition=\"{p}\"}}");
+        wait_until(Duration::from_secs(30), "identity's lag reported as none", || metric(&admin, &lag) == 0.0);
+    }
     // list and describe show them; -o json is machine-readable.
     let listed: Value = serde_json::from_str(&fjordctl_ok(&admin, &["-o", "json", "transform", "list"])).expect("JSON");
     assert_eq!(listed.as_array().map(Vec::len), Some(deploys.len()), "{listed}");
@@ -164,6 +201,9 @@ fn every_example_deployed_with_fjordctl_writes_exactly_its_outputs() {
     // Pause: new input waits; resume: it is processed, once.
     fjordctl_ok(&admin, &["transform", "pause", "identity"]);
     assert_eq!(describe(&admin, "identity")["state"], "paused");
+    wait_until(Duration::from_secs(30), "identity's runners stopped", || {
+        metric(&admin, &series("runners", "identity")) == 0.0
+    });
     kcat_produce(
         &b,
         "events",
@@ -174,11 +214,16 @@ fn every_example_deployed_with_fjordctl_writes_exactly_its_outputs() {
     );
     fjordctl_ok(&admin, &["transform", "resume", "identity"]);
     wait_caught_up(&admin, "identity", Duration::from_secs(60));
-    // Delete: gone from the list, and its name can be deployed afresh.
+    // Delete: gone from the list, and so is the group that kept its progress.
+    let progress = |g: &String| g.starts_with("__fjord.transform.route.");
+    assert_eq!(groups(&admin, &b).iter().filter(|g| progress(g)).count(), 1, "route's progress group is listed");
     fjordctl_ok(&admin, &["transform", "delete", "route"]);
     let out = fjordctl(&admin, &["transform", "describe", "route"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no transform named route"), "{out:?}");
+    wait_until(Duration::from_secs(30), "route's progress group deleted", || !groups(&admin, &b).iter().any(progress));
+    assert!(groups(&admin, &b).iter().any(|g| g.starts_with("__fjord.transform.identity.")), "others' groups stay");
+    assert_eq!(metric(&admin, &series("runners", "route")), 0.0);
 }
 
 /// WebAssembly text for a module with the ABI's exports whose `fjord_on_batch` body is `body`.
@@ -284,6 +329,7 @@ fn broken_modules_are_refused_or_paused_and_the_node_serves_on() {
         assert!(logs.contains("paused") && logs.contains(says), "{name} logs: {logs}");
         // Nothing of the failed batches was written.
         assert_eq!(d["partitions"][0]["committed_offset"], Value::Null, "{d}");
+        assert_eq!(metric(&admin, &format!("fjord_transform_failures_total{{transform=\"{name}\"}}")), 1.0);
     }
     // The node serves on: produce and fetch on it still work.
     kcat_produce(&b, "in", "none", 0, &[], "k:third\n");

@@ -78,6 +78,8 @@ impl Runner {
                 Err(e) => {
                     tracing::debug!(transform = %self.spec.name, partition = self.partition, error = %e,
                         "transform runner restarts from its committed position");
+                    metrics::counter!("fjord_transform_restarts_total", "transform" => self.spec.name.clone())
+                        .increment(1);
                     let stop = self.stop.clone();
                     if stopped_within(stop, backoff).await {
                         return Ended::Stopped;
@@ -144,12 +146,15 @@ impl Runner {
                 // Only control records (markers) or nothing: nothing to write; their offsets are
                 // passed over and counted at the next committed batch.
                 position = position.max(fetched.next_offset);
+                self.report_lag(fetched.last_stable_offset, position);
                 continue;
             }
             let next = fetched.next_offset.max(fetched.records.last().map_or(position, |r| r.offset + 1));
+            let input_end = fetched.last_stable_offset;
             let records = fetched.records;
             let count_in = records.len() as u64;
             let mut g = guest.take().expect("a live instance");
+            let started = std::time::Instant::now();
             let ran = tokio::task::spawn_blocking(move || {
                 let mut out = engine::BatchOutput::default();
                 for chunk in chunks(&records, batch_bytes) {
@@ -169,6 +174,8 @@ impl Runner {
             .await
             .map_err(|e| ClientError::State(format!("transform task: {e}")))?;
             let (g, ran) = ran;
+            metrics::histogram!("fjord_transform_batch_seconds", "transform" => spec.name.clone())
+                .record(started.elapsed().as_secs_f64());
             let out = match ran {
                 Ok(out) => out,
                 Err((message, logs)) => {
@@ -183,6 +190,7 @@ impl Runner {
             }
             metrics::counter!("fjord_transform_records_in_total", "transform" => spec.name.clone()).increment(count_in);
             position = next;
+            self.report_lag(input_end, position);
         }
     }
 
@@ -204,18 +212,23 @@ impl Runner {
                 let partition = partition_for(record.key.as_deref(), self.partition, count);
                 by_partition.entry((output, partition)).or_default().push(record);
             }
-            for ((output, partition), records) in by_partition {
-                let records = records
-                    .into_iter()
-                    .map(|r| ProducerRecord {
-                        timestamp: r.timestamp,
-                        key: r.key.map(Into::into),
-                        value: r.value.map(Into::into),
-                        headers: r.headers.into_iter().map(|(k, v)| (k.into(), v.map(Into::into))).collect(),
-                    })
-                    .collect();
-                producer.send(&spec.outputs[output], partition, records).await?;
-            }
+            let writes = by_partition
+                .into_iter()
+                .map(|((output, partition), records)| {
+                    let records = records
+                        .into_iter()
+                        .map(|r| ProducerRecord {
+                            timestamp: r.timestamp,
+                            key: r.key.map(Into::into),
+                            value: r.value.map(Into::into),
+                            headers: r.headers.into_iter().map(|(k, v)| (k.into(), v.map(Into::into))).collect(),
+                        })
+                        .collect();
+                    (spec.outputs[output].clone(), partition, records)
+                })
+                .collect();
+            // Every output partition's records go at once.
+            producer.send_many(writes).await?;
             producer.send_offsets(&spec.group(), &[(spec.input.clone(), self.partition, next)]).await?;
             producer.commit().await
         }
@@ -246,7 +259,16 @@ impl Runner {
         self.client.list_offset(&self.spec.input, self.partition, -2).await
     }
 
+    /// Sets the lag gauge: committed input (up to the last stable offset, which a
+    /// read_committed reader reaches) not yet transformed.
+    fn report_lag(&self, input_end: i64, position: i64) {
+        metrics::gauge!("fjord_transform_lag_records", "transform" => self.spec.name.clone(),
+            "partition" => self.partition.to_string())
+        .set((input_end - position).max(0) as f64);
+    }
+
     async fn fail(&self, message: String, mut logs: Vec<LogLine>) -> Ended {
+        metrics::counter!("fjord_transform_failures_total", "transform" => self.spec.name.clone()).increment(1);
         let message = format!("partition {}: {message}", self.partition);
         tracing::warn!(transform = %self.spec.name, error = %message, "transform paused");
         logs.push(LogLine { level: engine::Level::Error, message: format!("paused: {message}") });
