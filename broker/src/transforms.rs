@@ -38,6 +38,9 @@ pub const RPC_INTERNAL_APPEND: u8 = fjord_replication::node::SERVICE_RPC_BASE + 
 const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
 /// How long a registry or logs write may take to commit.
 const WRITE_WAIT: Duration = Duration::from_secs(15);
+/// The most log line bytes one `logs` call reads from the logs topic (what it found by then is
+/// answered).
+const LOGS_SCAN_MAX_BYTES: usize = 64 << 20;
 /// How long to wait for lookup tables to be read before a runner starts anyway.
 const LOOKUPS_READY_WAIT: Duration = Duration::from_secs(30);
 
@@ -434,7 +437,14 @@ impl Transforms {
     /// Creates the registry and logs topics on first use.
     async fn ensure_topics(&self, broker: &Arc<Broker>) -> Result<(), String> {
         let logs: BTreeMap<String, String> =
-            [("cleanup.policy", "delete"), ("retention.ms", "604800000"), ("segment.bytes", "16777216")]
+            // A week of lines, and at most 1 GiB of them: a module logging on every record must
+            // not fill the disk.
+            [
+                ("cleanup.policy", "delete"),
+                ("retention.ms", "604800000"),
+                ("retention.bytes", "1073741824"),
+                ("segment.bytes", "16777216"),
+            ]
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
@@ -521,50 +531,51 @@ impl Transforms {
         }
     }
 
-    /// The newest `limit` log lines of `name`, oldest first.
+    /// The newest `limit` log lines of `name`, oldest first. The logs topic holds every
+    /// transform's lines for a week, so it is read backwards from its end, in windows that
+    /// double until `limit` lines are found or its start is reached; at most
+    /// `LOGS_SCAN_MAX_BYTES` are read per call.
     pub async fn logs(&self, name: &str, limit: usize) -> Result<Vec<LogView>, Refusal> {
         self.catch_up().await.map_err(Refusal::unavailable)?;
         let Some(broker) = self.broker() else { return Ok(vec![]) };
         if partition_count(&broker, LOGS_TOPIC).is_none() {
             return Ok(vec![]);
         }
-        let mut at =
-            self.client.list_offset(LOGS_TOPIC, 0, -2).await.map_err(|e| Refusal::unavailable(e.to_string()))?;
-        let end = self.client.list_offset(LOGS_TOPIC, 0, -1).await.map_err(|e| Refusal::unavailable(e.to_string()))?;
-        let mut lines = std::collections::VecDeque::new();
-        while at < end {
-            let f = self
-                .client
-                .fetch(LOGS_TOPIC, 0, at, 8 << 20, 0, true)
-                .await
-                .map_err(|e| Refusal::unavailable(e.to_string()))?;
-            if f.next_offset <= at {
-                break;
-            }
-            at = f.next_offset;
-            for r in f.records {
-                if r.key.as_deref() != Some(name.as_bytes()) {
-                    continue;
+        let unavailable = |e: fjord_transforms::client::ClientError| Refusal::unavailable(e.to_string());
+        let start = self.client.list_offset(LOGS_TOPIC, 0, -2).await.map_err(unavailable)?;
+        let end = self.client.list_offset(LOGS_TOPIC, 0, -1).await.map_err(unavailable)?;
+        let mut found: std::collections::VecDeque<LogView> = std::collections::VecDeque::new();
+        let mut window = i64::try_from(limit).unwrap_or(i64::MAX).clamp(256, 1 << 20) * 4;
+        let mut upper = end;
+        let mut scanned = 0usize;
+        while upper > start && found.len() < limit && scanned < LOGS_SCAN_MAX_BYTES {
+            let lower = upper.saturating_sub(window).max(start);
+            let mut lines = Vec::new();
+            let mut at = lower;
+            while at < upper {
+                let f = self.client.fetch(LOGS_TOPIC, 0, at, 8 << 20, 0, true).await.map_err(unavailable)?;
+                if f.next_offset <= at {
+                    break;
                 }
-                let header = |k: &str| {
-                    r.headers
-                        .iter()
-                        .find(|(hk, _)| hk.as_ref() == k.as_bytes())
-                        .and_then(|(_, v)| v.as_deref())
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                };
-                lines.push_back(LogView {
-                    timestamp: r.timestamp,
-                    level: header("level").unwrap_or_else(|| "info".into()),
-                    partition: header("partition").and_then(|p| p.parse().ok()),
-                    message: r.value.as_deref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default(),
-                });
-                if lines.len() > limit {
-                    lines.pop_front();
+                at = f.next_offset;
+                for r in f.records.into_iter().filter(|r| r.offset < upper) {
+                    scanned += r.value.as_ref().map_or(0, |v| v.len());
+                    if r.key.as_deref() == Some(name.as_bytes()) {
+                        lines.push(log_view(r));
+                    }
                 }
             }
+            // This window's lines come before everything found so far.
+            for line in lines.into_iter().rev() {
+                found.push_front(line);
+            }
+            upper = lower;
+            window = window.saturating_mul(2);
         }
-        Ok(lines.into())
+        while found.len() > limit {
+            found.pop_front();
+        }
+        Ok(found.into())
     }
 
     async fn write_logs(&self, name: &str, partition: Option<i32>, lines: Vec<LogLine>) {
@@ -798,6 +809,23 @@ impl runner::Host for HostLink {
 }
 
 /// Supervises this node's runners until shutdown.
+/// A log line of the logs topic as the admin API shows it.
+fn log_view(r: fjord_storage::records::Record) -> LogView {
+    let header = |k: &str| {
+        r.headers
+            .iter()
+            .find(|(hk, _)| hk.as_ref() == k.as_bytes())
+            .and_then(|(_, v)| v.as_deref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    LogView {
+        timestamp: r.timestamp,
+        level: header("level").unwrap_or_else(|| "info".into()),
+        partition: header("partition").and_then(|p| p.parse().ok()),
+        message: r.value.as_deref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default(),
+    }
+}
+
 pub async fn supervise_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let Some(t) = broker.transforms.get().cloned() else { return };
     drop(broker);

@@ -486,4 +486,52 @@ fn start_points_and_guest_log_lines() {
         serde_json::from_str(&fjordctl_ok(&admin, &["-o", "json", "transform", "logs", "chatty", "-n", "1"]))
             .expect("JSON");
     assert_eq!(json.as_array().map(Vec::len), Some(1), "-n 1 gives one line: {json}");
+
+    // Another module's 2,000 lines per batch after chatty's: `logs` reads the logs topic back
+    // from its end in widening windows, and still finds chatty's lines behind them, in order.
+    let loud = wat::parse_str(
+        r#"(module
+            (import "fjord" "log" (func $log (param i32 i32 i32)))
+            (memory (export "memory") 2)
+            (data (i32.const 100) "loud line.")
+            (func (export "fjord_abi_version") (result i32) i32.const 1)
+            (func (export "fjord_alloc") (param i32) (result i32) i32.const 1024)
+            (func (export "fjord_on_batch") (param i32 i32) (result i32) (local $i i32)
+                (loop $again
+                    (call $log (i32.const 2) (i32.const 100) (i32.const 10))
+                    (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                    (br_if $again (i32.lt_u (local.get $i) (i32.const 2000))))
+                i32.const 0))"#,
+    )
+    .expect("wat");
+    let loud = write_module(&dir, "loud", &loud);
+    let deploy = [
+        "transform",
+        "deploy",
+        "loud",
+        "--module",
+        &loud,
+        "--input",
+        "src",
+        "--output",
+        "from-time",
+        "--from",
+        "earliest",
+    ];
+    fjordctl_ok(&admin, &deploy);
+    wait_caught_up(&admin, "loud", Duration::from_secs(60));
+    let lines = |name: &str, n: &str| -> Vec<Value> {
+        let out = fjordctl_ok(&admin, &["-o", "json", "transform", "logs", name, "-n", n]);
+        serde_json::from_str::<Value>(&out).expect("JSON").as_array().cloned().unwrap_or_default()
+    };
+    wait_until(Duration::from_secs(30), "loud's lines", || lines("loud", "10000").len() >= 2000);
+    let loud_lines = lines("loud", "10000");
+    assert!(loud_lines.iter().all(|l| l["message"] == "loud line."), "only loud's own lines");
+    assert_eq!(lines("loud", "3").len(), 3);
+    let chatty_lines = lines("chatty", "2");
+    let messages: Vec<&str> = chatty_lines.iter().filter_map(|l| l["message"].as_str()).collect();
+    assert_eq!(messages.len(), 2, "{chatty_lines:?}");
+    assert!(messages.iter().all(|m| m.contains("hello from the guest") || m.contains("printed line")), "{messages:?}");
+    let all_chatty = lines("chatty", "10000");
+    assert_eq!(&all_chatty[all_chatty.len() - 2..], &chatty_lines[..], "the newest two, oldest first");
 }
