@@ -64,6 +64,13 @@ impl Runner {
     /// Runs until stopped, fenced, no longer the leader, or the module fails. Transient errors
     /// (a moved coordinator or output leader, a timeout) restart from the committed position.
     pub async fn run(mut self) -> Ended {
+        let ended = self.run_sessions().await;
+        // The partition's lag is reported by whichever node runs it next; this one's would stay.
+        self.report_lag(0, 0);
+        ended
+    }
+
+    async fn run_sessions(&mut self) -> Ended {
         let mut backoff = Duration::from_millis(100);
         loop {
             if *self.stop.borrow() {
