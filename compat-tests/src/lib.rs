@@ -17,7 +17,10 @@ pub mod s3;
 pub mod wire;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, RequestHeader,
+    ResponseHeader,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 /// This package's directory. Cargo sets it at run time for tests and `cargo run`; the
@@ -377,11 +380,99 @@ pub fn run_to_exit(cmd: &mut Command, timeout: Duration) -> (Option<std::process
 }
 
 /// Polls `cond` until it holds or the deadline passes.
-pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+pub fn wait_until(timeout: Duration, what: &str, cond: impl FnMut() -> bool) {
+    assert!(poll_until(timeout, cond), "timed out waiting for {what}");
+}
+
+/// Polls `cond` until it holds (true) or `timeout` passes (false): `wait_until` for a caller
+/// that does something else when the time is up.
+pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The answers to a Produce after which a client looks the partition's leader up again and
+/// resends: LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER (the leadership moved) and
+/// REQUEST_TIMED_OUT (the replicas did not commit it in time, as during an election).
+pub const LEADER_MOVED: [i16; 3] = [5, 6, 7];
+
+/// Sends `req`, an acks=all or acks=1 Produce to one partition, to the node `leader()` names,
+/// and again to the node it names next after a `LEADER_MOVED` answer or a closed connection,
+/// as Kafka's clients follow a partition's leader, for up to a minute; returns the first other
+/// answer's (error code, base offset). A plain batch sent again may be stored twice (a leader
+/// that lost its leadership after appending it answers NOT_LEADER_OR_FOLLOWER, and its successor
+/// may still commit the entry); an [`IdempotentProducer`]'s is stored once.
+pub fn produce_following(mut leader: impl FnMut() -> RawConn, req: &ProduceRequest) -> (i16, i64) {
+    let mut answer = None;
+    wait_until(Duration::from_secs(60), "a produce answered by the partition's leader", || {
+        let Some(r) = leader().try_call::<_, ProduceResponse>(ApiKey::Produce, 9, req) else { return false };
+        let p = &r.responses[0].partition_responses[0];
+        answer = Some((p.error_code, p.base_offset));
+        !LEADER_MOVED.contains(&p.error_code)
+    });
+    answer.expect("answered")
+}
+
+/// An idempotent producer of raw batches, as Kafka's clients write by default: a producer id
+/// from InitProducerId and a sequence number per partition, so that a batch sent again after
+/// the leadership moved (`produce_following`) is answered by the leader that holds it with its
+/// first offsets instead of being stored twice.
+pub struct IdempotentProducer {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// The next sequence number of each (topic, partition).
+    sequences: std::collections::BTreeMap<(String, i32), i32>,
+}
+
+impl IdempotentProducer {
+    /// A producer id from the node `conn()` reaches (asked again while none can be given).
+    pub fn new(mut conn: impl FnMut() -> RawConn) -> IdempotentProducer {
+        let mut req = InitProducerIdRequest::default();
+        req.transactional_id = None;
+        let mut id = (-1, -1);
+        wait_until(Duration::from_secs(60), "a producer id", || {
+            let Some(r) = conn().try_call::<_, InitProducerIdResponse>(ApiKey::InitProducerId, 4, &req) else {
+                return false;
+            };
+            // COORDINATOR_NOT_AVAILABLE: no producer id block could be had from the controller.
+            assert!(matches!(r.error_code, 0 | 15), "InitProducerId: error {}", r.error_code);
+            id = (r.producer_id.0, r.producer_epoch);
+            r.error_code == 0
+        });
+        IdempotentProducer { producer_id: id.0, epoch: id.1, sequences: Default::default() }
+    }
+
+    /// The next batch of `values` to `partition` of `topic`, numbered after the previous one.
+    /// It is expected to be stored: the sequence moves on whatever the answer. (A producer whose
+    /// newest batch is stamped more than `producer.id.expiration.ms` ago is forgotten, so the
+    /// timestamp is best the current time.)
+    pub fn batch(&mut self, topic: &str, partition: i32, values: &[&[u8]], timestamp: i64) -> Bytes {
+        let seq = self.sequences.entry((topic.to_string(), partition)).or_insert(0);
+        let b = wire::idempotent_batch(values, timestamp, self.producer_id, self.epoch, *seq);
+        *seq += values.len() as i32;
+        b
+    }
+
+    /// The next batch, produced with acks=all to the leader `leader()` names
+    /// (`produce_following`): the answer's (error code, base offset).
+    pub fn send(
+        &mut self,
+        leader: impl FnMut() -> RawConn,
+        topic: &str,
+        partition: i32,
+        values: &[&[u8]],
+        timestamp: i64,
+    ) -> (i16, i64) {
+        let b = self.batch(topic, partition, values, timestamp);
+        produce_following(leader, &wire::produce_request(topic, partition, b))
     }
 }
 

@@ -13,11 +13,11 @@ use bytes::Bytes;
 use fjord_compat_tests::cluster::LocalCluster;
 use fjord_compat_tests::jepsen::{create_topic, now_ns, stop_and_judge, Run, Workload};
 use fjord_compat_tests::proxy::LinkMode;
-use fjord_compat_tests::wait_until;
 use fjord_compat_tests::wire::{
-    batch, describe_config, fetch, fetch_version, list_offset, produce, produce_request, topic_metadata,
+    batch, describe_config, fetch, fetch_version, produce, produce_request, topic_metadata,
 };
-use kafka_protocol::messages::{ApiKey, ProduceResponse};
+use fjord_compat_tests::{produce_following, wait_until, IdempotentProducer, RawConn, LEADER_MOVED};
+use kafka_protocol::messages::{ApiKey, ListOffsetsResponse, ProduceResponse};
 
 const NODES: usize = 3;
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -56,16 +56,57 @@ fn leader_of(cluster: &LocalCluster, alive: &[usize], topic: &str, p: i32, isr: 
     }
 }
 
-/// Reads partition `p` from `from` until `n` records are there (the high watermark covers
-/// them): a new leader serves reads once it has committed an entry of its own term.
-fn read_all(cluster: &LocalCluster, from: usize, topic: &str, p: i32, n: usize) -> Vec<(i64, Bytes)> {
+/// A connection to partition `p`'s leader as `leader_of` finds it, each time it is called:
+/// where a client sends its next try after the leadership moved.
+fn at_leader<'a>(
+    cluster: &'a LocalCluster,
+    alive: &'a [usize],
+    topic: &'a str,
+    p: i32,
+) -> impl FnMut() -> RawConn + 'a {
+    move || cluster.conn(leader_of(cluster, alive, topic, p, 1))
+}
+
+/// Reads partition `p` from its leader among `alive` (looked up at each try) until `n` records
+/// are there (the high watermark covers them): a new leader serves reads once it has committed
+/// an entry of its own term.
+fn read_all(cluster: &LocalCluster, alive: &[usize], topic: &str, p: i32, n: usize) -> Vec<(i64, Bytes)> {
     let mut got = Vec::new();
     wait_until(DEADLINE, "the records readable from the leader", || {
-        let r = fetch(&mut cluster.conn(from), topic, p, 0, false);
+        let r = fetch(&mut cluster.conn(leader_of(cluster, alive, topic, p, 1)), topic, p, 0, false);
         got = records(&r.records);
         r.error_code == 0 && got.len() >= n
     });
     got
+}
+
+/// ListOffsets of partition 0 of `topic` at `timestamp` (-1 latest, -2 earliest): the offset and
+/// the leader epoch the node answers at; None when it answers with an error (it does not lead).
+fn offset_at(conn: &mut RawConn, topic: &str, timestamp: i64) -> Option<(i64, i32)> {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{BrokerId, ListOffsetsRequest, TopicName};
+    let mut p = ListOffsetsPartition::default();
+    p.partition_index = 0;
+    p.timestamp = timestamp;
+    let mut t = ListOffsetsTopic::default();
+    t.name = TopicName(fjord_compat_tests::wire::s(topic));
+    t.partitions = vec![p];
+    let mut req = ListOffsetsRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.topics = vec![t];
+    let r: ListOffsetsResponse = conn.try_call(ApiKey::ListOffsets, 7, &req)?;
+    let part = &r.topics[0].partitions[0];
+    (part.error_code == 0).then_some((part.offset, part.leader_epoch))
+}
+
+/// `offset_at` on partition 0's leader among `alive`, looked up again until one answers.
+fn leader_offset(cluster: &LocalCluster, alive: &[usize], topic: &str, timestamp: i64) -> i64 {
+    let mut found = -1;
+    wait_until(DEADLINE, "ListOffsets answered by the leader", || {
+        let leader = leader_of(cluster, alive, topic, 0, 1);
+        offset_at(&mut cluster.conn(leader), topic, timestamp).map(|(o, _)| found = o).is_some()
+    });
+    found
 }
 
 #[test]
@@ -75,53 +116,87 @@ fn the_leader_takes_writes_and_serves_committed_reads_and_a_new_leader_has_them_
     let topic = "orders";
     create_topic(&cluster.bootstrap(), topic, 1, 3).expect("create topic");
     let all: Vec<usize> = (0..NODES).collect();
-    let leader = leader_of(&cluster, &all, topic, 0, 3);
-    let follower = (leader + 1) % NODES;
+    leader_of(&cluster, &all, topic, 0, 3);
+    // Writes come from an idempotent producer, as clients write: a batch sent again to the next
+    // leader (an election under load can move the leadership at any time) is stored once.
+    let mut producer = IdempotentProducer::new(|| cluster.conn(0));
 
     // The leader answers an acks=all write once the replicas committed it.
     let first: Vec<&[u8]> = vec![b"a", b"b", b"c"];
-    let (code, base) = produce(&mut cluster.conn(leader), topic, 0, batch(&first, 1_000));
+    let first_batch = producer.batch(topic, 0, &first, now_ms());
+    let (code, base) =
+        produce_following(at_leader(&cluster, &all, topic, 0), &produce_request(topic, 0, first_batch.clone()));
     assert_eq!(code, 0, "produce to the leader");
     assert!(base >= 0);
     // A follower refuses writes, and reads from clients that predate KIP-392 (Fetch v10): the
     // client must go to the leader. A v11+ consumer fetch it serves, up to its own high
-    // watermark (never past what the leader committed).
-    let (code, _) = produce(&mut cluster.conn(follower), topic, 0, batch(&[b"x"], 1_000));
-    assert_eq!(code, NOT_LEADER_OR_FOLLOWER, "produce to a follower");
-    assert_eq!(fetch_version(&mut cluster.conn(follower), topic, 0, 0, false, 10).error_code, NOT_LEADER_OR_FOLLOWER);
-    let from_follower = fetch(&mut cluster.conn(follower), topic, 0, 0, false);
-    assert_eq!(from_follower.error_code, 0, "a v12 consumer fetch from a follower");
-    let held: Vec<Bytes> = records(&from_follower.records).into_iter().map(|(_, v)| v).collect();
-    assert!(held.len() <= first.len() && held.iter().zip(&first).all(|(a, b)| a.as_ref() == *b), "{held:?}");
+    // watermark (never past what the leader committed). The follower is a node other than the
+    // leader as every node shows it just before; should the leadership have moved to it in
+    // between, another pair is asked. (The write it is sent is the first batch again, which a
+    // leader only answers as a copy: nothing more is stored either way.)
+    wait_until(DEADLINE, "a follower to refuse writes and old fetches and to serve consumer fetches", || {
+        let follower = (leader_of(&cluster, &all, topic, 0, 3) + 1) % NODES;
+        let (code, _) = produce(&mut cluster.conn(follower), topic, 0, first_batch.clone());
+        if code != NOT_LEADER_OR_FOLLOWER
+            || fetch_version(&mut cluster.conn(follower), topic, 0, 0, false, 10).error_code != NOT_LEADER_OR_FOLLOWER
+        {
+            return false;
+        }
+        let from_follower = fetch(&mut cluster.conn(follower), topic, 0, 0, false);
+        let held: Vec<Bytes> = records(&from_follower.records).into_iter().map(|(_, v)| v).collect();
+        assert!(held.len() <= first.len() && held.iter().zip(&first).all(|(a, b)| a.as_ref() == *b), "{held:?}");
+        // A v12 consumer fetch from a follower is answered.
+        from_follower.error_code == 0
+    });
 
     // Reads show the records at the offsets the write returned, and the end is past them.
-    let got = read_all(&cluster, leader, topic, 0, 3);
+    let got = read_all(&cluster, &all, topic, 0, 3);
     let values: Vec<&[u8]> = got.iter().map(|(_, v)| v.as_ref()).collect();
     assert_eq!(values, first);
     assert_eq!(got[0].0, base);
-    let end = list_offset(&mut cluster.conn(leader), topic, 0, -1);
+    let end = leader_offset(&cluster, &all, topic, -1);
     assert!(end > got[2].0, "ListOffsets(latest) {end} is past the last record {}", got[2].0);
 
     // acks=1 and acks=0 writes land too (acks=0 gets no answer; the next read shows it).
-    let mut req = produce_request(topic, 0, batch(&[b"d"], 1_000));
+    let mut req = produce_request(topic, 0, producer.batch(topic, 0, &[b"d"], now_ms()));
     req.acks = 1;
-    let r: ProduceResponse = cluster.conn(leader).call(ApiKey::Produce, 9, &req);
-    assert_eq!(r.responses[0].partition_responses[0].error_code, 0, "acks=1");
-    let mut conn = cluster.conn(leader);
-    let mut req = produce_request(topic, 0, batch(&[b"e"], 1_000));
+    assert_eq!(produce_following(at_leader(&cluster, &all, topic, 0), &req).0, 0, "acks=1");
+    let mut req = produce_request(topic, 0, producer.batch(topic, 0, &[b"e"], now_ms()));
     req.acks = 0;
-    conn.send(ApiKey::Produce, 9, &req);
-    let got = read_all(&cluster, leader, topic, 0, 5);
+    // A node that no longer leads drops an acks=0 write without a word, so it goes to the
+    // leader with the leader epoch it answers ListOffsets at, and again (the same batch, stored
+    // once) only if that node has stopped leading at that epoch since: the write may then have
+    // been dropped. While it leads at that epoch, the write must show.
+    let mut sent: Option<(usize, i32, RawConn)> = None;
+    let mut got = Vec::new();
+    wait_until(DEADLINE, "the acks=0 write readable from the leader", || {
+        let still = sent.as_ref().is_some_and(|(to, epoch, _)| {
+            offset_at(&mut cluster.conn(*to), topic, -1).is_some_and(|(_, now)| now == *epoch)
+        });
+        if !still {
+            let leader = leader_of(&cluster, &all, topic, 0, 1);
+            let Some((_, epoch)) = offset_at(&mut cluster.conn(leader), topic, -1) else { return false };
+            // Kept open until the write shows, so that nothing cuts it short.
+            let mut conn = cluster.conn(leader);
+            conn.send(ApiKey::Produce, 9, &req);
+            sent = Some((leader, epoch, conn));
+        }
+        let Some((to, ..)) = &sent else { return false };
+        let r = fetch(&mut cluster.conn(*to), topic, 0, 0, false);
+        got = records(&r.records);
+        r.error_code == 0 && got.len() >= 5
+    });
     let values: Vec<&[u8]> = got.iter().map(|(_, v)| v.as_ref()).collect();
     assert_eq!(values, vec![&b"a"[..], b"b", b"c", b"d", b"e"]);
 
     // The leader's process dies: another replica leads, with every record at its offset.
+    let leader = leader_of(&cluster, &all, topic, 0, 3);
     cluster.nodes[leader].kill9();
     let alive: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
     let next = leader_of(&cluster, &alive, topic, 0, 2);
     assert_ne!(next, leader);
-    assert_eq!(read_all(&cluster, next, topic, 0, 5), got, "the new leader serves the same records");
-    let (code, base) = produce(&mut cluster.conn(next), topic, 0, batch(&[b"f"], 1_000));
+    assert_eq!(read_all(&cluster, &alive, topic, 0, 5), got, "the new leader serves the same records");
+    let (code, base) = producer.send(at_leader(&cluster, &alive, topic, 0), topic, 0, &[b"f"], now_ms());
     assert_eq!(code, 0, "produce to the new leader");
     assert!(base > got[4].0);
 
@@ -132,7 +207,7 @@ fn the_leader_takes_writes_and_serves_committed_reads_and_a_new_leader_has_them_
     cluster.nodes[next].kill9();
     let alive: Vec<usize> = all.iter().copied().filter(|i| *i != next).collect();
     let third = leader_of(&cluster, &alive, topic, 0, 2);
-    let values: Vec<Bytes> = read_all(&cluster, third, topic, 0, 6).into_iter().map(|(_, v)| v).collect();
+    let values: Vec<Bytes> = read_all(&cluster, &alive, topic, 0, 6).into_iter().map(|(_, v)| v).collect();
     assert_eq!(values, ["a", "b", "c", "d", "e", "f"].map(|v| Bytes::from_static(v.as_bytes())));
 
     // With two of three replicas down nothing is acknowledged: the write times out (or the
@@ -391,14 +466,16 @@ fn topic_configs_altered_through_any_node_apply_on_the_leader() {
     let topic = "configured";
     create_topic(&cluster.bootstrap(), topic, 1, 3).expect("create topic");
     let all: Vec<usize> = (0..NODES).collect();
-    let leader = leader_of(&cluster, &all, topic, 0, 3);
-    let follower = (leader + 1) % NODES;
+    leader_of(&cluster, &all, topic, 0, 3);
     let big = vec![b'x'; 3000];
-    let r: ProduceResponse =
-        cluster.conn(leader).call(ApiKey::Produce, 9, &produce_request(topic, 0, batch(&[&big], 1_000)));
-    let p = &r.responses[0].partition_responses[0];
-    assert_eq!(p.error_code, 0, "under the default limit: {:?}", p.error_message);
+    // Each write goes to the partition's leader at the time: an election under load can move
+    // the leadership at any time. (The nodes the configs go through are the leader and a
+    // follower as they were just before; either answers the same if that changed since.)
+    let (code, _) =
+        produce_following(at_leader(&cluster, &all, topic, 0), &produce_request(topic, 0, batch(&[&big], 1_000)));
+    assert_eq!(code, 0, "under the default limit");
 
+    let follower = (leader_of(&cluster, &all, topic, 0, 1) + 1) % NODES;
     let (code, message) = alter_topic_config(&mut cluster.conn(follower), topic, "max.message.bytes", "2000");
     assert_eq!(code, 0, "{message:?}");
     wait_until(DEADLINE, "every node to describe the new value", || {
@@ -407,9 +484,12 @@ fn topic_configs_altered_through_any_node_apply_on_the_leader() {
     });
     const MESSAGE_TOO_LARGE: i16 = 10;
     wait_until(DEADLINE, "the leader to refuse a batch over the new limit", || {
+        let leader = leader_of(&cluster, &all, topic, 0, 1);
         produce(&mut cluster.conn(leader), topic, 0, batch(&[&big], 1_000)).0 == MESSAGE_TOO_LARGE
     });
     // A config that fails validation is refused by whichever node is asked, and nothing changes.
+    let leader = leader_of(&cluster, &all, topic, 0, 1);
+    let follower = (leader + 1) % NODES;
     let (code, message) = alter_topic_config(&mut cluster.conn(follower), topic, "max.message.bytes", "-5");
     assert_eq!(code, 40, "INVALID_CONFIG: {message:?}");
     assert_eq!(describe_config(&mut cluster.conn(leader), topic, "max.message.bytes").0.as_deref(), Some("2000"));
@@ -417,6 +497,7 @@ fn topic_configs_altered_through_any_node_apply_on_the_leader() {
     let (code, message) = alter_topic_config(&mut cluster.conn(leader), topic, "max.message.bytes", "1048588");
     assert_eq!(code, 0, "{message:?}");
     wait_until(DEADLINE, "the leader to take the batch again", || {
+        let leader = leader_of(&cluster, &all, topic, 0, 1);
         produce(&mut cluster.conn(leader), topic, 0, batch(&[&big], 1_000)).0 == 0
     });
 }
@@ -495,20 +576,30 @@ fn read_range(
     Some(got)
 }
 
-/// The first four bytes (the record number) of each record partition 0 of `topic` holds on
-/// node index `from`, read from its log start.
-fn retained(cluster: &LocalCluster, from: usize, topic: &str) -> Vec<String> {
+/// The first four bytes (the record number) of each record partition 0 of `topic` holds on its
+/// leader among `alive`, read from its log start.
+fn retained(cluster: &LocalCluster, alive: &[usize], topic: &str) -> Vec<String> {
+    retained_at(cluster, alive, topic).into_iter().map(|(_, n)| n).collect()
+}
+
+/// `retained`, each record number with its offset. The leader is looked up again at each try
+/// (an election under load can move the leadership at any time).
+fn retained_at(cluster: &LocalCluster, alive: &[usize], topic: &str) -> Vec<(i64, String)> {
     let mut got = Vec::new();
-    wait_until(DEADLINE, "the retained records readable", || {
-        let start = list_offset(&mut cluster.conn(from), topic, 0, -2);
-        let end = list_offset(&mut cluster.conn(from), topic, 0, -1);
+    wait_until(DEADLINE, "the retained records readable from the leader", || {
+        let from = leader_of(cluster, alive, topic, 0, 1);
+        let mut conn = cluster.conn(from);
+        let (Some((start, _)), Some((end, _))) = (offset_at(&mut conn, topic, -2), offset_at(&mut conn, topic, -1))
+        else {
+            return false;
+        };
         match read_range(cluster, from, topic, start, end) {
             Some(records) => got = records,
             None => return false,
         }
         !got.is_empty() && got.iter().all(|(o, _, _)| *o >= start)
     });
-    got.iter().map(|(_, _, v)| String::from_utf8_lossy(&v[..4]).into_owned()).collect()
+    got.iter().map(|(o, _, v)| (*o, String::from_utf8_lossy(&v[..4]).into_owned())).collect()
 }
 
 /// The directory of node index `i`'s replica of partition 0 of `topic`, if it has one.
@@ -548,27 +639,31 @@ fn retention_deletes_old_segments_on_every_replica_and_a_returning_one_starts_at
     assert_eq!(created.topics[0].error_code, 0, "{:?}", created.topics[0].error_message);
     let all: Vec<usize> = (0..NODES).collect();
     let leader = leader_of(&cluster, &all, topic, 0, 3);
-    // A follower is down while the records come and go.
+    // A follower is down while the records come and go. The two others take the writes, each
+    // sent to whichever of them leads at the time, by an idempotent producer (a batch sent again
+    // after the leadership moved is stored once).
     let down = (leader + 1) % NODES;
     cluster.nodes[down].kill9();
+    let live: Vec<usize> = all.iter().copied().filter(|i| *i != down).collect();
+    let mut producer = IdempotentProducer::new(|| cluster.conn(leader));
     let value = |i: usize| format!("{i:04}{}", "x".repeat(1020));
     const RECORDS: usize = 60;
     for i in 0..RECORDS {
         let v = value(i);
-        let (code, _) = produce(&mut cluster.conn(leader), topic, 0, batch(&[v.as_bytes()], now_ms()));
+        let (code, _) = producer.send(at_leader(&cluster, &live, topic, 0), topic, 0, &[v.as_bytes()], now_ms());
         assert_eq!(code, 0, "record {i}");
     }
-    let other = (0..NODES).find(|i| *i != leader && *i != down).unwrap();
     wait_until(DEADLINE, "the log start to move on the leader and segments to go on the live replicas", || {
-        list_offset(&mut cluster.conn(leader), topic, 0, -2) > 0
-            && [leader, other].iter().all(|i| segment_bases(&cluster, *i, topic).len() <= 4)
+        let leader = leader_of(&cluster, &live, topic, 0, 1);
+        offset_at(&mut cluster.conn(leader), topic, -2).is_some_and(|(start, _)| start > 0)
+            && live.iter().all(|i| segment_bases(&cluster, *i, topic).len() <= 4)
     });
     // 60 KiB in 4 KiB segments: without retention each replica would hold about 15.
-    let kept = retained(&cluster, leader, topic);
+    let kept = retained(&cluster, &live, topic);
     assert!(!kept.is_empty() && kept.len() < RECORDS, "{} records kept", kept.len());
     let expected: Vec<String> = (RECORDS - kept.len()..RECORDS).map(|i| format!("{i:04}")).collect();
     assert_eq!(kept, expected, "the newest records, in order");
-    let leader_start = list_offset(&mut cluster.conn(leader), topic, 0, -2);
+    let leader_start = leader_offset(&cluster, &live, topic, -2);
 
     // The follower returns: its log restarts at the leader's log start (or later, once its own
     // retention runs), holding only retained segments.
@@ -577,14 +672,14 @@ fn retention_deletes_old_segments_on_every_replica_and_a_returning_one_starts_at
         let bases = segment_bases(&cluster, down, topic);
         !bases.is_empty() && bases[0] >= leader_start && bases.len() <= 4
     });
-    leader_of(&cluster, &all, topic, 0, 3);
 
     // The leader dies; the next one serves a run of the newest records ending where the old
     // leader's did (its own retention may have kept a little more or less).
+    let leader = leader_of(&cluster, &all, topic, 0, 3);
     cluster.nodes[leader].kill9();
     let alive: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
-    let next = leader_of(&cluster, &alive, topic, 0, 2);
-    let after = retained(&cluster, next, topic);
+    leader_of(&cluster, &alive, topic, 0, 2);
+    let after = retained(&cluster, &alive, topic);
     let first: usize = after[0].parse().unwrap();
     let run: Vec<String> = (first..RECORDS).map(|i| format!("{i:04}")).collect();
     assert_eq!(after, run, "the new leader's records, in order");
@@ -612,6 +707,19 @@ fn delete_records(conn: &mut fjord_compat_tests::RawConn, topic: &str, offset: i
     (part.error_code, part.low_watermark)
 }
 
+/// DeleteRecords of partition 0 of `topic` up to `offset` at its leader among `alive`, sent again
+/// to the leader then after an answer that the leadership moved or the entry was not committed
+/// in time (a second request for the same log start changes nothing more): (error code, low
+/// watermark).
+fn delete_at_leader(cluster: &LocalCluster, alive: &[usize], topic: &str, offset: i64) -> (i16, i64) {
+    let mut answer = (-1, -1);
+    wait_until(DEADLINE, "DeleteRecords answered by the leader", || {
+        answer = delete_records(&mut cluster.conn(leader_of(cluster, alive, topic, 0, 1)), topic, offset);
+        !LEADER_MOVED.contains(&answer.0)
+    });
+    answer
+}
+
 /// DeleteRecords on a replicated partition goes through its Raft group: the leader proposes the
 /// new log start, every replica takes it when it applies the entry, and the segments wholly
 /// below it go with the next retention pass on each replica. A new leader keeps the log start.
@@ -623,27 +731,46 @@ fn delete_records_moves_the_log_start_on_every_replica() {
     let created = fjord_compat_tests::wire::create_topic(&mut cluster.conn(0), topic, 1, &[("segment.bytes", "4096")]);
     assert_eq!(created.topics[0].error_code, 0, "{:?}", created.topics[0].error_message);
     let all: Vec<usize> = (0..NODES).collect();
-    let leader = leader_of(&cluster, &all, topic, 0, 3);
+    leader_of(&cluster, &all, topic, 0, 3);
+    // Every request that needs the leader goes to the one every node shows at the time (an
+    // election under load can move the leadership at any time), and the records come from an
+    // idempotent producer (a batch sent again after the leadership moved is stored once).
+    let mut producer = IdempotentProducer::new(|| cluster.conn(0));
     const RECORDS: usize = 40;
     for i in 0..RECORDS {
         let v = format!("{i:04}{}", "x".repeat(1020));
-        let (code, _) = produce(&mut cluster.conn(leader), topic, 0, batch(&[v.as_bytes()], now_ms()));
+        let (code, _) = producer.send(at_leader(&cluster, &all, topic, 0), topic, 0, &[v.as_bytes()], now_ms());
         assert_eq!(code, 0, "record {i}");
     }
-    let end = list_offset(&mut cluster.conn(leader), topic, 0, -1);
-    let follower = (leader + 1) % NODES;
-    assert_eq!(delete_records(&mut cluster.conn(follower), topic, 10).0, 6, "NOT_LEADER_OR_FOLLOWER");
-    assert_eq!(delete_records(&mut cluster.conn(leader), topic, end + 1).0, 1, "OFFSET_OUT_OF_RANGE");
-    // Record numbers are offsets here, apart from Raft's own entries before the first record.
-    let first = retained(&cluster, leader, topic);
+    // A follower refuses DeleteRecords. It is asked for offset 0, which a leader answers without
+    // a change (the log starts there), should the leadership have moved to it in between.
+    wait_until(DEADLINE, "a follower to refuse DeleteRecords", || {
+        let follower = (leader_of(&cluster, &all, topic, 0, 3) + 1) % NODES;
+        delete_records(&mut cluster.conn(follower), topic, 0).0 == NOT_LEADER_OR_FOLLOWER
+    });
+    wait_until(DEADLINE, "the leader to refuse an offset past its high watermark", || {
+        let leader = leader_of(&cluster, &all, topic, 0, 1);
+        let Some((end, _)) = offset_at(&mut cluster.conn(leader), topic, -1) else { return false };
+        match delete_records(&mut cluster.conn(leader), topic, end + 1).0 {
+            1 => true,
+            code if LEADER_MOVED.contains(&code) => false,
+            code => {
+                panic!("DeleteRecords at {} past the high watermark {end}: {code}, not OFFSET_OUT_OF_RANGE", end + 1)
+            }
+        }
+    });
+    // Record numbers are offsets here, apart from Raft's own entries before the first record
+    // (and those of elections, which may come between records).
+    let first = retained_at(&cluster, &all, topic);
     assert_eq!(first.len(), RECORDS);
-    let start_at = end - 15;
-    assert_eq!(delete_records(&mut cluster.conn(leader), topic, start_at), (0, start_at));
-    assert_eq!(list_offset(&mut cluster.conn(leader), topic, 0, -2), start_at);
-    let kept = retained(&cluster, leader, topic);
-    assert_eq!(kept, first[RECORDS - 15..].to_vec(), "the records from the new log start on");
+    let start_at = first[RECORDS - 15].0;
+    assert_eq!(delete_at_leader(&cluster, &all, topic, start_at), (0, start_at));
+    assert_eq!(leader_offset(&cluster, &all, topic, -2), start_at);
+    let kept = retained(&cluster, &all, topic);
+    let last: Vec<String> = first[RECORDS - 15..].iter().map(|(_, n)| n.clone()).collect();
+    assert_eq!(kept, last, "the records from the new log start on");
     // An earlier offset than the log start changes nothing.
-    assert_eq!(delete_records(&mut cluster.conn(leader), topic, 3), (0, start_at));
+    assert_eq!(delete_at_leader(&cluster, &all, topic, 3), (0, start_at));
     // Each replica drops the segments wholly below the log start.
     wait_until(DEADLINE, "the segments below the log start gone on every replica", || {
         all.iter().all(|i| {
@@ -652,11 +779,12 @@ fn delete_records_moves_the_log_start_on_every_replica() {
         })
     });
     // The next leader had applied the log start too.
+    let leader = leader_of(&cluster, &all, topic, 0, 3);
     cluster.nodes[leader].kill9();
     let alive: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
     let next = leader_of(&cluster, &alive, topic, 0, 2);
-    assert!(list_offset(&mut cluster.conn(next), topic, 0, -2) >= start_at);
-    assert_eq!(retained(&cluster, next, topic), kept);
+    assert!(leader_offset(&cluster, &alive, topic, -2) >= start_at);
+    assert_eq!(retained(&cluster, &alive, topic), kept);
 
     // The coordinators' internal topics are refused, as Kafka refuses them.
     let mut find = kafka_protocol::messages::FindCoordinatorRequest::default();
@@ -724,12 +852,14 @@ fn dynamic_broker_configs_set_through_one_node_apply_on_every_node() {
     }
 }
 
-/// Key → (offset, value) of the newest record of each key node index `from` serves of partition
-/// 0 of `topic`, and how many records it serves, read from offset 0 to the end.
-fn served_keys(cluster: &LocalCluster, from: usize, topic: &str) -> (BTreeMap<String, (i64, String)>, usize) {
+/// Key → (offset, value) of the newest record of each key the leader among `alive` (looked up
+/// at each try) serves of partition 0 of `topic`, and how many records it serves, read from
+/// offset 0 to the end.
+fn served_keys(cluster: &LocalCluster, alive: &[usize], topic: &str) -> (BTreeMap<String, (i64, String)>, usize) {
     let mut records = Vec::new();
     wait_until(DEADLINE, "the records readable to the end", || {
-        let end = list_offset(&mut cluster.conn(from), topic, 0, -1);
+        let from = leader_of(cluster, alive, topic, 0, 1);
+        let Some((end, _)) = offset_at(&mut cluster.conn(from), topic, -1) else { return false };
         read_range(cluster, from, topic, 0, end).map(|r| records = r).is_some()
     });
     let text = |b: &Bytes| String::from_utf8(b.to_vec()).unwrap();
@@ -766,17 +896,23 @@ fn compacted_topics_compact_on_every_replica_and_a_refilled_one_serves_the_same_
     let created = fjord_compat_tests::wire::create_topic(&mut cluster.conn(0), topic, 1, &configs);
     assert_eq!(created.topics[0].error_code, 0, "{:?}", created.topics[0].error_message);
     let all: Vec<usize> = (0..NODES).collect();
-    let leader = leader_of(&cluster, &all, topic, 0, 3);
-    // 20 keys, each written 25 times: 500 records of their own batches.
+    leader_of(&cluster, &all, topic, 0, 3);
+    // 20 keys, each written 25 times: 500 records of their own batches. Each goes to the leader
+    // at the time (an election under load can move the leadership at any time), sent again
+    // after an answer that it moved. A batch sent again may be stored twice; only its last copy,
+    // at the offset answered, counts as the key's newest, as compaction keeps it.
     const KEYS: usize = 20;
     const ROUNDS: usize = 25;
     let mut newest = BTreeMap::new();
+    let keyed = |key: &str, value: &str| {
+        let b = fjord_storage::batch::build_batch(0, now_ms(), &[(Some(key.as_bytes()), Some(value.as_bytes()))]);
+        produce_request(topic, 0, Bytes::from(b))
+    };
     for round in 0..ROUNDS {
         for k in 0..KEYS {
             let key = format!("key-{k:02}");
             let value = format!("{key}@{round:02}:{}", "v".repeat(60));
-            let b = fjord_storage::batch::build_batch(0, now_ms(), &[(Some(key.as_bytes()), Some(value.as_bytes()))]);
-            let (code, offset) = produce(&mut cluster.conn(leader), topic, 0, Bytes::from(b));
+            let (code, offset) = produce_following(at_leader(&cluster, &all, topic, 0), &keyed(&key, &value));
             assert_eq!(code, 0, "{key} round {round}");
             newest.insert(key, (offset, value));
         }
@@ -787,11 +923,12 @@ fn compacted_topics_compact_on_every_replica_and_a_refilled_one_serves_the_same_
     wait_until(Duration::from_secs(60), "every replica to compact", || {
         all.iter().all(|i| segment_bytes(&cluster, *i, topic) < (written * 130 / 3) as u64)
     });
-    let (served, count) = served_keys(&cluster, leader, topic);
+    let (served, count) = served_keys(&cluster, &all, topic);
     assert_eq!(served, newest, "the leader serves the newest value of every key at its offset");
     assert!(count < written, "{count} of {written} records still served");
 
     // A follower loses its disk and refills from the compacted leader.
+    let leader = leader_of(&cluster, &all, topic, 0, 3);
     let wiped = (leader + 1) % NODES;
     cluster.nodes[wiped].kill9();
     cluster.nodes[wiped].wipe();
@@ -800,17 +937,17 @@ fn compacted_topics_compact_on_every_replica_and_a_refilled_one_serves_the_same_
     let node = &cluster.nodes[wiped];
     wait_for_recovery(node, |_, recovered, _| recovered >= 2);
     leader_of(&cluster, &all, topic, 0, 3);
-    // One more write every replica takes, then the old leader goes.
+    // One more write every replica takes, then the node that led while the follower refilled
+    // goes (leading still, or not if an election moved the leadership since).
     let key = "key-00".to_string();
     let value = format!("{key}@last");
-    let b = fjord_storage::batch::build_batch(0, now_ms(), &[(Some(key.as_bytes()), Some(value.as_bytes()))]);
-    let (code, offset) = produce(&mut cluster.conn(leader), topic, 0, Bytes::from(b));
+    let (code, offset) = produce_following(at_leader(&cluster, &all, topic, 0), &keyed(&key, &value));
     assert_eq!(code, 0);
     newest.insert(key, (offset, value));
     cluster.nodes[leader].kill9();
     let alive: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
     let next = leader_of(&cluster, &alive, topic, 0, 2);
-    let (served, _) = served_keys(&cluster, next, topic);
+    let (served, _) = served_keys(&cluster, &alive, topic);
     assert_eq!(served, newest, "node {} leads after the old leader died", next + 1);
     // Whichever of the two leads, the refilled replica's own log holds the same: read it from
     // its directory once the node has stopped.
