@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fjord_compat_tests::cluster::LocalCluster;
 use fjord_compat_tests::jepsen::{create_topic, wait_for_leaders};
-use fjord_compat_tests::wire::{self, describe_txn, end_offset, s, txn_batch, txn_init};
+use fjord_compat_tests::wire::{self, describe_txn, end_offset, s, txn_batch};
 use fjord_compat_tests::{client, clients_dir, python, run_client, wait_until, RawConn};
 use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::*;
@@ -46,6 +46,22 @@ fn txn_coordinator(cluster: &LocalCluster, i: usize, id: &str) -> i32 {
     } else {
         -1
     }
+}
+
+/// The answers after which a client looks a transaction's coordinator up again and retries: the
+/// coordinator moved or is taking over (COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE,
+/// NOT_COORDINATOR), or its log did not commit in time (REQUEST_TIMED_OUT).
+const RETRIABLE: [i16; 4] = [7, 14, 15, 16];
+
+/// A connection to the node coordinating transactional id `id` as node index `asked` names it
+/// now (waiting while it names none), and that node's id.
+fn coordinator_conn(cluster: &LocalCluster, asked: usize, id: &str) -> (i32, RawConn) {
+    let mut coordinator = -1;
+    wait_until(DEADLINE, "a coordinator named for the transactional id", || {
+        coordinator = txn_coordinator(cluster, asked, id);
+        coordinator >= 1
+    });
+    (coordinator, cluster.conn((coordinator - 1) as usize))
 }
 
 /// Node index of each partition's leader as node index `i` shows them (leader ids are 1-based).
@@ -104,6 +120,21 @@ fn read(bootstrap: &str, topic: &str, partitions: i32, isolation: &str, want: us
     got
 }
 
+/// InitProducerId for transactional id `id` at its coordinator, looked up again while the call
+/// is answered `RETRIABLE`: the producer id and epoch.
+fn init_at_coordinator(cluster: &LocalCluster, id: &str, timeout_ms: i32) -> (i64, i16) {
+    let mut req = InitProducerIdRequest::default();
+    req.transactional_id = Some(TransactionalId(s(id)));
+    req.transaction_timeout_ms = timeout_ms;
+    let mut r = InitProducerIdResponse::default();
+    wait_until(DEADLINE, "InitProducerId answered by the coordinator", || {
+        r = coordinator_conn(cluster, 1, id).1.call(ApiKey::InitProducerId, 4, &req);
+        !RETRIABLE.contains(&r.error_code)
+    });
+    assert_eq!(r.error_code, 0, "InitProducerId");
+    (r.producer_id.0, r.producer_epoch)
+}
+
 fn add(conn: &mut RawConn, id: &str, producer: (i64, i16), topic: &str, partitions: &[i32]) -> Vec<i16> {
     let mut t = AddPartitionsToTxnTopic::default();
     t.name = TopicName(s(topic));
@@ -144,8 +175,6 @@ fn transactions_end_whole_on_partitions_every_node_leads() {
         .create()
         .expect("producer");
     producer.init_transactions(DEADLINE).expect("init_transactions");
-    let coordinator = txn_coordinator(&cluster, 0, "orders-app");
-    assert!((1..=NODES as i32).contains(&coordinator), "a coordinator is named: {coordinator}");
     let mut committed = BTreeSet::new();
     for t in 0..10 {
         producer.begin_transaction().expect("begin");
@@ -178,25 +207,35 @@ fn transactions_end_whole_on_partitions_every_node_leads() {
         read(&cluster.bootstrap(), topic, parts, "read_committed", committed.len()).into_iter().collect();
     assert_eq!(seen, committed);
     assert_eq!(read(&cluster.bootstrap(), topic, parts, "read_uncommitted", 60).len(), 60);
-    let d = describe_txn(&mut cluster.conn((coordinator - 1) as usize), "orders-app");
-    assert_eq!((d.error_code, d.transaction_state.as_str()), (0, "CompleteAbort"));
-    // Any other node sends the client to the coordinator.
-    let other = (0..NODES).find(|i| *i as i32 + 1 != coordinator).unwrap();
-    assert_eq!(describe_txn(&mut cluster.conn(other), "orders-app").error_code, 16, "NOT_COORDINATOR");
+    // The coordinator describes the last transaction as aborted, and any other node sends the
+    // client to the coordinator (NOT_COORDINATOR). Both are asked of the coordinator named now,
+    // and again should it have moved in between (an election under load).
+    wait_until(DEADLINE, "the coordinator to describe the abort, and another node to send the client to it", || {
+        let (coordinator, mut c) = coordinator_conn(&cluster, 0, "orders-app");
+        let d = describe_txn(&mut c, "orders-app");
+        match (d.error_code, d.transaction_state.as_str()) {
+            (0, "CompleteAbort") => {}
+            // Moved, or the end not recorded yet (the markers are written first).
+            (code, _) if RETRIABLE.contains(&code) => return false,
+            (0, "Ongoing" | "PrepareAbort") => return false,
+            (code, state) => panic!("the last transaction was aborted, but its coordinator says {code} {state}"),
+        }
+        let other = (0..NODES).find(|i| *i as i32 + 1 != coordinator).unwrap();
+        describe_txn(&mut cluster.conn(other), "orders-app").error_code == 16
+    });
 
     // A transaction its producer abandons is aborted by its coordinator's timer, with a marker
     // on every partition's leader, and the producer is fenced.
     let id = "abandoned";
-    let mut coordinator = -1;
-    wait_until(DEADLINE, "a coordinator for the abandoned id", || {
-        coordinator = txn_coordinator(&cluster, 1, id);
-        coordinator >= 1
-    });
-    let mut c = cluster.conn((coordinator - 1) as usize);
     // Long enough that the produces below always land before the timeout aborts it.
-    let me = txn_init(&mut c, id, 10_000);
+    let me = init_at_coordinator(&cluster, id, 10_000);
     let all: Vec<i32> = (0..parts).collect();
-    assert_eq!(add(&mut c, id, me, topic, &all), vec![0; parts as usize]);
+    let mut added = Vec::new();
+    wait_until(DEADLINE, "the partitions added by the coordinator", || {
+        added = add(&mut coordinator_conn(&cluster, 1, id).1, id, me, topic, &all);
+        !added.iter().all(|code| RETRIABLE.contains(code))
+    });
+    assert_eq!(added, vec![0; parts as usize]);
     for p in 0..parts {
         // To the partition's leader now (an election under load may have moved it since).
         let mut code = -1;
@@ -213,8 +252,20 @@ fn transactions_end_whole_on_partitions_every_node_leads() {
             hw >= ends[p as usize] + 2 && stable == hw
         })
     });
-    let d = describe_txn(&mut c, id);
-    assert_eq!((d.transaction_state.as_str(), d.producer_epoch), ("CompleteAbort", me.1 + 1));
+    // The coordinator (the one named now: the markers are written before it records the end,
+    // and it may have moved since) records the abort, at the epoch that fences the producer.
+    wait_until(DEADLINE, "the coordinator to record the abort of the abandoned transaction", || {
+        let d = describe_txn(&mut coordinator_conn(&cluster, 1, id).1, id);
+        match (d.error_code, d.transaction_state.as_str()) {
+            (0, "CompleteAbort") => {
+                assert_eq!(d.producer_epoch, me.1 + 1, "the abort fenced the producer");
+                true
+            }
+            (code, _) if RETRIABLE.contains(&code) => false,
+            (0, "Ongoing" | "PrepareAbort") => false,
+            (code, state) => panic!("the abandoned transaction was aborted, but its coordinator says {code} {state}"),
+        }
+    });
     // The open record was aborted: read_committed still sees only the committed transactions.
     let seen: BTreeSet<String> =
         read(&cluster.bootstrap(), topic, parts, "read_committed", committed.len()).into_iter().collect();
