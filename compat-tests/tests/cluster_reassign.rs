@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use fjord_compat_tests::cluster::LocalCluster;
 use fjord_compat_tests::jepsen::{now_ns, stop_and_judge, Run, Workload};
-use fjord_compat_tests::wire::{batch, fetch, produce, s, topic_metadata};
-use fjord_compat_tests::{scrape_metrics, wait_until, RawConn};
+use fjord_compat_tests::wire::{fetch, s, topic_metadata};
+use fjord_compat_tests::{scrape_metrics, wait_until, IdempotentProducer, RawConn};
 use kafka_protocol::messages::*;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -57,6 +57,21 @@ fn placed(cluster: &LocalCluster, alive: &[usize], topic: &str, want: &[Vec<i32>
         let v = placement(cluster, *i, topic);
         v.len() == want.len() && v.iter().zip(want).all(|((r, l, isr), w)| r == w && w.contains(l) && *isr == w.len())
     })
+}
+
+/// A connection to the leader of partition 0 of `topic` as node index `i` shows it now (waiting
+/// while it shows none).
+fn leader_conn(cluster: &LocalCluster, i: usize, topic: &str) -> RawConn {
+    let mut leader = -1;
+    wait_until(DEADLINE, "a leader of the partition", || {
+        leader = placement(cluster, i, topic).first().map_or(-1, |p| p.1);
+        leader >= 1
+    });
+    cluster.conn((leader - 1) as usize)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
 /// How many brokers node index 0 lists to clients.
@@ -176,7 +191,10 @@ fn partitions_move_onto_an_added_node_under_load_and_lose_nothing() {
         placed(&cluster, &[0, 1, 2, 3], topic, &after)
     });
     assert!(reassign(&cluster, &["list", topic]).is_empty());
-    assert_eq!(reassignment_lag(&cluster, &[0, 1, 2, 3], topic, 0), 0.0);
+    // Each node publishes the lag as it last sampled it.
+    wait_until(DEADLINE, "no reassignment lag published", || {
+        reassignment_lag(&cluster, &[0, 1, 2, 3], topic, 0) == 0.0
+    });
     // The replicas left out delete their logs; node 4 holds every partition.
     wait_until(DEADLINE, "replica directories only where the partitions are placed", || {
         let dirs: Vec<Vec<i32>> = cluster.nodes.iter().map(|n| replica_dirs(n.data_dir.path(), topic)).collect();
@@ -207,10 +225,12 @@ fn a_cancelled_reassignment_goes_back_and_kafkajs_moves_a_partition() {
     let topic = "cancelled";
     create_assigned(&mut cluster.conn(0), topic, &[vec![1, 2, 3]]);
     wait_until(DEADLINE, "the partition led, all in sync", || placed(&cluster, &[0, 1, 2], topic, &[vec![1, 2, 3]]));
-    let leader = placement(&cluster, 0, topic)[0].1;
-    let mut conn = RawConn::connect(&cluster.nodes[(leader - 1) as usize].bootstrap());
+    // Each write goes to the leader node 1 shows at the time (an election under load can move the
+    // leadership at any time), from an idempotent producer: a batch sent again is stored once.
+    let mut producer = IdempotentProducer::new(|| cluster.conn(0));
     for i in 0..50 {
-        let (code, _) = produce(&mut conn, topic, 0, batch(&[format!("v{i}").as_bytes()], 1));
+        let (code, _) =
+            producer.send(|| leader_conn(&cluster, 0, topic), topic, 0, &[format!("v{i}").as_bytes()], now_ms());
         assert_eq!(code, 0);
     }
 
@@ -222,7 +242,10 @@ fn a_cancelled_reassignment_goes_back_and_kafkajs_moves_a_partition() {
     assert_eq!(reassign(&cluster, &["list", topic]), ["cancelled 0 replicas=1,2,4,3 adding=4 removing=3"]);
     assert_eq!(reassign(&cluster, &["alter", topic, "0=cancel"]), ["0 ok"]);
     wait_until(DEADLINE, "the cancelled reassignment gone", || reassign(&cluster, &["list", topic]).is_empty());
-    assert!(placed(&cluster, &[0, 1, 2], topic, &[vec![1, 2, 3]]), "{:?}", placement(&cluster, 0, topic));
+    // Every node shows it back on its replicas once the metadata reaches it.
+    wait_until(DEADLINE, "the partition back on nodes 1, 2 and 3 on every node", || {
+        placed(&cluster, &[0, 1, 2], topic, &[vec![1, 2, 3]])
+    });
     // Kafka's refusals.
     assert_eq!(reassign(&cluster, &["alter", topic, "0=cancel"]), ["0 NoReassignmentInProgressError"]);
     assert_eq!(reassign(&cluster, &["alter", topic, "0=1,2,99"]), ["0 InvalidReplicationAssignmentError"]);
@@ -244,12 +267,10 @@ fn a_cancelled_reassignment_goes_back_and_kafkajs_moves_a_partition() {
     wait_until(DEADLINE, "the partition on 4, 3, 2 on every node", || {
         placed(&cluster, &[0, 1, 2, 3], topic, &[vec![4, 3, 2]])
     });
-    // Every record is there, read from the new leader.
-    let leader = placement(&cluster, 3, topic)[0].1;
-    let mut conn = RawConn::connect(&cluster.nodes[(leader - 1) as usize].bootstrap());
+    // Every record is there, read from the new leader (as node 4 shows it at each read).
     let (mut values, mut next): (Vec<String>, i64) = (Vec::new(), 0);
     wait_until(DEADLINE, "50 records read from the new leader", || {
-        let fetched = fetch(&mut conn, topic, 0, next, false);
+        let fetched = fetch(&mut leader_conn(&cluster, 3, topic), topic, 0, next, false);
         let mut buf = fetched.records.unwrap_or_default();
         let sets = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut buf).expect("decode fetched batches");
         // Raft's own entries are control batches between the records: skipped, like clients do.
