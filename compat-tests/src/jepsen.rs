@@ -415,9 +415,46 @@ fn tail(w: &Workload, stop: &AtomicBool, counters: &Counters, history: &HistoryL
 /// Reads every partition from its start up to its high watermark (as
 /// ListOffsets says before the read) with a fresh consumer, logs each record
 /// as a `Final` event, and checks the high watermarks did not move meanwhile
-/// (a log still changing cannot be judged).
+/// (a log still changing cannot be judged). An election moves a partition's
+/// high watermark with an entry of its own (a control batch) even with every
+/// producer stopped, so a read-back during which one moved is done again, from
+/// the start, up to four more times; only the read that saw the logs still is
+/// logged.
 pub fn read_back(w: &Workload, history: &Path, timeout: Duration) -> Result<u64, String> {
-    let log = HistoryLog { out: Arc::new(Mutex::new(BufWriter::new(open_append(history)?))), path: history.into() };
+    const ATTEMPTS: usize = 5;
+    let mut moved = Vec::new();
+    for _ in 0..ATTEMPTS {
+        match read_back_once(w, timeout)? {
+            ReadBack::Still { events, records } => {
+                let log = HistoryLog {
+                    out: Arc::new(Mutex::new(BufWriter::new(open_append(history)?))),
+                    path: history.into(),
+                };
+                for e in &events {
+                    log.log(e);
+                }
+                log.flush().map_err(|e| format!("{}: {e}", history.display()))?;
+                return Ok(records);
+            }
+            ReadBack::Moved { highs, after } => {
+                println!("high watermarks moved during the read-back: {highs:?} then {after:?}; reading again");
+                moved.push((highs, after));
+            }
+        }
+    }
+    Err(format!("high watermarks moved during each of {ATTEMPTS} read-backs: {moved:?}"))
+}
+
+/// What one read-back found.
+enum ReadBack {
+    /// The high watermarks stayed where they were: the `Final` events, and how many records.
+    Still { events: Vec<Event>, records: u64 },
+    /// The high watermarks before and after the read, which moved.
+    Moved { highs: Vec<i64>, after: Vec<i64> },
+}
+
+/// One read-back of every partition (see `read_back`).
+fn read_back_once(w: &Workload, timeout: Duration) -> Result<ReadBack, String> {
     let mut cfg = w.consumer_config();
     cfg.set("enable.partition.eof", "true").set("group.id", "fjord-jepsen-read-back");
     let consumer: BaseConsumer = cfg.create().map_err(|e| format!("read-back consumer: {e}"))?;
@@ -443,6 +480,7 @@ pub fn read_back(w: &Workload, history: &Path, timeout: Duration) -> Result<u64,
     // the last record read, to check no record lies past the watermark.
     let mut next = vec![0i64; w.partitions as usize];
     let mut at_end = vec![false; w.partitions as usize];
+    let mut events = Vec::new();
     let mut records = 0;
     while !at_end.iter().all(|e| *e) {
         if Instant::now() > deadline {
@@ -452,7 +490,7 @@ pub fn read_back(w: &Workload, history: &Path, timeout: Duration) -> Result<u64,
             Some(Ok(m)) => {
                 let p = m.partition() as usize;
                 let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
-                log.log(&Event::Final { partition: m.partition(), offset: m.offset(), value });
+                events.push(Event::Final { partition: m.partition(), offset: m.offset(), value });
                 records += 1;
                 if let (Some(n), Some(e)) = (next.get_mut(p), at_end.get_mut(p)) {
                     *n = (*n).max(m.offset() + 1);
@@ -467,15 +505,14 @@ pub fn read_back(w: &Workload, history: &Path, timeout: Duration) -> Result<u64,
             Some(Err(_)) | None => {}
         }
     }
-    log.flush().map_err(|e| format!("{}: {e}", history.display()))?;
     let after = watermarks(&consumer)?;
     if after != highs {
-        return Err(format!("high watermarks moved during the read-back: {highs:?} then {after:?}"));
+        return Ok(ReadBack::Moved { highs, after });
     }
     if let Some((p, n)) = next.iter().enumerate().find(|(p, n)| **n > highs[*p]) {
         return Err(format!("partition {p} served offsets up to {n}, past its high watermark {}", highs[p]));
     }
-    Ok(records)
+    Ok(ReadBack::Still { events, records })
 }
 
 fn open_append(path: &Path) -> Result<File, String> {
