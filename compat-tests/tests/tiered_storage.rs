@@ -66,14 +66,36 @@ fn partition(admin: &str, topic: &str) -> Value {
 /// Waits until the node at `admin` has its local log start past `past` (local retention let
 /// the copied segments go) and, if it is the copying leader, nothing closed left to copy.
 fn wait_tiered(admin: &str, topic: &str, past: i64, leader: bool) -> Value {
+    wait_tiered_when(admin, topic, past, |_| leader)
+}
+
+/// `wait_tiered` on node `node` of a cluster, which copies whenever it leads the partition: as
+/// it shows the leadership at each look, since an election under load can move it meanwhile.
+fn wait_tiered_node(admin: &str, node: i32, topic: &str, past: i64) -> Value {
+    wait_tiered_when(admin, topic, past, |p| p["leader"].as_i64() == Some(i64::from(node)))
+}
+
+/// `wait_tiered`, the node taken for the copying leader whenever `leads` says so of its view.
+fn wait_tiered_when(admin: &str, topic: &str, past: i64, leads: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;
     wait_until(Duration::from_secs(90), "closed segments copied and deleted locally", || {
         last = partition(admin, topic);
         let local = &last["local"];
-        (!leader || local["remote"]["upload_lag_segments"] == 0)
+        (!leads(&last) || local["remote"]["upload_lag_segments"] == 0)
             && local["log_start_offset"].as_i64().unwrap_or(0) > past
     });
     last
+}
+
+/// The leader of partition 0 of `topic` as node index `i` of `cluster` shows it, once it shows
+/// one (none while an election is under way).
+fn leader_shown(cluster: &LocalCluster, i: usize, topic: &str) -> i32 {
+    let mut leader = -1;
+    wait_until(Duration::from_secs(30), "a leader of the partition", || {
+        leader = cluster.leaders(i, topic).first().map_or(-1, |l| l.1);
+        leader >= 1
+    });
+    leader
 }
 
 /// The newest manifest of every partition directory in the bucket: (directory, manifest).
@@ -424,21 +446,20 @@ fn a_new_leader_carries_on_copying_where_a_killed_one_stopped() {
         let hw = partition(&cluster.metrics[0], topic)["local"]["high_watermark"].as_i64().unwrap_or(0);
         copies >= 3 && hw > (N / 2) as i64 + 2 * 21
     });
-    let leader = cluster.leaders(0, topic).first().map(|l| l.1).expect("a leader");
-    let killed = usize::try_from(leader - 1).expect("node index");
+    let leader = leader_shown(&cluster, 0, topic);
+    let killed = (leader - 1) as usize;
     cluster.nodes[killed].kill9();
     let status = producer.wait().expect("producer");
     assert!(status.success(), "produce carries on on the new leader");
     let alive: Vec<usize> = (0..3).filter(|i| *i != killed).collect();
     // The new leader copies the rest; both live replicas trim their local logs behind the
     // bucket (followers learn the copies through the partition's log).
-    let mut new_leader = -1;
     wait_until(Duration::from_secs(30), "a new leader", || {
-        new_leader = cluster.leaders(alive[0], topic).first().map_or(-1, |l| l.1);
+        let new_leader = cluster.leaders(alive[0], topic).first().map_or(-1, |l| l.1);
         new_leader != leader && new_leader > 0
     });
     for i in &alive {
-        wait_tiered(&cluster.metrics[*i], topic, (N / 2) as i64 + 40, *i + 1 == new_leader as usize);
+        wait_tiered_node(&cluster.metrics[*i], *i as i32 + 1, topic, (N / 2) as i64 + 40);
     }
     check_bucket(&s3);
     for iso in ["read_committed", "read_uncommitted"] {
@@ -451,7 +472,8 @@ fn a_new_leader_carries_on_copying_where_a_killed_one_stopped() {
 
     // A follower loses its disk: it comes back with the bucket's manifest and the leader's
     // tail (a snapshot at the local retention point), not the whole history.
-    let wiped = alive.iter().copied().find(|i| *i + 1 != new_leader as usize).expect("a follower");
+    let leader_now = leader_shown(&cluster, alive[0], topic);
+    let wiped = alive.iter().copied().find(|i| *i as i32 + 1 != leader_now).expect("a follower");
     cluster.nodes[wiped].kill9();
     cluster.nodes[wiped].wipe();
     cluster.nodes[wiped].restart();
