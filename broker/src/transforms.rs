@@ -808,7 +808,6 @@ impl runner::Host for HostLink {
     }
 }
 
-/// Supervises this node's runners until shutdown.
 /// A log line of the logs topic as the admin API shows it.
 fn log_view(r: fjord_storage::records::Record) -> LogView {
     let header = |k: &str| {
@@ -826,6 +825,7 @@ fn log_view(r: fjord_storage::records::Record) -> LogView {
     }
 }
 
+/// Supervises this node's runners until shutdown.
 pub async fn supervise_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let Some(t) = broker.transforms.get().cloned() else { return };
     drop(broker);
