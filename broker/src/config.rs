@@ -561,6 +561,10 @@ broker_config! {
     /// faulted in by reads) before it unmaps them; they stay in the page
     /// cache. Bounds RSS whatever the data volume.
     mapped_resident_max_bytes: u64 = 64 << 20, view: View::None;
+    /// Synced bytes at the end of each partition's log kept in the page cache; older ones are
+    /// dropped from it after each sync, so readers behind by more read from disk. -1 keeps every
+    /// page until the kernel evicts it, as Kafka does.
+    log_page_cache_bytes: i64 = 64 << 20, view: View::None, check: |v| at_least(*v, -1);
     /// The admin HTTP API (an IP address and port): `/metrics` (Prometheus), `/v1/health`,
     /// `/v1/ready`, the cluster's brokers, topics, partitions and groups as JSON, and
     /// `/v1/openapi.json` describing them; off when unset.
@@ -1005,6 +1009,7 @@ impl BrokerConfig {
         // Broker-wide only: not a topic config, but the log applies it.
         out.push(("producer.id.expiration.ms", self.producer_id_expiration_ms.to_string()));
         out.push((crate::topic_config::REMOTE_SYSTEM_ENABLE, self.remote_storage_enable.to_string()));
+        out.push((crate::topic_config::LOG_PAGE_CACHE_BYTES, self.log_page_cache_bytes.to_string()));
         out
     }
 }

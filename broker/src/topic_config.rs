@@ -523,6 +523,10 @@ pub fn effective(
 /// (`BrokerConfig::log_defaults` passes it with the topic defaults).
 pub const REMOTE_SYSTEM_ENABLE: &str = "remote.log.storage.system.enable";
 
+/// The broker-wide `log_page_cache_bytes`, passed to `log_config` the same way. Not a Kafka
+/// name: Kafka leaves the page cache to the kernel.
+pub const LOG_PAGE_CACHE_BYTES: &str = "fjord.log.page.cache.bytes";
+
 /// Checks a topic's whole set of configs: what no single value shows.
 pub fn validate_combination(configs: &BTreeMap<String, String>) -> Result<(), String> {
     let remote = configs.get("remote.storage.enable").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
@@ -612,6 +616,10 @@ pub fn log_config(overrides: &BTreeMap<String, String>, defaults: &BTreeMap<Stri
         min_insync_replicas: num("min.insync.replicas", 1).clamp(1, i32::MAX as i64) as i32,
         remote_storage: remote,
         remote_restore: remote && !get("remote.restore.source").trim().is_empty(),
+        page_cache_bytes: defaults
+            .get(LOG_PAGE_CACHE_BYTES)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(base.page_cache_bytes),
     }
 }
 

@@ -630,6 +630,79 @@ fn resident_set_stays_bounded_while_reading_everything() {
     wire::wait_until_bounded(|| broker.status_kb("RssFile"), start + 16 * MIB);
 }
 
+/// Which pages of `path` are in the page cache: `mincore` over a mapping of our own.
+fn cached_pages(path: &std::path::Path) -> Vec<bool> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).expect("segment file");
+    let len = file.metadata().unwrap().len() as usize;
+    // SAFETY: a read-only shared mapping of a file we keep open, unmapped below; mincore writes
+    // one byte per page into a vector of that many.
+    unsafe {
+        let map = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0);
+        assert_ne!(map, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        let mut vec = vec![0u8; len.div_ceil(4096)];
+        let rc = libc::mincore(map, len, vec.as_mut_ptr());
+        let err = std::io::Error::last_os_error();
+        libc::munmap(map, len);
+        assert_eq!(rc, 0, "mincore: {err}");
+        vec.into_iter().map(|b| b & 1 == 1).collect()
+    }
+}
+
+/// acks=all data more than `log_page_cache_bytes` behind a partition's end leaves the page
+/// cache once synced, and the broker reads it back from disk unchanged; with -1 every page
+/// stays cached.
+#[test]
+fn synced_data_behind_the_page_cache_window_leaves_the_cache_and_reads_back() {
+    const WINDOW: usize = 1 << 20;
+    for (setting, drops) in [(WINDOW.to_string(), true), ("-1".to_string(), false)] {
+        let broker = BrokerProcess::start(&["--log-page-cache-bytes", &setting]);
+        let mut conn = RawConn::connect(&broker.bootstrap());
+        create(&mut conn, "paged", 1, &[]);
+        // 12 MiB in 64 KiB records, each record's bytes its own number.
+        let count = 192;
+        for i in 0..count {
+            let value = vec![i as u8; 64 * 1024];
+            assert_eq!(produce(&mut conn, "paged", 0, wire::batch(&[&value], i)), i);
+        }
+        let segment = broker.data_dir.path().join("paged-0").join(format!("{:020}.log", 0));
+        let pages = cached_pages(&segment);
+        // The segment's bytes: its file is preallocated, so its length says nothing; every
+        // batch has the same size.
+        assert_eq!(list_offset(&mut conn, "paged", -1), count);
+        let end = count as usize * wire::batch(&[&[0u8; 64 * 1024]], 0).len();
+        let used = end.div_ceil(4096);
+        // Dropped in steps of at least 4 MiB: everything up to 5 MiB behind the end is out.
+        let dropped_below = end.saturating_sub(WINDOW + (4 << 20)) / 4096;
+        let window_from = (end - WINDOW) / 4096 + 1;
+        let cached = |r: std::ops::Range<usize>| pages[r].iter().filter(|c| **c).count();
+        if drops {
+            assert_eq!(cached(0..dropped_below), 0, "of {dropped_below} pages behind the window");
+        } else {
+            assert_eq!(cached(0..dropped_below), dropped_below, "-1 keeps every page");
+        }
+        assert_eq!(cached(window_from..used), used - window_from, "the window's pages are cached");
+        // Everything reads back, the dropped part from disk.
+        let mut next = 0;
+        while next < count {
+            let f: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_req(0, -1, &[("paged", 0, next)], &[], 0, 0));
+            let mut records = f.responses[0].partitions[0].records.clone().unwrap_or_default();
+            assert!(!records.is_empty(), "data at {next}");
+            for set in kafka_protocol::records::RecordBatchDecoder::decode_all(&mut records).expect("valid batches") {
+                for r in set.records {
+                    if r.offset < next {
+                        continue;
+                    }
+                    let value = r.value.unwrap_or_default();
+                    assert_eq!(r.offset, next);
+                    assert!(value.len() == 64 * 1024 && value.iter().all(|b| *b == next as u8), "record {next}");
+                    next += 1;
+                }
+            }
+        }
+    }
+}
+
 /// A finished response goes out even while the request pipelined after it
 /// is still waiting. The first request is an acks=all Produce, which waits
 /// for its fsync (long enough for the second to be queued behind it); the

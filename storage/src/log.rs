@@ -88,7 +88,16 @@ pub struct LogConfig {
     /// `remote.restore.source` on a topic with remote storage: the partition restores another's
     /// copies from the bucket before it takes writes.
     pub remote_restore: bool,
+    /// Synced bytes at the end of the active segment kept in the page cache; older synced
+    /// pages are dropped from it (`PartitionLog::sync`). Negative keeps every page, leaving
+    /// eviction to the kernel.
+    pub page_cache_bytes: i64,
 }
+
+/// Page size the page-cache drops are aligned to.
+const PAGE_BYTES: u64 = 4096;
+/// Least span dropped at once, so a steady stream of small syncs makes few syscalls.
+const DROP_STEP_BYTES: u64 = 4 << 20;
 
 impl LogConfig {
     /// Bound on the decompressed size of one batch, derived from
@@ -124,6 +133,7 @@ impl Default for LogConfig {
             min_insync_replicas: 1,
             remote_storage: false,
             remote_restore: false,
+            page_cache_bytes: -1,
         }
     }
 }
@@ -434,6 +444,9 @@ pub struct PartitionLog {
     /// Where the replica's current batchless Raft snapshot stands (`note_batchless_snapshot`).
     batchless_snapshot: std::sync::Mutex<Option<u64>>,
     recovery: RecoveryReport,
+    /// The active segment (base offset) and the byte position below which its synced pages
+    /// were dropped from the page cache (`drop_synced_pages`).
+    pages_dropped: std::sync::Mutex<(i64, u64)>,
 }
 
 /// Writes a small file so a crash leaves either the old or the new content.
@@ -768,6 +781,7 @@ impl PartitionLog {
             snapshot_request: std::sync::Mutex::new(None),
             batchless_snapshot: std::sync::Mutex::new(None),
             recovery: report,
+            pages_dropped: std::sync::Mutex::new((-1, 0)),
         };
         if let Some(cut) = raft_cut {
             tracing::warn!(log = %dir.display(), offset = cut, "cutting a tail no Raft entry covers");
@@ -2094,9 +2108,10 @@ impl PartitionLog {
         if self.flushed.get() >= upto {
             return Ok(());
         }
-        let (file, end, generation) = {
+        let (file, end, generation, base, synced_bytes) = {
             let inner = self.read_inner();
-            (inner.active().file(), inner.log_end(), self.flushed.generation())
+            let a = inner.active();
+            (a.file(), inner.log_end(), self.flushed.generation(), a.base_offset, a.size())
         };
         // The rows of entries up to `end` were written before `end` was read: syncing them
         // after means no entry is reported durable whose row could still be lost.
@@ -2111,7 +2126,40 @@ impl PartitionLog {
                 rounds: self.fsyncs.clone(),
             })
             .await?;
+        self.drop_synced_pages(base, synced_bytes);
         Ok(())
+    }
+
+    /// Drops the synced pages of the active segment `base` that lie more than
+    /// `page_cache_bytes` before `synced_bytes` from the page cache (and from this process's
+    /// mapping, which would otherwise pin them). A log is written once and read mostly at its
+    /// end: what tailing readers need stays cached, and freed pages are reused by the next
+    /// writes instead of new ones being allocated (on VMs whose memory is backed lazily, a page
+    /// touched for the first time costs several times the copy into it: bench/README.md).
+    /// Readers further behind fault the pages back in from disk.
+    fn drop_synced_pages(&self, base: i64, synced_bytes: u64) {
+        // One caller drops at a time; a sync finding another at it leaves the range to it or
+        // to the next sync.
+        let Ok(mut dropped) = self.pages_dropped.try_lock() else { return };
+        let inner = self.read_inner();
+        let Ok(window) = u64::try_from(inner.config.page_cache_bytes) else { return };
+        let upto = synced_bytes.saturating_sub(window) & !(PAGE_BYTES - 1);
+        let from = match *dropped {
+            (b, at) if b == base => at,
+            _ => 0,
+        };
+        if upto < from {
+            // The segment was cut below what was dropped (a truncation): start again there.
+            *dropped = (base, upto);
+            return;
+        }
+        if upto - from < DROP_STEP_BYTES {
+            return;
+        }
+        if let Some(seg) = inner.segments.get(&base) {
+            seg.drop_cached(from, upto);
+        }
+        *dropped = (base, upto);
     }
 
     /// Syncs every sidecar's rows written so far. Serialised (`sidecar_sync`): a row is marked
@@ -2236,6 +2284,61 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(log.log_end_offset(), 3);
+    }
+
+    /// Which pages of `path` are in the page cache (`mincore` through a mapping of our own).
+    pub(crate) fn cached_pages(path: &Path) -> Vec<bool> {
+        let file = std::fs::File::open(path).unwrap();
+        let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+        let mut vec = vec![0u8; map.len().div_ceil(PAGE_BYTES as usize)];
+        // SAFETY: the mapping is live and `vec` has a byte per page of it.
+        let rc = unsafe { libc::mincore(map.as_ptr() as *mut libc::c_void, map.len(), vec.as_mut_ptr()) };
+        assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+        vec.into_iter().map(|b| b & 1 == 1).collect()
+    }
+
+    /// A sync drops the synced pages more than `page_cache_bytes` behind the end from the page
+    /// cache, even those a read had mapped, and keeps the end; reads of the dropped range come
+    /// back from disk unchanged. Without the setting every page stays.
+    #[tokio::test]
+    async fn a_sync_drops_synced_pages_behind_the_page_cache_window() {
+        let tmp = tempfile::tempdir().unwrap();
+        let value = vec![7u8; 64 * 1024];
+        let fill = |log: &PartitionLog| {
+            for i in 0..160 {
+                log.append(&batch::build_batch(0, i, &[(Some(b"k"), Some(&value[..]))]), 0, i).unwrap();
+            }
+        };
+        let window = 1 << 20;
+        let config = LogConfig { page_cache_bytes: window, ..LogConfig::default() };
+        let log = PartitionLog::open(&tmp.path().join("t-0"), config).unwrap();
+        fill(&log);
+        // A read maps the first batches' pages into this process, which would pin them.
+        let first = log.read(0, 1 << 20, i64::MAX).unwrap().records;
+        assert!(!first.is_empty());
+        log.sync(log.log_end_offset()).await.unwrap();
+        let size = log.size_bytes();
+        let pages = cached_pages(&tmp.path().join("t-0").join(file_name(0, "log")));
+        let used = (size as usize).div_ceil(PAGE_BYTES as usize);
+        let kept_from = (size - window as u64) as usize / PAGE_BYTES as usize;
+        assert!(pages[..kept_from - 1].iter().all(|c| !c), "pages behind the window are still cached");
+        assert!(pages[kept_from + 1..used].iter().all(|c| *c), "the window's pages were dropped");
+        // The dropped range reads back from disk as it was written.
+        let again = log.read(0, 1 << 20, i64::MAX).unwrap().records;
+        assert_eq!(first, again);
+        let mut offset = 0;
+        while offset < log.log_end_offset() {
+            let r = log.read(offset, 1 << 20, i64::MAX).unwrap().records;
+            let h = BatchHeader::parse(&r).unwrap();
+            assert_eq!(h.base_offset, offset);
+            offset = h.last_offset() + 1;
+        }
+
+        let keep = PartitionLog::open(&tmp.path().join("t-1"), LogConfig::default()).unwrap();
+        fill(&keep);
+        keep.sync(keep.log_end_offset()).await.unwrap();
+        let pages = cached_pages(&tmp.path().join("t-1").join(file_name(0, "log")));
+        assert!(pages[..used].iter().all(|c| *c), "without the setting a page was dropped");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! hand out `Bytes` that borrow the mapping, so a fetch copies nothing.
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -658,6 +659,29 @@ impl Segment {
         self.time_index.release_pages()
     }
 
+    /// Drops bytes `[from, to)` (page-aligned), which must be synced, from the page cache:
+    /// first from this process's mapping (a mapped page is not dropped), then from the cache.
+    /// Advice only: failures change nothing a reader sees, so they are ignored.
+    pub(crate) fn drop_cached(&self, from: u64, to: u64) {
+        if to <= from {
+            return;
+        }
+        if let Some(map) = &self.map {
+            let end = (to as usize).min(map.len());
+            if (from as usize) < end {
+                // SAFETY: as in `release_pages`: a read-only shared file mapping, whose later
+                // reads fault the same file contents back in.
+                let _ = unsafe {
+                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from as usize, end - from as usize)
+                };
+            }
+        }
+        // SAFETY: a plain syscall on a descriptor the segment keeps open.
+        unsafe {
+            libc::posix_fadvise(self.file.as_raw_fd(), from as i64, (to - from) as i64, libc::POSIX_FADV_DONTNEED);
+        }
+    }
+
     /// Seals the segment: syncs it, trims the file and indexes to what is
     /// used. Only space past `size` is cut, which no reader was ever given.
     pub fn close(&mut self) -> Result<()> {
@@ -694,7 +718,6 @@ impl Segment {
 
 /// `pwritev` until every slice is written.
 fn pwrite_all(file: &File, mut bufs: &mut [std::io::IoSlice<'_>], mut offset: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     // Linux's IOV_MAX.
     const MAX_IOV: usize = 1024;
     while !bufs.is_empty() {
