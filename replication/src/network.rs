@@ -43,18 +43,19 @@ impl Router {
         target: NodeId,
         group: GroupId,
         rpc: Rpc,
-        body: &[&[u8]],
+        body: Vec<Bytes>,
         timeout: Duration,
     ) -> Result<T, RPCError<TypeConfig>> {
-        let answer = self.transport.call(target, group, rpc as u8, body, timeout).await.map_err(|e| match e {
-            CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::from_string(e.to_string())),
-            CallError::Timeout { timeout, .. } => {
-                RPCError::Timeout(Timeout { action: rpc_type(rpc), id: self.transport.node_id(), target, timeout })
-            }
-            // Entries are not capped in bytes yet (the partition store will cap each append);
-            // openraft retries this like any network error.
-            CallError::TooLarge { .. } => RPCError::Network(NetworkError::from_string(e.to_string())),
-        })?;
+        let answer =
+            self.transport.call_pieces(target, group, rpc as u8, body, timeout).await.map_err(|e| match e {
+                CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::from_string(e.to_string())),
+                CallError::Timeout { timeout, .. } => {
+                    RPCError::Timeout(Timeout { action: rpc_type(rpc), id: self.transport.node_id(), target, timeout })
+                }
+                // Entries are not capped in bytes yet (the partition store will cap each append);
+                // openraft retries this like any network error.
+                CallError::TooLarge { .. } => RPCError::Network(NetworkError::from_string(e.to_string())),
+            })?;
         rpc::decode_response(&answer).map_err(|e| match e {
             // The peer is up but cannot serve the group now (not created yet, shutting down):
             // openraft backs off on Unreachable and retries, which is what we want.
@@ -114,7 +115,7 @@ impl GroupRouter<TypeConfig, GroupId> for Router {
             option.hard_ttl().max(payload_timeout(bytes))
         };
         let body = rpc::encode_append(&rpc).map_err(encode_failed)?;
-        self.call(target, group_id, Rpc::AppendEntries, &body.pieces(), timeout).await
+        self.call(target, group_id, Rpc::AppendEntries, body.into_pieces(), timeout).await
     }
 
     async fn vote(
@@ -125,7 +126,7 @@ impl GroupRouter<TypeConfig, GroupId> for Router {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let body = rpc::encode(&rpc).map_err(encode_failed)?;
-        self.call(target, group_id, Rpc::Vote, &[&body], option.hard_ttl()).await
+        self.call(target, group_id, Rpc::Vote, vec![body.into()], option.hard_ttl()).await
     }
 
     async fn pre_vote(
@@ -136,7 +137,7 @@ impl GroupRouter<TypeConfig, GroupId> for Router {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let body = rpc::encode(&rpc).map_err(encode_failed)?;
-        self.call(target, group_id, Rpc::PreVote, &[&body], option.hard_ttl()).await
+        self.call(target, group_id, Rpc::PreVote, vec![body.into()], option.hard_ttl()).await
     }
 
     async fn full_snapshot(
@@ -150,10 +151,10 @@ impl GroupRouter<TypeConfig, GroupId> for Router {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let body = rpc::encode_snapshot(&vote, &snapshot.meta, snapshot.snapshot)
             .map_err(|e| StreamingError::from(encode_failed(e)))?;
-        let pieces = body.pieces();
-        let bytes = pieces.iter().map(|p| p.len()).sum();
+        let pieces = body.into_pieces();
+        let bytes = pieces.iter().map(Bytes::len).sum();
         let timeout = option.hard_ttl().max(payload_timeout(bytes));
-        let send = self.call(target, group_id, Rpc::FullSnapshot, &pieces, timeout);
+        let send = self.call(target, group_id, Rpc::FullSnapshot, pieces, timeout);
         tokio::select! {
             biased;
             r = send => r.map_err(StreamingError::from),
@@ -169,7 +170,7 @@ impl GroupRouter<TypeConfig, GroupId> for Router {
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
         let body = rpc::encode(&req).map_err(encode_failed)?;
-        self.call(target, group_id, Rpc::TransferLeader, &[&body], option.hard_ttl()).await
+        self.call(target, group_id, Rpc::TransferLeader, vec![body.into()], option.hard_ttl()).await
     }
 }
 

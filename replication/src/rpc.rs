@@ -95,10 +95,11 @@ pub struct Body {
 }
 
 impl Body {
-    pub fn pieces(&self) -> Vec<&[u8]> {
+    /// The body's pieces in order, sharing the raw parts' buffers.
+    pub fn into_pieces(self) -> Vec<Bytes> {
         let mut v = Vec::with_capacity(1 + self.raw.len());
-        v.push(&self.meta[..]);
-        v.extend(self.raw.iter().map(|b| &b[..]));
+        v.push(Bytes::from(self.meta));
+        v.extend(self.raw);
         v
     }
 }
@@ -249,8 +250,8 @@ mod tests {
         openraft::LogId::new(LeaderId::<u64, NodeId>::new(term, 1).to_committed(), index)
     }
 
-    fn join(body: &Body) -> Bytes {
-        Bytes::from(body.pieces().concat())
+    fn join(body: Body) -> Bytes {
+        Bytes::from(body.into_pieces().concat())
     }
 
     proptest! {
@@ -276,7 +277,7 @@ mod tests {
                 entries,
                 leader_commit: Some(log_id(term, 3)),
             };
-            let wire = join(&encode_append(&req).unwrap());
+            let wire = join(encode_append(&req).unwrap());
             let back = decode_append(wire.clone()).unwrap();
             prop_assert_eq!(format!("{:?}", back.entries), format!("{:?}", req.entries));
             prop_assert_eq!(back.vote, req.vote);
@@ -314,7 +315,7 @@ mod tests {
                 }],
                 leader_commit: None,
             };
-            let wire = join(&encode_append(&req).unwrap());
+            let wire = join(encode_append(&req).unwrap());
             let cut = cut % wire.len();
             prop_assert!(decode_append(wire.slice(..cut)).is_err());
         }

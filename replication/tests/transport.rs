@@ -142,6 +142,18 @@ async fn in_flight_calls_fail_when_the_socket_dies_and_the_peer_reconnects() {
     let mut reversed = big.clone();
     reversed.reverse();
     assert_eq!(&large.unwrap()[..], &reversed[..]);
+
+    // Shared pieces, as entries' batches go: small ones copied behind the header, large ones
+    // written from their own buffers, small ones after a large one in order.
+    let shared = Bytes::from(big.clone());
+    let cuts = [0, 100, 4196, 4200, 204_200, 204_210, 300_000];
+    let pieces: Vec<Bytes> = cuts.windows(2).map(|w| shared.slice(w[0]..w[1])).collect();
+    let (small, large) = tokio::join!(
+        a.call(2, 4, ECHO, &[b"uv"], Duration::from_secs(10)),
+        a.call_pieces(2, 5, ECHO, pieces, Duration::from_secs(10)),
+    );
+    assert_eq!(&small.unwrap()[..], b"vu");
+    assert_eq!(&large.unwrap()[..], &reversed[..]);
 }
 
 /// A peer whose process stops (its end closes the connection, then nothing listens at its

@@ -1162,7 +1162,20 @@ impl PartitionLog {
     /// Raft log may have any index (the log may continue a snapshot). The row is synced by
     /// `sync`, with the data.
     pub fn append_raft_entry(&self, data: &[u8], index: u64, now_ms: i64) -> Result<AppendInfo> {
-        let batches = batch::split_stored(data)?;
+        self.append_raft(data, None, index, now_ms)
+    }
+
+    /// `append_raft_entry` for an entry's batches as they were proposed: the log gives them
+    /// their offsets, on from its end, and `epoch` (the entry's term) as it writes them, so the
+    /// entry is not copied to be patched first. A batch already in stored form (its epoch set:
+    /// read back from a leader's log) must sit at the offset it names; another means this log
+    /// diverged from the leader's, and writing it would misplace offsets.
+    pub fn append_raft_entry_assigning(&self, data: &[u8], epoch: i32, index: u64, now_ms: i64) -> Result<AppendInfo> {
+        self.append_raft(data, Some(epoch), index, now_ms)
+    }
+
+    fn append_raft(&self, data: &[u8], assign_epoch: Option<i32>, index: u64, now_ms: i64) -> Result<AppendInfo> {
+        let mut batches = batch::split_stored(data)?;
         let mut inner = self.write_inner();
         if self.is_deleted() {
             return Err(LogError::Deleted);
@@ -1176,9 +1189,15 @@ impl PartitionLog {
         }
         let base_offset = inner.log_end();
         let mut next = base_offset;
-        for (_, h) in &batches {
-            if h.base_offset != next {
-                return Err(LogError::UnexpectedAppendOffset { offset: h.base_offset, log_end: next });
+        for (_, h) in &mut batches {
+            let placed = h.base_offset == next;
+            match assign_epoch {
+                Some(epoch) if placed || h.partition_leader_epoch < 0 => {
+                    h.base_offset = next;
+                    h.partition_leader_epoch = epoch;
+                }
+                _ if placed => {}
+                _ => return Err(LogError::UnexpectedAppendOffset { offset: h.base_offset, log_end: next }),
             }
             next = h.last_offset() + 1;
         }
@@ -1198,7 +1217,7 @@ impl PartitionLog {
             let idx = SegmentRaftIndex::create(&self.dir, seg_base, index, base_offset, start_pos)?;
             inner.raft.insert(seg_base, idx);
         }
-        self.write_batches(&mut inner, data, &batches, false, now_ms)?;
+        self.write_batches(&mut inner, data, &batches, assign_epoch.is_some(), now_ms)?;
         let end_pos = inner.active().size();
         if let Some(idx) = inner.raft.get_mut(&seg_base) {
             idx.push(next, end_pos)?;

@@ -61,13 +61,20 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
-/// The bytes `entry` is stored as when the log ends at `base_offset`.
-pub fn encode(entry: &EntryOf<TypeConfig>, base_offset: i64) -> io::Result<Vec<u8>> {
+/// The partition leader epoch `entry`'s batches are stored with: its term.
+pub fn epoch_of(entry: &EntryOf<TypeConfig>) -> io::Result<i32> {
     let term = entry.log_id.committed_leader_id().term;
-    let epoch = i32::try_from(term)
+    i32::try_from(term)
         .ok()
         .filter(|_| term <= MAX_TERM)
-        .ok_or_else(|| invalid(format!("term {term} does not fit a partition leader epoch")))?;
+        .ok_or_else(|| invalid(format!("term {term} does not fit a partition leader epoch")))
+}
+
+/// The bytes `entry` is stored as when the log ends at `base_offset`. (A normal entry is
+/// written without this copy, by `PartitionLog::append_raft_entry_assigning`, to the same
+/// bytes.)
+pub fn encode(entry: &EntryOf<TypeConfig>, base_offset: i64) -> io::Result<Vec<u8>> {
+    let epoch = epoch_of(entry)?;
     let mut data = match &entry.payload {
         EntryPayload::Normal(BatchData(b)) => b.to_vec(),
         EntryPayload::Blank => batch::build_control(CONTROL_LEADER_CHANGE, b""),
@@ -133,7 +140,7 @@ pub fn log_append_time(data: &Bytes) -> i64 {
 mod tests {
     use std::collections::BTreeSet;
 
-    use fjord_storage::EntrySpan;
+    use fjord_storage::{EntrySpan, LogError};
     use openraft::Membership;
 
     use super::*;
@@ -214,6 +221,34 @@ mod tests {
         let err = encode(&back, 41).unwrap_err();
         assert!(err.to_string().contains("diverged"), "{err}");
         assert!(encode(&entry, 41).is_ok(), "a producer's batch (epoch -1) goes wherever the log ends");
+    }
+
+    /// What the log's assigning append writes for a normal entry (the path replicas take, with
+    /// no copy of the entry) is byte for byte what `encode` makes of it; a stored batch
+    /// arriving at another offset than it carries is refused there too.
+    #[test]
+    fn the_log_writes_a_normal_entry_as_encode_makes_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = fjord_storage::OpenOptions { raft: true, ..Default::default() };
+        let log = fjord_storage::PartitionLog::open_opts(&tmp.path().join("p-0"), Default::default(), opts).unwrap();
+        let blank =
+            EntryOf::<TypeConfig> { log_id: LogIdOf::<TypeConfig>::new_term_index(4, 0), payload: EntryPayload::Blank };
+        log.append_raft_entry(&encode(&blank, 0).unwrap(), 0, 0).unwrap();
+        let mut payload = batch::build_batch(0, 5, &[(None, Some(b"a")), (None, Some(b"b"))]);
+        payload.extend(batch::build_batch(0, 6, &[(None, Some(b"c"))]));
+        let entry = EntryOf::<TypeConfig> {
+            log_id: LogIdOf::<TypeConfig>::new_term_index(4, 1),
+            payload: EntryPayload::Normal(BatchData(Bytes::from(payload.clone()))),
+        };
+        let info = log.append_raft_entry_assigning(&payload, epoch_of(&entry).unwrap(), 1, 0).unwrap();
+        assert_eq!((info.base_offset, info.last_offset), (1, 3));
+        let written = log.raft_entries(1, 2, 1 << 20).unwrap().remove(0).data;
+        assert_eq!(&written[..], &encode(&entry, 1).unwrap()[..]);
+        // The same batches in their stored form, sent again at the next index: they name
+        // offset 1, the log ends at 4.
+        let err = log.append_raft_entry_assigning(&written, 4, 2, 0).unwrap_err();
+        assert!(matches!(err, LogError::UnexpectedAppendOffset { offset: 1, log_end: 4 }), "{err}");
+        assert_eq!(log.log_end_offset(), 4, "nothing was written");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 
 use crate::node::GroupTimings;
-use crate::types::{Applied, TypeConfig};
+use crate::types::{Applied, BatchData, TypeConfig};
 
 /// Bytes `limited_get_log_entries` returns at most (at least one entry): one replication
 /// message's worth, so a follower far behind is fed in steps and heartbeats are not starved.
@@ -469,8 +469,15 @@ impl RaftLogStorage<TypeConfig> for PartitionLogStore {
         for e in entries {
             // Placement is deterministic: every replica writes entry i at its log end, which
             // Raft's log matching makes the same offset everywhere.
-            let data = entry::encode(&e, log.log_end_offset())?;
-            log.append_raft_entry(&data, e.log_id.index(), now).map_err(io_err)?;
+            match &e.payload {
+                // The batches as they came: the log gives them their offsets and the term as it
+                // writes them, with no copy of the entry.
+                EntryPayload::Normal(BatchData(b)) => {
+                    log.append_raft_entry_assigning(b, entry::epoch_of(&e)?, e.log_id.index(), now)
+                }
+                _ => log.append_raft_entry(&entry::encode(&e, log.log_end_offset())?, e.log_id.index(), now),
+            }
+            .map_err(io_err)?;
         }
         // Readable now; reported flushed only once the data and its sidecar rows are synced.
         let result = log.sync(log.log_end_offset()).await.map_err(io_err);

@@ -75,7 +75,7 @@ impl Frame {
 /// Appends a frame header for a body of `body_len` bytes that the caller appends next, so bodies
 /// built in pieces need no intermediate buffer.
 pub fn encode_header(dst: &mut BytesMut, kind: Kind, corr_id: u64, group_id: u64, rpc: u8, body_len: usize) {
-    dst.reserve(LEN_PREFIX + HEADER_LEN + body_len);
+    dst.reserve(LEN_PREFIX + HEADER_LEN);
     // A body that does not fit u32 cannot be sent; callers keep bodies under the max frame size,
     // which is far below that, and the receiver would refuse the frame anyway.
     dst.put_u32((HEADER_LEN + body_len) as u32);

@@ -182,8 +182,29 @@ impl Peer {
 }
 
 /// A frame waiting for its connection's writer, with the corr id of its call (on an outbound
-/// connection, the writer drops it unsent once that call is no longer pending).
-type Queued = (u64, Bytes);
+/// connection, the writer drops it unsent once that call is no longer pending): its header with
+/// the small parts of its body that came first copied after it, then the rest of the body in
+/// the caller's own buffers (entries' batches), which are written from there, not copied.
+struct Queued {
+    corr_id: u64,
+    head: Bytes,
+    tail: Vec<Bytes>,
+}
+
+impl Queued {
+    /// A frame whose body the caller handed over whole.
+    fn whole(corr_id: u64, head: BytesMut, body: Option<Bytes>) -> Queued {
+        Queued { corr_id, head: head.freeze(), tail: body.into_iter().collect() }
+    }
+
+    fn len(&self) -> usize {
+        self.head.len() + self.tail.iter().map(Bytes::len).sum::<usize>()
+    }
+}
+
+/// Body parts up to this size are copied behind the frame header rather than written from their
+/// own buffer: a copy costs less than another write for them.
+const INLINE_PIECE_MAX: usize = 4096;
 
 /// Removes a call from the pending map when its future ends, however it ends: a caller that timed
 /// out or dropped the future leaves no entry behind, so its queued request is not sent.
@@ -293,14 +314,27 @@ impl Transport {
         peers.get(&id).is_some_and(|p| lock(&p.conn).tx.is_some())
     }
 
-    /// Sends a request and waits for its response body. `body` is written in pieces so large
-    /// payloads need no intermediate buffer before the frame.
+    /// Sends a request and waits for its response body (`body`'s pieces, one after another).
     pub async fn call(
         &self,
         target: NodeId,
         group: GroupId,
         rpc: u8,
         body: &[&[u8]],
+        timeout: Duration,
+    ) -> Result<Bytes, CallError> {
+        self.call_pieces(target, group, rpc, body.iter().map(|p| Bytes::copy_from_slice(p)).collect(), timeout).await
+    }
+
+    /// `call` with a body in shared buffers: pieces larger than `INLINE_PIECE_MAX` are written
+    /// to the connection from their own buffers, so an entry's batches are not copied on their
+    /// way out.
+    pub async fn call_pieces(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        rpc: u8,
+        body: Vec<Bytes>,
         timeout: Duration,
     ) -> Result<Bytes, CallError> {
         let unreachable = |reason: &str| CallError::Unreachable { node: target, reason: reason.to_string() };
@@ -311,25 +345,28 @@ impl Transport {
         if frame::HEADER_LEN + body_len > max {
             return Err(CallError::TooLarge { len: frame::HEADER_LEN + body_len, max });
         }
-        let mut buf = BytesMut::with_capacity(frame::LEN_PREFIX + frame::HEADER_LEN + body_len);
-        frame::encode_header(&mut buf, Kind::Request, corr_id, group, rpc, body_len);
-        for piece in body {
-            buf.extend_from_slice(piece);
+        let inline: usize = body.iter().take_while(|p| p.len() <= INLINE_PIECE_MAX).map(Bytes::len).sum();
+        let mut head = BytesMut::with_capacity(frame::LEN_PREFIX + frame::HEADER_LEN + inline);
+        frame::encode_header(&mut head, Kind::Request, corr_id, group, rpc, body_len);
+        let mut pieces = body.into_iter().peekable();
+        while let Some(p) = pieces.next_if(|p| p.len() <= INLINE_PIECE_MAX) {
+            head.extend_from_slice(&p);
         }
+        let frame = Queued { corr_id, head: head.freeze(), tail: pieces.collect() };
         let (tx, rx) = oneshot::channel();
         {
             let mut conn = lock(&peer.conn);
             let Some(queue) = conn.tx.clone() else {
                 return Err(unreachable("not connected"));
             };
-            let frame_len = buf.len();
+            let frame_len = frame.len();
             let queued = conn.queued.load(Ordering::Relaxed);
             if queued + frame_len > self.inner.config.max_queued_bytes {
                 return Err(unreachable("outbound queue full: the peer is not reading"));
             }
             conn.queued.fetch_add(frame_len, Ordering::Relaxed);
             conn.pending.insert(corr_id, tx);
-            if queue.send((corr_id, buf.freeze())).is_err() {
+            if queue.send(frame).is_err() {
                 conn.pending.remove(&corr_id);
                 return Err(unreachable("connection closing"));
             }
@@ -640,25 +677,27 @@ async fn write_loop(
     while let Some(first) = rx.recv().await {
         tokio::task::yield_now().await;
         let mut next = Some(first);
-        while let Some((corr_id, frame)) = next.take().or_else(|| rx.try_recv().ok()) {
+        while let Some(frame) = next.take().or_else(|| rx.try_recv().ok()) {
             if let Some((peer, queued)) = outbound {
                 queued.fetch_sub(frame.len(), Ordering::Relaxed);
-                if !lock(&peer.conn).pending.contains_key(&corr_id) {
+                if !lock(&peer.conn).pending.contains_key(&frame.corr_id) {
                     inner.counters.stale_requests_skipped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
             }
             inner.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
-            if frame.len() < COALESCE_MAX_FRAME {
-                buf.extend_from_slice(&frame);
-                continue;
-            }
-            if let Err(e) = flush(inner, &mut writer, &mut buf).await {
-                return e;
-            }
-            let mut large = frame;
-            if let Err(e) = flush(inner, &mut writer, &mut large).await {
-                return e;
+            // Small parts join the buffer; a large one goes out from its own, after the buffer.
+            for mut part in std::iter::once(frame.head).chain(frame.tail) {
+                if part.len() < COALESCE_MAX_FRAME {
+                    buf.extend_from_slice(&part);
+                    continue;
+                }
+                if let Err(e) = flush(inner, &mut writer, &mut buf).await {
+                    return e;
+                }
+                if let Err(e) = flush(inner, &mut writer, &mut part).await {
+                    return e;
+                }
             }
         }
         if let Err(e) = flush(inner, &mut writer, &mut buf).await {
@@ -761,18 +800,17 @@ async fn serve_connection(inner: Arc<Inner>, stream: BoxStream, addr: String) {
             if frame.rpc == RPC_PING {
                 let mut out = BytesMut::with_capacity(frame::LEN_PREFIX + frame::HEADER_LEN);
                 frame::encode_header(&mut out, Kind::Response, frame.corr_id, 0, RPC_PING, 0);
-                let _ = tx.send((frame.corr_id, out.freeze()));
+                let _ = tx.send(Queued::whole(frame.corr_id, out, None));
                 continue;
             }
             let answer = inner.handler.handle(from, frame.group_id, frame.rpc, frame.body);
             let tx = tx.clone();
             tokio::spawn(async move {
                 let body = answer.await;
-                let mut out = BytesMut::with_capacity(frame::LEN_PREFIX + frame::HEADER_LEN + body.len());
+                let mut out = BytesMut::with_capacity(frame::LEN_PREFIX + frame::HEADER_LEN);
                 frame::encode_header(&mut out, Kind::Response, frame.corr_id, frame.group_id, frame.rpc, body.len());
-                out.extend_from_slice(&body);
                 // The connection may be gone; the dialer's call then fails as unreachable.
-                let _ = tx.send((frame.corr_id, out.freeze()));
+                let _ = tx.send(Queued::whole(frame.corr_id, out, Some(body)));
             });
         }
     };
