@@ -167,22 +167,47 @@ pub struct Cluster {
     pub bootstrap: String,
     pub stats: BrokerStats,
     _data: Vec<tempfile::TempDir>,
+    /// Each node's stderr, `node-<id>.log`.
+    logs: tempfile::TempDir,
 }
 
 impl Cluster {
+    /// Starts the cluster; a node that exits at start-up (most often because another process
+    /// took a port between `free_addr` finding it free and the node binding it) makes it try
+    /// again with other ports, up to three times.
     pub fn start(bin: &Path, parent: &Path, extra: &[String], n: usize) -> anyhow::Result<Cluster> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(bin, parent, extra, n) {
+                Err(StartError::NodeExited(why)) if attempt < 3 => {
+                    eprintln!("  {why}; starting the cluster again on other ports");
+                    attempt += 1;
+                }
+                Err(StartError::NodeExited(why)) => anyhow::bail!(why),
+                Err(StartError::Other(e)) => return Err(e),
+                Ok(c) => return Ok(c),
+            }
+        }
+    }
+
+    fn start_once(bin: &Path, parent: &Path, extra: &[String], n: usize) -> Result<Cluster, StartError> {
         let listen: Vec<String> = (0..n).map(|_| free_addr()).collect::<anyhow::Result<_>>()?;
         let cluster: Vec<String> = (0..n).map(|_| free_addr()).collect::<anyhow::Result<_>>()?;
         let voters: Vec<String> = cluster.iter().enumerate().map(|(i, a)| format!("{}@{a}", i + 1)).collect();
         let voters = voters.join(",");
+        let logs = tempfile::tempdir_in(parent).map_err(anyhow::Error::from)?;
         let mut started = Cluster {
             nodes: Vec::new(),
             bootstrap: listen.join(","),
             stats: BrokerStats::cluster(Vec::new()),
             _data: Vec::new(),
+            logs,
         };
         for i in 0..n {
-            let data = tempfile::tempdir_in(parent)?;
+            let data = tempfile::tempdir_in(parent).map_err(anyhow::Error::from)?;
+            // Each node's log, so that a node failing at start-up can say why.
+            let log = std::fs::File::create(started.logs.path().join(format!("node-{}.log", i + 1)))
+                .map_err(anyhow::Error::from)?;
             let child = Command::new(bin)
                 .args(["--node-id", &(i + 1).to_string(), "--listen", &listen[i], "--advertised-listener", &listen[i]])
                 .args(["--cluster-listen", &cluster[i], "--controller-quorum-voters", &voters])
@@ -190,7 +215,7 @@ impl Cluster {
                 .arg(data.path())
                 .args(extra)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log)
                 .spawn()
                 .map_err(|e| anyhow::anyhow!("cannot start broker {}: {e}", bin.display()))?;
             started.nodes.push(child);
@@ -202,14 +227,25 @@ impl Cluster {
     }
 
     /// Until the metadata lists every node and a controller (topics can be created then).
-    fn wait_formed(&mut self, n: usize) -> anyhow::Result<()> {
+    fn wait_formed(&mut self, n: usize) -> Result<(), StartError> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        let client: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", &self.bootstrap).create()?;
+        let client: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .map_err(anyhow::Error::from)?;
         loop {
             for (i, c) in self.nodes.iter_mut().enumerate() {
-                if let Some(status) = c.try_wait()? {
-                    anyhow::bail!("cluster node {} exited at start-up: {status}", i + 1);
+                if let Some(status) = c.try_wait().map_err(anyhow::Error::from)? {
+                    let log = self.logs.path().join(format!("node-{}.log", i + 1));
+                    let text = std::fs::read_to_string(log).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    return Err(StartError::NodeExited(format!(
+                        "cluster node {} exited at start-up: {status}: {}",
+                        i + 1,
+                        tail.join(" | ")
+                    )));
                 }
             }
             if let Ok(md) = client.fetch_metadata(None, std::time::Duration::from_secs(2)) {
@@ -217,9 +253,24 @@ impl Cluster {
                     return Ok(());
                 }
             }
-            anyhow::ensure!(std::time::Instant::now() < deadline, "the {n}-node cluster did not form within 60 s");
+            if std::time::Instant::now() >= deadline {
+                return Err(anyhow::anyhow!("the {n}-node cluster did not form within 60 s").into());
+            }
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
+    }
+}
+
+/// Why a cluster did not start: a node exited (worth another try on other ports), or anything
+/// else.
+enum StartError {
+    NodeExited(String),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for StartError {
+    fn from(e: anyhow::Error) -> Self {
+        StartError::Other(e)
     }
 }
 
