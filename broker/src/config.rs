@@ -564,7 +564,7 @@ broker_config! {
     /// Synced bytes at the end of each partition's log kept in the page cache; older ones are
     /// dropped from it after each sync, so readers behind by more read from disk. -1 keeps every
     /// page until the kernel evicts it, as Kafka does.
-    log_page_cache_bytes: i64 = 256 << 20, view: View::None, check: |v| at_least(*v, -1);
+    log_page_cache_bytes: i64 = 64 << 20, view: View::None, check: |v| at_least(*v, -1);
     /// The admin HTTP API (an IP address and port): `/metrics` (Prometheus), `/v1/health`,
     /// `/v1/ready`, the cluster's brokers, topics, partitions and groups as JSON, and
     /// `/v1/openapi.json` describing them; off when unset.
