@@ -26,6 +26,20 @@ pub fn write_at(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
     file.write_all_at(data, offset)
 }
 
+/// What `write_at` records before a write, for a write of several slices from `offset` on
+/// (`pwritev`): the simulation must see these writes too, or a crash would neither undo them
+/// nor keep sectors they share with modelled writes right.
+pub fn before_vectored_write(file: &File, slices: &[std::io::IoSlice<'_>], offset: u64) -> io::Result<()> {
+    if sim::active() {
+        let mut at = offset;
+        for s in slices {
+            sim::before_write(file, at, s)?;
+            at += s.len() as u64;
+        }
+    }
+    Ok(())
+}
+
 /// `fdatasync`.
 pub fn sync_data(file: &File) -> io::Result<()> {
     if sim::active() && sim::sync(file)? {

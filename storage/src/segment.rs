@@ -438,6 +438,7 @@ impl Segment {
             iov.push(std::io::IoSlice::new(head));
             iov.push(std::io::IoSlice::new(&data[pos + batch::ASSIGNED_HEAD..pos + h.total_size()]));
         }
+        crate::disk::before_vectored_write(&self.file, &iov, self.size)?;
         pwrite_all(&self.file, &mut iov, self.size)?;
         self.appended(data.len(), headers, index_interval, now_ms);
         Ok(())
