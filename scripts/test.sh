@@ -68,7 +68,7 @@ sim_rc=0
 run_simulation() {
   scripts/sim.sh 2>&1 | tee -a "$log" || sim_rc=$?
 }
-stage "simulation: 1,800 seeded schedules (release build)" run_simulation
+stage "simulation: 2,300 seeded schedules (release build)" run_simulation
 stage "librdkafka's test suite against Fjord" run_librdkafka_suite
 report_timings
 done_timings=1

@@ -296,9 +296,9 @@ async fn reconcile(
             continue;
         }
         let dir = partition_dir(&config.data_dir, &w.topic, w.index, *group);
-        // A replica that starts empty for a group that has had a leader is either late to a new
-        // topic or lost its disk. For a group created before this data dir began it cannot tell
-        // which, so it recovers before it votes; a newer one it never held (`fresh_groups_from`). A lone
+        // A replica that starts empty is either new to this node or lost its disk. For a group
+        // created before this data dir began it cannot tell which, so it recovers before it
+        // votes; a newer one it never held (`fresh_groups_from`). A lone
         // replica has no one to recover from: what its disk held is gone, and it starts empty,
         // as a Kafka partition with one replica does.
         let lone = w.lone;
@@ -345,7 +345,10 @@ async fn reconcile(
                 }
             }
             true
-        } else if w.had_leader && !lone && !existed && *group < fresh_from {
+        } else if !lone && !existed && *group < fresh_from {
+            // Whether or not the metadata records a leader yet: it learns of one only once the
+            // leader has reported itself, and by then it may have committed entries with this
+            // replica's help (`recovery::settle_replica`).
             if let Err(e) = node.recovery().begin(*group, &dir) {
                 tracing::error!(group, dir = %dir.display(), error = %e, "cannot mark a replica as recovering; not starting it");
                 continue;
@@ -424,7 +427,11 @@ async fn reconcile(
                         .unwrap_or_default()
                 })
             };
-            tokio::spawn(crate::recovery::learn_floor(node.clone(), *group, voters));
+            if w.had_leader {
+                tokio::spawn(crate::recovery::learn_floor(node.clone(), *group, voters));
+            } else {
+                tokio::spawn(crate::recovery::settle_replica(node.clone(), *group, voters, members));
+            }
         } else if w.had_leader && !lone {
             // The group runs: the membership it has now comes with its leader's log (which a
             // replica holding a log has already). Setting one up from the metadata's view could

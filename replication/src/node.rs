@@ -274,6 +274,15 @@ impl Inbound<'_> {
     }
 }
 
+/// Whether a recovering replica may answer the vote or pre-vote in `body` as any replica
+/// would (`Recovery::may_vote`); an undecodable request is left to the refusal path.
+fn may_vote(body: &[u8], inbound: &Inbound<'_>) -> bool {
+    match rpc::decode::<openraft::raft::VoteRequest<TypeConfig>>(body) {
+        Ok(req) => inbound.recovery.may_vote(inbound.group, openraft::vote::RaftLeaderId::term(req.vote.leader_id())),
+        Err(_) => false,
+    }
+}
+
 async fn serve<SM>(raft: &Raft<SM>, rpc: u8, body: Bytes, inbound: Inbound<'_>) -> Result<Bytes, RemoteFailure>
 where
     SM: RaftStateMachine<TypeConfig, SnapshotData = Bytes>,
@@ -305,7 +314,7 @@ where
             inbound.recovery_progress(raft, term, matched);
             rpc::encode_response(Ok(&resp))
         }
-        Rpc::Vote | Rpc::PreVote if recovering => {
+        Rpc::Vote | Rpc::PreVote if recovering && !may_vote(&body, &inbound) => {
             // A replica that lost its log must not judge candidates by it (see `recovery`):
             // answered as a refused pre-vote, which changes no state here.
             let req = rpc::decode(&body).map_err(bad)?;

@@ -56,6 +56,9 @@ struct Recovering {
     /// The newest term the group's other voters had seen when asked (`learn_floor`); `None`
     /// until all of them answered. Entries are taken only from leaders of this term or newer.
     floor: Option<u64>,
+    /// Every other voter answered with no entry past the initial membership (`settle_replica`):
+    /// nothing was ever committed in the group, so votes for terms above the floor are granted.
+    no_history: bool,
 }
 
 /// The groups of a node whose replicas are recovering.
@@ -103,7 +106,7 @@ impl Recovery {
             }
         }
         tracing::warn!(group, dir = %dir.display(), "replica starts recovering: it will not vote until it has caught up");
-        self.lock().insert(group, Recovering { marker, target: None, floor: None });
+        self.lock().insert(group, Recovering { marker, target: None, floor: None, no_history: false });
         Ok(())
     }
 
@@ -121,7 +124,7 @@ impl Recovery {
             }
         }
         tracing::warn!(group, dir = %dir.display(), "replica is still recovering: it will not vote until it has caught up");
-        self.lock().insert(group, Recovering { marker, target: None, floor: None });
+        self.lock().insert(group, Recovering { marker, target: None, floor: None, no_history: false });
         true
     }
 
@@ -155,6 +158,35 @@ impl Recovery {
                 tracing::info!(group, floor = term, "recovering replica learnt the newest term its group has seen");
                 r.floor = Some(term);
             }
+        }
+    }
+
+    /// Records that every other voter of `group` showed no history (`settle_replica`), with
+    /// the newest term they had seen as the floor.
+    pub(crate) fn set_no_history(&self, group: GroupId, floor: u64) {
+        self.set_floor(group, floor);
+        if let Some(r) = self.lock().get_mut(&group) {
+            if r.floor == Some(floor) && !r.no_history {
+                tracing::info!(
+                    group,
+                    floor,
+                    "recovering replica's group has no history: it votes in terms above the floor"
+                );
+                r.no_history = true;
+            }
+        }
+    }
+
+    /// Whether a recovering replica of `group` may vote in `term` (else it refuses every vote).
+    /// Only where the group has no history, and above the floor. With no entry committed
+    /// anywhere, an empty log loses nothing by judging a candidate; what the lost state may
+    /// still hold is a vote, and every vote it granted was in a term at or below the floor (a
+    /// candidate saves its own vote before asking). A candidate it grants to in a later term
+    /// leads with this replica's vote saved here, and recovery ends on its first entries.
+    pub(crate) fn may_vote(&self, group: GroupId, term: u64) -> bool {
+        match self.lock().get(&group) {
+            None => true,
+            Some(r) => r.no_history && r.floor.is_some_and(|f| term > f),
         }
     }
 
@@ -199,7 +231,7 @@ impl Recovery {
         let marker = {
             let groups = self.lock();
             match groups.get(&group) {
-                Some(Recovering { target: Some((t, commit)), marker, floor: Some(floor) })
+                Some(Recovering { target: Some((t, commit)), marker, floor: Some(floor), .. })
                     if *t == term && term >= *floor && matched.0 == term && Some(matched.1) >= *commit =>
                 {
                     marker.clone()
@@ -277,19 +309,12 @@ pub async fn settle_voter<SM>(
         // `patience`, a majority of the quorum without this voter.
         let everyone = answers.len() == others.len();
         if everyone || (answers.len() >= majority && started.elapsed() >= patience) {
-            match node.recovery().release(group) {
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(group, error = %e, "cannot release the voter from recovery");
-                    return;
-                }
-            }
-            if let Some(raft) = node.group(group) {
-                raft.runtime_config().elect(true);
-                if let Err(e) = raft.initialize(voters.clone()).await {
-                    tracing::debug!(group, error = %e, "quorum already initialized");
-                }
-            }
+            // Released whatever terms the others have seen (`settle_without_history` would hold
+            // it in that case): at a new cluster's first start every voter is unsure, and one
+            // held back where another voter has campaigned leaves too few voters to elect once
+            // a candidate's first entry counts as a history. The cost: a vote this voter gave in
+            // the first election of a new cluster and then lost with its disk is not bounded.
+            release_without_history(&node, group, voters).await;
             return;
         }
         if last_report.elapsed() >= std::time::Duration::from_secs(10) {
@@ -297,6 +322,100 @@ pub async fn settle_voter<SM>(
             tracing::warn!(group, ?answers, "waiting for the other voters to learn whether the quorum has a history");
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
+
+/// For a recovering replica of a partition group whose first leader the metadata has not
+/// recorded: the metadata lags the group (a leader reports itself once elected), so that group
+/// may have elected a leader and committed entries with this replica's lost acknowledgements.
+/// Its other voters tell. If any holds an entry past the initial membership, the group has a
+/// history and the replica recovers it as any other (`learn_floor`). If every one answers with
+/// none, nothing was ever committed: the replica learns the floor from those answers and votes
+/// in the terms above it (`Recovery::may_vote`), so a group of two replicas can still elect
+/// (`settle_without_history`); its recovery ends on its leader's first entries. It waits for
+/// every other voter: one that does not answer may be the leader that committed with its help.
+pub async fn settle_replica<SM>(
+    node: std::sync::Arc<crate::node::ReplicaNode<SM>>,
+    group: GroupId,
+    voters: impl Fn() -> Vec<crate::NodeId> + Send,
+    members: std::collections::BTreeMap<crate::NodeId, openraft::BasicNode>,
+) where
+    SM: openraft::storage::RaftStateMachine<crate::types::TypeConfig, SnapshotData = bytes::Bytes>,
+{
+    let mut last_report = tokio::time::Instant::now();
+    loop {
+        if !node.recovery().is_recovering(group) || node.group(group).is_none() {
+            return;
+        }
+        let others: Vec<crate::NodeId> = voters().into_iter().filter(|v| *v != node.id()).collect();
+        if others.is_empty() {
+            return;
+        }
+        let answers = node.peer_logs(group, &others, std::time::Duration::from_secs(1)).await;
+        if answers.values().any(|p| p.last_index.is_some_and(|i| i > 0)) {
+            tracing::warn!(
+                group,
+                ?answers,
+                "the group has a history this replica may have lost: recovering it from the leader"
+            );
+            return learn_floor(node, group, voters).await;
+        }
+        if answers.len() == others.len() {
+            return settle_without_history(&node, group, &answers, members).await;
+        }
+        if last_report.elapsed() >= std::time::Duration::from_secs(10) {
+            last_report = tokio::time::Instant::now();
+            tracing::warn!(group, ?answers, "recovering replica waits for every other replica of its group to answer");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Settles a replica that may have lost its state once enough of its group's other voters
+/// (`answers`) showed no entry past the initial membership, so nothing was ever committed.
+///
+/// What the lost state may still hold is a vote, for a candidate that saved its own vote first:
+/// one of the voters that answered (or, where only a majority did, one of those elected with
+/// it), so the newest term among the answers bounds it. Where that term is 0 no one has ever
+/// campaigned, so this replica never voted: it is released and sets up the group's first
+/// membership, as every replica of a new group does (a new cluster's first start, where every
+/// voter is unsure, and a group created here before this data dir recorded where its groups
+/// begin). Otherwise it stays recovering but votes in the terms above that floor
+/// (`Recovery::may_vote`), and leaves campaigning to the voters that have campaigned: its own
+/// candidacy would start from the term it forgot, and could win a term it already gave away.
+async fn settle_without_history<SM>(
+    node: &std::sync::Arc<crate::node::ReplicaNode<SM>>,
+    group: GroupId,
+    answers: &BTreeMap<crate::NodeId, crate::node::PeerLog>,
+    members: BTreeMap<crate::NodeId, openraft::BasicNode>,
+) where
+    SM: openraft::storage::RaftStateMachine<crate::types::TypeConfig, SnapshotData = bytes::Bytes>,
+{
+    let floor = answers.values().map(|p| p.term).max().unwrap_or(0);
+    if floor > 0 {
+        node.recovery().set_no_history(group, floor);
+        return;
+    }
+    release_without_history(node, group, members).await;
+}
+
+/// Ends a replica's recovery without a leader and sets up its group's first membership.
+async fn release_without_history<SM>(
+    node: &std::sync::Arc<crate::node::ReplicaNode<SM>>,
+    group: GroupId,
+    members: BTreeMap<crate::NodeId, openraft::BasicNode>,
+) where
+    SM: openraft::storage::RaftStateMachine<crate::types::TypeConfig, SnapshotData = bytes::Bytes>,
+{
+    if let Err(e) = node.recovery().release(group) {
+        tracing::error!(group, error = %e, "cannot release the replica from recovery");
+        return;
+    }
+    if let Some(raft) = node.group(group) {
+        raft.runtime_config().elect(true);
+        if let Err(e) = raft.initialize(members).await {
+            tracing::debug!(group, error = %e, "group already initialized");
+        }
     }
 }
 
@@ -400,5 +519,34 @@ mod tests {
         empty.set_floor(8, 1);
         empty.heard_commit(8, 1, None);
         assert!(empty.check(8, 1, (1, 1)).unwrap());
+    }
+
+    #[test]
+    fn a_replica_of_a_group_without_history_votes_only_above_the_floor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = Recovery::default();
+        assert!(r.may_vote(9, 1), "a replica that is not recovering votes as Raft has it");
+        r.begin(9, &tmp.path().join("t-0.g9")).unwrap();
+        assert!(!r.may_vote(9, 100), "no vote before the other replicas have answered");
+        // A floor learnt for a group with a history (`learn_floor`) opens no vote.
+        r.set_floor(9, 4);
+        assert!(!r.may_vote(9, 5));
+        // A floor other than the one learnt first is not the newest term the others had seen
+        // when they showed no history, so it opens nothing either.
+        r.set_no_history(9, 2);
+        assert!(!r.may_vote(9, 5));
+        let fresh = Recovery::default();
+        fresh.begin(10, &tmp.path().join("t-1.g10")).unwrap();
+        fresh.set_no_history(10, 3);
+        assert_eq!(fresh.floor(10), Some(3));
+        // The lost state may hold a vote in any term up to the floor, never above it.
+        assert!(!fresh.may_vote(10, 2) && !fresh.may_vote(10, 3));
+        assert!(fresh.may_vote(10, 4));
+        // Still recovering: it takes entries from a leader at or above the floor, and is done
+        // once it holds one of that leader's own entries past the commit it named.
+        assert!(fresh.is_recovering(10) && fresh.admits(10, 4).is_ok() && fresh.admits(10, 2).is_err());
+        fresh.heard_commit(10, 4, None);
+        assert!(fresh.check(10, 4, (4, 1)).unwrap());
+        assert!(!fresh.is_recovering(10));
     }
 }

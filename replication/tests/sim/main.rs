@@ -1743,6 +1743,15 @@ fn three_nodes_production_start() {
     run_seeds_with(3, false, false, true, 401..=406);
 }
 
+/// Production start-up with link blips, on the schedules where a replica lost its disk after
+/// its group's first leader had committed entries with its help but before that leader's report
+/// reached the metadata: taking the metadata's "never had a leader" for "nothing to recover",
+/// the wiped replica voted with an empty log and committed entries were overwritten.
+#[test]
+fn three_nodes_production_start_with_blips() {
+    run_seeds_with(3, true, false, true, [72178, 72407, 72454]);
+}
+
 /// As `three_nodes_production_start` on five nodes, the topic's partitions reassigned through
 /// the metadata and carried out by the leaders' reassignment drivers.
 #[test]
