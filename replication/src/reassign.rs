@@ -4,9 +4,11 @@
 //!
 //! 1. each target replica outside the group joins as a learner (it copies the log, takes no
 //!    part in commits or elections);
-//! 2. once every joining replica is within `CATCH_UP_LAG` entries of the leader, the leader
-//!    records that it is about to make them voters (`Reassigning::promoted`, so one that later
-//!    loses its disk recovers rather than starting afresh);
+//! 2. once every joining replica is within `CATCH_UP_LAG` entries of the leader and holds
+//!    every committed entry (matched in the leader's term, so a joining replica, which starts
+//!    recovering, `recovery`, has ended its recovery and votes), the leader records that it is
+//!    about to make them voters (`Reassigning::promoted`, so one that later loses its disk
+//!    recovers rather than starting afresh);
 //! 3. a leader that is itself leaving hands its leadership to an in-sync target voter (first
 //!    making the target replicas voters beside the current ones, if none is yet);
 //! 4. the voters become the target (openraft's joint consensus: both majorities agree until
@@ -77,8 +79,9 @@ pub(crate) async fn run(
                 .filter_map(|(g, p)| {
                     let r = p.reassignment.as_ref()?;
                     // Not before the group's first leadership is on record: a replica of a group
-                    // that has never had a leader starts empty as a voter (the applier's rule),
-                    // which must not happen once membership entries have been committed.
+                    // that has never had a leader starts empty as a voter (the applier's rule;
+                    // one that may have lost its disk once the others show no history), which
+                    // must not happen once membership entries have been committed.
                     if p.leader_epoch == 0 {
                         return None;
                     }
@@ -143,6 +146,13 @@ pub struct View {
     /// The voters other than the leader that hold every committed entry and answered within
     /// `READY_HEARD`: those a leadership may be handed to.
     pub ready: Vec<NodeId>,
+    /// The leader (which may be a joining replica itself, when a move leaves it out of the
+    /// voters for a while) and the members whose logs match its log up to an entry of its
+    /// term at or past its commit index. A replica that was recovering (every learner joins
+    /// recovering) has ended its recovery by then: it answered the append only after. Only such
+    /// a replica is made a voter: one still recovering refuses every vote, and a membership
+    /// whose majority needs it could elect no leader once this one is gone.
+    pub current: BTreeSet<NodeId>,
     /// The nodes the metadata allows to be voters: the original replicas and those recorded
     /// as promoted.
     pub may_vote: BTreeSet<NodeId>,
@@ -189,6 +199,16 @@ impl View {
             .filter(|v| **v != metrics.id && matched(v).map(|l| l.index()) >= committed && alive(**v))
             .copied()
             .collect();
+        let current = members
+            .iter()
+            .filter(|n| {
+                **n == metrics.id
+                    || matched(n).is_some_and(|l| {
+                        Some(l.index()) >= committed && l.committed_leader_id().term == metrics.current_term
+                    })
+            })
+            .copied()
+            .collect();
         View {
             me: metrics.id,
             term: metrics.current_term,
@@ -197,6 +217,7 @@ impl View {
             uniform: membership.get_joint_config().len() == 1,
             lag,
             ready,
+            current,
             may_vote,
             last_index,
             leader_id: Some(openraft::vote::RaftLeaderId::to_committed(metrics.vote.leader_id())),
@@ -261,7 +282,9 @@ pub fn next_step(target: &[NodeId], v: &View) -> Step {
         return Step::AddLearners(missing);
     }
     let joining: BTreeSet<NodeId> = target_set.difference(&v.voters).copied().collect();
-    let caught_up = joining.iter().all(|j| v.lag.get(j).copied().flatten().is_some_and(|l| l <= CATCH_UP_LAG));
+    let caught_up = joining
+        .iter()
+        .all(|j| v.lag.get(j).copied().flatten().is_some_and(|l| l <= CATCH_UP_LAG) && v.current.contains(j));
     if !caught_up {
         return Step::CatchUp;
     }
@@ -398,6 +421,7 @@ mod tests {
             uniform: true,
             term: 7,
             ready: voters.iter().copied().filter(|v| *v != me).collect(),
+            current: members.clone(),
             may_vote: members.clone(),
             last_index: 100,
             leader_id: None,
@@ -421,6 +445,11 @@ mod tests {
         v.lag.insert(4, Some(CATCH_UP_LAG + 1));
         assert_eq!(next_step(&target, &v), Step::CatchUp);
         v.lag.insert(4, Some(CATCH_UP_LAG));
+        // Near enough, but not yet holding every committed entry in this leader's term: it
+        // may still be recovering, and would then refuse every vote as a voter.
+        v.current.remove(&4);
+        assert_eq!(next_step(&target, &v), Step::CatchUp);
+        v.current.insert(4);
         assert_eq!(next_step(&target, &v), Step::RecordPromotion(set(&[4])));
         v.may_vote.insert(4);
         // The leader is leaving: a ready target voter takes over, a different one at each
