@@ -4,10 +4,10 @@
 //!
 //! 1. each target replica outside the group joins as a learner (it copies the log, takes no
 //!    part in commits or elections);
-//! 2. once every joining replica is within `CATCH_UP_LAG` entries of the leader and holds
-//!    every committed entry (matched in the leader's term, so a joining replica, which starts
-//!    recovering, `recovery`, has ended its recovery and votes), the leader records that it is
-//!    about to make them voters (`Reassigning::promoted`, so one that later loses its disk
+//! 2. once every joining replica is within `CATCH_UP_LAG` entries of the leader and holds an
+//!    entry of the leader's term at or past the commit it was first seen to follow
+//!    (`CatchUpMarks`: a joining replica, which starts recovering, `recovery`, has ended its
+//!    recovery and votes by then), the leader records that it is about to make them voters (`Reassigning::promoted`, so one that later loses its disk
 //!    recovers rather than starting afresh);
 //! 3. a leader that is itself leaving hands its leadership to an in-sync target voter (first
 //!    making the target replicas voters beside the current ones, if none is yet);
@@ -42,6 +42,15 @@ use crate::types::{GroupId, NodeId};
 /// caught up, and while a majority needs it, stalls them.
 pub const CATCH_UP_LAG: u64 = 1000;
 
+/// For each member of a group other than its leader: the leader's term, and the leader's commit
+/// index when the member's progress first showed an entry of that term. A recovering replica
+/// ends its recovery at an entry of its leader's term at or past the commit that leader named
+/// in the first AppendEntries it heard from it (`recovery`); that append went out before the
+/// progress showed, so its commit is at most the mark. Unlike the leader's commit index of the
+/// moment, the mark stays put, so a replica following a busy leader a little behind reaches it.
+#[derive(Clone, Debug, Default)]
+pub struct CatchUpMarks(BTreeMap<NodeId, (u64, Option<u64>)>);
+
 /// How often the leader looks at its groups' reassignments.
 const STEP_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -63,6 +72,7 @@ pub(crate) async fn run(
     replicas: Arc<Replicas>,
 ) {
     let mut steps: BTreeMap<GroupId, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    let marks: Arc<std::sync::Mutex<BTreeMap<GroupId, CatchUpMarks>>> = Arc::default();
     // The groups whose catch-up lag this node published, to zero it when they are done.
     let mut lagging: BTreeMap<GroupId, (String, i32)> = BTreeMap::new();
     let mut changes = controller.machine().subscribe();
@@ -80,8 +90,9 @@ pub(crate) async fn run(
                     let r = p.reassignment.as_ref()?;
                     // Not before the group's first leadership is on record: a replica of a group
                     // that has never had a leader starts empty as a voter (the applier's rule;
-                    // one that may have lost its disk once the others show no history), which
-                    // must not happen once membership entries have been committed.
+                    // one that may have lost its disk settles with the others first,
+                    // `recovery::settle_replica`), which must not happen once membership entries
+                    // have been committed.
                     if p.leader_epoch == 0 {
                         return None;
                     }
@@ -108,6 +119,7 @@ pub(crate) async fn run(
             }
         }
         lagging.retain(|g, _| moving.contains_key(g));
+        marks.lock().unwrap_or_else(|e| e.into_inner()).retain(|g, _| moving.contains_key(g));
         for (group, m) in moving {
             let Some(raft) = node.group(group) else { continue };
             if steps.contains_key(&group) || leader_epoch(&raft).is_none() {
@@ -115,11 +127,12 @@ pub(crate) async fn run(
             }
             let Some(replica) = replicas.get(group) else { continue };
             lagging.insert(group, (m.topic.clone(), m.index));
-            let (node, controller, addresses) = (node.clone(), controller.clone(), addresses.clone());
+            let (node, controller, addresses, marks) =
+                (node.clone(), controller.clone(), addresses.clone(), marks.clone());
             // Its own task: a membership change waits for its commit (a leader without a
             // quorum waits as long as it has none), and other groups must not wait with it.
             let task = tokio::spawn(async move {
-                if let Err(e) = step(&node, &controller, group, &m, &replica, &addresses).await {
+                if let Err(e) = step(&node, &controller, group, &m, &replica, &addresses, &marks).await {
                     tracing::info!(group, topic = %m.topic, partition = m.index, error = %e, "reassignment step did not complete; retrying");
                 }
             });
@@ -148,10 +161,10 @@ pub struct View {
     pub ready: Vec<NodeId>,
     /// The leader (which may be a joining replica itself, when a move leaves it out of the
     /// voters for a while) and the members whose logs match its log up to an entry of its
-    /// term at or past its commit index. A replica that was recovering (every learner joins
-    /// recovering) has ended its recovery by then: it answered the append only after. Only such
-    /// a replica is made a voter: one still recovering refuses every vote, and a membership
-    /// whose majority needs it could elect no leader once this one is gone.
+    /// term at or past its mark (`CatchUpMarks`). A replica that was recovering (every learner
+    /// joins recovering) has ended its recovery by then: it answered the append only after.
+    /// Only such a replica is made a voter: one still recovering refuses every vote, and a
+    /// membership whose majority needs it could elect no leader once this one is gone.
     pub current: BTreeSet<NodeId>,
     /// The nodes the metadata allows to be voters: the original replicas and those recorded
     /// as promoted.
@@ -176,6 +189,7 @@ impl View {
         metrics: &openraft::RaftMetrics<crate::TypeConfig>,
         may_vote: BTreeSet<NodeId>,
         alive: impl Fn(NodeId) -> bool,
+        marks: &mut CatchUpMarks,
     ) -> View {
         let membership = metrics.membership_config.membership();
         let members: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
@@ -199,16 +213,21 @@ impl View {
             .filter(|v| **v != metrics.id && matched(v).map(|l| l.index()) >= committed && alive(**v))
             .copied()
             .collect();
-        let current = members
-            .iter()
-            .filter(|n| {
-                **n == metrics.id
-                    || matched(n).is_some_and(|l| {
-                        Some(l.index()) >= committed && l.committed_leader_id().term == metrics.current_term
-                    })
-            })
-            .copied()
-            .collect();
+        let mut current = BTreeSet::from([metrics.id]);
+        for n in members.iter().filter(|n| **n != metrics.id) {
+            let Some(l) = matched(n) else { continue };
+            if l.committed_leader_id().term != metrics.current_term {
+                continue;
+            }
+            let mark = marks.0.entry(*n).or_insert((metrics.current_term, committed));
+            if mark.0 != metrics.current_term {
+                *mark = (metrics.current_term, committed);
+            }
+            if Some(l.index()) >= mark.1 {
+                current.insert(*n);
+            }
+        }
+        marks.0.retain(|n, _| members.contains(n));
         View {
             me: metrics.id,
             term: metrics.current_term,
@@ -321,10 +340,14 @@ async fn step(
     m: &Moving,
     replica: &crate::applier::LocalReplica,
     addresses: &BTreeMap<NodeId, String>,
+    marks: &std::sync::Mutex<BTreeMap<GroupId, CatchUpMarks>>,
 ) -> Result<(), String> {
     let raft = node.group(group).ok_or("the group stopped")?;
     let alive = |n: NodeId| node.transport().last_heard(n).is_some_and(|t| t.elapsed() < READY_HEARD);
-    let view = View::of(&raft.metrics().borrow_watched(), m.may_vote.clone(), alive);
+    let view = {
+        let mut marks = marks.lock().unwrap_or_else(|e| e.into_inner());
+        View::of(&raft.metrics().borrow_watched(), m.may_vote.clone(), alive, marks.entry(group).or_default())
+    };
     metrics::gauge!("fjord_reassignment_lag_entries", "topic" => m.topic.clone(), "partition" => m.index.to_string())
         .set(view.behind(&m.target) as f64);
     let next = next_step(&m.target, &view);

@@ -16,6 +16,8 @@
 //! starts and removed once recovered, so a crash in between resumes recovering. While a
 //! majority of a group's replicas are recovering the group has no leader: that is what losing
 //! a majority's disks means, and electing one anyway could silently drop acknowledged data.
+//! One exception (`settle_replica`): where every other voter shows that nothing was ever
+//! committed in the group, the replica votes in the terms above the newest they have seen.
 //!
 //! A recovering replica also forgot the newest term it had seen, so a deposed leader of an older
 //! term that still believes it leads could fill it with a log lacking entries the newer leader
@@ -371,12 +373,11 @@ pub async fn settle_replica<SM>(
     }
 }
 
-/// Settles a replica that may have lost its state once enough of its group's other voters
+/// Settles a replica that may have lost its state once every other voter of its group
 /// (`answers`) showed no entry past the initial membership, so nothing was ever committed.
 ///
 /// What the lost state may still hold is a vote, for a candidate that saved its own vote first:
-/// one of the voters that answered (or, where only a majority did, one of those elected with
-/// it), so the newest term among the answers bounds it. Where that term is 0 no one has ever
+/// one of the voters that answered, so the newest term among the answers bounds it. Where that term is 0 no one has ever
 /// campaigned, so this replica never voted: it is released and sets up the group's first
 /// membership, as every replica of a new group does (a new cluster's first start, where every
 /// voter is unsure, and a group created here before this data dir recorded where its groups

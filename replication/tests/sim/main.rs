@@ -34,7 +34,7 @@ use fjord_replication::heartbeat::HeartbeatDriver;
 use fjord_replication::machine::NodeMachine;
 use fjord_replication::node::{GroupTimings, ReplicaNode};
 use fjord_replication::partition::{self, PartitionLogStore, PartitionStateMachine};
-use fjord_replication::reassign::{next_step, Step, View};
+use fjord_replication::reassign::{next_step, CatchUpMarks, Step, View};
 use fjord_replication::server::{self, NodeConfig};
 use fjord_replication::transport::TransportConfig;
 use fjord_replication::{BatchData, GroupId, NodeId, Raft, TypeConfig};
@@ -1005,6 +1005,7 @@ async fn run_mover(s: Arc<Shared>, group: GroupId) {
     // As in the metadata: the chain's original replicas and those recorded as promoted.
     let mut may_vote: BTreeSet<NodeId> = target.iter().copied().collect();
     let mut next_move_ms = rng.range(300, 1_500);
+    let mut marks = CatchUpMarks::default();
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now_ms = turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64);
@@ -1032,7 +1033,7 @@ async fn run_mover(s: Arc<Shared>, group: GroupId) {
         // belong to that host's clock, which the client's cannot compare with, so here a node
         // is alive while it runs (a transfer to one cut off then ends in an election).
         let running: BTreeSet<NodeId> = lock(&s.live).keys().copied().collect();
-        let view = View::of(&m, may_vote.clone(), |n| running.contains(&n));
+        let view = View::of(&m, may_vote.clone(), |n| running.contains(&n), &mut marks);
         let step = next_step(&target, &view);
         if !matches!(step, Step::CatchUp | Step::WaitInSync) {
             lock(&s.history).trace.push(format!("{:?} g{group} n{me} {step:?}", turmoil::sim_elapsed()));
