@@ -79,7 +79,8 @@ pub fn payload_timeout(bytes: usize) -> Duration {
 fn rpc_type(rpc: Rpc) -> RPCTypes {
     match rpc {
         Rpc::AppendEntries => RPCTypes::AppendEntries,
-        Rpc::Vote | Rpc::PreVote => RPCTypes::Vote,
+        // (A recovery question is asked outside openraft's network, `ReplicaNode::peers_recovering`.)
+        Rpc::Vote | Rpc::PreVote | Rpc::Recovering => RPCTypes::Vote,
         Rpc::FullSnapshot => RPCTypes::InstallSnapshot,
         Rpc::TransferLeader => RPCTypes::TransferLeader,
     }

@@ -361,6 +361,7 @@ where
             let resp = raft.handle_transfer_leader(req).await.map_err(|e| raft_err(&e))?;
             rpc::encode_response(Ok(&resp))
         }
+        Rpc::Recovering => rpc::encode_response(Ok(&recovering)),
     })
 }
 
@@ -456,6 +457,22 @@ where
     /// The groups whose replicas here are recovering a lost log (`recovery`).
     pub fn recovery(&self) -> &Arc<Recovery> {
         &self.recovery
+    }
+
+    /// Asks each of `peers` whether its replica of `group` is recovering a lost log; returns
+    /// the answers given within `timeout`. A peer that does not host the group, is not
+    /// connected, does not answer or does not know the question is left out.
+    pub async fn peers_recovering(
+        &self,
+        group: GroupId,
+        peers: &[NodeId],
+        timeout: Duration,
+    ) -> std::collections::BTreeMap<NodeId, bool> {
+        let asks = peers.iter().map(|peer| async move {
+            let answer = self.transport.call(*peer, group, rpc::Rpc::Recovering as u8, &[], timeout).await;
+            (*peer, answer.ok().and_then(|body| rpc::decode_response::<bool>(&body).ok()))
+        });
+        futures::future::join_all(asks).await.into_iter().filter_map(|(peer, answer)| Some((peer, answer?))).collect()
     }
 
     /// Hands the leadership of `group` (led here) to `to`. openraft stops heartbeats and writes

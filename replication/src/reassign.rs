@@ -7,7 +7,8 @@
 //! 2. once every joining replica is within `CATCH_UP_LAG` entries of the leader and holds an
 //!    entry of the leader's term at or past the commit it was first seen to follow
 //!    (`CatchUpMarks`: a joining replica, which starts recovering, `recovery`, has ended its
-//!    recovery and votes by then), the leader records that it is about to make them voters (`Reassigning::promoted`, so one that later loses its disk
+//!    recovery and votes by then) and answers that it is not recovering (it may have restarted
+//!    since), the leader records that it is about to make them voters (`Reassigning::promoted`, so one that later loses its disk
 //!    recovers rather than starting afresh);
 //! 3. a leader that is itself leaving hands its leadership to an in-sync target voter (first
 //!    making the target replicas voters beside the current ones, if none is yet);
@@ -354,6 +355,24 @@ async fn step(
     let term = view.term;
     if matches!(next, Step::CatchUp | Step::WaitInSync) {
         return Ok(());
+    }
+    // A joining replica still recovering refuses every vote: made a voter, it could leave the
+    // group's membership unable to elect once this leader is gone. The progress seen here
+    // cannot tell (a learner that restarted has emptied its log, which this leader learns at its
+    // next append that gets through), so each one is asked. The answer could go stale only by
+    // another restart in the moment before the change commits.
+    let new_voters: BTreeSet<NodeId> = match &next {
+        Step::RecordPromotion(ids) | Step::AddVoters(ids) => ids.clone(),
+        Step::ReplaceVoters(ids) => ids.difference(&view.voters).copied().collect(),
+        _ => BTreeSet::new(),
+    };
+    let asked: Vec<NodeId> = new_voters.into_iter().filter(|n| *n != view.me).collect();
+    if !asked.is_empty() {
+        let answers = node.peers_recovering(group, &asked, READY_HEARD).await;
+        if let Some(n) = asked.iter().find(|n| answers.get(n) != Some(&false)) {
+            tracing::info!(group, topic = %m.topic, partition = m.index, node = n, "a joining replica is recovering or did not answer: it does not become a voter yet");
+            return Ok(());
+        }
     }
     tracing::info!(group, topic = %m.topic, partition = m.index, step = ?next, target = ?m.target, "reassignment step");
     let change = |changes: ChangeMembers<NodeId, BasicNode>, retain: bool| {

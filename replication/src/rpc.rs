@@ -20,6 +20,9 @@ pub enum Rpc {
     PreVote = 3,
     FullSnapshot = 4,
     TransferLeader = 5,
+    /// Whether the replica is recovering a lost log (`recovery`); an empty request, a `bool`
+    /// answer. A leader asks before it makes a joining replica a voter (`reassign`).
+    Recovering = 6,
 }
 
 impl TryFrom<u8> for Rpc {
@@ -31,6 +34,7 @@ impl TryFrom<u8> for Rpc {
             3 => Rpc::PreVote,
             4 => Rpc::FullSnapshot,
             5 => Rpc::TransferLeader,
+            6 => Rpc::Recovering,
             other => return Err(CodecError::UnknownRpc(other)),
         })
     }

@@ -621,6 +621,16 @@ async fn a_wiped_replica_elects_no_one_until_it_has_caught_up() {
     nodes[0].node.add_peer(wiped_id, &addr);
     nodes.push(back);
     assert!(nodes[1].node.recovery().is_recovering(group));
+    // Asked (as a leader asks before making a joining replica a voter), each tells whether it
+    // is recovering.
+    assert!(
+        recovering_answer(&nodes[0], group, wiped_id).await,
+        "the wiped replica answered that it is not recovering"
+    );
+    assert!(
+        !recovering_answer(&nodes[1], group, behind_id).await,
+        "the replica that kept its log answered that it is recovering"
+    );
     // The replica that lacks the entry campaigns, and the wiped one turns it down.
     wait_until(DEADLINE, "the wiped replica refused the behind one's campaigns", || {
         let refused = nodes[1].node.recovery().votes_refused();
@@ -649,6 +659,10 @@ async fn a_wiped_replica_elects_no_one_until_it_has_caught_up() {
         async move { done }
     })
     .await;
+    assert!(
+        !recovering_answer(&nodes[0], group, wiped_id).await,
+        "the recovered replica still answers that it is recovering"
+    );
     for n in &nodes {
         let what = format!("node {} after the wipe", n.node.id());
         assert_acked_at_their_offsets(&n.logs[&group], &first[&group], &what);
@@ -656,6 +670,19 @@ async fn a_wiped_replica_elects_no_one_until_it_has_caught_up() {
     }
     for n in &nodes {
         n.node.shutdown().await;
+    }
+}
+
+/// What `peer` answers `from` when asked whether its replica of `group` is recovering (asked
+/// again while there is no answer: the connection may not be up yet).
+async fn recovering_answer(from: &TestNode, group: GroupId, peer: NodeId) -> bool {
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(a) = from.node.peers_recovering(group, &[peer], DEADLINE).await.get(&peer) {
+            return *a;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "node {peer} never answered whether it is recovering");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
