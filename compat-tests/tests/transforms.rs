@@ -368,7 +368,9 @@ fn a_killed_node_and_leader_changes_neither_lose_nor_duplicate_outputs() {
     let module = example("identity");
     deploy_copy(&admin, &module, &["--from", "earliest"]);
     let first = 6000usize;
-    let mut producer = py(&["stream", &b, "clicks", &first.to_string()]).spawn().expect("producer");
+    // Paced (100 ms after each 200 records, about 3 s in all), so the kill below lands while
+    // input is still arriving however fast the transform keeps up.
+    let mut producer = py(&["stream", &b, "clicks", &first.to_string(), "0", "100"]).spawn().expect("producer");
     let committed = |admin: &str| -> i64 {
         let d = describe(admin, "copy");
         d["partitions"].as_array().into_iter().flatten().filter_map(|p| p["committed_offset"].as_i64()).sum()

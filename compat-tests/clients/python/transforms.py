@@ -19,6 +19,7 @@ confluent-kafka (librdkafka) as the producer and the read_committed consumer.
 
 import json
 import sys
+import time
 from collections import Counter
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -192,7 +193,9 @@ def check_example(bootstrap, example, n):
     print(f"{example}: outputs as expected for {n} events")
 
 
-def stream(bootstrap, topic, n, start=0):
+def stream(bootstrap, topic, n, start=0, pause_ms=0):
+    """Produces v-start .. v-(n-1), 200 at a time; with `pause_ms`, pausing after each 200, so a
+    test can act while input is still arriving."""
     p = producer(bootstrap)
     errors = []
 
@@ -205,6 +208,8 @@ def stream(bootstrap, topic, n, start=0):
         p.poll(0)
         if i % 200 == 199:
             p.flush(120)
+            if pause_ms:
+                time.sleep(pause_ms / 1000)
     left = p.flush(120)
     check(left == 0 and not errors, f"every record delivered ({left} left, errors {errors})")
     print(f"streamed {n} records to {topic}")
@@ -230,7 +235,9 @@ def main():
     elif cmd == "check":
         check_example(bootstrap, sys.argv[3], int(sys.argv[4]))
     elif cmd == "stream":
-        stream(bootstrap, sys.argv[3], int(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else 0)
+        start = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+        pause_ms = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+        stream(bootstrap, sys.argv[3], int(sys.argv[4]), start, pause_ms)
     elif cmd == "count":
         count(bootstrap, sys.argv[3], int(sys.argv[4]))
     else:
