@@ -79,6 +79,9 @@ pub struct RunResult {
     /// Nodes of the cluster it ran on (1: a single broker), and the replicas of its topics.
     pub nodes: u32,
     pub replication_factor: u32,
+    /// Which round of `--rounds` it was (1-based; None with one round): ratios are taken
+    /// within a round.
+    pub round: Option<u32>,
     pub partitions: u32,
     pub message_size: usize,
     pub acks: String,
@@ -113,11 +116,14 @@ pub struct RunResult {
 impl RunResult {
     /// The workload's name, with the cluster it ran on when that was more than one node.
     pub fn label(&self) -> String {
+        let mut label = self.workload.clone();
         if self.nodes > 1 {
-            format!("{} · {} nodes, RF {}", self.workload, self.nodes, self.replication_factor)
-        } else {
-            self.workload.clone()
+            label += &format!(" · {} nodes, RF {}", self.nodes, self.replication_factor);
         }
+        if let Some(round) = self.round {
+            label += &format!(" · round {round}");
+        }
+        label
     }
 }
 
@@ -501,6 +507,7 @@ pub fn run(target: &Target<'_>, w: &Workload, run_no: usize, duration: Duration)
             slug: if target.nodes > 1 { format!("{}-{}-nodes", w.slug(), target.nodes) } else { w.slug() },
             nodes: target.nodes,
             replication_factor: target.replication,
+            round: None,
             partitions: w.partitions_per_topic * w.topics,
             message_size: w.message_size,
             acks: w.acks.clone(),

@@ -51,6 +51,11 @@ struct Args {
     /// `--bootstrap`).
     #[arg(long)]
     replication_factor: Option<u32>,
+    /// Runs every workload on all the `--nodes` sizes this many times, alternating sizes, so
+    /// that a slow spell of this shared machine lands on one round rather than on one size;
+    /// the report gives each round's ratios and their median.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
 }
 
 fn default_broker_bin() -> PathBuf {
@@ -112,22 +117,26 @@ fn run(args: Args) -> anyhow::Result<()> {
     let broker_bin = args.broker_bin.clone().unwrap_or_else(default_broker_bin);
     let mut runs = Vec::new();
     let sizes = if args.bootstrap.is_some() { vec![1] } else { args.nodes.clone() };
-    let total = workloads.len() * sizes.len();
+    let rounds = if sizes.len() > 1 { args.rounds } else { 1 };
+    let per_workload = sizes.len() * rounds as usize;
+    let total = workloads.len() * per_workload;
     for (i, w) in workloads.iter().enumerate() {
         let duration = Duration::from_secs_f64(match (args.smoke, args.duration_secs) {
             (true, _) => 3.0,
             (false, Some(s)) => s,
             (false, None) => w.test_duration_minutes * 60.0,
         });
-        for (j, &nodes) in sizes.iter().enumerate() {
+        let order = (0..rounds).flat_map(|round| sizes.iter().map(move |&nodes| (round, nodes)));
+        for (j, (round, nodes)) in order.enumerate() {
             let replication =
                 args.replication_factor.unwrap_or(if args.bootstrap.is_some() { 1 } else { nodes.min(3) });
             let on = if nodes > 1 { format!(" on {nodes} nodes (RF {replication})") } else { String::new() };
-            let n = i * sizes.len() + j + 1;
-            eprintln!("[{n}/{total}] {}{on} for {:.0}s", w.name, duration.as_secs_f64());
+            let n = i * per_workload + j + 1;
+            let of_round = if rounds > 1 { format!(", round {}/{rounds}", round + 1) } else { String::new() };
+            eprintln!("[{n}/{total}] {}{on}{of_round} for {:.0}s", w.name, duration.as_secs_f64());
             // Topic names carry the run number, unique over the whole invocation.
             let run_no = n - 1;
-            let result = match &args.bootstrap {
+            let mut result = match &args.bootstrap {
                 Some(b) => {
                     let target = driver::Target { bootstrap: b, broker: None, quiet: false, nodes: 1, replication };
                     driver::run(&target, w, run_no, duration)?
@@ -156,6 +165,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                     driver::run(&target, w, run_no, duration)?
                 }
             };
+            if rounds > 1 {
+                result.round = Some(round + 1);
+                // Plot file names come from the slug: one per round.
+                result.slug = format!("{}-round-{}", result.slug, round + 1);
+            }
             eprintln!(
                 "  => {:.0} msgs/s ({:.1} MB/s) produced, {:.1} MB/s consumed, e2e p99 {:.1} ms",
                 result.produce_msgs_s, result.produce_mb_s, result.consume_mb_s, result.end_to_end_latency.p99_ms

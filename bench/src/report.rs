@@ -84,7 +84,9 @@ pub fn markdown(r: &Report) -> String {
             }
         };
         for run in &r.runs {
-            let Some(base) = r.runs.iter().find(|b| b.workload == run.workload) else { continue };
+            let Some(base) = r.runs.iter().find(|b| b.workload == run.workload && b.round == run.round) else {
+                continue;
+            };
             let _ = writeln!(
                 s,
                 "| {} | {:.2} | {} | {} | {} |",
@@ -95,6 +97,10 @@ pub fn markdown(r: &Report) -> String {
                 ratio(run.broker_cpu_cores, base.broker_cpu_cores),
             );
         }
+    }
+    if r.runs.iter().any(|run| run.round.is_some()) {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "{}", round_summary(r));
     }
     // Runs compared with the first one of the same invocation (e.g. a
     // topic config's cost: the same workload without it first).
@@ -188,6 +194,43 @@ pub fn markdown(r: &Report) -> String {
 
 /// End-to-end (or, without consumers, publish) latency percentiles of every
 /// run, one line per workload, on a log scale.
+/// With `--rounds`: per workload and cluster size, the throughput ratio against the first size
+/// of the same round, as the median over the rounds with the lowest and highest.
+fn round_summary(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| workload (produced msg/s × the first cluster size of the same round) | rounds | median | lowest | highest |"
+    );
+    let _ = write!(s, "|---|---|---|---|---|");
+    let mut keys: Vec<(&str, u32)> = Vec::new();
+    for run in &r.runs {
+        if !keys.contains(&(run.workload.as_str(), run.nodes)) {
+            keys.push((run.workload.as_str(), run.nodes));
+        }
+    }
+    for (workload, nodes) in keys {
+        let mut ratios: Vec<f64> = r
+            .runs
+            .iter()
+            .filter(|run| run.workload == workload && run.nodes == nodes)
+            .filter_map(|run| {
+                let base = r.runs.iter().find(|b| b.workload == run.workload && b.round == run.round)?;
+                Some(run.produce_msgs_s / base.produce_msgs_s.max(1e-9))
+            })
+            .collect();
+        if ratios.is_empty() {
+            continue;
+        }
+        ratios.sort_by(f64::total_cmp);
+        let n = ratios.len();
+        let median = if n % 2 == 1 { ratios[n / 2] } else { (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0 };
+        let label = if nodes > 1 { format!("{workload} · {nodes} nodes") } else { workload.to_string() };
+        let _ = write!(s, "\n| {label} | {n} | {median:.2} | {:.2} | {:.2} |", ratios[0], ratios[n - 1]);
+    }
+    s
+}
+
 pub fn latency_plot(r: &Report, path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
     root.fill(&WHITE)?;
