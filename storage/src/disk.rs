@@ -40,6 +40,25 @@ pub fn before_vectored_write(file: &File, slices: &[std::io::IoSlice<'_>], offse
     Ok(())
 }
 
+/// Allocates disk blocks for `[offset, offset + len)` without changing the file's length or
+/// contents (`fallocate` with no flags, within the length). Not modelled by the simulation: the
+/// bytes read the same before and after.
+pub fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: a plain syscall on an open descriptor; it reads no memory of ours.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// `fdatasync`.
 pub fn sync_data(file: &File) -> io::Result<()> {
     if sim::active() && sim::sync(file)? {
