@@ -22,6 +22,8 @@ const MAGIC: &[u8; 4] = b"FJRI";
 pub const HEADER: usize = 24;
 /// Bytes per entry row.
 pub const ROW: usize = 8;
+/// Bytes of zeros written ahead of the rows at a time (`push`).
+const ZEROED_CHUNK: usize = 64 << 10;
 
 /// One segment's entries, in memory and in its sidecar file.
 #[derive(Debug)]
@@ -37,6 +39,8 @@ pub(crate) struct SegmentRaftIndex {
     pub(crate) start_pos: u64,
     /// Per entry, its end: (offset after its last record, file position after its last byte).
     ends: Vec<(i64, u64)>,
+    /// The file's length: rows are written into zeros up to here (`push`).
+    zeroed_to: u64,
     /// Rows written since the last sync (atomic and shared: `sync` takes it under the log's
     /// read lock and sets it again if the fsync fails).
     dirty: Arc<AtomicBool>,
@@ -73,6 +77,12 @@ pub struct EntrySpan {
     pub next_offset: i64,
     pub start_pos: u64,
     pub end_pos: u64,
+}
+
+/// How many rows a sidecar's bytes hold: the rows written, up to the zeros written ahead of
+/// them (for tests that play a crash by cutting rows off).
+pub fn rows_written(file: &[u8]) -> usize {
+    file.get(HEADER..).unwrap_or_default().chunks_exact(ROW).take_while(|r| r.iter().any(|b| *b != 0)).count()
 }
 
 fn rel(base: i64, offset: i64) -> Result<u32> {
@@ -135,6 +145,7 @@ impl SegmentRaftIndex {
             start_offset,
             start_pos,
             ends: Vec::new(),
+            zeroed_to: HEADER as u64,
             dirty: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -149,10 +160,12 @@ impl SegmentRaftIndex {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        if data.len() < HEADER && data.iter().all(|b| *b == 0) {
+        if data.iter().all(|b| *b == 0) {
             // A header cut short or never written (a crash while an older version created the
-            // file in place): it was synced before any entry of it was written, so the segment
-            // holds none of its entries. The sidecar goes, as if never created.
+            // file in place), with nothing after it but zeros (written ahead of the rows, and
+            // kept by a disk that lost the header's sync): it was synced before any entry of it
+            // was written, so the segment holds none of its entries. The sidecar goes, as if
+            // never created.
             tracing::warn!(file = %path.display(), "removing a sidecar whose creation a crash cut short");
             crate::log::remove_if_present(&path)?;
             return Ok(None);
@@ -194,6 +207,7 @@ impl SegmentRaftIndex {
             start_offset,
             start_pos,
             ends,
+            zeroed_to: keep,
             dirty: Arc::new(AtomicBool::new(false)),
         }))
     }
@@ -222,7 +236,16 @@ impl SegmentRaftIndex {
         let mut row = [0u8; ROW];
         row[..4].copy_from_slice(&rel(self.base_offset, next_offset)?.to_be_bytes());
         row[4..].copy_from_slice(&pos32(end_pos)?.to_be_bytes());
-        crate::disk::write_at(&self.file, &row, (HEADER + self.ends.len() * ROW) as u64)?;
+        let at = (HEADER + self.ends.len() * ROW) as u64;
+        if at + ROW as u64 > self.zeroed_to {
+            // Rows go into zeros written ahead, a chunk at a time, so that syncing a row
+            // changes no file length: a length change makes every sync write the inode too,
+            // and this file is synced as often as the log. Zero rows read as no rows (`open`).
+            let zeros = vec![0u8; ZEROED_CHUNK];
+            crate::disk::write_at(&self.file, &zeros, at)?;
+            self.zeroed_to = at + ZEROED_CHUNK as u64;
+        }
+        crate::disk::write_at(&self.file, &row, at)?;
         self.ends.push((next_offset, end_pos));
         self.dirty.store(true, Ordering::Release);
         Ok(())
@@ -288,7 +311,8 @@ impl SegmentRaftIndex {
             return Ok(());
         }
         self.ends.truncate(keep);
-        self.file.set_len((HEADER + keep * ROW) as u64)?;
+        self.zeroed_to = (HEADER + keep * ROW) as u64;
+        self.file.set_len(self.zeroed_to)?;
         crate::disk::sync_all(&self.file)?;
         self.dirty.store(false, Ordering::Release);
         Ok(())
@@ -381,6 +405,49 @@ mod tests {
         data.extend_from_slice(&[0; ROW]);
         std::fs::write(&path, &data).unwrap();
         assert_eq!(SegmentRaftIndex::open(tmp.path(), 0, 10, 1000).unwrap().unwrap().len(), 3);
+    }
+
+    /// Rows go into zeros written ahead a chunk at a time, so the file's length (which a sync
+    /// would have to write too) changes once a chunk, not once a row; a reopen reads the rows up
+    /// to the zeros and trims the rest.
+    #[test]
+    fn rows_are_written_into_zeros_ahead_and_a_reopen_trims_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = path_for(tmp.path(), 0);
+        let mut idx = SegmentRaftIndex::create(tmp.path(), 0, 0, 0, 0).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), HEADER as u64);
+        idx.push(1, 100).unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(len, (HEADER + ZEROED_CHUNK) as u64);
+        let per_chunk = ZEROED_CHUNK / ROW;
+        for i in 2..=per_chunk as i64 {
+            idx.push(i, i as u64 * 100).unwrap();
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "a chunk's rows change no length");
+        idx.push(per_chunk as i64 + 1, (per_chunk as u64 + 1) * 100).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), (HEADER + per_chunk * ROW + ZEROED_CHUNK) as u64);
+        assert_eq!(rows_written(&std::fs::read(&path).unwrap()), per_chunk + 1);
+        drop(idx);
+        let mut idx = SegmentRaftIndex::open(tmp.path(), 0, i64::MAX, u64::MAX >> 1).unwrap().unwrap();
+        assert_eq!(idx.len(), per_chunk + 1);
+        assert_eq!(rows(tmp.path(), 0), per_chunk + 1, "trimmed to its rows");
+        idx.push(per_chunk as i64 + 2, (per_chunk as u64 + 2) * 100).unwrap();
+        drop(idx);
+        assert_eq!(
+            SegmentRaftIndex::open(tmp.path(), 0, i64::MAX, u64::MAX >> 1).unwrap().unwrap().len(),
+            per_chunk + 2
+        );
+    }
+
+    /// A sidecar of zeros only (its header's sync lost, zeros written ahead kept) names no
+    /// entry: it goes, as one whose header was cut short does.
+    #[test]
+    fn a_sidecar_of_zeros_only_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = path_for(tmp.path(), 0);
+        std::fs::write(&path, vec![0u8; HEADER + ZEROED_CHUNK]).unwrap();
+        assert!(SegmentRaftIndex::open(tmp.path(), 0, 10, 1000).unwrap().is_none());
+        assert!(!path.exists());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! `.raftindex` row covers is cut on open.
 
 use fjord_storage::batch::{self, build_batch, patch};
+use fjord_storage::raftindex::{rows_written, HEADER, ROW};
 use fjord_storage::{LogConfig, OpenOptions, PartitionLog};
 
 fn open(dir: &std::path::Path, segment_bytes: u64) -> PartitionLog {
@@ -130,7 +131,8 @@ async fn an_unflushed_tail_is_cut_on_open_and_the_rest_kept() {
     // A crash lost the rows of entries 5..8 (never synced) but the data survived.
     let side = tmp.path().join(format!("{:020}.raftindex", 0));
     let data = std::fs::read(&side).unwrap();
-    std::fs::write(&side, &data[..data.len() - 3 * 8]).unwrap();
+    let rows = rows_written(&data);
+    std::fs::write(&side, &data[..HEADER + (rows - 3) * ROW]).unwrap();
     let log = open(tmp.path(), 1 << 20);
     assert!(after > flushed);
     assert_eq!(log.log_end_offset(), flushed, "the uncovered tail is gone");
@@ -373,11 +375,11 @@ async fn a_crash_that_loses_an_older_sidecars_rows_cuts_the_log_at_the_hole() {
     let files = sidecars(tmp.path());
     let (victim, rows) = files[..files.len() - 1]
         .iter()
-        .map(|p| (p.clone(), (std::fs::metadata(p).unwrap().len() as usize - 24) / 8))
+        .map(|p| (p.clone(), rows_written(&std::fs::read(p).unwrap())))
         .find(|(_, rows)| *rows >= 2)
         .unwrap();
     let data = std::fs::read(&victim).unwrap();
-    std::fs::write(&victim, &data[..data.len() - 8]).unwrap();
+    std::fs::write(&victim, &data[..HEADER + (rows - 1) * ROW]).unwrap();
     let log = open(tmp.path(), 400);
     let (first, last) = log.raft_index_range().unwrap();
     let held = log.raft_entries(first, last + 1, usize::MAX).unwrap();
