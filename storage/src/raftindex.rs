@@ -22,8 +22,9 @@ const MAGIC: &[u8; 4] = b"FJRI";
 pub const HEADER: usize = 24;
 /// Bytes per entry row.
 pub const ROW: usize = 8;
-/// Bytes of zeros written ahead of the rows at a time (`push`).
+/// Bytes of zeros written ahead of the rows at a time (`push`), at most and at least.
 const ZEROED_CHUNK: usize = 64 << 10;
+const MIN_ZEROED_CHUNK: usize = 4 << 10;
 
 /// One segment's entries, in memory and in its sidecar file.
 #[derive(Debug)]
@@ -241,9 +242,11 @@ impl SegmentRaftIndex {
             // Rows go into zeros written ahead, a chunk at a time, so that syncing a row
             // changes no file length: a length change makes every sync write the inode too,
             // and this file is synced as often as the log. Zero rows read as no rows (`open`).
-            let zeros = vec![0u8; ZEROED_CHUNK];
+            // As much as the rows take already, within bounds: a partition that takes little
+            // holds a page of zeros, a busy one a chunk.
+            let zeros = vec![0u8; (at as usize).clamp(MIN_ZEROED_CHUNK, ZEROED_CHUNK)];
             crate::disk::write_at(&self.file, &zeros, at)?;
-            self.zeroed_to = at + ZEROED_CHUNK as u64;
+            self.zeroed_to = at + zeros.len() as u64;
         }
         crate::disk::write_at(&self.file, &row, at)?;
         self.ends.push((next_offset, end_pos));
@@ -414,28 +417,30 @@ mod tests {
     fn rows_are_written_into_zeros_ahead_and_a_reopen_trims_them() {
         let tmp = tempfile::tempdir().unwrap();
         let path = path_for(tmp.path(), 0);
+        let len = || std::fs::metadata(&path).unwrap().len();
         let mut idx = SegmentRaftIndex::create(tmp.path(), 0, 0, 0, 0).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), HEADER as u64);
+        assert_eq!(len(), HEADER as u64);
         idx.push(1, 100).unwrap();
-        let len = std::fs::metadata(&path).unwrap().len();
-        assert_eq!(len, (HEADER + ZEROED_CHUNK) as u64);
-        let per_chunk = ZEROED_CHUNK / ROW;
-        for i in 2..=per_chunk as i64 {
+        assert_eq!(len(), (HEADER + MIN_ZEROED_CHUNK) as u64, "a page of zeros for the first rows");
+        let rows = 20_000;
+        let mut lengths = std::collections::BTreeSet::from([len()]);
+        for i in 2..=rows {
             idx.push(i, i as u64 * 100).unwrap();
+            lengths.insert(len());
         }
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "a chunk's rows change no length");
-        idx.push(per_chunk as i64 + 1, (per_chunk as u64 + 1) * 100).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), (HEADER + per_chunk * ROW + ZEROED_CHUNK) as u64);
-        assert_eq!(rows_written(&std::fs::read(&path).unwrap()), per_chunk + 1);
+        // 4, 8, 16, 32 and then 64 KiB at a time: a handful of length changes for 20,000 rows.
+        assert!(lengths.len() <= 8, "the length changed {} times", lengths.len() - 1);
+        assert!(len() >= (HEADER + rows as usize * ROW) as u64);
+        assert_eq!(rows_written(&std::fs::read(&path).unwrap()), rows as usize);
         drop(idx);
         let mut idx = SegmentRaftIndex::open(tmp.path(), 0, i64::MAX, u64::MAX >> 1).unwrap().unwrap();
-        assert_eq!(idx.len(), per_chunk + 1);
-        assert_eq!(rows(tmp.path(), 0), per_chunk + 1, "trimmed to its rows");
-        idx.push(per_chunk as i64 + 2, (per_chunk as u64 + 2) * 100).unwrap();
+        assert_eq!(idx.len(), rows as usize);
+        assert_eq!(len(), (HEADER + rows as usize * ROW) as u64, "trimmed to its rows");
+        idx.push(rows + 1, (rows as u64 + 1) * 100).unwrap();
         drop(idx);
         assert_eq!(
             SegmentRaftIndex::open(tmp.path(), 0, i64::MAX, u64::MAX >> 1).unwrap().unwrap().len(),
-            per_chunk + 2
+            rows as usize + 1
         );
     }
 
