@@ -178,6 +178,7 @@ pub fn spawn(
                 _ = tokio::time::sleep(REPORT_INTERVAL) => {}
                 _ = gained.notified() => {}
             }
+            hold_pages_for_followers(&node, &replicas);
             report(&node, &controller, &replicas).await;
         }
     });
@@ -496,6 +497,33 @@ async fn reconcile(
         }
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove replicas of deleted partitions"),
         Err(e) => tracing::warn!(error = %e, "replica removal task failed"),
+    }
+}
+
+/// Tells each replica's log where its group's slowest follower stands, if this node leads the
+/// group (`PartitionLog::hold_cached_from`): the log keeps the pages that follower has yet to
+/// be sent. A follower left to have them read back from disk falls further behind with every
+/// send, while the others (a majority without it) keep the leader writing.
+fn hold_pages_for_followers(node: &ReplicaNode<NodeMachine>, replicas: &Replicas) {
+    let me = node.id();
+    for (group, replica) in replicas.all() {
+        let held = node.registry().get(group).and_then(|raft| {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            if m.state != ServerState::Leader {
+                return None;
+            }
+            // The next entry of the follower that has matched the least (none: from the start).
+            let next = m
+                .replication
+                .as_ref()?
+                .iter()
+                .filter(|(n, _)| **n != me)
+                .map(|(_, matched)| matched.as_ref().map_or(0, |l| l.index() + 1))
+                .min()?;
+            replica.log.raft_entry_span(next).map(|span| span.base_offset)
+        });
+        replica.log.hold_cached_from(held);
     }
 }
 

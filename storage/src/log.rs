@@ -98,6 +98,9 @@ pub struct LogConfig {
 const PAGE_BYTES: u64 = 4096;
 /// Least span dropped at once, so a steady stream of small syncs makes few syscalls.
 const DROP_STEP_BYTES: u64 = 4 << 20;
+/// How many page-cache windows (`page_cache_bytes`) behind the end the pages a follower still
+/// has to be sent are kept for it (`hold_cached_from`); one further behind is sent from disk.
+const HOLD_WINDOWS: u64 = 4;
 
 impl LogConfig {
     /// Bound on the decompressed size of one batch, derived from
@@ -447,6 +450,9 @@ pub struct PartitionLog {
     /// The active segment (base offset) and the byte position below which its synced pages
     /// were dropped from the page cache (`drop_synced_pages`).
     pages_dropped: std::sync::Mutex<(i64, u64)>,
+    /// The offset from which a leader's slowest follower still has to be sent the log
+    /// (`hold_cached_from`); i64::MAX when none is behind or this replica does not lead.
+    held_from: AtomicI64,
 }
 
 /// Writes a small file so a crash leaves either the old or the new content.
@@ -782,6 +788,7 @@ impl PartitionLog {
             batchless_snapshot: std::sync::Mutex::new(None),
             recovery: report,
             pages_dropped: std::sync::Mutex::new((-1, 0)),
+            held_from: AtomicI64::new(i64::MAX),
         };
         if let Some(cut) = raft_cut {
             tracing::warn!(log = %dir.display(), offset = cut, "cutting a tail no Raft entry covers");
@@ -2162,7 +2169,17 @@ impl PartitionLog {
         let Ok(mut dropped) = self.pages_dropped.try_lock() else { return };
         let inner = self.read_inner();
         let Ok(window) = u64::try_from(inner.config.page_cache_bytes) else { return };
-        let upto = synced_bytes.saturating_sub(window) & !(PAGE_BYTES - 1);
+        let mut upto = synced_bytes.saturating_sub(window) & !(PAGE_BYTES - 1);
+        let held = self.held_from.load(Ordering::Acquire);
+        if held != i64::MAX {
+            let at = match inner.segments.get(&base) {
+                Some(seg) if held >= base => seg.find_batch(held).map_or(synced_bytes, |b| b.position),
+                // Held from an earlier segment: all of this one is still to be sent.
+                _ => 0,
+            };
+            let limit = synced_bytes.saturating_sub(HOLD_WINDOWS.saturating_mul(window));
+            upto = upto.min(at.max(limit) & !(PAGE_BYTES - 1));
+        }
         let from = match *dropped {
             (b, at) if b == base => at,
             _ => 0,
@@ -2179,6 +2196,15 @@ impl PartitionLog {
             seg.drop_cached(from, upto);
         }
         *dropped = (base, upto);
+    }
+
+    /// Keeps the pages from `offset` on in the page cache for a while longer (None: no longer):
+    /// a leader's slowest follower has yet to be sent them. Each is sent from the log's own
+    /// pages; dropped, the send would wait for the disk, and a follower that fell behind the
+    /// window once would stay behind (the leader's sends slowed by disk reads while the others
+    /// go on). Held at most `HOLD_WINDOWS` windows behind the end; advice only.
+    pub fn hold_cached_from(&self, offset: Option<i64>) {
+        self.held_from.store(offset.unwrap_or(i64::MAX), Ordering::Release);
     }
 
     /// Syncs every sidecar's rows written so far. Serialised (`sidecar_sync`): a row is marked
@@ -2358,6 +2384,39 @@ pub(crate) mod tests {
         keep.sync(keep.log_end_offset()).await.unwrap();
         let pages = cached_pages(&tmp.path().join("t-1").join(file_name(0, "log")));
         assert!(pages[..used].iter().all(|c| *c), "without the setting a page was dropped");
+    }
+
+    /// Pages a leader's slowest follower has yet to be sent stay cached past the window, as far
+    /// as `HOLD_WINDOWS` windows behind the end; what lies before them is dropped as before.
+    #[tokio::test]
+    async fn pages_a_follower_still_needs_stay_cached_within_a_few_windows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let value = vec![7u8; 64 * 1024];
+        let window = 1 << 20;
+        let config = LogConfig { page_cache_bytes: window, ..LogConfig::default() };
+        let pages_of = |name: &str, hold: i64| {
+            let dir = tmp.path().join(name);
+            let log = PartitionLog::open(&dir, config.clone()).unwrap();
+            for i in 0..160 {
+                log.append(&batch::build_batch(0, i, &[(Some(b"k"), Some(&value[..]))]), 0, i).unwrap();
+            }
+            log.hold_cached_from(Some(hold));
+            let end = log.log_end_offset();
+            futures::executor::block_on(log.sync(end)).unwrap();
+            let size = log.size_bytes() as usize;
+            // Every batch is the same size: batch `i` starts at `i` of them.
+            let batch_pages = move |i: usize| i * (size / 160) / PAGE_BYTES as usize;
+            (cached_pages(&dir.join(file_name(0, "log"))), batch_pages, size.div_ceil(PAGE_BYTES as usize))
+        };
+        // Held from batch 115, about 2.8 windows behind the end: kept from there on.
+        let (pages, at, used) = pages_of("t-0", 115);
+        assert!(pages[..at(115) - 1].iter().all(|c| !c), "pages before the held offset are still cached");
+        assert!(pages[at(115) + 1..used].iter().all(|c| *c), "a page the follower needs was dropped");
+        // Held from batch 10, far behind: only the last HOLD_WINDOWS windows are kept.
+        let (pages, _, used) = pages_of("t-1", 10);
+        let kept_from = used - (HOLD_WINDOWS * window as u64 / PAGE_BYTES) as usize;
+        assert!(pages[..kept_from - 1].iter().all(|c| !c), "pages further behind than the limit are cached");
+        assert!(pages[kept_from + 1..used].iter().all(|c| *c), "a page within the limit was dropped");
     }
 
     #[test]
