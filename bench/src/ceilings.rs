@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Ceilings {
     /// Sequential 1 MiB writes to the page cache, MB/s.
     pub disk_write_mb_s: f64,

@@ -72,7 +72,7 @@ pub struct Sample {
     pub broker_anon_rss_mib: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RunResult {
     pub workload: String,
     pub slug: String,

@@ -313,3 +313,38 @@ pub fn write_all(r: &Report, out: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(workload: &str, nodes: u32, round: u32, msgs_s: f64) -> RunResult {
+        RunResult {
+            workload: workload.into(),
+            nodes,
+            round: Some(round),
+            produce_msgs_s: msgs_s,
+            ..RunResult::default()
+        }
+    }
+
+    /// Each round's ratio is taken against the first size of that round, not of the run: a
+    /// slow first round must not scale the others.
+    #[test]
+    fn ratios_are_taken_within_each_round_and_their_median_reported() {
+        let runs = vec![
+            run("w", 1, 1, 300.0),
+            run("w", 3, 1, 150.0),
+            run("w", 1, 2, 500.0),
+            run("w", 3, 2, 300.0),
+            run("w", 1, 3, 400.0),
+            run("w", 3, 3, 160.0),
+        ];
+        let report = Report { date_unix: 0, cores: 2, broker: String::new(), ceilings: Default::default(), runs };
+        let summary = round_summary(&report);
+        assert!(summary.contains("| w · 3 nodes | 3 | 0.50 | 0.40 | 0.60 |"), "{summary}");
+        assert!(summary.contains("| w | 3 | 1.00 | 1.00 | 1.00 |"), "{summary}");
+        let md = markdown(&report);
+        assert!(md.contains("| w · 3 nodes, RF 0 · round 2 | 0.60 |"), "{md}");
+    }
+}
