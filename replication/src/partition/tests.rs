@@ -39,7 +39,6 @@ fn normal(term: u64, index: u64, value: &[u8]) -> EntryOf<TypeConfig> {
     }
 }
 
-/// Appends through the trait and waits for the flush report.
 /// Takes the last `n` rows off a sidecar, as a crash before their sync would: the rows written
 /// are followed by zeros written ahead of them, which are no rows.
 fn lose_last_rows(side: &std::path::Path, n: usize) {
@@ -50,6 +49,7 @@ fn lose_last_rows(side: &std::path::Path, n: usize) {
     std::fs::write(side, &data[..HEADER + (rows - n) * ROW]).unwrap();
 }
 
+/// Appends through the trait and waits for the flush report.
 async fn append(store: &mut PartitionLogStore, entries: Vec<EntryOf<TypeConfig>>) {
     let (tx, rx) = TypeConfig::oneshot();
     let cb = IOFlushed::<TypeConfig>::signal(tx);
