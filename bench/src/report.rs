@@ -84,9 +84,7 @@ pub fn markdown(r: &Report) -> String {
             }
         };
         for run in &r.runs {
-            let Some(base) = r.runs.iter().find(|b| b.workload == run.workload && b.round == run.round) else {
-                continue;
-            };
+            let Some(base) = baseline(r, run) else { continue };
             let _ = writeln!(
                 s,
                 "| {} | {:.2} | {} | {} | {} |",
@@ -194,6 +192,12 @@ pub fn markdown(r: &Report) -> String {
 
 /// End-to-end (or, without consumers, publish) latency percentiles of every
 /// run, one line per workload, on a log scale.
+/// What `run` is compared with: the first run of the same workload in the same round (the
+/// first cluster size of the run).
+fn baseline<'a>(r: &'a Report, run: &RunResult) -> Option<&'a RunResult> {
+    r.runs.iter().find(|b| b.workload == run.workload && b.round == run.round)
+}
+
 /// With `--rounds`: per workload and cluster size, the throughput ratio against the first size
 /// of the same round, as the median over the rounds with the lowest and highest.
 fn round_summary(r: &Report) -> String {
@@ -215,7 +219,7 @@ fn round_summary(r: &Report) -> String {
             .iter()
             .filter(|run| run.workload == workload && run.nodes == nodes)
             .filter_map(|run| {
-                let base = r.runs.iter().find(|b| b.workload == run.workload && b.round == run.round)?;
+                let base = baseline(r, run)?;
                 Some(run.produce_msgs_s / base.produce_msgs_s.max(1e-9))
             })
             .collect();
